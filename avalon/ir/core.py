@@ -1,0 +1,260 @@
+"""The SSA data structures: Value, Op, Block, Graph.
+
+Values keep use lists so a rewrite can `replace_all_uses_with`. A Block holds ops in order and
+ends in a terminator op (`return` at the top level, `yield` inside regions) that is kept apart
+from `block.ops` so passes iterate real work only. A Graph is a named top-level Block.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .types import TensorType
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where an op came from in the user's source."""
+
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+class Value:
+    """An SSA value: a block argument or an op result."""
+
+    __slots__ = ("type", "name", "owner", "index", "uses")
+
+    def __init__(self, type: TensorType, owner: Op | Block | None = None, index: int = 0,
+                 name: str | None = None):
+        self.type = type
+        self.name = name  # a hint kept for block arguments (graph inputs); results print numbered
+        self.owner = owner
+        self.index = index
+        self.uses: list[tuple[Op, int]] = []
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.type.shape
+
+    @property
+    def dtype(self):
+        return self.type.dtype
+
+    @property
+    def op(self) -> Op | None:
+        """The op defining this value, or None for a block argument."""
+        return self.owner if isinstance(self.owner, Op) else None
+
+    @property
+    def users(self) -> list[Op]:
+        seen: dict[int, Op] = {}
+        for op, _ in self.uses:
+            seen.setdefault(id(op), op)
+        return list(seen.values())
+
+    def replace_all_uses_with(self, new: Value) -> None:
+        if new is self:
+            return
+        for op, i in list(self.uses):
+            op.set_operand(i, new)
+
+    def __repr__(self) -> str:
+        who = self.name or (self.owner.name if isinstance(self.owner, Op) else "arg")
+        return f"<Value {who}#{self.index}: {self.type}>"
+
+
+class Op:
+    """One operation: `name`, `operands`, `results`, `attrs`, `regions`, and where it came from."""
+
+    def __init__(self, name: str, operands: list[Value], result_types: list[TensorType],
+                 attrs: dict[str, Any] | None = None, regions: list[Block] | None = None,
+                 loc: Location | None = None):
+        self.name = name
+        self.operands: list[Value] = []
+        self.results = [Value(t, self, i) for i, t in enumerate(result_types)]
+        self.attrs = dict(attrs or {})
+        self.regions: list[Block] = []
+        self.loc = loc
+        self.parent: Block | None = None
+        for v in operands:
+            self._add_operand(v)
+        for r in regions or []:
+            self.add_region(r)
+
+    def _add_operand(self, v: Value) -> None:
+        if not isinstance(v, Value):
+            raise TypeError(f"operand of '{self.name}' must be a Value, got {type(v).__name__}")
+        v.uses.append((self, len(self.operands)))
+        self.operands.append(v)
+
+    def set_operand(self, i: int, v: Value) -> None:
+        old = self.operands[i]
+        old.uses.remove((self, i))
+        self.operands[i] = v
+        v.uses.append((self, i))
+
+    def set_operands(self, values: list[Value]) -> None:
+        self.drop_operands()
+        for v in values:
+            self._add_operand(v)
+
+    def drop_operands(self) -> None:
+        for i, v in enumerate(self.operands):
+            v.uses.remove((self, i))
+        self.operands = []
+
+    def add_region(self, block: Block) -> None:
+        block.parent_op = self
+        self.regions.append(block)
+
+    @property
+    def result(self) -> Value:
+        if len(self.results) != 1:
+            raise ValueError(f"'{self.name}' has {len(self.results)} results, not one")
+        return self.results[0]
+
+    @property
+    def opdef(self):
+        from .registry import lookup
+        return lookup(self.name)
+
+    def has_trait(self, trait: str) -> bool:
+        from .registry import OPS
+        d = OPS.get(self.name)
+        return d is not None and trait in d.traits
+
+    def erase(self) -> None:
+        """Remove this op from its block; its results must be unused."""
+        for r in self.results:
+            if r.uses:
+                raise ValueError(f"cannot erase '{self.name}': result #{r.index} still has {len(r.uses)} use(s)")
+        self.drop_operands()
+        for region in self.regions:
+            region.drop_all()
+        if self.parent is not None:
+            self.parent.remove(self)
+
+    def walk(self) -> Iterator[Op]:
+        """This op, then every op nested in its regions, in order."""
+        yield self
+        for region in self.regions:
+            yield from region.walk()
+
+    def __repr__(self) -> str:
+        return f"<Op {self.name} -> {', '.join(str(r.type) for r in self.results)}>"
+
+
+class Block:
+    """Arguments, ops in order, and a terminator whose operands are the block's results."""
+
+    def __init__(self, arg_types: list[TensorType] = (), arg_names: list[str | None] | None = None):
+        names = list(arg_names) if arg_names is not None else [None] * len(arg_types)
+        self.args = [Value(t, self, i, n) for i, (t, n) in enumerate(zip(arg_types, names))]
+        self.ops: list[Op] = []
+        self.terminator: Op | None = None
+        self.parent_op: Op | None = None
+
+    def add_arg(self, type: TensorType, name: str | None = None) -> Value:
+        v = Value(type, self, len(self.args), name)
+        self.args.append(v)
+        return v
+
+    def append(self, op: Op) -> Op:
+        op.parent = self
+        self.ops.append(op)
+        return op
+
+    def insert(self, index: int, op: Op) -> Op:
+        op.parent = self
+        self.ops.insert(index, op)
+        return op
+
+    def insert_before(self, anchor: Op, op: Op) -> Op:
+        return self.insert(self.index(anchor), op)
+
+    def insert_after(self, anchor: Op, op: Op) -> Op:
+        return self.insert(self.index(anchor) + 1, op)
+
+    def index(self, op: Op) -> int:
+        for i, o in enumerate(self.ops):
+            if o is op:
+                return i
+        raise ValueError(f"'{op.name}' is not in this block")
+
+    def remove(self, op: Op) -> None:
+        del self.ops[self.index(op)]
+        op.parent = None
+
+    def set_terminator(self, name: str, values: list[Value]) -> Op:
+        if self.terminator is not None:
+            self.terminator.drop_operands()
+        t = Op(name, list(values), [])
+        t.parent = self
+        self.terminator = t
+        return t
+
+    @property
+    def results(self) -> list[Value]:
+        return list(self.terminator.operands) if self.terminator else []
+
+    def drop_all(self) -> None:
+        if self.terminator is not None:
+            self.terminator.drop_operands()
+        for op in reversed(self.ops):
+            op.drop_operands()
+            for r in op.regions:
+                r.drop_all()
+
+    def walk(self) -> Iterator[Op]:
+        for op in list(self.ops):
+            yield from op.walk()
+
+
+class Graph:
+    """A function: named inputs, a body of ops, and outputs. `str(graph)` is its text IR."""
+
+    def __init__(self, name: str = "forward", body: Block | None = None):
+        self.name = name
+        self.body = body if body is not None else Block()
+        if self.body.terminator is None:
+            self.body.set_terminator("return", [])
+
+    @property
+    def inputs(self) -> list[Value]:
+        return self.body.args
+
+    @property
+    def outputs(self) -> list[Value]:
+        return self.body.results
+
+    @property
+    def ops(self) -> list[Op]:
+        return self.body.ops
+
+    def add_input(self, type: TensorType, name: str | None = None) -> Value:
+        return self.body.add_arg(type, name)
+
+    def set_outputs(self, values: list[Value]) -> None:
+        self.body.set_terminator("return", values)
+
+    def walk(self) -> Iterator[Op]:
+        """Every op, nested region ops included, in order."""
+        return self.body.walk()
+
+    def clone(self) -> Graph:
+        from .printer import print_graph
+        from .parser import parse
+        # Text is the one true serialization; keep locations through the copy.
+        return parse(print_graph(self, locations=True))
+
+    def __str__(self) -> str:
+        from .printer import print_graph
+        return print_graph(self)
+
+    def __repr__(self) -> str:
+        return f"<Graph @{self.name}: {len(self.inputs)} inputs, {len(self.ops)} ops>"

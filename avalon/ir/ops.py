@@ -1,0 +1,378 @@
+"""The primitive ops, each declared once. Composites (softmax, losses, norms, LSTM cells) live in
+`avalon.nn` and are built from these, so autodiff and fusion see through them."""
+from __future__ import annotations
+
+import math
+
+from . import dtypes as dt
+from .registry import Attr, ShapeError, define_op, same_dtype
+from .types import TensorType as T
+
+PURE = "pure"
+EW = "elementwise"
+
+
+def _same(name):
+    def infer(ts, a):
+        same_dtype(name, ts)
+        shapes = {t.shape for t in ts}
+        if len(shapes) > 1:
+            raise ShapeError(f"{name}: operand shapes differ ({', '.join(str(t.shape) for t in ts)}); "
+                             "broadcasts must be explicit in the IR")
+        return [T(ts[0].shape, ts[0].dtype)]
+    return infer
+
+
+def _floating(name):
+    base = _same(name)
+
+    def infer(ts, a):
+        if not ts[0].dtype.is_float:
+            raise ShapeError(f"{name}: needs a floating-point operand, got {ts[0].dtype}")
+        return base(ts, a)
+    return infer
+
+
+UNARY_FLOAT = ("exp", "log", "tanh", "sigmoid", "sqrt", "rsqrt", "erf")
+UNARY_ANY = ("neg", "abs", "relu", "sign")
+BINARY = ("add", "sub", "mul", "div", "pow", "maximum", "minimum")
+COMMUTATIVE = ("add", "mul", "maximum", "minimum")
+COMPARE = ("eq", "ne", "lt", "le", "gt", "ge")
+
+for _n in UNARY_FLOAT:
+    define_op(_n, 1, _floating(_n), traits={EW, PURE}, doc=f"elementwise {_n}")
+for _n in UNARY_ANY:
+    define_op(_n, 1, _same(_n), traits={EW, PURE}, doc=f"elementwise {_n}")
+for _n in BINARY:
+    define_op(_n, 2, _same(_n), traits={EW, PURE} | ({"commutative"} if _n in COMMUTATIVE else set()),
+              doc=f"elementwise {_n}")
+
+
+def _compare(name):
+    base = _same(name)
+    return lambda ts, a: [base(ts, a)[0].with_dtype(dt.bool_)]
+
+
+for _n in COMPARE:
+    define_op(_n, 2, _compare(_n), traits={EW, PURE} | ({"commutative"} if _n in ("eq", "ne") else set()),
+              doc=f"elementwise comparison {_n}, giving i1")
+
+
+def _logical(name):
+    base = _same(name)
+
+    def infer(ts, a):
+        if any(t.dtype != dt.bool_ for t in ts):
+            raise ShapeError(f"{name}: operands must be i1")
+        return base(ts, a)
+    return infer
+
+
+define_op("logical_and", 2, _logical("logical_and"), traits={EW, PURE, "commutative"})
+define_op("logical_or", 2, _logical("logical_or"), traits={EW, PURE, "commutative"})
+define_op("logical_not", 1, _logical("logical_not"), traits={EW, PURE})
+
+
+def _where(ts, a):
+    c, x, y = ts
+    if c.dtype != dt.bool_:
+        raise ShapeError(f"where: condition must be i1, got {c.dtype}")
+    if not (c.shape == x.shape == y.shape):
+        raise ShapeError(f"where: shapes differ ({c.shape}, {x.shape}, {y.shape})")
+    same_dtype("where", [x, y])
+    return [T(x.shape, x.dtype)]
+
+
+define_op("where", 3, _where, traits={EW, PURE}, doc="select x where cond else y")
+define_op("cast", 1, lambda ts, a: [T(ts[0].shape, a["dtype"])], {"dtype": Attr("dtype")},
+          traits={EW, PURE}, doc="convert element type")
+
+
+def _constant(ts, a):
+    import numpy as np
+    v = a["value"]
+    shape = tuple(a["shape"])
+    if isinstance(v, np.ndarray) and v.size != math.prod(shape) and v.size != 1:
+        raise ShapeError(f"constant: {v.size} values for shape {shape}")
+    return [T(shape, a["dtype"])]
+
+
+define_op("constant", 0, _constant, {"value": Attr("value"), "shape": Attr("ints", []),
+                                     "dtype": Attr("dtype", dt.float32)},
+          traits={PURE}, doc="a scalar splat to `shape`, or a dense array of that shape")
+
+
+def _broadcast(ts, a):
+    src, shape = ts[0].shape, tuple(a["shape"])
+    if len(src) > len(shape):
+        raise ShapeError(f"broadcast: cannot broadcast shape {src} to lower rank shape {shape}")
+    for s, d in zip(reversed(src), reversed(shape)):
+        if s != d and s != 1:
+            raise ShapeError(f"broadcast: cannot broadcast shape {src} to {shape}")
+    return [T(shape, ts[0].dtype)]
+
+
+define_op("broadcast", 1, _broadcast, {"shape": Attr("ints")}, traits={PURE, "broadcast"},
+          doc="numpy-style broadcast (right-aligned; size-1 dims stretch)")
+
+
+def _axes(name, rank, axes):
+    out = []
+    for ax in axes:
+        if not -rank <= ax < max(rank, 1):
+            raise ShapeError(f"{name}: axis {ax} out of range for rank {rank}")
+        out.append(ax % rank if rank else 0)
+    if len(set(out)) != len(out):
+        raise ShapeError(f"{name}: repeated axis in {axes}")
+    return sorted(out)
+
+
+def _reduce(name, result_dtype=None):
+    def infer(ts, a):
+        t = ts[0]
+        axes = _axes(name, t.rank, a["axes"]) if "axes" in a else _axes(name, t.rank, [a["axis"]])
+        if a["keepdims"]:
+            shape = tuple(1 if i in axes else s for i, s in enumerate(t.shape))
+        else:
+            shape = tuple(s for i, s in enumerate(t.shape) if i not in axes)
+        if name in ("max", "argmax") and any(t.shape[i] == 0 for i in axes):
+            raise ShapeError(f"{name}: reduction over an empty axis")
+        return [T(shape, result_dtype or t.dtype)]
+    return infer
+
+
+define_op("sum", 1, _reduce("sum"), {"axes": Attr("ints"), "keepdims": Attr("bool", False)},
+          traits={PURE, "reduction"}, doc="sum over axes")
+define_op("max", 1, _reduce("max"), {"axes": Attr("ints"), "keepdims": Attr("bool", False)},
+          traits={PURE, "reduction"}, doc="maximum over axes")
+define_op("argmax", 1, _reduce("argmax", dt.int64), {"axis": Attr("int"), "keepdims": Attr("bool", False)},
+          traits={PURE, "reduction"}, doc="index of the first maximum along one axis, i64")
+
+
+def _reshape(ts, a):
+    t, shape = ts[0], tuple(a["shape"])
+    if math.prod(shape) != t.numel or any(s < 0 for s in shape):
+        raise ShapeError(f"reshape: cannot reshape {t.shape} ({t.numel} elements) to {shape}")
+    return [T(shape, t.dtype)]
+
+
+define_op("reshape", 1, _reshape, {"shape": Attr("ints")}, traits={PURE, "view"})
+
+
+def _transpose(ts, a):
+    t, perm = ts[0], list(a["perm"])
+    if sorted(perm) != list(range(t.rank)):
+        raise ShapeError(f"transpose: perm {perm} is not a permutation of {t.rank} dims")
+    return [T(tuple(t.shape[p] for p in perm), t.dtype)]
+
+
+define_op("transpose", 1, _transpose, {"perm": Attr("ints")}, traits={PURE, "view"})
+
+
+def _slice(ts, a):
+    t = ts[0]
+    start, limit = a["start"], a["limit"]
+    step = a["step"] or [1] * t.rank
+    if not (len(start) == len(limit) == len(step) == t.rank):
+        raise ShapeError(f"slice: start/limit/step need {t.rank} entries each")
+    shape = []
+    for d, (s, l, st) in enumerate(zip(start, limit, step)):
+        if st < 1 or not (0 <= s <= l <= t.shape[d]):
+            raise ShapeError(f"slice: dim {d}: [{s}:{l}:{st}] invalid for size {t.shape[d]}")
+        shape.append(-(-(l - s) // st))
+    return [T(tuple(shape), t.dtype)]
+
+
+define_op("slice", 1, _slice, {"start": Attr("ints"), "limit": Attr("ints"), "step": Attr("ints", [])},
+          traits={PURE}, doc="strided static slice; `step` empty means all ones")
+
+
+def _concat(ts, a):
+    same_dtype("concat", ts)
+    r = ts[0].rank
+    ax = _axes("concat", r, [a["axis"]])[0]
+    for t in ts:
+        if t.rank != r or any(t.shape[i] != ts[0].shape[i] for i in range(r) if i != ax):
+            raise ShapeError(f"concat: shapes {[x.shape for x in ts]} differ off axis {ax}")
+    shape = list(ts[0].shape)
+    shape[ax] = sum(t.shape[ax] for t in ts)
+    return [T(tuple(shape), ts[0].dtype)]
+
+
+define_op("concat", (1, None), _concat, {"axis": Attr("int")}, traits={PURE})
+
+
+def _pad(ts, a):
+    t, lo, hi = ts[0], a["low"], a["high"]
+    if len(lo) != t.rank or len(hi) != t.rank or min(lo + hi, default=0) < 0:
+        raise ShapeError(f"pad: low/high need {t.rank} non-negative entries each")
+    return [T(tuple(s + l + h for s, l, h in zip(t.shape, lo, hi)), t.dtype)]
+
+
+define_op("pad", 1, _pad, {"low": Attr("ints"), "high": Attr("ints"), "value": Attr("float", 0.0)},
+          traits={PURE}, doc="constant padding")
+
+
+def _matmul(ts, a):
+    x, y = ts
+    same_dtype("matmul", ts)
+    if x.rank < 2 or y.rank != x.rank:
+        raise ShapeError(f"matmul: operands need equal rank >= 2 (batch dims explicit), got {x.shape} and {y.shape}")
+    if x.shape[:-2] != y.shape[:-2]:
+        raise ShapeError(f"matmul: batch dims differ: {x.shape} and {y.shape}")
+    if x.shape[-1] != y.shape[-2]:
+        raise ShapeError(f"matmul: contraction dims differ: {x.shape} @ {y.shape}")
+    return [T(x.shape[:-1] + (y.shape[-1],), x.dtype)]
+
+
+define_op("matmul", 2, _matmul, traits={PURE, "contraction"}, doc="batched (..., M, K) @ (..., K, N)")
+
+_CONV = {"stride": Attr("ints", [1, 1]), "padding": Attr("ints", [0, 0]),
+         "dilation": Attr("ints", [1, 1]), "groups": Attr("int", 1)}
+
+
+def _conv_out(n, c, h, w, o, kh, kw, a):
+    (sh, sw), (ph, pw), (dh, dw) = a["stride"], a["padding"], a["dilation"]
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    if oh < 1 or ow < 1:
+        raise ShapeError(f"conv2d: kernel {kh}x{kw} does not fit input {h}x{w} with padding {a['padding']}")
+    return (n, o, oh, ow)
+
+
+def _conv_check(x, w, a):
+    for k in ("stride", "padding", "dilation"):
+        if len(a[k]) != 2:
+            raise ShapeError(f"conv2d: {k} needs 2 entries")
+    if x.rank != 4 or w.rank != 4:
+        raise ShapeError(f"conv2d: input and weight must be 4-d (NCHW, OIHW), got {x.shape} and {w.shape}")
+    g = a["groups"]
+    if x.shape[1] != w.shape[1] * g or w.shape[0] % g:
+        raise ShapeError(f"conv2d: input {x.shape} has {x.shape[1]} channels; weight {w.shape} with groups={g} "
+                         f"expects {w.shape[1] * g}")
+
+
+def _conv2d(ts, a):
+    x, w = ts
+    same_dtype("conv2d", ts)
+    _conv_check(x, w, a)
+    n, c, h, wd = x.shape
+    return [T(_conv_out(n, c, h, wd, w.shape[0], w.shape[2], w.shape[3], a), x.dtype)]
+
+
+def _conv2d_grad_input(ts, a):
+    dy, w = ts
+    x = T(tuple(a["input_shape"]), dy.dtype)
+    _conv_check(x, w, a)
+    if _conv_out(*x.shape, w.shape[0], w.shape[2], w.shape[3], a) != dy.shape:
+        raise ShapeError(f"conv2d_grad_input: dy {dy.shape} does not match input_shape {x.shape}")
+    return [x]
+
+
+def _conv2d_grad_weight(ts, a):
+    x, dy = ts
+    w = T(tuple(a["weight_shape"]), x.dtype)
+    _conv_check(x, w, a)
+    if _conv_out(*x.shape, w.shape[0], w.shape[2], w.shape[3], a) != dy.shape:
+        raise ShapeError(f"conv2d_grad_weight: dy {dy.shape} does not match x {x.shape} and weight {w.shape}")
+    return [w]
+
+
+define_op("conv2d", 2, _conv2d, _CONV, traits={PURE, "contraction"}, doc="NCHW x OIHW cross-correlation")
+define_op("conv2d_grad_input", 2, _conv2d_grad_input, {"input_shape": Attr("ints"), **_CONV},
+          traits={PURE, "contraction"}, doc="gradient of conv2d w.r.t. its input: (dy, weight) -> dx")
+define_op("conv2d_grad_weight", 2, _conv2d_grad_weight, {"weight_shape": Attr("ints"), **_CONV},
+          traits={PURE, "contraction"}, doc="gradient of conv2d w.r.t. its weight: (x, dy) -> dw")
+
+_POOL = {"kernel": Attr("ints"), "stride": Attr("ints"), "padding": Attr("ints", [0, 0])}
+
+
+def _pool_out(name, shape, a):
+    if len(shape) != 4:
+        raise ShapeError(f"{name}: input must be 4-d NCHW, got {shape}")
+    (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["padding"]
+    if ph > kh // 2 or pw > kw // 2:
+        raise ShapeError(f"{name}: padding {a['padding']} must be at most half the kernel {a['kernel']}")
+    n, c, h, w = shape
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    if oh < 1 or ow < 1:
+        raise ShapeError(f"{name}: kernel {kh}x{kw} does not fit input {h}x{w}")
+    return (n, c, oh, ow)
+
+
+def _pool(name):
+    return lambda ts, a: [T(_pool_out(name, ts[0].shape, a), ts[0].dtype)]
+
+
+def _max_pool_grad(ts, a):
+    x, dy = ts
+    if _pool_out("max_pool2d_grad", x.shape, a) != dy.shape:
+        raise ShapeError(f"max_pool2d_grad: dy {dy.shape} does not match x {x.shape}")
+    return [T(x.shape, x.dtype)]
+
+
+def _avg_pool_grad(ts, a):
+    dy = ts[0]
+    shape = tuple(a["input_shape"])
+    if _pool_out("avg_pool2d_grad", shape, a) != dy.shape:
+        raise ShapeError(f"avg_pool2d_grad: dy {dy.shape} does not match input_shape {shape}")
+    return [T(shape, dy.dtype)]
+
+
+_AVG = {**_POOL, "count_include_pad": Attr("bool", True)}
+define_op("max_pool2d", 1, _pool("max_pool2d"), _POOL, traits={PURE, "pool"},
+          doc="max pooling (padding counts as -inf)")
+define_op("max_pool2d_grad", 2, _max_pool_grad, _POOL, traits={PURE, "pool"},
+          doc="(x, dy) -> dx; each window's gradient goes to its first maximum")
+define_op("avg_pool2d", 1, _pool("avg_pool2d"), _AVG, traits={PURE, "pool"})
+define_op("avg_pool2d_grad", 1, _avg_pool_grad, {"input_shape": Attr("ints"), **_AVG}, traits={PURE, "pool"},
+          doc="dy -> dx")
+
+
+def _take(ts, a):
+    x, idx = ts
+    if idx.dtype not in (dt.int32, dt.int64):
+        raise ShapeError(f"take: indices must be i32 or i64, got {idx.dtype}")
+    ax = _axes("take", x.rank, [a["axis"]])[0]
+    return [T(x.shape[:ax] + idx.shape + x.shape[ax + 1:], x.dtype)]
+
+
+define_op("take", 2, _take, {"axis": Attr("int", 0)}, traits={PURE, "gather"},
+          doc="numpy.take: gather slices of x along axis at integer indices (embedding lookup)")
+
+
+def _one_hot(ts, a):
+    if ts[0].dtype not in (dt.int32, dt.int64):
+        raise ShapeError(f"one_hot: indices must be i32 or i64, got {ts[0].dtype}")
+    if a["num_classes"] < 1:
+        raise ShapeError("one_hot: num_classes must be positive")
+    return [T(ts[0].shape + (a["num_classes"],), a["dtype"])]
+
+
+define_op("one_hot", 1, _one_hot, {"num_classes": Attr("int"), "dtype": Attr("dtype", dt.float32)},
+          traits={PURE, "gather"}, doc="indices -> one-hot vectors along a new last axis")
+
+
+def _random(ts, a):
+    if ts[0].shape != () or ts[0].dtype not in (dt.int32, dt.int64):
+        raise ShapeError(f"random: seed must be a 0-d integer tensor, got {ts[0]}")
+    if a["distribution"] not in ("uniform", "normal"):
+        raise ShapeError(f"random: distribution must be 'uniform' or 'normal', got {a['distribution']!r}")
+    if not a["dtype"].is_float:
+        raise ShapeError("random: dtype must be floating-point")
+    return [T(tuple(a["shape"]), a["dtype"])]
+
+
+define_op("random", 1, _random, {"shape": Attr("ints"), "dtype": Attr("dtype", dt.float32),
+                                 "distribution": Attr("str", "uniform")},
+          traits={PURE, "random"},
+          doc="counter-based random numbers from an explicit seed: the same seed gives the same numbers "
+              "on every backend (see avalon.codegen.numpy.random_bits)")
+
+
+def _fusion(ts, a):
+    return None  # results are whatever the region yields; the verifier checks it
+
+
+define_op("fusion", (0, None), _fusion, {"name": Attr("str")}, traits={PURE, "region"}, symbol="name",
+          doc="a fused group: one region holding the tensor-level ops it replaced, run as one kernel")

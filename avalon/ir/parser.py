@@ -1,0 +1,330 @@
+"""Reads the text IR back into a Graph. Errors name the line, the column and what was expected."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+
+from .core import Block, Graph, Location, Op, Value
+from .dtypes import BY_NAME
+from .registry import OPS, TERMINATORS
+from .types import TensorType
+
+
+class ParseError(ValueError):
+    def __init__(self, msg: str, line: int, col: int, source: str | None = None):
+        self.msg, self.line, self.col, self.source = msg, line, col, source
+        where = f"{source}:" if source else ""
+        super().__init__(f"{where}{line}:{col}: {msg}")
+
+
+_TOKEN = re.compile(r"""
+    (?P<ws>[ \t\r]+|//[^\n]*)
+  | (?P<nl>\n)
+  | (?P<value>%[A-Za-z0-9_.$-]+)
+  | (?P<symbol>@[A-Za-z0-9_.$-]+)
+  | (?P<block>\^[A-Za-z0-9_]+)
+  | (?P<string>"(?:[^"\\]|\\.)*")
+  | (?P<arrow>->)
+  | (?P<number>-?\d+\.?\d*(?:[eE][-+]?\d+)?|(?:-?inf|nan)(?![A-Za-z0-9_]))
+  | (?P<ident>[A-Za-z_][A-Za-z0-9_.$]*)
+  | (?P<punct>[(){}\[\]<>,:=])
+""", re.VERBOSE)
+
+
+class _Tok:
+    __slots__ = ("kind", "text", "line", "col")
+
+    def __init__(self, kind, text, line, col):
+        self.kind, self.text, self.line, self.col = kind, text, line, col
+
+    def __repr__(self):
+        return f"'{self.text}'" if self.kind != "eof" else "end of input"
+
+
+def _lex(text: str, source: str | None) -> list[_Tok]:
+    toks, pos, line, start = [], 0, 1, 0
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m:
+            raise ParseError(f"unexpected character {text[pos]!r}", line, pos - start + 1, source)
+        kind = m.lastgroup
+        if kind == "nl":
+            line += 1
+            start = m.end()
+        elif kind != "ws":
+            toks.append(_Tok(kind, m.group(), line, pos - start + 1))
+        pos = m.end()
+    toks.append(_Tok("eof", "", line, pos - start + 1))
+    return toks
+
+
+class _Parser:
+    def __init__(self, text: str, source: str | None):
+        self.source = source
+        self.toks = _lex(text, source)
+        self.i = 0
+
+    # -- token helpers
+    @property
+    def tok(self) -> _Tok:
+        return self.toks[self.i]
+
+    def error(self, msg: str, tok: _Tok | None = None) -> ParseError:
+        t = tok or self.tok
+        return ParseError(msg, t.line, t.col, self.source)
+
+    def next(self) -> _Tok:
+        t = self.tok
+        self.i += 1
+        return t
+
+    def at(self, text: str) -> bool:
+        return self.tok.text == text and self.tok.kind in ("punct", "arrow", "ident")
+
+    def accept(self, text: str) -> bool:
+        if self.at(text):
+            self.i += 1
+            return True
+        return False
+
+    def expect(self, text: str, what: str | None = None) -> _Tok:
+        if not self.at(text):
+            raise self.error(f"expected '{text}'{' ' + what if what else ''} but found {self.tok!r}")
+        return self.next()
+
+    def expect_kind(self, kind: str, what: str) -> _Tok:
+        if self.tok.kind != kind:
+            raise self.error(f"expected {what} but found {self.tok!r}")
+        return self.next()
+
+    # -- grammar
+    def parse_type(self) -> TensorType:
+        t0 = self.tok
+        if not (t0.kind == "ident" and t0.text == "tensor"):
+            raise self.error(f"expected a type like tensor<2x3xf32> but found {t0!r}")
+        self.next()
+        self.expect("<")
+        parts: list[str] = []
+        # dims and dtype lex as numbers/idents like "2x3xf32"; glue tokens up to '>' or ','
+        while not (self.at(">") or self.at(",")):
+            if self.tok.kind == "eof":
+                raise self.error("unterminated tensor type")
+            parts.append(self.next().text)
+        body = "".join(parts)
+        *dims, dt = body.split("x") if body else [""]
+        if dt not in BY_NAME:
+            raise self.error(f"unknown element type '{dt}' in tensor<{body}>; known: {', '.join(BY_NAME)}", t0)
+        try:
+            shape = tuple(int(d) for d in dims)
+        except ValueError:
+            raise self.error(f"bad shape in tensor<{body}>", t0) from None
+        layout = None
+        if self.accept(","):
+            key = self.expect_kind("ident", "'layout'")
+            if key.text != "layout":
+                raise self.error("expected 'layout'", key)
+            self.expect("=")
+            layout = self.parse_attr_value()
+        self.expect(">")
+        try:
+            return TensorType(shape, BY_NAME[dt], layout)
+        except ValueError as e:
+            raise self.error(str(e), t0) from None
+
+    def parse_attr_value(self):
+        t = self.tok
+        if t.kind == "number":
+            self.next()
+            if t.text in ("inf", "-inf", "nan"):
+                return float(t.text)
+            if any(c in t.text for c in ".eE"):
+                return float(t.text)
+            return int(t.text)
+        if t.kind == "string":
+            self.next()
+            return json.loads(t.text)
+        if t.kind == "punct" and t.text == "[":
+            self.next()
+            items = []
+            if not self.accept("]"):
+                items.append(self.parse_attr_value())
+                while self.accept(","):
+                    items.append(self.parse_attr_value())
+                self.expect("]", "to close the list")
+            return items
+        if t.kind == "ident":
+            self.next()
+            if t.text in ("true", "false"):
+                return t.text == "true"
+            if t.text in BY_NAME:
+                return BY_NAME[t.text]
+            if t.text == "dense":
+                self.expect("<")
+                items = self.parse_attr_value()
+                self.expect(">")
+                return np.asarray(items)
+        raise self.error(f"expected an attribute value but found {t!r}", t)
+
+    def parse_attrs(self) -> dict:
+        attrs = {}
+        self.expect("{")
+        if self.accept("}"):
+            return attrs
+        while True:
+            key = self.expect_kind("ident", "an attribute name")
+            self.expect("=")
+            attrs[key.text] = self.parse_attr_value()
+            if self.accept("}"):
+                return attrs
+            self.expect(",", "or '}' in the attribute list")
+
+    def use(self, scope: dict[str, Value]) -> Value:
+        t = self.expect_kind("value", "a value like %0")
+        name = t.text[1:]
+        if name not in scope:
+            raise self.error(f"use of undefined value %{name}", t)
+        return scope[name]
+
+    def define(self, scope: dict[str, Value], tok: _Tok, v: Value) -> None:
+        name = tok.text[1:]
+        if name in scope:
+            raise self.error(f"value %{name} is defined twice", tok)
+        scope[name] = v
+
+    def parse_args(self, scope) -> list[tuple[str, TensorType, _Tok]]:
+        self.expect("(")
+        args = []
+        if not self.accept(")"):
+            while True:
+                tok = self.expect_kind("value", "an argument like %x")
+                self.expect(":")
+                args.append((tok.text[1:], self.parse_type(), tok))
+                if self.accept(")"):
+                    break
+                self.expect(",", "or ')' after an argument")
+        return args
+
+    def parse_block_body(self, block: Block, scope: dict[str, Value], terminator: str) -> None:
+        while True:
+            t = self.tok
+            if t.kind == "ident" and t.text in TERMINATORS:
+                if t.text != terminator:
+                    raise self.error(f"'{t.text}' is not allowed here; expected '{terminator}'", t)
+                self.next()
+                vals = []
+                if self.tok.kind == "value":
+                    vals.append(self.use(scope))
+                    while self.accept(","):
+                        vals.append(self.use(scope))
+                term = block.set_terminator(terminator, vals)
+                term.loc = self.parse_loc()
+                return
+            if t.kind == "eof" or (t.kind == "punct" and t.text == "}"):
+                raise self.error(f"block ends without '{terminator}'", t)
+            block.append(self.parse_op(scope))
+
+    def parse_loc(self) -> Location | None:
+        if not self.at("loc"):
+            return None
+        self.next()
+        self.expect("(")
+        f = self.expect_kind("string", "a file name string")
+        self.expect(":")
+        ln = self.expect_kind("number", "a line number")
+        self.expect(")")
+        return Location(json.loads(f.text), int(ln.text))
+
+    def parse_op(self, scope: dict[str, Value]) -> Op:
+        result_toks = []
+        if self.tok.kind == "value":
+            result_toks.append(self.next())
+            while self.accept(","):
+                result_toks.append(self.expect_kind("value", "a result name"))
+            self.expect("=")
+        name_tok = self.expect_kind("ident", "an op name")
+        name = name_tok.text
+        if name not in OPS:
+            raise self.error(f"unknown op '{name}'", name_tok)
+        d = OPS[name]
+        attrs: dict = {}
+        if self.tok.kind == "symbol":
+            if not d.symbol:
+                raise self.error(f"'{name}' takes no @symbol")
+            attrs[d.symbol] = self.next().text[1:]
+        operands = []
+        paren = self.accept("(")
+        if self.tok.kind == "value":
+            operands.append(self.use(scope))
+            while self.accept(","):
+                operands.append(self.use(scope))
+        if paren:
+            self.expect(")", "to close the operand list")
+        if self.at("{"):
+            attrs.update(self.parse_attrs())
+        self.expect(":", "before the result types")
+        types = []
+        if self.tok.kind == "ident" and self.tok.text == "tensor":
+            types.append(self.parse_type())
+            while self.accept(","):
+                types.append(self.parse_type())
+        if len(types) != len(result_toks):
+            raise self.error(f"'{name}' names {len(result_toks)} result(s) but gives {len(types)} type(s)", name_tok)
+        loc = self.parse_loc()
+        try:
+            attrs = d.normalize_attrs(attrs)
+        except TypeError as e:
+            raise self.error(str(e), name_tok) from None
+        op = Op(name, operands, types, attrs, loc=loc)
+        for tok, r in zip(result_toks, op.results):
+            self.define(scope, tok, r)
+        while self.at("{"):
+            self.next()
+            bb = self.expect_kind("block", "a block label like ^bb0")
+            del bb
+            args = self.parse_args(scope)
+            self.expect(":")
+            region = Block([t for _, t, _ in args], [n for n, _, _ in args])
+            inner: dict[str, Value] = {}  # regions are isolated from above
+            for (_, _, tok), v in zip(args, region.args):
+                self.define(inner, tok, v)
+            self.parse_block_body(region, inner, "yield")
+            self.expect("}", "to close the region")
+            op.add_region(region)
+        return op
+
+    def parse_graph(self) -> Graph:
+        self.expect("func", "to start a function")
+        name = self.expect_kind("symbol", "a function name like @forward").text[1:]
+        scope: dict[str, Value] = {}
+        args = self.parse_args(scope)
+        body = Block([t for _, t, _ in args], [n for n, _, _ in args])
+        for (_, _, tok), v in zip(args, body.args):
+            self.define(scope, tok, v)
+        self.expect("->")
+        self.expect("(")
+        out_types = []
+        if not self.accept(")"):
+            out_types.append(self.parse_type())
+            while self.accept(","):
+                out_types.append(self.parse_type())
+            self.expect(")")
+        self.expect("{", "to open the function body")
+        graph = Graph(name, body)
+        ret_tok = None
+        self.parse_block_body(body, scope, "return")
+        ret_tok = self.toks[self.i - 1]
+        self.expect("}", "to close the function")
+        if self.tok.kind != "eof":
+            raise self.error(f"unexpected {self.tok!r} after the function")
+        got = [v.type for v in graph.outputs]
+        if got != out_types:
+            raise self.error(f"return gives ({', '.join(map(str, got))}) but the signature says "
+                             f"({', '.join(map(str, out_types))})", ret_tok)
+        return graph
+
+
+def parse(text: str, source: str | None = None) -> Graph:
+    """Parse text IR into a Graph. Raises ParseError naming line and column."""
+    return _Parser(text, source).parse_graph()

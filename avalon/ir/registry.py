@@ -1,0 +1,164 @@
+"""The op registry: each op is declared once, as data, with its operands, attributes, traits and
+shape/dtype inference. Other layers (reference interpreter, vjp, Triton lowering, folding) keep
+their own tables keyed by the op name; `tests/test_registry.py` checks none lacks a rule."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .dtypes import DType, dtype as to_dtype
+from .types import TensorType
+
+
+class ShapeError(ValueError):
+    """Operand shapes or dtypes do not fit an op."""
+
+
+REQUIRED = object()
+
+# attribute kinds: how a value is checked and coerced
+_KINDS: dict[str, Callable[[Any], Any]] = {}
+
+
+def _ints(v):
+    if isinstance(v, (int,)) and not isinstance(v, bool):
+        return [int(v)]
+    if not isinstance(v, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in v):
+        raise TypeError(f"expected a list of ints, got {v!r}")
+    return [int(i) for i in v]
+
+
+def _int(v):
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"expected an int, got {v!r}")
+    return int(v)
+
+
+def _float(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"expected a number, got {v!r}")
+    return float(v)
+
+
+def _bool(v):
+    if not isinstance(v, bool):
+        raise TypeError(f"expected true or false, got {v!r}")
+    return v
+
+
+def _str(v):
+    if not isinstance(v, str):
+        raise TypeError(f"expected a string, got {v!r}")
+    return v
+
+
+def _scalar_or_dense(v):
+    import numpy as np
+    if isinstance(v, np.ndarray):
+        return v
+    if isinstance(v, bool) or isinstance(v, (int, float)):
+        return v
+    if isinstance(v, (list, tuple)):
+        return np.asarray(v)
+    raise TypeError(f"expected a number or an array, got {type(v).__name__}")
+
+
+_KINDS.update(ints=_ints, int=_int, float=_float, bool=_bool, str=_str, dtype=to_dtype,
+              value=_scalar_or_dense, any=lambda v: v)
+
+
+@dataclass(frozen=True)
+class Attr:
+    kind: str
+    default: Any = REQUIRED
+
+
+@dataclass
+class OpDef:
+    """What an op is. `operands` is a count, or `(min, None)` for variadic."""
+
+    name: str
+    operands: int | tuple[int, None]
+    attrs: dict[str, Attr]
+    infer: Callable[[list[TensorType], dict], list[TensorType] | None]
+    traits: frozenset[str] = field(default_factory=frozenset)
+    doc: str = ""
+    symbol: str | None = None  # attribute printed as `@name` after the op name (fusion groups)
+
+    def check_operand_count(self, n: int) -> str | None:
+        if isinstance(self.operands, int):
+            if n != self.operands:
+                return f"expects {self.operands} operand(s), got {n}"
+        elif n < self.operands[0]:
+            return f"expects at least {self.operands[0]} operand(s), got {n}"
+        return None
+
+    def normalize_attrs(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        """Fill defaults and coerce values; unknown or missing attributes raise TypeError."""
+        out: dict[str, Any] = {}
+        for k in attrs:
+            if k not in self.attrs:
+                known = ", ".join(self.attrs) or "none"
+                raise TypeError(f"'{self.name}' has no attribute '{k}' (known: {known})")
+        for k, a in self.attrs.items():
+            if k in attrs:
+                try:
+                    out[k] = _KINDS[a.kind](attrs[k])
+                except TypeError as e:
+                    raise TypeError(f"'{self.name}' attribute '{k}': {e}") from None
+            elif a.default is REQUIRED:
+                raise TypeError(f"'{self.name}' needs attribute '{k}'")
+            else:
+                out[k] = a.default
+        return out
+
+    def is_default(self, key: str, value: Any) -> bool:
+        a = self.attrs.get(key)
+        if a is None or a.default is REQUIRED:
+            return False
+        d = a.default
+        try:
+            return type(d) is type(value) and d == value or (isinstance(d, list) and list(value) == d)
+        except Exception:
+            return False
+
+
+OPS: dict[str, OpDef] = {}
+TERMINATORS = ("return", "yield")
+
+
+def define_op(name: str, operands, infer, attrs: dict[str, Attr] | None = None, traits=(), doc: str = "",
+              symbol: str | None = None) -> OpDef:
+    """Declare an op. Users may call this for their own ops; every backend table must then add a rule."""
+    if name in OPS or name in TERMINATORS:
+        raise ValueError(f"op '{name}' is already defined")
+    d = OpDef(name, operands, dict(attrs or {}), infer, frozenset(traits), doc, symbol)
+    OPS[name] = d
+    return d
+
+
+def lookup(name: str) -> OpDef:
+    try:
+        return OPS[name]
+    except KeyError:
+        raise KeyError(f"unknown op '{name}'") from None
+
+
+def infer_types(name: str, types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """Result types of `name` applied to operands of `types`; raises ShapeError when they do not fit."""
+    d = lookup(name)
+    msg = d.check_operand_count(len(types))
+    if msg:
+        raise ShapeError(f"{name}: {msg}")
+    out = d.infer(types, attrs)
+    if out is None:
+        raise ShapeError(f"{name}: result types cannot be inferred from operands")
+    return out
+
+
+def same_dtype(name: str, types: list[TensorType]) -> DType:
+    dts = {t.dtype for t in types}
+    if len(dts) > 1:
+        raise ShapeError(f"{name}: operand dtypes differ ({', '.join(str(t.dtype) for t in types)})")
+    return types[0].dtype

@@ -1,0 +1,95 @@
+"""The verifier: every op registered, operand counts and types right, attributes valid, values
+defined before use, regions consistent with their ops. Errors name the op at fault."""
+from __future__ import annotations
+
+from .core import Block, Graph, Op, Value
+from .printer import Namer, format_op, name_values
+from .registry import OPS, ShapeError
+
+
+class VerifyError(ValueError):
+    def __init__(self, msg: str, op: Op | None = None):
+        self.op = op
+        super().__init__(msg)
+
+
+def _where(op: Op, namer: Namer) -> str:
+    loc = f" (from {op.loc})" if op.loc else ""
+    return f"'{op.name}' op `{format_op(op, namer)}`{loc}"
+
+
+def _check_block(block: Block, defined: set[int], namer: Namer) -> None:
+    for a in block.args:
+        defined.add(id(a))
+    for op in block.ops:
+        if op.parent is not block:
+            raise VerifyError(f"{_where(op, namer)}: its parent link does not point to its block", op)
+        d = OPS.get(op.name)
+        if d is None:
+            raise VerifyError(f"{_where(op, namer)}: unknown op", op)
+        for i, v in enumerate(op.operands):
+            if id(v) not in defined:
+                raise VerifyError(f"{_where(op, namer)}: operand #{i} is used before it is defined "
+                                  "(or comes from outside this region)", op)
+            if (op, i) not in v.uses:
+                raise VerifyError(f"{_where(op, namer)}: operand #{i}'s use list does not record this use", op)
+        msg = d.check_operand_count(len(op.operands))
+        if msg:
+            raise VerifyError(f"{_where(op, namer)}: {msg}", op)
+        try:
+            attrs = d.normalize_attrs(op.attrs)
+        except TypeError as e:
+            raise VerifyError(f"{_where(op, namer)}: {e}", op) from None
+        if attrs.keys() != op.attrs.keys():
+            missing = sorted(set(attrs) - set(op.attrs))
+            raise VerifyError(f"{_where(op, namer)}: attributes {missing} are not set "
+                              "(build ops through the builder or normalize_attrs)", op)
+        try:
+            want = d.infer([v.type for v in op.operands], attrs)
+        except ShapeError as e:
+            raise VerifyError(f"{_where(op, namer)}: {e}", op) from None
+        got = [r.type for r in op.results]
+        if want is not None:
+            if len(want) != len(got):
+                raise VerifyError(f"{_where(op, namer)}: has {len(got)} result(s), expected {len(want)}", op)
+            for i, (w, g) in enumerate(zip(want, got)):
+                if (w.shape, w.dtype) != (g.shape, g.dtype):
+                    raise VerifyError(f"{_where(op, namer)}: result #{i} has type {g}, expected {w}", op)
+        if "region" in d.traits:
+            _check_region_op(op, namer)
+        for r in op.results:
+            defined.add(id(r))
+    t = block.terminator
+    if t is None:
+        raise VerifyError("a block has no terminator")
+    for i, v in enumerate(t.operands):
+        if id(v) not in defined:
+            raise VerifyError(f"'{t.name}': operand #{i} is not defined in this block", t)
+
+
+def _check_region_op(op: Op, namer: Namer) -> None:
+    if len(op.regions) != 1:
+        raise VerifyError(f"{_where(op, namer)}: needs exactly one region, has {len(op.regions)}", op)
+    region = op.regions[0]
+    if [a.type for a in region.args] != [v.type for v in op.operands]:
+        raise VerifyError(f"{_where(op, namer)}: region argument types "
+                          f"({', '.join(str(a.type) for a in region.args)}) differ from operand types", op)
+    if region.terminator is None or region.terminator.name != "yield":
+        raise VerifyError(f"{_where(op, namer)}: region must end in 'yield'", op)
+    _check_block(region, set(), namer)
+    ys = [v.type for v in region.results]
+    rs = [r.type for r in op.results]
+    if ys != rs:
+        raise VerifyError(f"{_where(op, namer)}: region yields ({', '.join(map(str, ys))}) "
+                          f"but the op's results are ({', '.join(map(str, rs))})", op)
+
+
+def verify(graph: Graph) -> Graph:
+    """Check the graph; raise VerifyError naming the first op at fault. Returns the graph."""
+    namer = name_values(graph)
+    if graph.body.terminator is None or graph.body.terminator.name != "return":
+        raise VerifyError("the function body must end in 'return'")
+    _check_block(graph.body, set(), namer)
+    return graph
+
+
