@@ -25,9 +25,9 @@ class Location:
 
 
 class Value:
-    """An SSA value: a block argument or an op result."""
+    """An SSA value: a block argument or an op result. Hashes by identity."""
 
-    __slots__ = ("type", "name", "owner", "index", "uses")
+    __slots__ = ("type", "name", "owner", "index", "uses", "__weakref__")
 
     def __init__(self, type: TensorType, owner: Op | Block | None = None, index: int = 0,
                  name: str | None = None):
@@ -247,10 +247,8 @@ class Graph:
         return self.body.walk()
 
     def clone(self) -> Graph:
-        from .printer import print_graph
-        from .parser import parse
-        # Text is the one true serialization; keep locations through the copy.
-        return parse(print_graph(self, locations=True))
+        from .clone import clone_graph
+        return clone_graph(self)
 
     def __str__(self) -> str:
         from .printer import print_graph

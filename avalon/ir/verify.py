@@ -2,7 +2,7 @@
 defined before use, regions consistent with their ops. Errors name the op at fault."""
 from __future__ import annotations
 
-from .core import Block, Graph, Op, Value
+from .core import Block, Graph, Op
 from .printer import Namer, format_op, name_values
 from .registry import OPS, ShapeError
 

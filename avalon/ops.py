@@ -1,0 +1,566 @@
+"""Array operations on Tensors, numpy arrays and Python scalars, with numpy broadcasting and dtype
+promotion made explicit: each call inserts the `broadcast`/`cast` ops the IR needs and binds one
+primitive. `bind` runs the primitive eagerly on the reference rule, or records it when tracing."""
+from __future__ import annotations
+
+import builtins
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .codegen.numpy.reference import evaluate
+from .device import CPU
+from .ir import ShapeError, TensorType, Value
+from .ir import dtypes as dt
+from .ir.builder import make_op
+from .ir.dtypes import DType
+from .tensor import Tensor, as_array
+from .trace import current_trace, located, user_location
+
+Scalar = (int, float, bool, np.integer, np.floating, np.bool_)
+
+
+# -- binding one primitive --------------------------------------------------------------------
+
+def _type_of(x: Any) -> TensorType:
+    if isinstance(x, Tensor):
+        return TensorType(x.shape, x.dtype)
+    a = np.asarray(x)
+    return TensorType(a.shape, dt.dtype(a.dtype))
+
+
+def bind(opname: str, *operands: Any, **attrs: Any) -> Tensor:
+    """Apply primitive `opname`: recorded in the active trace, or run now on the reference rule."""
+    tr = current_trace()
+    if tr is not None:
+        return tr.emit(opname, list(operands), attrs)[0]
+    try:
+        op = make_op(opname, [Value(_type_of(o)) for o in operands], attrs)
+    except (ShapeError, TypeError) as e:
+        raise located(e, user_location()) from None
+    devs = {o.device for o in operands if isinstance(o, Tensor)}
+    rt = op.results[0].type
+    out = evaluate(opname, op.attrs, [as_array(o) for o in operands], rt)
+    res = Tensor._wrap(np.ascontiguousarray(out), rt.dtype, CPU)
+    dev = next(iter(devs)) if len(devs) == 1 else CPU
+    return res if dev == CPU else res.to(dev)
+
+
+# -- operand coercion -------------------------------------------------------------------------
+
+def _is_scalar(x: Any) -> bool:
+    return isinstance(x, Scalar)
+
+
+def _as_operand(x: Any) -> Any:
+    """Tensors stay; arrays and lists become Tensors."""
+    if isinstance(x, Tensor):
+        return x
+    if _is_scalar(x):
+        return x
+    return Tensor(as_array(x))
+
+
+def _scalar_dtype(x: Any, other: DType) -> DType:
+    if isinstance(x, (bool, np.bool_)):
+        return other
+    if isinstance(x, (int, np.integer)):
+        return other if other is not dt.bool_ else dt.int64
+    return other if other.is_float else dt.float32
+
+
+def result_dtype(*xs: Any) -> DType:
+    tensors = [x for x in xs if not _is_scalar(x)]
+    if not tensors:
+        return dt.float32 if any(isinstance(x, (float, np.floating)) for x in xs) else dt.int64
+    d = tensors[0].dtype
+    for t in tensors[1:]:
+        d = dt.promote(d, t.dtype)
+    for x in xs:
+        if _is_scalar(x):
+            d = dt.promote(d, _scalar_dtype(x, d))
+    return d
+
+
+def full(shape: Sequence[int], value: Any, dtype: Any = dt.float32) -> Tensor:
+    d = dt.dtype(dtype)
+    v = bool(value) if d is dt.bool_ else (int(value) if not d.is_float else float(value))
+    return bind("constant", value=v, shape=[int(s) for s in shape], dtype=d)
+
+
+def zeros(shape, dtype=dt.float32) -> Tensor:
+    return full(shape, 0, dtype)
+
+
+def ones(shape, dtype=dt.float32) -> Tensor:
+    return full(shape, 1, dtype)
+
+
+def cast(x: Any, dtype: Any) -> Tensor:
+    d = dt.dtype(dtype)
+    x = _as_operand(x)
+    if _is_scalar(x):
+        return full((), x, d)
+    return x if x.dtype == d else bind("cast", x, dtype=d)
+
+
+def broadcast_to(x: Any, shape: Sequence[int]) -> Tensor:
+    x = _as_operand(x)
+    shape = tuple(int(s) for s in shape)
+    if _is_scalar(x):
+        return full(shape, x, result_dtype(x))
+    return x if x.shape == shape else bind("broadcast", x, shape=list(shape))
+
+
+def _broadcast_shapes(name: str, *shapes) -> tuple[int, ...]:
+    try:
+        return tuple(np.broadcast_shapes(*shapes))
+    except ValueError:
+        err = ShapeError(f"{name}: shapes {' and '.join(str(tuple(s)) for s in shapes)} cannot be broadcast together")
+        raise located(err, user_location()) from None
+
+
+def _prepare(name: str, *xs: Any, dtype: DType | None = None) -> list[Tensor]:
+    """Promote to one dtype and broadcast to one shape, inserting the ops that does."""
+    xs = [_as_operand(x) for x in xs]
+    d = dtype or result_dtype(*xs)
+    shape = _broadcast_shapes(name, *[() if _is_scalar(x) else x.shape for x in xs])
+    out = []
+    for x in xs:
+        if _is_scalar(x):
+            out.append(full(shape, x, d))
+        else:
+            out.append(broadcast_to(cast(x, d), shape))
+    return out
+
+
+# -- elementwise ------------------------------------------------------------------------------
+
+def _binary(name: str):
+    def f(a: Any, b: Any) -> Tensor:
+        return bind(name, *_prepare(name, a, b))
+    f.__name__ = name
+    f.__doc__ = f"Elementwise {name} with numpy broadcasting and dtype promotion."
+    return f
+
+
+add, sub, mul, maximum, minimum = (_binary(n) for n in ("add", "sub", "mul", "maximum", "minimum"))
+eq, ne, lt, le, gt, ge = (_binary(n) for n in ("eq", "ne", "lt", "le", "gt", "ge"))
+logical_and, logical_or = _binary("logical_and"), _binary("logical_or")
+
+
+def div(a: Any, b: Any) -> Tensor:
+    """True division (integers are promoted to f32, like torch)."""
+    d = result_dtype(_as_operand(a), _as_operand(b))
+    if not d.is_float:
+        d = dt.float32
+    return bind("div", *_prepare("div", a, b, dtype=d))
+
+
+def floor_divide(a: Any, b: Any) -> Tensor:
+    d = result_dtype(_as_operand(a), _as_operand(b))
+    if d.is_float:
+        return floor(div(a, b))
+    raise NotImplementedError("integer floor division is not supported yet")
+
+
+def floor(x: Any) -> Tensor:
+    """Float floor through an integer cast (exact for |x| < 2**62)."""
+    x = _as_operand(x)
+    t = cast(cast(x, dt.int64), x.dtype)
+    return where(gt(t, x), sub(t, 1), t)
+
+
+def pow(a: Any, b: Any) -> Tensor:  # noqa: A001
+    if _is_scalar(b) and float(b) == 2.0:
+        a = _as_operand(a)
+        return mul(a, a)
+    d = result_dtype(_as_operand(a), _as_operand(b))
+    if not d.is_float:
+        d = dt.float32
+    return bind("pow", *_prepare("pow", a, b, dtype=d))
+
+
+def _unary(name: str, floating: bool = False):
+    def f(x: Any) -> Tensor:
+        x = _as_operand(x)
+        if _is_scalar(x):
+            x = full((), x, result_dtype(x))
+        if floating and not x.dtype.is_float:
+            x = cast(x, dt.float32)
+        return bind(name, x)
+    f.__name__ = name
+    f.__doc__ = f"Elementwise {name}."
+    return f
+
+
+neg, abs, relu, sign = (_unary(n) for n in ("neg", "abs", "relu", "sign"))  # noqa: A001
+exp, log, tanh, sigmoid, sqrt, rsqrt, erf = (_unary(n, True) for n in
+                                             ("exp", "log", "tanh", "sigmoid", "sqrt", "rsqrt", "erf"))
+logical_not = _unary("logical_not")
+
+
+def where(cond: Any, a: Any, b: Any) -> Tensor:
+    """`a` where `cond` else `b`, broadcasting all three."""
+    cond = _as_operand(cond)
+    if not _is_scalar(cond) and cond.dtype is not dt.bool_:
+        cond = ne(cond, 0)
+    xa, xb = _as_operand(a), _as_operand(b)
+    d = result_dtype(xa, xb)
+    shape = _broadcast_shapes("where", *[() if _is_scalar(x) else x.shape for x in (cond, xa, xb)])
+    c = broadcast_to(cond, shape) if not _is_scalar(cond) else full(shape, bool(cond), dt.bool_)
+    ya, yb = (full(shape, x, d) if _is_scalar(x) else broadcast_to(cast(x, d), shape) for x in (xa, xb))
+    return bind("where", c, ya, yb)
+
+
+def clamp(x: Any, min: Any = None, max: Any = None) -> Tensor:  # noqa: A002
+    out = _as_operand(x)
+    if min is not None:
+        out = maximum(out, min)
+    if max is not None:
+        out = minimum(out, max)
+    return out
+
+
+# -- shapes -----------------------------------------------------------------------------------
+
+def _tensor(x: Any) -> Tensor:
+    x = _as_operand(x)
+    return full((), x, result_dtype(x)) if _is_scalar(x) else x
+
+
+def reshape(x: Any, *shape: Any) -> Tensor:
+    """Reshape; one dimension may be -1. Shapes may be given as a tuple or as arguments."""
+    x = _tensor(x)
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    shape = [int(s) for s in shape]
+    if shape.count(-1) > 1:
+        raise located(ShapeError(f"reshape: more than one -1 in {tuple(shape)}"), user_location())
+    if -1 in shape:
+        known = math.prod(s for s in shape if s != -1)
+        if known == 0 or x.numel % known:
+            raise located(ShapeError(f"reshape: cannot reshape {x.shape} to {tuple(shape)}"), user_location())
+        shape[shape.index(-1)] = x.numel // known
+    return x if tuple(shape) == x.shape else bind("reshape", x, shape=shape)
+
+
+def permute(x: Any, *perm: Any) -> Tensor:
+    x = _tensor(x)
+    if len(perm) == 1 and isinstance(perm[0], (tuple, list)):
+        perm = tuple(perm[0])
+    perm = [p % x.ndim for p in perm] if x.ndim else []
+    return x if perm == list(range(x.ndim)) else bind("transpose", x, perm=perm)
+
+
+def transpose(x: Any, *dims: Any) -> Tensor:
+    """No dims: reverse all (numpy). Two dims: swap them (torch). A full permutation: permute."""
+    x = _tensor(x)
+    if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+        dims = tuple(dims[0])
+    if not dims:
+        return permute(x, list(reversed(range(x.ndim))))
+    if len(dims) == 2 and x.ndim != 2 or (len(dims) == 2 and sorted(d % 2 for d in dims) != [0, 1]):
+        perm = list(range(x.ndim))
+        a, b = dims[0] % x.ndim, dims[1] % x.ndim
+        perm[a], perm[b] = perm[b], perm[a]
+        return permute(x, perm)
+    return permute(x, list(dims))
+
+
+def expand_dims(x: Any, axis: int) -> Tensor:
+    x = _tensor(x)
+    axis = axis % (x.ndim + 1)
+    return reshape(x, x.shape[:axis] + (1,) + x.shape[axis:])
+
+
+def squeeze(x: Any, axis: int | None = None) -> Tensor:
+    x = _tensor(x)
+    if axis is None:
+        return reshape(x, tuple(s for s in x.shape if s != 1))
+    axis = axis % x.ndim
+    if x.shape[axis] != 1:
+        return x
+    return reshape(x, x.shape[:axis] + x.shape[axis + 1:])
+
+
+def flatten(x: Any, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+    x = _tensor(x)
+    if x.ndim == 0:
+        return reshape(x, (1,))
+    s, e = start_dim % x.ndim, end_dim % x.ndim
+    return reshape(x, x.shape[:s] + (math.prod(x.shape[s:e + 1]),) + x.shape[e + 1:])
+
+
+def concat(xs: Sequence[Any], axis: int = 0) -> Tensor:
+    ts = [_tensor(x) for x in xs]
+    d = result_dtype(*ts)
+    return bind("concat", *[cast(t, d) for t in ts], axis=axis % ts[0].ndim)
+
+
+def stack(xs: Sequence[Any], axis: int = 0) -> Tensor:
+    return concat([expand_dims(x, axis) for x in xs], axis)
+
+
+def pad(x: Any, pad_width: Sequence[tuple[int, int]], value: float = 0.0) -> Tensor:
+    x = _tensor(x)
+    return bind("pad", x, low=[int(p[0]) for p in pad_width], high=[int(p[1]) for p in pad_width], value=float(value))
+
+
+def slice_(x: Any, start: Sequence[int], limit: Sequence[int], step: Sequence[int] | None = None) -> Tensor:
+    x = _tensor(x)
+    step = list(step) if step is not None else [1] * x.ndim
+    if list(start) == [0] * x.ndim and list(limit) == list(x.shape) and step == [1] * x.ndim:
+        return x
+    return bind("slice", x, start=list(start), limit=list(limit), step=[] if builtins.all(s == 1 for s in step) else step)
+
+
+def _is_int_index(i: Any) -> bool:
+    return isinstance(i, (int, np.integer)) or (isinstance(i, Tensor) and i.ndim == 0 and not i.is_traced
+                                                 and not i.dtype.is_float)
+
+
+def getitem(x: Tensor, index: Any) -> Tensor:
+    """Basic indexing: ints, slices with positive steps, None, Ellipsis, and one integer array
+    (which gathers along its axis with `take`)."""
+    if not isinstance(index, tuple):
+        index = (index,)
+    if builtins.sum(1 for i in index if i is Ellipsis) > 1:
+        raise IndexError("an index can only have a single ellipsis")
+    n_real = builtins.sum(1 for i in index if i is not None and i is not Ellipsis)
+    if n_real > x.ndim:
+        raise IndexError(f"too many indices ({n_real}) for a tensor of rank {x.ndim}")
+    if Ellipsis in index:
+        k = index.index(Ellipsis)
+        index = index[:k] + (slice(None),) * (x.ndim - n_real) + index[k + 1:]
+    else:
+        index = index + (slice(None),) * (x.ndim - n_real)
+    start, limit, step, kept = [], [], [], []
+    array_at: int | None = None  # position among kept dims
+    array_idx = None
+    for i in (i for i in index if i is not None):
+        dim, size = len(start), x.shape[len(start)]
+        if isinstance(i, slice):
+            s, e, st = i.indices(size)
+            if st < 1:
+                raise IndexError("negative slice steps are not supported")
+            e = builtins.max(e, s)
+            start.append(s), limit.append(e), step.append(st)
+            kept.append(len(range(s, e, st)))
+        elif _is_int_index(i):
+            j = int(i)
+            if not -size <= j < size:
+                raise IndexError(f"index {j} is out of bounds for dimension {dim} with size {size}")
+            start.append(j % size), limit.append(j % size + 1), step.append(1)
+        elif isinstance(i, (Tensor, np.ndarray, list)):
+            if array_at is not None:
+                raise IndexError("only one integer-array index is supported")
+            array_at, array_idx = len(kept), _as_operand(i)
+            if array_idx.dtype.is_float or array_idx.dtype is dt.bool_:
+                raise IndexError("array indices must be integers")
+            start.append(0), limit.append(size), step.append(1)
+            kept.append(size)
+        else:
+            raise IndexError(f"unsupported index {i!r}")
+    y = reshape(slice_(x, start, limit, step), kept)
+    if array_at is not None:
+        y = bind("take", y, array_idx, axis=array_at)
+    if not any(i is None for i in index):
+        return y
+    shape, k = [], 0
+    for i in index:
+        if i is None:
+            shape.append(1)
+        elif _is_int_index(i):
+            continue
+        elif isinstance(i, slice):
+            shape.append(y.shape[k])
+            k += 1
+        else:
+            n = array_idx.ndim
+            shape.extend(y.shape[k:k + n])
+            k += n
+    return reshape(y, shape)
+
+
+# -- reductions -------------------------------------------------------------------------------
+
+def _axes(x: Tensor, axis: Any) -> list[int]:
+    if axis is None:
+        return list(range(x.ndim))
+    axes = [axis] if isinstance(axis, (int, np.integer)) else list(axis)
+    for a in axes:
+        if not -x.ndim <= a < builtins.max(x.ndim, 1):
+            raise located(ShapeError(f"axis {a} is out of range for a tensor of rank {x.ndim}"), user_location())
+    return sorted(a % x.ndim for a in axes) if x.ndim else []
+
+
+def sum(x: Any, axis: Any = None, keepdims: bool = False, dtype: Any = None) -> Tensor:  # noqa: A001
+    x = _tensor(x)
+    if dtype is not None:
+        x = cast(x, dtype)
+    elif x.dtype is dt.bool_:
+        x = cast(x, dt.int64)
+    axes = _axes(x, axis)
+    if not axes:
+        return x
+    return bind("sum", x, axes=axes, keepdims=keepdims)
+
+
+def mean(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
+    x = _tensor(x)
+    if not x.dtype.is_float:
+        x = cast(x, dt.float32)
+    axes = _axes(x, axis)
+    n = math.prod(x.shape[a] for a in axes)
+    return mul(sum(x, axes, keepdims), 1.0 / n) if n else div(sum(x, axes, keepdims), 0.0)
+
+
+def var(x: Any, axis: Any = None, keepdims: bool = False, correction: int = 0) -> Tensor:
+    """Variance (population by default; `correction=1` for the unbiased estimate)."""
+    x = _tensor(x)
+    axes = _axes(x, axis)
+    n = math.prod(x.shape[a] for a in axes)
+    c = sub(x, mean(x, axes, keepdims=True))
+    return mul(sum(mul(c, c), axes, keepdims), 1.0 / builtins.max(n - correction, 1))
+
+
+def max(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+    x = _tensor(x)
+    axes = _axes(x, axis)
+    return x if not axes else bind("max", x, axes=axes, keepdims=keepdims)
+
+
+def min(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+    return neg(max(neg(x), axis, keepdims))
+
+
+def argmax(x: Any, axis: int | None = None, keepdims: bool = False) -> Tensor:
+    x = _tensor(x)
+    if axis is None:
+        return bind("argmax", reshape(x, (-1,)), axis=0)
+    return bind("argmax", x, axis=axis % x.ndim, keepdims=keepdims)
+
+
+def logsumexp(x: Any, axis: Any = -1, keepdims: bool = False) -> Tensor:
+    """log(sum(exp(x))) computed stably."""
+    x = _tensor(x)
+    axes = _axes(x, axis)
+    m = max(x, axes, keepdims=True)
+    s = log(sum(exp(sub(x, m)), axes, keepdims=True))
+    out = add(s, m)
+    return out if keepdims else reshape(out, [d for i, d in enumerate(x.shape) if i not in axes])
+
+
+# -- contractions and windows -----------------------------------------------------------------
+
+def matmul(a: Any, b: Any) -> Tensor:
+    """numpy.matmul semantics: 1-d operands are promoted, batch dimensions broadcast."""
+    a, b = _tensor(a), _tensor(b)
+    if a.ndim == 0 or b.ndim == 0:
+        raise located(ShapeError("matmul: operands must not be scalars; use *"), user_location())
+    d = result_dtype(a, b)
+    a, b = cast(a, d), cast(b, d)
+    va, vb = a.ndim == 1, b.ndim == 1
+    if va:
+        a = reshape(a, (1, a.shape[0]))
+    if vb:
+        b = reshape(b, (b.shape[0], 1))
+    if a.shape[-1] != b.shape[-2]:
+        raise located(ShapeError(f"matmul: shapes {a.shape} and {b.shape} do not align "
+                                 f"({a.shape[-1]} != {b.shape[-2]})"), user_location())
+    batch = _broadcast_shapes("matmul", a.shape[:-2], b.shape[:-2])
+    a = broadcast_to(a, batch + a.shape[-2:])
+    b = broadcast_to(b, batch + b.shape[-2:])
+    out = bind("matmul", a, b)
+    if va and vb:
+        return reshape(out, batch)
+    if va:
+        return reshape(out, batch + (out.shape[-1],))
+    if vb:
+        return reshape(out, batch + (out.shape[-2],))
+    return out
+
+
+def _pair(v: Any) -> list[int]:
+    return [int(v), int(v)] if isinstance(v, (int, np.integer)) else [int(i) for i in v]
+
+
+def conv2d(x: Any, w: Any, stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1) -> Tensor:
+    x, w = _tensor(x), _tensor(w)
+    d = result_dtype(x, w)
+    return bind("conv2d", cast(x, d), cast(w, d), stride=_pair(stride), padding=_pair(padding),
+                dilation=_pair(dilation), groups=int(groups))
+
+
+def max_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0) -> Tensor:
+    k = _pair(kernel_size)
+    return bind("max_pool2d", _tensor(x), kernel=k, stride=_pair(stride) if stride is not None else k,
+                padding=_pair(padding))
+
+
+def avg_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, count_include_pad: bool = True) -> Tensor:
+    k = _pair(kernel_size)
+    return bind("avg_pool2d", _tensor(x), kernel=k, stride=_pair(stride) if stride is not None else k,
+                padding=_pair(padding), count_include_pad=bool(count_include_pad))
+
+
+def take(x: Any, indices: Any, axis: int = 0) -> Tensor:
+    x, idx = _tensor(x), _as_operand(indices)
+    if _is_scalar(idx):
+        idx = full((), int(idx), dt.int64)
+    return bind("take", x, idx, axis=axis % x.ndim)
+
+
+def one_hot(indices: Any, num_classes: int, dtype: Any = dt.float32) -> Tensor:
+    idx = _as_operand(indices)
+    return bind("one_hot", idx, num_classes=int(num_classes), dtype=dt.dtype(dtype))
+
+
+def random(seed: Any, shape: Sequence[int], distribution: str = "uniform", dtype: Any = dt.float32) -> Tensor:
+    """Counter-based random numbers: the same seed gives the same numbers on every backend."""
+    s = _as_operand(seed)
+    if _is_scalar(s):
+        s = full((), int(s), dt.int64)
+    return bind("random", s, shape=[int(i) for i in shape], distribution=distribution, dtype=dt.dtype(dtype))
+
+
+# -- Tensor methods and operators -------------------------------------------------------------
+
+def _r(f):
+    return lambda self, other: f(other, self)
+
+
+def _method(name: str, f):
+    setattr(Tensor, name, f)
+
+
+for _name, _f in {
+    "__add__": add, "__radd__": _r(add), "__sub__": sub, "__rsub__": _r(sub), "__mul__": mul,
+    "__rmul__": _r(mul), "__truediv__": div, "__rtruediv__": _r(div), "__pow__": pow, "__rpow__": _r(pow),
+    "__matmul__": matmul, "__rmatmul__": _r(matmul), "__floordiv__": floor_divide,
+    "__eq__": eq, "__ne__": ne, "__lt__": lt, "__le__": le, "__gt__": gt, "__ge__": ge,
+    "__and__": logical_and, "__or__": logical_or,
+    "__neg__": neg, "__abs__": abs, "__invert__": logical_not, "__pos__": lambda self: self,
+    "__getitem__": getitem,
+    "exp": exp, "log": log, "tanh": tanh, "sigmoid": sigmoid, "relu": relu, "sqrt": sqrt, "rsqrt": rsqrt,
+    "abs": abs, "neg": neg, "sign": sign, "erf": erf,
+    "sum": sum, "mean": mean, "max": max, "min": min, "argmax": argmax, "var": var,
+    "reshape": reshape, "view": reshape, "transpose": transpose, "permute": permute, "flatten": flatten,
+    "squeeze": squeeze, "unsqueeze": expand_dims, "expand_dims": expand_dims, "broadcast_to": broadcast_to,
+    "astype": cast, "matmul": matmul, "clamp": clamp, "maximum": maximum, "minimum": minimum,
+}.items():
+    _method(_name, _f)
+
+Tensor.T = property(lambda self: transpose(self))
+Tensor.float = lambda self: cast(self, dt.float32)
+Tensor.double = lambda self: cast(self, dt.float64)
+Tensor.long = lambda self: cast(self, dt.int64)
+Tensor.expand = lambda self, *shape: broadcast_to(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
+Tensor.__hash__ = lambda self: id(self)
+
+__all__ = [n for n in dir() if not n.startswith("_") and n not in ("annotations", "builtins", "math", "np", "Any",
+                                                                   "Sequence", "Value", "TensorType", "DType",
+                                                                   "CPU", "Scalar", "TracerError")]

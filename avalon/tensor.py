@@ -1,0 +1,230 @@
+"""`av.Tensor`: a value that is either concrete (numpy data on the CPU, torch storage on CUDA) or
+traced (an IR Value inside an active trace). Every operation goes through `ops.bind`, which runs
+the op on the reference interpreter's rule when eager and records it in the graph when tracing."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .device import CPU, Device
+from .device import device as to_device
+from .ir import dtypes as dt
+from .ir.dtypes import DType
+
+
+class TracerError(RuntimeError):
+    """A traced value was used where Python needs a concrete one."""
+
+
+def as_array(data: Any, dtype: DType | None = None) -> np.ndarray:
+    """numpy view or copy of any tensor-like, optionally converted to `dtype`."""
+    if isinstance(data, Tensor):
+        arr = data.numpy()
+    elif hasattr(data, "detach") and hasattr(data, "cpu"):  # a torch tensor
+        t = data.detach().cpu()
+        if str(t.dtype) == "torch.bfloat16":
+            t = t.float()
+        arr = t.numpy()
+    else:
+        arr = np.asarray(data)
+    if dtype is not None:
+        arr = arr.astype(dtype.np, copy=False)
+        if dtype is dt.bfloat16:
+            from .codegen.numpy.reference import round_bf16
+            arr = round_bf16(arr)
+    return arr
+
+
+def _default_dtype(data: Any) -> DType:
+    if isinstance(data, Tensor):
+        return data.dtype
+    if hasattr(data, "dtype") and not isinstance(data, np.ndarray) and hasattr(data, "detach"):
+        return dt.dtype(data.dtype)  # torch tensor
+    if isinstance(data, (np.ndarray, np.generic)):
+        return dt.dtype(data.dtype)
+    arr = np.asarray(data)
+    if arr.dtype == np.bool_:
+        return dt.bool_
+    if arr.dtype.kind in "iu":
+        return dt.int64
+    return dt.float32  # Python floats default to f32, as in torch
+
+
+class Tensor:
+    """An n-d array with a static shape and dtype. Build one with `av.tensor(...)`."""
+
+    __slots__ = ("_data", "_dtype", "_value", "_trace", "_device", "__weakref__")
+    __array_priority__ = 100  # numpy defers to our operators: `ndarray + Tensor` gives a Tensor
+
+    def __init__(self, data: Any, dtype: Any = None, device: Any = None):
+        d = dt.dtype(dtype) if dtype is not None else _default_dtype(data)
+        self._dtype = d
+        self._value = None
+        self._trace = None
+        self._device = to_device(device) if device is not None else CPU
+        arr = as_array(data, d)
+        if not arr.flags.writeable or not arr.flags.c_contiguous:
+            arr = np.ascontiguousarray(arr).copy()
+        self._data = arr if self._device == CPU else _to_torch(arr, d, self._device)
+
+    @classmethod
+    def _wrap(cls, data: Any, dtype: DType, device: Device = CPU) -> Tensor:
+        t = object.__new__(cls)
+        t._data, t._dtype, t._value, t._trace, t._device = data, dtype, None, None, device
+        return t
+
+    @classmethod
+    def _traced(cls, value, trace) -> Tensor:
+        t = object.__new__(cls)
+        t._data, t._dtype, t._value, t._trace, t._device = None, value.type.dtype, value, trace, trace.device
+        return t
+
+    # -- basic facts
+    @property
+    def is_traced(self) -> bool:
+        return self._value is not None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self._value.type.shape) if self._value is not None else tuple(self._data.shape)
+
+    @property
+    def dtype(self) -> DType:
+        return self._dtype
+
+    @property
+    def device(self) -> Device:
+        return self._device
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def dim(self) -> int:
+        return self.ndim
+
+    def size(self, dim: int | None = None):
+        return self.shape if dim is None else self.shape[dim]
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    # -- leaving Avalon
+    def _concrete(self, what: str) -> None:
+        if self._value is not None:
+            loc = self._value.op.loc if self._value.op is not None and self._value.op.loc else None
+            where = f" (value made at {loc})" if loc else ""
+            raise TracerError(
+                f"{what} needs a concrete value, but this tensor is being traced{where}. Avalon records "
+                "one graph for all inputs, so Python control flow cannot depend on tensor values. Use "
+                "av.ops.where(cond, a, b) for data-dependent selection, or move the decision out of the "
+                "traced function.")
+
+    def numpy(self) -> np.ndarray:
+        """The data as a numpy array (a view on the CPU; a copy from a GPU)."""
+        self._concrete("Tensor.numpy()")
+        if self._device == CPU:
+            return self._data
+        t = self._data.detach().cpu()
+        return (t.float() if str(t.dtype) == "torch.bfloat16" else t).numpy()
+
+    def __array__(self, dtype=None, copy=None):
+        self._concrete("converting to a numpy array")
+        a = self.numpy()
+        return a.astype(dtype) if dtype is not None else a
+
+    def item(self):
+        self._concrete("Tensor.item()")
+        return self.numpy().item()
+
+    def tolist(self):
+        self._concrete("Tensor.tolist()")
+        return self.numpy().tolist()
+
+    def __bool__(self) -> bool:
+        self._concrete("a Python `if`/`while`/`and`/`or`/bool() on a tensor")
+        if self.numel != 1:
+            raise ValueError(f"the truth value of a tensor with {self.numel} elements is ambiguous")
+        return bool(self.item())
+
+    def __float__(self) -> float:
+        self._concrete("float()")
+        return float(self.item())
+
+    def __int__(self) -> int:
+        self._concrete("int()")
+        return int(self.item())
+
+    def __index__(self) -> int:
+        self._concrete("using a tensor as an index")
+        if self.dtype.is_float:
+            raise TypeError("only integer tensors can be used as an index")
+        return int(self.item())
+
+    def to(self, device: Any = None, dtype: Any = None) -> Tensor:
+        """Copy to another device and/or convert the dtype (no copy when nothing changes)."""
+        out = self
+        if dtype is not None and dt.dtype(dtype) != self.dtype:
+            out = out.astype(dtype)
+        if device is not None:
+            dev = to_device(device)
+            if dev != out._device:
+                out._concrete("Tensor.to(device)")
+                if dev == CPU:
+                    out = Tensor._wrap(out.numpy().copy(), out.dtype, CPU)
+                else:
+                    out = Tensor._wrap(_to_torch(out.numpy(), out.dtype, dev), out.dtype, dev)
+        return out
+
+    def cpu(self) -> Tensor:
+        return self.to("cpu")
+
+    def cuda(self) -> Tensor:
+        return self.to("cuda")
+
+    def __repr__(self) -> str:
+        if self._value is not None:
+            return f"Tensor(traced, shape={self.shape}, dtype={self.dtype.name})"
+        body = np.array2string(self.numpy(), separator=", ", precision=4, threshold=20)
+        dev = f", device='{self._device}'" if self._device != CPU else ""
+        return f"tensor({body}, dtype={self.dtype.name}{dev})"
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    # operators and methods are attached in avalon/ops.py, next to the ops they call
+
+
+def _to_torch(arr: np.ndarray, dtype: DType, dev: Device):
+    import torch
+    t = torch.from_numpy(np.ascontiguousarray(arr))
+    if dtype is dt.bfloat16:
+        t = t.to(torch.bfloat16)
+    return t.to(dev.torch)
+
+
+class Buffer(Tensor):
+    """A tensor of a model's state that is not trained (batch norm's running statistics).
+    `nn.named_parameters` skips it; `nn.state_dict` and the tracer include it."""
+
+    __slots__ = ()
+
+
+def tensor(data: Any, dtype: Any = None, device: Any = None) -> Tensor:
+    """`av.tensor(data, dtype=None, device=None)`: a new Tensor holding a copy of `data`."""
+    if isinstance(data, Tensor) and data.is_traced:
+        raise TracerError("av.tensor() of a traced tensor; use it directly")
+    t = Tensor(as_array(data).copy() if not isinstance(data, (list, tuple, int, float, bool)) else data,
+               dtype if dtype is not None else _default_dtype(data), device)
+    return t

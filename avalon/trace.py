@@ -1,0 +1,268 @@
+"""Tracing: running plain Python code on traced Tensors to record one typed SSA graph.
+
+`av.trace(fn, *args)` makes the graph of one call. Inputs are the tensor leaves of the arguments
+in order; a model contributes its parameters (then its buffers) in `named_parameters` order, and
+when `fn` is itself a model (or a bound method of one) its tensors come first. Tensors that are
+not inputs but are used (a closure's array) become `constant` ops.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import tree
+from .device import CPU, Device
+from .ir import Builder, Graph, Location, ShapeError, TensorType, Value
+from .ir.builder import make_op
+from .ir.clone import clone_block
+from .tensor import Tensor, as_array
+
+_STACK: list[Trace] = []
+_PKG = os.path.dirname(os.path.abspath(__file__))
+_USER_SUBDIRS = tuple(os.path.join(_PKG, d) + os.sep for d in ("zoo",))
+
+
+def current_trace() -> Trace | None:
+    return _STACK[-1] if _STACK else None
+
+
+def user_location() -> Location | None:
+    """The innermost frame outside Avalon's own code: the user's line that made this op."""
+    f = sys._getframe(1)
+    while f is not None:
+        fn = f.f_code.co_filename
+        if not fn.startswith(_PKG) or fn.startswith(_USER_SUBDIRS):
+            if not fn.startswith("<frozen"):
+                return Location(_short(fn), f.f_lineno)
+        f = f.f_back
+    return None
+
+
+def _short(path: str) -> str:
+    try:
+        rel = os.path.relpath(path)
+        return rel if not rel.startswith("..") else path
+    except ValueError:
+        return path
+
+
+class Trace:
+    """One graph under construction."""
+
+    def __init__(self, name: str = "forward", device: Device = CPU):
+        self.graph = Graph(name)
+        self.builder = Builder(self.graph)
+        self.device = device
+        self.leaves: dict[int, Value] = {}
+        self._keep: list[Any] = []  # keep leaf objects alive so their ids stay unique
+        self.updates: list[tuple[Tensor, Value]] = []
+
+    def add_input(self, obj: Any, name: str | None) -> Tensor:
+        t = obj if isinstance(obj, Tensor) else Tensor(obj)
+        v = self.graph.add_input(TensorType(t.shape, t.dtype), name)
+        self.leaves[id(obj)] = v
+        self.leaves[id(t)] = v
+        self._keep += [obj, t]
+        return Tensor._traced(v, self)
+
+    def value_of(self, x: Any) -> Value:
+        v = self.leaves.get(id(x))
+        if v is not None:
+            return v
+        if isinstance(x, Tensor) and x._trace is self:
+            return x._value
+        if isinstance(x, Tensor) and x._trace is not None:
+            raise RuntimeError("a tensor traced in an enclosing function was captured by a nested traced "
+                               "function; pass it as an argument instead")
+        arr = as_array(x)
+        dtype = x.dtype if isinstance(x, Tensor) else None
+        from .ir import dtypes
+        d = dtype or dtypes.dtype(arr.dtype)
+        value = arr.item() if arr.ndim == 0 else np.array(arr)
+        v = self.builder("constant", value=value, shape=list(arr.shape), dtype=d, loc=user_location())
+        if isinstance(x, Tensor):
+            self.leaves[id(x)] = v
+            self._keep.append(x)
+        return v
+
+    def emit(self, opname: str, operands: list[Any], attrs: dict[str, Any]) -> list[Tensor]:
+        loc = user_location()
+        values = [self.value_of(o) for o in operands]
+        try:
+            op = make_op(opname, values, attrs, loc)
+        except (ShapeError, TypeError) as e:
+            raise located(e, loc) from None
+        self.builder.insert(op)
+        return [Tensor._traced(r, self) for r in op.results]
+
+    def record_update(self, target: Tensor, new: Tensor) -> None:
+        """Write `new` into the state tensor `target` after the graph runs (batch norm statistics)."""
+        self.updates.append((target, self.value_of(new)))
+
+
+def located(e: Exception, loc: Location | None) -> Exception:
+    """The same error with the user's file and line in front."""
+    where = f"{loc}: " if loc else ""
+    new = type(e)(f"{where}{e}")
+    new.location = loc  # type: ignore[attr-defined]
+    return new
+
+
+@dataclass
+class Traced:
+    """A traced call: the graph, the objects feeding its inputs, and how to rebuild its outputs."""
+
+    graph: Graph
+    leaves: list[Any]
+    out_tree: Any
+    n_outputs: int
+    update_targets: list[Tensor] = field(default_factory=list)
+
+
+def _arg_names(fn: Any, args: tuple) -> list[str]:
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    names = []
+    for i in range(len(args)):
+        if i < len(params) and params[i].kind in (params[i].POSITIONAL_ONLY, params[i].POSITIONAL_OR_KEYWORD):
+            names.append(params[i].name)
+        elif params and params[-1].kind == params[-1].VAR_POSITIONAL or any(
+                p.kind == p.VAR_POSITIONAL for p in params):
+            names.append(f"arg{i}")
+        else:
+            names.append(f"arg{i}")
+    return names
+
+
+def owner_model(fn: Any) -> Any | None:
+    """The model whose tensors come first: `fn` itself, or the object of a bound method."""
+    if tree.is_model(fn) and callable(fn):
+        return fn
+    self = getattr(fn, "__self__", None)
+    if self is not None and tree.is_model(self):
+        return self
+    return None
+
+
+def signature(fn: Any, args: tuple) -> tuple[Any, list[tuple[str, Any]]]:
+    """A hashable key for caching traces of `fn` on `args`, and the leaves it found."""
+    leaves: list[tuple[str, Any]] = []
+    owner = owner_model(fn)
+    head = tree._flatten(owner, "", leaves) if owner is not None else None
+    names = _arg_names(fn, args)
+    trees = tuple(tree._flatten(a, n, leaves) for a, n in zip(args, names))
+    specs = tuple((tuple(x.shape), str(x.dtype), str(getattr(x, "device", "cpu"))) for _, x in leaves)
+    return (head, trees, specs), leaves
+
+
+def trace_call(fn: Any, args: tuple, name: str | None = None) -> Traced:
+    """Trace `fn(*args)` into a graph (the machinery under `av.trace`, `av.grad` and `av.compile`)."""
+    gname = name or getattr(fn, "__name__", None) or type(fn).__name__.lower()
+    if not gname.isidentifier():
+        gname = "forward"
+    devices = {getattr(x, "device", CPU) for a in args for _, x in tree.flatten(a, "")[0] if isinstance(x, Tensor)}
+    t = Trace(gname if gname != "__call__" else "forward", next(iter(devices)) if len(devices) == 1 else CPU)
+    (head, trees, _), leaves = signature(fn, args)
+    traced_leaves = [t.add_input(obj, n) for n, obj in leaves]
+    # rebuild the arguments with traced tensors in place of their leaves
+    owner_n = len(head[2]) if head is not None else 0
+    it = iter(traced_leaves[owner_n:])
+    new_args = []
+    for a, tr in zip(args, trees):
+        n = _count_leaves(tr)
+        new_args.append(tree.unflatten(tr, [next(it) for _ in range(n)], a))
+    _STACK.append(t)
+    try:
+        out = fn(*new_args)
+    finally:
+        _STACK.pop()
+    out_leaves: list[tuple[str, Any]] = []
+    out_tree = tree._flatten(out, "out", out_leaves)
+    outs = []
+    for _, o in out_leaves:
+        outs.append(t.value_of(o))
+    if not out_leaves and out is not None and not isinstance(out, (tuple, list, dict)):
+        raise TypeError(f"traced function returned {type(out).__name__}, not tensors")
+    t.graph.set_outputs(outs + [v for _, v in t.updates])
+    return Traced(t.graph, [obj for _, obj in leaves], out_tree, len(outs), [tg for tg, _ in t.updates])
+
+
+def _count_leaves(tr: Any) -> int:
+    kind = tr[0]
+    if kind == "leaf":
+        return 1
+    if kind in ("list", "tuple"):
+        return sum(_count_leaves(k) for k in tr[1])
+    if kind == "dict":
+        return sum(_count_leaves(k) for k in tr[2])
+    if kind == "model":
+        return len(tr[2])
+    return 0
+
+
+def trace(fn: Any, *args: Any) -> Graph:
+    """`av.trace(fn, *example_args)`: the typed SSA graph of one call of `fn`."""
+    return trace_call(fn, args).graph
+
+
+def run_traced(traced: Traced, graph: Graph, execute, leaves: list[Any]) -> Any:
+    """Run `graph` (traced's graph or a transformed one with the same inputs) on `leaves`, rebuild
+    the outputs and apply state updates. Inside an enclosing trace the graph is inlined instead."""
+    outer = current_trace()
+    if outer is not None:
+        results = inline(outer, graph, [outer.value_of(x) for x in leaves])
+        outs = [Tensor._traced(v, outer) for v in results]
+    else:
+        arrays = execute(*leaves)
+        devs = {getattr(x, "device", CPU) for x in leaves if isinstance(x, Tensor)}
+        dev = next(iter(devs)) if len(devs) == 1 else CPU
+        outs = [_wrap_result(a, v.type, dev) for a, v in zip(arrays, graph.outputs)]
+    n = traced.n_outputs
+    user, updates = outs[:n], outs[n:]
+    for target, new in zip(traced.update_targets, updates):
+        assign(target, new)
+    return tree.unflatten(traced.out_tree, user)
+
+
+def _wrap_result(a: Any, t: TensorType, dev: Device) -> Tensor:
+    if isinstance(a, Tensor):
+        return a
+    if hasattr(a, "data_ptr"):  # torch storage from a GPU backend
+        return Tensor._wrap(a, t.dtype, Device(a.device.type, a.device.index) if a.device.type != "cpu" else CPU) \
+            if a.device.type != "cpu" else Tensor._wrap(a.numpy(), t.dtype, CPU)
+    return Tensor._wrap(np.asarray(a), t.dtype, CPU).to(dev)
+
+
+def inline(t: Trace, graph: Graph, inputs: list[Value]) -> list[Value]:
+    """Copy `graph`'s ops into trace `t`, reading `inputs`; returns the values of its outputs."""
+    mapping = dict(zip(graph.inputs, inputs))
+    body = clone_block(graph.body, mapping)
+    for a, v in zip(body.args, inputs):
+        a.replace_all_uses_with(v)
+    results = body.results
+    body.terminator.drop_operands()
+    for op in list(body.ops):
+        body.remove(op)
+        t.builder.insert(op)
+    return results
+
+
+def assign(target: Tensor, new: Tensor) -> None:
+    """Update a state tensor in place (eagerly), or record the update in the active trace."""
+    tr = current_trace()
+    if tr is not None and (new.is_traced or id(target) in tr.leaves):
+        tr.record_update(target, new)
+        return
+    if new.shape != target.shape:
+        raise ValueError(f"cannot assign shape {new.shape} to a state tensor of shape {target.shape}")
+    if target._device == CPU:
+        target._data[...] = as_array(new, target.dtype)
+    else:
+        target._data.copy_(new.to(target.device)._data)  # a storage copy, not compute
