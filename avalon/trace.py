@@ -61,6 +61,17 @@ class Trace:
         self.leaves: dict[int, Value] = {}
         self._keep: list[Any] = []  # keep leaf objects alive so their ids stay unique
         self.updates: list[tuple[Tensor, Value]] = []
+        self.seed_input: Value | None = None
+        self._seeds = 0
+
+    def seed(self) -> Tensor:
+        """A distinct traced seed per random op, derived from the graph's `rng_seed` input."""
+        from .ir import dtypes
+        if self.seed_input is None:
+            self.seed_input = self.graph.add_input(TensorType((), dtypes.int64), "rng_seed")
+        self._seeds += 1
+        k = self.builder("constant", value=self._seeds * 0x9E3779B1, shape=[], dtype=dtypes.int64)
+        return Tensor._traced(self.builder("add", self.seed_input, k), self)
 
     def add_input(self, obj: Any, name: str | None) -> Tensor:
         t = obj if isinstance(obj, Tensor) else Tensor(obj)
@@ -154,10 +165,11 @@ def owner_model(fn: Any) -> Any | None:
 def signature(fn: Any, args: tuple) -> tuple[Any, list[tuple[str, Any]]]:
     """A hashable key for caching traces of `fn` on `args`, and the leaves it found."""
     leaves: list[tuple[str, Any]] = []
+    seen: set[int] = set()
     owner = owner_model(fn)
-    head = tree._flatten(owner, "", leaves) if owner is not None else None
+    head = tree._flatten(owner, "", leaves, seen) if owner is not None else None
     names = _arg_names(fn, args)
-    trees = tuple(tree._flatten(a, n, leaves) for a, n in zip(args, names))
+    trees = tuple(tree._flatten(a, n, leaves, seen) for a, n in zip(args, names))
     specs = tuple((tuple(x.shape), str(x.dtype), str(getattr(x, "device", "cpu"))) for _, x in leaves)
     return (head, trees, specs), leaves
 
@@ -191,7 +203,24 @@ def trace_call(fn: Any, args: tuple, name: str | None = None) -> Traced:
     if not out_leaves and out is not None and not isinstance(out, (tuple, list, dict)):
         raise TypeError(f"traced function returned {type(out).__name__}, not tensors")
     t.graph.set_outputs(outs + [v for _, v in t.updates])
-    return Traced(t.graph, [obj for _, obj in leaves], out_tree, len(outs), [tg for tg, _ in t.updates])
+    objs = [obj for _, obj in leaves] + ([SEED] if t.seed_input is not None else [])
+    return Traced(t.graph, objs, out_tree, len(outs), [tg for tg, _ in t.updates])
+
+
+class _Seed:
+    """Stands in Traced.leaves for the `rng_seed` input: each run feeds a fresh seed."""
+
+    def __repr__(self) -> str:
+        return "SEED"
+
+
+SEED = _Seed()
+
+
+def feed(leaves: list[Any]) -> list[Any]:
+    """The leaves with SEED replaced by a fresh seed (an i64 scalar), ready to execute."""
+    from .random import next_seed
+    return [np.asarray(next_seed(), dtype=np.int64) if x is SEED else x for x in leaves]
 
 
 def _count_leaves(tr: Any) -> int:
@@ -216,6 +245,7 @@ def run_traced(traced: Traced, graph: Graph, execute, leaves: list[Any]) -> Any:
     """Run `graph` (traced's graph or a transformed one with the same inputs) on `leaves`, rebuild
     the outputs and apply state updates. Inside an enclosing trace the graph is inlined instead."""
     outer = current_trace()
+    leaves = feed(leaves)
     if outer is not None:
         results = inline(outer, graph, [outer.value_of(x) for x in leaves])
         outs = [Tensor._traced(v, outer) for v in results]

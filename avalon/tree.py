@@ -79,19 +79,24 @@ def flatten(obj: Any, name: str) -> tuple[list[tuple[str, Any]], Any]:
     return leaves, _flatten(obj, name, leaves)
 
 
-def _flatten(obj: Any, name: str, leaves: list) -> Any:
+def _flatten(obj: Any, name: str, leaves: list, seen: set[int] | None = None) -> Any:
+    """`seen` (ids of leaves already taken) lets several arguments share a model, or an optimizer
+    hold the model it updates, without feeding the same tensor twice."""
+    seen = set() if seen is None else seen
     if isinstance(obj, Tensor) or is_array_like(obj):
         leaves.append((name, obj))
+        seen.add(id(obj))
         return ("leaf",)
     if isinstance(obj, (list, tuple)):
-        kids = tuple(_flatten(v, f"{name}.{i}", leaves) for i, v in enumerate(obj))
+        kids = tuple(_flatten(v, f"{name}.{i}", leaves, seen) for i, v in enumerate(obj))
         return (type(obj).__name__, kids)
     if isinstance(obj, dict):
         keys = tuple(obj.keys())
-        kids = tuple(_flatten(obj[k], f"{name}.{k}", leaves) for k in keys)
+        kids = tuple(_flatten(obj[k], f"{name}.{k}", leaves, seen) for k in keys)
         return ("dict", keys, kids)
     if is_model(obj):
-        tensors = model_leaves(obj)
+        tensors = [(n, t) for n, t in model_leaves(obj) if id(t) not in seen]
+        seen.update(id(t) for _, t in tensors)
         leaves.extend(tensors)
         return ("model", id(obj), tuple(n for n, _ in tensors))
     try:
