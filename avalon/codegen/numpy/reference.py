@@ -52,11 +52,11 @@ def round_bf16(x: np.ndarray) -> np.ndarray:
     0x7FFF plus the lowest kept bit, then clear the low 16 bits. Overflow correctly carries into
     inf. NaNs are kept as quiet NaNs of the same sign (the carry could otherwise turn them into inf).
     """
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    bits = x.view(np.uint32)
+    x = np.array(x, dtype=np.float32, copy=None, order="C", ndmin=0)
+    bits = x.reshape(-1).view(np.uint32)
     rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
     nan = (bits | np.uint32(0x00400000)) & np.uint32(0xFFFF0000)
-    return np.where(np.isnan(x), nan, rounded).view(np.float32).reshape(x.shape)
+    return np.where(np.isnan(x.reshape(-1)), nan, rounded).view(np.float32).reshape(x.shape)
 
 
 def to_result(value: Any, type: TensorType) -> np.ndarray:
@@ -165,7 +165,7 @@ _ERF = np.frompyfunc(math.erf, 1, 1)
 def _erf(attrs: dict, x: np.ndarray) -> np.ndarray:
     """The error function, from `math.erf` in float64 element by element: slow but exact to f64
     rounding, which is what an oracle is for (numpy has no erf and scipy is not a dependency)."""
-    return _ERF(x.astype(np.float64)).astype(np.float64).reshape(x.shape)
+    return np.asarray(_ERF(x.astype(np.float64)), dtype=np.float64).reshape(x.shape)
 
 
 @rule("sign")
