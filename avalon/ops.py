@@ -332,8 +332,9 @@ def getitem(x: Tensor, index: Any) -> Tensor:
     n_real = builtins.sum(1 for i in index if i is not None and i is not Ellipsis)
     if n_real > x.ndim:
         raise IndexError(f"too many indices ({n_real}) for a tensor of rank {x.ndim}")
-    if Ellipsis in index:
-        k = index.index(Ellipsis)
+    ell = [k for k, i in enumerate(index) if i is Ellipsis]
+    if ell:
+        k = ell[0]
         index = index[:k] + (slice(None),) * (x.ndim - n_real) + index[k + 1:]
     else:
         index = index + (slice(None),) * (x.ndim - n_real)
