@@ -8,6 +8,7 @@ what the unfused one did.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -144,7 +145,7 @@ class Interpreter:
                 raise RuntimeError(f"run_op for '{op.name}' returned {len(results)} array(s) "
                                    f"for {len(op.results)} result(s)")
             env.update(zip(op.results, results))
-            if log.isEnabledFor(10):
+            if log.isEnabledFor(logging.DEBUG):
                 log.debug("%s -> %s", op.name, ", ".join(_describe(np.asarray(r)) for r in results))
             for v in drops.get(k, ()):
                 env.pop(v, None)
