@@ -43,7 +43,7 @@ def bind(opname: str, *operands: Any, **attrs: Any) -> Tensor:
     devs = {o.device for o in operands if isinstance(o, Tensor)}
     rt = op.results[0].type
     out = evaluate(opname, op.attrs, [as_array(o) for o in operands], rt)
-    res = Tensor._wrap(np.ascontiguousarray(out), rt.dtype, CPU)
+    res = Tensor._wrap(np.ascontiguousarray(out).reshape(out.shape), rt.dtype, CPU)  # keep 0-d as 0-d
     dev = next(iter(devs)) if len(devs) == 1 else CPU
     return res if dev == CPU else res.to(dev)
 
