@@ -1,0 +1,3 @@
+from avalon.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,257 @@
+"""`avalon`: an mlir-opt-like command line.
+
+  avalon trace MODULE:OBJECT --input 2x1x28x28:f32 [--input ...] [-p PIPELINE] [--locations]
+  avalon opt FILE|- -p PIPELINE [--print-after-all] [--print-after-changed] [--time-passes]
+             [--verify-each] [--plugin FILE.py]
+  avalon kernels FILE|- -o DIR [-p PIPELINE]
+  avalon run FILE|- [-p PIPELINE] [--seed N]
+  avalon demo
+
+Errors exit non-zero with one clear line on stderr, never a traceback (set AVALON_DEBUG=1 for one).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+
+class CliError(Exception):
+    """An error reported as one line, exit status 1."""
+
+
+def _read(path: str) -> tuple[str, str]:
+    if path == "-":
+        return sys.stdin.read(), "<stdin>"
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read(), path
+    except OSError as e:
+        raise CliError(f"cannot read {path}: {e.strerror}") from None
+
+
+def _parse_ir(path: str):
+    from .ir import parse, verify
+    text, name = _read(path)
+    g = parse(text, source=name)
+    verify(g)
+    return g
+
+
+def load_plugin(path: str) -> None:
+    """Import a Python file that registers passes (and maybe ops) as a side effect."""
+    if not os.path.exists(path):
+        raise CliError(f"plugin {path} does not exist")
+    name = "avalon_plugin_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise CliError(f"cannot load plugin {path}")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+
+
+def parse_input_spec(spec: str) -> tuple[tuple[int, ...], Any]:
+    """`2x1x28x28:f32` -> ((2, 1, 28, 28), f32); `scalar:f32` or `:f32` is 0-d; dtype defaults to f32."""
+    from .ir.dtypes import dtype
+    shape_s, _, dt_s = spec.partition(":")
+    try:
+        d = dtype(dt_s or "f32")
+    except TypeError as e:
+        raise CliError(f"--input {spec}: {e}") from None
+    if shape_s in ("", "scalar"):
+        return (), d
+    try:
+        shape = tuple(int(s) for s in shape_s.lower().split("x"))
+    except ValueError:
+        raise CliError(f"--input {spec}: expected a shape like 2x1x28x28[:f32]") from None
+    return shape, d
+
+
+def random_input(shape: tuple[int, ...], d: Any, rng: np.random.Generator) -> np.ndarray:
+    if d.is_float:
+        return rng.standard_normal(shape).astype(d.np)
+    if d.name == "i1":
+        return rng.random(shape) < 0.5
+    return rng.integers(0, 4, size=shape).astype(d.np)
+
+
+def _load_object(target: str) -> Any:
+    mod_name, _, attr = target.partition(":")
+    if not attr:
+        raise CliError(f"expected MODULE:OBJECT, got {target!r}")
+    sys.path.insert(0, os.getcwd())
+    try:
+        if mod_name.endswith(".py") or os.sep in mod_name:
+            if not os.path.exists(mod_name):
+                raise CliError(f"no such file: {mod_name}")
+            spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(mod_name))[0], mod_name)
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+        else:
+            mod = importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:
+        raise CliError(f"cannot import module {mod_name!r}: {e}") from None
+    obj = mod
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise CliError(f"module {mod_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if isinstance(obj, type):
+        obj = obj()  # a model class: instantiate with its defaults
+    return obj
+
+
+def _pipeline(args, **kw):
+    from .passes import PassManager
+    return PassManager.parse(args.pipeline, **kw) if args.pipeline else None
+
+
+def cmd_trace(args) -> None:
+    from . import ir
+    from .trace import trace
+    specs = [parse_input_spec(s) for s in args.input]  # bad specs fail before any import
+    obj = _load_object(args.target)
+    rng = np.random.default_rng(args.seed)
+    inputs = [random_input(*spec, rng) for spec in specs]
+    g = trace(obj, *inputs)
+    pm = _pipeline(args)
+    if pm is not None:
+        pm.run(g)
+    sys.stdout.write(ir.print_graph(g, locations=args.locations))
+
+
+def cmd_opt(args) -> None:
+    from . import ir
+    from .passes import PassManager
+    for p in args.plugin or []:
+        load_plugin(p)
+    g = _parse_ir(args.file)
+    pm = PassManager.parse(args.pipeline or "", verify_each=args.verify_each,
+                           print_after_all=args.print_after_all, print_after_changed=args.print_after_changed,
+                           time_passes=args.time_passes, stream=sys.stderr)
+    pm.run(g)
+    ir.verify(g)
+    sys.stdout.write(ir.print_graph(g, locations=args.locations))
+    if args.time_passes:
+        sys.stderr.write(pm.timing_report() + "\n")
+
+
+def _optimized(args):
+    g = _parse_ir(args.file)
+    for p in getattr(args, "plugin", None) or []:
+        load_plugin(p)
+    from .passes import DEFAULT_PIPELINE, PassManager
+    PassManager.parse(args.pipeline or DEFAULT_PIPELINE).run(g)
+    return g
+
+
+def cmd_kernels(args) -> None:
+    from .codegen.triton import write_kernels
+    g = _optimized(args)
+    paths = write_kernels(g, args.output)
+    for p in paths:
+        print(p)
+
+
+def cmd_run(args) -> None:
+    from .codegen.numpy import interpret
+    from .codegen.triton import compile_graph
+    g = _optimized(args)
+    rng = np.random.default_rng(args.seed)
+    inputs = [random_input(v.type.shape, v.type.dtype, rng) for v in g.inputs]
+    ref = interpret(g, *inputs)
+    got = compile_graph(g)(*inputs)
+    worst = 0.0
+    for i, (a, b) in enumerate(zip(ref, got)):
+        b = b.detach().cpu().numpy() if hasattr(b, "detach") else np.asarray(b)
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        diff = float(np.max(np.abs(a64 - b64))) if a.size else 0.0
+        scale = float(np.max(np.abs(a64))) if a.size else 0.0
+        worst = max(worst, diff / max(scale, 1e-30))
+        print(f"output {i}: {g.outputs[i].type}  max |numpy - triton| = {diff:.3e}  (relative {diff / max(scale, 1e-30):.3e})")
+    if worst > args.rtol:
+        raise CliError(f"outputs differ: largest relative difference {worst:.3e} > --rtol {args.rtol}")
+
+
+def cmd_demo(args) -> None:
+    from .demo import main as demo_main
+    demo_main(batch=args.batch)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="avalon", description="Avalon: trace, optimize and compile models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("trace", help="trace a model or function and print its IR")
+    t.add_argument("target", help="MODULE:OBJECT or FILE.py:OBJECT (a class is instantiated without arguments)")
+    t.add_argument("--input", action="append", default=[], metavar="SHAPE[:DTYPE]", help="e.g. 2x1x28x28:f32")
+    t.add_argument("-p", "--pipeline", default=None, help="run this pipeline on the traced graph")
+    t.add_argument("--locations", action="store_true", help="print source locations")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(fn=cmd_trace)
+
+    o = sub.add_parser("opt", help="run a pass pipeline over text IR")
+    o.add_argument("file", help="IR file, or - for stdin")
+    o.add_argument("-p", "--pipeline", default="", help='e.g. "canonicalize,cse,dce,fuse{max-ops=16}"')
+    o.add_argument("--print-after-all", action="store_true")
+    o.add_argument("--print-after-changed", action="store_true")
+    o.add_argument("--time-passes", action="store_true")
+    o.add_argument("--verify-each", action="store_true")
+    o.add_argument("--plugin", action="append", metavar="FILE.py", help="a Python file that registers passes")
+    o.add_argument("--locations", action="store_true")
+    o.set_defaults(fn=cmd_opt)
+
+    k = sub.add_parser("kernels", help="write a graph's generated Triton kernels as standalone files")
+    k.add_argument("file")
+    k.add_argument("-o", "--output", required=True, help="output folder")
+    k.add_argument("-p", "--pipeline", default=None, help="default: the standard pipeline")
+    k.add_argument("--plugin", action="append", metavar="FILE.py")
+    k.set_defaults(fn=cmd_kernels)
+
+    r = sub.add_parser("run", help="run a graph on both backends with random inputs and compare")
+    r.add_argument("file")
+    r.add_argument("-p", "--pipeline", default=None)
+    r.add_argument("--plugin", action="append", metavar="FILE.py")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--rtol", type=float, default=1e-3, help="fail above this relative difference")
+    r.set_defaults(fn=cmd_run)
+
+    d = sub.add_parser("demo", help="trace the README's LeNet, optimize it and run it on the reference")
+    d.add_argument("--batch", type=int, default=2)
+    d.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command in ("kernels", "run"):
+        os.environ.setdefault("TRITON_INTERPRET", "0" if _has_gpu() else "1")
+    try:
+        args.fn(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # one clear line, no traceback
+        if os.environ.get("AVALON_DEBUG"):
+            raise
+        kind = "" if isinstance(e, CliError) else f"{type(e).__name__}: "
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        sys.stderr.write(f"avalon {args.command}: error: {kind}{msg}\n")
+        return 1
+    return 0
+
+
+def _has_gpu() -> bool:
+    from .device import cuda_available
+    return cuda_available()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,92 @@
+"""The command line: real subprocesses, one clear error line, non-zero exit."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from avalon import ir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def avalon(*args, stdin=None, cwd=None):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, "-m", "avalon", *args], input=stdin, capture_output=True, text=True,
+                          cwd=cwd or ROOT, env=env, timeout=300)
+
+
+IR = """\
+func @f(%x: tensor<4xf32>) -> (tensor<4xf32>) {
+  %0 = neg %x : tensor<4xf32>
+  %1 = neg %0 : tensor<4xf32>
+  %2 = exp %1 : tensor<4xf32>
+  %3 = exp %1 : tensor<4xf32>
+  %4 = add %2, %3 : tensor<4xf32>
+  return %4
+}
+"""
+
+
+def test_opt_runs_a_pipeline_from_stdin():
+    r = avalon("opt", "-", "-p", "canonicalize,cse,dce", stdin=IR)
+    assert r.returncode == 0, r.stderr
+    g = ir.parse(r.stdout)
+    assert [op.name for op in g.ops] == ["exp", "add"]
+
+
+def test_opt_instrumentation(tmp_path):
+    f = tmp_path / "f.mlir"
+    f.write_text(IR)
+    r = avalon("opt", str(f), "-p", "cse,dce", "--print-after-all", "--time-passes", "--verify-each")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("func @f") == 2  # IR after each of the two passes
+    assert "cse" in r.stderr and "dce" in r.stderr and "ms" in r.stderr
+
+
+@pytest.mark.parametrize("args, stdin, message", [
+    (("opt", "missing.mlir", "-p", "cse"), None, "cannot read missing.mlir"),
+    (("opt", "-", "-p", "cse"), IR.replace("neg %x", "neg %y"), "2:"),
+    (("opt", "-", "-p", "no-such-pass"), IR, "no-such-pass"),
+    (("trace", "nomodule:Net", "--input", "2x3"), None, "cannot import module"),
+    (("trace", "avalon.demo:Net", "--input", "2xqx3"), None, "expected a shape"),
+])
+def test_errors_are_one_line(args, stdin, message):
+    r = avalon(*args, stdin=stdin)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert message in lines[0]
+
+
+def test_trace_a_function_in_a_file(tmp_path):
+    (tmp_path / "model.py").write_text(textwrap.dedent("""
+        def f(x, y):
+            return (x @ y).relu()
+    """))
+    r = avalon("trace", "model.py:f", "--input", "2x3:f32", "--input", "3x4", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    g = ir.parse(r.stdout)
+    assert [v.name for v in g.inputs] == ["x", "y"]
+    assert [op.name for op in g.ops] == ["matmul", "relu"]
+
+
+def test_plugin_registers_a_pass(tmp_path):
+    plugin = tmp_path / "plug.py"
+    plugin.write_text(textwrap.dedent("""
+        import avalon as av
+
+        @av.passes.register("drop-double-neg")
+        def drop_double_neg(graph):
+            changed = False
+            for op in list(graph.ops):
+                src = op.operands[0].op if op.operands else None
+                if op.name == "neg" and src is not None and src.name == "neg":
+                    op.result.replace_all_uses_with(src.operands[0])
+                    changed = True
+            return changed
+    """))
+    r = avalon("opt", "-", "-p", "drop-double-neg,dce", "--plugin", str(plugin), stdin=IR)
+    assert r.returncode == 0, r.stderr
+    assert "neg" not in r.stdout
