@@ -173,8 +173,9 @@ def cmd_run(args) -> None:
         a64, b64 = a.astype(np.float64), b.astype(np.float64)
         diff = float(np.max(np.abs(a64 - b64))) if a.size else 0.0
         scale = float(np.max(np.abs(a64))) if a.size else 0.0
-        worst = max(worst, diff / max(scale, 1e-30))
-        print(f"output {i}: {g.outputs[i].type}  max |numpy - triton| = {diff:.3e}  (relative {diff / max(scale, 1e-30):.3e})")
+        rel = diff / max(scale, 1e-30)
+        worst = max(worst, rel)
+        print(f"output {i}: {g.outputs[i].type}  max |numpy - triton| = {diff:.3e}  (relative {rel:.3e})")
     if worst > args.rtol:
         raise CliError(f"outputs differ: largest relative difference {worst:.3e} > --rtol {args.rtol}")
 

@@ -314,7 +314,8 @@ def slice_(x: Any, start: Sequence[int], limit: Sequence[int], step: Sequence[in
     step = list(step) if step is not None else [1] * x.ndim
     if list(start) == [0] * x.ndim and list(limit) == list(x.shape) and step == [1] * x.ndim:
         return x
-    return bind("slice", x, start=list(start), limit=list(limit), step=[] if builtins.all(s == 1 for s in step) else step)
+    unit = builtins.all(s == 1 for s in step)
+    return bind("slice", x, start=list(start), limit=list(limit), step=[] if unit else step)
 
 
 def _is_int_index(i: Any) -> bool:
@@ -502,7 +503,8 @@ def max_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0) -
                 padding=_pair(padding))
 
 
-def avg_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, count_include_pad: bool = True) -> Tensor:
+def avg_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0,
+               count_include_pad: bool = True) -> Tensor:
     k = _pair(kernel_size)
     return bind("avg_pool2d", _tensor(x), kernel=k, stride=_pair(stride) if stride is not None else k,
                 padding=_pair(padding), count_include_pad=bool(count_include_pad))
@@ -559,7 +561,8 @@ Tensor.T = property(lambda self: transpose(self))
 Tensor.float = lambda self: cast(self, dt.float32)
 Tensor.double = lambda self: cast(self, dt.float64)
 Tensor.long = lambda self: cast(self, dt.int64)
-Tensor.expand = lambda self, *shape: broadcast_to(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
+Tensor.expand = lambda self, *shape: broadcast_to(
+    self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
 Tensor.__hash__ = lambda self: id(self)
 
 __all__ = [n for n in dir() if not n.startswith("_") and n not in ("annotations", "builtins", "math", "np", "Any",
