@@ -1,0 +1,240 @@
+"""Checkpoints: `av.save(model_or_state_dict, path)` and `av.load(path) -> {name: Tensor}`.
+
+The file is a plain safetensors file (https://github.com/huggingface/safetensors): an 8-byte
+little-endian header length, a JSON header naming each tensor's dtype, shape and byte range, then the
+raw little-endian bytes. So any safetensors reader (Python, Rust, JS) opens it, nothing in it is code
+(no pickle), and bf16 is stored as real 2-byte bf16. Avalon adds string metadata:
+
+    format = "avalon", format_version = "1", avalon_version = "0.1.0", data_crc32 = "1a2b3c4d"
+
+`format_version` is what later versions key on to keep reading old files; the CRC catches flipped or
+lost bytes that the header checks cannot see. We write and parse the format ourselves (it is ~30 lines
+each way) rather than through the safetensors package so that every problem becomes one
+`CheckpointError` naming the file and what is wrong, and so bf16 needs no torch round trip; the tests
+check that the safetensors package reads our files and that we read a committed file of version 1.
+
+Saving is atomic: the bytes go to a temporary file in the target's directory which then replaces the
+target (`os.replace`), so a crash mid-save leaves the old checkpoint intact. Loading validates the
+whole file before building any tensor and never touches the model; `nn.load_state_dict(model,
+av.load(path))` restores one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import struct
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .ir import dtypes as dt
+from .tensor import Tensor, as_array
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "CheckpointError", "load", "read_metadata", "save"]
+
+FORMAT = "avalon"
+FORMAT_VERSION = 1
+_MAX_HEADER = 100 * 1024 * 1024  # the safetensors limit; a larger length means a broken or foreign file
+
+# Avalon dtype <-> safetensors dtype name
+_ST_NAME = {dt.bool_: "BOOL", dt.int32: "I32", dt.int64: "I64", dt.float16: "F16", dt.bfloat16: "BF16",
+            dt.float32: "F32", dt.float64: "F64"}
+_FROM_ST = {v: k for k, v in _ST_NAME.items()}
+_STORAGE = {"BOOL": np.dtype("?"), "I32": np.dtype("<i4"), "I64": np.dtype("<i8"), "F16": np.dtype("<f2"),
+            "BF16": np.dtype("<u2"), "F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable Avalon checkpoint: truncated, corrupted, foreign or too new."""
+
+    def __init__(self, path: Any, problem: str):
+        super().__init__(f"{os.fspath(path)}: {problem}")
+        self.path, self.problem = os.fspath(path), problem
+
+
+# -- saving -------------------------------------------------------------------------------------
+
+def _state_of(obj: Any) -> Mapping[str, Any]:
+    """A state dict: the mapping itself, or a model's parameters and buffers."""
+    if isinstance(obj, Mapping):
+        return obj
+    try:
+        from .nn import state_dict
+    except ImportError:
+        state_dict = None
+    if state_dict is not None:
+        return state_dict(obj)
+    from .tree import named_tensors
+    return dict(named_tensors(obj))
+
+
+def _encode(name: str, value: Any) -> tuple[str, tuple[int, ...], bytes]:
+    if isinstance(value, Tensor):
+        if value.is_traced:
+            raise TypeError(f"cannot save {name!r}: it is a traced tensor (save outside the traced function)")
+        d = value.dtype
+    elif hasattr(value, "detach") and hasattr(value, "dtype"):  # torch tensor
+        d = dt.dtype(value.dtype)
+    else:
+        value = np.asarray(value)
+        try:
+            d = dt.dtype(value.dtype)
+        except TypeError as e:
+            raise TypeError(f"cannot save {name!r}: {e}") from None
+    arr = np.asarray(as_array(value, d), order="C")  # (np.ascontiguousarray would make 0-d arrays 1-d)
+    if d is dt.bfloat16:  # the upper half of a bf16-rounded float32 is the bf16 bit pattern
+        data = (arr.astype("<f4").view("<u4") >> 16).astype("<u2").tobytes()
+    else:
+        data = arr.astype(_STORAGE[_ST_NAME[d]], copy=False).tobytes()
+    return _ST_NAME[d], tuple(int(s) for s in arr.shape), data
+
+
+def save(obj: Any, path: str | os.PathLike) -> None:
+    """Write a model's state (or a state dict of Tensors, numpy arrays or torch tensors) to `path`."""
+    from . import __version__
+    state = _state_of(obj)
+    header: dict[str, Any] = {}
+    chunks: list[bytes] = []
+    offset, crc = 0, 0
+    for name, value in state.items():
+        if not isinstance(name, str):
+            raise TypeError(f"state dict keys must be strings, got {name!r}")
+        st_dtype, shape, data = _encode(name, value)
+        header[name] = {"dtype": st_dtype, "shape": list(shape), "data_offsets": [offset, offset + len(data)]}
+        chunks.append(data)
+        crc = zlib.crc32(data, crc)
+        offset += len(data)
+    header["__metadata__"] = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
+                              "avalon_version": __version__, "data_crc32": f"{crc:08x}"}
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)  # the spec allows trailing spaces; 8-byte alignment of the data
+    _write_atomic(os.fspath(path), [struct.pack("<Q", len(head)), head, *chunks])
+
+
+def _write_atomic(path: str, parts: list[bytes]) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for p in parts:
+                f.write(p)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable; not every platform can open a directory
+        dfd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+def _foreign_hint(head: bytes) -> str:
+    if head.startswith(b"PK\x03\x04"):
+        return " (it looks like a zip archive, e.g. a torch.save file; Avalon never unpickles)"
+    if head[:1] == b"\x80":
+        return " (it looks like a Python pickle; Avalon never unpickles)"
+    if head.startswith(b"\x89HDF"):
+        return " (it looks like an HDF5 file)"
+    return ""
+
+
+def _read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str], bytes]:
+    """Parse and validate the whole file: (tensor entries, metadata, data bytes)."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 8:
+        raise CheckpointError(path, f"not an Avalon checkpoint: only {len(raw)} bytes (truncated or empty)"
+                              + _foreign_hint(raw))
+    (n,) = struct.unpack("<Q", raw[:8])
+    if n > _MAX_HEADER:
+        raise CheckpointError(path, "not a safetensors file: its first 8 bytes do not give a plausible header "
+                                    "length" + _foreign_hint(raw))
+    if 8 + n > len(raw):
+        raise CheckpointError(path, f"truncated: the header needs {n} bytes, the file has {len(raw) - 8} after the "
+                                    "length field")
+    try:
+        header = json.loads(raw[8:8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(path, f"corrupted or foreign: the safetensors header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(path, "corrupted or foreign: the safetensors header is not a JSON object")
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        raise CheckpointError(path, f"a safetensors file, but not an Avalon checkpoint (metadata format={fmt!r}); "
+                                    "to import foreign weights, read them with safetensors and pass them to "
+                                    "nn.load_state_dict")
+    try:
+        version = int(meta.get("format_version", ""))
+    except ValueError:
+        raise CheckpointError(path, f"corrupted: bad format_version {meta.get('format_version')!r}") from None
+    if version > FORMAT_VERSION:
+        raise CheckpointError(path, f"written by a newer Avalon ({meta.get('avalon_version', '?')}, checkpoint format "
+                                    f"{version}); this version reads formats up to {FORMAT_VERSION}")
+    data = raw[8 + n:]
+    spans = []
+    for name, e in header.items():
+        ok = (isinstance(e, dict) and e.get("dtype") in _FROM_ST and isinstance(e.get("shape"), list)
+              and all(isinstance(s, int) and s >= 0 for s in e["shape"])
+              and isinstance(e.get("data_offsets"), list) and len(e["data_offsets"]) == 2
+              and all(isinstance(o, int) for o in e["data_offsets"]))
+        if not ok:
+            raise CheckpointError(path, f"corrupted: bad header entry for {name!r}: {e!r}")
+        begin, end = e["data_offsets"]
+        need = math.prod(e["shape"]) * _STORAGE[e["dtype"]].itemsize
+        if end - begin != need:
+            raise CheckpointError(path, f"corrupted: {name!r} of shape {tuple(e['shape'])} {e['dtype']} needs {need} "
+                                        f"bytes, its byte range holds {end - begin}")
+        spans.append((begin, end, name))
+    pos = 0
+    for begin, end, name in sorted(spans):
+        if begin != pos:
+            raise CheckpointError(path, f"corrupted: the byte range of {name!r} does not follow the previous tensor")
+        pos = end
+    if pos > len(data):
+        raise CheckpointError(path, f"truncated: the tensors need {pos} bytes of data, the file holds {len(data)}")
+    if pos < len(data):
+        raise CheckpointError(path, f"corrupted: {len(data) - pos} unexpected bytes after the last tensor")
+    want = meta.get("data_crc32")
+    if want is not None and f"{zlib.crc32(data):08x}" != want:
+        raise CheckpointError(path, "corrupted: the tensor data does not match its checksum (data_crc32)")
+    return header, meta, data
+
+
+def load(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Read a checkpoint into a state dict of CPU Tensors (in the order they were saved).
+    Raises `CheckpointError` for anything that is not a complete, intact Avalon checkpoint."""
+    header, _, data = _read(path)
+    out: dict[str, Tensor] = {}
+    for name, e in header.items():
+        begin, end = e["data_offsets"]
+        arr = np.frombuffer(data, dtype=_STORAGE[e["dtype"]], count=math.prod(e["shape"]), offset=begin)
+        arr = arr.reshape(e["shape"])
+        d = _FROM_ST[e["dtype"]]
+        if d is dt.bfloat16:
+            arr = (arr.astype(np.uint32) << 16).view(np.float32)
+        out[name] = Tensor(arr.astype(d.np), dtype=d)  # a native-endian, writable copy
+    return out
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The checkpoint's metadata (format, format_version, avalon_version, ...), after validating it."""
+    return dict(_read(path)[1])
