@@ -4,7 +4,8 @@ Models are plain Python objects; `av.trace` records one call as a typed SSA grap
 `avalon.passes` rewrites it in the open, and backends run it: the numpy reference interpreter
 (`av.interpret`) and generated Triton kernels. See README.md.
 """
-from . import ir, ops, passes, random
+from . import ir, ops, optim, passes, random
+from .checkpoint import CheckpointError, load, save
 from .codegen.numpy import Interpreter, interpret
 from .device import Device, best_available_device, device, to_device
 from .ir.dtypes import bfloat16, bool_, float16, float32, float64, int32, int64
