@@ -5,6 +5,7 @@ Models are plain Python objects; `av.trace` records one call as a typed SSA grap
 (`av.interpret`) and generated Triton kernels. See README.md.
 """
 from . import ir, ops, optim, passes, random
+from .autodiff import grad, value_and_grad
 from .checkpoint import CheckpointError, load, save
 from .codegen.numpy import Interpreter, interpret
 from .device import Device, best_available_device, device, to_device
