@@ -1,0 +1,635 @@
+"""Functional ops with `torch.nn.functional`'s names, signatures and math.
+
+Every function here is a composite of IR primitives through `avalon.ops`, so it runs eagerly, traces
+into plain graph ops, and autodiff and fusion see through it (there is no softmax or loss primitive).
+Numerically delicate pieces (log-sum-exp, softplus, log1p/expm1, BCE-with-logits) are written in their
+stable forms, and every `where` keeps BOTH branches finite so that a reverse pass through the branch
+that was not taken multiplies zeros by finite numbers, never by inf (which would give nan).
+
+Class targets are integer arrays; an out-of-range class is an error (`one_hot` raises), except
+`ignore_index` (-100 by default), whose entries contribute nothing, as in torch.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .. import ops
+from ..ir import dtypes as dt
+from ..random import next_seed
+from ..tensor import Tensor
+from ..trace import assign
+
+__all__ = [
+    "avg_pool2d", "batch_norm", "binary_cross_entropy", "binary_cross_entropy_with_logits", "conv2d",
+    "cross_entropy", "dropout", "elu", "embedding", "gelu", "group_norm", "hardsigmoid", "hardswish", "hardtanh",
+    "huber_loss", "kl_div", "l1_loss", "layer_norm", "leaky_relu", "linear", "log_softmax", "logsigmoid",
+    "max_pool2d", "mish", "mse_loss", "nll_loss", "normalize", "one_hot", "relu", "relu6", "selu", "sigmoid", "silu",
+    "smooth_l1_loss", "softmax", "softmin", "softplus", "softsign", "tanh",
+]
+
+_Pair = int | Sequence[int]
+
+
+def _t(x: Any) -> Tensor:
+    """Tensors stay as they are; arrays, lists and scalars become Tensors."""
+    return x if isinstance(x, Tensor) else Tensor(x)
+
+
+def _pair(v: _Pair) -> tuple[int, int]:
+    if isinstance(v, (int, np.integer)):
+        return int(v), int(v)
+    v = tuple(int(i) for i in v)
+    return (v[0], v[0]) if len(v) == 1 else (v[0], v[1])
+
+
+def _legacy_reduction(size_average: bool | None, reduce: bool | None, reduction: str) -> str:
+    """torch's mapping of the deprecated `size_average`/`reduce` flags onto `reduction`."""
+    if size_average is None and reduce is None:
+        return reduction
+    size_average = True if size_average is None else size_average
+    reduce = True if reduce is None else reduce
+    return "mean" if size_average and reduce else ("sum" if reduce else "none")
+
+
+def _reduce(loss: Tensor, reduction: str) -> Tensor:
+    if reduction == "none":
+        return loss
+    if reduction == "mean":
+        return ops.mean(loss)
+    if reduction == "sum":
+        return ops.sum(loss)
+    raise ValueError(f"{reduction} is not a valid value for reduction")
+
+
+# -- numerically careful helpers ----------------------------------------------------------------
+
+def _log1p(y: Tensor) -> Tensor:
+    """log(1 + y), accurate for tiny y (Goldberg's trick: log(u) * y / (u - 1) with u = 1 + y)."""
+    u = ops.add(y, 1.0)
+    d = ops.sub(u, 1.0)
+    exact = ops.eq(d, 0.0)
+    return ops.where(exact, y, ops.mul(ops.log(u), ops.div(y, ops.where(exact, 1.0, d))))
+
+
+def _expm1_nonpositive(x: Tensor) -> Tensor:
+    """exp(x) - 1 for x <= 0, accurate to a few ulps at any precision (Kahan's trick:
+    (u - 1) * x / log(u) with u = exp(x) cancels the rounding of u). x is clamped at -80, where
+    the result is already -1 in f32 and f64, so u never underflows to 0 and log(u) stays finite."""
+    xc = ops.maximum(x, -80.0)
+    u = ops.exp(xc)
+    d = ops.sub(u, 1.0)
+    one = ops.eq(d, 0.0)  # u rounded to 1: expm1(x) = x to working precision
+    return ops.where(one, xc, ops.div(ops.mul(d, xc), ops.where(one, 1.0, ops.log(u))))
+
+
+def _softplus1(z: Tensor) -> Tensor:
+    """log(1 + exp(z)) without overflow: max(z, 0) + log1p(exp(-|z|))."""
+    return ops.add(ops.relu(z), _log1p(ops.exp(ops.neg(ops.abs(z)))))
+
+
+# -- activations --------------------------------------------------------------------------------
+
+def relu(input: Any, inplace: bool = False) -> Tensor:
+    return ops.relu(_t(input))
+
+
+def relu6(input: Any, inplace: bool = False) -> Tensor:
+    return hardtanh(input, 0.0, 6.0)
+
+
+def hardtanh(input: Any, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False) -> Tensor:
+    return ops.clamp(_t(input), min_val, max_val)
+
+
+def leaky_relu(input: Any, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
+    x = _t(input)
+    return ops.where(ops.gt(x, 0), x, ops.mul(x, negative_slope))
+
+
+def elu(input: Any, alpha: float = 1.0, inplace: bool = False) -> Tensor:
+    """x for x > 0, alpha * (exp(x) - 1) otherwise (the negative branch reads min(x, 0))."""
+    x = _t(input)
+    return ops.where(ops.gt(x, 0), x, ops.mul(_expm1_nonpositive(ops.minimum(x, 0.0)), alpha))
+
+
+def selu(input: Any, inplace: bool = False) -> Tensor:
+    alpha, scale = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+    return ops.mul(elu(input, alpha), scale)
+
+
+def gelu(input: Any, approximate: str = "none") -> Tensor:
+    """x * Phi(x) with the exact erf form, or torch's tanh approximation (`approximate='tanh'`)."""
+    x = _t(input)
+    if approximate == "none":
+        return ops.mul(ops.mul(x, 0.5), ops.add(1.0, ops.erf(ops.mul(x, math.sqrt(0.5)))))
+    if approximate == "tanh":
+        inner = ops.mul(ops.add(x, ops.mul(ops.mul(ops.mul(x, x), x), 0.044715)), math.sqrt(2.0 / math.pi))
+        return ops.mul(ops.mul(x, 0.5), ops.add(1.0, ops.tanh(inner)))
+    raise ValueError(f"approximate argument must be either none or tanh, got {approximate!r}")
+
+
+def sigmoid(input: Any) -> Tensor:
+    return ops.sigmoid(_t(input))
+
+
+def tanh(input: Any) -> Tensor:
+    return ops.tanh(_t(input))
+
+
+def silu(input: Any, inplace: bool = False) -> Tensor:
+    x = _t(input)
+    return ops.mul(x, ops.sigmoid(x))
+
+
+def mish(input: Any, inplace: bool = False) -> Tensor:
+    x = _t(input)
+    return ops.mul(x, ops.tanh(softplus(x)))
+
+
+def hardsigmoid(input: Any, inplace: bool = False) -> Tensor:
+    return ops.div(ops.clamp(ops.add(_t(input), 3.0), 0.0, 6.0), 6.0)
+
+
+def hardswish(input: Any, inplace: bool = False) -> Tensor:
+    x = _t(input)
+    return ops.mul(x, hardsigmoid(x))
+
+
+def softsign(input: Any) -> Tensor:
+    x = _t(input)
+    return ops.div(x, ops.add(ops.abs(x), 1.0))
+
+
+def softplus(input: Any, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
+    """log(1 + exp(beta * x)) / beta, and x itself where beta * x > threshold (like torch)."""
+    x = _t(input)
+    z = ops.mul(x, beta)
+    soft = _softplus1(z) if beta == 1 else ops.div(_softplus1(z), beta)
+    return ops.where(ops.gt(z, threshold), x, soft)
+
+
+def logsigmoid(input: Any) -> Tensor:
+    return ops.neg(_softplus1(ops.neg(_t(input))))
+
+
+def _softmax_dim(name: str, ndim: int) -> int:
+    warnings.warn(f"Implicit dimension choice for {name} has been deprecated. Change the call to include dim=X "
+                  "as an argument.", stacklevel=3)
+    return 0 if ndim in (0, 1, 3) else 1
+
+
+def softmax(input: Any, dim: int | None = None, _stacklevel: int = 3, dtype: Any = None) -> Tensor:
+    """exp(x - max) / sum(exp(x - max)) along `dim` (subtracting the max keeps exp finite)."""
+    x = _t(input)
+    if dtype is not None:
+        x = ops.cast(x, dtype)
+    if dim is None:
+        dim = _softmax_dim("softmax", x.ndim)
+    if x.ndim == 0:
+        return ops.div(x, x)
+    e = ops.exp(ops.sub(x, ops.max(x, dim, keepdims=True)))
+    return ops.div(e, ops.sum(e, dim, keepdims=True))
+
+
+def softmin(input: Any, dim: int | None = None, _stacklevel: int = 3, dtype: Any = None) -> Tensor:
+    x = _t(input)
+    if dim is None:
+        dim = _softmax_dim("softmin", x.ndim)
+    return softmax(ops.neg(x), dim, dtype=dtype)
+
+
+def log_softmax(input: Any, dim: int | None = None, _stacklevel: int = 3, dtype: Any = None) -> Tensor:
+    """x - max - log(sum(exp(x - max))) along `dim`: the stable log-sum-exp form."""
+    x = _t(input)
+    if dtype is not None:
+        x = ops.cast(x, dtype)
+    if dim is None:
+        dim = _softmax_dim("log_softmax", x.ndim)
+    if x.ndim == 0:
+        return ops.sub(x, x)
+    s = ops.sub(x, ops.max(x, dim, keepdims=True))
+    return ops.sub(s, ops.log(ops.sum(ops.exp(s), dim, keepdims=True)))
+
+
+def normalize(input: Any, p: float = 2.0, dim: int = 1, eps: float = 1e-12) -> Tensor:
+    """x / max(||x||_p, eps) along `dim`."""
+    x = _t(input)
+    if p == 2:
+        norm = ops.sqrt(ops.sum(ops.mul(x, x), dim, keepdims=True))
+    elif p == 1:
+        norm = ops.sum(ops.abs(x), dim, keepdims=True)
+    else:
+        norm = ops.pow(ops.sum(ops.pow(ops.abs(x), float(p)), dim, keepdims=True), 1.0 / p)
+    return ops.div(x, ops.maximum(norm, eps))
+
+
+def one_hot(tensor: Any, num_classes: int = -1) -> Tensor:
+    """Integer one-hot vectors (i64), like torch. `num_classes=-1` needs concrete indices."""
+    idx = _t(tensor)
+    if num_classes < 0:
+        num_classes = int(np.max(idx.numpy())) + 1
+    return ops.one_hot(idx, num_classes, dtype=dt.int64)
+
+
+# -- linear, convolution, pooling -----------------------------------------------------------------
+
+def linear(input: Any, weight: Any, bias: Any = None) -> Tensor:
+    """input @ weight.T + bias; leading batch dims are flattened into one matmul."""
+    x, w = _t(input), _t(weight)
+    if x.ndim > 2:
+        lead = x.shape[:-1]
+        y = ops.matmul(ops.reshape(x, (-1, x.shape[-1])), ops.transpose(w))
+        y = ops.reshape(y, (*lead, w.shape[0]))
+    else:
+        y = ops.matmul(x, ops.transpose(w))
+    return y if bias is None else ops.add(y, bias)
+
+
+def _unbatched(x: Tensor, fn) -> Tensor:
+    """Run a 4-d op on a 3-d (C, H, W) input, as torch allows."""
+    return ops.squeeze(fn(ops.expand_dims(x, 0)), 0)
+
+
+def conv2d(input: Any, weight: Any, bias: Any = None, stride: _Pair = 1, padding: _Pair | str = 0,
+           dilation: _Pair = 1, groups: int = 1) -> Tensor:
+    """Cross-correlation of NCHW input with OIHW weight (torch's conv2d), plus a per-channel bias.
+    `padding` may be 'valid' or 'same' (stride 1; odd totals pad one more at the bottom/right, as torch)."""
+    x, w = _t(input), _t(weight)
+    if x.ndim == 3:
+        return _unbatched(x, lambda x4: conv2d(x4, w, bias, stride, padding, dilation, groups))
+    dh, dw = _pair(dilation)
+    if isinstance(padding, str):
+        if padding == "valid":
+            padding = 0
+        elif padding == "same":
+            if _pair(stride) != (1, 1):
+                raise ValueError("padding='same' is not supported for strided convolutions")
+            th, tw = dh * (w.shape[2] - 1), dw * (w.shape[3] - 1)
+            if th % 2 or tw % 2:
+                x = ops.pad(x, [(0, 0), (0, 0), (th // 2, th - th // 2), (tw // 2, tw - tw // 2)])
+                padding = 0
+            else:
+                padding = (th // 2, tw // 2)
+        else:
+            raise ValueError(f"Invalid padding string {padding!r}, should be one of {{'valid', 'same'}}")
+    y = ops.conv2d(x, w, stride=_pair(stride), padding=_pair(padding), dilation=(dh, dw), groups=groups)
+    if bias is None:
+        return y
+    return ops.add(y, ops.reshape(_t(bias), (1, -1, 1, 1)))
+
+
+def _pool_geometry(size: int, k: int, s: int, p: int, ceil_mode: bool) -> tuple[int, int]:
+    """(output size, extra high-side padding) of torch's pooling arithmetic."""
+    if ceil_mode:
+        out = -(-(size + 2 * p - k) // s) + 1
+        if (out - 1) * s >= size + p:
+            out -= 1
+    else:
+        out = (size + 2 * p - k) // s + 1
+    return out, max(0, (out - 1) * s + k - (size + 2 * p))
+
+
+def _pool_args(kernel_size: _Pair, stride: _Pair | None, padding: _Pair) -> tuple:
+    k = _pair(kernel_size)
+    s = k if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _pair(stride)
+    return k, s, _pair(padding)
+
+
+def max_pool2d(input: Any, kernel_size: _Pair, stride: _Pair | None = None, padding: _Pair = 0,
+               dilation: _Pair = 1, ceil_mode: bool = False, return_indices: bool = False) -> Tensor:
+    x = _t(input)
+    if x.ndim == 3:
+        return _unbatched(x, lambda x4: max_pool2d(x4, kernel_size, stride, padding, dilation, ceil_mode))
+    if return_indices:
+        raise NotImplementedError("max_pool2d(return_indices=True) is not supported")
+    if _pair(dilation) != (1, 1):
+        raise NotImplementedError("max_pool2d with dilation > 1 is not supported")
+    k, s, p = _pool_args(kernel_size, stride, padding)
+    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
+        raise ValueError(f"pad should be at most half of effective kernel size, but got pad={p} and kernel={k}")
+    if not ceil_mode:
+        return ops.max_pool2d(x, k, s, p)
+    (_, eh), (_, ew) = (_pool_geometry(x.shape[2 + i], k[i], s[i], p[i], True) for i in range(2))
+    x = ops.pad(x, [(0, 0), (0, 0), (p[0], p[0] + eh), (p[1], p[1] + ew)], value=-math.inf)
+    return ops.max_pool2d(x, k, s, 0)
+
+
+def avg_pool2d(input: Any, kernel_size: _Pair, stride: _Pair | None = None, padding: _Pair = 0,
+               ceil_mode: bool = False, count_include_pad: bool = True, divisor_override: int | None = None) -> Tensor:
+    x = _t(input)
+    if x.ndim == 3:
+        return _unbatched(x, lambda x4: avg_pool2d(x4, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                                   divisor_override))
+    k, s, p = _pool_args(kernel_size, stride, padding)
+    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
+        raise ValueError(f"pad should be at most half of effective kernel size, but got pad={p} and kernel={k}")
+    if not ceil_mode and divisor_override is None:
+        return ops.avg_pool2d(x, k, s, p, count_include_pad)
+    # General case: window sums over an explicitly padded input, divided by torch's divisor
+    # (a constant: it depends on shapes only).
+    h, w = x.shape[2:]
+    (oh, eh), (ow, ew) = (_pool_geometry(x.shape[2 + i], k[i], s[i], p[i], ceil_mode) for i in range(2))
+    xp = ops.pad(x, [(0, 0), (0, 0), (p[0], p[0] + eh), (p[1], p[1] + ew)])
+    sums = ops.mul(ops.avg_pool2d(xp, k, s, 0), float(k[0] * k[1]))
+    if divisor_override is not None:
+        return ops.div(sums, float(divisor_override))
+
+    def divisor(size: int, out: int, k: int, s: int, p: int) -> np.ndarray:
+        start = np.arange(out) * s - p
+        end = np.minimum(start + k, size + p)
+        if not count_include_pad:
+            start, end = np.maximum(start, 0), np.minimum(end, size)
+        return (end - start).astype(np.float64)
+
+    div = np.outer(divisor(h, oh, k[0], s[0], p[0]), divisor(w, ow, k[1], s[1], p[1]))
+    return ops.div(sums, Tensor(div.astype(x.dtype.np), dtype=x.dtype))
+
+
+# -- dropout, embedding -----------------------------------------------------------------------------
+
+def dropout(input: Any, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
+    """Zero each element with probability p and scale the rest by 1/(1-p). The mask comes from the
+    `random` op seeded by `avalon.random.next_seed()`, so a traced graph draws a fresh mask per run."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    x = _t(input)
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return ops.mul(x, 0.0)
+    keep = ops.ge(ops.random(next_seed(), x.shape, "uniform"), p)
+    return ops.where(keep, ops.mul(x, 1.0 / (1.0 - p)), 0.0)
+
+
+def embedding(input: Any, weight: Any, padding_idx: int | None = None, max_norm: float | None = None,
+              norm_type: float = 2.0, scale_grad_by_freq: bool = False, sparse: bool = False) -> Tensor:
+    """Rows of `weight` at integer indices. (torch also masks the gradient of the `padding_idx` row;
+    here that row only starts at zero, in `nn.Embedding`.)"""
+    if max_norm is not None:
+        raise NotImplementedError("embedding(max_norm=...) renormalizes the weight in place; not supported")
+    idx = _t(input)
+    if idx.dtype.is_float or idx.dtype is dt.bool_:
+        raise TypeError(f"embedding indices must be integers, got {idx.dtype}")
+    return ops.take(weight, idx, axis=0)
+
+
+# -- normalization -------------------------------------------------------------------------------
+
+def batch_norm(input: Any, running_mean: Tensor | None, running_var: Tensor | None, weight: Any = None,
+               bias: Any = None, training: bool = False, momentum: float | Tensor = 0.1,
+               eps: float = 1e-5) -> Tensor:
+    """Normalize over every axis but the channel axis 1. Training uses the batch statistics and,
+    when running stats are given, updates them in place (`trace.assign`, so this also works under
+    trace/grad/compile): running = (1 - momentum) * running + momentum * batch, with the UNBIASED
+    batch variance, as torch. Eval normalizes with the running statistics."""
+    x = _t(input)
+    if x.ndim < 2:
+        raise ValueError(f"batch_norm expects an input of at least 2 dims (N, C, ...), got {x.shape}")
+    c = x.shape[1]
+    axes = [0] + list(range(2, x.ndim))
+    bshape = (1, c) + (1,) * (x.ndim - 2)
+    if training:
+        n = x.numel // c if c else 0
+        if n <= 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
+        mean = ops.mean(x, axes, keepdims=True)
+        centered = ops.sub(x, mean)
+        var = ops.mean(ops.mul(centered, centered), axes, keepdims=True)
+        keep = 1.0 - momentum if not isinstance(momentum, Tensor) else ops.sub(1.0, momentum)
+        if running_mean is not None:
+            new = ops.add(ops.mul(running_mean, keep), ops.mul(ops.reshape(mean, (c,)), momentum))
+            assign(running_mean, ops.cast(new, running_mean.dtype))
+        if running_var is not None:
+            unbiased = ops.mul(ops.reshape(var, (c,)), n / (n - 1))
+            new = ops.add(ops.mul(running_var, keep), ops.mul(unbiased, momentum))
+            assign(running_var, ops.cast(new, running_var.dtype))
+        y = ops.mul(centered, ops.rsqrt(ops.add(var, eps)))
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError("batch_norm in evaluation mode needs running_mean and running_var")
+        rm = ops.reshape(ops.cast(running_mean, x.dtype), bshape)
+        rv = ops.reshape(ops.cast(running_var, x.dtype), bshape)
+        y = ops.mul(ops.sub(x, rm), ops.rsqrt(ops.add(rv, eps)))
+    if weight is not None:
+        y = ops.mul(y, ops.reshape(_t(weight), bshape))
+    if bias is not None:
+        y = ops.add(y, ops.reshape(_t(bias), bshape))
+    return y
+
+
+def layer_norm(input: Any, normalized_shape: int | Sequence[int], weight: Any = None, bias: Any = None,
+               eps: float = 1e-5) -> Tensor:
+    """Normalize over the trailing `normalized_shape` dims with the biased variance, then scale/shift."""
+    x = _t(input)
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    k = len(shape)
+    if x.shape[x.ndim - k:] != shape:
+        raise ValueError(f"layer_norm: normalized_shape {shape} does not match the trailing dims of input "
+                         f"{x.shape}")
+    axes = list(range(x.ndim - k, x.ndim))
+    centered = ops.sub(x, ops.mean(x, axes, keepdims=True))
+    var = ops.mean(ops.mul(centered, centered), axes, keepdims=True)
+    y = ops.mul(centered, ops.rsqrt(ops.add(var, eps)))
+    if weight is not None:
+        y = ops.mul(y, weight)
+    if bias is not None:
+        y = ops.add(y, bias)
+    return y
+
+
+def group_norm(input: Any, num_groups: int, weight: Any = None, bias: Any = None, eps: float = 1e-5) -> Tensor:
+    """Normalize over each group of C/num_groups channels (and all spatial positions)."""
+    x = _t(input)
+    n, c = x.shape[:2]
+    if c % num_groups:
+        raise ValueError(f"Expected number of channels in input ({c}) to be divisible by num_groups ({num_groups})")
+    g = ops.reshape(x, (n, num_groups, -1))
+    centered = ops.sub(g, ops.mean(g, 2, keepdims=True))
+    var = ops.mean(ops.mul(centered, centered), 2, keepdims=True)
+    y = ops.reshape(ops.mul(centered, ops.rsqrt(ops.add(var, eps))), x.shape)
+    bshape = (1, c) + (1,) * (x.ndim - 2)
+    if weight is not None:
+        y = ops.mul(y, ops.reshape(_t(weight), bshape))
+    if bias is not None:
+        y = ops.add(y, ops.reshape(_t(bias), bshape))
+    return y
+
+
+# -- losses ------------------------------------------------------------------------------------------
+
+def _class_targets(x: Tensor, target: Any, name: str) -> Tensor:
+    t = _t(target)
+    if t.dtype.is_float or t.dtype is dt.bool_:
+        raise TypeError(f"{name}: class targets must be an integer array, got {t.dtype}")
+    want = (x.shape[0],) + x.shape[2:]
+    if t.shape != want:
+        raise ValueError(f"{name}: input {x.shape} needs targets of shape {want}, got {t.shape}")
+    return t
+
+
+def _to_class_axis(t: Tensor, ndim: int) -> Tensor:
+    """Move the trailing class axis of a one-hot (N, d1.., C) to position 1, like the input."""
+    return t if ndim == 2 else ops.permute(t, [0, ndim - 1] + list(range(1, ndim - 1)))
+
+
+def _weight_shape(ndim: int) -> tuple[int, ...]:
+    return (1, -1) + (1,) * (ndim - 2)
+
+
+def nll_loss(input: Any, target: Any, weight: Any = None, size_average: bool | None = None,
+             ignore_index: int = -100, reduce: bool | None = None, reduction: str = "mean") -> Tensor:
+    """-input[n, target[n]] * weight[target[n]]; 'mean' divides by the summed weights of the
+    non-ignored targets (torch's weighted mean)."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    x = _t(input)
+    if x.ndim == 1:  # (C,) with a scalar target
+        loss = nll_loss(ops.expand_dims(x, 0), ops.reshape(_t(target), (1,)), weight, None, ignore_index, None,
+                        reduction)
+        return ops.squeeze(loss, 0) if reduction == "none" else loss
+    t = _class_targets(x, target, "nll_loss")
+    valid = ops.ne(t, ignore_index)
+    safe = ops.where(valid, t, 0)
+    hit = _to_class_axis(ops.one_hot(safe, x.shape[1], dtype=dt.bool_), x.ndim)
+    picked = ops.sum(ops.where(hit, x, 0.0), 1)
+    if weight is None:
+        w = ops.cast(valid, x.dtype)
+    else:
+        w = ops.where(valid, ops.take(ops.cast(_t(weight), x.dtype), safe), 0.0)
+    loss = ops.neg(ops.mul(picked, w))
+    if reduction == "mean":
+        return ops.div(ops.sum(loss), ops.sum(w))
+    return _reduce(loss, reduction)
+
+
+def cross_entropy(input: Any, target: Any, weight: Any = None, size_average: bool | None = None,
+                  ignore_index: int = -100, reduce: bool | None = None, reduction: str = "mean",
+                  label_smoothing: float = 0.0) -> Tensor:
+    """log_softmax over the class axis (1, or 0 for unbatched input) then the NLL. Float targets of the
+    input's shape are class probabilities. `label_smoothing` mixes in the uniform distribution with
+    torch's exact weighting and normalization."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
+    x, t = _t(input), _t(target)
+    if x.ndim == 1:
+        t1 = ops.expand_dims(t, 0) if t.dtype.is_float else ops.reshape(t, (1,))
+        loss = cross_entropy(ops.expand_dims(x, 0), t1, weight, None, ignore_index, None, reduction,
+                             label_smoothing)
+        return ops.squeeze(loss, 0) if reduction == "none" else loss
+    logp = log_softmax(x, 1)
+    c = x.shape[1]
+    wb = None if weight is None else ops.reshape(ops.cast(_t(weight), x.dtype), _weight_shape(x.ndim))
+    if t.dtype.is_float:  # class probabilities
+        if t.shape != x.shape:
+            raise ValueError(f"cross_entropy: probability targets must have the input's shape {x.shape}, got {t.shape}")
+        if label_smoothing > 0:
+            t = ops.add(ops.mul(t, 1.0 - label_smoothing), label_smoothing / c)
+        prod = ops.mul(logp, t) if wb is None else ops.mul(ops.mul(logp, t), wb)
+        loss = ops.neg(ops.sum(prod, 1))
+        if reduction == "mean":
+            return ops.div(ops.sum(loss), float(x.numel // c))
+        return _reduce(loss, reduction)
+    nll = nll_loss(logp, t, weight, None, ignore_index, None, reduction)
+    if label_smoothing == 0.0:
+        return nll
+    t = _class_targets(x, t, "cross_entropy")
+    valid = ops.ne(t, ignore_index)
+    smooth = ops.neg(ops.sum(logp if wb is None else ops.mul(logp, wb), 1))
+    smooth = ops.where(valid, smooth, 0.0)
+    if reduction == "mean":
+        if weight is None:
+            denom = ops.sum(ops.cast(valid, x.dtype))
+        else:
+            denom = ops.sum(ops.where(valid, ops.take(ops.cast(_t(weight), x.dtype), ops.where(valid, t, 0)), 0.0))
+        ret = ops.div(ops.sum(smooth), denom)
+    else:
+        ret = _reduce(smooth, reduction)
+    return ops.add(ops.mul(nll, 1.0 - label_smoothing), ops.mul(ret, label_smoothing / c))
+
+
+def _check_same_size(x: Tensor, t: Tensor, name: str) -> None:
+    if x.shape != t.shape:
+        raise ValueError(f"{name}: using a target size ({t.shape}) that is different to the input size ({x.shape}) "
+                         "is not supported")
+
+
+def mse_loss(input: Any, target: Any, size_average: bool | None = None, reduce: bool | None = None,
+             reduction: str = "mean", weight: Any = None) -> Tensor:
+    d = ops.sub(_t(input), _t(target))
+    loss = ops.mul(d, d) if weight is None else ops.mul(ops.mul(d, d), weight)
+    return _reduce(loss, _legacy_reduction(size_average, reduce, reduction))
+
+
+def l1_loss(input: Any, target: Any, size_average: bool | None = None, reduce: bool | None = None,
+            reduction: str = "mean", weight: Any = None) -> Tensor:
+    loss = ops.abs(ops.sub(_t(input), _t(target)))
+    loss = loss if weight is None else ops.mul(loss, weight)
+    return _reduce(loss, _legacy_reduction(size_average, reduce, reduction))
+
+
+def smooth_l1_loss(input: Any, target: Any, size_average: bool | None = None, reduce: bool | None = None,
+                   reduction: str = "mean", beta: float = 1.0) -> Tensor:
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    d = ops.abs(ops.sub(_t(input), _t(target)))
+    if beta == 0.0:
+        return _reduce(d, reduction)
+    loss = ops.where(ops.lt(d, beta), ops.mul(ops.mul(d, d), 0.5 / beta), ops.sub(d, 0.5 * beta))
+    return _reduce(loss, reduction)
+
+
+def huber_loss(input: Any, target: Any, reduction: str = "mean", delta: float = 1.0, weight: Any = None) -> Tensor:
+    d = ops.abs(ops.sub(_t(input), _t(target)))
+    loss = ops.where(ops.lt(d, delta), ops.mul(ops.mul(d, d), 0.5), ops.mul(ops.sub(d, 0.5 * delta), delta))
+    return _reduce(loss if weight is None else ops.mul(loss, weight), reduction)
+
+
+def binary_cross_entropy(input: Any, target: Any, weight: Any = None, size_average: bool | None = None,
+                         reduce: bool | None = None, reduction: str = "mean") -> Tensor:
+    """-(t log x + (1 - t) log(1 - x)) with each log clamped at -100, as torch does."""
+    x, t = _t(input), _t(target)
+    _check_same_size(x, t, "binary_cross_entropy")
+    log_x = ops.maximum(ops.log(x), -100.0)
+    log_1mx = ops.maximum(ops.log(ops.sub(1.0, x)), -100.0)
+    loss = ops.neg(ops.add(ops.mul(t, log_x), ops.mul(ops.sub(1.0, t), log_1mx)))
+    if weight is not None:
+        loss = ops.mul(loss, weight)
+    return _reduce(loss, _legacy_reduction(size_average, reduce, reduction))
+
+
+def binary_cross_entropy_with_logits(input: Any, target: Any, weight: Any = None, size_average: bool | None = None,
+                                     reduce: bool | None = None, reduction: str = "mean",
+                                     pos_weight: Any = None) -> Tensor:
+    """(1 - t) x + w_pos * softplus(-x), the overflow-free form of BCE(sigmoid(x), t), where
+    w_pos = 1 + (pos_weight - 1) t."""
+    x, t = _t(input), _t(target)
+    _check_same_size(x, t, "binary_cross_entropy_with_logits")
+    sp = _softplus1(ops.neg(x))
+    if pos_weight is not None:
+        sp = ops.mul(sp, ops.add(ops.mul(ops.sub(pos_weight, 1.0), t), 1.0))
+    loss = ops.add(ops.mul(ops.sub(1.0, t), x), sp)
+    if weight is not None:
+        loss = ops.mul(loss, weight)
+    return _reduce(loss, _legacy_reduction(size_average, reduce, reduction))
+
+
+def kl_div(input: Any, target: Any, size_average: bool | None = None, reduce: bool | None = None,
+           reduction: str = "mean", log_target: bool = False) -> Tensor:
+    """Pointwise KL(target || exp(input)) with `input` in log space: t (log t - input), with
+    0 log 0 = 0; `log_target=True` takes log t. 'batchmean' divides the sum by the batch size (the
+    true KL divergence per sample); 'mean' divides by the element count, as torch."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    x, t = _t(input), _t(target)
+    if log_target:
+        loss = ops.mul(ops.exp(t), ops.sub(t, x))
+    else:
+        xlogy = ops.mul(t, ops.log(ops.where(ops.gt(t, 0), t, 1.0)))
+        loss = ops.sub(xlogy, ops.mul(t, x))
+    if reduction == "batchmean":
+        s = ops.sum(loss)
+        return ops.div(s, float(x.shape[0])) if x.ndim else s
+    return _reduce(loss, reduction)
