@@ -1,0 +1,586 @@
+"""Layers with PyTorch's constructor signatures, parameter names, default initialization and math.
+
+Each layer is a `Module` holding its parameters as plain `Tensor` attributes (`weight`, `bias`) and its
+state as `Buffer`s (`running_mean`), so `state_dict()` keys match torch's and torch weights load as is.
+Forward passes call `avalon.nn.functional`, so they trace into ordinary IR ops.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from .. import ops
+from ..ir import dtypes as dt
+from ..tensor import Buffer, Tensor, as_array
+from ..trace import assign
+from . import functional as F
+from . import init
+from .module import Module
+
+__all__ = [
+    "AvgPool2d", "BCELoss", "BCEWithLogitsLoss", "BatchNorm1d", "BatchNorm2d", "Conv2d", "CrossEntropyLoss",
+    "Dropout", "ELU", "Embedding", "Flatten", "GELU", "GroupNorm", "Hardsigmoid", "Hardswish", "Hardtanh",
+    "HuberLoss", "Identity", "KLDivLoss", "L1Loss", "LayerNorm", "LeakyReLU", "Linear", "LogSigmoid", "LogSoftmax",
+    "MSELoss", "MaxPool2d", "Mish", "ModuleList", "NLLLoss", "ReLU", "ReLU6", "SELU", "SiLU", "Sequential", "Sigmoid",
+    "SmoothL1Loss", "Softmax", "Softmin", "Softplus", "Softsign", "Tanh", "Unflatten",
+]
+
+
+def _dtype(dtype: Any) -> dt.DType:
+    d = dt.float32 if dtype is None else dt.dtype(dtype)
+    if not d.is_float:
+        raise TypeError(f"layer parameters must be floating point, got {d}")
+    return d
+
+
+def empty(shape: Sequence[int], dtype: dt.DType, buffer: bool = False) -> Tensor:
+    """A zero-filled parameter (or Buffer) that an initializer then fills."""
+    cls = Buffer if buffer else Tensor
+    return cls(np.zeros(tuple(shape), dtype.np), dtype=dtype)
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, (int, np.integer)) else tuple(int(i) for i in v)
+
+
+def _place(module: Module, device: Any) -> None:
+    if device is not None:
+        module.to(device=device)
+
+
+# -- linear and convolution ---------------------------------------------------------------------
+
+class Identity(Module):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+
+    def forward(self, input: Any) -> Any:
+        return input
+
+
+class Linear(Module):
+    """y = x W^T + b. Init as torch: W ~ kaiming_uniform(a=sqrt(5)) = U(±1/sqrt(in)), b ~ U(±1/sqrt(in))."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device: Any = None,
+                 dtype: Any = None) -> None:
+        super().__init__()
+        d = _dtype(dtype)
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = empty((out_features, in_features), d)
+        self.bias = empty((out_features,), d) if bias else None
+        self.reset_parameters()
+        _place(self, device)
+
+    def reset_parameters(self) -> None:
+        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.in_features
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+            init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, input: Any) -> Tensor:
+        return F.linear(input, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Conv2d(Module):
+    """2-d cross-correlation over NCHW input; weight (out, in/groups, kh, kw), torch's init."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
+                 dilation: Any = 1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
+                 device: Any = None, dtype: Any = None) -> None:
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError("in_channels and out_channels must be divisible by groups")
+        if padding_mode != "zeros":
+            raise NotImplementedError(f"Conv2d(padding_mode={padding_mode!r}) is not supported; use 'zeros'")
+        d = _dtype(dtype)
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
+        self.padding = padding if isinstance(padding, str) else _pair(padding)
+        self.padding_mode = padding_mode
+        self.weight = empty((out_channels, in_channels // groups, *self.kernel_size), d)
+        self.bias = empty((out_channels,), d) if bias else None
+        self.reset_parameters()
+        _place(self, device)
+
+    def reset_parameters(self) -> None:
+        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in, _ = init._calculate_fan_in_and_fan_out(self.weight)
+            if fan_in != 0:
+                bound = 1 / math.sqrt(fan_in)
+                init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, input: Any) -> Tensor:
+        return F.conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0, 0):
+            s += f", padding={self.padding!r}" if isinstance(self.padding, str) else f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        return s + (", bias=False" if self.bias is None else "")
+
+
+class MaxPool2d(Module):
+    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
+                 return_indices: bool = False, ceil_mode: bool = False) -> None:
+        super().__init__()
+        self.kernel_size, self.padding = kernel_size, padding
+        self.stride = stride if stride is not None else kernel_size
+        self.dilation, self.return_indices, self.ceil_mode = dilation, return_indices, ceil_mode
+
+    def forward(self, input: Any) -> Tensor:
+        return F.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+                            self.return_indices)
+
+    def extra_repr(self) -> str:
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"dilation={self.dilation}, ceil_mode={self.ceil_mode}")
+
+
+class AvgPool2d(Module):
+    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0, ceil_mode: bool = False,
+                 count_include_pad: bool = True, divisor_override: int | None = None) -> None:
+        super().__init__()
+        self.kernel_size, self.padding = kernel_size, padding
+        self.stride = stride if stride is not None else kernel_size
+        self.ceil_mode, self.count_include_pad, self.divisor_override = ceil_mode, count_include_pad, divisor_override
+
+    def forward(self, input: Any) -> Tensor:
+        return F.avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                            self.count_include_pad, self.divisor_override)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+# -- normalization --------------------------------------------------------------------------------
+
+class _BatchNorm(Module):
+    """Shared by BatchNorm1d/2d. Training mode normalizes with the batch statistics and updates the
+    running ones (unbiased variance, `momentum`, or a cumulative average when momentum is None);
+    eval mode uses the running statistics. `num_batches_tracked` counts training calls, as torch."""
+
+    _dims: tuple[int, ...] = ()
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, device: Any = None, dtype: Any = None) -> None:
+        super().__init__()
+        d = _dtype(dtype)
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.affine, self.track_running_stats = affine, track_running_stats
+        self.weight = empty((num_features,), d) if affine else None
+        self.bias = empty((num_features,), d) if affine else None
+        if track_running_stats:
+            self.running_mean = empty((num_features,), d, buffer=True)
+            self.running_var = empty((num_features,), d, buffer=True)
+            self.num_batches_tracked = Buffer(np.array(0, np.int64), dtype=dt.int64)
+        else:
+            self.running_mean = self.running_var = self.num_batches_tracked = None
+        self.reset_parameters()
+        _place(self, device)
+
+    def reset_running_stats(self) -> None:
+        if self.track_running_stats:
+            init.zeros_(self.running_mean)
+            init.ones_(self.running_var)
+            init.zeros_(self.num_batches_tracked)
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        if self.affine:
+            init.ones_(self.weight)
+            init.zeros_(self.bias)
+
+    def forward(self, input: Any) -> Tensor:
+        x = F._t(input)
+        if x.ndim not in self._dims:
+            want = " or ".join(f"{d}D" for d in self._dims)
+            raise ValueError(f"{type(self).__name__}: expected {want} input (got {x.ndim}D input of shape {x.shape})")
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"{type(self).__name__}({self.num_features}): input {x.shape} has {x.shape[1]} channels")
+        factor: Any = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats:
+            count = ops.add(self.num_batches_tracked, 1)
+            assign(self.num_batches_tracked, count)
+            if self.momentum is None:
+                factor = ops.div(1.0, ops.cast(count, x.dtype))
+        use_batch = self.training or self.running_mean is None
+        track = not self.training or self.track_running_stats
+        return F.batch_norm(x, self.running_mean if track else None, self.running_var if track else None,
+                            self.weight, self.bias, use_batch, factor, self.eps)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+                f"track_running_stats={self.track_running_stats}")
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch norm over (N, C) or (N, C, L) input."""
+
+    _dims = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch norm over (N, C, H, W) input."""
+
+    _dims = (4,)
+
+
+class LayerNorm(Module):
+    def __init__(self, normalized_shape: int | Sequence[int], eps: float = 1e-5, elementwise_affine: bool = True,
+                 bias: bool = True, device: Any = None, dtype: Any = None) -> None:
+        super().__init__()
+        d = _dtype(dtype)
+        shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        self.normalized_shape, self.eps, self.elementwise_affine = shape, eps, elementwise_affine
+        self.weight = init.ones_(empty(shape, d)) if elementwise_affine else None
+        self.bias = empty(shape, d) if elementwise_affine and bias else None
+        _place(self, device)
+
+    def forward(self, input: Any) -> Tensor:
+        return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+
+
+class GroupNorm(Module):
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
+                 device: Any = None, dtype: Any = None) -> None:
+        super().__init__()
+        if num_channels % num_groups:
+            raise ValueError("num_channels must be divisible by num_groups")
+        d = _dtype(dtype)
+        self.num_groups, self.num_channels, self.eps, self.affine = num_groups, num_channels, eps, affine
+        self.weight = init.ones_(empty((num_channels,), d)) if affine else None
+        self.bias = empty((num_channels,), d) if affine else None
+        _place(self, device)
+
+    def forward(self, input: Any) -> Tensor:
+        return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
+
+
+# -- dropout, embedding, reshaping -------------------------------------------------------------------
+
+class Dropout(Module):
+    """Zeroes elements with probability p in training mode (scaling the rest by 1/(1-p)); identity in eval."""
+
+    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+        self.p, self.inplace = p, inplace
+
+    def forward(self, input: Any) -> Tensor:
+        return F.dropout(input, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, inplace={self.inplace}"
+
+
+class Embedding(Module):
+    """A lookup table of `num_embeddings` rows; init N(0, 1) with the `padding_idx` row zeroed, as torch."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
+                 max_norm: float | None = None, norm_type: float = 2.0, scale_grad_by_freq: bool = False,
+                 sparse: bool = False, _weight: Any = None, _freeze: bool = False, device: Any = None,
+                 dtype: Any = None) -> None:
+        super().__init__()
+        if padding_idx is not None:
+            if not -num_embeddings <= padding_idx < num_embeddings:
+                raise ValueError("padding_idx must be within num_embeddings")
+            padding_idx %= num_embeddings
+        if max_norm is not None:
+            raise NotImplementedError("Embedding(max_norm=...) is not supported")
+        d = _dtype(dtype)
+        self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
+        self.max_norm, self.norm_type = max_norm, norm_type
+        self.scale_grad_by_freq, self.sparse = scale_grad_by_freq, sparse
+        if _weight is None:
+            self.weight = empty((num_embeddings, embedding_dim), d)
+            self.reset_parameters()
+        else:
+            self.weight = Tensor(np.array(as_array(_weight), copy=True), dtype=d)
+            if self.weight.shape != (num_embeddings, embedding_dim):
+                raise ValueError("Shape of weight does not match num_embeddings and embedding_dim")
+        _place(self, device)
+
+    def reset_parameters(self) -> None:
+        init.normal_(self.weight)
+        if self.padding_idx is not None:
+            arr = self.weight.numpy().copy()
+            arr[self.padding_idx] = 0
+            assign(self.weight, Tensor(arr, dtype=self.weight.dtype))
+
+    @classmethod
+    def from_pretrained(cls, embeddings: Any, freeze: bool = True, padding_idx: int | None = None,
+                        **kwargs: Any) -> Embedding:
+        """A table holding a copy of `embeddings` (`freeze` is accepted for torch compatibility: Avalon
+        differentiates whatever `av.grad` is asked to, and optimizers update what they are given)."""
+        w = as_array(embeddings)
+        return cls(w.shape[0], w.shape[1], padding_idx, _weight=w, **kwargs)
+
+    def forward(self, input: Any) -> Tensor:
+        return F.embedding(input, self.weight, self.padding_idx)
+
+    def extra_repr(self) -> str:
+        s = f"{self.num_embeddings}, {self.embedding_dim}"
+        return s + (f", padding_idx={self.padding_idx}" if self.padding_idx is not None else "")
+
+
+class Flatten(Module):
+    def __init__(self, start_dim: int = 1, end_dim: int = -1) -> None:
+        super().__init__()
+        self.start_dim, self.end_dim = start_dim, end_dim
+
+    def forward(self, input: Any) -> Tensor:
+        return ops.flatten(F._t(input), self.start_dim, self.end_dim)
+
+    def extra_repr(self) -> str:
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+
+class Unflatten(Module):
+    def __init__(self, dim: int, unflattened_size: Sequence[int]) -> None:
+        super().__init__()
+        self.dim, self.unflattened_size = dim, tuple(unflattened_size)
+
+    def forward(self, input: Any) -> Tensor:
+        x = F._t(input)
+        d = self.dim % x.ndim
+        return ops.reshape(x, x.shape[:d] + self.unflattened_size + x.shape[d + 1:])
+
+
+# -- containers --------------------------------------------------------------------------------------
+
+class _Indexed(Module):
+    """Children stored as attributes "0", "1", ... so parameter names are torch's (`0.weight`)."""
+
+    def _items(self) -> list[tuple[str, Any]]:
+        return [(k, v) for k, v in vars(self).items() if k != "training" and not k.startswith("_")]
+
+    def __len__(self) -> int:
+        return len(self._items())
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter([v for _, v in self._items()])
+
+    def _get(self, idx: int | slice) -> Any:
+        items = self._items()
+        if isinstance(idx, slice):
+            return [v for _, v in items[idx]]
+        if not -len(items) <= idx < len(items):
+            raise IndexError(f"index {idx} is out of range")
+        return items[idx][1]
+
+    def append(self, module: Any) -> _Indexed:
+        setattr(self, str(len(self)), module)
+        return self
+
+    def __repr__(self) -> str:
+        lines = [f"  ({k}): " + repr(v).replace("\n", "\n  ") for k, v in self._items()]
+        return f"{type(self).__name__}(" + ("\n" + "\n".join(lines) + "\n" if lines else "") + ")"
+
+
+class Sequential(_Indexed):
+    """Applies its modules (or any callables) in order. `Sequential(OrderedDict(...))` names them."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__()
+        if len(args) == 1 and isinstance(args[0], (OrderedDict, dict)):
+            for k, m in args[0].items():
+                setattr(self, str(k), m)
+        else:
+            for i, m in enumerate(args):
+                setattr(self, str(i), m)
+
+    def __getitem__(self, idx: int | slice) -> Any:
+        got = self._get(idx)
+        return Sequential(*got) if isinstance(idx, slice) else got
+
+    def forward(self, input: Any) -> Any:
+        for m in self:
+            input = m(input)
+        return input
+
+
+class ModuleList(_Indexed):
+    def __init__(self, modules: Sequence[Any] | None = None) -> None:
+        super().__init__()
+        for m in modules or ():
+            self.append(m)
+
+    def __getitem__(self, idx: int | slice) -> Any:
+        got = self._get(idx)
+        return ModuleList(got) if isinstance(idx, slice) else got
+
+    def extend(self, modules: Sequence[Any]) -> ModuleList:
+        for m in modules:
+            self.append(m)
+        return self
+
+
+# -- activations -------------------------------------------------------------------------------------
+
+class _Activation(Module):
+    _fn: Any = None
+    _args: tuple[str, ...] = ()
+
+    def forward(self, input: Any) -> Tensor:
+        return type(self)._fn(input, *(getattr(self, a) for a in self._args))
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{a}={getattr(self, a)}" for a in self._args)
+
+
+def _activation(name: str, fn: Any, args: tuple[tuple[str, Any], ...] = (), doc: str = "") -> type:
+    names = tuple(a for a, _ in args)
+
+    def __init__(self, *pos: Any, inplace: bool = False, **kw: Any) -> None:
+        Module.__init__(self)
+        vals = dict(args)
+        for a, v in zip(names, pos):
+            vals[a] = v
+        for a, v in kw.items():
+            if a not in vals:
+                raise TypeError(f"{name}() got an unexpected keyword argument {a!r}")
+            vals[a] = v
+        for a in names:
+            setattr(self, a, vals[a])
+
+    return type(name, (_Activation,), {"__init__": __init__, "_fn": staticmethod(fn), "_args": names,
+                                       "__doc__": doc or f"Module form of `functional.{fn.__name__}`.",
+                                       "__module__": __name__})
+
+
+ReLU = _activation("ReLU", F.relu)
+ReLU6 = _activation("ReLU6", F.relu6)
+Sigmoid = _activation("Sigmoid", F.sigmoid)
+Tanh = _activation("Tanh", F.tanh)
+SiLU = _activation("SiLU", F.silu)
+Mish = _activation("Mish", F.mish)
+SELU = _activation("SELU", F.selu)
+Hardswish = _activation("Hardswish", F.hardswish)
+Hardsigmoid = _activation("Hardsigmoid", F.hardsigmoid)
+LogSigmoid = _activation("LogSigmoid", F.logsigmoid)
+Softsign = _activation("Softsign", F.softsign)
+LeakyReLU = _activation("LeakyReLU", F.leaky_relu, (("negative_slope", 0.01),))
+ELU = _activation("ELU", F.elu, (("alpha", 1.0),))
+GELU = _activation("GELU", F.gelu, (("approximate", "none"),))
+Hardtanh = _activation("Hardtanh", F.hardtanh, (("min_val", -1.0), ("max_val", 1.0)))
+Softplus = _activation("Softplus", F.softplus, (("beta", 1.0), ("threshold", 20.0)))
+Softmax = _activation("Softmax", F.softmax, (("dim", None),))
+Softmin = _activation("Softmin", F.softmin, (("dim", None),))
+LogSoftmax = _activation("LogSoftmax", F.log_softmax, (("dim", None),))
+
+
+# -- losses ------------------------------------------------------------------------------------------
+
+def _buffer(x: Any) -> Buffer | None:
+    """Loss weights are buffers, as in torch (in the state dict, never trained)."""
+    if x is None:
+        return None
+    t = x if isinstance(x, Tensor) else Tensor(x)
+    return Buffer(t.numpy().copy(), dtype=t.dtype)
+
+
+class _Loss(Module):
+    def __init__(self, size_average: bool | None = None, reduce: bool | None = None, reduction: str = "mean") -> None:
+        super().__init__()
+        self.reduction = F._legacy_reduction(size_average, reduce, reduction)
+
+
+class L1Loss(_Loss):
+    def forward(self, input: Any, target: Any) -> Tensor:
+        return F.l1_loss(input, target, reduction=self.reduction)
+
+
+class MSELoss(_Loss):
+    def forward(self, input: Any, target: Any) -> Tensor:
+        return F.mse_loss(input, target, reduction=self.reduction)
+
+
+class NLLLoss(_Loss):
+    def __init__(self, weight: Any = None, size_average: bool | None = None, ignore_index: int = -100,
+                 reduce: bool | None = None, reduction: str = "mean") -> None:
+        super().__init__(size_average, reduce, reduction)
+        self.weight, self.ignore_index = _buffer(weight), ignore_index
+
+    def forward(self, input: Any, target: Any) -> Tensor:
+        return F.nll_loss(input, target, self.weight, ignore_index=self.ignore_index, reduction=self.reduction)
+
+
+class CrossEntropyLoss(_Loss):
+    def __init__(self, weight: Any = None, size_average: bool | None = None, ignore_index: int = -100,
+                 reduce: bool | None = None, reduction: str = "mean", label_smoothing: float = 0.0) -> None:
+        super().__init__(size_average, reduce, reduction)
+        self.weight, self.ignore_index, self.label_smoothing = _buffer(weight), ignore_index, label_smoothing
+
+    def forward(self, input: Any, target: Any) -> Tensor:
+        return F.cross_entropy(input, target, self.weight, ignore_index=self.ignore_index, reduction=self.reduction,
+                               label_smoothing=self.label_smoothing)
+
+
+class BCELoss(_Loss):
+    def __init__(self, weight: Any = None, size_average: bool | None = None, reduce: bool | None = None,
+                 reduction: str = "mean") -> None:
+        super().__init__(size_average, reduce, reduction)
+        self.weight = _buffer(weight)
+
+    def forward(self, input: Any, target: Any) -> Tensor:
+        return F.binary_cross_entropy(input, target, self.weight, reduction=self.reduction)
+
+
+class BCEWithLogitsLoss(_Loss):
+    def __init__(self, weight: Any = None, size_average: bool | None = None, reduce: bool | None = None,
+                 reduction: str = "mean", pos_weight: Any = None) -> None:
+        super().__init__(size_average, reduce, reduction)
+        self.weight, self.pos_weight = _buffer(weight), _buffer(pos_weight)
+
+    def forward(self, input: Any, target: Any) -> Tensor:
+        return F.binary_cross_entropy_with_logits(input, target, self.weight, reduction=self.reduction,
+                                                  pos_weight=self.pos_weight)
+
+
+class KLDivLoss(_Loss):
+    def __init__(self, size_average: bool | None = None, reduce: bool | None = None, reduction: str = "mean",
+                 log_target: bool = False) -> None:
+        super().__init__(size_average, reduce, reduction)
+        self.log_target = log_target
+
+    def forward(self, input: Any, target: Any) -> Tensor:
+        return F.kl_div(input, target, reduction=self.reduction, log_target=self.log_target)
+
+
+class SmoothL1Loss(_Loss):
+    def __init__(self, size_average: bool | None = None, reduce: bool | None = None, reduction: str = "mean",
+                 beta: float = 1.0) -> None:
+        super().__init__(size_average, reduce, reduction)
+        self.beta = beta
+
+    def forward(self, input: Any, target: Any) -> Tensor:
+        return F.smooth_l1_loss(input, target, reduction=self.reduction, beta=self.beta)
+
+
+class HuberLoss(_Loss):
+    def __init__(self, reduction: str = "mean", delta: float = 1.0) -> None:
+        super().__init__(reduction=reduction)
+        self.delta = delta
+
+    def forward(self, input: Any, target: Any) -> Tensor:
+        return F.huber_loss(input, target, reduction=self.reduction, delta=self.delta)

@@ -1,0 +1,297 @@
+"""Parameters, buffers and state dicts of plain-object models, and the optional `Module` base class.
+
+A model needs no base class: its tensors are found by walking its attributes (`avalon.tree`), named
+like PyTorch (`layers.0.weight`). The free functions here work on any model; `Module` adds them as
+methods, plus `train()/eval()` and a torch-like `repr`.
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .. import tree
+from ..ir import dtypes as dt
+from ..tensor import Tensor, as_array
+from ..trace import assign, current_trace
+
+__all__ = [
+    "IncompatibleKeys", "Module", "StateDictError", "buffers", "eval", "load_state_dict", "named_buffers",
+    "named_modules", "named_parameters", "parameters", "state_dict", "train",
+]
+
+
+class StateDictError(RuntimeError, KeyError):
+    """A state dict that does not fit the model: missing or unexpected keys, or a wrong shape.
+    A RuntimeError like torch's, and a KeyError because it is about keys."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class IncompatibleKeys(NamedTuple):
+    """What `load_state_dict(strict=False)` skipped (torch returns the same pair)."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+
+def named_parameters(model: Any, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+    """Trainable tensors with PyTorch's dotted names (buffers and integer tensors excluded)."""
+    for name, t in tree.named_parameters(model):
+        yield (f"{prefix}.{name}" if prefix and name else prefix or name), t
+
+
+def parameters(model: Any) -> Iterator[Tensor]:
+    for _, t in tree.named_parameters(model):
+        yield t
+
+
+def named_buffers(model: Any, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+    """Non-trainable state: `Buffer`s (running statistics) and integer tensors."""
+    for name, t in tree.named_buffers(model):
+        yield (f"{prefix}.{name}" if prefix and name else prefix or name), t
+
+
+def buffers(model: Any) -> Iterator[Tensor]:
+    for _, t in tree.named_buffers(model):
+        yield t
+
+
+def state_dict(model: Any) -> dict[str, Tensor]:
+    """Parameters AND buffers under PyTorch's key names, in attribute order (torch's order for
+    layers built like torch's). The values are the model's own tensors, not copies, as in torch."""
+    return dict(tree.named_tensors(model))
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__module__.split('.')[0]}.{type(value).__name__}"
+
+
+def load_state_dict(model: Any, mapping: Mapping[str, Any], strict: bool = True) -> IncompatibleKeys:
+    """Copy `mapping`'s values (Avalon tensors, numpy arrays or torch tensors) into the model's tensors
+    IN PLACE, converting to each tensor's dtype, so optimizers holding those tensors keep working.
+
+    Missing or unexpected keys are errors when `strict` (the default); a shape mismatch is always an
+    error. Nothing is written unless everything fits, so a failed load never leaves a half-loaded model.
+    """
+    if not isinstance(mapping, Mapping):
+        raise TypeError(f"load_state_dict expects a mapping from names to tensors, got {type(mapping).__name__}")
+    own = state_dict(model)
+    missing = [k for k in own if k not in mapping]
+    unexpected = [k for k in mapping if k not in own]
+    problems = []
+    if strict and missing:
+        problems.append("Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing) + ".")
+    if strict and unexpected:
+        problems.append("Unexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in unexpected) + ".")
+    arrays: dict[str, np.ndarray] = {}
+    for k, target in own.items():
+        if k not in mapping:
+            continue
+        value = mapping[k]
+        try:
+            arr = as_array(value)
+        except Exception as e:  # noqa: BLE001 - report which key could not be read
+            problems.append(f'size mismatch for "{k}": cannot read a {_describe(value)} as an array ({e}).')
+            continue
+        if tuple(arr.shape) != tuple(target.shape):
+            problems.append(f'size mismatch for "{k}": copying a param with shape {tuple(arr.shape)} from '
+                            f"checkpoint, the shape in current model is {tuple(target.shape)}.")
+            continue
+        if arr.dtype.kind not in "biuf":
+            problems.append(f'dtype mismatch for "{k}": cannot copy {arr.dtype} values into a {target.dtype} tensor.')
+            continue
+        arrays[k] = arr
+    if problems:
+        raise StateDictError(f"Error(s) in loading state_dict for {type(model).__name__}:\n\t" + "\n\t".join(problems))
+    if current_trace() is not None:
+        raise RuntimeError("load_state_dict cannot run inside a trace")
+    for k, arr in arrays.items():
+        target = own[k]
+        assign(target, Tensor(np.array(arr), dtype=target.dtype))
+    return IncompatibleKeys(missing, unexpected)
+
+
+# -- training mode --------------------------------------------------------------------------------
+
+def _children(obj: Any) -> list[tuple[str, Any]]:
+    if isinstance(obj, (list, tuple)):
+        return [(str(i), v) for i, v in enumerate(obj)]
+    if isinstance(obj, dict):
+        return [(str(k), v) for k, v in obj.items()]
+    if tree.is_model(obj):
+        return [(k, v) for k, v in vars(obj).items() if not k.startswith("__")]
+    return []
+
+
+def _walk(obj: Any, prefix: str = "", seen: set[int] | None = None) -> Iterator[tuple[str, Any]]:
+    """Every object reachable through attributes, lists, tuples and dicts, once each."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen or isinstance(obj, Tensor):
+        return
+    seen.add(id(obj))
+    yield prefix, obj
+    for k, v in _children(obj):
+        if isinstance(v, (list, tuple, dict)) or tree.is_model(v):
+            yield from _walk(v, f"{prefix}.{k}" if prefix else k, seen)
+
+
+def train(model: Any, mode: bool = True) -> Any:
+    """Set `training = mode` on the model and every object inside it that has a `training`
+    attribute (batch norm, dropout, RNNs, user classes), like torch's `Module.train`."""
+    for _, obj in _walk(model):
+        if tree.is_model(obj) and hasattr(obj, "training") and not callable(obj.training):
+            obj.training = bool(mode)
+    return model
+
+
+def eval(model: Any) -> Any:  # noqa: A001 - torch's name
+    return train(model, False)
+
+
+def named_modules(model: Any, prefix: str = "") -> Iterator[tuple[str, Module]]:
+    """`Module`s inside `model` (itself included when it is one), with dotted names."""
+    for name, obj in _walk(model, prefix):
+        if isinstance(obj, Module):
+            yield name, obj
+
+
+# -- the optional base class ------------------------------------------------------------------------
+
+class _ForwardSignature:
+    """`inspect.signature(module)` is forward's, so a traced module's input is named like forward's
+    argument (`%input`, not `%arg0`). None on the class, so `inspect.signature(Linear)` still works."""
+
+    def __get__(self, obj: Any, cls: type | None = None) -> inspect.Signature | None:
+        if obj is None:
+            return None
+        fn = obj.forward if type(obj).__call__ is Module.__call__ else obj.__call__
+        try:
+            return inspect.signature(fn)
+        except (TypeError, ValueError):
+            return None
+
+
+class Module:
+    """Optional base class for models and layers, adding torch's methods over the free functions.
+
+    Unlike torch there is no registration: any Tensor attribute (or one inside a list, tuple, dict or
+    another object) is part of the model. Subclasses implement `forward`; calling the module calls it.
+    """
+
+    training: bool = True
+    __signature__ = _ForwardSignature()
+
+    def __init__(self) -> None:
+        self.training = True
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not define forward()")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.forward(*args, **kwargs)
+
+    # parameters and state
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+        return named_parameters(self, prefix)
+
+    def parameters(self) -> Iterator[Tensor]:
+        return parameters(self)
+
+    def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+        return named_buffers(self, prefix)
+
+    def buffers(self) -> Iterator[Tensor]:
+        return buffers(self)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return state_dict(self)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> IncompatibleKeys:
+        return load_state_dict(self, state_dict, strict)
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        return named_modules(self, prefix)
+
+    def modules(self) -> Iterator[Module]:
+        for _, m in named_modules(self):
+            yield m
+
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        for name, v in vars(self).items():
+            if isinstance(v, Module):
+                yield name, v
+
+    def children(self) -> Iterator[Module]:
+        for _, m in self.named_children():
+            yield m
+
+    def apply(self, fn: Any) -> Module:
+        for m in reversed(list(self.modules())):
+            fn(m)
+        return self
+
+    # modes and placement
+    def train(self, mode: bool = True) -> Module:
+        return train(self, mode)
+
+    def eval(self) -> Module:
+        return train(self, False)
+
+    def to(self, device: Any = None, dtype: Any = None) -> Module:
+        """Move (in place) every tensor to `device` and/or floating-point tensors to `dtype`."""
+        if dtype is not None:
+            _cast_floats(self, dt.dtype(dtype))
+        if device is not None:
+            from ..device import to_device
+            to_device(self, device)
+        return self
+
+    def cuda(self) -> Module:
+        return self.to("cuda")
+
+    def cpu(self) -> Module:
+        return self.to("cpu")
+
+    def double(self) -> Module:
+        return self.to(dtype=dt.float64)
+
+    def float(self) -> Module:
+        return self.to(dtype=dt.float32)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Gradients are returned by `av.grad`, not stored on tensors; kept for torch-style code."""
+
+    # printing
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        lines = []
+        for name, v in vars(self).items():
+            for sub, m in _direct_modules(name, v):
+                body = repr(m).replace("\n", "\n  ")
+                lines.append(f"  ({sub}): {body}")
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        return head + ")" if not lines else head + "\n" + "\n".join(lines) + "\n)"
+
+
+def _direct_modules(name: str, v: Any) -> list[tuple[str, Module]]:
+    if isinstance(v, Module):
+        return [(name, v)]
+    if isinstance(v, (list, tuple)):
+        return [(f"{name}.{i}", m) for i, m in enumerate(v) if isinstance(m, Module)]
+    if isinstance(v, dict):
+        return [(f"{name}.{k}", m) for k, m in v.items() if isinstance(m, Module)]
+    return []
+
+
+def _cast_floats(model: Any, dtype: dt.DType) -> None:
+    """Convert the model's floating-point tensors to `dtype` in place (same Tensor objects)."""
+    for _, t in tree.named_tensors(model):
+        if t.dtype.is_float and t.dtype != dtype:
+            moved = t.to(dtype=dtype)
+            t._data, t._dtype = moved._data, moved._dtype

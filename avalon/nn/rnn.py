@@ -1,0 +1,215 @@
+"""RNN, LSTM and GRU with PyTorch's parameters, gate order, math and return values.
+
+Parameters are `weight_ih_l{k}`, `weight_hh_l{k}`, `bias_ih_l{k}`, `bias_hh_l{k}` (suffix `_reverse` for the
+backward direction), gates stacked in torch's order: LSTM (i, f, g, o), GRU (r, z, n). The gate
+nonlinearities are sigmoid (tanh only for the candidate g / n), and GRU's candidate is
+n = tanh(W_in x + b_in + r * (W_hn h + b_hn)), exactly as torch (the Julia original used tanh for every
+gate; see the research notes). The time loop is Python, so a trace unrolls it; the input projection
+of all time steps is one matmul per layer and direction.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .. import ops
+from ..tensor import Tensor
+from . import functional as F
+from . import init
+from .layers import _dtype, _place, empty
+from .module import Module
+
+__all__ = ["GRU", "LSTM", "RNN", "RNNBase"]
+
+
+class RNNBase(Module):
+    """Multi-layer, optionally bidirectional recurrent layer over (L, N, H_in) input
+    ((N, L, H_in) with `batch_first`, or unbatched (L, H_in))."""
+
+    _gates = 1
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
+                 device: Any = None, dtype: Any = None) -> None:
+        super().__init__()
+        if proj_size:
+            raise NotImplementedError("proj_size is not supported")
+        if not 0 <= dropout <= 1:
+            raise ValueError("dropout should be a number in range [0, 1]")
+        if hidden_size <= 0 or num_layers <= 0:
+            raise ValueError("hidden_size and num_layers must be positive")
+        d = _dtype(dtype)
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.dropout, self.bidirectional = bias, batch_first, float(dropout), bidirectional
+        self.proj_size = 0
+        g = self._gates * hidden_size
+        for layer in range(num_layers):
+            for direction in range(self._directions):
+                n_in = input_size if layer == 0 else hidden_size * self._directions
+                sfx = f"_l{layer}" + ("_reverse" if direction else "")
+                setattr(self, "weight_ih" + sfx, empty((g, n_in), d))
+                setattr(self, "weight_hh" + sfx, empty((g, hidden_size), d))
+                if bias:
+                    setattr(self, "bias_ih" + sfx, empty((g,), d))
+                    setattr(self, "bias_hh" + sfx, empty((g,), d))
+        self.reset_parameters()
+        _place(self, device)
+
+    @property
+    def _directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def reset_parameters(self) -> None:
+        """Every weight and bias ~ U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)), as torch."""
+        stdv = 1.0 / math.sqrt(self.hidden_size)
+        for _, p in self.named_parameters():
+            init.uniform_(p, -stdv, stdv)
+
+    def flatten_parameters(self) -> None:
+        """No-op (cuDNN weight packing in torch)."""
+
+    def _cell(self, gi: Tensor, gh: Tensor, h: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        raise NotImplementedError
+
+    def _initial(self, hx: Any, n: int, dtype: Any, batched: bool) -> Any:
+        shape = (self.num_layers * self._directions, n, self.hidden_size)
+        if hx is None:
+            return ops.zeros(shape, dtype)
+        h = F._t(hx)
+        if not batched:
+            h = ops.expand_dims(h, 1)
+        if h.shape != shape:
+            raise ValueError(f"{type(self).__name__}: expected hidden state of shape {shape}, got {h.shape}")
+        return h
+
+    def _run(self, input: Any, hx: Any, lstm: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+        x = F._t(input)
+        if x.ndim not in (2, 3):
+            raise ValueError(f"{type(self).__name__}: expected 2D (unbatched) or 3D input, got {x.ndim}D {x.shape}")
+        batched = x.ndim == 3
+        if not batched:
+            x = ops.expand_dims(x, 1)
+        elif self.batch_first:
+            x = ops.transpose(x, 0, 1)
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"{type(self).__name__}: input.size(-1) must be equal to input_size. "
+                             f"Expected {self.input_size}, got {x.shape[-1]}")
+        steps, n = x.shape[0], x.shape[1]
+        dtype = x.dtype if x.dtype.is_float else self.weight_ih_l0.dtype
+        if lstm:
+            h0c0 = (None, None) if hx is None else hx
+            h0 = self._initial(h0c0[0], n, dtype, batched)
+            c0 = self._initial(h0c0[1], n, dtype, batched)
+        else:
+            h0, c0 = self._initial(hx, n, dtype, batched), None
+        hs, cs = [], []
+        layer_in = x
+        for layer in range(self.num_layers):
+            outs = []
+            for direction in range(self._directions):
+                k = layer * self._directions + direction
+                sfx = f"_l{layer}" + ("_reverse" if direction else "")
+                w_ih, w_hh = getattr(self, "weight_ih" + sfx), getattr(self, "weight_hh" + sfx)
+                b_ih = getattr(self, "bias_ih" + sfx) if self.bias else None
+                b_hh = getattr(self, "bias_hh" + sfx) if self.bias else None
+                xw = F.linear(layer_in, w_ih, b_ih)  # all time steps at once: (L, N, G*H)
+                w_hh_t = ops.transpose(w_hh)
+                h, c = h0[k], (c0[k] if c0 is not None else None)
+                ys: list[Any] = [None] * steps
+                for t in (reversed(range(steps)) if direction else range(steps)):
+                    gh = ops.matmul(h, w_hh_t)
+                    if b_hh is not None:
+                        gh = ops.add(gh, b_hh)
+                    h, c = self._cell(xw[t], gh, h, c)
+                    ys[t] = h
+                outs.append(ops.stack(ys, 0))
+                hs.append(h)
+                cs.append(c)
+            layer_in = outs[0] if len(outs) == 1 else ops.concat(outs, 2)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                layer_in = F.dropout(layer_in, self.dropout, True)
+        out = layer_in
+        h_n, c_n = ops.stack(hs, 0), (ops.stack(cs, 0) if lstm else None)
+        if not batched:
+            out, h_n = ops.squeeze(out, 1), ops.squeeze(h_n, 1)
+            c_n = ops.squeeze(c_n, 1) if c_n is not None else None
+        elif self.batch_first:
+            out = ops.transpose(out, 0, 1)
+        return out, h_n, c_n
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if not self.bias:
+            s += ", bias=False"
+        if self.batch_first:
+            s += ", batch_first=True"
+        if self.dropout:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional:
+            s += ", bidirectional=True"
+        return s
+
+
+def _chunk(g: Tensor, i: int, size: int) -> Tensor:
+    """Gate i of a (N, G*H) stack of gates."""
+    return g[:, i * size:(i + 1) * size]
+
+
+class RNN(RNNBase):
+    """Elman RNN: h' = tanh(W_ih x + b_ih + W_hh h + b_hh) (or relu with `nonlinearity='relu'`)."""
+
+    _gates = 1
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device: Any = None, dtype: Any = None) -> None:
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         device=device, dtype=dtype)
+
+    def _cell(self, gi, gh, h, c):
+        pre = ops.add(gi, gh)
+        return (ops.tanh(pre) if self.nonlinearity == "tanh" else ops.relu(pre)), None
+
+    def forward(self, input: Any, hx: Any = None) -> tuple[Tensor, Tensor]:
+        out, h_n, _ = self._run(input, hx, lstm=False)
+        return out, h_n
+
+
+class LSTM(RNNBase):
+    """i, f, o = sigmoid(...), g = tanh(...); c' = f c + i g; h' = o tanh(c'). Returns (output, (h_n, c_n))."""
+
+    _gates = 4
+
+    def _cell(self, gi, gh, h, c):
+        g = ops.add(gi, gh)
+        hs = self.hidden_size
+        i, f = ops.sigmoid(_chunk(g, 0, hs)), ops.sigmoid(_chunk(g, 1, hs))
+        cand, o = ops.tanh(_chunk(g, 2, hs)), ops.sigmoid(_chunk(g, 3, hs))
+        c = ops.add(ops.mul(f, c), ops.mul(i, cand))
+        return ops.mul(o, ops.tanh(c)), c
+
+    def forward(self, input: Any, hx: Any = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        out, h_n, c_n = self._run(input, hx, lstm=True)
+        return out, (h_n, c_n)
+
+
+class GRU(RNNBase):
+    """r, z = sigmoid(...); n = tanh(W_in x + b_in + r (W_hn h + b_hn)); h' = (1 - z) n + z h."""
+
+    _gates = 3
+
+    def _cell(self, gi, gh, h, c):
+        hs = self.hidden_size
+        r = ops.sigmoid(ops.add(_chunk(gi, 0, hs), _chunk(gh, 0, hs)))
+        z = ops.sigmoid(ops.add(_chunk(gi, 1, hs), _chunk(gh, 1, hs)))
+        n = ops.tanh(ops.add(_chunk(gi, 2, hs), ops.mul(r, _chunk(gh, 2, hs))))
+        return ops.add(n, ops.mul(z, ops.sub(h, n))), None
+
+    def forward(self, input: Any, hx: Any = None) -> tuple[Tensor, Tensor]:
+        out, h_n, _ = self._run(input, hx, lstm=False)
+        return out, h_n
