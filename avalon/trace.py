@@ -220,7 +220,11 @@ SEED = _Seed()
 def feed(leaves: list[Any]) -> list[Any]:
     """The leaves with SEED replaced by a fresh seed (an i64 scalar), ready to execute."""
     from .random import next_seed
-    return [np.asarray(next_seed(), dtype=np.int64) if x is SEED else x for x in leaves]
+
+    def fresh() -> Any:
+        s = next_seed()  # inside an enclosing trace: a traced seed, which must stay traced
+        return s if isinstance(s, Tensor) else np.asarray(s, dtype=np.int64)
+    return [fresh() if x is SEED else x for x in leaves]
 
 
 def _count_leaves(tr: Any) -> int:
