@@ -1,0 +1,14 @@
+"""Ready-made models, ported from the original Avalon's zoo and benchmarks, with PyTorch semantics.
+
+`LeNet` (the seed's CNN for 28x28 digits), `VAE` with `vae_loss` (the PyTorch example's VAE), `MLP`
+(a plain classifier) and `LSTMClassifier` (a sequence classifier). Each is an `nn.Module`; the loss
+functions beside them have the `loss_fn(model, x, y)` shape that `av.fit` takes. `datasets` has small
+offline data (scikit-learn's digits) for the examples and tests.
+"""
+from . import datasets
+from .lenet import LeNet, nll
+from .lstm import LSTMClassifier
+from .mlp import MLP, cross_entropy
+from .vae import VAE, elbo, vae_loss
+
+__all__ = ["MLP", "VAE", "LSTMClassifier", "LeNet", "cross_entropy", "datasets", "elbo", "nll", "vae_loss"]
