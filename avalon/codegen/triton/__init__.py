@@ -1,0 +1,17 @@
+"""The Triton backend: one generated kernel per fused group, launched over torch-allocated storage.
+
+`compile_graph(graph)` lowers an (optimized) graph; the result is called like the graph and returns
+torch tensors. `CompiledGraph.kernels` maps kernel names to their generated source. `LOWERING` says
+how each IR primitive is emitted. On a machine without a GPU the same kernels run in Triton's
+interpreter (set TRITON_INTERPRET=1 before triton is imported).
+"""
+from .blocks import BlockPolicy
+from .cache import KernelCache
+from .compiler import build_kernel, compile_graph
+from .emitter import Unsupported
+from .kernel import Kernel
+from .lowering import LOWERING
+from .runtime import CompiledGraph
+
+__all__ = ["LOWERING", "BlockPolicy", "CompiledGraph", "Kernel", "KernelCache", "Unsupported", "build_kernel",
+           "compile_graph"]

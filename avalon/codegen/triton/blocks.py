@@ -1,0 +1,62 @@
+"""Block sizes and launch shapes, chosen from problem sizes.
+
+Two regimes. On a GPU, Inductor-like sizes: 1024-element pointwise blocks, persistent reductions up
+to 1024-wide rows, 64-128 wide `tl.dot` tiles. In Triton's interpreter every program instance costs
+~0.4 ms of Python whatever its size, so blocks are as large as memory allows and grids tiny.
+Every field can be overridden (tests force looped reductions and multi-program grids with small
+blocks): `compile_graph(g, blocks=BlockPolicy.for_device(interpret=True).replace(rblock=16))`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+def next_pow2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class BlockPolicy:
+    xblock: int  # max elements per pointwise program
+    persistent_r: int  # rows up to this long are reduced in one block (no loop)
+    rblock: int  # chunk of a looped reduction
+    reduction_elems: int  # max XBLOCK * RBLOCK
+    mm_block: int  # max BM / BN
+    mm_k: int  # max BK
+    dot_precision: str = "tf32"  # fp32 tl.dot inputs on the GPU: "tf32" (fast) or "ieee" (exact)
+    interpret: bool = False
+
+    @staticmethod
+    def for_device(interpret: bool) -> BlockPolicy:
+        if interpret:
+            return BlockPolicy(xblock=1 << 17, persistent_r=1 << 14, rblock=1 << 13, reduction_elems=1 << 17,
+                               mm_block=128, mm_k=128, interpret=True)
+        return BlockPolicy(xblock=1024, persistent_r=1024, rblock=1024, reduction_elems=4096, mm_block=128, mm_k=32)
+
+    def replace(self, **kw) -> BlockPolicy:
+        return dataclasses.replace(self, **kw)
+
+    # --- per kernel kind ------------------------------------------------------------------------
+    def warps(self, elems: int) -> int:
+        return 1 if self.interpret else max(1, min(8, elems // 256))
+
+    def pointwise(self, n: int) -> dict[str, int]:
+        return {"XBLOCK": min(next_pow2(max(n, 1)), self.xblock)}
+
+    def is_persistent(self, r: int) -> bool:
+        return r <= self.persistent_r
+
+    def reduction(self, x: int, r: int) -> dict[str, int]:
+        rb = next_pow2(r) if self.is_persistent(r) else min(self.rblock, next_pow2(r))
+        xb = max(1, min(next_pow2(max(x, 1)), self.reduction_elems // rb))
+        return {"XBLOCK": xb, "RBLOCK": rb}
+
+    def contraction(self, m: int, n: int, k: int) -> dict[str, int]:
+        def tile(s: int, cap: int) -> int:
+            return max(16, min(next_pow2(s), cap))
+        return {"BM": tile(m, self.mm_block), "BN": tile(n, self.mm_block), "BK": tile(k, self.mm_k), "GROUP_M": 8}

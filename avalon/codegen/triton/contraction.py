@@ -1,0 +1,250 @@
+"""Contraction kernels: a tiled `tl.dot` GEMM with the group's other ops fused around it.
+
+Every contraction is one (batched) GEMM C[g, m, n] = sum_k A[g, m, k] * B[g, k, n] once the index
+maps below say where A, B and C's elements live in the op's real operands:
+
+* matmul: g runs over the batch dims; A and B are the operands as they are.
+* conv2d (implicit GEMM): m = (n, oh, ow), k = (c, kh, kw), n = o, g = group; A is the input at
+  (oh*s - p + kh*d, ...) guarded by the image bounds (zero padding), B the weight.
+* conv2d_grad_input: m = (n, h, w), k = (o, kh, kw), n = c; A is dy at ((h + p - kh*d) / s, ...)
+  where that divides exactly and lands inside dy.
+* conv2d_grad_weight: m = o, k = (n, oh, ow), n = (c, kh, kw); A is dy, B the guarded input.
+
+Operands are read with `Emitter.value` inside the K loop, so a `transpose` (or cast, or any
+pointwise prologue) producing an operand inside the group is a strided read. After the loop the
+accumulator is the contraction's value at the output tile; the group's outputs are computed from
+it there (bias, activation, residual) and stored once: the GEMM result never round-trips memory.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from avalon.ir import dtypes as dt
+from avalon.ir.core import Op, Value
+
+from . import types as ty
+from .blocks import BlockPolicy, cdiv
+from .emitter import Emitter, Unsupported, Val
+from .group import Group
+from .indexing import Affine, Index, delinearize, index_key, reshape_index
+from .kernel import Kernel, assemble
+from .lowering import LOWERING
+
+Vars = dict[str, Affine]  # "g", "m", "n", "ka", "kb" -> iteration variables
+Operand = Callable[[Emitter, Vars], tuple[Index, "Val | None"]]  # index of the operand's element, its guard
+
+
+@dataclass
+class Gemm:
+    groups: int
+    m: int
+    n: int
+    k: int
+    a: Operand
+    b: Operand
+    out: Callable[[Vars], Index]
+    operands: tuple[int, int] = (0, 1)  # which of the op's operands A and B are
+
+
+def _plain(fn: Callable[[Vars], Index]) -> Operand:
+    return lambda em, v: (fn(v), None)
+
+
+def _matmul(op: Op) -> Gemm:
+    x, y = op.operands
+    batch = x.shape[:-2]
+    g = 1
+    for s in batch:
+        g *= s
+
+    def b(v: Vars) -> Index:
+        return delinearize(v["g"], batch)
+
+    return Gemm(g, x.shape[-2], y.shape[-1], x.shape[-1],
+                _plain(lambda v: b(v) + (v["m"], v["ka"])), _plain(lambda v: b(v) + (v["kb"], v["n"])),
+                lambda v: b(v) + (v["m"], v["n"]))
+
+
+def _conv_attrs(op: Op):
+    a = op.attrs
+    return tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]), a["groups"]
+
+
+def _image(shape: Sequence[int], fn: Callable[[Vars], Index]) -> Operand:
+    """An input-image read; taps outside the image (zero padding) are guarded off."""
+    def operand(em: Emitter, v: Vars):
+        idx = fn(v)
+        return idx, em.both(em.in_range(idx[2], shape[2]), em.in_range(idx[3], shape[3]))
+    return operand
+
+
+def _conv2d(op: Op) -> Gemm:
+    x, w = op.operands
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    (sh, sw), (ph, pw), (dh, dw), g = _conv_attrs(op)
+    _, _, oh, ow = op.result.shape
+    og = o // g
+
+    def a(v: Vars) -> Index:
+        bn, boh, bow = delinearize(v["m"], (n, oh, ow))
+        kc, ki, kj = delinearize(v["ka"], (cg, kh, kw))
+        return (bn, v["g"].scale(cg) + kc, boh.scale(sh) + ki.scale(dh) - ph, bow.scale(sw) + kj.scale(dw) - pw)
+
+    def b(v: Vars) -> Index:
+        return (v["g"].scale(og) + v["n"],) + delinearize(v["kb"], (cg, kh, kw))
+
+    def out(v: Vars) -> Index:
+        bn, boh, bow = delinearize(v["m"], (n, oh, ow))
+        return (bn, v["g"].scale(og) + v["n"], boh, bow)
+
+    return Gemm(g, n * oh * ow, og, cg * kh * kw, _image(x.shape, a), _plain(b), out)
+
+
+def _divides(em: Emitter, num: Affine, stride: int, size: int) -> tuple[Affine, Val | None]:
+    """`num / stride` and the guard that it is exact and within [0, size)."""
+    if stride == 1:
+        return num, em.in_range(num, size)
+    s = em.affine(num)
+    ok = em.cond(f"({s} >= 0) & (({s}) % {stride} == 0) & (({s}) // {stride} < {size})", num.deps)
+    return num.floordiv_mod(stride, None), ok
+
+
+def _conv2d_grad_input(op: Op) -> Gemm:
+    dy, w = op.operands
+    n, c, h, wd = op.attrs["input_shape"]
+    o, cg, kh, kw = w.shape
+    (sh, sw), (ph, pw), (dh, dw), g = _conv_attrs(op)
+    _, _, oh, ow = dy.shape
+    og = o // g
+
+    def a(em: Emitter, v: Vars):
+        bn, bh, bw = delinearize(v["m"], (n, h, wd))
+        ko, ki, kj = delinearize(v["ka"], (og, kh, kw))
+        qh, gh = _divides(em, bh + ph - ki.scale(dh), sh, oh)
+        qw, gw = _divides(em, bw + pw - kj.scale(dw), sw, ow)
+        return (bn, v["g"].scale(og) + ko, qh, qw), em.both(gh, gw)
+
+    def b(v: Vars) -> Index:
+        ko, ki, kj = delinearize(v["kb"], (og, kh, kw))
+        return (v["g"].scale(og) + ko, v["n"], ki, kj)
+
+    def out(v: Vars) -> Index:
+        bn, bh, bw = delinearize(v["m"], (n, h, wd))
+        return (bn, v["g"].scale(cg) + v["n"], bh, bw)
+
+    return Gemm(g, n * h * wd, cg, og * kh * kw, a, _plain(b), out)
+
+
+def _conv2d_grad_weight(op: Op) -> Gemm:
+    x, dy = op.operands
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = op.attrs["weight_shape"]
+    (sh, sw), (ph, pw), (dh, dw), g = _conv_attrs(op)
+    _, _, oh, ow = dy.shape
+    og = o // g
+
+    def a(v: Vars) -> Index:
+        bn, boh, bow = delinearize(v["ka"], (n, oh, ow))
+        return (bn, v["g"].scale(og) + v["m"], boh, bow)
+
+    def b(v: Vars) -> Index:
+        bn, boh, bow = delinearize(v["kb"], (n, oh, ow))
+        kc, ki, kj = delinearize(v["n"], (cg, kh, kw))
+        return (bn, v["g"].scale(cg) + kc, boh.scale(sh) + ki.scale(dh) - ph, bow.scale(sw) + kj.scale(dw) - pw)
+
+    def out(v: Vars) -> Index:
+        return (v["g"].scale(og) + v["m"],) + delinearize(v["n"], (cg, kh, kw))
+
+    return Gemm(g, og, cg * kh * kw, n * oh * ow, _plain(a), _image(x.shape, b), out, operands=(1, 0))
+
+
+GEMMS = {"matmul": _matmul, "conv2d": _conv2d, "conv2d_grad_input": _conv2d_grad_input,
+         "conv2d_grad_weight": _conv2d_grad_weight}
+
+
+def _operand(em: Emitter, x: Value, prefix: str, read: Operand, v: Vars, live: tuple[str, str]) -> str:
+    """An operand tile ([BM, BK] or [BK, BN]) whose lanes outside the problem are exactly 0."""
+    idx, guard = read(em, v)
+    val = em.value(x, idx, guard)
+    expr = val.expr
+    direct = val.loaded and set(live) <= val.deps  # a masked load: already 0 off the problem and guard
+    if not direct:
+        live_mask = " & ".join(em.masks[n] for n in live) + (f" & {guard.expr}" if guard is not None else "")
+        expr = f"tl.where({live_mask}, {expr}, 0)"
+    if x.dtype in (dt.float16, dt.bfloat16) and not (x.dtype == dt.bfloat16 and em.dots_in_f32):
+        expr = f"({expr}).to({ty.tl_type(x.dtype)})"  # tensor cores take the 16-bit values
+    elif x.dtype == dt.bool_:
+        expr = f"({expr}).to(tl.int32)"
+    name = em.fresh(prefix)
+    em.line(f"{name} = {expr}")
+    return name
+
+
+def build_contraction(group: Group, in_strides: Sequence[Sequence[int]], out_strides: Sequence[Sequence[int]],
+                      policy: BlockPolicy) -> Kernel:
+    cons = [op for op in group.ops if LOWERING[op.name].kind == "contraction"]
+    if len(cons) != 1:
+        raise Unsupported(f"a contraction group needs exactly one contraction, has {len(cons)}")
+    op = cons[0]
+    gemm = GEMMS[op.name](op)
+    res = op.result
+    total = res.type.numel
+    if any(o.type.numel != total for o in group.outputs):
+        raise Unsupported("a contraction group's outputs must each have one element per element of its result")
+    em = Emitter(group.inputs, in_strides, dots_in_f32=policy.interpret)
+    em.line("pid = tl.program_id(0)")
+    em.line(f"num_pid_m = tl.cdiv({gemm.m}, BM)")
+    em.line(f"num_pid_n = tl.cdiv({gemm.n}, BN)")
+    em.line("group_size = GROUP_M * num_pid_n")  # grouped ordering: tiles sharing A rows run together
+    em.line("first_m = (pid // group_size) * GROUP_M")
+    em.line("rows_here = tl.minimum(num_pid_m - first_m, GROUP_M)")
+    em.line("pid_m = first_m + (pid % group_size) % rows_here")
+    em.line("pid_n = (pid % group_size) // rows_here")
+    v: Vars = {}
+    v["g"] = Affine.of(em.define_var("gz", "tl.program_id(1)", gemm.groups)) if gemm.groups > 1 else Affine()
+    v["m"] = Affine.of(em.define_var("rm", "pid_m * BM + tl.arange(0, BM)[:, None]", gemm.m, "mask_m"))
+    em.line(f"mask_m = rm < {gemm.m}")
+    v["n"] = Affine.of(em.define_var("rn", "pid_n * BN + tl.arange(0, BN)[None, :]", gemm.n, "mask_n"))
+    em.line(f"mask_n = rn < {gemm.n}")
+    acc_d = _acc_dtype(res.dtype)
+    em.line(f"acc = tl.zeros([BM, BN], {ty.tl_type(acc_d)})")
+    em.open(f"for k0 in range(0, {gemm.k}, BK):")
+    v["ka"] = Affine.of(em.define_var("ka", "k0 + tl.arange(0, BK)[None, :]", gemm.k, "mask_ka"))
+    em.line(f"mask_ka = ka < {gemm.k}")
+    v["kb"] = Affine.of(em.define_var("kb", "k0 + tl.arange(0, BK)[:, None]", gemm.k, "mask_kb"))
+    em.line(f"mask_kb = kb < {gemm.k}")
+    a = _operand(em, op.operands[gemm.operands[0]], "a", gemm.a, v, ("rm", "ka"))
+    b = _operand(em, op.operands[gemm.operands[1]], "b", gemm.b, v, ("kb", "rn"))
+    if acc_d.is_float:
+        prec = f', input_precision="{policy.dot_precision}"' if acc_d == dt.float32 else ""
+        em.line(f"acc += tl.dot({a}, {b}{prec})")
+    else:
+        em.line(f"acc += tl.sum({a}[:, :, None].to({ty.tl_type(acc_d)}) * {b}[None, :, :].to({ty.tl_type(acc_d)}), 1)")
+    em.close()
+    out_idx = gemm.out(v)
+    deps = frozenset({"rm", "rn"} | ({"gz"} if gemm.groups > 1 else set()))
+    acc = Val("acc", res.dtype if res.dtype != dt.bool_ else dt.int32, em.scope, deps)
+    if res.dtype == dt.bool_:
+        acc = em.emit("acc != 0", dt.bool_, vals=(acc,))
+    em.overrides[(id(res), index_key(out_idx))] = acc
+    for j, o in enumerate(group.outputs):
+        oidx = reshape_index(out_idx, res.shape, o.shape)
+        em.store(f"out{j}", out_strides[j], o.shape, oidx, em.value(o, oidx), o.dtype)
+    meta = policy.contraction(gemm.m, gemm.n, gemm.k)
+    src, params = assemble(group, "contraction", em, ["BM", "BN", "BK", "GROUP_M"], [o.dtype for o in group.outputs])
+    grid = (cdiv(gemm.m, meta["BM"]) * cdiv(gemm.n, meta["BN"]), gemm.groups)
+    if gemm.m == 0 or gemm.n == 0:
+        grid = (0, gemm.groups)
+    return Kernel(group.name, "contraction", src, params, meta, grid,
+                  num_warps=policy.warps(meta["BM"] * meta["BN"] // 4), num_stages=1 if policy.interpret else 3)
+
+
+def _acc_dtype(d: dt.DType) -> dt.DType:
+    if d == dt.float64:
+        return dt.float64
+    if d.is_float:
+        return dt.float32
+    return dt.int64 if d == dt.int64 else dt.int32
+

@@ -1,0 +1,284 @@
+"""`LOWERING`: how each IR primitive becomes Triton code, one entry per op (keyed like `REFERENCE`).
+
+A rule's `emit(em, op, idx, guard)` returns the kernel code for element `idx` of the op's result,
+asking `em.value` for its operands (see `emitter.py`). Rules fall into kinds:
+
+* ``elementwise``: a `tl` expression over the operands at the same index (`describe()` shows it);
+* ``index``: shape ops that only rewrite the index their operand is read at (no data moves);
+* ``window``: pooling, a static loop over the kernel window at each output element (`windows.py`);
+* ``reduction`` / ``contraction``: computed by the reduction and contraction kernels themselves,
+  which register the result; asked for anywhere else they raise `Unsupported`;
+* ``group``: a `fusion` op, lowered as one kernel for its whole region.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from avalon.ir import dtypes as dt
+from avalon.ir.core import Op
+
+from . import types as ty
+from . import windows
+from .emitter import Emitter, Unsupported, Val
+from .indexing import Affine, Index, broadcast_index, linearize, reshape_index, row_major, transpose_index
+
+
+@dataclass(frozen=True)
+class Rule:
+    kind: str
+    text: str = ""
+
+    def describe(self) -> str:
+        return f"{self.kind}: {self.text}" if self.text else self.kind
+
+    def emit(self, em: Emitter, op: Op, idx: Index, guard: Val | None) -> Val:
+        raise Unsupported(f"'{op.name}' is computed by a {self.kind} kernel, not inside this group")
+
+
+LOWERING: dict[str, Rule] = {}
+
+# ops whose boolean operands act as the integers 0/1 (see avalon.codegen.numpy.reference)
+BOOL_AS_INT = frozenset({"neg", "abs", "relu", "sign", "add", "sub", "mul", "div", "pow", "maximum", "minimum"})
+
+
+@dataclass(frozen=True)
+class Elementwise(Rule):
+    """`text` formats the float case ({0}, {1}, ... are operands, {T} the result's compute type);
+    `int_text` the integer case when it differs; `helper` names a function from `helpers.py`."""
+
+    int_text: str | None = None
+    helper: str | None = None
+    int_helper: str | None = None
+
+    def emit(self, em: Emitter, op: Op, idx: Index, guard: Val | None) -> Val:
+        res = op.results[0].dtype
+        special = _special(em, op, idx, guard)
+        if special is not None:
+            return special
+        args = [em.value(v, idx, guard) for v in op.operands]
+        as_int = op.name in BOOL_AS_INT and any(a.dtype == dt.bool_ for a in args)
+        if as_int:
+            args = [em.emit(f"{a.expr}.to(tl.int32)", dt.int32, vals=(a,)) if a.dtype == dt.bool_ else a
+                    for a in args]
+        floating = args[0].dtype.is_float if args else res.is_float
+        text = self.text if floating or self.int_text is None else self.int_text
+        helper = self.helper if floating or self.int_text is None else self.int_helper
+        if helper:
+            em.helpers.add(helper)
+        t = ty.tl_compute(dt.int32 if as_int else res)
+        expr = text.format(*[a.expr for a in args], T=t, BITS=64 if args and args[0].dtype == dt.int64 else 32)
+        out = em.emit(expr, dt.int32 if as_int else res, vals=args, prefix=op.name[:4])
+        if as_int and res == dt.bool_:
+            out = em.emit(f"{out.expr} != 0", dt.bool_, vals=(out,))
+        return out
+
+
+def _special(em: Emitter, op: Op, idx: Index, guard: Val | None) -> Val | None:
+    """pow by a constant exponent: exact products instead of exp2(y * log2(x))."""
+    if op.name != "pow" or not op.results[0].dtype.is_float:
+        return None
+    y = splat_value(op.operands[1])
+    forms = {1.0: "{0}", 2.0: "{0} * {0}", 3.0: "{0} * {0} * {0}", -1.0: "1.0 / {0}", -2.0: "1.0 / ({0} * {0})"}
+    if y not in forms:
+        return None
+    x = em.value(op.operands[0], idx, guard)
+    return em.emit(forms[y].format(x.expr), x.dtype, vals=(x,), prefix="pow")
+
+
+def splat_value(v) -> float | None:
+    """The scalar a value is filled with, when it is a splat constant seen through shape ops."""
+    while v.op is not None and v.op.name in ("broadcast", "reshape", "transpose"):
+        v = v.op.operands[0]
+    op = v.op
+    if op is None or op.name != "constant":
+        return None
+    val = np.asarray(op.attrs["value"])
+    return float(val.reshape(-1)[0]) if val.size == 1 else None
+
+
+_FLOAT_MAX = "tl.maximum({0}, {1}, propagate_nan=tl.PropagateNan.ALL)"
+_FLOAT_MIN = "tl.minimum({0}, {1}, propagate_nan=tl.PropagateNan.ALL)"
+
+LOWERING.update({
+    "exp": Elementwise("elementwise", "tl.exp({0})"),
+    "log": Elementwise("elementwise", "tl.log({0})"),
+    "tanh": Elementwise("elementwise", "_avalon_tanh({0})", helper="_avalon_tanh"),
+    "sigmoid": Elementwise("elementwise", "tl.sigmoid({0})"),
+    "sqrt": Elementwise("elementwise", "tl.sqrt({0})"),
+    "rsqrt": Elementwise("elementwise", "tl.rsqrt({0})"),
+    "erf": Elementwise("elementwise", "tl.erf({0})"),
+    "neg": Elementwise("elementwise", "-{0}"),
+    "abs": Elementwise("elementwise", "tl.abs({0})"),
+    "relu": Elementwise("elementwise", "tl.where({0} < 0, 0, {0})"),
+    "sign": Elementwise("elementwise", "({0} > 0).to({T}) - ({0} < 0).to({T})"),
+    "add": Elementwise("elementwise", "{0} + {1}"),
+    "sub": Elementwise("elementwise", "{0} - {1}"),
+    "mul": Elementwise("elementwise", "{0} * {1}"),
+    "div": Elementwise("elementwise", "{0} / {1}", int_text="{0} // {1}"),
+    "pow": Elementwise("elementwise", "_avalon_pow({0}, {1})", int_text="_avalon_ipow({0}, {1}, {BITS})",
+                       helper="_avalon_pow", int_helper="_avalon_ipow"),
+    "maximum": Elementwise("elementwise", _FLOAT_MAX, int_text="tl.maximum({0}, {1})"),
+    "minimum": Elementwise("elementwise", _FLOAT_MIN, int_text="tl.minimum({0}, {1})"),
+    "eq": Elementwise("elementwise", "{0} == {1}"),
+    "ne": Elementwise("elementwise", "{0} != {1}"),
+    "lt": Elementwise("elementwise", "{0} < {1}"),
+    "le": Elementwise("elementwise", "{0} <= {1}"),
+    "gt": Elementwise("elementwise", "{0} > {1}"),
+    "ge": Elementwise("elementwise", "{0} >= {1}"),
+    "logical_and": Elementwise("elementwise", "{0} & {1}"),
+    "logical_or": Elementwise("elementwise", "{0} | {1}"),
+    "logical_not": Elementwise("elementwise", "{0} == 0"),
+    "where": Elementwise("elementwise", "tl.where({0}, {1}, {2})"),
+})
+
+
+@dataclass(frozen=True)
+class Cast(Rule):
+    def emit(self, em, op, idx, guard):
+        return em.convert(em.value(op.operands[0], idx, guard), op.attrs["dtype"])
+
+
+@dataclass(frozen=True)
+class Constant(Rule):
+    def emit(self, em, op, idx, guard):
+        v = np.asarray(op.attrs["value"])
+        if v.size != 1:
+            raise Unsupported("a dense constant must be a kernel input")
+        return em.constant(v.reshape(-1)[0].item(), op.results[0].dtype)
+
+
+LOWERING["cast"] = Cast("elementwise", "x.to(dtype); to i1 is x != 0; to f16/bf16 rounds and widens back")
+LOWERING["constant"] = Constant("elementwise", "tl.full([1], value, dtype); dense arrays become kernel inputs")
+
+
+# --- index ops: rewrite the index, read the operand there ------------------------------------------
+
+@dataclass(frozen=True)
+class IndexRule(Rule):
+    fn: object = None
+
+    def emit(self, em, op, idx, guard):
+        return self.fn(em, op, idx, guard)
+
+
+def _broadcast(em, op, idx, guard):
+    x = op.operands[0]
+    return em.value(x, broadcast_index(idx, x.shape, op.results[0].shape), guard)
+
+
+def _reshape(em, op, idx, guard):
+    x = op.operands[0]
+    return em.value(x, reshape_index(idx, op.results[0].shape, x.shape), guard)
+
+
+def _transpose(em, op, idx, guard):
+    return em.value(op.operands[0], transpose_index(idx, op.attrs["perm"]), guard)
+
+
+def _slice(em, op, idx, guard):
+    x = op.operands[0]
+    step = op.attrs["step"] or [1] * x.type.rank
+    return em.value(x, tuple(a.scale(s) + st for a, s, st in zip(idx, step, op.attrs["start"])), guard)
+
+
+def _pad(em, op, idx, guard):
+    x = op.operands[0]
+    src = tuple(a - lo for a, lo in zip(idx, op.attrs["low"]))
+    inside = None
+    for d, (lo, hi) in enumerate(zip(op.attrs["low"], op.attrs["high"])):
+        if lo or hi:
+            inside = em.both(inside, em.in_range(src[d], x.shape[d]))
+    if inside is None:
+        return em.value(x, src, guard)
+    v = em.value(x, src, em.both(guard, inside))
+    fill = em.constant(op.attrs["value"], x.dtype)
+    return em.emit(f"tl.where({inside.expr}, {v.expr}, {fill.expr})", x.dtype, vals=(inside, v, fill), prefix="pad")
+
+
+def _concat(em, op, idx, guard):
+    ax = op.attrs["axis"] % op.results[0].type.rank
+    pieces, off = [], 0
+    for x in op.operands:
+        src = idx[:ax] + (idx[ax] - off,) + idx[ax + 1:]
+        g = em.in_range(src[ax], x.shape[ax])
+        pieces.append((em.value(x, src, em.both(guard, g)), g, off + x.shape[ax]))
+        off += x.shape[ax]
+    out = pieces[-1][0]
+    a = em.affine(idx[ax])
+    for v, _, end in reversed(pieces[:-1]):
+        out = em.emit(f"tl.where({a} < {end}, {v.expr}, {out.expr})", v.dtype, idx[ax].deps, (v, out), prefix="cat")
+    return out
+
+
+def _take(em, op, idx, guard):
+    x, ind = op.operands
+    ax = op.attrs["axis"] % x.type.rank
+    k = ind.type.rank
+    iv = em.value(ind, idx[ax:ax + k], guard)
+    pos = Affine.of(em.opaque_var(iv, x.shape[ax]))
+    return em.value(x, idx[:ax] + (pos,) + idx[ax + k:], guard)
+
+
+def _one_hot(em, op, idx, guard):
+    iv = em.value(op.operands[0], idx[:-1], guard)
+    res = op.results[0].dtype
+    c = em.affine(idx[-1])
+    return em.emit(f"({iv.expr} == {c}).to({ty.tl_compute(res)})", res, idx[-1].deps, (iv,), prefix="hot")
+
+
+def _random(em, op, idx, guard):
+    seed = em.value(op.operands[0], (), None)
+    em.helpers.update({"_avalon_seed_key1", "_avalon_seed_key2", "_avalon_random_bits"})
+    k1 = em.emit(f"_avalon_seed_key1({seed.expr})", dt.int64, vals=(seed,), prefix="key")
+    k2 = em.emit(f"_avalon_seed_key2({seed.expr})", dt.int64, vals=(seed,), prefix="key")
+    res = op.results[0].dtype
+    shape = op.results[0].shape
+    flat = linearize(idx, row_major(shape), shape)
+    ctr = em.emit(f"({em.affine(flat)}).to(tl.uint32)", dt.int32, flat.deps, prefix="ctr")
+    ft = "tl.float64" if res == dt.float64 else "tl.float32"
+    if op.attrs["distribution"] == "uniform":
+        from avalon.codegen.numpy.reference import UNIFORM_BITS
+        b = UNIFORM_BITS[res.name]
+        bits = em.emit(f"_avalon_random_bits({ctr.expr}, {k1.expr}, {k2.expr})", dt.int32, vals=(ctr, k1, k2))
+        return em.emit(f"(({bits.expr} >> {32 - b}).to({ft})) * {2.0 ** -b!r}", res, vals=(bits,), prefix="rnd")
+    c2 = em.emit(f"{ctr.expr} * 2", dt.int32, vals=(ctr,))
+    b1 = em.emit(f"_avalon_random_bits({c2.expr}, {k1.expr}, {k2.expr})", dt.int32, vals=(c2, k1, k2))
+    b2 = em.emit(f"_avalon_random_bits({c2.expr} + 1, {k1.expr}, {k2.expr})", dt.int32, vals=(c2, k1, k2))
+    u1 = em.emit(f"1.0 - (({b1.expr} >> 8).to({ft})) * {2.0 ** -24!r}", res, vals=(b1,))
+    u2 = em.emit(f"(({b2.expr} >> 8).to({ft})) * {2.0 ** -24!r}", res, vals=(b2,))
+    return em.emit(f"tl.sqrt(-2.0 * tl.log({u1.expr})) * tl.cos({2 * np.pi!r} * {u2.expr})", res,
+                   vals=(u1, u2), prefix="rnd")
+
+
+LOWERING.update({
+    "broadcast": IndexRule("index", "read the operand with size-1 dims at 0 (stride 0)", _broadcast),
+    "reshape": IndexRule("index", "read the operand at the same row-major position", _reshape),
+    "transpose": IndexRule("index", "read the operand with permuted dims (strided)", _transpose),
+    "slice": IndexRule("index", "read the operand at start + i * step", _slice),
+    "pad": IndexRule("index", "tl.where(inside, operand at i - low (masked load), value)", _pad),
+    "concat": IndexRule("index", "nested tl.where over the pieces, each a masked load", _concat),
+    "take": IndexRule("index", "load the index, then read the operand at it", _take),
+    "one_hot": IndexRule("index", "(index == class).to(dtype)", _one_hot),
+    "random": IndexRule("index", "counter-based hash of the flat index (bit-exact with random_bits)", _random),
+})
+
+LOWERING.update({
+    "sum": Rule("reduction", "tl.sum of tl.where(mask, x, 0) per row (persistent or looped)"),
+    "max": Rule("reduction", "tl.max of tl.where(mask, x, -inf) per row; nan propagates"),
+    "argmax": Rule("reduction", "first index of the row maximum (first nan wins)"),
+    "matmul": Rule("contraction", "tiled tl.dot over (M, N) tiles, batch on grid axis 1"),
+    "conv2d": Rule("contraction", "implicit GEMM: rows (n, oh, ow), cols o, K (c, kh, kw)"),
+    "conv2d_grad_input": Rule("contraction", "implicit GEMM: rows (n, h, w), cols c, K (o, kh, kw)"),
+    "conv2d_grad_weight": Rule("contraction", "implicit GEMM: rows o, cols (c, kh, kw), K (n, oh, ow)"),
+    "fusion": Rule("group", "one kernel for the whole region (pointwise, reduction or contraction)"),
+})
+
+LOWERING.update({
+    "max_pool2d": IndexRule("window", "static loops over the window: tl.maximum, padding is -inf", windows.max_pool),
+    "avg_pool2d": IndexRule("window", "static loops over the window: sum / divisor", windows.avg_pool),
+    "max_pool2d_grad": IndexRule("window", "gather: dy of each containing window whose first max is here",
+                                 windows.max_pool_grad),
+    "avg_pool2d_grad": IndexRule("window", "gather: dy / divisor of each containing window", windows.avg_pool_grad),
+})

@@ -1,0 +1,187 @@
+"""Reduction kernels: rows (`xindex`, the kept dims) by reduced elements (`rindex`, the reduced dims).
+
+All reductions in the group must reduce the same shape over the same axes (any axes, not only the
+last). Each program owns XBLOCK rows. Persistent form (row fits one block): one pass computes every
+reduction and the epilogue from values already in registers. Looped form: one loop over the row per
+reduction (in order, so the second can use the first, as softmax's sum uses its max), then a last
+loop for outputs with one element per (row, reduced element); values are recomputed from the inputs
+in each pass rather than spilled. Outputs with one element per row are stored after the loops.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from avalon.ir import dtypes as dt
+from avalon.ir.core import Op
+
+from . import types as ty
+from .blocks import BlockPolicy, cdiv
+from .emitter import Emitter, Unsupported, Val
+from .group import Group
+from .indexing import Affine, Index, Var, delinearize, index_key, numel, reshape_index
+from .kernel import Kernel, assemble
+from .lowering import LOWERING
+from .pointwise import needs_int64, program_start
+
+
+def reduced_axes(op: Op) -> list[int]:
+    rank = op.operands[0].type.rank
+    if rank == 0:
+        return []
+    axes = op.attrs["axes"] if "axes" in op.attrs else [op.attrs["axis"]]
+    return sorted(a % rank for a in axes)
+
+
+class _Rows:
+    """The row/reduced split of the reductions' operand shape."""
+
+    def __init__(self, reds: list[Op]):
+        first = reds[0]
+        self.shape = first.operands[0].shape
+        self.axes = reduced_axes(first)
+        for r in reds[1:]:
+            if r.operands[0].shape != self.shape or reduced_axes(r) != self.axes:
+                raise Unsupported("reductions in one group must reduce the same shape over the same axes")
+        self.kept = [d for d in range(len(self.shape)) if d not in self.axes]
+        self.x = numel([self.shape[d] for d in self.kept])
+        self.r = numel([self.shape[d] for d in self.axes])
+
+    def full_index(self, xdims: Index, rvar: Var) -> Index:
+        rdims = delinearize(Affine.of(rvar), [self.shape[d] for d in self.axes])
+        out, xi, ri = [], iter(xdims), iter(rdims)
+        for d in range(len(self.shape)):
+            out.append(next(ri) if d in self.axes else next(xi))
+        return tuple(out)
+
+    def row_index(self, op: Op, xdims: Index) -> Index:
+        if not op.attrs["keepdims"]:
+            return xdims
+        xi = iter(xdims)
+        return tuple(Affine() if d in self.axes else next(xi) for d in range(len(self.shape)))
+
+
+def build_reduction(group: Group, in_strides: Sequence[Sequence[int]], out_strides: Sequence[Sequence[int]],
+                    policy: BlockPolicy) -> Kernel:
+    reds = [op for op in group.ops if LOWERING[op.name].kind == "reduction"]
+    rows = _Rows(reds)
+    full = [j for j, o in enumerate(group.outputs) if o.type.numel == rows.x * rows.r]
+    per_row = [j for j, o in enumerate(group.outputs) if j not in full and o.type.numel == rows.x]
+    if len(full) + len(per_row) != len(group.outputs):
+        raise Unsupported("a reduction group's outputs must have one element per row or per (row, reduced element)")
+    persistent = policy.is_persistent(rows.r)
+    em = Emitter(group.inputs, in_strides, dots_in_f32=policy.interpret)
+    x = em.define_var("xindex", f"{program_start(needs_int64(group), 'XBLOCK')} + tl.arange(0, XBLOCK)[:, None]",
+                      rows.x, "xmask")
+    em.line(f"xmask = xindex < {rows.x}")
+    xdims = delinearize(Affine.of(x), [rows.shape[d] for d in rows.kept])
+
+    def r_loop() -> Var:
+        if persistent:
+            return em.define_var("rindex", "tl.arange(0, RBLOCK)[None, :]", rows.r, "rmask")
+        em.open(f"for roffset in range(0, {rows.r}, RBLOCK):")
+        return em.define_var("rindex", "roffset + tl.arange(0, RBLOCK)[None, :]", rows.r, "rmask")
+
+    def r_mask() -> None:
+        em.line(f"rmask = rindex < {rows.r}")
+
+    r = None
+    if persistent:
+        r = r_loop()
+        r_mask()
+    for op in reds:
+        accs = _init(em, op, rows.r)
+        if not persistent:
+            r = r_loop()
+            r_mask()
+        v = em.value(op.operands[0], rows.full_index(xdims, r))
+        _update(em, op, v, accs, rows.r)
+        if not persistent:
+            em.close()
+        res = _finish(em, op, accs, rows.r)
+        em.overrides[(id(op.result), index_key(rows.row_index(op, xdims)))] = res
+    if full:
+        if not persistent:
+            r = r_loop()
+            r_mask()
+        idx = rows.full_index(xdims, r)
+        for j in full:
+            o = group.outputs[j]
+            oidx = reshape_index(idx, rows.shape, o.shape)
+            em.store(f"out{j}", out_strides[j], o.shape, oidx, em.value(o, oidx), o.dtype)
+        if not persistent:
+            em.close()
+    for j in per_row:
+        o = group.outputs[j]
+        oidx = delinearize(Affine.of(x), o.shape)
+        em.store(f"out{j}", out_strides[j], o.shape, oidx, em.value(o, oidx), o.dtype)
+    meta = policy.reduction(rows.x, rows.r)
+    src, params = assemble(group, "reduction", em, ["XBLOCK", "RBLOCK"], [o.dtype for o in group.outputs])
+    return Kernel(group.name, "reduction", src, params, meta, (cdiv(rows.x, meta["XBLOCK"]),),
+                  num_warps=policy.warps(meta["XBLOCK"] * meta["RBLOCK"]))
+
+
+def _acc_dtype(d: dt.DType) -> dt.DType:
+    return dt.int32 if d == dt.bool_ else ty.compute(d)
+
+
+def _init(em: Emitter, op: Op, r: int) -> list[str]:
+    """Accumulators of shape [XBLOCK, RBLOCK], defined before the loop."""
+    d = _acc_dtype(op.operands[0].dtype)
+    t = ty.tl_type(d)
+    a = em.fresh(op.name)
+    if op.name == "sum":
+        em.line(f"{a} = tl.zeros([XBLOCK, RBLOCK], {t})")
+        return [a]
+    em.line(f"{a} = tl.full([XBLOCK, RBLOCK], {ty.lowest(d)}, {t})")
+    if op.name == "max":
+        return [a]
+    i = em.fresh("argi")
+    em.line(f"{i} = tl.full([XBLOCK, RBLOCK], {r}, tl.int32)")
+    return [a, i]
+
+
+def _update(em: Emitter, op: Op, v: Val, accs: list[str], r: int) -> None:
+    d = _acc_dtype(op.operands[0].dtype)
+    x = v.expr if v.dtype == d else f"{v.expr}.to({ty.tl_type(d)})"
+    live = "xmask & rmask"
+    a = accs[0]
+    if op.name == "sum":
+        em.line(f"{a} = {a} + tl.where({live}, {x}, 0)")
+    elif op.name == "max":
+        nan = ", propagate_nan=tl.PropagateNan.ALL" if d.is_float else ""
+        em.line(f"{a} = tl.maximum({a}, tl.where({live}, {x}, {ty.lowest(d)}){nan})")
+    else:
+        i = accs[1]
+        better = f"({i} == {r}) | ({x} > {a})"
+        if d.is_float:
+            better += f" | (({x} != {x}) & ({a} == {a}))"
+        upd = em.fresh("upd")
+        em.line(f"{upd} = {live} & ({better})")
+        em.line(f"{a} = tl.where({upd}, {x}, {a})")
+        em.line(f"{i} = tl.where({upd}, rindex, {i})")
+
+
+def _finish(em: Emitter, op: Op, accs: list[str], r: int) -> Val:
+    d = _acc_dtype(op.operands[0].dtype)
+    res = op.result.dtype
+    a = accs[0]
+    out = em.fresh(op.name)
+    if op.name == "sum":
+        em.line(f"{out} = tl.sum({a}, 1)[:, None]")
+    elif op.name == "max":
+        em.line(f"{out} = tl.max({a}, 1)[:, None]")
+        if d.is_float:  # tl.max ignores nan; the reference propagates it
+            em.line(f"{out} = tl.where(tl.max(({a} != {a}).to(tl.int32), 1)[:, None] > 0, float(\"nan\"), {out})")
+    else:
+        i = accs[1]
+        em.line(f"{out} = tl.max({a}, 1)[:, None]")
+        cand = f"({a} == {out}) & ({i} < {r})"
+        if d.is_float:
+            nan = em.fresh("isnan")
+            em.line(f"{nan} = {a} != {a}")
+            cand = f"tl.where(tl.max({nan}.to(tl.int32), 1)[:, None] > 0, {nan}, {cand})"
+        em.line(f"{out} = tl.min(tl.where({cand}, {i}, {r}), 1)[:, None].to(tl.int64)")
+    val = Val(out, d if op.name != "argmax" else dt.int64, em.scope, frozenset({"xindex"}))
+    if d == dt.int32 and res == dt.bool_:
+        return em.emit(f"{out} != 0", dt.bool_, vals=(val,))
+    return Val(out, res, em.scope, frozenset({"xindex"})) if op.name != "argmax" else val
