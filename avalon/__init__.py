@@ -4,7 +4,7 @@ Models are plain Python objects; `av.trace` records one call as a typed SSA grap
 `avalon.passes` rewrites it in the open, and backends run it: the numpy reference interpreter
 (`av.interpret`) and generated Triton kernels. See README.md.
 """
-from . import ir, ops, optim, passes, random
+from . import ir, nn, ops, optim, passes, random
 from .autodiff import grad, value_and_grad
 from .checkpoint import CheckpointError, load, save
 from .codegen.numpy import Interpreter, interpret
