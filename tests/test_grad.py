@@ -363,3 +363,17 @@ def test_python_float_arguments_and_random_ops():
     value, g = av.value_and_grad(dropout_sum)(x)
     assert set(np.unique(g.numpy())) <= {0.0, 2.0}
     np.testing.assert_allclose(value.numpy(), (g.numpy() * x).sum())
+
+
+def test_a_missing_rule_is_named(monkeypatch):
+    from avalon.autodiff import VJP
+    monkeypatch.delitem(VJP, "exp")
+    g = av.trace(lambda x: ops.exp(x).sum(), np.ones(3))
+    with pytest.raises(NotImplementedError, match="no VJP rule for op 'exp'"):
+        grad_graph(g)
+
+
+def test_wrt_defaults_to_every_float_input():
+    g = av.trace(lambda x, i, w: (ops.take(x, i) * w).sum(), np.ones((4, 2)), np.array([0, 3]), np.ones(2))
+    gg = grad_graph(g)
+    assert [v.type for v in gg.outputs[1:]] == [g.inputs[0].type, g.inputs[2].type]

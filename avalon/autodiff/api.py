@@ -192,7 +192,7 @@ def _optimize(graph: Graph) -> Graph:
         return graph
     try:
         from avalon.passes import PassManager
-        pm = PassManager.parse(PIPELINE)
+        pm = PassManager.parse(PIPELINE, record_ir=False)
     except Exception as e:  # passes not built yet, or a pass name unknown
         log.debug("no cleanup pipeline for gradient graphs: %s", e)
         return graph

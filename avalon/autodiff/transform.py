@@ -26,8 +26,9 @@ class GradError(ValueError):
     """The graph cannot be differentiated as asked (a non-scalar loss, an integer input, ...)."""
 
 
-def grad_graph(graph: Graph, wrt: Sequence[int], *, name: str | None = None) -> Graph:
-    """The gradient graph of `graph` (first output: a float scalar loss) w.r.t. inputs `wrt`.
+def grad_graph(graph: Graph, wrt: Sequence[int] | None = None, *, name: str | None = None) -> Graph:
+    """The gradient graph of `graph` (first output: a float scalar loss) w.r.t. inputs `wrt`
+    (input indices; None means every floating-point input), named `name` or `grad_<graph name>`.
 
     Inputs that the loss does not depend on get a gradient of zeros. Integer and boolean inputs
     cannot be differentiated; asking for one raises GradError (callers skip them).
@@ -40,7 +41,7 @@ def grad_graph(graph: Graph, wrt: Sequence[int], *, name: str | None = None) -> 
         raise GradError(f"the loss (first output of @{graph.name}) must be a scalar, got shape {loss.shape}")
     if not loss.dtype.is_float:
         raise GradError(f"the loss (first output of @{graph.name}) must be floating-point, got {loss.dtype}")
-    wrt = list(wrt)
+    wrt = [i for i, v in enumerate(g.inputs) if v.dtype.is_float] if wrt is None else list(wrt)
     for i in wrt:
         if not 0 <= i < len(g.inputs):
             raise GradError(f"wrt index {i} is out of range: @{graph.name} has {len(g.inputs)} inputs")
@@ -119,7 +120,12 @@ def _active_values(seeds: list[Value], ops: list[Op]) -> set[Value]:
 
 
 def _sweep_dead(g: Graph) -> None:
-    """Erase ops whose results are unused (every primitive is pure), last to first."""
-    for op in reversed(list(g.ops)):
+    """Drop ops whose results are unused (every primitive is pure), last to first, in one pass."""
+    dead: set[int] = set()
+    for op in reversed(g.ops):
         if all(not r.uses for r in op.results):
-            op.erase()
+            op.drop_operands()
+            op.parent = None
+            dead.add(id(op))
+    if dead:
+        g.body.ops = [op for op in g.ops if id(op) not in dead]
