@@ -1,0 +1,148 @@
+"""Gradients through nn layers and functional ops (av.grad over the composites) against torch's
+backward, in float64 so that only real differences show."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import avalon as av
+from avalon import nn
+from avalon.nn import functional as F
+
+
+def _np(x):
+    if isinstance(x, av.Tensor):
+        return x.numpy()
+    if isinstance(x, torch.Tensor):
+        return x.detach().numpy()
+    return np.asarray(x)
+
+
+def rel(a, b) -> float:
+    a, b = _np(a).astype(np.float64), _np(b).astype(np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
+
+
+rng = np.random.default_rng(5)
+
+
+def T(x, grad=False):
+    return torch.tensor(np.array(x), requires_grad=grad)
+
+
+def pair(name, *args, **kwargs):
+    theirs = getattr(torch.nn, name)(*args, **kwargs).double()
+    ours = getattr(nn, name)(*args, **kwargs).double()
+    nn.load_state_dict(ours, theirs.state_dict())
+    return ours, theirs
+
+
+def out0(y):
+    return y[0] if isinstance(y, tuple) else y
+
+
+LAYERS = [
+    ("Linear", (5, 4), {}, (3, 5)),
+    ("Conv2d", (4, 6, 3), {"stride": 2, "padding": 1, "groups": 2}, (2, 4, 7, 7)),
+    ("MaxPool2d", (2,), {}, (2, 3, 6, 6)),
+    ("AvgPool2d", (3,), {"stride": 2, "padding": 1, "count_include_pad": False}, (2, 3, 7, 7)),
+    ("BatchNorm1d", (4,), {}, (6, 4)),
+    ("BatchNorm2d", (3,), {}, (4, 3, 3, 3)),
+    ("LayerNorm", (5,), {}, (2, 3, 5)),
+    ("GroupNorm", (2, 4), {}, (2, 4, 3, 3)),
+    ("RNN", (3, 4), {"num_layers": 2}, (5, 2, 3)),
+    ("LSTM", (3, 4), {"bidirectional": True}, (5, 2, 3)),
+    ("GRU", (3, 4), {"batch_first": True}, (2, 5, 3)),
+]
+
+
+@pytest.mark.parametrize("name,args,kwargs,shape", LAYERS, ids=[c[0] for c in LAYERS])
+def test_layer_gradients_match_torch(name, args, kwargs, shape):
+    ours, theirs = pair(name, *args, **kwargs)
+    x = rng.standard_normal(shape) * 2 + 0.5
+    r = rng.standard_normal(_np(out0(theirs(T(x)))).shape)  # weights the outputs: no symmetric cancellation
+    nn.load_state_dict(ours, theirs.state_dict())  # torch's forward above moved its running stats back in step
+
+    def loss(model, x, r):
+        return (out0(model(x)) * r).sum()
+
+    value, (g_model, g_x) = av.value_and_grad(loss, argnums=(0, 1))(ours, x, r)
+    tx = T(x, grad=True)
+    tl = (out0(theirs(tx)) * T(r)).sum()
+    tl.backward()
+    assert rel(value, tl) < 1e-10
+    assert rel(g_x, tx.grad) < 1e-10
+    assert set(g_model) == {n for n, _ in theirs.named_parameters()}
+    for n, p in theirs.named_parameters():
+        assert rel(g_model[n], p.grad) < 1e-10, n
+    for n, b in theirs.named_buffers():  # running statistics updated under grad too
+        assert rel(ours.state_dict()[n], b) < 1e-12, n
+
+
+def test_embedding_gradient_accumulates_repeated_rows():
+    ours, theirs = pair("Embedding", 6, 3)
+    idx = np.array([[0, 2, 2], [5, 0, 2]])
+    r = rng.standard_normal((2, 3, 3))
+    g = av.grad(lambda m, idx, r: (m(idx) * r).sum())(ours, idx, r)
+    (theirs(T(idx)) * T(r)).sum().backward()
+    assert rel(g["weight"], theirs.weight.grad) < 1e-12
+
+
+FUNCS = [
+    ("relu", {}), ("leaky_relu", {"negative_slope": 0.1}), ("elu", {}), ("selu", {}), ("gelu", {}),
+    ("gelu", {"approximate": "tanh"}), ("sigmoid", {}), ("tanh", {}), ("softplus", {}), ("silu", {}), ("mish", {}),
+    ("logsigmoid", {}), ("softsign", {}), ("hardswish", {}), ("softmax", {"dim": 1}), ("log_softmax", {"dim": 1}),
+]
+
+
+@pytest.mark.parametrize("name,kw", FUNCS, ids=[f"{n}{k}" for n, k in FUNCS])
+def test_activation_gradients_are_finite_and_match_torch(name, kw):
+    x = np.concatenate([rng.standard_normal((4, 8)) * 3, [[-800, -100, -30, -1e-4, 1e-4, 30, 100, 800]]])
+    r = rng.standard_normal(x.shape)
+    g = av.grad(lambda x, r: (getattr(F, name)(x, **kw) * r).sum())(x, r)
+    tx = T(x, grad=True)
+    (getattr(TF, name)(tx, **kw) * T(r)).sum().backward()
+    assert np.isfinite(g.numpy()).all()
+    np.testing.assert_allclose(g.numpy(), tx.grad.numpy(), rtol=1e-9, atol=1e-12)
+
+
+LOSSES = [
+    ("cross_entropy", lambda x, t, p: F.cross_entropy(x, t, label_smoothing=0.1, ignore_index=1),
+     lambda x, t, p: TF.cross_entropy(x, t, label_smoothing=0.1, ignore_index=1)),
+    ("cross_entropy_probs", lambda x, t, p: F.cross_entropy(x, p), lambda x, t, p: TF.cross_entropy(x, p)),
+    ("nll_loss", lambda x, t, p: F.nll_loss(x, t, reduction="sum"), lambda x, t, p: TF.nll_loss(x, t, reduction="sum")),
+    ("mse_loss", lambda x, t, p: F.mse_loss(x, p), lambda x, t, p: TF.mse_loss(x, p)),
+    ("l1_loss", lambda x, t, p: F.l1_loss(x, p), lambda x, t, p: TF.l1_loss(x, p)),
+    ("smooth_l1", lambda x, t, p: F.smooth_l1_loss(x, p, beta=0.5), lambda x, t, p: TF.smooth_l1_loss(x, p, beta=0.5)),
+    ("bce", lambda x, t, p: F.binary_cross_entropy(F.sigmoid(x), p),
+     lambda x, t, p: TF.binary_cross_entropy(torch.sigmoid(x), p)),
+    ("bce_logits", lambda x, t, p: F.binary_cross_entropy_with_logits(x * 100, p, pos_weight=p[0] + 1),
+     lambda x, t, p: TF.binary_cross_entropy_with_logits(x * 100, p, pos_weight=p[0] + 1)),
+    ("kl_div", lambda x, t, p: F.kl_div(F.log_softmax(x, 1), p, reduction="batchmean"),
+     lambda x, t, p: TF.kl_div(TF.log_softmax(x, 1), p, reduction="batchmean")),
+]
+
+
+@pytest.mark.parametrize("name,ours,theirs", LOSSES, ids=[c[0] for c in LOSSES])
+def test_loss_gradients_match_torch(name, ours, theirs):
+    x = rng.standard_normal((6, 5))
+    t = rng.integers(0, 5, 6)
+    p = rng.uniform(size=(6, 5))
+    p /= p.sum(1, keepdims=True)
+    g = av.grad(ours)(x, t, p)
+    tx = T(x, grad=True)
+    theirs(tx, T(t), T(p)).backward()
+    assert np.isfinite(g.numpy()).all()
+    assert rel(g, tx.grad) < 1e-10
+
+
+def test_dropout_gradient_is_the_mask_scaled():
+    x = rng.standard_normal((50, 40))
+
+    def f(x):
+        y = F.dropout(x, 0.3)
+        return y.sum(), y
+
+    (_, y), g = av.value_and_grad(f, has_aux=True)(x)
+    np.testing.assert_allclose(g.numpy(), (y.numpy() != 0) / 0.7, rtol=1e-12)
