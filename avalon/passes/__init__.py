@@ -4,6 +4,8 @@ passes (canonicalize, cse, dce). See docs/writing-a-pass.md."""
 from . import canonicalize as _canonicalize  # noqa: F401  (each import registers its pass)
 from . import cse as _cse  # noqa: F401
 from . import dce as _dce  # noqa: F401
+from . import layout as _layout  # noqa: F401
+from . import memory_plan as _memory_plan  # noqa: F401
 from .canonicalize import FOLD
 from .canonicalize import PATTERNS as CANONICALIZE_PATTERNS
 from .manager import PassManager, PassRecord, PassVerifyError, parse_pipeline
