@@ -224,9 +224,9 @@ def _set_mode(model: Any, training: bool) -> None:
     train(model, training)
 
 
-def predict(model: Any, X: Any, batch_size: int = 256, backend: str | None = None) -> np.ndarray:
-    """`model(x)` over X in batches in eval mode, compiled once per batch shape; a numpy array.
-    The model's training flag is restored afterwards."""
+def predict(model: Any, X: Any, batch_size: int = 256, backend: str | None = None) -> Any:
+    """`model(x)` over X in batches in eval mode, compiled once per batch shape: a numpy array, or a
+    tuple of arrays for a model returning several outputs. The model's training flag is restored."""
     params = list(named_parameters(model))
     dev = params[0][1].device if params else CPU
     forward = compile_step(lambda model, x: model(x), backend or ("numpy" if dev == CPU else "triton"))
@@ -235,9 +235,11 @@ def predict(model: Any, X: Any, batch_size: int = 256, backend: str | None = Non
     was = getattr(model, "training", None)
     _set_mode(model, False)
     try:
-        outs = [as_array(forward(model, _batch(Xa, slice(i, i + batch_size), pdtype, dev)))
+        outs = [forward(model, _batch(Xa, slice(i, i + batch_size), pdtype, dev))
                 for i in range(0, len(Xa), batch_size)]
     finally:
         if was is not None:
             _set_mode(model, bool(was))
-    return np.concatenate(outs)
+    if isinstance(outs[0], (tuple, list)):  # several outputs (a VAE's recon, mu, logvar): one array each
+        return tuple(np.concatenate([as_array(o[k]) for o in outs]) for k in range(len(outs[0])))
+    return np.concatenate([as_array(o) for o in outs])

@@ -114,3 +114,16 @@ def test_digits_data():
     ref = torch.nn.functional.interpolate(torch.tensor(im)[None], size=(28, 28), mode="bilinear",
                                           align_corners=False)[0].numpy()
     np.testing.assert_allclose(zoo.datasets.resize_bilinear(im, 28), ref, atol=1e-12)
+
+
+def test_mlp_example_runs(capsys):
+    """The examples are scripts; the cheapest one runs here end to end (the others share its shape)."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).parent.parent / "examples" / "train_mlp.py"
+    spec = importlib.util.spec_from_file_location("train_mlp", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    accuracy = module.main(["--epochs", "2", "--batch-size", "128"])
+    assert accuracy > 0.5
+    assert "test accuracy" in capsys.readouterr().out
