@@ -13,6 +13,7 @@ from .ir.dtypes import bfloat16, bool_, float16, float32, float64, int32, int64
 from .random import manual_seed
 from .tensor import Buffer, Tensor, TracerError, tensor
 from .trace import trace
+from .train import fit
 from .tree import named_parameters
 
 __version__ = "0.1.0"
