@@ -117,7 +117,7 @@ def _run_program(shape, steps):
             if kind == "unary":
                 out = getattr(ops, un)(a)
             elif kind == "binary":
-                out = getattr(ops, bi)(a, b if b.shape == a.shape or b.ndim <= a.ndim else a)
+                out = getattr(ops, bi)(a, b if b.shape == a.shape else a)
             elif kind == "scalar":
                 out = a * 0.5 + 1.25
             elif kind == "sum":
