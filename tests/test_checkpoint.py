@@ -156,3 +156,25 @@ if __name__ == "__main__":
     FIXTURE.parent.mkdir(exist_ok=True)
     save(fixture_state(), FIXTURE)
     print(f"wrote {FIXTURE} ({FIXTURE.stat().st_size} bytes)")
+
+
+def test_restores_a_model_with_buffers(tmp_path):
+    from avalon import nn
+
+    av.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.ReLU(), nn.Linear(3, 2))
+    model(av.tensor(np.random.default_rng(0).standard_normal((5, 4)), dtype=av.float32))  # moves running stats
+    save(model, tmp_path / "m.safetensors")
+    fresh = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.ReLU(), nn.Linear(3, 2))
+    nn.load_state_dict(fresh, load(tmp_path / "m.safetensors"))
+    for (k, a), (_, b) in zip(nn.state_dict(model).items(), nn.state_dict(fresh).items()):
+        assert a.dtype == b.dtype, k
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=k)
+    assert "1.running_mean" in load(tmp_path / "m.safetensors")
+
+    before = {k: v.numpy().copy() for k, v in nn.state_dict(fresh).items()}
+    (tmp_path / "bad.safetensors").write_bytes((tmp_path / "m.safetensors").read_bytes()[:-8])
+    with pytest.raises(CheckpointError):
+        nn.load_state_dict(fresh, load(tmp_path / "bad.safetensors"))
+    for k, v in nn.state_dict(fresh).items():
+        np.testing.assert_array_equal(v.numpy(), before[k])  # a failed load changes nothing

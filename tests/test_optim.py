@@ -180,3 +180,26 @@ def test_state_dict_roundtrip():
     for (_, x), (_, y) in zip(av.named_parameters(a), av.named_parameters(b)):
         np.testing.assert_array_equal(x.numpy(), y.numpy())
     assert "Adam(lr=0.01" in repr(oa)
+
+
+def test_with_av_grad_on_a_model_matches_torch():
+    """The optimizer fed by av.grad on an nn model follows torch's training loop."""
+    from avalon import nn
+    from avalon.nn import functional as F
+
+    av.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    tmodel = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+    tmodel.load_state_dict({k: torch.tensor(v.numpy()) for k, v in nn.state_dict(model).items()})
+    rng = np.random.default_rng(7)
+    x, y = rng.standard_normal((6, 5)), rng.integers(0, 3, 6)
+    opt = optim.AdamW(model, lr=0.05, weight_decay=0.1)
+    topt = torch.optim.AdamW(tmodel.parameters(), lr=0.05, weight_decay=0.1)
+    loss_fn = av.grad(lambda m, x, y: F.cross_entropy(m(x), y))
+    for _ in range(3):
+        opt.step(loss_fn(model, av.tensor(x), av.tensor(y)))
+        topt.zero_grad()
+        torch.nn.functional.cross_entropy(tmodel(torch.tensor(x)), torch.tensor(y)).backward()
+        topt.step()
+    for k, v in tmodel.state_dict().items():
+        np.testing.assert_allclose(nn.state_dict(model)[k].numpy(), v.numpy(), rtol=1e-6, atol=1e-12, err_msg=k)
