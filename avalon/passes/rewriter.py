@@ -120,6 +120,7 @@ class Rewriter:
         self.before: Op | None = None
         self.loc = None
         self.changed = False
+        self.recording: list[Op] | None = None  # ops inserted while a Rule builds its right side
 
     # -- insertion point
     def set_insertion_point(self, *, before: Op | None = None, after: Op | None = None,
@@ -146,6 +147,8 @@ class Rewriter:
         if op.loc is None:
             op.loc = self.loc
         self.changed = True
+        if self.recording is not None:
+            self.recording.append(op)
         self.listener.created(op)
         return op
 
@@ -200,6 +203,10 @@ class Rewriter:
     def erase_op(self, op: Op) -> None:
         """Remove `op` (its results must be unused); the producers of its operands are revisited."""
         producers = [v.op for v in op.operands if v.op is not None]
+        if op is self.before:  # keep the insertion point valid: new ops now go where `op` was
+            ops = op.parent.ops
+            i = op.parent.index(op)
+            self.before = ops[i + 1] if i + 1 < len(ops) else None
         for nested in list(op.walk()):
             self.listener.erased(nested)
         op.erase()
@@ -430,33 +437,32 @@ class Rule(RewritePattern):
                 continue
             if isinstance(self.rhs, Var) and m[self.rhs.name].type != op.result.type:
                 continue
-            created: list[Op] = []
-            new = self._build(self.rhs, m, rw, created)
+            rw.recording = created = []
+            try:
+                new = self._build(self.rhs, m, rw)
+            finally:
+                rw.recording = None
             if new is None or new.type != op.result.type:
-                for c in reversed(created):  # undo: nothing uses these yet
+                for c in reversed(created):  # undo: nothing but each other uses these yet
                     rw.erase_op(c)
                 continue
             rw.replace_op(op, new)
             return True
         return False
 
-    def _build(self, r: Replacement, m: Match, rw: Rewriter, created: list[Op]) -> Value | None:
+    def _build(self, r: Replacement, m: Match, rw: Rewriter) -> Value | None:
         if isinstance(r, Var):
             return m[r.name]
         if isinstance(r, Const):
             if r.value is _ANY:
                 return m[r.name] if r.name else None
-            v = rw.constant(r.value, m.root.result.type)
-            created.append(v.op)
-            return v
+            return rw.constant(r.value, m.root.result.type)
         if isinstance(r, Pat):
-            operands = [self._build(a, m, rw, created) for a in r.args]
+            operands = [self._build(a, m, rw) for a in r.args]
             if any(o is None for o in operands):
                 return None
             attrs = {k: (v(m) if callable(v) and not isinstance(v, DType) else v) for k, v in r.attrs.items()}
-            op = rw.build_op(r.op, *operands, **attrs)
-            created.append(op)
-            return op.result
+            return rw.build(r.op, *operands, **attrs)
         return r(m, rw)
 
 
