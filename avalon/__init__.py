@@ -8,6 +8,7 @@ from . import ir, nn, ops, optim, passes, random
 from .autodiff import grad, value_and_grad
 from .checkpoint import CheckpointError, load, save
 from .codegen.numpy import Interpreter, interpret
+from .compiler import compile  # noqa: A004  (av.compile, like torch.compile)
 from .device import Device, best_available_device, device, to_device
 from .ir.dtypes import bfloat16, bool_, float16, float32, float64, int32, int64
 from .random import manual_seed

@@ -1,0 +1,275 @@
+"""`av.compile`: trace once per input signature, optimize with a pass pipeline, run on a backend.
+
+    step = av.compile(train_step, backend="numpy")      # or "triton"; pipeline=None is the default one
+    loss = step(model, opt, x, y)                        # traced, optimized and compiled on first call
+    print(step.inspect(model, opt, x, y))               # what the compiler did for this signature
+
+The cache key is `avalon.trace.signature` (shapes, dtypes, devices and structure of the arguments,
+static arguments, which models) plus the plain Python attributes of the models involved (a layer's
+`training` flag), so `model.eval()` compiles anew. A function whose trace captured arrays that are
+not arguments (a closure's data, constants built from Python lists) is compiled on every call:
+those values could change without changing the signature.
+
+Outputs are rebuilt and state updates (batch-norm statistics, optimizer steps: values recorded
+with `avalon.trace.assign`, which are extra graph outputs) are written back by
+`avalon.trace.run_traced` after every call. Inside an enclosing trace (`av.trace`, `av.grad`,
+another `av.compile`) a compiled function simply runs its Python function, so its ops are recorded
+into the enclosing graph and optimized with it.
+"""
+from __future__ import annotations
+
+import os
+import time
+import types
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from avalon import debug
+from avalon.ir import Graph, verify
+from avalon.passes import PassManager, PassRecord
+from avalon.passes.memory_plan import MemoryPlan, plan_memory
+from avalon.trace import SEED, Traced, current_trace, feed, owner_model, run_traced, signature, trace_call
+
+from .backends import fusion_groups, get_backend
+from .check import GroupChecker
+
+_TRUE = ("1", "true", "yes", "on")
+
+
+class CacheInfo(NamedTuple):
+    hits: int
+    misses: int
+    entries: int
+
+
+@dataclass
+class Inspection:
+    """What `av.compile` did for one signature.
+
+    `passes`: one `PassRecord` per pass (name, ms, changed, ir_after); `traced_graph`: the graph as
+    traced, before any pass; `graph`: the final graph the backend runs (do not mutate it);
+    `kernels`: kernel name -> generated source (on the numpy backend, which generates no code, each
+    fused group's region as a standalone function, so both backends show the same groups);
+    `memory_plan`: the buffer plan of the final graph's intermediates.
+    """
+
+    name: str
+    backend: str
+    pipeline: str
+    traced_graph: Graph
+    graph: Graph
+    passes: list[PassRecord]
+    kernels: dict[str, str]
+    trace_ms: float
+    passes_ms: float
+    codegen_ms: float
+    kernel_suffix: str = ".py"
+    debug_dir: str | None = None
+    _plan: MemoryPlan | None = field(default=None, repr=False)
+
+    @property
+    def compile_ms(self) -> float:
+        return self.trace_ms + self.passes_ms + self.codegen_ms
+
+    @property
+    def memory_plan(self) -> MemoryPlan:
+        plan = getattr(self.graph, "memory_plan", None)
+        if isinstance(plan, MemoryPlan) and plan.is_current(self.graph):
+            return plan
+        if self._plan is None:
+            self._plan = plan_memory(self.graph)
+        return self._plan
+
+    @property
+    def signature(self) -> str:
+        """The inputs of the compiled graph with their types (`x: tensor<8x1x28x28xf32>`, ...)."""
+        return ", ".join(f"{v.name or f'arg{i}'}: {v.type}" for i, v in enumerate(self.traced_graph.inputs))
+
+    def __str__(self) -> str:
+        groups = fusion_groups(self.graph)
+        lines = [
+            f"compiled @{self.name} on {self.backend} for ({self.signature})",
+            f"  pipeline: {self.pipeline or '(none)'}",
+            f"  {len(self.traced_graph.ops)} ops traced -> {len(self.graph.ops)} ops, {len(groups)} fused groups; "
+            f"compiled in {self.compile_ms:.1f} ms (trace {self.trace_ms:.1f}, passes {self.passes_ms:.1f}, "
+            f"codegen {self.codegen_ms:.1f})",
+            "  passes:"]
+        for r in self.passes:
+            lines.append(f"    {r.name:<16} {r.ms:9.2f} ms  {'changed' if r.changed else 'no change'}")
+        lines.append(f"  kernels ({len(self.kernels)}): {', '.join(self.kernels) or '-'}")
+        lines.append("  " + self.memory_plan.summary())
+        if self.debug_dir:
+            lines.append(f"  debug files: {self.debug_dir}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (f"<Inspection @{self.name} on {self.backend}: {len(self.passes)} passes, {len(self.graph.ops)} ops, "
+                f"{len(self.kernels)} kernels>")
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # IPython shows the summary
+        p.text(str(self))
+
+
+@dataclass
+class _Entry:
+    inspection: Inspection
+    executable: Any
+    out_tree: Any
+    n_outputs: int
+    update_at: list[tuple[int | None, Any]]  # (leaf position, or None for a non-argument target; target)
+    seeded: bool
+    checker: GroupChecker | None = None
+
+
+class Compiled:
+    """A compiled function: call it like the original. `inspect(*args)` and `cache_info()` tell
+    what the compiler did. Binds as a method when used as a decorator inside a class."""
+
+    # slots (no __dict__): the tracer must not mistake a compiled function for a model to walk
+    __slots__ = ("fn", "backend", "pipeline", "check", "_cache", "_hits", "_misses", "__weakref__")
+
+    def __init__(self, fn: Callable, backend: str | Any = "numpy", pipeline: str | PassManager | None = None,
+                 check: bool | None = None):
+        if not callable(fn):
+            raise TypeError(f"av.compile expects a callable, got {type(fn).__name__}")
+        self.fn = fn
+        self.backend = get_backend(backend)
+        if pipeline is None:
+            from avalon.passes import DEFAULT_PIPELINE
+            pipeline = DEFAULT_PIPELINE
+        if isinstance(pipeline, str):
+            PassManager.parse(pipeline)  # fail now on an unknown pass, not at the first call
+        elif not isinstance(pipeline, PassManager):
+            raise TypeError(f"pipeline must be a pipeline string or a PassManager, got {type(pipeline).__name__}")
+        self.pipeline = pipeline
+        self.check = check if check is not None else os.environ.get("AVALON_CHECK", "").lower() in _TRUE
+        self._cache: dict[Any, _Entry] = {}
+        self._hits = self._misses = 0
+
+    # -- looking like the wrapped function --------------------------------------------------
+    @property
+    def __name__(self) -> str:
+        return getattr(self.fn, "__name__", None) or type(self.fn).__name__.lower()
+
+    @property
+    def __wrapped__(self) -> Callable:
+        return self.fn
+
+    @property
+    def __self__(self) -> Any:
+        """The model owning the function (itself a model, or a bound method's object), so that an
+        enclosing trace feeds its parameters first, as it would for the function itself."""
+        owner = owner_model(self.fn)
+        if owner is None:
+            raise AttributeError("__self__")
+        return owner
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        return self if obj is None else types.MethodType(self, obj)
+
+    def __repr__(self) -> str:
+        return f"<compiled {self.__name__} on {self.backend.name}, {len(self._cache)} signature(s)>"
+
+    # -- public ------------------------------------------------------------------------------
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs:
+            raise TypeError(f"compiled {self.__name__}: pass arguments positionally (got {', '.join(kwargs)})")
+        if current_trace() is not None:
+            return self.fn(*args)  # record into the enclosing trace; it is optimized with that graph
+        entry, leaves = self._entry(args)
+        objs = feed([x for _, x in leaves] + ([SEED] if entry.seeded else []))
+        if self.check:
+            self._check(entry, objs)
+        targets = [objs[i] if i is not None else t for i, t in entry.update_at]
+        runner = Traced(entry.inspection.graph, objs, entry.out_tree, entry.n_outputs, targets)
+        return run_traced(runner, entry.inspection.graph, entry.executable, objs)
+
+    def inspect(self, *args: Any) -> Inspection:
+        """What the compiler did for the signature of `args` (compiling it if it is not cached yet;
+        nothing runs)."""
+        return self._entry(args)[0].inspection
+
+    def cache_info(self) -> CacheInfo:
+        """Hits and misses of the signature cache (calls and `inspect`s), and cached signatures."""
+        return CacheInfo(self._hits, self._misses, len(self._cache))
+
+    def cache_clear(self) -> None:
+        self._cache.clear()
+        self._hits = self._misses = 0
+
+    # -- machinery ---------------------------------------------------------------------------
+    def _entry(self, args: tuple) -> tuple[_Entry, list[tuple[str, Any]]]:
+        from avalon.autodiff.api import _static_state  # the `training` flags etc. of the models involved
+        key, leaves = signature(self.fn, args)
+        key = (key, _static_state(self.fn, args))
+        entry = self._cache.get(key)
+        if entry is not None:
+            self._hits += 1
+            return entry, leaves
+        self._misses += 1
+        entry = self._build(args, leaves)
+        if _captured_arrays(entry.inspection.traced_graph):
+            warnings.warn(f"compiled {self.__name__} uses arrays that are not among its arguments (captured from an "
+                          "enclosing scope, or built from Python lists); they are baked into the graph, so it is "
+                          "compiled again on every call. Pass them as arguments to reuse the compiled graph.",
+                          stacklevel=3)
+        else:
+            self._cache[key] = entry
+        return entry, leaves
+
+    def _pass_manager(self) -> PassManager:
+        return PassManager.parse(self.pipeline) if isinstance(self.pipeline, str) else self.pipeline
+
+    def _build(self, args: tuple, leaves: list[tuple[str, Any]]) -> _Entry:
+        t0 = time.perf_counter()
+        traced = trace_call(self.fn, args)
+        traced_graph = traced.graph.clone()
+        graph = traced.graph
+        t1 = time.perf_counter()
+        pm = self._pass_manager()
+        root = debug.debug_root()
+        with debug.capture_log("fusion") as fusion_log:
+            pm.run(graph)
+        records = list(pm.records)
+        verify(graph)
+        t2 = time.perf_counter()
+        exe = self.backend.compile(graph)
+        t3 = time.perf_counter()
+        insp = Inspection(self.__name__, self.backend.name, str(pm), traced_graph, graph, records,
+                          dict(getattr(exe, "kernels", {}) or {}), (t1 - t0) * 1e3, (t2 - t1) * 1e3,
+                          (t3 - t2) * 1e3, getattr(self.backend, "kernel_suffix", ".py"))
+        if root is not None:
+            insp.debug_dir = debug.dump(insp, root, fusion_log)
+        ids = {id(obj): j for j, (_, obj) in enumerate(leaves)}
+        update_at = [(ids.get(id(t)), t) for t in traced.update_targets]
+        seeded = any(x is SEED for x in traced.leaves)
+        return _Entry(insp, exe, traced.out_tree, traced.n_outputs, update_at, seeded)
+
+    def _check(self, entry: _Entry, inputs: list[Any]) -> None:
+        if entry.checker is None:
+            entry.checker = GroupChecker(entry.inspection.graph, self.backend)
+        entry.checker.run(inputs)
+
+
+def _captured_arrays(graph: Graph) -> bool:
+    """Dense constants are data captured at trace time (see the module docstring)."""
+    return any(op.name == "constant" and isinstance(op.attrs["value"], np.ndarray) for op in graph.walk())
+
+
+def compile(fn: Callable | None = None, backend: str | Any = "numpy", pipeline: str | PassManager | None = None,
+            *, check: bool | None = None) -> Any:
+    """`av.compile(fn, backend="numpy" | "triton", pipeline=None, check=False) -> callable`.
+
+    Traced and compiled once per input signature and cached. `pipeline` is a pipeline string or a
+    `PassManager` (None: `avalon.passes.DEFAULT_PIPELINE`). `check=True` (or `AVALON_CHECK=1`)
+    checks every fused group against its unfused reference on each call (slow; for debugging).
+    `AVALON_DEBUG_DIR=path` writes what each compile did under `path` (see `avalon.debug`).
+    Usable as a decorator, bare or with arguments: `@av.compile(backend="triton")`.
+    """
+    if fn is None:
+        return lambda f: Compiled(f, backend, pipeline, check)
+    return Compiled(fn, backend, pipeline, check)

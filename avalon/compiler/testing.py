@@ -1,0 +1,59 @@
+"""Helpers for testing the compiler without depending on the fusion heuristics.
+
+`outline(graph, ops, name)` turns a set of top-level ops into one `fusion` group by hand, and
+`group_chains` is a tiny deterministic grouping pass (each `add` feeding only a unary elementwise
+op, or a lone unary op, becomes a group). Tests of `av.compile`, check mode and the debug
+directory use them to get fused groups whatever the real `fuse` pass decides.
+"""
+from __future__ import annotations
+
+from avalon.ir import Block, Builder, Graph, Op, Value
+from avalon.ir.clone import clone_op
+from avalon.log import get_logger
+
+log = get_logger("fusion")
+
+_UNARY = ("relu", "exp", "tanh", "neg", "sigmoid", "abs")
+
+
+def outline(graph: Graph, ops: list[Op], name: str) -> Op:
+    """Replace `ops` (top-level, in order) by one fusion op `@name` computing the same values.
+    The group goes where the last op was: its operands are defined before that point and every use
+    of its results comes after it."""
+    inside = {id(op) for op in ops}
+    ins: list[Value] = []
+    for op in ops:
+        for v in op.operands:
+            if (v.op is None or id(v.op) not in inside) and v not in ins:
+                ins.append(v)
+    outs = [r for op in ops for r in op.results if any(id(u) not in inside for u in r.users)]
+    region = Block([v.type for v in ins])
+    mapping: dict[Value, Value] = dict(zip(ins, region.args))
+    for op in ops:
+        region.append(clone_op(op, mapping))
+    region.set_terminator("yield", [mapping[r] for r in outs])
+    group = Builder(graph, before=ops[-1]).fusion(name, ins, region)
+    for r, new in zip(outs, group.results):
+        r.replace_all_uses_with(new)
+    for op in reversed(ops):
+        op.erase()
+    return group
+
+
+def group_chains(graph: Graph) -> bool:
+    """Group `add -> unary` pairs (the add used only there) and lone unary ops; logs each group on
+    the `avalon.fusion` channel, as the real fusion pass does."""
+    changed = False
+    k = 0
+    for op in list(graph.ops):
+        if op.parent is None or op.name not in _UNARY:
+            continue
+        src = op.operands[0].op
+        pair = src is not None and src.parent is graph.body and src.name == "add" and src.results[0].users == [op]
+        ops = [src, op] if pair else [op]
+        name = "fused_" + "_".join(o.name for o in ops) + f"_{k}"
+        outline(graph, ops, name)
+        log.debug("group @%s: %s", name, " -> ".join(o.name for o in ops))
+        k += 1
+        changed = True
+    return changed

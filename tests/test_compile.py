@@ -1,0 +1,265 @@
+"""av.compile: one trace per signature, cached; pipelines; inspect; state updates; nesting; backends."""
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+import avalon as av
+from avalon import optim
+from avalon.compiler import BackendUnavailable, Compiled, Inspection
+from avalon.compiler.testing import group_chains
+from avalon.nn import functional as F
+from avalon.passes import DEFAULT_PIPELINE, PassManager, PassRecord, PipelineError
+
+
+def _arr(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def Counting():  # noqa: N802  (reads like a class at the call sites)
+    """A function that counts how often it is traced. (A closure, not an object with a counter
+    attribute: the plain attributes of models among the arguments are part of the signature.)"""
+    traces = [0]
+
+    def f(x, w):
+        traces[0] += 1
+        f.traces = traces[0]
+        return av.ops.relu(x @ w) + 1.0
+
+    f.traces = 0
+    return f
+
+
+def test_result_matches_eager_and_keeps_output_structure(rng):
+    def f(x, w):
+        h = x @ w
+        return {"h": h, "pair": (av.ops.relu(h), h.sum())}
+
+    x, w = _arr(rng, 3, 4), _arr(rng, 4, 5)
+    out = av.compile(f)(x, w)
+    want = f(av.tensor(x), av.tensor(w))
+    assert set(out) == {"h", "pair"} and isinstance(out["pair"], tuple)
+    assert isinstance(out["h"], av.Tensor)
+    np.testing.assert_allclose(out["h"].numpy(), want["h"].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(out["pair"][1].numpy(), want["pair"][1].numpy(), rtol=1e-5)
+
+
+def test_traced_once_per_signature_and_retraced_when_it_changes(rng):
+    fn = Counting()
+    c = av.compile(fn)
+    x, w = _arr(rng, 3, 4), _arr(rng, 4, 5)
+    for _ in range(3):
+        c(x, w)
+    assert fn.traces == 1 and c.cache_info() == (2, 1, 1)
+    c(_arr(rng, 3, 4), _arr(rng, 4, 5))           # new values, same signature
+    assert fn.traces == 1
+    c(_arr(rng, 6, 4), w)                          # new shape
+    assert fn.traces == 2
+    c(x.astype(np.float64), w.astype(np.float64))  # new dtypes
+    assert fn.traces == 3
+    c(av.tensor(x.astype(np.float64)), av.tensor(w.astype(np.float64)))
+    c(av.tensor(x.astype(np.float64)), av.tensor(w.astype(np.float64)))
+    assert fn.traces == 4  # (Tensors and numpy arrays spell dtypes differently in the signature)
+    info = c.cache_info()
+    assert info.misses == 4 and info.entries == 4 and info.hits == 4
+    c.cache_clear()
+    assert c.cache_info() == (0, 0, 0)
+
+
+def test_static_arguments_and_model_flags_are_part_of_the_signature(rng):
+    calls = []
+
+    def f(x, k):
+        calls.append(k)
+        return x * float(k)
+
+    c = av.compile(f)
+    x = _arr(rng, 2, 2)
+    np.testing.assert_allclose(c(x, 2).numpy(), 2 * x)
+    np.testing.assert_allclose(c(x, 3).numpy(), 3 * x)
+    c(x, 3)
+    assert calls == [2, 3]
+
+    drop = av.nn.Dropout(0.5)
+    cd = av.compile(lambda m, x: m(x))
+    y = np.ones((64, 64), np.float32)
+    assert (cd(drop, y).numpy() == 0).any()       # training: some dropped
+    drop.eval()
+    np.testing.assert_array_equal(cd(drop, y).numpy(), y)  # eval() compiles anew
+    assert cd.cache_info().entries == 2
+
+
+def test_random_ops_get_a_fresh_seed_each_call():
+    drop = av.nn.Dropout(0.5)
+    c = av.compile(lambda m, x: m(x))
+    y = np.ones((32, 32), np.float32)
+    a, b = c(drop, y).numpy(), c(drop, y).numpy()
+    assert c.cache_info().entries == 1 and not np.array_equal(a, b)
+
+
+def test_pipeline_default_string_and_pass_manager(rng):
+    x, w = _arr(rng, 3, 4), _arr(rng, 4, 5)
+    c = av.compile(Counting())
+    assert [r.name for r in c.inspect(x, w).passes] == [n.split("{")[0] for n in DEFAULT_PIPELINE.split(",")]
+    c2 = av.compile(Counting(), pipeline="cse,layout")
+    assert [r.name for r in c2.inspect(x, w).passes] == ["cse", "layout"]
+    pm = PassManager(["canonicalize", group_chains], verify_each=True)
+    c3 = av.compile(Counting(), pipeline=pm)
+    insp = c3.inspect(x, w)
+    assert [r.name for r in insp.passes] == ["canonicalize", "group-chains"]
+    assert insp.pipeline == "canonicalize,group-chains"
+    np.testing.assert_allclose(c3(x, w).numpy(), np.maximum(x @ w, 0) + 1, rtol=1e-5)
+    with pytest.raises(PipelineError, match="unknown pass 'nope'"):
+        av.compile(Counting(), pipeline="cse,nope")
+    with pytest.raises(TypeError, match="pipeline must be"):
+        av.compile(Counting(), pipeline=3)
+
+
+def test_inspect_shows_passes_graphs_and_kernels(rng):
+    x, w = _arr(rng, 3, 4), _arr(rng, 4, 5)
+    fn = Counting()
+    c = av.compile(fn, pipeline=PassManager(["canonicalize", "cse", group_chains, "memory-plan"]))
+    insp = c.inspect(x, w)
+    assert isinstance(insp, Inspection) and fn.traces == 1 and c.cache_info() == (0, 1, 1)
+    assert c.inspect(x, w) is insp and c.cache_info() == (1, 1, 1)  # same signature, nothing recompiled
+    assert all(isinstance(r, PassRecord) and r.ms >= 0 for r in insp.passes)
+    grouped = insp.passes[2]
+    assert grouped.name == "group-chains" and grouped.changed and "fusion @fused_relu_0" in grouped.ir_after
+    assert insp.passes[-1].ir_after == str(insp.graph)
+    assert "fusion" not in str(insp.traced_graph) and "fusion" in str(insp.graph)
+    # numpy generates no code: each group's region is shown as a standalone function
+    assert list(insp.kernels) == ["fused_relu_0"]
+    assert insp.kernels["fused_relu_0"].startswith("func @fused_relu_0(")
+    av.ir.parse(insp.kernels["fused_relu_0"])
+    assert insp.memory_plan.is_current(insp.graph)
+    text = str(insp)
+    for part in ("compiled @", "on numpy", "x: tensor<3x4xf32>", "group-chains", "fused_relu_0", "memory plan"):
+        assert part in text
+    assert "Inspection @" in repr(insp) and "compiled" in repr(c)
+    assert insp.compile_ms >= insp.trace_ms >= 0
+
+
+def test_compiled_training_step_matches_eager_steps(rng):
+    """Parameter and optimizer-state updates (extra graph outputs) are written back every call."""
+    from avalon.demo import Net
+
+    def loss_fn(model, x, y):
+        return F.nll_loss(model(x), y)
+
+    def step(model, opt, x, y):
+        loss, grads = av.value_and_grad(loss_fn)(model, x, y)
+        opt.step(grads)
+        return loss
+
+    x = rng.standard_normal((4, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, 4)
+    runs = {}
+    for mode in ("eager", "compiled"):
+        av.manual_seed(0)
+        net = Net()
+        opt = optim.Adam(net, lr=1e-3)
+        run = step if mode == "eager" else av.compile(step)
+        losses = [float(run(net, opt, x, y)) for _ in range(3)]
+        runs[mode] = (losses, {k: v.numpy().copy() for k, v in av.named_parameters(net)}, opt.steps)
+        if mode == "compiled":
+            assert run.cache_info() == (2, 1, 1)
+    (le, pe, se), (lc, pc, sc) = runs["eager"], runs["compiled"]
+    assert se == sc == 3 and lc[2] < lc[0]
+    np.testing.assert_allclose(lc, le, rtol=1e-4)
+    for k in pe:
+        np.testing.assert_allclose(pc[k], pe[k], rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+def test_batch_norm_running_stats_update_under_compile(rng):
+    bn_e, bn_c = av.nn.BatchNorm1d(3), av.nn.BatchNorm1d(3)
+    c = av.compile(lambda m, x: m(x))
+    for _ in range(2):
+        x = _arr(rng, 8, 3)
+        np.testing.assert_allclose(c(bn_c, x).numpy(), bn_e(av.tensor(x)).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bn_c.running_mean.numpy(), bn_e.running_mean.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(bn_c.running_var.numpy(), bn_e.running_var.numpy(), rtol=1e-5)
+    assert c.cache_info().entries == 1
+
+
+def test_inside_another_trace_it_inlines(rng):
+    fn = Counting()
+    c = av.compile(fn)
+    x, w = _arr(rng, 3, 4), _arr(rng, 4, 5)
+    g = av.trace(lambda x, w: c(x, w) * 2.0, x, w)
+    assert {op.name for op in g.ops} >= {"matmul", "relu", "mul"} and c.cache_info() == (0, 0, 0)
+    (out,) = av.interpret(g, x, w)
+    np.testing.assert_allclose(out, 2 * (np.maximum(x @ w, 0) + 1), rtol=1e-5)
+    gw = av.grad(lambda w, x: c(x, w).sum())(w, x)
+    np.testing.assert_allclose(gw.numpy(), x.T @ (x @ w > 0).astype(np.float32), rtol=1e-5)
+
+
+def test_compiled_model_and_method_decorator(rng):
+    class Lin:
+        def __init__(self):
+            self.w = av.tensor(_arr(rng, 4, 2))
+
+        @av.compile
+        def apply(self, x):
+            return x @ self.w
+
+        def __call__(self, x):
+            return av.ops.relu(x @ self.w)
+
+    m = Lin()
+    x = _arr(rng, 3, 4)
+    np.testing.assert_allclose(m.apply(x).numpy(), x @ m.w.numpy(), rtol=1e-6)
+    cm = av.compile(m)
+    np.testing.assert_allclose(cm(x).numpy(), np.maximum(x @ m.w.numpy(), 0), rtol=1e-6)
+    assert cm.__self__ is m and cm.__name__ == "lin"
+    g = av.trace(cm, x)  # the model's parameters come first, as for the model itself
+    assert [v.name for v in g.inputs] == ["w", "x"]
+    assert isinstance(av.compile(backend="numpy")(lambda x: x), Compiled)
+
+
+def test_captured_arrays_are_compiled_every_call(rng):
+    data = _arr(rng, 2, 2)
+    c = av.compile(lambda x: x + data)
+    with pytest.warns(UserWarning, match="compiled again on every call"):
+        c(_arr(rng, 2, 2))
+    data[...] = 5.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        np.testing.assert_allclose(c(np.zeros((2, 2), np.float32)).numpy(), 5.0)
+    assert c.cache_info().entries == 0
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="unknown backend 'tpu'"):
+        av.compile(lambda x: x, backend="tpu")
+    with pytest.raises(TypeError, match="expects a callable"):
+        av.compile(3)
+    with pytest.raises(TypeError, match="positionally"):
+        av.compile(lambda x: x)(x=np.ones(2))
+
+
+def test_missing_triton_backend_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "avalon.codegen.triton", None)  # import fails
+    c = av.compile(lambda x: x * 2.0, backend="triton")
+    with pytest.raises(BackendUnavailable, match="backend='triton' needs avalon.codegen.triton"):
+        c(np.ones(3, np.float32))
+
+
+def test_triton_backend_matches_numpy(rng):
+    pytest.importorskip("triton")
+    try:
+        import avalon.codegen.triton  # noqa: F401
+    except ImportError as e:
+        pytest.skip(f"Triton backend not importable: {e}")
+
+    def f(x, w, b):
+        return av.ops.relu(x @ w.T + b).sum(axis=1)
+
+    x, w, b = _arr(rng, 8, 16), _arr(rng, 4, 16), _arr(rng, 4)
+    c = av.compile(f, backend="triton", pipeline="canonicalize,cse,dce,layout,memory-plan")
+    out = c(x, w, b)
+    np.testing.assert_allclose(out.numpy(), av.compile(f)(x, w, b).numpy(), rtol=1e-4, atol=1e-5)
+    insp = c.inspect(x, w, b)
+    assert insp.backend == "triton" and insp.kernels
+    assert all("@triton.jit" in src for src in insp.kernels.values())
+    assert "layout = [1, 0]" in str(insp.graph)  # w.T read through swapped strides, no copy kernel
