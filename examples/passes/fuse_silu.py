@@ -1,0 +1,26 @@
+"""A user pass as a plugin: fuse `x * sigmoid(x)` (SiLU, also called swish) into one `silu` op.
+
+    avalon opt model.ir -p fuse-silu,dce --plugin examples/passes/fuse_silu.py
+
+Importing this file defines the op (with its numpy reference and Triton rules, so both backends run
+it) and registers the pass. See docs/writing-a-pass.md.
+"""
+import avalon.ir as ir
+from avalon.codegen.numpy import REFERENCE
+from avalon.codegen.triton.lowering import LOWERING, Elementwise
+from avalon.passes import P, Rule, Var, apply_patterns, register
+
+if "silu" not in ir.OPS:
+    ir.define_op("silu", 1, lambda ts, attrs: [ir.TensorType(ts[0].shape, ts[0].dtype)],
+                 traits={"elementwise", "pure"}, doc="x * sigmoid(x)")
+    REFERENCE["silu"] = lambda attrs, x: x * REFERENCE["sigmoid"](attrs, x)
+    LOWERING["silu"] = Elementwise("elementwise", "{0} * tl.sigmoid({0})")
+
+x = Var("x", where=lambda v: v.dtype.is_float)
+SILU = Rule(P.mul(x, P.sigmoid(x)), P.silu(x))  # mul is commutative: sigmoid(x) * x matches too
+
+
+@register("fuse-silu")
+def fuse_silu(graph: ir.Graph) -> bool:
+    """Rewrite x * sigmoid(x) into silu(x): one op to lower, and x is read once."""
+    return apply_patterns(graph, [SILU])
