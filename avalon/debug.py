@@ -101,6 +101,7 @@ def dump(insp: Inspection, root: str, fusion_log: list[str] | None = None) -> st
     from avalon.ir import print_graph, to_dot
 
     folder = os.path.join(root, folder_name(insp))
+    insp.debug_dir = folder
     atomic_write(os.path.join(folder, "00-traced.mlir"), str(insp.traced_graph))
     for i, rec in enumerate(insp.passes, start=1):
         if rec.ir_after is not None:
@@ -112,5 +113,5 @@ def dump(insp: Inspection, root: str, fusion_log: list[str] | None = None) -> st
     atomic_write(os.path.join(folder, "graph.dot"), to_dot(insp.graph))
     for name, src in insp.kernels.items():
         atomic_write(os.path.join(folder, "kernels", _slug(name) + insp.kernel_suffix), src)
-    atomic_write(os.path.join(folder, "summary.txt"), str(insp))
+    atomic_write(os.path.join(folder, "summary.txt"), str(insp) + "\n")
     return folder
