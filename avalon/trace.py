@@ -176,7 +176,8 @@ def signature(fn: Any, args: tuple) -> tuple[Any, list[tuple[str, Any]]]:
 
 def trace_call(fn: Any, args: tuple, name: str | None = None) -> Traced:
     """Trace `fn(*args)` into a graph (the machinery under `av.trace`, `av.grad` and `av.compile`)."""
-    gname = name or getattr(fn, "__name__", None) or type(fn).__name__.lower()
+    # a model's graph is its forward function; a function's graph takes the function's name
+    gname = name or (None if owner_model(fn) is fn else getattr(fn, "__name__", None)) or "forward"
     if not gname.isidentifier():
         gname = "forward"
     devices = {getattr(x, "device", CPU) for a in args for _, x in tree.flatten(a, "")[0] if isinstance(x, Tensor)}
