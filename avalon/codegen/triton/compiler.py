@@ -54,6 +54,18 @@ def build_kernel(group: Group, policy: BlockPolicy) -> Kernel:
     return build_pointwise(group, ins, outs, policy)
 
 
+def is_view(op: Op) -> bool:
+    """A reshape or transpose whose result, under its type's strides, is exactly its operand's
+    memory (row-major reshapes; transposes the layout pass gave the matching layout): no kernel."""
+    if op.name not in ("reshape", "transpose"):
+        return False
+    src, dst = op.operands[0].type, op.result.type
+    if op.name == "reshape":
+        return src.layout is None and dst.layout is None
+    ss, ds = src.strides(), dst.strides()
+    return all(ds[i] == ss[p] for i, p in enumerate(op.attrs["perm"]) if dst.shape[i] > 1)
+
+
 class _Lowerer:
     def __init__(self, policy: BlockPolicy, cache: KernelCache):
         self.policy = policy
@@ -91,7 +103,7 @@ class _Lowerer:
     def lower(self, op: Op) -> None:
         if is_dense_constant(op):
             self.add_const(op.result, op.attrs["value"])
-        elif op.name == "reshape" and op.operands[0].type.layout is None and op.result.type.layout is None:
+        elif is_view(op):
             self.steps.append(Step([], [op.result], alias_of=self.resolve(op.operands[0])))
         elif op.name == "fusion":
             self.lower_fusion(op)
@@ -106,6 +118,8 @@ class _Lowerer:
         self.add_kernel(k, [self.resolve(v) for v in group.inputs] + writes, writes)
 
     def lower_fusion(self, op: Op) -> None:
+        if not op.results:
+            return  # computes nothing anyone reads
         group = from_fusion(op, self.name(op.attrs.get("name") or f"fusion_{len(self.kernels)}"))
         region = op.regions[0]
         for a, v in zip(region.args, op.operands):
@@ -149,6 +163,14 @@ def _copy_maker(policy: BlockPolicy, cache: KernelCache) -> Callable[[TensorType
     return make
 
 
+def _pass_plan(graph: Graph) -> tuple[dict[int, int], list[int]]:
+    """The buffer assignment of the `memory-plan` pass, if it annotated this very graph."""
+    mp = getattr(graph, "memory_plan", None)
+    if mp is None or not getattr(mp, "is_current", lambda g: False)(graph):
+        return {}, []
+    return {id(v): b for v, b in mp.assignment.items()}, list(mp.buffers)
+
+
 def compile_graph(graph: Graph, *, blocks: BlockPolicy | None = None, cache: KernelCache | None = None,
                   device=None) -> CompiledGraph:
     """Lower every top-level op of `graph` to Triton kernels (see the module docstring)."""
@@ -159,7 +181,8 @@ def compile_graph(graph: Graph, *, blocks: BlockPolicy | None = None, cache: Ker
     for op in graph.ops:
         lw.lower(op)
     outputs = [lw.resolve(v) for v in graph.outputs]
-    plan = plan_memory(graph.inputs, lw.consts, lw.steps, outputs)
+    pre, arenas = _pass_plan(graph)
+    plan = plan_memory(graph.inputs, lw.consts, lw.steps, outputs, pre, arenas)
     for v in graph.outputs:  # fusion results that were lowered op by op live where their yields do
         if id(v) not in plan.storage:
             plan.storage[id(v)] = plan.of(lw.resolve(v))

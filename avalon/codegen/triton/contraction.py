@@ -231,7 +231,7 @@ def build_contraction(group: Group, in_strides: Sequence[Sequence[int]], out_str
     em.overrides[(id(res), index_key(out_idx))] = acc
     for j, o in enumerate(group.outputs):
         oidx = reshape_index(out_idx, res.shape, o.shape)
-        em.store(f"out{j}", out_strides[j], o.shape, oidx, em.value(o, oidx), o.dtype)
+        em.store(f"out{j}", out_strides[j], o.shape, oidx, em.value(o, oidx), o.dtype, ["rm", "rn"])
     meta = policy.contraction(gemm.m, gemm.n, gemm.k)
     src, params = assemble(group, "contraction", em, ["BM", "BN", "BK", "GROUP_M"], [o.dtype for o in group.outputs])
     grid = (cdiv(gemm.m, meta["BM"]) * cdiv(gemm.n, meta["BN"]), gemm.groups)

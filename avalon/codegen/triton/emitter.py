@@ -222,7 +222,8 @@ class Emitter:
         v = self.inputs[i]
         addr = linearize(idx, self.in_strides[i], v.shape)
         text = self.affine(addr)
-        ptr = f"in{i}" if text == "0" else f"in{i} + {text}"
+        # a one-element read is still a block ([1]), so it mixes with blocks like any other value
+        ptr = f"in{i} + tl.zeros([1], tl.int32)" if not addr.deps else f"in{i}" if text == "0" else f"in{i} + {text}"
         m = self.mask(addr.deps, guard)
         expr = f"tl.load({ptr}, mask={m}, other=0)" if m else f"tl.load({ptr})"
         if ty.compute(v.dtype) != v.dtype:
@@ -232,12 +233,21 @@ class Emitter:
         return val
 
     def store(self, ptr: str, strides: Sequence[int], shape: Sequence[int], idx: Index, val: Val,
-              dtype: DType) -> None:
+              dtype: DType, anchors: Sequence[str]) -> None:
+        """Store `val` at `idx`. `anchors` are the iteration variables the stored block spans: a
+        pointer not depending on one of them (a one-element output) is widened so that pointer,
+        value and mask have one shape, and their masks keep dead lanes from storing."""
         addr = linearize(idx, strides, shape)
         text = self.affine(addr)
-        m = self.mask(addr.deps | val.deps)
+        m = self.mask(addr.deps | frozenset(anchors))
         p = ptr if text == "0" else f"{ptr} + {text}"
-        x = val.expr if ty.compute(dtype) == dtype and val.dtype == dtype else f"{val.expr}.to({ty.tl_type(dtype)})"
+        p += "".join(f" + {a} * 0" for a in anchors if a not in addr.deps)
+        x = val.expr
+        if dtype == dt.bfloat16:
+            self.helpers.add("_avalon_round_bf16")
+            x = f"_avalon_round_bf16({x})"
+        if ty.compute(dtype) != dtype or val.dtype != dtype:
+            x = f"{x}.to({ty.tl_type(dtype)})"
         self.line(f"tl.store({p}, {x}, mask={m})" if m else f"tl.store({p}, {x})")
 
     def convert(self, val: Val, to: DType) -> Val:
@@ -246,7 +256,10 @@ class Emitter:
             return val
         if to == dt.bool_:
             return self.emit(f"{val.expr} != 0", to, vals=(val,), prefix="cv")
-        if ty.compute(to) != to:
+        if to == dt.bfloat16:
+            self.helpers.add("_avalon_round_bf16")
+            expr = f"_avalon_round_bf16({val.expr}.to(tl.float32))"
+        elif ty.compute(to) != to:
             expr = f"{val.expr}.to({ty.tl_type(to)}).to(tl.float32)"
         else:
             expr = f"{val.expr}.to({ty.tl_type(to)})"

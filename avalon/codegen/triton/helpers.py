@@ -85,6 +85,15 @@ def _avalon_random_bits(counter, k1, k2):
     return _avalon_fmix32(_avalon_fmix32(counter + k1) ^ k2)
 '''
 
+HELPERS["_avalon_round_bf16"] = '''
+@triton.jit
+def _avalon_round_bf16(x):
+    # fp32 -> nearest bf16, ties to even, kept in fp32 (the interpreter's own cast truncates)
+    b = x.to(tl.uint32, bitcast=True)
+    r = (b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000
+    return tl.where(x != x, x, r.to(tl.float32, bitcast=True))
+'''
+
 # helpers that call other helpers
 DEPENDS = {"_avalon_seed_key1": ["_avalon_fmix32"], "_avalon_seed_key2": ["_avalon_fmix32"],
            "_avalon_random_bits": ["_avalon_fmix32"]}

@@ -6,6 +6,10 @@ each launch, storage none of whose values is read later returns to a free list (
 the next launch's outputs take the best fitting free buffer (growing it if none is big enough).
 Graph outputs always get buffers of their own, since they are handed to the caller. A launch's
 outputs never reuse its own inputs' storage (kernels are not in-place safe in general).
+
+When the `memory-plan` pass has annotated the graph (`graph.memory_plan`, current), its decisions
+win for the values it planned: they live in its byte arenas (kind "arena"), in place where it says
+so; values it does not know (those of a fused group lowered op by op) are planned here.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ class Step:
 
 @dataclass
 class Storage:
-    kind: str  # "input" | "const" | "buffer"
+    kind: str  # "input" | "const" | "buffer" (typed pool) | "arena" (bytes, from the memory-plan pass)
     index: int
 
 
@@ -33,6 +37,7 @@ class Storage:
 class MemoryPlan:
     storage: dict[int, Storage] = field(default_factory=dict)  # id(value) -> where it lives
     buffers: list[tuple[DType, int]] = field(default_factory=list)  # pooled buffers: dtype, elements
+    arenas: list[int] = field(default_factory=list)  # byte sizes of the memory-plan pass's buffers
     output_buffers: int = 0  # how many of the buffers are graph outputs (never reused)
 
     def of(self, v: Value) -> Storage:
@@ -44,8 +49,10 @@ class MemoryPlan:
 
 
 def plan_memory(inputs: Sequence[Value], consts: Sequence[Value], steps: Sequence[Step],
-                outputs: Sequence[Value]) -> MemoryPlan:
-    plan = MemoryPlan()
+                outputs: Sequence[Value], preassigned: dict[int, int] | None = None,
+                arenas: Sequence[int] = ()) -> MemoryPlan:
+    plan = MemoryPlan(arenas=list(arenas))
+    preassigned = preassigned or {}
     root: dict[int, int] = {}  # id(value) -> id(root value whose storage it uses)
     for i, v in enumerate(inputs):
         plan.storage[id(v)] = Storage("input", i)
@@ -71,6 +78,9 @@ def plan_memory(inputs: Sequence[Value], consts: Sequence[Value], steps: Sequenc
                 plan.storage[id(w)] = plan.storage[id(s.alias_of)]
                 continue
             n = w.type.numel
+            if id(w) in preassigned and id(w) not in kept:
+                plan.storage[id(w)] = Storage("arena", preassigned[id(w)])
+                continue
             if id(w) in kept:
                 b = _new(plan, w.dtype, n)
                 plan.output_buffers += 1

@@ -39,7 +39,7 @@ def build_pointwise(group: Group, in_strides: Sequence[Sequence[int]], out_strid
     idx = delinearize(Affine.of(x), shape)
     for j, o in enumerate(outs):
         oidx = reshape_index(idx, shape, o.shape)
-        em.store(f"out{j}", out_strides[j], o.shape, oidx, em.value(o, oidx), o.dtype)
+        em.store(f"out{j}", out_strides[j], o.shape, oidx, em.value(o, oidx), o.dtype, ["xindex"])
     meta = policy.pointwise(n)
     src, params = assemble(group, "pointwise", em, ["XBLOCK"], [o.dtype for o in outs])
     return Kernel(group.name, "pointwise", src, params, meta, (cdiv(numel(shape), meta["XBLOCK"]),),

@@ -107,13 +107,13 @@ def build_reduction(group: Group, in_strides: Sequence[Sequence[int]], out_strid
         for j in full:
             o = group.outputs[j]
             oidx = reshape_index(idx, rows.shape, o.shape)
-            em.store(f"out{j}", out_strides[j], o.shape, oidx, em.value(o, oidx), o.dtype)
+            em.store(f"out{j}", out_strides[j], o.shape, oidx, em.value(o, oidx), o.dtype, ["xindex", "rindex"])
         if not persistent:
             em.close()
     for j in per_row:
         o = group.outputs[j]
         oidx = delinearize(Affine.of(x), o.shape)
-        em.store(f"out{j}", out_strides[j], o.shape, oidx, em.value(o, oidx), o.dtype)
+        em.store(f"out{j}", out_strides[j], o.shape, oidx, em.value(o, oidx), o.dtype, ["xindex"])
     meta = policy.reduction(rows.x, rows.r)
     src, params = assemble(group, "reduction", em, ["XBLOCK", "RBLOCK"], [o.dtype for o in group.outputs])
     return Kernel(group.name, "reduction", src, params, meta, (cdiv(rows.x, meta["XBLOCK"]),),

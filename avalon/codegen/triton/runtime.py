@@ -94,9 +94,12 @@ class CompiledGraph:
         args = [self._adapt(i, v.type, x, device) for i, (v, x) in enumerate(zip(want, inputs))]
         consts = self._consts(device)
         bufs = [torch.empty(max(n, 1), dtype=ty.TORCH[d.name], device=device) for d, n in self.plan.buffers]
+        arenas = [torch.empty(max(n, 8), dtype=torch.uint8, device=device) for n in self.plan.arenas]
 
         def storage(v: Value) -> torch.Tensor:
             s = self.plan.of(v)
+            if s.kind == "arena":  # bytes shared by values of any dtype: view the prefix this one needs
+                return arenas[s.index][:max(v.type.nbytes, v.dtype.itemsize)].view(ty.TORCH[v.dtype.name])
             return args[s.index] if s.kind == "input" else consts[s.index] if s.kind == "const" else bufs[s.index]
 
         for ln in self.launches:
