@@ -181,10 +181,10 @@ class Block:
         return self.insert(self.index(anchor) + 1, op)
 
     def index(self, op: Op) -> int:
-        for i, o in enumerate(self.ops):
-            if o is op:
-                return i
-        raise ValueError(f"'{op.name}' is not in this block")
+        try:
+            return self.ops.index(op)  # Op has identity equality, so this is an identity search in C
+        except ValueError:
+            raise ValueError(f"'{op.name}' is not in this block") from None
 
     def remove(self, op: Op) -> None:
         del self.ops[self.index(op)]
