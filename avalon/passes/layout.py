@@ -101,12 +101,15 @@ def _view_layout(transpose: Op) -> tuple[int, ...]:
 
 def is_view(op: Op) -> bool:
     """A top-level op that moves no data under its types' layouts: a reshape of a row-major value to
-    a row-major one, or a transpose whose result layout makes it its operand's bytes. Backends can
-    alias its result to its operand's storage (the memory plan does)."""
+    a row-major one, or a transpose whose result strides are its operand's, permuted. Backends alias
+    its result to its operand's storage, and the memory plan counts on that: backend and plan must
+    agree on this definition (the Triton backend's `is_view` is the same test)."""
     if op.name == "reshape":
         return op.operands[0].type.layout is None and op.results[0].type.layout is None
-    if op.name == "transpose":
-        return (op.results[0].type.layout or tuple(range(op.results[0].type.rank))) == _view_layout(op)
+    if op.name == "transpose":  # every element at the same offset; size-1 dims never move
+        src, dst = op.operands[0].type, op.results[0].type
+        ss, ds = src.strides(), dst.strides()
+        return all(ds[i] == ss[p] for i, p in enumerate(op.attrs["perm"]) if dst.shape[i] > 1)
     return False
 
 
@@ -142,7 +145,8 @@ def layout(graph: Graph, *, channels_last: bool = True, fold_transposes: bool = 
         outputs = set(graph.outputs)
         for op in graph.ops:
             r = op.results[0] if op.name == "transpose" else None
-            if r is None or r in outputs or not r.users or not all(reads_strided(u) for u in r.users):
+            if r is None or r in outputs or is_view(op) or not r.users \
+                    or not all(reads_strided(u) for u in r.users):
                 continue
             changed |= _set(r, _view_layout(op))
     if changed:
