@@ -397,3 +397,40 @@ def test_module_to_and_repr():
 def test_traced_module_input_is_named_after_forward():
     g = av.trace(nn.Linear(3, 2), randn(4, 3))
     assert [v.name for v in g.inputs] == ["weight", "bias", "input"]
+
+
+def test_tied_weights_load_from_torch_under_either_name():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(5, 3)
+            self.out = nn.Linear(3, 5, bias=False)
+            self.out.weight = self.emb.weight
+
+    class TTied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(5, 3)
+            self.out = torch.nn.Linear(3, 5, bias=False)
+            self.out.weight = self.emb.weight
+
+    ours, theirs = Tied(), TTied()
+    assert list(ours.state_dict()) == ["emb.weight"]  # one name per tensor, like named_parameters
+    ours.load_state_dict(theirs.state_dict())  # torch lists both names
+    assert rel(ours.out.weight, theirs.out.weight) == 0
+    ours.load_state_dict({"out.weight": theirs.emb.weight * 2})  # the other name alone also works
+    assert rel(ours.emb.weight, theirs.emb.weight * 2) == 0
+
+
+def test_parameter_spelling_for_ported_code():
+    class Scale(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.alpha = nn.Parameter(torch.ones(3))
+
+        def forward(self, x):
+            return x * self.alpha
+
+    m = Scale()
+    assert [n for n, _ in m.named_parameters()] == ["alpha"] and isinstance(m.alpha, av.Tensor)
+    assert nn.Parameter(m.alpha) is m.alpha

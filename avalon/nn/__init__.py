@@ -63,6 +63,7 @@ from .layers import (
 from .module import (
     IncompatibleKeys,
     Module,
+    Parameter,
     StateDictError,
     buffers,
     eval,
@@ -93,12 +94,12 @@ def maxpool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0) ->
 
 
 __all__ = [
-    "ELU", "GELU", "GRU", "LSTM", "RNN", "SELU", "AvgPool2d", "BCELoss", "BCEWithLogitsLoss", "BatchNorm1d",
-    "BatchNorm2d", "Conv2d", "CrossEntropyLoss", "Dropout", "Embedding", "Flatten", "GroupNorm", "Hardsigmoid",
-    "Hardswish", "Hardtanh", "HuberLoss", "Identity", "IncompatibleKeys", "KLDivLoss", "L1Loss", "LayerNorm",
-    "LeakyReLU", "Linear", "LogSigmoid", "LogSoftmax", "MSELoss", "MaxPool2d", "Mish", "Module", "ModuleList",
-    "NLLLoss", "RNNBase", "ReLU", "ReLU6", "SiLU", "Sequential", "Sigmoid", "SmoothL1Loss", "Softmax", "Softmin",
-    "Softplus", "Softsign", "StateDictError", "Tanh", "Unflatten", "buffers", "conv2d", "eval", "functional", "init",
-    "load_state_dict", "logsoftmax", "maxpool2d", "named_buffers", "named_modules", "named_parameters", "parameters",
-    "relu", "sigmoid", "softmax", "state_dict", "tanh", "train",
+    "AvgPool2d", "BCELoss", "BCEWithLogitsLoss", "BatchNorm1d", "BatchNorm2d", "Conv2d", "CrossEntropyLoss",
+    "Dropout", "ELU", "Embedding", "Flatten", "GELU", "GRU", "GroupNorm", "Hardsigmoid", "Hardswish", "Hardtanh",
+    "HuberLoss", "Identity", "IncompatibleKeys", "KLDivLoss", "L1Loss", "LSTM", "LayerNorm", "LeakyReLU", "Linear",
+    "LogSigmoid", "LogSoftmax", "MSELoss", "MaxPool2d", "Mish", "Module", "ModuleList", "NLLLoss", "Parameter",
+    "RNN", "RNNBase", "ReLU", "ReLU6", "SELU", "Sequential", "SiLU", "Sigmoid", "SmoothL1Loss", "Softmax",
+    "Softmin", "Softplus", "Softsign", "StateDictError", "Tanh", "Unflatten", "buffers", "conv2d", "eval",
+    "functional", "init", "load_state_dict", "logsoftmax", "maxpool2d", "named_buffers", "named_modules",
+    "named_parameters", "parameters", "relu", "sigmoid", "softmax", "state_dict", "tanh", "train",
 ]

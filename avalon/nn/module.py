@@ -14,11 +14,11 @@ import numpy as np
 
 from .. import tree
 from ..ir import dtypes as dt
-from ..tensor import Tensor, as_array
+from ..tensor import Buffer, Tensor, as_array
 from ..trace import assign, current_trace
 
 __all__ = [
-    "IncompatibleKeys", "Module", "StateDictError", "buffers", "eval", "load_state_dict", "named_buffers",
+    "IncompatibleKeys", "Module", "Parameter", "StateDictError", "buffers", "eval", "load_state_dict", "named_buffers",
     "named_modules", "named_parameters", "parameters", "state_dict", "train",
 ]
 
@@ -36,6 +36,14 @@ class IncompatibleKeys(NamedTuple):
 
     missing_keys: list[str]
     unexpected_keys: list[str]
+
+
+def Parameter(data: Any, requires_grad: bool = True) -> Tensor:  # noqa: N802 - torch's name
+    """torch.nn.Parameter's spelling, for ported code: any floating-point Tensor attribute already is
+    a parameter, so this just makes `data` a Tensor (a copy unless it is one already)."""
+    if isinstance(data, Tensor) and not isinstance(data, Buffer):
+        return data
+    return Tensor(np.array(as_array(data)))
 
 
 def named_parameters(model: Any, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
@@ -80,8 +88,12 @@ def load_state_dict(model: Any, mapping: Mapping[str, Any], strict: bool = True)
     if not isinstance(mapping, Mapping):
         raise TypeError(f"load_state_dict expects a mapping from names to tensors, got {type(mapping).__name__}")
     own = state_dict(model)
-    missing = [k for k in own if k not in mapping]
-    unexpected = [k for k in mapping if k not in own]
+    names = _names_by_tensor(model)
+    # a shared (tied) tensor may come under any of its names, as torch lists each of them
+    source = {k: next((n for n in names[id(t)] if n in mapping), k) for k, t in own.items()}
+    known = {n for ns in names.values() for n in ns}
+    missing = [k for k in own if source[k] not in mapping]
+    unexpected = [k for k in mapping if k not in known]
     problems = []
     if strict and missing:
         problems.append("Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing) + ".")
@@ -89,9 +101,9 @@ def load_state_dict(model: Any, mapping: Mapping[str, Any], strict: bool = True)
         problems.append("Unexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in unexpected) + ".")
     arrays: dict[str, np.ndarray] = {}
     for k, target in own.items():
-        if k not in mapping:
+        if source[k] not in mapping:
             continue
-        value = mapping[k]
+        value = mapping[source[k]]
         try:
             arr = as_array(value)
         except Exception as e:  # noqa: BLE001 - report which key could not be read
@@ -113,6 +125,23 @@ def load_state_dict(model: Any, mapping: Mapping[str, Any], strict: bool = True)
         target = own[k]
         assign(target, Tensor(np.array(arr), dtype=target.dtype))
     return IncompatibleKeys(missing, unexpected)
+
+
+def _names_by_tensor(model: Any) -> dict[int, list[str]]:
+    """Every name each tensor is reachable under (tied weights have several), first name first."""
+    out: dict[int, list[str]] = {}
+
+    def walk(obj: Any, prefix: str, path: set[int]) -> None:
+        if isinstance(obj, Tensor):
+            out.setdefault(id(obj), []).append(prefix)
+            return
+        if id(obj) in path:
+            return
+        for k, v in _children(obj):
+            walk(v, f"{prefix}.{k}" if prefix else k, path | {id(obj)})
+
+    walk(model, "", set())
+    return out
 
 
 # -- training mode --------------------------------------------------------------------------------
