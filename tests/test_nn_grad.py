@@ -47,6 +47,8 @@ LAYERS = [
     ("Conv2d", (4, 6, 3), {"stride": 2, "padding": 1, "groups": 2}, (2, 4, 7, 7)),
     ("MaxPool2d", (2,), {}, (2, 3, 6, 6)),
     ("AvgPool2d", (3,), {"stride": 2, "padding": 1, "count_include_pad": False}, (2, 3, 7, 7)),
+    ("AvgPool2d", (3,), {"stride": 2, "padding": 1, "ceil_mode": True}, (2, 3, 8, 8)),
+    ("MaxPool2d", (3,), {"stride": 2, "ceil_mode": True}, (2, 3, 8, 8)),
     ("BatchNorm1d", (4,), {}, (6, 4)),
     ("BatchNorm2d", (3,), {}, (4, 3, 3, 3)),
     ("LayerNorm", (5,), {}, (2, 3, 5)),
@@ -57,7 +59,7 @@ LAYERS = [
 ]
 
 
-@pytest.mark.parametrize("name,args,kwargs,shape", LAYERS, ids=[c[0] for c in LAYERS])
+@pytest.mark.parametrize("name,args,kwargs,shape", LAYERS, ids=[f"{c[0]}{i}" for i, c in enumerate(LAYERS)])
 def test_layer_gradients_match_torch(name, args, kwargs, shape):
     ours, theirs = pair(name, *args, **kwargs)
     x = rng.standard_normal(shape) * 2 + 0.5

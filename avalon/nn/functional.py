@@ -330,24 +330,20 @@ def avg_pool2d(input: Any, kernel_size: _Pair, stride: _Pair | None = None, padd
         raise ValueError(f"pad should be at most half of effective kernel size, but got pad={p} and kernel={k}")
     if not ceil_mode and divisor_override is None:
         return ops.avg_pool2d(x, k, s, p, count_include_pad)
-    # General case: window sums over an explicitly padded input, divided by torch's divisor
-    # (a constant: it depends on shapes only).
+    # General case: pool an explicitly padded input (zeros, plus the ceil-mode overhang), and divide
+    # by torch's divisor, the pooled mask of the entries it counts (symmetric padding included or
+    # not; never the overhang). Mask and divisor depend on shapes only, so they fold to constants.
     h, w = x.shape[2:]
-    (oh, eh), (ow, ew) = (_pool_geometry(x.shape[2 + i], k[i], s[i], p[i], ceil_mode) for i in range(2))
+    (_, eh), (_, ew) = (_pool_geometry(x.shape[2 + i], k[i], s[i], p[i], ceil_mode) for i in range(2))
     xp = ops.pad(x, [(0, 0), (0, 0), (p[0], p[0] + eh), (p[1], p[1] + ew)])
-    sums = ops.mul(ops.avg_pool2d(xp, k, s, 0), float(k[0] * k[1]))
+    means = ops.avg_pool2d(xp, k, s, 0)
     if divisor_override is not None:
-        return ops.div(sums, float(divisor_override))
-
-    def divisor(size: int, out: int, k: int, s: int, p: int) -> np.ndarray:
-        start = np.arange(out) * s - p
-        end = np.minimum(start + k, size + p)
-        if not count_include_pad:
-            start, end = np.maximum(start, 0), np.minimum(end, size)
-        return (end - start).astype(np.float64)
-
-    div = np.outer(divisor(h, oh, k[0], s[0], p[0]), divisor(w, ow, k[1], s[1], p[1]))
-    return ops.div(sums, Tensor(div.astype(x.dtype.np), dtype=x.dtype))
+        return ops.mul(means, float(k[0] * k[1]) / divisor_override)
+    if count_include_pad:
+        mask = ops.pad(ops.ones((1, 1, h + 2 * p[0], w + 2 * p[1]), x.dtype), [(0, 0), (0, 0), (0, eh), (0, ew)])
+    else:
+        mask = ops.pad(ops.ones((1, 1, h, w), x.dtype), [(0, 0), (0, 0), (p[0], p[0] + eh), (p[1], p[1] + ew)])
+    return ops.div(means, ops.avg_pool2d(mask, k, s, 0))
 
 
 # -- dropout, embedding -----------------------------------------------------------------------------
