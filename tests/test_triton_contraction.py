@@ -1,0 +1,135 @@
+"""Contraction kernels against the numpy reference: matmul (batched, operands transposed inside the
+group, epilogues of bias, activation and residual), conv2d and both gradients as implicit GEMMs over
+strides, padding, dilation and groups (hypothesis), with tiles small enough to exercise the tile
+grid and the K loop."""
+import numpy as np
+import pytest
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
+
+from avalon.codegen.triton import BlockPolicy
+from avalon.codegen.triton.testing import check
+from avalon.ir import Builder, Graph, TensorType
+
+SMALL = BlockPolicy.for_device(interpret=True).replace(mm_block=16, mm_k=16)  # several tiles, several K steps
+NO_SHRINK = [Phase.explicit, Phase.reuse, Phase.generate]  # every example compiles a kernel
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _cache_dir(tmp_path_factory):
+    """Kernel files go to a temporary cache, not ~/.cache/avalon."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AVALON_CACHE_DIR", str(tmp_path_factory.mktemp("avalon_cache")))
+    yield
+    mp.undo()
+
+
+def graph(*types):
+    g = Graph("f")
+    xs = [g.add_input(TensorType(s, d), f"x{i}") for i, (s, d) in enumerate(types)]
+    return g, Builder(g), xs
+
+
+@pytest.mark.parametrize("m,k,n", [(20, 30, 40), (1, 1, 1), (33, 17, 5), (64, 48, 16)])
+@pytest.mark.parametrize("blocks", [None, SMALL], ids=["big", "small"])
+def test_matmul(m, k, n, blocks):
+    g, b, (x, y) = graph(((m, k), "f32"), ((k, n), "f32"))
+    g.set_outputs([b("matmul", x, y)])
+    check(g, blocks=blocks, kind="contraction")
+
+
+def test_linear_with_transposed_weight_bias_relu_and_residual():
+    """x @ w.T + b, relu, + residual: the transpose is a strided read, the rest runs before the store."""
+    g, b, (x, w, bias, res) = graph(((12, 24), "f32"), ((20, 24), "f32"), ((20,), "f32"), ((12, 20), "f32"))
+    y = b("matmul", x, b("transpose", w, perm=[1, 0]))
+    y = b("relu", b("add", y, b("broadcast", bias, shape=[12, 20])))
+    g.set_outputs([b("add", y, res)])
+    cg = check(g, blocks=SMALL, kind="contraction")
+    src = cg.kernels["fused_0"]
+    assert src.count("tl.dot(") == 1 and src.count("tl.store(") == 1
+
+
+@pytest.mark.parametrize("ta,tb", [(True, False), (False, True), (True, True)])
+def test_batched_matmul_with_transposed_operands(ta, tb):
+    bsz, m, k, n = 3, 10, 7, 9
+    g, b, (x, y) = graph(((bsz, k, m) if ta else (bsz, m, k), "f32"), ((bsz, n, k) if tb else (bsz, k, n), "f32"))
+    a = b("transpose", x, perm=[0, 2, 1]) if ta else x
+    c = b("transpose", y, perm=[0, 2, 1]) if tb else y
+    g.set_outputs([b("tanh", b("matmul", a, c))])
+    check(g, blocks=SMALL, kind="contraction")
+
+
+def test_four_dim_batched_matmul_with_two_outputs():
+    g, b, (x, y) = graph(((2, 3, 5, 4), "f32"), ((2, 3, 4, 6), "f32"))
+    z = b("matmul", x, y)
+    g.set_outputs([z, b("sigmoid", z)])
+    check(g, kind="contraction")
+
+
+@pytest.mark.parametrize("dtype", ["f16", "f64", "i32"])
+def test_matmul_dtypes(dtype, rng):
+    g, b, (x, y) = graph(((9, 18), dtype), ((18, 11), dtype))
+    g.set_outputs([b("matmul", x, y)])
+    tol = {"f16": 2e-3, "f64": 1e-12, "i32": 0}[dtype]
+    check(g, blocks=SMALL, rtol=tol, atol=tol, rng=rng)
+
+
+def test_prologue_cast_feeds_the_dot():
+    g, b, (x, y) = graph(((8, 16), "f16"), ((16, 8), "f32"))
+    g.set_outputs([b("matmul", b("cast", x, dtype="f32"), b("exp", y))])
+    check(g, kind="contraction")
+
+
+@st.composite
+def convs(draw):
+    n, groups = draw(st.integers(1, 2)), draw(st.sampled_from([1, 1, 2]))
+    cg, og = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    sh, sw = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    h = draw(st.integers(max(1, dh * (kh - 1) + 1 - 2 * ph), 9))
+    w = draw(st.integers(max(1, dw * (kw - 1) + 1 - 2 * pw), 9))
+    attrs = dict(stride=[sh, sw], padding=[ph, pw], dilation=[dh, dw], groups=groups)
+    return (n, cg * groups, h, w), (og * groups, cg, kh, kw), attrs
+
+
+def conv_out(xs, ws, attrs):
+    g, b, (x, w) = graph((xs, "f32"), (ws, "f32"))
+    return b("conv2d", x, w, **attrs).shape
+
+
+@settings(max_examples=15, deadline=None, phases=NO_SHRINK)
+@given(convs(), st.integers(0, 2**16))
+def test_conv2d_with_bias_and_relu(case, seed):
+    xs, ws, attrs = case
+    g, b, (x, w, bias) = graph((xs, "f32"), (ws, "f32"), ((ws[0],), "f32"))
+    y = b("conv2d", x, w, **attrs)
+    bb = b("broadcast", b("reshape", bias, shape=[ws[0], 1, 1]), shape=list(y.shape))
+    g.set_outputs([b("relu", b("add", y, bb))])
+    check(g, blocks=SMALL, kind="contraction", rng=np.random.default_rng(seed))
+
+
+@settings(max_examples=15, deadline=None, phases=NO_SHRINK)
+@given(convs(), st.integers(0, 2**16))
+def test_conv2d_grad_input(case, seed):
+    xs, ws, attrs = case
+    g, b, (dy, w) = graph((conv_out(xs, ws, attrs), "f32"), (ws, "f32"))
+    g.set_outputs([b("conv2d_grad_input", dy, w, input_shape=list(xs), **attrs)])
+    check(g, blocks=SMALL, kind="contraction", rng=np.random.default_rng(seed))
+
+
+@settings(max_examples=15, deadline=None, phases=NO_SHRINK)
+@given(convs(), st.integers(0, 2**16))
+def test_conv2d_grad_weight(case, seed):
+    xs, ws, attrs = case
+    g, b, (x, dy) = graph((xs, "f32"), (conv_out(xs, ws, attrs), "f32"))
+    g.set_outputs([b("conv2d_grad_weight", x, dy, weight_shape=list(ws), **attrs)])
+    check(g, blocks=SMALL, kind="contraction", rng=np.random.default_rng(seed))
+
+
+def test_lenet_sized_conv_in_one_tile_per_program():
+    g, b, (x, w) = graph(((4, 1, 28, 28), "f32"), ((20, 1, 5, 5), "f32"))
+    g.set_outputs([b("relu", b("conv2d", x, w))])
+    cg = check(g, kind="contraction")
+    assert cg.launches[0].kernel.grid == (cg.launches[0].kernel.grid[0], 1)
