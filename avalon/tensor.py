@@ -65,7 +65,7 @@ class Tensor:
         self._device = to_device(device) if device is not None else CPU
         arr = as_array(data, d)
         if not arr.flags.writeable or not arr.flags.c_contiguous:
-            arr = np.ascontiguousarray(arr).copy()
+            arr = np.require(arr, requirements="C").copy()  # (ascontiguousarray makes 0-d 1-d)
         self._data = arr if self._device == CPU else _to_torch(arr, d, self._device)
 
     @classmethod
@@ -208,7 +208,7 @@ class Tensor:
 
 def _to_torch(arr: np.ndarray, dtype: DType, dev: Device):
     import torch
-    t = torch.from_numpy(np.ascontiguousarray(arr))
+    t = torch.from_numpy(np.require(arr, requirements="C"))  # keeps 0-d arrays 0-d
     if dtype is dt.bfloat16:
         t = t.to(torch.bfloat16)
     return t.to(dev.torch)
