@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from avalon import debug
+from avalon.autodiff.api import _static_state  # plain attributes of the models involved (`training`)
 from avalon.ir import Graph, verify
 from avalon.passes import PassManager, PassRecord
 from avalon.passes.memory_plan import MemoryPlan, plan_memory
@@ -181,8 +182,9 @@ class Compiled:
         if current_trace() is not None:
             return self.fn(*args)  # record into the enclosing trace; it is optimized with that graph
         entry, leaves = self._entry(args)
-        objs = feed([x for _, x in leaves] + ([SEED] if entry.seeded else []))
+        objs = [x for _, x in leaves] + ([SEED] if entry.seeded else [])
         if self.check:
+            objs = feed(objs)  # one seed for the check and the run
             self._check(entry, objs)
         targets = [objs[i] if i is not None else t for i, t in entry.update_at]
         runner = Traced(entry.inspection.graph, objs, entry.out_tree, entry.n_outputs, targets)
@@ -203,7 +205,6 @@ class Compiled:
 
     # -- machinery ---------------------------------------------------------------------------
     def _entry(self, args: tuple) -> tuple[_Entry, list[tuple[str, Any]]]:
-        from avalon.autodiff.api import _static_state  # the `training` flags etc. of the models involved
         key, leaves = signature(self.fn, args)
         key = (key, _static_state(self.fn, args))
         entry = self._cache.get(key)
