@@ -148,3 +148,12 @@ def test_dropout_gradient_is_the_mask_scaled():
 
     (_, y), g = av.value_and_grad(f, has_aux=True)(x)
     np.testing.assert_allclose(g.numpy(), (y.numpy() != 0) / 0.7, rtol=1e-12)
+
+
+def test_binary_cross_entropy_gradient_is_finite_at_saturated_probabilities():
+    p = np.array([0.0, 1.0, 0.3, 1e-30])
+    t = np.array([1.0, 0.0, 1.0, 0.5])
+    value, g = av.value_and_grad(lambda p, t: F.binary_cross_entropy(p, t, reduction="sum"))(p, t)
+    assert rel(value, TF.binary_cross_entropy(T(p), T(t), reduction="sum")) < 1e-12
+    assert np.isfinite(g.numpy()).all()
+    np.testing.assert_allclose(g.numpy()[2], -1 / 0.3)

@@ -584,13 +584,19 @@ def huber_loss(input: Any, target: Any, reduction: str = "mean", delta: float = 
     return _reduce(loss if weight is None else ops.mul(loss, weight), reduction)
 
 
+def _log_clamped(x: Tensor) -> Tensor:
+    """max(log(x), -100) that never evaluates log(0), so its gradient stays finite at x = 0 (zero
+    there, where torch's hand-written backward gives a huge finite value instead)."""
+    pos = ops.gt(x, 0.0)
+    return ops.maximum(ops.where(pos, ops.log(ops.where(pos, x, 1.0)), -100.0), -100.0)
+
+
 def binary_cross_entropy(input: Any, target: Any, weight: Any = None, size_average: bool | None = None,
                          reduce: bool | None = None, reduction: str = "mean") -> Tensor:
     """-(t log x + (1 - t) log(1 - x)) with each log clamped at -100, as torch does."""
     x, t = _t(input), _t(target)
     _check_same_size(x, t, "binary_cross_entropy")
-    log_x = ops.maximum(ops.log(x), -100.0)
-    log_1mx = ops.maximum(ops.log(ops.sub(1.0, x)), -100.0)
+    log_x, log_1mx = _log_clamped(x), _log_clamped(ops.sub(1.0, x))
     loss = ops.neg(ops.add(ops.mul(t, log_x), ops.mul(ops.sub(1.0, t), log_1mx)))
     if weight is not None:
         loss = ops.mul(loss, weight)
