@@ -12,7 +12,8 @@ from .core import Block, Graph, Op, Value
 from .dtypes import DType
 from .registry import OPS
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_.$]*$")
+# any name but a bare number (those are result names): `x`, `conv1.weight`, `0.weight` (Sequential)
+_IDENT = re.compile(r"^(?!\d+$)[A-Za-z0-9_.$]+$")
 
 
 class Namer:
