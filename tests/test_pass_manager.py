@@ -278,3 +278,18 @@ def test_run_pipeline_helper_and_record_ir_off():
     pm = PassManager.parse("cse", record_ir=False)
     pm.run(g)
     assert pm.records[0].ir_after is None
+
+
+def test_verify_each_catches_a_pass_that_denies_its_changes():
+    @register("sneaky")
+    def sneaky(graph):
+        graph.ops[0].attrs["value"] = 2.0
+        return False
+
+    with pytest.raises(ps.PassVerifyError, match="pass 'sneaky' returned False but changed the IR"):
+        PassManager.parse("sneaky", verify_each=True).run(graph())
+
+
+def test_whitespace_in_pipelines_is_ignored():
+    pm = PassManager.parse(" canonicalize { max-iterations = 2 } ,\n cse ")
+    assert str(pm) == "canonicalize{max-iterations=2},cse"

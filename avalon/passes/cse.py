@@ -38,13 +38,13 @@ def freeze(v: Any) -> Any:
 
 def region_key(block: Block) -> tuple:
     """The structure of a region body with values numbered locally, so equal bodies get equal keys."""
-    local: dict[Value, int] = {a: i for i, a in enumerate(block.args)}
+    local: dict[Value, Any] = {a: i for i, a in enumerate(block.args)}
     items: list[Any] = [tuple(a.type for a in block.args)]
     for op in block.ops:
-        items.append(op_key(op, [local[v] for v in op.operands]))
+        items.append(op_key(op, [local.get(v, ("outside", id(v))) for v in op.operands]))
         for r in op.results:
             local[r] = len(local)
-    items.append(tuple(local[v] for v in block.results))
+    items.append(tuple(local.get(v, ("outside", id(v))) for v in block.results))
     return tuple(items)
 
 

@@ -222,6 +222,9 @@ class PassManager:
                 changed = text_after != text_before if self.record_ir else True
             else:
                 changed = bool(result)
+                if self.verify_each and not changed and text_after != text_before:
+                    raise PassVerifyError(f"pass '{stage.name}' returned False but changed the IR "
+                                          "(caches and --print-after-changed trust that answer)", stage.name)
             any_changed |= changed
             self.records.append(PassRecord(stage.name, ms, changed, text_after))
             log.debug("%s: %.3f ms, %s", stage.name, ms, "changed" if changed else "no change")
