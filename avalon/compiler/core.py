@@ -223,7 +223,11 @@ class Compiled:
         return entry, leaves
 
     def _pass_manager(self) -> PassManager:
-        return PassManager.parse(self.pipeline) if isinstance(self.pipeline, str) else self.pipeline
+        """A fresh manager per compile (check mode verifies after every pass, naming a pass that
+        breaks the IR); a PassManager the user gave is used as given."""
+        if isinstance(self.pipeline, str):
+            return PassManager.parse(self.pipeline, verify_each=self.check)
+        return self.pipeline
 
     def _build(self, args: tuple, leaves: list[tuple[str, Any]]) -> _Entry:
         t0 = time.perf_counter()
@@ -267,7 +271,8 @@ def compile(fn: Callable | None = None, backend: str | Any = "numpy", pipeline: 
 
     Traced and compiled once per input signature and cached. `pipeline` is a pipeline string or a
     `PassManager` (None: `avalon.passes.DEFAULT_PIPELINE`). `check=True` (or `AVALON_CHECK=1`)
-    checks every fused group against its unfused reference on each call (slow; for debugging).
+    checks every fused group against its unfused reference on each call and verifies the IR after
+    every pass of a pipeline string (slow; for debugging; see `avalon.compiler.check`).
     `AVALON_DEBUG_DIR=path` writes what each compile did under `path` (see `avalon.debug`).
     Usable as a decorator, bare or with arguments: `@av.compile(backend="triton")`.
     """
