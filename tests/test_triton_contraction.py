@@ -8,10 +8,11 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from avalon.codegen.triton import BlockPolicy
+from avalon.codegen.triton.cache import interpreting
 from avalon.codegen.triton.testing import check
 from avalon.ir import Builder, Graph, TensorType
 
-SMALL = BlockPolicy.for_device(interpret=True).replace(mm_block=16, mm_k=16)  # several tiles, several K steps
+SMALL = BlockPolicy.for_device(interpreting()).replace(mm_block=16, mm_k=16)  # several tiles, several K steps
 NO_SHRINK = [Phase.explicit, Phase.reuse, Phase.generate]  # every example compiles a kernel
 
 

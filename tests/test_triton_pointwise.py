@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 import avalon.ir as ir
 from avalon.codegen.triton import BlockPolicy
+from avalon.codegen.triton.cache import interpreting
 from avalon.codegen.triton.testing import check
 from avalon.ir import Builder, Graph, TensorType
 
@@ -201,7 +202,7 @@ def test_random_reproduces_random_bits(dist, dtype):
 def test_multi_program_grid_with_small_blocks(rng):
     g, b, (x, y) = graph(((37, 3), "f32"), ((3,), "f32"))
     g.set_outputs([b("mul", x, b("broadcast", y, shape=[37, 3]))])
-    cg = check(g, blocks=BlockPolicy.for_device(True).replace(xblock=16))
+    cg = check(g, blocks=BlockPolicy.for_device(interpreting()).replace(xblock=16))
     assert cg.launches[0].kernel.grid == (7,)
 
 

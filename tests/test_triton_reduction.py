@@ -10,10 +10,11 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from avalon.codegen.triton import BlockPolicy
+from avalon.codegen.triton.cache import interpreting
 from avalon.codegen.triton.testing import check
 from avalon.ir import Builder, Graph, TensorType
 
-INTERP = BlockPolicy.for_device(interpret=True)
+INTERP = BlockPolicy.for_device(interpret=interpreting())  # the defaults of this machine
 LOOPED = INTERP.replace(persistent_r=4, rblock=4, reduction_elems=8)  # forces loops and several programs
 
 

@@ -5,6 +5,13 @@ torch tensors. `CompiledGraph.kernels` maps kernel names to their generated sour
 how each IR primitive is emitted. On a machine without a GPU the same kernels run in Triton's
 interpreter (set TRITON_INTERPRET=1 before triton is imported).
 """
+import os
+
+# Pin FMA contraction on the GPU: Triton 3.9 warns that its default flips in 3.10, which would
+# silently change numerics between versions.
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
+# ruff: noqa: E402
 from .blocks import BlockPolicy
 from .cache import KernelCache
 from .compiler import build_kernel, compile_graph

@@ -54,7 +54,7 @@ def default_root() -> Path:
 class KernelCache:
     """Loads kernel functions from sources, going through the on-disk cache."""
 
-    _loaded: dict[str, Any] = {}  # key -> module, shared by every cache in the process
+    _loaded: dict[str, Any] = {}  # kernel file -> its module, shared by every cache in the process
 
     def __init__(self, root: str | os.PathLike | None = None):
         self._root = Path(root) if root is not None else None
@@ -79,10 +79,11 @@ class KernelCache:
     def load(self, name: str, source: str) -> Any:
         """The `@triton.jit` function `name` defined by `source`."""
         key = self.key(source)
-        mod = self._loaded.get(key)
+        where = str(self.path(key))
+        mod = self._loaded.get(where)
         if mod is None:
             mod = self._load_module(key, source)
-            self._loaded[key] = mod
+            self._loaded[where] = mod
         return getattr(mod, name)
 
     def _load_module(self, key: str, source: str):

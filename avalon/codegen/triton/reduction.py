@@ -93,8 +93,9 @@ def build_reduction(group: Group, in_strides: Sequence[Sequence[int]], out_strid
         if not persistent:
             r = r_loop()
             r_mask()
-        v = em.value(op.operands[0], rows.full_index(xdims, r))
-        _update(em, op, v, accs, rows.r)
+        if rows.r:  # an empty reduction is its initial value (and its operand has no memory to read)
+            v = em.value(op.operands[0], rows.full_index(xdims, r))
+            _update(em, op, v, accs, rows.r)
         if not persistent:
             em.close()
         res = _finish(em, op, accs, rows.r)

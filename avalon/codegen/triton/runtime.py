@@ -126,8 +126,12 @@ class CompiledGraph:
         if isinstance(x, torch.Tensor):
             if ty.from_torch(x.dtype) != t.dtype or tuple(x.shape) != t.shape:
                 raise TypeError(f"{where}: expected {t}, got a torch tensor {tuple(x.shape)} {x.dtype}")
+            if t.numel == 0:  # nothing to read, but kernels want a valid pointer (masked loads still form it)
+                return torch.empty(1, dtype=x.dtype, device=device)
             return self._place(x.to(device) if x.device != device else x, t, t.dtype)
         a = _host_array(x, t, where)
+        if t.numel == 0:
+            return torch.empty(1, dtype=ty.TORCH[t.dtype.name], device=device)
         src = torch.from_numpy(a)
         if device.type != "cpu":
             src = src.to(device)

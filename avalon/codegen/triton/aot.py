@@ -1,0 +1,35 @@
+"""Ahead-of-time compilation of generated kernels for a GPU target, with no GPU present.
+
+`triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))` runs the whole GPU pipeline
+(TTIR -> TTGIR -> LLVM -> PTX -> cubin, with the ptxas shipped in the wheel) on any machine. It
+checks that every kernel the interpreter-tested emitters produce is also accepted by the real
+compiler (no interpreter-only constructs, power-of-two shapes, dot tile sizes), and measures its
+compile time. Run it in a process where TRITON_INTERPRET is unset: `@triton.jit` decides at
+decoration time whether it makes an interpreted or a compiled function.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from . import types as ty
+from .kernel import Kernel
+
+
+def signature(k: Kernel) -> tuple[dict[str, str], dict[str, int]]:
+    """The `ASTSource` signature and constexprs of a kernel as it is launched."""
+    sig = {name: ty.POINTER[d.name] for name, d in k.params}
+    sig.update({m: "constexpr" for m in k.meta})
+    return sig, dict(k.meta)
+
+
+def compile_for_target(k: Kernel, arch: int = 90, warp_size: int = 32) -> Any:
+    """Compile `k` (its `fn` must be a compiled-mode `@triton.jit` function) for CUDA sm_`arch`;
+    returns Triton's CompiledKernel (`.asm["ptx"]`, `.asm["cubin"]`, `.metadata`)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    sig, consts = signature(k)
+    src = ASTSource(fn=k.fn, signature=sig, constexprs=consts)
+    return triton.compile(src, target=GPUTarget("cuda", arch, warp_size),
+                          options={"num_warps": k.num_warps, "num_stages": k.num_stages})

@@ -1,0 +1,201 @@
+"""compile_graph and CompiledGraph: every op lowers (LOWERING covers the registry), un-fused graphs run
+one kernel per op, buffers are reused, views cost nothing, inputs arrive as numpy or torch in any
+layout, results never alias inputs, and the on-disk kernel cache hits, misses and rebuilds."""
+import logging
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import avalon.ir as ir
+from avalon.codegen.numpy import interpret, to_numpy
+from avalon.codegen.triton import LOWERING, KernelCache, compile_graph
+from avalon.codegen.triton.testing import check, random_inputs
+from avalon.ir import Builder, Graph, TensorType
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path, monkeypatch):
+    """Each test gets its own kernel cache directory."""
+    monkeypatch.setenv("AVALON_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def graph(*types):
+    g = Graph("f")
+    xs = [g.add_input(TensorType(s, d), f"x{i}") for i, (s, d) in enumerate(types)]
+    return g, Builder(g), xs
+
+
+def test_every_registered_op_has_a_lowering():
+    missing = sorted(n for n in ir.OPS if n not in LOWERING)
+    assert not missing, f"LOWERING has no rule for: {', '.join(missing)}"
+    assert not sorted(n for n in LOWERING if n not in ir.OPS)
+    assert all(rule.describe() for rule in LOWERING.values())
+    assert "tl.exp" in LOWERING["exp"].describe()
+
+
+def lenet_like():
+    g, b, (x, w1, b1, w2, b2) = graph(((2, 1, 12, 12), "f32"), ((4, 1, 3, 3), "f32"), ((4,), "f32"),
+                                      ((5, 36), "f32"), ((5,), "f32"))
+    y = b("conv2d", x, w1)  # 2, 4, 10, 10
+    y = b("relu", b("add", y, b("broadcast", b("reshape", b1, shape=[4, 1, 1]), shape=[2, 4, 10, 10])))
+    y = b("max_pool2d", y, kernel=[3, 3], stride=[3, 3])  # 2, 4, 3, 3
+    y = b("reshape", y, shape=[2, 36])
+    y = b("matmul", y, b("transpose", w2, perm=[1, 0]))
+    y = b("add", y, b("broadcast", b2, shape=[2, 5]))
+    m = b("max", y, axes=[1], keepdims=True)
+    z = b("sub", y, b("broadcast", m, shape=[2, 5]))
+    s = b("log", b("sum", b("exp", z), axes=[1], keepdims=True))
+    g.set_outputs([b("sub", z, b("broadcast", s, shape=[2, 5]))])
+    return g
+
+
+def test_unfused_graph_runs_one_kernel_per_op_named_after_it():
+    g = lenet_like()
+    cg = check(g, fused=None)
+    names = list(cg.kernels)
+    assert names[0] == "conv2d_0" and any(n.startswith("max_pool2d_") for n in names)
+    assert not any(n.startswith("reshape") for n in names)  # row-major reshapes are views
+    assert all(n in cg.kernels[n] for n in names)
+
+
+def test_intermediate_buffers_are_reused():
+    g, b, (x,) = graph(((64,), "f32"))
+    v = x
+    for name in ["exp", "neg", "tanh", "abs", "sigmoid", "sqrt", "relu"]:
+        v = b(name, v)
+    g.set_outputs([v])
+    cg = check(g, fused=None)
+    assert len(cg.launches) == 7
+    assert len(cg.plan.buffers) == 3  # two ping-pong intermediates and the output
+
+
+def test_results_never_share_memory_with_inputs_or_each_other(rng):
+    g, b, (x,) = graph(((3, 4), "f32"))
+    y = b("exp", x)
+    g.set_outputs([x, y, y, b("reshape", y, shape=[12])])
+    x0 = rng.standard_normal((3, 4)).astype(np.float32)
+    xt = torch.from_numpy(x0)
+    outs = compile_graph(g)(xt)
+    ptrs = [o.data_ptr() for o in outs]
+    assert xt.data_ptr() not in ptrs and len(set(ptrs[1:3])) == 2
+    for o, r in zip(outs, interpret(g, x0)):
+        np.testing.assert_allclose(to_numpy(o), r, rtol=1e-6)
+
+
+def test_torch_inputs_in_any_layout_and_python_scalars(rng):
+    g, b, (x, s) = graph(((4, 5), "f32"), ((), "f32"))
+    g.set_outputs([b("mul", x, b("broadcast", s, shape=[4, 5]))])
+    cg = compile_graph(g)
+    base = torch.from_numpy(rng.standard_normal((5, 4)).astype(np.float32))
+    xt = base.t()  # not contiguous: goes through a copy kernel
+    out = cg(xt, 3.0)[0]
+    assert isinstance(out, torch.Tensor)
+    np.testing.assert_allclose(out.numpy(), base.numpy().T * 3.0, rtol=1e-6)
+    out2 = cg(xt.contiguous(), np.float32(3.0))[0]
+    np.testing.assert_allclose(out2.numpy(), out.numpy())
+    with pytest.raises(TypeError, match="input 0"):
+        cg(xt.double(), 3.0)
+    with pytest.raises(TypeError, match="takes 2 input"):
+        cg(xt)
+
+
+def test_bf16_inputs_from_numpy_and_torch(rng):
+    g, b, (x,) = graph(((6,), "bf16"))
+    g.set_outputs([b("mul", x, x)])
+    x0 = rng.standard_normal(6).astype(np.float32)
+    ref = interpret(g, x0)[0]
+    cg = compile_graph(g)
+    np.testing.assert_array_equal(to_numpy(cg(x0)[0]), ref)
+    np.testing.assert_array_equal(to_numpy(cg(torch.from_numpy(x0).to(torch.bfloat16))[0]), ref)
+
+
+def test_channels_last_layouts_and_transpose_views():
+    """Layouts change strides, never values; a transpose whose layout makes it a view costs no kernel."""
+    g, b, (x, w, m) = graph(((2, 3, 6, 6), "f32"), ((4, 3, 3, 3), "f32"), ((5, 4), "f32"))
+    y = b("conv2d", x, w)
+    y.type = y.type.with_layout([0, 2, 3, 1])
+    r = b("relu", y)
+    r.type = r.type.with_layout([0, 2, 3, 1])
+    mt = b("transpose", m, perm=[1, 0])
+    mt.type = mt.type.with_layout([1, 0])  # the bytes of m
+    pooled = b("sum", r, axes=[2, 3])  # 2, 4
+    g.set_outputs([b("max_pool2d", r, kernel=[2, 2], stride=[2, 2]), b("matmul", pooled, mt)])
+    cg = check(g, fused=None, kind="contraction")
+    assert not any(n.startswith("transpose") for n in cg.kernels)
+
+
+def test_dense_constants_empty_tensors_and_unused_results():
+    g, b, (x, e) = graph(((2, 3), "f32"), ((0, 3), "f32"))
+    c = b.constant(np.arange(6, dtype=np.float32).reshape(2, 3) - 2, (2, 3))
+    b("exp", x)  # computed, never used
+    g.set_outputs([b("add", x, c), b("neg", e), b("sum", e, axes=[0])])
+    check(g, fused=None)
+
+
+def test_memory_plan_pass_buffers_are_used_when_present():
+    mp = pytest.importorskip("avalon.passes.memory_plan")
+    g, b, (x,) = graph(((16,), "f32"))
+    v = x
+    for name in ["exp", "neg", "tanh", "abs", "relu"]:
+        v = b(name, v)
+    g.set_outputs([b("add", v, x)])
+    mp.plan_memory(g)
+    cg = check(g, fused=None)
+    assert cg.plan.arenas and any(s.kind == "arena" for s in cg.plan.storage.values())
+
+
+def test_cache_misses_then_hits_and_logs_keys(caplog, tmp_path):
+    g = lenet_like()
+    cache = KernelCache(tmp_path / "kc")
+    with caplog.at_level(logging.DEBUG, logger="avalon.cache"):
+        cg = compile_graph(g, cache=cache)
+    assert cache.misses == len(cg.kernels) and cache.hits == 0
+    files = sorted((tmp_path / "kc").rglob("*.py"))
+    assert len(files) == len(cg.kernels)
+    assert all(f.read_text() in cg.kernels.values() for f in files)
+    assert all(f.stem in caplog.text for f in files)  # keys are logged
+    assert not list((tmp_path / "kc").rglob("*.tmp"))  # atomic writes leave nothing behind
+    KernelCache._loaded.clear()  # as if in a new process
+    again = KernelCache(tmp_path / "kc")
+    compile_graph(g, cache=again)
+    assert again.hits == len(cg.kernels) and again.misses == 0
+
+
+def test_corrupted_and_unreadable_entries_are_rebuilt(tmp_path, rng):
+    g, b, (x,) = graph(((5,), "f32"))
+    g.set_outputs([b("exp", x)])
+    cache = KernelCache(tmp_path / "kc")
+    compile_graph(g, cache=cache)
+    (path,) = (tmp_path / "kc").rglob("*.py")
+    good = path.read_text()
+    for bad in (good[: len(good) // 2], "this is not python(", b"\xff\xfe".decode("latin-1")):
+        path.write_text(bad)
+        KernelCache._loaded.clear()
+        fresh = KernelCache(tmp_path / "kc")
+        cg = compile_graph(g, cache=fresh)
+        assert fresh.misses == 1 and path.read_text() == good
+        x0 = rng.standard_normal(5).astype(np.float32)
+        np.testing.assert_allclose(cg(x0)[0].numpy(), np.exp(x0), rtol=1e-6)
+
+
+def test_cache_key_covers_versions_and_device(monkeypatch):
+    import avalon
+    import avalon.codegen.triton.cache as c
+    cache = KernelCache()
+    assert str(cache.root).startswith(os.environ["AVALON_CACHE_DIR"])
+    k = cache.key("src")
+    assert cache.key("src") == k and cache.key("src2") != k
+    with monkeypatch.context() as m:
+        m.setattr(avalon, "__version__", "9.9")
+        assert cache.key("src") != k
+    with monkeypatch.context() as m:
+        m.setattr(c, "device_kind", lambda: "cuda-sm90")
+        assert cache.key("src") != k
+    assert cache.key("src") == k
+
+
+def test_random_inputs_cover_every_dtype(rng):
+    g, _, _ = graph(((2,), "f16"), ((2,), "i32"), ((2,), "i1"))
+    assert [a.dtype for a in random_inputs(g, rng)] == [np.float16, np.int32, np.bool_]
