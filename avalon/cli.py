@@ -138,8 +138,6 @@ def cmd_opt(args) -> None:
     pm.run(g)
     ir.verify(g)
     sys.stdout.write(ir.print_graph(g, locations=args.locations))
-    if args.time_passes:
-        sys.stderr.write(pm.timing_report() + "\n")
 
 
 def _optimized(args):
