@@ -2,6 +2,10 @@ import os
 
 # Triton reads this when @triton.jit runs, so it must be set before any kernel module is imported.
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# The reference interpreter does many small matmuls; OpenBLAS threads only add contention there
+# (measured: the LeNet conv2d_grad_input rule took 147 ms with 2 threads on a busy 2-core machine,
+# 9 ms with 1). Must be set before numpy is first imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
