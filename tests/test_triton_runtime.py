@@ -53,7 +53,7 @@ def lenet_like():
 
 def test_unfused_graph_runs_one_kernel_per_op_named_after_it():
     g = lenet_like()
-    cg = check(g, fused=None)
+    cg = check(g, fused=None, kind="contraction")
     names = list(cg.kernels)
     assert names[0] == "conv2d_0" and any(n.startswith("max_pool2d_") for n in names)
     assert not any(n.startswith("reshape") for n in names)  # row-major reshapes are views
@@ -92,9 +92,9 @@ def test_torch_inputs_in_any_layout_and_python_scalars(rng):
     xt = base.t()  # not contiguous: goes through a copy kernel
     out = cg(xt, 3.0)[0]
     assert isinstance(out, torch.Tensor)
-    np.testing.assert_allclose(out.numpy(), base.numpy().T * 3.0, rtol=1e-6)
+    np.testing.assert_allclose(to_numpy(out), base.numpy().T * 3.0, rtol=1e-6)
     out2 = cg(xt.contiguous(), np.float32(3.0))[0]
-    np.testing.assert_allclose(out2.numpy(), out.numpy())
+    np.testing.assert_allclose(to_numpy(out2), to_numpy(out))
     with pytest.raises(TypeError, match="input 0"):
         cg(xt.double(), 3.0)
     with pytest.raises(TypeError, match="takes 2 input"):
@@ -177,7 +177,7 @@ def test_corrupted_and_unreadable_entries_are_rebuilt(tmp_path, rng):
         cg = compile_graph(g, cache=fresh)
         assert fresh.misses == 1 and path.read_text() == good
         x0 = rng.standard_normal(5).astype(np.float32)
-        np.testing.assert_allclose(cg(x0)[0].numpy(), np.exp(x0), rtol=1e-6)
+        np.testing.assert_allclose(to_numpy(cg(x0)[0]), np.exp(x0), rtol=1e-6)
 
 
 def test_cache_key_covers_versions_and_device(monkeypatch):
@@ -191,7 +191,7 @@ def test_cache_key_covers_versions_and_device(monkeypatch):
         m.setattr(avalon, "__version__", "9.9")
         assert cache.key("src") != k
     with monkeypatch.context() as m:
-        m.setattr(c, "device_kind", lambda: "cuda-sm90")
+        m.setattr(c, "device_kind", lambda: "some-other-device")
         assert cache.key("src") != k
     assert cache.key("src") == k
 
