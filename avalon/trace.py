@@ -7,6 +7,7 @@ not inputs but are used (a closure's array) become `constant` ops.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import sys
@@ -36,11 +37,20 @@ def user_location() -> Location | None:
     f = sys._getframe(1)
     while f is not None:
         fn = f.f_code.co_filename
-        if not fn.startswith(_PKG) or fn.startswith(_USER_SUBDIRS):
-            if not fn.startswith("<frozen"):
-                return Location(_short(fn), f.f_lineno)
+        if _is_user_file(fn):
+            return Location(_short(fn), f.f_lineno)
         f = f.f_back
     return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_user_file(fn: str) -> bool:
+    """Not Avalon's own code (zoo models count as user code); paths normalized, so an Avalon
+    imported through `benchmarks/../avalon` is still recognized."""
+    if fn.startswith("<frozen"):
+        return False
+    norm = os.path.normpath(os.path.abspath(fn)) if not fn.startswith("<") else fn
+    return not norm.startswith(_PKG + os.sep) or norm.startswith(_USER_SUBDIRS)
 
 
 def _short(path: str) -> str:
