@@ -35,7 +35,8 @@ class TorchVAE(torch.nn.Module):
     def __init__(self):
         super().__init__()
         L = torch.nn.Linear
-        self.fc1, self.fc21, self.fc22, self.fc3, self.fc4 = L(784, 400), L(400, 20), L(400, 20), L(20, 400), L(400, 784)
+        self.fc1, self.fc21, self.fc22 = L(784, 400), L(400, 20), L(400, 20)
+        self.fc3, self.fc4 = L(20, 400), L(400, 784)
 
     def forward(self, x):
         h = torch.relu(self.fc1(x))
@@ -130,11 +131,12 @@ def main() -> None:
 
         rows.append(bench("VAE bs128", m, vae_loss, tm, torch_vae_loss, [x], dev,
                           args.reps, backend, lr=1e-5))  # the summed loss is large: a small step stays finite
-    hdr = f"{'workload':<12} {'device':<6} {'avalon ms':>10} {'torch ms':>9} {'torch/avalon':>13} {'1st call s':>10} {'kernels':>8}"
+    hdr = (f"{'workload':<12} {'device':<6} {'avalon ms':>10} {'torch ms':>9} {'torch/avalon':>13} "
+           f"{'1st call s':>10} {'kernels':>8}")
     print(hdr)
     for r in rows:
-        print(f"{r['model']:<12} {r['device']:<6} {r['avalon_ms']:>10.2f} {r['torch_ms']:>9.2f} {r['torch/avalon']:>13.2f}"
-              f" {r['first_call_s']:>10.2f} {r['kernels']:>8}")
+        print(f"{r['model']:<12} {r['device']:<6} {r['avalon_ms']:>10.2f} {r['torch_ms']:>9.2f} "
+              f"{r['torch/avalon']:>13.2f} {r['first_call_s']:>10.2f} {r['kernels']:>8}")
     print(f"torch {torch.__version__}, device {torch.cuda.get_device_name() if dev == 'cuda' else 'cpu'}")
     if args.out:
         with open(args.out, "w") as f:
