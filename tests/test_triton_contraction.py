@@ -4,7 +4,7 @@ strides, padding, dilation and groups (hypothesis), with tiles small enough to e
 grid and the K loop."""
 import numpy as np
 import pytest
-from hypothesis import Phase, given, settings
+from hypothesis import Phase, example, given, settings
 from hypothesis import strategies as st
 
 from avalon.codegen.triton import BlockPolicy
@@ -102,6 +102,8 @@ def conv_out(xs, ws, attrs):
 
 @settings(max_examples=15, deadline=None, phases=NO_SHRINK)
 @given(convs(), st.integers(0, 2**16))
+# one-pixel images: the input's address depends on the group id (a scalar) alone
+@example(case=((1, 2, 1, 1), (2, 1, 2, 2), dict(stride=[1, 1], padding=[1, 2], dilation=[2, 1], groups=2)), seed=428)
 def test_conv2d_with_bias_and_relu(case, seed):
     xs, ws, attrs = case
     g, b, (x, w, bias) = graph((xs, "f32"), (ws, "f32"), ((ws[0],), "f32"))

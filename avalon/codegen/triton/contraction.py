@@ -204,6 +204,7 @@ def build_contraction(group: Group, in_strides: Sequence[Sequence[int]], out_str
     em.line("pid_n = (pid % group_size) // rows_here")
     v: Vars = {}
     v["g"] = Affine.of(em.define_var("gz", "tl.program_id(1)", gemm.groups)) if gemm.groups > 1 else Affine()
+    em.scalars.add("gz")
     v["m"] = Affine.of(em.define_var("rm", "pid_m * BM + tl.arange(0, BM)[:, None]", gemm.m, "mask_m"))
     em.line(f"mask_m = rm < {gemm.m}")
     v["n"] = Affine.of(em.define_var("rn", "pid_n * BN + tl.arange(0, BN)[None, :]", gemm.n, "mask_n"))

@@ -67,6 +67,7 @@ class Emitter:
         self.var_scope: dict[str, Scope] = {}
         self.overrides: dict[tuple, Val] = {}  # (id(value), index key) -> already computed (reductions, dots)
         self.helpers: set[str] = set()
+        self.scalars: set[str] = set()  # iteration variables that are scalars (program ids, unrolled loop indices)
         self.dots_in_f32 = dots_in_f32
         self._count = 0
 
@@ -222,8 +223,9 @@ class Emitter:
         v = self.inputs[i]
         addr = linearize(idx, self.in_strides[i], v.shape)
         text = self.affine(addr)
-        # a one-element read is still a block ([1]), so it mixes with blocks like any other value
-        ptr = f"in{i} + tl.zeros([1], tl.int32)" if not addr.deps else f"in{i}" if text == "0" else f"in{i} + {text}"
+        ptr = f"in{i}" if text == "0" else f"in{i} + {text}"
+        if addr.deps <= self.scalars:  # a scalar address is still read as a block ([1]), like any other value
+            ptr += " + tl.zeros([1], tl.int32)"
         m = self.mask(addr.deps, guard)
         expr = f"tl.load({ptr}, mask={m}, other=0)" if m else f"tl.load({ptr})"
         if ty.compute(v.dtype) != v.dtype:

@@ -21,6 +21,7 @@ def _loop(em: Emitter, bound: int, prefix: str) -> Var:
     name = em.fresh(prefix)
     em.open(f"for {name} in tl.static_range({bound}):")
     em.var_scope[name] = em.scope
+    em.scalars.add(name)
     return Var.base(name, bound)
 
 
