@@ -130,6 +130,11 @@ class _Lowerer:
             log.info("fusion @%s: one kernel per op instead (%s)", op.attrs.get("name"), e)
             self.lower_ops_of(op)
             return
+        except Exception as e:  # an emitter bug must not stop a group that op-by-op lowering can run
+            log.warning("fusion @%s: one kernel per op instead: the emitter failed with %s: %s",
+                        op.attrs.get("name"), type(e).__name__, e)
+            self.lower_ops_of(op)
+            return
         args = []
         for i, v in enumerate(group.inputs):
             if i in group.constants:
