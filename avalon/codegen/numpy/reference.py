@@ -565,11 +565,12 @@ def fmix32(h: np.ndarray) -> np.ndarray:
     """MurmurHash3's 32-bit finalizer: a bijection on uint32 with full avalanche.
     h ^= h >> 16; h *= 0x85EBCA6B; h ^= h >> 13; h *= 0xC2B2AE35; h ^= h >> 16 (all mod 2**32)."""
     h = np.asarray(h, dtype=np.uint32)
-    h = h ^ (h >> np.uint32(16))
-    h = h * np.uint32(0x85EBCA6B)
-    h = h ^ (h >> np.uint32(13))
-    h = h * np.uint32(0xC2B2AE35)
-    return h ^ (h >> np.uint32(16))
+    with np.errstate(over="ignore"):  # wrapping mod 2**32 is the point; numpy warns on 0-d inputs
+        h = h ^ (h >> np.uint32(16))
+        h = h * np.uint32(0x85EBCA6B)
+        h = h ^ (h >> np.uint32(13))
+        h = h * np.uint32(0xC2B2AE35)
+        return h ^ (h >> np.uint32(16))
 
 
 def seed_keys(seed: int) -> tuple[int, int]:
