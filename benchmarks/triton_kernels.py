@@ -79,6 +79,11 @@ def cases(quick: bool):
         g.set_outputs([b("relu", b("add", y, b("broadcast", bias, shape=[s, s])))])
         out.append((f"linear_relu_{dt}_{s}", fuse(g, "fused_linear_relu_0"),
                     lambda x, w, b: torch.relu(torch.nn.functional.linear(x, w, b)), 0, 2 * s ** 3))
+        # tile sweep (--case sweep): BM=BN, BK, pipeline stages, warps
+        for bm, bk, st, wp in ((128, 64, 3, 8), (128, 64, 4, 8), (128, 64, 4, 4), (256, 64, 3, 8), (64, 64, 4, 4)):
+            out.append((f"linear_relu_{dt}_{s}_sweep_{bm}x{bk}_s{st}_w{wp}", fuse(g, "fused_linear_relu_0"),
+                        lambda x, w, b: torch.relu(torch.nn.functional.linear(x, w, b)), 0, 2 * s ** 3,
+                        dict(mm_block=bm, mm_k=bk, mm_stages=st, mm_warps=wp)))
 
     for name, xs, ws, pad in (("conv_lenet2_b256", (256, 20, 12, 12), (50, 20, 5, 5), 0),
                               ("conv_resnet3x3_b64", (64, 64, 56, 56), (64, 64, 3, 3), 1)):
@@ -89,6 +94,10 @@ def cases(quick: bool):
         flops = 2 * xs[0] * ws[0] * oh * oh * ws[1] * ws[2] * ws[3]
         out.append((name, fuse(g, "fused_conv_relu_0"),
                     lambda x, w, p=pad: torch.relu(torch.nn.functional.conv2d(x, w, padding=p)), 0, flops))
+        for bm, bk, st, wp in ((128, 64, 3, 8), (64, 64, 4, 4), (128, 32, 4, 4)):
+            out.append((f"{name}_sweep_{bm}x{bk}_s{st}_w{wp}", fuse(g, "fused_conv_relu_0"),
+                        lambda x, w, p=pad: torch.relu(torch.nn.functional.conv2d(x, w, padding=p)), 0, flops,
+                        dict(mm_block=bm, mm_k=bk, mm_stages=st, mm_warps=wp)))
 
     g, b, (x,) = graph(((128, 64, 56, 56), "f32"))
     g.set_outputs([b("max_pool2d", x, kernel=[2, 2], stride=[2, 2])])
@@ -104,53 +113,63 @@ def main() -> None:
     ap.add_argument("--case", default=None, help="run only the cases whose name contains this")
     args = ap.parse_args()
     torch.manual_seed(0)
-    dev = torch.device("cuda")
     policy = BlockPolicy.for_device(interpret=False).replace(dot_precision=args.tf32)
     results = []
     for name, g, ref_fn, nbytes, flops, *over in cases(args.quick):
-        if args.case and args.case not in name:
+        if (args.case and args.case not in name) or ("sweep" in name and "sweep" not in (args.case or "")):
             continue
-        t0 = time.perf_counter()
-        cg = compile_graph(g, blocks=policy.replace(**over[0]) if over else policy)
-        ins = [torch.randn(v.shape, device=dev).to(getattr(torch, {"f16": "float16", "f32": "float32"}[v.dtype.name]))
-               for v in g.inputs]
-        outs = cg(*ins)
-        torch.cuda.synchronize()
-        compile_s = time.perf_counter() - t0
-        # correctness: fp64 reference on the CPU for small-enough cases, torch on the GPU otherwise
-        ref = ref_fn(*ins)
-        err = rel_err(outs[0], ref.float().cpu().numpy())
-        if np.prod(g.inputs[0].shape) <= 1 << 20:
-            err = max(err, rel_err(outs[0], interpret(g, *[i.float().cpu().numpy().astype(v.dtype.np)
-                                                           for i, v in zip(ins, g.inputs)])[0]))
-        ln = cg.launches[-1]
-        k = ln.kernel
-        by_value = {id(v): t for v, t in zip(g.inputs, ins)} | {id(g.outputs[0]): outs[0]}
-        tensors = [by_value[id(v)] for v in ln.args]  # the kernel's parameter order, not the graph's
-        t_kernel = bench(lambda k=k, t=tensors: launch(k, t))
-        t_call = bench(lambda cg=cg, ins=ins: cg(*ins))
-        t_torch = bench(lambda f=ref_fn, ins=ins: f(*ins))
-        row = dict(case=name, kernels=list(cg.kernels), rel_err=err, compile_s=round(compile_s, 2),
-                   kernel_ms=t_kernel, call_ms=t_call, torch_ms=t_torch, speedup_vs_torch=t_torch / t_kernel,
-                   meta=k.meta, num_warps=k.num_warps)
-        if nbytes:
-            row["kernel_GBps"] = nbytes / t_kernel / 1e6
-            row["torch_GBps"] = nbytes / t_torch / 1e6
-        if flops:
-            row["kernel_TFLOPs"] = flops / t_kernel / 1e9
-            row["torch_TFLOPs"] = flops / t_torch / 1e9
-        results.append(row)
-        print(json.dumps(row), flush=True)
+        try:
+            results.append(run_case(name, g, ref_fn, nbytes, flops, policy.replace(**over[0]) if over else policy))
+        except Exception as e:  # a tile that does not fit (shared memory) is a result too
+            print(json.dumps(dict(case=name, error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")))
     if args.out:
         with open(args.out, "a") as f:
             for r in results:
                 f.write(json.dumps(dict(r, device=torch.cuda.get_device_name())) + "\n")
-    print(f"\n{'case':28} {'err':>8} {'kernel ms':>10} {'call ms':>8} {'torch ms':>9} {'x torch':>8}  rate")
+    print(f"\n{'case':44} {'err':>8} {'kernel ms':>10} {'call ms':>8} {'torch ms':>9} {'x torch':>8}  rate")
     for r in results:
         rate = (f"{r['kernel_GBps']:.0f} GB/s (torch {r['torch_GBps']:.0f})" if "kernel_GBps" in r else
                 f"{r['kernel_TFLOPs']:.0f} TFLOP/s (torch {r['torch_TFLOPs']:.0f})")
-        print(f"{r['case']:28} {r['rel_err']:8.1e} {r['kernel_ms']:10.3f} {r['call_ms']:8.3f} {r['torch_ms']:9.3f} "
+        print(f"{r['case']:44} {r['rel_err']:8.1e} {r['kernel_ms']:10.3f} {r['call_ms']:8.3f} {r['torch_ms']:9.3f} "
               f"{r['speedup_vs_torch']:8.2f}  {rate}")
+
+
+def run_case(name, g, ref_fn, nbytes, flops, policy) -> dict:
+    """Compile, check, and time one case."""
+    dev = torch.device("cuda")
+    t0 = time.perf_counter()
+    cg = compile_graph(g, blocks=policy)
+    ins = [torch.randn(v.shape, device=dev).to(getattr(torch, {"f16": "float16", "f32": "float32"}[v.dtype.name]))
+           for v in g.inputs]
+    outs = cg(*ins)
+    torch.cuda.synchronize()
+    compile_s = time.perf_counter() - t0
+    # correctness: fp64 reference on the CPU for small-enough cases, torch on the GPU otherwise
+    ref = ref_fn(*ins)
+    err = rel_err(outs[0], ref.float().cpu().numpy())
+    if np.prod(g.inputs[0].shape) <= 1 << 20:
+        err = max(err, rel_err(outs[0], interpret(g, *[i.float().cpu().numpy().astype(v.dtype.np)
+                                                       for i, v in zip(ins, g.inputs)])[0]))
+    ln = cg.launches[-1]
+    k = ln.kernel
+    by_value = {id(v): t for v, t in zip(g.inputs, ins)} | {id(g.outputs[0]): outs[0]}
+    tensors = [by_value[id(v)] for v in ln.args]  # the kernel's parameter order, not the graph's
+    t_kernel = bench(lambda k=k, t=tensors: launch(k, t))
+    t_call = bench(lambda cg=cg, ins=ins: cg(*ins))
+    t_torch = bench(lambda f=ref_fn, ins=ins: f(*ins))
+    row = dict(case=name, kernels=list(cg.kernels), rel_err=err, compile_s=round(compile_s, 2),
+               kernel_ms=t_kernel, call_ms=t_call, torch_ms=t_torch, speedup_vs_torch=t_torch / t_kernel,
+               meta=k.meta, num_warps=k.num_warps)
+    if nbytes:
+        row["kernel_GBps"] = nbytes / t_kernel / 1e6
+        row["torch_GBps"] = nbytes / t_torch / 1e6
+    if flops:
+        row["kernel_TFLOPs"] = flops / t_kernel / 1e9
+        row["torch_TFLOPs"] = flops / t_torch / 1e9
+    print(json.dumps(row), flush=True)
+    return row
+
+
 
 
 if __name__ == "__main__":

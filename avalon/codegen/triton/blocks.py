@@ -30,6 +30,8 @@ class BlockPolicy:
     mm_k: int  # max BK
     dot_precision: str = "tf32"  # fp32 tl.dot inputs on the GPU: "tf32" (fast) or "ieee" (exact)
     interpret: bool = False
+    mm_stages: int = 3  # software pipelining depth of the K loop (GPU)
+    mm_warps: int = 0  # 0: from the tile size
 
     @staticmethod
     def for_device(interpret: bool) -> BlockPolicy:
@@ -57,6 +59,9 @@ class BlockPolicy:
         rb = next_pow2(r) if self.is_persistent(r) else min(self.rblock, next_pow2(r))
         xb = max(1, min(next_pow2(max(x, 1)), self.reduction_elems // rb))
         return {"XBLOCK": xb, "RBLOCK": rb}
+
+    def contraction_warps(self, bm: int, bn: int) -> int:
+        return self.mm_warps or self.warps(bm * bn // 4)
 
     def contraction(self, m: int, n: int, k: int) -> dict[str, int]:
         def tile(s: int, cap: int) -> int:

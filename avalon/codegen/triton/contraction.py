@@ -239,7 +239,8 @@ def build_contraction(group: Group, in_strides: Sequence[Sequence[int]], out_str
     if gemm.m == 0 or gemm.n == 0:
         grid = (0, gemm.groups)
     return Kernel(group.name, "contraction", src, params, meta, grid,
-                  num_warps=policy.warps(meta["BM"] * meta["BN"] // 4), num_stages=1 if policy.interpret else 3)
+                  num_warps=policy.contraction_warps(meta["BM"], meta["BN"]),
+                  num_stages=1 if policy.interpret else policy.mm_stages)
 
 
 def _acc_dtype(d: dt.DType) -> dt.DType:
