@@ -145,3 +145,21 @@ def test_cross_entropy_group_falls_back_to_one_kernel_per_op(caplog, rng):
         cg = check(g, [rng.standard_normal((n, c)).astype(np.float32), rng.integers(0, c, n)])
     assert "one kernel per op" in caplog.text
     assert len(cg.kernels) > 1 and "fused_0" not in cg.kernels
+
+
+def test_row_result_without_keepdims_reshaped_back_onto_the_row():
+    """sum(keepdims=False) -> reshape (n, 1) -> broadcast: the index algebra still sees "this row"."""
+    g, b, (x,) = graph(((6, 2, 5), "f32"))
+    s = b("sum", x, axes=[1, 2])  # (6,)
+    back = b("broadcast", b("reshape", s, shape=[6, 1, 1]), shape=[6, 2, 5])
+    g.set_outputs([b("div", x, back)])
+    for blocks in (INTERP, LOOPED):
+        cg = check(g, blocks=blocks)
+        assert list(cg.kernels) == ["fused_0"]
+
+
+@pytest.mark.parametrize("dtype", ["f16", "bf16"])
+def test_half_precision_softmax_computes_in_f32(dtype):
+    g, b, (x,) = graph(((4, 33), dtype))
+    g.set_outputs([softmax(b, x, (4, 33), log=True)])
+    check(g, blocks=LOOPED, rtol=1e-2, atol=1e-2)
