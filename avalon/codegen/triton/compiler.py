@@ -161,7 +161,6 @@ def _copy_maker(policy: BlockPolicy, cache: KernelCache) -> Callable[[TensorType
             op = make_op("cast", [arg], {"dtype": t.dtype})
         op.results[0].type = t
         group = from_op(op, f"copy_{src_dtype.name}_to_{t.dtype.name}")
-        from .pointwise import build_pointwise
         k = build_pointwise(group, [src_strides], [t.strides()], policy)
         k.fn = cache.load(k.name, k.source)
         return k

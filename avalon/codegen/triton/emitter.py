@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from avalon.ir import dtypes as dt
-from avalon.ir.core import Op, Value
+from avalon.ir.core import Value
 from avalon.ir.dtypes import DType
 
 from . import types as ty
@@ -40,9 +40,6 @@ class Scope:
     @property
     def depth(self) -> int:
         return 0 if self.parent is None else self.parent.depth + 1
-
-    def render(self, indent: str) -> list[str]:
-        return [indent + ln if not ln.startswith("\n") else ln for ln in self.lines]
 
 
 @dataclass(eq=False)
@@ -280,7 +277,3 @@ class Emitter:
         """Use a computed integer value (a gathered index) inside index expressions."""
         self.var_scope[val.expr] = val.scope
         return Var(val.expr, bound, val.deps | frozenset({val.expr}))
-
-
-def ops_in(op: Op) -> list[Op]:
-    return list(op.regions[0].ops) if op.regions else [op]
