@@ -19,6 +19,7 @@ import numpy as np
 from . import tree
 from .device import CPU, Device
 from .ir import Builder, Graph, Location, ShapeError, TensorType, Value
+from .ir import dtypes as dt
 from .ir.builder import make_op
 from .ir.clone import clone_block
 from .tensor import Tensor, as_array
@@ -180,8 +181,13 @@ def signature(fn: Any, args: tuple) -> tuple[Any, list[tuple[str, Any]]]:
     head = tree._flatten(owner, "", leaves, seen) if owner is not None else None
     names = _arg_names(fn, args)
     trees = tuple(tree._flatten(a, n, leaves, seen) for a, n in zip(args, names))
-    specs = tuple((tuple(x.shape), str(x.dtype), str(getattr(x, "device", "cpu"))) for _, x in leaves)
+    specs = tuple((tuple(x.shape), _dtype_name(x), str(getattr(x, "device", "cpu"))) for _, x in leaves)
     return (head, trees, specs), leaves
+
+
+def _dtype_name(x: Any) -> str:
+    """One spelling for numpy, torch and Avalon dtypes, so the same data hits the same cache entry."""
+    return x.dtype.name if isinstance(x, Tensor) else dt.dtype(x.dtype).name
 
 
 def trace_call(fn: Any, args: tuple, name: str | None = None) -> Traced:

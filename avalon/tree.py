@@ -68,7 +68,47 @@ def named_buffers(obj: Any) -> Iterator[tuple[str, Tensor]]:
 
 def model_leaves(obj: Any) -> list[tuple[str, Tensor]]:
     """A model's tensors in trace order: parameters first, then buffers."""
-    return list(named_parameters(obj)) + list(named_buffers(obj))
+    return model_state(obj)[0]
+
+
+_STATIC = (bool, int, float, str, type(None))
+
+
+def model_state(obj: Any, seen: set[int] | None = None) -> tuple[list[tuple[str, Tensor]], tuple]:
+    """One walk over a model: its tensors in trace order (parameters, then buffers) and the plain
+    Python values it holds (a layer's `training` flag, a dropout rate), which shape a trace as much
+    as tensor shapes do and so belong in a trace's cache key."""
+    tensors: list[tuple[str, Tensor]] = []
+    static: list[Any] = []
+    _walk_state(obj, "", set() if seen is None else seen, tensors, static)
+    params = [(n, t) for n, t in tensors if not isinstance(t, Buffer) and t.dtype.is_float]
+    buffers = [(n, t) for n, t in tensors if isinstance(t, Buffer) or not t.dtype.is_float]
+    return params + buffers, tuple(static)
+
+
+def _walk_state(obj: Any, prefix: str, seen: set[int], tensors: list, static: list) -> None:
+    if isinstance(obj, _STATIC):
+        static.append((prefix, obj))
+        return
+    if id(obj) in seen:
+        return
+    if isinstance(obj, Tensor):
+        seen.add(id(obj))
+        tensors.append((prefix, obj))
+        return
+    if isinstance(obj, _ATOMS) or isinstance(obj, _OPAQUE) or is_array_like(obj):
+        return
+    seen.add(id(obj))
+    if isinstance(obj, (list, tuple)):
+        items = [(str(i), v) for i, v in enumerate(obj)]
+    elif isinstance(obj, dict):
+        items = [(str(k), v) for k, v in obj.items()]
+    elif hasattr(obj, "__dict__"):
+        items = [(k, v) for k, v in vars(obj).items() if not k.startswith("__")]
+    else:
+        return
+    for k, v in items:
+        _walk_state(v, f"{prefix}.{k}" if prefix else k, seen, tensors, static)
 
 
 # -- flattening arguments -------------------------------------------------------------------
@@ -95,10 +135,10 @@ def _flatten(obj: Any, name: str, leaves: list, seen: set[int] | None = None) ->
         kids = tuple(_flatten(obj[k], f"{name}.{k}", leaves, seen) for k in keys)
         return ("dict", keys, kids)
     if is_model(obj):
-        tensors = [(n, t) for n, t in model_leaves(obj) if id(t) not in seen]
+        tensors, static = model_state(obj, set(seen))
         seen.update(id(t) for _, t in tensors)
         leaves.extend(tensors)
-        return ("model", id(obj), tuple(n for n, _ in tensors))
+        return ("model", id(obj), tuple(n for n, _ in tensors), static)
     try:
         hash(obj)
         return ("static", type(obj).__name__, obj)

@@ -72,7 +72,6 @@ def value_and_grad(f: Callable, argnums: int | tuple[int, ...] = 0, has_aux: boo
             raise TypeError(f"argnums={argnums!r} but {_name(f)} was called with {len(args)} positional argument(s)")
         args = tuple(Tensor(a) if i in nums and isinstance(a, float) else a for i, a in enumerate(args))
         key, leaves = signature(f, args)
-        key = (key, _static_state(f, args))
         entry = cache.get(key)
         if entry is None:
             entry = _build(f, args, nums, has_aux, wrapped.__name__)
@@ -236,39 +235,6 @@ def _normalize_argnums(argnums: Any) -> tuple[tuple[int, ...], bool]:
     if any(i < 0 for i in nums):
         raise ValueError(f"argnums must be non-negative, got {argnums!r}")
     return nums, multi
-
-
-def _static_state(f: Callable, args: tuple) -> tuple:
-    """The plain Python values (bools, numbers, strings) held by the models among the arguments,
-    like a layer's `training` flag: they shape the trace but are not part of `signature`."""
-    out: list[Any] = []
-    seen: set[int] = set()
-    owner = owner_model(f)
-    for a in ((owner,) if owner is not None else ()) + args:
-        _walk_static(a, out, seen, inside_model=False)
-    return tuple(out)
-
-
-def _walk_static(o: Any, out: list, seen: set[int], inside_model: bool) -> None:
-    if isinstance(o, _ATOMS):
-        if inside_model:
-            out.append(o)
-        return
-    if isinstance(o, Tensor) or tree.is_array_like(o) or id(o) in seen:
-        return
-    if isinstance(o, (list, tuple)):
-        seen.add(id(o))
-        for v in o:
-            _walk_static(v, out, seen, inside_model)
-    elif isinstance(o, dict):
-        seen.add(id(o))
-        for v in o.values():
-            _walk_static(v, out, seen, inside_model)
-    elif tree.is_model(o):
-        seen.add(id(o))
-        for k, v in vars(o).items():
-            if not k.startswith("__"):
-                _walk_static(v, out, seen, True)
 
 
 def _name(f: Callable) -> str:

@@ -29,7 +29,6 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from avalon import debug
-from avalon.autodiff.api import _static_state  # plain attributes of the models involved (`training`)
 from avalon.ir import Graph, verify
 from avalon.passes import PassManager, PassRecord
 from avalon.passes.memory_plan import MemoryPlan, plan_memory
@@ -206,7 +205,6 @@ class Compiled:
     # -- machinery ---------------------------------------------------------------------------
     def _entry(self, args: tuple) -> tuple[_Entry, list[tuple[str, Any]]]:
         key, leaves = signature(self.fn, args)
-        key = (key, _static_state(self.fn, args))
         entry = self._cache.get(key)
         if entry is not None:
             self._hits += 1
