@@ -11,6 +11,7 @@ import avalon.ir as ir
 TABLES = [
     # fusion runs its region; there is nothing to compute for the op itself
     ("avalon.codegen.numpy", "REFERENCE", {"fusion"}),
+    ("avalon.codegen.triton", "LOWERING", set()),
 ]
 
 
