@@ -93,7 +93,9 @@ def _loc(op: Op, locations: bool) -> str:
     return f" loc({json.dumps(op.loc.file)}:{op.loc.line})"
 
 
-def _op_lines(op: Op, namer: Namer, indent: str, locations: bool) -> list[str]:
+def op_lines(op: Op, namer: Namer, indent: str = "", locations: bool = False) -> list[str]:
+    """The text of one op, regions included, naming values through `namer` (which must already
+    know the op's operands)."""
     head = ""
     if op.results:
         head = ", ".join("%" + namer.result(r) for r in op.results) + " = "
@@ -120,7 +122,7 @@ def _block_lines(block: Block, namer: Namer, indent: str, locations: bool, heade
         args = ", ".join(f"%{namer.arg(a, f'arg{i}')}: {a.type}" for i, a in enumerate(block.args))
         lines.append(f"{indent}^bb0({args}):")
     for op in block.ops:
-        lines += _op_lines(op, namer, indent, locations)
+        lines += op_lines(op, namer, indent, locations)
     if block.terminator is not None:
         t = block.terminator
         ops = ", ".join("%" + namer[v] for v in t.operands)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from avalon.ir.core import Op, Value
-from avalon.ir.printer import Namer, _op_lines
+from avalon.ir.printer import Namer, op_lines
 
 
 @dataclass
@@ -46,7 +46,7 @@ def ir_text(op: Op) -> str:
         if id(v) not in namer.names:
             namer.names[id(v)] = f"in{i}"
             namer.used.add(f"in{i}")
-    return "\n".join(_op_lines(op, namer, "", False))
+    return "\n".join(op_lines(op, namer, "", False))
 
 
 def _dedup(values: list[Value]) -> list[Value]:
