@@ -19,6 +19,7 @@ from .emitter import Unsupported
 from .kernel import Kernel
 from .lowering import LOWERING
 from .runtime import CompiledGraph
+from .standalone import write_kernels
 
 __all__ = ["LOWERING", "BlockPolicy", "CompiledGraph", "Kernel", "KernelCache", "Unsupported", "build_kernel",
-           "compile_graph"]
+           "compile_graph", "write_kernels"]
