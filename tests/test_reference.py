@@ -560,3 +560,20 @@ def test_random_normal_statistics():
     want = (np.sqrt(-2 * np.log(u1)) * np.cos(2 * np.pi * u2)).astype(np.float32)
     assert np.array_equal(_random(5, (3,), "normal"), want)
 
+
+
+def test_tiled_pooling_fast_path_equals_the_general_rule(monkeypatch):
+    """stride == kernel, no padding takes a reshaping fast path; it must agree with the general
+    window rule, ties (first maximum wins) and nans included."""
+    from avalon.codegen.numpy import reference as ref
+
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 3, (2, 3, 7, 9)).astype(np.float32)  # many ties; 7x9 leaves a ragged edge
+    x[0, 0, 1, 1] = np.nan
+    dy = rng.standard_normal((2, 3, 3, 3)).astype(np.float32)
+    a = {"kernel": [2, 3], "stride": [2, 3], "padding": [0, 0]}
+    fast = ref.REFERENCE["max_pool2d"](a, x), ref.REFERENCE["max_pool2d_grad"](a, x, dy)
+    monkeypatch.setattr(ref, "_tiles", lambda x, attrs: None)
+    slow = ref.REFERENCE["max_pool2d"](a, x), ref.REFERENCE["max_pool2d_grad"](a, x, dy)
+    np.testing.assert_array_equal(fast[0], slow[0])
+    np.testing.assert_allclose(fast[1], slow[1], rtol=0, atol=0)
