@@ -4,6 +4,7 @@ passes, one module each (canonicalize, cse, dce, ...). See docs/writing-a-pass.m
 from . import canonicalize as _canonicalize  # noqa: F401  (each import registers its pass)
 from . import cse as _cse  # noqa: F401
 from . import dce as _dce  # noqa: F401
+from . import fuse as _fuse  # noqa: F401
 from . import layout as _layout  # noqa: F401
 from . import memory_plan as _memory_plan  # noqa: F401
 from .canonicalize import FOLD
@@ -30,8 +31,9 @@ from .rewriter import (
     walk_blocks,
 )
 
-DEFAULT_PIPELINE = "canonicalize,cse,dce"
-"""The standard pipeline `av.compile` runs (fusion passes join it as they land)."""
+DEFAULT_PIPELINE = "canonicalize,cse,dce,fuse"
+"""The standard pipeline `av.compile` runs: clean up, then group ops into kernels (`fuse` leaves no
+dead code behind, so no trailing dce is needed)."""
 
 
 def run_pipeline(graph, pipeline: str = DEFAULT_PIPELINE, **options) -> bool:
