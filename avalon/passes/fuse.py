@@ -147,7 +147,8 @@ class _Fuser:
 
     # -- candidates -------------------------------------------------------------------------------------
     def candidates(self) -> list[tuple]:
-        """(sort key, kind, producer unit or inlinable op, consumer unit), best first."""
+        """(sort key, kind, an op of the producer (or the inlinable op), an op of the consumer), best
+        first. Ops rather than units, so a pair still names its groups after earlier merges."""
         out = []
         for c in self.order:
             if c is None or c.ops[0] in self.inlinable or is_dense_constant(c.ops[0]):
@@ -166,12 +167,12 @@ class _Fuser:
                     nbytes += v.type.nbytes * (2 if whole else 1)
                 score = self.policy.score(self.view(p), self.view(c), nbytes)
                 key = (score, -(self.pos[c] - self.pos[p]), -self.pos[c])
-                out.append((key, "merge", p, c))
+                out.append((key, "merge", p.ops[0], c.ops[0]))
             if not c.fused and len(c.ops) == 1:
                 for v in c.ops[0].operands:
                     if v.op is not None and v.op in self.inlinable:
                         key = ((0, v.type.nbytes), 0, -self.pos[c])
-                        out.append((key, "inline", v.op, c))
+                        out.append((key, "inline", v.op, c.ops[0]))
         out.sort(key=lambda t: t[0], reverse=True)
         return out
 
@@ -183,8 +184,9 @@ class _Fuser:
     def out_of_fuel(self) -> bool:
         return self.fuel >= 0 and self.fusions >= self.fuel
 
-    def try_inline(self, op: Op, c: _Unit) -> bool:
-        if self.unit_of[c.ops[0]] is not c or c.fused:
+    def try_inline(self, op: Op, consumer: Op) -> bool:
+        c = self.unit_of[consumer]
+        if c.fused:
             return False
         key = (id(c), id(op))
         if key in self.rejected:
@@ -214,9 +216,10 @@ class _Fuser:
         for op in new.ops:
             self.unit_of[op] = new
 
-    def try_merge(self, p: _Unit, c: _Unit) -> bool:
-        if self.pos.get(p) is None or self.pos.get(c) is None or p is c:
-            return False  # merged away since the candidates were listed
+    def try_merge(self, producer: Op, consumer: Op) -> bool:
+        p, c = self.unit_of[producer], self.unit_of[consumer]
+        if p is c:
+            return False  # already together
         if self.pos[p] > self.pos[c]:
             p, c = c, p
         key = (id(p), id(c))
@@ -405,38 +408,42 @@ class _Fuser:
 
     # -- the log ----------------------------------------------------------------------------------------
     def flush(self, names: dict[Op, str]) -> None:
+        """Write the buffered decisions with the final group names, then one line per group."""
         if self.records is None:
             return
-        namer = self._namer
-
-        def one(op: Op) -> str:
-            return f"%{namer[op.results[0]] if op.results else '?'} ({op.name})"
 
         def where(ops: list[Op]) -> str:
-            return names.get(ops[0]) or (one(ops[0]) if len(ops) == 1 else self.describe(ops))
+            return names.get(ops[0]) or self.describe(ops)
 
-        def cand(ops: list[Op]) -> str:
-            return one(ops[0]) if len(ops) == 1 else self.describe(ops)
-
+        said: set[str] = set()
         for r in self.records:
             if r.ok:
-                log.debug("fusing %s into %s (%s)", cand(r.cand), where(r.target), r.reason)
+                line = f"fusing {self.describe(r.cand)} into {where(r.target)} ({r.reason})"
             else:
-                log.debug("not fusing %s into %s: %s", cand(r.cand), where(r.target), r.reason)
+                line = f"not fusing {self.describe(r.cand)} into {where(r.target)}: {r.reason}"
+            if line not in said:  # the same refusal again, for a group that has grown since
+                said.add(line)
+                log.debug("%s", line)
         groups: dict[str, list[Op]] = {}
         for op, n in names.items():
             groups.setdefault(n, []).append(op)
         for n, ops in groups.items():
             ops.sort(key=self.index.__getitem__)
-            log.debug("group @%s: %s", n, ", ".join(one(op) for op in ops))
+            log.debug("group @%s: %s", n, ", ".join(self.describe([op]) for op in ops))
         log.debug("fuse: %d fusions, %d groups%s", self.fusions, len(groups),
                   f" (fuel={self.fuel})" if self.fuel >= 0 else "")
 
     def describe(self, ops: list[Op]) -> str:
+        """`%12 (max_pool2d)` for one op, `[%3 add, %4 relu, +2]` for a group (names from before the pass)."""
         namer = self._namer
-        parts = [f"%{namer[op.results[0]]} {op.name}" if namer and op.results else op.name for op in ops[:3]]
+
+        def ref(op: Op) -> str:
+            return f"%{namer[op.results[0]]}" if namer is not None and op.results else "%?"
+
+        if len(ops) == 1:
+            return f"{ref(ops[0])} ({ops[0].name})"
         more = f", +{len(ops) - 3}" if len(ops) > 3 else ""
-        return "[" + ", ".join(parts) + more + "]"
+        return "[" + ", ".join(f"{ref(op)} {op.name}" for op in ops[:3]) + more + "]"
 
 
 @register
