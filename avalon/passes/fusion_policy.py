@@ -40,7 +40,7 @@ from functools import cached_property
 
 import numpy as np
 
-from avalon.ir import Op, Value
+from avalon.ir import OPS, Op, Value
 
 # ops that only move or replicate elements: fusable anywhere as index math
 INDEX_OPS = frozenset({"broadcast", "reshape", "transpose", "slice", "pad", "concat"})
@@ -57,6 +57,12 @@ class Decision:
 
     def __bool__(self) -> bool:
         return self.ok
+
+
+def has_trait(op: Op, trait: str) -> bool:
+    """`op.has_trait`, without its import on every call (the pass asks this very often)."""
+    d = OPS.get(op.name)
+    return d is not None and trait in d.traits
 
 
 def is_splat_constant(op: Op) -> bool:
@@ -145,7 +151,7 @@ class FusionGroup:
         return len(self.ops) + len(self.inlined)
 
     def with_trait(self, trait: str) -> list[Op]:
-        return [op for op in self.ops if op.has_trait(trait)]
+        return [op for op in self.ops if has_trait(op, trait)]
 
     @property
     def op_names(self) -> list[str]:
@@ -191,11 +197,11 @@ class FusionPolicy:
         """Why `op` can never be in a group (None: it can)."""
         if op.regions:
             return "it is already a fused group"
-        if op.has_trait("contraction") and not self.epilogue:
+        if has_trait(op, "contraction") and not self.epilogue:
             return "contraction fusion is off (epilogue=false)"
-        if op.has_trait("reduction") and not self.reductions:
+        if has_trait(op, "reduction") and not self.reductions:
             return "reduction fusion is off (reductions=false)"
-        if op.name in INDEX_OPS or any(op.has_trait(t) for t in FUSABLE_TRAITS):
+        if op.name in INDEX_OPS or any(has_trait(op, t) for t in FUSABLE_TRAITS):
             return None
         return f"'{op.name}' has no fusable trait"
 
@@ -276,7 +282,7 @@ class FusionPolicy:
         for op in _depends_on(region, {c}):
             if op is c:
                 continue
-            if not op.has_trait("elementwise") or op.results[0].shape != shape:
+            if not has_trait(op, "elementwise") or op.results[0].shape != shape:
                 return f"'{op.name}' reads the '{c.name}' result at another index (epilogues are elementwise)"
         n = c.results[0].type.numel
         for o in g.outputs:
@@ -301,11 +307,11 @@ class FusionPolicy:
         prefix = axes == tuple(range(len(axes)))
         row_shapes = {kept, keep}
         for op in _depends_on(region, set(reds)):
-            if op.has_trait("reduction"):
+            if has_trait(op, "reduction"):
                 continue
             src = op.operands[0].shape if op.operands else ()
             out = op.results[0].shape
-            if op.has_trait("elementwise") and out in row_shapes | {full}:
+            if has_trait(op, "elementwise") and out in row_shapes | {full}:
                 continue
             if op.name == "reshape" and src in row_shapes and out in row_shapes:
                 continue
