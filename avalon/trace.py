@@ -11,6 +11,9 @@ import functools
 import inspect
 import os
 import sys
+import types
+import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,21 +176,46 @@ def owner_model(fn: Any) -> Any | None:
     return None
 
 
-def signature(fn: Any, args: tuple) -> tuple[Any, list[tuple[str, Any]]]:
-    """A hashable key for caching traces of `fn` on `args`, and the leaves it found."""
+def signature(fn: Any, args: tuple, cache: tree.StateCache | None = None) -> tuple[Any, list[tuple[str, Any]]]:
+    """A hashable key for caching traces of `fn` on `args`, and the leaves it found. A `cache`
+    (one per compiled function) spares re-walking models that did not change since its last call."""
     leaves: list[tuple[str, Any]] = []
     seen: set[int] = set()
     owner = owner_model(fn)
-    head = tree._flatten(owner, "", leaves, seen) if owner is not None else None
-    names = _arg_names(fn, args)
-    trees = tuple(tree._flatten(a, n, leaves, seen) for a, n in zip(args, names))
-    specs = tuple((tuple(x.shape), _dtype_name(x), str(getattr(x, "device", "cpu"))) for _, x in leaves)
+    head = tree._flatten(owner, "", leaves, seen, cache) if owner is not None else None
+    names = _memo_arg_names(fn, len(args)) or _arg_names(fn, args)
+    trees = tuple(tree._flatten(a, n, leaves, seen, cache) for a, n in zip(args, names))
+    specs = tuple(_spec(x) for _, x in leaves)
     return (head, trees, specs), leaves
+
+
+def _spec(x: Any) -> tuple:
+    """Shape, dtype and device of a leaf, read afresh every call (`av.to_device` moves tensors in place)."""
+    if isinstance(x, Tensor) and x._device is CPU and x._value is None:  # the common case, without lookups
+        return (x._data.shape, x._dtype.name, "cpu")
+    return (tuple(x.shape), _dtype_name(x), str(getattr(x, "device", "cpu")))
 
 
 def _dtype_name(x: Any) -> str:
     """One spelling for numpy, torch and Avalon dtypes, so the same data hits the same cache entry."""
     return x.dtype.name if isinstance(x, Tensor) else dt.dtype(x.dtype).name
+
+
+_NAMES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _memo_arg_names(fn: Any, n: int) -> list[str] | None:
+    """`_arg_names` for plain functions and bound methods, remembered per function (reading a
+    signature with `inspect` costs more than the rest of a cached call's key)."""
+    bound = isinstance(fn, types.MethodType)
+    func = fn.__func__ if bound else fn
+    if not isinstance(func, types.FunctionType):
+        return None
+    per_fn = _NAMES.setdefault(func, {})
+    names = per_fn.get((bound, n))
+    if names is None:
+        names = per_fn[(bound, n)] = _arg_names(fn, (None,) * n)
+    return names
 
 
 def trace_call(fn: Any, args: tuple, name: str | None = None) -> Traced:
@@ -264,25 +292,58 @@ def trace(fn: Any, *args: Any) -> Graph:
 
 def run_traced(traced: Traced, graph: Graph, execute, leaves: list[Any]) -> Any:
     """Run `graph` (traced's graph or a transformed one with the same inputs) on `leaves`, rebuild
-    the outputs and apply state updates. Inside an enclosing trace the graph is inlined instead."""
+    the outputs and apply state updates. Inside an enclosing trace the graph is inlined instead.
+
+    State updates are written back before this returns, so an executable may hand them back in
+    storage that its next call overwrites (`CompiledGraph.scratch_outputs`)."""
     outer = current_trace()
     leaves = feed(leaves)
+    n = traced.n_outputs
     if outer is not None:
         results = inline(outer, graph, [outer.value_of(x) for x in leaves])
         outs = [Tensor._traced(v, outer) for v in results]
-    else:
-        arrays = execute(*leaves)
-        devs = {getattr(x, "device", CPU) for x in leaves if isinstance(x, Tensor)}
-        dev = next(iter(devs)) if len(devs) == 1 else CPU
-        outs = [_wrap_result(a, v.type, dev) for a, v in zip(arrays, graph.outputs)]
-    n = traced.n_outputs
-    user, updates = outs[:n], outs[n:]
-    for target, new in zip(traced.update_targets, updates):
-        assign(target, new)
+        for target, new in zip(traced.update_targets, outs[n:]):
+            assign(target, new)
+        return tree.unflatten(traced.out_tree, outs[:n])
+    arrays = execute(*leaves)
+    devs = {x._device for x in leaves if isinstance(x, Tensor)}
+    dev = next(iter(devs)) if len(devs) == 1 else CPU
+    user = [_wrap_result(a, v.type, dev) for a, v in zip(arrays[:n], graph.outputs[:n])]
+    _write_back(traced.update_targets, arrays[n:], graph.outputs[n:], dev)
     return tree.unflatten(traced.out_tree, user)
 
 
+def _write_back(targets: list[Tensor], arrays: Sequence[Any], values: Sequence[Value], dev: Device) -> None:
+    """`assign(target, result)` for each state update, in order; copies between device tensors of
+    the same dtype are batched into one `torch._foreach_copy_` (one launch instead of one each)."""
+    dst: dict[int, tuple[Any, Any]] = {}  # id(target) -> (target storage, source); the last update wins
+    for target, a, v in zip(targets, arrays, values):
+        data = target._data
+        if (target._device is not CPU and hasattr(a, "data_ptr") and a.device == data.device
+                and a.dtype == data.dtype and a.shape == data.shape):
+            dst.pop(id(target), None)
+            dst[id(target)] = (data, a)
+        else:
+            if id(target) in dst:  # an earlier batched update of this target must land first
+                _copy_all([dst.pop(id(target))])
+            assign(target, _wrap_result(a, v.type, dev))
+    if dst:
+        _copy_all(list(dst.values()))
+
+
+def _copy_all(pairs: list[tuple[Any, Any]]) -> None:
+    import torch
+    if len(pairs) > 1 and hasattr(torch, "_foreach_copy_"):
+        torch._foreach_copy_([d for d, _ in pairs], [s for _, s in pairs])  # storage copies, not compute
+    else:
+        for d, s in pairs:
+            d.copy_(s)
+
+
 def _wrap_result(a: Any, t: TensorType, dev: Device) -> Tensor:
+    if isinstance(a, np.ndarray):
+        out = Tensor._wrap(a, t.dtype, CPU)
+        return out if dev is CPU else out.to(dev)
     if isinstance(a, Tensor):
         return a
     if hasattr(a, "data_ptr"):  # torch storage from a GPU backend
@@ -313,7 +374,8 @@ def assign(target: Tensor, new: Tensor) -> None:
         return
     if new.shape != target.shape:
         raise ValueError(f"cannot assign shape {new.shape} to a state tensor of shape {target.shape}")
-    if target._device == CPU:
-        target._data[...] = as_array(new, target.dtype)
+    if target._device is CPU:
+        src = new._data if new._device is CPU and new._dtype is target._dtype and new._value is None else None
+        target._data[...] = src if src is not None else as_array(new, target.dtype)
     else:
         target._data.copy_(new.to(target.device)._data)  # a storage copy, not compute

@@ -6,6 +6,7 @@ recursing into lists, tuples, dicts and other objects, with PyTorch's dotted nam
 """
 from __future__ import annotations
 
+import operator
 import types
 from collections.abc import Iterator
 from typing import Any
@@ -81,12 +82,20 @@ def model_state(obj: Any, seen: set[int] | None = None) -> tuple[list[tuple[str,
     tensors: list[tuple[str, Tensor]] = []
     static: list[Any] = []
     _walk_state(obj, "", set() if seen is None else seen, tensors, static)
+    return _trace_order(tensors), tuple(static)
+
+
+def _trace_order(tensors: list[tuple[str, Tensor]]) -> list[tuple[str, Tensor]]:
+    """Parameters first, then buffers (a stable split, so filtering keeps the order)."""
     params = [(n, t) for n, t in tensors if not isinstance(t, Buffer) and t.dtype.is_float]
     buffers = [(n, t) for n, t in tensors if isinstance(t, Buffer) or not t.dtype.is_float]
-    return params + buffers, tuple(static)
+    return params + buffers
 
 
-def _walk_state(obj: Any, prefix: str, seen: set[int], tensors: list, static: list) -> None:
+def _walk_state(obj: Any, prefix: str, seen: set[int], tensors: list, static: list,
+                nodes: list | None = None) -> None:
+    """`nodes` (when given) collects every container walked with its children (`_kids`), which is
+    what `StateCache` compares to tell that nothing was reassigned since."""
     if isinstance(obj, _STATIC):
         static.append((prefix, obj))
         return
@@ -107,8 +116,66 @@ def _walk_state(obj: Any, prefix: str, seen: set[int], tensors: list, static: li
         items = [(k, v) for k, v in vars(obj).items() if not k.startswith("__")]
     else:
         return
+    if nodes is not None and not isinstance(obj, tuple):  # a tuple cannot change: its parent's check covers it
+        nodes.append((obj, _kids(obj)))
     for k, v in items:
-        _walk_state(v, f"{prefix}.{k}" if prefix else k, seen, tensors, static)
+        _walk_state(v, f"{prefix}.{k}" if prefix else k, seen, tensors, static, nodes)
+
+
+def _kids(obj: Any) -> tuple:
+    """Everything a walk of `obj` reads: a sequence's items, a dict's (or an object's attribute
+    dict's) keys then values."""
+    if isinstance(obj, (list, tuple)):
+        return tuple(obj)
+    d = obj if isinstance(obj, dict) else obj.__dict__
+    return (*d, *d.values())
+
+
+def _unchanged(nodes: list[tuple[Any, tuple]]) -> bool:
+    for obj, kids in nodes:
+        now = _kids(obj)
+        if len(now) != len(kids) or not all(map(operator.is_, now, kids)):
+            return False
+    return True
+
+
+class StateCache:
+    """`model_state` for the models a compiled function keeps being called with, without walking
+    them on every call.
+
+    A walk's result depends only on the objects it reads: each container's items, each object's
+    attribute dict. The cache keeps, per model, every container walked and the exact objects it
+    held then (strong references, so identities cannot be reused), and on the next call compares
+    them by identity: reassigning any attribute (`model.training = False`, `layer.weight = new`),
+    adding one, or mutating a walked list or dict shows up as a different object and the model
+    is walked again. Tensors are compared by identity only; their shapes, dtypes and devices can
+    change in place (`av.to_device`), so callers read those on every call. Holding references
+    keeps up to `size` models alive until the cache (a compiled function's) is dropped.
+    """
+
+    def __init__(self, size: int = 4):
+        self.size = size
+        self._entries: dict[int, tuple[Any, list, list[tuple[str, Tensor]], tuple]] = {}
+        self.walks = 0  # full walks made (a test hook: a hit makes none)
+
+    def model_state(self, obj: Any, seen: set[int]) -> tuple[list[tuple[str, Tensor]], tuple]:
+        """`model_state(obj, seen)`: the cached walk (which ignored `seen`) less the tensors in `seen`."""
+        entry = self._entries.get(id(obj))
+        if entry is None or entry[0] is not obj or not _unchanged(entry[1]):
+            nodes: list = []
+            tensors: list[tuple[str, Tensor]] = []
+            static: list = []
+            _walk_state(obj, "", set(), tensors, static, nodes)
+            self.walks += 1
+            entry = (obj, nodes, _trace_order(tensors), tuple(static))
+            self._entries.pop(id(obj), None)
+            self._entries[id(obj)] = entry
+            while len(self._entries) > self.size:
+                del self._entries[next(iter(self._entries))]
+        tensors, static = entry[2], entry[3]
+        if seen:
+            tensors = [(n, t) for n, t in tensors if id(t) not in seen]
+        return tensors, static
 
 
 # -- flattening arguments -------------------------------------------------------------------
@@ -119,23 +186,25 @@ def flatten(obj: Any, name: str) -> tuple[list[tuple[str, Any]], Any]:
     return leaves, _flatten(obj, name, leaves)
 
 
-def _flatten(obj: Any, name: str, leaves: list, seen: set[int] | None = None) -> Any:
+def _flatten(obj: Any, name: str, leaves: list, seen: set[int] | None = None,
+             cache: StateCache | None = None) -> Any:
     """`seen` (ids of leaves already taken) lets several arguments share a model, or an optimizer
-    hold the model it updates, without feeding the same tensor twice."""
+    hold the model it updates, without feeding the same tensor twice. `cache` remembers the walks
+    of models between calls."""
     seen = set() if seen is None else seen
     if isinstance(obj, Tensor) or is_array_like(obj):
         leaves.append((name, obj))
         seen.add(id(obj))
         return ("leaf",)
     if isinstance(obj, (list, tuple)):
-        kids = tuple(_flatten(v, f"{name}.{i}", leaves, seen) for i, v in enumerate(obj))
+        kids = tuple(_flatten(v, f"{name}.{i}", leaves, seen, cache) for i, v in enumerate(obj))
         return (type(obj).__name__, kids)
     if isinstance(obj, dict):
         keys = tuple(obj.keys())
-        kids = tuple(_flatten(obj[k], f"{name}.{k}", leaves, seen) for k in keys)
+        kids = tuple(_flatten(obj[k], f"{name}.{k}", leaves, seen, cache) for k in keys)
         return ("dict", keys, kids)
     if is_model(obj):
-        tensors, static = model_state(obj, set(seen))
+        tensors, static = model_state(obj, set(seen)) if cache is None else cache.model_state(obj, seen)
         seen.update(id(t) for _, t in tensors)
         leaves.extend(tensors)
         return ("model", id(obj), tuple(n for n, _ in tensors), static)

@@ -33,6 +33,7 @@ from avalon.ir import Graph, verify
 from avalon.passes import PassManager, PassRecord
 from avalon.passes.memory_plan import MemoryPlan, plan_memory
 from avalon.trace import SEED, Traced, current_trace, feed, owner_model, run_traced, signature, trace_call
+from avalon.tree import StateCache
 
 from .backends import fusion_groups, get_backend
 from .check import GroupChecker
@@ -130,7 +131,7 @@ class Compiled:
     what the compiler did. Binds as a method when used as a decorator inside a class."""
 
     # slots (no __dict__): the tracer must not mistake a compiled function for a model to walk
-    __slots__ = ("fn", "backend", "pipeline", "check", "_cache", "_hits", "_misses", "__weakref__")
+    __slots__ = ("fn", "backend", "pipeline", "check", "_cache", "_states", "_hits", "_misses", "__weakref__")
 
     def __init__(self, fn: Callable, backend: str | Any = "numpy", pipeline: str | PassManager | None = None,
                  check: bool | None = None):
@@ -148,6 +149,7 @@ class Compiled:
         self.pipeline = pipeline
         self.check = check if check is not None else os.environ.get("AVALON_CHECK", "").lower() in _TRUE
         self._cache: dict[Any, _Entry] = {}
+        self._states = StateCache()  # the models' walks, re-used while nothing in them is reassigned
         self._hits = self._misses = 0
 
     # -- looking like the wrapped function --------------------------------------------------
@@ -200,11 +202,12 @@ class Compiled:
 
     def cache_clear(self) -> None:
         self._cache.clear()
+        self._states = StateCache()
         self._hits = self._misses = 0
 
     # -- machinery ---------------------------------------------------------------------------
     def _entry(self, args: tuple) -> tuple[_Entry, list[tuple[str, Any]]]:
-        key, leaves = signature(self.fn, args)
+        key, leaves = signature(self.fn, args, self._states)
         entry = self._cache.get(key)
         if entry is not None:
             self._hits += 1
