@@ -22,13 +22,16 @@ class Namer:
     def __init__(self) -> None:
         self.names: dict[int, str] = {}
         self.used: set[str] = set()
+        self.suffix: dict[str, int] = {}
         self.counter = 0
 
     def _fresh(self, hint: str) -> str:
-        name, k = hint, 0
-        while name in self.used:
-            k += 1
-            name = f"{hint}_{k}"
+        name, k = hint, self.suffix.get(hint, 0)
+        if name in self.used:  # resume numbering where this hint left off: linear, not quadratic
+            while name in self.used:
+                k += 1
+                name = f"{hint}_{k}"
+            self.suffix[hint] = k
         self.used.add(name)
         return name
 
