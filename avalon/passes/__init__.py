@@ -31,7 +31,7 @@ from .rewriter import (
     walk_blocks,
 )
 
-DEFAULT_PIPELINE = "canonicalize,cse,dce,fuse"
+DEFAULT_PIPELINE = "canonicalize,cse,dce,fuse,memory-plan"
 """The standard pipeline `av.compile` runs: clean up, then group ops into kernels (`fuse` leaves no
 dead code behind, so no trailing dce is needed)."""
 
