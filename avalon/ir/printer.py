@@ -23,6 +23,7 @@ class Namer:
         self.names: dict[int, str] = {}
         self.used: set[str] = set()
         self.suffix: dict[str, int] = {}
+        self.scopes: dict[int, set[str]] = {}
         self.counter = 0
 
     def _fresh(self, hint: str) -> str:
@@ -39,6 +40,18 @@ class Namer:
         hint = v.name if v.name and _IDENT.match(v.name) else default
         n = self.names[id(v)] = self._fresh(hint)
         return n
+
+    def region_arg(self, v: Value, default: str, block) -> str:
+        """Names unique within one region only (results elsewhere are numbers, so never clash)."""
+        scope = self.scopes.setdefault(id(block), set())
+        hint = v.name if v.name and _IDENT.match(v.name) else default
+        name, k = hint, 0
+        while name in scope:
+            k += 1
+            name = f"{hint}_{k}"
+        scope.add(name)
+        self.names[id(v)] = name
+        return name
 
     def result(self, v: Value) -> str:
         while str(self.counter) in self.used:
@@ -121,8 +134,8 @@ def op_lines(op: Op, namer: Namer, indent: str = "", locations: bool = False) ->
 
 def _block_lines(block: Block, namer: Namer, indent: str, locations: bool, header: bool) -> list[str]:
     lines = []
-    if header:
-        args = ", ".join(f"%{namer.arg(a, f'arg{i}')}: {a.type}" for i, a in enumerate(block.args))
+    if header:  # a region is isolated from above: its argument names are its own (%arg0, ... again)
+        args = ", ".join(f"%{namer.region_arg(a, f'arg{i}', block)}: {a.type}" for i, a in enumerate(block.args))
         lines.append(f"{indent}^bb0({args}):")
     for op in block.ops:
         lines += op_lines(op, namer, indent, locations)
