@@ -250,6 +250,11 @@ class Compiled:
                           (t3 - t2) * 1e3, getattr(self.backend, "kernel_suffix", ".py"))
         if root is not None:
             insp.debug_dir = debug.dump(insp, root, fusion_log)
+        # state updates are written back before a call returns, so the backend may hand them over in
+        # storage it reuses (a `CompiledGraph`, possibly wrapped by the backend's executable)
+        runtime = getattr(exe, "compiled", exe)
+        if hasattr(runtime, "scratch_outputs"):
+            runtime.scratch_outputs = frozenset(range(traced.n_outputs, len(graph.outputs)))
         ids = {id(obj): j for j, (_, obj) in enumerate(leaves)}
         update_at = [(ids.get(id(t)), t) for t in traced.update_targets]
         seeded = any(x is SEED for x in traced.leaves)

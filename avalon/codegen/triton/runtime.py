@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ import torch
 
 from avalon.ir import dtypes as dt
 from avalon.ir.core import Graph, Value
+from avalon.ir.dtypes import DType
 from avalon.ir.types import TensorType
 
 from . import types as ty
@@ -68,7 +70,20 @@ def default_device() -> torch.device:
 
 class CompiledGraph:
     """A graph lowered to Triton kernels. Call it with numpy arrays or torch tensors (one per graph
-    input); it returns a tuple of torch tensors (one per graph output) on its device."""
+    input); it returns a tuple of torch tensors (one per graph output) on its device.
+
+    Per device, the storage of intermediates (pooled buffers, the memory-plan pass's arenas) and
+    the uploaded constants are allocated on the first call and reused by later ones: kernels on
+    one device run in order (one stream), so a call's intermediates are dead before the next call
+    writes them. Returned tensors never live there: outputs get new buffers on every call, except
+    the ones listed in `scratch_outputs`, which the caller promises to consume before calling
+    again (`av.compile` lists its state updates, which `run_traced` writes back at once).
+
+    On CUDA, after one call has run the kernels once (compiling them), the next call captures
+    the whole launch sequence into a CUDA graph that later calls replay (`cudagraph.GraphRunner`);
+    `AVALON_CUDA_GRAPHS=0` turns that off. `capture` (None: CUDA graphs on CUDA devices) lets
+    tests drive the same machinery with a fake graph on the CPU.
+    """
 
     def __init__(self, graph: Graph, launches: list[Launch], plan: MemoryPlan, constants: list[np.ndarray],
                  const_types: list[TensorType], kernels: dict[str, str], make_copy, device: torch.device):
@@ -77,51 +92,127 @@ class CompiledGraph:
         self.plan = plan
         self.kernels = kernels  # kernel name -> generated source
         self.device = device
+        self.scratch_outputs: frozenset[int] = frozenset()
+        self.capture: Any = None  # a `cudagraph.Capture` to use on every device (tests); None: the default
         self._constants = constants
         self._const_types = const_types
-        self._const_tensors: dict[str, list[torch.Tensor]] = {}
         self._make_copy = make_copy  # (TensorType, src dtype, src strides) -> Kernel
         self._copies: dict[tuple, Kernel] = {}
+        self._work: dict[str, _Workspace] = {}
+        self._runners: dict[str, Any] = {}  # device -> GraphRunner, or None where graphs are off
+        self._layout()
 
     def __repr__(self) -> str:
         return f"<CompiledGraph @{self.graph.name}: {len(self.launches)} launches, kernels {list(self.kernels)}>"
 
+    @property
+    def cuda_graphs(self) -> dict[str, str]:
+        """Per device this graph ran on: "captured", "warming up", "off: <why>" (capture given up)
+        or "not used" (disabled, or not a CUDA device)."""
+        return {d: "not used" if r is None else f"off: {r.failed}" if r.failed else r.state
+                for d, r in self._runners.items()}
+
+    def _layout(self) -> None:
+        """Number every storage a run touches (inputs, constants, buffers, typed arena views) once,
+        so that a call binds launches by list indexing instead of per-value plan lookups."""
+        plan, n_in, n_const = self.plan, len(self.graph.inputs), len(self._constants)
+        self._n_fixed = n_in + n_const
+        self._views: list[tuple[int, int, DType]] = []  # (arena, bytes, dtype) per arena view slot
+        index: dict[tuple, int] = {}
+
+        def slot(v: Value) -> int:
+            s = plan.of(v)
+            if s.kind == "input":
+                return s.index
+            if s.kind == "const":
+                return n_in + s.index
+            if s.kind == "buffer":
+                return self._n_fixed + s.index
+            key = (s.index, max(v.type.nbytes, v.dtype.itemsize), v.dtype)  # bytes shared by values of any dtype
+            if key not in index:
+                index[key] = len(self._views)
+                self._views.append(key)
+            return self._n_fixed + len(plan.buffers) + index[key]
+
+        self._bound = [(ln.kernel, [slot(v) for v in ln.args]) for ln in self.launches]
+        self._outs: list[tuple[int, TensorType, bool]] = []  # slot, type, fresh (else copied)
+        seen = set()
+        for v in self.graph.outputs:
+            s = plan.of(v)
+            # like the reference: a result never shares memory with an input or another result
+            self._outs.append((slot(v), v.type, s.kind == "buffer" and (s.kind, s.index) not in seen))
+            seen.add((s.kind, s.index))
+        self._in_specs = [_InputSpec.of(v.type) for v in self.graph.inputs]
+
+    def _returned_buffers(self) -> set[int]:
+        """Buffers holding an output that is not scratch: new ones on every call."""
+        return {slot - self._n_fixed for j, (slot, _, fresh) in enumerate(self._outs)
+                if fresh and j not in self.scratch_outputs}
+
+    # --- running ------------------------------------------------------------------------------------
     def __call__(self, *inputs: Any) -> tuple[torch.Tensor, ...]:
         want = self.graph.inputs
         if len(inputs) != len(want):
             raise TypeError(f"graph @{self.graph.name} takes {len(want)} input(s), got {len(inputs)}")
         device = self._device_of(inputs)
         args = [self._adapt(i, v.type, x, device) for i, (v, x) in enumerate(zip(want, inputs))]
-        consts = self._consts(device)
-        bufs = [torch.empty(max(n, 1), dtype=ty.TORCH[d.name], device=device) for d, n in self.plan.buffers]
-        arenas = [torch.empty(max(n, 8), dtype=torch.uint8, device=device) for n in self.plan.arenas]
+        key = str(device)
+        runner = self._runners.get(key, False)
+        if runner is False:
+            runner = self._runners[key] = self._graph_runner(device)
+        if runner is not None:
+            outs = runner(args)
+            if outs is not None:
+                return outs
+        ws = self._workspace(device)
+        if not ws.lock.acquire(blocking=False):  # another thread is running on it: use storage of our own
+            ws = _Workspace(self, device)
+            ws.lock.acquire()
+        try:
+            slots = self._slots(args, ws)
+            for k, idx in self._bound:
+                launch(k, [slots[i] for i in idx])
+            return tuple(x if fresh else self._place(x, t, t.dtype, force=True)
+                         for x, (_, t, fresh) in zip(self._out_views(slots), self._outs))
+        finally:
+            ws.lock.release()
 
-        def storage(v: Value) -> torch.Tensor:
-            s = self.plan.of(v)
-            if s.kind == "arena":  # bytes shared by values of any dtype: view the prefix this one needs
-                return arenas[s.index][:max(v.type.nbytes, v.dtype.itemsize)].view(ty.TORCH[v.dtype.name])
-            return args[s.index] if s.kind == "input" else consts[s.index] if s.kind == "const" else bufs[s.index]
+    def _slots(self, args: list[torch.Tensor], ws: _Workspace) -> list[torch.Tensor]:
+        bufs = ws.bufs
+        if ws.per_call:
+            bufs = list(bufs)
+            for b in ws.per_call:
+                bufs[b] = ws.new_buffer(b)
+        return [*args, *ws.consts, *bufs, *ws.views]
 
-        for ln in self.launches:
-            launch(ln.kernel, [storage(v) for v in ln.args])
-        outs, seen = [], set()
-        for v in self.graph.outputs:
-            s = self.plan.of(v)
-            # like the reference: a result never shares memory with an input or another result
-            fresh = s.kind == "buffer" and (s.kind, s.index) not in seen
-            seen.add((s.kind, s.index))
-            x = _view(storage(v), v.type)
-            outs.append(x if fresh else self._place(x, v.type, v.dtype, force=True))
-        return tuple(outs)
+    def _out_views(self, slots: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [_view(slots[i], t) for i, t, _ in self._outs]
+
+    def _workspace(self, device: torch.device) -> _Workspace:
+        ws = self._work.get(str(device))
+        if ws is None:
+            ws = self._work[str(device)] = _Workspace(self, device)
+        return ws
+
+    def _graph_runner(self, device: torch.device) -> Any:
+        from . import cudagraph
+        capture = cudagraph.capture_for(device, self.capture)
+        return cudagraph.GraphRunner(self, device, capture) if capture is not None else None
 
     # --- inputs -----------------------------------------------------------------------------------
     def _device_of(self, inputs: Sequence[Any]) -> torch.device:
         for x in inputs:
             if isinstance(x, torch.Tensor) and x.device.type != "cpu":
                 return x.device
+        if self.device.type == "cuda" and self.device.index is None:  # one name per device, as tensors say: "cuda:0"
+            self.device = torch.device("cuda", torch.cuda.current_device())
         return self.device
 
     def _adapt(self, i: int, t: TensorType, x: Any, device: torch.device) -> torch.Tensor:
+        if isinstance(x, torch.Tensor):
+            spec = self._in_specs[i]
+            if x.dtype is spec.dtype and x.shape == t.shape and x.device == device and spec.fits(x):
+                return x  # the common case: the caller's storage as it is
         where = f"input {i} ('{self.graph.inputs[i].name or i}')"
         if isinstance(x, torch.Tensor):
             if ty.from_torch(x.dtype) != t.dtype or tuple(x.shape) != t.shape:
@@ -137,26 +228,23 @@ class CompiledGraph:
             src = src.to(device)
         return self._place(src, t, dt.float32 if t.dtype == dt.bfloat16 else t.dtype)
 
+    def _copy_kernel(self, x: torch.Tensor, t: TensorType, src_dtype) -> Kernel:
+        key = (t, src_dtype.name, tuple(x.stride()))
+        k = self._copies.get(key)
+        if k is None:
+            k = self._copies[key] = self._make_copy(t, src_dtype, tuple(x.stride()))
+        return k
+
     def _place(self, x: torch.Tensor, t: TensorType, src_dtype, force: bool = False) -> torch.Tensor:
         """`x` if it already has `t`'s dtype and layout, else (or if `force`) a copy kernel's result."""
         strides = t.strides()
         same = all(s == e for s, e, n in zip(x.stride(), strides, t.shape) if n > 1)
         if same and src_dtype == t.dtype and not force:
             return x
-        key = (t, src_dtype.name, tuple(x.stride()))
-        k = self._copies.get(key)
-        if k is None:
-            k = self._copies[key] = self._make_copy(t, src_dtype, tuple(x.stride()))
+        k = self._copy_kernel(x, t, src_dtype)
         out = torch.empty(max(t.numel, 1), dtype=ty.TORCH[t.dtype.name], device=x.device)
         launch(k, [x, out])
         return _view(out, t)
-
-    def _consts(self, device: torch.device) -> list[torch.Tensor]:
-        key = str(device)
-        if key not in self._const_tensors:
-            self._const_tensors[key] = [self._adapt_const(a, t, device) for a, t in
-                                        zip(self._constants, self._const_types)]
-        return self._const_tensors[key]
 
     def _adapt_const(self, a: np.ndarray, t: TensorType, device: torch.device) -> torch.Tensor:
         from avalon.codegen.numpy import evaluate
@@ -166,6 +254,48 @@ class CompiledGraph:
         if device.type != "cpu":
             src = src.to(device)
         return self._place(src, t, dt.float32 if t.dtype == dt.bfloat16 else t.dtype)
+
+
+@dataclass
+class _InputSpec:
+    """What an input tensor must look like to be used as it is (its dims longer than 1 strided as
+    the input type's layout says)."""
+
+    dtype: torch.dtype
+    dims: tuple[int, ...]  # the dims with more than one element
+    strides: tuple[int, ...]  # their strides
+    empty: bool  # no elements: kernels get a one-element buffer instead (a valid pointer)
+
+    @classmethod
+    def of(cls, t: TensorType) -> _InputSpec:
+        st = t.strides()
+        dims = tuple(d for d, n in enumerate(t.shape) if n > 1)
+        return cls(ty.TORCH[t.dtype.name], dims, tuple(st[d] for d in dims), t.numel == 0)
+
+    def fits(self, x: torch.Tensor) -> bool:
+        st = x.stride()
+        return not self.empty and all(st[d] == e for d, e in zip(self.dims, self.strides))
+
+
+class _Workspace:
+    """One device's storage kept across calls: constants, pooled intermediate buffers, arenas and
+    their typed views. Buffers that hold returned outputs are made anew on every call instead
+    (`per_call`); `lock` keeps two threads from running on the same storage at once."""
+
+    def __init__(self, cg: CompiledGraph, device: torch.device):
+        plan = self._plan = cg.plan
+        self.device = device
+        self.consts = [cg._adapt_const(a, t, device) for a, t in zip(cg._constants, cg._const_types)]
+        self.per_call = sorted(cg._returned_buffers())
+        self.bufs: list[torch.Tensor | None] = [None if b in self.per_call else self.new_buffer(b)
+                                                for b in range(len(plan.buffers))]
+        arenas = [torch.empty(max(n, 8), dtype=torch.uint8, device=device) for n in plan.arenas]
+        self.views = [arenas[a][:n].view(ty.TORCH[d.name]) for a, n, d in cg._views]
+        self.lock = threading.Lock()
+
+    def new_buffer(self, b: int) -> torch.Tensor:
+        d, n = self._plan.buffers[b]
+        return torch.empty(max(n, 1), dtype=ty.TORCH[d.name], device=self.device)
 
 
 def _host_array(x: Any, t: TensorType, where: str) -> np.ndarray:
@@ -179,7 +309,7 @@ def _host_array(x: Any, t: TensorType, where: str) -> np.ndarray:
         raise TypeError(f"{where}: expected {t}, got a {a.dtype} array of shape {a.shape}")
     if t.dtype == dt.bfloat16:
         a = round_bf16(a)
-    return np.ascontiguousarray(a)
+    return np.require(a, requirements="C")  # (ascontiguousarray would make a 0-d array 1-d)
 
 
 def _view(base: torch.Tensor, t: TensorType) -> torch.Tensor:
