@@ -286,3 +286,29 @@ def test_bf16_and_int_folds_match_the_interpreter():
 def test_fold_table_names_only_defined_ops():
     stale = sorted(name for name in FOLD if name not in ir.OPS)
     assert not stale, f"FOLD has hooks for ops the registry does not define: {stale}"
+
+
+def test_transpose_of_a_product_swaps_the_operands():
+    # (a @ b)^T = b^T @ a^T: no copy of the product; a^T's transpose of a transpose cancels
+    assert_rewrites("canonicalize", """
+    func @f(%a: tensor<3x2xf32>, %b: tensor<3x4xf32>) -> (tensor<4x2xf32>) {
+      %0 = transpose %a {perm = [1, 0]} : tensor<2x3xf32>
+      %1 = matmul %0, %b : tensor<2x4xf32>
+      %2 = transpose %1 {perm = [1, 0]} : tensor<4x2xf32>
+      return %2
+    }""", """
+    func @f(%a: tensor<3x2xf32>, %b: tensor<3x4xf32>) -> (tensor<4x2xf32>) {
+      %0 = transpose %b {perm = [1, 0]} : tensor<4x3xf32>
+      %1 = matmul %0, %a : tensor<4x2xf32>
+      return %1
+    }""")
+
+
+def test_transpose_of_a_shared_product_is_kept():
+    text = """
+    func @f(%a: tensor<2x3xf32>, %b: tensor<3x4xf32>) -> (tensor<4x2xf32>, tensor<2x4xf32>) {
+      %0 = matmul %a, %b : tensor<2x4xf32>
+      %1 = transpose %0 {perm = [1, 0]} : tensor<4x2xf32>
+      return %1, %0
+    }"""
+    assert_rewrites("canonicalize", text, text)

@@ -219,6 +219,21 @@ def compose_transposes(op: Op, rw: Rewriter) -> bool:
     return _replace_checked(op, new, rw)
 
 
+@pattern("transpose")
+def transpose_of_matmul(op: Op, rw: Rewriter) -> bool:
+    """transpose(a @ b) over the last two dims -> b^T @ a^T. The product is then computed in the
+    order its users read it, and the operand transposes become strided reads inside the matmul's
+    kernel instead of a copy of the result (the weight gradients of a linear layer)."""
+    mm = producer(op.operands[0], "matmul")
+    r = op.result.type.rank
+    if mm is None or len(mm.result.uses) != 1 or op.attrs["perm"] != [*range(r - 2), r - 1, r - 2]:
+        return False
+    a, b = mm.operands
+    perm = op.attrs["perm"]
+    new = rw.build("matmul", rw.build("transpose", b, perm=perm), rw.build("transpose", a, perm=perm))
+    return _replace_checked(op, new, rw)
+
+
 @pattern("reshape")
 def compose_reshapes(op: Op, rw: Rewriter) -> bool:
     """reshape(reshape(x)) -> reshape(x) (row-major order makes the middle shape irrelevant)."""
@@ -253,8 +268,8 @@ def splat_dense_constants(op: Op, rw: Rewriter) -> bool:
     return True
 
 
-PATTERNS: list[RewritePattern] = [*ALGEBRAIC, compose_transposes, compose_reshapes, compose_broadcasts,
-                                  splat_dense_constants]
+PATTERNS: list[RewritePattern] = [*ALGEBRAIC, compose_transposes, transpose_of_matmul, compose_reshapes,
+                                  compose_broadcasts, splat_dense_constants]
 
 
 @register("canonicalize")
