@@ -1,15 +1,23 @@
 """Training-step time of the seed's benchmarks, Avalon against PyTorch eager in the same process.
 
     python benchmarks/train_step.py [--device cpu|cuda] [--reps 30] [--out results.json]
+                                    [--cuda-graphs 0|1|both]
 
 LeNet (batch 64, NLL) and the MLP VAE (batch 128, BCE + KL), one step = forward + backward + SGD
 update. Avalon compiles the whole step once (`av.compile`, backend numpy on the CPU, triton on a
 GPU); PyTorch runs eagerly with the same weights, data and optimizer. Each cell is the median of
 `--reps` timed steps after warm-up; the ratio is torch / avalon (above 1 means Avalon is faster).
+
+On CUDA, `--cuda-graphs both` (the default) times Avalon twice in the same process, with kernels
+launched one by one (`AVALON_CUDA_GRAPHS=0`) and replayed from a CUDA graph, each from the same
+initial weights. The `graphs` column says whether the capture held ("captured"; anything else
+means the graphs column timed plain launches), and `max |d|` is the largest difference between
+the two runs' losses and parameters after their first four steps (0 when replay is exact).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -64,19 +72,41 @@ def timed(fn, reps: int, sync) -> float:
     return statistics.median(times) * 1e3
 
 
-def bench(name, model, loss_fn, tmodel, tloss, batch, dev, reps, backend, lr=0.01):
-    opt = optim.SGD(model, lr=lr)
-    topt = torch.optim.SGD(tmodel.parameters(), lr=lr)
+def bench(name, make_model, loss_fn, tmodel, tloss, batch, dev, reps, backend, graphs, lr=0.01):
+    """Avalon per CUDA-graph mode in `graphs` (None: not applicable), then torch, on one workload."""
 
     def step(model, opt, *xs):
         loss, grads = av.value_and_grad(loss_fn)(model, *xs)
         opt.step(grads)
         return loss
 
-    compiled = av.compile(step, backend=backend)
-    t0 = time.perf_counter()
-    compiled(model, opt, *batch)
-    first = time.perf_counter() - t0
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    abatch = [av.tensor(b, device=dev) for b in batch]
+    row = {"model": name, "device": dev, "backend": backend}
+    checks = {}
+    for mode in graphs:
+        av.manual_seed(0)  # the same random numbers (the VAE's noise) in each mode
+        model = make_model()
+        opt = optim.SGD(model, lr=lr)
+        compiled = av.compile(step, backend=backend)
+        with cuda_graphs(mode):  # read when the compiled graph first runs on the device
+            t0 = time.perf_counter()
+            compiled(model, opt, *batch)
+            sync()
+            first = time.perf_counter() - t0
+            losses = [float(compiled(model, opt, *abatch)) for _ in range(3)]  # warm-up and capture
+        checks[mode] = np.array(losses + [v for _, p in nn.named_parameters(model) for v in p.numpy().ravel()])
+        t_av = timed(lambda: compiled(model, opt, *abatch), reps, sync)  # noqa: B023 - timed at once
+        state = graph_state(compiled)
+        key = "avalon_graphs_ms" if mode else "avalon_ms"
+        row.update({key: t_av, "graphs": state} if mode else {key: t_av})
+        row.setdefault("first_call_s", first)
+        info = compiled.inspect(model, opt, *abatch)
+        row.update({"kernels": len(info.kernels), "ops_after_passes": len(info.graph.ops)})
+    if len(checks) == 2:
+        row["graphs_max_abs_diff"] = float(np.max(np.abs(checks[True] - checks[False])))
+
+    topt = torch.optim.SGD(tmodel.parameters(), lr=lr)
     tbatch = [torch.from_numpy(b).to(dev) for b in batch]
 
     def torch_step():
@@ -85,14 +115,35 @@ def bench(name, model, loss_fn, tmodel, tloss, batch, dev, reps, backend, lr=0.0
         loss.backward()
         topt.step()
 
-    abatch = [av.tensor(b, device=dev) for b in batch]
-    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
-    t_av = timed(lambda: compiled(model, opt, *abatch), reps, sync)
-    t_torch = timed(torch_step, reps, sync)
-    info = compiled.inspect(model, opt, *abatch)
-    return {"model": name, "device": dev, "backend": backend, "avalon_ms": t_av, "torch_ms": t_torch,
-            "torch/avalon": t_torch / t_av, "first_call_s": first, "kernels": len(info.kernels),
-            "ops_after_passes": len(info.graph.ops)}
+    row["torch_ms"] = t_torch = timed(torch_step, reps, sync)
+    for key in ("avalon_ms", "avalon_graphs_ms"):
+        if key in row:
+            row["torch/" + key[:-3]] = t_torch / row[key]
+    return row
+
+
+@contextlib.contextmanager
+def cuda_graphs(mode):
+    """`AVALON_CUDA_GRAPHS` set for `mode` (True/False; None leaves it as it is)."""
+    old = os.environ.get("AVALON_CUDA_GRAPHS")
+    if mode is not None:
+        os.environ["AVALON_CUDA_GRAPHS"] = "1" if mode else "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("AVALON_CUDA_GRAPHS", None)
+        else:
+            os.environ["AVALON_CUDA_GRAPHS"] = old
+
+
+def graph_state(compiled) -> str:
+    """What the Triton runtime did with CUDA graphs for the compiled step ("captured", "off: why", ...)."""
+    states = set()
+    for entry in compiled._cache.values():
+        runtime = getattr(entry.executable, "compiled", None)
+        states.update(getattr(runtime, "cuda_graphs", {}).values())
+    return ", ".join(sorted(states)) or "-"
 
 
 def main() -> None:
@@ -101,46 +152,61 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--out", default=None)
     ap.add_argument("--only", default=None, help="lenet or vae")
+    ap.add_argument("--cuda-graphs", choices=["0", "1", "both"], default="both",
+                    help="time Avalon with kernels launched one by one (0), replayed from CUDA graphs (1), or both")
     args = ap.parse_args()
     dev = args.device
     backend = "triton" if dev == "cuda" else "numpy"
+    graphs = [None] if dev != "cuda" else {"0": [False], "1": [True], "both": [False, True]}[args.cuda_graphs]
     rng = np.random.default_rng(0)
     av.manual_seed(0)
     torch.manual_seed(0)
     rows = []
     if args.only in (None, "lenet"):
         tm = torch_lenet().to(dev)
-        m = zoo.LeNet()
-        sd = tm.state_dict()
-        names = [n for n, _ in nn.named_parameters(m)]
-        nn.load_state_dict(m, dict(zip(names, [v.detach().cpu() for v in sd.values()])))
-        av.to_device(m, dev)
+        names = [n for n, _ in nn.named_parameters(zoo.LeNet())]
+        weights = dict(zip(names, [v.detach().cpu() for v in tm.state_dict().values()]))
         x = rng.standard_normal((64, 1, 28, 28)).astype(np.float32)
         y = rng.integers(0, 10, 64).astype(np.int64)
-        rows.append(bench("LeNet bs64", m, zoo.nll, tm, lambda mdl, a, b: torch.nn.functional.nll_loss(mdl(a), b),
-                          [x, y], dev, args.reps, backend))
+        rows.append(bench("LeNet bs64", loaded(zoo.LeNet, weights, dev), zoo.nll, tm,
+                          lambda mdl, a, b: torch.nn.functional.nll_loss(mdl(a), b), [x, y], dev, args.reps,
+                          backend, graphs))
     if args.only in (None, "vae"):
         tm = TorchVAE().to(dev)
-        m = zoo.VAE()
-        nn.load_state_dict(m, {k: v.detach().cpu() for k, v in tm.state_dict().items()})
-        av.to_device(m, dev)
+        weights = {k: v.detach().cpu() for k, v in tm.state_dict().items()}
         x = rng.random((128, 784)).astype(np.float32)
+
         def vae_loss(mdl, a):
             recon, mu, logvar = mdl(a)
             return zoo.vae_loss(recon, a, mu, logvar)
 
-        rows.append(bench("VAE bs128", m, vae_loss, tm, torch_vae_loss, [x], dev,
-                          args.reps, backend, lr=1e-5))  # the summed loss is large: a small step stays finite
-    hdr = (f"{'workload':<12} {'device':<6} {'avalon ms':>10} {'torch ms':>9} {'torch/avalon':>13} "
-           f"{'1st call s':>10} {'kernels':>8}")
+        rows.append(bench("VAE bs128", loaded(zoo.VAE, weights, dev), vae_loss, tm, torch_vae_loss, [x], dev,
+                          args.reps, backend, graphs, lr=1e-5))  # the summed loss is large: a small step stays finite
+    hdr = (f"{'workload':<12} {'device':<6} {'avalon ms':>10} {'+graphs ms':>10} {'torch ms':>9} "
+           f"{'torch/avalon':>13} {'1st call s':>10} {'kernels':>8}  graphs (max |d|)")
     print(hdr)
     for r in rows:
-        print(f"{r['model']:<12} {r['device']:<6} {r['avalon_ms']:>10.2f} {r['torch_ms']:>9.2f} "
-              f"{r['torch/avalon']:>13.2f} {r['first_call_s']:>10.2f} {r['kernels']:>8}")
-    print(f"torch {torch.__version__}, device {torch.cuda.get_device_name() if dev == 'cuda' else 'cpu'}")
+        best = max(r.get("torch/avalon", 0), r.get("torch/avalon_graphs", 0))
+        plain = f"{r['avalon_ms']:>10.2f}" if "avalon_ms" in r else f"{'-':>10}"
+        graphed = f"{r['avalon_graphs_ms']:>10.2f}" if "avalon_graphs_ms" in r else f"{'-':>10}"
+        diff = f" ({r['graphs_max_abs_diff']:.2g})" if "graphs_max_abs_diff" in r else ""
+        print(f"{r['model']:<12} {r['device']:<6} {plain} {graphed} {r['torch_ms']:>9.2f} {best:>13.2f} "
+              f"{r['first_call_s']:>10.2f} {r['kernels']:>8}  {r.get('graphs', '-')}{diff}")
+    print(f"torch {torch.__version__}, device {torch.cuda.get_device_name() if dev == 'cuda' else 'cpu'}; "
+          "torch/avalon uses the faster Avalon column")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=1)
+
+
+def loaded(make, weights, dev):
+    """A factory of fresh models holding `weights` on `dev` (each timed run starts from the same state)."""
+    def build():
+        m = make()
+        nn.load_state_dict(m, weights)
+        av.to_device(m, dev)
+        return m
+    return build
 
 
 if __name__ == "__main__":
