@@ -209,10 +209,14 @@ class CompiledGraph:
         return self.device
 
     def _adapt(self, i: int, t: TensorType, x: Any, device: torch.device) -> torch.Tensor:
+        spec = self._in_specs[i]
         if isinstance(x, torch.Tensor):
-            spec = self._in_specs[i]
             if x.dtype is spec.dtype and x.shape == t.shape and x.device == device and spec.fits(x):
                 return x  # the common case: the caller's storage as it is
+        elif (isinstance(x, np.ndarray) and spec.row_major and x.dtype == spec.np_dtype and x.shape == t.shape
+              and x.flags.c_contiguous):  # a host array as the kernels read it: wrapped (and uploaded) as it is
+            src = torch.from_numpy(x)
+            return src.to(device) if device.type != "cpu" else src
         where = f"input {i} ('{self.graph.inputs[i].name or i}')"
         if isinstance(x, torch.Tensor):
             if ty.from_torch(x.dtype) != t.dtype or tuple(x.shape) != t.shape:
@@ -265,12 +269,17 @@ class _InputSpec:
     dims: tuple[int, ...]  # the dims with more than one element
     strides: tuple[int, ...]  # their strides
     empty: bool  # no elements: kernels get a one-element buffer instead (a valid pointer)
+    np_dtype: np.dtype | None  # a host array of this dtype needs no conversion (None: bf16 always does)
+    row_major: bool  # the layout is numpy's C order
 
     @classmethod
     def of(cls, t: TensorType) -> _InputSpec:
         st = t.strides()
         dims = tuple(d for d, n in enumerate(t.shape) if n > 1)
-        return cls(ty.TORCH[t.dtype.name], dims, tuple(st[d] for d in dims), t.numel == 0)
+        np_dtype = None if t.dtype == dt.bfloat16 else np.dtype(t.dtype.np)
+        row_major = st == TensorType(t.shape, t.dtype).strides()
+        return cls(ty.TORCH[t.dtype.name], dims, tuple(st[d] for d in dims), t.numel == 0, np_dtype,
+                   row_major and t.numel > 0)
 
     def fits(self, x: torch.Tensor) -> bool:
         st = x.stride()
