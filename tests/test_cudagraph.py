@@ -242,7 +242,7 @@ def test_real_cuda_graphs_capture_and_replay(rng):
 def test_state_is_reported_per_device(rng):
     g = small_graph()
     cg = compile_graph(g)
-    cg.capture = FakeGraphs(fail=RuntimeError("no"))
+    cg.capture = FakeGraphs(fail=RuntimeError("no\nsecond line of a long CUDA error"))
     cg(*inputs(rng))
     assert cg.cuda_graphs == {str(cg.device): "warming up"}
     cg(*inputs(rng))

@@ -181,7 +181,8 @@ class GraphRunner:
         return tuple(outs)
 
     def _give_up(self, e: Exception) -> None:
-        self.failed = f"{type(e).__name__}: {e}"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        self.failed = f"{type(e).__name__}: {first}" if first else type(e).__name__  # one line
         self.graph, self._program, self._inputs, self._outputs = None, [], [], []
         log.warning("CUDA graphs off for @%s on %s (%s); launching its kernels one by one",
                     self.cg.graph.name, self.device, self.failed)
