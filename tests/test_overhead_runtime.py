@@ -75,7 +75,7 @@ def test_a_busy_workspace_is_not_shared(rng):
     cg = compile_graph(g)
     x = rng.standard_normal(16).astype(np.float32)
     cg(x)
-    ws = cg._work["cpu"]
+    ws = cg._work[str(cg.device)]
     kept = [b.clone() for b in ws.bufs if b is not None]
     with ws.lock:  # as if another thread were running on it
         outs = cg(rng.standard_normal(16).astype(np.float32))
