@@ -6,6 +6,7 @@ across calls, any capture failure or mismatch falls back to plain launches with 
 and `AVALON_CUDA_GRAPHS=0` turns it off."""
 import contextlib
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -86,8 +87,10 @@ def inputs(rng):
 
 
 def check_outputs(g, outs, ins):
+    # on a real GPU the matmul runs in tf32 (about 1e-3 relative); the interpreter computes full fp32
+    rtol, atol = (1e-5, 1e-6) if os.environ.get("TRITON_INTERPRET") == "1" else (1e-2, 1e-3)
     for o, r in zip(outs, interpret(g, *ins)):
-        np.testing.assert_allclose(to_numpy(o), r, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(to_numpy(o), r, rtol=rtol, atol=atol)
 
 
 def test_replays_match_the_reference_call_after_call_and_never_alias(rng):
