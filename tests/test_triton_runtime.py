@@ -199,3 +199,35 @@ def test_cache_key_covers_versions_and_device(monkeypatch):
 def test_random_inputs_cover_every_dtype(rng):
     g, _, _ = graph(((2,), "f16"), ((2,), "i32"), ((2,), "i1"))
     assert [a.dtype for a in random_inputs(g, rng)] == [np.float16, np.int32, np.bool_]
+
+
+def test_concurrent_processes_share_one_cache_without_corrupting_it(tmp_path):
+    """Four processes compile the same kernels into one empty cache at once; all must produce the
+    right numbers, and the cache must hold only complete entries a fifth process can reuse."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import numpy as np\n"
+        "from avalon import ir\n"
+        "from avalon.codegen.triton import compile_graph\n"
+        "g = ir.parse('''func @f(%x: tensor<64xf32>) -> (tensor<64xf32>) {\n"
+        "  %0 = exp %x : tensor<64xf32>\n"
+        "  %1 = add %0, %x : tensor<64xf32>\n"
+        "  return %1\n"
+        "}\n''')\n"
+        "x = np.linspace(-1, 1, 64, dtype=np.float32)\n"
+        "out = compile_graph(g)(x)[0].numpy()\n"
+        "assert np.allclose(out, np.exp(x) + x, rtol=1e-6), out\n"
+        "print('ok')\n")
+    env = dict(os.environ, AVALON_CACHE_DIR=str(tmp_path / "cache"), TRITON_INTERPRET="1",
+               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    procs = [subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in results]
+    leftovers = [p for p in (tmp_path / "cache").rglob("*.tmp")]
+    assert not leftovers
+    again = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "ok" in again.stdout, again.stderr
