@@ -5,6 +5,7 @@
              [--verify-each] [--plugin FILE.py]
   avalon kernels FILE|- -o DIR [-p PIPELINE]
   avalon run FILE|- [-p PIPELINE] [--seed N]
+  avalon ops [NAME ...]
   avalon demo
 
 Errors exit non-zero with one clear line on stderr, never a traceback (set AVALON_DEBUG=1 for one).
@@ -178,6 +179,41 @@ def cmd_run(args) -> None:
         raise CliError(f"outputs differ: largest relative difference {worst:.3e} > --rtol {args.rtol}")
 
 
+def describe_ops(names: list[str] | None = None) -> str:
+    """The op registry as text: operands, attributes with defaults, traits, and which rule tables
+    (reference, vjp, Triton lowering) cover each op."""
+    from .autodiff.rules import NON_DIFFERENTIABLE, VJP
+    from .codegen.numpy import REFERENCE
+    from .codegen.triton import LOWERING
+    from .ir import OPS
+    from .ir.printer import format_attr
+    from .ir.registry import REQUIRED
+    lines = []
+    for name in sorted(names or OPS):
+        if name not in OPS:
+            raise CliError(f"unknown op '{name}'")
+        d = OPS[name]
+        n = d.operands if isinstance(d.operands, int) else f"{d.operands[0]}+"
+        attrs = ", ".join(k if a.default is REQUIRED else f"{k} = {format_attr(a.default)}"
+                          for k, a in d.attrs.items())
+        rules = [t for t, table in (("reference", REFERENCE), ("vjp", VJP), ("triton", LOWERING)) if name in table]
+        if name in NON_DIFFERENTIABLE:
+            rules.append("no gradient")
+        if "region" in d.traits:
+            rules = ["reference and vjp through its region", *rules]
+        lines.append(f"{name}  ({n} operand{'s' if n != 1 else ''})  [{', '.join(sorted(d.traits))}]")
+        if attrs:
+            lines.append(f"    attributes: {attrs}")
+        lines.append(f"    rules: {', '.join(rules)}")
+        if d.doc:
+            lines.append(f"    {d.doc}")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_ops(args) -> None:
+    sys.stdout.write(describe_ops(args.names))
+
+
 def cmd_demo(args) -> None:
     from .demo import main as demo_main
     demo_main(batch=args.batch)
@@ -220,6 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--rtol", type=float, default=1e-3, help="fail above this relative difference")
     r.set_defaults(fn=cmd_run)
+
+    ops_p = sub.add_parser("ops", help="list the registered ops: operands, attributes, traits, rule tables")
+    ops_p.add_argument("names", nargs="*", help="only these ops")
+    ops_p.set_defaults(fn=cmd_ops)
 
     d = sub.add_parser("demo", help="trace the README's LeNet, optimize it and run it on the reference")
     d.add_argument("--batch", type=int, default=2)

@@ -122,3 +122,13 @@ def test_run_compares_both_backends(tmp_path):
     r = avalon("run", str(src))
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("max |numpy - triton|") == 2
+
+
+def test_ops_lists_the_registry_with_its_rule_tables():
+    r = avalon("ops")
+    assert r.returncode == 0, r.stderr
+    assert "conv2d  (2 operands)" in r.stdout and "stride = [1, 1]" in r.stdout
+    assert r.stdout.count("rules: ") == len(ir.OPS)
+    assert "reference, vjp, triton" in r.stdout
+    bad = avalon("ops", "nope")
+    assert bad.returncode == 1 and "unknown op 'nope'" in bad.stderr
