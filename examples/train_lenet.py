@@ -7,43 +7,30 @@ runs as one compiled graph; the script prints the loss per epoch and the test ac
 """
 from __future__ import annotations
 
-import argparse
-import time
+import sys
+from pathlib import Path
 
 import avalon as av
-from avalon import optim, zoo
-from avalon.train import predict
+from avalon import zoo
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common.py lies beside us, however we are started
+from _common import accuracy, fit, parse_args, print_epochs  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> float:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--backend", choices=["numpy", "triton"], default=None,
-                   help="compiler backend (default: triton on a GPU, numpy otherwise)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: where the model is, the CPU)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save", default=None, help="write the trained weights to this checkpoint")
-    args = p.parse_args(argv)
-
+    args = parse_args(__doc__, argv, epochs=3, lr=1e-3, save=True)
     av.manual_seed(args.seed)
     X, y, X_test, y_test = zoo.datasets.digits(28, normalize="standard")
     model = zoo.LeNet()
-    start = time.perf_counter()
-    history = av.fit(model, X, y, zoo.nll, epochs=args.epochs, batch_size=args.batch_size,
-                     optimizer=optim.Adam(model, lr=args.lr), device=args.device, backend=args.backend,
-                     seed=args.seed)
-    train_s = time.perf_counter() - start
-    for epoch, loss in enumerate(history, 1):
-        print(f"epoch {epoch}: loss {loss:.4f}")
-    accuracy = float((predict(model, X_test, backend=args.backend).argmax(1) == y_test).mean())
-    print(f"LeNet: test accuracy {accuracy:.3f} on {len(y_test)} digits; "
+    history, train_s = fit(model, X, y, zoo.nll, args)
+    print_epochs(history)
+    acc = accuracy(model, X_test, y_test, args)
+    print(f"LeNet: test accuracy {acc:.3f} on {len(y_test)} digits; "
           f"training {train_s:.1f}s ({train_s / max(args.epochs, 1):.1f}s per epoch, first includes compilation)")
     if args.save:
         av.save(model, args.save)
         print(f"saved {args.save}")
-    return accuracy
+    return acc
 
 
 if __name__ == "__main__":

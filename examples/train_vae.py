@@ -8,39 +8,27 @@ the reparameterization noise is drawn inside the compiled step, fresh on every c
 """
 from __future__ import annotations
 
-import argparse
-import time
+import sys
+from pathlib import Path
 
 import numpy as np
 
 import avalon as av
-from avalon import optim, zoo
+from avalon import zoo
 from avalon.train import predict
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common.py lies beside us, however we are started
+from _common import fit, parse_args, print_epochs  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> float:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--latent", type=int, default=20)
-    p.add_argument("--backend", choices=["numpy", "triton"], default=None,
-                   help="compiler backend (default: triton on a GPU, numpy otherwise)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: the CPU)")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-
+    args = parse_args(__doc__, argv, epochs=10, lr=1e-3, latent=20)
     av.manual_seed(args.seed)
     X, _, X_test, _ = zoo.datasets.digits(28, normalize="unit")
     X, X_test = X.reshape(len(X), 784), X_test.reshape(len(X_test), 784)
     model = zoo.VAE(784, 400, args.latent)
-    start = time.perf_counter()
-    history = av.fit(model, X, None, zoo.elbo, epochs=args.epochs, batch_size=args.batch_size,
-                     optimizer=optim.Adam(model, lr=args.lr), device=args.device, backend=args.backend,
-                     seed=args.seed)
-    train_s = time.perf_counter() - start
-    for epoch, loss in enumerate(history, 1):
-        print(f"epoch {epoch}: -ELBO per digit {loss:.2f}")
+    history, train_s = fit(model, X, None, zoo.elbo, args)
+    print_epochs(history, "-ELBO per digit", ".2f")
     recon = predict(model, X_test, backend=args.backend)[0]  # eval mode: z = mu
     bce = -np.mean(np.sum(X_test * np.log(np.clip(recon, 1e-7, 1)) + (1 - X_test) * np.log(np.clip(1 - recon, 1e-7, 1)),
                           axis=1))
