@@ -405,6 +405,35 @@ def test_conv2d_and_grads_like_torch(xs, ws, stride, padding, dilation, groups, 
     assert rel(dw, wt.grad.numpy()) < 1e-12
 
 
+@pytest.mark.parametrize("xs,ws,stride,padding,dilation,groups", CONV)
+def test_conv2d_and_grads_exact_on_integers_and_strided_views(xs, ws, stride, padding, dilation, groups, rng):
+    """The batch-last im2col against the definition written as loops, exactly (i64), with operands
+    handed in as non-contiguous views."""
+    o, kh, kw = ws
+    n, c, h, w_ = xs
+    x = rng.integers(-5, 6, (c, n, h, w_)).transpose(1, 0, 2, 3)  # an NCHW view of CNHW memory
+    w = rng.integers(-5, 6, (o, c // groups, kh, kw * 2))[..., ::2]  # a strided weight view
+    a = _conv_attrs(stride, padding, dilation, groups)
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    oh, ow = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w_ + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    dy = rng.integers(-5, 6, (n, o, oh, ow))
+    y, dxp, dw_ = np.zeros((n, o, oh, ow), np.int64), np.zeros(xp.shape, np.int64), np.zeros(w.shape, np.int64)
+    cg, og = c // groups, o // groups
+    for oc in range(o):
+        cs = slice(oc // og * cg, oc // og * cg + cg)
+        for p in range(oh):
+            for q in range(ow):
+                r, s = slice(p * sh, p * sh + dh * (kh - 1) + 1, dh), slice(q * sw, q * sw + dw * (kw - 1) + 1, dw)
+                y[:, oc, p, q] = (xp[:, cs, r, s] * w[oc]).sum(axis=(1, 2, 3))
+                dxp[:, cs, r, s] += dy[:, oc, p, q, None, None, None] * w[oc]
+                dw_[oc] += (dy[:, oc, p, q, None, None, None] * xp[:, cs, r, s]).sum(axis=0)
+    assert np.array_equal(ev("conv2d", a, x, w), y)
+    dx = ev("conv2d_grad_input", {**a, "input_shape": list(xs)}, dy, w)
+    assert np.array_equal(dx, dxp[:, :, ph : ph + h, pw : pw + w_])
+    assert np.array_equal(ev("conv2d_grad_weight", {**a, "weight_shape": list(w.shape)}, x, dy), dw_)
+
+
 def test_conv2d_f32_like_torch(rng):
     x, w = rand(rng, (4, 3, 16, 16)), rand(rng, (8, 3, 5, 5))
     a = _conv_attrs((1, 1), (2, 2), (1, 1), 1)

@@ -369,19 +369,34 @@ def _conv_geometry(attrs: dict) -> tuple[tuple[int, int], tuple[int, int], tuple
     return tuple(attrs["stride"]), tuple(attrs["padding"]), tuple(attrs["dilation"]), attrs["groups"]
 
 
-def _im2col(x: np.ndarray, kh: int, kw: int, oh: int, ow: int, attrs: dict) -> np.ndarray:
-    """The conv2d input patches as a (groups, N*OH*OW, Cg*KH*KW) matrix.
+def _patches(x: np.ndarray, kh: int, kw: int, oh: int, ow: int, attrs: dict) -> np.ndarray:
+    """The conv2d input patches as a (groups, Cg*KH*KW, OH*OW*N) matrix, batch innermost.
 
-    Row (n, oh, ow) of group g holds x_padded[n, g*Cg + c, oh*sh + i*dh, ow*sw + j*dw] at column
-    (c, i, j), so conv2d is one matmul per group. Built from a strided window view: no Python loops.
+    Entry [g, (c, i, j), (p, q, n)] is x_padded[n, g*Cg + c, p*sh + i*dh, q*sw + j*dw], so conv2d is
+    one matmul per group. It is filled by one slice copy per kernel tap (i, j); with the batch last
+    each copy moves runs of OW*N contiguous values, and numpy's cost per run, not memory bandwidth,
+    is what dominates an im2col of small images.
     """
     (sh, sw), (ph, pw), (dh, dw), g = _conv_geometry(attrs)
-    n, c = x.shape[:2]
-    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    win = sliding_window_view(xp, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(2, 3))
-    win = win[:, :, : sh * (oh - 1) + 1 : sh, : sw * (ow - 1) + 1 : sw, ::dh, ::dw]  # N, C, OH, OW, KH, KW
-    win = win.reshape(n, g, c // g, oh, ow, kh, kw).transpose(1, 0, 3, 4, 2, 5, 6)
-    return win.reshape(g, n * oh * ow, (c // g) * kh * kw)
+    n, c, h, w = x.shape
+    xp = np.zeros((c, h + 2 * ph, w + 2 * pw, n), x.dtype)
+    xp[:, ph : ph + h, pw : pw + w] = x.transpose(1, 2, 3, 0)
+    cols = np.empty((c, kh, kw, oh, ow, n), x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, i, j] = xp[:, i * dh : i * dh + sh * (oh - 1) + 1 : sh, j * dw : j * dw + sw * (ow - 1) + 1 : sw]
+    return cols.reshape(g, (c // g) * kh * kw, oh * ow * n)
+
+
+def _batch_last(dy: np.ndarray, g: int) -> np.ndarray:
+    """dy (N, O, OH, OW) as the (groups, O/groups, OH*OW*N) matrix that matches `_patches`' columns."""
+    n, o, oh, ow = dy.shape
+    return np.ascontiguousarray(dy.transpose(1, 2, 3, 0)).reshape(g, o // g, oh * ow * n)
+
+
+def _batch_first(y: np.ndarray, n: int) -> np.ndarray:
+    """A (C, H, W, N) array back in NCHW, contiguous (later elementwise ops run fastest on it)."""
+    return np.ascontiguousarray(y.reshape(-1, *y.shape[-3:-1], n).transpose(3, 0, 1, 2))
 
 
 @rule("conv2d")
@@ -393,10 +408,9 @@ def _conv2d(attrs: dict, x: np.ndarray, w: np.ndarray) -> np.ndarray:
     o, cg, kh, kw = w.shape
     g = attrs["groups"]
     oh, ow = _conv_out_hw(x.shape[2:], (kh, kw), attrs)
-    cols = _im2col(x, kh, kw, oh, ow, attrs)  # g, N*OH*OW, Cg*KH*KW
-    wmat = w.reshape(g, o // g, cg * kh * kw).transpose(0, 2, 1)  # g, K, Og
-    y = np.matmul(cols, wmat)  # g, N*OH*OW, Og
-    return y.reshape(g, n, oh, ow, o // g).transpose(1, 0, 4, 2, 3).reshape(n, o, oh, ow)
+    cols = _patches(x, kh, kw, oh, ow, attrs)  # g, Cg*KH*KW, OH*OW*N
+    y = np.matmul(w.reshape(g, o // g, cg * kh * kw), cols)  # g, Og, OH*OW*N
+    return _batch_first(y.reshape(o, oh, ow, n), n)
 
 
 def _conv_out_hw(hw: Sequence[int], k: Sequence[int], attrs: dict) -> tuple[int, int]:
@@ -407,35 +421,32 @@ def _conv_out_hw(hw: Sequence[int], k: Sequence[int], attrs: dict) -> tuple[int,
 
 @rule("conv2d_grad_input")
 def _conv2d_grad_input(attrs: dict, dy: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """dL/dx of conv2d given dL/dy and the weight: every output position scatters dy * w back to
-    the input pixels it read. One matmul per kernel tap (i, j) per group, accumulated into a padded
-    buffer that is then cropped; input rows/columns no window reads (stride leftovers) stay 0."""
+    """dL/dx of conv2d given dL/dy and the weight: the adjoint of conv2d's im2col. One matmul per
+    group gives the gradient of every patch entry (w^T @ dy); each kernel tap's slice is then added
+    back where `_patches` read it, in a padded buffer that is cropped at the end. Input rows/columns
+    no window reads (stride leftovers) stay 0."""
     n, c, h, wd = attrs["input_shape"]
     o, cg, kh, kw = w.shape
     (sh, sw), (ph, pw), (dh, dw), g = _conv_geometry(attrs)
-    _, _, oh, ow = dy.shape
-    dyg = dy.reshape(n, g, o // g, oh, ow).transpose(1, 0, 3, 4, 2).reshape(g, n * oh * ow, o // g)
-    wg = w.reshape(g, o // g, cg, kh, kw)
-    acc = np.result_type(dy, w)
-    dxp = np.zeros((n, c, h + 2 * ph, wd + 2 * pw), acc)
+    oh, ow = dy.shape[2:]
+    wg = w.reshape(g, o // g, cg * kh * kw)
+    dcols = np.matmul(wg.transpose(0, 2, 1), _batch_last(dy, g)).reshape(c, kh, kw, oh, ow, n)
+    dxp = np.zeros((c, h + 2 * ph, wd + 2 * pw, n), dcols.dtype)
     for i in range(kh):
         for j in range(kw):
-            part = np.matmul(dyg, wg[:, :, :, i, j])  # g, N*OH*OW, Cg
-            part = part.reshape(g, n, oh, ow, cg).transpose(1, 0, 4, 2, 3).reshape(n, c, oh, ow)
-            dxp[:, :, i * dh : i * dh + sh * (oh - 1) + 1 : sh, j * dw : j * dw + sw * (ow - 1) + 1 : sw] += part
-    return dxp[:, :, ph : ph + h, pw : pw + wd]
+            dxp[:, i * dh : i * dh + sh * (oh - 1) + 1 : sh, j * dw : j * dw + sw * (ow - 1) + 1 : sw] += dcols[:, i, j]
+    return _batch_first(dxp[:, ph : ph + h, pw : pw + wd], n)
 
 
 @rule("conv2d_grad_weight")
 def _conv2d_grad_weight(attrs: dict, x: np.ndarray, dy: np.ndarray) -> np.ndarray:
     """dL/dw of conv2d given the input and dL/dy: dw[o, c, i, j] = sum over n, p, q of
-    dy[n, o, p, q] * x_pad[n, g(o)*Cg + c, p*sh + i*dh, q*sw + j*dw], i.e. dy^T @ im2col(x) per group."""
+    dy[n, o, p, q] * x_pad[n, g(o)*Cg + c, p*sh + i*dh, q*sw + j*dw], i.e. dy @ im2col(x)^T per group."""
     o, cg, kh, kw = attrs["weight_shape"]
     g = attrs["groups"]
-    n, _, oh, ow = dy.shape
-    cols = _im2col(x, kh, kw, oh, ow, attrs)  # g, N*OH*OW, Cg*KH*KW
-    dyg = dy.reshape(n, g, o // g, oh, ow).transpose(1, 0, 3, 4, 2).reshape(g, n * oh * ow, o // g)
-    return np.matmul(dyg.transpose(0, 2, 1), cols).reshape(o, cg, kh, kw)
+    oh, ow = dy.shape[2:]
+    cols = _patches(x, kh, kw, oh, ow, attrs)  # g, Cg*KH*KW, OH*OW*N
+    return np.matmul(_batch_last(dy, g), cols.transpose(0, 2, 1)).reshape(o, cg, kh, kw)
 
 
 # ---------------------------------------------------------------------------------------------
