@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
+from helpers import T, as_numpy, rel
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -13,34 +14,13 @@ from avalon.nn import functional as F
 from avalon.trace import feed, trace_call
 
 
-def _np(x):
-    if isinstance(x, av.Tensor):
-        return x.numpy()
-    if isinstance(x, torch.Tensor):
-        return x.detach().numpy()
-    return np.asarray(x)
-
-
-def rel(a, b) -> float:
-    """max |a - b| / max |b|: the relative error of a whole result."""
-    a, b = _np(a).astype(np.float64), _np(b).astype(np.float64)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    if a.size == 0:
-        return 0.0
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
-
-
 def close(a, b, tol=1e-5):
     """Whole-result relative error below tol AND every element close (nan where torch has nan)."""
-    a_, b_ = _np(a).astype(np.float64), _np(b).astype(np.float64)
+    a_, b_ = as_numpy(a).astype(np.float64), as_numpy(b).astype(np.float64)
     assert a_.shape == b_.shape, (a_.shape, b_.shape)
     assert np.array_equal(np.isnan(a_), np.isnan(b_))
     assert rel(np.nan_to_num(a_), np.nan_to_num(b_)) < tol
     np.testing.assert_allclose(a_, b_, rtol=tol, atol=tol * max(np.abs(np.nan_to_num(b_)).max(), 1e-30) * 1e-2)
-
-
-def T(x):
-    return torch.from_numpy(np.array(x))  # np.array keeps 0-d shapes
 
 
 @pytest.fixture

@@ -3,32 +3,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
+from helpers import T, rel
 from hypothesis import given
 from hypothesis import strategies as st
 
-import avalon as av
 from avalon import nn
 from avalon.nn import functional as F
 
 REDUCTIONS = ["mean", "sum", "none"]
-
-
-def _np(x):
-    if isinstance(x, av.Tensor):
-        return x.numpy()
-    if isinstance(x, torch.Tensor):
-        return x.detach().numpy()
-    return np.asarray(x)
-
-
-def rel(a, b) -> float:
-    a, b = _np(a).astype(np.float64), _np(b).astype(np.float64)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
-
-
-def T(x):
-    return torch.from_numpy(np.array(x))  # np.array keeps 0-d shapes
 
 
 @pytest.fixture

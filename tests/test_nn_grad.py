@@ -4,25 +4,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
+from helpers import as_numpy, rel
 
 import avalon as av
 from avalon import nn
 from avalon.nn import functional as F
-
-
-def _np(x):
-    if isinstance(x, av.Tensor):
-        return x.numpy()
-    if isinstance(x, torch.Tensor):
-        return x.detach().numpy()
-    return np.asarray(x)
-
-
-def rel(a, b) -> float:
-    a, b = _np(a).astype(np.float64), _np(b).astype(np.float64)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
-
 
 rng = np.random.default_rng(5)
 
@@ -63,7 +49,7 @@ LAYERS = [
 def test_layer_gradients_match_torch(name, args, kwargs, shape):
     ours, theirs = pair(name, *args, **kwargs)
     x = rng.standard_normal(shape) * 2 + 0.5
-    r = rng.standard_normal(_np(out0(theirs(T(x)))).shape)  # weights the outputs: no symmetric cancellation
+    r = rng.standard_normal(as_numpy(out0(theirs(T(x)))).shape)  # weights the outputs: no symmetric cancellation
     nn.load_state_dict(ours, theirs.state_dict())  # torch's forward above moved its running stats back in step
 
     def loss(model, x, r):

@@ -4,33 +4,16 @@ interpretation equals the eager result."""
 import numpy as np
 import pytest
 import torch
+from helpers import T, rel
 
 import avalon as av
 from avalon import nn, tree
 from avalon.trace import feed, run_traced, trace_call
 
 
-def _np(x):
-    if isinstance(x, av.Tensor):
-        return x.numpy()
-    if isinstance(x, torch.Tensor):
-        return x.detach().numpy()
-    return np.asarray(x)
-
-
-def rel(a, b) -> float:
-    a, b = _np(a).astype(np.float64), _np(b).astype(np.float64)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
-
-
 def leaves(out):
     """The tensors of a (nested tuple) result, in order."""
     return [x for _, x in tree.flatten(out, "out")[0]]
-
-
-def T(x):
-    return torch.from_numpy(np.array(x))
 
 
 def pair(name, *args, **kwargs):
