@@ -18,3 +18,12 @@ settings.load_profile("ci")
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="module")
+def module_kernel_cache(tmp_path_factory):
+    """Kernel files go to a temporary cache, one per test module, not ~/.cache/avalon.
+    Use with `pytestmark = pytest.mark.usefixtures("module_kernel_cache")`."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AVALON_CACHE_DIR", str(tmp_path_factory.mktemp("avalon_cache")))
+        yield

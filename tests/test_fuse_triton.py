@@ -17,13 +17,7 @@ from avalon.zoo import MLP, VAE, LeNet, cross_entropy, elbo, nll
 compile_graph = pytest.importorskip("avalon.codegen.triton").compile_graph
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _cache_dir(tmp_path_factory):
-    """Kernel files go to a temporary cache, not ~/.cache/avalon."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("AVALON_CACHE_DIR", str(tmp_path_factory.mktemp("avalon_cache")))
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("module_kernel_cache")  # kernel files go to a temporary cache
 
 
 def model_graph(case: str):

@@ -4,31 +4,19 @@ strides, padding, dilation and groups (hypothesis), with tiles small enough to e
 grid and the K loop."""
 import numpy as np
 import pytest
+from helpers import graph
 from hypothesis import Phase, example, given, settings
 from hypothesis import strategies as st
 
 from avalon.codegen.triton import BlockPolicy
 from avalon.codegen.triton.cache import interpreting
 from avalon.codegen.triton.testing import check
-from avalon.ir import Builder, Graph, TensorType
 
 SMALL = BlockPolicy.for_device(interpreting()).replace(mm_block=16, mm_k=16)  # several tiles, several K steps
 NO_SHRINK = [Phase.explicit, Phase.reuse, Phase.generate]  # every example compiles a kernel
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _cache_dir(tmp_path_factory):
-    """Kernel files go to a temporary cache, not ~/.cache/avalon."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("AVALON_CACHE_DIR", str(tmp_path_factory.mktemp("avalon_cache")))
-    yield
-    mp.undo()
-
-
-def graph(*types):
-    g = Graph("f")
-    xs = [g.add_input(TensorType(s, d), f"x{i}") for i, (s, d) in enumerate(types)]
-    return g, Builder(g), xs
+pytestmark = pytest.mark.usefixtures("module_kernel_cache")  # kernel files go to a temporary cache
 
 
 @pytest.mark.parametrize("m,k,n", [(20, 30, 40), (1, 1, 1), (33, 17, 5), (64, 48, 16)])

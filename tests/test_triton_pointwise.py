@@ -4,6 +4,7 @@ one_hot), casts, constants and counter-based random numbers. Each graph is first
 fusion op, so each case is one generated kernel."""
 import numpy as np
 import pytest
+from helpers import graph
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
@@ -13,25 +14,12 @@ from avalon.codegen.triton.cache import interpreting
 from avalon.codegen.triton.testing import check
 from avalon.ir import Builder, Graph, TensorType
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _cache_dir(tmp_path_factory):
-    """Kernel files go to a temporary cache, not ~/.cache/avalon."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("AVALON_CACHE_DIR", str(tmp_path_factory.mktemp("avalon_cache")))
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("module_kernel_cache")  # kernel files go to a temporary cache
 
 
 UNARY = ["exp", "log", "tanh", "sigmoid", "sqrt", "rsqrt", "erf", "neg", "abs", "relu", "sign"]
 BINARY = ["add", "sub", "mul", "div", "maximum", "minimum", "pow"]
 COMPARE = ["eq", "ne", "lt", "le", "gt", "ge"]
-
-
-def graph(*types):
-    g = Graph("f")
-    xs = [g.add_input(TensorType(s, d), f"x{i}") for i, (s, d) in enumerate(types)]
-    return g, Builder(g), xs
 
 
 @st.composite

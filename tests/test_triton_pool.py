@@ -11,13 +11,7 @@ from avalon.ir import Builder, Graph, TensorType
 NO_SHRINK = [Phase.explicit, Phase.reuse, Phase.generate]  # every example compiles a kernel
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _cache_dir(tmp_path_factory):
-    """Kernel files go to a temporary cache, not ~/.cache/avalon."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("AVALON_CACHE_DIR", str(tmp_path_factory.mktemp("avalon_cache")))
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("module_kernel_cache")  # kernel files go to a temporary cache
 
 
 @st.composite

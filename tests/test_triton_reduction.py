@@ -6,31 +6,19 @@ import logging
 
 import numpy as np
 import pytest
+from helpers import graph
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from avalon.codegen.triton import BlockPolicy
 from avalon.codegen.triton.cache import interpreting
 from avalon.codegen.triton.testing import check
-from avalon.ir import Builder, Graph, TensorType
 
 INTERP = BlockPolicy.for_device(interpret=interpreting())  # the defaults of this machine
 LOOPED = INTERP.replace(persistent_r=4, rblock=4, reduction_elems=8)  # forces loops and several programs
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _cache_dir(tmp_path_factory):
-    """Kernel files go to a temporary cache, not ~/.cache/avalon."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("AVALON_CACHE_DIR", str(tmp_path_factory.mktemp("avalon_cache")))
-    yield
-    mp.undo()
-
-
-def graph(*types):
-    g = Graph("f")
-    xs = [g.add_input(TensorType(s, d), f"x{i}") for i, (s, d) in enumerate(types)]
-    return g, Builder(g), xs
+pytestmark = pytest.mark.usefixtures("module_kernel_cache")  # kernel files go to a temporary cache
 
 
 @st.composite

@@ -7,24 +7,18 @@ import os
 import numpy as np
 import pytest
 import torch
+from helpers import graph
 
 import avalon.ir as ir
 from avalon.codegen.numpy import interpret, to_numpy
 from avalon.codegen.triton import LOWERING, KernelCache, compile_graph
 from avalon.codegen.triton.testing import check, random_inputs
-from avalon.ir import Builder, Graph, TensorType
 
 
 @pytest.fixture(autouse=True)
 def _cache_dir(tmp_path, monkeypatch):
     """Each test gets its own kernel cache directory."""
     monkeypatch.setenv("AVALON_CACHE_DIR", str(tmp_path / "cache"))
-
-
-def graph(*types):
-    g = Graph("f")
-    xs = [g.add_input(TensorType(s, d), f"x{i}") for i, (s, d) in enumerate(types)]
-    return g, Builder(g), xs
 
 
 def test_every_registered_op_has_a_lowering():
