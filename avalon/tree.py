@@ -29,6 +29,23 @@ def is_model(x: Any) -> bool:
     return hasattr(x, "__dict__") and not isinstance(x, (Tensor, *_OPAQUE, *_ATOMS)) and not is_array_like(x)
 
 
+def _children(obj: Any) -> list[tuple[str, Any]] | None:
+    """What a walk descends into, with the name each adds to the path: a list's or tuple's items by
+    index, a dict's by key, an object's attributes (dunders skipped); None for anything else."""
+    if isinstance(obj, (list, tuple)):
+        return [(str(i), v) for i, v in enumerate(obj)]
+    if isinstance(obj, dict):
+        return [(str(k), v) for k, v in obj.items()]
+    if hasattr(obj, "__dict__"):
+        return [(k, v) for k, v in vars(obj).items() if not k.startswith("__")]
+    return None
+
+
+def _is_parameter(t: Tensor) -> bool:
+    """Trainable: a floating-point tensor that is not a Buffer (the rest is buffers)."""
+    return not isinstance(t, Buffer) and t.dtype.is_float
+
+
 def named_tensors(obj: Any, prefix: str = "", seen: set[int] | None = None) -> Iterator[tuple[str, Tensor]]:
     """Every Tensor reachable from `obj` with its dotted name, parameters and buffers alike."""
     seen = set() if seen is None else seen
@@ -41,13 +58,8 @@ def named_tensors(obj: Any, prefix: str = "", seen: set[int] | None = None) -> I
     if isinstance(obj, _ATOMS) or isinstance(obj, _OPAQUE) or is_array_like(obj):
         return
     seen.add(id(obj))
-    if isinstance(obj, (list, tuple)):
-        items = [(str(i), v) for i, v in enumerate(obj)]
-    elif isinstance(obj, dict):
-        items = [(str(k), v) for k, v in obj.items()]
-    elif hasattr(obj, "__dict__"):
-        items = [(k, v) for k, v in vars(obj).items() if not k.startswith("__")]
-    else:
+    items = _children(obj)
+    if items is None:
         return
     for k, v in items:
         yield from named_tensors(v, f"{prefix}.{k}" if prefix else k, seen)
@@ -56,14 +68,14 @@ def named_tensors(obj: Any, prefix: str = "", seen: set[int] | None = None) -> I
 def named_parameters(obj: Any) -> Iterator[tuple[str, Tensor]]:
     """Trainable tensors: floating-point tensors that are not Buffers."""
     for name, t in named_tensors(obj):
-        if not isinstance(t, Buffer) and t.dtype.is_float:
+        if _is_parameter(t):
             yield name, t
 
 
 def named_buffers(obj: Any) -> Iterator[tuple[str, Tensor]]:
     """Non-trainable state: Buffers and integer tensors."""
     for name, t in named_tensors(obj):
-        if isinstance(t, Buffer) or not t.dtype.is_float:
+        if not _is_parameter(t):
             yield name, t
 
 
@@ -87,8 +99,8 @@ def model_state(obj: Any, seen: set[int] | None = None) -> tuple[list[tuple[str,
 
 def _trace_order(tensors: list[tuple[str, Tensor]]) -> list[tuple[str, Tensor]]:
     """Parameters first, then buffers (a stable split, so filtering keeps the order)."""
-    params = [(n, t) for n, t in tensors if not isinstance(t, Buffer) and t.dtype.is_float]
-    buffers = [(n, t) for n, t in tensors if isinstance(t, Buffer) or not t.dtype.is_float]
+    params = [(n, t) for n, t in tensors if _is_parameter(t)]
+    buffers = [(n, t) for n, t in tensors if not _is_parameter(t)]
     return params + buffers
 
 
@@ -108,13 +120,8 @@ def _walk_state(obj: Any, prefix: str, seen: set[int], tensors: list, static: li
     if isinstance(obj, _ATOMS) or isinstance(obj, _OPAQUE) or is_array_like(obj):
         return
     seen.add(id(obj))
-    if isinstance(obj, (list, tuple)):
-        items = [(str(i), v) for i, v in enumerate(obj)]
-    elif isinstance(obj, dict):
-        items = [(str(k), v) for k, v in obj.items()]
-    elif hasattr(obj, "__dict__"):
-        items = [(k, v) for k, v in vars(obj).items() if not k.startswith("__")]
-    else:
+    items = _children(obj)
+    if items is None:
         return
     if nodes is not None and not isinstance(obj, tuple):  # a tuple cannot change: its parent's check covers it
         nodes.append((obj, _kids(obj)))
