@@ -84,6 +84,32 @@ def test_sigmoid_is_stable_at_extremes():
     np.testing.assert_allclose(got, torch.sigmoid(t(x)).numpy(), rtol=1e-6, atol=1e-40)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_branch_free_form_equals_the_two_case_rule(dtype, rng):
+    """exp(min(x, 0)) / (1 + exp(-|x|)) is, bit for bit, 1/(1+z) for x >= 0 and z/(1+z) for x < 0."""
+    x = np.concatenate([rng.standard_normal(500) * 30, [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-30, -1e-30, 88, -88,
+                                                         700, -700]]).astype(dtype)
+    z = np.exp(-np.abs(x))
+    want = np.where(x >= 0, 1 / (1 + z), z / (1 + z))
+    np.testing.assert_array_equal(ev("sigmoid", {}, x), want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32, np.int64, np.bool_])
+def test_where_bitwise_select_equals_np_where(dtype, rng):
+    """The branch-free select picks exactly np.where's bits: nans (any payload), -0.0, infs, ints,
+    bools, broadcast and strided operands."""
+    c = rng.random((3, 4, 6)) < 0.5
+    x = rng.standard_normal((3, 4, 12)).astype(dtype)[..., ::2]  # strided
+    y = rng.standard_normal((4, 1)).astype(dtype) if dtype != np.bool_ else np.array([[True]])  # broadcast
+    if dtype in (np.float32, np.float64):
+        x.flat[:4] = [np.nan, -0.0, np.inf, -np.inf]
+        y[0, 0] = -np.nan
+    got = ev("where", {}, c, x, np.broadcast_to(y, x.shape))
+    want = np.where(c, x, y)
+    assert got.dtype == want.dtype
+    assert np.array_equal(got.view(np.uint8), want.view(np.uint8))  # bit for bit, nan payloads included
+
+
 def test_erf_accuracy():
     x = np.linspace(-6, 6, 2001)
     np.testing.assert_allclose(ev("erf", {}, x), [math.erf(v) for v in x], rtol=0, atol=1e-15)
