@@ -260,14 +260,17 @@ def _logical_not(attrs: dict, x: np.ndarray) -> np.ndarray:
 
 
 def _select(c: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """np.where(c, x, y), bit for bit, for x and y of one numeric dtype: (x & m) | (y & ~m) on the
-    bit patterns, with m all ones where c. np.where branches per element, and a random mask (a
-    relu's, a max-pool's hits) mispredicts half the time: this is about 4x faster."""
-    if x.dtype != y.dtype or x.dtype.kind not in "biuf":
+    """np.where(c, x, y), bit for bit, for x and y of one numeric dtype, as y ^ ((x ^ y) * c) on the
+    bit patterns: c = 1 gives y ^ x ^ y = x, c = 0 gives y. np.where branches per element, and a
+    random mask (a relu's, a max-pool's hits) mispredicts half the time: this is about 4x faster
+    there. All in place in one fresh array (fresh large arrays cost page faults)."""
+    if c.dtype != np.bool_ or x.dtype != y.dtype or x.dtype.kind not in "biuf":
         return np.where(c, x, y)
     u = np.dtype(f"u{x.dtype.itemsize}")
-    m = np.asarray(c, bool).astype(u) * np.iinfo(u).max
-    return ((x.view(u) & m) | (y.view(u) & ~m)).view(x.dtype)
+    out = np.empty(np.broadcast_shapes(c.shape, x.shape, y.shape), u)
+    np.bitwise_xor(x.view(u), y.view(u), out=out)
+    np.multiply(out, c, out=out)
+    return np.bitwise_xor(out, y.view(u), out=out).view(x.dtype)
 
 
 @rule("where")
