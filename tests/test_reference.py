@@ -626,6 +626,7 @@ def test_tiled_pooling_fast_path_equals_the_general_rule(monkeypatch):
     x = rng.integers(0, 3, (2, 3, 7, 9)).astype(np.float32)  # many ties; 7x9 leaves a ragged edge
     x[0, 0, 1, 1] = np.nan
     dy = rng.standard_normal((2, 3, 3, 3)).astype(np.float32)
+    dy[1, 2, 0, 0] = np.nan  # reaches exactly one input, whichever path runs
     a = {"kernel": [2, 3], "stride": [2, 3], "padding": [0, 0]}
     fast = ref.REFERENCE["max_pool2d"](a, x), ref.REFERENCE["max_pool2d_grad"](a, x, dy)
     monkeypatch.setattr(ref, "_tiles", lambda x, attrs: None)

@@ -547,6 +547,7 @@ def _max_pool2d_grad_tiles(attrs: dict, x: np.ndarray, taps: list[np.ndarray], d
     if nan_m is not None and not nan_m.any():
         nan_m = None
     dx = np.zeros(x.shape, dy.dtype)
+    bits = np.dtype(f"u{dy.dtype.itemsize}")  # dy's bit patterns times 0/1: where(hit, dy, 0), no branch
     taken = np.zeros(m.shape, bool)
     for t, tap in enumerate(taps):
         hit = tap == m
@@ -555,7 +556,8 @@ def _max_pool2d_grad_tiles(attrs: dict, x: np.ndarray, taps: list[np.ndarray], d
         hit = np.greater(hit, taken, out=hit)  # hit and not taken
         taken |= hit
         i, j = divmod(t, kw)
-        dx[:, :, i : i + kh * m.shape[2] : kh, j : j + kw * m.shape[3] : kw] = _select(hit, dy, np.zeros((), dy.dtype))
+        plane = dx.view(bits)[:, :, i : i + kh * m.shape[2] : kh, j : j + kw * m.shape[3] : kw]
+        np.multiply(dy.view(bits), hit, out=plane)
     return dx
 
 
