@@ -48,21 +48,9 @@ def _is_parameter(t: Tensor) -> bool:
 
 def named_tensors(obj: Any, prefix: str = "", seen: set[int] | None = None) -> Iterator[tuple[str, Tensor]]:
     """Every Tensor reachable from `obj` with its dotted name, parameters and buffers alike."""
-    seen = set() if seen is None else seen
-    if id(obj) in seen:
-        return
-    if isinstance(obj, Tensor):
-        seen.add(id(obj))
-        yield prefix, obj
-        return
-    if isinstance(obj, _ATOMS) or isinstance(obj, _OPAQUE) or is_array_like(obj):
-        return
-    seen.add(id(obj))
-    items = _children(obj)
-    if items is None:
-        return
-    for k, v in items:
-        yield from named_tensors(v, f"{prefix}.{k}" if prefix else k, seen)
+    tensors: list[tuple[str, Tensor]] = []
+    _walk_state(obj, prefix, set() if seen is None else seen, tensors, [], None)
+    return iter(tensors)
 
 
 def named_parameters(obj: Any) -> Iterator[tuple[str, Tensor]]:
