@@ -11,6 +11,7 @@ from .codegen.numpy import Interpreter, interpret
 from .compiler import compile  # noqa: A004  (av.compile, like torch.compile)
 from .device import Device, best_available_device, device, to_device
 from .ir.dtypes import bfloat16, bool_, float16, float32, float64, int32, int64
+from .ops import stop_gradient
 from .random import manual_seed
 from .tensor import Buffer, Tensor, TracerError, tensor
 from .trace import trace

@@ -202,6 +202,11 @@ exp, log, tanh, sigmoid, sqrt, rsqrt, erf = (_unary(n, True) for n in
 logical_not = _unary("logical_not")
 
 
+def stop_gradient(x: Any) -> Tensor:
+    """`x` unchanged, but autodiff sends no gradient through it (jax.lax.stop_gradient, torch's detach)."""
+    return bind("stop_gradient", _tensor(x))
+
+
 def where(cond: Any, a: Any, b: Any) -> Tensor:
     """`a` where `cond` else `b`, broadcasting all three."""
     cond = _as_operand(cond)

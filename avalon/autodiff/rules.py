@@ -33,6 +33,8 @@ NON_DIFFERENTIABLE: frozenset[str] = frozenset({
     "eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_not", "argmax", "one_hot",
     # piecewise constant (torch gives zero gradient), constants and random numbers
     "sign", "constant", "random",
+    # an identity that exists to block gradients (jax.lax.stop_gradient, torch's detach)
+    "stop_gradient",
 })
 """Ops through which no gradient flows: their cotangent contribution is zero by definition."""
 

@@ -83,6 +83,8 @@ def _where(ts, a):
     return [T(x.shape, x.dtype)]
 
 
+define_op("stop_gradient", 1, _same("stop_gradient"), traits={EW, PURE},
+          doc="identity whose operand gets no gradient (jax.lax.stop_gradient, torch's detach)")
 define_op("where", 3, _where, traits={EW, PURE}, doc="select x where cond else y")
 define_op("cast", 1, lambda ts, a: [T(ts[0].shape, a["dtype"])], {"dtype": Attr("dtype")},
           traits={EW, PURE}, doc="convert element type")

@@ -279,6 +279,12 @@ def _where(attrs: dict, c: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarr
     return _select(c, x, y)
 
 
+@rule("stop_gradient")
+def _stop_gradient(attrs: dict, x: np.ndarray) -> np.ndarray:
+    """x itself (a copy): the op only matters to autodiff."""
+    return np.array(x, copy=True)
+
+
 @rule("cast")
 def _cast(attrs: dict, x: np.ndarray) -> np.ndarray:
     """Convert to attrs['dtype']: float -> int truncates toward zero (like torch; nan, inf and

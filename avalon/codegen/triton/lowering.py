@@ -131,6 +131,7 @@ LOWERING.update({
     "logical_or": Elementwise("elementwise", "{0} | {1}"),
     "logical_not": Elementwise("elementwise", "{0} == 0"),
     "where": Elementwise("elementwise", "tl.where({0}, {1}, {2})"),
+    "stop_gradient": Elementwise("elementwise", "{0}"),
 })
 
 
