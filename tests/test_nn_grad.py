@@ -77,6 +77,26 @@ def test_embedding_gradient_accumulates_repeated_rows():
     assert rel(g["weight"], theirs.weight.grad) < 1e-12
 
 
+@pytest.mark.parametrize("padding_idx", [2, -4])
+def test_embedding_padding_row_gets_no_gradient(padding_idx):
+    """torch semantics: lookups of the padding row return its current (here non-zero) values, but the
+    row's gradient is zero; every other row's gradient is unchanged."""
+    ours, theirs = pair("Embedding", 6, 3, padding_idx=padding_idx)
+    with torch.no_grad():
+        theirs.weight[2] = torch.tensor([1.5, -2.0, 0.25], dtype=torch.float64)
+    nn.load_state_dict(ours, theirs.state_dict())
+    idx = np.array([[0, 2, 2], [5, 0, 2]])
+    r = rng.standard_normal((2, 3, 3))
+    assert rel(ours(idx), theirs(T(idx))) == 0
+    assert rel(F.embedding(idx, ours.weight, padding_idx=padding_idx), theirs(T(idx))) == 0
+    g = av.grad(lambda m, idx, r: (m(idx) * r).sum())(ours, idx, r)
+    (theirs(T(idx)) * T(r)).sum().backward()
+    assert rel(g["weight"], theirs.weight.grad) < 1e-12
+    assert not as_numpy(g["weight"])[2].any() and as_numpy(g["weight"])[[0, 5]].all()
+    gw = av.grad(lambda w, idx, r: (F.embedding(idx, w, padding_idx=padding_idx) * r).sum())(ours.weight, idx, r)
+    assert rel(gw, theirs.weight.grad) < 1e-12
+
+
 FUNCS = [
     ("relu", {}), ("leaky_relu", {"negative_slope": 0.1}), ("elu", {}), ("selu", {}), ("gelu", {}),
     ("gelu", {"approximate": "tanh"}), ("sigmoid", {}), ("tanh", {}), ("softplus", {}), ("silu", {}), ("mish", {}),

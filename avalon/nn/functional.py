@@ -364,14 +364,21 @@ def dropout(input: Any, p: float = 0.5, training: bool = True, inplace: bool = F
 
 def embedding(input: Any, weight: Any, padding_idx: int | None = None, max_norm: float | None = None,
               norm_type: float = 2.0, scale_grad_by_freq: bool = False, sparse: bool = False) -> Tensor:
-    """Rows of `weight` at integer indices. (torch also masks the gradient of the `padding_idx` row;
-    here that row only starts at zero, in `nn.Embedding`.)"""
+    """Rows of `weight` at integer indices. As in torch, the `padding_idx` row is returned as it is
+    but gets no gradient: lookups of it read the row through `stop_gradient`."""
     if max_norm is not None:
         raise NotImplementedError("embedding(max_norm=...) renormalizes the weight in place; not supported")
     idx = _t(input)
     if idx.dtype.is_float or idx.dtype is dt.bool_:
         raise TypeError(f"embedding indices must be integers, got {idx.dtype}")
-    return ops.take(weight, idx, axis=0)
+    rows = ops.take(weight, idx, axis=0)
+    if padding_idx is None:
+        return rows
+    n = _t(weight).shape[0]
+    if not -n <= padding_idx < n:
+        raise ValueError("padding_idx must be within num_embeddings")
+    pad = ops.expand_dims(ops.eq(idx, padding_idx % n), -1)
+    return ops.where(pad, ops.stop_gradient(rows), rows)
 
 
 # -- normalization -------------------------------------------------------------------------------
