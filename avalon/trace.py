@@ -150,20 +150,13 @@ class Traced:
 
 
 def _arg_names(fn: Any, args: tuple) -> list[str]:
+    """The parameter name of each positional argument (`x`), or `arg{i}` where there is none."""
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
         params = []
-    names = []
-    for i in range(len(args)):
-        if i < len(params) and params[i].kind in (params[i].POSITIONAL_ONLY, params[i].POSITIONAL_OR_KEYWORD):
-            names.append(params[i].name)
-        elif params and params[-1].kind == params[-1].VAR_POSITIONAL or any(
-                p.kind == p.VAR_POSITIONAL for p in params):
-            names.append(f"arg{i}")
-        else:
-            names.append(f"arg{i}")
-    return names
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return [positional[i] if i < len(positional) else f"arg{i}" for i in range(len(args))]
 
 
 def owner_model(fn: Any) -> Any | None:
@@ -341,15 +334,14 @@ def _copy_all(pairs: list[tuple[Any, Any]]) -> None:
 
 
 def _wrap_result(a: Any, t: TensorType, dev: Device) -> Tensor:
-    if isinstance(a, np.ndarray):
-        out = Tensor._wrap(a, t.dtype, CPU)
-        return out if dev is CPU else out.to(dev)
+    """A backend's output as an Avalon tensor: GPU torch storage stays where it is; anything on
+    the host becomes numpy storage (then moves to `dev` when that is a GPU)."""
     if isinstance(a, Tensor):
         return a
-    if hasattr(a, "data_ptr"):  # torch storage from a GPU backend
-        return Tensor._wrap(a, t.dtype, Device(a.device.type, a.device.index) if a.device.type != "cpu" else CPU) \
-            if a.device.type != "cpu" else Tensor._wrap(a.numpy(), t.dtype, CPU)
-    return Tensor._wrap(np.asarray(a), t.dtype, CPU).to(dev)
+    if hasattr(a, "data_ptr") and a.device.type != "cpu":
+        return Tensor._wrap(a, t.dtype, Device(a.device.type, a.device.index))
+    out = Tensor._wrap(np.ascontiguousarray(as_array(a, t.dtype)).reshape(t.shape), t.dtype, CPU)
+    return out if dev == CPU else out.to(dev)
 
 
 def inline(t: Trace, graph: Graph, inputs: list[Value]) -> list[Value]:
