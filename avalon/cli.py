@@ -142,9 +142,9 @@ def cmd_opt(args) -> None:
 
 
 def _optimized(args):
-    g = _parse_ir(args.file)
-    for p in getattr(args, "plugin", None) or []:
+    for p in getattr(args, "plugin", None) or []:  # first: a plugin may define ops the IR uses
         load_plugin(p)
+    g = _parse_ir(args.file)
     from .passes import DEFAULT_PIPELINE, PassManager
     PassManager.parse(args.pipeline or DEFAULT_PIPELINE).run(g)
     return g

@@ -132,3 +132,13 @@ def test_ops_lists_the_registry_with_its_rule_tables():
     assert "reference, vjp, triton" in r.stdout
     bad = avalon("ops", "nope")
     assert bad.returncode == 1 and "unknown op 'nope'" in bad.stderr
+
+
+def test_run_reads_ops_that_a_plugin_defines(tmp_path):
+    src = tmp_path / "silu.mlir"
+    src.write_text("func @f(%x: tensor<4x8xf32>) -> (tensor<4x8xf32>) {\n"
+                   "  %0 = silu %x : tensor<4x8xf32>\n  return %0\n}\n")
+    plugin = os.path.join(ROOT, "examples", "passes", "fuse_silu.py")
+    r = avalon("run", str(src), "--plugin", plugin)
+    assert r.returncode == 0, r.stderr
+    assert "max |numpy - triton|" in r.stdout
