@@ -159,8 +159,8 @@ def cmd_kernels(args) -> None:
 
 
 def cmd_run(args) -> None:
-    from .codegen.numpy import interpret
     from .codegen.triton import compile_graph
+    from .ir import interpret
     g = _optimized(args)
     rng = np.random.default_rng(args.seed)
     inputs = [random_input(v.type.shape, v.type.dtype, rng) for v in g.inputs]
@@ -183,9 +183,8 @@ def describe_ops(names: list[str] | None = None) -> str:
     """The op registry as text: operands, attributes with defaults, traits, and which rule tables
     (reference, vjp, Triton lowering) cover each op."""
     from .autodiff.rules import NON_DIFFERENTIABLE, VJP
-    from .codegen.numpy import REFERENCE
     from .codegen.triton import LOWERING
-    from .ir import OPS
+    from .ir import OPS, REFERENCE
     from .ir.printer import format_attr
     from .ir.registry import REQUIRED
     lines = []

@@ -10,12 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from .codegen.numpy.reference import evaluate
 from .device import CPU
 from .ir import ShapeError, TensorType, Value
 from .ir import dtypes as dt
 from .ir.builder import make_op
 from .ir.dtypes import DType
+from .ir.reference import evaluate
 from .tensor import Tensor, as_array
 from .trace import current_trace, located, user_location
 

@@ -31,7 +31,7 @@ def as_array(data: Any, dtype: DType | None = None) -> np.ndarray:
     if dtype is not None:
         arr = arr.astype(dtype.np, copy=False)
         if dtype is dt.bfloat16:
-            from .codegen.numpy.reference import round_bf16
+            from .ir.reference import round_bf16
             arr = round_bf16(arr)
     return arr
 

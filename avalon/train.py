@@ -40,10 +40,10 @@ from typing import Any
 
 import numpy as np
 
+from .channels import get_logger
 from .device import CPU, Device
 from .device import device as as_device
 from .ir import dtypes as dt
-from .log import get_logger
 from .tensor import Tensor, as_array
 from .tree import named_parameters
 
@@ -80,7 +80,7 @@ class TracedStep:
         self.cache: dict[Any, Any] = {}
 
     def __call__(self, *args: Any) -> Any:
-        from .codegen.numpy import interpret
+        from .ir import interpret
         from .trace import run_traced, signature, trace_call
         key, leaves = signature(self.fn, args)
         traced = self.cache.get(key)

@@ -30,11 +30,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import triton  # noqa: E402
 
-from avalon.codegen.numpy import interpret  # noqa: E402
 from avalon.codegen.triton import BlockPolicy, compile_graph  # noqa: E402
 from avalon.codegen.triton.runtime import launch  # noqa: E402
 from avalon.codegen.triton.testing import fuse  # noqa: E402
-from avalon.ir import Builder, Graph, TensorType  # noqa: E402
+from avalon.ir import (  # noqa: E402
+    Builder,
+    Graph,
+    TensorType,
+    interpret,  # noqa: E402
+)
 
 
 def graph(*types):

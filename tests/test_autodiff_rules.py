@@ -22,8 +22,7 @@ from hypothesis.extra import numpy as hnp
 
 import avalon.ir as ir
 from avalon.autodiff import INLINED, NON_DIFFERENTIABLE, VJP, grad_graph
-from avalon.codegen.numpy import evaluate, interpret
-from avalon.ir import Builder, Graph, TensorType
+from avalon.ir import Builder, Graph, TensorType, evaluate, interpret
 from avalon.ir import dtypes as dt
 
 

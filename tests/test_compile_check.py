@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 import avalon as av
-from avalon.codegen.numpy import REFERENCE, Interpreter
+from avalon.codegen.numpy import NumpyBackend, NumpyExecutable
 from avalon.compiler import CheckError
-from avalon.compiler.backends import NumpyBackend, NumpyExecutable
 from avalon.compiler.check import compare
 from avalon.compiler.testing import group_chains
+from avalon.ir import REFERENCE, Interpreter
 from avalon.passes import PassManager
 
 

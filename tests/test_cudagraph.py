@@ -14,9 +14,8 @@ import torch
 
 import avalon as av
 from avalon import nn, optim
-from avalon.codegen.numpy import interpret, to_numpy
 from avalon.codegen.triton import compile_graph, cudagraph
-from avalon.ir import Builder, Graph, TensorType
+from avalon.ir import Builder, Graph, TensorType, interpret, to_numpy
 
 
 @pytest.fixture(autouse=True)

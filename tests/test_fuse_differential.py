@@ -7,8 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import avalon.ir as ir
-from avalon.codegen.numpy import interpret
-from avalon.ir import Builder, Graph, TensorType
+from avalon.ir import Builder, Graph, TensorType, interpret
 from avalon.passes import DEFAULT_PIPELINE, PassManager, get_pass
 from avalon.passes import fuse as fuse_mod
 from avalon.passes.fusion_policy import FusionGroup, FusionPolicy

@@ -9,7 +9,7 @@ import pytest
 
 import avalon as av
 from avalon import passes
-from avalon.codegen.numpy import interpret
+from avalon.ir import interpret
 from avalon.passes.testing import random_inputs
 from avalon.trace import trace_call
 from avalon.zoo import MLP, VAE, LeNet, cross_entropy, elbo, nll

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import avalon.ir as ir
-from avalon.codegen.numpy import Interpreter, interpret, round_bf16
+from avalon.ir import Interpreter, interpret, round_bf16
 from avalon.ir import TensorType as T
 
 

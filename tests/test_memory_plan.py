@@ -6,8 +6,7 @@ from hypothesis import strategies as st
 
 import avalon as av
 import avalon.ir as ir
-from avalon.codegen.numpy import Interpreter
-from avalon.ir import Builder, Graph, TensorType
+from avalon.ir import Builder, Graph, Interpreter, TensorType
 from avalon.passes import PassManager
 from avalon.passes.layout import is_view
 from avalon.passes.memory_plan import MemoryPlan, plan_memory

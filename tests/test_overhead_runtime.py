@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from avalon.codegen.numpy import interpret, to_numpy
 from avalon.codegen.triton import compile_graph, runtime
-from avalon.ir import Builder, Graph, TensorType
+from avalon.ir import Builder, Graph, TensorType, interpret, to_numpy
 
 
 @pytest.fixture(autouse=True)

@@ -6,8 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import avalon.ir as ir
-from avalon.codegen.numpy import interpret
-from avalon.ir import Builder, Graph, TensorType
+from avalon.ir import Builder, Graph, TensorType, interpret
 from avalon.passes import DEFAULT_PIPELINE, PassManager
 from avalon.passes.testing import random_inputs
 

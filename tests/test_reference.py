@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes
 
 import avalon.ir as ir
-from avalon.codegen.numpy import evaluate, random_bits, round_bf16
-from avalon.codegen.numpy.reference import UNIFORM_BITS, seed_keys
 from avalon.ir import dtypes as dt
+from avalon.ir import evaluate, random_bits, round_bf16
+from avalon.ir.reference import UNIFORM_BITS, seed_keys
 
 SHAPES = array_shapes(min_dims=0, max_dims=4, min_side=1, max_side=5)
 SEEDS = st.integers(0, 2**32 - 1)
@@ -620,7 +620,7 @@ def test_random_normal_statistics():
 def test_tiled_pooling_fast_path_equals_the_general_rule(monkeypatch):
     """stride == kernel, no padding takes a reshaping fast path; it must agree with the general
     window rule, ties (first maximum wins) and nans included."""
-    from avalon.codegen.numpy import reference as ref
+    from avalon.ir import reference as ref
 
     rng = np.random.default_rng(3)
     x = rng.integers(0, 3, (2, 3, 7, 9)).astype(np.float32)  # many ties; 7x9 leaves a ragged edge

@@ -4,8 +4,8 @@ import pytest
 
 import avalon as av
 from avalon import ir
-from avalon.codegen.numpy import interpret
 from avalon.codegen.triton.testing import check
+from avalon.ir import interpret
 from avalon.passes import run_pipeline
 
 pytestmark = pytest.mark.usefixtures("module_kernel_cache")  # kernel files go to a temporary cache

@@ -10,9 +10,9 @@ import torch
 from helpers import graph
 
 import avalon.ir as ir
-from avalon.codegen.numpy import interpret, to_numpy
 from avalon.codegen.triton import LOWERING, KernelCache, compile_graph
 from avalon.codegen.triton.testing import check, random_inputs
+from avalon.ir import interpret, to_numpy
 
 
 @pytest.fixture(autouse=True)

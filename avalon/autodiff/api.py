@@ -19,9 +19,8 @@ from typing import Any
 import numpy as np
 
 from avalon import tree
-from avalon.codegen.numpy import interpret
-from avalon.ir import Builder, Graph
-from avalon.log import get_logger
+from avalon.channels import get_logger
+from avalon.ir import Builder, Graph, interpret
 from avalon.tensor import Tensor
 from avalon.trace import SEED, Traced, _count_leaves, owner_model, run_traced, signature, trace_call
 

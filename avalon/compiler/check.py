@@ -19,11 +19,18 @@ from typing import Any
 
 import numpy as np
 
-from avalon.codegen.numpy import Interpreter, interpret, to_numpy
-from avalon.ir import Graph, Op
-from avalon.log import get_logger
-
-from .backends import fusion_groups, group_graph, group_name, region_function
+from avalon.channels import get_logger
+from avalon.ir import (
+    Graph,
+    Interpreter,
+    Op,
+    fusion_groups,
+    group_graph,
+    group_name,
+    interpret,
+    region_function,
+    to_numpy,
+)
 
 log = get_logger("check")
 

@@ -29,13 +29,13 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from avalon import debug
-from avalon.ir import Graph, verify
+from avalon.ir import Graph, fusion_groups, verify
 from avalon.passes import PassManager, PassRecord
 from avalon.passes.memory_plan import MemoryPlan, plan_memory
 from avalon.trace import SEED, Traced, current_trace, feed, owner_model, run_traced, signature, trace_call
 from avalon.tree import StateCache
 
-from .backends import fusion_groups, get_backend
+from .backends import get_backend
 from .check import GroupChecker
 
 _TRUE = ("1", "true", "yes", "on")

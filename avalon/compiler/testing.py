@@ -7,9 +7,9 @@ directory use them to get fused groups whatever the real `fuse` pass decides.
 """
 from __future__ import annotations
 
+from avalon.channels import get_logger
 from avalon.ir import Block, Builder, Graph, Op, Value
 from avalon.ir.clone import clone_op
-from avalon.log import get_logger
 
 log = get_logger("fusion")
 

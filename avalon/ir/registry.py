@@ -128,12 +128,37 @@ class OpDef:
 OPS: dict[str, OpDef] = {}
 TERMINATORS = ("return", "yield")
 
+TRAITS: dict[str, str] = {
+    "pure": "no side effects: CSE may merge it, DCE may drop it when unused",
+    "elementwise": "result element i depends only on operand elements i (all shapes equal)",
+    "commutative": "a binary op whose operands may be swapped",
+    "bool_as_int": "i1 operands act as the integers 0/1 and the result is cast back (add is or, mul is and)",
+    "movement": "moves, replicates or fills elements by index math alone; computes nothing",
+    "selects": "each result element is one element of its single operand (a splat in is a splat out)",
+    "broadcast": "numpy-style broadcast of its operand to a larger shape",
+    "view": "may be a zero-copy view of its operand, depending on layouts (see a backend's Target.is_view)",
+    "reduction": "reduces its operand over some axes",
+    "contraction": "a matmul or convolution: a sum of products, computed by a tiled GEMM-like kernel",
+    "pool": "reads a window of its operand per result element",
+    "nchw": "its result is an NCHW image activation (a conv or pool output): channels-last candidates",
+    "gather": "reads its operand at data-dependent indices, or builds from indices",
+    "random": "counter-based random numbers from an explicit seed",
+    "region": "holds a region (a fused group)",
+}
+"""Every trait an op may declare, with what it promises. Passes and backends ask for traits
+(`op.has_trait("movement")`) instead of keeping lists of op names, so a new op joins every
+category by its declaration alone; `define_op` rejects a trait not listed here."""
+
 
 def define_op(name: str, operands, infer, attrs: dict[str, Attr] | None = None, traits=(), doc: str = "",
               symbol: str | None = None) -> OpDef:
     """Declare an op. Users may call this for their own ops; every backend table must then add a rule."""
     if name in OPS or name in TERMINATORS:
         raise ValueError(f"op '{name}' is already defined")
+    unknown = sorted(set(traits) - set(TRAITS))
+    if unknown:
+        raise ValueError(f"op '{name}': unknown trait(s) {', '.join(unknown)}; declare them in "
+                         f"avalon.ir.registry.TRAITS (known: {', '.join(sorted(TRAITS))})")
     d = OpDef(name, operands, dict(attrs or {}), infer, frozenset(traits), doc, symbol)
     OPS[name] = d
     return d

@@ -112,12 +112,12 @@ def _known_condition(op: Op, operands: list) -> FoldResult:
 
 
 def _evaluate(op: Op, arrays: list[np.ndarray], result_type: TensorType) -> np.ndarray:
-    from avalon.codegen.numpy import evaluate
+    from avalon.ir import evaluate
     return evaluate(op.name, op.attrs, arrays, result_type)
 
 
 def _has_reference(name: str) -> bool:
-    from avalon.codegen.numpy import REFERENCE
+    from avalon.ir import REFERENCE
     return name in REFERENCE
 
 

@@ -28,11 +28,11 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from avalon.channels import get_logger
 from avalon.ir import Block, Graph, Op, Value
 from avalon.ir.builder import make_op
 from avalon.ir.clone import clone_op
 from avalon.ir.printer import name_values
-from avalon.log import get_logger
 
 from .fusion_policy import (
     POLICIES,

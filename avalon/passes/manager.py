@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from avalon.channels import get_logger
 from avalon.ir import Graph, VerifyError, print_graph, verify
-from avalon.log import get_logger
 
 from .registry import PassInfo, PipelineError, format_value, get_pass
 

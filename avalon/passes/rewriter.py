@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from avalon.channels import get_logger
 from avalon.ir import Block, Graph, Op, TensorType, Value, make_op
 from avalon.ir.dtypes import DType
 from avalon.ir.dtypes import dtype as to_dtype
-from avalon.log import get_logger
 
 log = get_logger("rewrite")
 

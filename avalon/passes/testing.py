@@ -49,7 +49,7 @@ def random_inputs(graph: Graph, seed: int = 0) -> list[np.ndarray]:
 def assert_same_results(before: Graph | str, after: Graph | str, *, inputs: Sequence[np.ndarray] | None = None,
                         seeds: Sequence[int] = (0, 1), rtol: float = 1e-6, atol: float = 1e-6) -> None:
     """Both graphs give the same outputs on the same inputs (random ones unless `inputs` is given)."""
-    from avalon.codegen.numpy import interpret
+    from avalon.ir import interpret
     g0, g1 = _graph(before), _graph(after)
     trials = [list(inputs)] if inputs is not None else [random_inputs(g0, s) for s in seeds]
     for args in trials:

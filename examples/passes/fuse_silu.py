@@ -6,8 +6,8 @@ Importing this file defines the op (with its numpy reference and Triton rules, s
 it) and registers the pass. See docs/writing-a-pass.md.
 """
 import avalon.ir as ir
-from avalon.codegen.numpy import REFERENCE
 from avalon.codegen.triton.lowering import LOWERING, Elementwise
+from avalon.ir import REFERENCE
 from avalon.passes import P, Rule, Var, apply_patterns, register
 
 if "silu" not in ir.OPS:

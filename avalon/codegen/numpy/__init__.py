@@ -1,7 +1,8 @@
-"""The numpy reference backend: per-op rules (`REFERENCE`) and the graph interpreter built on them.
-It is the CPU execution path and the oracle every other backend is checked against."""
-from .interpreter import Interpreter, interpret, to_numpy
-from .reference import REFERENCE, evaluate, random_bits, round_bf16, to_result
+"""The numpy backend: runs a final graph on the reference interpreter (`avalon.ir.interpret`).
 
-__all__ = ["REFERENCE", "Interpreter", "evaluate", "interpret", "random_bits", "round_bf16", "to_numpy",
-           "to_result"]
+The rules it runs are the reference semantics of the ops, which live in `avalon.ir` beside their
+declarations; this package only adapts them to the backend interface of `av.compile`.
+"""
+from .backend import NumpyBackend, NumpyExecutable
+
+__all__ = ["NumpyBackend", "NumpyExecutable"]

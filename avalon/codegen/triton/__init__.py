@@ -13,8 +13,8 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 # ruff: noqa: E402
 from .blocks import BlockPolicy
+from .build import build_kernel, compile_graph
 from .cache import KernelCache
-from .compiler import build_kernel, compile_graph
 from .emitter import Unsupported
 from .kernel import Kernel
 from .lowering import LOWERING

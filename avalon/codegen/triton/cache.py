@@ -23,7 +23,7 @@ from typing import Any
 
 import triton
 
-from avalon.log import get_logger
+from avalon.channels import get_logger
 
 log = get_logger("cache")
 

@@ -40,7 +40,7 @@ from typing import Any, Protocol
 
 import torch
 
-from avalon.log import get_logger
+from avalon.channels import get_logger
 
 from .cache import interpreting
 from .runtime import _view, launch

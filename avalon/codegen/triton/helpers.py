@@ -1,7 +1,7 @@
 """`@triton.jit` helper functions that generated kernels call, pasted into a kernel's file when used.
 
 They exist where Triton has no primitive the interpreter can run (tanh, pow are libdevice-only) or
-where the exact bits matter (random numbers must match `avalon.codegen.numpy.random_bits`).
+where the exact bits matter (random numbers must match `avalon.ir.reference.random_bits`).
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def _avalon_ipow(x, y, BITS: tl.constexpr):
 HELPERS["_avalon_fmix32"] = '''
 @triton.jit
 def _avalon_fmix32(h):
-    # MurmurHash3 finalizer on uint32, exactly as avalon.codegen.numpy.fmix32
+    # MurmurHash3 finalizer on uint32, exactly as avalon.ir.reference.fmix32
     h = h ^ (h >> 16)
     h = h * 0x85EBCA6B
     h = h ^ (h >> 13)
@@ -81,7 +81,7 @@ def _avalon_seed_key2(seed):
 HELPERS["_avalon_random_bits"] = '''
 @triton.jit
 def _avalon_random_bits(counter, k1, k2):
-    # bits(i) = fmix32(fmix32(i + k1) ^ k2), all uint32 (see avalon.codegen.numpy.random_bits)
+    # bits(i) = fmix32(fmix32(i + k1) ^ k2), all uint32 (see avalon.ir.reference.random_bits)
     return _avalon_fmix32(_avalon_fmix32(counter + k1) ^ k2)
 '''
 

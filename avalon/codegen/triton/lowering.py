@@ -39,7 +39,7 @@ class Rule:
 
 LOWERING: dict[str, Rule] = {}
 
-# ops whose boolean operands act as the integers 0/1 (see avalon.codegen.numpy.reference)
+# ops whose boolean operands act as the integers 0/1 (see avalon.ir.reference)
 BOOL_AS_INT = frozenset({"neg", "abs", "relu", "sign", "add", "sub", "mul", "div", "pow", "maximum", "minimum"})
 
 
@@ -240,7 +240,7 @@ def _random(em, op, idx, guard):
     ctr = em.emit(f"({em.affine(flat)}).to(tl.uint32)", dt.int32, flat.deps, prefix="ctr")
     ft = "tl.float64" if res == dt.float64 else "tl.float32"
     if op.attrs["distribution"] == "uniform":
-        from avalon.codegen.numpy.reference import UNIFORM_BITS
+        from avalon.ir.reference import UNIFORM_BITS
         b = UNIFORM_BITS[res.name]
         bits = em.emit(f"_avalon_random_bits({ctr.expr}, {k1.expr}, {k2.expr})", dt.int32, vals=(ctr, k1, k2))
         return em.emit(f"(({bits.expr} >> {32 - b}).to({ft})) * {2.0 ** -b!r}", res, vals=(bits,), prefix="rnd")

@@ -251,7 +251,7 @@ class CompiledGraph:
         return _view(out, t)
 
     def _adapt_const(self, a: np.ndarray, t: TensorType, device: torch.device) -> torch.Tensor:
-        from avalon.codegen.numpy import evaluate
+        from avalon.ir import evaluate
         attrs = {"value": a, "shape": list(t.shape), "dtype": t.dtype}
         data = evaluate("constant", attrs, [], TensorType(t.shape, t.dtype))
         src = torch.from_numpy(np.ascontiguousarray(data))
@@ -309,7 +309,7 @@ class _Workspace:
 
 def _host_array(x: Any, t: TensorType, where: str) -> np.ndarray:
     """A numpy input as a contiguous array of the input's dtype (bf16: rounded float32)."""
-    from avalon.codegen.numpy import round_bf16, to_numpy
+    from avalon.ir import round_bf16, to_numpy
     if isinstance(x, (bool, int, float)) and t.shape == ():
         a = np.asarray(x, dtype=t.dtype.np)
     else:

@@ -12,7 +12,7 @@ import tempfile
 
 from avalon.ir.core import Graph
 
-from .compiler import compile_graph
+from .build import compile_graph
 from .runtime import Launch
 
 _PRELUDE = '''\

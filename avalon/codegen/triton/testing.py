@@ -101,10 +101,9 @@ def check(graph: Graph, inputs: list[np.ndarray] | None = None, *, fused: str | 
           rng: np.random.Generator | None = None):
     """Compile `graph` (first wrapped in one fusion op named `fused` unless that is None), run it,
     assert it matches the numpy reference, and return the CompiledGraph."""
-    from avalon.codegen.numpy import interpret, to_numpy
-    from avalon.ir import verify
+    from avalon.ir import interpret, to_numpy, verify
 
-    from .compiler import compile_graph
+    from .build import compile_graph
     verify(graph)
     if inputs is None:
         inputs = random_inputs(graph, rng or np.random.default_rng(0))

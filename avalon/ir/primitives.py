@@ -42,9 +42,9 @@ COMPARE = ("eq", "ne", "lt", "le", "gt", "ge")
 for _n in UNARY_FLOAT:
     define_op(_n, 1, _floating(_n), traits={EW, PURE}, doc=f"elementwise {_n}")
 for _n in UNARY_ANY:
-    define_op(_n, 1, _same(_n), traits={EW, PURE}, doc=f"elementwise {_n}")
+    define_op(_n, 1, _same(_n), traits={EW, PURE, "bool_as_int"}, doc=f"elementwise {_n}")
 for _n in BINARY:
-    define_op(_n, 2, _same(_n), traits={EW, PURE} | ({"commutative"} if _n in COMMUTATIVE else set()),
+    define_op(_n, 2, _same(_n), traits={EW, PURE, "bool_as_int"} | ({"commutative"} if _n in COMMUTATIVE else set()),
               doc=f"elementwise {_n}")
 
 
@@ -114,7 +114,7 @@ def _broadcast(ts, a):
     return [T(shape, ts[0].dtype)]
 
 
-define_op("broadcast", 1, _broadcast, {"shape": Attr("ints")}, traits={PURE, "broadcast"},
+define_op("broadcast", 1, _broadcast, {"shape": Attr("ints")}, traits={PURE, "broadcast", "movement", "selects"},
           doc="numpy-style broadcast (right-aligned; size-1 dims stretch)")
 
 
@@ -144,7 +144,7 @@ def _reduce(name, result_dtype=None):
 
 
 define_op("sum", 1, _reduce("sum"), {"axes": Attr("ints"), "keepdims": Attr("bool", False)},
-          traits={PURE, "reduction"}, doc="sum over axes")
+          traits={PURE, "reduction", "bool_as_int"}, doc="sum over axes")
 define_op("max", 1, _reduce("max"), {"axes": Attr("ints"), "keepdims": Attr("bool", False)},
           traits={PURE, "reduction"}, doc="maximum over axes")
 define_op("argmax", 1, _reduce("argmax", dt.int64), {"axis": Attr("int"), "keepdims": Attr("bool", False)},
@@ -158,7 +158,7 @@ def _reshape(ts, a):
     return [T(shape, t.dtype)]
 
 
-define_op("reshape", 1, _reshape, {"shape": Attr("ints")}, traits={PURE, "view"})
+define_op("reshape", 1, _reshape, {"shape": Attr("ints")}, traits={PURE, "view", "movement", "selects"})
 
 
 def _transpose(ts, a):
@@ -168,7 +168,7 @@ def _transpose(ts, a):
     return [T(tuple(t.shape[p] for p in perm), t.dtype)]
 
 
-define_op("transpose", 1, _transpose, {"perm": Attr("ints")}, traits={PURE, "view"})
+define_op("transpose", 1, _transpose, {"perm": Attr("ints")}, traits={PURE, "view", "movement", "selects"})
 
 
 def _slice(ts, a):
@@ -186,7 +186,7 @@ def _slice(ts, a):
 
 
 define_op("slice", 1, _slice, {"start": Attr("ints"), "limit": Attr("ints"), "step": Attr("ints", [])},
-          traits={PURE}, doc="strided static slice; `step` empty means all ones")
+          traits={PURE, "movement", "selects"}, doc="strided static slice; `step` empty means all ones")
 
 
 def _concat(ts, a):
@@ -201,7 +201,7 @@ def _concat(ts, a):
     return [T(tuple(shape), ts[0].dtype)]
 
 
-define_op("concat", (1, None), _concat, {"axis": Attr("int")}, traits={PURE})
+define_op("concat", (1, None), _concat, {"axis": Attr("int")}, traits={PURE, "movement"})
 
 
 def _pad(ts, a):
@@ -212,7 +212,7 @@ def _pad(ts, a):
 
 
 define_op("pad", 1, _pad, {"low": Attr("ints"), "high": Attr("ints"), "value": Attr("float", 0.0)},
-          traits={PURE}, doc="constant padding")
+          traits={PURE, "movement"}, doc="constant padding")
 
 
 def _matmul(ts, a):
@@ -280,9 +280,9 @@ def _conv2d_grad_weight(ts, a):
     return [w]
 
 
-define_op("conv2d", 2, _conv2d, _CONV, traits={PURE, "contraction"}, doc="NCHW x OIHW cross-correlation")
+define_op("conv2d", 2, _conv2d, _CONV, traits={PURE, "contraction", "nchw"}, doc="NCHW x OIHW cross-correlation")
 define_op("conv2d_grad_input", 2, _conv2d_grad_input, {"input_shape": Attr("ints"), **_CONV},
-          traits={PURE, "contraction"}, doc="gradient of conv2d w.r.t. its input: (dy, weight) -> dx")
+          traits={PURE, "contraction", "nchw"}, doc="gradient of conv2d w.r.t. its input: (dy, weight) -> dx")
 define_op("conv2d_grad_weight", 2, _conv2d_grad_weight, {"weight_shape": Attr("ints"), **_CONV},
           traits={PURE, "contraction"}, doc="gradient of conv2d w.r.t. its weight: (x, dy) -> dw")
 
@@ -322,12 +322,13 @@ def _avg_pool_grad(ts, a):
 
 
 _AVG = {**_POOL, "count_include_pad": Attr("bool", True)}
-define_op("max_pool2d", 1, _pool("max_pool2d"), _POOL, traits={PURE, "pool"},
+define_op("max_pool2d", 1, _pool("max_pool2d"), _POOL, traits={PURE, "pool", "nchw"},
           doc="max pooling (padding counts as -inf)")
-define_op("max_pool2d_grad", 2, _max_pool_grad, _POOL, traits={PURE, "pool"},
+define_op("max_pool2d_grad", 2, _max_pool_grad, _POOL, traits={PURE, "pool", "nchw"},
           doc="(x, dy) -> dx; each window's gradient goes to its first maximum")
-define_op("avg_pool2d", 1, _pool("avg_pool2d"), _AVG, traits={PURE, "pool"})
-define_op("avg_pool2d_grad", 1, _avg_pool_grad, {"input_shape": Attr("ints"), **_AVG}, traits={PURE, "pool"},
+define_op("avg_pool2d", 1, _pool("avg_pool2d"), _AVG, traits={PURE, "pool", "nchw", "bool_as_int"})
+define_op("avg_pool2d_grad", 1, _avg_pool_grad, {"input_shape": Attr("ints"), **_AVG},
+          traits={PURE, "pool", "nchw", "bool_as_int"},
           doc="dy -> dx")
 
 
@@ -369,7 +370,7 @@ define_op("random", 1, _random, {"shape": Attr("ints"), "dtype": Attr("dtype", d
                                  "distribution": Attr("str", "uniform")},
           traits={PURE, "random"},
           doc="counter-based random numbers from an explicit seed: the same seed gives the same numbers "
-              "on every backend (see avalon.codegen.numpy.random_bits)")
+              "on every backend (see avalon.ir.reference.random_bits)")
 
 
 def _fusion(ts, a):

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from avalon.channels import get_logger
 from avalon.ir import dtypes as dt
 from avalon.ir.core import Block, Graph, Op, Value
 from avalon.ir.types import TensorType
-from avalon.log import get_logger
 
 from .reference import evaluate, round_bf16
 

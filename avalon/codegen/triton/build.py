@@ -14,11 +14,11 @@ from collections.abc import Callable
 
 import numpy as np
 
+from avalon.channels import get_logger
 from avalon.ir import dtypes as dt
 from avalon.ir.builder import make_op
 from avalon.ir.core import Block, Graph, Op, Value
 from avalon.ir.types import TensorType
-from avalon.log import get_logger
 
 from .blocks import BlockPolicy
 from .cache import KernelCache, interpreting
