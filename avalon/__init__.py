@@ -5,9 +5,8 @@ Models are plain Python objects; `av.trace` records one call as a typed SSA grap
 (`av.interpret`) and generated Triton kernels. See README.md.
 """
 from . import ir, nn, ops, optim, passes, random
-from .autodiff import grad, value_and_grad
 from .checkpoint import CheckpointError, load, save
-from .compiler import compile  # noqa: A004  (av.compile, like torch.compile)
+from .compiler import compile, grad, value_and_grad  # noqa: A004  (av.compile, like torch.compile)
 from .device import Device, best_available_device, device, to_device
 from .ir import Interpreter, interpret
 from .ir.dtypes import bfloat16, bool_, float16, float32, float64, int32, int64

@@ -4,6 +4,11 @@
 in order; a model contributes its parameters (then its buffers) in `named_parameters` order, and
 when `fn` is itself a model (or a bound method of one) its tensors come first. Tensors that are
 not inputs but are used (a closure's array) become `constant` ops.
+
+This module only records: `trace_call` makes a `Traced` (graph, the objects feeding its inputs,
+how to rebuild its outputs, which state tensors its extra outputs update), `signature` is the
+cache key of a call, `inline` copies a graph into the active trace and `assign` updates state.
+Running a graph and writing its results back is the compile driver's job (`avalon.compiler.execute`).
 """
 from __future__ import annotations
 
@@ -13,7 +18,6 @@ import os
 import sys
 import types
 import weakref
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -255,16 +259,6 @@ class _Seed:
 SEED = _Seed()
 
 
-def feed(leaves: list[Any]) -> list[Any]:
-    """The leaves with SEED replaced by a fresh seed (an i64 scalar), ready to execute."""
-    from .random import next_seed
-
-    def fresh() -> Any:
-        s = next_seed()  # inside an enclosing trace: a traced seed, which must stay traced
-        return s if isinstance(s, Tensor) else np.asarray(s, dtype=np.int64)
-    return [fresh() if x is SEED else x for x in leaves]
-
-
 def _count_leaves(tr: Any) -> int:
     kind = tr[0]
     if kind == "leaf":
@@ -281,67 +275,6 @@ def _count_leaves(tr: Any) -> int:
 def trace(fn: Any, *args: Any) -> Graph:
     """`av.trace(fn, *example_args)`: the typed SSA graph of one call of `fn`."""
     return trace_call(fn, args).graph
-
-
-def run_traced(traced: Traced, graph: Graph, execute, leaves: list[Any]) -> Any:
-    """Run `graph` (traced's graph or a transformed one with the same inputs) on `leaves`, rebuild
-    the outputs and apply state updates. Inside an enclosing trace the graph is inlined instead.
-
-    State updates are written back before this returns, so an executable may hand them back in
-    storage that its next call overwrites (`CompiledGraph.scratch_outputs`)."""
-    outer = current_trace()
-    leaves = feed(leaves)
-    n = traced.n_outputs
-    if outer is not None:
-        results = inline(outer, graph, [outer.value_of(x) for x in leaves])
-        outs = [Tensor._traced(v, outer) for v in results]
-        for target, new in zip(traced.update_targets, outs[n:]):
-            assign(target, new)
-        return tree.unflatten(traced.out_tree, outs[:n])
-    arrays = execute(*leaves)
-    devs = {x._device for x in leaves if isinstance(x, Tensor)}
-    dev = next(iter(devs)) if len(devs) == 1 else CPU
-    user = [_wrap_result(a, v.type, dev) for a, v in zip(arrays[:n], graph.outputs[:n])]
-    _write_back(traced.update_targets, arrays[n:], graph.outputs[n:], dev)
-    return tree.unflatten(traced.out_tree, user)
-
-
-def _write_back(targets: list[Tensor], arrays: Sequence[Any], values: Sequence[Value], dev: Device) -> None:
-    """`assign(target, result)` for each state update, in order; copies between device tensors of
-    the same dtype are batched into one `torch._foreach_copy_` (one launch instead of one each)."""
-    dst: dict[int, tuple[Any, Any]] = {}  # id(target) -> (target storage, source); the last update wins
-    for target, a, v in zip(targets, arrays, values):
-        data = target._data
-        if (target._device is not CPU and hasattr(a, "data_ptr") and a.device == data.device
-                and a.dtype == data.dtype and a.shape == data.shape):
-            dst.pop(id(target), None)
-            dst[id(target)] = (data, a)
-        else:
-            if id(target) in dst:  # an earlier batched update of this target must land first
-                _copy_all([dst.pop(id(target))])
-            assign(target, _wrap_result(a, v.type, dev))
-    if dst:
-        _copy_all(list(dst.values()))
-
-
-def _copy_all(pairs: list[tuple[Any, Any]]) -> None:
-    import torch
-    if len(pairs) > 1 and hasattr(torch, "_foreach_copy_"):
-        torch._foreach_copy_([d for d, _ in pairs], [s for _, s in pairs])  # storage copies, not compute
-    else:
-        for d, s in pairs:
-            d.copy_(s)
-
-
-def _wrap_result(a: Any, t: TensorType, dev: Device) -> Tensor:
-    """A backend's output as an Avalon tensor: GPU torch storage stays where it is; anything on
-    the host becomes numpy storage (then moves to `dev` when that is a GPU)."""
-    if isinstance(a, Tensor):
-        return a
-    if hasattr(a, "data_ptr") and a.device.type != "cpu":
-        return Tensor._wrap(a, t.dtype, Device(a.device.type, a.device.index))
-    out = Tensor._wrap(np.ascontiguousarray(as_array(a, t.dtype)).reshape(t.shape), t.dtype, CPU)
-    return out if dev == CPU else out.to(dev)
 
 
 def inline(t: Trace, graph: Graph, inputs: list[Value]) -> list[Value]:

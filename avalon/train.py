@@ -11,9 +11,9 @@ the optimizer update, is one traced graph:
         opt.step(grads)
         return loss
 
-compiled with `av.compile(train_step, backend=...)` where that exists, else traced with
-`avalon.trace.trace_call` and run on the numpy interpreter. Either way it is traced once per input
-signature: the last, partial batch has another shape and so is a second cached graph. The model and
+compiled with `av.compile(train_step, backend=...)` (`predict` compiles `model(x)` the same way), so
+it goes through the one compile driver: traced once per input signature (the last, partial batch
+has another shape and so is a second cached graph), optimized by the pipeline, run on the backend. The model and
 the optimizer are arguments, so their tensors (parameters, moments, step count) are graph inputs
 that each call reads afresh and the state updates write back.
 
@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from .channels import get_logger
+from .compiler import compile, value_and_grad  # noqa: A004
 from .device import CPU, Device
 from .device import device as as_device
 from .ir import dtypes as dt
@@ -56,8 +57,6 @@ log = get_logger("train")
 
 def make_train_step(loss_fn: Callable, supervised: bool = True) -> Callable:
     """The training step as a plain function of (model, optimizer, x[, y]) -> loss, ready to trace."""
-    from . import value_and_grad
-
     if supervised:
         def train_step(model, opt, x, y):
             loss, grads = value_and_grad(loss_fn)(model, x, y)
@@ -69,36 +68,6 @@ def make_train_step(loss_fn: Callable, supervised: bool = True) -> Callable:
             opt.step(grads)
             return loss
     return train_step
-
-
-class TracedStep:
-    """`fn` traced once per input signature and run on the numpy interpreter: what `av.compile`
-    does with the numpy backend and no passes, for when `av.compile` is not available."""
-
-    def __init__(self, fn: Callable):
-        self.fn = fn
-        self.cache: dict[Any, Any] = {}
-
-    def __call__(self, *args: Any) -> Any:
-        from .ir import interpret
-        from .trace import run_traced, signature, trace_call
-        key, leaves = signature(self.fn, args)
-        traced = self.cache.get(key)
-        if traced is None:
-            traced = self.cache[key] = trace_call(self.fn, args)
-        graph = traced.graph
-        return run_traced(traced, graph, lambda *xs: interpret(graph, *xs), [x for _, x in leaves])
-
-
-def compile_step(fn: Callable, backend: str) -> Callable:
-    """`av.compile(fn, backend=backend)` when the compiler is there, else the traced numpy path."""
-    import avalon
-    compile_ = getattr(avalon, "compile", None)
-    if compile_ is not None:
-        return compile_(fn, backend=backend)
-    if backend != "numpy":
-        raise NotImplementedError(f"backend {backend!r} needs av.compile, which this build does not have")
-    return TracedStep(fn)
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -190,7 +159,7 @@ def fit(model: Any, X: Any, Y: Any, loss_fn: Callable, epochs: int = 10, batch_s
     if backend is None:
         backend = "numpy" if dev == CPU else "triton"
     _set_mode(model, True)
-    step = compile_step(make_train_step(loss_fn, supervised=Ya is not None), backend)
+    step = compile(make_train_step(loss_fn, supervised=Ya is not None), backend=backend)
 
     pdtype = _param_dtype(model)
     rng = np.random.default_rng(fresh_seed() if seed is None else seed)
@@ -229,7 +198,7 @@ def predict(model: Any, X: Any, batch_size: int = 256, backend: str | None = Non
     tuple of arrays for a model returning several outputs. The model's training flag is restored."""
     params = list(named_parameters(model))
     dev = params[0][1].device if params else CPU
-    forward = compile_step(lambda model, x: model(x), backend or ("numpy" if dev == CPU else "triton"))
+    forward = compile(lambda model, x: model(x), backend=backend or ("numpy" if dev == CPU else "triton"))
     pdtype = _param_dtype(model)
     Xa = _host_array(X, "X")
     was = getattr(model, "training", None)

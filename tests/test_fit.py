@@ -11,7 +11,7 @@ import pytest
 import avalon as av
 from avalon import nn, optim
 from avalon.nn import functional as F
-from avalon.train import TracedStep, fit, make_train_step, predict
+from avalon.train import fit, make_train_step, predict
 
 
 class Regressor:
@@ -88,13 +88,13 @@ def test_step_is_traced_once_per_signature():
     X, Y = _toy(n=23)
     model = Regressor()
     opt = optim.Adam(model, lr=0.01)
-    step = TracedStep(make_train_step(mse))
+    step = av.compile(make_train_step(mse))
     for lo in range(0, 23, 10):
         step(model, opt, av.tensor(X[lo:lo + 10], dtype=av.float32), av.tensor(Y[lo:lo + 10], dtype=av.float32))
     step(model, opt, av.tensor(X[:10], dtype=av.float32), av.tensor(Y[:10], dtype=av.float32))
     assert len(step.cache) == 2  # full batches and the partial last one
     assert opt.steps == 4
-    graph = next(iter(step.cache.values())).graph
+    graph = next(iter(step.cache.values())).inspection.traced_graph
     assert any(v.name == "step_count" for v in graph.inputs)
 
 

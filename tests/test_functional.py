@@ -10,8 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import avalon as av
+from avalon.compiler.execute import feed
 from avalon.nn import functional as F
-from avalon.trace import feed, trace_call
+from avalon.trace import trace_call
 
 
 def close(a, b, tol=1e-5):

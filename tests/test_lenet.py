@@ -5,8 +5,9 @@ import torch.nn.functional as TF
 
 import avalon as av
 from avalon import nn
+from avalon.compiler.execute import feed
 from avalon.nn import Conv2d, Linear, logsoftmax, maxpool2d, relu
-from avalon.trace import feed, trace_call
+from avalon.trace import trace_call
 
 
 class Net:  # a plain class: no base class is needed

@@ -8,7 +8,8 @@ from helpers import T, rel
 
 import avalon as av
 from avalon import nn, tree
-from avalon.trace import feed, run_traced, trace_call
+from avalon.compiler.execute import feed, run_traced
+from avalon.trace import trace_call
 
 
 def leaves(out):

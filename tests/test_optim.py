@@ -7,7 +7,8 @@ import torch
 
 import avalon as av
 from avalon import optim
-from avalon.trace import run_traced, signature, trace_call
+from avalon.compiler.execute import run_traced
+from avalon.trace import signature, trace_call
 
 SHAPES = {"w": (4, 3), "b": (3,), "layers.0.k": (2, 2, 3)}
 

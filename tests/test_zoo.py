@@ -8,7 +8,7 @@ import torch
 
 import avalon as av
 from avalon import optim, zoo
-from avalon.train import compile_step, make_train_step
+from avalon.train import make_train_step
 
 rng = np.random.default_rng(0)
 
@@ -20,7 +20,7 @@ def _load_into_torch(model, tmodel):
 
 def _steps(model, loss_fn, args, n=4, lr=1e-3, supervised=True):
     opt = optim.Adam(model, lr=lr)
-    step = compile_step(make_train_step(loss_fn, supervised), "numpy")
+    step = av.compile(make_train_step(loss_fn, supervised), backend="numpy")
     return [float(step(model, opt, *args)) for _ in range(n)]
 
 

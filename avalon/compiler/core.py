@@ -1,20 +1,28 @@
-"""`av.compile`: trace once per input signature, optimize with a pass pipeline, run on a backend.
+"""The compile driver: trace once per input signature, optimize with a pass pipeline, run on a backend.
 
     step = av.compile(train_step, backend="numpy")      # or "triton"; pipeline=None is the default one
     loss = step(model, opt, x, y)                        # traced, optimized and compiled on first call
     print(step.inspect(model, opt, x, y))               # what the compiler did for this signature
 
+Every user-facing function transformation goes through `Compiled`, the one path from a call to a
+result: `av.compile` (the program is `trace_call(fn, args)`), `av.grad` / `av.value_and_grad` (the
+program is `fn`'s gradient graph, built by `grad.GradProgram`) and `av.fit` / `predict` (which
+compile their step). A `Program` turns `fn` and one call's arguments into a `Traced` whose
+`out_tree` already describes what the caller gets back, so the driver needs no per-transform
+assembly step.
+
 The cache key is `avalon.trace.signature` (shapes, dtypes, devices and structure of the arguments,
 static arguments, which models) plus the plain Python attributes of the models involved (a layer's
-`training` flag), so `model.eval()` compiles anew. A function whose trace captured arrays that are
-not arguments (a closure's data, constants built from Python lists) is compiled on every call:
-those values could change without changing the signature.
+`training` flag), so `model.eval()` compiles anew. A program that captured arrays that are not
+arguments (a closure's data, constants built from Python lists) is compiled on every call: those
+values could change without changing the signature.
 
 Outputs are rebuilt and state updates (batch-norm statistics, optimizer steps: values recorded
 with `avalon.trace.assign`, which are extra graph outputs) are written back by
-`avalon.trace.run_traced` after every call. Inside an enclosing trace (`av.trace`, `av.grad`,
-another `av.compile`) a compiled function simply runs its Python function, so its ops are recorded
-into the enclosing graph and optimized with it.
+`execute.run_traced` after every call. Inside an enclosing trace (`av.trace`, `av.grad`, another
+`av.compile`) a plain compiled function simply runs its Python function, so its ops are recorded
+into the enclosing graph and optimized with it; a transformed one (a gradient) has no Python
+function computing its program, so its (cleaned-up) program graph is inlined there instead.
 """
 from __future__ import annotations
 
@@ -24,7 +32,7 @@ import types
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -32,11 +40,12 @@ from avalon import debug
 from avalon.ir import Graph, fusion_groups, verify
 from avalon.passes import PassManager, PassRecord
 from avalon.passes.memory_plan import MemoryPlan, plan_memory
-from avalon.trace import SEED, Traced, current_trace, feed, owner_model, run_traced, signature, trace_call
+from avalon.trace import SEED, Traced, current_trace, owner_model, signature, trace_call
 from avalon.tree import StateCache
 
 from .backends import get_backend
 from .check import GroupChecker
+from .execute import feed, run_traced
 
 _TRUE = ("1", "true", "yes", "on")
 
@@ -55,7 +64,9 @@ class Inspection:
     traced, before any pass; `graph`: the final graph the backend runs (do not mutate it);
     `kernels`: kernel name -> generated source (on the numpy backend, which generates no code, each
     fused group's region as a standalone function, so both backends show the same groups);
-    `memory_plan`: the buffer plan of the final graph's intermediates.
+    `memory_plan`: the buffer plan of the final graph's intermediates; `pipeline_key`: every pass
+    with all its options and its version (`PassManager.key()`), so a pass that changes names a new
+    debug folder.
     """
 
     name: str
@@ -69,6 +80,7 @@ class Inspection:
     passes_ms: float
     codegen_ms: float
     kernel_suffix: str = ".py"
+    pipeline_key: str = ""
     debug_dir: str | None = None
     _plan: MemoryPlan | None = field(default=None, repr=False)
 
@@ -126,18 +138,36 @@ class _Entry:
     checker: GroupChecker | None = None
 
 
+class Program(Protocol):
+    """What a function transformation compiles instead of `fn`'s own trace (see `grad.GradProgram`).
+
+    `prepare` checks and converts one call's arguments before its signature is taken; `build`
+    makes the program for them: a `Traced` with `fn`'s inputs whose `out_tree` says what the
+    caller gets back."""
+
+    def prepare(self, fn: Callable, args: tuple) -> tuple: ...
+
+    def build(self, fn: Callable, args: tuple) -> Traced: ...
+
+
 class Compiled:
     """A compiled function: call it like the original. `inspect(*args)` and `cache_info()` tell
-    what the compiler did. Binds as a method when used as a decorator inside a class."""
+    what the compiler did. Binds as a method when used as a decorator inside a class.
+
+    `program` (None: trace `fn`) lets a transformation such as `av.grad` compile another program
+    of the same inputs through this same path; `name` then names it (`value_and_grad_loss`)."""
 
     # slots (no __dict__): the tracer must not mistake a compiled function for a model to walk
-    __slots__ = ("fn", "backend", "pipeline", "check", "_cache", "_states", "_hits", "_misses", "__weakref__")
+    __slots__ = ("fn", "backend", "pipeline", "check", "program", "_name", "_cache", "_states", "_hits",
+                 "_misses", "__weakref__")
 
     def __init__(self, fn: Callable, backend: str | Any = "numpy", pipeline: str | PassManager | None = None,
-                 check: bool | None = None):
+                 check: bool | None = None, *, program: Program | None = None, name: str | None = None):
         if not callable(fn):
             raise TypeError(f"av.compile expects a callable, got {type(fn).__name__}")
         self.fn = fn
+        self.program = program
+        self._name = name
         self.backend = get_backend(backend)
         if pipeline is None:
             from avalon.passes import DEFAULT_PIPELINE
@@ -155,7 +185,7 @@ class Compiled:
     # -- looking like the wrapped function --------------------------------------------------
     @property
     def __name__(self) -> str:
-        return getattr(self.fn, "__name__", None) or type(self.fn).__name__.lower()
+        return self._name or getattr(self.fn, "__name__", None) or type(self.fn).__name__.lower()
 
     @property
     def __wrapped__(self) -> Callable:
@@ -180,11 +210,14 @@ class Compiled:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if kwargs:
             raise TypeError(f"compiled {self.__name__}: pass arguments positionally (got {', '.join(kwargs)})")
-        if current_trace() is not None:
+        outer = current_trace()
+        if self.program is not None:
+            args = self.program.prepare(self.fn, args)
+        elif outer is not None:
             return self.fn(*args)  # record into the enclosing trace; it is optimized with that graph
-        entry, leaves = self._entry(args)
+        entry, leaves = self._entry(args)  # a program is inlined into an enclosing trace by run_traced
         objs = [x for _, x in leaves] + ([SEED] if entry.seeded else [])
-        if self.check:
+        if self.check and outer is None:
             objs = feed(objs)  # one seed for the check and the run
             self._check(entry, objs)
         targets = [objs[i] if i is not None else t for i, t in entry.update_at]
@@ -194,7 +227,15 @@ class Compiled:
     def inspect(self, *args: Any) -> Inspection:
         """What the compiler did for the signature of `args` (compiling it if it is not cached yet;
         nothing runs)."""
+        if self.program is not None:
+            args = self.program.prepare(self.fn, args)
         return self._entry(args)[0].inspection
+
+    @property
+    def cache(self) -> types.MappingProxyType:
+        """The compiled signatures (signature key -> entry, whose `.inspection` says what was
+        done), read-only, for looking at what a function was compiled for."""
+        return types.MappingProxyType(self._cache)
 
     def cache_info(self) -> CacheInfo:
         """Hits and misses of the signature cache (calls and `inspect`s), and cached signatures."""
@@ -215,10 +256,10 @@ class Compiled:
         self._misses += 1
         entry = self._build(args, leaves)
         if _captured_arrays(entry.inspection.traced_graph):
-            warnings.warn(f"compiled {self.__name__} uses arrays that are not among its arguments (captured from an "
+            warnings.warn(f"{self.__name__} uses arrays that are not among its arguments (captured from an "
                           "enclosing scope, or built from Python lists); they are baked into the graph, so it is "
-                          "compiled again on every call. Pass them as arguments to reuse the compiled graph.",
-                          stacklevel=3)
+                          "traced again and compiled again on every call. Pass them as arguments to reuse the "
+                          "compiled graph.", stacklevel=3)
         else:
             self._cache[key] = entry
         return entry, leaves
@@ -232,7 +273,7 @@ class Compiled:
 
     def _build(self, args: tuple, leaves: list[tuple[str, Any]]) -> _Entry:
         t0 = time.perf_counter()
-        traced = trace_call(self.fn, args)
+        traced = trace_call(self.fn, args) if self.program is None else self.program.build(self.fn, args)
         traced_graph = traced.graph.clone()
         graph = traced.graph
         t1 = time.perf_counter()
@@ -247,7 +288,7 @@ class Compiled:
         t3 = time.perf_counter()
         insp = Inspection(self.__name__, self.backend.name, str(pm), traced_graph, graph, records,
                           dict(getattr(exe, "kernels", {}) or {}), (t1 - t0) * 1e3, (t2 - t1) * 1e3,
-                          (t3 - t2) * 1e3, getattr(self.backend, "kernel_suffix", ".py"))
+                          (t3 - t2) * 1e3, getattr(self.backend, "kernel_suffix", ".py"), pm.key())
         if root is not None:
             insp.debug_dir = debug.dump(insp, root, fusion_log)
         # state updates are written back before a call returns, so the backend may hand them over in
@@ -267,7 +308,8 @@ class Compiled:
 
 
 def _captured_arrays(graph: Graph) -> bool:
-    """Dense constants are data captured at trace time (see the module docstring)."""
+    """Dense constants in a program before any pass are data captured at trace time (a closure's
+    arrays or tensors, literal lists; see the module docstring)."""
     return any(op.name == "constant" and isinstance(op.attrs["value"], np.ndarray) for op in graph.walk())
 
 

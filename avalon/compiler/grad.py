@@ -1,0 +1,181 @@
+"""`av.grad` and `av.value_and_grad`: the compile driver with a gradient program.
+
+`value_and_grad(f)` is `Compiled(f, backend="numpy", pipeline=GRAD_PIPELINE, program=GradProgram(...))`:
+the same signature cache, pipeline and run path as `av.compile`. Per input signature (shapes,
+dtypes, devices, structure, and the plain Python attributes of the models involved, so
+`model.eval()` retraces) `GradProgram.build` traces `f`, turns the trace into one graph with
+`avalon.autodiff.grad_graph` and orders its outputs as the caller receives them: the value (loss,
+then any auxiliary output), the gradients (a dict from dotted parameter name for a model, a tensor
+for a tensor, None for an integer input) and the state updates. Its `out_tree` encodes that
+structure, so the driver rebuilds `(value, grads)` like any other output and needs no assembly step.
+
+Inside an enclosing trace (`av.trace`, `av.compile`, another `av.grad`) the driver inlines the
+gradient graph instead of running it, so `av.compile(av.value_and_grad(loss))` compiles forward and
+backward as one graph. A pass that fails on a gradient graph is an error naming the pass.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from avalon import tree
+from avalon.autodiff import grad_graph
+from avalon.channels import get_logger
+from avalon.ir import Builder, Graph, Value
+from avalon.tensor import Tensor
+from avalon.trace import Traced, _count_leaves, signature, trace_call
+
+from .core import Compiled
+
+log = get_logger("autodiff")
+
+GRAD_PIPELINE = "canonicalize,cse,dce"
+"""The cleanup passes run on each gradient graph before it is cached (`grad_graph` leaves
+duplicated forward values and dead backward ops that these remove)."""
+
+_NONE = ("static", "NoneType", None)  # the gradient of an argument that has none (an integer, a constant)
+
+
+class GradProgram:
+    """The gradient program of `fn` for one signature (see the module docstring).
+
+    `with_value` picks `value_and_grad`'s `(value, grads)` over `grad`'s `grads`; with `has_aux`
+    the value is `(loss, aux)` and `grad` returns `(grads, aux)`."""
+
+    def __init__(self, argnums: int | tuple[int, ...], has_aux: bool, with_value: bool, name: str):
+        self.argnums = argnums
+        self.nums, self.multi = _normalize_argnums(argnums)
+        self.has_aux, self.with_value, self.name = has_aux, with_value, name
+
+    def prepare(self, fn: Callable, args: tuple) -> tuple:
+        """Check `argnums` against the call; a Python float to differentiate becomes a Tensor."""
+        if self.nums and max(self.nums) >= len(args):
+            raise TypeError(f"argnums={self.argnums!r} but {_name(fn)} was called with {len(args)} positional "
+                            "argument(s)")
+        return tuple(Tensor(a) if i in self.nums and isinstance(a, float) else a for i, a in enumerate(args))
+
+    def build(self, fn: Callable, args: tuple) -> Traced:
+        traced = trace_call(fn, args)
+        graph = traced.graph
+        loss_tree, aux_tree = _split_outputs(traced.out_tree, self.has_aux, fn)
+        _scalar_loss(graph, fn)
+        (head, trees, _), leaves = signature(fn, args)
+
+        # graph input positions of each argument's leaves (a model owning `fn` comes first)
+        starts, pos = [], len(head[2]) if head is not None else 0
+        for tr in trees:
+            starts.append(pos)
+            pos += _count_leaves(tr)
+        last = {id(obj): j for j, (_, obj) in enumerate(leaves)}  # the input a shared tensor is traced as
+        wrt: list[int] = []
+
+        def slot(j: int) -> int | None:
+            if not graph.inputs[j].dtype.is_float:
+                return None
+            if j not in wrt:
+                wrt.append(j)
+            return wrt.index(j)
+
+        # per differentiated argument: its gradient's tree and the gradient slots it reads, in order
+        plans: list[tuple[Any, list[int]]] = []
+        for i in self.nums:
+            if trees[i] == ("leaf",):
+                s = slot(starts[i])
+                plans.append((_NONE, []) if s is None else (("leaf",), [s]))
+            elif trees[i][0] == "static":
+                plans.append((_NONE, []))
+            else:
+                named = [(n, last[id(t)]) for n, t in tree.named_parameters(args[i]) if id(t) in last]
+                n_leaves = _count_leaves(trees[i])
+                named += [(leaves[j][0].split(".", 1)[-1], j) for j in range(starts[i], starts[i] + n_leaves)
+                          if not isinstance(leaves[j][1], Tensor)]  # numpy arrays inside lists and dicts
+                kept = [(n, s) for n, j in named if (s := slot(j)) is not None]
+                plans.append((("dict", tuple(n for n, _ in kept), (("leaf",),) * len(kept)), [s for _, s in kept]))
+
+        gg = grad_graph(graph, wrt, name=self.name)
+        outs = list(gg.outputs)  # [loss, grads in wrt order, aux, state updates]
+        n_aux = traced.n_outputs - 1
+        loss, grads, aux = outs[0], outs[1:1 + len(wrt)], outs[1 + len(wrt):1 + len(wrt) + n_aux]
+        updates = outs[1 + len(wrt) + n_aux:]
+        grads_tree = ("tuple", tuple(t for t, _ in plans)) if self.multi else plans[0][0]
+        grad_values: list[Value] = [grads[s] for _, slots in plans for s in slots]
+        if self.with_value:
+            value_tree = ("tuple", (loss_tree, aux_tree)) if self.has_aux else loss_tree
+            out_tree, values = ("tuple", (value_tree, grads_tree)), [loss, *aux, *grad_values]
+        elif self.has_aux:
+            out_tree, values = ("tuple", (grads_tree, aux_tree)), [*grad_values, *aux]
+        else:
+            out_tree, values = grads_tree, grad_values
+        gg.set_outputs(values + updates)
+        log.debug("gradient graph for %s:\n%s", self.name, gg)
+        return Traced(gg, traced.leaves, out_tree, len(values), traced.update_targets)
+
+
+def value_and_grad(f: Callable, argnums: int | tuple[int, ...] = 0, has_aux: bool = False) -> Compiled:
+    """A function computing `(f(*args), gradient of f w.r.t. args[argnums])`.
+
+    `f` must return a float scalar (a Tensor with one element), or `(scalar, aux)` with
+    `has_aux=True`, in which case the value is `(scalar, aux)`. The gradient of a Tensor or array
+    argument is a Tensor of its shape (None for an integer one); of a model or any structure
+    holding tensors it is a dict from dotted parameter name to Tensor (floating-point tensors
+    that are not Buffers). With a tuple `argnums` the gradients are a tuple.
+    """
+    return _transform(f, argnums, has_aux, True, "value_and_grad")
+
+
+def grad(f: Callable, argnums: int | tuple[int, ...] = 0, has_aux: bool = False) -> Compiled:
+    """A function computing the gradient of `f` w.r.t. `args[argnums]` (see `value_and_grad`);
+    with `has_aux=True` it returns `(gradient, aux)`."""
+    return _transform(f, argnums, has_aux, False, "grad")
+
+
+def _transform(f: Callable, argnums: Any, has_aux: bool, with_value: bool, prefix: str) -> Compiled:
+    name = f"{prefix}_{_name(f)}" if _name(f).isidentifier() else prefix
+    program = GradProgram(argnums, has_aux, with_value, name)
+    return Compiled(f, "numpy", GRAD_PIPELINE, program=program, name=name)
+
+
+# -- checking what f returned ------------------------------------------------------------------
+
+def _split_outputs(out_tree: Any, has_aux: bool, f: Callable) -> tuple[Any, Any]:
+    if has_aux:
+        if out_tree[0] not in ("tuple", "list") or len(out_tree[1]) != 2:
+            raise TypeError(f"with has_aux=True, {_name(f)} must return a pair (loss, aux)")
+        loss_tree, aux_tree = out_tree[1]
+    else:
+        loss_tree, aux_tree = out_tree, ("tuple", ())
+    if loss_tree != ("leaf",):
+        what = {"tuple": "a tuple", "list": "a list", "dict": "a dict"}.get(loss_tree[0], f"a {loss_tree[0]}")
+        hint = "; pass has_aux=True to return (loss, aux)" if not has_aux and loss_tree[0] in ("tuple", "list") else ""
+        raise TypeError(f"{_name(f)} must return a scalar tensor to be differentiated, but returned {what}{hint}")
+    return loss_tree, aux_tree
+
+
+def _scalar_loss(graph: Graph, f: Callable) -> None:
+    """Check the loss is a float with one element; give a (1,)- or (1, 1)-shaped one shape ()."""
+    loss = graph.outputs[0]
+    if loss.type.numel != 1:
+        raise ValueError(f"{_name(f)} must return a scalar to be differentiated, but returned a tensor of shape "
+                         f"{loss.shape}; reduce it first (e.g. .sum() or .mean())")
+    if not loss.dtype.is_float:
+        raise TypeError(f"{_name(f)} returned a {loss.dtype} scalar; only floating-point values can be differentiated")
+    if loss.shape != ():
+        outs = list(graph.outputs)
+        outs[0] = Builder(graph)("reshape", loss, shape=[])
+        graph.set_outputs(outs)
+
+
+def _normalize_argnums(argnums: Any) -> tuple[tuple[int, ...], bool]:
+    if isinstance(argnums, int) and not isinstance(argnums, bool):
+        nums, multi = (argnums,), False
+    elif isinstance(argnums, (tuple, list)) and all(isinstance(i, int) and not isinstance(i, bool) for i in argnums):
+        nums, multi = tuple(argnums), True
+    else:
+        raise TypeError(f"argnums must be an int or a tuple of ints, got {argnums!r}")
+    if any(i < 0 for i in nums):
+        raise ValueError(f"argnums must be non-negative, got {argnums!r}")
+    return nums, multi
+
+
+def _name(f: Callable) -> str:
+    return getattr(f, "__name__", None) or type(f).__name__
