@@ -1,8 +1,8 @@
 """The debug directory: everything one compile did, as files, switched on by `AVALON_DEBUG_DIR`.
 
 `AVALON_DEBUG_DIR=path` makes every `av.compile` of a new signature write a folder
-`path/<function>-<hash>/` (the hash is of the traced IR, backend and pipeline, so the same
-program compiles into the same folder) holding:
+`path/<function>-<hash>/` (the hash is of the traced IR, backend and pipeline with its passes'
+options and versions, so the same program compiles into the same folder) holding:
 
     00-traced.mlir, 01-canonicalize.mlir, ...   the IR after tracing and after each pass
     final.mlir                                  the final IR with source locations
@@ -88,9 +88,10 @@ def _slug(text: str) -> str:
 
 
 def folder_name(insp: Inspection) -> str:
-    """`<function>-<hash of traced IR, backend and pipeline>`."""
+    """`<function>-<hash of traced IR, backend and pipeline>`; the pipeline counts with its key
+    (every option value and pass version), so a pass whose version changes writes a new folder."""
     h = hashlib.sha1()
-    for part in (str(insp.traced_graph), insp.backend, insp.pipeline):
+    for part in (str(insp.traced_graph), insp.backend, insp.pipeline, insp.pipeline_key):
         h.update(part.encode())
         h.update(b"\0")
     return f"{_slug(insp.name)}-{h.hexdigest()[:10]}"
