@@ -96,3 +96,24 @@ def test_capture_log_collects_quietly_and_restores_the_logger(caplog):
     assert lines == ["debug: fused a", "info: kept b"]
     assert (logger.level, logger.propagate) == (level, propagate)
     assert "fused a" not in caplog.text  # a channel the user did not switch on stays off their output
+
+
+def test_a_pass_version_bump_writes_a_new_folder(tmp_path, monkeypatch, rng):
+    """The folder hash includes PassManager.key(), so a changed pass does not reuse old files."""
+    from avalon import passes
+
+    monkeypatch.setenv("AVALON_DEBUG_DIR", str(tmp_path))
+    monkeypatch.setattr(passes.registry, "PASSES", dict(passes.registry.PASSES))
+    x, y = _args(rng)
+
+    @passes.register("tweak", version=1)
+    def tweak(graph):
+        return False
+    insp = av.compile(f, pipeline="cse,tweak").inspect(x, y)
+    assert insp.pipeline_key == "cse@1,tweak@1"
+
+    @passes.register("tweak", version=2, replace=True)
+    def tweak2(graph):
+        return False
+    av.compile(f, pipeline="cse,tweak")(x, y)
+    assert len(list(tmp_path.iterdir())) == 2

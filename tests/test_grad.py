@@ -377,3 +377,37 @@ def test_wrt_defaults_to_every_float_input():
     g = av.trace(lambda x, i, w: (ops.take(x, i) * w).sum(), np.ones((4, 2)), np.array([0, 3]), np.ones(2))
     gg = grad_graph(g)
     assert [v.type for v in gg.outputs[1:]] == [g.inputs[0].type, g.inputs[2].type]
+
+
+def test_a_failing_cleanup_pass_is_an_error_naming_it(monkeypatch):
+    """The gradient path runs its pipeline through the driver: nothing falls back silently."""
+    import avalon.compiler.gradients as grad_mod
+    from avalon import passes
+
+    monkeypatch.setattr(passes.registry, "PASSES", dict(passes.registry.PASSES))
+
+    @passes.register("explode")
+    def explode(graph):
+        raise RuntimeError("kaput")
+
+    monkeypatch.setattr(grad_mod, "GRAD_PIPELINE", "cse,explode")
+    with pytest.raises(RuntimeError, match="kaput") as e:
+        av.grad(lambda x: (x * x).sum())(np.ones(3))
+    assert any("while running pass 'explode'" in n for n in getattr(e.value, "__notes__", []))
+
+
+def test_gradients_share_the_compile_driver():
+    """value_and_grad is a compiled function: same cache, inspection and pipeline as av.compile."""
+    from avalon.compiler import GRAD_PIPELINE, Compiled
+
+    def loss(w, x):
+        return ops.tanh(x @ w).sum()
+
+    vg = av.value_and_grad(loss)
+    w, x = np.ones((3, 2)), np.ones((4, 3))
+    assert isinstance(vg, Compiled) and vg.__name__ == "value_and_grad_loss"
+    insp = vg.inspect(w, x)
+    assert insp.pipeline == GRAD_PIPELINE and [r.name for r in insp.passes] == ["canonicalize", "cse", "dce"]
+    assert insp.graph.name == "value_and_grad_loss" and len(insp.graph.outputs) == 2
+    vg(w, x)
+    assert vg.cache_info().entries == len(vg.cache) == 1

@@ -6,7 +6,7 @@
 
 Every user-facing function transformation goes through `Compiled`, the one path from a call to a
 result: `av.compile` (the program is `trace_call(fn, args)`), `av.grad` / `av.value_and_grad` (the
-program is `fn`'s gradient graph, built by `grad.GradProgram`) and `av.fit` / `predict` (which
+program is `fn`'s gradient graph, built by `gradients.GradProgram`) and `av.fit` / `predict` (which
 compile their step). A `Program` turns `fn` and one call's arguments into a `Traced` whose
 `out_tree` already describes what the caller gets back, so the driver needs no per-transform
 assembly step.
@@ -139,7 +139,7 @@ class _Entry:
 
 
 class Program(Protocol):
-    """What a function transformation compiles instead of `fn`'s own trace (see `grad.GradProgram`).
+    """What a function transformation compiles instead of `fn`'s own trace (see `gradients.GradProgram`).
 
     `prepare` checks and converts one call's arguments before its signature is taken; `build`
     makes the program for them: a `Traced` with `fn`'s inputs whose `out_tree` says what the
