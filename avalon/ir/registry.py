@@ -277,10 +277,14 @@ def register_table(name: str, table: dict[str, Any], *, exempt: Collection[str] 
 
 
 def load_tables() -> dict[str, RuleTable]:
-    """Import the modules that own the built-in tables, then return every registered table."""
+    """Import the modules that own the built-in tables, then return every registered table
+    (built-in ones first, in TABLE_MODULES order)."""
     for m in TABLE_MODULES:
         importlib.import_module(m)
-    return TABLES
+    def rank(t: RuleTable) -> int:  # a stable order: built-in tables first
+        return next((i for i, m in enumerate(TABLE_MODULES) if t.module == m or t.module.startswith(m + ".")),
+                    len(TABLE_MODULES))
+    return dict(sorted(TABLES.items(), key=lambda kv: rank(kv[1])))
 
 
 def missing_rules() -> dict[str, list[str]]:
