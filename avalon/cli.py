@@ -5,7 +5,7 @@
              [--verify-each] [--plugin FILE.py]
   avalon kernels FILE|- -o DIR [-p PIPELINE]
   avalon run FILE|- [-p PIPELINE] [--seed N]
-  avalon ops [NAME ...]
+  avalon ops [NAME ...] [--missing]
   avalon demo
 
 Errors exit non-zero with one clear line on stderr, never a traceback (set AVALON_DEBUG=1 for one).
@@ -180,13 +180,14 @@ def cmd_run(args) -> None:
 
 
 def describe_ops(names: list[str] | None = None) -> str:
-    """The op registry as text: operands, attributes with defaults, traits, and which rule tables
-    (reference, vjp, Triton lowering) cover each op."""
-    from .autodiff.rules import NON_DIFFERENTIABLE, VJP
-    from .codegen.triton import LOWERING
-    from .ir import OPS, REFERENCE
+    """The op registry as text: operands, attributes with defaults, traits, and which registered
+    rule tables (reference, vjp, Triton lowering, fold) cover each op."""
+    from .autodiff.rules import NON_DIFFERENTIABLE
+    from .ir import OPS
     from .ir.printer import format_attr
-    from .ir.registry import REQUIRED
+    from .ir.registry import REQUIRED, load_tables
+    tables = load_tables()
+    label = {"lowering": "triton"}  # how the table is called in this listing (the backend's name)
     lines = []
     for name in sorted(names or OPS):
         if name not in OPS:
@@ -195,7 +196,7 @@ def describe_ops(names: list[str] | None = None) -> str:
         n = d.operands if isinstance(d.operands, int) else f"{d.operands[0]}+"
         attrs = ", ".join(k if a.default is REQUIRED else f"{k} = {format_attr(a.default)}"
                           for k, a in d.attrs.items())
-        rules = [t for t, table in (("reference", REFERENCE), ("vjp", VJP), ("triton", LOWERING)) if name in table]
+        rules = [label.get(t, t) for t, table in tables.items() if name in table.table]
         if name in NON_DIFFERENTIABLE:
             rules.append("no gradient")
         if "region" in d.traits:
@@ -209,7 +210,25 @@ def describe_ops(names: list[str] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def describe_missing() -> tuple[str, bool]:
+    """Every op lacking a rule in a required table, as `op -> table, table` lines ("none" when
+    every op is covered); and whether all are covered."""
+    from .ir.registry import missing_rules
+    missing = missing_rules()
+    if not missing:
+        return "none\n", True
+    return "".join(f"{op} -> {', '.join(tables)}\n" for op, tables in missing.items()), False
+
+
 def cmd_ops(args) -> None:
+    for p in getattr(args, "plugin", None) or []:
+        load_plugin(p)
+    if args.missing:
+        text, complete = describe_missing()
+        sys.stdout.write(text)
+        if not complete:
+            raise CliError(f"{text.count(chr(10))} op(s) lack a required rule")
+        return
     sys.stdout.write(describe_ops(args.names))
 
 
@@ -258,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ops_p = sub.add_parser("ops", help="list the registered ops: operands, attributes, traits, rule tables")
     ops_p.add_argument("names", nargs="*", help="only these ops")
+    ops_p.add_argument("--missing", action="store_true",
+                       help="list every op lacking a rule in a required table (exit 1 unless none)")
+    ops_p.add_argument("--plugin", action="append", metavar="FILE.py", help="a Python file that defines ops")
     ops_p.set_defaults(fn=cmd_ops)
 
     d = sub.add_parser("demo", help="trace the README's LeNet, optimize it and run it on the reference")

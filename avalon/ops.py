@@ -451,6 +451,15 @@ def argmax(x: Any, axis: int | None = None, keepdims: bool = False) -> Tensor:
     return bind("argmax", x, axis=axis % x.ndim, keepdims=keepdims)
 
 
+def cumsum(x: Any, axis: int, reverse: bool = False) -> Tensor:
+    """Inclusive running sum along `axis` (jax.lax.cumsum; torch.cumsum(x, dim) when not `reverse`).
+    Booleans count as integers, giving i64, as in torch."""
+    x = _tensor(x)
+    if x.dtype == dt.bool_:
+        x = cast(x, dt.int64)
+    return bind("cumsum", x, axis=int(axis) % builtins.max(x.ndim, 1), reverse=bool(reverse))
+
+
 def logsumexp(x: Any, axis: Any = -1, keepdims: bool = False) -> Tensor:
     """log(sum(exp(x))) computed stably."""
     x = _tensor(x)

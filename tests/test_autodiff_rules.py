@@ -135,6 +135,13 @@ def _sum(name, data, rng):
     return Case([rng.normal(size=s)], {"axes": axes, "keepdims": data.draw(st.booleans())})
 
 
+@case("cumsum")
+def _cumsum(name, data, rng):
+    s = _shape(data, min_dims=1)
+    axis = data.draw(st.integers(-len(s), len(s) - 1))
+    return Case([rng.normal(size=s)], {"axis": axis, "reverse": data.draw(st.booleans())})
+
+
 @case("max")
 def _max(name, data, rng):
     s = _shape(data, min_dims=1)
@@ -329,6 +336,8 @@ TORCH: dict[str, Callable] = {
     "cast": lambda a, x: x.to(getattr(torch, dt.PY_NAMES[a["dtype"].name])),
     "broadcast": lambda a, x: torch.broadcast_to(x, a["shape"]),
     "sum": lambda a, x: x.sum(dim=a["axes"], keepdim=a["keepdims"]) if a["axes"] else x,
+    "cumsum": lambda a, x: (x.flip(a["axis"]).cumsum(a["axis"]).flip(a["axis"]) if a["reverse"]
+                            else x.cumsum(a["axis"])),
     "max": lambda a, x: torch.amax(x, dim=a["axes"], keepdim=a["keepdims"]),
     "reshape": lambda a, x: x.reshape(a["shape"]),
     "transpose": lambda a, x: x.permute(a["perm"]),

@@ -620,7 +620,7 @@ def test_random_normal_statistics():
 def test_tiled_pooling_fast_path_equals_the_general_rule(monkeypatch):
     """stride == kernel, no padding takes a reshaping fast path; it must agree with the general
     window rule, ties (first maximum wins) and nans included."""
-    from avalon.ir import reference as ref
+    from avalon.ir.reference import pooling as ref
 
     rng = np.random.default_rng(3)
     x = rng.integers(0, 3, (2, 3, 7, 9)).astype(np.float32)  # many ties; 7x9 leaves a ragged edge

@@ -15,8 +15,10 @@ torch.autograd): `relu'(0) = 0`; `abs'(0) = sign(0) = 0`; `maximum`/`minimum` sp
 gives each window's gradient to its first maximum (the reference rule of `max_pool2d_grad`);
 `pow` gives d/dx = 0 where y == 0 and d/dy = 0 where x == 0 and y >= 0.
 
-A user who defines an op with `avalon.ir.define_op` adds `VJP["my_op"] = rule` here (or lists it
-in NON_DIFFERENTIABLE); `tests/test_autodiff_rules.py` fails for an op that has neither.
+A user who defines an op with `avalon.ir.define_op` adds `VJP["my_op"] = rule` (or
+`NON_DIFFERENTIABLE.add("my_op")`); `avalon ops --missing`, `tests/test_registry.py` and
+`tests/test_autodiff_rules.py` report an op that has neither. VJP is registered with the op
+registry as the table "vjp", NON_DIFFERENTIABLE as its exemption.
 """
 from __future__ import annotations
 
@@ -24,26 +26,29 @@ import math
 from collections.abc import Callable, Sequence
 
 from avalon.ir import Builder, Op, Value
+from avalon.ir.registry import ops_with, register_table
 
-Rule = Callable[[Builder, Op, Value], Sequence["Value | None"]]
-VJP: dict[str, Rule] = {}
+VjpFn = Callable[[Builder, Op, Value], Sequence["Value | None"]]
+"""A VJP rule: `fn(b, op, g) -> [cotangent or None per operand]`."""
 
-NON_DIFFERENTIABLE: frozenset[str] = frozenset({
+NON_DIFFERENTIABLE: set[str] = {
     # results are booleans or integers, or carry no information about their float operands' values
     "eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_not", "argmax", "one_hot",
     # piecewise constant (torch gives zero gradient), constants and random numbers
     "sign", "constant", "random",
     # an identity that exists to block gradients (jax.lax.stop_gradient, torch's detach)
     "stop_gradient",
-})
+}
 """Ops through which no gradient flows: their cotangent contribution is zero by definition."""
 
-INLINED: frozenset[str] = frozenset({"fusion"})
-"""Region ops: the transform differentiates the ops inside their region instead."""
+INLINED = ops_with("region")
+"""Region ops (a live set): the transform differentiates the ops inside their region instead."""
+
+VJP: dict[str, VjpFn] = register_table("vjp", {}, exempt=NON_DIFFERENTIABLE, exempt_traits=("region",))
 
 
-def vjp(*names: str) -> Callable[[Rule], Rule]:
-    def deco(fn: Rule) -> Rule:
+def vjp(*names: str) -> Callable[[VjpFn], VjpFn]:
+    def deco(fn: VjpFn) -> VjpFn:
         for n in names:
             VJP[n] = fn
         return fn
@@ -120,7 +125,7 @@ def _pow(b, op, g):
     return [gx, gy]
 
 
-def _minmax(first_wins: str, second_wins: str) -> Rule:
+def _minmax(first_wins: str, second_wins: str) -> VjpFn:
     """torch's maximum/minimum backward: ties split the gradient in half; otherwise the winner takes
     it (a nan operand, neither winning nor tying, passes the gradient to both, as in torch)."""
     def rule(b, op, g):
@@ -243,6 +248,13 @@ def _max(b, op, g):
     share = b("div", _reshape(b, g, count.shape), count)
     share = share if share.shape == x.shape else b("broadcast", share, shape=list(x.shape))
     return [b("mul", share, mask)]
+
+
+@vjp("cumsum")
+def _cumsum(b, op, g):
+    """Each input element feeds every later partial sum, so its cotangent is the sum of g over
+    those: a cumsum of g in the opposite direction (jax.lax.cumsum's transpose)."""
+    return [b("cumsum", g, axis=op.attrs["axis"], reverse=not op.attrs["reverse"])]
 
 
 @vjp("reshape")

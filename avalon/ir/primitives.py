@@ -33,19 +33,15 @@ def _floating(name):
     return infer
 
 
-UNARY_FLOAT = ("exp", "log", "tanh", "sigmoid", "sqrt", "rsqrt", "erf")
-UNARY_ANY = ("neg", "abs", "relu", "sign")
-BINARY = ("add", "sub", "mul", "div", "pow", "maximum", "minimum")
-COMMUTATIVE = ("add", "mul", "maximum", "minimum")
-COMPARE = ("eq", "ne", "lt", "le", "gt", "ge")
-
-for _n in UNARY_FLOAT:
+# Each op's categories are its traits (see registry.TRAITS), declared here and nowhere else.
+for _n in ("exp", "log", "tanh", "sigmoid", "sqrt", "rsqrt", "erf"):
     define_op(_n, 1, _floating(_n), traits={EW, PURE}, doc=f"elementwise {_n}")
-for _n in UNARY_ANY:
+for _n in ("neg", "abs", "relu", "sign"):
     define_op(_n, 1, _same(_n), traits={EW, PURE, "bool_as_int"}, doc=f"elementwise {_n}")
-for _n in BINARY:
-    define_op(_n, 2, _same(_n), traits={EW, PURE, "bool_as_int"} | ({"commutative"} if _n in COMMUTATIVE else set()),
-              doc=f"elementwise {_n}")
+for _n in ("add", "mul", "maximum", "minimum"):
+    define_op(_n, 2, _same(_n), traits={EW, PURE, "bool_as_int", "commutative"}, doc=f"elementwise {_n}")
+for _n in ("sub", "div", "pow"):
+    define_op(_n, 2, _same(_n), traits={EW, PURE, "bool_as_int"}, doc=f"elementwise {_n}")
 
 
 def _compare(name):
@@ -53,9 +49,10 @@ def _compare(name):
     return lambda ts, a: [base(ts, a)[0].with_dtype(dt.bool_)]
 
 
-for _n in COMPARE:
-    define_op(_n, 2, _compare(_n), traits={EW, PURE} | ({"commutative"} if _n in ("eq", "ne") else set()),
-              doc=f"elementwise comparison {_n}, giving i1")
+for _n in ("eq", "ne"):
+    define_op(_n, 2, _compare(_n), traits={EW, PURE, "commutative"}, doc=f"elementwise comparison {_n}, giving i1")
+for _n in ("lt", "le", "gt", "ge"):
+    define_op(_n, 2, _compare(_n), traits={EW, PURE}, doc=f"elementwise comparison {_n}, giving i1")
 
 
 def _logical(name):
@@ -149,6 +146,19 @@ define_op("max", 1, _reduce("max"), {"axes": Attr("ints"), "keepdims": Attr("boo
           traits={PURE, "reduction"}, doc="maximum over axes")
 define_op("argmax", 1, _reduce("argmax", dt.int64), {"axis": Attr("int"), "keepdims": Attr("bool", False)},
           traits={PURE, "reduction"}, doc="index of the first maximum along one axis, i64")
+
+
+def _cumsum(ts, a):
+    t = ts[0]
+    if not (t.dtype.is_float or t.dtype in (dt.int32, dt.int64)):
+        raise ShapeError(f"cumsum: needs a floating-point or integer (i32, i64) operand, got {t.dtype}; "
+                         "cast an i1 operand to an integer type first")
+    _axes("cumsum", t.rank, [a["axis"]])
+    return [T(t.shape, t.dtype)]
+
+
+define_op("cumsum", 1, _cumsum, {"axis": Attr("int"), "reverse": Attr("bool", False)}, traits={PURE, "scan"},
+          doc="inclusive running sum along one axis (jax.lax.cumsum); reverse sums from the end")
 
 
 def _reshape(ts, a):

@@ -1,9 +1,12 @@
 """The op registry: each op is declared once, as data, with its operands, attributes, traits and
 shape/dtype inference. Other layers (reference interpreter, vjp, Triton lowering, folding) keep
-their own tables keyed by the op name; `tests/test_registry.py` checks none lacks a rule."""
+their own rule tables keyed by the op name and register them here (`register_table`), so
+`avalon ops --missing` and `tests/test_registry.py` can walk every op against every table."""
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+import sys
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,6 +141,7 @@ TRAITS: dict[str, str] = {
     "broadcast": "numpy-style broadcast of its operand to a larger shape",
     "view": "may be a zero-copy view of its operand, depending on layouts (see a backend's Target.is_view)",
     "reduction": "reduces its operand over some axes",
+    "scan": "a running (inclusive prefix) reduction along one axis; the result has the operand's shape",
     "contraction": "a matmul or convolution: a sum of products, computed by a tiled GEMM-like kernel",
     "pool": "reads a window of its operand per result element",
     "nchw": "its result is an NCHW image activation (a conv or pool output): channels-last candidates",
@@ -148,6 +152,36 @@ TRAITS: dict[str, str] = {
 """Every trait an op may declare, with what it promises. Passes and backends ask for traits
 (`op.has_trait("movement")`) instead of keeping lists of op names, so a new op joins every
 category by its declaration alone; `define_op` rejects a trait not listed here."""
+
+
+class OpsWithTrait(Collection[str]):
+    """The names of the ops declaring `trait`, as a live set: an op defined later joins it.
+
+    For code that wants a set of op names (`name in ops_with("region")`) without keeping a list
+    that a new op would have to be added to by hand."""
+
+    def __init__(self, trait: str):
+        if trait not in TRAITS:
+            raise ValueError(f"unknown trait '{trait}'")
+        self.trait = trait
+
+    def __contains__(self, name: object) -> bool:
+        d = OPS.get(name) if isinstance(name, str) else None
+        return d is not None and self.trait in d.traits
+
+    def __iter__(self):
+        return iter([n for n, d in OPS.items() if self.trait in d.traits])
+
+    def __len__(self) -> int:
+        return sum(1 for d in OPS.values() if self.trait in d.traits)
+
+    def __repr__(self) -> str:
+        return f"ops_with({self.trait!r})"
+
+
+def ops_with(trait: str) -> OpsWithTrait:
+    """A live set of the names of the ops that declare `trait`."""
+    return OpsWithTrait(trait)
 
 
 def define_op(name: str, operands, infer, attrs: dict[str, Attr] | None = None, traits=(), doc: str = "",
@@ -188,3 +222,75 @@ def same_dtype(name: str, types: list[TensorType]) -> DType:
     if len(dts) > 1:
         raise ShapeError(f"{name}: operand dtypes differ ({', '.join(str(t.dtype) for t in types)})")
     return types[0].dtype
+
+
+# --- rule tables ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RuleTable:
+    """One table of rules keyed by op name, as registered by the layer that owns it.
+
+    `exempt` holds the ops that need no rule here, kept by reference so its owner may grow it
+    (VJP's NON_DIFFERENTIABLE); `exempt_traits` exempts every op with one of those traits (a
+    `region` op is run or differentiated through its body). A `required` table must cover every
+    other op; an optional one (FOLD) may leave any op out. No table may hold a rule for an op the
+    registry does not define.
+    """
+
+    name: str
+    table: dict[str, Any]
+    exempt: Collection[str] = frozenset()
+    exempt_traits: tuple[str, ...] = ()
+    required: bool = True
+    module: str = ""
+
+    def needs(self, op: str) -> bool:
+        d = OPS[op]
+        return self.required and op not in self.exempt and not any(t in d.traits for t in self.exempt_traits)
+
+    def missing(self) -> list[str]:
+        """The ops this table should have a rule for and does not."""
+        return sorted(n for n in OPS if n not in self.table and self.needs(n))
+
+    def unknown(self) -> list[str]:
+        """Rules or exemptions for ops the registry does not define (stale entries)."""
+        return sorted(n for n in {*self.table, *self.exempt} if n not in OPS)
+
+
+TABLES: dict[str, RuleTable] = {}
+"""Every registered rule table by name ("reference", "vjp", "lowering", "fold", ...)."""
+
+TABLE_MODULES = ("avalon.ir.reference", "avalon.autodiff.rules", "avalon.codegen.triton.lowering",
+                 "avalon.passes.canonicalize")
+"""Modules that register the built-in tables when imported (backends load lazily, so walkers import them)."""
+
+
+def register_table(name: str, table: dict[str, Any], *, exempt: Collection[str] = frozenset(),
+                   exempt_traits: tuple[str, ...] = (), required: bool = True) -> dict[str, Any]:
+    """Register a rule table (its owner calls this where the table is defined); returns `table`."""
+    for t in exempt_traits:
+        if t not in TRAITS:
+            raise ValueError(f"table '{name}': unknown exempt trait '{t}'")
+    caller = sys._getframe(1).f_globals.get("__name__", "")
+    TABLES[name] = RuleTable(name, table, exempt, tuple(exempt_traits), required, caller)
+    return table
+
+
+def load_tables() -> dict[str, RuleTable]:
+    """Import the modules that own the built-in tables, then return every registered table
+    (built-in ones first, in TABLE_MODULES order)."""
+    for m in TABLE_MODULES:
+        importlib.import_module(m)
+    def rank(t: RuleTable) -> int:  # a stable order: built-in tables first
+        return next((i for i, m in enumerate(TABLE_MODULES) if t.module == m or t.module.startswith(m + ".")),
+                    len(TABLE_MODULES))
+    return dict(sorted(TABLES.items(), key=lambda kv: rank(kv[1])))
+
+
+def missing_rules() -> dict[str, list[str]]:
+    """op -> the required tables that lack a rule for it (only ops lacking some); loads the tables."""
+    out: dict[str, list[str]] = {}
+    for t in load_tables().values():
+        for n in t.missing():
+            out.setdefault(n, []).append(t.name)
+    return dict(sorted(out.items()))

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from avalon.ir import Graph, Op, TensorType, Value
+from avalon.ir.registry import register_table
 
 from .registry import register
 from .rewriter import (
@@ -40,10 +41,8 @@ from .rewriter import (
 )
 
 FoldResult = Value | np.ndarray | int | float | bool | None
-FOLD: dict[str, Callable[[Op, list[np.ndarray | None]], FoldResult]] = {}
-
-# ops whose result holds only values of their (single) operand: a splat in is a splat out
-SPLAT_PRESERVING = frozenset({"reshape", "broadcast", "transpose", "slice"})
+FoldFn = Callable[[Op, list[np.ndarray | None]], FoldResult]
+FOLD: dict[str, FoldFn] = register_table("fold", {}, required=False)  # optional: most ops have no fold
 MAX_FOLD_COMPUTE = 1 << 16  # never evaluate an op touching more elements than this while folding
 
 
@@ -85,6 +84,12 @@ def _full_slice(op: Op, operands: list) -> FoldResult:
 @fold("sum", "max")
 def _no_axes(op: Op, operands: list) -> FoldResult:
     return op.operands[0] if not op.attrs["axes"] else None
+
+
+@fold("cumsum")
+def _single_element_axis(op: Op, operands: list) -> FoldResult:
+    x = op.operands[0]
+    return x if x.type.rank == 0 or x.shape[op.attrs["axis"] % x.type.rank] == 1 else None
 
 
 @fold("concat")
@@ -149,7 +154,7 @@ class FoldPattern(RewritePattern):
         t = op.result.type
         splats = [splat_value(v) for v in op.operands]
         if op.operands and all(s is not None for s in splats):
-            if op.name in SPLAT_PRESERVING:
+            if op.has_trait("selects"):  # each result element is an operand element: a splat stays one
                 return self._replace(op, _scalar(splats[0], op.operands[0]), rw)
             if op.has_trait("elementwise"):
                 one = _evaluate(op, [np.asarray(s, dtype=v.dtype.np) for s, v in zip(splats, op.operands)],

@@ -6,7 +6,7 @@ Importing this file defines the op (with its numpy reference and Triton rules, s
 it) and registers the pass. See docs/writing-a-pass.md.
 """
 import avalon.ir as ir
-from avalon.codegen.triton.lowering import LOWERING, Elementwise
+from avalon.codegen.triton.lowering import LOWERING, ElementwiseLowering
 from avalon.ir import REFERENCE
 from avalon.passes import P, Rule, Var, apply_patterns, register
 
@@ -14,7 +14,7 @@ if "silu" not in ir.OPS:
     ir.define_op("silu", 1, lambda ts, attrs: [ir.TensorType(ts[0].shape, ts[0].dtype)],
                  traits={"elementwise", "pure"}, doc="x * sigmoid(x)")
     REFERENCE["silu"] = lambda attrs, x: x * REFERENCE["sigmoid"](attrs, x)
-    LOWERING["silu"] = Elementwise("elementwise", "{0} * tl.sigmoid({0})")
+    LOWERING["silu"] = ElementwiseLowering("elementwise", "{0} * tl.sigmoid({0})")
 
 x = Var("x", where=lambda v: v.dtype.is_float)
 SILU = Rule(P.mul(x, P.sigmoid(x)), P.silu(x))  # mul is commutative: sigmoid(x) * x matches too

@@ -37,6 +37,9 @@ log = get_logger("triton")
 
 def build_kernel(group: Group, policy: BlockPolicy) -> Kernel:
     """One kernel for `group` (raises Unsupported when no kernel kind can take it)."""
+    own = LOWERING.get(group.ops[0].name) if len(group.ops) == 1 else None
+    if own is not None and own.builds_kernel:  # an op with a kernel of its own (cumsum's scan)
+        return own.build_kernel(group, policy)
     for op in group.ops:
         if op.name not in LOWERING:
             raise NotImplementedError(f"no Triton lowering for op '{op.name}'")

@@ -1,34 +1,46 @@
-"""`LOWERING`: how each IR primitive becomes Triton code, one entry per op (keyed like `REFERENCE`).
+"""`LOWERING`: how each IR primitive becomes Triton code, one `Lowering` per op (keyed like `REFERENCE`).
 
-A rule's `emit(em, op, idx, guard)` returns the kernel code for element `idx` of the op's result,
-asking `em.value` for its operands (see `emitter.py`). Rules fall into kinds:
+A lowering's `emit(em, op, idx, guard)` returns the kernel code for element `idx` of the op's result,
+asking `em.value` for its operands (see `emitter.py`). Lowerings fall into kinds:
 
 * ``elementwise``: a `tl` expression over the operands at the same index (`describe()` shows it);
 * ``index``: shape ops that only rewrite the index their operand is read at (no data moves);
 * ``window``: pooling, a static loop over the kernel window at each output element (`windows.py`);
 * ``reduction`` / ``contraction``: computed by the reduction and contraction kernels themselves,
   which register the result; asked for anywhere else they raise `Unsupported`;
+* ``scan``: `cumsum`, a kernel of its own (`scan.py`): the entry builds it (`builds_kernel`);
 * ``group``: a `fusion` op, lowered as one kernel for its whole region.
+
+Categories of ops are asked of their traits (`bool_as_int`, `selects`), never of name lists.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from avalon.ir import dtypes as dt
 from avalon.ir.core import Op
+from avalon.ir.registry import OPS, register_table
 
 from . import types as ty
 from . import windows
+from .blocks import BlockPolicy
 from .emitter import Emitter, Unsupported, Val
+from .group import Group
 from .indexing import Affine, Index, broadcast_index, linearize, reshape_index, row_major, transpose_index
+from .kernel import Kernel
+from .scan import build_scan
 
 
 @dataclass(frozen=True)
-class Rule:
+class Lowering:
+    """How one op becomes Triton code: `kind` says which kernel computes it, `text` what it emits."""
+
     kind: str
     text: str = ""
+    builds_kernel: ClassVar[bool] = False  # True: `build_kernel` makes the op's whole kernel
 
     def describe(self) -> str:
         return f"{self.kind}: {self.text}" if self.text else self.kind
@@ -36,15 +48,20 @@ class Rule:
     def emit(self, em: Emitter, op: Op, idx: Index, guard: Val | None) -> Val:
         raise Unsupported(f"'{op.name}' is computed by a {self.kind} kernel, not inside this group")
 
+    def build_kernel(self, group: Group, policy: BlockPolicy) -> Kernel:
+        raise Unsupported(f"a {self.kind} lowering does not build its own kernel")
 
-LOWERING: dict[str, Rule] = {}
 
-# ops whose boolean operands act as the integers 0/1 (see avalon.ir.reference)
-BOOL_AS_INT = frozenset({"neg", "abs", "relu", "sign", "add", "sub", "mul", "div", "pow", "maximum", "minimum"})
+LOWERING: dict[str, Lowering] = register_table("lowering", {})
+
+
+def _has_trait(name: str, trait: str) -> bool:
+    d = OPS.get(name)
+    return d is not None and trait in d.traits
 
 
 @dataclass(frozen=True)
-class Elementwise(Rule):
+class ElementwiseLowering(Lowering):
     """`text` formats the float case ({0}, {1}, ... are operands, {T} the result's compute type);
     `int_text` the integer case when it differs; `helper` names a function from `helpers.py`."""
 
@@ -58,7 +75,7 @@ class Elementwise(Rule):
         if special is not None:
             return special
         args = [em.value(v, idx, guard) for v in op.operands]
-        as_int = op.name in BOOL_AS_INT and any(a.dtype == dt.bool_ for a in args)
+        as_int = _has_trait(op.name, "bool_as_int") and any(a.dtype == dt.bool_ for a in args)
         if as_int:
             args = [em.emit(f"{a.expr}.to(tl.int32)", dt.int32, vals=(a,)) if a.dtype == dt.bool_ else a
                     for a in args]
@@ -88,8 +105,9 @@ def _special(em: Emitter, op: Op, idx: Index, guard: Val | None) -> Val | None:
 
 
 def splat_value(v) -> float | None:
-    """The scalar a value is filled with, when it is a splat constant seen through shape ops."""
-    while v.op is not None and v.op.name in ("broadcast", "reshape", "transpose"):
+    """The scalar a value is filled with, when it is a splat constant seen through ops that only
+    select elements of their operand (the `selects` trait: broadcast, reshape, transpose, slice)."""
+    while v.op is not None and _has_trait(v.op.name, "selects"):
         v = v.op.operands[0]
     op = v.op
     if op is None or op.name != "constant":
@@ -102,47 +120,47 @@ _FLOAT_MAX = "tl.maximum({0}, {1}, propagate_nan=tl.PropagateNan.ALL)"
 _FLOAT_MIN = "tl.minimum({0}, {1}, propagate_nan=tl.PropagateNan.ALL)"
 
 LOWERING.update({
-    "exp": Elementwise("elementwise", "tl.exp({0})"),
-    "log": Elementwise("elementwise", "tl.log({0})"),
-    "tanh": Elementwise("elementwise", "_avalon_tanh({0})", helper="_avalon_tanh"),
-    "sigmoid": Elementwise("elementwise", "tl.sigmoid({0})"),
-    "sqrt": Elementwise("elementwise", "tl.sqrt({0})"),
-    "rsqrt": Elementwise("elementwise", "tl.rsqrt({0})"),
-    "erf": Elementwise("elementwise", "tl.erf({0})"),
-    "neg": Elementwise("elementwise", "-{0}"),
-    "abs": Elementwise("elementwise", "tl.abs({0})"),
-    "relu": Elementwise("elementwise", "tl.where({0} < 0, 0, {0})"),
-    "sign": Elementwise("elementwise", "({0} > 0).to({T}) - ({0} < 0).to({T})"),
-    "add": Elementwise("elementwise", "{0} + {1}"),
-    "sub": Elementwise("elementwise", "{0} - {1}"),
-    "mul": Elementwise("elementwise", "{0} * {1}"),
-    "div": Elementwise("elementwise", "{0} / {1}", int_text="{0} // {1}"),
-    "pow": Elementwise("elementwise", "_avalon_pow({0}, {1})", int_text="_avalon_ipow({0}, {1}, {BITS})",
+    "exp": ElementwiseLowering("elementwise", "tl.exp({0})"),
+    "log": ElementwiseLowering("elementwise", "tl.log({0})"),
+    "tanh": ElementwiseLowering("elementwise", "_avalon_tanh({0})", helper="_avalon_tanh"),
+    "sigmoid": ElementwiseLowering("elementwise", "tl.sigmoid({0})"),
+    "sqrt": ElementwiseLowering("elementwise", "tl.sqrt({0})"),
+    "rsqrt": ElementwiseLowering("elementwise", "tl.rsqrt({0})"),
+    "erf": ElementwiseLowering("elementwise", "tl.erf({0})"),
+    "neg": ElementwiseLowering("elementwise", "-{0}"),
+    "abs": ElementwiseLowering("elementwise", "tl.abs({0})"),
+    "relu": ElementwiseLowering("elementwise", "tl.where({0} < 0, 0, {0})"),
+    "sign": ElementwiseLowering("elementwise", "({0} > 0).to({T}) - ({0} < 0).to({T})"),
+    "add": ElementwiseLowering("elementwise", "{0} + {1}"),
+    "sub": ElementwiseLowering("elementwise", "{0} - {1}"),
+    "mul": ElementwiseLowering("elementwise", "{0} * {1}"),
+    "div": ElementwiseLowering("elementwise", "{0} / {1}", int_text="{0} // {1}"),
+    "pow": ElementwiseLowering("elementwise", "_avalon_pow({0}, {1})", int_text="_avalon_ipow({0}, {1}, {BITS})",
                        helper="_avalon_pow", int_helper="_avalon_ipow"),
-    "maximum": Elementwise("elementwise", _FLOAT_MAX, int_text="tl.maximum({0}, {1})"),
-    "minimum": Elementwise("elementwise", _FLOAT_MIN, int_text="tl.minimum({0}, {1})"),
-    "eq": Elementwise("elementwise", "{0} == {1}"),
-    "ne": Elementwise("elementwise", "{0} != {1}"),
-    "lt": Elementwise("elementwise", "{0} < {1}"),
-    "le": Elementwise("elementwise", "{0} <= {1}"),
-    "gt": Elementwise("elementwise", "{0} > {1}"),
-    "ge": Elementwise("elementwise", "{0} >= {1}"),
-    "logical_and": Elementwise("elementwise", "{0} & {1}"),
-    "logical_or": Elementwise("elementwise", "{0} | {1}"),
-    "logical_not": Elementwise("elementwise", "{0} == 0"),
-    "where": Elementwise("elementwise", "tl.where({0}, {1}, {2})"),
-    "stop_gradient": Elementwise("elementwise", "{0}"),
+    "maximum": ElementwiseLowering("elementwise", _FLOAT_MAX, int_text="tl.maximum({0}, {1})"),
+    "minimum": ElementwiseLowering("elementwise", _FLOAT_MIN, int_text="tl.minimum({0}, {1})"),
+    "eq": ElementwiseLowering("elementwise", "{0} == {1}"),
+    "ne": ElementwiseLowering("elementwise", "{0} != {1}"),
+    "lt": ElementwiseLowering("elementwise", "{0} < {1}"),
+    "le": ElementwiseLowering("elementwise", "{0} <= {1}"),
+    "gt": ElementwiseLowering("elementwise", "{0} > {1}"),
+    "ge": ElementwiseLowering("elementwise", "{0} >= {1}"),
+    "logical_and": ElementwiseLowering("elementwise", "{0} & {1}"),
+    "logical_or": ElementwiseLowering("elementwise", "{0} | {1}"),
+    "logical_not": ElementwiseLowering("elementwise", "{0} == 0"),
+    "where": ElementwiseLowering("elementwise", "tl.where({0}, {1}, {2})"),
+    "stop_gradient": ElementwiseLowering("elementwise", "{0}"),
 })
 
 
 @dataclass(frozen=True)
-class Cast(Rule):
+class CastLowering(Lowering):
     def emit(self, em, op, idx, guard):
         return em.convert(em.value(op.operands[0], idx, guard), op.attrs["dtype"])
 
 
 @dataclass(frozen=True)
-class Constant(Rule):
+class ConstantLowering(Lowering):
     def emit(self, em, op, idx, guard):
         v = np.asarray(op.attrs["value"])
         if v.size != 1:
@@ -150,14 +168,14 @@ class Constant(Rule):
         return em.constant(v.reshape(-1)[0].item(), op.results[0].dtype)
 
 
-LOWERING["cast"] = Cast("elementwise", "x.to(dtype); to i1 is x != 0; to f16/bf16 rounds and widens back")
-LOWERING["constant"] = Constant("elementwise", "tl.full([1], value, dtype); dense arrays become kernel inputs")
+LOWERING["cast"] = CastLowering("elementwise", "x.to(dtype); to i1 is x != 0; to f16/bf16 rounds and widens back")
+LOWERING["constant"] = ConstantLowering("elementwise", "tl.full([1], value, dtype); dense arrays become kernel inputs")
 
 
 # --- index ops: rewrite the index, read the operand there ------------------------------------------
 
 @dataclass(frozen=True)
-class IndexRule(Rule):
+class IndexLowering(Lowering):
     fn: object = None
 
     def emit(self, em, op, idx, guard):
@@ -254,32 +272,46 @@ def _random(em, op, idx, guard):
 
 
 LOWERING.update({
-    "broadcast": IndexRule("index", "read the operand with size-1 dims at 0 (stride 0)", _broadcast),
-    "reshape": IndexRule("index", "read the operand at the same row-major position", _reshape),
-    "transpose": IndexRule("index", "read the operand with permuted dims (strided)", _transpose),
-    "slice": IndexRule("index", "read the operand at start + i * step", _slice),
-    "pad": IndexRule("index", "tl.where(inside, operand at i - low (masked load), value)", _pad),
-    "concat": IndexRule("index", "nested tl.where over the pieces, each a masked load", _concat),
-    "take": IndexRule("index", "load the index, then read the operand at it", _take),
-    "one_hot": IndexRule("index", "(index == class).to(dtype)", _one_hot),
-    "random": IndexRule("index", "counter-based hash of the flat index (bit-exact with random_bits)", _random),
+    "broadcast": IndexLowering("index", "read the operand with size-1 dims at 0 (stride 0)", _broadcast),
+    "reshape": IndexLowering("index", "read the operand at the same row-major position", _reshape),
+    "transpose": IndexLowering("index", "read the operand with permuted dims (strided)", _transpose),
+    "slice": IndexLowering("index", "read the operand at start + i * step", _slice),
+    "pad": IndexLowering("index", "tl.where(inside, operand at i - low (masked load), value)", _pad),
+    "concat": IndexLowering("index", "nested tl.where over the pieces, each a masked load", _concat),
+    "take": IndexLowering("index", "load the index, then read the operand at it", _take),
+    "one_hot": IndexLowering("index", "(index == class).to(dtype)", _one_hot),
+    "random": IndexLowering("index", "counter-based hash of the flat index (bit-exact with random_bits)", _random),
 })
 
 LOWERING.update({
-    "sum": Rule("reduction", "tl.sum of tl.where(mask, x, 0) per row (persistent or looped)"),
-    "max": Rule("reduction", "tl.max of tl.where(mask, x, -inf) per row; nan propagates"),
-    "argmax": Rule("reduction", "first index of the row maximum (first nan wins)"),
-    "matmul": Rule("contraction", "tiled tl.dot over (M, N) tiles, batch on grid axis 1"),
-    "conv2d": Rule("contraction", "implicit GEMM: rows (n, oh, ow), cols o, K (c, kh, kw)"),
-    "conv2d_grad_input": Rule("contraction", "implicit GEMM: rows (n, h, w), cols c, K (o, kh, kw)"),
-    "conv2d_grad_weight": Rule("contraction", "implicit GEMM: rows o, cols (c, kh, kw), K (n, oh, ow)"),
-    "fusion": Rule("group", "one kernel for the whole region (pointwise, reduction or contraction)"),
+    "sum": Lowering("reduction", "tl.sum of tl.where(mask, x, 0) per row (persistent or looped)"),
+    "max": Lowering("reduction", "tl.max of tl.where(mask, x, -inf) per row; nan propagates"),
+    "argmax": Lowering("reduction", "first index of the row maximum (first nan wins)"),
+    "matmul": Lowering("contraction", "tiled tl.dot over (M, N) tiles, batch on grid axis 1"),
+    "conv2d": Lowering("contraction", "implicit GEMM: rows (n, oh, ow), cols o, K (c, kh, kw)"),
+    "conv2d_grad_input": Lowering("contraction", "implicit GEMM: rows (n, h, w), cols c, K (o, kh, kw)"),
+    "conv2d_grad_weight": Lowering("contraction", "implicit GEMM: rows o, cols (c, kh, kw), K (n, oh, ow)"),
+    "fusion": Lowering("group", "one kernel for the whole region (pointwise, reduction or contraction)"),
 })
 
 LOWERING.update({
-    "max_pool2d": IndexRule("window", "static loops over the window: tl.maximum, padding is -inf", windows.max_pool),
-    "avg_pool2d": IndexRule("window", "static loops over the window: sum / divisor", windows.avg_pool),
-    "max_pool2d_grad": IndexRule("window", "gather: dy of each containing window whose first max is here",
+    "max_pool2d": IndexLowering("window", "static loops over the window: tl.maximum, padding is -inf",
+                                windows.max_pool),
+    "avg_pool2d": IndexLowering("window", "static loops over the window: sum / divisor", windows.avg_pool),
+    "max_pool2d_grad": IndexLowering("window", "gather: dy of each containing window whose first max is here",
                                  windows.max_pool_grad),
-    "avg_pool2d_grad": IndexRule("window", "gather: dy / divisor of each containing window", windows.avg_pool_grad),
+    "avg_pool2d_grad": IndexLowering("window", "gather: dy / divisor of each containing window", windows.avg_pool_grad),
 })
+
+
+@dataclass(frozen=True)
+class ScanLowering(Lowering):
+    """An op computed by a kernel of its own, which this entry builds (see build.build_kernel)."""
+
+    builds_kernel: ClassVar[bool] = True
+
+    def build_kernel(self, group: Group, policy: BlockPolicy) -> Kernel:
+        return build_scan(group, policy)
+
+
+LOWERING["cumsum"] = ScanLowering("scan", "tl.cumsum along the axis per block of rows; chunks carry a running sum")

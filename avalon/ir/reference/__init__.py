@@ -1,0 +1,14 @@
+"""The numpy reference semantics of every primitive op: the oracle all other backends are checked against.
+
+`REFERENCE[name](attrs, *arrays) -> np.ndarray` computes one op; `evaluate` runs a rule and returns
+the op's exact result type (see `core` for the conventions every rule shares). The rules are split
+by concept: `elementwise`, `shapes` (constants, broadcast, reductions, scans, shape ops),
+`contraction` (matmul, conv), `pooling`, `gather` (take, one_hot, random numbers). Importing this
+package registers all of them.
+"""
+from . import contraction, elementwise, gather, pooling, shapes  # noqa: F401  (register the rules)
+from .core import REFERENCE, ReferenceFn, evaluate, round_bf16, rule, to_result
+from .gather import UNIFORM_BITS, fmix32, random_bits, seed_keys, uniform_from_bits
+
+__all__ = ["REFERENCE", "UNIFORM_BITS", "ReferenceFn", "evaluate", "fmix32", "random_bits", "round_bf16", "rule",
+           "seed_keys", "to_result", "uniform_from_bits"]
