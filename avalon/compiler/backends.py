@@ -35,6 +35,7 @@ class _Lazy:
         if self._backend is None:
             module, _, cls = self._path.partition(":")
             try:
+                importlib.import_module(module.rpartition(".")[0])  # the backend's package must import as a whole
                 self._backend = getattr(importlib.import_module(module), cls)()
             except ImportError as e:
                 raise BackendUnavailable(f"backend={self.name!r} needs {module}, which cannot be imported here "
