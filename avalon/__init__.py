@@ -8,7 +8,7 @@ from . import ir, nn, ops, optim, passes, random
 from .autodiff import grad, value_and_grad
 from .checkpoint import CheckpointError, load, save
 from .compiler import compile  # noqa: A004  (av.compile, like torch.compile)
-from .device import Device, best_available_device, device, to_device
+from .device import Device, best_available_device, device
 from .ir import Interpreter, interpret
 from .ir.dtypes import bfloat16, bool_, float16, float32, float64, int32, int64
 from .ops import stop_gradient
@@ -16,7 +16,7 @@ from .random import manual_seed
 from .tensor import Buffer, Tensor, TracerError, tensor
 from .trace import trace
 from .train import fit
-from .tree import named_parameters
+from .tree import named_parameters, to_device
 
 __version__ = "0.1.0"
 
