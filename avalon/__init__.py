@@ -17,8 +17,7 @@ from .tensor import Buffer, Tensor, TracerError, tensor
 from .trace import trace
 from .train import fit
 from .tree import named_parameters, to_device
-
-__version__ = "0.1.0"
+from .version import __version__
 
 float = float32  # noqa: A001  (torch-style aliases)
 double = float64
