@@ -7,7 +7,7 @@ Models are plain Python objects; `av.trace` records one call as a typed SSA grap
 from . import ir, nn, ops, optim, passes, random
 from .checkpoint import CheckpointError, load, save
 from .compiler import compile, grad, value_and_grad  # noqa: A004  (av.compile, like torch.compile)
-from .device import Device, best_available_device, device, to_device
+from .device import Device, best_available_device, device
 from .ir import Interpreter, interpret
 from .ir.dtypes import bfloat16, bool_, float16, float32, float64, int32, int64
 from .ops import stop_gradient
@@ -15,9 +15,8 @@ from .random import manual_seed
 from .tensor import Buffer, Tensor, TracerError, tensor
 from .trace import trace
 from .train import fit
-from .tree import named_parameters
-
-__version__ = "0.1.0"
+from .tree import named_parameters, to_device
+from .version import __version__
 
 float = float32  # noqa: A001  (torch-style aliases)
 double = float64

@@ -95,7 +95,7 @@ def _encode(name: str, value: Any) -> tuple[str, tuple[int, ...], bytes]:
 
 def save(obj: Any, path: str | os.PathLike) -> None:
     """Write a model's state (or a state dict of Tensors, numpy arrays or torch tensors) to `path`."""
-    from . import __version__
+    from .version import __version__
     state = _state_of(obj)
     header: dict[str, Any] = {}
     chunks: list[bytes] = []

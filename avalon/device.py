@@ -52,24 +52,3 @@ def best_available_device() -> Device:
     """CUDA when a GPU is present, else the CPU."""
     return Device("cuda", 0) if cuda_available() else CPU
 
-
-def to_device(obj, dev):
-    """`av.to_device(obj, device)`: move every tensor inside a model (in place) or a nested
-    structure (a new structure) to `dev`."""
-    from .tensor import Tensor, tensor
-    from .tree import is_model, named_tensors
-    dev = device(dev)
-    if isinstance(obj, Tensor):
-        return obj.to(dev)
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_device(x, dev) for x in obj)
-    if isinstance(obj, dict):
-        return {k: to_device(v, dev) for k, v in obj.items()}
-    if is_model(obj):
-        for _, t in named_tensors(obj):
-            moved = t.to(dev)
-            t._data, t._device = moved._data, moved._device
-        return obj
-    if hasattr(obj, "shape"):
-        return tensor(obj, device=dev)
-    return obj

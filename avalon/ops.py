@@ -544,41 +544,6 @@ def random(seed: Any, shape: Sequence[int], distribution: str = "uniform", dtype
     return bind("random", s, shape=[int(i) for i in shape], distribution=distribution, dtype=dt.dtype(dtype))
 
 
-# -- Tensor methods and operators -------------------------------------------------------------
-
-def _r(f):
-    return lambda self, other: f(other, self)
-
-
-def _method(name: str, f):
-    setattr(Tensor, name, f)
-
-
-for _name, _f in {
-    "__add__": add, "__radd__": _r(add), "__sub__": sub, "__rsub__": _r(sub), "__mul__": mul,
-    "__rmul__": _r(mul), "__truediv__": div, "__rtruediv__": _r(div), "__pow__": pow, "__rpow__": _r(pow),
-    "__matmul__": matmul, "__rmatmul__": _r(matmul), "__floordiv__": floor_divide,
-    "__eq__": eq, "__ne__": ne, "__lt__": lt, "__le__": le, "__gt__": gt, "__ge__": ge,
-    "__and__": logical_and, "__or__": logical_or,
-    "__neg__": neg, "__abs__": abs, "__invert__": logical_not, "__pos__": lambda self: self,
-    "__getitem__": getitem,
-    "exp": exp, "log": log, "tanh": tanh, "sigmoid": sigmoid, "relu": relu, "sqrt": sqrt, "rsqrt": rsqrt,
-    "abs": abs, "neg": neg, "sign": sign, "erf": erf,
-    "sum": sum, "mean": mean, "max": max, "min": min, "argmax": argmax, "var": var,
-    "reshape": reshape, "view": reshape, "transpose": transpose, "permute": permute, "flatten": flatten,
-    "squeeze": squeeze, "unsqueeze": expand_dims, "expand_dims": expand_dims, "broadcast_to": broadcast_to,
-    "astype": cast, "matmul": matmul, "clamp": clamp, "maximum": maximum, "minimum": minimum,
-}.items():
-    _method(_name, _f)
-
-Tensor.T = property(lambda self: transpose(self))
-Tensor.float = lambda self: cast(self, dt.float32)
-Tensor.double = lambda self: cast(self, dt.float64)
-Tensor.long = lambda self: cast(self, dt.int64)
-Tensor.expand = lambda self, *shape: broadcast_to(
-    self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
-Tensor.__hash__ = lambda self: id(self)
-
 __all__ = [n for n in dir() if not n.startswith("_") and n not in ("annotations", "builtins", "math", "np", "Any",
                                                                    "Sequence", "Value", "TensorType", "DType",
                                                                    "CPU", "Scalar", "TracerError")]

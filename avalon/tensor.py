@@ -196,14 +196,203 @@ class Tensor:
         dev = f", device='{self._device}'" if self._device != CPU else ""
         return f"tensor({body}, dtype={self.dtype.name}{dev})"
 
-    def __hash__(self) -> int:
+    def __hash__(self) -> int:  # by identity: `==` builds an elementwise tensor, so it cannot define equality
         return id(self)
 
     def __iter__(self):
         for i in range(len(self)):
             yield self[i]
 
-    # operators and methods are attached in avalon/ops.py, next to the ops they call
+    # -- operators (numpy broadcasting and promotion; each one is the array function in avalon/ops.py)
+    def __add__(self, other: Any) -> Tensor:
+        return _ops.add(self, other)
+
+    def __radd__(self, other: Any) -> Tensor:
+        return _ops.add(other, self)
+
+    def __sub__(self, other: Any) -> Tensor:
+        return _ops.sub(self, other)
+
+    def __rsub__(self, other: Any) -> Tensor:
+        return _ops.sub(other, self)
+
+    def __mul__(self, other: Any) -> Tensor:
+        return _ops.mul(self, other)
+
+    def __rmul__(self, other: Any) -> Tensor:
+        return _ops.mul(other, self)
+
+    def __truediv__(self, other: Any) -> Tensor:
+        return _ops.div(self, other)
+
+    def __rtruediv__(self, other: Any) -> Tensor:
+        return _ops.div(other, self)
+
+    def __floordiv__(self, other: Any) -> Tensor:
+        return _ops.floor_divide(self, other)
+
+    def __pow__(self, other: Any) -> Tensor:
+        return _ops.pow(self, other)
+
+    def __rpow__(self, other: Any) -> Tensor:
+        return _ops.pow(other, self)
+
+    def __matmul__(self, other: Any) -> Tensor:
+        return _ops.matmul(self, other)
+
+    def __rmatmul__(self, other: Any) -> Tensor:
+        return _ops.matmul(other, self)
+
+    def __eq__(self, other: Any) -> Tensor:  # type: ignore[override]
+        return _ops.eq(self, other)
+
+    def __ne__(self, other: Any) -> Tensor:  # type: ignore[override]
+        return _ops.ne(self, other)
+
+    def __lt__(self, other: Any) -> Tensor:
+        return _ops.lt(self, other)
+
+    def __le__(self, other: Any) -> Tensor:
+        return _ops.le(self, other)
+
+    def __gt__(self, other: Any) -> Tensor:
+        return _ops.gt(self, other)
+
+    def __ge__(self, other: Any) -> Tensor:
+        return _ops.ge(self, other)
+
+    def __and__(self, other: Any) -> Tensor:
+        return _ops.logical_and(self, other)
+
+    def __or__(self, other: Any) -> Tensor:
+        return _ops.logical_or(self, other)
+
+    def __invert__(self) -> Tensor:
+        return _ops.logical_not(self)
+
+    def __neg__(self) -> Tensor:
+        return _ops.neg(self)
+
+    def __pos__(self) -> Tensor:
+        return self
+
+    def __abs__(self) -> Tensor:
+        return _ops.abs(self)
+
+    def __getitem__(self, index: Any) -> Tensor:
+        return _ops.getitem(self, index)
+
+    # -- elementwise methods
+    def exp(self) -> Tensor:
+        return _ops.exp(self)
+
+    def log(self) -> Tensor:
+        return _ops.log(self)
+
+    def tanh(self) -> Tensor:
+        return _ops.tanh(self)
+
+    def sigmoid(self) -> Tensor:
+        return _ops.sigmoid(self)
+
+    def relu(self) -> Tensor:
+        return _ops.relu(self)
+
+    def sqrt(self) -> Tensor:
+        return _ops.sqrt(self)
+
+    def rsqrt(self) -> Tensor:
+        return _ops.rsqrt(self)
+
+    def abs(self) -> Tensor:
+        return _ops.abs(self)
+
+    def neg(self) -> Tensor:
+        return _ops.neg(self)
+
+    def sign(self) -> Tensor:
+        return _ops.sign(self)
+
+    def erf(self) -> Tensor:
+        return _ops.erf(self)
+
+    def clamp(self, min: Any = None, max: Any = None) -> Tensor:  # noqa: A002
+        return _ops.clamp(self, min, max)
+
+    def maximum(self, other: Any) -> Tensor:
+        return _ops.maximum(self, other)
+
+    def minimum(self, other: Any) -> Tensor:
+        return _ops.minimum(self, other)
+
+    def matmul(self, other: Any) -> Tensor:
+        return _ops.matmul(self, other)
+
+    # -- reductions
+    def sum(self, axis: Any = None, keepdims: bool = False, dtype: Any = None) -> Tensor:
+        return _ops.sum(self, axis, keepdims, dtype)
+
+    def mean(self, axis: Any = None, keepdims: bool = False) -> Tensor:
+        return _ops.mean(self, axis, keepdims)
+
+    def var(self, axis: Any = None, keepdims: bool = False, correction: int = 0) -> Tensor:
+        return _ops.var(self, axis, keepdims, correction)
+
+    def max(self, axis: Any = None, keepdims: bool = False) -> Tensor:
+        return _ops.max(self, axis, keepdims)
+
+    def min(self, axis: Any = None, keepdims: bool = False) -> Tensor:
+        return _ops.min(self, axis, keepdims)
+
+    def argmax(self, axis: int | None = None, keepdims: bool = False) -> Tensor:
+        return _ops.argmax(self, axis, keepdims)
+
+    # -- shapes and dtypes
+    def reshape(self, *shape: Any) -> Tensor:
+        return _ops.reshape(self, *shape)
+
+    view = reshape  # torch's name; Avalon has no strides, so a view is a reshape
+
+    def transpose(self, *dims: Any) -> Tensor:
+        return _ops.transpose(self, *dims)
+
+    @property
+    def T(self) -> Tensor:
+        return _ops.transpose(self)
+
+    def permute(self, *perm: Any) -> Tensor:
+        return _ops.permute(self, *perm)
+
+    def flatten(self, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+        return _ops.flatten(self, start_dim, end_dim)
+
+    def squeeze(self, axis: int | None = None) -> Tensor:
+        return _ops.squeeze(self, axis)
+
+    def expand_dims(self, axis: int) -> Tensor:
+        return _ops.expand_dims(self, axis)
+
+    unsqueeze = expand_dims  # torch's name
+
+    def broadcast_to(self, shape: Any) -> Tensor:
+        return _ops.broadcast_to(self, shape)
+
+    def expand(self, *shape: Any) -> Tensor:
+        """torch's broadcast: `x.expand(2, 3)` or `x.expand((2, 3))`."""
+        return _ops.broadcast_to(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list))
+                                 else shape)
+
+    def astype(self, dtype: Any) -> Tensor:
+        return _ops.cast(self, dtype)
+
+    def float(self) -> Tensor:
+        return _ops.cast(self, dt.float32)
+
+    def double(self) -> Tensor:
+        return _ops.cast(self, dt.float64)
+
+    def long(self) -> Tensor:
+        return _ops.cast(self, dt.int64)
 
 
 def _to_torch(arr: np.ndarray, dtype: DType, dev: Device):
@@ -228,3 +417,7 @@ def tensor(data: Any, dtype: Any = None, device: Any = None) -> Tensor:
     t = Tensor(as_array(data).copy() if not isinstance(data, (list, tuple, int, float, bool)) else data,
                dtype if dtype is not None else _default_dtype(data), device)
     return t
+
+
+# Last, because avalon.ops imports this module: Tensor's methods look the functions up when called.
+from . import ops as _ops  # noqa: E402

@@ -46,7 +46,7 @@ from .device import CPU, Device
 from .device import device as as_device
 from .ir import dtypes as dt
 from .tensor import Tensor, as_array
-from .tree import named_parameters
+from .tree import named_parameters, to_device
 
 __all__ = ["fit", "make_train_step", "predict"]
 
@@ -134,7 +134,6 @@ def fit(model: Any, X: Any, Y: Any, loss_fn: Callable, epochs: int = 10, batch_s
     first. See the module docstring for the choices made.
     """
     from . import optim
-    from .device import to_device
     from .random import fresh_seed
 
     if batch_size < 1:

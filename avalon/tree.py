@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from .tensor import Buffer, Tensor
+from .device import device
+from .tensor import Buffer, Tensor, tensor
 
 _ATOMS = (int, float, complex, bool, str, bytes, type(None), np.generic, np.dtype, slice, type(Ellipsis))
 _OPAQUE = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.ModuleType, type,
@@ -65,6 +66,26 @@ def named_buffers(obj: Any) -> Iterator[tuple[str, Tensor]]:
     for name, t in named_tensors(obj):
         if not _is_parameter(t):
             yield name, t
+
+
+def to_device(obj: Any, dev: Any) -> Any:
+    """`av.to_device(obj, device)`: move every tensor inside a model (in place, so whatever holds
+    those tensors sees them moved) or a nested structure (a new structure) to `dev`."""
+    dev = device(dev)
+    if isinstance(obj, Tensor):
+        return obj.to(dev)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(x, dev) for x in obj)
+    if isinstance(obj, dict):
+        return {k: to_device(v, dev) for k, v in obj.items()}
+    if is_model(obj):
+        for _, t in named_tensors(obj):
+            moved = t.to(dev)
+            t._data, t._device = moved._data, moved._device
+        return obj
+    if hasattr(obj, "shape"):
+        return tensor(obj, device=dev)
+    return obj
 
 
 def model_leaves(obj: Any) -> list[tuple[str, Tensor]]:

@@ -73,7 +73,7 @@ def test_verify_names_the_op():
 def test_verify_use_before_definition():
     g = ir.parse("func @f(%x: tensor<2xf32>) -> (tensor<2xf32>) {\n  %0 = exp %x : tensor<2xf32>\n"
                  "  %1 = neg %0 : tensor<2xf32>\n  return %1\n}\n")
-    g.body.ops.reverse()  # neg now reads %0 before exp defines it
+    g.body.reorder(g.ops[::-1])  # neg now reads %0 before exp defines it
     with pytest.raises(ir.VerifyError, match="'neg'.*used before it is defined"):
         ir.verify(g)
 

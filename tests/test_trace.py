@@ -167,6 +167,34 @@ def test_methods(rng):
     assert t.shape == (2, 3, 4) and t.dtype == av.float32 and t.device == av.device("cpu")
 
 
+def test_tensor_surface_is_defined_in_the_class_body():
+    """Every operator and method lives in `Tensor`'s own namespace (no module patches it in later), so
+    reading avalon/tensor.py shows the whole surface; they behave like torch's / numpy's."""
+    import ast
+    import inspect
+
+    body = ast.parse(inspect.getsource(av.Tensor)).body[0].body
+    defined = {n.name for n in body if isinstance(n, ast.FunctionDef)}
+    defined |= {t.id for n in body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+    surface = {"__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__", "__rtruediv__",
+               "__pow__", "__rpow__", "__matmul__", "__rmatmul__", "__floordiv__", "__eq__", "__ne__", "__lt__",
+               "__le__", "__gt__", "__ge__", "__and__", "__or__", "__neg__", "__abs__", "__invert__", "__pos__",
+               "__getitem__", "__hash__", "exp", "log", "tanh", "sigmoid", "relu", "sqrt", "rsqrt", "abs", "neg",
+               "sign", "erf", "sum", "mean", "max", "min", "argmax", "var", "reshape", "view", "transpose",
+               "permute", "flatten", "squeeze", "unsqueeze", "expand_dims", "broadcast_to", "astype", "matmul",
+               "clamp", "maximum", "minimum", "T", "float", "double", "long", "expand"}
+    assert surface <= defined, surface - defined
+    t = av.tensor(np.arange(6, dtype=np.int64).reshape(2, 3))
+    assert hash(t) == id(t) and {t: 1}[t] == 1
+    assert av.Tensor.view is av.Tensor.reshape and av.Tensor.unsqueeze is av.Tensor.expand_dims
+    assert isinstance(np.ones(3) + t, av.Tensor)  # __array_priority__: numpy defers to Tensor's operators
+    np.testing.assert_array_equal((10 - t).numpy(), 10 - t.numpy())
+    np.testing.assert_array_equal((2 ** t).numpy(), 2.0 ** t.numpy())
+    assert t.float().dtype == av.float32 and t.double().dtype == av.float64 and t.float().long().dtype == av.int64
+    assert t[0].expand(4, 3).shape == t[0].expand((4, 3)).shape == (4, 3)
+    assert t.unsqueeze(1).shape == (2, 1, 3) and t.view(-1).shape == (6,)
+
+
 def test_devices():
     assert str(av.device("cuda:1")) == "cuda:1"
     with pytest.raises(ValueError, match="unknown device"):

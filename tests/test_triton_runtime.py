@@ -175,14 +175,14 @@ def test_corrupted_and_unreadable_entries_are_rebuilt(tmp_path, rng):
 
 
 def test_cache_key_covers_versions_and_device(monkeypatch):
-    import avalon
     import avalon.codegen.triton.cache as c
+    import avalon.version
     cache = KernelCache()
     assert str(cache.root).startswith(os.environ["AVALON_CACHE_DIR"])
     k = cache.key("src")
     assert cache.key("src") == k and cache.key("src2") != k
     with monkeypatch.context() as m:
-        m.setattr(avalon, "__version__", "9.9")
+        m.setattr(avalon.version, "__version__", "9.9")
         assert cache.key("src") != k
     with monkeypatch.context() as m:
         m.setattr(c, "device_kind", lambda: "some-other-device")

@@ -1,6 +1,7 @@
 """The SSA data structures: Value, Op, Block, Graph.
 
-Values keep use lists so a rewrite can `replace_all_uses_with`. A Block holds ops in order and
+Values keep their uses (an insertion-ordered dict of `(op, operand index)`, so dropping one is O(1)
+however many there are) so a rewrite can `replace_all_uses_with`. A Block holds ops in order and
 ends in a terminator op (`return` at the top level, `yield` inside regions) that is kept apart
 from `block.ops` so passes iterate real work only. A Graph is a named top-level Block.
 """
@@ -35,7 +36,7 @@ class Value:
         self.name = name  # a hint kept for block arguments (graph inputs); results print numbered
         self.owner = owner
         self.index = index
-        self.uses: list[tuple[Op, int]] = []
+        self.uses: dict[tuple[Op, int], None] = {}  # iterates, tests `in` and counts like a list
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -81,6 +82,8 @@ class Op:
         self.regions: list[Block] = []
         self.loc = loc
         self.parent: Block | None = None
+        self._prev: Op | None = None  # neighbours in `parent`'s op list (Block keeps them)
+        self._next: Op | None = None
         for v in operands:
             self._add_operand(v)
         for r in regions or []:
@@ -89,14 +92,14 @@ class Op:
     def _add_operand(self, v: Value) -> None:
         if not isinstance(v, Value):
             raise TypeError(f"operand of '{self.name}' must be a Value, got {type(v).__name__}")
-        v.uses.append((self, len(self.operands)))
+        v.uses[self, len(self.operands)] = None
         self.operands.append(v)
 
     def set_operand(self, i: int, v: Value) -> None:
         old = self.operands[i]
-        old.uses.remove((self, i))
+        del old.uses[self, i]
         self.operands[i] = v
-        v.uses.append((self, i))
+        v.uses[self, i] = None
 
     def set_operands(self, values: list[Value]) -> None:
         self.drop_operands()
@@ -105,12 +108,22 @@ class Op:
 
     def drop_operands(self) -> None:
         for i, v in enumerate(self.operands):
-            v.uses.remove((self, i))
+            del v.uses[self, i]
         self.operands = []
 
     def add_region(self, block: Block) -> None:
         block.parent_op = self
         self.regions.append(block)
+
+    @property
+    def prev(self) -> Op | None:
+        """The op before this one in its block (None for the first)."""
+        return self._prev
+
+    @property
+    def next(self) -> Op | None:
+        """The op after this one in its block (None for the last)."""
+        return self._next
 
     @property
     def result(self) -> Value:
@@ -149,46 +162,141 @@ class Op:
         return f"<Op {self.name} -> {', '.join(str(r.type) for r in self.results)}>"
 
 
+class OpList(list):
+    """A snapshot of a block's ops that refuses edits: `block.ops` is rebuilt from the block's links,
+    so a change to the list would silently not reach the block. Edit through Block's methods."""
+
+    __slots__ = ()
+
+    def _read_only(self, *args: Any, **kwargs: Any):
+        raise TypeError("block.ops is read-only: edit the block with append, insert_before, insert_after, "
+                        "remove (op.erase) or reorder")
+
+    append = extend = insert = remove = pop = clear = sort = reverse = _read_only
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _read_only
+
+
 class Block:
-    """Arguments, ops in order, and a terminator whose operands are the block's results."""
+    """Arguments, ops in order, and a terminator whose operands are the block's results.
+
+    The ops form a doubly linked list (`op.prev`, `op.next`), so inserting next to an op and removing
+    one cost O(1) however long the block; `block.ops` is a read-only list built from the links on the
+    first read after a change, for readers that iterate, index or slice.
+    """
 
     def __init__(self, arg_types: list[TensorType] = (), arg_names: list[str | None] | None = None):
         names = list(arg_names) if arg_names is not None else [None] * len(arg_types)
         self.args = [Value(t, self, i, n) for i, (t, n) in enumerate(zip(arg_types, names))]
-        self.ops: list[Op] = []
+        self._first: Op | None = None
+        self._last: Op | None = None
+        self._ops: OpList | None = OpList()  # None after a change, until `ops` is read again
         self.terminator: Op | None = None
         self.parent_op: Op | None = None
+
+    @property
+    def ops(self) -> OpList:
+        if self._ops is None:
+            out, op = [], self._first
+            while op is not None:
+                out.append(op)
+                op = op._next
+            self._ops = OpList(out)
+        return self._ops
+
+    @ops.setter
+    def ops(self, ops: list[Op]) -> None:
+        self.reorder(ops)
+
+    @property
+    def first(self) -> Op | None:
+        return self._first
+
+    @property
+    def last(self) -> Op | None:
+        return self._last
 
     def add_arg(self, type: TensorType, name: str | None = None) -> Value:
         v = Value(type, self, len(self.args), name)
         self.args.append(v)
         return v
 
-    def append(self, op: Op) -> Op:
-        op.parent = self
-        self.ops.append(op)
+    def _link(self, op: Op, after: Op | None) -> Op:
+        """Put `op` (in no block) right after `after` (None: at the front)."""
+        if op.parent is not None:
+            raise ValueError(f"'{op.name}' is already in a block; remove it first")
+        nxt = self._first if after is None else after._next
+        op._prev, op._next, op.parent = after, nxt, self
+        if after is None:
+            self._first = op
+        else:
+            after._next = op
+        if nxt is None:
+            self._last = op
+        else:
+            nxt._prev = op
+        self._ops = None
         return op
+
+    def _check_member(self, op: Op) -> None:
+        if op.parent is not self:
+            raise ValueError(f"'{op.name}' is not in this block")
+
+    def append(self, op: Op) -> Op:
+        return self._link(op, self._last)
 
     def insert(self, index: int, op: Op) -> Op:
-        op.parent = self
-        self.ops.insert(index, op)
-        return op
+        """Insert at a position (walks to it: prefer insert_before/insert_after next to an op)."""
+        ops = self.ops
+        index = max(0, min(len(ops), index + len(ops) if index < 0 else index))
+        return self._link(op, ops[index - 1] if index else None)
 
     def insert_before(self, anchor: Op, op: Op) -> Op:
-        return self.insert(self.index(anchor), op)
+        self._check_member(anchor)
+        return self._link(op, anchor._prev)
 
     def insert_after(self, anchor: Op, op: Op) -> Op:
-        return self.insert(self.index(anchor) + 1, op)
-
-    def index(self, op: Op) -> int:
-        try:
-            return self.ops.index(op)  # Op has identity equality, so this is an identity search in C
-        except ValueError:
-            raise ValueError(f"'{op.name}' is not in this block") from None
+        self._check_member(anchor)
+        return self._link(op, anchor)
 
     def remove(self, op: Op) -> None:
-        del self.ops[self.index(op)]
-        op.parent = None
+        """Unlink `op` (its operands and uses are left alone: see `Op.erase`)."""
+        self._check_member(op)
+        if op._prev is None:
+            self._first = op._next
+        else:
+            op._prev._next = op._next
+        if op._next is None:
+            self._last = op._prev
+        else:
+            op._next._prev = op._prev
+        op._prev = op._next = op.parent = None
+        self._ops = None
+
+    def reorder(self, ops: list[Op]) -> None:
+        """Make `ops` the block's ops, in this order, in O(n): for a pass that computes a whole new
+        schedule (fusion's). Ops of the block left out are unlinked like `remove`; new ones join."""
+        ops = list(ops)
+        for op in ops:
+            if op.parent is not None and op.parent is not self:
+                raise ValueError(f"'{op.name}' is in another block; remove it first")
+        if len(set(map(id, ops))) != len(ops):
+            raise ValueError("reorder() got an op twice")
+        op = self._first
+        while op is not None:
+            nxt = op._next
+            op._prev = op._next = None
+            if op.parent is self:
+                op.parent = None
+            op = nxt
+        prev = None
+        for op in ops:
+            op._prev, op.parent = prev, self
+            if prev is not None:
+                prev._next = op
+            prev = op
+        self._first = ops[0] if ops else None
+        self._last = prev
+        self._ops = OpList(ops)
 
     def set_terminator(self, name: str, values: list[Value]) -> Op:
         if self.terminator is not None:

@@ -19,6 +19,7 @@ from ..tensor import Buffer, Tensor, as_array
 from ..trace import assign
 from . import functional as F
 from . import init
+from .losses import _legacy_reduction
 from .module import Module
 
 __all__ = [
@@ -502,7 +503,7 @@ def _buffer(x: Any) -> Buffer | None:
 class _Loss(Module):
     def __init__(self, size_average: bool | None = None, reduce: bool | None = None, reduction: str = "mean") -> None:
         super().__init__()
-        self.reduction = F._legacy_reduction(size_average, reduce, reduction)
+        self.reduction = _legacy_reduction(size_average, reduce, reduction)
 
 
 class L1Loss(_Loss):

@@ -275,8 +275,7 @@ class Module:
         if dtype is not None:
             _cast_floats(self, dt.dtype(dtype))
         if device is not None:
-            from ..device import to_device
-            to_device(self, device)
+            tree.to_device(self, device)
         return self
 
     def cuda(self) -> Module:

@@ -368,7 +368,7 @@ class _Fuser:
             op.parent = None
         for op in new_ops:
             op.parent = self.block
-        self.block.ops[:] = new_ops
+        self.block.reorder(new_ops)
         for op in reversed(list(self.block.ops)):  # producers cloned into every group that read them
             if op in cloned and not any(r.uses for r in op.results):
                 op.erase()

@@ -129,9 +129,7 @@ class Rewriter:
         if before is not None:
             self.block, self.before, self.loc = before.parent, before, before.loc
         elif after is not None:
-            block = after.parent
-            i = block.index(after)
-            self.block, self.before, self.loc = block, block.ops[i + 1] if i + 1 < len(block.ops) else None, after.loc
+            self.block, self.before, self.loc = after.parent, after.next, after.loc
         elif end_of is not None:
             self.block, self.before = end_of, None
         else:
@@ -204,9 +202,7 @@ class Rewriter:
         """Remove `op` (its results must be unused); the producers of its operands are revisited."""
         producers = [v.op for v in op.operands if v.op is not None]
         if op is self.before:  # keep the insertion point valid: new ops now go where `op` was
-            ops = op.parent.ops
-            i = op.parent.index(op)
-            self.before = ops[i + 1] if i + 1 < len(ops) else None
+            self.before = op.next
         for nested in list(op.walk()):
             self.listener.erased(nested)
         op.erase()

@@ -23,6 +23,7 @@ from typing import Any
 
 import triton
 
+from avalon import version as avalon_version
 from avalon.channels import get_logger
 
 log = get_logger("cache")
@@ -66,9 +67,8 @@ class KernelCache:
         return self._root if self._root is not None else default_root()
 
     def key(self, source: str) -> str:
-        from avalon import __version__
         h = hashlib.sha256()
-        for part in (CODEGEN_VERSION, __version__, triton.__version__, device_kind(), source):
+        for part in (CODEGEN_VERSION, avalon_version.__version__, triton.__version__, device_kind(), source):
             h.update(part.encode())
             h.update(b"\0")
         return h.hexdigest()

@@ -1,0 +1,213 @@
+"""Loss functions with `torch.nn.functional`'s names, signatures and math (re-exported by
+`avalon.nn.functional`, where torch keeps them), written in their numerically stable forms.
+
+Class targets are integer arrays; an out-of-range class is an error (`one_hot` raises), except
+`ignore_index` (-100 by default), whose entries contribute nothing, as in torch. `size_average` and
+`reduce` are torch's deprecated spellings of `reduction`, accepted with torch's meaning.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .. import ops
+from ..ir import dtypes as dt
+from ..tensor import Tensor
+from .functional import _softplus1, _t, log_softmax
+
+
+def _legacy_reduction(size_average: bool | None, reduce: bool | None, reduction: str) -> str:
+    """torch's mapping of the deprecated `size_average`/`reduce` flags onto `reduction`."""
+    if size_average is None and reduce is None:
+        return reduction
+    size_average = True if size_average is None else size_average
+    reduce = True if reduce is None else reduce
+    return "mean" if size_average and reduce else ("sum" if reduce else "none")
+
+
+def _reduce(loss: Tensor, reduction: str) -> Tensor:
+    if reduction == "none":
+        return loss
+    if reduction == "mean":
+        return ops.mean(loss)
+    if reduction == "sum":
+        return ops.sum(loss)
+    raise ValueError(f"{reduction} is not a valid value for reduction")
+
+
+def _class_targets(x: Tensor, target: Any, name: str) -> Tensor:
+    t = _t(target)
+    if t.dtype.is_float or t.dtype is dt.bool_:
+        raise TypeError(f"{name}: class targets must be an integer array, got {t.dtype}")
+    want = (x.shape[0],) + x.shape[2:]
+    if t.shape != want:
+        raise ValueError(f"{name}: input {x.shape} needs targets of shape {want}, got {t.shape}")
+    return t
+
+
+def _to_class_axis(t: Tensor, ndim: int) -> Tensor:
+    """Move the trailing class axis of a one-hot (N, d1.., C) to position 1, like the input."""
+    return t if ndim == 2 else ops.permute(t, [0, ndim - 1] + list(range(1, ndim - 1)))
+
+
+def _weight_shape(ndim: int) -> tuple[int, ...]:
+    return (1, -1) + (1,) * (ndim - 2)
+
+
+def nll_loss(input: Any, target: Any, weight: Any = None, size_average: bool | None = None,
+             ignore_index: int = -100, reduce: bool | None = None, reduction: str = "mean") -> Tensor:
+    """-input[n, target[n]] * weight[target[n]]; 'mean' divides by the summed weights of the
+    non-ignored targets (torch's weighted mean)."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    x = _t(input)
+    if x.ndim == 1:  # (C,) with a scalar target
+        loss = nll_loss(ops.expand_dims(x, 0), ops.reshape(_t(target), (1,)), weight, None, ignore_index, None,
+                        reduction)
+        return ops.squeeze(loss, 0) if reduction == "none" else loss
+    t = _class_targets(x, target, "nll_loss")
+    valid = ops.ne(t, ignore_index)
+    safe = ops.where(valid, t, 0)
+    hit = _to_class_axis(ops.one_hot(safe, x.shape[1], dtype=dt.bool_), x.ndim)
+    picked = ops.sum(ops.where(hit, x, 0.0), 1)
+    if weight is None:
+        w = ops.cast(valid, x.dtype)
+    else:
+        w = ops.where(valid, ops.take(ops.cast(_t(weight), x.dtype), safe), 0.0)
+    loss = ops.neg(ops.mul(picked, w))
+    if reduction == "mean":
+        return ops.div(ops.sum(loss), ops.sum(w))
+    return _reduce(loss, reduction)
+
+
+def cross_entropy(input: Any, target: Any, weight: Any = None, size_average: bool | None = None,
+                  ignore_index: int = -100, reduce: bool | None = None, reduction: str = "mean",
+                  label_smoothing: float = 0.0) -> Tensor:
+    """log_softmax over the class axis (1, or 0 for unbatched input) then the NLL. Float targets of the
+    input's shape are class probabilities. `label_smoothing` mixes in the uniform distribution with
+    torch's exact weighting and normalization."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
+    x, t = _t(input), _t(target)
+    if x.ndim == 1:
+        t1 = ops.expand_dims(t, 0) if t.dtype.is_float else ops.reshape(t, (1,))
+        loss = cross_entropy(ops.expand_dims(x, 0), t1, weight, None, ignore_index, None, reduction,
+                             label_smoothing)
+        return ops.squeeze(loss, 0) if reduction == "none" else loss
+    logp = log_softmax(x, 1)
+    c = x.shape[1]
+    wb = None if weight is None else ops.reshape(ops.cast(_t(weight), x.dtype), _weight_shape(x.ndim))
+    if t.dtype.is_float:  # class probabilities
+        if t.shape != x.shape:
+            raise ValueError(f"cross_entropy: probability targets must have the input's shape {x.shape}, got {t.shape}")
+        if label_smoothing > 0:
+            t = ops.add(ops.mul(t, 1.0 - label_smoothing), label_smoothing / c)
+        prod = ops.mul(logp, t) if wb is None else ops.mul(ops.mul(logp, t), wb)
+        loss = ops.neg(ops.sum(prod, 1))
+        if reduction == "mean":
+            return ops.div(ops.sum(loss), float(x.numel // c))
+        return _reduce(loss, reduction)
+    nll = nll_loss(logp, t, weight, None, ignore_index, None, reduction)
+    if label_smoothing == 0.0:
+        return nll
+    t = _class_targets(x, t, "cross_entropy")
+    valid = ops.ne(t, ignore_index)
+    smooth = ops.neg(ops.sum(logp if wb is None else ops.mul(logp, wb), 1))
+    smooth = ops.where(valid, smooth, 0.0)
+    if reduction == "mean":
+        if weight is None:
+            denom = ops.sum(ops.cast(valid, x.dtype))
+        else:
+            denom = ops.sum(ops.where(valid, ops.take(ops.cast(_t(weight), x.dtype), ops.where(valid, t, 0)), 0.0))
+        ret = ops.div(ops.sum(smooth), denom)
+    else:
+        ret = _reduce(smooth, reduction)
+    return ops.add(ops.mul(nll, 1.0 - label_smoothing), ops.mul(ret, label_smoothing / c))
+
+
+def _check_same_size(x: Tensor, t: Tensor, name: str) -> None:
+    if x.shape != t.shape:
+        raise ValueError(f"{name}: using a target size ({t.shape}) that is different to the input size ({x.shape}) "
+                         "is not supported")
+
+
+def mse_loss(input: Any, target: Any, size_average: bool | None = None, reduce: bool | None = None,
+             reduction: str = "mean", weight: Any = None) -> Tensor:
+    d = ops.sub(_t(input), _t(target))
+    loss = ops.mul(d, d) if weight is None else ops.mul(ops.mul(d, d), weight)
+    return _reduce(loss, _legacy_reduction(size_average, reduce, reduction))
+
+
+def l1_loss(input: Any, target: Any, size_average: bool | None = None, reduce: bool | None = None,
+            reduction: str = "mean", weight: Any = None) -> Tensor:
+    loss = ops.abs(ops.sub(_t(input), _t(target)))
+    loss = loss if weight is None else ops.mul(loss, weight)
+    return _reduce(loss, _legacy_reduction(size_average, reduce, reduction))
+
+
+def smooth_l1_loss(input: Any, target: Any, size_average: bool | None = None, reduce: bool | None = None,
+                   reduction: str = "mean", beta: float = 1.0) -> Tensor:
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    d = ops.abs(ops.sub(_t(input), _t(target)))
+    if beta == 0.0:
+        return _reduce(d, reduction)
+    loss = ops.where(ops.lt(d, beta), ops.mul(ops.mul(d, d), 0.5 / beta), ops.sub(d, 0.5 * beta))
+    return _reduce(loss, reduction)
+
+
+def huber_loss(input: Any, target: Any, reduction: str = "mean", delta: float = 1.0, weight: Any = None) -> Tensor:
+    d = ops.abs(ops.sub(_t(input), _t(target)))
+    loss = ops.where(ops.lt(d, delta), ops.mul(ops.mul(d, d), 0.5), ops.mul(ops.sub(d, 0.5 * delta), delta))
+    return _reduce(loss if weight is None else ops.mul(loss, weight), reduction)
+
+
+def _log_clamped(x: Tensor) -> Tensor:
+    """max(log(x), -100) that never evaluates log(0), so its gradient stays finite at x = 0 (zero
+    there, where torch's hand-written backward gives a huge finite value instead)."""
+    pos = ops.gt(x, 0.0)
+    return ops.maximum(ops.where(pos, ops.log(ops.where(pos, x, 1.0)), -100.0), -100.0)
+
+
+def binary_cross_entropy(input: Any, target: Any, weight: Any = None, size_average: bool | None = None,
+                         reduce: bool | None = None, reduction: str = "mean") -> Tensor:
+    """-(t log x + (1 - t) log(1 - x)) with each log clamped at -100, as torch does."""
+    x, t = _t(input), _t(target)
+    _check_same_size(x, t, "binary_cross_entropy")
+    log_x, log_1mx = _log_clamped(x), _log_clamped(ops.sub(1.0, x))
+    loss = ops.neg(ops.add(ops.mul(t, log_x), ops.mul(ops.sub(1.0, t), log_1mx)))
+    if weight is not None:
+        loss = ops.mul(loss, weight)
+    return _reduce(loss, _legacy_reduction(size_average, reduce, reduction))
+
+
+def binary_cross_entropy_with_logits(input: Any, target: Any, weight: Any = None, size_average: bool | None = None,
+                                     reduce: bool | None = None, reduction: str = "mean",
+                                     pos_weight: Any = None) -> Tensor:
+    """(1 - t) x + w_pos * softplus(-x), the overflow-free form of BCE(sigmoid(x), t), where
+    w_pos = 1 + (pos_weight - 1) t."""
+    x, t = _t(input), _t(target)
+    _check_same_size(x, t, "binary_cross_entropy_with_logits")
+    sp = _softplus1(ops.neg(x))
+    if pos_weight is not None:
+        sp = ops.mul(sp, ops.add(ops.mul(ops.sub(pos_weight, 1.0), t), 1.0))
+    loss = ops.add(ops.mul(ops.sub(1.0, t), x), sp)
+    if weight is not None:
+        loss = ops.mul(loss, weight)
+    return _reduce(loss, _legacy_reduction(size_average, reduce, reduction))
+
+
+def kl_div(input: Any, target: Any, size_average: bool | None = None, reduce: bool | None = None,
+           reduction: str = "mean", log_target: bool = False) -> Tensor:
+    """Pointwise KL(target || exp(input)) with `input` in log space: t (log t - input), with
+    0 log 0 = 0; `log_target=True` takes log t. 'batchmean' divides the sum by the batch size (the
+    true KL divergence per sample); 'mean' divides by the element count, as torch."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    x, t = _t(input), _t(target)
+    if log_target:
+        loss = ops.mul(ops.exp(t), ops.sub(t, x))
+    else:
+        xlogy = ops.mul(t, ops.log(ops.where(ops.gt(t, 0), t, 1.0)))
+        loss = ops.sub(xlogy, ops.mul(t, x))
+    if reduction == "batchmean":
+        s = ops.sum(loss)
+        return ops.div(s, float(x.shape[0])) if x.ndim else s
+    return _reduce(loss, reduction)
