@@ -1,8 +1,9 @@
 """`Target`: what a backend can do, in one object the passes read instead of knowing the backend.
 
-* `classify(group)`: the kernel kind a group would be compiled as, or why no kind takes it. The
-  fusion policy refuses what this refuses (logging the reason) and a backend's code generator picks
-  its emitter from the same answer, so the two cannot disagree;
+* `classify(group)`: the kernel kind a group would be compiled as, and why one kernel of that kind
+  cannot (or should not) compute it. The fusion policy refuses what this refuses (logging the
+  reason) and a backend's code generator picks its emitter from the same answer, so the two cannot
+  disagree;
 * `is_view(op)`: a top-level op that moves no data under its types' layouts (the backend aliases its
   result to its operand's storage; the memory plan counts on it);
 * `reads_strided(op)`: an op whose kernels load operands through strides (any layout is fine);
@@ -10,7 +11,7 @@
 
 Kernel kinds are registered once (`KERNEL_KINDS`, `register_kind`) and a Target lists the ones it
 emits, in the order they are asked: the first kind that `claims` a group decides, through its
-`problem`, whether one kernel of that kind can compute it. A new kind (attention, scan) or a new
+`issues`, whether one kernel of that kind can (and should) compute it. A new kind (attention, scan) or a new
 backend (a CPU code generator, an MLIR lowering) plugs in here without editing any pass.
 
 Classification reads a neutral view of a group (`KernelGroup`): the region's ops in program order,
@@ -19,7 +20,7 @@ the values it yields, and which ops are inside; the fusion pass and the backends
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from avalon.ir import OPS, Op, Value
@@ -58,35 +59,61 @@ class KernelGroup:
 
 
 @dataclass(frozen=True)
+class Issue:
+    """Why one kernel should not compute a group: it cannot (`waste` False), or it can but would
+    recompute work per tile or per window tap (`waste` True)."""
+
+    text: str
+    waste: bool = False
+
+
+@dataclass(frozen=True)
 class Kind:
-    """The result of `Target.classify`: the kernel kind (None: no kind takes the group) and why."""
+    """The answer of `Target.classify`: `name`, the kind that claims the group (None: no kind
+    does), and its `issues` in the order they are checked. The fusion policy wants none; a code
+    generator handed a group anyway (by hand, by another policy) only refuses a non-waste one."""
 
     name: str | None
-    reason: str = ""
+    issues: tuple[Issue, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.name is not None and not self.issues
+
+    @property
+    def problem(self) -> str | None:
+        """Why no kernel of this kind can compute the group (None: one can, maybe wastefully)."""
+        if self.name is None:
+            return self.reason
+        return next((i.text for i in self.issues if not i.waste), None)
+
+    @property
+    def reason(self) -> str:
+        return self.issues[0].text if self.issues else f"{self.name} kernel"
 
     def __bool__(self) -> bool:
-        return self.name is not None
+        return self.ok
 
 
 class KernelKind:
     """One shape of kernel. `claims(g)`: is this the kind a group like `g` would be (by its ops'
-    traits)? `problem(g)`: why one kernel of this kind cannot compute `g` (None: it can)."""
+    traits)? `issues(g)`: why one kernel of this kind cannot or should not compute `g`."""
 
     name = ""
 
     def claims(self, g: KernelGroup) -> bool:
         raise NotImplementedError
 
-    def problem(self, g: KernelGroup) -> str | None:
-        return None
+    def issues(self, g: KernelGroup) -> Iterator[Issue]:
+        yield from window_issues(g)
 
 
-def window_problem(g: KernelGroup) -> str | None:
+def window_issues(g: KernelGroup) -> Iterator[Issue]:
     """Ops reading windows of a value computed in the group would recompute it for every tap."""
     for op in g.with_trait("pool"):
         if any(g.computed(v) for v in op.operands):
-            return f"'{op.name}' reads windows of a value computed in the group (it would be recomputed per tap)"
-    return None
+            yield Issue(f"'{op.name}' reads windows of a value computed in the group (it would be recomputed "
+                        "per tap)", waste=True)
 
 
 def reduced_axes(op: Op) -> tuple[int, ...]:
@@ -114,29 +141,30 @@ class Contraction(KernelKind):
     def claims(self, g: KernelGroup) -> bool:
         return bool(g.with_trait("contraction"))
 
-    def problem(self, g: KernelGroup) -> str | None:
-        why = window_problem(g)
-        if why:
-            return why
+    def issues(self, g: KernelGroup) -> Iterator[Issue]:
+        yield from window_issues(g)
         cons, reds = g.with_trait("contraction"), g.with_trait("reduction")
         if len(cons) > 1:
             names = ", ".join(o.name for o in cons)
-            return f"a kernel holds one contraction, the group would hold {len(cons)} ({names})"
+            yield Issue(f"a kernel holds one contraction, the group would hold {len(cons)} ({names})")
+            return
         c = cons[0]
         if reds:
-            return f"a contraction ('{c.name}') and a reduction ('{reds[0].name}') cannot share a kernel"
-        for v in c.operands:
-            if g.computed(v):
-                return f"the operands of '{c.name}' must be group inputs (computed prologues are not fused)"
+            yield Issue(f"a contraction ('{c.name}') and a reduction ('{reds[0].name}') cannot share a kernel")
+            return
+        if any(g.computed(v) for v in c.operands):
+            yield Issue(f"the operands of '{c.name}' must be group inputs (computed prologues are not fused)",
+                        waste=True)
         shape = c.results[0].shape
         for op in depends_on(g.ops, {c}):
             if op is not c and (not has_trait(op, "elementwise") or op.results[0].shape != shape):
-                return f"'{op.name}' reads the '{c.name}' result at another index (epilogues are elementwise)"
+                yield Issue(f"'{op.name}' reads the '{c.name}' result at another index (epilogues are elementwise)")
+                break
         n = c.results[0].type.numel
         for o in g.outputs:
             if o.type.numel != n:
-                return f"output {o.type} of a '{c.name}' group must have one element per result element"
-        return None
+                yield Issue(f"output {o.type} of a '{c.name}' group must have one element per result element")
+                break
 
 
 class Reduction(KernelKind):
@@ -149,24 +177,25 @@ class Reduction(KernelKind):
     def claims(self, g: KernelGroup) -> bool:
         return bool(g.with_trait("reduction"))
 
-    def problem(self, g: KernelGroup) -> str | None:
-        why = window_problem(g)
-        if why:
-            return why
+    def issues(self, g: KernelGroup) -> Iterator[Issue]:
+        yield from window_issues(g)
         reds = g.with_trait("reduction")
         first = reds[0]
         full = first.operands[0].shape
         axes = reduced_axes(first)
         for r in reds[1:]:
             if r.operands[0].shape != full or reduced_axes(r) != axes:
-                return (f"'{r.name}' reduces {r.operands[0].type} over {list(reduced_axes(r))}, the group reduces "
-                        f"{first.operands[0].type} over {list(axes)}")
+                yield Issue(f"'{r.name}' reduces {r.operands[0].type} over {list(reduced_axes(r))}, the group "
+                            f"reduces {first.operands[0].type} over {list(axes)}")
+                return
         kept = tuple(s for d, s in enumerate(full) if d not in axes)
         keep = tuple(1 if d in axes else s for d, s in enumerate(full))
         rows, per_row = math.prod(kept), math.prod(full)
         for o in g.outputs:
             if o.type.numel not in (rows, per_row):
-                return f"output {o.type} has neither one element per row ({rows}) nor per row element ({per_row})"
+                yield Issue(f"output {o.type} has neither one element per row ({rows}) nor per row element "
+                            f"({per_row})")
+                return
         prefix = axes == tuple(range(len(axes)))
         row_shapes = {kept, keep}
         for op in depends_on(g.ops, set(reds)):
@@ -180,8 +209,9 @@ class Reduction(KernelKind):
                 continue
             if op.name == "broadcast" and out == full and (src == keep or (src == kept and prefix)):
                 continue
-            return f"'{op.name}' reads a reduced value off its row (only elementwise ops and broadcasts back fuse)"
-        return None
+            yield Issue(f"'{op.name}' reads a reduced value off its row (only elementwise ops and broadcasts "
+                        "back fuse)")
+            return
 
 
 class Pointwise(KernelKind):
@@ -192,13 +222,11 @@ class Pointwise(KernelKind):
     def claims(self, g: KernelGroup) -> bool:
         return True
 
-    def problem(self, g: KernelGroup) -> str | None:
-        why = window_problem(g)
-        if why:
-            return why
+    def issues(self, g: KernelGroup) -> Iterator[Issue]:
+        yield from window_issues(g)
         if len({o.type.numel for o in g.outputs}) > 1:
-            return "pointwise outputs differ in element count (" + ", ".join(str(o.type) for o in g.outputs) + ")"
-        return None
+            yield Issue("pointwise outputs differ in element count ("
+                        + ", ".join(str(o.type) for o in g.outputs) + ")")
 
 
 KERNEL_KINDS: dict[str, KernelKind] = {}
@@ -228,13 +256,12 @@ class Target:
     strided_traits: tuple[str, ...] = field(default=_STRIDED_TRAITS)
 
     def classify(self, g: KernelGroup) -> Kind:
-        """The kind of kernel that computes `g`, or (name None) why none of this target's can."""
+        """The kind of kernel that computes `g` and whether it can (see `Kind`)."""
         for name in self.kinds:
             kind = KERNEL_KINDS[name]
             if kind.claims(g):
-                why = kind.problem(g)
-                return Kind(None, why) if why else Kind(name, f"{name} kernel")
-        return Kind(None, f"no kernel kind of target '{self.name}' takes it ({', '.join(self.kinds)})")
+                return Kind(name, tuple(kind.issues(g)))
+        return Kind(None, (Issue(f"no kernel kind of target '{self.name}' takes it ({', '.join(self.kinds)})"),))
 
     def is_view(self, op: Op) -> bool:
         """A top-level op that moves no data under its types' layouts: a reshape of a row-major value
@@ -260,5 +287,5 @@ def target_or_default(target: Target | None) -> Target:
     return DEFAULT_TARGET if target is None else target
 
 
-__all__ = ["DEFAULT_TARGET", "KERNEL_KINDS", "Contraction", "Kind", "KernelGroup", "KernelKind", "Pointwise",
+__all__ = ["DEFAULT_TARGET", "KERNEL_KINDS", "Contraction", "Issue", "Kind", "KernelGroup", "KernelKind", "Pointwise",
            "Reduction", "Target", "has_trait", "reduced_axes", "register_kind", "target_or_default"]
