@@ -227,3 +227,23 @@ def test_concurrent_processes_share_one_cache_without_corrupting_it(tmp_path):
     assert not leftovers
     again = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "ok" in again.stdout, again.stderr
+
+
+def test_a_group_no_emitter_takes_is_a_counted_warning_and_a_crash_an_error(caplog, monkeypatch):
+    from avalon.codegen.triton import target as tt
+    from avalon.codegen.triton.testing import fuse
+    g, b, (x,) = graph(((4, 6), "f32"))
+    g.set_outputs([b("sum", x, axes=[1]), b("exp", x)])  # also reduced over axis 0 below: no one kernel
+    g.set_outputs([*g.outputs, b("sum", x, axes=[0])])
+    with caplog.at_level(logging.WARNING, logger="avalon.triton"):
+        cg = check(g)
+    assert [f.split(":")[0] for f in cg.fallbacks] == ["@fused_0"] and "fused_0" in caplog.text
+    g2, b2, (y,) = graph(((8,), "f32"))
+    g2.set_outputs([b2("exp", y)])
+
+    def boom(*a, **k):
+        raise ZeroDivisionError("emitter bug")
+    monkeypatch.setitem(tt.EMITTERS, "pointwise", boom)
+    with pytest.raises(ZeroDivisionError) as e:
+        compile_graph(fuse(g2))
+    assert "fused_0" in "".join(getattr(e.value, "__notes__", []))

@@ -215,12 +215,13 @@ class Reduction(KernelKind):
 
 
 class Pointwise(KernelKind):
-    """Every output has the same number of elements (one program instance per element)."""
+    """No contraction or reduction; every output has the same number of elements (one program
+    instance per element)."""
 
     name = "pointwise"
 
     def claims(self, g: KernelGroup) -> bool:
-        return True
+        return not (g.with_trait("contraction") or g.with_trait("reduction"))
 
     def issues(self, g: KernelGroup) -> Iterator[Issue]:
         yield from window_issues(g)
