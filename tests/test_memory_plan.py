@@ -84,7 +84,7 @@ def test_chain_plan_reuses_buffers_and_writes_elementwise_results_in_place():
     text = str(g)
     plan = plan_memory(g)
     assert str(g) == text  # the IR is untouched: the plan is a side table
-    assert g.memory_plan is plan and plan.is_current(g)
+    assert g.analysis("memory_plan") is plan and plan.is_current(g)
     names = {v: i for i, v in enumerate(r for op in g.ops for r in op.results)}
     vals = list(names)
     # relu over the dying matmul result, exp and add over theirs
@@ -189,7 +189,7 @@ def test_pass_in_a_pipeline_records_the_plan_and_goes_stale_on_rewrite():
     g = ir.parse(CHAIN)
     pm = PassManager.parse("memory-plan{inplace=false}", verify_each=True)
     assert pm.run(g) is False and pm.records[0].name == "memory-plan"
-    plan = g.memory_plan
+    plan = g.analysis("memory_plan")
     assert not plan.inplace and plan.is_current(g)
     Builder(g, before=g.ops[0])("exp", g.inputs[0])
     assert not plan.is_current(g)
@@ -222,7 +222,7 @@ def test_random_graphs_run_correctly_from_their_planned_buffers(steps, out_pick)
     g.set_outputs([vals[-1]] + [vals[(out_pick >> k) % len(vals)] for k in range(1, n_out)])
     PassManager.parse("layout,memory-plan", verify_each=True).run(g)
     inputs = [np.tanh(a) for a in random_inputs(g)]  # keep exp chains finite
-    check_plan(g, g.memory_plan, inputs)
+    check_plan(g, g.analysis("memory_plan"), inputs)
 
 
 def test_lenet_training_step_plan(rng):
@@ -243,7 +243,7 @@ def test_lenet_training_step_plan(rng):
     y = rng.integers(0, 10, 4)
     g = av.trace(step, net, opt, x, y)
     PassManager.parse("canonicalize,cse,dce,layout,memory-plan", verify_each=True).run(g)
-    plan = g.memory_plan
+    plan = g.analysis("memory_plan")
     assert plan.planned_bytes < 0.6 * plan.naive_bytes
     assert len(g.outputs) > 1 + 2 * 8  # the loss, then parameter and momentum updates
     check_plan(g, plan, random_inputs(g))

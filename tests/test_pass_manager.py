@@ -293,3 +293,36 @@ def test_verify_each_catches_a_pass_that_denies_its_changes():
 def test_whitespace_in_pipelines_is_ignored():
     pm = PassManager.parse(" canonicalize { max-iterations = 2 } ,\n cse ")
     assert str(pm) == "canonicalize{max-iterations=2},cse"
+
+
+def _matmul_relu() -> ir.Graph:
+    return ir.parse("""func @f(%x: tensor<4x3xf32>, %w: tensor<3x5xf32>) -> (tensor<4x5xf32>) {
+  %0 = matmul %x, %w : tensor<4x5xf32>
+  %1 = relu %0 : tensor<4x5xf32>
+  return %1
+}""")
+
+
+def test_the_target_reaches_passes_that_take_it_and_is_no_option():
+    from avalon.passes.target import Target
+    assert "target" not in ps.get_pass("layout").options and "target" not in ps.get_pass("memory-plan").options
+    g = _matmul_relu()
+    PassManager.parse("fuse", target=Target("no-gemm", kinds=("pointwise",))).run(g)
+    assert [op.name for op in g.ops] == ["matmul", "relu"]  # a pointwise-only backend gets no epilogue group
+    g = _matmul_relu()
+    PassManager.parse("fuse").run(g)
+    assert [op.name for op in g.ops] == ["fusion"]
+    seen = []
+    PassManager([lambda graph: seen.append(graph) or False], target=Target()).run(g)  # no `target`: works as before
+    assert seen == [g]
+
+
+def test_memory_plan_does_nothing_for_a_target_that_wants_none():
+    from avalon.passes.target import Target
+    g = _matmul_relu()
+    PassManager.parse("memory-plan", target=Target("np", memory_plan=False)).run(g)
+    assert g.analysis("memory_plan") is None
+    PassManager.parse("memory-plan").run(g)
+    assert g.analysis("memory_plan") is not None
+    with pytest.raises(KeyError, match="declare it"):
+        g.attach("nonsense", 1)

@@ -62,7 +62,9 @@ def test_intermediate_buffers_are_reused():
     g.set_outputs([v])
     cg = check(g, fused=None)
     assert len(cg.launches) == 7
-    assert len(cg.plan.buffers) == 3  # two ping-pong intermediates and the output
+    # the memory plan (computed at compile time) runs the chain in place in one arena buffer;
+    # the output, handed to the caller, has a buffer of its own
+    assert cg.storage.arenas == [64 * 4] and len(cg.storage.buffers) == 1
 
 
 def test_results_never_share_memory_with_inputs_or_each_other(rng):
@@ -137,7 +139,7 @@ def test_memory_plan_pass_buffers_are_used_when_present():
     g.set_outputs([b("add", v, x)])
     mp.plan_memory(g)
     cg = check(g, fused=None)
-    assert cg.plan.arenas and any(s.kind == "arena" for s in cg.plan.storage.values())
+    assert cg.storage.arenas and any(s.kind == "arena" for s in cg.storage.where.values())
 
 
 def test_cache_misses_then_hits_and_logs_keys(caplog, tmp_path):
@@ -225,3 +227,23 @@ def test_concurrent_processes_share_one_cache_without_corrupting_it(tmp_path):
     assert not leftovers
     again = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "ok" in again.stdout, again.stderr
+
+
+def test_a_group_no_emitter_takes_is_a_counted_warning_and_a_crash_an_error(caplog, monkeypatch):
+    from avalon.codegen.triton import target as tt
+    from avalon.codegen.triton.testing import fuse
+    g, b, (x,) = graph(((4, 6), "f32"))
+    g.set_outputs([b("sum", x, axes=[1]), b("exp", x)])  # also reduced over axis 0 below: no one kernel
+    g.set_outputs([*g.outputs, b("sum", x, axes=[0])])
+    with caplog.at_level(logging.WARNING, logger="avalon.triton"):
+        cg = check(g)
+    assert [f.split(":")[0] for f in cg.fallbacks] == ["@fused_0"] and "fused_0" in caplog.text
+    g2, b2, (y,) = graph(((8,), "f32"))
+    g2.set_outputs([b2("exp", y)])
+
+    def boom(*a, **k):
+        raise ZeroDivisionError("emitter bug")
+    monkeypatch.setitem(tt.EMITTERS, "pointwise", boom)
+    with pytest.raises(ZeroDivisionError) as e:
+        compile_graph(fuse(g2))
+    assert "fused_0" in "".join(getattr(e.value, "__notes__", []))

@@ -90,8 +90,8 @@ class Inspection:
 
     @property
     def memory_plan(self) -> MemoryPlan:
-        plan = getattr(self.graph, "memory_plan", None)
-        if isinstance(plan, MemoryPlan) and plan.is_current(self.graph):
+        plan = self.graph.analysis("memory_plan")
+        if plan is not None:
             return plan
         if self._plan is None:
             self._plan = plan_memory(self.graph)
@@ -268,7 +268,8 @@ class Compiled:
         """A fresh manager per compile (check mode verifies after every pass, naming a pass that
         breaks the IR); a PassManager the user gave is used as given."""
         if isinstance(self.pipeline, str):
-            return PassManager.parse(self.pipeline, verify_each=self.check)
+            return PassManager.parse(self.pipeline, verify_each=self.check,
+                                     target=getattr(self.backend, "target", None))
         return self.pipeline
 
     def _build(self, args: tuple, leaves: list[tuple[str, Any]]) -> _Entry:

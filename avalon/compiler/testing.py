@@ -8,8 +8,8 @@ directory use them to get fused groups whatever the real `fuse` pass decides.
 from __future__ import annotations
 
 from avalon.channels import get_logger
-from avalon.ir import Block, Builder, Graph, Op, Value
-from avalon.ir.clone import clone_op
+from avalon.ir import Graph, Op
+from avalon.ir.fusion import outline as _outline
 
 log = get_logger("fusion")
 
@@ -20,24 +20,7 @@ def outline(graph: Graph, ops: list[Op], name: str) -> Op:
     """Replace `ops` (top-level, in order) by one fusion op `@name` computing the same values.
     The group goes where the last op was: its operands are defined before that point and every use
     of its results comes after it."""
-    inside = {id(op) for op in ops}
-    ins: list[Value] = []
-    for op in ops:
-        for v in op.operands:
-            if (v.op is None or id(v.op) not in inside) and v not in ins:
-                ins.append(v)
-    outs = [r for op in ops for r in op.results if any(id(u) not in inside for u in r.users)]
-    region = Block([v.type for v in ins])
-    mapping: dict[Value, Value] = dict(zip(ins, region.args))
-    for op in ops:
-        region.append(clone_op(op, mapping))
-    region.set_terminator("yield", [mapping[r] for r in outs])
-    group = Builder(graph, before=ops[-1]).fusion(name, ins, region)
-    for r, new in zip(outs, group.results):
-        r.replace_all_uses_with(new)
-    for op in reversed(ops):
-        op.erase()
-    return group
+    return _outline(ops, name)
 
 
 def group_chains(graph: Graph) -> bool:

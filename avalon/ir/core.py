@@ -323,6 +323,13 @@ class Block:
             yield from op.walk()
 
 
+ANALYSES: dict[str, str] = {
+    "memory_plan": "where each top-level intermediate lives (`avalon.passes.memory_plan.MemoryPlan`)",
+}
+"""Every analysis a graph may carry (`Graph.attach`), with what it holds: a side table that passes
+and backends hand each other is declared here rather than set as an ad-hoc attribute."""
+
+
 class Graph:
     """A function: named inputs, a body of ops, and outputs. `str(graph)` is its text IR."""
 
@@ -331,6 +338,22 @@ class Graph:
         self.body = body if body is not None else Block()
         if self.body.terminator is None:
             self.body.set_terminator("return", [])
+        self._analyses: dict[str, tuple[Any, tuple[int, ...]]] = {}
+
+    def _fingerprint(self) -> tuple[int, ...]:
+        return tuple(id(op) for op in self.body.ops)
+
+    def attach(self, name: str, value: Any) -> None:
+        """Keep analysis `name` (declared in `ANALYSES`) with the graph, valid while its top-level
+        ops stay the same ones (any rewrite that replaces an op makes it stale)."""
+        _declared(name)
+        self._analyses[name] = (value, self._fingerprint())
+
+    def analysis(self, name: str) -> Any | None:
+        """Analysis `name` if one was attached and is still current, else None."""
+        _declared(name)
+        got = self.__dict__.get("_analyses", {}).get(name)
+        return got[0] if got is not None and got[1] == self._fingerprint() else None
 
     @property
     def inputs(self) -> list[Value]:
@@ -364,3 +387,9 @@ class Graph:
 
     def __repr__(self) -> str:
         return f"<Graph @{self.name}: {len(self.inputs)} inputs, {len(self.ops)} ops>"
+
+
+def _declared(name: str) -> None:
+    if name not in ANALYSES:
+        raise KeyError(f"unknown graph analysis '{name}'; declare it in avalon.ir.core.ANALYSES "
+                       f"(known: {', '.join(sorted(ANALYSES))})")

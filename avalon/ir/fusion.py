@@ -5,8 +5,13 @@ backends, the debug dumps), so a group is named, listed and turned into a functi
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from .builder import make_op
 from .clone import clone_block, clone_op
-from .core import Graph, Op
+from .core import Block, Graph, Op, Value
 
 
 def group_name(op: Op) -> str:
@@ -36,3 +41,58 @@ def group_graph(op: Op) -> Graph:
     g.body.append(new)
     g.set_outputs(new.results)
     return g
+
+
+def is_splat_constant(op: Op) -> bool:
+    """A constant holding one scalar (however large its shape): cheap to recompute anywhere."""
+    return op.name == "constant" and np.asarray(op.attrs["value"]).size == 1
+
+
+def is_dense_constant(op: Op) -> bool:
+    """A constant holding an array: data a kernel must read, never a literal it can inline."""
+    return op.name == "constant" and not is_splat_constant(op)
+
+
+def outline(ops: Sequence[Op], name: str, *, clone: Callable[[Op], bool] = lambda op: False,
+            outputs: Sequence[Value] | None = None, place: bool = True) -> Op:
+    """Make the top-level `ops` (in program order) one fusion op `@name` computing the same values.
+
+    Operands of `ops` made by a producer outside them for which `clone(producer)` holds are
+    computed inside the region (the producer is cloned, its own operands resolved the same way);
+    every other value read from outside becomes an operand, in first-use order. The group yields
+    `outputs` (default: results of `ops` used outside them); their uses now read the group's
+    results. With `place`, the group goes where the last op was and `ops` are erased; otherwise the
+    caller places it (and drops `ops`)."""
+    members = set(ops)
+    region = Block([])
+    mapping: dict[Value, Value] = {}
+    inputs: list[Value] = []
+
+    def resolve(v: Value) -> None:
+        if v in mapping:
+            return
+        p = v.op
+        if p is not None and p not in members and clone(p):
+            for x in p.operands:
+                resolve(x)
+            region.append(clone_op(p, mapping))
+        else:
+            mapping[v] = region.add_arg(v.type)
+            inputs.append(v)
+
+    for op in ops:
+        for v in op.operands:
+            resolve(v)
+        region.append(clone_op(op, mapping))
+    if outputs is None:
+        outputs = [r for op in ops for r in op.results if any(u not in members for u, _ in r.uses)]
+    region.set_terminator("yield", [mapping[v] for v in outputs])
+    fused = make_op("fusion", inputs, {"name": name}, ops[0].loc, result_types=[v.type for v in outputs])
+    fused.add_region(region)
+    for old, new in zip(outputs, fused.results):
+        old.replace_all_uses_with(new)
+    if place:
+        ops[-1].parent.insert_before(ops[-1], fused)
+        for op in reversed(ops):
+            op.erase()
+    return fused

@@ -4,7 +4,7 @@ The pass is TorchInductor's scheduler fusion in miniature (see the fusion policy
 what may share a kernel):
 
 1. Every top-level op starts as a group of one. Inlinable producers (splat constants, broadcasts,
-   reshapes, transposes) are never members of a group: each group that reads one clones it, so
+   reshapes, transposes: the policy's `inlinable`) are never members of a group: each group that reads one clones it, so
    `add(x, broadcast(bias))` reads `bias` with stride 0 instead of a materialized broadcast.
 2. Candidate pairs are (producer group, consumer group) linked by a value, looking through
    inlinable ops. They are sorted by the policy's score (contraction epilogues first, then row
@@ -29,9 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from avalon.channels import get_logger
-from avalon.ir import Block, Graph, Op, Value
-from avalon.ir.builder import make_op
-from avalon.ir.clone import clone_op
+from avalon.ir import Graph, Op, Value
+from avalon.ir.fusion import is_dense_constant, outline
 from avalon.ir.printer import name_values
 
 from .fusion_policy import (
@@ -39,11 +38,11 @@ from .fusion_policy import (
     Decision,
     FusionGroup,
     FusionPolicy,
-    is_dense_constant,
     make_policy,
     register_policy,
 )
 from .registry import register
+from .target import Target
 
 log = get_logger("fusion")
 
@@ -376,35 +375,14 @@ class _Fuser:
 
     def build(self, u: _Unit, name: str, cloned: set[Op]) -> Op:
         view = self.view(u)
-        members = view.members
-        region = Block([])
-        mapping: dict[Value, Value] = {}
-        inputs: list[Value] = []
 
-        def resolve(v: Value) -> None:
-            if v in mapping:
-                return
-            p = v.op
-            if p is not None and p not in members and p in self.inlinable:
-                for x in p.operands:
-                    resolve(x)
-                region.append(clone_op(p, mapping))
+        def clone(p: Op) -> bool:
+            if p in self.inlinable:
                 cloned.add(p)
-            else:
-                mapping[v] = region.add_arg(v.type)
-                inputs.append(v)
+                return True
+            return False
 
-        for op in view.ops:
-            for v in op.operands:
-                resolve(v)
-            region.append(clone_op(op, mapping))
-        outs = view.outputs
-        region.set_terminator("yield", [mapping[v] for v in outs])
-        fused = make_op("fusion", inputs, {"name": name}, view.ops[0].loc, result_types=[v.type for v in outs])
-        fused.add_region(region)
-        for old, new in zip(outs, fused.results):
-            old.replace_all_uses_with(new)
-        return fused
+        return outline(view.ops, name, clone=clone, outputs=view.outputs, place=False)
 
     # -- the log ----------------------------------------------------------------------------------------
     def flush(self, names: dict[Op, str]) -> None:
@@ -453,7 +431,8 @@ class Fuse:
 
     `max_ops` bounds a region's size; `fuel` performs only the first N fusions (-1: all), for
     bisecting a wrong fusion; `epilogue`/`reductions` let matmuls/convs and reductions join groups;
-    `policy` names a registered fusion policy (`register_policy`)."""
+    `policy` names a registered fusion policy (`register_policy`). The pipeline's `target` says which
+    groups its backend compiles as one kernel."""
 
     name = "fuse"
     version = 1
@@ -463,11 +442,13 @@ class Fuse:
     reductions: bool = True
     policy: str = "default"
 
-    def run(self, graph: Graph) -> bool:
+    def run(self, graph: Graph, target: Target | None = None) -> bool:
         try:
             pol = make_policy(self.policy, epilogue=self.epilogue, reductions=self.reductions)
         except ValueError as e:
             raise ValueError(f"fuse: {e}") from None
+        if target is not None:
+            pol.target = target
         return _Fuser(graph, pol, self.max_ops, self.fuel).run()
 
 

@@ -5,13 +5,13 @@ Values never change: a layout only says in which order a tensor's elements sit i
 interpreter ignores layouts; the Triton backend reads and writes through `TensorType.strides()`.
 Two rewrites, each an option:
 
-* `channels-last`: the results of convolutions and pooling (and of their gradient forms) are
+* `channels-last`: the results of convolutions and pooling (ops with the `nchw` trait) are
   stored NHWC, and the choice spreads forward through elementwise ops (bias add, relu), so a
   conv -> bias -> relu -> pool chain reads and writes one order. For implicit-GEMM convolutions
   the channels are the contraction dim, which is then contiguous. A value stays row-major when any
-  consumer might not read strided data (view ops such as `reshape`, which backends may lower to a
-  metadata-only view of contiguous storage) or when it is a graph output (callers get row-major
-  arrays) or a graph input (callers hand in row-major arrays).
+  consumer might not read strided data (the target's `reads_strided`; view ops such as `reshape`,
+  which backends may lower to a metadata-only view of contiguous storage) or when it is a graph
+  output (callers get row-major arrays) or a graph input (callers hand in row-major arrays).
 * `fold-transposes`: a top-level `transpose` whose users all read strided data (matmul, conv,
   elementwise, reductions, fused groups) gets the layout that makes its result the very bytes of
   its operand (`transpose %w {perm = [1, 0]} : tensor<4x3xf32, layout = [1, 0]>`): a view, so a
@@ -28,17 +28,14 @@ from __future__ import annotations
 from avalon.ir import Graph, Op, Value
 
 from .registry import register
+from .target import Target, target_or_default
 
 CHANNELS_LAST = (0, 2, 3, 1)
 
-_SOURCES = frozenset({"conv2d", "conv2d_grad_input", "max_pool2d", "avg_pool2d", "max_pool2d_grad",
-                      "avg_pool2d_grad"})
-_STRIDED_TRAITS = ("elementwise", "reduction", "contraction", "pool", "gather", "region")
 
-
-def reads_strided(op: Op) -> bool:
-    """Ops whose kernels load operands through strides (so any operand layout is fine)."""
-    return any(op.has_trait(t) for t in _STRIDED_TRAITS)
+def reads_strided(op: Op, target: Target | None = None) -> bool:
+    """Does `target` (default: the default target) load `op`'s operands through strides?"""
+    return target_or_default(target).reads_strided(op)
 
 
 def _pointwise(op: Op) -> bool:
@@ -57,9 +54,10 @@ def _pointwise(op: Op) -> bool:
 
 
 def _is_source(op: Op) -> bool:
-    if op.name in _SOURCES:
+    """Makes an NCHW image activation (a conv or pool, or a group holding one)."""
+    if op.has_trait("nchw"):
         return True
-    return bool(op.regions) and any(inner.name in _SOURCES for inner in op.regions[0].walk())
+    return bool(op.regions) and any(inner.has_trait("nchw") for inner in op.regions[0].walk())
 
 
 def _settable(op: Op, i: int) -> bool:
@@ -70,7 +68,7 @@ def _settable(op: Op, i: int) -> bool:
     return y.op is not None
 
 
-def _channels_last(graph: Graph) -> set[Value]:
+def _channels_last(graph: Graph, target: Target) -> set[Value]:
     """The values to store NHWC: grown forward from conv/pool results, pruned to a fixed point."""
     outputs = set(graph.outputs)
     blocked: set[Value] = set()
@@ -84,7 +82,7 @@ def _channels_last(graph: Graph) -> set[Value]:
             for i, r in enumerate(op.results):
                 if r.type.rank == 4 and r not in blocked and _settable(op, i):
                     chosen.add(r)
-        bad = {v for v in chosen if v in outputs or not all(reads_strided(u) for u in v.users)}
+        bad = {v for v in chosen if v in outputs or not all(target.reads_strided(u) for u in v.users)}
         if not bad:
             return chosen
         blocked |= bad
@@ -99,18 +97,9 @@ def _view_layout(transpose: Op) -> tuple[int, ...]:
     return tuple(inverse[k] for k in order)
 
 
-def is_view(op: Op) -> bool:
-    """A top-level op that moves no data under its types' layouts: a reshape of a row-major value to
-    a row-major one, or a transpose whose result strides are its operand's, permuted. Backends alias
-    its result to its operand's storage, and the memory plan counts on that: backend and plan must
-    agree on this definition (the Triton backend's `is_view` is the same test)."""
-    if op.name == "reshape":
-        return op.operands[0].type.layout is None and op.results[0].type.layout is None
-    if op.name == "transpose":  # every element at the same offset; size-1 dims never move
-        src, dst = op.operands[0].type, op.results[0].type
-        ss, ds = src.strides(), dst.strides()
-        return all(ds[i] == ss[p] for i, p in enumerate(op.attrs["perm"]) if dst.shape[i] > 1)
-    return False
+def is_view(op: Op, target: Target | None = None) -> bool:
+    """Does `target` (default: the default target) alias `op`'s result to its operand's storage?"""
+    return target_or_default(target).is_view(op)
 
 
 def _sync_regions(graph: Graph) -> None:
@@ -135,18 +124,21 @@ def _set(v: Value, layout: tuple[int, ...] | None) -> bool:
 
 
 @register("layout")
-def layout(graph: Graph, *, channels_last: bool = True, fold_transposes: bool = True) -> bool:
-    """Store conv/pool activations channels-last and make transposes feeding strided readers views."""
+def layout(graph: Graph, *, channels_last: bool = True, fold_transposes: bool = True,
+           target: Target | None = None) -> bool:
+    """Store conv/pool activations channels-last and make transposes feeding strided readers views
+    (which ops read strided and what is a view: the pipeline's target)."""
+    t = target_or_default(target)
     changed = False
     if channels_last:
-        for v in _channels_last(graph):
+        for v in _channels_last(graph, t):
             changed |= _set(v, CHANNELS_LAST)
     if fold_transposes:
         outputs = set(graph.outputs)
         for op in graph.ops:
             r = op.results[0] if op.name == "transpose" else None
-            if r is None or r in outputs or is_view(op) or not r.users \
-                    or not all(reads_strided(u) for u in r.users):
+            if r is None or r in outputs or t.is_view(op) or not r.users \
+                    or not all(t.reads_strided(u) for u in r.users):
                 continue
             changed |= _set(r, _view_layout(op))
     if changed:

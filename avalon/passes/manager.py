@@ -17,7 +17,8 @@ from typing import Any, TextIO
 from avalon.channels import get_logger
 from avalon.ir import Graph, VerifyError, print_graph, verify
 
-from .registry import PassInfo, PipelineError, format_value, get_pass
+from .registry import PassInfo, PipelineError, format_value, get_pass, takes_target
+from .target import Target
 
 log = get_logger("passes")
 
@@ -125,13 +126,16 @@ class PassManager:
 
     `PassManager.parse("canonicalize,cse,dce,fuse{max-ops=16}", verify_each=True)`, then `pm.run(graph)`.
     Passes may also be added as registered names, pass objects (with `run(graph)`) or plain functions.
+    `target` (a backend's `avalon.passes.target.Target`; None: the default target) is handed to every
+    pass whose `run` takes a `target` keyword (`fuse`, `layout`, `memory-plan`).
     """
 
     def __init__(self, passes: Iterable[str | Any] = (), *, verify_each: bool = False,
                  print_after_all: bool = False, print_after_changed: bool = False,
                  print_after: Iterable[str] = (), time_passes: bool = False, record_ir: bool = True,
-                 stream: TextIO | None = None):
+                 stream: TextIO | None = None, target: Target | None = None):
         self.stages: list[Stage] = []
+        self.target = target
         self.verify_each = verify_each
         self.print_after_all = print_after_all
         self.print_after_changed = print_after_changed
@@ -211,7 +215,10 @@ class PassManager:
         for stage in self.stages:
             t0 = time.perf_counter()
             try:
-                result = stage.impl.run(graph)
+                if self.target is not None and takes_target(stage.impl.run):
+                    result = stage.impl.run(graph, target=self.target)
+                else:
+                    result = stage.impl.run(graph)
             except Exception as e:
                 if hasattr(e, "add_note"):
                     e.add_note(f"while running pass '{stage.name}' (pipeline: {self})")

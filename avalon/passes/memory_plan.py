@@ -16,12 +16,14 @@ uses inside a fused group's region counting as uses by the group):
 The summary also gives the live-set peak (the most bytes alive at once), a lower bound that the
 plan reaches when lifetimes nest well.
 
-Views (a row-major `reshape`, a `transpose` the layout pass made a view) own no memory: they share
+Views (what the target's `is_view` says moves no data: a row-major `reshape`, a `transpose` the
+layout pass made a view) own no memory: they share
 their operand's buffer, which then lives until the view's last use. Graph inputs and outputs (and
 values that outputs are views of) are not planned: the caller owns them. The IR is not changed (the op
 attribute schema is strict, so a `buffer = 3` attribute would need special cases in the printer,
-parser and verifier); the plan is a side table, `graph.memory_plan` (a `MemoryPlan`), valid until
-the graph is next rewritten (`plan.is_current(graph)`), with a printable `report()`.
+parser and verifier); the plan is a declared graph analysis, `graph.analysis("memory_plan")` (a
+`MemoryPlan`), valid until the graph is next rewritten, with a printable `report()`. A backend whose
+`Target` wants no plan (`memory_plan=False`) gets none: the pass then does nothing.
 """
 from __future__ import annotations
 
@@ -30,10 +32,8 @@ from dataclasses import dataclass, field
 from avalon.ir import Graph, Op, Value
 from avalon.ir.printer import format_op, name_values
 
-from .layout import is_view
 from .registry import register
-
-_POINTWISE_SAFE = ("constant",)  # ops that read nothing, so cannot break in-place reuse
+from .target import Target, target_or_default
 
 
 @dataclass
@@ -119,7 +119,7 @@ def _pointwise_region(op: Op, operand_index: int) -> bool:
     for inner in region.ops:
         if inner.regions:
             return False
-        if not (inner.has_trait("elementwise") or inner.name in _POINTWISE_SAFE):
+        if not (inner.has_trait("elementwise") or not inner.operands):  # an op reading nothing is safe
             # a broadcast of a constant splat reads no operand data
             if not (inner.name == "broadcast" and inner.operands[0].op is not None
                     and inner.operands[0].op.name == "constant"):
@@ -141,10 +141,13 @@ def _can_overwrite(op: Op, r: Value, v: Value) -> bool:
     return False
 
 
-def plan_memory(graph: Graph, inplace: bool = True, alias_views: bool = True) -> MemoryPlan:
-    """Compute (and return) the buffer plan of `graph`'s top-level intermediates; also stored as
-    `graph.memory_plan`. With `alias_views`, views (`layout.is_view`: row-major reshapes,
-    transposes made views by the layout pass) share their operand's buffer instead of owning one."""
+def plan_memory(graph: Graph, inplace: bool = True, alias_views: bool = True,
+                target: Target | None = None) -> MemoryPlan:
+    """Compute (and return) the buffer plan of `graph`'s top-level intermediates; also attached as
+    the graph's `memory_plan` analysis. With `alias_views`, views (`target.is_view`: row-major
+    reshapes, transposes made views by the layout pass) share their operand's buffer instead of
+    owning one."""
+    is_view = target_or_default(target).is_view
     ops = list(graph.ops)
     index = {id(op): k for k, op in enumerate(ops)}
     index[id(graph.body.terminator)] = len(ops)
@@ -213,12 +216,14 @@ def plan_memory(graph: Graph, inplace: bool = True, alias_views: bool = True) ->
         live += d
         peak = max(peak, live)
     plan.live_peak_bytes = peak
-    graph.memory_plan = plan  # type: ignore[attr-defined]
+    graph.attach("memory_plan", plan)
     return plan
 
 
 @register("memory-plan")
-def memory_plan(graph: Graph, *, inplace: bool = True, alias_views: bool = True) -> bool:
-    """Plan buffer reuse for intermediates (a side table, `graph.memory_plan`; the IR is unchanged)."""
-    plan_memory(graph, inplace=inplace, alias_views=alias_views)
+def memory_plan(graph: Graph, *, inplace: bool = True, alias_views: bool = True,
+                target: Target | None = None) -> bool:
+    """Plan buffer reuse for intermediates (the graph's `memory_plan` analysis; the IR is unchanged)."""
+    if target_or_default(target).memory_plan:
+        plan_memory(graph, inplace=inplace, alias_views=alias_views, target=target)
     return False

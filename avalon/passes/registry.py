@@ -190,11 +190,19 @@ def _options_of_signature(fn: Callable, skip: int) -> dict[str, Option]:
     opts = {}
     params = list(inspect.signature(fn).parameters.values())[skip:]
     for p in params:
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name == "target":  # the pipeline's, not an option
             continue
         default = _REQUIRED if p.default is p.empty else p.default
         opts[p.name] = Option(p.name, hints.get(p.name, Any), default)
     return opts
+
+
+def takes_target(fn: Callable) -> bool:
+    """Does a pass function or `run` method accept the pipeline's backend `Target` (a `target` keyword)?"""
+    try:
+        return "target" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class FunctionPass:
@@ -203,8 +211,11 @@ class FunctionPass:
     def __init__(self, info: PassInfo, fn: Callable[..., bool | None], options: dict[str, Any]):
         self.name, self.version = info.name, info.version
         self._fn, self._options = fn, options
+        self._takes_target = takes_target(fn)
 
-    def run(self, graph: Graph) -> bool | None:
+    def run(self, graph: Graph, target: Any = None) -> bool | None:
+        if self._takes_target:
+            return self._fn(graph, **self._options, target=target)
         return self._fn(graph, **self._options)
 
     def __repr__(self) -> str:

@@ -9,6 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from avalon.ir import Graph, Interpreter, fusion_groups, group_name, region_function
+from avalon.passes.target import Target
+
+NUMPY = Target("numpy", memory_plan=False)
+"""The interpreter runs any group, but takes the default kernel kinds so that `inspect()` shows the
+grouping the Triton backend gets; it allocates per op, so it wants no memory plan."""
 
 
 class NumpyExecutable:
@@ -28,6 +33,7 @@ class NumpyExecutable:
 class NumpyBackend:
     name = "numpy"
     kernel_suffix = ".mlir"
+    target = NUMPY
 
     def compile(self, graph: Graph) -> NumpyExecutable:
         return NumpyExecutable(graph)

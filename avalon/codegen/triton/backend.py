@@ -10,6 +10,7 @@ from avalon.tensor import Tensor
 
 from .build import compile_graph
 from .runtime import CompiledGraph
+from .target import TRITON
 
 
 class TritonExecutable:
@@ -35,6 +36,7 @@ class TritonBackend:
 
     name = "triton"
     kernel_suffix = ".py"
+    target = TRITON  # what the passes may assume: its kernel kinds, views, strided reads, a memory plan
 
     def compile(self, graph: Graph) -> TritonExecutable:
-        return TritonExecutable(compile_graph(graph))
+        return TritonExecutable(compile_graph(graph, target=self.target))

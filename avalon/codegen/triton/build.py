@@ -1,12 +1,15 @@
 """`compile_graph`: every top-level op of an (optimized) graph becomes kernel launches.
 
-* a `fusion` op becomes ONE kernel for its region: a contraction kernel if the region holds a
-  matmul/conv, else a reduction kernel if it holds a reduction, else a pointwise kernel. A region
-  that none of them can take (two matmuls, reductions over different axes, outputs of different
-  sizes, ...) still runs: its ops are lowered one kernel each, and the reason is logged on
-  channel `avalon.triton`.
-* any other op is a group of one; a reshape of a row-major value is a zero-copy view (no kernel);
-  a dense constant is uploaded once per device.
+* a `fusion` op becomes ONE kernel for its region, of the kind the target's `classify` names
+  (contraction, reduction or pointwise: `target.py`). A region that no kind takes (two matmuls,
+  reductions over different axes, outputs of different sizes, ...) or whose emitter refuses it
+  still runs: its ops are lowered one kernel each, with a warning on channel `avalon.triton`, and
+  the group is listed in `CompiledGraph.fallbacks`. An emitter that crashes is an error.
+* any other op is a group of one; a view (`target.is_view`) costs no kernel; a dense constant is
+  uploaded once per device.
+
+Storage: top-level intermediates live where the `memory-plan` pass's plan puts them (computed here
+when the graph carries no current plan); see `memory.py`.
 """
 from __future__ import annotations
 
@@ -18,66 +21,59 @@ from avalon.channels import get_logger
 from avalon.ir import dtypes as dt
 from avalon.ir.builder import make_op
 from avalon.ir.core import Block, Graph, Op, Value
+from avalon.ir.fusion import is_dense_constant
 from avalon.ir.types import TensorType
+from avalon.passes.memory_plan import plan_memory
+from avalon.passes.target import Target
 
 from .blocks import BlockPolicy
 from .cache import KernelCache, interpreting
-from .contraction import build_contraction
 from .emitter import Unsupported
-from .group import Group, from_fusion, from_op, identifier, is_dense_constant
+from .group import Group, from_fusion, from_op, identifier
 from .kernel import Kernel
 from .lowering import LOWERING
-from .memory import Step, plan_memory
+from .memory import assign_storage
 from .pointwise import build_pointwise
-from .reduction import build_reduction
 from .runtime import CompiledGraph, Launch, default_device
+from .target import EMITTERS, TRITON
 
 log = get_logger("triton")
 
 
-def build_kernel(group: Group, policy: BlockPolicy) -> Kernel:
-    """One kernel for `group` (raises Unsupported when no kernel kind can take it)."""
+def build_kernel(group: Group, policy: BlockPolicy, target: Target = TRITON) -> Kernel:
+    """One kernel for `group`, by the emitter of the kind `target` classifies it as (raises
+    Unsupported when no kind or emitter can take it)."""
     own = LOWERING.get(group.ops[0].name) if len(group.ops) == 1 else None
     if own is not None and own.builds_kernel:  # an op with a kernel of its own (cumsum's scan)
         return own.build_kernel(group, policy)
     for op in group.ops:
         if op.name not in LOWERING:
             raise NotImplementedError(f"no Triton lowering for op '{op.name}'")
-    kinds = group.kinds()
-    if "group" in kinds:
+    if any(op.regions for op in group.ops):
         raise Unsupported("nested fusion regions")
+    kind = target.classify(group.kernel_group())
+    if kind.problem:  # (a merely wasteful group is still built: someone asked for it)
+        raise Unsupported(kind.problem)
+    emit = EMITTERS.get(kind.name)
+    if emit is None:
+        raise Unsupported(f"the Triton backend has no emitter for {kind.name} kernels")
     ins = [v.type.strides() for v in group.inputs]
     outs = [v.type.strides() for v in group.outputs]
-    if "contraction" in kinds:
-        if "reduction" in kinds:
-            raise Unsupported("a contraction and a reduction in one group")
-        return build_contraction(group, ins, outs, policy)
-    if "reduction" in kinds:
-        return build_reduction(group, ins, outs, policy)
-    return build_pointwise(group, ins, outs, policy)
-
-
-def is_view(op: Op) -> bool:
-    """A reshape or transpose whose result, under its type's strides, is exactly its operand's
-    memory (row-major reshapes; transposes the layout pass gave the matching layout): no kernel."""
-    if op.name not in ("reshape", "transpose"):
-        return False
-    src, dst = op.operands[0].type, op.result.type
-    if op.name == "reshape":
-        return src.layout is None and dst.layout is None
-    ss, ds = src.strides(), dst.strides()
-    return all(ds[i] == ss[p] for i, p in enumerate(op.attrs["perm"]) if dst.shape[i] > 1)
+    return emit(group, ins, outs, policy)
 
 
 class _Lowerer:
-    def __init__(self, policy: BlockPolicy, cache: KernelCache):
+    def __init__(self, policy: BlockPolicy, cache: KernelCache, target: Target):
         self.policy = policy
         self.cache = cache
-        self.steps: list[Step] = []
+        self.target = target
+        self.written: list[Value] = []  # values kernels write, in launch order
+        self.shared: list[tuple[Value, Value]] = []  # (value, the value whose storage it uses)
         self.launches: list[Launch] = []
         self.kernels: dict[str, str] = {}
         self.consts: list[Value] = []
         self.const_data: list[np.ndarray] = []
+        self.fallbacks: list[str] = []
         self.alias: dict[int, Value] = {}  # region args and fusion results -> the value they stand for
 
     def resolve(self, v: Value) -> Value:
@@ -100,14 +96,14 @@ class _Lowerer:
         k.fn = self.cache.load(k.name, k.source)
         self.kernels[k.name] = k.source
         self.launches.append(Launch(k, args))
-        self.steps.append(Step([a for a in args[:len(args) - len(writes)]], writes))
+        self.written += writes
 
     # --- ops ----------------------------------------------------------------------------------------
     def lower(self, op: Op) -> None:
         if is_dense_constant(op):
             self.add_const(op.result, op.attrs["value"])
-        elif is_view(op):
-            self.steps.append(Step([], [op.result], alias_of=self.resolve(op.operands[0])))
+        elif self.target.is_view(op):
+            self.shared.append((op.result, self.resolve(op.operands[0])))
         elif op.name == "fusion":
             self.lower_fusion(op)
         else:
@@ -115,7 +111,7 @@ class _Lowerer:
 
     def lower_group(self, group: Group, writes: list[Value]) -> None:
         try:
-            k = build_kernel(group, self.policy)
+            k = build_kernel(group, self.policy, self.target)
         except Unsupported as e:
             raise NotImplementedError(f"cannot lower '{group.ops[0].name}' to Triton: {e}") from e
         self.add_kernel(k, [self.resolve(v) for v in group.inputs] + writes, writes)
@@ -123,21 +119,22 @@ class _Lowerer:
     def lower_fusion(self, op: Op) -> None:
         if not op.results:
             return  # computes nothing anyone reads
-        group = from_fusion(op, self.name(op.attrs.get("name") or f"fusion_{len(self.kernels)}"))
+        name = op.attrs.get("name")
+        group = from_fusion(op, self.name(name or f"fusion_{len(self.kernels)}"))
         region = op.regions[0]
         for a, v in zip(region.args, op.operands):
             self.alias[id(a)] = v
         try:
-            k = build_kernel(group, self.policy)
-        except Unsupported as e:
-            log.info("fusion @%s: one kernel per op instead (%s)", op.attrs.get("name"), e)
+            k = build_kernel(group, self.policy, self.target)
+        except Unsupported as e:  # the group still runs, slower: say so
+            log.warning("fusion @%s: one kernel per op instead (%s)", name, e)
+            self.fallbacks.append(f"@{name}: {e}")
             self.lower_ops_of(op)
             return
-        except Exception as e:  # an emitter bug must not stop a group that op-by-op lowering can run
-            log.warning("fusion @%s: one kernel per op instead: the emitter failed with %s: %s",
-                        op.attrs.get("name"), type(e).__name__, e)
-            self.lower_ops_of(op)
-            return
+        except Exception as e:
+            if hasattr(e, "add_note"):
+                e.add_note(f"while emitting the Triton kernel of fusion @{name}")
+            raise
         args = []
         for i, v in enumerate(group.inputs):
             if i in group.constants:
@@ -150,7 +147,7 @@ class _Lowerer:
         for inner in region.ops:
             self.lower(inner)
         for r, y in zip(op.results, region.results):
-            self.steps.append(Step([], [r], alias_of=self.resolve(y)))
+            self.shared.append((r, self.resolve(y)))
             self.alias[id(r)] = self.resolve(y)
 
 
@@ -170,32 +167,23 @@ def _copy_maker(policy: BlockPolicy, cache: KernelCache) -> Callable[[TensorType
     return make
 
 
-def _pass_plan(graph: Graph) -> tuple[dict[int, int], list[int]]:
-    """The buffer assignment of the `memory-plan` pass, if it annotated this very graph."""
-    mp = getattr(graph, "memory_plan", None)
-    if mp is None or not getattr(mp, "is_current", lambda g: False)(graph):
-        return {}, []
-    return {id(v): b for v, b in mp.assignment.items()}, list(mp.buffers)
-
-
 def compile_graph(graph: Graph, *, blocks: BlockPolicy | None = None, cache: KernelCache | None = None,
-                  device=None) -> CompiledGraph:
+                  device=None, target: Target = TRITON) -> CompiledGraph:
     """Lower every top-level op of `graph` to Triton kernels (see the module docstring)."""
     import torch
     policy = blocks or BlockPolicy.for_device(interpreting())
     cache = cache or KernelCache()
-    lw = _Lowerer(policy, cache)
+    lw = _Lowerer(policy, cache, target)
     for op in graph.ops:
         lw.lower(op)
-    outputs = [lw.resolve(v) for v in graph.outputs]
-    pre, arenas = _pass_plan(graph)
-    plan = plan_memory(graph.inputs, lw.consts, lw.steps, outputs, pre, arenas)
-    for v in graph.outputs:  # fusion results that were lowered op by op live where their yields do
-        if id(v) not in plan.storage:
-            plan.storage[id(v)] = plan.of(lw.resolve(v))
+    plan = graph.analysis("memory_plan")
+    if plan is None and target.memory_plan:
+        plan = plan_memory(graph, target=target)
+    planned, arenas = (plan.assignment, plan.buffers) if plan is not None else ({}, [])
+    storage = assign_storage(graph.inputs, lw.consts, lw.written, lw.shared, graph.outputs, planned, arenas)
     dev = torch.device(device) if device is not None else default_device()
-    cg = CompiledGraph(graph, lw.launches, plan, lw.const_data, [v.type for v in lw.consts], lw.kernels,
-                       _copy_maker(policy, cache), dev)
-    log.debug("compiled @%s: %d kernels, %d launches, %d pooled buffers", graph.name, len(lw.kernels),
-              len(lw.launches), len(plan.buffers))
+    cg = CompiledGraph(graph, lw.launches, storage, lw.const_data, [v.type for v in lw.consts], lw.kernels,
+                       _copy_maker(policy, cache), dev, fallbacks=lw.fallbacks)
+    log.debug("compiled @%s: %d kernels, %d launches, %d buffers, %d arena buffers", graph.name, len(lw.kernels),
+              len(lw.launches), len(storage.buffers), len(arenas))
     return cg

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from avalon.ir.core import Op, Value
+from avalon.ir.fusion import is_dense_constant
 from avalon.ir.printer import Namer, op_lines
+from avalon.passes.target import KernelGroup
 
 
 @dataclass
@@ -24,13 +26,9 @@ class Group:
     ir_text: str
     constants: dict[int, np.ndarray] = field(default_factory=dict)  # input position -> dense data
 
-    def kinds(self) -> set[str]:
-        from .lowering import LOWERING
-        return {LOWERING[op.name].kind for op in self.ops if op.name in LOWERING}
-
-
-def is_dense_constant(op: Op) -> bool:
-    return op.name == "constant" and np.asarray(op.attrs["value"]).size != 1
+    def kernel_group(self) -> KernelGroup:
+        """The group as a `Target` classifies it (dense constants count as inputs)."""
+        return KernelGroup.of(self.ops, self.outputs)
 
 
 def identifier(name: str) -> str:

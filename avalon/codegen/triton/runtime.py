@@ -1,4 +1,4 @@
-"""Running a compiled graph: inputs to device storage, buffers from the plan, kernels in order.
+"""Running a compiled graph: inputs to device storage, buffers from the storage map, kernels in order.
 
 Torch is storage only here: `torch.empty` for buffers, `as_strided` views for results,
 `torch.from_numpy` / `.to(device)` for host transfers. Any data movement on the device (an input
@@ -25,7 +25,7 @@ from avalon.ir.types import TensorType
 from . import types as ty
 from .cache import interpreting
 from .kernel import Kernel
-from .memory import MemoryPlan
+from .memory import StorageMap
 
 
 @dataclass
@@ -72,7 +72,7 @@ class CompiledGraph:
     """A graph lowered to Triton kernels. Call it with numpy arrays or torch tensors (one per graph
     input); it returns a tuple of torch tensors (one per graph output) on its device.
 
-    Per device, the storage of intermediates (pooled buffers, the memory-plan pass's arenas) and
+    Per device, the storage of intermediates (own buffers, the memory-plan pass's arenas) and
     the uploaded constants are allocated on the first call and reused by later ones: kernels on
     one device run in order (one stream), so a call's intermediates are dead before the next call
     writes them. Returned tensors never live there: outputs get new buffers on every call, except
@@ -85,11 +85,13 @@ class CompiledGraph:
     tests drive the same machinery with a fake graph on the CPU.
     """
 
-    def __init__(self, graph: Graph, launches: list[Launch], plan: MemoryPlan, constants: list[np.ndarray],
-                 const_types: list[TensorType], kernels: dict[str, str], make_copy, device: torch.device):
+    def __init__(self, graph: Graph, launches: list[Launch], storage: StorageMap, constants: list[np.ndarray],
+                 const_types: list[TensorType], kernels: dict[str, str], make_copy, device: torch.device,
+                 fallbacks: list[str] | None = None):
         self.graph = graph
         self.launches = launches
-        self.plan = plan
+        self.storage = storage
+        self.fallbacks = list(fallbacks or [])  # "@group: why" for each fused group run one kernel per op
         self.kernels = kernels  # kernel name -> generated source
         self.device = device
         self.scratch_outputs: frozenset[int] = frozenset()
@@ -115,13 +117,13 @@ class CompiledGraph:
     def _layout(self) -> None:
         """Number every storage a run touches (inputs, constants, buffers, typed arena views) once,
         so that a call binds launches by list indexing instead of per-value plan lookups."""
-        plan, n_in, n_const = self.plan, len(self.graph.inputs), len(self._constants)
+        sm, n_in, n_const = self.storage, len(self.graph.inputs), len(self._constants)
         self._n_fixed = n_in + n_const
         self._views: list[tuple[int, int, DType]] = []  # (arena, bytes, dtype) per arena view slot
         index: dict[tuple, int] = {}
 
         def slot(v: Value) -> int:
-            s = plan.of(v)
+            s = sm.of(v)
             if s.kind == "input":
                 return s.index
             if s.kind == "const":
@@ -132,13 +134,13 @@ class CompiledGraph:
             if key not in index:
                 index[key] = len(self._views)
                 self._views.append(key)
-            return self._n_fixed + len(plan.buffers) + index[key]
+            return self._n_fixed + len(sm.buffers) + index[key]
 
         self._bound = [(ln.kernel, [slot(v) for v in ln.args]) for ln in self.launches]
         self._outs: list[tuple[int, TensorType, bool]] = []  # slot, type, fresh (else copied)
         seen = set()
         for v in self.graph.outputs:
-            s = plan.of(v)
+            s = sm.of(v)
             # like the reference: a result never shares memory with an input or another result
             self._outs.append((slot(v), v.type, s.kind == "buffer" and (s.kind, s.index) not in seen))
             seen.add((s.kind, s.index))
@@ -287,23 +289,23 @@ class _InputSpec:
 
 
 class _Workspace:
-    """One device's storage kept across calls: constants, pooled intermediate buffers, arenas and
+    """One device's storage kept across calls: constants, intermediate buffers, arenas and
     their typed views. Buffers that hold returned outputs are made anew on every call instead
     (`per_call`); `lock` keeps two threads from running on the same storage at once."""
 
     def __init__(self, cg: CompiledGraph, device: torch.device):
-        plan = self._plan = cg.plan
+        sm = self._storage = cg.storage
         self.device = device
         self.consts = [cg._adapt_const(a, t, device) for a, t in zip(cg._constants, cg._const_types)]
         self.per_call = sorted(cg._returned_buffers())
         self.bufs: list[torch.Tensor | None] = [None if b in self.per_call else self.new_buffer(b)
-                                                for b in range(len(plan.buffers))]
-        arenas = [torch.empty(max(n, 8), dtype=torch.uint8, device=device) for n in plan.arenas]
+                                                for b in range(len(sm.buffers))]
+        arenas = [torch.empty(max(n, 8), dtype=torch.uint8, device=device) for n in sm.arenas]
         self.views = [arenas[a][:n].view(ty.TORCH[d.name]) for a, n, d in cg._views]
         self.lock = threading.Lock()
 
     def new_buffer(self, b: int) -> torch.Tensor:
-        d, n = self._plan.buffers[b]
+        d, n = self._storage.buffers[b]
         return torch.empty(max(n, 1), dtype=ty.TORCH[d.name], device=self.device)
 
 
