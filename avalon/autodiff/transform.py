@@ -128,4 +128,4 @@ def _sweep_dead(g: Graph) -> None:
             op.parent = None
             dead.add(id(op))
     if dead:
-        g.body.ops = [op for op in g.ops if id(op) not in dead]
+        g.body.reorder([op for op in g.ops if id(op) not in dead])

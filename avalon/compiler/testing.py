@@ -13,7 +13,10 @@ from avalon.ir.fusion import outline as _outline
 
 log = get_logger("fusion")
 
-_UNARY = ("relu", "exp", "tanh", "neg", "sigmoid", "abs")
+
+def _unary(op: Op) -> bool:
+    """A one-operand float elementwise op (relu, exp, tanh, ...), told by its traits."""
+    return op.has_trait("elementwise") and len(op.operands) == 1 and op.results[0].dtype.is_float
 
 
 def outline(graph: Graph, ops: list[Op], name: str) -> Op:
@@ -29,7 +32,7 @@ def group_chains(graph: Graph) -> bool:
     changed = False
     k = 0
     for op in list(graph.ops):
-        if op.parent is None or op.name not in _UNARY:
+        if op.parent is None or not _unary(op):
             continue
         src = op.operands[0].op
         pair = src is not None and src.parent is graph.body and src.name == "add" and src.results[0].users == [op]

@@ -203,10 +203,6 @@ class Block:
             self._ops = OpList(out)
         return self._ops
 
-    @ops.setter
-    def ops(self, ops: list[Op]) -> None:
-        self.reorder(ops)
-
     @property
     def first(self) -> Op | None:
         return self._first
