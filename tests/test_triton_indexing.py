@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from avalon.codegen.triton.indexing import (
     Affine,
-    Var,
+    IndexVar,
     broadcast_index,
     delinearize,
     index_key,
@@ -33,7 +33,7 @@ shapes = st.lists(st.integers(1, 5), min_size=0, max_size=4).map(tuple)
 @given(shapes, st.data())
 def test_reshape_chain_maps_to_the_same_flat_offset(shape, data):
     n = int(np.prod(shape))
-    x = Var.base("x", n)
+    x = IndexVar.base("x", n)
     env = {"x": np.arange(n)}
     other = data.draw(st.permutations(list(shape))).copy() if shape else []
     idx = delinearize(Affine.of(x), shape)
@@ -46,7 +46,7 @@ def test_reshape_chain_maps_to_the_same_flat_offset(shape, data):
 
 
 def test_transpose_and_broadcast_give_strided_reads():
-    x = Var.base("x", 12)
+    x = IndexVar.base("x", 12)
     idx = delinearize(Affine.of(x), (3, 4))  # result of transposing a (4, 3) value
     src = transpose_index(idx, (1, 0))
     assert str(linearize(src, row_major((4, 3)))) in ("x % 4 * 3 + x // 4", "x // 4 + x % 4 * 3")
@@ -57,7 +57,7 @@ def test_transpose_and_broadcast_give_strided_reads():
 
 
 def test_row_index_is_recognised_through_keepdims_and_reshape():
-    x = Var.base("xindex", 6)
+    x = IndexVar.base("xindex", 6)
     rows = delinearize(Affine.of(x), (2, 3))
     keep = rows + (Affine(), Affine())  # the (2, 3, 1, 1) keepdims result at its canonical index
     assert index_key(reshape_index(keep, (2, 3, 1, 1), (2, 3))) == index_key(rows)
@@ -65,7 +65,7 @@ def test_row_index_is_recognised_through_keepdims_and_reshape():
 
 @given(st.integers(1, 40), st.integers(1, 9), st.integers(1, 9), st.integers(0, 3), st.integers(1, 3))
 def test_floordiv_mod_is_exact(bound, d, m, c, mul):
-    x = Var.base("x", bound)
+    x = IndexVar.base("x", bound)
     a = Affine.of(x).scale(mul) + c
     env = {"x": np.arange(bound)}
     vals = np.arange(bound) * mul + c
@@ -76,7 +76,7 @@ def test_floordiv_mod_is_exact(bound, d, m, c, mul):
 
 
 def test_mixed_terms_split_exactly():
-    x, y = Var.base("x", 6), Var.base("y", 4)
+    x, y = IndexVar.base("x", 6), IndexVar.base("y", 4)
     a = Affine.of(x).scale(4) + Affine.of(y)  # x * 4 + y with y < 4
     assert str(a.floordiv_mod(4, None)) == "x"
     assert str(a.floordiv_mod(1, 4)) == "y"

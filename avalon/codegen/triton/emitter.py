@@ -21,7 +21,7 @@ from avalon.ir.core import Value
 from avalon.ir.dtypes import DType
 
 from . import types as ty
-from .indexing import Affine, Index, Term, Var, index_key, linearize
+from .indexing import Affine, Index, IndexVar, Term, index_key, linearize
 
 
 class Unsupported(Exception):
@@ -87,13 +87,13 @@ class Emitter:
         self.scope.lines.append(s.header)
         self.scope.lines.extend("    " + ln for ln in (s.lines or ["pass"]))
 
-    def define_var(self, name: str, expr: str, bound: int, mask: str | None = None) -> Var:
+    def define_var(self, name: str, expr: str, bound: int, mask: str | None = None) -> IndexVar:
         """An iteration variable defined in the current scope (`mask` names its live lanes)."""
         self.line(f"{name} = {expr}")
         self.var_scope[name] = self.scope
         if mask is not None:
             self.masks[name] = mask
-        return Var.base(name, bound)
+        return IndexVar.base(name, bound)
 
     def _chain(self) -> list[Scope]:
         out, s = [], self.scope
@@ -273,7 +273,7 @@ class Emitter:
             self.remember(key, v)
         return v
 
-    def opaque_var(self, val: Val, bound: int | None) -> Var:
+    def opaque_var(self, val: Val, bound: int | None) -> IndexVar:
         """Use a computed integer value (a gathered index) inside index expressions."""
         self.var_scope[val.expr] = val.scope
-        return Var(val.expr, bound, val.deps | frozenset({val.expr}))
+        return IndexVar(val.expr, bound, val.deps | frozenset({val.expr}))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class Var:
+class IndexVar:
     """An integer tensor in kernel source. `bound`: live lanes hold values in [0, bound) (None if
     unknown, e.g. a loaded index or an opaque expression). `deps`: the loop/iteration variables
     it is computed from (they decide its scope and the mask of loads that use it)."""
@@ -34,15 +34,15 @@ class Var:
     deps: frozenset[str]
 
     @staticmethod
-    def base(name: str, bound: int) -> Var:
-        return Var(name, bound, frozenset({name}))
+    def base(name: str, bound: int) -> IndexVar:
+        return IndexVar(name, bound, frozenset({name}))
 
 
 @dataclass(frozen=True)
 class Term:
     """`((var // div) % mod) * mul`; `mod` None means no modulo."""
 
-    var: Var
+    var: IndexVar
     div: int = 1
     mod: int | None = None
     mul: int = 1
@@ -82,7 +82,7 @@ class Affine:
 
     # --- construction ------------------------------------------------------------------------
     @staticmethod
-    def of(var: Var) -> Affine:
+    def of(var: IndexVar) -> Affine:
         return Affine((Term(var),)).simplify()
 
     @staticmethod
@@ -214,7 +214,7 @@ def _opaque(a: Affine, d: int, m: int | None) -> Affine:
             bound = min(bound, m)
     elif m is not None:
         bound = None  # C-style % of a negative value is negative: no bound
-    return Affine((Term(Var(expr, bound, a.deps)),))
+    return Affine((Term(IndexVar(expr, bound, a.deps)),))
 
 
 def _nonneg_below(a: Affine, m: int) -> bool:

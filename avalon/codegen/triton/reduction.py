@@ -18,7 +18,7 @@ from . import types as ty
 from .blocks import BlockPolicy, cdiv
 from .emitter import Emitter, Unsupported, Val
 from .group import Group
-from .indexing import Affine, Index, Var, delinearize, index_key, numel, reshape_index
+from .indexing import Affine, Index, IndexVar, delinearize, index_key, numel, reshape_index
 from .kernel import Kernel, assemble
 from .lowering import LOWERING
 from .pointwise import needs_int64, program_start
@@ -46,7 +46,7 @@ class _Rows:
         self.x = numel([self.shape[d] for d in self.kept])
         self.r = numel([self.shape[d] for d in self.axes])
 
-    def full_index(self, xdims: Index, rvar: Var) -> Index:
+    def full_index(self, xdims: Index, rvar: IndexVar) -> Index:
         rdims = delinearize(Affine.of(rvar), [self.shape[d] for d in self.axes])
         out, xi, ri = [], iter(xdims), iter(rdims)
         for d in range(len(self.shape)):
@@ -75,7 +75,7 @@ def build_reduction(group: Group, in_strides: Sequence[Sequence[int]], out_strid
     em.line(f"xmask = xindex < {rows.x}")
     xdims = delinearize(Affine.of(x), [rows.shape[d] for d in rows.kept])
 
-    def r_loop() -> Var:
+    def r_loop() -> IndexVar:
         if persistent:
             return em.define_var("rindex", "tl.arange(0, RBLOCK)[None, :]", rows.r, "rmask")
         em.open(f"for roffset in range(0, {rows.r}, RBLOCK):")

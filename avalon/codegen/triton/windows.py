@@ -14,15 +14,15 @@ from avalon.ir.core import Op
 
 from . import types as ty
 from .emitter import Emitter, Val
-from .indexing import Affine, Index, Var
+from .indexing import Affine, Index, IndexVar
 
 
-def _loop(em: Emitter, bound: int, prefix: str) -> Var:
+def _loop(em: Emitter, bound: int, prefix: str) -> IndexVar:
     name = em.fresh(prefix)
     em.open(f"for {name} in tl.static_range({bound}):")
     em.var_scope[name] = em.scope
     em.scalars.add(name)
-    return Var.base(name, bound)
+    return IndexVar.base(name, bound)
 
 
 def _close(em: Emitter, n: int) -> None:
