@@ -98,3 +98,14 @@ def test_the_checker_sees_lazy_and_relative_imports(tmp_path):
     finally:
         fake.unlink()
     assert found == [("avalon.codegen.triton", 2)]
+
+
+def test_one_meaning_per_class_name():
+    """Two classes with one name in two modules read as one concept and are not: each name once."""
+    where: dict[str, list[str]] = {}
+    for path in FILES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                where.setdefault(node.name, []).append(str(path.relative_to(ROOT.parent)))
+    twice = {k: v for k, v in where.items() if len(v) > 1}
+    assert not twice, twice
