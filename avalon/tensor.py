@@ -397,6 +397,10 @@ class Tensor:
 
 def _to_torch(arr: np.ndarray, dtype: DType, dev: Device):
     import torch
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise RuntimeError(f"device '{dev}' is not available: {why}; use device='cpu' "
+                           "(av.best_available_device() picks the GPU when there is one)")
     t = torch.from_numpy(np.require(arr, requirements="C"))  # keeps 0-d arrays 0-d
     if dtype is dt.bfloat16:
         t = t.to(torch.bfloat16)

@@ -27,7 +27,7 @@ from avalon.passes.memory_plan import plan_memory
 from avalon.passes.target import Target
 
 from .blocks import BlockPolicy
-from .cache import KernelCache, interpreting
+from .cache import KernelCache, announce_interpreter, interpreting
 from .emitter import Unsupported
 from .group import Group, from_fusion, from_op, identifier
 from .kernel import Kernel
@@ -171,6 +171,7 @@ def compile_graph(graph: Graph, *, blocks: BlockPolicy | None = None, cache: Ker
                   device=None, target: Target = TRITON) -> CompiledGraph:
     """Lower every top-level op of `graph` to Triton kernels (see the module docstring)."""
     import torch
+    announce_interpreter()
     policy = blocks or BlockPolicy.for_device(interpreting())
     cache = cache or KernelCache()
     lw = _Lowerer(policy, cache, target)

@@ -35,6 +35,21 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
+_announced = False
+
+
+def announce_interpreter() -> None:
+    """Say once per process, when the first graph is compiled, that kernels will run in Triton's
+    interpreter because the package switched it on for lack of a GPU (not when the user asked)."""
+    global _announced
+    if _announced or os.environ.get("AVALON_AUTO_INTERPRET") != "1" or not interpreting():
+        return
+    _announced = True
+    get_logger("triton").warning(
+        "no CUDA GPU: Triton kernels run in Triton's interpreter on the CPU (correct, but roughly 50-100x slower "
+        "than backend='numpy'; TRITON_INTERPRET=0 turns this off)")
+
+
 def device_kind() -> str:
     if interpreting():
         return "interpreter"
