@@ -4,8 +4,8 @@
 (TTIR -> TTGIR -> LLVM -> PTX -> cubin, with the ptxas shipped in the wheel) on any machine. It
 checks that every kernel the interpreter-tested emitters produce is also accepted by the real
 compiler (no interpreter-only constructs, power-of-two shapes, dot tile sizes), and measures its
-compile time. Run it in a process where TRITON_INTERPRET is unset: `@triton.jit` decides at
-decoration time whether it makes an interpreted or a compiled function.
+compile time. Run it in a process with TRITON_INTERPRET=0 (unset, a GPU-less machine interprets):
+`@triton.jit` decides at decoration time whether it makes an interpreted or a compiled function.
 """
 from __future__ import annotations
 
