@@ -64,7 +64,7 @@ def _distinct(rng, shape) -> np.ndarray:
 
 # -- cases ------------------------------------------------------------------------------------
 
-@case("exp", "tanh", "sigmoid", "erf", "neg")
+@case("exp", "tanh", "sigmoid", "erf", "neg", "sin", "cos")
 def _unary(name, data, rng):
     return Case([rng.normal(size=_shape(data))])
 
@@ -329,7 +329,8 @@ def _t_conv(a, x, w):
 
 TORCH: dict[str, Callable] = {
     **{n: (lambda f: lambda a, x: f(x))(getattr(torch, n)) for n in ("exp", "log", "tanh", "sigmoid", "sqrt",
-                                                                      "rsqrt", "erf", "neg", "abs", "relu")},
+                                                                      "rsqrt", "erf", "neg", "abs", "relu",
+                                                                      "sin", "cos")},
     **{n: (lambda f: lambda a, x, y: f(x, y))(getattr(torch, n)) for n in ("add", "sub", "mul", "div", "pow",
                                                                             "maximum", "minimum")},
     "where": lambda a, c, x, y: torch.where(c, x, y),

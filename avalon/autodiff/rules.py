@@ -35,7 +35,7 @@ NON_DIFFERENTIABLE: set[str] = {
     # results are booleans or integers, or carry no information about their float operands' values
     "eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_not", "argmax", "one_hot",
     # piecewise constant (torch gives zero gradient), constants and random numbers
-    "sign", "constant", "random",
+    "sign", "constant", "random", "iota",
     # an identity that exists to block gradients (jax.lax.stop_gradient, torch's detach)
     "stop_gradient",
 }
@@ -168,6 +168,16 @@ def _exp(b, op, g):
 @vjp("log")
 def _log(b, op, g):
     return [b("div", g, op.operands[0])]
+
+
+@vjp("sin")
+def _sin(b, op, g):
+    return [b("mul", g, b("cos", op.operands[0]))]
+
+
+@vjp("cos")
+def _cos(b, op, g):
+    return [b("neg", b("mul", g, b("sin", op.operands[0])))]
 
 
 @vjp("tanh")

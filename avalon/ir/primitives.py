@@ -389,3 +389,25 @@ def _fusion(ts, a):
 
 define_op("fusion", (0, None), _fusion, {"name": Attr("str")}, traits={PURE, "region"}, symbol="name",
           doc="a fused group: one region holding the tensor-level ops it replaced, run as one kernel")
+
+
+# -- added for ported PyTorch code (arange/tril masks, positional encodings) ------------------------
+
+for _n in ("sin", "cos"):
+    define_op(_n, 1, _floating(_n), traits={EW, PURE}, doc=f"elementwise {_n} (radians)")
+
+
+def _iota(ts, a):
+    shape = tuple(a["shape"])
+    if any(s < 0 for s in shape):
+        raise ShapeError(f"iota: negative size in shape {shape}")
+    _axes("iota", len(shape), [a["axis"]])
+    if a["dtype"] == dt.bool_:
+        raise ShapeError("iota: dtype must be numeric, got i1")
+    return [T(shape, a["dtype"])]
+
+
+define_op("iota", 0, _iota, {"shape": Attr("ints"), "axis": Attr("int", 0), "dtype": Attr("dtype", dt.int64)},
+          traits={PURE, "movement"},
+          doc="each element's index along `axis` (XLA's iota): arange, position ids and tril/triu masks "
+              "stay index formulas instead of captured arrays")

@@ -140,7 +140,10 @@ class FoldPattern(RewritePattern):
         self.max_elements = max_elements
 
     def applies_to(self, op: Op) -> bool:
-        return op.name != "constant" and not op.regions and len(op.results) == 1 and op.has_trait("pure")
+        # an op without operands (iota) computes from its attributes: folding it would only trade an
+        # index formula the backends fuse for a dense array they must load
+        return (op.name != "constant" and bool(op.operands) and not op.regions and len(op.results) == 1
+                and op.has_trait("pure"))
 
     def match_and_rewrite(self, op: Op, rw: Rewriter) -> bool:
         consts = [constant_value(v) for v in op.operands]

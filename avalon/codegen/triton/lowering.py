@@ -152,6 +152,11 @@ LOWERING.update({
     "stop_gradient": ElementwiseLowering("elementwise", "{0}"),
 })
 
+LOWERING.update({
+    "sin": ElementwiseLowering("elementwise", "tl.sin({0})"),
+    "cos": ElementwiseLowering("elementwise", "tl.cos({0})"),
+})
+
 
 @dataclass(frozen=True)
 class CastLowering(Lowering):
@@ -313,5 +318,14 @@ class ScanLowering(Lowering):
     def build_kernel(self, group: Group, policy: BlockPolicy) -> Kernel:
         return build_scan(group, policy)
 
+
+def _iota(em, op, idx, guard):
+    """The index along `axis` is the loop/offset expression itself: no load at all."""
+    res = op.results[0].dtype
+    a = idx[op.attrs["axis"] % op.results[0].type.rank]
+    return em.emit(f"({em.affine(a)}).to({ty.tl_compute(res)})", res, a.deps, prefix="iota")
+
+
+LOWERING["iota"] = IndexLowering("index", "the result index along the axis, converted to the dtype", _iota)
 
 LOWERING["cumsum"] = ScanLowering("scan", "tl.cumsum along the axis per block of rows; chunks carry a running sum")

@@ -34,6 +34,16 @@ def _log(attrs: dict, x: np.ndarray) -> np.ndarray:
     return np.log(x)
 
 
+@rule("sin")
+def _sin(attrs: dict, x: np.ndarray) -> np.ndarray:
+    return np.sin(x)
+
+
+@rule("cos")
+def _cos(attrs: dict, x: np.ndarray) -> np.ndarray:
+    return np.cos(x)
+
+
 @rule("tanh")
 def _tanh(attrs: dict, x: np.ndarray) -> np.ndarray:
     return np.tanh(x)

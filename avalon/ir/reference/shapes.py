@@ -21,6 +21,18 @@ def _constant(attrs: dict) -> np.ndarray:
     return v.reshape(shape).copy()
 
 
+@rule("iota")
+def _iota(attrs: dict) -> np.ndarray:
+    """Each element's index along `axis` (0, 1, 2, ... repeated over the other dims)."""
+    shape = tuple(attrs["shape"])
+    ax = attrs["axis"] % len(shape) if shape else 0
+    idx = np.arange(shape[ax] if shape else 1, dtype=attrs["dtype"].np)
+    view = [1] * len(shape)
+    if shape:
+        view[ax] = shape[ax]
+    return np.broadcast_to(idx.reshape(view), shape).copy()
+
+
 @rule("broadcast")
 def _broadcast(attrs: dict, x: np.ndarray) -> np.ndarray:
     """numpy broadcasting to `shape` (dims right-aligned; size-1 dims stretch), as a fresh array."""
