@@ -51,6 +51,53 @@ def _default_dtype(data: Any) -> DType:
     return dt.float32  # Python floats default to f32, as in torch
 
 
+def _method(name: str) -> Any:
+    """A Tensor method that calls `avalon.ops.<name>(self, ...)` (looked up when called)."""
+    def method(self: Tensor, *args: Any, **kwargs: Any) -> Any:
+        return getattr(_ops, name)(self, *args, **kwargs)
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = f"`avalon.ops.{name}(self, ...)`."
+    return method
+
+
+def _cast(d: DType) -> Any:
+    def method(self: Tensor, memory_format: Any = None) -> Tensor:
+        return _ops.cast(self, d)
+    method.__doc__ = f"This tensor converted to {d.name}."
+    return method
+
+
+def _is_dtype(x: Any) -> bool:
+    try:
+        dt.dtype(x)
+    except (TypeError, ValueError, KeyError):
+        return False
+    return True
+
+
+def _replace(t: Tensor, new: Tensor) -> None:
+    """Make `t` hold `new`'s value (an item assignment): in place eagerly; inside a trace the object
+    now stands for the new traced value, and a model's state tensor is written back after the call."""
+    tr = new._trace
+    if tr is None:
+        if t._device == CPU and t._data.flags.writeable:
+            t._data[...] = new.numpy()
+        else:
+            t._data = new.to(t._device)._data
+        return
+    if t._trace is tr:
+        t._value = new._value
+        return
+    from .trace import current_trace
+    if current_trace() is not tr:
+        raise TracerError("assigning a traced value into a tensor outside the trace that made it")
+    was_input = tr.leaves.get(id(t)) in tr.graph.inputs
+    tr.leaves[id(t)] = new._value
+    tr._keep.append(t)
+    if was_input:
+        tr.record_update(t, new)
+
+
 class Tensor:
     """An n-d array with a static shape and dtype. Build one with `av.tensor(...)`."""
 
@@ -107,8 +154,8 @@ class Tensor:
     def size(self, dim: int | None = None):
         return self.shape if dim is None else self.shape[dim]
 
-    @property
     def numel(self) -> int:
+        """The number of elements (a method, as in torch)."""
         return int(np.prod(self.shape, dtype=np.int64))
 
     def __len__(self) -> int:
@@ -150,8 +197,8 @@ class Tensor:
 
     def __bool__(self) -> bool:
         self._concrete("a Python `if`/`while`/`and`/`or`/bool() on a tensor")
-        if self.numel != 1:
-            raise ValueError(f"the truth value of a tensor with {self.numel} elements is ambiguous")
+        if self.numel() != 1:
+            raise ValueError(f"the truth value of a tensor with {self.numel()} elements is ambiguous")
         return bool(self.item())
 
     def __float__(self) -> float:
@@ -168,8 +215,13 @@ class Tensor:
             raise TypeError("only integer tensors can be used as an index")
         return int(self.item())
 
-    def to(self, device: Any = None, dtype: Any = None) -> Tensor:
-        """Copy to another device and/or convert the dtype (no copy when nothing changes)."""
+    def to(self, device: Any = None, dtype: Any = None, non_blocking: bool = False, copy: bool = False) -> Tensor:
+        """Copy to another device and/or convert the dtype (no copy when nothing changes). As in
+        torch, `x.to(dtype)` and `x.to(other_tensor)` work too."""
+        if isinstance(device, Tensor):
+            device, dtype = device.device, device.dtype if dtype is None else dtype
+        elif device is not None and not isinstance(device, (str, Device)) and _is_dtype(device):
+            device, dtype = None, device
         out = self
         if dtype is not None and dt.dtype(dtype) != self.dtype:
             out = out.astype(dtype)
@@ -282,117 +334,152 @@ class Tensor:
     def __getitem__(self, index: Any) -> Tensor:
         return _ops.getitem(self, index)
 
-    # -- elementwise methods
-    def exp(self) -> Tensor:
-        return _ops.exp(self)
+    def __setitem__(self, index: Any, value: Any) -> None:
+        """`x[index] = value` with torch's result, computed functionally (`ops.setitem`): this Tensor
+        object then holds the updated value, eagerly and inside a trace (autodiff sees the update)."""
+        _replace(self, _ops.setitem(self, index, value))
 
-    def log(self) -> Tensor:
-        return _ops.log(self)
+    # -- elementwise methods (each is the function of the same name in avalon/ops)
+    exp = _method("exp")
+    log = _method("log")
+    sin = _method("sin")
+    cos = _method("cos")
+    tanh = _method("tanh")
+    sigmoid = _method("sigmoid")
+    relu = _method("relu")
+    sqrt = _method("sqrt")
+    rsqrt = _method("rsqrt")
+    abs = _method("abs")
+    neg = _method("neg")
+    sign = _method("sign")
+    erf = _method("erf")
+    floor = _method("floor")
+    reciprocal = _method("reciprocal")
+    square = _method("square")
+    logical_not = _method("logical_not")
+    add = _method("add")
+    sub = _method("sub")
+    mul = _method("mul")
+    div = _method("div")
+    pow = _method("pow")
+    maximum = _method("maximum")
+    minimum = _method("minimum")
+    eq = _method("eq")
+    ne = _method("ne")
+    lt = _method("lt")
+    le = _method("le")
+    gt = _method("gt")
+    ge = _method("ge")
+    clamp = clip = _method("clamp")
+    matmul = _method("matmul")
+    bmm = _method("bmm")
+    mm = _method("mm")
+    masked_fill = _method("masked_fill")
 
-    def tanh(self) -> Tensor:
-        return _ops.tanh(self)
+    def where(self, condition: Any, other: Any) -> Tensor:
+        """torch's `x.where(cond, y)`: x where cond, else y."""
+        return _ops.where(condition, self, other)
 
-    def sigmoid(self) -> Tensor:
-        return _ops.sigmoid(self)
+    # -- reductions: torch's dim/keepdim or numpy's axis/keepdims; max/min(dim) give (values, indices)
+    sum = _method("sum")
+    mean = _method("mean")
+    var = _method("var")
+    max = _method("max")
+    min = _method("min")
+    amax = _method("amax")
+    amin = _method("amin")
+    argmax = _method("argmax")
+    argmin = _method("argmin")
+    logsumexp = _method("logsumexp")
+    cumsum = _method("cumsum")
 
-    def relu(self) -> Tensor:
-        return _ops.relu(self)
-
-    def sqrt(self) -> Tensor:
-        return _ops.sqrt(self)
-
-    def rsqrt(self) -> Tensor:
-        return _ops.rsqrt(self)
-
-    def abs(self) -> Tensor:
-        return _ops.abs(self)
-
-    def neg(self) -> Tensor:
-        return _ops.neg(self)
-
-    def sign(self) -> Tensor:
-        return _ops.sign(self)
-
-    def erf(self) -> Tensor:
-        return _ops.erf(self)
-
-    def clamp(self, min: Any = None, max: Any = None) -> Tensor:  # noqa: A002
-        return _ops.clamp(self, min, max)
-
-    def maximum(self, other: Any) -> Tensor:
-        return _ops.maximum(self, other)
-
-    def minimum(self, other: Any) -> Tensor:
-        return _ops.minimum(self, other)
-
-    def matmul(self, other: Any) -> Tensor:
-        return _ops.matmul(self, other)
-
-    # -- reductions
-    def sum(self, axis: Any = None, keepdims: bool = False, dtype: Any = None) -> Tensor:
-        return _ops.sum(self, axis, keepdims, dtype)
-
-    def mean(self, axis: Any = None, keepdims: bool = False) -> Tensor:
-        return _ops.mean(self, axis, keepdims)
-
-    def var(self, axis: Any = None, keepdims: bool = False, correction: int = 0) -> Tensor:
-        return _ops.var(self, axis, keepdims, correction)
-
-    def max(self, axis: Any = None, keepdims: bool = False) -> Tensor:
-        return _ops.max(self, axis, keepdims)
-
-    def min(self, axis: Any = None, keepdims: bool = False) -> Tensor:
-        return _ops.min(self, axis, keepdims)
-
-    def argmax(self, axis: int | None = None, keepdims: bool = False) -> Tensor:
-        return _ops.argmax(self, axis, keepdims)
-
-    # -- shapes and dtypes
-    def reshape(self, *shape: Any) -> Tensor:
-        return _ops.reshape(self, *shape)
-
-    view = reshape  # torch's name; Avalon has no strides, so a view is a reshape
-
-    def transpose(self, *dims: Any) -> Tensor:
-        return _ops.transpose(self, *dims)
+    # -- shapes
+    reshape = view = _method("reshape")  # Avalon has no strides, so a view is a reshape
+    transpose = _method("transpose")
+    permute = _method("permute")
+    flatten = _method("flatten")
+    squeeze = _method("squeeze")
+    expand_dims = unsqueeze = _method("expand_dims")
+    broadcast_to = _method("broadcast_to")
+    split = _method("split")
+    chunk = _method("chunk")
+    narrow = _method("narrow")
+    tril = _method("tril")
+    triu = _method("triu")
+    t = _method("t")
+    index_select = _method("index_select")
 
     @property
     def T(self) -> Tensor:
         return _ops.transpose(self)
 
-    def permute(self, *perm: Any) -> Tensor:
-        return _ops.permute(self, *perm)
-
-    def flatten(self, start_dim: int = 0, end_dim: int = -1) -> Tensor:
-        return _ops.flatten(self, start_dim, end_dim)
-
-    def squeeze(self, axis: int | None = None) -> Tensor:
-        return _ops.squeeze(self, axis)
-
-    def expand_dims(self, axis: int) -> Tensor:
-        return _ops.expand_dims(self, axis)
-
-    unsqueeze = expand_dims  # torch's name
-
-    def broadcast_to(self, shape: Any) -> Tensor:
-        return _ops.broadcast_to(self, shape)
-
     def expand(self, *shape: Any) -> Tensor:
-        """torch's broadcast: `x.expand(2, 3)` or `x.expand((2, 3))`."""
-        return _ops.broadcast_to(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list))
-                                 else shape)
+        """torch's broadcast: `x.expand(2, 3)` or `x.expand((2, 3))`; -1 keeps a dim."""
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        lead = len(shape) - self.ndim
+        return _ops.broadcast_to(self, [self.shape[i - lead] if s == -1 else s for i, s in enumerate(shape)])
 
+    def expand_as(self, other: Tensor) -> Tensor:
+        return _ops.broadcast_to(self, other.shape)
+
+    def view_as(self, other: Tensor) -> Tensor:
+        return _ops.reshape(self, other.shape)
+
+    reshape_as = view_as
+
+    def contiguous(self, memory_format: Any = None) -> Tensor:
+        """Avalon tensors have no strides: always contiguous."""
+        return self
+
+    # -- dtypes and copies
     def astype(self, dtype: Any) -> Tensor:
         return _ops.cast(self, dtype)
 
-    def float(self) -> Tensor:
-        return _ops.cast(self, dt.float32)
+    def type_as(self, other: Tensor) -> Tensor:
+        return _ops.cast(self, other.dtype)
 
-    def double(self) -> Tensor:
-        return _ops.cast(self, dt.float64)
+    float = _cast(dt.float32)
+    double = _cast(dt.float64)
+    half = _cast(dt.float16)
+    long = _cast(dt.int64)
+    int = _cast(dt.int32)
+    bool = _cast(dt.bool_)
 
-    def long(self) -> Tensor:
-        return _ops.cast(self, dt.int64)
+    def detach(self) -> Tensor:
+        """The same values with no gradient flowing back (torch's detach, jax's stop_gradient)."""
+        return _ops.stop_gradient(self)
+
+    def clone(self, memory_format: Any = None) -> Tensor:
+        """An independent copy: later item assignments to either leave the other alone."""
+        if self._value is not None:
+            return Tensor._traced(self._value, self._trace)
+        data = self._data.copy() if self._device == CPU else self._data.clone()
+        return Tensor._wrap(data, self._dtype, self._device)
+
+    def requires_grad_(self, requires_grad: bool = True) -> Tensor:
+        """Gradients come from `av.grad`; kept so torch-style code runs."""
+        return self
+
+    @property
+    def is_cuda(self) -> bool:
+        return self._device.type == "cuda"
+
+    # -- new tensors like this one (dtype and device default to this tensor's)
+    def new_zeros(self, *size: Any, dtype: Any = None, device: Any = None, requires_grad: bool = False) -> Tensor:
+        return _ops.zeros(*size, dtype=dtype or self.dtype, device=device or self.device)
+
+    def new_ones(self, *size: Any, dtype: Any = None, device: Any = None, requires_grad: bool = False) -> Tensor:
+        return _ops.ones(*size, dtype=dtype or self.dtype, device=device or self.device)
+
+    def new_empty(self, *size: Any, dtype: Any = None, device: Any = None, requires_grad: bool = False) -> Tensor:
+        return _ops.empty(*size, dtype=dtype or self.dtype, device=device or self.device)
+
+    def new_full(self, size: Any, fill_value: Any, *, dtype: Any = None, device: Any = None,
+                 requires_grad: bool = False) -> Tensor:
+        return _ops.full(size, fill_value, dtype or self.dtype, device=device or self.device)
+
+    def new_tensor(self, data: Any, dtype: Any = None, device: Any = None, requires_grad: bool = False) -> Tensor:
+        return tensor(data, dtype=dtype or self.dtype, device=device or self.device)
 
 
 def _to_torch(arr: np.ndarray, dtype: DType, dev: Device):

@@ -2,7 +2,9 @@
 
 A model is any object with attributes; its tensors are found by walking `vars(obj)` in order,
 recursing into lists, tuples, dicts and other objects, with PyTorch's dotted names
-(`layers.0.weight`). A tensor reachable twice (shared weights) is reported once, under its first name.
+(`layers.0.weight`). A tensor reachable twice (shared weights) is reported once, under its first name,
+by the walks that feed traces and optimizers; `named_state` lists it under every name, as torch's
+`state_dict` does.
 """
 from __future__ import annotations
 
@@ -52,6 +54,26 @@ def named_tensors(obj: Any, prefix: str = "", seen: set[int] | None = None) -> I
     tensors: list[tuple[str, Tensor]] = []
     _walk_state(obj, prefix, set() if seen is None else seen, tensors, [], None)
     return iter(tensors)
+
+
+def named_state(obj: Any) -> list[tuple[str, Tensor]]:
+    """Every (name, Tensor) pair reachable from `obj`, a tensor reachable under several names (a
+    tied weight) once per name, as torch's `state_dict` lists it. Only the containers on the
+    current path are skipped (cycles), so shared submodules are listed under each name too."""
+    out: list[tuple[str, Tensor]] = []
+
+    def walk(x: Any, prefix: str, path: frozenset[int]) -> None:
+        if isinstance(x, Tensor):
+            out.append((prefix, x))
+            return
+        if isinstance(x, (*_ATOMS, *_OPAQUE)) or is_array_like(x) or id(x) in path:
+            return
+        items = _children(x)
+        for k, v in items or ():
+            walk(v, f"{prefix}.{k}" if prefix else k, path | {id(x)})
+
+    walk(obj, "", frozenset())
+    return out
 
 
 def named_parameters(obj: Any) -> Iterator[tuple[str, Tensor]]:

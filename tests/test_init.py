@@ -136,7 +136,7 @@ def test_norm_embedding_and_rnn_default_init():
         m = cls(50, 64, num_layers=2, bidirectional=True)
         assert m.weight_ih_l1_reverse.shape == (gates * 64, 128)
         for _, p in m.named_parameters():
-            assert_uniform(p, 1 / math.sqrt(64), tol=0.3 if p.numel < 1000 else 0.05)
+            assert_uniform(p, 1 / math.sqrt(64), tol=0.3 if p.numel() < 1000 else 0.05)
 
 
 def test_layer_dtype_and_parameter_kinds():

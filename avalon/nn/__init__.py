@@ -14,6 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 from . import functional, init
+from .cells import GRUCell, LSTMCell, RNNCell
+from .containers import ModuleDict, ParameterDict, ParameterList
 from .functional import conv2d, relu, sigmoid, tanh
 from .layers import (
     ELU,
@@ -76,6 +78,7 @@ from .module import (
     train,
 )
 from .rnn import GRU, LSTM, RNN, RNNBase
+from .spatial import AdaptiveAvgPool2d, AdaptiveMaxPool2d, Conv1d, Upsample
 
 
 def softmax(x: Any, dim: int = -1) -> Any:
@@ -94,6 +97,8 @@ def maxpool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0) ->
 
 
 __all__ = [
+    "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "Conv1d", "GRUCell", "LSTMCell", "ModuleDict", "ParameterDict",
+    "ParameterList", "RNNCell", "Upsample",
     "AvgPool2d", "BCELoss", "BCEWithLogitsLoss", "BatchNorm1d", "BatchNorm2d", "Conv2d", "CrossEntropyLoss",
     "Dropout", "ELU", "Embedding", "Flatten", "GELU", "GRU", "GroupNorm", "Hardsigmoid", "Hardswish", "Hardtanh",
     "HuberLoss", "Identity", "IncompatibleKeys", "KLDivLoss", "L1Loss", "LSTM", "LayerNorm", "LeakyReLU", "Linear",

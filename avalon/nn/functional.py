@@ -29,6 +29,7 @@ __all__ = [
     "huber_loss", "kl_div", "l1_loss", "layer_norm", "leaky_relu", "linear", "log_softmax", "logsigmoid",
     "max_pool2d", "mish", "mse_loss", "nll_loss", "normalize", "one_hot", "relu", "relu6", "selu", "sigmoid", "silu",
     "smooth_l1_loss", "softmax", "softmin", "softplus", "softsign", "tanh",
+    "adaptive_avg_pool2d", "adaptive_max_pool2d", "conv1d", "interpolate", "pad", "upsample",
 ]
 
 _Pair = int | Sequence[int]
@@ -172,7 +173,7 @@ def softmax(input: Any, dim: int | None = None, _stacklevel: int = 3, dtype: Any
         dim = _softmax_dim("softmax", x.ndim)
     if x.ndim == 0:
         return ops.div(x, x)
-    e = ops.exp(ops.sub(x, ops.max(x, dim, keepdims=True)))
+    e = ops.exp(ops.sub(x, ops.amax(x, dim, keepdims=True)))
     return ops.div(e, ops.sum(e, dim, keepdims=True))
 
 
@@ -192,7 +193,7 @@ def log_softmax(input: Any, dim: int | None = None, _stacklevel: int = 3, dtype:
         dim = _softmax_dim("log_softmax", x.ndim)
     if x.ndim == 0:
         return ops.sub(x, x)
-    s = ops.sub(x, ops.max(x, dim, keepdims=True))
+    s = ops.sub(x, ops.amax(x, dim, keepdims=True))
     return ops.sub(s, ops.log(ops.sum(ops.exp(s), dim, keepdims=True)))
 
 
@@ -377,7 +378,7 @@ def batch_norm(input: Any, running_mean: Tensor | None, running_var: Tensor | No
     axes = [0] + list(range(2, x.ndim))
     bshape = (1, c) + (1,) * (x.ndim - 2)
     if training:
-        n = x.numel // c if c else 0
+        n = x.numel() // c if c else 0
         if n <= 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
         mean = ops.mean(x, axes, keepdims=True)
@@ -444,6 +445,14 @@ def group_norm(input: Any, num_groups: int, weight: Any = None, bias: Any = None
 
 
 # Last, because losses.py builds on the helpers above (`_t`, `log_softmax`, `_softplus1`).
+from .functional_spatial import (  # noqa: E402  (they use conv2d from this module)
+    adaptive_avg_pool2d,
+    adaptive_max_pool2d,
+    conv1d,
+    interpolate,
+    pad,
+    upsample,
+)
 from .losses import (  # noqa: E402
     binary_cross_entropy,
     binary_cross_entropy_with_logits,

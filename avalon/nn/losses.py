@@ -104,7 +104,7 @@ def cross_entropy(input: Any, target: Any, weight: Any = None, size_average: boo
         prod = ops.mul(logp, t) if wb is None else ops.mul(ops.mul(logp, t), wb)
         loss = ops.neg(ops.sum(prod, 1))
         if reduction == "mean":
-            return ops.div(ops.sum(loss), float(x.numel // c))
+            return ops.div(ops.sum(loss), float(x.numel() // c))
         return _reduce(loss, reduction)
     nll = nll_loss(logp, t, weight, None, ignore_index, None, reduction)
     if label_smoothing == 0.0:

@@ -69,9 +69,12 @@ def buffers(model: Any) -> Iterator[Tensor]:
 
 
 def state_dict(model: Any) -> dict[str, Tensor]:
-    """Parameters AND buffers under PyTorch's key names, in attribute order (torch's order for
-    layers built like torch's). The values are the model's own tensors, not copies, as in torch."""
-    return dict(tree.named_tensors(model))
+    """Parameters AND persistent buffers under PyTorch's key names, in attribute order (torch's
+    order for layers built like torch's); a tied tensor appears under each of its names, as in
+    torch. The values are the model's own tensors, not copies, as in torch."""
+    skip = {f"{name}.{b}" if name else b for name, m in named_modules(model)
+            for b in getattr(m, "_non_persistent_buffers", ())}
+    return {k: t for k, t in tree.named_state(model) if k not in skip}
 
 
 def _describe(value: Any) -> str:
@@ -259,9 +262,41 @@ class Module:
             yield m
 
     def apply(self, fn: Any) -> Module:
-        for m in reversed(list(self.modules())):
-            fn(m)
+        """`fn(m)` for every submodule, children first and this module last, as torch does
+        (init functions: `model.apply(_init_weights)`)."""
+        for name, v in list(vars(self).items()):
+            for _, m in _direct_modules(name, v):
+                m.apply(fn)
+        fn(self)
         return self
+
+    # registration, torch's spelling (attributes are found without it)
+    def register_buffer(self, name: str, tensor: Any, persistent: bool = True) -> None:
+        """Keep `tensor` as non-trained state `name`: in `state_dict` when `persistent`, traced and
+        moved with the model either way. Assigning to the attribute later keeps it a buffer."""
+        if not isinstance(name, str) or not name or "." in name:
+            raise KeyError(f"register_buffer: buffer name must be a non-empty string without '.', got {name!r}")
+        if tensor is not None and not isinstance(tensor, Tensor):
+            tensor = Tensor(as_array(tensor))
+        bufs = self.__dict__.setdefault("_buffer_names", set())
+        bufs.add(name)
+        np_ = self.__dict__.setdefault("_non_persistent_buffers", set())
+        (np_.discard if persistent else np_.add)(name)
+        setattr(self, name, tensor)
+
+    def register_parameter(self, name: str, param: Any) -> None:
+        setattr(self, name, param if param is None or isinstance(param, Tensor) else Parameter(param))
+
+    def add_module(self, name: str, module: Any) -> None:
+        setattr(self, name, module)
+
+    register_module = add_module
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, Tensor) and not isinstance(value, Buffer) and name in self.__dict__.get(
+                "_buffer_names", ()):
+            value = _as_buffer(value)
+        object.__setattr__(self, name, value)
 
     # modes and placement
     def train(self, mode: bool = True) -> Module:
@@ -305,6 +340,16 @@ class Module:
                 lines.append(f"  ({sub}): {body}")
         head = f"{type(self).__name__}({self.extra_repr()}"
         return head + ")" if not lines else head + "\n" + "\n".join(lines) + "\n)"
+
+
+def _as_buffer(t: Tensor) -> Buffer:
+    """The same tensor object, now a Buffer (the classes share their layout), so code holding it
+    sees the change; a traced tensor becomes a new Buffer object for the same value."""
+    if t.is_traced:
+        b = Buffer._traced(t._value, t._trace)
+        return b
+    t.__class__ = Buffer
+    return t
 
 
 def _direct_modules(name: str, v: Any) -> list[tuple[str, Module]]:

@@ -6,18 +6,18 @@ from __future__ import annotations
 import builtins
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from .device import CPU
-from .ir import ShapeError, TensorType, Value
-from .ir import dtypes as dt
-from .ir.builder import make_op
-from .ir.dtypes import DType
-from .ir.reference import evaluate
-from .tensor import Tensor, as_array
-from .trace import current_trace, located, user_location
+from ..device import CPU
+from ..ir import ShapeError, TensorType, Value
+from ..ir import dtypes as dt
+from ..ir.builder import make_op
+from ..ir.dtypes import DType
+from ..ir.reference import evaluate
+from ..tensor import Tensor, as_array
+from ..trace import current_trace, located, user_location
 
 Scalar = (int, float, bool, np.integer, np.floating, np.bool_)
 
@@ -84,18 +84,85 @@ def result_dtype(*xs: Any) -> DType:
     return d
 
 
-def full(shape: Sequence[int], value: Any, dtype: Any = dt.float32) -> Tensor:
-    d = dt.dtype(dtype)
-    v = bool(value) if d is dt.bool_ else (int(value) if not d.is_float else float(value))
-    return bind("constant", value=v, shape=[int(s) for s in shape], dtype=d)
+def dtype_arg(fn: str, dtype: Any) -> DType:
+    """`dtype` as an Avalon DType, or an error naming the function and the argument."""
+    try:
+        return dt.dtype(dtype)
+    except (TypeError, ValueError, KeyError):
+        raise TypeError(f"{fn}: argument 'dtype' = {dtype!r} is not supported; Avalon has "
+                        f"{', '.join(d.name for d in dt.ALL)}") from None
 
 
-def zeros(shape, dtype=dt.float32) -> Tensor:
-    return full(shape, 0, dtype)
+def unsupported(fn: str, **kwargs: Any) -> None:
+    """Reject torch arguments Avalon has no meaning for (out=, layout=, ...) by name."""
+    for k, v in kwargs.items():
+        if v is not None and v is not False:
+            raise TypeError(f"{fn}: argument '{k}' is not supported")
 
 
-def ones(shape, dtype=dt.float32) -> Tensor:
-    return full(shape, 1, dtype)
+def size_args(fn: str, size: tuple) -> tuple[int, ...]:
+    """torch's `*size`: `f(2, 3)` or `f((2, 3))` (or a torch.Size / list)."""
+    if len(size) == 1 and isinstance(size[0], (tuple, list)):
+        size = tuple(size[0])
+    out = []
+    for s in size:
+        if isinstance(s, Tensor):
+            s = int(s)
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)):
+            raise TypeError(f"{fn}: argument 'size' must be ints or one tuple of ints, got {s!r}")
+        if s < 0:
+            raise ValueError(f"{fn}: negative size {int(s)} in {tuple(size)}")
+        out.append(int(s))
+    return tuple(out)
+
+
+def _fill_dtype(value: Any) -> DType:
+    """torch's default dtype for a fill value: bool -> bool, int -> i64, float -> f32."""
+    if isinstance(value, (bool, np.bool_)):
+        return dt.bool_
+    if isinstance(value, (int, np.integer)):
+        return dt.int64
+    return dt.float32
+
+
+def place(t: Tensor, device: Any) -> Tensor:
+    return t if device is None else t.to(device)
+
+
+def full(size: Sequence[int], fill_value: Any, dtype: Any = None, *, device: Any = None,
+         requires_grad: bool = False, out: Any = None, layout: Any = None) -> Tensor:
+    """torch.full: dtype defaults to the fill value's (bool, i64 or f32)."""
+    unsupported("full", out=out, layout=layout)
+    d = dtype_arg("full", dtype) if dtype is not None else _fill_dtype(fill_value)
+    v = fill_value.item() if isinstance(fill_value, Tensor) else fill_value
+    v = bool(v) if d is dt.bool_ else (int(v) if not d.is_float else float(v))
+    return place(bind("constant", value=v, shape=list(size_args("full", (size,))), dtype=d), device)
+
+
+def _filled(fn: str, value: int, size: tuple, dtype: Any, device: Any, out: Any, layout: Any) -> Tensor:
+    if size and isinstance(size[-1], DType):  # Avalon's older spelling zeros(shape, dtype)
+        size, dtype = size[:-1], size[-1]
+    unsupported(fn, out=out, layout=layout)
+    d = dtype_arg(fn, dtype) if dtype is not None else dt.float32
+    return full(size_args(fn, size), value, d, device=device)
+
+
+def zeros(*size: Any, dtype: Any = None, device: Any = None, requires_grad: bool = False, out: Any = None,
+          layout: Any = None) -> Tensor:
+    """torch.zeros: `zeros(2, 3)` or `zeros((2, 3))`, f32 unless `dtype` says otherwise."""
+    return _filled("zeros", 0, size, dtype, device, out, layout)
+
+
+def ones(*size: Any, dtype: Any = None, device: Any = None, requires_grad: bool = False, out: Any = None,
+         layout: Any = None) -> Tensor:
+    """torch.ones: `ones(2, 3)` or `ones((2, 3))`, f32 unless `dtype` says otherwise."""
+    return _filled("ones", 1, size, dtype, device, out, layout)
+
+
+def empty(*size: Any, dtype: Any = None, device: Any = None, requires_grad: bool = False, out: Any = None,
+          layout: Any = None) -> Tensor:
+    """torch.empty; Avalon has no uninitialized memory, so its elements are zeros."""
+    return _filled("empty", 0, size, dtype, device, out, layout)
 
 
 def cast(x: Any, dtype: Any) -> Tensor:
@@ -197,8 +264,9 @@ def _unary(name: str, floating: bool = False):
 
 
 neg, abs, relu, sign = (_unary(n) for n in ("neg", "abs", "relu", "sign"))  # noqa: A001
-exp, log, tanh, sigmoid, sqrt, rsqrt, erf = (_unary(n, True) for n in
-                                             ("exp", "log", "tanh", "sigmoid", "sqrt", "rsqrt", "erf"))
+exp, log, tanh, sigmoid, sqrt, rsqrt, erf, sin, cos = (_unary(n, True) for n in
+                                                       ("exp", "log", "tanh", "sigmoid", "sqrt", "rsqrt", "erf",
+                                                        "sin", "cos"))
 logical_not = _unary("logical_not")
 
 
@@ -246,9 +314,9 @@ def reshape(x: Any, *shape: Any) -> Tensor:
         raise located(ShapeError(f"reshape: more than one -1 in {tuple(shape)}"), user_location())
     if -1 in shape:
         known = math.prod(s for s in shape if s != -1)
-        if known == 0 or x.numel % known:
+        if known == 0 or x.numel() % known:
             raise located(ShapeError(f"reshape: cannot reshape {x.shape} to {tuple(shape)}"), user_location())
-        shape[shape.index(-1)] = x.numel // known
+        shape[shape.index(-1)] = x.numel() // known
     return x if tuple(shape) == x.shape else bind("reshape", x, shape=shape)
 
 
@@ -260,14 +328,18 @@ def permute(x: Any, *perm: Any) -> Tensor:
     return x if perm == list(range(x.ndim)) else bind("transpose", x, perm=perm)
 
 
-def transpose(x: Any, *dims: Any) -> Tensor:
-    """No dims: reverse all (numpy). Two dims: swap them (torch). A full permutation: permute."""
+def transpose(x: Any, *dims: Any, dim0: int | None = None, dim1: int | None = None) -> Tensor:
+    """No dims: reverse all (numpy). Two ints: swap them (torch, also on 2-d tensors). One
+    sequence: a full permutation (numpy's axes argument)."""
     x = _tensor(x)
-    if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+    if dim0 is not None or dim1 is not None:
+        dims = (dim0, dim1)
+    swap_given_as_perm = len(dims) == 1 and isinstance(dims[0], (tuple, list))
+    if swap_given_as_perm:
         dims = tuple(dims[0])
     if not dims:
         return permute(x, list(reversed(range(x.ndim))))
-    if len(dims) == 2 and x.ndim != 2 or (len(dims) == 2 and sorted(d % 2 for d in dims) != [0, 1]):
+    if len(dims) == 2 and not swap_given_as_perm:
         perm = list(range(x.ndim))
         a, b = dims[0] % x.ndim, dims[1] % x.ndim
         perm[a], perm[b] = perm[b], perm[a]
@@ -281,14 +353,16 @@ def expand_dims(x: Any, axis: int) -> Tensor:
     return reshape(x, x.shape[:axis] + (1,) + x.shape[axis:])
 
 
-def squeeze(x: Any, axis: int | None = None) -> Tensor:
+def squeeze(x: Any, axis: Any = None, *, dim: Any = None) -> Tensor:
+    """Drop size-1 dims: all of them, or those among `dim` (an int or a tuple; others stay, as in torch)."""
     x = _tensor(x)
+    axis = dim if dim is not None else axis
     if axis is None:
         return reshape(x, tuple(s for s in x.shape if s != 1))
-    axis = axis % x.ndim
-    if x.shape[axis] != 1:
+    if x.ndim == 0:
         return x
-    return reshape(x, x.shape[:axis] + x.shape[axis + 1:])
+    axes = {a % x.ndim for a in ([axis] if isinstance(axis, (int, np.integer)) else axis)}
+    return reshape(x, tuple(s for i, s in enumerate(x.shape) if not (i in axes and s == 1)))
 
 
 def flatten(x: Any, start_dim: int = 0, end_dim: int = -1) -> Tensor:
@@ -299,13 +373,21 @@ def flatten(x: Any, start_dim: int = 0, end_dim: int = -1) -> Tensor:
     return reshape(x, x.shape[:s] + (math.prod(x.shape[s:e + 1]),) + x.shape[e + 1:])
 
 
-def concat(xs: Sequence[Any], axis: int = 0) -> Tensor:
+def concat(xs: Sequence[Any], axis: int = 0, *, dim: int | None = None) -> Tensor:
+    axis = dim if dim is not None else axis
     ts = [_tensor(x) for x in xs]
+    if not ts:
+        raise ValueError("concat: expected a non-empty sequence of tensors")
     d = result_dtype(*ts)
     return bind("concat", *[cast(t, d) for t in ts], axis=axis % ts[0].ndim)
 
 
-def stack(xs: Sequence[Any], axis: int = 0) -> Tensor:
+def stack(xs: Sequence[Any], axis: int = 0, *, dim: int | None = None) -> Tensor:
+    axis = dim if dim is not None else axis
+    xs = [_tensor(x) for x in xs]
+    if not xs:
+        raise ValueError("stack: expected a non-empty sequence of tensors")
+    axis = axis % (xs[0].ndim + 1)
     return concat([expand_dims(x, axis) for x in xs], axis)
 
 
@@ -323,75 +405,6 @@ def slice_(x: Any, start: Sequence[int], limit: Sequence[int], step: Sequence[in
     return bind("slice", x, start=list(start), limit=list(limit), step=[] if unit else step)
 
 
-def _is_int_index(i: Any) -> bool:
-    return isinstance(i, (int, np.integer)) or (isinstance(i, Tensor) and i.ndim == 0 and not i.is_traced
-                                                 and not i.dtype.is_float)
-
-
-def getitem(x: Tensor, index: Any) -> Tensor:
-    """Basic indexing: ints, slices with positive steps, None, Ellipsis, and one integer array
-    (which gathers along its axis with `take`)."""
-    if not isinstance(index, tuple):
-        index = (index,)
-    if builtins.sum(1 for i in index if i is Ellipsis) > 1:
-        raise IndexError("an index can only have a single ellipsis")
-    n_real = builtins.sum(1 for i in index if i is not None and i is not Ellipsis)
-    if n_real > x.ndim:
-        raise IndexError(f"too many indices ({n_real}) for a tensor of rank {x.ndim}")
-    ell = [k for k, i in enumerate(index) if i is Ellipsis]
-    if ell:
-        k = ell[0]
-        index = index[:k] + (slice(None),) * (x.ndim - n_real) + index[k + 1:]
-    else:
-        index = index + (slice(None),) * (x.ndim - n_real)
-    start, limit, step, kept = [], [], [], []
-    array_at: int | None = None  # position among kept dims
-    array_idx = None
-    for i in (i for i in index if i is not None):
-        dim, size = len(start), x.shape[len(start)]
-        if isinstance(i, slice):
-            s, e, st = i.indices(size)
-            if st < 1:
-                raise IndexError("negative slice steps are not supported")
-            e = builtins.max(e, s)
-            start.append(s), limit.append(e), step.append(st)
-            kept.append(len(range(s, e, st)))
-        elif _is_int_index(i):
-            j = int(i)
-            if not -size <= j < size:
-                raise IndexError(f"index {j} is out of bounds for dimension {dim} with size {size}")
-            start.append(j % size), limit.append(j % size + 1), step.append(1)
-        elif isinstance(i, (Tensor, np.ndarray, list)):
-            if array_at is not None:
-                raise IndexError("only one integer-array index is supported")
-            array_at, array_idx = len(kept), _as_operand(i)
-            if array_idx.dtype.is_float or array_idx.dtype is dt.bool_:
-                raise IndexError("array indices must be integers")
-            start.append(0), limit.append(size), step.append(1)
-            kept.append(size)
-        else:
-            raise IndexError(f"unsupported index {i!r}")
-    y = reshape(slice_(x, start, limit, step), kept)
-    if array_at is not None:
-        y = bind("take", y, array_idx, axis=array_at)
-    if not any(i is None for i in index):
-        return y
-    shape, k = [], 0
-    for i in index:
-        if i is None:
-            shape.append(1)
-        elif _is_int_index(i):
-            continue
-        elif isinstance(i, slice):
-            shape.append(y.shape[k])
-            k += 1
-        else:
-            n = array_idx.ndim
-            shape.extend(y.shape[k:k + n])
-            k += n
-    return reshape(y, shape)
-
-
 # -- reductions -------------------------------------------------------------------------------
 
 def _axes(x: Tensor, axis: Any) -> list[int]:
@@ -404,10 +417,18 @@ def _axes(x: Tensor, axis: Any) -> list[int]:
     return sorted(a % x.ndim for a in axes) if x.ndim else []
 
 
-def sum(x: Any, axis: Any = None, keepdims: bool = False, dtype: Any = None) -> Tensor:  # noqa: A001
+def _dim(axis: Any, dim: Any, keepdims: Any, keepdim: Any) -> tuple[Any, bool]:
+    """numpy's `axis`/`keepdims` and torch's `dim`/`keepdim` are the same arguments."""
+    return (dim if dim is not None else axis), bool(keepdim if keepdim is not None else keepdims)
+
+
+def sum(x: Any, axis: Any = None, keepdims: bool = False, dtype: Any = None, *,  # noqa: A001
+        dim: Any = None, keepdim: bool | None = None) -> Tensor:
+    """Sum over `axis` (torch: `dim`); booleans sum as i64, as in torch."""
     x = _tensor(x)
+    axis, keepdims = _dim(axis, dim, keepdims, keepdim)
     if dtype is not None:
-        x = cast(x, dtype)
+        x = cast(x, dtype_arg("sum", dtype))
     elif x.dtype is dt.bool_:
         x = cast(x, dt.int64)
     axes = _axes(x, axis)
@@ -416,8 +437,12 @@ def sum(x: Any, axis: Any = None, keepdims: bool = False, dtype: Any = None) -> 
     return bind("sum", x, axes=axes, keepdims=keepdims)
 
 
-def mean(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
+def mean(x: Any, axis: Any = None, keepdims: bool = False, *, dim: Any = None, keepdim: bool | None = None,
+         dtype: Any = None) -> Tensor:
     x = _tensor(x)
+    axis, keepdims = _dim(axis, dim, keepdims, keepdim)
+    if dtype is not None:
+        x = cast(x, dtype_arg("mean", dtype))
     if not x.dtype.is_float:
         x = cast(x, dt.float32)
     axes = _axes(x, axis)
@@ -434,21 +459,66 @@ def var(x: Any, axis: Any = None, keepdims: bool = False, correction: int = 0) -
     return mul(sum(mul(c, c), axes, keepdims), 1.0 / builtins.max(n - correction, 1))
 
 
-def max(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+class MaxMin(NamedTuple):
+    """What torch.max/min(x, dim) return: the values and the index of each."""
+
+    values: Tensor
+    indices: Tensor
+
+
+def amax(x: Any, axis: Any = None, keepdims: bool = False, *, dim: Any = None, keepdim: bool | None = None) -> Tensor:
+    """Largest value over `axis`/`dim` (an int, a tuple, or all)."""
     x = _tensor(x)
+    axis, keepdims = _dim(axis, dim, keepdims, keepdim)
     axes = _axes(x, axis)
     return x if not axes else bind("max", x, axes=axes, keepdims=keepdims)
 
 
-def min(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
-    return neg(max(neg(x), axis, keepdims))
+def amin(x: Any, axis: Any = None, keepdims: bool = False, *, dim: Any = None, keepdim: bool | None = None) -> Tensor:
+    return neg(amax(neg(x), axis, keepdims, dim=dim, keepdim=keepdim))
 
 
-def argmax(x: Any, axis: int | None = None, keepdims: bool = False) -> Tensor:
+def _torch_max(name: str, x: Any, dim: Any, keepdim: Any, axis: Any, keepdims: Any) -> Any:
+    """torch.max/min: `max(x)` the value, `max(x, dim)` (values, indices), `max(x, other)`
+    elementwise; numpy's `axis=` (or a tuple of dims) gives the values alone."""
+    big = name == "max"
+    if dim is not None and not isinstance(dim, (int, np.integer, tuple, list)):
+        if axis is not None or keepdim is not None:
+            raise TypeError(f"{name}: with a tensor as 'other', 'dim'/'keepdim' are not accepted")
+        return maximum(x, dim) if big else minimum(x, dim)
+    if isinstance(dim, (int, np.integer)) and axis is None:
+        x = _tensor(x)
+        kd = bool(keepdim if keepdim is not None else keepdims)
+        values = amax(x, int(dim), kd) if big else amin(x, int(dim), kd)
+        return MaxMin(values, argmax(x if big else neg(x), int(dim), kd))
+    return (amax if big else amin)(x, axis if axis is not None else dim, keepdims, keepdim=keepdim)
+
+
+def max(x: Any, dim: Any = None, keepdim: bool | None = None, *, axis: Any = None,  # noqa: A001
+        keepdims: bool = False) -> Any:
+    return _torch_max("max", x, dim, keepdim, axis, keepdims)
+
+
+def min(x: Any, dim: Any = None, keepdim: bool | None = None, *, axis: Any = None,  # noqa: A001
+        keepdims: bool = False) -> Any:
+    return _torch_max("min", x, dim, keepdim, axis, keepdims)
+
+
+def argmax(x: Any, axis: int | None = None, keepdims: bool = False, *, dim: int | None = None,
+           keepdim: bool | None = None) -> Tensor:
+    """Index of the first maximum along `axis`/`dim`, or in the flattened tensor."""
     x = _tensor(x)
+    axis, keepdims = _dim(axis, dim, keepdims, keepdim)
     if axis is None:
-        return bind("argmax", reshape(x, (-1,)), axis=0)
-    return bind("argmax", x, axis=axis % x.ndim, keepdims=keepdims)
+        out = bind("argmax", reshape(x, (-1,)), axis=0)
+        return reshape(out, (1,) * x.ndim) if keepdims else out
+    return bind("argmax", x, axis=axis % builtins.max(x.ndim, 1), keepdims=keepdims)
+
+
+def argmin(x: Any, axis: int | None = None, keepdims: bool = False, *, dim: int | None = None,
+           keepdim: bool | None = None) -> Tensor:
+    x = _tensor(x)
+    return argmax(logical_not(x) if x.dtype is dt.bool_ else neg(x), axis, keepdims, dim=dim, keepdim=keepdim)
 
 
 def cumsum(x: Any, axis: int, reverse: bool = False) -> Tensor:
@@ -460,11 +530,13 @@ def cumsum(x: Any, axis: int, reverse: bool = False) -> Tensor:
     return bind("cumsum", x, axis=int(axis) % builtins.max(x.ndim, 1), reverse=bool(reverse))
 
 
-def logsumexp(x: Any, axis: Any = -1, keepdims: bool = False) -> Tensor:
+def logsumexp(x: Any, axis: Any = -1, keepdims: bool = False, *, dim: Any = None,
+              keepdim: bool | None = None) -> Tensor:
     """log(sum(exp(x))) computed stably."""
     x = _tensor(x)
+    axis, keepdims = _dim(axis, dim, keepdims, keepdim)
     axes = _axes(x, axis)
-    m = max(x, axes, keepdims=True)
+    m = stop_gradient(amax(x, axes, keepdims=True))
     s = log(sum(exp(sub(x, m)), axes, keepdims=True))
     out = add(s, m)
     return out if keepdims else reshape(out, [d for i, d in enumerate(x.shape) if i not in axes])
@@ -546,4 +618,4 @@ def random(seed: Any, shape: Sequence[int], distribution: str = "uniform", dtype
 
 __all__ = [n for n in dir() if not n.startswith("_") and n not in ("annotations", "builtins", "math", "np", "Any",
                                                                    "Sequence", "Value", "TensorType", "DType",
-                                                                   "CPU", "Scalar", "TracerError")]
+                                                                   "CPU", "Scalar", "TracerError", "NamedTuple")]

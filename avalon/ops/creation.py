@@ -1,0 +1,173 @@
+"""torch's tensor-creation functions (`arange`, `linspace`, `eye`, `*_like`, `rand/randn/randint`).
+
+Index-valued tensors are built from the `iota` primitive and random ones from the `random`
+primitive seeded by Avalon's generator (`avalon.random`), so inside a traced function they are ops
+of the graph, not arrays captured at trace time."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .. import random as _rng
+from ..ir import dtypes as dt
+from ..tensor import Tensor
+from .core import (
+    _filled,
+    _is_scalar,
+    _tensor,
+    add,
+    bind,
+    cast,
+    dtype_arg,
+    eq,
+    floor,
+    full,
+    mul,
+    place,
+    random,
+    size_args,
+    sub,
+    unsupported,
+    where,
+)
+
+
+def iota(shape: Any, axis: int = 0, dtype: Any = dt.int64) -> Tensor:
+    """A tensor of `shape` whose elements are their index along `axis` (XLA's iota)."""
+    shape = size_args("iota", (shape,))
+    return bind("iota", shape=list(shape), axis=int(axis) % max(len(shape), 1), dtype=dtype_arg("iota", dtype))
+
+
+def _num(v: Any) -> Any:
+    return v.item() if isinstance(v, Tensor) else v
+
+
+def arange(start: Any, end: Any = None, step: Any = 1, *, dtype: Any = None, device: Any = None,
+           requires_grad: bool = False, out: Any = None, layout: Any = None) -> Tensor:
+    """torch.arange: `arange(end)` or `arange(start, end, step)`; i64 when all are ints, else f32."""
+    unsupported("arange", out=out, layout=layout)
+    start, end, step = _num(start), _num(end), _num(step)
+    if end is None:
+        start, end = 0, start
+    if step == 0:
+        raise ValueError("arange: argument 'step' must be nonzero")
+    ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (start, end, step))
+    d = dtype_arg("arange", dtype) if dtype is not None else (dt.int64 if ints else dt.float32)
+    n = max(0, math.ceil((end - start) / step))
+    i = iota((n,), 0, dt.int64 if ints and not d.is_float else dt.float64 if d is dt.float64 else dt.float32)
+    y = i if (start, step) == (0, 1) else add(mul(i, step), start)
+    return place(cast(y, d), device)
+
+
+def linspace(start: Any, end: Any, steps: int, *, dtype: Any = None, device: Any = None,
+             requires_grad: bool = False, out: Any = None, layout: Any = None) -> Tensor:
+    """torch.linspace: `steps` evenly spaced values from start to end inclusive, counted from the
+    nearer end as torch does, so the last value is exactly `end`."""
+    unsupported("linspace", out=out, layout=layout)
+    start, end = float(_num(start)), float(_num(end))
+    steps = int(steps)
+    if steps < 0:
+        raise ValueError("linspace: argument 'steps' must be non-negative")
+    d = dtype_arg("linspace", dtype) if dtype is not None else dt.float32
+    if steps <= 1:
+        return place(full((steps,), start, d), device)
+    work = dt.float64 if d is dt.float64 else dt.float32
+    delta = (end - start) / (steps - 1)
+    i = iota((steps,), 0, work)
+    half = steps // 2
+    y = where(iota((steps,), 0, dt.int64) < half, add(mul(i, delta), start),
+              sub(end, mul(sub(float(steps - 1), i), delta)))
+    return place(cast(y, d) if d.is_float else cast(floor(y), d), device)
+
+
+def eye(n: int, m: int | None = None, *, dtype: Any = None, device: Any = None, requires_grad: bool = False,
+        out: Any = None, layout: Any = None) -> Tensor:
+    """torch.eye: ones on the main diagonal of an n x m matrix."""
+    unsupported("eye", out=out, layout=layout)
+    m = n if m is None else m
+    d = dtype_arg("eye", dtype) if dtype is not None else dt.float32
+    return place(cast(eq(iota((n, m), 0), iota((n, m), 1)), d), device)
+
+
+def _like(fn: str, x: Any, dtype: Any) -> tuple[Tensor, Any]:
+    x = _tensor(x) if not _is_scalar(x) else _tensor(x)
+    return x, (dtype_arg(fn, dtype) if dtype is not None else x.dtype)
+
+
+def zeros_like(input: Any, *, dtype: Any = None, device: Any = None, requires_grad: bool = False,
+               layout: Any = None, memory_format: Any = None) -> Tensor:
+    x, d = _like("zeros_like", input, dtype)
+    return _filled("zeros_like", 0, x.shape, d, device or x.device, None, layout)
+
+
+def ones_like(input: Any, *, dtype: Any = None, device: Any = None, requires_grad: bool = False,
+              layout: Any = None, memory_format: Any = None) -> Tensor:
+    x, d = _like("ones_like", input, dtype)
+    return _filled("ones_like", 1, x.shape, d, device or x.device, None, layout)
+
+
+def empty_like(input: Any, *, dtype: Any = None, device: Any = None, requires_grad: bool = False,
+               layout: Any = None, memory_format: Any = None) -> Tensor:
+    x, d = _like("empty_like", input, dtype)
+    return _filled("empty_like", 0, x.shape, d, device or x.device, None, layout)
+
+
+def full_like(input: Any, fill_value: Any, *, dtype: Any = None, device: Any = None, requires_grad: bool = False,
+              layout: Any = None, memory_format: Any = None) -> Tensor:
+    x, d = _like("full_like", input, dtype)
+    unsupported("full_like", layout=layout)
+    return full(x.shape, fill_value, d, device=device or x.device)
+
+
+def _random(fn: str, size: tuple, distribution: str, dtype: Any, device: Any, generator: Any, out: Any,
+            layout: Any) -> Tensor:
+    unsupported(fn, generator=generator, out=out, layout=layout)
+    d = dtype_arg(fn, dtype) if dtype is not None else dt.float32
+    if not d.is_float:
+        raise TypeError(f"{fn}: argument 'dtype' must be a floating-point type, got {d.name}")
+    return place(random(_rng.next_seed(), size_args(fn, size), distribution, d), device)
+
+
+def rand(*size: Any, dtype: Any = None, device: Any = None, requires_grad: bool = False, generator: Any = None,
+         out: Any = None, layout: Any = None) -> Tensor:
+    """Uniform on [0, 1), from Avalon's generator (`av.manual_seed`); a `random` op when traced."""
+    return _random("rand", size, "uniform", dtype, device, generator, out, layout)
+
+
+def randn(*size: Any, dtype: Any = None, device: Any = None, requires_grad: bool = False, generator: Any = None,
+          out: Any = None, layout: Any = None) -> Tensor:
+    """Standard normal, from Avalon's generator (`av.manual_seed`); a `random` op when traced."""
+    return _random("randn", size, "normal", dtype, device, generator, out, layout)
+
+
+def rand_like(input: Any, *, dtype: Any = None, device: Any = None, requires_grad: bool = False,
+              layout: Any = None, memory_format: Any = None) -> Tensor:
+    x, d = _like("rand_like", input, dtype)
+    return _random("rand_like", x.shape, "uniform", d, device or x.device, None, None, layout)
+
+
+def randn_like(input: Any, *, dtype: Any = None, device: Any = None, requires_grad: bool = False,
+               layout: Any = None, memory_format: Any = None) -> Tensor:
+    x, d = _like("randn_like", input, dtype)
+    return _random("randn_like", x.shape, "normal", d, device or x.device, None, None, layout)
+
+
+def randint(low: int, high: Any = None, size: Any = None, *, dtype: Any = None, device: Any = None,
+            requires_grad: bool = False, generator: Any = None, out: Any = None, layout: Any = None) -> Tensor:
+    """torch.randint(high, size) or randint(low, high, size): uniform integers in [low, high), i64."""
+    if size is None:
+        if high is None:
+            raise TypeError("randint: argument 'size' is required")
+        low, high, size = 0, low, high
+    elif high is None:
+        raise TypeError("randint: argument 'high' is required")
+    low, high = int(_num(low)), int(_num(high))
+    if high <= low:
+        raise ValueError(f"randint: argument 'high' ({high}) must be greater than 'low' ({low})")
+    u = _random("randint", (size,), "uniform", dt.float64, None, generator, out, layout)
+    d = dtype_arg("randint", dtype) if dtype is not None else dt.int64
+    return place(cast(add(cast(mul(u, float(high - low)), dt.int64), low), d), device)
+
+
+__all__ = ["arange", "empty_like", "eye", "full_like", "iota", "linspace", "ones_like", "rand", "rand_like",
+           "randint", "randn", "randn_like", "zeros_like"]

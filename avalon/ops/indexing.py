@@ -1,0 +1,247 @@
+"""Tensor indexing with torch's (and numpy's basic) rules: `x[i]`, `x[:, 1:5:2]`, `x[..., None]`,
+`x[:, [-1], :]`, `x[mask]` with a concrete boolean mask, and `x[idx] = v` as a functional update
+built from `pad`, `concat`, `reshape` and `where`, so autodiff and fusion see through it."""
+from __future__ import annotations
+
+import builtins
+import math
+from typing import Any
+
+import numpy as np
+
+from ..ir import dtypes as dt
+from ..tensor import Tensor
+from .core import (
+    _as_operand,
+    _tensor,
+    bind,
+    broadcast_to,
+    cast,
+    concat,
+    expand_dims,
+    full,
+    ne,
+    pad,
+    reshape,
+    slice_,
+    where,
+)
+
+
+def _is_int_index(i: Any) -> bool:
+    return isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_)) or (
+        isinstance(i, Tensor) and i.ndim == 0 and not i.is_traced and not i.dtype.is_float
+        and i.dtype is not dt.bool_)
+
+
+def _is_array_index(i: Any) -> bool:
+    return isinstance(i, (Tensor, np.ndarray, list))
+
+
+def _concrete_array(i: Any) -> np.ndarray | None:
+    """The values of a static index (a list, an array, an eager Tensor); None for a traced one."""
+    if isinstance(i, Tensor):
+        return None if i.is_traced else i.numpy()
+    return np.asarray(i)
+
+
+def _is_bool_mask(i: Any) -> bool:
+    if isinstance(i, Tensor):
+        return i.dtype is dt.bool_
+    return _is_array_index(i) and np.asarray(i).dtype == np.bool_
+
+
+def _mask_rank(i: Any) -> int:
+    return i.ndim if isinstance(i, Tensor) else np.asarray(i).ndim
+
+
+def _expand(index: tuple, ndim: int) -> tuple:
+    """Replace the Ellipsis (or append) by enough full slices to index every dim."""
+    if builtins.sum(1 for i in index if i is Ellipsis) > 1:
+        raise IndexError("an index can only have a single ellipsis ('...')")
+    n_real = builtins.sum(_mask_rank(i) if _is_bool_mask(i) else 1
+                          for i in index if i is not None and i is not Ellipsis)
+    if n_real > ndim:
+        raise IndexError(f"too many indices for tensor of dimension {ndim} (got {n_real})")
+    fill = (slice(None),) * (ndim - n_real)
+    ell = [k for k, i in enumerate(index) if i is Ellipsis]
+    if ell:
+        return index[:ell[0]] + fill + index[ell[0] + 1:]
+    return index + fill
+
+
+def _int_indices(i: Any, size: int, dim: int) -> Any:
+    """An integer-array index with negatives wrapped and bounds checked when its values are known."""
+    arr = _concrete_array(i)
+    if arr is None:
+        idx = _as_operand(i)
+        if idx.dtype.is_float or idx.dtype is dt.bool_:
+            raise IndexError("tensors used as indices must be integer or boolean tensors")
+        return idx
+    if arr.dtype.kind not in "iu":
+        if arr.size == 0:
+            arr = arr.astype(np.int64)
+        else:
+            raise IndexError(f"tensors used as indices must be integers, got {arr.dtype}")
+    bad = (arr < -size) | (arr >= size)
+    if bad.any():
+        raise IndexError(f"index {int(arr[bad].reshape(-1)[0])} is out of bounds for dimension {dim} "
+                         f"with size {size}")
+    return Tensor((arr % builtins.max(size, 1)).astype(np.int64))
+
+
+def getitem(x: Tensor, index: Any) -> Tensor:
+    """Ints (negative ones count from the end), slices with positive steps, None, Ellipsis, one
+    integer array or list (gathered along its axis with `take`) and concrete boolean masks."""
+    if not isinstance(index, tuple):
+        index = (index,)
+    index = _expand(index, x.ndim)
+    masks = [k for k, i in enumerate(index) if _is_bool_mask(i)]
+    if masks:
+        return _mask_index(x, index, masks)
+    start, limit, step, kept = [], [], [], []
+    array_at: int | None = None  # position among kept dims
+    array_idx = None
+    for i in (i for i in index if i is not None):
+        dim, size = len(start), x.shape[len(start)]
+        if isinstance(i, slice):
+            s, e, st = i.indices(size)
+            if st < 1:
+                raise IndexError("negative slice steps are not supported (as in torch)")
+            e = builtins.max(e, s)
+            start.append(s), limit.append(e), step.append(st)
+            kept.append(len(range(s, e, st)))
+        elif _is_int_index(i):
+            j = int(i)
+            if not -size <= j < size:
+                raise IndexError(f"index {j} is out of bounds for dimension {dim} with size {size}")
+            start.append(j % size), limit.append(j % size + 1), step.append(1)
+        elif _is_array_index(i):
+            if array_at is not None:
+                raise IndexError("only one integer-array index is supported")
+            array_at, array_idx = len(kept), _int_indices(i, size, dim)
+            start.append(0), limit.append(size), step.append(1)
+            kept.append(size)
+        else:
+            raise IndexError(f"unsupported index {i!r}")
+    y = reshape(slice_(x, start, limit, step), kept)
+    if array_at is not None:
+        y = bind("take", y, array_idx, axis=array_at)
+    if not any(i is None for i in index):
+        return y
+    shape, k = [], 0
+    for i in index:
+        if i is None:
+            shape.append(1)
+        elif _is_int_index(i):
+            continue
+        elif isinstance(i, slice):
+            shape.append(y.shape[k])
+            k += 1
+        else:
+            n = array_idx.ndim
+            shape.extend(y.shape[k:k + n])
+            k += n
+    return reshape(y, shape)
+
+
+def _mask_index(x: Tensor, index: tuple, masks: list[int]) -> Tensor:
+    """`x[..., mask, ...]`: the dims the mask covers become one dim holding the selected elements,
+    in row-major order. The mask must be concrete: the result's shape depends on its values."""
+    if len(masks) > 1 or any(_is_array_index(i) and k not in masks for k, i in enumerate(index)):
+        raise IndexError("a boolean mask index cannot be combined with other array indices")
+    k = masks[0]
+    m = _concrete_array(index[k])
+    if m is None:
+        raise IndexError("indexing with a traced boolean mask: the result's shape would depend on the mask's "
+                         "values; use av.where(mask, x, other) or x.masked_fill(mask, value) instead")
+    d = builtins.sum(0 if i is None else 1 for i in index[:k])  # the first dim the mask covers
+    shape = x.shape[d:d + m.ndim]
+    if m.shape != shape:
+        raise IndexError(f"the shape of the mask {m.shape} does not match the shape of the indexed tensor "
+                         f"{shape} at dimension {d}")
+    flat = reshape(x, x.shape[:d] + (math.prod(shape),) + x.shape[d + m.ndim:])
+    return getitem(flat, index[:k] + (np.flatnonzero(m),) + index[k + 1:])
+
+
+def setitem(x: Any, index: Any, value: Any) -> Tensor:
+    """`x` with `x[index] = value` applied, as a new Tensor (torch's in-place results, computed
+    functionally): the value is broadcast to the indexed region, cast to x's dtype, spread to its
+    positions with `concat` (strides) and `pad` (offsets), and selected with `where`."""
+    x = _tensor(x)
+    if not isinstance(index, tuple):
+        index = (index,)
+    if len(index) == 1 and _is_bool_mask(index[0]):
+        mask = _as_operand(index[0])
+        if tuple(mask.shape) != x.shape:
+            raise IndexError(f"setitem: a boolean mask must have the tensor's shape {x.shape}, got {tuple(mask.shape)}")
+        v = _as_operand(value)
+        if not isinstance(v, Tensor) or v.ndim == 0:
+            return where(mask, cast(v, x.dtype) if isinstance(v, Tensor) else v, x)
+        raise IndexError("setitem: a boolean-mask assignment takes a scalar value")
+    index = _expand(index, x.ndim)
+    if any(_is_array_index(i) for i in index):
+        raise IndexError("setitem: integer-array (list) indices are not supported in assignments; "
+                         "use slices, or av.where with a mask")
+    specs, view, counts = [], [], []
+    for i in index:
+        if i is None:
+            view.append(1)
+            continue
+        dim, size = len(specs), x.shape[len(specs)]
+        if isinstance(i, slice):
+            s, e, st = i.indices(size)
+            if st < 1:
+                raise IndexError("setitem: negative slice steps are not supported")
+            n = len(range(s, builtins.max(e, s), st))
+            specs.append((s, st, n)), view.append(n), counts.append(n)
+        elif _is_int_index(i):
+            j = int(i)
+            if not -size <= j < size:
+                raise IndexError(f"index {j} is out of bounds for dimension {dim} with size {size}")
+            specs.append((j % size, 1, 1)), counts.append(1)
+        else:
+            raise IndexError(f"setitem: unsupported index {i!r}")
+    v = _as_operand(value)
+    v = full((), v, x.dtype) if not isinstance(v, Tensor) else cast(v, x.dtype)
+    v = broadcast_to(reshape(v, _broadcastable(v.shape, tuple(view))), view)
+    if 0 in counts:
+        return x
+    v = reshape(v, counts)
+    kind = x.dtype if x.dtype is not dt.bool_ else dt.int32
+    mask = full(counts, 1, kind)
+    placed, where_ = _place(v, specs, x.shape), _place(mask, specs, x.shape)
+    return where(ne(where_, 0), placed, x)
+
+
+def _broadcastable(src: tuple, dst: tuple) -> tuple:
+    """`src` without the leading 1s torch ignores, after checking that it broadcasts to `dst`."""
+    while len(src) > len(dst) and src[0] == 1:
+        src = src[1:]
+    try:
+        ok = len(src) <= len(dst) and np.broadcast_shapes(src, dst) == dst
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"setitem: cannot assign a value of shape {src} to a region of shape {dst}")
+    return src
+
+
+def _place(v: Tensor, specs: list[tuple[int, int, int]], shape: tuple[int, ...]) -> Tensor:
+    """A tensor of `shape` holding `v[i]` at `start + i * step` along each dim and zeros elsewhere."""
+    for d, (start, step, n) in enumerate(specs):
+        if step > 1:
+            v = expand_dims(v, d + 1)
+            gap = full(v.shape[:d + 1] + (step - 1,) + v.shape[d + 2:], 0, v.dtype)
+            v = concat([v, gap], d + 1)
+            v = reshape(v, v.shape[:d] + (n * step,) + v.shape[d + 2:])
+            extent = builtins.min(n * step, shape[d] - start)
+            if extent < n * step:
+                lim = list(v.shape)
+                lim[d] = extent
+                v = slice_(v, [0] * v.ndim, lim)
+        low = [0] * v.ndim
+        high = [0] * v.ndim
+        low[d], high[d] = start, shape[d] - start - v.shape[d]
+        v = pad(v, [(lo, hi) for lo, hi in zip(low, high)])
+    return v
