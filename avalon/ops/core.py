@@ -139,32 +139,6 @@ def full(size: Sequence[int], fill_value: Any, dtype: Any = None, *, device: Any
     return place(bind("constant", value=v, shape=list(size_args("full", (size,))), dtype=d), device)
 
 
-def _filled(fn: str, value: int, size: tuple, dtype: Any, device: Any, out: Any, layout: Any) -> Tensor:
-    if size and isinstance(size[-1], DType):  # Avalon's older spelling zeros(shape, dtype)
-        size, dtype = size[:-1], size[-1]
-    unsupported(fn, out=out, layout=layout)
-    d = dtype_arg(fn, dtype) if dtype is not None else dt.float32
-    return full(size_args(fn, size), value, d, device=device)
-
-
-def zeros(*size: Any, dtype: Any = None, device: Any = None, requires_grad: bool = False, out: Any = None,
-          layout: Any = None) -> Tensor:
-    """torch.zeros: `zeros(2, 3)` or `zeros((2, 3))`, f32 unless `dtype` says otherwise."""
-    return _filled("zeros", 0, size, dtype, device, out, layout)
-
-
-def ones(*size: Any, dtype: Any = None, device: Any = None, requires_grad: bool = False, out: Any = None,
-         layout: Any = None) -> Tensor:
-    """torch.ones: `ones(2, 3)` or `ones((2, 3))`, f32 unless `dtype` says otherwise."""
-    return _filled("ones", 1, size, dtype, device, out, layout)
-
-
-def empty(*size: Any, dtype: Any = None, device: Any = None, requires_grad: bool = False, out: Any = None,
-          layout: Any = None) -> Tensor:
-    """torch.empty; Avalon has no uninitialized memory, so its elements are zeros."""
-    return _filled("empty", 0, size, dtype, device, out, layout)
-
-
 def cast(x: Any, dtype: Any) -> Tensor:
     d = dt.dtype(dtype)
     x = _as_operand(x)

@@ -10,9 +10,9 @@ from typing import Any
 
 from .. import random as _rng
 from ..ir import dtypes as dt
+from ..ir.dtypes import DType
 from ..tensor import Tensor
 from .core import (
-    _filled,
     _is_scalar,
     _tensor,
     add,
@@ -30,6 +30,32 @@ from .core import (
     unsupported,
     where,
 )
+
+
+def _filled(fn: str, value: int, size: tuple, dtype: Any, device: Any, out: Any, layout: Any) -> Tensor:
+    if size and isinstance(size[-1], DType):  # Avalon's older spelling zeros(shape, dtype)
+        size, dtype = size[:-1], size[-1]
+    unsupported(fn, out=out, layout=layout)
+    d = dtype_arg(fn, dtype) if dtype is not None else dt.float32
+    return full(size_args(fn, size), value, d, device=device)
+
+
+def zeros(*size: Any, dtype: Any = None, device: Any = None, requires_grad: bool = False, out: Any = None,
+          layout: Any = None) -> Tensor:
+    """torch.zeros: `zeros(2, 3)` or `zeros((2, 3))`, f32 unless `dtype` says otherwise."""
+    return _filled("zeros", 0, size, dtype, device, out, layout)
+
+
+def ones(*size: Any, dtype: Any = None, device: Any = None, requires_grad: bool = False, out: Any = None,
+         layout: Any = None) -> Tensor:
+    """torch.ones: `ones(2, 3)` or `ones((2, 3))`, f32 unless `dtype` says otherwise."""
+    return _filled("ones", 1, size, dtype, device, out, layout)
+
+
+def empty(*size: Any, dtype: Any = None, device: Any = None, requires_grad: bool = False, out: Any = None,
+          layout: Any = None) -> Tensor:
+    """torch.empty; Avalon has no uninitialized memory, so its elements are zeros."""
+    return _filled("empty", 0, size, dtype, device, out, layout)
 
 
 def iota(shape: Any, axis: int = 0, dtype: Any = dt.int64) -> Tensor:
@@ -169,5 +195,5 @@ def randint(low: int, high: Any = None, size: Any = None, *, dtype: Any = None, 
     return place(cast(add(cast(mul(u, float(high - low)), dt.int64), low), d), device)
 
 
-__all__ = ["arange", "empty_like", "eye", "full_like", "iota", "linspace", "ones_like", "rand", "rand_like",
-           "randint", "randn", "randn_like", "zeros_like"]
+__all__ = ["arange", "empty", "empty_like", "eye", "full_like", "iota", "linspace", "ones", "ones_like", "rand",
+           "rand_like", "randint", "randn", "randn_like", "zeros", "zeros_like"]

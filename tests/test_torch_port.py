@@ -1,0 +1,335 @@
+"""`import avalon as av` in place of `import torch`: tensor functions, Tensor methods, indexing and
+item assignment checked against torch on random values (hypothesis where shapes and values vary)."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from helpers import T, as_numpy, rel
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import avalon as av
+
+
+def same(a, b, tol=1e-6):
+    a, b = as_numpy(a), as_numpy(b)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    assert a.dtype == b.dtype, (a.dtype, b.dtype)
+    np.testing.assert_allclose(a.astype(np.float64), b.astype(np.float64), rtol=tol, atol=tol)
+
+
+arrays = hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=5),
+                    elements=st.floats(-3, 3, width=32))
+
+
+# -- creation ---------------------------------------------------------------------------------------
+
+def test_creation_takes_size_as_arguments_or_a_tuple():
+    for f in ("zeros", "ones", "empty"):
+        for args in ((2, 3), ((2, 3),), ([4],), (4,)):
+            ours, theirs = getattr(av, f)(*args), getattr(torch, f)(*args)
+            assert ours.shape == tuple(theirs.shape) and ours.dtype == av.float32
+    same(av.ones(2, 3, dtype=av.int64), torch.ones(2, 3, dtype=torch.int64))
+    same(av.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
+    same(av.full((2, 2), 7), torch.full((2, 2), 7))          # i64 from an int fill, as torch
+    same(av.full((2, 2), 1.5), torch.full((2, 2), 1.5))
+    same(av.full((2,), True), torch.full((2,), True))
+    x = av.tensor(np.random.default_rng(0).standard_normal((3, 2)).astype(np.float32))
+    for f in ("zeros_like", "ones_like", "empty_like"):
+        y = getattr(av, f)(x)
+        assert y.shape == x.shape and y.dtype == x.dtype
+    same(av.full_like(x, 3.0), torch.full_like(T(x), 3.0))
+    same(av.ones_like(x, dtype=av.int64), torch.ones_like(T(x), dtype=torch.int64))
+
+
+@pytest.mark.parametrize("args,kw", [((5,), {}), ((2, 9), {}), ((1, 10, 3), {}), ((0.5, 2.0, 0.25), {}),
+                                     ((10, 0, -3), {}), ((4,), {"dtype": av.float32}), ((0, 1, 0.1), {}),
+                                     ((-3, 3), {"dtype": av.float64})])
+def test_arange_matches_torch(args, kw):
+    tkw = {"dtype": getattr(torch, kw["dtype"].name.replace("f", "float"))} if kw else {}
+    same(av.arange(*args, **kw), torch.arange(*args, **tkw))
+
+
+@pytest.mark.parametrize("start,end,steps", [(0, 1, 5), (-2.5, 3.0, 7), (1, 0, 4), (3, 3, 1), (0, 10, 0),
+                                             (-1, 1, 100)])
+def test_linspace_and_eye_match_torch(start, end, steps):
+    same(av.linspace(start, end, steps), torch.linspace(start, end, steps))
+    same(av.eye(3), torch.eye(3))
+    same(av.eye(2, 4, dtype=av.int64), torch.eye(2, 4, dtype=torch.int64))
+
+
+def test_random_creation_is_seeded_by_avalons_generator():
+    av.manual_seed(3)
+    a = (av.rand(4, 5), av.randn((4, 5)), av.randint(2, 9, (50,)), av.randint(3, (6,)))
+    av.manual_seed(3)
+    b = (av.rand(4, 5), av.randn((4, 5)), av.randint(2, 9, (50,)), av.randint(3, (6,)))
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.numpy(), y.numpy())
+    assert a[0].dtype == av.float32 and 0 <= a[0].numpy().min() and a[0].numpy().max() < 1
+    assert a[2].dtype == av.int64 and a[2].numpy().min() >= 2 and a[2].numpy().max() < 9
+    assert len(set(a[2].tolist())) > 3
+    big = av.randn(4000).numpy()
+    assert abs(big.mean()) < 0.1 and abs(big.std() - 1) < 0.1
+    assert av.randn_like(a[0]).shape == (4, 5) and av.rand_like(a[0]).dtype == av.float32
+
+
+def test_unsupported_arguments_name_the_function_and_argument():
+    with pytest.raises(TypeError, match="zeros: argument 'out'"):
+        av.zeros(2, out=av.zeros(2))
+    with pytest.raises(TypeError, match="ones: argument 'dtype'"):
+        av.ones(2, dtype=torch.complex64)
+    with pytest.raises(TypeError, match="randn: argument 'generator'"):
+        av.randn(2, generator=torch.Generator())
+    with pytest.raises(TypeError, match="rand: argument 'dtype' must be a floating-point"):
+        av.rand(2, dtype=av.int64)
+    with pytest.raises(TypeError, match="cat: argument 'out'"):
+        av.cat([av.ones(1)], out=av.ones(1))
+
+
+# -- math and reductions ----------------------------------------------------------------------------
+
+@given(arrays)
+def test_math_functions_match_torch(a):
+    x, t = av.tensor(a), T(a)
+    for name in ("exp", "sin", "cos", "tanh", "sigmoid", "abs"):
+        same(getattr(av, name)(x), getattr(torch, name)(t), 1e-5)
+        same(getattr(x, name)(), getattr(t, name)(), 1e-5)
+    pos, tpos = av.abs(x) + 0.5, torch.abs(t) + 0.5
+    same(av.log(pos), torch.log(tpos), 1e-5)
+    same(av.sqrt(pos), torch.sqrt(tpos), 1e-5)
+    same(av.pow(pos, 1.7), torch.pow(tpos, 1.7), 1e-5)
+    same(x.pow(3), t.pow(3), 1e-5)
+    same(av.clamp(x, -1, 0.5), torch.clamp(t, -1, 0.5))
+    same(x.clamp(min=0.2), t.clamp(min=0.2))
+    same(av.where(x > 0, x, 0.0), torch.where(t > 0, t, 0.0))
+    same(av.maximum(x, x * 0.5 + 0.1), torch.maximum(t, t * 0.5 + 0.1))
+    same(av.minimum(x, x * 0.5 + 0.1), torch.minimum(t, t * 0.5 + 0.1))
+
+
+@given(arrays, st.data())
+def test_reductions_with_dim_and_keepdim_match_torch(a, data):
+    x, t = av.tensor(a), T(a)
+    d = data.draw(st.integers(-a.ndim, a.ndim - 1))
+    k = data.draw(st.booleans())
+    for name in ("sum", "mean", "logsumexp", "amax", "amin"):
+        same(getattr(av, name)(x, dim=d, keepdim=k), getattr(torch, name)(t, dim=d, keepdim=k), 1e-5)
+    same(x.sum(d, keepdim=k), t.sum(d, keepdim=k), 1e-5)
+    same(x.mean(dim=d), t.mean(dim=d), 1e-5)
+    same(av.argmax(x, dim=d, keepdim=k), torch.argmax(t, dim=d, keepdim=k))
+    same(av.argmax(x), torch.argmax(t))
+    for name in ("max", "min"):
+        ours, theirs = getattr(av, name)(x, d, keepdim=k), getattr(torch, name)(t, d, keepdim=k)
+        same(ours.values, theirs.values)
+        v, i = getattr(x, name)(dim=d)
+        same(i, getattr(t, name)(dim=d).indices)
+        same(getattr(av, name)(x), getattr(torch, name)(t))
+        same(getattr(av, name)(x, x * 0.5), getattr(torch, name)(t, t * 0.5))
+
+
+def test_numpy_spelling_of_reductions_still_works():
+    x = av.tensor(np.arange(6, dtype=np.float32).reshape(2, 3))
+    np.testing.assert_array_equal(av.ops.max(x, axis=1).numpy(), [2, 5])
+    np.testing.assert_array_equal(x.max(axis=0, keepdims=True).numpy(), [[3, 4, 5]])
+    np.testing.assert_array_equal(av.ops.sum(x, 1, True).numpy(), [[3], [12]])
+    np.testing.assert_array_equal(av.ops.concat([x, x], axis=1).numpy(), np.concatenate([x.numpy()] * 2, 1))
+
+
+# -- shapes -----------------------------------------------------------------------------------------
+
+@given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=4, min_side=1, max_side=5),
+                  elements=st.floats(-3, 3, width=32)), st.data())
+def test_shape_functions_match_torch(a, data):
+    x, t = av.tensor(a), T(a)
+    d = data.draw(st.integers(-a.ndim, a.ndim - 1))
+    same(av.cat([x, x * 2], dim=d), torch.cat([t, t * 2], dim=d))
+    same(av.stack([x, x * 2], dim=d), torch.stack([t, t * 2], dim=d))
+    size = data.draw(st.integers(1, 4))
+    for ours, theirs in zip(av.split(x, size, d), torch.split(t, size, d), strict=True):
+        same(ours, theirs)
+    for ours, theirs in zip(x.chunk(size, d), t.chunk(size, d), strict=True):
+        same(ours, theirs)
+    n = a.shape[d]
+    cut = data.draw(st.integers(0, n))
+    for ours, theirs in zip(x.split([cut, n - cut], dim=d), t.split([cut, n - cut], dim=d), strict=True):
+        same(ours, theirs)
+    d2 = data.draw(st.integers(-a.ndim, a.ndim - 1))
+    same(av.transpose(x, d, d2), torch.transpose(t, d, d2))
+    same(x.transpose(d, d2), t.transpose(d, d2))
+    perm = data.draw(st.permutations(range(a.ndim)))
+    same(x.permute(*perm), t.permute(*perm))
+    same(av.permute(x, perm), torch.permute(t, perm))
+    same(av.flatten(x, 1), torch.flatten(t, 1))
+    same(av.unsqueeze(x, d), torch.unsqueeze(t, d))
+    same(av.squeeze(av.unsqueeze(x, d), d), t)
+    same(x.view(-1, a.shape[-1]), t.view(-1, a.shape[-1]))
+    diag = data.draw(st.integers(-3, 3))
+    same(av.tril(x, diag), torch.tril(t, diag))
+    same(x.triu(diagonal=diag), t.triu(diagonal=diag))
+    mask = T(a) > 0.5
+    same(av.masked_fill(x, av.tensor(mask.numpy()), -1e9), t.masked_fill(mask, -1e9))
+    same(x.masked_fill(av.tensor(mask.numpy())[..., :1], 2.0), t.masked_fill(mask[..., :1], 2.0))
+
+
+def test_transpose_of_two_dims_swaps_them_on_2d_tensors_too():
+    x = av.tensor(np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert x.transpose(0, 1).shape == (3, 2) and av.transpose(x, 1, 0).shape == (3, 2)
+    assert x.transpose().shape == (3, 2) and x.transpose((0, 1)).shape == (2, 3)  # numpy's forms unchanged
+
+
+def test_bmm_matmul_and_int_masked_fill_keep_torchs_dtypes(rng):
+    a, b = rng.standard_normal((2, 3, 4)).astype(np.float32), rng.standard_normal((2, 4, 5)).astype(np.float32)
+    same(av.bmm(av.tensor(a), av.tensor(b)), torch.bmm(T(a), T(b)), 1e-5)
+    same(av.tensor(a).matmul(av.tensor(b)), T(a).matmul(T(b)), 1e-5)
+    i = np.arange(6).reshape(2, 3)
+    same(av.tensor(i).masked_fill(av.tensor(i > 2), 9), T(i).masked_fill(T(i > 2), 9))
+    with pytest.raises(ValueError, match="bmm: expected 3-d"):
+        av.bmm(av.tensor(a[0]), av.tensor(b))
+
+
+# -- Tensor methods ---------------------------------------------------------------------------------
+
+def test_tensor_methods_torch_code_calls(rng):
+    a = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    x, t = av.tensor(a), T(a)
+    assert x.numel() == t.numel() == 24 and av.numel(x) == 24
+    assert x.size() == tuple(t.size()) and x.size(1) == t.size(1) == 3 and x.size(-1) == 4
+    assert x.dim() == x.ndim == 3 and x.is_cuda is False
+    assert x.contiguous() is x
+    same(x.float(), t.float())
+    same(x.double(), t.double())
+    same((x * 3).long(), (t * 3).long())
+    same((x * 3).int(), (t * 3).int())
+    same(x.bool(), t.bool())
+    same(x.type_as(av.ones(1, dtype=av.float64)), t.type_as(torch.ones(1, dtype=torch.float64)))
+    same(x.to(av.float64), t.to(torch.float64))
+    same(x.to(torch.float64), t.to(torch.float64))
+    assert x[0, 0, 0].item() == t[0, 0, 0].item() and x[0].tolist() == t[0].tolist()
+    same(x.detach(), t.detach())
+    for name, args in (("new_zeros", (2, 3)), ("new_ones", ((2,),)), ("new_full", ((2, 2), 1.5)),
+                       ("new_tensor", ([1.0, 2.0],))):
+        same(getattr(x, name)(*args), getattr(t, name)(*args))
+    same(x.new_zeros(2, dtype=av.int64), t.new_zeros(2, dtype=torch.int64))
+    same(x.expand(2, 2, 3, 4), t.expand(2, 2, 3, 4))
+    same(x[:, :1].expand(-1, 3, -1), t[:, :1].expand(-1, 3, -1))
+    same(x.where(x > 0, 0.5), t.where(t > 0, 0.5))
+    c = x.clone()
+    c[0] = 1.0
+    assert x.numpy()[0, 0, 0] == a[0, 0, 0] and c.numpy()[0, 0, 0] == 1.0
+
+
+def test_numel_is_a_method_everywhere_it_is_used():
+    x = av.ones(3, 4)
+    assert callable(x.numel) and x.numel() == 12
+    assert av.nn.functional.batch_norm(av.randn(4, 3), None, None, training=True).shape == (4, 3)
+
+
+# -- indexing ---------------------------------------------------------------------------------------
+
+def _indices(shape):
+    n0, n1 = shape[0], shape[1]
+    return [
+        (-1,), (slice(None), -1), (slice(None), [-1], slice(None)), (Ellipsis, None), (None, Ellipsis, 0),
+        (slice(None, None, 2), Ellipsis, slice(1, None)), ([0, -1, 0],), (slice(None), [n1 - 1, 0]),
+        (Ellipsis, -2), (0, None, slice(None), None), (slice(-2, None), Ellipsis), ([[0, n0 - 1]],),
+    ]
+
+
+@given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=3, max_dims=3, min_side=2, max_side=4),
+                  elements=st.floats(-3, 3, width=32)))
+def test_indexing_matches_torch(a):
+    x, t = av.tensor(a), T(a)
+    for idx in _indices(a.shape):
+        same(x[idx], t[idx])
+    mask = a > 0
+    same(x[av.tensor(mask)], t[T(mask)])
+    same(x[mask[:, :, 0]], t[T(mask[:, :, 0])])
+    same(x[:, mask[0, :, 0]], t[:, T(mask[0, :, 0])])
+
+
+def test_index_errors_are_torchs():
+    x = av.ones(2, 3)
+    with pytest.raises(IndexError, match="out of bounds"):
+        x[:, [3]]
+    with pytest.raises(IndexError, match="out of bounds"):
+        x[-3]
+    with pytest.raises(IndexError, match="traced boolean mask"):
+        av.compile(lambda x: x[x > 0], backend="numpy")(x)
+
+
+SETS = [
+    ((slice(None), slice(0, None, 2)), "sin"), ((slice(None), slice(1, None, 2)), "cos"), ((0,), "row"),
+    ((-1, slice(None, 2)), "scalar"), ((Ellipsis, slice(1, 4, 3)), "col"), ((slice(None), None, -1), "scalar"),
+    ((slice(1, None, 2), slice(0, 5, 4)), "block"),
+]
+
+
+def _value(kind, region_shape, rng):
+    if kind == "scalar":
+        return 2.5
+    return rng.standard_normal(region_shape).astype(np.float32) + 1.0
+
+
+@pytest.mark.parametrize("idx,kind", SETS)
+def test_item_assignment_matches_torch_eagerly_and_traced(idx, kind, rng):
+    a = rng.standard_normal((4, 6)).astype(np.float32)
+    region = T(a)[idx].shape
+    v = _value(kind, tuple(region), rng)
+    t = T(a).clone()
+    t[idx] = T(v) if isinstance(v, np.ndarray) else v
+    x = av.tensor(a)
+    x[idx] = av.tensor(v) if isinstance(v, np.ndarray) else v
+    same(x, t)
+
+    def f(y, w):
+        y = y * 1.0
+        y[idx] = w if isinstance(v, np.ndarray) else v
+        return y
+
+    w = v if isinstance(v, np.ndarray) else np.float32(0)
+    same(av.compile(f, backend="numpy")(a, w), t)
+
+
+def test_positional_encoding_idiom_and_its_gradient_match_torch():
+    """`pe[:, 0::2] = sin(...)`, `pe[:, 1::2] = cos(...)` inside a traced function: the update is an
+    op of the graph, so the gradient flows into the assigned values as in torch."""
+    n, d = 5, 6
+    rng = np.random.default_rng(1)
+    s = rng.standard_normal((n, 1)).astype(np.float64)
+
+    def pe(lib, scale):
+        pos = lib.arange(0, n).unsqueeze(1) * scale
+        div = lib.exp(lib.arange(0, d, 2) * (-np.log(100.0) / d))
+        out = lib.zeros(n, d, dtype=scale.dtype)
+        out[:, 0::2] = lib.sin(pos * div)
+        out[:, 1::2] = lib.cos(pos * div)
+        return out
+
+    w = rng.standard_normal((n, d))
+    ts = T(s).requires_grad_()
+    tl = (pe(torch, ts) * T(w)).sum()
+    tl.backward()
+    loss = lambda s: (pe(av, s) * w).sum()  # noqa: E731
+    value, g = av.value_and_grad(loss)(av.tensor(s))
+    assert rel(value, tl) < 1e-12 and rel(g, ts.grad) < 1e-12
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # arange and the masks are iota ops, not captured arrays
+        got = av.compile(lambda s: pe(av, s), backend="numpy")(av.tensor(s))
+    assert rel(got, pe(torch, T(s))) < 1e-12
+
+
+def test_item_assignment_of_a_bool_mask_and_errors():
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    x, t = av.tensor(a), T(a)
+    x[x > 2] = -1.0
+    t[t > 2] = -1.0
+    same(x, t)
+    with pytest.raises(IndexError, match="setitem: integer-array"):
+        x[:, [0, 1]] = 1.0
+    with pytest.raises(ValueError, match="cannot assign a value of shape"):
+        x[0] = av.ones(2)
+
+
+def test_av_log_is_the_natural_logarithm():
+    np.testing.assert_allclose(av.log(av.tensor([1.0, np.e])).numpy(), [0.0, 1.0], rtol=1e-6)
