@@ -310,8 +310,10 @@ def test_positional_encoding_idiom_and_its_gradient_match_torch():
     ts = T(s).requires_grad_()
     tl = (pe(torch, ts) * T(w)).sum()
     tl.backward()
-    loss = lambda s: (pe(av, s) * w).sum()  # noqa: E731
-    value, g = av.value_and_grad(loss)(av.tensor(s))
+    loss = lambda s, w: (pe(av, s) * w).sum()  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        value, g = av.value_and_grad(loss)(av.tensor(s), w)
     assert rel(value, tl) < 1e-12 and rel(g, ts.grad) < 1e-12
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # arange and the masks are iota ops, not captured arrays

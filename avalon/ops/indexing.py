@@ -126,7 +126,7 @@ def getitem(x: Tensor, index: Any) -> Tensor:
             raise IndexError(f"unsupported index {i!r}")
     y = reshape(slice_(x, start, limit, step), kept)
     if array_at is not None:
-        y = bind("take", y, array_idx, axis=array_at)
+        y = _gather(y, array_idx, array_at)
     if not any(i is None for i in index):
         return y
     shape, k = [], 0
@@ -143,6 +143,26 @@ def getitem(x: Tensor, index: Any) -> Tensor:
             shape.extend(y.shape[k:k + n])
             k += n
     return reshape(y, shape)
+
+
+def _gather(y: Tensor, idx: Tensor, axis: int) -> Tensor:
+    """`take` along `axis`; a short static 1-d index becomes slices instead (a strided slice for an
+    arithmetic progression, else one slice per index, concatenated), so `x[:, [-1]]` leaves no
+    captured index array in a traced graph."""
+    vals = None if idx.is_traced or idx.ndim != 1 or not 0 < idx.shape[0] <= 16 else idx.numpy().tolist()
+    if vals is None:
+        return bind("take", y, idx, axis=axis)
+    steps = {b - a for a, b in zip(vals, vals[1:])}
+    lo, hi = [0] * y.ndim, list(y.shape)
+    if len(steps) <= 1 and min(steps, default=1) >= 1:
+        st = min(steps, default=1)
+        lo[axis], hi[axis] = vals[0], vals[-1] + 1
+        return slice_(y, lo, hi, [st if d == axis else 1 for d in range(y.ndim)])
+    pieces = []
+    for v in vals:
+        lo[axis], hi[axis] = v, v + 1
+        pieces.append(slice_(y, list(lo), list(hi)))
+    return concat(pieces, axis)
 
 
 def _mask_index(x: Tensor, index: tuple, masks: list[int]) -> Tensor:
