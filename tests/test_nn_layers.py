@@ -401,7 +401,9 @@ def test_tied_weights_load_from_torch_under_either_name():
             self.out.weight = self.emb.weight
 
     ours, theirs = Tied(), TTied()
-    assert list(ours.state_dict()) == ["emb.weight"]  # one name per tensor, like named_parameters
+    # every name of a tied tensor, as torch's state_dict (issue 9); named_parameters stays deduplicated
+    assert list(ours.state_dict()) == list(theirs.state_dict()) == ["emb.weight", "out.weight"]
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()] == ["emb.weight"]
     ours.load_state_dict(theirs.state_dict())  # torch lists both names
     assert rel(ours.out.weight, theirs.out.weight) == 0
     ours.load_state_dict({"out.weight": theirs.emb.weight * 2})  # the other name alone also works
