@@ -42,7 +42,7 @@ import inspect
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -55,7 +55,7 @@ from .ir import dtypes as dt
 from .tensor import Tensor, as_array
 from .tree import named_parameters, to_device
 
-__all__ = ["fit", "make_objective", "make_train_step", "predict", "progress"]
+__all__ = ["fit", "make_objective", "make_train_step", "predict"]
 
 log = get_logger("train")
 
@@ -195,15 +195,6 @@ def _is_terminal(stream: Any) -> bool:
         return bool(isatty and isatty())
     except (ValueError, OSError):  # a closed stream
         return False
-
-
-def progress(iterable: Iterable, desc: str, total: int | None = None, enabled: bool = True) -> Iterator:
-    """`iterable` with a tqdm bar on stderr when stderr is a terminal, plain otherwise: the one way
-    long work (fit, the CLI) shows progress, so a pipe or a log file never fills with redraws."""
-    if not (enabled and _is_terminal(sys.stderr)):
-        return iter(iterable)
-    from tqdm import tqdm
-    return iter(tqdm(iterable, desc=desc, total=total, file=sys.stderr, leave=False, dynamic_ncols=True))
 
 
 class _Progress:

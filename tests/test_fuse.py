@@ -1,5 +1,5 @@
 """The `fuse` pass: IR before and after for each kind of fusion, fuel, the fusion log, the policy
-hook, max-ops, cycles, and the seed's LeNet training step (forward and backward)."""
+hook, max-ops, cycles, and the README's LeNet training step (forward and backward)."""
 import logging
 
 import numpy as np
@@ -387,7 +387,7 @@ def test_an_instance_policy_and_the_options():
         passes.PassManager.parse("fuse{max-op=3}")
 
 
-# --- the seed's LeNet, forward and backward ---------------------------------------------------------
+# --- the README's LeNet, forward and backward ---------------------------------------------------------
 
 TRAIN_LIKE = """
 func @f(%x: tensor<4x8xf32>, %w: tensor<6x8xf32>, %b: tensor<6xf32>) -> (tensor<4x6xf32>, tensor<4xf32>) {

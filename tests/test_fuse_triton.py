@@ -1,4 +1,4 @@
-"""After the default pipeline, the seed's LeNet (forward, and the training step: forward and
+"""After the default pipeline, the README's LeNet (forward, and the training step: forward and
 backward), and the training steps of the zoo's MLP and VAE, compile with ONE Triton kernel per
 fusion group, no group falling back to per-op kernels, and match the numpy interpreter (Triton's
 interpreter on machines without a GPU)."""
