@@ -28,7 +28,7 @@ class CliError(Exception):
     """An error reported as one line, exit status 1."""
 
 
-class _Parser(argparse.ArgumentParser):
+class _ArgumentParser(argparse.ArgumentParser):
     """argparse with usage errors on one line, like every other error of the command (argparse's own
     prints the usage block first); `--help` still shows the usage. Subcommands inherit the class."""
 
@@ -271,7 +271,7 @@ def cmd_demo(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="avalon", description="Avalon: trace, optimize and compile models.")
+    p = _ArgumentParser(prog="avalon", description="Avalon: trace, optimize and compile models.")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("trace", help="trace a model or function and print its IR")
