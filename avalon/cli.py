@@ -6,24 +6,35 @@
   avalon kernels FILE|- -o DIR [-p PIPELINE]
   avalon run FILE|- [-p PIPELINE] [--seed N]
   avalon ops [NAME ...] [--missing]
-  avalon demo
+  avalon demo [--batch N]
 
-Errors exit non-zero with one clear line on stderr, never a traceback (set AVALON_DEBUG=1 for one).
+Errors exit non-zero with one clear line on stderr, never a traceback (set AVALON_DEBUG=1 for one);
+usage errors too (exit status 2), which name `--help` instead of printing the usage block.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import importlib.util
+import inspect
 import os
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
 
 class CliError(Exception):
     """An error reported as one line, exit status 1."""
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse with usage errors on one line, like every other error of the command (argparse's own
+    prints the usage block first); `--help` still shows the usage. Subcommands inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise SystemExit(2)
 
 
 def _read(path: str) -> tuple[str, str]:
@@ -113,11 +124,31 @@ def _pipeline(args, **kw):
     return PassManager.parse(args.pipeline, **kw) if args.pipeline else None
 
 
+def _check_arity(obj: Any, n: int, target: str) -> None:
+    """One --input per argument: say so before tracing, instead of Python's bare `TypeError: f()
+    missing 1 required positional argument` from inside the trace."""
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return
+    params = [p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p.name for p in params if p.default is p.empty]
+    varargs = any(p.kind is p.VAR_POSITIONAL for p in sig.parameters.values())
+    if n < len(required) or (n > len(params) and not varargs):
+        want = f"{len(required)}" if len(required) == len(params) or varargs else f"{len(required)} to {len(params)}"
+        names = ", ".join(p.name for p in params)
+        given = "no --input was" if n == 0 else f"{n} --input {'was' if n == 1 else 'were'}"
+        raise CliError(f"{target} takes {want} input{'s' if len(params) != 1 else ''} ({names}) but "
+                       f"{given} given; pass one --input SHAPE[:DTYPE] per "
+                       f"argument, in order, e.g. " + " ".join(["--input 2x3:f32"] * max(len(required), 1)))
+
+
 def cmd_trace(args) -> None:
     from . import ir
     from .trace import trace
     specs = [parse_input_spec(s) for s in args.input]  # bad specs fail before any import
     obj = _load_object(args.target)
+    _check_arity(obj, len(specs), args.target)
     rng = np.random.default_rng(args.seed)
     inputs = [random_input(*spec, rng) for spec in specs]
     g = trace(obj, *inputs)
@@ -174,7 +205,9 @@ def cmd_run(args) -> None:
         scale = float(np.max(np.abs(a64))) if a.size else 0.0
         rel = diff / max(scale, 1e-30)
         worst = max(worst, rel)
-        print(f"output {i}: {g.outputs[i].type}  max |numpy - triton| = {diff:.3e}  (relative {rel:.3e})")
+        # the relative figure first: large logits make a harmless absolute difference look alarming
+        print(f"output {i}: {g.outputs[i].type}  relative difference {rel:.2e}  "
+              f"(max |numpy - triton| = {diff:.2e}, largest |numpy| = {scale:.2e})")
     if worst > args.rtol:
         raise CliError(f"outputs differ: largest relative difference {worst:.3e} > --rtol {args.rtol}")
 
@@ -238,7 +271,7 @@ def cmd_demo(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="avalon", description="Avalon: trace, optimize and compile models.")
+    p = _ArgumentParser(prog="avalon", description="Avalon: trace, optimize and compile models.")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("trace", help="trace a model or function and print its IR")
@@ -282,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     ops_p.add_argument("--plugin", action="append", metavar="FILE.py", help="a Python file that defines ops")
     ops_p.set_defaults(fn=cmd_ops)
 
-    d = sub.add_parser("demo", help="trace the README's LeNet, optimize it and run it on the reference")
+    d = sub.add_parser("demo", help="trace the README's LeNet, optimize it, run it on the reference, "
+                                    "then show and run its Triton kernels")
     d.add_argument("--batch", type=int, default=2)
     d.set_defaults(fn=cmd_demo)
     return p

@@ -244,7 +244,8 @@ class Tensor:
     def __repr__(self) -> str:
         if self._value is not None:
             return f"Tensor(traced, shape={self.shape}, dtype={self.dtype.name})"
-        body = np.array2string(self.numpy(), separator=", ", precision=4, threshold=20, prefix="tensor(")
+        # torch's threshold: every element up to 1000, so an 8x4 batch shows all its rows
+        body = np.array2string(self.numpy(), separator=", ", precision=4, threshold=1000, prefix="tensor(")
         dev = f", device='{self._device}'" if self._device != CPU else ""
         return f"tensor({body}, dtype={self.dtype.name}{dev})"
 

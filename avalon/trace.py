@@ -34,6 +34,7 @@ from .tensor import Tensor, as_array
 _STACK: list[Trace] = []
 _PKG = os.path.dirname(os.path.abspath(__file__))
 _USER_SUBDIRS = tuple(os.path.join(_PKG, d) + os.sep for d in ("zoo",))
+_USER_FILES = (os.path.join(_PKG, "demo.py"),)  # the demo's model is an example, not Avalon's machinery
 
 
 def current_trace() -> Trace | None:
@@ -53,12 +54,13 @@ def user_location() -> Location | None:
 
 @functools.lru_cache(maxsize=4096)
 def _is_user_file(fn: str) -> bool:
-    """Not Avalon's own code (zoo models count as user code); paths normalized, so an Avalon
+    """Not Avalon's own code (zoo models and the demo's count as user code, so a shape error in them
+    names their line, not the `avalon` launcher that called them); paths normalized, so an Avalon
     imported through `benchmarks/../avalon` is still recognized."""
     if fn.startswith("<frozen"):
         return False
     norm = os.path.normpath(os.path.abspath(fn)) if not fn.startswith("<") else fn
-    return not norm.startswith(_PKG + os.sep) or norm.startswith(_USER_SUBDIRS)
+    return not norm.startswith(_PKG + os.sep) or norm.startswith(_USER_SUBDIRS) or norm in _USER_FILES
 
 
 def _short(path: str) -> str:

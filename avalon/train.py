@@ -1,13 +1,18 @@
 """`av.fit`: a small training loop whose step runs compiled, not op by op.
 
-    history = av.fit(model, X, Y, loss_fn, epochs=10, batch_size=100)
+    history = av.fit(model, X, Y, loss_fn, epochs=10, batch_size=100)       # loss_fn(prediction, target)
+    history = av.fit(model, X, None, loss_fn)                                # loss_fn(prediction)
+    history = av.fit(model, X, Y, objective=f)                               # f(model, x, y), or f(model, x)
 
-`loss_fn(model, x, y)` returns a scalar loss for one batch (`loss_fn(model, x)` when `Y` is None,
-for unsupervised models such as a VAE). The whole training step, the forward pass, its gradient and
-the optimizer update, is one traced graph:
+`loss_fn` is a criterion as in torch: `nn.CrossEntropyLoss()`, `F.cross_entropy`, `F.mse_loss`, or any
+function of (prediction, target) where prediction is `model(x)` (whatever the model returns, a tuple
+too). When the loss needs more than the prediction, say a VAE's ELBO that needs the input, pass a full
+objective by keyword instead. A function of the wrong shape is a TypeError naming the expected one,
+raised before anything is traced when its signature tells, at the first trace otherwise. The whole
+training step, the forward pass, its gradient and the optimizer update, is one traced graph:
 
     def train_step(model, opt, x, y):
-        loss, grads = av.value_and_grad(loss_fn)(model, x, y)
+        loss, grads = av.value_and_grad(objective)(model, x, y)    # objective(m, x, y) = loss_fn(m(x), y)
         opt.step(grads)
         return loss
 
@@ -18,21 +23,23 @@ the optimizer are arguments, so their tensors (parameters, moments, step count) 
 that each call reads afresh and the state updates write back.
 
 Choices, and why:
-- The default optimizer is `Adam(model, lr=1e-3)`: it trains most small models without tuning, and
-  it is what the original Avalon's CNN benchmark used.
+- The default optimizer is `Adam(model, lr=1e-3)`: it trains most small models without tuning.
 - The epoch loss is the mean over samples (each batch's loss weighted by its size), so a short last
   batch does not count as much as a full one.
 - Floating-point data is converted to the dtype of the model's parameters: numpy arrays default to
   float64 while models default to float32, and mixing them would run the whole step in float64.
 - Shuffling draws from `np.random.default_rng(seed)`; with `seed=None` the seed comes from Avalon's
   global generator, so `av.manual_seed` makes a whole run repeatable.
-- The progress bar goes to stderr and only when stderr is a terminal; the epoch summaries also go to
-  the `avalon.train` log channel (`AVALON_LOG=train`).
+- Progress goes to stderr, so a script's stdout stays its own. On a terminal each epoch is a tqdm
+  bar that redraws in place and stays as that epoch's one line; when stderr is not a terminal (piped,
+  a log file, CI) fit writes one plain line per epoch and nothing else (no carriage returns);
+  `progress=False` writes nothing. The epoch summaries also go to the `avalon.train` log channel
+  (`AVALON_LOG=train`) for those who collect logs.
 """
 from __future__ import annotations
 
+import inspect
 import math
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -48,23 +55,110 @@ from .ir import dtypes as dt
 from .tensor import Tensor, as_array
 from .tree import named_parameters, to_device
 
-__all__ = ["fit", "make_train_step", "predict"]
+__all__ = ["fit", "make_objective", "make_train_step", "predict"]
 
 log = get_logger("train")
 
 
+# -- loss_fn or objective ------------------------------------------------------------------------
+
+def _forms(supervised: bool) -> tuple[str, str]:
+    return (("loss_fn(prediction, target)", "objective(model, x, y)") if supervised
+            else ("loss_fn(prediction)", "objective(model, x)"))
+
+
+def _name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
+
+
+def _describe(fn: Any) -> str:
+    """`name(a, b)` for an error message: what the user passed, as they wrote it."""
+    name = _name(fn)
+    try:
+        return f"{name}{inspect.signature(fn)}"
+    except (TypeError, ValueError):
+        return name
+
+
+def _takes(fn: Callable, n: int) -> bool | None:
+    """Whether `fn` accepts n positional arguments; None when its signature cannot tell (none at
+    all, or `*args` that may forward anywhere)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_POSITIONAL for p in sig.parameters.values()):
+        return None
+    try:
+        sig.bind(*range(n))
+    except TypeError:
+        return False
+    return True
+
+
+def _explained(fn: Callable, form: str) -> Callable:
+    """`fn`, with a TypeError it raises (when first traced) re-raised naming the form fit calls it in:
+    a signature can look right (`objective=F.mse_loss` takes three arguments) and still be the wrong
+    function, and one with `*args` cannot be checked before the call."""
+    def call(*args: Any) -> Any:
+        try:
+            return fn(*args)
+        except TypeError as e:
+            raise TypeError(f"fit: {form}; {_describe(fn)} raised TypeError: {e}") from e
+    return call
+
+
+def make_objective(loss_fn: Callable | None = None, supervised: bool = True, *,
+                   objective: Callable | None = None) -> Callable:
+    """The function of (model, x[, y]) that the training step differentiates: `objective` itself, or
+    `loss_fn(model(x), y)` (`loss_fn(model(x))` unsupervised). Checks the signature first, so a loss
+    of the wrong shape fails here, naming the form fit calls, rather than deep inside a trace."""
+    loss_form, obj_form = _forms(supervised)
+    if (loss_fn is None) == (objective is None):
+        raise TypeError(f"fit: pass a loss, called as {loss_form}, or a full objective by keyword, "
+                        f"called as {obj_form} (fit(model, X, Y, objective=f)); "
+                        + ("got both" if loss_fn is not None else "got neither"))
+    if objective is not None:
+        if _takes(objective, 3 if supervised else 2) is False:
+            raise TypeError(f"fit: objective is called as {obj_form}, but {_describe(objective)} does not take "
+                            f"{3 if supervised else 2} arguments")
+        return _explained(objective, f"objective is called as {obj_form}")
+    if isinstance(loss_fn, type):
+        raise TypeError(f"fit: loss_fn is the class {loss_fn.__name__}; pass an instance, {loss_fn.__name__}()")
+    n = 2 if supervised else 1
+    if _takes(loss_fn, n) is False:
+        hint = ""
+        if _takes(loss_fn, n + 1):
+            hint = (f"; a function of ({'model, x, y' if supervised else 'model, x'}) is a full objective: "
+                    f"pass it by keyword, fit(model, X, {'Y' if supervised else 'None'}, objective={_name(loss_fn)})")
+        raise TypeError(f"fit: loss_fn is called as {loss_form} with prediction = model(x), but "
+                        f"{_describe(loss_fn)} does not take {n} argument{'s' if n > 1 else ''}{hint}")
+    call = _explained(loss_fn, f"loss_fn is called as {loss_form} with prediction = model(x)")
+
+    if supervised:
+        def loss_of_prediction(model, x, y):
+            return call(model(x), y)
+    else:
+        def loss_of_prediction(model, x):
+            return call(model(x))
+    return loss_of_prediction
+
+
 # -- the compiled step -------------------------------------------------------------------------
 
-def make_train_step(loss_fn: Callable, supervised: bool = True) -> Callable:
-    """The training step as a plain function of (model, optimizer, x[, y]) -> loss, ready to trace."""
+def make_train_step(loss_fn: Callable | None = None, supervised: bool = True, *,
+                    objective: Callable | None = None) -> Callable:
+    """The training step as a plain function of (model, optimizer, x[, y]) -> loss, ready to trace;
+    `loss_fn` and `objective` as in `fit`."""
+    obj = make_objective(loss_fn, supervised, objective=objective)
     if supervised:
         def train_step(model, opt, x, y):
-            loss, grads = value_and_grad(loss_fn)(model, x, y)
+            loss, grads = value_and_grad(obj)(model, x, y)
             opt.step(grads)
             return loss
     else:
         def train_step(model, opt, x):
-            loss, grads = value_and_grad(loss_fn)(model, x)
+            loss, grads = value_and_grad(obj)(model, x)
             opt.step(grads)
             return loss
     return train_step
@@ -95,49 +189,63 @@ def _batch(arr: np.ndarray, idx: Any, dtype: dt.DType | None, dev: Device) -> Te
 
 # -- progress ------------------------------------------------------------------------------------
 
+def _is_terminal(stream: Any) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except (ValueError, OSError):  # a closed stream
+        return False
+
+
 class _Progress:
-    """A one-line progress bar on stderr, redrawn at most ten times a second."""
+    """What fit shows on stderr (see the module docstring): a tqdm bar per epoch on a terminal, left
+    standing as that epoch's line; one plain line per epoch otherwise; nothing when disabled."""
 
     def __init__(self, enabled: bool, epochs: int, batches: int):
-        self.on = enabled and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+        self.stream = sys.stderr  # read now: tests and notebooks swap it
+        self.mode = "off" if not enabled else "bar" if _is_terminal(self.stream) else "lines"
         self.epochs, self.batches = epochs, batches
-        self.last = 0.0
+        self.bar: Any = None
 
-    def update(self, epoch: int, done: int, loss: float, started: float, final: bool = False) -> None:
-        if not self.on:
-            return
-        now = time.perf_counter()
-        if not final and now - self.last < 0.1:
-            return
-        self.last = now
-        elapsed = now - started
-        rate = done / elapsed if elapsed > 0 else 0.0
-        head = f"epoch {epoch}/{self.epochs} "
-        tail = f" {done}/{self.batches} loss {loss:.4g} {rate:.1f} it/s {elapsed:.1f}s"
-        width = max(10, min(40, shutil.get_terminal_size((80, 20)).columns - len(head) - len(tail) - 3))
-        filled = int(width * done / max(self.batches, 1))
-        sys.stderr.write(f"\r{head}[{'#' * filled}{'.' * (width - filled)}]{tail}")
-        if final:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+    def start(self, epoch: int) -> None:
+        if self.mode == "bar":
+            from tqdm import tqdm
+            self.bar = tqdm(total=self.batches, desc=f"epoch {epoch}/{self.epochs}", unit="batch", file=self.stream,
+                            leave=True, dynamic_ncols=True, mininterval=0.1)
+
+    def update(self, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"loss {loss:.4g}", refresh=False)
+            self.bar.update(1)
+
+    def end(self, epoch: int, loss: float, seconds: float) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        elif self.mode == "lines":
+            self.stream.write(f"epoch {epoch}/{self.epochs}: loss {loss:.4g} ({seconds:.1f}s)\n")
+            self.stream.flush()
 
 
 # -- fit -----------------------------------------------------------------------------------------
 
-def fit(model: Any, X: Any, Y: Any, loss_fn: Callable, epochs: int = 10, batch_size: int = 100,
+def fit(model: Any, X: Any, Y: Any, loss_fn: Callable | None = None, epochs: int = 10, batch_size: int = 100,
         optimizer: Any = None, device: Any = None, backend: str | None = None, shuffle: bool = True,
-        progress: bool = True, seed: int | None = None) -> list[float]:
+        progress: bool = True, seed: int | None = None, *, objective: Callable | None = None) -> list[float]:
     """Train `model` in place on (X, Y) in mini-batches; returns the mean loss of each epoch.
 
-    `backend` picks the compiler backend ("numpy" or "triton"); by default "triton" when the model
-    lives on a GPU and "numpy" otherwise. `device` moves the model (and the optimizer's state) there
-    first. See the module docstring for the choices made.
+    `loss_fn(model(x), y)` is the batch loss (`loss_fn(model(x))` when Y is None); or pass
+    `objective=f`, called as `f(model, x, y)` (`f(model, x)`). `backend` picks the compiler backend
+    ("numpy" or "triton"); by default "triton" when the model lives on a GPU and "numpy" otherwise.
+    `device` moves the model (and the optimizer's state) there first. See the module docstring for
+    the choices made.
     """
     from . import optim
     from .random import fresh_seed
 
     if batch_size < 1:
         raise ValueError(f"fit: batch_size must be at least 1, got {batch_size}")
+    train_step = make_train_step(loss_fn, supervised=Y is not None, objective=objective)  # a bad loss fails first
     Xa = _host_array(X, "X")
     Ya = _host_array(Y, "Y") if Y is not None else None
     if Ya is not None and len(Ya) != len(Xa):
@@ -158,27 +266,32 @@ def fit(model: Any, X: Any, Y: Any, loss_fn: Callable, epochs: int = 10, batch_s
     if backend is None:
         backend = "numpy" if dev == CPU else "triton"
     _set_mode(model, True)
-    step = compile(make_train_step(loss_fn, supervised=Ya is not None), backend=backend)
+    step = compile(train_step, backend=backend)
 
     pdtype = _param_dtype(model)
     rng = np.random.default_rng(fresh_seed() if seed is None else seed)
     batches = math.ceil(n / batch_size)
-    bar = _Progress(progress, epochs, batches)
+    shown = _Progress(progress, epochs, batches)
     history: list[float] = []
     for epoch in range(1, epochs + 1):
         order = rng.permutation(n) if shuffle else None
         total, started = 0.0, time.perf_counter()
-        for b in range(batches):
-            lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
-            idx = order[lo:hi] if order is not None else slice(lo, hi)
-            args = [_batch(Xa, idx, pdtype, dev)] + ([_batch(Ya, idx, pdtype, dev)] if Ya is not None else [])
-            loss = float(step(model, optimizer, *args))
-            if not math.isfinite(loss):
-                log.warning("epoch %d batch %d: loss is %s", epoch, b + 1, loss)
-            total += loss * (hi - lo)
-            bar.update(epoch, b + 1, total / hi, started, final=b + 1 == batches)
+        shown.start(epoch)
+        try:
+            for b in range(batches):
+                lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
+                idx = order[lo:hi] if order is not None else slice(lo, hi)
+                args = [_batch(Xa, idx, pdtype, dev)] + ([_batch(Ya, idx, pdtype, dev)] if Ya is not None else [])
+                loss = float(step(model, optimizer, *args))
+                if not math.isfinite(loss):
+                    log.warning("epoch %d batch %d: loss is %s", epoch, b + 1, loss)
+                total += loss * (hi - lo)
+                shown.update(total / hi)
+        finally:
+            seconds = time.perf_counter() - started
+            shown.end(epoch, total / n, seconds)
         history.append(total / n)
-        log.info("epoch %d/%d: loss %.6g (%.2fs)", epoch, epochs, history[-1], time.perf_counter() - started)
+        log.info("epoch %d/%d: loss %.6g (%.2fs)", epoch, epochs, history[-1], seconds)
     return history
 
 

@@ -1,5 +1,8 @@
 """What the training examples share: their command line, the timed `av.fit` call with Adam, and the
-test accuracy. Each script keeps only its data, its model and what it reports."""
+test accuracy. Each script keeps only its data, its model and what it reports.
+
+`av.fit` itself shows each epoch on stderr (a progress bar on a terminal, one line per epoch when
+piped), so the scripts print only their summary on stdout, never the epochs again."""
 from __future__ import annotations
 
 import argparse
@@ -30,18 +33,15 @@ def parse_args(doc: str | None, argv: list[str] | None, *, epochs: int, lr: floa
     return p.parse_args(argv)
 
 
-def fit(model: Any, X: Any, y: Any, loss_fn: Any, args: argparse.Namespace) -> tuple[list[float], float]:
-    """Train with Adam as the command line says; returns the loss per epoch and the seconds it took."""
+def fit(model: Any, X: Any, y: Any, loss_fn: Any, args: argparse.Namespace, *, objective: Any = None
+        ) -> tuple[list[float], float]:
+    """Train with Adam as the command line says (`loss_fn(prediction, target)`, or a full `objective`
+    as in `av.fit`); returns the loss per epoch and the seconds it took."""
     start = time.perf_counter()
     history = av.fit(model, X, y, loss_fn, epochs=args.epochs, batch_size=args.batch_size,
                      optimizer=optim.Adam(model, lr=args.lr), device=args.device, backend=args.backend,
-                     seed=args.seed)
+                     seed=args.seed, objective=objective)
     return history, time.perf_counter() - start
-
-
-def print_epochs(history: list[float], what: str = "loss", fmt: str = ".4f") -> None:
-    for epoch, loss in enumerate(history, 1):
-        print(f"epoch {epoch}: {what} {loss:{fmt}}")
 
 
 def accuracy(model: Any, X_test: Any, y_test: Any, args: argparse.Namespace) -> float:

@@ -14,7 +14,7 @@ import avalon as av
 from avalon import zoo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common.py lies beside us, however we are started
-from _common import accuracy, fit, parse_args, print_epochs  # noqa: E402
+from _common import accuracy, fit, parse_args  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> float:
@@ -23,9 +23,9 @@ def main(argv: list[str] | None = None) -> float:
     X, y, X_test, y_test = zoo.datasets.digit_sequences()
     model = zoo.LSTMClassifier(input_size=8, hidden_size=args.hidden, num_classes=10)
     history, train_s = fit(model, X, y, zoo.cross_entropy, args)
-    print_epochs(history)
     acc = accuracy(model, X_test, y_test, args)
-    print(f"LSTM: test accuracy {acc:.3f} on {len(y_test)} digit sequences; training {train_s:.1f}s")
+    print(f"LSTM: test accuracy {acc:.3f} on {len(y_test)} digit sequences, final loss {history[-1]:.4f}; "
+          f"training {train_s:.1f}s")
     return acc
 
 

@@ -20,9 +20,9 @@ def main(argv: list[str] | None = None) -> float:
     X, y, X_test, y_test = zoo.datasets.digits(8, normalize="standard")
     model = zoo.MLP(in_features=64, hidden=(128, 64), num_classes=10, dropout=args.dropout)
     history, train_s = fit(model, X, y, zoo.cross_entropy, args)
-    print(f"loss: epoch 1 {history[0]:.4f} -> epoch {len(history)} {history[-1]:.4f}")
     acc = accuracy(model, X_test, y_test, args)
-    print(f"MLP: test accuracy {acc:.3f} on {len(y_test)} digits; training {train_s:.1f}s")
+    print(f"MLP: test accuracy {acc:.3f} on {len(y_test)} digits, final loss {history[-1]:.4f}; "
+          f"training {train_s:.1f}s")
     return acc
 
 

@@ -1,5 +1,6 @@
 """The command line: real subprocesses, one clear error line, non-zero exit."""
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -51,6 +52,11 @@ def test_opt_instrumentation(tmp_path):
     (("opt", "-", "-p", "no-such-pass"), IR, "no-such-pass"),
     (("trace", "nomodule:Net", "--input", "2x3"), None, "cannot import module"),
     (("trace", "avalon.demo:Net", "--input", "2xqx3"), None, "expected a shape"),
+    (("trace", "avalon.demo:Net"), None, "avalon.demo:Net takes 1 input (x) but no --input was given; pass one --input"),
+    (("trace", "avalon.demo:Net", "--input", "2x1x20x20"), None, "avalon/demo.py:"),  # the model's line, not the launcher
+    (("trace",), None, "the following arguments are required: target (see avalon trace --help)"),
+    (("frobnicate",), None, "invalid choice: 'frobnicate'"),
+    (("opt", "-", "--no-such-flag"), IR, "unrecognized arguments: --no-such-flag"),
 ])
 def test_errors_are_one_line(args, stdin, message):
     r = avalon(*args, stdin=stdin)
@@ -58,6 +64,15 @@ def test_errors_are_one_line(args, stdin, message):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert message in lines[0]
+
+
+def test_trace_says_how_many_inputs_a_function_takes(tmp_path):
+    (tmp_path / "model.py").write_text("def f(x, y):\n    return x + y\n")
+    r = avalon("trace", "model.py:f", "--input", "2x3", cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "avalon trace: error: model.py:f takes 2 inputs (x, y) but 1 --input was given; pass one --input "
+        "SHAPE[:DTYPE] per argument, in order, e.g. --input 2x3:f32 --input 2x3:f32"]
 
 
 def test_trace_a_function_in_a_file(tmp_path):
@@ -122,6 +137,19 @@ def test_run_compares_both_backends(tmp_path):
     r = avalon("run", str(src))
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("max |numpy - triton|") == 2
+    for line in r.stdout.splitlines():  # the relative figure leads; the absolute one follows
+        assert line.index("relative difference") < line.index("max |numpy - triton|")
+
+
+def test_demo_shows_and_runs_its_triton_kernels():
+    r = avalon("demo")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert re.search(r"\d+ kernels, one per fused group", out) and "one kernel: fused_conv2d" in out
+    assert "@triton.jit" in out
+    assert "ms per call" in out and "where next" in out and "examples/train_lenet.py" in out
+    rel = float(out.split("largest relative difference from the reference interpreter: ")[1].split()[0])
+    assert rel < 1e-4
 
 
 def test_ops_lists_the_registry_with_its_rule_tables():

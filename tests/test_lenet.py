@@ -1,4 +1,4 @@
-"""The seed's LeNet (DESIGN.md section 1, a plain class) against the same network in PyTorch."""
+"""The README's LeNet (DESIGN.md section 1, a plain class) against the same network in PyTorch."""
 import numpy as np
 import torch
 import torch.nn.functional as TF

@@ -39,8 +39,11 @@ class TinyCNN:
 
 
 def _step(loss_fn):
+    def objective(model, x, y):
+        return loss_fn(model(x), y)  # zoo's losses are criteria: loss_fn(prediction, target)
+
     def step(model, opt, x, y):
-        loss, grads = av.value_and_grad(loss_fn)(model, x, y)
+        loss, grads = av.value_and_grad(objective)(model, x, y)
         opt.step(grads)
         return loss
     return step

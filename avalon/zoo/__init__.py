@@ -1,9 +1,12 @@
-"""Ready-made models, ported from the original Avalon's zoo and benchmarks, with PyTorch semantics.
+"""Ready-made models with PyTorch semantics, ready to trace, compile and train.
 
-`LeNet` (the seed's CNN for 28x28 digits), `VAE` with `vae_loss` (the PyTorch example's VAE), `MLP`
-(a plain classifier) and `LSTMClassifier` (a sequence classifier). Each is an `nn.Module`; the loss
-functions beside them have the `loss_fn(model, x, y)` shape that `av.fit` takes. `datasets` has small
-offline data (scikit-learn's digits) for the examples and tests.
+`LeNet` (the README's CNN for 28x28 digits: Caffe's LeNet with 20 and 50 filters), `VAE` with
+`vae_loss` (the VAE of PyTorch's examples), `MLP` (a plain classifier) and `LSTMClassifier` (a
+sequence classifier). Each is an `nn.Module`. The losses beside them fit `av.fit` as they are:
+`nll` and `cross_entropy` are criteria, `loss_fn(prediction, target)`
+(`av.fit(model, X, Y, zoo.nll)`); `elbo(model, x)` needs the input as well as the prediction, so it is
+a full objective (`av.fit(model, X, None, objective=zoo.elbo)`). `datasets` has small offline data
+(scikit-learn's digits) for the examples and tests.
 """
 from . import datasets
 from .lenet import LeNet, nll

@@ -1,4 +1,5 @@
-"""LeNet, exactly the seed's network (DESIGN.md section 1) for 1x28x28 images."""
+"""LeNet for 1x28x28 images, exactly the network of the README and DESIGN.md section 1 (Caffe's MNIST
+LeNet: 20 and 50 filters of 5x5, 500 hidden units)."""
 from __future__ import annotations
 
 from typing import Any
@@ -27,6 +28,7 @@ class LeNet(nn.Module):
         return F.log_softmax(self.fc2(x), dim=1)
 
 
-def nll(model: Any, x: Any, y: Any) -> Tensor:
-    """Mean negative log-likelihood of the labels, for models that return log-probabilities."""
-    return F.nll_loss(model(x), y)
+def nll(log_probs: Any, target: Any) -> Tensor:
+    """Mean negative log-likelihood of the labels, for models that return log-probabilities (LeNet):
+    a criterion, `av.fit(model, X, Y, zoo.nll)`; the same as `F.nll_loss`."""
+    return F.nll_loss(log_probs, target)

@@ -33,6 +33,7 @@ class MLP(nn.Module):
         return f"dropout={self.dropout}" if self.dropout else ""
 
 
-def cross_entropy(model: Any, x: Any, y: Any) -> Tensor:
-    """Mean cross-entropy of the labels, for models that return logits."""
-    return F.cross_entropy(model(x), y)
+def cross_entropy(logits: Any, target: Any) -> Tensor:
+    """Mean cross-entropy of the labels, for models that return logits (MLP, LSTMClassifier): a
+    criterion, `av.fit(model, X, Y, zoo.cross_entropy)`; the same as `F.cross_entropy`."""
+    return F.cross_entropy(logits, target)

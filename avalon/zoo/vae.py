@@ -1,4 +1,4 @@
-"""The variational autoencoder of PyTorch's examples (the original Avalon's VAE benchmark family)."""
+"""The variational autoencoder of PyTorch's examples (pytorch/examples, vae/main.py)."""
 from __future__ import annotations
 
 from typing import Any
@@ -52,6 +52,7 @@ def vae_loss(recon_x: Tensor, x: Any, mu: Tensor, logvar: Tensor) -> Tensor:
 
 
 def elbo(model: VAE, x: Any) -> Tensor:
-    """`vae_loss` per sample, the `loss_fn(model, x)` form `av.fit` takes with Y=None."""
+    """`vae_loss` per sample. It needs the input beside the prediction, so it is a full objective:
+    `av.fit(model, X, None, objective=zoo.elbo)`."""
     recon, mu, logvar = model(x)
     return vae_loss(recon, x, mu, logvar) / x.shape[0]
