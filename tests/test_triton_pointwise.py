@@ -203,3 +203,14 @@ def test_kernel_source_is_readable_and_named_after_the_group():
     assert "#   %0 = fusion @fused_add_relu_0(%in0, %in1)" in src  # the group's IR heads the file
     assert "tl.load(in0 + xindex, mask=xmask, other=0)" in src
     ir.verify(g)
+
+
+def test_fusing_a_graph_without_ops_leaves_it_as_is():
+    """A generated chain can come out with no ops (it returns an input): nothing to fuse, and the
+    Triton backend still runs it (hypothesis found this case)."""
+    from avalon.codegen.triton.testing import fuse
+    g = ir.Graph("f")
+    x = g.add_input(ir.TensorType((3,), ir.float32), "x")
+    g.set_outputs([x])
+    assert str(fuse(g)) == str(g)
+    check(g, [np.arange(3, dtype=np.float32)])

@@ -63,6 +63,8 @@ def outline(ops: Sequence[Op], name: str, *, clone: Callable[[Op], bool] = lambd
     `outputs` (default: results of `ops` used outside them); their uses now read the group's
     results. With `place`, the group goes where the last op was and `ops` are erased; otherwise the
     caller places it (and drops `ops`)."""
+    if not ops:
+        raise ValueError(f"outline @{name}: no ops to put in the group")
     members = set(ops)
     region = Block([])
     mapping: dict[Value, Value] = {}

@@ -17,7 +17,9 @@ def fuse(graph: Graph, name: str = "fused_0", start: int = 0, stop: int | None =
     """A copy of `graph` with ops[start:stop] in one fusion op named `name` (values they read from
     outside become its operands; values used later or returned become its results)."""
     out = graph.clone()
-    outline(out.ops[start:stop], name)
+    ops = list(out.ops[start:stop])
+    if ops:  # a graph that computes nothing (it returns its inputs) has nothing to fuse
+        outline(ops, name)
     return out
 
 
