@@ -5,16 +5,27 @@ little-endian header length, a JSON header naming each tensor's dtype, shape and
 raw little-endian bytes. So any safetensors reader (Python, Rust, JS) opens it, nothing in it is code
 (no pickle), and bf16 is stored as real 2-byte bf16. Avalon adds string metadata:
 
-    format = "avalon", format_version = "1", avalon_version = "0.1.0", data_crc32 = "1a2b3c4d"
+    crc32 = "1a2b3c4d", format = "avalon", format_version = "2", avalon_version = "0.1.0"
 
-`format_version` is what later versions key on to keep reading old files; the CRC catches flipped or
-lost bytes that the header checks cannot see. We write and parse the format ourselves (it is ~30 lines
+`format_version` is what later versions key on to keep reading old files. Version 2 (written now)
+puts `__metadata__` first in the header and `crc32` first in it, and that CRC covers every byte
+after the 8-byte length (header with the CRC's own 8 hex digits read as "00000000", then the
+data): a header edit (a dtype F32->I32, two swapped `data_offsets`) is caught like a flipped data
+byte. Raw bytes rather than a re-serialized header, so the check needs no canonical JSON form.
+Version 1 files (a `data_crc32` over the data only) still load; their CRC is mandatory too (every
+version-1 writer wrote it). Whatever the version, dtypes, shapes, byte ranges and the file size
+are checked against each other: ranges tile the data exactly, no overlap, no gap.
+We write and parse the format ourselves (it is ~30 lines
 each way) rather than through the safetensors package so that every problem becomes one
 `CheckpointError` naming the file and what is wrong, and so bf16 needs no torch round trip; the tests
 check that the safetensors package reads our files and that we read a committed file of version 1.
 
-Saving is atomic: the bytes go to a temporary file in the target's directory which then replaces the
-target (`os.replace`), so a crash mid-save leaves the old checkpoint intact. Loading validates the
+Saving is atomic: the bytes go to a temporary file `.<name>.tmp-<pid>-<random>` in the target's
+directory which then replaces the target (`os.replace`), so a crash mid-save leaves the old
+checkpoint intact; the next save to that path removes temp files whose writer process is gone
+(a SIGKILL cannot clean up after itself). Only regular files are read: the file is opened with
+O_NONBLOCK (a FIFO would block) and refused after `fstat` unless regular (a symlink to /dev/zero
+would read forever), and every problem, OS errors included, is a `CheckpointError`. Loading validates the
 whole file before building any tensor and never touches the model; `nn.load_state_dict(model,
 av.load(path))` restores one.
 """
@@ -24,6 +35,7 @@ import json
 import math
 import os
 import secrets
+import stat
 import struct
 import zlib
 from collections.abc import Mapping
@@ -37,7 +49,8 @@ from .tensor import Tensor, as_array
 __all__ = ["FORMAT", "FORMAT_VERSION", "CheckpointError", "load", "read_metadata", "save"]
 
 FORMAT = "avalon"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_CRC_PREFIX = b'{"__metadata__":{"crc32":"'  # how a version-2 header starts
 _MAX_HEADER = 100 * 1024 * 1024  # the safetensors limit; a larger length means a broken or foreign file
 
 # Avalon dtype <-> safetensors dtype name
@@ -99,25 +112,61 @@ def save(obj: Any, path: str | os.PathLike) -> None:
     state = _state_of(obj)
     header: dict[str, Any] = {}
     chunks: list[bytes] = []
-    offset, crc = 0, 0
+    offset = 0
     for name, value in state.items():
         if not isinstance(name, str):
             raise TypeError(f"state dict keys must be strings, got {name!r}")
         st_dtype, shape, data = _encode(name, value)
         header[name] = {"dtype": st_dtype, "shape": list(shape), "data_offsets": [offset, offset + len(data)]}
         chunks.append(data)
-        crc = zlib.crc32(data, crc)
         offset += len(data)
-    header["__metadata__"] = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
-                              "avalon_version": __version__, "data_crc32": f"{crc:08x}"}
-    head = json.dumps(header, separators=(",", ":")).encode()
+    meta = {"crc32": "00000000", "format": FORMAT, "format_version": str(FORMAT_VERSION),
+            "avalon_version": __version__}
+    head = json.dumps({"__metadata__": meta, **header}, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)  # the spec allows trailing spaces; 8-byte alignment of the data
+    assert head.startswith(_CRC_PREFIX)
+    crc = zlib.crc32(head)
+    for c in chunks:
+        crc = zlib.crc32(c, crc)
+    n = len(_CRC_PREFIX)
+    head = head[:n] + f"{crc:08x}".encode() + head[n + 8:]
     _write_atomic(os.fspath(path), [struct.pack("<Q", len(head)), head, *chunks])
+
+
+_TMP = ".tmp-"
+
+
+def _remove_stale_temps(directory: str, base: str) -> None:
+    """Delete temp files of earlier saves to this path whose writing process no longer exists."""
+    prefix = f".{base}{_TMP}"
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for n in names:
+        if not n.startswith(prefix):
+            continue
+        pid_text = n[len(prefix):].split("-", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+            continue  # still running: maybe saving right now
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError, OSError):
+            continue  # alive under another user, or not a pid we can ask about
+        try:
+            os.unlink(os.path.join(directory, n))
+        except OSError:
+            pass
 
 
 def _write_atomic(path: str, parts: list[bytes]) -> None:
     directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+    base = os.path.basename(path)
+    _remove_stale_temps(directory, base)
+    tmp = os.path.join(directory, f".{base}{_TMP}{os.getpid()}-{secrets.token_hex(6)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
     try:
         with os.fdopen(fd, "wb") as f:
@@ -156,10 +205,52 @@ def _foreign_hint(head: bytes) -> str:
     return ""
 
 
+def _read_bytes(path: str | os.PathLike) -> bytes:
+    """The whole file, refusing anything that is not a regular file before reading a byte."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise CheckpointError(path, "no such file (or a symlink to a missing file)") from None
+    except IsADirectoryError:
+        raise CheckpointError(path, "is a directory, not a checkpoint file") from None
+    except OSError as e:
+        raise CheckpointError(path, f"cannot open: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise CheckpointError(path, "is a directory, not a checkpoint file")
+        if not stat.S_ISREG(st.st_mode):
+            raise CheckpointError(path, "not a regular file (a device, FIFO or socket); refused without reading")
+        chunks, left = [], st.st_size
+        while left > 0:  # at most the size fstat gave: a file growing under us is not read without bound
+            b = os.read(fd, min(left, 1 << 24))
+            if not b:
+                break
+            chunks.append(b)
+            left -= len(b)
+        return b"".join(chunks)
+    except OSError as e:
+        raise CheckpointError(path, f"cannot read: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+
+
+def _is_count(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
 def _read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str], bytes]:
     """Parse and validate the whole file: (tensor entries, metadata, data bytes)."""
-    with open(path, "rb") as f:
-        raw = f.read()
+    try:
+        return _validate(path, _read_bytes(path))
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError) as e:
+        # a safety net: every check above should already have named the problem
+        raise CheckpointError(path, f"corrupted: {type(e).__name__}: {e}") from None
+
+
+def _validate(path: str | os.PathLike, raw: bytes) -> tuple[dict[str, Any], dict[str, str], bytes]:
     if len(raw) < 8:
         raise CheckpointError(path, f"not an Avalon checkpoint: only {len(raw)} bytes (truncated or empty)"
                               + _foreign_hint(raw))
@@ -172,7 +263,7 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str], byte
                                     "length field")
     try:
         header = json.loads(raw[8:8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CheckpointError(path, f"corrupted or foreign: the safetensors header is not valid JSON ({e})") from None
     if not isinstance(header, dict):
         raise CheckpointError(path, "corrupted or foreign: the safetensors header is not a JSON object")
@@ -182,41 +273,63 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str], byte
         raise CheckpointError(path, f"a safetensors file, but not an Avalon checkpoint (metadata format={fmt!r}); "
                                     "to import foreign weights, read them with safetensors and pass them to "
                                     "nn.load_state_dict")
-    try:
-        version = int(meta.get("format_version", ""))
-    except ValueError:
-        raise CheckpointError(path, f"corrupted: bad format_version {meta.get('format_version')!r}") from None
+    fv = meta.get("format_version")
+    if not (isinstance(fv, str) and fv.isascii() and fv.isdigit() and len(fv) < 10):
+        raise CheckpointError(path, f"corrupted: bad format_version {fv!r}")
+    version = int(fv)
     if version > FORMAT_VERSION:
         raise CheckpointError(path, f"written by a newer Avalon ({meta.get('avalon_version', '?')}, checkpoint format "
                                     f"{version}); this version reads formats up to {FORMAT_VERSION}")
+    if version < 1:
+        raise CheckpointError(path, f"corrupted: bad format_version {fv!r}")
+    if any(not isinstance(v, str) for v in meta.values()):
+        raise CheckpointError(path, "corrupted: metadata values must be strings")
     data = raw[8 + n:]
     spans = []
     for name, e in header.items():
-        ok = (isinstance(e, dict) and e.get("dtype") in _FROM_ST and isinstance(e.get("shape"), list)
-              and all(isinstance(s, int) and s >= 0 for s in e["shape"])
-              and isinstance(e.get("data_offsets"), list) and len(e["data_offsets"]) == 2
-              and all(isinstance(o, int) for o in e["data_offsets"]))
+        ok = (isinstance(e, dict) and set(e) == {"dtype", "shape", "data_offsets"} and e["dtype"] in _FROM_ST
+              and isinstance(e["shape"], list) and all(_is_count(s) for s in e["shape"])
+              and isinstance(e["data_offsets"], list) and len(e["data_offsets"]) == 2
+              and all(_is_count(o) for o in e["data_offsets"]))
         if not ok:
             raise CheckpointError(path, f"corrupted: bad header entry for {name!r}: {e!r}")
         begin, end = e["data_offsets"]
         need = math.prod(e["shape"]) * _STORAGE[e["dtype"]].itemsize
-        if end - begin != need:
+        if end < begin or end - begin != need:
             raise CheckpointError(path, f"corrupted: {name!r} of shape {tuple(e['shape'])} {e['dtype']} needs {need} "
                                         f"bytes, its byte range holds {end - begin}")
+        if end > len(data):
+            raise CheckpointError(path, f"truncated: {name!r} needs bytes up to {end}, the file holds {len(data)}")
         spans.append((begin, end, name))
     pos = 0
     for begin, end, name in sorted(spans):
         if begin != pos:
-            raise CheckpointError(path, f"corrupted: the byte range of {name!r} does not follow the previous tensor")
+            raise CheckpointError(path, f"corrupted: the byte range of {name!r} does not follow the previous tensor "
+                                        "(ranges overlap or leave a gap)")
         pos = end
-    if pos > len(data):
-        raise CheckpointError(path, f"truncated: the tensors need {pos} bytes of data, the file holds {len(data)}")
     if pos < len(data):
         raise CheckpointError(path, f"corrupted: {len(data) - pos} unexpected bytes after the last tensor")
-    want = meta.get("data_crc32")
-    if want is not None and f"{zlib.crc32(data):08x}" != want:
-        raise CheckpointError(path, "corrupted: the tensor data does not match its checksum (data_crc32)")
+    _check_crc(path, version, raw[8:8 + n], data, meta)
     return header, meta, data
+
+
+def _check_crc(path: Any, version: int, head: bytes, data: bytes, meta: dict[str, str]) -> None:
+    """Version 2: one CRC over header (its own digits zeroed) and data. Version 1: data only."""
+    if version >= 2:
+        n = len(_CRC_PREFIX)
+        want = head[n:n + 8]
+        if not head.startswith(_CRC_PREFIX) or meta.get("crc32", "").encode() != want:
+            raise CheckpointError(path, "corrupted: the header does not start with its checksum (crc32), which "
+                                        "format version 2 requires")
+        got = zlib.crc32(data, zlib.crc32(head[:n] + b"00000000" + head[n + 8:]))
+        if f"{got:08x}".encode() != want:
+            raise CheckpointError(path, "corrupted: the header and tensor data do not match their checksum (crc32)")
+        return
+    want1 = meta.get("data_crc32")
+    if want1 is None:
+        raise CheckpointError(path, "corrupted: the data checksum (data_crc32) is missing")
+    if f"{zlib.crc32(data):08x}" != want1:
+        raise CheckpointError(path, "corrupted: the tensor data does not match its checksum (data_crc32)")
 
 
 def load(path: str | os.PathLike) -> dict[str, Tensor]:
@@ -226,9 +339,11 @@ def load(path: str | os.PathLike) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     for name, e in header.items():
         begin, end = e["data_offsets"]
-        arr = np.frombuffer(data, dtype=_STORAGE[e["dtype"]], count=math.prod(e["shape"]), offset=begin)
-        arr = arr.reshape(e["shape"])
         d = _FROM_ST[e["dtype"]]
+        try:
+            arr = np.frombuffer(data[begin:end], dtype=_STORAGE[e["dtype"]]).reshape(e["shape"])
+        except (ValueError, MemoryError) as err:  # the checks above should make this unreachable
+            raise CheckpointError(path, f"corrupted: cannot read {name!r}: {err}") from None
         if d is dt.bfloat16:
             arr = (arr.astype(np.uint32) << 16).view(np.float32)
         out[name] = Tensor(arr.astype(d.np), dtype=d)  # a native-endian, writable copy

@@ -1,8 +1,18 @@
-"""Reads the text IR back into a Graph. Errors name the line, the column and what was expected."""
+"""Reads the text IR back into a Graph. Errors name the line, the column and what was expected.
+
+Any text, however broken or hostile, gives a Graph or a `ParseError` (never a plain Python
+exception), in time linear in its length: nesting is depth-limited (attribute lists and regions,
+`MAX_DEPTH`) rather than left to Python's recursion limit, integers are limited to 64 bits before
+Python converts them (no int-digit-limit error, no 5,000-digit shapes), strings are decoded with
+their errors located, and every value an op or type constructor could reject is checked here or
+turned into a located error. Symbols the bare `@name` form cannot spell are quoted, `@"fünf"`, as
+in MLIR, so every name the printer writes reads back.
+"""
 from __future__ import annotations
 
 import json
 import re
+import warnings
 
 import numpy as np
 
@@ -23,14 +33,18 @@ _TOKEN = re.compile(r"""
     (?P<ws>[ \t\r]+|//[^\n]*)
   | (?P<nl>\n)
   | (?P<value>%[A-Za-z0-9_.$-]+)
-  | (?P<symbol>@[A-Za-z0-9_.$-]+)
+  | (?P<symbol>@[A-Za-z0-9_.$-]+|@"(?:[^"\\\n]|\\.)*")
   | (?P<block>\^[A-Za-z0-9_]+)
-  | (?P<string>"(?:[^"\\]|\\.)*")
+  | (?P<string>"(?:[^"\\\n]|\\.)*")
   | (?P<arrow>->)
   | (?P<number>-?\d+\.?\d*(?:[eE][-+]?\d+)?|(?:-?inf|nan)(?![A-Za-z0-9_]))
   | (?P<ident>[A-Za-z_][A-Za-z0-9_.$]*)
   | (?P<punct>[(){}\[\]<>,:=])
-""", re.VERBOSE)
+""", re.VERBOSE | re.ASCII)  # a string ends at its line: positions after it stay right
+
+
+MAX_DEPTH = 64  # nested attribute lists or regions; real IR nests a few levels
+_INT_LIMIT = 2 ** 63
 
 
 class _Tok:
@@ -65,6 +79,7 @@ class _Parser:
         self.source = source
         self.toks = _lex(text, source)
         self.i = 0
+        self.depth = 0
 
     # -- token helpers
     @property
@@ -99,6 +114,34 @@ class _Parser:
             raise self.error(f"expected {what} but found {self.tok!r}")
         return self.next()
 
+    def enter(self, what: str, tok: _Tok) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise self.error(f"{what} nested more than {MAX_DEPTH} deep", tok)
+
+    def string(self, tok: _Tok) -> str:
+        """The text of a string literal (JSON escapes), or a located error."""
+        try:
+            v = json.loads(tok.text)
+        except ValueError as e:
+            raise self.error(f"bad string literal: {e.args[0] if e.args else e}", tok) from None
+        if not isinstance(v, str):  # pragma: no cover - the lexer only passes quoted text
+            raise self.error("bad string literal", tok)
+        return v
+
+    def integer(self, tok: _Tok, what: str = "an integer") -> int:
+        t = tok.text
+        body = t[1:] if t.startswith("-") else t
+        if not body.isdigit():
+            raise self.error(f"expected {what} but found {tok!r}", tok)
+        if len(body) > 19 or not -_INT_LIMIT <= int(t) < _INT_LIMIT:
+            raise self.error(f"integer {t[:24]}{'...' if len(t) > 24 else ''} does not fit in 64 bits", tok)
+        return int(t)
+
+    def symbol(self, tok: _Tok) -> str:
+        t = tok.text[1:]
+        return self.string(_Tok("string", t, tok.line, tok.col + 1)) if t.startswith('"') else t
+
     # -- grammar
     def parse_type(self) -> TensorType:
         t0 = self.tok
@@ -115,22 +158,25 @@ class _Parser:
         body = "".join(parts)
         *dims, dt = body.split("x") if body else [""]
         if dt not in BY_NAME:
-            raise self.error(f"unknown element type '{dt}' in tensor<{body}>; known: {', '.join(BY_NAME)}", t0)
-        try:
-            shape = tuple(int(d) for d in dims)
-        except ValueError:
-            raise self.error(f"bad shape in tensor<{body}>", t0) from None
+            raise self.error(f"unknown element type '{dt[:40]}' in tensor<{body[:80]}>; known: {', '.join(BY_NAME)}",
+                             t0)
+        if not all(d.isascii() and d.isdigit() and len(d) <= 18 for d in dims):
+            raise self.error(f"bad shape in tensor<{body[:80]}>: dims are non-negative integers below 10^18", t0)
+        shape = tuple(int(d) for d in dims)
         layout = None
         if self.accept(","):
             key = self.expect_kind("ident", "'layout'")
             if key.text != "layout":
                 raise self.error("expected 'layout'", key)
             self.expect("=")
+            lt = self.tok
             layout = self.parse_attr_value()
+            if not (isinstance(layout, list) and all(type(i) is int for i in layout)):
+                raise self.error("a layout is a list of dimension numbers like [0, 2, 3, 1]", lt)
         self.expect(">")
         try:
             return TensorType(shape, BY_NAME[dt], layout)
-        except ValueError as e:
+        except (ValueError, TypeError) as e:
             raise self.error(str(e), t0) from None
 
     def parse_attr_value(self):
@@ -141,18 +187,20 @@ class _Parser:
                 return float(t.text)
             if any(c in t.text for c in ".eE"):
                 return float(t.text)
-            return int(t.text)
+            return self.integer(t)
         if t.kind == "string":
             self.next()
-            return json.loads(t.text)
+            return self.string(t)
         if t.kind == "punct" and t.text == "[":
             self.next()
+            self.enter("attribute lists", t)
             items = []
             if not self.accept("]"):
                 items.append(self.parse_attr_value())
                 while self.accept(","):
                     items.append(self.parse_attr_value())
                 self.expect("]", "to close the list")
+            self.depth -= 1
             return items
         if t.kind == "ident":
             self.next()
@@ -162,10 +210,23 @@ class _Parser:
                 return BY_NAME[t.text]
             if t.text == "dense":
                 self.expect("<")
+                at = self.tok
                 items = self.parse_attr_value()
                 self.expect(">")
-                return np.asarray(items)
+                return self.dense(items, at)
         raise self.error(f"expected an attribute value but found {t!r}", t)
+
+    def dense(self, items, tok: _Tok) -> np.ndarray:
+        """A rectangular array of numbers (not ragged, not strings or dtypes)."""
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                a = np.asarray(items)
+        except (ValueError, TypeError, OverflowError, Warning):
+            a = None
+        if a is None or a.dtype.kind not in "biuf":
+            raise self.error("dense<...> holds a rectangular array of numbers (equal-length rows)", tok)
+        return a
 
     def parse_attrs(self) -> dict:
         attrs = {}
@@ -174,6 +235,8 @@ class _Parser:
             return attrs
         while True:
             key = self.expect_kind("ident", "an attribute name")
+            if key.text in attrs:
+                raise self.error(f"attribute '{key.text}' is given twice", key)
             self.expect("=")
             attrs[key.text] = self.parse_attr_value()
             if self.accept("}"):
@@ -233,8 +296,9 @@ class _Parser:
         f = self.expect_kind("string", "a file name string")
         self.expect(":")
         ln = self.expect_kind("number", "a line number")
+        line = self.integer(ln, "a line number")
         self.expect(")")
-        return Location(json.loads(f.text), int(ln.text))
+        return Location(self.string(f), line)
 
     def parse_op(self, scope: dict[str, Value]) -> Op:
         result_toks = []
@@ -252,7 +316,7 @@ class _Parser:
         if self.tok.kind == "symbol":
             if not d.symbol:
                 raise self.error(f"'{name}' takes no @symbol")
-            attrs[d.symbol] = self.next().text[1:]
+            attrs[d.symbol] = self.symbol(self.next())
         operands = []
         paren = self.accept("(")
         if self.tok.kind == "value":
@@ -274,13 +338,13 @@ class _Parser:
         loc = self.parse_loc()
         try:
             attrs = d.normalize_attrs(attrs)
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise self.error(str(e), name_tok) from None
         op = Op(name, operands, types, attrs, loc=loc)
         for tok, r in zip(result_toks, op.results):
             self.define(scope, tok, r)
         while self.at("{"):
-            self.next()
+            self.enter("regions", self.next())
             bb = self.expect_kind("block", "a block label like ^bb0")
             del bb
             args = self.parse_args(scope)
@@ -291,12 +355,13 @@ class _Parser:
                 self.define(inner, tok, v)
             self.parse_block_body(region, inner, "yield")
             self.expect("}", "to close the region")
+            self.depth -= 1
             op.add_region(region)
         return op
 
     def parse_graph(self) -> Graph:
         self.expect("func", "to start a function")
-        name = self.expect_kind("symbol", "a function name like @forward").text[1:]
+        name = self.symbol(self.expect_kind("symbol", "a function name like @forward"))
         scope: dict[str, Value] = {}
         args = self.parse_args(scope)
         body = Block([t for _, t, _ in args], [n for n, _, _ in args])

@@ -12,6 +12,13 @@ PURE = "pure"
 EW = "elementwise"
 
 
+def _dims(name: str, what: str, shape) -> tuple[int, ...]:
+    """A shape given as an attribute: non-negative dims (a TensorType would raise a plain ValueError)."""
+    if any(s < 0 for s in shape):
+        raise ShapeError(f"{name}: {what} {list(shape)} has a negative dimension")
+    return tuple(shape)
+
+
 def _same(name):
     def infer(ts, a):
         same_dtype(name, ts)
@@ -90,7 +97,7 @@ define_op("cast", 1, lambda ts, a: [T(ts[0].shape, a["dtype"])], {"dtype": Attr(
 def _constant(ts, a):
     import numpy as np
     v = a["value"]
-    shape = tuple(a["shape"])
+    shape = _dims("constant", "shape", a["shape"])
     if isinstance(v, np.ndarray) and v.size != math.prod(shape) and v.size != 1:
         raise ShapeError(f"constant: {v.size} values for shape {shape}")
     return [T(shape, a["dtype"])]
@@ -102,7 +109,7 @@ define_op("constant", 0, _constant, {"value": Attr("value"), "shape": Attr("ints
 
 
 def _broadcast(ts, a):
-    src, shape = ts[0].shape, tuple(a["shape"])
+    src, shape = ts[0].shape, _dims("broadcast", "shape", a["shape"])
     if len(src) > len(shape):
         raise ShapeError(f"broadcast: cannot broadcast shape {src} to lower rank shape {shape}")
     for s, d in zip(reversed(src), reversed(shape)):
@@ -120,7 +127,7 @@ def _axes(name, rank, axes):
     for ax in axes:
         if not -rank <= ax < max(rank, 1):
             raise ShapeError(f"{name}: axis {ax} out of range for rank {rank}")
-        out.append(ax % rank if rank else 0)
+        out.append(ax % rank if rank else 0)  # (a 0-d operand's only "axis" is 0: it reduces nothing)
     if len(set(out)) != len(out):
         raise ShapeError(f"{name}: repeated axis in {axes}")
     return sorted(out)
@@ -129,7 +136,8 @@ def _axes(name, rank, axes):
 def _reduce(name, result_dtype=None):
     def infer(ts, a):
         t = ts[0]
-        axes = _axes(name, t.rank, a["axes"]) if "axes" in a else _axes(name, t.rank, [a["axis"]])
+        axes = set(_axes(name, t.rank, a["axes"]) if "axes" in a else _axes(name, t.rank, [a["axis"]]))
+        axes &= set(range(t.rank))
         if a["keepdims"]:
             shape = tuple(1 if i in axes else s for i, s in enumerate(t.shape))
         else:
@@ -202,6 +210,8 @@ define_op("slice", 1, _slice, {"start": Attr("ints"), "limit": Attr("ints"), "st
 def _concat(ts, a):
     same_dtype("concat", ts)
     r = ts[0].rank
+    if r == 0:
+        raise ShapeError("concat: operands must have rank >= 1, got 0-d tensors")
     ax = _axes("concat", r, [a["axis"]])[0]
     for t in ts:
         if t.rank != r or any(t.shape[i] != ts[0].shape[i] for i in range(r) if i != ax):
@@ -255,7 +265,12 @@ def _conv_out(n, c, h, w, o, kh, kw, a):
 def _conv_check(x, w, a):
     for k in ("stride", "padding", "dilation"):
         if len(a[k]) != 2:
-            raise ShapeError(f"conv2d: {k} needs 2 entries")
+            raise ShapeError(f"conv2d: {k} needs 2 entries, got {a[k]}")
+    if min(a["stride"]) < 1 or min(a["dilation"]) < 1 or min(a["padding"]) < 0:
+        raise ShapeError(f"conv2d: stride {a['stride']} and dilation {a['dilation']} must be >= 1 and "
+                         f"padding {a['padding']} >= 0")
+    if a["groups"] < 1:
+        raise ShapeError(f"conv2d: groups must be >= 1, got {a['groups']}")
     if x.rank != 4 or w.rank != 4:
         raise ShapeError(f"conv2d: input and weight must be 4-d (NCHW, OIHW), got {x.shape} and {w.shape}")
     g = a["groups"]
@@ -274,7 +289,7 @@ def _conv2d(ts, a):
 
 def _conv2d_grad_input(ts, a):
     dy, w = ts
-    x = T(tuple(a["input_shape"]), dy.dtype)
+    x = T(_dims("conv2d_grad_input", "input_shape", a["input_shape"]), dy.dtype)
     _conv_check(x, w, a)
     if _conv_out(*x.shape, w.shape[0], w.shape[2], w.shape[3], a) != dy.shape:
         raise ShapeError(f"conv2d_grad_input: dy {dy.shape} does not match input_shape {x.shape}")
@@ -283,7 +298,7 @@ def _conv2d_grad_input(ts, a):
 
 def _conv2d_grad_weight(ts, a):
     x, dy = ts
-    w = T(tuple(a["weight_shape"]), x.dtype)
+    w = T(_dims("conv2d_grad_weight", "weight_shape", a["weight_shape"]), x.dtype)
     _conv_check(x, w, a)
     if _conv_out(*x.shape, w.shape[0], w.shape[2], w.shape[3], a) != dy.shape:
         raise ShapeError(f"conv2d_grad_weight: dy {dy.shape} does not match x {x.shape} and weight {w.shape}")
@@ -302,6 +317,12 @@ _POOL = {"kernel": Attr("ints"), "stride": Attr("ints"), "padding": Attr("ints",
 def _pool_out(name, shape, a):
     if len(shape) != 4:
         raise ShapeError(f"{name}: input must be 4-d NCHW, got {shape}")
+    for k in ("kernel", "stride", "padding"):
+        if len(a[k]) != 2:
+            raise ShapeError(f"{name}: {k} needs 2 entries, got {a[k]}")
+    if min(a["kernel"]) < 1 or min(a["stride"]) < 1 or min(a["padding"]) < 0:
+        raise ShapeError(f"{name}: kernel {a['kernel']} and stride {a['stride']} must be >= 1 and "
+                         f"padding {a['padding']} >= 0")
     (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["padding"]
     if ph > kh // 2 or pw > kw // 2:
         raise ShapeError(f"{name}: padding {a['padding']} must be at most half the kernel {a['kernel']}")
@@ -325,7 +346,7 @@ def _max_pool_grad(ts, a):
 
 def _avg_pool_grad(ts, a):
     dy = ts[0]
-    shape = tuple(a["input_shape"])
+    shape = _dims("avg_pool2d_grad", "input_shape", a["input_shape"])
     if _pool_out("avg_pool2d_grad", shape, a) != dy.shape:
         raise ShapeError(f"avg_pool2d_grad: dy {dy.shape} does not match input_shape {shape}")
     return [T(shape, dy.dtype)]
@@ -346,6 +367,8 @@ def _take(ts, a):
     x, idx = ts
     if idx.dtype not in (dt.int32, dt.int64):
         raise ShapeError(f"take: indices must be i32 or i64, got {idx.dtype}")
+    if x.rank == 0:
+        raise ShapeError("take: the operand must have rank >= 1, got a 0-d tensor")
     ax = _axes("take", x.rank, [a["axis"]])[0]
     return [T(x.shape[:ax] + idx.shape + x.shape[ax + 1:], x.dtype)]
 
@@ -373,7 +396,7 @@ def _random(ts, a):
         raise ShapeError(f"random: distribution must be 'uniform' or 'normal', got {a['distribution']!r}")
     if not a["dtype"].is_float:
         raise ShapeError("random: dtype must be floating-point")
-    return [T(tuple(a["shape"]), a["dtype"])]
+    return [T(_dims("random", "shape", a["shape"]), a["dtype"])]
 
 
 define_op("random", 1, _random, {"shape": Attr("ints"), "dtype": Attr("dtype", dt.float32),

@@ -14,6 +14,12 @@ from .registry import OPS
 
 # any name but a bare number (those are result names): `x`, `conv1.weight`, `0.weight` (Sequential)
 _IDENT = re.compile(r"^(?!\d+$)[A-Za-z0-9_.$]+$")
+_BARE_SYMBOL = re.compile(r"[A-Za-z0-9_.$-]+", re.ASCII)
+
+
+def format_symbol(name: str) -> str:
+    """`@name`, quoted as MLIR does (`@"fünf"`) when the bare form cannot spell it."""
+    return f"@{name}" if _BARE_SYMBOL.fullmatch(name) else "@" + json.dumps(name, ensure_ascii=False)
 
 
 class Namer:
@@ -118,7 +124,7 @@ def op_lines(op: Op, namer: Namer, indent: str = "", locations: bool = False) ->
     d = OPS.get(op.name)
     operands = ", ".join("%" + namer[v] for v in op.operands)
     if d is not None and d.symbol:
-        text = f"{op.name} @{op.attrs.get(d.symbol, '')}({operands})"
+        text = f"{op.name} {format_symbol(str(op.attrs.get(d.symbol, '')))}({operands})"
     else:
         text = op.name + (" " + operands if operands else "")
     types = ", ".join(str(r.type) for r in op.results)
@@ -150,7 +156,7 @@ def print_graph(graph: Graph, locations: bool = False, namer: Namer | None = Non
     namer = namer or Namer()
     args = ", ".join(f"%{namer.arg(a, f'arg{i}')}: {a.type}" for i, a in enumerate(graph.inputs))
     outs = ", ".join(str(v.type) for v in graph.outputs)
-    lines = [f"func @{graph.name}({args}) -> ({outs}) {{"]
+    lines = [f"func {format_symbol(graph.name)}({args}) -> ({outs}) {{"]
     lines += _block_lines(graph.body, namer, "  ", locations, header=False)
     lines.append("}")
     return "\n".join(lines) + "\n"

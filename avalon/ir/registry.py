@@ -58,13 +58,22 @@ def _str(v):
 
 
 def _scalar_or_dense(v):
+    import warnings
+
     import numpy as np
-    if isinstance(v, np.ndarray):
-        return v
     if isinstance(v, bool) or isinstance(v, (int, float)):
         return v
     if isinstance(v, (list, tuple)):
-        return np.asarray(v)
+        try:  # a ragged or mixed list is a TypeError like any other bad attribute, not numpy's ValueError
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                v = np.asarray(v)
+        except (ValueError, TypeError, OverflowError, Warning):
+            raise TypeError("expected a number or a rectangular array of numbers") from None
+    if isinstance(v, np.ndarray):
+        if v.dtype.kind not in "biufc":
+            raise TypeError(f"expected an array of numbers, got dtype {v.dtype}")
+        return v
     raise TypeError(f"expected a number or an array, got {type(v).__name__}")
 
 
@@ -109,7 +118,7 @@ class OpDef:
             if k in attrs:
                 try:
                     out[k] = _KINDS[a.kind](attrs[k])
-                except TypeError as e:
+                except (TypeError, ValueError) as e:
                     raise TypeError(f"'{self.name}' attribute '{k}': {e}") from None
             elif a.default is REQUIRED:
                 raise TypeError(f"'{self.name}' needs attribute '{k}'")

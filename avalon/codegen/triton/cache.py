@@ -7,17 +7,26 @@ Triton's own binary cache (~/.triton/cache) hits too.
 
 Key: sha256 of the source plus the codegen, Avalon and Triton versions and the device kind. Files
 are `<AVALON_CACHE_DIR or ~/.cache/avalon>/triton/<key[:2]>/<key>.py`, written atomically
-(temp file + os.replace) so a crash or a concurrent writer never leaves half a file; an entry whose
-text differs from what it should hold, or that fails to import, is rebuilt. Hits and misses are
-logged on channel `avalon.cache` with their key.
+(temp file + os.replace) so a crash or a concurrent writer never leaves half a file. The cache heals
+what it can see: an entry whose text differs from what it should hold (truncated, edited), that is
+not a regular file (a directory, a symlink), whose shard directory became a file, or that fails to
+import is removed and rebuilt. Hits, misses and rebuilds are logged on channel `avalon.cache`.
+
+Loading never runs bytecode: Python's import machinery would read (and trust) any
+`__pycache__/<name>.pyc` whose header matches the source's size and mtime, so a forged .pyc would
+run instead of the verified source. We compile the verified source text ourselves and exec the
+code object in a fresh module whose `__file__` is the real file (Triton reads the source back from
+it), so nothing is read from or written to `__pycache__`.
 """
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
+import shutil
+import stat
 import sys
 import tempfile
+import types
 from pathlib import Path
 from typing import Any
 
@@ -112,27 +121,58 @@ class KernelCache:
             log.debug("%s %s -> %s", "miss" if state == "missing" else f"rebuild ({state})", key, path)
             self._write(path, source)
         try:
-            return self._import(key, path)
+            return self._import(key, path, source)
         except Exception as e:
             if state != "hit":
                 raise
             log.debug("rebuild %s: cached entry failed to import (%s)", key, e)
             self._write(path, source)
-            return self._import(key, path)
+            return self._import(key, path, source)
 
     @staticmethod
     def _check(path: Path, source: str) -> str:
         try:
-            text = path.read_text()
+            st = os.lstat(path)
         except FileNotFoundError:
             return "missing"
+        except NotADirectoryError:
+            return "shard is not a directory"
+        except OSError as e:
+            return f"unreadable: {e}"
+        if not stat.S_ISREG(st.st_mode):
+            return "not a regular file"
+        try:
+            text = path.read_text()
         except (OSError, UnicodeDecodeError) as e:
             return f"unreadable: {e}"
         return "hit" if text == source else "corrupted"
 
     @staticmethod
-    def _write(path: Path, source: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def _clear(p: Path, want_dir: bool) -> None:
+        """Remove what sits at `p` unless it is what belongs there: a real directory (`want_dir`)
+        or a regular file (which `os.replace` then swaps atomically, so readers never miss it)."""
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode) if want_dir else stat.S_ISREG(st.st_mode):
+            return
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+
+    @classmethod
+    def _write(cls, path: Path, source: str) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):  # the shard directory was replaced by a file
+            cls._clear(path.parent, want_dir=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
+        cls._clear(path, want_dir=False)  # a directory or symlink where the entry should be
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem[:16]}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as f:
@@ -143,15 +183,16 @@ class KernelCache:
             raise
 
     @staticmethod
-    def _import(key: str, path: Path):
+    def _import(key: str, path: Path, source: str):
+        """Run `source` (the verified text, which `path` holds) as module code: no bytecode is read
+        or written, and Triton finds the source through `__file__` / the code's file name."""
         name = f"avalon_kernel_{key[:24]}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        if spec is None or spec.loader is None:  # pragma: no cover
-            raise ImportError(f"cannot import kernel file {path}")
-        mod = importlib.util.module_from_spec(spec)
+        code = compile(source, str(path), "exec", dont_inherit=True)
+        mod = types.ModuleType(name)
+        mod.__file__ = str(path)
         sys.modules[name] = mod
         try:
-            spec.loader.exec_module(mod)
+            exec(code, mod.__dict__)
         except BaseException:
             sys.modules.pop(name, None)
             raise

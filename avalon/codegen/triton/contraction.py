@@ -203,7 +203,11 @@ def build_contraction(group: Group, in_strides: Sequence[Sequence[int]], out_str
     em.line("pid_m = first_m + (pid % group_size) % rows_here")
     em.line("pid_n = (pid % group_size) // rows_here")
     v: Vars = {}
-    v["g"] = Affine.of(em.define_var("gz", "tl.program_id(1)", gemm.groups)) if gemm.groups > 1 else Affine()
+    # gz as a [1, 1] block, not a scalar: a guard on it alone (a batch-dim concat or pad of an
+    # operand) is then an i1 block, which Triton's interpreter accepts as a load mask (a 0-d
+    # scalar mask fails there with "mask has unsupported dtype"); on a GPU it broadcasts the same
+    v["g"] = (Affine.of(em.define_var("gz", "tl.program_id(1) + tl.zeros([1, 1], tl.int32)", gemm.groups))
+              if gemm.groups > 1 else Affine())
     em.scalars.add("gz")
     v["m"] = Affine.of(em.define_var("rm", "pid_m * BM + tl.arange(0, BM)[:, None]", gemm.m, "mask_m"))
     em.line(f"mask_m = rm < {gemm.m}")

@@ -66,6 +66,7 @@ class Emitter:
         self.helpers: set[str] = set()
         self.scalars: set[str] = set()  # iteration variables that are scalars (program ids, unrolled loop indices)
         self.dots_in_f32 = dots_in_f32
+        self.index_checks: list[tuple[str, str, int]] = []  # (op, user's line, bound) per error slot (lowering.py)
         self._count = 0
 
     # --- source and scopes ----------------------------------------------------------------------

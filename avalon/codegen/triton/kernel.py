@@ -1,14 +1,18 @@
 """A generated kernel: its source text plus everything needed to launch it (or compile it ahead of time)."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from avalon.ir import dtypes as dt
 from avalon.ir.dtypes import DType
 
 from . import helpers
 from .emitter import Emitter
 from .group import Group
+
+_CHECKS = "# avalon-index-checks: "
 
 
 @dataclass
@@ -22,7 +26,16 @@ class Kernel:
     num_warps: int = 4
     num_stages: int = 1
     fn: Any = field(default=None, repr=False)  # the @triton.jit function, once loaded
+    checks: list[tuple[str, str, int]] = field(default_factory=list)  # index checks: (op, line, bound) per slot
 
+    def __post_init__(self) -> None:
+        """Index checks are read back from the source (`assemble` writes them there, so every
+        kernel builder gets them without passing them along); the runtime binds the `err` buffer."""
+        if not self.checks and self.params and self.params[-1][0] == "err":
+            for ln in self.source.splitlines():
+                if ln.startswith(_CHECKS):
+                    self.checks = [tuple(c) for c in json.loads(ln[len(_CHECKS):])]
+                    break
     @property
     def empty(self) -> bool:
         return any(g == 0 for g in self.grid)
@@ -32,9 +45,13 @@ def assemble(group: Group, kind: str, em: Emitter, meta_names: list[str], out_dt
     """The kernel file: a header comment with the group's IR, imports, helpers, the @jit function."""
     params = [(f"in{i}", v.dtype) for i, v in enumerate(group.inputs)]
     params += [(f"out{j}", d) for j, d in enumerate(out_dtypes)]
+    if em.index_checks:  # an int64 pair (bad value, flag) per checked index: see lowering.check_index
+        params.append(("err", dt.int64))
     args = ", ".join([p for p, _ in params] + [f"{m}: tl.constexpr" for m in meta_names])
     head = [f"# Avalon {kind} kernel `{group.name}`, generated from:"]
     head += [f"#   {ln}" for ln in group.ir_text.splitlines()]
+    if em.index_checks:
+        head.append(_CHECKS + json.dumps(em.index_checks, ensure_ascii=True))
     body = em.root.lines or ["pass"]
     lines = head + ["import triton", "import triton.language as tl", ""]
     src = "\n".join(lines) + helpers.render(em.helpers)

@@ -236,17 +236,48 @@ def _concat(em, op, idx, guard):
     return out
 
 
+def check_index(em: Emitter, op: Op, iv: Val, bound: int, guard: Val | None) -> Val:
+    """Record an index outside [0, bound) in the kernel's `err` buffer and return the lanes that
+    hold one.
+
+    Why a flag and not `tl.device_assert`: an assert kills the CUDA context (every later call
+    fails, the process must restart) and Triton's interpreter runs it differently (a Python
+    AssertionError mid-kernel, naming neither op nor value); on a GPU it is also compiled out
+    unless debug mode is on. Instead each checked index owns a pair of int64 slots: lanes with a
+    bad index store it into the first and 1 into the second (masked stores, no atomics: any bad
+    lane's value will do), and the runtime reads the buffer after the launches and raises
+    IndexOutOfRangeError naming the op, the user's line and the value. Live lanes only: the mask
+    of the index's iteration variables and the guard (dead lanes hold anything)."""
+    key = ("oob", iv.expr, bound, guard.expr if guard is not None else None)
+    hit = em.lookup(key)
+    if hit is not None:  # (one_hot asks once per class at the same index: one check)
+        return hit
+    bad = em.emit(f"({iv.expr} < 0) | ({iv.expr} >= {bound})", dt.bool_, vals=(iv,), prefix="oob")
+    m = em.mask(iv.deps, guard)
+    if m is not None:
+        bad = em.cond(f"{bad.expr} & {m}", iv.deps, (bad,) + ((guard,) if guard is not None else ()))
+    slot = len(em.index_checks)
+    em.index_checks.append((op.name, str(op.loc) if op.loc else "", int(bound)))
+    z = f"{bad.expr}.to(tl.int32) * 0"  # the pointer as a block of the index's shape
+    em.line(f"tl.store(err + {2 * slot} + {z}, {iv.expr}.to(tl.int64), mask={bad.expr})", bad.scope)
+    em.line(f"tl.store(err + {2 * slot + 1} + {z}, {bad.expr}.to(tl.int64), mask={bad.expr})", bad.scope)
+    return em.remember(key, bad)
+
+
 def _take(em, op, idx, guard):
     x, ind = op.operands
     ax = op.attrs["axis"] % x.type.rank
     k = ind.type.rank
     iv = em.value(ind, idx[ax:ax + k], guard)
+    bad = check_index(em, op, iv, x.shape[ax], guard)
+    iv = em.emit(f"tl.where({bad.expr}, 0, {iv.expr})", iv.dtype, vals=(bad, iv), prefix="ix")  # never read outside
     pos = Affine.of(em.opaque_var(iv, x.shape[ax]))
     return em.value(x, idx[:ax] + (pos,) + idx[ax + k:], guard)
 
 
 def _one_hot(em, op, idx, guard):
     iv = em.value(op.operands[0], idx[:-1], guard)
+    check_index(em, op, iv, op.attrs["num_classes"], guard)
     res = op.results[0].dtype
     c = em.affine(idx[-1])
     return em.emit(f"({iv.expr} == {c}).to({ty.tl_compute(res)})", res, idx[-1].deps, (iv,), prefix="hot")
@@ -283,8 +314,10 @@ LOWERING.update({
     "slice": IndexLowering("index", "read the operand at start + i * step", _slice),
     "pad": IndexLowering("index", "tl.where(inside, operand at i - low (masked load), value)", _pad),
     "concat": IndexLowering("index", "nested tl.where over the pieces, each a masked load", _concat),
-    "take": IndexLowering("index", "load the index, then read the operand at it", _take),
-    "one_hot": IndexLowering("index", "(index == class).to(dtype)", _one_hot),
+    "take": IndexLowering("index", "load the index (out of range: flagged in err, read at 0), then the operand at it",
+                          _take),
+    "one_hot": IndexLowering("index", "(index == class).to(dtype); an index out of range is flagged in err",
+                             _one_hot),
     "random": IndexLowering("index", "counter-based hash of the flat index (bit-exact with random_bits)", _random),
 })
 

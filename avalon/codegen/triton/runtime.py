@@ -4,6 +4,14 @@ Torch is storage only here: `torch.empty` for buffers, `as_strided` views for re
 `torch.from_numpy` / `.to(device)` for host transfers. Any data movement on the device (an input
 with unexpected strides, or a dtype only Triton can convert, like f32 -> bf16) is a generated copy
 kernel, never a torch op.
+
+Index checks: kernels that read at data-dependent indices (take, one_hot) get an `err` buffer,
+an int64 pair per checked index (see `lowering.check_index`). Per device one zeroed buffer holds
+every kernel's pairs; its slices sit among the fixed slots (after the constants), so a CUDA graph
+captures them at fixed addresses and its capture check never poisons them. After the launches of
+a call the runtime reads the buffer (one small device-to-host copy, which waits for the kernels)
+and raises `IndexOutOfRangeError` naming the op, the user's line and the bad value; graphs without
+such kernels skip all of this. `benchmarks/index_check_cost.py` measures the cost on a GPU.
 """
 from __future__ import annotations
 
@@ -20,6 +28,7 @@ import torch
 from avalon.ir import dtypes as dt
 from avalon.ir.core import Graph, Value
 from avalon.ir.dtypes import DType
+from avalon.ir.reference import IndexOutOfRangeError
 from avalon.ir.types import TensorType
 
 from . import types as ty
@@ -118,7 +127,14 @@ class CompiledGraph:
         """Number every storage a run touches (inputs, constants, buffers, typed arena views) once,
         so that a call binds launches by list indexing instead of per-value plan lookups."""
         sm, n_in, n_const = self.storage, len(self.graph.inputs), len(self._constants)
-        self._n_fixed = n_in + n_const
+        self._err: list[tuple[int, Kernel]] = []  # (offset in the err buffer, kernel) per checked launch
+        n_err = 0
+        for ln in self.launches:
+            if ln.kernel.checks:
+                self._err.append((n_err, ln.kernel))
+                n_err += 2 * len(ln.kernel.checks)
+        self._err_size = n_err
+        self._n_fixed = n_in + n_const + len(self._err)
         self._views: list[tuple[int, int, DType]] = []  # (arena, bytes, dtype) per arena view slot
         index: dict[tuple, int] = {}
 
@@ -136,7 +152,9 @@ class CompiledGraph:
                 self._views.append(key)
             return self._n_fixed + len(sm.buffers) + index[key]
 
-        self._bound = [(ln.kernel, [slot(v) for v in ln.args]) for ln in self.launches]
+        err_slot = {id(k): n_in + n_const + j for j, (_, k) in enumerate(self._err)}
+        self._bound = [(ln.kernel, [slot(v) for v in ln.args] + ([err_slot[id(ln.kernel)]] if ln.kernel.checks else []))
+                       for ln in self.launches]
         self._outs: list[tuple[int, TensorType, bool]] = []  # slot, type, fresh (else copied)
         seen = set()
         for v in self.graph.outputs:
@@ -165,6 +183,7 @@ class CompiledGraph:
         if runner is not None:
             outs = runner(args)
             if outs is not None:
+                self._check_indices(self._workspace(device))
                 return outs
         ws = self._workspace(device)
         if not ws.lock.acquire(blocking=False):  # another thread is running on it: use storage of our own
@@ -174,10 +193,27 @@ class CompiledGraph:
             slots = self._slots(args, ws)
             for k, idx in self._bound:
                 launch(k, [slots[i] for i in idx])
+            self._check_indices(ws)
             return tuple(x if fresh else self._place(x, t, t.dtype, force=True)
                          for x, (_, t, fresh) in zip(self._out_views(slots), self._outs))
         finally:
             ws.lock.release()
+
+    def _check_indices(self, ws: _Workspace) -> None:
+        """Raise for the first index a kernel of this call flagged out of range (and clear the flags)."""
+        if ws.err is None:
+            return
+        flags = np.array(ws.err.cpu().numpy())  # a copy: on the CPU .numpy() shares the buffer
+        if not flags[1::2].any():
+            return
+        ws.err.copy_(ws.err_zeros)
+        for off, k in self._err:
+            for j, (op, where, bound) in enumerate(k.checks):
+                if flags[off + 2 * j + 1]:
+                    at = f" at {where}" if where else ""
+                    raise IndexOutOfRangeError(
+                        f"{op}{at}: index {int(flags[off + 2 * j])} is out of range [0, {bound}) "
+                        f"(found by Triton kernel '{k.name}')")
 
     def _slots(self, args: list[torch.Tensor], ws: _Workspace) -> list[torch.Tensor]:
         bufs = ws.bufs
@@ -297,6 +333,11 @@ class _Workspace:
         sm = self._storage = cg.storage
         self.device = device
         self.consts = [cg._adapt_const(a, t, device) for a, t in zip(cg._constants, cg._const_types)]
+        self.err: torch.Tensor | None = None
+        if cg._err:  # zeroed once; kernels only ever write flags into it
+            self.err_zeros = torch.from_numpy(np.zeros(cg._err_size, np.int64))
+            self.err = torch.from_numpy(np.zeros(cg._err_size, np.int64)).to(device)
+            self.consts += [self.err[off:off + 2 * len(k.checks)] for off, k in cg._err]
         self.per_call = sorted(cg._returned_buffers())
         self.bufs: list[torch.Tensor | None] = [None if b in self.per_call else self.new_buffer(b)
                                                 for b in range(len(sm.buffers))]

@@ -64,6 +64,8 @@ def standalone_source(ln: Launch) -> str:
     k = ln.kernel
     args = [(pname, list(v.type.shape), str(TORCH[d.name]).removeprefix("torch."), pname.startswith("out"))
             for (pname, d), v in zip(k.params, ln.args)]
+    if k.checks:  # the index-check flags (see lowering.check_index): not an output worth printing
+        args.append(("err", [2 * len(k.checks)], "int64", False))
     return (_PRELUDE.format(file=f"{k.name}.py") + k.source
             + _MAIN.format(args=args, grid=tuple(k.grid), meta=dict(k.meta), num_warps=k.num_warps,
                            num_stages=k.num_stages, name=k.name))

@@ -8,7 +8,8 @@ package registers all of them.
 """
 from . import contraction, elementwise, gather, pooling, shapes  # noqa: F401  (register the rules)
 from .core import REFERENCE, ReferenceFn, evaluate, round_bf16, rule, to_result
-from .gather import UNIFORM_BITS, fmix32, random_bits, seed_keys, uniform_from_bits
+from .gather import UNIFORM_BITS, IndexOutOfRangeError, fmix32, random_bits, seed_keys, uniform_from_bits
 
-__all__ = ["REFERENCE", "UNIFORM_BITS", "ReferenceFn", "evaluate", "fmix32", "random_bits", "round_bf16", "rule",
+__all__ = ["REFERENCE", "UNIFORM_BITS", "IndexOutOfRangeError",
+           "ReferenceFn", "evaluate", "fmix32", "random_bits", "round_bf16", "rule",
            "seed_keys", "to_result", "uniform_from_bits"]

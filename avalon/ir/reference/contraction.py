@@ -44,8 +44,10 @@ def _batch_last(dy: np.ndarray, g: int) -> np.ndarray:
 
 
 def _batch_first(y: np.ndarray, n: int) -> np.ndarray:
-    """A (C, H, W, N) array back in NCHW, contiguous (later elementwise ops run fastest on it)."""
-    return np.ascontiguousarray(y.reshape(-1, *y.shape[-3:-1], n).transpose(3, 0, 1, 2))
+    """A (C, H, W, N) array back in NCHW, contiguous (later elementwise ops run fastest on it).
+    No reshape(-1, ...): with batch 0 the -1 would be ambiguous."""
+    assert y.ndim == 4 and y.shape[3] == n
+    return np.ascontiguousarray(y.transpose(3, 0, 1, 2))
 
 
 @rule("conv2d")

@@ -8,6 +8,11 @@ import numpy as np
 from .core import rule
 
 
+class IndexOutOfRangeError(IndexError, ValueError):
+    """An index (take, one_hot, hence embedding and class labels) outside its range, on any backend.
+    Both an IndexError and a ValueError, so code written against either keeps working."""
+
+
 @rule("take")
 def _take(attrs: dict, x: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """numpy.take along `axis`: result shape x.shape[:axis] + idx.shape + x.shape[axis+1:].
@@ -17,18 +22,18 @@ def _take(attrs: dict, x: np.ndarray, idx: np.ndarray) -> np.ndarray:
     size = x.shape[ax]
     bad = (idx < 0) | (idx >= size)
     if bad.any():
-        raise IndexError(f"take: index {int(idx[bad].flat[0])} is out of range for axis {ax} of size {size}")
+        raise IndexOutOfRangeError(f"take: index {int(idx[bad].flat[0])} is out of range for axis {ax} of size {size}")
     return np.take(x, idx, axis=ax)
 
 
 @rule("one_hot")
 def _one_hot(attrs: dict, idx: np.ndarray) -> np.ndarray:
     """out[..., k] = 1 where idx[...] == k else 0, as `dtype`; an index outside [0, num_classes)
-    raises ValueError (silently giving an all-zero row would hide label bugs)."""
+    raises IndexOutOfRangeError (silently giving an all-zero row would hide label bugs)."""
     k = attrs["num_classes"]
     bad = (idx < 0) | (idx >= k)
     if bad.any():
-        raise ValueError(f"one_hot: index {int(idx[bad].flat[0])} is out of range for num_classes={k}")
+        raise IndexOutOfRangeError(f"one_hot: index {int(idx[bad].flat[0])} is out of range for num_classes={k}")
     return (idx[..., None] == np.arange(k)).astype(attrs["dtype"].np)
 
 
