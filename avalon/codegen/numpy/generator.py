@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from avalon.ir import Graph, Op, Value, evaluate
+from avalon.ir import Graph, Value, evaluate
 from avalon.ir.types import TensorType
 from avalon.passes.memory_plan import MemoryPlan
 from avalon.passes.target import Target
@@ -80,7 +80,7 @@ class Emission:
         ns: dict[str, Any] = {"np": np, "K": kernels, "_ev": evaluate, **self.consts}
         for name, v in self.views.items():
             raw = pools[v.pool][v.index]
-            ns[name] = raw[: v.type.nbytes].view(v.type.dtype.np).reshape(v.type.shape)
+            ns[name] = raw[: host_bytes(v.type)].view(v.type.dtype.np).reshape(v.type.shape)
         code = compile(self.source, f"<avalon numpy @{self.name}>", "exec")
         exec(code, ns)
         return ns[self.name]
@@ -112,6 +112,7 @@ class Generator:
         self.count = 0
         self.stats = {"fast": 0, "fallback": 0}
         self.op_scratch: list[int] = []  # slots to release after the current op
+        self.buffers = list(plan.buffers) if plan is not None else []  # bf16 values need 4 bytes each here
 
     # -- names, lines, globals ----------------------------------------------------------------
     def fresh_name(self, prefix: str = "v") -> str:
@@ -148,7 +149,7 @@ class Generator:
         from avalon.ir import dtypes as dt
         d = dtype if isinstance(dtype, dt.DType) else dt.dtype(np.dtype(dtype))
         t = TensorType(tuple(shape), d)
-        slot = self._slot(max(t.nbytes, 1))
+        slot = self._slot(max(host_bytes(t), 1))
         name = f"s{slot}_{self.fresh_name('')}"
         self.views[name] = View("slot", slot, t)
         if op_scoped:
@@ -184,8 +185,10 @@ class Generator:
         plan = self.plan
         if plan is None or v not in plan.assignment or v.type.layout is not None:
             return None
-        name = f"b{plan.assignment[v]}_{self.fresh_name('')}"
-        self.views[name] = View("buffer", plan.assignment[v], v.type)
+        b = plan.assignment[v]
+        name = f"b{b}_{self.fresh_name('')}"
+        self.views[name] = View("buffer", b, v.type)
+        self.buffers[b] = max(self.buffers[b], host_bytes(v.type))
         return name
 
     def new_array(self, t: TensorType) -> str:
@@ -243,8 +246,7 @@ class Generator:
         self.line("return (" + "".join(o + ", " for o in outs) + ")")
         head = f"def {fname}({', '.join(args)}):"
         src = "\n".join([head, *self.lines]) + "\n"
-        buffers = list(self.plan.buffers) if self.plan is not None else []
-        return Emission(fname, src, self.consts, self.views, buffers, list(self.slots), dict(self.stats))
+        return Emission(fname, src, self.consts, self.views, self.buffers, list(self.slots), dict(self.stats))
 
 
 def generate(graph: Graph, plan: MemoryPlan | None, target: Target) -> Emission:
@@ -252,5 +254,6 @@ def generate(graph: Graph, plan: MemoryPlan | None, target: Target) -> Emission:
     return Generator(graph, plan, target).generate()
 
 
-def nbytes(t: TensorType) -> int:
-    return math.prod(t.shape) * t.dtype.itemsize
+def host_bytes(t: TensorType) -> int:
+    """Bytes of `t` as a numpy array (bf16 is stored as float32 here, unlike `TensorType.nbytes`)."""
+    return math.prod(t.shape) * t.dtype.np.itemsize
