@@ -293,7 +293,7 @@ class Compiled:
         insp = Inspection(self.__name__, self.backend.name, str(pm), traced_graph, graph, records,
                           dict(getattr(exe, "kernels", {}) or {}), (t1 - t0) * 1e3, (t2 - t1) * 1e3,
                           (t3 - t2) * 1e3, getattr(self.backend, "kernel_suffix", ".py"), pm.key(),
-                          source=getattr(exe, "source", "") or "")
+                          source=(getattr(exe, "source", "") or "") if current_trace() is None else "")
         if root is not None:
             insp.debug_dir = debug.dump(insp, root, fusion_log)
         # state updates are written back before a call returns, so the backend may hand them over in

@@ -56,23 +56,41 @@ class GeneratedExecutable:
     kernel_suffix = ".mlir"
 
     def __init__(self, graph: Graph, plan: MemoryPlan | None = None, target: Target = NUMPY):
-        self.graph = graph
-        if plan is None or not plan.is_current(graph):
-            plan = plan_memory(graph, target=target)
-        self.plan = plan
-        self.emission: Emission = generate(graph, plan, target)
-        self.source = self.emission.source
+        self.graph, self.target = graph, target
+        self._plan = plan
         self.kernels = _kernels(graph)
-        self.fn = self.emission.link()
+        self._emission: Emission | None = None
+        self._fn: Any = None
         self._checker = Interpreter(graph)
-        log.debug("generated @%s: %d lines, %d ops fast, %d by reference rules, %d B resident", graph.name,
-                  self.source.count("\n"), self.emission.stats["fast"], self.emission.stats["fallback"],
-                  self.emission.resident_bytes)
+
+    @property
+    def emission(self) -> Emission:
+        """The generated program, made on first use: a gradient program compiled inside an
+        enclosing trace is only inlined there and never runs, so it never pays for generation."""
+        if self._emission is None:
+            plan = self._plan
+            if plan is None or not plan.is_current(self.graph):
+                plan = self._plan = plan_memory(self.graph, target=self.target)
+            self._emission = e = generate(self.graph, plan, self.target)
+            log.debug("generated @%s: %d lines, %d ops fast, %d by reference rules, %d B resident", self.graph.name,
+                      e.source.count("\n"), e.stats["fast"], e.stats["fallback"], e.resident_bytes)
+        return self._emission
+
+    @property
+    def source(self) -> str:
+        return self.emission.source
+
+    @property
+    def plan(self) -> MemoryPlan:
+        self.emission  # noqa: B018 - makes the plan when none was given
+        return self._plan  # type: ignore[return-value]
 
     def __call__(self, *inputs: Any) -> tuple[Any, ...]:
+        if self._fn is None:
+            self._fn = self.emission.link()
         args = self._checker.check_inputs(inputs)
         with np.errstate(all="ignore"):
-            return self.fn(*args)
+            return self._fn(*args)
 
 
 class NumpyBackend:
