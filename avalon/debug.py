@@ -10,6 +10,7 @@ options and versions, so the same program compiles into the same folder) holding
     memory-plan.txt                             the buffer plan of the final graph
     graph.dot                                   the final graph for Graphviz, fused groups as clusters
     kernels/<name>.py                           generated kernels (`.mlir` regions on the numpy backend)
+    generated.py                                the generated program (the numpy backend's function)
     summary.txt                                 what `compiled.inspect(...)` prints
 
 Every file is written atomically (a temporary file in the same folder, then `os.replace`), so a
@@ -114,5 +115,7 @@ def dump(insp: Inspection, root: str, fusion_log: list[str] | None = None) -> st
     atomic_write(os.path.join(folder, "graph.dot"), to_dot(insp.graph))
     for name, src in insp.kernels.items():
         atomic_write(os.path.join(folder, "kernels", _slug(name) + insp.kernel_suffix), src)
+    if insp.source:
+        atomic_write(os.path.join(folder, "generated.py"), insp.source)
     atomic_write(os.path.join(folder, "summary.txt"), str(insp) + "\n")
     return folder

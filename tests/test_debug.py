@@ -32,7 +32,7 @@ def test_each_compile_writes_a_folder_with_every_stage(tmp_path, monkeypatch, rn
     assert insp.debug_dir == str(folder) and str(folder) in str(insp)
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
     assert files == ["00-traced.mlir", "01-canonicalize.mlir", "02-cse.mlir", "03-group-chains.mlir",
-                     "04-memory-plan.mlir", "final.mlir", "fusion.log", "graph.dot", "kernels",
+                     "04-memory-plan.mlir", "final.mlir", "fusion.log", "generated.py", "graph.dot", "kernels",
                      "kernels/fused_add_relu_0.mlir", "kernels/fused_exp_1.mlir", "memory-plan.txt", "summary.txt"]
     read = {name: (folder / name).read_text() for name in files if name != "kernels"}
     assert read["00-traced.mlir"] == str(insp.traced_graph)
@@ -47,6 +47,7 @@ def test_each_compile_writes_a_folder_with_every_stage(tmp_path, monkeypatch, rn
     assert "subgraph cluster_fused_add_relu_0" in read["graph.dot"]
     assert read["kernels/fused_exp_1.mlir"] == insp.kernels["fused_exp_1"]
     assert read["summary.txt"] == str(insp) + "\n"
+    assert read["generated.py"] == insp.source and insp.source.startswith("def f(")
     assert not [p for p in folder.rglob(".tmp-*")]
 
     c(rng.standard_normal((5, 4)).astype(np.float32), rng.standard_normal((5, 4)).astype(np.float32))

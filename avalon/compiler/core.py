@@ -64,7 +64,9 @@ class Inspection:
     traced, before any pass; `graph`: the final graph the backend runs (do not mutate it);
     `kernels`: kernel name -> generated source (on the numpy backend, which generates no code, each
     fused group's region as a standalone function, so both backends show the same groups);
-    `memory_plan`: the buffer plan of the final graph's intermediates; `pipeline_key`: every pass
+    `source`: the generated program's source where the backend generates one (the numpy backend's
+    straight-line function), else ""; `memory_plan`: the buffer plan of the final graph's
+    intermediates; `pipeline_key`: every pass
     with all its options and its version (`PassManager.key()`), so a pass that changes names a new
     debug folder.
     """
@@ -82,6 +84,7 @@ class Inspection:
     kernel_suffix: str = ".py"
     pipeline_key: str = ""
     debug_dir: str | None = None
+    source: str = ""
     _plan: MemoryPlan | None = field(default=None, repr=False)
 
     @property
@@ -289,7 +292,8 @@ class Compiled:
         t3 = time.perf_counter()
         insp = Inspection(self.__name__, self.backend.name, str(pm), traced_graph, graph, records,
                           dict(getattr(exe, "kernels", {}) or {}), (t1 - t0) * 1e3, (t2 - t1) * 1e3,
-                          (t3 - t2) * 1e3, getattr(self.backend, "kernel_suffix", ".py"), pm.key())
+                          (t3 - t2) * 1e3, getattr(self.backend, "kernel_suffix", ".py"), pm.key(),
+                          source=(getattr(exe, "source", "") or "") if current_trace() is None else "")
         if root is not None:
             insp.debug_dir = debug.dump(insp, root, fusion_log)
         # state updates are written back before a call returns, so the backend may hand them over in

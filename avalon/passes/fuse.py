@@ -256,28 +256,30 @@ class _Fuser:
         `marked` are the units between them that depend on `p`; if `c` reads one of them, merging
         makes a cycle. Otherwise the group goes right after the last unit `c` reads (or `p`'s place),
         and the marked units up to there move after it."""
-        pp, pc = self.pos[p], self.pos[c]
-        marked: set[_Unit] = set()
-        stack = self.users(p)
-        while stack:
-            u = stack.pop()
-            if u in marked or u is c or u is p:
-                continue
-            # a unit after c cannot feed c; an inlinable op can sit anywhere after what it reads,
-            # while the groups that clone it only follow its operands, so it is never cut off
-            if self.pos[u] >= pc and u.ops[0] not in self.inlinable:
-                continue
-            marked.add(u)
-            stack.extend(self.users(u))
+        pp = self.pos[p]
         q = pp
+        reads: list[_Unit] = []
         for m in c.ops:
             for b in self.bases(m):
                 u = self.unit_of.get(b.op) if b.op is not None else None
                 if u is None or u is p or u is c:
                     continue
-                if u in marked:
-                    return Decision(False, f"it would create a cycle through {self.describe(u.ops)}"), [], pp
+                reads.append(u)
                 q = max(q, self.pos[u])
+        # Only units up to q matter (c reads none after q, and none after q moves); users sit after
+        # what they read, so no unit up to q is reached through one after it: the walk stops at q
+        # instead of visiting everything between p and c (quadratic on deep graphs).
+        marked: set[_Unit] = set()
+        stack = self.users(p)
+        while stack:
+            u = stack.pop()
+            if u in marked or u is c or u is p or self.pos[u] > q:
+                continue
+            marked.add(u)
+            stack.extend(self.users(u))
+        for u in reads:
+            if u in marked:
+                return Decision(False, f"it would create a cycle through {self.describe(u.ops)}"), [], pp
         # inlinable ops cloned into c that read p's values also sit in the window: they move too
         moved = sorted((u for u in marked if self.pos[u] <= q), key=self.pos.__getitem__)
         return None, moved, q

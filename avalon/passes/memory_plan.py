@@ -27,6 +27,7 @@ parser and verifier); the plan is a declared graph analysis, `graph.analysis("me
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 from avalon.ir import Graph, Op, Value
@@ -104,6 +105,14 @@ class MemoryPlan:
 
 def _fmt(n: int) -> str:
     return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB" if n >= 2**10 else f"{n} B"
+
+
+def _free(starts: list[int], ends: list[int], s0: int, e0: int) -> bool:
+    """Does [s0, e0] miss every span of a buffer (disjoint spans sorted by start)?"""
+    k = bisect.bisect_left(starts, s0)
+    if k < len(starts) and starts[k] <= e0:
+        return False
+    return k == 0 or ends[k - 1] < s0
 
 
 def _top_level(op: Op, graph: Graph) -> Op:
@@ -193,15 +202,20 @@ def plan_memory(graph: Graph, inplace: bool = True, alias_views: bool = True,
     size = {id(c): max(v.type.nbytes for v in c) for c in chains}
 
     # greedy by size: largest first, each into the first buffer whose holders' lifetimes it misses
-    holders: list[list[tuple[int, int]]] = []
+    # (a buffer's holders never overlap, so its spans kept sorted answer "is [s0, e0] free?" by bisection)
+    starts: list[list[int]] = []
+    ends: list[list[int]] = []
     for c in sorted(chains, key=lambda c: (-size[id(c)], span[id(c)])):
         s0, e0 = span[id(c)]
-        b = next((i for i, spans in enumerate(holders) if all(e0 < s1 or e1 < s0 for s1, e1 in spans)), None)
+        b = next((i for i in range(len(starts)) if _free(starts[i], ends[i], s0, e0)), None)
         if b is None:
-            b = len(holders)
-            holders.append([])
+            b = len(starts)
+            starts.append([])
+            ends.append([])
             plan.buffers.append(size[id(c)])
-        holders[b].append((s0, e0))
+        k = bisect.bisect_left(starts[b], s0)
+        starts[b].insert(k, s0)
+        ends[b].insert(k, e0)
         for v in c:
             plan.assignment[v] = b
 

@@ -1,8 +1,10 @@
-"""The numpy backend: runs a final graph on the reference interpreter (`avalon.ir.interpret`).
+"""The numpy backend: generated straight-line numpy code per compiled graph (`GeneratedExecutable`),
+differential-tested against the reference interpreter (`avalon.ir.interpret`), which
+`NumpyExecutable` runs.
 
-The rules it runs are the reference semantics of the ops, which live in `avalon.ir` beside their
-declarations; this package only adapts them to the backend interface of `av.compile`.
+Reference semantics live in `avalon.ir` beside the op declarations; this package adds fast numpy
+formulations (`ops.EMITTERS`, `kernels`) and falls back to a reference rule for any other op.
 """
-from .backend import NumpyBackend, NumpyExecutable
+from .backend import GeneratedExecutable, NumpyBackend, NumpyExecutable
 
-__all__ = ["NumpyBackend", "NumpyExecutable"]
+__all__ = ["GeneratedExecutable", "NumpyBackend", "NumpyExecutable"]

@@ -1,19 +1,38 @@
-"""`backend="numpy"`: the reference interpreter behind the backend interface of `av.compile`.
+"""`backend="numpy"`: generated numpy code per compiled signature, the interpreter as its oracle.
 
-It generates no code; its `kernels` holds, per fused group, the group's region printed as a
-standalone function (`func @fused_add_relu_0(...)`), i.e. what that group computes, so
-`inspect(...).kernels` and the debug directory show the same grouping on both backends.
+`NumpyBackend.compile` generates one straight-line Python function for the final graph
+(`avalon.codegen.numpy.generator`): the memory plan's buffers and the scratch slots are allocated
+once, ops write through `out=`, fused groups are inlined. Its source is `.source` (shown by
+`inspect(...).source` and written to `AVALON_DEBUG_DIR` as `generated.py`). `kernels` still holds,
+per fused group, the group's region printed as a standalone function, so `inspect(...).kernels`
+shows the same grouping on both backends.
+
+`NumpyExecutable` runs a graph on the reference interpreter (or a subclass of it), op by op: the
+oracle the generated code is tested against, and the way to run a graph with an observing or
+altered interpreter.
 """
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from avalon.channels import get_logger
 from avalon.ir import Graph, Interpreter, fusion_groups, group_name, region_function
+from avalon.passes.memory_plan import MemoryPlan, plan_memory
 from avalon.passes.target import Target
 
-NUMPY = Target("numpy", memory_plan=False)
-"""The interpreter runs any group, but takes the default kernel kinds so that `inspect()` shows the
-grouping the Triton backend gets; it allocates per op, so it wants no memory plan."""
+from .generator import Emission, generate
+
+log = get_logger("numpy")
+
+NUMPY = Target("numpy", memory_plan=True)
+"""The generated code runs any group, but takes the default kernel kinds so that `inspect()` shows
+the grouping the Triton backend gets; its buffers follow the memory plan."""
+
+
+def _kernels(graph: Graph) -> dict[str, str]:
+    return {group_name(op): str(region_function(op)) for op in fusion_groups(graph)}
 
 
 class NumpyExecutable:
@@ -24,10 +43,54 @@ class NumpyExecutable:
     def __init__(self, graph: Graph, interpreter: type[Interpreter] = Interpreter):
         self.graph = graph
         self.interpreter = interpreter
-        self.kernels = {group_name(op): str(region_function(op)) for op in fusion_groups(graph)}
+        self.kernels = _kernels(graph)
 
     def __call__(self, *inputs: Any) -> tuple[Any, ...]:
         return self.interpreter(self.graph).run(*inputs)
+
+
+class GeneratedExecutable:
+    """Runs the generated function of a graph. Inputs are checked and converted exactly as the
+    interpreter does (`Interpreter.check_inputs`: dtypes, shapes, bf16 rounding)."""
+
+    kernel_suffix = ".mlir"
+
+    def __init__(self, graph: Graph, plan: MemoryPlan | None = None, target: Target = NUMPY):
+        self.graph, self.target = graph, target
+        self._plan = plan
+        self.kernels = _kernels(graph)
+        self._emission: Emission | None = None
+        self._fn: Any = None
+        self._checker = Interpreter(graph)
+
+    @property
+    def emission(self) -> Emission:
+        """The generated program, made on first use: a gradient program compiled inside an
+        enclosing trace is only inlined there and never runs, so it never pays for generation."""
+        if self._emission is None:
+            plan = self._plan
+            if plan is None or not plan.is_current(self.graph):
+                plan = self._plan = plan_memory(self.graph, target=self.target)
+            self._emission = e = generate(self.graph, plan, self.target)
+            log.debug("generated @%s: %d lines, %d ops fast, %d by reference rules, %d B resident", self.graph.name,
+                      e.source.count("\n"), e.stats["fast"], e.stats["fallback"], e.resident_bytes)
+        return self._emission
+
+    @property
+    def source(self) -> str:
+        return self.emission.source
+
+    @property
+    def plan(self) -> MemoryPlan:
+        self.emission  # noqa: B018 - makes the plan when none was given
+        return self._plan  # type: ignore[return-value]
+
+    def __call__(self, *inputs: Any) -> tuple[Any, ...]:
+        if self._fn is None:
+            self._fn = self.emission.link()
+        args = self._checker.check_inputs(inputs)
+        with np.errstate(all="ignore"):
+            return self._fn(*args)
 
 
 class NumpyBackend:
@@ -35,5 +98,5 @@ class NumpyBackend:
     kernel_suffix = ".mlir"
     target = NUMPY
 
-    def compile(self, graph: Graph) -> NumpyExecutable:
-        return NumpyExecutable(graph)
+    def compile(self, graph: Graph) -> GeneratedExecutable:
+        return GeneratedExecutable(graph, graph.analysis("memory_plan"), self.target)

@@ -1,0 +1,190 @@
+"""Numpy formulations of the contractions and pooling that generated code calls.
+
+Every function writes its result through `out` and takes its workspaces as arguments (views of
+buffers the executable allocated once), so a training step allocates nothing large. Two im2col
+layouts, picked per shape by `batch_first` (measured on LeNet's layers, see benchmarks/):
+
+* batch first, patches (N, C, KH, KW, OH, OW): each tap copy moves runs of OW values and the matmul
+  writes NCHW directly, with no transpose back; best when a sample's output plane is large;
+* batch last, patches (C, KH, KW, OH, OW, N) as in the reference: tap copies move runs of OW*N
+  values, at the price of transposing the input in and the output back; best for small planes.
+
+Sums are reordered against the reference rules (other matmul shapes), so results agree within
+float tolerance, not bit for bit; the pooling kernels are exact.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+Geometry = tuple[int, int, int, int, int, int]  # sh, sw, ph, pw, dh, dw
+
+
+def batch_first(oh: int, ow: int) -> bool:
+    """Batch-first patches when one sample's output plane is large enough that runs of OW values
+    are cheap to copy (conv1 of LeNet, 24x24); batch-last otherwise (conv2, 8x8)."""
+    return oh * ow >= 256
+
+
+def _tap(i: int, j: int, oh: int, ow: int, g: Geometry) -> tuple[slice, slice]:
+    sh, sw, _, _, dh, dw = g
+    return slice(i * dh, i * dh + sh * (oh - 1) + 1, sh), slice(j * dw, j * dw + sw * (ow - 1) + 1, sw)
+
+
+def _padded_bf(x: np.ndarray, g: Geometry, xp: np.ndarray | None) -> np.ndarray:
+    """x with its zero border (N, C, H+2ph, W+2pw), in `xp` when there is padding."""
+    ph, pw = g[2], g[3]
+    if xp is None:
+        return x
+    h, w = x.shape[2:]
+    xp.fill(0)
+    xp[:, :, ph : ph + h, pw : pw + w] = x
+    return xp
+
+
+def _padded_bl(x: np.ndarray, g: Geometry, xt: np.ndarray) -> np.ndarray:
+    """x transposed batch last (C, H+2ph, W+2pw, N) in `xt`, zero border included."""
+    ph, pw = g[2], g[3]
+    h, w = x.shape[2:]
+    if ph or pw:
+        xt.fill(0)
+    np.copyto(xt[:, ph : ph + h, pw : pw + w], x.transpose(1, 2, 3, 0))
+    return xt
+
+
+def conv2d_bf(x: np.ndarray, w: np.ndarray, g: Geometry, out: np.ndarray, cols: np.ndarray,
+              xp: np.ndarray | None) -> None:
+    """conv2d, batch-first patches: out[n] = W (O, CKK) @ cols[n] (CKK, OH*OW)."""
+    n = x.shape[0]
+    o, c, kh, kw = w.shape
+    oh, ow = out.shape[2:]
+    src = _padded_bf(x, g, xp)
+    for i in range(kh):
+        for j in range(kw):
+            si, sj = _tap(i, j, oh, ow, g)
+            cols[:, :, i, j] = src[:, :, si, sj]
+    np.matmul(w.reshape(o, c * kh * kw), cols.reshape(n, c * kh * kw, oh * ow), out=out.reshape(n, o, oh * ow))
+
+
+def conv2d_bl(x: np.ndarray, w: np.ndarray, g: Geometry, out: np.ndarray, xt: np.ndarray, cols: np.ndarray,
+              y: np.ndarray) -> None:
+    """conv2d, batch-last patches: y (O, OH*OW*N) = W @ cols, transposed back into `out`."""
+    n = x.shape[0]
+    o, c, kh, kw = w.shape
+    oh, ow = out.shape[2:]
+    src = _padded_bl(x, g, xt)
+    for i in range(kh):
+        for j in range(kw):
+            si, sj = _tap(i, j, oh, ow, g)
+            cols[:, i, j] = src[:, si, sj]
+    np.matmul(w.reshape(o, c * kh * kw), cols.reshape(c * kh * kw, oh * ow * n), out=y)
+    np.copyto(out, y.reshape(o, oh, ow, n).transpose(3, 0, 1, 2))
+
+
+def conv2d_grad_input_bf(dy: np.ndarray, w: np.ndarray, g: Geometry, out: np.ndarray, dcols: np.ndarray,
+                         dxp: np.ndarray | None) -> None:
+    """dx: dcols[n] = W^T @ dy[n], each tap's slice added back where the forward read it."""
+    n, o, oh, ow = dy.shape
+    _, c, kh, kw = w.shape
+    ph, pw = g[2], g[3]
+    np.matmul(w.reshape(o, c * kh * kw).T, dy.reshape(n, o, oh * ow), out=dcols)
+    acc = out if dxp is None else dxp
+    acc.fill(0)
+    d6 = dcols.reshape(n, c, kh, kw, oh, ow)
+    for i in range(kh):
+        for j in range(kw):
+            si, sj = _tap(i, j, oh, ow, g)
+            acc[:, :, si, sj] += d6[:, :, i, j]
+    if dxp is not None:
+        h, wd = out.shape[2:]
+        np.copyto(out, dxp[:, :, ph : ph + h, pw : pw + wd])
+
+
+def conv2d_grad_input_bl(dy: np.ndarray, w: np.ndarray, g: Geometry, out: np.ndarray, dyt: np.ndarray,
+                         dcols: np.ndarray, dxt: np.ndarray) -> None:
+    """dx, batch last (the reference's formulation on preallocated buffers)."""
+    n, o, oh, ow = dy.shape
+    _, c, kh, kw = w.shape
+    ph, pw = g[2], g[3]
+    h, wd = out.shape[2:]
+    np.copyto(dyt, dy.transpose(1, 2, 3, 0))
+    np.matmul(w.reshape(o, c * kh * kw).T, dyt.reshape(o, oh * ow * n), out=dcols)
+    dxt.fill(0)
+    d6 = dcols.reshape(c, kh, kw, oh, ow, n)
+    for i in range(kh):
+        for j in range(kw):
+            si, sj = _tap(i, j, oh, ow, g)
+            dxt[:, si, sj] += d6[:, i, j]
+    np.copyto(out, dxt[:, ph : ph + h, pw : pw + wd].transpose(3, 0, 1, 2))
+
+
+def conv2d_grad_weight_bf(x: np.ndarray, dy: np.ndarray, g: Geometry, out: np.ndarray, cols: np.ndarray,
+                          xp: np.ndarray | None, part: np.ndarray) -> None:
+    """dw = sum over n of dy[n] @ cols[n]^T: one batched matmul into `part` (N, O, CKK), summed."""
+    n, o, oh, ow = dy.shape
+    _, c, kh, kw = out.shape
+    src = _padded_bf(x, g, xp)
+    for i in range(kh):
+        for j in range(kw):
+            si, sj = _tap(i, j, oh, ow, g)
+            cols[:, :, i, j] = src[:, :, si, sj]
+    np.matmul(dy.reshape(n, o, oh * ow), cols.reshape(n, c * kh * kw, oh * ow).transpose(0, 2, 1), out=part)
+    np.sum(part, axis=0, out=out.reshape(o, c * kh * kw))
+
+
+def conv2d_grad_weight_bl(x: np.ndarray, dy: np.ndarray, g: Geometry, out: np.ndarray, xt: np.ndarray,
+                          cols: np.ndarray, dyt: np.ndarray) -> None:
+    """dw = dy (O, OH*OW*N) @ cols^T, batch last."""
+    n, o, oh, ow = dy.shape
+    _, c, kh, kw = out.shape
+    src = _padded_bl(x, g, xt)
+    for i in range(kh):
+        for j in range(kw):
+            si, sj = _tap(i, j, oh, ow, g)
+            cols[:, i, j] = src[:, si, sj]
+    np.copyto(dyt, dy.transpose(1, 2, 3, 0))
+    np.matmul(dyt.reshape(o, oh * ow * n), cols.reshape(c * kh * kw, oh * ow * n).T, out=out.reshape(o, c * kh * kw))
+
+
+def pool_taps(x: np.ndarray, kh: int, kw: int, oh: int, ow: int) -> list[np.ndarray]:
+    """One strided view per window tap of non-overlapping windows, row-major tap order."""
+    return [x[:, :, i : i + kh * oh : kh, j : j + kw * ow : kw] for i in range(kh) for j in range(kw)]
+
+
+def max_pool2d_tiles(x: np.ndarray, kh: int, kw: int, out: np.ndarray) -> None:
+    """Max over non-overlapping windows as a chain of `maximum`s over tap views (exact)."""
+    oh, ow = out.shape[2:]
+    taps = pool_taps(x, kh, kw, oh, ow)
+    if len(taps) == 1:
+        np.copyto(out, taps[0])
+        return
+    np.maximum(taps[0], taps[1], out=out)
+    for t in taps[2:]:
+        np.maximum(out, t, out=out)
+
+
+def max_pool2d_grad_tiles(x: np.ndarray, dy: np.ndarray, kh: int, kw: int, out: np.ndarray, m: np.ndarray,
+                          taken: np.ndarray, hit: np.ndarray) -> None:
+    """The reference's non-overlapping max-pool gradient into `out`, workspaces preallocated: dy
+    goes to the first tap (row-major) equal to its window's max (nan counts as the max)."""
+    oh, ow = dy.shape[2:]
+    if x.shape[2] != kh * oh or x.shape[3] != kw * ow:
+        out.fill(0)  # rows/columns no window covers
+    taps = pool_taps(x, kh, kw, oh, ow)
+    max_pool2d_tiles(x, kh, kw, m)
+    nan_m = None
+    if x.dtype.kind == "f":
+        nan_m = np.isnan(m)
+        if not nan_m.any():
+            nan_m = None
+    bits = np.dtype(f"u{dy.dtype.itemsize}")
+    taken.fill(False)
+    dyb = dy.view(bits)
+    outb = out.view(bits)
+    for t, tap in enumerate(taps):
+        np.equal(tap, m, out=hit)
+        if nan_m is not None:
+            hit |= nan_m & np.isnan(tap)
+        np.greater(hit, taken, out=hit)
+        taken |= hit
+        i, j = divmod(t, kw)
+        np.multiply(dyb, hit, out=outb[:, :, i : i + kh * oh : kh, j : j + kw * ow : kw])

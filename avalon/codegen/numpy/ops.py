@@ -1,0 +1,378 @@
+"""Per-op emitters of the numpy code generator, and how top-level ops and fused groups are placed.
+
+An emitter writes one op's result into `out` (an array of the result type the generator chose:
+a planned buffer, a scratch slot, a fresh array or, in place, an operand that dies there). It
+declares which ops it `accepts` (dtypes, attributes); every other op falls back to its reference
+rule. Elementwise emitters are exact (the same numpy ufunc the reference rule calls);
+contractions reorder float sums (see `kernels`).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from avalon.ir import Op, Value
+from avalon.ir import dtypes as dt
+from avalon.ir.types import TensorType
+
+from . import kernels
+from .generator import Generator, Ref
+
+FLOATS = (dt.float32, dt.float64)
+INTS = (dt.int32, dt.int64)
+
+
+@dataclass(frozen=True)
+class OpEmitter:
+    emit: Callable[[Generator, Op, list[Ref], str], None]
+    accepts: Callable[[Op], bool]
+    inplace: bool = True  # out may be an operand's storage (one pass that reads each element before writing it)
+
+
+EMITTERS: dict[str, OpEmitter] = {}
+
+
+def _dtypes(op: Op) -> set:
+    return {v.type.dtype for v in (*op.operands, *op.results)}
+
+
+def floats(op: Op) -> bool:
+    return _dtypes(op) <= set(FLOATS) and len(op.results) == 1
+
+
+def numeric(op: Op) -> bool:
+    return _dtypes(op) <= set(FLOATS + INTS) and len(op.results) == 1
+
+
+def _np(t: TensorType) -> str:
+    return f"np.{t.dtype.np.name}"
+
+
+def register(names: dict[str, str] | tuple[str, ...], accepts: Callable[[Op], bool], inplace: bool = True):
+    def deco(fn):
+        for n in names:
+            EMITTERS[n] = OpEmitter(fn, accepts, inplace)
+        return fn
+    return deco
+
+
+# -- elementwise ------------------------------------------------------------------------------------
+
+_UNARY = {"exp": "np.exp", "log": "np.log", "tanh": "np.tanh", "sqrt": "np.sqrt"}
+_UNARY_INT = {"neg": "np.negative", "abs": "np.abs"}
+_BINARY = {"div": "np.true_divide", "pow": "np.power"}
+_BINARY_INT = {"add": "np.add", "sub": "np.subtract", "mul": "np.multiply", "maximum": "np.maximum",
+               "minimum": "np.minimum"}
+_COMPARE = {"eq": "np.equal", "ne": "np.not_equal", "lt": "np.less", "le": "np.less_equal", "gt": "np.greater",
+            "ge": "np.greater_equal"}
+_LOGICAL = {"logical_and": "np.logical_and", "logical_or": "np.logical_or", "logical_not": "np.logical_not"}
+
+
+def _ufunc(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
+    fn = {**_UNARY, **_UNARY_INT, **_BINARY, **_BINARY_INT, **_COMPARE, **_LOGICAL}[op.name]
+    gen.line(f"{fn}({', '.join(a.expr for a in args)}, out={out})")
+
+
+register(_UNARY, floats)(_ufunc)
+register(_BINARY, floats)(_ufunc)
+register(_UNARY_INT, numeric)(_ufunc)
+register(_BINARY_INT, numeric)(_ufunc)
+register(_COMPARE, lambda op: op.operands[0].type.dtype not in (dt.float16, dt.bfloat16) or True)(_ufunc)
+register(_LOGICAL, lambda op: True)(_ufunc)
+
+
+@register(("relu",), numeric)
+def _relu(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
+    zero = gen.const(np.zeros((), op.results[0].type.dtype.np), "zero")
+    gen.line(f"np.maximum({args[0].expr}, {zero}, out={out})")
+
+
+@register(("rsqrt",), floats)
+def _rsqrt(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
+    gen.line(f"np.sqrt({args[0].expr}, out={out})")
+    gen.line(f"np.true_divide(1, {out}, out={out})")
+
+
+@register(("sigmoid",), floats, inplace=False)
+def _sigmoid(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
+    """The reference's exp(min(x, 0)) / (1 + exp(-|x|)), step by step in `out` and one slot."""
+    t = op.results[0].type
+    x = gen.array(args[0])
+    tmp, _ = gen.scratch(t.shape, t.dtype.np)
+    gen.line(f"np.minimum({x}, 0, out={out}); np.exp({out}, out={out})")
+    gen.line(f"np.abs({x}, out={tmp}); np.negative({tmp}, out={tmp}); np.exp({tmp}, out={tmp})")
+    gen.line(f"np.add(1, {tmp}, out={tmp}); np.true_divide({out}, {tmp}, out={out})")
+
+
+@register(("stop_gradient", "broadcast"), lambda op: True)
+def _copy(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
+    gen.line(f"np.copyto({out}, {args[0].expr})")
+
+
+@register(("cast",), lambda op: op.results[0].type.dtype != dt.bfloat16 and op.operands[0].type.dtype != dt.float16
+          and op.results[0].type.dtype != dt.float16)
+def _cast(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
+    """numpy's astype conversion (float -> int truncates, x -> bool is x != 0), through copyto."""
+    gen.line(f"np.copyto({out}, {args[0].expr}, casting='unsafe')")
+
+
+@register(("where",), lambda op: op.results[0].type.dtype in (*FLOATS, *INTS), inplace=False)
+def _where(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
+    """A select that copies bit patterns (exactly the reference's): against a +0 splat it is the
+    value's bits times the 0/1 mask, else a copy of y and a masked copy of x."""
+    c, x, y = args
+    u = f"np.uint{8 * op.results[0].type.dtype.itemsize}"
+    if x.kind != "scalar" and y.kind == "scalar" and _bits_zero(gen.consts.get(y.expr)):
+        gen.line(f"np.multiply({x.expr}.view({u}), {c.expr}, out={out}.view({u}))")
+        return
+    gen.line(f"np.copyto({out}, {y.expr}); np.copyto({out}, {x.expr}, where={c.expr})")
+
+
+def _bits_zero(v: object) -> bool:
+    if v is None:
+        return False
+    a = np.asarray(v)
+    return a.size == 1 and not a.tobytes().strip(b"\0")
+
+
+# -- reductions, contractions, pooling ------------------------------------------------------------
+
+def _axes(op: Op) -> tuple[int, ...]:
+    rank = op.operands[0].type.rank
+    return tuple(sorted(a % rank for a in op.attrs["axes"]))
+
+
+@register(("sum", "max"), lambda op: floats(op) and op.operands[0].type.rank > 0)
+def _reduce(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
+    fn = "np.sum" if op.name == "sum" else "np.max"
+    gen.line(f"{fn}({gen.array(args[0])}, axis={_axes(op)!r}, keepdims={bool(op.attrs['keepdims'])}, out={out})")
+
+
+@register(("matmul",), floats, inplace=False)
+def _matmul(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
+    gen.line(f"np.matmul({gen.array(args[0])}, {gen.array(args[1])}, out={out})")
+
+
+def _plain_conv(op: Op) -> bool:
+    return floats(op) and op.attrs["groups"] == 1
+
+
+def _geom(op: Op) -> tuple[int, ...]:
+    a = op.attrs
+    return (*a["stride"], *a["padding"], *a["dilation"])
+
+
+@register(("conv2d",), _plain_conv, inplace=False)
+def _conv2d(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
+    x, w = (gen.array(a) for a in args)
+    n, c, h, wd = op.operands[0].shape
+    o, _, kh, kw = op.operands[1].shape
+    _, _, oh, ow = op.results[0].shape
+    g = _geom(op)
+    f = op.results[0].type.dtype.np
+    hp, wp = h + 2 * g[2], wd + 2 * g[3]
+    if kernels.batch_first(oh, ow):
+        cols, _ = gen.scratch((n, c, kh, kw, oh, ow), f)
+        xp = gen.scratch((n, c, hp, wp), f)[0] if g[2] or g[3] else "None"
+        gen.line(f"K.conv2d_bf({x}, {w}, {g!r}, {out}, {cols}, {xp})")
+    else:
+        xt, _ = gen.scratch((c, hp, wp, n), f)
+        cols, _ = gen.scratch((c, kh, kw, oh, ow, n), f)
+        y, _ = gen.scratch((o, oh * ow * n), f)
+        gen.line(f"K.conv2d_bl({x}, {w}, {g!r}, {out}, {xt}, {cols}, {y})")
+
+
+@register(("conv2d_grad_input",), _plain_conv, inplace=False)
+def _conv2d_grad_input(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
+    dy, w = (gen.array(a) for a in args)
+    n, o, oh, ow = op.operands[0].shape
+    _, c, kh, kw = op.operands[1].shape
+    h, wd = op.results[0].shape[2:]
+    g = _geom(op)
+    f = op.results[0].type.dtype.np
+    hp, wp = h + 2 * g[2], wd + 2 * g[3]
+    if kernels.batch_first(oh, ow):
+        dcols, _ = gen.scratch((n, c * kh * kw, oh * ow), f)
+        dxp = gen.scratch((n, c, hp, wp), f)[0] if g[2] or g[3] else "None"
+        gen.line(f"K.conv2d_grad_input_bf({dy}, {w}, {g!r}, {out}, {dcols}, {dxp})")
+    else:
+        dyt, _ = gen.scratch((o, oh, ow, n), f)
+        dcols, _ = gen.scratch((c * kh * kw, oh * ow * n), f)
+        dxt, _ = gen.scratch((c, hp, wp, n), f)
+        gen.line(f"K.conv2d_grad_input_bl({dy}, {w}, {g!r}, {out}, {dyt}, {dcols}, {dxt})")
+
+
+@register(("conv2d_grad_weight",), _plain_conv, inplace=False)
+def _conv2d_grad_weight(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
+    x, dy = (gen.array(a) for a in args)
+    n, c, h, wd = op.operands[0].shape
+    _, o, oh, ow = op.operands[1].shape
+    _, _, kh, kw = op.results[0].shape
+    g = _geom(op)
+    f = op.results[0].type.dtype.np
+    hp, wp = h + 2 * g[2], wd + 2 * g[3]
+    if kernels.batch_first(oh, ow):
+        cols, _ = gen.scratch((n, c, kh, kw, oh, ow), f)
+        xp = gen.scratch((n, c, hp, wp), f)[0] if g[2] or g[3] else "None"
+        part, _ = gen.scratch((n, o, c * kh * kw), f)
+        gen.line(f"K.conv2d_grad_weight_bf({x}, {dy}, {g!r}, {out}, {cols}, {xp}, {part})")
+    else:
+        xt, _ = gen.scratch((c, hp, wp, n), f)
+        cols, _ = gen.scratch((c, kh, kw, oh, ow, n), f)
+        dyt, _ = gen.scratch((o, oh, ow, n), f)
+        gen.line(f"K.conv2d_grad_weight_bl({x}, {dy}, {g!r}, {out}, {xt}, {cols}, {dyt})")
+
+
+def _tiles(op: Op) -> bool:
+    """Non-overlapping windows (stride == kernel, no padding) of a float tensor."""
+    a = op.attrs
+    return floats(op) and list(a["kernel"]) == list(a["stride"]) and not any(a["padding"])
+
+
+@register(("max_pool2d",), _tiles, inplace=False)
+def _max_pool2d(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
+    kh, kw = op.attrs["kernel"]
+    gen.line(f"K.max_pool2d_tiles({gen.array(args[0])}, {kh}, {kw}, {out})")
+
+
+@register(("max_pool2d_grad",), _tiles, inplace=False)
+def _max_pool2d_grad(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
+    kh, kw = op.attrs["kernel"]
+    dt_ = op.operands[1].type
+    m, _ = gen.scratch(dt_.shape, dt_.dtype.np)
+    taken, _ = gen.scratch(dt_.shape, np.bool_)
+    hit, _ = gen.scratch(dt_.shape, np.bool_)
+    gen.line(f"K.max_pool2d_grad_tiles({gen.array(args[0])}, {gen.array(args[1])}, {kh}, {kw}, {out}, {m}, "
+             f"{taken}, {hit})")
+
+
+# -- placing ops ------------------------------------------------------------------------------------
+
+def _outlives(gen: Generator, src: Value, r: Value) -> bool:
+    """Does `src`'s storage stay valid while top-level `r` is read? Planned storage is reused after
+    the plan's lifetime of its value, which knows nothing of a lazy broadcast reading it later."""
+    plan = gen.plan
+    if plan is None or (src not in plan.lifetimes and src.op is not None and src.op.name in ("reshape", "transpose")):
+        return plan is None
+    if src not in plan.lifetimes:
+        return True  # an input, a constant, an output: never reused
+    return r in plan.lifetimes and plan.lifetimes[src][1] >= plan.lifetimes[r][1]
+
+
+def _lazy(gen: Generator, op: Op, top: bool) -> Ref | None:
+    """Splat constants as scalars, broadcasts of arrays or scalars as un-materialized operands."""
+    r = op.results[0]
+    if op.name == "constant":
+        from avalon.ir import evaluate
+        value = evaluate("constant", op.attrs, [], r.type)
+        if value.size == 1:
+            return Ref(gen.const(value.reshape(-1)[0], "k"), r.type, "scalar")
+        return Ref(gen.const(value, "k"), r.type)  # dense: a global array, never written
+    if op.name == "broadcast":
+        src = gen.env[op.operands[0]]
+        if src.kind == "scalar":
+            return Ref(src.expr, r.type, "scalar")
+        if top and not _outlives(gen, op.operands[0], r):
+            return None
+        ref = Ref(src.expr, r.type, "bcast", slot=src.slot)  # reads the source's storage while it lives
+        gen.hold(ref)
+        return ref
+    return None
+
+
+def _view(gen: Generator, op: Op) -> Ref | None:
+    """reshape / transpose of a real array as a numpy view (sharing the operand's storage)."""
+    src = gen.env[op.operands[0]]
+    r = op.results[0]
+    if src.kind == "scalar":
+        return Ref(src.expr, r.type, "scalar")
+    if src.lazy:
+        return None
+    name = gen.fresh_name()
+    if op.name == "reshape":
+        gen.line(f"{name} = {src.expr}.reshape({tuple(r.type.shape)!r})")
+    else:
+        gen.line(f"{name} = {src.expr}.transpose({tuple(op.attrs['perm'])!r})")
+    ref = Ref(name, r.type, slot=src.slot)
+    gen.hold(ref)
+    return ref
+
+
+def _fallback(gen: Generator, op: Op, out: str | None) -> Ref:
+    """The op's reference rule through `evaluate`; copied into `out` when one is given."""
+    r = op.results[0]
+    gen.stats["fallback"] += 1
+    if len(op.results) != 1:
+        msg = f"op '{op.name}' has {len(op.results)} results; reference rules give one"
+        gen.line(f"raise NotImplementedError({msg!r})")
+        return Ref("None", r.type)
+    attrs, rtype = gen.const(dict(op.attrs), "attrs"), gen.const(r.type, "t")
+    args = ", ".join(gen.owned_array(gen.env[v]) for v in op.operands)
+    call = f"_ev({op.name!r}, {attrs}, [{args}], {rtype})"
+    if out is not None:
+        gen.line(f"np.copyto({out}, {call})")
+        return Ref(out, r.type)
+    name = gen.fresh_name()
+    # rules of view ops (and a same-dtype cast) may hand back their operand: copy to own the result
+    copy = op.name in ("reshape", "transpose", "slice", "cast")
+    gen.line(f"{name} = {call}" + (".copy()" if copy else ""))
+    return Ref(name, r.type, fresh=True)
+
+
+def emit_op(gen: Generator, op: Op, top: bool = False, dest: Callable[[Value, OpEmitter | None], Ref] | None = None
+            ) -> None:
+    """Emit one op (not a fused group). `dest(result, emitter)` picks its storage (inside groups);
+    a top-level result goes to its planned buffer, else a fresh array."""
+    r = op.results[0] if op.results else None
+    lazy = _lazy(gen, op, top) if r is not None else None
+    if lazy is not None:
+        gen.env[r] = lazy
+        return
+    if op.name in ("reshape", "transpose") and (not top or gen.target.is_view(op) and not gen.is_planned(r)):
+        ref = _view(gen, op)
+        if ref is not None:
+            gen.env[r] = ref
+            return
+    em = EMITTERS.get(op.name)
+    if em is not None and not em.accepts(op):
+        em = None
+    if r is None:
+        return
+    final: Ref | None = None  # where the result goes when `out` is a stand-in
+    if dest is None:
+        planned = gen.planned(r)
+        if em is None:
+            gen.env[r] = _fallback(gen, op, planned)
+            return
+        out = Ref(planned, r.type) if planned else Ref(gen.new_array(r.type), r.type, fresh=True)
+        if planned and not em.inplace and gen.plan is not None and r in gen.plan.inplace:
+            final, out = out, Ref(gen.scratch(r.type.shape, r.type.dtype.np)[0], r.type)
+    else:
+        if em is None:
+            ref = _fallback(gen, op, None)
+            target = dest(r, None)
+            if target is not None:
+                gen.line(f"np.copyto({target.expr}, {ref.expr})")
+                ref = target
+            gen.env[r] = ref
+            return
+        out = dest(r, em)
+    gen.stats["fast"] += 1
+    args = [gen.env[v] for v in op.operands]
+    if op.name in ("reshape", "transpose"):
+        src = gen.array(args[0])
+        expr = f"{src}.reshape({tuple(r.type.shape)!r})" if op.name == "reshape" else \
+            f"{src}.transpose({tuple(op.attrs['perm'])!r})"
+        gen.line(f"np.copyto({out.expr}, {expr})")
+    else:
+        em.emit(gen, op, args, out.expr)
+    if final is not None:
+        gen.line(f"np.copyto({final.expr}, {out.expr})")
+        out = final
+    gen.env[r] = out
+
+
+for _n in ("reshape", "transpose"):
+    EMITTERS[_n] = OpEmitter(lambda gen, op, args, out: None, lambda op: True)

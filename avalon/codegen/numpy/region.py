@@ -1,0 +1,99 @@
+"""Inlining a fused group: its ops run in order, with the fewest temporaries.
+
+A value the group yields is written straight into its result's storage (planned buffer or fresh
+output), unless that storage is also an operand of the group (the memory plan's in place, which
+assumes one pass per element: here ops run one after another, so the write waits until every op
+has run) or the value is yielded twice. Any other value takes a scratch slot, or the storage of
+an operand that dies at its op when the op is one elementwise pass.
+"""
+from __future__ import annotations
+
+from avalon.ir import Op, Value
+
+from .generator import Generator, Ref
+from .ops import OpEmitter, emit_op
+
+
+def emit_region(gen: Generator, op: Op) -> None:
+    block = op.regions[0]
+    for a, v in zip(block.args, op.operands):
+        gen.env[a] = gen.env[v]
+    inner = list(block.ops)
+    index = {o: j for j, o in enumerate(inner)}
+    last: dict[Value, int] = {}
+    for j, o in enumerate(inner):
+        for w in o.walk():
+            for x in w.operands:
+                last[x] = j
+    end = len(inner)
+    for y in block.results:
+        last[y] = end
+    plan = gen.plan
+    direct: dict[Value, tuple[Value, Ref | None]] = {}
+    deferred: list[tuple[Value, Value]] = []
+    for r, y in zip(op.results, block.results):
+        mine = y.op is not None and y.op.parent is block and not y.op.regions
+        if mine and y not in direct and not (plan is not None and r in plan.inplace):
+            store = gen.planned(r)
+            direct[y] = (r, Ref(store, r.type) if store else None)
+        else:
+            deferred.append((r, y))
+
+    def dest(v: Value, em: OpEmitter | None) -> Ref | None:
+        if v in direct:
+            r, ref = direct[v]
+            if ref is None and em is not None:
+                ref = Ref(gen.new_array(v.type), v.type, fresh=True)
+                direct[v] = (r, ref)
+            return ref
+        if em is None:
+            return None
+        o = v.op
+        if em.inplace and o.has_trait("elementwise"):
+            for x in o.operands:
+                a = gen.env[x]
+                if (not a.lazy and a.slot is not None and last.get(x) == index[o] and gen.refs.get(a.slot) == 1
+                        and a.type.shape == v.type.shape and a.type.dtype.np == v.type.dtype.np):
+                    ref = Ref(a.expr, v.type, slot=a.slot)
+                    gen.hold(ref)
+                    return ref
+        name, slot = gen.scratch(v.type.shape, v.type.dtype.np, op_scoped=False)
+        ref = Ref(name, v.type, slot=slot)
+        gen.hold(ref)
+        return ref
+
+    alive: set[Value] = set()
+    for j, o in enumerate(inner):
+        if o.regions:
+            emit_region(gen, o)
+        else:
+            emit_op(gen, o, dest=dest)
+        gen.end_op()
+        alive.update(o.results)
+        for x in {x for w in o.walk() for x in w.operands}:
+            if last.get(x) == j and x in alive:
+                alive.discard(x)
+                gen.drop(gen.env[x])
+        for r in o.results:
+            if r not in last and r in alive:
+                alive.discard(r)
+                gen.drop(gen.env[r])
+
+    for y, (r, ref) in direct.items():
+        src = gen.env[y]
+        if ref is not None and src.expr == ref.expr or ref is None and src.fresh and src.slot is None:
+            gen.env[r] = src
+        else:  # computed elsewhere (a view, a splat, a broadcast): copy it into its storage
+            deferred.append((r, y))
+    for r, y in deferred:
+        src = gen.env[y]
+        store = gen.planned(r)
+        if store is None:
+            name = gen.new_array(r.type)
+            gen.line(f"np.copyto({name}, {src.expr})")
+            gen.env[r] = Ref(name, r.type, fresh=True)
+        else:
+            gen.line(f"np.copyto({store}, {src.expr})")
+            gen.env[r] = Ref(store, r.type)
+    for v in alive:
+        gen.drop(gen.env[v])
