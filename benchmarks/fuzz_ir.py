@@ -67,11 +67,12 @@ def seeds() -> list[str]:
     xs = av.tensor(rng.standard_normal((2, 3, 4)).astype(np.float32))
     for model, args in ((lenet, (x,)), (mlp, (xm,)), (vae, (xv,)), (lstm, (xs,))):
         out.append(str(av.trace(model, *args)))
-    for model, loss, args in ((lenet, zoo.nll, (x, y)), (mlp, zoo.cross_entropy, (xm, ym)),
-                              (vae, zoo.elbo, (xv,))):
-        def f(m, *a, loss=loss):
-            return loss(m, *a)
-        out.append(str(av.compile(av.value_and_grad(f), backend="numpy").inspect(model, *args).graph))
+    def supervised(criterion):  # nll and cross_entropy are criteria: loss(prediction, target)
+        return lambda m, x, y: criterion(m(x), y)
+
+    for model, objective, args in ((lenet, supervised(zoo.nll), (x, y)), (mlp, supervised(zoo.cross_entropy), (xm, ym)),
+                                   (vae, zoo.elbo, (xv,))):
+        out.append(str(av.compile(av.value_and_grad(objective), backend="numpy").inspect(model, *args).graph))
     return out
 
 
