@@ -445,6 +445,7 @@ def group_norm(input: Any, num_groups: int, weight: Any = None, bias: Any = None
 
 
 # Last, because losses.py builds on the helpers above (`_t`, `log_softmax`, `_softplus1`).
+from .attention import scaled_dot_product_attention  # noqa: E402, F401  (torch's F holds it)
 from .functional_spatial import (  # noqa: E402  (they use conv2d from this module)
     adaptive_avg_pool2d,
     adaptive_max_pool2d,
