@@ -118,3 +118,27 @@ def sample(name: str) -> Graph:
 
 def all_samples() -> dict[str, Graph]:
     return {name: sample(name) for name in OPS}
+
+
+def merged_elementwise() -> Graph:
+    """Every elementwise sample in one graph, fused into a few groups: each one `linalg.generic`
+    whose body holds its ops' scalar code (a few IREE dispatches instead of ~30 to compile)."""
+    from avalon.compiler.testing import outline
+    from avalon.ir.clone import clone_op
+    g = Graph("t_elementwise_groups")
+    outs: list[Value] = []
+    chunks: list[list] = [[]]
+    for name, d in OPS.items():
+        if "elementwise" not in d.traits or name in SPECIAL:
+            continue
+        s = sample(name)
+        mapping = {a: g.add_input(a.type, f"{name}{i}") for i, a in enumerate(s.inputs)}
+        if len(chunks[-1]) > 24:  # IREE's CPU dispatches take at most 64 operands + results
+            chunks.append([])
+        for op in s.ops:
+            chunks[-1].append(g.body.append(clone_op(op, mapping)))
+        outs += [mapping[v] for v in s.outputs]
+    g.set_outputs(outs)
+    for k, ops in enumerate(chunks):
+        outline(g, ops, f"fused_elementwise_{k}")
+    return g

@@ -196,7 +196,8 @@ def _pointwise_group(e: LinalgEmitter, region: Block, args: list[V]) -> list[V] 
             inputs.append(broadcast_input(e, outer[src], shape))
         elif op.name == "broadcast" and op.result.shape == shape and src in slot and slot[src][0] == "const":
             slot[op.result] = slot[src]
-        elif op.name in SCALAR and LINALG.get(op.name) is elementwise and op.result.shape == shape and all(direct(v) for v in op.operands):
+        elif (op.name in SCALAR and LINALG.get(op.name) is elementwise and op.result.shape == shape
+              and all(direct(v) for v in op.operands)):
             slot[op.result] = ("op", op)
         else:
             return None
