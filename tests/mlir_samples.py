@@ -57,8 +57,10 @@ SPECIAL: dict[str, Callable[[str], Graph]] = {
         [((2, 6, 4, 10), F32), ((6, 2, 3, 2), F32)],
         lambda b, dy, w: [b("conv2d_grad_input", dy, w, input_shape=[2, 4, 7, 8], **CONV)], n),
     "conv2d_grad_weight": lambda n: _graph(
-        [((2, 4, 7, 8), F32), ((2, 6, 4, 10), F32)],
-        lambda b, x, dy: [b("conv2d_grad_weight", x, dy, weight_shape=[6, 2, 3, 2], **CONV)], n),
+        [((2, 4, 7, 8), F32), ((2, 6, 4, 10), F32), ((2, 3, 7, 6), F32), ((2, 4, 4, 4), F32)],
+        lambda b, x, dy, y, dz: [b("conv2d_grad_weight", x, dy, weight_shape=[6, 2, 3, 2], **CONV),
+                                 b("conv2d_grad_weight", y, dz, weight_shape=[4, 3, 3, 2], stride=[2, 1],
+                                   padding=[1, 0], dilation=[1, 2])], n),
     "max_pool2d": lambda n: _graph([((2, 3, 7, 6), F32)], lambda b, x: [b("max_pool2d", x, **POOL)], n),
     "max_pool2d_grad": lambda n: _graph([((2, 3, 7, 6), F32), ((2, 3, 4, 4), F32)],
                                         lambda b, x, dy: [b("max_pool2d_grad", x, dy, **POOL)], n),

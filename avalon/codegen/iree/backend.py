@@ -39,14 +39,14 @@ no memory plan; no strided reads, so the layout pass keeps every value row-major
 DEFAULT_FLAGS = ("--iree-llvmcpu-target-cpu=host", "--iree-input-demote-f64-to-f32=false")
 
 
-def flags() -> list[str]:
-    """The compiler flags: the defaults plus `AVALON_IREE_FLAGS`."""
-    return [*DEFAULT_FLAGS, *shlex.split(os.environ.get("AVALON_IREE_FLAGS", ""))]
+def flags(base: Sequence[str] = DEFAULT_FLAGS) -> list[str]:
+    """The compiler flags: `base` (the defaults) plus `AVALON_IREE_FLAGS`."""
+    return [*base, *shlex.split(os.environ.get("AVALON_IREE_FLAGS", ""))]
 
 
-def compile_module(source: str, extra_flags: Sequence[str] = ()) -> bytes:
+def compile_module(source: str, extra_flags: Sequence[str] = (), base: Sequence[str] = DEFAULT_FLAGS) -> bytes:
     """IREE's compiled module (a .vmfb) for llvm-cpu from MLIR text."""
-    return ireec.compile_str(source, target_backends=["llvm-cpu"], extra_args=[*flags(), *extra_flags])
+    return ireec.compile_str(source, target_backends=["llvm-cpu"], extra_args=[*flags(base), *extra_flags])
 
 
 _CONFIG: Any = None
@@ -64,7 +64,7 @@ class IreeExecutable:
 
     kernel_suffix = ".mlir"
 
-    def __init__(self, graph: Graph, extra_flags: Sequence[str] = ()):
+    def __init__(self, graph: Graph, extra_flags: Sequence[str] = (), base: Sequence[str] = DEFAULT_FLAGS):
         bf16 = [str(v.type) for v in [*graph.inputs, *graph.outputs] if v.type.dtype == dt.bfloat16]
         if bf16:
             raise NotImplementedError(f"backend='iree' does not take bf16 inputs or outputs yet ({bf16[0]}); "
@@ -74,7 +74,7 @@ class IreeExecutable:
         self.kernels = {graph.name: self.source}
         self.in_types = [v.type for v in graph.inputs]
         self.n_out = len(graph.outputs)
-        self.vmfb = compile_module(self.source, extra_flags)
+        self.vmfb = compile_module(self.source, extra_flags, base)
         self._ctx = ireert.SystemContext(config=_config())
         self._ctx.add_vm_module(ireert.VmModule.copy_buffer(self._ctx.instance, self.vmfb))
         self._fn = self._ctx.modules.module[self.name]
@@ -91,14 +91,16 @@ class IreeExecutable:
 
 
 class IreeBackend:
-    """Compiles a graph with IREE (`avalon.codegen.iree`); `kernels` shows the linalg module."""
+    """Compiles a graph with IREE (`avalon.codegen.iree`); `kernels` shows the linalg module.
+    `IreeBackend(extra_flags=[...])` adds compiler flags; `base` replaces the defaults (an LLVM
+    option may be given only once, so `--iree-llvmcpu-target-cpu=generic` goes there)."""
 
     name = "iree"
     kernel_suffix = ".mlir"
     target = IREE
 
-    def __init__(self, extra_flags: Sequence[str] = ()):
-        self.extra_flags = tuple(extra_flags)
+    def __init__(self, extra_flags: Sequence[str] = (), base: Sequence[str] = DEFAULT_FLAGS):
+        self.extra_flags, self.base = tuple(extra_flags), tuple(base)
 
     def compile(self, graph: Graph) -> IreeExecutable:
-        return IreeExecutable(graph, self.extra_flags)
+        return IreeExecutable(graph, self.extra_flags, self.base)
