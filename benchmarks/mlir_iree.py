@@ -9,9 +9,9 @@ Avalon rows time the first call (trace + passes + codegen/IREE compile: "compile
 median of `--reps` steps after warm-up. IREE rows differ only in compiler flags:
 
 * generic:   `--iree-llvmcpu-target-cpu=generic` (plain x86-64: SSE2 only, no AVX/FMA);
-* host:      `--iree-llvmcpu-target-cpu=host` (what backend="iree" uses by default);
+* host:      `--iree-llvmcpu-target-cpu=host`;
 * host+dt:   host plus data tiling and microkernels (`--iree-opt-data-tiling --iree-llvmcpu-enable-ukernels=all`);
-* host+O3:   host plus `--iree-opt-level=O3`.
+* host+O3:   host plus `--iree-opt-level=O3` (what backend="iree" uses by default).
 """
 from __future__ import annotations
 

@@ -191,7 +191,7 @@ def cast(e: LinalgEmitter, x: V, to: DType) -> V:
         if src in LOW and to in LOW:
             x = widen(e, x)
             src = x.d
-        if to.itemsize > src.itemsize or (src == dt.float16 and to == dt.bfloat16):
+        if to.itemsize > src.itemsize:
             return e.convert("arith.extf", x, to)
         return e.convert("arith.truncf", x, to)
     if src.is_float:
