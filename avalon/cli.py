@@ -6,6 +6,7 @@
   avalon kernels FILE|- -o DIR [-p PIPELINE]
   avalon run FILE|- [-p PIPELINE] [--seed N]
   avalon ops [NAME ...] [--missing]
+  avalon export FILE|- --to mlir|linalg -o OUT|-
   avalon demo [--batch N]
 
 Errors exit non-zero with one clear line on stderr, never a traceback (set AVALON_DEBUG=1 for one);
@@ -265,6 +266,30 @@ def cmd_ops(args) -> None:
     sys.stdout.write(describe_ops(args.names))
 
 
+def _export_mlir(graph, dialect: str) -> str:
+    from .mlir import to_mlir
+    return to_mlir(graph, dialect)
+
+
+EXPORTERS = {
+    "mlir": lambda g: _export_mlir(g, "avalon"),  # MLIR generic form, Avalon's ops as the avalon dialect
+    "linalg": lambda g: _export_mlir(g, "linalg"),  # upstream dialects only: mlir-opt / iree-compile read it
+}
+"""`avalon export --to NAME`: graph -> file text."""
+
+
+def cmd_export(args) -> None:
+    text = EXPORTERS[args.to](_parse_ir(args.file))
+    if args.output == "-":
+        sys.stdout.write(text)
+        return
+    try:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise CliError(f"cannot write {args.output}: {e.strerror}") from None
+
+
 def cmd_demo(args) -> None:
     from .demo import main as demo_main
     demo_main(batch=args.batch)
@@ -314,6 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="list every op lacking a rule in a required table (exit 1 unless none)")
     ops_p.add_argument("--plugin", action="append", metavar="FILE.py", help="a Python file that defines ops")
     ops_p.set_defaults(fn=cmd_ops)
+
+    x = sub.add_parser("export", help="write a graph as MLIR (the avalon dialect) or as upstream linalg MLIR")
+    x.add_argument("file", help="IR file, or - for stdin")
+    x.add_argument("--to", required=True, choices=sorted(EXPORTERS), help="mlir: avalon dialect; linalg: upstream")
+    x.add_argument("-o", "--output", required=True, help="output file, or - for stdout")
+    x.set_defaults(fn=cmd_export)
 
     d = sub.add_parser("demo", help="trace the README's LeNet, optimize it, run it on the reference, "
                                     "then show and run its Triton kernels")

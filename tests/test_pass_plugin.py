@@ -41,6 +41,7 @@ def plugin():
     from avalon.cli import load_plugin
     from avalon.codegen.triton.lowering import LOWERING
     from avalon.ir import REFERENCE
+    from avalon.mlir import LINALG, SCALAR
     had_op = "silu" in ir.OPS
     saved = dict(ps.PASSES)
     load_plugin(PLUGIN)
@@ -49,7 +50,7 @@ def plugin():
     ps.PASSES.update(saved)
     sys.modules.pop("avalon_plugin_fuse_silu", None)
     if not had_op:
-        for table in (ir.OPS, REFERENCE, LOWERING):
+        for table in (ir.OPS, REFERENCE, LOWERING, LINALG, SCALAR):
             table.pop("silu", None)
 
 

@@ -18,7 +18,7 @@ NAMES = sorted(TABLES)
 
 
 def test_the_built_in_tables_are_registered():
-    assert {"reference", "vjp", "lowering", "fold"} <= set(TABLES)
+    assert {"reference", "vjp", "lowering", "fold", "linalg"} <= set(TABLES)
     assert not TABLES["fold"].required  # folds are optional per op
     from avalon.autodiff import VJP
     from avalon.codegen.triton import LOWERING
@@ -61,15 +61,17 @@ def test_a_new_op_is_reported_until_every_table_has_its_rule():
     from avalon.codegen.triton import LOWERING
     from avalon.codegen.triton.lowering import ElementwiseLowering
     from avalon.ir import REFERENCE
+    from avalon.mlir import LINALG
     ir.define_op("twice_", 1, lambda ts, a: [ts[0]], traits={"elementwise", "pure"})
     try:
-        assert missing_rules() == {"twice_": ["reference", "vjp", "lowering"]}
+        assert missing_rules() == {"twice_": ["reference", "vjp", "lowering", "linalg"]}
         REFERENCE["twice_"] = lambda attrs, x: x * 2
         LOWERING["twice_"] = ElementwiseLowering("elementwise", "{0} * 2")
         VJP["twice_"] = lambda b, op, g: [b("add", g, g)]
+        LINALG["twice_"] = LINALG["add"]
         assert missing_rules() == {}
     finally:
-        for table in (ir.OPS, REFERENCE, LOWERING, VJP):
+        for table in (ir.OPS, REFERENCE, LOWERING, VJP, LINALG):
             table.pop("twice_", None)
 
 

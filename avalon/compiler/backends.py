@@ -54,6 +54,7 @@ class _Lazy:
 BACKENDS: dict[str, Callable[[], Any]] = {
     "numpy": lambda: _Lazy("numpy", "avalon.codegen.numpy.backend:NumpyBackend", ".mlir"),
     "triton": lambda: _Lazy("triton", "avalon.codegen.triton.backend:TritonBackend", ".py"),
+    "iree": lambda: _Lazy("iree", "avalon.codegen.iree.backend:IreeBackend", ".mlir"),
 }
 """Backends by name; register another as `BACKENDS["mine"] = MyBackend` (a class with `name`,
 `kernel_suffix` and `compile(graph) -> Executable`)."""

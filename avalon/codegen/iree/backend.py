@@ -1,0 +1,108 @@
+"""The IREE backend (see the package docstring).
+
+IREE fuses and tiles the linalg module itself, so the Avalon target asks for pointwise groups only
+(they become one `linalg.generic` each) and no memory plan (IREE plans its own buffers). One
+compile makes one module whose public function is the graph; a call converts the inputs to numpy,
+calls it on IREE's `local-task` driver (all cores) and hands back numpy arrays.
+
+Compiler flags: `--iree-llvmcpu-target-cpu=host` (without it IREE targets a generic x86-64 and
+warns about poor performance) and `--iree-input-demote-f64-to-f32=false` (IREE demotes f64 to f32
+by default, which would change an f64 graph's signature and results) and `--iree-opt-level=O3`
+(1.4-1.5x faster LeNet and VAE training steps than the default level, same compile time:
+benchmarks/mlir_iree.py);
+`AVALON_IREE_FLAGS="--flag=value ..."` adds more.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from avalon.ir import Graph
+from avalon.ir import dtypes as dt
+from avalon.mlir.linalg import lower_function
+from avalon.passes.target import Target
+from avalon.tensor import as_array
+
+INSTALL = 'pip install iree-base-compiler iree-base-runtime (or pip install -e ".[mlir]")'
+try:
+    import iree.compiler as ireec
+    import iree.runtime as ireert
+except ImportError as e:  # one line that says what to do
+    raise ImportError(f"backend='iree' needs IREE: {INSTALL}") from e
+
+IREE = Target("iree", kinds=("pointwise",), memory_plan=False, strided_traits=())
+"""Pointwise groups only (IREE forms its own dispatch regions around contractions and reductions);
+no memory plan; no strided reads, so the layout pass keeps every value row-major."""
+
+DEFAULT_FLAGS = ("--iree-llvmcpu-target-cpu=host", "--iree-input-demote-f64-to-f32=false", "--iree-opt-level=O3")
+
+
+def flags(base: Sequence[str] = DEFAULT_FLAGS) -> list[str]:
+    """The compiler flags: `base` (the defaults) plus `AVALON_IREE_FLAGS`."""
+    return [*base, *shlex.split(os.environ.get("AVALON_IREE_FLAGS", ""))]
+
+
+def compile_module(source: str, extra_flags: Sequence[str] = (), base: Sequence[str] = DEFAULT_FLAGS) -> bytes:
+    """IREE's compiled module (a .vmfb) for llvm-cpu from MLIR text."""
+    return ireec.compile_str(source, target_backends=["llvm-cpu"], extra_args=[*flags(base), *extra_flags])
+
+
+_CONFIG: Any = None
+
+
+def _config() -> Any:
+    global _CONFIG
+    if _CONFIG is None:
+        _CONFIG = ireert.Config("local-task")
+    return _CONFIG
+
+
+class IreeExecutable:
+    """One compiled module; `kernels` holds its linalg source under the graph's name."""
+
+    kernel_suffix = ".mlir"
+
+    def __init__(self, graph: Graph, extra_flags: Sequence[str] = (), base: Sequence[str] = DEFAULT_FLAGS):
+        bf16 = [str(v.type) for v in [*graph.inputs, *graph.outputs] if v.type.dtype == dt.bfloat16]
+        if bf16:
+            raise NotImplementedError(f"backend='iree' does not take bf16 inputs or outputs yet ({bf16[0]}); "
+                                      "cast to f32 at the boundary or use backend='numpy'")
+        self.name = "main"
+        self.source = "module {\n" + lower_function(graph, self.name) + "\n}\n"
+        self.kernels = {graph.name: self.source}
+        self.in_types = [v.type for v in graph.inputs]
+        self.n_out = len(graph.outputs)
+        self.vmfb = compile_module(self.source, extra_flags, base)
+        self._ctx = ireert.SystemContext(config=_config())
+        self._ctx.add_vm_module(ireert.VmModule.copy_buffer(self._ctx.instance, self.vmfb))
+        self._fn = self._ctx.modules.module[self.name]
+
+    def __call__(self, *inputs: Any) -> tuple[np.ndarray, ...]:
+        if len(inputs) != len(self.in_types):
+            raise TypeError(f"expected {len(self.in_types)} inputs, got {len(inputs)}")
+        args = [np.ascontiguousarray(as_array(x, t.dtype)).reshape(t.shape) for x, t in zip(inputs, self.in_types)]
+        out = self._fn(*args)
+        if self.n_out == 0:
+            return ()
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        return tuple(np.array(o.to_host() if hasattr(o, "to_host") else o) for o in outs)
+
+
+class IreeBackend:
+    """Compiles a graph with IREE (`avalon.codegen.iree`); `kernels` shows the linalg module.
+    `IreeBackend(extra_flags=[...])` adds compiler flags; `base` replaces the defaults (an LLVM
+    option may be given only once, so `--iree-llvmcpu-target-cpu=generic` goes there)."""
+
+    name = "iree"
+    kernel_suffix = ".mlir"
+    target = IREE
+
+    def __init__(self, extra_flags: Sequence[str] = (), base: Sequence[str] = DEFAULT_FLAGS):
+        self.extra_flags, self.base = tuple(extra_flags), tuple(base)
+
+    def compile(self, graph: Graph) -> IreeExecutable:
+        return IreeExecutable(graph, self.extra_flags, self.base)

@@ -1,0 +1,233 @@
+"""`to_mlir(graph, dialect="linalg")`: Avalon IR lowered to upstream dialects only.
+
+The lowering is one rule table keyed by op name, `LINALG` (registered as the "linalg" table, so
+`avalon ops --missing` lists an op without one): `LINALG[name](e, op, args, result_types) ->
+results`, emitting func/arith/math/tensor/linalg text through an `LinalgEmitter`. The rules are split by
+concept: elementwise ops, broadcasts, constants and fused groups here; `lower_shapes` (reductions,
+scans, shape ops), `lower_contraction` (matmul, conv), `lower_pool`, `lower_gather` (take,
+one_hot, random numbers).
+
+Conventions of the reference (`avalon.ir.reference.core`) are kept here once, for every
+non-elementwise rule: f16/bf16 operands compute in f32 and the result is rounded once; i1 operands
+of `bool_as_int` ops (sum, avg_pool2d) compute as i64 and the result is `!= 0`. Elementwise rules
+(`scalar.SCALAR`) apply the same conventions per element.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from avalon.ir import Block, Graph, Op, TensorType, Value, to_result
+from avalon.ir import dtypes as dt
+from avalon.ir.registry import OPS, register_table
+
+from .emitter import LinalgEmitter, V, amap, identity, ty
+from .scalar import LOW, SCALAR, cast
+from .text import ident
+
+LinalgRule = Callable[[LinalgEmitter, Op, list[V], list[TensorType]], list[V]]
+"""A linalg lowering: `rule(emitter, op, operands, result types) -> results`."""
+
+LINALG: dict[str, LinalgRule] = register_table("linalg", {})
+"""op name -> its lowering to upstream MLIR (func, arith, math, tensor, linalg)."""
+
+
+class LoweringError(NotImplementedError):
+    """An op (or an attribute value of it) has no lowering to upstream MLIR."""
+
+
+def rule(*names: str) -> Callable[[LinalgRule], LinalgRule]:
+    def deco(fn: LinalgRule) -> LinalgRule:
+        for n in names:
+            LINALG[n] = fn
+        return fn
+    return deco
+
+
+def plain(t: TensorType) -> TensorType:
+    """`t` without a layout: linalg tensors are values, layouts are a backend's business."""
+    return TensorType(t.shape, t.dtype)
+
+
+def convert(e: LinalgEmitter, x: V, to) -> V:
+    """`x` cast elementwise to dtype `to` (a no-op when it already is)."""
+    if x.d == to:
+        return x
+    return e.map([x], TensorType(x.t.shape, to), lambda b, a: cast(b, a[0], to))
+
+
+def _compute_type(op: Op, d) -> object:
+    if d in LOW:
+        return dt.float32
+    if d == dt.bool_ and op.has_trait("bool_as_int"):
+        return dt.int64
+    return d
+
+
+def lower_op(e: LinalgEmitter, op: Op, args: list[V]) -> list[V]:
+    """Lower one op, widening f16/bf16 (and i1 of bool_as_int ops) around non-elementwise rules."""
+    fn = LINALG.get(op.name)
+    if fn is None:
+        raise LoweringError(f"op '{op.name}' has no linalg lowering (avalon ops --missing lists such ops)")
+    types = [plain(r.type) for r in op.results]
+    if op.has_trait("elementwise") or op.has_trait("region") or op.name in ("constant", "random"):
+        return fn(e, op, args, types)
+    wide = [convert(e, a, _compute_type(op, a.d)) for a in args]
+    wtypes = [t.with_dtype(_compute_type(op, t.dtype)) if args else t for t in types]
+    outs = fn(e, op, wide, wtypes)
+    return [convert(e, o, t.dtype) for o, t in zip(outs, types)]
+
+
+def lower_block(e: LinalgEmitter, block: Block, args: Sequence[V]) -> list[V]:
+    """Lower a block's ops given values for its arguments; returns its results."""
+    env: dict[Value, V] = dict(zip(block.args, args))
+    for op in block.ops:
+        for r, v in zip(op.results, lower_op(e, op, [env[x] for x in op.operands])):
+            env[r] = v
+    return [env[v] for v in block.results]
+
+
+def lower_function(graph: Graph, name: str | None = None) -> str:
+    """One `func.func` computing `graph` (its arguments typed as the graph's inputs)."""
+    e = LinalgEmitter()
+    args = [V(f"%arg{i}", plain(v.type)) for i, v in enumerate(graph.inputs)]
+    outs = lower_block(e, graph.body, args)
+    sig = ", ".join(f"{a.name}: {ty(a.t)}" for a in args)
+    rt = ", ".join(ty(o.t) for o in outs)
+    ret = f"    func.return {', '.join(o.name for o in outs)} : {rt}" if outs else "    func.return"
+    fname = ident(name or graph.name, "forward")
+    return "\n".join([f"  func.func @{fname}({sig}) -> ({rt}) {{", *e.lines, ret, "  }"])
+
+
+def to_linalg_mlir(graph: Graph, name: str | None = None) -> str:
+    return "module {\n" + lower_function(graph, name) + "\n}\n"
+
+
+# --- elementwise ops, broadcast, constants ---------------------------------------------------------
+
+def elementwise(e: LinalgEmitter, op: Op, args: list[V], types: list[TensorType]) -> list[V]:
+    """The rule of every elementwise op: one `linalg.generic` whose body is `SCALAR[op.name]` (an
+    op of your own joins with a SCALAR entry and `LINALG[name] = elementwise`)."""
+    out = types[0]
+    return [e.map(args, out, lambda b, xs: SCALAR[op.name](b, op.attrs, xs, out.dtype))]
+
+
+for _name in SCALAR:
+    LINALG[_name] = elementwise
+
+
+def broadcast_input(e: LinalgEmitter, x: V, shape: Sequence[int]) -> tuple[V, str]:
+    """`x` and the indexing map that reads it broadcast to `shape` (numpy rules, right-aligned):
+    stretched size-1 dims are collapsed away first, so the map is a projected permutation."""
+    r, big = x.t.rank, len(shape)
+    off = big - r
+    keep = [j for j in range(r) if not (x.t.shape[j] == 1 and shape[j + off] != 1)]
+    if len(keep) != r:
+        x = e.reshape(x, [x.t.shape[j] for j in keep])
+    return x, amap(big, [f"d{j + off}" for j in keep])
+
+
+@rule("broadcast")
+def _broadcast(e: LinalgEmitter, op: Op, args: list[V], types: list[TensorType]) -> list[V]:
+    x, m = broadcast_input(e, args[0], types[0].shape)
+    return [e.map([x], types[0], lambda b, a: a[0], maps=[m])]
+
+
+def constant_array(op: Op, t: TensorType) -> np.ndarray:
+    """The constant's values exactly as the reference makes them."""
+    from avalon.ir import evaluate
+    return evaluate("constant", op.attrs, [], t)
+
+
+@rule("constant")
+def _constant(e: LinalgEmitter, op: Op, args: list[V], types: list[TensorType]) -> list[V]:
+    return [e.constant(constant_array(op, types[0]), types[0])]
+
+
+def splat_scalar(op: Op):
+    """A splat constant's one value, converted to its dtype as the reference does."""
+    d = op.attrs["dtype"]
+    return to_result(np.asarray(op.attrs["value"]).reshape(-1)[0], TensorType((), d)).item()
+
+
+# --- fused groups ----------------------------------------------------------------------------------
+
+@rule("fusion")
+def _fusion(e: LinalgEmitter, op: Op, args: list[V], types: list[TensorType]) -> list[V]:
+    """A group of elementwise ops (with broadcasts of its inputs and constants) is one
+    `linalg.generic` whose body holds every op's scalar code; any other group is lowered op by op
+    (IREE fuses those again itself)."""
+    region = op.regions[0]
+    outs = _pointwise_group(e, region, args)
+    return outs if outs is not None else lower_block(e, region, args)
+
+
+def _pointwise_group(e: LinalgEmitter, region: Block, args: list[V]) -> list[V] | None:
+    ys = region.results
+    if not ys:
+        return None
+    shape = ys[0].shape
+    if any(y.shape != shape for y in ys):
+        return None
+    inputs: list[tuple[V, str]] = []
+    slot: dict[Value, tuple] = {}  # value -> ("in", k) | ("const", value) | ("op", op)
+    outer = dict(zip(region.args, args))
+
+    def direct(v: Value) -> bool:
+        if v in slot:
+            return True
+        if v in outer and v.shape == shape:
+            slot[v] = ("in", len(inputs))
+            inputs.append((outer[v], identity(len(shape))))
+            return True
+        return False
+
+    for op in region.ops:
+        src = op.operands[0] if op.operands else None
+        if op.name == "constant" and np.asarray(op.attrs["value"]).size == 1:
+            slot[op.result] = ("const", splat_scalar(op), op.attrs["dtype"])
+        elif op.name == "constant" and op.result.shape == shape:
+            slot[op.result] = ("in", len(inputs))
+            inputs.append((e.constant(constant_array(op, plain(op.result.type)), plain(op.result.type)),
+                           identity(len(shape))))
+        elif op.name == "broadcast" and op.result.shape == shape and src in outer:
+            slot[op.result] = ("in", len(inputs))
+            inputs.append(broadcast_input(e, outer[src], shape))
+        elif op.name == "broadcast" and op.result.shape == shape and src in slot and slot[src][0] == "const":
+            slot[op.result] = slot[src]
+        elif (op.name in SCALAR and LINALG.get(op.name) is elementwise and op.result.shape == shape
+              and all(direct(v) for v in op.operands)):
+            slot[op.result] = ("op", op)
+        else:
+            return None
+    if not all(direct(y) for y in ys):
+        return None
+
+    def body(b: LinalgEmitter, scalars: list[V]) -> list[V]:
+        val: dict[Value, V] = {}
+
+        def get(v: Value) -> V:
+            if v not in val:
+                s = slot[v]
+                if s[0] == "in":
+                    val[v] = scalars[s[1]]
+                elif s[0] == "const":
+                    val[v] = b.const(s[1], s[2])
+                else:
+                    o = s[1]
+                    val[v] = SCALAR[o.name](b, o.attrs, [get(x) for x in o.operands], o.result.dtype)
+            return val[v]
+        return [get(y) for y in ys]
+
+    r = len(shape)
+    outputs = [(e.empty(TensorType(shape, y.dtype)), identity(r)) for y in ys]
+    return e.generic(inputs, outputs, ["parallel"] * r, body)
+
+
+def check_table() -> list[str]:
+    """Ops of the registry without a linalg rule (the registry's view of this table)."""
+    return sorted(n for n in OPS if n not in LINALG)
+
+
+from . import lower_contraction, lower_gather, lower_pool, lower_shapes  # noqa: E402,F401  (register rules)

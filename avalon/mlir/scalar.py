@@ -1,0 +1,202 @@
+"""Scalar bodies of the elementwise ops (arith and math inside a `linalg.generic`).
+
+`SCALAR[name](e, attrs, args, out) -> V` computes one result element from one element per operand.
+They follow the reference conventions (`avalon.ir.reference.core`): f16/bf16 compute in f32 and
+round once; i1 operands of `bool_as_int` ops act as 0/1 (add is or, mul is and, sub is xor);
+float comparisons are ordered except `ne` (nan != x); integer division truncates toward zero and
+gives 0 for a zero divisor (as the reference does, instead of undefined behaviour).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from avalon.ir import DType
+from avalon.ir import dtypes as dt
+
+from .emitter import LinalgEmitter, V
+
+ScalarFn = Callable[[LinalgEmitter, dict, list[V], DType], V]
+SCALAR: dict[str, ScalarFn] = {}
+LOW = (dt.float16, dt.bfloat16)
+
+
+def _rule(*names: str) -> Callable[[ScalarFn], ScalarFn]:
+    def deco(fn: ScalarFn) -> ScalarFn:
+        for n in names:
+            SCALAR[n] = fn
+        return fn
+    return deco
+
+
+def widen(e: LinalgEmitter, x: V) -> V:
+    return e.convert("arith.extf", x, dt.float32) if x.d in LOW else x
+
+
+def narrow(e: LinalgEmitter, x: V, d: DType) -> V:
+    """An f32 result back to a low-precision `d` (round to nearest even)."""
+    return e.convert("arith.truncf", x, d) if d in LOW and x.d == dt.float32 else x
+
+
+def _float_unary(fn: Callable[[LinalgEmitter, V], V]) -> ScalarFn:
+    return lambda e, a, args, out: narrow(e, fn(e, widen(e, args[0])), out)
+
+
+_MATH = {"exp": "math.exp", "log": "math.log", "tanh": "math.tanh", "sqrt": "math.sqrt", "erf": "math.erf"}
+for _n, _m in _MATH.items():
+    SCALAR[_n] = _float_unary(lambda e, x, m=_m: e.arith(m, x))
+SCALAR["rsqrt"] = _float_unary(lambda e, x: e.arith("arith.divf", e.const(1.0, x.d), e.arith("math.sqrt", x)))
+
+
+@_rule("sigmoid")
+def _sigmoid(e: LinalgEmitter, attrs: dict, args: list[V], out: DType) -> V:
+    """exp(min(x, 0)) / (1 + exp(-|x|)): never overflows (the reference's formula)."""
+    x = widen(e, args[0])
+    zero, one = e.const(0.0, x.d), e.const(1.0, x.d)
+    num = e.arith("math.exp", e.arith("arith.minimumf", x, zero))
+    den = e.arith("arith.addf", one, e.arith("math.exp", e.arith("arith.negf", e.arith("math.absf", x))))
+    return narrow(e, e.arith("arith.divf", num, den), out)
+
+
+def _int_ops(d: DType, fop: str, iop: str) -> str:
+    return fop if d.is_float else iop
+
+
+def _unary(name: str) -> ScalarFn:
+    def fn(e: LinalgEmitter, attrs: dict, args: list[V], out: DType) -> V:
+        x = widen(e, args[0])
+        if x.d == dt.bool_:
+            return x  # -b, |b|, relu(b), sign(b) as 0/1 integers are b again
+        zero = e.const(0, x.d)
+        if name == "neg":
+            r = e.arith("arith.negf", x) if x.d.is_float else e.arith("arith.subi", zero, x)
+        elif name == "abs":
+            r = e.arith("math.absf" if x.d.is_float else "math.absi", x)
+        elif name == "relu":
+            r = e.arith(_int_ops(x.d, "arith.maximumf", "arith.maxsi"), x, zero)
+        else:
+            kind, gt, lt = ("cmpf", "ogt", "olt") if x.d.is_float else ("cmpi", "sgt", "slt")
+            one, minus = e.const(1, x.d), e.const(-1, x.d)
+            r = e.select(e.cmp(kind, gt, x, zero), one, e.select(e.cmp(kind, lt, x, zero), minus, zero))
+        return narrow(e, r, out)
+    return fn
+
+
+for _n in ("neg", "abs", "relu", "sign"):
+    SCALAR[_n] = _unary(_n)
+
+_BINARY = {"add": ("arith.addf", "arith.addi", "arith.ori"), "sub": ("arith.subf", "arith.subi", "arith.xori"),
+           "mul": ("arith.mulf", "arith.muli", "arith.andi"),
+           "maximum": ("arith.maximumf", "arith.maxsi", "arith.ori"),
+           "minimum": ("arith.minimumf", "arith.minsi", "arith.andi")}
+
+
+def _binary(name: str) -> ScalarFn:
+    fop, iop, bop = _BINARY[name]
+
+    def fn(e: LinalgEmitter, attrs: dict, args: list[V], out: DType) -> V:
+        x, y = widen(e, args[0]), widen(e, args[1])
+        opname = bop if x.d == dt.bool_ else fop if x.d.is_float else iop
+        return narrow(e, e.arith(opname, x, y), out)
+    return fn
+
+
+for _n in _BINARY:
+    SCALAR[_n] = _binary(_n)
+
+
+@_rule("div")
+def _div(e: LinalgEmitter, attrs: dict, args: list[V], out: DType) -> V:
+    x, y = widen(e, args[0]), widen(e, args[1])
+    if x.d.is_float:
+        return narrow(e, e.arith("arith.divf", x, y), out)
+    if x.d == dt.bool_:
+        return e.arith("arith.andi", x, y)  # 1/1 = 1, 0/1 = 0, x/0 = 0
+    zero, one = e.const(0, x.d), e.const(1, x.d)
+    bad = e.cmp("cmpi", "eq", y, zero)
+    return e.select(bad, zero, e.arith("arith.divsi", x, e.select(bad, one, y)))
+
+
+@_rule("pow")
+def _pow(e: LinalgEmitter, attrs: dict, args: list[V], out: DType) -> V:
+    x, y = widen(e, args[0]), widen(e, args[1])
+    if x.d.is_float:
+        return narrow(e, e.arith("math.powf", x, y), out)
+    if x.d == dt.bool_:
+        return e.arith("arith.ori", x, e.arith("arith.xori", y, e.const(True, dt.bool_)))  # 0**0 = 1
+    # integer powers by squaring on |y| bits; a negative exponent truncates: 1, +-1 or 0
+    zero, one = e.const(0, x.d), e.const(1, x.d)
+    r = _ipow(e, x, e.select(e.cmp("cmpi", "slt", y, zero), zero, y))
+    minus = e.const(-1, x.d)
+    odd = e.cmp("cmpi", "ne", e.arith("arith.andi", y, one), zero)
+    small = e.select(e.cmp("cmpi", "eq", x, one), one,
+                     e.select(e.cmp("cmpi", "eq", x, minus), e.select(odd, minus, one), zero))
+    return e.select(e.cmp("cmpi", "slt", y, zero), small, r)
+
+
+def _ipow(e: LinalgEmitter, x: V, y: V) -> V:
+    """x ** y for y >= 0 by squaring over every bit of y, wrapping like the reference
+    (math.ipowi would be shorter, but IREE's llvm-cpu backend cannot legalize it)."""
+    one = e.const(1, x.d)
+    r, base = one, x
+    for k in range(x.d.itemsize * 8 - 1):
+        bit = e.cmp("cmpi", "ne", e.arith("arith.andi", e.arith("arith.shrui", y, e.const(k, x.d)), one),
+                    e.const(0, x.d))
+        r = e.select(bit, e.arith("arith.muli", r, base), r)
+        base = e.arith("arith.muli", base, base)
+    return r
+
+
+_CMP = {"eq": ("oeq", "eq", "eq"), "ne": ("une", "ne", "ne"), "lt": ("olt", "slt", "ult"),
+        "le": ("ole", "sle", "ule"), "gt": ("ogt", "sgt", "ugt"), "ge": ("oge", "sge", "uge")}
+
+
+def _compare(name: str) -> ScalarFn:
+    fp, ip, bp = _CMP[name]
+
+    def fn(e: LinalgEmitter, attrs: dict, args: list[V], out: DType) -> V:
+        x, y = widen(e, args[0]), widen(e, args[1])
+        if x.d.is_float:
+            return e.cmp("cmpf", fp, x, y)
+        return e.cmp("cmpi", bp if x.d == dt.bool_ else ip, x, y)  # i1 compares unsigned: true is 1
+    return fn
+
+
+for _n in _CMP:
+    SCALAR[_n] = _compare(_n)
+SCALAR["logical_and"] = lambda e, a, args, out: e.arith("arith.andi", *args)
+SCALAR["logical_or"] = lambda e, a, args, out: e.arith("arith.ori", *args)
+SCALAR["logical_not"] = lambda e, a, args, out: e.arith("arith.xori", args[0], e.const(True, dt.bool_))
+SCALAR["stop_gradient"] = lambda e, a, args, out: args[0]
+SCALAR["where"] = lambda e, a, args, out: e.select(*args)
+
+
+@_rule("cast")
+def _cast_rule(e: LinalgEmitter, attrs: dict, args: list[V], out: DType) -> V:
+    return cast(e, args[0], out)
+
+
+def cast(e: LinalgEmitter, x: V, to: DType) -> V:
+    """Convert like the reference (numpy astype): float -> int truncates toward zero, anything ->
+    i1 is `!= 0` (nan is true), i1 -> number is 0/1, to bf16/f16 rounds to nearest even."""
+    src = x.d
+    if src == to:
+        return x
+    if to == dt.bool_:
+        if src.is_float:
+            return e.cmp("cmpf", "une", x, e.const(0.0, src))
+        return e.cmp("cmpi", "ne", x, e.const(0, src))
+    if src == dt.bool_:
+        return e.convert("arith.uitofp" if to.is_float else "arith.extui", x, to)
+    if src.is_float and to.is_float:
+        if src in LOW and to in LOW:
+            x = widen(e, x)
+            src = x.d
+        if to.itemsize > src.itemsize:
+            return e.convert("arith.extf", x, to)
+        return e.convert("arith.truncf", x, to)
+    if src.is_float:
+        return e.convert("arith.fptosi", x, to)
+    if to.is_float:
+        return e.convert("arith.sitofp", x, to)
+    return e.convert("arith.extsi" if to.itemsize > src.itemsize else "arith.trunci", x, to)
+
