@@ -36,7 +36,7 @@ _SIDE_LIMIT = 32  # producers of a side operand pulled into the group (iota, mas
 
 
 @dataclass
-class Match:
+class AttentionMatch:
     """The roles of the ops of one attention pattern (see the module docstring)."""
 
     qk: Op
@@ -74,7 +74,7 @@ def _through_broadcast(v: Value, name: str) -> Op | None:
     return p if p is not None and p.name == name else None
 
 
-def match(pv: Op) -> Match | str:
+def match(pv: Op) -> AttentionMatch | str:
     """The attention pattern ending in `pv`, or why `pv` does not end one."""
     if pv.name != "matmul":
         return f"'{pv.name}' is not a matmul"
@@ -160,7 +160,7 @@ def match(pv: Op) -> Match | str:
     q, kt = qk.operands
     if kt.shape[-1] != s.shape[-1] or pv.operands[1].shape[-2] != s.shape[-1] or q.shape[:-2] != pv.result.shape[:-2]:
         return "the two matmuls do not line up as Q Kᵀ (..., L, S) and P V (..., S, Ev)"
-    return Match(qk, pv, s, mx, sm, div, core, list(dict.fromkeys(side)))
+    return AttentionMatch(qk, pv, s, mx, sm, div, core, list(dict.fromkeys(side)))
 
 
 def _depends_on(v: Value, core: Collection[Op], limit: int = 4 * _SIDE_LIMIT) -> bool:
@@ -255,7 +255,7 @@ class Attention(KernelKind):
             yield sorted(members, key=index.__getitem__), None
 
     @staticmethod
-    def _side_producers(m: Match, members: set[Op], index: dict[Op, int], inlinable) -> set[Op]:
+    def _side_producers(m: AttentionMatch, members: set[Op], index: dict[Op, int], inlinable) -> set[Op]:
         """Producers of side operands (iota, mask math, the dropout seed) used only by the group:
         they move into it (a value only the group reads need not be materialized)."""
         added: set[Op] = set()
@@ -277,4 +277,4 @@ class Attention(KernelKind):
 
 ATTENTION = register_kind(Attention())
 
-__all__ = ["ATTENTION", "Attention", "MAX_HEAD_DIM", "Match", "match"]
+__all__ = ["ATTENTION", "Attention", "MAX_HEAD_DIM", "AttentionMatch", "match"]
