@@ -451,7 +451,38 @@ class Fuse:
             raise ValueError(f"fuse: {e}") from None
         if target is not None:
             pol.target = target
-        return _Fuser(graph, pol, self.max_ops, self.fuel).run()
+        seeded = outline_seed_groups(graph, pol, self.max_ops, self.fuel)
+        fuel = self.fuel if self.fuel < 0 else self.fuel - seeded
+        return _Fuser(graph, pol, self.max_ops, fuel).run() or seeded > 0
 
 
-__all__ = ["Decision", "Fuse", "FusionGroup", "FusionPolicy", "register_policy", "set_policy"]
+def outline_seed_groups(graph: Graph, policy: FusionPolicy, max_ops: int, fuel: int) -> int:
+    """Outline the whole patterns the policy's `seed_groups` finds (attention), before greedy fusion
+    (which never touches a fusion op again); returns how many. One `avalon.fusion` line each."""
+    done = 0
+    for members, d in list(policy.seed_groups(list(graph.ops))):
+        group = FusionGroup(members, {op: i for i, op in enumerate(graph.ops)}, policy.inlinable, fused=True)
+        if d and group.size > max_ops:
+            d = Decision(False, f"the group would hold {group.size} ops (max-ops={max_ops})")
+        if d and 0 <= fuel <= done:
+            d = Decision(False, f"out of fuel (fuel={fuel})")
+        names = ", ".join(op.name for op in members)
+        if not d:
+            log.debug("not outlining [%s]: %s", names, d.reason)
+            continue
+        taken = {op.attrs.get("name", "") for op in graph.walk() if op.name == "fusion"}
+        k = 1 + max((int(m.group(1)) for n in taken if (m := re.search(r"_(\d+)$", n or ""))), default=-1)
+        name = f"fused_{d.reason.split()[0]}_{k}"
+        cloned = set(group.inlined)
+        fused = outline(group.ops, name, clone=cloned.__contains__, outputs=group.outputs, place=False)
+        graph.body.insert_before(group.ops[-1], fused)
+        gone = cloned | set(group.ops)
+        for op in reversed(list(graph.body.ops)):  # users first; a clone still read elsewhere stays
+            if op in gone and not any(r.uses for r in op.results):
+                op.erase()
+        log.debug("group @%s (%s): %s", name, d.reason, names)
+        done += 1
+    return done
+
+
+__all__ = ["Decision", "Fuse", "FusionGroup", "FusionPolicy", "outline_seed_groups", "register_policy", "set_policy"]

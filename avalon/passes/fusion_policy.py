@@ -21,14 +21,14 @@ Register another policy with `register_policy`, select it with
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
 from avalon.ir import Op, Value
 from avalon.ir.fusion import is_splat_constant
 
-from .target import DEFAULT_TARGET, KernelGroup, Kind, Target, has_trait
+from .target import DEFAULT_TARGET, KERNEL_KINDS, KernelGroup, Kind, Target, has_trait
 
 # traits whose ops the default policy fuses (movement ops are index math, fusable anywhere)
 FUSABLE_TRAITS = ("movement", "elementwise", "reduction", "contraction", "pool", "gather", "random")
@@ -206,6 +206,26 @@ class FusionPolicy:
         else:
             tier = 1
         return (tier, nbytes)
+
+    def seed_groups(self, ops: Sequence[Op]) -> Iterator[tuple[list[Op], Decision]]:
+        """Whole patterns that the target's kinds find in `ops` (top-level, program order) and that
+        the pass outlines before greedy fusion (attention: no pair on the way to it is a kernel).
+        Each comes with the decision: fuse it, or why not."""
+        order = {op: i for i, op in enumerate(ops)}
+        for name in self.target.kinds:
+            find = getattr(KERNEL_KINDS[name], "find", None)
+            if find is None:
+                continue
+            for members, why in find(ops, self.inlinable):
+                if why is not None:
+                    yield members, Decision(False, why)
+                    continue
+                veto = next((w for w in map(self.op_veto, members) if w), None)
+                if veto:
+                    yield members, Decision(False, veto)
+                    continue
+                kind = self.classify(FusionGroup(members, order, self.inlinable, fused=True))
+                yield members, Decision(bool(kind) and kind.name == name, kind.reason)
 
     # -- the backend's kernel shapes ------------------------------------------------------------------
     def classify(self, g: FusionGroup) -> Kind:

@@ -10,6 +10,10 @@ maps below say where A, B and C's elements live in the op's real operands:
   where that divides exactly and lands inside dy.
 * conv2d_grad_weight: m = o, k = (n, oh, ow), n = (c, kh, kw); A is dy, B the guarded input.
 
+Groups (the batch of a matmul, a grouped convolution's groups) run in the same launch: on grid axis
+1 of the `tl.dot` kernel, or, for narrow conv groups (depthwise), folded into the rows of a
+broadcast-product kernel (`folds_groups`), so a depthwise layer is a handful of programs.
+
 Operands are read with `Emitter.value` inside the K loop, so a `transpose` (or cast, or any
 pointwise prologue) producing an operand inside the group is a strided read. After the loop the
 accumulator is the contraction's value at the output tile; the group's outputs are computed from
@@ -24,7 +28,7 @@ from avalon.ir import dtypes as dt
 from avalon.ir.core import Op, Value
 
 from . import types as ty
-from .blocks import BlockPolicy, cdiv
+from .blocks import BlockPolicy, cdiv, next_pow2
 from .emitter import Emitter, Unsupported, Val
 from .group import Group
 from .indexing import Affine, Index, delinearize, index_key, reshape_index
@@ -193,6 +197,8 @@ def build_contraction(group: Group, in_strides: Sequence[Sequence[int]], out_str
     total = res.type.numel
     if any(o.type.numel != total for o in group.outputs):
         raise Unsupported("a contraction group's outputs must each have one element per element of its result")
+    if folds_groups(op, gemm):
+        return _build_folded(group, op, gemm, in_strides, out_strides, policy)
     em = Emitter(group.inputs, in_strides, dots_in_f32=policy.interpret)
     em.line("pid = tl.program_id(0)")
     em.line(f"num_pid_m = tl.cdiv({gemm.m}, BM)")
@@ -254,3 +260,69 @@ def _acc_dtype(d: dt.DType) -> dt.DType:
         return dt.float32
     return dt.int64 if d == dt.int64 else dt.int32
 
+
+
+def folds_groups(op: Op, gemm: Gemm) -> bool:
+    """Grouped convolutions whose groups are narrow (depthwise: one output channel each) fold the
+    group into the row axis: a `tl.dot` tile would be mostly padding (it wants >= 16 columns), and
+    one program per group is what made MobileNetV2 crawl in the interpreter (the cost is per
+    program instance). Wide groups keep the dot, the group on grid axis 1 of the same launch."""
+    return op.name != "matmul" and gemm.groups > 1 and gemm.n < 16
+
+
+def folded_blocks(policy: BlockPolicy, rows: int, n: int, k: int) -> dict[str, int]:
+    """BM x BK x BN products live at once: bounded like a reduction block."""
+    bn = next_pow2(max(n, 1))
+    bk = max(1, min(next_pow2(max(k, 1)), policy.mm_k))
+    bm = max(1, min(next_pow2(max(rows, 1)), policy.reduction_elems // (bk * bn)))
+    return {"BM": bm, "BN": bn, "BK": bk}
+
+
+def _build_folded(group: Group, op: Op, gemm: Gemm, in_strides: Sequence[Sequence[int]],
+                  out_strides: Sequence[Sequence[int]], policy: BlockPolicy) -> Kernel:
+    """All groups in one grid: rows are (group, m) pairs, C[g, m, n] = sum_k A[g, m, k] B[g, k, n]
+    as a broadcast product summed over a [BM, BK, BN] block (the operands' group comes from the row)."""
+    res = op.result
+    rows = gemm.groups * gemm.m
+    em = Emitter(group.inputs, in_strides, dots_in_f32=policy.interpret)
+    em.line("pid = tl.program_id(0)")
+    em.line(f"pid_m = pid // tl.cdiv({gemm.n}, BN)")
+    em.line(f"pid_n = pid % tl.cdiv({gemm.n}, BN)")
+
+    def split(r: Affine) -> tuple[Affine, Affine]:
+        return r.floordiv_mod(gemm.m, None), r.floordiv_mod(1, gemm.m)
+
+    rm3 = Affine.of(em.define_var("rm3", "pid_m * BM + tl.arange(0, BM)[:, None, None]", rows, "mask_m3"))
+    em.line(f"mask_m3 = rm3 < {rows}")
+    rn3 = Affine.of(em.define_var("rn3", "pid_n * BN + tl.arange(0, BN)[None, None, :]", gemm.n, "mask_n3"))
+    em.line(f"mask_n3 = rn3 < {gemm.n}")
+    rm = Affine.of(em.define_var("rm", "pid_m * BM + tl.arange(0, BM)[:, None]", rows, "mask_m"))
+    em.line(f"mask_m = rm < {rows}")
+    rn = Affine.of(em.define_var("rn", "pid_n * BN + tl.arange(0, BN)[None, :]", gemm.n, "mask_n"))
+    em.line(f"mask_n = rn < {gemm.n}")
+    acc_d = _acc_dtype(res.dtype)
+    at = ty.tl_type(acc_d)
+    em.line(f"acc = tl.zeros([BM, BN], {at})")
+    em.open(f"for k0 in range(0, {gemm.k}, BK):")
+    k3 = Affine.of(em.define_var("k3", "k0 + tl.arange(0, BK)[None, :, None]", gemm.k, "mask_k3"))
+    em.line(f"mask_k3 = k3 < {gemm.k}")
+    g3, m3 = split(rm3)
+    v3: Vars = {"g": g3, "m": m3, "n": rn3, "ka": k3, "kb": k3}
+    a = _operand(em, op.operands[gemm.operands[0]], "a", gemm.a, v3, ("rm3", "k3"))
+    b = _operand(em, op.operands[gemm.operands[1]], "b", gemm.b, v3, ("rm3", "k3", "rn3"))
+    em.line(f"acc += tl.sum({a}.to({at}) * {b}.to({at}), 1)")
+    em.close()
+    g2, m2 = split(rm)
+    out_idx = gemm.out({"g": g2, "m": m2, "n": rn})
+    acc = Val("acc", res.dtype if res.dtype != dt.bool_ else dt.int32, em.scope, frozenset({"rm", "rn"}))
+    if res.dtype == dt.bool_:
+        acc = em.emit("acc != 0", dt.bool_, vals=(acc,))
+    em.overrides[(id(res), index_key(out_idx))] = acc
+    for j, o in enumerate(group.outputs):
+        oidx = reshape_index(out_idx, res.shape, o.shape)
+        em.store(f"out{j}", out_strides[j], o.shape, oidx, em.value(o, oidx), o.dtype, ["rm", "rn"])
+    meta = folded_blocks(policy, rows, gemm.n, gemm.k)
+    src, params = assemble(group, "contraction", em, ["BM", "BN", "BK"], [o.dtype for o in group.outputs])
+    grid = (cdiv(rows, meta["BM"]) * cdiv(gemm.n, meta["BN"]) if rows and gemm.n else 0,)
+    return Kernel(group.name, "contraction", src, params, meta, grid,
+                  num_warps=policy.warps(meta["BM"] * meta["BN"] * meta["BK"] // 4))

@@ -3,6 +3,7 @@
 `build_kernel` picks the emitter from `TRITON.classify`, the same answer the fusion policy reads
 when the pipeline runs for this backend, so the policy never makes a group no emitter takes by
 design (an emitter may still refuse a detail; the group then runs one kernel per op, with a warning).
+Attention comes first: it claims only groups no other kind takes (two matmuls and a softmax).
 """
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from collections.abc import Callable
 
 from avalon.passes.target import Target
 
+from .attention import build_attention
 from .contraction import build_contraction
 from .pointwise import build_pointwise
 from .reduction import build_reduction
 
 EMITTERS: dict[str, Callable] = {
+    "attention": build_attention,
     "contraction": build_contraction,
     "reduction": build_reduction,
     "pointwise": build_pointwise,

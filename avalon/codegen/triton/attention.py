@@ -1,0 +1,114 @@
+"""Attention kernels: `softmax(Q Kᵀ·scale + mask) V` in one pass over the keys (flash attention).
+
+The group is the whole pattern (`avalon.passes.attention.match` names its roles). Each program owns
+BM queries of one (batch, head) (grid: query blocks x batch*heads) and walks the keys BN at a time:
+
+    s   = Q_blk K_blkᵀ, then the group's own elementwise ops (scale, masks) at (row, key)
+    m'  = max(m, rowmax(s));  p = exp(s - m');  l = l·exp(m - m') + rowsum(p)
+    acc = acc·exp(m - m') + p' V_blk          (p' = the group's dropout applied to p)
+
+and stores acc / l. The L x S scores never exist in memory. Because `p'` is linear in the
+probabilities, applying it to the unnormalized `p` and dividing by `l` once at the end is exact.
+
+Everything between the two matmuls is emitted by the ordinary value emitter at index (row, key):
+`qk` and the softmax's `div` are overridden with the running tiles, so masks (iota formulas, bool
+or float mask loads) and dropout's counter-based random bits come out exactly as the reference
+computes them for that element. Rows whose keys are all masked stay -inf (the running max is
+shifted to 0 there so exp never sees -inf - -inf) and end as 0/0 = nan, like the reference.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from avalon.ir import dtypes as dt
+from avalon.passes.attention import match
+
+from . import types as ty
+from .blocks import BlockPolicy, cdiv, next_pow2
+from .contraction import _matmul, _operand
+from .emitter import Emitter, Unsupported, Val
+from .group import Group
+from .indexing import Affine, index_key
+from .kernel import Kernel, assemble
+
+
+def attention_blocks(policy: BlockPolicy, L: int, S: int, E: int, Ev: int) -> dict[str, int]:
+    """BM queries x BN keys per step; head dims padded to powers of two (tl.dot wants >= 16).
+    The interpreter wants few, large programs; a GPU wants BN about half of BM (FA2's 128 x 64)."""
+    def tile(n: int, cap: int) -> int:
+        return max(16, min(next_pow2(n), cap))
+    bn_cap = policy.mm_block if policy.interpret else max(16, policy.mm_block // 2)
+    return {"BM": tile(L, policy.mm_block), "BN": tile(S, bn_cap), "BE": tile(E, 1 << 30), "BV": tile(Ev, 1 << 30)}
+
+
+def build_attention(group: Group, in_strides: Sequence[Sequence[int]], out_strides: Sequence[Sequence[int]],
+                    policy: BlockPolicy) -> Kernel:
+    if len(group.outputs) != 1 or group.outputs[0].op is None:
+        raise Unsupported("an attention group yields exactly the second matmul's result")
+    m = match(group.outputs[0].op)
+    if isinstance(m, str):
+        raise Unsupported(m)
+    qk, pv, res = m.qk, m.pv, m.pv.result
+    if any(op not in group.ops for op in m.core):
+        raise Unsupported("the attention pattern is not all inside the group")
+    L, S = m.scores.shape[-2:]
+    E, Ev = qk.operands[0].shape[-1], pv.operands[1].shape[-1]
+    batch = res.shape[:-2]
+    G = 1
+    for b in batch:
+        G *= b
+    acc_d = dt.float64 if res.dtype == dt.float64 else dt.float32
+    ft = ty.tl_type(acc_d)
+    half = res.dtype in (dt.float16, dt.bfloat16) and not (res.dtype == dt.bfloat16 and policy.interpret)
+    prec = f', input_precision="{policy.dot_precision}"' if acc_d == dt.float32 and not half else ""
+    em = Emitter(group.inputs, in_strides, dots_in_f32=policy.interpret)
+    g = Affine.of(em.define_var("gz", "tl.program_id(1)", G)) if G > 1 else Affine()
+    em.scalars.add("gz")
+    gdeps = frozenset({"gz"}) if G > 1 else frozenset()
+    rm = Affine.of(em.define_var("rm", "tl.program_id(0) * BM + tl.arange(0, BM)[:, None]", L, "mask_m"))
+    em.line(f"mask_m = rm < {L}")
+    re_ = Affine.of(em.define_var("re", "tl.arange(0, BE)[None, :]", E, "mask_e"))
+    em.line(f"mask_e = re < {E}")
+    rek = Affine.of(em.define_var("rek", "tl.arange(0, BE)[:, None]", E, "mask_ek"))
+    em.line(f"mask_ek = rek < {E}")
+    rv = Affine.of(em.define_var("rv", "tl.arange(0, BV)[None, :]", Ev, "mask_v"))
+    em.line(f"mask_v = rv < {Ev}")
+    g1, g2 = _matmul(qk), _matmul(pv)
+    q = _operand(em, qk.operands[0], "q", g1.a, {"g": g, "m": rm, "ka": re_}, ("rm", "re"))
+    em.line(f"m_i = tl.full([BM, 1], float('-inf'), {ft})")
+    em.line(f"l_i = tl.zeros([BM, 1], {ft})")
+    em.line(f"acc = tl.zeros([BM, BV], {ft})")
+    em.open(f"for n0 in range(0, {S}, BN):")
+    rn = Affine.of(em.define_var("rn", "n0 + tl.arange(0, BN)[None, :]", S, "mask_n"))
+    em.line(f"mask_n = rn < {S}")
+    rk = Affine.of(em.define_var("rk", "n0 + tl.arange(0, BN)[:, None]", S, "mask_k"))
+    em.line(f"mask_k = rk < {S}")
+    kt = _operand(em, qk.operands[1], "kt", g1.b, {"g": g, "kb": rek, "n": rn}, ("rek", "rn"))
+    em.line(f"qk = tl.dot({q}, {kt}{prec}).to({ft})")
+    idx = g1.out({"g": g, "m": rm, "n": rn})
+    deps = frozenset({"rm", "rn"}) | gdeps
+    em.overrides[(id(qk.result), index_key(idx))] = Val("qk", qk.result.dtype, em.scope, deps)
+    s = em.value(m.scores, idx)
+    em.line(f"s = tl.where(mask_n, ({s.expr}).to({ft}), float('-inf'))")
+    em.line("m_new = tl.maximum(m_i, tl.max(s, 1)[:, None])")
+    em.line("m_safe = tl.where(m_new == float('-inf'), 0.0, m_new)")
+    em.line("alpha = tl.exp(m_i - m_safe)")
+    em.line("p = tl.exp(s - m_safe)")
+    em.line("l_i = l_i * alpha + tl.sum(p, 1)[:, None]")
+    em.line("m_i = m_new")
+    em.overrides[(id(m.div.result), index_key(idx))] = Val("p", m.div.result.dtype, em.scope, deps)
+    pd = em.value(pv.operands[0], idx)
+    p_in = f"({pd.expr}).to({ty.tl_type(res.dtype)})" if half else f"({pd.expr}).to({ft})"
+    vt = _operand(em, pv.operands[1], "vt", g2.b, {"g": g, "kb": rk, "n": rv}, ("rk", "rv"))
+    em.line(f"acc = acc * alpha + tl.dot({p_in}, {vt}{prec}).to({ft})")
+    em.close()
+    em.line("out = acc / l_i")
+    out_idx = g2.out({"g": g, "m": rm, "n": rv})
+    out = Val("out", res.dtype, em.scope, frozenset({"rm", "rv"}) | gdeps)
+    em.store("out0", out_strides[0], res.shape, out_idx, out, res.dtype, ["rm", "rv"])
+    meta = attention_blocks(policy, L, S, E, Ev)
+    src, params = assemble(group, "attention", em, ["BM", "BN", "BE", "BV"], [res.dtype])
+    grid = (cdiv(L, meta["BM"]) if S else 0, G)
+    warps = 1 if policy.interpret else (8 if meta["BM"] * meta["BN"] >= 128 * 64 else 4)
+    return Kernel(group.name, "attention", src, params, meta, grid, num_warps=warps,
+                  num_stages=1 if policy.interpret else max(2, policy.mm_stages - 1))
