@@ -117,7 +117,7 @@ def main() -> None:
         weights = dict(zip(names, [v.detach() for v in tm.state_dict().values()]))
         x = rng.standard_normal((64, 1, 28, 28)).astype(np.float32)
         y = rng.integers(0, 10, 64).astype(np.int64)
-        rows += bench("LeNet bs64", loaded(zoo.LeNet, weights, "cpu"), zoo.nll, tm,
+        rows += bench("LeNet bs64", loaded(zoo.LeNet, weights, "cpu"), lambda m, a, b: zoo.nll(m(a), b), tm,
                       lambda m, a, b: torch.nn.functional.nll_loss(m(a), b), [x, y], args.reps, 0.01, configs)
     if args.only in (None, "vae"):
         tm = TorchVAE()

@@ -41,6 +41,8 @@ SPECIAL: dict[str, Callable[[str], Graph]] = {
                                              b("sum", m, axes=[1])], n),
     "max": lambda n: _graph([((2, 3, 4), F32)], lambda b, x: [b("max", x, axes=[2], keepdims=True)], n),
     "argmax": lambda n: _graph([((2, 5), F32)], lambda b, x: [b("argmax", x, axis=1)], n),
+    "iota": lambda n: _graph([], lambda b: [b("iota", shape=[2, 3], axis=1, dtype="f32"),
+                                            b("iota", shape=[4, 2], axis=0, dtype="i64")], n),
     "cumsum": lambda n: _graph([((2, 5), F32)], lambda b, x: [b("cumsum", x, axis=1),
                                                               b("cumsum", x, axis=1, reverse=True)], n),
     "reshape": lambda n: _graph([((2, 3, 4), F32)], lambda b, x: [b("reshape", x, shape=[4, 6])], n),
@@ -91,7 +93,7 @@ def _fusion(name: str) -> Graph:
     return g
 
 
-FLOAT_ONLY = ("exp", "log", "tanh", "sigmoid", "sqrt", "rsqrt", "erf")
+FLOAT_ONLY = ("exp", "log", "tanh", "sigmoid", "sqrt", "rsqrt", "erf", "sin", "cos")
 
 
 def sample(name: str) -> Graph:

@@ -50,6 +50,17 @@ def _one_hot(e: LinalgEmitter, op: Op, args: list[V], types: list[TensorType]) -
     return [e.map([idx], out, body, maps=[amap(out.rank, [f"d{d}" for d in range(r)])])]
 
 
+@rule("iota")
+def _iota(e: LinalgEmitter, op: Op, args: list[V], types: list[TensorType]) -> list[V]:
+    """Each element's index along `axis`: `linalg.index` cast to the result dtype."""
+    out = types[0]
+
+    def body(b: LinalgEmitter, a: list[V]) -> V:
+        k = b.op(f"arith.index_cast {b.index(op.attrs['axis']).name} : index to i64", dt.int64)
+        return cast(b, k, out.dtype)
+    return [e.map([], out, body)]
+
+
 def _i32(v: int) -> int:
     return v - (1 << 32) if v >= 1 << 31 else v
 

@@ -41,7 +41,8 @@ def _float_unary(fn: Callable[[LinalgEmitter, V], V]) -> ScalarFn:
     return lambda e, a, args, out: narrow(e, fn(e, widen(e, args[0])), out)
 
 
-_MATH = {"exp": "math.exp", "log": "math.log", "tanh": "math.tanh", "sqrt": "math.sqrt", "erf": "math.erf"}
+_MATH = {"exp": "math.exp", "log": "math.log", "tanh": "math.tanh", "sqrt": "math.sqrt", "erf": "math.erf",
+         "sin": "math.sin", "cos": "math.cos"}
 for _n, _m in _MATH.items():
     SCALAR[_n] = _float_unary(lambda e, x, m=_m: e.arith(m, x))
 SCALAR["rsqrt"] = _float_unary(lambda e, x: e.arith("arith.divf", e.const(1.0, x.d), e.arith("math.sqrt", x)))
