@@ -53,7 +53,7 @@ def avalon_commands(path: Path) -> list[list[str]]:
     """Every `avalon ...` command of the file's shell blocks, as argv lists."""
     cmds = []
     for _, code in blocks(path, SHELL):
-        for line in code.splitlines():
+        for line in code.replace("\\\n", " ").splitlines():  # a trailing backslash continues the line
             for part in line.split("&&"):
                 words = shlex.split(part, comments=True)
                 if words and words[0] == "avalon":
@@ -123,7 +123,7 @@ def test_readme_examples_run(tmp_path, monkeypatch):
 def test_readme_commands_run(tmp_path):
     """The README's `avalon` commands in order (the first, `avalon demo`, and the command-line block)."""
     cmds = avalon_commands(README)
-    assert [c[1] for c in cmds] == ["demo", "trace", "opt", "opt", "kernels", "run", "ops"], cmds
+    assert [c[1] for c in cmds] == ["demo", "trace", "opt", "opt", "kernels", "run", "ops", "export"], cmds
     cwd = _scratch(tmp_path)
     for words, rc, err in run_avalon(cmds, cwd):
         assert rc == 0, f"{shlex.join(words)}: {err}"
