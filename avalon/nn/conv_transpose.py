@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .. import ops
+from ..ir import dtypes as dt
 from ..tensor import Tensor
 from . import init
 from .layers import _dtype, _place, empty
@@ -30,6 +31,15 @@ __all__ = ["ConvTranspose2d", "conv_transpose2d"]
 
 def _t(x: Any) -> Tensor:
     return x if isinstance(x, Tensor) else Tensor(x)
+
+
+def _layer_dtype(layer: str, dtype: Any) -> dt.DType:
+    """The parameter dtype, or an error that names the layer and the argument."""
+    try:
+        return _dtype(dtype)
+    except (TypeError, ValueError, KeyError) as e:
+        raise TypeError(f"{layer}: argument 'dtype' must be a floating-point dtype Avalon has, got {dtype!r} "
+                        f"({e})") from None
 
 
 def _pair(name: str, v: Any) -> tuple[int, int]:
@@ -112,7 +122,7 @@ class ConvTranspose2d(Module):
             raise ValueError("ConvTranspose2d: in_channels and out_channels must be divisible by groups")
         if padding_mode != "zeros":
             raise ValueError(f"ConvTranspose2d: argument 'padding_mode' only supports 'zeros', got {padding_mode!r}")
-        d = _dtype(dtype)
+        d = _layer_dtype("ConvTranspose2d", dtype)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size = _pair("kernel_size", kernel_size)
         self.stride, self.padding = _pair("stride", stride), _pair("padding", padding)

@@ -24,7 +24,8 @@ from ..ir import dtypes as dt
 from ..tensor import Tensor
 from . import functional as F
 from . import init
-from .layers import Dropout, LayerNorm, Linear, ModuleList, _dtype, _place, empty
+from .conv_transpose import _layer_dtype
+from .layers import Dropout, LayerNorm, Linear, ModuleList, _place, empty
 from .module import Module
 
 __all__ = ["MultiheadAttention", "Transformer", "TransformerDecoder", "TransformerDecoderLayer",
@@ -33,15 +34,6 @@ __all__ = ["MultiheadAttention", "Transformer", "TransformerDecoder", "Transform
 
 def _t(x: Any) -> Tensor:
     return x if isinstance(x, Tensor) else Tensor(x)
-
-
-def _layer_dtype(layer: str, dtype: Any) -> dt.DType:
-    """The parameter dtype, or an error that names the layer and the argument."""
-    try:
-        return _dtype(dtype)
-    except (TypeError, ValueError, KeyError) as e:
-        raise TypeError(f"{layer}: argument 'dtype' must be a floating-point dtype Avalon has, got {dtype!r} "
-                        f"({e})") from None
 
 
 def _mask(layer: str, name: str, mask: Any) -> Tensor | None:
