@@ -16,6 +16,7 @@ from typing import Any
 from . import functional, init
 from .cells import GRUCell, LSTMCell, RNNCell
 from .containers import ModuleDict, ParameterDict, ParameterList
+from .conv_transpose import ConvTranspose2d
 from .functional import conv2d, relu, sigmoid, tanh
 from .layers import (
     ELU,
@@ -79,6 +80,14 @@ from .module import (
 )
 from .rnn import GRU, LSTM, RNN, RNNBase
 from .spatial import AdaptiveAvgPool2d, AdaptiveMaxPool2d, Conv1d, Upsample
+from .transformer import (
+    MultiheadAttention,
+    Transformer,
+    TransformerDecoder,
+    TransformerDecoderLayer,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+)
 
 
 def softmax(x: Any, dim: int = -1) -> Any:
@@ -99,6 +108,8 @@ def maxpool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0) ->
 __all__ = [
     "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "Conv1d", "GRUCell", "LSTMCell", "ModuleDict", "ParameterDict",
     "ParameterList", "RNNCell", "Upsample",
+    "ConvTranspose2d", "MultiheadAttention", "Transformer", "TransformerDecoder", "TransformerDecoderLayer",
+    "TransformerEncoder", "TransformerEncoderLayer",
     "AvgPool2d", "BCELoss", "BCEWithLogitsLoss", "BatchNorm1d", "BatchNorm2d", "Conv2d", "CrossEntropyLoss",
     "Dropout", "ELU", "Embedding", "Flatten", "GELU", "GRU", "GroupNorm", "Hardsigmoid", "Hardswish", "Hardtanh",
     "HuberLoss", "Identity", "IncompatibleKeys", "KLDivLoss", "L1Loss", "LSTM", "LayerNorm", "LeakyReLU", "Linear",

@@ -30,6 +30,7 @@ __all__ = [
     "max_pool2d", "mish", "mse_loss", "nll_loss", "normalize", "one_hot", "relu", "relu6", "selu", "sigmoid", "silu",
     "smooth_l1_loss", "softmax", "softmin", "softplus", "softsign", "tanh",
     "adaptive_avg_pool2d", "adaptive_max_pool2d", "conv1d", "interpolate", "pad", "upsample",
+    "conv_transpose2d", "scaled_dot_product_attention",
 ]
 
 _Pair = int | Sequence[int]
@@ -445,7 +446,9 @@ def group_norm(input: Any, num_groups: int, weight: Any = None, bias: Any = None
 
 
 # Last, because losses.py builds on the helpers above (`_t`, `log_softmax`, `_softplus1`).
+# (conv_transpose.py imports avalon.nn.layers, which only needs the helpers above, defined by now.)
 from .attention import scaled_dot_product_attention  # noqa: E402, F401  (torch's F holds it)
+from .conv_transpose import conv_transpose2d  # noqa: E402, F401
 from .functional_spatial import (  # noqa: E402  (they use conv2d from this module)
     adaptive_avg_pool2d,
     adaptive_max_pool2d,
