@@ -1,7 +1,8 @@
 """Passes over the IR: a registry of named passes with typed options, a pass manager that runs
 pipeline strings with verification, printing and timing, a pattern rewriter, and the standard
 passes, one module each (canonicalize, cse, dce, ...). See docs/writing-a-pass.md."""
-from . import canonicalize as _canonicalize  # noqa: F401  (each import registers its pass)
+from . import bucket as _bucket  # noqa: F401  (each import registers its pass)
+from . import canonicalize as _canonicalize  # noqa: F401
 from . import cse as _cse  # noqa: F401
 from . import dce as _dce  # noqa: F401
 from . import fuse as _fuse  # noqa: F401
