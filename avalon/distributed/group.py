@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -34,9 +35,8 @@ def _dist() -> Any:
 
 def is_initialized() -> bool:
     """Whether a torch.distributed process group is up (made by `init`, or by the user directly)."""
-    try:
-        dist = _dist()
-    except ImportError:  # pragma: no cover - torch without distributed support
+    dist = sys.modules.get("torch.distributed")  # never imported: no group (and no torch import on fit's path)
+    if dist is None:
         return False
     if not (dist.is_available() and dist.is_initialized()):
         return False
@@ -189,6 +189,27 @@ def broadcast_arrays(arrays: list[np.ndarray], src: int = 0) -> list[np.ndarray]
             out[i] = flat[pos:pos + n].reshape(np.shape(arrays[i])).copy()
             pos += n
     return out
+
+
+def all_gather_array(a: np.ndarray) -> list[np.ndarray]:
+    """Every process's 1-d int32 array `a` (lengths may differ), in rank order."""
+    a = np.ascontiguousarray(a, dtype=np.int32).reshape(-1)
+    if world_size() == 1:
+        return [a]
+    import torch
+    dist = _dist()
+    n = world_size()
+    dev = torch.device("cuda", torch.cuda.current_device()) if _nccl() else torch.device("cpu")
+    try:
+        lengths = [torch.zeros(1, dtype=torch.int64, device=dev) for _ in range(n)]
+        dist.all_gather(lengths, torch.tensor([len(a)], dtype=torch.int64, device=dev))
+        longest = max(int(t.item()) for t in lengths)
+        mine = torch.from_numpy(np.concatenate([a, np.zeros(longest - len(a), np.int32)])).to(dev)
+        parts = [torch.empty(longest, dtype=torch.int32, device=dev) for _ in range(n)]
+        dist.all_gather(parts, mine)
+    except Exception as e:
+        raise _failed("all_gather", e) from e
+    return [p.cpu().numpy()[:int(k.item())] for p, k in zip(parts, lengths)]
 
 
 def barrier() -> None:
