@@ -303,7 +303,7 @@ def fit(model: Any, X: Any, Y: Any, loss_fn: Callable | None = None, epochs: int
         order = rng.permutation(n) if shuffle else None
         if group is not None:
             order = group.shard(order if order is not None else np.arange(n))
-        total, started = 0.0, time.perf_counter()
+        total, started, epoch_loss = 0.0, time.perf_counter(), None
         shown.start(epoch)
         try:
             for b in range(batches):
@@ -315,10 +315,11 @@ def fit(model: Any, X: Any, Y: Any, loss_fn: Callable | None = None, epochs: int
                     log.warning("epoch %d batch %d: loss is %s", epoch, b + 1, loss)
                 total += loss * (hi - lo)
                 shown.update(total / hi)
+            epoch_loss = group.mean_loss(total, local_n) if group is not None else total / n  # all ranks' samples
         finally:
             seconds = time.perf_counter() - started
-            shown.end(epoch, total / local_n, seconds)
-        history.append(group.mean_loss(total, local_n) if group is not None else total / n)
+            shown.end(epoch, epoch_loss if epoch_loss is not None else total / local_n, seconds)
+        history.append(float(epoch_loss))
         log.info("epoch %d/%d: loss %.6g (%.2fs)", epoch, epochs, history[-1], seconds)
         if checkpoint is not None:
             save_progress(checkpoint, model, optimizer, epoch, seed, history)

@@ -40,7 +40,7 @@ def is_initialized() -> bool:
         return False
     if not (dist.is_available() and dist.is_initialized()):
         return False
-    if not isinstance(collective(), TorchCollective):
+    if collective() is None:
         set_collective(TorchCollective())  # a group made with torch directly: all_reduce ops use it too
     return True
 
@@ -99,8 +99,7 @@ def init(backend: str | None = None, *, timeout: float | None = None) -> None:
 
 def shutdown() -> None:
     """Leave the process group (and make `all_reduce` the identity again)."""
-    if isinstance(collective(), TorchCollective):
-        set_collective(None)
+    set_collective(None)
     _timeout.clear()
     dist = _dist()
     if dist.is_available() and dist.is_initialized():
