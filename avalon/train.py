@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -51,7 +52,9 @@ from .channels import get_logger
 from .compiler import compile, value_and_grad  # noqa: A004
 from .device import CPU, Device
 from .device import device as as_device
+from .distributed.fit import DataParallel, resume_progress, save_progress
 from .ir import dtypes as dt
+from .random import fresh_seed
 from .tensor import Tensor, as_array
 from .tree import named_parameters, to_device
 
@@ -147,19 +150,27 @@ def make_objective(loss_fn: Callable | None = None, supervised: bool = True, *,
 # -- the compiled step -------------------------------------------------------------------------
 
 def make_train_step(loss_fn: Callable | None = None, supervised: bool = True, *,
-                    objective: Callable | None = None) -> Callable:
+                    objective: Callable | None = None, all_reduce: bool = False) -> Callable:
     """The training step as a plain function of (model, optimizer, x[, y]) -> loss, ready to trace;
-    `loss_fn` and `objective` as in `fit`."""
+    `loss_fn` and `objective` as in `fit`. With `all_reduce` the gradients are averaged over the
+    process group between the gradient and the update (`all_reduce` ops in the step's IR)."""
     obj = make_objective(loss_fn, supervised, objective=objective)
+
+    def average(grads: Any) -> Any:
+        if not all_reduce:
+            return grads
+        from . import distributed
+        return distributed.all_reduce(grads, op="mean")
+
     if supervised:
         def train_step(model, opt, x, y):
             loss, grads = value_and_grad(obj)(model, x, y)
-            opt.step(grads)
+            opt.step(average(grads))
             return loss
     else:
         def train_step(model, opt, x):
             loss, grads = value_and_grad(obj)(model, x)
-            opt.step(grads)
+            opt.step(average(grads))
             return loss
     return train_step
 
@@ -231,21 +242,26 @@ class _Progress:
 
 def fit(model: Any, X: Any, Y: Any, loss_fn: Callable | None = None, epochs: int = 10, batch_size: int = 100,
         optimizer: Any = None, device: Any = None, backend: str | None = None, shuffle: bool = True,
-        progress: bool = True, seed: int | None = None, *, objective: Callable | None = None) -> list[float]:
+        progress: bool = True, seed: int | None = None, *, objective: Callable | None = None,
+        checkpoint: str | None = None, resume: bool = False) -> list[float]:
     """Train `model` in place on (X, Y) in mini-batches; returns the mean loss of each epoch.
 
     `loss_fn(model(x), y)` is the batch loss (`loss_fn(model(x))` when Y is None); or pass
     `objective=f`, called as `f(model, x, y)` (`f(model, x)`). `backend` picks the compiler backend
     ("numpy" or "triton"); by default "triton" when the model lives on a GPU and "numpy" otherwise.
-    `device` moves the model (and the optimizer's state) there first. See the module docstring for
-    the choices made.
+    `device` moves the model (and the optimizer's state) there first. With `checkpoint=path` the
+    model, the optimizer and the data position are saved after every epoch (`avalon.distributed.save`);
+    `resume=True` continues from that file when it exists, as if never interrupted. Under an
+    initialized process group each rank trains on its shard (see `avalon.distributed.fit`). See the module
+    docstring for the choices made.
     """
     from . import optim
-    from .random import fresh_seed
 
     if batch_size < 1:
         raise ValueError(f"fit: batch_size must be at least 1, got {batch_size}")
-    train_step = make_train_step(loss_fn, supervised=Y is not None, objective=objective)  # a bad loss fails first
+    group = DataParallel.create()  # None on one process
+    train_step = make_train_step(loss_fn, supervised=Y is not None, objective=objective,
+                                 all_reduce=group is not None)  # a bad loss fails first
     Xa = _host_array(X, "X")
     Ya = _host_array(Y, "Y") if Y is not None else None
     if Ya is not None and len(Ya) != len(Xa):
@@ -265,21 +281,33 @@ def fit(model: Any, X: Any, Y: Any, loss_fn: Callable | None = None, epochs: int
         optimizer = optim.Adam(model, lr=1e-3)
     if backend is None:
         backend = "numpy" if dev == CPU else "triton"
+    if resume and checkpoint is not None and os.path.exists(checkpoint):
+        done, seed, history = resume_progress(checkpoint, model, optimizer)
+    else:
+        done, history = 0, []
+        seed = fresh_seed() if seed is None else seed
+    if group is not None:
+        group.broadcast_state(model)
+        seed = group.shared_seed(seed)
     _set_mode(model, True)
-    step = compile(train_step, backend=backend)
+    step = compile(train_step, backend=backend, pipeline=group.pipeline() if group is not None else None)
 
     pdtype = _param_dtype(model)
-    rng = np.random.default_rng(fresh_seed() if seed is None else seed)
-    batches = math.ceil(n / batch_size)
-    shown = _Progress(progress, epochs, batches)
-    history: list[float] = []
-    for epoch in range(1, epochs + 1):
+    rng = np.random.default_rng(seed)
+    for _ in range(done if shuffle else 0):  # the permutations of the epochs already trained: the data position
+        rng.permutation(n)
+    local_n = group.shard_size(n) if group is not None else n
+    batches = math.ceil(local_n / batch_size)
+    shown = _Progress(progress and (group is None or group.rank == 0), epochs, batches)
+    for epoch in range(done + 1, epochs + 1):
         order = rng.permutation(n) if shuffle else None
-        total, started = 0.0, time.perf_counter()
+        if group is not None:
+            order = group.shard(order if order is not None else np.arange(n))
+        total, started, epoch_loss = 0.0, time.perf_counter(), None
         shown.start(epoch)
         try:
             for b in range(batches):
-                lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
+                lo, hi = b * batch_size, min(local_n, (b + 1) * batch_size)
                 idx = order[lo:hi] if order is not None else slice(lo, hi)
                 args = [_batch(Xa, idx, pdtype, dev)] + ([_batch(Ya, idx, pdtype, dev)] if Ya is not None else [])
                 loss = float(step(model, optimizer, *args))
@@ -287,11 +315,14 @@ def fit(model: Any, X: Any, Y: Any, loss_fn: Callable | None = None, epochs: int
                     log.warning("epoch %d batch %d: loss is %s", epoch, b + 1, loss)
                 total += loss * (hi - lo)
                 shown.update(total / hi)
+            epoch_loss = group.mean_loss(total, local_n) if group is not None else total / n  # all ranks' samples
         finally:
             seconds = time.perf_counter() - started
-            shown.end(epoch, total / n, seconds)
-        history.append(total / n)
+            shown.end(epoch, epoch_loss if epoch_loss is not None else total / local_n, seconds)
+        history.append(float(epoch_loss))
         log.info("epoch %d/%d: loss %.6g (%.2fs)", epoch, epochs, history[-1], seconds)
+        if checkpoint is not None:
+            save_progress(checkpoint, model, optimizer, epoch, seed, history)
     return history
 
 

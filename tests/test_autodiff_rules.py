@@ -142,6 +142,11 @@ def _cumsum(name, data, rng):
     return Case([rng.normal(size=s)], {"axis": axis, "reverse": data.draw(st.booleans())})
 
 
+@case("all_reduce")
+def _all_reduce(name, data, rng):
+    return Case([rng.normal(size=_shape(data))], {"reduction": data.draw(st.sampled_from(["mean", "sum"]))})
+
+
 @case("max")
 def _max(name, data, rng):
     s = _shape(data, min_dims=1)
@@ -337,6 +342,7 @@ TORCH: dict[str, Callable] = {
     "cast": lambda a, x: x.to(getattr(torch, dt.PY_NAMES[a["dtype"].name])),
     "broadcast": lambda a, x: torch.broadcast_to(x, a["shape"]),
     "sum": lambda a, x: x.sum(dim=a["axes"], keepdim=a["keepdims"]) if a["axes"] else x,
+    "all_reduce": lambda a, x: x.clone(),  # one process (no group installed): the identity
     "cumsum": lambda a, x: (x.flip(a["axis"]).cumsum(a["axis"]).flip(a["axis"]) if a["reverse"]
                             else x.cumsum(a["axis"])),
     "max": lambda a, x: torch.amax(x, dim=a["axes"], keepdim=a["keepdims"]),

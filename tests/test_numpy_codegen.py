@@ -138,6 +138,11 @@ def _gather(b, g, d):
             b("random", seed, shape=[7], distribution="uniform", dtype="bf16")]
 
 
+@case("all_reduce")
+def _all_reduce(b, g, d):  # one process: the identity
+    return [b("all_reduce", _in(g, (3, 5), d)), b("all_reduce", _in(g, (2,), d), reduction="sum")]
+
+
 @case("iota", ("f32", "i32", "i64"))
 def _iota(b, g, d):
     return [b("iota", shape=[3, 4], axis=1, dtype=d), b("iota", shape=[2, 3, 2], axis=0, dtype=d)]

@@ -437,3 +437,11 @@ def _take(b, op, g):
     if p != 1:
         dx = b("transpose", _reshape(b, dx, [k, p, q]), perm=[1, 0, 2])
     return [_reshape(b, dx, pre + [k] + post), None]
+
+
+@vjp("all_reduce")
+def _all_reduce(b, op, g):
+    """Every process's result depends on every process's operand (d mean/dx_r = 1/n, d sum/dx_r = 1),
+    so the total loss's cotangent for x on one process gathers all processes' cotangents the same
+    way: an all_reduce of g with the same reduction and group (the identity on one process)."""
+    return [b("all_reduce", g, reduction=op.attrs["reduction"], group=op.attrs["group"])]

@@ -434,3 +434,28 @@ define_op("iota", 0, _iota, {"shape": Attr("ints"), "axis": Attr("int", 0), "dty
           traits={PURE, "movement"},
           doc="each element's index along `axis` (XLA's iota): arange, position ids and tril/triu masks "
               "stay index formulas instead of captured arrays")
+
+
+# -- communication (avalon.distributed) -------------------------------------------------------------
+
+REDUCTIONS = ("mean", "sum")
+
+
+def _all_reduce(ts, a):
+    t = ts[0]
+    if a["reduction"] not in REDUCTIONS:
+        raise ShapeError(f"all_reduce: reduction must be one of {', '.join(REDUCTIONS)}, got {a['reduction']!r}")
+    if t.dtype == dt.bool_ or (a["reduction"] == "mean" and not t.dtype.is_float):
+        raise ShapeError(f"all_reduce: {a['reduction']} needs a "
+                         f"{'floating-point' if a['reduction'] == 'mean' else 'numeric'} operand, got {t.dtype}")
+    if not a["group"]:
+        raise ShapeError("all_reduce: group must name a process group ('world')")
+    return [T(t.shape, t.dtype)]
+
+
+# No traits on purpose: not `pure` (a collective every process must issue in the same order, so CSE
+# may not merge it, DCE may not drop it and canonicalize may not fold it at compile time) and
+# nothing fusable (it is communication between kernels, never part of one).
+define_op("all_reduce", 1, _all_reduce, {"reduction": Attr("str", "mean"), "group": Attr("str", "world")},
+          doc="the elementwise mean or sum of the operand over every process of a group "
+              "(torch.distributed.all_reduce); the identity on one process")

@@ -117,3 +117,16 @@ def _random(e: LinalgEmitter, op: Op, args: list[V], types: list[TensorType]) ->
             u = b.arith("arith.mulf", rad, ang)
         return [cast(b, u, out.dtype)]
     return e.generic([], [(e.empty(out), identity(r))], ["parallel"] * r, body)
+
+
+@rule("all_reduce")
+def _all_reduce(e: LinalgEmitter, op: Op, args: list[V], types: list[TensorType]) -> list[V]:
+    """The identity: a linalg module runs in one process, where the collective is the identity (the
+    reference's rule with no process group). Over a group of several processes there is no
+    upstream collective op to lower to, so that is refused rather than silently dropped."""
+    from avalon.ir.reference.collective import collective
+    hook = collective()
+    if hook is not None and hook.world_size(op.attrs["group"]) > 1:
+        raise NotImplementedError(f"all_reduce over {hook.world_size(op.attrs['group'])} processes has no linalg "
+                                  "lowering (the module runs in one process); export the single-process step")
+    return [args[0]]

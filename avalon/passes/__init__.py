@@ -2,7 +2,8 @@
 pipeline strings with verification, printing and timing, a pattern rewriter, and the standard
 passes, one module each (canonicalize, cse, dce, ...). See docs/writing-a-pass.md."""
 from . import attention as _attention  # noqa: F401  (registers the attention kernel kind)
-from . import canonicalize as _canonicalize  # noqa: F401  (each import registers its pass)
+from . import bucket as _bucket  # noqa: F401  (each import registers its pass)
+from . import canonicalize as _canonicalize  # noqa: F401
 from . import cse as _cse  # noqa: F401
 from . import dce as _dce  # noqa: F401
 from . import fuse as _fuse  # noqa: F401

@@ -5,6 +5,7 @@
   reductions over different axes, outputs of different sizes, ...) or whose emitter refuses it
   still runs: its ops are lowered one kernel each, with a warning on channel `avalon.triton`, and
   the group is listed in `CompiledGraph.fallbacks`. An emitter that crashes is an error.
+* an op whose lowering `runs_on_host` (all_reduce) is a host step between launches, not a kernel;
 * any other op is a group of one; a view (`target.is_view`) costs no kernel; a dense constant is
   uploaded once per device.
 
@@ -106,8 +107,19 @@ class _Lowerer:
             self.shared.append((op.result, self.resolve(op.operands[0])))
         elif op.name == "fusion":
             self.lower_fusion(op)
+        elif getattr(LOWERING.get(op.name), "runs_on_host", False):
+            self.add_host_step(op)
         else:
             self.lower_group(from_op(op, self.name(f"{op.name}_{len(self.kernels)}")), op.results)
+
+    def add_host_step(self, op: Op) -> None:
+        """A step between launches that is no kernel (a collective): it runs on the host on the op's
+        operands' and results' storage; not a kernel, so not in `kernels`."""
+        low = LOWERING[op.name]
+        k = Kernel(identifier(f"{op.name}_{len(self.launches)}"), "host", low.describe(), [], {}, (1,),
+                   fn=low.host_step(op))
+        self.launches.append(Launch(k, [self.resolve(v) for v in op.operands] + list(op.results)))
+        self.written += list(op.results)
 
     def lower_group(self, group: Group, writes: list[Value]) -> None:
         try:

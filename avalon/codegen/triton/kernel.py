@@ -18,7 +18,7 @@ _CHECKS = "# avalon-index-checks: "
 @dataclass
 class Kernel:
     name: str
-    kind: str  # pointwise | reduction | contraction | copy
+    kind: str  # pointwise | reduction | contraction | copy | host (a step between launches, `fn` a function)
     source: str
     params: list[tuple[str, DType]]  # pointer parameters in order: in0.., out0..
     meta: dict[str, int]  # constexpr block sizes passed at launch

@@ -362,3 +362,18 @@ def _iota(em, op, idx, guard):
 LOWERING["iota"] = IndexLowering("index", "the result index along the axis, converted to the dtype", _iota)
 
 LOWERING["cumsum"] = ScanLowering("scan", "tl.cumsum along the axis per block of rows; chunks carry a running sum")
+
+
+@dataclass(frozen=True)
+class HostLowering(Lowering):
+    """An op that is no kernel (communication): the build runs `host_step(op)` between launches, on
+    the storage of the op's operands then results (`collective.py`)."""
+
+    runs_on_host: ClassVar[bool] = True
+
+    def host_step(self, op: Op):
+        from .collective import all_reduce_step
+        return all_reduce_step(op)
+
+
+LOWERING["all_reduce"] = HostLowering("host", "torch.distributed.all_reduce on the result's storage, between launches")

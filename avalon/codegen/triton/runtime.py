@@ -60,6 +60,9 @@ def _quiet_interpreter() -> None:
 def launch(k: Kernel, tensors: Sequence[torch.Tensor]) -> None:
     if k.empty:
         return
+    if k.kind == "host":  # not a kernel: a step between launches on the host (a collective)
+        k.fn(*tensors)
+        return
     try:
         if interpreting():
             _quiet_interpreter()
@@ -234,6 +237,8 @@ class CompiledGraph:
 
     def _graph_runner(self, device: torch.device) -> Any:
         from . import cudagraph
+        if any(k.kind == "host" for k, _ in self._bound):  # collectives are not captured into a CUDA graph
+            return None
         capture = cudagraph.capture_for(device, self.capture)
         return cudagraph.GraphRunner(self, device, capture) if capture is not None else None
 

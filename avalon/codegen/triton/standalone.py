@@ -77,7 +77,7 @@ def write_kernels(graph: Graph, folder: str) -> list[str]:
     os.makedirs(folder, exist_ok=True)
     paths, done = [], set()
     for ln in cg.launches:
-        if ln.kernel.name in done or ln.kernel.empty:
+        if ln.kernel.name in done or ln.kernel.empty or ln.kernel.kind == "host":
             continue
         done.add(ln.kernel.name)
         path = os.path.join(folder, f"{ln.kernel.name}.py")

@@ -1,0 +1,45 @@
+"""Host steps: ops that are no kernel but run between launches on the graph's torch storage.
+
+`all_reduce` is communication, not compute: the runtime hands its step the operand's and the
+result's storage, the step copies one into the other and reduces the result in place through
+the process group `avalon.distributed` installed (`avalon.ir.reference.collective`):
+`torch.distributed.all_reduce` on the tensor, on its device (NCCL on CUDA, gloo on the CPU).
+With no process group, or one process, the step is the copy alone.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from avalon.ir.core import Op
+from avalon.ir.reference.collective import collective
+from avalon.ir.types import TensorType
+
+
+def _as(x: torch.Tensor, t: TensorType) -> torch.Tensor:
+    """Storage handed to a launch (a flat buffer or arena view, or an input) seen as type `t`."""
+    if tuple(x.shape) == t.shape and all(s == e for s, e, n in zip(x.stride(), t.strides(), t.shape) if n > 1):
+        return x
+    return torch.as_strided(x, t.shape, t.strides(), x.storage_offset())
+
+
+def all_reduce_step(op: Op) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """The host step of one `all_reduce` op: (operand storage, result storage) -> None."""
+    xt, yt = op.operands[0].type, op.results[0].type
+    reduction, group = op.attrs["reduction"], op.attrs["group"]
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        xv, yv = _as(x, xt), _as(y, yt)
+        if yv.data_ptr() != xv.data_ptr():
+            yv.copy_(xv)
+        hook = collective()
+        if hook is None or hook.world_size(group) == 1 or yt.numel == 0:
+            return
+        if yv.is_contiguous():
+            hook.all_reduce_tensor_(yv, reduction, group)
+        else:
+            tmp = yv.contiguous()
+            hook.all_reduce_tensor_(tmp, reduction, group)
+            yv.copy_(tmp)
+    return step

@@ -1,0 +1,108 @@
+"""Data parallelism over torch.distributed, launched with torchrun (DESIGN.md §1b).
+
+    import avalon.distributed as dist
+    dist.init()                                    # gloo on CPUs, NCCL on CUDA; reads torchrun's environment
+    history = av.fit(model, X, Y, loss_fn)         # each rank trains on its shard; gradients averaged
+    dist.save(model, "ckpt.safetensors")           # rank 0 writes, the others wait
+
+`av.fit` under an initialized group does everything (see `avalon.train`). Custom loops use
+`all_reduce(grads)`: inside a traced or compiled step it records one `all_reduce` op per tensor (the
+`bucket-all-reduce` pass fuses them into a few flat buffers), so the communication is in the IR
+between the gradient and the optimizer update; eagerly it reduces all tensors of a dtype in one
+collective. Torch is communication only: no torch compute runs on Avalon's path.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from avalon.ops.core import bind
+from avalon.tensor import Tensor, as_array
+from avalon.trace import assign
+from avalon.tree import named_tensors
+
+from .checkpoint import load, save
+from .group import (
+    DistributedError,
+    barrier,
+    broadcast_arrays,
+    collective,
+    init,
+    is_initialized,
+    local_rank,
+    rank,
+    shutdown,
+    timeout_s,
+    world_size,
+)
+
+__all__ = ["DistributedError", "all_reduce", "barrier", "broadcast_parameters", "init", "is_initialized", "load",
+           "local_rank", "rank", "save", "shutdown", "timeout_s", "world_size"]
+
+_OPS = ("mean", "sum")
+
+
+def _leaves(tree: Any, out: list) -> Any:
+    """The structure of `tree` with each leaf replaced by its index in `out`."""
+    if isinstance(tree, Mapping):
+        return {k: _leaves(v, out) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_leaves(v, out) for v in tree)
+    if tree is None:
+        return None
+    out.append(tree)
+    return len(out) - 1
+
+
+def _rebuild(shape: Any, values: list) -> Any:
+    if isinstance(shape, Mapping):
+        return {k: _rebuild(v, values) for k, v in shape.items()}
+    if isinstance(shape, (list, tuple)):
+        return type(shape)(_rebuild(v, values) for v in shape)
+    return None if shape is None else values[shape]
+
+
+def all_reduce(tree: Any, op: str = "mean") -> Any:
+    """The mean (or sum) over all processes of every tensor in `tree` (a Tensor, an array, or dicts,
+    lists and tuples of them: a grads dict), as a new tree of Tensors of the same structure.
+
+    Traced (inside `av.compile`, `av.grad`): an `all_reduce` op per tensor, fused into buckets by
+    the `bucket-all-reduce` pass. Eager: one collective per dtype. One process: the values as
+    they are."""
+    if op not in _OPS:
+        raise ValueError(f"all_reduce: op must be one of {', '.join(_OPS)}, got {op!r}")
+    leaves: list = []
+    shape = _leaves(tree, leaves)
+    tensors = [x if isinstance(x, Tensor) else Tensor(as_array(x)) for x in leaves]
+    if any(t.is_traced for t in tensors):
+        return _rebuild(shape, [bind("all_reduce", t, reduction=op, group="world") for t in tensors])
+    hook = collective() if is_initialized() else None
+    if hook is None or world_size() == 1:
+        return _rebuild(shape, tensors)
+    out: list[Tensor | None] = [None] * len(tensors)
+    by_dtype: dict[Any, list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_dtype.setdefault(t.dtype, []).append(i)
+    for dtype, idx in by_dtype.items():
+        arrays = [np.asarray(as_array(tensors[i], dtype)) for i in idx]
+        flat = np.concatenate([a.reshape(-1) for a in arrays]) if arrays else np.zeros(0)
+        reduced = hook.all_reduce_array(flat, op, "world")
+        pos = 0
+        for i, a in zip(idx, arrays):
+            piece = reduced[pos:pos + a.size].reshape(a.shape)
+            pos += a.size
+            res = Tensor(piece, dtype=dtype)
+            out[i] = res if tensors[i].device == res.device else res.to(tensors[i].device)
+    return _rebuild(shape, out)
+
+
+def broadcast_parameters(model: Any, src: int = 0) -> None:
+    """Give every process rank `src`'s parameters and buffers (in place), as `av.fit` does first."""
+    if world_size() == 1:
+        return
+    named = list(named_tensors(model))
+    arrays = broadcast_arrays([np.asarray(as_array(t)) for _, t in named], src)
+    for (_, t), a in zip(named, arrays):
+        assign(t, Tensor(a, dtype=t.dtype))
