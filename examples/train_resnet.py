@@ -23,7 +23,7 @@ from avalon import optim, zoo  # noqa: E402
 from avalon.nn import functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common.py lies beside us, however we are started
-from _common import accuracy, parse_args, print_epochs  # noqa: E402
+from _common import accuracy, parse_args  # noqa: E402
 
 
 def objective(model, x, y):
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> float:
                   for b in np.split(order[:n], n // args.batch_size)]
         history.append(float(np.mean(losses)))
     train_s = time.perf_counter() - start
-    print_epochs(history)
+    print(f"training loss per epoch: {' '.join(f'{h:.4f}' for h in history)}")
     acc = accuracy(model, X_test, y_test, args)  # eval mode: batch norm uses its running statistics
     print(f"ResNet: test accuracy {acc:.3f} on {len(y_test)} digits ({args.size}x{args.size}); "
           f"training {train_s:.1f}s ({train_s / max(args.epochs, 1):.1f}s per epoch, first includes compilation)")

@@ -64,7 +64,7 @@ def chains(draw):
             flat = b("reshape", a, shape=[int(np.prod(shape))])
             vals.append(b("reshape", b("exp", flat), shape=list(shape)))
     outs = [vals[-1]]
-    if draw(st.booleans()) and vals[-2] is not vals[-1] and vals[-2].op is not None:
+    if draw(st.booleans()) and len(vals) > 1 and vals[-2] is not vals[-1] and vals[-2].op is not None:
         outs.append(vals[-2])
     g.set_outputs(outs)
     return g
