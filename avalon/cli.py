@@ -6,6 +6,8 @@
   avalon kernels FILE|- -o DIR [-p PIPELINE]
   avalon run FILE|- [-p PIPELINE] [--seed N]
   avalon ops [NAME ...] [--missing]
+  avalon import MODEL.onnx [--input NAME=SHAPE ...] [-p PIPELINE]   (prints Avalon IR)
+  avalon export FILE|- --to onnx -o OUT.onnx
   avalon demo
 
 Errors exit non-zero with one clear line on stderr, never a traceback (set AVALON_DEBUG=1 for one).
@@ -232,6 +234,41 @@ def cmd_ops(args) -> None:
     sys.stdout.write(describe_ops(args.names))
 
 
+def cmd_import(args) -> None:
+    """`avalon import model.onnx`: the ONNX model traced into Avalon IR (weights become arguments)."""
+    from .onnx import load
+    from .trace import trace
+    shapes = {}
+    for spec in args.input or []:
+        name, _, shape = spec.partition("=")
+        if not shape:
+            raise CliError(f"--input {spec}: expected NAME=SHAPE, e.g. x=1x3x224x224")
+        shapes[name] = parse_input_spec(shape)[0]
+    if not os.path.exists(args.file):
+        raise CliError(f"cannot read {args.file}: No such file or directory")
+    model = load(args.file)
+    from .tensor import Tensor
+    g = trace(model, *[Tensor(a) for a in model.example_inputs(shapes=shapes)])
+    if args.pipeline:
+        from .passes import PassManager
+        PassManager.parse(args.pipeline).run(g)
+    sys.stdout.write(str(g) + "\n")
+
+
+def cmd_export_onnx(args) -> None:
+    """`avalon export FILE --to onnx -o OUT`: IR text as ONNX; every function argument a graph input."""
+    from .onnx import export
+    export(_parse_ir(args.file), args.output)
+
+
+EXPORTERS = {"onnx": cmd_export_onnx}
+"""`avalon export --to X` -> writer; other targets (mlir, linalg) add their entry here."""
+
+
+def cmd_export(args) -> None:
+    EXPORTERS[args.to](args)
+
+
 def cmd_demo(args) -> None:
     from .demo import main as demo_main
     demo_main(batch=args.batch)
@@ -281,6 +318,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="list every op lacking a rule in a required table (exit 1 unless none)")
     ops_p.add_argument("--plugin", action="append", metavar="FILE.py", help="a Python file that defines ops")
     ops_p.set_defaults(fn=cmd_ops)
+
+    im = sub.add_parser("import", help="print an ONNX model as Avalon IR")
+    im.add_argument("file", help="MODEL.onnx")
+    im.add_argument("--input", action="append", metavar="NAME=SHAPE", help="example shape of a dynamic input")
+    im.add_argument("-p", "--pipeline", default=None)
+    im.set_defaults(fn=cmd_import)
+
+    ex = sub.add_parser("export", help="write Avalon IR text in another format")
+    ex.add_argument("file", help="IR file, or - for stdin")
+    ex.add_argument("--to", required=True, choices=sorted(EXPORTERS))
+    ex.add_argument("-o", "--output", required=True)
+    ex.set_defaults(fn=cmd_export)
 
     d = sub.add_parser("demo", help="trace the README's LeNet, optimize it and run it on the reference")
     d.add_argument("--batch", type=int, default=2)

@@ -59,8 +59,8 @@ def from_torch(module: Any, *example_args: Any, kwargs: dict | None = None) -> I
     example's (torch.export's static shapes)."""
     import torch
     from torch.export.graph_signature import InputKind, OutputKind
-    training = bool(module.training)
     ep = _export(module, tuple(example_args), kwargs)
+    training = bool(module.training)
     gm, sig = ep.graph_module, ep.graph_signature
     _check_supported(gm)
 

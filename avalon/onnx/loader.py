@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ..trace import _STACK
 from ..interop.model import ImportedModel, Program, UnsupportedOp, get_dotted
 from ..tensor import Tensor
+from ..trace import _STACK
 from . import ops_math, ops_nn, ops_shape  # noqa: F401  (fill ONNX_OPS)
 from .dtypes import avalon_dtype
 from .table import ONNX_OPS, NeedsConstant, Node
@@ -34,8 +34,8 @@ class OnnxModel(ImportedModel):
             if shapes and name in shapes:
                 shape = tuple(shapes[name])
             elif any(s is None for s in shape):
-                raise ValueError(f"ONNX input {name!r} has a dynamic dimension {['?' if s is None else s for s in shape]}"
-                                 "; give an example shape for it")
+                dims = ["?" if s is None else s for s in shape]
+                raise ValueError(f"ONNX input {name!r} has a dynamic dimension {dims}; give an example shape for it")
             if d.is_float:
                 out.append(rng.standard_normal(shape).astype(d.np))
             elif d.name == "i1":
@@ -83,7 +83,7 @@ def _nodes(model: Any, opset: int) -> list[tuple[Node, list[str], list[str]]]:
     for i, n in enumerate(model.graph.node):
         label = n.name or f"#{i} ({n.op_type} -> {', '.join(n.output)})"
         if n.domain not in ("", "ai.onnx"):
-            raise UnsupportedOp(f"ONNX node {label!r}: op {n.domain}::{n.op_type} (domain {n.domain!r}) is not supported")
+            raise UnsupportedOp(f"ONNX node {label!r}: op {n.op_type} of domain {n.domain!r} is not supported")
         if n.op_type not in ONNX_OPS:
             raise UnsupportedOp(f"ONNX node {label!r}: op {n.op_type} is not supported")
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
@@ -150,7 +150,7 @@ def load(source: Any, check: bool = True) -> OnnxModel:
         env: dict[str, Any] = dict(constants)
         for name in params:
             env[name] = get_dotted(m, name)
-        for (name, _, d), a in zip(specs, args):
+        for (name, _, _), a in zip(specs, args):
             t = a if isinstance(a, Tensor) else Tensor(np.asarray(a))
             env[name] = t
         env[""] = None

@@ -191,7 +191,8 @@ def _reduction(fn: Any) -> Any:
         axes = _reduce_axes(node, x, axes_in)
         if axes == []:
             return fn(x, None, True, identity=True)
-        if fn in (_max, _min, _prod, _log_sum_exp) and any(x.shape[a] == 0 for a in (axes if axes is not None else range(x.ndim))):
+        reduced = axes if axes is not None else range(x.ndim)
+        if fn in (_max, _min, _prod, _log_sum_exp) and any(x.shape[a] == 0 for a in reduced):
             raise node.unsupported("a reduction over an empty axis is not supported")
         if x.dtype is dt.bool_ and fn in (_max, _min):
             return ops.cast(fn(ops.cast(x, dt.int32), axes, bool(node.attr("keepdims", 1))), dt.bool_)
