@@ -228,6 +228,10 @@ def cmd_ops(args) -> None:
     if args.missing:
         text, complete = describe_missing()
         sys.stdout.write(text)
+        from .onnx.export_rules import missing_exports
+        no_onnx = missing_exports()
+        if no_onnx:  # optional: reported, not an error
+            sys.stdout.write(f"no ONNX export mapping (optional): {', '.join(no_onnx)}\n")
         if not complete:
             raise CliError(f"{text.count(chr(10))} op(s) lack a required rule")
         return

@@ -1,6 +1,10 @@
 """How each Avalon primitive is written as ONNX: the `onnx_export` rule table (registered with the
 op registry, so `avalon ops --missing` names an op that lacks a mapping).
 
+The table is optional in the registry's sense (a user's new op still compiles and trains without an
+ONNX mapping, and the core tables' completeness checks stay about the core); `avalon ops --missing`
+lists the ops it lacks all the same, and tests/test_onnx_io.py holds the built-in ops to it.
+
 A rule is `fn(em, op, inputs) -> [output names]`: `em` appends ONNX nodes and constants, `inputs` are
 the ONNX names of the op's operands. Gradient-only and random ops are exempt: ONNX has no
 counterpart that reproduces them (Avalon's counter-based random bits), so exporting them is an error.
@@ -19,7 +23,7 @@ from .dtypes import onnx_elem_type
 ExportRule = Callable[[Any, Any, list[str]], list[str]]
 EXPORT: dict[str, ExportRule] = register_table(
     "onnx_export", {}, exempt={"conv2d_grad_weight", "max_pool2d_grad", "avg_pool2d_grad", "random"},
-    exempt_traits=("region",))
+    exempt_traits=("region",), required=False)
 
 
 def export_rule(*names: str) -> Callable[[ExportRule], ExportRule]:
@@ -172,3 +176,11 @@ def one_hot(em: Any, op: Any, ins: list[str]) -> list[str]:
     idx = em.node("Unsqueeze", [ins[0], em.ints([-1])])
     classes = em.const(np.arange(k, dtype=op.operands[0].dtype.np))
     return em.node("Cast", em.node("Equal", [idx[0], classes]), to=onnx_elem_type(op.attrs["dtype"]))
+
+
+def missing_exports() -> list[str]:
+    """Ops with no ONNX mapping that are not exempt."""
+    from ..ir.registry import OPS, TABLES
+    t = TABLES["onnx_export"]
+    return sorted(n for n in OPS if n not in EXPORT and n not in t.exempt
+                  and not any(tr in OPS[n].traits for tr in t.exempt_traits))
