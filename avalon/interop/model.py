@@ -24,7 +24,7 @@ class _Scope:
         return f"<{', '.join(vars(self))}>"
 
 
-class Program:
+class ImportedProgram:
     """What runs: `run(model, args)` reads the state through `model` (so replaced or moved tensors are
     seen) and returns the outputs."""
 
@@ -60,7 +60,7 @@ def get_dotted(root: Any, name: str) -> Tensor:
 class ImportedModel:
     """A model imported from torch.export or ONNX: call it like the source module."""
 
-    def __init__(self, state: Sequence[tuple[str, Tensor]], program: Program, training: bool = False) -> None:
+    def __init__(self, state: Sequence[tuple[str, Tensor]], program: ImportedProgram, training: bool = False) -> None:
         for name, t in state:
             set_dotted(self, name, t)
         self._program = program

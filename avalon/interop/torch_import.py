@@ -17,7 +17,7 @@ from ..ir import dtypes as dt
 from ..tensor import Buffer, Tensor
 from ..trace import assign
 from .aten import ATEN
-from .model import ImportedModel, Program, UnsupportedOp, get_dotted, source_line
+from .model import ImportedModel, ImportedProgram, UnsupportedOp, get_dotted, source_line
 
 __all__ = ["ATEN", "from_torch"]
 
@@ -132,5 +132,5 @@ def from_torch(module: Any, *example_args: Any, kwargs: dict | None = None) -> I
         return torch.utils._pytree.tree_unflatten(outs, out_spec)
 
     mode = "train" if training else "eval"
-    return ImportedModel(state, Program(run, f"{type(module).__name__} from torch.export, {mode} mode"),
+    return ImportedModel(state, ImportedProgram(run, f"{type(module).__name__} from torch.export, {mode} mode"),
                          training)

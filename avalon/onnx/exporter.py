@@ -23,7 +23,7 @@ from .table import UnsupportedOp
 OPSET = 18
 
 
-class Emitter:
+class OnnxWriter:
     """Collects ONNX nodes and constants, naming values uniquely."""
 
     def __init__(self) -> None:
@@ -77,7 +77,7 @@ def _value_info(name: str, v: Any) -> Any:
 def graph_to_onnx(graph: Graph, state: dict[str, np.ndarray] | None = None) -> Any:
     """ONNX ModelProto of `graph`; inputs named in `state` become initializers holding its arrays."""
     state = state or {}
-    em = Emitter()
+    em = OnnxWriter()
     inputs, inits = [], []
     for i, v in enumerate(graph.inputs):
         name = v.name or f"arg{i}"

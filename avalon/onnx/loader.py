@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..interop.model import ImportedModel, Program, UnsupportedOp, get_dotted
+from ..interop.model import ImportedModel, ImportedProgram, UnsupportedOp, get_dotted
 from ..tensor import Tensor
 from ..trace import _STACK
 from . import ops_math, ops_nn, ops_shape  # noqa: F401  (fill ONNX_OPS)
@@ -174,7 +174,7 @@ def load(source: Any, check: bool = True) -> OnnxModel:
         return result[0] if len(result) == 1 else result
 
     name = model.graph.name or "graph"
-    m = OnnxModel(state, Program(run, f"ONNX {name!r}, opset {opset}, {len(nodes)} nodes"))
+    m = OnnxModel(state, ImportedProgram(run, f"ONNX {name!r}, opset {opset}, {len(nodes)} nodes"))
     m.input_specs = specs
     m.output_names = outputs
     if check and all(None not in s for _, s, _ in specs):
