@@ -8,6 +8,7 @@ from . import ir, nn, ops, optim, passes, random
 from .checkpoint import CheckpointError, load, save
 from .compiler import compile, grad, value_and_grad  # noqa: A004  (av.compile, like torch.compile)
 from .device import Device, best_available_device, device
+from .interop import from_torch
 from .ir import Interpreter, interpret
 from .ir.dtypes import bfloat16, bool_, float16, float32, float64, int32, int64
 from .ops import (  # torch's tensor functions: `import avalon as av` ports `import torch` code

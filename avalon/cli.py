@@ -6,7 +6,8 @@
   avalon kernels FILE|- -o DIR [-p PIPELINE]
   avalon run FILE|- [-p PIPELINE] [--seed N]
   avalon ops [NAME ...] [--missing]
-  avalon export FILE|- --to mlir|linalg -o OUT|-
+  avalon import MODEL.onnx [--input NAME=SHAPE ...] [-p PIPELINE]   (prints Avalon IR)
+  avalon export FILE|- --to mlir|linalg|onnx -o OUT
   avalon demo [--batch N]
 
 Errors exit non-zero with one clear line on stderr, never a traceback (set AVALON_DEBUG=1 for one);
@@ -255,39 +256,75 @@ def describe_missing() -> tuple[str, bool]:
 
 
 def cmd_ops(args) -> None:
+    importlib.import_module("avalon.onnx.export_rules")  # list the ONNX export table with the others
     for p in getattr(args, "plugin", None) or []:
         load_plugin(p)
     if args.missing:
         text, complete = describe_missing()
         sys.stdout.write(text)
+        from .onnx.export_rules import missing_exports
+        no_onnx = missing_exports()
+        if no_onnx and complete:  # optional: noted after the required tables' report, never an error
+            sys.stdout.write(f"no ONNX export mapping (optional): {', '.join(no_onnx)}\n")
         if not complete:
             raise CliError(f"{text.count(chr(10))} op(s) lack a required rule")
         return
     sys.stdout.write(describe_ops(args.names))
 
 
-def _export_mlir(graph, dialect: str) -> str:
-    from .mlir import to_mlir
-    return to_mlir(graph, dialect)
+def cmd_import(args) -> None:
+    """`avalon import model.onnx`: the ONNX model traced into Avalon IR (weights become arguments)."""
+    from .onnx import load
+    from .trace import trace
+    shapes = {}
+    for spec in args.input or []:
+        name, _, shape = spec.partition("=")
+        if not shape:
+            raise CliError(f"--input {spec}: expected NAME=SHAPE, e.g. x=1x3x224x224")
+        shapes[name] = parse_input_spec(shape)[0]
+    if not os.path.exists(args.file):
+        raise CliError(f"cannot read {args.file}: No such file or directory")
+    model = load(args.file)
+    from .tensor import Tensor
+    g = trace(model, *[Tensor(a) for a in model.example_inputs(shapes=shapes)])
+    if args.pipeline:
+        from .passes import PassManager
+        PassManager.parse(args.pipeline).run(g)
+    sys.stdout.write(str(g) + "\n")
 
 
-EXPORTERS = {
-    "mlir": lambda g: _export_mlir(g, "avalon"),  # MLIR generic form, Avalon's ops as the avalon dialect
-    "linalg": lambda g: _export_mlir(g, "linalg"),  # upstream dialects only: mlir-opt / iree-compile read it
-}
-"""`avalon export --to NAME`: graph -> file text."""
-
-
-def cmd_export(args) -> None:
-    text = EXPORTERS[args.to](_parse_ir(args.file))
-    if args.output == "-":
+def _write_text(text: str, output: str) -> None:
+    if output == "-":
         sys.stdout.write(text)
         return
     try:
-        with open(args.output, "w", encoding="utf-8") as f:
+        with open(output, "w", encoding="utf-8") as f:
             f.write(text)
     except OSError as e:
-        raise CliError(f"cannot write {args.output}: {e.strerror}") from None
+        raise CliError(f"cannot write {output}: {e.strerror}") from None
+
+
+def _export_mlir(args, dialect: str) -> None:
+    from .mlir import to_mlir
+    _write_text(to_mlir(_parse_ir(args.file), dialect), args.output)
+
+
+def _export_onnx(args) -> None:
+    """IR text as ONNX; every function argument a graph input (IR text holds no weights)."""
+    from .onnx import export
+    export(_parse_ir(args.file), args.output)
+
+
+EXPORTERS = {
+    "mlir": lambda args: _export_mlir(args, "avalon"),  # MLIR generic form, Avalon's ops as the avalon dialect
+    "linalg": lambda args: _export_mlir(args, "linalg"),  # upstream dialects only: mlir-opt / iree-compile read it
+    "onnx": _export_onnx,  # onnx.checker accepts it, onnxruntime runs it
+}
+"""`avalon export --to NAME` -> writer of args.file to args.output."""
+
+
+def cmd_export(args) -> None:
+    EXPORTERS[args.to](args)
 
 
 def cmd_demo(args) -> None:
@@ -340,10 +377,17 @@ def build_parser() -> argparse.ArgumentParser:
     ops_p.add_argument("--plugin", action="append", metavar="FILE.py", help="a Python file that defines ops")
     ops_p.set_defaults(fn=cmd_ops)
 
-    x = sub.add_parser("export", help="write a graph as MLIR (the avalon dialect) or as upstream linalg MLIR")
+    im = sub.add_parser("import", help="print an ONNX model as Avalon IR")
+    im.add_argument("file", help="MODEL.onnx")
+    im.add_argument("--input", action="append", metavar="NAME=SHAPE", help="example shape of a dynamic input")
+    im.add_argument("-p", "--pipeline", default=None)
+    im.set_defaults(fn=cmd_import)
+
+    x = sub.add_parser("export", help="write a graph as MLIR (the avalon dialect), upstream linalg MLIR, or ONNX")
     x.add_argument("file", help="IR file, or - for stdin")
-    x.add_argument("--to", required=True, choices=sorted(EXPORTERS), help="mlir: avalon dialect; linalg: upstream")
-    x.add_argument("-o", "--output", required=True, help="output file, or - for stdout")
+    x.add_argument("--to", required=True, choices=sorted(EXPORTERS),
+                   help="mlir: avalon dialect; linalg: upstream dialects; onnx: an ONNX model")
+    x.add_argument("-o", "--output", required=True, help="output file (- for stdout, MLIR only)")
     x.set_defaults(fn=cmd_export)
 
     d = sub.add_parser("demo", help="trace the README's LeNet, optimize it, run it on the reference, "

@@ -1,0 +1,541 @@
+"""Core ATen ops as Avalon ops: one rule per ATen overload, keyed by its name (`aten.add.Tensor`).
+
+A rule takes the node's arguments with graph values already replaced by Avalon tensors (and
+`torch.dtype`s by Avalon dtypes) and returns what the ATen op returns (a tuple for multi-output ops).
+The table is keyed by foreign op names, so it is a plain dict, not a registry table of Avalon ops.
+"""
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable
+from typing import Any
+
+from .. import ops
+from ..ir import dtypes as dt
+from ..nn import functional as F
+from ..random import next_seed
+from ..tensor import Tensor
+from .model import UnsupportedOp
+from .nnops import conv, pairs, pool
+
+AtenRule = Callable[..., Any]
+ATEN: dict[str, AtenRule] = {}
+"""ATen overload name -> rule."""
+
+_IGNORED = ("device", "layout", "pin_memory", "memory_format", "non_blocking", "requires_grad")
+
+
+def rule(*names: str) -> Callable[[AtenRule], AtenRule]:
+    def deco(fn: AtenRule) -> AtenRule:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            return fn(*args, **{k: v for k, v in kwargs.items() if k not in _IGNORED})
+        wrapped.__name__ = wrapped.__qualname__ = fn.__name__
+        wrapped.__doc__ = fn.__doc__
+        for n in names:
+            ATEN[n] = wrapped
+        return fn
+    return deco
+
+
+def _t(x: Any) -> Tensor:
+    return x if isinstance(x, Tensor) else ops.full((), x)
+
+
+# -- elementwise -------------------------------------------------------------------------------
+
+@rule("aten.add.Tensor", "aten.add.Scalar")
+def add(a: Any, b: Any, alpha: Any = 1) -> Tensor:
+    return ops.add(a, b if alpha == 1 else ops.mul(b, alpha))
+
+
+@rule("aten.sub.Tensor", "aten.sub.Scalar")
+def sub(a: Any, b: Any, alpha: Any = 1) -> Tensor:
+    return ops.sub(a, b if alpha == 1 else ops.mul(b, alpha))
+
+
+@rule("aten.rsub.Scalar", "aten.rsub.Tensor")
+def rsub(a: Any, b: Any, alpha: Any = 1) -> Tensor:
+    return ops.sub(b, a if alpha == 1 else ops.mul(a, alpha))
+
+
+for _n, _f in (("mul", ops.mul), ("maximum", ops.maximum), ("minimum", ops.minimum), ("eq", ops.eq),
+               ("ne", ops.ne), ("lt", ops.lt), ("le", ops.le), ("gt", ops.gt), ("ge", ops.ge),
+               ("logical_and", ops.logical_and), ("logical_or", ops.logical_or)):
+    rule(f"aten.{_n}.Tensor", f"aten.{_n}.Scalar", f"aten.{_n}.default")(_f)
+
+
+@rule("aten.div.Tensor", "aten.div.Scalar")
+def div(a: Any, b: Any) -> Tensor:
+    return ops.div(a, b)
+
+
+@rule("aten.div.Tensor_mode", "aten.div.Scalar_mode")
+def div_mode(a: Any, b: Any, rounding_mode: str | None = None) -> Tensor:
+    q = ops.div(a, b)
+    if rounding_mode is None:
+        return q
+    out = ops.floor(q) if rounding_mode == "floor" else ops.mul(ops.sign(q), ops.floor(ops.abs(q)))
+    d = ops.result_dtype(_t(a), _t(b))
+    return out if d.is_float else ops.cast(out, d)
+
+
+@rule("aten.pow.Tensor_Scalar", "aten.pow.Tensor_Tensor", "aten.pow.Scalar")
+def pow_(a: Any, b: Any) -> Tensor:
+    return ops.pow(a, b)
+
+
+for _n in ("neg", "abs", "exp", "log", "sqrt", "rsqrt", "sigmoid", "tanh", "erf", "sin", "cos", "relu", "sign",
+           "reciprocal", "logical_not", "floor"):
+    rule(f"aten.{_n}.default")(getattr(ops, _n))
+
+
+@rule("aten.bitwise_not.default")
+def bitwise_not(x: Tensor) -> Tensor:
+    if x.dtype is not dt.bool_:
+        raise UnsupportedOp("aten.bitwise_not on integers is not supported")
+    return ops.logical_not(x)
+
+
+@rule("aten.clamp.default", "aten.clamp.Tensor")
+def clamp(x: Tensor, min: Any = None, max: Any = None) -> Tensor:  # noqa: A002
+    return ops.clamp(x, min, max)
+
+
+@rule("aten.clamp_min.default", "aten.clamp_min.Tensor")
+def clamp_min(x: Tensor, min: Any) -> Tensor:  # noqa: A002
+    return ops.maximum(x, min)
+
+
+@rule("aten.clamp_max.default", "aten.clamp_max.Tensor")
+def clamp_max(x: Tensor, max: Any) -> Tensor:  # noqa: A002
+    return ops.minimum(x, max)
+
+
+@rule("aten.hardtanh.default")
+def hardtanh(x: Tensor, min_val: float = -1.0, max_val: float = 1.0) -> Tensor:
+    return ops.clamp(x, min_val, max_val)
+
+
+@rule("aten.gelu.default")
+def gelu(x: Tensor, approximate: str = "none") -> Tensor:
+    return F.gelu(x, approximate)
+
+
+@rule("aten.leaky_relu.default")
+def leaky_relu(x: Tensor, negative_slope: float = 0.01) -> Tensor:
+    return ops.where(ops.gt(x, 0), x, ops.mul(x, negative_slope))
+
+
+@rule("aten.where.self", "aten.where.ScalarSelf", "aten.where.ScalarOther", "aten.where.Scalar")
+def where(c: Any, a: Any, b: Any) -> Tensor:
+    return ops.where(c, a, b)
+
+
+@rule("aten._to_copy.default", "aten.clone.default", "aten.alias.default", "aten.lift_fresh_copy.default",
+      "aten.detach.default", "aten.contiguous.default")
+def to_copy(x: Tensor, dtype: Any = None, **_: Any) -> Tensor:
+    return ops.cast(x, dtype) if dtype is not None else x
+
+
+# -- reductions -------------------------------------------------------------------------------
+
+@rule("aten.sum.dim_IntList", "aten.sum.default")
+def sum_(x: Tensor, dim: Any = None, keepdim: bool = False, dtype: Any = None) -> Tensor:
+    return ops.sum(x, dim if dim else None, keepdim, dtype)
+
+
+@rule("aten.mean.dim", "aten.mean.default")
+def mean(x: Tensor, dim: Any = None, keepdim: bool = False, dtype: Any = None) -> Tensor:
+    return ops.mean(x, dim if dim else None, keepdim, dtype=dtype)
+
+
+@rule("aten.amax.default")
+def amax(x: Tensor, dim: Any = (), keepdim: bool = False) -> Tensor:
+    return ops.amax(x, list(dim) or None, keepdim)
+
+
+@rule("aten.amin.default")
+def amin(x: Tensor, dim: Any = (), keepdim: bool = False) -> Tensor:
+    return ops.amin(x, list(dim) or None, keepdim)
+
+
+@rule("aten.max.dim")
+def max_dim(x: Tensor, dim: int, keepdim: bool = False) -> tuple:
+    return tuple(ops.max(x, dim, keepdim))
+
+
+@rule("aten.min.dim")
+def min_dim(x: Tensor, dim: int, keepdim: bool = False) -> tuple:
+    return tuple(ops.min(x, dim, keepdim))
+
+
+@rule("aten.argmax.default")
+def argmax(x: Tensor, dim: int | None = None, keepdim: bool = False) -> Tensor:
+    return ops.argmax(x, dim, keepdim)
+
+
+@rule("aten.argmin.default")
+def argmin(x: Tensor, dim: int | None = None, keepdim: bool = False) -> Tensor:
+    return ops.argmin(x, dim, keepdim)
+
+
+@rule("aten.var.correction", "aten.var.dim")
+def var(x: Tensor, dim: Any = None, correction: Any = None, keepdim: bool = False, unbiased: Any = None) -> Tensor:
+    c = 1 if correction is None and unbiased is not False else (correction or 0)
+    return ops.var(x, list(dim) if dim else None, keepdim, correction=int(c))
+
+
+@rule("aten.var_mean.correction")
+def var_mean(x: Tensor, dim: Any = None, correction: Any = None, keepdim: bool = False) -> tuple:
+    return var(x, dim, correction, keepdim), ops.mean(x, list(dim) if dim else None, keepdim)
+
+
+@rule("aten.any.dim", "aten.any.dims", "aten.any.default")
+def any_(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:
+    return ops.gt(ops.sum(ops.cast(x, dt.int64), dim if dim != [] else None, keepdim), 0)
+
+
+@rule("aten.all.dim", "aten.all.dims", "aten.all.default")
+def all_(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:
+    return ops.logical_not(any_(ops.logical_not(ops.ne(x, 0) if x.dtype is not dt.bool_ else x), dim, keepdim))
+
+
+@rule("aten._softmax.default")
+def softmax(x: Tensor, dim: int, half_to_float: bool = False) -> Tensor:
+    return F.softmax(x, dim)
+
+
+@rule("aten._log_softmax.default")
+def log_softmax(x: Tensor, dim: int, half_to_float: bool = False) -> Tensor:
+    return F.log_softmax(x, dim)
+
+
+@rule("aten.cumsum.default")
+def cumsum(x: Tensor, dim: int, dtype: Any = None) -> Tensor:
+    return ops.cumsum(ops.cast(x, dtype) if dtype is not None else x, dim)
+
+
+# -- shapes -----------------------------------------------------------------------------------
+
+@rule("aten.view.default", "aten._unsafe_view.default", "aten.reshape.default")
+def view(x: Tensor, shape: Any) -> Tensor:
+    return ops.reshape(x, list(shape))
+
+
+@rule("aten.permute.default")
+def permute(x: Tensor, dims: Any) -> Tensor:
+    return ops.permute(x, list(dims))
+
+
+@rule("aten.t.default")
+def t(x: Tensor) -> Tensor:
+    return ops.t(x)
+
+
+@rule("aten.transpose.int")
+def transpose(x: Tensor, a: int, b: int) -> Tensor:
+    return ops.transpose(x, a, b)
+
+
+@rule("aten.expand.default")
+def expand(x: Tensor, size: Any, implicit: bool = False) -> Tensor:
+    size = list(size)
+    lead = len(size) - x.ndim
+    shape = [x.shape[i - lead] if s == -1 else s for i, s in enumerate(size)]
+    return ops.broadcast_to(x, shape)
+
+
+@rule("aten.unsqueeze.default")
+def unsqueeze(x: Tensor, dim: int) -> Tensor:
+    return ops.unsqueeze(x, dim)
+
+
+@rule("aten.squeeze.dim", "aten.squeeze.dims", "aten.squeeze.default")
+def squeeze(x: Tensor, dim: Any = None) -> Tensor:
+    return ops.squeeze(x, dim)
+
+
+@rule("aten.cat.default")
+def cat(xs: list, dim: int = 0) -> Tensor:
+    xs = [x for x in xs if not (x.ndim == 1 and x.shape[0] == 0)] or xs[:1]  # torch skips empty 1-d tensors
+    return ops.cat(xs, dim)
+
+
+@rule("aten.slice.Tensor")
+def slice_(x: Tensor, dim: int = 0, start: Any = None, end: Any = None, step: int = 1) -> Tensor:
+    dim %= x.ndim
+    n = x.shape[dim]
+    s, e, _ = slice(start, end, step).indices(n)
+    e = max(e, s)
+    lo, hi = [0] * x.ndim, list(x.shape)
+    lo[dim], hi[dim] = s, e
+    st = [1] * x.ndim
+    st[dim] = step
+    return ops.slice_(x, lo, hi, st)
+
+
+@rule("aten.select.int")
+def select(x: Tensor, dim: int, index: int) -> Tensor:
+    dim %= x.ndim
+    index %= x.shape[dim]
+    return ops.squeeze(slice_(x, dim, index, index + 1), dim)
+
+
+@rule("aten.split_with_sizes.default", "aten.split.Tensor", "aten.split_with_sizes_copy.default",
+      "aten.split.sizes")
+def split(x: Tensor, sizes: Any, dim: int = 0) -> tuple:
+    return tuple(ops.split(x, sizes if isinstance(sizes, int) else list(sizes), dim))
+
+
+@rule("aten.unbind.int")
+def unbind(x: Tensor, dim: int = 0) -> tuple:
+    return tuple(select(x, dim, i) for i in range(x.shape[dim % x.ndim]))
+
+
+@rule("aten.constant_pad_nd.default")
+def constant_pad(x: Tensor, pad: Any, value: float = 0.0) -> Tensor:
+    pad = list(pad)
+    widths = [(0, 0)] * x.ndim
+    for i in range(len(pad) // 2):
+        widths[x.ndim - 1 - i] = (pad[2 * i], pad[2 * i + 1])
+    if any(a < 0 or b < 0 for a, b in widths):
+        lo = [max(-a, 0) for a, _ in widths]
+        hi = [s - max(-b, 0) for s, (_, b) in zip(x.shape, widths)]
+        x = ops.slice_(x, lo, hi)
+        widths = [(max(a, 0), max(b, 0)) for a, b in widths]
+    return ops.pad(x, widths, value)
+
+
+@rule("aten.index_select.default")
+def index_select(x: Tensor, dim: int, index: Tensor) -> Tensor:
+    return ops.take(x, index, dim)
+
+
+@rule("aten.index.Tensor")
+def index(x: Tensor, indices: list) -> Tensor:
+    used = [i for i, ix in enumerate(indices) if ix is not None]
+    if len(used) != 1 or (indices[used[0]] is not None and indices[used[0]].dtype is dt.bool_):
+        raise UnsupportedOp("aten.index.Tensor with more than one (or a boolean) index tensor is not supported")
+    return ops.take(x, indices[used[0]], used[0])
+
+
+@rule("aten.embedding.default")
+def embedding(weight: Tensor, indices: Tensor, padding_idx: int = -1, scale_grad: bool = False,
+              sparse: bool = False) -> Tensor:
+    return F.embedding(indices, weight, None if padding_idx == -1 else padding_idx)
+
+
+# -- creation ---------------------------------------------------------------------------------
+
+def _dtype(d: Any, default: Any) -> Any:
+    return d if d is not None else default
+
+
+@rule("aten.full.default")
+def full(size: Any, value: Any, dtype: Any = None) -> Tensor:
+    return ops.full(list(size), value, dtype)
+
+
+@rule("aten.full_like.default")
+def full_like(x: Tensor, value: Any, dtype: Any = None) -> Tensor:
+    return ops.full(list(x.shape), value, _dtype(dtype, x.dtype))
+
+
+@rule("aten.zeros_like.default", "aten.empty_like.default")
+def zeros_like(x: Tensor, dtype: Any = None) -> Tensor:
+    return ops.full(list(x.shape), 0, _dtype(dtype, x.dtype))
+
+
+@rule("aten.ones_like.default")
+def ones_like(x: Tensor, dtype: Any = None) -> Tensor:
+    return ops.full(list(x.shape), 1, _dtype(dtype, x.dtype))
+
+
+@rule("aten.zeros.default", "aten.empty.memory_format", "aten.new_zeros.default", "aten.new_empty.default",
+      "aten.empty_permuted.default")
+def zeros(*args: Any, dtype: Any = None) -> Tensor:
+    size = args[-1] if not isinstance(args[-1], Tensor) else args[0].shape
+    if len(args) == 2 and isinstance(args[0], Tensor) and not isinstance(args[1], (list, tuple)):
+        size = args[0].shape
+    elif len(args) == 2 and isinstance(args[0], Tensor):
+        dtype = _dtype(dtype, args[0].dtype)
+    if len(args) == 2 and isinstance(args[0], (list, tuple)):  # empty_permuted(size, physical_layout)
+        size = args[0]
+    return ops.full(list(size), 0, _dtype(dtype, dt.float32))
+
+
+@rule("aten.ones.default", "aten.new_ones.default")
+def ones(*args: Any, dtype: Any = None) -> Tensor:
+    size = args[-1]
+    if isinstance(args[0], Tensor):
+        dtype = _dtype(dtype, args[0].dtype)
+    return ops.full(list(size), 1, _dtype(dtype, dt.float32))
+
+
+@rule("aten.scalar_tensor.default")
+def scalar_tensor(v: Any, dtype: Any = None) -> Tensor:
+    return ops.full((), v, _dtype(dtype, dt.float32))
+
+
+@rule("aten.arange.start_step", "aten.arange.default", "aten.arange.start")
+def arange(*args: Any, dtype: Any = None) -> Tensor:
+    return ops.arange(*args, dtype=dtype)
+
+
+# -- contractions, convolution, pooling -------------------------------------------------------
+
+@rule("aten.addmm.default")
+def addmm(bias: Tensor, a: Tensor, b: Tensor, beta: Any = 1, alpha: Any = 1) -> Tensor:
+    ab = ops.matmul(a, b)
+    ab = ab if alpha == 1 else ops.mul(ab, alpha)
+    return ops.add(ab, bias if beta == 1 else ops.mul(bias, beta))
+
+
+@rule("aten.mm.default", "aten.bmm.default", "aten.matmul.default")
+def mm(a: Tensor, b: Tensor) -> Tensor:
+    return ops.matmul(a, b)
+
+
+@rule("aten.baddbmm.default")
+def baddbmm(c: Tensor, a: Tensor, b: Tensor, beta: Any = 1, alpha: Any = 1) -> Tensor:
+    return addmm(c, a, b, beta, alpha)
+
+
+@rule("aten.convolution.default")
+def convolution(x: Tensor, w: Tensor, b: Tensor | None, stride: Any, padding: Any, dilation: Any,
+                transposed: bool, output_padding: Any, groups: int) -> Tensor:
+    n = x.ndim - 2
+    p = pairs(padding, n)
+    return conv(x, w, b, pairs(stride, n), p, p, pairs(dilation, n), groups, transposed,
+                pairs(output_padding, n))
+
+
+@rule("aten.max_pool2d_with_indices.default", "aten.max_pool1d_with_indices.default")
+def max_pool_indices(x: Tensor, kernel: Any, stride: Any = (), padding: Any = 0, dilation: Any = 1,
+                     ceil_mode: bool = False) -> tuple:
+    n = x.ndim - 2
+    k = pairs(kernel, n)
+    s = pairs(stride, n) if stride else k
+    p = pairs(padding, n)
+    return pool("max", x, k, s, p, p, ceil_mode, dilation=pairs(dilation, n)), None
+
+
+@rule("aten.max_pool2d.default")
+def max_pool(x: Tensor, kernel: Any, stride: Any = (), padding: Any = 0, dilation: Any = 1,
+             ceil_mode: bool = False) -> Tensor:
+    return max_pool_indices(x, kernel, stride, padding, dilation, ceil_mode)[0]
+
+
+@rule("aten.avg_pool2d.default", "aten.avg_pool1d.default")
+def avg_pool(x: Tensor, kernel: Any, stride: Any = (), padding: Any = 0, ceil_mode: bool = False,
+             count_include_pad: bool = True, divisor_override: Any = None) -> Tensor:
+    if divisor_override is not None:
+        raise UnsupportedOp("avg_pool2d: divisor_override is not supported")
+    n = x.ndim - 2
+    k = pairs(kernel, n)
+    s = pairs(stride, n) if stride else k
+    p = pairs(padding, n)
+    return pool("avg", x, k, s, p, p, ceil_mode, count_include_pad)
+
+
+@rule("aten._adaptive_avg_pool2d.default", "aten.adaptive_avg_pool2d.default")
+def adaptive_avg_pool(x: Tensor, size: Any) -> Tensor:
+    return F.adaptive_avg_pool2d(x, list(size))
+
+
+# -- normalization and randomness -------------------------------------------------------------
+
+def _bshape(x: Tensor) -> tuple[int, ...]:
+    return (1, x.shape[1]) + (1,) * (x.ndim - 2)
+
+
+def _affine(y: Tensor, w: Tensor | None, b: Tensor | None, shape: tuple[int, ...]) -> Tensor:
+    if w is not None:
+        y = ops.mul(y, ops.reshape(w, shape))
+    if b is not None:
+        y = ops.add(y, ops.reshape(b, shape))
+    return y
+
+
+@rule("aten._native_batch_norm_legit_no_training.default")
+def batch_norm_eval(x: Tensor, w: Tensor | None, b: Tensor | None, rm: Tensor, rv: Tensor, momentum: float,
+                    eps: float) -> tuple:
+    return F.batch_norm(x, rm, rv, w, b, False, momentum, eps), None, None
+
+
+@rule("aten._native_batch_norm_legit_functional.default", "aten._native_batch_norm_legit.default",
+      "aten._native_batch_norm_legit.no_stats", "aten.native_batch_norm.default")
+def batch_norm(x: Tensor, w: Tensor | None, b: Tensor | None, rm: Tensor | None, rv: Tensor | None,
+               training: bool = True, momentum: float = 0.1, eps: float = 1e-5) -> tuple:
+    """Returns (out, mean, rstd, new running mean, new running var): torch.export turns the running
+    statistics' in-place update into outputs, which the importer assigns back."""
+    if not training:
+        return batch_norm_eval(x, w, b, rm, rv, momentum, eps) + (rm, rv)
+    c = x.shape[1]
+    axes = [0] + list(range(2, x.ndim))
+    n = x.numel() // c
+    mean = ops.mean(x, axes, keepdims=True)
+    centered = ops.sub(x, mean)
+    var = ops.mean(ops.mul(centered, centered), axes, keepdims=True)
+    rstd = ops.rsqrt(ops.add(var, eps))
+    y = _affine(ops.mul(centered, rstd), w, b, _bshape(x))
+    new_rm = new_rv = None
+    if rm is not None:
+        new_rm = ops.add(ops.mul(rm, 1.0 - momentum), ops.mul(ops.reshape(mean, (c,)), momentum))
+    if rv is not None:
+        unbiased = ops.mul(ops.reshape(var, (c,)), n / max(n - 1, 1))
+        new_rv = ops.add(ops.mul(rv, 1.0 - momentum), ops.mul(unbiased, momentum))
+    return y, ops.reshape(mean, (c,)), ops.reshape(rstd, (c,)), new_rm, new_rv
+
+
+@rule("aten.native_layer_norm.default")
+def layer_norm(x: Tensor, shape: Any, w: Tensor | None, b: Tensor | None, eps: float) -> tuple:
+    axes = list(range(x.ndim - len(shape), x.ndim))
+    mean = ops.mean(x, axes, keepdims=True)
+    centered = ops.sub(x, mean)
+    rstd = ops.rsqrt(ops.add(ops.mean(ops.mul(centered, centered), axes, keepdims=True), eps))
+    y = ops.mul(centered, rstd)
+    if w is not None:
+        y = ops.mul(y, w)
+    if b is not None:
+        y = ops.add(y, b)
+    return y, mean, rstd
+
+
+@rule("aten.native_group_norm.default")
+def group_norm(x: Tensor, w: Tensor | None, b: Tensor | None, n: int, c: int, hw: int, groups: int,
+               eps: float) -> tuple:
+    return F.group_norm(x, groups, w, b, eps), None, None
+
+
+@rule("aten.native_dropout.default")
+def native_dropout(x: Tensor, p: float, train: bool | None) -> tuple:
+    if not train or p == 0.0:
+        return x, ops.full(list(x.shape), True, dt.bool_)
+    keep = ops.ge(ops.random(next_seed(), x.shape, "uniform"), p)
+    return ops.where(keep, ops.mul(x, 1.0 / (1.0 - p)), 0.0), keep
+
+
+@rule("aten.bernoulli.p", "aten.bernoulli.default")
+def bernoulli(x: Tensor, p: Any = None, generator: Any = None) -> Tensor:
+    prob = x if p is None else p
+    u = ops.random(next_seed(), x.shape, "uniform")
+    return ops.cast(ops.lt(u, prob), x.dtype)
+
+
+@rule("aten.rand_like.default")
+def rand_like(x: Tensor, dtype: Any = None) -> Tensor:
+    return ops.random(next_seed(), x.shape, "uniform", _dtype(dtype, x.dtype))
+
+
+@rule("aten.randn_like.default")
+def randn_like(x: Tensor, dtype: Any = None) -> Tensor:
+    return ops.random(next_seed(), x.shape, "normal", _dtype(dtype, x.dtype))
+
+
+# -- python-level nodes -----------------------------------------------------------------------
+
+ATEN["<built-in function getitem>"] = operator.getitem
+ATEN["aten.sym_size.int"] = lambda x, d: x.shape[d]
+ATEN["aten.sym_numel.default"] = lambda x: math.prod(x.shape)

@@ -1,0 +1,28 @@
+"""ONNX element types <-> Avalon dtypes (Avalon has i1, i32, i64, f16, bf16, f32, f64)."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..interop.model import UnsupportedOp
+from ..ir import dtypes as dt
+
+# onnx.TensorProto: FLOAT=1, INT32=6, INT64=7, BOOL=9, FLOAT16=10, DOUBLE=11. BFLOAT16 is left out: onnx
+# hands it over as an ml_dtypes array, which Avalon's numpy reference does not take.
+TO_AVALON = {1: dt.float32, 6: dt.int32, 7: dt.int64, 9: dt.bool_, 10: dt.float16, 11: dt.float64}
+TO_ONNX = {d.name: k for k, d in TO_AVALON.items()}
+
+
+def avalon_dtype(elem_type: int, where: Any = "") -> Any:
+    if elem_type not in TO_AVALON:
+        import onnx
+        name = onnx.TensorProto.DataType.Name(elem_type) if elem_type in onnx.TensorProto.DataType.values() \
+            else str(elem_type)
+        msg = f"element type {name} has no Avalon dtype"
+        if hasattr(where, "unsupported"):
+            raise where.unsupported(msg)
+        raise UnsupportedOp(f"{where}: {msg}" if where else msg)
+    return TO_AVALON[elem_type]
+
+
+def onnx_elem_type(d: Any) -> int:
+    return TO_ONNX[d.name]

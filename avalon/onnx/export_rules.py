@@ -1,0 +1,198 @@
+"""How each Avalon primitive is written as ONNX: the `onnx_export` rule table (registered with the
+op registry, so `avalon ops --missing` names an op that lacks a mapping).
+
+The table is optional in the registry's sense (a user's new op still compiles and trains without an
+ONNX mapping, and the core tables' completeness checks stay about the core); `avalon ops --missing`
+lists the ops it lacks all the same, and tests/test_onnx_io.py holds the built-in ops to it.
+
+A rule is `fn(em, op, inputs) -> [output names]`: `em` appends ONNX nodes and constants, `inputs` are
+the ONNX names of the op's operands. Gradient-only and random ops are exempt: ONNX has no
+counterpart that reproduces them (Avalon's counter-based random bits), so exporting them is an error.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..ir.reference import evaluate
+from ..ir.registry import register_table
+from .dtypes import onnx_elem_type
+
+ExportRule = Callable[[Any, Any, list[str]], list[str]]
+EXPORT: dict[str, ExportRule] = register_table(
+    "onnx_export", {}, exempt={"conv2d_grad_weight", "max_pool2d_grad", "avg_pool2d_grad", "random"},
+    exempt_traits=("region",), required=False)
+
+
+def export_rule(*names: str) -> Callable[[ExportRule], ExportRule]:
+    def deco(fn: ExportRule) -> ExportRule:
+        for n in names:
+            EXPORT[n] = fn
+        return fn
+    return deco
+
+
+_SIMPLE = {"exp": "Exp", "log": "Log", "tanh": "Tanh", "sigmoid": "Sigmoid", "sqrt": "Sqrt", "erf": "Erf",
+           "neg": "Neg", "abs": "Abs", "relu": "Relu", "sign": "Sign", "sin": "Sin", "cos": "Cos",
+           "add": "Add", "mul": "Mul", "sub": "Sub", "div": "Div", "pow": "Pow", "maximum": "Max",
+           "minimum": "Min", "eq": "Equal", "lt": "Less", "le": "LessOrEqual", "gt": "Greater",
+           "ge": "GreaterOrEqual", "logical_and": "And", "logical_or": "Or", "logical_not": "Not",
+           "stop_gradient": "Identity", "where": "Where", "matmul": "MatMul"}
+for _name, _onnx in _SIMPLE.items():
+    export_rule(_name)(lambda em, op, ins, _onnx=_onnx: em.node(_onnx, ins))
+
+
+def _bool_arith(onnx_type: str) -> ExportRule:
+    """ONNX arithmetic does not take booleans; Avalon's bool_as_int ops compute them as integers."""
+    def rule(em: Any, op: Any, ins: list[str]) -> list[str]:
+        if op.results[0].dtype.name != "i1":
+            return em.node(onnx_type, ins)
+        ints = [em.node("Cast", [i], to=6)[0] for i in ins]
+        return em.node("Cast", em.node(onnx_type, ints), to=9)
+    return rule
+
+
+for _name in ("add", "mul", "sub", "maximum", "minimum", "neg", "abs", "relu", "sign"):
+    EXPORT[_name] = _bool_arith(_SIMPLE[_name])
+
+
+@export_rule("rsqrt")
+def rsqrt(em: Any, op: Any, ins: list[str]) -> list[str]:
+    return em.node("Reciprocal", em.node("Sqrt", ins))
+
+
+@export_rule("ne")
+def ne(em: Any, op: Any, ins: list[str]) -> list[str]:
+    return em.node("Not", em.node("Equal", ins))
+
+
+@export_rule("cast")
+def cast(em: Any, op: Any, ins: list[str]) -> list[str]:
+    return em.node("Cast", ins, to=onnx_elem_type(op.attrs["dtype"]))
+
+
+@export_rule("constant", "iota")
+def constant(em: Any, op: Any, ins: list[str]) -> list[str]:
+    """Constants (and iota, a constant of its shape) are evaluated now and stored."""
+    t = op.results[0].type
+    return [em.const(evaluate(op.name, op.attrs, [], t))]
+
+
+@export_rule("broadcast")
+def broadcast(em: Any, op: Any, ins: list[str]) -> list[str]:
+    return em.node("Expand", [ins[0], em.ints(op.attrs["shape"])])
+
+
+@export_rule("sum", "max")
+def reduce(em: Any, op: Any, ins: list[str]) -> list[str]:
+    kind = "ReduceSum" if op.name == "sum" else "ReduceMax"
+    return em.node(kind, [ins[0], em.ints(op.attrs["axes"])], keepdims=int(op.attrs["keepdims"]))
+
+
+@export_rule("argmax")
+def argmax(em: Any, op: Any, ins: list[str]) -> list[str]:
+    return em.node("ArgMax", ins, axis=op.attrs["axis"], keepdims=int(op.attrs["keepdims"]))
+
+
+@export_rule("cumsum")
+def cumsum(em: Any, op: Any, ins: list[str]) -> list[str]:
+    return em.node("CumSum", [ins[0], em.ints(op.attrs["axis"], scalar=True)], reverse=int(op.attrs["reverse"]))
+
+
+@export_rule("reshape")
+def reshape(em: Any, op: Any, ins: list[str]) -> list[str]:
+    return em.node("Reshape", [ins[0], em.ints(op.attrs["shape"])])
+
+
+@export_rule("transpose")
+def transpose(em: Any, op: Any, ins: list[str]) -> list[str]:
+    return em.node("Transpose", ins, perm=list(op.attrs["perm"]))
+
+
+@export_rule("slice")
+def slice_(em: Any, op: Any, ins: list[str]) -> list[str]:
+    a = op.attrs
+    rank = len(a["start"])
+    step = a["step"] or [1] * rank
+    return em.node("Slice", [ins[0], em.ints(a["start"]), em.ints(a["limit"]), em.ints(list(range(rank))),
+                             em.ints(step)])
+
+
+@export_rule("concat")
+def concat(em: Any, op: Any, ins: list[str]) -> list[str]:
+    return em.node("Concat", ins, axis=op.attrs["axis"])
+
+
+@export_rule("pad")
+def pad(em: Any, op: Any, ins: list[str]) -> list[str]:
+    a = op.attrs
+    value = em.const(np.array(a["value"], dtype=op.operands[0].dtype.np))
+    return em.node("Pad", [ins[0], em.ints(list(a["low"]) + list(a["high"])), value])
+
+
+def _conv_attrs(a: dict) -> dict[str, Any]:
+    p = list(a["padding"])
+    return {"strides": list(a["stride"]), "pads": p + p, "dilations": list(a["dilation"]), "group": a["groups"]}
+
+
+@export_rule("conv2d")
+def conv2d(em: Any, op: Any, ins: list[str]) -> list[str]:
+    return em.node("Conv", ins, **_conv_attrs(op.attrs))
+
+
+@export_rule("conv2d_grad_input")
+def conv2d_grad_input(em: Any, op: Any, ins: list[str]) -> list[str]:
+    """The input gradient of a convolution is a transposed convolution with the same weight."""
+    a = op.attrs
+    dy, w = op.operands
+    out = []
+    for i in range(2):
+        k, s, d, p = w.shape[2 + i], a["stride"][i], a["dilation"][i], a["padding"][i]
+        out.append(a["input_shape"][2 + i] - (s * (dy.shape[2 + i] - 1) + (k - 1) * d + 1 - 2 * p))
+    return em.node("ConvTranspose", ins, output_padding=out, **_conv_attrs(a))
+
+
+@export_rule("max_pool2d", "avg_pool2d")
+def pool(em: Any, op: Any, ins: list[str]) -> list[str]:
+    a = op.attrs
+    p = list(a["padding"])
+    kw: dict[str, Any] = {"kernel_shape": list(a["kernel"]), "strides": list(a["stride"]), "pads": p + p}
+    if op.name == "avg_pool2d":
+        kw["count_include_pad"] = int(a["count_include_pad"])
+        return em.node("AveragePool", ins, **kw)
+    return em.node("MaxPool", ins, **kw)
+
+
+@export_rule("take")
+def take(em: Any, op: Any, ins: list[str]) -> list[str]:
+    return em.node("Gather", ins, axis=op.attrs["axis"])
+
+
+@export_rule("one_hot")
+def one_hot(em: Any, op: Any, ins: list[str]) -> list[str]:
+    k = op.attrs["num_classes"]
+    idx = em.node("Unsqueeze", [ins[0], em.ints([-1])])
+    classes = em.const(np.arange(k, dtype=op.operands[0].dtype.np))
+    return em.node("Cast", em.node("Equal", [idx[0], classes]), to=onnx_elem_type(op.attrs["dtype"]))
+
+
+def missing_exports() -> list[str]:
+    """Ops with no ONNX mapping that are not exempt."""
+    from ..ir.registry import OPS, TABLES
+    t = TABLES["onnx_export"]
+    return sorted(n for n in OPS if n not in EXPORT and n not in t.exempt
+                  and not any(tr in OPS[n].traits for tr in t.exempt_traits))
+
+
+@export_rule("all_reduce")
+def _all_reduce(em: Any, op: Any, ins: list[str]) -> list[str]:
+    """An ONNX model runs in one process, where the collective is the identity; over a group of
+    several processes there is no ONNX op for it, so that is refused rather than dropped."""
+    from avalon.ir.reference.collective import collective
+    hook = collective()
+    if hook is not None and hook.world_size(op.attrs["group"]) > 1:
+        raise NotImplementedError(f"all_reduce over {hook.world_size(op.attrs['group'])} processes has no ONNX form "
+                                  "(a model runs in one process); export the single-process step")
+    return em.node("Identity", ins)

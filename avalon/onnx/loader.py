@@ -1,0 +1,194 @@
+"""`avalon.onnx.load`: an ONNX model as an Avalon model.
+
+Floating-point initializers become parameters (named as in the file); other initializers, Constant
+nodes, Shape and anything computed from those alone are folded to numpy constants when the node
+runs, so shape arithmetic never reaches the IR. Every node's op must be in `ONNX_OPS`; the check and
+a trial trace (which reaches attribute-level limits) happen in `load`, before anything runs.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from ..interop.model import ImportedModel, ImportedProgram, UnsupportedOp, get_dotted
+from ..tensor import Tensor
+from ..trace import _STACK
+from . import ops_math, ops_nn, ops_shape  # noqa: F401  (fill ONNX_OPS)
+from .dtypes import avalon_dtype
+from .table import ONNX_OPS, NeedsConstant, Node
+
+MIN_OPSET = 13
+
+
+class OnnxModel(ImportedModel):
+    """An imported ONNX graph; `input_specs` lists (name, shape or None per dim, dtype) per graph input."""
+
+    def example_inputs(self, seed: int = 0, shapes: dict[str, tuple[int, ...]] | None = None) -> list[np.ndarray]:
+        """Random inputs of the declared shapes; a dynamic dimension needs an example shape in `shapes`."""
+        rng = np.random.default_rng(seed)
+        out = []
+        for name, shape, d in self.input_specs:
+            if shapes and name in shapes:
+                shape = tuple(shapes[name])
+            elif any(s is None for s in shape):
+                dims = ["?" if s is None else s for s in shape]
+                raise ValueError(f"ONNX input {name!r} has a dynamic dimension {dims}; give an example shape for it")
+            if d.is_float:
+                out.append(rng.standard_normal(shape).astype(d.np))
+            elif d.name == "i1":
+                out.append(rng.random(shape) < 0.5)
+            else:
+                out.append(rng.integers(0, 3, size=shape).astype(d.np))
+        return out
+
+
+@contextlib.contextmanager
+def outside_trace() -> Iterator[None]:
+    """Run ops eagerly even inside a trace: folding constants must not record ops."""
+    saved = list(_STACK)
+    _STACK.clear()
+    try:
+        yield
+    finally:
+        _STACK.extend(saved)
+
+
+def _read(source: Any) -> Any:
+    import onnx
+    if isinstance(source, onnx.ModelProto):
+        return source
+    try:
+        model = onnx.load(str(source))
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        raise ValueError(f"{source}: not a readable ONNX model ({type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0] if str(e).strip() else 'truncated or malformed'})") from None
+    return model
+
+
+def _opset(model: Any) -> int:
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            return int(o.version)
+    return MIN_OPSET
+
+
+def _nodes(model: Any, opset: int) -> list[tuple[Node, list[str], list[str]]]:
+    import onnx
+    out = []
+    for i, n in enumerate(model.graph.node):
+        label = n.name or f"#{i} ({n.op_type} -> {', '.join(n.output)})"
+        if n.domain not in ("", "ai.onnx"):
+            raise UnsupportedOp(f"ONNX node {label!r}: op {n.op_type} of domain {n.domain!r} is not supported")
+        if n.op_type not in ONNX_OPS:
+            raise UnsupportedOp(f"ONNX node {label!r}: op {n.op_type} is not supported")
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        for k, v in attrs.items():
+            if isinstance(v, bytes):
+                attrs[k] = v.decode()
+            elif isinstance(v, list) and v and isinstance(v[0], bytes):
+                attrs[k] = [b.decode() for b in v]
+            elif isinstance(v, onnx.TensorProto):
+                attrs[k] = onnx.numpy_helper.to_array(v)
+            elif isinstance(v, (onnx.GraphProto, onnx.SparseTensorProto)) or (isinstance(v, list) and v and
+                                                                            isinstance(v[0], onnx.GraphProto)):
+                raise UnsupportedOp(f"ONNX node {label!r} ({n.op_type}): attribute {k!r} of this kind is not supported")
+        outs = [o for o in n.output]
+        out.append((Node(n.op_type, label, attrs, len(outs), opset), list(n.input), outs))
+    return out
+
+
+def _input_specs(model: Any, init_names: set[str]) -> list[tuple[str, tuple, Any]]:
+    specs = []
+    for vi in model.graph.input:
+        if vi.name in init_names:
+            continue
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type"):
+            raise UnsupportedOp(f"ONNX input {vi.name!r}: only tensor inputs are supported")
+        shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+        specs.append((vi.name, shape, avalon_dtype(tt.elem_type, f"ONNX input {vi.name!r}")))
+    return specs
+
+
+def load(source: Any, check: bool = True) -> OnnxModel:
+    """Load an ONNX model (a path or a `ModelProto`) as an Avalon model called with the graph inputs
+    in order; returns one output alone, several as a tuple."""
+    import onnx
+    model = _read(source)
+    opset = _opset(model)
+    if opset < MIN_OPSET:
+        raise UnsupportedOp(f"ONNX opset {opset} is not supported (Avalon reads opset {MIN_OPSET} and later)")
+    if not model.graph.node and not model.graph.output:
+        raise ValueError("ONNX model has an empty graph (truncated or malformed file?)")
+    nodes = _nodes(model, opset)
+    state: list[tuple[str, Tensor]] = []
+    constants: dict[str, np.ndarray] = {}
+    params: list[str] = []
+    for init in model.graph.initializer:
+        arr = onnx.numpy_helper.to_array(init)
+        if arr.dtype.kind == "f":
+            avalon_dtype(init.data_type, f"ONNX initializer {init.name!r}")
+            state.append((init.name, Tensor(arr.copy())))
+            params.append(init.name)
+        else:
+            constants[init.name] = arr.copy()
+    init_names = set(params) | set(constants)
+    specs = _input_specs(model, init_names)
+    outputs = [o.name for o in model.graph.output]
+    for o in model.graph.output:
+        if o.type.HasField("tensor_type") and o.type.tensor_type.elem_type:
+            avalon_dtype(o.type.tensor_type.elem_type, f"ONNX output {o.name!r}")
+
+    def run(m: ImportedModel, args: tuple) -> Any:
+        if len(args) != len(specs):
+            raise TypeError(f"ONNX model takes {len(specs)} inputs ({', '.join(s[0] for s in specs)}), got {len(args)}")
+        env: dict[str, Any] = dict(constants)
+        for name in params:
+            env[name] = get_dotted(m, name)
+        for (name, _, _), a in zip(specs, args):
+            t = a if isinstance(a, Tensor) else Tensor(np.asarray(a))
+            env[name] = t
+        env[""] = None
+        for node, ins, outs in nodes:
+            values = [env[i] for i in ins]
+            while values and values[-1] is None:
+                values.pop()
+            rule = ONNX_OPS[node.op_type]
+            if all(v is None or isinstance(v, np.ndarray) for v in values) and node.op_type not in ("Dropout",):
+                with outside_trace():
+                    res = rule(node, *values)
+                res = tuple(r.numpy() if isinstance(r, Tensor) else r for r in res) if isinstance(res, tuple) \
+                    else (res.numpy() if isinstance(res, Tensor) else res)
+            else:
+                res = rule(node, *values)
+            res = res if isinstance(res, tuple) else (res,)
+            for name, r in zip(outs, res):
+                if name:
+                    env[name] = r
+        result = tuple(env[o] if not isinstance(env[o], np.ndarray) else Tensor(env[o]) for o in outputs)
+        return result[0] if len(result) == 1 else result
+
+    name = model.graph.name or "graph"
+    m = OnnxModel(state, ImportedProgram(run, f"ONNX {name!r}, opset {opset}, {len(nodes)} nodes"))
+    m.input_specs = specs
+    m.output_names = outputs
+    if check and all(None not in s for _, s, _ in specs):
+        _trial(m)
+    return m
+
+
+def _trial(m: OnnxModel) -> None:
+    """Trace once on example inputs: a node whose attributes we cannot take raises UnsupportedOp
+    now, not at the first call. Failures that need run-time values are left to the call."""
+    from ..trace import trace
+    try:
+        trace(m, *[Tensor(a) for a in m.example_inputs()])
+    except UnsupportedOp:
+        raise
+    except (NeedsConstant, Exception):
+        pass

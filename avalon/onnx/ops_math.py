@@ -1,0 +1,315 @@
+"""ONNX elementwise math, activations, comparisons and reductions as Avalon ops."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .. import ops
+from ..ir import dtypes as dt
+from ..nn import functional as F
+from ..tensor import Tensor
+from .table import Node, T, axis, ints, onnx_op
+
+_UNARY = {"Abs": ops.abs, "Neg": ops.neg, "Exp": ops.exp, "Log": ops.log, "Sqrt": ops.sqrt,
+          "Sigmoid": ops.sigmoid, "Tanh": ops.tanh, "Relu": ops.relu, "Erf": ops.erf, "Sin": ops.sin,
+          "Cos": ops.cos, "Sign": ops.sign, "Not": ops.logical_not, "Softsign": F.softsign,
+          "Reciprocal": lambda x: ops.div(1.0, x) if x.dtype.is_float else ops.reciprocal(x)}
+for _name, _fn in _UNARY.items():
+    onnx_op(_name)(lambda node, x, _fn=_fn: _fn(T(x)))
+
+
+@onnx_op("Floor")
+def floor(node: Node, x: Any) -> Tensor:
+    return ops.floor(T(x))
+
+
+@onnx_op("Ceil")
+def ceil(node: Node, x: Any) -> Tensor:
+    return ops.neg(ops.floor(ops.neg(T(x))))
+
+
+@onnx_op("Tan")
+def tan(node: Node, x: Any) -> Tensor:
+    return ops.div(ops.sin(T(x)), ops.cos(T(x)))
+
+
+def _same(x: Tensor, v: Any) -> Tensor:
+    """A Python number as a 0-d tensor of x's dtype (ONNX attributes never promote)."""
+    return ops.full((), v, x.dtype)
+
+
+@onnx_op("Softplus")
+def softplus(node: Node, x: Any) -> Tensor:
+    x = T(x)
+    return ops.add(ops.relu(x), ops.log(ops.add(ops.exp(ops.neg(ops.abs(x))), _same(x, 1.0))))
+
+
+@onnx_op("LeakyRelu")
+def leaky_relu(node: Node, x: Any) -> Tensor:
+    x = T(x)
+    return ops.where(ops.ge(x, _same(x, 0)), x, ops.mul(x, _same(x, node.attr("alpha", 0.01))))
+
+
+@onnx_op("PRelu")
+def prelu(node: Node, x: Any, slope: Any) -> Tensor:
+    x = T(x)
+    return ops.where(ops.ge(x, _same(x, 0)), x, ops.mul(x, T(slope)))
+
+
+@onnx_op("Elu")
+def elu(node: Node, x: Any) -> Tensor:
+    x = T(x)
+    a = node.attr("alpha", 1.0)
+    return ops.where(ops.gt(x, _same(x, 0)), x, ops.mul(_same(x, a), ops.sub(ops.exp(x), _same(x, 1.0))))
+
+
+@onnx_op("Celu")
+def celu(node: Node, x: Any) -> Tensor:
+    x = T(x)
+    a = node.attr("alpha", 1.0)
+    neg = ops.mul(_same(x, a), ops.sub(ops.exp(ops.div(ops.minimum(x, _same(x, 0)), _same(x, a))), _same(x, 1.0)))
+    return ops.add(ops.relu(x), neg)
+
+
+@onnx_op("Selu")
+def selu(node: Node, x: Any) -> Tensor:
+    x = T(x)
+    a, g = node.attr("alpha", 1.67326319217681884765625), node.attr("gamma", 1.05070102214813232421875)
+    inner = ops.where(ops.gt(x, _same(x, 0)), x, ops.mul(_same(x, a), ops.sub(ops.exp(x), _same(x, 1.0))))
+    return ops.mul(inner, _same(x, g))
+
+
+@onnx_op("ThresholdedRelu")
+def thresholded_relu(node: Node, x: Any) -> Tensor:
+    x = T(x)
+    return ops.where(ops.gt(x, _same(x, node.attr("alpha", 1.0))), x, _same(x, 0))
+
+
+@onnx_op("HardSigmoid")
+def hard_sigmoid(node: Node, x: Any) -> Tensor:
+    x = T(x)
+    a, b = node.attr("alpha", 0.2), node.attr("beta", 0.5)
+    return ops.clamp(ops.add(ops.mul(x, _same(x, a)), _same(x, b)), _same(x, 0.0), _same(x, 1.0))
+
+
+@onnx_op("HardSwish")
+def hard_swish(node: Node, x: Any) -> Tensor:
+    x = T(x)
+    return ops.mul(x, ops.clamp(ops.add(ops.mul(x, _same(x, 1 / 6)), _same(x, 0.5)), _same(x, 0.0), _same(x, 1.0)))
+
+
+@onnx_op("Gelu")
+def gelu(node: Node, x: Any) -> Tensor:
+    return F.gelu(T(x), node.attr("approximate", "none"))
+
+
+@onnx_op("Mish")
+def mish(node: Node, x: Any) -> Tensor:
+    x = T(x)
+    return ops.mul(x, ops.tanh(softplus(node, x)))
+
+
+@onnx_op("Clip")
+def clip(node: Node, x: Any, lo: Any = None, hi: Any = None) -> Tensor:
+    x = T(x)
+    if node.opset < 11:
+        lo, hi = node.attr("min"), node.attr("max")
+    lo = None if lo is None else (_same(x, lo) if isinstance(lo, float) else ops.cast(T(lo), x.dtype))
+    hi = None if hi is None else (_same(x, hi) if isinstance(hi, float) else ops.cast(T(hi), x.dtype))
+    return ops.clamp(x, lo, hi)
+
+
+# -- binary ---------------------------------------------------------------------------------
+
+_BINARY = {"Add": ops.add, "Sub": ops.sub, "Mul": ops.mul, "Equal": ops.eq, "Less": ops.lt,
+           "LessOrEqual": ops.le, "Greater": ops.gt, "GreaterOrEqual": ops.ge, "And": ops.logical_and,
+           "Or": ops.logical_or, "Xor": ops.ne}
+for _name, _fn in _BINARY.items():
+    onnx_op(_name)(lambda node, a, b, _fn=_fn: _fn(T(a), T(b)))
+
+
+@onnx_op("Div")
+def div(node: Node, a: Any, b: Any) -> Tensor:
+    a, b = T(a), T(b)
+    if a.dtype.is_float:
+        return ops.div(a, b)
+    q = ops.div(ops.cast(a, dt.float64), ops.cast(b, dt.float64))  # integer division truncates
+    return ops.cast(ops.mul(ops.sign(q), ops.floor(ops.abs(q))), a.dtype)
+
+
+@onnx_op("Pow")
+def pow_(node: Node, a: Any, b: Any) -> Tensor:
+    a, b = T(a), T(b)
+    out = ops.pow(ops.cast(a, dt.float64) if not a.dtype.is_float else a, ops.cast(b, a.dtype if a.dtype.is_float
+                                                                                    else dt.float64))
+    return ops.cast(out, a.dtype)
+
+
+@onnx_op("Where")
+def where(node: Node, c: Any, a: Any, b: Any) -> Tensor:
+    return ops.where(T(c), T(a), T(b))
+
+
+def _variadic(fn: Any) -> Any:
+    def rule(node: Node, *xs: Any) -> Tensor:
+        out = T(xs[0])
+        for x in xs[1:]:
+            out = fn(out, T(x))
+        return out
+    return rule
+
+
+onnx_op("Sum")(_variadic(ops.add))
+onnx_op("Max")(_variadic(ops.maximum))
+onnx_op("Min")(_variadic(ops.minimum))
+
+
+@onnx_op("Mean")
+def mean_(node: Node, *xs: Any) -> Tensor:
+    s = _variadic(ops.add)(node, *xs)
+    return ops.div(s, _same(s, float(len(xs))))
+
+
+# -- reductions -----------------------------------------------------------------------------
+
+def _reduce_axes(node: Node, x: Tensor, axes_in: Any) -> list[int] | None:
+    """The axes to reduce (None: every axis); `[]` with noop_with_empty_axes means none."""
+    if axes_in is not None:
+        axes = ints(axes_in, "axes")
+    else:
+        axes = list(node.attr("axes", []))
+    if not axes:
+        return [] if node.attr("noop_with_empty_axes", 0) else None
+    return [axis(a, x.ndim) for a in axes]
+
+
+def _reduction(fn: Any) -> Any:
+    def rule(node: Node, x: Any, axes_in: Any = None) -> Tensor:
+        x = T(x)
+        axes = _reduce_axes(node, x, axes_in)
+        if axes == []:
+            return fn(x, None, True, identity=True)
+        reduced = axes if axes is not None else range(x.ndim)
+        if fn in (_max, _min, _prod, _log_sum_exp) and any(x.shape[a] == 0 for a in reduced):
+            raise node.unsupported("a reduction over an empty axis is not supported")
+        if x.dtype is dt.bool_ and fn in (_max, _min):
+            return ops.cast(fn(ops.cast(x, dt.int32), axes, bool(node.attr("keepdims", 1))), dt.bool_)
+        return fn(x, axes, bool(node.attr("keepdims", 1)))
+    return rule
+
+
+def _sum(x: Tensor, axes: Any, keep: bool, identity: bool = False) -> Tensor:
+    return x if identity else ops.sum(x, axes, keep)
+
+
+def _mean(x: Tensor, axes: Any, keep: bool, identity: bool = False) -> Tensor:
+    return x if identity else ops.mean(x, axes, keep)
+
+
+def _max(x: Tensor, axes: Any, keep: bool, identity: bool = False) -> Tensor:
+    return x if identity else ops.amax(x, axes, keep)
+
+
+def _min(x: Tensor, axes: Any, keep: bool, identity: bool = False) -> Tensor:
+    return x if identity else ops.amin(x, axes, keep)
+
+
+def _sum_square(x: Tensor, axes: Any, keep: bool, identity: bool = False) -> Tensor:
+    return _sum(ops.mul(x, x), axes, keep, identity)
+
+
+def _l1(x: Tensor, axes: Any, keep: bool, identity: bool = False) -> Tensor:
+    return _sum(ops.abs(x), axes, keep, identity)
+
+
+def _l2(x: Tensor, axes: Any, keep: bool, identity: bool = False) -> Tensor:
+    s = _sum_square(ops.cast(x, dt.float32) if not x.dtype.is_float else x, axes, keep, identity)
+    return ops.cast(ops.sqrt(s), x.dtype)
+
+
+def _log_sum(x: Tensor, axes: Any, keep: bool, identity: bool = False) -> Tensor:
+    return ops.log(_sum(x, axes, keep, identity))
+
+
+def _log_sum_exp(x: Tensor, axes: Any, keep: bool, identity: bool = False) -> Tensor:
+    if identity:
+        return ops.log(ops.exp(x))
+    return ops.logsumexp(x, axes if axes is not None else list(range(x.ndim)), keep)
+
+
+def _prod(x: Tensor, axes: Any, keep: bool, identity: bool = False) -> Tensor:
+    if identity:
+        return x
+    axes = list(range(x.ndim)) if axes is None else axes
+    out = x
+    for a in sorted(axes, reverse=True):  # a product by slices: exact, and fine for small axes
+        parts = ops.split(out, 1, a)
+        acc = parts[0]
+        for p in parts[1:]:
+            acc = ops.mul(acc, p)
+        out = acc if keep else ops.squeeze(acc, a)
+    return out
+
+
+for _name, _fn in (("ReduceSum", _sum), ("ReduceMean", _mean), ("ReduceMax", _max), ("ReduceMin", _min),
+                   ("ReduceSumSquare", _sum_square), ("ReduceL1", _l1), ("ReduceL2", _l2),
+                   ("ReduceLogSum", _log_sum), ("ReduceLogSumExp", _log_sum_exp), ("ReduceProd", _prod)):
+    onnx_op(_name)(_reduction(_fn))
+
+
+def _arg(neg: bool) -> Any:
+    def rule(node: Node, x: Any) -> Tensor:
+        x = T(x)
+        a = axis(node.attr("axis", 0), x.ndim)
+        keep = bool(node.attr("keepdims", 1))
+        if node.attr("select_last_index", 0):
+            flipped = ops.take(x, ops.arange(x.shape[a] - 1, -1, -1), a)
+            idx = (ops.argmin if neg else ops.argmax)(flipped, a, keep)
+            return ops.sub(x.shape[a] - 1, idx)
+        return (ops.argmin if neg else ops.argmax)(x, a, keep)
+    return rule
+
+
+onnx_op("ArgMax")(_arg(False))
+onnx_op("ArgMin")(_arg(True))
+
+
+def _softmax_like(fn: Any) -> Any:
+    def rule(node: Node, x: Any) -> Tensor:
+        x = T(x)
+        if node.opset < 13:
+            a = axis(node.attr("axis", 1), x.ndim)
+            flat = ops.reshape(x, (math.prod(x.shape[:a]), -1))
+            return ops.reshape(fn(flat, 1), x.shape)
+        return fn(x, node.attr("axis", -1))
+    return rule
+
+
+onnx_op("Softmax")(_softmax_like(F.softmax))
+onnx_op("LogSoftmax")(_softmax_like(F.log_softmax))
+
+
+@onnx_op("CumSum")
+def cumsum(node: Node, x: Any, ax: Any) -> Tensor:
+    x = T(x)
+    a = axis(ints(ax, "axis")[0], x.ndim)
+    out = ops.cumsum(x, a, reverse=bool(node.attr("reverse", 0)))
+    if node.attr("exclusive", 0):
+        out = ops.sub(out, x)
+    return out
+
+
+@onnx_op("Cast")
+def cast(node: Node, x: Any) -> Any:
+    from .dtypes import avalon_dtype
+    d = avalon_dtype(node.attr("to"), node)
+    if isinstance(x, np.ndarray):
+        return x.astype(d.np)
+    return ops.cast(T(x), d)
+
+
+@onnx_op("CastLike")
+def cast_like(node: Node, x: Any, like: Any) -> Tensor:
+    return ops.cast(T(x), T(like).dtype)

@@ -1,0 +1,291 @@
+"""ONNX contractions, convolution, pooling, normalization and recurrent layers as Avalon ops."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import ops
+from ..interop.nnops import conv, pool
+from ..tensor import Tensor
+from .table import Node, T, axis, onnx_op, static
+
+
+def _c(x: Tensor, v: float) -> Tensor:
+    return ops.full((), v, x.dtype)
+
+
+@onnx_op("MatMul")
+def matmul(node: Node, a: Any, b: Any) -> Tensor:
+    return ops.matmul(T(a), T(b))
+
+
+@onnx_op("Gemm")
+def gemm(node: Node, a: Any, b: Any, c: Any = None) -> Tensor:
+    a, b = T(a), T(b)
+    if node.attr("transA", 0):
+        a = ops.t(a)
+    if node.attr("transB", 0):
+        b = ops.t(b)
+    y = ops.matmul(a, b)
+    alpha, beta = node.attr("alpha", 1.0), node.attr("beta", 1.0)
+    if alpha != 1.0:
+        y = ops.mul(y, _c(y, alpha))
+    if c is not None:
+        c = T(c)
+        y = ops.add(y, c if beta == 1.0 else ops.mul(c, _c(c, beta)))
+    return y
+
+
+def _auto_pad(node: Node, spatial: tuple[int, ...], kernel: list[int], strides: list[int],
+              dilations: list[int]) -> tuple[list[int], list[int]]:
+    """(low, high) padding per spatial dim from `pads` or `auto_pad`."""
+    n = len(spatial)
+    mode = node.attr("auto_pad", "NOTSET")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode in ("NOTSET", ""):
+        p = list(node.attr("pads", [0] * (2 * n)))
+        return p[:n], p[n:]
+    if mode == "VALID":
+        return [0] * n, [0] * n
+    lo, hi = [], []
+    for size, k, s, d in zip(spatial, kernel, strides, dilations):
+        out = -(-size // s)
+        total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
+        small, big = total // 2, total - total // 2
+        lo.append(small if mode == "SAME_UPPER" else big)
+        hi.append(big if mode == "SAME_UPPER" else small)
+    return lo, hi
+
+
+def _geometry(node: Node, x: Tensor, kernel: list[int]) -> tuple[list[int], list[int], list[int], list[int]]:
+    n = x.ndim - 2
+    strides = list(node.attr("strides", [1] * n))
+    dil = list(node.attr("dilations", [1] * n))
+    lo, hi = _auto_pad(node, x.shape[2:], kernel, strides, dil)
+    return strides, dil, lo, hi
+
+
+@onnx_op("Conv")
+def conv_(node: Node, x: Any, w: Any, b: Any = None) -> Tensor:
+    x, w = T(x), T(w)
+    if x.ndim not in (3, 4):
+        raise node.unsupported(f"{x.ndim - 2}-d convolution is not supported")
+    s, d, lo, hi = _geometry(node, x, list(node.attr("kernel_shape", w.shape[2:])))
+    return conv(x, w, None if b is None else T(b), s, lo, hi, d, node.attr("group", 1))
+
+
+@onnx_op("ConvTranspose")
+def conv_transpose(node: Node, x: Any, w: Any, b: Any = None) -> Tensor:
+    x, w = T(x), T(w)
+    n = x.ndim - 2
+    if n not in (1, 2):
+        raise node.unsupported(f"{n}-d transposed convolution is not supported")
+    k = list(node.attr("kernel_shape", w.shape[2:]))
+    s = list(node.attr("strides", [1] * n))
+    d = list(node.attr("dilations", [1] * n))
+    op = list(node.attr("output_padding", [0] * n))
+    mode = node.attr("auto_pad", "NOTSET")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    out_shape = node.attr("output_shape")
+    if out_shape is not None or mode in ("SAME_UPPER", "SAME_LOWER"):
+        target = list(out_shape)[-n:] if out_shape is not None else [size * st for size, st in zip(x.shape[2:], s)]
+        total = [st * (size - 1) + o + (kk - 1) * dd + 1 - t
+                 for size, st, o, kk, dd, t in zip(x.shape[2:], s, op, k, d, target)]
+        if min(total) < 0:
+            op = [o - min(t, 0) for o, t in zip(op, total)]
+            total = [max(t, 0) for t in total]
+        lower = mode == "SAME_LOWER"
+        lo = [t - t // 2 if lower else t // 2 for t in total]
+        hi = [t - a for t, a in zip(total, lo)]
+    elif mode == "VALID":
+        lo = hi = [0] * n
+    else:
+        p = list(node.attr("pads", [0] * (2 * n)))
+        lo, hi = p[:n], p[n:]
+    return conv(x, w, None if b is None else T(b), s, lo, hi, d, node.attr("group", 1), True, op)
+
+
+def _pool(kind: str) -> Any:
+    def rule(node: Node, x: Any) -> Tensor:
+        x = T(x)
+        if node.n_outputs > 1:
+            raise node.unsupported("the Indices output is not supported")
+        if x.ndim not in (3, 4):
+            raise node.unsupported(f"{x.ndim - 2}-d pooling is not supported")
+        k = list(node.attr("kernel_shape"))
+        s, d, lo, hi = _geometry(node, x, k)
+        if any(v != 1 for v in d):
+            raise node.unsupported(f"dilations {d} are not supported")
+        mode = node.attr("auto_pad", "NOTSET")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        ceil = bool(node.attr("ceil_mode", 0))
+        include = bool(node.attr("count_include_pad", 0)) if kind == "avg" else True
+        if kind == "avg" and mode in ("SAME_UPPER", "SAME_LOWER"):
+            include = False  # auto padding never counts
+        return pool(kind, x, k, s, lo, hi, ceil, include)
+    return rule
+
+
+onnx_op("MaxPool")(_pool("max"))
+onnx_op("AveragePool")(_pool("avg"))
+
+
+@onnx_op("GlobalAveragePool")
+def global_avg(node: Node, x: Any) -> Tensor:
+    x = T(x)
+    return ops.mean(x, list(range(2, x.ndim)), True)
+
+
+@onnx_op("GlobalMaxPool")
+def global_max(node: Node, x: Any) -> Tensor:
+    x = T(x)
+    return ops.amax(x, list(range(2, x.ndim)), True)
+
+
+# -- normalization --------------------------------------------------------------------------
+
+def _per_channel(v: Any, x: Tensor) -> Tensor:
+    return ops.reshape(ops.cast(T(v), x.dtype), (1, -1) + (1,) * (x.ndim - 2))
+
+
+@onnx_op("BatchNormalization")
+def batch_norm(node: Node, x: Any, scale: Any, bias: Any, mean: Any, var: Any) -> Any:
+    x = T(x)
+    eps = node.attr("epsilon", 1e-5)
+    if node.attr("training_mode", 0):
+        m = node.attr("momentum", 0.9)
+        axes = [0] + list(range(2, x.ndim))
+        bm = ops.mean(x, axes, keepdims=True)
+        c = ops.sub(x, bm)
+        bv = ops.mean(ops.mul(c, c), axes, keepdims=True)
+        y = ops.mul(c, ops.rsqrt(ops.add(bv, _c(x, eps))))
+        y = ops.add(ops.mul(y, _per_channel(scale, x)), _per_channel(bias, x))
+        rm = ops.add(ops.mul(T(mean), _c(x, m)), ops.mul(ops.reshape(bm, (-1,)), _c(x, 1 - m)))
+        rv = ops.add(ops.mul(T(var), _c(x, m)), ops.mul(ops.reshape(bv, (-1,)), _c(x, 1 - m)))
+        return (y, rm, rv)[:node.n_outputs]
+    y = ops.mul(ops.sub(x, _per_channel(mean, x)), ops.rsqrt(ops.add(_per_channel(var, x), _c(x, eps))))
+    return ops.add(ops.mul(y, _per_channel(scale, x)), _per_channel(bias, x))
+
+
+@onnx_op("LayerNormalization")
+def layer_norm(node: Node, x: Any, scale: Any, bias: Any = None) -> Any:
+    x = T(x)
+    a = axis(node.attr("axis", -1), x.ndim)
+    axes = list(range(a, x.ndim))
+    mean = ops.mean(x, axes, keepdims=True)
+    c = ops.sub(x, mean)
+    rstd = ops.rsqrt(ops.add(ops.mean(ops.mul(c, c), axes, keepdims=True), _c(x, node.attr("epsilon", 1e-5))))
+    y = ops.mul(ops.mul(c, rstd), T(scale))
+    if bias is not None:
+        y = ops.add(y, T(bias))
+    return (y, mean, rstd)[:node.n_outputs]
+
+
+@onnx_op("InstanceNormalization")
+def instance_norm(node: Node, x: Any, scale: Any, bias: Any) -> Tensor:
+    x = T(x)
+    axes = list(range(2, x.ndim))
+    c = ops.sub(x, ops.mean(x, axes, keepdims=True))
+    y = ops.mul(c, ops.rsqrt(ops.add(ops.mean(ops.mul(c, c), axes, keepdims=True), _c(x, node.attr("epsilon", 1e-5)))))
+    return ops.add(ops.mul(y, _per_channel(scale, x)), _per_channel(bias, x))
+
+
+# -- recurrent layers -----------------------------------------------------------------------
+
+_ACT = {"sigmoid": ops.sigmoid, "tanh": ops.tanh, "relu": ops.relu}
+
+
+def _activations(node: Node, default: list[str], dirs: int) -> list[Any]:
+    names = node.attr("activations") or default * dirs
+    names = [n.decode() if isinstance(n, bytes) else n for n in names]
+    if node.attr("activation_alpha") or node.attr("activation_beta") or node.attr("clip") is not None:
+        raise node.unsupported("activation_alpha/beta and clip are not supported")
+    out = []
+    for n in names:
+        if n.lower() not in _ACT:
+            raise node.unsupported(f"activation {n!r} is not supported")
+        out.append(_ACT[n.lower()])
+    return out
+
+
+def _rnn(kind: str) -> Any:
+    gates = {"RNN": 1, "GRU": 3, "LSTM": 4}[kind]
+    default = {"RNN": ["Tanh"], "GRU": ["Sigmoid", "Tanh"], "LSTM": ["Sigmoid", "Tanh", "Tanh"]}[kind]
+
+    def rule(node: Node, x: Any, w: Any, r: Any, b: Any = None, seq_lens: Any = None, h0: Any = None,
+             c0: Any = None, p: Any = None) -> tuple:
+        x, w, r = T(x), T(w), T(r)
+        direction = node.attr("direction", "forward")
+        direction = direction.decode() if isinstance(direction, bytes) else direction
+        dirs = 2 if direction == "bidirectional" else 1
+        acts = _activations(node, default, dirs)
+        if node.attr("input_forget", 0) or p is not None:
+            raise node.unsupported("input_forget and peepholes are not supported")
+        layout = node.attr("layout", 0)
+        if layout:
+            x = ops.permute(x, (1, 0, 2))
+        seq, batch = x.shape[0], x.shape[1]
+        hidden = r.shape[-1]
+        if seq_lens is not None and any(v != seq for v in np.asarray(static(seq_lens, "sequence_lens")).reshape(-1)):
+            raise node.unsupported("sequence_lens shorter than the sequence are not supported")
+        ys, hs, cs = [], [], []
+        for d in range(dirs):
+            f = acts[d * len(default):(d + 1) * len(default)]
+            wd, rd = ops.t(w[d]), ops.t(r[d])
+            bd = T(b)[d] if b is not None else ops.zeros(2 * gates * hidden, dtype=x.dtype)
+            wb, rb = bd[:gates * hidden], bd[gates * hidden:]
+            h = _initial(h0, d, batch, hidden, x, layout)
+            c = _initial(c0, d, batch, hidden, x, layout)
+            reverse = direction == "reverse" or d == 1
+            steps = range(seq - 1, -1, -1) if reverse else range(seq)
+            out = [None] * seq
+            xw = ops.add(ops.matmul(x, wd), wb)  # every step's input projection at once
+            for t in steps:
+                h, c = _cell(kind, node, xw[t], h, c, rd, rb, hidden, f)
+                out[t] = h
+            ys.append(ops.stack(out, 0))
+            hs.append(h)
+            cs.append(c)
+        y = ops.stack(ys, 1)  # (seq, dirs, batch, hidden)
+        yh, yc = ops.stack(hs, 0), ops.stack(cs, 0)
+        if layout:
+            y, yh, yc = ops.permute(y, (2, 0, 1, 3)), ops.permute(yh, (1, 0, 2)), ops.permute(yc, (1, 0, 2))
+        return (y, yh, yc)[:node.n_outputs]
+    return rule
+
+
+def _initial(v: Any, d: int, batch: int, hidden: int, x: Tensor, layout: int) -> Tensor:
+    if v is None:
+        return ops.zeros(batch, hidden, dtype=x.dtype)
+    v = T(v)
+    return v[:, d] if layout else v[d]
+
+
+def _cell(kind: str, node: Node, xw: Tensor, h: Tensor, c: Tensor, rd: Tensor, rb: Tensor, hidden: int,
+          f: list[Any]) -> tuple[Tensor, Tensor]:
+    if kind == "RNN":
+        return f[0](ops.add(xw, ops.add(ops.matmul(h, rd), rb))), c
+    if kind == "LSTM":
+        g = ops.add(xw, ops.add(ops.matmul(h, rd), rb))
+        i, o, fg, cc = (g[:, k * hidden:(k + 1) * hidden] for k in range(4))
+        c = ops.add(ops.mul(f[0](fg), c), ops.mul(f[0](i), f[1](cc)))
+        return ops.mul(f[0](o), f[2](c)), c
+    hw = hidden
+    xz, xr, xh = xw[:, :hw], xw[:, hw:2 * hw], xw[:, 2 * hw:]
+    rz, rr, rh = rd[:, :hw], rd[:, hw:2 * hw], rd[:, 2 * hw:]
+    bz, br, bh = rb[:hw], rb[hw:2 * hw], rb[2 * hw:]
+    z = f[0](ops.add(xz, ops.add(ops.matmul(h, rz), bz)))
+    rg = f[0](ops.add(xr, ops.add(ops.matmul(h, rr), br)))
+    if node.attr("linear_before_reset", 0):
+        hh = f[1](ops.add(xh, ops.mul(rg, ops.add(ops.matmul(h, rh), bh))))
+    else:
+        hh = f[1](ops.add(xh, ops.add(ops.matmul(ops.mul(rg, h), rh), bh)))
+    one = ops.full((), 1.0, h.dtype)
+    return ops.add(ops.mul(ops.sub(one, z), hh), ops.mul(z, h)), c
+
+
+onnx_op("RNN")(_rnn("RNN"))
+onnx_op("GRU")(_rnn("GRU"))
+onnx_op("LSTM")(_rnn("LSTM"))
+
