@@ -16,6 +16,12 @@ class Device:
     def __repr__(self) -> str:
         return f"av.device('{self}')"
 
+    def __copy__(self) -> Device:
+        return self  # frozen, so sharing is safe; identity fast paths (`is CPU`) keep working
+
+    def __deepcopy__(self, memo: dict) -> Device:
+        return self
+
     @property
     def torch(self):
         import torch

@@ -301,7 +301,7 @@ def assign(target: Tensor, new: Tensor) -> None:
         return
     if new.shape != target.shape:
         raise ValueError(f"cannot assign shape {new.shape} to a state tensor of shape {target.shape}")
-    if target._device is CPU:
+    if target._device == CPU:  # == : an equal Device need not be this object
         src = new._data if new._device is CPU and new._dtype is target._dtype and new._value is None else None
         target._data[...] = src if src is not None else as_array(new, target.dtype)
     else:
