@@ -8,6 +8,7 @@ a trial trace (which reaches attribute-level limits) happen in `load`, before an
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -162,10 +163,13 @@ def load(source: Any, check: bool = True) -> OnnxModel:
             if all(v is None or isinstance(v, np.ndarray) for v in values) and node.op_type not in ("Dropout",):
                 with outside_trace():
                     res = rule(node, *values)
-                res = tuple(r.numpy() if isinstance(r, Tensor) else r for r in res) if isinstance(res, tuple) \
-                    else (res.numpy() if isinstance(res, Tensor) else res)
+                res = tuple(_folded(r) for r in res) if isinstance(res, tuple) else _folded(res)
             else:
-                res = rule(node, *values)
+                try:
+                    res = rule(node, *values)
+                except NeedsConstant as e:
+                    raise NeedsConstant(f"ONNX node {node.name!r} ({node.op_type}): data-dependent shape: {e}") \
+                        from None
             res = res if isinstance(res, tuple) else (res,)
             for name, r in zip(outs, res):
                 if name:
@@ -182,13 +186,40 @@ def load(source: Any, check: bool = True) -> OnnxModel:
     return m
 
 
+def _folded(r: Any) -> Any:
+    """A folded result as an ndarray: numpy scalars (np.take of a 0-d index) must stay constants."""
+    if isinstance(r, Tensor):
+        return r.numpy()
+    return np.asarray(r) if isinstance(r, np.generic) else r
+
+
 def _trial(m: OnnxModel) -> None:
     """Trace once on example inputs: a node whose attributes we cannot take raises UnsupportedOp
     now, not at the first call. Failures that need run-time values are left to the call."""
     from ..trace import trace
     try:
         trace(m, *[Tensor(a) for a in m.example_inputs()])
+    except NeedsConstant:
+        pass  # a data-dependent shape: eager calls read it; tracing names the node
     except UnsupportedOp:
         raise
-    except (NeedsConstant, Exception):
+    except Exception:
         pass
+
+
+def ir_name(name: str) -> str:
+    """An ONNX name as an IR value name the parser reads back (`fc/W:0` -> `fc_W_0`); bare numbers
+    are result names in the IR, so they get a leading `_`."""
+    out = re.sub(r"[^A-Za-z0-9_.$]", "_", name) or "_"
+    return "_" + out if out.isdigit() else out
+
+
+def name_graph_inputs(graph: Any, model: OnnxModel) -> None:
+    """Name a traced model's arguments after the ONNX initializers and graph inputs (a model's
+    `*args` would trace as `arg0`, `arg1`, ...): its state leaves come first, then the inputs."""
+    n = len(model.input_specs)
+    state = graph.inputs[:len(graph.inputs) - n]
+    for v in state:
+        v.name = ir_name(v.name) if v.name else v.name
+    for v, (name, _, _) in zip(graph.inputs[len(state):], model.input_specs):
+        v.name = ir_name(name)

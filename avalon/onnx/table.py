@@ -22,8 +22,9 @@ ONNX_OPS: dict[str, OnnxRule] = {}
 """ONNX op_type (default domain) -> rule. Keyed by a foreign op set, so a plain dict."""
 
 
-class NeedsConstant(ValueError):
-    """A shape-like operand is computed at run time; it can be read only when running eagerly."""
+class NeedsConstant(UnsupportedOp, ValueError):
+    """A shape-like operand is computed at run time (a data-dependent shape): it can be read when
+    running eagerly (as the backend does) but not traced or compiled, so tracing raises this."""
 
 
 @dataclass
@@ -53,8 +54,8 @@ def onnx_op(*names: str) -> Callable[[OnnxRule], OnnxRule]:
 
 def static(x: Any, what: str = "operand") -> np.ndarray:
     """The value of a shape-like operand, known now."""
-    if isinstance(x, np.ndarray):
-        return x
+    if isinstance(x, (np.ndarray, np.generic, int, float)):
+        return np.asarray(x)
     if isinstance(x, Tensor) and not x.is_traced:
         return x.numpy()
     raise NeedsConstant(f"{what} must be known when the model loads (a constant or computed from shapes)")

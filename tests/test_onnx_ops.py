@@ -1,0 +1,47 @@
+"""ONNX import rules checked against onnx's reference implementation on random inputs, and the
+handling of shape operands (folded when static; a data-dependent one named when traced)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper  # noqa: E402
+from onnx.reference import ReferenceEvaluator  # noqa: E402
+
+import avalon.onnx  # noqa: E402
+from avalon.onnx import UnsupportedOp  # noqa: E402
+from avalon.tensor import Tensor  # noqa: E402
+from avalon.trace import trace  # noqa: E402
+
+
+def _model(nodes, inputs, outputs, inits=()):
+    g = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+
+
+def test_range_bounds_from_a_gathered_shape_fold_and_trace():
+    """Gather of a 0-d index into a shape gives a numpy scalar; it must stay a constant, so the Range
+    folds (flexattention's expanded cases) and the model traces without run-time bounds."""
+    idx = helper.make_tensor("i", TensorProto.INT64, [], [1])
+    zero = helper.make_tensor("z", TensorProto.INT64, [], [0])
+    one = helper.make_tensor("o", TensorProto.INT64, [], [1])
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "i"], ["n"]),
+             helper.make_node("Range", ["z", "n", "o"], ["r"]), helper.make_node("Cast", ["r"], ["rf"], to=1),
+             helper.make_node("Add", ["x", "rf"], ["y"])]
+    m = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])], [idx, zero, one])
+    x = np.random.default_rng(0).standard_normal((2, 5)).astype(np.float32)
+    model = avalon.onnx.load(m)
+    np.testing.assert_allclose(model(Tensor(x)).numpy(), ReferenceEvaluator(m).run(None, {"x": x})[0], rtol=1e-6)
+    assert "add" in str(trace(model, Tensor(x)))
+
+
+def test_data_dependent_range_runs_eagerly_and_names_the_node_when_traced():
+    nodes = [helper.make_node("Range", ["a", "b", "c"], ["y"], name="my_range")]
+    ins = [helper.make_tensor_value_info(n, TensorProto.INT64, []) for n in "abc"]
+    m = _model(nodes, ins, [helper.make_tensor_value_info("y", TensorProto.INT64, [None])])
+    model = avalon.onnx.load(m)  # eager calls read the bounds
+    np.testing.assert_array_equal(model(*(Tensor(np.array(v)) for v in (1, 7, 2))).numpy(), [1, 3, 5])
+    with pytest.raises(UnsupportedOp, match="my_range.*Range.*data-dependent shape"):
+        trace(model, *(Tensor(np.array(v)) for v in (1, 7, 2)))
