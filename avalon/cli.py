@@ -285,8 +285,10 @@ def cmd_import(args) -> None:
     if not os.path.exists(args.file):
         raise CliError(f"cannot read {args.file}: No such file or directory")
     model = load(args.file)
+    from .onnx.loader import name_graph_inputs
     from .tensor import Tensor
     g = trace(model, *[Tensor(a) for a in model.example_inputs(shapes=shapes)])
+    name_graph_inputs(g, model)  # arguments read like the model: its inputs' and initializers' names
     if args.pipeline:
         from .passes import PassManager
         PassManager.parse(args.pipeline).run(g)

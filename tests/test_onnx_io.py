@@ -152,3 +152,23 @@ def test_cli_import_and_export_roundtrip(tmp_path):
     back = onnx.load(str(tmp_path / "back.onnx"))
     assert [i.name for i in back.graph.input][0] == "conv1.weight" and not back.graph.initializer[:0]
     onnx.checker.check_model(back)
+
+
+def test_cli_import_names_arguments_after_inputs_and_initializers(tmp_path):
+    """`avalon import` names function arguments as the model does (not %arg0...), sanitized so the
+    IR parser reads the text back."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from avalon.ir import parse
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32), "fc/W:0")
+    nodes = [helper.make_node("MatMul", ["input.1", "fc/W:0"], ["h"]),
+             helper.make_node("Add", ["h", "7"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [2, 3]),
+                                       helper.make_tensor_value_info("7", TensorProto.FLOAT, [2, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], [w])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "n.onnx")
+    r = subprocess.run([sys.executable, "-m", "avalon.cli", "import", str(tmp_path / "n.onnx")],
+                       capture_output=True, text=True, check=True)
+    assert "func @forward(%fc_W_0: tensor<3x4xf32>, %input.1: tensor<2x3xf32>, %_7: tensor<2x4xf32>)" in r.stdout
+    assert "%arg" not in r.stdout
+    assert [v.name for v in parse(r.stdout).inputs] == ["fc_W_0", "input.1", "_7"]
