@@ -45,3 +45,28 @@ def test_data_dependent_range_runs_eagerly_and_names_the_node_when_traced():
     np.testing.assert_array_equal(model(*(Tensor(np.array(v)) for v in (1, 7, 2))).numpy(), [1, 3, 5])
     with pytest.raises(UnsupportedOp, match="my_range.*Range.*data-dependent shape"):
         trace(model, *(Tensor(np.array(v)) for v in (1, 7, 2)))
+
+
+@pytest.mark.parametrize("node, inputs", [
+    (helper.make_node("GatherElements", ["x", "i"], ["y"], axis=1),
+     {"x": np.arange(12, dtype=np.float32).reshape(3, 4) * 1.5, "i": np.array([[3, -1], [0, 2], [1, -4]])}),
+    (helper.make_node("Mod", ["x", "i"], ["y"]), {"x": np.array([-7, 7, -8, 9]), "i": np.array([3, -3, 4, 4])}),
+    (helper.make_node("Mod", ["x", "i"], ["y"], fmod=1),
+     {"x": np.array([-7.5, 7.25, 3.0], np.float32), "i": np.array([2.0, -3.0, 0.75], np.float32)}),
+    (helper.make_node("Hardmax", ["x"], ["y"], axis=1), {"x": np.array([[1, 3, 3], [0, -1, 2]], np.float32)}),
+    (helper.make_node("DepthToSpace", ["x"], ["y"], blocksize=2, mode="CRD"),
+     {"x": np.arange(32, dtype=np.float32).reshape(1, 8, 2, 2)}),
+    (helper.make_node("SpaceToDepth", ["x"], ["y"], blocksize=2), {"x": np.arange(32, dtype=np.float32).reshape(1, 2, 4, 4)}),
+    (helper.make_node("RMSNormalization", ["x", "s"], ["y"], axis=-1),
+     {"x": np.random.default_rng(1).standard_normal((2, 3, 4)).astype(np.float32),
+      "s": np.random.default_rng(2).standard_normal(4).astype(np.float32)}),
+    (helper.make_node("IsInf", ["x"], ["y"], detect_negative=0), {"x": np.array([np.inf, -np.inf, 1.0], np.float32)}),
+])
+def test_rule_matches_onnx_reference(node, inputs):
+    dtypes = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int64): TensorProto.INT64}
+    ins = [helper.make_tensor_value_info(k, dtypes[v.dtype], v.shape) for k, v in inputs.items()]
+    m = _model([node], ins, [helper.make_tensor_value_info("y", TensorProto.UNDEFINED, None)])
+    want = ReferenceEvaluator(m).run(None, inputs)[0]
+    got = avalon.onnx.load(m)(*(Tensor(v) for v in inputs.values())).numpy()
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5)
