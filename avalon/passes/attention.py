@@ -17,8 +17,10 @@ The pattern, read from the output back (what `F.scaled_dot_product_attention` tr
   -inf for bool and causal masks, `add` of a float mask): side operands are index math over the
   kernel's inputs (iota, mask loads, random bits), recomputed per tile.
 
-No value of shape (..., L, S) may leave the group: that is the point of the kernel (the training
-graph keeps P and e for the backward pass, so its forward pass is not outlined; `issues` says so).
+No value of shape (..., L, S) may leave the group: that is the point of the kernel. The row
+statistics may (the max and the exponentials' row sum, (..., L, 1)): the backward pass recomputes
+P from them (`attention_bwd.py`), so the kernel stores them as extra outputs when they are used.
+A causal mask (`causal`) lets the kernels stop the key loop at the diagonal block.
 """
 from __future__ import annotations
 
@@ -201,13 +203,17 @@ class Attention(KernelKind):
 
     def issues(self, g: KernelGroup) -> Iterator[Issue]:
         pvs = [o.op for o in g.outputs if o.op is not None and o.op.name == "matmul"]
-        if len(g.outputs) != 1 or len(pvs) != 1:
+        if len(pvs) != 1:
             yield Issue("an attention kernel has one output, the second matmul's result (the L x S "
                         "probabilities would have to be stored)")
             return
         m = match(pvs[0])
         if isinstance(m, str):
             yield Issue(f"not attention: {m}")
+            return
+        if any(o not in (m.pv.result, m.mx.result, m.sm.result) for o in g.outputs):
+            yield Issue("an attention kernel yields the second matmul's result and the softmax's row max "
+                        "and sum only (the L x S probabilities would have to be stored)")
             return
         core = set(m.core)
         for op in g.ops:
@@ -244,7 +250,8 @@ class Attention(KernelKind):
             members = set(m.core)
             if any(op not in index for op in members):
                 continue
-            leak = next((op for op in m.core if op is not pv and any(
+            stats = (pv, m.mx, m.sm)  # row statistics may leave: the kernel stores them
+            leak = next((op for op in m.core if op not in stats and any(
                 u not in members for r in op.results for u, _ in r.uses)), None)
             if leak is not None:
                 yield sorted(members, key=index.__getitem__), (
@@ -275,6 +282,27 @@ class Attention(KernelKind):
         return added
 
 
+def causal(m: AttentionMatch) -> bool:
+    """Are the scores `where(not(key - query <= 0), -inf, x)` over iotas of the scores' last two
+    dims (what `is_causal` traces to)? Then keys after a query block's last row only add exp(-inf)
+    = 0, and the kernels may skip those blocks."""
+    w = m.scores.op
+    if w is None or w.name != "where" or _splat(w.operands[1]) != float("-inf"):
+        return False
+    c = w.operands[0].op
+    while c is not None and c.name == "broadcast":
+        c = c.operands[0].op
+    if c is None or c.name != "logical_not" or (le := c.operands[0].op) is None or le.name != "le":
+        return False
+    sub = le.operands[0].op
+    if _splat(le.operands[1]) != 0.0 or sub is None or sub.name != "sub":
+        return False
+    j, i = (x.op for x in sub.operands)
+    want = tuple(m.scores.shape[-2:])
+    return (j is not None and i is not None and j.name == i.name == "iota" and tuple(j.attrs["shape"]) == want
+            and tuple(i.attrs["shape"]) == want and j.attrs.get("axis", 0) == 1 and i.attrs.get("axis", 0) == 0)
+
+
 ATTENTION = register_kind(Attention())
 
-__all__ = ["ATTENTION", "Attention", "MAX_HEAD_DIM", "AttentionMatch", "match"]
+__all__ = ["ATTENTION", "Attention", "MAX_HEAD_DIM", "AttentionMatch", "causal", "match"]
