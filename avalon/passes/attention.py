@@ -76,6 +76,47 @@ def _through_broadcast(v: Value, name: str) -> Op | None:
     return p if p is not None and p.name == name else None
 
 
+def scores_of(s: Value) -> tuple[Op, list[Op], list[Value]] | str:
+    """The one matmul `qk` the scores `s` are an elementwise function of (at the same element), the
+    ops on the paths qk -> s, and the side values they read; or why `s` is not such a function."""
+    side: list[Value] = []
+    # s <- qk: elementwise ops of the scores' shape; find the one matmul among s's producers
+    seen: dict[Op, None] = {}
+    stack = [s.op]
+    qks: list[Op] = []
+    while stack and len(seen) < 4 * _SIDE_LIMIT:
+        p = stack.pop()
+        if p is None or p in seen:
+            continue
+        seen[p] = None
+        if p.name == "matmul":
+            if p.results[0].shape == s.shape:
+                qks.append(p)
+            continue
+        if has_trait(p, "elementwise") and p.results[0].shape == s.shape:
+            stack.extend(x.op for x in p.operands)
+    if len(qks) != 1:
+        return f"the scores are computed from {len(qks)} matmuls of their shape, not one (Q Kᵀ)"
+    qk = qks[0]
+    # core: ops on the paths qk -> s (each elementwise on the scores' shape)
+    dep: dict[Op, bool] = {qk: True}
+
+    def on_path(op: Op | None) -> bool:
+        if op is None or op not in seen:
+            return False
+        if op not in dep:
+            dep[op] = False
+            dep[op] = any(on_path(x.op) for x in op.operands)
+        return dep[op]
+
+    path = [op for op in seen if op is not qk and on_path(op)]
+    for op in path:
+        for x in op.operands:
+            if not on_path(x.op):
+                side.append(x)
+    return qk, path, side
+
+
 def match(pv: Op) -> AttentionMatch | str:
     """The attention pattern ending in `pv`, or why `pv` does not end one."""
     if pv.name != "matmul":
@@ -122,40 +163,11 @@ def match(pv: Op) -> AttentionMatch | str:
     mx = _through_broadcast(b1, "max")
     if mx is None or not _last_axis_keepdims(mx, s):
         return "the softmax does not subtract the row max of its scores (over the last axis)"
-    # s <- qk: elementwise ops of the scores' shape; find the one matmul among s's producers
-    seen: dict[Op, None] = {}
-    stack = [s.op]
-    qks: list[Op] = []
-    while stack and len(seen) < 4 * _SIDE_LIMIT:
-        p = stack.pop()
-        if p is None or p in seen:
-            continue
-        seen[p] = None
-        if p.name == "matmul":
-            if p.results[0].shape == s.shape:
-                qks.append(p)
-            continue
-        if has_trait(p, "elementwise") and p.results[0].shape == s.shape:
-            stack.extend(x.op for x in p.operands)
-    if len(qks) != 1:
-        return f"the scores are computed from {len(qks)} matmuls of their shape, not one (Q Kᵀ)"
-    qk = qks[0]
-    # core: ops on the paths qk -> s (each elementwise on the scores' shape)
-    dep: dict[Op, bool] = {qk: True}
-
-    def on_path(op: Op | None) -> bool:
-        if op is None or op not in seen:
-            return False
-        if op not in dep:
-            dep[op] = False
-            dep[op] = any(on_path(x.op) for x in op.operands)
-        return dep[op]
-
-    path = [op for op in seen if op is not qk and on_path(op)]
-    for op in path:
-        for x in op.operands:
-            if not on_path(x.op):
-                side.append(x)
+    got = scores_of(s)
+    if isinstance(got, str):
+        return got
+    qk, path, more = got
+    side += more
     softmax = [mx, sub, ex, sm, div] + [x.op for x in (b1, b2) if x.op is not None and x.op.name == "broadcast"]
     core = [qk, *path, *softmax, *chain, pv]
     side.append(pv.operands[1])
@@ -305,4 +317,4 @@ def causal(m: AttentionMatch) -> bool:
 
 ATTENTION = register_kind(Attention())
 
-__all__ = ["ATTENTION", "Attention", "MAX_HEAD_DIM", "AttentionMatch", "causal", "match"]
+__all__ = ["ATTENTION", "Attention", "MAX_HEAD_DIM", "AttentionMatch", "causal", "match", "scores_of"]
