@@ -250,6 +250,9 @@ def _prepare_one(graph: Graph, m) -> str | None:
     outside = [u for v in (P, e, s) for u in _users(v) if u not in core]
     if not outside:
         return None  # inference: nothing reads the forward's L x S values
+    held = {op for op in m.core if op.name != "broadcast"} - {m.div, m.div.operands[0].op, s.op, m.pv, m.mx, m.sm}
+    if any(u not in core for op in held for r in op.results for u, _ in r.uses):
+        return "the scores are read other than by the softmax (not rewritten; the forward keeps them)"
     order = {op: i for i, op in enumerate(graph.ops)}
     # X: P's cotangent, t = X / bl, r = sum(-(t·P)), u = t + bcast(reshape(r)), w = u·e
     ts = [u for u in _users(bl) if u is not m.div and u.name == "div" and u.operands[1] is bl]
