@@ -2,6 +2,7 @@
 pipeline strings with verification, printing and timing, a pattern rewriter, and the standard
 passes, one module each (canonicalize, cse, dce, ...). See docs/writing-a-pass.md."""
 from . import attention as _attention  # noqa: F401  (registers the attention kernel kind)
+from . import attention_bwd as _attention_bwd  # noqa: F401  (and the backward kind)
 from . import bucket as _bucket  # noqa: F401  (each import registers its pass)
 from . import canonicalize as _canonicalize  # noqa: F401
 from . import cse as _cse  # noqa: F401

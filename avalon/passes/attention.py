@@ -17,8 +17,10 @@ The pattern, read from the output back (what `F.scaled_dot_product_attention` tr
   -inf for bool and causal masks, `add` of a float mask): side operands are index math over the
   kernel's inputs (iota, mask loads, random bits), recomputed per tile.
 
-No value of shape (..., L, S) may leave the group: that is the point of the kernel (the training
-graph keeps P and e for the backward pass, so its forward pass is not outlined; `issues` says so).
+No value of shape (..., L, S) may leave the group: that is the point of the kernel. The row
+statistics may (the max and the exponentials' row sum, (..., L, 1)): the backward pass recomputes
+P from them (`attention_bwd.py`), so the kernel stores them as extra outputs when they are used.
+A causal mask (`causal`) lets the kernels stop the key loop at the diagonal block.
 """
 from __future__ import annotations
 
@@ -74,6 +76,47 @@ def _through_broadcast(v: Value, name: str) -> Op | None:
     return p if p is not None and p.name == name else None
 
 
+def scores_of(s: Value) -> tuple[Op, list[Op], list[Value]] | str:
+    """The one matmul `qk` the scores `s` are an elementwise function of (at the same element), the
+    ops on the paths qk -> s, and the side values they read; or why `s` is not such a function."""
+    side: list[Value] = []
+    # s <- qk: elementwise ops of the scores' shape; find the one matmul among s's producers
+    seen: dict[Op, None] = {}
+    stack = [s.op]
+    qks: list[Op] = []
+    while stack and len(seen) < 4 * _SIDE_LIMIT:
+        p = stack.pop()
+        if p is None or p in seen:
+            continue
+        seen[p] = None
+        if p.name == "matmul":
+            if p.results[0].shape == s.shape:
+                qks.append(p)
+            continue
+        if has_trait(p, "elementwise") and p.results[0].shape == s.shape:
+            stack.extend(x.op for x in p.operands)
+    if len(qks) != 1:
+        return f"the scores are computed from {len(qks)} matmuls of their shape, not one (Q Kᵀ)"
+    qk = qks[0]
+    # core: ops on the paths qk -> s (each elementwise on the scores' shape)
+    dep: dict[Op, bool] = {qk: True}
+
+    def on_path(op: Op | None) -> bool:
+        if op is None or op not in seen:
+            return False
+        if op not in dep:
+            dep[op] = False
+            dep[op] = any(on_path(x.op) for x in op.operands)
+        return dep[op]
+
+    path = [op for op in seen if op is not qk and on_path(op)]
+    for op in path:
+        for x in op.operands:
+            if not on_path(x.op):
+                side.append(x)
+    return qk, path, side
+
+
 def match(pv: Op) -> AttentionMatch | str:
     """The attention pattern ending in `pv`, or why `pv` does not end one."""
     if pv.name != "matmul":
@@ -120,40 +163,11 @@ def match(pv: Op) -> AttentionMatch | str:
     mx = _through_broadcast(b1, "max")
     if mx is None or not _last_axis_keepdims(mx, s):
         return "the softmax does not subtract the row max of its scores (over the last axis)"
-    # s <- qk: elementwise ops of the scores' shape; find the one matmul among s's producers
-    seen: dict[Op, None] = {}
-    stack = [s.op]
-    qks: list[Op] = []
-    while stack and len(seen) < 4 * _SIDE_LIMIT:
-        p = stack.pop()
-        if p is None or p in seen:
-            continue
-        seen[p] = None
-        if p.name == "matmul":
-            if p.results[0].shape == s.shape:
-                qks.append(p)
-            continue
-        if has_trait(p, "elementwise") and p.results[0].shape == s.shape:
-            stack.extend(x.op for x in p.operands)
-    if len(qks) != 1:
-        return f"the scores are computed from {len(qks)} matmuls of their shape, not one (Q Kᵀ)"
-    qk = qks[0]
-    # core: ops on the paths qk -> s (each elementwise on the scores' shape)
-    dep: dict[Op, bool] = {qk: True}
-
-    def on_path(op: Op | None) -> bool:
-        if op is None or op not in seen:
-            return False
-        if op not in dep:
-            dep[op] = False
-            dep[op] = any(on_path(x.op) for x in op.operands)
-        return dep[op]
-
-    path = [op for op in seen if op is not qk and on_path(op)]
-    for op in path:
-        for x in op.operands:
-            if not on_path(x.op):
-                side.append(x)
+    got = scores_of(s)
+    if isinstance(got, str):
+        return got
+    qk, path, more = got
+    side += more
     softmax = [mx, sub, ex, sm, div] + [x.op for x in (b1, b2) if x.op is not None and x.op.name == "broadcast"]
     core = [qk, *path, *softmax, *chain, pv]
     side.append(pv.operands[1])
@@ -201,13 +215,17 @@ class Attention(KernelKind):
 
     def issues(self, g: KernelGroup) -> Iterator[Issue]:
         pvs = [o.op for o in g.outputs if o.op is not None and o.op.name == "matmul"]
-        if len(g.outputs) != 1 or len(pvs) != 1:
+        if len(pvs) != 1:
             yield Issue("an attention kernel has one output, the second matmul's result (the L x S "
                         "probabilities would have to be stored)")
             return
         m = match(pvs[0])
         if isinstance(m, str):
             yield Issue(f"not attention: {m}")
+            return
+        if any(o not in (m.pv.result, m.mx.result, m.sm.result) for o in g.outputs):
+            yield Issue("an attention kernel yields the second matmul's result and the softmax's row max "
+                        "and sum only (the L x S probabilities would have to be stored)")
             return
         core = set(m.core)
         for op in g.ops:
@@ -244,7 +262,8 @@ class Attention(KernelKind):
             members = set(m.core)
             if any(op not in index for op in members):
                 continue
-            leak = next((op for op in m.core if op is not pv and any(
+            stats = (pv, m.mx, m.sm)  # row statistics may leave: the kernel stores them
+            leak = next((op for op in m.core if op not in stats and any(
                 u not in members for r in op.results for u, _ in r.uses)), None)
             if leak is not None:
                 yield sorted(members, key=index.__getitem__), (
@@ -275,6 +294,27 @@ class Attention(KernelKind):
         return added
 
 
+def causal(m: AttentionMatch) -> bool:
+    """Are the scores `where(not(key - query <= 0), -inf, x)` over iotas of the scores' last two
+    dims (what `is_causal` traces to)? Then keys after a query block's last row only add exp(-inf)
+    = 0, and the kernels may skip those blocks."""
+    w = m.scores.op
+    if w is None or w.name != "where" or _splat(w.operands[1]) != float("-inf"):
+        return False
+    c = w.operands[0].op
+    while c is not None and c.name == "broadcast":
+        c = c.operands[0].op
+    if c is None or c.name != "logical_not" or (le := c.operands[0].op) is None or le.name != "le":
+        return False
+    sub = le.operands[0].op
+    if _splat(le.operands[1]) != 0.0 or sub is None or sub.name != "sub":
+        return False
+    j, i = (x.op for x in sub.operands)
+    want = tuple(m.scores.shape[-2:])
+    return (j is not None and i is not None and j.name == i.name == "iota" and tuple(j.attrs["shape"]) == want
+            and tuple(i.attrs["shape"]) == want and j.attrs.get("axis", 0) == 1 and i.attrs.get("axis", 0) == 0)
+
+
 ATTENTION = register_kind(Attention())
 
-__all__ = ["ATTENTION", "Attention", "MAX_HEAD_DIM", "AttentionMatch", "match"]
+__all__ = ["ATTENTION", "Attention", "MAX_HEAD_DIM", "AttentionMatch", "causal", "match", "scores_of"]

@@ -207,6 +207,14 @@ class FusionPolicy:
             tier = 1
         return (tier, nbytes)
 
+    def prepare(self, graph) -> None:
+        """Let the target's kinds rewrite what their patterns need first (the attention backward
+        recomputes the forward's probabilities instead of storing them)."""
+        for name in self.target.kinds:
+            prep = getattr(KERNEL_KINDS[name], "prepare", None)
+            if prep is not None:
+                prep(graph)
+
     def seed_groups(self, ops: Sequence[Op]) -> Iterator[tuple[list[Op], Decision]]:
         """Whole patterns that the target's kinds find in `ops` (top-level, program order) and that
         the pass outlines before greedy fusion (attention: no pair on the way to it is a kernel).

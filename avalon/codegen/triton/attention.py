@@ -7,8 +7,11 @@ BM queries of one (batch, head) (grid: query blocks x batch*heads) and walks the
     m'  = max(m, rowmax(s));  p = exp(s - m');  l = l·exp(m - m') + rowsum(p)
     acc = acc·exp(m - m') + p' V_blk          (p' = the group's dropout applied to p)
 
-and stores acc / l. The L x S scores never exist in memory. Because `p'` is linear in the
-probabilities, applying it to the unnormalized `p` and dividing by `l` once at the end is exact.
+and stores acc / l, plus the row max m and sum l when the group yields them (the backward pass
+recomputes P = exp(s - m) / l from them). With a causal mask the key loop stops at the query
+block's diagonal: later keys only add exp(-inf) = 0. The L x S scores never exist in memory.
+Because `p'` is linear in the probabilities, applying it to the unnormalized `p` and dividing by
+`l` once at the end is exact.
 
 Everything between the two matmuls is emitted by the ordinary value emitter at index (row, key):
 `qk` and the softmax's `div` are overridden with the running tiles, so masks (iota formulas, bool
@@ -21,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from avalon.ir import dtypes as dt
-from avalon.passes.attention import match
+from avalon.passes.attention import causal, match
 
 from . import types as ty
 from .blocks import BlockPolicy, cdiv, next_pow2
@@ -43,12 +46,15 @@ def attention_blocks(policy: BlockPolicy, L: int, S: int, E: int, Ev: int) -> di
 
 def build_attention(group: Group, in_strides: Sequence[Sequence[int]], out_strides: Sequence[Sequence[int]],
                     policy: BlockPolicy) -> Kernel:
-    if len(group.outputs) != 1 or group.outputs[0].op is None:
-        raise Unsupported("an attention group yields exactly the second matmul's result")
-    m = match(group.outputs[0].op)
+    pvs = [o.op for o in group.outputs if o.op is not None and o.op.name == "matmul"]
+    if len(pvs) != 1:
+        raise Unsupported("an attention group yields the second matmul's result")
+    m = match(pvs[0])
     if isinstance(m, str):
         raise Unsupported(m)
     qk, pv, res = m.qk, m.pv, m.pv.result
+    if any(o not in (res, m.mx.result, m.sm.result) for o in group.outputs):
+        raise Unsupported("an attention group yields the output and the row max and sum only")
     if any(op not in group.ops for op in m.core):
         raise Unsupported("the attention pattern is not all inside the group")
     L, S = m.scores.shape[-2:]
@@ -78,7 +84,8 @@ def build_attention(group: Group, in_strides: Sequence[Sequence[int]], out_strid
     em.line(f"m_i = tl.full([BM, 1], float('-inf'), {ft})")
     em.line(f"l_i = tl.zeros([BM, 1], {ft})")
     em.line(f"acc = tl.zeros([BM, BV], {ft})")
-    em.open(f"for n0 in range(0, {S}, BN):")
+    hi = f"tl.minimum((tl.program_id(0) + 1) * BM, {S})" if causal(m) else str(S)
+    em.open(f"for n0 in range(0, {hi}, BN):")
     rn = Affine.of(em.define_var("rn", "n0 + tl.arange(0, BN)[None, :]", S, "mask_n"))
     em.line(f"mask_n = rn < {S}")
     rk = Affine.of(em.define_var("rk", "n0 + tl.arange(0, BN)[:, None]", S, "mask_k"))
@@ -105,9 +112,16 @@ def build_attention(group: Group, in_strides: Sequence[Sequence[int]], out_strid
     em.line("out = acc / l_i")
     out_idx = g2.out({"g": g, "m": rm, "n": rv})
     out = Val("out", res.dtype, em.scope, frozenset({"rm", "rv"}) | gdeps)
-    em.store("out0", out_strides[0], res.shape, out_idx, out, res.dtype, ["rm", "rv"])
+    stats = {id(m.mx.result): "m_i", id(m.sm.result): "tl.where(m_i == float('-inf'), float('nan'), l_i)"}
+    row_idx = g2.out({"g": g, "m": rm, "n": Affine()})  # (..., row, 0): the (..., L, 1) statistics
+    for j, o in enumerate(group.outputs):
+        if o is res:
+            em.store(f"out{j}", out_strides[j], res.shape, out_idx, out, res.dtype, ["rm", "rv"])
+        else:  # a fully masked row: max -inf, sum nan (exp(-inf - -inf)), as the reference has them
+            val = Val(stats[id(o)], o.dtype, em.scope, frozenset({"rm"}) | gdeps)
+            em.store(f"out{j}", out_strides[j], o.shape, row_idx, val, o.dtype, ["rm"])
     meta = attention_blocks(policy, L, S, E, Ev)
-    src, params = assemble(group, "attention", em, ["BM", "BN", "BE", "BV"], [res.dtype])
+    src, params = assemble(group, "attention", em, ["BM", "BN", "BE", "BV"], [o.dtype for o in group.outputs])
     grid = (cdiv(L, meta["BM"]) if S else 0, G)
     warps = 1 if policy.interpret else (8 if meta["BM"] * meta["BN"] >= 128 * 64 else 4)
     return Kernel(group.name, "attention", src, params, meta, grid, num_warps=warps,

@@ -12,12 +12,14 @@ from collections.abc import Callable
 from avalon.passes.target import Target
 
 from .attention import build_attention
+from .attention_bwd import build_attention_bwd
 from .contraction import build_contraction
 from .pointwise import build_pointwise
 from .reduction import build_reduction
 
 EMITTERS: dict[str, Callable] = {
     "attention": build_attention,
+    "attention_bwd": build_attention_bwd,
     "contraction": build_contraction,
     "reduction": build_reduction,
     "pointwise": build_pointwise,

@@ -1,0 +1,150 @@
+"""Attention backward kernels (FlashAttention-2): dQ, dK and dV recomputing P per tile.
+
+The group (`avalon.passes.attention_bwd.match_backward` names its roles) reads Q, K, V, dO, the
+mask's index math, the forward's row max m and sum l, and the row term D/l; it yields dQ, dK, dV.
+Grid: max(query blocks, key blocks) x batch*heads, and no atomics. Program i
+
+1. owns key block i: walks the query blocks (from the diagonal on, for a causal mask), and per tile
+   recomputes s = Q Kᵀ (plus the group's scale and masks), P = exp(s - m) / l, dP = dO Vᵀ and dS
+   (the group's own elementwise ops); accumulates dV += Pᵀ dO and dK += dSᵀ Q;
+2. owns query block i: walks the key blocks (up to the diagonal, for a causal mask), recomputes the
+   same tile and accumulates dQ += dS K.
+
+Everything between the matmuls is emitted by the value emitter at (row, key), as in the forward.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from avalon.ir import dtypes as dt
+from avalon.passes.attention import causal, match
+from avalon.passes.attention_bwd import AttentionBwd
+
+from . import types as ty
+from .attention import attention_blocks
+from .blocks import BlockPolicy, cdiv
+from .contraction import _matmul, _operand
+from .emitter import Emitter, Unsupported, Val
+from .group import Group
+from .indexing import Affine, index_key
+from .kernel import Kernel, assemble
+
+
+def _is_causal(m) -> bool:
+    """Causal block skipping needs the scores to be `causal`'s shape (see the forward)."""
+    fake = type("M", (), {"scores": m.scores})
+    try:
+        return causal(fake)
+    except (AttributeError, KeyError):
+        return False
+
+
+def build_attention_bwd(group: Group, in_strides: Sequence[Sequence[int]], out_strides: Sequence[Sequence[int]],
+                        policy: BlockPolicy) -> Kernel:
+    m = AttentionBwd._match(group.kernel_group())
+    if isinstance(m, str):
+        raise Unsupported(m)
+    outs = {id(m.dq.result): "dq", id(m.dk.result): "dk", id(m.dv.result): "dv"}
+    if any(id(o) not in outs for o in group.outputs):
+        raise Unsupported("an attention backward group yields dQ, dK and dV only")
+    qk, dp = m.qk, m.dp
+    L, S = m.scores.shape[-2:]
+    E, Ev = qk.operands[0].shape[-1], dp.operands[0].shape[-1]
+    G = 1
+    for b in m.scores.shape[:-2]:
+        G *= b
+    res = m.dq.result
+    acc_d = dt.float64 if res.dtype == dt.float64 else dt.float32
+    ft = ty.tl_type(acc_d)
+    prec = f', input_precision="{policy.dot_precision}"' if acc_d == dt.float32 else ""
+    cz = _is_causal(m)
+    em = Emitter(group.inputs, in_strides, dots_in_f32=policy.interpret)
+    g = Affine.of(em.define_var("gz", "tl.program_id(1)", G)) if G > 1 else Affine()
+    em.scalars.add("gz")
+    gdeps = frozenset({"gz"}) if G > 1 else frozenset()
+    em.line("pid = tl.program_id(0)")
+    fixed = {}
+    for name, expr, n, msk in (("re", "tl.arange(0, BE)[None, :]", E, "mask_e"),
+                               ("rek", "tl.arange(0, BE)[:, None]", E, "mask_ek"),
+                               ("rv", "tl.arange(0, BV)[None, :]", Ev, "mask_v"),
+                               ("rvk", "tl.arange(0, BV)[:, None]", Ev, "mask_vk")):
+        fixed[name] = Affine.of(em.define_var(name, expr, n, msk))
+        em.line(f"{msk} = {name} < {n}")
+    g1, gp, gq, gk, gv = _matmul(qk), _matmul(dp), _matmul(m.dq), _matmul(m.dk), _matmul(m.dv)
+    deps = frozenset({"rm", "rn"}) | gdeps
+
+    def tile(rm: Affine, rn: Affine) -> tuple[str, str, str]:
+        """Recompute P and dS at (rows rm, keys rn); returns (p, ds, do) tile names."""
+        q = _operand(em, qk.operands[0], "q", g1.a, {"g": g, "m": rm, "ka": fixed["re"]}, ("rm", "re"))
+        kt = _operand(em, qk.operands[1], "kt", g1.b, {"g": g, "kb": fixed["rek"], "n": rn}, ("rek", "rn"))
+        em.line(f"qk = tl.dot({q}, {kt}{prec}).to({ft})")
+        do = _operand(em, dp.operands[0], "do", gp.a, {"g": g, "m": rm, "ka": fixed["rv"]}, ("rm", "rv"))
+        vt = _operand(em, dp.operands[1], "vt", gp.b, {"g": g, "kb": fixed["rvk"], "n": rn}, ("rvk", "rn"))
+        em.line(f"dp = tl.dot({do}, {vt}{prec}).to({ft})")
+        idx = g1.out({"g": g, "m": rm, "n": rn})
+        em.overrides[(id(qk.result), index_key(idx))] = Val("qk", qk.result.dtype, em.scope, deps)
+        em.overrides[(id(dp.result), index_key(idx))] = Val("dp", dp.result.dtype, em.scope, deps)
+        live = "mask_m & mask_n"
+        p = em.value(m.div.result, idx)
+        em.line(f"p = tl.where({live}, ({p.expr}).to({ft}), 0.0)")
+        em.overrides[(id(m.div.result), index_key(idx))] = Val("p", m.div.result.dtype, em.scope, deps)
+        ds = em.value(m.ds, idx)
+        em.line(f"ds = tl.where({live}, ({ds.expr}).to({ft}), 0.0)")
+        return "p", "ds", do
+
+    def rows(name: str, expr: str, n: int, msk: str) -> Affine:
+        a = Affine.of(em.define_var(name, expr, n, msk))
+        em.line(f"{msk} = {name} < {n}")
+        return a
+
+    # 1. key block pid: dK, dV
+    em.open(f"if pid * BN < {S}:")
+    rn = rows("rn", "pid * BN + tl.arange(0, BN)[None, :]", S, "mask_n")
+    rk = rows("rk", "pid * BN + tl.arange(0, BN)[:, None]", S, "mask_k")
+    em.line(f"acc_dk = tl.zeros([BN, BE], {ft})")
+    em.line(f"acc_dv = tl.zeros([BN, BV], {ft})")
+    lo = "(pid * BN // BM) * BM" if cz else "0"
+    em.open(f"for m0 in range({lo}, {L}, BM):")
+    rm = rows("rm", "m0 + tl.arange(0, BM)[:, None]", L, "mask_m")
+    p, ds, _ = tile(rm, rn)
+    do2 = _operand(em, m.dv.operands[1], "dov", gv.b, {"g": g, "kb": rm, "n": fixed["rv"]}, ("rm", "rv"))
+    q2 = _operand(em, m.dk.operands[1], "qd", gk.b, {"g": g, "kb": rm, "n": fixed["re"]}, ("rm", "re"))
+    em.line(f"acc_dv += tl.dot(tl.trans({p}), {do2}{prec}).to({ft})")
+    em.line(f"acc_dk += tl.dot(tl.trans({ds}), {q2}{prec}).to({ft})")
+    em.close()
+    for j, o in enumerate(group.outputs):
+        role = outs[id(o)]
+        if role in ("dk", "dv"):
+            gm, col, acc = (gk, "re", "acc_dk") if role == "dk" else (gv, "rv", "acc_dv")
+            idx = gm.out({"g": g, "m": rk, "n": fixed[col]})
+            em.store(f"out{j}", out_strides[j], o.shape, idx, Val(acc, o.dtype, em.scope, frozenset({"rk", col})
+                                                                   | gdeps), o.dtype, ["rk", col])
+    em.close()
+    # 2. query block pid: dQ
+    if "dq" in [outs[id(o)] for o in group.outputs]:
+        em.open(f"if pid * BM < {L}:")
+        rm = rows("rm", "pid * BM + tl.arange(0, BM)[:, None]", L, "mask_m")
+        em.line(f"acc_dq = tl.zeros([BM, BE], {ft})")
+        hi = f"tl.minimum((pid + 1) * BM, {S})" if cz else str(S)
+        em.open(f"for n0 in range(0, {hi}, BN):")
+        rn = rows("rn", "n0 + tl.arange(0, BN)[None, :]", S, "mask_n")
+        rk = rows("rk", "n0 + tl.arange(0, BN)[:, None]", S, "mask_k")
+        p, ds, _ = tile(rm, rn)
+        k2 = _operand(em, m.dq.operands[1], "kq", gq.b, {"g": g, "kb": rk, "n": fixed["re"]}, ("rk", "re"))
+        em.line(f"acc_dq += tl.dot({ds}, {k2}{prec}).to({ft})")
+        em.close()
+        j = next(j for j, o in enumerate(group.outputs) if outs[id(o)] == "dq")
+        o = group.outputs[j]
+        idx = gq.out({"g": g, "m": rm, "n": fixed["re"]})
+        em.store(f"out{j}", out_strides[j], o.shape, idx, Val("acc_dq", o.dtype, em.scope,
+                                                               frozenset({"rm", "re"}) | gdeps), o.dtype, ["rm", "re"])
+        em.close()
+    meta = attention_blocks(policy, L, S, E, Ev)
+    src, params = assemble(group, "attention_bwd", em, ["BM", "BN", "BE", "BV"], [o.dtype for o in group.outputs])
+    grid = (max(cdiv(L, meta["BM"]), cdiv(S, meta["BN"])) if L and S else 0, G)
+    warps = 1 if policy.interpret else 8
+    return Kernel(group.name, "attention_bwd", src, params, meta, grid, num_warps=warps,
+                  num_stages=1 if policy.interpret else 2)
+
+
+__all__ = ["build_attention_bwd", "match"]
