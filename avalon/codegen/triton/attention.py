@@ -24,7 +24,7 @@ from avalon.ir import dtypes as dt
 from avalon.passes.attention import match
 
 from . import types as ty
-from .blocks import BlockPolicy, cdiv, next_pow2
+from .blocks import BlockPolicy, KernelConfig, cdiv, next_pow2
 from .contraction import _matmul, _operand
 from .emitter import Emitter, Unsupported, Val
 from .group import Group
@@ -42,7 +42,7 @@ def attention_blocks(policy: BlockPolicy, L: int, S: int, E: int, Ev: int) -> di
 
 
 def build_attention(group: Group, in_strides: Sequence[Sequence[int]], out_strides: Sequence[Sequence[int]],
-                    policy: BlockPolicy) -> Kernel:
+                    policy: BlockPolicy, config: KernelConfig | None = None) -> Kernel:
     if len(group.outputs) != 1 or group.outputs[0].op is None:
         raise Unsupported("an attention group yields exactly the second matmul's result")
     m = match(group.outputs[0].op)
@@ -106,9 +106,10 @@ def build_attention(group: Group, in_strides: Sequence[Sequence[int]], out_strid
     out_idx = g2.out({"g": g, "m": rm, "n": rv})
     out = Val("out", res.dtype, em.scope, frozenset({"rm", "rv"}) | gdeps)
     em.store("out0", out_strides[0], res.shape, out_idx, out, res.dtype, ["rm", "rv"])
-    meta = attention_blocks(policy, L, S, E, Ev)
+    meta = config.blocks if config else attention_blocks(policy, L, S, E, Ev)  # config: the autotuner's candidate
     src, params = assemble(group, "attention", em, ["BM", "BN", "BE", "BV"], [res.dtype])
     grid = (cdiv(L, meta["BM"]) if S else 0, G)
     warps = 1 if policy.interpret else (8 if meta["BM"] * meta["BN"] >= 128 * 64 else 4)
-    return Kernel(group.name, "attention", src, params, meta, grid, num_warps=warps,
-                  num_stages=1 if policy.interpret else max(2, policy.mm_stages - 1))
+    stages = 1 if policy.interpret else max(2, policy.mm_stages - 1)
+    return Kernel(group.name, "attention", src, params, meta, grid, num_warps=config.num_warps if config else warps,
+                  num_stages=config.num_stages if config else stages, problem={"l": L, "s": S, "e": E, "ev": Ev})
