@@ -270,7 +270,8 @@ def section_index() -> None:
 
 
 FIRST = ("import sys, time; sys.path.insert(0, sys.argv[1]); import gpu_bench as g; g.DRY = sys.argv[2] == '1';"
-         "g.DEV = sys.argv[3]; n, make, loss, batch, *_ = g.workloads()[0]; print(g.avalon_step_ms(make, loss, batch)[1])")
+         "g.DEV = sys.argv[3]; n, make, loss, batch, *_ = g.workloads()[0];"
+         "print(g.avalon_step_ms(make, loss, batch)[1])")
 
 
 def section_first_call() -> None:

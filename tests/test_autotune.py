@@ -67,8 +67,8 @@ def default_kernel(graph: Graph, kind: str, cache: KernelCache):
     (softmax_graph, "reduction", lambda x: np.exp(x - x.max(1, keepdims=True)) / np.exp(x - x.max(1, keepdims=True)).sum(1, keepdims=True)),
 ])
 def test_fastest_candidate_is_chosen_stored_and_computes_the_same(tmp_path, make, kind, ref):
-    from avalon.passes import DEFAULT_PIPELINE, PassManager
     from avalon.codegen.triton.target import TRITON
+    from avalon.passes import DEFAULT_PIPELINE, PassManager
     g = make()
     PassManager.parse(DEFAULT_PIPELINE, target=TRITON).run(g)
     cache = KernelCache(tmp_path)
@@ -125,8 +125,8 @@ PERSIST = textwrap.dedent('''
 
 
 def test_a_new_process_reuses_the_winner_without_timing(tmp_path):
-    from avalon.passes import DEFAULT_PIPELINE, PassManager
     from avalon.codegen.triton.target import TRITON
+    from avalon.passes import DEFAULT_PIPELINE, PassManager
     g = linear_graph()
     PassManager.parse(DEFAULT_PIPELINE, target=TRITON).run(g)
     cache = KernelCache(tmp_path)
@@ -142,8 +142,8 @@ def test_a_new_process_reuses_the_winner_without_timing(tmp_path):
 
 @pytest.mark.parametrize("damage", ["garbage", "json_list", "unknown_winner", "directory", "empty"])
 def test_bad_tuning_entries_are_healed(tmp_path, damage):
-    from avalon.passes import DEFAULT_PIPELINE, PassManager
     from avalon.codegen.triton.target import TRITON
+    from avalon.passes import DEFAULT_PIPELINE, PassManager
     g = linear_graph()
     PassManager.parse(DEFAULT_PIPELINE, target=TRITON).run(g)
     cache = KernelCache(tmp_path)
