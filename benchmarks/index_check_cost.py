@@ -39,7 +39,7 @@ def _time_steps(checks: bool, reps: int, batch: int) -> float:
     y = av.tensor(rng.integers(0, 10, batch), device=dev)
 
     def step(model, opt, x, y):
-        loss, grads = av.value_and_grad(zoo.nll)(model, x, y)
+        loss, grads = av.value_and_grad(lambda m, a, t: zoo.nll(m(a), t))(model, x, y)
         opt.step(grads)
         return loss
 

@@ -66,7 +66,8 @@ class Inspection:
     fused group's region as a standalone function, so both backends show the same groups);
     `source`: the generated program's source where the backend generates one (the numpy backend's
     straight-line function), else ""; `memory_plan`: the buffer plan of the final graph's
-    intermediates; `pipeline_key`: every pass
+    intermediates; `tuning`: per tunable kernel its launch config, the other candidates' times and
+    how it was chosen (Triton backend); `pipeline_key`: every pass
     with all its options and its version (`PassManager.key()`), so a pass that changes names a new
     debug folder.
     """
@@ -85,6 +86,7 @@ class Inspection:
     pipeline_key: str = ""
     debug_dir: str | None = None
     source: str = ""
+    tuning: dict[str, dict] = field(default_factory=dict)  # kernel -> {"config", "times" (ms per candidate), "how"}
     _plan: MemoryPlan | None = field(default=None, repr=False)
 
     @property
@@ -299,6 +301,7 @@ class Compiled:
         # state updates are written back before a call returns, so the backend may hand them over in
         # storage it reuses (a `CompiledGraph`, possibly wrapped by the backend's executable)
         runtime = getattr(exe, "compiled", exe)
+        insp.tuning = dict(getattr(runtime, "tuning", {}) or {})  # the autotuner's choices (Triton)
         if hasattr(runtime, "scratch_outputs"):
             runtime.scratch_outputs = frozenset(range(traced.n_outputs, len(graph.outputs)))
         ids = {id(obj): j for j, (_, obj) in enumerate(leaves)}

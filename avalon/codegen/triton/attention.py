@@ -27,7 +27,7 @@ from avalon.ir import dtypes as dt
 from avalon.passes.attention import causal, match
 
 from . import types as ty
-from .blocks import BlockPolicy, cdiv, next_pow2
+from .blocks import BlockPolicy, KernelConfig, cdiv, next_pow2
 from .contraction import _matmul, _operand
 from .emitter import Emitter, Unsupported, Val
 from .group import Group
@@ -45,7 +45,7 @@ def attention_blocks(policy: BlockPolicy, L: int, S: int, E: int, Ev: int) -> di
 
 
 def build_attention(group: Group, in_strides: Sequence[Sequence[int]], out_strides: Sequence[Sequence[int]],
-                    policy: BlockPolicy) -> Kernel:
+                    policy: BlockPolicy, config: KernelConfig | None = None) -> Kernel:
     pvs = [o.op for o in group.outputs if o.op is not None and o.op.name == "matmul"]
     if len(pvs) != 1:
         raise Unsupported("an attention group yields the second matmul's result")
@@ -120,9 +120,10 @@ def build_attention(group: Group, in_strides: Sequence[Sequence[int]], out_strid
         else:  # a fully masked row: max -inf, sum nan (exp(-inf - -inf)), as the reference has them
             val = Val(stats[id(o)], o.dtype, em.scope, frozenset({"rm"}) | gdeps)
             em.store(f"out{j}", out_strides[j], o.shape, row_idx, val, o.dtype, ["rm"])
-    meta = attention_blocks(policy, L, S, E, Ev)
+    meta = config.blocks if config else attention_blocks(policy, L, S, E, Ev)  # config: the autotuner's candidate
     src, params = assemble(group, "attention", em, ["BM", "BN", "BE", "BV"], [o.dtype for o in group.outputs])
     grid = (cdiv(L, meta["BM"]) if S else 0, G)
     warps = 1 if policy.interpret else (8 if meta["BM"] * meta["BN"] >= 128 * 64 else 4)
-    return Kernel(group.name, "attention", src, params, meta, grid, num_warps=warps,
-                  num_stages=1 if policy.interpret else max(2, policy.mm_stages - 1))
+    stages = 1 if policy.interpret else max(2, policy.mm_stages - 1)
+    return Kernel(group.name, "attention", src, params, meta, grid, num_warps=config.num_warps if config else warps,
+                  num_stages=config.num_stages if config else stages, problem={"l": L, "s": S, "e": E, "ev": Ev})

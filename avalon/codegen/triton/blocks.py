@@ -67,3 +67,40 @@ class BlockPolicy:
         def tile(s: int, cap: int) -> int:
             return max(16, min(next_pow2(s), cap))
         return {"BM": tile(m, self.mm_block), "BN": tile(n, self.mm_block), "BK": tile(k, self.mm_k), "GROUP_M": 8}
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """One launch configuration of a tunable kernel: its block-size constexprs, warps and pipeline
+    stages. Emitters take one (None: what the `BlockPolicy` picks) so the autotuner can build the
+    same group with each candidate; `label` names it in tuning records and `inspect`."""
+
+    meta: tuple[tuple[str, int], ...]
+    num_warps: int
+    num_stages: int
+
+    @staticmethod
+    def of(meta: dict[str, int], num_warps: int, num_stages: int) -> KernelConfig:
+        return KernelConfig(tuple(sorted(meta.items())), num_warps, num_stages)
+
+    @property
+    def blocks(self) -> dict[str, int]:
+        return dict(self.meta)
+
+    @property
+    def label(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.meta) + f" w={self.num_warps} s={self.num_stages}"
+
+    def to_json(self) -> dict:
+        return {"meta": dict(self.meta), "num_warps": self.num_warps, "num_stages": self.num_stages}
+
+    @staticmethod
+    def from_json(d: dict) -> KernelConfig:
+        """Raises (KeyError, TypeError, ValueError) on anything but what `to_json` wrote."""
+        meta = d["meta"]
+        if not isinstance(meta, dict) or not all(isinstance(k, str) and type(v) is int for k, v in meta.items()):
+            raise ValueError(f"bad meta {meta!r}")
+        w, s = d["num_warps"], d["num_stages"]
+        if type(w) is not int or type(s) is not int:
+            raise ValueError("bad warps/stages")
+        return KernelConfig.of(meta, w, s)

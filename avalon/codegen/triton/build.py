@@ -9,6 +9,11 @@
 * any other op is a group of one; a view (`target.is_view`) costs no kernel; a dense constant is
   uploaded once per device.
 
+Launch configs: contraction, attention and reduction kernels get the autotuner's (`autotune.py`:
+timed once per kernel, shape and GPU, kept in the kernel cache; fixed in the interpreter); the
+choice per kernel is `CompiledGraph.tuning`. On a GPU every kernel is then compiled up front in a
+thread pool (`autotune.warm_up`), not one by one as the first call reaches it.
+
 Storage: top-level intermediates live where the `memory-plan` pass's plan puts them (computed here
 when the graph carries no current plan); see `memory.py`.
 """
@@ -27,7 +32,8 @@ from avalon.ir.types import TensorType
 from avalon.passes.memory_plan import plan_memory
 from avalon.passes.target import Target
 
-from .blocks import BlockPolicy
+from .autotune import TUNABLE, Tuner, warm_up
+from .blocks import BlockPolicy, KernelConfig
 from .cache import KernelCache, announce_interpreter, interpreting
 from .emitter import Unsupported
 from .group import Group, from_fusion, from_op, identifier
@@ -41,9 +47,10 @@ from .target import EMITTERS, TRITON
 log = get_logger("triton")
 
 
-def build_kernel(group: Group, policy: BlockPolicy, target: Target = TRITON) -> Kernel:
+def build_kernel(group: Group, policy: BlockPolicy, target: Target = TRITON,
+                 config: KernelConfig | None = None) -> Kernel:
     """One kernel for `group`, by the emitter of the kind `target` classifies it as (raises
-    Unsupported when no kind or emitter can take it)."""
+    Unsupported when no kind or emitter can take it); `config` (tunable kinds): its launch config."""
     own = LOWERING.get(group.ops[0].name) if len(group.ops) == 1 else None
     if own is not None and own.builds_kernel:  # an op with a kernel of its own (cumsum's scan)
         return own.build_kernel(group, policy)
@@ -60,12 +67,37 @@ def build_kernel(group: Group, policy: BlockPolicy, target: Target = TRITON) -> 
         raise Unsupported(f"the Triton backend has no emitter for {kind.name} kernels")
     ins = [v.type.strides() for v in group.inputs]
     outs = [v.type.strides() for v in group.outputs]
-    return emit(group, ins, outs, policy)
+    return emit(group, ins, outs, policy) if config is None else emit(group, ins, outs, policy, config)
+
+
+def _span(shape: tuple[int, ...], strides) -> int:
+    """Elements a strided tensor's storage must hold."""
+    return 1 + sum((n - 1) * abs(s) for n, s in zip(shape, strides) if n > 0) if all(shape) else 1
+
+
+def _arg_maker(group: Group, k: Kernel, device) -> Callable[[], list]:
+    """Argument tensors for timing `k` alone: random floats, zero integers (always valid indices)."""
+    def make() -> list:
+        import torch
+
+        from . import types as ty
+        vals = list(group.inputs) + list(group.outputs)
+        out = []
+        for (name, d), v in zip(k.params, vals + [None]):
+            n = 2 * len(k.checks) if name == "err" else _span(v.type.shape, v.type.strides())
+            t = ty.TORCH[d.name]
+            out.append(torch.randn(n, device=device).to(t) if d.is_float else torch.zeros(n, dtype=t, device=device))
+        return out
+    return make
 
 
 class _Lowerer:
-    def __init__(self, policy: BlockPolicy, cache: KernelCache, target: Target):
+    def __init__(self, policy: BlockPolicy, cache: KernelCache, target: Target, tuner: Tuner | None = None,
+                 device=None):
         self.policy = policy
+        self.tuner = tuner or Tuner()
+        self.device = device
+        self.tuning: dict[str, dict] = {}  # kernel name -> TuningRecord.to_dict()
         self.cache = cache
         self.target = target
         self.written: list[Value] = []  # values kernels write, in launch order
@@ -93,8 +125,22 @@ class _Lowerer:
         self.consts.append(v)
         self.const_data.append(np.asarray(data))
 
+    def tuned(self, group: Group, k: Kernel) -> Kernel:
+        """`k`, or the same group built with the autotuner's config for it."""
+        def build(config: KernelConfig) -> Kernel:
+            kc = build_kernel(group, self.policy, self.target, config)
+            kc.fn = self.cache.load(kc.name, kc.source)
+            return kc
+        if k.kind in TUNABLE:
+            k.fn = self.cache.load(k.name, k.source)
+            k, rec = self.tuner.tune(k, build, _arg_maker(group, k, self.device), self.cache)
+            if rec is not None:
+                self.tuning[k.name] = rec.to_dict()
+        return k
+
     def add_kernel(self, k: Kernel, args: list[Value], writes: list[Value]) -> None:
-        k.fn = self.cache.load(k.name, k.source)
+        if k.fn is None:
+            k.fn = self.cache.load(k.name, k.source)
         self.kernels[k.name] = k.source
         self.launches.append(Launch(k, args))
         self.written += writes
@@ -123,7 +169,7 @@ class _Lowerer:
 
     def lower_group(self, group: Group, writes: list[Value]) -> None:
         try:
-            k = build_kernel(group, self.policy, self.target)
+            k = self.tuned(group, build_kernel(group, self.policy, self.target))
         except Unsupported as e:
             raise NotImplementedError(f"cannot lower '{group.ops[0].name}' to Triton: {e}") from e
         self.add_kernel(k, [self.resolve(v) for v in group.inputs] + writes, writes)
@@ -137,7 +183,7 @@ class _Lowerer:
         for a, v in zip(region.args, op.operands):
             self.alias[id(a)] = v
         try:
-            k = build_kernel(group, self.policy, self.target)
+            k = self.tuned(group, build_kernel(group, self.policy, self.target))
         except Unsupported as e:  # the group still runs, slower: say so
             log.warning("fusion @%s: one kernel per op instead (%s)", name, e)
             self.fallbacks.append(f"@{name}: {e}")
@@ -180,23 +226,26 @@ def _copy_maker(policy: BlockPolicy, cache: KernelCache) -> Callable[[TensorType
 
 
 def compile_graph(graph: Graph, *, blocks: BlockPolicy | None = None, cache: KernelCache | None = None,
-                  device=None, target: Target = TRITON) -> CompiledGraph:
-    """Lower every top-level op of `graph` to Triton kernels (see the module docstring)."""
+                  device=None, target: Target = TRITON, tuner: Tuner | None = None) -> CompiledGraph:
+    """Lower every top-level op of `graph` to Triton kernels (see the module docstring); `tuner`
+    chooses launch configs (default: `Tuner()`, timing on the GPU, fixed in the interpreter)."""
     import torch
     announce_interpreter()
     policy = blocks or BlockPolicy.for_device(interpreting())
     cache = cache or KernelCache()
-    lw = _Lowerer(policy, cache, target)
+    dev = torch.device(device) if device is not None else default_device()
+    lw = _Lowerer(policy, cache, target, tuner, dev)
     for op in graph.ops:
         lw.lower(op)
+    warm_up([ln.kernel for ln in lw.launches])
     plan = graph.analysis("memory_plan")
     if plan is None and target.memory_plan:
         plan = plan_memory(graph, target=target)
     planned, arenas = (plan.assignment, plan.buffers) if plan is not None else ({}, [])
     storage = assign_storage(graph.inputs, lw.consts, lw.written, lw.shared, graph.outputs, planned, arenas)
-    dev = torch.device(device) if device is not None else default_device()
     cg = CompiledGraph(graph, lw.launches, storage, lw.const_data, [v.type for v in lw.consts], lw.kernels,
                        _copy_maker(policy, cache), dev, fallbacks=lw.fallbacks)
+    cg.tuning = lw.tuning  # kernel name -> chosen config, candidates' times, how it was chosen
     log.debug("compiled @%s: %d kernels, %d launches, %d buffers, %d arena buffers", graph.name, len(lw.kernels),
               len(lw.launches), len(storage.buffers), len(arenas))
     return cg

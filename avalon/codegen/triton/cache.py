@@ -17,10 +17,15 @@ Loading never runs bytecode: Python's import machinery would read (and trust) an
 run instead of the verified source. We compile the verified source text ourselves and exec the
 code object in a fresh module whose `__file__` is the real file (Triton reads the source back from
 it), so nothing is read from or written to `__pycache__`.
+
+Tuning entries (`autotune.py`): `<root>/tuning/<key[:2]>/<key>.json`, the winning launch config of
+one kernel on one device with every candidate's time, written atomically the same way; one that is
+unreadable, not JSON, not a JSON object or not a regular file is removed and re-timed.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import stat
@@ -197,3 +202,41 @@ class KernelCache:
             sys.modules.pop(name, None)
             raise
         return mod
+
+    # --- tuning entries ---------------------------------------------------------------------------
+    def tuning_key(self, source: str, device: str, version: str, candidates: list[str]) -> str:
+        """(kernel source: every shape and dtype, device name, candidate set) -> key."""
+        return self.key("\0".join(["tuning", device, version, *candidates, source]))
+
+    def tuning_path(self, key: str) -> Path:
+        return self.root / "tuning" / key[:2] / f"{key}.json"
+
+    def load_tuning(self, key: str) -> dict | None:
+        """The stored record, or None (missing; a bad entry is removed so it is timed again)."""
+        path = self.tuning_path(key)
+        state = self._check(path, "")
+        if state == "missing":
+            return None
+        if state in ("hit", "corrupted"):  # a regular, readable file: is it a record?
+            try:
+                rec = json.loads(path.read_text())
+                if isinstance(rec, dict):
+                    log.debug("tuning hit %s", key)
+                    return rec
+                state = "not a JSON object"
+            except (OSError, UnicodeDecodeError, ValueError) as e:
+                state = f"unreadable: {e}"
+        log.debug("tuning rebuild (%s) %s", state, key)
+        self.drop_tuning(key)
+        return None
+
+    def save_tuning(self, key: str, record: dict) -> None:
+        self._write(self.tuning_path(key), json.dumps(record, sort_keys=True))
+
+    def drop_tuning(self, key: str) -> None:
+        path = self.tuning_path(key)
+        try:
+            self._clear(path, want_dir=False)  # a directory or symlink where the entry belongs
+            path.unlink(missing_ok=True)
+        except OSError:  # the shard is a file: `_write` replaces it
+            pass

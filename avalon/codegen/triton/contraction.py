@@ -28,7 +28,7 @@ from avalon.ir import dtypes as dt
 from avalon.ir.core import Op, Value
 
 from . import types as ty
-from .blocks import BlockPolicy, cdiv, next_pow2
+from .blocks import BlockPolicy, KernelConfig, cdiv, next_pow2
 from .emitter import Emitter, Unsupported, Val
 from .group import Group
 from .indexing import Affine, Index, delinearize, index_key, reshape_index
@@ -187,7 +187,8 @@ def _operand(em: Emitter, x: Value, prefix: str, read: Operand, v: Vars, live: t
 
 
 def build_contraction(group: Group, in_strides: Sequence[Sequence[int]], out_strides: Sequence[Sequence[int]],
-                      policy: BlockPolicy) -> Kernel:
+                      policy: BlockPolicy, config: KernelConfig | None = None) -> Kernel:
+    """`config` (the autotuner's candidate) overrides the policy's tiles, warps and stages."""
     cons = [op for op in group.ops if LOWERING[op.name].kind == "contraction"]
     if len(cons) != 1:
         raise Unsupported(f"a contraction group needs exactly one contraction, has {len(cons)}")
@@ -198,7 +199,7 @@ def build_contraction(group: Group, in_strides: Sequence[Sequence[int]], out_str
     if any(o.type.numel != total for o in group.outputs):
         raise Unsupported("a contraction group's outputs must each have one element per element of its result")
     if folds_groups(op, gemm):
-        return _build_folded(group, op, gemm, in_strides, out_strides, policy)
+        return _build_folded(group, op, gemm, in_strides, out_strides, policy, config)
     em = Emitter(group.inputs, in_strides, dots_in_f32=policy.interpret)
     em.line("pid = tl.program_id(0)")
     em.line(f"num_pid_m = tl.cdiv({gemm.m}, BM)")
@@ -243,14 +244,15 @@ def build_contraction(group: Group, in_strides: Sequence[Sequence[int]], out_str
     for j, o in enumerate(group.outputs):
         oidx = reshape_index(out_idx, res.shape, o.shape)
         em.store(f"out{j}", out_strides[j], o.shape, oidx, em.value(o, oidx), o.dtype, ["rm", "rn"])
-    meta = policy.contraction(gemm.m, gemm.n, gemm.k)
+    meta = config.blocks if config else policy.contraction(gemm.m, gemm.n, gemm.k)
     src, params = assemble(group, "contraction", em, ["BM", "BN", "BK", "GROUP_M"], [o.dtype for o in group.outputs])
     grid = (cdiv(gemm.m, meta["BM"]) * cdiv(gemm.n, meta["BN"]), gemm.groups)
     if gemm.m == 0 or gemm.n == 0:
         grid = (0, gemm.groups)
     return Kernel(group.name, "contraction", src, params, meta, grid,
-                  num_warps=policy.contraction_warps(meta["BM"], meta["BN"]),
-                  num_stages=1 if policy.interpret else policy.mm_stages)
+                  num_warps=config.num_warps if config else policy.contraction_warps(meta["BM"], meta["BN"]),
+                  num_stages=config.num_stages if config else 1 if policy.interpret else policy.mm_stages,
+                  problem={"m": gemm.m, "n": gemm.n, "k": gemm.k, "groups": gemm.groups})
 
 
 def _acc_dtype(d: dt.DType) -> dt.DType:
@@ -279,7 +281,7 @@ def folded_blocks(policy: BlockPolicy, rows: int, n: int, k: int) -> dict[str, i
 
 
 def _build_folded(group: Group, op: Op, gemm: Gemm, in_strides: Sequence[Sequence[int]],
-                  out_strides: Sequence[Sequence[int]], policy: BlockPolicy) -> Kernel:
+                  out_strides: Sequence[Sequence[int]], policy: BlockPolicy, config: KernelConfig | None) -> Kernel:
     """All groups in one grid: rows are (group, m) pairs, C[g, m, n] = sum_k A[g, m, k] B[g, k, n]
     as a broadcast product summed over a [BM, BK, BN] block (the operands' group comes from the row)."""
     res = op.result
@@ -321,8 +323,10 @@ def _build_folded(group: Group, op: Op, gemm: Gemm, in_strides: Sequence[Sequenc
     for j, o in enumerate(group.outputs):
         oidx = reshape_index(out_idx, res.shape, o.shape)
         em.store(f"out{j}", out_strides[j], o.shape, oidx, em.value(o, oidx), o.dtype, ["rm", "rn"])
-    meta = folded_blocks(policy, rows, gemm.n, gemm.k)
+    meta = config.blocks if config else folded_blocks(policy, rows, gemm.n, gemm.k)
     src, params = assemble(group, "contraction", em, ["BM", "BN", "BK"], [o.dtype for o in group.outputs])
     grid = (cdiv(rows, meta["BM"]) * cdiv(gemm.n, meta["BN"]) if rows and gemm.n else 0,)
     return Kernel(group.name, "contraction", src, params, meta, grid,
-                  num_warps=policy.warps(meta["BM"] * meta["BN"] * meta["BK"] // 4))
+                  num_warps=config.num_warps if config else policy.warps(meta["BM"] * meta["BN"] * meta["BK"] // 4),
+                  num_stages=config.num_stages if config else 1,
+                  problem={"rows": rows, "n": gemm.n, "k": gemm.k, "folded": 1})

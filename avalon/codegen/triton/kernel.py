@@ -27,6 +27,7 @@ class Kernel:
     num_stages: int = 1
     fn: Any = field(default=None, repr=False)  # the @triton.jit function, once loaded
     checks: list[tuple[str, str, int]] = field(default_factory=list)  # index checks: (op, line, bound) per slot
+    problem: dict[str, int] = field(default_factory=dict)  # problem sizes (m, n, k; x, r) the autotuner sizes tiles by
 
     def __post_init__(self) -> None:
         """Index checks are read back from the source (`assemble` writes them there, so every

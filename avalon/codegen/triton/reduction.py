@@ -15,7 +15,7 @@ from avalon.ir import dtypes as dt
 from avalon.ir.core import Op
 
 from . import types as ty
-from .blocks import BlockPolicy, cdiv
+from .blocks import BlockPolicy, KernelConfig, cdiv
 from .emitter import Emitter, Unsupported, Val
 from .group import Group
 from .indexing import Affine, Index, IndexVar, delinearize, index_key, numel, reshape_index
@@ -61,14 +61,16 @@ class _Rows:
 
 
 def build_reduction(group: Group, in_strides: Sequence[Sequence[int]], out_strides: Sequence[Sequence[int]],
-                    policy: BlockPolicy) -> Kernel:
+                    policy: BlockPolicy, config: KernelConfig | None = None) -> Kernel:
+    """`config` (the autotuner's candidate) overrides the policy's blocks and warps; its RBLOCK
+    covering the whole row makes the reduction persistent (one block, no loop)."""
     reds = [op for op in group.ops if LOWERING[op.name].kind == "reduction"]
     rows = _Rows(reds)
     full = [j for j, o in enumerate(group.outputs) if o.type.numel == rows.x * rows.r]
     per_row = [j for j, o in enumerate(group.outputs) if j not in full and o.type.numel == rows.x]
     if len(full) + len(per_row) != len(group.outputs):
         raise Unsupported("a reduction group's outputs must have one element per row or per (row, reduced element)")
-    persistent = policy.is_persistent(rows.r)
+    persistent = config.blocks["RBLOCK"] >= rows.r if config else policy.is_persistent(rows.r)
     em = Emitter(group.inputs, in_strides, dots_in_f32=policy.interpret)
     x = em.define_var("xindex", f"{program_start(needs_int64(group), 'XBLOCK')} + tl.arange(0, XBLOCK)[:, None]",
                       rows.x, "xmask")
@@ -115,10 +117,11 @@ def build_reduction(group: Group, in_strides: Sequence[Sequence[int]], out_strid
         o = group.outputs[j]
         oidx = delinearize(Affine.of(x), o.shape)
         em.store(f"out{j}", out_strides[j], o.shape, oidx, em.value(o, oidx), o.dtype, ["xindex"])
-    meta = policy.reduction(rows.x, rows.r)
+    meta = config.blocks if config else policy.reduction(rows.x, rows.r)
     src, params = assemble(group, "reduction", em, ["XBLOCK", "RBLOCK"], [o.dtype for o in group.outputs])
     return Kernel(group.name, "reduction", src, params, meta, (cdiv(rows.x, meta["XBLOCK"]),),
-                  num_warps=policy.warps(meta["XBLOCK"] * meta["RBLOCK"]))
+                  num_warps=config.num_warps if config else policy.warps(meta["XBLOCK"] * meta["RBLOCK"]),
+                  num_stages=config.num_stages if config else 1, problem={"x": rows.x, "r": rows.r})
 
 
 def _acc_dtype(d: dt.DType) -> dt.DType:

@@ -1,0 +1,259 @@
+"""The autotuner: a few candidate launch configs per contraction, attention and reduction kernel,
+timed on the device once per (kernel, shape, device); the winner is kept in the kernel cache.
+
+Why not `@triton.autotune`: it re-times in every process (a cold first step pays it again), it
+fails in the interpreter with more than one config, and its choice is invisible. Here the emitter is
+called once per candidate (`KernelConfig`; a config can change the source, e.g. a reduction whose
+RBLOCK covers its rows becomes persistent), each is timed by `timer` (replaceable: tests inject a
+fake), and the record (winner plus every loser's time) is stored as JSON next to the kernel sources
+(`KernelCache.load_tuning` / `save_tuning`, atomic, bad entries healed). The kernel source holds
+every shape and dtype, so its hash plus the GPU's name is the (kernel, shape, device) key.
+
+In Triton's interpreter nothing is timed: each kernel keeps the `BlockPolicy`'s one config (the
+interpreter's cost is per program instance, unrelated to GPU speed). `AVALON_AUTOTUNE=0` does the
+same on a GPU. Split-K is not a candidate: the contraction emitter fuses its epilogue (bias,
+activation) after the full K sum, which a split K would have to move to a second kernel.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from avalon.channels import get_logger
+
+from .blocks import KernelConfig, next_pow2
+from .cache import KernelCache, interpreting
+from .kernel import Kernel
+
+log = get_logger("autotune")
+
+TUNABLE = ("contraction", "attention", "reduction")
+CANDIDATES_VERSION = "1"  # bump when the candidate sets change: stored winners are then re-timed
+
+MakeArgs = Callable[[], list]  # the kernel's argument tensors (made once per tuned kernel, on demand)
+Timer = Callable[[Kernel, MakeArgs], float]  # milliseconds of one launch of `kernel`
+
+
+# --- candidates, per kernel kind ---------------------------------------------------------------------
+def _tile(size: int, want: int) -> int:
+    """A tile of at most `want`, no larger than the problem needs (tl.dot wants >= 16)."""
+    return max(16, min(next_pow2(max(size, 1)), want))
+
+
+def contraction_candidates(k: Kernel) -> list[KernelConfig]:
+    p = k.problem
+    if "m" not in p:  # the folded (depthwise) form: a broadcast product, sized like a reduction
+        return []
+    m, n, kk = p["m"], p["n"], p["k"]
+    # (BM, BN, BK, warps, stages): Triton's matmul tutorial / Inductor's H100 list, trimmed
+    table = [(128, 128, 32, 8, 3), (128, 128, 64, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4),
+             (128, 256, 64, 8, 3), (64, 64, 32, 4, 4), (64, 64, 64, 4, 3), (32, 64, 32, 4, 4)]
+    return [KernelConfig.of({"BM": _tile(m, bm), "BN": _tile(n, bn), "BK": _tile(kk, bk), "GROUP_M": 8}, w, s)
+            for bm, bn, bk, w, s in table]
+
+
+def attention_candidates(k: Kernel) -> list[KernelConfig]:
+    p = k.problem
+    fixed = {"BE": k.meta["BE"], "BV": k.meta["BV"]}
+    table = [(128, 64, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2), (64, 32, 4, 4), (128, 32, 4, 3)]
+    return [KernelConfig.of({"BM": _tile(p["l"], bm), "BN": _tile(p["s"], bn), **fixed}, w, s)
+            for bm, bn, w, s in table]
+
+
+def reduction_candidates(k: Kernel) -> list[KernelConfig]:
+    x, r = k.problem["x"], k.problem["r"]
+    rp = next_pow2(max(r, 1))
+    rblocks = [rp] if rp <= 8192 else []  # persistent: one read of the row
+    rblocks += [b for b in (1024, 4096) if b < rp]  # looped
+    out = []
+    for rb in rblocks:
+        for xb in (1, 2, 4, 8):
+            if (xb > 1 and xb * rb > 8192) or xb > next_pow2(max(x, 1)):
+                continue
+            for w in (4, 8) if xb * rb >= 2048 else (2, 4):
+                out.append(KernelConfig.of({"XBLOCK": xb, "RBLOCK": rb}, w, 1))
+    return out
+
+
+CANDIDATES: dict[str, Callable[[Kernel], list[KernelConfig]]] = {
+    "contraction": contraction_candidates, "attention": attention_candidates, "reduction": reduction_candidates}
+
+
+def config_of(k: Kernel) -> KernelConfig:
+    return KernelConfig.of(k.meta, k.num_warps, k.num_stages)
+
+
+def candidates(k: Kernel) -> list[KernelConfig]:
+    """`k`'s own config first, then its kind's candidates, without repeats."""
+    seen, out = set(), []
+    for c in [config_of(k), *CANDIDATES.get(k.kind, lambda _: [])(k)]:
+        if c not in seen:
+            seen.add(c)
+            out.append(c)
+    return out
+
+
+# --- timing ------------------------------------------------------------------------------------------
+def gpu_timer(k: Kernel, make_args: MakeArgs) -> float:
+    """Median ms of one launch on the current CUDA device (`triton.testing.do_bench`, which flushes
+    L2 between runs), short: a tuning run pays this for every candidate."""
+    import triton.testing
+
+    from .runtime import launch
+    args = make_args()
+    return float(triton.testing.do_bench(lambda: launch(k, args), warmup=5, rep=25, return_mode="median"))
+
+
+def gpu_present() -> bool:
+    """Kernels are compiled and timed only where they run: a CUDA device, not the interpreter
+    (an AOT session sets TRITON_INTERPRET=0 on a machine without one)."""
+    if interpreting():
+        return False
+    import torch
+    return torch.cuda.is_available()
+
+
+def device_name() -> str:
+    if interpreting():
+        return "interpreter"
+    import torch
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cuda"
+
+
+def compile_workers() -> int:
+    """Threads compiling kernels at once (`AVALON_COMPILE_WORKERS`, default: the CPUs, at most 8)."""
+    env = os.environ.get("AVALON_COMPILE_WORKERS")
+    return max(1, int(env)) if env else max(1, min(8, os.cpu_count() or 1))
+
+
+def warm_up(kernels: Sequence[Kernel], workers: int | None = None) -> int:
+    """Compile every kernel for the current GPU in a thread pool before the first launch (Triton's
+    `warmup` compiles without running; its codegen and ptxas release the GIL for long stretches).
+    A kernel that fails here is left to fail, with its real arguments, at launch. Returns how many
+    were compiled; nothing happens in the interpreter, which compiles nothing."""
+    if not gpu_present():
+        return 0
+    from . import types as ty
+    todo = {id(k.fn): k for k in kernels if k.kind not in ("host",) and k.fn is not None and not k.empty}
+
+    def one(k: Kernel) -> None:
+        try:
+            k.fn.warmup(*[ty.TORCH[d.name] for _, d in k.params], grid=k.grid, **k.meta,
+                        num_warps=k.num_warps, num_stages=k.num_stages)
+        except Exception as e:  # pragma: no cover - GPU only
+            log.debug("warm-up of %s failed (%s); it compiles at launch", k.name, e)
+
+    n = workers or compile_workers()
+    if n <= 1 or len(todo) <= 1:
+        for k in todo.values():
+            one(k)
+    else:
+        with ThreadPoolExecutor(n) as pool:
+            list(pool.map(one, todo.values()))
+    return len(todo)
+
+
+# --- the tuner ---------------------------------------------------------------------------------------
+@dataclass
+class TuningRecord:
+    """What the tuner did for one kernel: the chosen config, every candidate's time (ms; inf: it
+    failed to compile or run) and how the choice was made."""
+
+    config: str
+    times: dict[str, float] = field(default_factory=dict)
+    how: str = "timed"  # timed | cached | one candidate | fixed (interpreter, no GPU, AVALON_AUTOTUNE=0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config, "times": dict(self.times), "how": self.how}
+
+
+class Tuner:
+    """Chooses each tunable kernel's config. `timer` is called as `timer(kernel, make_args)` (ms);
+    `force` tunes even in the interpreter (tests, with a fake timer); `device` names the device in
+    the key (default: the GPU's name)."""
+
+    def __init__(self, timer: Timer | None = None, cache: KernelCache | None = None, *, force: bool = False,
+                 device: str | None = None, workers: int | None = None):
+        self.timer = timer or gpu_timer
+        self.cache = cache
+        self.force = force
+        self.device = device
+        self.workers = workers
+        self.timed = 0  # candidates timed by this tuner (tests: 0 when a stored winner was reused)
+
+    def enabled(self) -> str | None:
+        """None when tuning runs, else why the fixed config is kept."""
+        if self.force:
+            return None
+        if interpreting():
+            return "fixed (interpreter)"
+        if os.environ.get("AVALON_AUTOTUNE", "1") == "0":
+            return "fixed (AVALON_AUTOTUNE=0)"
+        return None if gpu_present() else "fixed (no GPU)"
+
+    def tune(self, k: Kernel, build: Callable[[KernelConfig], Kernel], make_args: MakeArgs,
+             cache: KernelCache) -> tuple[Kernel, TuningRecord | None]:
+        """The kernel to use for `k`'s group and what was done (None: not a tunable kind).
+        `build(config)` emits and loads the group's kernel with `config`."""
+        if k.kind not in TUNABLE:
+            return k, None
+        cache = self.cache or cache
+        mine = config_of(k)
+        why = self.enabled()
+        if why:
+            return k, TuningRecord(mine.label, how=why)
+        cands = candidates(k)
+        if len(cands) == 1:
+            return k, TuningRecord(mine.label, how="one candidate")
+        key = cache.tuning_key(k.source, self.device or device_name(), CANDIDATES_VERSION,
+                               [c.label for c in cands])
+        stored = cache.load_tuning(key)
+        if stored is not None:
+            try:
+                best = KernelConfig.from_json(stored["winner"])
+                times = {str(a): float(b) for a, b in stored["times"].items()}
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                best = None
+                log.debug("tuning entry %s unusable (%s): timing again", key[:16], e)
+            if best is not None and best in cands:
+                return (k if best == mine else build(best)), TuningRecord(best.label, times, "cached")
+            cache.drop_tuning(key)
+        built = {c: (k if c == mine else self._build(build, c)) for c in cands}
+        warm_up([b for b in built.values() if b is not None], self.workers)
+        args: list = []
+
+        def shared_args() -> list:
+            if not args:
+                args.extend(make_args())
+            return args
+
+        times: dict[str, float] = {}
+        for c, kc in built.items():
+            t = math.inf
+            if kc is not None:
+                try:
+                    t = float(self.timer(kc, shared_args))
+                    self.timed += 1
+                except Exception as e:  # too much shared memory, a bad tile for this dtype: not a winner
+                    log.debug("%s: candidate %s failed (%s)", k.name, c.label, e)
+            times[c.label] = t if math.isfinite(t) else math.inf
+        best = min(cands, key=lambda c: times[c.label])
+        if not math.isfinite(times[best.label]):
+            best = mine  # nothing ran: keep the policy's config, and do not store a verdict
+        else:
+            cache.save_tuning(key, {"winner": best.to_json(), "times": times, "kernel": k.name})
+        log.info("%s: %s (%s)", k.name, best.label, ", ".join(f"{c}: {t:.4f} ms" for c, t in times.items()))
+        return built[best] or k, TuningRecord(best.label, times, "timed")
+
+    @staticmethod
+    def _build(build: Callable[[KernelConfig], Kernel], c: KernelConfig) -> Kernel | None:
+        try:
+            return build(c)
+        except Exception as e:  # a candidate the emitter refuses is simply not one
+            log.debug("candidate %s not built (%s)", c.label, e)
+            return None
+

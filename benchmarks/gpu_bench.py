@@ -1,0 +1,334 @@
+"""Issue 16's whole GPU table in one process: training steps, kernels, first call, layout.
+
+    python benchmarks/gpu_bench.py [--out results.json] [--only SECTION,...]   # on an H100/H200
+    python benchmarks/gpu_bench.py --dry-run        # on the CPU, tiny shapes in the interpreter
+
+Every row: Avalon's median ms, the baseline's median ms and baseline/avalon (above 1: Avalon is
+faster), plus a rate where it means something. Sections: `steps` (LeNet, VAE, GPT, ResNet-18
+training steps vs torch eager and torch.compile default mode), `gemm` (f16, bf16, tf32 vs cuBLAS),
+`conv` (3x3 vs cuDNN), `attention` (fwd+bwd vs F.scaled_dot_product_attention), `pointwise`
+(fused bias+relu vs the card's device-to-device copy bandwidth), `index` (index-check cost),
+`first_call` (cold and warm disk cache, in subprocesses), `layout` (channels-last vs NCHW ResNet
+step). `--dry-run` runs every section with tiny shapes and 1 rep so a typo never costs GPU time
+(tests/test_gpu_bench.py runs it); its numbers mean nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import avalon as av  # noqa: E402
+from avalon import optim, zoo  # noqa: E402
+
+DRY = False
+DEV = "cuda"
+ROWS: list[dict] = []
+LAYOUT_PIPELINE = "canonicalize,cse,dce,layout,fuse,memory-plan"
+
+
+def sync() -> None:
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_ms(fn, reps: int) -> float:
+    for _ in range(0 if DRY else 3):
+        fn()
+    sync()
+    ts = []
+    for _ in range(1 if DRY else reps):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        ts.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(ts)
+
+
+def bench_ms(fn) -> float:
+    if DRY:
+        return median_ms(fn, 1)
+    import triton.testing
+    return float(triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median"))
+
+
+def row(section: str, case: str, avalon_ms: float, base: str, base_ms: float, rate: str = "") -> None:
+    r = {"section": section, "case": case, "avalon_ms": avalon_ms, "baseline": base, "baseline_ms": base_ms,
+         "ratio": base_ms / avalon_ms if avalon_ms else float("nan"), "rate": rate}
+    ROWS.append(r)
+    print(f"{section:<10} {case:<34} {avalon_ms:>9.3f} {base:<16} {base_ms:>9.3f} {r['ratio']:>7.2f}  {rate}",
+          flush=True)
+
+
+# --- training steps ----------------------------------------------------------------------------------
+def torch_resnet(widths, blocks, classes):
+    T = torch.nn
+
+    class Block(T.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.c1, self.b1 = T.Conv2d(cin, cout, 3, stride, 1, bias=False), T.BatchNorm2d(cout)
+            self.c2, self.b2 = T.Conv2d(cout, cout, 3, 1, 1, bias=False), T.BatchNorm2d(cout)
+            self.sc = (T.Sequential(T.Conv2d(cin, cout, 1, stride, bias=False), T.BatchNorm2d(cout))
+                       if stride != 1 or cin != cout else T.Sequential())
+
+        def forward(self, x):
+            return torch.relu(self.b2(self.c2(torch.relu(self.b1(self.c1(x))))) + self.sc(x))
+
+    layers, cin = [T.Conv2d(3, widths[0], 3, 1, 1, bias=False), T.BatchNorm2d(widths[0]), T.ReLU()], widths[0]
+    for i, w in enumerate(widths):
+        for j in range(blocks):
+            layers.append(Block(cin, w, 2 if i > 0 and j == 0 else 1))
+            cin = w
+    return T.Sequential(*layers, T.AdaptiveAvgPool2d(1), T.Flatten(), T.Linear(cin, classes))
+
+
+class TorchGPT(torch.nn.Module):
+    """GPT-2-shaped (pre-norm blocks, GELU, causal): the same sizes as zoo.GPT, torch's own layers."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        T = torch.nn
+        self.tok, self.pos = T.Embedding(cfg.vocab_size, cfg.n_embd), T.Embedding(cfg.block_size, cfg.n_embd)
+        layer = T.TransformerEncoderLayer(cfg.n_embd, cfg.n_head, 4 * cfg.n_embd, 0.0, "gelu", batch_first=True,
+                                          norm_first=True)
+        self.h = T.TransformerEncoder(layer, cfg.n_layer, enable_nested_tensor=False)
+        self.ln, self.head = T.LayerNorm(cfg.n_embd), T.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+
+    def forward(self, idx, targets):
+        t = idx.shape[1]
+        mask = torch.nn.Transformer.generate_square_subsequent_mask(t, device=idx.device)
+        x = self.h(self.tok(idx) + self.pos(torch.arange(t, device=idx.device)), mask=mask, is_causal=True)
+        logits = self.head(self.ln(x))
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+def workloads():
+    rng = np.random.default_rng(0)
+    tiny = DRY
+    b = 2 if tiny else None
+    out = []
+    x = rng.standard_normal((b or 64, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, b or 64)
+    T = torch.nn
+    tl = T.Sequential(T.Conv2d(1, 20, 5), T.ReLU(), T.MaxPool2d(2), T.Conv2d(20, 50, 5), T.ReLU(), T.MaxPool2d(2),
+                      T.Flatten(), T.Linear(800, 500), T.ReLU(), T.Linear(500, 10), T.LogSoftmax(-1))
+    out.append(("LeNet bs64", zoo.LeNet, lambda m, a, t: zoo.nll(m(a), t), [x, y], tl,
+                lambda m, a, t: torch.nn.functional.nll_loss(m(a), t)))
+    xv = rng.random((b or 128, 784)).astype(np.float32)
+
+    def vae_loss(m, a):
+        recon, mu, logvar = m(a)
+        return zoo.vae_loss(recon, a, mu, logvar)
+
+    def tvae_loss(m, a):  # the VAE's shape without its noise: a dense MLP 784-400-20-400-784
+        return torch.nn.functional.binary_cross_entropy(torch.sigmoid(m(a)), a, reduction="sum")
+    tv = T.Sequential(T.Linear(784, 400), T.ReLU(), T.Linear(400, 20), T.Linear(20, 400), T.ReLU(), T.Linear(400, 784))
+    out.append(("VAE bs128", zoo.VAE, vae_loss, [xv], tv, tvae_loss))
+    cfg = zoo.GPTConfig(block_size=16, n_layer=1, n_embd=32) if tiny else zoo.GPTConfig(
+        block_size=256, vocab_size=96, n_layer=6, n_head=6, n_embd=384)
+    idx = rng.integers(0, cfg.vocab_size, (b or 32, cfg.block_size))
+    tgt = rng.integers(0, cfg.vocab_size, (b or 32, cfg.block_size))
+    out.append((f"GPT {cfg.n_layer}L d{cfg.n_embd} T{cfg.block_size}", lambda: zoo.GPT(cfg), zoo.gpt_loss,
+                [idx, tgt], TorchGPT(cfg), lambda m, a, t: m(a, t)))
+    widths, blocks, hw = ((8, 16), 1, 8) if tiny else ((64, 128, 256, 512), 2, 32)
+    xr = rng.standard_normal((b or 128, 3, hw, hw)).astype(np.float32)
+    yr = rng.integers(0, 10, b or 128)
+    out.append(("ResNet-18 bs128 32x32" if not tiny else "ResNet tiny", lambda: zoo.ResNet(widths, blocks),
+                lambda m, a, t: zoo.cross_entropy(m(a), t), [xr, yr], torch_resnet(widths, blocks, 10),
+                lambda m, a, t: torch.nn.functional.cross_entropy(m(a), t)))
+    return out
+
+
+def avalon_step_ms(make, loss_fn, batch, pipeline: str | None = None) -> tuple[float, float]:
+    """(median step ms, first call s) of the compiled value-and-grad + SGD step."""
+    av.manual_seed(0)
+    model = make()
+    av.to_device(model, DEV)
+    opt = optim.SGD(model, lr=1e-5)
+
+    def step(m, o, *xs):
+        loss, grads = av.value_and_grad(loss_fn)(m, *xs)
+        o.step(grads)
+        return loss
+
+    kw = {"pipeline": pipeline} if pipeline else {}
+    compiled = av.compile(step, backend="triton", **kw)
+    xs = [av.tensor(a, device=DEV) for a in batch]
+    t0 = time.perf_counter()
+    float(compiled(model, opt, *xs))
+    first = time.perf_counter() - t0
+    return median_ms(lambda: compiled(model, opt, *xs), 30), first
+
+
+def torch_step_ms(model, loss, batch, mode: str) -> float:
+    model = model.to(DEV)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-5)
+    tb = [torch.from_numpy(np.asarray(a)).to(DEV) for a in batch]
+    fn = loss if mode == "eager" else torch.compile(loss)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        fn(model, *tb).backward()
+        opt.step()
+    return median_ms(step, 30)
+
+
+def section_steps() -> None:
+    for name, make, loss, batch, tmodel, tloss in workloads():
+        ms, first = avalon_step_ms(make, loss, batch)
+        row("steps", name, ms, "torch eager", torch_step_ms(tmodel, tloss, batch, "eager"), f"first call {first:.2f} s")
+        if not DRY:  # torch.compile on the CPU needs a C compiler and minutes; the GPU run has both
+            row("steps", name, ms, "torch.compile", torch_step_ms(tmodel, tloss, batch, "compile"))
+
+
+# --- kernels -----------------------------------------------------------------------------------------
+def compiled_fn(fn, *args):
+    c = av.compile(fn, backend="triton")
+    ts = [av.tensor(a, device=DEV) for a in args]
+    return lambda: c(*ts)
+
+
+def section_gemm() -> None:
+    n = 64 if DRY else 4096
+    for name, dtype in (("f16", np.float16), ("bf16", "bf16"), ("tf32", np.float32)):
+        rng = np.random.default_rng(0)
+        a, b = (rng.standard_normal((n, n)).astype(np.float32) for _ in range(2))
+        ta, tb = (torch.from_numpy(x).to(DEV) for x in (a, b))
+        if dtype == "bf16":
+            ta, tb = ta.bfloat16(), tb.bfloat16()
+            a, b = av.tensor(a).astype("bf16"), av.tensor(b).astype("bf16")
+        elif dtype == np.float16:
+            a, b, ta, tb = a.astype(np.float16), b.astype(np.float16), ta.half(), tb.half()
+        torch.backends.cuda.matmul.allow_tf32 = name == "tf32"
+        ms = bench_ms(compiled_fn(lambda x, y: x @ y, a, b))
+        base = bench_ms(lambda: ta @ tb)  # noqa: B023
+        row("gemm", f"{n}^3 {name}", ms, "cuBLAS", base, f"{2 * n ** 3 / ms / 1e9:.0f} TFLOP/s")
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def section_conv() -> None:
+    nb, c, hw = (2, 8, 8) if DRY else (64, 64, 56)
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((nb, c, hw, hw)).astype(np.float32), rng.standard_normal((c, c, 3, 3)).astype(np.float32)
+    ms = bench_ms(compiled_fn(lambda a, k: av.ops.relu(av.nn.functional.conv2d(a, k, padding=1)), x, w))
+    tx, tw = torch.from_numpy(x).to(DEV), torch.from_numpy(w).to(DEV)
+    torch.backends.cudnn.allow_tf32 = True  # Avalon's f32 convs use tf32 tensor cores too
+    base = bench_ms(lambda: torch.relu(torch.nn.functional.conv2d(tx, tw, padding=1)))
+    row("conv", f"3x3 {c}->{c} {hw}x{hw} bs{nb} +relu", ms, "cuDNN", base,
+        f"{2 * nb * c * c * 9 * hw * hw / ms / 1e9:.1f} TFLOP/s")
+
+
+def section_attention() -> None:
+    from avalon.nn.attention import scaled_dot_product_attention as sdpa
+    b, h, n, e = (1, 2, 32, 16) if DRY else (8, 16, 1024, 64)
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((b, h, n, e)).astype(np.float16 if not DRY else np.float32) for _ in range(3))
+
+    def loss(q, k, v):
+        return av.ops.sum(sdpa(q, k, v, is_causal=True))
+
+    ms = bench_ms(compiled_fn(av.value_and_grad(loss, argnums=(0, 1, 2)), q, k, v))
+    tq, tk, tv = (torch.from_numpy(a).to(DEV).requires_grad_() for a in (q, k, v))
+
+    def ref():
+        torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=True).sum().backward()
+    row("attention", f"causal fwd+bwd B{b} H{h} L{n} E{e}", ms, "torch SDPA", bench_ms(ref))
+
+
+def section_pointwise() -> None:
+    n = 1 << (10 if DRY else 24)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n // 1024, 1024)).astype(np.float32)
+    bias = rng.standard_normal(1024).astype(np.float32)
+    ms = bench_ms(compiled_fn(lambda a, c: av.ops.relu(a + c), x, bias))
+    src = torch.empty(n, device=DEV)
+    dst = torch.empty_like(src)
+    copy = bench_ms(lambda: dst.copy_(src))
+    gbs = 2 * n * 4 / ms / 1e6
+    row("pointwise", f"bias+relu {n / 2 ** 20:g}M f32", ms, "d2d copy", copy,
+        f"{gbs:.0f} GB/s = {gbs / (2 * n * 4 / copy / 1e6):.2f} of copy")
+
+
+def section_index() -> None:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import index_check_cost as icc
+    reps, batch = (1, 2) if DRY else (50, 64)
+    on, off = icc._time_steps(True, reps, batch), icc._time_steps(False, reps, batch)
+    row("index", f"LeNet step bs{batch} checks on/off", on * 1e3, "no checks", off * 1e3, "budget: ratio >= 0.98")
+
+
+FIRST = ("import sys, time; sys.path.insert(0, sys.argv[1]); import gpu_bench as g; g.DRY = sys.argv[2] == '1';"
+         "g.DEV = sys.argv[3]; n, make, loss, batch, *_ = g.workloads()[0];"
+         "print(g.avalon_step_ms(make, loss, batch)[1])")
+
+
+def section_first_call() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "AVALON_CACHE_DIR": os.path.join(tmp, "av"), "TRITON_CACHE_DIR": os.path.join(tmp, "tr"),
+               "PYTHONPATH": ROOT}
+        cmd = [sys.executable, "-c", FIRST, os.path.dirname(os.path.abspath(__file__)), "1" if DRY else "0", DEV]
+        got = []
+        for _ in range(1 if DRY else 2):  # cold, then warm (the same disk caches)
+            p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+            if p.returncode != 0:
+                raise RuntimeError(p.stderr[-2000:])
+            got.append(float(p.stdout.strip().splitlines()[-1]))
+    row("first_call", "LeNet step, cold disk cache (s)", got[0] * 1e3, "target 3 s", 3000.0)
+    if len(got) > 1:
+        row("first_call", "LeNet step, warm disk cache (s)", got[1] * 1e3, "target 0.5 s", 500.0)
+
+
+def section_layout() -> None:
+    from avalon.codegen.triton.layout_policy import channels_last_decision
+    _, make, loss, batch, *_ = workloads()[3]
+    nchw, _ = avalon_step_ms(make, loss, batch)
+    nhwc, _ = avalon_step_ms(make, loss, batch, pipeline=LAYOUT_PIPELINE)
+    use, why = channels_last_decision("resnet")
+    row("layout", "ResNet step channels-last vs NCHW", nhwc, "NCHW (default)", nchw, f"policy: {use} ({why})")
+
+
+SECTIONS = {"steps": section_steps, "gemm": section_gemm, "conv": section_conv, "attention": section_attention,
+            "pointwise": section_pointwise, "index": section_index, "first_call": section_first_call,
+            "layout": section_layout}
+
+
+def main() -> None:
+    global DRY, DEV
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU (Triton's interpreter)")
+    ap.add_argument("--only", default=",".join(SECTIONS))
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    DRY = args.dry_run
+    DEV = "cpu" if DRY else "cuda"
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() and not DRY else "cpu (dry run)"
+    print(f"GPU: {name}; torch {torch.__version__}; ratio = baseline ms / avalon ms (above 1: Avalon faster)")
+    print(f"{'section':<10} {'case':<34} {'avalon ms':>9} {'baseline':<16} {'base ms':>9} {'ratio':>7}  rate")
+    failed = []
+    for s in args.only.split(","):
+        try:
+            SECTIONS[s]()
+        except Exception as e:  # one broken section must not lose the rest of a GPU session
+            failed.append(s)
+            print(f"{s:<10} FAILED: {type(e).__name__}: {str(e)[:300]}", flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"gpu": name, "rows": ROWS, "failed": failed}, f, indent=1)
+    if failed:
+        sys.exit(f"sections failed: {failed}")
+
+
+if __name__ == "__main__":
+    main()

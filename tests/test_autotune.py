@@ -1,0 +1,193 @@
+"""The autotuner's machinery on the CPU, with a fake timer in place of the GPU: the choice, its
+persistence (in the kernel cache, across processes), healing of bad entries, the interpreter's
+fixed config, and that every candidate of each kernel kind still computes the right answer."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import avalon as av
+from avalon.codegen.triton import KernelCache, compile_graph
+from avalon.codegen.triton.autotune import Tuner, candidates, config_of
+from avalon.ir import Builder, Graph, TensorType
+
+DEVICE = "fake-gpu"
+
+
+def linear_graph() -> Graph:
+    g = Graph("f")
+    b = Builder(g)
+    x, w = g.add_input(TensorType((40, 50), "f32"), "x"), g.add_input(TensorType((50, 60), "f32"), "w")
+    g.set_outputs([b("relu", b("matmul", x, w))])
+    return g
+
+
+def softmax_graph(n: int = 3000) -> Graph:
+    g = Graph("f")
+    b = Builder(g)
+    x = g.add_input(TensorType((6, n), "f32"), "x")
+    e = b("exp", b("sub", x, b("broadcast", b("max", x, axes=[1], keepdims=True), shape=[6, n])))
+    g.set_outputs([b("div", e, b("broadcast", b("sum", e, axes=[1], keepdims=True), shape=[6, n]))])
+    return g
+
+
+class FakeTimer:
+    """Times by a table (label -> ms), 1.0 for the rest; counts calls."""
+
+    def __init__(self, fast: dict[str, float] | None = None):
+        self.fast = fast or {}
+        self.calls: list[str] = []
+
+    def __call__(self, k, make_args) -> float:
+        label = config_of(k).label
+        self.calls.append(label)
+        return self.fast.get(label, 1.0)
+
+
+def never(k, make_args) -> float:
+    raise AssertionError("timed although a winner was stored")
+
+
+def only_kernel(cg, kind: str):
+    ks = [ln.kernel for ln in cg.launches if ln.kernel.kind == kind]
+    assert len(ks) == 1, [ln.kernel.kind for ln in cg.launches]
+    return ks[0]
+
+
+def default_kernel(graph: Graph, kind: str, cache: KernelCache):
+    return only_kernel(compile_graph(graph, cache=cache), kind)
+
+
+@pytest.mark.parametrize("make,kind,ref", [
+    (linear_graph, "contraction", lambda x, w: np.maximum(x @ w, 0)),
+    (softmax_graph, "reduction", lambda x: np.exp(x - x.max(1, keepdims=True)) / np.exp(x - x.max(1, keepdims=True)).sum(1, keepdims=True)),
+])
+def test_fastest_candidate_is_chosen_stored_and_computes_the_same(tmp_path, make, kind, ref):
+    from avalon.codegen.triton.target import TRITON
+    from avalon.passes import DEFAULT_PIPELINE, PassManager
+    g = make()
+    PassManager.parse(DEFAULT_PIPELINE, target=TRITON).run(g)
+    cache = KernelCache(tmp_path)
+    k0 = default_kernel(g, kind, cache)
+    cands = candidates(k0)
+    assert len(cands) > 2 and cands[0] == config_of(k0)
+    pick = cands[-1]  # not the policy's config: the tuner must act on the times
+    timer = FakeTimer({pick.label: 0.25, cands[1].label: 0.5})
+    cg = compile_graph(g, cache=cache, tuner=Tuner(timer, force=True, device=DEVICE))
+    k = only_kernel(cg, kind)
+    assert config_of(k) == pick and k.meta == pick.blocks
+    rec = cg.tuning[k.name]
+    assert rec["how"] == "timed" and rec["config"] == pick.label
+    assert sorted(rec["times"]) == sorted(c.label for c in cands) and sorted(timer.calls) == sorted(rec["times"])
+    assert rec["times"][cands[1].label] == 0.5
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal(v.type.shape).astype(np.float32) for v in g.inputs]
+    np.testing.assert_allclose(cg(*xs)[0].numpy(), ref(*xs), rtol=2e-4, atol=2e-5)
+    # a second compile reads the stored winner: no timing at all
+    again = Tuner(never, force=True, device=DEVICE)
+    cg2 = compile_graph(g, cache=cache, tuner=again)
+    assert config_of(only_kernel(cg2, kind)) == pick and again.timed == 0
+    assert cg2.tuning[k.name]["how"] == "cached" and cg2.tuning[k.name]["times"] == rec["times"]
+    # another device is another key: timed again
+    other = FakeTimer()
+    compile_graph(g, cache=cache, tuner=Tuner(other, force=True, device="another-gpu"))
+    assert len(other.calls) == len(cands)
+
+
+def test_reduction_candidates_include_a_looped_form():
+    """Rows longer than a looped RBLOCK get looped candidates (a different source than the persistent one)."""
+    from avalon.codegen.triton.autotune import reduction_candidates
+    from avalon.codegen.triton.kernel import Kernel
+    k = Kernel("k", "reduction", "", [], {"XBLOCK": 1, "RBLOCK": 4096}, (6,), problem={"x": 6, "r": 3000})
+    rbs = {c.blocks["RBLOCK"] for c in reduction_candidates(k)}
+    assert rbs == {4096, 1024}
+
+
+PERSIST = textwrap.dedent('''
+    import json, sys
+    sys.path.insert(0, sys.argv[1])
+    from test_autotune import linear_graph, never, DEVICE, only_kernel
+    from avalon.codegen.triton import KernelCache, compile_graph
+    from avalon.codegen.triton.autotune import Tuner, config_of
+    from avalon.passes import DEFAULT_PIPELINE, PassManager
+    from avalon.codegen.triton.target import TRITON
+    g = linear_graph()
+    PassManager.parse(DEFAULT_PIPELINE, target=TRITON).run(g)
+    tuner = Tuner(never, force=True, device=DEVICE)
+    cg = compile_graph(g, cache=KernelCache(sys.argv[2]), tuner=tuner)
+    k = only_kernel(cg, "contraction")
+    print(json.dumps({"config": config_of(k).label, "how": cg.tuning[k.name]["how"], "timed": tuner.timed}))
+''')
+
+
+def test_a_new_process_reuses_the_winner_without_timing(tmp_path):
+    from avalon.codegen.triton.target import TRITON
+    from avalon.passes import DEFAULT_PIPELINE, PassManager
+    g = linear_graph()
+    PassManager.parse(DEFAULT_PIPELINE, target=TRITON).run(g)
+    cache = KernelCache(tmp_path)
+    pick = candidates(default_kernel(g, "contraction", cache))[2]
+    compile_graph(g, cache=cache, tuner=Tuner(FakeTimer({pick.label: 0.1}), force=True, device=DEVICE))
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-c", PERSIST, os.path.dirname(__file__), str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got == {"config": pick.label, "how": "cached", "timed": 0}
+
+
+@pytest.mark.parametrize("damage", ["garbage", "json_list", "unknown_winner", "directory", "empty"])
+def test_bad_tuning_entries_are_healed(tmp_path, damage):
+    from avalon.codegen.triton.target import TRITON
+    from avalon.passes import DEFAULT_PIPELINE, PassManager
+    g = linear_graph()
+    PassManager.parse(DEFAULT_PIPELINE, target=TRITON).run(g)
+    cache = KernelCache(tmp_path)
+    pick = candidates(default_kernel(g, "contraction", cache))[1]
+    compile_graph(g, cache=cache, tuner=Tuner(FakeTimer({pick.label: 0.1}), force=True, device=DEVICE))
+    entries = list((tmp_path / "tuning").rglob("*.json"))
+    assert len(entries) == 1
+    path = entries[0]
+    if damage == "garbage":
+        path.write_text("{not json")
+    elif damage == "json_list":
+        path.write_text("[1, 2]")
+    elif damage == "empty":
+        path.write_text("")
+    elif damage == "unknown_winner":
+        rec = json.loads(path.read_text())
+        rec["winner"]["meta"]["BM"] = 4096
+        path.write_text(json.dumps(rec))
+    else:
+        path.unlink()
+        path.mkdir()
+        (path / "x").write_text("")
+    timer = FakeTimer({pick.label: 0.1})
+    cg = compile_graph(g, cache=cache, tuner=Tuner(timer, force=True, device=DEVICE))
+    assert timer.calls, "a bad entry must be re-timed, not trusted"
+    assert config_of(only_kernel(cg, "contraction")) == pick
+    assert path.is_file() and KernelCache(tmp_path).load_tuning(path.stem)["winner"] == pick.to_json()
+
+
+def test_interpreter_keeps_the_fixed_config_and_inspect_shows_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("AVALON_CACHE_DIR", str(tmp_path))
+    g = linear_graph()
+    timer = FakeTimer()
+    tuner = Tuner(timer)  # not forced: the interpreter (this test process) times nothing
+    cg = compile_graph(g, cache=KernelCache(tmp_path), tuner=tuner)
+    k = only_kernel(cg, "contraction")
+    assert not timer.calls and tuner.timed == 0 and not (tmp_path / "tuning").exists()
+    assert cg.tuning[k.name] == {"config": config_of(k).label, "times": {}, "how": "fixed (interpreter)"}
+
+    @av.compile(backend="triton")
+    def f(x, w):
+        return av.ops.relu(x @ w)
+
+    x = np.ones((8, 16), np.float32)
+    insp = f.inspect(x, np.ones((16, 24), np.float32))
+    assert insp.tuning and all(r["how"] == "fixed (interpreter)" for r in insp.tuning.values())
+    assert set(insp.tuning) <= set(insp.kernels)
