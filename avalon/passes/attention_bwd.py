@@ -55,6 +55,24 @@ def _is_t(op: Op | None) -> bool:
     return list(op.attrs["perm"]) == [*range(r - 2), r - 1, r - 2]
 
 
+def _view(v: Value) -> tuple[Value, list[int]]:
+    """(base, perm): `v` is transpose(base, perm), composing a chain of transposes (canonicalize
+    folds transpose(transpose(x)) into one, so Vᵀ may be one transpose of V's own source)."""
+    perm = list(range(v.type.rank))
+    while v.op is not None and v.op.name == "transpose":
+        p = list(v.op.attrs["perm"])
+        perm = [p[c] for c in perm]
+        v = v.op.operands[0]
+    return v, perm
+
+
+def _is_t_of(x: Value, v: Value) -> bool:
+    """Is `x` the transpose of `v`'s last two axes (looking through chains of transposes)?"""
+    (bx, px), (bv, pv) = _view(x), _view(v)
+    r = v.type.rank
+    return r >= 2 and x.type.rank == r and bx is bv and px == [pv[i] for i in [*range(r - 2), r - 1, r - 2]]
+
+
 def _row_sum_of(v: Value, of: Value) -> bool:
     """Is `v` sum(of) over the last axis without keepdims?"""
     p = v.op
@@ -139,7 +157,8 @@ def match_backward(div: Op) -> BackwardMatch | str:
             or bd.op is None or bd.op.name != "broadcast":
         return "the softmax gradient is not dP / l + broadcast(row term)"
     dp = t.op.operands[0].op
-    if dp is None or dp.name != "matmul" or dp.operands[0] is not do or not _is_t(dp.operands[1].op):
+    if dp is None or dp.name != "matmul" or dp.operands[0] is not do or (vt := dp.operands[1].op) is None \
+            or vt.name != "transpose":
         return "dP is not dO Vᵀ with the dO of dV"
     chain, cur = [], w_op.result
     while len(us := _users(cur)) == 1 and has_trait(us[0], "elementwise") and us[0].results[0].shape == cur.shape:
@@ -276,8 +295,7 @@ def _prepare_one(graph: Graph, m) -> str | None:
             or rs.operands[0] is not r:
         return "the softmax gradient is not t + broadcast(-sum(t·P))"
     dp = t.op.operands[0].op
-    if dp is None or dp.name != "matmul" or not _is_t(dp.operands[1].op) \
-            or dp.operands[1].op.operands[0] is not m.pv.operands[1]:
+    if dp is None or dp.name != "matmul" or not _is_t_of(dp.operands[1], m.pv.operands[1]):
         return "P's cotangent is not dO Vᵀ (with the V of the forward)"
     # 1. the max's tie-splitting term: add(w, h), h = bcast(reshape(sum(-w)) / ties) · cast(eq(s, bmx))
     for a in [x for x in _users(w) if x.name == "add"]:
