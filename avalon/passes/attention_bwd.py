@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 
 from avalon.channels import get_logger
 from avalon.ir import Graph, Op, Value
@@ -224,7 +223,8 @@ class AttentionBwd(KernelKind):
                     f"'{leak.name}' of the attention backward is used outside it; the L x S values would "
                     "have to be stored")
                 continue
-            members |= Attention._side_producers(SimpleNamespace(side=m.side), members, index, inlinable)
+            views = [x for op in (m.qk, m.dp, m.dq, m.dk, m.dv) for x in op.operands if x.op not in members]
+            members |= Attention._side_producers(m.side, views, members, index, inlinable)
             yield sorted(members, key=index.__getitem__), None
 
     def prepare(self, graph: Graph) -> None:
@@ -344,10 +344,13 @@ def _prepare_one(graph: Graph, m) -> str | None:
             if x in memo and x.op in core:
                 op.set_operand(i, memo[x])
     new = {y.op for y in memo.values()} | {x.op for x, y in memo.items() if x is not y}
+    start = order[outside[0]]
     for x, y in list(memo.items()):  # the backward's own reads of the mask math: the copies
         if x is not y and x.op not in core:
             for u, i in list(x.uses):
-                if u not in core and u not in new and u.parent is graph.body:
+                # only readers after the copies: the mask math is CSE'd across layers, and another
+                # layer's forward, earlier in the program, keeps reading the original
+                if u not in core and u not in new and u.parent is graph.body and order.get(u, -1) >= start:
                     u.set_operand(i, y)
     return None
 
