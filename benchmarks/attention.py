@@ -2,7 +2,13 @@
 Avalon's unfused path (the same graph compiled without the attention kind: Q Kᵀ, softmax and P V as
 three kernels with the L x S scores in memory), all measured in the same run.
 
-    python benchmarks/attention.py [--out results.json] [--quick]
+    python benchmarks/attention.py [--out results.json] [--quick] [--train] [--dry]
+
+`--train` times a training step instead: forward + backward (dQ, dK, dV of sum(O * W)) as
+Avalon's two flash kernels (`attention` storing the row max and sum, `attention_bwd` recomputing
+P) against torch's F.scaled_dot_product_attention forward + autograd backward. `--dry` runs the
+same code paths without a GPU (tiny shapes, Triton's interpreter, numpy in place of torch's
+timings) to check the script itself.
 
 For each case it first checks the fused result against the unfused one and against torch (fp64
 relative error; dropout cases are checked against the unfused path only, which draws the same
@@ -18,7 +24,11 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-os.environ.pop("TRITON_INTERPRET", None)
+DRY = "--dry" in sys.argv
+if DRY:
+    os.environ["TRITON_INTERPRET"] = "1"
+else:
+    os.environ.pop("TRITON_INTERPRET", None)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -31,7 +41,8 @@ from avalon.nn.attention import scaled_dot_product_attention as sdpa  # noqa: E4
 from avalon.passes import DEFAULT_PIPELINE, PassManager  # noqa: E402
 from avalon.passes.target import Target  # noqa: E402
 
-UNFUSED = Target("triton-no-attention", kinds=tuple(k for k in TRITON.kinds if k != "attention"))
+UNFUSED = Target("triton-no-attention",
+                 kinds=tuple(k for k in TRITON.kinds if k not in ("attention", "attention_bwd")))
 
 
 def bench(fn) -> float:
@@ -96,14 +107,85 @@ def run_case(b, h, n, e, dtype, mode) -> dict:
     return row
 
 
+def train_cases(quick: bool, dry: bool):
+    if dry:
+        yield 1, 2, 64, 16, "float32", "causal"
+        return
+    shapes = [(4, 16, 1024, 64)] if quick else [(4, 16, 1024, 64), (2, 16, 4096, 64), (1, 16, 4096, 128)]
+    for b, h, n, e in shapes:
+        for dtype in ("float16", "float32"):
+            for mode in ("none", "causal"):
+                yield b, h, n, e, dtype, mode
+
+
+def run_train_case(b, h, n, e, dtype, mode, dry=False) -> dict:
+    """Forward + backward: Avalon's training step vs torch's sdpa + autograd (same loss)."""
+    causal = mode == "causal"
+
+    def loss(q, k, v, w):
+        return (sdpa(q, k, v, is_causal=causal) * w).sum()
+
+    step = av.value_and_grad(loss, argnums=(0, 1, 2))
+    rng = np.random.default_rng(0)
+    host = [rng.standard_normal((b, h, n, e)).astype(dtype) for _ in range(4)]
+    fused, unfused = compiled(step, host, TRITON), compiled(step, host, UNFUSED)
+    kinds = sorted({ln.kernel.kind for ln in fused.launches})
+    if dry:  # the interpreter: check the results against the reference, time nothing
+        got, ref = fused(*host), unfused(*host)
+        err = max(float(np.abs(np.asarray(av.ir.to_numpy(x), np.float64) - np.asarray(av.ir.to_numpy(y))).max())
+                  for x, y in zip(got, ref))
+        return dict(shape=[b, h, n, e], dtype=dtype, mode=mode, kinds=kinds, err_vs_unfused=err, train=True)
+    dev = torch.device("cuda")
+    td = getattr(torch, dtype)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    q, k, v, w = (torch.randn(b, h, n, e, device=dev, dtype=td, generator=gen) for _ in range(4))
+    got, ref = fused(q, k, v, w), unfused(q, k, v, w)
+    qt, kt, vt = (x.detach().clone().requires_grad_() for x in (q, k, v))
+
+    def torch_step():
+        out = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=causal)
+        return torch.autograd.grad((out * w).sum(), (qt, kt, vt))
+
+    tg = torch_step()
+    row = dict(shape=[b, h, n, e], dtype=dtype, mode=mode, kinds=kinds, train=True,
+               err_vs_unfused=max(rel_err(x, y) for x, y in zip(got[1:], ref[1:])),
+               err_vs_torch=max(rel_err(x, y) for x, y in zip(got[1:], tg)))
+    flops = 4 * b * h * n * n * e * 3.5 / (2 if causal else 1)  # fwd 2 matmuls, bwd 5 (one recomputed)
+    t_f = bench(lambda: fused(q, k, v, w))
+    t_u = bench(lambda: unfused(q, k, v, w))
+    t_t = bench(torch_step)
+    row.update(ms_fused=t_f, ms_unfused=t_u, ms_torch=t_t, tflops_fused=flops / t_f / 1e9,
+               speedup_vs_unfused=t_u / t_f, ratio_vs_torch=t_t / t_f)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--train", action="store_true", help="time forward + backward (training step)")
+    ap.add_argument("--dry", action="store_true", help="no GPU: tiny shapes in the interpreter, no timings")
     a = ap.parse_args()
+    if a.dry:
+        rows = [run_train_case(*c, dry=True) for c in train_cases(True, True)]
+        print(json.dumps(rows))
+        bad = [r for r in rows if "attention_bwd" not in r["kinds"] or r["err_vs_unfused"] > 1e-3]
+        sys.exit(f"dry run failed: {bad}" if bad else 0)
     if not torch.cuda.is_available():
         sys.exit("benchmarks/attention.py needs a CUDA GPU")
     rows = []
+    if a.train:
+        for case in train_cases(a.quick, False):
+            try:
+                r = run_train_case(*case)
+            except Exception as e:  # report and go on
+                r = dict(case=list(case), train=True, error=f"{type(e).__name__}: {e}")
+            rows.append(r)
+            print(r)
+        if a.out:
+            with open(a.out, "w") as f:
+                json.dump(rows, f, indent=1)
+        return
     print(f"{'shape':>20} {'dtype':>8} {'mode':>8} {'fused ms':>9} {'unfused':>9} {'torch':>9} {'x unfused':>9} "
           f"{'x torch':>8} {'err':>8}")
     for case in cases(a.quick):

@@ -1,4 +1,5 @@
-"""The attention kernels and the folded grouped-convolution kernels compile for an H100 (sm_90)
+"""The attention kernels (forward, and the backward of training steps in f32 and f16) and the
+folded grouped-convolution kernels compile for an H100 (sm_90)
 on this GPU-less machine (see test_triton_aot.py for why this runs in a subprocess)."""
 import json
 import os
@@ -28,6 +29,12 @@ SCRIPT = textwrap.dedent('''
         "float_mask_f16": (lambda q, k, v, m: sdpa(q, k, v, attn_mask=m), (qh, kh, vh, mask.astype(np.float16))),
         "dropout": (lambda q, k, v: sdpa(q, k, v, dropout_p=0.1, is_causal=True), (q, k, v)),
     }
+    w, wh = q[:, :, :128], qh[:, :, :128]  # training steps: (2, 4, 128, 64), grads of q, k, v
+
+    def train(**kw):
+        return av.value_and_grad(lambda q, k, v, w: (sdpa(q, k, v, **kw) * w).sum(), argnums=(0, 1, 2))
+    cases["train_causal"] = (train(is_causal=True), (q[:, :, :128], k[:, :, :128], v[:, :, :128], w))
+    cases["train_none_f16"] = (train(), (qh[:, :, :128], kh[:, :, :128], vh[:, :, :128], wh))
     graphs = {}
     for name, (fn, args) in cases.items():
         g = av.trace(fn, *args)
@@ -67,3 +74,6 @@ def test_attention_and_depthwise_kernels_compile_to_ptx_for_h100(tmp_path):
     kinds = {r["case"]: r["kind"] for r in results}
     assert all(kinds[c] == "attention" for c in ("causal", "bool_mask", "float_mask_f16", "dropout")), results
     assert sum(r["case"] == "depthwise" and r["kind"] == "contraction" for r in results) == 3
+    for c in ("train_causal", "train_none_f16"):  # the backward kernel, and the forward storing m and l
+        kinds = [r["kind"] for r in results if r["case"] == c]
+        assert kinds.count("attention") == 1 and kinds.count("attention_bwd") == 1, (c, kinds)

@@ -270,27 +270,34 @@ class Attention(KernelKind):
                     f"'{leak.name}' of the attention is used outside it (a training graph keeps the "
                     "probabilities for the backward pass); the L x S values would have to be stored")
                 continue
-            members |= self._side_producers(m, members, index, inlinable)
+            members |= self._side_producers(m.side, [*m.qk.operands, pv.operands[1]], members, index, inlinable)
             yield sorted(members, key=index.__getitem__), None
 
     @staticmethod
-    def _side_producers(m: AttentionMatch, members: set[Op], index: dict[Op, int], inlinable) -> set[Op]:
+    def _side_producers(side: Sequence[Value], views: Sequence[Value], members: set[Op], index: dict[Op, int],
+                        inlinable) -> set[Op]:
         """Producers of side operands (iota, mask math, the dropout seed) used only by the group:
-        they move into it (a value only the group reads need not be materialized)."""
+        they move into it (a value only the group reads need not be materialized). For `views`
+        (the matmuls' operands) only movement ops (slices) move in."""
         added: set[Op] = set()
-        stack = [x.op for x in m.side]
+        # the matmuls' operands (Q, K, V) may be views of a computed value (heads sliced out of the
+        # packed qkv projection): only their movement ops (slices) move in, read through strides;
+        # what computes them (a bias add) stays outside, the kernel does not recompute prologues
+        stack = [(x.op, False) for x in side if x not in views] + [(x.op, True) for x in views]
         while stack and len(added) < _SIDE_LIMIT:
-            p = stack.pop()
+            p, view = stack.pop()
             if p is None or p in members or p in added or p not in index or inlinable(p):
                 if p is not None and inlinable(p):
-                    stack.extend(x.op for x in p.operands)  # cloned anyway: look at what it reads
+                    stack.extend((x.op, view) for x in p.operands)  # cloned anyway: look at what it reads
                 continue
             if has_trait(p, "contraction") or has_trait(p, "reduction") or p.regions:
+                continue
+            if view and not has_trait(p, "movement"):
                 continue
             if not _only_inside(p, members | added | {p}, inlinable):
                 continue
             added.add(p)
-            stack.extend(x.op for x in p.operands)
+            stack.extend((x.op, view) for x in p.operands)
         return added
 
 

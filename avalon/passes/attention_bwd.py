@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 
 from avalon.channels import get_logger
 from avalon.ir import Graph, Op, Value
@@ -53,6 +52,24 @@ def _is_t(op: Op | None) -> bool:
         return False
     r = op.operands[0].type.rank
     return list(op.attrs["perm"]) == [*range(r - 2), r - 1, r - 2]
+
+
+def _view(v: Value) -> tuple[Value, list[int]]:
+    """(base, perm): `v` is transpose(base, perm), composing a chain of transposes (canonicalize
+    folds transpose(transpose(x)) into one, so Vᵀ may be one transpose of V's own source)."""
+    perm = list(range(v.type.rank))
+    while v.op is not None and v.op.name == "transpose":
+        p = list(v.op.attrs["perm"])
+        perm = [p[c] for c in perm]
+        v = v.op.operands[0]
+    return v, perm
+
+
+def _is_t_of(x: Value, v: Value) -> bool:
+    """Is `x` the transpose of `v`'s last two axes (looking through chains of transposes)?"""
+    (bx, px), (bv, pv) = _view(x), _view(v)
+    r = v.type.rank
+    return r >= 2 and x.type.rank == r and bx is bv and px == [pv[i] for i in [*range(r - 2), r - 1, r - 2]]
 
 
 def _row_sum_of(v: Value, of: Value) -> bool:
@@ -139,7 +156,8 @@ def match_backward(div: Op) -> BackwardMatch | str:
             or bd.op is None or bd.op.name != "broadcast":
         return "the softmax gradient is not dP / l + broadcast(row term)"
     dp = t.op.operands[0].op
-    if dp is None or dp.name != "matmul" or dp.operands[0] is not do or not _is_t(dp.operands[1].op):
+    if dp is None or dp.name != "matmul" or dp.operands[0] is not do or (vt := dp.operands[1].op) is None \
+            or vt.name != "transpose":
         return "dP is not dO Vᵀ with the dO of dV"
     chain, cur = [], w_op.result
     while len(us := _users(cur)) == 1 and has_trait(us[0], "elementwise") and us[0].results[0].shape == cur.shape:
@@ -205,7 +223,8 @@ class AttentionBwd(KernelKind):
                     f"'{leak.name}' of the attention backward is used outside it; the L x S values would "
                     "have to be stored")
                 continue
-            members |= Attention._side_producers(SimpleNamespace(side=m.side), members, index, inlinable)
+            views = [x for op in (m.qk, m.dp, m.dq, m.dk, m.dv) for x in op.operands if x.op not in members]
+            members |= Attention._side_producers(m.side, views, members, index, inlinable)
             yield sorted(members, key=index.__getitem__), None
 
     def prepare(self, graph: Graph) -> None:
@@ -276,8 +295,7 @@ def _prepare_one(graph: Graph, m) -> str | None:
             or rs.operands[0] is not r:
         return "the softmax gradient is not t + broadcast(-sum(t·P))"
     dp = t.op.operands[0].op
-    if dp is None or dp.name != "matmul" or not _is_t(dp.operands[1].op) \
-            or dp.operands[1].op.operands[0] is not m.pv.operands[1]:
+    if dp is None or dp.name != "matmul" or not _is_t_of(dp.operands[1], m.pv.operands[1]):
         return "P's cotangent is not dO Vᵀ (with the V of the forward)"
     # 1. the max's tie-splitting term: add(w, h), h = bcast(reshape(sum(-w)) / ties) · cast(eq(s, bmx))
     for a in [x for x in _users(w) if x.name == "add"]:
@@ -326,10 +344,13 @@ def _prepare_one(graph: Graph, m) -> str | None:
             if x in memo and x.op in core:
                 op.set_operand(i, memo[x])
     new = {y.op for y in memo.values()} | {x.op for x, y in memo.items() if x is not y}
+    start = order[outside[0]]
     for x, y in list(memo.items()):  # the backward's own reads of the mask math: the copies
         if x is not y and x.op not in core:
             for u, i in list(x.uses):
-                if u not in core and u not in new and u.parent is graph.body:
+                # only readers after the copies: the mask math is CSE'd across layers, and another
+                # layer's forward, earlier in the program, keeps reading the original
+                if u not in core and u not in new and u.parent is graph.body and order.get(u, -1) >= start:
                     u.set_operand(i, y)
     return None
 

@@ -56,7 +56,10 @@ def build_attention_bwd(group: Group, in_strides: Sequence[Sequence[int]], out_s
     res = m.dq.result
     acc_d = dt.float64 if res.dtype == dt.float64 else dt.float32
     ft = ty.tl_type(acc_d)
-    prec = f', input_precision="{policy.dot_precision}"' if acc_d == dt.float32 else ""
+    half = res.dtype in (dt.float16, dt.bfloat16) and not (res.dtype == dt.bfloat16 and policy.interpret)
+    prec = f', input_precision="{policy.dot_precision}"' if acc_d == dt.float32 and not half else ""
+    # P and dS meet 16-bit operand tiles (Q, K, dO) in tl.dot: same dtype, as the forward's P
+    lo16 = f".to({ty.tl_type(res.dtype)})" if half else ""
     cz = _is_causal(m)
     em = Emitter(group.inputs, in_strides, dots_in_f32=policy.interpret)
     g = Affine.of(em.define_var("gz", "tl.program_id(1)", G)) if G > 1 else Affine()
@@ -75,6 +78,8 @@ def build_attention_bwd(group: Group, in_strides: Sequence[Sequence[int]], out_s
 
     def tile(rm: Affine, rn: Affine) -> tuple[str, str, str]:
         """Recompute P and dS at (rows rm, keys rn); returns (p, ds, do) tile names."""
+        # the other loop's P tile is not in scope here (compiled Triton scopes the `if` blocks)
+        em.overrides.pop((id(m.div.result), index_key(g1.out({"g": g, "m": rm, "n": rn}))), None)
         q = _operand(em, qk.operands[0], "q", g1.a, {"g": g, "m": rm, "ka": fixed["re"]}, ("rm", "re"))
         kt = _operand(em, qk.operands[1], "kt", g1.b, {"g": g, "kb": fixed["rek"], "n": rn}, ("rek", "rn"))
         em.line(f"qk = tl.dot({q}, {kt}{prec}).to({ft})")
@@ -109,8 +114,8 @@ def build_attention_bwd(group: Group, in_strides: Sequence[Sequence[int]], out_s
     p, ds, _ = tile(rm, rn)
     do2 = _operand(em, m.dv.operands[1], "dov", gv.b, {"g": g, "kb": rm, "n": fixed["rv"]}, ("rm", "rv"))
     q2 = _operand(em, m.dk.operands[1], "qd", gk.b, {"g": g, "kb": rm, "n": fixed["re"]}, ("rm", "re"))
-    em.line(f"acc_dv += tl.dot(tl.trans({p}), {do2}{prec}).to({ft})")
-    em.line(f"acc_dk += tl.dot(tl.trans({ds}), {q2}{prec}).to({ft})")
+    em.line(f"acc_dv += tl.dot(tl.trans({p}{lo16}), {do2}{prec}).to({ft})")
+    em.line(f"acc_dk += tl.dot(tl.trans({ds}{lo16}), {q2}{prec}).to({ft})")
     em.close()
     for j, o in enumerate(group.outputs):
         role = outs[id(o)]
@@ -131,7 +136,7 @@ def build_attention_bwd(group: Group, in_strides: Sequence[Sequence[int]], out_s
         rk = rows("rk", "n0 + tl.arange(0, BN)[:, None]", S, "mask_k")
         p, ds, _ = tile(rm, rn)
         k2 = _operand(em, m.dq.operands[1], "kq", gq.b, {"g": g, "kb": rk, "n": fixed["re"]}, ("rk", "re"))
-        em.line(f"acc_dq += tl.dot({ds}, {k2}{prec}).to({ft})")
+        em.line(f"acc_dq += tl.dot({ds}{lo16}, {k2}{prec}).to({ft})")
         em.close()
         j = next(j for j, o in enumerate(group.outputs) if outs[id(o)] == "dq")
         o = group.outputs[j]
