@@ -26,11 +26,18 @@ from avalon import zoo  # noqa: E402
 from avalon.autodiff import grad_graph  # noqa: E402
 from avalon.codegen.numpy.backend import NumpyBackend  # noqa: E402
 from avalon.passes import DEFAULT_PIPELINE, PassManager  # noqa: E402
+from avalon.passes.manager import paused_gc  # noqa: E402
 from avalon.trace import trace_call  # noqa: E402
 
 
 def phases(depth: int, width: int = 16, batch: int = 8) -> dict[str, float]:
-    """Seconds per phase for an MLP of `depth` hidden layers, plus the op counts."""
+    """Seconds per phase for an MLP of `depth` hidden layers, plus the op counts; with the garbage
+    collector paused, as `av.compile` does while it compiles."""
+    with paused_gc():
+        return _phases(depth, width, batch)
+
+
+def _phases(depth: int, width: int, batch: int) -> dict[str, float]:
     model = zoo.MLP(width, [width] * depth, 10)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, width)).astype(np.float32)

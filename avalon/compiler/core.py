@@ -39,6 +39,7 @@ import numpy as np
 from avalon import debug
 from avalon.ir import Graph, fusion_groups, verify
 from avalon.passes import PassManager, PassRecord
+from avalon.passes.manager import paused_gc
 from avalon.passes.memory_plan import MemoryPlan, plan_memory
 from avalon.trace import SEED, Traced, current_trace, owner_model, signature, trace_call
 from avalon.tree import StateCache
@@ -260,7 +261,8 @@ class Compiled:
             self._hits += 1
             return entry, leaves
         self._misses += 1
-        entry = self._build(args, leaves, optimize=not inline)
+        with paused_gc():
+            entry = self._build(args, leaves, optimize=not inline)
         if inline:  # not compiled: cached apart, so a later call outside a trace still compiles it
             if not _captured_arrays(entry.inspection.traced_graph):
                 self._inlined[key] = entry
