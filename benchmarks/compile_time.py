@@ -54,8 +54,10 @@ def _phases(depth: int, width: int, batch: int) -> dict[str, float]:
     t2 = time.perf_counter()
     out["ops"] = len(g.ops)
     backend = NumpyBackend()
-    PassManager.parse(DEFAULT_PIPELINE, target=backend.target).run(g)
+    pm = PassManager.parse(DEFAULT_PIPELINE, target=backend.target)
+    pm.run(g)
     t3 = time.perf_counter()
+    out.update({f"pass {r.name}": r.ms / 1e3 for r in pm.records})
     exe = backend.compile(g)
     _ = exe.source
     t4 = time.perf_counter()
@@ -96,11 +98,13 @@ def main() -> None:
     for d in args.depths:
         rows[d] = r = phases(d)
         print(f"depth {d:5d}: {int(r['ops']):6d} ops  trace {r['trace']:.3f}  grad {r['grad']:.3f}  "
-              f"passes {r['passes']:.3f}  codegen {r['codegen']:.3f}  total {r['total']:.3f} s")
+              f"passes {r['passes']:.3f}  codegen {r['codegen']:.3f}  total {r['total']:.3f} s  ("
+              + ", ".join(f"{k[5:]} {v:.3f}" for k, v in r.items() if k.startswith("pass ")) + ")")
     if 64 in rows and 256 in rows:
         a, b = rows[64], rows[256]
         print("depth 256 / depth 64: " + "  ".join(f"{k} {b[k] / max(a[k], 1e-9):.2f}x"
                                                    for k in ("ops", "trace", "grad", "passes", "codegen", "total")))
+        print("  per pass: " + "  ".join(f"{k[5:]} {b[k] / max(a[k], 1e-9):.2f}x" for k in a if k.startswith("pass ")))
     print(f"first LeNet training step (cold, numpy backend): {first_step():.3f} s")
     if args.profile:
         prof = cProfile.Profile()
