@@ -259,6 +259,25 @@ def test_random_op_chains_match_the_interpreter(g, optimize):
 @given(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3), st.integers(3, 18), st.integers(3, 18),
        st.integers(1, 3), st.integers(1, 3), st.integers(1, 2), st.integers(0, 1), st.integers(1, 2))
 def test_convolutions_and_pooling_match_the_interpreter(n, c, o, h, w, kh, kw, s, p, dil):
+    _check_conv(n, c, o, h, w, kh, kw, s, p, dil)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 3), st.integers(1, 3), st.integers(5, 18), st.integers(5, 18),
+       st.integers(1, 3), st.integers(1, 2), st.integers(0, 1), st.integers(1, 2), st.sampled_from([1, 300, 2000, 9000]))
+def test_chunked_im2col_matches_the_interpreter(n, c, o, h, w, k, s, p, dil, budget):
+    """im2col workspaces are filled a chunk of samples or output rows at a time; small budgets make
+    several chunks (the last one partial) for both layouts."""
+    from avalon.codegen.numpy import kernels
+    saved = kernels.CHUNK_BYTES
+    kernels.CHUNK_BYTES = budget
+    try:
+        _check_conv(n, c, o, h, w, k, k, s, p, dil)
+    finally:
+        kernels.CHUNK_BYTES = saved
+
+
+def _check_conv(n, c, o, h, w, kh, kw, s, p, dil):
     if h + 2 * p < dil * (kh - 1) + 1 or w + 2 * p < dil * (kw - 1) + 1:
         return
     g = Graph("f")
