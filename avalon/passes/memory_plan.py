@@ -106,8 +106,9 @@ def _fmt(n: int) -> str:
     return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB" if n >= 2**10 else f"{n} B"
 
 
-class _Occupancy:
-    """Which buffers are busy somewhere in a span of op indices, for first-fit placement in
+class BufferOccupancy:
+    """Which buffers are busy somewhere in a span of op indices (for first-fit placement, and for code
+    generators looking for a buffer idle at an op to hold its scratch), in
     O(log n) big-integer operations per query instead of one bisection per buffer: a segment tree
     over op indices whose nodes hold bit masks of buffers (`cover`: busy over the node's whole
     range; `seen`: busy somewhere inside it)."""
@@ -235,7 +236,7 @@ def plan_memory(graph: Graph, inplace: bool = True, alias_views: bool = True,
 
     # greedy by size: largest first, each into the first buffer whose holders' lifetimes it misses
     # (the lowest buffer whose bit is clear in the busy mask of [s0, e0]; a new one when none is)
-    occupancy = _Occupancy(len(ops) + 1)
+    occupancy = BufferOccupancy(len(ops) + 1)
     for c in sorted(chains, key=lambda c: (-size[id(c)], span[id(c)])):
         s0, e0 = span[id(c)]
         busy = occupancy.busy(s0, e0)
