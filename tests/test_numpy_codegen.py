@@ -295,6 +295,20 @@ def _check_conv(n, c, o, h, w, kh, kw, s, p, dil):
     check(g, seeds=(0,))
 
 
+def test_splat_constants_of_any_shape_are_scalars():
+    """A splat constant of a full shape (canonicalize folds broadcasts of splats into them) is a numpy
+    scalar, not a dense global: a select against +0 is then the bit-pattern multiply, one pass."""
+    g = Graph("f")
+    b = Builder(g)
+    x, y = _in(g, (3, 5), "f32"), _in(g, (3, 5), "f32")
+    zeros, ones = b.constant(0.0, (3, 5), "f32"), b.constant(1.0, (3, 5), "f32")
+    g.set_outputs([b("where", b("gt", x, y), x, zeros), b("add", x, ones)])
+    e = GeneratedExecutable(g).emission
+    assert not any(isinstance(v, np.ndarray) and v.size > 1 for v in e.consts.values())
+    assert ".view(np.uint32)" in e.source
+    check(g)
+
+
 def test_large_planes_take_the_batch_first_layout():
     """LeNet's conv1 (24x24 planes) runs batch first, conv2 (8x8) batch last; both match."""
     g = Graph("f")

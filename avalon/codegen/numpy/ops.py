@@ -276,6 +276,9 @@ def _lazy(gen: Generator, op: Op, top: bool) -> Ref | None:
     r = op.results[0]
     if op.name == "constant":
         from avalon.ir import evaluate
+        if np.size(op.attrs["value"]) == 1:  # a splat of any shape: a scalar numpy broadcasts (no pass over it)
+            one = evaluate("constant", {**op.attrs, "shape": []}, [], TensorType((), r.type.dtype))
+            return Ref(gen.const(one.reshape(-1)[0], "k"), r.type, "scalar")
         value = evaluate("constant", op.attrs, [], r.type)
         if value.size == 1:
             return Ref(gen.const(value.reshape(-1)[0], "k"), r.type, "scalar")
