@@ -248,6 +248,7 @@ class Compiled:
 
     def cache_clear(self) -> None:
         self._cache.clear()
+        self._inlined.clear()
         self._states = StateCache()
         self._hits = self._misses = 0
 

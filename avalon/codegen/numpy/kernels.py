@@ -62,6 +62,11 @@ def chunk(units: int, unit_bytes: int) -> int:
     return max(1, min(units, CHUNK_BYTES // max(unit_bytes, 1)))
 
 
+def _per_chunk(workspace: np.ndarray, unit: int) -> int:
+    """Output rows a flat batch-last workspace holds (at least one, also for empty shapes)."""
+    return max(1, workspace.size // max(unit, 1))
+
+
 def _rows(i: int, r0: int, r1: int, g: Geometry) -> slice:
     """Input rows tap row `i` reads for output rows [r0, r1)."""
     sh, dh = g[0], g[4]
@@ -109,7 +114,7 @@ def conv2d_bl(x: np.ndarray, w: np.ndarray, g: Geometry, out: np.ndarray, xt: np
     oh, ow = out.shape[2:]
     src = _padded_bl(x, g, xt)
     w2 = w.reshape(o, c * kh * kw)
-    rb = cols.size // (c * kh * kw * ow * n)
+    rb = _per_chunk(cols, c * kh * kw * ow * n)
     for r0 in range(0, oh, rb):
         r1 = min(oh, r0 + rb)
         cc = _cols_bl(src, g, kh, kw, r0, r1, ow, cols)
@@ -150,7 +155,7 @@ def conv2d_grad_input_bl(dy: np.ndarray, w: np.ndarray, g: Geometry, out: np.nda
     h, wd = out.shape[2:]
     wt = w.reshape(o, c * kh * kw).T
     dxt.fill(0)
-    rb = dcols.size // (c * kh * kw * ow * n)
+    rb = _per_chunk(dcols, c * kh * kw * ow * n)
     for r0 in range(0, oh, rb):
         r1 = min(oh, r0 + rb)
         k = (r1 - r0) * ow * n
@@ -175,6 +180,8 @@ def conv2d_grad_weight_bf(x: np.ndarray, dy: np.ndarray, g: Geometry, out: np.nd
     _, c, kh, kw = out.shape
     src = _padded_bf(x, g, xp)
     out2 = out.reshape(o, c * kh * kw)
+    if n == 0:
+        out.fill(0)
     for n0 in range(0, n, cols.shape[0]):
         m = min(cols.shape[0], n - n0)
         cc = cols[:m]
@@ -199,7 +206,9 @@ def conv2d_grad_weight_bl(x: np.ndarray, dy: np.ndarray, g: Geometry, out: np.nd
     _, c, kh, kw = out.shape
     src = _padded_bl(x, g, xt)
     out2 = out.reshape(o, c * kh * kw)
-    rb = cols.size // (c * kh * kw * ow * n)
+    if oh == 0:
+        out.fill(0)
+    rb = _per_chunk(cols, c * kh * kw * ow * n)
     for r0 in range(0, oh, rb):
         r1 = min(oh, r0 + rb)
         k = (r1 - r0) * ow * n
