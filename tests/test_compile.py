@@ -263,3 +263,20 @@ def test_triton_backend_matches_numpy(rng):
     assert insp.backend == "triton" and insp.kernels
     assert all("@triton.jit" in src for src in insp.kernels.values())
     assert "layout = [1, 0]" in str(insp.graph)  # w.T read through swapped strides, no copy kernel
+
+
+def test_a_gradient_inlined_into_a_compile_is_not_compiled_on_its_own():
+    """Inside an enclosing trace the gradient program is inlined unoptimized (the enclosing pipeline runs
+    on the whole graph); a later call outside any trace still compiles it and agrees."""
+    rng = np.random.default_rng(3)
+    w = av.Tensor(rng.standard_normal((4, 3)).astype(np.float32))
+    x = rng.standard_normal((5, 4)).astype(np.float32)
+    vg = av.value_and_grad(lambda w, x: (F.tanh(x @ w) ** 2).sum())
+
+    step = av.compile(lambda w, x: vg(w, x))
+    loss, g = step(w, x)
+    assert len(vg.cache) == 0
+    loss2, g2 = vg(w, x)
+    assert len(vg.cache) == 1
+    np.testing.assert_allclose(loss.numpy(), loss2.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(g.numpy(), g2.numpy(), rtol=1e-5)

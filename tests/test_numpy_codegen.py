@@ -259,6 +259,25 @@ def test_random_op_chains_match_the_interpreter(g, optimize):
 @given(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3), st.integers(3, 18), st.integers(3, 18),
        st.integers(1, 3), st.integers(1, 3), st.integers(1, 2), st.integers(0, 1), st.integers(1, 2))
 def test_convolutions_and_pooling_match_the_interpreter(n, c, o, h, w, kh, kw, s, p, dil):
+    _check_conv(n, c, o, h, w, kh, kw, s, p, dil)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 3), st.integers(1, 3), st.integers(5, 18), st.integers(5, 18),
+       st.integers(1, 3), st.integers(1, 2), st.integers(0, 1), st.integers(1, 2), st.sampled_from([1, 300, 2000, 9000]))
+def test_chunked_im2col_matches_the_interpreter(n, c, o, h, w, k, s, p, dil, budget):
+    """im2col workspaces are filled a chunk of samples or output rows at a time; small budgets make
+    several chunks (the last one partial) for both layouts."""
+    from avalon.codegen.numpy import kernels
+    saved = kernels.CHUNK_BYTES
+    kernels.CHUNK_BYTES = budget
+    try:
+        _check_conv(n, c, o, h, w, k, k, s, p, dil)
+    finally:
+        kernels.CHUNK_BYTES = saved
+
+
+def _check_conv(n, c, o, h, w, kh, kw, s, p, dil):
     if h + 2 * p < dil * (kh - 1) + 1 or w + 2 * p < dil * (kw - 1) + 1:
         return
     g = Graph("f")
@@ -274,6 +293,20 @@ def test_convolutions_and_pooling_match_the_interpreter(n, c, o, h, w, kh, kw, s
         outs += [pooled, b("max_pool2d_grad", x, b("relu", pooled), kernel=[kh, kh], stride=[kh, kh])]
     g.set_outputs(outs)
     check(g, seeds=(0,))
+
+
+def test_splat_constants_of_any_shape_are_scalars():
+    """A splat constant of a full shape (canonicalize folds broadcasts of splats into them) is a numpy
+    scalar, not a dense global: a select against +0 is then the bit-pattern multiply, one pass."""
+    g = Graph("f")
+    b = Builder(g)
+    x, y = _in(g, (3, 5), "f32"), _in(g, (3, 5), "f32")
+    zeros, ones = b.constant(0.0, (3, 5), "f32"), b.constant(1.0, (3, 5), "f32")
+    g.set_outputs([b("where", b("gt", x, y), x, zeros), b("add", x, ones)])
+    e = GeneratedExecutable(g).emission
+    assert not any(isinstance(v, np.ndarray) and v.size > 1 for v in e.consts.values())
+    assert ".view(np.uint32)" in e.source
+    check(g)
 
 
 def test_large_planes_take_the_batch_first_layout():

@@ -272,6 +272,19 @@ def test_get_pass_runs_with_defaults():
         ps.get_pass("nope")
 
 
+def test_recorded_ir_is_the_ir_right_after_each_pass_though_printed_later():
+    """`ir_after` is printed when read, from a snapshot: later passes must not show in an earlier record."""
+    import io
+    eager, lazy = graph(), graph()
+    pe = PassManager.parse("canonicalize,cse,dce,fuse", print_after_all=True, stream=io.StringIO())
+    pl = PassManager.parse("canonicalize,cse,dce,fuse")
+    pe.run(eager)
+    pl.run(lazy)
+    assert [r.ir_after for r in pl.records] == [r.ir_after for r in pe.records]
+    assert pl.records[0].ir_after != pl.records[-1].ir_after
+    assert pl.records[-1].ir_after == str(lazy)
+
+
 def test_run_pipeline_helper_and_record_ir_off():
     g = graph()
     assert ps.run_pipeline(g) is True

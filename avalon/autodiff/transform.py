@@ -14,6 +14,7 @@ verifies and runs like a traced one, and `grad_graph` of it gives second derivat
 """
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 
 from avalon.ir import Block, Builder, Graph, Op, Value
@@ -33,6 +34,16 @@ def grad_graph(graph: Graph, wrt: Sequence[int] | None = None, *, name: str | No
     Inputs that the loss does not depend on get a gradient of zeros. Integer and boolean inputs
     cannot be differentiated; asking for one raises GradError (callers skip them).
     """
+    was = gc.isenabled()  # full collections walking the growing graph would make this superlinear
+    gc.disable()
+    try:
+        return _grad_graph(graph, wrt, name)
+    finally:
+        if was:
+            gc.enable()
+
+
+def _grad_graph(graph: Graph, wrt: Sequence[int] | None, name: str | None) -> Graph:
     g = _flat_copy(graph, name or f"grad_{graph.name}")
     if not g.outputs:
         raise GradError(f"@{graph.name} has no outputs; its first output must be the scalar loss")

@@ -39,6 +39,7 @@ import numpy as np
 from avalon import debug
 from avalon.ir import Graph, fusion_groups, verify
 from avalon.passes import PassManager, PassRecord
+from avalon.passes.manager import paused_gc
 from avalon.passes.memory_plan import MemoryPlan, plan_memory
 from avalon.trace import SEED, Traced, current_trace, owner_model, signature, trace_call
 from avalon.tree import StateCache
@@ -164,7 +165,7 @@ class Compiled:
 
     # slots (no __dict__): the tracer must not mistake a compiled function for a model to walk
     __slots__ = ("fn", "backend", "pipeline", "check", "program", "_name", "_cache", "_states", "_hits",
-                 "_misses", "__weakref__")
+                 "_misses", "_inlined", "__weakref__")
 
     def __init__(self, fn: Callable, backend: str | Any = "numpy", pipeline: str | PassManager | None = None,
                  check: bool | None = None, *, program: Program | None = None, name: str | None = None):
@@ -184,6 +185,7 @@ class Compiled:
         self.pipeline = pipeline
         self.check = check if check is not None else os.environ.get("AVALON_CHECK", "").lower() in _TRUE
         self._cache: dict[Any, _Entry] = {}
+        self._inlined: dict[Any, _Entry] = {}  # programs built for inlining into an enclosing trace
         self._states = StateCache()  # the models' walks, re-used while nothing in them is reassigned
         self._hits = self._misses = 0
 
@@ -220,7 +222,7 @@ class Compiled:
             args = self.program.prepare(self.fn, args)
         elif outer is not None:
             return self.fn(*args)  # record into the enclosing trace; it is optimized with that graph
-        entry, leaves = self._entry(args)  # a program is inlined into an enclosing trace by run_traced
+        entry, leaves = self._entry(args, inline=outer is not None)  # run_traced inlines a program
         objs = [x for _, x in leaves] + ([SEED] if entry.seeded else [])
         if self.check and outer is None:
             objs = feed(objs)  # one seed for the check and the run
@@ -248,18 +250,26 @@ class Compiled:
 
     def cache_clear(self) -> None:
         self._cache.clear()
+        self._inlined.clear()
         self._states = StateCache()
         self._hits = self._misses = 0
 
     # -- machinery ---------------------------------------------------------------------------
-    def _entry(self, args: tuple) -> tuple[_Entry, list[tuple[str, Any]]]:
+    def _entry(self, args: tuple, inline: bool = False) -> tuple[_Entry, list[tuple[str, Any]]]:
         key, leaves = signature(self.fn, args, self._states)
         entry = self._cache.get(key)
+        if entry is None and inline:
+            entry = self._inlined.get(key)
         if entry is not None:
             self._hits += 1
             return entry, leaves
         self._misses += 1
-        entry = self._build(args, leaves)
+        with paused_gc():
+            entry = self._build(args, leaves, optimize=not inline)
+        if inline:  # not compiled: cached apart, so a later call outside a trace still compiles it
+            if not _captured_arrays(entry.inspection.traced_graph):
+                self._inlined[key] = entry
+            return entry, leaves
         if _captured_arrays(entry.inspection.traced_graph):
             warnings.warn(f"{self.__name__} uses arrays that are not among its arguments (captured from an "
                           "enclosing scope, or built from Python lists); they are baked into the graph, so it is "
@@ -277,11 +287,20 @@ class Compiled:
                                      target=getattr(self.backend, "target", None))
         return self.pipeline
 
-    def _build(self, args: tuple, leaves: list[tuple[str, Any]]) -> _Entry:
+    def _build(self, args: tuple, leaves: list[tuple[str, Any]], optimize: bool = True) -> _Entry:
+        """Trace (or build the program) and, with `optimize`, run the pipeline and the backend. A program
+        inlined into an enclosing trace is not optimized: the enclosing pipeline runs on the whole graph."""
         t0 = time.perf_counter()
         traced = trace_call(self.fn, args) if self.program is None else self.program.build(self.fn, args)
-        traced_graph = traced.graph.clone()
         graph = traced.graph
+        if not optimize:
+            insp = Inspection(self.__name__, self.backend.name, "", graph, graph, [], {},
+                              (time.perf_counter() - t0) * 1e3, 0.0, 0.0)
+            ids = {id(obj): j for j, (_, obj) in enumerate(leaves)}
+            update_at = [(ids.get(id(t)), t) for t in traced.update_targets]
+            return _Entry(insp, None, traced.out_tree, traced.n_outputs, update_at,
+                          any(x is SEED for x in traced.leaves))
+        traced_graph = graph.clone()
         t1 = time.perf_counter()
         pm = self._pass_manager()
         root = debug.debug_root()

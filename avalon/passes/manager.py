@@ -8,9 +8,11 @@ compiled-kernel cache keys.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -23,14 +25,49 @@ from .target import Target
 log = get_logger("passes")
 
 
-@dataclass(frozen=True)
 class PassRecord:
-    """What one pass did in one run: its name, milliseconds, whether it changed the graph, the IR after it."""
+    """What one pass did in one run: its name, milliseconds, whether it changed the graph, the IR after it.
 
-    name: str
-    ms: float
-    changed: bool
-    ir_after: str | None
+    `ir_after` is printed on first read from a snapshot (a clone of the graph taken after the pass),
+    because printing every intermediate IR eagerly costs more than the passes themselves on large
+    graphs; it may also be given as text (or None when the IR was not recorded)."""
+
+    __slots__ = ("name", "ms", "changed", "_ir")
+
+    def __init__(self, name: str, ms: float, changed: bool, ir_after: str | Graph | None):
+        self.name, self.ms, self.changed, self._ir = name, ms, changed, ir_after
+
+    @property
+    def ir_after(self) -> str | None:
+        if isinstance(self._ir, Graph):
+            self._ir = print_graph(self._ir)
+        return self._ir
+
+    def __repr__(self) -> str:
+        return f"PassRecord(name={self.name!r}, ms={self.ms:.3f}, changed={self.changed})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PassRecord):
+            return NotImplemented
+        return (self.name, self.ms, self.changed, self.ir_after) == (other.name, other.ms, other.changed,
+                                                                      other.ir_after)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while compiling: building a graph allocates many
+    long-lived objects, and each full collection walks all of them, which made compile time grow
+    superlinearly with graph size (several times the passes' own work at 15k ops). Garbage made
+    meanwhile is collected after."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 class PassVerifyError(VerifyError):
@@ -200,6 +237,10 @@ class PassManager:
 
     def run(self, graph: Graph) -> bool:
         """Run every pass in order; True when any changed the graph. `self.records` says what each did."""
+        with paused_gc():
+            return self._run(graph)
+
+    def _run(self, graph: Graph) -> bool:
         unknown = [n for n in self.print_after if n not in self.names]
         if unknown:
             raise PipelineError(f"print_after names {', '.join(map(repr, unknown))}, not in this pipeline "
@@ -210,7 +251,13 @@ class PassManager:
                 verify(graph)
             except VerifyError as e:
                 raise PassVerifyError(f"the input graph does not verify (before any pass): {e}", None, e.op) from e
-        text_before = print_graph(graph) if self.record_ir else None
+        # text is printed eagerly only where something reads it now (printing options, a pass that does
+        # not say whether it changed the graph, verify_each's check of that answer); otherwise each
+        # changed pass leaves a snapshot that `PassRecord.ir_after` prints when read
+        eager = self.print_after_all or self.print_after_changed or bool(self.print_after)
+        need_text = eager or self.verify_each or any(_may_not_say(s.impl) for s in self.stages)
+        text_before = print_graph(graph) if need_text else None
+        snapshot: str | Graph | None = None
         any_changed = False
         for stage in self.stages:
             t0 = time.perf_counter()
@@ -224,16 +271,21 @@ class PassManager:
                     e.add_note(f"while running pass '{stage.name}' (pipeline: {self})")
                 raise
             ms = (time.perf_counter() - t0) * 1e3
-            text_after = print_graph(graph) if self.record_ir else None
-            if result is None:  # the pass did not say; find out from the text (or assume it did)
-                changed = text_after != text_before if self.record_ir else True
+            text_after = print_graph(graph) if need_text else None
+            if result is None:  # the pass did not say; find out from the text
+                changed = text_after != text_before
             else:
                 changed = bool(result)
                 if self.verify_each and not changed and text_after != text_before:
                     raise PassVerifyError(f"pass '{stage.name}' returned False but changed the IR "
                                           "(caches and --print-after-changed trust that answer)", stage.name)
             any_changed |= changed
-            self.records.append(PassRecord(stage.name, ms, changed, text_after))
+            if self.record_ir:
+                if text_after is not None:
+                    snapshot = text_after
+                elif changed or snapshot is None:
+                    snapshot = graph.clone()
+            self.records.append(PassRecord(stage.name, ms, changed, snapshot if self.record_ir else None))
             log.debug("%s: %.3f ms, %s", stage.name, ms, "changed" if changed else "no change")
             if self.verify_each:
                 try:
@@ -258,6 +310,14 @@ class PassManager:
         for r in self.records:
             lines.append(f"  {r.ms:10.3f}  {100 * r.ms / total:5.1f}%  {'yes' if r.changed else 'no':>7}  {r.name}")
         return "\n".join(lines) + "\n"
+
+
+def _may_not_say(impl: Any) -> bool:
+    """Whether a pass may return None instead of saying whether it changed the graph (then the manager
+    compares the printed IR before and after it): any pass whose function is not annotated `-> bool`."""
+    fn = getattr(impl, "_fn", None) or getattr(impl, "fn", None) or impl.run
+    ret = getattr(fn, "__annotations__", {}).get("return")
+    return ret not in ("bool", bool)
 
 
 class _Adhoc:

@@ -27,7 +27,6 @@ parser and verifier); the plan is a declared graph analysis, `graph.analysis("me
 """
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass, field
 
 from avalon.ir import Graph, Op, Value
@@ -107,12 +106,46 @@ def _fmt(n: int) -> str:
     return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB" if n >= 2**10 else f"{n} B"
 
 
-def _free(starts: list[int], ends: list[int], s0: int, e0: int) -> bool:
-    """Does [s0, e0] miss every span of a buffer (disjoint spans sorted by start)?"""
-    k = bisect.bisect_left(starts, s0)
-    if k < len(starts) and starts[k] <= e0:
-        return False
-    return k == 0 or ends[k - 1] < s0
+class BufferOccupancy:
+    """Which buffers are busy somewhere in a span of op indices (for first-fit placement, and for code
+    generators looking for a buffer idle at an op to hold its scratch), in
+    O(log n) big-integer operations per query instead of one bisection per buffer: a segment tree
+    over op indices whose nodes hold bit masks of buffers (`cover`: busy over the node's whole
+    range; `seen`: busy somewhere inside it)."""
+
+    def __init__(self, n: int):
+        self.n = max(n, 1)
+        self.cover = [0] * (4 * self.n)
+        self.seen = [0] * (4 * self.n)
+
+    def add(self, s0: int, e0: int, bit: int) -> None:
+        self._add(1, 0, self.n - 1, s0, e0, bit)
+
+    def _add(self, node: int, lo: int, hi: int, s0: int, e0: int, bit: int) -> None:
+        self.seen[node] |= bit
+        if s0 <= lo and hi <= e0:
+            self.cover[node] |= bit
+            return
+        mid = (lo + hi) // 2
+        if s0 <= mid:
+            self._add(2 * node, lo, mid, s0, e0, bit)
+        if e0 > mid:
+            self._add(2 * node + 1, mid + 1, hi, s0, e0, bit)
+
+    def busy(self, s0: int, e0: int) -> int:
+        """The mask of buffers busy anywhere in [s0, e0]."""
+        return self._busy(1, 0, self.n - 1, s0, e0)
+
+    def _busy(self, node: int, lo: int, hi: int, s0: int, e0: int) -> int:
+        if s0 <= lo and hi <= e0:
+            return self.seen[node]
+        mask = self.cover[node]
+        mid = (lo + hi) // 2
+        if s0 <= mid:
+            mask |= self._busy(2 * node, lo, mid, s0, e0)
+        if e0 > mid:
+            mask |= self._busy(2 * node + 1, mid + 1, hi, s0, e0)
+        return mask
 
 
 def _top_level(op: Op, graph: Graph) -> Op:
@@ -202,20 +235,16 @@ def plan_memory(graph: Graph, inplace: bool = True, alias_views: bool = True,
     size = {id(c): max(v.type.nbytes for v in c) for c in chains}
 
     # greedy by size: largest first, each into the first buffer whose holders' lifetimes it misses
-    # (a buffer's holders never overlap, so its spans kept sorted answer "is [s0, e0] free?" by bisection)
-    starts: list[list[int]] = []
-    ends: list[list[int]] = []
+    # (the lowest buffer whose bit is clear in the busy mask of [s0, e0]; a new one when none is)
+    occupancy = BufferOccupancy(len(ops) + 1)
     for c in sorted(chains, key=lambda c: (-size[id(c)], span[id(c)])):
         s0, e0 = span[id(c)]
-        b = next((i for i in range(len(starts)) if _free(starts[i], ends[i], s0, e0)), None)
-        if b is None:
-            b = len(starts)
-            starts.append([])
-            ends.append([])
+        busy = occupancy.busy(s0, e0)
+        b = (~busy & (busy + 1)).bit_length() - 1  # the lowest clear bit
+        if b >= len(plan.buffers):
+            b = len(plan.buffers)
             plan.buffers.append(size[id(c)])
-        k = bisect.bisect_left(starts[b], s0)
-        starts[b].insert(k, s0)
-        ends[b].insert(k, e0)
+        occupancy.add(s0, e0, 1 << b)
         for v in c:
             plan.assignment[v] = b
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from avalon.ir import Graph, Value, evaluate
 from avalon.ir.types import TensorType
-from avalon.passes.memory_plan import MemoryPlan
+from avalon.passes.memory_plan import BufferOccupancy, MemoryPlan
 from avalon.passes.target import Target
 
 from . import kernels
@@ -91,6 +91,11 @@ class Emission:
         return sum(self.buffers) + sum(self.slots)
 
 
+BORROW_MIN_BYTES = 1 << 16
+"""Scratch of at least this size looks for an idle planned buffer first (smaller scratch is not worth
+the search)."""
+
+
 def _ident(name: str) -> str:
     s = "".join(c if c.isalnum() else "_" for c in name)
     return s if s and not s[0].isdigit() else "f_" + s
@@ -113,6 +118,9 @@ class Generator:
         self.stats = {"fast": 0, "fallback": 0}
         self.op_scratch: list[int] = []  # slots to release after the current op
         self.buffers = list(plan.buffers) if plan is not None else []  # bf16 values need 4 bytes each here
+        self.top = -1  # index of the top-level op being emitted (the plan's op index)
+        self.borrowed: set[int] = set()  # planned buffers lent to scratch during the current top-level op
+        self._occupancy: BufferOccupancy | None = None
 
     # -- names, lines, globals ----------------------------------------------------------------
     def fresh_name(self, prefix: str = "v") -> str:
@@ -143,15 +151,42 @@ class Generator:
         self.free_slots.remove(best)
         return best
 
+    def _idle_buffer(self, nbytes: int) -> int | None:
+        """The smallest planned buffer of at least `nbytes` that holds no value while the current
+        top-level op runs (its values' lifetimes all end before or start after it), not yet lent."""
+        plan = self.plan
+        if plan is None or self.top < 0 or nbytes < BORROW_MIN_BYTES:
+            return None
+        if self._occupancy is None:
+            self._occupancy = occ = BufferOccupancy(len(plan.ops) + 1)
+            for v, (s0, e0) in plan.lifetimes.items():
+                occ.add(s0, e0, 1 << plan.assignment[v])
+        busy = self._occupancy.busy(self.top, self.top)
+        best = None
+        for b, size in enumerate(self.buffers):
+            if size >= nbytes and not busy >> b & 1 and b not in self.borrowed and (
+                    best is None or size < self.buffers[best]):
+                best = b
+        return best
+
     def scratch(self, shape: tuple[int, ...], dtype: Any, op_scoped: bool = True) -> tuple[str, int]:
         """A view of a scratch slot for `shape`/`dtype`. Op-scoped ones are released after the
-        current op (workspaces); others when the value holding them dies (`hold`/`drop`)."""
+        current op (workspaces); others when the value holding them dies (`hold`/`drop`). A large
+        one goes into a planned buffer idle during the current top-level op when there is one (slot
+        number -1 - buffer, lent until that op ends), so scratch adds no memory beyond the plan."""
         from avalon.ir import dtypes as dt
         d = dtype if isinstance(dtype, dt.DType) else dt.dtype(np.dtype(dtype))
         t = TensorType(tuple(shape), d)
-        slot = self._slot(max(host_bytes(t), 1))
-        name = f"s{slot}_{self.fresh_name('')}"
-        self.views[name] = View("slot", slot, t)
+        b = self._idle_buffer(host_bytes(t))
+        if b is not None:
+            self.borrowed.add(b)
+            slot = -1 - b
+            name = f"b{b}_{self.fresh_name('')}"
+            self.views[name] = View("buffer", b, t)
+        else:
+            slot = self._slot(max(host_bytes(t), 1))
+            name = f"s{slot}_{self.fresh_name('')}"
+            self.views[name] = View("slot", slot, t)
         if op_scoped:
             self.op_scratch.append(slot)
         else:
@@ -169,11 +204,13 @@ class Generator:
         self.refs[s] -= 1
         if self.refs[s] == 0:
             del self.refs[s]
-            self.free_slots.append(s)
+            if s >= 0:  # a lent buffer stays lent until its top-level op ends
+                self.free_slots.append(s)
 
     def end_op(self) -> None:
         for s in self.op_scratch:
-            self.free_slots.append(s)
+            if s >= 0:
+                self.free_slots.append(s)
         self.op_scratch = []
 
     def is_planned(self, v: Value) -> bool:
@@ -223,12 +260,16 @@ class Generator:
         for i, v in enumerate(g.inputs):
             args.append(f"a{i}")
             self.env[v] = Ref(f"a{i}", v.type)
-        for op in g.ops:
+        current = self.plan is not None and self.plan.is_current(g)
+        for k, op in enumerate(g.ops):
+            self.top = k if current else -1
             if op.regions:
                 emit_region(self, op)
             else:
                 emit_op(self, op, top=True)
             self.end_op()
+            self.borrowed.clear()
+        self.top = -1
         outs: list[str] = []
         seen: set[str] = set()
         for v in g.outputs:

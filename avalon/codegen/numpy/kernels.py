@@ -51,49 +51,96 @@ def _padded_bl(x: np.ndarray, g: Geometry, xt: np.ndarray) -> np.ndarray:
     return xt
 
 
+CHUNK_BYTES = 1 << 20
+"""The most bytes an im2col workspace takes: patches are built and multiplied a chunk at a time (by
+samples for batch-first patches, by output rows for batch-last ones), so a step's scratch stays
+near its planned buffers instead of growing with the largest patch matrix."""
+
+
+def chunk(units: int, unit_bytes: int) -> int:
+    """How many units (samples or output rows) one workspace of CHUNK_BYTES holds (at least one)."""
+    return max(1, min(units, CHUNK_BYTES // max(unit_bytes, 1)))
+
+
+def _per_chunk(workspace: np.ndarray, unit: int) -> int:
+    """Output rows a flat batch-last workspace holds (at least one, also for empty shapes)."""
+    return max(1, workspace.size // max(unit, 1))
+
+
+def _rows(i: int, r0: int, r1: int, g: Geometry) -> slice:
+    """Input rows tap row `i` reads for output rows [r0, r1)."""
+    sh, dh = g[0], g[4]
+    return slice(i * dh + sh * r0, i * dh + sh * (r1 - 1) + 1, sh)
+
+
+def _cols_bl(src: np.ndarray, g: Geometry, kh: int, kw: int, r0: int, r1: int, ow: int, cols: np.ndarray
+             ) -> np.ndarray:
+    """Batch-last patches (C, KH, KW, r1-r0, OW, N) of output rows [r0, r1), in a prefix of flat `cols`."""
+    c, n = src.shape[0], src.shape[3]
+    out = cols[: c * kh * kw * (r1 - r0) * ow * n].reshape(c, kh, kw, r1 - r0, ow, n)
+    for i in range(kh):
+        si = _rows(i, r0, r1, g)
+        for j in range(kw):
+            sj = _tap(i, j, 1, ow, g)[1]
+            out[:, i, j] = src[:, si, sj]
+    return out
+
+
 def conv2d_bf(x: np.ndarray, w: np.ndarray, g: Geometry, out: np.ndarray, cols: np.ndarray,
               xp: np.ndarray | None) -> None:
-    """conv2d, batch-first patches: out[n] = W (O, CKK) @ cols[n] (CKK, OH*OW)."""
+    """conv2d, batch-first patches: out[n] = W (O, CKK) @ cols[n] (CKK, OH*OW), `len(cols)` samples
+    at a time."""
     n = x.shape[0]
     o, c, kh, kw = w.shape
     oh, ow = out.shape[2:]
     src = _padded_bf(x, g, xp)
-    for i in range(kh):
-        for j in range(kw):
-            si, sj = _tap(i, j, oh, ow, g)
-            cols[:, :, i, j] = src[:, :, si, sj]
-    np.matmul(w.reshape(o, c * kh * kw), cols.reshape(n, c * kh * kw, oh * ow), out=out.reshape(n, o, oh * ow))
+    w2 = w.reshape(o, c * kh * kw)
+    for n0 in range(0, n, cols.shape[0]):
+        m = min(cols.shape[0], n - n0)
+        cc = cols[:m]
+        for i in range(kh):
+            for j in range(kw):
+                si, sj = _tap(i, j, oh, ow, g)
+                cc[:, :, i, j] = src[n0 : n0 + m, :, si, sj]
+        np.matmul(w2, cc.reshape(m, c * kh * kw, oh * ow), out=out[n0 : n0 + m].reshape(m, o, oh * ow))
 
 
 def conv2d_bl(x: np.ndarray, w: np.ndarray, g: Geometry, out: np.ndarray, xt: np.ndarray, cols: np.ndarray,
               y: np.ndarray) -> None:
-    """conv2d, batch-last patches: y (O, OH*OW*N) = W @ cols, transposed back into `out`."""
+    """conv2d, batch-last patches, a chunk of output rows at a time: y (O, rows*OW*N) = W @ cols,
+    transposed back into those rows of `out` (`cols`, `y`: flat workspaces)."""
     n = x.shape[0]
     o, c, kh, kw = w.shape
     oh, ow = out.shape[2:]
     src = _padded_bl(x, g, xt)
-    for i in range(kh):
-        for j in range(kw):
-            si, sj = _tap(i, j, oh, ow, g)
-            cols[:, i, j] = src[:, si, sj]
-    np.matmul(w.reshape(o, c * kh * kw), cols.reshape(c * kh * kw, oh * ow * n), out=y)
-    np.copyto(out, y.reshape(o, oh, ow, n).transpose(3, 0, 1, 2))
+    w2 = w.reshape(o, c * kh * kw)
+    rb = _per_chunk(cols, c * kh * kw * ow * n)
+    for r0 in range(0, oh, rb):
+        r1 = min(oh, r0 + rb)
+        cc = _cols_bl(src, g, kh, kw, r0, r1, ow, cols)
+        yc = y[: o * (r1 - r0) * ow * n].reshape(o, (r1 - r0) * ow * n)
+        np.matmul(w2, cc.reshape(c * kh * kw, -1), out=yc)
+        np.copyto(out[:, :, r0:r1], yc.reshape(o, r1 - r0, ow, n).transpose(3, 0, 1, 2))
 
 
 def conv2d_grad_input_bf(dy: np.ndarray, w: np.ndarray, g: Geometry, out: np.ndarray, dcols: np.ndarray,
                          dxp: np.ndarray | None) -> None:
-    """dx: dcols[n] = W^T @ dy[n], each tap's slice added back where the forward read it."""
+    """dx: dcols[n] = W^T @ dy[n], each tap's slice added back where the forward read it, `len(dcols)`
+    samples at a time."""
     n, o, oh, ow = dy.shape
     _, c, kh, kw = w.shape
     ph, pw = g[2], g[3]
-    np.matmul(w.reshape(o, c * kh * kw).T, dy.reshape(n, o, oh * ow), out=dcols)
     acc = out if dxp is None else dxp
     acc.fill(0)
-    d6 = dcols.reshape(n, c, kh, kw, oh, ow)
-    for i in range(kh):
-        for j in range(kw):
-            si, sj = _tap(i, j, oh, ow, g)
-            acc[:, :, si, sj] += d6[:, :, i, j]
+    wt = w.reshape(o, c * kh * kw).T
+    for n0 in range(0, n, dcols.shape[0]):
+        m = min(dcols.shape[0], n - n0)
+        np.matmul(wt, dy[n0 : n0 + m].reshape(m, o, oh * ow), out=dcols[:m])
+        d6 = dcols[:m].reshape(m, c, kh, kw, oh, ow)
+        for i in range(kh):
+            for j in range(kw):
+                si, sj = _tap(i, j, oh, ow, g)
+                acc[n0 : n0 + m, :, si, sj] += d6[:, :, i, j]
     if dxp is not None:
         h, wd = out.shape[2:]
         np.copyto(out, dxp[:, :, ph : ph + h, pw : pw + wd])
@@ -101,48 +148,76 @@ def conv2d_grad_input_bf(dy: np.ndarray, w: np.ndarray, g: Geometry, out: np.nda
 
 def conv2d_grad_input_bl(dy: np.ndarray, w: np.ndarray, g: Geometry, out: np.ndarray, dyt: np.ndarray,
                          dcols: np.ndarray, dxt: np.ndarray) -> None:
-    """dx, batch last (the reference's formulation on preallocated buffers)."""
+    """dx, batch last, a chunk of output rows at a time (`dyt`, `dcols`: flat workspaces)."""
     n, o, oh, ow = dy.shape
     _, c, kh, kw = w.shape
     ph, pw = g[2], g[3]
     h, wd = out.shape[2:]
-    np.copyto(dyt, dy.transpose(1, 2, 3, 0))
-    np.matmul(w.reshape(o, c * kh * kw).T, dyt.reshape(o, oh * ow * n), out=dcols)
+    wt = w.reshape(o, c * kh * kw).T
     dxt.fill(0)
-    d6 = dcols.reshape(c, kh, kw, oh, ow, n)
-    for i in range(kh):
-        for j in range(kw):
-            si, sj = _tap(i, j, oh, ow, g)
-            dxt[:, si, sj] += d6[:, i, j]
+    rb = _per_chunk(dcols, c * kh * kw * ow * n)
+    for r0 in range(0, oh, rb):
+        r1 = min(oh, r0 + rb)
+        k = (r1 - r0) * ow * n
+        dc = dyt[: o * k].reshape(o, r1 - r0, ow, n)
+        np.copyto(dc, dy[:, :, r0:r1].transpose(1, 2, 3, 0))
+        d2 = dcols[: c * kh * kw * k].reshape(c * kh * kw, k)
+        np.matmul(wt, dc.reshape(o, k), out=d2)
+        d6 = d2.reshape(c, kh, kw, r1 - r0, ow, n)
+        for i in range(kh):
+            si = _rows(i, r0, r1, g)
+            for j in range(kw):
+                sj = _tap(i, j, 1, ow, g)[1]
+                dxt[:, si, sj] += d6[:, i, j]
     np.copyto(out, dxt[:, ph : ph + h, pw : pw + wd].transpose(3, 0, 1, 2))
 
 
 def conv2d_grad_weight_bf(x: np.ndarray, dy: np.ndarray, g: Geometry, out: np.ndarray, cols: np.ndarray,
-                          xp: np.ndarray | None, part: np.ndarray) -> None:
-    """dw = sum over n of dy[n] @ cols[n]^T: one batched matmul into `part` (N, O, CKK), summed."""
+                          xp: np.ndarray | None, part: np.ndarray, acc: np.ndarray) -> None:
+    """dw = sum over n of dy[n] @ cols[n]^T: per chunk of `len(cols)` samples one batched matmul into
+    `part`, summed into `out` (through `acc` after the first chunk)."""
     n, o, oh, ow = dy.shape
     _, c, kh, kw = out.shape
     src = _padded_bf(x, g, xp)
-    for i in range(kh):
-        for j in range(kw):
-            si, sj = _tap(i, j, oh, ow, g)
-            cols[:, :, i, j] = src[:, :, si, sj]
-    np.matmul(dy.reshape(n, o, oh * ow), cols.reshape(n, c * kh * kw, oh * ow).transpose(0, 2, 1), out=part)
-    np.sum(part, axis=0, out=out.reshape(o, c * kh * kw))
+    out2 = out.reshape(o, c * kh * kw)
+    if n == 0:
+        out.fill(0)
+    for n0 in range(0, n, cols.shape[0]):
+        m = min(cols.shape[0], n - n0)
+        cc = cols[:m]
+        for i in range(kh):
+            for j in range(kw):
+                si, sj = _tap(i, j, oh, ow, g)
+                cc[:, :, i, j] = src[n0 : n0 + m, :, si, sj]
+        np.matmul(dy[n0 : n0 + m].reshape(m, o, oh * ow), cc.reshape(m, c * kh * kw, oh * ow).transpose(0, 2, 1),
+                  out=part[:m])
+        if n0 == 0:
+            np.sum(part[:m], axis=0, out=out2)
+        else:
+            np.sum(part[:m], axis=0, out=acc)
+            out2 += acc
 
 
 def conv2d_grad_weight_bl(x: np.ndarray, dy: np.ndarray, g: Geometry, out: np.ndarray, xt: np.ndarray,
-                          cols: np.ndarray, dyt: np.ndarray) -> None:
-    """dw = dy (O, OH*OW*N) @ cols^T, batch last."""
+                          cols: np.ndarray, dyt: np.ndarray, acc: np.ndarray) -> None:
+    """dw = dy (O, OH*OW*N) @ cols^T, batch last, a chunk of output rows at a time, summed into `out`
+    (through `acc` after the first chunk; `cols`, `dyt`: flat workspaces)."""
     n, o, oh, ow = dy.shape
     _, c, kh, kw = out.shape
     src = _padded_bl(x, g, xt)
-    for i in range(kh):
-        for j in range(kw):
-            si, sj = _tap(i, j, oh, ow, g)
-            cols[:, i, j] = src[:, si, sj]
-    np.copyto(dyt, dy.transpose(1, 2, 3, 0))
-    np.matmul(dyt.reshape(o, oh * ow * n), cols.reshape(c * kh * kw, oh * ow * n).T, out=out.reshape(o, c * kh * kw))
+    out2 = out.reshape(o, c * kh * kw)
+    if oh == 0:
+        out.fill(0)
+    rb = _per_chunk(cols, c * kh * kw * ow * n)
+    for r0 in range(0, oh, rb):
+        r1 = min(oh, r0 + rb)
+        k = (r1 - r0) * ow * n
+        cc = _cols_bl(src, g, kh, kw, r0, r1, ow, cols)
+        dc = dyt[: o * k].reshape(o, r1 - r0, ow, n)
+        np.copyto(dc, dy[:, :, r0:r1].transpose(1, 2, 3, 0))
+        np.matmul(dc.reshape(o, k), cc.reshape(c * kh * kw, k).T, out=out2 if r0 == 0 else acc)
+        if r0:
+            out2 += acc
 
 
 def pool_taps(x: np.ndarray, kh: int, kw: int, oh: int, ow: int) -> list[np.ndarray]:

@@ -173,14 +173,17 @@ def _conv2d(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
     g = _geom(op)
     f = op.results[0].type.dtype.np
     hp, wp = h + 2 * g[2], wd + 2 * g[3]
+    z = np.dtype(f).itemsize
     if kernels.batch_first(oh, ow):
-        cols, _ = gen.scratch((n, c, kh, kw, oh, ow), f)
+        nb = kernels.chunk(n, c * kh * kw * oh * ow * z)
+        cols, _ = gen.scratch((nb, c, kh, kw, oh, ow), f)
         xp = gen.scratch((n, c, hp, wp), f)[0] if g[2] or g[3] else "None"
         gen.line(f"K.conv2d_bf({x}, {w}, {g!r}, {out}, {cols}, {xp})")
     else:
+        rb = kernels.chunk(oh, c * kh * kw * ow * n * z)
         xt, _ = gen.scratch((c, hp, wp, n), f)
-        cols, _ = gen.scratch((c, kh, kw, oh, ow, n), f)
-        y, _ = gen.scratch((o, oh * ow * n), f)
+        cols, _ = gen.scratch((c * kh * kw * rb * ow * n,), f)
+        y, _ = gen.scratch((o * rb * ow * n,), f)
         gen.line(f"K.conv2d_bl({x}, {w}, {g!r}, {out}, {xt}, {cols}, {y})")
 
 
@@ -193,13 +196,16 @@ def _conv2d_grad_input(gen: Generator, op: Op, args: list[Ref], out: str) -> Non
     g = _geom(op)
     f = op.results[0].type.dtype.np
     hp, wp = h + 2 * g[2], wd + 2 * g[3]
+    z = np.dtype(f).itemsize
     if kernels.batch_first(oh, ow):
-        dcols, _ = gen.scratch((n, c * kh * kw, oh * ow), f)
+        nb = kernels.chunk(n, c * kh * kw * oh * ow * z)
+        dcols, _ = gen.scratch((nb, c * kh * kw, oh * ow), f)
         dxp = gen.scratch((n, c, hp, wp), f)[0] if g[2] or g[3] else "None"
         gen.line(f"K.conv2d_grad_input_bf({dy}, {w}, {g!r}, {out}, {dcols}, {dxp})")
     else:
-        dyt, _ = gen.scratch((o, oh, ow, n), f)
-        dcols, _ = gen.scratch((c * kh * kw, oh * ow * n), f)
+        rb = kernels.chunk(oh, c * kh * kw * ow * n * z)
+        dyt, _ = gen.scratch((o * rb * ow * n,), f)
+        dcols, _ = gen.scratch((c * kh * kw * rb * ow * n,), f)
         dxt, _ = gen.scratch((c, hp, wp, n), f)
         gen.line(f"K.conv2d_grad_input_bl({dy}, {w}, {g!r}, {out}, {dyt}, {dcols}, {dxt})")
 
@@ -213,16 +219,20 @@ def _conv2d_grad_weight(gen: Generator, op: Op, args: list[Ref], out: str) -> No
     g = _geom(op)
     f = op.results[0].type.dtype.np
     hp, wp = h + 2 * g[2], wd + 2 * g[3]
+    z = np.dtype(f).itemsize
+    acc, _ = gen.scratch((o, c * kh * kw), f)
     if kernels.batch_first(oh, ow):
-        cols, _ = gen.scratch((n, c, kh, kw, oh, ow), f)
+        nb = kernels.chunk(n, c * kh * kw * oh * ow * z)
+        cols, _ = gen.scratch((nb, c, kh, kw, oh, ow), f)
         xp = gen.scratch((n, c, hp, wp), f)[0] if g[2] or g[3] else "None"
-        part, _ = gen.scratch((n, o, c * kh * kw), f)
-        gen.line(f"K.conv2d_grad_weight_bf({x}, {dy}, {g!r}, {out}, {cols}, {xp}, {part})")
+        part, _ = gen.scratch((nb, o, c * kh * kw), f)
+        gen.line(f"K.conv2d_grad_weight_bf({x}, {dy}, {g!r}, {out}, {cols}, {xp}, {part}, {acc})")
     else:
+        rb = kernels.chunk(oh, c * kh * kw * ow * n * z)
         xt, _ = gen.scratch((c, hp, wp, n), f)
-        cols, _ = gen.scratch((c, kh, kw, oh, ow, n), f)
-        dyt, _ = gen.scratch((o, oh, ow, n), f)
-        gen.line(f"K.conv2d_grad_weight_bl({x}, {dy}, {g!r}, {out}, {xt}, {cols}, {dyt})")
+        cols, _ = gen.scratch((c * kh * kw * rb * ow * n,), f)
+        dyt, _ = gen.scratch((o * rb * ow * n,), f)
+        gen.line(f"K.conv2d_grad_weight_bl({x}, {dy}, {g!r}, {out}, {xt}, {cols}, {dyt}, {acc})")
 
 
 def _tiles(op: Op) -> bool:
@@ -266,6 +276,9 @@ def _lazy(gen: Generator, op: Op, top: bool) -> Ref | None:
     r = op.results[0]
     if op.name == "constant":
         from avalon.ir import evaluate
+        if np.size(op.attrs["value"]) == 1:  # a splat of any shape: a scalar numpy broadcasts (no pass over it)
+            one = evaluate("constant", {**op.attrs, "shape": []}, [], TensorType((), r.type.dtype))
+            return Ref(gen.const(one.reshape(-1)[0], "k"), r.type, "scalar")
         value = evaluate("constant", op.attrs, [], r.type)
         if value.size == 1:
             return Ref(gen.const(value.reshape(-1)[0], "k"), r.type, "scalar")
