@@ -13,7 +13,6 @@ axis and the padding is cropped here, with zero rows appended where no kernel ta
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -134,12 +133,7 @@ class ConvTranspose2d(Module):
         _place(self, device)
 
     def reset_parameters(self) -> None:
-        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            fan_in, _ = init._calculate_fan_in_and_fan_out(self.weight)
-            if fan_in != 0:
-                bound = 1 / math.sqrt(fan_in)
-                init.uniform_(self.bias, -bound, bound)
+        init.conv_default_(self.weight, self.bias)
 
     def _output_padding(self, x: Tensor, output_size: Sequence[int] | None) -> tuple[int, int]:
         """torch's rule: an explicit output_size picks the output_padding that reaches it."""
