@@ -4,7 +4,8 @@
 softmax's row term through dO·O and recomputes the scores, so the forward kernel stores only the
 row max and sum and the backward kernel recomputes P per tile. Gradients match the reference
 interpreter in Triton's interpreter (blocks of 32 over L = S = 64: every loop runs twice), and no
-kernel argument or planned buffer has the L x S shape.
+kernel argument or planned buffer has the L x S shape. With dropout between P and V, both
+kernels draw the same counter-based bits per (row, key) as the reference (the same seed).
 """
 import logging
 
@@ -85,7 +86,8 @@ def test_training_step_gradients_are_two_flash_kernels(mode, rng, caplog):
         np.testing.assert_allclose(to_numpy(x), y, rtol=2e-4, atol=2e-4)
 
 
-def test_small_causal_self_attention_model_parameter_grads(rng):
+@pytest.mark.parametrize("dropout_p", [0.0, 0.3])
+def test_small_causal_self_attention_model_parameter_grads(dropout_p, rng):
     """A causal self-attention block (qkv and output projections) trained one step: every
     parameter gradient matches the reference, and Q, K, V computed by split/reshape/transpose (one
     transpose of the heads' source for Vᵀ, after canonicalize) get both flash kernels."""
@@ -95,7 +97,7 @@ def test_small_causal_self_attention_model_parameter_grads(rng):
         qkv = av.ops.matmul(x, wqkv)  # (B, T, 3C)
         q, k, v = (av.ops.transpose(av.ops.reshape(t, (B, T, H, C // H)), 1, 2)
                    for t in av.ops.split(qkv, C, -1))
-        o = sdpa(q, k, v, is_causal=True)
+        o = sdpa(q, k, v, is_causal=True, dropout_p=dropout_p)
         o = av.ops.reshape(av.ops.transpose(o, 1, 2), (B, T, C))
         return ((av.ops.matmul(o, wo) - y) ** 2).mean()
 
@@ -104,31 +106,69 @@ def test_small_causal_self_attention_model_parameter_grads(rng):
     wo = (rng.standard_normal((C, C)) / np.sqrt(C)).astype(np.float32)
     y = rng.standard_normal((B, T, C)).astype(np.float32)
     g = av.trace(av.value_and_grad(loss, argnums=(1, 2)), x, wqkv, wo, y)
-    want = av.interpret(g, x, wqkv, wo, y)
+    args = [x, wqkv, wo, y] + ([np.int64(11)] if dropout_p else [])  # dropout: the seed, same on both
+    assert len(g.inputs) == len(args)
+    want = av.interpret(g, *args)
     PassManager.parse(DEFAULT_PIPELINE, target=TRITON).run(g)
     cg = compile_graph(g, blocks=BLOCKS)
     assert not cg.fallbacks
     kinds = [ln.kernel.kind for ln in cg.launches]
     assert kinds.count("attention") == 1 and kinds.count("attention_bwd") == 1, kinds
     _no_score_buffers(g, cg)
-    got = cg(x, wqkv, wo, y)
+    got = cg(*args)
     for a, b in zip(got, want):
         np.testing.assert_allclose(to_numpy(a), b, rtol=2e-4, atol=2e-5)
 
 
-def test_dropout_backward_is_refused_with_a_reason(rng, caplog):
-    """Dropout between P and V: the backward is not fused (logged), and the graph still runs right."""
-    q, k, v, w = _inputs(rng, "causal")
+@pytest.mark.parametrize("mode", ["causal", "bool"])
+def test_dropout_training_step_is_two_flash_kernels(mode, rng, caplog):
+    """Dropout between P and V (p = 0.3): the forward and the backward are each one flash kernel;
+    the backward recomputes P and the dropout mask per (row, key) from the same seed and counters,
+    so the loss and dQ, dK, dV match the reference interpreter drawing the same bits."""
+    args = _inputs(rng, mode)
+    q, k, v, w, *m = args
 
-    def loss(q, k, v, w):
-        return (sdpa(q, k, v, dropout_p=0.3, is_causal=True) * w).sum()
+    def loss(q, k, v, w, *m):
+        o = sdpa(q, k, v, attn_mask=m[0], dropout_p=0.3) if m else sdpa(q, k, v, dropout_p=0.3, is_causal=True)
+        return (o * w).sum()
 
-    g = av.trace(av.value_and_grad(loss, argnums=(0, 1, 2)), q, k, v, w)
-    args = [q, k, v, w, np.int64(7)] if len(g.inputs) > 4 else [q, k, v, w]
+    g = av.trace(av.value_and_grad(loss, argnums=(0, 1, 2)), *args)
+    assert len(g.inputs) == len(args) + 1  # the dropout seed
+    args = [*args, np.int64(7)]
     want = av.interpret(g, *args)
     with caplog.at_level(logging.DEBUG, logger="avalon.fusion"):
         PassManager.parse(DEFAULT_PIPELINE, target=TRITON).run(g)
-    assert any("dropout between the softmax and V" in r.message for r in caplog.records)
+    assert not any("dropout" in r.message and "not" in r.message for r in caplog.records)
+    cg = compile_graph(g, blocks=BLOCKS)
+    kinds = [ln.kernel.kind for ln in cg.launches]
+    assert kinds.count("attention") == 1 and kinds.count("attention_bwd") == 1 and not cg.fallbacks, kinds
+    bwd = next(ln.kernel for ln in cg.launches if ln.kernel.kind == "attention_bwd")
+    assert "_avalon_random_bits" in bwd.source and "tl.trans(pd" in bwd.source
+    _no_score_buffers(g, cg)
+    got = cg(*args)
+    for x, y in zip(got, want):
+        np.testing.assert_allclose(to_numpy(x), y, rtol=2e-4, atol=2e-4)
+    # the mask really drops: another seed gives other gradients
+    other = cg(*args[:-1], np.int64(8))
+    assert not np.allclose(to_numpy(other[3]), want[3], atol=1e-3)
+
+
+def test_dropout_backward_is_refused_when_the_dropped_probabilities_are_read(rng, caplog):
+    """A loss that also reads P' = dropout(P) itself: P's cotangent is not dropout's mirror of
+    dO Vᵀ alone, so the backward is not fused (logged), and the graph still runs right."""
+    from avalon.nn.functional import dropout, softmax
+    q, k, v, w = _inputs(rng, "none")
+
+    def loss(q, k, v, w):
+        pd = dropout(softmax(av.ops.mul(av.ops.matmul(q, av.ops.transpose(k, -2, -1)), 0.25), -1), 0.3)
+        return (av.ops.matmul(pd, v) * w).sum() + (pd * pd).sum()
+
+    g = av.trace(av.value_and_grad(loss, argnums=(0, 1, 2)), q, k, v, w)
+    args = [q, k, v, w, np.int64(7)]
+    want = av.interpret(g, *args)
+    with caplog.at_level(logging.DEBUG, logger="avalon.fusion"):
+        PassManager.parse(DEFAULT_PIPELINE, target=TRITON).run(g)
+    assert any("through dropout's mirror" in r.message for r in caplog.records)
     assert not any("attention" in str(op.attrs.get("name", "")) for op in g.ops)
     got = compile_graph(g, blocks=BLOCKS)(*args)
     for x, y in zip(got, want):

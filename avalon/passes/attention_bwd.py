@@ -17,7 +17,11 @@ neither pass stores an L x S value:
 
 What is left is one `attention_bwd` group, found by `AttentionBwd.find` (`match_backward` names
 its roles): it yields dQ = dS K, dK = dSᵀ Q and dV = Pᵀ dO, dS = f(P ∘ (dP - D)) with f the
-mask's zeroing and the scale. Dropout between P and V is refused (with the reason logged).
+mask's zeroing and the scale. Dropout between P and V (P' = where(keep, P·c, 0), linear in P)
+is recomputed per tile from the same seed and counters: the forward's chain of ops from P to P'
+is cloned with P (so the backward owns its copy of the random bits' index math), and dP reaches
+the softmax gradient through autodiff's mirror of that chain (where(keep, dO Vᵀ, 0)·c), so
+dV = P'ᵀ dO and the row term D = rowsum(dO ∘ O) stay exact (O = P' V).
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from avalon.channels import get_logger
 from avalon.ir import Graph, Op, Value
 from avalon.ir.builder import Builder
 
-from .attention import Attention, _last_axis_keepdims, _through_broadcast, match, scores_of
+from .attention import Attention, _last_axis_keepdims, _splat, _through_broadcast, match, scores_of
 from .dce import dce
 from .target import Issue, KernelGroup, KernelKind, has_trait, register_kind
 
@@ -79,6 +83,62 @@ def _row_sum_of(v: Value, of: Value) -> bool:
             and [a % of.type.rank for a in p.attrs["axes"]] == [of.type.rank - 1])
 
 
+def _linear_step(op: Op, cur: Value) -> tuple[int, Value] | None:
+    """If `op` is one of dropout's ops linear in its operand `cur` (`mul(cur, x)` or
+    `where(c, cur, 0)`), (position of cur, the other operand: x or c); else None."""
+    if op.name == "mul" and len(op.operands) == 2 and (x := _other(op, cur)) is not None:
+        return op.operands.index(cur), x
+    if op.name == "where":
+        c, a, b = op.operands
+        if a is cur and b is not cur and _splat(b) == 0.0:
+            return 1, c
+        if b is cur and a is not cur and _splat(a) == 0.0:
+            return 2, c
+    return None
+
+
+def _drop_chain(P: Value, Pd: Value, core: set[Op]) -> list[tuple[Op, int, Value]] | None:
+    """The forward's ops from P to P' (dropout: each linear in the previous value, a `core` op),
+    P first, each with (position of the running value, its other operand); None if they are not."""
+    chain, x = [], Pd
+    while x is not P:
+        op = x.op
+        st = next(((c, st) for c in dict.fromkeys(op.operands) if (c is P or c.op in core)
+                   and (st := _linear_step(op, c)) is not None), None) if op is not None else None
+        if st is None or len(chain) >= 4:
+            return None
+        chain.append((op, *st[1]))
+        x = st[0]
+    return chain[::-1]
+
+
+def _same_side(x: Value, y: Value) -> bool:
+    return x is y or (_splat(x) is not None and _splat(x) == _splat(y) and x.dtype == y.dtype)
+
+
+def _unmirror(x: Value, chain: Sequence[tuple[Op, int, Value]]) -> tuple[Value, list[Op]] | None:
+    """Autodiff's mirror of the dropout chain P -> P' (P first): P's cotangent is
+    f_nᵀ(...f_1ᵀ(X)) with X the cotangent of P' and f_1 the op nearest P'; walking back from `x`,
+    P's cotangent: (X, the mirror's ops) or None. The mirror of `mul(p, c)` is `mul(ct, c)`, of
+    `where(k, p, 0)` is `where(k, ct, 0)` (same position); each mirror op is used once."""
+    ops: list[Op] = []
+    for f, pos, side in chain:
+        op = x.op
+        if op is None or op.name != f.name or (ops and len(_users(x)) != 1):
+            return None
+        got = None
+        for cand in dict.fromkeys(op.operands):
+            st = _linear_step(op, cand)
+            if st is not None and _same_side(st[1], side) and (f.name == "mul" or st[0] == pos):
+                got = cand
+                break
+        if got is None:
+            return None
+        ops.append(op)
+        x = got
+    return x, ops
+
+
 @dataclass
 class BackwardMatch:
     """The roles of one attention backward group (see the module docstring)."""
@@ -93,6 +153,7 @@ class BackwardMatch:
     ds: Value
     core: list[Op] = field(default_factory=list)
     side: list[Value] = field(default_factory=list)
+    pdrop: Value | None = None  # P' = dropout(P), what dV reads (P itself without dropout)
 
 
 def _row_stat(v: Value, reduce: str, s: Value) -> Value | None:
@@ -138,10 +199,15 @@ def match_backward(div: Op) -> BackwardMatch | str:
         return sc
     qk, path, side = sc
     P, e = div.result, ex.result
-    (t1, *rest) = _users(P) or [None]
+    # P' = dropout(P) (or P itself): the chain of linear ops from P to the one transposed for dV
+    chain, Pd = [], P
+    while len(us := _users(Pd)) == 1 and _linear_step(us[0], Pd) is not None and len(chain) < 4:
+        chain.append((us[0], *_linear_step(us[0], Pd)))
+        Pd = us[0].results[0]
+    (t1, *rest) = _users(Pd) or [None]
     if rest or not _is_t(t1) or len(us := _users(t1.result)) != 1 or us[0].name != "matmul" \
             or us[0].operands[0] is not t1.result:
-        return "P is used other than by dV = Pᵀ dO"
+        return "P is used other than by dV = Pᵀ dO (through dropout)"
     dv = us[0]
     do = dv.operands[1]
     eu = [u for u in _users(e) if u is not div]
@@ -155,13 +221,16 @@ def match_backward(div: Op) -> BackwardMatch | str:
     if t.op is None or t.op.name != "div" or _row_stat(t.op.operands[1], "sum", sub.operands[0]) is not smv \
             or bd.op is None or bd.op.name != "broadcast":
         return "the softmax gradient is not dP / l + broadcast(row term)"
-    dp = t.op.operands[0].op
+    um = _unmirror(t.op.operands[0], chain)
+    if um is None:
+        return "P's cotangent is not dropout's mirror of dO Vᵀ (the mask and scale of the forward's)"
+    dp = um[0].op
     if dp is None or dp.name != "matmul" or dp.operands[0] is not do or (vt := dp.operands[1].op) is None \
             or vt.name != "transpose":
         return "dP is not dO Vᵀ with the dO of dV"
-    chain, cur = [], w_op.result
+    dchain, cur = [], w_op.result
     while len(us := _users(cur)) == 1 and has_trait(us[0], "elementwise") and us[0].results[0].shape == cur.shape:
-        chain.append(us[0])
+        dchain.append(us[0])
         side += [x for x in us[0].operands if x is not cur]
         cur = us[0].results[0]
     us = _users(cur)
@@ -172,11 +241,14 @@ def match_backward(div: Op) -> BackwardMatch | str:
         return "dS is used other than by dQ = dS K and dK = dSᵀ Q"
     bcasts = [x.op for x in (sub.operands[1], div.operands[1], t.op.operands[1]) if x.op is not None
               and x.op.name == "broadcast"]
-    core = [qk, *path, sub, ex, div, *bcasts, t1, dv, dp, t.op, u.op, w_op, *chain, t2, dq, dk]
+    core = [qk, *path, sub, ex, div, *[op for op, _, _ in chain], *bcasts, t1, dv, dp, *um[1], t.op, u.op,
+            w_op, *dchain, t2, dq, dk]
+    drop = {op for op, _, _ in chain} | set(um[1])
+    side += [x for op in drop for x in op.operands if x.op not in drop and x not in (P, dp.result)]
     side += [sub.operands[1], div.operands[1], t.op.operands[1], bd, *qk.operands, do, dp.operands[1],
              dq.operands[1], dk.operands[1]]
     return BackwardMatch(qk, sub.operands[0], div, dp, dv, dq, dk, cur, list(dict.fromkeys(core)),
-                         list(dict.fromkeys(side)))
+                         list(dict.fromkeys(side)), Pd)
 
 
 class AttentionBwd(KernelKind):
@@ -237,15 +309,25 @@ class AttentionBwd(KernelKind):
 
 
 def _pure(v: Value) -> bool:
-    """Is `v` index math (iota, constants and ops over them only)?"""
-    stack, n = [v.op], 0
+    """Is `v` index math (iota, constants and ops over them only), or dropout's random bits (a
+    `random` op over index math and scalars: the seed, a rank-0 input or computed from one)?"""
+    stack, n, rand, scalar_in = [v], 0, False, False
     while stack:
-        p = stack.pop()
+        x = stack.pop()
+        p = x.op
         n += 1
-        if p is None or n > _PURE_LIMIT or p.regions or has_trait(p, "contraction") or has_trait(p, "reduction"):
+        if n > _PURE_LIMIT:
             return False
-        stack.extend(x.op for x in p.operands)
-    return True
+        if p is None:
+            if x.type.rank:
+                return False
+            scalar_in = True
+            continue
+        if p.regions or has_trait(p, "contraction") or has_trait(p, "reduction"):
+            return False
+        rand |= p.name == "random"
+        stack.extend(p.operands)
+    return rand or not scalar_in
 
 
 def _clone(b: Builder, v: Value, memo: dict[Value, Value], copy) -> Value:
@@ -261,15 +343,19 @@ def _clone(b: Builder, v: Value, memo: dict[Value, Value], copy) -> Value:
 
 
 def _prepare_one(graph: Graph, m) -> str | None:
-    if m.pv.operands[0] is not m.div.result:
-        return "dropout between the softmax and V (its backward is not fused)"
     P, bl = m.div.result, m.div.operands[1]
     e, s = m.div.operands[0], m.scores
     core = set(m.core)
-    outside = [u for v in (P, e, s) for u in _users(v) if u not in core]
+    Pd = m.pv.operands[0]
+    chain = _drop_chain(P, Pd, core)
+    if chain is None:
+        return "the ops between the softmax and V are not a chain of dropout's"
+    drops = [op.results[0] for op, _, _ in chain]  # P' and the values between P and P'
+    outside = [u for v in (P, e, s, *drops) for u in _users(v) if u not in core]
     if not outside:
         return None  # inference: nothing reads the forward's L x S values
-    held = {op for op in m.core if op.name != "broadcast"} - {m.div, m.div.operands[0].op, s.op, m.pv, m.mx, m.sm}
+    held = {op for op in m.core if op.name != "broadcast"} - {m.div, m.div.operands[0].op, s.op, m.pv, m.mx, m.sm,
+                                                              *(op for op, _, _ in chain)}
     if any(u not in core for op in held for r in op.results for u, _ in r.uses):
         return "the scores are read other than by the softmax (not rewritten; the forward keeps them)"
     order = {op: i for i, op in enumerate(graph.ops)}
@@ -294,9 +380,10 @@ def _prepare_one(graph: Graph, m) -> str | None:
     if rb is None or rb.name != "broadcast" or (rs := rb.operands[0].op) is None or rs.name != "reshape" \
             or rs.operands[0] is not r:
         return "the softmax gradient is not t + broadcast(-sum(t·P))"
-    dp = t.op.operands[0].op
+    um = _unmirror(t.op.operands[0], chain)
+    dp = um[0].op if um is not None else None
     if dp is None or dp.name != "matmul" or not _is_t_of(dp.operands[1], m.pv.operands[1]):
-        return "P's cotangent is not dO Vᵀ (with the V of the forward)"
+        return "P's cotangent is not dO Vᵀ (with the V of the forward), through dropout's mirror"
     # 1. the max's tie-splitting term: add(w, h), h = bcast(reshape(sum(-w)) / ties) · cast(eq(s, bmx))
     for a in [x for x in _users(w) if x.name == "add"]:
         h = _other(a, w)
@@ -326,7 +413,7 @@ def _prepare_one(graph: Graph, m) -> str | None:
     r.replace_all_uses_with(b("neg", b("div", D, b("reshape", m.sm.result, shape=list(r.shape)))))
     dce(graph)
     # 3. recompute s, e and P for what remains outside the forward
-    outside = sorted({u for v in (P, e, s, bl, m.div.operands[0]) for u in _users(v) if u not in core},
+    outside = sorted({u for v in (P, e, s, bl, m.div.operands[0], *drops) for u in _users(v) if u not in core},
                      key=order.__getitem__)
     if not outside:
         return None
@@ -337,7 +424,7 @@ def _prepare_one(graph: Graph, m) -> str | None:
             _clone(b, x, memo, lambda op: True)  # index math (masks) is recomputed too, so both kernels own theirs
     for x in (m.mx.result, m.sm.result):
         memo[x] = x
-    for v in (P, bl, e, s):
+    for v in (P, bl, e, s, *drops):
         _clone(b, v, memo, core.__contains__)
     for op in outside:
         for i, x in enumerate(op.operands):

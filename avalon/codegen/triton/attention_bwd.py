@@ -10,7 +10,9 @@ Grid: max(query blocks, key blocks) x batch*heads, and no atomics. Program i
 2. owns query block i: walks the key blocks (up to the diagonal, for a causal mask), recomputes the
    same tile and accumulates dQ += dS K.
 
-Everything between the matmuls is emitted by the value emitter at (row, key), as in the forward.
+Everything between the matmuls is emitted by the value emitter at (row, key), as in the forward:
+with dropout, dV = P'ᵀ dO reads P' = dropout(P) and dS reads dropout's mirror of dP, both drawing
+the forward's counter-based random bits for that element.
 """
 from __future__ import annotations
 
@@ -95,6 +97,10 @@ def build_attention_bwd(group: Group, in_strides: Sequence[Sequence[int]], out_s
         em.overrides[(id(m.div.result), index_key(idx))] = Val("p", m.div.result.dtype, em.scope, deps)
         ds = em.value(m.ds, idx)
         em.line(f"ds = tl.where({live}, ({ds.expr}).to({ft}), 0.0)")
+        if m.pdrop is not None and m.pdrop is not m.div.result:  # dropout: dV reads P' (the forward's bits)
+            pd = em.value(m.pdrop, idx)
+            em.line(f"pd = tl.where({live}, ({pd.expr}).to({ft}), 0.0)")
+            return "pd", "ds", do
         return "p", "ds", do
 
     def rows(name: str, expr: str, n: int, msk: str) -> Affine:
