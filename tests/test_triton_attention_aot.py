@@ -1,5 +1,5 @@
-"""The attention kernels (forward, and the backward of training steps in f32 and f16) and the
-folded grouped-convolution kernels compile for an H100 (sm_90)
+"""The attention kernels (forward, and the backward of training steps in f32, f16 and with
+dropout) and the folded grouped-convolution kernels compile for an H100 (sm_90)
 on this GPU-less machine (see test_triton_aot.py for why this runs in a subprocess)."""
 import json
 import os
@@ -35,6 +35,7 @@ SCRIPT = textwrap.dedent('''
         return av.value_and_grad(lambda q, k, v, w: (sdpa(q, k, v, **kw) * w).sum(), argnums=(0, 1, 2))
     cases["train_causal"] = (train(is_causal=True), (q[:, :, :128], k[:, :, :128], v[:, :, :128], w))
     cases["train_none_f16"] = (train(), (qh[:, :, :128], kh[:, :, :128], vh[:, :, :128], wh))
+    cases["train_dropout"] = (train(dropout_p=0.1, is_causal=True), (q[:, :, :128], k[:, :, :128], v[:, :, :128], w))
     graphs = {}
     for name, (fn, args) in cases.items():
         g = av.trace(fn, *args)
@@ -74,6 +75,6 @@ def test_attention_and_depthwise_kernels_compile_to_ptx_for_h100(tmp_path):
     kinds = {r["case"]: r["kind"] for r in results}
     assert all(kinds[c] == "attention" for c in ("causal", "bool_mask", "float_mask_f16", "dropout")), results
     assert sum(r["case"] == "depthwise" and r["kind"] == "contraction" for r in results) == 3
-    for c in ("train_causal", "train_none_f16"):  # the backward kernel, and the forward storing m and l
+    for c in ("train_causal", "train_none_f16", "train_dropout"):  # the backward kernel, and the forward storing m and l
         kinds = [r["kind"] for r in results if r["case"] == c]
         assert kinds.count("attention") == 1 and kinds.count("attention_bwd") == 1, (c, kinds)
