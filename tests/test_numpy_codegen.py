@@ -385,3 +385,23 @@ def test_outputs_are_fresh_and_never_overwritten_by_the_next_call(rng):
         assert np.array_equal(o, k)
     assert not any(np.may_share_memory(o, a) for o in first)
     assert not np.may_share_memory(first[3], first[4])
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_sigmoid_with_one_exp_is_the_reference_bit_for_bit(dtype):
+    """The generated sigmoid takes exp once (z = exp(-|x|), numerator max(z, [x >= 0])): it must
+    equal the reference's exp(min(x, 0)) / (1 + exp(-|x|)) exactly, at the edges too."""
+    g = Graph("f")
+    b = Builder(g)
+    x = _in(g, (64, 50), dtype)
+    g.set_outputs([b("sigmoid", x)])
+    exe = GeneratedExecutable(g)
+    assert exe.source.count("np.exp(") == 1
+    f = np.float32 if dtype == "f32" else np.float64
+    edge = np.array([0.0, -0.0, np.nan, -np.nan, np.inf, -np.inf, 1e-45, -1e-45, 88.7, -88.7, 104.0, -104.0,
+                     750.0, -750.0, 1.0, -1.0], f)
+    xs = np.random.default_rng(0).standard_normal((64, 50)).astype(f) * 30
+    xs.reshape(-1)[: edge.size] = edge
+    got, = exe(xs)
+    want, = interpret(g, xs)
+    assert np.array_equal(got, want, equal_nan=True)
