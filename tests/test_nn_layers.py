@@ -422,3 +422,16 @@ def test_parameter_spelling_for_ported_code():
     m = Scale()
     assert [n for n, _ in m.named_parameters()] == ["alpha"] and isinstance(m.alpha, av.Tensor)
     assert nn.Parameter(m.alpha) is m.alpha
+
+
+def test_size_arguments_of_the_wrong_length_are_errors_naming_the_argument():
+    """A 3-entry kernel size used to be cut to its first two entries (pools) or to build a 5-d
+    weight (Conv2d); now each names the layer or function and the argument."""
+    x = av.tensor(np.random.default_rng(0).standard_normal((1, 1, 6, 6)).astype(np.float32))
+    with pytest.raises(ValueError, match="Conv2d: argument 'kernel_size' needs 1 or 2 entries"):
+        nn.Conv2d(1, 2, (1, 2, 3))
+    with pytest.raises(ValueError, match="max_pool2d: argument 'kernel_size' needs 1 or 2 entries"):
+        nn.MaxPool2d((2, 2, 2))(x)
+    with pytest.raises(ValueError, match="avg_pool2d: argument 'stride' must be an int or a pair"):
+        nn.functional.avg_pool2d(x, 2, stride="2")
+    assert nn.Conv2d(1, 2, [3]).weight.shape == (2, 1, 3, 3)

@@ -16,13 +16,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from .. import ops
-from ..ir import dtypes as dt
 from ..tensor import Tensor
+from . import functional as F
 from . import init
-from .layers import _dtype, _place, empty
+from .layers import _layer_dtype, _place, empty
 from .module import Module
 
 __all__ = ["ConvTranspose2d", "conv_transpose2d"]
@@ -32,27 +30,11 @@ def _t(x: Any) -> Tensor:
     return x if isinstance(x, Tensor) else Tensor(x)
 
 
-def _layer_dtype(layer: str, dtype: Any) -> dt.DType:
-    """The parameter dtype, or an error that names the layer and the argument."""
-    try:
-        return _dtype(dtype)
-    except (TypeError, ValueError, KeyError) as e:
-        raise TypeError(f"{layer}: argument 'dtype' must be a floating-point dtype Avalon has, got {dtype!r} "
-                        f"({e})") from None
-
-
 def _pair(name: str, v: Any) -> tuple[int, int]:
     if isinstance(v, str):
         raise ValueError(f"conv_transpose2d: argument '{name}' must be an int or a pair of ints, got {v!r} "
                          "(torch has no string padding for transposed convolutions either)")
-    if isinstance(v, (int, np.integer)):
-        return int(v), int(v)
-    v = tuple(int(i) for i in v)
-    if len(v) == 1:
-        return v[0], v[0]
-    if len(v) != 2:
-        raise ValueError(f"conv_transpose2d: argument '{name}' needs 1 or 2 entries, got {v}")
-    return v
+    return F._pair(v, "conv_transpose2d", name)
 
 
 def conv_transpose2d(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,

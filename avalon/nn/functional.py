@@ -41,11 +41,18 @@ def _t(x: Any) -> Tensor:
     return x if isinstance(x, Tensor) else Tensor(x)
 
 
-def _pair(v: _Pair) -> tuple[int, int]:
-    if isinstance(v, (int, np.integer)):
+def _pair(v: _Pair, where: str = "", name: str = "") -> tuple[int, int]:
+    """An int or a 1- or 2-sequence of ints as a (height, width) pair; anything else is an error
+    naming `where` (the layer or function) and the argument `name`, never a silent truncation."""
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
         return int(v), int(v)
-    v = tuple(int(i) for i in v)
-    return (v[0], v[0]) if len(v) == 1 else (v[0], v[1])
+    arg = f"{where}: argument '{name}'" if where else f"argument {name!r}" if name else "a size argument"
+    if isinstance(v, (str, bytes)) or not hasattr(v, "__len__"):
+        raise ValueError(f"{arg} must be an int or a pair of ints, got {v!r}")
+    t = tuple(int(i) for i in v)
+    if len(t) not in (1, 2):
+        raise ValueError(f"{arg} needs 1 or 2 entries, got {t}")
+    return (t[0], t[0]) if len(t) == 1 else (t[0], t[1])
 
 
 # -- numerically careful helpers ----------------------------------------------------------------
@@ -276,10 +283,10 @@ def _pool_geometry(size: int, k: int, s: int, p: int, ceil_mode: bool) -> tuple[
     return out, max(0, (out - 1) * s + k - (size + 2 * p))
 
 
-def _pool_args(kernel_size: _Pair, stride: _Pair | None, padding: _Pair) -> tuple:
-    k = _pair(kernel_size)
-    s = k if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _pair(stride)
-    return k, s, _pair(padding)
+def _pool_args(kernel_size: _Pair, stride: _Pair | None, padding: _Pair, where: str = "pooling") -> tuple:
+    k = _pair(kernel_size, where, "kernel_size")
+    s = k if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _pair(stride, where, "stride")
+    return k, s, _pair(padding, where, "padding")
 
 
 def max_pool2d(input: Any, kernel_size: _Pair, stride: _Pair | None = None, padding: _Pair = 0,
@@ -291,7 +298,7 @@ def max_pool2d(input: Any, kernel_size: _Pair, stride: _Pair | None = None, padd
         raise NotImplementedError("max_pool2d(return_indices=True) is not supported")
     if _pair(dilation) != (1, 1):
         raise NotImplementedError("max_pool2d with dilation > 1 is not supported")
-    k, s, p = _pool_args(kernel_size, stride, padding)
+    k, s, p = _pool_args(kernel_size, stride, padding, "max_pool2d")
     if p[0] > k[0] // 2 or p[1] > k[1] // 2:
         raise ValueError(f"pad should be at most half of effective kernel size, but got pad={p} and kernel={k}")
     if not ceil_mode:
@@ -307,7 +314,7 @@ def avg_pool2d(input: Any, kernel_size: _Pair, stride: _Pair | None = None, padd
     if x.ndim == 3:
         return _unbatched(x, lambda x4: avg_pool2d(x4, kernel_size, stride, padding, ceil_mode, count_include_pad,
                                                    divisor_override))
-    k, s, p = _pool_args(kernel_size, stride, padding)
+    k, s, p = _pool_args(kernel_size, stride, padding, "avg_pool2d")
     if p[0] > k[0] // 2 or p[1] > k[1] // 2:
         raise ValueError(f"pad should be at most half of effective kernel size, but got pad={p} and kernel={k}")
     if not ceil_mode and divisor_override is None:

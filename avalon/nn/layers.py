@@ -44,8 +44,13 @@ def empty(shape: Sequence[int], dtype: dt.DType, buffer: bool = False) -> Tensor
     return cls(np.zeros(tuple(shape), dtype.np), dtype=dtype)
 
 
-def _pair(v: Any) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, (int, np.integer)) else tuple(int(i) for i in v)
+def _layer_dtype(layer: str, dtype: Any) -> dt.DType:
+    """The parameter dtype, or an error that names the layer and the argument."""
+    try:
+        return _dtype(dtype)
+    except (TypeError, ValueError, KeyError) as e:
+        raise TypeError(f"{layer}: argument 'dtype' must be a floating-point dtype Avalon has, got {dtype!r} "
+                        f"({e})") from None
 
 
 def _place(module: Module, device: Any) -> None:
@@ -103,8 +108,10 @@ class Conv2d(Module):
             raise NotImplementedError(f"Conv2d(padding_mode={padding_mode!r}) is not supported; use 'zeros'")
         d = _dtype(dtype)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
-        self.padding = padding if isinstance(padding, str) else _pair(padding)
+        self.kernel_size = F._pair(kernel_size, "Conv2d", "kernel_size")
+        self.stride = F._pair(stride, "Conv2d", "stride")
+        self.dilation = F._pair(dilation, "Conv2d", "dilation")
+        self.padding = padding if isinstance(padding, str) else F._pair(padding, "Conv2d", "padding")
         self.padding_mode = padding_mode
         self.weight = empty((out_channels, in_channels // groups, *self.kernel_size), d)
         self.bias = empty((out_channels,), d) if bias else None

@@ -24,8 +24,7 @@ from ..ir import dtypes as dt
 from ..tensor import Tensor
 from . import functional as F
 from . import init
-from .conv_transpose import _layer_dtype
-from .layers import Dropout, LayerNorm, Linear, ModuleList, _place, empty
+from .layers import Dropout, LayerNorm, Linear, ModuleList, _layer_dtype, _place, empty
 from .module import Module
 
 __all__ = ["MultiheadAttention", "Transformer", "TransformerDecoder", "TransformerDecoderLayer",
