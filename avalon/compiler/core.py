@@ -30,6 +30,7 @@ import os
 import time
 import types
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
@@ -310,6 +311,12 @@ class Compiled:
         verify(graph)
         t2 = time.perf_counter()
         exe = self.backend.compile(graph)
+        ids = {id(obj): j for j, (_, obj) in enumerate(leaves)}
+        update_at = [(ids.get(id(t)), t) for t in traced.update_targets]
+        if hasattr(exe, "donated"):  # each updated state is written back into its input: donate it
+            once = Counter(j for j, _ in update_at)
+            exe.donated = {traced.n_outputs + k: j for k, (j, _) in enumerate(update_at)
+                           if j is not None and once[j] == 1}
         t3 = time.perf_counter()
         insp = Inspection(self.__name__, self.backend.name, str(pm), traced_graph, graph, records,
                           dict(getattr(exe, "kernels", {}) or {}), (t1 - t0) * 1e3, (t2 - t1) * 1e3,
@@ -323,8 +330,6 @@ class Compiled:
         insp.tuning = dict(getattr(runtime, "tuning", {}) or {})  # the autotuner's choices (Triton)
         if hasattr(runtime, "scratch_outputs"):
             runtime.scratch_outputs = frozenset(range(traced.n_outputs, len(graph.outputs)))
-        ids = {id(obj): j for j, (_, obj) in enumerate(leaves)}
-        update_at = [(ids.get(id(t)), t) for t in traced.update_targets]
         seeded = any(x is SEED for x in traced.leaves)
         return _Entry(insp, exe, traced.out_tree, traced.n_outputs, update_at, seeded)
 

@@ -63,6 +63,8 @@ def _write_back(targets: list[Tensor], arrays: Sequence[Any], values: Sequence[V
     dst: dict[int, tuple[Any, Any]] = {}  # id(target) -> (target storage, source); the last update wins
     for target, a, v in zip(targets, arrays, values):
         data = target._data
+        if a is data:  # written in place by the executable (a donated input)
+            continue
         if (target._device != CPU and hasattr(a, "data_ptr") and a.device == data.device
                 and a.dtype == data.dtype and a.shape == data.shape):
             dst.pop(id(target), None)

@@ -62,6 +62,21 @@ class GeneratedExecutable:
         self._emission: Emission | None = None
         self._fn: Any = None
         self._checker = Interpreter(graph)
+        self._donated: dict[int, int] = {}
+        self._donor = _Donor([])
+
+    @property
+    def donated(self) -> dict[int, int]:
+        """Output index -> input index: the caller copies that output into that input's array after
+        the call and needs the old value no more (a state update), so the generated code may write
+        it there directly (`avalon.codegen.numpy.donate`). Set before the first call."""
+        return dict(self._donated)
+
+    @donated.setter
+    def donated(self, mapping: dict[int, int]) -> None:
+        if mapping != self._donated:
+            self._donated = dict(mapping)
+            self._emission = self._fn = None
 
     @property
     def emission(self) -> Emission:
@@ -71,7 +86,8 @@ class GeneratedExecutable:
             plan = self._plan
             if plan is None or not plan.is_current(self.graph):
                 plan = self._plan = plan_memory(self.graph, target=self.target)
-            self._emission = e = generate(self.graph, plan, self.target)
+            self._emission = e = generate(self.graph, plan, self.target, self._donated)
+            self._donor = _Donor(sorted({self._donated[o] for o in e.donated}))
             log.debug("generated @%s: %d lines, %d ops fast, %d by reference rules, %d B resident", self.graph.name,
                       e.source.count("\n"), e.stats["fast"], e.stats["fallback"], e.resident_bytes)
         return self._emission
@@ -88,7 +104,7 @@ class GeneratedExecutable:
     def __call__(self, *inputs: Any) -> tuple[Any, ...]:
         if self._fn is None:
             self._fn = self.emission.link()
-        args = self._checker.check_inputs(inputs)
+        args = self._donor.prepare(self._checker.check_inputs(inputs))
         with np.errstate(all="ignore"):
             return self._fn(*args)
 
@@ -100,3 +116,39 @@ class NumpyBackend:
 
     def compile(self, graph: Graph) -> GeneratedExecutable:
         return GeneratedExecutable(graph, graph.analysis("memory_plan"), self.target)
+
+
+class _Donor:
+    """Per call, hands the generated code only donated arrays it may overwrite: writable, C-contiguous
+    ndarrays that overlap no other input (two inputs may be views of one array); any other donated
+    input is replaced by a copy, which is then written instead (and copied back by the caller)."""
+
+    def __init__(self, inputs: list[int]):
+        self.inputs = inputs
+        self._bounds: list[tuple[Any, int, int]] = []  # per input: (array, first byte, end byte), reused
+
+    def _span(self, i: int, a: Any) -> tuple[int, int]:
+        known = self._bounds[i]
+        if known[0] is not a:
+            lo, hi = np.lib.array_utils.byte_bounds(a) if isinstance(a, np.ndarray) and a.nbytes else (0, 0)
+            known = self._bounds[i] = (a, lo, hi)
+        return known[1], known[2]
+
+    def prepare(self, args: list[Any]) -> list[Any]:
+        if not self.inputs:
+            return args
+        if len(self._bounds) != len(args):
+            self._bounds = [(None, 0, 0)] * len(args)
+        spans = sorted((*self._span(i, a), i) for i, a in enumerate(args))
+        alone: set[int] = set()
+        reach = None  # an interval overlaps another iff it starts before an earlier one ends, or the next starts
+        for k, (lo, hi, i) in enumerate(spans):  # before it ends
+            if lo < hi and (reach is None or reach <= lo) and (k + 1 == len(spans) or spans[k + 1][0] >= hi):
+                alone.add(i)
+            if lo < hi:
+                reach = hi if reach is None else max(reach, hi)
+        for j in self.inputs:
+            a = args[j]
+            if j not in alone or not (isinstance(a, np.ndarray) and a.flags.writeable and a.flags.c_contiguous):
+                args[j] = np.array(a)
+        return args

@@ -15,7 +15,8 @@ generator walks the final graph once and writes Python source in which:
   reference rule through `avalon.ir.evaluate`, so every op in the registry works.
 
 The generated function is not reentrant (its buffers are shared between calls); outputs are fresh
-arrays (or copies) that the next call never touches.
+arrays (or copies) that the next call never touches, except donated ones (`donate`), written into
+the input arrays the caller gave for them.
 """
 from __future__ import annotations
 
@@ -72,6 +73,7 @@ class Emission:
     buffers: list[int]
     slots: list[int]
     stats: dict[str, int] = field(default_factory=dict)
+    donated: list[int] = field(default_factory=list)  # outputs written into their donated inputs
 
     def link(self) -> Callable[..., tuple[Any, ...]]:
         """Allocate the buffers and slots once and compile the source into its function."""
@@ -105,8 +107,10 @@ class Generator:
     """Walks a graph and writes its function; op emitters call back into `out`, `scratch`,
     `const`, `array` and `line` (see `avalon.codegen.numpy.ops`)."""
 
-    def __init__(self, graph: Graph, plan: MemoryPlan | None, target: Target):
+    def __init__(self, graph: Graph, plan: MemoryPlan | None, target: Target, donated: dict[int, int] | None = None):
         self.graph, self.plan, self.target = graph, plan, target
+        self.donated = dict(donated or {})
+        self.donation: dict[Value, int] = {}  # output value -> the input whose array it is written into
         self.lines: list[str] = []
         self.consts: dict[str, Any] = {}
         self.views: dict[str, View] = {}
@@ -228,6 +232,11 @@ class Generator:
         self.buffers[b] = max(self.buffers[b], host_bytes(v.type))
         return name
 
+    def donated_store(self, v: Value) -> Ref | None:
+        """The donated input array a top-level output is written into (see `donate`), else None."""
+        j = self.donation.get(v)
+        return None if j is None else Ref(f"a{j}", v.type, fresh=True)
+
     def new_array(self, t: TensorType) -> str:
         """A fresh array of type `t`, allocated where this line runs."""
         name = self.fresh_name()
@@ -261,6 +270,10 @@ class Generator:
             args.append(f"a{i}")
             self.env[v] = Ref(f"a{i}", v.type)
         current = self.plan is not None and self.plan.is_current(g)
+        if self.donated:
+            from .donate import donations
+            self.donation = donations(g, self.donated)
+            self.stats["donated"] = len(self.donation)
         for k, op in enumerate(g.ops):
             self.top = k if current else -1
             if op.regions:
@@ -287,12 +300,15 @@ class Generator:
         self.line("return (" + "".join(o + ", " for o in outs) + ")")
         head = f"def {fname}({', '.join(args)}):"
         src = "\n".join([head, *self.lines]) + "\n"
-        return Emission(fname, src, self.consts, self.views, self.buffers, list(self.slots), dict(self.stats))
+        donated = [o for o, v in enumerate(g.outputs) if v in self.donation]
+        return Emission(fname, src, self.consts, self.views, self.buffers, list(self.slots), dict(self.stats), donated)
 
 
-def generate(graph: Graph, plan: MemoryPlan | None, target: Target) -> Emission:
-    """The straight-line numpy function of `graph` (see the module docstring)."""
-    return Generator(graph, plan, target).generate()
+def generate(graph: Graph, plan: MemoryPlan | None, target: Target, donated: dict[int, int] | None = None
+             ) -> Emission:
+    """The straight-line numpy function of `graph` (see the module docstring); `donated` maps output
+    indices to inputs whose arrays the outputs may be written into (`avalon.codegen.numpy.donate`)."""
+    return Generator(graph, plan, target, donated).generate()
 
 
 def host_bytes(t: TensorType) -> int:

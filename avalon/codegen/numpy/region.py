@@ -4,12 +4,15 @@ A value the group yields is written straight into its result's storage (planned 
 output), unless that storage is also an operand of the group (the memory plan's in place, which
 assumes one pass per element: here ops run one after another, so the write waits until every op
 has run) or the value is yielded twice. Any other value takes a scratch slot, or the storage of
-an operand that dies at its op when the op is one elementwise pass.
+an operand that dies at its op when the op is one elementwise pass. A result donated to an input
+(`donate`) is written into the input's array where it is computed when nothing in the group reads
+the input afterwards, else copied there when the group ends.
 """
 from __future__ import annotations
 
 from avalon.ir import Op, Value
 
+from .donate import aliases, region_safe
 from .generator import Generator, Ref
 from .ops import OpEmitter, emit_op
 
@@ -33,6 +36,15 @@ def emit_region(gen: Generator, op: Op) -> None:
     deferred: list[tuple[Value, Value]] = []
     for r, y in zip(op.results, block.results):
         mine = y.op is not None and y.op.parent is block and not y.op.regions
+        donated = gen.donated_store(r)
+        if donated is not None:
+            views = aliases([gen.graph.inputs[gen.donation[r]]], gen.graph.body)
+            args = [a for a, v in zip(block.args, op.operands) if v in views]
+            if y not in direct and region_safe(block, args, y):
+                direct[y] = (r, donated)
+            else:
+                deferred.append((r, y))
+            continue
         if mine and y not in direct and not (plan is not None and r in plan.inplace):
             store = gen.planned(r)
             direct[y] = (r, Ref(store, r.type) if store else None)
@@ -87,6 +99,11 @@ def emit_region(gen: Generator, op: Op) -> None:
             deferred.append((r, y))
     for r, y in deferred:
         src = gen.env[y]
+        donated = gen.donated_store(r)
+        if donated is not None:  # every read of the donated input in this group is done
+            gen.line(f"np.copyto({donated.expr}, {src.expr})")
+            gen.env[r] = donated
+            continue
         store = gen.planned(r)
         if store is None:
             name = gen.new_array(r.type)
