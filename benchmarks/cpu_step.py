@@ -2,6 +2,7 @@
 jax.jit when installed), in one process, rounds interleaved, 2 threads, medians.
 
     OPENBLAS_CORETYPE= OPENBLAS_L2_SIZE= python benchmarks/cpu_step.py [--rounds 10] [--steps 5] [--threads 2]
+                                                                      [--torch-compile] [--no-jax] [--check]
 
 (unset both OpenBLAS variables for this command only: they pin an older kernel on some CPUs.)
 Each round times `--steps` steps of every contender in turn, so machine noise hits all alike; the
@@ -11,16 +12,34 @@ threadpoolctl when installed, numpy's BLAS threads. It also reports the time to 
 (trace + grad + passes + codegen + one run; the BLAS library already initialized by one small matmul)
 and, with tracemalloc, the peak memory a steady Avalon LeNet step holds against the memory plan's
 live-set bound plus the parameters.
+
+The jax.jit column appears when jax is importable (`pip install -e ".[bench]"`, CPU jaxlib is
+enough). It runs the same models written in jax (NCHW/OIHW `lax.conv_general_dilated`, max pool
+by `lax.reduce_window`, torch's BCE log clamp at -100), starting from the torch model's initial
+weights, as one jitted step `(params, batch) -> (new params, loss)` doing value_and_grad + SGD at
+the same learning rate, the parameters donated (`donate_argnums`, so XLA updates them in place),
+every timed step waiting for its outputs (`block_until_ready`). The VAE's noise comes from a
+jax.random key split inside the step (which takes the key and returns the next one). XLA has
+no flag for its CPU thread count: its intra-op (Eigen) pool is sized by the environment variable
+PJRT_NPROC, which the script sets to `--threads` before importing jax
+(`intra_op_parallelism_threads` is a TensorFlow option, not an XLA flag: in XLA_FLAGS,
+`--intra_op_parallelism_threads=N` aborts as unknown). "first jax step" is the cold first call
+(trace + compile + one run; the backend already started). Before timing, the script checks the
+jax step against torch on the same weights and batch: the first step's LeNet loss (rtol 1e-4)
+and the VAE loss (its noise differs, so within a few percent); `--check` also compares losses and
+gradients of both models with the VAE's noise set to zero (an extra jax compile).
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import statistics
 import sys
 import time
 import tracemalloc
+from unittest import mock
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
@@ -59,6 +78,137 @@ def _torch(tm, tloss, batch, lr, compile_=False):
     return step
 
 
+def _load_jax(threads: int):
+    """jax on the CPU with XLA's thread pool sized to `threads`, or None when jax is not installed.
+
+    Both environment variables are read when jax starts its backend, so they are set before the
+    import: PJRT_NPROC sizes the TFRT CPU client's intra-op (Eigen) pool (default: the schedulable
+    CPUs); --xla_cpu_multi_thread_eigen=true is XLA's default, spelled out."""
+    if importlib.util.find_spec("jax") is None:
+        return None
+    os.environ["PJRT_NPROC"] = str(threads)
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_cpu_multi_thread_eigen" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=true".strip()
+    import jax
+    jax.config.update("jax_platforms", "cpu")
+    return jax
+
+
+def _jax_models(jax):
+    """LeNet's and the VAE's losses in jax, over parameter dicts holding the torch models' weights
+    in torch's layouts (Linear weight (out, in), Conv2d weight OIHW)."""
+    jnp, lax = jax.numpy, jax.lax
+
+    def linear(p, name, h):
+        return h @ p[name + ".weight"].T + p[name + ".bias"]
+
+    def conv(p, name, h):
+        out = lax.conv_general_dilated(h, p[name + ".weight"], (1, 1), "VALID",
+                                       dimension_numbers=("NCHW", "OIHW", "NCHW"))
+        return out + p[name + ".bias"][None, :, None, None]
+
+    def pool(h):
+        return lax.reduce_window(h, -jnp.inf, lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+
+    def lenet(p, x, y):  # torch_lenet's Sequential: indices 0, 3, 7, 9 hold parameters
+        h = pool(jax.nn.relu(conv(p, "0", x)))
+        h = pool(jax.nn.relu(conv(p, "3", h)))
+        h = jax.nn.relu(linear(p, "7", h.reshape(h.shape[0], -1)))
+        logp = jax.nn.log_softmax(linear(p, "9", h), axis=-1)
+        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+    def vae(p, x, eps):  # eps: the N(0, 1) noise, shaped like mu
+        h = jax.nn.relu(linear(p, "fc1", x))
+        mu, logvar = linear(p, "fc21", h), linear(p, "fc22", h)
+        z = mu + eps * jnp.exp(0.5 * logvar)
+        recon = jax.nn.sigmoid(linear(p, "fc4", jax.nn.relu(linear(p, "fc3", z))))
+        # torch's binary_cross_entropy: logs clamped at -100, log(1 - r) as log1p(-r)
+        bce = -jnp.sum(x * jnp.maximum(jnp.log(recon), -100.0) + (1 - x) * jnp.maximum(jnp.log1p(-recon), -100.0))
+        return bce - 0.5 * jnp.sum(1 + logvar - mu * mu - jnp.exp(logvar))
+
+    return lenet, vae
+
+
+def _jax(jax, kind, tm, batch, lr):
+    """The jitted SGD step of `kind` ("lenet" or "vae") from `tm`'s current weights: a timed-step
+    closure, the cold first step's seconds and its loss."""
+    jnp = jax.numpy
+    lenet, vae = _jax_models(jax)
+    params = {k: jnp.array(v.detach().numpy(), dtype=jnp.float32) for k, v in tm.state_dict().items()}
+
+    def sgd(loss_fn, p, *xs):
+        loss, grads = jax.value_and_grad(loss_fn)(p, *xs)
+        return jax.tree_util.tree_map(lambda w, g: w - lr * g, p, grads), loss
+
+    if kind == "lenet":
+        args = [jnp.asarray(batch[0]), jnp.asarray(batch[1], dtype=jnp.int32)]
+        step = jax.jit(lambda p, x, y: sgd(lenet, p, x, y), donate_argnums=0)
+    else:
+        def vae_step(p, x, key):
+            key, sub = jax.random.split(key)
+            new, loss = sgd(lambda q, a: vae(q, a, jax.random.normal(sub, (a.shape[0], 20), a.dtype)), p, x)
+            return new, loss, key
+        args = [jnp.asarray(batch[0]), jax.random.PRNGKey(0)]
+        step = jax.jit(vae_step, donate_argnums=0)
+    jax.block_until_ready((params, args))  # the backend started and the inputs on it: not part of the cold step
+    state = {"params": params, "args": args}
+
+    def run():
+        out = step(state["params"], *state["args"])
+        jax.block_until_ready(out)
+        state["params"] = out[0]
+        if kind == "vae":
+            state["args"][1] = out[2]
+        return out[1]
+
+    t0 = time.perf_counter()
+    loss = run()
+    first = time.perf_counter() - t0
+    return run, first, float(loss)
+
+
+def _check_jax(jax, kind, tm, tloss, batch, first_loss, full):
+    """Compare the jax step with torch on `tm`'s (not yet updated) weights and `batch`; a printable line.
+
+    Always: the first jax step's loss against torch's (LeNet: rtol 1e-4; VAE: the noise differs, so
+    the relative difference only says the magnitudes agree). With `full`: loss and gradients of both
+    with the VAE's noise set to zero."""
+    jnp = jax.numpy
+    tb = [torch.from_numpy(b) for b in batch]
+    if kind == "lenet":
+        tb[1] = tb[1].long()
+    with torch.no_grad():
+        t_first = float(tloss(tm, *tb))
+    rel = abs(first_loss - t_first) / abs(t_first)
+    ok = rel <= 1e-4 if kind == "lenet" else rel <= 0.05
+    line = (f"first-step loss jax {first_loss:.6g} vs torch {t_first:.6g}: rel {rel:.1e} "
+            f"({'ok' if ok else 'MISMATCH'}, {'rtol 1e-4' if kind == 'lenet' else 'noise differs, within 5%'})")
+    if not full:
+        return line
+    lenet, vae = _jax_models(jax)
+    params = {k: jnp.array(v.detach().numpy(), dtype=jnp.float32) for k, v in tm.state_dict().items()}
+    if kind == "lenet":
+        loss, grads = jax.jit(jax.value_and_grad(lenet))(params, jnp.asarray(batch[0]), jnp.asarray(batch[1]))
+        tm.zero_grad(set_to_none=True)
+        t_loss = tloss(tm, *tb)
+    else:
+        x = jnp.asarray(batch[0])
+        loss, grads = jax.jit(jax.value_and_grad(vae))(params, x, jnp.zeros((x.shape[0], 20), x.dtype))
+        tm.zero_grad(set_to_none=True)
+        with mock.patch.object(torch, "randn_like", torch.zeros_like):  # TorchVAE's noise set to zero
+            t_loss = tloss(tm, *tb)
+    t_loss.backward()
+    t_grads = {k: v.grad.numpy() for k, v in tm.named_parameters()}
+    tm.zero_grad(set_to_none=True)
+    lrel = abs(float(loss) - t_loss.item()) / abs(t_loss.item())
+    grel = max(float(np.max(np.abs(np.asarray(grads[k]) - g))) / max(float(np.max(np.abs(g))), 1e-30)
+               for k, g in t_grads.items())
+    ok2 = lrel <= 1e-4 and grel <= 1e-3
+    return (f"{line}; {'noise 0: ' if kind == 'vae' else ''}loss rel {lrel:.1e}, grads max |d|/max |g| "
+            f"{grel:.1e} ({'ok' if ok2 else 'MISMATCH'}, rtol 1e-4 / 1e-3)")
+
+
 def _lenet_loss(m, x, y):
     return zoo.nll(m(x), y)
 
@@ -93,6 +243,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--torch-compile", action="store_true", help="also time torch.compile (slow cold compile)")
+    ap.add_argument("--no-jax", action="store_true", help="leave out jax.jit even when jax is installed")
+    ap.add_argument("--check", action="store_true",
+                    help="also compare jax's losses and gradients with torch's (VAE noise set to zero)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -101,23 +254,31 @@ def main() -> None:
         threadpool_limits(args.threads)
     except ImportError:
         pass
+    jax = None if args.no_jax else _load_jax(args.threads)
     a = np.ones((64, 64), np.float32)
     a @ a  # initialize the BLAS library (its thread pool) before timing a first step
     rng = np.random.default_rng(0)
     work = {
         "LeNet bs64": (zoo.LeNet, _lenet_loss, [rng.standard_normal((64, 1, 28, 28)).astype(np.float32),
                                             rng.integers(0, 10, 64)], torch_lenet,
-                       lambda m, a, b: torch.nn.functional.nll_loss(m(a), b), 0.01),
+                       lambda m, a, b: torch.nn.functional.nll_loss(m(a), b), 0.01, "lenet"),
         "VAE bs128": (zoo.VAE, _vae_loss, [rng.random((128, 784)).astype(np.float32)], TorchVAE, torch_vae_loss,
-                      1e-5),
+                      1e-5, "vae"),
     }
-    rows = {}
-    for name, (make, loss_fn, batch, tmake, tloss, lr) in work.items():
+    rows, checks = {}, {}
+    for name, (make, loss_fn, batch, tmake, tloss, lr, kind) in work.items():
         run, first, _ = _avalon(make, loss_fn, batch, lr)
-        tb = [b if b.dtype != np.int64 else b for b in batch]
-        cont = {"avalon": run, "torch eager": _torch(tmake(), tloss, tb, lr)}
+        firsts = {"Avalon": first}
+        tm = tmake()
+        jrun = None
+        if jax is not None:  # from tm's initial weights, checked against torch before torch steps
+            jrun, firsts["jax"], jloss = _jax(jax, kind, tm, batch, lr)
+            checks[name] = _check_jax(jax, kind, tm, tloss, batch, jloss, args.check)
+        cont = {"avalon": run, "torch eager": _torch(tm, tloss, batch, lr)}
+        if jrun is not None:
+            cont["jax.jit"] = jrun
         if args.torch_compile:
-            cont["torch.compile"] = _torch(tmake(), tloss, tb, lr, compile_=True)
+            cont["torch.compile"] = _torch(tmake(), tloss, batch, lr, compile_=True)
         times: dict[str, list[float]] = {k: [] for k in cont}
         cpu: dict[str, list[float]] = {k: [] for k in cont}
         for f in cont.values():
@@ -130,15 +291,19 @@ def main() -> None:
                 times[k].append((time.perf_counter() - t0) / args.steps * 1e3)
                 cpu[k].append((time.process_time() - c0) / args.steps * 1e3)
         rows[name] = ({k: statistics.median(v) for k, v in times.items()},
-                      {k: statistics.median(v) for k, v in cpu.items()}, first)
+                      {k: statistics.median(v) for k, v in cpu.items()}, firsts)
+    versions = f", jax {jax.__version__} (PJRT_NPROC={os.environ['PJRT_NPROC']})" if jax is not None else ""
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, load "
           f"{os.getloadavg()[0]:.1f}; python {platform.python_version()}, numpy {np.__version__}, torch "
-          f"{torch.__version__}, {args.threads} threads")
-    for name, (med, cmed, first) in rows.items():
+          f"{torch.__version__}{versions}, {args.threads} threads")
+    for name, check in checks.items():
+        print(f"jax check {name}: {check}")
+    for name, (med, cmed, firsts) in rows.items():
         base, cbase = med["torch eager"], cmed["torch eager"]
         cells = ", ".join(f"{k} {v:.2f} ms ({v / base:.2f}x; cpu {cmed[k]:.2f} ms, {cmed[k] / cbase:.2f}x)"
                           for k, v in med.items())
-        print(f"{name}: {cells}; first Avalon step {first:.3f} s")
+        first = ", ".join(f"{k} {v:.3f} s" for k, v in firsts.items())
+        print(f"{name}: {cells}; first step: {first}")
     m = memory(*work["LeNet bs64"][:3], 0.01)
     mib = 2**20
     print(f"LeNet memory: step peak {m['peak_step_bytes'] / mib:.2f} MiB (resident buffers+scratch "
