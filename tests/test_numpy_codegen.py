@@ -135,6 +135,7 @@ def _gather(b, g, d):
     seed = _in(g, (), "i64")
     return [b("take", x, idx, axis=0), b("one_hot", idx, num_classes=5),
             b("random", seed, shape=[3, 4], distribution="normal", dtype=d),
+            b("random", seed, shape=[5, 3], distribution="uniform", dtype=d),
             b("random", seed, shape=[7], distribution="uniform", dtype="bf16")]
 
 
@@ -405,3 +406,46 @@ def test_sigmoid_with_one_exp_is_the_reference_bit_for_bit(dtype):
     got, = exe(xs)
     want, = interpret(g, xs)
     assert np.array_equal(got, want, equal_nan=True)
+
+
+RANDOM_SEEDS = (0, 1, -1, 12345, -987654321, 2**31 - 1, -2**31, 2**32, 2**32 - 1, 0x1234_5678_9ABC_DEF0,
+                -0x0FED_CBA9_8765_4321, 2**63 - 1, -2**63)
+RANDOM_SHAPES = ((), (1,), (7,), (3, 5), (128, 20), (2, 0, 3), (3, 1, 11), (1, 257))
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["top", "fused"])
+@pytest.mark.parametrize("distribution", ["uniform", "normal"])
+@pytest.mark.parametrize("dtype", FLOAT)
+def test_random_is_generated_and_is_the_reference_bit_for_bit(dtype, distribution, fused):
+    """The `random` emitter (kernels.random_uniform / random_normal) reproduces the reference rule
+    exactly: odd and empty shapes, 0-d, i64 and i32 seeds (negative, past 2**32, the int64 extremes),
+    twice per seed so the reused workspaces are exercised; no reference fallback for it."""
+    g = Graph("f")
+    b = Builder(g)
+    seed, seed32 = _in(g, (), "i64"), _in(g, (), "i32")
+    outs = [b("random", seed, shape=list(s), distribution=distribution, dtype=dtype) for s in RANDOM_SHAPES]
+    outs.append(b("random", seed32, shape=[5, 3], distribution=distribution, dtype=dtype))
+    g.set_outputs(outs)
+    if fused:
+        for op in list(g.ops):
+            outline([op], f"fused_{op.name}")
+    exe = GeneratedExecutable(g)
+    assert "_ev('random'" not in exe.source
+    assert exe.source.count(f"K.random_{distribution}(") == len(outs)
+    for s in RANDOM_SEEDS:
+        args = [np.array(s, np.int64), np.array(s, np.int64).astype(np.int32)]  # the i32 seed wraps
+        want = interpret(g, *args)
+        for got in (exe(*args), exe(*args)):
+            for k, (a, w) in enumerate(zip(got, want)):
+                assert a.dtype == w.dtype and a.shape == w.shape
+                assert np.array_equal(a, w), f"seed {s}, output #{k} ({w.shape} {dtype} {distribution})"
+
+
+def test_random_keys_are_the_references():
+    """kernels.seed_keys (python ints, per call) is the reference's seed_keys for any int64 seed."""
+    from avalon.codegen.numpy import kernels
+    from avalon.ir.reference.gather import seed_keys
+    seeds = [*RANDOM_SEEDS, *np.random.default_rng(0).integers(-2**63, 2**63 - 1, 200, dtype=np.int64).tolist()]
+    for s in seeds:
+        assert kernels.seed_keys(np.array(s, np.int64)) == seed_keys(s), s
+        assert kernels.seed_keys(np.int64(s)) == seed_keys(s), s

@@ -1,4 +1,5 @@
-"""Numpy formulations of the contractions and pooling that generated code calls.
+"""Numpy formulations of the contractions, pooling and random numbers that generated code calls,
+and the thread pool that runs row-parallel elementwise runs (`rows`).
 
 Every function writes its result through `out` and takes its workspaces as arguments (views of
 buffers the executable allocated once), so a training step allocates nothing large. Two im2col
@@ -10,10 +11,11 @@ layouts, picked per shape by `batch_first` (measured on LeNet's layers, see benc
   values, at the price of transposing the input in and the output back; best for small planes.
 
 Sums are reordered against the reference rules (other matmul shapes), so results agree within
-float tolerance, not bit for bit; the pooling kernels are exact.
+float tolerance, not bit for bit; the pooling and random-number kernels are exact.
 """
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -325,3 +327,112 @@ def rows(fn: Callable[[int, int], None], n: int) -> None:
     for e in errors:
         if e is not None:
             raise e
+# -- counter-based random numbers ---------------------------------------------------------------
+# The reference rule (`avalon.ir.reference.gather`: random_bits, fmix32, seed_keys, uniform_from_bits)
+# bit for bit, in place: the hash rounds run on a uint32 workspace through `out=`, the float64 steps
+# of the normal transform are the reference's own operations in its order (so the same libm/SIMD
+# loops see the same values, contiguous in both), and only the final rounding writes `out`.
+
+_M32 = 0xFFFFFFFF
+
+
+def _u32(v: int) -> np.ndarray:
+    """A 0-d uint32 operand: ufuncs take a 0-d array about 0.3 us faster than a numpy scalar."""
+    return np.array(v, np.uint32)
+
+
+_C1, _C2, _S8, _S13, _S16, _ONE = (_u32(v) for v in (0x85EBCA6B, 0xC2B2AE35, 8, 13, 16, 1))
+_BF16_HALF, _BF16_MASK = _u32(0x7FFF), _u32(0xFFFF0000)
+# float64 operands of the normal transform: 2**-24, 1, -2, and (2 pi) * 2**-24 (see random_normal)
+_U24, _F1, _FM2, _TWO_PI_U24 = (np.array(v, np.float64) for v in (2.0 ** -24, 1.0, -2.0, 2.0 * np.pi * 2.0 ** -24))
+
+
+def _fmix32_int(h: int) -> int:
+    """MurmurHash3's fmix32 on a python int in [0, 2**32) (the reference's, without numpy scalars)."""
+    h ^= h >> 16
+    h = h * 0x85EBCA6B & _M32
+    h ^= h >> 13
+    h = h * 0xC2B2AE35 & _M32
+    return h ^ h >> 16
+
+
+def seed_keys(seed: object) -> tuple[int, int]:
+    """The reference's `seed_keys` (k1, k2) with python ints, per call from the runtime seed (a 0-d
+    integer array or numpy scalar): s = lo32 ^ hi32 of the seed as a two's-complement int64."""
+    s = int(seed) & 0xFFFFFFFFFFFFFFFF
+    s = (s & _M32) ^ (s >> 32)
+    return _fmix32_int(s), _fmix32_int(s ^ 0x9E3779B9)
+
+
+@functools.lru_cache(maxsize=16)
+def counters(n: int) -> np.ndarray:
+    """The counters 0 .. n-1 as uint32 (wrapping as the reference's), read-only and shared by every
+    executable that draws n words."""
+    c = np.arange(n, dtype=np.uint64).astype(np.uint32)
+    c.flags.writeable = False
+    return c
+
+
+def _fmix32(h: np.ndarray, t: np.ndarray) -> None:
+    """h = fmix32(h) in place (`t`: a workspace like h); uint32 multiplies wrap mod 2**32."""
+    np.right_shift(h, _S16, out=t)
+    np.bitwise_xor(h, t, out=h)
+    np.multiply(h, _C1, out=h)
+    np.right_shift(h, _S13, out=t)
+    np.bitwise_xor(h, t, out=h)
+    np.multiply(h, _C2, out=h)
+    np.right_shift(h, _S16, out=t)
+    np.bitwise_xor(h, t, out=h)
+
+
+def random_bits(seed: object, ctr: np.ndarray, h: np.ndarray, t: np.ndarray) -> None:
+    """h = fmix32(fmix32(ctr + k1) ^ k2): the reference's `random_bits` at counters `ctr`."""
+    k1, k2 = seed_keys(seed)
+    np.add(ctr, _u32(k1), out=h)
+    _fmix32(h, t)
+    np.bitwise_xor(h, _u32(k2), out=h)
+    _fmix32(h, t)
+
+
+def random_uniform(seed: object, ctr: np.ndarray, nbits: int, out: np.ndarray, h: np.ndarray, t: np.ndarray
+                   ) -> None:
+    """out = (bits >> (32 - nbits)) * 2**-nbits (flat `ctr`, `h`, `t` of out's size): integers below
+    2**nbits times a power of two, exact in float64 and in out's dtype, so the one rounding that
+    writes `out` changes nothing (bf16, stored as float32, included). `h`, `t`: 32-bit words."""
+    h, t = h.view(np.uint32), t.view(np.uint32)
+    random_bits(seed, ctr, h, t)
+    np.right_shift(h, _u32(32 - nbits), out=h)
+    f = np.float64 if out.dtype.itemsize > 4 else np.float32  # half the bytes of a float64 loop where out is narrower
+    np.multiply(h.reshape(out.shape), f(2.0 ** -nbits), out=out, dtype=f)
+
+
+def random_normal(seed: object, ctr: np.ndarray, out: np.ndarray, h: np.ndarray, t: np.ndarray, b: np.ndarray,
+                  bf16: bool = False) -> None:
+    """Box-Muller as the reference: u1 = 1 - uniform24(bits(2i)), u2 = uniform24(bits(2i + 1)),
+    z = sqrt(-2 log u1) * cos(2 pi u2) in float64, rounded to out's dtype (bf16: to float32, then
+    round_bf16's integer rounding, in place). `ctr`, `h`, `t`: 2n 32-bit words; `b`: n float64; u1 and
+    its chain live in `t`'s bytes once the hash is done. Every float64 step is the reference's
+    operation on the same values, contiguous; 2 pi u2 takes (2 pi) * 2**-24 in one product (the
+    scaling by 2**-24 is exact, so it is one rounding of the same real number; checked for all
+    2**24 values)."""
+    h, t = h.view(np.uint32), t.view(np.uint32)
+    random_bits(seed, ctr, h, t)
+    np.right_shift(h, _S8, out=h)
+    a = t.view(np.float64)
+    np.multiply(h[0::2], _U24, out=a)
+    np.subtract(_F1, a, out=a)
+    np.log(a, out=a)
+    np.multiply(_FM2, a, out=a)
+    np.sqrt(a, out=a)
+    np.multiply(h[1::2], _TWO_PI_U24, out=b)
+    np.cos(b, out=b)
+    np.multiply(a, b, out=a)
+    a = a.reshape(out.shape)
+    np.copyto(out, a, casting="same_kind")
+    if bf16:  # round_bf16 of finite values: (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        u, r = out.view(np.uint32), h[: a.size].reshape(out.shape)
+        np.right_shift(u, _S16, out=r)
+        np.bitwise_and(r, _ONE, out=r)
+        np.add(r, _BF16_HALF, out=r)
+        np.add(u, r, out=u)
+        np.bitwise_and(u, _BF16_MASK, out=u)

@@ -8,6 +8,7 @@ contractions reorder float sums (see `kernels`).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from avalon.ir import Op, Value
 from avalon.ir import dtypes as dt
+from avalon.ir.reference.gather import UNIFORM_BITS
 from avalon.ir.types import TensorType
 
 from . import kernels
@@ -271,6 +273,30 @@ def _max_pool2d_grad(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
     hit, _ = gen.scratch(dt_.shape, np.bool_)
     gen.line(f"K.max_pool2d_grad_tiles({gen.array(args[0])}, {gen.array(args[1])}, {kh}, {kw}, {out}, {m}, "
              f"{taken}, {hit})")
+
+
+# -- random numbers ---------------------------------------------------------------------------------
+
+_RANDOM_DTYPES = (dt.float32, dt.float64, dt.float16, dt.bfloat16)
+
+
+@register(("random",), lambda op: op.results[0].type.dtype in _RANDOM_DTYPES)
+def _random(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
+    """The reference's counter-based numbers bit for bit (`kernels.random_uniform`/`random_normal`):
+    the counters are a shared global, the keys come from the runtime seed per call (read before
+    `out` is written), the hash runs in place on op-scoped 32-bit scratch."""
+    t = op.results[0].type
+    n = math.prod(t.shape)
+    seed = args[0].expr  # a 0-d array or a numpy scalar: the kernel takes int() of it
+    words = n if op.attrs["distribution"] == "uniform" else 2 * n
+    ctr = gen.const(kernels.counters(words), "ctr")
+    h, _ = gen.scratch((words,), np.int32)  # words as uint32 (the kernel's view; the IR has no uint32)
+    tmp, _ = gen.scratch((words,), np.int32)
+    if op.attrs["distribution"] == "uniform":
+        gen.line(f"K.random_uniform({seed}, {ctr}, {UNIFORM_BITS[t.dtype.name]}, {out}, {h}, {tmp})")
+    else:
+        b, _ = gen.scratch((n,), np.float64)
+        gen.line(f"K.random_normal({seed}, {ctr}, {out}, {h}, {tmp}, {b}, {t.dtype == dt.bfloat16})")
 
 
 # -- placing ops ------------------------------------------------------------------------------------
