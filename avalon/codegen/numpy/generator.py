@@ -53,22 +53,6 @@ class Ref:
         return self.kind != "array"
 
 
-@dataclass(frozen=True)
-class Memory:
-    """The memory behind a name: `key` identifies it (a pool buffer or slot, an input, a fresh
-    array), `rows` says whether row r of the name is bytes [r, r + 1) * row size of that memory
-    (false for views such as transposes, whose rows are strided through their source)."""
-
-    key: tuple
-    shape: tuple[int, ...]
-    itemsize: int
-    rows: bool = True
-
-    @property
-    def row_bytes(self) -> int:
-        return math.prod(self.shape[1:]) * self.itemsize
-
-
 @dataclass
 class View:
     """A global of the generated module: a typed view of buffer or scratch slot `index`."""
@@ -141,11 +125,6 @@ class Generator:
         self.top = -1  # index of the top-level op being emitted (the plan's op index)
         self.borrowed: set[int] = set()  # planned buffers lent to scratch during the current top-level op
         self._occupancy: BufferOccupancy | None = None
-        self.threads = kernels.row_threads()  # > 1: big elementwise runs are split by rows (`rows`)
-        self.arrays: dict[str, Memory] = {}  # arrays that are not buffer/slot views: args, fresh ones, views
-        self.run_start: int | None = None  # first line of the open row-parallel run (allocations go before it)
-        self.run_freed: set[int] = set()  # slots freed while the run is open
-        self.slot_rows: dict[int, tuple[int, int] | None] = {}  # slot -> row layout of its latest view
 
     # -- names, lines, globals ----------------------------------------------------------------
     def fresh_name(self, prefix: str = "v") -> str:
@@ -162,32 +141,19 @@ class Generator:
         return name
 
     # -- storage ----------------------------------------------------------------------------
-    def _slot(self, nbytes: int, rows: tuple[int, int] | None = None) -> int:
-        """A free scratch slot of at least `nbytes` (the smallest; else the largest, grown; else a new
-        one). While a row-parallel run is open, a slot freed inside the run is reused only for the
-        same row layout (`rows`: leading dimension, bytes per row), so threads' rows never overlap."""
-        free = self.free_slots
-        if self.run_start is not None:
-            free = [s for s in free if s not in self.run_freed or self.slot_rows.get(s) == rows]
+    def _slot(self, nbytes: int) -> int:
         best = None
-        for s in free:
+        for s in self.free_slots:
             if self.slots[s] >= nbytes and (best is None or self.slots[s] < self.slots[best]):
                 best = s
-        if best is None and free:  # grow the largest free slot rather than add one
-            best = max(free, key=lambda s: self.slots[s])
+        if best is None and self.free_slots:  # grow the largest free slot rather than add one
+            best = max(self.free_slots, key=lambda s: self.slots[s])
             self.slots[best] = nbytes
         if best is None:
             self.slots.append(nbytes)
-            best = len(self.slots) - 1
-        else:
-            self.free_slots.remove(best)
-        self.slot_rows[best] = rows
+            return len(self.slots) - 1
+        self.free_slots.remove(best)
         return best
-
-    def _free(self, slot: int) -> None:
-        self.free_slots.append(slot)
-        if self.run_start is not None:
-            self.run_freed.add(slot)
 
     def _idle_buffer(self, nbytes: int) -> int | None:
         """The smallest planned buffer of at least `nbytes` that holds no value while the current
@@ -222,8 +188,7 @@ class Generator:
             name = f"b{b}_{self.fresh_name('')}"
             self.views[name] = View("buffer", b, t)
         else:
-            slot = self._slot(max(host_bytes(t), 1), (t.shape[0], host_bytes(t) // t.shape[0]) if t.shape and t.shape[0]
-                              else None)
+            slot = self._slot(max(host_bytes(t), 1))
             name = f"s{slot}_{self.fresh_name('')}"
             self.views[name] = View("slot", slot, t)
         if op_scoped:
@@ -244,12 +209,12 @@ class Generator:
         if self.refs[s] == 0:
             del self.refs[s]
             if s >= 0:  # a lent buffer stays lent until its top-level op ends
-                self._free(s)
+                self.free_slots.append(s)
 
     def end_op(self) -> None:
         for s in self.op_scratch:
             if s >= 0:
-                self._free(s)
+                self.free_slots.append(s)
         self.op_scratch = []
 
     def is_planned(self, v: Value) -> bool:
@@ -273,29 +238,10 @@ class Generator:
         return None if j is None else Ref(f"a{j}", v.type, fresh=True)
 
     def new_array(self, t: TensorType) -> str:
-        """A fresh array of type `t`, allocated where this line runs (before an open row-parallel run)."""
+        """A fresh array of type `t`, allocated where this line runs."""
         name = self.fresh_name()
-        text = f"    {name} = np.empty({tuple(t.shape)!r}, np.{t.dtype.np.name})"
-        if self.run_start is None:
-            self.lines.append(text)
-        else:
-            self.lines.insert(self.run_start, text)
-            self.run_start += 1
-        self.arrays[name] = Memory(("fresh", name), tuple(t.shape), t.dtype.np.itemsize)
+        self.line(f"{name} = np.empty({tuple(t.shape)!r}, np.{t.dtype.np.name})")
         return name
-
-    def storage(self, name: str) -> Memory | None:
-        """Where the array a name in generated code refers to lives (None: not an array of ours)."""
-        v = self.views.get(name)
-        if v is not None:
-            return Memory((v.pool, v.index), tuple(v.type.shape), v.type.dtype.np.itemsize)
-        known = self.arrays.get(name)
-        if known is not None:
-            return known
-        c = self.consts.get(name)
-        if isinstance(c, np.ndarray) and c.ndim:
-            return Memory(("const", name), c.shape, c.itemsize)
-        return None
 
     def array(self, ref: Ref) -> str:
         """An expression for `ref` as a real array of its full shape (lazy values materialized into
@@ -323,7 +269,6 @@ class Generator:
         for i, v in enumerate(g.inputs):
             args.append(f"a{i}")
             self.env[v] = Ref(f"a{i}", v.type)
-            self.arrays[f"a{i}"] = Memory(("arg", i), tuple(v.type.shape), v.type.dtype.np.itemsize)
         current = self.plan is not None and self.plan.is_current(g)
         if self.donated:
             from .donate import donations

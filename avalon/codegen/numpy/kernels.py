@@ -1,5 +1,4 @@
-"""Numpy formulations of the contractions, pooling and random numbers that generated code calls,
-and the thread pool that runs row-parallel elementwise runs (`rows`).
+"""Numpy formulations of the contractions, pooling and random numbers that generated code calls.
 
 Every function writes its result through `out` and takes its workspaces as arguments (views of
 buffers the executable allocated once), so a training step allocates nothing large. Two im2col
@@ -16,9 +15,6 @@ float tolerance, not bit for bit; the pooling and random-number kernels are exac
 from __future__ import annotations
 
 import functools
-import os
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -271,62 +267,6 @@ def max_pool2d_grad_tiles(x: np.ndarray, dy: np.ndarray, kh: int, kw: int, out: 
         np.multiply(dyb, hit, out=outb[:, :, i : i + kh * oh : kh, j : j + kw * ow : kw])
 
 
-# -- threads for row-parallel runs (see avalon.codegen.numpy.rows) ----------------------------------
-
-_POOL: ThreadPoolExecutor | None = None
-
-
-def row_threads() -> int:
-    """Threads for row-parallel elementwise runs: `AVALON_NUMPY_THREADS`, else the cores this
-    process may use (at most 8). 1 turns the splitting off."""
-    env = os.environ.get("AVALON_NUMPY_THREADS", "").strip()
-    if env:
-        try:
-            n = int(env)
-        except ValueError:
-            raise ValueError(f"AVALON_NUMPY_THREADS={env!r}: expected a whole number of threads") from None
-        if n < 1:
-            raise ValueError(f"AVALON_NUMPY_THREADS={env!r}: expected at least 1 thread")
-        return n
-    return _CORES
-
-
-_CORES = max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1), 8))
-
-
-def _quiet() -> None:
-    np.seterr(all="ignore")  # as the calling thread runs generated code (see GeneratedExecutable)
-
-
-def _reset_pool() -> None:
-    global _POOL
-    _POOL = None  # a forked child has none of the parent's threads
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_pool)
-
-
-def rows(fn: Callable[[int, int], None], n: int) -> None:
-    """fn(lo, hi) over rows [0, n) split evenly across `row_threads()` threads, the calling thread
-    taking the first part; returns when every part is done (a failing part raises here, after all
-    parts have finished, so no thread still writes the buffers)."""
-    global _POOL
-    parts = min(row_threads(), n)
-    if parts < 2:
-        fn(0, n)
-        return
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=parts - 1, thread_name_prefix="avalon-rows", initializer=_quiet)
-    bounds = [n * k // parts for k in range(parts + 1)]
-    futures = [_POOL.submit(fn, bounds[k], bounds[k + 1]) for k in range(1, parts)]
-    try:
-        fn(bounds[0], bounds[1])
-    finally:
-        errors = [f.exception() for f in futures]
-    for e in errors:
-        if e is not None:
-            raise e
 # -- counter-based random numbers ---------------------------------------------------------------
 # The reference rule (`avalon.ir.reference.gather`: random_bits, fmix32, seed_keys, uniform_from_bits)
 # bit for bit, in place: the hash rounds run on a uint32 workspace through `out=`, the float64 steps

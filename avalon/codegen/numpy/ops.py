@@ -20,7 +20,7 @@ from avalon.ir.reference.gather import UNIFORM_BITS
 from avalon.ir.types import TensorType
 
 from . import kernels
-from .generator import Generator, Ref, Memory
+from .generator import Generator, Ref
 
 FLOATS = (dt.float32, dt.float64)
 INTS = (dt.int32, dt.int64)
@@ -345,9 +345,6 @@ def _view(gen: Generator, op: Op) -> Ref | None:
     if src.lazy:
         return None
     name = gen.fresh_name()
-    base = gen.storage(src.expr)
-    if base is not None:
-        gen.arrays[name] = Memory(base.key, tuple(r.type.shape), base.itemsize, rows=False)
     if op.name == "reshape":
         gen.line(f"{name} = {src.expr}.reshape({tuple(r.type.shape)!r})")
     else:
@@ -372,7 +369,6 @@ def _fallback(gen: Generator, op: Op, out: str | None) -> Ref:
         gen.line(f"np.copyto({out}, {call})")
         return Ref(out, r.type)
     name = gen.fresh_name()
-    gen.arrays[name] = Memory(("fresh", name), tuple(r.type.shape), r.type.dtype.np.itemsize)
     # rules of view ops (and a same-dtype cast) may hand back their operand: copy to own the result
     copy = op.name in ("reshape", "transpose", "slice", "cast")
     gen.line(f"{name} = {call}" + (".copy()" if copy else ""))

@@ -15,7 +15,6 @@ from avalon.ir import Op, Value
 from .donate import aliases, region_safe
 from .generator import Generator, Ref
 from .ops import OpEmitter, emit_op
-from .rows import RowRuns
 
 
 def emit_region(gen: Generator, op: Op) -> None:
@@ -76,9 +75,7 @@ def emit_region(gen: Generator, op: Op) -> None:
         return ref
 
     alive: set[Value] = set()
-    runs = RowRuns(gen)
     for j, o in enumerate(inner):
-        runs.before(o)
         if o.regions:
             emit_region(gen, o)
         else:
@@ -94,7 +91,6 @@ def emit_region(gen: Generator, op: Op) -> None:
                 alive.discard(r)
                 gen.drop(gen.env[r])
 
-    runs.close()
     for y, (r, ref) in direct.items():
         src = gen.env[y]
         if ref is not None and src.expr == ref.expr or ref is None and src.fresh and src.slot is None:
