@@ -156,10 +156,23 @@ def test_dropout_gradient_is_the_mask_scaled():
     np.testing.assert_allclose(g.numpy(), (y.numpy() != 0) / 0.7, rtol=1e-12)
 
 
-def test_binary_cross_entropy_gradient_is_finite_at_saturated_probabilities():
-    p = np.array([0.0, 1.0, 0.3, 1e-30])
-    t = np.array([1.0, 0.0, 1.0, 0.5])
-    value, g = av.value_and_grad(lambda p, t: F.binary_cross_entropy(p, t, reduction="sum"))(p, t)
-    assert rel(value, TF.binary_cross_entropy(T(p), T(t), reduction="sum")) < 1e-12
-    assert np.isfinite(g.numpy()).all()
-    np.testing.assert_allclose(g.numpy()[2], -1 / 0.3)
+def test_binary_cross_entropy_gradients_are_torchs_at_saturated_probabilities():
+    """The input gradient is torch's hand-written (x - t) / max(x (1 - x), 1e-12), finite (and the
+    same as torch's) at x = 0 and 1; the target gradient is torch's wherever torch's is finite."""
+    p = np.array([0.0, 1.0, 0.3, 1e-30, 0.999, 0.5])
+    t = np.array([1.0, 0.0, 1.0, 0.5, 0.2, 0.7])
+    w = np.array([1.0, 2.0, 0.5, 1.5, 3.0, 1.0])
+    for reduction in ("sum", "mean", "none"):
+        def f(p, t, reduction=reduction):
+            loss = F.binary_cross_entropy(p, t, w, reduction=reduction)
+            return loss if reduction != "none" else (loss * np.arange(1.0, 7.0)).sum()
+        value, (gp, gt) = av.value_and_grad(f, argnums=(0, 1))(p, t)
+        tp, tt = T(p).requires_grad_(), T(t).requires_grad_()
+        tl = TF.binary_cross_entropy(tp, tt, T(w), reduction=reduction)
+        tl = tl if reduction != "none" else (tl * torch.arange(1.0, 7.0, dtype=torch.float64)).sum()
+        tl.backward()
+        assert rel(value, tl.detach()) < 1e-12
+        assert np.isfinite(gp.numpy()).all() and np.isfinite(gt.numpy()).all()
+        np.testing.assert_allclose(gp.numpy(), tp.grad.numpy(), rtol=1e-7)
+        finite = np.isfinite(tt.grad.numpy())
+        np.testing.assert_allclose(gt.numpy()[finite], tt.grad.numpy()[finite], rtol=1e-12)

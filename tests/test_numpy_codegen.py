@@ -206,7 +206,7 @@ def test_each_op_matches_the_interpreter(name, fused):
         check(_one_op_graph(name, dtype, fused))
 
 
-UNARY = ["neg", "exp", "tanh", "sigmoid", "abs", "relu", "rsqrt", "log"]
+UNARY = ["neg", "exp", "tanh", "sigmoid", "abs", "relu", "rsqrt", "log", "stop_gradient"]
 BINARY = ["add", "sub", "mul", "maximum", "div", "gt"]
 
 

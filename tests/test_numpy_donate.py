@@ -14,7 +14,7 @@ from avalon.codegen.numpy.backend import NUMPY
 from avalon.ir import Builder, Graph, TensorType, interpret, verify
 from avalon.passes import DEFAULT_PIPELINE, PassManager
 
-UNARY = ["neg", "exp", "tanh", "relu", "abs"]
+UNARY = ["neg", "exp", "tanh", "relu", "abs", "stop_gradient"]
 BINARY = ["add", "sub", "mul", "maximum"]
 
 

@@ -267,7 +267,10 @@ class Target:
     def is_view(self, op: Op) -> bool:
         """A top-level op that moves no data under its types' layouts: a reshape of a row-major value
         to a row-major one, or a transpose whose result strides are its operand's, permuted (size-1
-        dims never move). The backend aliases its result to its operand's storage."""
+        dims never move), or a stop_gradient (an identity once differentiated). The backend aliases its
+        result to its operand's storage."""
+        if op.name == "stop_gradient":
+            return op.operands[0].type == op.results[0].type
         if op.name == "reshape":
             return op.operands[0].type.layout is None and op.results[0].type.layout is None
         if op.name == "transpose":

@@ -9,7 +9,7 @@ any more, and the write-back finds the value already in place: no fresh array, n
 Whether that is safe is decided here, on the graph, conservatively:
 
 * `aliases(v)` is `v` and every value that may share its storage: results of views (reshape,
-  transpose), lazy broadcasts and reference-rule fallbacks, transitively. A result an emitter
+  transpose), lazy broadcasts, stop_gradient and reference-rule fallbacks, transitively. A result an emitter
   writes through `out=` (into a planned buffer, slot or fresh array) is its own storage.
 * the output's producer must run at or after the last op that reads any alias; when it is that op
   itself, it must be one elementwise pass that reads the input directly (each element read before
@@ -30,10 +30,9 @@ from avalon.ir import Block, Graph, Op, Value
 
 def _writes_fresh(op: Op) -> bool:
     """Whether the generator gives `op`'s result storage of its own (an accepting emitter, not a view)."""
-    from .ops import EMITTERS
+    from .ops import ALIASING, EMITTERS
     em = EMITTERS.get(op.name)
-    return (bool(op.regions) or em is not None and em.accepts(op)) and op.name not in ("reshape", "transpose",
-                                                                                          "broadcast")
+    return (bool(op.regions) or em is not None and em.accepts(op)) and op.name not in ALIASING
 
 
 def _top(op: Op, block: Block) -> Op | None:

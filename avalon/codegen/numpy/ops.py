@@ -115,6 +115,10 @@ def _sigmoid(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
     gen.line(f"np.true_divide({z}, {out}, out={out})")
 
 
+ALIASING = ("reshape", "transpose", "broadcast", "stop_gradient")
+"""Ops whose result may be its operand's storage in generated code (views, lazy broadcasts, identities)."""
+
+
 @register(("stop_gradient", "broadcast"), lambda op: True)
 def _copy(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
     gen.line(f"np.copyto({out}, {args[0].expr})")
@@ -383,6 +387,11 @@ def emit_op(gen: Generator, op: Op, top: bool = False, dest: Callable[[Value, Op
     lazy = _lazy(gen, op, top) if r is not None else None
     if lazy is not None:
         gen.env[r] = lazy
+        return
+    if op.name == "stop_gradient" and not (top and gen.is_planned(r)):  # an identity: the operand's storage
+        src = gen.env[op.operands[0]]
+        gen.env[r] = ref = Ref(src.expr, r.type, src.kind, slot=src.slot)
+        gen.hold(ref)
         return
     if op.name in ("reshape", "transpose") and (not top or gen.target.is_view(op) and not gen.is_planned(r)):
         ref = _view(gen, op)

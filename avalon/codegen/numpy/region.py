@@ -35,6 +35,9 @@ def emit_region(gen: Generator, op: Op) -> None:
     direct: dict[Value, tuple[Value, Ref | None]] = {}
     deferred: list[tuple[Value, Value]] = []
     for r, y in zip(op.results, block.results):
+        while (y.op is not None and y.op.name == "stop_gradient" and y.op.parent is block
+               and y.op.operands[0] not in block.args and y.op.operands[0] not in block.results):
+            y = y.op.operands[0]  # an identity yielded: compute its operand straight into the result
         mine = y.op is not None and y.op.parent is block and not y.op.regions
         donated = gen.donated_store(r)
         if donated is not None:
