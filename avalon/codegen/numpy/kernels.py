@@ -54,10 +54,12 @@ def _padded_bl(x: np.ndarray, g: Geometry, xt: np.ndarray) -> np.ndarray:
     return xt
 
 
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 2 << 20
 """The most bytes an im2col workspace takes: patches are built and multiplied a chunk at a time (by
 samples for batch-first patches, by output rows for batch-last ones), so a step's scratch stays
-near its planned buffers instead of growing with the largest patch matrix."""
+near its planned buffers instead of growing with the largest patch matrix. 2 MiB: LeNet's step is
+~5% faster than with 1 MiB (conv2's matmuls get 1024 columns instead of 512) and its resident
+scratch 14.1 MiB, inside the memory goal of 15.9 MiB; 4 MiB gains ~3% more for 17 MiB."""
 
 
 def chunk(units: int, unit_bytes: int) -> int:
