@@ -441,11 +441,13 @@ def test_random_is_generated_and_is_the_reference_bit_for_bit(dtype, distributio
                 assert np.array_equal(a, w), f"seed {s}, output #{k} ({w.shape} {dtype} {distribution})"
 
 
-def test_random_keys_are_the_references():
-    """kernels.seed_keys (python ints, per call) is the reference's seed_keys for any int64 seed."""
-    from avalon.codegen.numpy import kernels
-    from avalon.ir.reference.gather import seed_keys
-    seeds = [*RANDOM_SEEDS, *np.random.default_rng(0).integers(-2**63, 2**63 - 1, 200, dtype=np.int64).tolist()]
+def test_random_keys_from_runtime_seeds_are_the_references():
+    """Generated code derives the keys per call with python ints (`fmix32_int`): the same words as
+    the vectorized `fmix32` the reference hashes counters with, from a 0-d array or numpy scalar seed."""
+    from avalon.ir.reference.gather import fmix32, fmix32_int, seed_keys
+    words = np.random.default_rng(0).integers(0, 2**32, 5000, dtype=np.uint64).astype(np.uint32)
+    words[:4] = [0, 1, 2**31, 2**32 - 1]
+    assert [fmix32_int(int(w)) for w in words] == fmix32(words).tolist()
+    seeds = [*RANDOM_SEEDS, *np.random.default_rng(1).integers(-2**63, 2**63 - 1, 200, dtype=np.int64).tolist()]
     for s in seeds:
-        assert kernels.seed_keys(np.array(s, np.int64)) == seed_keys(s), s
-        assert kernels.seed_keys(np.int64(s)) == seed_keys(s), s
+        assert seed_keys(np.array(s, np.int64)) == seed_keys(np.int64(s)) == seed_keys(s), s

@@ -19,6 +19,8 @@ import functools
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from avalon.ir.reference.gather import seed_keys
+
 Geometry = tuple[int, int, int, int, int, int]  # sh, sw, ph, pw, dh, dw
 
 
@@ -278,9 +280,6 @@ def max_pool2d_grad_tiles(x: np.ndarray, dy: np.ndarray, kh: int, kw: int, out: 
 # of the normal transform are the reference's own operations in its order (so the same libm/SIMD
 # loops see the same values, contiguous in both), and only the final rounding writes `out`.
 
-_M32 = 0xFFFFFFFF
-
-
 def _u32(v: int) -> np.ndarray:
     """A 0-d uint32 operand: ufuncs take a 0-d array about 0.3 us faster than a numpy scalar."""
     return np.array(v, np.uint32)
@@ -290,23 +289,6 @@ _C1, _C2, _S8, _S13, _S16, _ONE = (_u32(v) for v in (0x85EBCA6B, 0xC2B2AE35, 8, 
 _BF16_HALF, _BF16_MASK = _u32(0x7FFF), _u32(0xFFFF0000)
 # float64 operands of the normal transform: 2**-24, 1, -2, and (2 pi) * 2**-24 (see random_normal)
 _U24, _F1, _FM2, _TWO_PI_U24 = (np.array(v, np.float64) for v in (2.0 ** -24, 1.0, -2.0, 2.0 * np.pi * 2.0 ** -24))
-
-
-def _fmix32_int(h: int) -> int:
-    """MurmurHash3's fmix32 on a python int in [0, 2**32) (the reference's, without numpy scalars)."""
-    h ^= h >> 16
-    h = h * 0x85EBCA6B & _M32
-    h ^= h >> 13
-    h = h * 0xC2B2AE35 & _M32
-    return h ^ h >> 16
-
-
-def seed_keys(seed: object) -> tuple[int, int]:
-    """The reference's `seed_keys` (k1, k2) with python ints, per call from the runtime seed (a 0-d
-    integer array or numpy scalar): s = lo32 ^ hi32 of the seed as a two's-complement int64."""
-    s = int(seed) & 0xFFFFFFFFFFFFFFFF
-    s = (s & _M32) ^ (s >> 32)
-    return _fmix32_int(s), _fmix32_int(s ^ 0x9E3779B9)
 
 
 @functools.lru_cache(maxsize=16)

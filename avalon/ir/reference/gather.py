@@ -55,14 +55,23 @@ def fmix32(h: np.ndarray) -> np.ndarray:
         return h ^ (h >> np.uint32(16))
 
 
-def seed_keys(seed: int) -> tuple[int, int]:
+def fmix32_int(h: int) -> int:
+    """`fmix32` of one python int in [0, 2**32) (no numpy scalars: generated code calls it per step)."""
+    h ^= h >> 16
+    h = h * 0x85EBCA6B & _M32
+    h ^= h >> 13
+    h = h * 0xC2B2AE35 & _M32
+    return h ^ h >> 16
+
+
+def seed_keys(seed: object) -> tuple[int, int]:
     """The two per-call uint32 keys derived from a seed (python ints, so an emitter can bake them in
     or compute them the same way on the device):
     s = lo32(seed) ^ hi32(seed) of the seed as a two's-complement int64;
     k1 = fmix32(s), k2 = fmix32(s ^ 0x9E3779B9)."""
     seed = int(seed) & 0xFFFFFFFFFFFFFFFF
     s = (seed & _M32) ^ (seed >> 32)
-    return int(fmix32(np.uint32(s))), int(fmix32(np.uint32(s ^ 0x9E3779B9)))
+    return fmix32_int(s), fmix32_int(s ^ 0x9E3779B9)
 
 
 def random_bits(seed: int, n: int, offset: int = 0) -> np.ndarray:
