@@ -148,3 +148,52 @@ def test_a_training_step_updates_parameters_in_place_without_copies(rng):
     for k, p in nn.named_parameters(model):
         assert p._data is storage[k], k
         np.testing.assert_allclose(p.numpy(), dict(nn.named_parameters(ref))[k].numpy(), rtol=1e-4, atol=1e-6)
+
+
+class _ConvBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 5 * 5, 3)
+
+    def forward(self, x):
+        return self.fc(nn.functional.relu(self.bn(self.conv(x))).reshape(x.shape[0], -1))
+
+
+@pytest.mark.parametrize("make_opt", [lambda m: optim.Adam(m, lr=0.01), lambda m: optim.SGD(m, lr=0.05, momentum=0.9)],
+                         ids=["adam", "sgd-momentum"])
+def test_optimizer_state_and_running_stats_update_in_place(make_opt, rng):
+    """Adam's moments, momentum buffers and BatchNorm's running statistics are state updated every
+    step too: written in place, they must track the interpreter's step exactly as before."""
+    from avalon.codegen.numpy import NumpyBackend, NumpyExecutable
+
+    class Interpreted(NumpyBackend):
+        name = "interpreted"
+
+        def compile(self, graph):
+            return NumpyExecutable(graph)
+
+    x = rng.standard_normal((6, 2, 5, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 6)
+    results = []
+    for backend in ("numpy", Interpreted()):
+        av.manual_seed(3)
+        model = _ConvBN()
+        opt = make_opt(model)
+
+        def step(m, o, x, y):
+            loss, grads = av.value_and_grad(lambda m, x, y: nn.functional.cross_entropy(m(x), y))(m, x, y)
+            o.step(grads)
+            return loss
+        c = av.compile(step, backend=backend)
+        losses = [float(c(model, opt, x, y)) for _ in range(4)]
+        if backend == "numpy":  # every update (parameters, moments, running statistics, step count) in place
+            emission = next(iter(c.cache.values())).executable.emission
+            assert emission.donated and len(emission.donated) == emission.stats["donated"]
+        state = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+        results.append((losses, state))
+    (l1, s1), (l2, s2) = results
+    np.testing.assert_allclose(l1, l2, rtol=1e-5)
+    for k in s1:
+        np.testing.assert_allclose(s1[k], s2[k], rtol=1e-4, atol=1e-6, err_msg=k)
