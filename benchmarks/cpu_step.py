@@ -5,7 +5,8 @@ jax.jit when installed), in one process, rounds interleaved, 2 threads, medians.
                                                                       [--torch-compile] [--no-jax] [--check]
 
 (unset both OpenBLAS variables for this command only: they pin an older kernel on some CPUs.)
-Each round times `--steps` steps of every contender in turn, so machine noise hits all alike; the
+Each round times `--steps` steps of every contender in turn (after one untimed step, which absorbs the
+previous contender's still-spinning worker threads), so machine noise hits all alike; the
 table reports the median step time (wall clock, and CPU time of the process, which a loaded machine
 disturbs less) and its ratio to torch eager. `--threads` sets torch's threads and, through
 threadpoolctl when installed, numpy's BLAS threads. It also reports the time to the first Avalon step
@@ -285,6 +286,7 @@ def main() -> None:
             f()  # warm
         for _ in range(args.rounds):
             for k, f in cont.items():
+                f()  # untimed: the previous contender's worker threads (OpenMP, XLA's pool) may still spin
                 t0, c0 = time.perf_counter(), time.process_time()
                 for _ in range(args.steps):
                     f()
