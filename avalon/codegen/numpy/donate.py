@@ -27,10 +27,11 @@ from collections.abc import Iterable
 
 from avalon.ir import Block, Graph, Op, Value
 
+from .ops import ALIASING, EMITTERS
+
 
 def _writes_fresh(op: Op) -> bool:
     """Whether the generator gives `op`'s result storage of its own (an accepting emitter, not a view)."""
-    from .ops import ALIASING, EMITTERS
     em = EMITTERS.get(op.name)
     return (bool(op.regions) or em is not None and em.accepts(op)) and op.name not in ALIASING
 
@@ -73,7 +74,6 @@ def _last_read(values: set[Value], block: Block, index: dict[Op, int]) -> int:
 
 def _one_pass_over(op: Op, direct: Value, values: set[Value]) -> bool:
     """`op` is one elementwise pass that reads of `values` only `direct` itself (not a view of it)."""
-    from .ops import EMITTERS
     em = EMITTERS.get(op.name)
     return (not op.regions and em is not None and em.accepts(op) and em.inplace and op.has_trait("elementwise")
             and all(x is direct for x in op.operands if x in values))
@@ -92,6 +92,8 @@ def donations(graph: Graph, donated: dict[int, int]) -> dict[Value, int]:
         v, a = outs[o], graph.inputs[j]
         op = v.op
         if count[v] != 1 or op is None or op.parent is not body or v.type != a.type or v.type.layout is not None:
+            continue
+        if op.name in ALIASING or op.name == "constant":  # views and splats are not computed into storage
             continue
         alias = aliases([a], body)
         if any(x in count for x in alias):

@@ -100,7 +100,8 @@ def emit_region(gen: Generator, op: Op) -> None:
             gen.env[r] = src
         else:  # computed elsewhere (a view, a splat, a broadcast): copy it into its storage
             deferred.append((r, y))
-    for r, y in deferred:
+    # copies into donated inputs go last: another result may still be a view of the input's old value
+    for r, y in sorted(deferred, key=lambda ry: gen.donated_store(ry[0]) is not None):
         src = gen.env[y]
         donated = gen.donated_store(r)
         if donated is not None:  # every read of the donated input in this group is done
