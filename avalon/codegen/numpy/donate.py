@@ -93,8 +93,8 @@ def donations(graph: Graph, donated: dict[int, int]) -> dict[Value, int]:
         op = v.op
         if count[v] != 1 or op is None or op.parent is not body or v.type != a.type or v.type.layout is not None:
             continue
-        if op.name in ALIASING or op.name == "constant":  # views and splats are not computed into storage
-            continue
+        if op.name in ALIASING or op.name == "constant" or not op.regions and len(op.results) != 1:
+            continue  # views and splats are not computed into storage; emitters write one result
         alias = aliases([a], body)
         if any(x in count for x in alias):
             continue
