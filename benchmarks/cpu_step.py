@@ -52,7 +52,7 @@ import avalon as av  # noqa: E402
 from avalon import nn, optim, zoo  # noqa: E402
 
 
-def _avalon(make, loss_fn, batch, lr):
+def _avalon(make, loss_fn, batch, lr, backend="numpy"):
     model = make()
     opt = optim.SGD(model, lr=lr)
 
@@ -60,7 +60,7 @@ def _avalon(make, loss_fn, batch, lr):
         loss, grads = av.value_and_grad(loss_fn)(m, *xs)
         o.step(grads)
         return loss
-    compiled = av.compile(step)
+    compiled = av.compile(step, backend=backend)
     t0 = time.perf_counter()
     compiled(model, opt, *batch)
     first = time.perf_counter() - t0
@@ -245,6 +245,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--torch-compile", action="store_true", help="also time torch.compile (slow cold compile)")
     ap.add_argument("--no-jax", action="store_true", help="leave out jax.jit even when jax is installed")
+    ap.add_argument("--native", action="store_true",
+                    help="also time backend='cpu' (elementwise runs compiled to C; its first step includes cc "
+                         "unless the library is cached)")
     ap.add_argument("--check", action="store_true",
                     help="also compare jax's losses and gradients with torch's (VAE noise set to zero)")
     ap.add_argument("--threads", type=int, default=2)
@@ -269,6 +272,7 @@ def main() -> None:
     rows, checks = {}, {}
     for name, (make, loss_fn, batch, tmake, tloss, lr, kind) in work.items():
         run, first, _ = _avalon(make, loss_fn, batch, lr)
+        cpu_run, cpu_first, _ = _avalon(make, loss_fn, batch, lr, "cpu") if args.native else (None, None, None)
         firsts = {"Avalon": first}
         tm = tmake()
         jrun = None
@@ -276,6 +280,9 @@ def main() -> None:
             jrun, firsts["jax"], jloss = _jax(jax, kind, tm, batch, lr)
             checks[name] = _check_jax(jax, kind, tm, tloss, batch, jloss, args.check)
         cont = {"avalon": run, "torch eager": _torch(tm, tloss, batch, lr)}
+        if cpu_run is not None:
+            cont["avalon cpu"] = cpu_run
+            firsts["Avalon cpu"] = cpu_first
         if jrun is not None:
             cont["jax.jit"] = jrun
         if args.torch_compile:

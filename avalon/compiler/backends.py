@@ -53,6 +53,7 @@ class _Lazy:
 
 BACKENDS: dict[str, Callable[[], Any]] = {
     "numpy": lambda: _Lazy("numpy", "avalon.codegen.numpy.backend:NumpyBackend", ".mlir"),
+    "cpu": lambda: _Lazy("cpu", "avalon.codegen.numpy.backend:CpuBackend", ".mlir"),
     "triton": lambda: _Lazy("triton", "avalon.codegen.triton.backend:TritonBackend", ".py"),
     "iree": lambda: _Lazy("iree", "avalon.codegen.iree.backend:IreeBackend", ".mlir"),
 }

@@ -55,8 +55,8 @@ class GeneratedExecutable:
 
     kernel_suffix = ".mlir"
 
-    def __init__(self, graph: Graph, plan: MemoryPlan | None = None, target: Target = NUMPY):
-        self.graph, self.target = graph, target
+    def __init__(self, graph: Graph, plan: MemoryPlan | None = None, target: Target = NUMPY, native: bool = False):
+        self.graph, self.target, self.native = graph, target, native
         self._plan = plan
         self.kernels = _kernels(graph)
         self._emission: Emission | None = None
@@ -86,7 +86,7 @@ class GeneratedExecutable:
             plan = self._plan
             if plan is None or not plan.is_current(self.graph):
                 plan = self._plan = plan_memory(self.graph, target=self.target)
-            self._emission = e = generate(self.graph, plan, self.target, self._donated)
+            self._emission = e = generate(self.graph, plan, self.target, self._donated, self.native)
             self._donor = _Donor(sorted({self._donated[o] for o in e.donated}))
             log.debug("generated @%s: %d lines, %d ops fast, %d by reference rules, %d B resident", self.graph.name,
                       e.source.count("\n"), e.stats["fast"], e.stats["fallback"], e.resident_bytes)
@@ -103,19 +103,47 @@ class GeneratedExecutable:
 
     def __call__(self, *inputs: Any) -> tuple[Any, ...]:
         if self._fn is None:
-            self._fn = self.emission.link()
+            self._fn = self._link()
         args = self._donor.prepare(self._checker.check_inputs(inputs))
         with np.errstate(all="ignore"):
             return self._fn(*args)
+
+
+    def _link(self) -> Any:
+        """The runnable function; compiled runs that cannot be built fall back to numpy code, once
+        said on avalon.numpy."""
+        from .native import NativeUnavailable
+        try:
+            return self.emission.link()
+        except NativeUnavailable as e:
+            global _warned_native
+            if not _warned_native:
+                log.warning("compiled loops unavailable, running generated numpy code instead: %s", e)
+                _warned_native = True
+            self.native, self._emission = False, None
+            return self.emission.link()
+
+
+_warned_native = False
 
 
 class NumpyBackend:
     name = "numpy"
     kernel_suffix = ".mlir"
     target = NUMPY
+    native = False
 
     def compile(self, graph: Graph) -> GeneratedExecutable:
-        return GeneratedExecutable(graph, graph.analysis("memory_plan"), self.target)
+        return GeneratedExecutable(graph, graph.analysis("memory_plan"), self.target, self.native)
+
+
+class CpuBackend(NumpyBackend):
+    """`backend="cpu"`: the numpy backend with groups' elementwise runs compiled to C loops by the
+    system compiler (`avalon.codegen.numpy.native`): faster, but exp/log are ulps from the reference
+    (checked within float tolerance, as the Triton backend is)."""
+
+    name = "cpu"
+    native = True
 
 
 class _Donor:

@@ -47,6 +47,7 @@ class Ref:
     kind: str = "array"
     slot: int | None = None
     fresh: bool = False
+    source: TensorType | None = None  # kind "bcast": the type of the array `expr` names
 
     @property
     def lazy(self) -> bool:
@@ -74,12 +75,17 @@ class Emission:
     slots: list[int]
     stats: dict[str, int] = field(default_factory=dict)
     donated: list[int] = field(default_factory=list)  # outputs written into their donated inputs
+    native: list[tuple[str, int]] = field(default_factory=list)  # C functions of compiled runs (`native`)
 
     def link(self) -> Callable[..., tuple[Any, ...]]:
         """Allocate the buffers and slots once and compile the source into its function."""
         pools = {"buffer": [np.empty(max(n, 1), np.uint8) for n in self.buffers],
                  "slot": [np.empty(max(n, 1), np.uint8) for n in self.slots]}
         ns: dict[str, Any] = {"np": np, "K": kernels, "_ev": evaluate, **self.consts}
+        if self.native:
+            from . import native
+            native.bind(native.build([src for src, _ in self.native]), [n for _, n in self.native], ns)
+            ns["N"] = native
         for name, v in self.views.items():
             raw = pools[v.pool][v.index]
             ns[name] = raw[: host_bytes(v.type)].view(v.type.dtype.np).reshape(v.type.shape)
@@ -107,8 +113,12 @@ class Generator:
     """Walks a graph and writes its function; op emitters call back into `out`, `scratch`,
     `const`, `array` and `line` (see `avalon.codegen.numpy.ops`)."""
 
-    def __init__(self, graph: Graph, plan: MemoryPlan | None, target: Target, donated: dict[int, int] | None = None):
+    def __init__(self, graph: Graph, plan: MemoryPlan | None, target: Target, donated: dict[int, int] | None = None,
+                 native: bool = False):
         self.graph, self.plan, self.target = graph, plan, target
+        self.native_runs = native  # compile elementwise runs of groups to C (`native`)
+        self.native: list[tuple[str, int]] = []  # their C functions (source, pointer arguments)
+        self.run_start: int | None = None  # first line of the open native run (allocations go before it)
         self.donated = dict(donated or {})
         self.donation: dict[Value, int] = {}  # output value -> the input whose array it is written into
         self.lines: list[str] = []
@@ -238,9 +248,15 @@ class Generator:
         return None if j is None else Ref(f"a{j}", v.type, fresh=True)
 
     def new_array(self, t: TensorType) -> str:
-        """A fresh array of type `t`, allocated where this line runs."""
+        """A fresh array of type `t`, allocated where this line runs (before an open native run,
+        whose lines may become one call)."""
         name = self.fresh_name()
-        self.line(f"{name} = np.empty({tuple(t.shape)!r}, np.{t.dtype.np.name})")
+        text = f"    {name} = np.empty({tuple(t.shape)!r}, np.{t.dtype.np.name})"
+        if self.run_start is None:
+            self.lines.append(text)
+        else:
+            self.lines.insert(self.run_start, text)
+            self.run_start += 1
         return name
 
     def array(self, ref: Ref) -> str:
@@ -301,14 +317,20 @@ class Generator:
         head = f"def {fname}({', '.join(args)}):"
         src = "\n".join([head, *self.lines]) + "\n"
         donated = [o for o, v in enumerate(g.outputs) if v in self.donation]
-        return Emission(fname, src, self.consts, self.views, self.buffers, list(self.slots), dict(self.stats), donated)
+        self.stats["native"] = len(self.native)
+        if self.native:  # the C functions, shown after the function that calls them
+            src += "\n# compiled runs (avalon.codegen.numpy.native):\n" + "".join(
+                "# " + line + "\n" for c, _ in self.native for line in c.splitlines())
+        return Emission(fname, src, self.consts, self.views, self.buffers, list(self.slots), dict(self.stats), donated,
+                        list(self.native))
 
 
-def generate(graph: Graph, plan: MemoryPlan | None, target: Target, donated: dict[int, int] | None = None
-             ) -> Emission:
+def generate(graph: Graph, plan: MemoryPlan | None, target: Target, donated: dict[int, int] | None = None,
+             native: bool = False) -> Emission:
     """The straight-line numpy function of `graph` (see the module docstring); `donated` maps output
-    indices to inputs whose arrays the outputs may be written into (`avalon.codegen.numpy.donate`)."""
-    return Generator(graph, plan, target, donated).generate()
+    indices to inputs whose arrays the outputs may be written into (`avalon.codegen.numpy.donate`);
+    `native` compiles groups' elementwise runs to C (`avalon.codegen.numpy.native`)."""
+    return Generator(graph, plan, target, donated, native).generate()
 
 
 def host_bytes(t: TensorType) -> int:

@@ -334,7 +334,8 @@ def _lazy(gen: Generator, op: Op, top: bool) -> Ref | None:
             return Ref(src.expr, r.type, "scalar")
         if top and not _outlives(gen, op.operands[0], r):
             return None
-        ref = Ref(src.expr, r.type, "bcast", slot=src.slot)  # reads the source's storage while it lives
+        ref = Ref(src.expr, r.type, "bcast", slot=src.slot, source=src.source or src.type)  # reads the
+        # source's storage while it lives
         gen.hold(ref)
         return ref
     return None
@@ -390,7 +391,7 @@ def emit_op(gen: Generator, op: Op, top: bool = False, dest: Callable[[Value, Op
         return
     if op.name == "stop_gradient" and not (top and gen.is_planned(r)):  # an identity: the operand's storage
         src = gen.env[op.operands[0]]
-        gen.env[r] = ref = Ref(src.expr, r.type, src.kind, slot=src.slot)
+        gen.env[r] = ref = Ref(src.expr, r.type, src.kind, slot=src.slot, source=src.source)
         gen.hold(ref)
         return
     if op.name in ("reshape", "transpose") and (not top or gen.target.is_view(op) and not gen.is_planned(r)):

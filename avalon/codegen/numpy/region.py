@@ -14,6 +14,7 @@ from avalon.ir import Op, Value
 
 from .donate import aliases, region_safe
 from .generator import Generator, Ref
+from .native import NativeRuns
 from .ops import OpEmitter, emit_op
 
 
@@ -78,7 +79,10 @@ def emit_region(gen: Generator, op: Op) -> None:
         return ref
 
     alive: set[Value] = set()
+    runs = NativeRuns(gen) if gen.native_runs else None
     for j, o in enumerate(inner):
+        if runs is not None:
+            runs.before(o)
         if o.regions:
             emit_region(gen, o)
         else:
@@ -94,6 +98,8 @@ def emit_region(gen: Generator, op: Op) -> None:
                 alive.discard(r)
                 gen.drop(gen.env[r])
 
+    if runs is not None:
+        runs.close()
     for y, (r, ref) in direct.items():
         src = gen.env[y]
         if ref is not None and src.expr == ref.expr or ref is None and src.fresh and src.slot is None:

@@ -1,0 +1,336 @@
+"""Compiled loops for elementwise runs: `backend="cpu"`, the numpy backend with C where it pays.
+
+numpy runs one pass over memory per op; a fused group's chain of elementwise ops (a clamped
+log-likelihood and its gradient, a sigmoid, a bias + relu epilogue) costs a dozen passes where one
+loop would do. With `native`, the generator collects each run of consecutive elementwise ops of a
+group that share one shape (splats and broadcasts join it), writes the run as one C function (its
+values in registers, only the values read after the run stored), and calls it instead of the
+run's numpy lines; the system C compiler builds all of a signature's functions into one shared
+library, cached on disk (`<AVALON_CACHE_DIR or ~/.cache/avalon>/native/`, written atomically, a
+library that fails to load is rebuilt).
+
+Arithmetic is IEEE as numpy's (+ - * / sqrt correctly rounded, maximum/minimum propagate nan,
+comparisons false on nan), but exp/log come from glibc's vector math library (libmvec, reached through
+`omp declare simd` declarations, so no -ffast-math) and other functions from libm: ulps away from
+numpy's own loops. The numpy backend stays bit-exact with the reference interpreter; this one is
+checked against it within float tolerance, like the Triton backend. Without a C compiler (or if a
+build fails) a signature falls back to plain generated numpy code, with one warning.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avalon.channels import get_logger
+from avalon.ir import Op, Value
+from avalon.ir import dtypes as dt
+
+from .generator import Generator, Ref
+
+log = get_logger("numpy")
+
+MIN_ELEMENTS = 4096
+"""Runs over fewer elements stay numpy: a call (pointers, ctypes) costs ~10-20 us."""
+
+_CTYPE = {dt.float32: "float", dt.float64: "double", dt.bool_: "unsigned char"}
+_FLOAT_FN = {"exp": "exp", "log": "log", "sqrt": "sqrt", "tanh": "tanh", "sin": "sin", "cos": "cos", "abs": "fabs"}
+_BINARY = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+_COMPARE = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+
+HEADER = r"""#include <math.h>
+#ifndef AVALON_NO_MVEC
+#pragma omp declare simd notinbranch
+extern float expf(float);
+#pragma omp declare simd notinbranch
+extern float logf(float);
+#pragma omp declare simd notinbranch
+extern double exp(double);
+#pragma omp declare simd notinbranch
+extern double log(double);
+#endif
+#define NPMAX(a, b) (((a) >= (b) || (a) != (a)) ? (a) : (b))
+#define NPMIN(a, b) (((a) <= (b) || (a) != (a)) ? (a) : (b))
+static inline float sigf(float x) { float e = expf(-fabsf(x)); return (x >= 0.0f ? 1.0f : e) / (1.0f + e); }
+static inline double sigd(double x) { double e = exp(-fabs(x)); return (x >= 0.0 ? 1.0 : e) / (1.0 + e); }
+"""
+
+
+class NativeUnavailable(RuntimeError):
+    """No C compiler, or the build failed: the signature runs as plain generated numpy code."""
+
+
+def _fn(name: str, t: dt.DType) -> str:
+    return name + ("f" if t == dt.float32 else "")
+
+
+def _expr(op: Op, args: list[str]) -> str | None:
+    """The C expression of one elementwise op over its operands' C expressions (None: not supported)."""
+    t = op.results[0].type.dtype
+    n = op.name
+    if n in _BINARY:
+        return f"({args[0]} {_BINARY[n]} {args[1]})"
+    if n in _COMPARE:
+        return f"({args[0]} {_COMPARE[n]} {args[1]})"
+    if n in ("maximum", "minimum"):
+        return f"{'NPMAX' if n == 'maximum' else 'NPMIN'}({args[0]}, {args[1]})"
+    if t not in (dt.float32, dt.float64) and n not in ("where", "cast", "logical_and", "logical_or",
+                                                       "logical_not", "stop_gradient"):
+        return None
+    if n in _FLOAT_FN:
+        return f"{_fn(_FLOAT_FN[n], t)}({args[0]})"
+    if n == "neg":
+        return f"(-{args[0]})"
+    if n == "relu":
+        return f"NPMAX({args[0]}, 0)"
+    if n == "rsqrt":
+        return f"(1 / {_fn('sqrt', t)}({args[0]}))"
+    if n == "sigmoid":
+        return f"{'sigf' if t == dt.float32 else 'sigd'}({args[0]})"
+    if n == "pow":
+        return f"{_fn('pow', t)}({args[0]}, {args[1]})"
+    if n == "where":
+        return f"({args[0]} ? {args[1]} : {args[2]})"
+    if n == "stop_gradient":
+        return args[0]
+    if n == "logical_and":
+        return f"({args[0]} && {args[1]})"
+    if n == "logical_or":
+        return f"({args[0]} || {args[1]})"
+    if n == "logical_not":
+        return f"(!{args[0]})"
+    if n == "cast":
+        return f"({args[0]} != 0)" if t == dt.bool_ else f"(({_CTYPE[t]}){args[0]})"
+    return None
+
+
+def eligible(op: Op) -> tuple[int, ...] | None:
+    """The shape of a run `op` can join (elementwise, f32/f64/bool, a C form), else None."""
+    if op.regions or len(op.results) != 1 or not op.has_trait("elementwise"):
+        return None
+    if any(v.type.dtype not in _CTYPE or v.type.layout is not None for v in (*op.operands, *op.results)):
+        return None
+    if _expr(op, ["a"] * len(op.operands)) is None:
+        return None
+    shape = tuple(op.results[0].type.shape)
+    return shape if shape else None
+
+
+def transparent(op: Op) -> bool:
+    """Ops that emit no line inside a group (splats, broadcasts): they neither open nor close a run."""
+    return op.name in ("constant", "broadcast") and not op.regions
+
+
+def _literal(value: Any, t: dt.DType) -> str:
+    v = np.asarray(value).reshape(-1)[0]
+    if t == dt.bool_:
+        return "1" if bool(v) else "0"
+    x = float(v)
+    if math.isnan(x):
+        return "NAN"
+    if math.isinf(x):
+        return "INFINITY" if x > 0 else "(-INFINITY)"
+    return x.hex() + ("f" if t == dt.float32 else "")
+
+
+class NativeRuns:
+    """Collects a group's runs while it is emitted; `close` turns the open run into a C call."""
+
+    def __init__(self, gen: Generator):
+        self.gen = gen
+        self.ops: list[Op] = []
+        self.shape: tuple[int, ...] | None = None
+
+    def before(self, op: Op) -> None:
+        if transparent(op):
+            return
+        shape = eligible(op)
+        if self.shape is not None and shape != self.shape:
+            self.close()
+        if shape is not None and self.shape is None:
+            self.shape = shape
+            self.gen.run_start = len(self.gen.lines)
+        if shape is not None:
+            self.ops.append(op)
+
+    def close(self) -> None:
+        gen, ops, shape, start = self.gen, self.ops, self.shape, self.gen.run_start
+        self.ops, self.shape, gen.run_start = [], None, None
+        if not ops or start is None or math.prod(shape) < MIN_ELEMENTS or len(ops) < 2:
+            return
+        call = _function(gen, ops, shape)
+        if call is not None:
+            gen.lines[start:] = ["    " + call]
+
+
+def _function(gen: Generator, ops: list[Op], shape: tuple[int, ...]) -> str | None:
+    """Write the run's C function into `gen.native` and return the line that calls it (None when an
+    operand cannot be read from C)."""
+    inside = set(ops)
+    made = [r for op in ops for r in op.results]  # in op order: the source (and its cache key) is deterministic
+    params: dict[str, tuple[str, bool]] = {}  # array name -> (C pointer name, written)
+    loads: list[str] = []
+    names: dict[Value, str] = {}
+    strides = [math.prod(shape[d + 1:]) for d in range(len(shape))]
+    index = [f"i{d}" for d in range(len(shape))]
+    flat = " + ".join(f"i{d} * {s}" for d, s in enumerate(strides) if s) or "0"
+
+    def pointer(name: str, t: dt.DType, written: bool) -> str:
+        if name not in params:
+            params[name] = (f"p{len(params)}", written)
+        elif written:
+            params[name] = (params[name][0], True)
+        return params[name][0]
+
+    def operand(v: Value) -> str | None:
+        if v in names:
+            return names[v]
+        ref: Ref = gen.env[v]
+        t = v.type.dtype
+        c = f"x{len(names)}"
+        if ref.kind == "scalar":
+            value = gen.consts.get(ref.expr)
+            if value is None:
+                return None
+            names[v] = _literal(value, t)
+            return names[v]
+        if ref.kind == "array":
+            at = flat
+        else:  # a broadcast: the source's strides, 0 along stretched dimensions (numpy's right alignment)
+            src = ref.source
+            if src is None or src.dtype != t:
+                return None
+            pad = (1,) * (len(shape) - src.rank) + tuple(src.shape)
+            sstr = [math.prod(pad[d + 1:]) for d in range(len(pad))]
+            at = " + ".join(f"i{d} * {sstr[d]}" for d in range(len(shape)) if pad[d] != 1 and sstr[d]) or "0"
+        p = pointer(ref.expr, t, False)
+        loads.append(f"{_CTYPE[t]} {c} = ((const {_CTYPE[t]} *){p})[{at}];")
+        names[v] = c
+        return c
+
+    body: list[str] = []
+    for k, op in enumerate(ops):
+        args = [operand(v) for v in op.operands]
+        if any(a is None for a in args):
+            return None
+        r = op.results[0]
+        names[r] = f"v{k}"
+        body.append(f"{_CTYPE[r.type.dtype]} v{k} = {_expr(op, args)};")
+    stores = []
+    for r in made:
+        users = [u for u, _ in r.uses]
+        if all(u in inside for u in users) and users:
+            continue
+        ref = gen.env[r]
+        if ref.kind != "array":
+            return None
+        t = r.type.dtype
+        stores.append(f"(({_CTYPE[t]} *){pointer(ref.expr, t, True)})[{flat}] = {names[r]};")
+    if _overlap(gen, params):
+        return None
+    fn = f"run{len(gen.native)}"
+    head = f"void {fn}(" + ", ".join(f"void *{p}" for p, _ in params.values()) + ") {"
+    loops = [f"for (long {i} = 0; {i} < {n}; {i}++)" for i, n in zip(index, shape)]
+    loops[-1] = "_Pragma(\"omp simd\") " + loops[-1]
+    src = "\n".join([head, *loops, "{", *loads, *body, *stores, "}", "}"])
+    gen.native.append((src, len(params)))
+    outputs = {name for name, (_, w) in params.items() if w}
+    args = [f"{name}.ctypes.data" if name in outputs or name in gen.views else f"N.ptr({name})" for name in params]
+    return f"{fn}({', '.join(args)})"
+
+
+_KEEP: deque = deque(maxlen=64)  # contiguous copies handed to a call, alive until it has returned
+
+
+def _overlap(gen: Generator, params: dict[str, tuple[str, bool]]) -> bool:
+    """Does a written array share its scratch slot or buffer with another name of another shape or
+    element size (a slot reused for a value of another dtype)? Then element i of one is not element i
+    of the other, and the fused loop could overwrite what a later iteration still reads: keep numpy's
+    passes. Names of one layout on one home are the same element at the same index: safe."""
+    homes: dict[tuple[str, int], list[tuple[str, Any]]] = {}
+    for name in params:
+        v = gen.views.get(name)
+        if v is not None:
+            homes.setdefault((v.pool, v.index), []).append((name, (v.type.shape, v.type.dtype.np.itemsize)))
+    return any(len(m) > 1 and any(params[n][1] for n, _ in m) and len({layout for _, layout in m}) > 1
+               for m in homes.values())
+
+
+def ptr(a: np.ndarray) -> int:
+    """The address of an input array the C code reads row-major. Generated code's own buffers are;
+    a caller's array or a view may not be, and is read through a contiguous copy."""
+    if not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a)
+        _KEEP.append(a)
+    return a.ctypes.data
+
+
+def _compiler() -> str:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not cc:
+        raise NativeUnavailable("no C compiler found (set CC, or install gcc)")
+    return cc
+
+
+FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-shared", "-fPIC"]
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("AVALON_CACHE_DIR") or Path.home() / ".cache" / "avalon") / "native"
+
+
+def _source(functions: list[str]) -> str:
+    return HEADER + "\n\n".join(functions) + "\n"
+
+
+def library_path(functions: list[str]) -> Path:
+    """Where the library of `functions` is cached (keyed by source, compiler and flags)."""
+    key = hashlib.sha256("\0".join([_source(functions), _compiler(), *FLAGS]).encode()).hexdigest()
+    return _cache_dir() / key[:2] / f"{key}.so"
+
+
+def build(functions: list[str]) -> ctypes.CDLL:
+    """One shared library with `functions`, from the disk cache or built now (libmvec first, then
+    plain libm if the platform has no vector math library)."""
+    source, cc, path = _source(functions), _compiler(), library_path(functions)
+    if path.exists():
+        try:
+            return ctypes.CDLL(str(path))
+        except OSError as e:  # a truncated or foreign file: build it again
+            log.warning("native: cached library %s does not load (%s); rebuilding", path, e)
+            path.unlink(missing_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as d:
+        c_file, so = Path(d) / "runs.c", Path(d) / "runs.so"
+        c_file.write_text(source)
+        errors = []
+        for extra in (["-lmvec", "-lm"], ["-DAVALON_NO_MVEC", "-lm"]):
+            try:
+                done = subprocess.run([cc, *FLAGS, str(c_file), "-o", str(so), *extra], capture_output=True,
+                                      text=True, timeout=120)
+            except (OSError, subprocess.TimeoutExpired) as e:
+                raise NativeUnavailable(f"cannot run the C compiler {cc!r}: {e}") from e
+            if done.returncode == 0:
+                break
+            errors.append(done.stderr.strip()[-2000:])
+        else:
+            raise NativeUnavailable(f"{cc} failed to build the compiled loops:\n" + "\n".join(errors))
+        os.replace(so, path)
+    return ctypes.CDLL(str(path))
+
+
+def bind(lib: ctypes.CDLL, arities: list[int], ns: dict[str, Any]) -> None:
+    """Put `run0`, `run1`, ... of `lib` into the generated module's globals (pointer arguments)."""
+    for k, n in enumerate(arities):
+        f = getattr(lib, f"run{k}")
+        f.argtypes, f.restype = [ctypes.c_void_p] * n, None
+        ns[f"run{k}"] = f

@@ -1,0 +1,171 @@
+"""`backend="cpu"`: the numpy backend with groups' elementwise runs compiled to C loops, checked
+against the reference interpreter within float tolerance (exp/log come from libmvec, ulps apart)."""
+from __future__ import annotations
+
+import logging
+import shutil
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from test_numpy_codegen import _inputs, chains
+
+import avalon as av
+from avalon import optim, zoo
+from avalon.codegen.numpy import GeneratedExecutable, native
+from avalon.codegen.numpy.backend import NUMPY
+from avalon.ir import Builder, Graph, TensorType, interpret
+from avalon.ir.fusion import outline
+from avalon.passes import DEFAULT_PIPELINE, PassManager
+
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                                reason="backend='cpu' needs a C compiler")
+
+
+@pytest.fixture(autouse=True)
+def small_runs(monkeypatch, tmp_path):
+    """Compile runs of any size, into a cache of this test's own."""
+    monkeypatch.setattr(native, "MIN_ELEMENTS", 0)
+    monkeypatch.setenv("AVALON_CACHE_DIR", str(tmp_path))
+
+
+def _close(got: np.ndarray, want: np.ndarray, what: str) -> None:
+    assert got.dtype == want.dtype and got.shape == want.shape, what
+    if got.dtype.kind != "f":
+        np.testing.assert_array_equal(got, want, err_msg=what)
+        return
+    tol = 1e-12 if got.dtype == np.float64 else 2e-6
+    scale = max(float(np.nanmax(np.abs(want[np.isfinite(want)]))) if np.isfinite(want).any() else 0.0, 1.0)
+    np.testing.assert_allclose(got, want, rtol=tol * 4, atol=tol * scale * 8, equal_nan=True, err_msg=what)
+
+
+def _check(g: Graph, seed: int = 0) -> GeneratedExecutable:
+    exe = GeneratedExecutable(g, native=True)
+    args = _inputs(g, seed)
+    want = interpret(g, *args)
+    for _ in range(2):  # twice: the buffers are reused
+        for k, (a, w) in enumerate(zip(exe(*args), want)):
+            _close(a, w, f"output #{k} of\n{g}\n{exe.source}")
+    return exe
+
+
+@settings(max_examples=40, deadline=None)
+@given(chains())
+def test_compiled_runs_match_the_interpreter(g):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(native, "MIN_ELEMENTS", 0)
+        PassManager.parse(DEFAULT_PIPELINE, target=NUMPY).run(g)
+        _check(g)
+
+
+def _group(dtype: str = "f32") -> Graph:
+    """Splats, a row broadcast, a column broadcast, a 0-d broadcast, selects, casts, bool outputs."""
+    g = Graph("f")
+    b = Builder(g)
+    S = [6, 5]
+    x, y = g.add_input(TensorType((6, 5), dtype), "x"), g.add_input(TensorType((6, 5), dtype), "y")
+    row = b("broadcast", g.add_input(TensorType((5,), dtype), "row"), shape=S)
+    col = b("broadcast", g.add_input(TensorType((6, 1), dtype), "col"), shape=S)
+    s = b("broadcast", g.add_input(TensorType((), dtype), "s"), shape=S)
+    t = b("sigmoid", b("add", b("mul", x, row), col))
+    m = b("gt", t, b.constant(0.5, (6, 5), dtype))
+    u = b("where", m, b("log", b("maximum", y, s)), b("exp", b("neg", t)))
+    g.set_outputs([b("sub", u, b("tanh", x)), m, b("cast", m, dtype=dtype), b("minimum", u, row)])
+    outline([op for op in g.ops if op.name != "constant"], "fused")
+    return g
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_broadcasts_selects_and_casts_compile_and_match(dtype):
+    exe = _check(_group(dtype))
+    assert exe.emission.native and "run0(" in exe.source
+
+
+def test_nan_and_edges_follow_numpy():
+    """maximum/minimum propagate nan, comparisons with nan are false, as numpy's."""
+    g = _group()
+    exe = GeneratedExecutable(g, native=True)
+    args = _inputs(g, 1)
+    args[0].reshape(-1)[:4] = [np.nan, np.inf, -np.inf, 0.0]
+    args[1].reshape(-1)[:3] = [np.nan, -1.0, 0.0]
+    for k, (a, w) in enumerate(zip(exe(*args), interpret(g, *args))):
+        _close(a, w, f"output #{k}")
+
+
+def test_a_non_contiguous_input_is_read_through_a_copy():
+    g = _group()
+    exe = GeneratedExecutable(g, native=True)
+    args = _inputs(g, 2)
+    args[0] = np.asfortranarray(args[0])
+    for a, w in zip(exe(*args), interpret(g, *args)):
+        _close(a, w, "fortran-ordered input")
+
+
+def test_without_a_compiler_it_runs_numpy_code_and_says_so(monkeypatch, caplog):
+    from avalon.codegen.numpy import backend
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.setattr(backend, "_warned_native", False)
+    g = _group()
+    exe = GeneratedExecutable(g, native=True)
+    args = _inputs(g, 3)
+    with caplog.at_level(logging.WARNING, logger="avalon.numpy"):
+        got = exe(*args)
+    assert "compiled loops unavailable" in caplog.text and "/nonexistent/cc" in caplog.text
+    assert not exe.emission.native and "run0(" not in exe.source
+    for a, w in zip(got, interpret(g, *args)):
+        np.testing.assert_array_equal(a, w)  # plain generated numpy code: bit for bit
+
+
+def test_a_cached_library_that_does_not_load_is_rebuilt():
+    fns = ["void run0(void *p0) { ((float *)p0)[0] = 2.0f; }"]
+    path = native.library_path(fns)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a shared library")  # a truncated or foreign file where the library belongs
+    ns: dict = {}
+    native.bind(native.build(fns), [1], ns)
+    assert path.read_bytes()[:4] == b"\x7fELF"  # rebuilt in place
+    out = np.zeros(1, np.float32)
+    ns["run0"](out.ctypes.data)
+    assert out[0] == 2.0
+
+
+@pytest.mark.parametrize("which", ["lenet", "vae"])
+def test_training_steps_match_the_interpreter(which, rng, monkeypatch):
+    """Two compiled steps on backend='cpu' and on the interpreter from the same weights and seeds."""
+    from avalon.codegen.numpy import NumpyBackend, NumpyExecutable
+
+    class Interpreted(NumpyBackend):
+        name = "interpreted"
+
+        def compile(self, graph):
+            return NumpyExecutable(graph)
+
+    monkeypatch.setattr(native, "MIN_ELEMENTS", 64)
+    if which == "lenet":
+        make, loss_fn = zoo.LeNet, lambda m, x, y: zoo.nll(m(x), y)
+        batch = [rng.standard_normal((4, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, 4)]
+    else:
+        make = zoo.VAE
+        def loss_fn(m, x):
+            r, mu, lv = m(x)
+            return zoo.vae_loss(r, x, mu, lv)
+        batch = [rng.random((8, 784)).astype(np.float32)]
+    results = []
+    for backend in ("cpu", Interpreted()):
+        av.manual_seed(0)
+        model = make()
+        opt = optim.SGD(model, lr=0.01, momentum=0.9)
+
+        def step(m, o, *xs):
+            loss, grads = av.value_and_grad(loss_fn)(m, *xs)
+            o.step(grads)
+            return loss
+        c = av.compile(step, backend=backend)
+        losses = [float(c(model, opt, *batch)) for _ in range(2)]
+        if backend == "cpu":
+            assert next(iter(c.cache.values())).executable.emission.native  # runs were compiled
+        results.append((losses, {k: v.numpy() for k, v in av.nn.named_parameters(model)}))
+    (l1, p1), (l2, p2) = results
+    np.testing.assert_allclose(l1, l2, rtol=1e-5)
+    for k in p1:
+        np.testing.assert_allclose(p1[k], p2[k], rtol=1e-4, atol=1e-6, err_msg=k)
