@@ -169,3 +169,17 @@ def test_training_steps_match_the_interpreter(which, rng, monkeypatch):
     np.testing.assert_allclose(l1, l2, rtol=1e-5)
     for k in p1:
         np.testing.assert_allclose(p1[k], p2[k], rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+def test_bool_arithmetic_stays_numpy():
+    """numpy's + on bools is or (True + True is True): a C loop would store 2, so it is not compiled."""
+    g = Graph("f")
+    b = Builder(g)
+    x, y = g.add_input(TensorType((4, 5), "i1"), "x"), g.add_input(TensorType((4, 5), "i1"), "y")
+    g.set_outputs([b("add", b("logical_and", x, y), y), b("maximum", x, b("logical_not", y))])
+    outline(list(g.ops), "fused")
+    exe = GeneratedExecutable(g, native=True)
+    a, c = np.random.default_rng(0).random((2, 4, 5)) > 0.5
+    for got, want in zip(exe(a, c), interpret(g, a, c)):
+        np.testing.assert_array_equal(got, want)
+    assert not exe.emission.native

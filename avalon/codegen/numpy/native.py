@@ -43,9 +43,16 @@ MIN_ELEMENTS = 4096
 """Runs over fewer elements stay numpy: a call (pointers, ctypes) costs ~10-20 us."""
 
 _CTYPE = {dt.float32: "float", dt.float64: "double", dt.bool_: "unsigned char"}
-_FLOAT_FN = {"exp": "exp", "log": "log", "sqrt": "sqrt", "tanh": "tanh", "sin": "sin", "cos": "cos", "abs": "fabs"}
-_BINARY = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
-_COMPARE = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+_ANY = {"add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "div": "({0} / {1})",
+        "eq": "({0} == {1})", "ne": "({0} != {1})", "lt": "({0} < {1})", "le": "({0} <= {1})", "gt": "({0} > {1})",
+        "ge": "({0} >= {1})", "maximum": "NPMAX({0}, {1})", "minimum": "NPMIN({0}, {1})", "where": "({0} ? {1} : {2})",
+        "stop_gradient": "{0}", "logical_and": "({0} && {1})", "logical_or": "({0} || {1})", "logical_not": "(!{0})"}
+"""C forms of ops over any of the dtypes (numpy's nan-propagating maximum/minimum as macros)."""
+_ARITH = ("add", "sub", "mul", "div", "maximum", "minimum")
+_FLOAT = {"exp": "exp{f}({0})", "log": "log{f}({0})", "sqrt": "sqrt{f}({0})", "tanh": "tanh{f}({0})",
+          "sin": "sin{f}({0})", "cos": "cos{f}({0})", "abs": "fabs{f}({0})", "neg": "(-{0})", "relu": "NPMAX({0}, 0)",
+          "rsqrt": "(1 / sqrt{f}({0}))", "sigmoid": "sig{s}({0})", "pow": "pow{f}({0}, {1})"}
+"""C forms of float ops; {f} is libm's float suffix, {s} the sigmoid helper's."""
 
 HEADER = r"""#include <math.h>
 #ifndef AVALON_NO_MVEC
@@ -69,47 +76,16 @@ class NativeUnavailable(RuntimeError):
     """No C compiler, or the build failed: the signature runs as plain generated numpy code."""
 
 
-def _fn(name: str, t: dt.DType) -> str:
-    return name + ("f" if t == dt.float32 else "")
-
-
 def _expr(op: Op, args: list[str]) -> str | None:
     """The C expression of one elementwise op over its operands' C expressions (None: not supported)."""
-    t = op.results[0].type.dtype
-    n = op.name
-    if n in _BINARY:
-        return f"({args[0]} {_BINARY[n]} {args[1]})"
-    if n in _COMPARE:
-        return f"({args[0]} {_COMPARE[n]} {args[1]})"
-    if n in ("maximum", "minimum"):
-        return f"{'NPMAX' if n == 'maximum' else 'NPMIN'}({args[0]}, {args[1]})"
-    if t not in (dt.float32, dt.float64) and n not in ("where", "cast", "logical_and", "logical_or",
-                                                       "logical_not", "stop_gradient"):
-        return None
-    if n in _FLOAT_FN:
-        return f"{_fn(_FLOAT_FN[n], t)}({args[0]})"
-    if n == "neg":
-        return f"(-{args[0]})"
-    if n == "relu":
-        return f"NPMAX({args[0]}, 0)"
-    if n == "rsqrt":
-        return f"(1 / {_fn('sqrt', t)}({args[0]}))"
-    if n == "sigmoid":
-        return f"{'sigf' if t == dt.float32 else 'sigd'}({args[0]})"
-    if n == "pow":
-        return f"{_fn('pow', t)}({args[0]}, {args[1]})"
-    if n == "where":
-        return f"({args[0]} ? {args[1]} : {args[2]})"
-    if n == "stop_gradient":
-        return args[0]
-    if n == "logical_and":
-        return f"({args[0]} && {args[1]})"
-    if n == "logical_or":
-        return f"({args[0]} || {args[1]})"
-    if n == "logical_not":
-        return f"(!{args[0]})"
+    t, n = op.results[0].type.dtype, op.name
     if n == "cast":
         return f"({args[0]} != 0)" if t == dt.bool_ else f"(({_CTYPE[t]}){args[0]})"
+    if n in _ANY and not (n in _ARITH and op.operands[0].type.dtype == dt.bool_):  # numpy's bool + is or
+        return _ANY[n].format(*args)
+    if n in _FLOAT and t in (dt.float32, dt.float64):
+        f32 = t == dt.float32
+        return _FLOAT[n].format(*args, f="f" if f32 else "", s="f" if f32 else "d")
     return None
 
 
