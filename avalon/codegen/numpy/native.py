@@ -19,9 +19,11 @@ build fails) a signature falls back to plain generated numpy code, with one warn
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import math
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -268,15 +270,25 @@ def _source(functions: list[str]) -> str:
     return HEADER + "\n\n".join(functions) + "\n"
 
 
+@functools.lru_cache(maxsize=1)
+def _cpu() -> str:
+    """What -march=native builds for: a library from another CPU's cache must not be loaded here."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        return "\n".join(ln for ln in info.splitlines() if ln.startswith(("model name", "flags", "Features")))[:8192]
+    except OSError:
+        return platform.machine() + platform.processor()
+
+
 def library_path(functions: list[str]) -> Path:
-    """Where the library of `functions` is cached (keyed by source, compiler and flags)."""
-    key = hashlib.sha256("\0".join([_source(functions), _compiler(), *FLAGS]).encode()).hexdigest()
+    """Where the library of `functions` is cached (keyed by source, compiler, flags and CPU)."""
+    key = hashlib.sha256("\0".join([_source(functions), _compiler(), *FLAGS, _cpu()]).encode()).hexdigest()
     return _cache_dir() / key[:2] / f"{key}.so"
 
 
 def build(functions: list[str]) -> ctypes.CDLL:
-    """One shared library with `functions`, from the disk cache or built now (libmvec first, then
-    plain libm if the platform has no vector math library)."""
+    """One shared library with `functions`, from the disk cache or built now: with libmvec first,
+    then plain libm (a platform without the vector math library), then without -march=native."""
     source, cc, path = _source(functions), _compiler(), library_path(functions)
     if path.exists():
         try:
@@ -289,9 +301,11 @@ def build(functions: list[str]) -> ctypes.CDLL:
         c_file, so = Path(d) / "runs.c", Path(d) / "runs.so"
         c_file.write_text(source)
         errors = []
-        for extra in (["-lmvec", "-lm"], ["-DAVALON_NO_MVEC", "-lm"]):
+        portable = [f for f in FLAGS if f != "-march=native"]  # compilers or CPUs without it
+        for flags, libs in ((FLAGS, ["-lmvec", "-lm"]), ([*FLAGS, "-DAVALON_NO_MVEC"], ["-lm"]),
+                            ([*portable, "-DAVALON_NO_MVEC"], ["-lm"])):
             try:
-                done = subprocess.run([cc, *FLAGS, str(c_file), "-o", str(so), *extra], capture_output=True,
+                done = subprocess.run([cc, *flags, str(c_file), "-o", str(so), *libs], capture_output=True,
                                       text=True, timeout=120)
             except (OSError, subprocess.TimeoutExpired) as e:
                 raise NativeUnavailable(f"cannot run the C compiler {cc!r}: {e}") from e
