@@ -183,3 +183,26 @@ def test_bool_arithmetic_stays_numpy():
     for got, want in zip(exe(a, c), interpret(g, a, c)):
         np.testing.assert_array_equal(got, want)
     assert not exe.emission.native
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+@pytest.mark.parametrize("hw,k", [((8, 6), 2), ((7, 9), 2), ((9, 9), 3), ((5, 4), 1)])
+def test_compiled_max_pool_and_its_gradient_are_the_reference_bit_for_bit(dtype, hw, k):
+    """Non-overlapping max pools as compiled loops: numpy's maximum chain (nan propagates) and dy to
+    the first tap equal to the max, with ties, nan windows and rows no window covers."""
+    g = Graph("f")
+    b = Builder(g)
+    h, w = hw
+    x = g.add_input(TensorType((2, 3, h, w), dtype), "x")
+    y = b("max_pool2d", x, kernel=[k, k], stride=[k, k], padding=[0, 0])
+    dy = g.add_input(TensorType(y.type.shape, dtype), "dy")
+    g.set_outputs([y, b("max_pool2d_grad", x, dy, kernel=[k, k], stride=[k, k], padding=[0, 0])])
+    exe = GeneratedExecutable(g, native=True)
+    assert exe.source.count("run") >= 2  # both compiled
+    rng = np.random.default_rng(k)
+    xs = rng.integers(-2, 3, (2, 3, h, w)).astype(dtype.replace("f", "float"))  # many ties
+    xs[0, 0, 0, 0] = np.nan
+    xs[1, 2, -1, -1] = np.nan
+    dys = rng.standard_normal(y.type.shape).astype(xs.dtype)
+    for got, want in zip(exe(xs, dys), interpret(g, xs, dys)):
+        assert np.array_equal(got, want, equal_nan=True)

@@ -150,19 +150,33 @@ class NativeRuns:
             gen.lines[start:] = ["    " + call]
 
 
+def _collapse(shape: tuple[int, ...], vectors: list[list[int]]) -> tuple[list[int], list[list[int]]]:
+    """Merge neighbouring loop dimensions wherever every operand steps through them as one (stride of
+    the outer = stride of the inner x its extent; broadcast ones step 0 in both), so the innermost loop
+    is as long as possible: a bias over NCHW becomes N*C x H*W, not four loops with a 24-long inner one."""
+    dims: list[tuple[int, list[int]]] = [(n, [v[d] for v in vectors]) for d, n in enumerate(shape)]
+    merged = [dims[-1]]
+    for n, ss in reversed(dims[:-1]):
+        inner_n, inner_ss = merged[0]
+        if all(s == si * inner_n for s, si in zip(ss, inner_ss)):
+            merged[0] = (n * inner_n, inner_ss)
+        else:
+            merged.insert(0, (n, ss))
+    return [n for n, _ in merged], [[ss[k] for _, ss in merged] for k in range(len(vectors))]
+
+
 def _function(gen: Generator, ops: list[Op], shape: tuple[int, ...]) -> str | None:
     """Write the run's C function into `gen.native` and return the line that calls it (None when an
     operand cannot be read from C)."""
     inside = set(ops)
     made = [r for op in ops for r in op.results]  # in op order: the source (and its cache key) is deterministic
     params: dict[str, tuple[str, bool]] = {}  # array name -> (C pointer name, written)
-    loads: list[str] = []
     names: dict[Value, str] = {}
-    strides = [math.prod(shape[d + 1:]) for d in range(len(shape))]
-    index = [f"i{d}" for d in range(len(shape))]
-    flat = " + ".join(f"i{d} * {s}" for d, s in enumerate(strides) if s) or "0"
+    full = [math.prod(shape[d + 1:]) for d in range(len(shape))]  # element strides of a full operand
+    loads: list[tuple[str, str, str, list[int]]] = []  # (C type, local, pointer, element strides)
+    stores: list[tuple[str, str, str]] = []  # (C type, pointer, local)
 
-    def pointer(name: str, t: dt.DType, written: bool) -> str:
+    def pointer(name: str, written: bool) -> str:
         if name not in params:
             params[name] = (f"p{len(params)}", written)
         elif written:
@@ -174,7 +188,6 @@ def _function(gen: Generator, ops: list[Op], shape: tuple[int, ...]) -> str | No
             return names[v]
         ref: Ref = gen.env[v]
         t = v.type.dtype
-        c = f"x{len(names)}"
         if ref.kind == "scalar":
             value = gen.consts.get(ref.expr)
             if value is None:
@@ -182,17 +195,15 @@ def _function(gen: Generator, ops: list[Op], shape: tuple[int, ...]) -> str | No
             names[v] = _literal(value, t)
             return names[v]
         if ref.kind == "array":
-            at = flat
+            vec = full
         else:  # a broadcast: the source's strides, 0 along stretched dimensions (numpy's right alignment)
             src = ref.source
             if src is None or src.dtype != t:
                 return None
             pad = (1,) * (len(shape) - src.rank) + tuple(src.shape)
-            sstr = [math.prod(pad[d + 1:]) for d in range(len(pad))]
-            at = " + ".join(f"i{d} * {sstr[d]}" for d in range(len(shape)) if pad[d] != 1 and sstr[d]) or "0"
-        p = pointer(ref.expr, t, False)
-        loads.append(f"{_CTYPE[t]} {c} = ((const {_CTYPE[t]} *){p})[{at}];")
-        names[v] = c
+            vec = [0 if pad[d] == 1 else math.prod(pad[d + 1:]) for d in range(len(shape))]
+        names[v] = c = f"x{len(loads)}"
+        loads.append((_CTYPE[t], c, pointer(ref.expr, False), vec))
         return c
 
     body: list[str] = []
@@ -203,7 +214,6 @@ def _function(gen: Generator, ops: list[Op], shape: tuple[int, ...]) -> str | No
         r = op.results[0]
         names[r] = f"v{k}"
         body.append(f"{_CTYPE[r.type.dtype]} v{k} = {_expr(op, args)};")
-    stores = []
     for r in made:
         users = [u for u, _ in r.uses]
         if all(u in inside for u in users) and users:
@@ -211,15 +221,20 @@ def _function(gen: Generator, ops: list[Op], shape: tuple[int, ...]) -> str | No
         ref = gen.env[r]
         if ref.kind != "array":
             return None
-        t = r.type.dtype
-        stores.append(f"(({_CTYPE[t]} *){pointer(ref.expr, t, True)})[{flat}] = {names[r]};")
+        stores.append((_CTYPE[r.type.dtype], pointer(ref.expr, True), names[r]))
     if _overlap(gen, params):
         return None
+    extents, (full_m, *load_m) = _collapse(shape, [full, *(vec for *_, vec in loads)])
+
+    def at(vec: list[int]) -> str:
+        return " + ".join(f"i{d} * {s}L" for d, s in enumerate(vec) if s) or "0"
     fn = f"run{len(gen.native)}"
     head = f"void {fn}(" + ", ".join(f"void *{p}" for p, _ in params.values()) + ") {"
-    loops = [f"for (long {i} = 0; {i} < {n}; {i}++)" for i, n in zip(index, shape)]
+    loops = [f"for (long i{d} = 0; i{d} < {n}L; i{d}++)" for d, n in enumerate(extents)]
     loops[-1] = "_Pragma(\"omp simd\") " + loops[-1]
-    src = "\n".join([head, *loops, "{", *loads, *body, *stores, "}", "}"])
+    src = "\n".join([head, *loops, "{",
+                     *(f"{c} {x} = ((const {c} *){p})[{at(m)}];" for (c, x, p, _), m in zip(loads, load_m)),
+                     *body, *(f"(({c} *){p})[{at(full_m)}] = {x};" for c, p, x in stores), "}", "}"])
     gen.native.append((src, len(params)))
     outputs = {name for name, (_, w) in params.items() if w}
     args = [f"{name}.ctypes.data" if name in outputs or name in gen.views else f"N.ptr({name})" for name in params]
@@ -324,3 +339,48 @@ def bind(lib: ctypes.CDLL, arities: list[int], ns: dict[str, Any]) -> None:
         f = getattr(lib, f"run{k}")
         f.argtypes, f.restype = [ctypes.c_void_p] * n, None
         ns[f"run{k}"] = f
+
+
+def _pool_body(t: dt.DType, shape: tuple[int, ...], kh: int, kw: int, oh: int, ow: int, grad: bool) -> str:
+    """Loops over non-overlapping kh x kw windows: the max as numpy's chain of maximums in tap order
+    (nan propagates) and, for the gradient, dy to the first tap equal to it (a nan max: the first nan).
+    The taps are read into locals once; input, dy and output never overlap (restrict)."""
+    c = _CTYPE[t]
+    n, ch, h, w = shape
+    taps = [a * w + b for a in range(kh) for b in range(kw)]
+    lines = [f"const {c} *restrict x = px; {c} *restrict o = po;"]
+    u = "unsigned int" if t == dt.float32 else "unsigned long long"  # dy's bits, masked: no branch per tap
+    if grad:
+        lines = [f"const {c} *restrict x = px; {u} *restrict o = po; const {u} *restrict dy = pdy;"]
+        if h != kh * oh or w != kw * ow:  # rows/columns no window covers
+            lines.append(f"for (long k = 0; k < {n * ch * h * w}L; k++) o[k] = 0;")
+    lines += [f"for (long nc = 0; nc < {n * ch}L; nc++)", f"for (long i = 0; i < {oh}L; i++)",
+              f"for (long j = 0; j < {ow}L; j++) {{",
+              f"long base = nc * {h * w}L + i * {kh * w}L + j * {kw}L;",
+              *(f"{c} t{k} = x[base + {off}L];" for k, off in enumerate(taps)), f"{c} m = t0;",
+              *(f"m = NPMAX(m, t{k});" for k in range(1, len(taps)))]
+    if not grad:
+        lines.append(f"o[(nc * {oh}L + i) * {ow}L + j] = m;")
+    else:
+        lines.append(f"{u} g = dy[(nc * {oh}L + i) * {ow}L + j]; {u} seen = 0, eq;")
+        for k, off in enumerate(taps):  # a data-dependent select compiles to a branch: ~20x slower here
+            lines.append(f"eq = ({u})((t{k} == m) | ((m != m) & (t{k} != t{k}))); "
+                         f"o[base + {off}L] = g & (0 - (eq & ~seen)); seen |= eq;")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def pool_call(gen: Generator, op: Op, args: list[Ref], out: str) -> str | None:
+    """The call line of a compiled non-overlapping max pool (forward or gradient), else None."""
+    t = op.results[0].type.dtype
+    if t not in (dt.float32, dt.float64) or any(a.lazy for a in args):
+        return None
+    kh, kw = op.attrs["kernel"]
+    x_shape = tuple(op.operands[0].type.shape)
+    oh, ow = (op.operands[1].type.shape if op.name == "max_pool2d_grad" else op.results[0].type.shape)[2:]
+    grad = op.name == "max_pool2d_grad"
+    fn = f"run{len(gen.native)}"
+    params = "void *px, void *pdy, void *po" if grad else "void *px, void *po"
+    gen.native.append((f"void {fn}({params}) {{\n{_pool_body(t, x_shape, kh, kw, oh, ow, grad)}\n}}", 3 if grad else 2))
+    ins = [f"{a.expr}.ctypes.data" if a.expr in gen.views else f"N.ptr({a.expr})" for a in args]
+    return f"{fn}({', '.join(ins)}, {out}.ctypes.data)"

@@ -264,12 +264,27 @@ def _tiles(op: Op) -> bool:
 
 @register(("max_pool2d",), _tiles, inplace=False)
 def _max_pool2d(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
+    if _native_pool(gen, op, args, out):
+        return
     kh, kw = op.attrs["kernel"]
     gen.line(f"K.max_pool2d_tiles({gen.array(args[0])}, {kh}, {kw}, {out})")
 
 
+def _native_pool(gen: Generator, op: Op, args: list[Ref], out: str) -> bool:
+    """backend='cpu': the pool as one compiled loop over its windows (`native.pool_call`)."""
+    if not gen.native_runs:
+        return False
+    from .native import pool_call
+    line = pool_call(gen, op, args, out)
+    if line is not None:
+        gen.line(line)
+    return line is not None
+
+
 @register(("max_pool2d_grad",), _tiles, inplace=False)
 def _max_pool2d_grad(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
+    if _native_pool(gen, op, args, out):
+        return
     kh, kw = op.attrs["kernel"]
     dt_ = op.operands[1].type
     m, _ = gen.scratch(dt_.shape, dt_.dtype.np)
