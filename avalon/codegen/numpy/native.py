@@ -4,8 +4,10 @@ numpy runs one pass over memory per op; a fused group's chain of elementwise ops
 log-likelihood and its gradient, a sigmoid, a bias + relu epilogue) costs a dozen passes where one
 loop would do. With `native`, the generator collects each run of consecutive elementwise ops of a
 group that share one shape (splats and broadcasts join it), writes the run as one C function (its
-values in registers, only the values read after the run stored), and calls it instead of the
-run's numpy lines; the system C compiler builds all of a signature's functions into one shared
+values in registers, only the values read after the run stored, loop dimensions merged where every
+operand allows), and calls it instead of the run's numpy lines; non-overlapping max pools and their
+gradients become one loop over the windows too (bit for bit the reference's, which takes a dozen
+strided passes). The system C compiler builds all of a signature's functions into one shared
 library, cached on disk (`<AVALON_CACHE_DIR or ~/.cache/avalon>/native/`, written atomically, a
 library that fails to load is rebuilt).
 
