@@ -2,7 +2,7 @@
 jax.jit when installed), in one process, rounds interleaved, 2 threads, medians.
 
     OPENBLAS_CORETYPE= OPENBLAS_L2_SIZE= python benchmarks/cpu_step.py [--rounds 10] [--steps 5] [--threads 2]
-                                                                      [--torch-compile] [--no-jax] [--check]
+                                                                      [--torch-compile] [--no-jax] [--check] [--native]
 
 (unset both OpenBLAS variables for this command only: they pin an older kernel on some CPUs.)
 Each round times `--steps` steps of every contender in turn (after one untimed step, which absorbs the
