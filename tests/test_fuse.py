@@ -388,7 +388,7 @@ def test_an_instance_policy_and_the_options():
     finally:
         fuse_mod.set_policy(None)
     assert [op.name for op in g.ops] == ["exp", "sum"]
-    with pytest.raises(passes.PipelineError, match="max-ops: int = 32"):
+    with pytest.raises(passes.PipelineError, match="max-ops: int = -1"):
         passes.PassManager.parse("fuse{max-op=3}")
 
 

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_numpy_codegen import _inputs, chains
 
 import avalon as av
@@ -206,3 +207,132 @@ def test_compiled_max_pool_and_its_gradient_are_the_reference_bit_for_bit(dtype,
     dys = rng.standard_normal(y.type.shape).astype(xs.dtype)
     for got, want in zip(exe(xs, dys), interpret(g, xs, dys)):
         assert np.array_equal(got, want, equal_nan=True)
+
+
+# -- loop nests: backend='cpu' groups a whole chain with its sums, one compiled loop computes it -----------
+
+def _cpu(g: Graph) -> GeneratedExecutable:
+    """`g` through the default pipeline for the cpu target and the cpu backend's compile."""
+    from avalon.codegen.numpy.backend import CpuBackend
+    from avalon.codegen.numpy.loops import CPU
+    PassManager.parse(DEFAULT_PIPELINE, target=CPU).run(g)
+    return CpuBackend().compile(g)
+
+
+def _near(got: np.ndarray, want: np.ndarray, what: str) -> None:
+    """Sums add in another order (a double accumulator per loop, numpy's pairwise float sums): compare
+    within a tolerance of the output's magnitude, not ulps."""
+    assert got.dtype == want.dtype and got.shape == want.shape, what
+    tol = 1e-10 if got.dtype == np.float64 else 5e-5
+    finite = np.abs(want[np.isfinite(want)])
+    scale = max(float(finite.max()) if finite.size else 0.0, 1.0)
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale, equal_nan=True, err_msg=what)
+
+
+@st.composite
+def loop_nests(draw) -> Graph:
+    """Elementwise chains over one shape with row and scalar broadcasts and selects, sums of chain
+    values over drawn axes (kept or dropped), ops on the sums, and sums read back into the chain."""
+    shape = draw(st.sampled_from([(3, 5), (4, 1, 6), (2, 3, 4), (1, 7), (6,), (5, 2, 1)]))
+    dtype = draw(st.sampled_from(["f32", "f64"]))
+    g = Graph("f")
+    b = Builder(g)
+    vals = [g.add_input(TensorType(shape, dtype), n) for n in "xy"]
+    row = g.add_input(TensorType(shape[-1:], dtype), "row")
+    outs = []
+    for _ in range(draw(st.integers(3, 14))):
+        kind = draw(st.sampled_from(["unary", "binary", "binary", "where", "sum", "sum", "read back"]))
+        a = draw(st.sampled_from(vals))
+        other = draw(st.sampled_from([*vals, "row", "scalar"]))
+        if other == "row":
+            other = b("broadcast", row, shape=list(shape))
+        elif other == "scalar":
+            other = b.constant(draw(st.sampled_from([0.5, -2.0, 3.0])), shape, dtype)
+        axes = draw(st.lists(st.integers(0, len(shape) - 1), min_size=1, max_size=len(shape), unique=True))
+        if kind == "unary":
+            vals.append(b(draw(st.sampled_from(["neg", "exp", "tanh", "sigmoid", "abs", "relu", "log"])), a))
+        elif kind == "binary":
+            vals.append(b(draw(st.sampled_from(["add", "sub", "mul", "maximum", "div"])), a, other))
+        elif kind == "where":
+            vals.append(b("where", b("gt", a, other), a, other))
+        elif kind == "sum":
+            s = b("sum", a, axes=axes, keepdims=draw(st.booleans()))
+            outs.append(b("mul", s, b.constant(0.5, s.type.shape, dtype)) if draw(st.booleans()) else s)
+        else:  # a sum read back: the loop must end before the value reading it
+            s = b("sum", a, axes=axes, keepdims=True)
+            vals.append(b("sub", a, b("broadcast", s, shape=list(shape))))
+    g.set_outputs(draw(st.lists(st.sampled_from(vals[2:] + outs or vals), min_size=1, max_size=5)))
+    return g
+
+
+@settings(max_examples=60, deadline=None)
+@given(loop_nests(), st.integers(0, 3))
+def test_loops_with_sums_match_the_interpreter(g, seed):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(native, "MIN_ELEMENTS", 0)
+        exe = _cpu(g)
+        args = _inputs(g, seed)
+        want = interpret(g, *args)
+        for _ in range(2):  # twice: sums must start from zero every call
+            for k, (a, w) in enumerate(zip(exe(*args), want)):
+                _near(a, w, f"output #{k} of\n{g}\n{exe.source}")
+
+
+def _decoder_loss(dtype: str = "f32") -> Graph:
+    """A VAE decoder's last layer and loss, by hand: bias + sigmoid, a clamped log-likelihood, its
+    full sum, the gradient and its column sum (the bias gradient)."""
+    g = Graph("f")
+    b = Builder(g)
+    n, k, m = 16, 8, 300
+    h, w = g.add_input(TensorType((n, k), dtype), "h"), g.add_input(TensorType((k, m), dtype), "w")
+    bias, x = g.add_input(TensorType((m,), dtype), "bias"), g.add_input(TensorType((n, m), dtype), "x")
+    s = b("sigmoid", b("add", b("matmul", h, w), b("broadcast", bias, shape=[n, m])))
+    one = b.constant(1.0, (n, m), dtype)
+    floor = b.constant(-100.0, (n, m), dtype)
+    ll = b("add", b("mul", x, b("maximum", b("log", s), floor)),
+           b("mul", b("sub", one, x), b("maximum", b("log", b("sub", one, s)), floor)))
+    loss = b("neg", b("sum", ll, axes=[0, 1], keepdims=False))
+    dz = b("sub", s, x)
+    g.set_outputs([loss, dz, b("sum", dz, axes=[0], keepdims=False)])
+    return g
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_a_loss_and_its_gradient_are_one_group_and_one_loop(dtype):
+    g = _decoder_loss(dtype)
+    exe = _cpu(g)
+    groups = [op for op in g.ops if op.name == "fusion"]
+    assert len(groups) == 1, g  # the default kinds make three groups of it (see the next test)
+    src = exe.source
+    assert src.count("void run") == 1 and "reduction(+:a0)" in src and "+= " in src, src
+    args = _inputs(g, 4)
+    args[3] = np.random.default_rng(4).random((16, 300)).astype(args[3].dtype)  # targets in [0, 1)
+    want = interpret(g, *args)
+    for _ in range(2):
+        for k, (a, w) in enumerate(zip(exe(*args), want)):
+            _near(a, w, f"output #{k}")
+
+
+def test_the_default_kinds_refuse_what_a_loop_takes():
+    """The Triton kinds keep a contraction and reductions apart; the cpu target says why it takes them."""
+    from avalon.codegen.numpy.loops import CPU, LOOP
+    from avalon.passes.target import KernelGroup
+    g = _decoder_loss()
+    ops = [op for op in g.ops if op.name != "constant"]
+    group = KernelGroup.of(ops, list(g.outputs))
+    assert not NUMPY.classify(group) and "cannot share a kernel" in NUMPY.classify(group).reason
+    assert CPU.classify(group).name == "loop" and CPU.classify(group).ok
+    two = KernelGroup.of(ops + [op for op in ops if op.name == "matmul"], list(g.outputs))
+    assert "one contraction" in next(LOOP.issues(two)).text
+
+
+def test_a_sum_whose_storage_another_array_shares_stays_numpy(monkeypatch):
+    """The loop zeroes a sum's storage first: if a dead value's slot was reused for it, numpy's passes run."""
+    g = _decoder_loss()
+    src = _cpu(g).source
+    monkeypatch.setattr(native, "_shared_sum", lambda *a: True)
+    exe2 = _cpu(_decoder_loss())
+    assert "reduction(+:" in src and "reduction(+:" not in exe2.source
+    args = _inputs(g, 5)
+    for a, w in zip(exe2(*args), interpret(g, *args)):
+        _near(a, w, "numpy passes")

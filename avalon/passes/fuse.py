@@ -431,14 +431,14 @@ class _Fuser:
 class Fuse:
     """Group top-level ops into fusion ops, one kernel each (see `avalon.passes.fuse`).
 
-    `max_ops` bounds a region's size; `fuel` performs only the first N fusions (-1: all), for
-    bisecting a wrong fusion; `epilogue`/`reductions` let matmuls/convs and reductions join groups;
-    `policy` names a registered fusion policy (`register_policy`). The pipeline's `target` says which
-    groups its backend compiles as one kernel."""
+    `max_ops` bounds a region's size (-1: the target's `max_group_ops`); `fuel` performs only the
+    first N fusions (-1: all), for bisecting a wrong fusion; `epilogue`/`reductions` let matmuls/convs
+    and reductions join groups; `policy` names a registered fusion policy (`register_policy`). The
+    pipeline's `target` says which groups its backend compiles as one kernel."""
 
     name = "fuse"
     version = 1
-    max_ops: int = 32
+    max_ops: int = -1
     fuel: int = -1
     epilogue: bool = True
     reductions: bool = True
@@ -451,9 +451,10 @@ class Fuse:
             raise ValueError(f"fuse: {e}") from None
         if target is not None:
             pol.target = target
-        seeded = outline_seed_groups(graph, pol, self.max_ops, self.fuel)
+        max_ops = self.max_ops if self.max_ops >= 0 else pol.target.max_group_ops
+        seeded = outline_seed_groups(graph, pol, max_ops, self.fuel)
         fuel = self.fuel if self.fuel < 0 else self.fuel - seeded
-        return _Fuser(graph, pol, self.max_ops, fuel).run() or seeded > 0
+        return _Fuser(graph, pol, max_ops, fuel).run() or seeded > 0
 
 
 def outline_seed_groups(graph: Graph, policy: FusionPolicy, max_ops: int, fuel: int) -> int:

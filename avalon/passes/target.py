@@ -255,6 +255,7 @@ class Target:
     kinds: tuple[str, ...] = ("contraction", "reduction", "pointwise")
     memory_plan: bool = True
     strided_traits: tuple[str, ...] = field(default=_STRIDED_TRAITS)
+    max_group_ops: int = 32  # the `fuse` pass's default `max-ops`: a Triton kernel's size bounds its compile time
 
     def classify(self, g: KernelGroup) -> Kind:
         """The kind of kernel that computes `g` and whether it can (see `Kind`)."""

@@ -23,6 +23,7 @@ from avalon.passes.memory_plan import MemoryPlan, plan_memory
 from avalon.passes.target import Target
 
 from .generator import Emission, generate
+from .loops import CPU, schedule
 
 log = get_logger("numpy")
 
@@ -144,6 +145,13 @@ class CpuBackend(NumpyBackend):
 
     name = "cpu"
     native = True
+    target = CPU
+
+    def compile(self, graph: Graph) -> GeneratedExecutable:
+        from .native import eligible, reducible
+        for op in fusion_groups(graph):
+            schedule(op.regions[0], eligible, reducible)
+        return super().compile(graph)
 
 
 class _Donor:

@@ -119,6 +119,7 @@ class Generator:
         self.native_runs = native  # compile elementwise runs of groups to C (`native`)
         self.native: list[tuple[str, int]] = []  # their C functions (source, pointer arguments)
         self.run_start: int | None = None  # first line of the open native run (allocations go before it)
+        self.run_freed: list[int] = []  # slots freed while a run is open: reused only once it is closed
         self.donated = dict(donated or {})
         self.donation: dict[Value, int] = {}  # output value -> the input whose array it is written into
         self.lines: list[str] = []
@@ -219,13 +220,23 @@ class Generator:
         if self.refs[s] == 0:
             del self.refs[s]
             if s >= 0:  # a lent buffer stays lent until its top-level op ends
-                self.free_slots.append(s)
+                self._free(s)
 
     def end_op(self) -> None:
         for s in self.op_scratch:
             if s >= 0:
-                self.free_slots.append(s)
+                self._free(s)
         self.op_scratch = []
+
+    def _free(self, s: int) -> None:
+        """Make slot `s` reusable; while a native run is open, only once it closes: its ops become one
+        loop, which reads and writes all of their storage in each iteration."""
+        (self.free_slots if self.run_start is None else self.run_freed).append(s)
+
+    def close_run(self) -> None:
+        self.run_start = None
+        self.free_slots += self.run_freed
+        self.run_freed = []
 
     def is_planned(self, v: Value) -> bool:
         plan = self.plan

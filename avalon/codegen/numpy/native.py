@@ -38,6 +38,7 @@ import numpy as np
 from avalon.channels import get_logger
 from avalon.ir import Op, Value
 from avalon.ir import dtypes as dt
+from avalon.passes.target import reduced_axes
 
 from .generator import Generator, Ref
 
@@ -59,6 +60,7 @@ _FLOAT = {"exp": "exp{f}({0})", "log": "log{f}({0})", "sqrt": "sqrt{f}({0})", "t
 """C forms of float ops; {f} is libm's float suffix, {s} the sigmoid helper's."""
 
 HEADER = r"""#include <math.h>
+#include <string.h>
 #ifndef AVALON_NO_MVEC
 #pragma omp declare simd notinbranch
 extern float expf(float);
@@ -71,6 +73,13 @@ extern double log(double);
 #endif
 #define NPMAX(a, b) (((a) >= (b) || (a) != (a)) ? (a) : (b))
 #define NPMIN(a, b) (((a) <= (b) || (a) != (a)) ? (a) : (b))
+/* where as a select of bits: a branch-free form gcc vectorizes beside sums (a ?: does not always) */
+static inline float self(int c, float a, float b) {
+    unsigned m = -(unsigned)(c != 0), x, y;
+    memcpy(&x, &a, 4); memcpy(&y, &b, 4); x = (x & m) | (y & ~m); memcpy(&a, &x, 4); return a; }
+static inline double seld(int c, double a, double b) {
+    unsigned long m = -(unsigned long)(c != 0), x, y;
+    memcpy(&x, &a, 8); memcpy(&y, &b, 8); x = (x & m) | (y & ~m); memcpy(&a, &x, 8); return a; }
 static inline float sigf(float x) { float e = expf(-fabsf(x)); return (x >= 0.0f ? 1.0f : e) / (1.0f + e); }
 static inline double sigd(double x) { double e = exp(-fabs(x)); return (x >= 0.0 ? 1.0 : e) / (1.0 + e); }
 """
@@ -85,6 +94,8 @@ def _expr(op: Op, args: list[str]) -> str | None:
     t, n = op.results[0].type.dtype, op.name
     if n == "cast":
         return f"({args[0]} != 0)" if t == dt.bool_ else f"(({_CTYPE[t]}){args[0]})"
+    if n == "where" and t in (dt.float32, dt.float64):
+        return f"sel{'f' if t == dt.float32 else 'd'}({args[0]}, {args[1]}, {args[2]})"
     if n in _ANY and not (n in _ARITH and op.operands[0].type.dtype == dt.bool_):  # numpy's bool + is or
         return _ANY[n].format(*args)
     if n in _FLOAT and t in (dt.float32, dt.float64):
@@ -103,6 +114,17 @@ def eligible(op: Op) -> tuple[int, ...] | None:
         return None
     shape = tuple(op.results[0].type.shape)
     return shape if shape else None
+
+
+def reducible(op: Op) -> tuple[int, ...] | None:
+    """The shape of a run a sum can close over (its float operand's), else None: the loop adds each
+    element into its accumulator (see `_function`)."""
+    if op.name != "sum" or op.regions:
+        return None
+    x, r = op.operands[0].type, op.results[0].type
+    if x.dtype not in (dt.float32, dt.float64) or r.dtype != x.dtype or x.layout is not None or r.layout is not None:
+        return None
+    return tuple(x.shape) or None
 
 
 def transparent(op: Op) -> bool:
@@ -133,8 +155,8 @@ class NativeRuns:
     def before(self, op: Op) -> None:
         if transparent(op):
             return
-        shape = eligible(op)
-        if self.shape is not None and shape != self.shape:
+        shape = eligible(op) or reducible(op)
+        if self.shape is not None and (shape != self.shape or self._reads_sum(op)):
             self.close()
         if shape is not None and self.shape is None:
             self.shape = shape
@@ -142,9 +164,22 @@ class NativeRuns:
         if shape is not None:
             self.ops.append(op)
 
+    def _reads_sum(self, op: Op) -> bool:
+        """Does `op` read (through broadcasts) a sum of the open run? Its value exists once the loop ends."""
+        sums = {r for o in self.ops if o.name == "sum" for r in o.results}
+        todo = list(op.operands)
+        while todo:
+            v = todo.pop()
+            if v in sums:
+                return True
+            if v.op is not None and transparent(v.op):
+                todo.extend(v.op.operands)
+        return False
+
     def close(self) -> None:
         gen, ops, shape, start = self.gen, self.ops, self.shape, self.gen.run_start
-        self.ops, self.shape, gen.run_start = [], None, None
+        self.ops, self.shape = [], None
+        gen.close_run()
         if not ops or start is None or math.prod(shape) < MIN_ELEMENTS or len(ops) < 2:
             return
         call = _function(gen, ops, shape)
@@ -171,7 +206,7 @@ def _function(gen: Generator, ops: list[Op], shape: tuple[int, ...]) -> str | No
     """Write the run's C function into `gen.native` and return the line that calls it (None when an
     operand cannot be read from C)."""
     inside = set(ops)
-    made = [r for op in ops for r in op.results]  # in op order: the source (and its cache key) is deterministic
+    made = [r for op in ops if op.name != "sum" for r in op.results]  # in op order: the source is deterministic
     params: dict[str, tuple[str, bool]] = {}  # array name -> (C pointer name, written)
     names: dict[Value, str] = {}
     full = [math.prod(shape[d + 1:]) for d in range(len(shape))]  # element strides of a full operand
@@ -209,11 +244,21 @@ def _function(gen: Generator, ops: list[Op], shape: tuple[int, ...]) -> str | No
         return c
 
     body: list[str] = []
+    sums: list[tuple[str, str, str, list[int], int]] = []  # (C type, pointer, addend, result strides, elements)
     for k, op in enumerate(ops):
         args = [operand(v) for v in op.operands]
         if any(a is None for a in args):
             return None
         r = op.results[0]
+        if op.name == "sum":
+            ref = gen.env[r]
+            if ref.kind != "array":
+                return None
+            axes = set(reduced_axes(op))
+            kept = [1 if d in axes else n for d, n in enumerate(shape)]
+            vec = [0 if d in axes else math.prod(kept[d + 1:]) for d in range(len(shape))]
+            sums.append((_CTYPE[r.type.dtype], pointer(ref.expr, True), args[0], vec, math.prod(kept)))
+            continue
         names[r] = f"v{k}"
         body.append(f"{_CTYPE[r.type.dtype]} v{k} = {_expr(op, args)};")
     for r in made:
@@ -224,19 +269,34 @@ def _function(gen: Generator, ops: list[Op], shape: tuple[int, ...]) -> str | No
         if ref.kind != "array":
             return None
         stores.append((_CTYPE[r.type.dtype], pointer(ref.expr, True), names[r]))
-    if _overlap(gen, params):
+    if _overlap(gen, params) or _shared_sum(gen, params, {p for _, p, *_ in sums}):
         return None
-    extents, (full_m, *load_m) = _collapse(shape, [full, *(vec for *_, vec in loads)])
+    extents, (full_m, *rest) = _collapse(shape, [full, *(vec for *_, vec in loads), *(s[3] for s in sums)])
+    load_m, sum_m = rest[:len(loads)], rest[len(loads):]
+    depth = len(extents)
+    # a sum accumulates in a double declared above the innermost run of loops it reduces (its suffix),
+    # added into its result when that run ends; a sum whose innermost loop is kept adds into memory
+    suffix = [next((d for d in range(depth) if not any(m[d:])), depth) for m in sum_m]
 
     def at(vec: list[int]) -> str:
         return " + ".join(f"i{d} * {s}L" for d, s in enumerate(vec) if s) or "0"
     fn = f"run{len(gen.native)}"
     head = f"void {fn}(" + ", ".join(f"void *{p}" for p, _ in params.values()) + ") {"
-    loops = [f"for (long i{d} = 0; i{d} < {n}L; i{d}++)" for d, n in enumerate(extents)]
-    loops[-1] = "_Pragma(\"omp simd\") " + loops[-1]
-    src = "\n".join([head, *loops, "{",
-                     *(f"{c} {x} = ((const {c} *){p})[{at(m)}];" for (c, x, p, _), m in zip(loads, load_m)),
-                     *body, *(f"(({c} *){p})[{at(full_m)}] = {x};" for c, p, x in stores), "}", "}"])
+    lines = [head, *(f"for (long z = 0; z < {n}L; z++) (({c} *){p})[z] = 0;" for c, p, _, _, n in sums)]
+    accs = [f"a{j}" for j, d in enumerate(suffix) if d < depth]
+    for d, n in enumerate(extents):
+        lines += [f"double a{j} = 0;" for j, s in enumerate(suffix) if s == d]
+        simd = "_Pragma(\"omp simd" + (f" reduction(+:{', '.join(accs)})" if accs else "") + "\") "
+        lines.append((simd if d == depth - 1 else "") + f"for (long i{d} = 0; i{d} < {n}L; i{d}++) {{")
+    lines += [f"{c} {x} = ((const {c} *){p})[{at(m)}];" for (c, x, p, _), m in zip(loads, load_m)]
+    lines += body + [f"(({c} *){p})[{at(full_m)}] = {x};" for c, p, x in stores]
+    lines += [f"(({c} *){p})[{at(m)}] += {x};" for (c, p, x, _, _), m, d in zip(sums, sum_m, suffix) if d == depth]
+    lines += [f"a{j} += {x};" for j, ((_, _, x, _, _), d) in enumerate(zip(sums, suffix)) if d < depth]
+    for d in reversed(range(depth)):
+        lines.append("}")
+        lines += [f"(({c} *){p})[{at(m)}] += ({c})a{j};"
+                  for j, ((c, p, _, _, _), m, s) in enumerate(zip(sums, sum_m, suffix)) if s == d]
+    src = "\n".join([*lines, "}"])
     gen.native.append((src, len(params)))
     outputs = {name for name, (_, w) in params.items() if w}
     args = [f"{name}.ctypes.data" if name in outputs or name in gen.views else f"N.ptr({name})" for name in params]
@@ -258,6 +318,21 @@ def _overlap(gen: Generator, params: dict[str, tuple[str, bool]]) -> bool:
             homes.setdefault((v.pool, v.index), []).append((name, (v.type.shape, v.type.dtype.np.itemsize)))
     return any(len(m) > 1 and any(params[n][1] for n, _ in m) and len({layout for _, layout in m}) > 1
                for m in homes.values())
+
+
+def _shared_sum(gen: Generator, params: dict[str, tuple[str, bool]], sum_ptrs: set[str]) -> bool:
+    """Does a sum's result share its storage with another array of the loop? The loop zeroes it first
+    and adds into it throughout, so no other name may live there (a dead value's slot, reused)."""
+    homes: dict[tuple[str, int], int] = {}
+    for name in params:
+        v = gen.views.get(name)
+        if v is not None:
+            homes[(v.pool, v.index)] = homes.get((v.pool, v.index), 0) + 1
+    for name, (p, _) in params.items():
+        v = gen.views.get(name)
+        if p in sum_ptrs and v is not None and homes[(v.pool, v.index)] > 1:
+            return True
+    return False
 
 
 def ptr(a: np.ndarray) -> int:
