@@ -140,8 +140,9 @@ class NumpyBackend:
 
 class CpuBackend(NumpyBackend):
     """`backend="cpu"`: the numpy backend with groups' elementwise runs compiled to C loops by the
-    system compiler (`avalon.codegen.numpy.native`): faster, but exp/log are ulps from the reference
-    (checked within float tolerance, as the Triton backend is)."""
+    system compiler (`avalon.codegen.numpy.native`), f32/f64 `random` ops as one compiled call each
+    (`native_random`): faster, but exp/log/cos are ulps from the reference (checked within float
+    tolerance, as the Triton backend is; uniform random numbers stay bit for bit)."""
 
     name = "cpu"
     native = True

@@ -75,7 +75,7 @@ class Emission:
     slots: list[int]
     stats: dict[str, int] = field(default_factory=dict)
     donated: list[int] = field(default_factory=list)  # outputs written into their donated inputs
-    native: list[tuple[str, int]] = field(default_factory=list)  # C functions of compiled runs (`native`)
+    native: list[tuple[str, int | str]] = field(default_factory=list)  # C functions (`native.bind`'s arities)
 
     def link(self) -> Callable[..., tuple[Any, ...]]:
         """Allocate the buffers and slots once and compile the source into its function."""
@@ -117,7 +117,7 @@ class Generator:
                  native: bool = False):
         self.graph, self.plan, self.target = graph, plan, target
         self.native_runs = native  # compile elementwise runs of groups to C (`native`)
-        self.native: list[tuple[str, int]] = []  # their C functions (source, pointer arguments)
+        self.native: list[tuple[str, int | str]] = []  # their C functions (source, arity: see `native.bind`)
         self.run_start: int | None = None  # first line of the open native run (allocations go before it)
         self.run_freed: list[int] = []  # slots freed while a run is open: reused only once it is closed
         self.donated = dict(donated or {})

@@ -12,7 +12,7 @@ library, cached on disk (`<AVALON_CACHE_DIR or ~/.cache/avalon>/native/`, writte
 library that fails to load is rebuilt).
 
 Arithmetic is IEEE as numpy's (+ - * / sqrt correctly rounded, maximum/minimum propagate nan,
-comparisons false on nan), but exp/log come from glibc's vector math library (libmvec, reached through
+comparisons false on nan), but exp/log/cos come from glibc's vector math library (libmvec, reached through
 `omp declare simd` declarations, so no -ffast-math) and other functions from libm: ulps away from
 numpy's own loops. The numpy backend stays bit-exact with the reference interpreter; this one is
 checked against it within float tolerance, like the Triton backend. Without a C compiler (or if a
@@ -70,6 +70,8 @@ extern float logf(float);
 extern double exp(double);
 #pragma omp declare simd notinbranch
 extern double log(double);
+#pragma omp declare simd notinbranch
+extern double cos(double);
 #endif
 #define NPMAX(a, b) (((a) >= (b) || (a) != (a)) ? (a) : (b))
 #define NPMIN(a, b) (((a) <= (b) || (a) != (a)) ? (a) : (b))
@@ -410,11 +412,17 @@ def build(functions: list[str]) -> ctypes.CDLL:
     return ctypes.CDLL(str(path))
 
 
-def bind(lib: ctypes.CDLL, arities: list[int], ns: dict[str, Any]) -> None:
-    """Put `run0`, `run1`, ... of `lib` into the generated module's globals (pointer arguments)."""
+_ARGTYPES = {"p": ctypes.c_void_p, "u": ctypes.c_uint32}
+
+
+def bind(lib: ctypes.CDLL, arities: list[int | str], ns: dict[str, Any]) -> None:
+    """Put `run0`, `run1`, ... of `lib` into the generated module's globals. An arity is a number of
+    pointer arguments, or one code per argument, "p" a pointer and "u" a uint32 (a compiled random
+    op's keys, `native_random`)."""
     for k, n in enumerate(arities):
         f = getattr(lib, f"run{k}")
-        f.argtypes, f.restype = [ctypes.c_void_p] * n, None
+        f.argtypes = [ctypes.c_void_p] * n if isinstance(n, int) else [_ARGTYPES[c] for c in n]
+        f.restype = None
         ns[f"run{k}"] = f
 
 
