@@ -89,6 +89,7 @@ class Emission:
         for name, v in self.views.items():
             raw = pools[v.pool][v.index]
             ns[name] = raw[: host_bytes(v.type)].view(v.type.dtype.np).reshape(v.type.shape)
+            ns[name + "_p"] = raw.ctypes.data  # for compiled calls (`native.address`)
         code = compile(self.source, f"<avalon numpy @{self.name}>", "exec")
         exec(code, ns)
         return ns[self.name]

@@ -301,7 +301,7 @@ def _function(gen: Generator, ops: list[Op], shape: tuple[int, ...]) -> str | No
     src = "\n".join([*lines, "}"])
     gen.native.append((src, len(params)))
     outputs = {name for name, (_, w) in params.items() if w}
-    args = [f"{name}.ctypes.data" if name in outputs or name in gen.views else f"N.ptr({name})" for name in params]
+    args = [address(gen, name) if name in outputs or name in gen.views else f"N.ptr({name})" for name in params]
     return f"{fn}({', '.join(args)})"
 
 
@@ -335,6 +335,12 @@ def _shared_sum(gen: Generator, params: dict[str, tuple[str, bool]], sum_ptrs: s
         if p in sum_ptrs and v is not None and homes[(v.pool, v.index)] > 1:
             return True
     return False
+
+
+def address(gen: Generator, name: str) -> str:
+    """The address of an array the generated code owns: a buffer or slot view's is a constant of the
+    linked module (`<name>_p`: reading `.ctypes.data` costs ~1 us a call); a fresh array's is read."""
+    return f"{name}_p" if name in gen.views else f"{name}.ctypes.data"
 
 
 def ptr(a: np.ndarray) -> int:
@@ -467,5 +473,5 @@ def pool_call(gen: Generator, op: Op, args: list[Ref], out: str) -> str | None:
     fn = f"run{len(gen.native)}"
     params = "void *px, void *pdy, void *po" if grad else "void *px, void *po"
     gen.native.append((f"void {fn}({params}) {{\n{_pool_body(t, x_shape, kh, kw, oh, ow, grad)}\n}}", 3 if grad else 2))
-    ins = [f"{a.expr}.ctypes.data" if a.expr in gen.views else f"N.ptr({a.expr})" for a in args]
-    return f"{fn}({', '.join(ins)}, {out}.ctypes.data)"
+    ins = [address(gen, a.expr) if a.expr in gen.views else f"N.ptr({a.expr})" for a in args]
+    return f"{fn}({', '.join(ins)}, {address(gen, out)})"

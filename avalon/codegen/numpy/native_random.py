@@ -23,6 +23,7 @@ from avalon.ir import Op
 from avalon.ir import dtypes as dt
 from avalon.ir.reference.gather import UNIFORM_BITS
 
+from . import native
 from .generator import Generator
 
 _CTYPE = {dt.float32: "float", dt.float64: "double"}
@@ -70,4 +71,4 @@ def call(gen: Generator, op: Op, seed: str, out: str) -> str | None:
         return None
     fn = f"run{len(gen.native)}"
     gen.native.append((source(fn, math.prod(t.shape), t.dtype, op.attrs["distribution"]), ARGS))
-    return f"{fn}({out}.ctypes.data, *K.seed_keys({seed}))"
+    return f"{fn}({native.address(gen, out)}, *K.seed_keys({seed}))"
