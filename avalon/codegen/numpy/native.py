@@ -5,9 +5,17 @@ log-likelihood and its gradient, a sigmoid, a bias + relu epilogue) costs a doze
 loop would do. With `native`, the generator collects each run of consecutive elementwise ops of a
 group that share one shape (splats and broadcasts join it), writes the run as one C function (its
 values in registers, only the values read after the run stored, loop dimensions merged where every
-operand allows), and calls it instead of the run's numpy lines; non-overlapping max pools and their
-gradients become one loop over the windows too (bit for bit the reference's, which takes a dozen
-strided passes). The system C compiler builds all of a signature's functions into one shared
+operand allows), and calls it instead of the run's numpy lines. Sums of the run's shape join it: the
+loop adds each element into a double accumulator (per run of reduced inner loops, an `omp simd`
+reduction) or, when the innermost loop is kept (a column sum), into the result in memory, zeroed
+first; a value that reads a sum of the open run closes it. The cpu target (`loops`) makes groups
+whole loop nests for this, so a loss, its sum and its gradient's column sum are one loop. Slots
+freed while a run is open are reused only after it closes, since the loop reads and writes all of
+its storage in each iteration. Non-overlapping max pools and their gradients become one loop over
+the windows too (bit for bit the reference's, which takes a dozen strided passes); a random op is
+one call (`native_random`). Threads were measured and left out: beside OpenBLAS's worker, which
+spins on the other core for a while after each sgemm, a loop split over two threads ran slower
+(2.1 vs 1.5 ms) and a short-spinning pool made the next sgemm ~40x slower on a 2-core machine. The system C compiler builds all of a signature's functions into one shared
 library, cached on disk (`<AVALON_CACHE_DIR or ~/.cache/avalon>/native/`, written atomically, a
 library that fails to load is rebuilt).
 
