@@ -139,8 +139,9 @@ class NumpyBackend:
 
 class CpuBackend(NumpyBackend):
     """`backend="cpu"`: the numpy backend with groups' elementwise runs compiled to C loops by the
-    system compiler (`avalon.codegen.numpy.native`): faster, but exp/log are ulps from the reference
-    (checked within float tolerance, as the Triton backend is)."""
+    system compiler (`avalon.codegen.numpy.native`) and fused weight updates `W - lr * (A @ B)` as
+    one gemm call into W (`avalon.codegen.numpy.blas`): faster, but exp/log and the updates are ulps
+    from the reference (checked within float tolerance, as the Triton backend is)."""
 
     name = "cpu"
     native = True
