@@ -15,7 +15,8 @@ its storage in each iteration. Non-overlapping max pools and their gradients bec
 the windows too (bit for bit the reference's, which takes a dozen strided passes); a random op is
 one call (`native_random`). Threads were measured and left out: beside OpenBLAS's worker, which
 spins on the other core for a while after each sgemm, a loop split over two threads ran slower
-(2.1 vs 1.5 ms) and a short-spinning pool made the next sgemm ~40x slower on a 2-core machine. The system C compiler builds all of a signature's functions into one shared
+(2.1 vs 1.5 ms) and a short-spinning pool made the next sgemm ~40x slower on a 2-core machine.
+The system C compiler builds all of a signature's functions into one shared
 library, cached on disk (`<AVALON_CACHE_DIR or ~/.cache/avalon>/native/`, written atomically, a
 library that fails to load is rebuilt).
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from avalon.ir import Op, Value
 
+from . import blas
 from .donate import aliases, region_safe
 from .generator import Generator, Ref
 from .native import NativeRuns
@@ -32,6 +33,13 @@ def emit_region(gen: Generator, op: Op) -> None:
     end = len(inner)
     for y in block.results:
         last[y] = end
+    # backend="cpu": `P - s * (A @ B)` as one BLAS call at the sub (`blas`); the matmul, the mul (and
+    # transposes only the matmul reads) emit nothing, and what they read stays alive until the sub
+    gemms = blas.patterns(gen, op) if gen.native_runs else {}
+    skip = {o for u in gemms.values() for o in u.ops}
+    for o, u in gemms.items():
+        for x in u.reads:
+            last[x] = max(last.get(x, -1), index[o])
     plan = gen.plan
     direct: dict[Value, tuple[Value, Ref | None]] = {}
     deferred: list[tuple[Value, Value]] = []
@@ -81,15 +89,20 @@ def emit_region(gen: Generator, op: Op) -> None:
     alive: set[Value] = set()
     runs = NativeRuns(gen) if gen.native_runs else None
     for j, o in enumerate(inner):
+        if o in skip:
+            continue
+        u = gemms.get(o)
         if runs is not None:
-            runs.before(o)
-        if o.regions:
+            runs.close() if u is not None else runs.before(o)
+        if u is not None:
+            blas.emit(gen, u, dest)
+        elif o.regions:
             emit_region(gen, o)
         else:
             emit_op(gen, o, dest=dest)
         gen.end_op()
         alive.update(o.results)
-        for x in {x for w in o.walk() for x in w.operands}:
+        for x in {x for w in o.walk() for x in w.operands}.union(u.reads if u is not None else ()):
             if last.get(x) == j and x in alive:
                 alive.discard(x)
                 gen.drop(gen.env[x])

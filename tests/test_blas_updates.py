@@ -1,0 +1,349 @@
+"""backend="cpu": a fused weight update `P - s * (op(A) @ op(B))` as one BLAS gemm call
+(`avalon.codegen.numpy.blas`), checked against the interpreter and the numpy backend within float
+tolerance (alpha is folded into gemm's accumulation), whatever reads the weight and where it goes."""
+from __future__ import annotations
+
+import logging
+import shutil
+import types
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import avalon as av
+from avalon import nn, optim, zoo
+from avalon.codegen.numpy import GeneratedExecutable, blas, native
+from avalon.codegen.numpy.backend import NUMPY
+from avalon.ir import Builder, Graph, TensorType, interpret
+from avalon.ir.fusion import outline
+from avalon.passes import DEFAULT_PIPELINE, PassManager
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                       reason="backend='cpu' needs a C compiler"),
+    pytest.mark.skipif(blas.find() is None, reason="numpy's BLAS has no gemm of a known integer width here"),
+]
+
+
+@pytest.fixture(autouse=True)
+def own_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("AVALON_CACHE_DIR", str(tmp_path))
+
+
+class Spy:
+    """Counts the gemm calls that reach BLAS (not Update's numpy fallback)."""
+
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        fns = blas.find()
+
+        def wrap(fn):
+            def call(*args):
+                self.calls += 1
+                return fn(*args)
+            return call
+        spied = {k: wrap(f) for k, f in fns.items()}
+        monkeypatch.setattr(blas, "find", lambda: spied)
+
+
+def _close(got: np.ndarray, want: np.ndarray, what: str = "") -> None:
+    assert got.dtype == want.dtype and got.shape == want.shape, what
+    tol = 1e-12 if got.dtype == np.float64 else 2e-6
+    scale = max(float(np.nanmax(np.abs(want))) if want.size else 0.0, 1.0)
+    np.testing.assert_allclose(got, want, rtol=tol * 8, atol=tol * scale * 16, equal_nan=True, err_msg=what)
+
+
+def _update_graph(m: int, n: int, k: int, ta: bool, tb: bool, dtype: str = "f32", scalar_first: bool = True,
+                  read_after: str = "none") -> Graph:
+    """w - lr * (op(a) @ op(b)) in one fused group; `read_after` adds a read of w after the update in
+    the group ("group") or after the group ("graph"), or makes the matmul read w itself ("operand")."""
+    g = Graph("f")
+    b = Builder(g)
+    if read_after == "operand":  # square: w - lr * (w^T @ x)
+        m = n = k
+    a_in = g.add_input(TensorType((k, m) if ta else (m, k), dtype), "a")
+    b_in = g.add_input(TensorType((n, k) if tb else (k, n), dtype), "b")
+    lr = g.add_input(TensorType((), dtype), "lr")
+    w = g.add_input(TensorType((m, n), dtype), "w")
+    if read_after == "operand":
+        a_in = w
+    A = b("transpose", a_in, perm=[1, 0]) if ta else a_in
+    B = b("transpose", b_in, perm=[1, 0]) if tb else b_in
+    mm = b("matmul", A, B)
+    s = b("broadcast", lr, shape=[m, n])
+    new = b("sub", w, b("mul", s, mm) if scalar_first else b("mul", mm, s))
+    outs = [new]
+    if read_after == "group":
+        outs.append(b("sum", b("mul", w, w), axes=[0, 1], keepdims=False))
+    group = list(g.ops)
+    if read_after == "graph":
+        outs.append(b("sum", b("exp", w), axes=[0, 1], keepdims=False))
+    g.set_outputs(outs)
+    outline(group, "fused")
+    return g
+
+
+def _args(g: Graph, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for v in g.inputs:
+        a = rng.standard_normal(v.type.shape).astype(v.type.dtype.np)
+        out.append(a if v.type.shape else np.asarray(rng.uniform(0.05, 0.5), v.type.dtype.np))
+    return out
+
+
+def _run(g: Graph, donate: bool, seed: int = 0, args: list[np.ndarray] | None = None):
+    exe = GeneratedExecutable(g, native=True)
+    w = [i for i, v in enumerate(g.inputs) if v.name == "w"][0]
+    if donate:
+        exe.donated = {0: w}
+    args = _args(g, seed) if args is None else args
+    want = interpret(g, *[a.copy() for a in args])
+    before = [a.copy() for a in args]
+    got = exe(*args)
+    for k, (a, x) in enumerate(zip(got, want)):
+        _close(a, x, f"output #{k} of\n{g}\n{exe.source}")
+    for i, (a, x) in enumerate(zip(args, before)):  # nothing but a donated weight is written
+        if not (donate and i == w and exe.emission.donated):
+            np.testing.assert_array_equal(a, x, err_msg=f"input #{i} changed\n{exe.source}")
+    return exe, args, got
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 6), st.integers(1, 6), st.booleans(), st.booleans(),
+       st.sampled_from(["f32", "f64"]), st.booleans(), st.booleans())
+def test_an_update_is_one_gemm_and_matches_the_interpreter(m, n, k, ta, tb, dtype, scalar_first, donate):
+    with pytest.MonkeyPatch.context() as mp:
+        spy = Spy(mp)
+        g = _update_graph(m, n, k, ta, tb, dtype, scalar_first)
+        exe, args, got = _run(g, donate, seed=m * 100 + n * 10 + k)
+        assert "gemm" in exe.source and "np.matmul" not in exe.source, exe.source
+        assert spy.calls == 1
+        if donate:
+            assert got[0] is args[3], exe.source  # written into the donated weight itself
+        exe(*_args(g, 1))  # again: buffers and the call site are reused
+        assert spy.calls == 2
+
+
+@pytest.mark.parametrize("donate", [True, False])
+@pytest.mark.parametrize("read_after", ["group", "graph"])
+def test_a_weight_read_after_its_update_keeps_its_old_value_until_then(read_after, donate, monkeypatch):
+    spy = Spy(monkeypatch)
+    g = _update_graph(5, 7, 4, True, False, read_after=read_after)
+    exe, args, got = _run(g, donate, seed=3)
+    assert "gemm" in exe.source and spy.calls == 1
+    if read_after == "graph" or not donate:
+        assert got[0] is not args[3]
+    for _ in range(2):  # the caller's write-back, then another step from the updated weight
+        args[3] = got[0].copy()
+        exe, args, got = _run(g, donate, args=args)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_operands_computed_in_the_group_live_until_the_call(dtype, transposed, monkeypatch):
+    """The gemm runs where the sub was: the matmul's operands, computed in the group, must keep their
+    storage until then although ops between the matmul and the sub read them last (and would
+    overwrite them in place) or need scratch of their size."""
+    spy = Spy(monkeypatch)
+    g = Graph("f")
+    b = Builder(g)
+    x = g.add_input(TensorType((6, 5) if transposed else (5, 6), dtype), "x")
+    dy = g.add_input(TensorType((6, 4), dtype), "dy")
+    lr = g.add_input(TensorType((), dtype), "lr")
+    w = g.add_input(TensorType((5, 4), dtype), "w")
+    h = b("tanh", b("exp", x))
+    d = b("neg", dy)
+    mm = b("matmul", b("transpose", h, perm=[1, 0]) if transposed else h, d)
+    other = b("sigmoid", b("mul", b("abs", h), x))  # h's last reader in the IR: in place into h
+    other2 = b("tanh", b("add", b("neg", d), dy))
+    new = b("sub", w, b("mul", b("broadcast", lr, shape=[5, 4]), mm))
+    g.set_outputs([new, b("sum", other, axes=[0, 1], keepdims=False), b("sum", other2, axes=[0], keepdims=False)])
+    outline([op for op in g.ops if op.name != "sum"], "fused")
+    for donate in (True, False):
+        exe, args, got = _run(g, donate, seed=11)
+        assert "gemm" in exe.source, exe.source
+    assert spy.calls == 2
+
+
+def test_a_matmul_reading_the_donated_weight_is_not_written_into_it(monkeypatch):
+    """gemm must not write C while reading A from the same storage: left to numpy's lines."""
+    spy = Spy(monkeypatch)
+    g = _update_graph(4, 4, 4, True, False, read_after="operand")
+    exe, args, got = _run(g, True)
+    assert "gemm" not in exe.source and spy.calls == 0
+    exe, args, got = _run(g, False)  # not donated: the update goes to its own buffer, so gemm is safe
+    assert "gemm" in exe.source and spy.calls == 1
+
+
+@pytest.mark.parametrize("ta", [False, True])
+def test_operands_blas_cannot_describe_run_numpy(ta, monkeypatch):
+    """Caller arrays with a row stride (BLAS's leading dimension), a column stride (no BLAS layout)
+    or misaligned data, and a zero learning rate (BLAS may skip the product, the reference gets nan
+    from inf): the same values either way, transposed in the group or not."""
+    spy = Spy(monkeypatch)
+    g = _update_graph(6, 5, 4, ta, False)
+    base = _args(g, 7)
+    big = np.random.default_rng(8).standard_normal((12, 13)).astype(np.float32)
+    rows, cols = base[0].shape
+    args = list(base)
+    args[0] = big[: 2 * rows : 2, 1 : 1 + cols]  # rows 26 apart: lda = 26
+    _run(g, True, args=[a.copy() if i else a for i, a in enumerate(args)])
+    assert spy.calls == 1
+    args[0] = big[:rows, : 2 * cols : 2]  # columns 2 apart
+    _run(g, True, args=[a.copy() if i else a for i, a in enumerate(args)])
+    args[0] = np.asfortranarray(base[0])  # a transposed layout: BLAS's other flag
+    _run(g, True, args=[a.copy() if i else a for i, a in enumerate(args)])
+    assert spy.calls == 2
+    raw = np.zeros(4 * 4 * 5 + 1, np.uint8)[1:].view(np.float32).reshape(4, 5)  # not 4-byte aligned
+    args = list(base)
+    args[1] = raw
+    np.copyto(raw, base[1])
+    _run(g, False, args=args)
+    args = [a.copy() for a in base]
+    args[2] = np.zeros((), np.float32)
+    args[0][0, 0] = np.inf
+    exe, _, got = _run(g, True, args=args)
+    assert np.isnan(got[0]).any()
+    assert spy.calls == 2  # the strided rows and the Fortran-ordered operand reached BLAS, no other
+
+
+def test_layouts():
+    x = np.zeros((6, 8), np.float32)
+    assert blas._layout(x, 4) == (blas.NO_TRANS, 8)
+    assert blas._layout(x.T, 4) == (blas.TRANS, 8)
+    assert blas._layout(x[:, :3], 4) == (blas.NO_TRANS, 8)
+    assert blas._layout(x[:3].T, 4) == (blas.TRANS, 8)
+    assert blas._layout(x[:, ::2], 4) is None
+    assert blas._layout(x[::-1], 4) is None
+    assert blas._layout(x[:1], 4) == (blas.NO_TRANS, 8)
+    assert blas._layout(x[:, :1], 4) == (blas.NO_TRANS, 8)
+    assert blas._layout(np.broadcast_to(x[:1], (6, 8)), 4) is None
+
+
+def _fake_lib(symbols: dict[str, object]):
+    return types.SimpleNamespace(**symbols)
+
+
+class _Fn:
+    def __init__(self, ret=None):
+        self.ret = ret
+
+    def __call__(self, *args):
+        return self.ret
+
+
+def test_only_symbols_of_a_known_integer_width_are_taken():
+    ilp = b"OpenBLAS 0.3.31 USE64BITINT DYNAMIC_ARCH"
+    lp = b"OpenBLAS 0.3.31 DYNAMIC_ARCH"
+    gemms = {"scipy_cblas_sgemm64_": _Fn(), "scipy_cblas_dgemm64_": _Fn()}
+    fns = blas._gemms(_fake_lib(gemms))  # the 64_ names of numpy's builds: ILP64 by name
+    assert fns is not None and fns["float32"].argtypes[3] is blas.ctypes.c_int64
+    assert blas._gemms(_fake_lib({**gemms, "scipy_openblas_get_config64_": _Fn(ilp)})) is not None
+    assert blas._gemms(_fake_lib({**gemms, "scipy_openblas_get_config64_": _Fn(lp)})) is None  # name lies
+    plain = {"cblas_sgemm": _Fn(), "cblas_dgemm": _Fn()}
+    assert blas._gemms(_fake_lib(plain)) is None  # unknown width
+    assert blas._gemms(_fake_lib({**plain, "openblas_get_config": _Fn(ilp)})) is None  # ILP64 without suffix
+    fns = blas._gemms(_fake_lib({**plain, "openblas_get_config": _Fn(lp)}))
+    assert fns is not None and fns["float64"].argtypes[3] is blas.ctypes.c_int
+    assert blas._gemms(_fake_lib({"scipy_cblas_sgemm64_": _Fn()})) is None  # both precisions or none
+
+
+def test_the_real_library_is_numpys_ilp64_openblas():
+    fns = blas.find()
+    assert {"float32", "float64"} <= set(fns)
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    w = np.random.default_rng(1).standard_normal((3, 2))
+    y = np.random.default_rng(2).standard_normal((4, 2))
+    c = w.copy()
+    blas.Update(fns["float64"], np.float64, 3, 2, 4)(x, y, np.float64(0.25), c, c)
+    np.testing.assert_allclose(c, w - 0.25 * (x @ y), rtol=1e-13)
+
+
+def test_without_blas_the_numpy_lines_stay_and_give_the_same_values(monkeypatch, caplog):
+    g = _update_graph(5, 6, 3, True, False)
+    args = _args(g, 4)
+    with_blas = GeneratedExecutable(g, native=True)
+    got = with_blas(*[a.copy() for a in args])
+    assert "gemm" in with_blas.source
+    monkeypatch.setattr(blas, "_candidates", lambda: [])
+    blas.find.cache_clear()
+    try:
+        with caplog.at_level(logging.DEBUG, logger="avalon.numpy"):
+            exe = GeneratedExecutable(g, native=True)
+            plain = exe(*[a.copy() for a in args])
+            GeneratedExecutable(g, native=True).source  # noqa: B018 - said once
+    finally:
+        blas.find.cache_clear()
+    assert caplog.text.count("no OpenBLAS gemm") == 1
+    assert "gemm" not in exe.source and "np.matmul" in exe.source
+    _close(plain[0], got[0])
+    _close(plain[0], interpret(g, *args)[0])
+
+
+def _train(make, loss_fn, batch, backend, steps, lr):
+    av.manual_seed(0)
+    model = make()
+    opt = optim.SGD(model, lr=lr)
+
+    def step(m, o, *xs):
+        loss, grads = av.value_and_grad(loss_fn)(m, *xs)
+        o.step(grads)
+        return loss
+    c = av.compile(step, backend=backend)
+    losses = [float(c(model, opt, *batch)) for _ in range(steps)]
+    return c, losses, {k: v.numpy().copy() for k, v in nn.named_parameters(model)}
+
+
+def _vae_loss(m, x):
+    r, mu, lv = m(x)
+    return zoo.vae_loss(r, x, mu, lv)
+
+
+def _mlp_loss(m, x, y):
+    return zoo.cross_entropy(m(x), y)
+
+
+@pytest.mark.parametrize("which", ["vae", "mlp"])
+def test_sgd_steps_match_the_numpy_backend(which, rng, monkeypatch):
+    """Several SGD steps on backend='cpu' (every Linear weight updated by one gemm, in place) and on
+    backend='numpy' from the same weights."""
+    monkeypatch.setattr(native, "MIN_ELEMENTS", 64)
+    if which == "vae":
+        make, loss_fn, layers = (lambda: zoo.VAE(features=96, hidden=40, latent=6)), _vae_loss, 5
+        batch = [rng.random((16, 96)).astype(np.float32)]
+    else:
+        make, loss_fn, layers = (lambda: zoo.MLP(in_features=30, hidden=(24, 16))), _mlp_loss, 3
+        batch = [rng.standard_normal((12, 30)).astype(np.float32), rng.integers(0, 10, 12)]
+    spy = Spy(monkeypatch)
+    c, l1, p1 = _train(make, loss_fn, batch, "cpu", 4, 0.05)
+    exe = next(iter(c.cache.values())).executable
+    assert exe.source.count("gemm") >= layers and exe.emission.stats.get("blas") == layers, exe.source
+    assert spy.calls == 4 * layers
+    _, l2, p2 = _train(make, loss_fn, batch, "numpy", 4, 0.05)
+    np.testing.assert_allclose(l1, l2, rtol=1e-5)
+    for k in p1:
+        np.testing.assert_allclose(p1[k], p2[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_the_full_size_vae_step_uses_gemm_for_its_weights(rng, monkeypatch):
+    spy = Spy(monkeypatch)
+    x = rng.random((32, 784)).astype(np.float32)
+    c, l1, p1 = _train(zoo.VAE, _vae_loss, [x], "cpu", 3, 1e-4)
+    assert spy.calls == 3 * 5
+    _, l2, p2 = _train(zoo.VAE, _vae_loss, [x], "numpy", 3, 1e-4)
+    np.testing.assert_allclose(l1, l2, rtol=1e-5)
+    for k in p1:
+        np.testing.assert_allclose(p1[k], p2[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_the_numpy_backend_is_untouched(rng):
+    g = _update_graph(5, 6, 3, True, False)
+    PassManager.parse(DEFAULT_PIPELINE, target=NUMPY).run(g)
+    exe = GeneratedExecutable(g)
+    args = _args(g, 2)
+    assert "gemm" not in exe.source
+    for a, w in zip(exe(*[a.copy() for a in args]), interpret(g, *args)):
+        np.testing.assert_array_equal(a, w)
