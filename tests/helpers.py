@@ -4,6 +4,7 @@ import numpy as np
 import torch
 
 import avalon as av
+from avalon import nn, optim, zoo
 from avalon.ir import Builder, Graph, TensorType
 
 
@@ -35,3 +36,33 @@ def graph(*types):
     g = Graph("f")
     xs = [g.add_input(TensorType(s, d), f"x{i}") for i, (s, d) in enumerate(types)]
     return g, Builder(g), xs
+
+
+def vae_loss(m, x):
+    """zoo.VAE's training loss (reconstruction + KL) on a batch `x`."""
+    r, mu, lv = m(x)
+    return zoo.vae_loss(r, x, mu, lv)
+
+
+def train(make, loss_fn, batch, backend, steps: int, lr: float, momentum: float = 0.0):
+    """`steps` compiled SGD steps of a fresh `make()` (seed 0) on `backend`: (the compiled step, the
+    losses, the parameters as numpy arrays), for comparing backends from the same weights and seeds."""
+    av.manual_seed(0)
+    model = make()
+    opt = optim.SGD(model, lr=lr, momentum=momentum)
+
+    def step(m, o, *xs):
+        loss, grads = av.value_and_grad(loss_fn)(m, *xs)
+        o.step(grads)
+        return loss
+    c = av.compile(step, backend=backend)
+    losses = [float(c(model, opt, *batch)) for _ in range(steps)]
+    return c, losses, {k: v.numpy().copy() for k, v in nn.named_parameters(model)}
+
+
+def assert_same_training(a, b, rtol: float = 1e-5, prtol: float = 1e-4) -> None:
+    """Two `train` results agree: losses within `rtol`, parameters within `prtol`."""
+    (_, l1, p1), (_, l2, p2) = a, b
+    np.testing.assert_allclose(l1, l2, rtol=rtol)
+    for k in p1:
+        np.testing.assert_allclose(p1[k], p2[k], rtol=prtol, atol=1e-6, err_msg=k)

@@ -9,11 +9,11 @@ import types
 
 import numpy as np
 import pytest
+from helpers import assert_same_training, train, vae_loss
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import avalon as av
-from avalon import nn, optim, zoo
+from avalon import zoo
 from avalon.codegen.numpy import GeneratedExecutable, blas, native
 from avalon.codegen.numpy.backend import NUMPY
 from avalon.ir import Builder, Graph, TensorType, interpret
@@ -283,25 +283,6 @@ def test_without_blas_the_numpy_lines_stay_and_give_the_same_values(monkeypatch,
     _close(plain[0], interpret(g, *args)[0])
 
 
-def _train(make, loss_fn, batch, backend, steps, lr):
-    av.manual_seed(0)
-    model = make()
-    opt = optim.SGD(model, lr=lr)
-
-    def step(m, o, *xs):
-        loss, grads = av.value_and_grad(loss_fn)(m, *xs)
-        o.step(grads)
-        return loss
-    c = av.compile(step, backend=backend)
-    losses = [float(c(model, opt, *batch)) for _ in range(steps)]
-    return c, losses, {k: v.numpy().copy() for k, v in nn.named_parameters(model)}
-
-
-def _vae_loss(m, x):
-    r, mu, lv = m(x)
-    return zoo.vae_loss(r, x, mu, lv)
-
-
 def _mlp_loss(m, x, y):
     return zoo.cross_entropy(m(x), y)
 
@@ -312,31 +293,25 @@ def test_sgd_steps_match_the_numpy_backend(which, rng, monkeypatch):
     backend='numpy' from the same weights."""
     monkeypatch.setattr(native, "MIN_ELEMENTS", 64)
     if which == "vae":
-        make, loss_fn, layers = (lambda: zoo.VAE(features=96, hidden=40, latent=6)), _vae_loss, 5
+        make, loss_fn, layers = (lambda: zoo.VAE(features=96, hidden=40, latent=6)), vae_loss, 5
         batch = [rng.random((16, 96)).astype(np.float32)]
     else:
         make, loss_fn, layers = (lambda: zoo.MLP(in_features=30, hidden=(24, 16))), _mlp_loss, 3
         batch = [rng.standard_normal((12, 30)).astype(np.float32), rng.integers(0, 10, 12)]
     spy = Spy(monkeypatch)
-    c, l1, p1 = _train(make, loss_fn, batch, "cpu", 4, 0.05)
+    c, l1, p1 = train(make, loss_fn, batch, "cpu", 4, 0.05)
     exe = next(iter(c.cache.values())).executable
     assert exe.source.count("gemm") >= layers and exe.emission.stats.get("blas") == layers, exe.source
     assert spy.calls == 4 * layers
-    _, l2, p2 = _train(make, loss_fn, batch, "numpy", 4, 0.05)
-    np.testing.assert_allclose(l1, l2, rtol=1e-5)
-    for k in p1:
-        np.testing.assert_allclose(p1[k], p2[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    assert_same_training((c, l1, p1), train(make, loss_fn, batch, "numpy", 4, 0.05), prtol=1e-5)
 
 
 def test_the_full_size_vae_step_uses_gemm_for_its_weights(rng, monkeypatch):
     spy = Spy(monkeypatch)
     x = rng.random((32, 784)).astype(np.float32)
-    c, l1, p1 = _train(zoo.VAE, _vae_loss, [x], "cpu", 3, 1e-4)
+    c, l1, p1 = train(zoo.VAE, vae_loss, [x], "cpu", 3, 1e-4)
     assert spy.calls == 3 * 5
-    _, l2, p2 = _train(zoo.VAE, _vae_loss, [x], "numpy", 3, 1e-4)
-    np.testing.assert_allclose(l1, l2, rtol=1e-5)
-    for k in p1:
-        np.testing.assert_allclose(p1[k], p2[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    assert_same_training((c, l1, p1), train(zoo.VAE, vae_loss, [x], "numpy", 3, 1e-4), prtol=1e-5)
 
 
 def test_the_numpy_backend_is_untouched(rng):

@@ -7,12 +7,12 @@ import shutil
 
 import numpy as np
 import pytest
+from helpers import assert_same_training, train, vae_loss
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_numpy_codegen import _inputs, chains
 
-import avalon as av
-from avalon import optim, zoo
+from avalon import zoo
 from avalon.codegen.numpy import GeneratedExecutable, native
 from avalon.codegen.numpy.backend import NUMPY
 from avalon.ir import Builder, Graph, TensorType, interpret
@@ -146,30 +146,10 @@ def test_training_steps_match_the_interpreter(which, rng, monkeypatch):
         make, loss_fn = zoo.LeNet, lambda m, x, y: zoo.nll(m(x), y)
         batch = [rng.standard_normal((4, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, 4)]
     else:
-        make = zoo.VAE
-        def loss_fn(m, x):
-            r, mu, lv = m(x)
-            return zoo.vae_loss(r, x, mu, lv)
-        batch = [rng.random((8, 784)).astype(np.float32)]
-    results = []
-    for backend in ("cpu", Interpreted()):
-        av.manual_seed(0)
-        model = make()
-        opt = optim.SGD(model, lr=0.01, momentum=0.9)
-
-        def step(m, o, *xs):
-            loss, grads = av.value_and_grad(loss_fn)(m, *xs)
-            o.step(grads)
-            return loss
-        c = av.compile(step, backend=backend)
-        losses = [float(c(model, opt, *batch)) for _ in range(2)]
-        if backend == "cpu":
-            assert next(iter(c.cache.values())).executable.emission.native  # runs were compiled
-        results.append((losses, {k: v.numpy() for k, v in av.nn.named_parameters(model)}))
-    (l1, p1), (l2, p2) = results
-    np.testing.assert_allclose(l1, l2, rtol=1e-5)
-    for k in p1:
-        np.testing.assert_allclose(p1[k], p2[k], rtol=1e-4, atol=1e-6, err_msg=k)
+        make, loss_fn, batch = zoo.VAE, vae_loss, [rng.random((8, 784)).astype(np.float32)]
+    cpu = train(make, loss_fn, batch, "cpu", 2, 0.01, momentum=0.9)
+    assert next(iter(cpu[0].cache.values())).executable.emission.native  # runs were compiled
+    assert_same_training(cpu, train(make, loss_fn, batch, Interpreted(), 2, 0.01, momentum=0.9))
 
 
 def test_bool_arithmetic_stays_numpy():

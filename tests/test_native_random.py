@@ -8,12 +8,12 @@ import shutil
 
 import numpy as np
 import pytest
+from helpers import assert_same_training, train, vae_loss
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_numpy_codegen import RANDOM_SEEDS
 
-import avalon as av
-from avalon import nn, optim, zoo
+from avalon import nn, zoo
 from avalon.codegen.numpy import GeneratedExecutable, native
 from avalon.ir import Builder, Graph, TensorType, interpret
 from avalon.ir.fusion import outline
@@ -155,31 +155,11 @@ def test_training_steps_match_the_numpy_backend(which, rng):
             return zoo.nll(nn.functional.log_softmax(m(x), -1), y)
         batch = [rng.standard_normal((32, 30)).astype(np.float32), rng.integers(0, 10, 32)]
     else:
-        make = zoo.VAE
-        def loss_fn(m, x):
-            r, mu, lv = m(x)
-            return zoo.vae_loss(r, x, mu, lv)
-        batch = [rng.random((128, 784)).astype(np.float32)]
-    results = []
-    for backend in ("cpu", "numpy"):
-        av.manual_seed(0)
-        model = make()
-        opt = optim.SGD(model, lr=1e-3 if which == "dropout" else 1e-5, momentum=0.9)  # the VAE's loss sums 128 rows
-
-        def step(m, o, *xs):
-            loss, grads = av.value_and_grad(loss_fn)(m, *xs)
-            o.step(grads)
-            return loss
-        c = av.compile(step, backend=backend)
-        losses = [float(c(model, opt, *batch)) for _ in range(3)]
-        exe = next(iter(c.cache.values())).executable
-        if backend == "cpu":
-            assert "puu" in [a for _, a in exe.emission.native] and "K.random_" not in exe.source
-        else:
-            assert "K.random_" in exe.source
-        results.append((losses, {k: v.numpy() for k, v in av.nn.named_parameters(model)}))
-    (l1, p1), (l2, p2) = results
-    assert len(set(l1)) == 3  # the steps learn (and draw fresh masks)
-    np.testing.assert_allclose(l1, l2, rtol=1e-5)
-    for k in p1:
-        np.testing.assert_allclose(p1[k], p2[k], rtol=1e-4, atol=1e-6, err_msg=k)
+        make, loss_fn, batch = zoo.VAE, vae_loss, [rng.random((128, 784)).astype(np.float32)]
+    lr = 1e-3 if which == "dropout" else 1e-5  # the VAE's loss sums 128 rows
+    cpu, plain = (train(make, loss_fn, batch, b, 3, lr, momentum=0.9) for b in ("cpu", "numpy"))
+    exe = next(iter(cpu[0].cache.values())).executable
+    assert "puu" in [a for _, a in exe.emission.native] and "K.random_" not in exe.source
+    assert "K.random_" in next(iter(plain[0].cache.values())).executable.source
+    assert len(set(cpu[1])) == 3  # the steps learn (and draw fresh masks)
+    assert_same_training(cpu, plain)
