@@ -128,3 +128,19 @@ def test_rewriter_insertion_point_follows_the_next_op():
     rw.build("relu", x)
     assert names(g.body) == ["exp", "tanh", "relu", "abs"]
     check_links(g.body)
+
+
+def test_holder_finds_the_op_of_the_block_around_a_nested_use():
+    from avalon.ir.fusion import outline
+    g = ir.Graph()
+    x = g.add_input(T, "x")
+    b = Builder(g)
+    y = b("exp", x)
+    z = b("neg", b("log", y))
+    g.set_outputs([z])
+    outline([z.op.operands[0].op, z.op], "fused")
+    group = next(op for op in g.ops if op.name == "fusion")
+    inner = next(op for op in group.regions[0].ops if op.name == "log")
+    assert g.body.holder(inner) is group and g.body.holder(y.op) is y.op
+    assert group.regions[0].holder(y.op) is None  # outside that block
+    assert g.body.holder(g.body.terminator) is g.body.terminator

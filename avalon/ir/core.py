@@ -318,6 +318,16 @@ class Block:
         for op in list(self.ops):
             yield from op.walk()
 
+    def holder(self, op: Op) -> Op | None:
+        """The op of this block that is or contains `op` (the block's terminator included; None when
+        `op` is outside this block): where a use inside a nested region happens, as this block sees it."""
+        while op.parent is not self:
+            parent = op.parent.parent_op if op.parent is not None else None
+            if parent is None:
+                return None
+            op = parent
+        return op
+
 
 ANALYSES: dict[str, str] = {
     "memory_plan": "where each top-level intermediate lives (`avalon.passes.memory_plan.MemoryPlan`)",

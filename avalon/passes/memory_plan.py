@@ -148,13 +148,6 @@ class BufferOccupancy:
         return mask
 
 
-def _top_level(op: Op, graph: Graph) -> Op:
-    """The op of the top-level block that contains `op` (itself, or the region op around it)."""
-    while op.parent is not None and op.parent is not graph.body and op.parent.parent_op is not None:
-        op = op.parent.parent_op
-    return op
-
-
 def _pointwise_region(op: Op, operand_index: int) -> bool:
     """A fused group that reads operand `operand_index` only at the element it writes."""
     region = op.regions[0]
@@ -207,7 +200,7 @@ def plan_memory(graph: Graph, inplace: bool = True, alias_views: bool = True,
         for r in op.results:
             owner = root.get(r, r)
             k = index[id(op)]
-            uses = max((index[id(_top_level(u, graph))] for u, _ in r.uses), default=k)
+            uses = max((index[id(graph.body.holder(u) or u)] for u, _ in r.uses), default=k)
             last[owner] = max(last.get(owner, k), uses)
     for v in owners:
         plan.lifetimes[v] = (index[id(v.op)], last[v])

@@ -36,16 +36,6 @@ def _writes_fresh(op: Op) -> bool:
     return (bool(op.regions) or em is not None and em.accepts(op)) and op.name not in ALIASING
 
 
-def _top(op: Op, block: Block) -> Op | None:
-    """The op of `block` that is or contains `op` (None when `op` is outside `block`)."""
-    while op.parent is not block:
-        parent = op.parent.parent_op if op.parent is not None else None
-        if parent is None:
-            return None
-        op = parent
-    return op
-
-
 def aliases(roots: Iterable[Value], block: Block) -> set[Value]:
     """`roots` and the values of `block` that may share their storage (see the module docstring)."""
     seen = set(roots)
@@ -53,7 +43,7 @@ def aliases(roots: Iterable[Value], block: Block) -> set[Value]:
     while todo:
         v = todo.pop()
         for user, _ in v.uses:
-            top = _top(user, block)
+            top = block.holder(user)
             if top is not None and top is user and not _writes_fresh(user):
                 for r in user.results:
                     if r not in seen:
@@ -66,7 +56,7 @@ def _last_read(values: set[Value], block: Block, index: dict[Op, int]) -> int:
     last = -1
     for v in values:
         for user, _ in v.uses:
-            top = _top(user, block)
+            top = block.holder(user)
             if top is not None:
                 last = max(last, index.get(top, len(index)))  # the terminator reads last
     return last

@@ -15,6 +15,7 @@ ops of its loop come first and run as one compiled loop (`avalon.codegen.numpy.n
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 from avalon.ir import Block, Op
@@ -31,20 +32,13 @@ def _loop_shape(g: KernelGroup) -> tuple[int, ...] | None:
         return tuple(cons[0].results[0].shape)
     shapes = [tuple(op.operands[0].shape) for op in g.with_trait("reduction")]
     shapes += [tuple(op.results[0].shape) for op in g.with_trait("elementwise")]
-    return max(shapes, key=_numel, default=None)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
+    return max(shapes, key=math.prod, default=None)
 
 
 class LoopNest(KernelKind):
     """At most one contraction, whose operands are group inputs (BLAS runs first); elementwise ops
-    over one shape; sums and maxima of values of that shape over any axes; and, reading those
-    reductions, ops of other shapes (they run after the loop, in numpy)."""
+    over one shape; reductions of values of that shape over any axes (sums join the compiled loop,
+    others run in numpy); and, reading those reductions, ops of any shape (they run after the loop)."""
 
     name = "loop"
 
@@ -103,13 +97,13 @@ def schedule(block: Block, eligible, reducible) -> None:
             shapes[s] = shapes.get(s, 0) + 1
     if not shapes:
         return
-    shape = max(shapes, key=lambda s: (_numel(s), shapes[s]))
+    shape = max(shapes, key=lambda s: (math.prod(s), shapes[s]))
 
     def in_loop(op: Op) -> bool:
         return eligible(op) == shape or reducible(op) == shape
     early: set[Op] = set()
     for op in reversed(body):
-        if in_loop(op) or any(u in early for r in op.results for u, _ in r.uses):
+        if in_loop(op) or any(block.holder(u) in early for r in op.results for u, _ in r.uses):
             early.add(op)
     order = [op for op in body if op in early] + [op for op in body if op not in early]
     if order != body:
