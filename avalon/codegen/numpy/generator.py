@@ -123,6 +123,7 @@ class Generator:
         self.run_freed: list[int] = []  # slots freed while a run is open: reused only once it is closed
         self.donated = dict(donated or {})
         self.donation: dict[Value, int] = {}  # output value -> the input whose array it is written into
+        self.input_names: set[str] = set()  # the function's parameters (a0, a1, ...)
         self.lines: list[str] = []
         self.consts: dict[str, Any] = {}
         self.views: dict[str, View] = {}
@@ -297,6 +298,7 @@ class Generator:
         for i, v in enumerate(g.inputs):
             args.append(f"a{i}")
             self.env[v] = Ref(f"a{i}", v.type)
+        self.input_names = set(args)
         current = self.plan is not None and self.plan.is_current(g)
         if self.donated:
             from .donate import donations

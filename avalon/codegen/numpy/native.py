@@ -263,7 +263,7 @@ def _function(gen: Generator, ops: list[Op], shape: tuple[int, ...]) -> str | No
         r = op.results[0]
         if op.name == "sum":
             ref = gen.env[r]
-            if ref.kind != "array":
+            if ref.kind != "array" or ref.expr in gen.input_names:  # a donated state: the loop may read it
                 return None
             axes = set(reduced_axes(op))
             kept = [1 if d in axes else n for d, n in enumerate(shape)]
