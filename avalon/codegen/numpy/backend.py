@@ -141,9 +141,10 @@ class NumpyBackend:
 class CpuBackend(NumpyBackend):
     """`backend="cpu"`: the numpy backend with groups' elementwise runs compiled to C loops by the
     system compiler (`avalon.codegen.numpy.native`, groups as whole loop nests: `loops`), f32/f64
-    `random` ops as one compiled call each (`native_random`) and fused weight updates
-    `W - lr * (A @ B)` as one gemm call into W (`blas`): faster, but exp/log/cos and the updates are
-    ulps from the reference (checked within float tolerance, as the Triton backend is; uniform random
+    `random` ops as one compiled call each (`native_random`) and fused gemm-plus-accumulator forms
+    (`W - lr * (A @ B)`, `0.9 * buf + A @ B`, `A @ B + C @ D`, ...) as one gemm call into the
+    accumulator (`blas`): faster, but exp/log/cos and those sums are ulps from the reference
+    (checked within float tolerance, as the Triton backend is; uniform random
     numbers stay bit for bit)."""
 
     name = "cpu"

@@ -1,14 +1,27 @@
-"""`backend="cpu"`: a fused SGD weight update `P - s * (op(A) @ op(B))` as one BLAS gemm call.
+"""`backend="cpu"`: gemm plus a scaled accumulator in a fused group as one BLAS gemm call.
 
-Why: a Linear layer's update in a training step is a fused group transpose -> matmul -> mul by the
-learning rate -> sub from the weight. numpy runs it as `np.matmul(..., out=grad)` and then one more
-pass (a compiled loop) that reads the whole gradient back, scales it and subtracts it from the
-weight: for a 784x400 layer that is a 1.25 MB store and reload the update never needed. BLAS's gemm
-computes C = alpha * op(A) @ op(B) + beta * C itself, so with C the weight's own storage (the
-donated parameter array, else the result's planned buffer holding a copy of P), alpha = -s (the
-runtime scalar) and beta = 1, the gradient is added into the weight as it is computed and never
-stored. The product is rounded differently (alpha is folded into BLAS's accumulation): ulps from
-the reference, which is why this is `backend="cpu"` only; `backend="numpy"` stays bit for bit.
+The form: an add or a sub whose operands are a product `op(A) @ op(B)` (optionally times a one-
+element factor s) and an accumulator P (optionally times a one-element factor m), in either order.
+BLAS's gemm computes C = alpha * op(A) @ op(B) + beta * C, so with C the destination of the add/sub
+holding P, alpha = +-s and beta = +-m (signs folded in from the sub, 1 where there is no factor),
+the product is added into the accumulator as it is computed and never stored. Training steps make
+these forms everywhere:
+
+* the SGD weight update `W - lr * (X^T @ dY)` (alpha = -lr, beta = 1, C the donated weight);
+* the momentum buffer `0.9 * buf + X^T @ dY` (beta = 0.9, C the donated buffer) and with a scaled
+  gradient `m * buf + s * G`;
+* a backward sum of two products `dmu @ W21 + dlogvar @ W22` (P the first product, whose scratch
+  becomes C where it dies there).
+
+Not a forward Linear's `X @ W^T + b` (torch's addmm): with P a broadcast, C would need the bias
+copied in and gemm would read it back, which costs more than the add in the compiled loop that
+follows (`_stretched`).
+
+Why: numpy runs `np.matmul(..., out=grad)` and then one more pass (a compiled loop) that reads the
+whole product back, scales it and adds it to the accumulator: for a 784x400 layer that is a 1.25 MB
+store and reload the result never needed. The product is rounded differently (alpha and beta are
+folded into BLAS's accumulation): ulps from the reference, which is why this is `backend="cpu"`
+only; `backend="numpy"` stays bit for bit.
 
 BLAS is numpy's own bundled OpenBLAS, reached with ctypes: no new dependency, the library (and the
 threads) np.matmul already uses. It is found as a loaded library whose name contains "openblas"
@@ -19,13 +32,18 @@ string says otherwise), or plain `cblas_?gemm` when the library's config string 
 build (no USE64BITINT). Anything else -- no library, no symbol, an unknown ABI -- and the
 generator writes the usual numpy lines; that is said once, at debug level, on `avalon.numpy`.
 
-At run time a call whose operands BLAS cannot describe (a stride that is neither a row-major nor a
-transposed row-major matrix, misaligned data) or a zero learning rate (BLAS may then skip the
-product, where the reference gets nan from an inf in it) runs numpy's matmul, mul and sub instead.
-Whether the destination may be written where the update is computed (a donated state still read
-later in the group, the memory plan's in-place results) is decided by the region emitter exactly
-as for the sub it replaces (`region.emit_region`, `donate.region_safe`); an operand that may share
-storage with a donated state the group writes is not fused at all.
+What is matched: f32/f64 2-D matmuls with no empty dimension, each intermediate (the matmul's result,
+the muls', a transpose taken as BLAS's flag) read only by the next op of the form and not yielded; a
+factor is a splat constant or a broadcast of one element. At run time a call whose operands BLAS
+cannot describe (a stride that is neither a row-major nor a transposed row-major matrix, misaligned
+data), or whose alpha or beta is 0 (BLAS then skips the product, or never reads C: an inf or nan
+there would be lost where the reference propagates it) or not finite, runs numpy's lines for the
+ops instead, in their order. Whether the destination may be written where the call runs (a donated
+state still read later in the group, the memory plan's in-place results, an accumulator's own
+scratch) is decided by the region emitter exactly as for the add/sub the call replaces
+(`region.emit_region`, `donate.region_safe`); a matmul operand that may share storage with a donated
+state the group writes, and a value whose read the call moves to the add/sub (a factor, P read
+through its mul) that may share storage with a state another op of the group writes, are not fused.
 """
 from __future__ import annotations
 
@@ -142,19 +160,26 @@ _FLIP = {NO_TRANS: TRANS, TRANS: NO_TRANS}
 
 
 class Update:
-    """One call site: `c = p - s * (op(a) @ op(b))`, op a transpose where `flip_a`/`flip_b` (an IR
-    transpose mapped to BLAS's flag: the array passed is its operand). `c` is a C-contiguous array of
-    the result type that may be `p` itself (else p is copied into it first); a, b and c never share
-    storage (checked when the line is generated). Where `stable` says the generated code passes the
-    same array object every call (its own buffers and slots, a donated state), the address is
-    remembered (`.ctypes.data` costs a microsecond); holding the array also makes numpy refuse an
-    in-place `resize` of it. A caller's array (a batch) is not held."""
+    """One call site: `c = beta * p + alpha * op(a) @ op(b)`, op a transpose where `flip_a`/`flip_b`
+    (an IR transpose mapped to BLAS's flag: the array passed is its operand). alpha is `sign_t * s`
+    and beta `sign_p * m`, `s`/`m` a numpy scalar or one-element array (a runtime value or a splat)
+    or None for 1. `p` is an array of the result type, or anything numpy broadcasts to it; `c` is a
+    C-contiguous array of the result type that may be `p` itself (else p is copied into it first);
+    a, b and c never share storage (checked when the line is generated). Where `stable` says the
+    generated code passes the same array object every call (its own buffers and slots, a donated
+    state), the address is remembered (`.ctypes.data` costs a microsecond); holding the array also
+    makes numpy refuse an in-place `resize` of it. A caller's array (a batch) is not held.
+
+    The numpy fallback computes what the ops it replaces compute, in their order: the matmul, `s *`
+    it, `m *` p, then `q + t`, `q - t` or (`t_first`) `t - q`."""
 
     def __init__(self, gemm: Any, dtype: np.dtype, m: int, n: int, k: int, flip_a: bool = False,
-                 flip_b: bool = False, stable: tuple[bool, bool, bool] = (False, False, False)):
+                 flip_b: bool = False, stable: tuple[bool, bool, bool] = (False, False, False),
+                 sign_t: float = -1.0, sign_p: float = 1.0, t_first: bool = False):
         self.gemm, self.dtype, self.m, self.n, self.k = gemm, np.dtype(dtype), m, n, k
         self.isz = self.dtype.itemsize
         self.flip_a, self.flip_b, self.stable = flip_a, flip_b, stable
+        self.sign_t, self.sign_p, self.t_first = sign_t, sign_p, t_first
         self._seen: list[Any] = [None, None, None]
         self._addr = [0, 0, 0]
 
@@ -166,53 +191,70 @@ class Update:
         self._seen[i], self._addr[i] = x, x.ctypes.data
         return self._addr[i]
 
-    def __call__(self, a: np.ndarray, b: np.ndarray, s: Any, p: np.ndarray, c: np.ndarray) -> None:
-        scale = s.item()
+    def __call__(self, a: np.ndarray, b: np.ndarray, s: Any, p: Any, m: Any, c: np.ndarray) -> None:
+        alpha = self.sign_t if s is None else self.sign_t * s.item()
+        beta = self.sign_p if m is None else self.sign_p * m.item()
         la, lb = _layout(a, self.isz), _layout(b, self.isz)
-        if (la is None or lb is None or scale == 0 or not (a.flags.aligned and b.flags.aligned)
-                or a.dtype != self.dtype or b.dtype != self.dtype or not c.flags.c_contiguous):
-            t = np.matmul(a.T if self.flip_a else a, b.T if self.flip_b else b)
-            np.multiply(s, t, out=t)
-            np.subtract(p, t, out=c)
+        # BLAS skips the product when alpha is 0 and never reads C when beta is 0 (an inf or nan there
+        # would be lost); a non-finite factor may be folded in before or after the sum: numpy then
+        if (la is None or lb is None or not (a.flags.aligned and b.flags.aligned) or a.dtype != self.dtype
+                or b.dtype != self.dtype or not c.flags.c_contiguous or alpha == 0 or beta == 0
+                or not (math.isfinite(alpha) and math.isfinite(beta))):
+            self.numpy(a, b, s, p, m, c)
             return
         if p is not c:
             np.copyto(c, p)
         self.gemm(ROW_MAJOR, _FLIP[la[0]] if self.flip_a else la[0], _FLIP[lb[0]] if self.flip_b else lb[0],
-                  self.m, self.n, self.k, -scale, self._ptr(0, a), la[1], self._ptr(1, b), lb[1], 1.0,
+                  self.m, self.n, self.k, alpha, self._ptr(0, a), la[1], self._ptr(1, b), lb[1], beta,
                   self._ptr(2, c), self.n)
+
+    def numpy(self, a: np.ndarray, b: np.ndarray, s: Any, p: Any, m: Any, c: np.ndarray) -> None:
+        t = np.matmul(a.T if self.flip_a else a, b.T if self.flip_b else b)
+        if s is not None:
+            np.multiply(s, t, out=t)
+        q = p if m is None else np.multiply(m, p)
+        if self.sign_p == self.sign_t:
+            np.add(q, t, out=c)
+        elif self.t_first:
+            np.subtract(t, q, out=c)
+        else:
+            np.subtract(q, t, out=c)
 
 
 @dataclass
 class Pattern:
-    """`sub(p, mul(bcast(s), matmul(op(a), op(b))))` in a group's block (either mul order), op a
-    transpose that only the matmul reads (`flip_a`/`flip_b`, emitted as BLAS's flag) or none."""
+    """`root(acc, prod)` in a group's block, root an add or a sub (either operand order) of the result
+    type, `prod` the product `op(a) @ op(b)` or `s * ` it (a mul by a one-element value, either
+    order), `acc` the accumulator `p` or `m * p` (likewise); op a transpose that only the matmul
+    reads (`flip_a`/`flip_b`, emitted as BLAS's flag) or none. The call writes the root's result."""
 
+    root: Op
     matmul: Op
-    mul: Op
-    sub: Op
     a: Value  # the matmul's operand, or the operand of its transpose when flipped
     b: Value
-    s: Value  # the mul's scalar operand (a broadcast of one element, or a splat)
+    p: Value
+    s: Value | None  # the product's factor, None for 1
+    m: Value | None  # the accumulator's factor, None for 1
+    sign_t: float  # -1 where the root subtracts the product
+    sign_p: float  # -1 where it subtracts the accumulator
+    t_first: bool  # the product is the root's first operand
     flip_a: bool = False
     flip_b: bool = False
-    transposes: tuple[Op, ...] = ()
-
-    @property
-    def p(self) -> Value:
-        return self.sub.operands[0]
+    skipped: tuple[Op, ...] = ()  # transposes, the matmul and the muls: they emit nothing
 
     @property
     def ops(self) -> tuple[Op, ...]:
-        """The ops the call replaces besides the sub: they emit nothing."""
-        return (*self.transposes, self.matmul, self.mul)
+        """The ops the call replaces besides the root."""
+        return self.skipped
 
     @property
     def reads(self) -> tuple[Value, ...]:
-        """What the call reads besides the sub's own operands: the matmul's operands, the scalar."""
-        return self.a, self.b, self.s
+        """What the call reads: the matmul's operands, p and the factors (alive until the root)."""
+        return tuple(x for x in (self.a, self.b, self.p, self.s, self.m) if x is not None)
 
 
 _OUT = OpEmitter(lambda *args: None, lambda op: True, inplace=False)  # the call never writes an operand
+_OVER_P = OpEmitter(lambda *args: None, lambda op: True)  # ... but for p, an operand of the root dying there
 
 
 def _only_use(v: Value, block_results: set[Value]) -> Op | None:
@@ -249,62 +291,133 @@ def _unflip(v: Value, block, results: set[Value]) -> tuple[Value, Op | None]:
     return v, None
 
 
+def _scaled(gen: Generator, v: Value, user: Op, block, results: set[Value]) -> tuple[Value, Value | None, Op | None]:
+    """(x, f, the mul) when `v` is `f * x` or `x * f` of its type read only by `user`, f one element
+    (x is then the operand that is not, or the second when both are), else (v, None, None)."""
+    op = v.op
+    if (op is None or op.parent is not block or op.name != "mul" or op.regions or len(op.results) != 1
+            or _only_use(v, results) is not user):
+        return v, None, None
+    u, w = op.operands
+    for x, f in ((u, w), (w, u)):
+        if x is not f and x.type == v.type and _one_element(gen, f, block):
+            return x, f, op
+    return v, None, None
+
+
+def _gemmable(mm: Op | None, block, user: Op, results: set[Value]) -> bool:
+    """`mm` is a 2-D f32/f64 matmul of `block` (no empty dimension) whose result only `user` reads."""
+    if mm is None or mm.name != "matmul" or mm.parent is not block or mm.regions or len(mm.results) != 1:
+        return False
+    (a, b), t = mm.operands, mm.results[0].type
+    return (a.type.rank == 2 and b.type.rank == 2 and t.rank == 2 and t.layout is None
+            and t.dtype in (dt.float32, dt.float64) and a.type.dtype == t.dtype and b.type.dtype == t.dtype
+            and 0 not in (*a.type.shape, *b.type.shape) and _only_use(mm.results[0], results) is user)
+
+
+def _stretched(gen: Generator, v: Value, block) -> bool:
+    """`v` is (likely) lazy in the generated code: a splat, a broadcast (a forward Linear's bias), a
+    block argument that is either. Not an accumulator: copying it into C and gemm reading C back
+    costs more than the add in the compiled loop it would leave (measured on the VAE step: +2%)."""
+    if v in block.args:
+        ref = gen.env.get(v)
+        return ref is None or ref.lazy
+    return v.op is not None and v.op.name in ("broadcast", "constant")
+
+
+def _match(gen: Generator, root: Op, block, results: set[Value]) -> Pattern | None:
+    """The pattern rooted at an add/sub `root` (see `Pattern`); where both operands are products, the
+    later matmul is the call's (the earlier one's operands then die where they did)."""
+    if root.name not in ("add", "sub") or root.regions or len(root.results) != 1 or len(root.operands) != 2:
+        return None
+    t = root.results[0].type
+    if t.rank != 2 or t.layout is not None or t.dtype not in (dt.float32, dt.float64):
+        return None
+    index = {o: j for j, o in enumerate(block.ops)}
+    best: Pattern | None = None
+    for i in (0, 1):
+        prod, acc = root.operands[i], root.operands[1 - i]
+        if prod.type != t or acc.type != t or prod is acc:
+            continue
+        x, s, mul = _scaled(gen, prod, root, block, results)
+        if not _gemmable(x.op, block, mul or root, results):
+            continue
+        p, m, mul_p = _scaled(gen, acc, root, block, results)
+        if _stretched(gen, p, block):
+            continue
+        mm = x.op
+        sub = root.name == "sub"
+        u = Pattern(root, mm, *mm.operands, p, s, m, -1.0 if sub and i == 1 else 1.0,
+                    -1.0 if sub and i == 0 else 1.0, i == 0,
+                    skipped=tuple(o for o in (mm, mul, mul_p) if o is not None))
+        if best is None or index[mm] > index[best.matmul]:
+            best = u
+    return best
+
+
+def _donated_args(gen: Generator, group: Op) -> list[tuple[Value, set[Value]]]:
+    """Per donated state the group writes: the block value written, and what in the block may share
+    the state's storage."""
+    block = group.regions[0]
+    out = []
+    for r, y in zip(group.results, block.results):
+        if r in gen.donation:
+            views = aliases([gen.graph.inputs[gen.donation[r]]], gen.graph.body)
+            out.append((y, aliases([x for x, v in zip(block.args, group.operands) if v in views], block)))
+    return out
+
+
 def patterns(gen: Generator, group: Op) -> dict[Op, Pattern]:
-    """The group's updates to emit as gemm calls, by their sub op (none when BLAS is not found)."""
+    """The group's gemm-plus-accumulator sites to emit as gemm calls, by their root op (none when
+    BLAS is not found). Not fused: an operand of the matmul that may share storage with a donated
+    state the group writes (gemm would read it while writing C), and a value whose read the call
+    moves to the root (the factors, p read through its mul) that may share storage with a donated
+    state written by another op (which may write it in between)."""
     block = group.regions[0]
     found: dict[Op, Pattern] = {}
     results = set(block.results)
-    unsafe: set[Value] | None = None
-    for mm in block.ops:
-        if mm.name != "matmul" or mm.regions or len(mm.results) != 1:
+    donated: list[tuple[Value, set[Value]]] | None = None
+    claimed: set[Op] = set()
+    for root in block.ops:
+        u = _match(gen, root, block, results)
+        if u is None:
             continue
-        a, b = mm.operands
-        r = mm.results[0]
-        t = r.type
-        if (a.type.rank != 2 or b.type.rank != 2 or t.rank != 2 or t.layout is not None
-                or t.dtype not in (dt.float32, dt.float64) or a.type.dtype != t.dtype or b.type.dtype != t.dtype
-                or 0 in (*a.type.shape, *b.type.shape)):
+        if donated is None:
+            donated = _donated_args(gen, group)
+        moved = [x for x in (u.s, u.m, u.p if u.m is not None else None) if x is not None]
+        if any(u.a in vs or u.b in vs or y is not root.results[0] and any(x in vs for x in moved)
+               for y, vs in donated):
             continue
-        mul = _only_use(r, results)
-        if mul is None or mul.name != "mul" or mul.parent is not block or len(mul.results) != 1:
+        (xa, ta), (xb, tb) = _unflip(u.a, block, results), _unflip(u.b, block, results)
+        u.a, u.b, u.flip_a, u.flip_b = xa, xb, ta is not None, tb is not None
+        u.skipped = (*(o for o in (ta, tb) if o is not None), *u.skipped)
+        if claimed.intersection(u.skipped) or any(x.op in claimed for x in u.reads):
             continue
-        s = mul.operands[1] if mul.operands[0] is r else mul.operands[0]
-        if s is r or mul.results[0].type != t or not _one_element(gen, s, block):
-            continue
-        sub = _only_use(mul.results[0], results)
-        if sub is None or sub.name != "sub" or sub.parent is not block or sub.operands[1] is not mul.results[0]:
-            continue
-        p = sub.operands[0]
-        ref = gen.env.get(p)
-        if p not in block.args or p.type != t or sub.results[0].type != t or ref is None or ref.lazy:
-            continue
-        if unsafe is None:  # what may share storage with a donated state this group writes
-            views = aliases([gen.graph.inputs[gen.donation[x]] for x in group.results if x in gen.donation],
-                            gen.graph.body)
-            unsafe = aliases([x for x, v in zip(block.args, group.operands) if v in views], block)
-        if a in unsafe or b in unsafe:
-            continue
-        (xa, ta), (xb, tb) = _unflip(a, block, results), _unflip(b, block, results)
-        found[sub] = Pattern(mm, mul, sub, xa, xb, s, ta is not None, tb is not None,
-                             tuple(o for o in (ta, tb) if o is not None))
+        claimed.update(u.skipped)
+        found[root] = u
     if found and find() is None:
         return {}
     return found
 
 
 def emit(gen: Generator, u: Pattern, dest) -> None:
-    """The call line at the sub's place, into the sub's destination (`dest` of the region emitter)."""
+    """The call line at the root's place, into the root's destination (`dest` of the region emitter;
+    p's own storage when p is an operand of the root that dies there, not read by the matmul)."""
     fns = find()
-    y = u.sub.results[0]
+    y = u.root.results[0]
     t = y.type
-    out: Ref = dest(y, _OUT)
+    p = gen.env[u.p]
+    over_p = u.p in u.root.operands and u.p not in (u.a, u.b, u.s, u.m)
+    out: Ref = dest(y, _OVER_P if over_p else _OUT)
     a, b = gen.array(gen.env[u.a]), gen.array(gen.env[u.b])
-    s = gen.env[u.s].expr  # a numpy scalar, or an array of one element that the broadcast stretches
-    m, n = t.shape
+    # a numpy scalar, or an array of one element that the broadcast stretches
+    s, m = (gen.env[x].expr if x is not None else "None" for x in (u.s, u.m))
+    rows, cols = t.shape
     k = u.matmul.operands[0].type.shape[1]
     stable = (a in gen.views, b in gen.views, out.expr in gen.views or out.expr in _donated(gen))
-    call = gen.const(Update(fns[t.dtype.np.name], t.dtype.np, m, n, k, u.flip_a, u.flip_b, stable), "gemm")
-    gen.line(f"{call}({a}, {b}, {s}, {gen.env[u.p].expr}, {out.expr})")
+    call = gen.const(Update(fns[t.dtype.np.name], t.dtype.np, rows, cols, k, u.flip_a, u.flip_b, stable,
+                            u.sign_t, u.sign_p, u.t_first), "gemm")
+    gen.line(f"{call}({a}, {b}, {s}, {p.expr}, {m}, {out.expr})")
     gen.stats["fast"] += 1
     gen.stats["blas"] = gen.stats.get("blas", 0) + 1
     gen.env[y] = out

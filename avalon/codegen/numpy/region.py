@@ -33,8 +33,8 @@ def emit_region(gen: Generator, op: Op) -> None:
     end = len(inner)
     for y in block.results:
         last[y] = end
-    # backend="cpu": `P - s * (A @ B)` as one BLAS call at the sub (`blas`); the matmul, the mul (and
-    # transposes only the matmul reads) emit nothing, and what they read stays alive until the sub
+    # backend="cpu": `beta * P + alpha * (A @ B)` as one BLAS call at the add/sub (`blas`); the matmul,
+    # the muls (and transposes only the matmul reads) emit nothing, and what they read stays alive until then
     gemms = blas.patterns(gen, op) if gen.native_runs else {}
     skip = {o for u in gemms.values() for o in u.ops}
     for o, u in gemms.items():
@@ -75,9 +75,10 @@ def emit_region(gen: Generator, op: Op) -> None:
         o = v.op
         if em.inplace and o.has_trait("elementwise"):
             for x in o.operands:
-                a = gen.env[x]
-                if (not a.lazy and a.slot is not None and last.get(x) == index[o] and gen.refs.get(a.slot) == 1
-                        and a.type.shape == v.type.shape and a.type.dtype.np == v.type.dtype.np):
+                a = gen.env.get(x)  # none for what a gemm call replaced
+                if (a is not None and not a.lazy and a.slot is not None and last.get(x) == index[o]
+                        and gen.refs.get(a.slot) == 1 and a.type.shape == v.type.shape
+                        and a.type.dtype.np == v.type.dtype.np):
                     ref = Ref(a.expr, v.type, slot=a.slot)
                     gen.hold(ref)
                     return ref
