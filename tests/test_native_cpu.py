@@ -130,6 +130,21 @@ def test_a_cached_library_that_does_not_load_is_rebuilt():
     assert out[0] == 2.0
 
 
+def test_a_cache_that_cannot_be_written_builds_privately_and_says_so_once(tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("AVALON_CACHE_DIR", str(blocker / "cache"))  # mkdir under a file fails
+    monkeypatch.setattr(native, "_warned_cache", False)
+    with caplog.at_level(logging.WARNING, logger="avalon.numpy"):
+        for value in (2.0, 3.0):
+            ns: dict = {}
+            native.bind(native.build([f"void run0(void *p0) {{ ((float *)p0)[0] = {value}f; }}"]), [1], ns)
+            out = np.zeros(1, np.float32)
+            ns["run0"](out.ctypes.data)
+            assert out[0] == value
+    assert caplog.text.count("cannot write the library cache") == 1
+
+
 @pytest.mark.parametrize("which", ["lenet", "vae"])
 def test_training_steps_match_the_interpreter(which, rng, monkeypatch):
     """Two compiled steps on backend='cpu' and on the interpreter from the same weights and seeds."""

@@ -395,6 +395,9 @@ def library_path(functions: list[str]) -> Path:
     return _cache_dir() / key[:2] / f"{key}.so"
 
 
+_warned_cache = False
+
+
 def build(functions: list[str]) -> ctypes.CDLL:
     """One shared library with `functions`, from the disk cache or built now: with libmvec first,
     then plain libm (a platform without the vector math library), then without -march=native."""
@@ -405,26 +408,41 @@ def build(functions: list[str]) -> ctypes.CDLL:
         except OSError as e:  # a truncated or foreign file: build it again
             log.warning("native: cached library %s does not load (%s); rebuilding", path, e)
             path.unlink(missing_ok=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as d:
-        c_file, so = Path(d) / "runs.c", Path(d) / "runs.so"
-        c_file.write_text(source)
-        errors = []
-        portable = [f for f in FLAGS if f != "-march=native"]  # compilers or CPUs without it
-        for flags, libs in ((FLAGS, ["-lmvec", "-lm"]), ([*FLAGS, "-DAVALON_NO_MVEC"], ["-lm"]),
-                            ([*portable, "-DAVALON_NO_MVEC"], ["-lm"])):
-            try:
-                done = subprocess.run([cc, *flags, str(c_file), "-o", str(so), *libs], capture_output=True,
-                                      text=True, timeout=120)
-            except (OSError, subprocess.TimeoutExpired) as e:
-                raise NativeUnavailable(f"cannot run the C compiler {cc!r}: {e}") from e
-            if done.returncode == 0:
-                break
-            errors.append(done.stderr.strip()[-2000:])
-        else:
-            raise NativeUnavailable(f"{cc} failed to build the compiled loops:\n" + "\n".join(errors))
-        os.replace(so, path)
-    return ctypes.CDLL(str(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent) as d:
+            os.replace(_compile(Path(d), source, cc), path)
+        return ctypes.CDLL(str(path))
+    except OSError as e:  # a cache that cannot be written (read-only, a file in the way): build privately
+        global _warned_cache
+        if not _warned_cache:
+            log.warning("native: cannot write the library cache %s (%s); building in temporary directories",
+                        path.parent, e)
+            _warned_cache = True
+    d = Path(tempfile.mkdtemp(prefix="avalon-native-"))
+    try:
+        return ctypes.CDLL(str(_compile(d, source, cc)))  # loaded: the file is no longer needed
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _compile(d: Path, source: str, cc: str) -> Path:
+    """Build `source` into `d`/runs.so: with libmvec first, then plain libm, then without -march=native."""
+    c_file, so = d / "runs.c", d / "runs.so"
+    c_file.write_text(source)
+    errors = []
+    portable = [f for f in FLAGS if f != "-march=native"]  # compilers or CPUs without it
+    for flags, libs in ((FLAGS, ["-lmvec", "-lm"]), ([*FLAGS, "-DAVALON_NO_MVEC"], ["-lm"]),
+                        ([*portable, "-DAVALON_NO_MVEC"], ["-lm"])):
+        try:
+            done = subprocess.run([cc, *flags, str(c_file), "-o", str(so), *libs], capture_output=True,
+                                  text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise NativeUnavailable(f"cannot run the C compiler {cc!r}: {e}") from e
+        if done.returncode == 0:
+            return so
+        errors.append(done.stderr.strip()[-2000:])
+    raise NativeUnavailable(f"{cc} failed to build the compiled loops:\n" + "\n".join(errors))
 
 
 _ARGTYPES = {"p": ctypes.c_void_p, "u": ctypes.c_uint32}
