@@ -15,6 +15,7 @@ float tolerance, not bit for bit; the pooling and random-number kernels are exac
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -159,8 +160,9 @@ def conv2d_grad_input_bf(dy: np.ndarray, w: np.ndarray, g: Geometry, out: np.nda
 
 
 def conv2d_grad_input_bl(dy: np.ndarray, w: np.ndarray, g: Geometry, out: np.ndarray, dyt: np.ndarray,
-                         dcols: np.ndarray, dxt: np.ndarray) -> None:
-    """dx, batch last, a chunk of output rows at a time (`dyt`, `dcols`: flat workspaces)."""
+                         dcols: np.ndarray, dxt: np.ndarray, col2im: Any = None) -> None:
+    """dx, batch last, a chunk of output rows at a time (`dyt`, `dcols`: flat workspaces); `col2im`, a
+    compiled scatter of a chunk's taps (`native.col2im_call`), replaces the per-tap numpy adds."""
     n, o, oh, ow = dy.shape
     _, c, kh, kw = w.shape
     ph, pw = g[2], g[3]
@@ -175,6 +177,9 @@ def conv2d_grad_input_bl(dy: np.ndarray, w: np.ndarray, g: Geometry, out: np.nda
         np.copyto(dc, dy[:, :, r0:r1].transpose(1, 2, 3, 0))
         d2 = dcols[: c * kh * kw * k].reshape(c * kh * kw, k)
         np.matmul(wt, dc.reshape(o, k), out=d2)
+        if col2im is not None:
+            col2im(d2.ctypes.data, dxt.ctypes.data, r0, r1)
+            continue
         d6 = d2.reshape(c, kh, kw, r1 - r0, ow, n)
         for i in range(kh):
             si = _rows(i, r0, r1, g)

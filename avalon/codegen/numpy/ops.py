@@ -228,7 +228,12 @@ def _conv2d_grad_input(gen: Generator, op: Op, args: list[Ref], out: str) -> Non
         dyt, _ = gen.scratch((o * rb * ow * n,), f)
         dcols, _ = gen.scratch((c * kh * kw * rb * ow * n,), f)
         dxt, _ = gen.scratch((c, hp, wp, n), f)
-        gen.line(f"K.conv2d_grad_input_bl({dy}, {w}, {g!r}, {out}, {dyt}, {dcols}, {dxt})")
+        scatter = None
+        if gen.native_runs:  # backend='cpu': the taps' adds as one compiled loop
+            from .native import col2im_call
+            scatter = col2im_call(gen, op.results[0].type.dtype, c, kh, kw, ow, n, hp, wp, g)
+        tail = f", {scatter}" if scatter else ""
+        gen.line(f"K.conv2d_grad_input_bl({dy}, {w}, {g!r}, {out}, {dyt}, {dcols}, {dxt}{tail})")
 
 
 @register(("conv2d_grad_weight",), _plain_conv, inplace=False)
