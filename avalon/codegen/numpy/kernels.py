@@ -214,14 +214,17 @@ def conv2d_grad_weight_bf(x: np.ndarray, dy: np.ndarray, g: Geometry, out: np.nd
 
 def conv2d_grad_weight_bl(x: np.ndarray, dy: np.ndarray, g: Geometry, out: np.ndarray, xt: np.ndarray,
                           cols: np.ndarray, dyt: np.ndarray, acc: np.ndarray) -> None:
-    """dw = dy (O, OH*OW*N) @ cols^T, batch last, a chunk of output rows at a time, summed into `out`
-    (through `acc` after the first chunk; `cols`, `dyt`: flat workspaces)."""
+    """dw^T = cols @ dy^T (CKK, O), batch last, a chunk of output rows at a time, summed in `acc` (the
+    chunks after the first through `out`'s memory), transposed into `out` at the end (`cols`, `dyt`:
+    flat workspaces). That orientation: LeNet conv2's (500 x 1024) @ (1024 x 50) runs at ~136 GFLOP/s
+    where (50 x 1024) @ (1024 x 500) ran at ~114 (OpenBLAS, 2 cores)."""
     n, o, oh, ow = dy.shape
     _, c, kh, kw = out.shape
     win = _windows(_padded_bl(x, g, xt), g, kh, kw, (1, 2))
-    out2 = out.reshape(o, c * kh * kw)
+    total, part = acc.reshape(c * kh * kw, o), out.reshape(c * kh * kw, o)
     if oh == 0:
         out.fill(0)
+        return
     rb = _per_chunk(cols, c * kh * kw * ow * n)
     for r0 in range(0, oh, rb):
         r1 = min(oh, r0 + rb)
@@ -229,9 +232,10 @@ def conv2d_grad_weight_bl(x: np.ndarray, dy: np.ndarray, g: Geometry, out: np.nd
         cc = _cols_bl(win, r0, r1, cols)
         dc = dyt[: o * k].reshape(o, r1 - r0, ow, n)
         np.copyto(dc, dy[:, :, r0:r1].transpose(1, 2, 3, 0))
-        np.matmul(dc.reshape(o, k), cc.reshape(c * kh * kw, k).T, out=out2 if r0 == 0 else acc)
+        np.matmul(cc.reshape(c * kh * kw, k), dc.reshape(o, k).T, out=total if r0 == 0 else part)
         if r0:
-            out2 += acc
+            total += part
+    np.copyto(out.reshape(o, c * kh * kw), total.T)
 
 
 def pool_taps(x: np.ndarray, kh: int, kw: int, oh: int, ow: int) -> list[np.ndarray]:
