@@ -121,9 +121,25 @@ def _load_object(target: str) -> Any:
     return obj
 
 
+def _target(args) -> Any:
+    """The `--backend` NAME's target (its fusion kinds, views, memory plan), else None: the default
+    (Triton's kinds). `--backend cpu` shows the loop-nest groups `backend="cpu"` compiles."""
+    name = getattr(args, "backend", None)
+    if not name:
+        return None
+    from .compiler.backends import BackendUnavailable, get_backend
+    try:
+        return get_backend(name).target
+    except (ValueError, BackendUnavailable) as e:
+        raise CliError(str(e)) from None
+
+
+BACKEND_HELP = "fuse for this backend's target (numpy, cpu, triton, iree); default: Triton's kernel kinds"
+
+
 def _pipeline(args, **kw):
     from .passes import PassManager
-    return PassManager.parse(args.pipeline, **kw) if args.pipeline else None
+    return PassManager.parse(args.pipeline, target=_target(args), **kw) if args.pipeline else None
 
 
 def _check_arity(obj: Any, n: int, target: str) -> None:
@@ -168,7 +184,7 @@ def cmd_opt(args) -> None:
     g = _parse_ir(args.file)
     pm = PassManager.parse(args.pipeline or "", verify_each=args.verify_each,
                            print_after_all=args.print_after_all, print_after_changed=args.print_after_changed,
-                           time_passes=args.time_passes, stream=sys.stderr)
+                           time_passes=args.time_passes, stream=sys.stderr, target=_target(args))
     pm.run(g)
     ir.verify(g)
     sys.stdout.write(ir.print_graph(g, locations=args.locations))
@@ -344,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-p", "--pipeline", default=None, help="run this pipeline on the traced graph")
     t.add_argument("--locations", action="store_true", help="print source locations")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--backend", default=None, help=BACKEND_HELP)
     t.set_defaults(fn=cmd_trace)
 
     o = sub.add_parser("opt", help="run a pass pipeline over text IR")
@@ -355,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--verify-each", action="store_true")
     o.add_argument("--plugin", action="append", metavar="FILE.py", help="a Python file that registers passes")
     o.add_argument("--locations", action="store_true")
+    o.add_argument("--backend", default=None, help=BACKEND_HELP)
     o.set_defaults(fn=cmd_opt)
 
     k = sub.add_parser("kernels", help="write a graph's generated Triton kernels as standalone files")

@@ -37,6 +37,30 @@ def test_opt_runs_a_pipeline_from_stdin():
     assert [op.name for op in g.ops] == ["exp", "add"]
 
 
+LOSS = """\
+func @f(%h: tensor<4x3xf32>, %w: tensor<3x5xf32>, %x: tensor<4x5xf32>) -> (tensor<f32>, tensor<5xf32>) {
+  %0 = matmul %h, %w : tensor<4x5xf32>
+  %1 = sigmoid %0 : tensor<4x5xf32>
+  %2 = sub %1, %x : tensor<4x5xf32>
+  %3 = mul %2, %2 : tensor<4x5xf32>
+  %4 = sum %3 {axes = [0, 1]} : tensor<f32>
+  %5 = sum %2 {axes = [0]} : tensor<5xf32>
+  return %4, %5
+}
+"""
+
+
+def test_opt_fuses_for_the_backend_it_is_told():
+    """--backend cpu: the loop nest backend='cpu' compiles (one group); the default, Triton's kinds,
+    keeps the contraction and the two reductions apart."""
+    cpu = avalon("opt", "-", "-p", "fuse", "--backend", "cpu", stdin=LOSS)
+    triton = avalon("opt", "-", "-p", "fuse", stdin=LOSS)
+    assert cpu.returncode == 0 and triton.returncode == 0, cpu.stderr + triton.stderr
+    assert cpu.stdout.count("= fusion @") == 1 and triton.stdout.count("= fusion @") > 1
+    bad = avalon("opt", "-", "-p", "fuse", "--backend", "nope", stdin=LOSS)
+    assert bad.returncode != 0 and "unknown backend 'nope'" in bad.stderr
+
+
 def test_opt_instrumentation(tmp_path):
     f = tmp_path / "f.mlir"
     f.write_text(IR)
