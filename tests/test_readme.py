@@ -123,7 +123,7 @@ def test_readme_examples_run(tmp_path, monkeypatch):
 def test_readme_commands_run(tmp_path):
     """The README's `avalon` commands in order (the first, `avalon demo`, and the command-line block)."""
     cmds = avalon_commands(README)
-    assert [c[1] for c in cmds] == ["demo", "trace", "opt", "opt", "kernels", "run", "ops", "export",
+    assert [c[1] for c in cmds] == ["demo", "trace", "opt", "opt", "opt", "kernels", "run", "ops", "export",
                                      "export", "import"], cmds
     cwd = _scratch(tmp_path)
     for words, rc, err in run_avalon(cmds, cwd):
