@@ -12,8 +12,9 @@ first; a value that reads a sum of the open run closes it. The cpu target (`loop
 whole loop nests for this, so a loss, its sum and its gradient's column sum are one loop. Slots
 freed while a run is open are reused only after it closes, since the loop reads and writes all of
 its storage in each iteration. Non-overlapping max pools and their gradients become one loop over
-the windows too (bit for bit the reference's, which takes a dozen strided passes); a random op is
-one call (`native_random`). Threads were measured and left out: beside OpenBLAS's worker, which
+the windows too (bit for bit the reference's, which takes a dozen strided passes), and so does a
+batch-last convolution input gradient's scatter of its taps (`col2im_call`); a random op is one call
+(`native_random`). Threads were measured and left out: beside OpenBLAS's worker, which
 spins on the other core for a while after each sgemm, a loop split over two threads ran slower
 (2.1 vs 1.5 ms) and a short-spinning pool made the next sgemm ~40x slower on a 2-core machine.
 The system C compiler builds all of a signature's functions into one shared
