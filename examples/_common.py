@@ -24,7 +24,7 @@ def parse_args(doc: str | None, argv: list[str] | None, *, epochs: int, lr: floa
     p.add_argument("--lr", type=float, default=lr)
     for name, default in extra.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
-    p.add_argument("--backend", choices=["numpy", "triton"], default=None,
+    p.add_argument("--backend", choices=["numpy", "cpu", "triton"], default=None,
                    help="compiler backend (default: triton on a GPU, numpy otherwise)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: the CPU)")
     p.add_argument("--seed", type=int, default=0)

@@ -1,6 +1,6 @@
 """Train a small character-level GPT on the help texts that ship with Python, then sample from it.
 
-    python examples/train_gpt.py [--steps 400] [--backend numpy|triton] [--device cuda]
+    python examples/train_gpt.py [--steps 400] [--backend numpy|cpu|triton] [--device cuda]
 
 The text is `pydoc_data.topics` (the topics of Python's interactive `help()`; part of the standard
 library, so no download). Each training step (forward, backward, AdamW update) runs as one compiled
@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--n-embd", type=int, default=48)
     p.add_argument("--chars", type=int, default=200_000, help="train on the first this many characters")
     p.add_argument("--samples", type=int, default=3, help="lines to sample at the end")
-    p.add_argument("--backend", choices=["numpy", "triton"], default=None,
+    p.add_argument("--backend", choices=["numpy", "cpu", "triton"], default=None,
                    help="compiler backend (default: triton on a GPU, numpy otherwise)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: the CPU)")
     p.add_argument("--seed", type=int, default=0)

@@ -6,6 +6,7 @@ reads the accumulator and where it goes."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import types
 
@@ -534,3 +535,20 @@ def test_a_broadcast_accumulator_stays_numpy(bias, monkeypatch):
     outline([o for o in g.ops if bias != "argument" or o not in ops], "fused")  # the broadcast outside: an argument
     exe, _, _ = _run(g, False, seed=2)
     assert "gemm" not in exe.source and spy.calls == 0, exe.source
+
+
+def test_the_gemm_is_numpys_own_openblas_not_another_librarys(monkeypatch, tmp_path):
+    """scipy ships its own OpenBLAS: calling it (it was first in /proc/self/maps) woke a second thread
+    pool beside numpy's, and an LSTM step on two cores went from 9 to 80 ms. Only numpy's wheel copy, or
+    the one OpenBLAS the process has loaded, is taken."""
+    pytest.importorskip("scipy.special")  # loads scipy's OpenBLAS where scipy ships one
+    found = blas._candidates()
+    root = os.path.realpath(os.path.join(os.path.dirname(np.__file__), ".."))
+    assert all(os.path.realpath(p).startswith(root) and "numpy" in p for p in found), found
+    fake = tmp_path / "site" / "numpy"
+    fake.mkdir(parents=True)
+    monkeypatch.setattr(np, "__file__", str(fake / "__init__.py"))  # a numpy without bundled libraries
+    loaded = [ln.split(maxsplit=5)[5].strip() for ln in open("/proc/self/maps") if "openblas" in ln.lower()
+              and len(ln.split(maxsplit=5)) == 6]
+    expected = sorted(set(loaded)) if len(set(loaded)) == 1 else []
+    assert blas._candidates() == expected  # two loaded copies: ambiguous, numpy's lines stay

@@ -73,24 +73,30 @@ _PREFIXES = ("scipy_", "")  # numpy >= 2 wheels prefix their OpenBLAS's symbols 
 
 
 def _candidates() -> list[str]:
-    """OpenBLAS libraries: those this process has loaded (numpy's), then those numpy's wheel ships."""
-    found: list[str] = []
+    """numpy's own OpenBLAS: the one its wheel ships (numpy.libs, numpy/.dylibs), else the one OpenBLAS
+    this process has loaded when there is exactly one. Another library's copy must not be taken: scipy
+    ships its own OpenBLAS, and calling it brings up a second thread pool that spins beside numpy's (an
+    LSTM step on two cores went from 9 to 80 ms, every BLAS call waiting ~4 ms for a core)."""
+    root = os.path.dirname(np.__file__)
+    own: list[str] = []
+    for pattern in ("../numpy.libs/*openblas*", ".dylibs/*openblas*"):
+        for path in sorted(glob.glob(os.path.join(root, pattern))):
+            path = os.path.realpath(path)
+            if path not in own:
+                own.append(path)
+    if own:
+        return own
+    loaded: list[str] = []
     try:
         with open("/proc/self/maps") as f:
             for line in f:
                 parts = line.split(maxsplit=5)
                 path = parts[5].strip() if len(parts) == 6 else ""
-                if path.startswith("/") and "openblas" in os.path.basename(path).lower() and path not in found:
-                    found.append(path)
+                if path.startswith("/") and "openblas" in os.path.basename(path).lower() and path not in loaded:
+                    loaded.append(path)
     except OSError:
         pass
-    root = os.path.dirname(np.__file__)
-    for pattern in ("../numpy.libs/*openblas*", ".dylibs/*openblas*"):
-        for path in sorted(glob.glob(os.path.join(root, pattern))):
-            path = os.path.realpath(path)
-            if path not in found:
-                found.append(path)
-    return found
+    return loaded if len(loaded) == 1 else []
 
 
 def _config(lib: ctypes.CDLL, prefix: str, suffix: str) -> str | None:
