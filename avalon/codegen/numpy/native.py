@@ -22,7 +22,7 @@ library, cached on disk (`<AVALON_CACHE_DIR or ~/.cache/avalon>/native/`, writte
 library that fails to load is rebuilt).
 
 Arithmetic is IEEE as numpy's (+ - * / sqrt correctly rounded, maximum/minimum propagate nan,
-comparisons false on nan), but exp/log/cos come from glibc's vector math library (libmvec, reached through
+comparisons false on nan), but exp/log/sin/cos/tanh come from glibc's vector math library (libmvec, reached through
 `omp declare simd` declarations, so no -ffast-math) and other functions from libm: ulps away from
 numpy's own loops. The numpy backend stays bit-exact with the reference interpreter; this one is
 checked against it within float tolerance, like the Triton backend. Without a C compiler (or if a
@@ -82,6 +82,18 @@ extern double exp(double);
 extern double log(double);
 #pragma omp declare simd notinbranch
 extern double cos(double);
+#pragma omp declare simd notinbranch
+extern float cosf(float);
+#pragma omp declare simd notinbranch
+extern float sinf(float);
+#pragma omp declare simd notinbranch
+extern double sin(double);
+#ifndef AVALON_MVEC_BASIC /* glibc >= 2.35: tanh (GELU's) and friends */
+#pragma omp declare simd notinbranch
+extern float tanhf(float);
+#pragma omp declare simd notinbranch
+extern double tanh(double);
+#endif
 #endif
 #define NPMAX(a, b) (((a) >= (b) || (a) != (a)) ? (a) : (b))
 #define NPMIN(a, b) (((a) <= (b) || (a) != (a)) ? (a) : (b))
@@ -428,12 +440,14 @@ def build(functions: list[str]) -> ctypes.CDLL:
 
 
 def _compile(d: Path, source: str, cc: str) -> Path:
-    """Build `source` into `d`/runs.so: with libmvec first, then plain libm, then without -march=native."""
+    """Build `source` into `d`/runs.so: with every libmvec function first (tanh needs glibc 2.35), then
+    the ones glibc has had since 2.22 (exp, log, sin, cos), then plain libm, then without -march=native."""
     c_file, so = d / "runs.c", d / "runs.so"
     c_file.write_text(source)
     errors = []
     portable = [f for f in FLAGS if f != "-march=native"]  # compilers or CPUs without it
-    for flags, libs in ((FLAGS, ["-lmvec", "-lm"]), ([*FLAGS, "-DAVALON_NO_MVEC"], ["-lm"]),
+    mvec = ["-Wl,-z,defs", "-lmvec", "-lm"]  # a vector function this libmvec lacks fails the link, not the load
+    for flags, libs in ((FLAGS, mvec), ([*FLAGS, "-DAVALON_MVEC_BASIC"], mvec), ([*FLAGS, "-DAVALON_NO_MVEC"], ["-lm"]),
                         ([*portable, "-DAVALON_NO_MVEC"], ["-lm"])):
         try:
             done = subprocess.run([cc, *flags, str(c_file), "-o", str(so), *libs], capture_output=True,
