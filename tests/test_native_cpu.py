@@ -338,12 +338,30 @@ def test_a_sum_whose_storage_another_array_shares_stays_numpy(monkeypatch):
     """The loop zeroes a sum's storage first: if a dead value's slot was reused for it, numpy's passes run."""
     g = _decoder_loss()
     src = _cpu(g).source
-    monkeypatch.setattr(native, "_shared_sum", lambda *a: True)
+    monkeypatch.setattr(native, "_overlap", lambda *a: True)
     exe2 = _cpu(_decoder_loss())
     assert "reduction(+:" in src and "reduction(+:" not in exe2.source
     args = _inputs(g, 5)
     for a, w in zip(exe2(*args), interpret(g, *args)):
         _near(a, w, "numpy passes")
+
+
+def test_the_overlap_check_keeps_a_sum_alone_on_its_storage():
+    """What the check above guards: a sum's result on a slot another name of the loop also uses (even of
+    the same layout) is refused; alone on its slot, or elementwise names of one layout sharing one, pass."""
+    from types import SimpleNamespace
+
+    from avalon.codegen.numpy.generator import View
+    t = TensorType((4, 5), "f32")
+    gen = SimpleNamespace(views={"s0_1": View("slot", 0, t), "s0_2": View("slot", 0, t), "s1_3": View("slot", 1, t),
+                                 "s2_4": View("slot", 2, TensorType((5,), "f32"))})
+    loads_and_store = {"s0_1": ("p0", False), "s0_2": ("p1", True)}
+    assert not native._overlap(gen, loads_and_store, set())  # same element, same index: in place is fine
+    assert native._overlap(gen, loads_and_store, {"p1"})  # but a sum zeroes its storage first
+    assert not native._overlap(gen, {"s0_1": ("p0", False), "s2_4": ("p1", True)}, {"p1"})
+    other = {"s0_1": ("p0", False), "s0_2": ("p1", True)}
+    gen.views["s0_2"] = View("slot", 0, TensorType((20,), "f32"))  # another shape on the slot, written
+    assert native._overlap(gen, other, set())
 
 
 def test_a_sum_written_into_a_donated_state_the_loop_reads_stays_numpy():
@@ -407,3 +425,8 @@ def test_tanh_runs_vectorized_and_matches():
     outline([op for op in g.ops if op.name != "constant"], "fused")
     exe = _check(g)
     assert "tanhf(" in exe.source
+    import ctypes.util
+    mvec = ctypes.util.find_library("mvec")
+    if mvec and hasattr(ctypes.CDLL(mvec), "_ZGVdN8v_tanhf"):  # glibc >= 2.35 on AVX2: the loop calls it
+        lib = native.library_path([src for src, _ in exe.emission.native]).read_bytes()
+        assert b"_ZGVdN8v_tanhf" in lib or b"_ZGVeN16v_tanhf" in lib or b"_ZGVbN4v_tanhf" in lib

@@ -293,7 +293,7 @@ def _function(gen: Generator, ops: list[Op], shape: tuple[int, ...]) -> str | No
         if ref.kind != "array":
             return None
         stores.append((_CTYPE[r.type.dtype], pointer(ref.expr, True), names[r]))
-    if _overlap(gen, params) or _shared_sum(gen, params, {p for _, p, *_ in sums}):
+    if _overlap(gen, params, {p for _, p, *_ in sums}):
         return None
     extents, (full_m, *rest) = _collapse(shape, [full, *(vec for *_, vec in loads), *(s[3] for s in sums)])
     load_m, sum_m = rest[:len(loads)], rest[len(loads):]
@@ -330,33 +330,20 @@ def _function(gen: Generator, ops: list[Op], shape: tuple[int, ...]) -> str | No
 _KEEP: deque = deque(maxlen=64)  # contiguous copies handed to a call, alive until it has returned
 
 
-def _overlap(gen: Generator, params: dict[str, tuple[str, bool]]) -> bool:
-    """Does a written array share its scratch slot or buffer with another name of another shape or
-    element size (a slot reused for a value of another dtype)? Then element i of one is not element i
-    of the other, and the fused loop could overwrite what a later iteration still reads: keep numpy's
-    passes. Names of one layout on one home are the same element at the same index: safe."""
+def _overlap(gen: Generator, params: dict[str, tuple[str, bool]], sums: set[str]) -> bool:
+    """Could the fused loop overwrite what a later iteration still reads? Names of one layout on one
+    scratch slot or buffer are the same element at the same index: safe. But not a written name beside
+    one of another shape or element size (a slot reused for another dtype), nor a sum's result (pointers
+    `sums`) beside any other name there (a dead value's slot, reused): the loop zeroes it first and adds
+    into it throughout. Then numpy's passes run instead."""
     homes: dict[tuple[str, int], list[tuple[str, Any]]] = {}
     for name in params:
         v = gen.views.get(name)
         if v is not None:
             homes.setdefault((v.pool, v.index), []).append((name, (v.type.shape, v.type.dtype.np.itemsize)))
-    return any(len(m) > 1 and any(params[n][1] for n, _ in m) and len({layout for _, layout in m}) > 1
+    return any(len(m) > 1 and (any(params[n][0] in sums for n, _ in m)
+                               or any(params[n][1] for n, _ in m) and len({layout for _, layout in m}) > 1)
                for m in homes.values())
-
-
-def _shared_sum(gen: Generator, params: dict[str, tuple[str, bool]], sum_ptrs: set[str]) -> bool:
-    """Does a sum's result share its storage with another array of the loop? The loop zeroes it first
-    and adds into it throughout, so no other name may live there (a dead value's slot, reused)."""
-    homes: dict[tuple[str, int], int] = {}
-    for name in params:
-        v = gen.views.get(name)
-        if v is not None:
-            homes[(v.pool, v.index)] = homes.get((v.pool, v.index), 0) + 1
-    for name, (p, _) in params.items():
-        v = gen.views.get(name)
-        if p in sum_ptrs and v is not None and homes[(v.pool, v.index)] > 1:
-            return True
-    return False
 
 
 def address(gen: Generator, name: str) -> str:
