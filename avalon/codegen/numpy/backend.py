@@ -143,7 +143,7 @@ class CpuBackend(NumpyBackend):
     system compiler (`avalon.codegen.numpy.native`, groups as whole loop nests: `loops`), f32/f64
     `random` ops as one compiled call each (`native_random`) and fused gemm-plus-accumulator forms
     (`W - lr * (A @ B)`, `0.9 * buf + A @ B`, `A @ B + C @ D`, ...) as one gemm call into the
-    accumulator (`blas`): faster, but exp/log/cos and those sums are ulps from the reference
+    accumulator (`blas`): faster, but the libmvec functions and those sums are ulps from the reference
     (checked within float tolerance, as the Triton backend is; uniform random
     numbers stay bit for bit)."""
 

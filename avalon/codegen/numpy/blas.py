@@ -24,8 +24,10 @@ folded into BLAS's accumulation): ulps from the reference, which is why this is 
 only; `backend="numpy"` stays bit for bit.
 
 BLAS is numpy's own bundled OpenBLAS, reached with ctypes: no new dependency, the library (and the
-threads) np.matmul already uses. It is found as a loaded library whose name contains "openblas"
-(/proc/self/maps), else in numpy's wheel folders (numpy.libs, numpy/.dylibs). A symbol is taken only
+threads) np.matmul already uses. It is found in numpy's wheel folders (numpy.libs, numpy/.dylibs),
+else as the one loaded library whose name contains "openblas" (/proc/self/maps; with several, say
+scipy's copy beside numpy's, none is taken: another copy's thread pool would spin beside numpy's, see
+`_candidates`). A symbol is taken only
 when the width of its integer arguments is certain: the `64_`-suffixed ILP64 ones of numpy's
 scipy-openblas64 and openblas64_ builds (64-bit integers; refused if the library's own config
 string says otherwise), or plain `cblas_?gemm` when the library's config string proves an LP64
