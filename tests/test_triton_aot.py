@@ -53,18 +53,24 @@ SCRIPT = textwrap.dedent('''
                    b("avg_pool2d", x, kernel=[3, 3], stride=[2, 2], padding=[1, 1])])
     cases["conv_and_pool"] = g
 
+    g, b, (x, dy, w) = graph(((64, 1, 28, 28), "f32"), ((64, 20, 24, 24), "f32"), ((20, 1, 5, 5), "f32"))
+    gw = b("conv2d_grad_weight", x, dy, weight_shape=[20, 1, 5, 5])
+    g.set_outputs([b("sub", w, b("mul", gw, b("broadcast", b("constant", value=0.01, shape=[], dtype="f32"),
+                                               shape=[20, 1, 5, 5])))])
+    cases["split_k"] = fuse(g, "fused_conv2d_grad_weight_mul_sub_0")  # LeNet conv1's: 1 tile, 1152 K steps
+
     out = []
     for case, g in cases.items():
-        for ln in compile_graph(g).launches:
-            k = ln.kernel
+        for k in [p for ln in compile_graph(g).launches for p in (ln.kernel, ln.kernel.then) if p]:
             t0 = time.perf_counter()
             try:
                 ptx = compile_for_target(k).asm["ptx"]
                 ok, err = ".target sm_90" in ptx, ""
             except Exception as e:
-                ok, err = False, f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}"
+                ptx, ok, err = "", False, f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}"
             out.append(dict(case=case, kernel=k.name, kind=k.kind, ok=ok, error=err,
-                            seconds=round(time.perf_counter() - t0, 2)))
+                            seconds=round(time.perf_counter() - t0, 2),
+                            wgmma="wgmma.mma_async" in ptx, cp_async="cp.async" in ptx))
     print(json.dumps(out))
 ''')
 
@@ -79,5 +85,10 @@ def test_generated_kernels_compile_to_ptx_for_h100(tmp_path):
     failed = [r for r in results if not r["ok"]]
     assert not failed, failed
     kinds = {r["kind"] for r in results}
-    assert {"pointwise", "reduction", "contraction"} <= kinds
+    # LeNet conv1's weight gradient splits K (both functions of the kernel compile)
+    assert {"pointwise", "reduction", "contraction", "contraction_epilogue"} <= kinds
     assert len(results) >= 9
+    # Hopper's instructions: the f16 GEMM runs on wgmma with its tiles pipelined through cp.async
+    # (the aligned pointers the JIT sees at launch are given to the AOT compile too)
+    mm = next(r for r in results if r["case"] == "matmul")
+    assert mm["wgmma"] and mm["cp_async"], mm

@@ -11,8 +11,9 @@ every shape and dtype, so its hash plus the GPU's name is the (kernel, shape, de
 
 In Triton's interpreter nothing is timed: each kernel keeps the `BlockPolicy`'s one config (the
 interpreter's cost is per program instance, unrelated to GPU speed). `AVALON_AUTOTUNE=0` does the
-same on a GPU. Split-K is not a candidate: the contraction emitter fuses its epilogue (bias,
-activation) after the full K sum, which a split K would have to move to a second kernel.
+same on a GPU. A contraction candidate may split K (`BlockPolicy.split_k`: few output tiles, long
+K); its epilogue function is then part of what is timed (`launch` runs `Kernel.then`), and the
+policy's tiles unsplit are a candidate too, so a split is chosen only where it pays.
 """
 from __future__ import annotations
 
@@ -25,14 +26,14 @@ from typing import Any
 
 from avalon.channels import get_logger
 
-from .blocks import KernelConfig, next_pow2
+from .blocks import BlockPolicy, KernelConfig, next_pow2
 from .cache import KernelCache, interpreting
 from .kernel import Kernel
 
 log = get_logger("autotune")
 
 TUNABLE = ("contraction", "attention", "reduction")
-CANDIDATES_VERSION = "1"  # bump when the candidate sets change: stored winners are then re-timed
+CANDIDATES_VERSION = "2"  # bump when the candidate sets change: stored winners are then re-timed
 
 MakeArgs = Callable[[], list]  # the kernel's argument tensors (made once per tuned kernel, on demand)
 Timer = Callable[[Kernel, MakeArgs], float]  # milliseconds of one launch of `kernel`
@@ -48,12 +49,20 @@ def contraction_candidates(k: Kernel) -> list[KernelConfig]:
     p = k.problem
     if "m" not in p:  # the folded (depthwise) form: a broadcast product, sized like a reduction
         return []
-    m, n, kk = p["m"], p["n"], p["k"]
-    # (BM, BN, BK, warps, stages): Triton's matmul tutorial / Inductor's H100 list, trimmed
+    m, n, kk, groups = p["m"], p["n"], p["k"], p.get("groups", 1)
+    gpu = BlockPolicy.for_device(False)
+    out = []
+    own = {b: v for b, v in k.meta.items() if b not in ("SPLIT_K", "KCHUNK")}
+    if own != k.meta:  # the policy split K: time its tiles unsplit too, so a split must pay to be chosen
+        out.append(KernelConfig.of(own, k.num_warps, k.num_stages))
+    # (BM, BN, BK, warps, stages): Triton's matmul tutorial / Inductor's H100 list, trimmed; each
+    # with the split of K the policy gives its tiles (few tiles, long K)
     table = [(128, 128, 32, 8, 3), (128, 128, 64, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4),
              (128, 256, 64, 8, 3), (64, 64, 32, 4, 4), (64, 64, 64, 4, 3), (32, 64, 32, 4, 4)]
-    return [KernelConfig.of({"BM": _tile(m, bm), "BN": _tile(n, bn), "BK": _tile(kk, bk), "GROUP_M": 8}, w, s)
-            for bm, bn, bk, w, s in table]
+    for bm, bn, bk, w, s in table:
+        tiles = {"BM": _tile(m, bm), "BN": _tile(n, bn), "BK": _tile(kk, bk), "GROUP_M": 8}
+        out.append(KernelConfig.of({**tiles, **gpu.split_k(m, n, kk, tiles, groups)}, w, s))
+    return out
 
 
 def attention_candidates(k: Kernel) -> list[KernelConfig]:
@@ -138,7 +147,8 @@ def warm_up(kernels: Sequence[Kernel], workers: int | None = None) -> int:
     if not gpu_present():
         return 0
     from . import types as ty
-    todo = {id(k.fn): k for k in kernels if k.kind not in ("host",) and k.fn is not None and not k.empty}
+    parts = [p for k in kernels for p in (k, k.then) if p is not None]  # a split-K epilogue compiles too
+    todo = {id(k.fn): k for k in parts if k.kind not in ("host",) and k.fn is not None and not k.empty}
 
     def one(k: Kernel) -> None:
         try:

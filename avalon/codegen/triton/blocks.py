@@ -32,6 +32,9 @@ class BlockPolicy:
     interpret: bool = False
     mm_stages: int = 3  # software pipelining depth of the K loop (GPU)
     mm_warps: int = 0  # 0: from the tile size
+    split_programs: int = 0  # split K until a contraction has about this many programs (0: never split)
+    split_min_k: int = 8  # K steps (of BK) each split keeps at least
+    split_min: int = 4  # fewer splits than this do not pay for the epilogue's launch and workspace pass
 
     @staticmethod
     def for_device(interpret: bool) -> BlockPolicy:
@@ -40,7 +43,10 @@ class BlockPolicy:
                                mm_block=128, mm_k=128, interpret=True)
         # rows up to 8192 stay persistent: on an H100 a one-read softmax of 4096-8192 wide rows ran
         # 1.3-1.6x torch where the three-pass looped form ran 0.77x (benchmarks/triton_kernels.py)
-        return BlockPolicy(xblock=1024, persistent_r=8192, rblock=1024, reduction_elems=4096, mm_block=128, mm_k=32)
+        # a GEMM of few output tiles and a long K (LeNet's conv1 weight gradient: one 32x32 tile, 1152
+        # K steps) splits K over about one wave of programs (see `split_k`)
+        return BlockPolicy(xblock=1024, persistent_r=8192, rblock=1024, reduction_elems=4096, mm_block=128, mm_k=32,
+                           split_programs=128)
 
     def replace(self, **kw) -> BlockPolicy:
         return dataclasses.replace(self, **kw)
@@ -63,10 +69,26 @@ class BlockPolicy:
     def contraction_warps(self, bm: int, bn: int) -> int:
         return self.mm_warps or self.warps(bm * bn // 4)
 
-    def contraction(self, m: int, n: int, k: int) -> dict[str, int]:
+    def contraction(self, m: int, n: int, k: int, groups: int = 1) -> dict[str, int]:
         def tile(s: int, cap: int) -> int:
             return max(16, min(next_pow2(s), cap))
-        return {"BM": tile(m, self.mm_block), "BN": tile(n, self.mm_block), "BK": tile(k, self.mm_k), "GROUP_M": 8}
+        meta = {"BM": tile(m, self.mm_block), "BN": tile(n, self.mm_block), "BK": tile(k, self.mm_k), "GROUP_M": 8}
+        return {**meta, **self.split_k(m, n, k, meta, groups)}
+
+    def split_k(self, m: int, n: int, k: int, tiles: dict[str, int], groups: int = 1) -> dict[str, int]:
+        """{"SPLIT_K": s, "KCHUNK": K per split} when a GEMM has too few output tiles to fill the
+        GPU and K is long enough that each of `s` splits keeps `split_min_k` steps; else {}.
+        Each split sums its K chunk into a float32 workspace, and a second kernel sums the splits
+        in a fixed order (deterministic, unlike atomics) and runs the group's epilogue."""
+        programs = cdiv(m, tiles["BM"]) * cdiv(n, tiles["BN"]) * groups
+        steps = cdiv(k, tiles["BK"])
+        if not self.split_programs or not programs:
+            return {}
+        s = min(self.split_programs // programs, steps // max(1, self.split_min_k), 64)
+        if s < max(2, self.split_min):
+            return {}
+        chunk = cdiv(steps, s) * tiles["BK"]
+        return {"SPLIT_K": cdiv(k, chunk), "KCHUNK": chunk} if cdiv(k, chunk) > 1 else {}
 
 
 @dataclass(frozen=True)

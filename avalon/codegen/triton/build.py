@@ -83,8 +83,9 @@ def _arg_maker(group: Group, k: Kernel, device) -> Callable[[], list]:
         from . import types as ty
         vals = list(group.inputs) + list(group.outputs)
         out = []
-        for (name, d), v in zip(k.params, vals + [None]):
-            n = 2 * len(k.checks) if name == "err" else _span(v.type.shape, v.type.strides())
+        for (name, d), v in zip(k.params, vals + [None, None]):
+            n = (2 * len(k.checks) if name == "err" else k.workspace if name == "ws"
+                 else _span(v.type.shape, v.type.strides()))
             t = ty.TORCH[d.name]
             out.append(torch.randn(n, device=device).to(t) if d.is_float else torch.zeros(n, dtype=t, device=device))
         return out
@@ -128,19 +129,26 @@ class _Lowerer:
     def tuned(self, group: Group, k: Kernel) -> Kernel:
         """`k`, or the same group built with the autotuner's config for it."""
         def build(config: KernelConfig) -> Kernel:
-            kc = build_kernel(group, self.policy, self.target, config)
-            kc.fn = self.cache.load(kc.name, kc.source)
-            return kc
+            return self.load(build_kernel(group, self.policy, self.target, config))
         if k.kind in TUNABLE:
-            k.fn = self.cache.load(k.name, k.source)
+            self.load(k)
             k, rec = self.tuner.tune(k, build, _arg_maker(group, k, self.device), self.cache)
             if rec is not None:
                 self.tuning[k.name] = rec.to_dict()
         return k
 
+    def load(self, k: Kernel) -> Kernel:
+        """`k` with its @jit functions (and its `then`'s) loaded from the kernel cache."""
+        for part in (k, k.then):
+            if part is not None and part.fn is None:
+                part.fn = self.cache.load(part.name, part.source)
+        return k
+
     def add_kernel(self, k: Kernel, args: list[Value], writes: list[Value]) -> None:
-        if k.fn is None:
-            k.fn = self.cache.load(k.name, k.source)
+        self.load(k)
+        if k.workspace:  # split-K partial sums: a buffer of their own, dead once the epilogue ran
+            ws = Block([TensorType((k.workspace,), dict(k.params)["ws"])]).args[0]
+            args, writes = args + [ws], [ws, *writes]
         self.kernels[k.name] = k.source
         self.launches.append(Launch(k, args))
         self.written += writes

@@ -14,6 +14,13 @@ Groups (the batch of a matmul, a grouped convolution's groups) run in the same l
 1 of the `tl.dot` kernel, or, for narrow conv groups (depthwise), folded into the rows of a
 broadcast-product kernel (`folds_groups`), so a depthwise layer is a handful of programs.
 
+A GEMM with few output tiles and a long K (a weight gradient: K runs over batch and pixels) splits
+K over grid axis 2 (`BlockPolicy.split_k`; the autotuner times split and unsplit): each split
+stores its partial tile to a float32 workspace and the kernel's second function, `<name>_epilogue`
+(`Kernel.then`, launched right after with the same arguments), sums the splits in a fixed order
+(deterministic, unlike atomic adds) and runs the epilogue below. LeNet's conv1 weight gradient is
+one 32x32 tile over 1152 K steps unsplit: one program; split, 64 programs of 18 steps.
+
 Operands are read with `Emitter.value` inside the K loop, so a `transpose` (or cast, or any
 pointwise prologue) producing an operand inside the group is a strided read. After the loop the
 accumulator is the contraction's value at the output tile; the group's outputs are computed from
@@ -188,7 +195,8 @@ def _operand(em: Emitter, x: Value, prefix: str, read: Operand, v: Vars, live: t
 
 def build_contraction(group: Group, in_strides: Sequence[Sequence[int]], out_strides: Sequence[Sequence[int]],
                       policy: BlockPolicy, config: KernelConfig | None = None) -> Kernel:
-    """`config` (the autotuner's candidate) overrides the policy's tiles, warps and stages."""
+    """`config` (the autotuner's candidate) overrides the policy's tiles, warps and stages. With
+    SPLIT_K in its blocks, K is split over grid axis 2 (see `_build_split`)."""
     cons = [op for op in group.ops if LOWERING[op.name].kind == "contraction"]
     if len(cons) != 1:
         raise Unsupported(f"a contraction group needs exactly one contraction, has {len(cons)}")
@@ -200,11 +208,36 @@ def build_contraction(group: Group, in_strides: Sequence[Sequence[int]], out_str
         raise Unsupported("a contraction group's outputs must each have one element per element of its result")
     if folds_groups(op, gemm):
         return _build_folded(group, op, gemm, in_strides, out_strides, policy, config)
+    meta = config.blocks if config else policy.contraction(gemm.m, gemm.n, gemm.k, gemm.groups)
+    warps = config.num_warps if config else policy.contraction_warps(meta["BM"], meta["BN"])
+    stages = config.num_stages if config else 1 if policy.interpret else policy.mm_stages
+    problem = {"m": gemm.m, "n": gemm.n, "k": gemm.k, "groups": gemm.groups}
+    if meta.get("SPLIT_K", 1) > 1:
+        k = _build_split(group, op, gemm, in_strides, out_strides, policy, meta, warps, stages)
+        if k is not None:
+            return k
+        meta = {m: b for m, b in meta.items() if m not in ("SPLIT_K", "KCHUNK")}
     em = Emitter(group.inputs, in_strides, dots_in_f32=policy.interpret)
+    v = _tiles(em, gemm)
+    _dot_loop(em, op, gemm, policy, v, split=False)
+    _epilogue(em, group, op, gemm, v, out_strides)
+    src, params = assemble(group, "contraction", em, ["BM", "BN", "BK", "GROUP_M"], [o.dtype for o in group.outputs])
+    return Kernel(group.name, "contraction", src, params, meta, _grid(gemm, meta), num_warps=warps,
+                  num_stages=stages, problem=problem)
+
+
+def _grid(gemm: Gemm, meta: dict[str, int], splits: int = 1) -> tuple[int, ...]:
+    tiles = cdiv(gemm.m, meta["BM"]) * cdiv(gemm.n, meta["BN"]) if gemm.m and gemm.n else 0
+    return (tiles, gemm.groups) if splits == 1 else (tiles, gemm.groups, splits)
+
+
+def _tiles(em: Emitter, gemm: Gemm) -> Vars:
+    """Program -> output tile (grouped ordering: tiles sharing A rows run together); the group on
+    grid axis 1."""
     em.line("pid = tl.program_id(0)")
     em.line(f"num_pid_m = tl.cdiv({gemm.m}, BM)")
     em.line(f"num_pid_n = tl.cdiv({gemm.n}, BN)")
-    em.line("group_size = GROUP_M * num_pid_n")  # grouped ordering: tiles sharing A rows run together
+    em.line("group_size = GROUP_M * num_pid_n")
     em.line("first_m = (pid // group_size) * GROUP_M")
     em.line("rows_here = tl.minimum(num_pid_m - first_m, GROUP_M)")
     em.line("pid_m = first_m + (pid % group_size) % rows_here")
@@ -220,12 +253,23 @@ def build_contraction(group: Group, in_strides: Sequence[Sequence[int]], out_str
     em.line(f"mask_m = rm < {gemm.m}")
     v["n"] = Affine.of(em.define_var("rn", "pid_n * BN + tl.arange(0, BN)[None, :]", gemm.n, "mask_n"))
     em.line(f"mask_n = rn < {gemm.n}")
-    acc_d = _acc_dtype(res.dtype)
+    return v
+
+
+def _dot_loop(em: Emitter, op: Op, gemm: Gemm, policy: BlockPolicy, v: Vars, split: bool) -> None:
+    """`acc` = the tile's sum over K (with `split`: over this program's KCHUNK of K, axis 2)."""
+    acc_d = _acc_dtype(op.result.dtype)
     em.line(f"acc = tl.zeros([BM, BN], {ty.tl_type(acc_d)})")
-    em.open(f"for k0 in range(0, {gemm.k}, BK):")
-    v["ka"] = Affine.of(em.define_var("ka", "k0 + tl.arange(0, BK)[None, :]", gemm.k, "mask_ka"))
+    if split:  # constant loop bounds: the chunk's offset is added inside
+        em.line("k_lo = tl.program_id(2) * KCHUNK")
+        em.open("for k0 in range(0, KCHUNK, BK):")
+        start = "k_lo + k0"
+    else:
+        em.open(f"for k0 in range(0, {gemm.k}, BK):")
+        start = "k0"
+    v["ka"] = Affine.of(em.define_var("ka", f"{start} + tl.arange(0, BK)[None, :]", gemm.k, "mask_ka"))
     em.line(f"mask_ka = ka < {gemm.k}")
-    v["kb"] = Affine.of(em.define_var("kb", "k0 + tl.arange(0, BK)[:, None]", gemm.k, "mask_kb"))
+    v["kb"] = Affine.of(em.define_var("kb", f"{start} + tl.arange(0, BK)[:, None]", gemm.k, "mask_kb"))
     em.line(f"mask_kb = kb < {gemm.k}")
     a = _operand(em, op.operands[gemm.operands[0]], "a", gemm.a, v, ("rm", "ka"))
     b = _operand(em, op.operands[gemm.operands[1]], "b", gemm.b, v, ("kb", "rn"))
@@ -235,6 +279,11 @@ def build_contraction(group: Group, in_strides: Sequence[Sequence[int]], out_str
     else:
         em.line(f"acc += tl.sum({a}[:, :, None].to({ty.tl_type(acc_d)}) * {b}[None, :, :].to({ty.tl_type(acc_d)}), 1)")
     em.close()
+
+
+def _epilogue(em: Emitter, group: Group, op: Op, gemm: Gemm, v: Vars, out_strides: Sequence[Sequence[int]]) -> None:
+    """The group's outputs from `acc` (the contraction's value at the tile), stored once."""
+    res = op.result
     out_idx = gemm.out(v)
     deps = frozenset({"rm", "rn"} | ({"gz"} if gemm.groups > 1 else set()))
     acc = Val("acc", res.dtype if res.dtype != dt.bool_ else dt.int32, em.scope, deps)
@@ -244,15 +293,47 @@ def build_contraction(group: Group, in_strides: Sequence[Sequence[int]], out_str
     for j, o in enumerate(group.outputs):
         oidx = reshape_index(out_idx, res.shape, o.shape)
         em.store(f"out{j}", out_strides[j], o.shape, oidx, em.value(o, oidx), o.dtype, ["rm", "rn"])
-    meta = config.blocks if config else policy.contraction(gemm.m, gemm.n, gemm.k)
-    src, params = assemble(group, "contraction", em, ["BM", "BN", "BK", "GROUP_M"], [o.dtype for o in group.outputs])
-    grid = (cdiv(gemm.m, meta["BM"]) * cdiv(gemm.n, meta["BN"]), gemm.groups)
-    if gemm.m == 0 or gemm.n == 0:
-        grid = (0, gemm.groups)
-    return Kernel(group.name, "contraction", src, params, meta, grid,
-                  num_warps=config.num_warps if config else policy.contraction_warps(meta["BM"], meta["BN"]),
-                  num_stages=config.num_stages if config else 1 if policy.interpret else policy.mm_stages,
-                  problem={"m": gemm.m, "n": gemm.n, "k": gemm.k, "groups": gemm.groups})
+
+
+def _build_split(group: Group, op: Op, gemm: Gemm, in_strides: Sequence[Sequence[int]],
+                 out_strides: Sequence[Sequence[int]], policy: BlockPolicy, meta: dict[str, int], warps: int,
+                 stages: int) -> Kernel | None:
+    """Split-K: grid axis 2 runs SPLIT_K chunks of K, each storing its partial tile into the
+    workspace `ws` [SPLIT_K, groups, m, n]; the epilogue function (`<name>_epilogue`, launched
+    right after, `Kernel.then`) sums the splits in order and runs the group's other ops. None when
+    the group cannot split (integer sums, a workspace past int32 offsets, index checks)."""
+    acc_d = _acc_dtype(op.result.dtype)
+    splits = meta["SPLIT_K"]
+    tile = gemm.groups * gemm.m * gemm.n
+    if not acc_d.is_float or splits * tile >= 2 ** 31 or meta["KCHUNK"] % meta["BK"]:
+        return None
+    gz = "gz" if gemm.groups > 1 else "0"
+    em = Emitter(group.inputs, in_strides, dots_in_f32=policy.interpret)
+    v = _tiles(em, gemm)
+    _dot_loop(em, op, gemm, policy, v, split=True)
+    em.line(f"tl.store(ws + (tl.program_id(2) * {tile} + ({gz} * {gemm.m} + rm) * {gemm.n} + rn), acc, "
+            "mask=mask_m & mask_n)")
+    epi = Emitter(group.inputs, in_strides, dots_in_f32=policy.interpret)
+    v2 = _tiles(epi, gemm)
+    epi.line(f"acc = tl.zeros([BM, BN], {ty.tl_type(acc_d)})")
+    epi.line(f"part = ws + ({gz} * {gemm.m} + rm) * {gemm.n} + rn")
+    unroll = max(1, min(4, 8192 // (meta["BM"] * meta["BN"])))  # loads in flight, within registers
+    epi.open(f"for s0 in range(0, SPLIT_K, {unroll}):")
+    for j in range(unroll):
+        live = "mask_m & mask_n" + (f" & (s0 + {j} < SPLIT_K)" if j else "")
+        epi.line(f"acc += tl.load(part + (s0 + {j}) * {tile}, mask={live}, other=0)")
+    epi.close()
+    _epilogue(epi, group, op, gemm, v2, out_strides)
+    if em.index_checks or epi.index_checks:
+        return None  # one err layout per kernel; a gather around a split GEMM is not worth a second
+    names = ["BM", "BN", "BK", "GROUP_M", "SPLIT_K", "KCHUNK"]
+    src, params = assemble(group, "contraction", em, names, [o.dtype for o in group.outputs], workspace=acc_d,
+                           also=[(f"{group.name}_epilogue", epi)])
+    problem = {"m": gemm.m, "n": gemm.n, "k": gemm.k, "groups": gemm.groups}
+    then = Kernel(f"{group.name}_epilogue", "contraction_epilogue", src, params, meta, _grid(gemm, meta),
+                  num_warps=warps, num_stages=1, problem=problem, workspace=splits * tile)
+    return Kernel(group.name, "contraction", src, params, meta, _grid(gemm, meta, splits), num_warps=warps,
+                  num_stages=stages, problem=problem, workspace=splits * tile, then=then)
 
 
 def _acc_dtype(d: dt.DType) -> dt.DType:

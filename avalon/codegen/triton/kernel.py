@@ -28,6 +28,8 @@ class Kernel:
     fn: Any = field(default=None, repr=False)  # the @triton.jit function, once loaded
     checks: list[tuple[str, str, int]] = field(default_factory=list)  # index checks: (op, line, bound) per slot
     problem: dict[str, int] = field(default_factory=dict)  # problem sizes (m, n, k; x, r) the autotuner sizes tiles by
+    workspace: int = 0  # elements of the scratch parameter `ws` the runtime binds (split-K partial sums)
+    then: Kernel | None = None  # launched right after this one with the same tensors (split-K's epilogue)
 
     def __post_init__(self) -> None:
         """Index checks are read back from the source (`assemble` writes them there, so every
@@ -42,10 +44,18 @@ class Kernel:
         return any(g == 0 for g in self.grid)
 
 
-def assemble(group: Group, kind: str, em: Emitter, meta_names: list[str], out_dtypes: list[DType]) -> tuple[str, list]:
-    """The kernel file: a header comment with the group's IR, imports, helpers, the @jit function."""
+def assemble(group: Group, kind: str, em: Emitter, meta_names: list[str], out_dtypes: list[DType], *,
+             workspace: DType | None = None, also: list[tuple[str, Emitter]] | None = None) -> tuple[str, list]:
+    """The kernel file: a header comment with the group's IR, imports, helpers, the @jit function
+    (and the functions in `also`, same parameters: a split-K epilogue); `workspace`: a scratch
+    parameter `ws` of that dtype after the outputs."""
+    also = also or []
+    if any(e.index_checks for _, e in also):
+        raise ValueError("index checks live in a kernel's first function only")
     params = [(f"in{i}", v.dtype) for i, v in enumerate(group.inputs)]
     params += [(f"out{j}", d) for j, d in enumerate(out_dtypes)]
+    if workspace is not None:
+        params.append(("ws", workspace))
     if em.index_checks:  # an int64 pair (bad value, flag) per checked index: see lowering.check_index
         params.append(("err", dt.int64))
     args = ", ".join([p for p, _ in params] + [f"{m}: tl.constexpr" for m in meta_names])
@@ -53,8 +63,9 @@ def assemble(group: Group, kind: str, em: Emitter, meta_names: list[str], out_dt
     head += [f"#   {ln}" for ln in group.ir_text.splitlines()]
     if em.index_checks:
         head.append(_CHECKS + json.dumps(em.index_checks, ensure_ascii=True))
-    body = em.root.lines or ["pass"]
     lines = head + ["import triton", "import triton.language as tl", ""]
-    src = "\n".join(lines) + helpers.render(em.helpers)
-    src += f"\n\n@triton.jit\ndef {group.name}({args}):\n" + "".join(f"    {ln}\n" for ln in body)
+    src = "\n".join(lines) + helpers.render(set().union(em.helpers, *(e.helpers for _, e in also)))
+    for name, e in [(group.name, em), *also]:
+        body = e.root.lines or ["pass"]
+        src += f"\n\n@triton.jit\ndef {name}({args}):\n" + "".join(f"    {ln}\n" for ln in body)
     return src, params

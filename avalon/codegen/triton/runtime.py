@@ -74,6 +74,8 @@ def launch(k: Kernel, tensors: Sequence[torch.Tensor]) -> None:
         if hasattr(e, "add_note"):
             e.add_note(f"while running Triton kernel '{k.name}' (grid {k.grid}, {k.meta})")
         raise
+    if k.then is not None:  # a second function of the same kernel (split-K's epilogue), same tensors
+        launch(k.then, tensors)
 
 
 def default_device() -> torch.device:

@@ -33,6 +33,7 @@ ARGS = {args!r}  # (name, shape, torch dtype, is_output) per pointer parameter
 GRID = {grid!r}
 META = {meta!r}
 NUM_WARPS, NUM_STAGES = {num_warps}, {num_stages}
+THEN = {then}  # (function, grid) launched next with the same tensors (a split-K epilogue), or None
 
 
 def _random(shape, dtype, device):
@@ -50,6 +51,8 @@ if __name__ == "__main__":
                else _random(shape, getattr(torch, dt), device) for _, shape, dt, out in ARGS]
     extra = {{}} if device == "cpu" else {{"num_warps": NUM_WARPS, "num_stages": NUM_STAGES}}
     {name}[GRID](*tensors, **META, **extra)
+    if THEN is not None:
+        THEN[0][THEN[1]](*tensors, **META, **extra)
     for (pname, shape, dt, out), t in zip(ARGS, tensors):
         if out:
             f = t.float()
@@ -66,9 +69,10 @@ def standalone_source(ln: Launch) -> str:
             for (pname, d), v in zip(k.params, ln.args)]
     if k.checks:  # the index-check flags (see lowering.check_index): not an output worth printing
         args.append(("err", [2 * len(k.checks)], "int64", False))
+    then = f"({k.then.name}, {tuple(k.then.grid)!r})" if k.then is not None else "None"
     return (_PRELUDE.format(file=f"{k.name}.py") + k.source
             + _MAIN.format(args=args, grid=tuple(k.grid), meta=dict(k.meta), num_warps=k.num_warps,
-                           num_stages=k.num_stages, name=k.name))
+                           num_stages=k.num_stages, name=k.name, then=then))
 
 
 def write_kernels(graph: Graph, folder: str) -> list[str]:

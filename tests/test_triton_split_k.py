@@ -1,0 +1,196 @@
+"""Split-K contractions: a GEMM with few output tiles and a long K (LeNet's conv1 weight gradient is
+one 32x32 tile over 36,864 K steps) runs its K in chunks on grid axis 2, partial tiles in a float32
+workspace, and an epilogue function sums them in a fixed order and runs the group's other ops.
+Checked against the numpy reference in the interpreter with the split forced by the policy."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import graph
+from hypothesis import Phase, example, given, settings
+from hypothesis import strategies as st
+from test_triton_contraction import conv_out, convs
+
+from avalon.codegen.triton import BlockPolicy, KernelCache, compile_graph
+from avalon.codegen.triton.autotune import Tuner, candidates, config_of
+from avalon.codegen.triton.cache import interpreting
+from avalon.codegen.triton.standalone import standalone_source
+from avalon.codegen.triton.testing import check, fuse
+
+# small tiles and a split whenever there are at least two K steps: several splits, a ragged last one
+SPLIT = BlockPolicy.for_device(interpreting()).replace(mm_block=16, mm_k=16, split_programs=64, split_min_k=1,
+                                                           split_min=2)
+GPU = BlockPolicy.for_device(False)
+
+pytestmark = pytest.mark.usefixtures("module_kernel_cache")
+
+
+def split_kernel(cg):
+    ks = [ln.kernel for ln in cg.launches if ln.kernel.kind == "contraction"]
+    assert len(ks) == 1
+    k = ks[0]
+    assert k.then is not None and k.then.kind == "contraction_epilogue", "the policy was meant to split K"
+    return k
+
+
+def test_gpu_policy_splits_lenets_conv1_weight_gradient_over_one_wave():
+    """conv1's weight gradient (20 x 25 outputs, K = 64*24*24): one tile, 1152 K steps -> 64 splits of 18."""
+    meta = GPU.contraction(20, 25, 36864)
+    assert (meta["BM"], meta["BN"], meta["BK"]) == (32, 32, 32)
+    assert meta["SPLIT_K"] == 64 and meta["KCHUNK"] == 576 and meta["SPLIT_K"] * meta["KCHUNK"] >= 36864
+    conv2 = GPU.contraction(50, 500, 4096)  # 4 tiles, 128 K steps: 16 splits of 8 steps
+    assert (conv2["SPLIT_K"], conv2["KCHUNK"]) == (16, 256)
+
+
+@pytest.mark.parametrize("m,n,k", [(4096, 4096, 4096), (64, 500, 64), (1, 1, 1), (128, 128, 200)])
+def test_gpu_policy_keeps_k_whole_where_tiles_fill_the_gpu_or_k_is_short(m, n, k):
+    assert "SPLIT_K" not in GPU.contraction(m, n, k)
+
+
+def test_interpreter_policy_never_splits():
+    assert "SPLIT_K" not in BlockPolicy.for_device(True).contraction(20, 25, 36864)
+
+
+@pytest.mark.parametrize("m,k,n", [(20, 300, 24), (5, 97, 3), (33, 64, 17)])
+def test_matmul_bias_relu_epilogue_runs_after_the_split_sum(m, k, n):
+    g, b, (x, w, bias) = graph(((m, k), "f32"), ((n, k), "f32"), ((n,), "f32"))
+    y = b("matmul", x, b("transpose", w, perm=[1, 0]))
+    g.set_outputs([b("relu", b("add", y, b("broadcast", bias, shape=[m, n])))])
+    cg = check(g, blocks=SPLIT, kind="contraction")
+    k_ = split_kernel(cg)
+    assert len(k_.grid) == 3 and k_.grid[2] == k_.meta["SPLIT_K"] > 1
+    src = cg.kernels["fused_0"]
+    assert src.count("@triton.jit") == 2 and "def fused_0_epilogue(" in src
+    assert src.count("tl.dot(") == 1 and src.count("tl.store(out0") == 1  # the epilogue stores the output once
+
+
+def test_batched_matmul_splits_each_group():
+    g, b, (x, y) = graph(((3, 6, 80), "f32"), ((3, 80, 5), "f32"))
+    z = b("matmul", x, y)
+    g.set_outputs([b("tanh", z), z])
+    cg = check(g, blocks=SPLIT, kind="contraction")
+    k_ = split_kernel(cg)
+    assert k_.grid[1] == 3 and k_.workspace == k_.meta["SPLIT_K"] * 3 * 6 * 5
+
+
+@pytest.mark.parametrize("dtype,tol", [("f16", 2e-3), ("f64", 1e-12)])
+def test_split_sums_in_the_accumulator_dtype(dtype, tol, rng):
+    g, b, (x, y) = graph(((9, 70), dtype), ((70, 11), dtype))
+    g.set_outputs([b("matmul", x, y)])
+    cg = check(g, blocks=SPLIT, rtol=tol, atol=tol, rng=rng, kind="contraction")
+    k_ = split_kernel(cg)
+    assert dict(k_.params)["ws"].name == ("f64" if dtype == "f64" else "f32")
+
+
+def test_integer_contractions_keep_k_whole(rng):
+    g, b, (x, y) = graph(((9, 70), "i32"), ((70, 11), "i32"))
+    g.set_outputs([b("matmul", x, y)])
+    cg = check(g, blocks=SPLIT, rtol=0, atol=0, rng=rng)
+    assert all(ln.kernel.then is None and "SPLIT_K" not in ln.kernel.meta for ln in cg.launches)
+
+
+@settings(max_examples=10, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate])
+@given(convs(), st.integers(0, 2**16))
+# two wide groups (a tl.dot per group, grid axis 1) over 7 K steps, strided and padded
+@example(case=((2, 4, 9, 9), (4, 2, 3, 3), dict(stride=[1, 2], padding=[1, 0], dilation=[1, 1], groups=2)), seed=3)
+def test_conv2d_weight_gradient_and_sgd_update(case, seed):
+    """The training-step shape of the group: w - lr * conv2d_grad_weight(x, dy), split over K = (n, oh, ow)."""
+    xs, ws, attrs = case
+    g, b, (x, dy, w) = graph((xs, "f32"), (conv_out(xs, ws, attrs), "f32"), (ws, "f32"))
+    gw = b("conv2d_grad_weight", x, dy, weight_shape=list(ws), **attrs)
+    lr = b("broadcast", b("constant", value=0.1, shape=[], dtype="f32"), shape=list(ws))
+    g.set_outputs([b("sub", w, b("mul", lr, gw))])
+    cg = check(g, blocks=SPLIT, kind="contraction", rng=np.random.default_rng(seed))
+    k_ = next(ln.kernel for ln in cg.launches if ln.kernel.kind == "contraction")
+    if "m" in k_.problem and -(-k_.problem["k"] // 16) >= 2:  # a tl.dot GEMM (not folded) of 2+ K steps
+        assert k_.then is not None and k_.grid[2] > 1
+
+
+def test_standalone_file_runs_both_functions(tmp_path):
+    g, b, (x, y) = graph(((8, 96), "f32"), ((96, 8), "f32"))
+    g.set_outputs([b("matmul", x, y)])
+    cg = compile_graph(fuse(g), blocks=SPLIT)
+    ln = next(ln for ln in cg.launches if ln.kernel.kind == "contraction")
+    assert ln.kernel.then is not None
+    path = tmp_path / "k.py"
+    path.write_text(standalone_source(ln))
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    run = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    # ws holds random values before the run: a sum that read them would not be the product's
+    out = [ln for ln in run.stdout.splitlines() if ln.startswith("out0:")]
+    assert out and "nan" not in out[0]
+
+
+class PickTimer:
+    """The tuner's timer, faked: `want(config)` says which candidate is fastest."""
+
+    def __init__(self, want):
+        self.want = want
+        self.labels: list[str] = []
+
+    def __call__(self, k, make_args) -> float:
+        make_args()  # the argument maker sizes the workspace parameter too
+        self.labels.append(config_of(k).label)
+        return 0.1 if self.want(config_of(k)) else 1.0
+
+
+def test_tuner_offers_split_candidates_and_the_chosen_split_computes_the_product(tmp_path, rng):
+    """A tall-K GEMM: the candidates carry the GPU policy's split for their tiles; a split winner is
+    built with its epilogue and gives the reference's result."""
+    g, b, (x, y) = graph(((16, 4096), "f32"), ((4096, 16), "f32"))
+    g.set_outputs([b("matmul", x, y)])
+    g = fuse(g)
+    cache = KernelCache(tmp_path)
+    k0 = next(ln.kernel for ln in compile_graph(g, cache=cache).launches)
+    splits = [c for c in candidates(k0) if "SPLIT_K" in c.blocks]
+    assert splits, [c.label for c in candidates(k0)]
+    pick = splits[0]
+    timer = PickTimer(lambda c: c == pick)
+    cg = compile_graph(g, cache=cache, tuner=Tuner(timer, force=True, device="test-gpu"))
+    k = next(ln.kernel for ln in cg.launches)
+    assert config_of(k) == pick and k.then is not None
+    assert cg.tuning[k.name]["config"] == pick.label
+    xs = [rng.standard_normal(v.shape).astype(np.float32) for v in g.inputs]
+    got = cg(*xs)[0].numpy()
+    want = xs[0].astype(np.float64) @ xs[1].astype(np.float64)
+    assert np.max(np.abs(got - want)) / np.max(np.abs(want)) < 1e-5
+
+
+def test_a_split_policy_config_is_timed_against_its_tiles_unsplit():
+    """When the policy itself splits, the same tiles without the split are a candidate: a split is
+    kept only where it measures faster."""
+    from avalon.codegen.triton.autotune import contraction_candidates
+    from avalon.codegen.triton.kernel import Kernel
+    meta = GPU.contraction(20, 25, 36864)
+    k = Kernel("k", "contraction", "", [], meta, (1, 1, meta["SPLIT_K"]), 4, 3,
+               problem={"m": 20, "n": 25, "k": 36864, "groups": 1})
+    cands = contraction_candidates(k)
+    assert cands[0].blocks == {b: v for b, v in meta.items() if b not in ("SPLIT_K", "KCHUNK")}
+    assert sum("SPLIT_K" in c.blocks for c in cands) >= 4
+
+
+def test_lenet_training_step_with_split_weight_gradients_matches_the_reference():
+    """LeNet's whole step (forward, backward, SGD) as the Triton backend lowers it, with the split
+    that the conv weight gradients get on a GPU forced at interpreter-sized tiles."""
+    import avalon as av
+    from avalon import optim, zoo
+    model = zoo.LeNet()
+    opt = optim.SGD(model, lr=0.1)
+    x = np.random.default_rng(0).standard_normal((4, 1, 28, 28)).astype(np.float32)
+    y = np.arange(4) % 10
+
+    def step(model, opt, x, y):
+        loss, grads = av.value_and_grad(lambda m, x, y: zoo.cross_entropy(m(x), y))(model, x, y)
+        opt.step(grads)
+        return loss
+
+    g = av.compile(step, backend="triton").inspect(model, opt, x, y).graph
+    blocks = SPLIT.replace(mm_block=32, mm_k=32, split_programs=16, split_min_k=2)
+    # random weights in [-2, 2) make weight gradients of ~1e3 summed over 2,304 terms: float32
+    # rounding (split or not) moves the updated weights by ~1e-3
+    cg = check(g, fused=None, blocks=blocks, rtol=1e-4, atol=2e-3, rng=np.random.default_rng(1))
+    split = [ln.kernel.name for ln in cg.launches if ln.kernel.then is not None]
+    assert any("conv2d_grad_weight" in n for n in split), split
