@@ -124,3 +124,27 @@ def test_lenet_sized_conv_in_one_tile_per_program():
     g.set_outputs([b("relu", b("conv2d", x, w))])
     cg = check(g, kind="contraction")
     assert cg.launches[0].kernel.grid == (cg.launches[0].kernel.grid[0], 1)
+
+
+@settings(max_examples=12, deadline=None, phases=NO_SHRINK)
+@given(convs(), st.sampled_from(["conv2d", "conv2d_grad_input", "conv2d_grad_weight"]), st.integers(0, 2**16))
+def test_channels_last_images_take_their_taps_channel_first(case, kind, seed):
+    """Images stored NHWC (the `layout` pass) order the contraction's taps (kh, kw, c), so a K block
+    reads consecutive channels: the sum runs in another order, to the same values."""
+    from avalon.ir import TensorType
+    xs, ws, attrs = case
+    nhwc = (0, 2, 3, 1)
+    ys = conv_out(xs, ws, attrs)
+    if kind == "conv2d":
+        g, b, (x, w) = graph((xs, "f32"), (ws, "f32"))
+        x.type = TensorType(xs, "f32", layout=nhwc)
+        g.set_outputs([b("conv2d", x, w, **attrs)])
+    elif kind == "conv2d_grad_input":
+        g, b, (dy, w) = graph((ys, "f32"), (ws, "f32"))
+        dy.type = TensorType(ys, "f32", layout=nhwc)
+        g.set_outputs([b("conv2d_grad_input", dy, w, input_shape=list(xs), **attrs)])
+    else:
+        g, b, (x, dy) = graph((xs, "f32"), (ys, "f32"))
+        x.type, dy.type = TensorType(xs, "f32", layout=nhwc), TensorType(ys, "f32", layout=nhwc)
+        g.set_outputs([b("conv2d_grad_weight", x, dy, weight_shape=list(ws), **attrs)])
+    check(g, blocks=SMALL, kind="contraction", rng=np.random.default_rng(seed))

@@ -90,6 +90,18 @@ def _image(shape: Sequence[int], fn: Callable[[Vars], Index]) -> Operand:
     return operand
 
 
+def _taps(k: Affine, channels: int, kh: int, kw: int, image: Value) -> tuple[Affine, Affine, Affine]:
+    """(channel, kernel row, kernel column) of a contraction index over a convolution's taps. The
+    channel runs fastest when `image` is stored channels-last (the `layout` pass), so BK
+    consecutive taps are consecutive addresses (16-byte cp.async on a GPU instead of 4-byte
+    gathers); else the kernel column does, as in row-major NCHW."""
+    if image.type.strides()[1] == 1 and channels > 1 and kh * kw > 1:
+        ki, kj, kc = delinearize(k, (kh, kw, channels))
+        return kc, ki, kj
+    kc, ki, kj = delinearize(k, (channels, kh, kw))
+    return kc, ki, kj
+
+
 def _conv2d(op: Op) -> Gemm:
     x, w = op.operands
     n, c, h, wd = x.shape
@@ -100,11 +112,11 @@ def _conv2d(op: Op) -> Gemm:
 
     def a(v: Vars) -> Index:
         bn, boh, bow = delinearize(v["m"], (n, oh, ow))
-        kc, ki, kj = delinearize(v["ka"], (cg, kh, kw))
+        kc, ki, kj = _taps(v["ka"], cg, kh, kw, x)
         return (bn, v["g"].scale(cg) + kc, boh.scale(sh) + ki.scale(dh) - ph, bow.scale(sw) + kj.scale(dw) - pw)
 
     def b(v: Vars) -> Index:
-        return (v["g"].scale(og) + v["n"],) + delinearize(v["kb"], (cg, kh, kw))
+        return (v["g"].scale(og) + v["n"],) + _taps(v["kb"], cg, kh, kw, x)
 
     def out(v: Vars) -> Index:
         bn, boh, bow = delinearize(v["m"], (n, oh, ow))
@@ -132,13 +144,13 @@ def _conv2d_grad_input(op: Op) -> Gemm:
 
     def a(em: Emitter, v: Vars):
         bn, bh, bw = delinearize(v["m"], (n, h, wd))
-        ko, ki, kj = delinearize(v["ka"], (og, kh, kw))
+        ko, ki, kj = _taps(v["ka"], og, kh, kw, dy)
         qh, gh = _divides(em, bh + ph - ki.scale(dh), sh, oh)
         qw, gw = _divides(em, bw + pw - kj.scale(dw), sw, ow)
         return (bn, v["g"].scale(og) + ko, qh, qw), em.both(gh, gw)
 
     def b(v: Vars) -> Index:
-        ko, ki, kj = delinearize(v["kb"], (og, kh, kw))
+        ko, ki, kj = _taps(v["kb"], og, kh, kw, dy)
         return (v["g"].scale(og) + ko, v["n"], ki, kj)
 
     def out(v: Vars) -> Index:
@@ -162,11 +174,11 @@ def _conv2d_grad_weight(op: Op) -> Gemm:
 
     def b(v: Vars) -> Index:
         bn, boh, bow = delinearize(v["kb"], (n, oh, ow))
-        kc, ki, kj = delinearize(v["n"], (cg, kh, kw))
+        kc, ki, kj = _taps(v["n"], cg, kh, kw, x)
         return (bn, v["g"].scale(cg) + kc, boh.scale(sh) + ki.scale(dh) - ph, bow.scale(sw) + kj.scale(dw) - pw)
 
     def out(v: Vars) -> Index:
-        return (v["g"].scale(og) + v["m"],) + delinearize(v["n"], (cg, kh, kw))
+        return (v["g"].scale(og) + v["m"],) + _taps(v["n"], cg, kh, kw, x)
 
     return Gemm(g, og, cg * kh * kw, n * oh * ow, _plain(a), _image(x.shape, b), out, operands=(1, 0))
 
