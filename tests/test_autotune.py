@@ -191,3 +191,24 @@ def test_interpreter_keeps_the_fixed_config_and_inspect_shows_it(tmp_path, monke
     insp = f.inspect(x, np.ones((16, 24), np.float32))
     assert insp.tuning and all(r["how"] == "fixed (interpreter)" for r in insp.tuning.values())
     assert set(insp.tuning) <= set(insp.kernels)
+
+
+def test_small_kernels_keep_the_policy_config_on_a_gpu(tmp_path, monkeypatch):
+    """A kernel a roofline puts under TUNE_MIN_US is not timed (on a GPU: interpreter and device
+    faked here); big GEMMs and long reductions would be."""
+    from avalon.codegen.triton import autotune
+    from avalon.codegen.triton.kernel import Kernel
+    g = linear_graph()  # 40x50x60: ~0 us
+    cache = KernelCache(tmp_path)
+    k = default_kernel(g, "contraction", cache)
+    monkeypatch.setattr(autotune, "interpreting", lambda: False)
+    monkeypatch.setattr(autotune, "gpu_present", lambda: True)
+    timer = FakeTimer()
+    got, rec = Tuner(timer, device=DEVICE).tune(k, lambda c: k, lambda: [], cache)
+    assert got is k and rec.how.startswith("fixed (small") and not timer.calls
+    big = Kernel("g", "contraction", "", [], {}, (1,), problem={"m": 4096, "n": 4096, "k": 4096, "groups": 1})
+    assert autotune.estimated_us(big) > 500 > autotune.TUNE_MIN_US
+    lenet_conv1_gw = Kernel("c", "contraction", "", [], {}, (1,), problem={"m": 20, "n": 25, "k": 36864, "groups": 1})
+    assert autotune.estimated_us(lenet_conv1_gw) < autotune.TUNE_MIN_US
+    long_rows = Kernel("r", "reduction", "", [], {}, (1,), problem={"x": 4096, "r": 8192})
+    assert autotune.estimated_us(long_rows) > autotune.TUNE_MIN_US

@@ -38,9 +38,9 @@ SCRIPT = textwrap.dedent('''
         g.set_outputs([sm, b("argmax", x, axis=1)])
         cases[name] = fuse(g, f"fused_softmax_{name}")
 
-    g, b, (x, w, bias) = graph(((256, 200), "f16"), ((300, 200), "f16"), ((300,), "f16"))
-    y = b("matmul", x, b("transpose", w, perm=[1, 0]))
-    g.set_outputs([b("relu", b("add", y, b("broadcast", bias, shape=[256, 300])))])
+    g, b, (x, w, bias) = graph(((1024, 200), "f16"), ((768, 200), "f16"), ((768,), "f16"))
+    y = b("matmul", x, b("transpose", w, perm=[1, 0]))  # 64x128 tiles: enough of them, wgmma-sized
+    g.set_outputs([b("relu", b("add", y, b("broadcast", bias, shape=[1024, 768])))])
     cases["matmul"] = fuse(g, "fused_linear_relu_0")
 
     g, b, (x, w, dy, dyp) = graph(((8, 16, 20, 20), "f32"), ((32, 16, 3, 3), "f32"), ((8, 32, 10, 10), "f32"),

@@ -40,8 +40,10 @@ def test_gpu_policy_splits_lenets_conv1_weight_gradient_over_one_wave():
     meta = GPU.contraction(20, 25, 36864)
     assert (meta["BM"], meta["BN"], meta["BK"]) == (32, 32, 32)
     assert meta["SPLIT_K"] == 64 and meta["KCHUNK"] == 576 and meta["SPLIT_K"] * meta["KCHUNK"] >= 36864
-    conv2 = GPU.contraction(50, 500, 4096)  # 4 tiles, 128 K steps: 16 splits of 8 steps
-    assert (conv2["SPLIT_K"], conv2["KCHUNK"]) == (16, 256)
+    # conv2's (50 x 500, K = 64*8*8): 64x128 tiles would be 4 programs; 32x32 tiles make 32, and
+    # 4 splits of 32 K steps a wave
+    conv2 = GPU.contraction(50, 500, 4096)
+    assert (conv2["BM"], conv2["BN"], conv2["SPLIT_K"], conv2["KCHUNK"]) == (32, 32, 4, 1024)
 
 
 @pytest.mark.parametrize("m,n,k", [(4096, 4096, 4096), (64, 500, 64), (1, 1, 1), (128, 128, 200)])

@@ -13,7 +13,10 @@ In Triton's interpreter nothing is timed: each kernel keeps the `BlockPolicy`'s 
 interpreter's cost is per program instance, unrelated to GPU speed). `AVALON_AUTOTUNE=0` does the
 same on a GPU. A contraction candidate may split K (`BlockPolicy.split_k`: few output tiles, long
 K); its epilogue function is then part of what is timed (`launch` runs `Kernel.then`), and the
-policy's tiles unsplit are a candidate too, so a split is chosen only where it pays.
+policy's tiles unsplit are a candidate too, so a split is chosen only where it pays. Kernels a
+roofline puts under `TUNE_MIN_US` (all of LeNet's and the VAE's) are not timed: compiling their
+candidates would cost a first call seconds to save microseconds; the policy sizes them (smaller
+tiles and split K where the GPU would otherwise idle).
 """
 from __future__ import annotations
 
@@ -106,6 +109,24 @@ def candidates(k: Kernel) -> list[KernelConfig]:
     return out
 
 
+# --- which kernels are worth timing ----------------------------------------------------------------
+TUNE_MIN_US = 10.0  # kernels a roofline puts below this are left to the policy's config
+
+
+def estimated_us(k: Kernel) -> float:
+    """A roofline guess of one launch on an H100-class GPU (200 TFLOP/s, 3 TB/s), from the problem
+    sizes: what tuning could at best save. LeNet's and the VAE's kernels are all under 10 us, while
+    timing a kernel's candidates costs seconds of compiling, which a first call pays."""
+    p = k.problem
+    flops = 0.0
+    if k.kind == "contraction":
+        flops = 2.0 * p.get("m", p.get("rows", 0)) * p.get("n", 0) * p.get("k", 0) * p.get("groups", 1)
+    elif k.kind == "attention":
+        flops = 2.0 * (k.grid[1] if len(k.grid) > 1 else 1) * p["l"] * p["s"] * (p["e"] + p["ev"])
+    nbytes = 4.0 * p.get("x", 0) * p.get("r", 0)
+    return max(flops / 200e12, nbytes / 3e12) * 1e6
+
+
 # --- timing ------------------------------------------------------------------------------------------
 def gpu_timer(k: Kernel, make_args: MakeArgs) -> float:
     """Median ms of one launch on the current CUDA device (`triton.testing.do_bench`, which flushes
@@ -175,7 +196,7 @@ class TuningRecord:
 
     config: str
     times: dict[str, float] = field(default_factory=dict)
-    how: str = "timed"  # timed | cached | one candidate | fixed (interpreter, no GPU, AVALON_AUTOTUNE=0)
+    how: str = "timed"  # timed | cached | one candidate | fixed (interpreter, no GPU, AVALON_AUTOTUNE=0, small)
 
     def to_dict(self) -> dict[str, Any]:
         return {"config": self.config, "times": dict(self.times), "how": self.how}
@@ -183,8 +204,9 @@ class TuningRecord:
 
 class Tuner:
     """Chooses each tunable kernel's config. `timer` is called as `timer(kernel, make_args)` (ms);
-    `force` tunes even in the interpreter (tests, with a fake timer); `device` names the device in
-    the key (default: the GPU's name)."""
+    `force` tunes even in the interpreter and whatever the kernel's size (tests, with a fake timer);
+    `device` names the device in the key (default: the GPU's name). Kernels `estimated_us` puts
+    under `TUNE_MIN_US` keep the policy's config."""
 
     def __init__(self, timer: Timer | None = None, cache: KernelCache | None = None, *, force: bool = False,
                  device: str | None = None, workers: int | None = None):
@@ -216,6 +238,8 @@ class Tuner:
         why = self.enabled()
         if why:
             return k, TuningRecord(mine.label, how=why)
+        if not self.force and estimated_us(k) < TUNE_MIN_US:
+            return k, TuningRecord(mine.label, how=f"fixed (small: ~{estimated_us(k):.1f} us)")
         cands = candidates(k)
         if len(cands) == 1:
             return k, TuningRecord(mine.label, how="one candidate")

@@ -67,12 +67,20 @@ class BlockPolicy:
         return {"XBLOCK": xb, "RBLOCK": rb}
 
     def contraction_warps(self, bm: int, bn: int) -> int:
-        return self.mm_warps or self.warps(bm * bn // 4)
+        """On a GPU at least 4 (one warpgroup: Hopper's wgmma wants one; a lone warp cannot keep a
+        small tile's loads in flight)."""
+        return self.mm_warps or (self.warps(bm * bn // 4) if self.interpret else max(4, self.warps(bm * bn // 4)))
 
     def contraction(self, m: int, n: int, k: int, groups: int = 1) -> dict[str, int]:
         def tile(s: int, cap: int) -> int:
             return max(16, min(next_pow2(s), cap))
-        meta = {"BM": tile(m, self.mm_block), "BN": tile(n, self.mm_block), "BK": tile(k, self.mm_k), "GROUP_M": 8}
+        bm, bn = tile(m, self.mm_block), tile(n, self.mm_block)
+        # a GPU with few output tiles to run: smaller tiles (down to 32) until about half a wave
+        def programs() -> int:
+            return cdiv(m, bm) * cdiv(n, bn) * groups
+        while self.split_programs and max(bm, bn) > 32 and programs() < self.split_programs // 2:
+            bm, bn = (bm // 2, bn) if bm >= bn else (bm, bn // 2)
+        meta = {"BM": bm, "BN": bn, "BK": tile(k, self.mm_k), "GROUP_M": 8}
         return {**meta, **self.split_k(m, n, k, meta, groups)}
 
     def split_k(self, m: int, n: int, k: int, tiles: dict[str, int], groups: int = 1) -> dict[str, int]:
