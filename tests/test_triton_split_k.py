@@ -1,7 +1,9 @@
-"""Split-K contractions: a GEMM with few output tiles and a long K (LeNet's conv1 weight gradient is
-one 32x32 tile over 36,864 K steps) runs its K in chunks on grid axis 2, partial tiles in a float32
-workspace, and an epilogue function sums them in a fixed order and runs the group's other ops.
-Checked against the numpy reference in the interpreter with the split forced by the policy."""
+"""Split kernels, for GPUs that few programs would leave idle. Split-K contractions: a GEMM with few
+output tiles and a long K (LeNet's conv1 weight gradient is one 32x32 tile over 36,864 K steps)
+runs its K in chunks on grid axis 2, partial tiles in a float32 workspace, and an epilogue function
+sums them in a fixed order and runs the group's other ops. Split reductions: few long rows (conv1's
+bias gradient, 20 rows of 36,864) the same way. Checked against the numpy reference in the
+interpreter with the splits forced by the policy."""
 import os
 import subprocess
 import sys
@@ -190,9 +192,62 @@ def test_lenet_training_step_with_split_weight_gradients_matches_the_reference()
         return loss
 
     g = av.compile(step, backend="triton").inspect(model, opt, x, y).graph
-    blocks = SPLIT.replace(mm_block=32, mm_k=32, split_programs=16, split_min_k=2)
+    blocks = SPLIT.replace(mm_block=32, mm_k=32, split_programs=16, split_min_k=2, persistent_r=256, rblock=256)
     # random weights in [-2, 2) make weight gradients of ~1e3 summed over 2,304 terms: float32
     # rounding (split or not) moves the updated weights by ~1e-3
     cg = check(g, fused=None, blocks=blocks, rtol=1e-4, atol=2e-3, rng=np.random.default_rng(1))
     split = [ln.kernel.name for ln in cg.launches if ln.kernel.then is not None]
     assert any("conv2d_grad_weight" in n for n in split), split
+    assert any(ln.kernel.kind == "reduction" and ln.kernel.then is not None for ln in cg.launches), split
+
+
+# --- split reductions -------------------------------------------------------------------------------
+SPLIT_R = BlockPolicy.for_device(interpreting()).replace(rblock=16, persistent_r=16, split_programs=64, split_min=2)
+
+
+def test_gpu_policy_splits_lenets_conv1_bias_gradient():
+    meta = GPU.reduction(20, 36864)  # 5 programs of 4 rows x 36 steps of 1024
+    assert meta["SPLIT_R"] == 18 and meta["RCHUNK"] == 2048
+    for x, r in [(64, 10), (4096, 8192), (20, 4096), (1000, 36864)]:  # persistent rows, or rows enough
+        assert "SPLIT_R" not in GPU.reduction(x, r), (x, r)
+
+
+def test_bias_gradient_group_splits_and_keeps_its_per_element_output(rng):
+    """sum and max over (n, h, w), the masked gradient stored per element on the way, and an SGD
+    update after the sum: one pass of partials, then the update from their ordered sum."""
+    g, b, (dy, mask, bias) = graph(((4, 3, 7, 9), "f32"), ((4, 3, 7, 9), "f32"), ((3,), "f32"))
+    d = b("mul", dy, mask)
+    g.set_outputs([d, b("sub", bias, b("sum", d, axes=[0, 2, 3], keepdims=False)),
+                   b("max", dy, axes=[0, 2, 3], keepdims=True)])
+    cg = check(g, blocks=SPLIT_R, kind="reduction", rng=rng)
+    k = next(ln.kernel for ln in cg.launches)
+    assert k.then is not None and k.grid[1] == k.meta["SPLIT_R"] > 1
+    assert k.workspace == k.meta["SPLIT_R"] * 2 * 3
+
+
+def test_split_max_propagates_nan_from_any_chunk(rng):
+    g, b, (x,) = graph(((3, 300), "f32"))
+    g.set_outputs([b("max", x, axes=[1], keepdims=False)])
+    xs = rng.standard_normal((3, 300)).astype(np.float32)
+    xs[1, 250] = np.nan  # in the last chunks, not the first
+    cg = check(g, [xs], blocks=SPLIT_R, kind="reduction")
+    assert next(ln.kernel for ln in cg.launches).then is not None
+    got = cg(xs)[0].numpy()
+    assert np.isnan(got[1]) and not np.isnan(got[[0, 2]]).any()
+
+
+@pytest.mark.parametrize("case", ["softmax", "argmax", "int_sum"])
+def test_groups_one_pass_cannot_do_stay_whole(case, rng):
+    """softmax's sum reads its max; argmax tracks indices; integer sums are left alone."""
+    if case == "softmax":
+        g, b, (x,) = graph(((3, 300), "f32"))
+        e = b("exp", b("sub", x, b("broadcast", b("max", x, axes=[1], keepdims=True), shape=[3, 300])))
+        g.set_outputs([b("div", e, b("broadcast", b("sum", e, axes=[1], keepdims=True), shape=[3, 300]))])
+    elif case == "argmax":
+        g, b, (x,) = graph(((3, 300), "f32"))
+        g.set_outputs([b("argmax", x, axis=1)])
+    else:
+        g, b, (x,) = graph(((3, 300), "i32"))
+        g.set_outputs([b("sum", x, axes=[1], keepdims=False)])
+    cg = check(g, blocks=SPLIT_R, kind="reduction", rng=rng, rtol=1e-5, atol=1e-5)
+    assert all(ln.kernel.then is None and "SPLIT_R" not in ln.kernel.meta for ln in cg.launches)

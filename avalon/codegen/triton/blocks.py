@@ -64,7 +64,22 @@ class BlockPolicy:
     def reduction(self, x: int, r: int) -> dict[str, int]:
         rb = next_pow2(r) if self.is_persistent(r) else min(self.rblock, next_pow2(r))
         xb = max(1, min(next_pow2(max(x, 1)), self.reduction_elems // rb))
-        return {"XBLOCK": xb, "RBLOCK": rb}
+        return {"XBLOCK": xb, "RBLOCK": rb, **self.split_r(x, r, xb, rb)}
+
+    def split_r(self, x: int, r: int, xb: int, rb: int) -> dict[str, int]:
+        """{"SPLIT_R": s, "RCHUNK": reduced elements per split} for a looped reduction of few rows
+        (a bias gradient: 20 rows of 36,864) whose programs would leave the GPU idle: each split
+        reduces a chunk of every row into a workspace, a second function combines them in order;
+        else {}. Splits keep 2+ RBLOCK steps each."""
+        programs = cdiv(x, xb)
+        steps = cdiv(r, rb)
+        if not self.split_programs or not programs or steps < 2:
+            return {}
+        s = min(self.split_programs // programs, steps // 2, 64)
+        if s < max(2, self.split_min):
+            return {}
+        chunk = cdiv(steps, s) * rb
+        return {"SPLIT_R": cdiv(r, chunk), "RCHUNK": chunk} if cdiv(r, chunk) > 1 else {}
 
     def contraction_warps(self, bm: int, bn: int) -> int:
         """On a GPU at least 4 (one warpgroup: Hopper's wgmma wants one; a lone warp cannot keep a

@@ -6,6 +6,10 @@ reduction and the epilogue from values already in registers. Looped form: one lo
 reduction (in order, so the second can use the first, as softmax's sum uses its max), then a last
 loop for outputs with one element per (row, reduced element); values are recomputed from the inputs
 in each pass rather than spilled. Outputs with one element per row are stored after the loops.
+
+Split form (`BlockPolicy.split_r`, on a GPU: few long rows, as a conv bias gradient's 20 rows of
+36,864): grid axis 1 runs chunks of every row; partials go to a workspace and the kernel's second
+function combines them in order (deterministic) before the per-row outputs (`_build_split`).
 """
 from __future__ import annotations
 
@@ -70,6 +74,14 @@ def build_reduction(group: Group, in_strides: Sequence[Sequence[int]], out_strid
     per_row = [j for j, o in enumerate(group.outputs) if j not in full and o.type.numel == rows.x]
     if len(full) + len(per_row) != len(group.outputs):
         raise Unsupported("a reduction group's outputs must have one element per row or per (row, reduced element)")
+    meta = config.blocks if config else policy.reduction(rows.x, rows.r)
+    warps = config.num_warps if config else policy.warps(meta["XBLOCK"] * meta["RBLOCK"])
+    stages = config.num_stages if config else 1
+    if meta.get("SPLIT_R", 1) > 1:
+        k = _build_split(group, reds, rows, full, per_row, in_strides, out_strides, policy, meta, warps, stages)
+        if k is not None:
+            return k
+        meta = {b: v for b, v in meta.items() if b not in ("SPLIT_R", "RCHUNK")}
     persistent = config.blocks["RBLOCK"] >= rows.r if config else policy.is_persistent(rows.r)
     em = Emitter(group.inputs, in_strides, dots_in_f32=policy.interpret)
     x = em.define_var("xindex", f"{program_start(needs_int64(group), 'XBLOCK')} + tl.arange(0, XBLOCK)[:, None]",
@@ -117,11 +129,90 @@ def build_reduction(group: Group, in_strides: Sequence[Sequence[int]], out_strid
         o = group.outputs[j]
         oidx = delinearize(Affine.of(x), o.shape)
         em.store(f"out{j}", out_strides[j], o.shape, oidx, em.value(o, oidx), o.dtype, ["xindex"])
-    meta = config.blocks if config else policy.reduction(rows.x, rows.r)
     src, params = assemble(group, "reduction", em, ["XBLOCK", "RBLOCK"], [o.dtype for o in group.outputs])
-    return Kernel(group.name, "reduction", src, params, meta, (cdiv(rows.x, meta["XBLOCK"]),),
-                  num_warps=config.num_warps if config else policy.warps(meta["XBLOCK"] * meta["RBLOCK"]),
-                  num_stages=config.num_stages if config else 1, problem={"x": rows.x, "r": rows.r})
+    return Kernel(group.name, "reduction", src, params, meta, (cdiv(rows.x, meta["XBLOCK"]),), num_warps=warps,
+                  num_stages=stages, problem={"x": rows.x, "r": rows.r})
+
+
+def _reads(v, targets: set[int], memo: dict[int, bool]) -> bool:
+    """Does `v` depend, inside its group, on an op in `targets`?"""
+    op = v.op
+    if op is None:
+        return False
+    if id(op) in targets:
+        return True
+    if id(v) not in memo:
+        memo[id(v)] = any(_reads(u, targets, memo) for u in op.operands)
+    return memo[id(v)]
+
+
+def _build_split(group: Group, reds: list[Op], rows: _Rows, full: list[int], per_row: list[int],
+                 in_strides: Sequence[Sequence[int]], out_strides: Sequence[Sequence[int]], policy: BlockPolicy,
+                 meta: dict[str, int], warps: int, stages: int) -> Kernel | None:
+    """Split rows: grid axis 1 runs SPLIT_R chunks of every row; each program reduces its chunk
+    (storing the per-element outputs on the way) and writes one partial per reduction and row to
+    the workspace `ws` [SPLIT_R, reductions, rows]; the second function (`<name>_epilogue`,
+    `Kernel.then`) combines the partials in order and stores the per-row outputs. None unless one
+    pass can do it: float sums and maxima that read no other reduction of the group (softmax's sum
+    reads its max) and per-element outputs that read none."""
+    if any(op.name not in ("sum", "max") or not _acc_dtype(op.operands[0].dtype).is_float for op in reds):
+        return None
+    ids, memo = {id(op) for op in reds}, {}
+    if any(_reads(op.operands[0], ids, memo) for op in reds) or any(_reads(group.outputs[j], ids, memo) for j in full):
+        return None
+    n, splits = len(reds), meta["SPLIT_R"]
+    start = program_start(needs_int64(group), "XBLOCK")
+    em = Emitter(group.inputs, in_strides, dots_in_f32=policy.interpret)
+    x = em.define_var("xindex", f"{start} + tl.arange(0, XBLOCK)[:, None]", rows.x, "xmask")
+    em.line(f"xmask = xindex < {rows.x}")
+    xdims = delinearize(Affine.of(x), [rows.shape[d] for d in rows.kept])
+    accs = [_init(em, op, rows.r) for op in reds]
+    em.line("r_lo = tl.program_id(1) * RCHUNK")
+    em.open("for r0 in range(0, RCHUNK, RBLOCK):")  # constant bounds: the chunk's offset is added inside
+    r = em.define_var("rindex", "r_lo + r0 + tl.arange(0, RBLOCK)[None, :]", rows.r, "rmask")
+    em.line(f"rmask = rindex < {rows.r}")
+    idx = rows.full_index(xdims, r)
+    for op, acc in zip(reds, accs):
+        _update(em, op, em.value(op.operands[0], idx), acc, rows.r)
+    for j in full:
+        o = group.outputs[j]
+        oidx = reshape_index(idx, rows.shape, o.shape)
+        em.store(f"out{j}", out_strides[j], o.shape, oidx, em.value(o, oidx), o.dtype, ["xindex", "rindex"])
+    em.close()
+    for i, (op, acc) in enumerate(zip(reds, accs)):
+        part = _finish(em, op, acc, rows.r)
+        em.line(f"tl.store(ws + (tl.program_id(1) * {n} + {i}) * {rows.x} + xindex, {part.expr}, mask=xmask)")
+    epi = Emitter(group.inputs, in_strides, dots_in_f32=policy.interpret)
+    x2 = epi.define_var("xindex", f"{start} + tl.arange(0, XBLOCK)[:, None]", rows.x, "xmask")
+    epi.line(f"xmask = xindex < {rows.x}")
+    xdims2 = delinearize(Affine.of(x2), [rows.shape[d] for d in rows.kept])
+    for i, op in enumerate(reds):
+        d = _acc_dtype(op.operands[0].dtype)
+        a = epi.fresh(op.name)
+        epi.line(f"{a} = tl.zeros([XBLOCK, 1], {ty.tl_type(d)})" if op.name == "sum"
+                 else f"{a} = tl.full([XBLOCK, 1], {ty.lowest(d)}, {ty.tl_type(d)})")
+        epi.open("for s0 in range(0, SPLIT_R):")
+        part = f"tl.load(ws + (s0 * {n} + {i}) * {rows.x} + xindex, mask=xmask, other=0)"
+        epi.line(f"{a} = {a} + {part}" if op.name == "sum"
+                 else f"{a} = tl.maximum({a}, {part}, propagate_nan=tl.PropagateNan.ALL)")
+        epi.close()
+        epi.overrides[(id(op.result), index_key(rows.row_index(op, xdims2)))] = Val(
+            a, op.result.dtype, epi.scope, frozenset({"xindex"}))
+    for j in per_row:
+        o = group.outputs[j]
+        oidx = delinearize(Affine.of(x2), o.shape)
+        epi.store(f"out{j}", out_strides[j], o.shape, oidx, epi.value(o, oidx), o.dtype, ["xindex"])
+    if em.index_checks or epi.index_checks:
+        return None
+    names = ["XBLOCK", "RBLOCK", "SPLIT_R", "RCHUNK"]
+    src, params = assemble(group, "reduction", em, names, [o.dtype for o in group.outputs], workspace=dt.float32,
+                           also=[(f"{group.name}_epilogue", epi)])
+    size, problem = splits * n * rows.x, {"x": rows.x, "r": rows.r}
+    blocks = cdiv(rows.x, meta["XBLOCK"])
+    then = Kernel(f"{group.name}_epilogue", "reduction_epilogue", src, params, meta, (blocks,),
+                  num_warps=warps, num_stages=1, problem=problem, workspace=size)
+    return Kernel(group.name, "reduction", src, params, meta, (blocks, splits), num_warps=warps, num_stages=stages,
+                  problem=problem, workspace=size, then=then)
 
 
 def _acc_dtype(d: dt.DType) -> dt.DType:
