@@ -22,8 +22,7 @@ from avalon.codegen.triton.standalone import standalone_source
 from avalon.codegen.triton.testing import check, fuse
 
 # small tiles and a split whenever there are at least two K steps: several splits, a ragged last one
-SPLIT = BlockPolicy.for_device(interpreting()).replace(mm_block=16, mm_k=16, split_programs=64, split_min_k=1,
-                                                           split_min=2)
+SPLIT = BlockPolicy.for_device(interpreting()).replace(mm_block=16, mm_k=16, split_programs=64, split_overhead=0)
 GPU = BlockPolicy.for_device(False)
 
 pytestmark = pytest.mark.usefixtures("module_kernel_cache")
@@ -46,6 +45,10 @@ def test_gpu_policy_splits_lenets_conv1_weight_gradient_over_one_wave():
     # 4 splits of 32 K steps a wave
     conv2 = GPU.contraction(50, 500, 4096)
     assert (conv2["BM"], conv2["BN"], conv2["SPLIT_K"], conv2["KCHUNK"]) == (32, 32, 4, 1024)
+    # ResNet-18's first weight gradients (64 x 576, K = 128*32*32): 36 tiles x 4096 K steps -> 11
+    # splits, three full waves of the 132 SMs
+    assert GPU.splits(36, 4096) == 11 and GPU.contraction(64, 576, 131072)["SPLIT_K"] == 11
+    assert GPU.splits(1024, 18) == 1 and GPU.splits(52, 25) == 1  # a full card; a split saving too little
 
 
 @pytest.mark.parametrize("m,n,k", [(4096, 4096, 4096), (64, 500, 64), (1, 1, 1), (128, 128, 200)])
@@ -192,7 +195,8 @@ def test_lenet_training_step_with_split_weight_gradients_matches_the_reference()
         return loss
 
     g = av.compile(step, backend="triton").inspect(model, opt, x, y).graph
-    blocks = SPLIT.replace(mm_block=32, mm_k=32, split_programs=16, split_min_k=2, persistent_r=256, rblock=256)
+    blocks = SPLIT.replace(mm_block=32, mm_k=32, split_programs=16, split_overhead=1, persistent_r=256,
+                           rblock=256)
     # random weights in [-2, 2) make weight gradients of ~1e3 summed over 2,304 terms: float32
     # rounding (split or not) moves the updated weights by ~1e-3
     cg = check(g, fused=None, blocks=blocks, rtol=1e-4, atol=2e-3, rng=np.random.default_rng(1))
@@ -202,7 +206,7 @@ def test_lenet_training_step_with_split_weight_gradients_matches_the_reference()
 
 
 # --- split reductions -------------------------------------------------------------------------------
-SPLIT_R = BlockPolicy.for_device(interpreting()).replace(rblock=16, persistent_r=16, split_programs=64, split_min=2)
+SPLIT_R = BlockPolicy.for_device(interpreting()).replace(rblock=16, persistent_r=16, split_programs=64, split_overhead=0)
 
 
 def test_gpu_policy_splits_lenets_conv1_bias_gradient():

@@ -32,9 +32,8 @@ class BlockPolicy:
     interpret: bool = False
     mm_stages: int = 3  # software pipelining depth of the K loop (GPU)
     mm_warps: int = 0  # 0: from the tile size
-    split_programs: int = 0  # split K until a contraction has about this many programs (0: never split)
-    split_min_k: int = 8  # K steps (of BK) each split keeps at least
-    split_min: int = 4  # fewer splits than this do not pay for the epilogue's launch and workspace pass
+    split_programs: int = 0  # programs the GPU runs at once (its SMs), for `splits`; 0: never split
+    split_overhead: int = 8  # a program's fixed cost, in loop steps (a split's epilogue: twice that)
 
     @staticmethod
     def for_device(interpret: bool) -> BlockPolicy:
@@ -44,9 +43,9 @@ class BlockPolicy:
         # rows up to 8192 stay persistent: on an H100 a one-read softmax of 4096-8192 wide rows ran
         # 1.3-1.6x torch where the three-pass looped form ran 0.77x (benchmarks/triton_kernels.py)
         # a GEMM of few output tiles and a long K (LeNet's conv1 weight gradient: one 32x32 tile, 1152
-        # K steps) splits K over about one wave of programs (see `split_k`)
+        # K steps) splits K over the H100's / H200's 132 SMs (see `splits`)
         return BlockPolicy(xblock=1024, persistent_r=8192, rblock=1024, reduction_elems=4096, mm_block=128, mm_k=32,
-                           split_programs=128)
+                           split_programs=132)
 
     def replace(self, **kw) -> BlockPolicy:
         return dataclasses.replace(self, **kw)
@@ -66,20 +65,28 @@ class BlockPolicy:
         xb = max(1, min(next_pow2(max(x, 1)), self.reduction_elems // rb))
         return {"XBLOCK": xb, "RBLOCK": rb, **self.split_r(x, r, xb, rb)}
 
+    def splits(self, programs: int, steps: int) -> int:
+        """How many chunks to cut each program's loop of `steps` into: the count minimizing waves x
+        (steps per chunk + overhead), plus two overheads for the combining launch and its loop, kept
+        only when it saves a quarter. LeNet's conv1 weight gradient (1 program x 1152 K steps) -> 64; ResNet-18's
+        first weight gradients (36 x 4096) -> 11 (3 full waves); 1024 x 18 -> 1 (the card is full)."""
+        if not self.split_programs or programs < 1 or steps < 2:
+            return 1
+
+        def cost(s: int) -> int:
+            return cdiv(programs * s, self.split_programs) * (cdiv(steps, s) + self.split_overhead) + (
+                2 * self.split_overhead if s > 1 else 0)
+        best = min(range(1, min(64, steps) + 1), key=lambda s: (cost(s), s))
+        return best if best > 1 and 4 * cost(best) <= 3 * cost(1) else 1
+
     def split_r(self, x: int, r: int, xb: int, rb: int) -> dict[str, int]:
         """{"SPLIT_R": s, "RCHUNK": reduced elements per split} for a looped reduction of few rows
         (a bias gradient: 20 rows of 36,864) whose programs would leave the GPU idle: each split
         reduces a chunk of every row into a workspace, a second function combines them in order;
-        else {}. Splits keep 2+ RBLOCK steps each."""
-        programs = cdiv(x, xb)
-        steps = cdiv(r, rb)
-        if not self.split_programs or not programs or steps < 2:
-            return {}
-        s = min(self.split_programs // programs, steps // 2, 64)
-        if s < max(2, self.split_min):
-            return {}
-        chunk = cdiv(steps, s) * rb
-        return {"SPLIT_R": cdiv(r, chunk), "RCHUNK": chunk} if cdiv(r, chunk) > 1 else {}
+        else {}."""
+        s = self.splits(cdiv(x, xb), cdiv(r, rb)) if rb < r else 1
+        chunk = cdiv(cdiv(r, rb), s) * rb
+        return {"SPLIT_R": cdiv(r, chunk), "RCHUNK": chunk} if s > 1 and cdiv(r, chunk) > 1 else {}
 
     def contraction_warps(self, bm: int, bn: int) -> int:
         """On a GPU at least 4 (one warpgroup: Hopper's wgmma wants one; a lone warp cannot keep a
@@ -100,18 +107,13 @@ class BlockPolicy:
 
     def split_k(self, m: int, n: int, k: int, tiles: dict[str, int], groups: int = 1) -> dict[str, int]:
         """{"SPLIT_K": s, "KCHUNK": K per split} when a GEMM has too few output tiles to fill the
-        GPU and K is long enough that each of `s` splits keeps `split_min_k` steps; else {}.
-        Each split sums its K chunk into a float32 workspace, and a second kernel sums the splits
-        in a fixed order (deterministic, unlike atomics) and runs the group's epilogue."""
+        GPU for the length of its K (`splits`); else {}. Each split sums its K chunk into a float32
+        workspace, and a second function sums the splits in a fixed order (deterministic, unlike
+        atomics) and runs the group's epilogue."""
         programs = cdiv(m, tiles["BM"]) * cdiv(n, tiles["BN"]) * groups
-        steps = cdiv(k, tiles["BK"])
-        if not self.split_programs or not programs:
-            return {}
-        s = min(self.split_programs // programs, steps // max(1, self.split_min_k), 64)
-        if s < max(2, self.split_min):
-            return {}
-        chunk = cdiv(steps, s) * tiles["BK"]
-        return {"SPLIT_K": cdiv(k, chunk), "KCHUNK": chunk} if cdiv(k, chunk) > 1 else {}
+        s = self.splits(programs, cdiv(k, tiles["BK"]))
+        chunk = cdiv(cdiv(k, tiles["BK"]), s) * tiles["BK"]
+        return {"SPLIT_K": cdiv(k, chunk), "KCHUNK": chunk} if s > 1 and cdiv(k, chunk) > 1 else {}
 
 
 @dataclass(frozen=True)
