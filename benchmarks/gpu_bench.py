@@ -228,6 +228,31 @@ def section_conv() -> None:
     base = bench_ms(lambda: torch.relu(torch.nn.functional.conv2d(tx, tw, padding=1)))
     row("conv", f"3x3 {c}->{c} {hw}x{hw} bs{nb} +relu", ms, "cuDNN", base,
         f"{2 * nb * c * c * 9 * hw * hw / ms / 1e9:.1f} TFLOP/s")
+    # the kernel the `layout` pass makes: image and result NHWC, taps channel-first (16-byte loads)
+    nhwc = _nhwc_conv(nb, c, hw)
+    cx, cw = tx.to(memory_format=torch.channels_last), tw.to(memory_format=torch.channels_last)
+    ms = bench_ms(lambda: nhwc(cx, tw))
+    base = bench_ms(lambda: torch.relu(torch.nn.functional.conv2d(cx, cw, padding=1)))
+    row("conv", "  same, channels-last (NHWC)", ms, "cuDNN NHWC", base,
+        f"{2 * nb * c * c * 9 * hw * hw / ms / 1e9:.1f} TFLOP/s")
+
+
+def _nhwc_conv(nb: int, c: int, hw: int):
+    """conv + relu as one kernel with NHWC image and result types, as the layout pass leaves them."""
+    from avalon.codegen.triton import compile_graph
+    from avalon.codegen.triton.testing import fuse
+    from avalon.ir import Builder, Graph, TensorType
+    g = Graph("conv_nhwc")
+    b = Builder(g)
+    x = g.add_input(TensorType((nb, c, hw, hw), "f32", layout=(0, 2, 3, 1)), "x")
+    w = g.add_input(TensorType((c, c, 3, 3), "f32"), "w")
+    y = b("conv2d", x, w, stride=[1, 1], padding=[1, 1], dilation=[1, 1], groups=1)
+    r = b("relu", y)
+    for v in (y, r):
+        v.type = v.type.with_layout([0, 2, 3, 1])
+    g.set_outputs([r])
+    cg = compile_graph(fuse(g, "fused_conv2d_relu_nhwc"), device=DEV)
+    return lambda a, k: cg(a, k)
 
 
 def section_attention() -> None:
