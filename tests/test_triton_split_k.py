@@ -19,7 +19,7 @@ from avalon.codegen.triton import BlockPolicy, KernelCache, compile_graph
 from avalon.codegen.triton.autotune import Tuner, candidates, config_of
 from avalon.codegen.triton.cache import interpreting
 from avalon.codegen.triton.standalone import standalone_source
-from avalon.codegen.triton.testing import check, fuse
+from avalon.codegen.triton.testing import check, fuse, tolerance
 
 # small tiles and a split whenever there are at least two K steps: several splits, a ragged last one
 SPLIT = BlockPolicy.for_device(interpreting()).replace(mm_block=16, mm_k=16, split_programs=64, split_overhead=0)
@@ -163,7 +163,7 @@ def test_tuner_offers_split_candidates_and_the_chosen_split_computes_the_product
     xs = [rng.standard_normal(v.shape).astype(np.float32) for v in g.inputs]
     got = cg(*xs)[0].numpy()
     want = xs[0].astype(np.float64) @ xs[1].astype(np.float64)
-    assert np.max(np.abs(got - want)) / np.max(np.abs(want)) < 1e-5
+    assert np.max(np.abs(got - want)) / np.max(np.abs(want)) < (1e-5 if interpreting() else 1e-2)  # GPU: tf32
 
 
 def test_a_split_policy_config_is_timed_against_its_tiles_unsplit():
@@ -199,7 +199,8 @@ def test_lenet_training_step_with_split_weight_gradients_matches_the_reference()
                            rblock=256)
     # random weights in [-2, 2) make weight gradients of ~1e3 summed over 2,304 terms: float32
     # rounding (split or not) moves the updated weights by ~1e-3
-    cg = check(g, fused=None, blocks=blocks, rtol=1e-4, atol=2e-3, rng=np.random.default_rng(1))
+    rtol, atol = (1e-4, 2e-3) if interpreting() else tolerance("contraction")  # a GPU's dots are tf32
+    cg = check(g, fused=None, blocks=blocks, rtol=rtol, atol=atol, rng=np.random.default_rng(1))
     split = [ln.kernel.name for ln in cg.launches if ln.kernel.then is not None]
     assert any("conv2d_grad_weight" in n for n in split), split
     assert any(ln.kernel.kind == "reduction" and ln.kernel.then is not None for ln in cg.launches), split
