@@ -12,6 +12,7 @@ import pytest
 
 import avalon as av
 from avalon import nn, zoo
+from avalon.codegen.triton.cache import interpreting
 from avalon.ir import to_numpy
 
 pytestmark = pytest.mark.usefixtures("module_kernel_cache")
@@ -36,7 +37,16 @@ def _no_slice_copies(ins):
     assert not [k for k in ins.kernels if k.startswith("slice")], list(ins.kernels)
 
 
+# av.compile's GPU dots are tf32 (~1e-3 relative); the interpreter's are exact
+GPU_TOL = 2e-2
+
+
+def _tol(t: float) -> float:
+    return t if interpreting() else max(t, GPU_TOL)
+
+
 def _check_grads(got, want, tol):
+    tol = _tol(tol)
     loss, grads = got
     loss_w, grads_w = want
     np.testing.assert_allclose(_np(loss), _np(loss_w), rtol=tol, atol=tol)
@@ -54,7 +64,7 @@ def test_gpt_forward_uses_one_attention_kernel_per_layer(rng):
     assert len(fwd) == 2 and not bwd, [op.attrs.get("name") for op in ins.graph.ops]
     assert all("tl.dot(" in ins.kernels[n] for n in fwd)
     _no_slice_copies(ins)
-    np.testing.assert_allclose(_np(f(m, idx)), _np(m(idx)), rtol=2e-4, atol=2e-4)
+    np.testing.assert_allclose(_np(f(m, idx)), _np(m(idx)), rtol=_tol(2e-4), atol=_tol(2e-4))
 
 
 def test_gpt_training_step_uses_forward_and_backward_attention_kernels(rng):
@@ -89,7 +99,7 @@ def test_multihead_attention_forward_uses_the_attention_kernel(rng, causal):
     got_fwd, bwd = _kinds(ins)
     assert len(got_fwd) == 1 and not bwd, list(ins.kernels)
     _no_slice_copies(ins)
-    np.testing.assert_allclose(_np(f(m, x)), _np(fwd(m, x)), rtol=2e-4, atol=2e-4)
+    np.testing.assert_allclose(_np(f(m, x)), _np(fwd(m, x)), rtol=_tol(2e-4), atol=_tol(2e-4))
 
 
 def test_multihead_attention_training_step_uses_forward_and_backward_kernels(rng):
