@@ -195,8 +195,8 @@ def test_lenet_training_step_with_split_weight_gradients_matches_the_reference()
         return loss
 
     g = av.compile(step, backend="triton").inspect(model, opt, x, y).graph
-    blocks = SPLIT.replace(mm_block=32, mm_k=32, split_programs=16, split_overhead=1, persistent_r=256,
-                           rblock=256)
+    blocks = SPLIT.replace(mm_block=32, mm_k=32, split_programs=64, split_overhead=1, persistent_r=256,
+                           rblock=256, reduction_elems=256)
     # random weights in [-2, 2) make weight gradients of ~1e3 summed over 2,304 terms: float32
     # rounding (split or not) moves the updated weights by ~1e-3
     rtol, atol = (1e-4, 2e-3) if interpreting() else tolerance("contraction")  # a GPU's dots are tf32
@@ -207,12 +207,18 @@ def test_lenet_training_step_with_split_weight_gradients_matches_the_reference()
 
 
 # --- split reductions -------------------------------------------------------------------------------
-SPLIT_R = BlockPolicy.for_device(interpreting()).replace(rblock=16, persistent_r=16, split_programs=64, split_overhead=0)
+SPLIT_R = BlockPolicy.for_device(interpreting()).replace(rblock=16, persistent_r=16, reduction_elems=64,
+                                                         split_programs=64, split_overhead=0)
 
 
-def test_gpu_policy_splits_lenets_conv1_bias_gradient():
-    meta = GPU.reduction(20, 36864)  # 5 programs of 4 rows x 36 steps of 1024
-    assert meta["SPLIT_R"] == 18 and meta["RCHUNK"] == 2048
+def test_gpu_policy_gives_few_long_rows_programs_then_splits():
+    """Few long rows first get a program each (LeNet's conv1 bias gradient: 20 rows of 36,864 were
+    5 programs x 36 steps, now 20 x 9 of 4096, which a split would not beat); one long row (a
+    loss over 1M elements) splits 64 ways."""
+    meta = GPU.reduction(20, 36864)
+    assert (meta["XBLOCK"], meta["RBLOCK"]) == (1, 4096) and "SPLIT_R" not in meta
+    total = GPU.reduction(1, 1 << 20)
+    assert total["SPLIT_R"] == 64 and total["RCHUNK"] * 64 == 1 << 20
     for x, r in [(64, 10), (4096, 8192), (20, 4096), (1000, 36864)]:  # persistent rows, or rows enough
         assert "SPLIT_R" not in GPU.reduction(x, r), (x, r)
 

@@ -63,6 +63,12 @@ class BlockPolicy:
     def reduction(self, x: int, r: int) -> dict[str, int]:
         rb = next_pow2(r) if self.is_persistent(r) else min(self.rblock, next_pow2(r))
         xb = max(1, min(next_pow2(max(x, 1)), self.reduction_elems // rb))
+        if self.split_programs and not self.is_persistent(r):
+            # few long rows (BatchNorm's statistics: 64 channels of 131,072): fewer rows a program
+            # and longer row chunks, so half the card has a program before any split is considered
+            while xb > 1 and cdiv(x, xb) < self.split_programs // 2:
+                xb //= 2
+            rb = min(next_pow2(r), max(rb, self.reduction_elems // xb))
         return {"XBLOCK": xb, "RBLOCK": rb, **self.split_r(x, r, xb, rb)}
 
     def splits(self, programs: int, steps: int) -> int:
