@@ -59,7 +59,8 @@ def step_kernels(model: str, dry: bool) -> list:
         return loss
 
     insp = av.compile(step, backend="triton").inspect(net, opt, *batch)
-    return [ln.kernel for ln in compile_graph(insp.graph).launches if ln.kernel.kind != "host"]
+    return [p for ln in compile_graph(insp.graph).launches if ln.kernel.kind != "host"
+            for p in (ln.kernel, ln.kernel.then) if p is not None]  # a split kernel's epilogue compiles too
 
 
 def _compile_one(spec: tuple) -> float:
