@@ -60,7 +60,7 @@ def step_kernels(model: str, dry: bool) -> list:
 
     insp = av.compile(step, backend="triton").inspect(net, opt, *batch)
     return [p for ln in compile_graph(insp.graph).launches if ln.kernel.kind != "host"
-            for p in (ln.kernel, ln.kernel.then) if p is not None]  # a split kernel's epilogue compiles too
+            for p in ln.kernel.chain()]  # a split kernel's epilogue (and stride phases) compile too
 
 
 def _compile_one(spec: tuple) -> float:

@@ -148,3 +148,24 @@ def test_channels_last_images_take_their_taps_channel_first(case, kind, seed):
         x.type, dy.type = TensorType(xs, "f32", layout=nhwc), TensorType(ys, "f32", layout=nhwc)
         g.set_outputs([b("conv2d_grad_weight", x, dy, weight_shape=list(ws), **attrs)])
     check(g, blocks=SMALL, kind="contraction", rng=np.random.default_rng(seed))
+
+
+@pytest.mark.parametrize("xs,ws,stride,padding", [
+    ((2, 3, 9, 8), (4, 3, 3, 3), [2, 2], [1, 1]),  # ResNet's downsampling 3x3: 4 phases of 1, 2, 2, 4 taps
+    ((2, 4, 7, 7), (6, 4, 1, 1), [2, 2], [0, 0]),  # the 1x1 shortcut: three phases no tap reaches (K = 0)
+    ((1, 2, 10, 11), (2, 2, 2, 3), [3, 2], [2, 1]),  # a kernel smaller than the stride, uneven phases
+])
+def test_strided_grad_input_runs_one_gemm_per_stride_phase(xs, ws, stride, padding):
+    """conv2d_grad_input at stride s reaches each input pixel from only the taps of its phase: one
+    implicit GEMM per phase over those taps (a chain of functions in one kernel file), summing
+    to the K of one whole-image GEMM instead of s*s times it; the residual add runs in each."""
+    attrs = dict(stride=stride, padding=padding, dilation=[1, 1], groups=1)
+    ys = conv_out(xs, ws, attrs)
+    g, b, (dy, w, res) = graph((ys, "f32"), (ws, "f32"), (xs, "f32"))
+    g.set_outputs([b("add", b("conv2d_grad_input", dy, w, input_shape=list(xs), **attrs), res)])
+    cg = check(g, blocks=SMALL, kind="contraction")
+    (ln,) = cg.launches
+    chain = ln.kernel.chain()
+    assert len(chain) == min(stride[0], xs[2]) * min(stride[1], xs[3]) and [p.kind for p in chain[1:]] == ["contraction_phase"] * (len(chain) - 1)
+    assert sum(p.problem["k"] * p.problem["m"] for p in chain) < ws[0] * ws[2] * ws[3] * xs[0] * xs[2] * xs[3]
+    assert cg.kernels["fused_0"].count("@triton.jit") == len(chain)

@@ -168,7 +168,7 @@ def warm_up(kernels: Sequence[Kernel], workers: int | None = None) -> int:
     if not gpu_present():
         return 0
     from . import types as ty
-    parts = [p for k in kernels for p in (k, k.then) if p is not None]  # a split-K epilogue compiles too
+    parts = [p for k in kernels for p in k.chain()]  # a split's epilogue and stride phases compile too
     todo = {id(k.fn): k for k in parts if k.kind not in ("host",) and k.fn is not None and not k.empty}
 
     def one(k: Kernel) -> None:

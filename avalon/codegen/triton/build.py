@@ -139,8 +139,8 @@ class _Lowerer:
 
     def load(self, k: Kernel) -> Kernel:
         """`k` with its @jit functions (and its `then`'s) loaded from the kernel cache."""
-        for part in (k, k.then):
-            if part is not None and part.fn is None:
+        for part in k.chain():
+            if part.fn is None:
                 part.fn = self.cache.load(part.name, part.source)
         return k
 

@@ -160,6 +160,52 @@ def _conv2d_grad_input(op: Op) -> Gemm:
     return Gemm(g, n * h * wd, cg, og * kh * kw, a, _plain(b), out)
 
 
+def grad_input_phases(op: Op) -> list[tuple[int, int]]:
+    """The stride phases a strided conv2d_grad_input splits into ([] when it does not: stride 1,
+    or dilation, whose valid taps are not one stride apart)."""
+    if op.name != "conv2d_grad_input":
+        return []
+    (sh, sw), _, (dh, dw), _ = _conv_attrs(op)
+    if (sh, sw) == (1, 1) or (dh, dw) != (1, 1):
+        return []
+    _, _, h, wd = op.attrs["input_shape"]
+    return [(a, b) for a in range(min(sh, h)) for b in range(min(sw, wd))]  # (phases with pixels)
+
+
+def _conv2d_grad_input_phase(op: Op, ph: int, pw: int) -> Gemm:
+    """The input pixels (ph + sh*i, pw + sw*j) of a strided conv2d_grad_input, which only the taps
+    kh = rh + sh*jh (rh = (ph + pad) % sh; the same for kw) reach: an implicit GEMM over those
+    taps alone, dy read at (i + ch - jh, j + cw - jw). The whole-image GEMM multiplies zeros for
+    all other taps: 3/4 of its K steps at stride 2."""
+    dy, w = op.operands
+    n, c, h, wd = op.attrs["input_shape"]
+    o, cg, kh, kw = w.shape
+    (sh, sw), (pad_h, pad_w), _, g = _conv_attrs(op)
+    _, _, oh, ow = dy.shape
+    og = o // g
+    hp, wp = max(0, cdiv(h - ph, sh)), max(0, cdiv(wd - pw, sw))
+    rh, rw = (ph + pad_h) % sh, (pw + pad_w) % sw
+    nkh, nkw = max(0, cdiv(kh - rh, sh)), max(0, cdiv(kw - rw, sw))
+    ch, cw = (ph + pad_h - rh) // sh, (pw + pad_w - rw) // sw
+    taps = (og, max(nkh, 1), max(nkw, 1))  # (a phase no tap reaches has K = 0: its loop never runs)
+
+    def a(em: Emitter, v: Vars):
+        bn, bi, bj = delinearize(v["m"], (n, hp, wp))
+        ko, jh, jw = delinearize(v["ka"], taps)
+        qh, qw = bi + ch - jh, bj + cw - jw
+        return (bn, v["g"].scale(og) + ko, qh, qw), em.both(em.in_range(qh, oh), em.in_range(qw, ow))
+
+    def b(v: Vars) -> Index:
+        ko, jh, jw = delinearize(v["kb"], taps)
+        return (v["g"].scale(og) + ko, v["n"], jh.scale(sh) + rh, jw.scale(sw) + rw)
+
+    def out(v: Vars) -> Index:
+        bn, bi, bj = delinearize(v["m"], (n, hp, wp))
+        return (bn, v["g"].scale(cg) + v["n"], bi.scale(sh) + ph, bj.scale(sw) + pw)
+
+    return Gemm(g, n * hp * wp, cg, og * nkh * nkw, a, _plain(b), out)
+
+
 def _conv2d_grad_weight(op: Op) -> Gemm:
     x, dy = op.operands
     n, c, h, wd = x.shape
@@ -224,18 +270,51 @@ def build_contraction(group: Group, in_strides: Sequence[Sequence[int]], out_str
     warps = config.num_warps if config else policy.contraction_warps(meta["BM"], meta["BN"])
     stages = config.num_stages if config else 1 if policy.interpret else policy.mm_stages
     problem = {"m": gemm.m, "n": gemm.n, "k": gemm.k, "groups": gemm.groups}
+    phases = grad_input_phases(op)
+    if phases:
+        meta = {m: b for m, b in meta.items() if m not in ("SPLIT_K", "KCHUNK")}
+        k = _build_phases(group, op, phases, in_strides, out_strides, policy, meta, warps, stages)
+        if k is not None:
+            return k
     if meta.get("SPLIT_K", 1) > 1:
         k = _build_split(group, op, gemm, in_strides, out_strides, policy, meta, warps, stages)
         if k is not None:
             return k
         meta = {m: b for m, b in meta.items() if m not in ("SPLIT_K", "KCHUNK")}
+    em = _plain_gemm(group, op, gemm, in_strides, out_strides, policy)
+    src, params = assemble(group, "contraction", em, ["BM", "BN", "BK", "GROUP_M"], [o.dtype for o in group.outputs])
+    return Kernel(group.name, "contraction", src, params, meta, _grid(gemm, meta), num_warps=warps,
+                  num_stages=stages, problem=problem)
+
+
+def _plain_gemm(group: Group, op: Op, gemm: Gemm, in_strides: Sequence[Sequence[int]],
+                out_strides: Sequence[Sequence[int]], policy: BlockPolicy) -> Emitter:
     em = Emitter(group.inputs, in_strides, dots_in_f32=policy.interpret)
     v = _tiles(em, gemm)
     _dot_loop(em, op, gemm, policy, v, split=False)
     _epilogue(em, group, op, gemm, v, out_strides)
-    src, params = assemble(group, "contraction", em, ["BM", "BN", "BK", "GROUP_M"], [o.dtype for o in group.outputs])
-    return Kernel(group.name, "contraction", src, params, meta, _grid(gemm, meta), num_warps=warps,
-                  num_stages=stages, problem=problem)
+    return em
+
+
+def _build_phases(group: Group, op: Op, phases: list[tuple[int, int]], in_strides: Sequence[Sequence[int]],
+                  out_strides: Sequence[Sequence[int]], policy: BlockPolicy, meta: dict[str, int], warps: int,
+                  stages: int) -> Kernel | None:
+    """A strided conv2d_grad_input as one GEMM per stride phase (`_conv2d_grad_input_phase`), each
+    a function of one kernel file writing its own pixels, launched in a chain (`Kernel.then`) with
+    the same arguments and config. None when a phase needs index checks (one err layout a kernel)."""
+    gemms = [_conv2d_grad_input_phase(op, a, b) for a, b in phases]
+    names = [group.name] + [f"{group.name}_p{a}{b}" for a, b in phases[1:]]
+    ems = [_plain_gemm(group, op, g, in_strides, out_strides, policy) for g in gemms]
+    if any(e.index_checks for e in ems):
+        return None
+    src, params = assemble(group, "contraction", ems[0], ["BM", "BN", "BK", "GROUP_M"],
+                           [o.dtype for o in group.outputs], also=list(zip(names[1:], ems[1:])))
+    k = None
+    for name, g in reversed(list(zip(names, gemms))):
+        k = Kernel(name, "contraction" if name == group.name else "contraction_phase", src, params, meta,
+                   _grid(g, meta), num_warps=warps, num_stages=stages,
+                   problem={"m": g.m, "n": g.n, "k": g.k, "groups": g.groups}, then=k)
+    return k
 
 
 def _grid(gemm: Gemm, meta: dict[str, int], splits: int = 1) -> tuple[int, ...]:

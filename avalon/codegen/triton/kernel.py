@@ -43,6 +43,14 @@ class Kernel:
     def empty(self) -> bool:
         return any(g == 0 for g in self.grid)
 
+    def chain(self) -> list[Kernel]:
+        """This kernel and every function launched after it (`then`: a split's epilogue, stride phases)."""
+        out, k = [], self
+        while k is not None:
+            out.append(k)
+            k = k.then
+        return out
+
 
 def assemble(group: Group, kind: str, em: Emitter, meta_names: list[str], out_dtypes: list[DType], *,
              workspace: DType | None = None, also: list[tuple[str, Emitter]] | None = None) -> tuple[str, list]:

@@ -58,7 +58,9 @@ def _quiet_interpreter() -> None:
 
 
 def launch(k: Kernel, tensors: Sequence[torch.Tensor]) -> None:
-    if k.empty:
+    if k.empty:  # nothing to compute here; a chained function may still have work
+        if k.then is not None:
+            launch(k.then, tensors)
         return
     if k.kind == "host":  # not a kernel: a step between launches on the host (a collective)
         k.fn(*tensors)

@@ -33,7 +33,7 @@ ARGS = {args!r}  # (name, shape, torch dtype, is_output) per pointer parameter
 GRID = {grid!r}
 META = {meta!r}
 NUM_WARPS, NUM_STAGES = {num_warps}, {num_stages}
-THEN = {then}  # (function, grid) launched next with the same tensors (a split-K epilogue), or None
+THEN = {then}  # (function, grid) launched next with the same tensors (a split's epilogue, stride phases)
 
 
 def _random(shape, dtype, device):
@@ -50,9 +50,11 @@ if __name__ == "__main__":
     tensors = [torch.empty(shape, dtype=getattr(torch, dt), device=device) if out
                else _random(shape, getattr(torch, dt), device) for _, shape, dt, out in ARGS]
     extra = {{}} if device == "cpu" else {{"num_warps": NUM_WARPS, "num_stages": NUM_STAGES}}
-    {name}[GRID](*tensors, **META, **extra)
-    if THEN is not None:
-        THEN[0][THEN[1]](*tensors, **META, **extra)
+    if all(GRID):
+        {name}[GRID](*tensors, **META, **extra)
+    for fn, grid in THEN:
+        if all(grid):
+            fn[grid](*tensors, **META, **extra)
     for (pname, shape, dt, out), t in zip(ARGS, tensors):
         if out:
             f = t.float()
@@ -69,7 +71,7 @@ def standalone_source(ln: Launch) -> str:
             for (pname, d), v in zip(k.params, ln.args)]
     if k.checks:  # the index-check flags (see lowering.check_index): not an output worth printing
         args.append(("err", [2 * len(k.checks)], "int64", False))
-    then = f"({k.then.name}, {tuple(k.then.grid)!r})" if k.then is not None else "None"
+    then = "[" + ", ".join(f"({p.name}, {tuple(p.grid)!r})" for p in k.chain()[1:]) + "]"
     return (_PRELUDE.format(file=f"{k.name}.py") + k.source
             + _MAIN.format(args=args, grid=tuple(k.grid), meta=dict(k.meta), num_warps=k.num_warps,
                            num_stages=k.num_stages, name=k.name, then=then))
@@ -81,7 +83,7 @@ def write_kernels(graph: Graph, folder: str) -> list[str]:
     os.makedirs(folder, exist_ok=True)
     paths, done = [], set()
     for ln in cg.launches:
-        if ln.kernel.name in done or ln.kernel.empty or ln.kernel.kind == "host":
+        if ln.kernel.name in done or all(p.empty for p in ln.kernel.chain()) or ln.kernel.kind == "host":
             continue
         done.add(ln.kernel.name)
         path = os.path.join(folder, f"{ln.kernel.name}.py")
