@@ -21,6 +21,10 @@ stores its partial tile to a float32 workspace and the kernel's second function,
 (deterministic, unlike atomic adds) and runs the epilogue below. LeNet's conv1 weight gradient is
 one 32x32 tile over 1152 K steps unsplit: one program; split, 64 programs of 18 steps.
 
+A strided conv2d_grad_input is one GEMM per stride phase (`_conv2d_grad_input_phase`): the input
+pixels of a phase are reached by a fixed subset of the taps, so no K step multiplies the zeros the
+whole-image GEMM would (3/4 of them at stride 2); the phases are functions of one kernel file too.
+
 Operands are read with `Emitter.value` inside the K loop, so a `transpose` (or cast, or any
 pointwise prologue) producing an operand inside the group is a strided read. After the loop the
 accumulator is the contraction's value at the output tile; the group's outputs are computed from
