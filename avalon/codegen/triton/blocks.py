@@ -33,7 +33,7 @@ class BlockPolicy:
     mm_stages: int = 3  # software pipelining depth of the K loop (GPU)
     mm_warps: int = 0  # 0: from the tile size
     split_programs: int = 0  # programs the GPU runs at once (its SMs), for `splits`; 0: never split
-    split_overhead: int = 8  # a program's fixed cost, in loop steps (a split's epilogue: twice that)
+    split_overhead: int = 4  # a program's fixed cost, in loop steps (a split's epilogue launch: twice that)
 
     @staticmethod
     def for_device(interpret: bool) -> BlockPolicy:
