@@ -15,6 +15,7 @@ step). `--dry-run` runs every section with tiny shapes and 1 rep so a typo never
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -186,11 +187,28 @@ def torch_step_ms(model, loss, batch, mode: str) -> float:
 
 
 def section_steps() -> None:
-    for name, make, loss, batch, tmodel, tloss in workloads():
+    for j, (name, make, loss, batch, tmodel, tloss) in enumerate(workloads()):
         ms, first = avalon_step_ms(make, loss, batch)
         row("steps", name, ms, "torch eager", torch_step_ms(tmodel, tloss, batch, "eager"), f"first call {first:.2f} s")
         if not DRY:  # torch.compile on the CPU needs a C compiler and minutes; the GPU run has both
             row("steps", name, ms, "torch.compile", torch_step_ms(tmodel, tloss, batch, "compile"))
+        if j < 2:  # LeNet and the VAE, whose kernels the policy alone sizes: does filling the card pay?
+            with _policy(split_programs=0):
+                plain, _ = avalon_step_ms(make, loss, batch)
+            row("steps", f"  {name}: fill/split policy", ms, "without it", plain)
+
+
+@contextlib.contextmanager
+def _policy(**fields):
+    """Compile with the GPU BlockPolicy's `fields` replaced (split_programs=0: no tile shrinking and
+    no splits, the policy before it filled the card), for an A/B in one process."""
+    from avalon.codegen.triton.blocks import BlockPolicy
+    orig = BlockPolicy.__dict__["for_device"]
+    BlockPolicy.for_device = staticmethod(lambda interpret: orig.__func__(interpret).replace(**fields))
+    try:
+        yield
+    finally:
+        BlockPolicy.for_device = orig
 
 
 # --- kernels -----------------------------------------------------------------------------------------
