@@ -4,12 +4,13 @@
     python benchmarks/gpu_bench.py --dry-run        # on the CPU, tiny shapes in the interpreter
 
 Every row: Avalon's median ms, the baseline's median ms and baseline/avalon (above 1: Avalon is
-faster), plus a rate where it means something. Sections: `steps` (LeNet, VAE, GPT, ResNet-18
-training steps vs torch eager and torch.compile default mode), `gemm` (f16, bf16, tf32 vs cuBLAS),
-`conv` (3x3 vs cuDNN), `attention` (fwd+bwd vs F.scaled_dot_product_attention), `pointwise`
-(fused bias+relu vs the card's device-to-device copy bandwidth), `index` (index-check cost),
-`first_call` (cold and warm disk cache, in subprocesses), `layout` (channels-last vs NCHW ResNet
-step). `--dry-run` runs every section with tiny shapes and 1 rep so a typo never costs GPU time
+faster), plus a rate where it means something. Sections, in the order they run: `steps` (LeNet
+and VAE training steps vs torch eager and torch.compile default mode, and without the GPU policy's
+fill/split rules), `gemm` (f16, bf16, tf32 vs cuBLAS), `conv` (3x3 vs cuDNN, NCHW and NHWC),
+`attention` (fwd+bwd vs F.scaled_dot_product_attention), `pointwise` (fused bias+relu vs the card's
+device-to-device copy bandwidth), `index` (index-check cost), `first_call` (cold and warm disk
+cache, in subprocesses), `big_steps` (GPT and ResNet-18 steps, as `steps`: the longest, so last but
+one), `layout` (channels-last vs NCHW ResNet step). `--out` is rewritten after every section. `--dry-run` runs every section with tiny shapes and 1 rep so a typo never costs GPU time
 (tests/test_gpu_bench.py runs it); its numbers mean nothing.
 """
 from __future__ import annotations
@@ -186,8 +187,10 @@ def torch_step_ms(model, loss, batch, mode: str) -> float:
     return median_ms(step, 30)
 
 
-def section_steps() -> None:
-    for j, (name, make, loss, batch, tmodel, tloss) in enumerate(workloads()):
+def section_steps(which: slice = slice(0, 2)) -> None:
+    """LeNet and the VAE (`steps`); GPT and ResNet-18 are `big_steps`, run last: their tuning and
+    torch.compile take the longest, and a session's time limit should cut them, not the rest."""
+    for j, (name, make, loss, batch, tmodel, tloss) in list(enumerate(workloads()))[which]:
         ms, first = avalon_step_ms(make, loss, batch)
         row("steps", name, ms, "torch eager", torch_step_ms(tmodel, tloss, batch, "eager"), f"first call {first:.2f} s")
         if not DRY:  # torch.compile on the CPU needs a C compiler and minutes; the GPU run has both
@@ -342,9 +345,21 @@ def section_layout() -> None:
     row("layout", "ResNet step channels-last vs NCHW", nhwc, "NCHW (default)", nchw, f"policy: {use} ({why})")
 
 
+def section_big_steps() -> None:
+    section_steps(slice(2, 4))
+
+
 SECTIONS = {"steps": section_steps, "gemm": section_gemm, "conv": section_conv, "attention": section_attention,
             "pointwise": section_pointwise, "index": section_index, "first_call": section_first_call,
-            "layout": section_layout}
+            "big_steps": section_big_steps, "layout": section_layout}
+
+
+def _write(path: str, payload: dict) -> None:
+    """Atomically, after every section: a run cut short by its time limit keeps what it measured."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1)
+    os.replace(tmp, path)
 
 
 def main() -> None:
@@ -366,9 +381,8 @@ def main() -> None:
         except Exception as e:  # one broken section must not lose the rest of a GPU session
             failed.append(s)
             print(f"{s:<10} FAILED: {type(e).__name__}: {str(e)[:300]}", flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"gpu": name, "rows": ROWS, "failed": failed}, f, indent=1)
+        if args.out:
+            _write(args.out, {"gpu": name, "rows": ROWS, "failed": failed})
     if failed:
         sys.exit(f"sections failed: {failed}")
 
