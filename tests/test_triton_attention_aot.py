@@ -52,8 +52,7 @@ SCRIPT = textwrap.dedent('''
     graphs["depthwise"] = g
     out = []
     for case, g in graphs.items():
-        for ln in compile_graph(g).launches:
-            kern = ln.kernel
+        for kern in [p for ln in compile_graph(g).launches for p in ln.kernel.chain()]:
             try:
                 ok, err = ".target sm_90" in compile_for_target(kern).asm["ptx"], ""
             except Exception as e:
