@@ -64,6 +64,11 @@ SCRIPT = textwrap.dedent('''
     g.set_outputs([d, b("sum", b("mul", d, d), axes=[0, 1], keepdims=False)])
     cases["split_r"] = fuse(g, "fused_sub_mul_sum_0")  # a squared-error loss over 1M elements: one row, 64 splits
 
+    g, b, (x,) = graph(((4, 262144), "f32"))  # a softmax over 4 long rows: max, sum and output passes, split
+    e = b("exp", b("sub", x, b("broadcast", b("max", x, axes=[1], keepdims=True), shape=[4, 262144])))
+    g.set_outputs([b("div", e, b("broadcast", b("sum", e, axes=[1], keepdims=True), shape=[4, 262144]))])
+    cases["split_r_passes"] = fuse(g, "fused_softmax_split_0")
+
     out = []
     for case, g in cases.items():
         for k in [p for ln in compile_graph(g).launches for p in ln.kernel.chain()]:
@@ -93,7 +98,7 @@ def test_generated_kernels_compile_to_ptx_for_h100(tmp_path):
     # LeNet conv1's weight gradient and a 1M-element loss split (both functions of each kernel compile)
     # and the stride-2 conv2d_grad_input runs one GEMM per stride phase
     assert {"pointwise", "reduction", "contraction", "contraction_epilogue", "reduction_epilogue",
-            "contraction_phase"} <= kinds
+            "contraction_phase", "reduction_pass"} <= kinds
     assert len(results) >= 9
     # Hopper's instructions: the f16 GEMM runs on wgmma with its tiles pipelined through cp.async
     # (the aligned pointers the JIT sees at launch are given to the AOT compile too)

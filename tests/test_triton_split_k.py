@@ -233,7 +233,7 @@ def test_bias_gradient_group_splits_and_keeps_its_per_element_output(rng):
     cg = check(g, blocks=SPLIT_R, kind="reduction", rng=rng)
     k = next(ln.kernel for ln in cg.launches)
     assert k.then is not None and k.grid[1] == k.meta["SPLIT_R"] > 1
-    assert k.workspace == k.meta["SPLIT_R"] * 2 * 3
+    assert k.workspace == (k.meta["SPLIT_R"] + 1) * 2 * 3  # partials, then the combined values
 
 
 def test_split_max_propagates_nan_from_any_chunk(rng):
@@ -247,14 +247,40 @@ def test_split_max_propagates_nan_from_any_chunk(rng):
     assert np.isnan(got[1]) and not np.isnan(got[[0, 2]]).any()
 
 
-@pytest.mark.parametrize("case", ["softmax", "argmax", "int_sum"])
-def test_groups_one_pass_cannot_do_stay_whole(case, rng):
-    """softmax's sum reads its max; argmax tracks indices; integer sums are left alone."""
-    if case == "softmax":
-        g, b, (x,) = graph(((3, 300), "f32"))
-        e = b("exp", b("sub", x, b("broadcast", b("max", x, axes=[1], keepdims=True), shape=[3, 300])))
-        g.set_outputs([b("div", e, b("broadcast", b("sum", e, axes=[1], keepdims=True), shape=[3, 300]))])
-    elif case == "argmax":
+def test_batchnorm_statistics_split_pass_by_pass(rng):
+    """BatchNorm's forward over (n, h, w): the mean, then the variance reading it, then the
+    normalized output reading both: a partial and a combining function per pass, then one pass
+    over the chunks for the per-element output, each reading the combined values back."""
+    g, b, (x,) = graph(((4, 3, 7, 9), "f32"))
+    shape = [4, 3, 7, 9]
+
+    def per_channel(v):
+        return b("broadcast", b("reshape", v, shape=[1, 3, 1, 1]), shape=shape)
+    mean = b("div", b("sum", x, axes=[0, 2, 3], keepdims=False), b("constant", value=252.0, shape=[3], dtype="f32"))
+    d = b("sub", x, per_channel(mean))
+    var = b("div", b("sum", b("mul", d, d), axes=[0, 2, 3], keepdims=False),
+            b("constant", value=252.0, shape=[3], dtype="f32"))
+    rstd = b("rsqrt", b("add", var, b("constant", value=1e-5, shape=[3], dtype="f32")))
+    g.set_outputs([b("mul", d, per_channel(rstd)), mean, rstd])
+    cg = check(g, blocks=SPLIT_R, kind="reduction", rng=rng)
+    chain = next(ln.kernel for ln in cg.launches).chain()
+    assert [p.name for p in chain] == ["fused_0", "fused_0_combine0", "fused_0_pass1", "fused_0_combine1",
+                                       "fused_0_full"]
+    assert [len(p.grid) for p in chain] == [2, 1, 2, 1, 2]  # chunks, rows, chunks, rows, chunks
+
+
+def test_softmax_splits_into_its_three_passes(rng):
+    g, b, (x,) = graph(((3, 300), "f32"))
+    e = b("exp", b("sub", x, b("broadcast", b("max", x, axes=[1], keepdims=True), shape=[3, 300])))
+    g.set_outputs([b("div", e, b("broadcast", b("sum", e, axes=[1], keepdims=True), shape=[3, 300]))])
+    cg = check(g, blocks=SPLIT_R, kind="reduction", rng=rng)
+    assert len(next(ln.kernel for ln in cg.launches).chain()) == 5
+
+
+@pytest.mark.parametrize("case", ["argmax", "int_sum"])
+def test_groups_a_split_cannot_do_stay_whole(case, rng):
+    """argmax tracks indices; integer sums are left alone."""
+    if case == "argmax":
         g, b, (x,) = graph(((3, 300), "f32"))
         g.set_outputs([b("argmax", x, axis=1)])
     else:

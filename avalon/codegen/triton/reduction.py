@@ -7,16 +7,17 @@ reduction (in order, so the second can use the first, as softmax's sum uses its 
 loop for outputs with one element per (row, reduced element); values are recomputed from the inputs
 in each pass rather than spilled. Outputs with one element per row are stored after the loops.
 
-Split form (`BlockPolicy.split_r`, on a GPU: few long rows, as a conv bias gradient's 20 rows of
-36,864): grid axis 1 runs chunks of every row; partials go to a workspace and the kernel's second
-function combines them in order (deterministic) before the per-row outputs (`_build_split`).
+Split form (`BlockPolicy.split_r`, on a GPU: few long rows, as a loss over a whole tensor): grid
+axis 1 runs chunks of every row; partials go to a workspace and a combining function sums them in
+order (deterministic), pass by pass where one reduction reads another (softmax's sum its max, a
+variance its mean), then a last pass writes per-element outputs that read them (`_build_split`).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from avalon.ir import dtypes as dt
-from avalon.ir.core import Op
+from avalon.ir.core import Op, Value
 
 from . import types as ty
 from .blocks import BlockPolicy, KernelConfig, cdiv
@@ -146,73 +147,146 @@ def _reads(v, targets: set[int], memo: dict[int, bool]) -> bool:
     return memo[id(v)]
 
 
+def _levels(reds: list[Op]) -> list[list[int]]:
+    """Reductions by pass: a reduction reading others' results (a variance reads its mean) comes a
+    pass after them. `reds` are in op order, so what one reads comes before it."""
+    level: list[int] = []
+    for i, op in enumerate(reds):
+        deps = [j for j in range(i) if _reads(op.operands[0], {id(reds[j])}, {})]
+        level.append(1 + max((level[j] for j in deps), default=-1))
+    return [[i for i in range(len(reds)) if level[i] == lv] for lv in range(max(level) + 1)]
+
+
+class _SplitEmit:
+    """Source of the split form's functions; all share the workspace `ws`: the partials
+    [SPLIT_R, reductions, rows], then each reduction's combined value [reductions, rows]."""
+
+    def __init__(self, group: Group, reds: list[Op], rows: _Rows, in_strides: Sequence[Sequence[int]],
+                 policy: BlockPolicy):
+        self.group, self.reds, self.rows, self.in_strides, self.policy = group, reds, rows, in_strides, policy
+        self.n = len(reds)
+        self.start = program_start(needs_int64(group), "XBLOCK")
+        self.fin = f"SPLIT_R * {self.n * rows.x}"  # where the combined values start
+
+    def begin(self) -> tuple[Emitter, IndexVar, Index]:
+        em = Emitter(self.group.inputs, self.in_strides, dots_in_f32=self.policy.interpret)
+        x = em.define_var("xindex", f"{self.start} + tl.arange(0, XBLOCK)[:, None]", self.rows.x, "xmask")
+        em.line(f"xmask = xindex < {self.rows.x}")
+        return em, x, delinearize(Affine.of(x), [self.rows.shape[d] for d in self.rows.kept])
+
+    def combined(self, em: Emitter, xdims: Index, which: list[int]) -> None:
+        """The results of reductions `which`, read back from the workspace."""
+        for i in which:
+            op = self.reds[i]
+            v = em.emit(f"tl.load(ws + {self.fin} + {i * self.rows.x} + xindex, mask=xmask, other=0)",
+                        op.result.dtype, ("xindex",), prefix="fin")
+            em.overrides[(id(op.result), index_key(self.rows.row_index(op, xdims)))] = v
+
+    def chunk_loop(self, em: Emitter, xdims: Index) -> Index:
+        em.line("r_lo = tl.program_id(1) * RCHUNK")
+        em.open("for r0 in range(0, RCHUNK, RBLOCK):")  # constant bounds: the chunk's offset is added inside
+        r = em.define_var("rindex", "r_lo + r0 + tl.arange(0, RBLOCK)[None, :]", self.rows.r, "rmask")
+        em.line(f"rmask = rindex < {self.rows.r}")
+        return self.rows.full_index(xdims, r)
+
+    def partial(self, which: list[int], before: list[int], full: list[tuple[int, Value]],
+                out_strides: Sequence[Sequence[int]]) -> Emitter:
+        """Chunk sums of reductions `which` into the partials (and the per-element outputs `full`)."""
+        em, _, xdims = self.begin()
+        self.combined(em, xdims, before)
+        accs = [_init(em, self.reds[i], self.rows.r) for i in which]
+        idx = self.chunk_loop(em, xdims)
+        for i, acc in zip(which, accs):
+            _update(em, self.reds[i], em.value(self.reds[i].operands[0], idx), acc, self.rows.r)
+        self._store_full(em, idx, full, out_strides)
+        em.close()
+        for i, acc in zip(which, accs):
+            part = _finish(em, self.reds[i], acc, self.rows.r)
+            em.line(f"tl.store(ws + (tl.program_id(1) * {self.n} + {i}) * {self.rows.x} + xindex, {part.expr}, "
+                    "mask=xmask)")
+        return em
+
+    def combine(self, which: list[int], before: list[int], per_row: list[tuple[int, Value]],
+                out_strides: Sequence[Sequence[int]]) -> Emitter:
+        """The partials of `which` combined in order, kept in the workspace; the per-row outputs."""
+        em, x, xdims = self.begin()
+        self.combined(em, xdims, before)
+        for i in which:
+            op = self.reds[i]
+            d = _acc_dtype(op.operands[0].dtype)
+            a = em.fresh(op.name)
+            em.line(f"{a} = tl.zeros([XBLOCK, 1], {ty.tl_type(d)})" if op.name == "sum"
+                    else f"{a} = tl.full([XBLOCK, 1], {ty.lowest(d)}, {ty.tl_type(d)})")
+            em.open("for s0 in range(0, SPLIT_R):")
+            part = f"tl.load(ws + (s0 * {self.n} + {i}) * {self.rows.x} + xindex, mask=xmask, other=0)"
+            em.line(f"{a} = {a} + {part}" if op.name == "sum"
+                    else f"{a} = tl.maximum({a}, {part}, propagate_nan=tl.PropagateNan.ALL)")
+            em.close()
+            em.line(f"tl.store(ws + {self.fin} + {i * self.rows.x} + xindex, {a}, mask=xmask)")
+            em.overrides[(id(op.result), index_key(self.rows.row_index(op, xdims)))] = Val(
+                a, op.result.dtype, em.scope, frozenset({"xindex"}))
+        for j, o in per_row:
+            oidx = delinearize(Affine.of(x), o.shape)
+            em.store(f"out{j}", out_strides[j], o.shape, oidx, em.value(o, oidx), o.dtype, ["xindex"])
+        return em
+
+    def full_pass(self, full: list[tuple[int, Value]], out_strides: Sequence[Sequence[int]]) -> Emitter:
+        """The per-element outputs that read reductions, once all are combined."""
+        em, _, xdims = self.begin()
+        self.combined(em, xdims, list(range(self.n)))
+        idx = self.chunk_loop(em, xdims)
+        self._store_full(em, idx, full, out_strides)
+        em.close()
+        return em
+
+    def _store_full(self, em: Emitter, idx: Index, full: list[tuple[int, Value]],
+                    out_strides: Sequence[Sequence[int]]) -> None:
+        for j, o in full:
+            oidx = reshape_index(idx, self.rows.shape, o.shape)
+            em.store(f"out{j}", out_strides[j], o.shape, oidx, em.value(o, oidx), o.dtype, ["xindex", "rindex"])
+
+
 def _build_split(group: Group, reds: list[Op], rows: _Rows, full: list[int], per_row: list[int],
                  in_strides: Sequence[Sequence[int]], out_strides: Sequence[Sequence[int]], policy: BlockPolicy,
                  meta: dict[str, int], warps: int, stages: int) -> Kernel | None:
-    """Split rows: grid axis 1 runs SPLIT_R chunks of every row; each program reduces its chunk
-    (storing the per-element outputs on the way) and writes one partial per reduction and row to
-    the workspace `ws` [SPLIT_R, reductions, rows]; the second function (`<name>_epilogue`,
-    `Kernel.then`) combines the partials in order and stores the per-row outputs. None unless one
-    pass can do it: float sums and maxima that read no other reduction of the group (softmax's sum
-    reads its max) and per-element outputs that read none."""
+    """Split rows: grid axis 1 runs SPLIT_R chunks of every row. Per pass (`_levels`: a variance
+    after its mean), a partial function reduces each chunk into the workspace and a combining
+    function (`<name>_combine<k>`) sums the partials in order (deterministic); per-element outputs
+    are stored on the first pass, or, when they read a reduction (a normalized output), by a last
+    pass over the chunks (`<name>_full`). One chain of functions of one kernel file (`Kernel.then`).
+    Float sums and maxima only; None for anything else (argmax, integers) and for index checks."""
     if any(op.name not in ("sum", "max") or not _acc_dtype(op.operands[0].dtype).is_float for op in reds):
         return None
     ids, memo = {id(op) for op in reds}, {}
-    if any(_reads(op.operands[0], ids, memo) for op in reds) or any(_reads(group.outputs[j], ids, memo) for j in full):
-        return None
-    n, splits = len(reds), meta["SPLIT_R"]
-    start = program_start(needs_int64(group), "XBLOCK")
-    em = Emitter(group.inputs, in_strides, dots_in_f32=policy.interpret)
-    x = em.define_var("xindex", f"{start} + tl.arange(0, XBLOCK)[:, None]", rows.x, "xmask")
-    em.line(f"xmask = xindex < {rows.x}")
-    xdims = delinearize(Affine.of(x), [rows.shape[d] for d in rows.kept])
-    accs = [_init(em, op, rows.r) for op in reds]
-    em.line("r_lo = tl.program_id(1) * RCHUNK")
-    em.open("for r0 in range(0, RCHUNK, RBLOCK):")  # constant bounds: the chunk's offset is added inside
-    r = em.define_var("rindex", "r_lo + r0 + tl.arange(0, RBLOCK)[None, :]", rows.r, "rmask")
-    em.line(f"rmask = rindex < {rows.r}")
-    idx = rows.full_index(xdims, r)
-    for op, acc in zip(reds, accs):
-        _update(em, op, em.value(op.operands[0], idx), acc, rows.r)
-    for j in full:
-        o = group.outputs[j]
-        oidx = reshape_index(idx, rows.shape, o.shape)
-        em.store(f"out{j}", out_strides[j], o.shape, oidx, em.value(o, oidx), o.dtype, ["xindex", "rindex"])
-    em.close()
-    for i, (op, acc) in enumerate(zip(reds, accs)):
-        part = _finish(em, op, acc, rows.r)
-        em.line(f"tl.store(ws + (tl.program_id(1) * {n} + {i}) * {rows.x} + xindex, {part.expr}, mask=xmask)")
-    epi = Emitter(group.inputs, in_strides, dots_in_f32=policy.interpret)
-    x2 = epi.define_var("xindex", f"{start} + tl.arange(0, XBLOCK)[:, None]", rows.x, "xmask")
-    epi.line(f"xmask = xindex < {rows.x}")
-    xdims2 = delinearize(Affine.of(x2), [rows.shape[d] for d in rows.kept])
-    for i, op in enumerate(reds):
-        d = _acc_dtype(op.operands[0].dtype)
-        a = epi.fresh(op.name)
-        epi.line(f"{a} = tl.zeros([XBLOCK, 1], {ty.tl_type(d)})" if op.name == "sum"
-                 else f"{a} = tl.full([XBLOCK, 1], {ty.lowest(d)}, {ty.tl_type(d)})")
-        epi.open("for s0 in range(0, SPLIT_R):")
-        part = f"tl.load(ws + (s0 * {n} + {i}) * {rows.x} + xindex, mask=xmask, other=0)"
-        epi.line(f"{a} = {a} + {part}" if op.name == "sum"
-                 else f"{a} = tl.maximum({a}, {part}, propagate_nan=tl.PropagateNan.ALL)")
-        epi.close()
-        epi.overrides[(id(op.result), index_key(rows.row_index(op, xdims2)))] = Val(
-            a, op.result.dtype, epi.scope, frozenset({"xindex"}))
-    for j in per_row:
-        o = group.outputs[j]
-        oidx = delinearize(Affine.of(x2), o.shape)
-        epi.store(f"out{j}", out_strides[j], o.shape, oidx, epi.value(o, oidx), o.dtype, ["xindex"])
-    if em.index_checks or epi.index_checks:
+    late = any(_reads(group.outputs[j], ids, memo) for j in full)
+    outs = [(j, group.outputs[j]) for j in full]
+    se = _SplitEmit(group, reds, rows, in_strides, policy)
+    levels = _levels(reds)
+    done: list[int] = []
+    parts: list[tuple[str, str, Emitter, bool]] = []  # (name, kind, emitter, over chunks)
+    for lv, which in enumerate(levels):
+        last = lv == len(levels) - 1
+        em = se.partial(which, done, [] if late or lv else outs, out_strides)
+        parts.append((group.name if lv == 0 else f"{group.name}_pass{lv}", "reduction" if lv == 0 else
+                      "reduction_pass", em, True))
+        em = se.combine(which, done, [(j, group.outputs[j]) for j in per_row] if last else [], out_strides)
+        parts.append((f"{group.name}_combine{lv}" if len(levels) > 1 or late else f"{group.name}_epilogue",
+                      "reduction_epilogue", em, False))
+        done += which
+    if late:
+        parts.append((f"{group.name}_full", "reduction_pass", se.full_pass(outs, out_strides), True))
+    if any(em.index_checks for _, _, em, _ in parts):
         return None
     names = ["XBLOCK", "RBLOCK", "SPLIT_R", "RCHUNK"]
-    src, params = assemble(group, "reduction", em, names, [o.dtype for o in group.outputs], workspace=dt.float32,
-                           also=[(f"{group.name}_epilogue", epi)])
-    size, problem = splits * n * rows.x, {"x": rows.x, "r": rows.r}
+    src, params = assemble(group, "reduction", parts[0][2], names, [o.dtype for o in group.outputs],
+                           workspace=dt.float32, also=[(name, em) for name, _, em, _ in parts[1:]])
+    size, problem = (meta["SPLIT_R"] + 1) * len(reds) * rows.x, {"x": rows.x, "r": rows.r}
     blocks = cdiv(rows.x, meta["XBLOCK"])
-    then = Kernel(f"{group.name}_epilogue", "reduction_epilogue", src, params, meta, (blocks,),
-                  num_warps=warps, num_stages=1, problem=problem, workspace=size)
-    return Kernel(group.name, "reduction", src, params, meta, (blocks, splits), num_warps=warps, num_stages=stages,
-                  problem=problem, workspace=size, then=then)
+    k = None
+    for name, kind, _, chunks in reversed(parts):
+        k = Kernel(name, kind, src, params, meta, (blocks, meta["SPLIT_R"]) if chunks else (blocks,),
+                   num_warps=warps, num_stages=stages if chunks else 1, problem=problem, workspace=size, then=k)
+    return k
 
 
 def _acc_dtype(d: dt.DType) -> dt.DType:
