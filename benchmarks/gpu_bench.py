@@ -10,7 +10,8 @@ fill/split rules), `gemm` (f16, bf16, tf32 vs cuBLAS), `conv` (3x3 vs cuDNN, NCH
 `attention` (fwd+bwd vs F.scaled_dot_product_attention), `pointwise` (fused bias+relu vs the card's
 device-to-device copy bandwidth), `index` (index-check cost), `first_call` (cold and warm disk
 cache, in subprocesses), `big_steps` (GPT and ResNet-18 steps, as `steps`: the longest, so last but
-one), `layout` (channels-last vs NCHW ResNet step). `--out` is rewritten after every section. `--dry-run` runs every section with tiny shapes and 1 rep so a typo never costs GPU time
+one), `layout` (channels-last vs NCHW ResNet step). `--out` is rewritten after every section.
+`--dry-run` runs every section with tiny shapes and 1 rep so a typo never costs GPU time
 (tests/test_gpu_bench.py runs it); its numbers mean nothing.
 """
 from __future__ import annotations
