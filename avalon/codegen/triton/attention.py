@@ -28,8 +28,9 @@ from avalon.passes.attention import causal, match
 
 from . import types as ty
 from .blocks import BlockPolicy, KernelConfig, cdiv, next_pow2
-from .contraction import _matmul, _operand
+from .contraction import _operand
 from .emitter import Emitter, Unsupported, Val
+from .gemms import _matmul
 from .group import Group
 from .indexing import Affine, index_key
 from .kernel import Kernel, assemble

@@ -25,8 +25,9 @@ from avalon.passes.attention_bwd import AttentionBwd
 from . import types as ty
 from .attention import attention_blocks
 from .blocks import BlockPolicy, cdiv
-from .contraction import _matmul, _operand
+from .contraction import _operand
 from .emitter import Emitter, Unsupported, Val
+from .gemms import _matmul
 from .group import Group
 from .indexing import Affine, index_key
 from .kernel import Kernel, assemble
