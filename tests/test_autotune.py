@@ -232,3 +232,31 @@ def test_kernels_equal_but_for_their_name_are_timed_once(tmp_path):
     assert len(ks) == 2 and ks[0].name != ks[1].name
     assert sorted(r["how"] for r in cg.tuning.values()) == ["cached", "timed"]
     assert len(timer.calls) == len(candidates(ks[0]))  # one kernel's candidates, not two
+
+
+def test_big_pointwise_kernels_are_tuned_by_block_and_warps(tmp_path):
+    """A bandwidth-bound pointwise kernel's candidates trade bytes in flight a program against
+    programs; the chosen one computes the same."""
+    from avalon.codegen.triton import autotune
+    g = Graph("f")
+    b = Builder(g)
+    x, bias = g.add_input(TensorType((64, 1024), "f32"), "x"), g.add_input(TensorType((1024,), "f32"), "b")
+    g.set_outputs([b("relu", b("add", x, b("broadcast", bias, shape=[64, 1024])))])
+    from avalon.codegen.triton.target import TRITON
+    from avalon.passes import DEFAULT_PIPELINE, PassManager
+    PassManager.parse(DEFAULT_PIPELINE, target=TRITON).run(g)
+    cache = KernelCache(tmp_path)
+    k0 = default_kernel(g, "pointwise", cache)
+    assert k0.problem == {"n": 65536, "bytes": (2 * 65536 + 1024) * 4}
+    labels = [c.label for c in autotune.pointwise_candidates(k0)]
+    assert "XBLOCK=4096 w=8 s=1" in labels and "XBLOCK=1024 w=8 s=1" in labels
+    pick = next(c for c in candidates(k0) if c.blocks["XBLOCK"] == 4096)
+    cg = compile_graph(g, cache=cache, tuner=Tuner(FakeTimer({pick.label: 0.1}), force=True, device=DEVICE))
+    k = only_kernel(cg, "pointwise")
+    assert config_of(k) == pick and k.grid == (16,)
+    rng = np.random.default_rng(0)
+    xs, bs = rng.standard_normal((64, 1024)).astype(np.float32), rng.standard_normal(1024).astype(np.float32)
+    np.testing.assert_allclose(cg(xs, bs)[0].numpy(), np.maximum(xs + bs, 0), rtol=1e-6)
+    from avalon.codegen.triton.kernel import Kernel
+    big = Kernel("p", "pointwise", "", [], {}, (1,), problem={"n": 1 << 24, "bytes": 2 * 4 << 24})
+    assert autotune.estimated_us(big) > autotune.TUNE_MIN_US > autotune.estimated_us(k0)

@@ -1,4 +1,4 @@
-"""The autotuner: a few candidate launch configs per contraction, attention and reduction kernel,
+"""The autotuner: a few candidate launch configs per contraction, attention, reduction and pointwise kernel,
 timed on the device once per (kernel, shape, device); the winner is kept in the kernel cache.
 
 Why not `@triton.autotune`: it re-times in every process (a cold first step pays it again), it
@@ -35,7 +35,7 @@ from .kernel import Kernel
 
 log = get_logger("autotune")
 
-TUNABLE = ("contraction", "attention", "reduction")
+TUNABLE = ("contraction", "attention", "reduction", "pointwise")
 CANDIDATES_VERSION = "2"  # bump when the candidate sets change: stored winners are then re-timed
 
 MakeArgs = Callable[[], list]  # the kernel's argument tensors (made once per tuned kernel, on demand)
@@ -91,8 +91,17 @@ def reduction_candidates(k: Kernel) -> list[KernelConfig]:
     return out
 
 
+def pointwise_candidates(k: Kernel) -> list[KernelConfig]:
+    """Bandwidth-bound kernels: more bytes in flight a program (wider blocks, more warps) against
+    more programs; only big ones get here (`estimated_us`), so every candidate fills the card."""
+    n = k.problem.get("n", 0)
+    return [KernelConfig.of({"XBLOCK": xb}, w, 1) for xb in (1024, 2048, 4096) for w in (4, 8)
+            if xb <= next_pow2(max(n, 1)) and xb // (32 * w) >= 4]
+
+
 CANDIDATES: dict[str, Callable[[Kernel], list[KernelConfig]]] = {
-    "contraction": contraction_candidates, "attention": attention_candidates, "reduction": reduction_candidates}
+    "contraction": contraction_candidates, "attention": attention_candidates, "reduction": reduction_candidates,
+    "pointwise": pointwise_candidates}
 
 
 def config_of(k: Kernel) -> KernelConfig:
@@ -123,7 +132,7 @@ def estimated_us(k: Kernel) -> float:
         flops = 2.0 * p.get("m", p.get("rows", 0)) * p.get("n", 0) * p.get("k", 0) * p.get("groups", 1)
     elif k.kind == "attention":
         flops = 2.0 * (k.grid[1] if len(k.grid) > 1 else 1) * p["l"] * p["s"] * (p["e"] + p["ev"])
-    nbytes = 4.0 * p.get("x", 0) * p.get("r", 0)
+    nbytes = float(p["bytes"]) if "bytes" in p else 4.0 * p.get("x", 0) * p.get("r", 0)
     return max(flops / 200e12, nbytes / 3e12) * 1e6
 
 

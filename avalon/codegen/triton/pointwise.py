@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .blocks import BlockPolicy, cdiv
+from .blocks import BlockPolicy, KernelConfig, cdiv
 from .emitter import Emitter, Unsupported
 from .group import Group
 from .indexing import Affine, delinearize, numel, reshape_index
@@ -26,7 +26,9 @@ def needs_int64(group: Group, limit: int = 2 ** 31 - 1) -> bool:
 
 
 def build_pointwise(group: Group, in_strides: Sequence[Sequence[int]], out_strides: Sequence[Sequence[int]],
-                    policy: BlockPolicy) -> Kernel:
+                    policy: BlockPolicy, config: KernelConfig | None = None) -> Kernel:
+    """`config` (the autotuner's candidate, for kernels big enough to be bandwidth-bound) overrides
+    the policy's XBLOCK and warps."""
     outs = group.outputs
     n = outs[0].type.numel
     if any(o.type.numel != n for o in outs):
@@ -40,7 +42,9 @@ def build_pointwise(group: Group, in_strides: Sequence[Sequence[int]], out_strid
     for j, o in enumerate(outs):
         oidx = reshape_index(idx, shape, o.shape)
         em.store(f"out{j}", out_strides[j], o.shape, oidx, em.value(o, oidx), o.dtype, ["xindex"])
-    meta = policy.pointwise(n)
+    meta = config.blocks if config else policy.pointwise(n)
     src, params = assemble(group, "pointwise", em, ["XBLOCK"], [o.dtype for o in outs])
+    moved = sum(v.type.numel * v.dtype.itemsize for v in [*group.inputs, *outs])
     return Kernel(group.name, "pointwise", src, params, meta, (cdiv(numel(shape), meta["XBLOCK"]),),
-                  num_warps=policy.warps(meta["XBLOCK"]))
+                  num_warps=config.num_warps if config else policy.warps(meta["XBLOCK"]),
+                  num_stages=config.num_stages if config else 1, problem={"n": n, "bytes": moved})
