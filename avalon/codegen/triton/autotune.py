@@ -13,7 +13,8 @@ In Triton's interpreter nothing is timed: each kernel keeps the `BlockPolicy`'s 
 interpreter's cost is per program instance, unrelated to GPU speed). `AVALON_AUTOTUNE=0` does the
 same on a GPU. A contraction candidate may split K (`BlockPolicy.split_k`: few output tiles, long
 K); its epilogue function is then part of what is timed (`launch` runs `Kernel.then`), and the
-policy's tiles unsplit are a candidate too, so a split is chosen only where it pays. Kernels a
+policy's tiles unsplit are a candidate too, so a split is chosen only where it pays. A plain 2-D
+matmul TMA can read also tries its big tiles with tensor-descriptor loads (`"TMA": 1`). Kernels a
 roofline puts under `TUNE_MIN_US` (all of LeNet's and the VAE's) are not timed: compiling their
 candidates would cost a first call seconds to save microseconds; the policy sizes them (smaller
 tiles and split K where the GPU would otherwise idle).
@@ -36,7 +37,7 @@ from .kernel import Kernel
 log = get_logger("autotune")
 
 TUNABLE = ("contraction", "attention", "reduction", "pointwise")
-CANDIDATES_VERSION = "2"  # bump when the candidate sets change: stored winners are then re-timed
+CANDIDATES_VERSION = "3"  # bump when the candidate sets change: stored winners are then re-timed
 
 MakeArgs = Callable[[], list]  # the kernel's argument tensors (made once per tuned kernel, on demand)
 Timer = Callable[[Kernel, MakeArgs], float]  # milliseconds of one launch of `kernel`
@@ -65,6 +66,10 @@ def contraction_candidates(k: Kernel) -> list[KernelConfig]:
     for bm, bn, bk, w, s in table:
         tiles = {"BM": _tile(m, bm), "BN": _tile(n, bn), "BK": _tile(kk, bk), "GROUP_M": 8}
         out.append(KernelConfig.of({**tiles, **gpu.split_k(m, n, kk, tiles, groups)}, w, s))
+    if p.get("tma"):  # a plain 2-D matmul: the big tiles again with A and B read by Hopper's TMA
+        for bm, bn, bk, w, s in table[:2] + table[4:5]:
+            tiles = {"BM": _tile(m, bm), "BN": _tile(n, bn), "BK": _tile(kk, bk), "GROUP_M": 8, "TMA": 1}
+            out.append(KernelConfig.of(tiles, w, s))
     return out
 
 

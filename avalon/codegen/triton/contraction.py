@@ -77,6 +77,11 @@ def build_contraction(group: Group, in_strides: Sequence[Sequence[int]], out_str
     warps = config.num_warps if config else policy.contraction_warps(meta["BM"], meta["BN"])
     stages = config.num_stages if config else 1 if policy.interpret else policy.mm_stages
     problem = {"m": gemm.m, "n": gemm.n, "k": gemm.k, "groups": gemm.groups}
+    tma = _tma_operands(group, op, gemm, in_strides)
+    if tma:
+        problem["tma"] = 1  # the autotuner may try the TMA form
+    if meta.get("TMA") and not (tma and "SPLIT_K" not in meta):
+        raise Unsupported("this contraction's operands cannot be read by TMA descriptors")
     phases = grad_input_phases(op)
     if phases:
         meta = {m: b for m, b in meta.items() if m not in ("SPLIT_K", "KCHUNK")}
@@ -88,19 +93,44 @@ def build_contraction(group: Group, in_strides: Sequence[Sequence[int]], out_str
         if k is not None:
             return k
         meta = {m: b for m, b in meta.items() if m not in ("SPLIT_K", "KCHUNK")}
-    em = _plain_gemm(group, op, gemm, in_strides, out_strides, policy)
-    src, params = assemble(group, "contraction", em, ["BM", "BN", "BK", "GROUP_M"], [o.dtype for o in group.outputs])
+    em = _plain_gemm(group, op, gemm, in_strides, out_strides, policy, tma if meta.get("TMA") else None)
+    names = ["BM", "BN", "BK", "GROUP_M"] + (["TMA"] if meta.get("TMA") else [])
+    src, params = assemble(group, "contraction", em, names, [o.dtype for o in group.outputs])
     return Kernel(group.name, "contraction", src, params, meta, _grid(gemm, meta), num_warps=warps,
                   num_stages=stages, problem=problem)
 
 
 def _plain_gemm(group: Group, op: Op, gemm: Gemm, in_strides: Sequence[Sequence[int]],
-                out_strides: Sequence[Sequence[int]], policy: BlockPolicy) -> Emitter:
+                out_strides: Sequence[Sequence[int]], policy: BlockPolicy,
+                tma: list[tuple[int, tuple[int, ...]]] | None = None) -> Emitter:
     em = Emitter(group.inputs, in_strides, dots_in_f32=policy.interpret)
     v = _tiles(em, gemm)
-    _dot_loop(em, op, gemm, policy, v, split=False)
+    _dot_loop(em, op, gemm, policy, v, split=False, tma=tma)
     _epilogue(em, group, op, gemm, v, out_strides)
     return em
+
+
+def _tma_operands(group: Group, op: Op, gemm: Gemm,
+                  in_strides: Sequence[Sequence[int]]) -> list[tuple[int, tuple[int, ...]]] | None:
+    """(input index, strides) of A and B when Hopper's tensor-memory accelerator can load them: a
+    2-D matmul of two kernel inputs, each with one unit stride and the other a multiple of 16
+    bytes (TMA's rule). None otherwise."""
+    if op.name != "matmul" or gemm.groups != 1:
+        return None
+    index = {id(v): i for i, v in enumerate(group.inputs)}
+    out = []
+    for x in op.operands:
+        src, swap = x, False
+        if id(x) not in index and x.op is not None and x.op.name == "transpose" and list(x.op.attrs["perm"]) == [1, 0]:
+            src, swap = x.op.operands[0], True  # x @ w.T inside the group: w's tiles, transposed
+        i = index.get(id(src))
+        if i is None or x.type.rank != 2 or x.dtype not in (dt.float16, dt.bfloat16, dt.float32):
+            return None
+        st = tuple(in_strides[i])[::-1] if swap else tuple(in_strides[i])
+        if sorted(st)[0] != 1 or (max(st) * x.dtype.itemsize) % 16:
+            return None
+        out.append((i, st))
+    return out
 
 
 def _build_phases(group: Group, op: Op, phases: list[tuple[int, int]], in_strides: Sequence[Sequence[int]],
@@ -154,10 +184,15 @@ def _tiles(em: Emitter, gemm: Gemm) -> Vars:
     return v
 
 
-def _dot_loop(em: Emitter, op: Op, gemm: Gemm, policy: BlockPolicy, v: Vars, split: bool) -> None:
-    """`acc` = the tile's sum over K (with `split`: over this program's KCHUNK of K, axis 2)."""
+def _dot_loop(em: Emitter, op: Op, gemm: Gemm, policy: BlockPolicy, v: Vars, split: bool,
+              tma: list[tuple[int, tuple[int, ...]]] | None = None) -> None:
+    """`acc` = the tile's sum over K (with `split`: over this program's KCHUNK of K, axis 2; with
+    `tma`, (input, strides) of A and B: loaded by tensor descriptors, out-of-bounds zero-filled)."""
     acc_d = _acc_dtype(op.result.dtype)
     em.line(f"acc = tl.zeros([BM, BN], {ty.tl_type(acc_d)})")
+    if tma is not None:
+        _tma_dot(em, op, gemm, policy, tma)
+        return
     if split:  # constant loop bounds: the chunk's offset is added inside
         em.line("k_lo = tl.program_id(2) * KCHUNK")
         em.open("for k0 in range(0, KCHUNK, BK):")
@@ -176,6 +211,36 @@ def _dot_loop(em: Emitter, op: Op, gemm: Gemm, policy: BlockPolicy, v: Vars, spl
         em.line(f"acc += tl.dot({a}, {b}{prec})")
     else:
         em.line(f"acc += tl.sum({a}[:, :, None].to({ty.tl_type(acc_d)}) * {b}[None, :, :].to({ty.tl_type(acc_d)}), 1)")
+    em.close()
+
+
+def _tma_dot(em: Emitter, op: Op, gemm: Gemm, policy: BlockPolicy, tma: list[tuple[int, tuple[int, ...]]]) -> None:
+    """The K loop with A [M, K] and B [K, N] read through tensor descriptors (device-side: the
+    runtime gives Triton an allocator for them); a column-major operand is described transposed
+    and its tile transposed back."""
+    (ia, (sa0, sa1)), (ib, (sb0, sb1)) = tma
+    m, n, k = gemm.m, gemm.n, gemm.k
+    if sa1 == 1:
+        em.line(f"a_desc = tl.make_tensor_descriptor(in{ia}, shape=[{m}, {k}], strides=[{sa0}, 1], "
+                "block_shape=[BM, BK])")
+        a = "a_desc.load([pid_m * BM, k0])"
+    else:
+        em.line(f"a_desc = tl.make_tensor_descriptor(in{ia}, shape=[{k}, {m}], strides=[{sa1}, 1], "
+                "block_shape=[BK, BM])")
+        a = "a_desc.load([k0, pid_m * BM]).T"
+    if sb1 == 1:
+        em.line(f"b_desc = tl.make_tensor_descriptor(in{ib}, shape=[{k}, {n}], strides=[{sb0}, 1], "
+                "block_shape=[BK, BN])")
+        b = "b_desc.load([k0, pid_n * BN])"
+    else:
+        em.line(f"b_desc = tl.make_tensor_descriptor(in{ib}, shape=[{n}, {k}], strides=[{sb1}, 1], "
+                "block_shape=[BN, BK])")
+        b = "b_desc.load([pid_n * BN, k0]).T"
+    if em.dots_in_f32 and op.operands[0].dtype == dt.bfloat16:  # the interpreter's bf16 dot is wrong
+        a, b = f"{a}.to(tl.float32)", f"{b}.to(tl.float32)"
+    prec = f', input_precision="{policy.dot_precision}"' if op.operands[0].dtype == dt.float32 else ""
+    em.open(f"for k0 in range(0, {k}, BK):")
+    em.line(f"acc += tl.dot({a}, {b}{prec})")
     em.close()
 
 

@@ -57,6 +57,18 @@ def _quiet_interpreter() -> None:
         pass
 
 
+def _tma_allocator() -> None:
+    """Device-side tensor descriptors (a GEMM's TMA form) need global scratch, which Triton asks an
+    allocator for at launch; give it torch's when none is set in this context (the setting is a
+    context variable: each thread that launches checks)."""
+    try:
+        from triton.runtime import _allocation as alloc
+    except ImportError:  # pragma: no cover - a Triton without descriptors never emits the TMA form
+        return
+    if isinstance(alloc._allocator.get(), alloc.NullAllocator):
+        alloc.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
+
+
 def launch(k: Kernel, tensors: Sequence[torch.Tensor]) -> None:
     if k.empty:  # nothing to compute here; a chained function may still have work
         if k.then is not None:
@@ -71,6 +83,8 @@ def launch(k: Kernel, tensors: Sequence[torch.Tensor]) -> None:
             with np.errstate(all="ignore"):  # IEEE results (x/0, log 0) are meant, not warned about
                 k.fn[k.grid](*tensors, **k.meta)
         else:
+            if k.meta.get("TMA"):
+                _tma_allocator()
             k.fn[k.grid](*tensors, **k.meta, num_warps=k.num_warps, num_stages=k.num_stages)
     except Exception as e:
         if hasattr(e, "add_note"):

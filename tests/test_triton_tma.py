@@ -1,0 +1,87 @@
+"""The TMA form of a plain matmul: A and B read by Hopper's tensor-memory accelerator through
+tensor descriptors, an autotuner candidate only (its cost shows on a GPU). Checked in the
+interpreter against the reference with the candidate forced, and compiled to sm_90 PTX."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from helpers import graph
+from test_autotune import DEVICE, FakeTimer
+
+from avalon.codegen.triton import KernelCache, compile_graph
+from avalon.codegen.triton.autotune import Tuner, candidates, config_of
+from avalon.codegen.triton.cache import interpreting
+from avalon.codegen.triton.testing import fuse, random_inputs
+from avalon.ir import interpret, to_numpy
+
+pytestmark = pytest.mark.usefixtures("module_kernel_cache")
+
+
+def linear(dtype: str, transposed: bool, m: int = 64, k: int = 48, n: int = 32):
+    """relu(x @ w + b), w given as [n, k] and transposed inside the group when `transposed`."""
+    g, b, (x, w, bias) = graph(((m, k), dtype), ((n, k) if transposed else (k, n), dtype), ((n,), dtype))
+    y = b("matmul", x, b("transpose", w, perm=[1, 0]) if transposed else w)
+    g.set_outputs([b("relu", b("add", y, b("broadcast", bias, shape=[m, n])))])
+    return fuse(g)
+
+
+@pytest.mark.parametrize("dtype,transposed,tol", [("f32", False, 1e-5), ("f16", False, 2e-3), ("f32", True, 1e-5),
+                                                  ("bf16", True, 2e-2)])
+def test_tma_candidate_computes_the_reference(tmp_path, dtype, transposed, tol):
+    g = linear(dtype, transposed)
+    cache = KernelCache(tmp_path)
+    k0 = next(ln.kernel for ln in compile_graph(g, cache=cache).launches)
+    assert k0.problem.get("tma") == 1
+    tma = [c for c in candidates(k0) if c.blocks.get("TMA")]
+    assert tma and all("SPLIT_K" not in c.blocks for c in tma)  # (small: the big tiles clip to the same)
+    cg = compile_graph(g, cache=cache, tuner=Tuner(FakeTimer({tma[0].label: 0.1}), force=True, device=DEVICE))
+    k = next(ln.kernel for ln in cg.launches)
+    assert config_of(k) == tma[0] and k.source.count("tl.make_tensor_descriptor(") == 2
+    xs = random_inputs(g, np.random.default_rng(0))
+    want = interpret(g, *xs)[0].astype(np.float64)
+    got = to_numpy(cg(*xs)[0]).astype(np.float64)
+    tol = tol if interpreting() else max(tol, 2e-2)  # a GPU's f32 dots are tf32
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("shape", [(10, 7, 5), (64, 50, 30)])
+def test_operands_tma_cannot_describe_get_no_tma_candidate(tmp_path, shape):
+    """Row strides of 7 or 30 floats are not multiples of 16 bytes, which TMA requires."""
+    g = linear("f32", False, *shape)
+    k0 = next(ln.kernel for ln in compile_graph(g, cache=KernelCache(tmp_path)).launches)
+    assert "tma" not in k0.problem and not any(c.blocks.get("TMA") for c in candidates(k0))
+
+
+SCRIPT = textwrap.dedent('''
+    import json, os, sys
+    assert os.environ["TRITON_INTERPRET"] == "0"
+    sys.path.insert(0, sys.argv[1])
+    from test_triton_tma import linear
+    from avalon.codegen.triton import BlockPolicy
+    from avalon.codegen.triton.aot import compile_for_target
+    from avalon.codegen.triton.blocks import KernelConfig
+    from avalon.codegen.triton.build import build_kernel
+    from avalon.codegen.triton.cache import KernelCache
+    from avalon.codegen.triton.group import from_fusion
+    g = linear("f16", True, 4096, 4096, 4096)
+    cfg = KernelConfig.of({"BM": 128, "BN": 256, "BK": 64, "GROUP_M": 8, "TMA": 1}, 8, 3)
+    k = build_kernel(from_fusion(g.ops[0], "fused_linear_tma"), BlockPolicy.for_device(False), config=cfg)
+    k.fn = KernelCache().load(k.name, k.source)
+    ptx = compile_for_target(k).asm["ptx"]
+    print(json.dumps({"tma": ptx.count("cp.async.bulk.tensor"), "wgmma": ptx.count("wgmma.mma_async")}))
+''')
+
+
+def test_tma_form_compiles_to_bulk_tensor_copies_for_h100(tmp_path):
+    env = {**os.environ, "TRITON_INTERPRET": "0", "AVALON_CACHE_DIR": str(tmp_path / "avalon"),
+           "TRITON_CACHE_DIR": str(tmp_path / "triton"),
+           "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, os.path.dirname(__file__)], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["tma"] > 0 and got["wgmma"] > 0, got
