@@ -247,3 +247,18 @@ def test_a_group_no_emitter_takes_is_a_counted_warning_and_a_crash_an_error(capl
     with pytest.raises(ZeroDivisionError) as e:
         compile_graph(fuse(g2))
     assert "fused_0" in "".join(getattr(e.value, "__notes__", []))
+
+
+def test_a_misaligned_input_is_copied_not_read_in_place(rng):
+    """Kernels are specialized on 16-byte-aligned bases (vector loads; the TMA form requires it): a
+    view one element into its storage is copied to aligned storage first, with the same values."""
+    g, b, (x,) = graph(((4, 8), "f32"))
+    g.set_outputs([b("mul", x, x)])
+    cg = compile_graph(g)
+    base = torch.from_numpy(rng.standard_normal(33).astype(np.float32))
+    view = base[1:].view(4, 8)  # contiguous, row-major, 4 bytes past an aligned base
+    assert view.data_ptr() % 16 != 0
+    np.testing.assert_allclose(to_numpy(cg(view)[0]), view.numpy() ** 2, rtol=1e-6)
+    aligned = base[1:].clone().view(4, 8)
+    assert cg._adapt(0, g.inputs[0].type, aligned, aligned.device) is aligned  # as it is
+    assert cg._adapt(0, g.inputs[0].type, view, view.device) is not view

@@ -272,7 +272,8 @@ class CompiledGraph:
     def _adapt(self, i: int, t: TensorType, x: Any, device: torch.device) -> torch.Tensor:
         spec = self._in_specs[i]
         if isinstance(x, torch.Tensor):
-            if x.dtype is spec.dtype and x.shape == t.shape and x.device == device and spec.fits(x):
+            aligned = x.data_ptr() % 16 == 0  # kernels are specialized on 16-byte bases (vector loads, TMA)
+            if x.dtype is spec.dtype and x.shape == t.shape and x.device == device and spec.fits(x) and aligned:
                 return x  # the common case: the caller's storage as it is
         elif (isinstance(x, np.ndarray) and spec.row_major and x.dtype == spec.np_dtype and x.shape == t.shape
               and x.flags.c_contiguous):  # a host array as the kernels read it: wrapped (and uploaded) as it is
@@ -284,7 +285,7 @@ class CompiledGraph:
                 raise TypeError(f"{where}: expected {t}, got a torch tensor {tuple(x.shape)} {x.dtype}")
             if t.numel == 0:  # nothing to read, but kernels want a valid pointer (masked loads still form it)
                 return torch.empty(1, dtype=x.dtype, device=device)
-            return self._place(x.to(device) if x.device != device else x, t, t.dtype)
+            return self._place(x.to(device) if x.device != device else x, t, t.dtype, force=not aligned)
         a = _host_array(x, t, where)
         if t.numel == 0:
             return torch.empty(1, dtype=ty.TORCH[t.dtype.name], device=device)
