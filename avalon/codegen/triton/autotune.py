@@ -258,7 +258,7 @@ class Tuner:
         if len(cands) == 1:
             return k, TuningRecord(mine.label, how="one candidate")
         # kernels equal but for their name (a transformer's layers) share one record: timed once
-        key = cache.tuning_key(k.source.replace(k.name, "\0kernel\0"), self.device or device_name(),
+        key = cache.tuning_key(k.code, self.device or device_name(),
                                CANDIDATES_VERSION, [c.label for c in cands])
         stored = cache.load_tuning(key)
         if stored is not None:

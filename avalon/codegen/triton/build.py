@@ -142,8 +142,7 @@ class _Lowerer:
         """`k` with its @jit functions (and its `then`'s) loaded from the kernel cache. A kernel equal
         to an earlier one but for its name (a transformer's layers) runs the earlier one's functions:
         Triton compiles each once (GPT's 212 kernels are 51 distinct); its own source stays its own."""
-        same = k.source.replace(k.name, "\0kernel\0")
-        twin = self.by_code.get(same)
+        twin = self.by_code.get(k.code)
         if twin is not None and len(twin.chain()) == len(k.chain()):
             for part, t in zip(k.chain(), twin.chain()):
                 part.fn = part.fn or t.fn
@@ -151,7 +150,7 @@ class _Lowerer:
         for part in k.chain():
             if part.fn is None:
                 part.fn = self.cache.load(part.name, part.source)
-        self.by_code.setdefault(same, k)
+        self.by_code.setdefault(k.code, k)
         return k
 
     def add_kernel(self, k: Kernel, args: list[Value], writes: list[Value]) -> None:

@@ -43,6 +43,12 @@ class Kernel:
     def empty(self) -> bool:
         return any(g == 0 for g in self.grid)
 
+    @property
+    def code(self) -> str:
+        """The source with the kernel's name masked: equal for kernels that differ only by name (a
+        transformer's layers), which then share a compiled function and a tuning record."""
+        return self.source.replace(self.name, "\0kernel\0")
+
     def chain(self) -> list[Kernel]:
         """This kernel and every function launched after it (`then`: a split's epilogue, stride phases)."""
         out, k = [], self
