@@ -218,30 +218,29 @@ def _tma_dot(em: Emitter, op: Op, gemm: Gemm, policy: BlockPolicy, tma: list[tup
     """The K loop with A [M, K] and B [K, N] read through tensor descriptors (device-side: the
     runtime gives Triton an allocator for them); a column-major operand is described transposed
     and its tile transposed back."""
-    (ia, (sa0, sa1)), (ib, (sb0, sb1)) = tma
-    m, n, k = gemm.m, gemm.n, gemm.k
-    if sa1 == 1:
-        em.line(f"a_desc = tl.make_tensor_descriptor(in{ia}, shape=[{m}, {k}], strides=[{sa0}, 1], "
-                "block_shape=[BM, BK])")
-        a = "a_desc.load([pid_m * BM, k0])"
-    else:
-        em.line(f"a_desc = tl.make_tensor_descriptor(in{ia}, shape=[{k}, {m}], strides=[{sa1}, 1], "
-                "block_shape=[BK, BM])")
-        a = "a_desc.load([k0, pid_m * BM]).T"
-    if sb1 == 1:
-        em.line(f"b_desc = tl.make_tensor_descriptor(in{ib}, shape=[{k}, {n}], strides=[{sb0}, 1], "
-                "block_shape=[BK, BN])")
-        b = "b_desc.load([k0, pid_n * BN])"
-    else:
-        em.line(f"b_desc = tl.make_tensor_descriptor(in{ib}, shape=[{n}, {k}], strides=[{sb1}, 1], "
-                "block_shape=[BN, BK])")
-        b = "b_desc.load([pid_n * BN, k0]).T"
+    (ia, sa), (ib, sb) = tma
+    a = _tma_tile(em, "a_desc", ia, sa, (gemm.m, gemm.k), ("BM", "BK"), ("pid_m * BM", "k0"))
+    b = _tma_tile(em, "b_desc", ib, sb, (gemm.k, gemm.n), ("BK", "BN"), ("k0", "pid_n * BN"))
     if em.dots_in_f32 and op.operands[0].dtype == dt.bfloat16:  # the interpreter's bf16 dot is wrong
         a, b = f"{a}.to(tl.float32)", f"{b}.to(tl.float32)"
     prec = f', input_precision="{policy.dot_precision}"' if op.operands[0].dtype == dt.float32 else ""
-    em.open(f"for k0 in range(0, {k}, BK):")
+    em.open(f"for k0 in range(0, {gemm.k}, BK):")
     em.line(f"acc += tl.dot({a}, {b}{prec})")
     em.close()
+
+
+def _tma_tile(em: Emitter, name: str, i: int, strides: tuple[int, ...], shape: tuple[int, int],
+              block: tuple[str, str], at: tuple[str, str]) -> str:
+    """A `block` tile at `at` of input i seen as a `shape` matrix: described as it is when its rows
+    are contiguous, else described transposed and the tile transposed back."""
+    (rows, cols), (br, bc), (r0, c0) = shape, block, at
+    if strides[1] == 1:
+        em.line(f"{name} = tl.make_tensor_descriptor(in{i}, shape=[{rows}, {cols}], strides=[{strides[0]}, 1], "
+                f"block_shape=[{br}, {bc}])")
+        return f"{name}.load([{r0}, {c0}])"
+    em.line(f"{name} = tl.make_tensor_descriptor(in{i}, shape=[{cols}, {rows}], strides=[{strides[1]}, 1], "
+            f"block_shape=[{bc}, {br}])")
+    return f"{name}.load([{c0}, {r0}]).T"
 
 
 def _epilogue(em: Emitter, group: Group, op: Op, gemm: Gemm, v: Vars, out_strides: Sequence[Sequence[int]]) -> None:
