@@ -1,5 +1,5 @@
-"""Every autotuning candidate of each tunable kernel kind (contraction, reduction with persistent and
-looped forms, attention) compiles to PTX for an H100 (sm_90) on this GPU-less machine: a GPU
+"""Every autotuning candidate of each tunable kernel kind (contraction with split-K and TMA forms,
+reduction with persistent and looped forms, attention, pointwise) compiles to PTX for an H100 (sm_90) on this GPU-less machine: a GPU
 session must not lose its minutes to a candidate the real compiler refuses. The tuner runs with a
 "timer" that compiles instead of timing (subprocess: TRITON_INTERPRET is read at `@triton.jit`)."""
 import json
@@ -43,6 +43,16 @@ SCRIPT = textwrap.dedent('''
     e = b("exp", b("sub", x, b("broadcast", b("max", x, axes=[1], keepdims=True), shape=[16, 3000])))
     g.set_outputs([b("div", e, b("broadcast", b("sum", e, axes=[1], keepdims=True), shape=[16, 3000]))])
     graphs.append(g)
+    g = Graph("f")  # LeNet conv1's weight gradient: its candidates split K
+    b = Builder(g)
+    x, dy = g.add_input(TensorType((64, 1, 28, 28), "f32"), "x"), g.add_input(TensorType((64, 20, 24, 24), "f32"), "dy")
+    g.set_outputs([b("conv2d_grad_weight", x, dy, weight_shape=[20, 1, 5, 5])])
+    graphs.append(g)
+    g = Graph("f")  # a big bias + relu: the pointwise candidates
+    b = Builder(g)
+    x, bias = g.add_input(TensorType((4096, 1024), "f32"), "x"), g.add_input(TensorType((1024,), "f32"), "b")
+    g.set_outputs([b("relu", b("add", x, b("broadcast", bias, shape=[4096, 1024])))])
+    graphs.append(g)
     q = np.zeros((2, 4, 256, 64), np.float16)
     graphs.append(av.trace(lambda q, k, v: sdpa(q, k, v, is_causal=True), q, q, q))
     for g in graphs:
@@ -60,7 +70,9 @@ def test_every_candidate_config_compiles_for_sm90(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     kinds = {r["kind"] for r in results}
-    assert kinds == {"contraction", "reduction", "attention"}, kinds
+    assert kinds == {"contraction", "reduction", "attention", "pointwise"}, kinds
+    configs = [r["config"] for r in results if r["kind"] == "contraction"]
+    assert any("TMA=1" in c for c in configs) and any("SPLIT_K=" in c for c in configs), configs
     assert {r["config"].split(" w=")[0] for r in results if r["kind"] == "reduction"} >= {
         "RBLOCK=4096 XBLOCK=1", "RBLOCK=1024 XBLOCK=1"}  # the persistent and the looped form
     failed = [r for r in results if not r["ok"]]
