@@ -288,3 +288,26 @@ def test_groups_a_split_cannot_do_stay_whole(case, rng):
         g.set_outputs([b("sum", x, axes=[1], keepdims=False)])
     cg = check(g, blocks=SPLIT_R, kind="reduction", rng=rng, rtol=1e-5, atol=1e-5)
     assert all(ln.kernel.then is None and "SPLIT_R" not in ln.kernel.meta for ln in cg.launches)
+
+
+def test_resnet_training_step_with_every_split_form_matches_the_reference():
+    """A small ResNet's whole step (convs, BatchNorm, downsampling, SGD) with the splits a GPU gets
+    forced at interpreter-sized blocks: split-K weight gradients, BatchNorm's statistics split pass
+    by pass, and stride-phase input gradients, all against the reference."""
+    import avalon as av
+    from avalon import optim, zoo
+    model = zoo.ResNet((8, 16), 1)
+    opt = optim.SGD(model, lr=0.1)
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+
+    def step(model, opt, x, y):
+        loss, grads = av.value_and_grad(lambda m, x, y: zoo.cross_entropy(m(x), y))(model, x, y)
+        opt.step(grads)
+        return loss
+
+    g = av.compile(step, backend="triton").inspect(model, opt, x, np.arange(2)).graph
+    blocks = SPLIT.replace(mm_block=32, mm_k=32, persistent_r=32, rblock=32, reduction_elems=64)
+    rtol, atol = (1e-4, 1e-4) if interpreting() else tolerance("contraction")
+    cg = check(g, fused=None, blocks=blocks, rtol=rtol, atol=atol, rng=np.random.default_rng(1))
+    kinds = {p.kind for ln in cg.launches for p in ln.kernel.chain()}
+    assert {"contraction_epilogue", "reduction_epilogue", "reduction_pass", "contraction_phase"} <= kinds, kinds
