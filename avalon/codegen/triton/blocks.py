@@ -74,8 +74,8 @@ class BlockPolicy:
     def splits(self, programs: int, steps: int) -> int:
         """How many chunks to cut each program's loop of `steps` into: the count minimizing waves x
         (steps per chunk + overhead), plus two overheads for the combining launch and its loop, kept
-        only when it saves a quarter. LeNet's conv1 weight gradient (1 program x 1152 K steps) -> 64; ResNet-18's
-        first weight gradients (36 x 4096) -> 11 (3 full waves); 1024 x 18 -> 1 (the card is full)."""
+        only when it saves a quarter. LeNet's conv1 weight gradient (1 program x 1152 K steps) -> 64;
+        ResNet-18's first weight gradients (36 x 4096) -> 11 (3 full waves); 1024 x 18 -> 1."""
         if not self.split_programs or programs < 1 or steps < 2:
             return 1
 
@@ -85,14 +85,18 @@ class BlockPolicy:
         best = min(range(1, min(64, steps) + 1), key=lambda s: (cost(s), s))
         return best if best > 1 and 4 * cost(best) <= 3 * cost(1) else 1
 
+    def _chunks(self, programs: int, total: int, block: int) -> tuple[int, int] | None:
+        """(chunks, chunk length: a multiple of `block`) cutting a loop over `total`, or None."""
+        s = self.splits(programs, cdiv(total, block))
+        chunk = cdiv(cdiv(total, block), s) * block
+        return (cdiv(total, chunk), chunk) if s > 1 and cdiv(total, chunk) > 1 else None
+
     def split_r(self, x: int, r: int, xb: int, rb: int) -> dict[str, int]:
-        """{"SPLIT_R": s, "RCHUNK": reduced elements per split} for a looped reduction of few rows
-        (a bias gradient: 20 rows of 36,864) whose programs would leave the GPU idle: each split
-        reduces a chunk of every row into a workspace, a second function combines them in order;
-        else {}."""
-        s = self.splits(cdiv(x, xb), cdiv(r, rb)) if rb < r else 1
-        chunk = cdiv(cdiv(r, rb), s) * rb
-        return {"SPLIT_R": cdiv(r, chunk), "RCHUNK": chunk} if s > 1 and cdiv(r, chunk) > 1 else {}
+        """{"SPLIT_R": s, "RCHUNK": reduced elements per split} for a looped reduction of rows too
+        few for the GPU (a loss over a whole tensor: one row): each split reduces a chunk of every
+        row into a workspace, a second function combines them in order; else {}."""
+        c = self._chunks(cdiv(x, xb), r, rb) if rb < r else None
+        return {"SPLIT_R": c[0], "RCHUNK": c[1]} if c else {}
 
     def contraction_warps(self, bm: int, bn: int) -> int:
         """On a GPU at least 4 (one warpgroup: Hopper's wgmma wants one; a lone warp cannot keep a
@@ -116,10 +120,8 @@ class BlockPolicy:
         GPU for the length of its K (`splits`); else {}. Each split sums its K chunk into a float32
         workspace, and a second function sums the splits in a fixed order (deterministic, unlike
         atomics) and runs the group's epilogue."""
-        programs = cdiv(m, tiles["BM"]) * cdiv(n, tiles["BN"]) * groups
-        s = self.splits(programs, cdiv(k, tiles["BK"]))
-        chunk = cdiv(cdiv(k, tiles["BK"]), s) * tiles["BK"]
-        return {"SPLIT_K": cdiv(k, chunk), "KCHUNK": chunk} if s > 1 and cdiv(k, chunk) > 1 else {}
+        c = self._chunks(cdiv(m, tiles["BM"]) * cdiv(n, tiles["BN"]) * groups, k, tiles["BK"])
+        return {"SPLIT_K": c[0], "KCHUNK": c[1]} if c else {}
 
 
 @dataclass(frozen=True)
