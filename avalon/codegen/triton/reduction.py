@@ -135,7 +135,7 @@ def build_reduction(group: Group, in_strides: Sequence[Sequence[int]], out_strid
                   num_stages=stages, problem={"x": rows.x, "r": rows.r})
 
 
-def _reads(v, targets: set[int], memo: dict[int, bool]) -> bool:
+def _reads(v: Value, targets: set[int], memo: dict[int, bool]) -> bool:
     """Does `v` depend, inside its group, on an op in `targets`?"""
     op = v.op
     if op is None:
