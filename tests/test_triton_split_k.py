@@ -311,3 +311,28 @@ def test_resnet_training_step_with_every_split_form_matches_the_reference():
     cg = check(g, fused=None, blocks=blocks, rtol=rtol, atol=atol, rng=np.random.default_rng(1))
     kinds = {p.kind for ln in cg.launches for p in ln.kernel.chain()}
     assert {"contraction_epilogue", "reduction_epilogue", "reduction_pass", "contraction_phase"} <= kinds, kinds
+
+
+def test_gpt_training_step_with_split_weight_gradients_matches_the_reference():
+    """A one-layer GPT's step (attention kernels, LayerNorm, the vocabulary loss) with every weight
+    gradient's K (the tokens) split, against the reference."""
+    import avalon as av
+    from avalon import optim, zoo
+    from avalon.codegen.triton.testing import random_inputs
+    cfg = zoo.GPTConfig(block_size=16, vocab_size=32, n_layer=1, n_head=2, n_embd=32)
+    model = zoo.GPT(cfg)
+    opt = optim.SGD(model, lr=0.1)
+    idx = np.random.default_rng(0).integers(0, 32, (2, 16))
+
+    def step(model, opt, i, t):
+        loss, grads = av.value_and_grad(zoo.gpt_loss)(model, i, t)
+        opt.step(grads)
+        return loss
+
+    g = av.compile(step, backend="triton").inspect(model, opt, idx, idx).graph
+    blocks = SPLIT.replace(persistent_r=16, rblock=16, reduction_elems=64)
+    rtol, atol = (1e-4, 1e-4) if interpreting() else tolerance("contraction")
+    cg = check(g, random_inputs(g, np.random.default_rng(1), int_high=16), fused=None, blocks=blocks, rtol=rtol,
+               atol=atol)
+    kinds = [p.kind for ln in cg.launches for p in ln.kernel.chain()]
+    assert "attention" in kinds and "attention_bwd" in kinds and kinds.count("contraction_epilogue") >= 8
