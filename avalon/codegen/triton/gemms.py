@@ -83,18 +83,30 @@ def _taps(k: Affine, channels: int, kh: int, kw: int, image: Value) -> tuple[Aff
     return kc, ki, kj
 
 
+def _input_at(op: Op, x: Value, kh: int, kw: int, oh: int, ow: int) -> Callable[[Affine, Affine, Affine], Index]:
+    """(output pixel (n, oh, ow), tap, group) -> the element of the convolution's input `x` read
+    there (before the image-bounds guard: `_image`)."""
+    (sh, sw), (ph, pw), (dh, dw), g = _conv_attrs(op)
+    n, cg = x.shape[0], x.shape[1] // g
+
+    def at(pixel: Affine, tap: Affine, group: Affine) -> Index:
+        bn, boh, bow = delinearize(pixel, (n, oh, ow))
+        kc, ki, kj = _taps(tap, cg, kh, kw, x)
+        return (bn, group.scale(cg) + kc, boh.scale(sh) + ki.scale(dh) - ph, bow.scale(sw) + kj.scale(dw) - pw)
+    return at
+
+
 def _conv2d(op: Op) -> Gemm:
     x, w = op.operands
-    n, c, h, wd = x.shape
+    n = x.shape[0]
     o, cg, kh, kw = w.shape
-    (sh, sw), (ph, pw), (dh, dw), g = _conv_attrs(op)
+    g = _conv_attrs(op)[3]
     _, _, oh, ow = op.result.shape
     og = o // g
+    at = _input_at(op, x, kh, kw, oh, ow)
 
     def a(v: Vars) -> Index:
-        bn, boh, bow = delinearize(v["m"], (n, oh, ow))
-        kc, ki, kj = _taps(v["ka"], cg, kh, kw, x)
-        return (bn, v["g"].scale(cg) + kc, boh.scale(sh) + ki.scale(dh) - ph, bow.scale(sw) + kj.scale(dw) - pw)
+        return at(v["m"], v["ka"], v["g"])
 
     def b(v: Vars) -> Index:
         return (v["g"].scale(og) + v["n"],) + _taps(v["kb"], cg, kh, kw, x)
@@ -189,20 +201,19 @@ def _conv2d_grad_input_phase(op: Op, ph: int, pw: int) -> Gemm:
 
 def _conv2d_grad_weight(op: Op) -> Gemm:
     x, dy = op.operands
-    n, c, h, wd = x.shape
+    n = x.shape[0]
     o, cg, kh, kw = op.attrs["weight_shape"]
-    (sh, sw), (ph, pw), (dh, dw), g = _conv_attrs(op)
+    g = _conv_attrs(op)[3]
     _, _, oh, ow = dy.shape
     og = o // g
+    at = _input_at(op, x, kh, kw, oh, ow)
 
     def a(v: Vars) -> Index:
         bn, boh, bow = delinearize(v["ka"], (n, oh, ow))
         return (bn, v["g"].scale(og) + v["m"], boh, bow)
 
     def b(v: Vars) -> Index:
-        bn, boh, bow = delinearize(v["kb"], (n, oh, ow))
-        kc, ki, kj = _taps(v["n"], cg, kh, kw, x)
-        return (bn, v["g"].scale(cg) + kc, boh.scale(sh) + ki.scale(dh) - ph, bow.scale(sw) + kj.scale(dw) - pw)
+        return at(v["kb"], v["n"], v["g"])
 
     def out(v: Vars) -> Index:
         return (v["g"].scale(og) + v["m"],) + _taps(v["n"], cg, kh, kw, x)
