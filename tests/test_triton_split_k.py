@@ -290,10 +290,13 @@ def test_groups_a_split_cannot_do_stay_whole(case, rng):
     assert all(ln.kernel.then is None and "SPLIT_R" not in ln.kernel.meta for ln in cg.launches)
 
 
-def test_resnet_training_step_with_every_split_form_matches_the_reference():
+@pytest.mark.parametrize("pipeline", [None, "canonicalize,cse,dce,layout,fuse,memory-plan"],
+                         ids=["nchw", "channels_last"])
+def test_resnet_training_step_with_every_split_form_matches_the_reference(pipeline):
     """A small ResNet's whole step (convs, BatchNorm, downsampling, SGD) with the splits a GPU gets
     forced at interpreter-sized blocks: split-K weight gradients, BatchNorm's statistics split pass
-    by pass, and stride-phase input gradients, all against the reference."""
+    by pass, and stride-phase input gradients, all against the reference; also with the `layout`
+    pass's NHWC activations (taps channel-first), as gpu_bench's layout row compiles it."""
     import avalon as av
     from avalon import optim, zoo
     model = zoo.ResNet((8, 16), 1)
@@ -305,7 +308,9 @@ def test_resnet_training_step_with_every_split_form_matches_the_reference():
         opt.step(grads)
         return loss
 
-    g = av.compile(step, backend="triton").inspect(model, opt, x, np.arange(2)).graph
+    kw = {"pipeline": pipeline} if pipeline else {}
+    g = av.compile(step, backend="triton", **kw).inspect(model, opt, x, np.arange(2)).graph
+    assert any(r.type.layout == (0, 2, 3, 1) for op in g.ops for r in op.results) == bool(pipeline)
     blocks = SPLIT.replace(mm_block=32, mm_k=32, persistent_r=32, rblock=32, reduction_elems=64)
     rtol, atol = (1e-4, 1e-4) if interpreting() else tolerance("contraction")
     cg = check(g, fused=None, blocks=blocks, rtol=rtol, atol=atol, rng=np.random.default_rng(1))
