@@ -30,7 +30,7 @@ from typing import Any
 
 from avalon.channels import get_logger
 
-from .blocks import BlockPolicy, KernelConfig, next_pow2
+from .blocks import BlockPolicy, KernelConfig, next_pow2, unsplit
 from .cache import KernelCache, interpreting
 from .kernel import Kernel
 
@@ -56,7 +56,7 @@ def contraction_candidates(k: Kernel) -> list[KernelConfig]:
     m, n, kk, groups = p["m"], p["n"], p["k"], p.get("groups", 1)
     gpu = BlockPolicy.for_device(False)
     out = []
-    own = {b: v for b, v in k.meta.items() if b not in ("SPLIT_K", "KCHUNK")}
+    own = unsplit(k.meta)
     if own != k.meta:  # the policy split K: time its tiles unsplit too, so a split must pay to be chosen
         out.append(KernelConfig.of(own, k.num_warps, k.num_stages))
     # (BM, BN, BK, warps, stages): Triton's matmul tutorial / Inductor's H100 list, trimmed; each

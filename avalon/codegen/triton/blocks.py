@@ -124,6 +124,14 @@ class BlockPolicy:
         return {"SPLIT_K": c[0], "KCHUNK": c[1]} if c else {}
 
 
+SPLIT_KEYS = ("SPLIT_K", "KCHUNK", "SPLIT_R", "RCHUNK")
+
+
+def unsplit(meta: dict[str, int]) -> dict[str, int]:
+    """`meta` without its split (a kernel that cannot or should not split runs its loop whole)."""
+    return {b: v for b, v in meta.items() if b not in SPLIT_KEYS}
+
+
 @dataclass(frozen=True)
 class KernelConfig:
     """One launch configuration of a tunable kernel: its block-size constexprs, warps and pipeline

@@ -155,7 +155,7 @@ class _Lowerer:
 
     def add_kernel(self, k: Kernel, args: list[Value], writes: list[Value]) -> None:
         self.load(k)
-        if k.workspace:  # split-K partial sums: a buffer of their own, dead once the epilogue ran
+        if k.workspace:  # a split's partials: a buffer of their own, dead once the chain has run
             ws = Block([TensorType((k.workspace,), dict(k.params)["ws"])]).args[0]
             args, writes = args + [ws], [ws, *writes]
         self.kernels[k.name] = k.source

@@ -31,7 +31,7 @@ from avalon.ir import dtypes as dt
 from avalon.ir.core import Op, Value
 
 from . import types as ty
-from .blocks import BlockPolicy, KernelConfig, cdiv, next_pow2
+from .blocks import BlockPolicy, KernelConfig, cdiv, next_pow2, unsplit
 from .emitter import Emitter, Unsupported, Val
 from .gemms import GEMMS, Gemm, Operand, Vars, _conv2d_grad_input_phase, grad_input_phases
 from .group import Group
@@ -84,7 +84,7 @@ def build_contraction(group: Group, in_strides: Sequence[Sequence[int]], out_str
         raise Unsupported("this contraction's operands cannot be read by TMA descriptors")
     phases = grad_input_phases(op)
     if phases:
-        meta = {m: b for m, b in meta.items() if m not in ("SPLIT_K", "KCHUNK")}
+        meta = unsplit(meta)
         k = _build_phases(group, op, phases, in_strides, out_strides, policy, meta, warps, stages)
         if k is not None:
             return k
@@ -92,7 +92,7 @@ def build_contraction(group: Group, in_strides: Sequence[Sequence[int]], out_str
         k = _build_split(group, op, gemm, in_strides, out_strides, policy, meta, warps, stages)
         if k is not None:
             return k
-        meta = {m: b for m, b in meta.items() if m not in ("SPLIT_K", "KCHUNK")}
+        meta = unsplit(meta)
     em = _plain_gemm(group, op, gemm, in_strides, out_strides, policy, tma if meta.get("TMA") else None)
     names = ["BM", "BN", "BK", "GROUP_M"] + (["TMA"] if meta.get("TMA") else [])
     src, params = assemble(group, "contraction", em, names, [o.dtype for o in group.outputs])

@@ -28,8 +28,8 @@ class Kernel:
     fn: Any = field(default=None, repr=False)  # the @triton.jit function, once loaded
     checks: list[tuple[str, str, int]] = field(default_factory=list)  # index checks: (op, line, bound) per slot
     problem: dict[str, int] = field(default_factory=dict)  # problem sizes (m, n, k; x, r) the autotuner sizes tiles by
-    workspace: int = 0  # elements of the scratch parameter `ws` the runtime binds (split-K partial sums)
-    then: Kernel | None = None  # launched right after this one with the same tensors (split-K's epilogue)
+    workspace: int = 0  # elements of the scratch parameter `ws` the runtime binds (a split's partials)
+    then: Kernel | None = None  # launched right after this one, same tensors (a split's combining, stride phases)
 
     def __post_init__(self) -> None:
         """Index checks are read back from the source (`assemble` writes them there, so every

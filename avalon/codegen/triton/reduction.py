@@ -20,7 +20,7 @@ from avalon.ir import dtypes as dt
 from avalon.ir.core import Op, Value
 
 from . import types as ty
-from .blocks import BlockPolicy, KernelConfig, cdiv
+from .blocks import BlockPolicy, KernelConfig, cdiv, unsplit
 from .emitter import Emitter, Unsupported, Val
 from .group import Group
 from .indexing import Affine, Index, IndexVar, delinearize, index_key, numel, reshape_index
@@ -82,7 +82,7 @@ def build_reduction(group: Group, in_strides: Sequence[Sequence[int]], out_strid
         k = _build_split(group, reds, rows, full, per_row, in_strides, out_strides, policy, meta, warps, stages)
         if k is not None:
             return k
-        meta = {b: v for b, v in meta.items() if b not in ("SPLIT_R", "RCHUNK")}
+        meta = unsplit(meta)
     persistent = config.blocks["RBLOCK"] >= rows.r if config else policy.is_persistent(rows.r)
     em = Emitter(group.inputs, in_strides, dots_in_f32=policy.interpret)
     x = em.define_var("xindex", f"{program_start(needs_int64(group), 'XBLOCK')} + tl.arange(0, XBLOCK)[:, None]",

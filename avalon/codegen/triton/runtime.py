@@ -90,7 +90,7 @@ def launch(k: Kernel, tensors: Sequence[torch.Tensor]) -> None:
         if hasattr(e, "add_note"):
             e.add_note(f"while running Triton kernel '{k.name}' (grid {k.grid}, {k.meta})")
         raise
-    if k.then is not None:  # a second function of the same kernel (split-K's epilogue), same tensors
+    if k.then is not None:  # the next function of the same kernel file (a split's combining, a stride phase)
         launch(k.then, tensors)
 
 
