@@ -38,6 +38,31 @@ def graph(*types):
     return g, Builder(g), xs
 
 
+def conv_graph(kind: str, xs, ws, attrs: dict, layout=None):
+    """A graph of one `kind` (conv2d, conv2d_grad_input, conv2d_grad_weight) of input shape `xs`
+    and weight shape `ws`, its image operands stored in `layout` (None: row-major)."""
+    ys = conv_out(xs, ws, attrs)
+    if kind == "conv2d":
+        g, b, (x, w) = graph((xs, "f32"), (ws, "f32"))
+        x.type = TensorType(xs, "f32", layout=layout)
+        g.set_outputs([b("conv2d", x, w, **attrs)])
+    elif kind == "conv2d_grad_input":
+        g, b, (dy, w) = graph((ys, "f32"), (ws, "f32"))
+        dy.type = TensorType(ys, "f32", layout=layout)
+        g.set_outputs([b("conv2d_grad_input", dy, w, input_shape=list(xs), **attrs)])
+    else:
+        g, b, (x, dy) = graph((xs, "f32"), (ys, "f32"))
+        x.type, dy.type = TensorType(xs, "f32", layout=layout), TensorType(ys, "f32", layout=layout)
+        g.set_outputs([b("conv2d_grad_weight", x, dy, weight_shape=list(ws), **attrs)])
+    return g
+
+
+def conv_out(xs, ws, attrs: dict):
+    """The shape of conv2d(x, w, **attrs) for input shape `xs` and weight shape `ws`."""
+    g, b, (x, w) = graph((xs, "f32"), (ws, "f32"))
+    return b("conv2d", x, w, **attrs).shape
+
+
 def vae_loss(m, x):
     """zoo.VAE's training loss (reconstruction + KL) on a batch `x`."""
     r, mu, lv = m(x)

@@ -1,7 +1,8 @@
-"""Every autotuning candidate of each tunable kernel kind (contraction with split-K and TMA forms,
-reduction with persistent and looped forms, attention, pointwise) compiles to PTX for an H100 (sm_90) on this GPU-less machine: a GPU
-session must not lose its minutes to a candidate the real compiler refuses. The tuner runs with a
-"timer" that compiles instead of timing (subprocess: TRITON_INTERPRET is read at `@triton.jit`)."""
+"""Every autotuning candidate of each tunable kernel kind (contraction with split-K, TMA and
+blocked-tap forms, reduction with persistent and looped forms, attention, pointwise) compiles to
+PTX for an H100 (sm_90) on this GPU-less machine: a GPU session must not lose its minutes to a
+candidate the real compiler refuses. The tuner runs with a "timer" that compiles instead of timing
+(subprocess: TRITON_INTERPRET is read at `@triton.jit`)."""
 import json
 import os
 import subprocess
@@ -48,6 +49,11 @@ SCRIPT = textwrap.dedent('''
     x, dy = g.add_input(TensorType((64, 1, 28, 28), "f32"), "x"), g.add_input(TensorType((64, 20, 24, 24), "f32"), "dy")
     g.set_outputs([b("conv2d_grad_weight", x, dy, weight_shape=[20, 1, 5, 5])])
     graphs.append(g)
+    g = Graph("f")  # a ResNet 3x3 conv: blocked taps (TAPS=1) and the per-element form
+    b = Builder(g)
+    x, w = g.add_input(TensorType((8, 64, 16, 16), "f32"), "x"), g.add_input(TensorType((64, 64, 3, 3), "f32"), "w")
+    g.set_outputs([b("relu", b("conv2d", x, w, stride=[1, 1], padding=[1, 1], dilation=[1, 1], groups=1))])
+    graphs.append(g)
     g = Graph("f")  # a big bias + relu: the pointwise candidates
     b = Builder(g)
     x, bias = g.add_input(TensorType((4096, 1024), "f32"), "x"), g.add_input(TensorType((1024,), "f32"), "b")
@@ -73,6 +79,7 @@ def test_every_candidate_config_compiles_for_sm90(tmp_path):
     assert kinds == {"contraction", "reduction", "attention", "pointwise"}, kinds
     configs = [r["config"] for r in results if r["kind"] == "contraction"]
     assert any("TMA=1" in c for c in configs) and any("SPLIT_K=" in c for c in configs), configs
+    assert any("TAPS=1" in c for c in configs), configs
     assert {r["config"].split(" w=")[0] for r in results if r["kind"] == "reduction"} >= {
         "RBLOCK=4096 XBLOCK=1", "RBLOCK=1024 XBLOCK=1"}  # the persistent and the looped form
     failed = [r for r in results if not r["ok"]]

@@ -104,3 +104,15 @@ def test_generated_kernels_compile_to_ptx_for_h100(tmp_path):
     # (the aligned pointers the JIT sees at launch are given to the AOT compile too)
     mm = next(r for r in results if r["case"] == "matmul")
     assert mm["wgmma"] and mm["cp_async"], mm
+
+
+def test_ptx_report_reads_the_k_loop_of_a_gemm(tmp_path):
+    """`benchmarks/ptx_report.py` (instructions per K step, from the sm_90 PTX) finds the f16 GEMM's
+    loop and its tensor-core and 16-byte copy instructions."""
+    env = {**os.environ, "AVALON_CACHE_DIR": str(tmp_path / "avalon"), "TRITON_CACHE_DIR": str(tmp_path / "triton")}
+    proc = subprocess.run([sys.executable, "benchmarks/ptx_report.py", "--only", "gemm"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = next(ln for ln in proc.stdout.splitlines() if ln.startswith("matmul 4096^3 f16"))
+    loop, mma, cp16, cp4 = map(int, row.split()[-4:])
+    assert loop > 0 and mma > 0 and cp16 > 0 and cp4 == 0, row

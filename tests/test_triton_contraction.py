@@ -4,7 +4,7 @@ strides, padding, dilation and groups (hypothesis), with tiles small enough to e
 grid and the K loop."""
 import numpy as np
 import pytest
-from helpers import graph
+from helpers import conv_graph, conv_out, graph
 from hypothesis import Phase, example, given, settings
 from hypothesis import strategies as st
 
@@ -83,11 +83,6 @@ def convs(draw):
     return (n, cg * groups, h, w), (og * groups, cg, kh, kw), attrs
 
 
-def conv_out(xs, ws, attrs):
-    g, b, (x, w) = graph((xs, "f32"), (ws, "f32"))
-    return b("conv2d", x, w, **attrs).shape
-
-
 @settings(max_examples=15, deadline=None, phases=NO_SHRINK)
 @given(convs(), st.integers(0, 2**16))
 # one-pixel images: the input's address depends on the group id (a scalar) alone
@@ -131,22 +126,8 @@ def test_lenet_sized_conv_in_one_tile_per_program():
 def test_channels_last_images_take_their_taps_channel_first(case, kind, seed):
     """Images stored NHWC (the `layout` pass) order the contraction's taps (kh, kw, c), so a K block
     reads consecutive channels: the sum runs in another order, to the same values."""
-    from avalon.ir import TensorType
     xs, ws, attrs = case
-    nhwc = (0, 2, 3, 1)
-    ys = conv_out(xs, ws, attrs)
-    if kind == "conv2d":
-        g, b, (x, w) = graph((xs, "f32"), (ws, "f32"))
-        x.type = TensorType(xs, "f32", layout=nhwc)
-        g.set_outputs([b("conv2d", x, w, **attrs)])
-    elif kind == "conv2d_grad_input":
-        g, b, (dy, w) = graph((ys, "f32"), (ws, "f32"))
-        dy.type = TensorType(ys, "f32", layout=nhwc)
-        g.set_outputs([b("conv2d_grad_input", dy, w, input_shape=list(xs), **attrs)])
-    else:
-        g, b, (x, dy) = graph((xs, "f32"), (ys, "f32"))
-        x.type, dy.type = TensorType(xs, "f32", layout=nhwc), TensorType(ys, "f32", layout=nhwc)
-        g.set_outputs([b("conv2d_grad_weight", x, dy, weight_shape=list(ws), **attrs)])
+    g = conv_graph(kind, xs, ws, attrs, layout=(0, 2, 3, 1))
     check(g, blocks=SMALL, kind="contraction", rng=np.random.default_rng(seed))
 
 

@@ -86,3 +86,30 @@ def test_mixed_terms_split_exactly():
         vals = env["x"] * 4 + env["y"]
         want = vals // d if m is None else (vals // d) % m
         np.testing.assert_array_equal(np.broadcast_to(got, want.shape), want)
+
+
+def test_tap_and_channel_of_a_blocked_contraction_index_are_exact():
+    """`kq * C + kc` (a K tile inside one tap of C channels): the tap's row and column come out as
+    expressions of the scalar `kq` alone, and every split stays exact."""
+    kq, kc = IndexVar.base("kq", 9), IndexVar.base("kc", 64)
+    a = Affine.of(kq).scale(64) + Affine.of(kc)
+    ki, kj, c = delinearize(a, (3, 3, 64))
+    assert (str(ki), str(kj), str(c)) == ("kq // 3", "kq % 3", "kc")
+    env = {"kq": np.arange(9)[:, None], "kc": np.arange(64)[None, :]}
+    vals = env["kq"] * 64 + env["kc"]
+    for d, m in itertools.product((1, 2, 16, 32, 64, 128, 192, 320), (None, 2, 3, 5, 64)):
+        got = evaluate(a.floordiv_mod(d, m), env)
+        want = vals // d if m is None else (vals // d) % m
+        np.testing.assert_array_equal(np.broadcast_to(got, want.shape), want, err_msg=f"d={d} m={m}")
+
+
+@given(st.integers(1, 12), st.sampled_from([2, 4, 6, 16]), st.integers(1, 16), st.integers(1, 3), st.integers(0, 5),
+       st.integers(1, 200), st.sampled_from([None, 2, 3, 7]))
+def test_two_level_index_divides_exactly(qb, g, rb, mul, c, d, m):
+    q, r = IndexVar.base("q", qb), IndexVar.base("r", min(rb, g))
+    a = Affine.of(q).scale(g * mul) + Affine.of(r) + c
+    env = {"q": np.arange(qb)[:, None], "r": np.arange(min(rb, g))[None, :]}
+    vals = env["q"] * g * mul + env["r"] + c
+    got = evaluate(a.floordiv_mod(d, m), env)
+    want = vals // d if m is None else (vals // d) % m
+    np.testing.assert_array_equal(np.broadcast_to(got, want.shape), want)

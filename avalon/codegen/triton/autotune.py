@@ -14,7 +14,8 @@ interpreter's cost is per program instance, unrelated to GPU speed). `AVALON_AUT
 same on a GPU. A contraction candidate may split K (`BlockPolicy.split_k`: few output tiles, long
 K); its epilogue function is then part of what is timed (`launch` runs `Kernel.then`), and the
 policy's tiles unsplit are a candidate too, so a split is chosen only where it pays. A plain 2-D
-matmul TMA can read also tries its big tiles with tensor-descriptor loads (`"TMA": 1`). Kernels a
+matmul TMA can read also tries its big tiles with tensor-descriptor loads (`"TMA": 1`); a
+convolution with blocked taps (`"TAPS": 1`, `gemms._blocked`) also tries its tiles per element. Kernels a
 roofline puts under `TUNE_MIN_US` (all of LeNet's and the VAE's) are not timed: compiling their
 candidates would cost a first call seconds to save microseconds; the policy sizes them (smaller
 tiles and split K where the GPU would otherwise idle).
@@ -30,14 +31,14 @@ from typing import Any
 
 from avalon.channels import get_logger
 
-from .blocks import BlockPolicy, KernelConfig, next_pow2, unsplit
+from .blocks import BlockPolicy, KernelConfig, next_pow2, pow2_divisor, unsplit
 from .cache import KernelCache, interpreting
 from .kernel import Kernel
 
 log = get_logger("autotune")
 
 TUNABLE = ("contraction", "attention", "reduction", "pointwise")
-CANDIDATES_VERSION = "3"  # bump when the candidate sets change: stored winners are then re-timed
+CANDIDATES_VERSION = "4"  # bump when the candidate sets change: stored winners are then re-timed
 
 MakeArgs = Callable[[], list]  # the kernel's argument tensors (made once per tuned kernel, on demand)
 Timer = Callable[[Kernel, MakeArgs], float]  # milliseconds of one launch of `kernel`
@@ -54,17 +55,22 @@ def contraction_candidates(k: Kernel) -> list[KernelConfig]:
     if "m" not in p:  # the folded (depthwise) form: a broadcast product, sized like a reduction
         return []
     m, n, kk, groups = p["m"], p["n"], p["k"], p.get("groups", 1)
+    kblock = p.get("kblock", 0)  # a convolution with blocked taps: BK must divide its channels per tap
     gpu = BlockPolicy.for_device(False)
     out = []
     own = unsplit(k.meta)
     if own != k.meta:  # the policy split K: time its tiles unsplit too, so a split must pay to be chosen
         out.append(KernelConfig.of(own, k.num_warps, k.num_stages))
+    if own.get("TAPS"):  # and its tiles with per-element taps (the form without `Gemm.kblock`)
+        out.append(KernelConfig.of({b: v for b, v in own.items() if b != "TAPS"}, k.num_warps, k.num_stages))
     # (BM, BN, BK, warps, stages): Triton's matmul tutorial / Inductor's H100 list, trimmed; each
     # with the split of K the policy gives its tiles (few tiles, long K)
     table = [(128, 128, 32, 8, 3), (128, 128, 64, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4),
              (128, 256, 64, 8, 3), (64, 64, 32, 4, 4), (64, 64, 64, 4, 3), (32, 64, 32, 4, 4)]
     for bm, bn, bk, w, s in table:
         tiles = {"BM": _tile(m, bm), "BN": _tile(n, bn), "BK": _tile(kk, bk), "GROUP_M": 8}
+        if kblock:
+            tiles.update(BK=min(tiles["BK"], pow2_divisor(kblock)), TAPS=1)
         out.append(KernelConfig.of({**tiles, **gpu.split_k(m, n, kk, tiles, groups)}, w, s))
     if p.get("tma"):  # a plain 2-D matmul: the big tiles again with A and B read by Hopper's TMA
         for bm, bn, bk, w, s in table[:2] + table[4:5]:

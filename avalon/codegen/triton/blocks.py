@@ -20,6 +20,11 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def pow2_divisor(n: int) -> int:
+    """The largest power of two dividing `n` (> 0)."""
+    return n & -n
+
+
 @dataclass(frozen=True)
 class BlockPolicy:
     xblock: int  # max elements per pointwise program
@@ -103,7 +108,9 @@ class BlockPolicy:
         small tile's loads in flight)."""
         return self.mm_warps or (self.warps(bm * bn // 4) if self.interpret else max(4, self.warps(bm * bn // 4)))
 
-    def contraction(self, m: int, n: int, k: int, groups: int = 1) -> dict[str, int]:
+    def contraction(self, m: int, n: int, k: int, groups: int = 1, kblock: int = 0) -> dict[str, int]:
+        """Tiles of a GEMM; `kblock` (a convolution's channels per tap, `Gemm.kblock`): blocked taps
+        ("TAPS": 1), with BK dividing it so that a K tile never straddles two taps."""
         def tile(s: int, cap: int) -> int:
             return max(16, min(next_pow2(s), cap))
         bm, bn = tile(m, self.mm_block), tile(n, self.mm_block)
@@ -113,6 +120,8 @@ class BlockPolicy:
         while self.split_programs and max(bm, bn) > 32 and programs() < self.split_programs // 2:
             bm, bn = (bm // 2, bn) if bm >= bn else (bm, bn // 2)
         meta = {"BM": bm, "BN": bn, "BK": tile(k, self.mm_k), "GROUP_M": 8}
+        if kblock:
+            meta.update(BK=min(meta["BK"], pow2_divisor(kblock)), TAPS=1)
         return {**meta, **self.split_k(m, n, k, meta, groups)}
 
     def split_k(self, m: int, n: int, k: int, tiles: dict[str, int], groups: int = 1) -> dict[str, int]:

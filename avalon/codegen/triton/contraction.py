@@ -40,7 +40,7 @@ from .kernel import Kernel, assemble
 from .lowering import LOWERING
 
 
-def _operand(em: Emitter, x: Value, prefix: str, read: Operand, v: Vars, live: tuple[str, str]) -> str:
+def _operand(em: Emitter, x: Value, prefix: str, read: Operand, v: Vars, live: tuple[str, ...]) -> str:
     """An operand tile ([BM, BK] or [BK, BN]) whose lanes outside the problem are exactly 0."""
     idx, guard = read(em, v)
     val = em.value(x, idx, guard)
@@ -66,17 +66,24 @@ def build_contraction(group: Group, in_strides: Sequence[Sequence[int]], out_str
     if len(cons) != 1:
         raise Unsupported(f"a contraction group needs exactly one contraction, has {len(cons)}")
     op = cons[0]
-    gemm = GEMMS[op.name](op)
+    blocked = GEMMS[op.name](op, True)  # with blocked taps, where the op has them (`gemms._blocked`)
+    gemm = blocked if blocked.kblock else GEMMS[op.name](op)
     res = op.result
     total = res.type.numel
     if any(o.type.numel != total for o in group.outputs):
         raise Unsupported("a contraction group's outputs must each have one element per element of its result")
     if folds_groups(op, gemm):
         return _build_folded(group, op, gemm, in_strides, out_strides, policy, config)
-    meta = config.blocks if config else policy.contraction(gemm.m, gemm.n, gemm.k, gemm.groups)
+    meta = config.blocks if config else policy.contraction(gemm.m, gemm.n, gemm.k, gemm.groups, blocked.kblock)
+    if not meta.get("TAPS"):
+        gemm = GEMMS[op.name](op)
+    elif not blocked.kblock or blocked.kblock % meta["BK"]:
+        raise Unsupported(f"TAPS=1 needs channels per tap that BK={meta['BK']} divides ({op.name})")
     warps = config.num_warps if config else policy.contraction_warps(meta["BM"], meta["BN"])
     stages = config.num_stages if config else 1 if policy.interpret else policy.mm_stages
     problem = {"m": gemm.m, "n": gemm.n, "k": gemm.k, "groups": gemm.groups}
+    if blocked.kblock:
+        problem["kblock"] = blocked.kblock  # the autotuner tries blocked and per-element taps
     tma = _tma_operands(group, op, gemm, in_strides)
     if tma:
         problem["tma"] = 1  # the autotuner may try the TMA form
@@ -85,7 +92,7 @@ def build_contraction(group: Group, in_strides: Sequence[Sequence[int]], out_str
     phases = grad_input_phases(op)
     if phases:
         meta = unsplit(meta)
-        k = _build_phases(group, op, phases, in_strides, out_strides, policy, meta, warps, stages)
+        k = _build_phases(group, op, phases, in_strides, out_strides, policy, meta, warps, stages, blocked.kblock)
         if k is not None:
             return k
     if meta.get("SPLIT_K", 1) > 1:
@@ -94,10 +101,14 @@ def build_contraction(group: Group, in_strides: Sequence[Sequence[int]], out_str
             return k
         meta = unsplit(meta)
     em = _plain_gemm(group, op, gemm, in_strides, out_strides, policy, tma if meta.get("TMA") else None)
-    names = ["BM", "BN", "BK", "GROUP_M"] + (["TMA"] if meta.get("TMA") else [])
-    src, params = assemble(group, "contraction", em, names, [o.dtype for o in group.outputs])
+    src, params = assemble(group, "contraction", em, _meta_names(meta), [o.dtype for o in group.outputs])
     return Kernel(group.name, "contraction", src, params, meta, _grid(gemm, meta), num_warps=warps,
                   num_stages=stages, problem=problem)
+
+
+def _meta_names(meta: dict[str, int]) -> list[str]:
+    """The kernel's constexpr parameters: every key of its config (the launcher passes them all)."""
+    return ["BM", "BN", "BK", "GROUP_M"] + [x for x in ("TMA", "TAPS", "SPLIT_K", "KCHUNK") if x in meta]
 
 
 def _plain_gemm(group: Group, op: Op, gemm: Gemm, in_strides: Sequence[Sequence[int]],
@@ -135,22 +146,23 @@ def _tma_operands(group: Group, op: Op, gemm: Gemm,
 
 def _build_phases(group: Group, op: Op, phases: list[tuple[int, int]], in_strides: Sequence[Sequence[int]],
                   out_strides: Sequence[Sequence[int]], policy: BlockPolicy, meta: dict[str, int], warps: int,
-                  stages: int) -> Kernel | None:
+                  stages: int, kblock: int = 0) -> Kernel | None:
     """A strided conv2d_grad_input as one GEMM per stride phase (`_conv2d_grad_input_phase`), each
     a function of one kernel file writing its own pixels, launched in a chain (`Kernel.then`) with
     the same arguments and config. None when a phase needs index checks (one err layout a kernel)."""
-    gemms = [_conv2d_grad_input_phase(op, a, b) for a, b in phases]
+    gemms = [_conv2d_grad_input_phase(op, a, b, bool(meta.get("TAPS"))) for a, b in phases]
     names = [group.name] + [f"{group.name}_p{a}{b}" for a, b in phases[1:]]
     ems = [_plain_gemm(group, op, g, in_strides, out_strides, policy) for g in gemms]
     if any(e.index_checks for e in ems):
         return None
-    src, params = assemble(group, "contraction", ems[0], ["BM", "BN", "BK", "GROUP_M"],
+    src, params = assemble(group, "contraction", ems[0], _meta_names(meta),
                            [o.dtype for o in group.outputs], also=list(zip(names[1:], ems[1:])))
     k = None
     for name, g in reversed(list(zip(names, gemms))):
         k = Kernel(name, "contraction" if name == group.name else "contraction_phase", src, params, meta,
                    _grid(g, meta), num_warps=warps, num_stages=stages,
-                   problem={"m": g.m, "n": g.n, "k": g.k, "groups": g.groups}, then=k)
+                   problem={"m": g.m, "n": g.n, "k": g.k, "groups": g.groups, **({"kblock": kblock} if kblock else {})},
+                   then=k)
     return k
 
 
@@ -193,6 +205,9 @@ def _dot_loop(em: Emitter, op: Op, gemm: Gemm, policy: BlockPolicy, v: Vars, spl
     if tma is not None:
         _tma_dot(em, op, gemm, policy, tma)
         return
+    if gemm.kblock:  # the tile's channel offsets, loop-invariant (see below)
+        kr = Affine.of(em.define_var("kr", "tl.arange(0, BK)[None, :]", 1 << 30))
+        krb = Affine.of(em.define_var("krb", "tl.arange(0, BK)[:, None]", 1 << 30))
     if split:  # constant loop bounds: the chunk's offset is added inside
         em.line("k_lo = tl.program_id(2) * KCHUNK")
         em.open("for k0 in range(0, KCHUNK, BK):")
@@ -200,12 +215,25 @@ def _dot_loop(em: Emitter, op: Op, gemm: Gemm, policy: BlockPolicy, v: Vars, spl
     else:
         em.open(f"for k0 in range(0, {gemm.k}, BK):")
         start = "k0"
-    v["ka"] = Affine.of(em.define_var("ka", f"{start} + tl.arange(0, BK)[None, :]", gemm.k, "mask_ka"))
-    em.line(f"mask_ka = ka < {gemm.k}")
-    v["kb"] = Affine.of(em.define_var("kb", f"{start} + tl.arange(0, BK)[:, None]", gemm.k, "mask_kb"))
-    em.line(f"mask_kb = kb < {gemm.k}")
-    a = _operand(em, op.operands[gemm.operands[0]], "a", gemm.a, v, ("rm", "ka"))
-    b = _operand(em, op.operands[gemm.operands[1]], "b", gemm.b, v, ("kb", "rn"))
+    if gemm.kblock:
+        # blocked taps: this K tile lies in one tap, `kq` (a scalar), at channels kc = c0 + kr (c0
+        # a scalar): an operand's address is a tile of pointers made before the loop plus scalars
+        c = gemm.kblock
+        kq = Affine.of(em.define_var("kq", f"({start}) // {c}", gemm.k // c)).scale(c)
+        c0 = Affine.of(em.define_var("c0", f"({start}) % {c}", c))
+        em.scalars |= {"kq", "c0"}
+        v["ka"] = kq + Affine.of(em.define_var("kc", "c0 + kr", c))
+        v["kb"] = kq + Affine.of(em.define_var("kcb", "c0 + krb", c))
+        em.expand.update(kc=c0 + kr, kcb=c0 + krb)
+        live_a, live_b = ("rm",), ("rn",)  # BK divides K: no lane past it
+    else:
+        v["ka"] = Affine.of(em.define_var("ka", f"{start} + tl.arange(0, BK)[None, :]", gemm.k, "mask_ka"))
+        em.line(f"mask_ka = ka < {gemm.k}")
+        v["kb"] = Affine.of(em.define_var("kb", f"{start} + tl.arange(0, BK)[:, None]", gemm.k, "mask_kb"))
+        em.line(f"mask_kb = kb < {gemm.k}")
+        live_a, live_b = ("rm", "ka"), ("kb", "rn")
+    a = _operand(em, op.operands[gemm.operands[0]], "a", gemm.a, v, live_a)
+    b = _operand(em, op.operands[gemm.operands[1]], "b", gemm.b, v, live_b)
     if acc_d.is_float:
         prec = f', input_precision="{policy.dot_precision}"' if acc_d == dt.float32 else ""
         em.line(f"acc += tl.dot({a}, {b}{prec})")
@@ -288,9 +316,8 @@ def _build_split(group: Group, op: Op, gemm: Gemm, in_strides: Sequence[Sequence
     _epilogue(epi, group, op, gemm, v2, out_strides)
     if em.index_checks or epi.index_checks:
         return None  # one err layout per kernel; a gather around a split GEMM is not worth a second
-    names = ["BM", "BN", "BK", "GROUP_M", "SPLIT_K", "KCHUNK"]
-    src, params = assemble(group, "contraction", em, names, [o.dtype for o in group.outputs], workspace=acc_d,
-                           also=[(f"{group.name}_epilogue", epi)])
+    src, params = assemble(group, "contraction", em, _meta_names(meta), [o.dtype for o in group.outputs],
+                           workspace=acc_d, also=[(f"{group.name}_epilogue", epi)])
     problem = {"m": gemm.m, "n": gemm.n, "k": gemm.k, "groups": gemm.groups}
     then = Kernel(f"{group.name}_epilogue", "contraction_epilogue", src, params, meta, _grid(gemm, meta),
                   num_warps=warps, num_stages=1, problem=problem, workspace=splits * tile)

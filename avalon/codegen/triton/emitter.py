@@ -65,6 +65,9 @@ class Emitter:
         self.overrides: dict[tuple, Val] = {}  # (id(value), index key) -> already computed (reductions, dots)
         self.helpers: set[str] = set()
         self.scalars: set[str] = set()  # iteration variables that are scalars (program ids, unrolled loop indices)
+        # a variable that is a sum of others (a blocked conv's channel `kc` = the tile's scalar start
+        # + a loop-invariant arange): addresses use the parts, so the invariant one is hoisted
+        self.expand: dict[str, Affine] = {}
         self.dots_in_f32 = dots_in_f32
         self.index_checks: list[tuple[str, str, int]] = []  # (op, user's line, bound) per error slot (lowering.py)
         self._count = 0
@@ -217,11 +220,45 @@ class Emitter:
             val = rule.emit(self, op, idx, guard)
         return self.remember(key, val)
 
+    def pointer(self, base: str, addr: Affine) -> str:
+        """`base + addr` with its loop-invariant part hoisted: the terms are grouped by the scope
+        they can live in, and each outer group is added to the pointer once, in its own scope (a
+        GEMM tile's row part before the K loop); inside a scope, scalars are summed before they
+        meet a block. A conv tile's address in the K loop is then one add per element instead
+        of one per term (and LLVM need not untangle the sum to hoist it)."""
+        if not addr.terms:
+            return base if addr.const == 0 else f"{base} + {addr.const}"
+        parts = Affine((), addr.const)
+        for t in addr.terms:
+            e = self.expand.get(t.var.name) if t.div == 1 and t.mod is None else None
+            parts = parts + (e.scale(t.mul) if e is not None else Affine((t,)))
+        addr = parts
+        groups: dict[int, tuple[Scope, list[Term]]] = {}
+        for t in addr.terms:
+            s = self.place(t.var.deps)
+            groups.setdefault(id(s), (s, []))[1].append(t)
+        ptr, const = base, addr.const
+        for s, terms in sorted(groups.values(), key=lambda g: g[0].depth):
+            terms.sort(key=lambda t: not t.var.deps <= self.scalars)  # scalars first
+            part = Affine(tuple(terms), const)
+            const = 0
+            text = self.affine(part)
+            if len(part.terms) + bool(part.const) > 1:  # (one sum, then one pointer add per element)
+                text = f"({text})"
+            if s is self.scope:  # the innermost group: added where the pointer is used
+                return f"{ptr} + {text}"
+            key = ("ptr", ptr, part.key())
+            hit = self.lookup(key)
+            if hit is None:
+                # (a pointer; a Val's dtype is never read for one)
+                hit = self.remember(key, self.emit(f"{ptr} + {text}", dt.int64, part.deps, prefix="p", scope=s))
+            ptr = hit.expr
+        return ptr
+
     def load(self, i: int, idx: Index, guard: Val | None) -> Val:
         v = self.inputs[i]
         addr = linearize(idx, self.in_strides[i], v.shape)
-        text = self.affine(addr)
-        ptr = f"in{i}" if text == "0" else f"in{i} + {text}"
+        ptr = self.pointer(f"in{i}", addr)
         if addr.deps <= self.scalars:  # a scalar address is still read as a block ([1]), like any other value
             ptr += " + tl.zeros([1], tl.int32)"
         m = self.mask(addr.deps, guard)

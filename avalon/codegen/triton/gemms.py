@@ -7,6 +7,10 @@ The index maps say where A, B and C's elements are in the op's real operands:
   (oh*s - p + kh*d, ...) guarded by the image bounds (zero padding), B the weight. A channels-last
   image takes its taps channel-first, k = (kh, kw, c) (`_taps`), so a K block reads consecutive
   addresses.
+  Blocked taps (`scalar_taps`, when the channels per tap are a multiple of 16): the taps run
+  outermost whatever the layout, and `Gemm.kblock` tells the emitter that a K tile of BK | C
+  channels lies in one tap, so the tap and its bounds test are per-tile scalars instead of
+  per-element arithmetic (`contraction._dot_loop`).
 * conv2d_grad_input: m = (n, h, w), k = (o, kh, kw), n = c; A is dy at ((h + p - kh*d) / s, ...)
   where that divides exactly and lands inside dy. Strided (no dilation): one GEMM per stride phase
   (`_conv2d_grad_input_phase`), over only the taps that reach that phase's pixels.
@@ -37,13 +41,20 @@ class Gemm:
     b: Operand
     out: Callable[[Vars], Index]
     operands: tuple[int, int] = (0, 1)  # which of the op's operands A and B are
+    kblock: int = 0  # K = (taps, kblock), channels fastest: a K tile of BK | kblock lies in one tap
+
+
+def _blocked(channels: int, taps: int, scalar_taps: bool) -> bool:
+    """Run a convolution's K as (tap, channel) with per-tile scalar taps? Only with several taps and
+    channels a multiple of 16 (the smallest `tl.dot` K tile), so every BK the tuner tries fits."""
+    return scalar_taps and taps > 1 and channels % 16 == 0
 
 
 def _plain(fn: Callable[[Vars], Index]) -> Operand:
     return lambda em, v: (fn(v), None)
 
 
-def _matmul(op: Op) -> Gemm:
+def _matmul(op: Op, scalar_taps: bool = False) -> Gemm:
     x, y = op.operands
     batch = x.shape[:-2]
     g = 1
@@ -71,19 +82,25 @@ def _image(shape: Sequence[int], fn: Callable[[Vars], Index]) -> Operand:
     return operand
 
 
-def _taps(k: Affine, channels: int, kh: int, kw: int, image: Value) -> tuple[Affine, Affine, Affine]:
+def _tap_major(image: Value, channels: int, taps: int, blocked: bool) -> bool:
+    return blocked or (image.type.strides()[1] == 1 and channels > 1 and taps > 1)
+
+
+def _taps(k: Affine, channels: int, kh: int, kw: int, image: Value,
+          blocked: bool = False) -> tuple[Affine, Affine, Affine]:
     """(channel, kernel row, kernel column) of a contraction index over a convolution's taps. The
     channel runs fastest when `image` is stored channels-last (the `layout` pass), so BK
     consecutive taps are consecutive addresses (16-byte cp.async on a GPU instead of 4-byte
-    gathers); else the kernel column does, as in row-major NCHW."""
-    if image.type.strides()[1] == 1 and channels > 1 and kh * kw > 1:
+    gathers), and with blocked taps (`_blocked`); else the kernel column does, as in row-major NCHW."""
+    if _tap_major(image, channels, kh * kw, blocked):
         ki, kj, kc = delinearize(k, (kh, kw, channels))
         return kc, ki, kj
     kc, ki, kj = delinearize(k, (channels, kh, kw))
     return kc, ki, kj
 
 
-def _input_at(op: Op, x: Value, kh: int, kw: int, oh: int, ow: int) -> Callable[[Affine, Affine, Affine], Index]:
+def _input_at(op: Op, x: Value, kh: int, kw: int, oh: int, ow: int,
+              blocked: bool = False) -> Callable[[Affine, Affine, Affine], Index]:
     """(output pixel (n, oh, ow), tap, group) -> the element of the convolution's input `x` read
     there (before the image-bounds guard: `_image`)."""
     (sh, sw), (ph, pw), (dh, dw), g = _conv_attrs(op)
@@ -91,31 +108,32 @@ def _input_at(op: Op, x: Value, kh: int, kw: int, oh: int, ow: int) -> Callable[
 
     def at(pixel: Affine, tap: Affine, group: Affine) -> Index:
         bn, boh, bow = delinearize(pixel, (n, oh, ow))
-        kc, ki, kj = _taps(tap, cg, kh, kw, x)
+        kc, ki, kj = _taps(tap, cg, kh, kw, x, blocked)
         return (bn, group.scale(cg) + kc, boh.scale(sh) + ki.scale(dh) - ph, bow.scale(sw) + kj.scale(dw) - pw)
     return at
 
 
-def _conv2d(op: Op) -> Gemm:
+def _conv2d(op: Op, scalar_taps: bool = False) -> Gemm:
     x, w = op.operands
     n = x.shape[0]
     o, cg, kh, kw = w.shape
     g = _conv_attrs(op)[3]
     _, _, oh, ow = op.result.shape
     og = o // g
-    at = _input_at(op, x, kh, kw, oh, ow)
+    blocked = _blocked(cg, kh * kw, scalar_taps)
+    at = _input_at(op, x, kh, kw, oh, ow, blocked)
 
     def a(v: Vars) -> Index:
         return at(v["m"], v["ka"], v["g"])
 
     def b(v: Vars) -> Index:
-        return (v["g"].scale(og) + v["n"],) + _taps(v["kb"], cg, kh, kw, x)
+        return (v["g"].scale(og) + v["n"],) + _taps(v["kb"], cg, kh, kw, x, blocked)
 
     def out(v: Vars) -> Index:
         bn, boh, bow = delinearize(v["m"], (n, oh, ow))
         return (bn, v["g"].scale(og) + v["n"], boh, bow)
 
-    return Gemm(g, n * oh * ow, og, cg * kh * kw, _image(x.shape, a), _plain(b), out)
+    return Gemm(g, n * oh * ow, og, cg * kh * kw, _image(x.shape, a), _plain(b), out, kblock=cg if blocked else 0)
 
 
 def _divides(em: Emitter, num: Affine, stride: int, size: int) -> tuple[Affine, Val | None]:
@@ -127,30 +145,31 @@ def _divides(em: Emitter, num: Affine, stride: int, size: int) -> tuple[Affine, 
     return num.floordiv_mod(stride, None), ok
 
 
-def _conv2d_grad_input(op: Op) -> Gemm:
+def _conv2d_grad_input(op: Op, scalar_taps: bool = False) -> Gemm:
     dy, w = op.operands
     n, c, h, wd = op.attrs["input_shape"]
     o, cg, kh, kw = w.shape
     (sh, sw), (ph, pw), (dh, dw), g = _conv_attrs(op)
     _, _, oh, ow = dy.shape
     og = o // g
+    blocked = _blocked(og, kh * kw, scalar_taps)
 
     def a(em: Emitter, v: Vars):
         bn, bh, bw = delinearize(v["m"], (n, h, wd))
-        ko, ki, kj = _taps(v["ka"], og, kh, kw, dy)
+        ko, ki, kj = _taps(v["ka"], og, kh, kw, dy, blocked)
         qh, gh = _divides(em, bh + ph - ki.scale(dh), sh, oh)
         qw, gw = _divides(em, bw + pw - kj.scale(dw), sw, ow)
         return (bn, v["g"].scale(og) + ko, qh, qw), em.both(gh, gw)
 
     def b(v: Vars) -> Index:
-        ko, ki, kj = _taps(v["kb"], og, kh, kw, dy)
+        ko, ki, kj = _taps(v["kb"], og, kh, kw, dy, blocked)
         return (v["g"].scale(og) + ko, v["n"], ki, kj)
 
     def out(v: Vars) -> Index:
         bn, bh, bw = delinearize(v["m"], (n, h, wd))
         return (bn, v["g"].scale(cg) + v["n"], bh, bw)
 
-    return Gemm(g, n * h * wd, cg, og * kh * kw, a, _plain(b), out)
+    return Gemm(g, n * h * wd, cg, og * kh * kw, a, _plain(b), out, kblock=og if blocked else 0)
 
 
 def grad_input_phases(op: Op) -> list[tuple[int, int]]:
@@ -165,7 +184,7 @@ def grad_input_phases(op: Op) -> list[tuple[int, int]]:
     return [(a, b) for a in range(min(sh, h)) for b in range(min(sw, wd))]  # (phases with pixels)
 
 
-def _conv2d_grad_input_phase(op: Op, ph: int, pw: int) -> Gemm:
+def _conv2d_grad_input_phase(op: Op, ph: int, pw: int, scalar_taps: bool = False) -> Gemm:
     """The input pixels (ph + sh*i, pw + sw*j) of a strided conv2d_grad_input, which only the taps
     kh = rh + sh*jh (rh = (ph + pad) % sh; the same for kw) reach: an implicit GEMM over those
     taps alone, dy read at (i + ch - jh, j + cw - jw). The whole-image GEMM multiplies zeros for
@@ -180,26 +199,32 @@ def _conv2d_grad_input_phase(op: Op, ph: int, pw: int) -> Gemm:
     rh, rw = (ph + pad_h) % sh, (pw + pad_w) % sw
     nkh, nkw = max(0, cdiv(kh - rh, sh)), max(0, cdiv(kw - rw, sw))
     ch, cw = (ph + pad_h - rh) // sh, (pw + pad_w - rw) // sw
-    taps = (og, max(nkh, 1), max(nkw, 1))  # (a phase no tap reaches has K = 0: its loop never runs)
+    blocked = _blocked(og, nkh * nkw, scalar_taps)
+
+    def taps(k: Affine) -> tuple[Affine, Affine, Affine]:  # (a phase no tap reaches has K = 0: no loop)
+        if _tap_major(dy, og, nkh * nkw, blocked):
+            jh, jw, ko = delinearize(k, (max(nkh, 1), max(nkw, 1), og))
+            return ko, jh, jw
+        return delinearize(k, (og, max(nkh, 1), max(nkw, 1)))
 
     def a(em: Emitter, v: Vars):
         bn, bi, bj = delinearize(v["m"], (n, hp, wp))
-        ko, jh, jw = delinearize(v["ka"], taps)
+        ko, jh, jw = taps(v["ka"])
         qh, qw = bi + ch - jh, bj + cw - jw
         return (bn, v["g"].scale(og) + ko, qh, qw), em.both(em.in_range(qh, oh), em.in_range(qw, ow))
 
     def b(v: Vars) -> Index:
-        ko, jh, jw = delinearize(v["kb"], taps)
+        ko, jh, jw = taps(v["kb"])
         return (v["g"].scale(og) + ko, v["n"], jh.scale(sh) + rh, jw.scale(sw) + rw)
 
     def out(v: Vars) -> Index:
         bn, bi, bj = delinearize(v["m"], (n, hp, wp))
         return (bn, v["g"].scale(cg) + v["n"], bi.scale(sh) + ph, bj.scale(sw) + pw)
 
-    return Gemm(g, n * hp * wp, cg, og * nkh * nkw, a, _plain(b), out)
+    return Gemm(g, n * hp * wp, cg, og * nkh * nkw, a, _plain(b), out, kblock=og if blocked else 0)
 
 
-def _conv2d_grad_weight(op: Op) -> Gemm:
+def _conv2d_grad_weight(op: Op, scalar_taps: bool = False) -> Gemm:
     x, dy = op.operands
     n = x.shape[0]
     o, cg, kh, kw = op.attrs["weight_shape"]

@@ -252,13 +252,21 @@ def _floordiv_mod(a: Affine, d: int, m: int | None) -> Affine:
     lo, hi = a.bounds()
     if lo is not None and lo >= 0 and hi < d:
         return Affine()
-    # split into terms that are multiples of d and a remainder that stays in [0, d)
-    high = [t for t in a.terms if t.mul % d == 0]
-    low = Affine(tuple(t for t in a.terms if t.mul % d), a.const % d)
-    llo, lhi = low.bounds()
-    if llo is not None and llo >= 0 and lhi < d:
-        h = Affine(tuple(Term(t.var, t.div, t.mod, t.mul // d) for t in high), a.const // d)
-        return _apply_mod(h.simplify(), m, a, d)
+    # a = g*q + r with r in [0, g) and g | d: a // d = q // (d/g) (q >= 0). g = d first, then the
+    # terms' own multipliers: a convolution's contraction index over taps of C channels,
+    # `kq * C + kc`, gives its tap `kq // kw` and `kq % kw` (scalars) whatever d the shape asks
+    for g in [d] + sorted({t.mul for t in a.terms if 1 < t.mul < d and d % t.mul == 0}, reverse=True):
+        high = [t for t in a.terms if t.mul % g == 0]
+        low = Affine(tuple(t for t in a.terms if t.mul % g), a.const % g)
+        llo, lhi = low.bounds()
+        if llo is None or llo < 0 or lhi >= g:
+            continue
+        q = Affine(tuple(Term(t.var, t.div, t.mod, t.mul // g) for t in high), a.const // g).simplify()
+        if g == d:
+            return _apply_mod(q, m, a, d)
+        qlo, _ = q.bounds()
+        if qlo is not None and qlo >= 0:
+            return _floordiv_mod(q, d // g, m)
     if len(a.terms) == 1 and a.const == 0:
         t = a.terms[0]
         if t.mul > 0 and d % t.mul == 0:

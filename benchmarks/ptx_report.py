@@ -1,0 +1,111 @@
+"""What the GPU would run, read off the sm_90 PTX, without a GPU: instructions per K step.
+
+    python benchmarks/ptx_report.py [--only conv,gemm] [--arch 90]
+
+A contraction's K loop is where its time goes. When the loop body holds many more instructions than
+its tensor-core work can hide (index arithmetic, bounds masks, one address per gathered element),
+the kernel is issue-bound, whatever its tiles. Per kernel of a few representative contractions
+(ResNet's 3x3 conv forward and both gradients, NCHW and NHWC, and a plain GEMM), compiled with the
+GPU block policy through `aot.compile_for_target`, this prints:
+
+* `loop`: PTX instructions in the innermost loop (one K step; comments, labels and `.loc` lines
+  left out). The 4096^3 f16 GEMM's is the yardstick (~70);
+* `mma`: tensor-core instructions in it (Hopper's `wgmma`, or `mma.sync` for tiles under 64
+  rows); `cp16` / `cp4`: 16-byte and 4-byte `cp.async` copies into shared memory per K step and
+  thread (4-byte ones are gathers: an address and a predicate each);
+* grid, tiles and K steps per program.
+
+Static counts, not timings: they say where a kernel stands against the yardstick, the GPU run says
+what it costs. Run with TRITON_INTERPRET unset (a GPU-less machine otherwise interprets).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+os.environ["TRITON_INTERPRET"] = "0"
+os.environ.setdefault("AVALON_COMPILE_WORKERS", "1")
+
+from avalon.codegen.triton import compile_graph  # noqa: E402
+from avalon.codegen.triton.aot import compile_for_target  # noqa: E402
+from avalon.codegen.triton.testing import fuse  # noqa: E402
+from avalon.ir import Builder, Graph, TensorType  # noqa: E402
+
+NHWC = (0, 2, 3, 1)
+
+
+def loop_stats(ptx: str) -> dict[str, int]:
+    """Counts over the innermost loop of `ptx` (the last loop header; a K loop has no inner loop)."""
+    lines = ptx.splitlines()
+    heads = [i for i, ln in enumerate(lines) if "Inner Loop Header" in ln]
+    if not heads:
+        return {"loop": 0, "mma": 0, "cp16": 0, "cp4": 0}
+    start = heads[-1]
+    end = next(i for i in range(start + 1, len(lines)) if re.search(r"\bbra(\.uni)?\s+\$L__BB\d+_\d+;", lines[i]))
+    body = [ln.strip() for ln in lines[start:end]]
+    body = [ln for ln in body if ln and not ln.startswith(("//", ".loc", "$", "{", "}"))]
+    return {"loop": len(body), "mma": sum(ln.startswith(("wgmma.mma_async", "mma.sync")) for ln in body),
+            "cp16": sum(ln.startswith("cp.async") and ", 0x10," in ln for ln in body),
+            "cp4": sum(ln.startswith("cp.async") and ", 0x4," in ln for ln in body)}
+
+
+def _conv_graph(op: str, n: int, c: int, hw: int, stride: int, layout: tuple | None) -> Graph:
+    g = Graph(op)
+    b = Builder(g)
+    out_hw = (hw + 2 - 3) // stride + 1
+    attrs = {"stride": [stride, stride], "padding": [1, 1], "dilation": [1, 1], "groups": 1}
+    x_t = TensorType((n, c, hw, hw), "f32", layout=layout)
+    dy_t = TensorType((n, c, out_hw, out_hw), "f32", layout=layout)
+    w_t = TensorType((c, c, 3, 3), "f32")
+    if op == "conv2d":
+        r = b("conv2d", g.add_input(x_t, "x"), g.add_input(w_t, "w"), **attrs)
+    elif op == "conv2d_grad_input":
+        r = b("conv2d_grad_input", g.add_input(dy_t, "dy"), g.add_input(w_t, "w"), input_shape=[n, c, hw, hw], **attrs)
+    else:
+        r = b("conv2d_grad_weight", g.add_input(x_t, "x"), g.add_input(dy_t, "dy"), weight_shape=[c, c, 3, 3],
+              **attrs)
+    if layout is not None and op != "conv2d_grad_weight":
+        r.type = r.type.with_layout(list(layout))
+    g.set_outputs([r])
+    return g
+
+
+def cases(only: set[str]) -> list[tuple[str, Graph]]:
+    out = []
+    if "gemm" in only:
+        g = Graph("gemm")
+        b = Builder(g)
+        g.set_outputs([b("matmul", g.add_input(TensorType((4096, 4096), "f16"), "a"),
+                         g.add_input(TensorType((4096, 4096), "f16"), "b"))])
+        out.append(("matmul 4096^3 f16", g))
+    if "conv" in only:
+        for op in ("conv2d", "conv2d_grad_input", "conv2d_grad_weight"):
+            for layout in (None, NHWC):
+                for stride in (1, 2) if op == "conv2d_grad_input" else (1,):
+                    name = f"{op} 64ch 32x32 bs128 s{stride} {'nhwc' if layout else 'nchw'}"
+                    out.append((name, _conv_graph(op, 128, 64, 32, stride, layout)))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default="gemm,conv")
+    ap.add_argument("--arch", type=int, default=90)
+    args = ap.parse_args()
+    print(f"{'case':<44} {'kernel':<28} {'grid':<16} {'tiles':<22} {'loop':>5} {'mma':>5} {'cp16':>4} {'cp4':>4}")
+    for name, g in cases(set(args.only.split(","))):
+        cg = compile_graph(fuse(g, g.name))
+        k = cg.launches[0].kernel
+        while k is not None:
+            s = loop_stats(compile_for_target(k, args.arch).asm["ptx"])
+            tiles = " ".join(f"{m}={k.meta[m]}" for m in ("BM", "BN", "BK", "SPLIT_K") if m in k.meta)
+            print(f"{name:<44} {k.name:<28} {str(k.grid):<16} {tiles:<22} {s['loop']:>5} {s['mma']:>5} "
+                  f"{s['cp16']:>4} {s['cp4']:>4}", flush=True)
+            name, k = "", k.then
+
+
+if __name__ == "__main__":
+    main()
