@@ -1,6 +1,7 @@
 """What the GPU would run, read off the sm_90 PTX, without a GPU: instructions per K step.
 
     python benchmarks/ptx_report.py [--only conv,gemm] [--arch 90]
+    python benchmarks/ptx_report.py --step lenet|vae|gpt|resnet    # every kernel of a training step
 
 A contraction's K loop is where its time goes. When the loop body holds many more instructions than
 its tensor-core work can hide (index arithmetic, bounds masks, one address per gathered element),
@@ -14,6 +15,10 @@ GPU block policy through `aot.compile_for_target`, this prints:
   rows); `cp16` / `cp4`: 16-byte and 4-byte `cp.async` copies into shared memory per K step and
   thread (4-byte ones are gathers: an address and a predicate each);
 * grid, tiles and K steps per program.
+
+`--step` does the same for every function of one of gpu_bench's training steps (value-and-grad +
+SGD, the GPU policy's tiles), ranked by `autotune.estimated_us` (a roofline guess), with the K
+steps each program runs (`steps`): the static half of "which kernels dominate".
 
 Static counts, not timings: they say where a kernel stands against the yardstick, the GPU run says
 what it costs. Run with TRITON_INTERPRET unset (a GPU-less machine otherwise interprets).
@@ -90,11 +95,67 @@ def cases(only: set[str]) -> list[tuple[str, Graph]]:
     return out
 
 
+STEPS = {"lenet": 0, "vae": 1, "gpt": 2, "resnet": 3}
+
+
+def step_kernels(which: str) -> list:
+    """Every function of gpu_bench's `which` training step, as the GPU policy builds them."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import gpu_bench
+
+    import avalon as av
+    from avalon import optim
+    gpu_bench.DEV = "cpu"  # tracing only: nothing runs
+    _, make, loss_fn, batch, *_ = gpu_bench.workloads()[STEPS[which]]
+    av.manual_seed(0)
+    model = make()
+    opt = optim.SGD(model, lr=1e-5)
+
+    def step(m, o, *xs):
+        loss, grads = av.value_and_grad(loss_fn)(m, *xs)
+        o.step(grads)
+        return loss
+    g = av.compile(step, backend="triton").inspect(model, opt, *batch).graph
+    return [k for ln in compile_graph(g).launches for k in ln.kernel.chain()]
+
+
+def k_steps(k) -> int | str:
+    """K steps (or reduction chunks) one program runs, where the kernel has a loop."""
+    m, p = k.meta, k.problem
+    if "k" in p and "BK" in m:
+        return -(-m.get("KCHUNK", p["k"]) // m["BK"])
+    if "r" in p and "RBLOCK" in m:
+        return -(-m.get("RCHUNK", p["r"]) // m["RBLOCK"])
+    return ""
+
+
+def report_step(which: str, arch: int) -> None:
+    from avalon.codegen.triton.autotune import estimated_us
+    ks = step_kernels(which)
+    seen: dict[str, dict] = {}
+    rows = []
+    for k in ks:
+        if k.code not in seen:  # kernels equal but for their name share one compiled function
+            seen[k.code] = loop_stats(compile_for_target(k, arch).asm["ptx"])
+        rows.append((estimated_us(k), k, seen[k.code]))
+    rows.sort(key=lambda r: -r[0])
+    print(f"{which}: {len(ks)} launches, {len(seen)} distinct functions; ranked by the roofline guess")
+    print(f"{'kernel':<40} {'kind':<22} {'est us':>7} {'grid':<16} {'steps':>5} {'loop':>5} {'mma':>4} "
+          f"{'cp16':>4} {'cp4':>4}")
+    for us, k, s in rows:
+        print(f"{k.name[:40]:<40} {k.kind:<22} {us:>7.1f} {str(k.grid):<16} {k_steps(k):>5} {s['loop']:>5} "
+              f"{s['mma']:>4} {s['cp16']:>4} {s['cp4']:>4}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="gemm,conv")
+    ap.add_argument("--step", choices=sorted(STEPS))
     ap.add_argument("--arch", type=int, default=90)
     args = ap.parse_args()
+    if args.step:
+        report_step(args.step, args.arch)
+        return
     print(f"{'case':<44} {'kernel':<28} {'grid':<16} {'tiles':<22} {'loop':>5} {'mma':>5} {'cp16':>4} {'cp4':>4}")
     for name, g in cases(set(args.only.split(","))):
         cg = compile_graph(fuse(g, g.name))

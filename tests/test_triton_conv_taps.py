@@ -1,5 +1,5 @@
-"""Blocked taps: a convolution whose channels per tap are a multiple of 16 runs its contraction as
-(tap, channel) with the tap a per-tile scalar (`gemms._blocked`, `Gemm.kblock`). The bounds test
+"""Blocked taps: a convolution runs its contraction as (tap, channel) with the tap a per-tile
+scalar, its channels padded to a multiple of 16 (`gemms._kblock`, `Gemm.kblock`; padding masked). The bounds test
 of the image border and the tap's offset are then scalars or [BM, 1] columns, and each operand's
 address is a pointer tile made before the K loop plus a scalar: in the sm_90 PTX a ResNet 3x3
 conv's K step went from ~550 to ~180 instructions (`benchmarks/ptx_report.py`). Checked here
@@ -45,6 +45,9 @@ def blocked(k) -> bool:
     ("conv2d_grad_input", 24, 32, 1, 1, None),
     ("conv2d_grad_input", 16, 16, 2, 1, None),  # four stride phases of 1, 2, 2, 4 taps
     ("conv2d_grad_input", 16, 32, 2, 1, NHWC),
+    ("conv2d", 20, 24, 1, 1, None),  # LeNet's conv2: 20 channels padded to 32
+    ("conv2d_grad_input", 20, 50, 1, 1, None),  # its input gradient: 50 padded to 64
+    ("conv2d_grad_input", 8, 20, 2, 1, NHWC),  # padded, per stride phase, channels-last
 ], ids=lambda v: str(v))
 def test_blocked_taps_match_the_reference(kind, c, o, stride, groups, layout):
     g = taps_graph(kind, 2, c, o, (5, 6), stride, groups, layout)
@@ -53,23 +56,30 @@ def test_blocked_taps_match_the_reference(kind, c, o, stride, groups, layout):
     assert any(blocked(k) for k in chain), cg.kernels
     if stride == 2 and kind == "conv2d_grad_input":  # the phase of 4 taps is blocked, the 1-tap one need not be
         assert len(chain) == 4 and "kq = " in cg.kernels["fused_0"]
+    channels = o if kind == "conv2d_grad_input" else c // groups
+    assert ("mask_kc = " in cg.kernels["fused_0"]) == (channels % 16 != 0)
 
 
-def test_taps_stay_per_element_where_channels_are_not_a_multiple_of_16():
-    """LeNet's conv2 (20 channels), a 1x1 conv (no taps) and the weight gradient (taps on N) keep
-    the per-element form."""
-    for g in (taps_graph("conv2d", 2, 20, 16, (6, 6), 1), taps_graph("conv2d_grad_weight", 2, 16, 16, (5, 5), 1)):
+def test_taps_stay_per_element_where_padding_would_cost_too_much():
+    """An RGB image (3 channels would pad to 16), 8 channels (to 16) and the weight gradient (taps
+    on N) keep the per-element form."""
+    for g in (taps_graph("conv2d", 2, 3, 16, (6, 6), 1), taps_graph("conv2d_grad_input", 2, 16, 8, (6, 6), 1),
+              taps_graph("conv2d_grad_weight", 2, 16, 16, (5, 5), 1)):
         cg = check(g, blocks=SMALL, kind="contraction")
         assert not any(blocked(ln.kernel) for ln in cg.launches)
 
 
-def test_split_k_with_blocked_taps():
+@pytest.mark.parametrize("c", [64, 20])
+def test_split_k_with_blocked_taps(c):
     """A conv of few output tiles and a long K splits K; each chunk starts on a BK boundary, so its
-    tiles still lie in one tap each (the tap of `k_lo + k0`)."""
-    g = taps_graph("conv2d", 1, 64, 16, (3, 3), 1)
-    cg = check(g, blocks=SPLIT, kind="contraction", rng=np.random.default_rng(5))
+    tiles still lie in one tap each (the tap of `k_lo + k0`), and the last chunk's steps past K
+    (five chunks of 4 steps over 18, of 8 over 36) are masked off by a scalar tap test."""
+    g = taps_graph("conv2d", 1, c, 16, (3, 3), 1)
+    cg = check(g, blocks=SPLIT.replace(split_programs=5), kind="contraction", rng=np.random.default_rng(5))
     k = cg.launches[0].kernel
-    assert blocked(k) and k.then is not None and k.grid[2] > 1 and "(k_lo + k0) // 64" in k.source
+    steps, chunk = k.problem["k"] // k.meta["BK"], k.meta["KCHUNK"] // k.meta["BK"]
+    assert blocked(k) and k.then is not None and k.grid[2] > 1 and f"(k_lo + k0) // {k.problem['kblock']}" in k.source
+    assert steps % chunk and k.grid[2] * chunk > steps, (steps, chunk, k.grid)  # a ragged last chunk
 
 
 def test_tuner_times_the_per_element_form_beside_the_blocked_one(tmp_path, rng):

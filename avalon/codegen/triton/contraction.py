@@ -96,7 +96,7 @@ def build_contraction(group: Group, in_strides: Sequence[Sequence[int]], out_str
         if k is not None:
             return k
     if meta.get("SPLIT_K", 1) > 1:
-        k = _build_split(group, op, gemm, in_strides, out_strides, policy, meta, warps, stages)
+        k = _build_split(group, op, gemm, in_strides, out_strides, policy, meta, warps, stages, problem)
         if k is not None:
             return k
         meta = unsplit(meta)
@@ -218,14 +218,22 @@ def _dot_loop(em: Emitter, op: Op, gemm: Gemm, policy: BlockPolicy, v: Vars, spl
     if gemm.kblock:
         # blocked taps: this K tile lies in one tap, `kq` (a scalar), at channels kc = c0 + kr (c0
         # a scalar): an operand's address is a tile of pointers made before the loop plus scalars
-        c = gemm.kblock
-        kq = Affine.of(em.define_var("kq", f"({start}) // {c}", gemm.k // c)).scale(c)
+        # (channels padded to the block are masked off; BK divides K, but a split's last chunk may
+        # run past it: its taps are masked off by a scalar test)
+        c, padded = gemm.kblock, gemm.kvalid < gemm.kblock
+        kq = Affine.of(em.define_var("kq", f"({start}) // {c}", gemm.k // c, "mask_kq" if split else None)).scale(c)
+        if split:
+            em.line(f"mask_kq = kq + tl.zeros([1, 1], tl.int32) < {gemm.k // c}")  # a block: see `_tiles`
         c0 = Affine.of(em.define_var("c0", f"({start}) % {c}", c))
         em.scalars |= {"kq", "c0"}
-        v["ka"] = kq + Affine.of(em.define_var("kc", "c0 + kr", c))
-        v["kb"] = kq + Affine.of(em.define_var("kcb", "c0 + krb", c))
+        v["ka"] = kq + Affine.of(em.define_var("kc", "c0 + kr", c, "mask_kc" if padded else None))
+        v["kb"] = kq + Affine.of(em.define_var("kcb", "c0 + krb", c, "mask_kcb" if padded else None))
         em.expand.update(kc=c0 + kr, kcb=c0 + krb)
-        live_a, live_b = ("rm",), ("rn",)  # BK divides K: no lane past it
+        if padded:
+            em.line(f"mask_kc = kc < {gemm.kvalid}")
+            em.line(f"mask_kcb = kcb < {gemm.kvalid}")
+        live_a = ("rm",) + (("kc",) if padded else ()) + (("kq",) if split else ())
+        live_b = ("rn",) + (("kcb",) if padded else ()) + (("kq",) if split else ())
     else:
         v["ka"] = Affine.of(em.define_var("ka", f"{start} + tl.arange(0, BK)[None, :]", gemm.k, "mask_ka"))
         em.line(f"mask_ka = ka < {gemm.k}")
@@ -287,7 +295,7 @@ def _epilogue(em: Emitter, group: Group, op: Op, gemm: Gemm, v: Vars, out_stride
 
 def _build_split(group: Group, op: Op, gemm: Gemm, in_strides: Sequence[Sequence[int]],
                  out_strides: Sequence[Sequence[int]], policy: BlockPolicy, meta: dict[str, int], warps: int,
-                 stages: int) -> Kernel | None:
+                 stages: int, problem: dict[str, int]) -> Kernel | None:
     """Split-K: grid axis 2 runs SPLIT_K chunks of K, each storing its partial tile into the
     workspace `ws` [SPLIT_K, groups, m, n]; the epilogue function (`<name>_epilogue`, launched
     right after, `Kernel.then`) sums the splits in order and runs the group's other ops. None when
@@ -318,7 +326,6 @@ def _build_split(group: Group, op: Op, gemm: Gemm, in_strides: Sequence[Sequence
         return None  # one err layout per kernel; a gather around a split GEMM is not worth a second
     src, params = assemble(group, "contraction", em, _meta_names(meta), [o.dtype for o in group.outputs],
                            workspace=acc_d, also=[(f"{group.name}_epilogue", epi)])
-    problem = {"m": gemm.m, "n": gemm.n, "k": gemm.k, "groups": gemm.groups}
     then = Kernel(f"{group.name}_epilogue", "contraction_epilogue", src, params, meta, _grid(gemm, meta),
                   num_warps=warps, num_stages=1, problem=problem, workspace=splits * tile)
     return Kernel(group.name, "contraction", src, params, meta, _grid(gemm, meta, splits), num_warps=warps,

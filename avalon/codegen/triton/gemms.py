@@ -7,10 +7,10 @@ The index maps say where A, B and C's elements are in the op's real operands:
   (oh*s - p + kh*d, ...) guarded by the image bounds (zero padding), B the weight. A channels-last
   image takes its taps channel-first, k = (kh, kw, c) (`_taps`), so a K block reads consecutive
   addresses.
-  Blocked taps (`scalar_taps`, when the channels per tap are a multiple of 16): the taps run
-  outermost whatever the layout, and `Gemm.kblock` tells the emitter that a K tile of BK | C
-  channels lies in one tap, so the tap and its bounds test are per-tile scalars instead of
-  per-element arithmetic (`contraction._dot_loop`).
+  Blocked taps (`scalar_taps`, `_kblock`): the taps run outermost whatever the layout, each over
+  its channels padded to a multiple of 16 (`Gemm.kblock`; LeNet's 20 and 50 channels take 32 and
+  64, ResNet's none), and the emitter runs K tiles that lie in one tap, so the tap and its bounds
+  test are per-tile scalars instead of per-element arithmetic (`contraction._dot_loop`).
 * conv2d_grad_input: m = (n, h, w), k = (o, kh, kw), n = c; A is dy at ((h + p - kh*d) / s, ...)
   where that divides exactly and lands inside dy. Strided (no dilation): one GEMM per stride phase
   (`_conv2d_grad_input_phase`), over only the taps that reach that phase's pixels.
@@ -42,12 +42,16 @@ class Gemm:
     out: Callable[[Vars], Index]
     operands: tuple[int, int] = (0, 1)  # which of the op's operands A and B are
     kblock: int = 0  # K = (taps, kblock), channels fastest: a K tile of BK | kblock lies in one tap
+    kvalid: int = 0  # the real channels of a kblock (the rest of it is padding, masked off)
 
 
-def _blocked(channels: int, taps: int, scalar_taps: bool) -> bool:
-    """Run a convolution's K as (tap, channel) with per-tile scalar taps? Only with several taps and
-    channels a multiple of 16 (the smallest `tl.dot` K tile), so every BK the tuner tries fits."""
-    return scalar_taps and taps > 1 and channels % 16 == 0
+def _kblock(channels: int, taps: int, scalar_taps: bool) -> int:
+    """Channels per tap for blocked taps, padded to a multiple of 16 (the smallest `tl.dot` K tile,
+    so every BK the tuner tries fits), or 0: a single tap, or padding past 1.6x the channels (an
+    RGB image's 3 channels would be 16). A padded lane is a wasted multiply; a per-element tap costs
+    ~3x the instructions of a blocked K step (`benchmarks/ptx_report.py`), so a little padding pays."""
+    padded = -(-channels // 16) * 16
+    return padded if scalar_taps and taps > 1 and 5 * padded <= 8 * channels else 0
 
 
 def _plain(fn: Callable[[Vars], Index]) -> Operand:
@@ -82,17 +86,21 @@ def _image(shape: Sequence[int], fn: Callable[[Vars], Index]) -> Operand:
     return operand
 
 
-def _tap_major(image: Value, channels: int, taps: int, blocked: bool) -> bool:
-    return blocked or (image.type.strides()[1] == 1 and channels > 1 and taps > 1)
+def _tap_major(image: Value, channels: int, taps: int) -> bool:
+    return image.type.strides()[1] == 1 and channels > 1 and taps > 1
 
 
 def _taps(k: Affine, channels: int, kh: int, kw: int, image: Value,
-          blocked: bool = False) -> tuple[Affine, Affine, Affine]:
+          kblock: int = 0) -> tuple[Affine, Affine, Affine]:
     """(channel, kernel row, kernel column) of a contraction index over a convolution's taps. The
     channel runs fastest when `image` is stored channels-last (the `layout` pass), so BK
     consecutive taps are consecutive addresses (16-byte cp.async on a GPU instead of 4-byte
-    gathers), and with blocked taps (`_blocked`); else the kernel column does, as in row-major NCHW."""
-    if _tap_major(image, channels, kh * kw, blocked):
+    gathers), and with blocked taps (over `kblock` >= channels, `_kblock`); else the kernel column
+    does, as in row-major NCHW."""
+    if kblock:
+        ki, kj, kc = delinearize(k, (kh, kw, kblock))
+        return kc, ki, kj
+    if _tap_major(image, channels, kh * kw):
         ki, kj, kc = delinearize(k, (kh, kw, channels))
         return kc, ki, kj
     kc, ki, kj = delinearize(k, (channels, kh, kw))
@@ -100,7 +108,7 @@ def _taps(k: Affine, channels: int, kh: int, kw: int, image: Value,
 
 
 def _input_at(op: Op, x: Value, kh: int, kw: int, oh: int, ow: int,
-              blocked: bool = False) -> Callable[[Affine, Affine, Affine], Index]:
+              kblock: int = 0) -> Callable[[Affine, Affine, Affine], Index]:
     """(output pixel (n, oh, ow), tap, group) -> the element of the convolution's input `x` read
     there (before the image-bounds guard: `_image`)."""
     (sh, sw), (ph, pw), (dh, dw), g = _conv_attrs(op)
@@ -108,7 +116,7 @@ def _input_at(op: Op, x: Value, kh: int, kw: int, oh: int, ow: int,
 
     def at(pixel: Affine, tap: Affine, group: Affine) -> Index:
         bn, boh, bow = delinearize(pixel, (n, oh, ow))
-        kc, ki, kj = _taps(tap, cg, kh, kw, x, blocked)
+        kc, ki, kj = _taps(tap, cg, kh, kw, x, kblock)
         return (bn, group.scale(cg) + kc, boh.scale(sh) + ki.scale(dh) - ph, bow.scale(sw) + kj.scale(dw) - pw)
     return at
 
@@ -120,20 +128,20 @@ def _conv2d(op: Op, scalar_taps: bool = False) -> Gemm:
     g = _conv_attrs(op)[3]
     _, _, oh, ow = op.result.shape
     og = o // g
-    blocked = _blocked(cg, kh * kw, scalar_taps)
-    at = _input_at(op, x, kh, kw, oh, ow, blocked)
+    kb = _kblock(cg, kh * kw, scalar_taps)
+    at = _input_at(op, x, kh, kw, oh, ow, kb)
 
     def a(v: Vars) -> Index:
         return at(v["m"], v["ka"], v["g"])
 
     def b(v: Vars) -> Index:
-        return (v["g"].scale(og) + v["n"],) + _taps(v["kb"], cg, kh, kw, x, blocked)
+        return (v["g"].scale(og) + v["n"],) + _taps(v["kb"], cg, kh, kw, x, kb)
 
     def out(v: Vars) -> Index:
         bn, boh, bow = delinearize(v["m"], (n, oh, ow))
         return (bn, v["g"].scale(og) + v["n"], boh, bow)
 
-    return Gemm(g, n * oh * ow, og, cg * kh * kw, _image(x.shape, a), _plain(b), out, kblock=cg if blocked else 0)
+    return Gemm(g, n * oh * ow, og, (kb or cg) * kh * kw, _image(x.shape, a), _plain(b), out, kblock=kb, kvalid=cg)
 
 
 def _divides(em: Emitter, num: Affine, stride: int, size: int) -> tuple[Affine, Val | None]:
@@ -152,24 +160,24 @@ def _conv2d_grad_input(op: Op, scalar_taps: bool = False) -> Gemm:
     (sh, sw), (ph, pw), (dh, dw), g = _conv_attrs(op)
     _, _, oh, ow = dy.shape
     og = o // g
-    blocked = _blocked(og, kh * kw, scalar_taps)
+    kb = _kblock(og, kh * kw, scalar_taps)
 
     def a(em: Emitter, v: Vars):
         bn, bh, bw = delinearize(v["m"], (n, h, wd))
-        ko, ki, kj = _taps(v["ka"], og, kh, kw, dy, blocked)
+        ko, ki, kj = _taps(v["ka"], og, kh, kw, dy, kb)
         qh, gh = _divides(em, bh + ph - ki.scale(dh), sh, oh)
         qw, gw = _divides(em, bw + pw - kj.scale(dw), sw, ow)
         return (bn, v["g"].scale(og) + ko, qh, qw), em.both(gh, gw)
 
     def b(v: Vars) -> Index:
-        ko, ki, kj = _taps(v["kb"], og, kh, kw, dy, blocked)
+        ko, ki, kj = _taps(v["kb"], og, kh, kw, dy, kb)
         return (v["g"].scale(og) + ko, v["n"], ki, kj)
 
     def out(v: Vars) -> Index:
         bn, bh, bw = delinearize(v["m"], (n, h, wd))
         return (bn, v["g"].scale(cg) + v["n"], bh, bw)
 
-    return Gemm(g, n * h * wd, cg, og * kh * kw, a, _plain(b), out, kblock=og if blocked else 0)
+    return Gemm(g, n * h * wd, cg, (kb or og) * kh * kw, a, _plain(b), out, kblock=kb, kvalid=og)
 
 
 def grad_input_phases(op: Op) -> list[tuple[int, int]]:
@@ -199,11 +207,11 @@ def _conv2d_grad_input_phase(op: Op, ph: int, pw: int, scalar_taps: bool = False
     rh, rw = (ph + pad_h) % sh, (pw + pad_w) % sw
     nkh, nkw = max(0, cdiv(kh - rh, sh)), max(0, cdiv(kw - rw, sw))
     ch, cw = (ph + pad_h - rh) // sh, (pw + pad_w - rw) // sw
-    blocked = _blocked(og, nkh * nkw, scalar_taps)
+    kb = _kblock(og, nkh * nkw, scalar_taps)
 
     def taps(k: Affine) -> tuple[Affine, Affine, Affine]:  # (a phase no tap reaches has K = 0: no loop)
-        if _tap_major(dy, og, nkh * nkw, blocked):
-            jh, jw, ko = delinearize(k, (max(nkh, 1), max(nkw, 1), og))
+        if kb or _tap_major(dy, og, nkh * nkw):
+            jh, jw, ko = delinearize(k, (max(nkh, 1), max(nkw, 1), kb or og))
             return ko, jh, jw
         return delinearize(k, (og, max(nkh, 1), max(nkw, 1)))
 
@@ -221,7 +229,7 @@ def _conv2d_grad_input_phase(op: Op, ph: int, pw: int, scalar_taps: bool = False
         bn, bi, bj = delinearize(v["m"], (n, hp, wp))
         return (bn, v["g"].scale(cg) + v["n"], bi.scale(sh) + ph, bj.scale(sw) + pw)
 
-    return Gemm(g, n * hp * wp, cg, og * nkh * nkw, a, _plain(b), out, kblock=og if blocked else 0)
+    return Gemm(g, n * hp * wp, cg, (kb or og) * nkh * nkw, a, _plain(b), out, kblock=kb, kvalid=og)
 
 
 def _conv2d_grad_weight(op: Op, scalar_taps: bool = False) -> Gemm:
