@@ -38,6 +38,23 @@ def test_linear_with_transposed_weight_bias_relu_and_residual():
     assert src.count("tl.dot(") == 1 and src.count("tl.store(") == 1
 
 
+def test_linear_on_tokens_takes_bias_and_gelu_through_the_reshape():
+    """A Linear on [batch, tokens, features]: the matmul runs on [rows, features] and a reshape
+    (a row-major view: the same element under another index) leads to the bias and GELU. The
+    `fuse` pass makes it one contraction kernel whose epilogue writes both the pre-activation (the
+    backward's) and the activation, instead of a matmul kernel and a pointwise one re-reading it."""
+    from avalon.passes import PassManager
+    g, b, (x, w, bias) = graph(((2, 8, 24), "f32"), ((40, 24), "f32"), ((40,), "f32"))
+    y = b("matmul", b("reshape", x, shape=[16, 24]), b("transpose", w, perm=[1, 0]))
+    pre = b("add", b("reshape", y, shape=[2, 8, 40]), b("broadcast", bias, shape=[2, 8, 40]))
+    act = b("mul", pre, b("sigmoid", b("mul", pre, b("constant", value=1.702, shape=[2, 8, 40], dtype="f32"))))
+    g.set_outputs([pre, act])
+    PassManager.parse("fuse").run(g)
+    assert [op.name for op in g.ops] == ["fusion"], g
+    cg = check(g, fused=None, blocks=SMALL, kind="contraction")
+    assert cg.launches[0].kernel.kind == "contraction" and len(cg.launches) == 1
+
+
 @pytest.mark.parametrize("ta,tb", [(True, False), (False, True), (True, True)])
 def test_batched_matmul_with_transposed_operands(ta, tb):
     bsz, m, k, n = 3, 10, 7, 9

@@ -155,12 +155,14 @@ class Contraction(KernelKind):
         if any(g.computed(v) for v in c.operands):
             yield Issue(f"the operands of '{c.name}' must be group inputs (computed prologues are not fused)",
                         waste=True)
-        shape = c.results[0].shape
+        # elementwise on the result, or on a reshape of it (a row-major view: the same element under
+        # another index, as a Linear on [batch, tokens, features] reads its [rows, features] matmul)
+        n = c.results[0].type.numel
         for op in depends_on(g.ops, {c}):
-            if op is not c and (not has_trait(op, "elementwise") or op.results[0].shape != shape):
+            if op is not c and (op.name not in ("reshape",) and not has_trait(op, "elementwise")
+                                or op.results[0].type.numel != n):
                 yield Issue(f"'{op.name}' reads the '{c.name}' result at another index (epilogues are elementwise)")
                 break
-        n = c.results[0].type.numel
         for o in g.outputs:
             if o.type.numel != n:
                 yield Issue(f"output {o.type} of a '{c.name}' group must have one element per result element")
