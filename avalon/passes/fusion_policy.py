@@ -47,10 +47,13 @@ class Decision:
 
 def inlinable(op: Op) -> bool:
     """Cheap producers cloned into every group reading them: ops that select elements of their
-    operand and drop none (broadcasts, reshapes, transposes) and splat constants."""
+    operand (broadcasts, reshapes, transposes, slices) and splat constants. A slice read through
+    index math moves the bytes its consumer needs, no more; materialized, it is one more kernel
+    that writes them and another that reads them back (GPT's q, k and v, cut from one
+    projection)."""
     if is_splat_constant(op):
         return True
-    return has_trait(op, "selects") and op.results[0].type.numel >= op.operands[0].type.numel
+    return has_trait(op, "selects")
 
 
 class FusionGroup:
