@@ -42,6 +42,7 @@ from .fusion_policy import (
     register_policy,
 )
 from .registry import register
+from .remat import rematerialize
 from .target import Target
 
 log = get_logger("fusion")
@@ -433,16 +434,19 @@ class Fuse:
 
     `max_ops` bounds a region's size (-1: the target's `max_group_ops`); `fuel` performs only the
     first N fusions (-1: all), for bisecting a wrong fusion; `epilogue`/`reductions` let matmuls/convs
-    and reductions join groups; `policy` names a registered fusion policy (`register_policy`). The
-    pipeline's `target` says which groups its backend compiles as one kernel."""
+    and reductions join groups; `policy` names a registered fusion policy (`register_policy`);
+    `remat` recomputes cheap group results in the groups reading them instead of storing them
+    (`avalon.passes.remat`). The pipeline's `target` says which groups its backend compiles as one
+    kernel."""
 
     name = "fuse"
-    version = 1
+    version = 2  # 2: slices inlined, epilogues through reshapes, recompute instead of store
     max_ops: int = -1
     fuel: int = -1
     epilogue: bool = True
     reductions: bool = True
     policy: str = "default"
+    remat: bool = True
 
     def run(self, graph: Graph, target: Target | None = None) -> bool:
         try:
@@ -454,7 +458,8 @@ class Fuse:
         max_ops = self.max_ops if self.max_ops >= 0 else pol.target.max_group_ops
         seeded = outline_seed_groups(graph, pol, max_ops, self.fuel)
         fuel = self.fuel if self.fuel < 0 else self.fuel - seeded
-        return _Fuser(graph, pol, max_ops, fuel).run() or seeded > 0
+        changed = _Fuser(graph, pol, max_ops, fuel).run() or seeded > 0
+        return (rematerialize(graph, pol, max_ops) > 0 if self.remat else False) or changed
 
 
 def outline_seed_groups(graph: Graph, policy: FusionPolicy, max_ops: int, fuel: int) -> int:
