@@ -1,7 +1,7 @@
 """Every autotuning candidate of each tunable kernel kind (contraction with split-K, TMA and
-blocked-tap forms, reduction with persistent and looped forms, attention, pointwise) compiles to
-PTX for an H100 (sm_90) on this GPU-less machine: a GPU session must not lose its minutes to a
-candidate the real compiler refuses. The tuner runs with a "timer" that compiles instead of timing
+blocked-tap forms, reduction with persistent and looped forms, attention forward and backward,
+pointwise) compiles to PTX for an H100 (sm_90) on this GPU-less machine: a GPU session must not
+lose its minutes to a candidate the real compiler refuses. The tuner runs with a "timer" that compiles instead of timing
 (subprocess: TRITON_INTERPRET is read at `@triton.jit`)."""
 import json
 import os
@@ -61,6 +61,8 @@ SCRIPT = textwrap.dedent('''
     graphs.append(g)
     q = np.zeros((2, 4, 256, 64), np.float16)
     graphs.append(av.trace(lambda q, k, v: sdpa(q, k, v, is_causal=True), q, q, q))
+    graphs.append(av.trace(av.value_and_grad(lambda q, k, v: av.ops.sum(sdpa(q, k, v, is_causal=True)),
+                                             argnums=(0, 1, 2)), q, q, q))  # and the backward kernel
     for g in graphs:
         PassManager.parse(DEFAULT_PIPELINE, target=TRITON).run(g)
         compile_graph(g, tuner=Tuner(ptx_timer, force=True, device="sm_90 (aot)"))
@@ -76,7 +78,7 @@ def test_every_candidate_config_compiles_for_sm90(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     kinds = {r["kind"] for r in results}
-    assert kinds == {"contraction", "reduction", "attention", "pointwise"}, kinds
+    assert kinds >= {"contraction", "reduction", "attention", "attention_bwd", "pointwise"}, kinds
     configs = [r["config"] for r in results if r["kind"] == "contraction"]
     assert any("TMA=1" in c for c in configs) and any("SPLIT_K=" in c for c in configs), configs
     assert any("TAPS=1" in c for c in configs), configs

@@ -191,3 +191,34 @@ def test_the_max_tie_term_is_kept_where_it_is_not_provably_zero(rng):
     got = compile_graph(g, blocks=BLOCKS)(q, k, v, w)
     for x, y in zip(got, want):
         np.testing.assert_allclose(to_numpy(x), y, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["causal", "none"])
+def test_the_backward_is_tuned_and_any_tile_shape_gives_the_gradients(mode, rng, tmp_path, monkeypatch):
+    """The backward kernel is a tunable kind: its candidates (BM x BN, warps, stages) are timed like
+    the forward's, and the winner, here 16 x 32 tiles (the causal walk then starts mid key block),
+    computes the reference's gradients."""
+    import avalon.codegen.triton.autotune as at
+    from avalon.codegen.triton import KernelCache
+    args = _inputs(rng, mode)
+    g = av.trace(av.value_and_grad(_loss(mode), argnums=(0, 1, 2)), *args)
+    want = av.interpret(g, *args)
+    PassManager.parse(DEFAULT_PIPELINE, target=TRITON).run(g)
+    cache = KernelCache(tmp_path)
+    bwd = next(ln.kernel for ln in compile_graph(g, blocks=BLOCKS, cache=cache).launches
+               if ln.kernel.kind == "attention_bwd")
+    cands = at.candidates(bwd)
+    assert len(cands) >= 4 and any(c.blocks["BM"] != c.blocks["BN"] for c in cands)
+    pick = at.KernelConfig.of(dict(BM=16, BN=32, BE=bwd.meta["BE"], BV=bwd.meta["BV"]), 4, 2)
+    own = at.CANDIDATES["attention_bwd"]
+    monkeypatch.setitem(at.CANDIDATES, "attention_bwd", lambda k: own(k) + [pick])
+
+    def timer(k, make_args):
+        make_args()
+        return 0.1 if at.config_of(k) == pick else 1.0
+
+    cg = compile_graph(g, blocks=BLOCKS, cache=cache, tuner=at.Tuner(timer, force=True, device="test-gpu"))
+    k = next(ln.kernel for ln in cg.launches if ln.kernel.kind == "attention_bwd")
+    assert at.config_of(k) == pick and k.grid[0] == 4 and cg.tuning[k.name]["config"] == pick.label
+    for x, y in zip(cg(*args), want):
+        np.testing.assert_allclose(to_numpy(x), y, rtol=2e-4, atol=2e-4)

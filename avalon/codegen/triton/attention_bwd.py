@@ -24,7 +24,7 @@ from avalon.passes.attention_bwd import AttentionBwd
 
 from . import types as ty
 from .attention import attention_blocks
-from .blocks import BlockPolicy, cdiv
+from .blocks import BlockPolicy, KernelConfig, cdiv
 from .contraction import _operand
 from .emitter import Emitter, Unsupported, Val
 from .gemms import _matmul
@@ -43,7 +43,9 @@ def _is_causal(m) -> bool:
 
 
 def build_attention_bwd(group: Group, in_strides: Sequence[Sequence[int]], out_strides: Sequence[Sequence[int]],
-                        policy: BlockPolicy) -> Kernel:
+                        policy: BlockPolicy, config: KernelConfig | None = None) -> Kernel:
+    """`config`: the autotuner's candidate (BM x BN tiles, warps, stages); any BM and BN work, the
+    causal walk starts at the key block's first query block."""
     m = AttentionBwd._match(group.kernel_group())
     if isinstance(m, str):
         raise Unsupported(m)
@@ -151,12 +153,13 @@ def build_attention_bwd(group: Group, in_strides: Sequence[Sequence[int]], out_s
         em.store(f"out{j}", out_strides[j], o.shape, idx, Val("acc_dq", o.dtype, em.scope,
                                                                frozenset({"rm", "re"}) | gdeps), o.dtype, ["rm", "re"])
         em.close()
-    meta = attention_blocks(policy, L, S, E, Ev)
+    meta = config.blocks if config else attention_blocks(policy, L, S, E, Ev)
     src, params = assemble(group, "attention_bwd", em, ["BM", "BN", "BE", "BV"], [o.dtype for o in group.outputs])
     grid = (max(cdiv(L, meta["BM"]), cdiv(S, meta["BN"])) if L and S else 0, G)
-    warps = 1 if policy.interpret else 8
-    return Kernel(group.name, "attention_bwd", src, params, meta, grid, num_warps=warps,
-                  num_stages=1 if policy.interpret else 2)
+    warps = config.num_warps if config else 1 if policy.interpret else 8
+    stages = config.num_stages if config else 1 if policy.interpret else 2
+    return Kernel(group.name, "attention_bwd", src, params, meta, grid, num_warps=warps, num_stages=stages,
+                  problem={"l": L, "s": S, "e": E, "ev": Ev})
 
 
 __all__ = ["build_attention_bwd", "match"]

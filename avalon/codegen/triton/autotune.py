@@ -1,5 +1,6 @@
-"""The autotuner: a few candidate launch configs per contraction, attention, reduction and pointwise kernel,
-timed on the device once per (kernel, shape, device); the winner is kept in the kernel cache.
+"""The autotuner: a few candidate launch configs per contraction, attention (forward and backward),
+reduction and pointwise kernel, timed on the device once per (kernel, shape, device); the winner
+is kept in the kernel cache.
 
 Why not `@triton.autotune`: it re-times in every process (a cold first step pays it again), it
 fails in the interpreter with more than one config, and its choice is invisible. Here the emitter is
@@ -37,8 +38,8 @@ from .kernel import Kernel
 
 log = get_logger("autotune")
 
-TUNABLE = ("contraction", "attention", "reduction", "pointwise")
-CANDIDATES_VERSION = "4"  # bump when the candidate sets change: stored winners are then re-timed
+TUNABLE = ("contraction", "attention", "attention_bwd", "reduction", "pointwise")
+CANDIDATES_VERSION = "5"  # bump when the candidate sets change: stored winners are then re-timed
 
 MakeArgs = Callable[[], list]  # the kernel's argument tensors (made once per tuned kernel, on demand)
 Timer = Callable[[Kernel, MakeArgs], float]  # milliseconds of one launch of `kernel`
@@ -87,6 +88,17 @@ def attention_candidates(k: Kernel) -> list[KernelConfig]:
             for bm, bn, w, s in table]
 
 
+def attention_bwd_candidates(k: Kernel) -> list[KernelConfig]:
+    """The backward's BM query x BN key tiles: it holds dK and dV accumulators for its key block
+    and recomputes P and dS per tile, so smaller tiles than the forward's are in the set."""
+    p = k.problem
+    fixed = {"BE": k.meta["BE"], "BV": k.meta["BV"]}
+    table = [(128, 64, 8, 2), (64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 8, 2), (128, 128, 8, 2), (32, 64, 4, 3),
+             (64, 32, 4, 3)]
+    return [KernelConfig.of({"BM": _tile(p["l"], bm), "BN": _tile(p["s"], bn), **fixed}, w, s)
+            for bm, bn, w, s in table]
+
+
 def reduction_candidates(k: Kernel) -> list[KernelConfig]:
     x, r = k.problem["x"], k.problem["r"]
     rp = next_pow2(max(r, 1))
@@ -111,8 +123,8 @@ def pointwise_candidates(k: Kernel) -> list[KernelConfig]:
 
 
 CANDIDATES: dict[str, Callable[[Kernel], list[KernelConfig]]] = {
-    "contraction": contraction_candidates, "attention": attention_candidates, "reduction": reduction_candidates,
-    "pointwise": pointwise_candidates}
+    "contraction": contraction_candidates, "attention": attention_candidates,
+    "attention_bwd": attention_bwd_candidates, "reduction": reduction_candidates, "pointwise": pointwise_candidates}
 
 
 def config_of(k: Kernel) -> KernelConfig:
@@ -143,6 +155,8 @@ def estimated_us(k: Kernel) -> float:
         flops = 2.0 * p.get("m", p.get("rows", 0)) * p.get("n", 0) * p.get("k", 0) * p.get("groups", 1)
     elif k.kind == "attention":
         flops = 2.0 * (k.grid[1] if len(k.grid) > 1 else 1) * p["l"] * p["s"] * (p["e"] + p["ev"])
+    elif k.kind == "attention_bwd":  # S = QK^T and dP = dO V^T per phase, dV, dK, dQ
+        flops = 2.0 * (k.grid[1] if len(k.grid) > 1 else 1) * p["l"] * p["s"] * (4 * p["e"] + 3 * p["ev"])
     nbytes = float(p["bytes"]) if "bytes" in p else 4.0 * p.get("x", 0) * p.get("r", 0)
     return max(flops / 200e12, nbytes / 3e12) * 1e6
 
