@@ -65,6 +65,19 @@ def _run(mode, rng, **shape):
     return g, cg, to_numpy(cg(*args)[0]), want
 
 
+def loop_body(src: str, header: str) -> str:
+    """The lines of the loop opened by `header` in kernel source (AssertionError if absent)."""
+    lines = src.splitlines()
+    i = next(i for i, ln in enumerate(lines) if ln.strip() == header + ":")
+    indent = len(lines[i]) - len(lines[i].lstrip())
+    body = []
+    for ln in lines[i + 1:]:
+        if ln.strip() and len(ln) - len(ln.lstrip()) <= indent:
+            break
+        body.append(ln)
+    return "\n".join(body)
+
+
 @pytest.mark.parametrize("mode", ["none", "causal", "bool", "float", "dropout"])
 def test_attention_is_one_flash_kernel_matching_the_reference(mode, rng):
     g, cg, got, want = _run(mode, rng)
@@ -74,9 +87,13 @@ def test_attention_is_one_flash_kernel_matching_the_reference(mode, rng):
     (launch,) = cg.launches
     k = launch.kernel
     assert k.kind == "attention" and k.grid == (2, 2) and k.meta["BN"] == 32  # 2 query blocks x B*H
-    loop = ("for n0 in range(0, tl.minimum((tl.program_id(0) + 1) * BM, 64), BN)"  # stops at the diagonal
-            if mode in ("causal", "dropout") else "for n0 in range(0, 64, BN)")
-    assert loop in k.source and k.source.count("tl.store(") == 1
+    if mode in ("causal", "dropout"):  # below the diagonal without the mask, then up to it with it
+        below = "for n0 in range(0, (tl.program_id(0) * BM // BN) * BN, BN)"
+        diag = "for n0 in range((tl.program_id(0) * BM // BN) * BN, tl.minimum((tl.program_id(0) + 1) * BM, 64), BN)"
+        assert "iota" not in loop_body(k.source, below) and "iota" in loop_body(k.source, diag)
+    else:
+        assert "for n0 in range(0, 64, BN)" in k.source
+    assert k.source.count("tl.store(") == 1
     assert not cg.fallbacks
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     if mode == "dropout":  # the dropped probabilities really change the result
@@ -108,7 +125,7 @@ def test_numpy_target_fuses_as_before(rng):
     """The default target lists no attention kind: the same groups as without it."""
     g = _optimize(av.trace(_fn("causal"), *_inputs(rng, "causal")), target=None)
     assert [op.attrs.get("name", op.name) for op in g.ops] == [
-        "fused_matmul_mul_0", "fused_iota_sub_le_logical_not_where_1", "matmul"]
+        "fused_matmul_mul_0", "fused_where_max_sub_exp_sum_1", "matmul"]  # (the causal mask is cloned in)
 
 
 def test_training_graph_that_reads_the_probabilities_says_why(rng, caplog):
@@ -141,3 +158,26 @@ def test_policy_says_why_a_group_is_not_attention(rng):
     assert kind.name == "attention" and not kind
     assert "L x S probabilities would have to be stored" in kind.reason
     assert TRITON.classify(KernelGroup.of(ops, [ops[-1].result])).ok
+
+
+def test_a_causal_mask_shared_by_layers_stays_index_math_in_each_kernel(rng):
+    """Two causal layers (forward and backward) share one traced mask after CSE. Index math over
+    iotas is cloned into every group that reads it (`fusion_policy.generated`), so no kernel
+    materializes the [L, S] mask and every attention kernel still sees the causal pattern (and
+    skips the blocks above the diagonal); a shared mask used to be a tensor the kernels read."""
+    q, k, v = _inputs(rng, "causal")
+
+    def loss(q, k, v):
+        o = sdpa(sdpa(q, k, v, is_causal=True), k, v, is_causal=True)
+        return (o * o).sum()
+
+    g = av.trace(av.value_and_grad(loss, argnums=(0, 1, 2)), q, k, v)
+    want = av.interpret(g, q, k, v)
+    _optimize(g)
+    cg = compile_graph(g, blocks=BLOCKS)
+    att = [ln.kernel for ln in cg.launches if ln.kernel.kind.startswith("attention")]
+    assert [k.kind for k in att].count("attention") == 2 and [k.kind for k in att].count("attention_bwd") == 2
+    assert all("tl.minimum(" in k.source for k in att)  # the causal walks stop at the diagonal
+    assert not [ln.kernel.name for ln in cg.launches if "iota" in ln.kernel.name]
+    for x, y in zip(cg(q, k, v), want):
+        np.testing.assert_allclose(to_numpy(x), y, rtol=2e-4, atol=2e-4)

@@ -23,6 +23,7 @@ fusion can be found by bisection: the last `fusing` line of a failing fuel value
 """
 from __future__ import annotations
 
+import heapq
 import logging
 import re
 from collections.abc import Callable
@@ -491,7 +492,39 @@ def outline_seed_groups(graph: Graph, policy: FusionPolicy, max_ops: int, fuel: 
                 op.erase()
         log.debug("group @%s (%s): %s", name, d.reason, names)
         done += 1
+    if done:
+        _schedule(graph.body)
     return done
+
+
+def _schedule(block) -> None:
+    """Restore def-before-use after outlining whole patterns: a pattern goes where its last member
+    was, and an op between its members that reads one of its values (two causal layers' backward:
+    the gradients of K summed between the layers' kernels) must move after it. A stable
+    topological order: ops keep their order unless a producer comes later."""
+    ops = list(block.ops)
+    pos = {op: i for i, op in enumerate(ops)}
+    producers = {op: {v.op for v in op.operands if v.op in pos and v.op is not op} for op in ops}
+    if all(pos[p] < pos[op] for op in ops for p in producers[op]):
+        return
+    users: dict[Op, list[Op]] = {op: [] for op in ops}
+    waiting = {op: len(producers[op]) for op in ops}
+    for op in ops:
+        for p in producers[op]:
+            users[p].append(op)
+    ready = [pos[op] for op in ops if not waiting[op]]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        op = ops[heapq.heappop(ready)]
+        order.append(op)
+        for u in users[op]:
+            waiting[u] -= 1
+            if not waiting[u]:
+                heapq.heappush(ready, pos[u])
+    if len(order) != len(ops):
+        raise ValueError("fuse: outlined groups form a cycle")  # the patterns' own check failed
+    block.reorder(order)
 
 
 __all__ = ["Decision", "Fuse", "FusionGroup", "FusionPolicy", "outline_seed_groups", "register_policy", "set_policy"]

@@ -47,13 +47,27 @@ class Decision:
 
 def inlinable(op: Op) -> bool:
     """Cheap producers cloned into every group reading them: ops that select elements of their
-    operand (broadcasts, reshapes, transposes, slices) and splat constants. A slice read through
+    operand (broadcasts, reshapes, transposes, slices), splat constants and index math over iotas
+    (`generated`). A slice read through
     index math moves the bytes its consumer needs, no more; materialized, it is one more kernel
     that writes them and another that reads them back (GPT's q, k and v, cut from one
     projection)."""
     if is_splat_constant(op):
         return True
-    return has_trait(op, "selects")
+    return has_trait(op, "selects") or generated(op)
+
+
+def generated(op: Op, depth: int = 8) -> bool:
+    """Computed from nothing but iotas and splat constants (a causal mask: `not(j - i <= 0)`): index
+    math any kernel recomputes for free. Materialized, GPT's [T, T] mask was one more kernel, and the
+    attention kernels read it as a tensor instead of recognizing the causal pattern (which skips
+    the blocks above the diagonal)."""
+    if op.name == "iota" or is_splat_constant(op):
+        return True
+    if depth == 0 or op.regions or has_trait(op, "random") or not (
+            has_trait(op, "elementwise") or has_trait(op, "selects")):
+        return False
+    return all(v.op is not None and generated(v.op, depth - 1) for v in op.operands)
 
 
 class FusionGroup:
