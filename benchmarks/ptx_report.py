@@ -9,9 +9,10 @@ the kernel is issue-bound, whatever its tiles. Per kernel of a few representativ
 (ResNet's 3x3 conv forward and both gradients, NCHW and NHWC, and a plain GEMM), compiled with the
 GPU block policy through `aot.compile_for_target`, this prints:
 
-* `loop`: PTX instructions in the innermost loop (one K step; comments, labels and `.loc` lines
-  left out). The 4096^3 f16 GEMM's is the yardstick (~70);
-* `mma`: tensor-core instructions in it (Hopper's `wgmma`, or `mma.sync` for tiles under 64
+* `loop`: PTX instructions in each innermost loop (one K step; comments, labels and `.loc` lines
+  left out; a causal attention kernel has two loops a phase, below and on the diagonal). The
+  4096^3 f16 GEMM's is the yardstick (~70);
+* `mma`: tensor-core instructions in the longest (Hopper's `wgmma`, or `mma.sync` for tiles under 64
   rows); `cp16` / `cp4`: 16-byte and 4-byte `cp.async` copies into shared memory per K step and
   thread (4-byte ones are gathers: an address and a predicate each);
 * grid, tiles and K steps per program.
@@ -42,19 +43,23 @@ from avalon.ir import Builder, Graph, TensorType  # noqa: E402
 NHWC = (0, 2, 3, 1)
 
 
-def loop_stats(ptx: str) -> dict[str, int]:
-    """Counts over the innermost loop of `ptx` (the last loop header; a K loop has no inner loop)."""
+def loop_stats(ptx: str) -> dict:
+    """Counts over each innermost loop of `ptx` (a K loop has no inner loop): `loops`, the
+    instruction count of every loop in source order (a causal attention kernel has one below the
+    diagonal and one on it, per phase), and the copy and tensor-core counts of the longest."""
     lines = ptx.splitlines()
-    heads = [i for i, ln in enumerate(lines) if "Inner Loop Header" in ln]
-    if not heads:
-        return {"loop": 0, "mma": 0, "cp16": 0, "cp4": 0}
-    start = heads[-1]
-    end = next(i for i in range(start + 1, len(lines)) if re.search(r"\bbra(\.uni)?\s+\$L__BB\d+_\d+;", lines[i]))
-    body = [ln.strip() for ln in lines[start:end]]
-    body = [ln for ln in body if ln and not ln.startswith(("//", ".loc", "$", "{", "}"))]
-    return {"loop": len(body), "mma": sum(ln.startswith(("wgmma.mma_async", "mma.sync")) for ln in body),
-            "cp16": sum(ln.startswith("cp.async") and ", 0x10," in ln for ln in body),
-            "cp4": sum(ln.startswith("cp.async") and ", 0x4," in ln for ln in body)}
+    found = []
+    for start in [i for i, ln in enumerate(lines) if "Inner Loop Header" in ln]:
+        end = next(i for i in range(start + 1, len(lines)) if re.search(r"\bbra(\.uni)?\s+\$L__BB\d+_\d+;", lines[i]))
+        body = [ln.strip() for ln in lines[start:end]]
+        body = [ln for ln in body if ln and not ln.startswith(("//", ".loc", "$", "{", "}"))]
+        found.append({"loop": len(body), "mma": sum(ln.startswith(("wgmma.mma_async", "mma.sync")) for ln in body),
+                      "cp16": sum(ln.startswith("cp.async") and ", 0x10," in ln for ln in body),
+                      "cp4": sum(ln.startswith("cp.async") and ", 0x4," in ln for ln in body)})
+    if not found:
+        return {"loop": 0, "loops": "0", "mma": 0, "cp16": 0, "cp4": 0}
+    top = max(found, key=lambda f: f["loop"])
+    return {**top, "loops": "/".join(str(f["loop"]) for f in found)}
 
 
 def _conv_graph(op: str, n: int, c: int, hw: int, stride: int, layout: tuple | None) -> Graph:
@@ -140,10 +145,10 @@ def report_step(which: str, arch: int) -> None:
         rows.append((estimated_us(k), k, seen[k.code]))
     rows.sort(key=lambda r: -r[0])
     print(f"{which}: {len(ks)} launches, {len(seen)} distinct functions; ranked by the roofline guess")
-    print(f"{'kernel':<40} {'kind':<22} {'est us':>7} {'grid':<16} {'steps':>5} {'loop':>5} {'mma':>4} "
+    print(f"{'kernel':<40} {'kind':<22} {'est us':>7} {'grid':<16} {'steps':>5} {'loop':>15} {'mma':>4} "
           f"{'cp16':>4} {'cp4':>4}")
     for us, k, s in rows:
-        print(f"{k.name[:40]:<40} {k.kind:<22} {us:>7.1f} {str(k.grid):<16} {k_steps(k):>5} {s['loop']:>5} "
+        print(f"{k.name[:40]:<40} {k.kind:<22} {us:>7.1f} {str(k.grid):<16} {k_steps(k):>5} {s['loops']:>15} "
               f"{s['mma']:>4} {s['cp16']:>4} {s['cp4']:>4}", flush=True)
 
 
@@ -163,7 +168,7 @@ def main() -> None:
         while k is not None:
             s = loop_stats(compile_for_target(k, args.arch).asm["ptx"])
             tiles = " ".join(f"{m}={k.meta[m]}" for m in ("BM", "BN", "BK", "SPLIT_K") if m in k.meta)
-            print(f"{name:<44} {k.name:<28} {str(k.grid):<16} {tiles:<22} {s['loop']:>5} {s['mma']:>5} "
+            print(f"{name:<44} {k.name:<28} {str(k.grid):<16} {tiles:<22} {s['loops']:>5} {s['mma']:>5} "
                   f"{s['cp16']:>4} {s['cp4']:>4}", flush=True)
             name, k = "", k.then
 

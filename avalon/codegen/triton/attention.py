@@ -85,31 +85,47 @@ def build_attention(group: Group, in_strides: Sequence[Sequence[int]], out_strid
     em.line(f"m_i = tl.full([BM, 1], float('-inf'), {ft})")
     em.line(f"l_i = tl.zeros([BM, 1], {ft})")
     em.line(f"acc = tl.zeros([BM, BV], {ft})")
-    hi = f"tl.minimum((tl.program_id(0) + 1) * BM, {S})" if causal(m) else str(S)
-    em.open(f"for n0 in range(0, {hi}, BN):")
-    rn = Affine.of(em.define_var("rn", "n0 + tl.arange(0, BN)[None, :]", S, "mask_n"))
-    em.line(f"mask_n = rn < {S}")
-    rk = Affine.of(em.define_var("rk", "n0 + tl.arange(0, BN)[:, None]", S, "mask_k"))
-    em.line(f"mask_k = rk < {S}")
-    kt = _operand(em, qk.operands[1], "kt", g1.b, {"g": g, "kb": rek, "n": rn}, ("rek", "rn"))
-    em.line(f"qk = tl.dot({q}, {kt}{prec}).to({ft})")
-    idx = g1.out({"g": g, "m": rm, "n": rn})
-    deps = frozenset({"rm", "rn"}) | gdeps
-    em.overrides[(id(qk.result), index_key(idx))] = Val("qk", qk.result.dtype, em.scope, deps)
-    s = em.value(m.scores, idx)
-    em.line(f"s = tl.where(mask_n, ({s.expr}).to({ft}), float('-inf'))")
-    em.line("m_new = tl.maximum(m_i, tl.max(s, 1)[:, None])")
-    em.line("m_safe = tl.where(m_new == float('-inf'), 0.0, m_new)")
-    em.line("alpha = tl.exp(m_i - m_safe)")
-    em.line("p = tl.exp(s - m_safe)")
-    em.line("l_i = l_i * alpha + tl.sum(p, 1)[:, None]")
-    em.line("m_i = m_new")
-    em.overrides[(id(m.div.result), index_key(idx))] = Val("p", m.div.result.dtype, em.scope, deps)
-    pd = em.value(pv.operands[0], idx)
-    p_in = f"({pd.expr}).to({ty.tl_type(res.dtype)})" if half else f"({pd.expr}).to({ft})"
-    vt = _operand(em, pv.operands[1], "vt", g2.b, {"g": g, "kb": rk, "n": rv}, ("rk", "rv"))
-    em.line(f"acc = acc * alpha + tl.dot({p_in}, {vt}{prec}).to({ft})")
-    em.close()
+
+    def key_loop(lo: str, hi: str, below_diagonal: bool) -> None:
+        """The online softmax over key blocks [lo, hi). Below the diagonal (causal, every key of
+        the block before the query block's first row) the mask is all false: the scores are read
+        without it, which saves its per-element index math (TorchInductor and the Triton tutorial
+        split the loop the same way)."""
+        em.open(f"for n0 in range({lo}, {hi}, BN):")
+        rn = Affine.of(em.define_var("rn", "n0 + tl.arange(0, BN)[None, :]", S, "mask_n"))
+        em.line(f"mask_n = rn < {S}")
+        rk = Affine.of(em.define_var("rk", "n0 + tl.arange(0, BN)[:, None]", S, "mask_k"))
+        em.line(f"mask_k = rk < {S}")
+        kt = _operand(em, qk.operands[1], "kt", g1.b, {"g": g, "kb": rek, "n": rn}, ("rek", "rn"))
+        em.line(f"qk = tl.dot({q}, {kt}{prec}).to({ft})")
+        idx = g1.out({"g": g, "m": rm, "n": rn})
+        deps = frozenset({"rm", "rn"}) | gdeps
+        em.overrides[(id(qk.result), index_key(idx))] = Val("qk", qk.result.dtype, em.scope, deps)
+        if below_diagonal:  # where(key > query, -inf, x) is x here
+            em.overrides[(id(m.scores), index_key(idx))] = em.value(m.scores.op.operands[2], idx)
+        else:
+            em.overrides.pop((id(m.scores), index_key(idx)), None)
+        s = em.value(m.scores, idx)
+        em.line(f"s = tl.where(mask_n, ({s.expr}).to({ft}), float('-inf'))")
+        em.line("m_new = tl.maximum(m_i, tl.max(s, 1)[:, None])")
+        em.line("m_safe = tl.where(m_new == float('-inf'), 0.0, m_new)")
+        em.line("alpha = tl.exp(m_i - m_safe)")
+        em.line("p = tl.exp(s - m_safe)")
+        em.line("l_i = l_i * alpha + tl.sum(p, 1)[:, None]")
+        em.line("m_i = m_new")
+        em.overrides[(id(m.div.result), index_key(idx))] = Val("p", m.div.result.dtype, em.scope, deps)
+        pd = em.value(pv.operands[0], idx)
+        p_in = f"({pd.expr}).to({ty.tl_type(res.dtype)})" if half else f"({pd.expr}).to({ft})"
+        vt = _operand(em, pv.operands[1], "vt", g2.b, {"g": g, "kb": rk, "n": rv}, ("rk", "rv"))
+        em.line(f"acc = acc * alpha + tl.dot({p_in}, {vt}{prec}).to({ft})")
+        em.close()
+
+    if causal(m):
+        diagonal = "(tl.program_id(0) * BM // BN) * BN"  # key blocks before it lie below the diagonal
+        key_loop("0", diagonal, True)
+        key_loop(diagonal, f"tl.minimum((tl.program_id(0) + 1) * BM, {S})", False)
+    else:
+        key_loop("0", str(S), False)
     em.line("out = acc / l_i")
     out_idx = g2.out({"g": g, "m": rm, "n": rv})
     out = Val("out", res.dtype, em.scope, frozenset({"rm", "rv"}) | gdeps)

@@ -81,10 +81,15 @@ def build_attention_bwd(group: Group, in_strides: Sequence[Sequence[int]], out_s
     g1, gp, gq, gk, gv = _matmul(qk), _matmul(dp), _matmul(m.dq), _matmul(m.dk), _matmul(m.dv)
     deps = frozenset({"rm", "rn"}) | gdeps
 
-    def tile(rm: Affine, rn: Affine) -> tuple[str, str, str]:
-        """Recompute P and dS at (rows rm, keys rn); returns (p, ds, do) tile names."""
+    def tile(rm: Affine, rn: Affine, below_diagonal: bool = False) -> tuple[str, str, str]:
+        """Recompute P and dS at (rows rm, keys rn); returns (p, ds, do) tile names. Below the
+        diagonal (causal; every key of the tile at or before every row) the scores are read without
+        the mask, which is all false there (the forward splits its loop the same way)."""
         # the other loop's P tile is not in scope here (compiled Triton scopes the `if` blocks)
-        em.overrides.pop((id(m.div.result), index_key(g1.out({"g": g, "m": rm, "n": rn}))), None)
+        key = index_key(g1.out({"g": g, "m": rm, "n": rn}))
+        em.overrides.pop((id(m.div.result), key), None)
+        em.overrides.pop((id(m.scores), key), None)
+        em.overrides.pop((id(m.scores.op.operands[0]), key), None)
         q = _operand(em, qk.operands[0], "q", g1.a, {"g": g, "m": rm, "ka": fixed["re"]}, ("rm", "re"))
         kt = _operand(em, qk.operands[1], "kt", g1.b, {"g": g, "kb": fixed["rek"], "n": rn}, ("rek", "rn"))
         em.line(f"qk = tl.dot({q}, {kt}{prec}).to({ft})")
@@ -94,6 +99,10 @@ def build_attention_bwd(group: Group, in_strides: Sequence[Sequence[int]], out_s
         idx = g1.out({"g": g, "m": rm, "n": rn})
         em.overrides[(id(qk.result), index_key(idx))] = Val("qk", qk.result.dtype, em.scope, deps)
         em.overrides[(id(dp.result), index_key(idx))] = Val("dp", dp.result.dtype, em.scope, deps)
+        if below_diagonal:  # (after the qk override: the unmasked scores read this tile's qk)
+            em.overrides[(id(m.scores), key)] = em.value(m.scores.op.operands[2], idx)
+            # dS's where(mask, 0, ...) (the where's derivative) reads the same mask: false here
+            em.overrides[(id(m.scores.op.operands[0]), key)] = Val("False", dt.bool_, em.scope)
         live = "mask_m & mask_n"
         p = em.value(m.div.result, idx)
         em.line(f"p = tl.where({live}, ({p.expr}).to({ft}), 0.0)")
@@ -117,15 +126,23 @@ def build_attention_bwd(group: Group, in_strides: Sequence[Sequence[int]], out_s
     rk = rows("rk", "pid * BN + tl.arange(0, BN)[:, None]", S, "mask_k")
     em.line(f"acc_dk = tl.zeros([BN, BE], {ft})")
     em.line(f"acc_dv = tl.zeros([BN, BV], {ft})")
-    lo = "(pid * BN // BM) * BM" if cz else "0"
-    em.open(f"for m0 in range({lo}, {L}, BM):")
-    rm = rows("rm", "m0 + tl.arange(0, BM)[:, None]", L, "mask_m")
-    p, ds, _ = tile(rm, rn)
-    do2 = _operand(em, m.dv.operands[1], "dov", gv.b, {"g": g, "kb": rm, "n": fixed["rv"]}, ("rm", "rv"))
-    q2 = _operand(em, m.dk.operands[1], "qd", gk.b, {"g": g, "kb": rm, "n": fixed["re"]}, ("rm", "re"))
-    em.line(f"acc_dv += tl.dot(tl.trans({p}{lo16}), {do2}{prec}).to({ft})")
-    em.line(f"acc_dk += tl.dot(tl.trans({ds}{lo16}), {q2}{prec}).to({ft})")
-    em.close()
+    def query_loop(lo: str, hi: str, below: bool) -> None:
+        em.open(f"for m0 in range({lo}, {hi}, BM):")
+        rm = rows("rm", "m0 + tl.arange(0, BM)[:, None]", L, "mask_m")
+        p, ds, _ = tile(rm, rn, below)
+        do2 = _operand(em, m.dv.operands[1], "dov", gv.b, {"g": g, "kb": rm, "n": fixed["rv"]}, ("rm", "rv"))
+        q2 = _operand(em, m.dk.operands[1], "qd", gk.b, {"g": g, "kb": rm, "n": fixed["re"]}, ("rm", "re"))
+        em.line(f"acc_dv += tl.dot(tl.trans({p}{lo16}), {do2}{prec}).to({ft})")
+        em.line(f"acc_dk += tl.dot(tl.trans({ds}{lo16}), {q2}{prec}).to({ft})")
+        em.close()
+
+    if cz:  # query blocks from the one holding the key block's first key; from the first whose
+        # first row follows its last key on, the tiles lie below the diagonal
+        below = f"tl.minimum(((pid + 1) * BN + BM - 1) // BM * BM, {L})"
+        query_loop("(pid * BN // BM) * BM", below, False)
+        query_loop(below, str(L), True)
+    else:
+        query_loop("0", str(L), False)
     for j, o in enumerate(group.outputs):
         role = outs[id(o)]
         if role in ("dk", "dv"):
@@ -139,14 +156,21 @@ def build_attention_bwd(group: Group, in_strides: Sequence[Sequence[int]], out_s
         em.open(f"if pid * BM < {L}:")
         rm = rows("rm", "pid * BM + tl.arange(0, BM)[:, None]", L, "mask_m")
         em.line(f"acc_dq = tl.zeros([BM, BE], {ft})")
-        hi = f"tl.minimum((pid + 1) * BM, {S})" if cz else str(S)
-        em.open(f"for n0 in range(0, {hi}, BN):")
-        rn = rows("rn", "n0 + tl.arange(0, BN)[None, :]", S, "mask_n")
-        rk = rows("rk", "n0 + tl.arange(0, BN)[:, None]", S, "mask_k")
-        p, ds, _ = tile(rm, rn)
-        k2 = _operand(em, m.dq.operands[1], "kq", gq.b, {"g": g, "kb": rk, "n": fixed["re"]}, ("rk", "re"))
-        em.line(f"acc_dq += tl.dot({ds}{lo16}, {k2}{prec}).to({ft})")
-        em.close()
+        def key_loop(lo: str, hi: str, below: bool) -> None:
+            em.open(f"for n0 in range({lo}, {hi}, BN):")
+            rn = rows("rn", "n0 + tl.arange(0, BN)[None, :]", S, "mask_n")
+            rk = rows("rk", "n0 + tl.arange(0, BN)[:, None]", S, "mask_k")
+            p, ds, _ = tile(rm, rn, below)
+            k2 = _operand(em, m.dq.operands[1], "kq", gq.b, {"g": g, "kb": rk, "n": fixed["re"]}, ("rk", "re"))
+            em.line(f"acc_dq += tl.dot({ds}{lo16}, {k2}{prec}).to({ft})")
+            em.close()
+
+        if cz:  # key blocks before the query block's first row lie below the diagonal
+            diagonal = "(pid * BM // BN) * BN"
+            key_loop("0", diagonal, True)
+            key_loop(diagonal, f"tl.minimum((pid + 1) * BM, {S})", False)
+        else:
+            key_loop("0", str(S), False)
         j = next(j for j, o in enumerate(group.outputs) if outs[id(o)] == "dq")
         o = group.outputs[j]
         idx = gq.out({"g": g, "m": rm, "n": fixed["re"]})
