@@ -152,3 +152,36 @@ def test_a_recipe_whose_inputs_cost_more_than_the_result_is_not_used(fusion_log)
     assert_same_results(ir.parse(text), g)
     assert any("not recomputing tensor<64x64xf32>" in ln and "inputs cost more bytes" in ln for ln in fusion_log()), \
         fusion_log()
+
+
+BATCHNORM_LIKE = """
+func @f(%h: tensor<16x32xf32>, %w: tensor<32x32xf32>, %g: tensor<16x32xf32>) -> (tensor<16x32xf32>, tensor<16xf32>) {
+  %x = matmul %h, %w : tensor<16x32xf32>
+  %0 = sum %x {axes = [0], keepdims = true} : tensor<1x32xf32>
+  %1 = constant {value = 0.0625, shape = [1, 32]} : tensor<1x32xf32>
+  %2 = mul %0, %1 : tensor<1x32xf32>
+  %3 = broadcast %2 {shape = [16, 32]} : tensor<16x32xf32>
+  %4 = sub %x, %3 : tensor<16x32xf32>
+  %5 = mul %4, %4 : tensor<16x32xf32>
+  %6 = sum %5 {axes = [0], keepdims = true} : tensor<1x32xf32>
+  %7 = mul %6, %1 : tensor<1x32xf32>
+  %8 = rsqrt %7 : tensor<1x32xf32>
+  %9 = broadcast %8 {shape = [16, 32]} : tensor<16x32xf32>
+  %10 = mul %4, %9 : tensor<16x32xf32>
+  %11 = mul %10, %g : tensor<16x32xf32>
+  %12 = sum %11 {axes = [1]} : tensor<16xf32>
+  return %10, %12
+}"""
+
+
+def test_a_statistics_group_yields_its_small_sums_instead_of_the_centered_tensor(fusion_log):
+    """BatchNorm-like statistics: the group stored x - mean (a full tensor) for the next group;
+    the mean only a reduction computes, so the group now yields the column sums (1/16 of the bytes)
+    and the reader recomputes x - mean from x, which it can read as well."""
+    g = fused(BATCHNORM_LIKE, "fuse")
+    stats = group(g, "fused_sum_mul_sub_rsqrt")
+    assert all(r.type.shape == (1, 32) for r in stats.results), [r.type for r in stats.results]
+    plain = group(fused(BATCHNORM_LIKE, "fuse{remat=false}"), "fused_sum_mul_sub_rsqrt")
+    assert any(r.type.shape == (16, 32) for r in plain.results)
+    assert_same_results(ir.parse(BATCHNORM_LIKE), g)
+    check(g, fused=None, kind="reduction", rng=np.random.default_rng(4))

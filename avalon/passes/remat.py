@@ -9,7 +9,9 @@ in those readers from the values it was computed from (the producer's inputs, or
 producer keeps), when
 
 * the recipe is elementwise (plus index math: broadcasts, reshapes, splat constants), at most
-  `MAX_RECIPE_OPS` ops, and ends in such values;
+  `MAX_RECIPE_OPS` ops, and ends in such values, or in small values only a reduction computes
+  (a BatchNorm or LayerNorm statistic, at most 1/16 of the result's bytes), which the producer
+  then yields instead (x - mean stored for the next group becomes the column sums);
 * each reader stays one kernel of the kind it was (the target's `classify`: a contraction takes it
   in its epilogue, never as a computed operand; attention kernels are left alone);
 * it moves fewer bytes: the result's write and its reads against the reads of recipe inputs the
@@ -48,16 +50,22 @@ def _cheap(op: Op) -> bool:
     return is_splat_constant(op) or has_trait(op, "elementwise") or has_trait(op, "selects")
 
 
-def _recipe(y: Value, leaves: set[Value]) -> list[Op] | None:
-    """The region ops computing `y` from `leaves` (in region order), or None when it needs anything
-    else (a contraction, a reduction, a dense constant) or more than MAX_RECIPE_OPS elementwise ops."""
+def _recipe(y: Value, leaves: set[Value]) -> tuple[list[Op], list[Value]] | None:
+    """The region ops computing `y` from `leaves` (in region order) and the small values it reads
+    that only a reduction computes (a row mean, a BatchNorm or LayerNorm statistic: at most 1/16
+    of `y`'s bytes, which the producer then yields too), or None when it needs anything else (a
+    contraction, a big reduction, a dense constant) or more than MAX_RECIPE_OPS elementwise ops."""
     ops: dict[Op, None] = {}
+    extra: dict[Value, None] = {}
     stack = [y]
     while stack:
         v = stack.pop()
-        if v in leaves:
+        if v in leaves or v in extra:
             continue
         p = v.op
+        if p is not None and not _cheap(p) and not p.regions and 16 * v.type.nbytes <= y.type.nbytes:
+            extra[v] = None
+            continue
         if p is None or not _cheap(p):
             return None
         if p not in ops:
@@ -67,15 +75,17 @@ def _recipe(y: Value, leaves: set[Value]) -> list[Op] | None:
         return None
     block = y.op.parent if y.op is not None else None
     order = {op: i for i, op in enumerate(block.ops)} if block is not None else {}
-    return sorted(ops, key=order.__getitem__)
+    return sorted(ops, key=order.__getitem__), list(extra)
 
 
 def _rebuild(op: Op, args: Sequence[Value], prologue: Sequence[Op] = (), mapping: dict[Value, Value] | None = None,
-             computed: dict[Value, Value] | None = None, results: Sequence[int] | None = None) -> Op:
+             computed: dict[Value, Value] | None = None, results: Sequence[int] | None = None,
+             more: Sequence[Value] = ()) -> Op:
     """A copy of fusion op `op` reading the top-level values `args` (its block args, in order).
     `prologue` ops (of another region) are cloned first, `mapping` taking the values they read to
     top-level values among `args`; an operand `v` of `op` in `computed` is not read but is the
-    prologue's clone of `computed[v]`. `results`: the yields kept (default: all)."""
+    prologue's clone of `computed[v]`. `results`: the yields kept (default: all); `more`: values
+    of `op`'s region yielded after them."""
     block = Block([a.type for a in args])
     arg = dict(zip(args, block.args))
     m = {src: arg[top] for src, top in (mapping or {}).items()}
@@ -87,10 +97,11 @@ def _rebuild(op: Op, args: Sequence[Value], prologue: Sequence[Op] = (), mapping
         block.append(clone_op(inner, m))
     ys = op.regions[0].results
     keep = range(len(ys)) if results is None else results
-    block.set_terminator("yield", [m[ys[i]] for i in keep])
+    block.set_terminator("yield", [m[ys[i]] for i in keep] + [m[v] for v in more])
     cse_block(block)  # (two recipes recomputed in one reader share their common ops)
     _dce(block)
-    new = make_op("fusion", list(args), dict(op.attrs), op.loc, result_types=[ys[i].type for i in keep])
+    types = [ys[i].type for i in keep] + [v.type for v in more]
+    new = make_op("fusion", list(args), dict(op.attrs), op.loc, result_types=types)
     new.add_region(block)
     return new
 
@@ -149,9 +160,13 @@ class _Remat:
             if not r.uses or any(u.parent is not self.graph.body or not u.regions for u, _ in r.uses):
                 continue  # a graph output, or read by an op that is not a group
             leaves = set(region.args) | {ys[j] for j in kept if j != i and ys[j] is not ys[i]}
-            recipe = _recipe(ys[i], leaves)
-            if recipe is None:
+            found = _recipe(ys[i], leaves)
+            if found is None:
                 continue
+            recipe, extra = found
+            if extra:  # yield the statistics it needs, then decide again with them as leaves
+                self.producer(self.replace(p, _rebuild(p, list(p.operands), more=extra)))
+                return
             # the recipe's inputs, as top-level values: producer inputs, or results it keeps
             needs: dict[Value, Value] = {}
             for op in recipe:
@@ -160,6 +175,7 @@ class _Remat:
                         needs[v] = outer[v] if v in outer else p.results[ys.index(v)]
             if self.readers(p, r, ys[i], recipe, needs):
                 kept.discard(i)
+        kept = {i for i in kept if p.results[i].uses}  # (statistics yielded for a recipe that was refused)
         if len(kept) < len(ys):
             self.drop(p, sorted(kept))
 
@@ -213,6 +229,14 @@ class _Remat:
         for j, i in enumerate(kept):
             p.results[i].replace_all_uses_with(new.results[j])
         p.erase()
+
+    def replace(self, p: Op, new: Op) -> Op:
+        """Put `new` (yielding `p`'s results first) in `p`'s place."""
+        self.graph.body.insert_before(p, new)
+        for a, b in zip(p.results, new.results):
+            a.replace_all_uses_with(b)
+        p.erase()
+        return new
 
 
 def rematerialize(graph: Graph, policy: FusionPolicy, max_ops: int) -> int:
