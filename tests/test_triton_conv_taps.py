@@ -45,9 +45,9 @@ def blocked(k) -> bool:
     ("conv2d_grad_input", 24, 32, 1, 1, None),
     ("conv2d_grad_input", 16, 16, 2, 1, None),  # four stride phases of 1, 2, 2, 4 taps
     ("conv2d_grad_input", 16, 32, 2, 1, NHWC),
-    ("conv2d", 20, 24, 1, 1, None),  # LeNet's conv2: 20 channels padded to 32
+    ("conv2d", 24, 24, 1, 1, None),  # 24 channels padded to 32
     ("conv2d_grad_input", 20, 50, 1, 1, None),  # its input gradient: 50 padded to 64
-    ("conv2d_grad_input", 8, 20, 2, 1, NHWC),  # padded, per stride phase, channels-last
+    ("conv2d_grad_input", 8, 24, 2, 1, NHWC),  # padded, per stride phase, channels-last
 ], ids=lambda v: str(v))
 def test_blocked_taps_match_the_reference(kind, c, o, stride, groups, layout):
     g = taps_graph(kind, 2, c, o, (5, 6), stride, groups, layout)
@@ -61,15 +61,16 @@ def test_blocked_taps_match_the_reference(kind, c, o, stride, groups, layout):
 
 
 def test_taps_stay_per_element_where_padding_would_cost_too_much():
-    """An RGB image (3 channels would pad to 16), 8 channels (to 16) and the weight gradient (taps
-    on N) keep the per-element form."""
+    """An RGB image (3 channels would pad to 16), 8 channels (to 16), LeNet's conv2 (20 to 32: more
+    K steps for a small kernel) and the weight gradient (taps on N) keep the per-element form."""
     for g in (taps_graph("conv2d", 2, 3, 16, (6, 6), 1), taps_graph("conv2d_grad_input", 2, 16, 8, (6, 6), 1),
+              taps_graph("conv2d", 2, 20, 16, (6, 6), 1),
               taps_graph("conv2d_grad_weight", 2, 16, 16, (5, 5), 1)):
         cg = check(g, blocks=SMALL, kind="contraction")
         assert not any(blocked(ln.kernel) for ln in cg.launches)
 
 
-@pytest.mark.parametrize("c", [64, 20])
+@pytest.mark.parametrize("c", [64, 24])
 def test_split_k_with_blocked_taps(c):
     """A conv of few output tiles and a long K splits K; each chunk starts on a BK boundary, so its
     tiles still lie in one tap each (the tap of `k_lo + k0`), and the last chunk's steps past K

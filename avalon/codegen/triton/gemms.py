@@ -8,8 +8,8 @@ The index maps say where A, B and C's elements are in the op's real operands:
   image takes its taps channel-first, k = (kh, kw, c) (`_taps`), so a K block reads consecutive
   addresses.
   Blocked taps (`scalar_taps`, `_kblock`): the taps run outermost whatever the layout, each over
-  its channels padded to a multiple of 16 (`Gemm.kblock`; LeNet's 20 and 50 channels take 32 and
-  64, ResNet's none), and the emitter runs K tiles that lie in one tap, so the tap and its bounds
+  its channels padded to a multiple of 16 (`Gemm.kblock`; LeNet's 50 channels take 64, ResNet's
+  none), and the emitter runs K tiles that lie in one tap, so the tap and its bounds
   test are per-tile scalars instead of per-element arithmetic (`contraction._dot_loop`).
 * conv2d_grad_input: m = (n, h, w), k = (o, kh, kw), n = c; A is dy at ((h + p - kh*d) / s, ...)
   where that divides exactly and lands inside dy. Strided (no dilation): one GEMM per stride phase
@@ -47,11 +47,14 @@ class Gemm:
 
 def _kblock(channels: int, taps: int, scalar_taps: bool) -> int:
     """Channels per tap for blocked taps, padded to a multiple of 16 (the smallest `tl.dot` K tile,
-    so every BK the tuner tries fits), or 0: a single tap, or padding past 1.6x the channels (an
-    RGB image's 3 channels would be 16). A padded lane is a wasted multiply; a per-element tap costs
-    ~3x the instructions of a blocked K step (`benchmarks/ptx_report.py`), so a little padding pays."""
+    so every BK the tuner tries fits), or 0: a single tap, or padding past 1.5x the channels (an
+    RGB image's 3 channels would be 16). A padded lane is a wasted multiply and padding adds K
+    steps, which a small, latency-bound kernel feels; a per-element tap costs ~3x the instructions
+    of a blocked K step (`benchmarks/ptx_report.py`). LeNet's conv2 input gradient (50 channels to
+    64: 40 K steps of 762 instructions became 50 of 307) pads; its forward (20 to 32: 16 steps of
+    340 would be 25 of 183) stays per element."""
     padded = -(-channels // 16) * 16
-    return padded if scalar_taps and taps > 1 and 5 * padded <= 8 * channels else 0
+    return padded if scalar_taps and taps > 1 and 2 * padded <= 3 * channels else 0
 
 
 def _plain(fn: Callable[[Vars], Index]) -> Operand:
