@@ -161,7 +161,7 @@ class _Remat:
                 continue  # a graph output, or read by an op that is not a group
             leaves = set(region.args) | {ys[j] for j in kept if j != i and ys[j] is not ys[i]}
             found = _recipe(ys[i], leaves)
-            if found is None:
+            if found is None or not found[0]:  # (a yield of a block argument: nothing to recompute)
                 continue
             recipe, extra = found
             if extra:  # yield the statistics it needs, then decide again with them as leaves
