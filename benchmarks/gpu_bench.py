@@ -10,7 +10,8 @@ fill/split rules), `gemm` (f16, bf16, tf32 vs cuBLAS), `conv` (3x3 vs cuDNN, NCH
 `attention` (fwd+bwd vs F.scaled_dot_product_attention), `pointwise` (fused bias+relu vs the card's
 device-to-device copy bandwidth), `index` (index-check cost), `first_call` (cold and warm disk
 cache, in subprocesses), `big_steps` (GPT and ResNet-18 steps, as `steps`: the longest, so last but
-one), `layout` (channels-last vs NCHW ResNet step). `--out` is rewritten after every section.
+two), `layout` (channels-last vs NCHW ResNet step), `remat` (GPT's step with and without `fuse`'s
+recomputation). `--out` is rewritten after every section.
 `--dry-run` runs every section with tiny shapes and 1 rep so a typo never costs GPU time
 (tests/test_gpu_bench.py runs it); its numbers mean nothing.
 """
@@ -350,9 +351,18 @@ def section_big_steps() -> None:
     section_steps(slice(2, 4))
 
 
+def section_remat() -> None:
+    """GPT's step with `fuse` recomputing cheap intermediates in their readers (the default) vs
+    storing them (`fuse{remat=false}`): the A/B of `passes/remat.py`."""
+    _, make, loss, batch, *_ = workloads()[2]
+    on, _ = avalon_step_ms(make, loss, batch)
+    off, _ = avalon_step_ms(make, loss, batch, pipeline="canonicalize,cse,dce,fuse{remat=false},memory-plan")
+    row("remat", "GPT step: recompute vs store", on, "store (remat off)", off, "keep remat: ratio > 1")
+
+
 SECTIONS = {"steps": section_steps, "gemm": section_gemm, "conv": section_conv, "attention": section_attention,
             "pointwise": section_pointwise, "index": section_index, "first_call": section_first_call,
-            "big_steps": section_big_steps, "layout": section_layout}
+            "big_steps": section_big_steps, "layout": section_layout, "remat": section_remat}
 
 
 def _write(path: str, payload: dict) -> None:
