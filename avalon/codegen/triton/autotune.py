@@ -16,7 +16,7 @@ same on a GPU. A contraction candidate may split K (`BlockPolicy.split_k`: few o
 K); its epilogue function is then part of what is timed (`launch` runs `Kernel.then`), and the
 policy's tiles unsplit are a candidate too, so a split is chosen only where it pays. A plain 2-D
 matmul TMA can read also tries its big tiles with tensor-descriptor loads (`"TMA": 1`); a
-convolution with blocked taps (`"TAPS": 1`, `gemms._blocked`) also tries its tiles per element. Kernels a
+convolution with blocked taps (`"TAPS": 1`, `gemms._kblock`) also tries its tiles per element. Kernels a
 roofline puts under `TUNE_MIN_US` (all of LeNet's and the VAE's) are not timed: compiling their
 candidates would cost a first call seconds to save microseconds; the policy sizes them (smaller
 tiles and split K where the GPU would otherwise idle).

@@ -66,8 +66,8 @@ def build_contraction(group: Group, in_strides: Sequence[Sequence[int]], out_str
     if len(cons) != 1:
         raise Unsupported(f"a contraction group needs exactly one contraction, has {len(cons)}")
     op = cons[0]
-    blocked = GEMMS[op.name](op, True)  # with blocked taps, where the op has them (`gemms._blocked`)
-    gemm = blocked if blocked.kblock else GEMMS[op.name](op)
+    blocked, plain = GEMMS[op.name](op, True), GEMMS[op.name](op)  # blocked taps where it has them (`gemms._kblock`)
+    gemm = blocked if blocked.kblock else plain
     res = op.result
     total = res.type.numel
     if any(o.type.numel != total for o in group.outputs):
@@ -76,7 +76,7 @@ def build_contraction(group: Group, in_strides: Sequence[Sequence[int]], out_str
         return _build_folded(group, op, gemm, in_strides, out_strides, policy, config)
     meta = config.blocks if config else policy.contraction(gemm.m, gemm.n, gemm.k, gemm.groups, blocked.kblock)
     if not meta.get("TAPS"):
-        gemm = GEMMS[op.name](op)
+        gemm = plain
     elif not blocked.kblock or blocked.kblock % meta["BK"]:
         raise Unsupported(f"TAPS=1 needs channels per tap that BK={meta['BK']} divides ({op.name})")
     warps = config.num_warps if config else policy.contraction_warps(meta["BM"], meta["BN"])
