@@ -18,7 +18,7 @@ producer keeps), when
   readers did not read yet, none of them a graph input (a parameter read again after its
   in-place update would have to be copied).
 
-The producer then stops yielding the result. TorchInductor's partitioner makes the same trade (it
+The producer then stops yielding the result (`dce` prunes it). TorchInductor's partitioner makes the same trade (it
 recomputes cheap pointwise ops in the backward rather than saving them); here it is decided per
 group result, after fusion, when the groups are known. Every decision is logged on `avalon.fusion`.
 """
@@ -34,6 +34,7 @@ from avalon.ir.core import Block
 from avalon.ir.fusion import group_name, is_splat_constant
 
 from .cse import cse_block
+from .dce import dce_block
 from .fusion_policy import FusionPolicy
 from .target import KernelGroup, has_trait
 
@@ -99,17 +100,11 @@ def _rebuild(op: Op, args: Sequence[Value], prologue: Sequence[Op] = (), mapping
     keep = range(len(ys)) if results is None else results
     block.set_terminator("yield", [m[ys[i]] for i in keep] + [m[v] for v in more])
     cse_block(block)  # (two recipes recomputed in one reader share their common ops)
-    _dce(block)
+    dce_block(block)
     types = [ys[i].type for i in keep] + [v.type for v in more]
     new = make_op("fusion", list(args), dict(op.attrs), op.loc, result_types=types)
     new.add_region(block)
     return new
-
-
-def _dce(block: Block) -> None:
-    for op in reversed(list(block.ops)):
-        if not any(r.uses for r in op.results) and not op.regions:
-            op.erase()
 
 
 def _bytes(v: Value) -> int:
@@ -122,6 +117,7 @@ class _Remat:
         self.policy = policy
         self.max_ops = max_ops
         self.done = 0
+        self.extended = False  # a producer was made to yield statistics (maybe for nothing)
 
     def kind(self, op: Op) -> str | None:
         """`op`'s kernel kind, when it is a group a reader may grow (None otherwise)."""
@@ -135,7 +131,8 @@ class _Remat:
             if ops[i].regions:
                 self.producer(ops[i])
             i += 1
-        if self.done:
+        if self.done or self.extended:  # results read nowhere now (and the ops computing only them) go
+            dce_block(self.graph.body)
             self.check()
         return self.done
 
@@ -175,9 +172,6 @@ class _Remat:
                         needs[v] = outer[v] if v in outer else p.results[ys.index(v)]
             if self.readers(p, r, ys[i], recipe, needs):
                 kept.discard(i)
-        kept = {i for i in kept if p.results[i].uses}  # (statistics yielded for a recipe that was refused)
-        if len(kept) < len(ys):
-            self.drop(p, sorted(kept))
 
     def readers(self, p: Op, r: Value, y: Value, recipe: list[Op], needs: dict[Value, Value]) -> bool:
         """Recompute `r` (`y` in `p`'s region) in each group reading it, if every one of them stays
@@ -222,16 +216,9 @@ class _Remat:
         self.done += 1
         return True
 
-    def drop(self, p: Op, kept: list[int]) -> None:
-        """Replace `p` by a copy yielding only `kept` results."""
-        new = _rebuild(p, list(p.operands), results=kept)
-        self.graph.body.insert_before(p, new)
-        for j, i in enumerate(kept):
-            p.results[i].replace_all_uses_with(new.results[j])
-        p.erase()
-
     def replace(self, p: Op, new: Op) -> Op:
         """Put `new` (yielding `p`'s results first) in `p`'s place."""
+        self.extended = True
         self.graph.body.insert_before(p, new)
         for a, b in zip(p.results, new.results):
             a.replace_all_uses_with(b)
