@@ -97,6 +97,7 @@ from .ops import (  # torch's tensor functions: `import avalon as av` ports `imp
     zeros,
     zeros_like,
 )
+from .precision import backends, get_float32_matmul_precision, set_float32_matmul_precision
 from .random import manual_seed
 from .tensor import Buffer, Tensor, TracerError, tensor
 from .trace import trace

@@ -36,6 +36,12 @@ import torch  # noqa: E402
 import avalon as av  # noqa: E402
 from avalon import optim, zoo  # noqa: E402
 
+# like for like: float32 matmuls on TF32 tensor cores on both sides (torch's default, "highest", would
+# run torch's in full float32 while Avalon's ran TF32: a flattering comparison); convolutions are TF32
+# on both sides by default (cuDNN's allow_tf32, `av.backends.cudnn.allow_tf32`)
+torch.set_float32_matmul_precision("high")
+av.set_float32_matmul_precision("high")
+
 DRY = False
 DEV = "cuda"
 ROWS: list[dict] = []
@@ -234,11 +240,9 @@ def section_gemm() -> None:
             a, b = av.tensor(a).astype("bf16"), av.tensor(b).astype("bf16")
         elif dtype == np.float16:
             a, b, ta, tb = a.astype(np.float16), b.astype(np.float16), ta.half(), tb.half()
-        torch.backends.cuda.matmul.allow_tf32 = name == "tf32"
         ms = bench_ms(compiled_fn(lambda x, y: x @ y, a, b))
         base = bench_ms(lambda: ta @ tb)  # noqa: B023
         row("gemm", f"{n}^3 {name}", ms, "cuBLAS", base, f"{2 * n ** 3 / ms / 1e9:.0f} TFLOP/s")
-    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def section_conv() -> None:
@@ -247,7 +251,6 @@ def section_conv() -> None:
     x, w = rng.standard_normal((nb, c, hw, hw)).astype(np.float32), rng.standard_normal((c, c, 3, 3)).astype(np.float32)
     ms = bench_ms(compiled_fn(lambda a, k: av.ops.relu(av.nn.functional.conv2d(a, k, padding=1)), x, w))
     tx, tw = torch.from_numpy(x).to(DEV), torch.from_numpy(w).to(DEV)
-    torch.backends.cudnn.allow_tf32 = True  # Avalon's f32 convs use tf32 tensor cores too
     base = bench_ms(lambda: torch.relu(torch.nn.functional.conv2d(tx, tw, padding=1)))
     row("conv", f"3x3 {c}->{c} {hw}x{hw} bs{nb} +relu", ms, "cuDNN", base,
         f"{2 * nb * c * c * 9 * hw * hw / ms / 1e9:.1f} TFLOP/s")

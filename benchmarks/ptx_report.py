@@ -35,12 +35,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 os.environ["TRITON_INTERPRET"] = "0"
 os.environ.setdefault("AVALON_COMPILE_WORKERS", "1")
 
+import avalon as av  # noqa: E402
 from avalon.codegen.triton import compile_graph  # noqa: E402
 from avalon.codegen.triton.aot import compile_for_target  # noqa: E402
 from avalon.codegen.triton.testing import fuse  # noqa: E402
 from avalon.ir import Builder, Graph, TensorType  # noqa: E402
 
 NHWC = (0, 2, 3, 1)
+av.set_float32_matmul_precision("high")  # as gpu_bench: float32 matmuls on TF32 tensor cores
 
 
 def loop_stats(ptx: str) -> dict:

@@ -86,7 +86,7 @@ def inputs(rng):
 
 
 def check_outputs(g, outs, ins):
-    # on a real GPU the matmul runs in tf32 (about 1e-3 relative); the interpreter computes full fp32
+    # on a real GPU the matmul may run in tf32 (about 1e-3 relative: `av.set_float32_matmul_precision`); the interpreter computes full fp32
     rtol, atol = (1e-5, 1e-6) if os.environ.get("TRITON_INTERPRET") == "1" else (1e-2, 1e-3)
     for o, r in zip(outs, interpret(g, *ins)):
         np.testing.assert_allclose(to_numpy(o), r, rtol=rtol, atol=atol)

@@ -21,7 +21,7 @@ from avalon.passes import DEFAULT_PIPELINE, PassManager
 
 pytestmark = pytest.mark.usefixtures("module_kernel_cache")
 
-# exact fp32 dots on a GPU too (its default is tf32, ~1e-3): these tests check the kernels' logic
+# exact fp32 dots on a GPU too, whatever `av.set_float32_matmul_precision` says: these tests check the kernels' logic
 BLOCKS = BlockPolicy.for_device(interpreting()).replace(mm_block=32, dot_precision="ieee")
 
 

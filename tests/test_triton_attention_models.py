@@ -37,7 +37,7 @@ def _no_slice_copies(ins):
     assert not [k for k in ins.kernels if k.startswith("slice")], list(ins.kernels)
 
 
-# av.compile's GPU dots are tf32 (~1e-3 relative); the interpreter's are exact
+# av.compile's GPU dots may be tf32 (~1e-3 relative: convolutions, or matmuls at precision "high"); the interpreter's are exact
 GPU_TOL = 2e-2
 
 

@@ -13,7 +13,8 @@ assembly step.
 
 The cache key is `avalon.trace.signature` (shapes, dtypes, devices and structure of the arguments,
 static arguments, which models) plus the plain Python attributes of the models involved (a layer's
-`training` flag), so `model.eval()` compiles anew. A program that captured arrays that are not
+`training` flag), so `model.eval()` compiles anew, and the float32 product precision
+(`av.set_float32_matmul_precision`), which generated kernels bake in. A program that captured arrays that are not
 arguments (a closure's data, constants built from Python lists) is compiled on every call: those
 values could change without changing the signature.
 
@@ -37,7 +38,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from avalon import debug
+from avalon import debug, precision
 from avalon.ir import Graph, fusion_groups, verify
 from avalon.passes import PassManager, PassRecord
 from avalon.passes.manager import paused_gc
@@ -258,6 +259,7 @@ class Compiled:
     # -- machinery ---------------------------------------------------------------------------
     def _entry(self, args: tuple, inline: bool = False) -> tuple[_Entry, list[tuple[str, Any]]]:
         key, leaves = signature(self.fn, args, self._states)
+        key = (key, precision.key())  # kernels bake in the float32 product precision
         entry = self._cache.get(key)
         if entry is None and inline:
             entry = self._inlined.get(key)

@@ -67,7 +67,7 @@ def build_attention(group: Group, in_strides: Sequence[Sequence[int]], out_strid
     acc_d = dt.float64 if res.dtype == dt.float64 else dt.float32
     ft = ty.tl_type(acc_d)
     half = res.dtype in (dt.float16, dt.bfloat16) and not (res.dtype == dt.bfloat16 and policy.interpret)
-    prec = f', input_precision="{policy.dot_precision}"' if acc_d == dt.float32 and not half else ""
+    prec = f', input_precision="{policy.precision(qk.name)}"' if acc_d == dt.float32 and not half else ""
     em = Emitter(group.inputs, in_strides, dots_in_f32=policy.interpret)
     g = Affine.of(em.define_var("gz", "tl.program_id(1)", G)) if G > 1 else Affine()
     em.scalars.add("gz")

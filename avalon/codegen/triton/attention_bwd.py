@@ -62,7 +62,7 @@ def build_attention_bwd(group: Group, in_strides: Sequence[Sequence[int]], out_s
     acc_d = dt.float64 if res.dtype == dt.float64 else dt.float32
     ft = ty.tl_type(acc_d)
     half = res.dtype in (dt.float16, dt.bfloat16) and not (res.dtype == dt.bfloat16 and policy.interpret)
-    prec = f', input_precision="{policy.dot_precision}"' if acc_d == dt.float32 and not half else ""
+    prec = f', input_precision="{policy.precision(qk.name)}"' if acc_d == dt.float32 and not half else ""
     # P and dS meet 16-bit operand tiles (Q, K, dO) in tl.dot: same dtype, as the forward's P
     lo16 = f".to({ty.tl_type(res.dtype)})" if half else ""
     cz = _is_causal(m)

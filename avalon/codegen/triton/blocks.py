@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from avalon.precision import dot_precisions, hint_tf32
+
 
 def next_pow2(n: int) -> int:
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
@@ -33,7 +35,8 @@ class BlockPolicy:
     reduction_elems: int  # max XBLOCK * RBLOCK
     mm_block: int  # max BM / BN
     mm_k: int  # max BK
-    dot_precision: str = "tf32"  # fp32 tl.dot inputs on the GPU: "tf32" (fast) or "ieee" (exact)
+    dot_precision: str = "tf32"  # fp32 matmul / attention tl.dot inputs on the GPU: "tf32" (fast) or "ieee" (exact)
+    conv_precision: str = "tf32"  # the same for convolutions; `for_device` reads both from `avalon.precision`
     interpret: bool = False
     mm_stages: int = 3  # software pipelining depth of the K loop (GPU)
     mm_warps: int = 0  # 0: from the tile size
@@ -42,6 +45,13 @@ class BlockPolicy:
 
     @staticmethod
     def for_device(interpret: bool) -> BlockPolicy:
+        """The policy for the GPU or the interpreter, with the float32 product precisions set now
+        (`av.set_float32_matmul_precision`, `av.backends.cudnn.allow_tf32`)."""
+        matmul, conv = dot_precisions()
+        return BlockPolicy._for_device(interpret).replace(dot_precision=matmul, conv_precision=conv)
+
+    @staticmethod
+    def _for_device(interpret: bool) -> BlockPolicy:
         if interpret:
             return BlockPolicy(xblock=1 << 17, persistent_r=1 << 14, rblock=1 << 13, reduction_elems=1 << 17,
                                mm_block=128, mm_k=128, interpret=True)
@@ -54,6 +64,15 @@ class BlockPolicy:
 
     def replace(self, **kw) -> BlockPolicy:
         return dataclasses.replace(self, **kw)
+
+    def precision(self, op_name: str) -> str:
+        """Triton's `input_precision` for a float32 `tl.dot` of `op_name` (a convolution or not);
+        a GPU kernel multiplying in full float32 by default says once how to use TF32."""
+        if op_name.startswith("conv"):
+            return self.conv_precision
+        if self.dot_precision == "ieee" and not self.interpret:
+            hint_tf32()
+        return self.dot_precision
 
     # --- per kernel kind ------------------------------------------------------------------------
     def warps(self, elems: int) -> int:

@@ -243,7 +243,7 @@ def _dot_loop(em: Emitter, op: Op, gemm: Gemm, policy: BlockPolicy, v: Vars, spl
     a = _operand(em, op.operands[gemm.operands[0]], "a", gemm.a, v, live_a)
     b = _operand(em, op.operands[gemm.operands[1]], "b", gemm.b, v, live_b)
     if acc_d.is_float:
-        prec = f', input_precision="{policy.dot_precision}"' if acc_d == dt.float32 else ""
+        prec = f', input_precision="{policy.precision(op.name)}"' if acc_d == dt.float32 else ""
         em.line(f"acc += tl.dot({a}, {b}{prec})")
     else:
         em.line(f"acc += tl.sum({a}[:, :, None].to({ty.tl_type(acc_d)}) * {b}[None, :, :].to({ty.tl_type(acc_d)}), 1)")
@@ -259,7 +259,7 @@ def _tma_dot(em: Emitter, op: Op, gemm: Gemm, policy: BlockPolicy, tma: list[tup
     b = _tma_tile(em, "b_desc", ib, sb, (gemm.k, gemm.n), ("BK", "BN"), ("k0", "pid_n * BN"))
     if em.dots_in_f32 and op.operands[0].dtype == dt.bfloat16:  # the interpreter's bf16 dot is wrong
         a, b = f"{a}.to(tl.float32)", f"{b}.to(tl.float32)"
-    prec = f', input_precision="{policy.dot_precision}"' if op.operands[0].dtype == dt.float32 else ""
+    prec = f', input_precision="{policy.precision(op.name)}"' if op.operands[0].dtype == dt.float32 else ""
     em.open(f"for k0 in range(0, {gemm.k}, BK):")
     em.line(f"acc += tl.dot({a}, {b}{prec})")
     em.close()

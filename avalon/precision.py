@@ -1,0 +1,83 @@
+"""How float32 products are computed on tensor cores: torch's knobs, under torch's names.
+
+    av.set_float32_matmul_precision("high")      # as torch.set_float32_matmul_precision
+    av.backends.cudnn.allow_tf32 = False         # as torch.backends.cudnn.allow_tf32
+
+Defaults are torch's, so code ported by renaming imports computes what it computed under torch:
+float32 matmuls (and attention, a matmul pair) in full float32 ("highest"), float32 convolutions
+in TF32 (cuDNN's default, ~1e-3 relative). "high" and "medium" let matmuls use TF32, 3-7x faster
+on an H100's tensor cores; torch allows bfloat16 for "medium", Avalon keeps TF32 there (more
+precise, which "medium" permits).
+
+Only generated GPU kernels read this: the numpy reference and the CPU backends always multiply in
+full precision, and so does Triton's interpreter. The setting is read when a function is
+compiled, and it is part of `av.compile`'s cache key, so changing it compiles anew.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from avalon.channels import get_logger
+
+PRECISIONS = ("highest", "high", "medium")
+_state: dict = {"matmul": "highest", "conv_tf32": True, "hinted": False}
+
+
+def set_float32_matmul_precision(precision: str) -> None:
+    """`"highest"` (full float32 products), `"high"` or `"medium"` (TF32 tensor cores) for float32
+    matmuls and attention in generated GPU kernels. torch ignores an unknown value with a warning;
+    Avalon refuses it."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"float32 matmul precision {precision!r} is not one of {', '.join(map(repr, PRECISIONS))}")
+    _state["matmul"] = precision
+
+
+def get_float32_matmul_precision() -> str:
+    return _state["matmul"]
+
+
+def dot_precisions() -> tuple[str, str]:
+    """Triton's `input_precision` for float32 (matmul and attention, convolution) products."""
+    return ("ieee" if _state["matmul"] == "highest" else "tf32"), ("tf32" if _state["conv_tf32"] else "ieee")
+
+
+def key() -> tuple[str, bool]:
+    """What a compiled function depends on here (part of `av.compile`'s cache key)."""
+    return _state["matmul"], _state["conv_tf32"]
+
+
+def hint_tf32() -> None:
+    """Said once per process, as torch.compile does: float32 matmuls on a GPU multiply in full
+    float32, which leaves the tensor cores' TF32 speed unused."""
+    if not _state.get("hinted"):
+        _state["hinted"] = True
+        get_logger("triton").warning("float32 matmuls run in full float32 precision on the GPU (torch's default); "
+                    "av.set_float32_matmul_precision('high') lets them use TF32 tensor cores, several times faster")
+
+
+class _Matmul:
+    """`av.backends.cuda.matmul.allow_tf32`: torch's older spelling of the matmul precision
+    (True is "high", False "highest")."""
+
+    @property
+    def allow_tf32(self) -> bool:
+        return _state["matmul"] != "highest"
+
+    @allow_tf32.setter
+    def allow_tf32(self, on: bool) -> None:
+        _state["matmul"] = "high" if on else "highest"
+
+
+class _Cudnn:
+    """`av.backends.cudnn.allow_tf32`: TF32 in float32 convolutions (True by default, as in torch)."""
+
+    @property
+    def allow_tf32(self) -> bool:
+        return _state["conv_tf32"]
+
+    @allow_tf32.setter
+    def allow_tf32(self, on: bool) -> None:
+        _state["conv_tf32"] = bool(on)
+
+
+backends = SimpleNamespace(cuda=SimpleNamespace(matmul=_Matmul()), cudnn=_Cudnn())
