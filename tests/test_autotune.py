@@ -107,6 +107,24 @@ def test_reduction_candidates_include_a_looped_form():
     assert rbs == {4096, 1024}
 
 
+@pytest.mark.parametrize("itemsize", [2, 4])
+def test_contraction_candidates_fit_in_shared_memory(itemsize):
+    """Every candidate's staged A and B tiles fit an H100's shared memory; the big 128x256 tile
+    stays a candidate for float32 too, with fewer stages or half the K depth."""
+    from avalon.codegen.triton.autotune import SMEM_BYTES, contraction_candidates
+    from avalon.codegen.triton.kernel import Kernel
+    meta = {"BM": 128, "BN": 128, "BK": 32, "GROUP_M": 8}
+    k = Kernel("k", "contraction", "", [], meta, (1,), num_warps=8, num_stages=3,
+               problem={"m": 4096, "n": 4096, "k": 4096, "groups": 1, "itemsize": itemsize, "tma": 1})
+    cands = contraction_candidates(k)
+    sizes = {c.label: c.num_stages * (c.blocks["BM"] + c.blocks["BN"]) * c.blocks["BK"] * itemsize for c in cands}
+    assert max(sizes.values()) <= SMEM_BYTES, sizes
+    assert all(c.num_stages >= 2 for c in cands)
+    big = {(c.blocks["BK"], c.num_stages, c.blocks.get("TMA", 0)) for c in cands if c.blocks["BN"] == 256}
+    want = {(64, 3)} if itemsize == 2 else {(64, 2), (32, 3)}
+    assert {(bk, s) for bk, s, _ in big} == want and {t for *_, t in big} == {0, 1}, big
+
+
 PERSIST = textwrap.dedent('''
     import json, sys
     sys.path.insert(0, sys.argv[1])

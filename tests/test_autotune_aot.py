@@ -9,6 +9,8 @@ import subprocess
 import sys
 import textwrap
 
+from avalon.codegen.triton.autotune import SMEM_BYTES
+
 SCRIPT = textwrap.dedent('''
     import json, os
     assert os.environ["TRITON_INTERPRET"] == "0"
@@ -22,14 +24,17 @@ SCRIPT = textwrap.dedent('''
     from avalon.codegen.triton.autotune import Tuner, config_of
     from avalon.codegen.triton.target import TRITON
 
+    av.set_float32_matmul_precision("high")  # float32 dots on TF32 wgmma, as gpu_bench runs them
     results = []
 
     def ptx_timer(k, make_args):
+        shared = 0
         try:
-            ok, err = ".target sm_90" in compile_for_target(k).asm["ptx"], ""
+            ck = compile_for_target(k)
+            ok, err, shared = ".target sm_90" in ck.asm["ptx"], "", ck.metadata.shared
         except Exception as e:
             ok, err = False, f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}"
-        results.append(dict(kernel=k.name, kind=k.kind, config=config_of(k).label, ok=ok, error=err))
+        results.append(dict(kernel=k.name, kind=k.kind, config=config_of(k).label, ok=ok, error=err, shared=shared))
         return 1.0
 
     graphs = []
@@ -37,6 +42,10 @@ SCRIPT = textwrap.dedent('''
     b = Builder(g)
     x, w = g.add_input(TensorType((256, 200), "f16"), "x"), g.add_input(TensorType((300, 200), "f16"), "w")
     g.set_outputs([b("relu", b("matmul", x, b("transpose", w, perm=[1, 0])))])
+    graphs.append(g)
+    g = Graph("f")  # float32 operands: the big tiles must come with fewer stages or a shallower K
+    b = Builder(g)
+    g.set_outputs([b("matmul", g.add_input(TensorType((256, 256), "f32"), "a"), g.add_input(TensorType((256, 256), "f32"), "b"))])
     graphs.append(g)
     g = Graph("f")
     b = Builder(g)
@@ -86,3 +95,6 @@ def test_every_candidate_config_compiles_for_sm90(tmp_path):
         "RBLOCK=4096 XBLOCK=1", "RBLOCK=1024 XBLOCK=1"}  # the persistent and the looped form
     failed = [r for r in results if not r["ok"]]
     assert not failed, failed
+    too_big = [r for r in results if r["shared"] > SMEM_BYTES]  # the launch would fail on an H100
+    assert not too_big, too_big
+    assert any("BN=256" in c and "BK=64" in c and c.endswith("s=2") for c in configs), configs  # float32, refitted

@@ -39,7 +39,7 @@ from .kernel import Kernel
 log = get_logger("autotune")
 
 TUNABLE = ("contraction", "attention", "attention_bwd", "reduction", "pointwise")
-CANDIDATES_VERSION = "5"  # bump when the candidate sets change: stored winners are then re-timed
+CANDIDATES_VERSION = "6"  # bump when the candidate sets change: stored winners are then re-timed
 
 MakeArgs = Callable[[], list]  # the kernel's argument tensors (made once per tuned kernel, on demand)
 Timer = Callable[[Kernel, MakeArgs], float]  # milliseconds of one launch of `kernel`
@@ -51,12 +51,40 @@ def _tile(size: int, want: int) -> int:
     return max(16, min(next_pow2(max(size, 1)), want))
 
 
+SMEM_BYTES = 232448  # an H100's / H200's shared memory per block (227 KiB, sm_90's opt-in maximum)
+
+
+def fit_stages(bm: int, bn: int, bk: int, stages: int, itemsize: int, limit: int = SMEM_BYTES) -> int:
+    """The most pipeline stages, at most `stages`, whose A and B tiles fit in shared memory, or 0
+    when two do not. Triton stages every K step's tiles: a float32 128x256x64 tile at 3 stages takes
+    288 KiB, which no launch gets, so that candidate would cost a compile and time nothing."""
+    per_stage = (bm * bk + bk * bn) * itemsize
+    while stages >= 2 and stages * per_stage > limit:
+        stages -= 1
+    return stages if stages >= 2 else 0
+
+
+def _fitted(tiles: dict[str, int], stages: int, itemsize: int) -> list[tuple[dict[str, int], int]]:
+    """`tiles` at the stages that fit; where that is fewer than `stages`, also the same output tile
+    with half the K depth at `stages` (float32's 128x256 at BK 32, 3 stages: 144 KiB)."""
+    out = []
+    fit = fit_stages(tiles["BM"], tiles["BN"], tiles["BK"], stages, itemsize)
+    if fit:
+        out.append((tiles, fit))
+    if fit < stages and tiles["BK"] > 16 and not tiles.get("TAPS"):
+        half = {**tiles, "BK": tiles["BK"] // 2}
+        if fit_stages(half["BM"], half["BN"], half["BK"], stages, itemsize) == stages:
+            out.append((half, stages))
+    return out
+
+
 def contraction_candidates(k: Kernel) -> list[KernelConfig]:
     p = k.problem
     if "m" not in p:  # the folded (depthwise) form: a broadcast product, sized like a reduction
         return []
     m, n, kk, groups = p["m"], p["n"], p["k"], p.get("groups", 1)
     kblock = p.get("kblock", 0)  # a convolution with blocked taps: BK must divide its channels per tap
+    itemsize = p.get("itemsize", 2)
     gpu = BlockPolicy.for_device(False)
     out = []
     own = unsplit(k.meta)
@@ -72,11 +100,12 @@ def contraction_candidates(k: Kernel) -> list[KernelConfig]:
         tiles = {"BM": _tile(m, bm), "BN": _tile(n, bn), "BK": _tile(kk, bk), "GROUP_M": 8}
         if kblock:
             tiles.update(BK=min(tiles["BK"], pow2_divisor(kblock)), TAPS=1)
-        out.append(KernelConfig.of({**tiles, **gpu.split_k(m, n, kk, tiles, groups)}, w, s))
+        for t, st in _fitted(tiles, s, itemsize):
+            out.append(KernelConfig.of({**t, **gpu.split_k(m, n, kk, t, groups)}, w, st))
     if p.get("tma"):  # a plain 2-D matmul: the big tiles again with A and B read by Hopper's TMA
         for bm, bn, bk, w, s in table[:2] + table[4:5]:
             tiles = {"BM": _tile(m, bm), "BN": _tile(n, bn), "BK": _tile(kk, bk), "GROUP_M": 8, "TMA": 1}
-            out.append(KernelConfig.of(tiles, w, s))
+            out.extend(KernelConfig.of(t, w, st) for t, st in _fitted(tiles, s, itemsize))
     return out
 
 
