@@ -2,6 +2,7 @@
 
     python benchmarks/ptx_report.py [--only conv,gemm] [--arch 90]
     python benchmarks/ptx_report.py --step lenet|vae|gpt|resnet    # every kernel of a training step
+    python benchmarks/ptx_report.py --candidates --only gemm        # every config the tuner would time
 
 A contraction's K loop is where its time goes. When the loop body holds many more instructions than
 its tensor-core work can hide (index arithmetic, bounds masks, one address per gathered element),
@@ -17,9 +18,12 @@ GPU block policy through `aot.compile_for_target`, this prints:
   thread (4-byte ones are gathers: an address and a predicate each);
 * grid, tiles and K steps per program.
 
-`--step` does the same for every function of one of gpu_bench's training steps (value-and-grad +
-SGD, the GPU policy's tiles), ranked by `autotune.estimated_us` (a roofline guess), with the K
-steps each program runs (`steps`): the static half of "which kernels dominate".
+`--candidates` compiles every config the autotuner would time for each case's kernels and flags
+those whose shared memory no H100 block gets (a candidate that cannot launch costs a first call a
+compile and times nothing). `--step` does the same as the default for every function of one of
+gpu_bench's training steps (value-and-grad + SGD, the GPU policy's tiles), ranked by
+`autotune.estimated_us` (a roofline guess), with the K steps each program runs (`steps`): the
+static half of "which kernels dominate".
 
 Static counts, not timings: they say where a kernel stands against the yardstick, the GPU run says
 what it costs. Run with TRITON_INTERPRET unset (a GPU-less machine otherwise interprets).
@@ -88,11 +92,12 @@ def _conv_graph(op: str, n: int, c: int, hw: int, stride: int, layout: tuple | N
 def cases(only: set[str]) -> list[tuple[str, Graph]]:
     out = []
     if "gemm" in only:
-        g = Graph("gemm")
-        b = Builder(g)
-        g.set_outputs([b("matmul", g.add_input(TensorType((4096, 4096), "f16"), "a"),
-                         g.add_input(TensorType((4096, 4096), "f16"), "b"))])
-        out.append(("matmul 4096^3 f16", g))
+        for d in ("f16", "f32"):
+            g = Graph("gemm")
+            b = Builder(g)
+            g.set_outputs([b("matmul", g.add_input(TensorType((4096, 4096), d), "a"),
+                             g.add_input(TensorType((4096, 4096), d), "b"))])
+            out.append((f"matmul 4096^3 {d}", g))
     if "conv" in only:
         for op in ("conv2d", "conv2d_grad_input", "conv2d_grad_weight"):
             for layout in (None, NHWC):
@@ -154,12 +159,33 @@ def report_step(which: str, arch: int) -> None:
               f"{s['mma']:>4} {s['cp16']:>4} {s['cp4']:>4}", flush=True)
 
 
+def report_candidates(name: str, g: Graph, arch: int) -> None:
+    """Every config the autotuner would time for `g`'s kernels, compiled instead of timed: its loop,
+    its shared memory, and "NO LAUNCH" where that exceeds what a block gets on an H100."""
+    from avalon.codegen.triton.autotune import SMEM_BYTES, Tuner, config_of
+
+    def static(k, make_args) -> float:
+        ck = compile_for_target(k, arch)
+        s = loop_stats(ck.asm["ptx"])
+        shared = ck.metadata.shared
+        print(f"{name:<44} {config_of(k).label:<52} {shared // 1024:>5} {s['loops']:>9} {s['mma']:>5} {s['cp16']:>4} "
+              f"{s['cp4']:>4}{'  NO LAUNCH' if shared > SMEM_BYTES else ''}", flush=True)
+        return 1.0
+    compile_graph(fuse(g, g.name), tuner=Tuner(static, force=True, device=f"sm_{arch} (static)"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="gemm,conv")
     ap.add_argument("--step", choices=sorted(STEPS))
     ap.add_argument("--arch", type=int, default=90)
+    ap.add_argument("--candidates", action="store_true", help="every autotuning candidate of the --only cases")
     args = ap.parse_args()
+    if args.candidates:
+        print(f"{'case':<44} {'candidate':<52} {'KiB':>5} {'loop':>9} {'mma':>5} {'cp16':>4} {'cp4':>4}")
+        for name, g in cases(set(args.only.split(","))):
+            report_candidates(name, g, args.arch)
+        return
     if args.step:
         report_step(args.step, args.arch)
         return
