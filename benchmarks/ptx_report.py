@@ -34,6 +34,7 @@ import argparse
 import os
 import re
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 os.environ["TRITON_INTERPRET"] = "0"
@@ -162,6 +163,7 @@ def report_step(which: str, arch: int) -> None:
 def report_candidates(name: str, g: Graph, arch: int) -> None:
     """Every config the autotuner would time for `g`'s kernels, compiled instead of timed: its loop,
     its shared memory, and "NO LAUNCH" where that exceeds what a block gets on an H100."""
+    from avalon.codegen.triton import KernelCache
     from avalon.codegen.triton.autotune import SMEM_BYTES, Tuner, config_of
 
     def static(k, make_args) -> float:
@@ -171,7 +173,8 @@ def report_candidates(name: str, g: Graph, arch: int) -> None:
         print(f"{name:<44} {config_of(k).label:<52} {shared // 1024:>5} {s['loops']:>9} {s['mma']:>5} {s['cp16']:>4} "
               f"{s['cp4']:>4}{'  NO LAUNCH' if shared > SMEM_BYTES else ''}", flush=True)
         return 1.0
-    compile_graph(fuse(g, g.name), tuner=Tuner(static, force=True, device=f"sm_{arch} (static)"))
+    with tempfile.TemporaryDirectory() as records:  # no stored verdict: every candidate is compiled anew
+        compile_graph(fuse(g, g.name), tuner=Tuner(static, KernelCache(records), force=True, device=f"sm_{arch}"))
 
 
 def main() -> None:
