@@ -43,9 +43,9 @@ SCRIPT = textwrap.dedent('''
     x, w = g.add_input(TensorType((256, 200), "f16"), "x"), g.add_input(TensorType((300, 200), "f16"), "w")
     g.set_outputs([b("relu", b("matmul", x, b("transpose", w, perm=[1, 0])))])
     graphs.append(g)
-    g = Graph("f")  # float32 operands: the big tiles must come with fewer stages or a shallower K
+    g = Graph("f")  # float32 operands, few tiles and a long K: big tiles refitted, TMA over chunks of K
     b = Builder(g)
-    g.set_outputs([b("matmul", g.add_input(TensorType((256, 256), "f32"), "a"), g.add_input(TensorType((256, 256), "f32"), "b"))])
+    g.set_outputs([b("matmul", g.add_input(TensorType((256, 4096), "f32"), "a"), g.add_input(TensorType((4096, 256), "f32"), "b"))])
     graphs.append(g)
     g = Graph("f")
     b = Builder(g)
@@ -90,6 +90,7 @@ def test_every_candidate_config_compiles_for_sm90(tmp_path):
     assert kinds >= {"contraction", "reduction", "attention", "attention_bwd", "pointwise"}, kinds
     configs = [r["config"] for r in results if r["kind"] == "contraction"]
     assert any("TMA=1" in c for c in configs) and any("SPLIT_K=" in c for c in configs), configs
+    assert any("TMA=1" in c and "SPLIT_K=" in c for c in configs), configs  # descriptors over a chunk of K
     assert any("TAPS=1" in c for c in configs), configs
     assert {r["config"].split(" w=")[0] for r in results if r["kind"] == "reduction"} >= {
         "RBLOCK=4096 XBLOCK=1", "RBLOCK=1024 XBLOCK=1"}  # the persistent and the looped form

@@ -48,6 +48,60 @@ def test_tma_candidate_computes_the_reference(tmp_path, dtype, transposed, tol):
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
 
 
+def sequence_linear(dtype: str, B: int = 4, T: int = 16, C: int = 48, N: int = 32):
+    """relu(x @ w) on a [B, T, C] sequence, seen as a [B*T, C] matrix (a transformer's Linear)."""
+    g, b, (x, w) = graph(((B, T, C), dtype), ((C, N), dtype))
+    y = b("matmul", b("reshape", x, shape=[B * T, C]), w)
+    g.set_outputs([b("relu", b("reshape", y, shape=[B, T, N]))])
+    return fuse(g)
+
+
+def sequence_weight_grad(dtype: str, B: int = 4, T: int = 16, C: int = 48, N: int = 32):
+    """A Linear's weight gradient on a sequence, x^T @ dy over the B*T rows: both operands reshaped,
+    the first also transposed."""
+    g, b, (x, dy) = graph(((B, T, C), dtype), ((B, T, N), dtype))
+    xt = b("transpose", b("reshape", x, shape=[B * T, C]), perm=[1, 0])
+    g.set_outputs([b("matmul", xt, b("reshape", dy, shape=[B * T, N]))])
+    return fuse(g)
+
+
+@pytest.mark.parametrize("make,dtype,tol", [(sequence_linear, "f32", 1e-5), (sequence_linear, "f16", 2e-3),
+                                            (sequence_weight_grad, "f32", 1e-5)])
+def test_tma_reads_sequences_through_their_row_merging_reshape(tmp_path, make, dtype, tol):
+    g = make(dtype)
+    cache = KernelCache(tmp_path)
+    k0 = next(ln.kernel for ln in compile_graph(g, cache=cache).launches)
+    assert k0.problem.get("tma") == 1, k0.problem
+    tma = [c for c in candidates(k0) if c.blocks.get("TMA")]
+    cg = compile_graph(g, cache=cache, tuner=Tuner(FakeTimer({tma[0].label: 0.1}), force=True, device=DEVICE))
+    k = next(ln.kernel for ln in cg.launches)
+    assert config_of(k) == tma[0] and k.source.count("tl.make_tensor_descriptor(") == 2
+    xs = random_inputs(g, np.random.default_rng(1))
+    want = interpret(g, *xs)[0].astype(np.float64)
+    got = to_numpy(cg(*xs)[0]).astype(np.float64)
+    tol = tol if interpreting() else max(tol, 2e-2)
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+def test_tma_with_split_k_reads_zeros_past_k(tmp_path, monkeypatch):
+    """A weight gradient over 80 rows in 3 chunks of 32: the last chunk runs 16 rows past K, which
+    the descriptor's bounds zero-fill; the epilogue sums the chunks."""
+    from avalon.codegen.triton import autotune
+    from avalon.codegen.triton.blocks import KernelConfig
+    g = sequence_weight_grad("f32", B=5)
+    cfg = KernelConfig.of({"BM": 16, "BN": 32, "BK": 16, "GROUP_M": 8, "TMA": 1, "SPLIT_K": 3, "KCHUNK": 32}, 4, 3)
+    monkeypatch.setitem(autotune.CANDIDATES, "contraction", lambda k: [cfg])
+    cg = compile_graph(g, cache=KernelCache(tmp_path), tuner=Tuner(FakeTimer({cfg.label: 0.1}), force=True,
+                                                                  device=DEVICE))
+    k = next(ln.kernel for ln in cg.launches)
+    assert config_of(k) == cfg and k.then is not None and "tl.make_tensor_descriptor(" in k.source
+    xs = random_inputs(g, np.random.default_rng(2))
+    want = interpret(g, *xs)[0].astype(np.float64)
+    got = to_numpy(cg(*xs)[0]).astype(np.float64)
+    tol = 1e-5 if interpreting() else 2e-2
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("shape", [(10, 7, 5), (64, 50, 30)])
 def test_operands_tma_cannot_describe_get_no_tma_candidate(tmp_path, shape):
     """Row strides of 7 or 30 floats are not multiples of 16 bytes, which TMA requires."""

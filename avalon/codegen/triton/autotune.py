@@ -14,8 +14,10 @@ In Triton's interpreter nothing is timed: each kernel keeps the `BlockPolicy`'s 
 interpreter's cost is per program instance, unrelated to GPU speed). `AVALON_AUTOTUNE=0` does the
 same on a GPU. A contraction candidate may split K (`BlockPolicy.split_k`: few output tiles, long
 K); its epilogue function is then part of what is timed (`launch` runs `Kernel.then`), and the
-policy's tiles unsplit are a candidate too, so a split is chosen only where it pays. A plain 2-D
-matmul TMA can read also tries its big tiles with tensor-descriptor loads (`"TMA": 1`); a
+policy's tiles unsplit are a candidate too, so a split is chosen only where it pays. A 2-D
+matmul TMA can read (a transformer's [B, T, C] activations count, as [B*T, C]) also tries its big
+tiles with tensor-descriptor loads (`"TMA": 1`, split over K like the rest): float32 operands
+that are not K-major then arrive in 16-byte-aligned bulk copies instead of 4-byte gathers; a
 convolution with blocked taps (`"TAPS": 1`, `gemms._kblock`) also tries its tiles per element. Kernels a
 roofline puts under `TUNE_MIN_US` (all of LeNet's and the VAE's) are not timed: compiling their
 candidates would cost a first call seconds to save microseconds; the policy sizes them (smaller
@@ -105,7 +107,8 @@ def contraction_candidates(k: Kernel) -> list[KernelConfig]:
     if p.get("tma"):  # a plain 2-D matmul: the big tiles again with A and B read by Hopper's TMA
         for bm, bn, bk, w, s in table[:2] + table[4:5]:
             tiles = {"BM": _tile(m, bm), "BN": _tile(n, bn), "BK": _tile(kk, bk), "GROUP_M": 8, "TMA": 1}
-            out.extend(KernelConfig.of(t, w, st) for t, st in _fitted(tiles, s, itemsize))
+            out.extend(KernelConfig.of({**t, **gpu.split_k(m, n, kk, t, groups)}, w, st)
+                       for t, st in _fitted(tiles, s, itemsize))
     return out
 
 

@@ -88,7 +88,7 @@ def build_contraction(group: Group, in_strides: Sequence[Sequence[int]], out_str
     tma = _tma_operands(group, op, gemm, in_strides)
     if tma:
         problem["tma"] = 1  # the autotuner may try the TMA form
-    if meta.get("TMA") and not (tma and "SPLIT_K" not in meta):
+    if meta.get("TMA") and not tma:
         raise Unsupported("this contraction's operands cannot be read by TMA descriptors")
     phases = grad_input_phases(op)
     if phases:
@@ -97,7 +97,8 @@ def build_contraction(group: Group, in_strides: Sequence[Sequence[int]], out_str
         if k is not None:
             return k
     if meta.get("SPLIT_K", 1) > 1:
-        k = _build_split(group, op, gemm, in_strides, out_strides, policy, meta, warps, stages, problem)
+        k = _build_split(group, op, gemm, in_strides, out_strides, policy, meta, warps, stages, problem,
+                         tma if meta.get("TMA") else None)
         if k is not None:
             return k
         meta = unsplit(meta)
@@ -125,8 +126,9 @@ def _plain_gemm(group: Group, op: Op, gemm: Gemm, in_strides: Sequence[Sequence[
 def _tma_operands(group: Group, op: Op, gemm: Gemm,
                   in_strides: Sequence[Sequence[int]]) -> list[tuple[int, tuple[int, ...]]] | None:
     """(input index, strides) of A and B when Hopper's tensor-memory accelerator can load them: a
-    2-D matmul of two kernel inputs, each with one unit stride and the other a multiple of 16
-    bytes (TMA's rule). None otherwise."""
+    2-D matmul of two kernel inputs (or of their transposes, or of [B, T, C] inputs seen as
+    [B*T, C] matrices: a Linear on a sequence), each with one unit stride and the other a multiple
+    of 16 bytes (TMA's rule). None otherwise."""
     if op.name != "matmul" or gemm.groups != 1:
         return None
     index = {id(v): i for i, v in enumerate(group.inputs)}
@@ -135,14 +137,31 @@ def _tma_operands(group: Group, op: Op, gemm: Gemm,
         src, swap = x, False
         if id(x) not in index and x.op is not None and x.op.name == "transpose" and list(x.op.attrs["perm"]) == [1, 0]:
             src, swap = x.op.operands[0], True  # x @ w.T inside the group: w's tiles, transposed
-        i = index.get(id(src))
-        if i is None or x.type.rank != 2 or x.dtype not in (dt.float16, dt.bfloat16, dt.float32):
+        st = _as_matrix(src, index, in_strides)
+        if st is None or x.type.rank != 2 or x.dtype not in (dt.float16, dt.bfloat16, dt.float32):
             return None
-        st = tuple(in_strides[i])[::-1] if swap else tuple(in_strides[i])
+        i, st = st[0], (st[1][::-1] if swap else st[1])
         if sorted(st)[0] != 1 or (max(st) * x.dtype.itemsize) % 16:
             return None
         out.append((i, st))
     return out
+
+
+def _as_matrix(x: Value, index: dict[int, int], in_strides: Sequence[Sequence[int]]) -> tuple[int, tuple] | None:
+    """(input index, 2-D strides) of `x` when it is a kernel input, or a reshape of one that merges
+    its leading dimensions (contiguous among themselves) into rows and keeps its last."""
+    if id(x) in index:
+        return index[id(x)], tuple(in_strides[index[id(x)]])
+    if x.op is None or x.op.name != "reshape" or x.type.rank != 2 or id(x.op.operands[0]) not in index:
+        return None
+    src = x.op.operands[0]
+    i = index[id(src)]
+    shape, st = src.shape, tuple(in_strides[i])
+    if src.type.rank < 2 or shape[-1] != x.shape[1]:
+        return None
+    if any(st[j] != st[j + 1] * shape[j + 1] for j in range(len(shape) - 2)):
+        return None  # the leading dimensions do not merge into one stride
+    return i, (st[-2], st[-1])
 
 
 def _build_phases(group: Group, op: Op, phases: list[tuple[int, int]], in_strides: Sequence[Sequence[int]],
@@ -204,7 +223,7 @@ def _dot_loop(em: Emitter, op: Op, gemm: Gemm, policy: BlockPolicy, v: Vars, spl
     acc_d = _acc_dtype(op.result.dtype)
     em.line(f"acc = tl.zeros([BM, BN], {ty.tl_type(acc_d)})")
     if tma is not None:
-        _tma_dot(em, op, gemm, policy, tma)
+        _tma_dot(em, op, gemm, policy, tma, split)
         return
     if gemm.kblock:  # the tile's channel offsets, loop-invariant (see below)
         kr = Affine.of(em.define_var("kr", "tl.arange(0, BK)[None, :]", 1 << 30))
@@ -251,17 +270,22 @@ def _dot_loop(em: Emitter, op: Op, gemm: Gemm, policy: BlockPolicy, v: Vars, spl
     em.close()
 
 
-def _tma_dot(em: Emitter, op: Op, gemm: Gemm, policy: BlockPolicy, tma: list[tuple[int, tuple[int, ...]]]) -> None:
+def _tma_dot(em: Emitter, op: Op, gemm: Gemm, policy: BlockPolicy, tma: list[tuple[int, tuple[int, ...]]],
+             split: bool = False) -> None:
     """The K loop with A [M, K] and B [K, N] read through tensor descriptors (device-side: the
     runtime gives Triton an allocator for them); a column-major operand is described transposed
-    and its tile transposed back."""
+    and its tile transposed back. With `split`, this program's KCHUNK of K: a chunk running past
+    K reads zeros there (the descriptor's bounds), so it needs no mask."""
     (ia, sa), (ib, sb) = tma
-    a = _tma_tile(em, "a_desc", ia, sa, (gemm.m, gemm.k), ("BM", "BK"), ("pid_m * BM", "k0"))
-    b = _tma_tile(em, "b_desc", ib, sb, (gemm.k, gemm.n), ("BK", "BN"), ("k0", "pid_n * BN"))
+    k = "k_lo + k0" if split else "k0"
+    a = _tma_tile(em, "a_desc", ia, sa, (gemm.m, gemm.k), ("BM", "BK"), ("pid_m * BM", k))
+    b = _tma_tile(em, "b_desc", ib, sb, (gemm.k, gemm.n), ("BK", "BN"), (k, "pid_n * BN"))
     if em.dots_in_f32 and op.operands[0].dtype == dt.bfloat16:  # the interpreter's bf16 dot is wrong
         a, b = f"{a}.to(tl.float32)", f"{b}.to(tl.float32)"
     prec = f', input_precision="{policy.precision(op.name)}"' if op.operands[0].dtype == dt.float32 else ""
-    em.open(f"for k0 in range(0, {gemm.k}, BK):")
+    if split:
+        em.line("k_lo = tl.program_id(2) * KCHUNK")
+    em.open(f"for k0 in range(0, {'KCHUNK' if split else gemm.k}, BK):")
     em.line(f"acc += tl.dot({a}, {b}{prec})")
     em.close()
 
@@ -296,7 +320,8 @@ def _epilogue(em: Emitter, group: Group, op: Op, gemm: Gemm, v: Vars, out_stride
 
 def _build_split(group: Group, op: Op, gemm: Gemm, in_strides: Sequence[Sequence[int]],
                  out_strides: Sequence[Sequence[int]], policy: BlockPolicy, meta: dict[str, int], warps: int,
-                 stages: int, problem: dict[str, int]) -> Kernel | None:
+                 stages: int, problem: dict[str, int],
+                 tma: list[tuple[int, tuple[int, ...]]] | None = None) -> Kernel | None:
     """Split-K: grid axis 2 runs SPLIT_K chunks of K, each storing its partial tile into the
     workspace `ws` [SPLIT_K, groups, m, n]; the epilogue function (`<name>_epilogue`, launched
     right after, `Kernel.then`) sums the splits in order and runs the group's other ops. None when
@@ -309,7 +334,7 @@ def _build_split(group: Group, op: Op, gemm: Gemm, in_strides: Sequence[Sequence
     gz = "gz" if gemm.groups > 1 else "0"
     em = Emitter(group.inputs, in_strides, dots_in_f32=policy.interpret)
     v = _tiles(em, gemm)
-    _dot_loop(em, op, gemm, policy, v, split=True)
+    _dot_loop(em, op, gemm, policy, v, split=True, tma=tma)
     em.line(f"tl.store(ws + (tl.program_id(2) * {tile} + ({gz} * {gemm.m} + rm) * {gemm.n} + rn), acc, "
             "mask=mask_m & mask_n)")
     epi = Emitter(group.inputs, in_strides, dots_in_f32=policy.interpret)
