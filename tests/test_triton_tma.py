@@ -32,19 +32,30 @@ def linear(dtype: str, transposed: bool, m: int = 64, k: int = 48, n: int = 32):
 @pytest.mark.parametrize("dtype,transposed,tol", [("f32", False, 1e-5), ("f16", False, 2e-3), ("f32", True, 1e-5),
                                                   ("bf16", True, 2e-2)])
 def test_tma_candidate_computes_the_reference(tmp_path, dtype, transposed, tol):
-    g = linear(dtype, transposed)
+    tma = _forced_tma(linear(dtype, transposed), tmp_path, tol, seed=0)
+    assert all("SPLIT_K" not in c.blocks for c in tma)  # (small: the big tiles clip to the same)
+
+
+def _forced_tma(g, tmp_path, tol: float, seed: int) -> list:
+    """`g`'s kernel with its first TMA candidate chosen, checked against the reference; its TMA
+    candidates."""
     cache = KernelCache(tmp_path)
     k0 = next(ln.kernel for ln in compile_graph(g, cache=cache).launches)
-    assert k0.problem.get("tma") == 1
+    assert k0.problem.get("tma") == 1, k0.problem
     tma = [c for c in candidates(k0) if c.blocks.get("TMA")]
-    assert tma and all("SPLIT_K" not in c.blocks for c in tma)  # (small: the big tiles clip to the same)
+    assert tma
     cg = compile_graph(g, cache=cache, tuner=Tuner(FakeTimer({tma[0].label: 0.1}), force=True, device=DEVICE))
     k = next(ln.kernel for ln in cg.launches)
     assert config_of(k) == tma[0] and k.source.count("tl.make_tensor_descriptor(") == 2
-    xs = random_inputs(g, np.random.default_rng(0))
+    _check(g, cg, tol, seed)
+    return tma
+
+
+def _check(g, cg, tol: float, seed: int) -> None:
+    xs = random_inputs(g, np.random.default_rng(seed))
     want = interpret(g, *xs)[0].astype(np.float64)
     got = to_numpy(cg(*xs)[0]).astype(np.float64)
-    tol = tol if interpreting() else max(tol, 2e-2)  # a GPU's f32 dots are tf32
+    tol = tol if interpreting() else max(tol, 2e-2)  # a GPU's f32 dots may be tf32
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
 
 
@@ -68,19 +79,7 @@ def sequence_weight_grad(dtype: str, B: int = 4, T: int = 16, C: int = 48, N: in
 @pytest.mark.parametrize("make,dtype,tol", [(sequence_linear, "f32", 1e-5), (sequence_linear, "f16", 2e-3),
                                             (sequence_weight_grad, "f32", 1e-5)])
 def test_tma_reads_sequences_through_their_row_merging_reshape(tmp_path, make, dtype, tol):
-    g = make(dtype)
-    cache = KernelCache(tmp_path)
-    k0 = next(ln.kernel for ln in compile_graph(g, cache=cache).launches)
-    assert k0.problem.get("tma") == 1, k0.problem
-    tma = [c for c in candidates(k0) if c.blocks.get("TMA")]
-    cg = compile_graph(g, cache=cache, tuner=Tuner(FakeTimer({tma[0].label: 0.1}), force=True, device=DEVICE))
-    k = next(ln.kernel for ln in cg.launches)
-    assert config_of(k) == tma[0] and k.source.count("tl.make_tensor_descriptor(") == 2
-    xs = random_inputs(g, np.random.default_rng(1))
-    want = interpret(g, *xs)[0].astype(np.float64)
-    got = to_numpy(cg(*xs)[0]).astype(np.float64)
-    tol = tol if interpreting() else max(tol, 2e-2)
-    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+    _forced_tma(make(dtype), tmp_path, tol, seed=1)
 
 
 def test_tma_with_split_k_reads_zeros_past_k(tmp_path, monkeypatch):
@@ -95,11 +94,7 @@ def test_tma_with_split_k_reads_zeros_past_k(tmp_path, monkeypatch):
                                                                   device=DEVICE))
     k = next(ln.kernel for ln in cg.launches)
     assert config_of(k) == cfg and k.then is not None and "tl.make_tensor_descriptor(" in k.source
-    xs = random_inputs(g, np.random.default_rng(2))
-    want = interpret(g, *xs)[0].astype(np.float64)
-    got = to_numpy(cg(*xs)[0]).astype(np.float64)
-    tol = 1e-5 if interpreting() else 2e-2
-    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+    _check(g, cg, 1e-5, seed=2)
 
 
 @pytest.mark.parametrize("shape", [(10, 7, 5), (64, 50, 30)])
