@@ -13,7 +13,7 @@ from helpers import graph
 from test_autotune import DEVICE, FakeTimer
 
 from avalon.codegen.triton import KernelCache, compile_graph
-from avalon.codegen.triton.autotune import Tuner, candidates, config_of
+from avalon.codegen.triton.autotune import SMEM_BYTES, Tuner, candidates, config_of
 from avalon.codegen.triton.cache import interpreting
 from avalon.codegen.triton.testing import fuse, random_inputs
 from avalon.ir import interpret, to_numpy
@@ -97,6 +97,39 @@ def test_tma_with_split_k_reads_zeros_past_k(tmp_path, monkeypatch):
     _check(g, cg, 1e-5, seed=2)
 
 
+@pytest.mark.parametrize("dtype,tma,tol", [("f16", 1, 2e-3), ("f32", 1, 1e-5), ("f32", 0, 1e-5)])
+def test_persistent_programs_walk_every_tile_once(tmp_path, monkeypatch, dtype, tma, tol):
+    """PERSIST=3 programs over 4 x 2 output tiles (3, 3 and 2 each), the fused bias + relu in the
+    tile loop; with and without TMA descriptors (made once, before the loop)."""
+    from avalon.codegen.triton import autotune
+    from avalon.codegen.triton.blocks import KernelConfig
+    g = linear(dtype, True)
+    cfg = KernelConfig.of({"BM": 16, "BN": 16, "BK": 16, "GROUP_M": 8, "PERSIST": 3, **({"TMA": 1} if tma else {})},
+                          4, 3)
+    monkeypatch.setitem(autotune.CANDIDATES, "contraction", lambda k: [cfg])
+    cg = compile_graph(g, cache=KernelCache(tmp_path), tuner=Tuner(FakeTimer({cfg.label: 0.1}), force=True,
+                                                                  device=DEVICE))
+    k = next(ln.kernel for ln in cg.launches)
+    assert config_of(k) == cfg and k.grid[0] == 3, (config_of(k), k.grid)
+    loop = k.source.index("for tile in tl.range(")
+    assert k.source.count("tl.make_tensor_descriptor(") == 2 * tma
+    assert all(k.source.index(ln) < loop for ln in k.source.splitlines() if "make_tensor_descriptor" in ln)
+    _check(g, cg, tol, seed=3)
+
+
+def test_persistent_candidates_only_where_tiles_outnumber_the_sms():
+    from avalon.codegen.triton.autotune import contraction_candidates
+    from avalon.codegen.triton.kernel import Kernel
+
+    def persistent(m, n, itemsize):
+        k = Kernel("k", "contraction", "", [], {"BM": 128, "BN": 128, "BK": 32, "GROUP_M": 8}, (1,), num_warps=8,
+                   num_stages=3, problem={"m": m, "n": n, "k": 4096, "groups": 1, "itemsize": itemsize, "tma": 1})
+        return [c for c in contraction_candidates(k) if c.blocks.get("PERSIST")]
+    assert len(persistent(4096, 4096, 2)) == 2  # 1024 and 512 tiles of 128x128 and 128x256
+    assert not persistent(1024, 1024, 2)  # 64 tiles: a program each already
+    assert not persistent(4096, 4096, 4)  # float32: its epilogue buffer leaves the big tiles no room
+
+
 @pytest.mark.parametrize("shape", [(10, 7, 5), (64, 50, 30)])
 def test_operands_tma_cannot_describe_get_no_tma_candidate(tmp_path, shape):
     """Row strides of 7 or 30 floats are not multiples of 16 bytes, which TMA requires."""
@@ -117,15 +150,20 @@ SCRIPT = textwrap.dedent('''
     from avalon.codegen.triton.cache import KernelCache
     from avalon.codegen.triton.group import from_fusion
     g = linear("f16", True, 4096, 4096, 4096)
-    cfg = KernelConfig.of({"BM": 128, "BN": 256, "BK": 64, "GROUP_M": 8, "TMA": 1}, 8, 3)
-    k = build_kernel(from_fusion(g.ops[0], "fused_linear_tma"), BlockPolicy.for_device(False), config=cfg)
-    k.fn = KernelCache().load(k.name, k.source)
-    ptx = compile_for_target(k).asm["ptx"]
-    print(json.dumps({"tma": ptx.count("cp.async.bulk.tensor"), "wgmma": ptx.count("wgmma.mma_async")}))
+    got = {}
+    for name, extra in (("tma", {}), ("persistent", {"PERSIST": 132})):
+        cfg = KernelConfig.of({"BM": 128, "BN": 256, "BK": 64, "GROUP_M": 8, "TMA": 1, **extra}, 8, 3)
+        k = build_kernel(from_fusion(g.ops[0], f"fused_linear_{name}"), BlockPolicy.for_device(False), config=cfg)
+        k.fn = KernelCache().load(k.name, k.source)
+        ck = compile_for_target(k)
+        ptx = ck.asm["ptx"]
+        got[name] = {"tma": ptx.count("cp.async.bulk.tensor"), "wgmma": ptx.count("wgmma.mma_async"),
+                     "shared": ck.metadata.shared, "grid": k.grid[0]}
+    print(json.dumps(got))
 ''')
 
 
-def test_tma_form_compiles_to_bulk_tensor_copies_for_h100(tmp_path):
+def test_tma_and_persistent_forms_compile_to_bulk_tensor_copies_for_h100(tmp_path):
     env = {**os.environ, "TRITON_INTERPRET": "0", "AVALON_CACHE_DIR": str(tmp_path / "avalon"),
            "TRITON_CACHE_DIR": str(tmp_path / "triton"),
            "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
@@ -133,4 +171,6 @@ def test_tma_form_compiles_to_bulk_tensor_copies_for_h100(tmp_path):
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert got["tma"] > 0 and got["wgmma"] > 0, got
+    for form in got.values():
+        assert form["tma"] > 0 and form["wgmma"] > 0, got
+    assert got["persistent"]["grid"] == 132 and got["persistent"]["shared"] <= SMEM_BYTES, got

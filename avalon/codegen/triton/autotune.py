@@ -17,7 +17,9 @@ K); its epilogue function is then part of what is timed (`launch` runs `Kernel.t
 policy's tiles unsplit are a candidate too, so a split is chosen only where it pays. A 2-D
 matmul TMA can read (a transformer's [B, T, C] activations count, as [B*T, C]) also tries its big
 tiles with tensor-descriptor loads (`"TMA": 1`, split over K like the rest): float32 operands
-that are not K-major then arrive in 16-byte-aligned bulk copies instead of 4-byte gathers; a
+that are not K-major then arrive in 16-byte-aligned bulk copies instead of 4-byte gathers; with
+16-bit operands and more tiles than twice the SMs, two TMA tiles also run persistent
+(`"PERSIST": 132`: a program per SM walks the tiles, its loop flattened); a
 convolution with blocked taps (`"TAPS": 1`, `gemms._kblock`) also tries its tiles per element. Kernels a
 roofline puts under `TUNE_MIN_US` (all of LeNet's and the VAE's) are not timed: compiling their
 candidates would cost a first call seconds to save microseconds; the policy sizes them (smaller
@@ -34,14 +36,14 @@ from typing import Any
 
 from avalon.channels import get_logger
 
-from .blocks import BlockPolicy, KernelConfig, next_pow2, pow2_divisor, unsplit
+from .blocks import BlockPolicy, KernelConfig, cdiv, next_pow2, pow2_divisor, unsplit
 from .cache import KernelCache, interpreting
 from .kernel import Kernel
 
 log = get_logger("autotune")
 
 TUNABLE = ("contraction", "attention", "attention_bwd", "reduction", "pointwise")
-CANDIDATES_VERSION = "6"  # bump when the candidate sets change: stored winners are then re-timed
+CANDIDATES_VERSION = "7"  # bump when the candidate sets change: stored winners are then re-timed
 
 MakeArgs = Callable[[], list]  # the kernel's argument tensors (made once per tuned kernel, on demand)
 Timer = Callable[[Kernel, MakeArgs], float]  # milliseconds of one launch of `kernel`
@@ -54,6 +56,7 @@ def _tile(size: int, want: int) -> int:
 
 
 SMEM_BYTES = 232448  # an H100's / H200's shared memory per block (227 KiB, sm_90's opt-in maximum)
+PERSIST_EPILOGUE = 32 << 10  # what a persistent 16-bit GEMM's overlapped epilogue adds (sm_90 PTX, Triton 3.6-3.9)
 
 
 def fit_stages(bm: int, bn: int, bk: int, stages: int, itemsize: int, limit: int = SMEM_BYTES) -> int:
@@ -109,6 +112,14 @@ def contraction_candidates(k: Kernel) -> list[KernelConfig]:
             tiles = {"BM": _tile(m, bm), "BN": _tile(n, bn), "BK": _tile(kk, bk), "GROUP_M": 8, "TMA": 1}
             out.extend(KernelConfig.of({**t, **gpu.split_k(m, n, kk, t, groups)}, w, st)
                        for t, st in _fitted(tiles, s, itemsize))
+        # and persistent (16-bit operands: a float32 epilogue buffer pushes the big tiles past the
+        # shared memory), where the tiles outnumber the SMs
+        for bm, bn, bk, w, s in table[1:2] + table[4:5] if itemsize == 2 else []:
+            tiles = {"BM": _tile(m, bm), "BN": _tile(n, bn), "BK": _tile(kk, bk), "GROUP_M": 8, "TMA": 1}
+            if cdiv(m, tiles["BM"]) * cdiv(n, tiles["BN"]) > 2 * gpu.split_programs:
+                st = fit_stages(tiles["BM"], tiles["BN"], tiles["BK"], s, itemsize, SMEM_BYTES - PERSIST_EPILOGUE)
+                if st:
+                    out.append(KernelConfig.of({**tiles, "PERSIST": gpu.split_programs}, w, st))
     return out
 
 

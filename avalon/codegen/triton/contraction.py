@@ -90,6 +90,8 @@ def build_contraction(group: Group, in_strides: Sequence[Sequence[int]], out_str
         problem["tma"] = 1  # the autotuner may try the TMA form
     if meta.get("TMA") and not tma:
         raise Unsupported("this contraction's operands cannot be read by TMA descriptors")
+    if meta.get("PERSIST") and (gemm.groups != 1 or meta.get("SPLIT_K", 1) > 1 or grad_input_phases(op)):
+        raise Unsupported("a persistent contraction is one unsplit 2-D GEMM")
     phases = grad_input_phases(op)
     if phases:
         meta = unsplit(meta)
@@ -102,7 +104,8 @@ def build_contraction(group: Group, in_strides: Sequence[Sequence[int]], out_str
         if k is not None:
             return k
         meta = unsplit(meta)
-    em = _plain_gemm(group, op, gemm, in_strides, out_strides, policy, tma if meta.get("TMA") else None)
+    em = _plain_gemm(group, op, gemm, in_strides, out_strides, policy, tma if meta.get("TMA") else None,
+                     persist=bool(meta.get("PERSIST")))
     src, params = assemble(group, "contraction", em, _meta_names(meta), [o.dtype for o in group.outputs])
     return Kernel(group.name, "contraction", src, params, meta, _grid(gemm, meta), num_warps=warps,
                   num_stages=stages, problem=problem)
@@ -110,16 +113,24 @@ def build_contraction(group: Group, in_strides: Sequence[Sequence[int]], out_str
 
 def _meta_names(meta: dict[str, int]) -> list[str]:
     """The kernel's constexpr parameters: every key of its config (the launcher passes them all)."""
-    return ["BM", "BN", "BK", "GROUP_M"] + [x for x in ("TMA", "TAPS", "SPLIT_K", "KCHUNK") if x in meta]
+    return ["BM", "BN", "BK", "GROUP_M"] + [x for x in ("TMA", "TAPS", "SPLIT_K", "KCHUNK", "PERSIST") if x in meta]
 
 
 def _plain_gemm(group: Group, op: Op, gemm: Gemm, in_strides: Sequence[Sequence[int]],
                 out_strides: Sequence[Sequence[int]], policy: BlockPolicy,
-                tma: list[tuple[int, tuple[int, ...]]] | None = None) -> Emitter:
+                tma: list[tuple[int, tuple[int, ...]]] | None = None, persist: bool = False) -> Emitter:
+    """One output tile a program; with `persist`, PERSIST programs (one per SM) walk the tiles, the
+    loop flattened so a tile's epilogue overlaps the next tile's first loads (Triton's persistent
+    matmul), which also spares the last wave's idle SMs a launch."""
     em = Emitter(group.inputs, in_strides, dots_in_f32=policy.interpret)
-    v = _tiles(em, gemm)
+    if persist:
+        em.line(f"num_tiles = tl.cdiv({gemm.m}, BM) * tl.cdiv({gemm.n}, BN)")
+        em.open("for tile in tl.range(tl.program_id(0), num_tiles, PERSIST, flatten=True):")
+    v = _tiles(em, gemm, "tile" if persist else "tl.program_id(0)")
     _dot_loop(em, op, gemm, policy, v, split=False, tma=tma)
     _epilogue(em, group, op, gemm, v, out_strides)
+    if persist:
+        em.close()
     return em
 
 
@@ -188,13 +199,15 @@ def _build_phases(group: Group, op: Op, phases: list[tuple[int, int]], in_stride
 
 def _grid(gemm: Gemm, meta: dict[str, int], splits: int = 1) -> tuple[int, ...]:
     tiles = cdiv(gemm.m, meta["BM"]) * cdiv(gemm.n, meta["BN"]) if gemm.m and gemm.n else 0
+    if meta.get("PERSIST"):
+        tiles = min(tiles, meta["PERSIST"])
     return (tiles, gemm.groups) if splits == 1 else (tiles, gemm.groups, splits)
 
 
-def _tiles(em: Emitter, gemm: Gemm) -> Vars:
-    """Program -> output tile (grouped ordering: tiles sharing A rows run together); the group on
-    grid axis 1."""
-    em.line("pid = tl.program_id(0)")
+def _tiles(em: Emitter, gemm: Gemm, pid: str = "tl.program_id(0)") -> Vars:
+    """Program (or a persistent program's `pid`) -> output tile (grouped ordering: tiles sharing A
+    rows run together); the group on grid axis 1."""
+    em.line(f"pid = {pid}")
     em.line(f"num_pid_m = tl.cdiv({gemm.m}, BM)")
     em.line(f"num_pid_n = tl.cdiv({gemm.n}, BN)")
     em.line("group_size = GROUP_M * num_pid_n")
@@ -295,12 +308,12 @@ def _tma_tile(em: Emitter, name: str, i: int, strides: tuple[int, ...], shape: t
     """A `block` tile at `at` of input i seen as a `shape` matrix: described as it is when its rows
     are contiguous, else described transposed and the tile transposed back."""
     (rows, cols), (br, bc), (r0, c0) = shape, block, at
-    if strides[1] == 1:
+    if strides[1] == 1:  # descriptors are made once, before any loop (a persistent one's too)
         em.line(f"{name} = tl.make_tensor_descriptor(in{i}, shape=[{rows}, {cols}], strides=[{strides[0]}, 1], "
-                f"block_shape=[{br}, {bc}])")
+                f"block_shape=[{br}, {bc}])", em.root)
         return f"{name}.load([{r0}, {c0}])"
     em.line(f"{name} = tl.make_tensor_descriptor(in{i}, shape=[{cols}, {rows}], strides=[{strides[1]}, 1], "
-            f"block_shape=[{bc}, {br}])")
+            f"block_shape=[{bc}, {br}])", em.root)
     return f"{name}.load([{c0}, {r0}]).T"
 
 
