@@ -30,6 +30,7 @@ import time
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
+import kernel_profile  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -45,6 +46,8 @@ av.set_float32_matmul_precision("high")
 DRY = False
 DEV = "cuda"
 ROWS: list[dict] = []
+PROFILES: dict[str, list[dict]] = {}  # step -> its kernels by GPU time (kernel_profile.rows)
+GPU = ""
 LAYOUT_PIPELINE = "canonicalize,cse,dce,layout,fuse,memory-plan"
 
 
@@ -161,8 +164,9 @@ def workloads():
     return out
 
 
-def avalon_step_ms(make, loss_fn, batch, pipeline: str | None = None) -> tuple[float, float]:
-    """(median step ms, first call s) of the compiled value-and-grad + SGD step."""
+def avalon_step_ms(make, loss_fn, batch, pipeline: str | None = None, profile_as: str = "") -> tuple[float, float]:
+    """(median step ms, first call s) of the compiled value-and-grad + SGD step; with `profile_as`,
+    its kernels' GPU times and fractions of peak are kept under that name (`kernel_profile`)."""
     av.manual_seed(0)
     model = make()
     av.to_device(model, DEV)
@@ -179,7 +183,11 @@ def avalon_step_ms(make, loss_fn, batch, pipeline: str | None = None) -> tuple[f
     t0 = time.perf_counter()
     float(compiled(model, opt, *xs))
     first = time.perf_counter() - t0
-    return median_ms(lambda: compiled(model, opt, *xs), 30), first
+    ms = median_ms(lambda: compiled(model, opt, *xs), 30)
+    if profile_as:
+        PROFILES[profile_as] = kernel_profile.profile(compiled, lambda: compiled(model, opt, *xs), GPU, 1 if DRY else 5)
+        print(f"  {profile_as}: kernels by GPU time\n{kernel_profile.table(PROFILES[profile_as])}", flush=True)
+    return ms, first
 
 
 def torch_step_ms(model, loss, batch, mode: str) -> float:
@@ -199,7 +207,7 @@ def section_steps(which: slice = slice(0, 2)) -> None:
     """LeNet and the VAE (`steps`); GPT and ResNet-18 are `big_steps`, run last: their tuning and
     torch.compile take the longest, and a session's time limit should cut them, not the rest."""
     for j, (name, make, loss, batch, tmodel, tloss) in list(enumerate(workloads()))[which]:
-        ms, first = avalon_step_ms(make, loss, batch)
+        ms, first = avalon_step_ms(make, loss, batch, profile_as=name)
         row("steps", name, ms, "torch eager", torch_step_ms(tmodel, tloss, batch, "eager"), f"first call {first:.2f} s")
         if not DRY:  # torch.compile on the CPU needs a C compiler and minutes; the GPU run has both
             row("steps", name, ms, "torch.compile", torch_step_ms(tmodel, tloss, batch, "compile"))
@@ -377,7 +385,7 @@ def _write(path: str, payload: dict) -> None:
 
 
 def main() -> None:
-    global DRY, DEV
+    global DRY, DEV, GPU
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU (Triton's interpreter)")
     ap.add_argument("--only", default=",".join(SECTIONS))
@@ -385,7 +393,7 @@ def main() -> None:
     args = ap.parse_args()
     DRY = args.dry_run
     DEV = "cpu" if DRY else "cuda"
-    name = torch.cuda.get_device_name() if torch.cuda.is_available() and not DRY else "cpu (dry run)"
+    name = GPU = torch.cuda.get_device_name() if torch.cuda.is_available() and not DRY else "cpu (dry run)"
     print(f"GPU: {name}; torch {torch.__version__}; ratio = baseline ms / avalon ms (above 1: Avalon faster)")
     print(f"{'section':<10} {'case':<34} {'avalon ms':>9} {'baseline':<16} {'base ms':>9} {'ratio':>7}  rate")
     failed = []
@@ -396,7 +404,7 @@ def main() -> None:
             failed.append(s)
             print(f"{s:<10} FAILED: {type(e).__name__}: {str(e)[:300]}", flush=True)
         if args.out:
-            _write(args.out, {"gpu": name, "rows": ROWS, "failed": failed})
+            _write(args.out, {"gpu": name, "rows": ROWS, "profile": PROFILES, "failed": failed})
     if failed:
         sys.exit(f"sections failed: {failed}")
 

@@ -188,19 +188,26 @@ def candidates(k: Kernel) -> list[KernelConfig]:
 TUNE_MIN_US = 10.0  # kernels a roofline puts below this are left to the policy's config
 
 
-def estimated_us(k: Kernel) -> float:
-    """A roofline guess of one launch on an H100-class GPU (200 TFLOP/s, 3 TB/s), from the problem
-    sizes: what tuning could at best save. LeNet's and the VAE's kernels are all under 10 us, while
-    timing a kernel's candidates costs seconds of compiling, which a first call pays."""
+def work(k: Kernel) -> tuple[float, float]:
+    """(FLOPs, bytes moved) of one launch of `k`, from its problem sizes: the roofline's inputs
+    (`estimated_us`) and what a profile divides by its time (gpu_bench's kernel profile)."""
     p = k.problem
-    flops = 0.0
+    flops, nbytes = 0.0, float(p["bytes"]) if "bytes" in p else 4.0 * p.get("x", 0) * p.get("r", 0)
     if k.kind == "contraction":
-        flops = 2.0 * p.get("m", p.get("rows", 0)) * p.get("n", 0) * p.get("k", 0) * p.get("groups", 1)
+        m, n, kk, g = p.get("m", p.get("rows", 0)), p.get("n", 0), p.get("k", 0), p.get("groups", 1)
+        flops = 2.0 * m * n * kk * g
     elif k.kind == "attention":
         flops = 2.0 * (k.grid[1] if len(k.grid) > 1 else 1) * p["l"] * p["s"] * (p["e"] + p["ev"])
     elif k.kind == "attention_bwd":  # S = QK^T and dP = dO V^T per phase, dV, dK, dQ
         flops = 2.0 * (k.grid[1] if len(k.grid) > 1 else 1) * p["l"] * p["s"] * (4 * p["e"] + 3 * p["ev"])
-    nbytes = float(p["bytes"]) if "bytes" in p else 4.0 * p.get("x", 0) * p.get("r", 0)
+    return flops, nbytes
+
+
+def estimated_us(k: Kernel) -> float:
+    """A roofline guess of one launch on an H100-class GPU (200 TFLOP/s, 3 TB/s), from the problem
+    sizes: what tuning could at best save. LeNet's and the VAE's kernels are all under 10 us, while
+    timing a kernel's candidates costs seconds of compiling, which a first call pays."""
+    flops, nbytes = work(k)
     return max(flops / 200e12, nbytes / 3e12) * 1e6
 
 

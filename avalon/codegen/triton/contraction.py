@@ -82,7 +82,8 @@ def build_contraction(group: Group, in_strides: Sequence[Sequence[int]], out_str
     warps = config.num_warps if config else policy.contraction_warps(meta["BM"], meta["BN"])
     stages = config.num_stages if config else 1 if policy.interpret else policy.mm_stages
     itemsize = max(op.operands[i].dtype.itemsize for i in gemm.operands)  # shared memory per staged element
-    problem = {"m": gemm.m, "n": gemm.n, "k": gemm.k, "groups": gemm.groups, "itemsize": itemsize}
+    problem = {"m": gemm.m, "n": gemm.n, "k": gemm.k, "groups": gemm.groups, "itemsize": itemsize,
+               "bytes": sum(v.type.nbytes for v in (*group.inputs, *group.outputs))}  # each read or written once
     if blocked.kblock:
         problem["kblock"] = blocked.kblock  # the autotuner tries blocked and per-element taps
     tma = _tma_operands(group, op, gemm, in_strides)
