@@ -95,6 +95,9 @@ def profile(compiled: Any, run: Callable[[], Any], gpu: str, reps: int = 5) -> l
 
 def table(rs: list[dict], top: int = 6) -> str:
     """The `top` rows as text, one kernel a line."""
+    if not any(r["kind"] for r in rs):
+        return ("    (no kernel of this step in the profile: no CUDA here, or the profiler missed the CUDA graph's "
+                "replays; AVALON_CUDA_GRAPHS=0 launches them one by one)")
     lines = []
     for r in rs[:top]:
         peak = f"{r['of_peak']:.0%} of {r['bound']} peak" if "of_peak" in r else ""
