@@ -278,3 +278,16 @@ def test_big_pointwise_kernels_are_tuned_by_block_and_warps(tmp_path):
     from avalon.codegen.triton.kernel import Kernel
     big = Kernel("p", "pointwise", "", [], {}, (1,), problem={"n": 1 << 24, "bytes": 2 * 4 << 24})
     assert autotune.estimated_us(big) > autotune.TUNE_MIN_US > autotune.estimated_us(k0)
+
+
+@pytest.mark.parametrize("itemsize,count", [(2, 7), (4, 6)])
+def test_attention_backward_candidates_fit_in_shared_memory(itemsize, count):
+    """float32 heads of 64 (GPT's): the 128x128 tile at 2 stages takes 256 KiB of an H100's 227, so
+    it is no candidate; 16-bit heads keep all seven."""
+    from avalon.codegen.triton.autotune import attention_bwd_candidates
+    from avalon.codegen.triton.kernel import Kernel
+    k = Kernel("k", "attention_bwd", "", [], {"BM": 128, "BN": 64, "BE": 64, "BV": 64}, (4, 192),
+               problem={"l": 256, "s": 256, "e": 64, "ev": 64, "itemsize": itemsize})
+    cands = attention_bwd_candidates(k)
+    assert len(cands) == count
+    assert (itemsize == 2) == any(c.blocks["BM"] == c.blocks["BN"] == 128 for c in cands)

@@ -183,7 +183,7 @@ def build_attention_bwd(group: Group, in_strides: Sequence[Sequence[int]], out_s
     warps = config.num_warps if config else 1 if policy.interpret else 8
     stages = config.num_stages if config else 1 if policy.interpret else 2
     return Kernel(group.name, "attention_bwd", src, params, meta, grid, num_warps=warps, num_stages=stages,
-                  problem={"l": L, "s": S, "e": E, "ev": Ev})
+                  problem={"l": L, "s": S, "e": E, "ev": Ev, "itemsize": qk.operands[0].dtype.itemsize})
 
 
 __all__ = ["build_attention_bwd", "match"]
