@@ -91,9 +91,9 @@ def build_contraction(group: Group, in_strides: Sequence[Sequence[int]], out_str
         problem["tma"] = 1  # the autotuner may try the TMA form
     if meta.get("TMA") and not tma:
         raise Unsupported("this contraction's operands cannot be read by TMA descriptors")
-    if meta.get("PERSIST") and (gemm.groups != 1 or meta.get("SPLIT_K", 1) > 1 or grad_input_phases(op)):
-        raise Unsupported("a persistent contraction is one unsplit 2-D GEMM")
     phases = grad_input_phases(op)
+    if meta.get("PERSIST") and (gemm.groups != 1 or meta.get("SPLIT_K", 1) > 1 or phases):
+        raise Unsupported("a persistent contraction is one unsplit 2-D GEMM")
     if phases:
         meta = unsplit(meta)
         k = _build_phases(group, op, phases, in_strides, out_strides, policy, meta, warps, stages, blocked.kblock)
