@@ -51,13 +51,31 @@ def hint_tf32() -> None:
     float32, which leaves the tensor cores' TF32 speed unused."""
     if not _state.get("hinted"):
         _state["hinted"] = True
-        get_logger("triton").warning("float32 matmuls run in full float32 precision on the GPU (torch's default); "
-                    "av.set_float32_matmul_precision('high') lets them use TF32 tensor cores, several times faster")
+        get_logger("triton").warning(
+            "float32 matmuls run in full float32 precision on the GPU (torch's default); "
+            "av.set_float32_matmul_precision('high') lets them use TF32 tensor cores, several times faster")
 
 
-class _Matmul:
+class _Knobs:
+    """A namespace of torch's switches that Avalon has; setting any other one (`cudnn.benchmark`,
+    `cudnn.deterministic`: Avalon runs no cuDNN) is an error, not a silent no-op."""
+
+    __slots__ = ()
+    _where = ""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if not isinstance(getattr(type(self), name, None), property):
+            raise AttributeError(f"av.backends.{self._where} has no setting {name!r} (Avalon has "
+                                 f"{', '.join(k for k, v in vars(type(self)).items() if isinstance(v, property))})")
+        object.__setattr__(self, name, value)
+
+
+class _Matmul(_Knobs):
     """`av.backends.cuda.matmul.allow_tf32`: torch's older spelling of the matmul precision
     (True is "high", False "highest")."""
+
+    __slots__ = ()
+    _where = "cuda.matmul"
 
     @property
     def allow_tf32(self) -> bool:
@@ -68,8 +86,11 @@ class _Matmul:
         _state["matmul"] = "high" if on else "highest"
 
 
-class _Cudnn:
+class _Cudnn(_Knobs):
     """`av.backends.cudnn.allow_tf32`: TF32 in float32 convolutions (True by default, as in torch)."""
+
+    __slots__ = ()
+    _where = "cudnn"
 
     @property
     def allow_tf32(self) -> bool:

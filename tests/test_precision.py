@@ -102,3 +102,11 @@ def test_a_gpu_kernel_in_full_float32_says_once_how_to_use_tf32(caplog):
     assert len(hints) == 1, caplog.records
     av.set_float32_matmul_precision("high")
     assert BlockPolicy.for_device(False).precision("matmul") == "tf32"
+
+
+def test_torch_switches_avalon_lacks_are_errors_not_silent():
+    with pytest.raises(AttributeError, match=r"av.backends.cudnn has no setting 'benchmark' \(Avalon has allow_tf32\)"):
+        av.backends.cudnn.benchmark = True
+    with pytest.raises(AttributeError, match="cuda.matmul has no setting"):
+        av.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
+    assert av.backends.cudnn.allow_tf32 and not av.backends.cuda.matmul.allow_tf32  # nothing changed
