@@ -91,6 +91,25 @@ def test_training_step_gradients_are_two_flash_kernels(mode, rng, caplog):
         np.testing.assert_allclose(to_numpy(x), y, rtol=2e-4, atol=2e-4)
 
 
+def test_a_row_that_sees_no_key_gives_the_references_nans(rng):
+    """A fully masked row (its recomputed exponentials are NaN, and the forward stored its row sum
+    as NaN): the gradients are NaN where the reference's are and equal elsewhere; P and dP / l are
+    multiplies by the row's 1 / l."""
+    args = _inputs(rng, "bool")
+    args[4][5, :] = False
+    g = av.trace(av.value_and_grad(_loss("bool"), argnums=(0, 1, 2)), *args)
+    want = av.interpret(g, *args)
+    PassManager.parse(DEFAULT_PIPELINE, target=TRITON).run(g)
+    cg = compile_graph(g, blocks=BLOCKS)
+    bwd = next(ln.kernel for ln in cg.launches if ln.kernel.kind == "attention_bwd")
+    body = loop_body(bwd.source, "for m0 in range(0, 64, BM)")
+    assert body.count(" * inv_l") == 2, body  # P = e / l and dP / l: multiplies by the row's 1 / l
+    got = cg(*args)
+    assert any(np.isnan(y).any() for y in want) and any(not np.isnan(y).all() for y in want[1:])
+    for x, y in zip(got, want):
+        np.testing.assert_allclose(to_numpy(x), y, rtol=2e-4, atol=2e-4, equal_nan=True)
+
+
 @pytest.mark.parametrize("dropout_p", [0.0, 0.3])
 def test_small_causal_self_attention_model_parameter_grads(dropout_p, rng):
     """A causal self-attention block (qkv and output projections) trained one step: every
