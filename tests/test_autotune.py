@@ -209,6 +209,26 @@ def test_interpreter_keeps_the_fixed_config_and_inspect_shows_it(tmp_path, monke
     insp = f.inspect(x, np.ones((16, 24), np.float32))
     assert insp.tuning and all(r["how"] == "fixed (interpreter)" for r in insp.tuning.values())
     assert set(insp.tuning) <= set(insp.kernels)
+    shown = insp.kernels[next(iter(insp.tuning))].splitlines()
+    assert shown[0].startswith("# launch: grid (") and "num_warps=" in shown[0]
+    assert shown[1] == f"# tuning: {next(iter(insp.tuning.values()))['config']}, fixed (interpreter)"
+
+
+def test_inspect_kernels_show_the_chosen_config_and_every_candidates_time(tmp_path):
+    """What `inspect(...).kernels` shows on a GPU, with the GPU's timer faked: each kernel's source
+    headed by its launch and the tuner's choice, with the losers' times."""
+    from avalon.codegen.triton.backend import shown_kernels
+    g = linear_graph()
+    k0 = default_kernel(g, "contraction", KernelCache(tmp_path))
+    cands = candidates(k0)
+    pick = cands[-1]
+    cg = compile_graph(g, cache=KernelCache(tmp_path), tuner=Tuner(FakeTimer({pick.label: 0.25}), force=True,
+                                                                      device=DEVICE))
+    k = only_kernel(cg, "contraction")
+    launch, tuning, *rest = shown_kernels(cg)[k.name].splitlines()
+    assert launch.startswith(f"# launch: grid {k.grid}, ") and f"num_warps={pick.num_warps}" in launch
+    assert tuning.startswith(f"# tuning: {pick.label}, timed; candidates {pick.label}: 0.2500 ms, ")
+    assert all(c.label in tuning for c in cands) and "\n".join(rest) == k.source.rstrip("\n")
 
 
 def test_small_kernels_keep_the_policy_config_on_a_gpu(tmp_path, monkeypatch):

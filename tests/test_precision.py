@@ -83,7 +83,7 @@ def test_convolutions_follow_cudnn_allow_tf32_not_the_matmul_precision(rng):
 def test_attention_kernels_follow_the_matmul_precision(rng):
     q, k, v = (rng.standard_normal((2, 16, 8)).astype(np.float32) for _ in range(3))
     att = av.compile(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), backend="triton")
-    kinds = [src for src in att.inspect(q, k, v).kernels.values() if "attention" in src.splitlines()[0]]
+    kinds = [src for src in att.inspect(q, k, v).kernels.values() if "# Avalon attention kernel" in src]
     assert kinds, "the attention pattern was not lowered to an attention kernel"
     assert _precisions(att, q, k, v) == {"ieee"}
     av.set_float32_matmul_precision("medium")

@@ -65,8 +65,10 @@ class Inspection:
 
     `passes`: one `PassRecord` per pass (name, ms, changed, ir_after); `traced_graph`: the graph as
     traced, before any pass; `graph`: the final graph the backend runs (do not mutate it);
-    `kernels`: kernel name -> generated source (on the numpy backend, which generates no code, each
-    fused group's region as a standalone function, so both backends show the same groups);
+    `kernels`: kernel name -> generated source (on the Triton backend headed by two comment lines:
+    how it launches, and the autotuner's choice with every candidate's time; on the numpy backend,
+    which generates no code, each fused group's region as a standalone function, so both backends
+    show the same groups);
     `source`: the generated program's source where the backend generates one (the numpy backend's
     straight-line function), else ""; `memory_plan`: the buffer plan of the final graph's
     intermediates; `tuning`: per tunable kernel its launch config, the other candidates' times and

@@ -19,10 +19,29 @@ class TritonExecutable:
 
     def __init__(self, compiled: CompiledGraph):
         self.compiled = compiled
-        self.kernels: dict[str, str] = dict(compiled.kernels)
+        self.kernels: dict[str, str] = shown_kernels(compiled)
 
     def __call__(self, *inputs: Any) -> Sequence[Any]:
         return self.compiled(*[_storage(x) for x in inputs])
+
+
+def shown_kernels(compiled: CompiledGraph) -> dict[str, str]:
+    """Kernel name -> its source as `inspect(...).kernels` shows it: headed by how it launches (grid,
+    config, warps, stages) and what the autotuner did (the chosen config, every candidate's time)."""
+    launched = {ln.kernel.name: ln.kernel for ln in compiled.launches}
+    out = {}
+    for name, src in compiled.kernels.items():
+        k, rec = launched.get(name), getattr(compiled, "tuning", {}).get(name)
+        head = []
+        if k is not None:
+            config = " ".join(f"{m}={v}" for m, v in k.meta.items())
+            head.append(f"# launch: grid {k.grid}, {config}, num_warps={k.num_warps}, num_stages={k.num_stages}"
+                        + (f", then {', '.join(t.name for t in k.chain()[1:])}" if k.then is not None else ""))
+        if rec:
+            times = ", ".join(f"{c}: {t:.4f} ms" for c, t in sorted(rec["times"].items(), key=lambda ct: ct[1]))
+            head.append(f"# tuning: {rec['config']}, {rec['how']}" + (f"; candidates {times}" if times else ""))
+        out[name] = "\n".join(head + [src]) if head else src
+    return out
 
 
 def _storage(x: Any) -> Any:
