@@ -109,8 +109,13 @@ def build_attention(group: Group, in_strides: Sequence[Sequence[int]], out_strid
         em.line(f"s = tl.where(mask_n, ({s.expr}).to({ft}), float('-inf'))")
         em.line("m_new = tl.maximum(m_i, tl.max(s, 1)[:, None])")
         em.line("m_safe = tl.where(m_new == float('-inf'), 0.0, m_new)")
-        em.line("alpha = tl.exp(m_i - m_safe)")
-        em.line("p = tl.exp(s - m_safe)")
+        if acc_d == dt.float32:  # exp(x - m) as exp2(x * log2(e) - m * log2(e)): one FMA an element
+            em.line("m_log2 = m_safe * 1.4426950408889634")
+            em.line("alpha = tl.exp2(m_i * 1.4426950408889634 - m_log2)")
+            em.line("p = tl.exp2(s * 1.4426950408889634 - m_log2)")
+        else:
+            em.line("alpha = tl.exp(m_i - m_safe)")
+            em.line("p = tl.exp(s - m_safe)")
         em.line("l_i = l_i * alpha + tl.sum(p, 1)[:, None]")
         em.line("m_i = m_new")
         em.overrides[(id(m.div.result), index_key(idx))] = Val("p", m.div.result.dtype, em.scope, deps)

@@ -108,6 +108,15 @@ def build_attention_bwd(group: Group, in_strides: Sequence[Sequence[int]], out_s
         # or NaN for a row that sees no key): one reciprocal a row and a multiply an element. A
         # division an element costs its range checks even where ptxas shares the reciprocal: the
         # 16-bit causal backward (B8 H16 L1024 E64) went from 4096 to 3840 sm_90 SASS instructions
+        e = m.div.operands[0]  # exp(s - m) as exp2(s * log2(e) - m * log2(e)), as the forward computes it
+        if acc_d == dt.float32 and e.op is not None and e.op.name == "exp" and (sb := e.op.operands[0].op) \
+                is not None and sb.name == "sub":
+            em.overrides.pop((id(e), key), None)
+            x, mrow = em.value(sb.operands[0], idx), em.value(sb.operands[1], idx)
+            ml = em.emit(f"({mrow.expr}).to(tl.float32) * 1.4426950408889634", dt.float32, vals=(mrow,),
+                         prefix="m_log2")
+            em.overrides[(id(e), key)] = em.emit(f"tl.exp2(({x.expr}).to(tl.float32) * 1.4426950408889634 - {ml.expr})",
+                                                 e.dtype, vals=(x, ml), prefix="exp2")
         inv = em.value(m.div.operands[1], idx)
         inv = em.emit(f"1.0 / {inv.expr}", inv.dtype, vals=(inv,), prefix="inv_l")
         for d in by_l:
