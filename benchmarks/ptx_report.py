@@ -1,14 +1,15 @@
 """What the GPU would run, read off the sm_90 PTX, without a GPU: instructions per K step.
 
-    python benchmarks/ptx_report.py [--only conv,gemm] [--arch 90]
+    python benchmarks/ptx_report.py [--only conv,gemm,attention] [--arch 90]
     python benchmarks/ptx_report.py --step lenet|vae|gpt|resnet    # every kernel of a training step
     python benchmarks/ptx_report.py --candidates --only gemm        # every config the tuner would time
 
 A contraction's K loop is where its time goes. When the loop body holds many more instructions than
 its tensor-core work can hide (index arithmetic, bounds masks, one address per gathered element),
 the kernel is issue-bound, whatever its tiles. Per kernel of a few representative contractions
-(ResNet's 3x3 conv forward and both gradients, NCHW and NHWC, and a plain GEMM), compiled with the
-GPU block policy through `aot.compile_for_target`, this prints:
+(ResNet's 3x3 conv forward and both gradients, NCHW and NHWC, a plain GEMM in f16 and TF32, and
+gpu_bench's causal f16 attention forward and backward), compiled with the GPU block policy
+through `aot.compile_for_target`, this prints:
 
 * `loop`: PTX instructions in each innermost loop (one K step; comments, labels and `.loc` lines
   left out; a causal attention kernel has two loops a phase, below and on the diagonal). The
@@ -16,7 +17,9 @@ GPU block policy through `aot.compile_for_target`, this prints:
 * `mma`: tensor-core instructions in the longest (Hopper's `wgmma`, or `mma.sync` for tiles under 64
   rows); `cp16` / `cp4`: 16-byte and 4-byte `cp.async` copies into shared memory per K step and
   thread (4-byte ones are gathers: an address and a predicate each);
-* grid, tiles and K steps per program.
+* grid, tiles and K steps per program;
+* `sass`: the whole kernel's sm_90 machine instructions (`cuobjdump -sass`), where a PTX division
+  or `ex2` with its range checks counts as the several instructions it is.
 
 `--candidates` compiles every config the autotuner would time for each case's kernels and flags
 those whose shared memory no H100 block gets (a candidate that cannot launch costs a first call a
@@ -47,7 +50,32 @@ from avalon.codegen.triton.testing import fuse  # noqa: E402
 from avalon.ir import Builder, Graph, TensorType  # noqa: E402
 
 NHWC = (0, 2, 3, 1)
+DOTS = ("contraction", "attention", "attention_bwd")  # the kinds with a K loop
 av.set_float32_matmul_precision("high")  # as gpu_bench: float32 matmuls on TF32 tensor cores
+
+
+def sass_count(cubin: bytes) -> int:
+    """Instructions in the kernel's sm_90 machine code (`cuobjdump -sass`, shipped in Triton's wheel):
+    what ptxas made of the PTX, where a PTX `div.full.f32` or `ex2` with its range checks is several.
+    0 when no cuobjdump is found."""
+    import shutil
+    import subprocess
+
+    import triton
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    tool = tool if os.path.exists(tool) else shutil.which("cuobjdump")
+    if not tool:
+        return 0
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=False).stdout
+    return len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/\s+\S", sass, re.M))
+
+
+def stats(ck) -> dict:
+    """`loop_stats` of a compiled kernel's PTX, and its SASS instruction count (`sass`)."""
+    return {**loop_stats(ck.asm["ptx"]), "sass": sass_count(ck.asm["cubin"])}
 
 
 def loop_stats(ptx: str) -> dict:
@@ -91,6 +119,7 @@ def _conv_graph(op: str, n: int, c: int, hw: int, stride: int, layout: tuple | N
 
 
 def cases(only: set[str]) -> list[tuple[str, Graph]]:
+    """(name, graph ready for `compile_graph`) per case of `only` (gemm, conv, attention)."""
     out = []
     if "gemm" in only:
         for d in ("f16", "f32"):
@@ -98,13 +127,26 @@ def cases(only: set[str]) -> list[tuple[str, Graph]]:
             b = Builder(g)
             g.set_outputs([b("matmul", g.add_input(TensorType((4096, 4096), d), "a"),
                              g.add_input(TensorType((4096, 4096), d), "b"))])
-            out.append((f"matmul 4096^3 {d}", g))
+            out.append((f"matmul 4096^3 {d}", fuse(g, g.name)))
     if "conv" in only:
         for op in ("conv2d", "conv2d_grad_input", "conv2d_grad_weight"):
             for layout in (None, NHWC):
                 for stride in (1, 2) if op == "conv2d_grad_input" else (1,):
                     name = f"{op} 64ch 32x32 bs128 s{stride} {'nhwc' if layout else 'nchw'}"
-                    out.append((name, _conv_graph(op, 128, 64, 32, stride, layout)))
+                    g = _conv_graph(op, 128, 64, 32, stride, layout)
+                    out.append((name, fuse(g, g.name)))
+    if "attention" in only:  # gpu_bench's attention row: causal, f16, forward and backward kernels
+        import numpy as np
+
+        import avalon as av
+        from avalon.codegen.triton.target import TRITON
+        from avalon.nn.attention import scaled_dot_product_attention as sdpa
+        from avalon.passes import DEFAULT_PIPELINE, PassManager
+        q = np.zeros((8, 16, 1024, 64), np.float16)
+        g = av.trace(av.value_and_grad(lambda q, k, v: av.ops.sum(sdpa(q, k, v, is_causal=True)),
+                                       argnums=(0, 1, 2)), q, q, q)
+        PassManager.parse(DEFAULT_PIPELINE, target=TRITON).run(g)
+        out.append(("attention causal f16 B8 H16 L1024 E64", g))
     return out
 
 
@@ -149,15 +191,15 @@ def report_step(which: str, arch: int) -> None:
     rows = []
     for k in ks:
         if k.code not in seen:  # kernels equal but for their name share one compiled function
-            seen[k.code] = loop_stats(compile_for_target(k, arch).asm["ptx"])
+            seen[k.code] = stats(compile_for_target(k, arch))
         rows.append((estimated_us(k), k, seen[k.code]))
     rows.sort(key=lambda r: -r[0])
     print(f"{which}: {len(ks)} launches, {len(seen)} distinct functions; ranked by the roofline guess")
     print(f"{'kernel':<40} {'kind':<22} {'est us':>7} {'grid':<16} {'steps':>5} {'loop':>15} {'mma':>4} "
-          f"{'cp16':>4} {'cp4':>4}")
+          f"{'cp16':>4} {'cp4':>4} {'sass':>6}")
     for us, k, s in rows:
         print(f"{k.name[:40]:<40} {k.kind:<22} {us:>7.1f} {str(k.grid):<16} {k_steps(k):>5} {s['loops']:>15} "
-              f"{s['mma']:>4} {s['cp16']:>4} {s['cp4']:>4}", flush=True)
+              f"{s['mma']:>4} {s['cp16']:>4} {s['cp4']:>4} {s['sass']:>6}", flush=True)
 
 
 def report_candidates(name: str, g: Graph, arch: int) -> None:
@@ -168,40 +210,40 @@ def report_candidates(name: str, g: Graph, arch: int) -> None:
 
     def static(k, make_args) -> float:
         ck = compile_for_target(k, arch)
-        s = loop_stats(ck.asm["ptx"])
+        s = stats(ck)
         shared = ck.metadata.shared
         print(f"{name:<44} {config_of(k).label:<52} {shared // 1024:>5} {s['loops']:>9} {s['mma']:>5} {s['cp16']:>4} "
-              f"{s['cp4']:>4}{'  NO LAUNCH' if shared > SMEM_BYTES else ''}", flush=True)
+              f"{s['cp4']:>4} {s['sass']:>6}{'  NO LAUNCH' if shared > SMEM_BYTES else ''}", flush=True)
         return 1.0
     with tempfile.TemporaryDirectory() as records:  # no stored verdict: every candidate is compiled anew
-        compile_graph(fuse(g, g.name), tuner=Tuner(static, KernelCache(records), force=True, device=f"sm_{arch}"))
+        compile_graph(g, tuner=Tuner(static, KernelCache(records), force=True, device=f"sm_{arch}"))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="gemm,conv")
+    ap.add_argument("--only", default="gemm,conv,attention")
     ap.add_argument("--step", choices=sorted(STEPS))
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--candidates", action="store_true", help="every autotuning candidate of the --only cases")
     args = ap.parse_args()
     if args.candidates:
-        print(f"{'case':<44} {'candidate':<52} {'KiB':>5} {'loop':>9} {'mma':>5} {'cp16':>4} {'cp4':>4}")
+        print(f"{'case':<44} {'candidate':<52} {'KiB':>5} {'loop':>9} {'mma':>5} {'cp16':>4} {'cp4':>4} {'sass':>6}")
         for name, g in cases(set(args.only.split(","))):
             report_candidates(name, g, args.arch)
         return
     if args.step:
         report_step(args.step, args.arch)
         return
-    print(f"{'case':<44} {'kernel':<28} {'grid':<16} {'tiles':<22} {'loop':>5} {'mma':>5} {'cp16':>4} {'cp4':>4}")
+    print(f"{'case':<44} {'kernel':<28} {'grid':<16} {'tiles':<22} {'loop':>9} {'mma':>5} {'cp16':>4} {'cp4':>4} "
+          f"{'sass':>6}")
     for name, g in cases(set(args.only.split(","))):
-        cg = compile_graph(fuse(g, g.name))
-        k = cg.launches[0].kernel
-        while k is not None:
-            s = loop_stats(compile_for_target(k, args.arch).asm["ptx"])
+        cg = compile_graph(g)
+        for k in [k for ln in cg.launches if ln.kernel.kind in DOTS for k in ln.kernel.chain()]:
+            s = stats(compile_for_target(k, args.arch))
             tiles = " ".join(f"{m}={k.meta[m]}" for m in ("BM", "BN", "BK", "SPLIT_K") if m in k.meta)
-            print(f"{name:<44} {k.name:<28} {str(k.grid):<16} {tiles:<22} {s['loops']:>5} {s['mma']:>5} "
-                  f"{s['cp16']:>4} {s['cp4']:>4}", flush=True)
-            name, k = "", k.then
+            print(f"{name:<44} {k.name[:28]:<28} {str(k.grid):<16} {tiles:<22} {s['loops']:>9} {s['mma']:>5} "
+                  f"{s['cp16']:>4} {s['cp4']:>4} {s['sass']:>6}", flush=True)
+            name = ""
 
 
 if __name__ == "__main__":
