@@ -68,18 +68,19 @@ def build_attention(group: Group, in_strides: Sequence[Sequence[int]], out_strid
     ft = ty.tl_type(acc_d)
     half = res.dtype in (dt.float16, dt.bfloat16) and not (res.dtype == dt.bfloat16 and policy.interpret)
     prec = f', input_precision="{policy.precision(qk.name)}"' if acc_d == dt.float32 and not half else ""
+    meta = config.blocks if config else attention_blocks(policy, L, S, E, Ev)  # config: the autotuner's candidate
     em = Emitter(group.inputs, in_strides, dots_in_f32=policy.interpret)
     g = Affine.of(em.define_var("gz", "tl.program_id(1)", G)) if G > 1 else Affine()
     em.scalars.add("gz")
     gdeps = frozenset({"gz"}) if G > 1 else frozenset()
     rm = Affine.of(em.define_var("rm", "tl.program_id(0) * BM + tl.arange(0, BM)[:, None]", L, "mask_m"))
-    em.line(f"mask_m = rm < {L}")
+    em.bound("mask_m", "rm", L, meta["BM"], "[BM, 1]")
     re_ = Affine.of(em.define_var("re", "tl.arange(0, BE)[None, :]", E, "mask_e"))
-    em.line(f"mask_e = re < {E}")
+    em.bound("mask_e", "re", E, meta["BE"], "[1, BE]")
     rek = Affine.of(em.define_var("rek", "tl.arange(0, BE)[:, None]", E, "mask_ek"))
-    em.line(f"mask_ek = rek < {E}")
+    em.bound("mask_ek", "rek", E, meta["BE"], "[BE, 1]")
     rv = Affine.of(em.define_var("rv", "tl.arange(0, BV)[None, :]", Ev, "mask_v"))
-    em.line(f"mask_v = rv < {Ev}")
+    em.bound("mask_v", "rv", Ev, meta["BV"], "[1, BV]")
     g1, g2 = _matmul(qk), _matmul(pv)
     q = _operand(em, qk.operands[0], "q", g1.a, {"g": g, "m": rm, "ka": re_}, ("rm", "re"))
     em.line(f"m_i = tl.full([BM, 1], float('-inf'), {ft})")
@@ -93,9 +94,9 @@ def build_attention(group: Group, in_strides: Sequence[Sequence[int]], out_strid
         split the loop the same way)."""
         em.open(f"for n0 in range({lo}, {hi}, BN):")
         rn = Affine.of(em.define_var("rn", "n0 + tl.arange(0, BN)[None, :]", S, "mask_n"))
-        em.line(f"mask_n = rn < {S}")
+        em.bound("mask_n", "rn", S, meta["BN"], "[1, BN]")  # (key blocks start at multiples of BN)
         rk = Affine.of(em.define_var("rk", "n0 + tl.arange(0, BN)[:, None]", S, "mask_k"))
-        em.line(f"mask_k = rk < {S}")
+        em.bound("mask_k", "rk", S, meta["BN"], "[BN, 1]")
         kt = _operand(em, qk.operands[1], "kt", g1.b, {"g": g, "kb": rek, "n": rn}, ("rek", "rn"))
         em.line(f"qk = tl.dot({q}, {kt}{prec}).to({ft})")
         idx = g1.out({"g": g, "m": rm, "n": rn})
@@ -142,7 +143,6 @@ def build_attention(group: Group, in_strides: Sequence[Sequence[int]], out_strid
         else:  # a fully masked row: max -inf, sum nan (exp(-inf - -inf)), as the reference has them
             val = Val(stats[id(o)], o.dtype, em.scope, frozenset({"rm"}) | gdeps)
             em.store(f"out{j}", out_strides[j], o.shape, row_idx, val, o.dtype, ["rm"])
-    meta = config.blocks if config else attention_blocks(policy, L, S, E, Ev)  # config: the autotuner's candidate
     src, params = assemble(group, "attention", em, ["BM", "BN", "BE", "BV"], [o.dtype for o in group.outputs])
     grid = (cdiv(L, meta["BM"]) if S else 0, G)
     warps = 1 if policy.interpret else (8 if meta["BM"] * meta["BN"] >= 128 * 64 else 4)

@@ -66,18 +66,19 @@ def build_attention_bwd(group: Group, in_strides: Sequence[Sequence[int]], out_s
     # P and dS meet 16-bit operand tiles (Q, K, dO) in tl.dot: same dtype, as the forward's P
     lo16 = f".to({ty.tl_type(res.dtype)})" if half else ""
     cz = _is_causal(m)
+    meta = config.blocks if config else attention_blocks(policy, L, S, E, Ev)
     em = Emitter(group.inputs, in_strides, dots_in_f32=policy.interpret)
     g = Affine.of(em.define_var("gz", "tl.program_id(1)", G)) if G > 1 else Affine()
     em.scalars.add("gz")
     gdeps = frozenset({"gz"}) if G > 1 else frozenset()
     em.line("pid = tl.program_id(0)")
     fixed = {}
-    for name, expr, n, msk in (("re", "tl.arange(0, BE)[None, :]", E, "mask_e"),
-                               ("rek", "tl.arange(0, BE)[:, None]", E, "mask_ek"),
-                               ("rv", "tl.arange(0, BV)[None, :]", Ev, "mask_v"),
-                               ("rvk", "tl.arange(0, BV)[:, None]", Ev, "mask_vk")):
+    for name, expr, n, msk, block, shape in (("re", "tl.arange(0, BE)[None, :]", E, "mask_e", "BE", "[1, BE]"),
+                                             ("rek", "tl.arange(0, BE)[:, None]", E, "mask_ek", "BE", "[BE, 1]"),
+                                             ("rv", "tl.arange(0, BV)[None, :]", Ev, "mask_v", "BV", "[1, BV]"),
+                                             ("rvk", "tl.arange(0, BV)[:, None]", Ev, "mask_vk", "BV", "[BV, 1]")):
         fixed[name] = Affine.of(em.define_var(name, expr, n, msk))
-        em.line(f"{msk} = {name} < {n}")
+        em.bound(msk, name, n, meta[block], shape)
     g1, gp, gq, gk, gv = _matmul(qk), _matmul(dp), _matmul(m.dq), _matmul(m.dk), _matmul(m.dv)
     by_l = [op for op in m.core if op.name == "div" and op.operands[1] is m.div.operands[1]]  # P's, dP's
     deps = frozenset({"rm", "rn"}) | gdeps
@@ -136,20 +137,22 @@ def build_attention_bwd(group: Group, in_strides: Sequence[Sequence[int]], out_s
             return "pd", "ds", do
         return "p", "ds", do
 
-    def rows(name: str, expr: str, n: int, msk: str) -> Affine:
-        a = Affine.of(em.define_var(name, expr, n, msk))
-        em.line(f"{msk} = {name} < {n}")
+    def rows(name: str, start: str, block: str, column: bool, n: int, msk: str) -> Affine:
+        """`block` rows or keys from `start` (a multiple of it, below n) as a column or a row."""
+        a = Affine.of(em.define_var(name, f"{start} + tl.arange(0, {block})[{':, None' if column else 'None, :'}]",
+                                    n, msk))
+        em.bound(msk, name, n, meta[block], f"[{block}, 1]" if column else f"[1, {block}]")
         return a
 
     # 1. key block pid: dK, dV
     em.open(f"if pid * BN < {S}:")
-    rn = rows("rn", "pid * BN + tl.arange(0, BN)[None, :]", S, "mask_n")
-    rk = rows("rk", "pid * BN + tl.arange(0, BN)[:, None]", S, "mask_k")
+    rn = rows("rn", "pid * BN", "BN", False, S, "mask_n")
+    rk = rows("rk", "pid * BN", "BN", True, S, "mask_k")
     em.line(f"acc_dk = tl.zeros([BN, BE], {ft})")
     em.line(f"acc_dv = tl.zeros([BN, BV], {ft})")
     def query_loop(lo: str, hi: str, below: bool) -> None:
         em.open(f"for m0 in range({lo}, {hi}, BM):")
-        rm = rows("rm", "m0 + tl.arange(0, BM)[:, None]", L, "mask_m")
+        rm = rows("rm", "m0", "BM", True, L, "mask_m")
         p, ds, _ = tile(rm, rn, below)
         do2 = _operand(em, m.dv.operands[1], "dov", gv.b, {"g": g, "kb": rm, "n": fixed["rv"]}, ("rm", "rv"))
         q2 = _operand(em, m.dk.operands[1], "qd", gk.b, {"g": g, "kb": rm, "n": fixed["re"]}, ("rm", "re"))
@@ -175,12 +178,12 @@ def build_attention_bwd(group: Group, in_strides: Sequence[Sequence[int]], out_s
     # 2. query block pid: dQ
     if "dq" in [outs[id(o)] for o in group.outputs]:
         em.open(f"if pid * BM < {L}:")
-        rm = rows("rm", "pid * BM + tl.arange(0, BM)[:, None]", L, "mask_m")
+        rm = rows("rm", "pid * BM", "BM", True, L, "mask_m")
         em.line(f"acc_dq = tl.zeros([BM, BE], {ft})")
         def key_loop(lo: str, hi: str, below: bool) -> None:
             em.open(f"for n0 in range({lo}, {hi}, BN):")
-            rn = rows("rn", "n0 + tl.arange(0, BN)[None, :]", S, "mask_n")
-            rk = rows("rk", "n0 + tl.arange(0, BN)[:, None]", S, "mask_k")
+            rn = rows("rn", "n0", "BN", False, S, "mask_n")
+            rk = rows("rk", "n0", "BN", True, S, "mask_k")
             p, ds, _ = tile(rm, rn, below)
             k2 = _operand(em, m.dq.operands[1], "kq", gq.b, {"g": g, "kb": rk, "n": fixed["re"]}, ("rk", "re"))
             em.line(f"acc_dq += tl.dot({ds}{lo16}, {k2}{prec}).to({ft})")
@@ -198,7 +201,6 @@ def build_attention_bwd(group: Group, in_strides: Sequence[Sequence[int]], out_s
         em.store(f"out{j}", out_strides[j], o.shape, idx, Val("acc_dq", o.dtype, em.scope,
                                                                frozenset({"rm", "re"}) | gdeps), o.dtype, ["rm", "re"])
         em.close()
-    meta = config.blocks if config else attention_blocks(policy, L, S, E, Ev)
     src, params = assemble(group, "attention_bwd", em, ["BM", "BN", "BE", "BV"], [o.dtype for o in group.outputs])
     grid = (max(cdiv(L, meta["BM"]), cdiv(S, meta["BN"])) if L and S else 0, G)
     warps = config.num_warps if config else 1 if policy.interpret else 8

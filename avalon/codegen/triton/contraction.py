@@ -106,7 +106,7 @@ def build_contraction(group: Group, in_strides: Sequence[Sequence[int]], out_str
             return k
         meta = unsplit(meta)
     em = _plain_gemm(group, op, gemm, in_strides, out_strides, policy, tma if meta.get("TMA") else None,
-                     persist=bool(meta.get("PERSIST")))
+                     persist=bool(meta.get("PERSIST")), meta=meta)
     src, params = assemble(group, "contraction", em, _meta_names(meta), [o.dtype for o in group.outputs])
     return Kernel(group.name, "contraction", src, params, meta, _grid(gemm, meta), num_warps=warps,
                   num_stages=stages, problem=problem)
@@ -119,7 +119,8 @@ def _meta_names(meta: dict[str, int]) -> list[str]:
 
 def _plain_gemm(group: Group, op: Op, gemm: Gemm, in_strides: Sequence[Sequence[int]],
                 out_strides: Sequence[Sequence[int]], policy: BlockPolicy,
-                tma: list[tuple[int, tuple[int, ...]]] | None = None, persist: bool = False) -> Emitter:
+                tma: list[tuple[int, tuple[int, ...]]] | None = None, persist: bool = False,
+                meta: dict[str, int] | None = None) -> Emitter:
     """One output tile a program; with `persist`, PERSIST programs (one per SM) walk the tiles, the
     loop flattened so a tile's epilogue overlaps the next tile's first loads (Triton's persistent
     matmul), which also spares the last wave's idle SMs a launch."""
@@ -127,8 +128,8 @@ def _plain_gemm(group: Group, op: Op, gemm: Gemm, in_strides: Sequence[Sequence[
     if persist:
         em.line(f"num_tiles = tl.cdiv({gemm.m}, BM) * tl.cdiv({gemm.n}, BN)")
         em.open("for tile in tl.range(tl.program_id(0), num_tiles, PERSIST, flatten=True):")
-    v = _tiles(em, gemm, "tile" if persist else "tl.program_id(0)")
-    _dot_loop(em, op, gemm, policy, v, split=False, tma=tma)
+    v = _tiles(em, gemm, "tile" if persist else "tl.program_id(0)", meta)
+    _dot_loop(em, op, gemm, policy, v, split=False, tma=tma, bk=(meta or {}).get("BK"))
     _epilogue(em, group, op, gemm, v, out_strides)
     if persist:
         em.close()
@@ -184,7 +185,7 @@ def _build_phases(group: Group, op: Op, phases: list[tuple[int, int]], in_stride
     the same arguments and config. None when a phase needs index checks (one err layout a kernel)."""
     gemms = [_conv2d_grad_input_phase(op, a, b, bool(meta.get("TAPS"))) for a, b in phases]
     names = [group.name] + [f"{group.name}_p{a}{b}" for a, b in phases[1:]]
-    ems = [_plain_gemm(group, op, g, in_strides, out_strides, policy) for g in gemms]
+    ems = [_plain_gemm(group, op, g, in_strides, out_strides, policy, meta=meta) for g in gemms]
     if any(e.index_checks for e in ems):
         return None
     src, params = assemble(group, "contraction", ems[0], _meta_names(meta),
@@ -205,9 +206,11 @@ def _grid(gemm: Gemm, meta: dict[str, int], splits: int = 1) -> tuple[int, ...]:
     return (tiles, gemm.groups) if splits == 1 else (tiles, gemm.groups, splits)
 
 
-def _tiles(em: Emitter, gemm: Gemm, pid: str = "tl.program_id(0)") -> Vars:
+def _tiles(em: Emitter, gemm: Gemm, pid: str = "tl.program_id(0)", meta: dict[str, int] | None = None) -> Vars:
     """Program (or a persistent program's `pid`) -> output tile (grouped ordering: tiles sharing A
-    rows run together); the group on grid axis 1."""
+    rows run together); the group on grid axis 1. With the config's `meta`, a dimension its tiles
+    divide gets no bounds test (`Emitter.bound`)."""
+    meta = meta or {}
     em.line(f"pid = {pid}")
     em.line(f"num_pid_m = tl.cdiv({gemm.m}, BM)")
     em.line(f"num_pid_n = tl.cdiv({gemm.n}, BN)")
@@ -224,14 +227,14 @@ def _tiles(em: Emitter, gemm: Gemm, pid: str = "tl.program_id(0)") -> Vars:
               if gemm.groups > 1 else Affine())
     em.scalars.add("gz")
     v["m"] = Affine.of(em.define_var("rm", "pid_m * BM + tl.arange(0, BM)[:, None]", gemm.m, "mask_m"))
-    em.line(f"mask_m = rm < {gemm.m}")
+    em.bound("mask_m", "rm", gemm.m, meta.get("BM"), "[BM, 1]")
     v["n"] = Affine.of(em.define_var("rn", "pid_n * BN + tl.arange(0, BN)[None, :]", gemm.n, "mask_n"))
-    em.line(f"mask_n = rn < {gemm.n}")
+    em.bound("mask_n", "rn", gemm.n, meta.get("BN"), "[1, BN]")
     return v
 
 
 def _dot_loop(em: Emitter, op: Op, gemm: Gemm, policy: BlockPolicy, v: Vars, split: bool,
-              tma: list[tuple[int, tuple[int, ...]]] | None = None) -> None:
+              tma: list[tuple[int, tuple[int, ...]]] | None = None, bk: int | None = None) -> None:
     """`acc` = the tile's sum over K (with `split`: over this program's KCHUNK of K, axis 2; with
     `tma`, (input, strides) of A and B: loaded by tensor descriptors, out-of-bounds zero-filled)."""
     acc_d = _acc_dtype(op.result.dtype)
@@ -270,9 +273,10 @@ def _dot_loop(em: Emitter, op: Op, gemm: Gemm, policy: BlockPolicy, v: Vars, spl
         live_b = ("rn",) + (("kcb",) if padded else ()) + (("kq",) if split else ())
     else:
         v["ka"] = Affine.of(em.define_var("ka", f"{start} + tl.arange(0, BK)[None, :]", gemm.k, "mask_ka"))
-        em.line(f"mask_ka = ka < {gemm.k}")
+        exact = None if split else bk  # a split's last chunk may run past K
+        em.bound("mask_ka", "ka", gemm.k, exact, "[1, BK]")
         v["kb"] = Affine.of(em.define_var("kb", f"{start} + tl.arange(0, BK)[:, None]", gemm.k, "mask_kb"))
-        em.line(f"mask_kb = kb < {gemm.k}")
+        em.bound("mask_kb", "kb", gemm.k, exact, "[BK, 1]")
         live_a, live_b = ("rm", "ka"), ("kb", "rn")
     a = _operand(em, op.operands[gemm.operands[0]], "a", gemm.a, v, live_a)
     b = _operand(em, op.operands[gemm.operands[1]], "b", gemm.b, v, live_b)
@@ -347,12 +351,12 @@ def _build_split(group: Group, op: Op, gemm: Gemm, in_strides: Sequence[Sequence
         return None
     gz = "gz" if gemm.groups > 1 else "0"
     em = Emitter(group.inputs, in_strides, dots_in_f32=policy.interpret)
-    v = _tiles(em, gemm)
+    v = _tiles(em, gemm, meta=meta)
     _dot_loop(em, op, gemm, policy, v, split=True, tma=tma)
     em.line(f"tl.store(ws + (tl.program_id(2) * {tile} + ({gz} * {gemm.m} + rm) * {gemm.n} + rn), acc, "
             "mask=mask_m & mask_n)")
     epi = Emitter(group.inputs, in_strides, dots_in_f32=policy.interpret)
-    v2 = _tiles(epi, gemm)
+    v2 = _tiles(epi, gemm, meta=meta)
     epi.line(f"acc = tl.zeros([BM, BN], {ty.tl_type(acc_d)})")
     epi.line(f"part = ws + ({gz} * {gemm.m} + rm) * {gemm.n} + rn")
     unroll = max(1, min(4, 8192 // (meta["BM"] * meta["BN"])))  # loads in flight, within registers

@@ -91,6 +91,16 @@ class Emitter:
         self.scope.lines.append(s.header)
         self.scope.lines.extend("    " + ln for ln in (s.lines or ["pass"]))
 
+    def bound(self, mask: str, var: str, extent: int, block: int | None, shape: str) -> None:
+        """`mask = var < extent`; where blocks of `block` lanes tile the extent exactly (the caller
+        knows its walk stays inside), a constant true `shape` block instead, which Triton folds
+        away: the bounds test leaves every load, store and select it guarded (4 of a 4096^3 GEMM's
+        68 PTX instructions a K step)."""
+        if block and extent % block == 0:
+            self.line(f"{mask} = tl.full({shape}, True, tl.int1)")
+        else:
+            self.line(f"{mask} = {var} < {extent}")
+
     def define_var(self, name: str, expr: str, bound: int, mask: str | None = None) -> IndexVar:
         """An iteration variable defined in the current scope (`mask` names its live lanes)."""
         self.line(f"{name} = {expr}")
