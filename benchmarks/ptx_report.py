@@ -18,8 +18,9 @@ through `aot.compile_for_target`, this prints:
   rows); `cp16` / `cp4`: 16-byte and 4-byte `cp.async` copies into shared memory per K step and
   thread (4-byte ones are gathers: an address and a predicate each);
 * grid, tiles and K steps per program;
-* `sass`: the whole kernel's sm_90 machine instructions (`cuobjdump -sass`), where a PTX division
-  or `ex2` with its range checks counts as the several instructions it is.
+* `sass`: the machine instructions of each innermost loop in the sm_90 code (`cuobjdump -sass`),
+  where a PTX division or `ex2` with its range checks counts as the several instructions it is
+  (the whole kernel's count where it has no loop).
 
 `--candidates` compiles every config the autotuner would time for each case's kernels and flags
 those whose shared memory no H100 block gets (a candidate that cannot launch costs a first call a
@@ -54,10 +55,11 @@ DOTS = ("contraction", "attention", "attention_bwd")  # the kinds with a K loop
 av.set_float32_matmul_precision("high")  # as gpu_bench: float32 matmuls on TF32 tensor cores
 
 
-def sass_count(cubin: bytes) -> int:
-    """Instructions in the kernel's sm_90 machine code (`cuobjdump -sass`, shipped in Triton's wheel):
-    what ptxas made of the PTX, where a PTX `div.full.f32` or `ex2` with its range checks is several.
-    0 when no cuobjdump is found."""
+def sass_loops(cubin: bytes) -> str:
+    """Machine instructions in each innermost loop of the kernel's sm_90 code (`cuobjdump -sass`,
+    shipped in Triton's wheel; a loop is a backward branch), "/"-separated, or the whole kernel's
+    count where it has no loop: what ptxas made of the PTX, where a PTX `div.full.f32` or `ex2`
+    with its range checks is several instructions. "" when no cuobjdump is found."""
     import shutil
     import subprocess
 
@@ -65,17 +67,25 @@ def sass_count(cubin: bytes) -> int:
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     tool = tool if os.path.exists(tool) else shutil.which("cuobjdump")
     if not tool:
-        return 0
+        return ""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
         sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=False).stdout
-    return len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/\s+\S", sass, re.M))
+    ins = [(int(a, 16), text) for a, text in re.findall(r"/\*([0-9a-f]{4,})\*/\s+(.*?);", sass)]
+    loops = []
+    for a, text in ins:
+        target = re.search(r"\bBRA\b.*?0x([0-9a-f]+)", text)
+        if target and int(target.group(1), 16) < a:
+            loops.append((int(target.group(1), 16), a))
+    inner = [lo for lo in loops if not any(o != lo and lo[0] <= o[0] and o[1] <= lo[1] for o in loops)]
+    counts = [sum(1 for a, _ in ins if lo <= a <= hi) for lo, hi in sorted(inner)]
+    return "/".join(map(str, counts)) if counts else str(len(ins))
 
 
 def stats(ck) -> dict:
-    """`loop_stats` of a compiled kernel's PTX, and its SASS instruction count (`sass`)."""
-    return {**loop_stats(ck.asm["ptx"]), "sass": sass_count(ck.asm["cubin"])}
+    """`loop_stats` of a compiled kernel's PTX, and its SASS loops (`sass`)."""
+    return {**loop_stats(ck.asm["ptx"]), "sass": sass_loops(ck.asm["cubin"])}
 
 
 def loop_stats(ptx: str) -> dict:
@@ -196,10 +206,10 @@ def report_step(which: str, arch: int) -> None:
     rows.sort(key=lambda r: -r[0])
     print(f"{which}: {len(ks)} launches, {len(seen)} distinct functions; ranked by the roofline guess")
     print(f"{'kernel':<40} {'kind':<22} {'est us':>7} {'grid':<16} {'steps':>5} {'loop':>15} {'mma':>4} "
-          f"{'cp16':>4} {'cp4':>4} {'sass':>6}")
+          f"{'cp16':>4} {'cp4':>4} {'sass':>15}")
     for us, k, s in rows:
         print(f"{k.name[:40]:<40} {k.kind:<22} {us:>7.1f} {str(k.grid):<16} {k_steps(k):>5} {s['loops']:>15} "
-              f"{s['mma']:>4} {s['cp16']:>4} {s['cp4']:>4} {s['sass']:>6}", flush=True)
+              f"{s['mma']:>4} {s['cp16']:>4} {s['cp4']:>4} {s['sass']:>15}", flush=True)
 
 
 def report_candidates(name: str, g: Graph, arch: int) -> None:
@@ -213,7 +223,7 @@ def report_candidates(name: str, g: Graph, arch: int) -> None:
         s = stats(ck)
         shared = ck.metadata.shared
         print(f"{name:<44} {config_of(k).label:<52} {shared // 1024:>5} {s['loops']:>9} {s['mma']:>5} {s['cp16']:>4} "
-              f"{s['cp4']:>4} {s['sass']:>6}{'  NO LAUNCH' if shared > SMEM_BYTES else ''}", flush=True)
+              f"{s['cp4']:>4} {s['sass']:>15}{'  NO LAUNCH' if shared > SMEM_BYTES else ''}", flush=True)
         return 1.0
     with tempfile.TemporaryDirectory() as records:  # no stored verdict: every candidate is compiled anew
         compile_graph(g, tuner=Tuner(static, KernelCache(records), force=True, device=f"sm_{arch}"))
@@ -227,7 +237,7 @@ def main() -> None:
     ap.add_argument("--candidates", action="store_true", help="every autotuning candidate of the --only cases")
     args = ap.parse_args()
     if args.candidates:
-        print(f"{'case':<44} {'candidate':<52} {'KiB':>5} {'loop':>9} {'mma':>5} {'cp16':>4} {'cp4':>4} {'sass':>6}")
+        print(f"{'case':<44} {'candidate':<52} {'KiB':>5} {'loop':>9} {'mma':>5} {'cp16':>4} {'cp4':>4} {'sass':>15}")
         for name, g in cases(set(args.only.split(","))):
             report_candidates(name, g, args.arch)
         return
@@ -235,14 +245,14 @@ def main() -> None:
         report_step(args.step, args.arch)
         return
     print(f"{'case':<44} {'kernel':<28} {'grid':<16} {'tiles':<22} {'loop':>9} {'mma':>5} {'cp16':>4} {'cp4':>4} "
-          f"{'sass':>6}")
+          f"{'sass':>15}")
     for name, g in cases(set(args.only.split(","))):
         cg = compile_graph(g)
         for k in [k for ln in cg.launches if ln.kernel.kind in DOTS for k in ln.kernel.chain()]:
             s = stats(compile_for_target(k, args.arch))
             tiles = " ".join(f"{m}={k.meta[m]}" for m in ("BM", "BN", "BK", "SPLIT_K") if m in k.meta)
             print(f"{name:<44} {k.name[:28]:<28} {str(k.grid):<16} {tiles:<22} {s['loops']:>9} {s['mma']:>5} "
-                  f"{s['cp16']:>4} {s['cp4']:>4} {s['sass']:>6}", flush=True)
+                  f"{s['cp16']:>4} {s['cp4']:>4} {s['sass']:>15}", flush=True)
             name = ""
 
 
