@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from avalon.ir import dtypes as dt
+from avalon.ir.core import Value
 from avalon.passes.attention import causal, match
 
 from . import types as ty
@@ -34,6 +35,7 @@ from .gemms import _matmul
 from .group import Group
 from .indexing import Affine, index_key
 from .kernel import Kernel, assemble
+from .lowering import splat_value
 
 
 def attention_blocks(policy: BlockPolicy, L: int, S: int, E: int, Ev: int) -> dict[str, int]:
@@ -43,6 +45,27 @@ def attention_blocks(policy: BlockPolicy, L: int, S: int, E: int, Ev: int) -> di
         return max(16, min(next_pow2(n), cap))
     bn_cap = policy.mm_block if policy.interpret else max(16, policy.mm_block // 2)
     return {"BM": tile(L, policy.mm_block), "BN": tile(S, bn_cap), "BE": tile(E, 1 << 30), "BV": tile(Ev, 1 << 30)}
+
+
+LOG2E = 1.4426950408889634
+
+
+def _scale(m, qk) -> tuple[Value, float] | None:
+    """(scores' scale op result, its scale) when the scores are `qk * c` with c > 0, or that under a
+    -inf mask: the kernel then takes the row max of the unscaled (masked) qk, scales the max by
+    c * log2(e), and computes p = exp2(qk * c * log2(e) - max) in one FMA, its online softmax in
+    log2 units (FlashAttention's and Triton's tutorial's form); the row max it stores is converted
+    back to the scores' units."""
+    x = m.scores
+    if x.op is not None and x.op.name == "where" and splat_value(x.op.operands[1]) == float("-inf"):
+        x = x.op.operands[2]
+    if x.op is None or x.op.name != "mul":
+        return None
+    for a, b in (x.op.operands, reversed(x.op.operands)):
+        c = splat_value(b)
+        if a is qk.result and c is not None and c > 0:
+            return x, c
+    return None
 
 
 def build_attention(group: Group, in_strides: Sequence[Sequence[int]], out_strides: Sequence[Sequence[int]],
@@ -82,6 +105,7 @@ def build_attention(group: Group, in_strides: Sequence[Sequence[int]], out_strid
     rv = Affine.of(em.define_var("rv", "tl.arange(0, BV)[None, :]", Ev, "mask_v"))
     em.bound("mask_v", "rv", Ev, meta["BV"], "[1, BV]")
     g1, g2 = _matmul(qk), _matmul(pv)
+    scaled = _scale(m, qk) if acc_d == dt.float32 else None
     q = _operand(em, qk.operands[0], "q", g1.a, {"g": g, "m": rm, "ka": re_}, ("rm", "re"))
     em.line(f"m_i = tl.full([BM, 1], float('-inf'), {ft})")
     em.line(f"l_i = tl.zeros([BM, 1], {ft})")
@@ -102,15 +126,22 @@ def build_attention(group: Group, in_strides: Sequence[Sequence[int]], out_strid
         idx = g1.out({"g": g, "m": rm, "n": rn})
         deps = frozenset({"rm", "rn"}) | gdeps
         em.overrides[(id(qk.result), index_key(idx))] = Val("qk", qk.result.dtype, em.scope, deps)
+        unscaled = Val("qk", qk.result.dtype, em.scope, deps)  # (see _scale: the scale joins the exp2's FMA)
+        if scaled is not None:
+            em.overrides[(id(scaled[0]), index_key(idx))] = unscaled
         if below_diagonal:  # where(key > query, -inf, x) is x here
             em.overrides[(id(m.scores), index_key(idx))] = em.value(m.scores.op.operands[2], idx)
-        else:
+        elif scaled is None or scaled[0] is not m.scores:
             em.overrides.pop((id(m.scores), index_key(idx)), None)
         s = em.value(m.scores, idx)
         em.line(f"s = tl.where(mask_n, ({s.expr}).to({ft}), float('-inf'))")
-        em.line("m_new = tl.maximum(m_i, tl.max(s, 1)[:, None])")
+        c = f" * {scaled[1] * LOG2E!r}" if scaled is not None else ""
+        em.line(f"m_new = tl.maximum(m_i, tl.max(s, 1)[:, None]{c})")
         em.line("m_safe = tl.where(m_new == float('-inf'), 0.0, m_new)")
-        if acc_d == dt.float32:  # exp(x - m) as exp2(x * log2(e) - m * log2(e)): one FMA an element
+        if scaled is not None:  # m_i and m_safe in log2 units, s unscaled
+            em.line("alpha = tl.exp2(m_i - m_safe)")
+            em.line(f"p = tl.exp2(s{c} - m_safe)")
+        elif acc_d == dt.float32:  # exp(x - m) as exp2(x * log2(e) - m * log2(e)): one FMA an element
             em.line("m_log2 = m_safe * 1.4426950408889634")
             em.line("alpha = tl.exp2(m_i * 1.4426950408889634 - m_log2)")
             em.line("p = tl.exp2(s * 1.4426950408889634 - m_log2)")
@@ -135,7 +166,8 @@ def build_attention(group: Group, in_strides: Sequence[Sequence[int]], out_strid
     em.line("out = acc / l_i")
     out_idx = g2.out({"g": g, "m": rm, "n": rv})
     out = Val("out", res.dtype, em.scope, frozenset({"rm", "rv"}) | gdeps)
-    stats = {id(m.mx.result): "m_i", id(m.sm.result): "tl.where(m_i == float('-inf'), float('nan'), l_i)"}
+    stats = {id(m.mx.result): f"(m_i * {1 / LOG2E!r})" if scaled is not None else "m_i",
+             id(m.sm.result): "tl.where(m_i == float('-inf'), float('nan'), l_i)"}
     row_idx = g2.out({"g": g, "m": rm, "n": Affine()})  # (..., row, 0): the (..., L, 1) statistics
     for j, o in enumerate(group.outputs):
         if o is res:
