@@ -78,6 +78,8 @@ def test_training_step_gradients_are_two_flash_kernels(mode, rng, caplog):
     fwd = next(ln.kernel for ln in cg.launches if ln.kernel.kind == "attention")
     bwd = next(ln.kernel for ln in cg.launches if ln.kernel.kind == "attention_bwd")
     assert fwd.source.count("tl.store(") == 3  # O, the row max and the row sum
+    if mode != "float":  # scores qk / 4: the scale joins log2(e) in both kernels' exp2 (additive masks: not)
+        assert repr(0.25 * 1.4426950408889634) in fwd.source and repr(0.25 * 1.4426950408889634) in bwd.source
     assert bwd.grid == (2, 2) and "for m0 in range(" in bwd.source and "for n0 in range(" in bwd.source
     if mode == "causal":  # both walks stop at the diagonal; tiles below it are read without the mask
         below_q = "tl.minimum(((pid + 1) * BN + BM - 1) // BM * BM, 64)"

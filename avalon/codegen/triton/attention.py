@@ -50,7 +50,7 @@ def attention_blocks(policy: BlockPolicy, L: int, S: int, E: int, Ev: int) -> di
 LOG2E = 1.4426950408889634
 
 
-def _scale(m, qk) -> tuple[Value, float] | None:
+def scale_of(m, qk, group: Group) -> tuple[Value, float] | None:
     """(scores' scale op result, its scale) when the scores are `qk * c` with c > 0, or that under a
     -inf mask: the kernel then takes the row max of the unscaled (masked) qk, scales the max by
     c * log2(e), and computes p = exp2(qk * c * log2(e) - max) in one FMA, its online softmax in
@@ -59,8 +59,8 @@ def _scale(m, qk) -> tuple[Value, float] | None:
     x = m.scores
     if x.op is not None and x.op.name == "where" and splat_value(x.op.operands[1]) == float("-inf"):
         x = x.op.operands[2]
-    if x.op is None or x.op.name != "mul":
-        return None
+    if x.op is None or x.op.name != "mul" or (x is not m.scores and sum(op.operands.count(x) for op in group.ops) != 1):
+        return None  # (the scaled scores read by anything but the masked scores: kept as they are)
     for a, b in (x.op.operands, reversed(x.op.operands)):
         c = splat_value(b)
         if a is qk.result and c is not None and c > 0:
@@ -105,7 +105,7 @@ def build_attention(group: Group, in_strides: Sequence[Sequence[int]], out_strid
     rv = Affine.of(em.define_var("rv", "tl.arange(0, BV)[None, :]", Ev, "mask_v"))
     em.bound("mask_v", "rv", Ev, meta["BV"], "[1, BV]")
     g1, g2 = _matmul(qk), _matmul(pv)
-    scaled = _scale(m, qk) if acc_d == dt.float32 else None
+    scaled = scale_of(m, qk, group) if acc_d == dt.float32 else None
     q = _operand(em, qk.operands[0], "q", g1.a, {"g": g, "m": rm, "ka": re_}, ("rm", "re"))
     em.line(f"m_i = tl.full([BM, 1], float('-inf'), {ft})")
     em.line(f"l_i = tl.zeros([BM, 1], {ft})")
@@ -126,7 +126,7 @@ def build_attention(group: Group, in_strides: Sequence[Sequence[int]], out_strid
         idx = g1.out({"g": g, "m": rm, "n": rn})
         deps = frozenset({"rm", "rn"}) | gdeps
         em.overrides[(id(qk.result), index_key(idx))] = Val("qk", qk.result.dtype, em.scope, deps)
-        unscaled = Val("qk", qk.result.dtype, em.scope, deps)  # (see _scale: the scale joins the exp2's FMA)
+        unscaled = Val("qk", qk.result.dtype, em.scope, deps)  # (see scale_of: the scale joins the exp2's FMA)
         if scaled is not None:
             em.overrides[(id(scaled[0]), index_key(idx))] = unscaled
         if below_diagonal:  # where(key > query, -inf, x) is x here

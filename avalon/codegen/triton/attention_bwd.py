@@ -23,7 +23,7 @@ from avalon.passes.attention import causal, match
 from avalon.passes.attention_bwd import AttentionBwd
 
 from . import types as ty
-from .attention import attention_blocks
+from .attention import LOG2E, attention_blocks, scale_of
 from .blocks import BlockPolicy, KernelConfig, cdiv
 from .contraction import _operand
 from .emitter import Emitter, Unsupported, Val
@@ -81,6 +81,17 @@ def build_attention_bwd(group: Group, in_strides: Sequence[Sequence[int]], out_s
         em.bound(msk, name, n, meta[block], shape)
     g1, gp, gq, gk, gv = _matmul(qk), _matmul(dp), _matmul(m.dq), _matmul(m.dk), _matmul(m.dv)
     by_l = [op for op in m.core if op.name == "div" and op.operands[1] is m.div.operands[1]]  # P's, dP's
+    # scores qk * c read only by exp(s - m): its exponent is qk * (c log2 e) - m log2 e, one FMA, with
+    # the scale kept out of the scores (the forward's form, `attention.scale_of`)
+    e_op = m.div.operands[0].op
+    fold = scale_of(m, qk, group) if acc_d == dt.float32 and e_op is not None and e_op.name == "exp" else None
+    if fold is not None:
+        def uses(v):
+            return sum(op.operands.count(v) for op in group.ops)
+        sb = e_op.operands[0].op
+        if sb is None or sb.name != "sub" or sb.operands[0] is not m.scores or uses(m.scores) != 1:
+            fold = None
+    log2e = f"{fold[1] * LOG2E!r}" if fold is not None else "1.4426950408889634"
     deps = frozenset({"rm", "rn"}) | gdeps
 
     def tile(rm: Affine, rn: Affine, below_diagonal: bool = False) -> tuple[str, str, str]:
@@ -92,6 +103,8 @@ def build_attention_bwd(group: Group, in_strides: Sequence[Sequence[int]], out_s
         em.overrides.pop((id(m.div.result), key), None)
         em.overrides.pop((id(m.scores), key), None)
         em.overrides.pop((id(m.scores.op.operands[0]), key), None)
+        if fold is not None:
+            em.overrides.pop((id(fold[0]), key), None)
         q = _operand(em, qk.operands[0], "q", g1.a, {"g": g, "m": rm, "ka": fixed["re"]}, ("rm", "re"))
         kt = _operand(em, qk.operands[1], "kt", g1.b, {"g": g, "kb": fixed["rek"], "n": rn}, ("rek", "rn"))
         em.line(f"qk = tl.dot({q}, {kt}{prec}).to({ft})")
@@ -101,6 +114,8 @@ def build_attention_bwd(group: Group, in_strides: Sequence[Sequence[int]], out_s
         idx = g1.out({"g": g, "m": rm, "n": rn})
         em.overrides[(id(qk.result), index_key(idx))] = Val("qk", qk.result.dtype, em.scope, deps)
         em.overrides[(id(dp.result), index_key(idx))] = Val("dp", dp.result.dtype, em.scope, deps)
+        if fold is not None:
+            em.overrides[(id(fold[0]), key)] = Val("qk", qk.result.dtype, em.scope, deps)
         if below_diagonal:  # (after the qk override: the unmasked scores read this tile's qk)
             em.overrides[(id(m.scores), key)] = em.value(m.scores.op.operands[2], idx)
             # dS's where(mask, 0, ...) (the where's derivative) reads the same mask: false here
@@ -116,7 +131,7 @@ def build_attention_bwd(group: Group, in_strides: Sequence[Sequence[int]], out_s
             x, mrow = em.value(sb.operands[0], idx), em.value(sb.operands[1], idx)
             ml = em.emit(f"({mrow.expr}).to(tl.float32) * 1.4426950408889634", dt.float32, vals=(mrow,),
                          prefix="m_log2")
-            em.overrides[(id(e), key)] = em.emit(f"tl.exp2(({x.expr}).to(tl.float32) * 1.4426950408889634 - {ml.expr})",
+            em.overrides[(id(e), key)] = em.emit(f"tl.exp2(({x.expr}).to(tl.float32) * {log2e} - {ml.expr})",
                                                  e.dtype, vals=(x, ml), prefix="exp2")
         inv = em.value(m.div.operands[1], idx)
         inv = em.emit(f"1.0 / {inv.expr}", inv.dtype, vals=(inv,), prefix="inv_l")
