@@ -90,7 +90,7 @@ def _triton(net: Net, x: np.ndarray, ref: np.ndarray, ref_ms: float) -> None:
     kernels = forward.inspect(xd).kernels
     print(f"  {len(kernels)} kernels, one per fused group of the optimized IR:")
     for name, src in kernels.items():
-        kind = re.match(r"# Avalon (\w+) kernel", src)
+        kind = re.search(r"^# Avalon (\w+) kernel", src, re.M)
         print(f"    {name:<32} {kind.group(1) if kind else ''}")
     err = float(np.max(np.abs(got - ref)) / np.max(np.abs(ref)))
     print(f"  first call {first:.2f} s (trace, passes, code generation, kernels); then "

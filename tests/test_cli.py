@@ -170,6 +170,8 @@ def test_demo_shows_and_runs_its_triton_kernels():
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert re.search(r"\d+ kernels, one per fused group", out) and "one kernel: fused_conv2d" in out
+    assert re.search(r"fused_conv2d\w*\s+contraction\n", out), out  # each kernel listed with its kind
+    assert "# launch: grid (" in out and "# tuning: " in out  # the shown kernel's launch and tuner choice
     assert "@triton.jit" in out
     assert "ms per call" in out and "where next" in out and "examples/train_lenet.py" in out
     rel = float(out.split("largest relative difference from the reference interpreter: ")[1].split()[0])
