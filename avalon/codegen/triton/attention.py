@@ -126,9 +126,8 @@ def build_attention(group: Group, in_strides: Sequence[Sequence[int]], out_strid
         idx = g1.out({"g": g, "m": rm, "n": rn})
         deps = frozenset({"rm", "rn"}) | gdeps
         em.overrides[(id(qk.result), index_key(idx))] = Val("qk", qk.result.dtype, em.scope, deps)
-        unscaled = Val("qk", qk.result.dtype, em.scope, deps)  # (see scale_of: the scale joins the exp2's FMA)
-        if scaled is not None:
-            em.overrides[(id(scaled[0]), index_key(idx))] = unscaled
+        if scaled is not None:  # the scores unscaled (see scale_of: the scale joins the exp2's FMA)
+            em.overrides[(id(scaled[0]), index_key(idx))] = Val("qk", qk.result.dtype, em.scope, deps)
         if below_diagonal:  # where(key > query, -inf, x) is x here
             em.overrides[(id(m.scores), index_key(idx))] = em.value(m.scores.op.operands[2], idx)
         elif scaled is None or scaled[0] is not m.scores:
@@ -142,9 +141,9 @@ def build_attention(group: Group, in_strides: Sequence[Sequence[int]], out_strid
             em.line("alpha = tl.exp2(m_i - m_safe)")
             em.line(f"p = tl.exp2(s{c} - m_safe)")
         elif acc_d == dt.float32:  # exp(x - m) as exp2(x * log2(e) - m * log2(e)): one FMA an element
-            em.line("m_log2 = m_safe * 1.4426950408889634")
-            em.line("alpha = tl.exp2(m_i * 1.4426950408889634 - m_log2)")
-            em.line("p = tl.exp2(s * 1.4426950408889634 - m_log2)")
+            em.line(f"m_log2 = m_safe * {LOG2E!r}")
+            em.line(f"alpha = tl.exp2(m_i * {LOG2E!r} - m_log2)")
+            em.line(f"p = tl.exp2(s * {LOG2E!r} - m_log2)")
         else:
             em.line("alpha = tl.exp(m_i - m_safe)")
             em.line("p = tl.exp(s - m_safe)")

@@ -91,7 +91,7 @@ def build_attention_bwd(group: Group, in_strides: Sequence[Sequence[int]], out_s
         sb = e_op.operands[0].op
         if sb is None or sb.name != "sub" or sb.operands[0] is not m.scores or uses(m.scores) != 1:
             fold = None
-    log2e = f"{fold[1] * LOG2E!r}" if fold is not None else "1.4426950408889634"
+    log2e = repr(fold[1] * LOG2E if fold is not None else LOG2E)
     deps = frozenset({"rm", "rn"}) | gdeps
 
     def tile(rm: Affine, rn: Affine, below_diagonal: bool = False) -> tuple[str, str, str]:
@@ -120,19 +120,18 @@ def build_attention_bwd(group: Group, in_strides: Sequence[Sequence[int]], out_s
             em.overrides[(id(m.scores), key)] = em.value(m.scores.op.operands[2], idx)
             # dS's where(mask, 0, ...) (the where's derivative) reads the same mask: false here
             em.overrides[(id(m.scores.op.operands[0]), key)] = Val("False", dt.bool_, em.scope)
-        # P = e / l and the softmax gradient's dP / l divide by the forward's row sum l (at least 1,
-        # or NaN for a row that sees no key): one reciprocal a row and a multiply an element. A
-        # division an element costs its range checks even where ptxas shares the reciprocal: the
-        # 16-bit causal backward (B8 H16 L1024 E64) went from 4096 to 3840 sm_90 SASS instructions
         e = m.div.operands[0]  # exp(s - m) as exp2(s * log2(e) - m * log2(e)), as the forward computes it
         if acc_d == dt.float32 and e.op is not None and e.op.name == "exp" and (sb := e.op.operands[0].op) \
                 is not None and sb.name == "sub":
             em.overrides.pop((id(e), key), None)
             x, mrow = em.value(sb.operands[0], idx), em.value(sb.operands[1], idx)
-            ml = em.emit(f"({mrow.expr}).to(tl.float32) * 1.4426950408889634", dt.float32, vals=(mrow,),
-                         prefix="m_log2")
+            ml = em.emit(f"({mrow.expr}).to(tl.float32) * {LOG2E!r}", dt.float32, vals=(mrow,), prefix="m_log2")
             em.overrides[(id(e), key)] = em.emit(f"tl.exp2(({x.expr}).to(tl.float32) * {log2e} - {ml.expr})",
                                                  e.dtype, vals=(x, ml), prefix="exp2")
+        # P = e / l and the softmax gradient's dP / l divide by the forward's row sum l (at least 1,
+        # or NaN for a row that sees no key): one reciprocal a row and a multiply an element. A
+        # division an element costs its range checks even where ptxas shares the reciprocal: the
+        # 16-bit causal backward (B8 H16 L1024 E64) went from 4096 to 3840 sm_90 SASS instructions
         inv = em.value(m.div.operands[1], idx)
         inv = em.emit(f"1.0 / {inv.expr}", inv.dtype, vals=(inv,), prefix="inv_l")
         for d in by_l:
