@@ -37,19 +37,16 @@ def get_float32_matmul_precision() -> str:
 
 
 def dot_precisions() -> tuple[str, str]:
-    """Triton's `input_precision` for float32 (matmul and attention, convolution) products."""
+    """Triton's `input_precision` for float32 (matmul and attention, convolution) products: what
+    generated kernels bake in, so also part of `av.compile`'s cache key ("high" and "medium" share
+    their kernels)."""
     return ("ieee" if _state["matmul"] == "highest" else "tf32"), ("tf32" if _state["conv_tf32"] else "ieee")
-
-
-def key() -> tuple[str, bool]:
-    """What a compiled function depends on here (part of `av.compile`'s cache key)."""
-    return _state["matmul"], _state["conv_tf32"]
 
 
 def hint_tf32() -> None:
     """Said once per process, as torch.compile does: float32 matmuls on a GPU multiply in full
     float32, which leaves the tensor cores' TF32 speed unused."""
-    if not _state.get("hinted"):
+    if not _state["hinted"]:
         _state["hinted"] = True
         get_logger("triton").warning(
             "float32 matmuls run in full float32 precision on the GPU (torch's default); "

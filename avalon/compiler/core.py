@@ -261,7 +261,7 @@ class Compiled:
     # -- machinery ---------------------------------------------------------------------------
     def _entry(self, args: tuple, inline: bool = False) -> tuple[_Entry, list[tuple[str, Any]]]:
         key, leaves = signature(self.fn, args, self._states)
-        key = (key, precision.key())  # kernels bake in the float32 product precision
+        key = (key, precision.dot_precisions())  # kernels bake in the float32 product precision
         entry = self._cache.get(key)
         if entry is None and inline:
             entry = self._inlined.get(key)
