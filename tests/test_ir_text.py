@@ -62,6 +62,36 @@ def test_parse_error_column():
     assert (e.value.line, e.value.col) == (2, 12)
 
 
+def test_text_that_reads_but_does_not_verify_is_located():
+    """A hand edit's type mismatch points at its line and column, like a typo (MLIR's parser too)."""
+    text = ("func @f(%x: tensor<2xf32>, %y: tensor<2xf64>) -> (tensor<2xf32>) {\n"
+            "  %0 = exp %x : tensor<2xf32>\n  %1 = add %0, %y : tensor<2xf32>\n  return %1\n}\n")
+    with pytest.raises(ir.ParseError, match=r"^src\.avalon:3:8: 'add' op .*dtypes differ") as e:
+        ir.parse(text, source="src.avalon")
+    assert isinstance(e.value, ir.VerifyError) and e.value.op.name == "add"
+    with pytest.raises(ir.VerifyError, match="expects 1 operand"):
+        ir.parse(text.replace("exp %x :", "exp %x, %x :"))
+
+
+def test_regions_only_on_ops_that_take_one():
+    """A region on `exp` would be run by the interpreter instead of exp: rejected in the text and
+    by the verifier for graphs built in Python."""
+    text = ("func @f(%x: tensor<4xf32>) -> (tensor<4xf32>) {\n  %0 = exp %x : tensor<4xf32> {\n"
+            "  ^bb0(%a: tensor<4xf32>):\n    %1 = neg %a : tensor<4xf32>\n    yield %1\n  }\n  return %0\n}\n")
+    with pytest.raises(ir.ParseError, match="'exp' takes no region") as e:
+        ir.parse(text)
+    assert e.value.line == 2
+    g = ir.parse(text.replace(" {\n  ^bb0(%a: tensor<4xf32>):\n    %1 = neg %a : tensor<4xf32>\n    yield %1\n  }", ""))
+    g.ops[0].add_region(ir.parse("func @g(%a: tensor<4xf32>) -> (tensor<4xf32>) {\n  return %a\n}\n").body)
+    with pytest.raises(ir.VerifyError, match="has 1 region.* 'exp' takes none"):
+        ir.verify(g)
+
+
+def test_dynamic_dimensions_say_so():
+    with pytest.raises(ir.ParseError, match="dynamic dimensions are not supported"):
+        ir.parse("func @f(%x: tensor<?x4xf32>) -> (tensor<?x4xf32>) {\n  return %x\n}\n")
+
+
 def test_verify_names_the_op():
     g = ir.parse(LENET_LIKE)
     relu = g.ops[3].regions[0].ops[1]

@@ -20,6 +20,7 @@ from .core import Block, Graph, Location, Op, Value
 from .dtypes import BY_NAME
 from .registry import OPS, TERMINATORS
 from .types import TensorType
+from .verify import VerifyError, verify
 
 
 class ParseError(ValueError):
@@ -27,6 +28,15 @@ class ParseError(ValueError):
         self.msg, self.line, self.col, self.source = msg, line, col, source
         where = f"{source}:" if source else ""
         super().__init__(f"{where}{line}:{col}: {msg}")
+
+
+class LocatedVerifyError(ParseError, VerifyError):
+    """Parsed text that does not verify (a type mismatch, a wrong operand count): a VerifyError
+    located, like every other parse error, at the line and column of the op at fault."""
+
+    def __init__(self, err: VerifyError, line: int, col: int, source: str | None):
+        super().__init__(str(err), line, col, source)
+        self.op = err.op
 
 
 _TOKEN = re.compile(r"""
@@ -62,7 +72,9 @@ def _lex(text: str, source: str | None) -> list[_Tok]:
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if not m:
-            raise ParseError(f"unexpected character {text[pos]!r}", line, pos - start + 1, source)
+            why = (" (dynamic dimensions are not supported: every dimension is a static size)"
+                   if text[pos] == "?" else "")
+            raise ParseError(f"unexpected character {text[pos]!r}{why}", line, pos - start + 1, source)
         kind = m.lastgroup
         if kind == "nl":
             line += 1
@@ -80,6 +92,7 @@ class _Parser:
         self.toks = _lex(text, source)
         self.i = 0
         self.depth = 0
+        self.where: dict[Op, _Tok] = {}  # each op's name token, to locate verifier errors
 
     # -- token helpers
     @property
@@ -282,6 +295,7 @@ class _Parser:
                     while self.accept(","):
                         vals.append(self.use(scope))
                 term = block.set_terminator(terminator, vals)
+                self.where[term] = t
                 term.loc = self.parse_loc()
                 return
             if t.kind == "eof" or (t.kind == "punct" and t.text == "}"):
@@ -341,8 +355,11 @@ class _Parser:
         except (TypeError, ValueError) as e:
             raise self.error(str(e), name_tok) from None
         op = Op(name, operands, types, attrs, loc=loc)
+        self.where[op] = name_tok
         for tok, r in zip(result_toks, op.results):
             self.define(scope, tok, r)
+        if self.at("{") and "region" not in d.traits:
+            raise self.error(f"'{name}' takes no region (only 'fusion' holds one)")
         while self.at("{"):
             self.enter("regions", self.next())
             bb = self.expect_kind("block", "a block label like ^bb0")
@@ -391,5 +408,15 @@ class _Parser:
 
 
 def parse(text: str, source: str | None = None) -> Graph:
-    """Parse text IR into a Graph. Raises ParseError naming line and column."""
-    return _Parser(text, source).parse_graph()
+    """Parse text IR into a verified Graph. Raises ParseError naming line and column, also for
+    text that reads but does not verify (then a `LocatedVerifyError`, a VerifyError as well), so
+    a hand edit's type mismatch points at its line as a typo does, as MLIR's parser does."""
+    p = _Parser(text, source)
+    graph = p.parse_graph()
+    try:
+        verify(graph)
+    except VerifyError as e:
+        tok = p.where.get(e.op) if e.op is not None else None
+        tok = tok or p.toks[0]
+        raise LocatedVerifyError(e, tok.line, tok.col, source) from None
+    return graph

@@ -67,6 +67,9 @@ def _check_block(block: Block, defined: set[int], namer: Namer) -> None:
                     raise VerifyError(f"{_where(op, namer)}: result #{i} has type {g}, expected {w}", op)
         if "region" in d.traits:
             _check_region_op(op, namer)
+        elif op.regions:  # run by nobody but an interpreter that would take it for the op's meaning
+            raise VerifyError(f"{_where(op, namer)}: has {len(op.regions)} region(s) but '{op.name}' "
+                              "takes none", op)
         for r in op.results:
             defined.add(id(r))
     t = block.terminator
