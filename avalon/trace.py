@@ -132,8 +132,14 @@ class Trace:
         return [Tensor._traced(r, self) for r in op.results]
 
     def record_update(self, target: Tensor, new: Tensor) -> None:
-        """Write `new` into the state tensor `target` after the graph runs (batch norm statistics)."""
-        self.updates.append((target, self.value_of(new)))
+        """Write `new` into the state tensor `target` after the graph runs (batch norm statistics,
+        optimizer steps). Later reads of `target` in this trace see `new`, as they would eagerly
+        (a model evaluated after `opt.step`, batch norm called twice), and only the last update
+        of a target is written back."""
+        v = self.value_of(new)
+        self.updates = [(tg, u) for tg, u in self.updates if tg is not target] + [(target, v)]
+        self.leaves[id(target)] = v
+        self._keep.append(target)
 
 
 def located(e: Exception, loc: Location | None) -> Exception:

@@ -182,6 +182,38 @@ def test_batch_norm_running_stats_update_under_compile(rng):
     assert c.cache_info().entries == 1
 
 
+@pytest.mark.parametrize("wrap", ["compile", "value_and_grad"])
+def test_reads_after_a_state_update_see_it_as_eager_does(wrap, rng):
+    """Batch norm called twice in one traced call (a GAN's discriminator on real and fake) updates
+    its statistics twice, and a model evaluated after `opt.step` in the same compiled step sees
+    the new weights: a later read in the trace is the updated value, not the graph input."""
+    x1, x2 = _arr(rng, 8, 3) + 2, _arr(rng, 8, 3) - 2
+
+    def two(m, a, b):
+        return (m(a) * m(a)).sum() + m(b).sum()
+    eager, traced = av.nn.BatchNorm1d(3), av.nn.BatchNorm1d(3)
+    two(eager, av.tensor(x1), av.tensor(x2))
+    run = av.compile(two) if wrap == "compile" else av.value_and_grad(two)
+    run(traced, x1, x2)
+    for k in ("running_mean", "running_var"):
+        np.testing.assert_allclose(getattr(traced, k).numpy(), getattr(eager, k).numpy(), rtol=1e-5, err_msg=k)
+    assert int(traced.num_batches_tracked.numpy()) == 3
+
+    def step(m, opt, x):
+        _, g = av.value_and_grad(lambda m, x: (m(x) ** 2).sum())(m, x)
+        opt.step(g)
+        return m(x).sum()  # after the step
+    x = _arr(rng, 4, 3)
+    outs = []
+    for mode in ("eager", "compiled"):
+        m = av.nn.Linear(3, 2)
+        av.nn.load_state_dict(m, {"weight": np.full((2, 3), 0.5, np.float32), "bias": np.ones(2, np.float32)})
+        opt = optim.SGD(m, lr=0.1)
+        outs.append(float((step if mode == "eager" else av.compile(step))(m, opt, x)))
+        assert av.nn.state_dict(m)["weight"].numpy()[0, 0] != 0.5
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5)
+
+
 def test_inside_another_trace_it_inlines(rng):
     fn = Counting()
     c = av.compile(fn)
