@@ -98,6 +98,85 @@ def _replace(t: Tensor, new: Tensor) -> None:
         tr.record_update(t, new)
 
 
+def _update(t: Tensor, new: Any, what: str) -> Tensor:
+    """torch's in-place rule (`x.add_(y)`, `x += y`): the result keeps `t`'s shape and dtype and is
+    written into `t` itself, so every reference to the object sees it (eagerly and in a trace)."""
+    new = new if isinstance(new, Tensor) else Tensor(as_array(new, t.dtype), t.dtype)
+    from .trace import current_trace
+    tr = current_trace()
+    if tr is not None and new._trace is None and (t._trace is tr or id(t) in tr.leaves):
+        new = Tensor._traced(tr.value_of(new), tr)  # a traced tensor's new value is traced too
+    if new.shape != t.shape:
+        raise ValueError(f"{what}: the result has shape {new.shape}, but the tensor written in place has "
+                         f"shape {t.shape} (an in-place op cannot broadcast the tensor it writes)")
+    if new.dtype is not t.dtype:
+        if new.dtype.is_float and not t.dtype.is_float:
+            raise TypeError(f"{what}: result type {new.dtype.name} can't be cast to the {t.dtype.name} "
+                            "tensor written in place (as in torch); use the out-of-place form")
+        new = _ops.cast(new, t.dtype)
+    _replace(t, new)
+    return t
+
+
+def _inplace(fn: Any, name: str) -> Any:
+    """The in-place method `name` (`add_`): `fn(self, ...)` written into self, which it returns."""
+    def method(self: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        return _update(self, fn(self, *args, **kwargs), f"Tensor.{name}")
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = f"In place, as torch's `{name}`: this tensor becomes the result; returns it."
+    return method
+
+
+def _op(name: str) -> Any:
+    return lambda self, *a, **k: getattr(_ops, name)(self, *a, **k)
+
+
+def _draw(distribution: str, a: float, b: float) -> Any:
+    """`uniform_(a, b)` / `normal_(mean, std)`: a `random` op seeded by Avalon's generator."""
+    def fn(self: Tensor, a: float = a, b: float = b, *, generator: Any = None) -> Tensor:
+        from .random import next_seed
+        if generator is not None:
+            raise NotImplementedError("a torch.Generator is not supported; seed with av.manual_seed")
+        r = _ops.random(next_seed(), self.shape, distribution, self.dtype if self.dtype.is_float else dt.float32)
+        return r * (b - a) + a if distribution == "uniform" else r * b + a
+    return fn
+
+
+def _bernoulli(self: Tensor, p: Any = 0.5, *, generator: Any = None) -> Tensor:
+    from .random import next_seed
+    if generator is not None:
+        raise NotImplementedError("a torch.Generator is not supported; seed with av.manual_seed")
+    return _ops.lt(_ops.random(next_seed(), self.shape, "uniform"), p)
+
+
+def _add(self: Tensor, other: Any, *, alpha: Any = 1) -> Tensor:
+    return _ops.add(self, other if alpha == 1 else _ops.mul(other, alpha))
+
+
+def _sub(self: Tensor, other: Any, *, alpha: Any = 1) -> Tensor:
+    return _ops.sub(self, other if alpha == 1 else _ops.mul(other, alpha))
+
+
+def _copy(self: Tensor, src: Any, non_blocking: bool = False) -> Tensor:
+    src = src if isinstance(src, Tensor) else Tensor(as_array(src))
+    return _ops.broadcast_to(src, self.shape) if src.shape != self.shape else src
+
+
+# in-place methods: name -> the out-of-place computation (ops as data, one table)
+_INPLACE = {
+    "add_": _add, "sub_": _sub, "mul_": _op("mul"), "div_": _op("div"), "pow_": _op("pow"),
+    "clamp_": _op("clamp"), "clip_": _op("clamp"), "masked_fill_": _op("masked_fill"),
+    "exp_": _op("exp"), "log_": _op("log"), "sqrt_": _op("sqrt"), "neg_": _op("neg"), "abs_": _op("abs"),
+    "relu_": _op("relu"), "sigmoid_": _op("sigmoid"), "tanh_": _op("tanh"), "floor_": _op("floor"),
+    "fill_": lambda self, value: (_ops.broadcast_to(_ops.cast(value, self.dtype), self.shape)
+                                  if isinstance(value, Tensor) else _ops.full(self.shape, value, self.dtype,
+                                                                              device=self.device)),
+    "zero_": lambda self: _ops.zeros(self.shape, dtype=self.dtype, device=self.device),
+    "copy_": _copy, "uniform_": _draw("uniform", 0.0, 1.0), "normal_": _draw("normal", 0.0, 1.0),
+    "bernoulli_": _bernoulli,
+}
+
+
 class Tensor:
     """An n-d array with a static shape and dtype. Build one with `av.tensor(...)`."""
 
@@ -335,6 +414,19 @@ class Tensor:
     def __getitem__(self, index: Any) -> Tensor:
         return _ops.getitem(self, index)
 
+    # `x += y` writes into x, as torch does: `z = y; z += 1` changes y too
+    def __iadd__(self, other: Any) -> Tensor:
+        return _update(self, _ops.add(self, other), "+=")
+
+    def __isub__(self, other: Any) -> Tensor:
+        return _update(self, _ops.sub(self, other), "-=")
+
+    def __imul__(self, other: Any) -> Tensor:
+        return _update(self, _ops.mul(self, other), "*=")
+
+    def __itruediv__(self, other: Any) -> Tensor:
+        return _update(self, _ops.div(self, other), "/=")
+
     def __setitem__(self, index: Any, value: Any) -> None:
         """`x[index] = value` with torch's result, computed functionally (`ops.setitem`): this Tensor
         object then holds the updated value, eagerly and inside a trace (autodiff sees the update)."""
@@ -450,6 +542,8 @@ class Tensor:
         """The same values with no gradient flowing back (torch's detach, jax's stop_gradient)."""
         return _ops.stop_gradient(self)
 
+    data = property(detach, doc="torch's `.data`: the values without gradient (a detach).")
+
     def clone(self, memory_format: Any = None) -> Tensor:
         """An independent copy: later item assignments to either leave the other alone."""
         if self._value is not None:
@@ -510,6 +604,10 @@ def tensor(data: Any, dtype: Any = None, device: Any = None) -> Tensor:
                dtype if dtype is not None else _default_dtype(data), device)
     return t
 
+
+for _name, _fn in _INPLACE.items():
+    setattr(Tensor, _name, _inplace(_fn, _name))
+del _name, _fn
 
 # Last, because avalon.ops imports this module: Tensor's methods look the functions up when called.
 from . import ops as _ops  # noqa: E402

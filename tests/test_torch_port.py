@@ -335,3 +335,79 @@ def test_item_assignment_of_a_bool_mask_and_errors():
 
 def test_av_log_is_the_natural_logarithm():
     np.testing.assert_allclose(av.log(av.tensor([1.0, np.e])).numpy(), [0.0, 1.0], rtol=1e-6)
+
+
+# -- in-place methods and augmented assignment --------------------------------------------------
+
+INPLACE = [("add_", (0.5,), {}), ("add_", ("y",), {"alpha": 2.0}), ("sub_", ("y",), {}), ("mul_", ("y",), {}),
+           ("div_", (3.0,), {}), ("pow_", (2,), {}), ("clamp_", (-0.5, 0.5), {}), ("clip_", (None, 0.2), {}),
+           ("exp_", (), {}), ("neg_", (), {}), ("abs_", (), {}), ("relu_", (), {}), ("sigmoid_", (), {}),
+           ("tanh_", (), {}), ("floor_", (), {}), ("fill_", (1.25,), {}), ("zero_", (), {}),
+           ("copy_", ("y",), {}), ("masked_fill_", ("mask", -1.0), {})]
+
+
+@pytest.mark.parametrize("name, args, kw", INPLACE)
+def test_inplace_methods_match_torch_eagerly_traced_and_through_aliases(name, args, kw, rng):
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    y = rng.standard_normal((3, 4)).astype(np.float32)
+    mask = rng.random((3, 4)) > 0.5
+
+    def run(lib, x, y, mask):
+        sub = {"y": y, "mask": mask}
+        alias = x
+        out = getattr(x, name)(*[sub.get(a, a) if isinstance(a, str) else a for a in args], **kw)
+        assert out is x and alias is x
+        return alias * 1.0
+
+    want = run(torch, torch.tensor(x), torch.tensor(y), torch.tensor(mask))
+    same(run(av, av.tensor(x), av.tensor(y), av.tensor(mask)), want)
+    same(av.compile(lambda x, y, m: run(av, x, y, m))(x, y, mask), want)
+
+
+def test_augmented_assignment_writes_through_aliases_and_state(rng):
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    for lib in (torch, av):
+        a = lib.tensor(x)
+        b = a
+        b += 1.0
+        b *= 2.0
+        b -= a / 4
+        b /= 3.0
+        same(a, torch.tensor((((x + 1) * 2) * 0.75) / 3), 1e-6)
+    w = av.tensor(x)
+    m = type("M", (), {})()
+    m.w = w
+
+    @av.compile
+    def bump(m):
+        m.w += 1.0  # a state tensor: written back after the call, as an optimizer step is
+        return m.w.sum()
+    s = bump(m)
+    np.testing.assert_allclose(w.numpy(), x + 1, rtol=1e-6)
+    np.testing.assert_allclose(float(s), (x + 1).sum(), rtol=1e-5)
+    gx = av.grad(lambda t: (lambda u: (u.mul_(u), u)[1])(t * 1.0).sum())(x)  # d(t^2)/dt through mul_
+    np.testing.assert_allclose(gx.numpy(), 2 * x, rtol=1e-6)
+
+
+def test_inplace_errors_are_torchs():
+    i = av.tensor([1, 2, 3])
+    with pytest.raises(TypeError, match="can't be cast to the i64 tensor"):
+        i += 0.5
+    with pytest.raises(ValueError, match="cannot broadcast the tensor it writes"):
+        av.ones(3).add_(av.ones(2, 3))
+    i.add_(2)
+    assert i.tolist() == [3, 4, 5] and i.dtype == av.int64
+
+
+def test_random_inplace_draws_are_seeded_and_shaped():
+    av.manual_seed(0)
+    a = av.empty(2000).uniform_(-2.0, 3.0).numpy()
+    b = av.empty(2000).normal_(1.0, 0.5).numpy()
+    c = av.empty(2000).bernoulli_(0.25).numpy()
+    assert -2 <= a.min() and a.max() < 3 and abs(a.mean() - 0.5) < 0.15
+    assert abs(b.mean() - 1.0) < 0.05 and abs(b.std() - 0.5) < 0.05
+    assert set(np.unique(c)) <= {0.0, 1.0} and abs(c.mean() - 0.25) < 0.05
+    av.manual_seed(0)
+    assert np.array_equal(av.empty(2000).uniform_(-2.0, 3.0).numpy(), a)
+    x = av.tensor(np.ones((2, 2), np.float32))
+    assert x.data.tolist() == [[1, 1], [1, 1]]
