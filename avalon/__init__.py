@@ -4,10 +4,11 @@ Models are plain Python objects; `av.trace` records one call as a typed SSA grap
 `avalon.passes` rewrites it in the open, and backends run it: the numpy reference interpreter
 (`av.interpret`) and generated Triton kernels. See README.md.
 """
-from . import ir, nn, ops, optim, passes, random
+from . import ir, jit, nn, ops, optim, passes, random
 from .checkpoint import CheckpointError, load, save
 from .compiler import compile, grad, value_and_grad  # noqa: A004  (av.compile, like torch.compile)
 from .device import Device, best_available_device, device
+from .grad_mode import enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled
 from .interop import from_torch
 from .ir import Interpreter, interpret
 from .ir.dtypes import bfloat16, bool_, float16, float32, float64, int32, int64
@@ -104,6 +105,12 @@ from .trace import trace
 from .train import fit
 from .tree import named_parameters, to_device
 from .version import __version__
+
+
+def _assert(condition: object, message: str) -> None:
+    """torch._assert (torchvision's shape checks): a plain assert on a Python bool."""
+    assert condition, message
+
 
 float = float32  # noqa: A001  (torch-style aliases)
 double = float64

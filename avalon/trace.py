@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from . import tree
+from . import grad_mode, tree
 from .device import CPU, Device
 from .ir import Builder, Graph, Location, ShapeError, TensorType, Value
 from .ir import dtypes as dt
@@ -129,7 +129,11 @@ class Trace:
         except (ShapeError, TypeError) as e:
             raise located(e, loc) from None
         self.builder.insert(op)
-        return [Tensor._traced(r, self) for r in op.results]
+        results = op.results
+        if not grad_mode.enabled() and opname != "stop_gradient":  # under av.no_grad()
+            results = [self.builder.insert(make_op("stop_gradient", [r], {}, loc)).results[0]
+                       if r.type.dtype.is_float else r for r in results]
+        return [Tensor._traced(r, self) for r in results]
 
     def record_update(self, target: Tensor, new: Tensor) -> None:
         """Write `new` into the state tensor `target` after the graph runs (batch norm statistics,

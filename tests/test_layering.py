@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent / "avalon"
 # the most specific prefix wins; utilities with no avalon dependencies sit at the bottom
 LAYERS = {
     "avalon.channels": 0, "avalon.version": 0, "avalon.precision": 0, "avalon.ir": 0,
+    "avalon.grad_mode": 0, "avalon.jit": 0,
     "avalon.tensor": 1, "avalon.ops": 1, "avalon.trace": 1, "avalon.tree": 1, "avalon.device": 1,
     "avalon.random": 1, "avalon.autodiff": 1, "avalon.passes": 1,
     "avalon.codegen": 2, "avalon.mlir": 2,

@@ -411,3 +411,50 @@ def test_random_inplace_draws_are_seeded_and_shaped():
     assert np.array_equal(av.empty(2000).uniform_(-2.0, 3.0).numpy(), a)
     x = av.tensor(np.ones((2, 2), np.float32))
     assert x.data.tolist() == [[1, 1], [1, 1]]
+
+
+# -- torch's gradient switches and torch.jit pieces model code calls ----------------------------
+
+def test_no_grad_blocks_gradients_inside_differentiated_code_as_torch(rng):
+    x = rng.standard_normal((3, 4))
+    w = rng.standard_normal((4,))
+
+    def loss(lib, x, w):
+        a = (x * w).sum()
+        with lib.no_grad():
+            b = (x * w * w).sum()  # a target computed without gradients
+            with lib.enable_grad():
+                c = (w * w).sum()
+        return a * b + c
+
+    tw = torch.tensor(w, requires_grad=True)
+    loss(torch, torch.tensor(x), tw).backward()
+    got = av.grad(lambda w, x: loss(av, x, w))(w, x)
+    np.testing.assert_allclose(got.numpy(), tw.grad.numpy(), rtol=1e-10)
+
+    @av.no_grad()
+    def frozen(w):
+        return (w * w).sum()
+    g = av.grad(lambda w: frozen(w) + w.sum())(w)
+    np.testing.assert_allclose(g.numpy(), np.ones_like(w))
+    with av.inference_mode():
+        assert not av.is_grad_enabled()
+    av.set_grad_enabled(False)
+    assert not av.is_grad_enabled()
+    av.set_grad_enabled(True)
+    assert av.is_grad_enabled()
+    np.testing.assert_allclose(float(av.no_grad()(lambda: av.tensor(2.0) * 3)()), 6.0)
+
+
+def test_torch_jit_calls_in_model_code_run():
+    assert av.jit.is_scripting() is False and av.jit.is_tracing() is False
+
+    @av.jit.unused
+    def f(x):
+        return x + 1
+    assert f(1) == 2 and av.jit.annotate(list, [1]) == [1]
+    with pytest.raises(NotImplementedError, match="av.compile"):
+        av.jit.script(f)
+    av._assert(True, "fine")
+    with pytest.raises(AssertionError, match="shape"):
+        av._assert(False, "wrong shape")
