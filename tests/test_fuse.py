@@ -444,3 +444,36 @@ def _with_outputs(view, region):
     """A region's group view whose outputs are what the region yields."""
     view.__dict__["outputs"] = list(region.results)
     return view
+
+
+def test_a_group_reading_through_an_inlinable_op_before_it_moves_with_what_it_reads():
+    """A 2-layer GRU's training step under the CPU target: a group that clones an inlinable op may
+    sit before that op's own unit, so the walk for what must move past a merge went on through it
+    (it stopped there and left a group before a value it read: 'used before it is defined')."""
+    from avalon import nn, optim
+    from avalon.codegen.numpy.loops import CPU
+    from avalon.nn import functional as F
+    av.manual_seed(0)
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.rnn, self.out = nn.Embedding(20, 16), nn.GRU(16, 16, 2), nn.Linear(16, 20)
+
+        def forward(self, inp):
+            h, outs = av.zeros(2, inp.size(0), 16), []
+            for c in range(inp.size(1)):
+                o, h = self.rnn(self.emb(inp[:, c]).view(1, inp.size(0), -1), h)
+                outs.append(self.out(o.view(inp.size(0), -1)))
+            return av.stack(outs, 1).view(-1, 20)
+
+    def step(m, opt, x, y):
+        loss, g = av.value_and_grad(lambda m, x, y: F.cross_entropy(m(x), y))(m, x, y)
+        opt.step(g)
+        return loss
+    m = M()
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 20, (4, 2)), rng.integers(0, 20, (8,))
+    g = av.trace(step, m, optim.SGD(m, lr=0.1), x, y)
+    passes.PassManager.parse("canonicalize,cse,dce,fuse", target=CPU, verify_each=True).run(g)
+    assert sum(op.name == "fusion" for op in g.ops) > 10

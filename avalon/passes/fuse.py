@@ -42,7 +42,7 @@ from .fusion_policy import (
     make_policy,
     register_policy,
 )
-from .registry import register
+from .registry import PipelineError, register
 from .remat import rematerialize
 from .target import Target
 
@@ -270,12 +270,14 @@ class _Fuser:
                 q = max(q, self.pos[u])
         # Only units up to q matter (c reads none after q, and none after q moves); users sit after
         # what they read, so no unit up to q is reached through one after it: the walk stops at q
-        # instead of visiting everything between p and c (quadratic on deep graphs).
+        # instead of visiting everything between p and c (quadratic on deep graphs). Except through
+        # an inlinable op: a group that clones it reads through it and may sit before it, so the
+        # walk goes on through inlinable units wherever they are (a 2-layer GRU's gradient did).
         marked: set[_Unit] = set()
         stack = self.users(p)
         while stack:
             u = stack.pop()
-            if u in marked or u is c or u is p or self.pos[u] > q:
+            if u in marked or u is c or u is p or (self.pos[u] > q and not self._inlinable_unit(u)):
                 continue
             marked.add(u)
             stack.extend(self.users(u))
@@ -285,6 +287,9 @@ class _Fuser:
         # inlinable ops cloned into c that read p's values also sit in the window: they move too
         moved = sorted((u for u in marked if self.pos[u] <= q), key=self.pos.__getitem__)
         return None, moved, q
+
+    def _inlinable_unit(self, u: _Unit) -> bool:
+        return not u.fused and len(u.ops) == 1 and u.ops[0] in self.inlinable
 
     def check_order(self) -> None:
         """Every unit comes after what it reads (a fused group: what its clones read). For tests."""
@@ -448,6 +453,11 @@ class Fuse:
     reductions: bool = True
     policy: str = "default"
     remat: bool = True
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:  # said when the pipeline is parsed, not when it first runs
+            raise PipelineError(f"pass 'fuse' option 'policy': unknown fusion policy '{self.policy}'; "
+                                f"known: {', '.join(sorted(POLICIES))} (register_policy adds one)")
 
     def run(self, graph: Graph, target: Target | None = None) -> bool:
         try:
