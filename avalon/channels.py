@@ -5,8 +5,10 @@ every channel); output goes to stderr. Code calls `get_logger("fusion").debug(..
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import sys
 
 _configured = False
 
@@ -28,9 +30,23 @@ def _configure() -> None:
     else:
         for n in names:
             logging.getLogger(f"avalon.{n}").setLevel(logging.DEBUG)
+        atexit.register(_unused, names)
+
+
+_asked: set[str] = set()
+
+
+def _unused(names: list[str]) -> None:
+    """At exit, name the AVALON_LOG channels no code asked for (a typo, `fuson`, would otherwise
+    print nothing and say nothing)."""
+    idle = [n for n in names if n not in _asked and not any(a.startswith(n + ".") for a in _asked)]
+    if idle:
+        sys.stderr.write(f"avalon: AVALON_LOG names {', '.join(idle)}, but no channel of that name was used "
+                         f"in this run (used: {', '.join(sorted(_asked)) or 'none'}); a typo?\n")
 
 
 def get_logger(channel: str) -> logging.Logger:
     if not _configured:
         _configure()
+    _asked.add(channel)
     return logging.getLogger(f"avalon.{channel}")

@@ -144,6 +144,10 @@ class Interpreter:
             if len(results) != len(op.results):
                 raise RuntimeError(f"run_op for '{op.name}' returned {len(results)} array(s) "
                                    f"for {len(op.results)} result(s)")
+            for i, (r, v) in enumerate(zip(results, op.results)):  # a subclass's run_op, checked
+                if np.shape(r) != v.type.shape:
+                    raise RuntimeError(f"run_op for op #{k} '{op.name}' returned shape {np.shape(r)} for "
+                                       f"result #{i}, whose type is {v.type}")
             env.update(zip(op.results, results))
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("%s -> %s", op.name, ", ".join(_describe(np.asarray(r)) for r in results))

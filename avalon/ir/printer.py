@@ -176,4 +176,4 @@ def format_op(op: Op, namer: Namer | None = None) -> str:
     head = ", ".join("%" + namer[r] for r in op.results)
     head = head + " = " if head else ""
     operands = ", ".join("%" + namer[v] for v in op.operands)
-    return f"{head}{op.name} {operands}{_attrs(op)}".rstrip()
+    return " ".join(x for x in (f"{head}{op.name}", operands, _attrs(op).strip()) if x)

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+import numpy as np
+
 from avalon.channels import get_logger
 from avalon.ir import Graph, VerifyError, print_graph, verify
 
@@ -274,6 +276,9 @@ class PassManager:
             text_after = print_graph(graph) if need_text else None
             if result is None:  # the pass did not say; find out from the text
                 changed = text_after != text_before
+            elif not isinstance(result, (bool, np.bool_)):
+                raise TypeError(f"pass '{stage.name}' returned {type(result).__name__} {result!r}; a pass "
+                                "returns True (changed), False (unchanged) or None (not said)")
             else:
                 changed = bool(result)
                 if self.verify_each and not changed and text_after != text_before:
@@ -284,7 +289,7 @@ class PassManager:
                 if text_after is not None:
                     snapshot = text_after
                 elif changed or snapshot is None:
-                    snapshot = graph.clone()
+                    snapshot = _snapshot(graph, stage.name)
             self.records.append(PassRecord(stage.name, ms, changed, snapshot if self.record_ir else None))
             log.debug("%s: %.3f ms, %s", stage.name, ms, "changed" if changed else "no change")
             if self.verify_each:
@@ -330,3 +335,17 @@ class _Adhoc:
 
     def run(self, graph: Graph) -> bool | None:
         return self.fn(graph)
+
+
+def _snapshot(graph: Graph, stage: str) -> Graph:
+    """A copy of the graph after `stage` (for PassRecord.ir_after). A graph that cannot be copied
+    (a value used before it is defined) was broken by that pass: say which, with the verifier's
+    words, rather than a KeyError from inside the copy."""
+    try:
+        return graph.clone()
+    except KeyError:
+        try:
+            verify(graph)
+        except VerifyError as e:
+            raise PassVerifyError(f"pass '{stage}' left invalid IR: {e}", stage, e.op) from e
+        raise

@@ -513,6 +513,7 @@ def apply_patterns(target: Graph | Block | Op, patterns: Iterable[RewritePattern
         for op in reversed(ops):
             wl.push(op)
         rewrites = 0
+        fired: dict[str, int] = {}  # per pattern, this sweep: names the loop when it never ends
         while wl.stack and rewrites < cap:
             op = wl.pop()
             if op in wl.dead or op.parent is None:
@@ -528,14 +529,23 @@ def apply_patterns(target: Graph | Block | Op, patterns: Iterable[RewritePattern
                 rw.set_insertion_point(before=op)
                 if p.match_and_rewrite(op, rw):
                     log.debug("applied %s to '%s'", p.label, op.name)
+                    fired[p.label] = fired.get(p.label, 0) + 1
                     rewrites += 1
                     break
         if rewrites >= cap:
-            log.warning("pattern rewriting stopped after %d rewrites in one sweep (patterns may loop)", rewrites)
+            log.warning("pattern rewriting stopped after %d rewrites in one sweep (patterns may loop: %s)",
+                        rewrites, _fired(fired))
         wl.stack.clear()
         wl.queued.clear()
         changed |= rewrites > 0
         if not rewrites:
             return changed
-    log.warning("pattern rewriting did not converge in %d sweeps", max_iterations)
+    log.warning("pattern rewriting did not converge in %d sweeps; the last sweep applied %s (a pattern "
+                "that returns True must change the IR, and no two may undo each other)",
+                max_iterations, _fired(fired))
     return changed
+
+
+def _fired(fired: dict[str, int]) -> str:
+    top = sorted(fired.items(), key=lambda kv: -kv[1])[:3]
+    return ", ".join(f"{label} x{n}" for label, n in top) or "nothing"

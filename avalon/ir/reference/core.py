@@ -62,7 +62,7 @@ def round_bf16(x: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(x.reshape(-1)), nan, rounded).view(np.float32).reshape(x.shape)
 
 
-def to_result(value: Any, type: TensorType) -> np.ndarray:
+def to_result(value: Any, type: TensorType, name: str = "") -> np.ndarray:
     """`value` as an array of exactly `type`'s numpy dtype and shape (bf16 rounded).
 
     Casts follow numpy's `astype`: float -> int truncates toward zero (like torch; nan/inf or
@@ -76,7 +76,10 @@ def to_result(value: Any, type: TensorType) -> np.ndarray:
     if type.dtype == dt.bfloat16:
         a = round_bf16(a)
     if a.shape != type.shape:
-        raise RuntimeError(f"reference rule produced shape {a.shape}, but the op's type is {type}")
+        op = f" of '{name}'" if name else ""
+        raise RuntimeError(f"the reference rule{op} produced shape {a.shape}, but the op's type is {type} "
+                           "(a pass that set a wrong result type, or a rule that disagrees with its op's "
+                           "shape inference)")
     return a
 
 
@@ -103,5 +106,5 @@ def evaluate(name: str, attrs: dict[str, Any], arrays: Sequence[np.ndarray], res
     args = [_widen(name, np.asarray(a)) for a in arrays]
     with np.errstate(all="ignore"):
         out = fn(attrs, *args)
-    return to_result(out, result_type)
+    return to_result(out, result_type, name)
 
