@@ -106,10 +106,72 @@ def _encode(name: str, value: Any) -> tuple[str, tuple[int, ...], bytes]:
     return _ST_NAME[d], tuple(int(s) for s in arr.shape), data
 
 
+def _is_tensor(x: Any) -> bool:
+    return isinstance(x, (Tensor, np.ndarray, np.generic)) or (hasattr(x, "detach") and hasattr(x, "dtype"))
+
+
+def _flatten_tree(obj: Any, path: str, tensors: dict[str, Any]) -> Any:
+    """torch.save's usual checkpoint, `{"model": sd, "optimizer": ..., "epoch": 3}`, as data: tensors
+    go to `tensors` under their dotted path, everything else into a JSON tree that names them (no
+    pickle: loading reads JSON and never runs code)."""
+    if _is_tensor(obj):
+        name, k = path or "tensor", 1
+        while name in tensors:  # {"a.b": x} beside {"a": {"b": y}}
+            name, k = f"{path}#{k}", k + 1
+        tensors[name] = obj
+        return {"t": name}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return {"v": obj}
+    if isinstance(obj, Mapping):
+        for k in obj:
+            if not isinstance(k, (str, int)) or isinstance(k, bool):
+                raise TypeError(f"cannot save {path or 'the object'}: keys must be strings or ints, got {k!r}")
+        return {"d": [[k, _flatten_tree(v, f"{path}.{k}" if path else str(k), tensors)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        items = [_flatten_tree(v, f"{path}.{i}" if path else str(i), tensors) for i, v in enumerate(obj)]
+        return {"l" if isinstance(obj, list) else "u": items}
+    raise TypeError(f"cannot save {path or 'the object'}: a {type(obj).__name__}; av.save stores tensors, numbers, "
+                    "strings, None and dicts, lists and tuples of them (a model: save it or its state_dict)")
+
+
+def _unflatten_tree(path: Any, node: Any, tensors: dict[str, Tensor], used: set[str], depth: int = 0) -> Any:
+    bad = CheckpointError(path, f"corrupted: bad structure entry {str(node)[:80]!r} in the metadata 'tree'")
+    if depth > 64 or not isinstance(node, dict) or len(node) != 1:
+        raise bad
+    (kind, val), = node.items()
+    if kind == "t":
+        if not isinstance(val, str) or val not in tensors or val in used:
+            raise CheckpointError(path, f"corrupted: the metadata 'tree' names tensor {val!r}, which the file "
+                                        "does not hold (or names it twice)")
+        used.add(val)
+        return tensors[val]
+    if kind == "v" and (val is None or isinstance(val, (bool, int, float, str))):
+        return val
+    if kind in ("l", "u") and isinstance(val, list):
+        items = [_unflatten_tree(path, v, tensors, used, depth + 1) for v in val]
+        return items if kind == "l" else tuple(items)
+    if kind == "d" and isinstance(val, list) and all(isinstance(kv, list) and len(kv) == 2 for kv in val):
+        return {(k if isinstance(k, (str, int)) and not isinstance(k, bool) else _raise(bad)):
+                _unflatten_tree(path, v, tensors, used, depth + 1) for k, v in val}
+    raise bad
+
+
+def _raise(e: Exception) -> Any:
+    raise e
+
+
 def save(obj: Any, path: str | os.PathLike) -> None:
-    """Write a model's state (or a state dict of Tensors, numpy arrays or torch tensors) to `path`."""
+    """Write a model's state (or a state dict of Tensors, numpy arrays or torch tensors) to `path`.
+    A nested checkpoint, `{"model": sd, "optimizer": opt.state_dict(), "epoch": 3}` as torch code
+    writes it, is saved too (tensors as tensors, the rest as a JSON tree) and `load` returns it."""
     from .version import __version__
-    state = _state_of(obj)
+    tree_json = None
+    if isinstance(obj, Mapping) and not all(_is_tensor(v) for v in obj.values()):
+        tensors: dict[str, Any] = {}
+        tree_json = json.dumps(_flatten_tree(obj, "", tensors), separators=(",", ":"))
+        state: Mapping[str, Any] = tensors
+    else:
+        state = _state_of(obj)
     header: dict[str, Any] = {}
     chunks: list[bytes] = []
     offset = 0
@@ -122,6 +184,8 @@ def save(obj: Any, path: str | os.PathLike) -> None:
         offset += len(data)
     meta = {"crc32": "00000000", "format": FORMAT, "format_version": str(FORMAT_VERSION),
             "avalon_version": __version__}
+    if tree_json is not None:
+        meta["tree"] = tree_json
     head = json.dumps({"__metadata__": meta, **header}, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)  # the spec allows trailing spaces; 8-byte alignment of the data
     assert head.startswith(_CRC_PREFIX)
@@ -332,10 +396,11 @@ def _check_crc(path: Any, version: int, head: bytes, data: bytes, meta: dict[str
         raise CheckpointError(path, "corrupted: the tensor data does not match its checksum (data_crc32)")
 
 
-def load(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Read a checkpoint into a state dict of CPU Tensors (in the order they were saved).
-    Raises `CheckpointError` for anything that is not a complete, intact Avalon checkpoint."""
-    header, _, data = _read(path)
+def load(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint into a state dict of CPU Tensors (in the order they were saved), or the
+    nested dict that was saved. Raises `CheckpointError` for anything that is not a complete, intact
+    Avalon checkpoint."""
+    header, meta, data = _read(path)
     out: dict[str, Tensor] = {}
     for name, e in header.items():
         begin, end = e["data_offsets"]
@@ -347,7 +412,18 @@ def load(path: str | os.PathLike) -> dict[str, Tensor]:
         if d is dt.bfloat16:
             arr = (arr.astype(np.uint32) << 16).view(np.float32)
         out[name] = Tensor(arr.astype(d.np), dtype=d)  # a native-endian, writable copy
-    return out
+    if "tree" not in meta:
+        return out
+    try:
+        tree = json.loads(meta["tree"])
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise CheckpointError(path, f"corrupted: the metadata 'tree' is not valid JSON ({e})") from None
+    used: set[str] = set()
+    nested = _unflatten_tree(path, tree, out, used)
+    if used != set(out):
+        raise CheckpointError(path, f"corrupted: tensors {sorted(set(out) - used)[:5]} are in no place of the "
+                                    "metadata 'tree'")
+    return nested
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:

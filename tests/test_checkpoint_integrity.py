@@ -176,3 +176,32 @@ def test_old_version_file_still_loads_and_round_trip_keeps_order(tmp_path):
     for k in state:
         np.testing.assert_array_equal(got[k].numpy(), state[k].numpy())
     assert isinstance(av.load(tmp_path / "again.safetensors")["fc.weight"], av.Tensor)
+
+
+def test_a_nested_checkpoint_round_trips_as_torch_code_writes_it(tmp_path):
+    """`av.save({"model": sd, "optimizer": ..., "epoch": 3})`: tensors stored as tensors, the rest as
+    a JSON tree in the CRC-covered metadata; `load` gives the same nesting back (int keys and
+    tuples included) and no pickle is involved."""
+    rng = np.random.default_rng(1)
+    m = av.nn.Linear(3, 2)
+    ck = {"model": av.nn.state_dict(m), "optimizer": {"state": {0: {"momentum": rng.standard_normal(3)}}},
+          "epoch": 3, "best": float("inf"), "tag": "run-1", "hist": [0.5, None, True], "pair": (1, "x"),
+          "model.weight": av.tensor(rng.standard_normal((2, 2)))}  # a flat key beside a nested one
+    p = tmp_path / "ck.safetensors"
+    save(ck, p)
+    back = load(p)
+    assert list(back) == list(ck) and back["epoch"] == 3 and back["best"] == float("inf")
+    assert back["tag"] == "run-1" and back["hist"] == [0.5, None, True] and back["pair"] == (1, "x")
+    assert list(back["optimizer"]["state"]) == [0]
+    np.testing.assert_array_equal(back["optimizer"]["state"][0]["momentum"].numpy(), ck["optimizer"]["state"][0]["momentum"])
+    np.testing.assert_array_equal(back["model"]["weight"].numpy(), m.weight.numpy())
+    np.testing.assert_array_equal(back["model.weight"].numpy(), ck["model.weight"].numpy())
+    av.nn.load_state_dict(av.nn.Linear(3, 2), back["model"])
+    header, data = _parts(p)  # a forged tree (CRC fixed up) is still a CheckpointError
+    for bad in ('{"t":"nope"}', '{"d":[["a",{"x":1}]]}', '[1]', '{"l":[{"t":"epoch"}]}', "{"):
+        header["__metadata__"]["tree"] = bad
+        _write(p, header, data)
+        with pytest.raises(CheckpointError, match="tree"):
+            load(p)
+    with pytest.raises(TypeError, match="opt: a object"):
+        save({"opt": object()}, tmp_path / "x.safetensors")
