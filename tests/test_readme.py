@@ -7,6 +7,8 @@ What runs:
 - ```bash / ```sh / ```shell / ```console blocks: every `avalon ...` command (a line, or a part of a
   line after `&&`) runs, in order, in one subprocess through the `avalon` entry point, in a scratch
   folder that links examples/, with `> FILE` honoured and comments dropped. Other commands (pip, pytest, python scripts) are not run here.
+- `print(x)  # 73` in a python block is a claim about the output: it runs as an assert, so a number
+  the docs state cannot drift from what the code prints.
 - Blocks without a language are output listings and never run.
 - `<!-- illustrative -->` on the line before a block exempts that block (an excerpt of a source file,
   a sketch with placeholders); `<!-- illustrative file -->` at the start of a line exempts all of the
@@ -44,9 +46,22 @@ def blocks(path: Path, langs: set[str]) -> list[tuple[int, str]]:
         if before == "<!-- illustrative -->":
             continue
         indent = len(m.group(1))
-        code = "\n".join(line[indent:] for line in m.group(3).splitlines())
+        code = "\n".join(_claim(line[indent:]) for line in m.group(3).splitlines())
         out.append((text[:m.start()].count("\n") + 2, code))
     return out
+
+
+_CLAIM = re.compile(r"^(\s*)print\((.*)\)\s*#\s*(-?\d+(?:\.\d+)?)\s*$")
+
+
+def _claim(line: str) -> str:
+    """`print(len(g.ops))  # 73` -> print it and assert it prints 73."""
+    m = _CLAIM.match(line)
+    if not m:
+        return line
+    pad, expr, want = m.groups()
+    return (f"{pad}_v = {expr}; print(_v); assert str(_v) == {want!r}, "
+            f"f'the doc says {want}, the code prints {{_v}}: {expr}'")
 
 
 def avalon_commands(path: Path) -> list[list[str]]:

@@ -306,8 +306,9 @@ class Compiled:
             return _Entry(insp, None, traced.out_tree, traced.n_outputs, update_at,
                           any(x is SEED for x in traced.leaves))
         traced_graph = graph.clone()
+        t_traced = time.perf_counter()
+        pm = self._pass_manager()  # resolving the backend's target may import it (Triton: ~1 s once)
         t1 = time.perf_counter()
-        pm = self._pass_manager()
         root = debug.debug_root()
         with debug.capture_log("fusion") as fusion_log:
             pm.run(graph)
@@ -323,8 +324,8 @@ class Compiled:
                            if j is not None and once[j] == 1}
         t3 = time.perf_counter()
         insp = Inspection(self.__name__, self.backend.name, str(pm), traced_graph, graph, records,
-                          dict(getattr(exe, "kernels", {}) or {}), (t1 - t0) * 1e3, (t2 - t1) * 1e3,
-                          (t3 - t2) * 1e3, getattr(self.backend, "kernel_suffix", ".py"), pm.key(),
+                          dict(getattr(exe, "kernels", {}) or {}), (t_traced - t0) * 1e3, (t2 - t1) * 1e3,
+                          (t3 - t2 + t1 - t_traced) * 1e3, getattr(self.backend, "kernel_suffix", ".py"), pm.key(),
                           source=(getattr(exe, "source", "") or "") if current_trace() is None else "")
         if root is not None:
             insp.debug_dir = debug.dump(insp, root, fusion_log)
