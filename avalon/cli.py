@@ -328,9 +328,20 @@ def _export_mlir(args, dialect: str) -> None:
 
 
 def _export_onnx(args) -> None:
-    """IR text as ONNX; every function argument a graph input (IR text holds no weights)."""
+    """IR text as ONNX; every function argument a graph input (IR text holds no weights). `-o -`
+    writes the binary model to stdout, as `-` means for other tools (not a file named `-`)."""
     from .onnx import export
-    export(_parse_ir(args.file), args.output)
+    g = _parse_ir(args.file)
+    if args.output != "-":
+        try:
+            export(g, args.output)
+        except OSError as e:
+            raise CliError(f"cannot write {args.output}: {e.strerror}") from None
+        return
+    data = export(g, None).SerializeToString()
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
 
 
 EXPORTERS = {
@@ -407,7 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("file", help="IR file, or - for stdin")
     x.add_argument("--to", required=True, choices=sorted(EXPORTERS),
                    help="mlir: avalon dialect; linalg: upstream dialects; onnx: an ONNX model")
-    x.add_argument("-o", "--output", required=True, help="output file (- for stdout, MLIR only)")
+    x.add_argument("-o", "--output", required=True,
+                   help="output file, or - for stdout (MLIR as text, ONNX as the binary model)")
     x.set_defaults(fn=cmd_export)
 
     d = sub.add_parser("demo", help="trace the README's LeNet, optimize it, run it on the reference, "

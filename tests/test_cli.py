@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 from avalon import ir
@@ -196,3 +197,21 @@ def test_run_reads_ops_that_a_plugin_defines(tmp_path):
     r = avalon("run", str(src), "--plugin", plugin)
     assert r.returncode == 0, r.stderr
     assert "max |numpy - triton|" in r.stdout
+
+
+def test_export_onnx_to_stdout_writes_the_binary_model_there(tmp_path):
+    """`-o -` is stdout, as for MLIR (it wrote a file named `-` and said nothing)."""
+    onnx = pytest.importorskip("onnx")
+    (tmp_path / "g.avalon").write_text("func @f(%x: tensor<4xf32>) -> (tensor<4xf32>) {\n"
+                                       "  %0 = exp %x : tensor<4xf32>\n  return %0\n}\n")
+    r = subprocess.run([sys.executable, "-m", "avalon", "export", "g.avalon", "--to", "onnx", "-o", "-"],
+                       capture_output=True, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=ROOT), timeout=300)
+    assert r.returncode == 0, r.stderr.decode()
+    assert not (tmp_path / "-").exists()
+    model = onnx.load_from_string(r.stdout)
+    onnx.checker.check_model(model)
+    ort = pytest.importorskip("onnxruntime")
+    x = np.random.default_rng(0).standard_normal(4).astype(np.float32)
+    sess = ort.InferenceSession(r.stdout, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(got, ir.interpret(ir.parse((tmp_path / "g.avalon").read_text()), x)[0], rtol=1e-6)

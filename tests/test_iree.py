@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -39,13 +40,18 @@ def _inputs(g):
     return ins
 
 
-@pytest.fixture(scope="module")
-def module():
+def _load(graphs):
+    """One IREE module with a function per graph (named after it): one compile for many checks."""
     import iree.runtime as rt
-    src = "module {\n" + "\n".join(lower_function(g) for g in GRAPHS) + "\n}\n"
+    src = "module {\n" + "\n".join(lower_function(g) for g in graphs) + "\n}\n"
     ctx = rt.SystemContext(config=rt.Config("local-task"))
     ctx.add_vm_module(rt.VmModule.copy_buffer(ctx.instance, compile_module(src)))
     return ctx.modules.module
+
+
+@pytest.fixture(scope="module")
+def module():
+    return _load(GRAPHS)
 
 
 def _call(module, g, ins):
@@ -137,3 +143,121 @@ def test_without_iree_the_error_says_how_to_install_it():
     assert r.returncode != 0
     last = r.stderr.strip().splitlines()[-1]
     assert "pip install iree-base-compiler iree-base-runtime" in last, last
+
+
+def _binary(op: str, dtype: str, n: int):
+    return av.ir.parse(f"func @t_{op}_{dtype}(%a: tensor<{n}x{dtype}>, %b: tensor<{n}x{dtype}>) -> "
+                       f"(tensor<{n}x{dtype}>) {{\n  %0 = {op} %a, %b : tensor<{n}x{dtype}>\n  return %0\n}}")
+
+
+SPECIALS = [-np.inf, -3.0, -2.0, -1.5, -1.0, -0.5, -0.0, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0, np.inf, np.nan]
+N_POW = len(SPECIALS) ** 2 + 64
+
+
+@pytest.fixture(scope="module")
+def arith_module():
+    return _load([_binary("pow", "f32", N_POW), _binary("pow", "f64", N_POW)])
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_float_pow_is_c_pow_for_negative_and_zero_bases(arith_module, rng, dtype):
+    """IREE expands math.powf as exp(y * log x): nan for every x < 0 and for 0 ** 0."""
+    d = np.float32 if dtype == "f32" else np.float64
+    x, y = (np.array(v, d) for v in zip(*[(a, b) for a in SPECIALS for b in SPECIALS]))
+    rx = (rng.standard_normal(64) * 3).astype(d)
+    ry = np.round(rng.standard_normal(64) * 4).astype(d) + np.where(np.arange(64) % 3 == 0, 0.5, 0).astype(d)
+    x, y = np.concatenate([x, rx]), np.concatenate([y, ry])
+    g = _binary("pow", dtype, N_POW)
+    got, want = _call(arith_module, g, [x, y])[0], interpret(g, x, y)[0]
+    tol = 1e-5 if dtype == "f32" else 1e-12
+    np.testing.assert_allclose(got, want, rtol=tol, atol=0, equal_nan=True)
+    num = ~np.isnan(want)
+    assert np.array_equal(np.signbit(got[num]), np.signbit(want[num]))  # -0 and -inf keep their sign
+
+
+_DIV = """
+import numpy as np
+from avalon.codegen.iree import IreeBackend
+from avalon.ir import interpret, parse
+rng = np.random.default_rng(0)
+for d, t in ((np.int32, "i32"), (np.int64, "i64")):
+    g = parse(f"func @f(%a: tensor<16x{t}>, %b: tensor<16x{t}>) -> (tensor<16x{t}>) {{\\n"
+              f"  %0 = div %a, %b : tensor<16x{t}>\\n  return %0\\n}}")
+    lo = np.iinfo(d).min
+    x = np.concatenate([np.array([lo, lo, lo, 7, -7, 5, -1, 0], d), rng.integers(-100, 100, 8).astype(d)])
+    y = np.concatenate([np.array([-1, 1, 0, 0, 2, -2, lo, -1], d), rng.integers(-5, 5, 8).astype(d)])
+    np.testing.assert_array_equal(IreeBackend().compile(g)(x, y)[0], interpret(g, x, y)[0])
+print("ok")
+"""
+
+
+def test_integer_division_of_min_by_minus_one_wraps_instead_of_trapping():
+    """x86 idiv traps on MIN / -1 as on a zero divisor (SIGFPE kills the process, so this runs in a
+    child); the reference gives MIN, the wrapped quotient, for i32 and i64."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", _DIV], capture_output=True, text=True, cwd=root, timeout=300,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join([root, *sys.path])})
+    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-2000:])
+
+
+# (a shape, b shape, axes): a broadcasting mul summed over several axes, which IREE takes for a
+# contraction and failed to compile ("'vector.contract' op invalid accumulator/result vector shape")
+BCAST_SUMS = [((3, 4), (4,), None), ((3, 1, 4), (1, 5, 4), None), ((3, 1, 4), (1, 5, 4), (1, 2)),
+              ((2, 3, 4), (4,), (0, 2)), ((2, 3, 4, 5), (3, 1, 5), (1, 2, 3)), ((2, 1, 4), (3, 4), (1, 2))]
+
+
+def _bcast_sum(k, sa, sb, axes, dtype=np.float32):
+    a, b = np.zeros(sa, dtype), np.zeros(sb, dtype)
+    g = av.trace(lambda a, b: (a * b).sum() if axes is None else (a * b).sum(axis=axes), a, b)
+    g.name = f"t_bcast_sum_{k}"
+    return g
+
+
+@pytest.fixture(scope="module")
+def bcast_sums():
+    graphs = [_bcast_sum(k, *c) for k, c in enumerate(BCAST_SUMS)]
+    graphs.append(_bcast_sum(len(graphs), (3, 4), (4,), None, np.int32))
+    return _load(graphs), graphs
+
+
+def test_broadcast_mul_summed_over_several_axes_compiles_and_matches(bcast_sums, rng):
+    module, graphs = bcast_sums
+    for g in graphs:
+        ins = [(rng.standard_normal(v.shape) * 4).astype(v.dtype.np) for v in g.inputs]
+        (got,), (want,) = _call(module, g, ins), interpret(g, *ins)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=g.name)
+
+
+def test_av_compile_of_a_broadcast_mul_sum(rng):
+    a, b = rng.standard_normal((3, 4)).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+    fn = lambda a, b: (a * b).sum()  # noqa: E731
+    np.testing.assert_allclose(av.compile(fn, backend="iree")(a, b).numpy(),
+                               av.compile(fn, backend="numpy")(a, b).numpy(), rtol=1e-5)
+
+
+def test_a_failed_compile_says_which_op_and_what_in_its_first_line():
+    from avalon.codegen.iree import IreeCompileError
+    src = textwrap.dedent("""\
+        module {
+          func.func @f(%arg0: tensor<4xf32>) -> (tensor<4xf32>) {
+            %1 = tensor.empty() : tensor<4xf32>
+            %2 = linalg.generic {indexing_maps = [affine_map<(d0) -> (d0)>, affine_map<(d0) -> (d0)>], iterator_types = ["parallel"]} ins(%arg0 : tensor<4xf32>) outs(%1 : tensor<4xf32>) {
+            ^bb0(%3: f32, %4: f32):
+              %5 = math.exp %3 : f64
+              linalg.yield %5 : f32
+            } -> tensor<4xf32>
+            func.return %2 : tensor<4xf32>
+          }
+        }
+        """)
+    with pytest.raises(IreeCompileError) as info:
+        compile_module(src)
+    first = str(info.value).splitlines()[0]
+    assert first.startswith("iree-compile failed on linalg.generic (line 4; math.exp at line 6): error: "), first
+    assert len(first) < 300 and "cpu_features" not in str(info.value)
+    assert "error:" in info.value.diagnostics and info.value.source == src
+    from avalon.codegen.iree.backend import compile_error  # a linker's error before the located one
+    linker = compile_error("iree-lld: error: undefined symbol: cos\n<stdin>:2:10: error: failed to link\n",
+                           "module {\n    %2 = linalg.generic {} ins() outs() {\n}\n")
+    assert str(linker).splitlines()[0] == ("iree-compile failed on linalg.generic (line 2): error: failed to link "
+                                           "[iree-lld: error: undefined symbol: cos]")

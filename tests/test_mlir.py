@@ -138,3 +138,23 @@ def _one_op_graph(name):
 def test_unknown_dialect_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown dialect 'tosa'; choose one of avalon, linalg"):
         to_mlir(sample("add"), "tosa")
+
+
+def test_zero_size_constants_print_as_dense_empty_in_both_dialects():
+    """`dense<[[]]> : tensor<0x3xf32>` is invalid upstream (that nesting is the 1x0 shape); `dense<>`
+    fits every zero-element shape."""
+    from avalon.ir import parse
+    g = parse("""func @f(%x: tensor<0x3xf32>) -> (tensor<0x2xf32>, tensor<2x0x3xi64>, tensor<0xi1>, tensor<3xf32>) {
+  %0 = constant {value = dense<[]>, shape = [0, 2]} : tensor<0x2xf32>
+  %1 = constant {value = dense<[]>, shape = [2, 0, 3], dtype = i64} : tensor<2x0x3xi64>
+  %2 = constant {value = dense<[]>, shape = [0], dtype = i1} : tensor<0xi1>
+  %3 = exp %x : tensor<0x3xf32>
+  %4 = sum %3 {axes = [0]} : tensor<3xf32>
+  return %0, %1, %2, %4
+}""")
+    for dialect in ("avalon", "linalg"):
+        text = to_mlir(g, dialect)
+        assert "dense<> : tensor<0x2xf32>" in text and "dense<> : tensor<2x0x3xi64>" in text, text
+        assert "dense<> : tensor<0xi1>" in text and "[]" not in text
+        mlir_parse(text, unregistered=dialect == "avalon")
+        xdsl_roundtrip(text)

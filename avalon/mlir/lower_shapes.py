@@ -46,7 +46,16 @@ def _sum_max(e: LinalgEmitter, op: Op, args: list[V], types: list[TensorType]) -
     else:
         init = lowest(d)
         combine = "arith.ori" if d == dt.bool_ else "arith.maximumf" if d.is_float else "arith.maxsi"
-    y = _reduce(e, x, axes, [init], lambda b, a: [b.arith(combine, a[1], a[0])], [d])[0]
+    def body(b: LinalgEmitter, a: list[V]) -> list[V]:
+        return [b.arith(combine, a[1], a[0])]
+    if op.name == "sum" and d != dt.bool_ and len(axes) > 1:
+        # IREE fuses a broadcasting mul into the sum and takes it for a contraction; over several
+        # reduction dims that fails to compile ("'vector.contract' op invalid accumulator/result
+        # vector shape", e.g. (a[3,4] * b[4]).sum()). The innermost axis alone first leaves one
+        # reduction dim for the fused contraction; the rest reduce a materialized tensor.
+        x = _reduce(e, x, axes[-1:], [init], body, [d])[0]
+        axes = axes[:-1]
+    y = _reduce(e, x, axes, [init], body, [d])[0]
     return [e.reshape(y, out.shape)]
 
 

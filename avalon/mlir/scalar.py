@@ -4,7 +4,7 @@
 They follow the reference conventions (`avalon.ir.reference.core`): f16/bf16 compute in f32 and
 round once; i1 operands of `bool_as_int` ops act as 0/1 (add is or, mul is and, sub is xor);
 float comparisons are ordered except `ne` (nan != x); integer division truncates toward zero and
-gives 0 for a zero divisor (as the reference does, instead of undefined behaviour).
+gives 0 for a zero divisor and MIN for MIN / -1 (as the reference does, instead of a trap).
 """
 from __future__ import annotations
 
@@ -112,16 +112,21 @@ def _div(e: LinalgEmitter, attrs: dict, args: list[V], out: DType) -> V:
         return narrow(e, e.arith("arith.divf", x, y), out)
     if x.d == dt.bool_:
         return e.arith("arith.andi", x, y)  # 1/1 = 1, 0/1 = 0, x/0 = 0
+    # both traps of the hardware divide (SIGFPE on x86) get divisor 1: y = 0 (the result is then 0)
+    # and MIN / -1 (the result is MIN, the wrapped quotient, as in the reference)
     zero, one = e.const(0, x.d), e.const(1, x.d)
     bad = e.cmp("cmpi", "eq", y, zero)
-    return e.select(bad, zero, e.arith("arith.divsi", x, e.select(bad, one, y)))
+    lowest = e.const(-(1 << (x.d.itemsize * 8 - 1)), x.d)
+    wraps = e.arith("arith.andi", e.cmp("cmpi", "eq", x, lowest), e.cmp("cmpi", "eq", y, e.const(-1, x.d)))
+    safe = e.select(e.arith("arith.ori", bad, wraps), one, y)
+    return e.select(bad, zero, e.arith("arith.divsi", x, safe))
 
 
 @_rule("pow")
 def _pow(e: LinalgEmitter, attrs: dict, args: list[V], out: DType) -> V:
     x, y = widen(e, args[0]), widen(e, args[1])
     if x.d.is_float:
-        return narrow(e, e.arith("math.powf", x, y), out)
+        return narrow(e, _fpow(e, x, y), out)
     if x.d == dt.bool_:
         return e.arith("arith.ori", x, e.arith("arith.xori", y, e.const(True, dt.bool_)))  # 0**0 = 1
     # integer powers by squaring on |y| bits; a negative exponent truncates: 1, +-1 or 0
@@ -132,6 +137,25 @@ def _pow(e: LinalgEmitter, attrs: dict, args: list[V], out: DType) -> V:
     small = e.select(e.cmp("cmpi", "eq", x, one), one,
                      e.select(e.cmp("cmpi", "eq", x, minus), e.select(odd, minus, one), zero))
     return e.select(e.cmp("cmpi", "slt", y, zero), small, r)
+
+
+def _fpow(e: LinalgEmitter, x: V, y: V) -> V:
+    """C `pow` (numpy's, the reference's) with `math.powf` only on |x|: IREE expands powf as
+    exp(y * log x), which is nan for any x < 0 and for 0 ** 0. The sign comes from an odd integral
+    y; a finite x < 0 with a non-integral y is nan; y = 0 and x = 1 give 1 (even with a nan)."""
+    zero, one, half = e.const(0.0, x.d), e.const(1.0, x.d), e.const(0.5, x.d)
+    ax = e.arith("math.absf", x)
+    mag = e.select(e.cmp("cmpf", "oeq", ax, one), one, e.arith("math.powf", ax, y))  # (-1) ** inf = 1
+    integral = e.cmp("cmpf", "oeq", e.arith("math.floor", y), y)  # true for +-inf, false for nan
+    h = e.arith("arith.mulf", y, half)
+    odd = e.arith("arith.andi", integral, e.cmp("cmpf", "une", e.arith("math.floor", h), h))
+    r = e.select(odd, e.arith("math.copysign", mag, x), mag)  # x = -0 keeps its sign too
+    finite_neg = e.arith("arith.andi", e.cmp("cmpf", "olt", x, zero),
+                         e.cmp("cmpf", "one", x, e.const(float("-inf"), x.d)))
+    bad = e.arith("arith.andi", finite_neg, e.arith("arith.xori", integral, e.const(True, dt.bool_)))
+    r = e.select(bad, e.const(float("nan"), x.d), r)
+    unit = e.arith("arith.ori", e.cmp("cmpf", "oeq", y, zero), e.cmp("cmpf", "oeq", x, one))
+    return e.select(unit, one, r)
 
 
 def _ipow(e: LinalgEmitter, x: V, y: V) -> V:

@@ -65,8 +65,8 @@ def dense(array: np.ndarray, t: TensorType) -> str:
     a = np.asarray(array).reshape(t.shape)
     ty = tensor_type(t)
     flat = a.reshape(-1)
-    if flat.size == 0:
-        return f"dense<> : {ty}" if a.ndim <= 1 else f"dense<{'[' * a.ndim}{']' * a.ndim}> : {ty}"
+    if flat.size == 0:  # upstream reads `dense<>` for any zero-element shape; `[[]]` only for 1x0
+        return f"dense<> : {ty}"
     if t.dtype == dt.bool_:
         if np.all(flat == flat[0]):
             return f"dense<{scalar(bool(flat[0]), t.dtype)}> : {ty}"

@@ -15,12 +15,14 @@ benchmarks/mlir_iree.py);
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from avalon.channels import get_logger
 from avalon.ir import Graph
 from avalon.ir import dtypes as dt
 from avalon.mlir.linalg import lower_function
@@ -46,9 +48,57 @@ def flags(base: Sequence[str] = DEFAULT_FLAGS) -> list[str]:
     return [*base, *shlex.split(os.environ.get("AVALON_IREE_FLAGS", ""))]
 
 
+class IreeCompileError(RuntimeError):
+    """iree-compile rejected a module. The message's first line names the module's op that failed
+    and the compiler's first `error:` line (its raw output is kilobytes, mostly the CPU feature
+    list); `diagnostics` holds that full output and `source` the module. `AVALON_LOG=iree` prints both."""
+
+    def __init__(self, message: str, diagnostics: str, source: str):
+        super().__init__(message)
+        self.diagnostics, self.source = diagnostics, source
+
+
+_LOG = get_logger("iree")  # asked for at import, so AVALON_LOG=iree never reads as a typo
+_ERROR = re.compile(r"^[^\n]*?:(\d+):\d+: error: (.*)$", re.M)
+_TOP_OP = re.compile(r"^    (?:%\S+ = )?([a-z_]+\.[\w.]+)")  # an op of the function body (ours indent 4)
+_ANY_OP = re.compile(r"^\s*(?:%\S+ = )?([a-z_]+\.[\w.]+)")
+
+
+def compile_error(diagnostics: str, source: str) -> IreeCompileError:
+    """The one-line summary of a failed compile: the first `error:` and the op of `source` it points at."""
+    m = _ERROR.search(diagnostics)
+    if m is None:
+        first = next((ln.strip() for ln in diagnostics.splitlines() if ln.strip()), "no diagnostics")
+        return IreeCompileError(f"iree-compile failed: {first}", diagnostics, source)
+    line, what = int(m.group(1)), m.group(2).strip()
+    # a tool's own error before it (the linker's "undefined symbol: cos") is the specific one
+    tool = next((ln.strip() for ln in diagnostics[:m.start()].splitlines() if "error: " in ln), None)
+    if tool:
+        what = f"{what} [{tool[:200]}]"
+    lines = source.splitlines()
+    where = f"line {line} of the linalg module"
+    if 1 <= line <= len(lines):
+        op = _ANY_OP.match(lines[line - 1])
+        top = next(((k + 1, t.group(1)) for k in range(line - 1, -1, -1) if (t := _TOP_OP.match(lines[k]))), None)
+        if top is not None and top[0] != line:
+            where = f"{top[1]} (line {top[0]}; {op.group(1) if op else 'its body'} at line {line})"
+        elif op is not None:
+            where = f"{op.group(1)} (line {line})"
+    return IreeCompileError(f"iree-compile failed on {where}: error: {what}\n"
+                            "(the error's .source is the module, its .diagnostics the compiler's full output; "
+                            "AVALON_LOG=iree prints both)", diagnostics, source)
+
+
 def compile_module(source: str, extra_flags: Sequence[str] = (), base: Sequence[str] = DEFAULT_FLAGS) -> bytes:
-    """IREE's compiled module (a .vmfb) for llvm-cpu from MLIR text."""
-    return ireec.compile_str(source, target_backends=["llvm-cpu"], extra_args=[*flags(base), *extra_flags])
+    """IREE's compiled module (a .vmfb) for llvm-cpu from MLIR text; a failure raises
+    `IreeCompileError` (short message, full output kept on it)."""
+    try:
+        return ireec.compile_str(source, target_backends=["llvm-cpu"], extra_args=[*flags(base), *extra_flags])
+    except ireec.CompilerToolError as e:
+        full = str(e)
+        _LOG.debug("iree-compile failed:\n%s", full)
+        _LOG.debug("the module:\n%s", source)
+        raise compile_error(full, source) from None
 
 
 _CONFIG: Any = None
