@@ -308,7 +308,7 @@ def cmd_import(args) -> None:
     if args.pipeline:
         from .passes import PassManager
         PassManager.parse(args.pipeline).run(g)
-    sys.stdout.write(str(g) + "\n")
+    sys.stdout.write(str(g))  # the text ends in a newline already
 
 
 def _write_text(text: str, output: str) -> None:

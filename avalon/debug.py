@@ -4,12 +4,12 @@
 `path/<function>-<hash>/` (the hash is of the traced IR, backend and pipeline with its passes'
 options and versions, so the same program compiles into the same folder) holding:
 
-    00-traced.mlir, 01-canonicalize.mlir, ...   the IR after tracing and after each pass
-    final.mlir                                  the final IR with source locations
+    00-traced.avalon, 01-canonicalize.avalon, ... the IR after tracing and after each pass
+    final.avalon                                the final IR with source locations
     fusion.log                                  what the fusion pass said (logger `avalon.fusion`)
     memory-plan.txt                             the buffer plan of the final graph
     graph.dot                                   the final graph for Graphviz, fused groups as clusters
-    kernels/<name>.py                           generated kernels (`.mlir` regions on the numpy backend)
+    kernels/<name>.py                           generated kernels (`.avalon` regions on the numpy backend)
     generated.py                                the generated program (the numpy backend's function)
     summary.txt                                 what `compiled.inspect(...)` prints
 
@@ -104,11 +104,11 @@ def dump(insp: Inspection, root: str, fusion_log: list[str] | None = None) -> st
 
     folder = os.path.join(root, folder_name(insp))
     insp.debug_dir = folder
-    atomic_write(os.path.join(folder, "00-traced.mlir"), str(insp.traced_graph))
+    atomic_write(os.path.join(folder, "00-traced.avalon"), str(insp.traced_graph))
     for i, rec in enumerate(insp.passes, start=1):
         if rec.ir_after is not None:
-            atomic_write(os.path.join(folder, f"{i:02d}-{_slug(rec.name)}.mlir"), rec.ir_after)
-    atomic_write(os.path.join(folder, "final.mlir"), print_graph(insp.graph, locations=True))
+            atomic_write(os.path.join(folder, f"{i:02d}-{_slug(rec.name)}.avalon"), rec.ir_after)
+    atomic_write(os.path.join(folder, "final.avalon"), print_graph(insp.graph, locations=True))
     atomic_write(os.path.join(folder, "fusion.log"), "".join(line + "\n" for line in fusion_log or ()))
     plan = insp.memory_plan
     atomic_write(os.path.join(folder, "memory-plan.txt"), plan.report() if plan is not None else "no plan\n")

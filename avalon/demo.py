@@ -106,7 +106,7 @@ def _next_steps() -> None:
     for cmd, what in [
         ("python examples/train_lenet.py --epochs 3", "train this LeNet on digits (av.fit, one compiled step)"),
         ("docs/tour.md", "one model followed through every pass down to its kernels"),
-        ("avalon trace avalon.demo:Net --input 2x1x28x28:f32 > lenet.mlir",
+        ("avalon trace avalon.demo:Net --input 2x1x28x28:f32 > lenet.avalon",
          "this IR in a file, for `avalon opt`, `kernels` and `run`"),
         ("AVALON_DEBUG_DIR=dump/ python your_script.py", "every compile's IR per pass, fusion log and kernels"),
         ("docs/writing-a-pass.md", "write your own pass and run it in a pipeline"),

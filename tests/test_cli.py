@@ -63,7 +63,7 @@ def test_opt_fuses_for_the_backend_it_is_told():
 
 
 def test_opt_instrumentation(tmp_path):
-    f = tmp_path / "f.mlir"
+    f = tmp_path / "f.avalon"
     f.write_text(IR)
     r = avalon("opt", str(f), "-p", "cse,dce", "--print-after-all", "--time-passes", "--verify-each")
     assert r.returncode == 0, r.stderr
@@ -72,7 +72,7 @@ def test_opt_instrumentation(tmp_path):
 
 
 @pytest.mark.parametrize("args, stdin, message", [
-    (("opt", "missing.mlir", "-p", "cse"), None, "cannot read missing.mlir"),
+    (("opt", "missing.avalon", "-p", "cse"), None, "cannot read missing.avalon"),
     (("opt", "-", "-p", "cse"), IR.replace("neg %x", "neg %y"), "2:"),
     (("opt", "-", "-p", "no-such-pass"), IR, "no-such-pass"),
     (("trace", "nomodule:Net", "--input", "2x3"), None, "cannot import module"),
@@ -144,7 +144,7 @@ func @f(%x: tensor<4x8xf32>, %b: tensor<8xf32>) -> (tensor<4x8xf32>, tensor<4xf3
 
 
 def test_kernels_are_written_as_standalone_files_that_run(tmp_path):
-    src = tmp_path / "f.mlir"
+    src = tmp_path / "f.avalon"
     src.write_text(SMALL)
     r = avalon("kernels", str(src), "-o", str(tmp_path / "k"))
     assert r.returncode == 0, r.stderr
@@ -157,7 +157,7 @@ def test_kernels_are_written_as_standalone_files_that_run(tmp_path):
 
 
 def test_run_compares_both_backends(tmp_path):
-    src = tmp_path / "f.mlir"
+    src = tmp_path / "f.avalon"
     src.write_text(SMALL)
     r = avalon("run", str(src))
     assert r.returncode == 0, r.stderr
@@ -190,7 +190,7 @@ def test_ops_lists_the_registry_with_its_rule_tables():
 
 
 def test_run_reads_ops_that_a_plugin_defines(tmp_path):
-    src = tmp_path / "silu.mlir"
+    src = tmp_path / "silu.avalon"
     src.write_text("func @f(%x: tensor<4x8xf32>) -> (tensor<4x8xf32>) {\n"
                    "  %0 = silu %x : tensor<4x8xf32>\n  return %0\n}\n")
     plugin = os.path.join(ROOT, "examples", "passes", "fuse_silu.py")

@@ -31,21 +31,21 @@ def test_each_compile_writes_a_folder_with_every_stage(tmp_path, monkeypatch, rn
     insp = c.inspect(x, y)
     assert insp.debug_dir == str(folder) and str(folder) in str(insp)
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
-    assert files == ["00-traced.mlir", "01-canonicalize.mlir", "02-cse.mlir", "03-group-chains.mlir",
-                     "04-memory-plan.mlir", "final.mlir", "fusion.log", "generated.py", "graph.dot", "kernels",
-                     "kernels/fused_add_relu_0.mlir", "kernels/fused_exp_1.mlir", "memory-plan.txt", "summary.txt"]
+    assert files == ["00-traced.avalon", "01-canonicalize.avalon", "02-cse.avalon", "03-group-chains.avalon",
+                     "04-memory-plan.avalon", "final.avalon", "fusion.log", "generated.py", "graph.dot", "kernels",
+                     "kernels/fused_add_relu_0.avalon", "kernels/fused_exp_1.avalon", "memory-plan.txt", "summary.txt"]
     read = {name: (folder / name).read_text() for name in files if name != "kernels"}
-    assert read["00-traced.mlir"] == str(insp.traced_graph)
-    assert read["03-group-chains.mlir"] == insp.passes[2].ir_after
+    assert read["00-traced.avalon"] == str(insp.traced_graph)
+    assert read["03-group-chains.avalon"] == insp.passes[2].ir_after
     for name in files:
-        if name.endswith(".mlir"):
-            av.ir.parse(read[name])  # every IR file reads back (final.mlir carries locations)
-    assert "loc(" in read["final.mlir"]
+        if name.endswith(".avalon"):
+            av.ir.parse(read[name])  # every IR file reads back (final.avalon carries locations)
+    assert "loc(" in read["final.avalon"]
     assert read["fusion.log"].splitlines() == ["debug: group @fused_add_relu_0: add -> relu",
                                                "debug: group @fused_exp_1: exp"]
     assert read["memory-plan.txt"].startswith("memory plan for @f:")
     assert "subgraph cluster_fused_add_relu_0" in read["graph.dot"]
-    assert read["kernels/fused_exp_1.mlir"] == insp.kernels["fused_exp_1"]
+    assert read["kernels/fused_exp_1.avalon"] == insp.kernels["fused_exp_1"]
     assert read["summary.txt"] == str(insp) + "\n"
     assert read["generated.py"] == insp.source and insp.source.startswith("def f(")
     assert not [p for p in folder.rglob(".tmp-*")]
@@ -73,7 +73,7 @@ def test_nothing_is_written_without_the_variable(tmp_path, monkeypatch, rng):
 
 
 def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
-    path = tmp_path / "a" / "x.mlir"
+    path = tmp_path / "a" / "x.avalon"
     debug.atomic_write(str(path), "old")
     assert path.read_text() == "old"
 
@@ -83,7 +83,7 @@ def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypa
     monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
         debug.atomic_write(str(path), "new")
-    assert path.read_text() == "old" and os.listdir(path.parent) == ["x.mlir"]
+    assert path.read_text() == "old" and os.listdir(path.parent) == ["x.avalon"]
 
 
 def test_capture_log_collects_quietly_and_restores_the_logger(caplog):

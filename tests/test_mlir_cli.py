@@ -19,7 +19,7 @@ def _parse(text: str, unregistered: bool):
 
 @pytest.mark.parametrize("to,unregistered", [("mlir", True), ("linalg", False)])
 def test_export_writes_mlir_that_upstream_parses(tmp_path, to, unregistered):
-    src = tmp_path / "g.mlir"
+    src = tmp_path / "g.avalon"
     src.write_text(str(sample("conv2d")))
     out = tmp_path / f"out.{to}.mlir"
     assert main(["export", str(src), "--to", to, "-o", str(out)]) == 0
@@ -30,7 +30,7 @@ def test_export_writes_mlir_that_upstream_parses(tmp_path, to, unregistered):
 
 
 def test_export_to_stdout_and_clear_errors(tmp_path, capsys):
-    src = tmp_path / "g.mlir"
+    src = tmp_path / "g.avalon"
     src.write_text(str(sample("add")))
     assert main(["export", str(src), "--to", "linalg", "-o", "-"]) == 0
     assert "func.func @t_add" in capsys.readouterr().out

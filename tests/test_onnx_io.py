@@ -146,8 +146,8 @@ def test_cli_import_and_export_roundtrip(tmp_path):
     r = subprocess.run([sys.executable, "-m", "avalon.cli", "import", str(tmp_path / "m.onnx")],
                        capture_output=True, text=True, check=True)
     assert "conv2d" in r.stdout and "%conv1.weight" in r.stdout
-    (tmp_path / "m.mlir").write_text(r.stdout)
-    subprocess.run([sys.executable, "-m", "avalon.cli", "export", str(tmp_path / "m.mlir"), "--to", "onnx",
+    (tmp_path / "m.avalon").write_text(r.stdout)
+    subprocess.run([sys.executable, "-m", "avalon.cli", "export", str(tmp_path / "m.avalon"), "--to", "onnx",
                     "-o", str(tmp_path / "back.onnx")], check=True)
     back = onnx.load(str(tmp_path / "back.onnx"))
     assert [i.name for i in back.graph.input][0] == "conv1.weight" and not back.graph.initializer[:0]

@@ -101,7 +101,7 @@ def run_avalon(cmds: list[list[str]], cwd: Path) -> list[tuple[list[str], int, s
     this test fast. `> FILE` gets the command's stdout. Returns (command, exit status, stderr)."""
     jobs = []
     for words in cmds:
-        if ">" in words:  # `avalon trace ... > lenet.mlir`
+        if ">" in words:  # `avalon trace ... > lenet.avalon`
             k = words.index(">")
             jobs.append((words[:k], str(cwd / words[k + 1])))
         else:
@@ -143,7 +143,7 @@ def test_readme_commands_run(tmp_path):
     cwd = _scratch(tmp_path)
     for words, rc, err in run_avalon(cmds, cwd):
         assert rc == 0, f"{shlex.join(words)}: {err}"
-    assert (cwd / "lenet.mlir").read_text().startswith("func @forward(")
+    assert (cwd / "lenet.avalon").read_text().startswith("func @forward(")
     assert list((cwd / "kernels").iterdir())
 
 

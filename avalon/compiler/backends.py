@@ -52,8 +52,8 @@ class _Lazy:
 
 
 BACKENDS: dict[str, Callable[[], Any]] = {
-    "numpy": lambda: _Lazy("numpy", "avalon.codegen.numpy.backend:NumpyBackend", ".mlir"),
-    "cpu": lambda: _Lazy("cpu", "avalon.codegen.numpy.backend:CpuBackend", ".mlir"),
+    "numpy": lambda: _Lazy("numpy", "avalon.codegen.numpy.backend:NumpyBackend", ".avalon"),
+    "cpu": lambda: _Lazy("cpu", "avalon.codegen.numpy.backend:CpuBackend", ".avalon"),
     "triton": lambda: _Lazy("triton", "avalon.codegen.triton.backend:TritonBackend", ".py"),
     "iree": lambda: _Lazy("iree", "avalon.codegen.iree.backend:IreeBackend", ".mlir"),
 }

@@ -39,7 +39,7 @@ def _kernels(graph: Graph) -> dict[str, str]:
 class NumpyExecutable:
     """Runs the graph with the reference interpreter."""
 
-    kernel_suffix = ".mlir"
+    kernel_suffix = ".avalon"  # Avalon text IR, not MLIR
 
     def __init__(self, graph: Graph, interpreter: type[Interpreter] = Interpreter):
         self.graph = graph
@@ -54,7 +54,7 @@ class GeneratedExecutable:
     """Runs the generated function of a graph. Inputs are checked and converted exactly as the
     interpreter does (`Interpreter.check_inputs`: dtypes, shapes, bf16 rounding)."""
 
-    kernel_suffix = ".mlir"
+    kernel_suffix = ".avalon"  # Avalon text IR, not MLIR
 
     def __init__(self, graph: Graph, plan: MemoryPlan | None = None, target: Target = NUMPY, native: bool = False):
         self.graph, self.target, self.native = graph, target, native
@@ -130,7 +130,7 @@ _warned_native = False
 
 class NumpyBackend:
     name = "numpy"
-    kernel_suffix = ".mlir"
+    kernel_suffix = ".avalon"  # Avalon text IR, not MLIR
     target = NUMPY
     native = False
 
