@@ -13,14 +13,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import functional, init
+from . import functional, init, utils
 from .cells import GRUCell, LSTMCell, RNNCell
 from .containers import ModuleDict, ParameterDict, ParameterList
 from .conv_transpose import ConvTranspose2d
 from .functional import conv2d, relu, sigmoid, tanh
 from .layers import (
+    CELU,
     ELU,
     GELU,
+    GLU,
     SELU,
     AvgPool2d,
     BatchNorm1d,
@@ -30,9 +32,13 @@ from .layers import (
     Conv2d,
     CrossEntropyLoss,
     Dropout,
+    Dropout1d,
+    Dropout2d,
+    Dropout3d,
     Embedding,
     Flatten,
     GroupNorm,
+    Hardshrink,
     Hardsigmoid,
     Hardswish,
     Hardtanh,
@@ -50,6 +56,7 @@ from .layers import (
     ModuleList,
     MSELoss,
     NLLLoss,
+    PReLU,
     ReLU,
     ReLU6,
     Sequential,
@@ -57,11 +64,24 @@ from .layers import (
     SiLU,
     SmoothL1Loss,
     Softmax,
+    Softmax2d,
     Softmin,
     Softplus,
+    Softshrink,
     Softsign,
     Tanh,
+    Tanhshrink,
+    Threshold,
     Unflatten,
+)
+from .layers_extra import (
+    Bilinear,
+    CosineSimilarity,
+    EmbeddingBag,
+    InstanceNorm1d,
+    InstanceNorm2d,
+    InstanceNorm3d,
+    PairwiseDistance,
 )
 from .module import (
     IncompatibleKeys,
@@ -79,7 +99,36 @@ from .module import (
     train,
 )
 from .rnn import GRU, LSTM, RNN, RNNBase
-from .spatial import AdaptiveAvgPool2d, AdaptiveMaxPool2d, Conv1d, Upsample
+from .spatial import (
+    AdaptiveAvgPool1d,
+    AdaptiveAvgPool2d,
+    AdaptiveMaxPool1d,
+    AdaptiveMaxPool2d,
+    AvgPool1d,
+    CircularPad1d,
+    CircularPad2d,
+    CircularPad3d,
+    ConstantPad1d,
+    ConstantPad2d,
+    ConstantPad3d,
+    Conv1d,
+    Conv3d,
+    MaxPool1d,
+    PixelShuffle,
+    PixelUnshuffle,
+    ReflectionPad1d,
+    ReflectionPad2d,
+    ReflectionPad3d,
+    ReplicationPad1d,
+    ReplicationPad2d,
+    ReplicationPad3d,
+    Upsample,
+    UpsamplingBilinear2d,
+    UpsamplingNearest2d,
+    ZeroPad1d,
+    ZeroPad2d,
+    ZeroPad3d,
+)
 from .transformer import (
     MultiheadAttention,
     Transformer,
@@ -106,6 +155,12 @@ def maxpool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0) ->
 
 
 __all__ = [
+    "AdaptiveAvgPool1d", "AdaptiveMaxPool1d", "AvgPool1d", "Bilinear", "CELU", "CircularPad1d", "CircularPad2d",
+    "CircularPad3d", "ConstantPad1d", "ConstantPad2d", "ConstantPad3d", "Conv3d", "CosineSimilarity", "Dropout1d",
+    "Dropout2d", "Dropout3d", "EmbeddingBag", "GLU", "Hardshrink", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
+    "MaxPool1d", "PReLU", "PairwiseDistance", "PixelShuffle", "PixelUnshuffle", "ReflectionPad1d", "ReflectionPad2d",
+    "ReflectionPad3d", "ReplicationPad1d", "ReplicationPad2d", "ReplicationPad3d", "Softmax2d", "Softshrink",
+    "Tanhshrink", "Threshold", "UpsamplingBilinear2d", "UpsamplingNearest2d", "ZeroPad1d", "ZeroPad2d", "ZeroPad3d",
     "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "Conv1d", "GRUCell", "LSTMCell", "ModuleDict", "ParameterDict",
     "ParameterList", "RNNCell", "Upsample",
     "ConvTranspose2d", "MultiheadAttention", "Transformer", "TransformerDecoder", "TransformerDecoderLayer",

@@ -10,25 +10,69 @@ from ..tensor import Tensor
 from .module import Module, Parameter
 
 
-class _Keyed(Module):
-    """Items stored as attributes; everything not private and not `training` is an item."""
+class _Items(Module):
+    """A container whose items are attributes, so parameter names come out as torch's from the
+    ordinary attribute walk, and whose item keys are recorded, in order, under `__items__` (a
+    dunder, which the walks skip). So a subclass's plain attributes (torchvision's
+    Conv2dNormActivation sets `self.out_channels = ...` on a Sequential) are not items; as in torch,
+    assigning a value of type `_auto` (a Module, for module containers) to an attribute registers it."""
+
+    _auto: type | tuple[type, ...] = ()
+
+    def _keys(self) -> tuple[str, ...]:
+        return self.__dict__.get("__items__", ())
+
+    def _register(self, key: str) -> None:
+        """Make attribute `key` an item (a new tuple each time, so a cached walk sees the change)."""
+        if key not in self._keys():
+            self.__dict__["__items__"] = (*self._keys(), key)
 
     def _items(self) -> list[tuple[str, Any]]:
-        return [(k, v) for k, v in vars(self).items() if k != "training" and not k.startswith("_")]
+        d = self.__dict__
+        return [(k, d[k]) for k in self._keys() if k in d]
 
     def _set(self, key: Any, value: Any) -> None:
+        """Store `value` as item `key` (any value: a Sequential may hold plain callables)."""
         key = str(key)
         if not key or "." in key or key.startswith("_") or key == "training" or hasattr(type(self), key):
             raise KeyError(f"{type(self).__name__}: key {key!r} cannot be used (empty, dotted, private, or the "
                            "name of a method)")
         setattr(self, key, value)
+        self._register(key)
+
+    def _reset(self, values: list[Any]) -> None:
+        """Replace every item by `values`, keyed 0, 1, ... (torch renumbers after a deletion)."""
+        for k in self._keys():
+            self.__dict__.pop(k, None)
+        self.__dict__["__items__"] = ()
+        for i, v in enumerate(values):
+            self._set(str(i), v)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if isinstance(value, self._auto) and not name.startswith("_") and name != "training":
+            self._register(name)
+
+    def __delattr__(self, name: str) -> None:
+        super().__delattr__(name)
+        if name in self._keys():
+            self.__dict__["__items__"] = tuple(k for k in self._keys() if k != name)
+
+    def add_module(self, name: str, module: Any) -> None:
+        self._set(name, module)
+
+    register_module = add_module
 
     def __len__(self) -> int:
-        return len(self._items())
+        return len(self._keys())
 
     def __repr__(self) -> str:
         lines = [f"  ({k}): " + repr(v).replace("\n", "\n  ") for k, v in self._items()]
         return f"{type(self).__name__}(" + ("\n" + "\n".join(lines) + "\n" if lines else "") + ")"
+
+
+class _Keyed(_Items):
+    """ParameterList/ParameterDict/ModuleDict: items stored with `_set`."""
 
 
 class _Mapping(_Keyed):
@@ -70,8 +114,7 @@ class _Mapping(_Keyed):
         return v
 
     def clear(self) -> None:
-        for k in self.keys():
-            delattr(self, k)
+        self._reset([])
 
     def _convert(self, value: Any) -> Any:
         return value
@@ -79,6 +122,8 @@ class _Mapping(_Keyed):
 
 class ModuleDict(_Mapping):
     """An ordered dict of modules whose parameters are named `<key>.<param>`."""
+
+    _auto = Module
 
     def __init__(self, modules: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None) -> None:
         super().__init__()
@@ -127,7 +172,7 @@ class ParameterList(_Keyed):
         n = len(self)
         if not -n <= idx < n:
             raise IndexError(f"ParameterList: index {idx} is out of range")
-        setattr(self, str(idx % n), value if isinstance(value, Tensor) else Parameter(value))
+        self._set(str(idx % n), value if isinstance(value, Tensor) else Parameter(value))
 
     def __iter__(self) -> Iterator[Any]:
         return iter([v for _, v in self._items()])

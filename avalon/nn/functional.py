@@ -31,6 +31,9 @@ __all__ = [
     "smooth_l1_loss", "softmax", "softmin", "softplus", "softsign", "tanh",
     "adaptive_avg_pool2d", "adaptive_max_pool2d", "conv1d", "interpolate", "pad", "upsample",
     "conv_transpose2d", "scaled_dot_product_attention",
+    "adaptive_avg_pool1d", "adaptive_max_pool1d", "avg_pool1d", "bilinear", "celu", "conv3d", "cosine_similarity",
+    "dropout1d", "dropout2d", "dropout3d", "embedding_bag", "glu", "hardshrink", "instance_norm", "max_pool1d",
+    "pairwise_distance", "pixel_shuffle", "pixel_unshuffle", "prelu", "softshrink", "tanhshrink", "threshold",
 ]
 
 _Pair = int | Sequence[int]
@@ -166,6 +169,57 @@ def logsigmoid(input: Any) -> Tensor:
     return ops.neg(_softplus1(ops.neg(_t(input))))
 
 
+def celu(input: Any, alpha: float = 1.0, inplace: bool = False) -> Tensor:
+    """x for x > 0, alpha * (exp(x / alpha) - 1) otherwise."""
+    x = _t(input)
+    neg = ops.mul(_expm1_nonpositive(ops.div(ops.minimum(x, 0.0), alpha)), alpha)
+    return ops.where(ops.gt(x, 0), x, neg)
+
+
+def threshold(input: Any, threshold: float, value: float, inplace: bool = False) -> Tensor:
+    """x where x > threshold, else `value`."""
+    x = _t(input)
+    return ops.where(ops.gt(x, threshold), x, value)
+
+
+def tanhshrink(input: Any) -> Tensor:
+    x = _t(input)
+    return ops.sub(x, ops.tanh(x))
+
+
+def hardshrink(input: Any, lambd: float = 0.5) -> Tensor:
+    x = _t(input)
+    return ops.where(ops.gt(ops.abs(x), lambd), x, 0.0)
+
+
+def softshrink(input: Any, lambd: float = 0.5) -> Tensor:
+    x = _t(input)
+    return ops.where(ops.gt(x, lambd), ops.sub(x, lambd), ops.where(ops.lt(x, -lambd), ops.add(x, lambd), 0.0))
+
+
+def prelu(input: Any, weight: Any) -> Tensor:
+    """x for x > 0, weight * x otherwise; a weight of several entries is per channel (dim 1)."""
+    x, w = _t(input), _t(weight)
+    if w.numel() > 1:
+        if x.ndim < 2 or x.shape[1] != w.numel():
+            raise ValueError(f"prelu: {w.numel()} weights need an input with as many channels (dim 1), got shape "
+                             f"{x.shape}")
+        w = ops.reshape(w, (1, -1) + (1,) * (x.ndim - 2))
+    else:
+        w = ops.reshape(w, ())
+    return ops.where(ops.gt(x, 0), x, ops.mul(w, x))
+
+
+def glu(input: Any, dim: int = -1) -> Tensor:
+    """a * sigmoid(b) for the two halves a, b of `dim`."""
+    x = _t(input)
+    d = dim % x.ndim
+    if x.shape[d] % 2:
+        raise ValueError(f"glu: halving dimension must be even, but dimension {dim} is size {x.shape[d]}")
+    a, b = ops.split(x, x.shape[d] // 2, d)
+    return ops.mul(a, ops.sigmoid(b))
+
+
 def _softmax_dim(name: str, ndim: int) -> int:
     warnings.warn(f"Implicit dimension choice for {name} has been deprecated. Change the call to include dim=X "
                   "as an argument.", stacklevel=3)
@@ -205,16 +259,56 @@ def log_softmax(input: Any, dim: int | None = None, _stacklevel: int = 3, dtype:
     return ops.sub(s, ops.log(ops.sum(ops.exp(s), dim, keepdims=True)))
 
 
+def _norm(x: Tensor, p: float, dim: Any, keepdim: bool) -> Tensor:
+    """The p-norm along `dim` (torch.norm): p = 2, 1, inf, -inf, 0 (count of nonzeros) or any other."""
+    if p == 2:
+        return ops.sqrt(ops.sum(ops.mul(x, x), dim, keepdims=keepdim))
+    if p == 1:
+        return ops.sum(ops.abs(x), dim, keepdims=keepdim)
+    if p == math.inf:
+        return ops.amax(ops.abs(x), dim, keepdims=keepdim)
+    if p == -math.inf:
+        return ops.amin(ops.abs(x), dim, keepdims=keepdim)
+    if p == 0:
+        return ops.sum(ops.cast(ops.ne(x, 0), x.dtype), dim, keepdims=keepdim)
+    return ops.pow(ops.sum(ops.pow(ops.abs(x), float(p)), dim, keepdims=keepdim), 1.0 / p)
+
+
 def normalize(input: Any, p: float = 2.0, dim: int = 1, eps: float = 1e-12) -> Tensor:
     """x / max(||x||_p, eps) along `dim`."""
     x = _t(input)
-    if p == 2:
-        norm = ops.sqrt(ops.sum(ops.mul(x, x), dim, keepdims=True))
-    elif p == 1:
-        norm = ops.sum(ops.abs(x), dim, keepdims=True)
-    else:
-        norm = ops.pow(ops.sum(ops.pow(ops.abs(x), float(p)), dim, keepdims=True), 1.0 / p)
-    return ops.div(x, ops.maximum(norm, eps))
+    return ops.div(x, ops.maximum(_norm(x, p, dim, True), eps))
+
+
+def cosine_similarity(x1: Any, x2: Any, dim: int = 1, eps: float = 1e-8) -> Tensor:
+    """sum((x1 / max(||x1||, eps)) * (x2 / max(||x2||, eps))) along `dim`, torch's form (normalizing
+    first keeps the result within [-1, 1]); x1 and x2 broadcast."""
+    a, b = _t(x1), _t(x2)
+    a = ops.div(a, ops.maximum(_norm(a, 2, dim, True), eps))
+    b = ops.div(b, ops.maximum(_norm(b, 2, dim, True), eps))
+    return ops.sum(ops.mul(a, b), dim)
+
+
+def pairwise_distance(x1: Any, x2: Any, p: float = 2.0, eps: float = 1e-6, keepdim: bool = False) -> Tensor:
+    """||x1 - x2 + eps||_p over the last dim of the broadcast inputs, as torch."""
+    a, b = _t(x1), _t(x2)
+    d = max(a.ndim, b.ndim) - 1
+    return _norm(ops.add(ops.sub(a, b), eps), p, max(d, 0), keepdim)
+
+
+def bilinear(input1: Any, input2: Any, weight: Any, bias: Any = None) -> Tensor:
+    """y_o = x1^T W_o x2 + b_o over the last dims of (*, in1) and (*, in2) inputs; one matmul
+    (x1 against W laid out as (in1, out * in2)), a product with x2 and a sum."""
+    a, b, w = _t(input1), _t(input2), _t(weight)
+    if w.ndim != 3 or a.shape[-1] != w.shape[1] or b.shape[-1] != w.shape[2] or a.shape[:-1] != b.shape[:-1]:
+        raise ValueError(f"bilinear: inputs {a.shape} and {b.shape} do not fit weight {w.shape} "
+                         "((*, in1), (*, in2) and (out, in1, in2))")
+    o, i1, i2 = w.shape
+    lead = a.shape[:-1]
+    wm = ops.reshape(ops.permute(w, (1, 0, 2)), (i1, o * i2))
+    t = ops.reshape(ops.matmul(ops.reshape(a, (-1, i1)), wm), (-1, o, i2))
+    y = ops.reshape(ops.sum(ops.mul(t, ops.reshape(b, (-1, 1, i2))), 2), (*lead, o))
+    return y if bias is None else ops.add(y, bias)
 
 
 def one_hot(tensor: Any, num_classes: int = -1) -> Tensor:
@@ -351,6 +445,54 @@ def dropout(input: Any, p: float = 0.5, training: bool = True, inplace: bool = F
     return ops.where(keep, ops.mul(x, 1.0 / (1.0 - p)), 0.0)
 
 
+def _feature_dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Zero whole channels: one draw per (sample, channel) of a (N, C, ...) input, broadcast over
+    the rest, from the same seeded `random` op as `dropout`."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return ops.mul(x, 0.0)
+    shape = x.shape[:2] + (1,) * (x.ndim - 2)
+    keep = ops.broadcast_to(ops.ge(ops.random(next_seed(), shape, "uniform"), p), x.shape)
+    return ops.where(keep, ops.mul(x, 1.0 / (1.0 - p)), 0.0)
+
+
+def _channel_dropout(name: str, input: Any, p: float, training: bool, spatial: int, strict: bool) -> Tensor:
+    """torch's dropout1d/2d/3d: an input with `spatial` + 2 dims is batched, one with `spatial` + 1
+    is one sample (dropout2d reads a 3-d input as (N, C, L), as torch still does)."""
+    x = _t(input)
+    if x.ndim not in (spatial + 1, spatial + 2):
+        msg = (f"{name}: expected a {spatial + 1}-d or {spatial + 2}-d input (channels, {spatial} spatial dims, "
+               f"an optional batch dim), got shape {x.shape}")
+        if strict:
+            raise ValueError(msg)
+        warnings.warn(msg, stacklevel=3)
+    if x.ndim == spatial + 1 and name == "dropout2d":
+        warnings.warn("dropout2d: Received a 3D input to dropout2d and assuming that channel-wise 1D dropout "
+                      "behavior is desired - input is interpreted as shape (N, C, L), as torch does. Use dropout1d "
+                      "for that.", stacklevel=3)
+    elif x.ndim == spatial + 1:
+        return ops.squeeze(_feature_dropout(ops.expand_dims(x, 0), p, training), 0)
+    return _feature_dropout(x, p, training)
+
+
+def dropout1d(input: Any, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
+    """Zero whole channels of (N, C, L) or (C, L) input with probability p, scaling the rest by 1/(1-p)."""
+    return _channel_dropout("dropout1d", input, p, training, 1, True)
+
+
+def dropout2d(input: Any, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
+    """Zero whole channels of (N, C, H, W) input with probability p, scaling the rest by 1/(1-p)."""
+    return _channel_dropout("dropout2d", input, p, training, 2, False)
+
+
+def dropout3d(input: Any, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
+    """Zero whole channels of (N, C, D, H, W) or (C, D, H, W) input with probability p."""
+    return _channel_dropout("dropout3d", input, p, training, 3, False)
+
+
 def embedding(input: Any, weight: Any, padding_idx: int | None = None, max_norm: float | None = None,
               norm_type: float = 2.0, scale_grad_by_freq: bool = False, sparse: bool = False) -> Tensor:
     """Rows of `weight` at integer indices. As in torch, the `padding_idx` row is returned as it is
@@ -368,6 +510,59 @@ def embedding(input: Any, weight: Any, padding_idx: int | None = None, max_norm:
         raise ValueError("padding_idx must be within num_embeddings")
     pad = ops.expand_dims(ops.eq(idx, padding_idx % n), -1)
     return ops.where(pad, ops.stop_gradient(rows), rows)
+
+
+def embedding_bag(input: Any, weight: Any, offsets: Any = None, max_norm: float | None = None,
+                  norm_type: float = 2, scale_grad_by_freq: bool = False, mode: str = "mean", sparse: bool = False,
+                  per_sample_weights: Any = None, include_last_offset: bool = False,
+                  padding_idx: int | None = None) -> Tensor:
+    """Sums, means or maxima of bags of embedding rows: the rows of a 2-d input, or the runs of a
+    1-d input that `offsets` starts. Bag membership is a (bags, positions) mask compared from
+    `offsets` and an iota, so offsets may be traced values; `padding_idx` entries count in no bag,
+    and an empty bag gives zeros, as torch."""
+    if max_norm is not None:
+        raise NotImplementedError("embedding_bag(max_norm=...) renormalizes the weight in place; not supported")
+    if mode not in ("sum", "mean", "max"):
+        raise ValueError(f"embedding_bag: mode has to be one of sum, mean or max, got {mode!r}")
+    if per_sample_weights is not None and mode != "sum":
+        raise NotImplementedError(f"embedding_bag: per_sample_weights was not None. per_sample_weights is only "
+                                  f"supported for mode='sum' (got mode='{mode}')")
+    idx, w = _t(input), _t(weight)
+    if idx.dtype.is_float or idx.dtype is dt.bool_:
+        raise TypeError(f"embedding_bag indices must be integers, got {idx.dtype}")
+    rows = ops.take(w, idx, axis=0)  # (B, L, D) or (L, D)
+    if idx.ndim == 2:
+        if offsets is not None:
+            raise ValueError("embedding_bag: if input is 2D, then offsets has to be None, as input is treated as "
+                             "a mini-batch of fixed length sequences")
+        member = ops.full(idx.shape, True, dt.bool_)
+    elif idx.ndim == 1:
+        if offsets is None:
+            raise ValueError("embedding_bag: offsets has to be a 1D Tensor but got None")
+        off = ops.cast(_t(offsets), dt.int64)
+        n = idx.shape[0]
+        if include_last_offset:
+            starts, ends = off[:-1], off[1:]
+        else:
+            starts, ends = off, ops.concat([off[1:], ops.full((1,), n, dt.int64)])
+        pos = ops.iota((starts.shape[0], n), 1, dt.int64)
+        member = ops.logical_and(ops.ge(pos, ops.expand_dims(starts, 1)), ops.lt(pos, ops.expand_dims(ends, 1)))
+        rows = ops.expand_dims(rows, 0)
+    else:
+        raise ValueError(f"embedding_bag: input has to be 1D or 2D Tensor, but got Tensor of dimension {idx.ndim}")
+    if padding_idx is not None:
+        member = ops.logical_and(member, ops.ne(idx, padding_idx % w.shape[0]))
+    weights = ops.cast(member, w.dtype)
+    if mode == "max":
+        low = float(np.finfo(w.dtype.np).min)
+        best = ops.amax(ops.where(ops.expand_dims(member, -1), rows, low), 1)
+        return ops.where(ops.gt(ops.sum(weights, 1, keepdims=True), 0), best, 0.0)
+    if per_sample_weights is not None:
+        weights = ops.mul(weights, ops.cast(_t(per_sample_weights), w.dtype))
+    total = ops.sum(ops.mul(rows, ops.expand_dims(weights, -1)), 1)
+    if mode == "sum":
+        return total
+    return ops.div(total, ops.maximum(ops.sum(weights, 1, keepdims=True), 1.0))
 
 
 # -- normalization -------------------------------------------------------------------------------
@@ -452,16 +647,65 @@ def group_norm(input: Any, num_groups: int, weight: Any = None, bias: Any = None
     return y
 
 
+def instance_norm(input: Any, running_mean: Tensor | None = None, running_var: Tensor | None = None,
+                  weight: Any = None, bias: Any = None, use_input_stats: bool = True, momentum: float = 0.1,
+                  eps: float = 1e-5) -> Tensor:
+    """Normalize each (sample, channel) over its spatial positions. With `use_input_stats` the
+    running statistics, when given, move towards the batch average of the per-instance mean and
+    UNBIASED variance, as torch's (which runs batch norm over a (1, N C, ...) view); without,
+    the running statistics normalize."""
+    x = _t(input)
+    if x.ndim < 3:
+        raise ValueError(f"instance_norm expects an input of at least 3 dims (N, C, ...), got {x.shape}")
+    c = x.shape[1]
+    axes = list(range(2, x.ndim))
+    bshape = (1, c) + (1,) * (x.ndim - 2)
+    if use_input_stats:
+        count = math.prod(x.shape[2:])
+        if count <= 1:
+            raise ValueError(f"Expected more than 1 spatial element when training, got input size {x.shape}")
+        mean = ops.mean(x, axes, keepdims=True)
+        centered = ops.sub(x, mean)
+        var = ops.mean(ops.mul(centered, centered), axes, keepdims=True)
+        if running_mean is not None:
+            new = ops.add(ops.mul(running_mean, 1.0 - momentum), ops.mul(ops.mean(ops.reshape(mean, x.shape[:2]), 0),
+                                                                         momentum))
+            assign(running_mean, ops.cast(new, running_mean.dtype))
+        if running_var is not None:
+            unbiased = ops.mean(ops.mul(ops.reshape(var, x.shape[:2]), count / (count - 1)), 0)
+            new = ops.add(ops.mul(running_var, 1.0 - momentum), ops.mul(unbiased, momentum))
+            assign(running_var, ops.cast(new, running_var.dtype))
+        y = ops.mul(centered, ops.rsqrt(ops.add(var, eps)))
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError("instance_norm without input statistics needs running_mean and running_var")
+        rm = ops.reshape(ops.cast(running_mean, x.dtype), bshape)
+        rv = ops.reshape(ops.cast(running_var, x.dtype), bshape)
+        y = ops.mul(ops.sub(x, rm), ops.rsqrt(ops.add(rv, eps)))
+    if weight is not None:
+        y = ops.mul(y, ops.reshape(_t(weight), bshape))
+    if bias is not None:
+        y = ops.add(y, ops.reshape(_t(bias), bshape))
+    return y
+
+
 # Last, because losses.py builds on the helpers above (`_t`, `log_softmax`, `_softplus1`).
 # (conv_transpose.py imports avalon.nn.layers, which only needs the helpers above, defined by now.)
 from .attention import scaled_dot_product_attention  # noqa: E402, F401  (torch's F holds it)
 from .conv_transpose import conv_transpose2d  # noqa: E402, F401
 from .functional_spatial import (  # noqa: E402  (they use conv2d from this module)
+    adaptive_avg_pool1d,
     adaptive_avg_pool2d,
+    adaptive_max_pool1d,
     adaptive_max_pool2d,
+    avg_pool1d,
     conv1d,
+    conv3d,
     interpolate,
+    max_pool1d,
     pad,
+    pixel_shuffle,
+    pixel_unshuffle,
     upsample,
 )
 from .losses import (  # noqa: E402

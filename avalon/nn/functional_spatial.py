@@ -16,11 +16,17 @@ def _t(x: Any) -> Tensor:
     return x if isinstance(x, Tensor) else ops.core._tensor(x)
 
 
+_PAD_MODES = ("constant", "reflect", "replicate", "circular")
+
+
 def pad(input: Any, pad: Sequence[int], mode: str = "constant", value: float | None = None) -> Tensor:
-    """torch's pad order: (left, right) of the last dim first, then of the one before, ... Negative
-    amounts crop. Only mode='constant' is supported."""
-    if mode != "constant":
-        raise NotImplementedError(f"pad: mode={mode!r} is not supported; use 'constant'")
+    """torch's pad order: (left, right) of the last dim first, then of the one before, ...
+    'constant' pads any dims with `value` (negative amounts crop); 'reflect', 'replicate' and
+    'circular' pad the last 1, 2 or 3 dims of an input with 1 or 2 more (batch and channel), as torch.
+    They are slices, a gather with iota-computed indices, broadcasts and one concat per padded dim,
+    so gradients flow back into the mirrored or repeated entries."""
+    if mode not in _PAD_MODES:
+        raise NotImplementedError(f"pad: mode={mode!r} is not supported; use one of {', '.join(_PAD_MODES)}")
     x = _t(input)
     pad = [int(p) for p in pad]
     if len(pad) % 2 or len(pad) // 2 > x.ndim:
@@ -28,12 +34,208 @@ def pad(input: Any, pad: Sequence[int], mode: str = "constant", value: float | N
     low, high = [0] * x.ndim, [0] * x.ndim
     for k in range(len(pad) // 2):
         low[x.ndim - 1 - k], high[x.ndim - 1 - k] = pad[2 * k], pad[2 * k + 1]
+    if mode != "constant":
+        return _pad_edges(x, pad, low, high, mode, value)
     start = [max(-lo, 0) for lo in low]
     limit = [s - max(-hi, 0) for s, hi in zip(x.shape, high)]
     if any(lo > li for lo, li in zip(start, limit)):
         raise ValueError(f"pad: {pad} crops more than the input's shape {x.shape}")
     x = ops.slice_(x, start, limit)
     return ops.pad(x, [(max(lo, 0), max(hi, 0)) for lo, hi in zip(low, high)], 0.0 if value is None else value)
+
+
+def _pad_edges(x: Tensor, pad: list[int], low: list[int], high: list[int], mode: str, value: Any) -> Tensor:
+    """The non-constant modes, with torch's checks: value unset, 1-3 padded dims, the input 1 or 2
+    dims longer, reflect padding shorter than its dim, circular padding at most as long."""
+    k = len(pad) // 2
+    if value is not None and value != 0:
+        raise ValueError(f'pad: padding mode "{mode}" doesn\'t take in value argument')
+    if not 1 <= k <= 3 or x.ndim not in (k + 1, k + 2):
+        raise NotImplementedError(f"pad: mode={mode!r} pads the last 1, 2 or 3 dims of a 2-5 d input (1 or 2 dims "
+                                  f"more than the padded ones); got pad={tuple(pad)} for input shape {x.shape}")
+    if min(pad) < 0:
+        raise NotImplementedError(f"pad: negative padding {tuple(pad)} is only supported with mode='constant'")
+    for axis in range(x.ndim - k, x.ndim):
+        n, lo, hi = x.shape[axis], low[axis], high[axis]
+        if mode == "reflect" and (lo >= n or hi >= n):
+            raise ValueError(f"pad: padding size should be less than the corresponding input dimension, but got "
+                             f"padding ({lo}, {hi}) at dimension {axis} of input {x.shape}")
+        if mode == "circular" and (lo > n or hi > n):
+            raise ValueError(f"pad: padding ({lo}, {hi}) at dimension {axis} of input {x.shape} causes wrapping "
+                             "around more than once")
+        if mode == "replicate" and n == 0 and (lo or hi):
+            raise ValueError(f"pad: cannot replicate an empty dimension {axis} of input {x.shape}")
+        parts = [_edge(x, axis, lo, mode, True)] if lo else []
+        parts.append(x)
+        if hi:
+            parts.append(_edge(x, axis, hi, mode, False))
+        if len(parts) > 1:
+            x = ops.concat(parts, axis)
+    return x
+
+
+def _edge(x: Tensor, axis: int, amount: int, mode: str, left: bool) -> Tensor:
+    """The `amount` entries that go before (left) or after the input along `axis`."""
+    n = x.shape[axis]
+
+    def cut(a: int, b: int) -> Tensor:
+        start, limit = [0] * x.ndim, list(x.shape)
+        start[axis], limit[axis] = a, b
+        return ops.slice_(x, start, limit)
+
+    if mode == "circular":
+        return cut(n - amount, n) if left else cut(0, amount)
+    if mode == "replicate":
+        edge = cut(0, 1) if left else cut(n - 1, n)
+        shape = list(x.shape)
+        shape[axis] = amount
+        return ops.broadcast_to(edge, shape)
+    step = ops.iota((amount,), 0, dt.int64)  # reflect: x[amount], ..., x[1] / x[n-2], ..., x[n-1-amount]
+    return ops.take(x, ops.sub(amount if left else n - 2, step), axis)
+
+
+def conv_padding(padding: Any, kernel: Sequence[int], dilation: Sequence[int]) -> list[int]:
+    """A conv layer's padding as F.pad's list (last dim first, each side twice), torch's
+    `_reversed_padding_repeated_twice`; 'same' puts the odd extra entry at the end, as torch."""
+    k = len(kernel)
+    if padding == "valid":
+        return [0] * 2 * k
+    out: list[int] = []
+    for i in reversed(range(k)):
+        if padding == "same":
+            total = dilation[i] * (kernel[i] - 1)
+            out += [total // 2, total - total // 2]
+        else:
+            out += [padding[i], padding[i]]
+    return out
+
+
+def _single(v: Any, where: str, name: str) -> int:
+    if isinstance(v, (tuple, list)):
+        if len(v) != 1:
+            raise ValueError(f"{where}: argument '{name}' needs 1 entry, got {tuple(v)}")
+        v = v[0]
+    return int(v)
+
+
+def _as_1d(where: str, input: Any) -> Tensor:
+    """(C, L) or (N, C, L) input as a height-1 image, for the 2-d pooling ops."""
+    x = _t(input)
+    if x.ndim not in (2, 3):
+        raise ValueError(f"{where}: expected a 2-d (C, L) or 3-d (N, C, L) input, got shape {x.shape}")
+    return ops.expand_dims(x, -2)
+
+
+def max_pool1d(input: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
+               ceil_mode: bool = False, return_indices: bool = False) -> Tensor:
+    """max_pool2d over a height-1 image."""
+    from .functional import max_pool2d
+    x = _as_1d("max_pool1d", input)
+    k = _single(kernel_size, "max_pool1d", "kernel_size")
+    s = k if stride is None or stride == () or stride == [] else _single(stride, "max_pool1d", "stride")
+    y = max_pool2d(x, (1, k), (1, s), (0, _single(padding, "max_pool1d", "padding")),
+                   (1, _single(dilation, "max_pool1d", "dilation")), ceil_mode, return_indices)
+    return ops.squeeze(y, -2)
+
+
+def avg_pool1d(input: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, ceil_mode: bool = False,
+               count_include_pad: bool = True) -> Tensor:
+    """avg_pool2d over a height-1 image."""
+    from .functional import avg_pool2d
+    x = _as_1d("avg_pool1d", input)
+    k = _single(kernel_size, "avg_pool1d", "kernel_size")
+    s = k if stride is None or stride == () or stride == [] else _single(stride, "avg_pool1d", "stride")
+    y = avg_pool2d(x, (1, k), (1, s), (0, _single(padding, "avg_pool1d", "padding")), ceil_mode, count_include_pad)
+    return ops.squeeze(y, -2)
+
+
+def adaptive_avg_pool1d(input: Any, output_size: Any) -> Tensor:
+    x = _as_1d("adaptive_avg_pool1d", input)
+    size = (1, _single(output_size, "adaptive_avg_pool1d", "output_size"))
+    return ops.squeeze(adaptive_avg_pool2d(x, size), -2)
+
+
+def adaptive_max_pool1d(input: Any, output_size: Any, return_indices: bool = False) -> Tensor:
+    x = _as_1d("adaptive_max_pool1d", input)
+    size = (1, _single(output_size, "adaptive_max_pool1d", "output_size"))
+    return ops.squeeze(adaptive_max_pool2d(x, size, return_indices), -2)
+
+
+def pixel_shuffle(input: Any, upscale_factor: int) -> Tensor:
+    """(*, C r^2, H, W) -> (*, C, H r, W r): one reshape, one transpose, one reshape."""
+    x, r = _t(input), int(upscale_factor)
+    if x.ndim < 3 or r < 1 or x.shape[-3] % (r * r):
+        raise ValueError(f"pixel_shuffle: expected an input of at least 3 dims whose channel dim (-3) is divisible "
+                         f"by upscale_factor**2 = {r * r}, got shape {x.shape}")
+    *lead, c, h, w = x.shape
+    b = len(lead)
+    y = ops.reshape(x, (*lead, c // (r * r), r, r, h, w))
+    y = ops.permute(y, (*range(b), b, b + 3, b + 1, b + 4, b + 2))
+    return ops.reshape(y, (*lead, c // (r * r), h * r, w * r))
+
+
+def pixel_unshuffle(input: Any, downscale_factor: int) -> Tensor:
+    """(*, C, H r, W r) -> (*, C r^2, H, W), the inverse of pixel_shuffle."""
+    x, r = _t(input), int(downscale_factor)
+    if x.ndim < 3 or r < 1 or x.shape[-2] % r or x.shape[-1] % r:
+        raise ValueError(f"pixel_unshuffle: expected an input of at least 3 dims whose height and width are "
+                         f"divisible by downscale_factor = {r}, got shape {x.shape}")
+    *lead, c, h, w = x.shape
+    b = len(lead)
+    y = ops.reshape(x, (*lead, c, h // r, r, w // r, r))
+    y = ops.permute(y, (*range(b), b, b + 2, b + 4, b + 1, b + 3))
+    return ops.reshape(y, (*lead, c * r * r, h // r, w // r))
+
+
+def conv3d(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
+           groups: int = 1) -> Tensor:
+    """(N, C, D, H, W) x (O, C/groups, kd, kh, kw) cross-correlation as a sum over the kd depth taps
+    of conv2d over (N D_out, C, H, W) slices: no new primitive, so every backend, autodiff and the
+    Triton conv kernels serve it. Padding may be an int, a triple, 'valid' or 'same'."""
+    x, w = _t(input), _t(weight)
+    if x.ndim == 4:
+        return ops.squeeze(conv3d(ops.expand_dims(x, 0), w, bias, stride, padding, dilation, groups), 0)
+    if x.ndim != 5 or w.ndim != 5:
+        raise ValueError(f"conv3d: expected a 4-d or 5-d input and a 5-d weight, got {x.shape} and {w.shape}")
+    s, d = _triple(stride, "stride"), _triple(dilation, "dilation")
+    if isinstance(padding, str):
+        if padding not in ("valid", "same"):
+            raise ValueError(f"Invalid padding string {padding!r}, should be one of {{'valid', 'same'}}")
+        if padding == "same" and s != (1, 1, 1):
+            raise ValueError("padding='same' is not supported for strided convolutions")
+        x = pad(x, conv_padding(padding, w.shape[2:], d))
+        p = (0, 0, 0)
+    else:
+        p = _triple(padding, "padding")
+        x = ops.pad(x, [(0, 0), (0, 0), (p[0], p[0]), (0, 0), (0, 0)])
+    n, c, depth, h, wd = x.shape
+    kd = w.shape[2]
+    dout = (depth - d[0] * (kd - 1) - 1) // s[0] + 1
+    if dout < 1:
+        raise ValueError(f"conv3d: input {x.shape} (padded) is smaller than the kernel {tuple(w.shape[2:])}")
+    y = None
+    for t in range(kd):
+        a = t * d[0]
+        xs = ops.slice_(x, [0, 0, a, 0, 0], [n, c, a + (dout - 1) * s[0] + 1, h, wd], [1, 1, s[0], 1, 1])
+        xs = ops.reshape(ops.permute(xs, (0, 2, 1, 3, 4)), (n * dout, c, h, wd))
+        wt = ops.reshape(ops.slice_(w, [0, 0, t, 0, 0], [w.shape[0], w.shape[1], t + 1, *w.shape[3:]]),
+                         (w.shape[0], w.shape[1], *w.shape[3:]))
+        yt = ops.conv2d(xs, wt, stride=s[1:], padding=p[1:], dilation=d[1:], groups=groups)
+        y = yt if y is None else ops.add(y, yt)
+    assert y is not None
+    y = ops.permute(ops.reshape(y, (n, dout, *y.shape[1:])), (0, 2, 1, 3, 4))
+    return y if bias is None else ops.add(y, ops.reshape(_t(bias), (1, -1, 1, 1, 1)))
+
+
+def _triple(v: Any, name: str) -> tuple[int, int, int]:
+    if isinstance(v, (tuple, list)):
+        t = tuple(int(i) for i in v)
+        if len(t) == 1:
+            t = t * 3
+        if len(t) != 3:
+            raise ValueError(f"conv3d: argument '{name}' needs 1 or 3 entries, got {t}")
+        return t  # type: ignore[return-value]
+    return int(v), int(v), int(v)
 
 
 def conv1d(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
@@ -47,7 +249,7 @@ def conv1d(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: 
     if x.ndim != 3 or w.ndim != 3:
         raise ValueError(f"conv1d: expected (N, C, L) input and (O, C/groups, K) weight, got {x.shape} and {w.shape}")
     one = lambda v: v[0] if isinstance(v, (tuple, list)) else v  # noqa: E731
-    pad2 = padding if isinstance(padding, str) else (0, one(padding))
+    pad2 = padding if isinstance(padding, str) else (0, _single(padding, "conv1d", "padding"))
     y = conv2d(ops.expand_dims(x, 2), ops.expand_dims(w, 2), bias, (1, one(stride)), pad2, (1, one(dilation)), groups)
     y = ops.squeeze(y, 2)
     return ops.squeeze(y, 0) if unbatched else y
@@ -89,10 +291,12 @@ def adaptive_max_pool2d(input: Any, output_size: Any, return_indices: bool = Fal
 
 
 def _resize_axis(x: Tensor, axis: int, out: int, scale: float | None, mode: str, align_corners: bool) -> Tensor:
-    """Resample one axis; source positions come from `iota` in f32 as torch computes them
-    (area_pixel_compute_source_index, nearest_idx), so nothing is a captured array."""
+    """Resample one axis; source positions come from `iota` in the precision torch computes them
+    (nearest_idx in f32; area_pixel_compute_source_index in the input's opmath type: f64 for f64
+    input, else f32), so nothing is a captured array."""
     n = x.shape[axis]
-    i = ops.iota((out,), 0, dt.float32)
+    pos = dt.float64 if mode != "nearest" and x.dtype == dt.float64 else dt.float32
+    i = ops.iota((out,), 0, pos)
     r = 1.0 / scale if scale else n / out
     if mode == "nearest":
         return ops.take(x, ops.minimum(ops.cast(ops.mul(i, r), dt.int64), n - 1), axis)  # floor of >= 0
@@ -104,7 +308,7 @@ def _resize_axis(x: Tensor, axis: int, out: int, scale: float | None, mode: str,
     hi = ops.minimum(ops.add(lo, 1), n - 1)
     shape = [1] * x.ndim
     shape[axis] = out
-    f1 = ops.reshape(ops.cast(ops.sub(src, ops.cast(lo, dt.float32)), x.dtype), shape)
+    f1 = ops.reshape(ops.cast(ops.sub(src, ops.cast(lo, pos)), x.dtype), shape)
     a, b = ops.take(x, lo, axis), ops.take(x, hi, axis)
     return ops.add(ops.mul(a, ops.sub(1.0, f1)), ops.mul(b, f1))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,8 @@ from ..tensor import Buffer, Tensor, as_array
 from ..trace import assign
 from . import functional as F
 from . import init
+from .containers import _Items
+from .functional_spatial import conv_padding
 from .losses import _legacy_reduction
 from .module import Module
 
@@ -28,6 +30,8 @@ __all__ = [
     "HuberLoss", "Identity", "KLDivLoss", "L1Loss", "LayerNorm", "LeakyReLU", "Linear", "LogSigmoid", "LogSoftmax",
     "MSELoss", "MaxPool2d", "Mish", "ModuleList", "NLLLoss", "ReLU", "ReLU6", "SELU", "SiLU", "Sequential", "Sigmoid",
     "SmoothL1Loss", "Softmax", "Softmin", "Softplus", "Softsign", "Tanh", "Unflatten",
+    "CELU", "Dropout1d", "Dropout2d", "Dropout3d", "GLU", "Hardshrink", "PReLU", "Softmax2d", "Softshrink",
+    "Tanhshrink", "Threshold",
 ]
 
 
@@ -104,14 +108,15 @@ class Conv2d(Module):
         super().__init__()
         if in_channels % groups or out_channels % groups:
             raise ValueError("in_channels and out_channels must be divisible by groups")
-        if padding_mode != "zeros":
-            raise NotImplementedError(f"Conv2d(padding_mode={padding_mode!r}) is not supported; use 'zeros'")
+        check_padding_mode("Conv2d", padding_mode)
         d = _dtype(dtype)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size = F._pair(kernel_size, "Conv2d", "kernel_size")
         self.stride = F._pair(stride, "Conv2d", "stride")
         self.dilation = F._pair(dilation, "Conv2d", "dilation")
         self.padding = padding if isinstance(padding, str) else F._pair(padding, "Conv2d", "padding")
+        if self.padding == "same" and self.stride != (1, 1):
+            raise ValueError("padding='same' is not supported for strided convolutions")
         self.padding_mode = padding_mode
         self.weight = empty((out_channels, in_channels // groups, *self.kernel_size), d)
         self.bias = empty((out_channels,), d) if bias else None
@@ -122,6 +127,9 @@ class Conv2d(Module):
         init.conv_default_(self.weight, self.bias)
 
     def forward(self, input: Any) -> Tensor:
+        if self.padding_mode != "zeros":  # as torch: pad in that mode, then an unpadded conv
+            x = F.pad(input, conv_padding(self.padding, self.kernel_size, self.dilation), self.padding_mode)
+            return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
         return F.conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
@@ -132,7 +140,15 @@ class Conv2d(Module):
             s += f", dilation={self.dilation}"
         if self.groups != 1:
             s += f", groups={self.groups}"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
         return s + (", bias=False" if self.bias is None else "")
+
+
+def check_padding_mode(layer: str, padding_mode: str) -> None:
+    modes = ("zeros", "reflect", "replicate", "circular")
+    if padding_mode not in modes:
+        raise ValueError(f"{layer}: padding_mode must be one of {modes}, but got padding_mode='{padding_mode}'")
 
 
 class MaxPool2d(Module):
@@ -296,6 +312,27 @@ class Dropout(Module):
         return f"p={self.p}, inplace={self.inplace}"
 
 
+class Dropout1d(Dropout):
+    """Zeroes whole channels of (N, C, L) or (C, L) input with probability p in training mode."""
+
+    def forward(self, input: Any) -> Tensor:
+        return F.dropout1d(input, self.p, self.training)
+
+
+class Dropout2d(Dropout):
+    """Zeroes whole channels of (N, C, H, W) input with probability p in training mode."""
+
+    def forward(self, input: Any) -> Tensor:
+        return F.dropout2d(input, self.p, self.training)
+
+
+class Dropout3d(Dropout):
+    """Zeroes whole channels of (N, C, D, H, W) or (C, D, H, W) input with probability p in training mode."""
+
+    def forward(self, input: Any) -> Tensor:
+        return F.dropout3d(input, self.p, self.training)
+
+
 class Embedding(Module):
     """A lookup table of `num_embeddings` rows; init N(0, 1) with the `padding_idx` row zeroed, as torch."""
 
@@ -371,33 +408,71 @@ class Unflatten(Module):
 
 # -- containers --------------------------------------------------------------------------------------
 
-class _Indexed(Module):
-    """Children stored as attributes "0", "1", ... so parameter names are torch's (`0.weight`)."""
+class _Indexed(_Items):
+    """Sequential and ModuleList: items keyed "0", "1", ... (or a given OrderedDict's keys), so
+    parameter names are torch's (`0.weight`). Only registered items are layers (constructor
+    arguments, append/insert/extend, add_module, indexing, Modules assigned as attributes, as torch
+    registers them); a subclass's plain attributes (`self.out_channels = 16`) are not."""
 
-    def _items(self) -> list[tuple[str, Any]]:
-        return [(k, v) for k, v in vars(self).items() if k != "training" and not k.startswith("_")]
-
-    def __len__(self) -> int:
-        return len(self._items())
+    _auto = Module
 
     def __iter__(self) -> Iterator[Any]:
         return iter([v for _, v in self._items()])
 
-    def _get(self, idx: int | slice) -> Any:
-        items = self._items()
-        if isinstance(idx, slice):
-            return [v for _, v in items[idx]]
-        if not -len(items) <= idx < len(items):
+    def _key(self, idx: int) -> str:
+        keys = self._keys()
+        if not isinstance(idx, (int, np.integer)) or isinstance(idx, bool):
+            raise TypeError(f"{type(self).__name__} indices must be integers or slices, not {type(idx).__name__}")
+        if not -len(keys) <= idx < len(keys):
             raise IndexError(f"index {idx} is out of range")
-        return items[idx][1]
+        return keys[idx]
+
+    def _get(self, idx: int | slice) -> Any:
+        if isinstance(idx, slice):
+            return [v for _, v in self._items()[idx]]
+        return self.__dict__[self._key(idx)]
+
+    def __setitem__(self, idx: int, module: Any) -> None:
+        self._set(self._key(idx), module)
+
+    def __delitem__(self, idx: int | slice) -> None:
+        """Remove items and renumber the rest 0, 1, ..., as torch does."""
+        items = self._items()
+        gone = {k for k, _ in (items[idx] if isinstance(idx, slice) else [(self._key(idx), None)])}
+        self._reset([v for k, v in items if k not in gone])
 
     def append(self, module: Any) -> _Indexed:
-        setattr(self, str(len(self)), module)
+        self._set(str(len(self)), module)
         return self
 
-    def __repr__(self) -> str:
-        lines = [f"  ({k}): " + repr(v).replace("\n", "\n  ") for k, v in self._items()]
-        return f"{type(self).__name__}(" + ("\n" + "\n".join(lines) + "\n" if lines else "") + ")"
+    def extend(self, modules: Iterable[Any]) -> _Indexed:
+        for m in list(modules):
+            self.append(m)
+        return self
+
+    def insert(self, index: int, module: Any) -> _Indexed:
+        """Put `module` before position `index`, shifting the items after it up one key, as torch."""
+        n = len(self)
+        if not -n <= index <= n:
+            raise IndexError(f"Index out of range: {index}")
+        if index < 0:
+            index += n
+        values = [v for _, v in self._items()]
+        values.insert(index, module)
+        if all(k == str(i) for i, k in enumerate(self._keys())):
+            for i in range(index, n + 1):
+                self._set(str(i), values[i])
+        else:
+            self._reset(values)
+        return self
+
+    def pop(self, idx: int = -1) -> Any:
+        v = self._get(idx)
+        del self[idx]
+        return v
+
+    def __iadd__(self, other: Iterable[Any]) -> _Indexed:
+        return self.extend(other)
 
 
 class Sequential(_Indexed):
@@ -407,14 +482,21 @@ class Sequential(_Indexed):
         super().__init__()
         if len(args) == 1 and isinstance(args[0], (OrderedDict, dict)):
             for k, m in args[0].items():
-                setattr(self, str(k), m)
+                self._set(k, m)
         else:
             for i, m in enumerate(args):
-                setattr(self, str(i), m)
+                self._set(str(i), m)
 
     def __getitem__(self, idx: int | slice) -> Any:
-        got = self._get(idx)
-        return Sequential(*got) if isinstance(idx, slice) else got
+        if isinstance(idx, slice):  # torch keeps the keys of a slice
+            return Sequential(OrderedDict(self._items()[idx]))
+        return self._get(idx)
+
+    def __add__(self, other: Sequential) -> Sequential:
+        return Sequential(*self, *other)
+
+    def __mul__(self, n: int) -> Sequential:
+        return Sequential(*(list(self) * n))
 
     def forward(self, input: Any) -> Any:
         for m in self:
@@ -423,7 +505,7 @@ class Sequential(_Indexed):
 
 
 class ModuleList(_Indexed):
-    def __init__(self, modules: Sequence[Any] | None = None) -> None:
+    def __init__(self, modules: Iterable[Any] | None = None) -> None:
         super().__init__()
         for m in modules or ():
             self.append(m)
@@ -432,10 +514,8 @@ class ModuleList(_Indexed):
         got = self._get(idx)
         return ModuleList(got) if isinstance(idx, slice) else got
 
-    def extend(self, modules: Sequence[Any]) -> ModuleList:
-        for m in modules:
-            self.append(m)
-        return self
+    def __add__(self, other: Iterable[Any]) -> ModuleList:
+        return ModuleList([*self, *other])
 
 
 # -- activations -------------------------------------------------------------------------------------
@@ -490,6 +570,56 @@ Softplus = _activation("Softplus", F.softplus, (("beta", 1.0), ("threshold", 20.
 Softmax = _activation("Softmax", F.softmax, (("dim", None),))
 Softmin = _activation("Softmin", F.softmin, (("dim", None),))
 LogSoftmax = _activation("LogSoftmax", F.log_softmax, (("dim", None),))
+CELU = _activation("CELU", F.celu, (("alpha", 1.0),))
+Tanhshrink = _activation("Tanhshrink", F.tanhshrink)
+Hardshrink = _activation("Hardshrink", F.hardshrink, (("lambd", 0.5),))
+Softshrink = _activation("Softshrink", F.softshrink, (("lambd", 0.5),))
+GLU = _activation("GLU", F.glu, (("dim", -1),))
+
+
+class Threshold(Module):
+    """x where x > threshold, else value (both required, as in torch)."""
+
+    def __init__(self, threshold: float, value: float, inplace: bool = False) -> None:
+        super().__init__()
+        self.threshold, self.value, self.inplace = threshold, value, inplace
+
+    def forward(self, input: Any) -> Tensor:
+        return F.threshold(input, self.threshold, self.value)
+
+    def extra_repr(self) -> str:
+        return f"threshold={self.threshold}, value={self.value}"
+
+
+class Softmax2d(Module):
+    """Softmax over the channels of (N, C, H, W) or (C, H, W) input (dim -3)."""
+
+    def forward(self, input: Any) -> Tensor:
+        x = F._t(input)
+        if x.ndim not in (3, 4):
+            raise ValueError(f"Softmax2d: expected a 3-d or 4-d input, got shape {x.shape}")
+        return F.softmax(x, -3)
+
+
+class PReLU(Module):
+    """max(0, x) + weight * min(0, x) with a learned slope: one shared (num_parameters=1) or one
+    per channel, all starting at `init`, as torch."""
+
+    def __init__(self, num_parameters: int = 1, init: float = 0.25, device: Any = None, dtype: Any = None) -> None:
+        super().__init__()
+        self.num_parameters, self.init = num_parameters, init
+        self.weight = empty((num_parameters,), _layer_dtype("PReLU", dtype))
+        self.reset_parameters()
+        _place(self, device)
+
+    def reset_parameters(self) -> None:
+        init.constant_(self.weight, self.init)
+
+    def forward(self, input: Any) -> Tensor:
+        return F.prelu(input, self.weight)
+
+    def extra_repr(self) -> str:
+        return f"num_parameters={self.num_parameters}"
 
 
 # -- losses ------------------------------------------------------------------------------------------

@@ -1,0 +1,141 @@
+"""`torch.nn.utils`' gradient clipping, for Avalon's functional gradients.
+
+In torch, `clip_grad_norm_(model.parameters(), max_norm)` rescales each parameter's `.grad`. Avalon's
+gradients are values (`loss, grads = av.value_and_grad(f)(model, x)` gives a dict from parameter name
+to Tensor), so these functions take the gradients themselves, a dict, a list or a Tensor, and clip
+them in place: the Tensors inside are updated (`Tensor.mul_`), so `opt.step(grads)` afterwards sees
+the clipped values, eagerly and inside a compiled step alike.
+
+    loss, grads = av.value_and_grad(objective)(model, x, y)
+    nn.utils.clip_grad_norm_(grads, max_norm=1.0)
+    opt.step(grads)
+
+The clipping is arithmetic, no Python branch on a value: every gradient is multiplied by
+`min(1, max_norm / (total_norm + 1e-6))`, as torch's implementation does, so the same code traces
+into one graph. `error_if_nonfinite=True` needs the norm's value, which exists only eagerly.
+
+Passing the parameters (`model.parameters()`, `model.named_parameters()`, the model) is an error that
+says to pass the gradients: they hold no gradients, and clipping them in place would scale the
+weights. A plain list of parameter tensors cannot be told from a list of gradients; do not pass one.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from .. import ops
+from ..ir import dtypes as dt
+from ..tensor import Tensor
+from ..tree import is_model
+
+__all__ = ["clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_", "get_total_norm"]
+
+Grads = Tensor | Mapping[str, Any] | Iterable[Any]
+
+_GIVE_GRADS = ("Avalon's gradients are values that av.grad returns, not `.grad` attributes of the parameters, "
+               "so {fn} takes the gradients: `loss, grads = av.value_and_grad(objective)(model, x, y)`, "
+               "`nn.utils.{fn}(grads, ...)`, then `opt.step(grads)`")
+
+
+def _is_parameter_walk(obj: Any) -> bool:
+    """`model.parameters()` / `model.named_parameters()` (Avalon's generators), or a model itself."""
+    if inspect.isgenerator(obj):
+        from . import module
+        return obj.gi_code in (module.parameters.__code__, module.named_parameters.__code__)
+    return is_model(obj) and not isinstance(obj, Tensor)
+
+
+def _grads(grads: Grads, fn: str) -> list[Any]:
+    """The gradient tensors (Nones dropped) of a dict, a Tensor or an iterable of them."""
+    if isinstance(grads, Tensor):
+        return [grads]
+    if _is_parameter_walk(grads):
+        raise TypeError(_GIVE_GRADS.format(fn=fn) + f"; got {type(grads).__name__} of the parameters")
+    items = list(grads.values()) if isinstance(grads, Mapping) else list(grads)
+    out = []
+    for g in items:
+        if g is None:
+            continue
+        if isinstance(g, tuple) and len(g) == 2 and isinstance(g[0], str):
+            raise TypeError(_GIVE_GRADS.format(fn=fn) + "; got (name, tensor) pairs, as named_parameters() yields")
+        if not isinstance(g, (Tensor, np.ndarray)):
+            raise TypeError(f"{fn}: gradients must be Tensors, got {type(g).__name__}")
+        out.append(g)
+    return out
+
+
+def _write(g: Any, new: Tensor) -> None:
+    """`g` becomes `new`, in place (a numpy array's memory too, eagerly)."""
+    if isinstance(g, Tensor):
+        g.copy_(new)
+    else:
+        g[...] = new.numpy()
+
+
+def _norm(x: Tensor, p: float) -> Tensor:
+    """torch.linalg.vector_norm(x, p) over all elements."""
+    if p == math.inf:
+        return ops.amax(ops.abs(x))
+    if p == -math.inf:
+        return ops.amin(ops.abs(x))
+    if p == 0:
+        return ops.sum(ops.cast(ops.ne(x, 0), x.dtype))
+    if p == 1:
+        return ops.sum(ops.abs(x))
+    if p == 2:
+        return ops.sqrt(ops.sum(x * x))
+    return ops.pow(ops.sum(ops.pow(ops.abs(x), p)), 1.0 / p)
+
+
+def get_total_norm(tensors: Grads, norm_type: float = 2.0, error_if_nonfinite: bool = False,
+                   foreach: bool | None = None) -> Tensor:
+    """The `norm_type` norm of all the tensors' elements together (the norm of their norms), as
+    torch's; a 0-d Tensor of their promoted dtype (float32 0 for no tensors)."""
+    gs = [g if isinstance(g, Tensor) else Tensor(g) for g in _grads(tensors, "get_total_norm")]
+    p = float(norm_type)
+    if not gs:
+        return Tensor(np.float32(0.0))
+    norms = [_norm(g, p) for g in gs]
+    dtype = norms[0].dtype
+    for n in norms[1:]:
+        dtype = dt.promote(dtype, n.dtype)  # torch.stack promotes mixed dtypes
+    total = _norm(ops.stack([ops.cast(n, dtype) for n in norms]), p)
+    if error_if_nonfinite:
+        if total.is_traced:
+            raise RuntimeError("error_if_nonfinite=True needs the norm's value, which a traced function does not "
+                               "have; check the returned norm after the call (math.isfinite(float(norm)))")
+        if not math.isfinite(float(total)):
+            raise RuntimeError(f"The total norm of order {p} for gradients from `parameters` is non-finite, so it "
+                               "cannot be clipped. To disable this error and scale the gradients by the non-finite "
+                               "norm anyway, set `error_if_nonfinite=False`")
+    return total
+
+
+def clip_grads_with_norm_(grads: Grads, max_norm: float, total_norm: Tensor, foreach: bool | None = None) -> None:
+    """Scale the gradients in place by `min(1, max_norm / (total_norm + 1e-6))` (torch's formula)."""
+    coef = ops.clamp(ops.div(float(max_norm), total_norm + 1e-6), max=1.0)
+    for g in _grads(grads, "clip_grads_with_norm_"):
+        t = g if isinstance(g, Tensor) else Tensor(g)
+        _write(g, t * ops.cast(coef, t.dtype))
+
+
+def clip_grad_norm_(grads: Grads, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False,
+                    foreach: bool | None = None) -> Tensor:
+    """Clip the gradients' total `norm_type` norm to `max_norm`, in place; returns the total norm
+    (before clipping) as a 0-d Tensor. Traceable: no Python branch on the norm."""
+    gs = _grads(grads, "clip_grad_norm_")
+    total = get_total_norm(gs, norm_type, error_if_nonfinite)
+    clip_grads_with_norm_(gs, max_norm, total)
+    return total
+
+
+def clip_grad_value_(grads: Grads, clip_value: float, foreach: bool | None = None) -> None:
+    """Clamp every gradient element into [-clip_value, clip_value], in place."""
+    c = float(clip_value)
+    for g in _grads(grads, "clip_grad_value_"):
+        t = g if isinstance(g, Tensor) else Tensor(g)
+        _write(g, ops.clamp(t, -c, c))

@@ -1,0 +1,833 @@
+"""Optimizers with `torch.optim`'s update rules and signatures: `SGD`, `Adam`, `AdamW`, `RMSprop`;
+learning-rate schedulers in `avalon.optim.lr_scheduler`.
+
+What an optimizer is given (`params`, torch's first argument):
+- a model (any object holding parameters) or a single Tensor: its parameters, named as `av.grad` names
+  their gradients (`named_parameters(model)`);
+- `model.parameters()` as returned (an unconsumed generator of `avalon.nn`): the same as the model,
+  because the generator says which model it walks (`inspect.getgeneratorlocals`);
+- `(name, Tensor)` pairs (`model.named_parameters()`, or a filtered list of them, as torch >= 2.6 takes);
+- bare Tensors (a list, `list(model.parameters())`): known by position, "0", "1", ... as `av.grad`
+  names the gradients of a list of tensors. A bare tensor carries no name, so gradients named after a
+  model's attributes cannot be matched to it soundly, and `step` says what to pass instead;
+- torch's parameter groups, `[{'params': ..., 'lr': ..., 'weight_decay': 0.0}, ...]`, each `params` any
+  of the above, the other keys overriding the constructor's defaults for that group.
+
+`opt.step(grads)` takes the `{dotted name: Tensor}` dict `av.grad` returns and updates the parameters
+in place; parameters without a gradient are left alone, as torch skips a `.grad` of None. Gradients of
+parameters the optimizer does not hold are an error when it was given a whole model (they belong to
+another model), and are ignored when it was given an explicit subset (pairs or groups: fine-tuning a
+head), as torch ignores the `.grad` of parameters it was not given.
+
+Every update is written as array math with `avalon.ops` and stored with `avalon.trace.assign`, so the
+same `step` runs eagerly and inside a traced or compiled training step: under a trace, `assign`
+records a state update instead of writing. For that to work the optimizer's state (step count,
+hyperparameters, momentum buffers, moments) lives in Tensors the optimizer holds (as `Buffer`s, so
+they are never mistaken for trainable parameters); a traced step that takes the optimizer as an
+argument gets them as graph inputs and writes them back through state updates. State is created when
+the optimizer is built (or when a hyperparameter change first needs it: a scheduler turning momentum
+on) rather than lazily on the first step, so the first and later steps share one traced signature;
+torch's "first step initialises the buffer" rules are reproduced with arithmetic.
+
+`opt.param_groups` is torch's list of group dicts, and `group['lr'] = x` works as in torch, in compiled
+steps too, without retracing. Why the groups are mappings over tensors rather than plain dicts: a
+compiled step reads tensors afresh on every call, but the plain Python values of the objects it is
+given are part of its cache key (they shape the trace), so a learning rate kept as a float would
+retrace at every scheduler step. So each group's float hyperparameters (lr, momentum, betas, eps,
+weight_decay, ...) live in float64 scalar tensors (`opt.hyperparameters[i]`, graph inputs), read as
+floats and written in place through the group; bool options (nesterov, amsgrad, maximize, ...) and
+what a float decides about the update's ops (whether weight decay or momentum is zero, which of
+lerp's formulas a beta takes) are plain values in the cache key, so only a change of the update's
+structure retraces; any other key (a scheduler's 'initial_lr') is a plain value the step never
+reads. Torch's implementation switches (`foreach`, `fused`, `capturable`, `differentiable`) are
+accepted and kept in the group; they change nothing here.
+
+Scalars that depend on the step (Adam's bias corrections) are computed from the step-count tensor
+in float64 and cast to each parameter's dtype, which is what torch does with its Python floats.
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator, Mapping, MutableMapping
+from typing import Any
+
+import numpy as np
+
+from .. import ops
+from ..ir import dtypes as dt
+from ..tensor import Buffer, Tensor
+from ..trace import assign, current_trace
+from ..tree import is_array_like, is_model, named_parameters
+
+__all__ = ["SGD", "Adam", "AdamW", "Optimizer", "ParamGroup", "RMSprop", "lr_scheduler"]
+
+
+def _scalar_buffer(value: Any, dtype: dt.DType, device: Any) -> Buffer:
+    return Buffer(np.asarray(value, dtype=dtype.np), dtype=dtype, device=device)
+
+
+def _zeros_like(p: Tensor) -> Buffer:
+    return Buffer(np.zeros(p.shape, dtype=p.dtype.np), dtype=p.dtype, device=p.device)
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ValueError(msg)
+
+
+def _scalar(v: Any) -> float:
+    return float(np.asarray(v.numpy() if isinstance(v, Tensor) else v))
+
+
+def _float_value(key: str, v: Any) -> Any:
+    """A hyperparameter as Python float(s) (torch takes 0-d tensors too)."""
+    if key == "betas":
+        b = tuple(v)
+        _check(len(b) == 2, f"invalid betas {v}: two numbers")
+        return (float(b[0]), float(b[1]))
+    return float(v)
+
+
+# -- what `params` may be -------------------------------------------------------------------------
+
+_TORCH = ("got torch tensors; an Avalon optimizer updates Avalon tensors. Import the model with "
+          "av.from_torch, or load its weights with nn.load_state_dict")
+
+
+def _parameters_owner(obj: Any) -> Any | None:
+    """The model an unconsumed `nn.parameters(model)` / `Module.parameters()` generator walks, else None:
+    that generator yields exactly `named_parameters(model)`'s tensors, so their names are known."""
+    if not inspect.isgenerator(obj) or inspect.getgeneratorstate(obj) != inspect.GEN_CREATED:
+        return None
+    from ..nn import module as nn_module
+    if obj.gi_code is nn_module.parameters.__code__:
+        return inspect.getgeneratorlocals(obj).get("model")
+    return None
+
+
+def _is_pair(x: Any) -> bool:
+    return isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str) and isinstance(x[1], Tensor)
+
+
+def _is_torch(x: Any) -> bool:
+    return (is_array_like(x) and not isinstance(x, np.ndarray)) or (
+        isinstance(x, tuple) and len(x) == 2 and is_array_like(x[1]) and not isinstance(x[1], np.ndarray))
+
+
+def _tensors(params: Any, who: str) -> tuple[list[tuple[str | None, Tensor]], str]:
+    """One group's parameters as (name, or None for a bare tensor; Tensor), and how they were given:
+    "model" (a whole model: names relative to it), "named" (pairs) or "positional" (bare tensors)."""
+    owner = _parameters_owner(params)
+    if owner is not None:
+        params = owner
+    if _is_torch(params):
+        raise TypeError(f"{who}: {_TORCH}")
+    if (isinstance(params, Tensor) or is_model(params) or (isinstance(params, Mapping) and "params" not in params)
+            or isinstance(params, (str, bytes)) or not hasattr(params, "__iter__")):
+        return list(named_parameters(params)), "model"  # (a non-model finds none: the "no parameters" error)
+    items = list(params)
+    if any(_is_torch(x) for x in items):
+        raise TypeError(f"{who}: {_TORCH}")
+    if not items:
+        raise ValueError(f"{who} got an empty parameter list (a generator such as model.parameters() is "
+                         "used up by its first reader)")
+    if all(isinstance(x, Tensor) for x in items):
+        return [(None, t) for t in items], "positional"
+    if all(_is_pair(x) for x in items):
+        return list(items), "named"
+    if any(isinstance(x, Tensor) or _is_pair(x) for x in items):
+        raise TypeError(f"{who}: params mixes {', '.join(sorted({type(x).__name__ for x in items}))}; give "
+                        "Tensors, (name, Tensor) pairs or parameter-group dicts, one kind")
+    return list(named_parameters(items)), "model"  # a list of models, walked as one
+
+
+def _parse(params: Any, who: str) -> tuple[list[dict[str, Any]], str]:
+    """The parameter groups (`params` as (name, Tensor) pairs, names settled) and the optimizer's kind:
+    "model" (given a whole model), "named" (a subset: pairs or groups) or "positional" (bare tensors)."""
+    owner = _parameters_owner(params)
+    if owner is not None:
+        params = owner
+    elif inspect.isgenerator(params):
+        params = list(params)
+    if isinstance(params, Mapping) and "params" in params:
+        raw = [dict(params)]
+    elif isinstance(params, (list, tuple)) and params and all(isinstance(g, Mapping) for g in params):
+        raw = [dict(g) for g in params]
+    else:
+        named, kind = _tensors(params, who)
+        return _settle([{"params": named}], [kind], who, set(), set()), kind
+    kinds = []
+    for g in raw:
+        if "params" not in g:
+            raise ValueError(f"{who}: a parameter group must have a 'params' key, got {sorted(g)}")
+        g["params"], kind = _tensors(g["params"], who)
+        kinds.append(kind)
+    return _settle(raw, kinds, who, set(), set()), ("positional" if "positional" in kinds else "named")
+
+
+def _settle(groups: list[dict[str, Any]], kinds: list[str], who: str, names: set[str], seen: set[int],
+            start: int = 0) -> list[dict[str, Any]]:
+    """Name bare tensors by their position among all parameters; check that every parameter is a
+    trainable tensor and that names and tensors are unique across groups (`names`, `seen`: those held)."""
+    if "positional" in kinds and any(k != "positional" for k in kinds):
+        raise ValueError(f"{who}: some parameter groups are bare tensors and some are named; name all "
+                         "(model.named_parameters()) or none")
+    n = start
+    for g in groups:
+        settled = []
+        for name, t in g["params"]:
+            name = str(n) if name is None else name
+            n += 1
+            if isinstance(t, Buffer) or not t.dtype.is_float:
+                raise TypeError(f"{who} can only optimize floating-point tensors that are not Buffers; "
+                                f"{name!r} is a {'Buffer' if isinstance(t, Buffer) else t.dtype.name + ' tensor'}")
+            if id(t) in seen:
+                raise ValueError(f"{who}: some parameters appear in more than one parameter group ({name!r})")
+            if name in names:
+                raise ValueError(f"{who}: two parameters are named {name!r}; names must be unique across groups "
+                                 "(a submodule's names are relative to it: model.sub.named_parameters(prefix='sub') "
+                                 "names them from the model)")
+            names.add(name)
+            seen.add(id(t))
+            settled.append((name, t))
+        g["params"] = settled
+    return groups
+
+
+# -- the group dicts --------------------------------------------------------------------------------
+
+class ParamGroup(MutableMapping):
+    """One of `opt.param_groups`: torch's group dict, whose float hyperparameters read and write the
+    optimizer's tensors, so that `group['lr'] = x` reaches compiled steps without retracing (see the
+    module docstring). 'params' and 'param_names' are read-only; other keys are plain values."""
+
+    __slots__ = ("_opt", "_index", "_names", "_extra")  # no __dict__: the tracer does not walk a group
+
+    def __init__(self, opt: Optimizer, index: int, names: list[str], extra: dict[str, Any]):
+        self._opt, self._index, self._names, self._extra = opt, index, names, extra
+
+    def __getitem__(self, key: str) -> Any:
+        opt, i = self._opt, self._index
+        if key == "params":
+            return [opt.params[n] for n in self._names]
+        if key == "param_names":
+            return list(self._names)
+        if key in opt._floats:
+            return opt._get_hyper(i, key)
+        if key in opt._opts[i]:
+            return opt._opts[i][key]
+        return self._extra[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        opt, i = self._opt, self._index
+        if key in ("params", "param_names"):
+            raise TypeError(f"param_groups[{i}][{key!r}] is fixed once the optimizer is built; add parameters "
+                            "with opt.add_param_group({'params': ...})")
+        if key in opt._floats:
+            opt._set_hyper(i, key, value)
+        elif key in opt._opts[i]:
+            opt._set_option(i, key, value)
+        else:
+            self._extra[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        if key not in self._extra:
+            raise KeyError(f"{key!r} is one of the optimizer's own keys and cannot be removed" if key in self else key)
+        del self._extra[key]
+
+    def __iter__(self) -> Iterator[str]:
+        yield "params"
+        yield "param_names"
+        yield from self._opt._floats
+        yield from self._opt._opts[self._index]
+        yield from self._extra
+
+    def __len__(self) -> int:
+        return 2 + len(self._opt._floats) + len(self._opt._opts[self._index]) + len(self._extra)
+
+    def __repr__(self) -> str:
+        return repr({k: (self._names if k == "params" else self[k]) for k in self if k != "param_names"})
+
+
+# -- the base class ---------------------------------------------------------------------------------
+
+class Optimizer:
+    """Base class: holds the parameters, the step count, each parameter group's hyperparameters (as
+    tensors) and options, and per-parameter state.
+
+    Subclasses list their float hyperparameters in `_floats` ('betas' is a pair), their bool options
+    in `_flags`, every per-parameter buffer they may create in `_slots`, say what a float decides of
+    the update's structure in `_rules`, and implement `_step_scalars` and `_update`.
+    """
+
+    _floats: tuple[str, ...] = ("lr",)
+    _flags: tuple[str, ...] = ()
+    _slots: tuple[str, ...] = ()
+    _repr_keys: tuple[str, ...] = ()
+
+    def __init__(self, params: Any, defaults: Mapping[str, Any]):
+        who = type(self).__name__
+        self.defaults: dict[str, Any] = dict(defaults)
+        self._check_values(self.defaults)
+        groups, self._kind = _parse(params, who)
+        if not any(g["params"] for g in groups):
+            raise ValueError(f"{who}: the model has no parameters (no floating-point Tensors that are not "
+                             "Buffers were found on it)")
+        self.params: dict[str, Tensor] = {}
+        device = next(t for g in groups for _, t in g["params"]).device
+        self.step_count = _scalar_buffer(0, dt.int64, device)
+        self.lr_t: Buffer = None  # type: ignore[assignment]  # group 0's lr (set below; first, for its name)
+        self.state: dict[str, dict[str, Buffer]] = {}
+        self.hyperparameters: list[dict[str, Buffer]] = []  # per group: float hyperparameter -> f64 tensor
+        self._opts: list[dict[str, Any]] = []              # per group: bool options, in the trace key
+        self._structure: list[dict[str, bool]] = []        # per group: what the floats decide, ditto
+        self.param_groups: list[ParamGroup] = []
+        for g in groups:
+            self._add_group(g)
+
+    # -- public ------------------------------------------------------------------------------
+
+    @property
+    def lr(self) -> float:
+        """The first group's learning rate; setting it sets every group's (in compiled steps too)."""
+        return float(self.lr_t)
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        _check(value >= 0, f"invalid learning rate {value}")
+        for i in range(len(self.param_groups)):
+            self._set_hyper(i, "lr", value)
+
+    @property
+    def steps(self) -> int:
+        """How many steps have been taken."""
+        return int(self.step_count)
+
+    def add_param_group(self, param_group: Mapping[str, Any]) -> None:
+        """torch's `add_param_group`: one more group, its missing options taken from the defaults.
+        Compiled steps that take this optimizer trace again (their inputs changed)."""
+        who = type(self).__name__
+        if current_trace() is not None:
+            raise RuntimeError(f"{who}.add_param_group cannot run inside a traced function")
+        group = dict(param_group)
+        if "params" not in group:
+            raise ValueError(f"{who}: a parameter group must have a 'params' key, got {sorted(group)}")
+        group["params"], kind = _tensors(group["params"], who)
+        if (kind == "positional") != (self._kind == "positional"):
+            raise ValueError(f"{who}: some parameter groups are bare tensors and some are named; name all "
+                             "(model.named_parameters()) or none")
+        held = {id(t) for t in self.params.values()}
+        self._add_group(_settle([group], [kind], who, set(self.params), held, start=len(self.params))[0])
+        if self._kind == "model":
+            self._kind = "named"  # no longer one model's parameters
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Nothing to clear: Avalon's gradients are values that `av.grad` returns, not `.grad`
+        attributes. Kept so that torch training loops run unchanged."""
+
+    def step(self, grads: Any = None, closure: Any = None) -> None:
+        """Update the parameters in place from `grads` ({dotted name: gradient}, as `av.grad` returns
+        for a model; a bare Tensor when the optimizer was built on a single Tensor; a list in the
+        parameters' order when it was built from bare tensors). Parameters without a gradient are left
+        alone, as torch skips parameters whose `.grad` is None."""
+        who = type(self).__name__
+        if closure is not None or callable(grads):
+            raise TypeError(f"{who}.step takes the gradients, not a closure: `loss, grads = "
+                            "av.value_and_grad(objective)(model, x, y)`, then `opt.step(grads)`")
+        if grads is None:
+            raise TypeError(f"{who}.step(grads): Avalon's gradients are values, not `.grad` attributes; compute "
+                            "them with `loss, grads = av.value_and_grad(objective)(model, x, y)` and pass them")
+        grads = self._check_grads(grads)
+        self._check_trace()
+        t = ops.add(self.step_count, 1)
+        assign(self.step_count, t)
+        tf = ops.cast(t, dt.float64)
+        for i, group in enumerate(self.param_groups):
+            todo = [(n, g) for n in group._names if (g := grads.get(n)) is not None]
+            if not todo:
+                continue
+            st, opts = self._structure[i], self._opts[i]
+            shared = self._step_scalars(tf, self.hyperparameters[i], st, opts)
+            scalars: dict[dt.DType, dict[str, Tensor]] = {}
+            for name, g in todo:
+                p = self.params[name]
+                g = ops.cast(g, p.dtype)
+                if opts.get("maximize"):
+                    g = -g
+                if p.dtype not in scalars:  # cast the float64 scalars once per dtype
+                    scalars[p.dtype] = {k: ops.cast(v, p.dtype) for k, v in shared.items()}
+                self._update(p, g, self.state[name], scalars[p.dtype], st, opts)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The optimizer's state as a flat dict of Tensors (saveable with `av.save`): "step", "lr"
+        (the first group's), "param_groups.{i}.{hyperparameter}" and "state.{name}.{slot}"."""
+        out: dict[str, Tensor] = {"step": self.step_count, "lr": self.lr_t}
+        for i, h in enumerate(self.hyperparameters):
+            for k, v in h.items():
+                if (i, k) != (0, "lr"):
+                    out[f"param_groups.{i}.{k}"] = v
+        for name, slots in self.state.items():
+            for s, buf in slots.items():
+                out[f"state.{name}.{s}"] = buf
+        return out
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what `state_dict` returned; checks every key and shape before writing anything.
+        Hyperparameters missing from `state` (a checkpoint of an earlier Avalon) keep their values."""
+        mine = self.state_dict()
+        values = [{k: self._get_hyper(i, k) for k in self._floats} for i in range(len(self.param_groups))]
+        hyper, new_slots, unexpected = set(), {}, []
+        for k in state:
+            if k.startswith("param_groups."):
+                where = self._hyper_key(k)
+                if where is None:
+                    unexpected.append(k)
+                    continue
+                hyper.add(k)
+                i, name = where
+                v = _scalar(state[k])
+                if name in ("beta1", "beta2"):
+                    b = values[i]["betas"]
+                    values[i]["betas"] = (v, b[1]) if name == "beta1" else (b[0], v)
+                else:
+                    values[i][name] = v
+            elif k not in mine:
+                slot = self._slot_key(k)
+                if slot is None:
+                    unexpected.append(k)
+                else:
+                    new_slots[k] = slot
+        if "lr" in state:
+            values[0]["lr"] = _scalar(state["lr"])
+        after = [self._structure_of(v) for v in values]  # the buffers the loaded values need, say momentum's
+        required = {"step", "lr"} | {f"state.{n}.{s}" for i, g in enumerate(self.param_groups) for n in g._names
+                                     for s in self._active_slots(after[i], self._opts[i])}
+        missing = sorted(required - set(state))
+        if missing or unexpected:
+            raise KeyError(f"optimizer state mismatch: missing {missing}, unexpected {sorted(unexpected)}")
+        for k, v in state.items():
+            want = mine[k].shape if k in mine else self.params[new_slots[k][0]].shape if k in new_slots else ()
+            if tuple(np.shape(v)) != tuple(want):
+                raise ValueError(f"optimizer state {k!r}: shape {tuple(np.shape(v))} != {tuple(want)}")
+        for i, vals in enumerate(values):
+            for k, v in vals.items():
+                self._set_hyper(i, k, v)
+        for name, s in new_slots.values():
+            if s not in self.state[name]:
+                self.state[name][s] = _zeros_like(self.params[name])
+        mine = self.state_dict()
+        for k, v in state.items():
+            if k != "lr" and k not in hyper:
+                assign(mine[k], Tensor(v, dtype=mine[k].dtype))
+
+    def __repr__(self) -> str:
+        def one(i: int) -> str:
+            return ", ".join([f"lr={self._get_hyper(i, 'lr'):g}"]
+                             + [f"{k}={self.param_groups[i][k]!r}" for k in self._repr_keys])
+        if len(self.param_groups) == 1:
+            return f"{type(self).__name__}({one(0)})"
+        groups = "; ".join(f"group {i}: {one(i)}" for i in range(len(self.param_groups)))
+        return f"{type(self).__name__}({groups})"
+
+    # -- for subclasses ----------------------------------------------------------------------
+
+    def _rules(self, key: str, value: Any) -> dict[str, bool]:
+        """The structure flags that hyperparameter `key` decides at `value` (zero or not, ...)."""
+        return {}
+
+    def _check_group(self, values: Mapping[str, Any], opts: Mapping[str, Any]) -> None:
+        """Checks across a group's options (SGD: Nesterov needs momentum)."""
+
+    def _active_slots(self, structure: Mapping[str, bool], opts: Mapping[str, Any]) -> tuple[str, ...]:
+        return self._slots
+
+    def _step_scalars(self, t: Tensor, h: dict[str, Buffer], st: dict[str, bool],
+                      opts: dict[str, Any]) -> dict[str, Tensor]:
+        """float64 scalars shared by a group's parameters this step (`t`: the new step count)."""
+        return {"lr": h["lr"]}
+
+    def _update(self, p: Tensor, g: Tensor, state: dict[str, Buffer], s: dict[str, Tensor],
+                st: dict[str, bool], opts: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    # -- groups and hyperparameters ----------------------------------------------------------
+
+    def _structure_of(self, values: Mapping[str, Any]) -> dict[str, bool]:
+        out: dict[str, bool] = {}
+        for k, v in values.items():
+            out.update(self._rules(k, v))
+        return out
+
+    def _add_group(self, group: dict[str, Any]) -> None:
+        i = len(self.param_groups)
+        opts = {k: v for k, v in group.items() if k not in ("params", "param_names")}
+        for k, v in self.defaults.items():
+            opts.setdefault(k, v)
+        values = {k: _float_value(k, opts.pop(k)) for k in self._floats}
+        self._check_values(values)
+        flags = {k: opts.pop(k) for k in self._flags}
+        self._check_group(values, flags)
+        device = self.step_count.device
+        h: dict[str, Buffer] = {}
+        for k, v in values.items():
+            if k == "betas":
+                h["beta1"], h["beta2"] = (_scalar_buffer(b, dt.float64, device) for b in v)
+            else:
+                h[k] = _scalar_buffer(v, dt.float64, device)
+        self.hyperparameters.append(h)
+        if i == 0:
+            self.lr_t = h["lr"]
+        self._opts.append(flags)
+        self._structure.append(self._structure_of(values))
+        for n, t in group["params"]:
+            self.params[n] = t
+            self.state[n] = {}
+        self.param_groups.append(ParamGroup(self, i, [n for n, _ in group["params"]], opts))
+        self._ensure_slots(i)
+
+    def _ensure_slots(self, i: int) -> None:
+        """Create the buffers group i's structure needs: zeros, as torch's lazily created state."""
+        for n in self.param_groups[i]._names:
+            for s in self._active_slots(self._structure[i], self._opts[i]):
+                if s not in self.state[n]:
+                    self.state[n][s] = _zeros_like(self.params[n])
+
+    def _get_hyper(self, i: int, key: str) -> Any:
+        h = self.hyperparameters[i]
+        if key == "betas":
+            return (float(h["beta1"]), float(h["beta2"]))
+        return float(h[key])
+
+    def _set_hyper(self, i: int, key: str, value: Any) -> None:
+        """Write a float hyperparameter into its tensor(s), and the structure it decides. Inside a trace
+        only a change that keeps the structure can be made (the trace's cache key is already taken)."""
+        parts = list(value) if key == "betas" else [value]
+        if any(isinstance(v, Tensor) and v.is_traced for v in parts):
+            if self._rules(key, self._get_hyper(i, key)):
+                raise RuntimeError(f"param_groups[{i}][{key!r}] decides the update's structure, so it cannot be "
+                                   "set from a traced value; set it outside the compiled function")
+        else:
+            value = _float_value(key, value)  # unchecked, as torch's group dicts (a schedule may overshoot)
+            parts = list(value) if key == "betas" else [value]
+            rules = self._rules(key, value)
+            if any(self._structure[i].get(k) != v for k, v in rules.items()):
+                if current_trace() is not None:
+                    raise RuntimeError(f"setting param_groups[{i}][{key!r}] to {value!r} changes the update's "
+                                       "structure; do it outside the compiled function (which then traces again)")
+                self._structure[i] = {**self._structure[i], **rules}  # a new dict: the trace key sees it
+                self._ensure_slots(i)
+        for name, v in zip(["beta1", "beta2"] if key == "betas" else [key], parts):
+            t = self.hyperparameters[i][name]
+            assign(t, v if isinstance(v, Tensor) else Tensor(np.float64(v), dtype=dt.float64, device=t.device))
+
+    def _set_option(self, i: int, key: str, value: Any) -> None:
+        if current_trace() is not None:
+            raise RuntimeError(f"param_groups[{i}][{key!r}] shapes the update; set it outside the compiled function")
+        if isinstance(value, Tensor):
+            raise TypeError(f"param_groups[{i}][{key!r}] is a Python option, not a tensor")
+        opts = {**self._opts[i], key: value}
+        self._check_group({k: self._get_hyper(i, k) for k in self._floats}, opts)
+        self._opts[i] = opts  # a new dict: the trace key sees it
+        self._ensure_slots(i)
+
+    def _check_values(self, values: Mapping[str, Any]) -> None:
+        for k, v in values.items():
+            if k == "betas":
+                b = _float_value(k, v)
+                _check(0 <= b[0] < 1 and 0 <= b[1] < 1, f"invalid betas {tuple(v)}")
+            elif k == "lr":
+                _check(float(v) >= 0, f"invalid learning rate {v}")
+            elif k in self._floats and k != "dampening":
+                _check(float(v) >= 0, f"invalid {k} {v}")
+
+    def _hyper_key(self, key: str) -> tuple[int, str] | None:
+        """'param_groups.{i}.{name}' -> (i, name) when this optimizer has that tensor."""
+        parts = key.split(".")
+        if len(parts) != 3 or not parts[1].isdigit():
+            return None
+        i, name = int(parts[1]), parts[2]
+        if i >= len(self.hyperparameters) or name not in self.hyperparameters[i] or (i, name) == (0, "lr"):
+            return None
+        return i, name
+
+    def _slot_key(self, key: str) -> tuple[str, str] | None:
+        """'state.{name}.{slot}' -> (name, slot) for a buffer this optimizer could create."""
+        if not key.startswith("state."):
+            return None
+        for s in self._slots:
+            name = key[len("state."):-len(s) - 1]
+            if key.endswith("." + s) and name in self.params:
+                return name, s
+        return None
+
+    # -- checks ------------------------------------------------------------------------------
+
+    def _check_grads(self, grads: Any) -> Mapping[str, Any]:
+        who = type(self).__name__
+        if isinstance(grads, Mapping):
+            pass
+        elif self._kind == "positional" and isinstance(grads, (list, tuple)):
+            if len(grads) != len(self.params):
+                raise ValueError(f"{who}.step: {len(grads)} gradients for {len(self.params)} parameters")
+            grads = dict(zip(self.params, grads))
+        elif list(self.params) == [""]:
+            grads = {"": grads}
+        else:
+            raise TypeError(f"{who}.step expects a dict {{parameter name: gradient}} as av.grad returns for a "
+                            f"model, got {type(grads).__name__}")
+        unknown = [k for k in grads if k not in self.params]
+        if unknown and (self._kind != "named" or len(unknown) == len(grads)):
+            raise KeyError(self._unknown(unknown))
+        for k, g in grads.items():
+            if k not in self.params or g is None:
+                continue
+            shape = tuple(g.shape if isinstance(g, Tensor) else np.shape(g))
+            if shape != self.params[k].shape:
+                raise ValueError(f"gradient of {k!r} has shape {shape}, the parameter {self.params[k].shape}")
+        return grads
+
+    def _unknown(self, unknown: list[str]) -> str:
+        """Why gradients' names do not match, and what to pass instead."""
+        who = type(self).__name__
+        held = list(self.params)
+        msg = (f"gradients for unknown parameters {unknown[:8]}{' ...' if len(unknown) > 8 else ''}; the optimizer "
+               f"holds {held[:8]}{' ...' if len(held) > 8 else ''}")
+        if self._kind == "positional":
+            return (msg + ". It was given bare tensors (a list, or a filtered model.parameters()), which it knows "
+                    "only by position, so it cannot tell whose gradient a name is. Pass the model itself "
+                    f"(optim.{who}(model, ...)), model.parameters() as it is, or (name, tensor) pairs: "
+                    "model.named_parameters(), a filtered list of them, or parameter groups of them "
+                    "([{'params': [(n, p) for n, p in model.named_parameters() if ...], 'weight_decay': 0.0}, ...])")
+        if self._kind == "model":
+            return (msg + ". Names are relative to what the optimizer was given: built from a submodule "
+                    "(model.fc or model.fc.parameters()) it holds 'weight', not 'fc.weight'; pass the whole model, "
+                    "or model.fc.named_parameters(prefix='fc') to train that part only")
+        return msg
+
+    def _check_trace(self) -> None:
+        """Under a trace the state must be a graph input, or each run would read stale constants."""
+        tr = current_trace()
+        if tr is None:
+            return
+        v = tr.leaves.get(id(self.step_count))
+        if v is None or v not in tr.graph.inputs:
+            raise RuntimeError(
+                f"{type(self).__name__}.step was called inside a traced function that did not receive the "
+                "optimizer as an argument; pass it in (e.g. `def step(model, opt, x, y)`) so that its state "
+                "(step count, moments) becomes graph inputs that every call reads afresh")
+
+
+def _option(key: str) -> property:
+    """The first group's `key`, an attribute of earlier Avalon optimizers; setting it sets every group's."""
+    def get(self: Optimizer) -> Any:
+        return self.param_groups[0][key]
+
+    def put(self: Optimizer, value: Any) -> None:
+        for g in self.param_groups:
+            g[key] = value
+    return property(get, put, doc=f"`param_groups[0][{key!r}]`; setting it sets every group's.")
+
+
+def _lerp(a: Tensor, b: Tensor, w: Tensor, one_minus_w: Tensor, low: bool) -> Tensor:
+    """torch.lerp(a, b, w) with torch's two formulas (exact at both ends); `low`: w < 0.5."""
+    if low:
+        return a + w * (b - a)
+    return b - (b - a) * one_minus_w
+
+
+# -- the optimizers --------------------------------------------------------------------------------
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional momentum, dampening, Nesterov and L2 weight decay.
+
+    With dampening, torch starts the momentum buffer at the first step's gradient; here that is the
+    optimizer's first step, so momentum switched on later with a nonzero dampening starts from zero."""
+
+    _floats = ("lr", "momentum", "dampening", "weight_decay")
+    _flags = ("nesterov", "maximize")
+    _slots = ("momentum_buffer",)
+    _repr_keys = ("momentum", "dampening", "nesterov", "weight_decay")
+    momentum = _option("momentum")
+    dampening = _option("dampening")
+    nesterov = _option("nesterov")
+    weight_decay = _option("weight_decay")
+
+    def __init__(self, params: Any, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False,
+                 foreach: bool | None = None, differentiable: bool = False, fused: bool | None = None):
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                                      nesterov=nesterov, maximize=maximize, foreach=foreach,
+                                      differentiable=differentiable, fused=fused))
+
+    def _rules(self, key: str, value: Any) -> dict[str, bool]:
+        return {key: value != 0} if key in ("momentum", "dampening", "weight_decay") else {}
+
+    def _check_group(self, values: Mapping[str, Any], opts: Mapping[str, Any]) -> None:
+        _check(not opts.get("nesterov") or (values["momentum"] > 0 and values["dampening"] == 0),
+               "Nesterov momentum requires a momentum and zero dampening")
+
+    def _active_slots(self, structure: Mapping[str, bool], opts: Mapping[str, Any]) -> tuple[str, ...]:
+        return ("momentum_buffer",) if structure["momentum"] else ()
+
+    def _step_scalars(self, t, h, st, opts):
+        s = {"lr": h["lr"]}
+        if st["weight_decay"]:
+            s["weight_decay"] = h["weight_decay"]
+        if st["momentum"]:
+            s["momentum"] = h["momentum"]
+            if st["dampening"]:
+                s["keep"] = 1.0 - h["dampening"]
+                s["first"] = ops.cast(ops.eq(t, 1.0), dt.float64)  # torch starts the buffer at the grad
+        return s
+
+    def _update(self, p, g, state, s, st, opts):
+        if st["weight_decay"]:
+            g = g + s["weight_decay"] * p
+        if st["momentum"]:
+            new = s["keep"] * g if st["dampening"] else g
+            buf = state["momentum_buffer"] * s["momentum"] + new
+            if "first" in s:
+                buf = ops.where(s["first"], g, buf)
+            assign(state["momentum_buffer"], buf)
+            g = g + s["momentum"] * buf if opts["nesterov"] else buf
+        assign(p, p - s["lr"] * g)
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba), with optional L2 or decoupled weight decay and AMSGrad, as torch.optim.Adam."""
+
+    _floats = ("lr", "betas", "eps", "weight_decay")
+    _flags = ("amsgrad", "maximize", "decoupled_weight_decay")
+    _slots = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    _repr_keys = ("betas", "eps", "weight_decay", "amsgrad")
+    betas = _option("betas")
+    eps = _option("eps")
+    weight_decay = _option("weight_decay")
+    amsgrad = _option("amsgrad")
+
+    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, amsgrad: bool = False, *, foreach: bool | None = None,
+                 maximize: bool = False, capturable: bool = False, differentiable: bool = False,
+                 fused: bool | None = None, decoupled_weight_decay: bool = False):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                                      maximize=maximize, foreach=foreach, capturable=capturable,
+                                      differentiable=differentiable, fused=fused,
+                                      decoupled_weight_decay=decoupled_weight_decay))
+
+    def _rules(self, key: str, value: Any) -> dict[str, bool]:
+        if key == "weight_decay":
+            return {"weight_decay": value != 0}
+        if key == "betas":
+            return {"lerp_low": 1.0 - value[0] < 0.5}  # which of lerp's formulas the first moment takes
+        return {}
+
+    def _active_slots(self, structure: Mapping[str, bool], opts: Mapping[str, Any]) -> tuple[str, ...]:
+        return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if opts["amsgrad"] else ())
+
+    def _step_scalars(self, t, h, st, opts):
+        b1, b2 = h["beta1"], h["beta2"]
+        w1 = 1.0 - b1
+        s = {"step_size": h["lr"] / (1.0 - ops.pow(b1, t)), "bc2_sqrt": ops.sqrt(1.0 - ops.pow(b2, t)),
+             "w1": w1, "w1c": 1.0 - w1, "b2": b2, "w2": 1.0 - b2, "eps": h["eps"]}
+        if st["weight_decay"]:
+            if opts["decoupled_weight_decay"]:
+                s["decay"] = 1.0 - h["lr"] * h["weight_decay"]
+            else:
+                s["weight_decay"] = h["weight_decay"]
+        return s
+
+    def _update(self, p, g, state, s, st, opts):
+        pv = p  # the value the update starts from (decoupled weight decay shrinks it first)
+        if st["weight_decay"]:
+            if opts["decoupled_weight_decay"]:
+                pv = p * s["decay"]
+            else:
+                g = g + s["weight_decay"] * p
+        m = _lerp(state["exp_avg"], g, s["w1"], s["w1c"], st["lerp_low"])
+        v = state["exp_avg_sq"] * s["b2"] + s["w2"] * (g * g)
+        assign(state["exp_avg"], m)
+        assign(state["exp_avg_sq"], v)
+        if opts["amsgrad"]:
+            v = ops.maximum(state["max_exp_avg_sq"], v)
+            assign(state["max_exp_avg_sq"], v)
+        denom = ops.sqrt(v) / s["bc2_sqrt"] + s["eps"]
+        assign(p, pv - s["step_size"] * (m / denom))
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter), as torch.optim.AdamW."""
+
+    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
+                 foreach: bool | None = None, capturable: bool = False, differentiable: bool = False,
+                 fused: bool | None = None):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
+                         capturable=capturable, differentiable=differentiable, fused=fused,
+                         decoupled_weight_decay=True)
+
+
+class RMSprop(Optimizer):
+    """RMSprop (Hinton), optionally centered and with momentum, as torch.optim.RMSprop."""
+
+    _floats = ("lr", "alpha", "eps", "weight_decay", "momentum")
+    _flags = ("centered", "maximize")
+    _slots = ("square_avg", "momentum_buffer", "grad_avg")
+    _repr_keys = ("alpha", "eps", "weight_decay", "momentum", "centered")
+    alpha = _option("alpha")
+    eps = _option("eps")
+    weight_decay = _option("weight_decay")
+    momentum = _option("momentum")
+    centered = _option("centered")
+
+    def __init__(self, params: Any, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
+                 weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False, capturable: bool = False,
+                 foreach: bool | None = None, maximize: bool = False, differentiable: bool = False):
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+                                      centered=centered, capturable=capturable, foreach=foreach, maximize=maximize,
+                                      differentiable=differentiable))
+
+    def _rules(self, key: str, value: Any) -> dict[str, bool]:
+        if key == "momentum":
+            return {"momentum": value > 0}
+        if key == "weight_decay":
+            return {"weight_decay": value != 0}
+        if key == "alpha":
+            return {"lerp_low": 1.0 - value < 0.5}  # which of lerp's formulas the centered average takes
+        return {}
+
+    def _active_slots(self, structure: Mapping[str, bool], opts: Mapping[str, Any]) -> tuple[str, ...]:
+        return (("square_avg",) + (("momentum_buffer",) if structure["momentum"] else ())
+                + (("grad_avg",) if opts["centered"] else ()))
+
+    def _step_scalars(self, t, h, st, opts):
+        w = 1.0 - h["alpha"]
+        s = {"lr": h["lr"], "alpha": h["alpha"], "w": w, "eps": h["eps"]}
+        if opts["centered"]:
+            s["wc"] = 1.0 - w
+        if st["weight_decay"]:
+            s["weight_decay"] = h["weight_decay"]
+        if st["momentum"]:
+            s["momentum"] = h["momentum"]
+        return s
+
+    def _update(self, p, g, state, s, st, opts):
+        if st["weight_decay"]:
+            g = g + s["weight_decay"] * p
+        sq = state["square_avg"] * s["alpha"] + s["w"] * (g * g)
+        assign(state["square_avg"], sq)
+        if opts["centered"]:
+            ga = _lerp(state["grad_avg"], g, s["w"], s["wc"], st["lerp_low"])
+            assign(state["grad_avg"], ga)
+            avg = ops.sqrt(sq - ga * ga)
+        else:
+            avg = ops.sqrt(sq)
+        avg = avg + s["eps"]
+        if st["momentum"]:
+            buf = state["momentum_buffer"] * s["momentum"] + g / avg
+            assign(state["momentum_buffer"], buf)
+            assign(p, p - s["lr"] * buf)
+        else:
+            assign(p, p - s["lr"] * (g / avg))
+
+
+from . import lr_scheduler  # noqa: E402  (it imports Optimizer from here)
