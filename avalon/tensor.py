@@ -427,6 +427,22 @@ class Tensor:
     def __itruediv__(self, other: Any) -> Tensor:
         return _update(self, _ops.div(self, other), "/=")
 
+    # `%` and `//` follow Python's (and torch's) signs: remainder has the divisor's, // floors
+    def __mod__(self, other: Any) -> Tensor:
+        return _ops.remainder(self, other)
+
+    def __rmod__(self, other: Any) -> Tensor:
+        return _ops.remainder(other, self)
+
+    def __rfloordiv__(self, other: Any) -> Tensor:
+        return _ops.floor_divide(other, self)
+
+    def __imod__(self, other: Any) -> Tensor:
+        return _update(self, _ops.remainder(self, other), "%=")
+
+    def __ifloordiv__(self, other: Any) -> Tensor:
+        return _update(self, _ops.floor_divide(self, other), "//=")
+
     def __setitem__(self, index: Any, value: Any) -> None:
         """`x[index] = value` with torch's result, computed functionally (`ops.setitem`): this Tensor
         object then holds the updated value, eagerly and inside a trace (autodiff sees the update)."""
@@ -501,6 +517,69 @@ class Tensor:
     triu = _method("triu")
     t = _method("t")
     index_select = _method("index_select")
+    roll = _method("roll")
+    flip = _method("flip")
+    fliplr = _method("fliplr")
+    flipud = _method("flipud")
+    repeat = _method("repeat")
+    tile = _method("tile")
+    repeat_interleave = _method("repeat_interleave")
+    movedim = _method("movedim")
+    moveaxis = _method("moveaxis")
+    diag = _method("diag")
+    diagonal = _method("diagonal")
+    trace = _method("trace")
+    unbind = _method("unbind")
+
+    # -- more math (avalon/ops: pointwise, reductions, sorting)
+    log1p = _method("log1p")
+    expm1 = _method("expm1")
+    isnan = _method("isnan")
+    isinf = _method("isinf")
+    isfinite = _method("isfinite")
+    trunc = fix = _method("trunc")
+    remainder = _method("remainder")
+    fmod = _method("fmod")
+    floor_divide = _method("floor_divide")
+    true_divide = divide = _method("div")
+    lerp = _method("lerp")
+    addmm = _method("addmm")
+    addcmul = _method("addcmul")
+    addcdiv = _method("addcdiv")
+    outer = ger = _method("outer")
+    std = _method("std")
+    prod = _method("prod")
+    cumprod = _method("cumprod")
+    norm = _method("norm")
+    all = _method("all")
+    any = _method("any")
+    softmax = _method("softmax")
+    log_softmax = _method("log_softmax")
+    sort = _method("sort")
+    argsort = _method("argsort")
+    msort = _method("msort")
+    topk = _method("topk")
+    gather = _method("gather")
+    scatter = _method("scatter")
+    scatter_add = _method("scatter_add")
+    take_along_dim = _method("take_along_dim")
+    multinomial = _method("multinomial")
+
+    def type(self, dtype: Any = None, non_blocking: bool = False, **kwargs: Any) -> Any:
+        """torch's `x.type()`: the tensor type's name ('torch.FloatTensor', 'torch.cuda.LongTensor');
+        `x.type(dtype)` converts to a dtype or to a type given by name or class."""
+        if dtype is None:
+            return f"torch.{'cuda.' if self.is_cuda else ''}{_TYPE_NAMES[self.dtype.name]}"
+        if isinstance(dtype, type):  # torch.FloatTensor, torch.cuda.LongTensor
+            dtype = f"{dtype.__module__}.{dtype.__name__}"
+        if isinstance(dtype, str) and dtype.endswith("Tensor"):
+            name = dtype.rsplit(".", 1)[-1]
+            by_name = {v: k for k, v in _TYPE_NAMES.items()}
+            if name not in by_name:
+                raise TypeError(f"Tensor.type: unknown tensor type {dtype!r}")
+            out = _ops.cast(self, by_name[name])
+            return out.to("cuda") if ".cuda." in dtype and not self.is_cuda else out
+        return _ops.cast(self, dtype)
 
     @property
     def T(self) -> Tensor:
@@ -605,7 +684,18 @@ def tensor(data: Any, dtype: Any = None, device: Any = None) -> Tensor:
     return t
 
 
-for _name, _fn in _INPLACE.items():
+_TYPE_NAMES = {"f32": "FloatTensor", "f64": "DoubleTensor", "f16": "HalfTensor", "bf16": "BFloat16Tensor",
+               "i32": "IntTensor", "i64": "LongTensor", "i1": "BoolTensor"}
+"""torch's legacy tensor-type names, for `Tensor.type()`."""
+
+_INPLACE_MORE = {
+    "scatter_": _op("scatter"), "scatter_add_": _op("scatter_add"), "lerp_": _op("lerp"),
+    "addcmul_": _op("addcmul"), "addcdiv_": _op("addcdiv"), "remainder_": _op("remainder"), "fmod_": _op("fmod"),
+    "floor_divide_": _op("floor_divide"), "log1p_": _op("log1p"), "expm1_": _op("expm1"), "trunc_": _op("trunc"),
+}
+"""More in-place methods (torch code fills one-hot targets with `scatter_`), by the same rule as _INPLACE."""
+
+for _name, _fn in {**_INPLACE, **_INPLACE_MORE}.items():
     setattr(Tensor, _name, _inplace(_fn, _name))
 del _name, _fn
 

@@ -192,25 +192,123 @@ eq, ne, lt, le, gt, ge = (_binary(n) for n in ("eq", "ne", "lt", "le", "gt", "ge
 logical_and, logical_or = _binary("logical_and"), _binary("logical_or")
 
 
-def div(a: Any, b: Any) -> Tensor:
-    """True division (integers are promoted to f32, like torch)."""
+def div(a: Any, b: Any, *, rounding_mode: str | None = None) -> Tensor:
+    """True division (integers are promoted to f32, like torch); torch.div's `rounding_mode`
+    'trunc' or 'floor' rounds the quotient instead and keeps integer dtypes."""
+    if rounding_mode == "floor":
+        return floor_divide(a, b)
+    if rounding_mode == "trunc":
+        d = _arith_dtype(a, b)
+        q = bind("div", *_prepare("div", a, b, dtype=d))  # integers: C's division, toward zero
+        return trunc(q) if d.is_float else q
+    if rounding_mode is not None:
+        raise ValueError(f"div: rounding_mode must be None, 'trunc' or 'floor', got {rounding_mode!r}")
     d = result_dtype(_as_operand(a), _as_operand(b))
     if not d.is_float:
         d = dt.float32
     return bind("div", *_prepare("div", a, b, dtype=d))
 
 
-def floor_divide(a: Any, b: Any) -> Tensor:
+true_divide = divide = div
+
+
+def _arith_dtype(a: Any, b: Any) -> DType:
+    """The promoted dtype of integer-rounding arithmetic (booleans count as i64, as in torch)."""
     d = result_dtype(_as_operand(a), _as_operand(b))
-    if d.is_float:
-        return floor(div(a, b))
-    raise NotImplementedError("integer floor division is not supported yet")
+    return dt.int64 if d is dt.bool_ else d
+
+
+_EXACT = 2.0 ** 52  # every float at least this large is an integer (f64's mantissa; f32's is shorter)
+
+
+def trunc(input: Any) -> Tensor:
+    """Round toward zero, through an i64 cast where that is exact; larger values, inf and nan
+    are integers (or not numbers) already and pass through."""
+    x = _tensor(input)
+    if not x.dtype.is_float:
+        return x
+    small = lt(abs(x), _EXACT)
+    return where(small, cast(cast(where(small, x, 0.0), dt.int64), x.dtype), x)
+
+
+fix = trunc
+
+
+def isnan(input: Any) -> Tensor:
+    """nan is the only value unequal to itself."""
+    x = _tensor(input)
+    return ne(x, x) if x.dtype.is_float else full(x.shape, False, dt.bool_)
+
+
+def isinf(input: Any) -> Tensor:
+    """|x| == inf (integers are never infinite)."""
+    x = _tensor(input)
+    return eq(abs(x), math.inf) if x.dtype.is_float else full(x.shape, False, dt.bool_)
+
+
+def isfinite(input: Any) -> Tensor:
+    """x - x is 0 for a finite x and nan for inf or nan."""
+    x = _tensor(input)
+    return eq(sub(x, x), 0.0) if x.dtype.is_float else full(x.shape, True, dt.bool_)
+
+
+def fmod(input: Any, other: Any) -> Tensor:
+    """C's fmod (torch.fmod): the remainder of the quotient truncated toward zero, with the
+    dividend's sign. Floats: the rounded quotient may be one off, which the two corrections undo;
+    then IEEE's special cases (x fmod inf = x; inf fmod y and x fmod 0 are nan)."""
+    d = _arith_dtype(input, other)
+    a, b = _prepare("fmod", input, other, dtype=d)
+    if not d.is_float:
+        return sub(a, mul(bind("div", a, b), b))
+    r = sub(a, mul(trunc(bind("div", a, b)), b))
+    ab = abs(b)
+    r = where(logical_and(ne(r, 0.0), ne(lt(r, 0.0), lt(a, 0.0))), add(r, where(lt(r, 0.0), ab, neg(ab))), r)
+    r = where(ge(abs(r), ab), sub(r, where(lt(a, 0.0), neg(ab), ab)), r)
+    r = where(logical_and(isinf(b), isfinite(a)), a, r)
+    return where(logical_or(eq(b, 0.0), logical_not(isfinite(a))), math.nan, r)
+
+
+def _wrong_sign(r: Tensor, b: Tensor) -> Tensor:
+    """Where a truncated remainder must move one divisor to take the divisor's sign (Python's rule)."""
+    zero = 0.0 if r.dtype.is_float else 0
+    return logical_and(ne(r, zero), ne(lt(r, zero), lt(b, zero)))
+
+
+def remainder(input: Any, other: Any) -> Tensor:
+    """Python's modulus (torch.remainder, `%`): the result has the divisor's sign."""
+    d = _arith_dtype(input, other)
+    _, b = _prepare("remainder", input, other, dtype=d)
+    r = fmod(input, other)
+    return where(_wrong_sign(r, b), add(r, b), r)
+
+
+def floor_divide(input: Any, other: Any) -> Tensor:
+    """Python's `//` (torch.floor_divide): the quotient rounded toward -inf. Floats follow torch's
+    div_floor: (a - fmod(a, b)) / b is an integer up to rounding, which the last steps repair."""
+    d = _arith_dtype(input, other)
+    a, b = _prepare("floor_divide", input, other, dtype=d)
+    if not d.is_float:
+        q = bind("div", a, b)
+        return sub(q, cast(_wrong_sign(sub(a, mul(q, b)), b), d))
+    m = fmod(a, b)
+    q = div(sub(a, m), b)
+    q = where(_wrong_sign(m, b), sub(q, 1.0), q)
+    f = floor(q)
+    f = where(gt(sub(q, f), 0.5), add(f, 1.0), f)
+    exact = div(a, b)
+    f = where(ne(q, 0.0), f, mul(exact, 0.0))  # a zero quotient keeps the sign of a / b
+    return where(eq(b, 0.0), exact, f)
 
 
 def floor(x: Any) -> Tensor:
-    """Float floor through an integer cast (exact for |x| < 2**62)."""
+    """Float floor through an integer cast where that is exact (|x| < 2**52); larger values, inf
+    and nan are their own floor. Integers are unchanged."""
     x = _as_operand(x)
-    t = cast(cast(x, dt.int64), x.dtype)
+    if _is_scalar(x):
+        x = full((), x, result_dtype(x))
+    if not x.dtype.is_float:
+        return x
+    t = trunc(x)
     return where(gt(t, x), sub(t, 1), t)
 
 
@@ -262,13 +360,20 @@ def where(cond: Any, a: Any, b: Any) -> Tensor:
     return bind("where", c, ya, yb)
 
 
-def clamp(x: Any, min: Any = None, max: Any = None) -> Tensor:  # noqa: A002
-    out = _as_operand(x)
+def clamp(input: Any, min: Any = None, max: Any = None, *, out: Any = None) -> Tensor:  # noqa: A002
+    """torch.clamp with number or tensor bounds (broadcast, promoted). Selections rather than
+    maximum/minimum, so the gradient is torch's: all of it to x where min <= x <= max (ties
+    included), to a tensor bound where it is the result; nan stays nan; min > max gives max."""
+    unsupported("clamp", out=out)
+    y = _as_operand(input)  # (no bounds: the input, where torch raises; ONNX's Clip relies on it)
     if min is not None:
-        out = maximum(out, min)
+        y = where(lt(y, min), min, y)
     if max is not None:
-        out = minimum(out, max)
-    return out
+        y = where(gt(y, max), max, y)
+    return y
+
+
+clip = clamp
 
 
 # -- shapes -----------------------------------------------------------------------------------
@@ -424,13 +529,42 @@ def mean(x: Any, axis: Any = None, keepdims: bool = False, *, dim: Any = None, k
     return mul(sum(x, axes, keepdims), 1.0 / n) if n else div(sum(x, axes, keepdims), 0.0)
 
 
-def var(x: Any, axis: Any = None, keepdims: bool = False, correction: int = 0) -> Tensor:
-    """Variance (population by default; `correction=1` for the unbiased estimate)."""
-    x = _tensor(x)
-    axes = _axes(x, axis)
+def _var_args(fn: str, dim: Any, unbiased: Any, keepdim: Any, correction: Any, axis: Any,
+              keepdims: Any) -> tuple[Any, bool, float]:
+    """torch's var/std arguments: `dim` (numpy's `axis`), `correction` (default 1, Bessel's) or the
+    older `unbiased`, `keepdim` (keyword). Avalon's earlier numpy-order call `var(x, axis, keepdims,
+    correction=c)` still means that: a third positional argument beside `correction` is `keepdims`."""
+    dim = axis if axis is not None else dim
+    keepdim = keepdims if keepdims is not None else keepdim
+    if correction is not None and unbiased is not None:
+        if keepdim is not None:
+            raise TypeError(f"{fn}: pass only one of 'unbiased' and 'correction'")
+        keepdim, unbiased = unbiased, None
+    c = correction if correction is not None else (0 if unbiased is not None and not unbiased else 1)
+    return dim, bool(keepdim), float(c)
+
+
+def var(input: Any, dim: Any = None, unbiased: bool | None = None, keepdim: bool | None = None, *,
+        correction: float | None = None, axis: Any = None, keepdims: bool | None = None, out: Any = None) -> Tensor:
+    """torch.var: sum((x - mean)^2) / (n - correction) over `dim` (all dims by default), unbiased
+    (correction=1) by default as in torch; n <= correction gives inf or nan, as in torch."""
+    unsupported("var", out=out)
+    dim, keepdim, c = _var_args("var", dim, unbiased, keepdim, correction, axis, keepdims)
+    x = _tensor(input)
+    if not x.dtype.is_float:
+        x = cast(x, dt.float32)
+    axes = _axes(x, dim)
     n = math.prod(x.shape[a] for a in axes)
-    c = sub(x, mean(x, axes, keepdims=True))
-    return mul(sum(mul(c, c), axes, keepdims), 1.0 / builtins.max(n - correction, 1))
+    d = sub(x, mean(x, axes, keepdims=True))
+    s = sum(mul(d, d), axes, keepdim)
+    return mul(s, 1.0 / (n - c)) if n - c > 0 else div(s, 0.0)
+
+
+def std(input: Any, dim: Any = None, unbiased: bool | None = None, keepdim: bool | None = None, *,
+        correction: float | None = None, axis: Any = None, keepdims: bool | None = None, out: Any = None) -> Tensor:
+    """torch.std: the square root of `var` with the same arguments (unbiased by default)."""
+    unsupported("std", out=out)
+    return sqrt(var(input, dim, unbiased, keepdim, correction=correction, axis=axis, keepdims=keepdims))
 
 
 class MaxMin(NamedTuple):
@@ -495,13 +629,21 @@ def argmin(x: Any, axis: int | None = None, keepdims: bool = False, *, dim: int 
     return argmax(logical_not(x) if x.dtype is dt.bool_ else neg(x), axis, keepdims, dim=dim, keepdim=keepdim)
 
 
-def cumsum(x: Any, axis: int, reverse: bool = False) -> Tensor:
-    """Inclusive running sum along `axis` (jax.lax.cumsum; torch.cumsum(x, dim) when not `reverse`).
-    Booleans count as integers, giving i64, as in torch."""
-    x = _tensor(x)
-    if x.dtype == dt.bool_:
+def cumsum(input: Any, dim: int | None = None, reverse: bool = False, *, axis: int | None = None,
+           dtype: Any = None, out: Any = None) -> Tensor:
+    """Inclusive running sum along `dim` (torch.cumsum(x, dim, dtype=None); jax.lax.cumsum's
+    `reverse`). Booleans count as i64, as in torch; i32 stays i32 like Avalon's `sum` (torch widens
+    it to i64; ONNX's CumSum, which imports to this, keeps it), unless `dtype` says otherwise."""
+    unsupported("cumsum", out=out)
+    dim = axis if axis is not None else dim
+    if dim is None:
+        raise TypeError("cumsum: argument 'dim' is required")
+    x = _tensor(input)
+    if dtype is not None:
+        x = cast(x, dtype_arg("cumsum", dtype))
+    elif x.dtype is dt.bool_:
         x = cast(x, dt.int64)
-    return bind("cumsum", x, axis=int(axis) % builtins.max(x.ndim, 1), reverse=bool(reverse))
+    return bind("cumsum", x, axis=int(dim) % builtins.max(x.ndim, 1), reverse=bool(reverse))
 
 
 def logsumexp(x: Any, axis: Any = -1, keepdims: bool = False, *, dim: Any = None,

@@ -1,11 +1,14 @@
 """torch's shape and masking functions over the primitives: `cat`, `split`, `chunk`, `tril`,
-`triu`, `masked_fill`, `bmm`, ... (the masks of `tril`/`triu` are `iota` comparisons, so they stay
-index formulas in the graph)."""
+`triu`, `masked_fill`, `bmm`, `flip`, `roll`, `repeat`, `diagonal`, ... (the masks of `tril`/`triu`
+and the index of `flip` are `iota` formulas, so they stay index formulas in the graph; rolls and
+diagonals are static slices, so their gradients are pads rather than scatters)."""
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from ..ir import ShapeError
 from ..ir import dtypes as dt
@@ -15,6 +18,7 @@ from .core import (
     _as_operand,
     _is_scalar,
     _tensor,
+    broadcast_to,
     cast,
     concat,
     div,
@@ -23,13 +27,18 @@ from .core import (
     ge,
     le,
     matmul,
+    pad,
+    permute,
+    reshape,
     slice_,
     sub,
     take,
     transpose,
     where,
 )
-from .creation import iota
+from .core import sum as _sum
+from .creation import arange, iota
+from .indexing import _gather
 
 
 def cat(tensors: Sequence[Any], dim: int = 0, *, axis: int | None = None, out: Any = None) -> Tensor:
@@ -181,5 +190,209 @@ def is_tensor(obj: Any) -> bool:
     return isinstance(obj, Tensor)
 
 
-__all__ = ["bmm", "cat", "chunk", "concatenate", "index_select", "is_tensor", "masked_fill", "mm", "narrow", "numel",
-           "reciprocal", "split", "square", "t", "tril", "triu", "unsqueeze"]
+def _dims_arg(dims: Any) -> list[int]:
+    if isinstance(dims, (int, np.integer)):
+        return [int(dims)]
+    return [int(d) for d in dims]
+
+
+def roll(input: Any, shifts: Any, dims: Any = None) -> Tensor:
+    """torch.roll: elements shifted along `dims` and wrapped around (without dims: over the flattened
+    tensor, then reshaped back). Each dim is two slices concatenated."""
+    x = _tensor(input)
+    if dims is None:
+        s = _dims_arg(shifts)
+        if len(s) != 1:
+            raise ValueError("roll: without 'dims', 'shifts' must be a single int")
+        return reshape(roll(reshape(x, (-1,)), s[0], 0), x.shape)
+    shifts, dims = _dims_arg(shifts), _dims_arg(dims)
+    if len(shifts) != len(dims):
+        raise ValueError(f"roll: shifts and dims must align, got {len(shifts)} shifts and {len(dims)} dims")
+    for s, d in zip(shifts, dims):
+        d = _dim("roll", x, d)
+        n = x.shape[d]
+        s = s % n if n else 0
+        if s:
+            x = concat([narrow(x, d, n - s, s), narrow(x, d, 0, n - s)], d)
+    return x
+
+
+def _reverse(x: Tensor, d: int) -> Tensor:
+    """`x` reversed along `d`: one `take` at index n - 1 - iota, a single load per element in a
+    fused kernel (the slice primitive has no negative steps, and a chain of slices and concats
+    would multiply the loads of every fused stage). Its gradient is `take`'s one-hot product."""
+    n = x.shape[d]
+    if n <= 1:
+        return x
+    return take(x, sub(n - 1, iota((n,), 0)), d)
+
+
+def flip(input: Any, dims: Any) -> Tensor:
+    """torch.flip: reverse the order of elements along each of `dims`."""
+    x = _tensor(input)
+    for d in dict.fromkeys(_dim("flip", x, d) for d in _dims_arg(dims)):
+        x = _reverse(x, d)
+    return x
+
+
+def fliplr(input: Any) -> Tensor:
+    """Reverse dim 1 (left/right); the tensor needs at least 2 dims."""
+    x = _tensor(input)
+    if x.ndim < 2:
+        raise located(ShapeError("fliplr: input must be >= 2-d"), user_location())
+    return flip(x, 1)
+
+
+def flipud(input: Any) -> Tensor:
+    """Reverse dim 0 (up/down); the tensor needs at least 1 dim."""
+    x = _tensor(input)
+    if x.ndim < 1:
+        raise located(ShapeError("flipud: input must be >= 1-d"), user_location())
+    return flip(x, 0)
+
+
+def _sizes(fn: str, sizes: tuple) -> list[int]:
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = tuple(sizes[0])
+    out = [int(s) for s in sizes]
+    if any(s < 0 for s in out):
+        raise ValueError(f"{fn}: negative repeat count in {tuple(out)}")
+    return out
+
+
+def repeat(input: Any, *sizes: Any) -> Tensor:
+    """Tensor.repeat: tile the tensor `sizes[i]` times along dim i (extra leading sizes add dims).
+    One broadcast between interleaved size-1 dims, then a reshape."""
+    x = _tensor(input)
+    reps = _sizes("repeat", sizes)
+    if len(reps) < x.ndim:
+        raise ValueError(f"repeat: {len(reps)} repeat counts for a tensor of dimension {x.ndim}; give at least one "
+                         "per dimension")
+    shape = (1,) * (len(reps) - x.ndim) + x.shape
+    inter = [v for s in shape for v in (1, s)]
+    target = [v for r, s in zip(reps, shape) for v in (r, s)]
+    y = broadcast_to(reshape(x, inter), target)
+    return reshape(y, [r * s for r, s in zip(reps, shape)])
+
+
+def tile(input: Any, dims: Any) -> Tensor:
+    """torch.tile: `repeat`, with missing leading counts taken as 1."""
+    x = _tensor(input)
+    reps = _sizes("tile", (dims,))
+    return repeat(x, [1] * (x.ndim - len(reps)) + reps)
+
+
+def repeat_interleave(input: Any, repeats: Any = None, dim: int | None = None, *,
+                      output_size: int | None = None) -> Tensor:
+    """torch.repeat_interleave: each element (slice along `dim`; the flattened tensor without dim)
+    repeated. An int repeats everything alike (a broadcast); per-element counts must be concrete,
+    since they decide the result's shape, and gather with static indices."""
+    if repeats is None:  # torch.repeat_interleave(repeats): each index repeated repeats[i] times
+        counts = _as_operand(input)
+        return repeat_interleave(arange(int(np.asarray(counts).shape[0])), counts, 0)
+    x = _tensor(input)
+    if dim is None:
+        x, d = reshape(x, (-1,)), 0
+    else:
+        d = _dim("repeat_interleave", x, dim)
+    n = x.shape[d] if x.ndim else 1
+    if isinstance(repeats, Tensor) and repeats.is_traced:
+        raise TypeError("repeat_interleave: 'repeats' is a traced tensor, but the result's shape depends on its "
+                        "values; pass the counts as an int, a list or a concrete tensor")
+    reps = np.asarray(repeats).astype(np.int64).reshape(-1)
+    if reps.size == 1:
+        r = int(reps[0])
+        if r < 0:
+            raise ValueError("repeat_interleave: repeats must be non-negative")
+        y = broadcast_to(expand_dims(x, d + 1), x.shape[:d + 1] + (r,) + x.shape[d + 1:])
+        return reshape(y, x.shape[:d] + (n * r,) + x.shape[d + 1:])
+    if reps.size != n or (reps < 0).any():
+        raise ValueError(f"repeat_interleave: repeats must have {n} non-negative entries, got {reps.tolist()}")
+    idx = np.repeat(np.arange(n, dtype=np.int64), reps)
+    if output_size is not None and int(output_size) != idx.size:
+        raise ValueError(f"repeat_interleave: output_size={output_size} but the repeats add up to {idx.size}")
+    if idx.size == 0:
+        return full(x.shape[:d] + (0,) + x.shape[d + 1:], 0, x.dtype)
+    return _gather(x, Tensor(idx), d)
+
+
+def _diagonal(x: Tensor, offset: int, dim1: int, dim2: int) -> Tensor:
+    if x.ndim < 2:
+        raise located(ShapeError(f"diagonal: needs at least 2 dims, got shape {x.shape}"), user_location())
+    d1, d2 = _dim("diagonal", x, dim1), _dim("diagonal", x, dim2)
+    if d1 == d2:
+        raise located(ShapeError(f"diagonal: dim1 and dim2 cannot be the same dim ({d1})"), user_location())
+    y = permute(x, [i for i in range(x.ndim) if i not in (d1, d2)] + [d1, d2])
+    n, m = y.shape[-2:]
+    r0, c0 = (0, offset) if offset >= 0 else (-offset, 0)
+    size = max(0, min(n - r0, m - c0))
+    if size == 0:
+        r0 = c0 = 0
+    batch = y.shape[:-2]
+    z = [0] * len(batch)
+    block = slice_(y, z + [r0, c0], list(batch) + [r0 + size, c0 + size])
+    flat = reshape(block, batch + (size * size,))
+    return slice_(flat, z + [0], list(batch) + [size * size], [1] * len(batch) + [size + 1])
+
+
+def diagonal(input: Any, offset: int = 0, dim1: int = 0, dim2: int = 1) -> Tensor:
+    """torch.diagonal: the diagonal of the (dim1, dim2) planes as a new last dim. The square block
+    holding it, flattened, has the diagonal at every (L + 1)-th element: one strided slice."""
+    return _diagonal(_tensor(input), int(offset), dim1, dim2)
+
+
+def diag(input: Any, diagonal: int = 0) -> Tensor:
+    """torch.diag: a 1-d tensor becomes a square matrix with it on the `diagonal`-th diagonal (each
+    row padded with n zeros, then the first n*n elements read n per row), a 2-d one gives that diagonal."""
+    x = _tensor(input)
+    k = int(diagonal)
+    if x.ndim == 2:
+        return _diagonal(x, k, 0, 1)
+    if x.ndim != 1:
+        raise located(ShapeError(f"diag: expects a 1-d or 2-d tensor, got shape {x.shape}"), user_location())
+    n = x.shape[0]
+    m = n + abs(k)
+    if n == 0:
+        return full((m, m), 0, x.dtype)
+    y = pad(reshape(x, (n, 1)), [(0, 0), (0, n)])
+    y = reshape(slice_(reshape(y, (n * (n + 1),)), [0], [n * n]), (n, n))
+    return pad(y, [(0, k), (k, 0)] if k >= 0 else [(-k, 0), (0, -k)]) if k else y
+
+
+def trace(input: Any) -> Tensor:
+    """The sum of a matrix's main diagonal; integers sum as i64, as in torch."""
+    x = _tensor(input)
+    if x.ndim != 2:
+        raise located(ShapeError(f"trace: expects a 2-d tensor, got shape {x.shape}"), user_location())
+    d = diagonal(x)
+    return _sum(d if x.dtype.is_float else cast(d, dt.int64))
+
+
+def unbind(input: Any, dim: int = 0) -> tuple[Tensor, ...]:
+    """The slices along `dim`, each without that dim."""
+    x = _tensor(input)
+    d = _dim("unbind", x, dim)
+    rest = x.shape[:d] + x.shape[d + 1:]
+    return tuple(reshape(narrow(x, d, i, 1), rest) for i in range(x.shape[d]))
+
+
+def movedim(input: Any, source: Any, destination: Any) -> Tensor:
+    """torch.movedim: dims `source` moved to positions `destination`, the others keeping their order."""
+    x = _tensor(input)
+    src = [_dim("movedim", x, s) for s in _dims_arg(source)]
+    dst = [_dim("movedim", x, s) for s in _dims_arg(destination)]
+    if len(src) != len(dst):
+        raise ValueError("movedim: source and destination must have the same number of dims")
+    order = [i for i in range(x.ndim) if i not in src]
+    for t, s in sorted(zip(dst, src)):
+        order.insert(t, s)
+    return permute(x, order)
+
+
+moveaxis = movedim
+
+
+__all__ = ["bmm", "cat", "chunk", "concatenate", "diag", "diagonal", "flip", "fliplr", "flipud", "index_select",
+           "is_tensor", "masked_fill", "mm", "moveaxis", "movedim", "narrow", "numel", "reciprocal", "repeat",
+           "repeat_interleave", "roll", "split", "square", "t", "tile", "trace", "tril", "triu", "unbind",
+           "unsqueeze"]

@@ -1,0 +1,247 @@
+"""torch's reductions and scans beyond the primitives `sum`, `max` and `cumsum`: `all`, `any`,
+`prod`, `cumprod`, vector and matrix norms, `softmax`, `log_softmax`.
+
+Products are trees of `mul` (log2(n) halvings; a scan doubles its reach each step, Hillis and
+Steele), not exp(sum(log)): exact for integers, right for negative numbers, and the gradient is the
+product of the other factors, so zeros get torch's gradient with no special case."""
+from __future__ import annotations
+
+import builtins
+import math
+from typing import Any
+
+from ..ir import ShapeError
+from ..ir import dtypes as dt
+from ..tensor import Tensor
+from ..trace import located, user_location
+from .core import (
+    _axes,
+    _tensor,
+    abs,
+    amax,
+    amin,
+    bind,
+    cast,
+    div,
+    dtype_arg,
+    eq,
+    exp,
+    full,
+    log,
+    logical_not,
+    mul,
+    ne,
+    pad,
+    pow,
+    reshape,
+    sqrt,
+    sub,
+    sum,
+    unsupported,
+    where,
+)
+from .shaping import _dim as _checked_dim
+from .shaping import movedim, narrow
+
+
+def _truth(x: Tensor) -> Tensor:
+    return x if x.dtype is dt.bool_ else ne(x, 0)
+
+
+def any(input: Any, dim: Any = None, keepdim: bool = False, *, out: Any = None) -> Tensor:  # noqa: A001
+    """True where some element over `dim` (all dims by default) is non-zero: a `sum` of booleans,
+    which is their "or"."""
+    unsupported("any", out=out)
+    b = _truth(_tensor(input))
+    axes = _axes(b, dim)
+    return bind("sum", b, axes=axes, keepdims=bool(keepdim)) if axes else b
+
+
+def all(input: Any, dim: Any = None, keepdim: bool = False, *, out: Any = None) -> Tensor:  # noqa: A001
+    """True where every element over `dim` is non-zero: not any of the negations."""
+    unsupported("all", out=out)
+    x = _tensor(input)
+    return logical_not(any(logical_not(_truth(x)), dim, keepdim))
+
+
+def _product_dtype(fn: str, x: Tensor, dtype: Any) -> Tensor:
+    if dtype is not None:
+        return cast(x, dtype_arg(fn, dtype))
+    return x if x.dtype.is_float else cast(x, dt.int64)  # torch: integers multiply as i64
+
+
+def prod(input: Any, dim: int | None = None, keepdim: bool = False, *, dtype: Any = None, out: Any = None) -> Tensor:
+    """torch.prod over one dim (or every element): the axis padded with ones to a power of two,
+    then halved log2(n) times by multiplying its two halves."""
+    unsupported("prod", out=out)
+    x = _product_dtype("prod", _tensor(input), dtype)
+    if dim is None:
+        return reshape(_prod_last(reshape(x, (-1,))), ())
+    d = _checked_dim("prod", x, dim)
+    if x.ndim == 0:
+        return x
+    y = _prod_last(movedim(x, d, -1))
+    return reshape(y, x.shape[:d] + (1,) + x.shape[d + 1:]) if keepdim else y
+
+
+def _prod_last(x: Tensor) -> Tensor:
+    """The product over the last dim, which disappears."""
+    n = x.shape[-1]
+    if n == 0:
+        return full(x.shape[:-1], 1, x.dtype)
+    width = 1 << (n - 1).bit_length()
+    if width != n:
+        x = pad(x, [(0, 0)] * (x.ndim - 1) + [(0, width - n)], 1.0)
+    while width > 1:
+        width //= 2
+        x = mul(narrow(x, -1, 0, width), narrow(x, -1, width, width))
+    return reshape(x, x.shape[:-1])
+
+
+def cumprod(input: Any, dim: int, *, dtype: Any = None, out: Any = None) -> Tensor:
+    """torch.cumprod: running products along `dim`. Step k multiplies every element by the one
+    2**k places before it (ones before the start), so ceil(log2(n)) steps cover the axis."""
+    unsupported("cumprod", out=out)
+    x = _product_dtype("cumprod", _tensor(input), dtype)
+    if x.ndim == 0:
+        return x
+    d = _checked_dim("cumprod", x, dim)
+    n = x.shape[d]
+    shift = 1
+    while shift < n:
+        before = narrow(x, d, 0, n - shift)
+        x = mul(x, pad(before, [(shift, 0) if k == d else (0, 0) for k in range(x.ndim)], 1.0))
+        shift *= 2
+    return x
+
+
+# -- norms --------------------------------------------------------------------------------------
+
+def _floating(fn: str, x: Any, dtype: Any) -> Tensor:
+    x = _tensor(x)
+    if dtype is not None:
+        x = cast(x, dtype_arg(fn, dtype))
+    return x if x.dtype.is_float else cast(x, dt.float32)
+
+
+def _root(s: Tensor, p: float) -> Tensor:
+    """s ** (1 / p) with torch's zero gradient where s is 0 (a norm of zeros): the root of a
+    zero is taken of a one instead and the result selected back to 0."""
+    zero = eq(s, 0.0)
+    safe = where(zero, 1.0, s)
+    r = sqrt(safe) if p == 2 else pow(safe, 1.0 / p)
+    return where(zero, 0.0, r)
+
+
+def vector_norm(x: Any, ord: Any = 2, dim: Any = None, keepdim: bool = False, *,  # noqa: A002
+                dtype: Any = None, out: Any = None) -> Tensor:
+    """torch.linalg.vector_norm: the `ord`-norm over `dim` (every element by default): 2, 1, inf,
+    -inf, 0 (the count of non-zeros) or any other real p, (sum |x|^p)^(1/p)."""
+    unsupported("vector_norm", out=out)
+    x = _floating("vector_norm", x, dtype)
+    axes = _axes(x, dim)
+    kd = bool(keepdim)
+    p = float(ord)
+    if not axes:  # a 0-d tensor: the norm of one number
+        return abs(x) if p != 0 else cast(ne(x, 0.0), x.dtype)
+    if p == math.inf:
+        return amax(abs(x), axes, kd)
+    if p == -math.inf:
+        return amin(abs(x), axes, kd)
+    if p == 0:
+        return sum(cast(ne(x, 0.0), x.dtype), axes, kd)
+    if p == 1:
+        return sum(abs(x), axes, kd)
+    if p == 2:
+        return _root(sum(mul(x, x), axes, kd), 2)
+    return _root(sum(pow(abs(x), p), axes, kd), p)
+
+
+def matrix_norm(A: Any, ord: Any = "fro", dim: Any = (-2, -1), keepdim: bool = False, *,  # noqa: A002
+                dtype: Any = None, out: Any = None) -> Tensor:
+    """torch.linalg.matrix_norm over the two dims `dim`: 'fro', and the induced 1 / inf norms (the
+    largest column / row sum of |A|; -1 / -inf the smallest). 'nuc', 2 and -2 need singular
+    values, which Avalon does not compute."""
+    unsupported("matrix_norm", out=out)
+    x = _floating("matrix_norm", A, dtype)
+    if x.ndim < 2:
+        raise located(ShapeError(f"matrix_norm: expects at least 2 dims, got shape {x.shape}"), user_location())
+    d0, d1 = (_checked_dim("matrix_norm", x, d) for d in dim)
+    if ord == "fro":
+        return vector_norm(x, 2, (d0, d1), keepdim)
+    if ord in ("nuc", 2, -2):
+        raise NotImplementedError(f"matrix_norm: ord={ord!r} needs singular values, which Avalon does not compute")
+    p = float(ord)
+    if builtins.abs(p) not in (1.0, math.inf):
+        raise ValueError(f"matrix_norm: ord must be 'fro', 'nuc', 1, -1, 2, -2, inf or -inf, got {ord!r}")
+    across, over = (d1, d0) if builtins.abs(p) == math.inf else (d0, d1)  # inf: row sums; 1: column sums
+    sums = sum(abs(x), across, keepdims=True)
+    r = amax(sums, over, keepdims=True) if p > 0 else amin(sums, over, keepdims=True)
+    return r if keepdim else reshape(r, [s for i, s in enumerate(r.shape) if i not in (d0, d1)])
+
+
+def norm(input: Any, p: Any = "fro", dim: Any = None, keepdim: bool = False, out: Any = None,
+         dtype: Any = None) -> Tensor:
+    """torch.norm: 'fro' (or a number p) is a vector norm over `dim`, every element by default;
+    'nuc' is not supported."""
+    unsupported("norm", out=out)
+    if p == "nuc":
+        raise NotImplementedError("norm: p='nuc' needs singular values, which Avalon does not compute")
+    if p == "fro":
+        p = 2
+    if isinstance(p, str):
+        raise ValueError(f"norm: p must be 'fro', 'nuc' or a number, got {p!r}")
+    return vector_norm(input, p, dim, keepdim, dtype=dtype)
+
+
+def linalg_norm(A: Any, ord: Any = None, dim: Any = None, keepdim: bool = False, *,  # noqa: A002
+                dtype: Any = None, out: Any = None) -> Tensor:
+    """torch.linalg.norm: an int `dim` (or a 1-d input) gives a vector norm, a pair of dims (or a
+    2-d input with `ord` given) a matrix norm; with neither, the 2-norm of every element."""
+    unsupported("linalg.norm", out=out)
+    x = _tensor(A)
+    if isinstance(dim, (tuple, list)) and len(dim) == 2:
+        return matrix_norm(x, "fro" if ord is None else ord, tuple(dim), keepdim, dtype=dtype)
+    if dim is not None:
+        return vector_norm(x, 2 if ord is None else ord, dim, keepdim, dtype=dtype)
+    if ord is None:
+        return vector_norm(x, 2, None, keepdim, dtype=dtype)
+    if x.ndim == 1:
+        return vector_norm(x, ord, None, keepdim, dtype=dtype)
+    if x.ndim == 2:
+        return matrix_norm(x, ord, (0, 1), keepdim, dtype=dtype)
+    raise located(ShapeError(f"linalg.norm: with ord={ord!r} and no dim the input must be 1-d or 2-d, "
+                             f"got shape {x.shape}"), user_location())
+
+
+# -- softmax ------------------------------------------------------------------------------------
+
+def _softmax_input(fn: str, input: Any, dim: Any, dtype: Any) -> Tensor:
+    if dim is None:
+        raise TypeError(f"{fn}: argument 'dim' is required")
+    x = _tensor(input)
+    if dtype is not None:
+        x = cast(x, dtype_arg(fn, dtype))
+    return x if x.dtype.is_float else cast(x, dt.float32)
+
+
+def softmax(input: Any, dim: int | None = None, dtype: Any = None) -> Tensor:
+    """torch.softmax: exp(x - max) / sum(exp(x - max)) along `dim` (the same ops as
+    avalon.nn.functional.softmax, so the backends recognize the same row reduction)."""
+    x = _softmax_input("softmax", input, dim, dtype)
+    if x.ndim == 0:
+        return div(x, x)
+    e = exp(sub(x, amax(x, dim, keepdims=True)))
+    return div(e, sum(e, dim, keepdims=True))
+
+
+def log_softmax(input: Any, dim: int | None = None, dtype: Any = None) -> Tensor:
+    """torch.log_softmax: x - max - log(sum(exp(x - max))) along `dim`."""
+    x = _softmax_input("log_softmax", input, dim, dtype)
+    if x.ndim == 0:
+        return sub(x, x)
+    s = sub(x, amax(x, dim, keepdims=True))
+    return sub(s, log(sum(exp(s), dim, keepdims=True)))
+
+
+__all__ = ["all", "any", "cumprod", "log_softmax", "matrix_norm", "norm", "prod", "softmax", "vector_norm"]

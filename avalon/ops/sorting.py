@@ -1,0 +1,354 @@
+"""Sorting and data-dependent indexing with torch's names, composed from the primitives:
+`sort`, `argsort`, `topk`, `gather`, `scatter`, `scatter_add`, `take_along_dim`, `multinomial`,
+`randperm`.
+
+Sorting is a bitonic network: log2(N) * (log2(N) + 1) / 2 compare-exchange stages over the axis
+padded to a power of two N, each a reshape, slices, comparisons and `where`s, so it is
+O(n log^2 n) work, fuses, runs on every backend, and its gradient is the `where`s' (each sorted
+value's gradient goes back to the position it came from). Every element carries a unique integer
+key (class * N + position) that breaks ties, so the order is total: the sort is stable, nan sorts
+after every number (first when descending, as in torch) and padding after everything.
+
+`gather` and the scatters select along the indexed dim with an (index == position) mask and a
+`sum`: O(index elements x dim size) work, one fused reduction on Triton, nan/inf-safe (a `where`
+never multiplies the unselected values), and the gradient of one is the other. Outside a trace
+(nothing can ask for a gradient) `gather` reads with `take` on the flattened tensor instead.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .. import random as _rng
+from ..ir import ShapeError
+from ..ir import dtypes as dt
+from ..tensor import Tensor
+from ..trace import current_trace, located, user_location
+from .core import (
+    _as_operand,
+    _tensor,
+    add,
+    amax,
+    bind,
+    broadcast_to,
+    cast,
+    concat,
+    cumsum,
+    div,
+    eq,
+    expand_dims,
+    full,
+    ge,
+    gt,
+    isnan,
+    le,
+    log,
+    logical_and,
+    logical_or,
+    lt,
+    minimum,
+    mul,
+    ne,
+    neg,
+    pad,
+    random,
+    reshape,
+    slice_,
+    sub,
+    sum,
+    unsupported,
+    where,
+)
+from .creation import _random, iota
+from .shaping import _dim, movedim, narrow
+
+
+class SortResult(NamedTuple):
+    """What torch.sort and torch.topk return: the values and the index each came from."""
+
+    values: Tensor
+    indices: Tensor
+
+
+def _bitonic(x: Tensor, descending: bool) -> tuple[Tensor, Tensor]:
+    """(values, i64 indices) of `x` sorted stably along its last dim."""
+    n = x.shape[-1]
+    batch = x.shape[:-1]
+    if n <= 1:
+        return x, full(x.shape, 0, dt.int64)
+    big = 1 << (n - 1).bit_length()
+    normal = 1 if descending and x.dtype.is_float else 0  # class of numbers; nan is 1 - normal; padding 2
+    cls = where(isnan(x), 1 - normal, normal) if x.dtype.is_float else full(x.shape, normal, dt.int64)
+    widen = [(0, 0)] * len(batch) + [(0, big - n)]
+    v = pad(x, widen) if big != n else x
+    cls = pad(cast(cls, dt.int64), widen, 2.0) if big != n else cast(cls, dt.int64)
+    key = add(mul(cls, big), iota(batch + (big,), len(batch)))
+    lo_key, hi_key = normal * big, normal * big + big
+    value_first = gt if descending else lt
+
+    def before(va: Tensor, ka: Tensor, vb: Tensor, kb: Tensor) -> Tensor:
+        """Whether element a sorts before b: by value between two numbers, else (and on ties) by key."""
+        by_key = lt(ka, kb)
+        numbers = logical_and(_within(ka, lo_key, hi_key), _within(kb, lo_key, hi_key))
+        by_value = logical_or(value_first(va, vb), logical_and(eq(va, vb), by_key))
+        return where(numbers, by_value, by_key)
+
+    k = 2
+    while k <= big:
+        j = k // 2
+        while j >= 1:
+            # i = (block of 2k, direction bit k, pair group, pair bit j, offset): partners differ in bit j
+            shape = batch + ((big // (2 * k), 2) if k < big else ()) + (k // (2 * j), 2, j)
+            pair = len(shape) - 2
+            vs, ks = reshape(v, shape), reshape(key, shape)
+            lo_v, hi_v = narrow(vs, pair, 0, 1), narrow(vs, pair, 1, 1)
+            lo_k, hi_k = narrow(ks, pair, 0, 1), narrow(ks, pair, 1, 1)
+            swap = before(hi_v, hi_k, lo_v, lo_k)
+            if k < big:  # blocks with direction bit 1 sort the other way (the order is total: no ties)
+                swap = ne(swap, eq(iota(swap.shape, len(batch) + 1), 1))
+            v = reshape(concat([where(swap, hi_v, lo_v), where(swap, lo_v, hi_v)], pair), batch + (big,))
+            key = reshape(concat([where(swap, hi_k, lo_k), where(swap, lo_k, hi_k)], pair), batch + (big,))
+            j //= 2
+        k *= 2
+    if big != n:
+        v, key = narrow(v, -1, 0, n), narrow(key, -1, 0, n)
+    pos = sub(key, mul(bind("div", key, full(key.shape, big, dt.int64)), big))  # key mod big
+    return v, pos
+
+
+def _within(k: Tensor, lo: int, hi: int) -> Tensor:
+    return lt(k, hi) if lo == 0 else logical_and(ge(k, lo), lt(k, hi))
+
+
+def sort(input: Any, dim: int = -1, descending: bool = False, stable: bool = False, *,
+         out: Any = None) -> SortResult:
+    """torch.sort: (values, indices) along `dim`, ascending unless `descending`; always stable
+    (equal elements keep their order, which `stable=False` allows too); nan counts as largest."""
+    unsupported("sort", out=out)
+    x = _tensor(input)
+    if x.ndim == 0:
+        return SortResult(x, full((), 0, dt.int64))
+    d = _dim("sort", x, dim)
+    work = cast(x, dt.int32) if x.dtype is dt.bool_ else x
+    v, i = _bitonic(movedim(work, d, -1), bool(descending))
+    v = cast(v, x.dtype)
+    return SortResult(movedim(v, -1, d), movedim(i, -1, d))
+
+
+def argsort(input: Any, dim: int = -1, descending: bool = False, stable: bool = False) -> Tensor:
+    """torch.argsort: the indices that sort `input` along `dim` (stable)."""
+    return sort(input, dim, descending, stable).indices
+
+
+def msort(input: Any) -> Tensor:
+    """Sorted along dim 0."""
+    return sort(input, 0).values
+
+
+def topk(input: Any, k: int, dim: int = -1, largest: bool = True, sorted: bool = True, *,  # noqa: A002
+         out: Any = None) -> SortResult:
+    """torch.topk: the k largest (smallest) elements along `dim` and their indices, in sorted order
+    (also for `sorted=False`, which leaves the order to the implementation)."""
+    unsupported("topk", out=out)
+    x = _tensor(input)
+    d = _dim("topk", x, dim)
+    n = x.shape[d] if x.ndim else 1
+    if not 0 <= int(k) <= n:
+        raise located(IndexError(f"topk: k ({k}) is out of range for dimension {d} of size {n}"), user_location())
+    v, i = sort(x, d, descending=bool(largest))
+    if x.ndim == 0:
+        return SortResult(v, i)
+    return SortResult(narrow(v, d, 0, int(k)), narrow(i, d, 0, int(k)))
+
+
+# -- gather and scatter ---------------------------------------------------------------------------
+
+def _index(fn: str, x: Tensor, d: int, index: Any, bound: int) -> Tensor:
+    """`index` as an integer tensor with x's rank, its values checked when they are known."""
+    idx = _as_operand(index)
+    idx = idx if isinstance(idx, Tensor) else full((), int(idx), dt.int64)
+    if idx.dtype.is_float or idx.dtype is dt.bool_:
+        raise TypeError(f"{fn}: argument 'index' must be an integer tensor, got {idx.dtype.name}")
+    if idx.ndim != x.ndim:
+        raise located(ShapeError(f"{fn}: index {idx.shape} must have as many dims as the tensor {x.shape}"),
+                      user_location())
+    for k, (a, b) in enumerate(zip(idx.shape, x.shape)):
+        if k != d and a > b:
+            raise located(ShapeError(f"{fn}: index {idx.shape} is larger than {x.shape} in dim {k}"),
+                          user_location())
+    if not idx.is_traced and idx.numel():
+        vals = idx.numpy()
+        bad = (vals < 0) | (vals >= bound)
+        if bad.any():
+            raise located(IndexError(f"{fn}: index {int(vals[bad].reshape(-1)[0])} is out of bounds for dimension "
+                                     f"{d} with size {bound}"), user_location())
+    return idx
+
+
+def _crop(x: Tensor, shape: tuple[int, ...], keep: int | None = None) -> Tensor:
+    """`x` cut to `shape` in every dim but `keep`."""
+    lim = [x.shape[k] if k == keep else s for k, s in enumerate(shape)]
+    return slice_(x, [0] * x.ndim, lim)
+
+
+def _hits(idx: Tensor, n: int) -> Tensor:
+    """(index.shape + (n,)) booleans: whether each index entry names position p (the last axis)."""
+    return eq(expand_dims(idx, -1), iota(idx.shape + (n,), idx.ndim))
+
+
+def gather(input: Any, dim: int, index: Any, *, sparse_grad: bool = False, out: Any = None) -> Tensor:
+    """torch.gather: out[..., j, ...] = input[..., index[..., j, ...], ...] along `dim`, the index
+    at most the input's size in the other dims; an index outside [0, size) is an IndexError when its
+    values are known (in a traced graph it selects nothing: 0)."""
+    unsupported("gather", out=out)
+    x = _tensor(input)
+    if x.ndim == 0:
+        x = reshape(x, (1,))
+        return reshape(gather(x, 0, reshape(_tensor(index), (-1,))), ())
+    d = _dim("gather", x, dim)
+    n = x.shape[d]
+    idx = _index("gather", x, d, index, n)
+    xs = _crop(x, idx.shape, d)
+    if current_trace() is None or not x.dtype.is_float:
+        return _take_flat(xs, d, idx)
+    sel = expand_dims(movedim(xs, d, -1), d)  # (..., 1 at d, ..., n)
+    return sum(where(_hits(idx, n), sel, 0.0), -1)
+
+
+def _take_flat(x: Tensor, d: int, idx: Tensor) -> Tensor:
+    """gather through one `take` on the flattened tensor: flat offsets from the index and iotas."""
+    if idx.numel() == 0:
+        return full(idx.shape, 0, x.dtype)
+    strides = [math.prod(x.shape[k + 1:]) for k in range(x.ndim)]
+    flat = mul(cast(idx, dt.int64), strides[d])
+    for k in range(x.ndim):
+        if k != d and x.shape[k] > 1:
+            flat = add(flat, mul(iota(idx.shape, k), strides[k]))
+    return bind("take", reshape(x, (-1,)), flat, axis=0)
+
+
+def _spread(vals: Tensor, x: Tensor, d: int, fill: Any) -> Tensor:
+    """(index dims without d, then n) values moved to dim d and padded to x's shape."""
+    y = movedim(vals, -1, d)
+    return pad(y, [(0, t - s) for s, t in zip(y.shape, x.shape)], float(fill))
+
+
+def scatter_add(input: Any, dim: int, index: Any, src: Any) -> Tensor:
+    """torch.scatter_add: input with src[..., j, ...] added at position index[..., j, ...] of `dim`;
+    repeated indices accumulate. The gradient of src is a gather of the incoming gradient."""
+    x = _tensor(input)
+    d = _dim("scatter_add", x, dim)
+    n = x.shape[d]
+    idx = _index("scatter_add", x, d, index, n)
+    s = _crop(cast(_tensor(src), x.dtype), idx.shape)
+    work = dt.int64 if x.dtype is dt.bool_ else x.dtype
+    contrib = sum(where(_hits(idx, n), expand_dims(cast(s, work), -1), 0), d)
+    return cast(add(cast(x, work), _spread(contrib, x, d, 0)), x.dtype)
+
+
+def scatter(input: Any, dim: int, index: Any, src: Any = None, value: Any = None, *,
+            reduce: str | None = None) -> Tensor:
+    """torch.scatter: input with src[..., j, ...] (or the number `value`) written at position
+    index[..., j, ...] of `dim`. Where several entries name one position the last one wins, as on
+    torch's CPU. `reduce='add'` is scatter_add."""
+    if src is not None and not isinstance(src, Tensor) and np.ndim(src) == 0:
+        src, value = None, src  # torch.scatter(x, dim, index, 1.5): the value form
+    if reduce == "add":
+        x = _tensor(input)
+        return scatter_add(x, dim, index, src if src is not None else full(_tensor(index).shape, value, x.dtype))
+    if reduce is not None:
+        raise NotImplementedError(f"scatter: reduce={reduce!r} is not supported (only 'add')")
+    x = _tensor(input)
+    d = _dim("scatter", x, dim)
+    n = x.shape[d]
+    idx = _index("scatter", x, d, index, n)
+    if src is None and value is None:
+        raise TypeError("scatter: needs 'src' or 'value'")
+    s = full(idx.shape, value, x.dtype) if src is None else _crop(cast(_tensor(src), x.dtype), idx.shape)
+    work = dt.int64 if x.dtype is dt.bool_ else x.dtype
+    hit = _hits(idx, n)
+    order = iota(hit.shape, d)
+    last = amax(where(hit, order, -1), d, keepdims=True)  # the last entry naming each position
+    wins = logical_and(hit, eq(order, last))
+    vals = sum(where(wins, expand_dims(cast(s, work), -1), 0), d)
+    written = ge(reshape(last, vals.shape), 0)
+    placed = _spread(vals, x, d, 0)
+    mask = ne(_spread(cast(written, dt.int32), x, d, 0), 0)
+    return cast(where(mask, placed, cast(x, work)), x.dtype)
+
+
+def take_along_dim(input: Any, indices: Any, dim: int | None = None, *, out: Any = None) -> Tensor:
+    """torch.take_along_dim: gather along `dim` after broadcasting input and indices in the other
+    dims (without dim, over the flattened input)."""
+    unsupported("take_along_dim", out=out)
+    x, idx = _tensor(input), _tensor(indices)
+    if dim is None:
+        return gather(reshape(x, (-1,)), 0, reshape(idx, (-1,)))
+    if x.ndim != idx.ndim:
+        raise located(ShapeError(f"take_along_dim: input {x.shape} and indices {idx.shape} must have the same "
+                                 "number of dims"), user_location())
+    d = _dim("take_along_dim", x, dim)
+    shape = [max(a, b) for a, b in zip(x.shape, idx.shape)]
+    xs = broadcast_to(x, [x.shape[k] if k == d else s for k, s in enumerate(shape)])
+    ids = broadcast_to(idx, [idx.shape[k] if k == d else s for k, s in enumerate(shape)])
+    return gather(xs, d, ids)
+
+
+# -- random permutations and sampling ---------------------------------------------------------------
+
+def randperm(n: int, *, dtype: Any = None, device: Any = None, generator: Any = None, requires_grad: bool = False,
+             out: Any = None, layout: Any = None) -> Tensor:
+    """A random permutation of 0 .. n-1 (the argsort of n uniform draws from Avalon's generator)."""
+    unsupported("randperm", generator=generator, out=out, layout=layout)
+    keys = _random("randperm", (int(n),), "uniform", dt.float64, None, None, None, None)
+    p = argsort(keys)
+    p = p if dtype is None else cast(p, dtype)
+    return p if device is None else p.to(device)
+
+
+def multinomial(input: Any, num_samples: int, replacement: bool = False, *, generator: Any = None,
+                out: Any = None) -> Tensor:
+    """torch.multinomial: `num_samples` category indices per row of non-negative weights, seeded by
+    Avalon's generator (`av.manual_seed`). With replacement: inverse-CDF sampling, the count of
+    cumulative weights at or below u * total. Without: the exponential race, the num_samples
+    smallest of E_i / w_i with E_i ~ Exp(1), which draws in proportion to the weights."""
+    unsupported("multinomial", generator=generator, out=out)
+    p = _tensor(input)
+    if p.ndim not in (1, 2):
+        raise located(ShapeError(f"multinomial: prob_dist must be 1 or 2 dim, got shape {p.shape}"), user_location())
+    rows = p if p.ndim == 2 else reshape(p, (1, p.shape[0]))
+    rows = rows if rows.dtype.is_float else cast(rows, dt.float32)
+    r, k = rows.shape
+    s = int(num_samples)
+    if s <= 0:
+        raise ValueError("multinomial: cannot sample n_sample <= 0 samples")
+    if not replacement and s > k:
+        raise ValueError("multinomial: cannot sample n_sample > prob_dist.size(-1) samples without replacement")
+    if not rows.is_traced:
+        w = rows.numpy()
+        if (w < 0).any() or not np.isfinite(w).all():
+            raise ValueError("multinomial: probability tensor contains either `inf`, `nan` or element < 0")
+        if (w.sum(-1) <= 0).any():
+            raise ValueError("multinomial: invalid multinomial distribution (sum of probabilities <= 0)")
+        if not replacement and ((w > 0).sum(-1) < s).any():
+            raise ValueError("multinomial: invalid multinomial distribution (with replacement=False, not enough "
+                             "non-negative category to sample)")
+    if replacement:
+        u = random(_rng.next_seed(), (r, s), "uniform", dt.float64)
+        c = cumsum(cast(rows, dt.float64), 1)
+        total = narrow(c, 1, k - 1, 1)
+        below = le(expand_dims(c, 1), expand_dims(mul(u, total), 2))  # (r, s, k)
+        picked = sum(below, 2)
+        last = amax(where(gt(rows, 0.0), iota((r, k), 1), 0), 1, keepdims=True)  # never a zero-weight class
+        out_ = minimum(picked, last)
+    else:
+        u = random(_rng.next_seed(), (r, k), "uniform", dt.float64)
+        race = div(neg(log(sub(1.0, u))), cast(rows, dt.float64))
+        out_ = narrow(argsort(race, 1), 1, 0, s)
+    return out_ if p.ndim == 2 else reshape(out_, (s,))
+
+
+__all__ = ["argsort", "gather", "msort", "multinomial", "randperm", "scatter", "scatter_add", "sort",
+           "take_along_dim", "topk"]
