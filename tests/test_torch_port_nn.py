@@ -229,3 +229,15 @@ def test_attention_model_compiled_matches_torch(backend):
     assert rel(value, tl) < tol
     for k, p in theirs.named_parameters():
         assert rel(g[k], p.grad) < tol, k
+
+
+@pytest.mark.parametrize("name", ["hardtanh", "relu6", "hardsigmoid", "hardswish"])
+def test_piecewise_activations_at_their_kinks_match_torch(name):
+    """Values (nan and inf included) and torch's one-sided gradients exactly at the bounds, where
+    clamp's gradient or the product rule would differ (relu6 at 0 and 6, hardswish at -3 and 3)."""
+    x = np.array([-3.0, -1.0, 0.0, 1.0, 3.0, 6.0, -7.5, 0.25, np.nan, np.inf, -np.inf])
+    ours, theirs = getattr(F, name), getattr(TF, name)
+    np.testing.assert_array_equal(ours(x).numpy(), theirs(T(x)).numpy())
+    tx = T(x[:8]).requires_grad_()
+    (tg,) = torch.autograd.grad(theirs(tx).sum(), tx)
+    np.testing.assert_allclose(av.grad(lambda v: ours(v).sum())(x[:8]).numpy(), tg.numpy(), rtol=1e-7, atol=1e-7)

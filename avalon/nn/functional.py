@@ -95,7 +95,12 @@ def relu6(input: Any, inplace: bool = False) -> Tensor:
 
 
 def hardtanh(input: Any, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False) -> Tensor:
-    return ops.clamp(_t(input), min_val, max_val)
+    """clamp, but with torch's gradient: zero at the bounds themselves (hardtanh_backward's open
+    interval; clamp's gradient passes at the bounds), so relu6 at 0 and 6 train as in torch."""
+    x = _t(input)
+    inside = ops.logical_and(ops.gt(x, min_val), ops.lt(x, max_val))
+    clipped = ops.where(ops.le(x, min_val), min_val, ops.where(ops.ge(x, max_val), max_val, x))  # nan stays
+    return ops.where(inside, x, ops.stop_gradient(clipped))
 
 
 def leaky_relu(input: Any, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
@@ -144,12 +149,16 @@ def mish(input: Any, inplace: bool = False) -> Tensor:
 
 
 def hardsigmoid(input: Any, inplace: bool = False) -> Tensor:
-    return ops.div(ops.clamp(ops.add(_t(input), 3.0), 0.0, 6.0), 6.0)
+    """relu6(x + 3) / 6, with torch's zero gradient at x = -3 and 3."""
+    return ops.div(hardtanh(ops.add(_t(input), 3.0), 0.0, 6.0), 6.0)
 
 
 def hardswish(input: Any, inplace: bool = False) -> Tensor:
+    """x * hardsigmoid(x); torch's gradient is 0 for x <= -3 and 1 for x >= 3 (the product rule
+    would give -0.5 and 1.5 there)."""
     x = _t(input)
-    return ops.mul(x, hardsigmoid(x))
+    mid = ops.mul(x, ops.div(ops.add(x, 3.0), 6.0))
+    return ops.where(ops.le(x, -3.0), ops.mul(x, 0.0), ops.where(ops.ge(x, 3.0), x, mid))
 
 
 def softsign(input: Any) -> Tensor:
