@@ -3,6 +3,7 @@ traced (an IR Value inside an active trace). Every operation goes through `ops.b
 the op on the reference interpreter's rule when eager and records it in the graph when tracing."""
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,10 @@ from .device import CPU, Device
 from .device import device as to_device
 from .ir import dtypes as dt
 from .ir.dtypes import DType
+
+FROZEN: dict[int, weakref.ref] = {}
+"""Tensors with `requires_grad = False`, by id (Tensor defines `==` elementwise, so it cannot be a
+set member); an entry goes when its tensor does."""
 
 
 class TracerError(RuntimeError):
@@ -630,8 +635,26 @@ class Tensor:
         data = self._data.copy() if self._device == CPU else self._data.clone()
         return Tensor._wrap(data, self._dtype, self._device)
 
+    @property
+    def requires_grad(self) -> bool:
+        """Whether `av.grad` of a model differentiates this tensor: floating-point tensors do unless
+        frozen with `requires_grad = False` (torch's fine-tuning idiom; the gradient dict then has no
+        entry for it, and optimizers leave it alone)."""
+        return self._dtype.is_float and id(self) not in FROZEN
+
+    @requires_grad.setter
+    def requires_grad(self, value: bool) -> None:
+        if value and not self._dtype.is_float:
+            raise RuntimeError(f"only floating-point tensors can require gradients, this one is {self._dtype.name}")
+        if value:
+            FROZEN.pop(id(self), None)
+        else:
+            key = id(self)
+            FROZEN[key] = weakref.ref(self, lambda _: FROZEN.pop(key, None))
+
     def requires_grad_(self, requires_grad: bool = True) -> Tensor:
-        """Gradients come from `av.grad`; kept so torch-style code runs."""
+        """torch's in-place switch (`p.requires_grad_(False)` freezes p); returns the tensor."""
+        self.requires_grad = requires_grad
         return self
 
     @property

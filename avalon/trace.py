@@ -29,7 +29,7 @@ from .ir import Builder, Graph, Location, ShapeError, TensorType, Value
 from .ir import dtypes as dt
 from .ir.builder import make_op
 from .ir.clone import clone_block
-from .tensor import Tensor, as_array
+from .tensor import FROZEN, Tensor, as_array
 
 _STACK: list[Trace] = []
 _PKG = os.path.dirname(os.path.abspath(__file__))
@@ -200,6 +200,8 @@ def signature(fn: Any, args: tuple, cache: tree.StateCache | None = None) -> tup
 
 def _spec(x: Any) -> tuple:
     """Shape, dtype and device of a leaf, read afresh every call (`av.to_device` moves tensors in place)."""
+    if id(x) in FROZEN:  # requires_grad = False changes what av.grad computes
+        return (tuple(x.shape), _dtype_name(x), str(getattr(x, "device", "cpu")), "frozen")
     if isinstance(x, Tensor) and x._device is CPU and x._value is None:  # the common case, without lookups
         return (x._data.shape, x._dtype.name, "cpu")
     return (tuple(x.shape), _dtype_name(x), str(getattr(x, "device", "cpu")))

@@ -458,3 +458,41 @@ def test_torch_jit_calls_in_model_code_run():
     av._assert(True, "fine")
     with pytest.raises(AssertionError, match="shape"):
         av._assert(False, "wrong shape")
+
+
+def test_requires_grad_false_freezes_like_torch_fine_tuning(rng):
+    """`p.requires_grad = False`: no gradient entry, the optimizer leaves it, compiled steps retrace
+    when the set of frozen tensors changes; a tensor asked for by argnums is still differentiated."""
+    from avalon import nn, optim
+    x = rng.standard_normal((5, 3)).astype(np.float32)
+    tm = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    m = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    nn.load_state_dict(m, tm.state_dict())
+    for p in tm[0].parameters():
+        p.requires_grad = False
+    for p in m[0].parameters():
+        p.requires_grad = False
+    assert [n for n, p in m.named_parameters() if p.requires_grad] == ["2.weight", "2.bias"]
+    topt = torch.optim.SGD([p for p in tm.parameters() if p.requires_grad], lr=0.1)
+    opt = optim.SGD(m.parameters(), lr=0.1)
+
+    def step(m, opt, x):
+        loss, g = av.value_and_grad(lambda m, x: (m(x) ** 2).sum())(m, x)
+        opt.step(g)
+        return loss, g
+    run = av.compile(step)
+    for _ in range(2):
+        topt.zero_grad()
+        (tm(torch.tensor(x)) ** 2).sum().backward()
+        topt.step()
+        _, g = run(m, opt, x)
+    assert sorted(g) == ["2.bias", "2.weight"]
+    for k, v in tm.state_dict().items():
+        np.testing.assert_allclose(nn.state_dict(m)[k].numpy(), v.numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
+    m[0].weight.requires_grad_(True)
+    _, g = run(m, opt, x)
+    assert sorted(g) == ["0.weight", "2.bias", "2.weight"] and run.cache_info().entries == 2
+    w = av.tensor(x).requires_grad_(False)
+    assert av.grad(lambda w: (w * w).sum())(w).shape == w.shape
+    with pytest.raises(RuntimeError, match="only floating-point"):
+        av.tensor([1, 2]).requires_grad = True

@@ -22,7 +22,7 @@ from avalon import tree
 from avalon.autodiff import grad_graph
 from avalon.channels import get_logger
 from avalon.ir import Builder, Graph, Value
-from avalon.tensor import Tensor
+from avalon.tensor import FROZEN, Tensor
 from avalon.trace import Traced, _count_leaves, signature, trace_call
 
 from .core import Compiled
@@ -69,9 +69,9 @@ class GradProgram:
         last = {id(obj): j for j, (_, obj) in enumerate(leaves)}  # the input a shared tensor is traced as
         wrt: list[int] = []
 
-        def slot(j: int) -> int | None:
-            if not graph.inputs[j].dtype.is_float:
-                return None
+        def slot(j: int, in_model: bool = True) -> int | None:
+            if not graph.inputs[j].dtype.is_float or (in_model and id(leaves[j][1]) in FROZEN):
+                return None  # an integer, or a model's tensor frozen with requires_grad = False
             if j not in wrt:
                 wrt.append(j)
             return wrt.index(j)
@@ -80,7 +80,7 @@ class GradProgram:
         plans: list[tuple[Any, list[int]]] = []
         for i in self.nums:
             if trees[i] == ("leaf",):
-                s = slot(starts[i])
+                s = slot(starts[i], in_model=False)  # asked for by argnums: differentiated regardless
                 plans.append((_NONE, []) if s is None else (("leaf",), [s]))
             elif trees[i][0] == "static":
                 plans.append((_NONE, []))

@@ -40,10 +40,10 @@ class IncompatibleKeys(NamedTuple):
 
 def Parameter(data: Any, requires_grad: bool = True) -> Tensor:  # noqa: N802 - torch's name
     """torch.nn.Parameter's spelling, for ported code: any floating-point Tensor attribute already is
-    a parameter, so this just makes `data` a Tensor (a copy unless it is one already)."""
-    if isinstance(data, Tensor) and not isinstance(data, Buffer):
-        return data
-    return Tensor(np.array(as_array(data)))
+    a parameter, so this just makes `data` a Tensor (a copy unless it is one already), frozen with
+    `requires_grad=False`."""
+    t = data if isinstance(data, Tensor) and not isinstance(data, Buffer) else Tensor(np.array(as_array(data)))
+    return t if requires_grad else t.requires_grad_(False)
 
 
 def named_parameters(model: Any, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
