@@ -92,6 +92,9 @@ def _replace(t: Tensor, new: Tensor) -> None:
         return
     if t._trace is tr:
         t._value = new._value
+        orig = tr.stands_for.get(id(t))
+        if orig is not None:  # `x.add_(1)` on an argument: the caller's tensor changes, as eagerly
+            tr.record_update(orig, new)
         return
     from .trace import current_trace
     if current_trace() is not tr:

@@ -18,6 +18,7 @@ import os
 import sys
 import types
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,7 @@ from .ir import Builder, Graph, Location, ShapeError, TensorType, Value
 from .ir import dtypes as dt
 from .ir.builder import make_op
 from .ir.clone import clone_block
-from .tensor import FROZEN, Tensor, as_array
+from .tensor import FROZEN, Tensor, TracerError, as_array
 
 _STACK: list[Trace] = []
 _PKG = os.path.dirname(os.path.abspath(__file__))
@@ -81,6 +82,7 @@ class Trace:
         self.leaves: dict[int, Value] = {}
         self._keep: list[Any] = []  # keep leaf objects alive so their ids stay unique
         self.updates: list[tuple[Tensor, Value]] = []
+        self.stands_for: dict[int, Tensor] = {}  # traced argument -> the caller's Tensor
         self.seed_input: Value | None = None
         self._seeds = 0
 
@@ -99,7 +101,11 @@ class Trace:
         self.leaves[id(obj)] = v
         self.leaves[id(t)] = v
         self._keep += [obj, t]
-        return Tensor._traced(v, self)
+        traced = Tensor._traced(v, self)
+        if obj is t:  # an argument Tensor: an in-place update of `traced` is written back into it
+            self.stands_for[id(traced)] = t
+            self._keep.append(traced)
+        return traced
 
     def value_of(self, x: Any) -> Value:
         v = self.leaves.get(id(x))
@@ -246,11 +252,19 @@ def trace_call(fn: Any, args: tuple, name: str | None = None) -> Traced:
     for a, tr in zip(args, trees):
         n = _count_leaves(tr)
         new_args.append(tree.unflatten(tr, [next(it) for _ in range(n)], a))
+    roots = [m for m in (owner_model(fn), *args) if m is not None and tree.is_model(m)]
+    slots = _state_slots(roots)
     _STACK.append(t)
     try:
         out = fn(*new_args)
+    except BaseException:
+        for box, k, _, orig in slots:  # no tracer stays behind in the model
+            if isinstance(box[k], Tensor) and box[k]._trace is t:
+                box[k] = orig
+        raise
     finally:
         _STACK.pop()
+    _settle_state(t, slots, roots)
     out_leaves: list[tuple[str, Any]] = []
     out_tree = tree._flatten(out, "out", out_leaves)
     outs = []
@@ -261,6 +275,58 @@ def trace_call(fn: Any, args: tuple, name: str | None = None) -> Traced:
     t.graph.set_outputs(outs + [v for _, v in t.updates])
     objs = [obj for _, obj in leaves] + ([SEED] if t.seed_input is not None else [])
     return Traced(t.graph, objs, out_tree, len(outs), [tg for tg, _ in t.updates])
+
+
+def _containers(roots: list[Any]) -> Iterator[tuple[Any, Any, str]]:
+    """Every (container, key, dotted name) slot of the models `roots` (object attributes, list
+    items, dict values), each container once."""
+    seen: set[int] = set()
+    stack = [(r, "") for r in roots]
+    while stack:
+        obj, prefix = stack.pop()
+        walked = tree.is_model(obj) or isinstance(obj, (list, dict))
+        if id(obj) in seen or isinstance(obj, (Tensor, tuple)) or not walked:
+            continue
+        seen.add(id(obj))
+        items = enumerate(obj) if isinstance(obj, list) else (obj.items() if isinstance(obj, dict) else
+                                                               ((k, v) for k, v in vars(obj).items()
+                                                                if not k.startswith("__")))
+        box = obj if isinstance(obj, (list, dict)) else obj.__dict__
+        for k, v in list(items):
+            name = f"{prefix}.{k}" if prefix else str(k)
+            if isinstance(v, Tensor):
+                yield box, k, name
+            else:
+                stack.append((v, name))
+
+
+def _state_slots(roots: list[Any]) -> list[tuple[Any, Any, str, Tensor]]:
+    return [(box, k, name, box[k]) for box, k, name in _containers(roots)]
+
+
+def _settle_state(t: Trace, slots: list[tuple[Any, Any, str, Tensor]], roots: list[Any]) -> None:
+    """After the traced call: a model attribute rebound to a traced tensor (`self.count =
+    self.count + 1`) becomes a state update of the tensor it held, which goes back in place (as
+    torch keeps the new value, and no tracer escapes into the model); one the model did not hold
+    before (`self.last = y`) cannot outlive the trace and is an error naming it."""
+    known = {(id(box), k) for box, k, _, _ in slots}
+    for box, k, name, orig in slots:
+        now = box[k]
+        if now is orig or not isinstance(now, Tensor) or now._trace is not t:
+            continue
+        box[k] = orig
+        if now.shape != orig.shape or now.dtype is not orig.dtype:
+            raise TracerError(f"the traced function replaced the model's tensor '{name}' {orig.shape} "
+                              f"{orig.dtype.name} with a {now.shape} {now.dtype.name} one; state keeps its shape "
+                              "and dtype (return the new value instead)")
+        t.record_update(orig, now)
+    for box, k, name in _containers(roots):
+        v = box[k]
+        if (id(box), k) not in known and v._trace is t:
+            del box[k]
+            raise TracerError(f"the traced function stored a traced tensor in the model's new attribute "
+                              f"'{name}'; it cannot outlive the trace. Return it, or keep a tensor there "
+                              f"before the call and update it (`self.{k} = ...` or `.copy_(...)`)")
 
 
 class _Seed:

@@ -312,3 +312,47 @@ def test_a_gradient_inlined_into_a_compile_is_not_compiled_on_its_own():
     assert len(vg.cache) == 1
     np.testing.assert_allclose(loss.numpy(), loss2.numpy(), rtol=1e-5)
     np.testing.assert_allclose(g.numpy(), g2.numpy(), rtol=1e-5)
+
+
+def test_state_changed_inside_a_compiled_call_persists_as_eagerly(rng):
+    """An argument updated in place, a buffer updated in place and a model attribute rebound to a
+    new value (`self.count = self.count + 1`) all keep their new values after the call, as in
+    torch; a traced tensor stored in a new attribute is an error instead of a tracer leak."""
+    class Counter(av.nn.Module):
+        def __init__(self, rebind):
+            super().__init__()
+            self.register_buffer("count", av.tensor(np.zeros((), np.float32)))
+            self.rebind = rebind
+            self.fc = av.nn.Linear(2, 2)
+
+        def forward(self, x):
+            if self.rebind:
+                self.count = self.count + 1.0
+            else:
+                self.count.add_(1.0)
+            return self.fc(x)
+
+    for rebind in (False, True):
+        m = Counter(rebind)
+        count = m.count
+        f = av.compile(lambda m, x: m(x))
+        for _ in range(3):
+            f(m, _arr(rng, 1, 2))
+        assert m.count is count and float(m.count.numpy()) == 3.0
+    x = av.tensor(np.zeros(2, np.float32))
+    out = av.compile(lambda x: x.add_(1.0) * 2)(x)
+    np.testing.assert_array_equal(x.numpy(), [1, 1])
+    np.testing.assert_array_equal(out.numpy(), [2, 2])
+
+    class Leaky(av.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = av.nn.Linear(2, 2)
+
+        def forward(self, x):
+            self.last = self.fc(x)
+            return self.last
+    m = Leaky()
+    with pytest.raises(av.TracerError, match="new attribute 'last'"):
+        av.compile(lambda m, x: m(x))(m, _arr(rng, 1, 2))
+    assert not hasattr(m, "last")
