@@ -201,7 +201,35 @@ def signature(fn: Any, args: tuple, cache: tree.StateCache | None = None) -> tup
     names = _memo_arg_names(fn, len(args)) or _arg_names(fn, args)
     trees = tuple(tree._flatten(a, n, leaves, seen, cache) for a, n in zip(args, names))
     specs = tuple(_spec(x) for _, x in leaves)
-    return (head, trees, specs), leaves
+    return (head, trees, specs, _free_scalars(fn)), leaves
+
+
+_SCALARS = (bool, int, float, complex, str)
+_FREE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _free_scalars(fn: Any) -> tuple:
+    """The Python numbers `fn` reads from its closure and module globals (`lambda x: x * scale`):
+    a trace bakes them in as constants, so they belong in its cache key (as torch.compile guards on
+    them); changing one retraces instead of silently reusing the old value. `fn`'s own code only:
+    what the functions it calls read is not seen."""
+    func = getattr(fn, "__func__", fn)
+    if not isinstance(func, types.FunctionType):
+        return ()
+    names = _FREE.get(func)
+    if names is None:
+        g = func.__globals__
+        names = _FREE[func] = tuple(n for n in func.__code__.co_names if isinstance(g.get(n), _SCALARS))
+    cells = tuple(c.cell_contents for c in func.__closure__ or () if _scalar_cell(c))
+    g = func.__globals__
+    return cells + tuple(g.get(n) for n in names) if names or cells else ()
+
+
+def _scalar_cell(c: Any) -> bool:
+    try:
+        return isinstance(c.cell_contents, _SCALARS)
+    except ValueError:  # an empty cell (a name assigned later in the enclosing function)
+        return False
 
 
 def _spec(x: Any) -> tuple:
@@ -243,7 +271,7 @@ def trace_call(fn: Any, args: tuple, name: str | None = None) -> Traced:
         gname = "forward"
     devices = {getattr(x, "device", CPU) for a in args for _, x in tree.flatten(a, "")[0] if isinstance(x, Tensor)}
     t = Trace(gname if gname != "__call__" else "forward", next(iter(devices)) if len(devices) == 1 else CPU)
-    (head, trees, _), leaves = signature(fn, args)
+    (head, trees, *_), leaves = signature(fn, args)
     traced_leaves = [t.add_input(obj, n) for n, obj in leaves]
     # rebuild the arguments with traced tensors in place of their leaves
     owner_n = len(head[2]) if head is not None else 0

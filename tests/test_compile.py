@@ -356,3 +356,27 @@ def test_state_changed_inside_a_compiled_call_persists_as_eagerly(rng):
     with pytest.raises(av.TracerError, match="new attribute 'last'"):
         av.compile(lambda m, x: m(x))(m, _arr(rng, 1, 2))
     assert not hasattr(m, "last")
+
+
+SCALE = 1.0
+
+
+def test_python_numbers_read_from_closures_and_globals_are_part_of_the_key(rng):
+    """`lambda x: x * scale`: the number is baked into the trace, so changing it retraces instead
+    of silently reusing the old constant (torch.compile guards on the same)."""
+    global SCALE
+    x = _arr(rng, 3)
+    k = 2
+
+    def f(x):
+        return x * SCALE + k
+    c = av.compile(f)
+    np.testing.assert_allclose(c(x).numpy(), x + 2, rtol=1e-6)
+    SCALE, k = 5.0, 3
+    try:
+        np.testing.assert_allclose(c(x).numpy(), 5 * x + 3, rtol=1e-6)
+        assert c.cache_info().entries == 2
+        c(x)
+        assert c.cache_info().hits == 1
+    finally:
+        SCALE = 1.0

@@ -59,7 +59,7 @@ class GradProgram:
         graph = traced.graph
         loss_tree, aux_tree = _split_outputs(traced.out_tree, self.has_aux, fn)
         _scalar_loss(graph, fn)
-        (head, trees, _), leaves = signature(fn, args)
+        (head, trees, *_), leaves = signature(fn, args)
 
         # graph input positions of each argument's leaves (a model owning `fn` comes first)
         starts, pos = [], len(head[2]) if head is not None else 0
