@@ -70,3 +70,59 @@ def test_rule_matches_onnx_reference(node, inputs):
     got = avalon.onnx.load(m)(*(Tensor(v) for v in inputs.values())).numpy()
     assert got.dtype == want.dtype and got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("batch_dims, x, i", [
+    (0, np.arange(24, dtype=np.float32).reshape(2, 3, 4), np.array([[[0, 1]], [[1, -1]], [[-2, 0]]])),
+    (0, np.arange(6, dtype=np.float32).reshape(2, 3), np.array([[1], [0], [-1]])),
+    (1, np.arange(24, dtype=np.float32).reshape(2, 3, 4), np.array([[[2, 1], [0, -1]], [[1, 3], [-3, 0]]])),
+])
+def test_gather_nd_matches_onnx_reference(batch_dims, x, i):
+    node = helper.make_node("GatherND", ["x", "i"], ["y"], batch_dims=batch_dims)
+    ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape),
+           helper.make_tensor_value_info("i", TensorProto.INT64, i.shape)]
+    m = _model([node], ins, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    want = ReferenceEvaluator(m).run(None, {"x": x, "i": i % np.array(x.shape[batch_dims:batch_dims + i.shape[-1]])})[0]
+    got = avalon.onnx.load(m)(Tensor(x), Tensor(i)).numpy()  # negative indices count from the end
+    np.testing.assert_array_equal(got, want)
+
+
+def test_sequence_ops_match_onnx_reference_and_trace():
+    """torch's dynamo exporter (optimize=False) writes torch.split as SplitToSequence + SequenceAt."""
+    k = helper.make_tensor("k", TensorProto.INT64, [], [-1])
+    two = helper.make_tensor("two", TensorProto.INT64, [], [2])
+    nodes = [helper.make_node("SplitToSequence", ["x", "two"], ["seq"], axis=1),
+             helper.make_node("SequenceAt", ["seq", "k"], ["last"]),
+             helper.make_node("SequenceInsert", ["seq", "last"], ["seq2"]),
+             helper.make_node("SequenceErase", ["seq2", "two"], ["seq3"]),
+             helper.make_node("SequenceLength", ["seq3"], ["n"]),
+             helper.make_node("ConcatFromSequence", ["seq3"], ["cat"], axis=1),
+             helper.make_node("SplitToSequence", ["x"], ["ones"], axis=1, keepdims=0),
+             helper.make_node("SequenceAt", ["ones", "two"], ["col"]),
+             helper.make_node("ConcatFromSequence", ["ones"], ["stacked"], axis=-1, new_axis=1)]
+    outs = ("last", "n", "cat", "col", "stacked")
+    m = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])],
+               [helper.make_tensor_value_info(n, TensorProto.UNDEFINED, None) for n in outs],
+               [k, two])
+    x = np.arange(10, dtype=np.float32).reshape(2, 5)
+    model = avalon.onnx.load(m)
+    for got, want in zip(model(Tensor(x)), ReferenceEvaluator(m).run(None, {"x": x})):
+        np.testing.assert_array_equal(got.numpy(), want)
+    assert "slice" in str(trace(model, Tensor(x)))
+
+
+def test_inputs_by_name_and_every_unsupported_op_in_one_error():
+    nodes = [helper.make_node("Sub", ["a", "b"], ["y"])]
+    ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2]) for n in "ab"]
+    model = avalon.onnx.load(_model(nodes, ins, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])]))
+    a, b = Tensor(np.array([5.0, 1.0], np.float32)), Tensor(np.array([1.0, 2.0], np.float32))
+    np.testing.assert_array_equal(model(b=b, a=a).numpy(), [4.0, -1.0])
+    np.testing.assert_array_equal(model(a, b=b).numpy(), [4.0, -1.0])
+    with pytest.raises(TypeError, match="has no input 'c'"):
+        model(a, c=b)
+    with pytest.raises(TypeError, match="missing 'b'"):
+        model(a)
+    nodes = [helper.make_node("Det", ["a"], ["d"], name="det1"), helper.make_node("Det", ["d"], ["e"]),
+             helper.make_node("Einsum2", ["e"], ["y"], name="e2")]
+    with pytest.raises(UnsupportedOp, match=r"(?s)2 ONNX ops.*'det1': op Det is not supported \(2 nodes\).*'e2'"):
+        avalon.onnx.load(_model(nodes, ins[:1], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])]))

@@ -11,9 +11,12 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from .. import ops
 from ..ir import dtypes as dt
 from ..nn import functional as F
+from ..nn.attention import scaled_dot_product_attention
 from ..random import next_seed
 from ..tensor import Tensor
 from .model import UnsupportedOp
@@ -95,6 +98,26 @@ def bitwise_not(x: Tensor) -> Tensor:
     if x.dtype is not dt.bool_:
         raise UnsupportedOp("aten.bitwise_not on integers is not supported")
     return ops.logical_not(x)
+
+
+def _is_bool(v: Any) -> bool:
+    return v.dtype is dt.bool_ if isinstance(v, Tensor) else isinstance(v, (bool, np.bool_))
+
+
+def _bitwise(name: str, logical: Callable[[Any, Any], Tensor]) -> AtenRule:
+    """`&`, `|`, `^` on booleans (masks: HF's causal and padding masks) are the logical ops; Avalon
+    has no integer bitwise ops, so integer operands are refused by name."""
+    def fn(a: Any, b: Any) -> Tensor:
+        if not (_is_bool(a) and _is_bool(b)):
+            raise UnsupportedOp(f"aten.bitwise_{name} on integers is not supported (only on booleans)")
+        return logical(a, b)
+    fn.__name__ = f"bitwise_{name}"
+    return fn
+
+
+for _n, _f in (("and", ops.logical_and), ("or", ops.logical_or), ("xor", ops.ne)):
+    rule(f"aten.bitwise_{_n}.Tensor", f"aten.bitwise_{_n}.Scalar", f"aten.bitwise_{_n}.Scalar_Tensor")(
+        _bitwise(_n, _f))
 
 
 @rule("aten.clamp.default", "aten.clamp.Tensor")
@@ -309,15 +332,57 @@ def constant_pad(x: Tensor, pad: Any, value: float = 0.0) -> Tensor:
 
 @rule("aten.index_select.default")
 def index_select(x: Tensor, dim: int, index: Tensor) -> Tensor:
+    """Not wrapped: torch.index_select (like embedding) rejects negative indices, and so does `take`."""
     return ops.take(x, index, dim)
+
+
+def _wrap(i: Tensor, size: int) -> Tensor:
+    """torch's advanced indexing counts negative indices from the end; `take` does not wrap them."""
+    i = i if i.dtype is dt.int64 else ops.cast(i, dt.int64)
+    return ops.where(ops.lt(i, 0), ops.add(i, size), i)
+
+
+def _mask_indices(m: Tensor) -> list[Tensor]:
+    """A boolean index as one integer index per dim it covers; its values must be known now."""
+    if m.is_traced:
+        raise UnsupportedOp("aten.index.Tensor with a boolean mask whose values are only known at run time (an "
+                            "input, a buffer or a computed tensor): the result's shape depends on them; use "
+                            "torch.where / masked_fill, or a constant mask")
+    return [Tensor(n.astype(np.int64)) for n in np.nonzero(m.numpy())]
 
 
 @rule("aten.index.Tensor")
 def index(x: Tensor, indices: list) -> Tensor:
-    used = [i for i, ix in enumerate(indices) if ix is not None]
-    if len(used) != 1 or (indices[used[0]] is not None and indices[used[0]].dtype is dt.bool_):
-        raise UnsupportedOp("aten.index.Tensor with more than one (or a boolean) index tensor is not supported")
-    return ops.take(x, indices[used[0]], used[0])
+    """`x[i, j]`, `x[:, i]`, `x[i, :, j]`: the index tensors broadcast together and gather one
+    element (row) per position, as a `take` from `x` with the indexed dims merged into one. When
+    the indexed dims are not adjacent, torch puts the broadcast dims first: permuted so here too."""
+    idx: list[Tensor | None] = []
+    for i in indices:
+        idx.extend(_mask_indices(i) if i is not None and i.dtype is dt.bool_ else [i])
+    if len(idx) > x.ndim:
+        raise IndexError(f"aten.index.Tensor: {len(idx)} indices for a tensor of {x.ndim} dims")
+    idx += [None] * (x.ndim - len(idx))
+    used = [d for d, i in enumerate(idx) if i is not None]
+    if not used:
+        return x
+    if used != list(range(used[0], used[-1] + 1)):
+        x = ops.permute(x, used + [d for d in range(x.ndim) if d not in used])
+        idx = [idx[d] for d in used] + [None] * (x.ndim - len(used))
+        used = list(range(len(used)))
+    d0, d1 = used[0], used[-1]
+    sizes = x.shape[d0:d1 + 1]
+    flat: Tensor | None = None
+    for k, d in enumerate(used):
+        i = idx[d]
+        assert i is not None
+        term = _wrap(i, sizes[k])
+        stride = math.prod(sizes[k + 1:])
+        term = term if stride == 1 else ops.mul(term, stride)
+        flat = term if flat is None else ops.add(flat, term)
+    assert flat is not None
+    if d0 != d1:
+        x = ops.reshape(x, x.shape[:d0] + (math.prod(sizes),) + x.shape[d1 + 1:])
+    return ops.take(x, flat, d0)
 
 
 @rule("aten.embedding.default")
@@ -400,6 +465,27 @@ def mm(a: Tensor, b: Tensor) -> Tensor:
 @rule("aten.baddbmm.default")
 def baddbmm(c: Tensor, a: Tensor, b: Tensor, beta: Any = 1, alpha: Any = 1) -> Tensor:
     return addmm(c, a, b, beta, alpha)
+
+
+def _repeat_heads(x: Tensor, heads: int) -> Tensor:
+    """(..., Hkv, S, E) -> (..., heads, S, E), each head repeated in place (torch's GQA: query head
+    h reads key/value head h // (heads / Hkv))."""
+    hkv = x.shape[-3]
+    if heads % hkv:
+        raise ValueError(f"scaled_dot_product_attention: {heads} query heads are not a multiple of {hkv} "
+                         "key/value heads")
+    r = heads // hkv
+    y = ops.broadcast_to(ops.unsqueeze(x, -3), x.shape[:-2] + (r,) + x.shape[-2:])
+    return ops.reshape(y, x.shape[:-3] + (heads,) + x.shape[-2:])
+
+
+@rule("aten.scaled_dot_product_attention.default")
+def sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, dropout_p: float = 0.0,
+         is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False) -> Tensor:
+    """Kept whole by the importer (not decomposed), so Avalon's attention fusion sees it."""
+    if enable_gqa and q.ndim >= 3 and k.shape[-3] != q.shape[-3]:
+        k, v = _repeat_heads(k, q.shape[-3]), _repeat_heads(v, q.shape[-3])
+    return scaled_dot_product_attention(q, k, v, attn_mask, float(dropout_p), bool(is_causal), scale)
 
 
 @rule("aten.convolution.default")
@@ -534,8 +620,26 @@ def randn_like(x: Tensor, dtype: Any = None) -> Tensor:
     return ops.random(next_seed(), x.shape, "normal", _dtype(dtype, x.dtype))
 
 
-# -- python-level nodes -----------------------------------------------------------------------
+# -- checks and python-level nodes ------------------------------------------------------------
+
+@rule("aten._assert_tensor_metadata.default", "aten.sym_constrain_range_for_size.default",
+      "aten.sym_constrain_range.default")
+def check_only(*args: Any, **kwargs: Any) -> None:
+    """torch.export's checks of dtype/device (`.to(...)`) and of symbolic sizes: nothing to compute
+    (shapes are static, and the importer checks the inputs' shapes and dtypes)."""
+    return None
+
+
+@rule("aten._assert_scalar.default")
+def assert_scalar(cond: Any, msg: str = "") -> None:
+    """A run-time assertion on sizes; with static shapes `cond` is a Python bool, checked here."""
+    if cond is False:
+        raise ValueError(f"torch.export's run-time assertion failed: {msg}")
+
 
 ATEN["<built-in function getitem>"] = operator.getitem
+for _f in (operator.add, operator.sub, operator.mul, operator.floordiv, operator.mod, operator.neg,
+           operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge):
+    ATEN[str(_f)] = _f  # arithmetic on sizes (SymInts), which are plain ints here
 ATEN["aten.sym_size.int"] = lambda x, d: x.shape[d]
 ATEN["aten.sym_numel.default"] = lambda x: math.prod(x.shape)

@@ -25,12 +25,12 @@ class _Scope:
 
 
 class ImportedProgram:
-    """What runs: `run(model, args)` reads the state through `model` (so replaced or moved tensors are
-    seen) and returns the outputs."""
+    """What runs: `run(model, args, kwargs)` reads the state through `model` (so replaced or moved
+    tensors are seen) and returns the outputs."""
 
     __slots__ = ("run", "describe")
 
-    def __init__(self, run: Callable[[Any, tuple], Any], describe: str) -> None:
+    def __init__(self, run: Callable[[Any, tuple, dict], Any], describe: str) -> None:
         self.run, self.describe = run, describe
 
 
@@ -66,8 +66,8 @@ class ImportedModel:
         self._program = program
         self.training = training
 
-    def __call__(self, *args: Any) -> Any:
-        return self._program.run(self, args)
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._program.run(self, args, kwargs)
 
     def __repr__(self) -> str:
         return f"ImportedModel({self._program.describe})"

@@ -1,38 +1,60 @@
 """`av.from_torch(module, *example_args)`: a torch module, through torch.export, as an Avalon model.
 
 torch.export captures the module in its current mode (train or eval) and `run_decompositions()`
-lowers it to core ATen; each ATen node becomes Avalon ops through the `ATEN` table. Parameters and
-buffers become Avalon tensors named as in `module.state_dict()`; a buffer torch.export marks as
-mutated (batch norm's running statistics in training) is written back with `trace.assign`, so the
-update happens under `av.trace`, `av.grad` and `av.compile` too. torch only exports and hands over
-the weights; nothing torch computes runs when the model is called.
+lowers it to core ATen (keeping `scaled_dot_product_attention` whole, so Avalon's attention sees it);
+each ATen node becomes Avalon ops through the `ATEN` table. Parameters and buffers become Avalon
+tensors named as in `module.state_dict()`; a buffer torch.export marks as mutated (batch norm's
+running statistics in training) is written back with `trace.assign`, so the update happens under
+`av.trace`, `av.grad` and `av.compile` too. torch only exports and hands over the weights; nothing
+torch computes runs when the model is called.
+
+The import runs the graph once, traced, on the example: every op without a rule and every rule that
+cannot take its node is reported in one `UnsupportedOp`, before anything runs. Calls are bound like
+the module's own `forward` (positionally or by name) and checked against the example: torch.export
+fixes shapes, dtypes and non-tensor arguments, so a call that differs is a `TypeError` naming the
+argument, never a silently different computation.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
 
+from .. import ops
 from ..ir import dtypes as dt
 from ..tensor import Buffer, Tensor
-from ..trace import assign
+from ..trace import assign, trace
 from .aten import ATEN
 from .model import ImportedModel, ImportedProgram, UnsupportedOp, get_dotted, source_line
 
 __all__ = ["ATEN", "from_torch"]
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
 def _export(module: Any, args: tuple, kwargs: dict | None) -> Any:
+    """torch.export, then core ATen; the two steps fail for different reasons (the module cannot be
+    captured / a torch decomposition breaks on the captured graph), so the errors say which."""
     import torch
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"av.from_torch expects a torch.nn.Module, got {type(module).__name__}")
+    name = type(module).__name__
     try:
         ep = torch.export.export(module, args, kwargs or {})
-        return ep.run_decompositions()
     except Exception as e:  # the exporter's own reason, in one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RuntimeError(f"av.from_torch: torch.export could not capture {type(module).__name__}: "
-                           f"{type(e).__name__}: {first}") from e
+        raise RuntimeError(f"av.from_torch: torch.export could not capture {name}: {_first_line(e)}") from e
+    table = torch.export.default_decompositions()
+    # kept whole: Avalon has the op (and fuses it); torch's decomposition of it also breaks GPT-2's views
+    table.pop(torch.ops.aten.scaled_dot_product_attention.default, None)
+    try:
+        return ep.run_decompositions(table)
+    except Exception as e:
+        raise RuntimeError(f"av.from_torch: torch.export captured {name}, but torch's decomposition of it to core "
+                           f"ATen (run_decompositions) failed: {_first_line(e)}") from e
 
 
 def _to_avalon(x: Any) -> Any:
@@ -43,26 +65,321 @@ def _to_avalon(x: Any) -> Any:
     return x
 
 
-def _check_supported(gm: Any) -> None:
-    """Every call in the graph has a rule, or one error naming the first op lacking one and the
-    user's line — raised before anything runs."""
+def _check_graph(gm: Any) -> None:
     for node in gm.graph.nodes:
-        if node.op == "call_function" and str(node.target) not in ATEN:
-            raise UnsupportedOp(f"av.from_torch: ATen op {node.target} is not supported "
-                                f"(from {source_line(node.meta.get('stack_trace'))})")
         if node.op not in ("call_function", "placeholder", "output", "get_attr"):
             raise UnsupportedOp(f"av.from_torch: graph node kind {node.op!r} ({node.target}) is not supported")
 
 
-def from_torch(module: Any, *example_args: Any, kwargs: dict | None = None) -> ImportedModel:
-    """Import `module` (called as `module(*example_args)`) into an Avalon model; shapes are the
-    example's (torch.export's static shapes)."""
+def _meta(val: Any) -> tuple[tuple[int | None, ...], Any] | None:
+    """(shape, Avalon dtype) of a node's example value (a FakeTensor); symbolic dims are None."""
     import torch
-    from torch.export.graph_signature import InputKind, OutputKind
+    if not isinstance(val, torch.Tensor):
+        return None
+    shape = tuple(d if isinstance(d, int) else None for d in val.shape)
+    try:
+        return shape, _to_avalon(val.dtype)
+    except (KeyError, TypeError, ValueError):
+        return shape, None
+
+
+def _stand_in(val: Any) -> Any:
+    """A value of the node's shape and dtype, so the import's trial run goes on past a node it
+    cannot translate and finds the others."""
+    m = _meta(val)
+    if m is not None:
+        return ops.full([1 if d is None else d for d in m[0]], 0, m[1] or dt.float32)
+    if isinstance(val, (tuple, list)):
+        return tuple(_stand_in(v) for v in val)
+    return val if isinstance(val, (int, float, bool)) else None
+
+
+def _mismatch(out: Any, val: Any) -> str | None:
+    """How a rule's result differs from torch's example value (shape or dtype), or None."""
+    m = _meta(val)
+    if m is not None and isinstance(out, Tensor):
+        shape, d = m
+        if len(shape) != out.ndim or any(s is not None and s != o for s, o in zip(shape, out.shape)):
+            return f"the rule gives shape {out.shape}, torch's is {tuple('?' if s is None else s for s in shape)}"
+        if d is not None and out.dtype is not d:
+            return f"the rule gives dtype {out.dtype}, torch's is {d}"
+    if isinstance(val, (tuple, list)) and isinstance(out, (tuple, list)):
+        for o, v in zip(out, val):
+            why = _mismatch(o, v)
+            if why:
+                return why
+    return None
+
+
+class _Leaf(str):
+    """A leaf's description in a structure's description (printed without quotes)."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _kind(v: Any) -> _Leaf:
+    if isinstance(v, (int, float, bool, str)) or v is None:
+        return _Leaf(repr(v))
+    if hasattr(v, "shape") and hasattr(v, "dtype"):
+        return _Leaf(f"tensor{tuple(v.shape)}")
+    return _Leaf(type(v).__name__)
+
+
+def _describe(v: Any) -> str:
+    import torch.utils._pytree as pytree
+    return repr(pytree.tree_map(_kind, v))
+
+
+class _Arguments:
+    """How the example was passed, so each call is laid out the same way: bound like the module's
+    own `forward` (by position or by name), arranged as torch.export saw the example (its count of
+    positional arguments, its keywords in order), and checked against it argument by argument."""
+
+    def __init__(self, module: Any, args: tuple, kwargs: dict) -> None:
+        import torch.utils._pytree as pytree
+        self.owner = type(module).__name__
+        self.n_pos, self.kw = len(args), list(kwargs)
+        self.sig: inspect.Signature | None
+        try:
+            self.sig = inspect.signature(module.forward)
+            self.sig.bind(*args, **kwargs)
+        except (TypeError, ValueError):
+            self.sig = None
+        self.pos: list[tuple[str, bool]] = []  # (parameter, is *args) filling the example's positions
+        self.varkw: str | None = None
+        names: list[str] = []
+        for p in (self.sig.parameters.values() if self.sig is not None else ()):
+            if p.kind is p.VAR_KEYWORD:
+                self.varkw = p.name
+            if len(names) < self.n_pos and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+                self.pos.append((p.name, False))
+                names.append(p.name)
+            elif len(names) < self.n_pos and p.kind is p.VAR_POSITIONAL:
+                self.pos.append((p.name, True))
+                names += [f"{p.name}[{j}]" for j in range(self.n_pos - len(names))]
+        self.names = names + [f"args[{i}]" for i in range(len(names), self.n_pos)]
+        self.arg_specs = [pytree.tree_flatten(a)[1] for a in args]
+        self.kw_specs = {k: pytree.tree_flatten(v)[1] for k, v in kwargs.items()}
+        self.example = (tuple(_describe(a) for a in args), {k: _describe(v) for k, v in kwargs.items()})
+        paths = pytree.tree_flatten_with_path((tuple(args), dict(kwargs)))[0]
+        self.leaf_names = [self._leaf_name(path) for path, _ in paths]
+
+    def _leaf_name(self, path: tuple) -> str:
+        head = self.names[path[1].idx] if path[0].idx == 0 else str(path[1].key)
+        return head + "".join(str(k) for k in path[2:])
+
+    def layout(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """The call's arguments arranged like the example's."""
+        if self.sig is None:
+            same = set(kwargs) == set(self.kw)
+            return tuple(args), ({k: kwargs[k] for k in self.kw} if same else dict(kwargs))
+        try:
+            bound = self.sig.bind(*args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"imported {self.owner}: {e}") from None
+        given = dict(bound.arguments)
+        bound.apply_defaults()
+        values = bound.arguments
+        taken = {n for n, _ in self.pos} | set(self.kw)
+        params = self.sig.parameters
+        for name, v in given.items():
+            default = params[name].default
+            at_default = v is default or (isinstance(v, (int, float, str)) and _same_constant(v, default))
+            extra = ([k for k in v if k not in self.kw] if name == self.varkw else
+                     [name] if name not in taken and not at_default else [])
+            if extra:
+                raise TypeError(f"imported {self.owner}: argument {extra[0]!r} was not given when the model was "
+                                "imported, so torch.export fixed it to its default; re-import with it "
+                                f"(av.from_torch(module, ..., kwargs={{{extra[0]!r}: ...}}))")
+        new_args: list[Any] = []
+        for name, star in self.pos:
+            new_args.extend(values[name]) if star else new_args.append(values[name])
+        new_kw = {}
+        for k in self.kw:
+            if k in self.sig.parameters:
+                new_kw[k] = values[k]
+            elif self.varkw is not None and k in values[self.varkw]:
+                new_kw[k] = values[self.varkw][k]
+            else:
+                raise TypeError(f"imported {self.owner}: missing keyword argument {k!r} (given when imported)")
+        return tuple(new_args), new_kw
+
+    def flatten(self, args: tuple, kwargs: dict, in_spec: Any) -> list[Any]:
+        """The call's leaves, in torch.export's order; a different structure names the argument."""
+        import torch.utils._pytree as pytree
+        flat, spec = pytree.tree_flatten((args, kwargs))
+        if in_spec is None or spec == in_spec:
+            return flat
+        why = f"structure {_describe((args, kwargs))} differs from the example's {self.example}"
+        if len(args) != self.n_pos:
+            why = f"takes {self.n_pos} positional argument(s) as imported, got {len(args)}"
+        elif set(kwargs) != set(self.kw):
+            missing, extra = sorted(set(self.kw) - set(kwargs)), sorted(set(kwargs) - set(self.kw))
+            why = (f"missing keyword argument {missing[0]!r} (given when imported)" if missing else
+                   f"keyword argument {extra[0]!r} was not given when imported")
+        else:
+            for name, a, s, ex in zip(self.names, args, self.arg_specs, self.example[0]):
+                if pytree.tree_flatten(a)[1] != s:
+                    why = f"argument {name!r} is {_describe(a)}, but was {ex} when imported"
+                    break
+            else:
+                for k in self.kw:
+                    if pytree.tree_flatten(kwargs[k])[1] != self.kw_specs[k]:
+                        why = f"argument {k!r} is {_describe(kwargs[k])}, but was {self.example[1][k]} when imported"
+                        break
+        raise TypeError(f"imported {self.owner}: {why}")
+
+
+def _same_constant(v: Any, example: Any) -> bool:
+    if isinstance(v, (bool, np.bool_)) != isinstance(example, bool) or hasattr(v, "shape"):
+        return False
+    try:
+        return bool(v == example) or (v != v and example != example)  # nan == nan here
+    except Exception:
+        return False
+
+
+class _Program:
+    """Runs the exported graph node by node through the `ATEN` rules. In a trial (`problems` set),
+    a node that cannot be translated is recorded and stood in for by a value of its shape, so one
+    run finds them all."""
+
+    def __init__(self, ep: Any, arguments: _Arguments, constants: dict[str, Any]) -> None:
+        from torch.export.graph_signature import ConstantArgument, InputKind, OutputKind
+        self.InputKind, self.OutputKind, self.ConstantArgument = InputKind, OutputKind, ConstantArgument
+        self.gm, self.arguments, self.constants = ep.graph_module, arguments, constants
+        self.nodes = list(self.gm.graph.nodes)
+        self.placeholders = [n for n in self.nodes if n.op == "placeholder"]
+        self.in_specs, self.out_specs = list(ep.graph_signature.input_specs), list(ep.graph_signature.output_specs)
+        self.in_spec, self.out_spec = ep.call_spec.in_spec, ep.call_spec.out_spec
+        self.problems: list[tuple[str, str, str]] | None = None
+
+    def _input(self, v: Any, node: Any, s: Any, name: str) -> Any:
+        owner = self.arguments.owner
+        if isinstance(s.arg, self.ConstantArgument):
+            if not _same_constant(v, s.arg.value):
+                raise TypeError(f"imported {owner}: argument {name!r} is {_kind(v)}, but the model was imported "
+                                f"with {name}={s.arg.value!r}; torch.export fixes non-tensor arguments to the "
+                                "example's values: re-import with this value")
+            return s.arg.value
+        m = _meta(node.meta.get("val"))
+        arr = None if isinstance(v, Tensor) or v is None else np.asarray(v)
+        if not isinstance(v, Tensor) and (arr is None or arr.dtype.kind not in "biuf"):
+            was = f"a tensor of shape {m[0]}" if m is not None else "a tensor"
+            raise TypeError(f"imported {owner}: argument {name!r} is {_kind(v)}, but was {was} when imported")
+        t = v if isinstance(v, Tensor) else Tensor(arr)
+        if m is not None:
+            shape, d = m
+            bad_shape = len(shape) != t.ndim or any(e is not None and e != g for e, g in zip(shape, t.shape))
+            if bad_shape or (d is not None and t.dtype is not d):
+                raise TypeError(f"imported {owner}: input {name!r} has shape {t.shape} and dtype {t.dtype}, but the "
+                                f"model was imported for shape {shape} and dtype {d}; torch.export fixes shapes "
+                                "and dtypes: re-import with an example of the new shape")
+        return t
+
+    def _apply(self, node: Any, a: Any, k: Any) -> Any:
+        target = str(node.target)
+        rule = ATEN.get(target)
+        if self.problems is None:
+            return rule(*a, **k)  # type: ignore[misc]  # the trial found every rule
+        where = source_line(node.meta.get("stack_trace"))
+        val = node.meta.get("val")
+        if rule is None:
+            self.problems.append((target, "not supported (no rule)", where))
+            return _stand_in(val)
+        try:
+            out = rule(*a, **k)
+        except Exception as e:
+            why = _first_line(e)
+            self.problems.append((target, why.removeprefix("UnsupportedOp: "), where))
+            return _stand_in(val)
+        why = _mismatch(out, val)
+        if why:
+            self.problems.append((target, why, where))
+            return _stand_in(val)
+        return out
+
+    def run(self, model: ImportedModel, args: tuple, kwargs: dict) -> Any:
+        import torch
+        args, kwargs = self.arguments.layout(args, kwargs)
+        flat = self.arguments.flatten(args, kwargs, self.in_spec)
+        user = iter(zip(flat, self.arguments.leaf_names))
+        env: dict[Any, Any] = {}
+        IK = self.InputKind
+        for node, s in zip(self.placeholders, self.in_specs):
+            if s.kind in (IK.PARAMETER, IK.BUFFER):
+                env[node] = get_dotted(model, s.target)
+            elif s.kind in (IK.CONSTANT_TENSOR, IK.CUSTOM_OBJ):
+                c = self.constants[s.target]
+                env[node] = Tensor(c) if isinstance(c, np.ndarray) else c
+            else:
+                v, name = next(user)
+                env[node] = self._input(v, node, s, name)
+        result = None
+        for node in self.nodes:
+            if node.op == "call_function":
+                a = torch.fx.node.map_arg(node.args, env.__getitem__)
+                k = torch.fx.node.map_arg(node.kwargs, env.__getitem__)
+                a = torch.utils._pytree.tree_map(_to_avalon, a)
+                k = torch.utils._pytree.tree_map(_to_avalon, k)
+                env[node] = self._apply(node, a, k)
+            elif node.op == "get_attr":
+                env[node] = Tensor(getattr(self.gm, node.target).detach().cpu().numpy().copy())
+            elif node.op == "output":
+                result = torch.fx.node.map_arg(node.args[0], env.__getitem__)
+        outs = []
+        for value, s in zip(result or (), self.out_specs):
+            if s.kind == self.OutputKind.BUFFER_MUTATION:
+                target = get_dotted(model, s.target)
+                assign(target, value if value.dtype == target.dtype else value.astype(target.dtype))
+            else:
+                outs.append(value)
+        return torch.utils._pytree.tree_unflatten(outs, self.out_spec)
+
+    def trial(self, model: ImportedModel, args: tuple, kwargs: dict) -> None:
+        """Trace one call on the example; raise one UnsupportedOp listing every node that failed."""
+        import torch
+        import torch.utils._pytree as pytree
+
+        def avalon(v: Any) -> Any:
+            return Tensor(v.detach().cpu().numpy()) if isinstance(v, torch.Tensor) else v
+        try:
+            a, k = pytree.tree_map(avalon, (tuple(args), dict(kwargs)))
+        except (TypeError, RuntimeError):  # an example dtype numpy cannot hold: checked at the first call
+            return
+        self.problems = problems = []
+        try:
+            trace(lambda m, a, k: m(*a, **k), model, a, k)
+        except Exception:  # outside the rules (outputs the tracer cannot return): left to the call
+            pass
+        finally:
+            self.problems = None
+        if problems:
+            raise UnsupportedOp(_report(self.arguments.owner, problems))
+
+
+def _report(owner: str, problems: list[tuple[str, str, str]]) -> str:
+    groups: dict[tuple[str, str], list[str]] = {}
+    for target, why, where in problems:
+        groups.setdefault((target, why), []).append(where)
+    ops_ = {t for t, _ in groups}
+    lines = [f"av.from_torch: {owner} has {len(problems)} node(s) of {len(ops_)} ATen op(s) Avalon cannot import "
+             "(all listed; nothing has run):"]
+    for (target, why), wheres in groups.items():
+        lines.append(f"  {target} x{len(wheres)}: {why} (first from {wheres[0]})")
+    return "\n".join(lines)
+
+
+def from_torch(module: Any, *example_args: Any, kwargs: dict | None = None) -> ImportedModel:
+    """Import `module` (called as `module(*example_args, **kwargs)`) into an Avalon model; shapes,
+    dtypes and non-tensor arguments are the example's (torch.export's static shapes)."""
+    import torch
+    from torch.export.graph_signature import OutputKind
+    kwargs = dict(kwargs or {})
     ep = _export(module, tuple(example_args), kwargs)
     training = bool(module.training)
-    gm, sig = ep.graph_module, ep.graph_signature
-    _check_supported(gm)
+    _check_graph(ep.graph_module)
 
     sd = module.state_dict(keep_vars=True)
     params = dict(ep.named_parameters())
@@ -86,51 +403,12 @@ def from_torch(module: Any, *example_args: Any, kwargs: dict | None = None) -> I
 
     constants = {k: (v.detach().cpu().numpy().copy() if isinstance(v, torch.Tensor) else v)
                  for k, v in ep.constants.items()}
-    in_specs = list(sig.input_specs)
-    out_specs = list(sig.output_specs)
-    for s in out_specs:
+    for s in ep.graph_signature.output_specs:
         if s.kind not in (OutputKind.USER_OUTPUT, OutputKind.BUFFER_MUTATION):
             raise UnsupportedOp(f"av.from_torch: output kind {s.kind.name} ({s.target}) is not supported")
-    in_spec, out_spec = ep.call_spec.in_spec, ep.call_spec.out_spec
-    nodes = list(gm.graph.nodes)
-
-    def run(model: ImportedModel, args: tuple) -> Any:
-        flat, spec = torch.utils._pytree.tree_flatten((tuple(args), dict(kwargs or {})))
-        if in_spec is not None and spec != in_spec:
-            raise TypeError(f"imported model expects arguments shaped like the example ({in_spec}), got {spec}")
-        user = iter(flat)
-        env: dict[Any, Any] = {}
-        placeholders = [n for n in nodes if n.op == "placeholder"]
-        for node, s in zip(placeholders, in_specs):
-            if s.kind in (InputKind.PARAMETER, InputKind.BUFFER):
-                env[node] = get_dotted(model, s.target)
-            elif s.kind in (InputKind.CONSTANT_TENSOR, InputKind.CUSTOM_OBJ):
-                env[node] = Tensor(constants[s.target]) if isinstance(constants[s.target], np.ndarray) \
-                    else constants[s.target]
-            else:
-                v = next(user)
-                env[node] = v if isinstance(v, Tensor) or not hasattr(v, "shape") else Tensor(np.asarray(v))
-        result = None
-        for node in nodes:
-            if node.op == "call_function":
-                a = torch.fx.node.map_arg(node.args, env.__getitem__)
-                k = torch.fx.node.map_arg(node.kwargs, env.__getitem__)
-                a = torch.utils._pytree.tree_map(_to_avalon, a)
-                k = torch.utils._pytree.tree_map(_to_avalon, k)
-                env[node] = ATEN[str(node.target)](*a, **k)
-            elif node.op == "get_attr":
-                env[node] = Tensor(getattr(gm, node.target).detach().cpu().numpy().copy())
-            elif node.op == "output":
-                result = torch.fx.node.map_arg(node.args[0], env.__getitem__)
-        outs = []
-        for value, s in zip(result, out_specs):
-            if s.kind == OutputKind.BUFFER_MUTATION:
-                target = get_dotted(model, s.target)
-                assign(target, value if value.dtype == target.dtype else value.astype(target.dtype))
-            else:
-                outs.append(value)
-        return torch.utils._pytree.tree_unflatten(outs, out_spec)
-
+    program = _Program(ep, _Arguments(module, tuple(example_args), kwargs), constants)
     mode = "train" if training else "eval"
-    return ImportedModel(state, ImportedProgram(run, f"{type(module).__name__} from torch.export, {mode} mode"),
-                         training)
+    model = ImportedModel(state, ImportedProgram(program.run, f"{type(module).__name__} from torch.export, "
+                                                              f"{mode} mode"), training)
+    program.trial(model, tuple(example_args), kwargs)
+    return model

@@ -26,7 +26,14 @@ class AvalonRep(BackendRep):
             inputs = [inputs]
         out = self.model(*[Tensor(np.asarray(x)) for x in inputs])
         out = out if isinstance(out, tuple) else (out,)
-        return tuple(o.numpy() if isinstance(o, Tensor) else np.asarray(o) for o in out)
+        return tuple(_numpy(o) for o in out)
+
+
+def _numpy(o: Any) -> Any:
+    """An output as numpy; a sequence output (a list) as a list of arrays."""
+    if isinstance(o, list):
+        return [_numpy(e) for e in o]
+    return o.numpy() if isinstance(o, Tensor) else np.asarray(o)
 
 
 class AvalonBackend(Backend):

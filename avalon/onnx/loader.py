@@ -78,15 +78,28 @@ def _opset(model: Any) -> int:
     return MIN_OPSET
 
 
-def _nodes(model: Any, opset: int) -> list[tuple[Node, list[str], list[str]]]:
-    import onnx
-    out = []
+def _unsupported_ops(model: Any) -> None:
+    """One error naming every op the table lacks (with its count and first node), not just the first."""
+    missing: dict[str, list[str]] = {}
     for i, n in enumerate(model.graph.node):
         label = n.name or f"#{i} ({n.op_type} -> {', '.join(n.output)})"
         if n.domain not in ("", "ai.onnx"):
-            raise UnsupportedOp(f"ONNX node {label!r}: op {n.op_type} of domain {n.domain!r} is not supported")
-        if n.op_type not in ONNX_OPS:
-            raise UnsupportedOp(f"ONNX node {label!r}: op {n.op_type} is not supported")
+            missing.setdefault(f"{n.op_type} of domain {n.domain!r}", []).append(label)
+        elif n.op_type not in ONNX_OPS:
+            missing.setdefault(n.op_type, []).append(label)
+    if missing:
+        lines = [f"ONNX node {labels[0]!r}: op {op} is not supported" + (f" ({len(labels)} nodes)" if len(labels) > 1
+                                                                        else "") for op, labels in missing.items()]
+        raise UnsupportedOp("\n".join(lines) if len(lines) == 1 else
+                            f"{len(missing)} ONNX ops are not supported:\n  " + "\n  ".join(lines))
+
+
+def _nodes(model: Any, opset: int) -> list[tuple[Node, list[str], list[str]]]:
+    import onnx
+    _unsupported_ops(model)
+    out = []
+    for i, n in enumerate(model.graph.node):
+        label = n.name or f"#{i} ({n.op_type} -> {', '.join(n.output)})"
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
         for k, v in attrs.items():
             if isinstance(v, bytes):
@@ -145,9 +158,8 @@ def load(source: Any, check: bool = True) -> OnnxModel:
         if o.type.HasField("tensor_type") and o.type.tensor_type.elem_type:
             avalon_dtype(o.type.tensor_type.elem_type, f"ONNX output {o.name!r}")
 
-    def run(m: ImportedModel, args: tuple) -> Any:
-        if len(args) != len(specs):
-            raise TypeError(f"ONNX model takes {len(specs)} inputs ({', '.join(s[0] for s in specs)}), got {len(args)}")
+    def run(m: ImportedModel, args: tuple, kwargs: dict) -> Any:
+        args = _bind_inputs(specs, args, kwargs)
         env: dict[str, Any] = dict(constants)
         for name in params:
             env[name] = get_dotted(m, name)
@@ -184,6 +196,25 @@ def load(source: Any, check: bool = True) -> OnnxModel:
     if check and all(None not in s for _, s, _ in specs):
         _trial(m)
     return m
+
+
+def _bind_inputs(specs: list[tuple[str, tuple, Any]], args: tuple, kwargs: dict) -> tuple:
+    """The graph inputs in order, given positionally and/or by their ONNX names."""
+    names = [s[0] for s in specs]
+    listing = f"{len(names)} inputs ({', '.join(names)})"
+    if len(args) > len(names):
+        raise TypeError(f"ONNX model takes {listing}, got {len(args)} positional")
+    given = dict(zip(names, args))
+    for k, v in kwargs.items():
+        if k not in names:
+            raise TypeError(f"ONNX model has no input {k!r}; it takes {listing}")
+        if k in given:
+            raise TypeError(f"ONNX input {k!r} given both by position and by name")
+        given[k] = v
+    missing = [n for n in names if n not in given]
+    if missing:
+        raise TypeError(f"ONNX model takes {listing}; missing {', '.join(map(repr, missing))}")
+    return tuple(given[n] for n in names)
 
 
 def _folded(r: Any) -> Any:

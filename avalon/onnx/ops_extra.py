@@ -1,14 +1,18 @@
-"""More ONNX ops mapped onto existing Avalon ops: Mod, GatherElements, Hardmax, RMSNormalization,
-SpaceToDepth/DepthToSpace, Swish, IsNaN/IsInf, Sinh/Cosh."""
+"""More ONNX ops mapped onto existing Avalon ops: Mod, GatherElements, GatherND, Hardmax,
+RMSNormalization, SpaceToDepth/DepthToSpace, Swish, IsNaN/IsInf, Sinh/Cosh, and the sequence ops
+(SplitToSequence, SequenceAt, ...: torch's dynamo exporter emits them for `torch.split`), whose
+sequences are Python lists of tensors while the graph runs."""
 from __future__ import annotations
 
 import math
 from typing import Any
 
+import numpy as np
+
 from .. import ops
 from ..ir import dtypes as dt
 from ..tensor import Tensor
-from .table import Node, T, axis, onnx_op
+from .table import Node, T, axis, ints, onnx_op
 
 
 def _c(x: Tensor, v: float) -> Tensor:
@@ -44,6 +48,27 @@ def gather_elements(node: Node, x: Any, idx: Any) -> Tensor:
         lin = term if lin is None else ops.add(lin, term)
     out = ops.take(ops.reshape(x, (-1,)), ops.reshape(lin, (-1,)), 0)
     return ops.reshape(out, i.shape)
+
+
+@onnx_op("GatherND")
+def gather_nd(node: Node, x: Any, idx: Any) -> Tensor:
+    """indices (..., k) address the first k dims after `batch_dims`: a take from `x` with those
+    dims (and the batch dims, each index row reading its own batch) merged into one."""
+    x, i = T(x), ops.cast(T(idx), dt.int64)
+    b, k = int(node.attr("batch_dims", 0)), i.shape[-1]
+    if b + k > x.ndim or i.shape[:b] != x.shape[:b]:
+        raise node.unsupported(f"indices {i.shape} (batch_dims={b}) do not fit data {x.shape}")
+    dims = x.shape[:b + k]
+    rows = i.shape[:-1]
+    lin = ops.full(rows, 0, dt.int64)
+    for d in range(b + k):
+        if d < b:
+            coord = ops.cast(ops.iota(rows, d), dt.int64)
+        else:
+            c = ops.reshape(ops.slice_(i, [0] * (i.ndim - 1) + [d - b], [*rows, d - b + 1]), rows)
+            coord = ops.where(ops.lt(c, 0), ops.add(c, dims[d]), c)
+        lin = ops.add(lin, ops.mul(coord, math.prod(dims[d + 1:])))
+    return ops.take(ops.reshape(x, (math.prod(dims),) + x.shape[b + k:]), lin, 0)
 
 
 @onnx_op("Hardmax")
@@ -111,3 +136,83 @@ def sinh_cosh(node: Node, x: Any) -> Tensor:
     x = T(x)
     e, ei = ops.exp(x), ops.exp(ops.neg(x))
     return ops.mul(ops.sub(e, ei) if node.op_type == "Sinh" else ops.add(e, ei), _c(x, 0.5))
+
+
+# -- sequences (Python lists while the graph runs) ---------------------------------------------
+
+def _seq(node: Node, s: Any) -> list:
+    if not isinstance(s, list):
+        raise node.unsupported("expects a sequence (from SplitToSequence, SequenceConstruct, ...)")
+    return s
+
+
+def _position(node: Node, s: list, pos: Any, insert: bool = False) -> int:
+    """A position as Python indexes a list (negative counts from the back); inserting may also
+    take len(s)."""
+    p = ints(pos, "position")[0]
+    if not -len(s) <= p < len(s) + (1 if insert else 0):
+        raise IndexError(f"ONNX node {node.name!r} ({node.op_type}): position {p} is out of range for a "
+                         f"sequence of {len(s)}")
+    return p
+
+
+@onnx_op("SplitToSequence")
+def split_to_sequence(node: Node, x: Any, split: Any = None) -> list:
+    """`split` a scalar (chunks of that size, the last one shorter) or sizes; none: pieces of one,
+    squeezed unless keepdims."""
+    x = T(x)
+    a = axis(node.attr("axis", 0), x.ndim)
+    n = x.shape[a]
+    if split is None:
+        parts = list(ops.split(x, [1] * n, a))
+        return parts if node.attr("keepdims", 1) else [ops.squeeze(p, a) for p in parts]
+    sizes = ints(split, "split")
+    if np.ndim(split) == 0:
+        sizes = [sizes[0]] * (n // sizes[0]) + ([n % sizes[0]] if n % sizes[0] else [])
+    return list(ops.split(x, sizes, a))
+
+
+@onnx_op("SequenceAt")
+def sequence_at(node: Node, s: Any, pos: Any) -> Any:
+    s = _seq(node, s)
+    return s[_position(node, s, pos)]
+
+
+@onnx_op("SequenceConstruct")
+def sequence_construct(node: Node, *xs: Any) -> list:
+    return list(xs)
+
+
+@onnx_op("SequenceEmpty")
+def sequence_empty(node: Node) -> list:
+    return []
+
+
+@onnx_op("SequenceLength")
+def sequence_length(node: Node, s: Any) -> np.ndarray:
+    return np.array(len(_seq(node, s)), dtype=np.int64)
+
+
+@onnx_op("SequenceInsert")
+def sequence_insert(node: Node, s: Any, x: Any, pos: Any = None) -> list:
+    s = list(_seq(node, s))
+    s.insert(len(s) if pos is None else _position(node, s, pos, insert=True), x)
+    return s
+
+
+@onnx_op("SequenceErase")
+def sequence_erase(node: Node, s: Any, pos: Any = None) -> list:
+    s = list(_seq(node, s))
+    del s[-1 if pos is None else _position(node, s, pos)]
+    return s
+
+
+@onnx_op("ConcatFromSequence")
+def concat_from_sequence(node: Node, s: Any) -> Tensor:
+    ts = [T(x) for x in _seq(node, s)]
+    if node.attr("new_axis", 0):
+        a = axis(node.attr("axis"), ts[0].ndim + 1)
+        ts = [ops.unsqueeze(t, a) for t in ts]
+    else:
+        a = axis(node.attr("axis"), ts[0].ndim)
+    return ops.concat(ts, a)

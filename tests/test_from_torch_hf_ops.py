@@ -1,0 +1,214 @@
+"""av.from_torch on the ops and call patterns Hugging Face models bring (small torch modules, no
+transformers needed): `.to(dtype)` checks, boolean `&`/`|`/`^` masks, advanced indexing with several
+and negative indices, scaled_dot_product_attention kept whole (GQA, masks), keyword arguments, and
+calls that differ from the example (constants, shapes, dtypes) refused by name. Forward against
+torch, gradients against torch autograd."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+from torch import nn as tnn
+
+import avalon as av
+from avalon.interop import UnsupportedOp
+from avalon.interop.torch_import import _export
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-6))
+
+
+def _check(module: tnn.Module, *args: torch.Tensor, grads: bool = True) -> av.interop.ImportedModel:
+    """Import, then forward vs torch and (float outputs) parameter gradients vs torch autograd."""
+    module.eval()
+    model = av.from_torch(module, *args)
+    xs = [av.tensor(a.numpy()) for a in args]
+    ref = module(*args)
+    out = model(*xs)
+    assert out.shape == tuple(ref.shape) and out.dtype.name == av.tensor(ref.detach().numpy()).dtype.name
+    assert _rel(out.numpy().astype(np.float64), ref.detach().numpy().astype(np.float64)) < 1e-5
+    if grads:
+        w = np.random.default_rng(0).standard_normal(tuple(ref.shape)).astype(np.float32)
+        module.zero_grad()
+        (ref * torch.from_numpy(w)).sum().backward()
+        _, g = av.value_and_grad(lambda m, w, *xs: (m(*xs) * w).sum())(model, av.tensor(w), *xs)
+        for n, p in module.named_parameters():
+            assert _rel(g[n].numpy(), p.grad.numpy()) < 1e-4, n
+    return model
+
+
+class ToDtype(tnn.Module):
+    def forward(self, ids):
+        return ids.to(torch.float32) * 2 + ids.to("cpu").to(torch.int32).to(torch.float32)
+
+
+def test_to_dtype_assert_tensor_metadata_is_a_check():
+    _check(ToDtype(), torch.arange(6).reshape(2, 3), grads=False)
+
+
+class Masks(tnn.Module):
+    def forward(self, x):
+        a, b = x > 0, x < 0.5
+        return torch.where((a & b) | (~a ^ (x > -0.5)), x, torch.zeros_like(x)) + (a & True).float()
+
+
+def test_boolean_and_or_xor_are_logical_ops():
+    _check(Masks(), torch.randn(4, 5), grads=False)
+
+
+class Gather(tnn.Module):
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.w = tnn.Parameter(torch.randn(4, 5, 6))
+
+    def forward(self, i, j):
+        w = self.w * 1.5
+        if self.kind == "adjacent":  # x[i, j]: (B,) -> (B, 6)
+            return w[i, j]
+        if self.kind == "broadcast":  # i (2, 1) with j (3,) -> (2, 3, 6)
+            return w[i[:, None], j]
+        if self.kind == "apart":  # non-adjacent: the broadcast dim goes first -> (B, 5)
+            return w[i, :, j]
+        return w[:, j]  # one index, negative entries: (4, B, 6)
+
+
+@pytest.mark.parametrize("kind", ["adjacent", "broadcast", "apart", "negative"])
+def test_index_with_several_and_negative_indices_forward_and_grad(kind):
+    torch.manual_seed(0)
+    i, j = torch.tensor([3, -1, 0, 3]), torch.tensor([-5, 2, 4, -5])  # repeats: gradients accumulate
+    if kind == "broadcast":
+        i, j = torch.tensor([-1, 1]), torch.tensor([0, -2, 0])
+    _check(Gather(kind), i, j)
+
+
+def test_index_with_a_constant_boolean_mask_and_a_run_time_one():
+    class Const(tnn.Module):
+        def forward(self, x):
+            return x[:, torch.tensor([True, False, True])] * 2
+
+    x = torch.randn(2, 3)
+    _check(Const(), x, grads=False)
+
+    class FromInput(tnn.Module):
+        def forward(self, x, m):
+            return x[m]
+
+    with pytest.raises(UnsupportedOp, match="boolean mask whose values are only known at run time"):
+        av.from_torch(FromInput(), x, x > 0)
+
+
+def test_every_unsupported_op_is_reported_at_import_in_one_error():
+    class Many(tnn.Module):
+        def forward(self, x, i):
+            return torch.special.digamma(x) + torch.special.digamma(x + 1) + torch.lgamma(x), i & 3
+
+    with pytest.raises(UnsupportedOp) as e:
+        av.from_torch(Many(), torch.rand(3) + 1, torch.tensor([1, 2]))
+    msg = str(e.value)
+    assert "aten.digamma.default x2" in msg and "aten.lgamma.default x1" in msg
+    assert "aten.bitwise_and.Scalar x1" in msg and "on integers is not supported" in msg
+    assert "test_from_torch_hf_ops.py" in msg and "i & 3" in msg
+
+
+class Attention(tnn.Module):
+    """GQA self-attention (4 query heads, 2 key/value heads) through F.scaled_dot_product_attention."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        self.q, self.kv = tnn.Linear(16, 16), tnn.Linear(16, 16)
+
+    def forward(self, x, mask):
+        b, n, _ = x.shape
+        q = self.q(x).view(b, n, 4, 4).transpose(1, 2)
+        k, v = self.kv(x).view(b, n, 2, 8).transpose(1, 2).split(4, -1)
+        if self.mode == "bool":
+            return TF.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        if self.mode == "float":
+            return TF.scaled_dot_product_attention(q, k, v, attn_mask=mask.float() * -3.0, scale=0.3, enable_gqa=True)
+        return TF.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+
+@pytest.mark.parametrize("mode", ["bool", "float", "causal"])
+def test_sdpa_kept_whole_with_gqa_and_masks(mode):
+    torch.manual_seed(0)
+    x, mask = torch.randn(2, 5, 16), torch.rand(5, 5) > 0.3
+    mask.fill_diagonal_(True)
+    ep = _export(Attention(mode).eval(), (x, mask), {})
+    assert "aten.scaled_dot_product_attention.default" in {str(n.target) for n in ep.graph.nodes}
+    _check(Attention(mode), x, mask)
+
+
+def test_decomposition_failure_is_told_apart_from_capture_failure(monkeypatch):
+    def broken(self, *a, **k):
+        raise ValueError("Cannot view a tensor")
+
+    monkeypatch.setattr(torch.export.ExportedProgram, "run_decompositions", broken)
+    with pytest.raises(RuntimeError, match="captured ToDtype, but torch's decomposition.*Cannot view"):
+        av.from_torch(ToDtype(), torch.arange(3))
+
+
+class Masked(tnn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = tnn.Linear(3, 3)
+
+    def forward(self, x, mask=None, scale=1.0):
+        return self.lin(x) * mask * scale
+
+
+def test_keyword_arguments_are_passed_through_and_checked_by_name():
+    torch.manual_seed(0)
+    m = Masked().eval()
+    x, mask, mask2 = torch.randn(2, 3), torch.ones(2, 3), (torch.rand(2, 3) > 0.5).float()
+    model = av.from_torch(m, x, kwargs={"mask": mask})
+    xa, m2 = av.tensor(x.numpy()), av.tensor(mask2.numpy())
+    want = m(x, mask=mask2).detach().numpy()
+    assert _rel(model(xa, mask=m2).numpy(), want) < 1e-6
+    assert _rel(model(xa, m2).numpy(), want) < 1e-6  # bound like forward: by position too
+    assert _rel(model(x=xa, mask=m2).numpy(), want) < 1e-6
+    with pytest.raises(TypeError, match="'mask' is None, but was a tensor of shape"):
+        model(xa)
+    assert _rel(model(xa, mask=m2, scale=1.0).numpy(), want) < 1e-6  # the default torch.export used
+    with pytest.raises(TypeError, match="'scale' was not given when the model was imported"):
+        model(xa, mask=m2, scale=2.0)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'other'"):
+        model(xa, mask=m2, other=1)
+
+
+def test_non_tensor_argument_must_equal_the_example():
+    m = Masked().eval()
+    x, mask = torch.randn(2, 3), torch.ones(2, 3)
+    model = av.from_torch(m, x, mask, 3.0)
+    xa, ma = av.tensor(x.numpy()), av.tensor(mask.numpy())
+    assert _rel(model(xa, ma, 3.0).numpy(), m(x, mask, 3.0).detach().numpy()) < 1e-6
+    assert _rel(model(xa, ma, scale=3).numpy(), m(x, mask, 3.0).detach().numpy()) < 1e-6
+    with pytest.raises(TypeError, match=r"argument 'scale' is 5.0, but the model was imported with scale=3.0.*"
+                                        r"re-import"):
+        model(xa, ma, 5.0)
+
+
+def test_other_shape_or_dtype_than_the_example_is_refused_by_name():
+    m = Masked().eval()
+    model = av.from_torch(m, torch.randn(2, 3), torch.ones(2, 3))
+    ones = av.tensor(np.ones((2, 3), np.float32))
+    with pytest.raises(TypeError, match=r"input 'x' has shape \(5, 3\) and dtype f32, but the model was imported "
+                                        r"for shape \(2, 3\) and dtype f32"):
+        model(av.tensor(np.ones((5, 3), np.float32)), ones)
+    with pytest.raises(TypeError, match=r"input 'mask' has shape \(2, 3\) and dtype f64"):
+        model(ones, np.ones((2, 3)))
+    with pytest.raises(TypeError, match="imported Masked: too many positional arguments"):
+        model(ones, ones, 1.0, 2.0)
+
+    class Star(tnn.Module):
+        def forward(self, *xs):
+            return xs[0] + xs[-1]
+
+    model = av.from_torch(Star(), torch.ones(2), torch.ones(2))
+    with pytest.raises(TypeError, match="takes 2 positional argument"):
+        model(ones)
+    with pytest.raises(TypeError, match=r"argument 'xs\[1\]' is \[tensor\(2, 3\)\], but was tensor\(2,\)"):
+        model(ones, [ones])
