@@ -229,6 +229,11 @@ def _remove_stale_temps(directory: str, base: str) -> None:
 def _write_atomic(path: str, parts: list[bytes]) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     base = os.path.basename(path)
+    if not os.path.isdir(directory):  # said about the user's path, not the temp file's
+        raise FileNotFoundError(f"cannot save {path}: the directory {os.path.dirname(path) or directory} "
+                                "does not exist")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot save {path}: it is a directory; give a file name in it")
     _remove_stale_temps(directory, base)
     tmp = os.path.join(directory, f".{base}{_TMP}{os.getpid()}-{secrets.token_hex(6)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()

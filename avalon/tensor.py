@@ -32,13 +32,28 @@ def as_array(data: Any, dtype: DType | None = None) -> np.ndarray:
             t = t.float()
         arr = t.numpy()
     else:
-        arr = np.asarray(data)
+        try:
+            arr = np.asarray(data)
+        except ValueError as e:  # a ragged nested list
+            raise ValueError(f"cannot make a tensor of {type(data).__name__} {_short(data)}: {e}") from None
+        if arr.dtype.kind not in "biufc":  # None, strings, objects, ints past 64 bits: numpy's 'object'
+            raise TypeError(f"cannot make a tensor of {_short(data)}: tensors hold numbers (64 bits at most) "
+                            f"and bools; numpy reads it as {arr.dtype}")
     if dtype is not None:
         arr = arr.astype(dtype.np, copy=False)
         if dtype is dt.bfloat16:
             from .ir.reference import round_bf16
             arr = round_bf16(arr)
     return arr
+
+
+_GRADS_ARE_VALUES = ("{}: Avalon's gradients are values, not .grad attributes filled by backward(); write "
+                     "`loss, grads = av.value_and_grad(loss_fn)(model, x, y)` and then `opt.step(grads)`")
+
+
+def _short(data: Any) -> str:
+    text = repr(data)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _default_dtype(data: Any) -> DType:
@@ -48,7 +63,7 @@ def _default_dtype(data: Any) -> DType:
         return dt.dtype(data.dtype)  # torch tensor
     if isinstance(data, (np.ndarray, np.generic)):
         return dt.dtype(data.dtype)
-    arr = np.asarray(data)
+    arr = as_array(data)
     if arr.dtype == np.bool_:
         return dt.bool_
     if arr.dtype.kind in "iu":
@@ -255,11 +270,14 @@ class Tensor:
         if self._value is not None:
             loc = self._value.op.loc if self._value.op is not None and self._value.op.loc else None
             where = f" (value made at {loc})" if loc else ""
-            raise TracerError(
-                f"{what} needs a concrete value, but this tensor is being traced{where}. Avalon records "
-                "one graph for all inputs, so Python control flow cannot depend on tensor values. Use "
-                "av.ops.where(cond, a, b) for data-dependent selection, or move the decision out of the "
-                "traced function.")
+            if "numpy" in what or "tolist" in what:  # np.exp(x), x.numpy() inside the function
+                fix = ("Inside a traced function use Avalon's functions and Tensor methods (av.exp(x), "
+                       "x.sum()) rather than numpy's, or return the value and convert it outside.")
+            else:
+                fix = ("Python control flow cannot depend on tensor values: use av.where(cond, a, b) for "
+                       "data-dependent selection, or move the decision out of the traced function.")
+            raise TracerError(f"{what} needs a concrete value, but this tensor is being traced{where}. Avalon "
+                              f"records one graph for all inputs. {fix}")
 
     def numpy(self) -> np.ndarray:
         """The data as a numpy array (a view on the CPU; a copy from a GPU)."""
@@ -624,6 +642,14 @@ class Tensor:
     long = _cast(dt.int64)
     int = _cast(dt.int32)
     bool = _cast(dt.bool_)
+
+    def backward(self, *args: Any, **kwargs: Any) -> None:
+        """torch's `loss.backward()` has no meaning here: gradients are values, returned."""
+        raise RuntimeError(_GRADS_ARE_VALUES.format("loss.backward()"))
+
+    @property
+    def grad(self) -> None:
+        raise AttributeError(_GRADS_ARE_VALUES.format("Tensor.grad"))
 
     def detach(self) -> Tensor:
         """The same values with no gradient flowing back (torch's detach, jax's stop_gradient)."""

@@ -279,6 +279,7 @@ def fit(model: Any, X: Any, Y: Any, loss_fn: Callable | None = None, epochs: int
     dev = as_device(device) if device is not None else params[0][1].device
     if optimizer is None:
         optimizer = optim.Adam(model, lr=1e-3)
+    _check_optimizer(optimizer, params)
     if backend is None:
         backend = "numpy" if dev == CPU else "triton"
     if resume and checkpoint is not None and os.path.exists(checkpoint):
@@ -355,3 +356,18 @@ def predict(model: Any, X: Any, batch_size: int = 256, backend: str | None = Non
     if isinstance(outs[0], (tuple, list)):  # several outputs (a VAE's recon, mu, logvar): one array each
         return tuple(np.concatenate([as_array(o[k]) for o in outs]) for k in range(len(outs[0])))
     return np.concatenate([as_array(o) for o in outs])
+
+
+def _check_optimizer(optimizer: Any, params: list[tuple[str, Any]]) -> None:
+    """An optimizer class instead of one, or one built on another model, would train nothing
+    without a word (the loss stays flat): say so before the first step."""
+    if isinstance(optimizer, type):
+        raise TypeError(f"fit: optimizer is the class {optimizer.__name__}; pass an instance, "
+                        f"{optimizer.__name__}(model, lr=...)")
+    held = getattr(optimizer, "params", None)
+    if not isinstance(held, dict):
+        raise TypeError(f"fit: optimizer must be an avalon.optim optimizer, got {type(optimizer).__name__}")
+    mine = {id(t) for _, t in params}
+    if held and not any(id(t) in mine for t in held.values()):
+        raise ValueError("fit: the optimizer holds none of this model's parameters (it was built on another "
+                         "model, or on a copy); build it on the model you fit: Adam(model, lr=...)")

@@ -239,3 +239,16 @@ def test_bad_arguments():
         fit(Regressor(), X, Y[:5], F.mse_loss, progress=False)
     with pytest.raises(ValueError, match="batch_size"):
         fit(Regressor(), X, Y, F.mse_loss, batch_size=0, progress=False)
+
+
+def test_an_optimizer_that_cannot_train_the_model_is_refused_before_the_first_step():
+    """It trained nothing (the loss stayed flat) when built on another model; the class itself
+    gave a confusing error from inside the step."""
+    from avalon import optim
+    from avalon.nn import functional as F
+    x, y = np.random.default_rng(0).standard_normal((8, 3)).astype(np.float32), np.arange(8) % 2
+    model, other = av.nn.Linear(3, 2), av.nn.Linear(3, 2)
+    with pytest.raises(ValueError, match="holds none of this model's parameters"):
+        av.fit(model, x, y, F.cross_entropy, optimizer=optim.SGD(other, lr=0.1), progress=False)
+    with pytest.raises(TypeError, match="the class Adam; pass an instance"):
+        av.fit(model, x, y, F.cross_entropy, optimizer=optim.Adam, progress=False)

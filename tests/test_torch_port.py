@@ -496,3 +496,25 @@ def test_requires_grad_false_freezes_like_torch_fine_tuning(rng):
     assert av.grad(lambda w: (w * w).sum())(w).shape == w.shape
     with pytest.raises(RuntimeError, match="only floating-point"):
         av.tensor([1, 2]).requires_grad = True
+
+
+def test_mistakes_from_torch_habits_say_what_to_do_instead(rng, tmp_path):
+    for bad, err in ((None, TypeError), ([None, 1.0], TypeError), ([2 ** 70], TypeError), (["a"], TypeError),
+                     ([[1, 2], [3]], ValueError)):
+        with pytest.raises(err, match="cannot make a tensor"):
+            av.tensor(bad)  # was tensor(nan) for None
+    x = av.tensor(rng.standard_normal(3))
+    with pytest.raises(RuntimeError, match="value_and_grad"):
+        x.sum().backward()
+    with pytest.raises(AttributeError, match="gradients are values"):
+        x.grad  # noqa: B018
+    def frozen_loss(x):
+        with av.no_grad():
+            return (x * 2).sum()
+    with pytest.warns(UserWarning, match="depends on none of the tensors"):
+        g = av.grad(frozen_loss)(x)
+    assert not g.numpy().any()
+    with pytest.raises(av.TracerError, match="av.exp"):
+        av.compile(lambda x: np.exp(x))(x)
+    with pytest.raises(FileNotFoundError, match="directory .*nodir does not exist"):
+        av.save({"x": x}, tmp_path / "nodir" / "x.safetensors")

@@ -15,6 +15,7 @@ backward as one graph. A pass that fails on a gradient graph is an error naming 
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -92,6 +93,7 @@ class GradProgram:
                 kept = [(n, s) for n, j in named if (s := slot(j)) is not None]
                 plans.append((("dict", tuple(n for n, _ in kept), (("leaf",),) * len(kept)), [s for _, s in kept]))
 
+        _check_depends(graph, wrt, fn)
         gg = grad_graph(graph, wrt, name=self.name)
         outs = list(gg.outputs)  # [loss, grads in wrt order, aux, state updates]
         n_aux = traced.n_outputs - 1
@@ -163,6 +165,28 @@ def _scalar_loss(graph: Graph, f: Callable) -> None:
         outs = list(graph.outputs)
         outs[0] = Builder(graph)("reshape", loss, shape=[])
         graph.set_outputs(outs)
+
+
+def _check_depends(graph: Graph, wrt: list[int], f: Callable) -> None:
+    """A loss that reads none of what is differentiated (computed under `av.no_grad()`, or from a
+    model closed over instead of passed) gives all-zero gradients: mathematically right (JAX
+    returns zeros), but almost always a mistake (torch raises), so it is said, once per trace."""
+    if not wrt:
+        return
+    targets = {graph.inputs[j] for j in wrt}
+    seen: set[int] = set()
+    stack = [graph.outputs[0]]
+    while stack:
+        v = stack.pop()
+        if v in targets:
+            return
+        if id(v) in seen or v.op is None or v.op.name == "stop_gradient":
+            continue
+        seen.add(id(v))
+        stack.extend(v.op.operands)
+    warnings.warn(f"{_name(f)}: the loss depends on none of the tensors it is differentiated with respect to, "
+                  "so every gradient is zero: was it computed under av.no_grad(), or from a model or tensor the "
+                  "function closes over instead of taking as an argument?", stacklevel=2)
 
 
 def _normalize_argnums(argnums: Any) -> tuple[tuple[int, ...], bool]:
