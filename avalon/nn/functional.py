@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import ops
 from ..ir import dtypes as dt
+from ..ir.reference import IndexOutOfRangeError
 from ..random import next_seed
 from ..tensor import Tensor
 from ..trace import assign
@@ -222,7 +223,9 @@ def prelu(input: Any, weight: Any) -> Tensor:
 def glu(input: Any, dim: int = -1) -> Tensor:
     """a * sigmoid(b) for the two halves a, b of `dim`."""
     x = _t(input)
-    d = dim % x.ndim
+    d = ops.check_dim("glu", dim, x.ndim)
+    if x.ndim == 0:
+        raise ops.fail(ValueError("glu: does not support scalars because halving size must be even"))
     if x.shape[d] % 2:
         raise ValueError(f"glu: halving dimension must be even, but dimension {dim} is size {x.shape[d]}")
     a, b = ops.split(x, x.shape[d] // 2, d)
@@ -242,6 +245,7 @@ def softmax(input: Any, dim: int | None = None, _stacklevel: int = 3, dtype: Any
         x = ops.cast(x, dtype)
     if dim is None:
         dim = _softmax_dim("softmax", x.ndim)
+    ops.check_dim("softmax", dim, x.ndim)
     if x.ndim == 0:
         return ops.div(x, x)
     e = ops.exp(ops.sub(x, ops.amax(x, dim, keepdims=True)))
@@ -252,6 +256,7 @@ def softmin(input: Any, dim: int | None = None, _stacklevel: int = 3, dtype: Any
     x = _t(input)
     if dim is None:
         dim = _softmax_dim("softmin", x.ndim)
+    ops.check_dim("softmin", dim, x.ndim)
     return softmax(ops.neg(x), dim, dtype=dtype)
 
 
@@ -262,6 +267,7 @@ def log_softmax(input: Any, dim: int | None = None, _stacklevel: int = 3, dtype:
         x = ops.cast(x, dtype)
     if dim is None:
         dim = _softmax_dim("log_softmax", x.ndim)
+    ops.check_dim("log_softmax", dim, x.ndim)
     if x.ndim == 0:
         return ops.sub(x, x)
     s = ops.sub(x, ops.amax(x, dim, keepdims=True))
@@ -286,6 +292,7 @@ def _norm(x: Tensor, p: float, dim: Any, keepdim: bool) -> Tensor:
 def normalize(input: Any, p: float = 2.0, dim: int = 1, eps: float = 1e-12) -> Tensor:
     """x / max(||x||_p, eps) along `dim`."""
     x = _t(input)
+    ops.check_dims("normalize", dim, x.ndim)
     return ops.div(x, ops.maximum(_norm(x, p, dim, True), eps))
 
 
@@ -293,6 +300,7 @@ def cosine_similarity(x1: Any, x2: Any, dim: int = 1, eps: float = 1e-8) -> Tens
     """sum((x1 / max(||x1||, eps)) * (x2 / max(||x2||, eps))) along `dim`, torch's form (normalizing
     first keeps the result within [-1, 1]); x1 and x2 broadcast."""
     a, b = _t(x1), _t(x2)
+    ops.check_dim("cosine_similarity", dim, max(a.ndim, b.ndim))
     a = ops.div(a, ops.maximum(_norm(a, 2, dim, True), eps))
     b = ops.div(b, ops.maximum(_norm(b, 2, dim, True), eps))
     return ops.sum(ops.mul(a, b), dim)
@@ -508,9 +516,26 @@ def embedding(input: Any, weight: Any, padding_idx: int | None = None, max_norm:
     but gets no gradient: lookups of it read the row through `stop_gradient`."""
     if max_norm is not None:
         raise NotImplementedError("embedding(max_norm=...) renormalizes the weight in place; not supported")
+    return _embedding(input, weight, padding_idx, "embedding")
+
+
+def _check_ids(idx: Tensor, n: int, who: str) -> None:
+    """Known (eager) ids must be rows of the table: torch's IndexError, naming the layer and the id
+    rather than the `take` that would fail inside it. Traced ids are checked when the graph runs."""
+    if not idx.is_traced and idx.numel():
+        v = idx.numpy()
+        bad = (v < 0) | (v >= n)
+        if bad.any():
+            raise ops.fail(IndexOutOfRangeError(f"{who}: index {int(v[bad].flat[0])} is out of range [0, {n}) "
+                                                "(index out of range in self)"))
+
+
+def _embedding(input: Any, weight: Any, padding_idx: int | None, who: str) -> Tensor:
+    """embedding's lookup, named `who` (the function, or the Embedding layer that calls it) in errors."""
     idx = _t(input)
     if idx.dtype.is_float or idx.dtype is dt.bool_:
-        raise TypeError(f"embedding indices must be integers, got {idx.dtype}")
+        raise ops.fail(TypeError(f"{who}: indices must be integers, got {idx.dtype}"))
+    _check_ids(idx, _t(weight).shape[0], who)
     rows = ops.take(weight, idx, axis=0)
     if padding_idx is None:
         return rows
@@ -539,6 +564,7 @@ def embedding_bag(input: Any, weight: Any, offsets: Any = None, max_norm: float 
     idx, w = _t(input), _t(weight)
     if idx.dtype.is_float or idx.dtype is dt.bool_:
         raise TypeError(f"embedding_bag indices must be integers, got {idx.dtype}")
+    _check_ids(idx, w.shape[0], "embedding_bag")
     rows = ops.take(w, idx, axis=0)  # (B, L, D) or (L, D)
     if idx.ndim == 2:
         if offsets is not None:
@@ -641,9 +667,8 @@ def layer_norm(input: Any, normalized_shape: int | Sequence[int], weight: Any = 
 def group_norm(input: Any, num_groups: int, weight: Any = None, bias: Any = None, eps: float = 1e-5) -> Tensor:
     """Normalize over each group of C/num_groups channels (and all spatial positions)."""
     x = _t(input)
+    _group_norm_check("group_norm", x, num_groups, weight, bias)
     n, c = x.shape[:2]
-    if c % num_groups:
-        raise ValueError(f"Expected number of channels in input ({c}) to be divisible by num_groups ({num_groups})")
     g = ops.reshape(x, (n, num_groups, -1))
     centered = ops.sub(g, ops.mean(g, 2, keepdims=True))
     var = ops.mean(ops.mul(centered, centered), 2, keepdims=True)
@@ -654,6 +679,22 @@ def group_norm(input: Any, num_groups: int, weight: Any = None, bias: Any = None
     if bias is not None:
         y = ops.add(y, ops.reshape(_t(bias), bshape))
     return y
+
+
+def _group_norm_check(who: str, x: Tensor, num_groups: int, weight: Any, bias: Any) -> None:
+    """torch's checks of group_norm's input, before the reshapes they would otherwise fail in."""
+    if x.ndim < 2:
+        raise ops.fail(ValueError(f"{who}: Expected at least 2 dimensions for input tensor (N, C, ...), got shape "
+                                  f"{x.shape}"))
+    c = x.shape[1]
+    if num_groups <= 0 or c % num_groups:
+        raise ops.fail(ops.ArgumentError(f"{who}: Expected number of channels in input to be divisible by num_groups, "
+                                         f"but got input of shape {x.shape} and num_groups={num_groups}"))
+    for name, v in (("weight", weight), ("bias", bias)):
+        if v is not None and _t(v).shape != (c,):
+            raise ops.fail(ops.ArgumentError(f"{who}: Expected {name} to be a vector of size equal to the number of "
+                                             f"channels in input, but got {name} of shape {_t(v).shape} and input of "
+                                             f"shape {x.shape}"))
 
 
 def instance_norm(input: Any, running_mean: Tensor | None = None, running_var: Tensor | None = None,

@@ -330,13 +330,27 @@ def interpolate(input: Any, size: Any = None, scale_factor: Any = None, mode: st
         raise ValueError(f"interpolate: mode={mode!r} does not fit an input of shape {x.shape}")
     if (size is None) == (scale_factor is None):
         raise ValueError("interpolate: give exactly one of 'size' and 'scale_factor'")
+    spatial = list(x.shape[2:])
     if size is not None:
         outs = [int(size)] * k if isinstance(size, int) else [int(s) for s in size]
+        if len(outs) != k:
+            raise ops.fail(ValueError(
+                f"interpolate: Input and output must have the same number of spatial dimensions, but got input with "
+                f"spatial dimensions of {spatial} and output size of {tuple(size)}"))
         scales: list[float | None] = [None] * k
     else:
         sf = [float(scale_factor)] * k if isinstance(scale_factor, (int, float)) else [float(s) for s in scale_factor]
+        if len(sf) != k:
+            raise ops.fail(ValueError(
+                f"interpolate: Input and scale_factor must have the same number of spatial dimensions, but got input "
+                f"with spatial dimensions of {spatial} and scale_factor of shape {tuple(scale_factor)}"))
         outs = [int(math.floor(n * s)) for n, s in zip(x.shape[2:], sf)]
         scales = [None] * k if recompute_scale_factor else sf
+    if min(outs + spatial) <= 0:  # (a zero scale would also divide by zero below)
+        names = "DHW"[3 - k:] if k <= 3 else [f"d{i}" for i in range(k)]
+        shown = [", ".join(f"{a}: {v}" for a, v in zip(names, vs)) for vs in (spatial, outs)]
+        raise ops.fail(RuntimeError(f"interpolate: Input and output sizes should be greater than 0, but got input "
+                                    f"({shown[0]}) output ({shown[1]})"))
     y = x
     for j in range(k):
         y = _resize_axis(y, 2 + j, outs[j], scales[j], mode, bool(align_corners))

@@ -279,8 +279,8 @@ class GroupNorm(Module):
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
                  device: Any = None, dtype: Any = None) -> None:
         super().__init__()
-        if num_channels % num_groups:
-            raise ValueError("num_channels must be divisible by num_groups")
+        if num_groups <= 0 or num_channels % num_groups:
+            raise ValueError(f"GroupNorm: num_channels ({num_channels}) must be divisible by num_groups ({num_groups})")
         d = _dtype(dtype)
         self.num_groups, self.num_channels, self.eps, self.affine = num_groups, num_channels, eps, affine
         self.weight = init.ones_(empty((num_channels,), d)) if affine else None
@@ -288,7 +288,11 @@ class GroupNorm(Module):
         _place(self, device)
 
     def forward(self, input: Any) -> Tensor:
-        return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+        x = F._t(input)
+        if x.ndim >= 2 and x.shape[1] != self.num_channels:  # the layer's own words, before group_norm's
+            raise ops.fail(ops.ArgumentError(f"GroupNorm({self.num_groups}, {self.num_channels}): expected input with "
+                                             f"{self.num_channels} channels (dim 1), got input of shape {x.shape}"))
+        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
@@ -376,7 +380,8 @@ class Embedding(Module):
         return cls(w.shape[0], w.shape[1], padding_idx, _weight=w, **kwargs)
 
     def forward(self, input: Any) -> Tensor:
-        return F.embedding(input, self.weight, self.padding_idx)
+        who = f"Embedding({self.num_embeddings}, {self.embedding_dim})"  # errors name the layer
+        return F._embedding(input, self.weight, self.padding_idx, who)
 
     def extra_repr(self) -> str:
         s = f"{self.num_embeddings}, {self.embedding_dim}"
@@ -402,8 +407,13 @@ class Unflatten(Module):
 
     def forward(self, input: Any) -> Tensor:
         x = F._t(input)
-        d = self.dim % x.ndim
-        return ops.reshape(x, x.shape[:d] + self.unflattened_size + x.shape[d + 1:])
+        d = ops.check_dim("unflatten", self.dim, x.ndim)
+        sizes = self.unflattened_size
+        if -1 not in sizes and math.prod(sizes) != x.shape[d]:
+            raise ops.fail(ops.ArgumentError(
+                f"unflatten: Provided sizes {list(sizes)} don't multiply up to the size of dim {self.dim} "
+                f"({x.shape[d]}) in the input tensor of shape {x.shape}"))
+        return ops.reshape(x, x.shape[:d] + sizes + x.shape[d + 1:])
 
 
 # -- containers --------------------------------------------------------------------------------------
@@ -486,6 +496,14 @@ class Sequential(_Indexed):
         else:
             for i, m in enumerate(args):
                 self._set(str(i), m)
+
+    def _set(self, key: Any, value: Any) -> None:
+        """A layer must be callable: a string such as "relu" is refused here, as torch refuses a
+        non-Module, instead of failing only when the Sequential is first called."""
+        if not callable(value):
+            raise ops.fail(TypeError(f"Sequential: item {key!r} is a {type(value).__name__} ({value!r}), which is not "
+                                     f"a Module subclass or callable; pass a layer such as nn.ReLU()"))
+        super()._set(key, value)
 
     def __getitem__(self, idx: int | slice) -> Any:
         if isinstance(idx, slice):  # torch keeps the keys of a slice

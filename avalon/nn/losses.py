@@ -1,17 +1,25 @@
 """Loss functions with `torch.nn.functional`'s names, signatures and math (re-exported by
 `avalon.nn.functional`, where torch keeps them), written in their numerically stable forms.
 
-Class targets are integer arrays; an out-of-range class is an error (`one_hot` raises), except
-`ignore_index` (-100 by default), whose entries contribute nothing, as in torch. `size_average` and
-`reduce` are torch's deprecated spellings of `reduction`, accepted with torch's meaning.
+Class targets are integer arrays; an out-of-range class is torch's IndexError ("Target 3 is out of
+bounds.") naming the loss and the user's line when the targets' values are known (eager), and the
+`one_hot` inside the loss raises when they are not (compiled), except `ignore_index` (-100 by
+default), whose entries contribute nothing, as in torch. `size_average` and `reduce` are torch's
+deprecated spellings of `reduction`, accepted with torch's meaning.
 """
 from __future__ import annotations
 
+import sys
+import warnings
 from typing import Any
+
+import numpy as np
 
 from .. import ops
 from ..ir import dtypes as dt
+from ..ir.reference import IndexOutOfRangeError
 from ..tensor import Tensor
+from ..trace import _is_user_file
 from .functional import _softplus1, _t, log_softmax
 
 
@@ -34,14 +42,43 @@ def _reduce(loss: Tensor, reduction: str) -> Tensor:
     raise ValueError(f"{reduction} is not a valid value for reduction")
 
 
-def _class_targets(x: Tensor, target: Any, name: str) -> Tensor:
+def _logits(x: Tensor, name: str, what: str) -> None:
+    """The input of a classification loss must be floating-point; integers there are usually the targets."""
+    if not x.dtype.is_float:
+        got = dt.PY_NAMES[x.dtype.name]
+        raise ops.fail(TypeError(f"{name}: input must be floating-point {what}, got {got} — are input and target "
+                                 f"swapped? (the order is {name}(input, target))"))
+
+
+def _class_targets(x: Tensor, target: Any, name: str, ignore_index: int) -> Tensor:
+    """Integer class indices of the shape (N, d1, ...) that input (N, C, d1, ...) needs. When their
+    values are known, each must be in [0, C) or be `ignore_index`: torch's IndexError, which the
+    one_hot inside the loss would report only as an internal op's index."""
     t = _t(target)
     if t.dtype.is_float or t.dtype is dt.bool_:
-        raise TypeError(f"{name}: class targets must be an integer array, got {t.dtype}")
+        raise ops.fail(TypeError(f"{name}: class targets must be an integer array, got {t.dtype}"))
     want = (x.shape[0],) + x.shape[2:]
     if t.shape != want:
-        raise ValueError(f"{name}: input {x.shape} needs targets of shape {want}, got {t.shape}")
+        raise ops.fail(ValueError(f"{name}: input {x.shape} needs targets of shape {want}, got {t.shape}"))
+    if not t.is_traced and t.numel():
+        c, v = x.shape[1], t.numpy()
+        bad = (v != ignore_index) & ((v < 0) | (v >= c))
+        if bad.any():
+            raise ops.fail(IndexOutOfRangeError(
+                f"{name}: Target {int(v[bad].flat[0])} is out of bounds: class index out of range [0, {c}) for input "
+                f"of shape {x.shape} (ignore_index={ignore_index} is also allowed)"))
     return t
+
+
+def _class_weight(x: Tensor, weight: Any, name: str) -> Tensor | None:
+    """`weight` cast to the input's dtype, after torch's check that it has one entry per class."""
+    if weight is None:
+        return None
+    w, c = _t(weight), x.shape[1]
+    if w.shape != (c,):
+        raise ops.fail(ops.ArgumentError(f"{name}: weight tensor should be defined either for all {c} classes or no "
+                                         f"classes but got weight tensor of shape: {list(w.shape)}"))
+    return ops.cast(w, x.dtype)
 
 
 def _to_class_axis(t: Tensor, ndim: int) -> Tensor:
@@ -59,19 +96,25 @@ def nll_loss(input: Any, target: Any, weight: Any = None, size_average: bool | N
     non-ignored targets (torch's weighted mean)."""
     reduction = _legacy_reduction(size_average, reduce, reduction)
     x = _t(input)
+    _logits(x, "nll_loss", "log-probabilities")
+    return _nll(x, target, weight, ignore_index, reduction, "nll_loss")
+
+
+def _nll(x: Tensor, target: Any, weight: Any, ignore_index: int, reduction: str, name: str) -> Tensor:
+    """nll_loss's work, named `name` (nll_loss, or the cross_entropy that calls it) in errors."""
     if x.ndim == 1:  # (C,) with a scalar target
-        loss = nll_loss(ops.expand_dims(x, 0), ops.reshape(_t(target), (1,)), weight, None, ignore_index, None,
-                        reduction)
+        loss = _nll(ops.expand_dims(x, 0), ops.reshape(_t(target), (1,)), weight, ignore_index, reduction, name)
         return ops.squeeze(loss, 0) if reduction == "none" else loss
-    t = _class_targets(x, target, "nll_loss")
+    t = _class_targets(x, target, name, ignore_index)
+    wv = _class_weight(x, weight, name)
     valid = ops.ne(t, ignore_index)
     safe = ops.where(valid, t, 0)
     hit = _to_class_axis(ops.one_hot(safe, x.shape[1], dtype=dt.bool_), x.ndim)
     picked = ops.sum(ops.where(hit, x, 0.0), 1)
-    if weight is None:
+    if wv is None:
         w = ops.cast(valid, x.dtype)
     else:
-        w = ops.where(valid, ops.take(ops.cast(_t(weight), x.dtype), safe), 0.0)
+        w = ops.where(valid, ops.take(wv, safe), 0.0)
     loss = ops.neg(ops.mul(picked, w))
     if reduction == "mean":
         return ops.div(ops.sum(loss), ops.sum(w))
@@ -88,17 +131,22 @@ def cross_entropy(input: Any, target: Any, weight: Any = None, size_average: boo
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
     x, t = _t(input), _t(target)
+    _logits(x, "cross_entropy", "logits")
     if x.ndim == 1:
         t1 = ops.expand_dims(t, 0) if t.dtype.is_float else ops.reshape(t, (1,))
         loss = cross_entropy(ops.expand_dims(x, 0), t1, weight, None, ignore_index, None, reduction,
                              label_smoothing)
         return ops.squeeze(loss, 0) if reduction == "none" else loss
-    logp = log_softmax(x, 1)
     c = x.shape[1]
-    wb = None if weight is None else ops.reshape(ops.cast(_t(weight), x.dtype), _weight_shape(x.ndim))
+    wv = _class_weight(x, weight, "cross_entropy")
+    wb = None if wv is None else ops.reshape(wv, _weight_shape(x.ndim))
+    if t.dtype.is_float and t.shape != x.shape:
+        raise ops.fail(ops.ArgumentError(
+            f"cross_entropy: float targets of shape {t.shape} for input of shape {x.shape}: class-index targets must "
+            f"be an integer (int64) tensor of shape {(x.shape[0],) + x.shape[2:]}, and probability targets must have "
+            f"the input's shape {x.shape}"))
+    logp = log_softmax(x, 1)
     if t.dtype.is_float:  # class probabilities
-        if t.shape != x.shape:
-            raise ValueError(f"cross_entropy: probability targets must have the input's shape {x.shape}, got {t.shape}")
         if label_smoothing > 0:
             t = ops.add(ops.mul(t, 1.0 - label_smoothing), label_smoothing / c)
         prod = ops.mul(logp, t) if wb is None else ops.mul(ops.mul(logp, t), wb)
@@ -106,10 +154,10 @@ def cross_entropy(input: Any, target: Any, weight: Any = None, size_average: boo
         if reduction == "mean":
             return ops.div(ops.sum(loss), float(x.numel() // c))
         return _reduce(loss, reduction)
-    nll = nll_loss(logp, t, weight, None, ignore_index, None, reduction)
+    nll = _nll(logp, t, weight, ignore_index, reduction, "cross_entropy")
     if label_smoothing == 0.0:
         return nll
-    t = _class_targets(x, t, "cross_entropy")
+    t = _class_targets(x, t, "cross_entropy", ignore_index)
     valid = ops.ne(t, ignore_index)
     smooth = ops.neg(ops.sum(logp if wb is None else ops.mul(logp, wb), 1))
     smooth = ops.where(valid, smooth, 0.0)
@@ -117,7 +165,7 @@ def cross_entropy(input: Any, target: Any, weight: Any = None, size_average: boo
         if weight is None:
             denom = ops.sum(ops.cast(valid, x.dtype))
         else:
-            denom = ops.sum(ops.where(valid, ops.take(ops.cast(_t(weight), x.dtype), ops.where(valid, t, 0)), 0.0))
+            denom = ops.sum(ops.where(valid, ops.take(wv, ops.where(valid, t, 0)), 0.0))
         ret = ops.div(ops.sum(smooth), denom)
     else:
         ret = _reduce(smooth, reduction)
@@ -130,16 +178,35 @@ def _check_same_size(x: Tensor, t: Tensor, name: str) -> None:
                          "is not supported")
 
 
+def _user_stacklevel() -> int:
+    """The `stacklevel` that attributes a warning to the user's line (the innermost frame outside
+    Avalon), so the warnings module shows it once per call site, as torch's do."""
+    f, level = sys._getframe(2), 2  # the frame of our caller's caller; level 1 is the caller itself
+    while f is not None and not _is_user_file(f.f_code.co_filename):
+        f, level = f.f_back, level + 1
+    return level if f is not None else 2
+
+
+def _warn_size(x: Tensor, t: Tensor, name: str) -> tuple[Tensor, Tensor]:
+    """torch's warning for a target whose shape differs from the input's: broadcasting (4, 1) against
+    (4,) gives a (4, 4) loss, silently wrong."""
+    if x.shape != t.shape:
+        warnings.warn(f"{name}: Using a target size ({t.shape}) that is different to the input size ({x.shape}). "
+                      "This will likely lead to incorrect results due to broadcasting. Please ensure they have the "
+                      "same size.", UserWarning, stacklevel=_user_stacklevel())
+    return x, t
+
+
 def mse_loss(input: Any, target: Any, size_average: bool | None = None, reduce: bool | None = None,
              reduction: str = "mean", weight: Any = None) -> Tensor:
-    d = ops.sub(_t(input), _t(target))
+    d = ops.sub(*_warn_size(_t(input), _t(target), "mse_loss"))
     loss = ops.mul(d, d) if weight is None else ops.mul(ops.mul(d, d), weight)
     return _reduce(loss, _legacy_reduction(size_average, reduce, reduction))
 
 
 def l1_loss(input: Any, target: Any, size_average: bool | None = None, reduce: bool | None = None,
             reduction: str = "mean", weight: Any = None) -> Tensor:
-    loss = ops.abs(ops.sub(_t(input), _t(target)))
+    loss = ops.abs(ops.sub(*_warn_size(_t(input), _t(target), "l1_loss")))
     loss = loss if weight is None else ops.mul(loss, weight)
     return _reduce(loss, _legacy_reduction(size_average, reduce, reduction))
 
@@ -147,7 +214,7 @@ def l1_loss(input: Any, target: Any, size_average: bool | None = None, reduce: b
 def smooth_l1_loss(input: Any, target: Any, size_average: bool | None = None, reduce: bool | None = None,
                    reduction: str = "mean", beta: float = 1.0) -> Tensor:
     reduction = _legacy_reduction(size_average, reduce, reduction)
-    d = ops.abs(ops.sub(_t(input), _t(target)))
+    d = ops.abs(ops.sub(*_warn_size(_t(input), _t(target), "smooth_l1_loss")))
     if beta == 0.0:
         return _reduce(d, reduction)
     loss = ops.where(ops.lt(d, beta), ops.mul(ops.mul(d, d), 0.5 / beta), ops.sub(d, 0.5 * beta))
@@ -155,7 +222,7 @@ def smooth_l1_loss(input: Any, target: Any, size_average: bool | None = None, re
 
 
 def huber_loss(input: Any, target: Any, reduction: str = "mean", delta: float = 1.0, weight: Any = None) -> Tensor:
-    d = ops.abs(ops.sub(_t(input), _t(target)))
+    d = ops.abs(ops.sub(*_warn_size(_t(input), _t(target), "huber_loss")))
     loss = ops.where(ops.lt(d, delta), ops.mul(ops.mul(d, d), 0.5), ops.mul(ops.sub(d, 0.5 * delta), delta))
     return _reduce(loss if weight is None else ops.mul(loss, weight), reduction)
 
@@ -172,6 +239,14 @@ def binary_cross_entropy(input: Any, target: Any, weight: Any = None, size_avera
     takes four, and would give 0 rather than torch's value where x is exactly 0 or 1."""
     x, t = _t(input), _t(target)
     _check_same_size(x, t, "binary_cross_entropy")
+    if not x.is_traced and x.numel():  # (traced, the values are unknown: out-of-range inputs give nan)
+        v = x.numpy()
+        bad = ~((v >= 0) & (v <= 1))
+        if bad.any():
+            raise ops.fail(RuntimeError(
+                f"binary_cross_entropy: all elements of input should be between 0 and 1, got {v[bad].flat[0]} at "
+                f"index {tuple(int(i) for i in np.argwhere(bad)[0])}; for logits (no sigmoid applied) use "
+                "binary_cross_entropy_with_logits (nn.BCEWithLogitsLoss)"))
     one_m = ops.sub(1.0, x)
     log_x = ops.stop_gradient(ops.maximum(ops.log(x), -100.0))
     log_1mx = ops.stop_gradient(ops.maximum(ops.log(one_m), -100.0))

@@ -8,8 +8,19 @@ functions also as `avalon.X`."""
 from . import contract, core, creation, indexing, linalg, pointwise, reductions, shaping, sorting
 from .contract import einsum
 from .core import *  # noqa: F403
+from .core import (
+    ArgumentError,
+    IntegerDivisionError,
+    bind,
+    check_dim,
+    check_dims,
+    dtype_arg,
+    fail,
+    result_dtype,
+    size_args,
+    unsupported,
+)
 from .core import __all__ as _core_all
-from .core import bind, dtype_arg, result_dtype, size_args, unsupported
 from .creation import *  # noqa: F403
 from .creation import __all__ as _creation_all
 from .indexing import getitem, setitem

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import builtins
 import math
-from collections.abc import Sequence
+import operator
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -42,10 +43,73 @@ def bind(opname: str, *operands: Any, **attrs: Any) -> Tensor:
         raise located(e, user_location()) from None
     devs = {o.device for o in operands if isinstance(o, Tensor)}
     rt = op.results[0].type
-    out = evaluate(opname, op.attrs, [as_array(o) for o in operands], rt)
+    try:
+        out = evaluate(opname, op.attrs, [as_array(o) for o in operands], rt)
+    except (IndexError, ValueError, ArithmeticError) as e:  # a bad value (an index out of range): the user's line
+        raise _relocated(e) from None
     res = Tensor._wrap(np.ascontiguousarray(out).reshape(out.shape), rt.dtype, CPU)  # keep 0-d as 0-d
     dev = next(iter(devs)) if len(devs) == 1 else CPU
     return res if dev == CPU else res.to(dev)
+
+
+def _relocated(e: Exception) -> Exception:
+    """`e` with the user's file and line in front, as tracing gives shape errors; an exception that
+    cannot be rebuilt from its message keeps its type and gets the line as a note instead."""
+    loc = user_location()
+    if loc is None or getattr(e, "location", None) is not None:
+        return e
+    try:
+        return located(e, loc)
+    except TypeError:
+        if hasattr(e, "add_note"):  # Python >= 3.11
+            e.add_note(f"at {loc}")
+        return e
+
+
+# -- argument checks --------------------------------------------------------------------------
+
+class ArgumentError(ShapeError, RuntimeError):
+    """Arguments that do not fit each other (a dim named twice, a weight per class of the wrong
+    length, ...): torch raises RuntimeError here, and Avalon's ShapeError (a ValueError) still
+    catches what it caught before."""
+
+
+class IntegerDivisionError(RuntimeError, ZeroDivisionError):
+    """Integer division or remainder by zero: torch's RuntimeError('ZeroDivisionError'), and also
+    Python's own ZeroDivisionError."""
+
+
+def fail(err: Exception) -> Exception:
+    """`err` with the user's file and line in front, to raise: `raise fail(IndexError(...))`."""
+    return located(err, user_location())
+
+
+def check_dim(op: str, dim: Any, ndim: int, *, new: bool = False) -> int:
+    """`dim` as an index in [0, ndim), negative dims counting from the end (torch's maybe_wrap_dim).
+    A dim out of range is torch's IndexError naming `op` and the user's line, never wrapped modulo
+    ndim, which silently picked another dim. `new=True` allows one past the end (unsqueeze,
+    stack); a 0-d tensor takes dims -1 and 0, as in torch."""
+    try:
+        d = operator.index(dim)
+    except TypeError:
+        raise fail(TypeError(f"{op}: argument 'dim' must be an int, got {type(dim).__name__} {dim!r}")) from None
+    n = builtins.max(ndim + int(new), 1)
+    if not -n <= d < n:
+        raise fail(IndexError(f"{op}: Dimension out of range (expected to be in range of [{-n}, {n - 1}], "
+                              f"but got {d})"))
+    return d % n
+
+
+def check_dims(op: str, dims: Any, ndim: int) -> list[int]:
+    """One dim or a sequence of them, each checked by `check_dim`, none named twice (torch's dim lists)."""
+    out: list[int] = []
+    many = isinstance(dims, (tuple, list, range)) or (isinstance(dims, np.ndarray) and dims.ndim > 0)
+    for d in (list(dims) if many else [dims]):
+        k = check_dim(op, d, ndim)
+        if k in out and ndim:
+            raise fail(ArgumentError(f"{op}: dim {k} appears multiple times in the list of dims"))
+        out.append(k)
+    return out
 
 
 # -- operand coercion -------------------------------------------------------------------------
@@ -199,7 +263,8 @@ def div(a: Any, b: Any, *, rounding_mode: str | None = None) -> Tensor:
         return floor_divide(a, b)
     if rounding_mode == "trunc":
         d = _arith_dtype(a, b)
-        q = bind("div", *_prepare("div", a, b, dtype=d))  # integers: C's division, toward zero
+        x, y = _prepare("div", a, b, dtype=d)
+        q = bind("div", x, y) if d.is_float else _int_div("div", x, y, b)  # integers: C's division, toward zero
         return trunc(q) if d.is_float else q
     if rounding_mode is not None:
         raise ValueError(f"div: rounding_mode must be None, 'trunc' or 'floor', got {rounding_mode!r}")
@@ -210,6 +275,19 @@ def div(a: Any, b: Any, *, rounding_mode: str | None = None) -> Tensor:
 
 
 true_divide = divide = div
+
+
+def _int_div(op: str, a: Tensor, b: Tensor, divisor: Any) -> Tensor:
+    """C's integer division a / b (toward zero). A zero divisor whose value is known (a number, or
+    an eager tensor) is torch's error; the primitive would give 0 (the reference) or whatever the
+    backend's hardware gives. A traced tensor divisor's values are unknown, and there division by
+    zero gives that backend-defined value."""
+    known_zero = bool(divisor == 0) if _is_scalar(divisor) else (
+        not b.is_traced and b.numel() and not np.all(b.numpy()))
+    if known_zero:
+        raise fail(IntegerDivisionError(f"{op}: ZeroDivisionError (integer division by zero, "
+                                        f"{dt.PY_NAMES[a.dtype.name]})"))
+    return bind("div", a, b)
 
 
 def _arith_dtype(a: Any, b: Any) -> DType:
@@ -256,10 +334,15 @@ def fmod(input: Any, other: Any) -> Tensor:
     """C's fmod (torch.fmod): the remainder of the quotient truncated toward zero, with the
     dividend's sign. Floats: the rounded quotient may be one off, which the two corrections undo;
     then IEEE's special cases (x fmod inf = x; inf fmod y and x fmod 0 are nan)."""
+    return _fmod("fmod", input, other)
+
+
+def _fmod(op: str, input: Any, other: Any) -> Tensor:
+    """fmod, named `op` in errors (remainder builds on it); integers by zero are an error when known."""
     d = _arith_dtype(input, other)
-    a, b = _prepare("fmod", input, other, dtype=d)
+    a, b = _prepare(op, input, other, dtype=d)
     if not d.is_float:
-        return sub(a, mul(bind("div", a, b), b))
+        return sub(a, mul(_int_div(op, a, b, other), b))
     r = sub(a, mul(trunc(bind("div", a, b)), b))
     ab = abs(b)
     r = where(logical_and(ne(r, 0.0), ne(lt(r, 0.0), lt(a, 0.0))), add(r, where(lt(r, 0.0), ab, neg(ab))), r)
@@ -278,17 +361,18 @@ def remainder(input: Any, other: Any) -> Tensor:
     """Python's modulus (torch.remainder, `%`): the result has the divisor's sign."""
     d = _arith_dtype(input, other)
     _, b = _prepare("remainder", input, other, dtype=d)
-    r = fmod(input, other)
+    r = _fmod("remainder", input, other)
     return where(_wrong_sign(r, b), add(r, b), r)
 
 
 def floor_divide(input: Any, other: Any) -> Tensor:
     """Python's `//` (torch.floor_divide): the quotient rounded toward -inf. Floats follow torch's
-    div_floor: (a - fmod(a, b)) / b is an integer up to rounding, which the last steps repair."""
+    div_floor: (a - fmod(a, b)) / b is an integer up to rounding, which the last steps repair.
+    Integers by zero are torch's error where the divisor is known (see `_int_div`)."""
     d = _arith_dtype(input, other)
     a, b = _prepare("floor_divide", input, other, dtype=d)
     if not d.is_float:
-        q = bind("div", a, b)
+        q = _int_div("floor_divide", a, b, other)
         return sub(q, cast(_wrong_sign(sub(a, mul(q, b)), b), d))
     m = fmod(a, b)
     q = div(sub(a, m), b)
@@ -400,11 +484,17 @@ def reshape(x: Any, *shape: Any) -> Tensor:
 
 
 def permute(x: Any, *perm: Any) -> Tensor:
+    """torch.permute: dims reordered; every dim named once, negative ones counting from the end."""
     x = _tensor(x)
     if len(perm) == 1 and isinstance(perm[0], (tuple, list)):
         perm = tuple(perm[0])
-    perm = [p % x.ndim for p in perm] if x.ndim else []
-    return x if perm == list(range(x.ndim)) else bind("transpose", x, perm=perm)
+    if len(perm) != x.ndim:
+        raise fail(ArgumentError(f"permute: the order {tuple(perm)} names {len(perm)} dims for a tensor of dimension "
+                                 f"{x.ndim} (input.dim() = {x.ndim} is not equal to len(dims) = {len(perm)})"))
+    p = [check_dim("permute", d, x.ndim) for d in perm]
+    if len(set(p)) != len(p):
+        raise fail(ArgumentError(f"permute: duplicate dims are not allowed, got {tuple(perm)}"))
+    return x if p == list(range(x.ndim)) else bind("transpose", x, perm=p)
 
 
 def transpose(x: Any, *dims: Any, dim0: int | None = None, dim1: int | None = None) -> Tensor:
@@ -419,16 +509,20 @@ def transpose(x: Any, *dims: Any, dim0: int | None = None, dim1: int | None = No
     if not dims:
         return permute(x, list(reversed(range(x.ndim))))
     if len(dims) == 2 and not swap_given_as_perm:
+        a, b = check_dim("transpose", dims[0], x.ndim), check_dim("transpose", dims[1], x.ndim)
+        if x.ndim == 0:
+            return x
         perm = list(range(x.ndim))
-        a, b = dims[0] % x.ndim, dims[1] % x.ndim
         perm[a], perm[b] = perm[b], perm[a]
         return permute(x, perm)
     return permute(x, list(dims))
 
 
 def expand_dims(x: Any, axis: int) -> Tensor:
+    """A new size-1 dim at `axis` in [-ndim - 1, ndim] (torch's unsqueeze, as which errors name it:
+    Tensor.unsqueeze is this function)."""
     x = _tensor(x)
-    axis = axis % (x.ndim + 1)
+    axis = check_dim("unsqueeze", axis, x.ndim, new=True)
     return reshape(x, x.shape[:axis] + (1,) + x.shape[axis:])
 
 
@@ -438,35 +532,70 @@ def squeeze(x: Any, axis: Any = None, *, dim: Any = None) -> Tensor:
     axis = dim if dim is not None else axis
     if axis is None:
         return reshape(x, tuple(s for s in x.shape if s != 1))
+    axes = set(check_dims("squeeze", axis, x.ndim))
     if x.ndim == 0:
         return x
-    axes = {a % x.ndim for a in ([axis] if isinstance(axis, (int, np.integer)) else axis)}
     return reshape(x, tuple(s for i, s in enumerate(x.shape) if not (i in axes and s == 1)))
 
 
 def flatten(x: Any, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+    """Dims start_dim .. end_dim (inclusive) merged into one; a 0-d tensor becomes 1-d."""
     x = _tensor(x)
+    s, e = check_dim("flatten", start_dim, x.ndim), check_dim("flatten", end_dim, x.ndim)
     if x.ndim == 0:
         return reshape(x, (1,))
-    s, e = start_dim % x.ndim, end_dim % x.ndim
+    if s > e:
+        raise fail(ArgumentError(f"flatten: start_dim ({start_dim}) cannot come after end_dim ({end_dim}) for a tensor "
+                                 f"of dimension {x.ndim}"))
     return reshape(x, x.shape[:s] + (math.prod(x.shape[s:e + 1]),) + x.shape[e + 1:])
 
 
-def concat(xs: Sequence[Any], axis: int = 0, *, dim: int | None = None) -> Tensor:
-    axis = dim if dim is not None else axis
+def _tensor_list(op: str, xs: Any) -> list[Tensor]:
+    """The tensors of a list or tuple argument. One tensor (or array) is refused rather than iterated:
+    `cat(x)` would otherwise concatenate x's rows."""
+    if isinstance(xs, (Tensor, np.ndarray)) or _is_scalar(xs) or not isinstance(xs, Iterable):
+        raise fail(TypeError(f"{op}(): argument 'tensors' must be a list or tuple of tensors, not "
+                             f"{type(xs).__name__}; write {op}([a, b], dim=...)"))
     ts = [_tensor(x) for x in xs]
     if not ts:
-        raise ValueError("concat: expected a non-empty sequence of tensors")
+        raise fail(ValueError(f"{op}: expected a non-empty sequence of tensors"))
+    return ts
+
+
+def _concat(op: str, xs: Any, axis: int) -> Tensor:
+    """concat's work, named `op` (cat or concat, as the user called it) in errors."""
+    ts = _tensor_list(op, xs)
+    for i, t in enumerate(ts):
+        if t.ndim == 0:
+            raise fail(ArgumentError(f"{op}: zero-dimensional tensor (at position {i}) cannot be concatenated"))
+    ax = check_dim(op, axis, ts[0].ndim)
+    for i, t in enumerate(ts[1:], 1):  # torch's words, under the name the user called
+        if t.ndim != ts[0].ndim:
+            raise fail(ArgumentError(f"{op}: Tensors must have same number of dimensions: got {ts[0].ndim} and "
+                                     f"{t.ndim} (shapes {ts[0].shape} and {t.shape})"))
+        off = [k for k in range(t.ndim) if k != ax and t.shape[k] != ts[0].shape[k]]
+        if off:
+            raise fail(ArgumentError(f"{op}: Sizes of tensors must match except in dimension {ax}. Expected size "
+                                     f"{ts[0].shape[off[0]]} but got size {t.shape[off[0]]} for tensor number {i} in "
+                                     f"the list (shapes {ts[0].shape} and {t.shape})"))
     d = result_dtype(*ts)
-    return bind("concat", *[cast(t, d) for t in ts], axis=axis % ts[0].ndim)
+    return bind("concat", *[cast(t, d) for t in ts], axis=ax)
+
+
+def concat(xs: Sequence[Any], axis: int = 0, *, dim: int | None = None) -> Tensor:
+    """Tensors joined along an existing dim (torch.cat); dtypes promote."""
+    return _concat("concat", xs, dim if dim is not None else axis)
 
 
 def stack(xs: Sequence[Any], axis: int = 0, *, dim: int | None = None) -> Tensor:
+    """Tensors of one shape joined along a new dim at `axis` in [-ndim - 1, ndim]."""
     axis = dim if dim is not None else axis
-    xs = [_tensor(x) for x in xs]
-    if not xs:
-        raise ValueError("stack: expected a non-empty sequence of tensors")
-    axis = axis % (xs[0].ndim + 1)
+    xs = _tensor_list("stack", xs)
+    for i, x in enumerate(xs[1:], 1):
+        if x.shape != xs[0].shape:
+            raise fail(ArgumentError(f"stack: expects each tensor to be equal size, but got {xs[0].shape} at entry 0 "
+                                     f"and {x.shape} at entry {i}"))
+    axis = check_dim("stack", axis, xs[0].ndim, new=True)
     return concat([expand_dims(x, axis) for x in xs], axis)
 
 
@@ -486,17 +615,15 @@ def slice_(x: Any, start: Sequence[int], limit: Sequence[int], step: Sequence[in
 
 # -- reductions -------------------------------------------------------------------------------
 
-def _axes(x: Tensor, axis: Any) -> list[int]:
+def _axes(x: Tensor, axis: Any, op: str) -> list[int]:
+    """The dims a reduction `op` runs over, sorted (all of them for None), checked as torch checks them."""
     if axis is None:
         return list(range(x.ndim))
-    axes = [axis] if isinstance(axis, (int, np.integer)) else list(axis)
-    for a in axes:
-        if not -x.ndim <= a < builtins.max(x.ndim, 1):
-            raise located(ShapeError(f"axis {a} is out of range for a tensor of rank {x.ndim}"), user_location())
-    return sorted(a % x.ndim for a in axes) if x.ndim else []
+    axes = check_dims(op, axis, x.ndim)
+    return sorted(axes) if x.ndim else []
 
 
-def _dim(axis: Any, dim: Any, keepdims: Any, keepdim: Any) -> tuple[Any, bool]:
+def _dim_args(axis: Any, dim: Any, keepdims: Any, keepdim: Any) -> tuple[Any, bool]:
     """numpy's `axis`/`keepdims` and torch's `dim`/`keepdim` are the same arguments."""
     return (dim if dim is not None else axis), bool(keepdim if keepdim is not None else keepdims)
 
@@ -505,12 +632,12 @@ def sum(x: Any, axis: Any = None, keepdims: bool = False, dtype: Any = None, *, 
         dim: Any = None, keepdim: bool | None = None) -> Tensor:
     """Sum over `axis` (torch: `dim`); booleans sum as i64, as in torch."""
     x = _tensor(x)
-    axis, keepdims = _dim(axis, dim, keepdims, keepdim)
+    axis, keepdims = _dim_args(axis, dim, keepdims, keepdim)
     if dtype is not None:
         x = cast(x, dtype_arg("sum", dtype))
     elif x.dtype is dt.bool_:
         x = cast(x, dt.int64)
-    axes = _axes(x, axis)
+    axes = _axes(x, axis, "sum")
     if not axes:
         return x
     return bind("sum", x, axes=axes, keepdims=keepdims)
@@ -519,12 +646,12 @@ def sum(x: Any, axis: Any = None, keepdims: bool = False, dtype: Any = None, *, 
 def mean(x: Any, axis: Any = None, keepdims: bool = False, *, dim: Any = None, keepdim: bool | None = None,
          dtype: Any = None) -> Tensor:
     x = _tensor(x)
-    axis, keepdims = _dim(axis, dim, keepdims, keepdim)
+    axis, keepdims = _dim_args(axis, dim, keepdims, keepdim)
     if dtype is not None:
         x = cast(x, dtype_arg("mean", dtype))
     if not x.dtype.is_float:
         x = cast(x, dt.float32)
-    axes = _axes(x, axis)
+    axes = _axes(x, axis, "mean")
     n = math.prod(x.shape[a] for a in axes)
     return mul(sum(x, axes, keepdims), 1.0 / n) if n else div(sum(x, axes, keepdims), 0.0)
 
@@ -549,11 +676,17 @@ def var(input: Any, dim: Any = None, unbiased: bool | None = None, keepdim: bool
     """torch.var: sum((x - mean)^2) / (n - correction) over `dim` (all dims by default), unbiased
     (correction=1) by default as in torch; n <= correction gives inf or nan, as in torch."""
     unsupported("var", out=out)
-    dim, keepdim, c = _var_args("var", dim, unbiased, keepdim, correction, axis, keepdims)
+    return _var("var", input, dim, unbiased, keepdim, correction, axis, keepdims)
+
+
+def _var(fn: str, input: Any, dim: Any, unbiased: Any, keepdim: Any, correction: Any, axis: Any,
+         keepdims: Any) -> Tensor:
+    """var's work, named `fn` in errors (std builds on it)."""
+    dim, keepdim, c = _var_args(fn, dim, unbiased, keepdim, correction, axis, keepdims)
     x = _tensor(input)
     if not x.dtype.is_float:
         x = cast(x, dt.float32)
-    axes = _axes(x, dim)
+    axes = _axes(x, dim, fn)
     n = math.prod(x.shape[a] for a in axes)
     d = sub(x, mean(x, axes, keepdims=True))
     s = sum(mul(d, d), axes, keepdim)
@@ -564,7 +697,7 @@ def std(input: Any, dim: Any = None, unbiased: bool | None = None, keepdim: bool
         correction: float | None = None, axis: Any = None, keepdims: bool | None = None, out: Any = None) -> Tensor:
     """torch.std: the square root of `var` with the same arguments (unbiased by default)."""
     unsupported("std", out=out)
-    return sqrt(var(input, dim, unbiased, keepdim, correction=correction, axis=axis, keepdims=keepdims))
+    return sqrt(_var("std", input, dim, unbiased, keepdim, correction, axis, keepdims))
 
 
 class MaxMin(NamedTuple):
@@ -576,14 +709,20 @@ class MaxMin(NamedTuple):
 
 def amax(x: Any, axis: Any = None, keepdims: bool = False, *, dim: Any = None, keepdim: bool | None = None) -> Tensor:
     """Largest value over `axis`/`dim` (an int, a tuple, or all)."""
-    x = _tensor(x)
-    axis, keepdims = _dim(axis, dim, keepdims, keepdim)
-    axes = _axes(x, axis)
+    axis, keepdims = _dim_args(axis, dim, keepdims, keepdim)
+    return _amax("amax", _tensor(x), axis, keepdims)
+
+
+def _amax(fn: str, x: Tensor, axis: Any, keepdims: bool) -> Tensor:
+    """amax's work, named `fn` (amax, amin, max, min) in errors."""
+    axes = _axes(x, axis, fn)
     return x if not axes else bind("max", x, axes=axes, keepdims=keepdims)
 
 
 def amin(x: Any, axis: Any = None, keepdims: bool = False, *, dim: Any = None, keepdim: bool | None = None) -> Tensor:
-    return neg(amax(neg(x), axis, keepdims, dim=dim, keepdim=keepdim))
+    """Smallest value over `axis`/`dim`: the negated largest of the negation."""
+    axis, keepdims = _dim_args(axis, dim, keepdims, keepdim)
+    return neg(_amax("amin", neg(_tensor(x)), axis, keepdims))
 
 
 def _torch_max(name: str, x: Any, dim: Any, keepdim: Any, axis: Any, keepdims: Any) -> Any:
@@ -596,10 +735,14 @@ def _torch_max(name: str, x: Any, dim: Any, keepdim: Any, axis: Any, keepdims: A
         return maximum(x, dim) if big else minimum(x, dim)
     if isinstance(dim, (int, np.integer)) and axis is None:
         x = _tensor(x)
+        d = check_dim(name, dim, x.ndim)
         kd = bool(keepdim if keepdim is not None else keepdims)
-        values = amax(x, int(dim), kd) if big else amin(x, int(dim), kd)
-        return MaxMin(values, argmax(x if big else neg(x), int(dim), kd))
-    return (amax if big else amin)(x, axis if axis is not None else dim, keepdims, keepdim=keepdim)
+        values = amax(x, d, kd) if big else amin(x, d, kd)
+        return MaxMin(values, _argmax(name, x if big else neg(x), d, kd))
+    x = _tensor(x)
+    axis = axis if axis is not None else dim
+    kd = bool(keepdim if keepdim is not None else keepdims)
+    return _amax(name, x, axis, kd) if big else neg(_amax(name, neg(x), axis, kd))
 
 
 def max(x: Any, dim: Any = None, keepdim: bool | None = None, *, axis: Any = None,  # noqa: A001
@@ -615,18 +758,24 @@ def min(x: Any, dim: Any = None, keepdim: bool | None = None, *, axis: Any = Non
 def argmax(x: Any, axis: int | None = None, keepdims: bool = False, *, dim: int | None = None,
            keepdim: bool | None = None) -> Tensor:
     """Index of the first maximum along `axis`/`dim`, or in the flattened tensor."""
-    x = _tensor(x)
-    axis, keepdims = _dim(axis, dim, keepdims, keepdim)
+    axis, keepdims = _dim_args(axis, dim, keepdims, keepdim)
+    return _argmax("argmax", _tensor(x), axis, keepdims)
+
+
+def _argmax(fn: str, x: Tensor, axis: Any, keepdims: bool) -> Tensor:
+    """argmax's work, named `fn` (argmax, argmin, max, min) in errors."""
     if axis is None:
         out = bind("argmax", reshape(x, (-1,)), axis=0)
         return reshape(out, (1,) * x.ndim) if keepdims else out
-    return bind("argmax", x, axis=axis % builtins.max(x.ndim, 1), keepdims=keepdims)
+    return bind("argmax", x, axis=check_dim(fn, axis, x.ndim), keepdims=keepdims)
 
 
 def argmin(x: Any, axis: int | None = None, keepdims: bool = False, *, dim: int | None = None,
            keepdim: bool | None = None) -> Tensor:
+    """Index of the first minimum: the argmax of the negation (of the complement for booleans)."""
     x = _tensor(x)
-    return argmax(logical_not(x) if x.dtype is dt.bool_ else neg(x), axis, keepdims, dim=dim, keepdim=keepdim)
+    axis, keepdims = _dim_args(axis, dim, keepdims, keepdim)
+    return _argmax("argmin", logical_not(x) if x.dtype is dt.bool_ else neg(x), axis, keepdims)
 
 
 def cumsum(input: Any, dim: int | None = None, reverse: bool = False, *, axis: int | None = None,
@@ -643,15 +792,15 @@ def cumsum(input: Any, dim: int | None = None, reverse: bool = False, *, axis: i
         x = cast(x, dtype_arg("cumsum", dtype))
     elif x.dtype is dt.bool_:
         x = cast(x, dt.int64)
-    return bind("cumsum", x, axis=int(dim) % builtins.max(x.ndim, 1), reverse=bool(reverse))
+    return bind("cumsum", x, axis=check_dim("cumsum", dim, x.ndim), reverse=bool(reverse))
 
 
 def logsumexp(x: Any, axis: Any = -1, keepdims: bool = False, *, dim: Any = None,
               keepdim: bool | None = None) -> Tensor:
     """log(sum(exp(x))) computed stably."""
     x = _tensor(x)
-    axis, keepdims = _dim(axis, dim, keepdims, keepdim)
-    axes = _axes(x, axis)
+    axis, keepdims = _dim_args(axis, dim, keepdims, keepdim)
+    axes = _axes(x, axis, "logsumexp")
     m = stop_gradient(amax(x, axes, keepdims=True))
     s = log(sum(exp(sub(x, m)), axes, keepdims=True))
     out = add(s, m)
@@ -716,7 +865,7 @@ def take(x: Any, indices: Any, axis: int = 0) -> Tensor:
     x, idx = _tensor(x), _as_operand(indices)
     if _is_scalar(idx):
         idx = full((), int(idx), dt.int64)
-    return bind("take", x, idx, axis=axis % x.ndim)
+    return bind("take", x, idx, axis=check_dim("take", axis, x.ndim))
 
 
 def one_hot(indices: Any, num_classes: int, dtype: Any = dt.float32) -> Tensor:
@@ -734,4 +883,5 @@ def random(seed: Any, shape: Sequence[int], distribution: str = "uniform", dtype
 
 __all__ = [n for n in dir() if not n.startswith("_") and n not in ("annotations", "builtins", "math", "np", "Any",
                                                                    "Sequence", "Value", "TensorType", "DType",
-                                                                   "CPU", "Scalar", "TracerError", "NamedTuple")]
+                                                                   "CPU", "Scalar", "TracerError", "NamedTuple",
+                                                                   "Iterable", "operator")]

@@ -18,6 +18,7 @@ from .core import (
     add,
     bind,
     cast,
+    check_dim,
     dtype_arg,
     eq,
     floor,
@@ -61,7 +62,7 @@ def empty(*size: Any, dtype: Any = None, device: Any = None, requires_grad: bool
 def iota(shape: Any, axis: int = 0, dtype: Any = dt.int64) -> Tensor:
     """A tensor of `shape` whose elements are their index along `axis` (XLA's iota)."""
     shape = size_args("iota", (shape,))
-    return bind("iota", shape=list(shape), axis=int(axis) % max(len(shape), 1), dtype=dtype_arg("iota", dtype))
+    return bind("iota", shape=list(shape), axis=check_dim("iota", axis, len(shape)), dtype=dtype_arg("iota", dtype))
 
 
 def _num(v: Any) -> Any:

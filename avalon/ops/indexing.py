@@ -19,6 +19,7 @@ from .core import (
     cast,
     concat,
     expand_dims,
+    fail,
     full,
     ne,
     pad,
@@ -58,11 +59,11 @@ def _mask_rank(i: Any) -> int:
 def _expand(index: tuple, ndim: int) -> tuple:
     """Replace the Ellipsis (or append) by enough full slices to index every dim."""
     if builtins.sum(1 for i in index if i is Ellipsis) > 1:
-        raise IndexError("an index can only have a single ellipsis ('...')")
+        raise fail(IndexError("an index can only have a single ellipsis ('...')"))
     n_real = builtins.sum(_mask_rank(i) if _is_bool_mask(i) else 1
                           for i in index if i is not None and i is not Ellipsis)
     if n_real > ndim:
-        raise IndexError(f"too many indices for tensor of dimension {ndim} (got {n_real})")
+        raise fail(IndexError(f"too many indices for tensor of dimension {ndim} (got {n_real})"))
     fill = (slice(None),) * (ndim - n_real)
     ell = [k for k, i in enumerate(index) if i is Ellipsis]
     if ell:
@@ -76,17 +77,17 @@ def _int_indices(i: Any, size: int, dim: int) -> Any:
     if arr is None:
         idx = _as_operand(i)
         if idx.dtype.is_float or idx.dtype is dt.bool_:
-            raise IndexError("tensors used as indices must be integer or boolean tensors")
+            raise fail(IndexError("tensors used as indices must be integer or boolean tensors"))
         return idx
     if arr.dtype.kind not in "iu":
         if arr.size == 0:
             arr = arr.astype(np.int64)
         else:
-            raise IndexError(f"tensors used as indices must be integers, got {arr.dtype}")
+            raise fail(IndexError(f"tensors used as indices must be integers, got {arr.dtype}"))
     bad = (arr < -size) | (arr >= size)
     if bad.any():
-        raise IndexError(f"index {int(arr[bad].reshape(-1)[0])} is out of bounds for dimension {dim} "
-                         f"with size {size}")
+        raise fail(IndexError(f"index {int(arr[bad].reshape(-1)[0])} is out of bounds for dimension {dim} "
+                         f"with size {size}"))
     return Tensor((arr % builtins.max(size, 1)).astype(np.int64))
 
 
@@ -107,23 +108,23 @@ def getitem(x: Tensor, index: Any) -> Tensor:
         if isinstance(i, slice):
             s, e, st = i.indices(size)
             if st < 1:
-                raise IndexError("negative slice steps are not supported (as in torch)")
+                raise fail(IndexError("negative slice steps are not supported (as in torch)"))
             e = builtins.max(e, s)
             start.append(s), limit.append(e), step.append(st)
             kept.append(len(range(s, e, st)))
         elif _is_int_index(i):
             j = int(i)
             if not -size <= j < size:
-                raise IndexError(f"index {j} is out of bounds for dimension {dim} with size {size}")
+                raise fail(IndexError(f"index {j} is out of bounds for dimension {dim} with size {size}"))
             start.append(j % size), limit.append(j % size + 1), step.append(1)
         elif _is_array_index(i):
             if array_at is not None:
-                raise IndexError("only one integer-array index is supported")
+                raise fail(IndexError("only one integer-array index is supported"))
             array_at, array_idx = len(kept), _int_indices(i, size, dim)
             start.append(0), limit.append(size), step.append(1)
             kept.append(size)
         else:
-            raise IndexError(f"unsupported index {i!r}")
+            raise fail(IndexError(f"unsupported index {i!r}"))
     y = reshape(slice_(x, start, limit, step), kept)
     if array_at is not None:
         y = _gather(y, array_idx, array_at)
@@ -169,17 +170,17 @@ def _mask_index(x: Tensor, index: tuple, masks: list[int]) -> Tensor:
     """`x[..., mask, ...]`: the dims the mask covers become one dim holding the selected elements,
     in row-major order. The mask must be concrete: the result's shape depends on its values."""
     if len(masks) > 1 or any(_is_array_index(i) and k not in masks for k, i in enumerate(index)):
-        raise IndexError("a boolean mask index cannot be combined with other array indices")
+        raise fail(IndexError("a boolean mask index cannot be combined with other array indices"))
     k = masks[0]
     m = _concrete_array(index[k])
     if m is None:
-        raise IndexError("indexing with a traced boolean mask: the result's shape would depend on the mask's "
-                         "values; use av.where(mask, x, other) or x.masked_fill(mask, value) instead")
+        raise fail(IndexError("indexing with a traced boolean mask: the result's shape would depend on the mask's "
+                         "values; use av.where(mask, x, other) or x.masked_fill(mask, value) instead"))
     d = builtins.sum(0 if i is None else 1 for i in index[:k])  # the first dim the mask covers
     shape = x.shape[d:d + m.ndim]
     if m.shape != shape:
-        raise IndexError(f"the shape of the mask {m.shape} does not match the shape of the indexed tensor "
-                         f"{shape} at dimension {d}")
+        raise fail(IndexError(f"the shape of the mask {m.shape} does not match the shape of the indexed tensor "
+                         f"{shape} at dimension {d}"))
     flat = reshape(x, x.shape[:d] + (math.prod(shape),) + x.shape[d + m.ndim:])
     return getitem(flat, index[:k] + (np.flatnonzero(m),) + index[k + 1:])
 
@@ -194,15 +195,16 @@ def setitem(x: Any, index: Any, value: Any) -> Tensor:
     if len(index) == 1 and _is_bool_mask(index[0]):
         mask = _as_operand(index[0])
         if tuple(mask.shape) != x.shape:
-            raise IndexError(f"setitem: a boolean mask must have the tensor's shape {x.shape}, got {tuple(mask.shape)}")
+            raise fail(IndexError(f"setitem: a boolean mask must have the tensor's shape {x.shape}, got "
+                                  f"{tuple(mask.shape)}"))
         v = _as_operand(value)
         if not isinstance(v, Tensor) or v.ndim == 0:
             return where(mask, cast(v, x.dtype) if isinstance(v, Tensor) else v, x)
-        raise IndexError("setitem: a boolean-mask assignment takes a scalar value")
+        raise fail(IndexError("setitem: a boolean-mask assignment takes a scalar value"))
     index = _expand(index, x.ndim)
     if any(_is_array_index(i) for i in index):
-        raise IndexError("setitem: integer-array (list) indices are not supported in assignments; "
-                         "use slices, or av.where with a mask")
+        raise fail(IndexError("setitem: integer-array (list) indices are not supported in assignments; "
+                         "use slices, or av.where with a mask"))
     specs, view, counts = [], [], []
     for i in index:
         if i is None:
@@ -212,16 +214,16 @@ def setitem(x: Any, index: Any, value: Any) -> Tensor:
         if isinstance(i, slice):
             s, e, st = i.indices(size)
             if st < 1:
-                raise IndexError("setitem: negative slice steps are not supported")
+                raise fail(IndexError("setitem: negative slice steps are not supported"))
             n = len(range(s, builtins.max(e, s), st))
             specs.append((s, st, n)), view.append(n), counts.append(n)
         elif _is_int_index(i):
             j = int(i)
             if not -size <= j < size:
-                raise IndexError(f"index {j} is out of bounds for dimension {dim} with size {size}")
+                raise fail(IndexError(f"index {j} is out of bounds for dimension {dim} with size {size}"))
             specs.append((j % size, 1, 1)), counts.append(1)
         else:
-            raise IndexError(f"setitem: unsupported index {i!r}")
+            raise fail(IndexError(f"setitem: unsupported index {i!r}"))
     v = _as_operand(value)
     v = full((), v, x.dtype) if not isinstance(v, Tensor) else cast(v, x.dtype)
     v = broadcast_to(reshape(v, _broadcastable(v.shape, tuple(view))), view)

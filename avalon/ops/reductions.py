@@ -22,6 +22,8 @@ from .core import (
     amin,
     bind,
     cast,
+    check_dim,
+    check_dims,
     div,
     dtype_arg,
     eq,
@@ -40,7 +42,6 @@ from .core import (
     unsupported,
     where,
 )
-from .shaping import _dim as _checked_dim
 from .shaping import movedim, narrow
 
 
@@ -52,8 +53,12 @@ def any(input: Any, dim: Any = None, keepdim: bool = False, *, out: Any = None) 
     """True where some element over `dim` (all dims by default) is non-zero: a `sum` of booleans,
     which is their "or"."""
     unsupported("any", out=out)
-    b = _truth(_tensor(input))
-    axes = _axes(b, dim)
+    return _any("any", _truth(_tensor(input)), dim, keepdim)
+
+
+def _any(fn: str, b: Tensor, dim: Any, keepdim: bool) -> Tensor:
+    """any's work, named `fn` in errors (all builds on it)."""
+    axes = _axes(b, dim, fn)
     return bind("sum", b, axes=axes, keepdims=bool(keepdim)) if axes else b
 
 
@@ -61,7 +66,7 @@ def all(input: Any, dim: Any = None, keepdim: bool = False, *, out: Any = None) 
     """True where every element over `dim` is non-zero: not any of the negations."""
     unsupported("all", out=out)
     x = _tensor(input)
-    return logical_not(any(logical_not(_truth(x)), dim, keepdim))
+    return logical_not(_any("all", logical_not(_truth(x)), dim, keepdim))
 
 
 def _product_dtype(fn: str, x: Tensor, dtype: Any) -> Tensor:
@@ -77,7 +82,7 @@ def prod(input: Any, dim: int | None = None, keepdim: bool = False, *, dtype: An
     x = _product_dtype("prod", _tensor(input), dtype)
     if dim is None:
         return reshape(_prod_last(reshape(x, (-1,))), ())
-    d = _checked_dim("prod", x, dim)
+    d = check_dim("prod", dim, x.ndim)
     if x.ndim == 0:
         return x
     y = _prod_last(movedim(x, d, -1))
@@ -103,9 +108,9 @@ def cumprod(input: Any, dim: int, *, dtype: Any = None, out: Any = None) -> Tens
     2**k places before it (ones before the start), so ceil(log2(n)) steps cover the axis."""
     unsupported("cumprod", out=out)
     x = _product_dtype("cumprod", _tensor(input), dtype)
+    d = check_dim("cumprod", dim, x.ndim)
     if x.ndim == 0:
         return x
-    d = _checked_dim("cumprod", x, dim)
     n = x.shape[d]
     shift = 1
     while shift < n:
@@ -138,8 +143,13 @@ def vector_norm(x: Any, ord: Any = 2, dim: Any = None, keepdim: bool = False, *,
     """torch.linalg.vector_norm: the `ord`-norm over `dim` (every element by default): 2, 1, inf,
     -inf, 0 (the count of non-zeros) or any other real p, (sum |x|^p)^(1/p)."""
     unsupported("vector_norm", out=out)
-    x = _floating("vector_norm", x, dtype)
-    axes = _axes(x, dim)
+    return _vector_norm("vector_norm", x, ord, dim, keepdim, dtype)
+
+
+def _vector_norm(fn: str, x: Any, ord: Any, dim: Any, keepdim: bool, dtype: Any) -> Tensor:  # noqa: A002
+    """vector_norm's work, named `fn` in errors (norm and linalg.norm build on it)."""
+    x = _floating(fn, x, dtype)
+    axes = _axes(x, dim, fn)
     kd = bool(keepdim)
     p = float(ord)
     if not axes:  # a 0-d tensor: the norm of one number
@@ -166,7 +176,7 @@ def matrix_norm(A: Any, ord: Any = "fro", dim: Any = (-2, -1), keepdim: bool = F
     x = _floating("matrix_norm", A, dtype)
     if x.ndim < 2:
         raise located(ShapeError(f"matrix_norm: expects at least 2 dims, got shape {x.shape}"), user_location())
-    d0, d1 = (_checked_dim("matrix_norm", x, d) for d in dim)
+    d0, d1 = check_dims("matrix_norm", tuple(dim), x.ndim)
     if ord == "fro":
         return vector_norm(x, 2, (d0, d1), keepdim)
     if ord in ("nuc", 2, -2):
@@ -191,7 +201,7 @@ def norm(input: Any, p: Any = "fro", dim: Any = None, keepdim: bool = False, out
         p = 2
     if isinstance(p, str):
         raise ValueError(f"norm: p must be 'fro', 'nuc' or a number, got {p!r}")
-    return vector_norm(input, p, dim, keepdim, dtype=dtype)
+    return _vector_norm("norm", input, p, dim, keepdim, dtype)
 
 
 def linalg_norm(A: Any, ord: Any = None, dim: Any = None, keepdim: bool = False, *,  # noqa: A002
@@ -203,11 +213,11 @@ def linalg_norm(A: Any, ord: Any = None, dim: Any = None, keepdim: bool = False,
     if isinstance(dim, (tuple, list)) and len(dim) == 2:
         return matrix_norm(x, "fro" if ord is None else ord, tuple(dim), keepdim, dtype=dtype)
     if dim is not None:
-        return vector_norm(x, 2 if ord is None else ord, dim, keepdim, dtype=dtype)
+        return _vector_norm("linalg.norm", x, 2 if ord is None else ord, dim, keepdim, dtype)
     if ord is None:
-        return vector_norm(x, 2, None, keepdim, dtype=dtype)
+        return _vector_norm("linalg.norm", x, 2, None, keepdim, dtype)
     if x.ndim == 1:
-        return vector_norm(x, ord, None, keepdim, dtype=dtype)
+        return _vector_norm("linalg.norm", x, ord, None, keepdim, dtype)
     if x.ndim == 2:
         return matrix_norm(x, ord, (0, 1), keepdim, dtype=dtype)
     raise located(ShapeError(f"linalg.norm: with ord={ord!r} and no dim the input must be 1-d or 2-d, "
@@ -220,6 +230,7 @@ def _softmax_input(fn: str, input: Any, dim: Any, dtype: Any) -> Tensor:
     if dim is None:
         raise TypeError(f"{fn}: argument 'dim' is required")
     x = _tensor(input)
+    check_dim(fn, dim, x.ndim)
     if dtype is not None:
         x = cast(x, dtype_arg(fn, dtype))
     return x if x.dtype.is_float else cast(x, dt.float32)

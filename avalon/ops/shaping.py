@@ -15,14 +15,19 @@ from ..ir import dtypes as dt
 from ..tensor import Tensor
 from ..trace import located, user_location
 from .core import (
+    ArgumentError,
     _as_operand,
+    _concat,
     _is_scalar,
     _tensor,
     broadcast_to,
     cast,
+    check_dim,
+    check_dims,
     concat,
     div,
     expand_dims,
+    fail,
     full,
     ge,
     le,
@@ -45,7 +50,7 @@ def cat(tensors: Sequence[Any], dim: int = 0, *, axis: int | None = None, out: A
     """torch.cat (`av.ops.concat` with torch's argument name)."""
     if out is not None:
         raise TypeError("cat: argument 'out' is not supported")
-    return concat(tensors, dim if axis is None else axis)
+    return _concat("cat", tensors, dim if axis is None else axis)
 
 
 concatenate = cat
@@ -56,10 +61,8 @@ def unsqueeze(input: Any, dim: int) -> Tensor:
 
 
 def _dim(fn: str, x: Tensor, dim: int) -> int:
-    if not -max(x.ndim, 1) <= dim < max(x.ndim, 1):
-        raise located(IndexError(f"{fn}: dim {dim} is out of range for a tensor of dimension {x.ndim}"),
-                      user_location())
-    return dim % max(x.ndim, 1)
+    """`dim` of `x` checked (torch's IndexError naming `fn` and the user's line) and made non-negative."""
+    return check_dim(fn, dim, x.ndim)
 
 
 def narrow(input: Any, dim: int, start: int, length: int) -> Tensor:
@@ -230,7 +233,8 @@ def _reverse(x: Tensor, d: int) -> Tensor:
 def flip(input: Any, dims: Any) -> Tensor:
     """torch.flip: reverse the order of elements along each of `dims`."""
     x = _tensor(input)
-    for d in dict.fromkeys(_dim("flip", x, d) for d in _dims_arg(dims)):
+    ds = check_dims("flip", _dims_arg(dims), x.ndim)
+    for d in ds if x.ndim else ():  # a 0-d tensor is its own reverse
         x = _reverse(x, d)
     return x
 
@@ -383,6 +387,9 @@ def movedim(input: Any, source: Any, destination: Any) -> Tensor:
     dst = [_dim("movedim", x, s) for s in _dims_arg(destination)]
     if len(src) != len(dst):
         raise ValueError("movedim: source and destination must have the same number of dims")
+    for what, given, ds in (("source", source, src), ("destination", destination, dst)):
+        if len(set(ds)) != len(ds):
+            raise fail(ArgumentError(f"movedim: repeated dim in `{what}` ({_dims_arg(given)})"))
     order = [i for i in range(x.ndim) if i not in src]
     for t, s in sorted(zip(dst, src)):
         order.insert(t, s)

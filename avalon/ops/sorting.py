@@ -128,9 +128,9 @@ def sort(input: Any, dim: int = -1, descending: bool = False, stable: bool = Fal
     (equal elements keep their order, which `stable=False` allows too); nan counts as largest."""
     unsupported("sort", out=out)
     x = _tensor(input)
+    d = _dim("sort", x, dim)
     if x.ndim == 0:
         return SortResult(x, full((), 0, dt.int64))
-    d = _dim("sort", x, dim)
     work = cast(x, dt.int32) if x.dtype is dt.bool_ else x
     v, i = _bitonic(movedim(work, d, -1), bool(descending))
     v = cast(v, x.dtype)
@@ -204,10 +204,10 @@ def gather(input: Any, dim: int, index: Any, *, sparse_grad: bool = False, out: 
     values are known (in a traced graph it selects nothing: 0)."""
     unsupported("gather", out=out)
     x = _tensor(input)
+    d = _dim("gather", x, dim)
     if x.ndim == 0:
         x = reshape(x, (1,))
         return reshape(gather(x, 0, reshape(_tensor(index), (-1,))), ())
-    d = _dim("gather", x, dim)
     n = x.shape[d]
     idx = _index("gather", x, d, index, n)
     xs = _crop(x, idx.shape, d)
