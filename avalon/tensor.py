@@ -254,7 +254,12 @@ class Tensor:
         return self.ndim
 
     def size(self, dim: int | None = None):
-        return self.shape if dim is None else self.shape[dim]
+        """torch's size(): the shape, or one dim's length (negative dims count from the end)."""
+        if dim is None:
+            return self.shape
+        if self.ndim == 0:
+            raise _ops.fail(IndexError(f"size: Dimension specified as {dim} but tensor has no dimensions"))
+        return self.shape[_ops.check_dim("size", dim, self.ndim)]
 
     def numel(self) -> int:
         """The number of elements (a method, as in torch)."""

@@ -396,3 +396,12 @@ def test_interpolate_to_nothing() -> None:
                       lambda: TF.interpolate(torch.tensor(x), scale_factor=(2.0,)),
                       "interpolate: Input and scale_factor must have the same number of spatial dimensions")
     assert F.interpolate(x, scale_factor=0.5).shape == (1, 1, 2, 2)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_an_index_out_of_range_in_generated_code_names_the_users_line(backend):
+    """The generated function raises from its own lines; the error carries the source line of
+    the op that line computes, as eager code and the Triton backend's errors do."""
+    f = av.compile(lambda x, i: F.embedding(i, x).sum() * 2.0, backend=backend)
+    with pytest.raises(IndexError, match=r"test_user_errors\.py:\d+: .*index 7 is out of range"):
+        f(np.ones((3, 2), np.float32), np.array([0, 7]))

@@ -21,6 +21,7 @@ from avalon.channels import get_logger
 from avalon.ir import Graph, Interpreter, fusion_groups, group_name, region_function
 from avalon.passes.memory_plan import MemoryPlan, plan_memory
 from avalon.passes.target import Target
+from avalon.trace import located
 
 from .generator import Emission, generate
 from .loops import CPU, schedule
@@ -107,7 +108,27 @@ class GeneratedExecutable:
             self._fn = self._link()
         args = self._donor.prepare(self._checker.check_inputs(inputs))
         with np.errstate(all="ignore"):
-            return self._fn(*args)
+            try:
+                return self._fn(*args)
+            except (IndexError, ValueError) as e:  # an index out of range: say whose, as Triton does
+                raise self._located(e) from None
+
+    def _located(self, e: Exception) -> Exception:
+        """`e` with the user's source line of the op whose generated line raised it."""
+        tb, op = e.__traceback__, None
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename.startswith("<avalon numpy"):
+                op = self.emission.op_at(tb.tb_lineno)
+            tb = tb.tb_next
+        if op is None or getattr(e, "location", None) is not None:
+            return e
+        try:
+            new = located(e, op.loc)
+        except TypeError:  # an exception type that takes other arguments
+            return e
+        what = f"op '{op.name}' of " if str(e).startswith(f"{op.name}:") else ""
+        new.add_note(f"while running {what}@{self.graph.name} (backend {'cpu' if self.native else 'numpy'})")
+        return new
 
 
     def _link(self) -> Any:

@@ -21,6 +21,7 @@ the input arrays the caller gave for them.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +77,18 @@ class Emission:
     stats: dict[str, int] = field(default_factory=dict)
     donated: list[int] = field(default_factory=list)  # outputs written into their donated inputs
     native: list[tuple[str, int | str]] = field(default_factory=list)  # C functions (`native.bind`'s arities)
+    op_of: dict[str, Any] = field(default_factory=dict)  # generated variable -> the IR op it holds the result of
+
+    def op_at(self, lineno: int) -> Any:
+        """The IR op a line of the generated function computes (for errors raised while it runs):
+        the first generated variable on the line whose op is known."""
+        lines = self.source.splitlines()
+        if not 0 < lineno <= len(lines):
+            return None
+        for name in re.findall(r"\b[A-Za-z_]\w*\b", lines[lineno - 1]):
+            if name in self.op_of:
+                return self.op_of[name]
+        return None
 
     def link(self) -> Callable[..., tuple[Any, ...]]:
         """Allocate the buffers and slots once and compile the source into its function."""
@@ -335,8 +348,10 @@ class Generator:
         if self.native:  # the C functions, shown after the function that calls them
             src += "\n# compiled runs (avalon.codegen.numpy.native):\n" + "".join(
                 "# " + line + "\n" for c, _ in self.native for line in c.splitlines())
+        op_of = {ref.expr: v.op for v, ref in self.env.items()
+                 if v.op is not None and v.op.name != "fusion" and ref.expr.isidentifier()}
         return Emission(fname, src, self.consts, self.views, self.buffers, list(self.slots), dict(self.stats), donated,
-                        list(self.native))
+                        list(self.native), op_of)
 
 
 def generate(graph: Graph, plan: MemoryPlan | None, target: Target, donated: dict[int, int] | None = None,
