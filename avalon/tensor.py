@@ -102,6 +102,8 @@ def _replace(t: Tensor, new: Tensor) -> None:
     if tr is None:
         if t._device == CPU and t._data.flags.writeable:
             t._data[...] = new.numpy()
+        elif t._device != CPU and tuple(t._data.shape) == new.shape:
+            t._data.copy_(new.to(t._device)._data)  # in place, so aliases (`.data`) see it; a storage copy
         else:
             t._data = new.to(t._device)._data
         return
@@ -110,14 +112,17 @@ def _replace(t: Tensor, new: Tensor) -> None:
         orig = tr.stands_for.get(id(t))
         if orig is not None:  # `x.add_(1)` on an argument: the caller's tensor changes, as eagerly
             tr.record_update(orig, new)
+        parent = tr.alias_of.get(id(t))
+        if parent is not None:  # `p.data.mul_(0)`: the write goes through to p
+            _replace(parent, new)
         return
     from .trace import current_trace
     if current_trace() is not tr:
         raise TracerError("assigning a traced value into a tensor outside the trace that made it")
-    was_input = tr.leaves.get(id(t)) in tr.graph.inputs
+    was_state = id(t) in tr.updated or tr.leaves.get(id(t)) in tr.graph.inputs  # (a 2nd write: updated)
     tr.leaves[id(t)] = new._value
     tr._keep.append(t)
-    if was_input:
+    if was_state:
         tr.record_update(t, new)
 
 
@@ -657,10 +662,19 @@ class Tensor:
         raise AttributeError(_GRADS_ARE_VALUES.format("Tensor.grad"))
 
     def detach(self) -> Tensor:
-        """The same values with no gradient flowing back (torch's detach, jax's stop_gradient)."""
-        return _ops.stop_gradient(self)
+        """The same values with no gradient flowing back (torch's detach, jax's stop_gradient),
+        sharing this tensor's storage as in torch: `p.data.mul_(0)`, `x.detach().add_(1)` and a
+        soft update `tp.data.copy_(...)` change the tensor itself, eagerly and in a trace."""
+        from .trace import current_trace
+        tr = current_trace()
+        if self._value is None and (tr is None or id(self) not in tr.leaves):
+            return Tensor._wrap(self._data, self._dtype, self._device)
+        out = _ops.stop_gradient(self)  # traced (a traced tensor, or a model's tensor the trace reads)
+        out._trace.alias_of[id(out)] = self
+        out._trace._keep.append(out)
+        return out
 
-    data = property(detach, doc="torch's `.data`: the values without gradient (a detach).")
+    data = property(detach, doc="torch's `.data`: the values without gradient, the same storage.")
 
     def clone(self, memory_format: Any = None) -> Tensor:
         """An independent copy: later item assignments to either leave the other alone."""

@@ -83,6 +83,8 @@ class Trace:
         self._keep: list[Any] = []  # keep leaf objects alive so their ids stay unique
         self.updates: list[tuple[Tensor, Value]] = []
         self.stands_for: dict[int, Tensor] = {}  # traced argument -> the caller's Tensor
+        self.updated: set[int] = set()  # ids of the targets in `updates`
+        self.alias_of: dict[int, Tensor] = {}  # a traced `.data` / `.detach()` -> the tensor it aliases
         self.seed_input: Value | None = None
         self._seeds = 0
 
@@ -147,7 +149,10 @@ class Trace:
         (a model evaluated after `opt.step`, batch norm called twice), and only the last update
         of a target is written back."""
         v = self.value_of(new)
-        self.updates = [(tg, u) for tg, u in self.updates if tg is not target] + [(target, v)]
+        if id(target) in self.updated:
+            self.updates = [(tg, u) for tg, u in self.updates if tg is not target]
+        self.updates.append((target, v))
+        self.updated.add(id(target))
         self.leaves[id(target)] = v
         self._keep.append(target)
 
@@ -209,27 +214,41 @@ _FREE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _free_scalars(fn: Any) -> tuple:
-    """The Python numbers `fn` reads from its closure and module globals (`lambda x: x * scale`):
-    a trace bakes them in as constants, so they belong in its cache key (as torch.compile guards on
-    them); changing one retraces instead of silently reusing the old value. `fn`'s own code only:
-    what the functions it calls read is not seen."""
+    """The Python numbers `fn` reads from its closure and module globals (`lambda x: x * scale`),
+    and the settings of the layers it closes over (a Dropout's train/eval mode): a trace bakes them
+    in, so they belong in its cache key (as torch.compile guards on them); changing one retraces
+    instead of silently reusing the old value. `fn`'s own code only: what the functions it calls
+    read is not seen."""
     func = getattr(fn, "__func__", fn)
     if not isinstance(func, types.FunctionType):
         return ()
     names = _FREE.get(func)
-    if names is None:
-        g = func.__globals__
-        names = _FREE[func] = tuple(n for n in func.__code__.co_names if isinstance(g.get(n), _SCALARS))
-    cells = tuple(c.cell_contents for c in func.__closure__ or () if _scalar_cell(c))
     g = func.__globals__
-    return cells + tuple(g.get(n) for n in names) if names or cells else ()
+    if names is None:
+        names = _FREE[func] = tuple(n for n in func.__code__.co_names if _keyed(g.get(n)))
+    free = [_cell(c) for c in func.__closure__ or ()] + [g.get(n) for n in names]
+    return tuple(_key_of(v) for v in free if _keyed(v))
 
 
-def _scalar_cell(c: Any) -> bool:
+def _cell(c: Any) -> Any:
     try:
-        return isinstance(c.cell_contents, _SCALARS)
+        return c.cell_contents
     except ValueError:  # an empty cell (a name assigned later in the enclosing function)
-        return False
+        return None
+
+
+def _module_like(v: Any) -> bool:
+    """A layer (anything with a bool `training` flag that is called): its mode and settings shape
+    the trace (a closed-over Dropout after `.eval()`)."""
+    return callable(v) and isinstance(getattr(v, "training", None), bool) and tree.is_model(v)
+
+
+def _keyed(v: Any) -> bool:
+    return isinstance(v, _SCALARS) or _module_like(v)
+
+
+def _key_of(v: Any) -> Any:
+    return v if isinstance(v, _SCALARS) else (id(v), tree.model_state(v)[1])
 
 
 def _spec(x: Any) -> tuple:

@@ -380,3 +380,38 @@ def test_python_numbers_read_from_closures_and_globals_are_part_of_the_key(rng):
         assert c.cache_info().hits == 1
     finally:
         SCALE = 1.0
+
+
+def test_every_in_place_write_of_a_step_persists_and_data_writes_through(rng):
+    """EMA / mean-teacher (`t.mul_(d).add_(s, alpha=1 - d)` under no_grad), WGAN clipping after the
+    step, a soft update through `.data`: each later write of the same tensor counts (only the first
+    did), and `.data` / `.detach()` share the tensor's storage as in torch."""
+    student, teacher = av.nn.Linear(3, 2), av.nn.Linear(3, 2)
+
+    def ema(student, teacher, d):
+        with av.no_grad():
+            for t, s in zip(teacher.parameters(), student.parameters()):
+                t.mul_(d).add_(s, alpha=1 - d)
+            teacher.weight.data.clamp_(-0.1, 0.1)
+        return teacher.weight.sum()
+    w_s, w_t = student.weight.numpy().copy(), teacher.weight.numpy().copy()
+    b_s, b_t = student.bias.numpy().copy(), teacher.bias.numpy().copy()
+    c = av.compile(ema)
+    for _ in range(2):
+        c(student, teacher, 0.9)
+        w_t, b_t = np.clip(0.9 * w_t + 0.1 * w_s, -0.1, 0.1), 0.9 * b_t + 0.1 * b_s
+    np.testing.assert_allclose(teacher.weight.numpy(), w_t, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(teacher.bias.numpy(), b_t, rtol=1e-5, atol=1e-7)
+    x = av.tensor(np.zeros(3, np.float32))
+    x.detach().add_(1.0)
+    x.data.mul_(3.0)
+    np.testing.assert_array_equal(x.numpy(), [3, 3, 3])
+
+
+def test_a_closed_over_layer_switched_to_eval_retraces(rng):
+    drop = av.nn.Dropout(0.5)
+    f = av.compile(lambda x: drop(x))
+    x = np.ones((64, 64), np.float32)
+    assert (f(x).numpy() == 0).mean() > 0.3
+    drop.eval()
+    np.testing.assert_array_equal(f(x).numpy(), x)
