@@ -315,8 +315,12 @@ def test_params_that_cannot_be_matched_say_what_to_pass():
     _, m, _ = _models()
     grads = av.grad(_objective)(m, av.tensor(X), av.tensor(Y))
     bare = optim.SGD(list(m.parameters()), lr=0.1)
+    before = {n: p.numpy().copy() for n, p in m.named_parameters()}
+    bare.step(grads)  # av.grad's dict knows each gradient's tensor: matched by identity
+    for n, p in m.named_parameters():
+        np.testing.assert_allclose(p.numpy(), before[n] - 0.1 * grads[n].numpy(), rtol=1e-6, err_msg=n)
     with pytest.raises(KeyError, match=r"named_parameters\(\)"):
-        bare.step(grads)
+        bare.step(dict(grads))  # a plain dict's names cannot be matched to bare tensors
     bare.step([grads[n] for n, _ in m.named_parameters()])  # by position works
     sub = optim.SGD(m[2].parameters(), lr=0.1)
     with pytest.raises(KeyError, match=r"prefix='fc'"):

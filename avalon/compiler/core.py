@@ -153,11 +153,13 @@ class Program(Protocol):
 
     `prepare` checks and converts one call's arguments before its signature is taken; `build`
     makes the program for them: a `Traced` with `fn`'s inputs whose `out_tree` says what the
-    caller gets back."""
+    caller gets back; `finish` dresses the result (gradients learn whose they are)."""
 
     def prepare(self, fn: Callable, args: tuple) -> tuple: ...
 
     def build(self, fn: Callable, args: tuple) -> Traced: ...
+
+    def finish(self, fn: Callable, args: tuple, out: Any) -> Any: ...
 
 
 class Compiled:
@@ -233,7 +235,8 @@ class Compiled:
             self._check(entry, objs)
         targets = [objs[i] if i is not None else t for i, t in entry.update_at]
         runner = Traced(entry.inspection.graph, objs, entry.out_tree, entry.n_outputs, targets)
-        return run_traced(runner, entry.inspection.graph, entry.executable, objs)
+        out = run_traced(runner, entry.inspection.graph, entry.executable, objs)
+        return self.program.finish(self.fn, args, out) if self.program is not None else out
 
     def inspect(self, *args: Any) -> Inspection:
         """What the compiler did for the signature of `args` (compiling it if it is not cached yet;

@@ -55,6 +55,25 @@ class GradProgram:
                             "argument(s)")
         return tuple(Tensor(a) if i in self.nums and isinstance(a, float) else a for i, a in enumerate(args))
 
+    def finish(self, fn: Callable, args: tuple, out: Any) -> Any:
+        """A model's gradient dict as `Grads`, which knows the tensor each name is, so an optimizer
+        built on bare tensors (`filter(lambda p: p.requires_grad, model.parameters())`, parameter
+        groups of tensors) can match gradients by identity."""
+        if self.with_value:
+            value, grads = out
+        elif self.has_aux:
+            grads, aux = out
+        else:
+            grads = out
+        per = list(grads) if self.multi else [grads]
+        for k, i in enumerate(self.nums):
+            if type(per[k]) is dict and tree.is_model(args[i]):
+                per[k] = Grads(per[k], dict(tree.named_parameters(args[i])))
+        grads = tuple(per) if self.multi else per[0]
+        if self.with_value:
+            return value, grads
+        return (grads, aux) if self.has_aux else grads
+
     def build(self, fn: Callable, args: tuple) -> Traced:
         traced = trace_call(fn, args)
         graph = traced.graph
@@ -111,6 +130,17 @@ class GradProgram:
         gg.set_outputs(values + updates)
         log.debug("gradient graph for %s:\n%s", self.name, gg)
         return Traced(gg, traced.leaves, out_tree, len(values), traced.update_targets)
+
+
+class Grads(dict):
+    """A model's gradients, {parameter name: Tensor} like any dict, plus `params`: the model's
+    tensor of each name (what the gradient is of). Slots, no `__dict__`: still a dict to every walker."""
+
+    __slots__ = ("params",)
+
+    def __init__(self, grads: dict, params: dict):
+        super().__init__(grads)
+        self.params = params
 
 
 def value_and_grad(f: Callable, argnums: int | tuple[int, ...] = 0, has_aux: bool = False) -> Compiled:

@@ -565,7 +565,11 @@ class Optimizer:
     def _check_grads(self, grads: Any) -> Mapping[str, Any]:
         who = type(self).__name__
         if isinstance(grads, Mapping):
-            pass
+            known = getattr(grads, "params", None)  # av.grad's Grads: the tensor of each name
+            if self._kind == "positional" and isinstance(known, dict):
+                by_id = {id(t): k for k, t in self.params.items()}
+                grads = {by_id[id(known[n])]: g for n, g in grads.items()
+                         if n in known and id(known[n]) in by_id}
         elif self._kind == "positional" and isinstance(grads, (list, tuple)):
             if len(grads) != len(self.params):
                 raise ValueError(f"{who}.step: {len(grads)} gradients for {len(self.params)} parameters")
