@@ -280,7 +280,10 @@ class Tensor:
         if self._value is not None:
             loc = self._value.op.loc if self._value.op is not None and self._value.op.loc else None
             where = f" (value made at {loc})" if loc else ""
-            if "numpy" in what or "tolist" in what:  # np.exp(x), x.numpy() inside the function
+            if "item" in what:  # a metric: float(loss), acc.item()
+                fix = ("To log a value, return the tensor from the traced function and call .item() on "
+                       "the result; for data-dependent selection use av.where(cond, a, b).")
+            elif "numpy" in what or "tolist" in what:  # np.exp(x), x.numpy() inside the function
                 fix = ("Inside a traced function use Avalon's functions and Tensor methods (av.exp(x), "
                        "x.sum()) rather than numpy's, or return the value and convert it outside.")
             else:
