@@ -333,9 +333,11 @@ class Tensor:
             raise TypeError("only integer tensors can be used as an index")
         return int(self.item())
 
-    def to(self, device: Any = None, dtype: Any = None, non_blocking: bool = False, copy: bool = False) -> Tensor:
+    def to(self, device: Any = None, dtype: Any = None, non_blocking: bool = False, copy: bool = False,
+           memory_format: Any = None) -> Tensor:
         """Copy to another device and/or convert the dtype (no copy when nothing changes). As in
-        torch, `x.to(dtype)` and `x.to(other_tensor)` work too."""
+        torch, `x.to(dtype)` and `x.to(other_tensor)` work too. `memory_format` is accepted and has
+        no effect: Avalon tensors have no strides; the layout pass picks kernels' layouts."""
         if isinstance(device, Tensor):
             device, dtype = device.device, device.dtype if dtype is None else dtype
         elif device is not None and not isinstance(device, (str, Device)) and _is_dtype(device):

@@ -305,8 +305,10 @@ class Module:
     def eval(self) -> Module:
         return train(self, False)
 
-    def to(self, device: Any = None, dtype: Any = None) -> Module:
-        """Move (in place) every tensor to `device` and/or floating-point tensors to `dtype`."""
+    def to(self, device: Any = None, dtype: Any = None, non_blocking: bool = False,
+           memory_format: Any = None) -> Module:
+        """Move (in place) every tensor to `device` and/or floating-point tensors to `dtype`
+        (`memory_format`: accepted, no effect; the layout pass decides layouts)."""
         if dtype is not None:
             _cast_floats(self, dt.dtype(dtype))
         if device is not None:
