@@ -187,6 +187,18 @@ def test_random_reproduces_random_bits(dist, dtype):
         check(g, [np.array(s, np.int64)], rtol=0 if exact else 1e-5, atol=0 if exact else 1e-5)
 
 
+@pytest.mark.parametrize("shape, axis", [((1, 4), 0), ((3, 1), 1), ((1,), 0), ((), None)])
+def test_iota_and_random_over_size_one_axes(shape, axis, rng):
+    """A size-1 axis (reflect padding of width 1 takes along it) or a one-element result: the index
+    is a plain constant there, which once became `(0).to(...)` and failed to compile."""
+    g, b, (seed, x) = graph(((), "i64"), (shape, "f32"))
+    outs = [b("add", x, b("random", seed, shape=list(shape), dtype="f32", distribution="uniform"))]
+    if axis is not None:
+        outs.append(b("add", x, b("iota", shape=list(shape), axis=axis, dtype="f32")))
+    g.set_outputs(outs)
+    check(g, [np.array(7, np.int64), rng.standard_normal(shape).astype(np.float32)])
+
+
 def test_multi_program_grid_with_small_blocks(rng):
     g, b, (x, y) = graph(((37, 3), "f32"), ((3,), "f32"))
     g.set_outputs([b("mul", x, b("broadcast", y, shape=[37, 3]))])

@@ -283,6 +283,14 @@ def _one_hot(em, op, idx, guard):
     return em.emit(f"({iv.expr} == {c}).to({ty.tl_compute(res)})", res, idx[-1].deps, (iv,), prefix="hot")
 
 
+def _converted(em, a, tl_type: str) -> str:
+    """An index expression as a tensor of `tl_type`. With no terms (a size-1 axis, a one-element
+    result) the affine index is a Python constant, which has no `.to()`."""
+    if not a.terms:
+        return f"tl.full([1], {a.const}, {tl_type})"
+    return f"({em.affine(a)}).to({tl_type})"
+
+
 def _random(em, op, idx, guard):
     seed = em.value(op.operands[0], (), None)
     em.helpers.update({"_avalon_seed_key1", "_avalon_seed_key2", "_avalon_random_bits"})
@@ -291,7 +299,7 @@ def _random(em, op, idx, guard):
     res = op.results[0].dtype
     shape = op.results[0].shape
     flat = linearize(idx, row_major(shape), shape)
-    ctr = em.emit(f"({em.affine(flat)}).to(tl.uint32)", dt.int32, flat.deps, prefix="ctr")
+    ctr = em.emit(_converted(em, flat, "tl.uint32"), dt.int32, flat.deps, prefix="ctr")
     ft = "tl.float64" if res == dt.float64 else "tl.float32"
     if op.attrs["distribution"] == "uniform":
         from avalon.ir.reference import UNIFORM_BITS
@@ -356,7 +364,7 @@ def _iota(em, op, idx, guard):
     """The index along `axis` is the loop/offset expression itself: no load at all."""
     res = op.results[0].dtype
     a = idx[op.attrs["axis"] % op.results[0].type.rank]
-    return em.emit(f"({em.affine(a)}).to({ty.tl_compute(res)})", res, a.deps, prefix="iota")
+    return em.emit(_converted(em, a, ty.tl_compute(res)), res, a.deps, prefix="iota")
 
 
 LOWERING["iota"] = IndexLowering("index", "the result index along the axis, converted to the dtype", _iota)
