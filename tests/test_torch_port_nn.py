@@ -241,3 +241,20 @@ def test_piecewise_activations_at_their_kinks_match_torch(name):
     tx = T(x[:8]).requires_grad_()
     (tg,) = torch.autograd.grad(theirs(tx).sum(), tx)
     np.testing.assert_allclose(av.grad(lambda v: ours(v).sum())(x[:8]).numpy(), tg.numpy(), rtol=1e-7, atol=1e-7)
+
+
+def test_norm_based_functions_have_torchs_finite_gradient_at_a_zero_vector():
+    """sqrt's gradient at 0 is 0 * inf = nan; torch clamps (normalize, cosine_similarity) or takes
+    the zero subgradient (the 2-norm), and so do these."""
+    x = np.array([[0.0, 0.0, 0.0], [1.0, 2.0, -3.0]])
+    y = np.array([[1.0, 1.0, 1.0], [0.5, -1.0, 2.0]])
+    w = np.array([[1.0, 2.0, 3.0], [1.0, 1.0, 1.0]])
+    cases = [(lambda lib, F_, x: F_.cosine_similarity(x, lib.tensor(y)).sum()),
+             (lambda lib, F_, x: (F_.normalize(x, dim=1) * lib.tensor(w)).sum()),
+             (lambda lib, F_, x: F_.pairwise_distance(x, x * 0.0, eps=0.0).sum())]
+    for f in cases:
+        tx = T(x).requires_grad_()
+        (tg,) = torch.autograd.grad(f(torch, TF, tx), tx)
+        g = av.grad(lambda v: f(av, F, v))(x).numpy()
+        assert np.isfinite(g).all()
+        np.testing.assert_allclose(g, tg.numpy(), rtol=1e-7)

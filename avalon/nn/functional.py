@@ -276,8 +276,10 @@ def log_softmax(input: Any, dim: int | None = None, _stacklevel: int = 3, dtype:
 
 def _norm(x: Tensor, p: float, dim: Any, keepdim: bool) -> Tensor:
     """The p-norm along `dim` (torch.norm): p = 2, 1, inf, -inf, 0 (count of nonzeros) or any other."""
-    if p == 2:
-        return ops.sqrt(ops.sum(ops.mul(x, x), dim, keepdims=keepdim))
+    if p == 2:  # sqrt with torch's zero gradient at a zero vector (sqrt's own is 0 * inf = nan)
+        s = ops.sum(ops.mul(x, x), dim, keepdims=keepdim)
+        pos = ops.gt(s, 0)
+        return ops.where(pos, ops.sqrt(ops.where(pos, s, 1.0)), 0.0)
     if p == 1:
         return ops.sum(ops.abs(x), dim, keepdims=keepdim)
     if p == math.inf:
@@ -293,7 +295,15 @@ def normalize(input: Any, p: float = 2.0, dim: int = 1, eps: float = 1e-12) -> T
     """x / max(||x||_p, eps) along `dim`."""
     x = _t(input)
     ops.check_dims("normalize", dim, x.ndim)
-    return ops.div(x, ops.maximum(_norm(x, p, dim, True), eps))
+    return ops.div(x, _clamped_norm(x, p, dim, eps))
+
+
+def _clamped_norm(x: Tensor, p: float, dim: Any, eps: float) -> Tensor:
+    """max(||x||_p, eps), keeping the dim; for p = 2 as sqrt(max(sum x^2, eps^2)), the same value
+    whose gradient is finite (torch's) at a zero vector."""
+    if p == 2:
+        return ops.sqrt(ops.maximum(ops.sum(ops.mul(x, x), dim, keepdims=True), eps * eps))
+    return ops.maximum(_norm(x, p, dim, True), eps)
 
 
 def cosine_similarity(x1: Any, x2: Any, dim: int = 1, eps: float = 1e-8) -> Tensor:
@@ -301,8 +311,8 @@ def cosine_similarity(x1: Any, x2: Any, dim: int = 1, eps: float = 1e-8) -> Tens
     first keeps the result within [-1, 1]); x1 and x2 broadcast."""
     a, b = _t(x1), _t(x2)
     ops.check_dim("cosine_similarity", dim, max(a.ndim, b.ndim))
-    a = ops.div(a, ops.maximum(_norm(a, 2, dim, True), eps))
-    b = ops.div(b, ops.maximum(_norm(b, 2, dim, True), eps))
+    a = ops.div(a, _clamped_norm(a, 2, dim, eps))
+    b = ops.div(b, _clamped_norm(b, 2, dim, eps))
     return ops.sum(ops.mul(a, b), dim)
 
 
