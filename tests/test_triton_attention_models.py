@@ -113,3 +113,17 @@ def test_multihead_attention_training_step_uses_forward_and_backward_kernels(rng
     fwd, bwd = _kinds(f.inspect(m, x, w))
     assert len(fwd) == 1 and len(bwd) == 1, list(f.inspect(m, x, w).kernels)
     _check_grads(f(m, x, w), step(m, x, w), 2e-4)
+
+
+def test_attention_written_with_einsum_is_one_attention_kernel():
+    """einsum keeps batch labels as leading matmul dims, so `bhqd,bhkd->bhqk` is the [B, H, L, S]
+    matmul the attention matcher knows (it was flattened to 3-d and missed)."""
+    rs = np.random.RandomState(0)
+    q, k, v = [rs.randn(2, 2, 16, 8).astype(np.float32) for _ in range(3)]
+
+    def attn(q, k, v):
+        s = av.einsum("bhqd,bhkd->bhqk", q, k) * q.shape[-1] ** -0.5
+        return av.einsum("bhqk,bhkd->bhqd", av.softmax(s, -1), v)
+    c = av.compile(attn, backend="triton")
+    assert sorted(c.inspect(q, k, v).kernels) == ["fused_attention_0"]
+    np.testing.assert_allclose(c(q, k, v).numpy(), av.compile(attn)(q, k, v).numpy(), rtol=1e-5, atol=1e-6)

@@ -185,8 +185,10 @@ def _contract(a: Tensor, la: list[Label], b: Tensor, lb: list[Label],
         b = reshape(b, bshape + (1,) * len(left) + rshape)
         return mul(a, b), batch + left + right
     k = math.prod(size[lab] for lab in summed)
-    a3 = reshape(a, (math.prod(bshape), math.prod(lshape), k))
-    b3 = reshape(b, (math.prod(bshape), k, math.prod(rshape)))
+    # batch labels stay leading dims of one N-d matmul (`bhld,bhsd->bhls` is the [B, H, L, S]
+    # matmul attention's matcher knows), only multi-label groups are flattened
+    a3 = reshape(a, bshape + (math.prod(lshape), k))
+    b3 = reshape(b, bshape + (k, math.prod(rshape)))
     return reshape(matmul(a3, b3), bshape + lshape + rshape), batch + left + right
 
 
