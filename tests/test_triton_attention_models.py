@@ -127,3 +127,17 @@ def test_attention_written_with_einsum_is_one_attention_kernel():
     c = av.compile(attn, backend="triton")
     assert sorted(c.inspect(q, k, v).kernels) == ["fused_attention_0"]
     np.testing.assert_allclose(c(q, k, v).numpy(), av.compile(attn)(q, k, v).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_grad_only_of_attention_gets_the_flash_kernels():
+    """av.grad (no value) of a loss through attention: P V is dead in the gradient graph, put back
+    so the forward and backward are each one kernel (the scores were stored L x S before)."""
+    from avalon.nn import functional as F
+    rs = np.random.RandomState(0)
+    q, k, v, r = [rs.randn(2, 2, 16, 8).astype(np.float32) for _ in range(4)]
+    g = av.grad(lambda q, k, v, r: (F.scaled_dot_product_attention(q, k, v, is_causal=True) * r).sum(),
+                argnums=(0, 1, 2))
+    c = av.compile(g, backend="triton")
+    assert {"fused_attention_0", "fused_attention_bwd_1"} <= set(c.inspect(q, k, v, r).kernels)
+    for got, want in zip(c(q, k, v, r), g(q, k, v, r)):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-5)

@@ -301,11 +301,37 @@ class AttentionBwd(KernelKind):
 
     def prepare(self, graph: Graph) -> None:
         """Rewrite training graphs so the forward and the backward each become one kernel."""
+        made = _restore_outputs(graph)
         for pv in list(graph.ops):
             if pv.parent is graph.body and pv.name == "matmul" and not isinstance(m := match(pv), str):
                 why = _prepare_one(graph, m)
                 if why:
                     log.debug("not preparing the attention backward at '%s': %s", pv.name, why)
+                    if pv in made and not any(r.uses for r in pv.results):
+                        pv.erase()  # put back for nothing
+
+
+def _restore_outputs(graph: Graph) -> set[Op]:
+    """`av.grad` of a loss through attention (not `value_and_grad`) needs no forward output, so
+    P V is gone when this runs; the backward still has dP = dO Vᵀ. Put O = P V back (the forward
+    kernel computes it anyway, and the backward's row term reads it), so the pattern is whole."""
+    made: set[Op] = set()
+    for div in list(graph.ops):
+        if div.parent is not graph.body or div.name != "div" or div.operands[0].op is None \
+                or div.operands[0].op.name != "exp":
+            continue
+        P, bl = div.results[0], div.operands[1]
+        if any(u.name == "matmul" and u.operands[0] is P for u in _users(P)):
+            continue  # the forward's P V is there
+        for t in _users(bl):
+            X = t.operands[0] if t is not div and t.name == "div" and t.operands[1] is bl else None
+            dp = X.op if X is not None else None
+            if dp is None or dp.name != "matmul" or not _is_t(dp.operands[1].op):
+                continue
+            V = dp.operands[1].op.operands[0]
+            made.add(Builder(graph.body, before=t)("matmul", P, V).op)
+            break
+    return made
 
 
 def _pure(v: Value) -> bool:
