@@ -4,7 +4,7 @@ Models are plain Python objects; `av.trace` records one call as a typed SSA grap
 `avalon.passes` rewrites it in the open, and backends run it: the numpy reference interpreter
 (`av.interpret`) and generated Triton kernels. See README.md.
 """
-from . import ir, jit, nn, ops, optim, passes, random
+from . import cuda, distributions, ir, jit, nn, ops, optim, passes, random, utils
 from .checkpoint import CheckpointError, load, save
 from .compiler import compile, grad, value_and_grad  # noqa: A004  (av.compile, like torch.compile)
 from .device import Device, best_available_device, device
@@ -26,13 +26,18 @@ from .ops import (  # torch's tensor functions: `import avalon as av` ports `imp
     argmax,
     argmin,
     argsort,
+    as_tensor,
+    bincount,
     bmm,
     broadcast_to,
     cat,
+    channels_last,
+    channels_last_3d,
     chunk,
     clamp,
     clip,
     concat,
+    contiguous_format,
     cos,
     cumprod,
     cumsum,
@@ -55,13 +60,20 @@ from .ops import (  # torch's tensor functions: `import avalon as av` ports `imp
     floor,
     floor_divide,
     fmod,
+    from_numpy,
     full,
     full_like,
     gather,
     ge,
     ger,
+    get_default_dtype,
     gt,
+    index_add,
+    index_copy,
+    index_fill,
+    index_put,
     index_select,
+    initial_seed,
     is_tensor,
     isfinite,
     isinf,
@@ -101,6 +113,7 @@ from .ops import (  # torch's tensor functions: `import avalon as av` ports `imp
     outer,
     permute,
     pow,
+    preserve_format,
     prod,
     rand,
     rand_like,
@@ -117,6 +130,9 @@ from .ops import (  # torch's tensor functions: `import avalon as av` ports `imp
     rsqrt,
     scatter,
     scatter_add,
+    scatter_reduce,
+    seed,
+    set_default_dtype,
     sigmoid,
     sign,
     sin,

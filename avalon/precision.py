@@ -98,4 +98,18 @@ class _Cudnn(_Knobs):
         _state["conv_tf32"] = bool(on)
 
 
-backends = SimpleNamespace(cuda=SimpleNamespace(matmul=_Matmul()), cudnn=_Cudnn())
+class _Mps:
+    """`av.backends.mps`: Apple's Metal backend, for which Avalon generates no kernels."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def is_available() -> bool:
+        return False
+
+    @staticmethod
+    def is_built() -> bool:
+        return False
+
+
+backends = SimpleNamespace(cuda=SimpleNamespace(matmul=_Matmul()), cudnn=_Cudnn(), mps=_Mps())

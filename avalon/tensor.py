@@ -605,6 +605,12 @@ class Tensor:
     scatter_add = _method("scatter_add")
     take_along_dim = _method("take_along_dim")
     multinomial = _method("multinomial")
+    index_add = _method("index_add")
+    index_copy = _method("index_copy")
+    index_fill = _method("index_fill")
+    index_put = _method("index_put")
+    scatter_reduce = _method("scatter_reduce")
+    bincount = _method("bincount")
 
     def type(self, dtype: Any = None, non_blocking: bool = False, **kwargs: Any) -> Any:
         """torch's `x.type()`: the tensor type's name ('torch.FloatTensor', 'torch.cuda.LongTensor');
@@ -765,6 +771,8 @@ _TYPE_NAMES = {"f32": "FloatTensor", "f64": "DoubleTensor", "f16": "HalfTensor",
 """torch's legacy tensor-type names, for `Tensor.type()`."""
 
 _INPLACE_MORE = {
+    "index_add_": _op("index_add"), "index_copy_": _op("index_copy"), "index_fill_": _op("index_fill"),
+    "index_put_": _op("index_put"), "scatter_reduce_": _op("scatter_reduce"),
     "scatter_": _op("scatter"), "scatter_add_": _op("scatter_add"), "lerp_": _op("lerp"),
     "addcmul_": _op("addcmul"), "addcdiv_": _op("addcdiv"), "remainder_": _op("remainder"), "fmod_": _op("fmod"),
     "floor_divide_": _op("floor_divide"), "log1p_": _op("log1p"), "expm1_": _op("expm1"), "trunc_": _op("trunc"),

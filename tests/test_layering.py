@@ -22,11 +22,12 @@ LAYERS = {
     "avalon.channels": 0, "avalon.version": 0, "avalon.precision": 0, "avalon.ir": 0,
     "avalon.grad_mode": 0, "avalon.jit": 0,
     "avalon.tensor": 1, "avalon.ops": 1, "avalon.trace": 1, "avalon.tree": 1, "avalon.device": 1,
-    "avalon.random": 1, "avalon.autodiff": 1, "avalon.passes": 1,
+    "avalon.random": 1, "avalon.cuda": 1, "avalon.autodiff": 1, "avalon.passes": 1,
     "avalon.codegen": 2, "avalon.mlir": 2,
     "avalon.compiler": 3, "avalon.debug": 3,
     "avalon.nn": 4, "avalon.optim": 4, "avalon.train": 4, "avalon.checkpoint": 4, "avalon.zoo": 4,
     "avalon.interop": 4, "avalon.onnx": 4, "avalon.cli": 4, "avalon.demo": 4, "avalon.distributed": 4, "avalon": 4,
+    "avalon.utils": 4, "avalon.distributions": 4,
 }
 NAMES = {0: "ir", 1: "frontend/autodiff/passes", 2: "codegen", 3: "compiler driver", 4: "nn/optim/train/cli"}
 

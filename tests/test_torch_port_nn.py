@@ -255,6 +255,6 @@ def test_norm_based_functions_have_torchs_finite_gradient_at_a_zero_vector():
     for f in cases:
         tx = T(x).requires_grad_()
         (tg,) = torch.autograd.grad(f(torch, TF, tx), tx)
-        g = av.grad(lambda v: f(av, F, v))(x).numpy()
+        g = av.grad(lambda v, f=f: f(av, F, v))(x).numpy()
         assert np.isfinite(g).all()
         np.testing.assert_allclose(g, tg.numpy(), rtol=1e-7)

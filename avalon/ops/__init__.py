@@ -2,10 +2,10 @@
 
 `core` binds the primitives with broadcasting and dtype promotion made explicit; `creation`,
 `shaping` and `indexing` add torch's creation, shape/mask and indexing functions over them;
-`pointwise`, `reductions`, `contract` (einsum) and `sorting` compose further torch functions from them, and
-`linalg` is `av.linalg`. Everything is importable as `avalon.ops.X`, and the torch-named
-functions also as `avalon.X`."""
-from . import contract, core, creation, indexing, linalg, pointwise, reductions, shaping, sorting
+`pointwise`, `reductions`, `contract` (einsum), `sorting` and `scattering` (index_add, scatter_reduce,
+...) compose further torch functions from them, and `linalg` is `av.linalg`. Everything is importable
+as `avalon.ops.X`, and the torch-named functions also as `avalon.X`."""
+from . import contract, core, creation, indexing, linalg, pointwise, reductions, scattering, shaping, sorting
 from .contract import einsum
 from .core import *  # noqa: F403
 from .core import (
@@ -28,11 +28,13 @@ from .pointwise import *  # noqa: F403
 from .pointwise import __all__ as _pointwise_all
 from .reductions import *  # noqa: F403
 from .reductions import __all__ as _reductions_all
+from .scattering import *  # noqa: F403
+from .scattering import __all__ as _scatter_all
 from .shaping import *  # noqa: F403
 from .shaping import __all__ as _shaping_all
 from .sorting import *  # noqa: F403
 from .sorting import SortResult
 from .sorting import __all__ as _sorting_all
 
-__all__ = sorted({*_core_all, *_creation_all, *_pointwise_all, *_reductions_all, *_shaping_all, *_sorting_all,
-                  "einsum", "getitem", "linalg", "setitem", "SortResult"})
+__all__ = sorted({*_core_all, *_creation_all, *_pointwise_all, *_reductions_all, *_scatter_all, *_shaping_all,
+                  *_sorting_all, "einsum", "getitem", "linalg", "setitem", "SortResult"})

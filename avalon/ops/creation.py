@@ -8,7 +8,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from .. import random as _rng
+from ..device import CPU
+from ..device import device as _device
 from ..ir import dtypes as dt
 from ..ir.dtypes import DType
 from ..tensor import Tensor
@@ -198,3 +202,91 @@ def randint(low: int, high: Any = None, size: Any = None, *, dtype: Any = None, 
 
 __all__ = ["arange", "empty", "empty_like", "eye", "full_like", "iota", "linspace", "ones", "ones_like", "rand",
            "rand_like", "randint", "randn", "randn_like", "zeros", "zeros_like"]
+
+
+# -- torch's namespace helpers: numpy interop, seeds, default dtype, memory formats -----------------
+
+def from_numpy(ndarray: np.ndarray) -> Tensor:
+    """torch.from_numpy: a CPU tensor sharing `ndarray`'s memory (writes through either show in the
+    other, in-place ops and compiled state updates included). Avalon tensors have no strides, so a
+    non-contiguous array is refused rather than silently copied (`np.ascontiguousarray` it, or use
+    `av.tensor` for a copy); numpy dtypes Avalon lacks (uint8, int16, ...) are refused too."""
+    if not isinstance(ndarray, np.ndarray):
+        raise TypeError(f"from_numpy: expected np.ndarray (got {type(ndarray).__name__})")
+    d = dtype_arg("from_numpy", ndarray.dtype)
+    if d.np != ndarray.dtype:  # another byte order
+        raise TypeError(f"from_numpy: the array's dtype {ndarray.dtype} is not in native byte order")
+    if not ndarray.flags.c_contiguous:
+        raise ValueError("from_numpy: Avalon tensors have no strides, so they can share only a C-contiguous "
+                         "array's memory; pass np.ascontiguousarray(a) (a copy) or use av.tensor(a)")
+    return Tensor._wrap(ndarray, d, CPU)
+
+
+def as_tensor(data: Any, dtype: Any = None, device: Any = None) -> Tensor:
+    """torch.as_tensor: `data` as a Tensor without a copy where possible: a Tensor of that dtype and
+    device is returned itself, a C-contiguous numpy array of that dtype is shared as by `from_numpy`;
+    anything else is converted (a copy)."""
+    d = dtype_arg("as_tensor", dtype) if dtype is not None else None
+    if isinstance(data, Tensor):
+        return data.to(device=device, dtype=d)
+    if isinstance(data, np.ndarray) and data.flags.c_contiguous and (d is None or d.np == data.dtype) and (
+            device is None or _device(device) == CPU) and data.dtype in _SHAREABLE:
+        return from_numpy(data)
+    if hasattr(data, "detach") and hasattr(data, "cpu"):  # a torch tensor: its values
+        return Tensor(data, d, device)
+    return Tensor(np.asarray(data) if isinstance(data, np.ndarray) else data, d, device)
+
+
+_SHAREABLE = {np.dtype(t) for t in (np.float16, np.float32, np.float64, np.int32, np.int64, np.bool_)}
+
+
+def seed() -> int:
+    """torch.seed: seed Avalon's generator from the operating system's entropy; returns the seed
+    (a 63-bit int), which `av.manual_seed` takes to repeat what follows."""
+    s = int(np.random.SeedSequence().entropy) % (1 << 63)
+    _rng.manual_seed(s)
+    return s
+
+
+def initial_seed() -> int:
+    """torch.initial_seed: the seed of Avalon's generator, the last `av.manual_seed(n)` / `av.seed()`
+    or the entropy it started from (numpy's SeedSequence records it)."""
+    return int(_rng.generator().bit_generator.seed_seq.entropy)
+
+
+def get_default_dtype() -> DType:
+    """torch.get_default_dtype: float32, the dtype of Python floats and float creation functions."""
+    return dt.float32
+
+
+def set_default_dtype(d: Any) -> None:
+    """torch.set_default_dtype: only float32, Avalon's fixed default. Another default would have to
+    reach every place a float dtype is chosen (tensor literals, scalar promotion, layer
+    initialization) and `av.compile`'s cache key, or a compiled function would keep the dtype it was
+    traced with; cast explicitly instead (`av.tensor(x, dtype=av.float64)`, `model` weights `.double()`)."""
+    if dtype_arg("set_default_dtype", d) is not dt.float32:
+        raise NotImplementedError(f"set_default_dtype({d}): Avalon's default float dtype is fixed at float32; "
+                                  "pass dtype= to creation functions or cast tensors explicitly instead")
+
+
+class MemoryFormat:
+    """torch's memory formats (`av.channels_last`, ...): accepted wherever torch takes a
+    `memory_format=` and without effect, since Avalon tensors have no strides; the layout pass
+    chooses each kernel's layout."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"avalon.{self.name}"
+
+
+channels_last = MemoryFormat("channels_last")
+channels_last_3d = MemoryFormat("channels_last_3d")
+contiguous_format = MemoryFormat("contiguous_format")
+preserve_format = MemoryFormat("preserve_format")
+
+__all__ += ["as_tensor", "channels_last", "channels_last_3d", "contiguous_format", "from_numpy", "get_default_dtype",
+            "initial_seed", "preserve_format", "seed", "set_default_dtype", "MemoryFormat"]

@@ -202,9 +202,8 @@ def setitem(x: Any, index: Any, value: Any) -> Tensor:
             return where(mask, cast(v, x.dtype) if isinstance(v, Tensor) else v, x)
         raise fail(IndexError("setitem: a boolean-mask assignment takes a scalar value"))
     index = _expand(index, x.ndim)
-    if any(_is_array_index(i) for i in index):
-        raise fail(IndexError("setitem: integer-array (list) indices are not supported in assignments; "
-                         "use slices, or av.where with a mask"))
+    if any(_is_array_index(i) and not _is_int_index(i) for i in index):
+        return _setitem_arrays(x, index, value)
     specs, view, counts = [], [], []
     for i in index:
         if i is None:
@@ -234,6 +233,26 @@ def setitem(x: Any, index: Any, value: Any) -> Tensor:
     mask = full(counts, 1, kind)
     placed, where_ = _place(v, specs, x.shape), _place(mask, specs, x.shape)
     return where(ne(where_, 0), placed, x)
+
+
+def _setitem_arrays(x: Tensor, index: tuple, value: Any) -> Tensor:
+    """`x[i] = value`, `x[i, j] = value`: integer-array indices (ints beside them count as 0-d arrays)
+    in the leading dims, full slices after them, as one `index_put`. Repeated positions keep the last
+    value, as torch's CPU kernels do."""
+    from .scattering import _broadcast_value, index_put  # (scattering builds on this module through sorting)
+    adv = [k for k, i in enumerate(index) if not isinstance(i, slice)]
+    if adv != list(range(len(adv))) or any(
+            i is None or _is_bool_mask(i) or (isinstance(i, slice) and i.indices(x.shape[k]) != (0, x.shape[k], 1))
+            for k, i in enumerate(index)):
+        raise fail(IndexError("setitem: integer-array indices are supported in the leading dims, with full slices "
+                              "after them (x[i] = v, x[i, j] = v); for x[:, i] = v use x.index_fill(1, i, v) or "
+                              "x.index_copy(1, i, v), or av.where with a mask"))
+    arrays = [Tensor(np.int64(int(i))) if _is_int_index(i) else (i if isinstance(i, Tensor) else Tensor(np.asarray(i)))
+              for i in index[:len(adv)]]
+    bshape = tuple(np.broadcast_shapes(*[a.shape for a in arrays]))
+    v = _as_operand(value)
+    v = full((), v, x.dtype) if not isinstance(v, Tensor) else cast(v, x.dtype)
+    return index_put(x, arrays, _broadcast_value("setitem", v, bshape + x.shape[len(adv):]))
 
 
 def _broadcastable(src: tuple, dst: tuple) -> tuple:

@@ -27,6 +27,7 @@ from ..ir import dtypes as dt
 from ..tensor import Tensor
 from ..trace import current_trace, located, user_location
 from .core import (
+    ArgumentError,
     _as_operand,
     _tensor,
     add,
@@ -39,6 +40,7 @@ from .core import (
     div,
     eq,
     expand_dims,
+    fail,
     full,
     ge,
     gt,
@@ -252,14 +254,19 @@ def scatter(input: Any, dim: int, index: Any, src: Any = None, value: Any = None
             reduce: str | None = None) -> Tensor:
     """torch.scatter: input with src[..., j, ...] (or the number `value`) written at position
     index[..., j, ...] of `dim`. Where several entries name one position the last one wins, as on
-    torch's CPU. `reduce='add'` is scatter_add."""
+    torch's CPU. `reduce='add'` is scatter_add, `reduce='multiply'` scatter_reduce's 'prod'."""
     if src is not None and not isinstance(src, Tensor) and np.ndim(src) == 0:
         src, value = None, src  # torch.scatter(x, dim, index, 1.5): the value form
     if reduce == "add":
         x = _tensor(input)
         return scatter_add(x, dim, index, src if src is not None else full(_tensor(index).shape, value, x.dtype))
+    if reduce == "multiply":
+        from .scattering import scatter_reduce  # (scattering.py builds on this module)
+        x = _tensor(input)
+        return scatter_reduce(x, dim, index, src if src is not None else full(_tensor(index).shape, value, x.dtype),
+                              "prod")
     if reduce is not None:
-        raise NotImplementedError(f"scatter: reduce={reduce!r} is not supported (only 'add')")
+        raise fail(ArgumentError(f"scatter: reduce argument must be either add or multiply, got {reduce!r}"))
     x = _tensor(input)
     d = _dim("scatter", x, dim)
     n = x.shape[d]

@@ -1,0 +1,492 @@
+"""`avalon.distributions`: torch.distributions' Categorical, OneHotCategorical, Bernoulli, Normal and
+Uniform, with `kl_divergence`, under torch's names, arguments and formulas.
+
+Sampling draws from Avalon's seeded generator through the `random` op (`av.multinomial` for the
+categorical ones), so inside `av.compile` every call draws afresh, as eagerly, and `av.manual_seed`
+repeats a run. `rsample` (Normal, Uniform) is reparameterized: the gradient flows through loc and
+scale. `sample` carries no gradient. `log_prob`, `entropy` and the KL divergences are ordinary
+differentiable expressions, so a REINFORCE loss `-(dist.log_prob(actions) * returns).sum()`
+differentiates under `av.grad` like torch's autograd.
+
+Arguments are checked as torch checks them (`validate_args`, on by default, as in torch) wherever
+their values are known: eagerly, not for traced values inside a compiled function.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from . import ops
+from .ir import dtypes as dt
+from .tensor import Tensor
+
+__all__ = ["Bernoulli", "Categorical", "Distribution", "Normal", "OneHotCategorical", "Uniform", "kl_divergence",
+           "register_kl"]
+
+
+def _param(x: Any) -> Tensor:
+    t = x if isinstance(x, Tensor) else ops.as_tensor(x)
+    return t if t.dtype.is_float else ops.cast(t, dt.float32)
+
+
+def _broadcast_all(*values: Any) -> list[Tensor]:
+    """torch's broadcast_all: numbers become tensors of the first tensor's float dtype (float32 when
+    all are numbers), then everything broadcasts to one shape."""
+    tensors = [v for v in values if isinstance(v, (Tensor, np.ndarray)) or hasattr(v, "detach")]
+    d = _param(tensors[0]).dtype if tensors else dt.float32
+    ts = [_param(v) if (isinstance(v, (Tensor, np.ndarray)) or hasattr(v, "detach")) else ops.full((), float(v), d)
+          for v in values]
+    shape = tuple(np.broadcast_shapes(*[t.shape for t in ts]))
+    return [ops.broadcast_to(t, shape) for t in ts]
+
+
+def _shape(sample_shape: Any) -> tuple[int, ...]:
+    if isinstance(sample_shape, (int, np.integer)):
+        return (int(sample_shape),)
+    return tuple(int(s) for s in sample_shape)
+
+
+def _known(t: Tensor) -> np.ndarray | None:
+    """The values of `t` when they are concrete (not inside a trace)."""
+    return None if t.is_traced else t.numpy()
+
+
+def _clamp_probs(p: Tensor) -> Tensor:
+    """torch's clamp_probs: probabilities kept in [eps, 1 - eps] before a logarithm."""
+    eps = float(np.finfo(p.dtype.np).eps)
+    return ops.clamp(p, eps, 1 - eps)
+
+
+def _bce_with_logits(x: Tensor, z: Tensor) -> Tensor:
+    """torch's binary_cross_entropy_with_logits (no reduction), in its stable form; the gradients are
+    sigmoid(x) - z for the logits and -x for the target, torch's."""
+    m = ops.clamp(ops.neg(x), min=0.0)
+    return ops.add(ops.add(ops.mul(ops.sub(1.0, z), x), m), ops.log(ops.add(ops.exp(ops.neg(m)),
+                                                                           ops.exp(ops.sub(ops.neg(x), m)))))
+
+
+def _softplus(x: Tensor) -> Tensor:
+    """torch's softplus (beta 1, threshold 20): x past the threshold, else log(1 + exp(x))."""
+    big = ops.gt(x, 20.0)
+    return ops.where(big, x, ops.log1p(ops.exp(ops.where(big, 0.0, x))))
+
+
+class Distribution:
+    """A batch of probability distributions: `batch_shape` independent ones, each over values of
+    `event_shape`. Subclasses give the formulas; this class gives torch's shared surface."""
+
+    has_rsample = False
+    _validate_default = True
+
+    def __init__(self, batch_shape: Sequence[int] = (), event_shape: Sequence[int] = (),
+                 validate_args: bool | None = None) -> None:
+        self._batch_shape, self._event_shape = tuple(batch_shape), tuple(event_shape)
+        self._validate_args = self._validate_default if validate_args is None else bool(validate_args)
+
+    @staticmethod
+    def set_default_validate_args(value: bool) -> None:
+        """Switch argument checks on or off for distributions made later (torch's global switch)."""
+        Distribution._validate_default = bool(value)
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        return self._batch_shape
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return self._event_shape
+
+    def _extended_shape(self, sample_shape: Any = ()) -> tuple[int, ...]:
+        return _shape(sample_shape) + self._batch_shape + self._event_shape
+
+    def _check(self, name: str, t: Tensor, ok: Callable[[np.ndarray], np.ndarray], constraint: str) -> None:
+        """torch's parameter check: a ValueError naming the parameter and the constraint it breaks."""
+        vals = _known(t) if self._validate_args else None
+        if vals is not None and not np.all(ok(vals)):
+            raise ValueError(f"Expected parameter {name} (Tensor of shape {t.shape}) of distribution "
+                             f"{type(self).__name__} to satisfy the constraint {constraint}, but found invalid values:"
+                             f"\n{vals}")
+
+    def _check_sample(self, value: Tensor, ok: Callable[[np.ndarray], np.ndarray], support: str) -> None:
+        vals = _known(value) if self._validate_args else None
+        if vals is not None and not np.all(ok(vals)):
+            raise ValueError(f"Expected value argument (Tensor of shape {value.shape}) to be within the support "
+                             f"({support}) of the distribution {type(self).__name__}, but found invalid "
+                             f"values:\n{vals}")
+
+    def sample(self, sample_shape: Any = ()) -> Tensor:
+        """A draw of shape sample_shape + batch_shape + event_shape, without gradient."""
+        return ops.stop_gradient(self.rsample(sample_shape))
+
+    def rsample(self, sample_shape: Any = ()) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no reparameterized sampling (rsample); use sample")
+
+    def sample_n(self, n: int) -> Tensor:
+        return self.sample((n,))
+
+    def log_prob(self, value: Any) -> Tensor:
+        raise NotImplementedError
+
+    def entropy(self) -> Tensor:
+        raise NotImplementedError
+
+    def cdf(self, value: Any) -> Tensor:
+        raise NotImplementedError
+
+    def perplexity(self) -> Tensor:
+        return ops.exp(self.entropy())
+
+    @property
+    def mean(self) -> Tensor:
+        raise NotImplementedError
+
+    @property
+    def mode(self) -> Tensor:
+        raise NotImplementedError
+
+    @property
+    def variance(self) -> Tensor:
+        raise NotImplementedError
+
+    @property
+    def stddev(self) -> Tensor:
+        return ops.sqrt(self.variance)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(batch_shape={self._batch_shape}, event_shape={self._event_shape})"
+
+
+class Normal(Distribution):
+    """Normal(loc, scale): Gaussians, reparameterized (`rsample` = loc + eps * scale)."""
+
+    has_rsample = True
+
+    def __init__(self, loc: Any, scale: Any, validate_args: bool | None = None) -> None:
+        self.loc, self.scale = _broadcast_all(loc, scale)
+        super().__init__(self.loc.shape, (), validate_args)
+        self._check("scale", self.scale, lambda s: s > 0, "GreaterThan(lower_bound=0.0)")
+
+    @property
+    def mean(self) -> Tensor:
+        return self.loc
+
+    @property
+    def mode(self) -> Tensor:
+        return self.loc
+
+    @property
+    def stddev(self) -> Tensor:
+        return self.scale
+
+    @property
+    def variance(self) -> Tensor:
+        return ops.mul(self.scale, self.scale)
+
+    def rsample(self, sample_shape: Any = ()) -> Tensor:
+        eps = ops.randn(self._extended_shape(sample_shape), dtype=self.loc.dtype)
+        return ops.add(self.loc, ops.mul(eps, self.scale))
+
+    def log_prob(self, value: Any) -> Tensor:
+        v = _param(value)
+        var = self.variance
+        return ops.sub(ops.sub(ops.div(ops.neg(ops.mul(ops.sub(v, self.loc), ops.sub(v, self.loc))), ops.mul(var, 2.0)),
+                               ops.log(self.scale)), math.log(math.sqrt(2 * math.pi)))
+
+    def entropy(self) -> Tensor:
+        return ops.add(0.5 + 0.5 * math.log(2 * math.pi), ops.log(self.scale))
+
+    def cdf(self, value: Any) -> Tensor:
+        z = ops.div(ops.sub(_param(value), self.loc), ops.mul(self.scale, math.sqrt(2)))
+        return ops.mul(0.5, ops.add(1.0, ops.erf(z)))
+
+
+class Uniform(Distribution):
+    """Uniform(low, high) on [low, high), reparameterized (`rsample` = low + u * (high - low))."""
+
+    has_rsample = True
+
+    def __init__(self, low: Any, high: Any, validate_args: bool | None = None) -> None:
+        self.low, self.high = _broadcast_all(low, high)
+        super().__init__(self.low.shape, (), validate_args)
+        if not self.high.is_traced:
+            hi = self.high.numpy()
+            self._check("low", self.low, lambda v: v < hi, "LessThan(upper_bound=high)")
+
+    @property
+    def mean(self) -> Tensor:
+        return ops.div(ops.add(self.high, self.low), 2.0)
+
+    @property
+    def mode(self) -> Tensor:
+        return ops.mul(self.high, math.nan)
+
+    @property
+    def stddev(self) -> Tensor:
+        return ops.div(ops.sub(self.high, self.low), 12 ** 0.5)
+
+    @property
+    def variance(self) -> Tensor:
+        w = ops.sub(self.high, self.low)
+        return ops.div(ops.mul(w, w), 12.0)
+
+    def rsample(self, sample_shape: Any = ()) -> Tensor:
+        u = ops.rand(self._extended_shape(sample_shape), dtype=self.low.dtype)
+        return ops.add(self.low, ops.mul(u, ops.sub(self.high, self.low)))
+
+    def log_prob(self, value: Any) -> Tensor:
+        v = _param(value)
+        if self._validate_args and not self.low.is_traced and not self.high.is_traced:
+            lo, hi = self.low.numpy(), self.high.numpy()
+            self._check_sample(v, lambda x: (lo <= x) & (x <= hi), "Interval(low, high)")
+        inside = ops.cast(ops.logical_and(ops.le(self.low, v), ops.gt(self.high, v)), self.low.dtype)
+        return ops.sub(ops.log(inside), ops.log(ops.sub(self.high, self.low)))
+
+    def entropy(self) -> Tensor:
+        return ops.log(ops.sub(self.high, self.low))
+
+    def cdf(self, value: Any) -> Tensor:
+        return ops.clamp(ops.div(ops.sub(_param(value), self.low), ops.sub(self.high, self.low)), 0.0, 1.0)
+
+
+def _one_of(name: str, probs: Any, logits: Any) -> None:
+    if (probs is None) == (logits is None):
+        raise ValueError("Either `probs` or `logits` must be specified, but not both.")
+
+
+class Bernoulli(Distribution):
+    """Bernoulli(probs=None, logits=None): 1 with probability `probs` (or sigmoid(logits)), else 0.
+    Samples are floats of the parameter's dtype, as in torch."""
+
+    def __init__(self, probs: Any = None, logits: Any = None, validate_args: bool | None = None) -> None:
+        _one_of("Bernoulli", probs, logits)
+        self._from_probs = probs is not None
+        (p,) = _broadcast_all(probs if self._from_probs else logits)
+        self._param = p
+        super().__init__(p.shape, (), validate_args)
+        if self._from_probs:
+            self._check("probs", p, lambda v: (v >= 0) & (v <= 1), "Interval(lower_bound=0.0, upper_bound=1.0)")
+        else:
+            self._check("logits", p, lambda v: ~np.isnan(v), "Real()")
+
+    @property
+    def probs(self) -> Tensor:
+        return self._param if self._from_probs else ops.sigmoid(self._param)
+
+    @property
+    def logits(self) -> Tensor:
+        if not self._from_probs:
+            return self._param
+        p = _clamp_probs(self._param)
+        return ops.sub(ops.log(p), ops.log1p(ops.neg(p)))
+
+    @property
+    def mean(self) -> Tensor:
+        return self.probs
+
+    @property
+    def mode(self) -> Tensor:
+        p = self.probs
+        return ops.where(ops.eq(p, 0.5), math.nan, ops.cast(ops.ge(p, 0.5), p.dtype))
+
+    @property
+    def variance(self) -> Tensor:
+        p = self.probs
+        return ops.mul(p, ops.sub(1.0, p))
+
+    def sample(self, sample_shape: Any = ()) -> Tensor:
+        p = ops.stop_gradient(self.probs)
+        shape = self._extended_shape(sample_shape)
+        u = ops.rand(shape, dtype=p.dtype)
+        return ops.cast(ops.lt(u, ops.broadcast_to(p, shape)), p.dtype)
+
+    def log_prob(self, value: Any) -> Tensor:
+        v = _param(value)
+        self._check_sample(v, lambda x: (x == 0) | (x == 1), "Boolean()")
+        logits, v = _broadcast_all(self.logits, v)
+        return ops.neg(_bce_with_logits(logits, v))
+
+    def entropy(self) -> Tensor:
+        return _bce_with_logits(self.logits, self.probs)
+
+
+class Categorical(Distribution):
+    """Categorical(probs=None, logits=None): an index in [0, K) over the last dim of `probs`
+    (normalized to sum to 1) or `logits` (normalized by logsumexp). Samples are int64."""
+
+    def __init__(self, probs: Any = None, logits: Any = None, validate_args: bool | None = None) -> None:
+        _one_of("Categorical", probs, logits)
+        self._from_probs = probs is not None
+        p = _param(probs if self._from_probs else logits)
+        if p.ndim < 1:
+            raise ValueError(f"`{'probs' if self._from_probs else 'logits'}` parameter must be at least "
+                             "one-dimensional.")
+        self._num_events = p.shape[-1]
+        super().__init__(p.shape[:-1], (), validate_args)
+        if self._from_probs:
+            self._check("probs", p, lambda v: (v >= 0).all() & np.isfinite(v).all(), "Simplex()")
+            self._param = ops.div(p, ops.sum(p, -1, keepdims=True))
+        else:
+            self._param = ops.sub(p, ops.logsumexp(p, -1, keepdims=True))
+
+    @property
+    def probs(self) -> Tensor:
+        return self._param if self._from_probs else ops.softmax(self._param, -1)
+
+    @property
+    def logits(self) -> Tensor:
+        return ops.log(_clamp_probs(self._param)) if self._from_probs else self._param
+
+    @property
+    def param_shape(self) -> tuple[int, ...]:
+        return self._param.shape
+
+    @property
+    def mean(self) -> Tensor:
+        return ops.full(self._extended_shape(), math.nan, self._param.dtype)
+
+    @property
+    def variance(self) -> Tensor:
+        return ops.full(self._extended_shape(), math.nan, self._param.dtype)
+
+    @property
+    def mode(self) -> Tensor:
+        return ops.argmax(self.probs, -1)
+
+    def sample(self, sample_shape: Any = ()) -> Tensor:
+        shape = _shape(sample_shape)
+        n = max(math.prod(shape), 1)
+        probs_2d = ops.reshape(ops.stop_gradient(self.probs), (-1, self._num_events))
+        draws = ops.transpose(ops.multinomial(probs_2d, n, True))  # (n, batch)
+        return ops.reshape(draws, self._extended_shape(shape))
+
+    def log_prob(self, value: Any) -> Tensor:
+        v = ops.as_tensor(value)
+        self._check_sample(v, lambda x: (x == np.floor(x)) & (x >= 0) & (x < self._num_events),
+                           f"IntegerInterval(lower_bound=0, upper_bound={self._num_events - 1})")
+        v = ops.cast(v, dt.int64)
+        shape = tuple(np.broadcast_shapes(v.shape, self._batch_shape))
+        log_pmf = ops.broadcast_to(self.logits, shape + (self._num_events,))
+        picked = ops.gather(log_pmf, -1, ops.expand_dims(ops.broadcast_to(v, shape), -1))
+        return ops.reshape(picked, shape)
+
+    def entropy(self) -> Tensor:
+        low = float(np.finfo(self._param.dtype.np).min)
+        logits = ops.clamp(self.logits, min=low)
+        return ops.neg(ops.sum(ops.mul(logits, self.probs), -1))
+
+    def enumerate_support(self, expand: bool = True) -> Tensor:
+        """The values 0 .. K-1, shaped (K,) + (1,) * len(batch_shape) (broadcast over the batch by default)."""
+        k = self._num_events
+        values = ops.reshape(ops.arange(k), (k,) + (1,) * len(self._batch_shape))
+        return ops.broadcast_to(values, (k,) + self._batch_shape) if expand else values
+
+
+class OneHotCategorical(Distribution):
+    """OneHotCategorical(probs=None, logits=None): a Categorical whose samples and values are
+    one-hot vectors of length K (the event), floats of the parameter's dtype."""
+
+    def __init__(self, probs: Any = None, logits: Any = None, validate_args: bool | None = None) -> None:
+        self._categorical = Categorical(probs, logits, validate_args)
+        k = self._categorical._num_events
+        super().__init__(self._categorical.batch_shape, (k,), validate_args)
+
+    @property
+    def probs(self) -> Tensor:
+        return self._categorical.probs
+
+    @property
+    def logits(self) -> Tensor:
+        return self._categorical.logits
+
+    @property
+    def mean(self) -> Tensor:
+        return self.probs
+
+    @property
+    def mode(self) -> Tensor:
+        p = self.probs
+        return ops.one_hot(ops.argmax(p, -1), p.shape[-1], p.dtype)
+
+    @property
+    def variance(self) -> Tensor:
+        p = self.probs
+        return ops.mul(p, ops.sub(1.0, p))
+
+    def sample(self, sample_shape: Any = ()) -> Tensor:
+        p = self._categorical._param
+        return ops.one_hot(self._categorical.sample(sample_shape), self._event_shape[0], p.dtype)
+
+    def log_prob(self, value: Any) -> Tensor:
+        v = _param(value)
+        self._check_sample(v, lambda x: ((x == 0) | (x == 1)).all() & (x.sum(-1) == 1).all(), "OneHot()")
+        return self._categorical.log_prob(ops.argmax(v, -1))
+
+    def entropy(self) -> Tensor:
+        return self._categorical.entropy()
+
+
+# -- KL divergence ------------------------------------------------------------------------------------
+
+_KL: dict[tuple[type, type], Callable[[Any, Any], Tensor]] = {}
+
+
+def register_kl(type_p: type, type_q: type) -> Callable:
+    """Decorator: `@register_kl(P, Q) def kl(p, q): ...` makes kl_divergence(p, q) use it."""
+    def deco(fn: Callable[[Any, Any], Tensor]) -> Callable[[Any, Any], Tensor]:
+        _KL[(type_p, type_q)] = fn
+        return fn
+    return deco
+
+
+def kl_divergence(p: Distribution, q: Distribution) -> Tensor:
+    """KL(p || q), batched, from the rule registered for the closest pair of classes."""
+    best, rank = None, None
+    for (tp, tq), fn in _KL.items():
+        if isinstance(p, tp) and isinstance(q, tq):
+            r = (type(p).__mro__.index(tp), type(q).__mro__.index(tq))
+            if rank is None or r < rank:
+                best, rank = fn, r
+    if best is None:
+        raise NotImplementedError(f"No KL(p || q) is implemented for p = {type(p).__name__}, q = {type(q).__name__}")
+    return best(p, q)
+
+
+@register_kl(Categorical, Categorical)
+def _kl_categorical(p: Categorical, q: Categorical) -> Tensor:
+    t = ops.mul(p.probs, ops.sub(p.logits, q.logits))
+    t = ops.where(ops.eq(ops.broadcast_to(q.probs, t.shape), 0.0), math.inf, t)
+    t = ops.where(ops.eq(ops.broadcast_to(p.probs, t.shape), 0.0), 0.0, t)
+    return ops.sum(t, -1)
+
+
+@register_kl(OneHotCategorical, OneHotCategorical)
+def _kl_onehot(p: OneHotCategorical, q: OneHotCategorical) -> Tensor:
+    return _kl_categorical(p._categorical, q._categorical)
+
+
+@register_kl(Normal, Normal)
+def _kl_normal(p: Normal, q: Normal) -> Tensor:
+    ratio = ops.div(p.scale, q.scale)
+    var_ratio = ops.mul(ratio, ratio)
+    d = ops.div(ops.sub(p.loc, q.loc), q.scale)
+    return ops.mul(0.5, ops.sub(ops.sub(ops.add(var_ratio, ops.mul(d, d)), 1.0), ops.log(var_ratio)))
+
+
+@register_kl(Bernoulli, Bernoulli)
+def _kl_bernoulli(p: Bernoulli, q: Bernoulli) -> Tensor:
+    pp, qp = p.probs, q.probs
+    t1 = ops.mul(pp, ops.sub(_softplus(ops.neg(q.logits)), _softplus(ops.neg(p.logits))))
+    t1 = ops.where(ops.eq(pp, 0.0), 0.0, ops.where(ops.eq(qp, 0.0), math.inf, t1))
+    t2 = ops.mul(ops.sub(1.0, pp), ops.sub(_softplus(q.logits), _softplus(p.logits)))
+    t2 = ops.where(ops.eq(pp, 1.0), 0.0, ops.where(ops.eq(qp, 1.0), math.inf, t2))
+    return ops.add(t1, t2)
+
+
+@register_kl(Uniform, Uniform)
+def _kl_uniform(p: Uniform, q: Uniform) -> Tensor:
+    result = ops.log(ops.div(ops.sub(q.high, q.low), ops.sub(p.high, p.low)))
+    outside = ops.logical_or(ops.gt(q.low, p.low), ops.lt(q.high, p.high))
+    return ops.where(outside, math.inf, result)
