@@ -8,7 +8,7 @@ import pytest
 import avalon as av
 from avalon import ir, passes, zoo
 from avalon.passes import fuse as fuse_mod
-from avalon.passes.fusion_policy import Decision, FusionPolicy, make_policy, register_policy
+from avalon.passes.fusion_policy import Decision, FusionGroup, FusionPolicy, make_policy, register_policy
 from avalon.passes.testing import assert_rewrites, assert_same_results
 from avalon.trace import trace, trace_call
 from avalon.zoo import LeNet
@@ -477,3 +477,21 @@ def test_a_group_reading_through_an_inlinable_op_before_it_moves_with_what_it_re
     g = av.trace(step, m, optim.SGD(m, lr=0.1), x, y)
     passes.PassManager.parse("canonicalize,cse,dce,fuse", target=CPU, verify_each=True).run(g)
     assert sum(op.name == "fusion" for op in g.ops) > 10
+
+
+def test_shifts_of_shifts_are_not_fused_into_one_recomputing_kernel(fusion_log):
+    """cumprod by doubling steps reads each step at two shifts; fused whole, one kernel computed
+    every stage at every shift (6,000 lines for n=700). The policy stops at MAX_RECOMPUTE maps."""
+    from avalon.passes.fusion_policy import MAX_RECOMPUTE
+    x = (1 + 0.01 * np.random.default_rng(0).standard_normal((3, 100))).astype(np.float32)
+    g = trace(lambda x: av.cumprod(x, dim=1), x)
+    passes.PassManager.parse("canonicalize,cse,dce,fuse").run(g)
+    groups = [op for op in g.ops if op.name == "fusion"]
+    assert len(groups) >= 2
+    assert any("different index maps per element" in ln for ln in fusion_log())
+    for op in groups:  # no member is computed at more maps than allowed
+        view = FusionGroup(list(op.regions[0].ops), {o: i for i, o in enumerate(op.regions[0].ops)},
+                                    lambda o: False)
+        assert view.recompute[0] <= MAX_RECOMPUTE
+    (out,) = av.interpret(g, x)
+    np.testing.assert_allclose(out, np.cumprod(x, axis=1), rtol=1e-5)

@@ -45,6 +45,11 @@ class Decision:
         return self.ok
 
 
+MAX_RECOMPUTE = 8
+"""Index maps one member of a group may be computed at (`FusionGroup.recompute`): a few shifted
+reads are cheaper recomputed than stored; chains of them grow exponentially."""
+
+
 def inlinable(op: Op) -> bool:
     """Cheap producers cloned into every group reading them: ops that select elements of their
     operand (broadcasts, reshapes, transposes, slices), splat constants and index math over iotas
@@ -108,6 +113,30 @@ class FusionGroup:
                 found[p] = None
                 stack.extend(v.op for v in p.operands)
         return sorted(found, key=self.order.__getitem__) if self.fused else []
+
+    @cached_property
+    def recompute(self) -> tuple[int, Op | None]:
+        """The most index maps at which one member must be computed per element, and that member.
+        A kernel holds no member value in memory: a member read through a slice or pad (`x[i-1]`
+        beside `x[i]`) is recomputed at each map, and a chain of such shifts multiplies them (a
+        cumprod by doubling steps became one 6,000-line kernel computing every prefix again)."""
+        maps: dict[Op, set[tuple]] = {}
+        worst, at = 1, None
+        for op in reversed(self.ops):  # users before producers
+            mine = maps.get(op) or {()}
+            for v in op.operands:
+                chain, y = [], v
+                while self._clonable(y.op) and len(y.op.operands) == 1:
+                    chain.append(id(y.op))
+                    y = y.op.operands[0]
+                if y.op in self.members:
+                    got = maps.setdefault(y.op, set())
+                    got.update(m + tuple(chain) for m in mine)
+                    if len(got) > 64:  # far past any limit: stop growing
+                        return len(got), y.op
+                    if len(got) > worst:
+                        worst, at = len(got), y.op
+        return worst, at
 
     @cached_property
     def region_ops(self) -> list[Op]:
@@ -200,7 +229,12 @@ class FusionPolicy:
                 why = self.op_veto(op)
                 if why:
                     return Decision(False, why)
-        kind = self.classify(group.union(other))
+        merged = group.union(other)
+        n, op = merged.recompute
+        if n > MAX_RECOMPUTE:
+            return Decision(False, f"one kernel would compute '{op.name}' at {n} different index maps per "
+                                   f"element (read through shifts of shifts; max {MAX_RECOMPUTE})")
+        kind = self.classify(merged)
         return Decision(bool(kind), kind.reason)
 
     def can_inline(self, group: FusionGroup, op: Op) -> Decision:
