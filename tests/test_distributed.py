@@ -288,3 +288,27 @@ def test_fit_resumes_from_its_checkpoint_as_if_never_interrupted(tmp_path):
     assert h == full_h
     for (n, a), (_, b) in zip(p, full_p):
         np.testing.assert_array_equal(a, b, err_msg=n)
+
+
+def test_all_reduce_keeps_grads_and_save_carries_plain_extra_state(tmp_path):
+    """`dist.all_reduce(grads)` stays av.grad's Grads (an optimizer over filtered bare tensors
+    matches by it: it raised KeyError after the all-reduce), and `extra=` takes a scheduler's
+    state_dict (plain values) as well as arrays."""
+    from avalon import nn
+    from avalon.optim import lr_scheduler
+    m = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    for p in m[0].parameters():
+        p.requires_grad = False
+    opt = optim.SGD(filter(lambda p: p.requires_grad, m.parameters()), lr=0.1)
+    _, g = av.value_and_grad(lambda m, x: (m(x) ** 2).sum())(m, np.ones((2, 3), np.float32))
+    reduced = dist.all_reduce(g)
+    assert type(reduced) is type(g) and reduced.params is g.params
+    before = m[2].weight.numpy().copy()
+    opt.step(reduced)
+    np.testing.assert_allclose(m[2].weight.numpy(), before - 0.1 * g["2.weight"].numpy(), rtol=1e-6)
+    sched = lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    sched.step()
+    path = tmp_path / "ck.safetensors"
+    dist.save(m, path, opt, extra={"sched": sched.state_dict(), "epoch": np.int64(1)})
+    extra = dist.load(path, m, opt)
+    assert extra["sched"] == sched.state_dict() and int(extra["epoch"]) == 1

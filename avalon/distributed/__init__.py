@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from avalon.compiler.gradients import Grads
 from avalon.ops.core import bind
 from avalon.tensor import Tensor, as_array
 from avalon.trace import assign
@@ -56,7 +57,11 @@ def _leaves(tree: Any, out: list) -> Any:
     return len(out) - 1
 
 
-def _rebuild(shape: Any, values: list) -> Any:
+def _rebuild(shape: Any, values: list, like: Any = None) -> Any:
+    """The tree again, with `values` as leaves; av.grad's `Grads` stays `Grads` (the tensor of each
+    name, which optimizers built on bare tensors match gradients by)."""
+    if isinstance(like, Grads):
+        return Grads(_rebuild(shape, values), like.params)
     if isinstance(shape, Mapping):
         return {k: _rebuild(v, values) for k, v in shape.items()}
     if isinstance(shape, (list, tuple)):
@@ -77,10 +82,10 @@ def all_reduce(tree: Any, op: str = "mean") -> Any:
     shape = _leaves(tree, leaves)
     tensors = [x if isinstance(x, Tensor) else Tensor(as_array(x)) for x in leaves]
     if any(t.is_traced for t in tensors):
-        return _rebuild(shape, [bind("all_reduce", t, reduction=op, group="world") for t in tensors])
+        return _rebuild(shape, [bind("all_reduce", t, reduction=op, group="world") for t in tensors], tree)
     hook = collective() if is_initialized() else None
     if hook is None or world_size() == 1:
-        return _rebuild(shape, tensors)
+        return _rebuild(shape, tensors, tree)
     out: list[Tensor | None] = [None] * len(tensors)
     by_dtype: dict[Any, list[int]] = {}
     for i, t in enumerate(tensors):
@@ -95,7 +100,7 @@ def all_reduce(tree: Any, op: str = "mean") -> Any:
             pos += a.size
             res = Tensor(piece, dtype=dtype)
             out[i] = res if tensors[i].device == res.device else res.to(tensors[i].device)
-    return _rebuild(shape, out)
+    return _rebuild(shape, out, tree)
 
 
 def broadcast_parameters(model: Any, src: int = 0) -> None:

@@ -32,14 +32,14 @@ def _model_state(model: Any) -> dict[str, Any]:
 
 def save(model: Any, path: str | os.PathLike, optimizer: Any = None,
          extra: Mapping[str, Any] | None = None) -> None:
-    """Write `model` (and `optimizer`'s state, and `extra` arrays) to `path` on rank 0; every rank
-    returns once the file is complete."""
+    """Write `model` (and `optimizer`'s state, and `extra`: arrays, or plain state such as a
+    scheduler's `state_dict()`) to `path` on rank 0; every rank returns once the file is complete."""
     if rank() == 0:
         state = _model_state(model)
         if optimizer is not None:
             state.update({OPTIMIZER + k: v for k, v in optimizer.state_dict().items()})
-        for k, v in (extra or {}).items():
-            state[EXTRA + k] = v if isinstance(v, Tensor) else np.asarray(v)
+        for k, v in (extra or {}).items():  # arrays, or plain state (a scheduler's state_dict)
+            state[EXTRA + k] = v if isinstance(v, (Tensor, Mapping, list, tuple, str)) else np.asarray(v)
         save_file(state, path)
     barrier()
 
@@ -56,4 +56,5 @@ def load(path: str | os.PathLike, model: Any = None, optimizer: Any = None) -> d
         if not opt_part:
             raise KeyError(f"{os.fspath(path)}: holds no optimizer state (saved without optimizer=)")
         optimizer.load_state_dict(opt_part)
-    return {k[len(EXTRA):]: np.asarray(as_array(v)) for k, v in state.items() if k.startswith(EXTRA)}
+    return {k[len(EXTRA):]: np.asarray(as_array(v)) if isinstance(v, Tensor) else v
+            for k, v in state.items() if k.startswith(EXTRA)}
