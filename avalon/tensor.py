@@ -159,15 +159,29 @@ def _op(name: str) -> Any:
     return lambda self, *a, **k: getattr(_ops, name)(self, *a, **k)
 
 
-def _draw(distribution: str, a: float, b: float) -> Any:
-    """`uniform_(a, b)` / `normal_(mean, std)`: a `random` op seeded by Avalon's generator."""
-    def fn(self: Tensor, a: float = a, b: float = b, *, generator: Any = None) -> Tensor:
-        from .random import next_seed
-        if generator is not None:
-            raise NotImplementedError("a torch.Generator is not supported; seed with av.manual_seed")
-        r = _ops.random(next_seed(), self.shape, distribution, self.dtype if self.dtype.is_float else dt.float32)
-        return r * (b - a) + a if distribution == "uniform" else r * b + a
-    return fn
+def _random_like(self: Tensor, distribution: str, generator: Any) -> Tensor:
+    """Draws of this tensor's shape from Avalon's generator (a `random` op, fresh per compiled call)."""
+    from .random import next_seed
+    if generator is not None:
+        raise NotImplementedError("a torch.Generator is not supported; seed with av.manual_seed")
+    return _ops.random(next_seed(), self.shape, distribution, self.dtype if self.dtype.is_float else dt.float32)
+
+
+def _normal(self: Tensor, mean: float = 0.0, std: float = 1.0, *, generator: Any = None) -> Tensor:
+    return _random_like(self, "normal", generator) * std + mean
+
+
+def _uniform(self: Tensor, *args: float, generator: Any = None, **kw: float) -> Tensor:
+    """torch's `uniform_(from=0, to=1)`: `from` is a Python keyword, so it arrives in `kw`."""
+    lo, hi = (list(args) + [kw.pop("from", 0.0), kw.pop("to", 1.0)][len(args):])[:2]
+    if kw or len(args) > 2:
+        raise TypeError(f"uniform_() takes from and to, got {len(args)} positional and {sorted(kw)}")
+    return _random_like(self, "uniform", generator) * (hi - lo) + lo
+
+
+def _exponential(self: Tensor, lambd: float = 1.0, *, generator: Any = None) -> Tensor:
+    """-log(1 - u) / lambd, u uniform on [0, 1)."""
+    return _ops.div(_ops.neg(_ops.log(_ops.sub(1.0, _random_like(self, "uniform", generator)))), lambd)
 
 
 def _bernoulli(self: Tensor, p: Any = 0.5, *, generator: Any = None) -> Tensor:
@@ -200,7 +214,7 @@ _INPLACE = {
                                   if isinstance(value, Tensor) else _ops.full(self.shape, value, self.dtype,
                                                                               device=self.device)),
     "zero_": lambda self: _ops.zeros(self.shape, dtype=self.dtype, device=self.device),
-    "copy_": _copy, "uniform_": _draw("uniform", 0.0, 1.0), "normal_": _draw("normal", 0.0, 1.0),
+    "copy_": _copy, "uniform_": _uniform, "normal_": _normal, "exponential_": _exponential,
     "bernoulli_": _bernoulli,
 }
 

@@ -518,3 +518,32 @@ def test_mistakes_from_torch_habits_say_what_to_do_instead(rng, tmp_path):
         av.compile(lambda x: np.exp(x))(x)
     with pytest.raises(FileNotFoundError, match="directory .*nodir does not exist"):
         av.save({"x": x}, tmp_path / "nodir" / "x.safetensors")
+
+
+def test_more_spellings_ported_code_uses(rng):
+    """ViT's `.normal_(std=0.02)`, torch's `uniform_(from=, to=)`, `model.to(torch.float16)`,
+    `model.requires_grad_(False)`, `torch.utils.checkpoint`, allclose / isclose / equal / bernoulli."""
+    from avalon import nn
+    from avalon.utils.checkpoint import checkpoint, checkpoint_sequential
+    av.manual_seed(0)
+    w = av.empty(4000).normal_(std=0.02)
+    assert abs(float(w.std()) - 0.02) < 0.002 and abs(float(w.mean())) < 0.002
+    u = av.empty(4000).uniform_(**{"from": 2.0, "to": 3.0})
+    assert 2.0 <= float(u.min()) and float(u.max()) < 3.0
+    assert abs(float(av.empty(20000).exponential_(4.0).mean()) - 0.25) < 0.01
+    m = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    assert m.to(torch.float16)[0].weight.dtype == av.float16 and m.to(av.float32)[0].weight.dtype == av.float32
+    m.requires_grad_(False)
+    assert not any(p.requires_grad for p in m.parameters())
+    m.requires_grad_(True)
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    np.testing.assert_array_equal(checkpoint(m, av.tensor(x), use_reentrant=False).numpy(), m(av.tensor(x)).numpy())
+    np.testing.assert_array_equal(checkpoint_sequential(m, 2, av.tensor(x)).numpy(), m(av.tensor(x)).numpy())
+    a = rng.standard_normal(5)
+    b = a + 1e-9
+    b[0] = np.nan
+    for eq_nan in (False, True):
+        same(av.isclose(a, b, equal_nan=eq_nan), torch.isclose(T(a), T(b), equal_nan=eq_nan))
+    assert av.allclose(a, a + 1e-9) and not av.allclose(a, b) and av.equal(a, a) and not av.equal(a, a[:4])
+    p = av.bernoulli(av.full((20000,), 0.3))
+    assert p.dtype == av.float32 and abs(float(p.mean()) - 0.3) < 0.02

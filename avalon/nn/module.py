@@ -308,7 +308,12 @@ class Module:
     def to(self, device: Any = None, dtype: Any = None, non_blocking: bool = False,
            memory_format: Any = None) -> Module:
         """Move (in place) every tensor to `device` and/or floating-point tensors to `dtype`
-        (`memory_format`: accepted, no effect; the layout pass decides layouts)."""
+        (`memory_format`: accepted, no effect; the layout pass decides layouts). As in torch,
+        `model.to(torch.float16)` and `model.to(tensor)` work too."""
+        if isinstance(device, Tensor):
+            device, dtype = device.device, device.dtype if dtype is None else dtype
+        elif device is not None and not isinstance(device, str) and _is_dtype(device):
+            device, dtype = None, device
         if dtype is not None:
             _cast_floats(self, dt.dtype(dtype))
         if device is not None:
@@ -326,6 +331,18 @@ class Module:
 
     def float(self) -> Module:
         return self.to(dtype=dt.float32)
+
+    def half(self) -> Module:
+        return self.to(dtype=dt.float16)
+
+    def bfloat16(self) -> Module:
+        return self.to(dtype=dt.bfloat16)
+
+    def requires_grad_(self, requires_grad: bool = True) -> Module:
+        """Freeze (False) or unfreeze every parameter, as torch's: av.grad leaves frozen ones out."""
+        for p in self.parameters():
+            p.requires_grad_(requires_grad)
+        return self
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Gradients are returned by `av.grad`, not stored on tensors; kept for torch-style code."""
@@ -370,3 +387,11 @@ def _cast_floats(model: Any, dtype: dt.DType) -> None:
         if t.dtype.is_float and t.dtype != dtype:
             moved = t.to(dtype=dtype)
             t._data, t._dtype = moved._data, moved._dtype
+
+
+def _is_dtype(x: Any) -> bool:
+    try:
+        dt.dtype(x)
+    except (TypeError, ValueError, KeyError):
+        return False
+    return True

@@ -23,11 +23,15 @@ from .core import (
     div,
     eq,
     exp,
+    isnan,
+    le,
     log,
+    logical_and,
     logical_or,
     lt,
     matmul,
     mul,
+    random,
     reshape,
     stop_gradient,
     sub,
@@ -117,4 +121,34 @@ def outer(input: Any, vec2: Any) -> Tensor:
 
 ger = outer
 
-__all__ = ["addcdiv", "addcmul", "addmm", "expm1", "ger", "lerp", "log1p", "outer"]
+def isclose(input: Any, other: Any, rtol: float = 1e-05, atol: float = 1e-08, equal_nan: bool = False) -> Tensor:
+    """torch.isclose: |input - other| <= atol + rtol * |other| (infinities equal only to themselves)."""
+    a, b = _tensor(input), _tensor(other)
+    close = logical_or(eq(a, b), le(abs(sub(a, b)), add(mul(abs(b), rtol), atol)))
+    return logical_or(close, logical_and(isnan(a), isnan(b))) if equal_nan else close
+
+
+def allclose(input: Any, other: Any, rtol: float = 1e-05, atol: float = 1e-08, equal_nan: bool = False) -> bool:
+    """torch.allclose: a Python bool, so it needs concrete values (not inside a traced function)."""
+    return bool(isclose(input, other, rtol, atol, equal_nan).numpy().all())
+
+
+def equal(input: Any, other: Any) -> bool:
+    """torch.equal: same shape and the same elements (a Python bool)."""
+    a, b = _tensor(input), _tensor(other)
+    return a.shape == b.shape and bool(eq(a, b).numpy().all())
+
+
+def bernoulli(input: Any, p: float | None = None, *, generator: Any = None) -> Tensor:
+    """torch.bernoulli: 1 with probability `input` (or `p`) per element, in the input's dtype."""
+    from ..random import next_seed
+    if generator is not None:
+        raise NotImplementedError("a torch.Generator is not supported; seed with av.manual_seed")
+    x = _tensor(input)
+    prob = x if p is None else p
+    d = x.dtype if x.dtype.is_float else dt.float32
+    return cast(lt(random(next_seed(), x.shape, "uniform", d), prob), d)
+
+
+__all__ = ["addcdiv", "addcmul", "addmm", "allclose", "bernoulli", "equal", "expm1", "ger", "isclose", "lerp",
+           "log1p", "outer"]

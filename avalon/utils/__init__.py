@@ -1,2 +1,3 @@
-"""torch.utils's counterparts that ported code imports: `avalon.utils.data` (datasets and the loader)."""
-from . import data
+"""torch.utils's counterparts that ported code imports: `avalon.utils.data` (datasets and the loader)
+and `avalon.utils.checkpoint` (activation checkpointing, which here is the compiler's job)."""
+from . import checkpoint, data
