@@ -6,6 +6,7 @@ for every device, so the seeding calls seed it.
 """
 from __future__ import annotations
 
+from .amp import cuda_amp as amp  # noqa: F401  (av.cuda.amp.autocast / GradScaler: torch.cuda.amp's spellings)
 from .device import cuda_available
 from .random import manual_seed as _manual_seed
 

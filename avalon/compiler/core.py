@@ -38,7 +38,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from avalon import debug, precision
+from avalon import amp, debug, precision
 from avalon.ir import Graph, fusion_groups, verify
 from avalon.passes import PassManager, PassRecord
 from avalon.passes.manager import paused_gc
@@ -264,7 +264,7 @@ class Compiled:
     # -- machinery ---------------------------------------------------------------------------
     def _entry(self, args: tuple, inline: bool = False) -> tuple[_Entry, list[tuple[str, Any]]]:
         key, leaves = signature(self.fn, args, self._states)
-        key = (key, precision.dot_precisions())  # kernels bake in the float32 product precision
+        key = (key, precision.dot_precisions(), amp.cache_key())  # baked in: product precision, autocast
         entry = self._cache.get(key)
         if entry is None and inline:
             entry = self._inlined.get(key)

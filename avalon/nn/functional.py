@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import ops
+from .. import amp, ops
 from ..ir import dtypes as dt
 from ..ir.reference import IndexOutOfRangeError
 from ..random import next_seed
@@ -35,6 +35,9 @@ __all__ = [
     "adaptive_avg_pool1d", "adaptive_max_pool1d", "avg_pool1d", "bilinear", "celu", "conv3d", "cosine_similarity",
     "dropout1d", "dropout2d", "dropout3d", "embedding_bag", "glu", "hardshrink", "instance_norm", "max_pool1d",
     "pairwise_distance", "pixel_shuffle", "pixel_unshuffle", "prelu", "softshrink", "tanhshrink", "threshold",
+    "cosine_embedding_loss", "gaussian_nll_loss", "hinge_embedding_loss", "margin_ranking_loss", "multi_margin_loss",
+    "multilabel_margin_loss", "multilabel_soft_margin_loss", "poisson_nll_loss", "soft_margin_loss",
+    "triplet_margin_loss", "triplet_margin_with_distance_loss", "channel_shuffle", "ctc_loss", "fold", "unfold",
 ]
 
 _Pair = int | Sequence[int]
@@ -349,7 +352,8 @@ def one_hot(tensor: Any, num_classes: int = -1) -> Tensor:
 # -- linear, convolution, pooling -----------------------------------------------------------------
 
 def linear(input: Any, weight: Any, bias: Any = None) -> Tensor:
-    """input @ weight.T + bias; leading batch dims are flattened into one matmul."""
+    """input @ weight.T + bias; leading batch dims are flattened into one matmul. Under autocast the
+    bias is cast with the operands, so the result keeps the autocast dtype, as torch's."""
     x, w = _t(input), _t(weight)
     if x.ndim > 2:
         lead = x.shape[:-1]
@@ -357,7 +361,7 @@ def linear(input: Any, weight: Any, bias: Any = None) -> Tensor:
         y = ops.reshape(y, (*lead, w.shape[0]))
     else:
         y = ops.matmul(x, ops.transpose(w))
-    return y if bias is None else ops.add(y, bias)
+    return y if bias is None else ops.add(y, amp.autocast_bias(bias))
 
 
 def _unbatched(x: Tensor, fn) -> Tensor:
@@ -390,7 +394,7 @@ def conv2d(input: Any, weight: Any, bias: Any = None, stride: _Pair = 1, padding
     y = ops.conv2d(x, w, stride=_pair(stride), padding=_pair(padding), dilation=(dh, dw), groups=groups)
     if bias is None:
         return y
-    return ops.add(y, ops.reshape(_t(bias), (1, -1, 1, 1)))
+    return ops.add(y, ops.reshape(amp.autocast_bias(_t(bias)), (1, -1, 1, 1)))  # (autocast casts it too)
 
 
 def _pool_geometry(size: int, k: int, s: int, p: int, ceil_mode: bool) -> tuple[int, int]:
@@ -759,23 +763,38 @@ from .functional_spatial import (  # noqa: E402  (they use conv2d from this modu
     adaptive_max_pool1d,
     adaptive_max_pool2d,
     avg_pool1d,
+    channel_shuffle,
     conv1d,
     conv3d,
+    fold,
     interpolate,
     max_pool1d,
     pad,
     pixel_shuffle,
     pixel_unshuffle,
+    unfold,
     upsample,
 )
 from .losses import (  # noqa: E402
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
+    cosine_embedding_loss,
     cross_entropy,
+    ctc_loss,
+    gaussian_nll_loss,
+    hinge_embedding_loss,
     huber_loss,
     kl_div,
     l1_loss,
+    margin_ranking_loss,
     mse_loss,
+    multi_margin_loss,
+    multilabel_margin_loss,
+    multilabel_soft_margin_loss,
     nll_loss,
+    poisson_nll_loss,
     smooth_l1_loss,
+    soft_margin_loss,
+    triplet_margin_loss,
+    triplet_margin_with_distance_loss,
 )

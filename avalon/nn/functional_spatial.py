@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from .. import ops
+from .. import amp, ops
 from ..ir import dtypes as dt
 from ..tensor import Tensor
 
@@ -224,7 +224,7 @@ def conv3d(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: 
         y = yt if y is None else ops.add(y, yt)
     assert y is not None
     y = ops.permute(ops.reshape(y, (n, dout, *y.shape[1:])), (0, 2, 1, 3, 4))
-    return y if bias is None else ops.add(y, ops.reshape(_t(bias), (1, -1, 1, 1, 1)))
+    return y if bias is None else ops.add(y, ops.reshape(amp.autocast_bias(_t(bias)), (1, -1, 1, 1, 1)))
 
 
 def _triple(v: Any, name: str) -> tuple[int, int, int]:
@@ -360,3 +360,126 @@ def interpolate(input: Any, size: Any = None, scale_factor: Any = None, mode: st
 def upsample(input: Any, size: Any = None, scale_factor: Any = None, mode: str = "nearest",
              align_corners: bool | None = None) -> Tensor:
     return interpolate(input, size, scale_factor, mode, align_corners)
+
+
+# -- im2col and col2im --------------------------------------------------------------------------------
+
+def _window_args(where: str, kernel_size: Any, dilation: Any, padding: Any, stride: Any) -> tuple:
+    """kernel, dilation, padding and stride as (h, w) pairs, checked as torch checks them."""
+    from .functional import _pair
+    k, d, p, s = (_pair(v, where, n) for v, n in ((kernel_size, "kernel_size"), (dilation, "dilation"),
+                                                   (padding, "padding"), (stride, "stride")))
+    if min(k) < 1 or min(d) < 1 or min(s) < 1 or min(p) < 0:
+        raise ValueError(f"{where}: kernel_size, dilation and stride must be positive and padding non-negative, got "
+                         f"kernel_size={k}, dilation={d}, padding={p}, stride={s}")
+    return k, d, p, s
+
+
+def _blocks(where: str, size: Sequence[int], k, d, p, s) -> tuple[int, int]:
+    """The number of sliding blocks along height and width."""
+    out = [(size[i] + 2 * p[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(2)]
+    if min(out) < 1:
+        raise ops.fail(RuntimeError(f"{where}: given input with spatial size {tuple(size)}, kernel_size={k}, "
+                                    f"dilation={d}, padding={p}, stride={s}, the calculated shape of the array of "
+                                    f"sliding blocks is {tuple(out)}, but its components must be at least one"))
+    return out[0], out[1]
+
+
+def unfold(input: Any, kernel_size: Any, dilation: Any = 1, padding: Any = 0, stride: Any = 1) -> Tensor:
+    """im2col: (N, C, H, W) -> (N, C kh kw, L), each column one sliding block (channel-major, then
+    the kernel offsets row by row), L blocks in row-major order; (C, H, W) -> (C kh kw, L).
+
+    Built as one pad, kh strided slices along the height, then kw along the width (kh + kw slices,
+    not kh kw, so a 3x3 window traces to a dozen ops), stacked: copies, exact for every value
+    (a convolution with one-hot kernels would turn inf into nan and be rounded to TF32 on a GPU)."""
+    x = _t(input)
+    if x.ndim == 3:
+        return ops.squeeze(unfold(ops.expand_dims(x, 0), kernel_size, dilation, padding, stride), 0)
+    if x.ndim != 4:
+        raise ops.fail(ValueError(f"unfold: expected a 3-d or 4-d input, got shape {x.shape}"))
+    k, d, p, s = _window_args("unfold", kernel_size, dilation, padding, stride)
+    oh, ow = _blocks("unfold", x.shape[2:], k, d, p, s)
+    if p != (0, 0):
+        x = ops.pad(x, [(0, 0), (0, 0), (p[0], p[0]), (p[1], p[1])])
+    n, c, hp, wp = x.shape
+    rows = [ops.slice_(x, [0, 0, i * d[0], 0], [n, c, i * d[0] + (oh - 1) * s[0] + 1, wp], [1, 1, s[0], 1])
+            for i in range(k[0])]
+    y = ops.stack(rows, 2) if k[0] > 1 else ops.expand_dims(rows[0], 2)                # (N, C, kh, oh, Wp)
+    cols = [ops.slice_(y, [0, 0, 0, 0, j * d[1]], [n, c, k[0], oh, j * d[1] + (ow - 1) * s[1] + 1],
+                       [1, 1, 1, 1, s[1]]) for j in range(k[1])]
+    y = ops.stack(cols, 3) if k[1] > 1 else ops.expand_dims(cols[0], 3)                # (N, C, kh, kw, oh, ow)
+    return ops.reshape(y, (n, c * k[0] * k[1], oh * ow))
+
+
+def _place(y: Tensor, axis: int, m: int, offset: int, step: int, extent: int) -> Tensor:
+    """`y`'s `m` entries along `axis` placed at offset, offset + step, ... of a zero axis of `extent`
+    (the strided scatter, written as slice's gradient is: a new axis padded to the step, merged)."""
+    if step > 1:
+        shape = list(y.shape)
+        y = ops.reshape(y, shape[:axis + 1] + [1] + shape[axis + 1:])
+        y = ops.pad(y, [(0, 0)] * (axis + 1) + [(0, step - 1)] + [(0, 0)] * (len(shape) - axis - 1))
+        y = ops.reshape(y, shape[:axis] + [m * step] + shape[axis + 1:])
+        end = (m - 1) * step + 1
+        if end != m * step:
+            lim = list(y.shape)
+            lim[axis] = end
+            y = ops.slice_(y, [0] * len(lim), lim)
+    used = (m - 1) * step + 1
+    return ops.pad(y, [(0, 0)] * axis + [(offset, extent - offset - used)] + [(0, 0)] * (y.ndim - axis - 1))
+
+
+def fold(input: Any, output_size: Any, kernel_size: Any, dilation: Any = 1, padding: Any = 0,
+         stride: Any = 1) -> Tensor:
+    """col2im, unfold's adjoint: (N, C kh kw, L) -> (N, C, H, W), overlapping entries summed;
+    (C kh kw, L) -> (C, H, W). Each kernel column, then each kernel row, is placed with a strided
+    pad and summed (kh + kw placements), the padding cropped at the end."""
+    from .functional import _pair
+    x = _t(input)
+    if x.ndim == 2:
+        return ops.squeeze(fold(ops.expand_dims(x, 0), output_size, kernel_size, dilation, padding, stride), 0)
+    if x.ndim != 3:
+        raise ops.fail(ValueError(f"fold: expected a 2-d or 3-d input, got shape {x.shape}"))
+    size = _pair(output_size, "fold", "output_size")
+    k, d, p, s = _window_args("fold", kernel_size, dilation, padding, stride)
+    n, ck, length = x.shape
+    kk = k[0] * k[1]
+    if ck % kk:
+        raise ops.fail(RuntimeError(f"fold: expected size of input's dimension 1 to be divisible by the product of "
+                                    f"kernel_size, but got input.size(1)={ck} and kernel_size={k}"))
+    oh, ow = _blocks("fold", size, k, d, p, s)
+    if oh * ow != length:
+        raise ops.fail(RuntimeError(f"fold: given output_size={size}, kernel_size={k}, dilation={d}, padding={p}, "
+                                    f"stride={s}, expected size of input's dimension 2 to match the calculated number "
+                                    f"of sliding blocks {oh} * {ow} = {oh * ow}, but got input.size(2)={length}"))
+    c = ck // kk
+    hp, wp = size[0] + 2 * p[0], size[1] + 2 * p[1]
+    y = ops.reshape(x, (n, c, k[0], k[1], oh, ow))
+    acc = None
+    for j in range(k[1]):
+        col = ops.reshape(ops.slice_(y, [0, 0, 0, j, 0, 0], [n, c, k[0], j + 1, oh, ow]), (n, c, k[0], oh, ow))
+        col = _place(col, 4, ow, j * d[1], s[1], wp)
+        acc = col if acc is None else ops.add(acc, col)                               # (N, C, kh, oh, Wp)
+    assert acc is not None
+    out = None
+    for i in range(k[0]):
+        row = ops.reshape(ops.slice_(acc, [0, 0, i, 0, 0], [n, c, i + 1, oh, wp]), (n, c, oh, wp))
+        row = _place(row, 2, oh, i * d[0], s[0], hp)
+        out = row if out is None else ops.add(out, row)                               # (N, C, Hp, Wp)
+    assert out is not None
+    if p != (0, 0):
+        out = ops.slice_(out, [0, 0, p[0], p[1]], [n, c, p[0] + size[0], p[1] + size[1]])
+    return out
+
+
+def channel_shuffle(input: Any, groups: int) -> Tensor:
+    """(N, C, *) with C = g m -> the channels read as an (m, g) grid rather than (g, m) (ShuffleNet):
+    one reshape, one transpose, one reshape."""
+    x, g = _t(input), int(groups)
+    if x.ndim < 3:
+        raise ops.fail(RuntimeError(f"channel_shuffle: expected input of at least 3 dims, got shape {x.shape}"))
+    c = x.shape[1]
+    if g < 1 or c % g:
+        raise ops.fail(RuntimeError(f"channel_shuffle: number of channels ({c}) must be divisible by groups ({g})"))
+    n, rest = x.shape[0], x.shape[2:]
+    y = ops.reshape(x, (n, g, c // g, *rest))
+    return ops.reshape(ops.transpose(y, 1, 2), (n, c, *rest))

@@ -9,6 +9,7 @@ deprecated spellings of `reduction`, accepted with torch's meaning.
 """
 from __future__ import annotations
 
+import math
 import sys
 import warnings
 from typing import Any
@@ -20,7 +21,7 @@ from ..ir import dtypes as dt
 from ..ir.reference import IndexOutOfRangeError
 from ..tensor import Tensor
 from ..trace import _is_user_file
-from .functional import _softplus1, _t, log_softmax
+from .functional import _softplus1, _t, log_softmax, pairwise_distance
 
 
 def _legacy_reduction(size_average: bool | None, reduce: bool | None, reduction: str) -> str:
@@ -290,3 +291,369 @@ def kl_div(input: Any, target: Any, size_average: bool | None = None, reduce: bo
         s = ops.sum(loss)
         return ops.div(s, float(x.shape[0])) if x.ndim else s
     return _reduce(loss, reduction)
+
+
+# -- margin, embedding and likelihood losses ------------------------------------------------------
+
+def _float_target(x: Tensor, target: Any) -> Tensor:
+    """A ±1 / label / count target in the input's float dtype (torch promotes; integers are common)."""
+    t = _t(target)
+    return t if t.dtype == x.dtype else ops.cast(t, x.dtype)
+
+
+def _clamp_min0(x: Tensor) -> Tensor:
+    """torch's clamp_min(x, 0), whose gradient passes where x >= 0 (ties included)."""
+    return ops.clamp(x, 0.0)
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in ("none", "mean", "sum"):
+        raise ValueError(f"{reduction} is not a valid value for reduction")
+
+
+def margin_ranking_loss(input1: Any, input2: Any, target: Any, margin: float = 0.0, size_average: bool | None = None,
+                        reduce: bool | None = None, reduction: str = "mean") -> Tensor:
+    """max(0, -y (x1 - x2) + margin): y = 1 ranks x1 above x2, y = -1 below."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    a, b = _t(input1), _t(input2)
+    y = _float_target(a, target)
+    if not a.ndim == b.ndim == y.ndim:
+        raise ops.fail(RuntimeError(f"margin_ranking_loss : All input tensors should have same dimension but got "
+                                    f"sizes: input1: {a.shape}, input2: {b.shape}, target: {y.shape} "))
+    return _reduce(_clamp_min0(ops.add(ops.mul(ops.neg(y), ops.sub(a, b)), margin)), reduction)
+
+
+def hinge_embedding_loss(input: Any, target: Any, margin: float = 1.0, size_average: bool | None = None,
+                         reduce: bool | None = None, reduction: str = "mean") -> Tensor:
+    """x where y = 1, max(0, margin - x) where y = -1 (torch's where-formula: a target that is
+    neither gets both terms)."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    x = _t(input)
+    y = _float_target(x, target)
+    hinge = ops.where(ops.ne(y, 1.0), _clamp_min0(ops.sub(margin, x)), 0.0)
+    return _reduce(ops.add(hinge, ops.where(ops.ne(y, -1.0), x, 0.0)), reduction)
+
+
+def soft_margin_loss(input: Any, target: Any, size_average: bool | None = None, reduce: bool | None = None,
+                     reduction: str = "mean") -> Tensor:
+    """log(1 + exp(-y x)), as the overflow-free softplus (torch's log1p(exp) gives inf past ~88 in f32)."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    x = _t(input)
+    return _reduce(_softplus1(ops.neg(ops.mul(x, _float_target(x, target)))), reduction)
+
+
+def multilabel_soft_margin_loss(input: Any, target: Any, weight: Any = None, size_average: bool | None = None,
+                                reduce: bool | None = None, reduction: str = "mean") -> Tensor:
+    """Per-class binary logistic losses -(y log σ(x) + (1 - y) log σ(-x)), averaged over the classes
+    (the last dim), one value per sample."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    _check_reduction(reduction)
+    x = _t(input)
+    y = _float_target(x, target)
+    # -log σ(x) = softplus(-x) and -log σ(-x) = softplus(x)
+    loss = ops.add(ops.mul(y, _softplus1(ops.neg(x))), ops.mul(ops.sub(1.0, y), _softplus1(x)))
+    if weight is not None:
+        loss = ops.mul(loss, weight)
+    c = x.shape[-1] if x.ndim else 1
+    loss = ops.div(ops.sum(loss, x.ndim - 1) if x.ndim else loss, float(c))
+    return _reduce(loss, reduction)
+
+
+def cosine_embedding_loss(input1: Any, input2: Any, target: Any, margin: float = 0.0,
+                          size_average: bool | None = None, reduce: bool | None = None,
+                          reduction: str = "mean") -> Tensor:
+    """1 - cos(x1, x2) where y = 1, max(0, cos(x1, x2) - margin) where y = -1; the cosine with
+    torch's 1e-12 added to each squared norm."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    a, b = _t(input1), _t(input2)
+    y = _t(target)
+    if y.ndim > 1 or a.ndim != y.ndim + 1 or b.ndim != y.ndim + 1:
+        raise ops.fail(RuntimeError(f"cosine_embedding_loss: expected (N, D) inputs with (N,) targets, or (D,) inputs "
+                                    f"with a 0-d target; got {a.shape}, {b.shape} and {y.shape}"))
+    d = y.ndim
+    prod = ops.sum(ops.mul(a, b), d)
+    m1 = ops.add(ops.sum(ops.mul(a, a), d), 1e-12)
+    m2 = ops.add(ops.sum(ops.mul(b, b), d), 1e-12)
+    cos = ops.div(prod, ops.sqrt(ops.mul(m1, m2)))
+    pos = ops.where(ops.eq(y, 1), ops.sub(1.0, cos), 0.0)
+    neg = ops.where(ops.eq(y, -1), _clamp_min0(ops.sub(cos, margin)), 0.0)
+    return _reduce(ops.add(pos, neg), reduction)
+
+
+def _margin_targets(x: Tensor, target: Any, name: str) -> Tensor:
+    """multi_margin_loss's class indices: one per sample, each in [0, C) when the values are known."""
+    t = _t(target)
+    if t.dtype.is_float or t.dtype is dt.bool_:
+        raise ops.fail(TypeError(f"{name}: class targets must be an integer array, got {t.dtype}"))
+    n = x.shape[0]
+    if t.numel() != n or t.ndim > 1:
+        raise ops.fail(ValueError(f"{name}: inconsistent target size: {t.shape} for input of size: {x.shape}"))
+    if not t.is_traced and t.numel():
+        v = t.numpy()
+        bad = (v < 0) | (v >= x.shape[1])
+        if bad.any():
+            raise ops.fail(IndexOutOfRangeError(f"{name}: target {int(v[bad].flat[0])} is out of bounds: class index "
+                                                f"out of range [0, {x.shape[1]})"))
+    return ops.reshape(t, (n,))
+
+
+def multi_margin_loss(input: Any, target: Any, p: int = 1, margin: float = 1.0, weight: Any = None,
+                      size_average: bool | None = None, reduce: bool | None = None,
+                      reduction: str = "mean") -> Tensor:
+    """Multi-class hinge loss: sum over i != y of max(0, margin - x[y] + x[i])^p (times weight[y]),
+    divided by the number of classes C."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    _check_reduction(reduction)
+    if p not in (1, 2):
+        raise ValueError("only p == 1 and p == 2 supported")
+    x = _t(input)
+    _logits(x, "multi_margin_loss", "scores")
+    if weight is not None and _t(weight).ndim != 1:
+        raise ValueError("weight must be one-dimensional")
+    if x.ndim <= 1:  # (C,) or a 0-d score: one sample
+        x2 = ops.reshape(x, (1, max(x.numel(), 1)))
+        loss = multi_margin_loss(x2, ops.reshape(_t(target), (1,)), p, margin, weight, reduction=reduction)
+        return ops.reshape(loss, ()) if reduction == "none" else loss
+    if x.ndim != 2:
+        raise ops.fail(ValueError(f"multi_margin_loss: expected 1-d or 2-d input, got {x.shape}"))
+    c = x.shape[1]
+    t = _margin_targets(x, target, "multi_margin_loss")
+    hit = ops.one_hot(t, c, dtype=dt.bool_)
+    xy = ops.sum(ops.where(hit, x, 0.0), 1, keepdims=True)
+    z = _clamp_min0(ops.add(ops.sub(margin, xy), x))
+    if p == 2:
+        z = ops.mul(z, z)
+    if weight is not None:
+        z = ops.mul(z, ops.expand_dims(ops.take(ops.cast(_t(weight), x.dtype), t), 1))
+    loss = ops.div(ops.sum(ops.where(hit, 0.0, z), 1), float(c))
+    return _reduce(loss, reduction)
+
+
+def multilabel_margin_loss(input: Any, target: Any, size_average: bool | None = None, reduce: bool | None = None,
+                           reduction: str = "mean") -> Tensor:
+    """Multi-label hinge loss: for each target class j (the target row's leading entries, up to the
+    first -1) and each non-target class i, max(0, 1 - (x[j] - x[i])); summed and divided by C."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    _check_reduction(reduction)
+    x, t = _t(input), _t(target)
+    if t.dtype.is_float or t.dtype is dt.bool_:
+        raise ops.fail(TypeError(f"multilabel_margin_loss: target must be an integer array, got {t.dtype}"))
+    if x.ndim <= 1:
+        x2, t2 = ops.reshape(x, (1, max(x.numel(), 1))), ops.reshape(t, (1, max(t.numel(), 1)))
+        loss = multilabel_margin_loss(x2, t2, reduction=reduction)
+        return ops.reshape(loss, ()) if reduction == "none" else loss
+    if x.ndim != 2 or t.shape != x.shape:
+        raise ops.fail(ValueError(f"multilabel_margin_loss: expected input (N, C) and target of the same shape, got "
+                                  f"{x.shape} and {t.shape}"))
+    c = x.shape[1]
+    if not t.is_traced and t.numel():
+        v = t.numpy()
+        bad = (v < -1) | (v >= c)
+        if bad.any():
+            raise ops.fail(IndexOutOfRangeError(f"multilabel_margin_loss: target {int(v[bad].flat[0])} is out of "
+                                                f"bounds: class index out of range [-1, {c})"))
+    valid = ops.eq(ops.cumsum(ops.cast(ops.eq(t, -1), dt.int64), 1), 0)      # (N, K): before the first -1
+    hot = ops.logical_and(ops.one_hot(ops.where(valid, t, 0), c, dtype=dt.bool_), ops.expand_dims(valid, 2))
+    xj = ops.sum(ops.where(hot, ops.expand_dims(x, 1), 0.0), 2)               # (N, K): x at each target
+    is_target = ops.any(hot, 1)                                               # (N, C)
+    z = _clamp_min0(ops.add(ops.sub(1.0, ops.expand_dims(xj, 2)), ops.expand_dims(x, 1)))  # (N, K, C)
+    keep = ops.logical_and(ops.expand_dims(valid, 2), ops.expand_dims(ops.logical_not(is_target), 1))
+    loss = ops.div(ops.sum(ops.where(keep, z, 0.0), (1, 2)), float(c))
+    return _reduce(loss, reduction)
+
+
+def triplet_margin_loss(anchor: Any, positive: Any, negative: Any, margin: float = 1.0, p: float = 2, eps: float = 1e-6,
+                        swap: bool = False, size_average: bool | None = None, reduce: bool | None = None,
+                        reduction: str = "mean") -> Tensor:
+    """max(0, d(a, p) - d(a, n) + margin) with d the p-norm pairwise distance (`swap`: d(a, n) is
+    replaced by d(p, n) when that is smaller, Balntas et al.)."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    if margin <= 0:
+        raise ValueError(f"margin must be greater than 0, got {margin}")
+    return triplet_margin_with_distance_loss(
+        anchor, positive, negative, distance_function=lambda x, y: pairwise_distance(x, y, p, eps), margin=margin,
+        swap=swap, reduction=reduction)
+
+
+def triplet_margin_with_distance_loss(anchor: Any, positive: Any, negative: Any, *, distance_function: Any = None,
+                                      margin: float = 1.0, swap: bool = False, reduction: str = "mean") -> Tensor:
+    """The triplet loss with any distance (default: the Euclidean pairwise distance)."""
+    _check_reduction(reduction)
+    if margin <= 0:
+        raise ValueError(f"margin must be greater than 0, got {margin}")
+    a, pos, neg = _t(anchor), _t(positive), _t(negative)
+    if not a.ndim == pos.ndim == neg.ndim:
+        raise ops.fail(RuntimeError(f"The anchor, positive, and negative tensors are expected to have the same number "
+                                    f"of dimensions, but got: anchor {a.ndim}D, positive {pos.ndim}D, and negative "
+                                    f"{neg.ndim}D inputs"))
+    dist = distance_function if distance_function is not None else pairwise_distance
+    d_pos, d_neg = _t(dist(a, pos)), _t(dist(a, neg))
+    if swap:
+        d_neg = ops.minimum(d_neg, _t(dist(pos, neg)))
+    return _reduce(_clamp_min0(ops.sub(ops.add(d_pos, margin), d_neg)), reduction)
+
+
+def poisson_nll_loss(input: Any, target: Any, log_input: bool = True, full: bool = False,
+                     size_average: bool | None = None, eps: float = 1e-8, reduce: bool | None = None,
+                     reduction: str = "mean") -> Tensor:
+    """Negative log-likelihood of `target` under Poisson(rate): exp(x) - t x for a log rate,
+    x - t log(x + eps) for a rate; `full` adds Stirling's t log t - t + log(2 pi t) / 2 where t > 1
+    (its gradient with respect to a zero target is 0, where torch's is nan: 0 times log 0)."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    _check_reduction(reduction)
+    x = _t(input)
+    t = _float_target(x, target)
+    if log_input:
+        loss = ops.sub(ops.exp(x), ops.mul(t, x))
+    else:
+        loss = ops.sub(x, ops.mul(t, ops.log(ops.add(x, eps))))
+    if full:
+        big = ops.gt(t, 1.0)
+        ts = ops.where(big, t, 2.0)  # the masked entries stay finite, so their zero gradient is not nan
+        stirling = ops.add(ops.sub(ops.mul(ts, ops.log(ts)), ts), ops.mul(ops.log(ops.mul(ts, 2 * math.pi)), 0.5))
+        loss = ops.add(loss, ops.where(big, stirling, 0.0))
+    return _reduce(loss, reduction)
+
+
+def gaussian_nll_loss(input: Any, target: Any, var: Any, full: bool = False, eps: float = 1e-6,
+                      reduction: str = "mean") -> Tensor:
+    """(log max(var, eps) + (x - t)^2 / max(var, eps)) / 2 (+ log(2 pi) / 2 with `full`). As in torch,
+    the clamp at eps is invisible to the gradient (torch clamps under no_grad), and `var` may be
+    one per input, one per sample (the input's shape less its last dim, or a 1 there), or a float."""
+    x = _t(input)
+    if isinstance(var, (int, float)) and not isinstance(var, bool):
+        if var < 0:
+            raise ValueError("var has negative entry/entries")
+        v = ops.full(x.shape, float(var), x.dtype)
+    else:
+        v = _t(var)
+        if not v.is_traced and v.numel() and bool((v.numpy() < 0).any()):
+            raise ValueError("var has negative entry/entries")
+    if v.shape != x.shape:
+        if x.shape[:-1] == v.shape:
+            v = ops.expand_dims(v, v.ndim)
+        elif not (x.ndim == v.ndim and sum(b for a, b in zip(x.shape, v.shape) if a != b) == 1):
+            raise ValueError("var is of incorrect size")
+    _check_reduction(reduction)
+    vc = ops.add(v, ops.stop_gradient(ops.sub(ops.maximum(v, eps), v)))  # max(v, eps), gradient as for v
+    d = ops.sub(x, _float_target(x, target))
+    loss = ops.mul(ops.add(ops.log(vc), ops.div(ops.mul(d, d), vc)), 0.5)
+    if full:
+        loss = ops.add(loss, 0.5 * math.log(2 * math.pi))
+    return _reduce(loss, reduction)
+
+
+# -- connectionist temporal classification ----------------------------------------------------------
+
+_CTC_NEG = -1e30  # log 0 for the recursion: finite, so a sum of unreachable paths is not inf - inf = nan
+
+
+def _lengths(v: Any, n: int, what: str) -> Tensor:
+    """Per-sample lengths (a tuple, list or tensor) as an (N,) int64 tensor."""
+    t = _t(np.asarray(v, dtype=np.int64) if isinstance(v, (list, tuple, int)) else v)
+    if t.dtype.is_float or t.dtype is dt.bool_:
+        raise ops.fail(TypeError(f"ctc_loss: {what} must be integers, got {t.dtype}"))
+    if t.numel() != n:
+        raise ops.fail(RuntimeError(f"ctc_loss: {what} must have one entry per sample ({n}), got shape {t.shape}"))
+    return ops.cast(ops.reshape(t, (n,)), dt.int64)
+
+
+def _padded_targets(targets: Tensor, tl: Tensor, n: int) -> Tensor:
+    """(N, S) padded targets from torch's concatenated 1-d form, which needs the lengths' values."""
+    if tl.is_traced:
+        raise ops.fail(ValueError("ctc_loss: concatenated (1-d) targets need target_lengths known when the function "
+                                  "is traced; pass padded (N, S) targets instead"))
+    lens = [int(v) for v in tl.numpy()]
+    if sum(lens) > targets.shape[0]:
+        raise ops.fail(RuntimeError(f"ctc_loss: target_lengths sum to {sum(lens)}, more than the {targets.shape[0]} "
+                                    "concatenated targets"))
+    s = max(max(lens, default=0), 1)
+    rows, at = [], 0
+    for n_i in lens:
+        row = ops.slice_(targets, [at], [at + n_i]) if n_i else ops.full((0,), 0, targets.dtype)
+        rows.append(ops.pad(row, [(0, s - n_i)]) if n_i < s else row)
+        at += n_i
+    return ops.stack(rows, 0) if n > 1 else ops.expand_dims(rows[0], 0)
+
+
+def ctc_loss(log_probs: Any, targets: Any, input_lengths: Any, target_lengths: Any, blank: int = 0,
+             reduction: str = "mean", zero_infinity: bool = False) -> Tensor:
+    """The CTC loss (Graves et al. 2006): -log of the total probability of the alignments of each
+    target to its input, by the forward recursion in log space. log_probs (T, N, C) or (T, C);
+    targets padded (N, S) or concatenated 1-d (then target_lengths must be known); 'mean' divides
+    each loss by its target length, then averages, as torch.
+
+    The recursion is unrolled over the T time steps (about 20 ops each: fine for a few hundred steps,
+    a long graph for thousands). Gradients are autodiff's, the true derivative in log_probs; torch's
+    kernel returns that plus exp(log_probs) (the gradient with respect to the logits, assuming
+    log_softmax), so both agree through log_softmax. An impossible alignment gives torch's inf
+    (0 with `zero_infinity`) and no gradient, where torch's is nan without `zero_infinity`."""
+    _check_reduction(reduction)
+    lp = _t(log_probs)
+    _logits(lp, "ctc_loss", "log-probabilities")
+    if lp.ndim == 2:
+        t2 = _t(targets)
+        loss = ctc_loss(ops.expand_dims(lp, 1), ops.expand_dims(t2, 0) if t2.ndim == 1 else t2,
+                        _lengths(input_lengths, 1, "input_lengths"), _lengths(target_lengths, 1, "target_lengths"),
+                        blank, reduction, zero_infinity)
+        return ops.squeeze(loss, 0) if reduction == "none" else loss
+    if lp.ndim != 3:
+        raise ops.fail(ValueError(f"ctc_loss: log_probs must be (T, N, C) or (T, C), got shape {lp.shape}"))
+    steps, n, c = lp.shape
+    if not 0 <= blank < c:
+        raise ops.fail(RuntimeError(f"ctc_loss: blank must be in label range [0, {c}), got {blank}"))
+    work = lp if lp.dtype in (dt.float32, dt.float64) else ops.cast(lp, dt.float32)
+    il = _lengths(input_lengths, n, "input_lengths")
+    tl = _lengths(target_lengths, n, "target_lengths")
+    tg = ops.cast(_t(targets), dt.int64)
+    if tg.ndim == 1:
+        tg = _padded_targets(tg, tl, n)
+    if tg.ndim != 2 or tg.shape[0] != n:
+        raise ops.fail(RuntimeError(f"ctc_loss: targets must be (N, S) padded or 1-d concatenated, got {tg.shape}"))
+    if not il.is_traced and il.numel() and (il.numpy().max() > steps or il.numpy().min() < 0):
+        raise ops.fail(RuntimeError(f"ctc_loss: input_lengths must be in [0, {steps}], got {il.numpy().tolist()}"))
+    if not tl.is_traced and tl.numel() and (tl.numpy().max() > tg.shape[1] or tl.numpy().min() < 0):
+        raise ops.fail(RuntimeError(f"ctc_loss: target_lengths must be in [0, {tg.shape[1]}], got "
+                                    f"{tl.numpy().tolist()}"))
+    s = tg.shape[1]
+    width = 2 * s + 1
+    # the extended labels: blank, y1, blank, y2, ..., blank (padding entries past a target are never reached)
+    tgc = ops.where(ops.logical_and(ops.ge(tg, 0), ops.lt(tg, c)), tg, blank)
+    ext = ops.reshape(ops.stack([ops.full((n, s), blank, dt.int64), tgc], 2), (n, 2 * s))
+    ext = ops.concat([ext, ops.full((n, 1), blank, dt.int64)], 1)                       # (N, 2S+1)
+    emit = ops.take_along_dim(work, ops.expand_dims(ext, 0), 2)                          # (T, N, 2S+1)
+    skip = ops.ne(ext, blank)  # the s-2 transition: into a label that differs from the one two back
+    if s > 0:
+        prev2 = ops.concat([ops.full((n, 2), blank, dt.int64), ops.slice_(ext, [0, 0], [n, width - 2])], 1)
+        skip = ops.logical_and(skip, ops.ne(ext, prev2))
+    neg = _CTC_NEG
+    start = ops.lt(ops.reshape(ops.arange(width), (1, width)), 2)
+    alpha = ops.where(start, _time(emit, 0, n, width), neg)
+    for t in range(1, steps):
+        a1 = ops.pad(ops.slice_(alpha, [0, 0], [n, width - 1]), [(0, 0), (1, 0)], neg)
+        a2 = ops.where(skip, ops.pad(ops.slice_(alpha, [0, 0], [n, width - 2]), [(0, 0), (2, 0)], neg), neg) \
+            if width > 2 else ops.full((n, width), neg, alpha.dtype)
+        m = ops.stop_gradient(ops.maximum(ops.maximum(alpha, a1), a2))  # logsumexp's shift (no gradient)
+        lse = ops.add(ops.log(ops.add(ops.add(ops.exp(ops.sub(alpha, m)), ops.exp(ops.sub(a1, m))),
+                                      ops.exp(ops.sub(a2, m)))), m)
+        nxt = ops.maximum(ops.add(lse, _time(emit, t, n, width)), neg)  # never below log 0
+        alpha = ops.where(ops.expand_dims(ops.lt(t, il), 1), nxt, alpha)
+    # the end: the last label or the blank after it (position 2 tl or 2 tl - 1)
+    pos = ops.reshape(ops.arange(width), (1, width))
+    last = ops.expand_dims(ops.mul(tl, 2), 1)
+    ends = ops.logical_or(ops.eq(pos, last), ops.logical_and(ops.eq(pos, ops.sub(last, 1)), ops.gt(last, 0)))
+    ends = ops.logical_and(ends, ops.expand_dims(ops.gt(il, 0), 1))  # an empty input aligns with nothing
+    fin = ops.where(ends, alpha, neg)
+    m = ops.stop_gradient(ops.amax(fin, 1))
+    loss = ops.neg(ops.add(ops.log(ops.sum(ops.exp(ops.sub(fin, ops.expand_dims(m, 1))), 1)), m))
+    impossible = ops.ge(loss, -neg / 2)
+    loss = ops.where(impossible, 0.0 if zero_infinity else math.inf, loss)
+    loss = ops.cast(loss, lp.dtype)
+    if reduction == "mean":
+        return ops.mean(ops.div(loss, ops.cast(ops.maximum(tl, 1), lp.dtype)))
+    return _reduce(loss, reduction)
+
+
+def _time(emit: Tensor, t: int, n: int, width: int) -> Tensor:
+    """Row t of the (T, N, 2S+1) emissions."""
+    return ops.reshape(ops.slice_(emit, [t, 0, 0], [t + 1, n, width]), (n, width))

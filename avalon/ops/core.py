@@ -809,9 +809,16 @@ def logsumexp(x: Any, axis: Any = -1, keepdims: bool = False, *, dim: Any = None
 
 # -- contractions and windows -----------------------------------------------------------------
 
+def _autocast(*xs: Tensor) -> tuple[Tensor, ...]:
+    """Under `av.autocast`, matmul and conv2d (torch's lower-precision ops) take their floating
+    inputs in the autocast dtype; `avalon.amp` decides, and returns them unchanged outside it."""
+    from .. import amp  # here, not at the top: amp builds on ops
+    return amp.lower_precision(*xs)
+
+
 def matmul(a: Any, b: Any) -> Tensor:
     """numpy.matmul semantics: 1-d operands are promoted, batch dimensions broadcast."""
-    a, b = _tensor(a), _tensor(b)
+    a, b = _autocast(_tensor(a), _tensor(b))
     if a.ndim == 0 or b.ndim == 0:
         raise located(ShapeError("matmul: operands must not be scalars; use *"), user_location())
     d = result_dtype(a, b)
@@ -842,7 +849,7 @@ def _pair(v: Any) -> list[int]:
 
 
 def conv2d(x: Any, w: Any, stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1) -> Tensor:
-    x, w = _tensor(x), _tensor(w)
+    x, w = _autocast(_tensor(x), _tensor(w))
     d = result_dtype(x, w)
     return bind("conv2d", cast(x, d), cast(w, d), stride=_pair(stride), padding=_pair(padding),
                 dilation=_pair(dilation), groups=int(groups))

@@ -1,5 +1,5 @@
-"""Optimizers with `torch.optim`'s update rules and signatures: `SGD`, `Adam`, `AdamW`, `RMSprop`;
-learning-rate schedulers in `avalon.optim.lr_scheduler`.
+"""Optimizers with `torch.optim`'s update rules and signatures: `SGD`, `Adam`, `AdamW`, `RMSprop`,
+`Adagrad`, `Adamax`, `NAdam`, `RAdam`; learning-rate schedulers in `avalon.optim.lr_scheduler`.
 
 What an optimizer is given (`params`, torch's first argument):
 - a model (any object holding parameters) or a single Tensor: its parameters, named as `av.grad` names
@@ -59,7 +59,8 @@ from ..tensor import Buffer, Tensor
 from ..trace import assign, current_trace
 from ..tree import is_array_like, is_model, named_parameters
 
-__all__ = ["SGD", "Adam", "AdamW", "Optimizer", "ParamGroup", "RMSprop", "lr_scheduler"]
+__all__ = ["SGD", "Adagrad", "Adam", "AdamW", "Adamax", "NAdam", "Optimizer", "ParamGroup", "RAdam", "RMSprop",
+           "lr_scheduler"]
 
 
 def _scalar_buffer(value: Any, dtype: dt.DType, device: Any) -> Buffer:
@@ -832,6 +833,230 @@ class RMSprop(Optimizer):
             assign(p, p - s["lr"] * buf)
         else:
             assign(p, p - s["lr"] * (g / avg))
+
+
+class Adagrad(Optimizer):
+    """Adagrad (Duchi et al.) with torch's learning-rate decay lr / (1 + (t - 1) lr_decay), as
+    torch.optim.Adagrad. The squared-gradient sum starts at `initial_accumulator_value`, read when a
+    group is created (as torch reads it only when it builds the state)."""
+
+    _floats = ("lr", "lr_decay", "eps", "weight_decay", "initial_accumulator_value")
+    _flags = ("maximize",)
+    _slots = ("sum",)
+    _repr_keys = ("lr_decay", "eps", "weight_decay", "initial_accumulator_value")
+    lr_decay = _option("lr_decay")
+    eps = _option("eps")
+    weight_decay = _option("weight_decay")
+
+    def __init__(self, params: Any, lr: float = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
+                 initial_accumulator_value: float = 0.0, eps: float = 1e-10, foreach: bool | None = None, *,
+                 maximize: bool = False, differentiable: bool = False, fused: bool | None = None):
+        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
+                                      initial_accumulator_value=initial_accumulator_value, foreach=foreach,
+                                      maximize=maximize, differentiable=differentiable, fused=fused))
+
+    def _rules(self, key: str, value: Any) -> dict[str, bool]:
+        return {key: value != 0} if key in ("lr_decay", "weight_decay") else {}
+
+    def _ensure_slots(self, i: int) -> None:
+        init = float(self.hyperparameters[i]["initial_accumulator_value"])
+        for n in self.param_groups[i]._names:
+            if "sum" not in self.state[n]:
+                p = self.params[n]
+                self.state[n]["sum"] = Buffer(np.full(p.shape, init, dtype=p.dtype.np), dtype=p.dtype,
+                                              device=p.device)
+
+    def _step_scalars(self, t, h, st, opts):
+        clr = h["lr"] / (1.0 + (t - 1.0) * h["lr_decay"]) if st["lr_decay"] else h["lr"]
+        s = {"clr": clr, "eps": h["eps"]}
+        if st["weight_decay"]:
+            s["weight_decay"] = h["weight_decay"]
+        return s
+
+    def _update(self, p, g, state, s, st, opts):
+        if st["weight_decay"]:
+            g = g + s["weight_decay"] * p
+        acc = state["sum"] + g * g
+        assign(state["sum"], acc)
+        assign(p, p - s["clr"] * (g / (ops.sqrt(acc) + s["eps"])))
+
+
+class Adamax(Optimizer):
+    """Adamax, Adam under the infinity norm (Kingma & Ba, section 7), as torch.optim.Adamax."""
+
+    _floats = ("lr", "betas", "eps", "weight_decay")
+    _flags = ("maximize",)
+    _slots = ("exp_avg", "exp_inf")
+    _repr_keys = ("betas", "eps", "weight_decay")
+    betas = _option("betas")
+    eps = _option("eps")
+    weight_decay = _option("weight_decay")
+
+    def __init__(self, params: Any, lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, foreach: bool | None = None, *, maximize: bool = False,
+                 differentiable: bool = False, capturable: bool = False):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, foreach=foreach,
+                                      maximize=maximize, differentiable=differentiable, capturable=capturable))
+
+    def _rules(self, key: str, value: Any) -> dict[str, bool]:
+        if key == "weight_decay":
+            return {"weight_decay": value != 0}
+        if key == "betas":
+            return {"lerp_low": 1.0 - value[0] < 0.5}
+        return {}
+
+    def _step_scalars(self, t, h, st, opts):
+        w1 = 1.0 - h["beta1"]
+        s = {"clr": h["lr"] / (1.0 - ops.pow(h["beta1"], t)), "w1": w1, "w1c": 1.0 - w1, "b2": h["beta2"],
+             "eps": h["eps"]}
+        if st["weight_decay"]:
+            s["weight_decay"] = h["weight_decay"]
+        return s
+
+    def _update(self, p, g, state, s, st, opts):
+        if st["weight_decay"]:
+            g = g + s["weight_decay"] * p
+        m = _lerp(state["exp_avg"], g, s["w1"], s["w1c"], st["lerp_low"])
+        u = ops.maximum(state["exp_inf"] * s["b2"], ops.abs(g) + s["eps"])
+        assign(state["exp_avg"], m)
+        assign(state["exp_inf"], u)
+        assign(p, p - s["clr"] * (m / u))
+
+
+class NAdam(Optimizer):
+    """Adam with Nesterov momentum and Dozat's momentum schedule mu_t = beta1 (1 - 0.96^(t psi) / 2)
+    (psi: `momentum_decay`), optionally with decoupled weight decay, as torch.optim.NAdam.
+
+    The running product mu_1 ... mu_t is state; torch keeps it per parameter in a scalar of the
+    default float dtype (float32, Avalon's fixed default), rounding it at every step, and so does
+    this: one per group (the step count is one per optimizer, so every parameter's product is the
+    same), next to the group's hyperparameters, so it is a graph input of compiled steps and appears
+    in `state_dict()` as "param_groups.{i}.mu_product"."""
+
+    _floats = ("lr", "betas", "eps", "weight_decay", "momentum_decay")
+    _flags = ("decoupled_weight_decay", "maximize")
+    _slots = ("exp_avg", "exp_avg_sq")
+    _repr_keys = ("betas", "eps", "weight_decay", "momentum_decay", "decoupled_weight_decay")
+    betas = _option("betas")
+    eps = _option("eps")
+    weight_decay = _option("weight_decay")
+    momentum_decay = _option("momentum_decay")
+
+    def __init__(self, params: Any, lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, momentum_decay: float = 4e-3, decoupled_weight_decay: bool = False, *,
+                 foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
+                 differentiable: bool = False):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                                      momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
+                                      foreach=foreach, maximize=maximize, capturable=capturable,
+                                      differentiable=differentiable))
+
+    def _rules(self, key: str, value: Any) -> dict[str, bool]:
+        if key == "weight_decay":
+            return {"weight_decay": value != 0}
+        if key == "betas":
+            return {"lerp_low": 1.0 - value[0] < 0.5}
+        return {}
+
+    def _add_group(self, group: dict[str, Any]) -> None:
+        super()._add_group(group)
+        self.hyperparameters[-1]["mu_product"] = _scalar_buffer(1.0, dt.float32, self.step_count.device)
+
+    def _step_scalars(self, t, h, st, opts):
+        b1, b2, lr, md = h["beta1"], h["beta2"], h["lr"], h["momentum_decay"]
+        mu = b1 * (1.0 - 0.5 * ops.pow(0.96, t * md))
+        mu_next = b1 * (1.0 - 0.5 * ops.pow(0.96, (t + 1.0) * md))
+        prod = h["mu_product"] * ops.cast(mu, h["mu_product"].dtype)  # in float32, as torch's `mu_product *= mu`
+        assign(h["mu_product"], prod)
+        prod = ops.cast(prod, dt.float64)
+        w1 = 1.0 - b1
+        s = {"c_grad": -lr * (1.0 - mu) / (1.0 - prod), "c_avg": (-lr * mu_next) / (1.0 - prod * mu_next),
+             "bc2": 1.0 - ops.pow(b2, t), "w1": w1, "w1c": 1.0 - w1, "b2": b2, "w2": 1.0 - b2, "eps": h["eps"]}
+        if st["weight_decay"]:
+            if opts["decoupled_weight_decay"]:
+                s["decay"] = 1.0 - lr * h["weight_decay"]
+            else:
+                s["weight_decay"] = h["weight_decay"]
+        return s
+
+    def _update(self, p, g, state, s, st, opts):
+        pv = p
+        if st["weight_decay"]:
+            if opts["decoupled_weight_decay"]:
+                pv = p * s["decay"]
+            else:
+                g = g + s["weight_decay"] * p
+        m = _lerp(state["exp_avg"], g, s["w1"], s["w1c"], st["lerp_low"])
+        v = state["exp_avg_sq"] * s["b2"] + s["w2"] * (g * g)
+        assign(state["exp_avg"], m)
+        assign(state["exp_avg_sq"], v)
+        denom = ops.sqrt(v / s["bc2"]) + s["eps"]
+        pv = pv + s["c_grad"] * (g / denom)
+        assign(p, pv + s["c_avg"] * (m / denom))
+
+
+class RAdam(Optimizer):
+    """Rectified Adam (Liu et al.), optionally with decoupled weight decay, as torch.optim.RAdam.
+
+    torch branches on the step (the rectification applies once the SMA length rho_t exceeds 5; before,
+    the step is plain momentum SGD); here that choice is a select on step-count scalars, so one
+    traced step serves every step."""
+
+    _floats = ("lr", "betas", "eps", "weight_decay")
+    _flags = ("decoupled_weight_decay", "maximize")
+    _slots = ("exp_avg", "exp_avg_sq")
+    _repr_keys = ("betas", "eps", "weight_decay", "decoupled_weight_decay")
+    betas = _option("betas")
+    eps = _option("eps")
+    weight_decay = _option("weight_decay")
+
+    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, decoupled_weight_decay: bool = False, *, foreach: bool | None = None,
+                 maximize: bool = False, capturable: bool = False, differentiable: bool = False):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                                      decoupled_weight_decay=decoupled_weight_decay, foreach=foreach,
+                                      maximize=maximize, capturable=capturable, differentiable=differentiable))
+
+    def _rules(self, key: str, value: Any) -> dict[str, bool]:
+        if key == "weight_decay":
+            return {"weight_decay": value != 0}
+        if key == "betas":
+            return {"lerp_low": 1.0 - value[0] < 0.5}
+        return {}
+
+    def _step_scalars(self, t, h, st, opts):
+        b1, b2, lr = h["beta1"], h["beta2"], h["lr"]
+        bc1, bc2 = 1.0 - ops.pow(b1, t), 1.0 - ops.pow(b2, t)
+        rho_inf = 2.0 / (1.0 - b2) - 1.0
+        rho_t = rho_inf - 2.0 * t * ops.pow(b2, t) / bc2
+        rect = ops.gt(rho_t, 5.0)
+        safe = ops.where(rect, rho_t, 6.0)  # the rectifier's formula, kept finite where it is not used
+        r = ops.sqrt((safe - 4.0) * (safe - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * safe))
+        w1 = 1.0 - b1
+        s = {"bc1": bc1, "lr": lr, "r": r, "rect": ops.cast(rect, dt.float64), "bc2_sqrt": ops.sqrt(bc2),
+             "w1": w1, "w1c": 1.0 - w1, "b2": b2, "w2": 1.0 - b2, "eps": h["eps"]}
+        if st["weight_decay"]:
+            if opts["decoupled_weight_decay"]:
+                s["decay"] = 1.0 - lr * h["weight_decay"]
+            else:
+                s["weight_decay"] = h["weight_decay"]
+        return s
+
+    def _update(self, p, g, state, s, st, opts):
+        pv = p
+        if st["weight_decay"]:
+            if opts["decoupled_weight_decay"]:
+                pv = p * s["decay"]
+            else:
+                g = g + s["weight_decay"] * p
+        m = _lerp(state["exp_avg"], g, s["w1"], s["w1c"], st["lerp_low"])
+        v = state["exp_avg_sq"] * s["b2"] + s["w2"] * (g * g)
+        assign(state["exp_avg"], m)
+        assign(state["exp_avg_sq"], v)
+        step = m / s["bc1"] * s["lr"]
+        adaptive = s["bc2_sqrt"] / (ops.sqrt(v) + s["eps"])
+        step = ops.where(ops.gt(s["rect"], 0.5), step * adaptive * s["r"], step)
+        assign(p, pv - step)
 
 
 from . import lr_scheduler  # noqa: E402  (it imports Optimizer from here)

@@ -1,0 +1,422 @@
+"""Mixed precision with torch's names: `autocast` and `GradScaler` (`av.amp`, also `av.autocast`).
+
+    with av.autocast("cuda"):                    # or "cpu" (bfloat16 by default there)
+        loss = F.cross_entropy(model(x).float(), y)
+
+**autocast.** Inside the context, the ops on torch's "lower precision" list (here: matmul, mm, bmm,
+einsum, linear, conv1d/2d/3d, and the matmuls of scaled_dot_product_attention, i.e. every call that
+reaches `avalon.ops.matmul` or `avalon.ops.conv2d`) cast their floating inputs (float64 excepted, as
+torch does) to the autocast dtype, float16 on CUDA and bfloat16 on the CPU by default, and produce
+that dtype; `F.linear` and the convolutions cast their bias too. Every other op follows normal
+promotion: a bfloat16 activation plus a float32 tensor is float32, as in torch. A tensor is affected
+only by the autocast of its own device type, as in torch. The casts are ordinary `cast` ops, so a
+traced graph records them and `av.grad` sends each gradient back through its cast: a float32
+parameter (the master weight) gets a float32 gradient.
+
+Not done, and said plainly: torch's float32 list (softmax, the norms, the losses, exp/log/pow, ... run
+in float32 under CUDA autocast) is not applied; those ops run in the dtype of their inputs, so call
+`.float()` on a low-precision result before a loss, as torch's docs advise for code outside the
+autocast region. `addmm` multiplies in the autocast dtype but adds its float32 input uncast, so its
+result is float32 where torch's is the autocast dtype; `conv_transpose2d` binds its primitive
+directly and is not cast at all. `cache_enabled` is accepted and changes nothing: a weight cast
+twice in one graph is merged by CSE. The setting is read when a function is traced, so enter
+autocast inside the compiled (or differentiated) function; `cache_key()` is what `av.compile`'s
+signature cache needs to key on for one function called both inside and outside an autocast.
+
+**GradScaler.** Avalon's gradients are values, so the scaler works on them rather than on `.grad`
+attributes (see its docstring). It keeps its scale, growth tracker and found-inf flag in tensors,
+so a compiled training step that takes it as an argument reads and updates them without retracing,
+and skips the optimizer step on an inf/nan gradient with a traced select instead of a Python branch.
+"""
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from . import ops, tree
+from .device import cuda_available
+from .device import device as as_device
+from .ir import dtypes as dt
+from .tensor import Buffer, Tensor
+from .trace import assign, current_trace
+
+__all__ = ["GradScaler", "autocast", "cache_key", "get_autocast_dtype", "is_autocast_available", "is_autocast_enabled",
+           "set_autocast_dtype"]
+
+_DEFAULT = {"cpu": dt.bfloat16, "cuda": dt.float16}     # per device type: the dtype autocast casts to
+_SUPPORTED = {"cpu": (dt.bfloat16, dt.float16), "cuda": (dt.float16, dt.bfloat16)}
+_ACTIVE: dict[str, dt.DType | None] = {"cpu": None, "cuda": None}  # the dtype while enabled, else None
+
+
+def is_autocast_available(device_type: str) -> bool:
+    """Whether autocast supports `device_type` ("cpu" and "cuda")."""
+    return device_type in _DEFAULT
+
+
+def is_autocast_enabled(device_type: str | None = None) -> bool:
+    """Whether autocast is on for `device_type` (torch's default: "cuda")."""
+    return _ACTIVE[_check_device_type(device_type or "cuda")] is not None
+
+
+def get_autocast_dtype(device_type: str) -> dt.DType:
+    """The dtype `autocast(device_type)` casts to when given none."""
+    return _DEFAULT[_check_device_type(device_type)]
+
+
+def set_autocast_dtype(device_type: str, dtype: Any) -> None:
+    """Change `get_autocast_dtype(device_type)`, as torch.set_autocast_dtype."""
+    _DEFAULT[_check_device_type(device_type)] = dt.dtype(dtype)
+
+
+def _check_device_type(device_type: str) -> str:
+    if not isinstance(device_type, str):
+        raise ValueError(f"Expected `device_type` of type `str`, got: `{type(device_type)}`")
+    kind = device_type.split(":")[0]
+    if kind not in _DEFAULT:
+        raise RuntimeError(f"User specified an unsupported autocast device_type '{device_type}'; Avalon supports "
+                           "'cpu' and 'cuda'")
+    return kind
+
+
+def cache_key() -> tuple[str | None, str | None]:
+    """The autocast state a trace depends on (the dtype per device type, None when off), for a
+    compiled function's signature key: a function traced under autocast must not be reused outside."""
+    return tuple(d.name if d is not None else None for d in (_ACTIVE["cpu"], _ACTIVE["cuda"]))  # type: ignore[return-value]
+
+
+def lower_precision(*xs: Tensor) -> tuple[Tensor, ...]:
+    """The operands of a lower-precision op (matmul, conv) as autocast gives them to it: each
+    floating tensor that is not float64 cast to the dtype of the autocast active on its device type
+    (unchanged when none is). Read by `avalon.ops.matmul` and `avalon.ops.conv2d`."""
+    if _ACTIVE["cpu"] is None and _ACTIVE["cuda"] is None:
+        return xs
+    out = []
+    for x in xs:
+        d = _ACTIVE.get(x.device.type)
+        if d is not None and x.dtype.is_float and x.dtype is not dt.float64 and x.dtype is not d:
+            x = ops.cast(x, d)
+        out.append(x)
+    return tuple(out)
+
+
+def autocast_bias(bias: Any) -> Any:
+    """A linear or convolution bias under autocast: cast with the op's inputs (torch casts all three),
+    so the sum keeps the autocast dtype; anything but a Tensor is left as it is."""
+    return lower_precision(bias)[0] if isinstance(bias, Tensor) else bias
+
+
+class autocast:  # noqa: N801  (torch's name)
+    """`with av.autocast(device_type, dtype=None, enabled=True, cache_enabled=None):` — matmuls and
+    convolutions on `device_type`'s tensors run in `dtype` (default float16 on "cuda", bfloat16 on
+    "cpu"); see the module docstring for what is and is not cast. Nests, and `enabled=False` switches
+    it off inside an enclosing one; also a decorator (`@av.autocast("cpu")`), as torch's."""
+
+    def __init__(self, device_type: str, dtype: Any = None, enabled: bool = True, cache_enabled: bool | None = None):
+        self.device = _check_device_type(device_type)
+        self.fast_dtype = dt.dtype(dtype) if dtype is not None else get_autocast_dtype(self.device)
+        self._enabled = bool(enabled)
+        self._cache_enabled = cache_enabled
+        if self._enabled and self.fast_dtype not in _SUPPORTED[self.device]:
+            names = ", ".join(f"torch.{dt.PY_NAMES[d.name]}" for d in _SUPPORTED[self.device])
+            warnings.warn(f"In {self.device.upper()} autocast, but the target dtype is not supported. Disabling "
+                          f"autocast.\n{self.device.upper()} Autocast only supports dtypes of {names} currently.",
+                          UserWarning, stacklevel=2)
+            self._enabled = False
+        if self._enabled and self.device == "cuda" and not cuda_available():
+            warnings.warn("User provided device_type of 'cuda', but CUDA is not available. Disabling",
+                          UserWarning, stacklevel=2)
+            self._enabled = False
+        self._prev: list[dt.DType | None] = []
+
+    def __enter__(self) -> None:
+        self._prev.append(_ACTIVE[self.device])
+        _ACTIVE[self.device] = self.fast_dtype if self._enabled else None
+
+    def __exit__(self, *exc: Any) -> None:
+        _ACTIVE[self.device] = self._prev.pop()
+
+    def __call__(self, fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            with autocast(self.device, self.fast_dtype, self._enabled, self._cache_enabled):
+                return fn(*args, **kwargs)
+        return wrapped
+
+
+# -- the gradient scaler ---------------------------------------------------------------------------
+
+class _Iteration:
+    """What the scaler did since its last update: which gradient dicts it unscaled (with their
+    found-inf flags) and which optimizers stepped. Slots, no __dict__: the tracer does not walk it,
+    so it is not part of a compiled function's signature."""
+
+    __slots__ = ("found", "stepped", "traced")
+
+    def __init__(self) -> None:
+        self.found: dict[int, Tensor] = {}
+        self.stepped: set[int] = set()
+        self.traced = False  # ever used in a trace: a cached compiled call runs no Python, so the checks are off
+
+    def clear(self) -> None:
+        self.found.clear()
+        self.stepped.clear()
+
+
+class GradScaler:
+    """Loss scaling for float16 training (torch.amp.GradScaler), with gradients as values:
+
+        scaler = av.amp.GradScaler("cuda")
+
+        def objective(model, x, y, scaler):
+            with av.autocast("cuda"):
+                out = model(x)
+            return scaler.scale(F.cross_entropy(out.float(), y))       # loss * scale
+
+        def train_step(model, opt, scaler, x, y):
+            loss, grads = av.value_and_grad(objective)(model, x, y, scaler)
+            scaler.unscale_(grads)                     # optional: grads /= scale, in place (to clip them)
+            nn.utils.clip_grad_norm_(grads, 1.0)
+            scaler.step(opt, grads)                    # opt.step(grads), skipped if any grad is inf/nan
+            scaler.update()                            # back off after an overflow, grow after growth_interval
+            return loss
+
+        step = av.compile(train_step)                  # or run it eagerly
+
+    torch's `scaler.scale(loss).backward(); scaler.step(opt)` becomes `scale` inside the differentiated
+    function and `step(opt, grads)`; `unscale_(grads)` takes the gradient dict where torch takes the
+    optimizer. Pass the scaler as an argument of a traced function (like the optimizer): its scale,
+    growth tracker and found-inf flag are tensors that become graph inputs and are written back, so
+    one trace serves every step. Eagerly, `step` skips the optimizer in Python, as torch; traced, the
+    optimizer's update is computed and a select keeps the old parameters and state where a gradient
+    was not finite. The update rule is torch's: on inf/nan scale *= backoff_factor and the tracker
+    resets; otherwise after `growth_interval` finite steps in a row scale *= growth_factor (if that
+    stays finite). `device="cuda"` without a GPU disables the scaler with torch's warning; use
+    `device="cpu"` there.
+    """
+
+    def __init__(self, device: str = "cuda", init_scale: float = 2.0 ** 16, growth_factor: float = 2.0,
+                 backoff_factor: float = 0.5, growth_interval: int = 2000, enabled: bool = True) -> None:
+        kind = _check_device_type(str(device))
+        if enabled and kind == "cuda" and not cuda_available():
+            warnings.warn("torch.cuda.amp.GradScaler is enabled, but CUDA is not available.  Disabling.",
+                          UserWarning, stacklevel=2)
+            enabled = False
+        if growth_factor <= 1.0:
+            raise ValueError("The growth factor must be > 1.0.")
+        if backoff_factor >= 1.0:
+            raise ValueError("The backoff factor must be < 1.0.")
+        self._device = kind
+        self._enabled = bool(enabled)
+        self._growth_factor, self._backoff_factor = float(growth_factor), float(backoff_factor)
+        self._growth_interval = int(growth_interval)
+        where = as_device(kind) if (kind == "cpu" or cuda_available()) else as_device("cpu")
+        self._scale = Buffer(np.asarray(init_scale, np.float32), dtype=dt.float32, device=where)
+        self._growth_tracker = Buffer(np.asarray(0, np.int32), dtype=dt.int32, device=where)
+        self._found_inf = Buffer(np.asarray(0.0, np.float32), dtype=dt.float32, device=where)
+        self._iteration = _Iteration()
+
+    # -- torch's accessors ------------------------------------------------------------------
+
+    def is_enabled(self) -> bool:
+        return self._enabled
+
+    def get_scale(self) -> float:
+        """The current scale (1.0 when disabled)."""
+        return float(self._scale) if self._enabled else 1.0
+
+    def get_growth_factor(self) -> float:
+        return self._growth_factor
+
+    def set_growth_factor(self, new_factor: float) -> None:
+        self._growth_factor = float(new_factor)
+
+    def get_backoff_factor(self) -> float:
+        return self._backoff_factor
+
+    def set_backoff_factor(self, new_factor: float) -> None:
+        self._backoff_factor = float(new_factor)
+
+    def get_growth_interval(self) -> int:
+        return self._growth_interval
+
+    def set_growth_interval(self, new_interval: int) -> None:
+        self._growth_interval = int(new_interval)
+
+    def _get_growth_tracker(self) -> int:
+        return int(self._growth_tracker) if self._enabled else 0
+
+    # -- scaling -----------------------------------------------------------------------------
+
+    def scale(self, outputs: Any) -> Any:
+        """`outputs` (a tensor, or a list/tuple of them) times the scale. The product's dtype is
+        torch's: a 0-d output promotes with the float32 scale, a larger one keeps its dtype."""
+        if not self._enabled:
+            return outputs
+        if isinstance(outputs, (list, tuple)):
+            return type(outputs)(self.scale(o) for o in outputs)
+        x = outputs if isinstance(outputs, Tensor) else Tensor(outputs)
+        self._check_trace("scale")
+        d = dt.promote(x.dtype, dt.float32) if x.ndim == 0 else x.dtype
+        return ops.mul(ops.cast(x, d), ops.cast(self._scale, d))
+
+    def unscale_(self, grads: Any) -> None:
+        """Divide the gradients (a dict as `av.grad` returns, or a list) by the scale, in place, and
+        record whether any is inf or nan (for `step` and `update`). Call it before clipping."""
+        if not self._enabled:
+            return
+        key = id(grads)
+        if key in self._iteration.found:
+            raise RuntimeError("unscale_() has already been called on these gradients since the last update().")
+        self._check_trace("unscale_")
+        inv = ops.cast(ops.div(1.0, ops.cast(self._scale, dt.float64)), dt.float32)
+        found = ops.full((), 0.0, dt.float32)
+        for g in _grad_list(grads):
+            t = g if isinstance(g, Tensor) else Tensor(g)
+            if t.dtype is dt.float16:
+                raise ValueError("Attempting to unscale FP16 gradients.")
+            bad = ops.cast(ops.logical_not(ops.all(ops.isfinite(t))), dt.float32)
+            found = ops.maximum(found, bad)
+            work = dt.promote(t.dtype, dt.float32)
+            new = ops.cast(ops.mul(ops.cast(t, work), ops.cast(inv, work)), t.dtype)
+            if isinstance(g, Tensor):
+                g.copy_(new)
+            else:
+                g[...] = new.numpy()
+        self._iteration.found[key] = found
+        assign(self._found_inf, ops.maximum(self._found_inf, found))
+
+    def step(self, optimizer: Any, grads: Any) -> None:
+        """`optimizer.step(grads)` with the gradients unscaled (unless `unscale_` did it), skipped
+        when any of them is inf or nan."""
+        if not self._enabled:
+            optimizer.step(grads)
+            return
+        it = self._iteration
+        if id(optimizer) in it.stepped:
+            raise RuntimeError("step() has already been called since the last update().")
+        if id(grads) not in it.found:
+            self.unscale_(grads)
+        found = it.found[id(grads)]
+        it.stepped.add(id(optimizer))
+        tr = current_trace()
+        if tr is None:
+            if found.is_traced:  # unscaled inside an earlier trace: its flag was written back since
+                found = self._found_inf
+            if float(found) == 0.0:
+                optimizer.step(grads)
+            return
+        it.traced = True
+        if found.is_traced and found._trace is not tr:
+            found = self._found_inf
+        tensors = [t for _, t in tree.named_tensors(optimizer)]
+        before = {id(t): tr.value_of(t) for t in tensors}
+        optimizer.step(grads)
+        skip = ops.gt(found, 0.0)
+        for t in tensors:
+            now = tr.leaves.get(id(t))
+            if now is not None and now is not before[id(t)]:  # written by the step: keep the old value on inf
+                assign(t, ops.where(skip, Tensor._traced(before[id(t)], tr), t))
+
+    def update(self, new_scale: float | Tensor | None = None) -> None:
+        """torch's scale update from the inf checks since the last update (or set `new_scale`)."""
+        if not self._enabled:
+            return
+        it = self._iteration
+        if new_scale is not None:
+            v = new_scale if isinstance(new_scale, Tensor) else ops.full((), float(new_scale), dt.float32)
+            assign(self._scale, ops.cast(ops.reshape(v, ()), dt.float32))
+        else:
+            if not it.found and not it.traced and current_trace() is None:
+                raise AssertionError("No inf checks were recorded prior to update.")
+            self._check_trace("update")
+            found = ops.gt(self._found_inf, 0.0)
+            scale = ops.cast(self._scale, dt.float64)
+            successful = ops.add(self._growth_tracker, 1)
+            grow = ops.eq(successful, self._growth_interval)
+            grown = ops.cast(ops.mul(scale, self._growth_factor), dt.float32)
+            grown = ops.where(ops.isfinite(grown), grown, self._scale)
+            backed = ops.cast(ops.mul(scale, self._backoff_factor), dt.float32)
+            assign(self._scale, ops.where(found, backed, ops.where(grow, grown, self._scale)))
+            zero = ops.full((), 0, dt.int32)
+            assign(self._growth_tracker, ops.where(ops.logical_or(found, grow), zero, successful))
+        assign(self._found_inf, ops.full((), 0.0, dt.float32))
+        it.clear()
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's plain dict: scale, growth_factor, backoff_factor, growth_interval, _growth_tracker
+        (empty when disabled)."""
+        if not self._enabled:
+            return {}
+        return {"scale": self.get_scale(), "growth_factor": self._growth_factor,
+                "backoff_factor": self._backoff_factor, "growth_interval": self._growth_interval,
+                "_growth_tracker": self._get_growth_tracker()}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        if not self._enabled:
+            return
+        if len(state_dict) == 0:
+            raise RuntimeError("The source state dict is empty, possibly because it was saved from a disabled "
+                               "instance of GradScaler.")
+        assign(self._scale, ops.full((), float(state_dict["scale"]), dt.float32))
+        self._growth_factor = float(state_dict["growth_factor"])
+        self._backoff_factor = float(state_dict["backoff_factor"])
+        self._growth_interval = int(state_dict["growth_interval"])
+        assign(self._growth_tracker, ops.full((), int(state_dict["_growth_tracker"]), dt.int32))
+
+    def __repr__(self) -> str:
+        return (f"GradScaler(device={self._device!r}, scale={self.get_scale():g}, growth_factor={self._growth_factor},"
+                f" backoff_factor={self._backoff_factor}, growth_interval={self._growth_interval}, "
+                f"enabled={self._enabled})")
+
+    def _check_trace(self, what: str) -> None:
+        """Under a trace the scale must be a graph input, or each run would read a stale constant."""
+        tr = current_trace()
+        if tr is None:
+            return
+        self._iteration.traced = True
+        v = tr.leaves.get(id(self._scale))
+        if (v is None or v not in tr.graph.inputs) and id(self._scale) not in tr.updated:
+            raise RuntimeError(f"GradScaler.{what} was called inside a traced function that did not receive the "
+                               "scaler as an argument; pass it in (e.g. `def step(model, opt, scaler, x, y)`) so that "
+                               "its scale and counters become graph inputs that every call reads afresh")
+
+
+def _grad_list(grads: Any) -> list[Any]:
+    """The gradient tensors of a dict (as `av.grad` returns), a list/tuple, or one tensor; Nones skipped."""
+    if isinstance(grads, Mapping):
+        items = list(grads.values())
+    elif isinstance(grads, (list, tuple)):
+        items = list(grads)
+    else:
+        items = [grads]
+    return [g for g in items if g is not None]
+
+
+# -- torch.cuda.amp's deprecated spellings (av.cuda.amp) --------------------------------------------
+
+class _CudaAutocast(autocast):
+    """`torch.cuda.amp.autocast(enabled=True, dtype=torch.float16, cache_enabled=True)`."""
+
+    def __init__(self, enabled: bool = True, dtype: Any = dt.float16, cache_enabled: bool = True):
+        super().__init__("cuda", dtype, enabled, cache_enabled)
+
+
+class _CudaGradScaler(GradScaler):
+    """`torch.cuda.amp.GradScaler(init_scale, growth_factor, backoff_factor, growth_interval, enabled)`."""
+
+    def __init__(self, init_scale: float = 2.0 ** 16, growth_factor: float = 2.0, backoff_factor: float = 0.5,
+                 growth_interval: int = 2000, enabled: bool = True) -> None:
+        super().__init__("cuda", init_scale, growth_factor, backoff_factor, growth_interval, enabled)
+
+
+class cuda_amp:  # noqa: N801  (a namespace: `from .amp import cuda_amp as amp` in avalon/cuda.py)
+    """`av.cuda.amp`: torch.cuda.amp's autocast and GradScaler, fixed to the "cuda" device type."""
+
+    autocast = _CudaAutocast
+    GradScaler = _CudaGradScaler
