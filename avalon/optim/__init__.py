@@ -972,24 +972,11 @@ class NAdam(Optimizer):
         w1 = 1.0 - b1
         s = {"c_grad": -lr * (1.0 - mu) / (1.0 - prod), "c_avg": (-lr * mu_next) / (1.0 - prod * mu_next),
              "bc2": 1.0 - ops.pow(b2, t), "w1": w1, "w1c": 1.0 - w1, "b2": b2, "w2": 1.0 - b2, "eps": h["eps"]}
-        if st["weight_decay"]:
-            if opts["decoupled_weight_decay"]:
-                s["decay"] = 1.0 - lr * h["weight_decay"]
-            else:
-                s["weight_decay"] = h["weight_decay"]
-        return s
+        return _with_decay(s, st, opts, lr, h)
 
     def _update(self, p, g, state, s, st, opts):
-        pv = p
-        if st["weight_decay"]:
-            if opts["decoupled_weight_decay"]:
-                pv = p * s["decay"]
-            else:
-                g = g + s["weight_decay"] * p
-        m = _lerp(state["exp_avg"], g, s["w1"], s["w1c"], st["lerp_low"])
-        v = state["exp_avg_sq"] * s["b2"] + s["w2"] * (g * g)
-        assign(state["exp_avg"], m)
-        assign(state["exp_avg_sq"], v)
+        pv, g = _decayed(p, g, s, st, opts)
+        m, v = _moments(state, g, s, st)
         denom = ops.sqrt(v / s["bc2"]) + s["eps"]
         pv = pv + s["c_grad"] * (g / denom)
         assign(p, pv + s["c_avg"] * (m / denom))
@@ -1035,24 +1022,11 @@ class RAdam(Optimizer):
         w1 = 1.0 - b1
         s = {"bc1": bc1, "lr": lr, "r": r, "rect": ops.cast(rect, dt.float64), "bc2_sqrt": ops.sqrt(bc2),
              "w1": w1, "w1c": 1.0 - w1, "b2": b2, "w2": 1.0 - b2, "eps": h["eps"]}
-        if st["weight_decay"]:
-            if opts["decoupled_weight_decay"]:
-                s["decay"] = 1.0 - lr * h["weight_decay"]
-            else:
-                s["weight_decay"] = h["weight_decay"]
-        return s
+        return _with_decay(s, st, opts, lr, h)
 
     def _update(self, p, g, state, s, st, opts):
-        pv = p
-        if st["weight_decay"]:
-            if opts["decoupled_weight_decay"]:
-                pv = p * s["decay"]
-            else:
-                g = g + s["weight_decay"] * p
-        m = _lerp(state["exp_avg"], g, s["w1"], s["w1c"], st["lerp_low"])
-        v = state["exp_avg_sq"] * s["b2"] + s["w2"] * (g * g)
-        assign(state["exp_avg"], m)
-        assign(state["exp_avg_sq"], v)
+        pv, g = _decayed(p, g, s, st, opts)
+        m, v = _moments(state, g, s, st)
         step = m / s["bc1"] * s["lr"]
         adaptive = s["bc2_sqrt"] / (ops.sqrt(v) + s["eps"])
         step = ops.where(ops.gt(s["rect"], 0.5), step * adaptive * s["r"], step)
@@ -1060,3 +1034,32 @@ class RAdam(Optimizer):
 
 
 from . import lr_scheduler  # noqa: E402  (it imports Optimizer from here)
+
+
+def _with_decay(s: dict, st: dict, opts: dict, lr: Any, h: dict) -> dict:
+    """NAdam's and RAdam's weight decay scalars: decoupled (p * (1 - lr wd)) or L2 (g + wd p)."""
+    if st["weight_decay"]:
+        if opts["decoupled_weight_decay"]:
+            s["decay"] = 1.0 - lr * h["weight_decay"]
+        else:
+            s["weight_decay"] = h["weight_decay"]
+    return s
+
+
+def _decayed(p: Any, g: Any, s: dict, st: dict, opts: dict) -> tuple[Any, Any]:
+    """(the parameter to update, the gradient) after weight decay, as `_with_decay` set it up."""
+    if st["weight_decay"]:
+        if opts["decoupled_weight_decay"]:
+            return p * s["decay"], g
+        return p, g + s["weight_decay"] * p
+    return p, g
+
+
+def _moments(state: dict, g: Any, s: dict, st: dict) -> tuple[Any, Any]:
+    """Adam's first and second moments updated (and written back into the state)."""
+    m = _lerp(state["exp_avg"], g, s["w1"], s["w1c"], st["lerp_low"])
+    v = state["exp_avg_sq"] * s["b2"] + s["w2"] * (g * g)
+    assign(state["exp_avg"], m)
+    assign(state["exp_avg_sq"], v)
+    return m, v
+
