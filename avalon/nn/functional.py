@@ -294,6 +294,23 @@ def _norm(x: Tensor, p: float, dim: Any, keepdim: bool) -> Tensor:
     return ops.pow(ops.sum(ops.pow(ops.abs(x), float(p)), dim, keepdims=keepdim), 1.0 / p)
 
 
+def _normalized_by(x: Tensor, mean: Any, var: Any, eps: float, bshape: tuple) -> Tensor:
+    """(x - mean) / sqrt(var + eps) with per-channel running statistics (batch and instance norm
+    in evaluation)."""
+    rm = ops.reshape(ops.cast(mean, x.dtype), bshape)
+    rv = ops.reshape(ops.cast(var, x.dtype), bshape)
+    return ops.mul(ops.sub(x, rm), ops.rsqrt(ops.add(rv, eps)))
+
+
+def _affine(y: Tensor, weight: Any, bias: Any, bshape: tuple) -> Tensor:
+    """y * weight + bias, each per channel (broadcast through `bshape`) when given."""
+    if weight is not None:
+        y = ops.mul(y, ops.reshape(_t(weight), bshape))
+    if bias is not None:
+        y = ops.add(y, ops.reshape(_t(bias), bshape))
+    return y
+
+
 def normalize(input: Any, p: float = 2.0, dim: int = 1, eps: float = 1e-12) -> Tensor:
     """x / max(||x||_p, eps) along `dim`."""
     x = _t(input)
@@ -648,14 +665,8 @@ def batch_norm(input: Any, running_mean: Tensor | None, running_var: Tensor | No
     else:
         if running_mean is None or running_var is None:
             raise ValueError("batch_norm in evaluation mode needs running_mean and running_var")
-        rm = ops.reshape(ops.cast(running_mean, x.dtype), bshape)
-        rv = ops.reshape(ops.cast(running_var, x.dtype), bshape)
-        y = ops.mul(ops.sub(x, rm), ops.rsqrt(ops.add(rv, eps)))
-    if weight is not None:
-        y = ops.mul(y, ops.reshape(_t(weight), bshape))
-    if bias is not None:
-        y = ops.add(y, ops.reshape(_t(bias), bshape))
-    return y
+        y = _normalized_by(x, running_mean, running_var, eps, bshape)
+    return _affine(y, weight, bias, bshape)
 
 
 def layer_norm(input: Any, normalized_shape: int | Sequence[int], weight: Any = None, bias: Any = None,
@@ -743,14 +754,8 @@ def instance_norm(input: Any, running_mean: Tensor | None = None, running_var: T
     else:
         if running_mean is None or running_var is None:
             raise ValueError("instance_norm without input statistics needs running_mean and running_var")
-        rm = ops.reshape(ops.cast(running_mean, x.dtype), bshape)
-        rv = ops.reshape(ops.cast(running_var, x.dtype), bshape)
-        y = ops.mul(ops.sub(x, rm), ops.rsqrt(ops.add(rv, eps)))
-    if weight is not None:
-        y = ops.mul(y, ops.reshape(_t(weight), bshape))
-    if bias is not None:
-        y = ops.add(y, ops.reshape(_t(bias), bshape))
-    return y
+        y = _normalized_by(x, running_mean, running_var, eps, bshape)
+    return _affine(y, weight, bias, bshape)
 
 
 # Last, because losses.py builds on the helpers above (`_t`, `log_softmax`, `_softplus1`).
