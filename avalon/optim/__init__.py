@@ -898,12 +898,7 @@ class Adamax(Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, foreach=foreach,
                                       maximize=maximize, differentiable=differentiable, capturable=capturable))
 
-    def _rules(self, key: str, value: Any) -> dict[str, bool]:
-        if key == "weight_decay":
-            return {"weight_decay": value != 0}
-        if key == "betas":
-            return {"lerp_low": 1.0 - value[0] < 0.5}
-        return {}
+    _rules = Adam._rules  # weight decay on or off; which of lerp's formulas the first moment takes
 
     def _step_scalars(self, t, h, st, opts):
         w1 = 1.0 - h["beta1"]
@@ -951,12 +946,7 @@ class NAdam(Optimizer):
                                       foreach=foreach, maximize=maximize, capturable=capturable,
                                       differentiable=differentiable))
 
-    def _rules(self, key: str, value: Any) -> dict[str, bool]:
-        if key == "weight_decay":
-            return {"weight_decay": value != 0}
-        if key == "betas":
-            return {"lerp_low": 1.0 - value[0] < 0.5}
-        return {}
+    _rules = Adam._rules  # weight decay on or off; which of lerp's formulas the first moment takes
 
     def _add_group(self, group: dict[str, Any]) -> None:
         super()._add_group(group)
@@ -1004,12 +994,7 @@ class RAdam(Optimizer):
                                       decoupled_weight_decay=decoupled_weight_decay, foreach=foreach,
                                       maximize=maximize, capturable=capturable, differentiable=differentiable))
 
-    def _rules(self, key: str, value: Any) -> dict[str, bool]:
-        if key == "weight_decay":
-            return {"weight_decay": value != 0}
-        if key == "betas":
-            return {"lerp_low": 1.0 - value[0] < 0.5}
-        return {}
+    _rules = Adam._rules  # weight decay on or off; which of lerp's formulas the first moment takes
 
     def _step_scalars(self, t, h, st, opts):
         b1, b2, lr = h["beta1"], h["beta2"], h["lr"]
