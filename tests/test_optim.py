@@ -204,3 +204,14 @@ def test_with_av_grad_on_a_model_matches_torch():
         topt.step()
     for k, v in tmodel.state_dict().items():
         np.testing.assert_allclose(nn.state_dict(model)[k].numpy(), v.numpy(), rtol=1e-6, atol=1e-12, err_msg=k)
+
+
+def test_designs_spellings_still_work_beside_torchs():
+    """DESIGN names the first argument `model`; torch names it `params` and puts dampening 4th,
+    where DESIGN's signature lists nesterov: a bool there is an error, not dampening = 1."""
+    m = av.nn.Linear(2, 2)
+    for cls in (optim.SGD, optim.Adam, optim.AdamW, optim.RMSprop, optim.Adagrad):
+        assert cls(model=m, lr=0.1).params.keys() == cls(m, lr=0.1).params.keys()
+    assert optim.SGD(model=m, lr=0.1, momentum=0.9, nesterov=True).nesterov is True
+    with pytest.raises(TypeError, match="nesterov=True by keyword"):
+        optim.SGD(m, 0.1, 0.9, True)

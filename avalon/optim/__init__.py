@@ -266,6 +266,20 @@ class Optimizer:
     _slots: tuple[str, ...] = ()
     _repr_keys: tuple[str, ...] = ()
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Each optimizer also takes its parameters as `model=` (DESIGN's spelling; torch's is `params`)."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        def __init__(self: Any, *args: Any, **kw: Any) -> None:
+            if not args and "model" in kw and "params" not in kw:
+                kw["params"] = kw.pop("model")
+            init(self, *args, **kw)
+        __init__.__doc__, __init__.__wrapped__ = init.__doc__, init  # type: ignore[attr-defined]
+        cls.__init__ = __init__  # type: ignore[method-assign]
+
     def __init__(self, params: Any, defaults: Mapping[str, Any]):
         who = type(self).__name__
         self.defaults: dict[str, Any] = dict(defaults)
@@ -660,6 +674,8 @@ class SGD(Optimizer):
     def __init__(self, params: Any, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False,
                  foreach: bool | None = None, differentiable: bool = False, fused: bool | None = None):
+        if isinstance(dampening, bool):  # `SGD(model, lr, momentum, True)`: nesterov in dampening's place
+            raise TypeError("SGD: the 4th argument is dampening, a float, as in torch; pass nesterov=True by keyword")
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                                       nesterov=nesterov, maximize=maximize, foreach=foreach,
                                       differentiable=differentiable, fused=fused))
