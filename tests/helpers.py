@@ -91,3 +91,31 @@ def assert_same_training(a, b, rtol: float = 1e-5, prtol: float = 1e-4) -> None:
     np.testing.assert_allclose(l1, l2, rtol=rtol)
     for k in p1:
         np.testing.assert_allclose(p1[k], p2[k], rtol=prtol, atol=1e-6, err_msg=k)
+
+
+def same(a, b, tol: float = 1e-6) -> None:
+    """Same shape, same dtype, values within `tol` (relative and absolute), compared in float64."""
+    a, b = as_numpy(a), as_numpy(b)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    assert a.dtype == b.dtype, (a.dtype, b.dtype)
+    np.testing.assert_allclose(a.astype(np.float64), b.astype(np.float64), rtol=tol, atol=tol)
+
+
+def check_like_torch(f, *arrays, grad: bool = True, compiled: bool = True, tol: float = 1e-6, seed: int = 0) -> None:
+    """`f(lib, *tensors)` with lib = av and lib = torch: values and dtypes eagerly and compiled
+    (numpy backend), and the gradient of sum(f(x) * w) for a random w with respect to every
+    floating-point array."""
+    want = f(torch, *[T(a) for a in arrays])
+    same(f(av, *[av.tensor(a) for a in arrays]), want, tol)
+    if compiled:
+        same(av.compile(lambda *xs: f(av, *xs), backend="numpy")(*arrays), want, tol)
+    if not grad:
+        return
+    w = np.random.default_rng(seed).standard_normal(tuple(want.shape))
+    ts = [T(a).requires_grad_() if a.dtype.kind == "f" else T(a) for a in arrays]
+    (f(torch, *ts) * T(w)).sum().backward()
+    wrt = tuple(i + 1 for i, a in enumerate(arrays) if a.dtype.kind == "f")
+    gs = av.grad(lambda w, *xs: (f(av, *xs) * w).sum(), argnums=wrt)(w, *arrays)
+    for g, i in zip(gs, wrt):
+        same(g, ts[i - 1].grad, tol)
+

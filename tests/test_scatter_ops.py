@@ -5,33 +5,18 @@ including torch's rule for tied maxima of amax/amin."""
 import numpy as np
 import pytest
 import torch
-from helpers import T, as_numpy
+from helpers import T, check_like_torch
+from helpers import same as _same
 
 import avalon as av
 
 
 def same(a, b, tol=1e-9):
-    a, b = as_numpy(a), as_numpy(b)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    assert a.dtype == b.dtype, (a.dtype, b.dtype)
-    np.testing.assert_allclose(a.astype(np.float64), b.astype(np.float64), rtol=tol, atol=tol)
+    _same(a, b, tol)
 
 
-def check(f, *arrays, grad=True, tol=1e-9, seed=0):
-    """`f(lib, *tensors)` with lib = av and lib = torch: values eagerly and compiled, and the gradient of
-    sum(f(...) * w) for a random w with respect to every floating-point array."""
-    want = f(torch, *[T(a) for a in arrays])
-    same(f(av, *[av.tensor(a) for a in arrays]), want, tol)
-    same(av.compile(lambda *xs: f(av, *xs), backend="numpy")(*arrays), want, tol)
-    if not grad:
-        return
-    w = np.random.default_rng(seed).standard_normal(tuple(want.shape))
-    ts = [T(a).requires_grad_() if a.dtype.kind == "f" else T(a) for a in arrays]
-    (f(torch, *ts) * T(w)).sum().backward()
-    wrt = tuple(i + 1 for i, a in enumerate(arrays) if a.dtype.kind == "f")
-    gs = av.grad(lambda w, *xs: (f(av, *xs) * w).sum(), argnums=wrt)(w, *arrays)
-    for g, i in zip(gs, wrt):
-        same(g, ts[i - 1].grad, tol)
+def check(f, *arrays, tol=1e-9, **kw):
+    check_like_torch(f, *arrays, tol=tol, **kw)
 
 
 RNG = np.random.default_rng(0)

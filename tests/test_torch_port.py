@@ -5,20 +5,12 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from helpers import T, as_numpy, rel
+from helpers import T, rel, same
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import avalon as av
-
-
-def same(a, b, tol=1e-6):
-    a, b = as_numpy(a), as_numpy(b)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    assert a.dtype == b.dtype, (a.dtype, b.dtype)
-    np.testing.assert_allclose(a.astype(np.float64), b.astype(np.float64), rtol=tol, atol=tol)
-
 
 arrays = hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=5),
                     elements=st.floats(-3, 3, width=32))

@@ -8,7 +8,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from helpers import T, as_numpy
+from helpers import T, as_numpy, check_like_torch
+from helpers import same as _same
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -17,28 +18,11 @@ import avalon as av
 
 
 def same(a, b, tol=1e-6):
-    a, b = as_numpy(a), as_numpy(b)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    assert a.dtype == b.dtype, (a.dtype, b.dtype)
-    np.testing.assert_allclose(a.astype(np.float64), b.astype(np.float64), rtol=tol, atol=tol)
+    _same(a, b, tol)
 
 
-def check(f, *arrays, grad=True, compiled=True, tol=1e-6, seed=0):
-    """`f(lib, *tensors)` with lib = av and lib = torch: values and dtypes eagerly and compiled, and
-    the gradient of sum(f(x) * w) for a random w with respect to every floating-point array."""
-    want = f(torch, *[T(a) for a in arrays])
-    same(f(av, *[av.tensor(a) for a in arrays]), want, tol)
-    if compiled:
-        same(av.compile(lambda *xs: f(av, *xs), backend="numpy")(*arrays), want, tol)
-    if not grad:
-        return
-    w = np.random.default_rng(seed).standard_normal(tuple(want.shape))
-    ts = [T(a).requires_grad_() if a.dtype.kind == "f" else T(a) for a in arrays]
-    (f(torch, *ts) * T(w)).sum().backward()
-    wrt = tuple(i + 1 for i, a in enumerate(arrays) if a.dtype.kind == "f")
-    gs = av.grad(lambda w, *xs: (f(av, *xs) * w).sum(), argnums=wrt)(w, *arrays)
-    for g, i in zip(gs, wrt):
-        same(g, ts[i - 1].grad, tol)
+def check(f, *arrays, tol=1e-6, **kw):
+    check_like_torch(f, *arrays, tol=tol, **kw)
 
 
 def randn(*shape, seed=0):
