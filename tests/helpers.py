@@ -119,3 +119,13 @@ def check_like_torch(f, *arrays, grad: bool = True, compiled: bool = True, tol: 
     for g, i in zip(gs, wrt):
         same(g, ts[i - 1].grad, tol)
 
+
+def twin_mlps(seed: int = 7):
+    """An Avalon MLP and torch's with the same float64 weights, and a batch (x, y) for both."""
+    av.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    tmodel = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+    tmodel.load_state_dict({k: torch.tensor(v.numpy()) for k, v in nn.state_dict(model).items()})
+    rng = np.random.default_rng(seed)
+    return model, tmodel, rng.standard_normal((6, 5)), rng.integers(0, 3, 6)
+

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import twin_mlps
 
 import avalon as av
 from avalon import optim
@@ -190,12 +191,7 @@ def test_with_av_grad_and_compiled_training_step():
     from avalon import nn
     from avalon.nn import functional as F
 
-    av.manual_seed(0)
-    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).double()
-    tmodel = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
-    tmodel.load_state_dict({k: torch.tensor(v.numpy()) for k, v in nn.state_dict(model).items()})
-    rng = np.random.default_rng(7)
-    x, y = rng.standard_normal((6, 5)), rng.integers(0, 3, 6)
+    model, tmodel, x, y = twin_mlps()
     opt = optim.RAdam(model, lr=0.05, weight_decay=0.1)
     topt = torch.optim.RAdam(tmodel.parameters(), lr=0.05, weight_decay=0.1)
 
