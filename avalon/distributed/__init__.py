@@ -10,6 +10,10 @@
 `bucket-all-reduce` pass fuses them into a few flat buffers), so the communication is in the IR
 between the gradient and the optimizer update; eagerly it reduces all tensors of a dtype in one
 collective. Torch is communication only: no torch compute runs on Avalon's path.
+
+For batch norm over the global batch, convert the model with `nn.SyncBatchNorm.convert_sync_batchnorm`
+(its statistics are one `all_reduce` op per layer); for each rank's part of a dataset in a custom
+loop, `avalon.utils.data.DistributedSampler` (torch's, `set_epoch` every epoch).
 """
 from __future__ import annotations
 

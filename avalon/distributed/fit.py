@@ -1,6 +1,7 @@
 """What `av.fit` does differently under a process group, and its checkpoints (see `avalon.train`).
 
-Like torch's DistributedSampler + DistributedDataParallel:
+Like torch's DistributedSampler + DistributedDataParallel (a custom loop does the first three points
+with `broadcast_parameters`, `avalon.utils.data.DistributedSampler` and `all_reduce(grads)`):
 - rank 0's parameters and buffers are broadcast first, so every rank starts from the same model;
 - every epoch, all ranks draw the same permutation (rank 0's seed, broadcast), pad it by wrapping
   around to a multiple of the world size and take every world-size-th sample from their rank on:
@@ -9,7 +10,11 @@ Like torch's DistributedSampler + DistributedDataParallel:
 - gradients are averaged inside the compiled step (`all_reduce` ops, bucketed by the
   `bucket-all-reduce` pass), every rank applies the same update;
 - batch norm normalizes with each rank's own batch and keeps per-rank running statistics (no
-  SyncBatchNorm, and no broadcast of buffers after the first, i.e. `broadcast_buffers=False`);
+  broadcast of buffers after the first, i.e. `broadcast_buffers=False`), unless the model was
+  converted with `nn.SyncBatchNorm.convert_sync_batchnorm`: then every batch norm normalizes with
+  the global batch's statistics (an `all_reduce` op per layer in the compiled step, and its vjp in
+  the backward), so the running statistics stay equal across ranks and n ranks with batch b follow
+  one process with n*b for batch norm too;
 - each epoch's loss is the mean over all ranks' samples (one collective per epoch), so every
   rank returns the same history.
 """

@@ -144,6 +144,7 @@ from .spatial import (
     ZeroPad2d,
     ZeroPad3d,
 )
+from .sync_batchnorm import SyncBatchNorm
 from .transformer import (
     MultiheadAttention,
     Transformer,
@@ -188,7 +189,7 @@ __all__ = [
     "HuberLoss", "Identity", "IncompatibleKeys", "KLDivLoss", "L1Loss", "LSTM", "LayerNorm", "LeakyReLU", "Linear",
     "LogSigmoid", "LogSoftmax", "MSELoss", "MaxPool2d", "Mish", "Module", "ModuleList", "NLLLoss", "Parameter",
     "RNN", "RNNBase", "ReLU", "ReLU6", "SELU", "Sequential", "SiLU", "Sigmoid", "SmoothL1Loss", "Softmax",
-    "Softmin", "Softplus", "Softsign", "StateDictError", "Tanh", "Unflatten", "buffers", "conv2d", "eval",
-    "functional", "init", "load_state_dict", "logsoftmax", "maxpool2d", "named_buffers", "named_modules",
+    "Softmin", "Softplus", "Softsign", "StateDictError", "SyncBatchNorm", "Tanh", "Unflatten", "buffers", "conv2d",
+    "eval", "functional", "init", "load_state_dict", "logsoftmax", "maxpool2d", "named_buffers", "named_modules",
     "named_parameters", "parameters", "relu", "sigmoid", "softmax", "state_dict", "tanh", "train",
 ]

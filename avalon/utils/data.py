@@ -10,6 +10,9 @@ Loading runs in the calling process. `num_workers > 0` is accepted for ported co
 in-process too (said once on the `avalon.data` log channel): Avalon's data are numpy arrays in
 memory, and the compiled step, not Python-side loading, is where the time goes.
 
+`DistributedSampler` (torch.utils.data.distributed's, also importable as `avalon.utils.data.distributed`)
+gives each process of a data-parallel group its part of the dataset.
+
 A compiled step (`av.compile`) is traced once per input signature, so every full batch reuses one
 trace; a smaller last batch traces once more, which `drop_last=True` avoids.
 """
@@ -20,6 +23,7 @@ import collections.abc
 import copy
 import itertools
 import math
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
@@ -501,6 +505,14 @@ class DataLoader(Generic[T_co]):
         return len(self.batch_sampler if self.batch_sampler is not None else self.sampler)
 
 
-__all__ = ["BatchSampler", "ChainDataset", "ConcatDataset", "DataLoader", "Dataset", "IterableDataset", "RandomSampler",
-           "Sampler", "SequentialSampler", "Subset", "SubsetRandomSampler", "TensorDataset", "WeightedRandomSampler",
-           "default_collate", "default_convert", "get_worker_info", "random_split"]
+# torch.utils.data.distributed, importable under torch's path (`avalon.utils.data.distributed`, as
+# `os.path` is) although this is a module; its sampler is also here, as in torch.utils.data
+from . import data_distributed as distributed  # noqa: E402
+from .data_distributed import DistributedSampler  # noqa: E402
+
+sys.modules[__name__ + ".distributed"] = distributed
+
+__all__ = ["BatchSampler", "ChainDataset", "ConcatDataset", "DataLoader", "Dataset", "DistributedSampler",
+           "IterableDataset", "RandomSampler", "Sampler", "SequentialSampler", "Subset", "SubsetRandomSampler",
+           "TensorDataset", "WeightedRandomSampler", "default_collate", "default_convert", "get_worker_info",
+           "random_split"]
