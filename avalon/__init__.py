@@ -188,3 +188,5 @@ double = float64
 long = int64
 half = float16
 bool = bool_  # noqa: A001
+
+amp.install_policies()  # autocast's op lists wrap their functions once everything above is imported

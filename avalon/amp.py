@@ -3,25 +3,49 @@
     with av.autocast("cuda"):                    # or "cpu" (bfloat16 by default there)
         loss = F.cross_entropy(model(x).float(), y)
 
-**autocast.** Inside the context, the ops on torch's "lower precision" list (here: matmul, mm, bmm,
-einsum, linear, conv1d/2d/3d, and the matmuls of scaled_dot_product_attention, i.e. every call that
-reaches `avalon.ops.matmul` or `avalon.ops.conv2d`) cast their floating inputs (float64 excepted, as
-torch does) to the autocast dtype, float16 on CUDA and bfloat16 on the CPU by default, and produce
-that dtype; `F.linear` and the convolutions cast their bias too. Every other op follows normal
-promotion: a bfloat16 activation plus a float32 tensor is float32, as in torch. A tensor is affected
-only by the autocast of its own device type, as in torch. The casts are ordinary `cast` ops, so a
-traced graph records them and `av.grad` sends each gradient back through its cast: a float32
-parameter (the master weight) gets a float32 gradient.
+**autocast.** Avalon applies torch's CUDA autocast op lists (torch's autocast op reference) on
+every device type, "cpu" included, so code behaves alike on both (torch's own CPU lists are
+narrower: there softmax, exp, sum, layer_norm keep the low-precision dtype). Inside the context:
 
-Not done, and said plainly: torch's float32 list (softmax, the norms, the losses, exp/log/pow, ... run
-in float32 under CUDA autocast) is not applied; those ops run in the dtype of their inputs, so call
-`.float()` on a low-precision result before a loss, as torch's docs advise for code outside the
-autocast region. `addmm` multiplies in the autocast dtype but adds its float32 input uncast, so its
-result is float32 where torch's is the autocast dtype; `conv_transpose2d` binds its primitive
-directly and is not cast at all. `cache_enabled` is accepted and changes nothing: a weight cast
-twice in one graph is merged by CSE. The setting is read when a function is traced, so enter
-autocast inside the compiled (or differentiated) function; `cache_key()` is what `av.compile`'s
-signature cache needs to key on for one function called both inside and outside an autocast.
+- *Lower precision* (the autocast dtype out; float16 on CUDA, bfloat16 on the CPU by default):
+  matmul/`@`, mm, bmm, einsum, `F.linear`, conv1d/2d/3d, `F.conv_transpose2d`, the matmuls of
+  `F.scaled_dot_product_attention` (every call reaching `ops.matmul`/`ops.conv2d` casts there, bias
+  included), `addmm` (its added input too), `F.prelu`, and `nn.RNNCell/LSTMCell/GRUCell` (input and
+  hidden state; their linear maps cast the weights).
+- *float32*: exp, expm1, log, log1p, reciprocal, rsqrt, pow, `x ** y`, `n ** x`, `n / x`, logsumexp,
+  norm, `linalg.norm/vector_norm/matrix_norm`, `F.softplus`, `F.layer_norm`, `F.group_norm`,
+  `F.normalize`, `F.cosine_similarity`, `F.softmin`, `F.interpolate`/`F.upsample` (not mode="area"),
+  and the losses: cross_entropy, nll_loss, mse_loss, l1_loss, smooth_l1_loss, huber_loss, kl_div,
+  poisson_nll_loss, binary_cross_entropy_with_logits, cosine_embedding_loss, hinge_embedding_loss,
+  margin_ranking_loss, multilabel_margin_loss, soft_margin_loss, triplet_margin_loss,
+  multi_margin_loss. Also sum, prod, cumsum, cumprod, softmax, log_softmax (`av.` and `F.`), unless
+  the call passes `dtype=`, which then wins (torch's fp32_set_opt_dtype).
+- *Widest input type* (float32 if any floating input is float32, else the autocast dtype):
+  addcmul, addcdiv, index_put, scatter_add, `F.bilinear`, `F.grid_sample`. cat, stack, where and the
+  binary operators promote natively, as in torch.
+- `F.binary_cross_entropy` (`nn.BCELoss`): refused on CUDA tensors with torch's message (use the
+  `_with_logits` form); on CPU tensors it runs in float32, as torch's CPU autocast does.
+
+Every other op follows normal promotion: a bfloat16 activation plus a float32 tensor is float32.
+float64 and non-floating tensors are never cast; a tensor is affected only by the autocast of its
+own device type. Missing from Avalon, so not listed: acos, asin, cosh, sinh, tan, erfinv, log2,
+log10, dist, pdist, cdist, renorm, baddbmm, addbmm, addmv, addr, mv, multi_dot, atan2, cross, dot,
+tensordot.
+
+How: one table per policy below (`_LOWER`, `_FP32`, `_FP32_OPT_DTYPE`, `_PROMOTE`, `_UNSAFE`,
+`_TENSOR_FP32`), keyed by the public function; `install_policies()` (run when `avalon` is imported)
+replaces each listed function, where it is defined and wherever Avalon re-exports it, by a wrapper
+that casts its tensor arguments and runs it with autocast off inside, as torch's wrappers do. Like
+torch's dispatcher, which composite internals do not pass through again, a wrapper applies only to
+the user's call (or a layer's `forward`): `F.elu` computing exp, or `mean` computing a sum, keep
+bfloat16. Outside autocast a wrapper costs one dict lookup.
+
+The casts are ordinary `cast` ops, so a traced graph records them and `av.grad` sends each gradient
+back through its cast: a float32 parameter (the master weight) gets a float32 gradient.
+`cache_enabled` is accepted and changes nothing: a weight cast twice in one graph is merged by CSE.
+The setting is read when a function is traced, so enter autocast inside the compiled (or
+differentiated) function; `cache_key()` is what `av.compile`'s signature cache needs to key on for
+one function called both inside and outside an autocast.
 
 **GradScaler.** Avalon's gradients are values, so the scaler works on them rather than on `.grad`
 attributes (see its docstring). It keeps its scale, growth tracker and found-inf flag in tensors,
@@ -31,6 +55,8 @@ and skips the optimizer step on an inf/nan gradient with a traced select instead
 from __future__ import annotations
 
 import functools
+import importlib
+import sys
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -109,10 +135,218 @@ def autocast_bias(bias: Any) -> Any:
     return lower_precision(bias)[0] if isinstance(bias, Tensor) else bias
 
 
+# -- the op lists: one table, keyed by the public function ------------------------------------------
+
+_LOWER = ("avalon.ops.pointwise:addmm", "avalon.nn.functional:prelu")
+"""Lower-precision ops beyond those that reach `ops.matmul`/`ops.conv2d` (which cast there)."""
+_LOWER_CELLS = ("avalon.nn.cells:RNNCell", "avalon.nn.cells:LSTMCell", "avalon.nn.cells:GRUCell")
+"""Layers on the lower-precision list: their `forward` casts the input and hidden state."""
+_FP32 = (
+    "avalon.ops.core:exp", "avalon.ops.pointwise:expm1", "avalon.ops.core:log", "avalon.ops.pointwise:log1p",
+    "avalon.ops.shaping:reciprocal", "avalon.ops.core:rsqrt", "avalon.ops.core:pow", "avalon.ops.core:logsumexp",
+    "avalon.ops.reductions:norm", "avalon.ops.linalg:norm", "avalon.ops.linalg:vector_norm",
+    "avalon.ops.linalg:matrix_norm",
+    "avalon.nn.functional:softplus", "avalon.nn.functional:layer_norm", "avalon.nn.functional:group_norm",
+    "avalon.nn.functional:normalize", "avalon.nn.functional:cosine_similarity", "avalon.nn.functional:softmin",
+    "avalon.nn.functional:cross_entropy", "avalon.nn.functional:nll_loss", "avalon.nn.functional:mse_loss",
+    "avalon.nn.functional:l1_loss", "avalon.nn.functional:smooth_l1_loss", "avalon.nn.functional:huber_loss",
+    "avalon.nn.functional:kl_div", "avalon.nn.functional:poisson_nll_loss",
+    "avalon.nn.functional:binary_cross_entropy_with_logits", "avalon.nn.functional:cosine_embedding_loss",
+    "avalon.nn.functional:hinge_embedding_loss", "avalon.nn.functional:margin_ranking_loss",
+    "avalon.nn.functional:multilabel_margin_loss", "avalon.nn.functional:soft_margin_loss",
+    "avalon.nn.functional:triplet_margin_loss", "avalon.nn.functional:multi_margin_loss",
+    "avalon.nn.functional:interpolate", "avalon.nn.functional:upsample",
+)
+"""torch's "autocast to float32" list, as far as Avalon has the functions."""
+_FP32_OPT_DTYPE = (
+    "avalon.ops.core:sum", "avalon.ops.reductions:prod", "avalon.ops.core:cumsum", "avalon.ops.reductions:cumprod",
+    "avalon.ops.reductions:softmax", "avalon.ops.reductions:log_softmax", "avalon.nn.functional:softmax",
+    "avalon.nn.functional:log_softmax",
+)
+"""float32 unless the call passes `dtype=` (torch's fp32_set_opt_dtype ops)."""
+_PROMOTE = ("avalon.ops.pointwise:addcmul", "avalon.ops.pointwise:addcdiv", "avalon.ops.scattering:index_put",
+            "avalon.ops.sorting:scatter_add", "avalon.nn.functional:bilinear", "avalon.nn.functional:grid_sample")
+"""torch's "promote to the widest input type" list."""
+_UNSAFE = ("avalon.nn.functional:binary_cross_entropy",)
+"""torch's CUDA autocast refuses it; on the CPU it runs in float32, as torch's CPU autocast does."""
+_TENSOR_FP32 = ("__pow__", "__rpow__", "__rtruediv__")
+"""Tensor operators on the float32 list (`x / y` is not: only a number divided by a tensor is)."""
+
+_USER_LEVEL = ("avalon.nn", "avalon.nn.layers", "avalon.nn.layers_extra", "avalon.nn.transformer", "avalon.nn.rnn",
+               "avalon.nn.cells", "avalon.nn.spatial", "avalon.nn.module", "avalon.nn.containers",
+               "avalon.nn.conv_transpose", "avalon.distributions")
+_USER_PACKAGES = ("avalon.zoo.", "avalon.interop.", "avalon.onnx.")
+"""Avalon modules (and packages) whose calls count as the user's (layers calling `F.layer_norm`,
+as torch's do); a call from anywhere else inside Avalon is a composite's implementation detail and
+is not cast."""
+_PASS_THROUGH = ("avalon.tensor",)
+"""Tensor methods: the call is their caller's."""
+
+
+def _user_call(depth: int = 2) -> bool:
+    """Whether the listed function was called by user code (or a layer) rather than by another
+    Avalon composite: torch autocasts at its dispatcher, which composite internals don't pass, so
+    `F.elu` computing `exp` inside must not turn its result float32."""
+    f = sys._getframe(depth)
+    while f is not None and f.f_globals.get("__name__") in _PASS_THROUGH:
+        f = f.f_back
+    name = f.f_globals.get("__name__", "") if f is not None else ""
+    if not name.startswith("avalon."):
+        return True
+    return name in _USER_LEVEL or name.startswith(_USER_PACKAGES)
+
+
+def _cast_tree(x: Any, to: Callable[[Tensor], dt.DType | None]) -> Any:
+    """`x` with every autocast-eligible tensor inside (floating, not float64, on a device whose
+    autocast is on; lists and tuples walked) cast to `to(tensor)` (None: left alone)."""
+    if isinstance(x, Tensor):
+        if x.dtype.is_float and x.dtype is not dt.float64 and _ACTIVE.get(x.device.type) is not None:
+            d = to(x)
+            if d is not None and d is not x.dtype:
+                return ops.cast(x, d)
+        return x
+    if isinstance(x, (list, tuple)) and any(isinstance(v, (Tensor, list, tuple)) for v in x):
+        return type(x)(_cast_tree(v, to) for v in x)
+    return x
+
+
+def _leaves(x: Any) -> list[Tensor]:
+    if isinstance(x, Tensor):
+        return [x]
+    if isinstance(x, (list, tuple)):
+        return [t for v in x for t in _leaves(v)]
+    return []
+
+
+def _widest(args: tuple, kwargs: dict) -> dt.DType | None:
+    """torch's promote rule: float32 if any eligible input is float32, else the autocast dtype."""
+    ts = [t for t in _leaves((args, tuple(kwargs.values()))) if t.dtype.is_float and t.dtype is not dt.float64
+          and _ACTIVE.get(t.device.type) is not None]
+    if not ts:
+        return None
+    return dt.float32 if any(t.dtype is dt.float32 for t in ts) else _ACTIVE[ts[0].device.type]
+
+
+def _excluded(fn: Callable, args: tuple, kwargs: dict) -> Any:
+    """Run a listed op with autocast off inside it, as torch's wrappers do: its own internals
+    (the matmul inside cdist, the exp inside softmax) keep the dtype the policy chose."""
+    saved = dict(_ACTIVE)
+    _ACTIVE["cpu"] = _ACTIVE["cuda"] = None
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _ACTIVE.update(saved)
+
+
+def _policy_wrapper(fn: Callable, policy: str) -> Callable:
+    """`fn` applying autocast policy `policy` ("lower", "fp32", "fp32_opt_dtype", "promote",
+    "unsafe") to its tensor arguments when autocast is on and the call is the user's."""
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if (_ACTIVE["cpu"] is None and _ACTIVE["cuda"] is None) or not _user_call():
+            return fn(*args, **kwargs)
+        if policy == "fp32_opt_dtype" and kwargs.get("dtype") is not None:
+            return _excluded(fn, args, kwargs)
+        if policy in ("fp32", "fp32_opt_dtype") and fn.__name__ in ("interpolate", "upsample"):
+            mode = kwargs.get("mode", args[3] if len(args) > 3 else "nearest")
+            if mode == "area":  # adaptive average pooling: not on the list
+                return fn(*args, **kwargs)
+        if policy == "unsafe" and any(t.device.type == "cuda" and t.dtype.is_float
+                                      for t in _leaves((args, tuple(kwargs.values())))):
+            raise RuntimeError(
+                "F.binary_cross_entropy and nn.BCELoss are unsafe to autocast (as in torch). Many models use a "
+                "sigmoid layer right before the binary cross entropy layer; in that case combine the two with "
+                "F.binary_cross_entropy_with_logits or nn.BCEWithLogitsLoss, which are safe to autocast.")
+        if policy == "lower":
+            def to(t: Tensor) -> dt.DType | None:
+                return _ACTIVE.get(t.device.type)
+        elif policy == "promote":
+            wide = _widest(args, kwargs)
+
+            def to(t: Tensor) -> dt.DType | None:
+                return wide
+        else:
+            def to(t: Tensor) -> dt.DType | None:
+                return dt.float32
+        return _excluded(fn, _cast_tree(args, to), {k: _cast_tree(v, to) for k, v in kwargs.items()})
+
+    wrapped._autocast_policy = policy  # type: ignore[attr-defined]
+    return wrapped
+
+
+def _cell_forward(forward: Callable) -> Callable:
+    """An RNN cell's forward on the lower-precision list: input and hidden state in the autocast
+    dtype; autocast stays on inside, so its linear maps cast the float32 weights too."""
+
+    @functools.wraps(forward)
+    def wrapped(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if _ACTIVE["cpu"] is None and _ACTIVE["cuda"] is None:
+            return forward(self, *args, **kwargs)
+
+        def to(t: Tensor) -> dt.DType | None:
+            return _ACTIVE.get(t.device.type)
+        return forward(self, *_cast_tree(args, to), **{k: _cast_tree(v, to) for k, v in kwargs.items()})
+
+    wrapped._autocast_policy = "lower"  # type: ignore[attr-defined]
+    return wrapped
+
+
+_WRAPPERS: dict[int, Callable] = {}   # id(original function) -> its policy wrapper
+_MISSING: list[str] = []              # table entries that name no function (a test keeps this empty)
+
+
+def _resolve(entry: str) -> Any:
+    mod, _, name = entry.partition(":")
+    return getattr(importlib.import_module(mod), name, None)
+
+
+def install_policies() -> None:
+    """Put the op lists into effect: each listed function is replaced by its policy wrapper in the
+    module that defines it and wherever Avalon re-exports it (`av`, `av.ops`, `av.linalg`, `av.nn`,
+    `F`, the layer modules), and Tensor's listed operators likewise. Called once when `avalon` is
+    imported; idempotent. Outside autocast a wrapper costs one dict lookup."""
+    originals: dict[int, Callable] = {}
+    for policy, entries in (("lower", _LOWER), ("fp32", _FP32), ("fp32_opt_dtype", _FP32_OPT_DTYPE),
+                            ("promote", _PROMOTE), ("unsafe", _UNSAFE)):
+        for entry in entries:
+            fn = _resolve(entry)
+            if fn is None:
+                if entry not in _MISSING:
+                    _MISSING.append(entry)
+                continue
+            if getattr(fn, "_autocast_policy", None) is not None:
+                continue
+            if id(fn) not in _WRAPPERS:
+                _WRAPPERS[id(fn)] = _policy_wrapper(fn, policy)
+            originals[id(fn)] = fn
+    names = ["avalon", "avalon.ops", "avalon.ops.linalg", "avalon.nn", "avalon.nn.functional",
+             "avalon.nn.functional_spatial", "avalon.nn.losses", *_USER_LEVEL]
+    names += [f.__module__ for f in originals.values()]
+    for name in dict.fromkeys(names):
+        mod = sys.modules.get(name)
+        if mod is None:
+            continue
+        for k, v in list(vars(mod).items()):
+            if id(v) in originals and v is originals[id(v)]:
+                setattr(mod, k, _WRAPPERS[id(v)])
+    for entry in _LOWER_CELLS:
+        cls = _resolve(entry)
+        if cls is None:
+            _MISSING.append(entry)
+        elif getattr(cls.forward, "_autocast_policy", None) is None:
+            cls.forward = _cell_forward(cls.forward)
+    for op in _TENSOR_FP32:
+        meth = getattr(Tensor, op)
+        if getattr(meth, "_autocast_policy", None) is None:
+            setattr(Tensor, op, _policy_wrapper(meth, "fp32"))
+
+
 class autocast:  # noqa: N801  (torch's name)
     """`with av.autocast(device_type, dtype=None, enabled=True, cache_enabled=None):` — matmuls and
     convolutions on `device_type`'s tensors run in `dtype` (default float16 on "cuda", bfloat16 on
-    "cpu"); see the module docstring for what is and is not cast. Nests, and `enabled=False` switches
+    "cpu"), softmax, norms, losses, exp/log/pow and reductions in float32 (torch's CUDA lists; the
+    module docstring lists them). Nests, and `enabled=False` switches
     it off inside an enclosing one; also a decorator (`@av.autocast("cpu")`), as torch's."""
 
     def __init__(self, device_type: str, dtype: Any = None, enabled: bool = True, cache_enabled: bool | None = None):

@@ -56,6 +56,16 @@ def _short(data: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+_DEFAULT_FLOAT: list[DType] = [dt.float32]
+"""The default floating dtype (`av.set_default_dtype`): of Python floats, float creation functions
+and layer parameters. One slot, read when a value is made, so a trace records the dtype in force."""
+
+
+def default_float_dtype() -> DType:
+    """`av.get_default_dtype()`: float32 unless `av.set_default_dtype` changed it."""
+    return _DEFAULT_FLOAT[0]
+
+
 def _default_dtype(data: Any) -> DType:
     if isinstance(data, Tensor):
         return data.dtype
@@ -68,7 +78,7 @@ def _default_dtype(data: Any) -> DType:
         return dt.bool_
     if arr.dtype.kind in "iu":
         return dt.int64
-    return dt.float32  # Python floats default to f32, as in torch
+    return _DEFAULT_FLOAT[0]  # Python floats: the default dtype (f32 unless set), as in torch
 
 
 def _method(name: str) -> Any:

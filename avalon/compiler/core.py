@@ -43,6 +43,7 @@ from avalon.ir import Graph, fusion_groups, verify
 from avalon.passes import PassManager, PassRecord
 from avalon.passes.manager import paused_gc
 from avalon.passes.memory_plan import MemoryPlan, plan_memory
+from avalon.tensor import default_float_dtype
 from avalon.trace import SEED, Traced, current_trace, owner_model, signature, trace_call
 from avalon.tree import StateCache
 
@@ -264,7 +265,8 @@ class Compiled:
     # -- machinery ---------------------------------------------------------------------------
     def _entry(self, args: tuple, inline: bool = False) -> tuple[_Entry, list[tuple[str, Any]]]:
         key, leaves = signature(self.fn, args, self._states)
-        key = (key, precision.dot_precisions(), amp.cache_key())  # baked in: product precision, autocast
+        key = (key, precision.dot_precisions(), amp.cache_key(),  # baked in: product precision, autocast,
+               default_float_dtype())                              # the dtype of Python floats
         entry = self._cache.get(key)
         if entry is None and inline:
             entry = self._inlined.get(key)

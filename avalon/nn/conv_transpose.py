@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .. import ops
+from .. import amp, ops
 from ..tensor import Tensor
 from . import functional as F
 from . import init
@@ -42,7 +42,7 @@ def conv_transpose2d(input: Any, weight: Any, bias: Any = None, stride: Any = 1,
     """torch.nn.functional.conv_transpose2d: input (N, C_in, H, W) (or unbatched (C_in, H, W)), weight
     (C_in, C_out/groups, kh, kw) -> (N, C_out, H_out, W_out) with
     H_out = (H - 1)*stride - 2*padding + dilation*(kh - 1) + output_padding + 1."""
-    x, w = _t(input), _t(weight)
+    x, w = amp.lower_precision(_t(input), _t(weight))  # torch's autocast lower-precision list holds it
     if x.ndim == 3:
         y = conv_transpose2d(ops.expand_dims(x, 0), w, bias, stride, padding, output_padding, groups, dilation)
         return ops.squeeze(y, 0)
@@ -88,7 +88,7 @@ def conv_transpose2d(input: Any, weight: Any, bias: Any = None, stride: Any = 1,
                 y = ops.pad(y, [(0, 0)] * (2 + i) + [(0, out - (size[i] - p[i]))] + [(0, 0)] * (1 - i))
     if bias is None:
         return y
-    return ops.add(y, ops.reshape(ops.cast(_t(bias), y.dtype), (1, -1, 1, 1)))
+    return ops.add(y, ops.reshape(ops.cast(amp.autocast_bias(_t(bias)), y.dtype), (1, -1, 1, 1)))
 
 
 class ConvTranspose2d(Module):

@@ -38,6 +38,7 @@ __all__ = [
     "cosine_embedding_loss", "gaussian_nll_loss", "hinge_embedding_loss", "margin_ranking_loss", "multi_margin_loss",
     "multilabel_margin_loss", "multilabel_soft_margin_loss", "poisson_nll_loss", "soft_margin_loss",
     "triplet_margin_loss", "triplet_margin_with_distance_loss", "channel_shuffle", "ctc_loss", "fold", "unfold",
+    "affine_grid", "grid_sample",
 ]
 
 _Pair = int | Sequence[int]
@@ -767,11 +768,13 @@ from .functional_spatial import (  # noqa: E402  (they use conv2d from this modu
     adaptive_avg_pool2d,
     adaptive_max_pool1d,
     adaptive_max_pool2d,
+    affine_grid,
     avg_pool1d,
     channel_shuffle,
     conv1d,
     conv3d,
     fold,
+    grid_sample,
     interpolate,
     max_pool1d,
     pad,

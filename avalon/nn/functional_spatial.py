@@ -483,3 +483,140 @@ def channel_shuffle(input: Any, groups: int) -> Tensor:
     n, rest = x.shape[0], x.shape[2:]
     y = ops.reshape(x, (n, g, c // g, *rest))
     return ops.reshape(ops.transpose(y, 1, 2), (n, c, *rest))
+
+
+# -- sampling at data-dependent positions: affine_grid and grid_sample ---------------------------------
+
+def affine_grid(theta: Any, size: Sequence[int], align_corners: bool | None = None) -> Tensor:
+    """torch.nn.functional.affine_grid for 2-d spatial transforms: theta (N, 2, 3) and size
+    (N, C, H, W) give the (N, H, W, 2) grid of normalized (x, y) sampling positions theta @ (x, y, 1)
+    of every output pixel, as torch builds it (a base grid of linspaces times theta^T, one matmul)."""
+    align = bool(align_corners) if align_corners is not None else False
+    th = _t(theta)
+    size = [int(s) for s in size]
+    if len(size) != 4:
+        raise NotImplementedError(f"affine_grid: only 4-d sizes (N, C, H, W) are supported, got size={tuple(size)}")
+    n, _, h, w = size
+    if not th.dtype.is_float:
+        raise ValueError(f"affine_grid: expected a floating-point theta, got {th.dtype}")
+    if th.shape != (n, 2, 3):
+        raise ValueError(f"affine_grid: expected a theta of shape (N, 2, 3) = ({n}, 2, 3) for size {tuple(size)}, "
+                         f"got {th.shape}")
+    if min(h, w) <= 0:
+        raise ValueError(f"affine_grid: expected a non-empty spatial size, got size={tuple(size)}")
+
+    def steps(k: int) -> Tensor:  # torch's _linspace_from_neg_one
+        if k <= 1:
+            return ops.zeros((k,), dtype=th.dtype)
+        r = ops.linspace(-1.0, 1.0, k, dtype=th.dtype)
+        return r if align else ops.mul(r, (k - 1) / k)
+
+    xs = ops.broadcast_to(ops.reshape(steps(w), (1, w, 1)), (h, w, 1))
+    ys = ops.broadcast_to(ops.reshape(steps(h), (h, 1, 1)), (h, w, 1))
+    base = ops.reshape(ops.concat([xs, ys, ops.ones((h, w, 1), dtype=th.dtype)], 2), (1, h * w, 3))
+    grid = ops.matmul(base, ops.transpose(th, 1, 2))  # (N, H*W, 2)
+    return ops.reshape(grid, (n, h, w, 2))
+
+
+_GRID_MODES = ("bilinear", "nearest")
+_GRID_PADDING = ("zeros", "border", "reflection")
+
+
+def _unnormalize(coord: Tensor, size: int, align: bool) -> Tensor:
+    """[-1, 1] to pixel coordinates: -1 and 1 are the corner pixels' centers (align_corners) or
+    their outer edges."""
+    if align:
+        return ops.mul(ops.add(coord, 1.0), (size - 1) / 2)
+    return ops.div(ops.sub(ops.mul(ops.add(coord, 1.0), float(size)), 1.0), 2.0)
+
+
+def _reflect(coord: Tensor, twice_low: int, twice_high: int) -> Tensor:
+    """torch's reflect_coordinates: fold `coord` into [low, high] by mirroring at both ends
+    (abs, fmod and the parity of the number of flips; the gradient flips sign with the parity)."""
+    if twice_low == twice_high:
+        return ops.mul(coord, 0.0)
+    low, span = twice_low / 2, (twice_high - twice_low) / 2
+    c = ops.abs(ops.sub(coord, low))
+    extra = ops.fmod(c, span)
+    flips = ops.floor(ops.div(c, span))
+    even = ops.eq(ops.remainder(flips, 2.0), 0.0)
+    return ops.where(even, ops.add(extra, low), ops.add(ops.sub(span, extra), low))
+
+
+def _source_index(coord: Tensor, size: int, padding_mode: str, align: bool) -> Tensor:
+    """torch's grid_sampler_compute_source_index: the pixel coordinate of a normalized one, clipped
+    (border) or mirrored then clipped (reflection) into the image; zeros leaves it as it is."""
+    c = _unnormalize(coord, size, align)
+    if padding_mode == "reflection":
+        c = _reflect(c, 0, 2 * (size - 1)) if align else _reflect(c, -1, 2 * size - 1)
+    if padding_mode in ("border", "reflection"):
+        c = ops.clamp(c, 0.0, float(size - 1))
+    return c
+
+
+def _nearbyint(c: Tensor) -> Tensor:
+    """Round half to even (C's nearbyint, which torch's nearest mode uses), as i64."""
+    f = ops.floor(c)
+    d = ops.sub(c, f)
+    fi = ops.cast(f, dt.int64)
+    odd = ops.eq(ops.remainder(fi, 2), 1)
+    up = ops.logical_or(ops.gt(d, 0.5), ops.logical_and(ops.eq(d, 0.5), odd))
+    return ops.add(fi, ops.cast(up, dt.int64))
+
+
+def grid_sample(input: Any, grid: Any, mode: str = "bilinear", padding_mode: str = "zeros",
+                align_corners: bool | None = None) -> Tensor:
+    """torch.nn.functional.grid_sample for 4-d inputs: input (N, C, H, W) read at grid (N, Ho, Wo, 2)
+    (normalized (x, y) in [-1, 1]) -> (N, C, Ho, Wo); mode "bilinear" or "nearest", padding_mode
+    "zeros", "border" or "reflection", torch's align_corners (False by default).
+
+    A composite, so every backend runs it and autodiff differentiates it: the pixel coordinates are
+    elementwise ops of the grid; the (up to 4) neighbours are read by ONE `take` from the image laid
+    out as (N*H*W, C) at flat indices n*H*W + y*W + x (clamped into range, with a mask zeroing the
+    taps outside the image), and the bilinear weights are products of the fractional offsets. The
+    gradient w.r.t. input is `take`'s scatter-add; w.r.t. the grid it flows through the weights
+    (nearest mode's is zero), as torch's is."""
+    if mode not in _GRID_MODES:
+        raise NotImplementedError(f"grid_sample: mode={mode!r} is not supported; use one of {', '.join(_GRID_MODES)}")
+    if padding_mode not in _GRID_PADDING:
+        raise ValueError(f"grid_sample: padding_mode={padding_mode!r} is not one of {', '.join(_GRID_PADDING)}")
+    align = bool(align_corners) if align_corners is not None else False
+    x, g = _t(input), _t(grid)
+    if x.ndim != 4 or g.ndim != 4:
+        raise NotImplementedError(f"grid_sample: only 4-d input (N, C, H, W) with a 4-d grid (N, Ho, Wo, 2) is "
+                                  f"supported, got input {x.shape} and grid {g.shape}")
+    if g.shape[0] != x.shape[0] or g.shape[3] != 2:
+        raise ValueError(f"grid_sample: expected grid of shape (N, Ho, Wo, 2) with N = {x.shape[0]} (the input's "
+                         f"batch), got grid {g.shape} for input {x.shape}")
+    if not x.dtype.is_float or x.dtype is not g.dtype:
+        raise ValueError(f"grid_sample: expected input and grid of one floating dtype, got {x.dtype} and {g.dtype}")
+    n, c, h, w = x.shape
+    ho, wo = g.shape[1], g.shape[2]
+    if min(h, w) <= 0:
+        raise ValueError(f"grid_sample: expected a non-empty spatial input, got {x.shape}")
+    ix = _source_index(ops.reshape(ops.slice_(g, [0, 0, 0, 0], [n, ho, wo, 1]), (n, ho, wo)), w, padding_mode, align)
+    iy = _source_index(ops.reshape(ops.slice_(g, [0, 0, 0, 1], [n, ho, wo, 2]), (n, ho, wo)), h, padding_mode, align)
+    if mode == "nearest":
+        corners = [(_nearbyint(ix), _nearbyint(iy), None)]
+    else:
+        fx, fy = ops.floor(ix), ops.floor(iy)
+        x0, y0 = ops.cast(fx, dt.int64), ops.cast(fy, dt.int64)
+        tx, ty = ops.sub(ix, fx), ops.sub(iy, fy)  # the fractional offsets; their gradient is 1
+        sx, sy = ops.sub(1.0, tx), ops.sub(1.0, ty)
+        x1, y1 = ops.add(x0, 1), ops.add(y0, 1)
+        corners = [(x0, y0, ops.mul(sx, sy)), (x1, y0, ops.mul(tx, sy)), (x0, y1, ops.mul(sx, ty)),
+                   (x1, y1, ops.mul(tx, ty))]
+    batch = ops.mul(ops.iota((n, ho, wo), 0, dt.int64), h * w)
+    flat, weights = [], []
+    for cx, cy, wgt in corners:
+        inside = ops.logical_and(ops.logical_and(ops.ge(cx, 0), ops.lt(cx, w)),
+                                 ops.logical_and(ops.ge(cy, 0), ops.lt(cy, h)))
+        at = ops.add(ops.add(batch, ops.mul(ops.clamp(cy, 0, h - 1), w)), ops.clamp(cx, 0, w - 1))
+        flat.append(at)
+        m = ops.cast(inside, x.dtype)
+        weights.append(m if wgt is None else ops.mul(wgt, m))
+    pixels = ops.reshape(ops.movedim(x, 1, 3), (n * h * w, c))           # (N*H*W, C)
+    vals = ops.take(pixels, ops.stack(flat, 0), 0)                       # (K, N, Ho, Wo, C)
+    wts = ops.expand_dims(ops.stack(weights, 0), -1)                     # (K, N, Ho, Wo, 1)
+    out = ops.sum(ops.mul(vals, wts), 0)                                 # (N, Ho, Wo, C)
+    return ops.movedim(out, 3, 1)

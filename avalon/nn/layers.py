@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import ops
 from ..ir import dtypes as dt
-from ..tensor import Buffer, Tensor, as_array
+from ..tensor import Buffer, Tensor, as_array, default_float_dtype
 from ..trace import assign
 from . import functional as F
 from . import init
@@ -36,7 +36,7 @@ __all__ = [
 
 
 def _dtype(dtype: Any) -> dt.DType:
-    d = dt.float32 if dtype is None else dt.dtype(dtype)
+    d = default_float_dtype() if dtype is None else dt.dtype(dtype)  # av.set_default_dtype
     if not d.is_float:
         raise TypeError(f"layer parameters must be floating point, got {d}")
     return d

@@ -17,7 +17,7 @@ from ..ir import dtypes as dt
 from ..ir.builder import make_op
 from ..ir.dtypes import DType
 from ..ir.reference import evaluate
-from ..tensor import Tensor, as_array
+from ..tensor import Tensor, as_array, default_float_dtype
 from ..trace import current_trace, located, user_location
 
 Scalar = (int, float, bool, np.integer, np.floating, np.bool_)
@@ -132,13 +132,13 @@ def _scalar_dtype(x: Any, other: DType) -> DType:
         return other
     if isinstance(x, (int, np.integer)):
         return other if other is not dt.bool_ else dt.int64
-    return other if other.is_float else dt.float32
+    return other if other.is_float else default_float_dtype()
 
 
 def result_dtype(*xs: Any) -> DType:
     tensors = [x for x in xs if not _is_scalar(x)]
     if not tensors:
-        return dt.float32 if any(isinstance(x, (float, np.floating)) for x in xs) else dt.int64
+        return default_float_dtype() if any(isinstance(x, (float, np.floating)) for x in xs) else dt.int64
     d = tensors[0].dtype
     for t in tensors[1:]:
         d = dt.promote(d, t.dtype)
@@ -181,12 +181,12 @@ def size_args(fn: str, size: tuple) -> tuple[int, ...]:
 
 
 def _fill_dtype(value: Any) -> DType:
-    """torch's default dtype for a fill value: bool -> bool, int -> i64, float -> f32."""
+    """torch's default dtype for a fill value: bool -> bool, int -> i64, float -> the default (f32)."""
     if isinstance(value, (bool, np.bool_)):
         return dt.bool_
     if isinstance(value, (int, np.integer)):
         return dt.int64
-    return dt.float32
+    return default_float_dtype()
 
 
 def place(t: Tensor, device: Any) -> Tensor:
@@ -695,9 +695,13 @@ def _var(fn: str, input: Any, dim: Any, unbiased: Any, keepdim: Any, correction:
 
 def std(input: Any, dim: Any = None, unbiased: bool | None = None, keepdim: bool | None = None, *,
         correction: float | None = None, axis: Any = None, keepdims: bool | None = None, out: Any = None) -> Tensor:
-    """torch.std: the square root of `var` with the same arguments (unbiased by default)."""
+    """torch.std: the square root of `var` with the same arguments (unbiased by default). Where the
+    variance is 0 (a constant row) the gradient is 0, as torch's: sqrt's derivative there is
+    infinite, and infinity times the zero deviations would make it NaN, so sqrt reads 1 there."""
     unsupported("std", out=out)
-    return sqrt(_var("std", input, dim, unbiased, keepdim, correction, axis, keepdims))
+    v = _var("std", input, dim, unbiased, keepdim, correction, axis, keepdims)
+    zero = eq(v, 0.0)
+    return where(zero, 0.0, sqrt(where(zero, 1.0, v)))
 
 
 class MaxMin(NamedTuple):

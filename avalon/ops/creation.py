@@ -15,7 +15,7 @@ from ..device import CPU
 from ..device import device as _device
 from ..ir import dtypes as dt
 from ..ir.dtypes import DType
-from ..tensor import Tensor
+from ..tensor import _DEFAULT_FLOAT, Tensor, default_float_dtype
 from .core import (
     _is_scalar,
     _tensor,
@@ -41,19 +41,19 @@ def _filled(fn: str, value: int, size: tuple, dtype: Any, device: Any, out: Any,
     if size and isinstance(size[-1], DType):  # Avalon's older spelling zeros(shape, dtype)
         size, dtype = size[:-1], size[-1]
     unsupported(fn, out=out, layout=layout)
-    d = dtype_arg(fn, dtype) if dtype is not None else dt.float32
+    d = dtype_arg(fn, dtype) if dtype is not None else default_float_dtype()
     return full(size_args(fn, size), value, d, device=device)
 
 
 def zeros(*size: Any, dtype: Any = None, device: Any = None, requires_grad: bool = False, out: Any = None,
           layout: Any = None) -> Tensor:
-    """torch.zeros: `zeros(2, 3)` or `zeros((2, 3))`, f32 unless `dtype` says otherwise."""
+    """torch.zeros: `zeros(2, 3)` or `zeros((2, 3))`, the default dtype (f32) unless `dtype` says otherwise."""
     return _filled("zeros", 0, size, dtype, device, out, layout)
 
 
 def ones(*size: Any, dtype: Any = None, device: Any = None, requires_grad: bool = False, out: Any = None,
          layout: Any = None) -> Tensor:
-    """torch.ones: `ones(2, 3)` or `ones((2, 3))`, f32 unless `dtype` says otherwise."""
+    """torch.ones: `ones(2, 3)` or `ones((2, 3))`, the default dtype (f32) unless `dtype` says otherwise."""
     return _filled("ones", 1, size, dtype, device, out, layout)
 
 
@@ -75,7 +75,8 @@ def _num(v: Any) -> Any:
 
 def arange(start: Any, end: Any = None, step: Any = 1, *, dtype: Any = None, device: Any = None,
            requires_grad: bool = False, out: Any = None, layout: Any = None) -> Tensor:
-    """torch.arange: `arange(end)` or `arange(start, end, step)`; i64 when all are ints, else f32."""
+    """torch.arange: `arange(end)` or `arange(start, end, step)`; i64 when all are ints, else the
+    default dtype (f32)."""
     unsupported("arange", out=out, layout=layout)
     start, end, step = _num(start), _num(end), _num(step)
     if end is None:
@@ -83,7 +84,7 @@ def arange(start: Any, end: Any = None, step: Any = 1, *, dtype: Any = None, dev
     if step == 0:
         raise ValueError("arange: argument 'step' must be nonzero")
     ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (start, end, step))
-    d = dtype_arg("arange", dtype) if dtype is not None else (dt.int64 if ints else dt.float32)
+    d = dtype_arg("arange", dtype) if dtype is not None else (dt.int64 if ints else default_float_dtype())
     n = max(0, math.ceil((end - start) / step))
     i = iota((n,), 0, dt.int64 if ints and not d.is_float else dt.float64 if d is dt.float64 else dt.float32)
     y = i if (start, step) == (0, 1) else add(mul(i, step), start)
@@ -99,7 +100,7 @@ def linspace(start: Any, end: Any, steps: int, *, dtype: Any = None, device: Any
     steps = int(steps)
     if steps < 0:
         raise ValueError("linspace: argument 'steps' must be non-negative")
-    d = dtype_arg("linspace", dtype) if dtype is not None else dt.float32
+    d = dtype_arg("linspace", dtype) if dtype is not None else default_float_dtype()
     if steps <= 1:
         return place(full((steps,), start, d), device)
     work = dt.float64 if d is dt.float64 else dt.float32
@@ -116,7 +117,7 @@ def eye(n: int, m: int | None = None, *, dtype: Any = None, device: Any = None, 
     """torch.eye: ones on the main diagonal of an n x m matrix."""
     unsupported("eye", out=out, layout=layout)
     m = n if m is None else m
-    d = dtype_arg("eye", dtype) if dtype is not None else dt.float32
+    d = dtype_arg("eye", dtype) if dtype is not None else default_float_dtype()
     return place(cast(eq(iota((n, m), 0), iota((n, m), 1)), d), device)
 
 
@@ -153,7 +154,7 @@ def full_like(input: Any, fill_value: Any, *, dtype: Any = None, device: Any = N
 def _random(fn: str, size: tuple, distribution: str, dtype: Any, device: Any, generator: Any, out: Any,
             layout: Any) -> Tensor:
     unsupported(fn, generator=generator, out=out, layout=layout)
-    d = dtype_arg(fn, dtype) if dtype is not None else dt.float32
+    d = dtype_arg(fn, dtype) if dtype is not None else default_float_dtype()
     if not d.is_float:
         raise TypeError(f"{fn}: argument 'dtype' must be a floating-point type, got {d.name}")
     return place(random(_rng.next_seed(), size_args(fn, size), distribution, d), device)
@@ -255,18 +256,22 @@ def initial_seed() -> int:
 
 
 def get_default_dtype() -> DType:
-    """torch.get_default_dtype: float32, the dtype of Python floats and float creation functions."""
-    return dt.float32
+    """torch.get_default_dtype: the dtype of Python floats, float creation functions and layer
+    parameters; float32 unless `set_default_dtype` changed it."""
+    return default_float_dtype()
 
 
 def set_default_dtype(d: Any) -> None:
-    """torch.set_default_dtype: only float32, Avalon's fixed default. Another default would have to
-    reach every place a float dtype is chosen (tensor literals, scalar promotion, layer
-    initialization) and `av.compile`'s cache key, or a compiled function would keep the dtype it was
-    traced with; cast explicitly instead (`av.tensor(x, dtype=av.float64)`, `model` weights `.double()`)."""
-    if dtype_arg("set_default_dtype", d) is not dt.float32:
-        raise NotImplementedError(f"set_default_dtype({d}): Avalon's default float dtype is fixed at float32; "
-                                  "pass dtype= to creation functions or cast tensors explicitly instead")
+    """torch.set_default_dtype: float32 (the default) or float64. Python floats (`av.tensor(1.5)`,
+    `int_tensor * 0.5`), creation functions without `dtype=` (zeros, ones, arange of floats,
+    linspace, eye, rand, randn, full of a float) and new layers' parameters follow it; tensors that
+    exist keep their dtype. It is read when a function is traced and is part of `av.compile`'s
+    cache key. torch also takes float16/bfloat16 here; Avalon refuses them (cast instead)."""
+    new = dtype_arg("set_default_dtype", d)
+    if new not in (dt.float32, dt.float64):
+        raise TypeError(f"set_default_dtype: only float32 and float64 are supported as the default dtype, got "
+                        f"{new.name}; cast tensors to it explicitly instead")
+    _DEFAULT_FLOAT[0] = new
 
 
 class MemoryFormat:
