@@ -130,10 +130,6 @@ def test_gradients_in_triton_interpreter_one_grad(rng):
     assert rel(ag, gg) < 1e-5
 
 
-@pytest.mark.xfail(strict=not torch.cuda.is_available(),  # seen in the interpreter; not yet run on a GPU
-                   reason="Triton backend bug (not grid_sample's): with both gradients in one graph, fusion "
-                          "gives a reduction kernel (take * weights, summed over the 4 taps) wrong sums; "
-                          "`avalon run` of that graph shows it without grid_sample, see the report")
 def test_gradients_in_triton_interpreter_both_grads(rng):
     x, g, p = _compiled_case(rng)
     _, gx, gg = _torch(x, g, p, "bilinear", "reflection", False)

@@ -226,3 +226,27 @@ def test_fusing_a_graph_without_ops_leaves_it_as_is():
     g.set_outputs([x])
     assert str(fuse(g)) == str(g)
     check(g, [np.arange(3, dtype=np.float32)])
+
+
+def test_an_output_planned_over_a_dying_input_is_stored_after_every_load():
+    """The memory plan gives output 0 the buffer of %0, which dies in the group; output 0 needs only
+    %y, so a kernel storing each output as soon as it is computed overwrote %0 before reading it
+    (grid_sample's two-argument gradient came out wrong this way)."""
+    from avalon.passes.memory_plan import plan_memory
+    g = ir.parse("""
+    func @f(%x: tensor<8xf32>, %y: tensor<8xf32>) -> (tensor<8xf32>) {
+      %0 = exp %x : tensor<8xf32>
+      %1, %2 = fusion @fused_neg_add_0(%y, %0) : tensor<8xf32>, tensor<8xf32> {
+        ^bb0(%a: tensor<8xf32>, %b: tensor<8xf32>):
+        %3 = neg %a : tensor<8xf32>
+        %4 = add %b, %a : tensor<8xf32>
+        yield %3, %4
+      }
+      %5 = mul %1, %2 : tensor<8xf32>
+      return %5
+    }""")
+    plan = plan_memory(g)
+    exp, group = g.ops[0], g.ops[1]
+    assert plan.inplace.get(group.results[0]) is exp.results[0]
+    src = check(g, fused=None).kernels["fused_neg_add_0"]
+    assert src.rindex("tl.load(") < src.index("tl.store(")

@@ -39,9 +39,12 @@ def build_pointwise(group: Group, in_strides: Sequence[Sequence[int]], out_strid
     x = em.define_var("xindex", f"{program_start(needs_int64(group), 'XBLOCK')} + tl.arange(0, XBLOCK)", n, "xmask")
     em.line(f"xmask = xindex < {n}")
     idx = delinearize(Affine.of(x), shape)
-    for j, o in enumerate(outs):
-        oidx = reshape_index(idx, shape, o.shape)
-        em.store(f"out{j}", out_strides[j], o.shape, oidx, em.value(o, oidx), o.dtype, ["xindex"])
+    # every value (so every load) before the first store: the memory plan may give an output the
+    # buffer of an input that dies here, which is safe only if each element is read before it is written
+    oidxs = [reshape_index(idx, shape, o.shape) for o in outs]
+    vals = [em.value(o, oidx) for o, oidx in zip(outs, oidxs)]
+    for j, (o, oidx, val) in enumerate(zip(outs, oidxs, vals)):
+        em.store(f"out{j}", out_strides[j], o.shape, oidx, val, o.dtype, ["xindex"])
     meta = config.blocks if config else policy.pointwise(n)
     src, params = assemble(group, "pointwise", em, ["XBLOCK"], [o.dtype for o in outs])
     moved = sum(v.type.numel * v.dtype.itemsize for v in [*group.inputs, *outs])
