@@ -93,6 +93,24 @@ for _n in ("neg", "abs", "exp", "log", "sqrt", "rsqrt", "sigmoid", "tanh", "erf"
     rule(f"aten.{_n}.default")(getattr(ops, _n))
 
 
+@rule("aten.ceil.default")
+def ceil(x: Tensor) -> Tensor:
+    """-floor(-x); integers are their own ceiling (DeBERTa's log-bucket positions)."""
+    return ops.neg(ops.floor(ops.neg(x))) if x.dtype.is_float else x
+
+
+@rule("aten.fmod.Tensor", "aten.fmod.Scalar")
+def fmod(a: Any, b: Any) -> Tensor:
+    """C's fmod: the sign of the dividend (torch.roll's decomposition wraps indices with it)."""
+    return ops.fmod(a, b)
+
+
+@rule("aten.remainder.Tensor", "aten.remainder.Scalar")
+def remainder(a: Any, b: Any) -> Tensor:
+    """Python's `%`: the sign of the divisor."""
+    return ops.remainder(a, b)
+
+
 @rule("aten.bitwise_not.default")
 def bitwise_not(x: Tensor) -> Tensor:
     if x.dtype is not dt.bool_:
@@ -236,6 +254,10 @@ def log_softmax(x: Tensor, dim: int, half_to_float: bool = False) -> Tensor:
 
 @rule("aten.cumsum.default")
 def cumsum(x: Tensor, dim: int, dtype: Any = None) -> Tensor:
+    """torch sums integers and booleans in int64 unless told a dtype (RoBERTa's position ids are
+    the cumsum of an int32 mask)."""
+    if dtype is None and not x.dtype.is_float:
+        dtype = dt.int64
     return ops.cumsum(ops.cast(x, dtype) if dtype is not None else x, dim)
 
 
@@ -314,6 +336,127 @@ def split(x: Tensor, sizes: Any, dim: int = 0) -> tuple:
 @rule("aten.unbind.int")
 def unbind(x: Tensor, dim: int = 0) -> tuple:
     return tuple(select(x, dim, i) for i in range(x.shape[dim % x.ndim]))
+
+
+@rule("aten.repeat.default")
+def repeat(x: Tensor, repeats: Any) -> Tensor:
+    """Tensor.repeat (tiling; extra leading counts add dims): Whisper's and GPT-J's position ids."""
+    return ops.repeat(x, *[int(r) for r in repeats])
+
+
+@rule("aten.gather.default")
+def gather(x: Tensor, dim: int, index: Tensor, sparse_grad: bool = False) -> Tensor:
+    """torch.gather (DeBERTa's relative-position attention, GPT-J's rotary tables)."""
+    return ops.gather(x, dim, index)
+
+
+@rule("aten.scatter.src", "aten.scatter.value")
+def scatter(x: Tensor, dim: int, index: Tensor, src: Any) -> Tensor:
+    """torch.scatter with a tensor or a number (a dense top-k routing table of a mixture of
+    experts). With repeated indices the last write wins and only it receives a gradient (torch's
+    own backward hands one to every overwritten entry too)."""
+    if isinstance(src, Tensor):
+        return ops.scatter(x, dim, index, src)
+    return ops.scatter(x, dim, index, value=src)
+
+
+@rule("aten.scatter_add.default")
+def scatter_add(x: Tensor, dim: int, index: Tensor, src: Tensor) -> Tensor:
+    return ops.scatter_add(x, dim, index, src)
+
+
+@rule("aten.scatter_reduce.two")
+def scatter_reduce(x: Tensor, dim: int, index: Tensor, src: Tensor, reduce: str, include_self: bool = True) -> Tensor:
+    return ops.scatter_reduce(x, dim, index, src, reduce, include_self=include_self)
+
+
+@rule("aten.index_put.default")
+def index_put(x: Tensor, indices: list, values: Any, accumulate: bool = False) -> Tensor:
+    """`x[i, j] = v` (`+=` with accumulate; torch.export's form of index_copy_ and index_add_ too: a
+    static KV cache's write). Leading `None`s (`x[:, i] = v`) are taken by moving the indexed dims
+    first, with the values laid out as torch's `x[:, i]` would be; `None`s after the last index
+    are trailing full slices."""
+    idx = list(indices)
+    while idx and idx[-1] is None:
+        idx.pop()
+    if not any(i is None for i in idx):
+        return ops.index_put(x, idx, values, accumulate)
+    used = [d for d, i in enumerate(idx) if i is not None]
+    if used != list(range(used[0], used[-1] + 1)):
+        raise UnsupportedOp("aten.index_put with index tensors on dims that are not adjacent is not supported")
+    d0, k = used[0], len(used)
+    target = index(x, idx)  # torch's x[:, i] (shape and layout of the written values)
+    v = ops.broadcast_to(ops.cast(_t(values), x.dtype), list(target.shape))
+    nb = target.ndim - (x.ndim - k)  # the broadcast index dims, at d0 in `target`
+    order = list(range(d0, x.ndim)) + list(range(d0))
+    moved = ops.permute(x, order)
+    v = ops.permute(v, list(range(d0, d0 + nb)) + list(range(d0 + nb, target.ndim)) + list(range(d0)))
+    out = ops.index_put(moved, [idx[d] for d in used], v, accumulate)
+    return ops.permute(out, [order.index(d) for d in range(x.ndim)])
+
+
+@rule("aten.copy.default")
+def copy(x: Tensor, src: Any, non_blocking: bool = False) -> Tensor:
+    """The functional form of `x.copy_(src)` (what torch.export makes of an in-place write to a
+    view, before the matching `slice_scatter`): `src` broadcast to `x`'s shape, in `x`'s dtype."""
+    return ops.broadcast_to(ops.cast(_t(src), x.dtype), list(x.shape))
+
+
+@rule("aten.slice_scatter.default")
+def slice_scatter(x: Tensor, src: Tensor, dim: int = 0, start: Any = None, end: Any = None,
+                  step: int = 1) -> Tensor:
+    """`x` with `x[..., start:end:step, ...] = src` along `dim` (torch.export's form of slice
+    assignment: Swin's shifted-window mask, HF's causal-mask padding). A contiguous slice is a
+    concatenation; a strided one gathers src's rows into place and selects them."""
+    dim %= x.ndim
+    n = x.shape[dim]
+    s, e, _ = slice(start, end, step).indices(n)
+    rows = list(range(s, max(e, s), step))
+    src = ops.cast(src, x.dtype)
+    want = x.shape[:dim] + (len(rows),) + x.shape[dim + 1:]
+    if tuple(src.shape) != want:
+        src = ops.broadcast_to(src, list(want))
+    if not rows:
+        return x
+    if step == 1:
+        parts = [slice_(x, dim, 0, s), src, slice_(x, dim, rows[-1] + 1, n)]
+        return ops.cat([p for p in parts if p.shape[dim] > 0], dim)
+    pick = np.zeros(n, np.int64)
+    hit = np.zeros(n, bool)
+    pick[rows], hit[rows] = np.arange(len(rows)), True
+    shape = [1] * x.ndim
+    shape[dim] = n
+    spread = ops.take(src, Tensor(pick), dim)
+    return ops.where(Tensor(hit.reshape(shape)), spread, x)
+
+
+@rule("aten.select_scatter.default")
+def select_scatter(x: Tensor, src: Tensor, dim: int, index: int) -> Tensor:
+    """`x` with `x.select(dim, index) = src`."""
+    dim %= x.ndim
+    index %= x.shape[dim]
+    return slice_scatter(x, ops.unsqueeze(_t(src), dim), dim, index, index + 1)
+
+
+@rule("aten.as_strided.default", "aten.as_strided_copy.default")
+def as_strided(x: Tensor, size: Any, stride: Any, storage_offset: Any = None) -> Tensor:
+    """A strided view of `x`'s elements read in row-major order: the importer checks that torch's
+    input was contiguous (its storage order is then the logical order). torch's decompositions
+    make it of a fresh result (adaptive_avg_pool1d restrides the size-1 dims of its mean); a view
+    of the same elements in the same order is a reshape, any other a gather from the flat `x`."""
+    size, stride, off = [int(v) for v in size], [int(v) for v in stride], int(storage_offset or 0)
+    dense = [math.prod(size[i + 1:]) for i in range(len(size))]
+    if off == 0 and math.prod(size) == x.numel() and all(n == 1 or a == b for n, a, b in zip(size, stride, dense)):
+        return ops.reshape(x, size)
+    pos = np.full(size, off, np.int64)
+    for d, (n, st) in enumerate(zip(size, stride)):
+        shape = [1] * len(size)
+        shape[d] = n
+        pos = pos + (np.arange(n, dtype=np.int64) * st).reshape(shape)
+    if pos.size and (pos.min() < 0 or pos.max() >= x.numel()):
+        raise UnsupportedOp(f"aten.as_strided: size {size}, stride {stride}, offset {off} reads outside the "
+                            f"{x.numel()} elements of its input")
+    return ops.reshape(ops.take(ops.reshape(x, [-1]), Tensor(pos.reshape(-1)), 0), size)
 
 
 @rule("aten.constant_pad_nd.default")

@@ -240,6 +240,19 @@ def _same_constant(v: Any, example: Any) -> bool:
         return False
 
 
+_READS_STORAGE = ("aten.as_strided.default", "aten.as_strided_copy.default")
+
+
+def _check_layout(node: Any, target: str) -> None:
+    """Rules that read torch's storage order (as_strided) hold only for an input that was
+    contiguous in torch: Avalon's tensors have no strides, their order is the logical one."""
+    if target in _READS_STORAGE and node.args:
+        src = getattr(node.args[0], "meta", {}).get("val")
+        if src is not None and hasattr(src, "is_contiguous") and not src.is_contiguous():
+            raise UnsupportedOp(f"its input is not contiguous in torch (strides {tuple(src.stride())} for shape "
+                                f"{tuple(src.shape)}), so the view depends on a memory layout Avalon does not keep")
+
+
 class _Program:
     """Runs the exported graph node by node through the `ATEN` rules. In a trial (`problems` set),
     a node that cannot be translated is recorded and stood in for by a value of its shape, so one
@@ -289,6 +302,7 @@ class _Program:
             self.problems.append((target, "not supported (no rule)", where))
             return _stand_in(val)
         try:
+            _check_layout(node, target)
             out = rule(*a, **k)
         except Exception as e:
             why = _first_line(e)

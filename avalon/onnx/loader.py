@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..interop.model import ImportedModel, ImportedProgram, UnsupportedOp, get_dotted
+from ..ir import dtypes as dt
 from ..tensor import Tensor
 from ..trace import _STACK
 from . import ops_extra, ops_math, ops_nn, ops_shape  # noqa: F401  (fill ONNX_OPS)
@@ -218,9 +219,10 @@ def _bind_inputs(specs: list[tuple[str, tuple, Any]], args: tuple, kwargs: dict)
 
 
 def _folded(r: Any) -> Any:
-    """A folded result as an ndarray: numpy scalars (np.take of a 0-d index) must stay constants."""
+    """A folded result as an ndarray: numpy scalars (np.take of a 0-d index) must stay constants.
+    A bf16 tensor stays a tensor (numpy has no bf16: as float32 it would compute in f32 later)."""
     if isinstance(r, Tensor):
-        return r.numpy()
+        return r if r.dtype is dt.bfloat16 else r.numpy()
     return np.asarray(r) if isinstance(r, np.generic) else r
 
 

@@ -1,7 +1,7 @@
-"""More ONNX ops mapped onto existing Avalon ops: Mod, GatherElements, GatherND, Hardmax,
-RMSNormalization, SpaceToDepth/DepthToSpace, Swish, IsNaN/IsInf, Sinh/Cosh, and the sequence ops
-(SplitToSequence, SequenceAt, ...: torch's dynamo exporter emits them for `torch.split`), whose
-sequences are Python lists of tensors while the graph runs."""
+"""More ONNX ops mapped onto existing Avalon ops: Mod, GatherElements, GatherND, ScatterND,
+ScatterElements, Hardmax, RMSNormalization, SpaceToDepth/DepthToSpace, Swish, IsNaN/IsInf, Sinh/Cosh,
+and the sequence ops (SplitToSequence, SequenceAt, ...: torch's dynamo exporter emits them for
+`torch.split`), whose sequences are Python lists of tensors while the graph runs."""
 from __future__ import annotations
 
 import math
@@ -69,6 +69,53 @@ def gather_nd(node: Node, x: Any, idx: Any) -> Tensor:
             coord = ops.where(ops.lt(c, 0), ops.add(c, dims[d]), c)
         lin = ops.add(lin, ops.mul(coord, math.prod(dims[d + 1:])))
     return ops.take(ops.reshape(x, (math.prod(dims),) + x.shape[b + k:]), lin, 0)
+
+
+@onnx_op("ScatterND")
+def scatter_nd(node: Node, x: Any, idx: Any, updates: Any) -> Any:
+    """`data` with `updates` written (reduction 'add': added) at the rows that indices (..., k)
+    address in its first k dims: torch's TorchScript exporter writes slice assignment this way
+    (HF's causal-mask padding, Swin's window mask). One `index_put`, so gradients reach both."""
+    red = node.attr("reduction", "none")
+    if red not in ("none", "add"):
+        raise node.unsupported(f"reduction {red!r} is not supported (only 'none' and 'add')")
+    if all(isinstance(v, np.ndarray) for v in (x, idx, updates)):  # constants: numpy's own
+        out, ii = x.copy(), np.asarray(idx).astype(np.int64)
+        rows = tuple(np.moveaxis(ii, -1, 0))
+        if red == "add":
+            np.add.at(out, rows, updates)
+        else:
+            out[rows] = updates
+        return out
+    xt, it = T(x), ops.cast(T(idx), dt.int64)
+    k = it.shape[-1]
+    if k > xt.ndim:
+        raise node.unsupported(f"indices {it.shape} address {k} dims of data {xt.shape}")
+    want = it.shape[:-1] + xt.shape[k:]
+    u = T(updates)
+    if u.shape != want:
+        raise node.unsupported(f"updates {u.shape} do not match indices {it.shape} and data {xt.shape} "
+                               f"(expected {want})")
+    cols = [ops.reshape(ops.slice_(it, [0] * (it.ndim - 1) + [j], [*it.shape[:-1], j + 1]), it.shape[:-1])
+            for j in range(k)]
+    return ops.index_put(xt, cols, u, accumulate=red == "add")
+
+
+@onnx_op("ScatterElements")
+def scatter_elements(node: Node, x: Any, idx: Any, updates: Any) -> Tensor:
+    """torch.scatter as ONNX writes it (reduction none/add/mul/max/min), negative indices counting
+    from the end."""
+    red = node.attr("reduction", "none")
+    how = {"none": None, "add": "sum", "mul": "prod", "max": "amax", "min": "amin"}
+    if red not in how:
+        raise node.unsupported(f"reduction {red!r} is not supported")
+    xt, i = T(x), ops.cast(T(idx), dt.int64)
+    a = axis(node.attr("axis", 0), xt.ndim)
+    i = ops.where(ops.lt(i, 0), ops.add(i, xt.shape[a]), i)
+    u = ops.cast(T(updates), xt.dtype)
+    if how[red] is None:
+        return ops.scatter(xt, a, i, u)
+    return ops.scatter_reduce(xt, a, i, u, how[red])
 
 
 @onnx_op("Hardmax")

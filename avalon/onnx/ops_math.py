@@ -301,9 +301,17 @@ def cumsum(node: Node, x: Any, ax: Any) -> Tensor:
     return out
 
 
+BFLOAT16 = 16  # onnx.TensorProto.BFLOAT16
+
+
 @onnx_op("Cast")
 def cast(node: Node, x: Any) -> Any:
+    """A cast to bfloat16 is taken (Falcon computes its ALiBi slopes in bf16): it rounds as torch
+    does, and its result stays an Avalon tensor, since numpy has no bf16 to fold it into. bf16
+    initializers and graph inputs are still refused (onnx hands them over as ml_dtypes arrays)."""
     from .dtypes import avalon_dtype
+    if node.attr("to") == BFLOAT16:
+        return ops.cast(T(x), dt.bfloat16)
     d = avalon_dtype(node.attr("to"), node)
     if isinstance(x, np.ndarray):
         return x.astype(d.np)
