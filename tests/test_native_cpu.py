@@ -430,3 +430,18 @@ def test_tanh_runs_vectorized_and_matches():
     if mvec and hasattr(ctypes.CDLL(mvec), "_ZGVdN8v_tanhf"):  # glibc >= 2.35 on AVX2: the loop calls it
         lib = native.library_path([src for src, _ in exe.emission.native]).read_bytes()
         assert b"_ZGVdN8v_tanhf" in lib or b"_ZGVeN16v_tanhf" in lib or b"_ZGVbN4v_tanhf" in lib
+
+
+def test_a_run_writing_in_place_through_a_transposed_view_falls_back_to_numpy():
+    """layer_norm over a transposed conv output (Swin's patch embedding): the centring loop wrote
+    x - mean in place into the transposed view, indexing it row-major (errors of ~6, silently)."""
+    import avalon as av
+    from avalon.nn import functional as F
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    w = rng.standard_normal((16, 3, 2, 2)).astype(np.float32)
+
+    def f(x, w):
+        return F.layer_norm(F.conv2d(x, w, stride=2).reshape(2, 16, 16).transpose(1, 2), (16,))
+    want = av.compile(f, backend="numpy")(x, w).numpy()
+    np.testing.assert_allclose(av.compile(f, backend="cpu")(x, w).numpy(), want, rtol=1e-5, atol=1e-5)

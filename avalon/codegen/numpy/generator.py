@@ -140,6 +140,7 @@ class Generator:
         self.lines: list[str] = []
         self.consts: dict[str, Any] = {}
         self.views: dict[str, View] = {}
+        self.strided: set[str] = set()  # numpy views that may not be row-major (transposes, their reshapes)
         self.slots: list[int] = []
         self.free_slots: list[int] = []
         self.refs: dict[int, int] = {}  # slot -> live values holding it

@@ -295,6 +295,8 @@ def _function(gen: Generator, ops: list[Op], shape: tuple[int, ...]) -> str | No
         stores.append((_CTYPE[r.type.dtype], pointer(ref.expr, True), names[r]))
     if _overlap(gen, params, {p for _, p, *_ in sums}):
         return None
+    if any(w and name in gen.strided for name, (_, w) in params.items()):
+        return None  # written in place through a transposed view: the loop's row-major index is wrong there
     extents, (full_m, *rest) = _collapse(shape, [full, *(vec for *_, vec in loads), *(s[3] for s in sums)])
     load_m, sum_m = rest[:len(loads)], rest[len(loads):]
     depth = len(extents)

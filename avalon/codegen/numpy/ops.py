@@ -380,6 +380,8 @@ def _view(gen: Generator, op: Op) -> Ref | None:
         gen.line(f"{name} = {src.expr}.reshape({tuple(r.type.shape)!r})")
     else:
         gen.line(f"{name} = {src.expr}.transpose({tuple(op.attrs['perm'])!r})")
+    if op.name == "transpose" or src.expr in gen.strided:
+        gen.strided.add(name)  # C loops index what they write row-major (`native._function`)
     ref = Ref(name, r.type, slot=src.slot)
     gen.hold(ref)
     return ref
