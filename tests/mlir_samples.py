@@ -79,6 +79,10 @@ SPECIAL: dict[str, Callable[[str], Graph]] = {
     "random": lambda n: _graph([((), dt.int64)], lambda b, s: [b("random", s, shape=[3, 4]),
                                                               b("random", s, shape=[5], distribution="normal"),
                                                               b("random", s, shape=[2, 2], dtype="f16")], n),
+    "sort": lambda n: _graph([((2, 5), F32)], lambda b, x: [b("sort", x, axis=1), b("sort", x, axis=0, descending=True)],
+                             n),
+    "argsort": lambda n: _graph([((2, 5), F32), ((3, 2), dt.int32)],
+                                lambda b, x, i: [b("argsort", x, axis=1, descending=True), b("argsort", i, axis=0)], n),
     "fusion": lambda n: _fusion(n),
 }
 

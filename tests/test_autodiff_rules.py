@@ -142,6 +142,13 @@ def _cumsum(name, data, rng):
     return Case([rng.normal(size=s)], {"axis": axis, "reverse": data.draw(st.booleans())})
 
 
+@case("sort")
+def _sort(name, data, rng):
+    s = _shape(data, min_dims=1, max_side=6)
+    axis = data.draw(st.integers(-len(s), len(s) - 1))
+    return Case([_distinct(rng, s)], {"axis": axis, "descending": data.draw(st.booleans())})
+
+
 @case("all_reduce")
 def _all_reduce(name, data, rng):
     return Case([rng.normal(size=_shape(data))], {"reduction": data.draw(st.sampled_from(["mean", "sum"]))})
@@ -346,6 +353,7 @@ TORCH: dict[str, Callable] = {
     "cumsum": lambda a, x: (x.flip(a["axis"]).cumsum(a["axis"]).flip(a["axis"]) if a["reverse"]
                             else x.cumsum(a["axis"])),
     "max": lambda a, x: torch.amax(x, dim=a["axes"], keepdim=a["keepdims"]),
+    "sort": lambda a, x: torch.sort(x, dim=a["axis"], descending=a["descending"], stable=True).values,
     "reshape": lambda a, x: x.reshape(a["shape"]),
     "transpose": lambda a, x: x.permute(a["perm"]),
     "slice": lambda a, x: x[tuple(slice(s, e, st) for s, e, st in zip(a["start"], a["limit"], a["step"]))],
@@ -474,6 +482,8 @@ def _grads_both(name: str, operands: list[np.ndarray], attrs: dict | None = None
     ("max", [np.array([[1.0, 3.0, 3.0], [2.0, 2.0, 2.0]])], {"axes": [1]}),
     ("max", [np.array([[1.0, 3.0, 3.0], [2.0, 3.0, 2.0]])], {"axes": [0, 1]}),
     ("relu", [np.array([-1.0, 0.0, 2.0])], None),
+    ("sort", [np.array([[2.0, 1.0, 2.0, 1.0, 0.0], [3.0, 3.0, 3.0, -1.0, 3.0]])], {"axis": 1, "descending": True}),
+    ("sort", [np.array([[2.0, 1.0, 2.0], [1.0, 1.0, 0.0]])], {"axis": 0}),
     ("abs", [np.array([-1.0, 0.0, 2.0])], None),
     ("pow", [np.array([0.0, 0.0, 2.0, 3.0]), np.array([0.0, 2.0, 0.0, 1.5])], None),
     ("max_pool2d", [np.array([[[[1.0, 1.0, 0.0], [1.0, 1.0, 2.0], [0.0, 2.0, 2.0]]]])],

@@ -92,6 +92,12 @@ def _cumsum(b, g, d):
     return [b("cumsum", x, axis=1), b("cumsum", x, axis=0, reverse=True)]
 
 
+@case("sort argsort", ("f32", "f64", "i32", "i64"))
+def _sort(b, g, d):
+    x = _in(g, (3, 5), d)
+    return [b(n, x, axis=ax, descending=desc) for n in ("sort", "argsort") for ax, desc in ((1, False), (0, True))]
+
+
 @case("reshape transpose slice concat pad", FLOAT + ("i64",))
 def _shapes(b, g, d):
     x = _in(g, (4, 6), d)

@@ -33,7 +33,7 @@ VjpFn = Callable[[Builder, Op, Value], Sequence["Value | None"]]
 
 NON_DIFFERENTIABLE: set[str] = {
     # results are booleans or integers, or carry no information about their float operands' values
-    "eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_not", "argmax", "one_hot",
+    "eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_not", "argmax", "one_hot", "argsort",
     # piecewise constant (torch gives zero gradient), constants and random numbers
     "sign", "constant", "random", "iota",
     # an identity that exists to block gradients (jax.lax.stop_gradient, torch's detach)
@@ -265,6 +265,36 @@ def _cumsum(b, op, g):
     """Each input element feeds every later partial sum, so its cotangent is the sum of g over
     those: a cumsum of g in the opposite direction (jax.lax.cumsum's transpose)."""
     return [b("cumsum", g, axis=op.attrs["axis"], reverse=not op.attrs["reverse"])]
+
+
+@vjp("sort")
+def _sort(b, op, g):
+    """Sorting permutes: value j came from position perm[j], so position i gets g at inv[i], where
+    inv = argsort(perm) is the inverse permutation (perm is i64; as i32 it sorts as a packed key).
+    Two sorts and a gather, O(n log n), where a scatter-add of g at perm would need the one-hot matmul
+    of `take`'s rule. (The forward's argsort, when the program also took the indices, is CSE'd.)"""
+    x = op.operands[0]
+    rank = x.type.rank
+    ax = op.attrs["axis"] % rank
+    perm = b("argsort", x, axis=op.attrs["axis"], descending=op.attrs["descending"])
+    inv = b("argsort", b("cast", perm, dtype="i32"), axis=op.attrs["axis"])
+    return [take_along_axis(b, g, inv, ax)]
+
+
+def take_along_axis(b: Builder, x: Value, idx: Value, ax: int) -> Value:
+    """numpy.take_along_axis(x, idx, ax) for an i64 `idx` of x's shape: one `take` of the flattened
+    `x` at flat offsets idx * stride(ax) + the other dims' iotas times their strides."""
+    shape = list(x.shape)
+    strides = [math.prod(shape[k + 1:]) for k in range(len(shape))]
+
+    def scaled(v: Value, s: int) -> Value:
+        return v if s == 1 else b("mul", v, b.constant(s, shape, "i64"))
+
+    flat = scaled(idx, strides[ax])
+    for k, n in enumerate(shape):
+        if k != ax and n > 1:
+            flat = b("add", flat, scaled(b("iota", shape=shape, axis=k, dtype="i64"), strides[k]))
+    return b("take", _reshape(b, x, [math.prod(shape)]), flat, axis=0)
 
 
 @vjp("reshape")

@@ -459,3 +459,28 @@ def _all_reduce(ts, a):
 define_op("all_reduce", 1, _all_reduce, {"reduction": Attr("str", "mean"), "group": Attr("str", "world")},
           doc="the elementwise mean or sum of the operand over every process of a group "
               "(torch.distributed.all_reduce); the identity on one process")
+
+
+# -- sorting (avalon.ops.sort / argsort / topk) -------------------------------------------------------
+
+def _sorting(name: str):
+    def infer(ts, a):
+        t = ts[0]
+        if t.rank == 0:
+            raise ShapeError(f"{name}: needs an operand of rank >= 1, got a 0-d tensor")
+        _axes(name, t.rank, [a["axis"]])
+        return [T(t.shape, dt.int64 if name == "argsort" else t.dtype)]
+    return infer
+
+
+# Two ops, not one with two results: every rule table computes one result per op, and the values
+# need a gradient rule of their own (the inverse permutation, O(n log n)) where a `take` of the
+# operand at the indices would differentiate through a one-hot matmul, O(n^2). See avalon/ops/sorting.py.
+define_op("sort", 1, _sorting("sort"), {"axis": Attr("int", -1), "descending": Attr("bool", False)},
+          traits={PURE, "sort"},
+          doc="the operand sorted along `axis` (torch.sort's values): stable, nan sorts as the largest value "
+              "(last ascending, first descending); -0.0 and 0.0 are equal")
+define_op("argsort", 1, _sorting("argsort"), {"axis": Attr("int", -1), "descending": Attr("bool", False)},
+          traits={PURE, "sort"},
+          doc="the i64 positions that sort the operand along `axis` (torch.sort's indices, stable=True): "
+              "equal elements keep their order in both directions; nan sorts as the largest value")

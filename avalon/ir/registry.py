@@ -151,6 +151,7 @@ TRAITS: dict[str, str] = {
     "view": "may be a zero-copy view of its operand, depending on layouts (see a backend's Target.is_view)",
     "reduction": "reduces its operand over some axes",
     "scan": "a running (inclusive prefix) reduction along one axis; the result has the operand's shape",
+    "sort": "orders the elements along one axis (sort, argsort): stable, nan largest; a kernel of its own",
     "contraction": "a matmul or convolution: a sum of products, computed by a tiled GEMM-like kernel",
     "pool": "reads a window of its operand per result element",
     "nchw": "its result is an NCHW image activation (a conv or pool output): channels-last candidates",

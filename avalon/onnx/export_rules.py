@@ -178,6 +178,19 @@ def one_hot(em: Any, op: Any, ins: list[str]) -> list[str]:
     return em.node("Cast", em.node("Equal", [idx[0], classes]), to=onnx_elem_type(op.attrs["dtype"]))
 
 
+@export_rule("sort", "argsort")
+def sort(em: Any, op: Any, ins: list[str]) -> list[str]:
+    """TopK with k = the axis length: sorted, largest first when descending, and ONNX orders equal
+    elements by index in both directions (the stable order); i1 sorts as int32 (TopK takes no bool)."""
+    x, ax = op.operands[0], op.attrs["axis"] % op.operands[0].type.rank
+    src = ins[0] if x.dtype.name != "i1" else em.node("Cast", ins, to=6)[0]
+    vals, idx = em.node("TopK", [src, em.ints([x.shape[ax]])], n_out=2, axis=ax,
+                        largest=int(op.attrs["descending"]), sorted=1)
+    if op.name == "argsort":
+        return [idx]
+    return [vals] if x.dtype.name != "i1" else em.node("Cast", [vals], to=9)
+
+
 def missing_exports() -> list[str]:
     """Ops with no ONNX mapping that are not exempt."""
     from ..ir.registry import OPS, TABLES

@@ -1,13 +1,27 @@
-"""Sorting and data-dependent indexing with torch's names, composed from the primitives:
-`sort`, `argsort`, `topk`, `gather`, `scatter`, `scatter_add`, `take_along_dim`, `multinomial`,
-`randperm`.
+"""Sorting and data-dependent indexing with torch's names: `sort`, `argsort`, `topk`, `gather`,
+`scatter`, `scatter_add`, `take_along_dim`, `multinomial`, `randperm`.
 
-Sorting is a bitonic network: log2(N) * (log2(N) + 1) / 2 compare-exchange stages over the axis
-padded to a power of two N, each a reshape, slices, comparisons and `where`s, so it is
-O(n log^2 n) work, fuses, runs on every backend, and its gradient is the `where`s' (each sorted
-value's gradient goes back to the position it came from). Every element carries a unique integer
-key (class * N + position) that breaks ties, so the order is total: the sort is stable, nan sorts
-after every number (first when descending, as in torch) and padding after everything.
+Sorting is two primitives, `sort` (the values) and `argsort` (the i64 indices), both stable along one
+axis with attribute `descending`, nan the largest value (torch.sort with stable=True). Two ops rather
+than one op with two results, because every rule table (reference, vjp, lowerings, exporters)
+computes one result per op; and rather than `argsort` plus a `take` of the values, because the
+values need a gradient rule of their own: `take`'s is a scatter-add written as a one-hot matmul,
+O(n^2) in the flattened size, where `sort`'s gathers the cotangent at the inverse permutation (an
+argsort of the indices): O(n log n). `torch.sort` records both ops on the same operand; whichever
+the program does not use is dropped (DCE), and a gradient's argsort of the operand is the forward's
+(CSE). On Triton each is one kernel: a block of rows per program, `tl.sort` of packed int64 keys
+(the value's order-preserving bits high, the position low, so ties stay in order and the index
+comes out of the same sort); see avalon/codegen/triton/sort.py.
+
+That kernel holds an axis of up to `SORT_BLOCK` elements (after padding to a power of two). A
+traced sort along a longer axis is the bitonic network below instead (`bitonic_sort`), which every
+backend runs and differentiates: log2(N) * (log2(N) + 1) / 2 compare-exchange stages over the axis
+padded to a power of two N, each a reshape, slices, comparisons and `where`s, O(n log^2 n) work,
+its gradient the `where`s'. Every element carries a unique integer key (class * N + position) that
+breaks ties, so the order is total: stable, nan after every number (first when descending, as in
+torch) and padding after everything. Outside a trace the primitives run on the reference (numpy's
+stable sort) at any length. The linalg (MLIR/IREE) lowering of the primitives is this network too
+(upstream MLIR has no sort).
 
 `gather` and the scatters select along the indexed dim with an (index == position) mask and a
 `sum`: O(index elements x dim size) work, one fused reduction on Triton, nan/inf-safe (a `where`
@@ -74,6 +88,19 @@ class SortResult(NamedTuple):
     indices: Tensor
 
 
+SORT_BLOCK = 4096
+"""The longest axis (padded to a power of two) a traced sort keeps as the `sort`/`argsort`
+primitives: the Triton kernel sorts a whole row in one block of registers."""
+
+
+def bitonic_sort(x: Tensor, dim: int, descending: bool) -> SortResult:
+    """(values, i64 indices) of `x` sorted stably along `dim` by the bitonic network of primitives
+    (see the module docstring); a bool `x` sorts as 0/1."""
+    work = cast(x, dt.int32) if x.dtype is dt.bool_ else x
+    v, i = _bitonic(movedim(work, dim, -1), bool(descending))
+    return SortResult(movedim(cast(v, x.dtype), -1, dim), movedim(i, -1, dim))
+
+
 def _bitonic(x: Tensor, descending: bool) -> tuple[Tensor, Tensor]:
     """(values, i64 indices) of `x` sorted stably along its last dim."""
     n = x.shape[-1]
@@ -131,17 +158,34 @@ def sort(input: Any, dim: int = -1, descending: bool = False, stable: bool = Fal
     unsupported("sort", out=out)
     x = _tensor(input)
     d = _dim("sort", x, dim)
-    if x.ndim == 0:
-        return SortResult(x, full((), 0, dt.int64))
-    work = cast(x, dt.int32) if x.dtype is dt.bool_ else x
-    v, i = _bitonic(movedim(work, d, -1), bool(descending))
-    v = cast(v, x.dtype)
-    return SortResult(movedim(v, -1, d), movedim(i, -1, d))
+    trivial = _trivial(x, d)
+    if trivial is not None:
+        return trivial
+    if _too_long(x, d):
+        return bitonic_sort(x, d, bool(descending))
+    attrs = {"axis": d, "descending": bool(descending)}
+    return SortResult(bind("sort", x, **attrs), bind("argsort", x, **attrs))
+
+
+def _trivial(x: Tensor, d: int) -> SortResult | None:
+    """A 0-d tensor or an axis of at most one element: already sorted."""
+    if x.ndim == 0 or x.shape[d] <= 1:
+        return SortResult(x, full(x.shape, 0, dt.int64))
+    return None
+
+
+def _too_long(x: Tensor, d: int) -> bool:
+    """Whether a traced sort along `d` takes the bitonic network (see SORT_BLOCK)."""
+    return current_trace() is not None and 1 << (x.shape[d] - 1).bit_length() > SORT_BLOCK
 
 
 def argsort(input: Any, dim: int = -1, descending: bool = False, stable: bool = False) -> Tensor:
     """torch.argsort: the indices that sort `input` along `dim` (stable)."""
-    return sort(input, dim, descending, stable).indices
+    x = _tensor(input)
+    d = _dim("argsort", x, dim)
+    if _trivial(x, d) is not None or _too_long(x, d):
+        return sort(x, d, descending, stable).indices
+    return bind("argsort", x, axis=d, descending=bool(descending))
 
 
 def msort(input: Any) -> Tensor:

@@ -9,6 +9,7 @@ asking `em.value` for its operands (see `emitter.py`). Lowerings fall into kinds
 * ``reduction`` / ``contraction``: computed by the reduction and contraction kernels themselves,
   which register the result; asked for anywhere else they raise `Unsupported`;
 * ``scan``: `cumsum`, a kernel of its own (`scan.py`): the entry builds it (`builds_kernel`);
+* ``sort``: `sort` and `argsort`, a kernel of their own too (`sort.py`);
 * ``group``: a `fusion` op, lowered as one kernel for its whole region.
 
 Categories of ops are asked of their traits (`bool_as_int`, `selects`), never of name lists.
@@ -32,6 +33,7 @@ from .group import Group
 from .indexing import Affine, Index, broadcast_index, linearize, reshape_index, row_major, transpose_index
 from .kernel import Kernel
 from .scan import build_scan
+from .sort import build_sort
 
 
 @dataclass(frozen=True)
@@ -370,6 +372,22 @@ def _iota(em, op, idx, guard):
 LOWERING["iota"] = IndexLowering("index", "the result index along the axis, converted to the dtype", _iota)
 
 LOWERING["cumsum"] = ScanLowering("scan", "tl.cumsum along the axis per block of rows; chunks carry a running sum")
+
+
+@dataclass(frozen=True)
+class SortLowering(Lowering):
+    """`sort` / `argsort`: a kernel of their own (sort.py), built by this entry like the scan's."""
+
+    builds_kernel: ClassVar[bool] = True
+
+    def build_kernel(self, group: Group, policy: BlockPolicy) -> Kernel:
+        return build_sort(group, policy)
+
+
+LOWERING["sort"] = SortLowering("sort", "tl.sort of packed (value image, position) int64 keys per block of rows; "
+                                "the operand loaded at the sorted positions")
+LOWERING["argsort"] = SortLowering("sort", "tl.sort of packed (value image, position) int64 keys per block of rows; "
+                                   "the positions stored (f64/i64: an unrolled bitonic network on pairs)")
 
 
 @dataclass(frozen=True)

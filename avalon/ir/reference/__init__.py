@@ -4,10 +4,10 @@
 the op's exact result type (see `core` for the conventions every rule shares). The rules are split
 by concept: `elementwise`, `shapes` (constants, broadcast, reductions, scans, shape ops),
 `contraction` (matmul, conv), `pooling`, `gather` (take, one_hot, random numbers),
-`collective` (all_reduce, through the process group `avalon.distributed` installs). Importing this
-package registers all of them.
+`collective` (all_reduce, through the process group `avalon.distributed` installs), `sorting`
+(sort, argsort). Importing this package registers all of them.
 """
-from . import collective, contraction, elementwise, gather, pooling, shapes  # noqa: F401  (register the rules)
+from . import collective, contraction, elementwise, gather, pooling, shapes, sorting  # noqa: F401  (register the rules)
 from .core import REFERENCE, ReferenceFn, evaluate, round_bf16, rule, to_result
 from .gather import UNIFORM_BITS, IndexOutOfRangeError, fmix32, random_bits, seed_keys, uniform_from_bits
 
