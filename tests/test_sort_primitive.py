@@ -233,3 +233,35 @@ def test_sort_kernels_compile_to_ptx_for_h100(tmp_path):
     proc = subprocess.run([sys.executable, "-c", AOT], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == [True, True]
+
+
+def test_from_torch_maps_sort_argsort_and_topk(rng):
+    class M(torch.nn.Module):
+        def forward(self, x):
+            v, i = torch.topk(x, 3, dim=-1)
+            s, j = torch.sort(x, dim=0, descending=True)
+            return v * 2, i, s, j, torch.argsort(x, dim=1, stable=True)
+    x = torch.tensor(rng.permutation(24).reshape(4, 6).astype(np.float32) - 11.5)  # distinct: torch's tie order is free
+    got = av.from_torch(M(), x)(x.numpy())
+    for g, w in zip(got, M()(x)):
+        np.testing.assert_array_equal(g.numpy(), w.numpy())
+
+
+def test_onnx_topk_orders_ties_by_index_as_onnxruntime(rng):
+    """ONNX's TopK takes the lower index first among equal values; the model comes from bytes."""
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    import io
+
+    class T(torch.nn.Module):
+        def forward(self, x):
+            return torch.topk(x, 3, dim=-1, largest=False)
+    x = np.round(rng.standard_normal((4, 6)), 0).astype(np.float32)  # many ties
+    f = io.BytesIO()
+    torch.onnx.export(T(), (torch.tensor(x),), f, dynamo=False, opset_version=17)
+    s = ort.InferenceSession(f.getvalue())
+    want = s.run(None, {s.get_inputs()[0].name: x})
+    from avalon import onnx as aonnx
+    got = aonnx.load(f.getvalue())(x)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g.numpy(), w)

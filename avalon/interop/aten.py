@@ -211,6 +211,22 @@ def min_dim(x: Tensor, dim: int, keepdim: bool = False) -> tuple:
     return tuple(ops.min(x, dim, keepdim))
 
 
+@rule("aten.sort.default", "aten.sort.stable")
+def sort(x: Tensor, dim: int = -1, descending: bool = False, *, stable: Any = None) -> tuple:
+    """Always stable (torch's unstable sort may order ties either way)."""
+    return tuple(ops.sort(x, dim, descending))
+
+
+@rule("aten.argsort.default", "aten.argsort.stable")
+def argsort(x: Tensor, dim: int = -1, descending: bool = False, *, stable: Any = None) -> Tensor:
+    return ops.argsort(x, dim, descending)
+
+
+@rule("aten.topk.default")
+def topk(x: Tensor, k: int, dim: int = -1, largest: bool = True, sorted: bool = True) -> tuple:  # noqa: A002
+    return tuple(ops.topk(x, k, dim, largest, sorted))
+
+
 @rule("aten.argmax.default")
 def argmax(x: Tensor, dim: int | None = None, keepdim: bool = False) -> Tensor:
     return ops.argmax(x, dim, keepdim)

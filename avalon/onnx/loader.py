@@ -8,6 +8,7 @@ a trial trace (which reaches attribute-level limits) happen in `load`, before an
 from __future__ import annotations
 
 import contextlib
+import io
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -62,12 +63,17 @@ def _read(source: Any) -> Any:
     import onnx
     if isinstance(source, onnx.ModelProto):
         return source
+    what = source
+    if isinstance(source, (bytes, bytearray, memoryview)):  # torch.onnx.export into a BytesIO, .getvalue()
+        source, what = io.BytesIO(bytes(source)), f"<{len(source)} bytes>"
+    elif hasattr(source, "read"):
+        what = getattr(source, "name", "<file object>")
     try:
-        model = onnx.load(str(source))
+        model = onnx.load(source if hasattr(source, "read") else str(source))
     except FileNotFoundError:
         raise
     except Exception as e:
-        raise ValueError(f"{source}: not a readable ONNX model ({type(e).__name__}: "
+        raise ValueError(f"{what}: not a readable ONNX model ({type(e).__name__}: "
                          f"{str(e).strip().splitlines()[0] if str(e).strip() else 'truncated or malformed'})") from None
     return model
 

@@ -273,6 +273,16 @@ def _arg(neg: bool) -> Any:
 
 
 onnx_op("ArgMax")(_arg(False))
+
+
+@onnx_op("TopK")
+def topk(node: Node, x: Any, k: Any = None) -> tuple:
+    """The k largest (smallest) along `axis`, sorted; ties by lower index first, as ONNX specifies
+    (Avalon's sort is stable). Opset < 10 gives k as an attribute."""
+    x = T(x)
+    a = axis(node.attr("axis", -1), x.ndim)
+    n = int(ints(k, "K")[0]) if k is not None else int(node.attr("k"))
+    return tuple(ops.topk(x, n, a, largest=bool(node.attr("largest", 1))))
 onnx_op("ArgMin")(_arg(True))
 
 
