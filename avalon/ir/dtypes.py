@@ -79,5 +79,8 @@ def dtype(x) -> DType:
 
 
 def promote(a: DType, b: DType) -> DType:
-    """The wider of two dtypes (bool < i32 < i64 < f16 < bf16 < f32 < f64)."""
+    """The wider of two dtypes (bool < i32 < i64 < f16 < bf16 < f32 < f64); f16 with bf16 is f32,
+    as in torch (neither holds the other)."""
+    if {a.name, b.name} == {"f16", "bf16"}:
+        return float32
     return a if a.rank >= b.rank else b

@@ -135,13 +135,27 @@ def _scalar_dtype(x: Any, other: DType) -> DType:
     return other if other.is_float else default_float_dtype()
 
 
+def _category(d: DType) -> int:
+    return 2 if d.is_float else 0 if d is dt.bool_ else 1
+
+
 def result_dtype(*xs: Any) -> DType:
+    """torch's type promotion: tensors with dims decide; a 0-d tensor (then a Python number) only
+    where it is of a higher category (bool < integer < float), so f32 * f64-scalar-tensor stays f32."""
     tensors = [x for x in xs if not _is_scalar(x)]
     if not tensors:
         return default_float_dtype() if any(isinstance(x, (float, np.floating)) for x in xs) else dt.int64
-    d = tensors[0].dtype
-    for t in tensors[1:]:
-        d = dt.promote(d, t.dtype)
+    d: DType | None = None
+    for t in tensors:
+        if t.ndim:
+            d = t.dtype if d is None else dt.promote(d, t.dtype)
+    z: DType | None = None
+    for t in tensors:
+        if not t.ndim:
+            z = t.dtype if z is None else dt.promote(z, t.dtype)
+    if d is None or (z is not None and _category(z) > _category(d)):
+        d = z
+    assert d is not None
     for x in xs:
         if _is_scalar(x):
             d = dt.promote(d, _scalar_dtype(x, d))
@@ -726,7 +740,12 @@ def _amax(fn: str, x: Tensor, axis: Any, keepdims: bool) -> Tensor:
 def amin(x: Any, axis: Any = None, keepdims: bool = False, *, dim: Any = None, keepdim: bool | None = None) -> Tensor:
     """Smallest value over `axis`/`dim`: the negated largest of the negation."""
     axis, keepdims = _dim_args(axis, dim, keepdims, keepdim)
-    return neg(_amax("amin", neg(_tensor(x)), axis, keepdims))
+    return _flip(_amax("amin", _flip(_tensor(x)), axis, keepdims))
+
+
+def _flip(x: Tensor) -> Tensor:
+    """An order-reversing map: the negation, or the complement of booleans (whose neg is themselves)."""
+    return logical_not(x) if x.dtype is dt.bool_ else neg(x)
 
 
 def _torch_max(name: str, x: Any, dim: Any, keepdim: Any, axis: Any, keepdims: Any) -> Any:
@@ -741,12 +760,17 @@ def _torch_max(name: str, x: Any, dim: Any, keepdim: Any, axis: Any, keepdims: A
         x = _tensor(x)
         d = check_dim(name, dim, x.ndim)
         kd = bool(keepdim if keepdim is not None else keepdims)
-        values = amax(x, d, kd) if big else amin(x, d, kd)
-        return MaxMin(values, _argmax(name, x if big else neg(x), d, kd))
+        idx = _argmax(name, x if big else _flip(x), d, True)
+        # the value at the index, so the gradient goes there alone as torch's (amax's would share it
+        # among tied maxima); a select and a sum: one term is x itself, the rest exact zeros
+        from .creation import iota
+        at = eq(iota(x.shape, d), broadcast_to(idx, x.shape))
+        values = sum(where(at, x, 0.0 if x.dtype.is_float else 0), d, kd)
+        return MaxMin(values if values.dtype is x.dtype else cast(values, x.dtype), idx if kd else squeeze(idx, d))
     x = _tensor(x)
     axis = axis if axis is not None else dim
     kd = bool(keepdim if keepdim is not None else keepdims)
-    return _amax(name, x, axis, kd) if big else neg(_amax(name, neg(x), axis, kd))
+    return _amax(name, x, axis, kd) if big else _flip(_amax(name, _flip(x), axis, kd))
 
 
 def max(x: Any, dim: Any = None, keepdim: bool | None = None, *, axis: Any = None,  # noqa: A001
@@ -779,7 +803,7 @@ def argmin(x: Any, axis: int | None = None, keepdims: bool = False, *, dim: int 
     """Index of the first minimum: the argmax of the negation (of the complement for booleans)."""
     x = _tensor(x)
     axis, keepdims = _dim_args(axis, dim, keepdims, keepdim)
-    return _argmax("argmin", logical_not(x) if x.dtype is dt.bool_ else neg(x), axis, keepdims)
+    return _argmax("argmin", _flip(x), axis, keepdims)
 
 
 def cumsum(input: Any, dim: int | None = None, reverse: bool = False, *, axis: int | None = None,
