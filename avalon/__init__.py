@@ -107,7 +107,6 @@ from .ops import (  # torch's tensor functions: `import avalon as av` ports `imp
     movedim,
     msort,
     mul,
-    multinomial,
     narrow,
     ne,
     neg,
@@ -125,7 +124,6 @@ from .ops import (  # torch's tensor functions: `import avalon as av` ports `imp
     randint,
     randn,
     randn_like,
-    randperm,
     reciprocal,
     relu,
     remainder,
@@ -170,11 +168,14 @@ from .ops import (  # torch's tensor functions: `import avalon as av` ports `imp
     zeros_like,
 )
 from .precision import backends, get_float32_matmul_precision, set_float32_matmul_precision
-from .random import manual_seed
-from .tensor import Buffer, Tensor, TracerError, tensor
+from .random import Generator, default_generator, manual_seed, multinomial, randperm  # generator= as torch's
+from .tensor import LEGACY_TYPES as _LEGACY_TYPES
+from .tensor import Buffer, TracerError, tensor
+from .tensor import TorchTensor as Tensor  # torch's legacy constructor; isinstance checks avalon.tensor.Tensor
 from .trace import trace
 from .train import fit
 from .tree import named_parameters, to_device
+from .utils.threads import get_num_threads, set_num_threads
 from .version import __version__
 
 
@@ -188,5 +189,9 @@ double = float64
 long = int64
 half = float16
 bool = bool_  # noqa: A001
+
+FloatTensor, DoubleTensor, HalfTensor, BFloat16Tensor = (_LEGACY_TYPES[n] for n in (
+    "FloatTensor", "DoubleTensor", "HalfTensor", "BFloat16Tensor"))
+IntTensor, LongTensor, BoolTensor = (_LEGACY_TYPES[n] for n in ("IntTensor", "LongTensor", "BoolTensor"))
 
 amp.install_policies()  # autocast's op lists wrap their functions once everything above is imported

@@ -401,10 +401,20 @@ def _check_crc(path: Any, version: int, head: bytes, data: bytes, meta: dict[str
         raise CheckpointError(path, "corrupted: the tensor data does not match its checksum (data_crc32)")
 
 
-def load(path: str | os.PathLike) -> dict[str, Any]:
+def load(path: str | os.PathLike, map_location: Any = None, pickle_module: Any = None, *,
+         weights_only: bool | None = None, mmap: bool | None = None, **pickle_load_args: Any) -> dict[str, Any]:
     """Read a checkpoint into a state dict of CPU Tensors (in the order they were saved), or the
     nested dict that was saved. Raises `CheckpointError` for anything that is not a complete, intact
-    Avalon checkpoint."""
+    Avalon checkpoint.
+
+    torch.load's keywords are accepted. `map_location` places the tensors: a device ("cpu",
+    "cuda:0", `av.device(...)`, a torch.device) moves every tensor there; a dict maps a saved device
+    to a new one, and since an Avalon checkpoint records no device (tensors load on the CPU) only its
+    "cpu" entry applies; a callable is called as torch's is, `fn(tensor, "cpu")`, and a Tensor it
+    returns replaces the loaded one. `weights_only` needs nothing: Avalon never unpickles, a checkpoint
+    holds only tensors and JSON. `mmap` is ignored: the file is read whole and validated (its CRC
+    covers every byte) before any tensor is built, and each tensor owns its memory. `pickle_module`
+    and torch's pickle arguments are ignored for the same reason."""
     header, meta, data = _read(path)
     out: dict[str, Tensor] = {}
     for name, e in header.items():
@@ -417,6 +427,8 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
         if d is dt.bfloat16:
             arr = (arr.astype(np.uint32) << 16).view(np.float32)
         out[name] = Tensor(arr.astype(d.np), dtype=d)  # a native-endian, writable copy
+    if map_location is not None:
+        out = {k: _placed(t, map_location) for k, t in out.items()}
     if "tree" not in meta:
         return out
     try:
@@ -429,6 +441,23 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(path, f"corrupted: tensors {sorted(set(out) - used)[:5]} are in no place of the "
                                     "metadata 'tree'")
     return nested
+
+
+def _placed(t: Tensor, map_location: Any) -> Tensor:
+    """A loaded (CPU) tensor where `map_location` says (see `load`)."""
+    if callable(map_location) and not isinstance(map_location, (str, Mapping)):
+        new = map_location(t, "cpu")
+        return new if isinstance(new, Tensor) else t
+    if isinstance(map_location, Mapping):
+        target = {str(k): v for k, v in map_location.items()}.get("cpu")
+        return t if target is None else t.to(_device(target))
+    return t.to(_device(map_location))
+
+
+def _device(where: Any) -> Any:
+    from .device import device
+    return device(str(where) if not isinstance(where, str) and hasattr(where, "type") and
+                  hasattr(where, "index") and not hasattr(where, "torch") else where)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:

@@ -106,8 +106,13 @@ def _is_dtype(x: Any) -> bool:
 
 
 def _replace(t: Tensor, new: Tensor) -> None:
-    """Make `t` hold `new`'s value (an item assignment): in place eagerly; inside a trace the object
-    now stands for the new traced value, and a model's state tensor is written back after the call."""
+    """Make `t` hold `new`'s value (an in-place op, an item assignment): in place eagerly; inside a
+    trace the object now stands for the new traced value, and an argument's or a model's state
+    tensor is written back after the call. A view writes through to its base (`views.write`), and
+    the live views of `t` read its new value afterwards (`views.refresh`), as torch's shared storage."""
+    if t._view is not None:
+        _views.write(t, new)
+        return
     tr = new._trace
     if tr is None:
         if t._device == CPU and t._data.flags.writeable:
@@ -116,15 +121,14 @@ def _replace(t: Tensor, new: Tensor) -> None:
             t._data.copy_(new.to(t._device)._data)  # in place, so aliases (`.data`) see it; a storage copy
         else:
             t._data = new.to(t._device)._data
+        _views.refresh(t)
         return
     if t._trace is tr:
         t._value = new._value
         orig = tr.stands_for.get(id(t))
         if orig is not None:  # `x.add_(1)` on an argument: the caller's tensor changes, as eagerly
             tr.record_update(orig, new)
-        parent = tr.alias_of.get(id(t))
-        if parent is not None:  # `p.data.mul_(0)`: the write goes through to p
-            _replace(parent, new)
+        _views.refresh(t)
         return
     from .trace import current_trace
     if current_trace() is not tr:
@@ -133,7 +137,32 @@ def _replace(t: Tensor, new: Tensor) -> None:
     tr.leaves[id(t)] = new._value
     tr._keep.append(t)
     if was_state:
-        tr.record_update(t, new)
+        tr.record_update(t, new)  # (which refreshes t's views)
+    else:
+        _views.refresh(t)
+
+
+def _detached(x: Tensor) -> Tensor:
+    """`x`'s value without gradient: eagerly the same storage array, in a trace `stop_gradient`."""
+    from .trace import current_trace
+    tr = current_trace()
+    if x._value is None and (tr is None or id(x) not in tr.leaves):
+        return Tensor._wrap(x._data, x._dtype, x._device)
+    return _ops.stop_gradient(x)  # traced (a traced tensor, or a model's tensor the trace reads)
+
+
+def _set_data(t: Tensor, val: Tensor) -> None:
+    """Eagerly give `t` the value of `val` (same shape and dtype): into its storage where it can,
+    so whatever shares that storage (`.data`, an array from `.numpy()`) sees it."""
+    src = (val if val._device == t._device else val.to(t._device))._data
+    if src is t._data:
+        return
+    if t._device == CPU and t._data.flags.writeable and t._data.shape == src.shape:
+        t._data[...] = src
+    elif t._device != CPU and tuple(t._data.shape) == tuple(src.shape):
+        t._data.copy_(src)
+    else:
+        t._data = src
 
 
 def _update(t: Tensor, new: Any, what: str) -> Tensor:
@@ -232,7 +261,9 @@ _INPLACE = {
 class Tensor:
     """An n-d array with a static shape and dtype. Build one with `av.tensor(...)`."""
 
-    __slots__ = ("_data", "_dtype", "_value", "_trace", "_device", "__weakref__")
+    __slots__ = ("_data", "_dtype", "_value", "_trace", "_device", "_view", "_views", "__weakref__")
+    # _view: a `views.ViewOf` when this tensor is a view of another (its base and how it derives from
+    # it), else None; _views: weak references to the live views whose base this tensor is (or None)
     __array_priority__ = 100  # numpy defers to our operators: `ndarray + Tensor` gives a Tensor
 
     def __init__(self, data: Any, dtype: Any = None, device: Any = None):
@@ -241,6 +272,7 @@ class Tensor:
         self._value = None
         self._trace = None
         self._device = to_device(device) if device is not None else CPU
+        self._view = self._views = None
         arr = as_array(data, d)
         if not arr.flags.writeable or not arr.flags.c_contiguous:
             arr = np.require(arr, requirements="C").copy()  # (ascontiguousarray makes 0-d 1-d)
@@ -250,12 +282,14 @@ class Tensor:
     def _wrap(cls, data: Any, dtype: DType, device: Device = CPU) -> Tensor:
         t = object.__new__(cls)
         t._data, t._dtype, t._value, t._trace, t._device = data, dtype, None, None, device
+        t._view = t._views = None
         return t
 
     @classmethod
     def _traced(cls, value, trace) -> Tensor:
         t = object.__new__(cls)
         t._data, t._dtype, t._value, t._trace, t._device = None, value.type.dtype, value, trace, trace.device
+        t._view = t._views = None
         return t
 
     # -- basic facts
@@ -304,9 +338,11 @@ class Tensor:
         if self._value is not None:
             loc = self._value.op.loc if self._value.op is not None and self._value.op.loc else None
             where = f" (value made at {loc})" if loc else ""
-            if "item" in what:  # a metric: float(loss), acc.item()
-                fix = ("To log a value, return the tensor from the traced function and call .item() on "
-                       "the result; for data-dependent selection use av.where(cond, a, b).")
+            if "item" in what or what in ("float()", "int()"):  # a metric: float(loss), acc.item()
+                fix = ("To use a value without its gradient (torch's `R - value.item()` in a loss), write "
+                       "`value.detach()`: the same value, still a tensor, with no gradient flowing back. To log "
+                       "a value, return the tensor from the traced function and call .item() on the result; for "
+                       "data-dependent selection use av.where(cond, a, b).")
             elif "numpy" in what or "tolist" in what:  # np.exp(x), x.numpy() inside the function
                 fix = ("Inside a traced function use Avalon's functions and Tensor methods (av.exp(x), "
                        "x.sum()) rather than numpy's, or return the value and convert it outside.")
@@ -395,6 +431,18 @@ class Tensor:
 
     def __hash__(self) -> int:  # by identity: `==` builds an elementwise tensor, so it cannot define equality
         return id(self)
+
+    def __getstate__(self) -> tuple[None, dict[str, Any]]:
+        """Copies and pickles keep the data (and, for a view, its base) but not the weak list of
+        this tensor's own views: a copy's views are the copies of them."""
+        return None, {k: getattr(self, k) for k in ("_data", "_dtype", "_value", "_trace", "_device", "_view")}
+
+    def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
+        for k, v in state[1].items():
+            object.__setattr__(self, k, v)
+        self._views = None
+        if self._view is not None:
+            _views._register(self._view.base, self)
 
     def __iter__(self):
         for i in range(len(self)):
@@ -568,7 +616,7 @@ class Tensor:
     cumsum = _method("cumsum")
 
     # -- shapes
-    reshape = view = _method("reshape")  # Avalon has no strides, so a view is a reshape
+    reshape = view = _method("reshape")  # a view where torch's is one (avalon/views.py), else a copy
     transpose = _method("transpose")
     permute = _method("permute")
     flatten = _method("flatten")
@@ -660,10 +708,11 @@ class Tensor:
         """torch's broadcast: `x.expand(2, 3)` or `x.expand((2, 3))`; -1 keeps a dim."""
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
         lead = len(shape) - self.ndim
-        return _ops.broadcast_to(self, [self.shape[i - lead] if s == -1 else s for i, s in enumerate(shape)])
+        out = _ops.broadcast_to(self, [self.shape[i - lead] if s == -1 else s for i, s in enumerate(shape)])
+        return _views.link(self, out, _views.Expand(out.shape))  # a read-only view, as in torch
 
     def expand_as(self, other: Tensor) -> Tensor:
-        return _ops.broadcast_to(self, other.shape)
+        return self.expand(other.shape)
 
     def view_as(self, other: Tensor) -> Tensor:
         return _ops.reshape(self, other.shape)
@@ -671,8 +720,14 @@ class Tensor:
     reshape_as = view_as
 
     def contiguous(self, memory_format: Any = None) -> Tensor:
-        """Avalon tensors have no strides: always contiguous."""
-        return self
+        """This tensor, or, for a view whose elements torch would not hold contiguously (a transposed
+        or strided view), a copy, as torch's: writes to it leave the view's base alone."""
+        return self.clone() if not self.is_contiguous() else self
+
+    def is_contiguous(self, memory_format: Any = None) -> bool:
+        """torch's answer: False for views whose strides in their base are not row-major (`x.t()`,
+        `x[:, ::2]`, `x.expand(...)`); tensors that are no view are contiguous."""
+        return self._view is None or _views.is_contiguous(*self._view.layout[:2])
 
     # -- dtypes and copies
     def astype(self, dtype: Any) -> Tensor:
@@ -700,19 +755,12 @@ class Tensor:
         """The same values with no gradient flowing back (torch's detach, jax's stop_gradient),
         sharing this tensor's storage as in torch: `p.data.mul_(0)`, `x.detach().add_(1)` and a
         soft update `tp.data.copy_(...)` change the tensor itself, eagerly and in a trace."""
-        from .trace import current_trace
-        tr = current_trace()
-        if self._value is None and (tr is None or id(self) not in tr.leaves):
-            return Tensor._wrap(self._data, self._dtype, self._device)
-        out = _ops.stop_gradient(self)  # traced (a traced tensor, or a model's tensor the trace reads)
-        out._trace.alias_of[id(out)] = self
-        out._trace._keep.append(out)
-        return out
+        return _views.link(self, _detached(self), _views.Detach())  # a view: writes reach the base
 
     data = property(detach, doc="torch's `.data`: the values without gradient, the same storage.")
 
     def clone(self, memory_format: Any = None) -> Tensor:
-        """An independent copy: later item assignments to either leave the other alone."""
+        """An independent copy (no view of anything): later writes to either leave the other alone."""
         if self._value is not None:
             return Tensor._traced(self._value, self._trace)
         data = self._data.copy() if self._device == CPU else self._data.clone()
@@ -807,5 +855,77 @@ for _name, _fn in {**_INPLACE, **_INPLACE_MORE}.items():
     setattr(Tensor, _name, _inplace(_fn, _name))
 del _name, _fn
 
+# -- torch's legacy constructors: `av.Tensor(...)`, `av.FloatTensor(...)`, ... ---------------------------
+# `av.Tensor` (the name ported torch code calls and checks against) is not this module's `Tensor` but a
+# subclass standing for it: `isinstance(x, av.Tensor)` is `isinstance(x, Tensor)`, and calling it is
+# torch's legacy constructor. Avalon's own modules (and `avalon.tensor.Tensor`) keep the constructor
+# `Tensor(data, dtype=None, device=None)`, which keeps an array's dtype: the tracer turns numpy
+# arguments into tensors with it, so it cannot take torch's "every array becomes float32" rule.
+
+class _LegacyConstructor(type):
+    """Metaclass of `av.Tensor` and the typed names: torch's `torch.Tensor(*args)` when called, the
+    isinstance/issubclass checks of the tensors they stand for."""
+
+    _legacy_dtype: DType | None
+
+    def __call__(cls, *args: Any, device: Any = None, **kwargs: Any) -> Tensor:
+        return _legacy_new(cls.__name__, cls._legacy_dtype or default_float_dtype(), args, device, kwargs)
+
+    def __instancecheck__(cls, obj: Any) -> bool:
+        d = cls._legacy_dtype
+        return isinstance(obj, Tensor) and (d is None or (obj.dtype is d and not obj.is_cuda))
+
+    def __subclasscheck__(cls, sub: Any) -> bool:
+        return issubclass(sub, Tensor) if cls._legacy_dtype is None else type.__subclasscheck__(cls, sub)
+
+
+def _legacy_new(who: str, d: DType, args: tuple, device: Any, kwargs: dict) -> Tensor:
+    """torch's legacy `torch.Tensor(...)` rules: `()` an empty (0,) tensor; ints a tensor of that
+    shape (torch leaves its memory uninitialized, Avalon fills it with zeros); one sequence, array or
+    torch tensor a copy converted to the constructor's dtype (`av.Tensor`: the default float dtype,
+    `av.get_default_dtype()`); one Avalon tensor of that dtype itself (torch returns an alias)."""
+    if kwargs:
+        hint = " (torch's legacy constructors take no dtype: use av.tensor(data, dtype=...) or av.empty(size, " \
+               "dtype=...))" if "dtype" in kwargs else ""
+        raise TypeError(f"{who}() got unexpected keyword argument(s) {', '.join(map(repr, kwargs))}{hint}")
+    if not args:
+        return Tensor(np.zeros((0,), dtype=d.np), d, device)
+    if all(isinstance(a, (int, np.integer)) and not isinstance(a, (bool, np.bool_)) for a in args):
+        if any(a < 0 for a in args):
+            raise ValueError(f"{who}(): negative dimension in size {tuple(int(a) for a in args)}")
+        return Tensor(np.zeros(tuple(int(a) for a in args), dtype=d.np), d, device)
+    if len(args) != 1:
+        raise TypeError(f"{who}(): expected sizes (ints) or one sequence of numbers, got "
+                        f"({', '.join(type(a).__name__ for a in args)})")
+    data = args[0]
+    if isinstance(data, Tensor):
+        if data.dtype is not d:
+            raise TypeError(f"{who}(): expected a {d.name} tensor, got {data.dtype.name} (torch refuses it "
+                            f"too); convert it with .to({d.name}) or av.tensor(x, dtype=...)")
+        return data if device is None else data.to(device)
+    if isinstance(data, (float, complex, bool, np.generic)) or data is None:
+        raise TypeError(f"{who}(): data must be a sequence, got {type(data).__name__} (as torch says); "
+                        f"av.tensor({data!r}) makes a 0-d tensor")
+    return Tensor(np.array(as_array(data), dtype=d.np), d, device)
+
+
+def _legacy_type(name: str, d: DType | None) -> type:
+    doc = (f"torch.{name}: `{name}(*sizes)` (zeros), `{name}(data)` (a {d.name if d else 'default-dtype'} copy); "
+           f"`isinstance(x, {name})` holds for {'every Avalon tensor' if d is None else f'CPU {d.name} tensors'}.")
+    cls = _LegacyConstructor(name, (Tensor,), {"__slots__": (), "__doc__": doc, "_legacy_dtype": d,
+                                               "__module__": __name__ if d is None else "avalon"})
+    return cls
+
+
+TorchTensor = _legacy_type("Tensor", None)
+"""`av.Tensor`: see `_legacy_new`. Named and placed (`avalon.tensor.Tensor`) as the class it stands for,
+so `inspect.getsource(av.Tensor)` and pickled references find the real class."""
+
+LEGACY_TYPES: dict[str, type] = {name: _legacy_type(name, dt.dtype(code)) for code, name in _TYPE_NAMES.items()}
+"""`av.FloatTensor`, `av.DoubleTensor`, `av.HalfTensor`, `av.BFloat16Tensor`, `av.IntTensor`,
+`av.LongTensor`, `av.BoolTensor` (torch's typed constructors)."""
+
+
 # Last, because avalon.ops imports this module: Tensor's methods look the functions up when called.
 from . import ops as _ops  # noqa: E402
+from . import views as _views  # noqa: E402

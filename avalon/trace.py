@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from . import grad_mode, tree
+from . import grad_mode, tree, views
 from .device import CPU, Device
 from .ir import Builder, Graph, Location, ShapeError, TensorType, Value
 from .ir import dtypes as dt
 from .ir.builder import make_op
 from .ir.clone import clone_block
-from .tensor import FROZEN, Tensor, TracerError, as_array
+from .tensor import FROZEN, Tensor, TracerError, _to_torch, as_array
 
 _STACK: list[Trace] = []
 _PKG = os.path.dirname(os.path.abspath(__file__))
@@ -84,7 +84,6 @@ class Trace:
         self.updates: list[tuple[Tensor, Value]] = []
         self.stands_for: dict[int, Tensor] = {}  # traced argument -> the caller's Tensor
         self.updated: set[int] = set()  # ids of the targets in `updates`
-        self.alias_of: dict[int, Tensor] = {}  # a traced `.data` / `.detach()` -> the tensor it aliases
         self.seed_input: Value | None = None
         self._seeds = 0
 
@@ -155,6 +154,7 @@ class Trace:
         self.updated.add(id(target))
         self.leaves[id(target)] = v
         self._keep.append(target)
+        views.refresh(target)  # views of the target taken in this trace read the new value
 
 
 def located(e: Exception, loc: Location | None) -> Exception:
@@ -300,18 +300,18 @@ def trace_call(fn: Any, args: tuple, name: str | None = None) -> Traced:
         n = _count_leaves(tr)
         new_args.append(tree.unflatten(tr, [next(it) for _ in range(n)], a))
     roots = [m for m in (owner_model(fn), *args) if m is not None and tree.is_model(m)]
+    saved = _snapshot(roots)
     slots = _state_slots(roots)
     _STACK.append(t)
     try:
-        out = fn(*new_args)
+        try:
+            out = fn(*new_args)
+        finally:
+            _STACK.pop()
+        _settle_state(t, slots, roots)
     except BaseException:
-        for box, k, _, orig in slots:  # no tracer stays behind in the model
-            if isinstance(box[k], Tensor) and box[k]._trace is t:
-                box[k] = orig
+        _restore(saved)  # a failed trace leaves the model as it was: no tracer, no attribute lost or added
         raise
-    finally:
-        _STACK.pop()
-    _settle_state(t, slots, roots)
     out_leaves: list[tuple[str, Any]] = []
     out_tree = tree._flatten(out, "out", out_leaves)
     outs = []
@@ -324,9 +324,9 @@ def trace_call(fn: Any, args: tuple, name: str | None = None) -> Traced:
     return Traced(t.graph, objs, out_tree, len(outs), [tg for tg, _ in t.updates])
 
 
-def _containers(roots: list[Any]) -> Iterator[tuple[Any, Any, str]]:
-    """Every (container, key, dotted name) slot of the models `roots` (object attributes, list
-    items, dict values), each container once."""
+def _boxes(roots: list[Any]) -> Iterator[tuple[Any, str, Any]]:
+    """Every container of the models `roots` (a model's attribute dict, a list, a dict), each once,
+    with its dotted name and the object it is."""
     seen: set[int] = set()
     stack = [(r, "") for r in roots]
     while stack:
@@ -335,45 +335,123 @@ def _containers(roots: list[Any]) -> Iterator[tuple[Any, Any, str]]:
         if id(obj) in seen or isinstance(obj, (Tensor, tuple)) or not walked:
             continue
         seen.add(id(obj))
+        box = obj if isinstance(obj, (list, dict)) else obj.__dict__
+        yield box, prefix, obj
         items = enumerate(obj) if isinstance(obj, list) else (obj.items() if isinstance(obj, dict) else
                                                                ((k, v) for k, v in vars(obj).items()
                                                                 if not k.startswith("__")))
-        box = obj if isinstance(obj, (list, dict)) else obj.__dict__
         for k, v in list(items):
-            name = f"{prefix}.{k}" if prefix else str(k)
+            if not isinstance(v, Tensor):
+                stack.append((v, f"{prefix}.{k}" if prefix else str(k)))
+
+
+def _containers(roots: list[Any]) -> Iterator[tuple[Any, Any, str]]:
+    """Every (container, key, dotted name) slot of the models `roots` that holds a tensor."""
+    for box, prefix, obj in _boxes(roots):
+        items = enumerate(obj) if isinstance(obj, list) else (obj.items() if isinstance(obj, dict) else
+                                                               ((k, v) for k, v in vars(obj).items()
+                                                                if not k.startswith("__")))
+        for k, v in list(items):
             if isinstance(v, Tensor):
-                yield box, k, name
-            else:
-                stack.append((v, name))
+                yield box, k, f"{prefix}.{k}" if prefix else str(k)
 
 
 def _state_slots(roots: list[Any]) -> list[tuple[Any, Any, str, Tensor]]:
     return [(box, k, name, box[k]) for box, k, name in _containers(roots)]
 
 
+def _snapshot(roots: list[Any]) -> list[tuple[Any, Any]]:
+    """A shallow copy of every container of the models (sets inside them copied too: a module's
+    buffer-name sets), for `_restore` after a failed trace."""
+    out, seen = [], set()
+    for box, _, _ in _boxes(roots):
+        if id(box) in seen:  # a compiled module shows its original's attribute dict
+            continue
+        seen.add(id(box))
+        if isinstance(box, list):
+            out.append((box, list(box)))
+        else:
+            out.append((box, {k: set(v) if isinstance(v, set) else v for k, v in box.items()}))
+    return out
+
+
+def _restore(saved: list[tuple[Any, Any]]) -> None:
+    for box, copy in saved:
+        if isinstance(box, list):
+            box[:] = copy
+            continue
+        for k in [k for k in box if k not in copy]:
+            del box[k]
+        for k, v in copy.items():
+            if isinstance(v, set) and isinstance(box.get(k), set):
+                box[k].clear()
+                box[k].update(v)  # the same set object, its old members
+            elif box.get(k, _MISSING) is not v:
+                box[k] = v
+
+
+_MISSING = object()
+
+
 def _settle_state(t: Trace, slots: list[tuple[Any, Any, str, Tensor]], roots: list[Any]) -> None:
     """After the traced call: a model attribute rebound to a traced tensor (`self.count =
     self.count + 1`) becomes a state update of the tensor it held, which goes back in place (as
-    torch keeps the new value, and no tracer escapes into the model); one the model did not hold
-    before (`self.last = y`) cannot outlive the trace and is an error naming it."""
+    torch keeps the new value, and no tracer escapes into the model). A tensor that does not depend
+    on the traced call's inputs (a causal mask built from a length and cached on the model, new or
+    of a new shape) is computed now and kept as the attribute's concrete value, as Python keeps an
+    attribute. One that depends on the inputs, stored where the model held no tensor (`self.last =
+    y`) or held one of another shape, cannot outlive the trace: an error naming it (the caller then
+    restores the model)."""
     known = {(id(box), k) for box, k, _, _ in slots}
     for box, k, name, orig in slots:
         now = box[k]
         if now is orig or not isinstance(now, Tensor) or now._trace is not t:
             continue
-        box[k] = orig
         if now.shape != orig.shape or now.dtype is not orig.dtype:
+            const = _constant(t, now)
+            if const is not None:  # `self.src_mask = mask` for a shorter sequence
+                box[k] = const
+                continue
             raise TracerError(f"the traced function replaced the model's tensor '{name}' {orig.shape} "
-                              f"{orig.dtype.name} with a {now.shape} {now.dtype.name} one; state keeps its shape "
-                              "and dtype (return the new value instead)")
+                              f"{orig.dtype.name} with a {now.shape} {now.dtype.name} one that depends on its "
+                              "inputs; state keeps its shape and dtype (return the new value instead)")
+        box[k] = orig
         t.record_update(orig, now)
     for box, k, name in _containers(roots):
         v = box[k]
         if (id(box), k) not in known and v._trace is t:
-            del box[k]
-            raise TracerError(f"the traced function stored a traced tensor in the model's new attribute "
-                              f"'{name}'; it cannot outlive the trace. Return it, or keep a tensor there "
-                              f"before the call and update it (`self.{k} = ...` or `.copy_(...)`)")
+            const = _constant(t, v)
+            if const is not None:  # a cache computed from shapes or constants: a plain attribute
+                box[k] = const
+                continue
+            raise TracerError(f"the traced function stored a tensor that depends on its inputs in the model's "
+                              f"new attribute '{name}'; it cannot outlive the trace. Return it, or keep a tensor "
+                              f"there before the call and update it (`self.{k} = ...` or `.copy_(...)`)")
+
+
+def _constant(t: Trace, x: Tensor) -> Tensor | None:
+    """`x`'s value now, as a concrete tensor of x's class (a Buffer stays one), when it depends on
+    none of the graph's inputs (nor its random seed); else None. Computed with the reference rules."""
+    from .ir.reference import evaluate
+    cone, stack, seen = [], [x._value], set()
+    while stack:
+        v = stack.pop()
+        op = v.op
+        if op is None or op.regions or len(op.results) != 1:  # a graph input, or an op run otherwise
+            return None
+        if id(op) in seen:
+            continue
+        seen.add(id(op))
+        cone.append(op)
+        stack.extend(op.operands)
+    order = {id(op): i for i, op in enumerate(t.graph.ops)}
+    if any(id(op) not in order for op in cone):
+        return None
+    env: dict[int, np.ndarray] = {}
+    for op in sorted(cone, key=lambda o: order[id(o)]):
+        env[id(op.results[0])] = evaluate(op.name, op.attrs, [env[id(a)] for a in op.operands], op.results[0].type)
+    arr = np.ascontiguousarray(env[id(x._value)]).reshape(x.shape).copy()
+    return type(x)._wrap(arr if x.device == CPU else _to_torch(arr, x.dtype, x.device), x.dtype, x.device)
 
 
 class _Seed:
@@ -420,6 +498,9 @@ def inline(t: Trace, graph: Graph, inputs: list[Value]) -> list[Value]:
 
 def assign(target: Tensor, new: Tensor) -> None:
     """Update a state tensor in place (eagerly), or record the update in the active trace."""
+    if target._view is not None:  # a view held as state: the write goes to its base
+        views.write(target, new)
+        return
     tr = current_trace()
     if tr is not None and (new.is_traced or id(target) in tr.leaves):
         tr.record_update(target, new)
@@ -431,3 +512,4 @@ def assign(target: Tensor, new: Tensor) -> None:
         target._data[...] = src if src is not None else as_array(new, target.dtype)
     else:
         target._data.copy_(new.to(target.device)._data)  # a storage copy, not compute
+    views.refresh(target)

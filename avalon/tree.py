@@ -40,8 +40,19 @@ def _children(obj: Any) -> list[tuple[str, Any]] | None:
     if isinstance(obj, dict):
         return [(str(k), v) for k, v in obj.items()]
     if hasattr(obj, "__dict__"):
-        return [(k, v) for k, v in vars(obj).items() if not k.startswith("__")]
+        return own_first([(k, v) for k, v in vars(obj).items() if not k.startswith("__")])
     return None
+
+
+def own_first(attrs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """A model's attributes in torch's order: its own parameters, then its own buffers, then what
+    holds more (submodules, lists, dicts), each group in attribute (registration) order, as torch's
+    `named_parameters` and `state_dict` list a module's own tensors before its children's."""
+    params = [(k, v) for k, v in attrs if isinstance(v, Tensor) and _is_parameter(v)]
+    buffers = [(k, v) for k, v in attrs if isinstance(v, Tensor) and not _is_parameter(v)]
+    if not params and not buffers:
+        return attrs
+    return params + buffers + [(k, v) for k, v in attrs if not isinstance(v, Tensor)]
 
 
 def _is_parameter(t: Tensor) -> bool:

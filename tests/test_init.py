@@ -89,7 +89,7 @@ def test_simple_fills_in_place():
     assert not data.any()
     init.trunc_normal_(t, std=1.0, a=-0.5, b=0.5)
     assert data.min() >= -0.5 and data.max() <= 0.5
-    i = av.Tensor(np.zeros(3, np.int64))
+    i = av.tensor(np.zeros(3, np.int64))  # av.Tensor(array) is torch's legacy constructor: float32
     init.constant_(i, 7)
     assert i.dtype == av.int64 and (i.numpy() == 7).all()
 

@@ -355,8 +355,22 @@ def _captured_arrays(graph: Graph) -> bool:
     return any(op.name == "constant" and isinstance(op.attrs["value"], np.ndarray) for op in graph.walk())
 
 
+_TORCH_BACKENDS = ("inductor", "eager", "aot_eager", "cudagraphs")
+_TORCH_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+_said: set[str] = set()
+
+
+def _note_once(key: str, message: str) -> None:
+    if key not in _said:
+        _said.add(key)
+        from avalon.channels import get_logger
+        get_logger("compile").info(message)
+
+
 def compile(fn: Callable | None = None, backend: str | Any = "numpy", pipeline: str | PassManager | None = None,
-            *, check: bool | None = None) -> Any:
+            *, check: bool | None = None, model: Callable | None = None, mode: str | None = None,
+            fullgraph: bool = False, dynamic: bool | None = None, options: dict | None = None,
+            disable: bool = False) -> Any:
     """`av.compile(fn, backend="numpy" | "triton", pipeline=None, check=False) -> callable`.
 
     Traced and compiled once per input signature and cached. `pipeline` is a pipeline string or a
@@ -365,7 +379,57 @@ def compile(fn: Callable | None = None, backend: str | Any = "numpy", pipeline: 
     every pass of a pipeline string (slow; for debugging; see `avalon.compiler.check`).
     `AVALON_DEBUG_DIR=path` writes what each compile did under `path` (see `avalon.debug`).
     Usable as a decorator, bare or with arguments: `@av.compile(backend="triton")`.
+
+    A model (an `nn.Module`, or any object holding parameters that is called) gives an
+    `OptimizedModule` (`avalon.compiler.module`): calling it runs the compiled forward, and it is
+    still the model everywhere else (parameters, state_dict, train/eval, attributes, `av.grad`,
+    optimizers), as torch's `torch.compile(model)`. A function gives a `Compiled`.
+
+    torch's keywords are accepted: `model=` (torch's name for `fn`); `disable=True` returns `fn`
+    itself; `mode`, `options`, `fullgraph` and `dynamic` change nothing here: Avalon always compiles
+    the whole function into one graph (what `fullgraph=True` asks; data-dependent Python control flow
+    is an error, never a graph break), once per input signature (so `dynamic=True` does not make a
+    shape-generic graph), and its passes and autotuner are not configured by Inductor's modes or
+    options. torch's backend names ("inductor", "eager", "aot_eager", "cudagraphs") mean Avalon's
+    default backend ("numpy"), said once on the `avalon.compile` log channel.
     """
+    if model is not None:
+        if fn is not None:
+            raise TypeError("compile: got both fn and model= (torch's name for it); pass one")
+        fn = model
+    if mode not in _TORCH_MODES:
+        raise RuntimeError(f"compile: unrecognized mode={mode!r}, should be one of: "
+                           f"{', '.join(m for m in _TORCH_MODES if m)}")
+    if mode is not None and options is not None:
+        raise RuntimeError("compile: either mode or options can be specified, but both can't be specified at "
+                           "the same time (as torch says)")
+    if options is not None and not isinstance(options, dict):
+        raise TypeError(f"compile: options must be a dict, got {type(options).__name__}")
+    if isinstance(backend, str) and backend in _TORCH_BACKENDS:
+        _note_once(backend, f"av.compile(backend={backend!r}): torch's backend name; Avalon compiles with its "
+                            "default backend, 'numpy' (Avalon's own: 'numpy', 'cpu', 'triton', 'iree')")
+        backend = "numpy"
+    if mode not in (None, "default") or options:
+        _note_once("mode", "av.compile: torch's mode=/options= configure Inductor and change nothing here")
+
+    def build(f: Callable) -> Any:
+        if disable:
+            return f
+        compiled = Compiled(f, backend, pipeline, check)
+        if _is_model(f):
+            from .module import OptimizedModule
+            return OptimizedModule(f, compiled)
+        return compiled
+
     if fn is None:
-        return lambda f: Compiled(f, backend, pipeline, check)
-    return Compiled(fn, backend, pipeline, check)
+        return build
+    return build(fn)
+
+
+def _is_model(f: Any) -> bool:
+    """A model to wrap as a module: a called object holding state (not a function, a compiled
+    function, or a functools.partial)."""
+    import functools
+
+    from avalon.tree import is_model
+    return is_model(f) and callable(f) and not isinstance(f, (Compiled, functools.partial))

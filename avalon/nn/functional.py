@@ -38,7 +38,7 @@ __all__ = [
     "cosine_embedding_loss", "gaussian_nll_loss", "hinge_embedding_loss", "margin_ranking_loss", "multi_margin_loss",
     "multilabel_margin_loss", "multilabel_soft_margin_loss", "poisson_nll_loss", "soft_margin_loss",
     "triplet_margin_loss", "triplet_margin_with_distance_loss", "channel_shuffle", "ctc_loss", "fold", "unfold",
-    "affine_grid", "grid_sample",
+    "affine_grid", "grid_sample", "relu_", "elu_", "leaky_relu_", "hardtanh_", "threshold_", "celu_", "selu_",
 ]
 
 _Pair = int | Sequence[int]
@@ -85,18 +85,30 @@ def _expm1_nonpositive(x: Tensor) -> Tensor:
 
 
 def _softplus1(z: Tensor) -> Tensor:
-    """log(1 + exp(z)) without overflow: max(z, 0) + log1p(exp(-|z|))."""
-    return ops.add(ops.relu(z), _log1p(ops.exp(ops.neg(ops.abs(z)))))
+    """log(1 + exp(z)) without overflow: max(z, 0) + log1p(exp(-|z|)). Both kinks take the z >= 0
+    side at z = 0, so the gradient there is 1 - 1/2 = sigmoid(0), as torch's (relu and abs, whose
+    derivatives are 0 at 0, made it 0: softplus, logsigmoid and BCE-with-logits at logit 0)."""
+    pos = ops.ge(z, 0.0)
+    return ops.add(ops.where(pos, z, 0.0), _log1p(ops.exp(ops.neg(ops.where(pos, z, ops.neg(z))))))
 
 
 # -- activations --------------------------------------------------------------------------------
 
+def _inplace(input: Any, out: Tensor, inplace: bool, name: str) -> Tensor:
+    """torch's `inplace=True`: the result written into `input` (a tensor), which is returned, the
+    same object, as torch returns it; through views too (`F.relu(x[:, 1:], inplace=True)` changes x)."""
+    if not inplace or not isinstance(input, Tensor):
+        return out
+    from ..tensor import _update
+    return _update(input, out, f"{name}(inplace=True)")
+
+
 def relu(input: Any, inplace: bool = False) -> Tensor:
-    return ops.relu(_t(input))
+    return _inplace(input, ops.relu(_t(input)), inplace, "relu")
 
 
 def relu6(input: Any, inplace: bool = False) -> Tensor:
-    return hardtanh(input, 0.0, 6.0)
+    return hardtanh(input, 0.0, 6.0, inplace)
 
 
 def hardtanh(input: Any, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False) -> Tensor:
@@ -105,23 +117,25 @@ def hardtanh(input: Any, min_val: float = -1.0, max_val: float = 1.0, inplace: b
     x = _t(input)
     inside = ops.logical_and(ops.gt(x, min_val), ops.lt(x, max_val))
     clipped = ops.where(ops.le(x, min_val), min_val, ops.where(ops.ge(x, max_val), max_val, x))  # nan stays
-    return ops.where(inside, x, ops.stop_gradient(clipped))
+    return _inplace(input, ops.where(inside, x, ops.stop_gradient(clipped)), inplace, "hardtanh")
 
 
 def leaky_relu(input: Any, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
     x = _t(input)
-    return ops.where(ops.gt(x, 0), x, ops.mul(x, negative_slope))
+    return _inplace(input, ops.where(ops.gt(x, 0), x, ops.mul(x, negative_slope)), inplace, "leaky_relu")
 
 
 def elu(input: Any, alpha: float = 1.0, inplace: bool = False) -> Tensor:
     """x for x > 0, alpha * (exp(x) - 1) otherwise (the negative branch reads min(x, 0))."""
     x = _t(input)
-    return ops.where(ops.gt(x, 0), x, ops.mul(_expm1_nonpositive(ops.minimum(x, 0.0)), alpha))
+    pos = ops.gt(x, 0)  # the negative branch reads x itself at 0 (min(x, 0) would halve its gradient there)
+    out = ops.where(pos, x, ops.mul(_expm1_nonpositive(ops.where(pos, 0.0, x)), alpha))
+    return _inplace(input, out, inplace, "elu")
 
 
 def selu(input: Any, inplace: bool = False) -> Tensor:
     alpha, scale = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
-    return ops.mul(elu(input, alpha), scale)
+    return _inplace(input, ops.mul(elu(input, alpha), scale), inplace, "selu")
 
 
 def gelu(input: Any, approximate: str = "none") -> Tensor:
@@ -145,17 +159,17 @@ def tanh(input: Any) -> Tensor:
 
 def silu(input: Any, inplace: bool = False) -> Tensor:
     x = _t(input)
-    return ops.mul(x, ops.sigmoid(x))
+    return _inplace(input, ops.mul(x, ops.sigmoid(x)), inplace, "silu")
 
 
 def mish(input: Any, inplace: bool = False) -> Tensor:
     x = _t(input)
-    return ops.mul(x, ops.tanh(softplus(x)))
+    return _inplace(input, ops.mul(x, ops.tanh(softplus(x))), inplace, "mish")
 
 
 def hardsigmoid(input: Any, inplace: bool = False) -> Tensor:
     """relu6(x + 3) / 6, with torch's zero gradient at x = -3 and 3."""
-    return ops.div(hardtanh(ops.add(_t(input), 3.0), 0.0, 6.0), 6.0)
+    return _inplace(input, ops.div(hardtanh(ops.add(_t(input), 3.0), 0.0, 6.0), 6.0), inplace, "hardsigmoid")
 
 
 def hardswish(input: Any, inplace: bool = False) -> Tensor:
@@ -163,7 +177,8 @@ def hardswish(input: Any, inplace: bool = False) -> Tensor:
     would give -0.5 and 1.5 there)."""
     x = _t(input)
     mid = ops.mul(x, ops.div(ops.add(x, 3.0), 6.0))
-    return ops.where(ops.le(x, -3.0), ops.mul(x, 0.0), ops.where(ops.ge(x, 3.0), x, mid))
+    return _inplace(input, ops.where(ops.le(x, -3.0), ops.mul(x, 0.0), ops.where(ops.ge(x, 3.0), x, mid)), inplace,
+                    "hardswish")
 
 
 def softsign(input: Any) -> Tensor:
@@ -186,14 +201,47 @@ def logsigmoid(input: Any) -> Tensor:
 def celu(input: Any, alpha: float = 1.0, inplace: bool = False) -> Tensor:
     """x for x > 0, alpha * (exp(x / alpha) - 1) otherwise."""
     x = _t(input)
-    neg = ops.mul(_expm1_nonpositive(ops.div(ops.minimum(x, 0.0), alpha)), alpha)
-    return ops.where(ops.gt(x, 0), x, neg)
+    pos = ops.gt(x, 0)  # as in elu: the negative branch reads x itself at 0
+    neg = ops.mul(_expm1_nonpositive(ops.div(ops.where(pos, 0.0, x), alpha)), alpha)
+    return _inplace(input, ops.where(pos, x, neg), inplace, "celu")
 
 
 def threshold(input: Any, threshold: float, value: float, inplace: bool = False) -> Tensor:
     """x where x > threshold, else `value`."""
     x = _t(input)
-    return ops.where(ops.gt(x, threshold), x, value)
+    return _inplace(input, ops.where(ops.gt(x, threshold), x, value), inplace, "threshold")
+
+
+_threshold = threshold  # (threshold_'s argument `threshold` hides the function)
+
+
+def relu_(input: Tensor) -> Tensor:
+    """torch's F.relu_: relu written into `input`, which is returned."""
+    return relu(input, inplace=True)
+
+
+def elu_(input: Tensor, alpha: float = 1.0) -> Tensor:
+    return elu(input, alpha, inplace=True)
+
+
+def leaky_relu_(input: Tensor, negative_slope: float = 0.01) -> Tensor:
+    return leaky_relu(input, negative_slope, inplace=True)
+
+
+def hardtanh_(input: Tensor, min_val: float = -1.0, max_val: float = 1.0) -> Tensor:
+    return hardtanh(input, min_val, max_val, inplace=True)
+
+
+def threshold_(input: Tensor, threshold: float, value: float) -> Tensor:
+    return _threshold(input, threshold, value, inplace=True)
+
+
+def celu_(input: Tensor, alpha: float = 1.0) -> Tensor:
+    return celu(input, alpha, inplace=True)
+
+
+def selu_(input: Tensor) -> Tensor:
+    return selu(input, inplace=True)
 
 
 def tanhshrink(input: Any) -> Tensor:
@@ -250,8 +298,8 @@ def softmax(input: Any, dim: int | None = None, _stacklevel: int = 3, dtype: Any
     if dim is None:
         dim = _softmax_dim("softmax", x.ndim)
     ops.check_dim("softmax", dim, x.ndim)
-    if x.ndim == 0:
-        return ops.div(x, x)
+    if x.ndim == 0:  # 1 (NaN for inf or NaN, as torch); x / x was NaN at 0 too
+        return ops.exp(ops.sub(x, x))
     e = ops.exp(ops.sub(x, ops.amax(x, dim, keepdims=True)))
     return ops.div(e, ops.sum(e, dim, keepdims=True))
 
@@ -489,9 +537,9 @@ def dropout(input: Any, p: float = 0.5, training: bool = True, inplace: bool = F
     if not training or p == 0.0:
         return x
     if p == 1.0:
-        return ops.mul(x, 0.0)
+        return _inplace(input, ops.mul(x, 0.0), inplace, "dropout")
     keep = ops.ge(ops.random(next_seed(), x.shape, "uniform"), p)
-    return ops.where(keep, ops.mul(x, 1.0 / (1.0 - p)), 0.0)
+    return _inplace(input, ops.where(keep, ops.mul(x, 1.0 / (1.0 - p)), 0.0), inplace, "dropout")
 
 
 def _feature_dropout(x: Tensor, p: float, training: bool) -> Tensor:
@@ -529,17 +577,17 @@ def _channel_dropout(name: str, input: Any, p: float, training: bool, spatial: i
 
 def dropout1d(input: Any, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
     """Zero whole channels of (N, C, L) or (C, L) input with probability p, scaling the rest by 1/(1-p)."""
-    return _channel_dropout("dropout1d", input, p, training, 1, True)
+    return _inplace(input, _channel_dropout("dropout1d", input, p, training, 1, True), inplace, "dropout1d")
 
 
 def dropout2d(input: Any, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
     """Zero whole channels of (N, C, H, W) input with probability p, scaling the rest by 1/(1-p)."""
-    return _channel_dropout("dropout2d", input, p, training, 2, False)
+    return _inplace(input, _channel_dropout("dropout2d", input, p, training, 2, False), inplace, "dropout2d")
 
 
 def dropout3d(input: Any, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
     """Zero whole channels of (N, C, D, H, W) or (C, D, H, W) input with probability p."""
-    return _channel_dropout("dropout3d", input, p, training, 3, False)
+    return _inplace(input, _channel_dropout("dropout3d", input, p, training, 3, False), inplace, "dropout3d")
 
 
 def embedding(input: Any, weight: Any, padding_idx: int | None = None, max_norm: float | None = None,

@@ -152,3 +152,69 @@ def conv_default_(weight: Any, bias: Any = None) -> None:
         if fan_in != 0:
             bound = 1 / math.sqrt(fan_in)
             uniform_(bias, -bound, bound)
+
+
+# -- torch's structured initializers: orthogonal_, dirac_, eye_, sparse_ -----------------------------------
+
+__all__ += ["dirac_", "eye_", "orthogonal_", "sparse_"]
+
+
+def orthogonal_(tensor: Tensor, gain: float = 1.0, generator: np.random.Generator | None = None) -> Tensor:
+    """A (semi-)orthogonal matrix (Saxe et al., 2013), as torch: the Q of a QR decomposition of a
+    standard normal (rows, numel/rows) matrix (transposed when it is wide), its columns' signs fixed by
+    R's diagonal so that Q is uniformly (Haar) distributed, times `gain`. So W W^T = gain^2 I for a
+    wide W, W^T W = gain^2 I for a tall one, with W the tensor viewed as (rows, numel/rows)."""
+    if tensor.ndim < 2:
+        raise ValueError("Only tensors with 2 or more dimensions are supported")
+    if tensor.numel() == 0:
+        return tensor
+    rows = tensor.shape[0]
+    cols = tensor.numel() // rows
+    flat = _gen(generator).normal(0.0, 1.0, (rows, cols))
+    if rows < cols:
+        flat = flat.T
+    q, r = np.linalg.qr(flat)
+    q = q * np.sign(np.diag(r))
+    if rows < cols:
+        q = q.T
+    return _fill(tensor, gain * q.reshape(tensor.shape))
+
+
+def dirac_(tensor: Tensor, groups: int = 1) -> Tensor:
+    """The Dirac delta, as torch: a 3-, 4- or 5-d convolution weight that passes its input through
+    (per group, output channel d of a group takes input channel d at the kernel's centre; the rest 0)."""
+    dims = tensor.ndim
+    if dims not in (3, 4, 5):
+        raise ValueError("Only tensors with 3, 4, or 5 dimensions are supported")
+    sizes = tensor.shape
+    if sizes[0] % groups != 0:
+        raise ValueError("dim 0 must be divisible by groups")
+    per_group = sizes[0] // groups
+    out = np.zeros(sizes)
+    centre = tuple(s // 2 for s in sizes[2:])
+    for g in range(groups):
+        for d in range(min(per_group, sizes[1])):
+            out[(g * per_group + d, d) + centre] = 1
+    return _fill(tensor, out)
+
+
+def eye_(tensor: Tensor) -> Tensor:
+    """The identity matrix (ones on the diagonal of a 2-d tensor, rectangular too), as torch."""
+    if tensor.ndim != 2:
+        raise ValueError("Only tensors with 2 dimensions are supported")
+    return _fill(tensor, np.eye(*tensor.shape))
+
+
+def sparse_(tensor: Tensor, sparsity: float, std: float = 0.01,
+            generator: np.random.Generator | None = None) -> Tensor:
+    """A sparse matrix (Martens, 2010), as torch: N(0, std^2) values, then in every column
+    ceil(sparsity * rows) randomly chosen rows set to zero."""
+    if tensor.ndim != 2:
+        raise ValueError("Only tensors with 2 dimensions are supported")
+    rows, cols = tensor.shape
+    num_zeros = int(math.ceil(sparsity * rows))
+    g = _gen(generator)
+    out = g.normal(0.0, std, (rows, cols))
+    for c in range(cols):
+        out[g.permutation(rows)[:num_zeros], c] = 0
+    return _fill(tensor, out)

@@ -6,6 +6,7 @@ Forward passes call `avalon.nn.functional`, so they trace into ordinary IR ops.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
@@ -310,7 +311,7 @@ class Dropout(Module):
         self.p, self.inplace = p, inplace
 
     def forward(self, input: Any) -> Tensor:
-        return F.dropout(input, self.p, self.training)
+        return F.dropout(input, self.p, self.training, self.inplace)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, inplace={self.inplace}"
@@ -320,21 +321,21 @@ class Dropout1d(Dropout):
     """Zeroes whole channels of (N, C, L) or (C, L) input with probability p in training mode."""
 
     def forward(self, input: Any) -> Tensor:
-        return F.dropout1d(input, self.p, self.training)
+        return F.dropout1d(input, self.p, self.training, self.inplace)
 
 
 class Dropout2d(Dropout):
     """Zeroes whole channels of (N, C, H, W) input with probability p in training mode."""
 
     def forward(self, input: Any) -> Tensor:
-        return F.dropout2d(input, self.p, self.training)
+        return F.dropout2d(input, self.p, self.training, self.inplace)
 
 
 class Dropout3d(Dropout):
     """Zeroes whole channels of (N, C, D, H, W) or (C, D, H, W) input with probability p in training mode."""
 
     def forward(self, input: Any) -> Tensor:
-        return F.dropout3d(input, self.p, self.training)
+        return F.dropout3d(input, self.p, self.training, self.inplace)
 
 
 class Embedding(Module):
@@ -541,16 +542,22 @@ class ModuleList(_Indexed):
 class _Activation(Module):
     _fn: Any = None
     _args: tuple[str, ...] = ()
+    _repr_inplace = True  # torch's Hardswish, Hardsigmoid and Mish do not print their inplace flag
 
     def forward(self, input: Any) -> Tensor:
-        return type(self)._fn(input, *(getattr(self, a) for a in self._args))
+        args = (getattr(self, a) for a in self._args)
+        if getattr(self, "inplace", False):  # torch's inplace=True: the input is written and returned
+            return type(self)._fn(input, *args, inplace=True)
+        return type(self)._fn(input, *args)
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{a}={getattr(self, a)}" for a in self._args)
+        return ", ".join([f"{a}={getattr(self, a)}" for a in self._args]
+                         + (["inplace=True"] if self._repr_inplace and getattr(self, "inplace", False) else []))
 
 
 def _activation(name: str, fn: Any, args: tuple[tuple[str, Any], ...] = (), doc: str = "") -> type:
     names = tuple(a for a, _ in args)
+    takes_inplace = "inplace" in inspect.signature(fn).parameters
 
     def __init__(self, *pos: Any, inplace: bool = False, **kw: Any) -> None:
         Module.__init__(self)
@@ -563,6 +570,10 @@ def _activation(name: str, fn: Any, args: tuple[tuple[str, Any], ...] = (), doc:
             vals[a] = v
         for a in names:
             setattr(self, a, vals[a])
+        if takes_inplace:
+            self.inplace = bool(inplace)
+        elif inplace:
+            raise TypeError(f"{name}() got an unexpected keyword argument 'inplace'")
 
     return type(name, (_Activation,), {"__init__": __init__, "_fn": staticmethod(fn), "_args": names,
                                        "__doc__": doc or f"Module form of `functional.{fn.__name__}`.",
@@ -593,6 +604,7 @@ Tanhshrink = _activation("Tanhshrink", F.tanhshrink)
 Hardshrink = _activation("Hardshrink", F.hardshrink, (("lambd", 0.5),))
 Softshrink = _activation("Softshrink", F.softshrink, (("lambd", 0.5),))
 GLU = _activation("GLU", F.glu, (("dim", -1),))
+Hardswish._repr_inplace = Hardsigmoid._repr_inplace = Mish._repr_inplace = False
 
 
 class Threshold(Module):
@@ -603,10 +615,10 @@ class Threshold(Module):
         self.threshold, self.value, self.inplace = threshold, value, inplace
 
     def forward(self, input: Any) -> Tensor:
-        return F.threshold(input, self.threshold, self.value)
+        return F.threshold(input, self.threshold, self.value, self.inplace)
 
     def extra_repr(self) -> str:
-        return f"threshold={self.threshold}, value={self.value}"
+        return f"threshold={self.threshold}, value={self.value}" + (", inplace=True" if self.inplace else "")
 
 
 class Softmax2d(Module):

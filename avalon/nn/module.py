@@ -7,6 +7,7 @@ methods, plus `train()/eval()` and a torch-like `repr`.
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
@@ -43,7 +44,17 @@ def Parameter(data: Any, requires_grad: bool = True) -> Tensor:  # noqa: N802 - 
     a parameter, so this just makes `data` a Tensor (a copy unless it is one already), frozen with
     `requires_grad=False`."""
     t = data if isinstance(data, Tensor) and not isinstance(data, Buffer) else Tensor(np.array(as_array(data)))
+    key = id(t)
+    _DECLARED[key] = weakref.ref(t, lambda _: _DECLARED.pop(key, None))
     return t if requires_grad else t.requires_grad_(False)
+
+
+_DECLARED: dict[int, weakref.ref] = {}
+"""Tensors made by `Parameter(...)`, by id: assigned inside forward, they stay parameters (torch's
+lazily created parameters), where a plain tensor becomes a non-persistent buffer (`Module.__setattr__`)."""
+
+_IN_FORWARD: dict[int, int] = {}
+"""ids of the modules whose forward is running (with its depth): what `Module.__setattr__` asks."""
 
 
 def named_parameters(model: Any, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
@@ -69,9 +80,10 @@ def buffers(model: Any) -> Iterator[Tensor]:
 
 
 def state_dict(model: Any) -> dict[str, Tensor]:
-    """Parameters AND persistent buffers under PyTorch's key names, in attribute order (torch's
-    order for layers built like torch's); a tied tensor appears under each of its names, as in
-    torch. The values are the model's own tensors, not copies, as in torch."""
+    """Parameters AND persistent buffers under PyTorch's key names, in torch's order: a model's own
+    parameters, then its own buffers, then each child's entries, each in attribute (registration)
+    order; a tied tensor appears under each of its names, as in torch. The values are the model's
+    own tensors, not copies, as in torch."""
     skip = {f"{name}.{b}" if name else b for name, m in named_modules(model)
             for b in getattr(m, "_non_persistent_buffers", ())}
     return {k: t for k, t in tree.named_state(model) if k not in skip}
@@ -155,7 +167,7 @@ def _children(obj: Any) -> list[tuple[str, Any]]:
     if isinstance(obj, dict):
         return [(str(k), v) for k, v in obj.items()]
     if tree.is_model(obj):
-        return [(k, v) for k, v in vars(obj).items() if not k.startswith("__")]
+        return tree.own_first([(k, v) for k, v in vars(obj).items() if not k.startswith("__")])
     return []
 
 
@@ -224,7 +236,14 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.forward(*args, **kwargs)
+        key = id(self)
+        _IN_FORWARD[key] = _IN_FORWARD.get(key, 0) + 1
+        try:
+            return self.forward(*args, **kwargs)
+        finally:
+            n = _IN_FORWARD.pop(key) - 1
+            if n:
+                _IN_FORWARD[key] = n
 
     # parameters and state
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
@@ -293,9 +312,16 @@ class Module:
     register_module = add_module
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, Tensor) and not isinstance(value, Buffer) and name in self.__dict__.get(
-                "_buffer_names", ()):
-            value = _as_buffer(value)
+        """A buffer's name keeps it a buffer. A plain tensor (not made by `Parameter`) assigned inside
+        this module's forward where no tensor was (torch's `self.src_mask = mask` cache) is a plain
+        attribute in torch, neither trained nor saved: here a non-persistent buffer."""
+        if isinstance(value, Tensor) and not isinstance(value, Buffer):
+            if name in self.__dict__.get("_buffer_names", ()):
+                value = _as_buffer(value)
+            elif (id(self) in _IN_FORWARD and not isinstance(self.__dict__.get(name), Tensor)
+                  and id(value) not in _DECLARED):
+                self.register_buffer(name, value, persistent=False)
+                return
         object.__setattr__(self, name, value)
 
     # modes and placement

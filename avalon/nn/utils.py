@@ -32,7 +32,8 @@ from ..ir import dtypes as dt
 from ..tensor import Tensor
 from ..tree import is_model
 
-__all__ = ["clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_", "get_total_norm"]
+__all__ = ["clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_", "get_total_norm", "parameters_to_vector",
+           "vector_to_parameters"]
 
 Grads = Tensor | Mapping[str, Any] | Iterable[Any]
 
@@ -139,3 +140,50 @@ def clip_grad_value_(grads: Grads, clip_value: float, foreach: bool | None = Non
     for g in _grads(grads, "clip_grad_value_"):
         t = g if isinstance(g, Tensor) else Tensor(g)
         _write(g, ops.clamp(t, -c, c))
+
+
+# -- flattening: torch.nn.utils.parameters_to_vector / vector_to_parameters ---------------------------
+
+def _tensors_of(parameters: Any, fn: str) -> list[Tensor]:
+    """The tensors of `model.parameters()`, a list of tensors (gradients too: `grads.values()`) or a model."""
+    from ..tree import named_parameters
+    if isinstance(parameters, Tensor):
+        return [parameters]
+    items = [t for _, t in named_parameters(parameters)] if is_model(parameters) else list(parameters)
+    for t in items:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{fn}: expected Avalon tensors, got {type(t).__name__}")
+    return items
+
+
+def parameters_to_vector(parameters: Iterable[Tensor]) -> Tensor:
+    """torch.nn.utils.parameters_to_vector: the tensors flattened and concatenated, in order, into
+    one 1-D tensor (a new tensor; traceable)."""
+    items = _tensors_of(parameters, "parameters_to_vector")
+    devices = {str(t.device) for t in items}
+    if len(devices) > 1:
+        raise TypeError(f"parameters_to_vector: found parameters on different devices ({', '.join(sorted(devices))})")
+    if not items:
+        raise ValueError("parameters_to_vector: no parameters (torch.cat of an empty list fails the same way)")
+    return ops.cat([ops.reshape(t, (-1,)) for t in items], 0)
+
+
+def vector_to_parameters(vec: Tensor, parameters: Iterable[Tensor]) -> None:
+    """torch.nn.utils.vector_to_parameters: write consecutive slices of the 1-D `vec` into the
+    parameters, in place (inside compiled functions too, as state updates). torch rebinds each
+    parameter's `.data` to a view of `vec` (so later writes to `vec` show in the parameters);
+    Avalon copies the values, so they do not."""
+    from ..trace import assign
+    if not isinstance(vec, Tensor):
+        raise TypeError(f"vector_to_parameters: expected an Avalon Tensor, but got: {type(vec).__name__}")
+    items = _tensors_of(parameters, "vector_to_parameters")
+    if vec.ndim != 1:
+        raise ValueError(f"vector_to_parameters: expected a 1-D vector, got shape {vec.shape}")
+    total = sum(t.numel() for t in items)
+    if vec.shape[0] < total:
+        raise ValueError(f"vector_to_parameters: the vector has {vec.shape[0]} values, the parameters {total}")
+    pointer = 0
+    for t in items:
+        n = t.numel()
+        assign(t, ops.cast(ops.reshape(vec[pointer:pointer + n], t.shape), t.dtype))
+        pointer += n

@@ -19,6 +19,7 @@ from ..ir.dtypes import DType
 from ..ir.reference import evaluate
 from ..tensor import Tensor, as_array, default_float_dtype
 from ..trace import current_trace, located, user_location
+from ..views import Permute, Reshape, link
 
 Scalar = (int, float, bool, np.integer, np.floating, np.bool_)
 
@@ -43,11 +44,15 @@ def bind(opname: str, *operands: Any, **attrs: Any) -> Tensor:
         raise located(e, user_location()) from None
     devs = {o.device for o in operands if isinstance(o, Tensor)}
     rt = op.results[0].type
+    arrays = [as_array(o) for o in operands]
     try:
-        out = evaluate(opname, op.attrs, [as_array(o) for o in operands], rt)
+        out = evaluate(opname, op.attrs, arrays, rt)
     except (IndexError, ValueError, ArithmeticError) as e:  # a bad value (an index out of range): the user's line
         raise _relocated(e) from None
-    res = Tensor._wrap(np.ascontiguousarray(out).reshape(out.shape), rt.dtype, CPU)  # keep 0-d as 0-d
+    out = np.ascontiguousarray(out).reshape(out.shape)  # keep 0-d as 0-d
+    if out.base is not None and builtins.any(np.may_share_memory(out, a) for a in arrays):
+        out = out.copy()  # numpy's view of an operand: aliasing is views.py's business, not numpy's
+    res = Tensor._wrap(out, rt.dtype, CPU)
     dev = next(iter(devs)) if len(devs) == 1 else CPU
     return res if dev == CPU else res.to(dev)
 
@@ -494,7 +499,9 @@ def reshape(x: Any, *shape: Any) -> Tensor:
         if known == 0 or x.numel() % known:
             raise located(ShapeError(f"reshape: cannot reshape {x.shape} to {tuple(shape)}"), user_location())
         shape[shape.index(-1)] = x.numel() // known
-    return x if tuple(shape) == x.shape else bind("reshape", x, shape=shape)
+    if tuple(shape) == x.shape:
+        return x
+    return link(x, bind("reshape", x, shape=shape), Reshape(tuple(shape)))  # a view where torch's is one
 
 
 def permute(x: Any, *perm: Any) -> Tensor:
@@ -508,7 +515,7 @@ def permute(x: Any, *perm: Any) -> Tensor:
     p = [check_dim("permute", d, x.ndim) for d in perm]
     if len(set(p)) != len(p):
         raise fail(ArgumentError(f"permute: duplicate dims are not allowed, got {tuple(perm)}"))
-    return x if p == list(range(x.ndim)) else bind("transpose", x, perm=p)
+    return x if p == list(range(x.ndim)) else link(x, bind("transpose", x, perm=p), Permute(tuple(p)))
 
 
 def transpose(x: Any, *dims: Any, dim0: int | None = None, dim1: int | None = None) -> Tensor:

@@ -153,22 +153,26 @@ def full_like(input: Any, fill_value: Any, *, dtype: Any = None, device: Any = N
 
 def _random(fn: str, size: tuple, distribution: str, dtype: Any, device: Any, generator: Any, out: Any,
             layout: Any) -> Tensor:
-    unsupported(fn, generator=generator, out=out, layout=layout)
+    unsupported(fn, out=out, layout=layout)
     d = dtype_arg(fn, dtype) if dtype is not None else default_float_dtype()
     if not d.is_float:
         raise TypeError(f"{fn}: argument 'dtype' must be a floating-point type, got {d.name}")
-    return place(random(_rng.next_seed(), size_args(fn, size), distribution, d), device)
+    with _rng.using(generator, fn):  # an av.Generator's stream, eagerly (see avalon.random)
+        seed = _rng.next_seed()
+    return place(random(seed, size_args(fn, size), distribution, d), device)
 
 
 def rand(*size: Any, dtype: Any = None, device: Any = None, requires_grad: bool = False, generator: Any = None,
          out: Any = None, layout: Any = None) -> Tensor:
-    """Uniform on [0, 1), from Avalon's generator (`av.manual_seed`); a `random` op when traced."""
+    """Uniform on [0, 1), from Avalon's generator (`av.manual_seed`, or `generator=`, an av.Generator);
+    a `random` op when traced."""
     return _random("rand", size, "uniform", dtype, device, generator, out, layout)
 
 
 def randn(*size: Any, dtype: Any = None, device: Any = None, requires_grad: bool = False, generator: Any = None,
           out: Any = None, layout: Any = None) -> Tensor:
-    """Standard normal, from Avalon's generator (`av.manual_seed`); a `random` op when traced."""
+    """Standard normal, from Avalon's generator (`av.manual_seed`, or `generator=`, an av.Generator);
+    a `random` op when traced."""
     return _random("randn", size, "normal", dtype, device, generator, out, layout)
 
 
@@ -208,18 +212,26 @@ __all__ = ["arange", "empty", "empty_like", "eye", "full_like", "iota", "linspac
 # -- torch's namespace helpers: numpy interop, seeds, default dtype, memory formats -----------------
 
 def from_numpy(ndarray: np.ndarray) -> Tensor:
-    """torch.from_numpy: a CPU tensor sharing `ndarray`'s memory (writes through either show in the
-    other, in-place ops and compiled state updates included). Avalon tensors have no strides, so a
-    non-contiguous array is refused rather than silently copied (`np.ascontiguousarray` it, or use
-    `av.tensor` for a copy); numpy dtypes Avalon lacks (uint8, int16, ...) are refused too."""
+    """torch.from_numpy: a CPU tensor sharing a C-contiguous `ndarray`'s memory (writes through either
+    show in the other, in-place ops and compiled state updates included).
+
+    What differs from torch: Avalon tensors have no strides, so a non-contiguous array (a slice
+    `a[1:, :-1]`, a transpose, a negative stride) gives a contiguous COPY, with a warning: its values,
+    but writes to the tensor do not reach the array, nor the array's to the tensor, where torch's
+    tensor would share them. `np.ascontiguousarray(a)` first makes the sharing explicit. numpy dtypes
+    Avalon lacks (uint8, int16, ...) are refused."""
     if not isinstance(ndarray, np.ndarray):
         raise TypeError(f"from_numpy: expected np.ndarray (got {type(ndarray).__name__})")
     d = dtype_arg("from_numpy", ndarray.dtype)
     if d.np != ndarray.dtype:  # another byte order
         raise TypeError(f"from_numpy: the array's dtype {ndarray.dtype} is not in native byte order")
     if not ndarray.flags.c_contiguous:
-        raise ValueError("from_numpy: Avalon tensors have no strides, so they can share only a C-contiguous "
-                         "array's memory; pass np.ascontiguousarray(a) (a copy) or use av.tensor(a)")
+        import warnings
+        warnings.warn("from_numpy: the array is not C-contiguous and Avalon tensors have no strides, so the "
+                      "tensor is a copy: writes to it do not reach the array, nor the array's to it (torch's "
+                      "would share them). np.ascontiguousarray(a) before from_numpy makes the copy explicit.",
+                      UserWarning, stacklevel=2)
+        ndarray = np.array(ndarray, order="C")  # (np.ascontiguousarray would make 0-d 1-d)
     return Tensor._wrap(ndarray, d, CPU)
 
 

@@ -9,11 +9,13 @@ from typing import Any
 
 import numpy as np
 
+from .. import views
 from ..ir import dtypes as dt
 from ..tensor import Tensor
 from .core import (
     _as_operand,
     _tensor,
+    add,
     bind,
     broadcast_to,
     cast,
@@ -21,6 +23,7 @@ from .core import (
     expand_dims,
     fail,
     full,
+    lt,
     ne,
     pad,
     reshape,
@@ -78,7 +81,7 @@ def _int_indices(i: Any, size: int, dim: int) -> Any:
         idx = _as_operand(i)
         if idx.dtype.is_float or idx.dtype is dt.bool_:
             raise fail(IndexError("tensors used as indices must be integer or boolean tensors"))
-        return idx
+        return where(lt(idx, 0), add(idx, size), idx)  # values known only when it runs: wrap negatives there
     if arr.dtype.kind not in "iu":
         if arr.size == 0:
             arr = arr.astype(np.int64)
@@ -103,7 +106,11 @@ def getitem(x: Tensor, index: Any) -> Tensor:
     start, limit, step, kept = [], [], [], []
     array_at: int | None = None  # position among kept dims
     array_idx = None
-    for i in (i for i in index if i is not None):
+    norm: list[Any] = []  # the index with concrete bounds, for a view's write-back (basic indexing only)
+    for i in index:
+        if i is None:
+            norm.append(None)
+            continue
         dim, size = len(start), x.shape[len(start)]
         if isinstance(i, slice):
             s, e, st = i.indices(size)
@@ -112,11 +119,13 @@ def getitem(x: Tensor, index: Any) -> Tensor:
             e = builtins.max(e, s)
             start.append(s), limit.append(e), step.append(st)
             kept.append(len(range(s, e, st)))
+            norm.append(slice(s, e, st))
         elif _is_int_index(i):
             j = int(i)
             if not -size <= j < size:
                 raise fail(IndexError(f"index {j} is out of bounds for dimension {dim} with size {size}"))
             start.append(j % size), limit.append(j % size + 1), step.append(1)
+            norm.append(j % size)
         elif _is_array_index(i):
             if array_at is not None:
                 raise fail(IndexError("only one integer-array index is supported"))
@@ -125,6 +134,19 @@ def getitem(x: Tensor, index: Any) -> Tensor:
             kept.append(size)
         else:
             raise fail(IndexError(f"unsupported index {i!r}"))
+    views._RAW[0] += 1
+    try:
+        y = _basic(x, index, start, limit, step, kept, array_at, array_idx)
+    finally:
+        views._RAW[0] -= 1
+    if array_at is not None:  # advanced indexing gives a copy, as in torch (`x[[0, 1]]` of 2 rows too)
+        return y.clone() if y is x else y
+    return views.link(x, y, views.Index(tuple(norm)))  # basic indexing is a view of x, as in torch
+
+
+def _basic(x: Tensor, index: tuple, start: list[int], limit: list[int], step: list[int], kept: list[int],
+           array_at: int | None, array_idx: Any) -> Tensor:
+    """getitem's result from its slice bounds (and its one integer-array index, gathered)."""
     y = reshape(slice_(x, start, limit, step), kept)
     if array_at is not None:
         y = _gather(y, array_idx, array_at)

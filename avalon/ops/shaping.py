@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import views
 from ..ir import ShapeError
 from ..ir import dtypes as dt
 from ..tensor import Tensor
@@ -75,7 +76,8 @@ def narrow(input: Any, dim: int, start: int, length: int) -> Tensor:
                                  f"({x.shape[d]})"), user_location())
     lo, hi = [0] * x.ndim, list(x.shape)
     lo[d], hi[d] = start, start + length
-    return slice_(x, lo, hi)
+    index = tuple(slice(a, b, 1) for a, b in zip(lo, hi))
+    return views.link(x, slice_(x, lo, hi), views.Index(index))  # a view, as in torch (split, chunk too)
 
 
 def split(tensor: Any, split_size_or_sections: int | Sequence[int], dim: int = 0) -> tuple[Tensor, ...]:
@@ -342,7 +344,13 @@ def _diagonal(x: Tensor, offset: int, dim1: int, dim2: int) -> Tensor:
 def diagonal(input: Any, offset: int = 0, dim1: int = 0, dim2: int = 1) -> Tensor:
     """torch.diagonal: the diagonal of the (dim1, dim2) planes as a new last dim. The square block
     holding it, flattened, has the diagonal at every (L + 1)-th element: one strided slice."""
-    return _diagonal(_tensor(input), int(offset), dim1, dim2)
+    x = _tensor(input)
+    views._RAW[0] += 1
+    try:
+        y = _diagonal(x, int(offset), dim1, dim2)
+    finally:
+        views._RAW[0] -= 1
+    return views.link(x, y, views.Diagonal(int(offset), _dim("diagonal", x, dim1), _dim("diagonal", x, dim2)))
 
 
 def diag(input: Any, diagonal: int = 0) -> Tensor:

@@ -1,5 +1,6 @@
 """Optimizers with `torch.optim`'s update rules and signatures: `SGD`, `Adam`, `AdamW`, `RMSprop`,
-`Adagrad`, `Adamax`, `NAdam`, `RAdam`; learning-rate schedulers in `avalon.optim.lr_scheduler`.
+`Adagrad`, `Adadelta`, `Adamax`, `NAdam`, `RAdam`, and `LBFGS` (whose `step(closure)` takes a closure
+returning `(loss, grads)`; see `avalon.optim.lbfgs`); learning-rate schedulers in `avalon.optim.lr_scheduler`.
 
 What an optimizer is given (`params`, torch's first argument):
 - a model (any object holding parameters) or a single Tensor: its parameters, named as `av.grad` names
@@ -59,8 +60,8 @@ from ..tensor import Buffer, Tensor
 from ..trace import assign, current_trace
 from ..tree import is_array_like, is_model, named_parameters
 
-__all__ = ["SGD", "Adagrad", "Adam", "AdamW", "Adamax", "NAdam", "Optimizer", "ParamGroup", "RAdam", "RMSprop",
-           "lr_scheduler"]
+__all__ = ["LBFGS", "SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "NAdam", "Optimizer", "ParamGroup",
+           "RAdam", "RMSprop", "lr_scheduler"]
 
 
 def _scalar_buffer(value: Any, dtype: dt.DType, device: Any) -> Buffer:
@@ -1064,3 +1065,6 @@ def _moments(state: dict, g: Any, s: dict, st: dict) -> tuple[Any, Any]:
     assign(state["exp_avg_sq"], v)
     return m, v
 
+
+from .adadelta import Adadelta  # noqa: E402  (they import Optimizer from here)
+from .lbfgs import LBFGS  # noqa: E402

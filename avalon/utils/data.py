@@ -47,17 +47,18 @@ def _note_once(key: str, message: str) -> None:
 
 
 def _checked(generator: Any) -> Any:
-    """`generator` if it is None or a numpy Generator; torch.Generator and the like are refused."""
-    if generator is None or isinstance(generator, np.random.Generator):
+    """`generator` if it is None, an av.Generator (torch.Generator's stand-in) or a numpy Generator;
+    anything else (a torch.Generator) is refused."""
+    if generator is None or isinstance(generator, (np.random.Generator, _rng.Generator)):
         return generator
-    raise TypeError(f"generator: expected None or a numpy Generator (np.random.default_rng(seed)), got "
-                    f"{type(generator).__name__}; Avalon's loaders draw from av.manual_seed's generator by default")
+    raise TypeError(f"generator: expected None, an av.Generator or a numpy Generator (np.random.default_rng(seed)), "
+                    f"got {type(generator).__name__}; Avalon's loaders draw from av.manual_seed's generator by default")
 
 
 def _generator(generator: Any) -> np.random.Generator:
-    """The numpy generator to draw from: the given one, or Avalon's global one, looked up now so that
-    `av.manual_seed` between epochs takes effect."""
-    return _rng.generator() if _checked(generator) is None else generator
+    """The numpy generator to draw from: the given one's, or Avalon's global one, looked up now so that
+    `av.manual_seed` (or `g.manual_seed`) between epochs takes effect."""
+    return _rng.generator() if _checked(generator) is None else _rng.as_numpy(generator)
 
 
 # -- datasets -------------------------------------------------------------------------------------

@@ -1,0 +1,381 @@
+"""Views with torch's semantics on value tensors: functionalization.
+
+In torch, `x[0]`, `x[:, 1:]`, `x.t()`, `x.view(-1)`, `x.unsqueeze(0)`, `x.narrow(...)`, `x.split(...)`,
+`x.diagonal()`, `x.expand(...)` and `x.detach()` share `x`'s storage: an in-place op on the view
+changes `x`, an in-place op on `x` changes what the view reads, whenever it is read. Avalon's tensors
+are values (a numpy array, a GPU buffer, or an SSA value inside a trace), so the sharing is
+functionalized, as torch's own functionalization pass does for its compilers:
+
+- A view remembers its base (the first tensor of the chain that is not a view: views of views point
+  at it) and the chain of steps that derives it from the base (`Index` for basic indexing and
+  narrow/split/chunk/unbind, `Reshape` for view/reshape/flatten/squeeze/unsqueeze when torch's
+  would be a view, `Permute` for transpose/permute/t/movedim, `Expand`, `Diagonal`, `Detach`), and
+  its layout (sizes, strides and offset in the base's elements, as torch's strides), which decides
+  as in torch whether a reshape is a view or a copy and whether `contiguous()` copies.
+- An in-place op on a view computes the view's new value and writes it back into the base: each
+  step's `put` is the base with that step's region replaced (`setitem` for indexing, the inverse
+  permutation or reshape, a strided `setitem` for a diagonal), applied from the last step back to
+  the base. The base then takes its new value as any in-place op does (`tensor._replace`: eagerly
+  into its storage, in a trace as its new SSA value, recorded as a state update when the base is
+  an argument or a model's tensor), so autodiff sees the write (`setitem` is `where`/`pad`).
+- After any write to a base, its live views (weak references) are derived again from the new
+  value (`refresh`), so a view taken before the write reads the write afterwards, and a view
+  read after a write to another view of the same base sees it.
+
+One mechanism serves eager execution and traces: eager views do not rely on numpy's aliasing
+(strided slices and transposes are copies in numpy's contiguous storage, GPU tensors are torch
+buffers, and traced values are SSA values, so aliasing could only ever cover part of the cases),
+and eager ops do not hand out results that share an operand's memory (`ops.core.bind` copies
+them), so an eager result never differs from a traced one. The cost: an eager in-place op on a
+view rewrites its whole base (O(base), not O(view)). `.detach()`/`.data` additionally keep
+sharing the base's array eagerly, as before, so writes that bypass Avalon's in-place ops (a
+compiled call's buffers written in place) reach them too.
+
+Writes through an expanded view are refused, as torch refuses writes to a tensor whose elements
+overlap. `x.view(shape)` of a tensor torch could not view (a transposed one) gives a copy instead of
+torch's error.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+from typing import Any
+
+from . import trace as _trace_mod
+from .tensor import Tensor
+
+Layout = tuple[tuple[int, ...], tuple[int, ...], int]
+"""(sizes, strides, offset) of a view in its base's elements (the base is contiguous)."""
+
+_RAW = [0]
+"""Above 0 while steps are applied for write-back or refresh: the results are not views themselves."""
+
+
+def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    out, acc = [], 1
+    for s in reversed(shape):
+        out.append(acc)
+        acc *= max(s, 1)
+    return tuple(reversed(out))
+
+
+def is_contiguous(shape: tuple[int, ...], strides: tuple[int, ...]) -> bool:
+    """torch's rule: strides of size-1 dims do not matter, an empty tensor is contiguous."""
+    if math.prod(shape) == 0:
+        return True
+    expected = 1
+    for s, st in zip(reversed(shape), reversed(strides)):
+        if s != 1:
+            if st != expected:
+                return False
+            expected *= s
+    return True
+
+
+def compute_stride(old: tuple[int, ...], strides: tuple[int, ...], new: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The strides of `new` viewing a tensor of sizes `old` with `strides`, or None where torch's
+    `view` fails and `reshape` copies (at::detail::computeStride)."""
+    if not old:
+        return (1,) * len(new)
+    numel = math.prod(old)
+    if numel == 0:
+        return tuple(strides) if tuple(old) == tuple(new) else contiguous_strides(new)
+    newstride = [0] * len(new)
+    view_d = len(new) - 1
+    chunk_base = strides[-1]
+    tensor_numel = view_numel = 1
+    for d in range(len(old) - 1, -1, -1):
+        tensor_numel *= old[d]
+        if d == 0 or (old[d - 1] != 1 and strides[d - 1] != tensor_numel * chunk_base):
+            while view_d >= 0 and (view_numel < tensor_numel or new[view_d] == 1):
+                newstride[view_d] = view_numel * chunk_base
+                view_numel *= new[view_d]
+                view_d -= 1
+            if view_numel != tensor_numel:
+                return None
+            if d > 0:
+                chunk_base = strides[d - 1]
+                tensor_numel = view_numel = 1
+    return tuple(newstride) if view_d == -1 else None
+
+
+def _ops() -> Any:
+    from . import ops
+    return ops
+
+
+class Step:
+    """One view op: `apply(x)` derives the view of `x`, `put(x, v)` is `x` with that view's elements
+    replaced by `v`, `layout(l)` the view's layout from `x`'s (None: torch would copy)."""
+
+    __slots__ = ()
+
+    def apply(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def put(self, x: Tensor, v: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def layout(self, lay: Layout) -> Layout | None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(repr(getattr(self, s)) for s in self.__slots__)})"
+
+
+class Index(Step):
+    """Basic indexing: a full index of ints (non-negative), slices (start, stop, positive step) and None."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: tuple) -> None:
+        self.index = index
+
+    def apply(self, x: Tensor) -> Tensor:
+        return _ops().getitem(x, self.index)
+
+    def put(self, x: Tensor, v: Tensor) -> Tensor:
+        return _ops().setitem(x, self.index, v)
+
+    def layout(self, lay: Layout) -> Layout:
+        shape, strides, off = lay
+        ns, nst, d = [], [], 0
+        for i in self.index:
+            if i is None:
+                ns.append(1)
+                nst.append(shape[d] * strides[d] if d < len(shape) else 1)
+            elif isinstance(i, slice):
+                n = len(range(i.start, i.stop, i.step))
+                if n:
+                    off += i.start * strides[d]
+                ns.append(n)
+                nst.append(strides[d] * i.step)
+                d += 1
+            else:
+                off += i * strides[d]
+                d += 1
+        return tuple(ns), tuple(nst), off
+
+
+class Reshape(Step):
+    __slots__ = ("shape",)
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = tuple(shape)
+
+    def apply(self, x: Tensor) -> Tensor:
+        return _ops().reshape(x, self.shape)
+
+    def put(self, x: Tensor, v: Tensor) -> Tensor:
+        return _ops().reshape(v, x.shape)
+
+    def layout(self, lay: Layout) -> Layout | None:
+        st = compute_stride(lay[0], lay[1], self.shape)
+        return None if st is None else (self.shape, st, lay[2])
+
+
+class Permute(Step):
+    __slots__ = ("perm",)
+
+    def __init__(self, perm: tuple[int, ...]) -> None:
+        self.perm = tuple(perm)
+
+    def apply(self, x: Tensor) -> Tensor:
+        return _ops().permute(x, list(self.perm))
+
+    def put(self, x: Tensor, v: Tensor) -> Tensor:
+        inv = [0] * len(self.perm)
+        for i, p in enumerate(self.perm):
+            inv[p] = i
+        return _ops().permute(v, inv)
+
+    def layout(self, lay: Layout) -> Layout:
+        shape, strides, off = lay
+        return tuple(shape[p] for p in self.perm), tuple(strides[p] for p in self.perm), off
+
+
+class Expand(Step):
+    """Read-only, as in torch: its elements overlap, so writing through it is refused."""
+
+    __slots__ = ("shape",)
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = tuple(shape)
+
+    def apply(self, x: Tensor) -> Tensor:
+        return _ops().broadcast_to(x, self.shape)
+
+    def put(self, x: Tensor, v: Tensor) -> Tensor:
+        if math.prod(self.shape) != x.numel():
+            raise _ops().fail(RuntimeError(
+                "unsupported operation: more than one element of the written-to tensor refers to a single memory "
+                f"location (an in-place write through x.expand{self.shape} of a tensor of shape {x.shape}). Please "
+                "clone() the tensor before performing the operation."))
+        return _ops().reshape(v, x.shape)
+
+    def layout(self, lay: Layout) -> Layout:
+        shape, strides, off = lay
+        lead = len(self.shape) - len(shape)
+        st = [0] * lead + [0 if s == 1 and n != 1 else t for s, t, n in zip(shape, strides, self.shape[lead:])]
+        return self.shape, tuple(st), off
+
+
+class Diagonal(Step):
+    """torch.diagonal(x, offset, dim1, dim2) with non-negative dims."""
+
+    __slots__ = ("offset", "dim1", "dim2")
+
+    def __init__(self, offset: int, dim1: int, dim2: int) -> None:
+        self.offset, self.dim1, self.dim2 = offset, dim1, dim2
+
+    def _geometry(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
+        n, m = shape[self.dim1], shape[self.dim2]
+        r0, c0 = (0, self.offset) if self.offset >= 0 else (-self.offset, 0)
+        return r0, c0, max(0, min(n - r0, m - c0))
+
+    def apply(self, x: Tensor) -> Tensor:
+        return _ops().diagonal(x, self.offset, self.dim1, self.dim2)
+
+    def put(self, x: Tensor, v: Tensor) -> Tensor:
+        ops = _ops()
+        r0, c0, size = self._geometry(x.shape)
+        if size == 0:
+            return x
+        perm = [i for i in range(x.ndim) if i not in (self.dim1, self.dim2)] + [self.dim1, self.dim2]
+        y = ops.permute(x, perm)
+        batch, m = y.shape[:-2], y.shape[-1]
+        flat = ops.reshape(y, batch + (y.shape[-2] * m,))
+        start = r0 * m + c0
+        diag = slice(start, start + (size - 1) * (m + 1) + 1, m + 1)  # every (m + 1)-th element from start
+        flat = ops.setitem(flat, (slice(None),) * len(batch) + (diag,), v)
+        return Permute(tuple(perm)).put(x, ops.reshape(flat, y.shape))
+
+    def layout(self, lay: Layout) -> Layout:
+        shape, strides, off = lay
+        r0, c0, size = self._geometry(shape)
+        keep = [i for i in range(len(shape)) if i not in (self.dim1, self.dim2)]
+        if size:
+            off += r0 * strides[self.dim1] + c0 * strides[self.dim2]
+        return (tuple(shape[i] for i in keep) + (size,),
+                tuple(strides[i] for i in keep) + (strides[self.dim1] + strides[self.dim2],), off)
+
+
+class Detach(Step):
+    """`.detach()` / `.data`: the same elements with no gradient. A write through it gives the base
+    the written value, with no gradient to what was written (the write is invisible to autodiff,
+    as torch's writes through `.data` are)."""
+
+    __slots__ = ()
+
+    def apply(self, x: Tensor) -> Tensor:
+        from .tensor import _detached
+        return _detached(x)
+
+    def put(self, x: Tensor, v: Tensor) -> Tensor:
+        return v
+
+    def layout(self, lay: Layout) -> Layout:
+        return lay
+
+
+class ViewOf:
+    """What makes a tensor a view: its base, the steps from the base, and its layout."""
+
+    __slots__ = ("base", "steps", "layout")
+
+    def __init__(self, base: Tensor, steps: tuple[Step, ...], layout: Layout) -> None:
+        self.base, self.steps, self.layout = base, steps, layout
+
+    def __repr__(self) -> str:
+        return f"ViewOf(steps={self.steps}, layout={self.layout})"
+
+
+def layout_of(x: Tensor) -> Layout:
+    return x._view.layout if x._view is not None else (x.shape, contiguous_strides(x.shape), 0)
+
+
+def link(x: Any, out: Tensor, step: Step) -> Tensor:
+    """Make `out` (just computed from `x` by `step`) a view of `x`'s base; returns `out`. A reshape
+    torch would copy (its layout is None) leaves `out` a tensor of its own."""
+    if _RAW[0] or out is x or not isinstance(x, Tensor) or not isinstance(out, Tensor):
+        return out
+    lay = step.layout(layout_of(x))
+    if lay is None:
+        return out
+    base, steps = (x._view.base, x._view.steps) if x._view is not None else (x, ())
+    out._view = ViewOf(base, steps + (step,), lay)
+    _register(base, out)
+    return out
+
+
+def _register(base: Tensor, view: Tensor) -> None:
+    refs = base._views
+    if refs is None:
+        refs = base._views = []
+    elif len(refs) >= 16 and len(refs) & (len(refs) - 1) == 0:  # at powers of two: drop the dead ones
+        refs[:] = [r for r in refs if r() is not None]
+    refs.append(weakref.ref(view))
+
+
+def derive(base: Tensor, steps: tuple[Step, ...]) -> Tensor:
+    """The value of the view `steps` of `base` now (not a view itself)."""
+    _RAW[0] += 1
+    try:
+        x = base
+        for s in steps:
+            x = s.apply(x)
+        return x
+    finally:
+        _RAW[0] -= 1
+
+
+def write(view: Tensor, new: Tensor) -> None:
+    """The in-place write `view := new`: the base gets `new` in the view's elements, then every live
+    view of the base (this one included) reads the base's new value."""
+    from .tensor import _replace
+    info = view._view
+    _RAW[0] += 1
+    try:
+        xs = [info.base]
+        for s in info.steps[:-1]:
+            xs.append(s.apply(xs[-1]))
+        cur = new
+        for s, x in zip(reversed(info.steps), reversed(xs)):
+            cur = s.put(x, cur)
+    finally:
+        _RAW[0] -= 1
+    _replace(info.base, cur)
+
+
+def refresh(base: Tensor) -> None:
+    """Derive every live view of `base` again from its current value (after a write to it)."""
+    refs = base._views
+    if not refs:
+        return
+    tr = _trace_mod.current_trace()
+    live = []
+    for r in refs:
+        v = r()
+        if v is None or v._view is None or v._view.base is not base:
+            continue
+        if v._value is not None and v._trace is not tr:  # a tracer of a finished trace: it is never read again
+            continue
+        live.append(r)
+        val = derive(base, v._view.steps)
+        _store(v, val, tr)
+    base._views = live
+
+
+def _store(v: Tensor, val: Tensor, tr: Any) -> None:
+    """Make the view `v` read `val`: its SSA value in a trace, its storage eagerly."""
+    if val._value is not None:
+        if v._value is not None:
+            v._value = val._value
+        elif tr is not None:  # an eager view of a tensor the trace updates: reads in the trace see the update
+            tr.leaves[id(v)] = val._value
+            tr._keep.append(v)
+        return
+    if v._value is not None:
+        return
+    from .tensor import _set_data
+    _set_data(v, val)
