@@ -158,3 +158,24 @@ def test_zero_size_constants_print_as_dense_empty_in_both_dialects():
         assert "dense<> : tensor<0xi1>" in text and "[]" not in text
         mlir_parse(text, unregistered=dialect == "avalon")
         xdsl_roundtrip(text)
+
+
+def test_float_literals_without_a_decimal_point_parse_upstream():
+    """Python writes some f64 values with no '.' (1e-05: layer_norm's eps in an f64 graph); MLIR
+    lexes `1e-05` as the integer 1 then `e`, so every f64 layer_norm failed in iree-compile."""
+    from avalon.ir import dtypes as dt
+    from avalon.ir import parse
+    from avalon.mlir.text import scalar
+    values = (1e-05, 1e16, -2e-300, 5e-324, 1.5, -3.0)
+    consts = "\n".join(f"  %c{i} = constant {{value = {v!r}, shape = [3], dtype = f64}} : tensor<3xf64>"
+                       for i, v in enumerate(values))
+    adds = "\n".join(f"  %a{i} = add %{'x' if i == 0 else f'a{i - 1}'}, %c{i} : tensor<3xf64>" for i in range(len(values)))
+    g = parse(f"func @f(%x: tensor<3xf64>) -> (tensor<3xf64>) {{\n{consts}\n{adds}\n  return %a{len(values) - 1}\n}}")
+    for v in values:
+        text = scalar(v, dt.float64)
+        assert "." in text and float(text) == v, (v, text)
+    for dialect in ("avalon", "linalg"):
+        text = to_mlir(g, dialect)
+        assert "1.0e-05" in text and "1.0e+16" in text and "5.0e-324" in text, text
+        mlir_parse(text, unregistered=dialect == "avalon")
+        xdsl_roundtrip(text)

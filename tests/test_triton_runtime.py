@@ -130,6 +130,28 @@ def test_dense_constants_empty_tensors_and_unused_results():
     check(g, fused=None)
 
 
+def test_a_zero_size_inner_dim_launches_nothing_and_reductions_over_it_fill():
+    """A zero-size dim after the first (a diagonal with an offset past its end, the fuzzer's case)
+    made the pointwise emitter's index arithmetic divide by zero at compile time; an op whose
+    results are all empty now launches no kernel, and a sum over an empty axis still writes zeros."""
+    import avalon as av
+    x, y = np.zeros((4, 0), np.float32), np.zeros((0, 2), np.float32)
+    f = av.compile(lambda x, y: (av.exp(x) * 2, x.sum(-1) + 1, x @ y + 1, av.sigmoid(x.T)), backend="triton")
+    e, s, m, t = f(x, y)
+    assert e.shape == (4, 0) and t.shape == (0, 4)
+    np.testing.assert_array_equal(s.numpy(), np.ones(4, np.float32))
+    np.testing.assert_array_equal(m.numpy(), np.ones((4, 2), np.float32))
+    d = np.random.default_rng(0).standard_normal((1, 5, 4)).astype(np.float32)
+    got = av.compile(lambda d: av.sigmoid(d.diagonal(1, 1, 0)), backend="triton")(d)
+    assert got.shape == (4, 0)
+    g = av.compile(av.grad(lambda x: (av.exp(x) * 2).sum() + x.sum()), backend="triton")(x)
+    assert g.shape == (4, 0)
+    # an empty value reshaped inside a group whose result is not empty (a pad of it: a gradient's)
+    p = av.compile(lambda d: av.nn.functional.pad(d[:, :, :0].reshape(5, 0, 1) * 2, (0, 0, 1, 1), value=3.0),
+                   backend="triton")(d)
+    np.testing.assert_array_equal(p.numpy(), np.full((5, 2, 1), 3.0, np.float32))
+
+
 def test_memory_plan_pass_buffers_are_used_when_present():
     mp = pytest.importorskip("avalon.passes.memory_plan")
     g, b, (x,) = graph(((16,), "f32"))

@@ -56,7 +56,9 @@ def scalar(value: float | int | bool, d: DType) -> str:
     x = float(value)
     if not math.isfinite(x) or d in (dt.float16, dt.bfloat16):
         return f"0x{float_bits(x, d):0{d.itemsize * 2}X}"
-    return repr(float(np.asarray(x, d.np)))
+    text = repr(float(np.asarray(x, d.np)))
+    # MLIR lexes a float only with a decimal point: Python writes 1e-05 (f64 eps), MLIR needs 1.0e-05
+    return text if "." in text else text.replace("e", ".0e", 1)
 
 
 def dense(array: np.ndarray, t: TensorType) -> str:

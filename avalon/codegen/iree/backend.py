@@ -41,6 +41,8 @@ IREE = Target("iree", kinds=("pointwise",), memory_plan=False, strided_traits=()
 no memory plan; no strided reads, so the layout pass keeps every value row-major."""
 
 DEFAULT_FLAGS = ("--iree-llvmcpu-target-cpu=host", "--iree-input-demote-f64-to-f32=false", "--iree-opt-level=O3")
+NO_TRANSPOSE_PROPAGATION = "--iree-global-opt-propagate-transposes=false"
+_TRANSPOSE_BUG = "'linalg.yield' op expected number of yield values"
 
 
 def flags(base: Sequence[str] = DEFAULT_FLAGS) -> list[str]:
@@ -92,13 +94,24 @@ def compile_error(diagnostics: str, source: str) -> IreeCompileError:
 def compile_module(source: str, extra_flags: Sequence[str] = (), base: Sequence[str] = DEFAULT_FLAGS) -> bytes:
     """IREE's compiled module (a .vmfb) for llvm-cpu from MLIR text; a failure raises
     `IreeCompileError` (short message, full output kept on it)."""
+    args = [*flags(base), *extra_flags]
     try:
-        return ireec.compile_str(source, target_backends=["llvm-cpu"], extra_args=[*flags(base), *extra_flags])
+        return ireec.compile_str(source, target_backends=["llvm-cpu"], extra_args=args)
     except ireec.CompilerToolError as e:
         full = str(e)
-        _LOG.debug("iree-compile failed:\n%s", full)
-        _LOG.debug("the module:\n%s", source)
-        raise compile_error(full, source) from None
+    if _TRANSPOSE_BUG in full and not any(a.startswith(NO_TRANSPOSE_PROPAGATION.split("=")[0]) for a in args):
+        # IREE 3.x's transpose propagation rewrites a multi-result linalg.generic one of whose results
+        # is transposed into a generic that yields more values than it has outs (a valid module:
+        # `y = x * 2; return y.T, y.exp()`); without that optimization the module compiles. Only
+        # modules that failed are compiled again, so no other module's code changes.
+        _LOG.debug("iree-compile hit its transpose-propagation bug; compiling again with %s", NO_TRANSPOSE_PROPAGATION)
+        try:
+            return ireec.compile_str(source, target_backends=["llvm-cpu"], extra_args=[*args, NO_TRANSPOSE_PROPAGATION])
+        except ireec.CompilerToolError as e:
+            full = str(e)
+    _LOG.debug("iree-compile failed:\n%s", full)
+    _LOG.debug("the module:\n%s", source)
+    raise compile_error(full, source) from None
 
 
 _CONFIG: Any = None

@@ -168,10 +168,12 @@ class _Lowerer:
             self.add_const(op.result, op.attrs["value"])
         elif self.target.is_view(op):
             self.shared.append((op.result, self.resolve(op.operands[0])))
-        elif op.name == "fusion":
-            self.lower_fusion(op)
         elif getattr(LOWERING.get(op.name), "runs_on_host", False):
             self.add_host_step(op)
+        elif op.results and all(r.type.numel == 0 for r in op.results):
+            self.written += list(op.results)  # nothing to compute (and no grid to index it by): no kernel
+        elif op.name == "fusion":
+            self.lower_fusion(op)
         else:
             self.lower_group(from_op(op, self.name(f"{op.name}_{len(self.kernels)}")), op.results)
 

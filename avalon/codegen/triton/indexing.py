@@ -305,6 +305,8 @@ def linearize(idx: Index, strides: Sequence[int], shape: Sequence[int] | None = 
 
 def delinearize(flat: Affine, shape: Sequence[int]) -> Index:
     """The row-major multi-index of flat offset `flat` in `shape`."""
+    if 0 in shape:  # no element to index (its row-major strides would divide by 0): an empty value
+        return tuple(Affine() for _ in shape)  # is only read under a mask that is all false (a pad's)
     st = row_major(shape)
     return tuple(Affine() if s == 1 else flat.floordiv_mod(st[d], None if d == 0 else s)
                  for d, s in enumerate(shape))
