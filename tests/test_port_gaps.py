@@ -382,3 +382,12 @@ def test_item_in_a_traced_loss_suggests_detach():
     _, g = av.value_and_grad(lambda model, x, r: (r - model(x).sum().detach()) * model(x).sum())(
         m, av.randn(2, 3), av.tensor(1.0))
     assert g["weight"].shape == (1, 3)
+
+
+def test_int32_sums_widen_to_int64_as_torch():
+    """torch's sum/cumsum of i32 are i64 (found by the Triton fuzz hunt); `dtype=` keeps i32."""
+    a = np.array([[2**30, 2**30], [3, -4]], np.int32)
+    for f in (lambda t: t.sum(), lambda t: t.sum(0), lambda t: t.cumsum(1), lambda t: t.sum(1, dtype=torch.int32)):
+        want, got = f(torch.tensor(a)), f(av.tensor(a))
+        assert str(got.dtype) == {torch.int64: "i64", torch.int32: "i32"}[want.dtype]
+        np.testing.assert_array_equal(got.numpy(), want.numpy())

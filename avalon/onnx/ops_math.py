@@ -201,7 +201,8 @@ def _reduction(fn: Any) -> Any:
 
 
 def _sum(x: Tensor, axes: Any, keep: bool, identity: bool = False) -> Tensor:
-    return x if identity else ops.sum(x, axes, keep)
+    """ONNX keeps the element type (torch's sum widens i32)."""
+    return x if identity else ops.sum(x, axes, keep, dtype=None if x.dtype is dt.bool_ else x.dtype)
 
 
 def _mean(x: Tensor, axes: Any, keep: bool, identity: bool = False) -> Tensor:
@@ -305,7 +306,7 @@ onnx_op("LogSoftmax")(_softmax_like(F.log_softmax))
 def cumsum(node: Node, x: Any, ax: Any) -> Tensor:
     x = T(x)
     a = axis(ints(ax, "axis")[0], x.ndim)
-    out = ops.cumsum(x, a, reverse=bool(node.attr("reverse", 0)))
+    out = ops.cumsum(x, a, reverse=bool(node.attr("reverse", 0)), dtype=x.dtype)  # ONNX keeps i32
     if node.attr("exclusive", 0):
         out = ops.sub(out, x)
     return out

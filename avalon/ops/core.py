@@ -651,12 +651,12 @@ def _dim_args(axis: Any, dim: Any, keepdims: Any, keepdim: Any) -> tuple[Any, bo
 
 def sum(x: Any, axis: Any = None, keepdims: bool = False, dtype: Any = None, *,  # noqa: A001
         dim: Any = None, keepdim: bool | None = None) -> Tensor:
-    """Sum over `axis` (torch: `dim`); booleans sum as i64, as in torch."""
+    """Sum over `axis` (torch: `dim`); booleans and i32 sum as i64, as in torch (`dtype=` keeps i32)."""
     x = _tensor(x)
     axis, keepdims = _dim_args(axis, dim, keepdims, keepdim)
     if dtype is not None:
         x = cast(x, dtype_arg("sum", dtype))
-    elif x.dtype is dt.bool_:
+    elif x.dtype in (dt.bool_, dt.int32):
         x = cast(x, dt.int64)
     axes = _axes(x, axis, "sum")
     if not axes:
@@ -816,8 +816,8 @@ def argmin(x: Any, axis: int | None = None, keepdims: bool = False, *, dim: int 
 def cumsum(input: Any, dim: int | None = None, reverse: bool = False, *, axis: int | None = None,
            dtype: Any = None, out: Any = None) -> Tensor:
     """Inclusive running sum along `dim` (torch.cumsum(x, dim, dtype=None); jax.lax.cumsum's
-    `reverse`). Booleans count as i64, as in torch; i32 stays i32 like Avalon's `sum` (torch widens
-    it to i64; ONNX's CumSum, which imports to this, keeps it), unless `dtype` says otherwise."""
+    `reverse`). Booleans and i32 count as i64, as in torch, unless `dtype` says otherwise (ONNX's
+    CumSum, which keeps i32, passes it)."""
     unsupported("cumsum", out=out)
     dim = axis if axis is not None else dim
     if dim is None:
@@ -825,7 +825,7 @@ def cumsum(input: Any, dim: int | None = None, reverse: bool = False, *, axis: i
     x = _tensor(input)
     if dtype is not None:
         x = cast(x, dtype_arg("cumsum", dtype))
-    elif x.dtype is dt.bool_:
+    elif x.dtype in (dt.bool_, dt.int32):
         x = cast(x, dt.int64)
     return bind("cumsum", x, axis=check_dim("cumsum", dim, x.ndim), reverse=bool(reverse))
 
