@@ -3,6 +3,7 @@ jax.jit when installed), in one process, rounds interleaved, 2 threads, medians.
 
     OPENBLAS_CORETYPE= OPENBLAS_L2_SIZE= python benchmarks/cpu_step.py [--rounds 10] [--steps 5] [--threads 2]
                                                                       [--torch-compile] [--no-jax] [--check] [--native]
+                                                                      [--models lenet,vae,gpt,resnet]
 
 (unset both OpenBLAS variables for this command only: they pin an older kernel on some CPUs.)
 Each round times `--steps` steps of every contender in turn (after one untimed step, which absorbs the
@@ -13,6 +14,13 @@ threadpoolctl when installed, numpy's BLAS threads. It also reports the time to 
 (trace + grad + passes + codegen + one run; the BLAS library already initialized by one small matmul)
 and, with tracemalloc, the peak memory a steady Avalon LeNet step holds against the memory plan's
 live-set bound plus the parameters.
+
+Besides LeNet and the MLP VAE (SGD), two real-model steps: a small GPT (`zoo.GPT`: 2 layers, d=128,
+4 heads, sequence 64, vocabulary 512, batch 8, AdamW) and a narrow ResNet-18 (`zoo.ResNet` with widths
+16-32-64-128, two BasicBlocks per stage, 32x32 inputs, batch 16, batch norm in training mode, SGD with
+momentum 0.9). Their torch twins (`TorchGPT`, `TorchResNet`: torch's own layers, `F.scaled_dot_product_attention`,
+the tanh GELU, tied embeddings) take the same parameter names, so they start from the Avalon model's
+initial weights, and the script checks both first-step losses agree (rtol 1e-4) before timing.
 
 The jax.jit column appears when jax is importable (`pip install -e ".[bench]"`, CPU jaxlib is
 enough). It runs the same models written in jax (NCHW/OIHW `lax.conv_general_dilated`, max pool
@@ -52,9 +60,9 @@ import avalon as av  # noqa: E402
 from avalon import nn, optim, zoo  # noqa: E402
 
 
-def _avalon(make, loss_fn, batch, lr, backend="numpy"):
-    model = make()
-    opt = optim.SGD(model, lr=lr)
+def _avalon(make, loss_fn, batch, lr, backend="numpy", opt_fn=None, model=None):
+    model = make() if model is None else model
+    opt = optim.SGD(model, lr=lr) if opt_fn is None else opt_fn(model)
 
     def step(m, o, *xs):
         loss, grads = av.value_and_grad(loss_fn)(m, *xs)
@@ -62,13 +70,13 @@ def _avalon(make, loss_fn, batch, lr, backend="numpy"):
         return loss
     compiled = av.compile(step, backend=backend)
     t0 = time.perf_counter()
-    compiled(model, opt, *batch)
+    loss = compiled(model, opt, *batch)
     first = time.perf_counter() - t0
-    return (lambda: compiled(model, opt, *batch)), first, (compiled, model, opt)
+    return (lambda: compiled(model, opt, *batch)), first, (compiled, model, opt, float(np.asarray(loss.numpy())))
 
 
-def _torch(tm, tloss, batch, lr, compile_=False):
-    topt = torch.optim.SGD(tm.parameters(), lr=lr)
+def _torch(tm, tloss, batch, lr, compile_=False, opt_fn=None):
+    topt = torch.optim.SGD(tm.parameters(), lr=lr) if opt_fn is None else opt_fn(tm)
     tb = [torch.from_numpy(b) for b in batch]
     fwd = torch.compile(lambda *a: tloss(tm, *a)) if compile_ else (lambda *a: tloss(tm, *a))
 
@@ -210,6 +218,104 @@ def _check_jax(jax, kind, tm, tloss, batch, first_loss, full):
             f"{grel:.1e} ({'ok' if ok2 else 'MISMATCH'}, rtol 1e-4 / 1e-3)")
 
 
+class TorchGPT(torch.nn.Module):
+    """zoo.GPT in torch's layers, with zoo.GPT's parameter names (so its state dict loads here)."""
+
+    def __init__(self, cfg: zoo.GPTConfig):
+        super().__init__()
+        T = torch.nn
+
+        class Attn(T.Module):
+            def __init__(s):
+                super().__init__()
+                s.c_attn, s.c_proj = T.Linear(cfg.n_embd, 3 * cfg.n_embd), T.Linear(cfg.n_embd, cfg.n_embd)
+
+            def forward(s, x):
+                B, L, C = x.shape
+                q, k, v = (t.view(B, L, cfg.n_head, C // cfg.n_head).transpose(1, 2)
+                           for t in s.c_attn(x).split(cfg.n_embd, dim=2))
+                y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+                return s.c_proj(y.transpose(1, 2).contiguous().view(B, L, C))
+
+        class MLP(T.Module):
+            def __init__(s):
+                super().__init__()
+                s.c_fc, s.c_proj = T.Linear(cfg.n_embd, 4 * cfg.n_embd), T.Linear(4 * cfg.n_embd, cfg.n_embd)
+
+            def forward(s, x):
+                return s.c_proj(torch.nn.functional.gelu(s.c_fc(x), approximate="tanh"))
+
+        class Block(T.Module):
+            def __init__(s):
+                super().__init__()
+                s.ln_1, s.attn, s.ln_2, s.mlp = T.LayerNorm(cfg.n_embd), Attn(), T.LayerNorm(cfg.n_embd), MLP()
+
+            def forward(s, x):
+                x = x + s.attn(s.ln_1(x))
+                return x + s.mlp(s.ln_2(x))
+
+        self.transformer = T.ModuleDict(dict(wte=T.Embedding(cfg.vocab_size, cfg.n_embd),
+                                             wpe=T.Embedding(cfg.block_size, cfg.n_embd),
+                                             h=T.ModuleList([Block() for _ in range(cfg.n_layer)]),
+                                             ln_f=T.LayerNorm(cfg.n_embd)))
+        self.lm_head = T.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # tied, as zoo.GPT
+
+    def forward(self, idx):
+        x = self.transformer.wte(idx) + self.transformer.wpe(torch.arange(idx.shape[1]))
+        for block in self.transformer.h:
+            x = block(x)
+        return self.lm_head(self.transformer.ln_f(x))
+
+
+class TorchResNet(torch.nn.Module):
+    """zoo.ResNet in torch's layers, with zoo.ResNet's parameter and buffer names."""
+
+    def __init__(self, widths, blocks: int, classes: int = 10):
+        super().__init__()
+        T = torch.nn
+
+        class Basic(T.Module):
+            def __init__(s, cin, cout, stride):
+                super().__init__()
+                s.conv1, s.bn1 = T.Conv2d(cin, cout, 3, stride, 1, bias=False), T.BatchNorm2d(cout)
+                s.conv2, s.bn2 = T.Conv2d(cout, cout, 3, 1, 1, bias=False), T.BatchNorm2d(cout)
+                s.shortcut = (T.Sequential(T.Conv2d(cin, cout, 1, stride, bias=False), T.BatchNorm2d(cout))
+                              if stride != 1 or cin != cout else T.Sequential())
+
+            def forward(s, x):
+                return torch.relu(s.bn2(s.conv2(torch.relu(s.bn1(s.conv1(x))))) + s.shortcut(x))
+
+        self.conv1, self.bn1 = T.Conv2d(3, widths[0], 3, 1, 1, bias=False), T.BatchNorm2d(widths[0])
+        stages, cin = [], widths[0]
+        for i, w in enumerate(widths):
+            layers = []
+            for j in range(blocks):
+                layers.append(Basic(cin, w, 2 if i > 0 and j == 0 else 1))
+                cin = w
+            stages.append(T.Sequential(*layers))
+        self.layers = T.ModuleList(stages)
+        self.fc = T.Linear(cin, classes)
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        for stage in self.layers:
+            out = stage(out)
+        return self.fc(out.mean((2, 3)))
+
+
+def _from_avalon(tm: torch.nn.Module, model) -> torch.nn.Module:
+    """`tm` holding `model`'s current parameters and buffers (the same names)."""
+    tm.load_state_dict({k: torch.from_numpy(np.array(v.numpy() if hasattr(v, "numpy") else v))
+                        for k, v in model.state_dict().items()})
+    return tm
+
+
+def _gpt_loss(m, idx, y):
+    logits = m(idx)
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+
 def _lenet_loss(m, x, y):
     return zoo.nll(m(x), y)
 
@@ -223,7 +329,7 @@ def memory(make, loss_fn, batch, lr) -> dict:
     """Peak bytes traced during one steady step of the compiled LeNet step (its buffers, scratch and
     fresh outputs are all allocated inside the traced window), against plan bound + parameters."""
     tracemalloc.start()
-    run, _, (compiled, model, opt) = _avalon(make, loss_fn, batch, lr)
+    run, _, (compiled, model, opt, _) = _avalon(make, loss_fn, batch, lr)
     run()
     base = tracemalloc.get_traced_memory()[0]
     tracemalloc.reset_peak()
@@ -239,6 +345,24 @@ def memory(make, loss_fn, batch, lr) -> dict:
             "bound": 1.5 * (plan.live_peak_bytes + params)}
 
 
+def _timed(cont: dict, args, firsts: dict) -> tuple[dict, dict, dict]:
+    """Median wall and CPU ms per step of each contender, rounds interleaved."""
+    times: dict[str, list[float]] = {k: [] for k in cont}
+    cpu: dict[str, list[float]] = {k: [] for k in cont}
+    for f in cont.values():
+        f()  # warm
+    for _ in range(args.rounds):
+        for k, f in cont.items():
+            f()  # untimed: the previous contender's worker threads (OpenMP, XLA's pool) may still spin
+            t0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(args.steps):
+                f()
+            times[k].append((time.perf_counter() - t0) / args.steps * 1e3)
+            cpu[k].append((time.process_time() - c0) / args.steps * 1e3)
+    return ({k: statistics.median(v) for k, v in times.items()},
+            {k: statistics.median(v) for k, v in cpu.items()}, firsts)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=10)
@@ -251,6 +375,9 @@ def main() -> None:
     ap.add_argument("--check", action="store_true",
                     help="also compare jax's losses and gradients with torch's (VAE noise set to zero)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--models", default="lenet,vae,gpt,resnet",
+                    help="comma-separated subset of lenet, vae, gpt (2-layer d128 GPT, AdamW), resnet (narrow "
+                         "ResNet-18, SGD momentum)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     try:
@@ -269,8 +396,29 @@ def main() -> None:
         "VAE bs128": (zoo.VAE, _vae_loss, [rng.random((128, 784)).astype(np.float32)], TorchVAE, torch_vae_loss,
                       1e-5, "vae"),
     }
+    gpt_cfg = zoo.GPTConfig(block_size=64, vocab_size=512, n_layer=2, n_head=4, n_embd=128)
+    widths = (16, 32, 64, 128)
+    big = {  # name: (make, loss, batch, torch model from the Avalon model, torch loss, Avalon opt, torch opt)
+        "GPT 2L d128 T64 bs8": (lambda: zoo.GPT(gpt_cfg), zoo.gpt_loss,
+                                [rng.integers(0, 512, (8, 64)), rng.integers(0, 512, (8, 64))],
+                                lambda m: _from_avalon(TorchGPT(gpt_cfg), m), _gpt_loss,
+                                lambda m: optim.AdamW(m, lr=1e-4),
+                                lambda m: torch.optim.AdamW(m.parameters(), lr=1e-4)),
+        "ResNet-18 w16 32x32 bs16": (lambda: zoo.ResNet(widths, 2), lambda m, x, y: zoo.cross_entropy(m(x), y),
+                                     [rng.standard_normal((16, 3, 32, 32)).astype(np.float32),
+                                      rng.integers(0, 10, 16)],
+                                     lambda m: _from_avalon(TorchResNet(widths, 2), m),
+                                     lambda m, x, y: torch.nn.functional.cross_entropy(m(x), y),
+                                     lambda m: optim.SGD(m, lr=1e-3, momentum=0.9),
+                                     lambda m: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9)),
+    }
+    keys = {"lenet": "LeNet bs64", "vae": "VAE bs128", "gpt": "GPT 2L d128 T64 bs8",
+            "resnet": "ResNet-18 w16 32x32 bs16"}
+    wanted = [keys[k.strip()] for k in args.models.split(",") if k.strip()]
     rows, checks = {}, {}
     for name, (make, loss_fn, batch, tmake, tloss, lr, kind) in work.items():
+        if name not in wanted:
+            continue
         run, first, _ = _avalon(make, loss_fn, batch, lr)
         cpu_run, cpu_first, _ = _avalon(make, loss_fn, batch, lr, "cpu") if args.native else (None, None, None)
         firsts = {"Avalon": first}
@@ -287,32 +435,41 @@ def main() -> None:
             cont["jax.jit"] = jrun
         if args.torch_compile:
             cont["torch.compile"] = _torch(tmake(), tloss, batch, lr, compile_=True)
-        times: dict[str, list[float]] = {k: [] for k in cont}
-        cpu: dict[str, list[float]] = {k: [] for k in cont}
-        for f in cont.values():
-            f()  # warm
-        for _ in range(args.rounds):
-            for k, f in cont.items():
-                f()  # untimed: the previous contender's worker threads (OpenMP, XLA's pool) may still spin
-                t0, c0 = time.perf_counter(), time.process_time()
-                for _ in range(args.steps):
-                    f()
-                times[k].append((time.perf_counter() - t0) / args.steps * 1e3)
-                cpu[k].append((time.process_time() - c0) / args.steps * 1e3)
-        rows[name] = ({k: statistics.median(v) for k, v in times.items()},
-                      {k: statistics.median(v) for k, v in cpu.items()}, firsts)
+        rows[name] = _timed(cont, args, firsts)
+    for name, (make, loss_fn, batch, tfrom, tloss, aopt, topt) in big.items():
+        if name not in wanted:
+            continue
+        av.manual_seed(0)
+        model = make()
+        tm = tfrom(model)  # the same initial weights, before Avalon's first step updates them
+        tb = [torch.from_numpy(b) for b in batch]
+        with torch.no_grad():
+            t_first = float(tloss(tm, *tb))
+        run, first, (*_, a_first) = _avalon(make, loss_fn, batch, 0.0, "numpy", aopt, model)
+        rel = abs(a_first - t_first) / abs(t_first)
+        checks[name] = (f"first-step loss Avalon {a_first:.6g} vs torch {t_first:.6g}: rel {rel:.1e} "
+                        f"({'ok' if rel <= 1e-4 else 'MISMATCH'}, rtol 1e-4)")
+        cont = {"avalon": run, "torch eager": _torch(tm, tloss, batch, 0.0, opt_fn=topt)}
+        firsts = {"Avalon": first}
+        if args.native:
+            cont["avalon cpu"], firsts["Avalon cpu"], _ = _avalon(make, loss_fn, batch, 0.0, "cpu", aopt)
+        if args.torch_compile:
+            cont["torch.compile"] = _torch(tfrom(make()), tloss, batch, 0.0, compile_=True, opt_fn=topt)
+        rows[name] = _timed(cont, args, firsts)
     versions = f", jax {jax.__version__} (PJRT_NPROC={os.environ['PJRT_NPROC']})" if jax is not None else ""
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, load "
           f"{os.getloadavg()[0]:.1f}; python {platform.python_version()}, numpy {np.__version__}, torch "
           f"{torch.__version__}{versions}, {args.threads} threads")
     for name, check in checks.items():
-        print(f"jax check {name}: {check}")
+        print(f"{'jax ' if name in work else ''}check {name}: {check}")
     for name, (med, cmed, firsts) in rows.items():
         base, cbase = med["torch eager"], cmed["torch eager"]
         cells = ", ".join(f"{k} {v:.2f} ms ({v / base:.2f}x; cpu {cmed[k]:.2f} ms, {cmed[k] / cbase:.2f}x)"
                           for k, v in med.items())
         first = ", ".join(f"{k} {v:.3f} s" for k, v in firsts.items())
         print(f"{name}: {cells}; first step: {first}")
+    if "LeNet bs64" not in wanted:
+        return
     m = memory(*work["LeNet bs64"][:3], 0.01)
     mib = 2**20
     print(f"LeNet memory: step peak {m['peak_step_bytes'] / mib:.2f} MiB (resident buffers+scratch "

@@ -23,6 +23,7 @@ from avalon.passes.memory_plan import MemoryPlan, plan_memory
 from avalon.passes.target import Target
 from avalon.trace import located
 
+from . import kernels
 from .generator import Emission, generate
 from .loops import CPU, schedule
 
@@ -107,11 +108,14 @@ class GeneratedExecutable:
         if self._fn is None:
             self._fn = self._link()
         args = self._donor.prepare(self._checker.check_inputs(inputs))
+        threads = kernels.serial()  # small GEMMs on one BLAS thread (see `kernels.PARALLEL_MIN_MNK`)
         with np.errstate(all="ignore"):
             try:
                 return self._fn(*args)
             except (IndexError, ValueError) as e:  # an index out of range: say whose, as Triton does
                 raise self._located(e) from None
+            finally:
+                kernels.restore(threads)
 
     def _located(self, e: Exception) -> Exception:
         """`e` with the user's source line of the op whose generated line raised it."""

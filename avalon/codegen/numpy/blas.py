@@ -65,7 +65,7 @@ from avalon.ir import dtypes as dt
 
 from .donate import aliases
 from .generator import Generator, Ref
-from .ops import OpEmitter
+from .ops import OpEmitter, blas_line
 
 log = get_logger("numpy")
 
@@ -150,6 +150,26 @@ def find() -> dict[str, Any] | None:
             return fns
     log.debug("blas: no OpenBLAS gemm of a known integer width found (looked at %s); weight updates stay numpy",
               ", ".join(tried) or "no library")
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def thread_control() -> tuple[Any, Any] | None:
+    """`(get, set)` of the OpenBLAS thread count of numpy's own library (the one `find` takes gemm
+    from), else None. Generated code runs small GEMMs on one thread (`kernels.serial`)."""
+    for path in _candidates():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix in _PREFIXES:
+            for suffix in ("64_", ""):
+                get = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}", None)
+                put = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}", None)
+                if get is not None and put is not None:
+                    get.argtypes, get.restype = [], ctypes.c_int
+                    put.argtypes, put.restype = [ctypes.c_int], None
+                    return get, put
     return None
 
 
@@ -425,7 +445,7 @@ def emit(gen: Generator, u: Pattern, dest) -> None:
     stable = (a in gen.views, b in gen.views, out.expr in gen.views or out.expr in _donated(gen))
     call = gen.const(Update(fns[t.dtype.np.name], t.dtype.np, rows, cols, k, u.flip_a, u.flip_b, stable,
                             u.sign_t, u.sign_p, u.t_first), "gemm")
-    gen.line(f"{call}({a}, {b}, {s}, {p.expr}, {m}, {out.expr})")
+    blas_line(gen, rows * cols * k, f"{call}({a}, {b}, {s}, {p.expr}, {m}, {out.expr})")
     gen.stats["fast"] += 1
     gen.stats["blas"] = gen.stats.get("blas", 0) + 1
     gen.env[y] = out

@@ -15,6 +15,7 @@ float tolerance, not bit for bit; the pooling and random-number kernels are exac
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,80 @@ from numpy.lib.stride_tricks import sliding_window_view
 from avalon.ir.reference.gather import seed_keys
 
 Geometry = tuple[int, int, int, int, int, int]  # sh, sw, ph, pw, dh, dw
+
+# -- BLAS threads ---------------------------------------------------------------------------------
+# A generated call runs its GEMMs on one OpenBLAS thread unless one GEMM is large (`PARALLEL_MIN_MNK`).
+# Why: on a small shared machine (the 2-core VM of benchmarks/cpu_step.py) a threaded OpenBLAS call
+# waits for its worker, which is often descheduled: a 16x144x1024 GEMM (a ResNet conv, per sample)
+# took 58 us median but 16 ms at the 90th percentile on 2 threads, 76/77 us on one; and the worker
+# spins after each call on the core our own numpy passes (or torch, in the same process) need.
+# Same process, interleaved, load ~3: GPT step 240 -> 38 ms, narrow ResNet 1295 -> 149 ms, VAE
+# 122 -> 17 ms with every GEMM on one thread (load ~7, benchmarks/cpu_step.py's steps: GPT 347 -> 78,
+# ResNet 1813 -> 188, VAE 216 -> 14, LeNet 326 -> 51 ms); one run at load ~2.8 had the VAE ~10%
+# faster with its 128x784x400 GEMMs on two threads, the one case seen to lose.
+
+PARALLEL_MIN_MNK = 1 << 28
+"""GEMMs of at least this many multiply-adds (M*N*K; ~0.27G, ~5 ms on one core here) run on the
+caller's BLAS thread count, smaller ones on one thread: at 32M (a 512x512x128 GEMM) threads already
+cost a GPT step 5x under load."""
+
+SERIAL_MAX_CPUS = 4
+"""Only on machines with at most this many CPUs (available to the process) do generated calls change
+BLAS's threads: the stalls above were measured on 2 cores; on larger machines (not measured here)
+OpenBLAS keeps its own per-call choice, as before."""
+
+
+def _small_machine() -> bool:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return n <= SERIAL_MAX_CPUS
+
+
+_CTL: list[Any] = []  # [(get, set)] of the BLAS thread count once looked up, [None] when there is none
+_WIDE = [1]  # the caller's thread count while a generated call runs
+
+
+def _ctl() -> Any:
+    if not _CTL:
+        from .blas import thread_control
+        _CTL.append(thread_control() if _small_machine() else None)
+    return _CTL[0]
+
+
+def serial() -> int:
+    """Entering a generated call: BLAS on one thread; returns the caller's count for `restore`
+    (0 when the thread count cannot be set)."""
+    c = _ctl()
+    if c is None:
+        return 0
+    n = _WIDE[0] = c[0]()
+    if n > 1:
+        c[1](1)
+    return n
+
+
+def restore(n: int) -> None:
+    """Leaving a generated call: the caller's BLAS thread count back."""
+    if n > 1:
+        _ctl()[1](n)
+
+
+def wide(mnk: int) -> bool:
+    """Before a GEMM of `mnk` multiply-adds: the caller's thread count when it is large enough;
+    True when it changed (call `narrow` after)."""
+    if mnk < PARALLEL_MIN_MNK or _WIDE[0] <= 1 or _ctl() is None:
+        return False
+    _ctl()[1](_WIDE[0])
+    return True
+
+
+def narrow() -> None:
+    """After a `wide` GEMM: back to one thread."""
+    if _WIDE[0] > 1 and _ctl() is not None:
+        _ctl()[1](1)
+
 
 
 def batch_first(oh: int, ow: int) -> bool:
@@ -102,19 +177,30 @@ def _cols_bl(win: np.ndarray, r0: int, r1: int, cols: np.ndarray) -> np.ndarray:
     return out
 
 
+def _patches_bf(src: np.ndarray, g: Geometry, kh: int, kw: int, im2col: Any) -> Any:
+    """A function (n0, m, cc) that copies samples n0 .. n0+m-1's patches into `cc` (m, C, KH, KW,
+    OH, OW): the compiled copy (`native.im2col_bf_call`) when there is one and `src` (the padded
+    input) is C-contiguous, else numpy's copy of the window view."""
+    if im2col is not None and src.flags.c_contiguous and src.dtype.isnative:
+        p = src.ctypes.data
+        return lambda n0, m, cc: im2col(p, cc.ctypes.data, n0, m)
+    win = _windows(src, g, kh, kw, (2, 3))  # (N, C, OH, OW, KH, KW)
+    return lambda n0, m, cc: np.copyto(cc, win[n0 : n0 + m].transpose(0, 1, 4, 5, 2, 3))
+
+
 def conv2d_bf(x: np.ndarray, w: np.ndarray, g: Geometry, out: np.ndarray, cols: np.ndarray,
-              xp: np.ndarray | None) -> None:
+              xp: np.ndarray | None, im2col: Any = None) -> None:
     """conv2d, batch-first patches: out[n] = W (O, CKK) @ cols[n] (CKK, OH*OW), `len(cols)` samples
-    at a time."""
+    at a time (`im2col`: a compiled patch copy, `native.im2col_bf_call`)."""
     n = x.shape[0]
     o, c, kh, kw = w.shape
     oh, ow = out.shape[2:]
-    win = _windows(_padded_bf(x, g, xp), g, kh, kw, (2, 3))  # (N, C, OH, OW, KH, KW)
+    patches = _patches_bf(_padded_bf(x, g, xp), g, kh, kw, im2col)
     w2 = w.reshape(o, c * kh * kw)
     for n0 in range(0, n, cols.shape[0]):
         m = min(cols.shape[0], n - n0)
         cc = cols[:m]
-        np.copyto(cc, win[n0 : n0 + m].transpose(0, 1, 4, 5, 2, 3))
+        patches(n0, m, cc)
         np.matmul(w2, cc.reshape(m, c * kh * kw, oh * ow), out=out[n0 : n0 + m].reshape(m, o, oh * ow))
 
 
@@ -137,9 +223,10 @@ def conv2d_bl(x: np.ndarray, w: np.ndarray, g: Geometry, out: np.ndarray, xt: np
 
 
 def conv2d_grad_input_bf(dy: np.ndarray, w: np.ndarray, g: Geometry, out: np.ndarray, dcols: np.ndarray,
-                         dxp: np.ndarray | None) -> None:
+                         dxp: np.ndarray | None, col2im: Any = None) -> None:
     """dx: dcols[n] = W^T @ dy[n], each tap's slice added back where the forward read it, `len(dcols)`
-    samples at a time."""
+    samples at a time; `col2im`, a compiled scatter of a chunk's taps (`native.col2im_bf_call`),
+    replaces the per-tap numpy adds."""
     n, o, oh, ow = dy.shape
     _, c, kh, kw = w.shape
     ph, pw = g[2], g[3]
@@ -149,6 +236,9 @@ def conv2d_grad_input_bf(dy: np.ndarray, w: np.ndarray, g: Geometry, out: np.nda
     for n0 in range(0, n, dcols.shape[0]):
         m = min(dcols.shape[0], n - n0)
         np.matmul(wt, dy[n0 : n0 + m].reshape(m, o, oh * ow), out=dcols[:m])
+        if col2im is not None:
+            col2im(dcols.ctypes.data, acc.ctypes.data, n0, m)
+            continue
         d6 = dcols[:m].reshape(m, c, kh, kw, oh, ow)
         for i in range(kh):
             for j in range(kw):
@@ -190,19 +280,19 @@ def conv2d_grad_input_bl(dy: np.ndarray, w: np.ndarray, g: Geometry, out: np.nda
 
 
 def conv2d_grad_weight_bf(x: np.ndarray, dy: np.ndarray, g: Geometry, out: np.ndarray, cols: np.ndarray,
-                          xp: np.ndarray | None, part: np.ndarray, acc: np.ndarray) -> None:
+                          xp: np.ndarray | None, part: np.ndarray, acc: np.ndarray, im2col: Any = None) -> None:
     """dw = sum over n of dy[n] @ cols[n]^T: per chunk of `len(cols)` samples one batched matmul into
-    `part`, summed into `out` (through `acc` after the first chunk)."""
+    `part`, summed into `out` (through `acc` after the first chunk); `im2col` as in `conv2d_bf`."""
     n, o, oh, ow = dy.shape
     _, c, kh, kw = out.shape
-    win = _windows(_padded_bf(x, g, xp), g, kh, kw, (2, 3))  # (N, C, OH, OW, KH, KW)
+    patches = _patches_bf(_padded_bf(x, g, xp), g, kh, kw, im2col)
     out2 = out.reshape(o, c * kh * kw)
     if n == 0:
         out.fill(0)
     for n0 in range(0, n, cols.shape[0]):
         m = min(cols.shape[0], n - n0)
         cc = cols[:m]
-        np.copyto(cc, win[n0 : n0 + m].transpose(0, 1, 4, 5, 2, 3))
+        patches(n0, m, cc)
         np.matmul(dy[n0 : n0 + m].reshape(m, o, oh * ow), cc.reshape(m, c * kh * kw, oh * ow).transpose(0, 2, 1),
                   out=part[:m])
         if n0 == 0:
@@ -236,6 +326,19 @@ def conv2d_grad_weight_bl(x: np.ndarray, dy: np.ndarray, g: Geometry, out: np.nd
         if r0:
             total += part
     np.copyto(out.reshape(o, c * kh * kw), total.T)
+
+
+def one_hot(idx: np.ndarray, out: np.ndarray) -> None:
+    """The reference's one_hot into `out` (..., K): zeros, then a 1 at each index; an index outside
+    [0, K) raises the reference's IndexOutOfRangeError."""
+    k = out.shape[-1]
+    flat = idx.reshape(-1)
+    if flat.size and (flat.min() < 0 or flat.max() >= k):
+        from avalon.ir.reference.gather import IndexOutOfRangeError
+        bad = flat[(flat < 0) | (flat >= k)][0]
+        raise IndexOutOfRangeError(f"one_hot: index {int(bad)} is out of range for num_classes={k}")
+    out.fill(0)
+    out.reshape(-1)[np.arange(0, flat.size * k, k) + flat] = 1
 
 
 def pool_taps(x: np.ndarray, kh: int, kw: int, oh: int, ow: int) -> list[np.ndarray]:

@@ -531,3 +531,53 @@ def col2im_call(gen: Generator, t: dt.DType, c: int, kh: int, kw: int, ow: int, 
         "}", "}"]), "ppuu"))
     return fn
 
+
+
+def col2im_bf_call(gen: Generator, t: dt.DType, c: int, kh: int, kw: int, oh: int, ow: int, hp: int, wp: int,
+                   g: tuple[int, ...]) -> str | None:
+    """The compiled scatter of a batch-first convolution's input gradient (`kernels.conv2d_grad_input_bf`):
+    a chunk's patches (m, C, KH, KW, OH, OW) added into samples n0 .. n0+m-1 of the padded gradient
+    (N, C, HP, WP), one sample's channel plane at a time (it stays in cache), taps in numpy's order,
+    so bit for bit numpy's per-tap adds (which stream the whole chunk once per tap: ~2.7 ms of a
+    narrow ResNet's 32x32 conv gradient)."""
+    if t not in (dt.float32, dt.float64):
+        return None
+    sh, sw, _, _, dh, dw = g
+    ct = _CTYPE[t]
+    fn = f"run{len(gen.native)}"
+    gen.native.append(("\n".join([
+        f"void {fn}(void *pd, void *px, unsigned int n0, unsigned int m) {{",
+        f"const {ct} *restrict d = pd; {ct} *restrict x = px;",
+        f"for (long p = 0; p < (long)m * {c}L; p++) {{",
+        f"{ct} *plane = x + ((long)n0 * {c}L + p) * {hp * wp}L;",
+        f"const {ct} *src = d + p * {kh * kw * oh * ow}L;",
+        f"for (long i = 0; i < {kh}L; i++) for (long j = 0; j < {kw}L; j++)",
+        f"for (long r = 0; r < {oh}L; r++, src += {ow}L) {{",
+        f"{ct} *dst = plane + (r * {sh}L + i * {dh}L) * {wp}L + j * {dw}L;",
+        f"_Pragma(\"omp simd\") for (long q = 0; q < {ow}L; q++) dst[q * {sw}L] += src[q];",
+        "}", "}", "}"]), "ppuu"))
+    return fn
+
+
+def im2col_bf_call(gen: Generator, t: dt.DType, c: int, kh: int, kw: int, oh: int, ow: int, hp: int, wp: int,
+                   g: tuple[int, ...]) -> str | None:
+    """The compiled patch copy of a batch-first convolution (`kernels.conv2d_bf`,
+    `conv2d_grad_weight_bf`): samples n0 .. n0+m-1 of the C-contiguous (padded) input (N, C, HP, WP)
+    into patches (m, C, KH, KW, OH, OW), one sample's channel plane at a time (exact: a copy).
+    numpy's copy of the 6-D window view runs one short strided inner loop per output row."""
+    if t not in (dt.float32, dt.float64):
+        return None
+    sh, sw, _, _, dh, dw = g
+    ct = _CTYPE[t]
+    fn = f"run{len(gen.native)}"
+    gen.native.append(("\n".join([
+        f"void {fn}(void *px, void *pc, unsigned int n0, unsigned int m) {{",
+        f"const {ct} *restrict x = px; {ct} *restrict dst = pc;",
+        f"for (long p = 0; p < (long)m * {c}L; p++) {{",
+        f"const {ct} *plane = x + ((long)n0 * {c}L + p) * {hp * wp}L;",
+        f"for (long i = 0; i < {kh}L; i++) for (long j = 0; j < {kw}L; j++)",
+        f"for (long r = 0; r < {oh}L; r++, dst += {ow}L) {{",
+        f"const {ct} *src = plane + (r * {sh}L + i * {dh}L) * {wp}L + j * {dw}L;",
+        f"_Pragma(\"omp simd\") for (long q = 0; q < {ow}L; q++) dst[q] = src[q * {sw}L];",
+        "}", "}", "}"]), "ppuu"))
+    return fn

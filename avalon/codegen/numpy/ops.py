@@ -171,9 +171,19 @@ def _reduce(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
     gen.line(f"{fn}({gen.array(args[0])}, axis={_axes(op)!r}, keepdims={bool(op.attrs['keepdims'])}, out={out})")
 
 
+def blas_line(gen: Generator, mnk: int, line: str) -> None:
+    """`line`, a call whose GEMMs each take `mnk` multiply-adds, on the caller's BLAS threads when
+    they are large (`kernels.wide`), else on the one thread generated code runs BLAS on."""
+    if mnk >= kernels.PARALLEL_MIN_MNK:
+        line = f"K.wide({mnk}); {line}; K.narrow()"
+    gen.line(line)
+
+
 @register(("matmul",), floats, inplace=False)
 def _matmul(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
-    gen.line(f"np.matmul({gen.array(args[0])}, {gen.array(args[1])}, out={out})")
+    a, b = op.operands[0].type.shape, op.operands[1].type.shape
+    mnk = (a[-2] if len(a) > 1 else 1) * a[-1] * (b[-1] if len(b) > 1 else 1)
+    blas_line(gen, mnk, f"np.matmul({gen.array(args[0])}, {gen.array(args[1])}, out={out})")
 
 
 def _plain_conv(op: Op) -> bool:
@@ -183,6 +193,15 @@ def _plain_conv(op: Op) -> bool:
 def _geom(op: Op) -> tuple[int, ...]:
     a = op.attrs
     return (*a["stride"], *a["padding"], *a["dilation"])
+
+
+def _im2col(gen: Generator, op: Op, c: int, kh: int, kw: int, oh: int, ow: int, hp: int, wp: int) -> str:
+    """backend='cpu': ", runK", the compiled batch-first patch copy to pass on; else ""."""
+    if not gen.native_runs:
+        return ""
+    from .native import im2col_bf_call
+    fn = im2col_bf_call(gen, op.results[0].type.dtype, c, kh, kw, oh, ow, hp, wp, _geom(op))
+    return f", {fn}" if fn else ""
 
 
 @register(("conv2d",), _plain_conv, inplace=False)
@@ -199,13 +218,14 @@ def _conv2d(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
         nb = kernels.chunk(n, c * kh * kw * oh * ow * z)
         cols, _ = gen.scratch((nb, c, kh, kw, oh, ow), f)
         xp = gen.scratch((n, c, hp, wp), f)[0] if g[2] or g[3] else "None"
-        gen.line(f"K.conv2d_bf({x}, {w}, {g!r}, {out}, {cols}, {xp})")
+        blas_line(gen, o * c * kh * kw * oh * ow,
+                  f"K.conv2d_bf({x}, {w}, {g!r}, {out}, {cols}, {xp}{_im2col(gen, op, c, kh, kw, oh, ow, hp, wp)})")
     else:
         rb = kernels.chunk(oh, c * kh * kw * ow * n * z)
         xt, _ = gen.scratch((c, hp, wp, n), f)
         cols, _ = gen.scratch((c * kh * kw * rb * ow * n,), f)
         y, _ = gen.scratch((o * rb * ow * n,), f)
-        gen.line(f"K.conv2d_bl({x}, {w}, {g!r}, {out}, {xt}, {cols}, {y})")
+        blas_line(gen, o * c * kh * kw * rb * ow * n, f"K.conv2d_bl({x}, {w}, {g!r}, {out}, {xt}, {cols}, {y})")
 
 
 @register(("conv2d_grad_input",), _plain_conv, inplace=False)
@@ -222,7 +242,13 @@ def _conv2d_grad_input(gen: Generator, op: Op, args: list[Ref], out: str) -> Non
         nb = kernels.chunk(n, c * kh * kw * oh * ow * z)
         dcols, _ = gen.scratch((nb, c * kh * kw, oh * ow), f)
         dxp = gen.scratch((n, c, hp, wp), f)[0] if g[2] or g[3] else "None"
-        gen.line(f"K.conv2d_grad_input_bf({dy}, {w}, {g!r}, {out}, {dcols}, {dxp})")
+        scatter = None
+        if gen.native_runs:  # backend='cpu': the taps' adds as one compiled loop
+            from .native import col2im_bf_call
+            scatter = col2im_bf_call(gen, op.results[0].type.dtype, c, kh, kw, oh, ow, hp, wp, g)
+        tail = f", {scatter}" if scatter else ""
+        blas_line(gen, o * c * kh * kw * oh * ow,
+                  f"K.conv2d_grad_input_bf({dy}, {w}, {g!r}, {out}, {dcols}, {dxp}{tail})")
     else:
         rb = kernels.chunk(oh, c * kh * kw * ow * n * z)
         dyt, _ = gen.scratch((o * rb * ow * n,), f)
@@ -233,7 +259,8 @@ def _conv2d_grad_input(gen: Generator, op: Op, args: list[Ref], out: str) -> Non
             from .native import col2im_call
             scatter = col2im_call(gen, op.results[0].type.dtype, c, kh, kw, ow, n, hp, wp, g)
         tail = f", {scatter}" if scatter else ""
-        gen.line(f"K.conv2d_grad_input_bl({dy}, {w}, {g!r}, {out}, {dyt}, {dcols}, {dxt}{tail})")
+        blas_line(gen, o * c * kh * kw * rb * ow * n,
+                  f"K.conv2d_grad_input_bl({dy}, {w}, {g!r}, {out}, {dyt}, {dcols}, {dxt}{tail})")
 
 
 @register(("conv2d_grad_weight",), _plain_conv, inplace=False)
@@ -252,13 +279,16 @@ def _conv2d_grad_weight(gen: Generator, op: Op, args: list[Ref], out: str) -> No
         cols, _ = gen.scratch((nb, c, kh, kw, oh, ow), f)
         xp = gen.scratch((n, c, hp, wp), f)[0] if g[2] or g[3] else "None"
         part, _ = gen.scratch((nb, o, c * kh * kw), f)
-        gen.line(f"K.conv2d_grad_weight_bf({x}, {dy}, {g!r}, {out}, {cols}, {xp}, {part}, {acc})")
+        tail = _im2col(gen, op, c, kh, kw, oh, ow, hp, wp)
+        blas_line(gen, o * c * kh * kw * oh * ow,
+                  f"K.conv2d_grad_weight_bf({x}, {dy}, {g!r}, {out}, {cols}, {xp}, {part}, {acc}{tail})")
     else:
         rb = kernels.chunk(oh, c * kh * kw * ow * n * z)
         xt, _ = gen.scratch((c, hp, wp, n), f)
         cols, _ = gen.scratch((c * kh * kw * rb * ow * n,), f)
         dyt, _ = gen.scratch((o * rb * ow * n,), f)
-        gen.line(f"K.conv2d_grad_weight_bl({x}, {dy}, {g!r}, {out}, {xt}, {cols}, {dyt}, {acc})")
+        blas_line(gen, o * c * kh * kw * rb * ow * n,
+                  f"K.conv2d_grad_weight_bl({x}, {dy}, {g!r}, {out}, {xt}, {cols}, {dyt}, {acc})")
 
 
 def _tiles(op: Op) -> bool:
@@ -297,6 +327,45 @@ def _max_pool2d_grad(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
     hit, _ = gen.scratch(dt_.shape, np.bool_)
     gen.line(f"K.max_pool2d_grad_tiles({gen.array(args[0])}, {gen.array(args[1])}, {kh}, {kw}, {out}, {m}, "
              f"{taken}, {hit})")
+
+
+# -- movement and gathers (reference rules that allocate or run np.pad) -------------------------------
+
+def _index(lo: list[int], hi: list[int], step: list[int] | None = None) -> str:
+    """A literal numpy index `[lo0:hi0:st0, ...]`."""
+    step = step or [1] * len(lo)
+    return "[" + ", ".join(f"{a}:{b}" + (f":{c}" if c != 1 else "") for a, b, c in zip(lo, hi, step)) + "]"
+
+
+@register(("slice",), lambda op: len(op.results) == 1, inplace=False)
+def _slice(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
+    """A copy of the strided view (the reference rule returns the view, which the fallback copied
+    into a fresh array)."""
+    a = op.attrs
+    gen.line(f"np.copyto({out}, {gen.array(args[0])}{_index(a['start'], a['limit'], a['step'])})")
+
+
+@register(("pad",), lambda op: len(op.results) == 1 and op.operands[0].type.dtype.np == op.results[0].type.dtype.np,
+          inplace=False)
+def _pad(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
+    """Only the borders filled (one slab per padded side) and the operand copied inside: np.pad
+    allocates, fills everything and copies (a GPT step's q/k/v split gradient: 0.6 ms each)."""
+    t = op.results[0].type
+    lo, hi, shape = list(op.attrs["low"]), list(op.attrs["high"]), list(t.shape)
+    with np.errstate(all="ignore"):
+        fill = gen.const(np.asarray(op.attrs["value"]).astype(t.dtype.np)[()], "fill")
+    full = [0] * len(shape)
+    for d in range(len(shape)):
+        if lo[d]:
+            gen.line(f"{out}{_index(full, shape[:d] + [lo[d]] + shape[d + 1:])}.fill({fill})")
+        if hi[d]:
+            gen.line(f"{out}{_index(full[:d] + [shape[d] - hi[d]] + full[d + 1:], shape)}.fill({fill})")
+    gen.line(f"np.copyto({out}{_index(lo, [n - h for n, h in zip(shape, hi)])}, {args[0].expr})")
+
+
+@register(("one_hot",), lambda op: op.operands[0].type.dtype in INTS and len(op.results) == 1, inplace=False)
+def _one_hot(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
+    gen.line(f"K.one_hot({gen.array(args[0])}, {out})")
 
 
 # -- random numbers ---------------------------------------------------------------------------------
