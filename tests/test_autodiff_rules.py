@@ -291,6 +291,14 @@ def _take(name, data, rng):
     return Case([rng.normal(size=s), idx.astype(data.draw(st.sampled_from([np.int64, np.int32])))], {"axis": ax})
 
 
+@case("index_add")
+def _index_add(name, data, rng):
+    s = _shape(data, min_dims=1)
+    size = data.draw(st.integers(1, 5))
+    idx = rng.integers(0, size, s[0])  # repeats: their rows must add up
+    return Case([rng.normal(size=s), idx.astype(data.draw(st.sampled_from([np.int64, np.int32])))], {"size": size})
+
+
 # -- torch twins -------------------------------------------------------------------------------
 
 def _t_conv_grad_input(a, dy, w):
@@ -368,6 +376,7 @@ TORCH: dict[str, Callable] = {
     "avg_pool2d": _t_avg_pool,
     "avg_pool2d_grad": _t_pool_grad(_t_avg_pool),
     "take": _t_take,
+    "index_add": lambda a, v, idx: torch.zeros((a["size"],) + v.shape[1:], dtype=v.dtype).index_add(0, idx.long(), v),
 }
 
 

@@ -150,6 +150,12 @@ def _all_reduce(b, g, d):  # one process: the identity
     return [b("all_reduce", _in(g, (3, 5), d)), b("all_reduce", _in(g, (2,), d), reduction="sum")]
 
 
+@case("index_add")
+def _index_add(b, g, d):  # indices in {0, 1}: many duplicates
+    v = _in(g, (6, 2, 3), d)
+    return [b("index_add", v, _in(g, (6,), "i64"), size=4), b("index_add", _in(g, (5,), d), _in(g, (5,), "i32"), size=3)]
+
+
 @case("iota", ("f32", "i32", "i64"))
 def _iota(b, g, d):
     return [b("iota", shape=[3, 4], axis=1, dtype=d), b("iota", shape=[2, 3, 2], axis=0, dtype=d)]

@@ -271,8 +271,9 @@ def _cumsum(b, op, g):
 def _sort(b, op, g):
     """Sorting permutes: value j came from position perm[j], so position i gets g at inv[i], where
     inv = argsort(perm) is the inverse permutation (perm is i64; as i32 it sorts as a packed key).
-    Two sorts and a gather, O(n log n), where a scatter-add of g at perm would need the one-hot matmul
-    of `take`'s rule. (The forward's argsort, when the program also took the indices, is CSE'd.)"""
+    Two sorts and a gather, O(n log n), deterministic on every backend (a scatter-add of g at perm,
+    `index_add`, is atomics on Triton). (The forward's argsort, when the program also took the
+    indices, is CSE'd.)"""
     x = op.operands[0]
     rank = x.type.rank
     ax = op.attrs["axis"] % rank
@@ -453,20 +454,26 @@ def _avg_pool2d_grad(b, op, g):
 
 @vjp("take")
 def _take(b, op, g):
-    """Scatter-add as a matmul with one-hot rows: dx[k] = sum over lookups m with idx[m] == k of
-    g[m]. The cotangent is arranged as (lookups, rest) so one (K, M) @ (M, rest) does it."""
+    """A scatter-add: dx[k] = sum over lookups m with idx[m] == k of g[m], one `index_add` of the
+    cotangent arranged as (lookups, rest): M*D adds, where a one-hot matmul took 2*K*M*D flops and
+    an (M, K) one-hot."""
     x, idx = op.operands
     ax = op.attrs["axis"] % x.type.rank
     pre, post = list(x.shape[:ax]), list(x.shape[ax + 1:])
     k, m = x.shape[ax], math.prod(idx.shape)
     p, q = math.prod(pre), math.prod(post)
-    hot = b("one_hot", _reshape(b, idx, [m]), num_classes=k, dtype=x.dtype)  # (M, K)
     g3 = _reshape(b, g, [p, m, q])
     gm = _reshape(b, g3 if p == 1 else b("transpose", g3, perm=[1, 0, 2]), [m, p * q])
-    dx = b("matmul", b("transpose", hot, perm=[1, 0]), gm)  # (K, P*Q)
+    dx = b("index_add", gm, _reshape(b, idx, [m]), size=k)  # (K, P*Q)
     if p != 1:
         dx = b("transpose", _reshape(b, dx, [k, p, q]), perm=[1, 0, 2])
     return [_reshape(b, dx, pre + [k] + post), None]
+
+
+@vjp("index_add")
+def _index_add(b, op, g):
+    """Linear in the values, whose adjoint is the gather of the cotangent's rows at the indices."""
+    return [b("take", g, op.operands[1], axis=0), None]
 
 
 @vjp("all_reduce")

@@ -377,6 +377,26 @@ define_op("take", 2, _take, {"axis": Attr("int", 0)}, traits={PURE, "gather"},
           doc="numpy.take: gather slices of x along axis at integer indices (embedding lookup)")
 
 
+def _index_add(ts, a):
+    v, idx = ts
+    if idx.dtype not in (dt.int32, dt.int64) or idx.rank != 1:
+        raise ShapeError(f"index_add: indices must be a 1-d i32 or i64 tensor, got {idx}")
+    if not v.dtype.is_float:
+        raise ShapeError(f"index_add: values must be floating point, got {v.dtype}")
+    if v.rank == 0 or v.shape[0] != idx.shape[0]:
+        raise ShapeError(f"index_add: values {v.shape} need one row per index ({idx.shape[0]} indices)")
+    if a["size"] < 0:
+        raise ShapeError(f"index_add: size must be non-negative, got {a['size']}")
+    return [T((a["size"],) + v.shape[1:], v.dtype)]
+
+
+# The adjoint of `take` along axis 0: an embedding's gradient in M*D adds, where the one-hot matmul
+# it replaces took 2*K*M*D flops and an (M, K) one-hot (GPT-2: 630 GFLOP and 1.6 GB per step).
+define_op("index_add", 2, _index_add, {"size": Attr("int")}, traits={PURE, "scatter"},
+          doc="(values (M, *rest), idx (M,)) -> zeros (size, *rest) with each row values[m] added into row "
+              "idx[m] (torch.index_add on zeros; duplicate indices sum); an index outside [0, size) raises")
+
+
 def _one_hot(ts, a):
     if ts[0].dtype not in (dt.int32, dt.int64):
         raise ShapeError(f"one_hot: indices must be i32 or i64, got {ts[0].dtype}")

@@ -5,7 +5,8 @@ The lowering is one rule table keyed by op name, `LINALG` (registered as the "li
 results`, emitting func/arith/math/tensor/linalg text through an `LinalgEmitter`. The rules are split by
 concept: elementwise ops, broadcasts, constants and fused groups here; `lower_shapes` (reductions,
 scans, shape ops), `lower_contraction` (matmul, conv), `lower_pool`, `lower_gather` (take,
-one_hot, random numbers), `lower_sort` (sort, argsort: the bitonic network of primitives).
+one_hot, random numbers), `lower_sort` (sort, argsort: the bitonic network of primitives),
+`lower_scatter` (index_add: a one-hot matmul).
 
 Conventions of the reference (`avalon.ir.reference.core`) are kept here once, for every
 non-elementwise rule: f16/bf16 operands compute in f32 and the result is rounded once; i1 operands
@@ -230,4 +231,4 @@ def check_table() -> list[str]:
     return sorted(n for n in OPS if n not in LINALG)
 
 
-from . import lower_contraction, lower_gather, lower_pool, lower_shapes, lower_sort  # noqa: E402,F401  (register rules)
+from . import lower_contraction, lower_gather, lower_pool, lower_scatter, lower_shapes, lower_sort  # noqa: E402,F401,I001

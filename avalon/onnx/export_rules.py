@@ -178,6 +178,19 @@ def one_hot(em: Any, op: Any, ins: list[str]) -> list[str]:
     return em.node("Cast", em.node("Equal", [idx[0], classes]), to=onnx_elem_type(op.attrs["dtype"]))
 
 
+@export_rule("index_add")
+def index_add(em: Any, op: Any, ins: list[str]) -> list[str]:
+    """ScatterND with reduction "add" (opset 16+) into zeros (size, *rest): the values' rows added at
+    the rows the (M, 1) int64 indices address; duplicates accumulate."""
+    vals, idx = op.operands
+    shape = [op.attrs["size"], *vals.shape[1:]]
+    zeros = em.node("Cast", em.node("ConstantOfShape", [em.ints(shape)]), to=onnx_elem_type(vals.dtype))
+    rows = em.node("Unsqueeze", [ins[1], em.ints([-1])])
+    if idx.dtype.name != "i64":
+        rows = em.node("Cast", rows, to=7)
+    return em.node("ScatterND", [zeros[0], rows[0], ins[0]], reduction="add")
+
+
 @export_rule("sort", "argsort")
 def sort(em: Any, op: Any, ins: list[str]) -> list[str]:
     """TopK with k = the axis length: sorted, largest first when descending, and ONNX orders equal

@@ -341,6 +341,19 @@ def one_hot(idx: np.ndarray, out: np.ndarray) -> None:
     out.reshape(-1)[np.arange(0, flat.size * k, k) + flat] = 1
 
 
+def index_add(values: np.ndarray, idx: np.ndarray, out: np.ndarray) -> None:
+    """The reference's index_add into `out` (size, *rest), bit for bit: zeros, then np.add.at in
+    index order (numpy's fast path for a 1-d index: one pass over the M rows, no (M, K) one-hot);
+    an index outside [0, size) raises the reference's IndexOutOfRangeError."""
+    k = out.shape[0]
+    if idx.size and (idx.min() < 0 or idx.max() >= k):
+        from avalon.ir.reference.gather import IndexOutOfRangeError
+        bad = idx[(idx < 0) | (idx >= k)][0]
+        raise IndexOutOfRangeError(f"index_add: index {int(bad)} is out of range for size {k}")
+    out.fill(0)
+    np.add.at(out, idx, values)
+
+
 def pool_taps(x: np.ndarray, kh: int, kw: int, oh: int, ow: int) -> list[np.ndarray]:
     """One strided view per window tap of non-overlapping windows, row-major tap order."""
     return [x[:, :, i : i + kh * oh : kh, j : j + kw * ow : kw] for i in range(kh) for j in range(kw)]

@@ -368,6 +368,14 @@ def _one_hot(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
     gen.line(f"K.one_hot({gen.array(args[0])}, {out})")
 
 
+@register(("index_add",), lambda op: op.operands[0].type.dtype in FLOATS and op.operands[1].type.dtype in INTS,
+          inplace=False)
+def _index_add(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
+    """Zeros, then np.add.at (the reference's loop, without its fresh array); not in place: `out`
+    is zeroed before the values are read."""
+    gen.line(f"K.index_add({gen.array(args[0])}, {gen.array(args[1])}, {out})")
+
+
 # -- random numbers ---------------------------------------------------------------------------------
 
 _RANDOM_DTYPES = (dt.float32, dt.float64, dt.float16, dt.bfloat16)

@@ -10,6 +10,7 @@ asking `em.value` for its operands (see `emitter.py`). Lowerings fall into kinds
   which register the result; asked for anywhere else they raise `Unsupported`;
 * ``scan``: `cumsum`, a kernel of its own (`scan.py`): the entry builds it (`builds_kernel`);
 * ``sort``: `sort` and `argsort`, a kernel of their own too (`sort.py`);
+* ``scatter``: `index_add`, a chain of its own (`scatter.py`: zero, atomic adds, [cast]);
 * ``group``: a `fusion` op, lowered as one kernel for its whole region.
 
 Categories of ops are asked of their traits (`bool_as_int`, `selects`), never of name lists.
@@ -33,6 +34,7 @@ from .group import Group
 from .indexing import Affine, Index, broadcast_index, linearize, reshape_index, row_major, transpose_index
 from .kernel import Kernel
 from .scan import build_scan
+from .scatter import build_scatter
 from .sort import build_sort
 
 
@@ -388,6 +390,20 @@ LOWERING["sort"] = SortLowering("sort", "tl.sort of packed (value image, positio
                                 "the operand loaded at the sorted positions")
 LOWERING["argsort"] = SortLowering("sort", "tl.sort of packed (value image, position) int64 keys per block of rows; "
                                    "the positions stored (f64/i64: an unrolled bitonic network on pairs)")
+
+
+@dataclass(frozen=True)
+class ScatterLowering(Lowering):
+    """`index_add`: a kernel chain of its own (scatter.py), built by this entry like the sort's."""
+
+    builds_kernel: ClassVar[bool] = True
+
+    def build_kernel(self, group: Group, policy: BlockPolicy) -> Kernel:
+        return build_scatter(group, policy)
+
+
+LOWERING["index_add"] = ScatterLowering("scatter", "zero the result, then tl.atomic_add the value rows at their "
+                                        "indices (f16/bf16: into an f32 workspace, then cast)")
 
 
 @dataclass(frozen=True)

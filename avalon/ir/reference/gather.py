@@ -1,4 +1,4 @@
-"""Reference rules of gathers (take, one_hot) and counter-based random numbers."""
+"""Reference rules of gathers (take, one_hot), their adjoint (index_add) and counter-based random numbers."""
 from __future__ import annotations
 
 import math
@@ -24,6 +24,19 @@ def _take(attrs: dict, x: np.ndarray, idx: np.ndarray) -> np.ndarray:
     if bad.any():
         raise IndexOutOfRangeError(f"take: index {int(idx[bad].flat[0])} is out of range for axis {ax} of size {size}")
     return np.take(x, idx, axis=ax)
+
+
+@rule("index_add")
+def _index_add(attrs: dict, values: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """zeros (size, *rest) plus each row values[m] added into row idx[m], in index order
+    (np.add.at: duplicates accumulate, none is lost); an index outside [0, size) raises like take."""
+    size = attrs["size"]
+    bad = (idx < 0) | (idx >= size)
+    if bad.any():
+        raise IndexOutOfRangeError(f"index_add: index {int(idx[bad].flat[0])} is out of range for size {size}")
+    out = np.zeros((size,) + values.shape[1:], values.dtype)
+    np.add.at(out, idx, values)
+    return out
 
 
 @rule("one_hot")

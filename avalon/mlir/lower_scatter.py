@@ -1,0 +1,34 @@
+"""Linalg lowering of `index_add`: upstream MLIR has no scatter-add that IREE compiles well
+(`tensor.scatter` is unimplemented in bufferization, `iree_linalg_ext.scatter` is not upstream, and
+the "linalg" dialect promises upstream ops only), so it is lowered as the one-hot matmul that
+`take`'s gradient used to be: onehot(idx, size)^T @ values, built as primitives for the operands'
+types, then lowered op by op through this table. 2*K*M*D flops where the Triton and numpy backends
+do M*D adds; an index outside [0, size) adds nothing (its one-hot row is zero), as `take` clamps.
+"""
+from __future__ import annotations
+
+import math
+
+from avalon.ir import Builder, Graph, Op, TensorType
+
+from .emitter import LinalgEmitter, V
+from .linalg import lower_block, rule
+
+
+def one_hot_form(vals: TensorType, idx: TensorType, size: int) -> Graph:
+    """The graph (values, idx) -> onehot(idx, size)^T @ values, shaped (size, *rest)."""
+    g = Graph("index_add_one_hot")
+    b = Builder(g)
+    v, i = g.add_input(vals, "values"), g.add_input(idx, "idx")
+    m, rest = vals.shape[0], list(vals.shape[1:])
+    hot = b("one_hot", i, num_classes=size, dtype=vals.dtype)  # (M, K)
+    flat = v if len(rest) == 1 else b("reshape", v, shape=[m, math.prod(rest)])
+    out = b("matmul", b("transpose", hot, perm=[1, 0]), flat)  # (K, D)
+    g.set_outputs([out if len(rest) == 1 else b("reshape", out, shape=[size] + rest)])
+    return g
+
+
+@rule("index_add")
+def _index_add(e: LinalgEmitter, op: Op, args: list[V], types: list[TensorType]) -> list[V]:
+    vals, idx = args  # (f16/bf16 arrive widened to f32 and the result is rounded back once)
+    return lower_block(e, one_hot_form(vals.t, idx.t, op.attrs["size"]).body, [vals, idx])

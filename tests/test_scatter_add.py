@@ -1,0 +1,203 @@
+"""The `index_add` primitive (a scatter-add: zeros (size, *rest) plus each value row added at its
+index) end to end: declaration and shape errors, the reference against torch.index_add with
+duplicate indices, out-of-range indices raising on every backend, `take`'s gradient (an embedding's)
+emitted as one `index_add` (no one-hot, no matmul) and matching torch on the numpy, cpu and Triton
+(interpreter) backends, the Triton kernels' compile to PTX for sm_90, the MLIR/IREE one-hot form and
+the ONNX export (ScatterND, reduction add) in onnxruntime."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+import avalon as av
+from avalon.codegen.numpy import GeneratedExecutable
+from avalon.codegen.triton import compile_graph
+from avalon.ir import Builder, Graph, ShapeError, TensorType, interpret
+from avalon.ir.reference import IndexOutOfRangeError
+
+pytestmark = pytest.mark.usefixtures("module_kernel_cache")
+
+FLOATS = ["f32", "f64", "f16", "bf16"]
+TOL = {"f32": 1e-5, "f64": 1e-12, "f16": 2e-3, "bf16": 1.6e-2}
+
+
+def one_op(vshape, size: int, dtype: str = "f32", idtype: str = "i64") -> Graph:
+    g = Graph("f")
+    b = Builder(g)
+    v = g.add_input(TensorType(tuple(vshape), dtype), "v")
+    i = g.add_input(TensorType((vshape[0],), idtype), "i")
+    g.set_outputs([b("index_add", v, i, size=size)])
+    return g
+
+
+def values(rng, shape, dtype: str) -> np.ndarray:
+    """Random normals as the dtype's numpy storage (bf16 is stored as f32 holding bf16 values)."""
+    x = rng.standard_normal(shape)
+    if dtype == "bf16":
+        return torch.from_numpy(x).to(torch.bfloat16).float().numpy()
+    return x.astype({"f32": np.float32, "f64": np.float64, "f16": np.float16}[dtype])
+
+
+def torch_index_add(v: np.ndarray, idx: np.ndarray, size: int) -> np.ndarray:
+    """torch.index_add on zeros, in float64."""
+    t = torch.from_numpy(v.astype(np.float64))
+    return torch.zeros((size,) + v.shape[1:], dtype=torch.float64).index_add(0, torch.from_numpy(idx).long(), t).numpy()
+
+
+def close(got, want: np.ndarray, dtype: str) -> None:
+    got = np.asarray(got.float() if isinstance(got, torch.Tensor) and got.dtype == torch.bfloat16 else got)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    err = np.abs(got.astype(np.float64) - want) / (1 + np.abs(want))
+    assert err.max() <= TOL[dtype], (dtype, float(err.max()))
+
+
+CASES = [((40, 3, 5), 7), ((9,), 4), ((33, 20), 50), ((0, 3), 5)]
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("vshape,size", CASES)
+def test_reference_matches_torch_index_add_with_duplicates(rng, vshape, size, dtype):
+    v, idx = values(rng, vshape, dtype), rng.integers(0, size, vshape[0])
+    if vshape[0] > size:
+        assert len(np.unique(idx)) < len(idx)  # duplicates: their rows must add up
+    got = interpret(one_op(vshape, size, dtype), v, idx)[0]
+    close(got, torch_index_add(v, idx, size), dtype)
+
+
+def test_declaration_rejects_bad_operands_by_name():
+    g = Graph("f")
+    b = Builder(g)
+    v = g.add_input(TensorType((4, 3), "f32"))
+    with pytest.raises(ShapeError, match="index_add: indices must be a 1-d i32 or i64"):
+        b("index_add", v, g.add_input(TensorType((4,), "f32")), size=5)
+    with pytest.raises(ShapeError, match=r"index_add: values \(4, 3\) need one row per index \(5 indices\)"):
+        b("index_add", v, g.add_input(TensorType((5,), "i64")), size=5)
+    with pytest.raises(ShapeError, match="index_add: values must be floating point"):
+        b("index_add", g.add_input(TensorType((4,), "i32")), g.add_input(TensorType((4,), "i64")), size=5)
+
+
+@pytest.mark.parametrize("backend", ["reference", "numpy", "triton"])
+def test_an_index_out_of_range_raises_naming_the_op(backend):
+    g = one_op((3, 2), 4)
+    v, idx = np.ones((3, 2), np.float32), np.array([1, 4, 0])
+    with pytest.raises(IndexOutOfRangeError, match=r"index_add: index 4 is out of range"):
+        if backend == "reference":
+            interpret(g, v, idx)
+        elif backend == "numpy":
+            GeneratedExecutable(g)(v, idx)
+        else:
+            compile_graph(g)(v, idx)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_triton_kernels_match_torch(rng, dtype):
+    vshape, size = (70, 3, 5), 9
+    v, idx = values(rng, vshape, dtype), rng.integers(0, size, vshape[0]).astype(np.int32)
+    out = compile_graph(one_op(vshape, size, dtype, "i32"))(v, idx)
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    close(out, torch_index_add(v, idx, size), dtype)
+
+
+def test_triton_reads_strided_values(rng):
+    """A transposed operand (the gradient of a take along axis 1) goes through its strides."""
+    g = Graph("f")
+    b = Builder(g)
+    x = g.add_input(TensorType((3, 6), "f32"), "x")
+    i = g.add_input(TensorType((6,), "i64"), "i")
+    g.set_outputs([b("index_add", b("transpose", x, perm=[1, 0]), i, size=4)])
+    xv, iv = values(rng, (3, 6), "f32"), rng.integers(0, 4, 6)
+    out = compile_graph(g)(xv, iv)
+    close(out[0] if isinstance(out, (tuple, list)) else out, torch_index_add(xv.T.copy(), iv, 4), "f32")
+
+
+def embedding_loss(w, idx, r):
+    return (av.nn.functional.embedding(idx, w) * r).sum()
+
+
+def torch_embedding_grad(w: np.ndarray, idx: np.ndarray, r: np.ndarray) -> np.ndarray:
+    tw = torch.from_numpy(w.astype(np.float64)).requires_grad_()
+    (torch.nn.functional.embedding(torch.from_numpy(idx), tw) * torch.from_numpy(r.astype(np.float64))).sum().backward()
+    return tw.grad.numpy()
+
+
+def test_take_gradient_is_one_index_add_with_no_one_hot_or_matmul(rng):
+    w, idx, r = values(rng, (11, 4), "f32"), rng.integers(0, 11, (3, 5)), values(rng, (3, 5, 4), "f32")
+    names = [op.name for op in av.trace(av.grad(embedding_loss), w, idx, r).ops]
+    assert names.count("index_add") == 1 and "one_hot" not in names and "matmul" not in names, names
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu", "triton"])
+def test_embedding_gradient_matches_torch(rng, backend):
+    w, idx, r = values(rng, (13, 6), "f32"), rng.integers(0, 13, (4, 9)), values(rng, (4, 9, 6), "f32")
+    want = torch_embedding_grad(w, idx, r)
+    f = av.compile(av.grad(embedding_loss), backend=backend)
+    got = f(av.tensor(w), av.tensor(idx), av.tensor(r))
+    close(got.numpy(), want, "f32")
+    if backend == "triton":  # zero, atomic adds: the one-hot matmul's kernels are gone
+        kernels = f.inspect(av.tensor(w), av.tensor(idx), av.tensor(r)).kernels
+        assert any("tl.atomic_add" in src for src in kernels.values())
+        assert not any("tl.dot" in src for src in kernels.values())
+
+
+AOT = textwrap.dedent('''
+    import json
+    from avalon.ir import Builder, Graph, TensorType
+    from avalon.codegen.triton import compile_graph
+    from avalon.codegen.triton.aot import compile_for_target
+    out = []
+    for dtype in ("f32", "f16", "bf16", "f64"):
+        g = Graph("f")
+        b = Builder(g)
+        v = g.add_input(TensorType((300, 4, 48), dtype), "v")
+        i = g.add_input(TensorType((300,), "i32"), "i")
+        g.set_outputs([b("index_add", v, i, size=1000)])
+        for ln in compile_graph(g).launches:
+            for k in ln.kernel.chain():
+                ptx = compile_for_target(k).asm["ptx"]
+                out.append([dtype, k.name, ".target sm_90" in ptx, "atom.global" in ptx or "red.global" in ptx])
+    print(json.dumps(out))
+''')
+
+
+def test_kernels_compile_to_ptx_for_h100(tmp_path):
+    env = {**os.environ, "TRITON_INTERPRET": "0"}  # compile real kernels: the package would interpret without a GPU
+    env.update(AVALON_CACHE_DIR=str(tmp_path / "avalon"), TRITON_CACHE_DIR=str(tmp_path / "triton"),
+               PYTHONPATH=os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", AOT], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert all(ok for _, _, ok, _ in got)
+    names = {(d, n.rsplit("_", 1)[-1]) for d, n, _, _ in got}
+    assert {(d, "add") for d in ("f32", "f16", "bf16", "f64")} <= names and ("bf16", "cast") in names
+    assert all(atomic for _, n, _, atomic in got if n.endswith("_add"))  # the adds are atomics
+
+
+def test_onnx_export_is_scatternd_add_and_runs_in_onnxruntime(rng, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    import avalon.onnx
+    g = one_op((12, 3), 5)
+    v, idx = values(rng, (12, 3), "f32"), rng.integers(0, 5, 12)
+    proto = avalon.onnx.export(g, tmp_path / "f.onnx")
+    assert any(n.op_type == "ScatterND" for n in proto.graph.node)
+    sess = ort.InferenceSession(str(tmp_path / "f.onnx"), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    close(sess.run(None, dict(zip(names, (v, idx))))[0], torch_index_add(v, idx, 5), "f32")
+
+
+def test_linalg_lowering_is_the_one_hot_matmul():
+    from avalon.mlir import to_mlir
+    text = to_mlir(one_op((6, 2, 3), 4), dialect="linalg")
+    assert text.count("linalg.matmul") == 1 and "scatter" not in text  # onehot^T @ values
+
+
+def test_embedding_gradient_on_iree_matches_torch(rng):
+    pytest.importorskip("iree.runtime", reason="needs the mlir extra: pip install -e '.[mlir]'")
+    pytest.importorskip("iree.compiler", reason="needs the mlir extra: pip install -e '.[mlir]'")
+    w, idx, r = values(rng, (10, 4), "f32"), rng.integers(0, 10, (3, 5)), values(rng, (3, 5, 4), "f32")
+    f = av.compile(av.grad(embedding_loss), backend="iree")
+    close(f(av.tensor(w), av.tensor(idx), av.tensor(r)).numpy(), torch_embedding_grad(w, idx, r), "f32")
