@@ -328,6 +328,9 @@ class Tensor:
         """The number of elements (a method, as in torch)."""
         return int(np.prod(self.shape, dtype=np.int64))
 
+    nelement = numel
+    ndimension = dim
+
     def __len__(self) -> int:
         if not self.shape:
             raise TypeError("len() of a 0-d tensor")
@@ -425,7 +428,10 @@ class Tensor:
         if self._value is not None:
             return f"Tensor(traced, shape={self.shape}, dtype={self.dtype.name})"
         # torch's threshold: every element up to 1000, so an 8x4 batch shows all its rows
-        body = np.array2string(self.numpy(), separator=", ", precision=4, threshold=1000, prefix="tensor(")
+        o = PRINT_OPTIONS  # (av.set_printoptions)
+        body = np.array2string(self.numpy(), separator=", ", precision=o["precision"], threshold=o["threshold"],
+                               edgeitems=o["edgeitems"], max_line_width=o["linewidth"], suppress_small=o["suppress"],
+                               prefix="tensor(")
         dev = f", device='{self._device}'" if self._device != CPU else ""
         return f"tensor({body}, dtype={self.dtype.name}{dev})"
 
@@ -506,14 +512,27 @@ class Tensor:
     def __ge__(self, other: Any) -> Tensor:
         return _ops.ge(self, other)
 
+    # `&`, `|`, `^`, `~`: bitwise on integers, logical on bools (the same ops as before for masks)
     def __and__(self, other: Any) -> Tensor:
-        return _ops.logical_and(self, other)
+        return _ops.bitwise_and(self, other)
+
+    def __rand__(self, other: Any) -> Tensor:
+        return _ops.bitwise_and(other, self)
 
     def __or__(self, other: Any) -> Tensor:
-        return _ops.logical_or(self, other)
+        return _ops.bitwise_or(self, other)
+
+    def __ror__(self, other: Any) -> Tensor:
+        return _ops.bitwise_or(other, self)
+
+    def __xor__(self, other: Any) -> Tensor:
+        return _ops.bitwise_xor(self, other)
+
+    def __rxor__(self, other: Any) -> Tensor:
+        return _ops.bitwise_xor(other, self)
 
     def __invert__(self) -> Tensor:
-        return _ops.logical_not(self)
+        return _ops.bitwise_not(self)
 
     def __neg__(self) -> Tensor:
         return _ops.neg(self)
@@ -616,7 +635,8 @@ class Tensor:
     cumsum = _method("cumsum")
 
     # -- shapes
-    reshape = view = _method("reshape")  # a view where torch's is one (avalon/views.py), else a copy
+    reshape = _method("reshape")  # a view where torch's is one (avalon/views.py), else a copy
+    view = _method("view")  # torch's view: never a copy; RuntimeError where reshape would copy
     transpose = _method("transpose")
     permute = _method("permute")
     flatten = _method("flatten")
@@ -684,6 +704,109 @@ class Tensor:
     scatter_reduce = _method("scatter_reduce")
     bincount = _method("bincount")
 
+    # -- torch's remaining math and shape methods (avalon/ops: mathfn, stats, matrices, shapes, dynamic)
+    absolute = _method("absolute")
+    acos = arccos = _method("acos")
+    asin = arcsin = _method("asin")
+    atan = arctan = _method("atan")
+    atan2 = arctan2 = _method("atan2")
+    cosh = _method("cosh")
+    sinh = _method("sinh")
+    tan = _method("tan")
+    ceil = _method("ceil")
+    round = _method("round")
+    frac = _method("frac")
+    log10 = _method("log10")
+    log2 = _method("log2")
+    lgamma = _method("lgamma")
+    digamma = _method("digamma")
+    erfinv = _method("erfinv")
+    logit = _method("logit")
+    xlogy = _method("xlogy")
+    hypot = _method("hypot")
+    logaddexp = _method("logaddexp")
+    heaviside = _method("heaviside")
+    signbit = _method("signbit")
+    sgn = _method("sgn")
+    negative = _method("negative")
+    float_power = _method("float_power")
+    deg2rad = _method("deg2rad")
+    rad2deg = _method("rad2deg")
+    isposinf = _method("isposinf")
+    isneginf = _method("isneginf")
+    nan_to_num = _method("nan_to_num")
+    bitwise_and = _method("bitwise_and")
+    bitwise_or = _method("bitwise_or")
+    bitwise_xor = _method("bitwise_xor")
+    bitwise_not = _method("bitwise_not")
+    logical_and = _method("logical_and")
+    logical_or = _method("logical_or")
+    logical_xor = _method("logical_xor")
+    allclose = _method("allclose")
+    isclose = _method("isclose")
+    equal = _method("equal")
+    clamp_min = _method("clamp_min")
+    clamp_max = _method("clamp_max")
+    count_nonzero = _method("count_nonzero")
+    cross = _method("cross")
+    dot = _method("dot")
+    vdot = _method("vdot")
+    inner = _method("inner")
+    mv = _method("mv")
+    diff = _method("diff")
+    diag_embed = _method("diag_embed")
+    cummax = _method("cummax")
+    cummin = _method("cummin")
+    logcumsumexp = _method("logcumsumexp")
+    kthvalue = _method("kthvalue")
+    median = _method("median")
+    nanmedian = _method("nanmedian")
+    mode = _method("mode")
+    quantile = _method("quantile")
+    nanquantile = _method("nanquantile")
+    nanmean = _method("nanmean")
+    nansum = _method("nansum")
+    histc = _method("histc")
+    renorm = _method("renorm")
+    sum_to_size = _method("sum_to_size")
+    masked_select = _method("masked_select")
+    masked_scatter = _method("masked_scatter")
+    nonzero = _method("nonzero")
+    argwhere = _method("argwhere")
+    unique = _method("unique")
+    unique_consecutive = _method("unique_consecutive")
+    take = _method("torch_take")  # torch's: over the flattened tensor
+    put = _method("put")
+    select = _method("select")
+    tensor_split = _method("tensor_split")
+    swapaxes = swapdims = _method("swapaxes")
+    unflatten = _method("unflatten")
+    unfold = _method("unfold")  # Tensor.unfold(dimension, size, step): sliding windows (a copy)
+    ravel = _method("ravel")
+    rot90 = _method("rot90")
+    isin = _method("isin")
+    matrix_power = _method("matrix_power")
+    matrix_exp = _method("matrix_exp")
+    inverse = _method("inverse")
+    det = _method("det")
+    logdet = _method("logdet")
+    slogdet = _method("slogdet")
+    triangular_solve = _method("triangular_solve")
+    bernoulli = _method("bernoulli")
+    is_floating_point = _method("is_floating_point")
+    element_size = _method("element_size")
+    stride = _method("stride")
+    storage_offset = _method("storage_offset")
+    data_ptr = _method("data_ptr")
+    get_device = _method("get_device")
+    register_hook = _method("register_hook")  # refused, saying how gradients are transformed here
+    resize_ = _method("resize")  # same number of elements only
+    pin_memory = _method("pin_memory")  # no pinned memory: the tensor itself
+    is_leaf = property(_method("is_leaf"), doc="True: Avalon records no autograd graph on tensors.")
+    byte = _method("to_byte")  # uint8's values, held as i32 (Avalon has no 8-bit ints)
+    char = _method("to_char")  # int8's values, held as i32
+    short = _method("to_short")  # int16's values, held as i32
+
     def type(self, dtype: Any = None, non_blocking: bool = False, **kwargs: Any) -> Any:
         """torch's `x.type()`: the tensor type's name ('torch.FloatTensor', 'torch.cuda.LongTensor');
         `x.type(dtype)` converts to a dtype or to a type given by name or class."""
@@ -742,6 +865,7 @@ class Tensor:
     long = _cast(dt.int64)
     int = _cast(dt.int32)
     bool = _cast(dt.bool_)
+    bfloat16 = _cast(dt.bfloat16)
 
     def backward(self, *args: Any, **kwargs: Any) -> None:
         """torch's `loss.backward()` has no meaning here: gradients are values, returned."""
@@ -838,6 +962,10 @@ def tensor(data: Any, dtype: Any = None, device: Any = None) -> Tensor:
     return t
 
 
+PRINT_OPTIONS: dict[str, Any] = {"precision": 4, "threshold": 1000, "edgeitems": 3, "linewidth": 80,
+                                 "suppress": False}
+"""Tensor repr's numpy print options: torch's defaults, changed by `av.set_printoptions`."""
+
 _TYPE_NAMES = {"f32": "FloatTensor", "f64": "DoubleTensor", "f16": "HalfTensor", "bf16": "BFloat16Tensor",
                "i32": "IntTensor", "i64": "LongTensor", "i1": "BoolTensor"}
 """torch's legacy tensor-type names, for `Tensor.type()`."""
@@ -848,6 +976,20 @@ _INPLACE_MORE = {
     "scatter_": _op("scatter"), "scatter_add_": _op("scatter_add"), "lerp_": _op("lerp"),
     "addcmul_": _op("addcmul"), "addcdiv_": _op("addcdiv"), "remainder_": _op("remainder"), "fmod_": _op("fmod"),
     "floor_divide_": _op("floor_divide"), "log1p_": _op("log1p"), "expm1_": _op("expm1"), "trunc_": _op("trunc"),
+    "fill_diagonal_": _op("fill_diagonal"), "random_": _op("random_fill"), "geometric_": _op("geometric_fill"),
+    "log_normal_": _op("log_normal_fill"), "cauchy_": _op("cauchy_fill"), "put_": _op("put"),
+    "masked_scatter_": _op("masked_scatter"), "clamp_min_": _op("clamp_min"), "clamp_max_": _op("clamp_max"),
+    "ceil_": _op("ceil"), "round_": _op("round"), "frac_": _op("frac"), "tan_": _op("tan"), "sin_": _op("sin"),
+    "cos_": _op("cos"), "atan_": _op("atan"), "asin_": _op("asin"), "acos_": _op("acos"), "sinh_": _op("sinh"),
+    "cosh_": _op("cosh"), "atan2_": _op("atan2"), "log2_": _op("log2"), "log10_": _op("log10"),
+    "lgamma_": _op("lgamma"), "digamma_": _op("digamma"), "erfinv_": _op("erfinv"), "logit_": _op("logit"),
+    "xlogy_": _op("xlogy"), "hypot_": _op("hypot"), "nan_to_num_": _op("nan_to_num"), "renorm_": _op("renorm"),
+    "deg2rad_": _op("deg2rad"), "rad2deg_": _op("rad2deg"), "sign_": _op("sign"), "negative_": _op("negative"),
+    "bitwise_and_": _op("bitwise_and"), "bitwise_or_": _op("bitwise_or"), "bitwise_xor_": _op("bitwise_xor"),
+    "bitwise_not_": _op("bitwise_not"), "logical_and_": _op("logical_and"), "logical_or_": _op("logical_or"),
+    "logical_xor_": _op("logical_xor"), "logical_not_": _op("logical_not"), "heaviside_": _op("heaviside"),
+    "float_power_": _op("float_power"), "square_": _op("square"), "reciprocal_": _op("reciprocal"),
+    "rsqrt_": _op("rsqrt"), "erf_": _op("erf"),
 }
 """More in-place methods (torch code fills one-hot targets with `scatter_`), by the same rule as _INPLACE."""
 

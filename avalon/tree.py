@@ -25,7 +25,7 @@ _OPAQUE = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, type
 
 def is_array_like(x: Any) -> bool:
     """A numpy array or a torch tensor (anything Avalon accepts where a Tensor goes)."""
-    return isinstance(x, np.ndarray) or (hasattr(x, "detach") and hasattr(x, "data_ptr"))
+    return isinstance(x, np.ndarray) or (not isinstance(x, Tensor) and hasattr(x, "detach") and hasattr(x, "data_ptr"))
 
 
 def is_model(x: Any) -> bool:

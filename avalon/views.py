@@ -32,8 +32,8 @@ sharing the base's array eagerly, as before, so writes that bypass Avalon's in-p
 compiled call's buffers written in place) reach them too.
 
 Writes through an expanded view are refused, as torch refuses writes to a tensor whose elements
-overlap. `x.view(shape)` of a tensor torch could not view (a transposed one) gives a copy instead of
-torch's error.
+overlap. `x.view(shape)` of a tensor torch could not view (a transposed one) raises torch's error
+(`view`, below); `x.reshape(shape)` copies there, as torch's.
 """
 from __future__ import annotations
 
@@ -97,6 +97,35 @@ def compute_stride(old: tuple[int, ...], strides: tuple[int, ...], new: tuple[in
                 chunk_base = strides[d - 1]
                 tensor_numel = view_numel = 1
     return tuple(newstride) if view_d == -1 else None
+
+
+def view(x: Tensor, *shape: Any) -> Tensor:
+    """`x.view(*shape)`: torch's view, which never copies: a shape whose elements the tensor's
+    strides cannot reach (`x.t().view(-1)`) raises torch's RuntimeError instead of copying (use
+    `reshape`). `x.view(dtype)` of the tensor's own dtype is the tensor; other dtypes (torch's bit
+    reinterpretation) are refused."""
+    ops = _ops()
+    if len(shape) == 1 and not isinstance(shape[0], (tuple, list, int)) and not hasattr(shape[0], "__index__"):
+        from .ir import dtypes as dt
+        d = ops.dtype_arg("view", shape[0])
+        if d is x.dtype:
+            return x
+        raise ops.fail(NotImplementedError(f"view: reinterpreting {dt.PY_NAMES[x.dtype.name]} bits as "
+                                           f"{dt.PY_NAMES[d.name]} is not supported; convert values with .to(dtype)"))
+    dims = list(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else list(shape)
+    dims = [int(s) for s in dims]
+    if dims.count(-1) == 1:
+        known = math.prod(s for s in dims if s != -1)
+        if known and x.numel() % known == 0:
+            dims[dims.index(-1)] = x.numel() // known
+    if -1 not in dims and math.prod(dims) == x.numel():
+        sizes, strides, _ = layout_of(x)
+        if compute_stride(tuple(sizes), tuple(strides), tuple(dims)) is None:
+            raise ops.fail(RuntimeError(
+                f"view size is not compatible with input tensor's size and stride (at least one dimension spans "
+                f"across two contiguous subspaces). Use .reshape(...) instead. (view{tuple(dims)} of a tensor of "
+                f"shape {x.shape} and strides {tuple(strides)})"))
+    return ops.reshape(x, *shape)
 
 
 def _ops() -> Any:

@@ -3,9 +3,30 @@
 `core` binds the primitives with broadcasting and dtype promotion made explicit; `creation`,
 `shaping` and `indexing` add torch's creation, shape/mask and indexing functions over them;
 `pointwise`, `reductions`, `contract` (einsum), `sorting` and `scattering` (index_add, scatter_reduce,
-...) compose further torch functions from them, and `linalg` is `av.linalg`. Everything is importable
+...) compose further torch functions from them, as do `mathfn` (trig, special functions, bitwise),
+`stats` (order statistics, scans, nan-reductions), `matrices` (products, factorizations, structured
+matrices), `shapes` (stacking, windows, lookups, dtype queries), `dynamic` (value-dependent shapes:
+nonzero, unique, masked_select; eager only) and `tensor_extras` (what Tensor-only methods compute);
+`linalg` is `av.linalg`. Everything is importable
 as `avalon.ops.X`, and the torch-named functions also as `avalon.X`."""
-from . import contract, core, creation, indexing, linalg, pointwise, reductions, scattering, shaping, sorting
+from . import (
+    contract,
+    core,
+    creation,
+    dynamic,
+    indexing,
+    linalg,
+    mathfn,
+    matrices,
+    pointwise,
+    reductions,
+    scattering,
+    shapes,
+    shaping,
+    sorting,
+    stats,
+    tensor_extras,
+)
 from .contract import einsum
 from .core import *  # noqa: F403
 from .core import (
@@ -23,18 +44,31 @@ from .core import (
 from .core import __all__ as _core_all
 from .creation import *  # noqa: F403
 from .creation import __all__ as _creation_all
+from .dynamic import *  # noqa: F403
+from .dynamic import __all__ as _dynamic_all
 from .indexing import getitem, setitem
+from .mathfn import *  # noqa: F403
+from .mathfn import __all__ as _mathfn_all
+from .matrices import *  # noqa: F403
+from .matrices import __all__ as _matrices_all
 from .pointwise import *  # noqa: F403
 from .pointwise import __all__ as _pointwise_all
 from .reductions import *  # noqa: F403
 from .reductions import __all__ as _reductions_all
 from .scattering import *  # noqa: F403
 from .scattering import __all__ as _scatter_all
+from .shapes import *  # noqa: F403
+from .shapes import __all__ as _shapes_all
 from .shaping import *  # noqa: F403
 from .shaping import __all__ as _shaping_all
 from .sorting import *  # noqa: F403
 from .sorting import SortResult
 from .sorting import __all__ as _sorting_all
+from .stats import *  # noqa: F403
+from .stats import __all__ as _stats_all
+from .tensor_extras import *  # noqa: F403
+from .tensor_extras import __all__ as _tensor_extras_all
 
 __all__ = sorted({*_core_all, *_creation_all, *_pointwise_all, *_reductions_all, *_scatter_all, *_shaping_all,
-                  *_sorting_all, "einsum", "getitem", "linalg", "setitem", "SortResult"})
+                  *_sorting_all, *_mathfn_all, *_stats_all, *_matrices_all, *_shapes_all, *_dynamic_all,
+                  *_tensor_extras_all, "einsum", "getitem", "linalg", "setitem", "SortResult"})

@@ -470,10 +470,20 @@ def clamp(input: Any, min: Any = None, max: Any = None, *, out: Any = None) -> T
     unsupported("clamp", out=out)
     y = _as_operand(input)  # (no bounds: the input, where torch raises; ONNX's Clip relies on it)
     if min is not None:
-        y = where(lt(y, min), min, y)
+        y = where(_beyond(lt(y, min), min), min, y)
     if max is not None:
-        y = where(gt(y, max), max, y)
+        y = where(_beyond(gt(y, max), max), max, y)
     return y
+
+
+def _beyond(out: Tensor, bound: Any) -> Tensor:
+    """Where clamp takes the bound: past it, or where a floating tensor bound is nan (as torch)."""
+    b = _as_operand(bound)
+    if isinstance(b, Tensor) and b.dtype.is_float:
+        return logical_or(out, isnan(b))
+    if isinstance(b, (float, np.floating)) and math.isnan(b):
+        return logical_or(out, True)
+    return out
 
 
 clip = clamp
