@@ -17,6 +17,7 @@ Categories of ops are asked of their traits (`bool_as_int`, `selects`), never of
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -355,13 +356,16 @@ LOWERING.update({
 
 
 @dataclass(frozen=True)
-class ScanLowering(Lowering):
-    """An op computed by a kernel of its own, which this entry builds (see build.build_kernel)."""
+class OwnKernel(Lowering):
+    """An op computed by a kernel (or kernel chain) of its own, which `builder` makes from its
+    one-op group (see build.build_kernel): scans, sorts, scatters."""
 
+    builder: Callable[[Group, BlockPolicy], Kernel] | None = None
     builds_kernel: ClassVar[bool] = True
 
     def build_kernel(self, group: Group, policy: BlockPolicy) -> Kernel:
-        return build_scan(group, policy)
+        assert self.builder is not None
+        return self.builder(group, policy)
 
 
 def _iota(em, op, idx, guard):
@@ -373,37 +377,18 @@ def _iota(em, op, idx, guard):
 
 LOWERING["iota"] = IndexLowering("index", "the result index along the axis, converted to the dtype", _iota)
 
-LOWERING["cumsum"] = ScanLowering("scan", "tl.cumsum along the axis per block of rows; chunks carry a running sum")
+LOWERING["cumsum"] = OwnKernel("scan", "tl.cumsum along the axis per block of rows; chunks carry a running sum",
+                               build_scan)
 
 
-@dataclass(frozen=True)
-class SortLowering(Lowering):
-    """`sort` / `argsort`: a kernel of their own (sort.py), built by this entry like the scan's."""
-
-    builds_kernel: ClassVar[bool] = True
-
-    def build_kernel(self, group: Group, policy: BlockPolicy) -> Kernel:
-        return build_sort(group, policy)
+LOWERING["sort"] = OwnKernel("sort", "tl.sort of packed (value image, position) int64 keys per block of rows; "
+                             "the operand loaded at the sorted positions", build_sort)
+LOWERING["argsort"] = OwnKernel("sort", "tl.sort of packed (value image, position) int64 keys per block of rows; "
+                                "the positions stored (f64/i64: an unrolled bitonic network on pairs)", build_sort)
 
 
-LOWERING["sort"] = SortLowering("sort", "tl.sort of packed (value image, position) int64 keys per block of rows; "
-                                "the operand loaded at the sorted positions")
-LOWERING["argsort"] = SortLowering("sort", "tl.sort of packed (value image, position) int64 keys per block of rows; "
-                                   "the positions stored (f64/i64: an unrolled bitonic network on pairs)")
-
-
-@dataclass(frozen=True)
-class ScatterLowering(Lowering):
-    """`index_add`: a kernel chain of its own (scatter.py), built by this entry like the sort's."""
-
-    builds_kernel: ClassVar[bool] = True
-
-    def build_kernel(self, group: Group, policy: BlockPolicy) -> Kernel:
-        return build_scatter(group, policy)
-
-
-LOWERING["index_add"] = ScatterLowering("scatter", "zero the result, then tl.atomic_add the value rows at their "
-                                        "indices (f16/bf16: into an f32 workspace, then cast)")
+LOWERING["index_add"] = OwnKernel("scatter", "zero the result, then tl.atomic_add the value rows at their "
+                                  "indices (f16/bf16: into an f32 workspace, then cast)", build_scatter)
 
 
 @dataclass(frozen=True)
