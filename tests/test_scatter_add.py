@@ -201,3 +201,14 @@ def test_embedding_gradient_on_iree_matches_torch(rng):
     w, idx, r = values(rng, (10, 4), "f32"), rng.integers(0, 10, (3, 5)), values(rng, (3, 5, 4), "f32")
     f = av.compile(av.grad(embedding_loss), backend="iree")
     close(f(av.tensor(w), av.tensor(idx), av.tensor(r)).numpy(), torch_embedding_grad(w, idx, r), "f32")
+
+
+def test_torch_index_add_of_floats_is_the_primitive_and_matches_torch(rng):
+    """GNN message passing: av.index_add along any dim is one `index_add` op (no (E, N) mask)."""
+    x, src = values(rng, (5, 3, 4), "f64"), values(rng, (5, 6, 4), "f64")
+    i = np.array([0, 2, 2, 1, 0, 2])
+    want = torch.index_add(torch.from_numpy(x), 1, torch.from_numpy(i), torch.from_numpy(src), alpha=2).numpy()
+    np.testing.assert_allclose(av.index_add(av.tensor(x), 1, av.tensor(i), av.tensor(src), alpha=2).numpy(), want,
+                               rtol=1e-12)
+    names = [op.name for op in av.trace(lambda a, b: av.index_add(a, 1, av.tensor(i), b), x, src).ops]
+    assert "index_add" in names and "eq" not in names, names

@@ -32,6 +32,7 @@ from .core import (
     _tensor,
     add,
     amax,
+    bind,
     broadcast_to,
     cast,
     concat,
@@ -204,6 +205,9 @@ def index_add(input: Any, dim: int, index: Any, source: Any, *, alpha: Any = 1, 
         return x
     if not (isinstance(alpha, (int, np.integer)) and alpha == 1):
         src = mul(src, alpha)
+    if x.dtype.is_float and src.dtype is x.dtype:  # the `index_add` primitive: one add per source row
+        rows = bind("index_add", movedim(src, d, 0), cast(idx, dt.int64), size=x.shape[d])
+        return add(x, movedim(rows, 0, d))
     hit = reshape(_hits(idx, x.shape[d]), [idx.shape[0] if k == d else 1 for k in range(x.ndim)] + [x.shape[d]])
     return _reduce_into(x, d, src.shape, hit, src, "sum", True)
 
