@@ -212,3 +212,35 @@ def test_torch_index_add_of_floats_is_the_primitive_and_matches_torch(rng):
                                rtol=1e-12)
     names = [op.name for op in av.trace(lambda a, b: av.index_add(a, 1, av.tensor(i), b), x, src).ops]
     assert "index_add" in names and "eq" not in names, names
+
+
+@pytest.mark.parametrize("name", ["scatter_add", "sum", "mean"])
+@pytest.mark.parametrize("backend", ["numpy", "triton"])
+def test_scatter_add_and_sum_mean_reductions_are_index_adds_with_torchs_gradients(rng, name, backend):
+    """scatter_add and float scatter_reduce sum/mean along a middle dim (an index narrower than the
+    input in the other dims, and repeated targets): `index_add` ops and no (index x dim) mask, and
+    values and both gradients equal torch's, compiled; the gradient of a gather is an index_add."""
+    x, src = values(rng, (4, 6, 5), "f64"), values(rng, (3, 7, 4), "f64")  # (torch's backward needs
+    i = rng.integers(0, 6, (3, 7, 4))                                     # src shaped as the index)
+
+    def fn(lib, a, s, idx, inc):
+        if name == "scatter_add":
+            return lib.scatter_add(a, 1, idx, s)
+        return lib.scatter_reduce(a, 1, idx, s, name, include_self=inc)
+
+    r = values(rng, x.shape, "f64")
+    for inc in (True, False):
+        def loss(a, s, inc=inc):
+            return (fn(av, a, s, av.tensor(i), inc) * av.tensor(r)).sum()
+        names = [op.name for op in av.trace(av.grad(loss, argnums=(0, 1)), x, src).ops]
+        assert "index_add" in names and "eq" not in names, names
+        ga, gs = av.compile(av.grad(loss, argnums=(0, 1)), backend=backend)(av.tensor(x), av.tensor(src))
+        ta, ts = torch.from_numpy(x).requires_grad_(), torch.from_numpy(src).requires_grad_()
+        (fn(torch, ta, ts, torch.from_numpy(i), inc) * torch.from_numpy(r)).sum().backward()
+        np.testing.assert_allclose(ga.numpy(), ta.grad.numpy(), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(gs.numpy(), ts.grad.numpy(), rtol=1e-9, atol=1e-12)
+        got = av.compile(lambda a, s, inc=inc: fn(av, a, s, av.tensor(i), inc), backend=backend)(av.tensor(x), av.tensor(src))
+        np.testing.assert_allclose(got.numpy(), fn(torch, torch.from_numpy(x), torch.from_numpy(src),
+                                                   torch.from_numpy(i), inc).numpy(), rtol=1e-12)
+    names = [op.name for op in av.trace(av.grad(lambda a: av.gather(a, 1, av.tensor(i)).sum()), x).ops]
+    assert "index_add" in names and "eq" not in names, names

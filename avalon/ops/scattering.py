@@ -1,13 +1,16 @@
 """torch's scatter-style reductions, the message passing of graph networks: `index_add`,
 `scatter_reduce`, `index_put`, `index_copy`, `index_fill`, `bincount`.
 
-Built from the (index == position) masks of `sorting.gather`/`scatter_add`, no new primitive: an
-index of shape I into a dim of size n gives an I + (n,) boolean mask, each target position reduces
-the source values the mask selects (`sum`, the `mul` tree of `prod`, `max`), and `where` keeps
-the input where no index points. That is O(index elements x n) work, fused into one reduction on
-Triton; `where` never multiplies an unselected value, so inf and nan stay where they are. Eagerly
-and on the numpy backend the mask is materialized (edges x features x nodes for a graph layer's
-`index_add`): right for small and medium graphs; large sparse ones would want a scatter primitive.
+Float sums (`index_add`, `scatter_reduce` 'sum'/'mean', `scatter_add`, `index_put(accumulate=True)`)
+are the `index_add` primitive: one add per source element into the flattened result (atomics on
+Triton), its gradient a gather, so a graph layer's message passing scales with its edges. The rest
+(integers, 'prod', 'amax'/'amin', last-wins writes) is built from the (index == position) masks of
+`sorting.gather`/`scatter`, no new primitive: an index of shape I into a dim of size n gives an
+I + (n,) boolean mask, each target position reduces the source values the mask selects (the `mul`
+tree of `prod`, `max`), and `where` keeps the input where no index points. That is O(index elements
+x n) work, fused into one reduction on Triton; `where` never multiplies an unselected value, so inf
+and nan stay where they are. Eagerly and on the numpy backend the mask is materialized: right for
+small and medium graphs; large sparse ones would want a max-scatter primitive too.
 
 Gradients come from the primitives' own rules and are torch's: `amax`/`amin` reduce the input and
 the sources as one `max`, whose rule splits the gradient evenly among all tied maxima, exactly
@@ -58,7 +61,7 @@ from .core import (
 from .creation import iota
 from .reductions import prod
 from .shaping import _dim, movedim
-from .sorting import _crop, _hits, _index, scatter
+from .sorting import _crop, _hits, _index, scatter, scatter_sum
 
 REDUCTIONS = ("sum", "prod", "mean", "amax", "amin")
 
@@ -148,7 +151,25 @@ def scatter_reduce(input: Any, dim: int, index: Any, src: Any, reduce: str, *, i
                               "larger in any dim"))
     if idx.numel() == 0:
         return x
+    if reduce in ("sum", "mean") and x.dtype.is_float:
+        return _sum_into(x, d, idx, cast(_crop(s, idx.shape), x.dtype), reduce == "mean", bool(include_self))
     return _reduce_into(x, d, idx.shape, _hits(idx, x.shape[d]), _crop(s, idx.shape), reduce, bool(include_self))
+
+
+def _sum_into(x: Tensor, d: int, idx: Tensor, s: Tensor, mean: bool, include_self: bool) -> Tensor:
+    """Float 'sum' and 'mean' through the `index_add` primitive (one add per source element), the
+    count of sources per position another index_add of ones (float32, or float64 for f64)."""
+    tot = scatter_sum(x.shape, d, idx, s)
+    if include_self and not mean:
+        return add(x, tot)
+    cdt = dt.float64 if x.dtype is dt.float64 else dt.float32
+    count = scatter_sum(x.shape, d, idx, full(idx.shape, 1, cdt))
+    covered = gt(count, 0)
+    if include_self:
+        tot = add(x, tot)
+    if mean:
+        tot = div(tot, cast(add(count, 1) if include_self else maximum(count, 1), x.dtype))  # no 0/0, even unused
+    return where(covered, tot, x)
 
 
 # -- one index vector along one dim ------------------------------------------------------------------

@@ -23,10 +23,11 @@ torch) and padding after everything. Outside a trace the primitives run on the r
 stable sort) at any length. The linalg (MLIR/IREE) lowering of the primitives is this network too
 (upstream MLIR has no sort).
 
-`gather` and the scatters select along the indexed dim with an (index == position) mask and a
-`sum`: O(index elements x dim size) work, one fused reduction on Triton, nan/inf-safe (a `where`
-never multiplies the unselected values), and the gradient of one is the other. Outside a trace
-(nothing can ask for a gradient) `gather` reads with `take` on the flattened tensor instead.
+`gather` is one `take` on the flattened tensor (offsets from the index and iotas), and float
+`scatter_add` one `index_add` into the flattened result: the gradient of one is the other, and the
+work is one read or add per index element. The integer scatters and the last-wins `scatter` select
+along the indexed dim with an (index == position) mask and a reduction: O(index elements x dim size)
+work, one fused reduction on Triton, nan/inf-safe (a `where` never multiplies the unselected values).
 """
 from __future__ import annotations
 
@@ -247,7 +248,7 @@ def _hits(idx: Tensor, n: int) -> Tensor:
 def gather(input: Any, dim: int, index: Any, *, sparse_grad: bool = False, out: Any = None) -> Tensor:
     """torch.gather: out[..., j, ...] = input[..., index[..., j, ...], ...] along `dim`, the index
     at most the input's size in the other dims; an index outside [0, size) is an IndexError when its
-    values are known (in a traced graph it selects nothing: 0)."""
+    values are known (in a compiled graph, the backend's index check)."""
     unsupported("gather", out=out)
     x = _tensor(input)
     d = _dim("gather", x, dim)
@@ -256,29 +257,35 @@ def gather(input: Any, dim: int, index: Any, *, sparse_grad: bool = False, out: 
         return reshape(gather(x, 0, reshape(_tensor(index), (-1,))), ())
     n = x.shape[d]
     idx = _index("gather", x, d, index, n)
-    xs = _crop(x, idx.shape, d)
-    if current_trace() is None or not x.dtype.is_float:
-        return _take_flat(xs, d, idx)
-    sel = expand_dims(movedim(xs, d, -1), d)  # (..., 1 at d, ..., n)
-    return sum(where(_hits(idx, n), sel, 0.0), -1)
-
-
-def _take_flat(x: Tensor, d: int, idx: Tensor) -> Tensor:
-    """gather through one `take` on the flattened tensor: flat offsets from the index and iotas."""
     if idx.numel() == 0:
         return full(idx.shape, 0, x.dtype)
-    strides = [math.prod(x.shape[k + 1:]) for k in range(x.ndim)]
-    flat = mul(cast(idx, dt.int64), strides[d])
-    for k in range(x.ndim):
-        if k != d and x.shape[k] > 1:
-            flat = add(flat, mul(iota(idx.shape, k), strides[k]))
-    return bind("take", reshape(x, (-1,)), flat, axis=0)
+    return reshape(bind("take", reshape(x, (-1,)), _flat_targets(x.shape, d, idx), axis=0), idx.shape)
 
 
 def _spread(vals: Tensor, x: Tensor, d: int, fill: Any) -> Tensor:
     """(index dims without d, then n) values moved to dim d and padded to x's shape."""
     y = movedim(vals, -1, d)
     return pad(y, [(0, t - s) for s, t in zip(y.shape, x.shape)], float(fill))
+
+
+def _flat_targets(shape: tuple[int, ...], d: int, idx: Tensor) -> Tensor:
+    """The flat offsets, in a tensor of `shape`, that a scatter along `d` writes: index values along
+    d, the index's own positions in the other dims (1-d, one per index element)."""
+    strides = [math.prod(shape[k + 1:]) for k in range(len(shape))]
+    flat = mul(cast(idx, dt.int64), strides[d])
+    for k in range(len(shape)):
+        if k != d and idx.shape[k] > 1:
+            flat = add(flat, mul(iota(idx.shape, k), strides[k]))
+    return reshape(flat, (-1,))
+
+
+def scatter_sum(shape: tuple[int, ...], d: int, idx: Tensor, s: Tensor) -> Tensor:
+    """Zeros of `shape` (s's float dtype) with each s[j] added at index[j] along d: one `index_add`
+    primitive over the flattened result, so the work is one add per source element (atomics on
+    Triton) where the (index == position) mask is index elements x dim size, and the gradient is
+    the primitive's, a gather."""
+    vals = reshape(s, (-1,))
+    return reshape(bind("index_add", vals, _flat_targets(shape, d, idx), size=math.prod(shape)), shape)
 
 
 def scatter_add(input: Any, dim: int, index: Any, src: Any) -> Tensor:
@@ -289,6 +296,8 @@ def scatter_add(input: Any, dim: int, index: Any, src: Any) -> Tensor:
     n = x.shape[d]
     idx = _index("scatter_add", x, d, index, n)
     s = _crop(cast(_tensor(src), x.dtype), idx.shape)
+    if x.dtype.is_float and idx.numel():
+        return add(x, scatter_sum(x.shape, d, idx, s))
     work = dt.int64 if x.dtype is dt.bool_ else x.dtype
     contrib = sum(where(_hits(idx, n), expand_dims(cast(s, work), -1), 0), d)
     return cast(add(cast(x, work), _spread(contrib, x, d, 0)), x.dtype)
