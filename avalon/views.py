@@ -29,7 +29,8 @@ and eager ops do not hand out results that share an operand's memory (`ops.core.
 them), so an eager result never differs from a traced one. The cost: an eager in-place op on a
 view rewrites its whole base (O(base), not O(view)). `.detach()`/`.data` additionally keep
 sharing the base's array eagerly, as before, so writes that bypass Avalon's in-place ops (a
-compiled call's buffers written in place) reach them too.
+compiled call's buffers written in place) reach them too; a compiled call refreshes the live views
+of every state tensor it updated, in place or not (`compiler.execute._write_back`).
 
 Writes through an expanded view are refused, as torch refuses writes to a tensor whose elements
 overlap. `x.view(shape)` of a tensor torch could not view (a transposed one) raises torch's error

@@ -526,3 +526,37 @@ def test_a_failed_trace_restores_the_model_exactly():
     assert vars(m).keys() == before.keys() and all(vars(m)[k] is v for k, v in before.items())
     assert m.last is None and not hasattr(m, "calls")
     assert m(av.randn(3, 2)).shape == ()  # eagerly it works, as in torch
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu", "triton"])
+def test_views_of_parameters_read_a_compiled_steps_update(backend):
+    """A view of a parameter taken before a compiled training step (`w[0]`, `w.t()`, `.data`) reads
+    the updated parameter after it, as torch's shared storage does, also where the executable
+    updates the parameter's buffer in place (donated), and a write through that view reaches the
+    parameter; checked against the same steps in torch."""
+    torch.manual_seed(0)
+    tm = torch.nn.Linear(3, 2)
+    m = ann.Linear(3, 2)
+    ann.load_state_dict(m, tm.state_dict())
+    opt, topt = av.optim.SGD(m.parameters(), lr=0.1, momentum=0.9), torch.optim.SGD(tm.parameters(), lr=0.1,
+                                                                                      momentum=0.9)
+    row, wt, data = m.weight[0], m.weight.t(), m.weight.data
+    trow, twt = tm.weight[0], tm.weight.t()
+
+    def step(m, opt, x):
+        loss, g = av.value_and_grad(lambda mm, x: mm(x).pow(2).sum())(m, x)
+        opt.step(g)
+        return loss
+
+    f = av.compile(step, backend=backend)
+    x = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
+    for _ in range(2):
+        f(m, opt, av.tensor(x))
+        topt.zero_grad()
+        tm(torch.from_numpy(x)).pow(2).sum().backward()
+        topt.step()
+        for got, want in ((row, trow), (wt, twt), (data, tm.weight), (m.bias, tm.bias)):
+            np.testing.assert_allclose(got.numpy(), want.detach().numpy(), rtol=1e-5, atol=1e-6)
+    row.fill_(5.0)
+    np.testing.assert_array_equal(m.weight.numpy()[0], [5.0, 5.0, 5.0])
+    np.testing.assert_array_equal(wt.numpy()[:, 0], [5.0, 5.0, 5.0])

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from avalon import tree
+from avalon import tree, views
 from avalon.device import CPU, Device
 from avalon.ir import Graph, TensorType, Value
 from avalon.tensor import Tensor, as_array
@@ -61,9 +61,11 @@ def _write_back(targets: list[Tensor], arrays: Sequence[Any], values: Sequence[V
     """`assign(target, result)` for each state update, in order; copies between device tensors of
     the same dtype are batched into one `torch._foreach_copy_` (one launch instead of one each)."""
     dst: dict[int, tuple[Any, Any]] = {}  # id(target) -> (target storage, source); the last update wins
+    in_place = []
     for target, a, v in zip(targets, arrays, values):
         data = target._data
         if a is data:  # written in place by the executable (a donated input)
+            in_place.append(target)
             continue
         if (target._device != CPU and hasattr(a, "data_ptr") and a.device == data.device
                 and a.dtype == data.dtype and a.shape == data.shape):
@@ -75,6 +77,8 @@ def _write_back(targets: list[Tensor], arrays: Sequence[Any], values: Sequence[V
             assign(target, _wrap_result(a, v.type, dev))
     if dst:
         _copy_all(list(dst.values()))
+    for target in {id(t): t for t in in_place + [t for t in targets if id(t) in dst]}.values():
+        views.refresh(target)  # views taken before the call (`w[0]`, `w.t()`) read the new values, as in torch
 
 
 def _copy_all(pairs: list[tuple[Any, Any]]) -> None:
