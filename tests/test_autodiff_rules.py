@@ -299,6 +299,16 @@ def _index_add(name, data, rng):
     return Case([rng.normal(size=s), idx.astype(data.draw(st.sampled_from([np.int64, np.int32])))], {"size": size})
 
 
+@case("index_max")
+def _index_max(name, data, rng):
+    s = _shape(data, min_dims=1)
+    size = data.draw(st.integers(1, 4))
+    n = max(s[0], size)  # every row named (no -inf), several rows competing for some
+    idx = rng.permutation(np.concatenate([np.arange(size), rng.integers(0, size, n - size)]))
+    return Case([rng.normal(size=(n,) + s[1:]), idx.astype(data.draw(st.sampled_from([np.int64, np.int32])))],
+                {"size": size})
+
+
 # -- torch twins -------------------------------------------------------------------------------
 
 def _t_conv_grad_input(a, dy, w):
@@ -377,6 +387,8 @@ TORCH: dict[str, Callable] = {
     "avg_pool2d_grad": _t_pool_grad(_t_avg_pool),
     "take": _t_take,
     "index_add": lambda a, v, idx: torch.zeros((a["size"],) + v.shape[1:], dtype=v.dtype).index_add(0, idx.long(), v),
+    "index_max": lambda a, v, idx: torch.full((a["size"],) + v.shape[1:], -np.inf, dtype=v.dtype).index_reduce(
+        0, idx.long(), v, "amax", include_self=False),
 }
 
 
@@ -479,9 +491,9 @@ def test_vjp_matches_torch(name, data):
 def _grads_both(name: str, operands: list[np.ndarray], attrs: dict | None = None):
     c = Case(operands, attrs or {})
     r = np.random.default_rng(1).normal(size=_one_op_graph(name, c)[1].shape)
-    ts = [torch.tensor(a, requires_grad=True) for a in operands]
+    ts = [torch.tensor(a, requires_grad=a.dtype.kind == "f") for a in operands]
     y = TORCH[name](ir.lookup(name).normalize_attrs(c.attrs), *ts)
-    want = torch.autograd.grad((y * torch.tensor(r)).sum(), ts)
+    want = torch.autograd.grad((y * torch.tensor(r)).sum(), [ts[i] for i in _float_operands(c)])
     return _avalon_grads(name, c, r), [w.numpy() for w in want]
 
 
@@ -497,6 +509,8 @@ def _grads_both(name: str, operands: list[np.ndarray], attrs: dict | None = None
     ("pow", [np.array([0.0, 0.0, 2.0, 3.0]), np.array([0.0, 2.0, 0.0, 1.5])], None),
     ("max_pool2d", [np.array([[[[1.0, 1.0, 0.0], [1.0, 1.0, 2.0], [0.0, 2.0, 2.0]]]])],
      {"kernel": [2, 2], "stride": [1, 1]}),
+    ("index_max", [np.array([[2.0, 1.0], [2.0, 0.0], [1.0, 1.0], [2.0, 1.0], [3.0, 1.0]]), np.array([0, 0, 1, 0, 1])],
+     {"size": 2}),  # three rows tie for row 0's first column, two for its second and for row 1's
 ])
 def test_kinks_and_ties_follow_torch(name, operands, attrs):
     got, want = _grads_both(name, operands, attrs)

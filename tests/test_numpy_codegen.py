@@ -156,6 +156,12 @@ def _index_add(b, g, d):  # indices in {0, 1}: many duplicates
     return [b("index_add", v, _in(g, (6,), "i64"), size=4), b("index_add", _in(g, (5,), d), _in(g, (5,), "i32"), size=3)]
 
 
+@case("index_max")
+def _index_max(b, g, d):  # indices in {0, 1}: many duplicates
+    v = _in(g, (6, 2, 3), d)
+    return [b("index_max", v, _in(g, (6,), "i64"), size=4), b("index_max", _in(g, (5,), d), _in(g, (5,), "i32"), size=3)]
+
+
 @case("iota", ("f32", "i32", "i64"))
 def _iota(b, g, d):
     return [b("iota", shape=[3, 4], axis=1, dtype=d), b("iota", shape=[2, 3, 2], axis=0, dtype=d)]

@@ -5,6 +5,7 @@ emitted as one `index_add` (no one-hot, no matmul) and matching torch on the num
 (interpreter) backends, the Triton kernels' compile to PTX for sm_90, the MLIR/IREE one-hot form and
 the ONNX export (ScatterND, reduction add) in onnxruntime."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -26,12 +27,12 @@ FLOATS = ["f32", "f64", "f16", "bf16"]
 TOL = {"f32": 1e-5, "f64": 1e-12, "f16": 2e-3, "bf16": 1.6e-2}
 
 
-def one_op(vshape, size: int, dtype: str = "f32", idtype: str = "i64") -> Graph:
+def one_op(vshape, size: int, dtype: str = "f32", idtype: str = "i64", name: str = "index_add") -> Graph:
     g = Graph("f")
     b = Builder(g)
     v = g.add_input(TensorType(tuple(vshape), dtype), "v")
     i = g.add_input(TensorType((vshape[0],), idtype), "i")
-    g.set_outputs([b("index_add", v, i, size=size)])
+    g.set_outputs([b(name, v, i, size=size)])
     return g
 
 
@@ -150,16 +151,18 @@ AOT = textwrap.dedent('''
     from avalon.codegen.triton import compile_graph
     from avalon.codegen.triton.aot import compile_for_target
     out = []
-    for dtype in ("f32", "f16", "bf16", "f64"):
+    for op, dtype in [("index_add", d) for d in ("f32", "f16", "bf16", "f64")] + [("index_max", "f32"),
+                                                                                  ("index_max", "f64")]:
         g = Graph("f")
         b = Builder(g)
         v = g.add_input(TensorType((300, 4, 48), dtype), "v")
         i = g.add_input(TensorType((300,), "i32"), "i")
-        g.set_outputs([b("index_add", v, i, size=1000)])
+        g.set_outputs([b(op, v, i, size=1000)])
         for ln in compile_graph(g).launches:
             for k in ln.kernel.chain():
                 ptx = compile_for_target(k).asm["ptx"]
-                out.append([dtype, k.name, ".target sm_90" in ptx, "atom.global" in ptx or "red.global" in ptx])
+                out.append([op + ":" + dtype, k.name, ".target sm_90" in ptx,
+                            "atom.global" in ptx or "red.global" in ptx])
     print(json.dumps(out))
 ''')
 
@@ -173,20 +176,42 @@ def test_kernels_compile_to_ptx_for_h100(tmp_path):
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert all(ok for _, _, ok, _ in got)
     names = {(d, n.rsplit("_", 1)[-1]) for d, n, _, _ in got}
-    assert {(d, "add") for d in ("f32", "f16", "bf16", "f64")} <= names and ("bf16", "cast") in names
+    assert {(f"index_add:{d}", "add") for d in ("f32", "f16", "bf16", "f64")} <= names
+    assert ("index_add:bf16", "cast") in names and {("index_max:f32", "add"), ("index_max:f64", "add")} <= names
     assert all(atomic for _, n, _, atomic in got if n.endswith("_add"))  # the adds are atomics
 
 
-def test_onnx_export_is_scatternd_add_and_runs_in_onnxruntime(rng, tmp_path):
+@pytest.mark.parametrize("name", ["index_add", "index_max"])
+def test_onnx_export_is_scatternd_and_runs_in_onnxruntime(rng, tmp_path, name):
     ort = pytest.importorskip("onnxruntime")
     import avalon.onnx
-    g = one_op((12, 3), 5)
-    v, idx = values(rng, (12, 3), "f32"), rng.integers(0, 5, 12)
+    g = one_op((12, 3), 6, name=name)
+    v, idx = values(rng, (12, 3), "f32"), rng.integers(0, 5, 12)  # (row 5 named by no index: -inf for max)
     proto = avalon.onnx.export(g, tmp_path / "f.onnx")
     assert any(n.op_type == "ScatterND" for n in proto.graph.node)
     sess = ort.InferenceSession(str(tmp_path / "f.onnx"), providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
-    close(sess.run(None, dict(zip(names, (v, idx))))[0], torch_index_add(v, idx, 5), "f32")
+    want = torch_index_add(v, idx, 6) if name == "index_add" else interpret(g, v, idx)[0]
+    if name == "index_max":
+        assert np.isneginf(want[5]).all() and np.isfinite(want[:5]).all()
+        np.testing.assert_array_equal(sess.run(None, dict(zip(names, (v, idx))))[0], want)
+    else:
+        close(sess.run(None, dict(zip(names, (v, idx))))[0], want, "f32")
+
+
+def test_index_max_reference_and_triton_match_torch(rng):
+    """index_max against torch's index_reduce amax (include_self=False, on -inf), duplicates and an
+    unnamed row included, f32/f64/f16, through the reference and Triton (its sm_90 build: above)."""
+    for dtype in ("f32", "f64", "f16"):
+        v, idx = values(rng, (30, 4), dtype), rng.integers(0, 6, 30)
+        idx[idx == 5] = 0
+        t = torch.from_numpy(v.astype(np.float64))
+        want = torch.full((6, 4), -np.inf, dtype=torch.float64).index_reduce(0, torch.from_numpy(idx), t, "amax",
+                                                                             include_self=False).numpy()
+        g = one_op(v.shape, 6, dtype, name="index_max")
+        np.testing.assert_array_equal(interpret(g, v, idx)[0].astype(np.float64), want)
+        got = compile_graph(g)(torch.from_numpy(v), torch.from_numpy(idx))[0]
+        np.testing.assert_array_equal(np.asarray(got).astype(np.float64), want)
 
 
 def test_linalg_lowering_is_the_one_hot_matmul():
@@ -214,14 +239,18 @@ def test_torch_index_add_of_floats_is_the_primitive_and_matches_torch(rng):
     assert "index_add" in names and "eq" not in names, names
 
 
-@pytest.mark.parametrize("name", ["scatter_add", "sum", "mean"])
+@pytest.mark.parametrize("name", ["scatter_add", "sum", "mean", "amax", "amin"])
 @pytest.mark.parametrize("backend", ["numpy", "triton"])
-def test_scatter_add_and_sum_mean_reductions_are_index_adds_with_torchs_gradients(rng, name, backend):
-    """scatter_add and float scatter_reduce sum/mean along a middle dim (an index narrower than the
-    input in the other dims, and repeated targets): `index_add` ops and no (index x dim) mask, and
-    values and both gradients equal torch's, compiled; the gradient of a gather is an index_add."""
+def test_scatter_add_and_float_reductions_are_scatter_primitives_with_torchs_gradients(rng, name, backend):
+    """scatter_add and float scatter_reduce sum/mean/amax/amin along a middle dim (an index narrower
+    than the input in the other dims, repeated targets, and for amax/amin ties between sources and
+    with the input): `index_add`/`index_max` ops and no (index x dim) mask (no value larger than
+    input and source together), and values and both gradients equal torch's, compiled; the gradient
+    of a gather is an index_add."""
     x, src = values(rng, (4, 6, 5), "f64"), values(rng, (3, 7, 4), "f64")  # (torch's backward needs
     i = rng.integers(0, 6, (3, 7, 4))                                     # src shaped as the index)
+    if name in ("amax", "amin"):  # small integers: ties among sources and with the input
+        x, src = rng.integers(-2, 3, x.shape).astype(np.float64), rng.integers(-2, 3, src.shape).astype(np.float64)
 
     def fn(lib, a, s, idx, inc):
         if name == "scatter_add":
@@ -232,8 +261,10 @@ def test_scatter_add_and_sum_mean_reductions_are_index_adds_with_torchs_gradient
     for inc in (True, False):
         def loss(a, s, inc=inc):
             return (fn(av, a, s, av.tensor(i), inc) * av.tensor(r)).sum()
-        names = [op.name for op in av.trace(av.grad(loss, argnums=(0, 1)), x, src).ops]
-        assert "index_add" in names and "eq" not in names, names
+        g = av.trace(av.grad(loss, argnums=(0, 1)), x, src)
+        names = [op.name for op in g.ops]
+        assert ("index_max" if name in ("amax", "amin") else "index_add") in names, names
+        assert max(math.prod(v.shape) for op in g.walk() for v in op.results) <= x.size + src.size, g
         ga, gs = av.compile(av.grad(loss, argnums=(0, 1)), backend=backend)(av.tensor(x), av.tensor(src))
         ta, ts = torch.from_numpy(x).requires_grad_(), torch.from_numpy(src).requires_grad_()
         (fn(torch, ta, ts, torch.from_numpy(i), inc) * torch.from_numpy(r)).sum().backward()

@@ -476,6 +476,19 @@ def _index_add(b, op, g):
     return [b("take", g, op.operands[1], axis=0), None]
 
 
+@vjp("index_max")
+def _index_max(b, op, g):
+    """Like torch's scatter_reduce amax: each row's gradient is divided evenly among the value rows
+    that tie for its maximum: tie = (values == out[idx]), count = index_add(tie), g[idx] / count[idx]
+    where tied. M*D work (take, index_add), no (M, size) mask."""
+    vals, idx = op.operands
+    at = b("take", op.result, idx, axis=0)  # each value row's target maximum
+    tie = b("cast", b("eq", vals, at), dtype=vals.dtype)
+    count = b("index_add", tie, idx, size=op.attrs["size"])
+    share = b("div", g, b("maximum", count, full_like(b, 1.0, count)))  # (a row no tie reaches: a nan max)
+    return [b("mul", b("take", share, idx, axis=0), tie), None]
+
+
 @vjp("all_reduce")
 def _all_reduce(b, op, g):
     """Every process's result depends on every process's operand (d mean/dx_r = 1/n, d sum/dx_r = 1),

@@ -377,17 +377,22 @@ define_op("take", 2, _take, {"axis": Attr("int", 0)}, traits={PURE, "gather"},
           doc="numpy.take: gather slices of x along axis at integer indices (embedding lookup)")
 
 
-def _index_add(ts, a):
-    v, idx = ts
-    if idx.dtype not in (dt.int32, dt.int64) or idx.rank != 1:
-        raise ShapeError(f"index_add: indices must be a 1-d i32 or i64 tensor, got {idx}")
-    if not v.dtype.is_float:
-        raise ShapeError(f"index_add: values must be floating point, got {v.dtype}")
-    if v.rank == 0 or v.shape[0] != idx.shape[0]:
-        raise ShapeError(f"index_add: values {v.shape} need one row per index ({idx.shape[0]} indices)")
-    if a["size"] < 0:
-        raise ShapeError(f"index_add: size must be non-negative, got {a['size']}")
-    return [T((a["size"],) + v.shape[1:], v.dtype)]
+def _scatter_rows(name: str):
+    def infer(ts, a):
+        v, idx = ts
+        if idx.dtype not in (dt.int32, dt.int64) or idx.rank != 1:
+            raise ShapeError(f"{name}: indices must be a 1-d i32 or i64 tensor, got {idx}")
+        if not v.dtype.is_float:
+            raise ShapeError(f"{name}: values must be floating point, got {v.dtype}")
+        if v.rank == 0 or v.shape[0] != idx.shape[0]:
+            raise ShapeError(f"{name}: values {v.shape} need one row per index ({idx.shape[0]} indices)")
+        if a["size"] < 0:
+            raise ShapeError(f"{name}: size must be non-negative, got {a['size']}")
+        return [T((a["size"],) + v.shape[1:], v.dtype)]
+    return infer
+
+
+_index_add = _scatter_rows("index_add")
 
 
 # The adjoint of `take` along axis 0: an embedding's gradient in M*D adds, where the one-hot matmul
@@ -395,6 +400,12 @@ def _index_add(ts, a):
 define_op("index_add", 2, _index_add, {"size": Attr("int")}, traits={PURE, "scatter"},
           doc="(values (M, *rest), idx (M,)) -> zeros (size, *rest) with each row values[m] added into row "
               "idx[m] (torch.index_add on zeros; duplicate indices sum); an index outside [0, size) raises")
+# The maximum of the rows aimed at each row: scatter_reduce's amax (a graph attention's per-node softmax
+# shift, max aggregation) in M*D comparisons where the (index == position) mask took M*K*D. No vjp
+# rule: `ops.scattering` builds torch's tie-splitting gradient around it from take and index_add.
+define_op("index_max", 2, _scatter_rows("index_max"), {"size": Attr("int")}, traits={PURE, "scatter"},
+          doc="(values (M, *rest), idx (M,)) -> (size, *rest): row k the elementwise maximum of the rows values[m] "
+              "with idx[m] == k, -inf where no index names k; an index outside [0, size) raises")
 
 
 def _one_hot(ts, a):

@@ -156,7 +156,8 @@ TRAITS: dict[str, str] = {
     "pool": "reads a window of its operand per result element",
     "nchw": "its result is an NCHW image activation (a conv or pool output): channels-last candidates",
     "gather": "reads its operand at data-dependent indices, or builds from indices",
-    "scatter": "adds its operand's rows into data-dependent rows of its result (index_add): a kernel of its own, "
+    "scatter": "adds (maxes) its operand's rows into data-dependent rows of its result (index_add, index_max): a "
+               "kernel of its own, "
                "never fused (its result is complete only once every row is in)",
     "random": "counter-based random numbers from an explicit seed",
     "region": "holds a region (a fused group)",

@@ -178,17 +178,20 @@ def one_hot(em: Any, op: Any, ins: list[str]) -> list[str]:
     return em.node("Cast", em.node("Equal", [idx[0], classes]), to=onnx_elem_type(op.attrs["dtype"]))
 
 
-@export_rule("index_add")
+@export_rule("index_add", "index_max")
 def index_add(em: Any, op: Any, ins: list[str]) -> list[str]:
-    """ScatterND with reduction "add" (opset 16+) into zeros (size, *rest): the values' rows added at
-    the rows the (M, 1) int64 indices address; duplicates accumulate."""
+    """ScatterND with reduction "add" (opset 16+) into zeros (size, *rest), or "max" (opset 18) into
+    -inf: the values' rows combined at the rows the (M, 1) int64 indices address."""
     vals, idx = op.operands
     shape = [op.attrs["size"], *vals.shape[1:]]
-    zeros = em.node("Cast", em.node("ConstantOfShape", [em.ints(shape)]), to=onnx_elem_type(vals.dtype))
+    is_max = op.name == "index_max"
+    start = em.node("Expand", [em.const(np.array(-np.inf, np.float32)), em.ints(shape)]) if is_max else \
+        em.node("ConstantOfShape", [em.ints(shape)])
+    start = em.node("Cast", start, to=onnx_elem_type(vals.dtype))
     rows = em.node("Unsqueeze", [ins[1], em.ints([-1])])
     if idx.dtype.name != "i64":
         rows = em.node("Cast", rows, to=7)
-    return em.node("ScatterND", [zeros[0], rows[0], ins[0]], reduction="add")
+    return em.node("ScatterND", [start[0], rows[0], ins[0]], reduction="max" if is_max else "add")
 
 
 @export_rule("sort", "argsort")

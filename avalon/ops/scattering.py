@@ -3,19 +3,21 @@
 
 Float sums (`index_add`, `scatter_reduce` 'sum'/'mean', `scatter_add`, `index_put(accumulate=True)`)
 are the `index_add` primitive: one add per source element into the flattened result (atomics on
-Triton), its gradient a gather, so a graph layer's message passing scales with its edges. The rest
-(integers, 'prod', 'amax'/'amin', last-wins writes) is built from the (index == position) masks of
-`sorting.gather`/`scatter`, no new primitive: an index of shape I into a dim of size n gives an
-I + (n,) boolean mask, each target position reduces the source values the mask selects (the `mul`
-tree of `prod`, `max`), and `where` keeps the input where no index points. That is O(index elements
-x n) work, fused into one reduction on Triton; `where` never multiplies an unselected value, so inf
-and nan stay where they are. Eagerly and on the numpy backend the mask is materialized: right for
-small and medium graphs; large sparse ones would want a max-scatter primitive too.
+Triton), its gradient a gather, so a graph layer's message passing scales with its edges. Float
+'amax'/'amin' (a graph attention's per-node softmax shift, max aggregation) are the `index_max`
+primitive the same way (atomic maxima), the input's elements joining as candidates, its gradient
+torch's even split among ties (take and index_add). The rest (integers, 'prod', last-wins writes)
+is built from the (index == position) masks of `sorting.gather`/`scatter`: an index of shape I
+into a dim of size n gives an I + (n,) boolean mask, each target position reduces the source values
+the mask selects (the `mul` tree of `prod`, `max`), and `where` keeps the input where no index
+points. That is O(index elements x n) work, fused into one reduction on Triton; `where` never
+multiplies an unselected value, so inf and nan stay where they are. Eagerly and on the numpy
+backend the mask is materialized: right for small and medium graphs.
 
 Gradients come from the primitives' own rules and are torch's: `amax`/`amin` reduce the input and
-the sources as one `max`, whose rule splits the gradient evenly among all tied maxima, exactly
+the sources as one maximum, whose rule splits the gradient evenly among all tied maxima, exactly
 torch's rule; with `include_self=False` torch still counts a tying input in the split (and gives it
-no gradient), so the input joins the `max` there as a detached candidate only when it ties.
+no gradient), so the input joins as a detached candidate only when it ties.
 `index_copy`/`index_put` with repeated indices keep the last value, as torch's CPU kernels do
 (torch calls the result undefined), and only that value gets a gradient.
 """
@@ -61,7 +63,7 @@ from .core import (
 from .creation import iota
 from .reductions import prod
 from .shaping import _dim, movedim
-from .sorting import _crop, _hits, _index, scatter, scatter_sum
+from .sorting import _crop, _flat_targets, _hits, _index, scatter, scatter_sum
 
 REDUCTIONS = ("sum", "prod", "mean", "amax", "amin")
 
@@ -153,6 +155,8 @@ def scatter_reduce(input: Any, dim: int, index: Any, src: Any, reduce: str, *, i
         return x
     if reduce in ("sum", "mean") and x.dtype.is_float:
         return _sum_into(x, d, idx, cast(_crop(s, idx.shape), x.dtype), reduce == "mean", bool(include_self))
+    if reduce in ("amax", "amin") and x.dtype.is_float:
+        return _max_into(x, d, idx, cast(_crop(s, idx.shape), x.dtype), reduce == "amin", bool(include_self))
     return _reduce_into(x, d, idx.shape, _hits(idx, x.shape[d]), _crop(s, idx.shape), reduce, bool(include_self))
 
 
@@ -170,6 +174,28 @@ def _sum_into(x: Tensor, d: int, idx: Tensor, s: Tensor, mean: bool, include_sel
     if mean:
         tot = div(tot, cast(add(count, 1) if include_self else maximum(count, 1), x.dtype))  # no 0/0, even unused
     return where(covered, tot, x)
+
+
+def _max_into(x: Tensor, d: int, idx: Tensor, s: Tensor, flip: bool, include_self: bool) -> Tensor:
+    """Float 'amax' ('amin': of the negations) through the `index_max` primitive over the flattened
+    input, whose gradient splits evenly among tied candidates as torch's: the input's elements are
+    candidates too (one row each), and with include_self=False a tying input still counts in the
+    split but gets nothing (a detached candidate), as the mask form below does."""
+    n = x.numel()
+    xv, sv = reshape(x, (-1,)), reshape(s, (-1,))
+    xv, sv = (neg(xv), neg(sv)) if flip else (xv, sv)
+    flat = _flat_targets(x.shape, d, idx)
+    own = iota((n,), 0, dt.int64)
+    if include_self:
+        cand = xv
+    else:
+        top = stop_gradient(bind("index_max", sv, flat, size=n))
+        cand = stop_gradient(where(eq(xv, top), xv, -math.inf))
+    m = bind("index_max", concat([cand, sv]), concat([own, flat]), size=n)
+    if not include_self:
+        covered = gt(bind("index_add", full(sv.shape, 1, dt.float32), flat, size=n), 0)
+        m = where(covered, m, xv)
+    return reshape(neg(m) if flip else m, x.shape)
 
 
 # -- one index vector along one dim ------------------------------------------------------------------

@@ -10,7 +10,7 @@ asking `em.value` for its operands (see `emitter.py`). Lowerings fall into kinds
   which register the result; asked for anywhere else they raise `Unsupported`;
 * ``scan``: `cumsum`, a kernel of its own (`scan.py`): the entry builds it (`builds_kernel`);
 * ``sort``: `sort` and `argsort`, a kernel of their own too (`sort.py`);
-* ``scatter``: `index_add`, a chain of its own (`scatter.py`: zero, atomic adds, [cast]);
+* ``scatter``: `index_add`, `index_max`, a chain of its own (`scatter.py`: zero, atomic adds, [cast]);
 * ``group``: a `fusion` op, lowered as one kernel for its whole region.
 
 Categories of ops are asked of their traits (`bool_as_int`, `selects`), never of name lists.
@@ -388,6 +388,8 @@ LOWERING["argsort"] = OwnKernel("sort", "tl.sort of packed (value image, positio
 
 
 LOWERING["index_add"] = OwnKernel("scatter", "zero the result, then tl.atomic_add the value rows at their "
+                                  "indices (f16/bf16: into an f32 workspace, then cast)", build_scatter)
+LOWERING["index_max"] = OwnKernel("scatter", "fill the result with -inf, then tl.atomic_max the value rows at their "
                                   "indices (f16/bf16: into an f32 workspace, then cast)", build_scatter)
 
 

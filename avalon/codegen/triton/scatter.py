@@ -1,14 +1,17 @@
-"""Scatter kernels (`index_add`): rows of the values added into data-dependent rows of the result.
+"""Scatter kernels (`index_add`, `index_max`): rows of the values added into (or maxed into)
+data-dependent rows of the result.
 
 No pointwise or reduction kernel computes it (a result row is complete only once every value row
 aimed at it is in), so it is a chain of functions of one kernel file, launched in order on the same
 tensors (`Kernel.then`):
 
-1. `<name>`: zeroes the accumulator, one BLOCK of its elements a program;
+1. `<name>`: fills the accumulator (zeros; -inf for `index_max`), one BLOCK of its elements a program;
 2. `<name>_add`: a grid of (M row blocks) x (D column blocks), D the product of the trailing dims;
-   each program loads BM indices and a BM x BD tile of values and `tl.atomic_add`s the tile into
-   the accumulator rows at those indices. Duplicate indices sum (atomics serialize them); the
-   order of the adds is unspecified, so f32 sums may differ in the last bits from run to run.
+   each program loads BM indices and a BM x BD tile of values and `tl.atomic_add`s (`tl.atomic_max`s)
+   the tile into the accumulator rows at those indices. Duplicate indices sum (atomics serialize
+   them); the order of the adds is unspecified, so f32 sums may differ in the last bits from run to
+   run. A maximum is exact in any order (Triton's float atomic max compares the bits as integers,
+   so among nans only those with the sign bit clear win, as unspecified as on torch's GPU).
 3. `<name>_cast` (f16/bf16 only): the accumulator rounded into the result.
 
 f32 and f64 accumulate in the result itself; f16 and bf16 in an f32 workspace (`ws`, K x D) so that
@@ -47,12 +50,14 @@ def scatter_meta(m: int, d: int, size: int, policy: BlockPolicy) -> tuple[dict[s
 
 
 def build_scatter(group: Group, policy: BlockPolicy) -> Kernel:
-    """The kernel chain of a group holding one `index_add` op (see the module docstring)."""
+    """The kernel chain of a group holding one `index_add` or `index_max` op (see the module docstring)."""
     op = group.ops[0]
     vals, idx = op.operands
     y = op.results[0]
     if not y.dtype.is_float:
-        raise NotImplementedError(f"index_add of {y.dtype} on Triton: floating-point values only")
+        raise NotImplementedError(f"{op.name} of {y.dtype} on Triton: floating-point values only")
+    is_max = op.name == "index_max"
+    atomic, init = ("tl.atomic_max", "float('-inf')") if is_max else ("tl.atomic_add", "0")
     size = op.attrs["size"]
     m, rest = vals.shape[0], vals.shape[1:]
     d = math.prod(rest)
@@ -73,11 +78,11 @@ def build_scatter(group: Group, policy: BlockPolicy) -> Kernel:
     zero = [f"e = tl.program_id(0){i64} * BLOCK + tl.arange(0, BLOCK)",
             f"live = e < {n}"]
     if wide:
-        zero.append(f"tl.store(ws + e, tl.zeros([BLOCK], {acc}), mask=live)")
+        zero.append(f"tl.store(ws + e, tl.full([BLOCK], {init}, {acc}), mask=live)")
     else:
         zero += [f"r = e // {max(d, 1)}", f"c = e % {max(d, 1)}",
-                 f"tl.store(out0 + r * {ys[0]} + {cols('c', ys[1:])}, tl.zeros([BLOCK], {ty.tl_type(y.dtype)}), "
-                 "mask=live)"]
+                 f"tl.store(out0 + r * {ys[0]} + {cols('c', ys[1:])}, tl.full([BLOCK], {init}, "
+                 f"{ty.tl_type(y.dtype)}), mask=live)"]
     add = [f"r = tl.program_id(0){i64} * BM + tl.arange(0, BM)[:, None]",
            f"c = tl.program_id(1){i64} * BD + tl.arange(0, BD)[None, :]",
            f"rmask = r < {m}",
@@ -90,7 +95,7 @@ def build_scatter(group: Group, policy: BlockPolicy) -> Kernel:
            f"ok = rmask & (bad == 0) & (c < {d})",
            "i = tl.where(bad, 0, i)",
            f"v = tl.load(in0 + r * {vs[0]} + {cols('c', vs[1:])}, mask=ok, other=0).to({acc})",
-           f"tl.atomic_add({target} + i * {t_row} + {t_cols}, v, mask=ok, sem='relaxed')"]
+           f"{atomic}({target} + i * {t_row} + {t_cols}, v, mask=ok, sem='relaxed')"]
     cast = []
     used: set[str] = set()
     if wide:

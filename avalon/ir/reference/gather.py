@@ -39,6 +39,19 @@ def _index_add(attrs: dict, values: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return out
 
 
+@rule("index_max")
+def _index_max(attrs: dict, values: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """-inf (size, *rest), each row the maximum of the value rows aimed at it (np.maximum.at: a nan
+    among them makes the element nan); an index outside [0, size) raises like take."""
+    size = attrs["size"]
+    bad = (idx < 0) | (idx >= size)
+    if bad.any():
+        raise IndexOutOfRangeError(f"index_max: index {int(idx[bad].flat[0])} is out of range for size {size}")
+    out = np.full((size,) + values.shape[1:], -np.inf, values.dtype)
+    np.maximum.at(out, idx, values)
+    return out
+
+
 @rule("one_hot")
 def _one_hot(attrs: dict, idx: np.ndarray) -> np.ndarray:
     """out[..., k] = 1 where idx[...] == k else 0, as `dtype`; an index outside [0, num_classes)
