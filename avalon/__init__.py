@@ -130,6 +130,7 @@ from .ops import (  # torch's tensor functions: `import avalon as av` ports `imp
     index_copy,
     index_fill,
     index_put,
+    index_reduce,
     index_select,
     initial_seed,
     inner,

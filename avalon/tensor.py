@@ -699,6 +699,7 @@ class Tensor:
     multinomial = _method("multinomial")
     index_add = _method("index_add")
     index_copy = _method("index_copy")
+    index_reduce = _method("index_reduce")
     index_fill = _method("index_fill")
     index_put = _method("index_put")
     scatter_reduce = _method("scatter_reduce")
@@ -972,6 +973,7 @@ _TYPE_NAMES = {"f32": "FloatTensor", "f64": "DoubleTensor", "f16": "HalfTensor",
 
 _INPLACE_MORE = {
     "index_add_": _op("index_add"), "index_copy_": _op("index_copy"), "index_fill_": _op("index_fill"),
+    "index_reduce_": _op("index_reduce"),
     "index_put_": _op("index_put"), "scatter_reduce_": _op("scatter_reduce"),
     "scatter_": _op("scatter"), "scatter_add_": _op("scatter_add"), "lerp_": _op("lerp"),
     "addcmul_": _op("addcmul"), "addcdiv_": _op("addcdiv"), "remainder_": _op("remainder"), "fmod_": _op("fmod"),

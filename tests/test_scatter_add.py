@@ -275,3 +275,29 @@ def test_scatter_add_and_float_reductions_are_scatter_primitives_with_torchs_gra
                                                    torch.from_numpy(i), inc).numpy(), rtol=1e-12)
     names = [op.name for op in av.trace(av.grad(lambda a: av.gather(a, 1, av.tensor(i)).sum()), x).ops]
     assert "index_add" in names and "eq" not in names, names
+
+
+@pytest.mark.parametrize("reduce", ["prod", "mean", "amax", "amin"])
+@pytest.mark.parametrize("include_self", [True, False])
+def test_index_reduce_matches_torch(reduce, include_self):
+    """torch.index_reduce along a middle dim with repeated indices (and ties for amax/amin): values
+    eagerly and compiled, gradients, the in-place method, and integers."""
+    from helpers import check_like_torch
+    rng = np.random.default_rng(3)
+    x, src = rng.integers(-2, 3, (3, 5, 2)).astype(np.float64), rng.integers(-2, 3, (3, 4, 2)).astype(np.float64)
+    if reduce in ("prod", "mean"):
+        x, src = rng.standard_normal(x.shape), rng.standard_normal(src.shape)
+    i = np.array([4, 0, 4, 2])
+    check_like_torch(lambda lib, a, s: lib.index_reduce(a, 1, lib.tensor(i), s, reduce, include_self=include_self),
+                     x, src, tol=1e-9)
+    a, t = av.tensor(x), torch.from_numpy(x.copy())
+    a.index_reduce_(1, av.tensor(i), av.tensor(src), reduce, include_self=include_self)
+    t.index_reduce_(1, torch.from_numpy(i), torch.from_numpy(src), reduce, include_self=include_self)
+    np.testing.assert_allclose(a.numpy(), t.numpy(), rtol=1e-12)
+    xi, si = rng.integers(-5, 6, (4, 3)), rng.integers(-5, 6, (2, 3))
+    got = av.index_reduce(av.tensor(xi), 0, av.tensor([3, 3]), av.tensor(si), reduce, include_self=include_self)
+    want = torch.from_numpy(xi).index_reduce(0, torch.tensor([3, 3]), torch.from_numpy(si), reduce,
+                                              include_self=include_self)
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
+    with pytest.raises(ValueError, match="reduce to be one of"):
+        av.index_reduce(av.tensor(x), 1, av.tensor(i), av.tensor(src), "sum")

@@ -1,5 +1,5 @@
 """torch's scatter-style reductions, the message passing of graph networks: `index_add`,
-`scatter_reduce`, `index_put`, `index_copy`, `index_fill`, `bincount`.
+`scatter_reduce`, `index_reduce`, `index_put`, `index_copy`, `index_fill`, `bincount`.
 
 Float sums (`index_add`, `scatter_reduce` 'sum'/'mean', `scatter_add`, `index_put(accumulate=True)`)
 are the `index_add` primitive: one add per source element into the flattened result (atomics on
@@ -259,6 +259,25 @@ def index_add(input: Any, dim: int, index: Any, source: Any, *, alpha: Any = 1, 
     return _reduce_into(x, d, src.shape, hit, src, "sum", True)
 
 
+def index_reduce(input: Any, dim: int, index: Any, source: Any, reduce: str, *, include_self: bool = True,
+                 out: Any = None) -> Tensor:
+    """torch.index_reduce: the slices source[..., i, ...] reduced into position index[i] of `dim` with
+    'prod', 'mean', 'amax' or 'amin' (scatter_reduce with the index spread over the other dims, so
+    the same primitives, gradients and integer rules)."""
+    unsupported("index_reduce", out=out)
+    if reduce not in ("prod", "mean", "amax", "amin"):
+        raise fail(ArgumentError(f"index_reduce(): Expected reduce to be one of prod, mean, amax or amin but got "
+                                 f"{reduce}."))
+    x = _tensor(input)
+    if x.ndim == 0:
+        return reshape(index_reduce(reshape(x, (1,)), 0, index, reshape(_tensor(source), (-1,)), reduce,
+                                    include_self=include_self), ())
+    d, idx, src = _along("index_reduce", x, dim, index, source)
+    if idx.shape[0] == 0:
+        return x
+    return scatter_reduce(x, d, _spread_index(idx, d, src.shape), src, reduce, include_self=include_self)
+
+
 def index_copy(input: Any, dim: int, index: Any, source: Any, *, out: Any = None) -> Tensor:
     """torch.index_copy: the slices source[..., i, ...] written at position index[i] of `dim` (a
     repeated index keeps the last, as on torch's CPU)."""
@@ -426,4 +445,4 @@ def bincount(input: Any, weights: Any = None, minlength: int = 0) -> Tensor:
     return sum(where(hit, expand_dims(w, -1), 0.0), 0)
 
 
-__all__ = ["bincount", "index_add", "index_copy", "index_fill", "index_put", "scatter_reduce"]
+__all__ = ["bincount", "index_add", "index_copy", "index_fill", "index_put", "index_reduce", "scatter_reduce"]
