@@ -301,3 +301,55 @@ def test_index_reduce_matches_torch(reduce, include_self):
     np.testing.assert_array_equal(got.numpy(), want.numpy())
     with pytest.raises(ValueError, match="reduce to be one of"):
         av.index_reduce(av.tensor(x), 1, av.tensor(i), av.tensor(src), "sum")
+
+
+@pytest.mark.parametrize("backend", ["numpy", "triton"])
+def test_last_wins_writes_are_index_max_and_take(rng, backend):
+    """scatter, index_copy and `x[idx] = v` with repeated targets keep the last entry (torch's CPU
+    order) through one `index_max` of the positions and a `take`, with no (index x dim) mask: values
+    for floats, ints and bools, compiled, and gradients (only the winning entries get one)."""
+    x, src = values(rng, (4, 6, 5), "f64"), values(rng, (3, 7, 4), "f64")
+    i = rng.integers(0, 6, (3, 7, 4))
+    r = values(rng, x.shape, "f64")
+
+    def loss(a, s):
+        return (av.scatter(a, 1, av.tensor(i), s) * av.tensor(r)).sum()
+    g = av.trace(av.grad(loss, argnums=(0, 1)), x, src)
+    assert "index_max" in [op.name for op in g.ops]
+    assert max(math.prod(v.shape) for op in g.walk() for v in op.results) <= x.size + src.size, g
+    ga, gs = av.compile(av.grad(loss, argnums=(0, 1)), backend=backend)(av.tensor(x), av.tensor(src))
+    ta, ts = torch.from_numpy(x).requires_grad_(), torch.from_numpy(src).requires_grad_()
+    (torch.scatter(ta, 1, torch.from_numpy(i), ts) * torch.from_numpy(r)).sum().backward()
+    np.testing.assert_allclose(ga.numpy(), ta.grad.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(gs.numpy(), ts.grad.numpy(), rtol=1e-12)
+    for xs, ss in ((x, src), (x.astype(np.int64) * 3, src.astype(np.int64) * 3), (x > 0, src > 0)):
+        got = av.compile(lambda a, s: av.scatter(a, 1, av.tensor(i), s), backend=backend)(av.tensor(xs), av.tensor(ss))
+        np.testing.assert_array_equal(got.numpy(), torch.scatter(torch.from_numpy(xs), 1, torch.from_numpy(i),
+                                                                 torch.from_numpy(ss)).numpy())
+    j = np.array([2, 0, 2, 5, 0])
+    rows = values(rng, (4, 5, 5), "f64")
+    got = av.compile(lambda a, s: a.index_copy(1, av.tensor(j), s), backend=backend)(av.tensor(x), av.tensor(rows))
+    np.testing.assert_array_equal(got.numpy(), torch.from_numpy(x).index_copy(1, torch.from_numpy(j),
+                                                                               torch.from_numpy(rows)).numpy())
+
+
+def test_repeated_writes_give_every_entry_the_gradient_as_torch():
+    """torch's backward of scatter / index_copy / index_put / `y[idx] = v` is a gather: every entry
+    aimed at an element gets its gradient, not only the one whose value stays (Avalon gave the
+    losers none); the overwritten input elements get none."""
+    idx, w = np.array([0, 0, 1]), np.array([5.0, 7.0, 11.0])
+
+    def fns(lib, x, v):
+        i = lib.tensor(idx)
+        y = x.clone()
+        y[i] = v
+        return [x.scatter(0, i, v), x.index_copy(0, i, v), x.index_put((i,), v), y]
+
+    x, v = np.zeros(3), np.array([1.0, 2.0, 3.0])
+    for k in range(4):
+        gx, gv = av.grad(lambda a, b, k=k: (fns(av, a, b)[k] * av.tensor(w)).sum(), argnums=(0, 1))(
+            av.tensor(x), av.tensor(v))
+        tx, tv = torch.zeros(3, dtype=torch.float64, requires_grad=True), torch.tensor(v, requires_grad=True)
+        (fns(torch, tx, tv)[k] * torch.from_numpy(w)).sum().backward()
+        np.testing.assert_array_equal(gx.numpy(), tx.grad.numpy(), err_msg=str(k))
+        np.testing.assert_array_equal(gv.numpy(), tv.grad.numpy(), err_msg=str(k))

@@ -6,7 +6,7 @@ are the `index_add` primitive: one add per source element into the flattened res
 Triton), its gradient a gather, so a graph layer's message passing scales with its edges. Float
 'amax'/'amin' (a graph attention's per-node softmax shift, max aggregation) are the `index_max`
 primitive the same way (atomic maxima), the input's elements joining as candidates, its gradient
-torch's even split among ties (take and index_add). The rest (integers, 'prod', last-wins writes)
+torch's even split among ties (take and index_add). The rest (integers, 'prod')
 is built from the (index == position) masks of `sorting.gather`/`scatter`: an index of shape I
 into a dim of size n gives an I + (n,) boolean mask, each target position reduces the source values
 the mask selects (the `mul` tree of `prod`, `max`), and `where` keeps the input where no index
@@ -18,8 +18,9 @@ Gradients come from the primitives' own rules and are torch's: `amax`/`amin` red
 the sources as one maximum, whose rule splits the gradient evenly among all tied maxima, exactly
 torch's rule; with `include_self=False` torch still counts a tying input in the split (and gives it
 no gradient), so the input joins as a detached candidate only when it ties.
-`index_copy`/`index_put` with repeated indices keep the last value, as torch's CPU kernels do
-(torch calls the result undefined), and only that value gets a gradient.
+`scatter`/`index_copy`/`index_put` with repeated indices keep the last value, as torch's CPU kernels
+do (torch calls the result undefined), through `sorting.scatter_last` (an `index_max` of the
+positions, then a `take`), and every repeated entry gets the element's gradient, as in torch.
 """
 from __future__ import annotations
 

@@ -23,11 +23,12 @@ torch) and padding after everything. Outside a trace the primitives run on the r
 stable sort) at any length. The linalg (MLIR/IREE) lowering of the primitives is this network too
 (upstream MLIR has no sort).
 
-`gather` is one `take` on the flattened tensor (offsets from the index and iotas), and float
-`scatter_add` one `index_add` into the flattened result: the gradient of one is the other, and the
-work is one read or add per index element. The integer scatters and the last-wins `scatter` select
-along the indexed dim with an (index == position) mask and a reduction: O(index elements x dim size)
-work, one fused reduction on Triton, nan/inf-safe (a `where` never multiplies the unselected values).
+`gather` is one `take` on the flattened tensor (offsets from the index and iotas), float
+`scatter_add` one `index_add` into the flattened result (the gradient of one is the other), and
+the last-wins `scatter` an `index_max` of the entries' positions and a `take` (`scatter_last`):
+work of one read or add per index element. Integer `scatter_add` selects along the indexed dim
+with an (index == position) mask and a sum: O(index elements x dim size) work, one fused
+reduction on Triton.
 """
 from __future__ import annotations
 
@@ -59,12 +60,14 @@ from .core import (
     full,
     ge,
     gt,
+    isfinite,
     isnan,
     le,
     log,
     logical_and,
     logical_or,
     lt,
+    maximum,
     minimum,
     mul,
     ne,
@@ -73,6 +76,7 @@ from .core import (
     random,
     reshape,
     slice_,
+    stop_gradient,
     sub,
     sum,
     unsupported,
@@ -288,6 +292,25 @@ def scatter_sum(shape: tuple[int, ...], d: int, idx: Tensor, s: Tensor) -> Tenso
     return reshape(bind("index_add", vals, _flat_targets(shape, d, idx), size=math.prod(shape)), shape)
 
 
+def scatter_last(x: Tensor, d: int, idx: Tensor, s: Tensor) -> Tensor:
+    """x with s[j] written at index[j] along d, the last entry winning where several name one element
+    (torch's CPU order): the winner per element is the largest flat position aimed at it, an
+    `index_max` of the positions (exact in float32 below 2^24 entries), then one `take` of the
+    winners and a `where`: M + N work. Gradients are torch's: every entry aimed at an element gets
+    that element's gradient, the losers too (torch's backward is a gather), through an `index_add`
+    of s - stop_gradient(s), which is 0 in value (0 where s is not finite: those get none)."""
+    m, n = idx.numel(), x.numel()
+    pdt = dt.float32 if m < 1 << 24 else dt.float64
+    flat = _flat_targets(x.shape, d, idx)
+    last = bind("index_max", iota((m,), 0, pdt), flat, size=n)  # -inf: no entry
+    pick = cast(maximum(last, 0), dt.int64)
+    sv = reshape(s, (-1,))
+    vals = bind("take", stop_gradient(sv) if sv.dtype.is_float else sv, pick, axis=0)
+    if sv.dtype.is_float:
+        vals = add(vals, bind("index_add", where(isfinite(sv), sub(sv, stop_gradient(sv)), 0), flat, size=n))
+    return reshape(where(ge(last, 0), vals, reshape(x, (-1,))), x.shape)
+
+
 def scatter_add(input: Any, dim: int, index: Any, src: Any) -> Tensor:
     """torch.scatter_add: input with src[..., j, ...] added at position index[..., j, ...] of `dim`;
     repeated indices accumulate. The gradient of src is a gather of the incoming gradient."""
@@ -327,16 +350,7 @@ def scatter(input: Any, dim: int, index: Any, src: Any = None, value: Any = None
     if src is None and value is None:
         raise TypeError("scatter: needs 'src' or 'value'")
     s = full(idx.shape, value, x.dtype) if src is None else _crop(cast(_tensor(src), x.dtype), idx.shape)
-    work = dt.int64 if x.dtype is dt.bool_ else x.dtype
-    hit = _hits(idx, n)
-    order = iota(hit.shape, d)
-    last = amax(where(hit, order, -1), d, keepdims=True)  # the last entry naming each position
-    wins = logical_and(hit, eq(order, last))
-    vals = sum(where(wins, expand_dims(cast(s, work), -1), 0), d)
-    written = ge(reshape(last, vals.shape), 0)
-    placed = _spread(vals, x, d, 0)
-    mask = ne(_spread(cast(written, dt.int32), x, d, 0), 0)
-    return cast(where(mask, placed, cast(x, work)), x.dtype)
+    return scatter_last(x, d, idx, s) if idx.numel() else x
 
 
 def take_along_dim(input: Any, indices: Any, dim: int | None = None, *, out: Any = None) -> Tensor:
