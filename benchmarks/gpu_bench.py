@@ -9,9 +9,10 @@ and VAE training steps vs torch eager and torch.compile default mode, and withou
 fill/split rules), `gemm` (f16, bf16, tf32 vs cuBLAS), `conv` (3x3 vs cuDNN, NCHW and NHWC),
 `attention` (fwd+bwd vs F.scaled_dot_product_attention), `pointwise` (fused bias+relu vs the card's
 device-to-device copy bandwidth), `index` (index-check cost), `first_call` (cold and warm disk
-cache, in subprocesses), `big_steps` (GPT and ResNet-18 steps, as `steps`: the longest, so last but
-two), `layout` (channels-last vs NCHW ResNet step), `remat` (GPT's step with and without `fuse`'s
-recomputation). `--out` is rewritten after every section.
+cache, in subprocesses), `big_steps` (GPT and ResNet-18 steps, as `steps`: the longest, so near the
+end), `layout` (channels-last vs NCHW ResNet step), `remat` (GPT's step with and without `fuse`'s
+recomputation), `scatter` (an embedding gradient and a graph attention's edge softmax: the atomics).
+`--out` is rewritten after every section.
 `--dry-run` runs every section with tiny shapes and 1 rep so a typo never costs GPU time
 (tests/test_gpu_bench.py runs it); its numbers mean nothing.
 """
@@ -371,9 +372,41 @@ def section_remat() -> None:
     row("remat", "GPT step: recompute vs store", on, "store (remat off)", off, "keep remat: ratio > 1")
 
 
+def section_scatter() -> None:
+    """The scatter primitives' atomics (gpu_notes item 11): an embedding gradient of GPT-2's size
+    (`take`'s gradient, one `index_add`) and a graph attention's edge softmax (scatter_reduce amax,
+    `index_max`; then `index_add` sums), each against the same torch code."""
+    vocab, dim, tokens = (50, 8, 64) if DRY else (50257, 768, 8192)
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((vocab, dim)).astype(np.float32)
+    idx = rng.integers(0, vocab, tokens)
+    r = rng.standard_normal((tokens, dim)).astype(np.float32)
+    ms = bench_ms(compiled_fn(av.grad(lambda w, i, r: av.ops.sum(av.nn.functional.embedding(i, w) * r)), w, idx, r))
+    tw = torch.from_numpy(w).to(DEV).requires_grad_()
+    ti, tr = torch.from_numpy(idx).to(DEV), torch.from_numpy(r).to(DEV)
+
+    def ref():
+        (torch.nn.functional.embedding(ti, tw) * tr).sum().backward()
+    row("scatter", f"embedding grad V{vocab} D{dim} T{tokens}", ms, "torch", bench_ms(ref))
+    nodes, edges, heads = (40, 200, 2) if DRY else (100_000, 1_000_000, 8)
+    e = rng.standard_normal((edges, heads)).astype(np.float32)
+    dst = rng.integers(0, nodes, edges)
+
+    def edge_softmax(lib, e, dst):
+        at = dst[:, None].expand(-1, e.shape[1])
+        m = lib.zeros(nodes, e.shape[1], device=e.device).scatter_reduce(0, at, e, "amax", include_self=False)
+        p = lib.exp(e - m[dst])
+        return p / lib.zeros(nodes, e.shape[1], device=e.device).index_add(0, dst, p)[dst]
+    ms = bench_ms(compiled_fn(lambda e, d: edge_softmax(av, e, d), e, dst))
+    te, td = torch.from_numpy(e).to(DEV), torch.from_numpy(dst).to(DEV)
+    base = bench_ms(lambda: edge_softmax(torch, te, td))
+    row("scatter", f"edge softmax E{edges} N{nodes} H{heads}", ms, "torch", base)
+
+
 SECTIONS = {"steps": section_steps, "gemm": section_gemm, "conv": section_conv, "attention": section_attention,
             "pointwise": section_pointwise, "index": section_index, "first_call": section_first_call,
-            "big_steps": section_big_steps, "layout": section_layout, "remat": section_remat}
+            "big_steps": section_big_steps, "layout": section_layout, "remat": section_remat,
+            "scatter": section_scatter}
 
 
 def _write(path: str, payload: dict) -> None:
