@@ -1,5 +1,6 @@
-"""`avalon.distributions`: torch.distributions' Categorical, OneHotCategorical, Bernoulli, Normal and
-Uniform, with `kl_divergence`, under torch's names, arguments and formulas.
+"""`avalon.distributions`: torch.distributions' Categorical, OneHotCategorical, Bernoulli, Normal,
+Uniform, MultivariateNormal and Independent, with `kl_divergence`, under torch's names, arguments and
+formulas.
 
 Sampling draws from Avalon's seeded generator through the `random` op (`av.multinomial` for the
 categorical ones), so inside `av.compile` every call draws afresh, as eagerly, and `av.manual_seed`
@@ -21,10 +22,11 @@ import numpy as np
 
 from . import ops
 from .ir import dtypes as dt
+from .ops import linalg
 from .tensor import Tensor
 
-__all__ = ["Bernoulli", "Categorical", "Distribution", "Normal", "OneHotCategorical", "Uniform", "kl_divergence",
-           "register_kl"]
+__all__ = ["Bernoulli", "Categorical", "Distribution", "Independent", "MultivariateNormal", "Normal",
+           "OneHotCategorical", "Uniform", "kl_divergence", "register_kl"]
 
 
 def _param(x: Any) -> Tensor:
@@ -433,6 +435,144 @@ class OneHotCategorical(Distribution):
 _KL: dict[tuple[type, type], Callable[[Any, Any], Tensor]] = {}
 
 
+class Independent(Distribution):
+    """Independent(base, n): the last `n` batch dims of `base` read as event dims (a diagonal Gaussian
+    over vectors: `Independent(Normal(loc, scale), 1)`), so log_prob and entropy sum over them."""
+
+    def __init__(self, base_distribution: Distribution, reinterpreted_batch_ndims: int,
+                 validate_args: bool | None = None) -> None:
+        n, shape = int(reinterpreted_batch_ndims), base_distribution.batch_shape
+        if n > len(shape):
+            raise ValueError(f"Expected reinterpreted_batch_ndims <= len(base_distribution.batch_shape), actual {n} "
+                             f"vs {len(shape)}")
+        self.base_dist, self.reinterpreted_batch_ndims = base_distribution, n
+        self.has_rsample = base_distribution.has_rsample
+        super().__init__(shape[:len(shape) - n], shape[len(shape) - n:] + base_distribution.event_shape,
+                         validate_args)
+
+    def _sum(self, t: Tensor) -> Tensor:
+        n = self.reinterpreted_batch_ndims
+        return ops.sum(t, list(range(t.ndim - n, t.ndim))) if n else t
+
+    @property
+    def mean(self) -> Tensor:
+        return self.base_dist.mean
+
+    @property
+    def mode(self) -> Tensor:
+        return self.base_dist.mode
+
+    @property
+    def variance(self) -> Tensor:
+        return self.base_dist.variance
+
+    def sample(self, sample_shape: Any = ()) -> Tensor:
+        return self.base_dist.sample(sample_shape)
+
+    def rsample(self, sample_shape: Any = ()) -> Tensor:
+        return self.base_dist.rsample(sample_shape)
+
+    def log_prob(self, value: Any) -> Tensor:
+        return self._sum(self.base_dist.log_prob(value))
+
+    def entropy(self) -> Tensor:
+        return self._sum(self.base_dist.entropy())
+
+
+def _cholesky(a: Tensor) -> Tensor:
+    return linalg.cholesky(a)
+
+
+def _tri_solve(lower: Tensor, b: Tensor) -> Tensor:
+    return linalg.solve_triangular(lower, b, upper=False)
+
+
+def _positive_definite(m: np.ndarray) -> np.ndarray:
+    try:
+        np.linalg.cholesky(m)
+    except np.linalg.LinAlgError:
+        return np.asarray(False)
+    return np.allclose(m, np.swapaxes(m, -1, -2))
+
+
+class MultivariateNormal(Distribution):
+    """MultivariateNormal(loc, covariance_matrix= | precision_matrix= | scale_tril=): correlated
+    Gaussians over vectors, through the lower Cholesky factor of the covariance, as torch's;
+    reparameterized (`rsample` = loc + scale_tril @ eps)."""
+
+    has_rsample = True
+
+    def __init__(self, loc: Any, covariance_matrix: Any = None, precision_matrix: Any = None, scale_tril: Any = None,
+                 validate_args: bool | None = None) -> None:
+        if (covariance_matrix is not None) + (precision_matrix is not None) + (scale_tril is not None) != 1:
+            raise ValueError("Exactly one of covariance_matrix or precision_matrix or scale_tril may be specified.")
+        loc = _param(loc)
+        if loc.ndim < 1:
+            raise ValueError("loc must be at least one-dimensional.")
+        given = _param(next(m for m in (covariance_matrix, precision_matrix, scale_tril) if m is not None))
+        if given.ndim < 2:
+            name = ("covariance_matrix" if covariance_matrix is not None else
+                    "precision_matrix" if precision_matrix is not None else "scale_tril")
+            raise ValueError(f"{name} matrix must be at least two-dimensional, with optional leading batch dimensions")
+        batch = tuple(np.broadcast_shapes(given.shape[:-2], loc.shape[:-1]))
+        k = loc.shape[-1]
+        super().__init__(batch, (k,), validate_args)
+        if scale_tril is not None:
+            self._check("scale_tril", given, lambda m: np.all(np.diagonal(m, 0, -2, -1) > 0) &
+                        np.all(np.triu(m, 1) == 0), "LowerCholesky()")
+            tril = given
+        else:
+            name = "covariance_matrix" if covariance_matrix is not None else "precision_matrix"
+            self._check(name, given, _positive_definite, "PositiveDefinite()")
+            tril = _cholesky(given if covariance_matrix is not None else ops.inverse(given))
+        self.loc = ops.broadcast_to(loc, batch + (k,))
+        self._unbroadcasted_scale_tril = tril
+
+    @property
+    def scale_tril(self) -> Tensor:
+        return ops.broadcast_to(self._unbroadcasted_scale_tril, self._batch_shape + self._event_shape * 2)
+
+    @property
+    def covariance_matrix(self) -> Tensor:
+        lt = self._unbroadcasted_scale_tril
+        return ops.broadcast_to(ops.matmul(lt, ops.swapaxes(lt, -1, -2)), self._batch_shape + self._event_shape * 2)
+
+    @property
+    def precision_matrix(self) -> Tensor:
+        return ops.inverse(self.covariance_matrix)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.loc
+
+    @property
+    def mode(self) -> Tensor:
+        return self.loc
+
+    @property
+    def variance(self) -> Tensor:
+        lt = self._unbroadcasted_scale_tril
+        return ops.broadcast_to(ops.sum(ops.mul(lt, lt), -1), self._batch_shape + self._event_shape)
+
+    def _half_log_det(self) -> Tensor:
+        return ops.sum(ops.log(ops.diagonal(self._unbroadcasted_scale_tril, 0, -2, -1)), -1)
+
+    def rsample(self, sample_shape: Any = ()) -> Tensor:
+        eps = ops.randn(self._extended_shape(sample_shape), dtype=self.loc.dtype)
+        return ops.add(self.loc, ops.squeeze(ops.matmul(self._unbroadcasted_scale_tril, ops.expand_dims(eps, -1)), -1))
+
+    def log_prob(self, value: Any) -> Tensor:
+        diff = ops.sub(_param(value), self.loc)
+        k = self._event_shape[0]
+        lt = ops.broadcast_to(self._unbroadcasted_scale_tril, diff.shape[:-1] + (k, k))
+        m = ops.sum(ops.square(ops.squeeze(_tri_solve(lt, ops.expand_dims(diff, -1)), -1)), -1)
+        return ops.sub(ops.mul(-0.5, ops.add(m, k * math.log(2 * math.pi))), self._half_log_det())
+
+    def entropy(self) -> Tensor:
+        h = ops.add(0.5 * self._event_shape[0] * (1.0 + math.log(2 * math.pi)), self._half_log_det())
+        return ops.broadcast_to(h, self._batch_shape)
+
+
 def register_kl(type_p: type, type_q: type) -> Callable:
     """Decorator: `@register_kl(P, Q) def kl(p, q): ...` makes kl_divergence(p, q) use it."""
     def deco(fn: Callable[[Any, Any], Tensor]) -> Callable[[Any, Any], Tensor]:
@@ -490,3 +630,23 @@ def _kl_uniform(p: Uniform, q: Uniform) -> Tensor:
     result = ops.log(ops.div(ops.sub(q.high, q.low), ops.sub(p.high, p.low)))
     outside = ops.logical_or(ops.gt(q.low, p.low), ops.lt(q.high, p.high))
     return ops.where(outside, math.inf, result)
+
+
+@register_kl(Independent, Independent)
+def _kl_independent(p: Independent, q: Independent) -> Tensor:
+    if p.reinterpreted_batch_ndims != q.reinterpreted_batch_ndims:
+        raise NotImplementedError("KL(p || q) of Independent distributions over different event dims")
+    return p._sum(kl_divergence(p.base_dist, q.base_dist))
+
+
+@register_kl(MultivariateNormal, MultivariateNormal)
+def _kl_mvn(p: MultivariateNormal, q: MultivariateNormal) -> Tensor:
+    """0.5 (tr(Sq^-1 Sp) + |Lq^-1 (mu_q - mu_p)|^2 - k) + log|Lq| - log|Lp|, through triangular solves."""
+    k = p.event_shape[0]
+    shape = tuple(np.broadcast_shapes(p.batch_shape, q.batch_shape))
+    lq = ops.broadcast_to(q._unbroadcasted_scale_tril, shape + (k, k))
+    lp = ops.broadcast_to(p._unbroadcasted_scale_tril, shape + (k, k))
+    tr = ops.sum(ops.square(_tri_solve(lq, lp)), [-2, -1])
+    d = ops.expand_dims(ops.sub(ops.broadcast_to(q.loc, shape + (k,)), ops.broadcast_to(p.loc, shape + (k,))), -1)
+    maha = ops.sum(ops.square(_tri_solve(lq, d)), [-2, -1])
+    return ops.add(ops.mul(0.5, ops.sub(ops.add(tr, maha), float(k))), ops.sub(q._half_log_det(), p._half_log_det()))

@@ -828,6 +828,16 @@ class Tensor:
     def T(self) -> Tensor:
         return _ops.transpose(self)
 
+    @property
+    def mT(self) -> Tensor:  # noqa: N802 (torch's name)
+        """torch's batched matrix transpose: the last two dims swapped, a view as `transpose(-2, -1)`."""
+        if self.ndim < 2:
+            raise RuntimeError(f"tensor.mT is only supported on matrices or batches of matrices. Got {self.ndim}-D "
+                               "tensor.")
+        return self.transpose(-2, -1)
+
+    mH = mT  # the conjugate transpose: the same for Avalon's real dtypes
+
     def expand(self, *shape: Any) -> Tensor:
         """torch's broadcast: `x.expand(2, 3)` or `x.expand((2, 3))`; -1 keeps a dim."""
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape

@@ -86,6 +86,7 @@ class Trace:
         self.updated: set[int] = set()  # ids of the targets in `updates`
         self.seed_input: Value | None = None
         self._seeds = 0
+        self.captured: dict[int, Any] = {}  # input Value id -> what an enclosing trace feeds it (see `_lift`)
 
     def seed(self) -> Tensor:
         """A distinct traced seed per random op, derived from the graph's `rng_seed` input."""
@@ -114,6 +115,9 @@ class Trace:
             return v
         if isinstance(x, Tensor) and x._trace is self:
             return x._value
+        outer = self._enclosing(x)
+        if outer is not None:
+            return self._lift(x, outer)
         if isinstance(x, Tensor) and x._trace is not None:
             raise RuntimeError("a tensor traced in an enclosing function was captured by a nested traced "
                                "function; pass it as an argument instead")
@@ -126,6 +130,28 @@ class Trace:
         if isinstance(x, Tensor):
             self.leaves[id(x)] = v
             self._keep.append(x)
+        return v
+
+    def _enclosing(self, x: Any) -> Value | None:
+        """`x`'s value in an enclosing trace, if it has one: an input that trace takes (a parameter of
+        a model a nested `av.grad` closes over, `av.grad(lambda z: D(z).sum())(x)`) or a tensor it
+        computed."""
+        for tr in reversed(_STACK):
+            if tr is not self:
+                if id(x) in tr.leaves:
+                    return tr.leaves[id(x)]
+                if isinstance(x, Tensor) and x._trace is tr:
+                    return x._value
+        return None
+
+    def _lift(self, x: Any, outer: Value) -> Value:
+        """An enclosing trace's value used here becomes an input of this graph, fed by that trace when
+        this graph is inlined there, so its derivatives flow through (torch's `create_graph=True`)
+        instead of a constant copy baking in its value and cutting them off."""
+        v = self.graph.add_input(outer.type, "captured")
+        self.leaves[id(x)] = v
+        self._keep.append(x)
+        self.captured[id(v)] = x
         return v
 
     def emit(self, opname: str, operands: list[Any], attrs: dict[str, Any]) -> list[Tensor]:
@@ -320,7 +346,7 @@ def trace_call(fn: Any, args: tuple, name: str | None = None) -> Traced:
     if not out_leaves and out is not None and not isinstance(out, (tuple, list, dict)):
         raise TypeError(f"traced function returned {type(out).__name__}, not tensors")
     t.graph.set_outputs(outs + [v for _, v in t.updates])
-    objs = [obj for _, obj in leaves] + ([SEED] if t.seed_input is not None else [])
+    objs = [obj for _, obj in leaves] + [t.captured.get(id(v), SEED) for v in t.graph.inputs[len(leaves):]]
     return Traced(t.graph, objs, out_tree, len(outs), [tg for tg, _ in t.updates])
 
 

@@ -147,6 +147,7 @@ class _Entry:
     update_at: list[tuple[int | None, Any]]  # (leaf position, or None for a non-argument target; target)
     seeded: bool
     checker: GroupChecker | None = None
+    extra: list[Any] | None = None  # inputs after the leaves (the seed, values lifted from an enclosing trace)
 
 
 class Program(Protocol):
@@ -230,7 +231,7 @@ class Compiled:
         elif outer is not None:
             return self.fn(*args)  # record into the enclosing trace; it is optimized with that graph
         entry, leaves = self._entry(args, inline=outer is not None)  # run_traced inlines a program
-        objs = [x for _, x in leaves] + ([SEED] if entry.seeded else [])
+        objs = [x for _, x in leaves] + (entry.extra if entry.extra is not None else [SEED] if entry.seeded else [])
         if self.check and outer is None:
             objs = feed(objs)  # one seed for the check and the run
             self._check(entry, objs)
@@ -277,7 +278,7 @@ class Compiled:
         with paused_gc():
             entry = self._build(args, leaves, optimize=not inline)
         if inline:  # not compiled: cached apart, so a later call outside a trace still compiles it
-            if not _captured_arrays(entry.inspection.traced_graph):
+            if entry.extra is None and not _captured_arrays(entry.inspection.traced_graph):
                 self._inlined[key] = entry
             return entry, leaves
         if _captured_arrays(entry.inspection.traced_graph):
@@ -308,8 +309,10 @@ class Compiled:
                               (time.perf_counter() - t0) * 1e3, 0.0, 0.0)
             ids = {id(obj): j for j, (_, obj) in enumerate(leaves)}
             update_at = [(ids.get(id(t)), t) for t in traced.update_targets]
+            extra = list(traced.leaves[len(leaves):])  # lifted values are the enclosing trace's: never cached
             return _Entry(insp, None, traced.out_tree, traced.n_outputs, update_at,
-                          any(x is SEED for x in traced.leaves))
+                          any(x is SEED for x in traced.leaves), extra=extra if any(x is not SEED for x in extra)
+                          else None)
         traced_graph = graph.clone()
         t_traced = time.perf_counter()
         pm = self._pass_manager()  # resolving the backend's target may import it (Triton: ~1 s once)

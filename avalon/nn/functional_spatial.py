@@ -295,11 +295,13 @@ def _resize_axis(x: Tensor, axis: int, out: int, scale: float | None, mode: str,
     (nearest_idx in f32; area_pixel_compute_source_index in the input's opmath type: f64 for f64
     input, else f32), so nothing is a captured array."""
     n = x.shape[axis]
-    pos = dt.float64 if mode != "nearest" and x.dtype == dt.float64 else dt.float32
+    pos = dt.float64 if not mode.startswith("nearest") and x.dtype == dt.float64 else dt.float32
     i = ops.iota((out,), 0, pos)
     r = 1.0 / scale if scale else n / out
     if mode == "nearest":
         return ops.take(x, ops.minimum(ops.cast(ops.mul(i, r), dt.int64), n - 1), axis)  # floor of >= 0
+    if mode == "nearest-exact":  # torch's nearest_neighbor_exact_compute_source_index: pixel centres
+        return ops.take(x, ops.minimum(ops.cast(ops.mul(ops.add(i, 0.5), r), dt.int64), n - 1), axis)
     if align_corners:
         src = ops.mul(i, (n - 1) / (out - 1) if out > 1 else 0.0)
     else:
@@ -316,14 +318,16 @@ def _resize_axis(x: Tensor, axis: int, out: int, scale: float | None, mode: str,
 def interpolate(input: Any, size: Any = None, scale_factor: Any = None, mode: str = "nearest",
                 align_corners: bool | None = None, recompute_scale_factor: bool | None = None,
                 antialias: bool = False) -> Tensor:
-    """Resize the spatial dims of (N, C, L) / (N, C, H, W) input: 'nearest', 'linear' or 'bilinear'
-    (align_corners False or True), with torch's coordinate conventions."""
+    """Resize the spatial dims of (N, C, L) / (N, C, H, W) input: 'nearest', 'nearest-exact', 'area'
+    (adaptive average pooling, as torch computes it), 'linear' or 'bilinear' (align_corners False or
+    True), with torch's coordinate conventions."""
     x = _t(input)
     if antialias:
         raise NotImplementedError("interpolate: argument 'antialias' is not supported")
-    if mode not in ("nearest", "linear", "bilinear"):
-        raise NotImplementedError(f"interpolate: mode={mode!r} is not supported (nearest, linear, bilinear)")
-    if mode == "nearest" and align_corners is not None:
+    if mode not in ("nearest", "nearest-exact", "area", "linear", "bilinear"):
+        raise NotImplementedError(f"interpolate: mode={mode!r} is not supported (nearest, nearest-exact, area, linear, "
+                                  "bilinear)")
+    if mode in ("nearest", "nearest-exact", "area") and align_corners is not None:
         raise ValueError("interpolate: align_corners option can only be set with the interpolating modes")
     k = x.ndim - 2
     if k < 1 or (mode == "bilinear" and k != 2) or (mode == "linear" and k != 1):
@@ -351,6 +355,10 @@ def interpolate(input: Any, size: Any = None, scale_factor: Any = None, mode: st
         shown = [", ".join(f"{a}: {v}" for a, v in zip(names, vs)) for vs in (spatial, outs)]
         raise ops.fail(RuntimeError(f"interpolate: Input and output sizes should be greater than 0, but got input "
                                     f"({shown[0]}) output ({shown[1]})"))
+    if mode == "area":
+        if k > 2:
+            raise NotImplementedError("interpolate: mode='area' is supported for 3-d and 4-d input")
+        return (adaptive_avg_pool1d if k == 1 else adaptive_avg_pool2d)(x, outs[0] if k == 1 else tuple(outs))
     y = x
     for j in range(k):
         y = _resize_axis(y, 2 + j, outs[j], scales[j], mode, bool(align_corners))

@@ -18,6 +18,7 @@ from . import functional as F
 from . import init
 from .layers import _dtype, _place, empty
 from .module import Module
+from .packing import PackedSequence
 
 __all__ = ["GRU", "LSTM", "RNN", "RNNBase"]
 
@@ -82,14 +83,15 @@ class RNNBase(Module):
             raise ValueError(f"{type(self).__name__}: expected hidden state of shape {shape}, got {h.shape}")
         return h
 
-    def _run(self, input: Any, hx: Any, lstm: bool) -> tuple[Tensor, Tensor, Tensor | None]:
-        x = F._t(input)
+    def _run(self, input: Any, hx: Any, lstm: bool) -> tuple[Any, Tensor, Tensor | None]:
+        packed = isinstance(input, PackedSequence)
+        x = input.padded if packed else F._t(input)  # a packed batch is time-major already
         if x.ndim not in (2, 3):
             raise ValueError(f"{type(self).__name__}: expected 2D (unbatched) or 3D input, got {x.ndim}D {x.shape}")
         batched = x.ndim == 3
         if not batched:
             x = ops.expand_dims(x, 1)
-        elif self.batch_first:
+        elif self.batch_first and not packed:
             x = ops.transpose(x, 0, 1)
         if x.shape[-1] != self.input_size:
             raise ValueError(f"{type(self).__name__}: input.size(-1) must be equal to input_size. "
@@ -104,6 +106,9 @@ class RNNBase(Module):
             h0, c0 = self._initial(hx, n, dtype, batched), None
         hs, cs = [], []
         layer_in = x
+        # packed: a sequence's state stays as it is past its length, its outputs are zeros there
+        live = (ops.lt(ops.reshape(ops.iota((steps,), 0, input.lengths.dtype), (steps, 1, 1)),
+                       ops.reshape(input.lengths, (1, n, 1))) if packed else None)
         for layer in range(self.num_layers):
             outs = []
             for direction in range(self._directions):
@@ -120,8 +125,14 @@ class RNNBase(Module):
                     gh = ops.matmul(h, w_hh_t)
                     if b_hh is not None:
                         gh = ops.add(gh, b_hh)
-                    h, c = self._cell(xw[t], gh, h, c)
-                    ys[t] = h
+                    if live is None:
+                        h, c = self._cell(xw[t], gh, h, c)
+                        ys[t] = h
+                    else:
+                        h_new, c_new = self._cell(xw[t], gh, h, c)
+                        h = ops.where(live[t], h_new, h)
+                        c = ops.where(live[t], c_new, c) if c is not None else None
+                        ys[t] = ops.where(live[t], h_new, 0.0)
                 outs.append(ops.stack(ys, 0))
                 hs.append(h)
                 cs.append(c)
@@ -133,6 +144,8 @@ class RNNBase(Module):
         if not batched:
             out, h_n = ops.squeeze(out, 1), ops.squeeze(h_n, 1)
             c_n = ops.squeeze(c_n, 1) if c_n is not None else None
+        elif packed:
+            out = PackedSequence(out, input.lengths)
         elif self.batch_first:
             out = ops.transpose(out, 0, 1)
         return out, h_n, c_n

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -31,6 +32,7 @@ from .. import ops
 from ..ir import dtypes as dt
 from ..tensor import Tensor
 from ..tree import is_model
+from . import packing as rnn  # torch.nn.utils.rnn (`from avalon.nn.utils.rnn import ...`: see below)
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_", "get_total_norm", "parameters_to_vector",
            "vector_to_parameters"]
@@ -187,3 +189,6 @@ def vector_to_parameters(vec: Tensor, parameters: Iterable[Tensor]) -> None:
         n = t.numel()
         assign(t, ops.cast(ops.reshape(vec[pointer:pointer + n], t.shape), t.dtype))
         pointer += n
+
+
+sys.modules[__name__ + ".rnn"] = rnn  # a module, not a package: this makes the dotted import find it

@@ -450,8 +450,14 @@ def stop_gradient(x: Any) -> Tensor:
     return bind("stop_gradient", _tensor(x))
 
 
-def where(cond: Any, a: Any, b: Any) -> Tensor:
-    """`a` where `cond` else `b`, broadcasting all three."""
+def where(cond: Any, a: Any = None, b: Any = None) -> Any:
+    """`a` where `cond` else `b`, broadcasting all three; `where(cond)` alone is torch's
+    `nonzero(cond, as_tuple=True)` (eager only: its shape depends on the values)."""
+    if a is None and b is None:
+        from .dynamic import nonzero
+        return nonzero(cond, as_tuple=True)
+    if a is None or b is None:
+        raise TypeError("where() takes a condition alone, or a condition, input and other (got two)")
     cond = _as_operand(cond)
     if not _is_scalar(cond) and cond.dtype is not dt.bool_:
         cond = ne(cond, 0)

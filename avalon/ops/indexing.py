@@ -20,6 +20,7 @@ from .core import (
     broadcast_to,
     cast,
     concat,
+    cumsum,
     expand_dims,
     fail,
     full,
@@ -47,6 +48,37 @@ def _concrete_array(i: Any) -> np.ndarray | None:
     if isinstance(i, Tensor):
         return None if i.is_traced else i.numpy()
     return np.asarray(i)
+
+
+_FOLD_LIMIT = 512  # ops evaluated at most when folding a mask
+
+
+def _folded(t: Tensor) -> np.ndarray | None:
+    """The values of a traced tensor that no input of its graph feeds (`~th.eye(n, dtype=th.bool)`, a
+    label mask from `th.arange`, in a loss being differentiated or compiled), computed while tracing,
+    so indexing with it is indexing with a constant as torch's code means it; None when an input (the
+    data, a parameter, a random seed) feeds it, or when more than `_FOLD_LIMIT` ops would run."""
+    from ..ir.reference import evaluate
+    memo: dict[int, np.ndarray] = {}
+    todo, count = [t._value], 0
+    while todo:  # post-order over the producers, without recursion
+        v = todo[-1]
+        if id(v) in memo:
+            todo.pop()
+            continue
+        op = v.op
+        if op is None or op.regions or len(op.results) != 1:
+            return None  # a graph input, or an op the reference evaluates by region
+        missing = [o for o in op.operands if id(o) not in memo]
+        if missing:
+            count += len(missing)
+            if count > _FOLD_LIMIT:
+                return None
+            todo.extend(missing)
+            continue
+        memo[id(v)] = evaluate(op.name, op.attrs, [memo[id(o)] for o in op.operands], v.type)
+        todo.pop()
+    return memo[id(t._value)]
 
 
 def _is_bool_mask(i: Any) -> bool:
@@ -195,6 +227,9 @@ def _mask_index(x: Tensor, index: tuple, masks: list[int]) -> Tensor:
         raise fail(IndexError("a boolean mask index cannot be combined with other array indices"))
     k = masks[0]
     m = _concrete_array(index[k])
+    traced = None
+    if m is None and isinstance(index[k], Tensor):
+        m, traced = _folded(index[k]), index[k]
     if m is None:
         raise fail(IndexError("indexing with a traced boolean mask: the result's shape would depend on the mask's "
                          "values; use av.where(mask, x, other) or x.masked_fill(mask, value) instead"))
@@ -204,7 +239,18 @@ def _mask_index(x: Tensor, index: tuple, masks: list[int]) -> Tensor:
         raise fail(IndexError(f"the shape of the mask {m.shape} does not match the shape of the indexed tensor "
                          f"{shape} at dimension {d}"))
     flat = reshape(x, x.shape[:d] + (math.prod(shape),) + x.shape[d + m.ndim:])
-    return getitem(flat, index[:k] + (np.flatnonzero(m),) + index[k + 1:])
+    at = np.flatnonzero(m) if traced is None else _positions(reshape(traced, (m.size,)), int(m.sum()))
+    return getitem(flat, index[:k] + (at,) + index[k + 1:])
+
+
+def _positions(mask: Tensor, count: int) -> Tensor:
+    """Where a traced 1-d mask known to hold `count` trues holds them, as ops of its graph (each true
+    element's running count is its slot), so no index array is baked into the graph: it stays
+    cached, as the mask's own ops are."""
+    from .creation import iota
+    from .sorting import scatter  # (sorting builds on this module)
+    slot = where(mask, add(cumsum(cast(mask, dt.int64), 0), -1), count)  # falses go to a spare slot
+    return slice_(scatter(full((count + 1,), 0, dt.int64), 0, slot, iota((mask.shape[0],))), [0], [count])
 
 
 def setitem(x: Any, index: Any, value: Any) -> Tensor:

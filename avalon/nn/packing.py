@@ -1,0 +1,128 @@
+"""`torch.nn.utils.rnn`: padded batches of sequences of different lengths through RNN, LSTM and GRU.
+
+torch packs the valid steps of every sequence into one interleaved tensor whose layout depends on the
+lengths' values. Avalon keeps the padded (L, N, *) tensor and the lengths instead, so the lengths may
+be values a compiled function receives (`src_len` from the batch): the recurrent layers run every
+step and keep each sequence's state unchanged past its length (masked with `where`), which gives
+torch's results: outputs are `padding_value` past each length, the final hidden state is each
+sequence's own last step (its first, for the reverse direction), in the batch's order. `.data` and
+`.batch_sizes` (torch's interleaved layout) are not available; use `pad_packed_sequence`.
+`pad_packed_sequence` pads to the longest length when the lengths are known while tracing, else to the
+packed input's own length (torch's `total_length=` makes both agree).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .. import ops
+from ..ir import dtypes as dt
+from ..tensor import Tensor
+
+__all__ = ["PackedSequence", "pack_padded_sequence", "pad_packed_sequence", "pad_sequence", "pack_sequence"]
+
+
+class PackedSequence:
+    """A padded time-major batch and each sequence's length (see the module docstring)."""
+
+    def __init__(self, padded: Tensor, lengths: Tensor):
+        self.padded, self.lengths = padded, lengths
+
+    @property
+    def data(self) -> Any:
+        raise NotImplementedError("PackedSequence.data: Avalon keeps packed sequences padded (torch's interleaved "
+                                  "layout depends on the lengths' values); use pad_packed_sequence(...) instead")
+
+    batch_sizes = data
+
+    def to(self, *args: Any, **kwargs: Any) -> PackedSequence:
+        return PackedSequence(self.padded.to(*args, **kwargs), self.lengths)
+
+    def __iter__(self):  # torch's PackedSequence is a namedtuple; code unpacks it rarely, but clearly
+        raise TypeError("PackedSequence: Avalon's has no (data, batch_sizes, ...) fields to unpack; "
+                        "use pad_packed_sequence(...)")
+
+
+def _lengths(lengths: Any, n: int) -> Tensor:
+    if isinstance(lengths, Tensor):
+        t = lengths
+    else:
+        arr = np.asarray(lengths)
+        if arr.dtype.kind not in "iu":
+            raise TypeError(f"pack_padded_sequence: lengths must be integers, got {arr.dtype}")
+        t = Tensor(arr.astype(np.int64))
+    if t.shape != (n,):
+        raise ValueError(f"pack_padded_sequence: expected {n} lengths (one per sequence), got shape {t.shape}")
+    return t
+
+
+def _concrete(t: Tensor) -> np.ndarray | None:
+    return None if t.is_traced else t.numpy()
+
+
+def pack_padded_sequence(input: Any, lengths: Any, batch_first: bool = False,
+                         enforce_sorted: bool = True) -> PackedSequence:
+    """torch.nn.utils.rnn.pack_padded_sequence for a padded (L, N, *) (or (N, L, *)) batch."""
+    x = input if isinstance(input, Tensor) else Tensor(input)
+    if batch_first:
+        x = ops.transpose(x, 0, 1)
+    lens = _lengths(lengths, x.shape[1])
+    known = _concrete(lens)
+    if known is not None:
+        if known.size and (known.min() <= 0 or known.max() > x.shape[0]):
+            bad = known.min() if known.min() <= 0 else known.max()
+            raise RuntimeError(f"pack_padded_sequence: length {int(bad)} is out of range for a padded input of "
+                               f"{x.shape[0]} steps (lengths must be in 1..{x.shape[0]})")
+        if enforce_sorted and (np.diff(known) > 0).any():
+            raise RuntimeError("`lengths` array must be sorted in decreasing order when `enforce_sorted` is True. "
+                               "You can pass `enforce_sorted=False` to pack_padded_sequence and/or pack_sequence "
+                               "to sidestep this requirement if you do not need ONNX exportability.")
+    return PackedSequence(x, lens)
+
+
+def pad_packed_sequence(sequence: PackedSequence, batch_first: bool = False, padding_value: float = 0.0,
+                        total_length: int | None = None) -> tuple[Tensor, Tensor]:
+    """(padded output, lengths), padded past each length with `padding_value`."""
+    if not isinstance(sequence, PackedSequence):
+        raise TypeError(f"pad_packed_sequence: expected a PackedSequence, got {type(sequence).__name__}")
+    x, lens = sequence.padded, sequence.lengths
+    known = _concrete(lens)
+    steps = x.shape[0]
+    if total_length is not None:
+        if known is not None and total_length < known.max():
+            raise ValueError(f"Expected total_length to be at least the length of the longest sequence in input, "
+                             f"but got total_length={total_length} and max sequence length being {int(known.max())}")
+        steps = total_length
+    elif known is not None and known.size:
+        steps = int(known.max())
+    if steps < x.shape[0]:
+        x = x[:steps]
+    elif steps > x.shape[0]:
+        x = ops.pad(x, [(0, steps - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+    valid = ops.lt(ops.reshape(ops.iota((steps,), 0, dt.int64), (steps, 1)), ops.reshape(lens, (1, -1)))
+    valid = ops.reshape(valid, valid.shape + (1,) * (x.ndim - 2))
+    x = ops.where(valid, x, ops.cast(padding_value, x.dtype) if isinstance(padding_value, Tensor) else padding_value)
+    return (ops.transpose(x, 0, 1) if batch_first else x), lens
+
+
+def pad_sequence(sequences: Sequence[Any], batch_first: bool = False, padding_value: float = 0.0,
+                 padding_side: str = "right") -> Tensor:
+    """Stack sequences of shapes (L_i, *) into (max L, N, *) (or (N, max L, *)), padded."""
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"Expected padding_side to be one of left or right, but got {padding_side}.")
+    seqs = [s if isinstance(s, Tensor) else Tensor(s) for s in sequences]
+    if not seqs:
+        raise RuntimeError("received an empty list of sequences")
+    longest = max(s.shape[0] for s in seqs)
+    rows = []
+    for s in seqs:
+        gap = [(0, longest - s.shape[0])] if padding_side == "right" else [(longest - s.shape[0], 0)]
+        rows.append(ops.pad(s, gap + [(0, 0)] * (s.ndim - 1), value=padding_value) if longest > s.shape[0] else s)
+    return ops.stack(rows, 0 if batch_first else 1)
+
+
+def pack_sequence(sequences: Sequence[Any], enforce_sorted: bool = True) -> PackedSequence:
+    lengths = [int((s if isinstance(s, Tensor) else Tensor(s)).shape[0]) for s in sequences]
+    return pack_padded_sequence(pad_sequence(sequences), lengths, enforce_sorted=enforce_sorted)
