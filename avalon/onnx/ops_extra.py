@@ -73,19 +73,20 @@ def gather_nd(node: Node, x: Any, idx: Any) -> Tensor:
 
 @onnx_op("ScatterND")
 def scatter_nd(node: Node, x: Any, idx: Any, updates: Any) -> Any:
-    """`data` with `updates` written (reduction 'add': added) at the rows that indices (..., k)
-    address in its first k dims: torch's TorchScript exporter writes slice assignment this way
-    (HF's causal-mask padding, Swin's window mask). One `index_put`, so gradients reach both."""
+    """`data` with `updates` written (reduction 'add' / 'mul' / 'max' / 'min': combined with what is
+    there) at the rows that indices (..., k) address in its first k dims: torch's TorchScript
+    exporter writes slice assignment this way (HF's causal-mask padding, Swin's window mask). One
+    `index_put` (the reductions: `index_reduce` over the flattened rows), so gradients reach both."""
     red = node.attr("reduction", "none")
-    if red not in ("none", "add"):
-        raise node.unsupported(f"reduction {red!r} is not supported (only 'none' and 'add')")
+    if red not in ("none", "add", "mul", "max", "min"):
+        raise node.unsupported(f"reduction {red!r} is not supported (only none, add, mul, max and min)")
     if all(isinstance(v, np.ndarray) for v in (x, idx, updates)):  # constants: numpy's own
         out, ii = x.copy(), np.asarray(idx).astype(np.int64)
         rows = tuple(np.moveaxis(ii, -1, 0))
-        if red == "add":
-            np.add.at(out, rows, updates)
-        else:
+        if red == "none":
             out[rows] = updates
+        else:
+            {"add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}[red].at(out, rows, updates)
         return out
     xt, it = T(x), ops.cast(T(idx), dt.int64)
     k = it.shape[-1]
@@ -98,7 +99,18 @@ def scatter_nd(node: Node, x: Any, idx: Any, updates: Any) -> Any:
                                f"(expected {want})")
     cols = [ops.reshape(ops.slice_(it, [0] * (it.ndim - 1) + [j], [*it.shape[:-1], j + 1]), it.shape[:-1])
             for j in range(k)]
-    return ops.index_put(xt, cols, u, accumulate=red == "add")
+    if red in ("none", "add"):
+        return ops.index_put(xt, cols, u, accumulate=red == "add")
+    dims = xt.shape[:k]
+    cols = [ops.where(ops.lt(c, 0), ops.add(c, n), c) for c, n in zip(cols, dims)]  # negatives count from the end
+    lin = cols[0]
+    for j in range(1, k):
+        lin = ops.add(ops.mul(lin, dims[j]), cols[j])
+    m = math.prod(it.shape[:-1])
+    rows = ops.reshape(xt, (math.prod(dims),) + xt.shape[k:])
+    out = ops.index_reduce(rows, 0, ops.reshape(lin, (m,)), ops.reshape(ops.cast(u, xt.dtype), (m,) + xt.shape[k:]),
+                           {"mul": "prod", "max": "amax", "min": "amin"}[red])
+    return ops.reshape(out, xt.shape)
 
 
 @onnx_op("ScatterElements")
