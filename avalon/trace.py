@@ -29,7 +29,7 @@ from .device import CPU, Device
 from .ir import Builder, Graph, Location, ShapeError, TensorType, Value
 from .ir import dtypes as dt
 from .ir.builder import make_op
-from .ir.clone import clone_block
+from .ir.clone import clone_block, inline_regions
 from .tensor import FROZEN, Tensor, TracerError, _to_torch, as_array
 
 _STACK: list[Trace] = []
@@ -87,6 +87,7 @@ class Trace:
         self.seed_input: Value | None = None
         self._seeds = 0
         self.captured: dict[int, Any] = {}  # input Value id -> what an enclosing trace feeds it (see `_lift`)
+        self.custom = False  # a `custom_vjp` op was recorded (avalon/autograd.py)
 
     def seed(self) -> Tensor:
         """A distinct traced seed per random op, derived from the graph's `rng_seed` input."""
@@ -308,8 +309,10 @@ def _memo_arg_names(fn: Any, n: int) -> list[str] | None:
     return names
 
 
-def trace_call(fn: Any, args: tuple, name: str | None = None) -> Traced:
-    """Trace `fn(*args)` into a graph (the machinery under `av.trace`, `av.grad` and `av.compile`)."""
+def trace_call(fn: Any, args: tuple, name: str | None = None, keep_custom: bool = False) -> Traced:
+    """Trace `fn(*args)` into a graph (the machinery under `av.trace`, `av.grad` and `av.compile`).
+    User-defined gradients (`custom_vjp` ops, avalon/autograd.py) are inlined to their forward
+    unless `keep_custom` (av.grad, which differentiates them next)."""
     # a model's graph is its forward function; a function's graph takes the function's name
     gname = name or (None if owner_model(fn) is fn else getattr(fn, "__name__", None)) or "forward"
     if not gname.isidentifier():
@@ -346,6 +349,8 @@ def trace_call(fn: Any, args: tuple, name: str | None = None) -> Traced:
     if not out_leaves and out is not None and not isinstance(out, (tuple, list, dict)):
         raise TypeError(f"traced function returned {type(out).__name__}, not tensors")
     t.graph.set_outputs(outs + [v for _, v in t.updates])
+    if t.custom and not keep_custom:
+        inline_regions(t.graph.body, "custom_vjp")
     objs = [obj for _, obj in leaves] + [t.captured.get(id(v), SEED) for v in t.graph.inputs[len(leaves):]]
     return Traced(t.graph, objs, out_tree, len(outs), [tg for tg, _ in t.updates])
 

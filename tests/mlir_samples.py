@@ -90,7 +90,29 @@ SPECIAL: dict[str, Callable[[str], Graph]] = {
     "argsort": lambda n: _graph([((2, 5), F32), ((3, 2), dt.int32)],
                                 lambda b, x, i: [b("argsort", x, axis=1, descending=True), b("argsort", i, axis=0)], n),
     "fusion": lambda n: _fusion(n),
+    "custom_vjp": lambda n: _custom_vjp(n),
 }
+
+
+def _custom_vjp(name: str) -> Graph:
+    """A torch.autograd.Function-style op as av.grad sees it before autodiff inlines it."""
+    import avalon as av
+    from avalon.trace import trace_call
+
+    class Scale(av.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x * 2.0
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return g * x
+
+    g = trace_call(lambda x: Scale.apply(x).sum(), (av.tensor(np.ones((2, 3), np.float32)),), keep_custom=True).graph
+    g.name = name
+    return g
 
 
 def _fusion(name: str) -> Graph:

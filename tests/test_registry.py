@@ -49,7 +49,9 @@ def test_exemptions():
     assert not TABLES["reference"].needs("fusion") and not TABLES["vjp"].needs("fusion")
     assert TABLES["lowering"].needs("fusion") and "fusion" in TABLES["lowering"].table
     assert not set(VJP) & NON_DIFFERENTIABLE
-    assert set(INLINED) == {"fusion"} and "fusion" in INLINED and "add" not in INLINED
+    assert set(INLINED) == {"fusion", "custom_vjp"} and "add" not in INLINED
+    # custom_vjp is inlined into its forward before any backend: no lowering needed, none given
+    assert not TABLES["lowering"].needs("custom_vjp") and "custom_vjp" not in TABLES["lowering"].table
 
 
 def test_missing_rules_is_empty():

@@ -18,7 +18,7 @@ import gc
 from collections.abc import Sequence
 
 from avalon.ir import Block, Builder, Graph, Op, Value
-from avalon.ir.clone import clone_op
+from avalon.ir.clone import clone_op, inline_regions
 
 from .rules import INLINED, NON_DIFFERENTIABLE, VJP
 
@@ -65,6 +65,9 @@ def _grad_graph(graph: Graph, wrt: Sequence[int] | None, name: str | None) -> Gr
     b = Builder(g)
     ct: dict[Value, Value] = {loss: b.constant(1.0, (), loss.dtype)}
     for op in reversed(forward):
+        if op.name == "custom_vjp":
+            _custom_vjp(b, op, ct, active)
+            continue
         gy = ct.get(op.results[0]) if len(op.results) == 1 else None
         if gy is None or not any(v in active for v in op.operands) or op.name in NON_DIFFERENTIABLE:
             continue
@@ -91,8 +94,28 @@ def _grad_graph(graph: Graph, wrt: Sequence[int] | None, name: str | None) -> Gr
         v = g.inputs[i]
         grads.append(ct[v] if v in ct else b.constant(0.0, v.shape, v.dtype))
     g.set_outputs([loss, *grads, *g.outputs[1:]])
+    inline_regions(g.body, "custom_vjp")  # their forward, now that the backward is written
     _sweep_dead(g)
     return g
+
+
+def _custom_vjp(b: Builder, op: Op, ct: dict[Value, Value], active: set[Value]) -> None:
+    """A user-defined gradient: the backward region, inlined on (saved results, the outputs'
+    cotangents, zeros where an output has none), gives the cotangents of the `grads` operands."""
+    n = op.attrs["outputs"]
+    gys = [ct.get(r) for r in op.results[:n]]
+    if all(gy is None for gy in gys) or not any(v in active for v in op.operands):
+        return
+    b.loc = op.loc
+    gys = [gy if gy is not None else b.constant(0.0, r.shape, r.dtype) for gy, r in zip(gys, op.results)]
+    region = op.regions[1]
+    mapping = dict(zip(region.args, [*op.results[n:], *gys]))
+    for inner in region.ops:
+        b.insert(clone_op(inner, mapping))
+    for i, y in zip(op.attrs["grads"], region.results):
+        v, c = op.operands[i], mapping[y]
+        if v in active:
+            ct[v] = b("add", ct[v], c) if v in ct else c
 
 
 def _flat_copy(graph: Graph, name: str) -> Graph:
@@ -107,7 +130,7 @@ def _flat_copy(graph: Graph, name: str) -> Graph:
 
 def _copy_ops(ops: Sequence[Op], mapping: dict[Value, Value], block: Block) -> None:
     for op in ops:
-        if not op.regions:
+        if not op.regions or op.name == "custom_vjp":  # (differentiated by its own backward region)
             block.append(clone_op(op, mapping))
             continue
         if op.name not in INLINED and len(op.regions) != 1:

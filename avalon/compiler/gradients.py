@@ -75,7 +75,7 @@ class GradProgram:
         return (grads, aux) if self.has_aux else grads
 
     def build(self, fn: Callable, args: tuple) -> Traced:
-        traced = trace_call(fn, args)
+        traced = trace_call(fn, args, keep_custom=True)
         graph = traced.graph
         loss_tree, aux_tree = _split_outputs(traced.out_tree, self.has_aux, fn)
         _scalar_loss(graph, fn)

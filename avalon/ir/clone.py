@@ -29,3 +29,29 @@ def clone_op(op: Op, mapping: dict[Value, Value]) -> Op:
 
 def clone_graph(graph: Graph) -> Graph:
     return Graph(graph.name, clone_block(graph.body))
+
+
+def inline_regions(block: Block, name: str) -> bool:
+    """Replace every `name` op of `block` (nested regions included) by the ops of its first region,
+    in place; True when any was found. (A `custom_vjp` leaves its forward behind this way.)"""
+    found = False
+    for op in list(block.ops):
+        for r in op.regions:
+            found = inline_regions(r, name) or found
+        if op.name != name:
+            continue
+        found = True
+        mapping = dict(zip(op.regions[0].args, op.operands))
+        body = clone_block(op.regions[0], mapping)
+        for a, v in zip(body.args, op.operands):
+            a.replace_all_uses_with(v)
+        results = body.results
+        body.terminator.drop_operands()
+        for inner in list(body.ops):
+            body.remove(inner)
+            block.insert_before(op, inner)
+        for r, y in zip(op.results, results):
+            r.replace_all_uses_with(y)
+        block.remove(op)
+        op.drop_operands()
+    return found

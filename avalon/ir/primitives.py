@@ -445,6 +445,17 @@ define_op("fusion", (0, None), _fusion, {"name": Attr("str")}, traits={PURE, "re
           doc="a fused group: one region holding the tensor-level ops it replaced, run as one kernel")
 
 
+# A user-defined gradient (torch.autograd.Function, jax.custom_vjp): region 0 computes the results
+# from the operands (the user's outputs, then what backward saved), region 1 maps (saved, one
+# cotangent per output) to the cotangents of the operands listed in `grads`. It lives between a
+# trace and autodiff only: every traced graph has it inlined (region 0) unless `av.grad` is about
+# to differentiate it, and autodiff inlines region 1 as its VJP (avalon/autograd.py).
+define_op("custom_vjp", (0, None), _fusion, {"name": Attr("str"), "outputs": Attr("int"), "grads": Attr("ints")},
+          traits={PURE, "region"}, symbol="name",
+          doc="a function with a user-defined gradient: region 0 the forward (outputs, then saved values), "
+              "region 1 the backward (saved values and output cotangents -> the `grads` operands' cotangents)")
+
+
 # -- added for ported PyTorch code (arange/tril masks, positional encodings) ------------------------
 
 for _n in ("sin", "cos"):

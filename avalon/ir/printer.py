@@ -132,7 +132,9 @@ def op_lines(op: Op, namer: Namer, indent: str = "", locations: bool = False) ->
     if not op.regions:
         return [line]
     lines = [line + " {"]
-    for region in op.regions:
+    for k, region in enumerate(op.regions):
+        if k:  # each region in braces of its own, as the parser reads them
+            lines.append(indent + "} {")
         lines += _block_lines(region, namer, indent + "  ", locations, header=True)
     lines.append(indent + "}")
     return lines

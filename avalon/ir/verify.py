@@ -81,6 +81,9 @@ def _check_block(block: Block, defined: set[int], namer: Namer) -> None:
 
 
 def _check_region_op(op: Op, namer: Namer) -> None:
+    if op.name == "custom_vjp":
+        _check_custom_vjp(op, namer)
+        return
     if len(op.regions) != 1:
         raise VerifyError(f"{_where(op, namer)}: needs exactly one region, has {len(op.regions)}", op)
     region = op.regions[0]
@@ -95,6 +98,33 @@ def _check_region_op(op: Op, namer: Namer) -> None:
     if ys != rs:
         raise VerifyError(f"{_where(op, namer)}: region yields ({', '.join(map(str, ys))}) "
                           f"but the op's results are ({', '.join(map(str, rs))})", op)
+
+
+def _check_custom_vjp(op: Op, namer: Namer) -> None:
+    """Region 0 as a fusion's (operands in, results out); region 1 takes the saved results and one
+    cotangent per output and yields a cotangent for each operand listed in `grads`."""
+    where = _where(op, namer)
+    if len(op.regions) != 2:
+        raise VerifyError(f"{where}: needs a forward and a backward region, has {len(op.regions)}", op)
+    n = op.attrs["outputs"]
+    if not 0 < n <= len(op.results):
+        raise VerifyError(f"{where}: outputs = {n}, but the op has {len(op.results)} result(s)", op)
+    fwd, bwd = op.regions
+    checks = [(fwd, [v.type for v in op.operands], [r.type for r in op.results], "forward"),
+              (bwd, [r.type for r in op.results[n:]] + [r.type for r in op.results[:n]], None, "backward")]
+    for region, args, ys, what in checks:
+        if [a.type for a in region.args] != args:
+            raise VerifyError(f"{where}: {what} region argument types "
+                              f"({', '.join(str(a.type) for a in region.args)}) differ from "
+                              f"({', '.join(map(str, args))})", op)
+        if region.terminator is None or region.terminator.name != "yield":
+            raise VerifyError(f"{where}: {what} region must end in 'yield'", op)
+        _check_block(region, set(), namer)
+        got = [v.type for v in region.results]
+        want = ys if ys is not None else [op.operands[i].type for i in op.attrs["grads"]]
+        if got != want:
+            raise VerifyError(f"{where}: {what} region yields ({', '.join(map(str, got))}), expected "
+                              f"({', '.join(map(str, want))})", op)
 
 
 def verify(graph: Graph) -> Graph:

@@ -30,7 +30,8 @@ from .text import ident
 LinalgRule = Callable[[LinalgEmitter, Op, list[V], list[TensorType]], list[V]]
 """A linalg lowering: `rule(emitter, op, operands, result types) -> results`."""
 
-LINALG: dict[str, LinalgRule] = register_table("linalg", {})
+LINALG: dict[str, LinalgRule] = register_table(
+    "linalg", {}, exempt=("custom_vjp",))  # (inlined into its forward before any backend sees a graph)
 """op name -> its lowering to upstream MLIR (func, arith, math, tensor, linalg)."""
 
 

@@ -57,7 +57,8 @@ class Lowering:
         raise Unsupported(f"a {self.kind} lowering does not build its own kernel")
 
 
-LOWERING: dict[str, Lowering] = register_table("lowering", {})
+LOWERING: dict[str, Lowering] = register_table(
+    "lowering", {}, exempt=("custom_vjp",))  # (inlined into its forward before any backend sees a graph)
 
 
 def _has_trait(name: str, trait: str) -> bool:
