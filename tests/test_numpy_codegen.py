@@ -168,7 +168,7 @@ def _iota(b, g, d):
 
 
 def test_every_op_in_the_registry_has_a_case():
-    assert set(OPS) - {"fusion"} == set(CASES)
+    assert set(OPS) - {"fusion", "custom_vjp"} == set(CASES)  # (custom_vjp is inlined before any backend)
 
 
 def _inputs(g: Graph, seed: int) -> list[np.ndarray]:

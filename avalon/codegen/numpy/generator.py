@@ -132,6 +132,7 @@ class Generator:
         self.graph, self.plan, self.target = graph, plan, target
         self.native_runs = native  # compile elementwise runs of groups to C (`native`)
         self.native: list[tuple[str, int | str]] = []  # their C functions (source, arity: see `native.bind`)
+        self.native_named: dict[str, str] = {}  # a helper's source (its name a placeholder) -> its function
         self.run_start: int | None = None  # first line of the open native run (allocations go before it)
         self.run_freed: list[int] = []  # slots freed while a run is open: reused only once it is closed
         self.donated = dict(donated or {})

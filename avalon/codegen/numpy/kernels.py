@@ -7,7 +7,10 @@ layouts, picked per shape by `batch_first` (measured on LeNet's layers, see benc
 * batch first, patches (N, C, KH, KW, OH, OW): each tap copy moves runs of OW values and the matmul
   writes NCHW directly, with no transpose back; best when a sample's output plane is large;
 * batch last, patches (C, KH, KW, OH, OW, N) as in the reference: tap copies move runs of OW*N
-  values, at the price of transposing the input in and the output back; best for small planes.
+  values, at the price of transposing the input in and the output back; best for small planes;
+* backend='cpu' only, row patches (N*OH*OW, KH*KW*C) of an NHWC copy (`conv2d_rows`): one GEMM per
+  chunk of output positions with a long M, where the other two run GEMMs with M = O (16 on a
+  narrow ResNet); taken for >= 8 channels in and out and more than one tap (`rows_layout`).
 
 Sums are reordered against the reference rules (other matmul shapes), so results agree within
 float tolerance, not bit for bit; the pooling and random-number kernels are exact.
@@ -328,6 +331,97 @@ def conv2d_grad_weight_bl(x: np.ndarray, dy: np.ndarray, g: Geometry, out: np.nd
     np.copyto(out.reshape(o, c * kh * kw), total.T)
 
 
+# -- row patches (backend='cpu'): one GEMM over all output positions ---------------------------------
+# Patches as rows (N*OH*OW, KH*KW*C) of an NHWC copy of the input, so a chunk of positions is one GEMM
+# with a long M: (rows, KKC) @ (KKC, O). The per-sample `W @ cols[n]` of the batch-first layout has
+# M = O (16 on a narrow ResNet's first stage), where OpenBLAS reaches ~45 GFLOP/s; rows @ W^T runs at
+# ~75 (1 thread, 16x144x1024 per sample: 1.6 vs 1.0 ms for 16 samples), and the weight gradient is
+# one GEMM per chunk instead of a batched one and its sum. The layout changes are compiled copies
+# (`native.to_nhwc_call`, `from_nhwc_call`); the copies and scatters of patches are compiled loops
+# over contiguous runs of KW*C values (`native.im2col_rows_call`, `col2im_rows_call`).
+
+
+def rows_layout(c: int, o: int, kh: int, kw: int) -> bool:
+    """Row patches when a tap's run (KW*C values) and the GEMM's N (O) are not tiny and there is more
+    than one tap: LeNet's 1- and 6-channel layers keep the batch-first / batch-last layouts they were
+    tuned with, and a 1x1 convolution (a ResNet shortcut: 0.07 ms batch first, 0.24 ms as rows, two
+    thirds of it the NHWC moves) has no patches to gain on."""
+    return c >= 8 and o >= 8 and kh * kw > 1
+
+
+def _c_ptr(a: np.ndarray) -> tuple[np.ndarray, int]:
+    """`a` as a C-contiguous native array and its address (a copy only when it is not one)."""
+    if not (a.flags.c_contiguous and a.dtype.isnative):
+        a = np.ascontiguousarray(a, a.dtype.newbyteorder("="))
+    return a, a.ctypes.data
+
+
+def _write_back(out: np.ndarray, fill: Any, *args: Any) -> None:
+    """Call the compiled `fill(*args, address)` into `out`, through a contiguous copy when it is not."""
+    if out.flags.c_contiguous:
+        fill(*args, out.ctypes.data)
+        return
+    tmp = np.empty(out.shape, out.dtype)
+    fill(*args, tmp.ctypes.data)
+    np.copyto(out, tmp)
+
+
+def conv2d_rows(x: np.ndarray, w: np.ndarray, out: np.ndarray, xp: np.ndarray, wr: np.ndarray, cols: np.ndarray,
+                y: np.ndarray, to_nhwc: Any, im2col: Any, from_nhwc: Any) -> None:
+    """conv2d: y (N*OH*OW, O) = patches @ Wr^T a chunk of `len(cols)` positions at a time (Wr: w as
+    (O, KH, KW, C) in `wr`), then y moved to NCHW `out`."""
+    o, c, kh, kw = w.shape
+    rows = y.shape[0]
+    x, px = _c_ptr(x)
+    to_nhwc(px, xp.ctypes.data)
+    np.copyto(wr.reshape(o, kh, kw, c), w.transpose(0, 2, 3, 1))
+    pxp, pc, rb = xp.ctypes.data, cols.ctypes.data, cols.shape[0]
+    for r0 in range(0, rows, rb):
+        m = min(rb, rows - r0)
+        im2col(pxp, pc, r0, m)
+        np.matmul(cols[:m], wr.T, out=y[r0 : r0 + m])
+    _write_back(out, from_nhwc, y.ctypes.data)
+
+
+def conv2d_grad_input_rows(dy: np.ndarray, w: np.ndarray, out: np.ndarray, dyr: np.ndarray, wr: np.ndarray,
+                           dcols: np.ndarray, dxp: np.ndarray, to_nhwc: Any, col2im: Any, from_nhwc: Any) -> None:
+    """dx: dy moved to rows (N*OH*OW, O) in `dyr`; per chunk of positions dcols = dyr @ Wr, scattered
+    into the zeroed padded NHWC gradient `dxp`, whose interior is moved to NCHW `out`."""
+    o, c, kh, kw = w.shape
+    rows = dyr.shape[0]
+    dy, pdy = _c_ptr(dy)
+    to_nhwc(pdy, dyr.ctypes.data)
+    np.copyto(wr.reshape(o, kh, kw, c), w.transpose(0, 2, 3, 1))
+    dxp.fill(0)
+    pd, px, rb = dcols.ctypes.data, dxp.ctypes.data, dcols.shape[0]
+    for r0 in range(0, rows, rb):
+        m = min(rb, rows - r0)
+        np.matmul(dyr[r0 : r0 + m], wr, out=dcols[:m])
+        col2im(pd, px, r0, m)
+    _write_back(out, from_nhwc, px)
+
+
+def conv2d_grad_weight_rows(x: np.ndarray, dy: np.ndarray, out: np.ndarray, xp: np.ndarray, dyr: np.ndarray,
+                            cols: np.ndarray, acc: np.ndarray, part: np.ndarray, x_nhwc: Any, dy_nhwc: Any,
+                            im2col: Any) -> None:
+    """dw: per chunk of positions acc (O, KH*KW*C) += dyr^T @ patches (the first chunk straight into
+    `acc`), then moved to (O, C, KH, KW) `out`."""
+    o, c, kh, kw = out.shape
+    rows = dyr.shape[0]
+    x, px = _c_ptr(x)
+    dy, pdy = _c_ptr(dy)
+    x_nhwc(px, xp.ctypes.data)
+    dy_nhwc(pdy, dyr.ctypes.data)
+    pxp, pc, rb = xp.ctypes.data, cols.ctypes.data, cols.shape[0]
+    for r0 in range(0, rows, rb):
+        m = min(rb, rows - r0)
+        im2col(pxp, pc, r0, m)
+        np.matmul(dyr[r0 : r0 + m].T, cols[:m], out=acc if r0 == 0 else part)
+        if r0:
+            acc += part
+    np.copyto(out, acc.reshape(o, kh, kw, c).transpose(0, 3, 1, 2))
+
+
 def one_hot(idx: np.ndarray, out: np.ndarray) -> None:
     """The reference's one_hot into `out` (..., K): zeros, then a 1 at each index; an index outside
     [0, K) raises the reference's IndexOutOfRangeError."""
@@ -341,15 +435,21 @@ def one_hot(idx: np.ndarray, out: np.ndarray) -> None:
     out.reshape(-1)[np.arange(0, flat.size * k, k) + flat] = 1
 
 
-def index_add(values: np.ndarray, idx: np.ndarray, out: np.ndarray) -> None:
+def index_add(values: np.ndarray, idx: np.ndarray, out: np.ndarray, compiled: Any = None) -> None:
     """The reference's index_add into `out` (size, *rest), bit for bit: zeros, then np.add.at in
-    index order (numpy's fast path for a 1-d index: one pass over the M rows, no (M, K) one-hot);
-    an index outside [0, size) raises the reference's IndexOutOfRangeError."""
+    index order (numpy's fast path for a 1-d index: one pass over the M rows, no (M, K) one-hot),
+    or `compiled` (`native.index_add_call`: the same adds in the same order) into a C-contiguous
+    `out`; an index outside [0, size) raises the reference's IndexOutOfRangeError."""
     k = out.shape[0]
     if idx.size and (idx.min() < 0 or idx.max() >= k):
         from avalon.ir.reference.gather import IndexOutOfRangeError
         bad = idx[(idx < 0) | (idx >= k)][0]
         raise IndexOutOfRangeError(f"index_add: index {int(bad)} is out of range for size {k}")
+    if compiled is not None and out.flags.c_contiguous:
+        values, pv = _c_ptr(values)
+        idx, pi = _c_ptr(idx)
+        compiled(pv, pi, out.ctypes.data)
+        return
     out.fill(0)
     np.add.at(out, idx, values)
 

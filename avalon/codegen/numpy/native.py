@@ -24,7 +24,8 @@ library that fails to load is rebuilt).
 Arithmetic is IEEE as numpy's (+ - * / sqrt correctly rounded, maximum/minimum propagate nan,
 comparisons false on nan), but exp/log/sin/cos/tanh come from glibc's vector math library (libmvec, reached through
 `omp declare simd` declarations, so no -ffast-math) and other functions from libm: ulps away from
-numpy's own loops. The numpy backend stays bit-exact with the reference interpreter; this one is
+numpy's own loops; exp (and sigmoid's) flushes subnormal results to 0 (`expzf` in `HEADER`). The
+numpy backend stays bit-exact with the reference interpreter; this one is
 checked against it within float tolerance, like the Triton backend. Without a C compiler (or if a
 build fails) a signature falls back to plain generated numpy code, with one warning.
 """
@@ -64,7 +65,7 @@ _ANY = {"add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "div":
         "stop_gradient": "{0}", "logical_and": "({0} && {1})", "logical_or": "({0} || {1})", "logical_not": "(!{0})"}
 """C forms of ops over any of the dtypes (numpy's nan-propagating maximum/minimum as macros)."""
 _ARITH = ("add", "sub", "mul", "div", "maximum", "minimum")
-_FLOAT = {"exp": "exp{f}({0})", "log": "log{f}({0})", "sqrt": "sqrt{f}({0})", "tanh": "tanh{f}({0})",
+_FLOAT = {"exp": "expz{s}({0})", "log": "log{f}({0})", "sqrt": "sqrt{f}({0})", "tanh": "tanh{f}({0})",
           "sin": "sin{f}({0})", "cos": "cos{f}({0})", "abs": "fabs{f}({0})", "neg": "(-{0})", "relu": "NPMAX({0}, 0)",
           "rsqrt": "(1 / sqrt{f}({0}))", "sigmoid": "sig{s}({0})", "pow": "pow{f}({0}, {1})"}
 """C forms of float ops; {f} is libm's float suffix, {s} the sigmoid helper's."""
@@ -104,8 +105,16 @@ static inline float self(int c, float a, float b) {
 static inline double seld(int c, double a, double b) {
     unsigned long m = -(unsigned long)(c != 0), x, y;
     memcpy(&x, &a, 8); memcpy(&y, &b, 8); x = (x & m) | (y & ~m); memcpy(&a, &x, 8); return a; }
-static inline float sigf(float x) { float e = expf(-fabsf(x)); return (x >= 0.0f ? 1.0f : e) / (1.0f + e); }
-static inline double sigd(double x) { double e = exp(-fabs(x)); return (x >= 0.0 ? 1.0 : e) / (1.0 + e); }
+/* exp with arguments below ln(FLT_MIN) / ln(DBL_MIN) (a subnormal result, or 0: a causal mask's -inf)
+   giving 0: libmvec's vector exp takes a scalar path for a whole vector holding one such lane, ~8x
+   slower on a masked softmax. The argument is clamped through a bit select, which gcc does not move
+   the call across (it turns exp(c ? k : x) into c ? exp(k) : exp(x)); nan stays nan. */
+static inline float expzf(float x) {
+    int ok = x >= -87.33f; float e = expf(self(ok, x, -87.33f)); return self(ok, e, self(x != x, x, 0.0f)); }
+static inline double expzd(double x) {
+    int ok = x >= -708.39; double e = exp(seld(ok, x, -708.39)); return seld(ok, e, seld(x != x, x, 0.0)); }
+static inline float sigf(float x) { float e = expzf(-fabsf(x)); return (x >= 0.0f ? 1.0f : e) / (1.0f + e); }
+static inline double sigd(double x) { double e = expzd(-fabs(x)); return (x >= 0.0 ? 1.0 : e) / (1.0 + e); }
 """
 
 
@@ -156,6 +165,17 @@ def transparent(op: Op) -> bool:
     return op.name in ("constant", "broadcast") and not op.regions
 
 
+def _through_transparent(values: list[Value]) -> list[Value]:
+    """`values` and, behind splats and broadcasts, what they read."""
+    out, todo = [], list(values)
+    while todo:
+        v = todo.pop()
+        out.append(v)
+        if v.op is not None and transparent(v.op):
+            todo.extend(v.op.operands)
+    return out
+
+
 def _literal(value: Any, t: dt.DType) -> str:
     v = np.asarray(value).reshape(-1)[0]
     if t == dt.bool_:
@@ -175,9 +195,16 @@ class NativeRuns:
         self.gen = gen
         self.ops: list[Op] = []
         self.shape: tuple[int, ...] | None = None
+        self.mark: int | None = None  # first line of a hoisted op (`after` moves its lines above the run)
+        self.keep: set[Value] = set()  # while an op is hoisted: what the run reads (not to be overwritten)
 
     def before(self, op: Op) -> None:
+        self.mark, self.keep = None, set()
         if transparent(op):
+            return
+        if self.shape is not None and self._hoistable(op):
+            self.mark = len(self.gen.lines)
+            self.keep = set(_through_transparent([v for o in self.ops for v in o.operands]))
             return
         shape = eligible(op) or reducible(op)
         if self.shape is not None and (shape != self.shape or self._reads_sum(op)):
@@ -187,6 +214,35 @@ class NativeRuns:
             self.gen.run_start = len(self.gen.lines)
         if shape is not None:
             self.ops.append(op)
+
+    def _hoistable(self, op: Op) -> bool:
+        """Can `op`, which is not of the open run, run before it instead of closing it? A reshape, or
+        an elementwise op of another shape (a batch norm's (C,) scale seen as (1, C, 1, 1), its
+        per-channel factors), that reads nothing the run computes and yields nothing (a donated state
+        written early would be read by the run); while it is emitted, the region emitter does not
+        overwrite in place an operand the run reads (`keep`). A closed run of one op is a numpy pass:
+        two of a batch norm's four forward passes and one of its backward ones were."""
+        if op.regions or not (op.name == "reshape" or op.has_trait("elementwise")):
+            return False
+        if (eligible(op) or reducible(op)) == self.shape:
+            return False
+        block = op.parent
+        if block is None or any(r in block.results or any(u.name == "stop_gradient" for u, _ in r.uses)
+                                for r in op.results):  # yielded, or computed straight into a yielded identity's
+            return False
+        made = {r for o in self.ops for r in o.results}
+        return not any(v in made for v in _through_transparent(op.operands))
+
+    def after(self, op: Op) -> None:
+        """After `op` was emitted: the lines of a hoisted op moved above the open run."""
+        gen, mark = self.gen, self.mark
+        self.mark, self.keep = None, set()
+        if mark is None or gen.run_start is None:
+            return
+        moved = gen.lines[mark:]
+        del gen.lines[mark:]
+        gen.lines[gen.run_start:gen.run_start] = moved
+        gen.run_start += len(moved)
 
     def _reads_sum(self, op: Op) -> bool:
         """Does `op` read (through broadcasts) a sum of the open run? Its value exists once the loop ends."""
@@ -581,3 +637,120 @@ def im2col_bf_call(gen: Generator, t: dt.DType, c: int, kh: int, kw: int, oh: in
         f"_Pragma(\"omp simd\") for (long q = 0; q < {ow}L; q++) dst[q] = src[q * {sw}L];",
         "}", "}", "}"]), "ppuu"))
     return fn
+
+
+# -- row patches: convolutions as one GEMM over every output position (`kernels.conv2d_rows`) --------
+
+def _new(gen: Generator, lines: list[str], arity: int | str) -> str:
+    """The name of a C function (`lines`, its header naming `{fn}`), added once per signature: a
+    ResNet's convolutions of one shape share their layout copies (and the build compiles less)."""
+    text = "\n".join(lines)
+    fn = gen.native_named.get(text)
+    if fn is None:
+        fn = gen.native_named[text] = f"run{len(gen.native)}"
+        gen.native.append((text.replace("{fn}", fn), arity))
+    return fn
+
+
+def to_nhwc_call(gen: Generator, t: dt.DType, n: int, c: int, h: int, w: int, ph: int, pw: int) -> str:
+    """A compiled copy of a C-contiguous NCHW array into NHWC with a zero border of ph rows and pw
+    columns on each side, (N, H+2ph, W+2pw, C): the layout in which one output position's patch is KH
+    runs of KW*C values (exact: a copy)."""
+    ct, hp, wp = _CTYPE[t], h + 2 * ph, w + 2 * pw
+    lines = ["void {fn}(void *px, void *pd) {", f"const {ct} *restrict x = px; {ct} *restrict d = pd;",
+             f"for (long n = 0; n < {n}L; n++) {{", f"{ct} *img = d + n * {hp * wp * c}L;"]
+    if ph:
+        lines += [f"for (long k = 0; k < {ph * wp * c}L; k++) {{ img[k] = 0; img[{(ph + h) * wp * c}L + k] = 0; }}"]
+    if pw:
+        lines += [f"for (long r = {ph}L; r < {ph + h}L; r++) for (long k = 0; k < {pw * c}L; k++) {{",
+                  f"img[r * {wp * c}L + k] = 0; img[r * {wp * c}L + {(pw + w) * c}L + k] = 0; }}"]
+    lines += [f"for (long r = 0; r < {h}L; r++) for (long ch = 0; ch < {c}L; ch++) {{",
+              f"const {ct} *src = x + ((n * {c}L + ch) * {h}L + r) * {w}L;",
+              f"{ct} *dst = img + ((r + {ph}L) * {wp}L + {pw}L) * {c}L + ch;",
+              f"for (long q = 0; q < {w}L; q++) dst[q * {c}L] = src[q];", "}", "}", "}"]
+    return _new(gen, lines, 2)
+
+
+def from_nhwc_call(gen: Generator, t: dt.DType, n: int, c: int, h: int, w: int, ph: int, pw: int) -> str:
+    """A compiled copy of the interior of an NHWC array with a border (N, H+2ph, W+2pw, C) into a
+    C-contiguous NCHW one (exact: a copy)."""
+    ct, hp, wp = _CTYPE[t], h + 2 * ph, w + 2 * pw
+    return _new(gen, [
+        "void {fn}(void *ps, void *pd) {", f"const {ct} *restrict s = ps; {ct} *restrict d = pd;",
+        f"for (long n = 0; n < {n}L; n++) for (long r = 0; r < {h}L; r++) for (long ch = 0; ch < {c}L; ch++) {{",
+        f"const {ct} *src = s + ((n * {hp}L + r + {ph}L) * {wp}L + {pw}L) * {c}L + ch;",
+        f"{ct} *dst = d + ((n * {c}L + ch) * {h}L + r) * {w}L;",
+        f"for (long q = 0; q < {w}L; q++) dst[q] = src[q * {c}L];", "}", "}"], 2)
+
+
+def _row_taps(c: int, kh: int, kw: int, oh: int, ow: int, hp: int, wp: int, g: tuple[int, ...]) -> list[str]:
+    """Loop header shared by the row patch copy and its scatter: per output position r in [r0, r0+m)
+    and tap run (per kernel row, or per tap when dilated), `at` the run's first element in the padded
+    NHWC input and `to` in the chunk's patch rows."""
+    sh, sw, _, _, dh, dw = g
+    return ["for (long r = r0; r < (long)r0 + (long)m; r++) {",
+            f"long n = r / {oh * ow}L, q = r % {oh * ow}L, i0 = q / {ow}L, j0 = q % {ow}L;",
+            f"long base = ((n * {hp}L + i0 * {sh}L) * {wp}L + j0 * {sw}L) * {c}L;",
+            f"long row = (r - (long)r0) * {kh * kw * c}L;",
+            f"for (long i = 0; i < {kh}L; i++) for (long j = 0; j < {1 if dw == 1 else kw}L; j++) {{",
+            f"long at = base + (i * {dh * wp}L + j * {dw}L) * {c}L, to = row + (i * {kw}L + j) * {c}L;"]
+
+
+def im2col_rows_call(gen: Generator, t: dt.DType, c: int, kh: int, kw: int, oh: int, ow: int, hp: int, wp: int,
+                     g: tuple[int, ...]) -> str:
+    """The compiled row patch copy: output positions r0 .. r0+m-1 (n, oh, ow row-major) of the padded
+    NHWC input into rows of (KH, KW, C) values, each tap's KW*C (dilated: C) values one contiguous run
+    (exact: a copy)."""
+    ct, run = _CTYPE[t], (kw if g[5] == 1 else 1) * c
+    return _new(gen, ["void {fn}(void *px, void *pc, unsigned int r0, unsigned int m) {",
+                      f"const {ct} *restrict x = px; {ct} *restrict d = pc;", *_row_taps(c, kh, kw, oh, ow, hp, wp, g),
+                      f"_Pragma(\"omp simd\") for (long k = 0; k < {run}L; k++) d[to + k] = x[at + k];", "}", "}", "}"],
+                "ppuu")
+
+
+def col2im_rows_call(gen: Generator, t: dt.DType, c: int, kh: int, kw: int, oh: int, ow: int, hp: int, wp: int,
+                     g: tuple[int, ...]) -> str:
+    """The compiled scatter of row patch gradients (output positions r0 .. r0+m-1) into the padded NHWC
+    input gradient: each tap's run added where `im2col_rows_call` read it, positions in order."""
+    ct, run = _CTYPE[t], (kw if g[5] == 1 else 1) * c
+    return _new(gen, ["void {fn}(void *pc, void *px, unsigned int r0, unsigned int m) {",
+                      f"const {ct} *restrict d = pc; {ct} *restrict x = px;", *_row_taps(c, kh, kw, oh, ow, hp, wp, g),
+                      f"_Pragma(\"omp simd\") for (long k = 0; k < {run}L; k++) x[at + k] += d[to + k];",
+                      "}", "}", "}"], "ppuu")
+
+
+def index_add_call(gen: Generator, op: Op) -> str | None:
+    """A compiled index_add (`kernels.index_add`): `out` zeroed, then row m of the values added into
+    row idx[m], m in order: np.add.at's adds in its order, so bit for bit (indices checked before)."""
+    v, i = op.operands[0].type, op.operands[1].type
+    t = op.results[0].type
+    if v.dtype not in (dt.float32, dt.float64) or t.dtype != v.dtype or i.rank != 1 or i.dtype not in (
+            dt.int32, dt.int64) or v.layout is not None or t.layout is not None:
+        return None
+    ct, it = _CTYPE[v.dtype], "int" if i.dtype == dt.int32 else "long long"
+    row = math.prod(v.shape[1:])
+    return _new(gen, [
+        "void {fn}(void *pv, void *pi, void *po) {",
+        f"const {ct} *restrict v = pv; const {it} *restrict idx = pi; {ct} *restrict o = po;",
+        f"memset(o, 0, {math.prod(t.shape) * v.dtype.np.itemsize}UL);",
+        f"for (long m = 0; m < {i.shape[0]}L; m++) {{", f"{ct} *dst = o + (long)idx[m] * {row}L;",
+        f"const {ct} *src = v + m * {row}L;",
+        f"_Pragma(\"omp simd\") for (long k = 0; k < {row}L; k++) dst[k] += src[k];", "}", "}"], 3)
+
+
+def max_last_call(gen: Generator, t: dt.DType, rows: int, length: int) -> str | None:
+    """A compiled max over the last axis of a C-contiguous (rows, length) array: a vector of running
+    maximums per row (numpy's nan-propagating maximum), folded at the end; numpy's reduction takes
+    ~1 ns an element on a softmax's 64-long rows (0.15 ms per GPT attention, ~0.03 here). The max
+    of values is their max in any order (a nan propagates), up to the sign of a zero result."""
+    if t not in (dt.float32, dt.float64) or length < 1:
+        return None
+    ct, w = _CTYPE[t], 64 // t.np.itemsize
+    return _new(gen, [
+        "void {fn}(void *px, void *po) {", f"const {ct} *restrict x = px; {ct} *restrict o = po;",
+        f"for (long r = 0; r < {rows}L; r++) {{", f"const {ct} *row = x + r * {length}L; {ct} m = row[0]; long k = 1;",
+        *([f"{ct} acc[{w}]; for (long l = 0; l < {w}L; l++) acc[l] = row[l];",
+           f"for (k = {w}L; k + {w}L <= {length}L; k += {w}L) {{",
+           f"_Pragma(\"omp simd\") for (long l = 0; l < {w}L; l++) acc[l] = NPMAX(acc[l], row[k + l]); }}",
+           f"m = acc[0]; for (long l = 1; l < {w}L; l++) m = NPMAX(m, acc[l]);"] if length >= w else []),
+        f"for (; k < {length}L; k++) m = NPMAX(m, row[k]);", "o[r] = m;", "}", "}"], 2)

@@ -74,8 +74,12 @@ def emit_region(gen: Generator, op: Op) -> None:
             return None
         o = v.op
         if em.inplace and o.has_trait("elementwise"):
+            # `o` hoisted above an open run: not over storage the run reads (a view of it included)
+            kept = {gen.env[k].slot for k in runs.keep if k in gen.env} if runs is not None and runs.keep else set()
             for x in o.operands:
                 a = gen.env.get(x)  # none for what a gemm call replaced
+                if runs is not None and (x in runs.keep or a is not None and a.slot is not None and a.slot in kept):
+                    continue
                 if (a is not None and not a.lazy and a.slot is not None and last.get(x) == index[o]
                         and gen.refs.get(a.slot) == 1 and a.type.shape == v.type.shape
                         and a.type.dtype.np == v.type.dtype.np):
@@ -101,6 +105,8 @@ def emit_region(gen: Generator, op: Op) -> None:
             emit_region(gen, o)
         else:
             emit_op(gen, o, dest=dest)
+        if runs is not None and u is None:
+            runs.after(o)
         gen.end_op()
         alive.update(o.results)
         for x in {x for w in o.walk() for x in w.operands}.union(u.reads if u is not None else ()):
