@@ -1,6 +1,6 @@
 """Importing more Hugging Face architectures: the ATen and ONNX ops they brought that Avalon lacked,
 each checked on a small torch module against torch (forward, and gradients against autograd), then
-tiny random-weight RoBERTa, DeBERTa-v2, Swin and GPT-J through `av.from_torch`, and greedy
+tiny random-weight RoBERTa, DeBERTa-v2, Swin, GPT-J, Mixtral and Qwen2-MoE through `av.from_torch`, and greedy
 generation with a KV cache threaded through an imported decode step.
 
 - ATen: cumsum of an int mask in int64 (RoBERTa's position ids), ceil (DeBERTa's log buckets), repeat
@@ -267,7 +267,7 @@ def _ids_mask() -> tuple[torch.Tensor, torch.Tensor]:
 SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
 
 
-@pytest.mark.parametrize("arch", ["roberta", "deberta_v2", "gptj", "swin"])
+@pytest.mark.parametrize("arch", ["roberta", "deberta_v2", "gptj", "swin", "mixtral", "qwen2_moe"])
 def test_hugging_face_models_forward_and_gradients(arch):
     T = _transformers()
     torch.manual_seed(0)
@@ -284,6 +284,17 @@ def test_hugging_face_models_forward_and_gradients(arch):
         m = T.GPTJForCausalLM(T.GPTJConfig(vocab_size=128, n_embd=64, n_layer=2, n_head=4, rotary_dim=8,
                                            n_positions=64))
         module, args = _Out(m, text, use_cache=False), _ids_mask()
+    elif arch in ("mixtral", "qwen2_moe"):  # data-dependent expert loops: exported densely (interop/rewrites.py)
+        kw = dict(vocab_size=128, num_key_value_heads=2, max_position_embeddings=64, num_experts_per_tok=2, **SMALL)
+        m = (T.MixtralForCausalLM(T.MixtralConfig(num_local_experts=4, **kw)) if arch == "mixtral" else
+             T.Qwen2MoeForCausalLM(T.Qwen2MoeConfig(num_experts=4, moe_intermediate_size=32,
+                                                    shared_expert_intermediate_size=48, **kw)))
+        module, args = _Out(m, text, use_cache=False), _ids_mask()
+        blocks = [b for b in m.modules() if type(b).__name__.endswith("SparseMoeBlock")]
+        assert len(blocks) == 2
+        _import(_perturbed(module), *args)
+        assert all("forward" not in vars(b) for b in blocks)  # the torch model is left as it was
+        return
     else:
         m = T.SwinForImageClassification(T.SwinConfig(image_size=16, patch_size=2, embed_dim=16, depths=[2, 2],
                                                       num_heads=[2, 4], window_size=4, num_labels=10))

@@ -27,6 +27,7 @@ from ..tensor import Buffer, Tensor
 from ..trace import assign, trace
 from .aten import ATEN
 from .model import ImportedModel, ImportedProgram, UnsupportedOp, get_dotted, source_line
+from .rewrites import export_friendly
 
 __all__ = ["ATEN", "from_torch"]
 
@@ -44,7 +45,8 @@ def _export(module: Any, args: tuple, kwargs: dict | None) -> Any:
         raise TypeError(f"av.from_torch expects a torch.nn.Module, got {type(module).__name__}")
     name = type(module).__name__
     try:
-        ep = torch.export.export(module, args, kwargs or {})
+        with export_friendly(module):  # MoE blocks' data-dependent expert loops, as static forwards
+            ep = torch.export.export(module, args, kwargs or {})
     except Exception as e:  # the exporter's own reason, in one line
         raise RuntimeError(f"av.from_torch: torch.export could not capture {name}: {_first_line(e)}") from e
     table = torch.export.default_decompositions()

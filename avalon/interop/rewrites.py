@@ -1,0 +1,86 @@
+"""Export-friendly forwards for torch modules whose own forward torch.export cannot capture.
+
+Hugging Face's mixture-of-experts blocks (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE) loop over the experts
+some token was routed to (`expert_mask.sum(...).nonzero()`, then `torch.where` per expert): a loop
+whose length and slices depend on the values, which torch.export refuses (`GuardOnDataDependentSymNode`).
+While `av.from_torch` exports, each such block runs `dense_moe_forward` instead: every expert on every
+token, weighted by a (tokens, experts) routing matrix that is the top-k weights scattered into zeros.
+The router (softmax in float32, top-k, optional renormalisation, the cast back) is the block's own,
+the products are the same (expert(x) * weight), and the experts' outputs are added in expert order as
+`index_add_` adds them, so results agree with torch within float noise and gradients are torch's
+(an expert a token did not pick gets exactly zero from it). The price is compute: every expert runs
+on every token (num_experts / top_k times the block's work), which a small or medium model affords;
+the import says so on the `avalon.import` log channel. Only the instance's `forward` is swapped, and
+only during the export; the torch module is unchanged afterwards.
+"""
+from __future__ import annotations
+
+import contextlib
+import types
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ..channels import get_logger
+
+log = get_logger("import")
+
+
+def dense_moe_forward(self: Any, hidden_states: Any) -> tuple[Any, Any]:
+    """A sparse MoE block's forward with static shapes: (hidden states, router logits), as the block's."""
+    import torch
+    import torch.nn.functional as F
+    b, s, h = hidden_states.shape
+    if self.training and getattr(self, "jitter_noise", 0) > 0:  # Mixtral's router jitter, as its forward
+        noise = torch.empty_like(hidden_states).uniform_(1.0 - self.jitter_noise, 1.0 + self.jitter_noise)
+        hidden_states = hidden_states * noise
+    x = hidden_states.view(-1, h)
+    logits = self.gate(x)
+    weights = F.softmax(logits, dim=1, dtype=torch.float)
+    weights, chosen = torch.topk(weights, self.top_k, dim=-1)
+    if getattr(self, "norm_topk_prob", True):  # Mixtral always renormalises; the others say
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    weights = weights.to(x.dtype)
+    routing = torch.zeros(x.shape[0], len(self.experts), dtype=x.dtype, device=x.device).scatter(1, chosen, weights)
+    out = torch.zeros_like(x)
+    for e, expert in enumerate(self.experts):
+        out = out + expert(x) * routing[:, e, None]
+    shared = getattr(self, "shared_expert", None)
+    if shared is not None:  # Qwen2-MoE: a gated expert every token uses
+        out = out + F.sigmoid(self.shared_expert_gate(x)) * shared(x)
+    return out.reshape(b, s, h), logits
+
+
+REWRITES: dict[str, Callable[..., Any]] = {
+    "MixtralSparseMoeBlock": dense_moe_forward,
+    "Qwen2MoeSparseMoeBlock": dense_moe_forward,
+    "Qwen3MoeSparseMoeBlock": dense_moe_forward,
+    "OlmoeSparseMoeBlock": dense_moe_forward,
+}
+"""Module class name -> the forward used while exporting (one table: a new model is one entry)."""
+
+
+@contextlib.contextmanager
+def export_friendly(module: Any) -> Iterator[list[str]]:
+    """Swap in `REWRITES` forwards on `module`'s submodules for the duration; yields their names."""
+    swapped: list[tuple[Any, bool, Any]] = []
+    names: list[str] = []
+    for name, sub in module.named_modules():
+        fn = REWRITES.get(type(sub).__name__)
+        if fn is None:
+            continue
+        had = "forward" in vars(sub)
+        swapped.append((sub, had, vars(sub).get("forward")))
+        sub.forward = types.MethodType(fn, sub)
+        names.append(name or type(sub).__name__)
+    if names:
+        kinds = sorted({type(sub).__name__ for sub, _, _ in swapped})
+        log.info("av.from_torch: %d %s block(s) exported densely (every expert on every token): %s",
+                 len(names), "/".join(kinds), ", ".join(names[:4]) + (", ..." if len(names) > 4 else ""))
+    try:
+        yield names
+    finally:
+        for sub, had, old in swapped:
+            if had:
+                sub.forward = old
+            else:
+                del sub.forward
