@@ -6,7 +6,7 @@
   avalon kernels FILE|- -o DIR [-p PIPELINE]
   avalon run FILE|- [-p PIPELINE] [--seed N]
   avalon ops [NAME ...] [--missing]
-  avalon import MODEL.onnx [--input NAME=SHAPE ...] [-p PIPELINE]   (prints Avalon IR)
+  avalon import MODEL.onnx|MODULE.mlir [--input NAME=SHAPE ...] [-p PIPELINE]   (prints Avalon IR)
   avalon export FILE|- --to mlir|linalg|onnx -o OUT
   avalon demo [--batch N]
 
@@ -289,7 +289,24 @@ def cmd_ops(args) -> None:
 
 
 def cmd_import(args) -> None:
-    """`avalon import model.onnx`: the ONNX model traced into Avalon IR (weights become arguments)."""
+    """`avalon import model.onnx`: the ONNX model traced into Avalon IR (weights become arguments);
+    `avalon import graph.mlir`: the avalon dialect read back (`avalon.mlir.from_mlir`)."""
+    if args.file.endswith(".mlir"):
+        from .mlir import MLIRReadError, from_mlir
+        text, _ = _read(args.file)
+        try:
+            g = from_mlir(text)
+        except MLIRReadError as e:
+            raise CliError(f"{args.file}: {e}") from None
+    else:
+        g = _import_onnx(args)
+    if args.pipeline:
+        from .passes import PassManager
+        PassManager.parse(args.pipeline).run(g)
+    sys.stdout.write(str(g))  # the text ends in a newline already
+
+
+def _import_onnx(args):
     from .onnx import load
     from .trace import trace
     shapes = {}
@@ -305,10 +322,7 @@ def cmd_import(args) -> None:
     from .tensor import Tensor
     g = trace(model, *[Tensor(a) for a in model.example_inputs(shapes=shapes)])
     name_graph_inputs(g, model)  # arguments read like the model: its inputs' and initializers' names
-    if args.pipeline:
-        from .passes import PassManager
-        PassManager.parse(args.pipeline).run(g)
-    sys.stdout.write(str(g))  # the text ends in a newline already
+    return g
 
 
 def _write_text(text: str, output: str) -> None:
@@ -408,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     ops_p.add_argument("--plugin", action="append", metavar="FILE.py", help="a Python file that defines ops")
     ops_p.set_defaults(fn=cmd_ops)
 
-    im = sub.add_parser("import", help="print an ONNX model as Avalon IR")
+    im = sub.add_parser("import", help="print an ONNX model, or an avalon-dialect MLIR module, as Avalon IR")
     im.add_argument("file", help="MODEL.onnx")
     im.add_argument("--input", action="append", metavar="NAME=SHAPE", help="example shape of a dynamic input")
     im.add_argument("-p", "--pipeline", default=None)

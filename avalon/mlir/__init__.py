@@ -2,6 +2,7 @@
 
 * `"avalon"`: MLIR generic form, Avalon's ops as the `avalon` dialect (`dialect.py`); upstream MLIR
   (unregistered dialects allowed) and xDSL parse it.
+* `from_mlir(text)` reads the avalon dialect back into a Graph (`reader.py`), after any MLIR tool.
 * `"linalg"`: upstream dialects only (func, arith, math, tensor, linalg) via the `LINALG` rule table
   (`linalg.py`); the upstream parser verifies it and IREE compiles it (`backend="iree"`).
 
@@ -14,6 +15,7 @@ from avalon.ir import Graph
 
 from .dialect import to_avalon_mlir
 from .linalg import LINALG, LoweringError, elementwise, lower_function, to_linalg_mlir
+from .reader import MLIRReadError, from_mlir
 from .scalar import SCALAR
 
 DIALECTS = ("avalon", "linalg")
@@ -29,4 +31,5 @@ def to_mlir(graph: Graph, dialect: str = "avalon") -> str:
     raise ValueError(f"unknown dialect {dialect!r}; choose one of {', '.join(DIALECTS)}")
 
 
-__all__ = ["DIALECTS", "LINALG", "SCALAR", "LoweringError", "elementwise", "lower_function", "to_mlir"]
+__all__ = ["DIALECTS", "LINALG", "SCALAR", "LoweringError", "MLIRReadError", "elementwise", "from_mlir",
+           "lower_function", "to_mlir"]

@@ -4,7 +4,9 @@ Every op prints as `%0 = "avalon.conv2d"(%x, %w) {stride = array<i64: 1, 1>} : (
 tensor<..>) -> tensor<..> loc("net.py":12:0)`, so any MLIR tool reads it without knowing the
 dialect (upstream MLIR with unregistered dialects allowed, xDSL with `allow_unregistered`). A fused
 group is an `"avalon.fusion"` op with one region ending in `"avalon.yield"`; the graph is a
-`func.func` whose arguments carry their Avalon names as `{avalon.name = "conv1.weight"}`.
+`func.func` whose arguments carry their Avalon names as `{avalon.name = "conv1.weight"}`. Layouts,
+which tensor types lack, ride beside them: `avalon.layouts` (an op's results), `avalon.region_layouts`
+(its regions' arguments), `avalon.layout` (a function argument's).
 
 Attributes, by kind: ints -> `array<i64: ...>`, int -> `i64`, float -> `f64`, bool, string, dtype ->
 a type attribute (`f32`), a constant's value -> a typed scalar or `dense<...>`. All attributes are
@@ -58,6 +60,10 @@ def _attr_dict(op: Op) -> str:
     layouts = [r.type.layout for r in op.results]
     if any(lay is not None for lay in layouts):  # tensor types have no layout: keep it beside them
         items.append("avalon.layouts = [" + ", ".join(attribute("ints", lay or []) for lay in layouts) + "]")
+    args = [[a.type.layout for a in region.args] for region in op.regions]
+    if any(lay is not None for r in args for lay in r):  # and its regions' arguments' layouts
+        items.append("avalon.region_layouts = [" + ", ".join(
+            "[" + ", ".join(attribute("ints", lay or []) for lay in r) + "]" for r in args) + "]")
     return " {" + ", ".join(items) + "}" if items else ""
 
 
@@ -120,7 +126,9 @@ def to_avalon_mlir(graph: Graph) -> str:
     args = []
     for i, a in enumerate(graph.inputs):
         p.names[a] = f"%arg{i}"
-        extra = f" {{avalon.name = {json.dumps(a.name)}}}" if a.name else ""
+        named = [f"avalon.name = {json.dumps(a.name)}"] if a.name else []
+        laid = [f"avalon.layout = {attribute('ints', a.type.layout)}"] if a.type.layout is not None else []
+        extra = f" {{{', '.join(named + laid)}}}" if named or laid else ""
         args.append(f"%arg{i}: {tensor_type(a.type)}{extra}")
     outs = ", ".join(tensor_type(v.type) for v in graph.outputs)
     name = ident(graph.name, "forward")
