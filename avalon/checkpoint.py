@@ -54,11 +54,12 @@ _CRC_PREFIX = b'{"__metadata__":{"crc32":"'  # how a version-2 header starts
 _MAX_HEADER = 100 * 1024 * 1024  # the safetensors limit; a larger length means a broken or foreign file
 
 # Avalon dtype <-> safetensors dtype name
-_ST_NAME = {dt.bool_: "BOOL", dt.int32: "I32", dt.int64: "I64", dt.float16: "F16", dt.bfloat16: "BF16",
-            dt.float32: "F32", dt.float64: "F64"}
+_ST_NAME = {dt.bool_: "BOOL", dt.uint8: "U8", dt.int8: "I8", dt.int16: "I16", dt.int32: "I32", dt.int64: "I64",
+            dt.float16: "F16", dt.bfloat16: "BF16", dt.float32: "F32", dt.float64: "F64"}
 _FROM_ST = {v: k for k, v in _ST_NAME.items()}
-_STORAGE = {"BOOL": np.dtype("?"), "I32": np.dtype("<i4"), "I64": np.dtype("<i8"), "F16": np.dtype("<f2"),
-            "BF16": np.dtype("<u2"), "F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
+_STORAGE = {"BOOL": np.dtype("?"), "U8": np.dtype("u1"), "I8": np.dtype("i1"), "I16": np.dtype("<i2"),
+            "I32": np.dtype("<i4"), "I64": np.dtype("<i8"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"),
+            "F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
 
 
 class CheckpointError(ValueError):

@@ -534,6 +534,18 @@ class Tensor:
     def __invert__(self) -> Tensor:
         return _ops.bitwise_not(self)
 
+    def __lshift__(self, other: Any) -> Tensor:
+        return _ops.bitwise_left_shift(self, other)
+
+    def __rlshift__(self, other: Any) -> Tensor:
+        return _ops.bitwise_left_shift(other, self)
+
+    def __rshift__(self, other: Any) -> Tensor:
+        return _ops.bitwise_right_shift(self, other)
+
+    def __rrshift__(self, other: Any) -> Tensor:
+        return _ops.bitwise_right_shift(other, self)
+
     def __neg__(self) -> Tensor:
         return _ops.neg(self)
 
@@ -740,6 +752,8 @@ class Tensor:
     bitwise_or = _method("bitwise_or")
     bitwise_xor = _method("bitwise_xor")
     bitwise_not = _method("bitwise_not")
+    bitwise_left_shift = _method("bitwise_left_shift")
+    bitwise_right_shift = _method("bitwise_right_shift")
     logical_and = _method("logical_and")
     logical_or = _method("logical_or")
     logical_xor = _method("logical_xor")
@@ -759,6 +773,37 @@ class Tensor:
     cummax = _method("cummax")
     cummin = _method("cummin")
     logcumsumexp = _method("logcumsumexp")
+    # avalon/ops/math_more.py and products_more.py
+    asinh = arcsinh = _method("asinh")
+    acosh = arccosh = _method("acosh")
+    atanh = arctanh = _method("atanh")
+    erfc = _method("erfc")
+    exp2 = _method("exp2")
+    sinc = _method("sinc")
+    i0 = _method("i0")
+    mvlgamma = _method("mvlgamma")
+    frexp = _method("frexp")
+    ldexp = _method("ldexp")
+    logaddexp2 = _method("logaddexp2")
+    copysign = _method("copysign")
+    nextafter = _method("nextafter")
+    fmax = _method("fmax")
+    fmin = _method("fmin")
+    gcd = _method("gcd")
+    lcm = _method("lcm")
+    greater = _method("greater")
+    greater_equal = _method("greater_equal")
+    less = _method("less")
+    less_equal = _method("less_equal")
+    not_equal = _method("not_equal")
+    multiply = _method("multiply")
+    subtract = _method("subtract")
+    positive = _method("positive")
+    addmv = _method("addmv")
+    addr = _method("addr")
+    addbmm = _method("addbmm")
+    baddbmm = _method("baddbmm")
+    aminmax = _method("aminmax")
     kthvalue = _method("kthvalue")
     median = _method("median")
     nanmedian = _method("nanmedian")
@@ -804,9 +849,9 @@ class Tensor:
     resize_ = _method("resize")  # same number of elements only
     pin_memory = _method("pin_memory")  # no pinned memory: the tensor itself
     is_leaf = property(_method("is_leaf"), doc="True: Avalon records no autograd graph on tensors.")
-    byte = _method("to_byte")  # uint8's values, held as i32 (Avalon has no 8-bit ints)
-    char = _method("to_char")  # int8's values, held as i32
-    short = _method("to_short")  # int16's values, held as i32
+    byte = _cast(dt.uint8)
+    char = _cast(dt.int8)
+    short = _cast(dt.int16)
 
     def type(self, dtype: Any = None, non_blocking: bool = False, **kwargs: Any) -> Any:
         """torch's `x.type()`: the tensor type's name ('torch.FloatTensor', 'torch.cuda.LongTensor');
@@ -978,7 +1023,8 @@ PRINT_OPTIONS: dict[str, Any] = {"precision": 4, "threshold": 1000, "edgeitems":
 """Tensor repr's numpy print options: torch's defaults, changed by `av.set_printoptions`."""
 
 _TYPE_NAMES = {"f32": "FloatTensor", "f64": "DoubleTensor", "f16": "HalfTensor", "bf16": "BFloat16Tensor",
-               "i32": "IntTensor", "i64": "LongTensor", "i1": "BoolTensor"}
+               "i32": "IntTensor", "i64": "LongTensor", "i1": "BoolTensor", "ui8": "ByteTensor", "i8": "CharTensor",
+               "i16": "ShortTensor"}
 """torch's legacy tensor-type names, for `Tensor.type()`."""
 
 _INPLACE_MORE = {
@@ -998,10 +1044,20 @@ _INPLACE_MORE = {
     "xlogy_": _op("xlogy"), "hypot_": _op("hypot"), "nan_to_num_": _op("nan_to_num"), "renorm_": _op("renorm"),
     "deg2rad_": _op("deg2rad"), "rad2deg_": _op("rad2deg"), "sign_": _op("sign"), "negative_": _op("negative"),
     "bitwise_and_": _op("bitwise_and"), "bitwise_or_": _op("bitwise_or"), "bitwise_xor_": _op("bitwise_xor"),
-    "bitwise_not_": _op("bitwise_not"), "logical_and_": _op("logical_and"), "logical_or_": _op("logical_or"),
+    "bitwise_not_": _op("bitwise_not"), "bitwise_left_shift_": _op("bitwise_left_shift"),
+    "bitwise_right_shift_": _op("bitwise_right_shift"), "logical_and_": _op("logical_and"),
+    "logical_or_": _op("logical_or"),
     "logical_xor_": _op("logical_xor"), "logical_not_": _op("logical_not"), "heaviside_": _op("heaviside"),
     "float_power_": _op("float_power"), "square_": _op("square"), "reciprocal_": _op("reciprocal"),
     "rsqrt_": _op("rsqrt"), "erf_": _op("erf"),
+    "asinh_": _op("asinh"), "arcsinh_": _op("asinh"), "acosh_": _op("acosh"), "arccosh_": _op("acosh"),
+    "atanh_": _op("atanh"), "arctanh_": _op("atanh"), "erfc_": _op("erfc"), "exp2_": _op("exp2"),
+    "sinc_": _op("sinc"), "i0_": _op("i0"), "mvlgamma_": _op("mvlgamma"), "ldexp_": _op("ldexp"),
+    "copysign_": _op("copysign"), "nextafter_": _op("nextafter"), "gcd_": _op("gcd"), "lcm_": _op("lcm"),
+    "greater_": _op("greater"), "greater_equal_": _op("greater_equal"), "less_": _op("less"),
+    "less_equal_": _op("less_equal"), "not_equal_": _op("not_equal"), "multiply_": _op("multiply"),
+    "subtract_": _op("subtract"), "addmv_": _op("addmv"), "addr_": _op("addr"), "addbmm_": _op("addbmm"),
+    "baddbmm_": _op("baddbmm"),
 }
 """More in-place methods (torch code fills one-hot targets with `scatter_`), by the same rule as _INPLACE."""
 
@@ -1077,7 +1133,7 @@ so `inspect.getsource(av.Tensor)` and pickled references find the real class."""
 
 LEGACY_TYPES: dict[str, type] = {name: _legacy_type(name, dt.dtype(code)) for code, name in _TYPE_NAMES.items()}
 """`av.FloatTensor`, `av.DoubleTensor`, `av.HalfTensor`, `av.BFloat16Tensor`, `av.IntTensor`,
-`av.LongTensor`, `av.BoolTensor` (torch's typed constructors)."""
+`av.LongTensor`, `av.BoolTensor`, `av.ByteTensor`, `av.CharTensor`, `av.ShortTensor` (torch's typed constructors)."""
 
 
 # Last, because avalon.ops imports this module: Tensor's methods look the functions up when called.

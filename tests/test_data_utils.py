@@ -81,10 +81,12 @@ def test_default_collation_matches_torch():
     a = next(iter(aud.DataLoader(Samples(av), batch_size=None)))
     t = next(iter(tud.DataLoader(Samples(torch), batch_size=None)))
     assert isinstance(a["array"], av.Tensor) and a["label"] == t["label"] and isinstance(a["pair"], list)
-    # uint8 images: Avalon has no uint8, so they widen to int32
+    # uint8 images keep their dtype, as torch's; uint16 (no Avalon twin) widens to int32
     imgs = aud.TensorDataset(np.arange(12, dtype=np.uint8).reshape(4, 3))
     (b,) = next(iter(aud.DataLoader(imgs, batch_size=4)))
-    assert b.dtype == av.int32 and b.numpy().tolist() == np.arange(12).reshape(4, 3).tolist()
+    assert b.dtype == av.uint8 and b.numpy().tolist() == np.arange(12).reshape(4, 3).tolist()
+    wide = aud.TensorDataset(np.arange(12, dtype=np.uint16).reshape(4, 3))
+    assert next(iter(aud.DataLoader(wide, batch_size=4)))[0].dtype == av.int32
 
 
 def test_shuffle_is_a_permutation_repeatable_under_manual_seed():
@@ -234,8 +236,9 @@ def test_from_numpy_shares_memory_as_in_torch():
     with pytest.warns(UserWarning, match="not C-contiguous"):  # no strides in Avalon: a copy, said so
         y = av.from_numpy(strided)
     np.testing.assert_array_equal(y.numpy(), strided)
+    assert av.from_numpy(np.zeros(3, np.uint8)).dtype == av.uint8
     with pytest.raises(TypeError):
-        av.from_numpy(np.zeros(3, np.uint8))
+        av.from_numpy(np.zeros(3, np.uint16))
     with pytest.raises(TypeError):
         av.from_numpy([1, 2])
 

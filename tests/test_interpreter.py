@@ -122,8 +122,10 @@ def test_wrong_dtype_names_the_input_and_both_types(rng):
     x, w, b = mlp_inputs(rng)
     with pytest.raises(TypeError, match=r"input 1 \('fc.weight'\): expected tensor<5x3xf32>, got tensor<5x3xf64>"):
         interpret(mlp_graph(), x, w.astype(np.float64), b)
-    with pytest.raises(TypeError, match=r"input 2 \('fc.bias'\): expected tensor<3xf32>, got uint8 array"):
+    with pytest.raises(TypeError, match=r"input 2 \('fc.bias'\): expected tensor<3xf32>, got tensor<3xui8>"):
         interpret(mlp_graph(), x, w, b.astype(np.uint8))
+    with pytest.raises(TypeError, match=r"input 2 \('fc.bias'\): expected tensor<3xf32>, got uint16 array"):
+        interpret(mlp_graph(), x, w, b.astype(np.uint16))  # (no Avalon dtype)
 
 
 def test_wrong_shape_names_the_input_and_both_types(rng):

@@ -7,7 +7,7 @@ from . import primitives as _primitives  # noqa: F401  (registers the primitives
 from .builder import Builder, make_op
 from .core import Block, Graph, Location, Op, Value
 from .dot import to_dot
-from .dtypes import DType, bfloat16, bool_, dtype, float16, float32, float64, int32, int64
+from .dtypes import DType, bfloat16, bool_, dtype, float16, float32, float64, int8, int16, int32, int64, uint8
 from .fusion import fusion_groups, group_graph, group_name, region_function
 from .interpreter import Interpreter, interpret, to_numpy
 from .parser import ParseError, parse
@@ -22,6 +22,6 @@ __all__ = [
     "REFERENCE", "ShapeError", "TRAITS", "TensorType", "Value", "VerifyError", "bfloat16", "bool_", "define_op",
     "dtype",
     "evaluate", "float16", "float32", "float64", "format_op", "fusion_groups", "group_graph", "group_name",
-    "infer_types", "int32", "int64", "interpret", "lookup", "make_op", "parse", "print_graph", "random_bits",
-    "region_function", "round_bf16", "to_dot", "to_numpy", "to_result", "verify",
+    "infer_types", "int8", "int16", "int32", "int64", "interpret", "lookup", "make_op", "parse", "print_graph",
+    "random_bits", "region_function", "round_bf16", "to_dot", "to_numpy", "to_result", "uint8", "verify",
 ]

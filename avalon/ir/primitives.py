@@ -158,8 +158,8 @@ define_op("argmax", 1, _reduce("argmax", dt.int64), {"axis": Attr("int"), "keepd
 
 def _cumsum(ts, a):
     t = ts[0]
-    if not (t.dtype.is_float or t.dtype in (dt.int32, dt.int64)):
-        raise ShapeError(f"cumsum: needs a floating-point or integer (i32, i64) operand, got {t.dtype}; "
+    if not (t.dtype.is_float or t.dtype.is_int):
+        raise ShapeError(f"cumsum: needs a floating-point or integer operand, got {t.dtype}; "
                          "cast an i1 operand to an integer type first")
     _axes("cumsum", t.rank, [a["axis"]])
     return [T(t.shape, t.dtype)]

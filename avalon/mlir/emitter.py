@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from avalon.ir import DType, TensorType
 from avalon.ir import dtypes as dt
 
-from .text import dense, scalar, tensor_type
+from .text import dense, scalar, tensor_type, type_name
 
 
 @dataclass(frozen=True)
@@ -39,11 +39,17 @@ INDEX = DType("index", "int64", False, 99)
 
 def literal(value, d: DType) -> str:
     """The operand of `arith.constant` (an i1 is a bare `true`/`false`, which carries its type)."""
-    return scalar(value, d) if d == dt.bool_ else f"{scalar(value, d)} : {d.name}"
+    return scalar(value, d) if d == dt.bool_ else f"{scalar(value, d, True)} : {sname(d)}"
+
+
+def sname(d: DType) -> str:
+    """A scalar type as upstream arith spells it: signless, so uint8 is `i8` (its ops are the
+    unsigned variants: see `scalar`)."""
+    return type_name(d, True)
 
 
 def ty(x: TensorType | DType) -> str:
-    return tensor_type(x) if isinstance(x, TensorType) else x.name
+    return tensor_type(x, True) if isinstance(x, TensorType) else sname(x)
 
 
 def amap(rank: int, results: Sequence[str]) -> str:
@@ -86,16 +92,16 @@ class LinalgEmitter:
     def arith(self, opname: str, *args: V, d: DType | None = None, result: DType | None = None) -> V:
         """`%n = arith.addf %a, %b : f32` style ops (`d`: the operand type; `result`: if different)."""
         d = d or args[0].d
-        return self.op(f"{opname} {', '.join(a.name for a in args)} : {d.name}", result or d)
+        return self.op(f"{opname} {', '.join(a.name for a in args)} : {sname(d)}", result or d)
 
     def cmp(self, kind: str, pred: str, a: V, b: V) -> V:
-        return self.op(f"arith.{kind} {pred}, {a.name}, {b.name} : {a.d.name}", dt.bool_)
+        return self.op(f"arith.{kind} {pred}, {a.name}, {b.name} : {sname(a.d)}", dt.bool_)
 
     def select(self, c: V, a: V, b: V) -> V:
-        return self.op(f"arith.select {c.name}, {a.name}, {b.name} : {a.d.name}", a.d)
+        return self.op(f"arith.select {c.name}, {a.name}, {b.name} : {sname(a.d)}", a.d)
 
     def convert(self, opname: str, a: V, to: DType) -> V:
-        return self.op(f"{opname} {a.name} : {a.d.name} to {to.name}", to)
+        return self.op(f"{opname} {a.name} : {sname(a.d)} to {sname(to)}", to)
 
     def index(self, dim: int) -> V:
         """`linalg.index` of loop `dim`."""
@@ -103,17 +109,16 @@ class LinalgEmitter:
 
     # --- tensors -------------------------------------------------------------------------------
     def empty(self, t: TensorType) -> V:
-        return self.op(f"tensor.empty() : {tensor_type(t)}", t)
+        return self.op(f"tensor.empty() : {ty(t)}", t)
 
     def full(self, t: TensorType, value) -> V:
         """A tensor of `t` filled with `value` (linalg.fill of tensor.empty)."""
         c = self.const(value, t.dtype)
         e = self.empty(t)
-        return self.op(f"linalg.fill ins({c.name} : {t.dtype.name}) outs({e.name} : {tensor_type(t)}) -> "
-                       f"{tensor_type(t)}", t)
+        return self.op(f"linalg.fill ins({c.name} : {sname(t.dtype)}) outs({e.name} : {ty(t)}) -> {ty(t)}", t)
 
     def constant(self, array, t: TensorType) -> V:
-        return self.op(f"arith.constant {dense(array, t)}", t)
+        return self.op(f"arith.constant {dense(array, t, True)}", t)
 
     def generic(self, inputs: Sequence[tuple[V, str]], outputs: Sequence[tuple[V, str]], iterators: Sequence[str],
                 body: Callable[[LinalgEmitter, list[V]], list[V]]) -> list[V]:
@@ -131,10 +136,10 @@ class LinalgEmitter:
         sub = LinalgEmitter(self._counter)
         sub.indent = self.indent + "  "
         args = [V(sub.fresh(), v.d) for v, _ in [*inputs, *outputs]]
-        self.lines.append(f"{self.indent}^bb0({', '.join(f'{a.name}: {a.d.name}' for a in args)}):")
+        self.lines.append(f"{self.indent}^bb0({', '.join(f'{a.name}: {sname(a.d)}' for a in args)}):")
         ys = body(sub, args)
         self.lines += sub.lines
-        self.emit(f"  linalg.yield {', '.join(y.name for y in ys)} : {', '.join(y.d.name for y in ys)}")
+        self.emit(f"  linalg.yield {', '.join(y.name for y in ys)} : {', '.join(sname(y.d) for y in ys)}")
         rt = ", ".join(ty(t) for t in outs_t)
         self.emit(f"}} -> {rt if len(outs_t) == 1 else '(' + rt + ')'}")
         if len(names) == 1:
@@ -189,7 +194,7 @@ class LinalgEmitter:
         self.emit(f"{name} = tensor.pad {x.name} low[{', '.join(map(str, low))}] high[{', '.join(map(str, high))}] {{")
         self.emit(f"^bb0({idx}):")
         self.emit(f"  {c.name} = arith.constant {literal(value, x.d)}")
-        self.emit(f"  tensor.yield {c.name} : {x.d.name}")
+        self.emit(f"  tensor.yield {c.name} : {sname(x.d)}")
         self.emit(f"}} : {ty(x.t)} to {ty(out)}")
         return V(name, out)
 

@@ -16,6 +16,7 @@ from .emitter import LinalgEmitter, V, amap, identity, ty
 from .linalg import rule
 from .lower_contraction import spread
 from .lower_shapes import lowest
+from .scalar import unsigned
 
 
 def _pool(e: LinalgEmitter, kind: str, x: V, kernel, strides, out: TensorType, init) -> V:
@@ -109,7 +110,7 @@ def _max_pool2d_grad(e: LinalgEmitter, op: Op, args: list[V], types: list[Tensor
             better = b.arith("arith.ori", b.cmp("cmpf", "ogt", v, best),
                              b.arith("arith.andi", b.cmp("cmpf", "uno", v, v), b.cmp("cmpf", "ord", best, best)))
         else:
-            better = b.cmp("cmpi", "sgt", v, best)
+            better = b.cmp("cmpi", unsigned("sgt", x.d), v, best)
         none = b.const(-1, dt.int32)
         take = b.arith("arith.andi", valid, b.arith("arith.ori", b.cmp("cmpi", "eq", idx, none), better))
         tap = b.arith("arith.addi", b.arith("arith.muli", b.index(4), b.index_const(kw)), b.index(5))

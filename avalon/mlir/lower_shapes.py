@@ -8,6 +8,7 @@ from avalon.ir import dtypes as dt
 
 from .emitter import LinalgEmitter, V, amap, identity
 from .linalg import rule
+from .scalar import unsigned
 
 
 def lowest(d) -> float | int | bool:
@@ -45,7 +46,7 @@ def _sum_max(e: LinalgEmitter, op: Op, args: list[V], types: list[TensorType]) -
         init, combine = (False, "arith.ori") if d == dt.bool_ else (0, "arith.addf" if d.is_float else "arith.addi")
     else:
         init = lowest(d)
-        combine = "arith.ori" if d == dt.bool_ else "arith.maximumf" if d.is_float else "arith.maxsi"
+        combine = "arith.ori" if d == dt.bool_ else "arith.maximumf" if d.is_float else unsigned("arith.maxsi", d)
     def body(b: LinalgEmitter, a: list[V]) -> list[V]:
         return [b.arith(combine, a[1], a[0])]
     if op.name == "sum" and d != dt.bool_ and len(axes) > 1:
@@ -74,7 +75,7 @@ def _argmax(e: LinalgEmitter, op: Op, args: list[V], types: list[TensorType]) ->
             take = b.arith("arith.ori", b.cmp("cmpf", "ogt", v, best),
                            b.arith("arith.andi", b.cmp("cmpf", "uno", v, v), b.cmp("cmpf", "ord", best, best)))
         else:
-            take = b.cmp("cmpi", "ugt" if d == dt.bool_ else "sgt", v, best)
+            take = b.cmp("cmpi", "ugt" if d.is_unsigned else "sgt", v, best)
         i = b.convert("arith.index_cast", b.index(ax), dt.int64)
         return [b.select(take, v, best), b.select(take, i, idx)]
     y = _reduce(e, x, [ax], [lowest(d), 0], body, [d, dt.int64])[1]

@@ -5,6 +5,11 @@ They follow the reference conventions (`avalon.ir.reference.core`): f16/bf16 com
 round once; i1 operands of `bool_as_int` ops act as 0/1 (add is or, mul is and, sub is xor);
 float comparisons are ordered except `ne` (nan != x); integer division truncates toward zero and
 gives 0 for a zero divisor and MIN for MIN / -1 (as the reference does, instead of a trap).
+
+uint8 is the signless i8 here (upstream arith has no unsigned types): its division, remainder,
+comparisons, max/min and conversions are the unsigned variants (`divui`, `cmpi ult`, `maxui`, `extui`,
+`uitofp`); add, sub and mul are the same bits either way. Floats go to the 8- and 16-bit integers
+through i64 (`fptosi` then `trunci`), wrapping as the reference and torch do.
 """
 from __future__ import annotations
 
@@ -62,6 +67,18 @@ def _int_ops(d: DType, fop: str, iop: str) -> str:
     return fop if d.is_float else iop
 
 
+_UNSIGNED = {"arith.maxsi": "arith.maxui", "arith.minsi": "arith.minui", "arith.divsi": "arith.divui",
+             "arith.remsi": "arith.remui", "arith.extsi": "arith.extui", "arith.sitofp": "arith.uitofp",
+             "arith.fptosi": "arith.fptoui", "arith.shrsi": "arith.shrui", "slt": "ult", "sle": "ule", "sgt": "ugt",
+             "sge": "uge"}
+
+
+def unsigned(opname: str, d: DType) -> str:
+    """An integer op or `cmpi` predicate in its unsigned form when `d` is uint8 (`arith.maxsi` ->
+    `arith.maxui`, `slt` -> `ult`, `arith.extsi` -> `arith.extui`, ...), else as given."""
+    return _UNSIGNED.get(opname, opname) if d == dt.uint8 else opname
+
+
 def _unary(name: str) -> ScalarFn:
     def fn(e: LinalgEmitter, attrs: dict, args: list[V], out: DType) -> V:
         x = widen(e, args[0])
@@ -70,12 +87,15 @@ def _unary(name: str) -> ScalarFn:
         zero = e.const(0, x.d)
         if name == "neg":
             r = e.arith("arith.negf", x) if x.d.is_float else e.arith("arith.subi", zero, x)
+        elif x.d == dt.uint8 and name != "sign":
+            r = x  # |x| and relu(x) of unsigned values are x
         elif name == "abs":
             r = e.arith("math.absf" if x.d.is_float else "math.absi", x)
         elif name == "relu":
             r = e.arith(_int_ops(x.d, "arith.maximumf", "arith.maxsi"), x, zero)
         else:
-            kind, gt, lt = ("cmpf", "ogt", "olt") if x.d.is_float else ("cmpi", "sgt", "slt")
+            kind, gt, lt = ("cmpf", "ogt", "olt") if x.d.is_float else ("cmpi", unsigned("sgt", x.d),
+                                                                          unsigned("slt", x.d))
             one, minus = e.const(1, x.d), e.const(-1, x.d)
             r = e.select(e.cmp(kind, gt, x, zero), one, e.select(e.cmp(kind, lt, x, zero), minus, zero))
         return narrow(e, r, out)
@@ -96,7 +116,7 @@ def _binary(name: str) -> ScalarFn:
 
     def fn(e: LinalgEmitter, attrs: dict, args: list[V], out: DType) -> V:
         x, y = widen(e, args[0]), widen(e, args[1])
-        opname = bop if x.d == dt.bool_ else fop if x.d.is_float else iop
+        opname = bop if x.d == dt.bool_ else fop if x.d.is_float else unsigned(iop, x.d)
         return narrow(e, e.arith(opname, x, y), out)
     return fn
 
@@ -116,6 +136,8 @@ def _div(e: LinalgEmitter, attrs: dict, args: list[V], out: DType) -> V:
     # and MIN / -1 (the result is MIN, the wrapped quotient, as in the reference)
     zero, one = e.const(0, x.d), e.const(1, x.d)
     bad = e.cmp("cmpi", "eq", y, zero)
+    if x.d.is_unsigned:
+        return e.select(bad, zero, e.arith("arith.divui", x, e.select(bad, one, y)))
     lowest = e.const(-(1 << (x.d.itemsize * 8 - 1)), x.d)
     wraps = e.arith("arith.andi", e.cmp("cmpi", "eq", x, lowest), e.cmp("cmpi", "eq", y, e.const(-1, x.d)))
     safe = e.select(e.arith("arith.ori", bad, wraps), one, y)
@@ -131,12 +153,13 @@ def _pow(e: LinalgEmitter, attrs: dict, args: list[V], out: DType) -> V:
         return e.arith("arith.ori", x, e.arith("arith.xori", y, e.const(True, dt.bool_)))  # 0**0 = 1
     # integer powers by squaring on |y| bits; a negative exponent truncates: 1, +-1 or 0
     zero, one = e.const(0, x.d), e.const(1, x.d)
-    r = _ipow(e, x, e.select(e.cmp("cmpi", "slt", y, zero), zero, y))
+    negative = e.cmp("cmpi", unsigned("slt", x.d), y, zero)  # (never, for uint8)
+    r = _ipow(e, x, e.select(negative, zero, y))
     minus = e.const(-1, x.d)
     odd = e.cmp("cmpi", "ne", e.arith("arith.andi", y, one), zero)
     small = e.select(e.cmp("cmpi", "eq", x, one), one,
                      e.select(e.cmp("cmpi", "eq", x, minus), e.select(odd, minus, one), zero))
-    return e.select(e.cmp("cmpi", "slt", y, zero), small, r)
+    return e.select(negative, small, r)
 
 
 def _fpow(e: LinalgEmitter, x: V, y: V) -> V:
@@ -163,7 +186,7 @@ def _ipow(e: LinalgEmitter, x: V, y: V) -> V:
     (math.ipowi would be shorter, but IREE's llvm-cpu backend cannot legalize it)."""
     one = e.const(1, x.d)
     r, base = one, x
-    for k in range(x.d.itemsize * 8 - 1):
+    for k in range(x.d.bits - (0 if x.d.is_unsigned else 1)):
         bit = e.cmp("cmpi", "ne", e.arith("arith.andi", e.arith("arith.shrui", y, e.const(k, x.d)), one),
                     e.const(0, x.d))
         r = e.select(bit, e.arith("arith.muli", r, base), r)
@@ -182,7 +205,7 @@ def _compare(name: str) -> ScalarFn:
         x, y = widen(e, args[0]), widen(e, args[1])
         if x.d.is_float:
             return e.cmp("cmpf", fp, x, y)
-        return e.cmp("cmpi", bp if x.d == dt.bool_ else ip, x, y)  # i1 compares unsigned: true is 1
+        return e.cmp("cmpi", bp if x.d.is_unsigned else ip, x, y)  # i1 compares unsigned: true is 1
     return fn
 
 
@@ -220,8 +243,12 @@ def cast(e: LinalgEmitter, x: V, to: DType) -> V:
             return e.convert("arith.extf", x, to)
         return e.convert("arith.truncf", x, to)
     if src.is_float:
+        if to in dt.SMALL_INTS:  # through i64, wrapping as the reference (torch's CPU kernels)
+            return e.convert("arith.trunci", e.convert("arith.fptosi", x, dt.int64), to)
         return e.convert("arith.fptosi", x, to)
     if to.is_float:
-        return e.convert("arith.sitofp", x, to)
-    return e.convert("arith.extsi" if to.itemsize > src.itemsize else "arith.trunci", x, to)
+        return e.convert(unsigned("arith.sitofp", src), x, to)
+    if to.itemsize == src.itemsize:
+        return V(x.name, to)  # uint8 <-> int8: the same i8 bits
+    return e.convert(unsigned("arith.extsi", src) if to.itemsize > src.itemsize else "arith.trunci", x, to)
 

@@ -18,9 +18,15 @@ from avalon.ir import dtypes as dt
 _ID = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$.-]*$")
 
 
-def tensor_type(t: TensorType) -> str:
+def type_name(d: DType, signless: bool = False) -> str:
+    """The MLIR element type: the dtype's name, but `ui8` as the signless `i8` for `signless`
+    (upstream arith takes signless integers only; the linalg lowering picks unsigned ops instead)."""
+    return "i8" if signless and d == dt.uint8 else d.name
+
+
+def tensor_type(t: TensorType, signless: bool = False) -> str:
     """`tensor<8x3xf32>`, layout dropped (see the module docstring)."""
-    return "tensor<" + "".join(f"{s}x" for s in t.shape) + t.dtype.name + ">"
+    return "tensor<" + "".join(f"{s}x" for s in t.shape) + type_name(t.dtype, signless) + ">"
 
 
 def ident(name: str | None, default: str) -> str:
@@ -45,13 +51,16 @@ def float_bits(x: float, d: DType) -> int:
     return int(np.asarray(x, f).view(u))
 
 
-def scalar(value: float | int | bool, d: DType) -> str:
-    """A literal of type `d` for `arith.constant` (non-finite floats as hex bit patterns)."""
+def scalar(value: float | int | bool, d: DType, signless: bool = False) -> str:
+    """A literal of type `d` for `arith.constant` (non-finite floats as hex bit patterns); a uint8
+    in 0..255 as `ui8`, in two's complement as the `i8` of a `signless` lowering."""
     if d == dt.bool_:
         return "true" if value else "false"
     if not d.is_float:
-        bits = 32 if d == dt.int32 else 64
+        bits = d.bits
         v = int(value) & ((1 << bits) - 1)
+        if d.is_unsigned and not signless:
+            return str(v)
         return str(v - (1 << bits) if v >> (bits - 1) else v)  # two's complement, as MLIR reads it
     x = float(value)
     if not math.isfinite(x) or d in (dt.float16, dt.bfloat16):
@@ -61,11 +70,11 @@ def scalar(value: float | int | bool, d: DType) -> str:
     return text if "." in text else text.replace("e", ".0e", 1)
 
 
-def dense(array: np.ndarray, t: TensorType) -> str:
+def dense(array: np.ndarray, t: TensorType, signless: bool = False) -> str:
     """`dense<...> : tensor<...>` holding `array` (already of `t`'s values): a splat when all
     elements are equal, else raw little-endian hex (exact for every float, nan included)."""
     a = np.asarray(array).reshape(t.shape)
-    ty = tensor_type(t)
+    ty = tensor_type(t, signless)
     flat = a.reshape(-1)
     if flat.size == 0:  # upstream reads `dense<>` for any zero-element shape; `[[]]` only for 1x0
         return f"dense<> : {ty}"
@@ -74,7 +83,7 @@ def dense(array: np.ndarray, t: TensorType) -> str:
             return f"dense<{scalar(bool(flat[0]), t.dtype)}> : {ty}"
         return f"dense<{_nested(a, lambda v: 'true' if v else 'false')}> : {ty}"
     if np.all(flat.view(np.uint8).reshape(flat.size, -1) == flat[:1].view(np.uint8)):
-        return f"dense<{scalar(flat[0].item(), t.dtype)}> : {ty}"
+        return f"dense<{scalar(flat[0].item(), t.dtype, signless)}> : {ty}"
     if t.dtype == dt.bfloat16:
         raw = np.array([float_bits(v, t.dtype) for v in flat.tolist()], np.uint16).tobytes()
     else:

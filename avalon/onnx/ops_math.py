@@ -332,3 +332,86 @@ def cast(node: Node, x: Any) -> Any:
 @onnx_op("CastLike")
 def cast_like(node: Node, x: Any, like: Any) -> Tensor:
     return ops.cast(T(x), T(like).dtype)
+
+
+for _name, _fn in (("BitwiseAnd", ops.bitwise_and), ("BitwiseOr", ops.bitwise_or), ("BitwiseXor", ops.bitwise_xor)):
+    onnx_op(_name)(lambda node, a, b, _fn=_fn: _fn(T(a), T(b)))
+onnx_op("BitwiseNot")(lambda node, x: ops.bitwise_not(T(x)))
+
+
+@onnx_op("BitShift")
+def bit_shift(node: Node, x: Any, y: Any) -> Tensor:
+    """ONNX's shifts are torch's: a shift that is negative or past the width gives 0 (left) or the
+    sign's fill (right, arithmetic on signed types)."""
+    fn = ops.bitwise_left_shift if node.attr("direction") == "LEFT" else ops.bitwise_right_shift
+    return fn(T(x), T(y))
+
+
+def _quant_param(node: Node, v: Any, x: Tensor) -> Tensor:
+    """A scale or zero point broadcastable against `x`: a scalar, a 1-d per-`axis` vector, or (with
+    `block_size`) one value per block of `block_size` along `axis`, repeated over its block."""
+    t = T(v)
+    if t.numel() == 1:
+        return ops.reshape(t, ())
+    a = axis(node.attr("axis", 1), x.ndim)
+    block = int(node.attr("block_size", 0) or 0)
+    if not block:
+        return ops.reshape(t, [t.numel() if d == a else 1 for d in range(x.ndim)])
+    t = ops.repeat_interleave(t, block, dim=a)
+    return ops.narrow(t, a, 0, x.shape[a]) if t.shape[a] != x.shape[a] else t
+
+
+@onnx_op("QuantizeLinear")
+def quantize_linear(node: Node, x: Any, scale: Any, zero_point: Any = None) -> Tensor:
+    """saturate(round(x / scale) + zero_point), rounding half to even, in the zero point's integer
+    type (else `output_dtype`, else uint8); 8/16-bit integer outputs (float8 and int4 are refused)."""
+    from .dtypes import avalon_dtype
+    x = T(x)
+    out = T(zero_point).dtype if zero_point is not None else avalon_dtype(node.attr("output_dtype", 0) or 2, node)
+    if not out.is_int:
+        raise node.unsupported(f"quantizing to {out.name} is not supported (integer outputs only)")
+    q = ops.round(ops.div(x, _quant_param(node, scale, x)))
+    if zero_point is not None:
+        q = ops.add(q, ops.cast(_quant_param(node, zero_point, x), q.dtype))
+    lo, hi = dt.int_range(out)
+    return ops.cast(ops.clamp(q, float(lo), float(hi)), out)
+
+
+@onnx_op("DequantizeLinear")
+def dequantize_linear(node: Node, x: Any, scale: Any, zero_point: Any = None) -> Tensor:
+    """(x - zero_point) * scale, the difference in float32, the result in the scale's type (or
+    `output_dtype`)."""
+    from .dtypes import avalon_dtype
+    x = T(x)
+    if x.dtype.is_float:
+        raise node.unsupported(f"dequantizing {x.dtype.name} (float8/int4 inputs) is not supported")
+    s = _quant_param(node, scale, x)
+    d = ops.cast(x, dt.float32)
+    if zero_point is not None:
+        d = ops.sub(d, ops.cast(_quant_param(node, zero_point, x), dt.float32))
+    out = avalon_dtype(node.attr("output_dtype"), node) if node.attr("output_dtype") else s.dtype
+    return ops.cast(ops.mul(d, s), out)
+
+
+@onnx_op("QLinearMatMul")
+def qlinear_matmul(node: Node, a: Any, a_scale: Any, a_zp: Any, b: Any, b_scale: Any, b_zp: Any, y_scale: Any,
+                   y_zp: Any = None) -> Tensor:
+    """The integer product of the zero-point-shifted operands (exact in float64), rescaled by
+    a_scale * b_scale / y_scale, shifted by y's zero point, rounded half to even and saturated to
+    y's type (per-tensor scales and zero points)."""
+    a, b = T(a), T(b)
+    if any(T(v).numel() != 1 for v in (a_scale, a_zp, b_scale, b_zp, y_scale) + ((y_zp,) if y_zp is not None else ())
+           if v is not None):
+        raise node.unsupported("per-row or per-column scales and zero points are not supported")
+
+    def shifted(x: Tensor, zp: Any) -> Tensor:
+        x = ops.cast(x, dt.float64)
+        return x if zp is None else ops.sub(x, ops.cast(ops.reshape(T(zp), ()), dt.float64))
+    c = ops.matmul(shifted(a, a_zp), shifted(b, b_zp))
+    s = ops.div(ops.mul(ops.reshape(T(a_scale), ()), ops.reshape(T(b_scale), ())), ops.reshape(T(y_scale), ()))
+    d = ops.mul(c, ops.cast(s, dt.float64))
+    out = a.dtype
+    if y_zp is not None:
+        d, out = ops.add(d, ops.cast(ops.reshape(T(y_zp), ()), dt.float64)), T(y_zp).dtype
+    lo, hi = dt.int_range(out)
+    return ops.cast(ops.clamp(ops.round(d), float(lo), float(hi)), out)

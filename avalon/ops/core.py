@@ -218,7 +218,7 @@ def full(size: Sequence[int], fill_value: Any, dtype: Any = None, *, device: Any
     unsupported("full", out=out, layout=layout)
     d = dtype_arg("full", dtype) if dtype is not None else _fill_dtype(fill_value)
     v = fill_value.item() if isinstance(fill_value, Tensor) else fill_value
-    v = bool(v) if d is dt.bool_ else (int(v) if not d.is_float else float(v))
+    v = bool(v) if d is dt.bool_ else (dt.wrap(int(v), d) if not d.is_float else float(v))  # ints wrap, as torch's
     return place(bind("constant", value=v, shape=list(size_args("full", (size,))), dtype=d), device)
 
 
@@ -276,7 +276,7 @@ logical_and, logical_or = _binary("logical_and"), _binary("logical_or")
 
 
 def div(a: Any, b: Any, *, rounding_mode: str | None = None) -> Tensor:
-    """True division (integers are promoted to f32, like torch); torch.div's `rounding_mode`
+    """True division (integers are promoted to the default float dtype, like torch); torch.div's `rounding_mode`
     'trunc' or 'floor' rounds the quotient instead and keeps integer dtypes."""
     if rounding_mode == "floor":
         return floor_divide(a, b)
@@ -289,7 +289,7 @@ def div(a: Any, b: Any, *, rounding_mode: str | None = None) -> Tensor:
         raise ValueError(f"div: rounding_mode must be None, 'trunc' or 'floor', got {rounding_mode!r}")
     d = result_dtype(_as_operand(a), _as_operand(b))
     if not d.is_float:
-        d = dt.float32
+        d = default_float_dtype()  # torch: integers divide into the default dtype
     return bind("div", *_prepare("div", a, b, dtype=d))
 
 
@@ -667,12 +667,13 @@ def _dim_args(axis: Any, dim: Any, keepdims: Any, keepdim: Any) -> tuple[Any, bo
 
 def sum(x: Any, axis: Any = None, keepdims: bool = False, dtype: Any = None, *,  # noqa: A001
         dim: Any = None, keepdim: bool | None = None) -> Tensor:
-    """Sum over `axis` (torch: `dim`); booleans and i32 sum as i64, as in torch (`dtype=` keeps i32)."""
+    """Sum over `axis` (torch: `dim`); booleans and narrower integers sum as i64, as in torch (`dtype=`
+    keeps them)."""
     x = _tensor(x)
     axis, keepdims = _dim_args(axis, dim, keepdims, keepdim)
     if dtype is not None:
         x = cast(x, dtype_arg("sum", dtype))
-    elif x.dtype in (dt.bool_, dt.int32):
+    elif not x.dtype.is_float:
         x = cast(x, dt.int64)
     axes = _axes(x, axis, "sum")
     if not axes:
@@ -767,8 +768,12 @@ def amin(x: Any, axis: Any = None, keepdims: bool = False, *, dim: Any = None, k
 
 
 def _flip(x: Tensor) -> Tensor:
-    """An order-reversing map: the negation, or the complement of booleans (whose neg is themselves)."""
-    return logical_not(x) if x.dtype is dt.bool_ else neg(x)
+    """An order-reversing bijection: the negation of floats, the complement of booleans (whose neg
+    is themselves) and of integers (~x = -x - 1, wrapping: the negation would map MIN to itself, and
+    every nonzero uint8 to another)."""
+    if x.dtype is dt.bool_:
+        return logical_not(x)
+    return neg(x) if x.dtype.is_float else sub(neg(x), 1)
 
 
 def _torch_max(name: str, x: Any, dim: Any, keepdim: Any, axis: Any, keepdims: Any) -> Any:
@@ -832,7 +837,7 @@ def argmin(x: Any, axis: int | None = None, keepdims: bool = False, *, dim: int 
 def cumsum(input: Any, dim: int | None = None, reverse: bool = False, *, axis: int | None = None,
            dtype: Any = None, out: Any = None) -> Tensor:
     """Inclusive running sum along `dim` (torch.cumsum(x, dim, dtype=None); jax.lax.cumsum's
-    `reverse`). Booleans and i32 count as i64, as in torch, unless `dtype` says otherwise (ONNX's
+    `reverse`). Booleans and narrower integers count as i64, as in torch, unless `dtype` says otherwise (ONNX's
     CumSum, which keeps i32, passes it)."""
     unsupported("cumsum", out=out)
     dim = axis if axis is not None else dim
@@ -841,7 +846,7 @@ def cumsum(input: Any, dim: int | None = None, reverse: bool = False, *, axis: i
     x = _tensor(input)
     if dtype is not None:
         x = cast(x, dtype_arg("cumsum", dtype))
-    elif x.dtype in (dt.bool_, dt.int32):
+    elif not x.dtype.is_float:
         x = cast(x, dt.int64)
     return bind("cumsum", x, axis=check_dim("cumsum", dim, x.ndim), reverse=bool(reverse))
 

@@ -219,7 +219,7 @@ def from_numpy(ndarray: np.ndarray) -> Tensor:
     `a[1:, :-1]`, a transpose, a negative stride) gives a contiguous COPY, with a warning: its values,
     but writes to the tensor do not reach the array, nor the array's to the tensor, where torch's
     tensor would share them. `np.ascontiguousarray(a)` first makes the sharing explicit. numpy dtypes
-    Avalon lacks (uint8, int16, ...) are refused."""
+    Avalon lacks (uint16, uint32, ...) are refused."""
     if not isinstance(ndarray, np.ndarray):
         raise TypeError(f"from_numpy: expected np.ndarray (got {type(ndarray).__name__})")
     d = dtype_arg("from_numpy", ndarray.dtype)
@@ -250,7 +250,8 @@ def as_tensor(data: Any, dtype: Any = None, device: Any = None) -> Tensor:
     return Tensor(np.asarray(data) if isinstance(data, np.ndarray) else data, d, device)
 
 
-_SHAREABLE = {np.dtype(t) for t in (np.float16, np.float32, np.float64, np.int32, np.int64, np.bool_)}
+_SHAREABLE = {np.dtype(t) for t in (np.float16, np.float32, np.float64, np.uint8, np.int8, np.int16, np.int32,
+                                     np.int64, np.bool_)}
 
 
 def seed() -> int:

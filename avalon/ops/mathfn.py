@@ -31,6 +31,7 @@ from .core import (
     add,
     cast,
     clamp,
+    concat,
     cos,
     div,
     eq,
@@ -59,6 +60,7 @@ from .core import (
     result_dtype,
     sign,
     sin,
+    slice_,
     sqrt,
     stop_gradient,
     sub,
@@ -485,17 +487,26 @@ def _bitwise_operands(fn: str, a: Any, b: Any) -> tuple[Tensor, Tensor]:
 
 
 def _bits(x: Tensor) -> tuple[Tensor, Tensor, int]:
-    """(low bits along a new trailing axis, sign bit, number of bits) of an integer tensor."""
-    nb = 64 if x.dtype is dt.int64 else 32
-    pw = Tensor(np.array([1 << k for k in range(nb - 1)], dtype=x.dtype.np))
-    low = remainder(floor_divide(expand_dims(x, -1), pw), 2)
+    """(value bits along a new trailing axis, sign bit, number of value bits) of an integer tensor:
+    a signed type's bits below its sign bit (two's complement), all 8 of a uint8."""
+    nb = x.dtype.bits - (0 if x.dtype.is_unsigned else 1)
+    low = remainder(floor_divide(expand_dims(x, -1), _powers_of_two(nb, x.dtype)), 2)
     return low, lt(x, 0), nb
 
 
+def _powers_of_two(n: int, d: dt.DType) -> Tensor:
+    """[1, 2, 4, ..., 2 ** (n - 1)] in dtype `d`, doubled up from a splat: a dense array would be
+    data captured in a traced graph, which `av.compile` traces anew on every call."""
+    pw = full((1,), 1, d)
+    while pw.shape[0] < n:
+        pw = concat([pw, mul(pw, dt.wrap(1 << pw.shape[0], d))])  # (a wrapped entry past n is cut off)
+    return slice_(pw, [0], [n]) if pw.shape[0] != n else pw
+
+
 def _from_bits(low: Tensor, sgn: Tensor, d: dt.DType, nb: int) -> Tensor:
-    pw = Tensor(np.array([1 << k for k in range(nb - 1)], dtype=np.int64))
-    v = sum(mul(cast(low, dt.int64), pw), -1)
-    v = add(v, where(sgn, -(1 << (nb - 1)), 0))
+    v = sum(mul(cast(low, dt.int64), _powers_of_two(nb, dt.int64)), -1)
+    if not d.is_unsigned:
+        v = add(v, where(sgn, -(1 << nb), 0))
     return cast(v, d)
 
 
@@ -529,6 +540,57 @@ def bitwise_not(input: Any) -> Tensor:
     if x.dtype.is_float:
         raise fail(TypeError(f"bitwise_not: not implemented for floating tensors ({x.dtype.name})"))
     return logical_not(x) if x.dtype is dt.bool_ else sub(neg(x), 1)
+
+
+def _shift_operands(fn: str, a: Any, b: Any) -> tuple[Tensor, Any]:
+    """The shifted value in the promoted integer dtype, and the shift amount: a Python int as it is
+    (it does not take part in the promotion beyond a scalar's), a tensor in that dtype too."""
+    if _is_scalar(b) and not isinstance(b, (bool, np.bool_)) and isinstance(b, (int, np.integer)):
+        x = _as_operand(a)
+        x = full((), x, result_dtype(x)) if _is_scalar(x) else x
+        if x.dtype.is_float or x.dtype is dt.bool_:
+            raise fail(TypeError(f"{fn}: not implemented for {dt.PY_NAMES[x.dtype.name]} tensors"))
+        return x, int(b)
+    x, k = _prepare(fn, a, b)
+    if x.dtype.is_float or x.dtype is dt.bool_:
+        raise fail(TypeError(f"{fn}: not implemented for {dt.PY_NAMES[x.dtype.name]} tensors"))
+    return x, k
+
+
+def _by_powers(x: Tensor, k: Tensor, step: Any) -> Tensor:
+    """x shifted by a tensor of amounts 0 <= k < bits: one conditional `step(v, 2 ** 2 ** j)` per
+    bit j of k (the factors fit the dtype: at most 2 ** 32, and 16 for 8 bits)."""
+    j = 0
+    while (1 << j) < x.dtype.bits:
+        on = eq(remainder(floor_divide(k, 1 << j), 2), 1)
+        x = where(on, step(x, 1 << (1 << j)), x)
+        j += 1
+    return x
+
+
+def bitwise_left_shift(input: Any, other: Any) -> Tensor:
+    """x << k (torch's `<<`): the low bits of x * 2**k in x's (promoted) integer dtype, 0 where k is
+    negative or at least the dtype's width, as torch's CPU kernels."""
+    x, k = _shift_operands("bitwise_left_shift", input, other)
+    bits = x.dtype.bits
+    if isinstance(k, int):
+        return mul(x, dt.wrap(1 << k, x.dtype)) if 0 <= k < bits else full(x.shape, 0, x.dtype)
+    ok = logical_and(ge(k, 0), lt(k, bits))
+    v = _by_powers(x, where(ok, k, 0), lambda v, f: mul(v, dt.wrap(f, x.dtype)))
+    return where(ok, v, full((), 0, x.dtype))
+
+
+def bitwise_right_shift(input: Any, other: Any) -> Tensor:
+    """x >> k (torch's `>>`): arithmetic for signed dtypes (floor(x / 2**k)), logical for uint8; a
+    negative shift or one past the dtype's width gives the sign's fill (-1 or 0), as torch's."""
+    x, k = _shift_operands("bitwise_right_shift", input, other)
+    top = x.dtype.bits - (0 if x.dtype.is_unsigned else 1)  # shifts from here on leave only the fill
+    fill = where(lt(x, 0), full((), -1, x.dtype), full((), 0, x.dtype)) if not x.dtype.is_unsigned else (
+        full(x.shape, 0, x.dtype))
+    if isinstance(k, int):
+        return floor_divide(x, 1 << k) if 0 <= k < top else fill
+    ok = logical_and(ge(k, 0), lt(k, top))
+    return where(ok, _by_powers(x, where(ok, k, 0), floor_divide), fill)
 
 
 def logical_xor(input: Any, other: Any) -> Tensor:
@@ -586,7 +648,8 @@ def sgn(input: Any) -> Tensor:
 
 
 __all__ = ["absolute", "acos", "arccos", "arcsin", "arctan", "arctan2", "asin", "atan", "atan2", "bitwise_and",
-           "bitwise_not", "bitwise_or", "bitwise_xor", "ceil", "clamp_max", "clamp_min", "cosh", "deg2rad",
+           "bitwise_left_shift", "bitwise_not", "bitwise_or", "bitwise_right_shift", "bitwise_xor",
+           "ceil", "clamp_max", "clamp_min", "cosh", "deg2rad",
            "digamma", "erfinv", "float_power", "frac", "heaviside", "hypot", "isneginf", "isposinf", "isreal",
            "lgamma", "log10", "log2", "logaddexp", "logical_xor", "logit", "nan_to_num", "negative", "rad2deg",
            "round", "sgn", "signbit", "sinh", "tan", "xlogy"]

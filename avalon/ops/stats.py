@@ -215,7 +215,7 @@ def mode(input: Any, dim: int = -1, keepdim: bool = False, *, out: Any = None) -
     elif y.dtype is dt.bool_:
         value = logical_not(amax(where(best, logical_not(y), False), -1, keepdims=True))
     else:
-        value = amin(where(best, y, (1 << 62) if y.dtype is dt.int64 else (1 << 30)), -1, keepdims=True)
+        value = amin(where(best, y, dt.int_range(y.dtype)[1]), -1, keepdims=True)
     pos = iota(y.shape, y.ndim - 1)
     hit = eq(y, value) if not y.dtype.is_float else logical_or(eq(y, value), logical_and(isnan(y), isnan(value)))
     idx = amax(where(hit, pos, -1), -1, keepdims=True)

@@ -1,11 +1,7 @@
 """What Tensor methods without a torch.* function of their own compute: `fill_diagonal_`'s value,
-the random fills `random_`, `geometric_`, `log_normal_`, `cauchy_`, torch's narrow integer
-conversions `byte`/`char`/`short`, and the storage queries `element_size`, `stride`, `data_ptr`,
-`get_device`, plus `resize_` and the refusal of `register_hook`.
-
-Avalon has no 8- or 16-bit integer dtypes: `byte()`, `char()` and `short()` give i32 tensors
-holding exactly the values torch's uint8/int8/int16 would (wrapped modulo 2^8 / 2^16), so code that
-converts masks or pixel values keeps computing the same numbers."""
+the random fills `random_`, `geometric_`, `log_normal_`, `cauchy_`, and
+the storage queries `element_size`, `stride`, `data_ptr`, `get_device`, plus `resize_` and the
+refusal of `register_hook`. (`byte()`, `char()` and `short()` are casts to uint8, int8, int16.)"""
 from __future__ import annotations
 
 import math
@@ -32,7 +28,6 @@ from .core import (
     random,
     remainder,
     sub,
-    trunc,
     where,
 )
 from .creation import iota
@@ -83,8 +78,8 @@ def random_fill(input: Any, *args: Any, generator: Any = None, **kwargs: Any) ->
         lo, to = args
     lo = 0 if lo is None else int(lo)
     if to is None:
-        top = {"f64": 2 ** 53, "f32": 2 ** 24, "f16": 2 ** 11, "bf16": 2 ** 8, "i64": 2 ** 63 - 1, "i32": 2 ** 31 - 1,
-               "i1": 1}[x.dtype.name]
+        top = {"f64": 2 ** 53, "f32": 2 ** 24, "f16": 2 ** 11, "bf16": 2 ** 8}.get(x.dtype.name)
+        top = dt.int_range(x.dtype)[1] if top is None else top
         to = top + 1
     to = int(to)
     if to <= lo:
@@ -129,32 +124,6 @@ def cauchy_fill(input: Any, median: float = 0.0, sigma: float = 1.0, *, generato
     x = _tensor(input)
     u = cast(_uniform(x, generator), x.dtype if x.dtype.is_float else dt.float32)
     return cast(add(mul(tan(mul(sub(u, 0.5), math.pi)), float(sigma)), float(median)), x.dtype)
-
-
-def _narrow_int(x: Any, bits: int, signed: bool) -> Tensor:
-    t = _tensor(x)
-    v = cast(trunc(t), dt.int64) if t.dtype.is_float else cast(t, dt.int64)
-    m = 1 << bits
-    if signed:
-        v = sub(remainder(add(v, m // 2), m), m // 2)
-    else:
-        v = remainder(v, m)
-    return cast(v, dt.int32)
-
-
-def to_byte(input: Any) -> Tensor:
-    """torch's x.byte() values (uint8: wrapped modulo 256) in an i32 tensor (Avalon has no uint8)."""
-    return _narrow_int(input, 8, False)
-
-
-def to_char(input: Any) -> Tensor:
-    """torch's x.char() values (int8, wrapped into [-128, 127]) in an i32 tensor."""
-    return _narrow_int(input, 8, True)
-
-
-def to_short(input: Any) -> Tensor:
-    """torch's x.short() values (int16, wrapped into [-32768, 32767]) in an i32 tensor."""
-    return _narrow_int(input, 16, True)
 
 
 def element_size(input: Any) -> int:
@@ -246,4 +215,4 @@ def resize(input: Tensor, *sizes: Any) -> Tensor:
 
 __all__ = ["cauchy_fill", "data_ptr", "element_size", "fill_diagonal", "geometric_fill", "get_device", "is_leaf",
            "log_normal_fill", "pin_memory", "random_fill", "register_hook", "resize", "storage_offset", "stride",
-           "to_byte", "to_char", "to_short", "view"]
+           "view"]

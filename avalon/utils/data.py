@@ -3,7 +3,7 @@ so `from torch.utils.data import DataLoader, TensorDataset` ports by renaming th
 
 Batches are concrete `av.Tensor`s collated as torch collates (tuples become lists, dicts stay dicts,
 Python floats become float64, ints int64; numpy arrays keep their dtype, with the integer types
-Avalon lacks widened: 8/16-bit to int32, unsigned 32/64-bit to int64). Shuffling draws from Avalon's
+Avalon lacks widened: uint16 to int32, uint32/uint64 to int64). Shuffling draws from Avalon's
 seeded generator (`av.manual_seed`), read when an epoch starts, so a seeded run repeats its order.
 
 Loading runs in the calling process. `num_workers > 0` is accepted for ported code and runs
@@ -308,8 +308,9 @@ class BatchSampler(Sampler[list[int]]):
 
 # -- collation ------------------------------------------------------------------------------------
 
-_WIDER = {np.dtype(np.uint8): np.int32, np.dtype(np.int8): np.int32, np.dtype(np.int16): np.int32,
-          np.dtype(np.uint16): np.int32, np.dtype(np.uint32): np.int64, np.dtype(np.uint64): np.int64}
+_WIDER = {np.dtype(np.uint16): np.int32, np.dtype(np.uint32): np.int64, np.dtype(np.uint64): np.int64}
+"""numpy integer dtypes Avalon has no twin of, and the one each batch widens to (uint8, int8 and
+int16 arrays, torchvision's images and audio, keep their dtype as in torch)."""
 
 
 def _array_tensor(a: np.ndarray) -> Tensor:

@@ -23,7 +23,7 @@ from . import kernels
 from .generator import Generator, Ref
 
 FLOATS = (dt.float32, dt.float64)
-INTS = (dt.int32, dt.int64)
+INTS = dt.INTS
 
 
 @dataclass(frozen=True)
@@ -125,9 +125,11 @@ def _copy(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
 
 
 @register(("cast",), lambda op: op.results[0].type.dtype != dt.bfloat16 and op.operands[0].type.dtype != dt.float16
-          and op.results[0].type.dtype != dt.float16)
+          and op.results[0].type.dtype != dt.float16
+          and not (op.operands[0].type.dtype.is_float and op.results[0].type.dtype in dt.SMALL_INTS))
 def _cast(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
-    """numpy's astype conversion (float -> int truncates, x -> bool is x != 0), through copyto."""
+    """numpy's astype conversion (float -> int truncates, x -> bool is x != 0), through copyto. Floats
+    to 8/16-bit integers go through i64 in the reference (torch's wrap-around): its rule runs them."""
     gen.line(f"np.copyto({out}, {args[0].expr}, casting='unsafe')")
 
 

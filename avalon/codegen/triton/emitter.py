@@ -308,6 +308,8 @@ class Emitter:
             expr = f"_avalon_round_bf16({val.expr}.to(tl.float32))"
         elif ty.compute(to) != to:
             expr = f"{val.expr}.to({ty.tl_type(to)}).to(tl.float32)"
+        elif val.dtype.is_float and to in dt.SMALL_INTS:  # through i64, wrapping as the reference and torch
+            expr = f"{val.expr}.to(tl.int64).to({ty.tl_type(to)})"
         else:
             expr = f"{val.expr}.to({ty.tl_type(to)})"
         return self.emit(expr, to, vals=(val,), prefix="cv")

@@ -13,13 +13,13 @@ import torch
 from avalon.ir import dtypes as dt
 from avalon.ir.dtypes import DType
 
-TL = {"i1": "tl.int1", "i32": "tl.int32", "i64": "tl.int64", "f16": "tl.float16", "bf16": "tl.bfloat16",
-      "f32": "tl.float32", "f64": "tl.float64"}
-TORCH = {"i1": torch.bool, "i32": torch.int32, "i64": torch.int64, "f16": torch.float16,
-         "bf16": torch.bfloat16, "f32": torch.float32, "f64": torch.float64}
+TL = {"i1": "tl.int1", "ui8": "tl.uint8", "i8": "tl.int8", "i16": "tl.int16", "i32": "tl.int32", "i64": "tl.int64",
+      "f16": "tl.float16", "bf16": "tl.bfloat16", "f32": "tl.float32", "f64": "tl.float64"}
+TORCH = {"i1": torch.bool, "ui8": torch.uint8, "i8": torch.int8, "i16": torch.int16, "i32": torch.int32,
+         "i64": torch.int64, "f16": torch.float16, "bf16": torch.bfloat16, "f32": torch.float32, "f64": torch.float64}
 # triton.compile signature spelling of a pointer to each dtype
-POINTER = {"i1": "*i1", "i32": "*i32", "i64": "*i64", "f16": "*fp16", "bf16": "*bf16", "f32": "*fp32",
-           "f64": "*fp64"}
+POINTER = {"i1": "*i1", "ui8": "*u8", "i8": "*i8", "i16": "*i16", "i32": "*i32", "i64": "*i64", "f16": "*fp16",
+           "bf16": "*bf16", "f32": "*fp32", "f64": "*fp64"}
 
 
 def tl_type(d: DType) -> str:
@@ -62,4 +62,4 @@ def lowest(d: DType) -> str:
         return 'float("-inf")'
     if d == dt.bool_:
         return "0"
-    return str(-(2 ** 31) if d == dt.int32 else -(2 ** 63))
+    return str(dt.int_range(d)[0])

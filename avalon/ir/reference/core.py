@@ -67,11 +67,15 @@ def to_result(value: Any, type: TensorType, name: str = "") -> np.ndarray:
 
     Casts follow numpy's `astype`: float -> int truncates toward zero (like torch; nan/inf or
     out-of-range values give an unspecified integer, as in C), anything -> bool is "non-zero".
+    Floats go to the 8- and 16-bit integers through i64, as torch's CPU kernels do, so a value
+    past their range but within i64's wraps around as in torch (-1.0 -> uint8 255, 300.0 -> 44).
     """
     a = np.asarray(value)
     want = type.dtype.np
     if a.dtype != want:
         with np.errstate(all="ignore"):
+            if a.dtype.kind == "f" and type.dtype in dt.SMALL_INTS:
+                a = a.astype(np.int64)
             a = a.astype(want)
     if type.dtype == dt.bfloat16:
         a = round_bf16(a)

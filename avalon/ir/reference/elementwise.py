@@ -111,7 +111,7 @@ def _div(attrs: dict, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """True division for floats (IEEE: x/0 = ±inf, 0/0 = nan). For integers the quotient truncates
     toward zero, as in C and Triton (-7 / 2 = -3, not numpy's floor -4); integer division by zero
     gives 0 here and is undefined on other backends."""
-    if x.dtype.kind != "i":
+    if x.dtype.kind not in "iu":
         return np.true_divide(x, y)
     q = np.floor_divide(x, y)
     inexact = (y != 0) & (np.remainder(x, y) != 0) & ((x < 0) != (y < 0))
@@ -123,7 +123,7 @@ def _pow(attrs: dict, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """x ** y. Floats: IEEE pow (negative base with a non-integer exponent is nan). Integers: the
     exact power, wrapping on overflow; a negative exponent truncates the real result toward zero
     (1 for x = 1, ±1 for x = -1, otherwise 0, including x = 0)."""
-    if x.dtype.kind != "i":
+    if x.dtype.kind not in "iu":
         return np.power(x, y)
     neg = y < 0
     out = np.power(x, np.where(neg, 0, y))
