@@ -13,41 +13,54 @@ from .device import Device, best_available_device, device
 from .grad_mode import enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled
 from .interop import from_torch
 from .ir import Interpreter, interpret
-from .ir.dtypes import bfloat16, bool_, float16, float32, float64, int32, int64
+from .ir.dtypes import bfloat16, bool_, float16, float32, float64, int8, int16, int32, int64, uint8
 from .ops import (  # torch's tensor functions: `import avalon as av` ports `import torch` code
     abs,
     absolute,
     acos,
+    acosh,
     add,
+    addbmm,
     addcdiv,
     addcmul,
     addmm,
+    addmv,
+    addr,
     all,
     allclose,
     amax,
     amin,
+    aminmax,
     any,
     arange,
     arccos,
+    arccosh,
     arcsin,
+    arcsinh,
     arctan,
     arctan2,
+    arctanh,
     argmax,
     argmin,
     argsort,
     argwhere,
     as_tensor,
     asin,
+    asinh,
     atan,
     atan2,
+    atanh,
     atleast_1d,
     atleast_2d,
     atleast_3d,
+    baddbmm,
     bernoulli,
     bincount,
     bitwise_and,
+    bitwise_left_shift,
     bitwise_not,
     bitwise_or,
+    bitwise_right_shift,
     bitwise_xor,
     block_diag,
     bmm,
@@ -72,6 +85,7 @@ from .ops import (  # torch's tensor functions: `import avalon as av` ports `imp
     combinations,
     concat,
     contiguous_format,
+    copysign,
     corrcoef,
     cos,
     cosh,
@@ -102,8 +116,10 @@ from .ops import (  # torch's tensor functions: `import avalon as av` ports `imp
     eq,
     equal,
     erf,
+    erfc,
     erfinv,
     exp,
+    exp2,
     expm1,
     eye,
     flatten,
@@ -113,20 +129,27 @@ from .ops import (  # torch's tensor functions: `import avalon as av` ports `imp
     float_power,
     floor,
     floor_divide,
+    fmax,
+    fmin,
     fmod,
     frac,
+    frexp,
     from_numpy,
     full,
     full_like,
     gather,
+    gcd,
     ge,
     ger,
     get_default_dtype,
+    greater,
+    greater_equal,
     gt,
     heaviside,
     histc,
     hstack,
     hypot,
+    i0,
     index_add,
     index_copy,
     index_fill,
@@ -148,8 +171,12 @@ from .ops import (  # torch's tensor functions: `import avalon as av` ports `imp
     isreal,
     kron,
     kthvalue,
+    lcm,
+    ldexp,
     le,
     lerp,
+    less,
+    less_equal,
     lgamma,
     linalg,
     linspace,
@@ -159,6 +186,7 @@ from .ops import (  # torch's tensor functions: `import avalon as av` ports `imp
     log10,
     log_softmax,
     logaddexp,
+    logaddexp2,
     logcumsumexp,
     logdet,
     logical_and,
@@ -188,7 +216,9 @@ from .ops import (  # torch's tensor functions: `import avalon as av` ports `imp
     movedim,
     msort,
     mul,
+    multiply,
     mv,
+    mvlgamma,
     nan_to_num,
     nanmean,
     nanmedian,
@@ -198,13 +228,16 @@ from .ops import (  # torch's tensor functions: `import avalon as av` ports `imp
     ne,
     neg,
     negative,
+    nextafter,
     nonzero,
     norm,
+    not_equal,
     numel,
     ones,
     ones_like,
     outer,
     permute,
+    positive,
     pow,
     preserve_format,
     prod,
@@ -244,6 +277,7 @@ from .ops import (  # torch's tensor functions: `import avalon as av` ports `imp
     sign,
     signbit,
     sin,
+    sinc,
     sinh,
     slogdet,
     softmax,
@@ -257,6 +291,7 @@ from .ops import (  # torch's tensor functions: `import avalon as av` ports `imp
     std_mean,
     stop_gradient,
     sub,
+    subtract,
     sum,
     swapaxes,
     swapdims,
@@ -296,7 +331,15 @@ from .ops import (  # torch's tensor functions: `import avalon as av` ports `imp
 )
 from .ops import torch_take as take  # torch.take (flattened); ops.take is the primitive's axis form
 from .precision import backends, get_float32_matmul_precision, set_float32_matmul_precision
-from .random import Generator, default_generator, manual_seed, multinomial, randperm  # generator= as torch's
+from .random import (  # generator= as torch's
+    Generator,
+    default_generator,
+    get_rng_state,
+    manual_seed,
+    multinomial,
+    randperm,
+    set_rng_state,
+)
 from .tensor import LEGACY_TYPES as _LEGACY_TYPES
 from .tensor import Buffer, TracerError, tensor
 from .tensor import TorchTensor as Tensor  # torch's legacy constructor; isinstance checks avalon.tensor.Tensor
@@ -315,11 +358,13 @@ def _assert(condition: object, message: str) -> None:
 float = float32  # noqa: A001  (torch-style aliases)
 double = float64
 long = int64
+short = int16
 half = float16
 bool = bool_  # noqa: A001
 
 FloatTensor, DoubleTensor, HalfTensor, BFloat16Tensor = (_LEGACY_TYPES[n] for n in (
     "FloatTensor", "DoubleTensor", "HalfTensor", "BFloat16Tensor"))
 IntTensor, LongTensor, BoolTensor = (_LEGACY_TYPES[n] for n in ("IntTensor", "LongTensor", "BoolTensor"))
+ByteTensor, CharTensor, ShortTensor = (_LEGACY_TYPES[n] for n in ("ByteTensor", "CharTensor", "ShortTensor"))
 
 amp.install_policies()  # autocast's op lists wrap their functions once everything above is imported

@@ -10,9 +10,11 @@ narrower: there softmax, exp, sum, layer_norm keep the low-precision dtype). Ins
 - *Lower precision* (the autocast dtype out; float16 on CUDA, bfloat16 on the CPU by default):
   matmul/`@`, mm, bmm, einsum, `F.linear`, conv1d/2d/3d, `F.conv_transpose2d`, the matmuls of
   `F.scaled_dot_product_attention` (every call reaching `ops.matmul`/`ops.conv2d` casts there, bias
-  included), `addmm` (its added input too), `F.prelu`, and `nn.RNNCell/LSTMCell/GRUCell` (input and
-  hidden state; their linear maps cast the weights).
-- *float32*: exp, expm1, log, log1p, reciprocal, rsqrt, pow, `x ** y`, `n ** x`, `n / x`, logsumexp,
+  included), `addmm` (its added input too), addmv, addr, baddbmm, addbmm, mv, chain_matmul (also
+  `linalg.multi_dot`), `F.prelu`, and `nn.RNNCell/LSTMCell/GRUCell` (input and hidden state; their
+  linear maps cast the weights).
+- *float32*: exp, expm1, log, log1p, log2, log10, reciprocal, rsqrt, pow, `x ** y`, `n ** x`, `n / x`,
+  acos, asin, cosh, sinh, tan, erfinv, dist, cdist, `F.pdist`, renorm, logsumexp,
   norm, `linalg.norm/vector_norm/matrix_norm`, `F.softplus`, `F.layer_norm`, `F.group_norm`,
   `F.normalize`, `F.cosine_similarity`, `F.softmin`, `F.interpolate`/`F.upsample` (not mode="area"),
   and the losses: cross_entropy, nll_loss, mse_loss, l1_loss, smooth_l1_loss, huber_loss, kl_div,
@@ -21,16 +23,15 @@ narrower: there softmax, exp, sum, layer_norm keep the low-precision dtype). Ins
   multi_margin_loss. Also sum, prod, cumsum, cumprod, softmax, log_softmax (`av.` and `F.`), unless
   the call passes `dtype=`, which then wins (torch's fp32_set_opt_dtype).
 - *Widest input type* (float32 if any floating input is float32, else the autocast dtype):
-  addcmul, addcdiv, index_put, scatter_add, `F.bilinear`, `F.grid_sample`. cat, stack, where and the
+  addcmul, addcdiv, atan2, cross, dot, tensordot, index_put, scatter_add, `F.bilinear`, `F.grid_sample`.
+  cat, stack, where and the
   binary operators promote natively, as in torch.
 - `F.binary_cross_entropy` (`nn.BCELoss`): refused on CUDA tensors with torch's message (use the
   `_with_logits` form); on CPU tensors it runs in float32, as torch's CPU autocast does.
 
 Every other op follows normal promotion: a bfloat16 activation plus a float32 tensor is float32.
 float64 and non-floating tensors are never cast; a tensor is affected only by the autocast of its
-own device type. Missing from Avalon, so not listed: acos, asin, cosh, sinh, tan, erfinv, log2,
-log10, dist, pdist, cdist, renorm, baddbmm, addbmm, addmv, addr, mv, multi_dot, atan2, cross, dot,
-tensordot.
+own device type.
 
 How: one table per policy below (`_LOWER`, `_FP32`, `_FP32_OPT_DTYPE`, `_PROMOTE`, `_UNSAFE`,
 `_TENSOR_FP32`), keyed by the public function; `install_policies()` (run when `avalon` is imported)
@@ -137,11 +138,16 @@ def autocast_bias(bias: Any) -> Any:
 
 # -- the op lists: one table, keyed by the public function ------------------------------------------
 
-_LOWER = ("avalon.ops.pointwise:addmm", "avalon.nn.functional:prelu")
+_LOWER = ("avalon.ops.pointwise:addmm", "avalon.nn.functional:prelu", "avalon.ops.matrices:mv",
+          "avalon.ops.products_more:addmv", "avalon.ops.products_more:addr", "avalon.ops.products_more:baddbmm",
+          "avalon.ops.products_more:addbmm", "avalon.ops.matrices:chain_matmul")
 """Lower-precision ops beyond those that reach `ops.matmul`/`ops.conv2d` (which cast there)."""
 _LOWER_CELLS = ("avalon.nn.cells:RNNCell", "avalon.nn.cells:LSTMCell", "avalon.nn.cells:GRUCell")
 """Layers on the lower-precision list: their `forward` casts the input and hidden state."""
 _FP32 = (
+    "avalon.ops.mathfn:acos", "avalon.ops.mathfn:asin", "avalon.ops.mathfn:cosh", "avalon.ops.mathfn:sinh",
+    "avalon.ops.mathfn:tan", "avalon.ops.mathfn:erfinv", "avalon.ops.mathfn:log2", "avalon.ops.mathfn:log10",
+    "avalon.ops.stats:dist", "avalon.ops.stats:cdist", "avalon.ops.stats:renorm", "avalon.nn.functional_more:pdist",
     "avalon.ops.core:exp", "avalon.ops.pointwise:expm1", "avalon.ops.core:log", "avalon.ops.pointwise:log1p",
     "avalon.ops.shaping:reciprocal", "avalon.ops.core:rsqrt", "avalon.ops.core:pow", "avalon.ops.core:logsumexp",
     "avalon.ops.reductions:norm", "avalon.ops.linalg:norm", "avalon.ops.linalg:vector_norm",
@@ -165,7 +171,9 @@ _FP32_OPT_DTYPE = (
 )
 """float32 unless the call passes `dtype=` (torch's fp32_set_opt_dtype ops)."""
 _PROMOTE = ("avalon.ops.pointwise:addcmul", "avalon.ops.pointwise:addcdiv", "avalon.ops.scattering:index_put",
-            "avalon.ops.sorting:scatter_add", "avalon.nn.functional:bilinear", "avalon.nn.functional:grid_sample")
+            "avalon.ops.sorting:scatter_add", "avalon.nn.functional:bilinear", "avalon.nn.functional:grid_sample",
+            "avalon.ops.mathfn:atan2", "avalon.ops.matrices:cross", "avalon.ops.matrices:dot",
+            "avalon.ops.matrices:tensordot")
 """torch's "promote to the widest input type" list."""
 _UNSAFE = ("avalon.nn.functional:binary_cross_entropy",)
 """torch's CUDA autocast refuses it; on the CPU it runs in float32, as torch's CPU autocast does."""

@@ -160,8 +160,7 @@ def test_pooling_errors_and_unbatched(rng):
     assert rel(F.max_pool2d(x, 2), TF.max_pool2d(T(x), 2)) == 0
     with pytest.raises(ValueError, match="half"):
         F.max_pool2d(x, 2, padding=2)
-    with pytest.raises(NotImplementedError):
-        F.max_pool2d(x, 2, dilation=2)
+    assert rel(F.max_pool2d(x, 2, dilation=2), TF.max_pool2d(T(x), 2, dilation=2)) == 0  # strided windows
 
 
 # -- dropout, embedding ----------------------------------------------------------------------------

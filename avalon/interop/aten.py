@@ -623,7 +623,7 @@ def mm(a: Tensor, b: Tensor) -> Tensor:
 
 @rule("aten.baddbmm.default")
 def baddbmm(c: Tensor, a: Tensor, b: Tensor, beta: Any = 1, alpha: Any = 1) -> Tensor:
-    return addmm(c, a, b, beta, alpha)
+    return ops.baddbmm(c, a, b, beta=beta, alpha=alpha)  # beta = 0 ignores c (its nan too), as torch
 
 
 def _repeat_heads(x: Tensor, heads: int) -> Tensor:

@@ -98,6 +98,19 @@ from .layers_extra import (
     TripletMarginWithDistanceLoss,
     Unfold,
 )
+from .layers_more import (
+    AlphaDropout,
+    ConvTranspose1d,
+    FeatureAlphaDropout,
+    LocalResponseNorm,
+    LPPool1d,
+    LPPool2d,
+    MaxUnpool1d,
+    MaxUnpool2d,
+    RMSNorm,
+    RReLU,
+)
+from .lazy import LazyBatchNorm1d, LazyBatchNorm2d, LazyConv1d, LazyConv2d, LazyLinear
 from .module import (
     IncompatibleKeys,
     Module,
@@ -179,6 +192,9 @@ __all__ = [
     "Tanhshrink", "Threshold", "UpsamplingBilinear2d", "UpsamplingNearest2d", "ZeroPad1d", "ZeroPad2d", "ZeroPad3d",
     "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "Conv1d", "GRUCell", "LSTMCell", "ModuleDict", "ParameterDict",
     "ParameterList", "RNNCell", "Upsample",
+    "AlphaDropout", "ConvTranspose1d", "FeatureAlphaDropout", "LPPool1d", "LPPool2d", "LazyBatchNorm1d",
+    "LazyBatchNorm2d", "LazyConv1d", "LazyConv2d", "LazyLinear", "LocalResponseNorm", "MaxUnpool1d", "MaxUnpool2d",
+    "RMSNorm", "RReLU",
     "ConvTranspose2d", "MultiheadAttention", "Transformer", "TransformerDecoder", "TransformerDecoderLayer",
     "TransformerEncoder", "TransformerEncoderLayer",
     "CTCLoss", "ChannelShuffle", "CosineEmbeddingLoss", "Fold", "GaussianNLLLoss", "HingeEmbeddingLoss",

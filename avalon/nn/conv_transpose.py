@@ -91,23 +91,33 @@ def conv_transpose2d(input: Any, weight: Any, bias: Any = None, stride: Any = 1,
     return ops.add(y, ops.reshape(ops.cast(amp.autocast_bias(_t(bias)), y.dtype), (1, -1, 1, 1)))
 
 
-class ConvTranspose2d(Module):
-    """The adjoint of Conv2d as a layer; weight (in, out/groups, kh, kw), bias (out,), torch's init
-    (kaiming_uniform(a=sqrt(5)), whose fan-in torch reads from weight.shape[1] * kh * kw)."""
+class _ConvTransposeNd(Module):
+    """What ConvTranspose1d and ConvTranspose2d share (torch's _ConvTransposeNd): weight (in, out/groups,
+    *kernel), bias (out,), torch's init (kaiming_uniform(a=sqrt(5)), whose fan-in torch reads from
+    weight.shape[1] * prod(kernel)), and torch's output_size rule. A subclass names its functional
+    form (`_fn`) and how an argument becomes a tuple of its spatial rank (`_tuple`)."""
+
+    _fn: Any = None
+
+    @staticmethod
+    def _tuple(name: str, v: Any) -> tuple[int, ...]:
+        raise NotImplementedError
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
                  output_padding: Any = 0, groups: int = 1, bias: bool = True, dilation: Any = 1,
                  padding_mode: str = "zeros", device: Any = None, dtype: Any = None) -> None:
         super().__init__()
+        name = type(self).__name__
         if in_channels % groups or out_channels % groups:
-            raise ValueError("ConvTranspose2d: in_channels and out_channels must be divisible by groups")
+            raise ValueError(f"{name}: in_channels and out_channels must be divisible by groups")
         if padding_mode != "zeros":
-            raise ValueError(f"ConvTranspose2d: argument 'padding_mode' only supports 'zeros', got {padding_mode!r}")
-        d = _layer_dtype("ConvTranspose2d", dtype)
+            raise ValueError(f"{name}: argument 'padding_mode' only supports 'zeros', got {padding_mode!r}")
+        d = _layer_dtype(name, dtype)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size = _pair("kernel_size", kernel_size)
-        self.stride, self.padding = _pair("stride", stride), _pair("padding", padding)
-        self.output_padding, self.dilation = _pair("output_padding", output_padding), _pair("dilation", dilation)
+        self.kernel_size = self._tuple("kernel_size", kernel_size)
+        self.stride, self.padding = self._tuple("stride", stride), self._tuple("padding", padding)
+        self.output_padding = self._tuple("output_padding", output_padding)
+        self.dilation = self._tuple("dilation", dilation)
         self.padding_mode = padding_mode
         self.weight = empty((in_channels, out_channels // groups, *self.kernel_size), d)
         self.bias = empty((out_channels,), d) if bias else None
@@ -117,34 +127,43 @@ class ConvTranspose2d(Module):
     def reset_parameters(self) -> None:
         init.conv_default_(self.weight, self.bias)
 
-    def _output_padding(self, x: Tensor, output_size: Sequence[int] | None) -> tuple[int, int]:
+    def _output_padding(self, x: Tensor, output_size: Sequence[int] | None) -> tuple[int, ...]:
         """torch's rule: an explicit output_size picks the output_padding that reaches it."""
         if output_size is None:
             return self.output_padding
-        size = [int(i) for i in output_size][-2:]
-        if len(size) != 2:
-            raise ValueError(f"ConvTranspose2d: output_size needs 2 spatial entries, got {output_size}")
+        n = len(self.kernel_size)
+        size = [int(i) for i in output_size][-n:]
+        if len(size) != n:
+            raise ValueError(f"{type(self).__name__}: output_size needs {n} spatial entries, got {output_size}")
         pads = []
-        for i in range(2):
-            lo = ((x.shape[-2 + i] - 1) * self.stride[i] - 2 * self.padding[i]
+        for i in range(n):
+            lo = ((x.shape[-n + i] - 1) * self.stride[i] - 2 * self.padding[i]
                   + self.dilation[i] * (self.kernel_size[i] - 1) + 1)
             hi = lo + self.stride[i] - 1
             if not lo <= size[i] <= hi:
-                raise ValueError(f"ConvTranspose2d: requested output_size {tuple(size)} is not reachable; "
+                raise ValueError(f"{type(self).__name__}: requested output_size {tuple(size)} is not reachable; "
                                  f"dim {i} must lie in [{lo}, {hi}]")
             pads.append(size[i] - lo)
-        return pads[0], pads[1]
+        return tuple(pads)
 
     def forward(self, input: Any, output_size: Sequence[int] | None = None) -> Tensor:
         x = _t(input)
-        return conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding,
-                                self._output_padding(x, output_size), self.groups, self.dilation)
+        return type(self)._fn(x, self.weight, self.bias, self.stride, self.padding,
+                              self._output_padding(x, output_size), self.groups, self.dilation)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
-        for name, default in (("padding", (0, 0)), ("output_padding", (0, 0)), ("dilation", (1, 1))):
+        n = len(self.kernel_size)
+        for name, default in (("padding", (0,) * n), ("output_padding", (0,) * n), ("dilation", (1,) * n)):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
         if self.groups != 1:
             s += f", groups={self.groups}"
         return s + (", bias=False" if self.bias is None else "")
+
+
+class ConvTranspose2d(_ConvTransposeNd):
+    """The adjoint of Conv2d as a layer; weight (in, out/groups, kh, kw), bias (out,)."""
+
+    _fn = staticmethod(conv_transpose2d)
+    _tuple = staticmethod(_pair)

@@ -39,6 +39,9 @@ __all__ = [
     "multilabel_margin_loss", "multilabel_soft_margin_loss", "poisson_nll_loss", "soft_margin_loss",
     "triplet_margin_loss", "triplet_margin_with_distance_loss", "channel_shuffle", "ctc_loss", "fold", "unfold",
     "affine_grid", "grid_sample", "relu_", "elu_", "leaky_relu_", "hardtanh_", "threshold_", "celu_", "selu_",
+    "alpha_dropout", "conv_transpose1d", "feature_alpha_dropout", "gumbel_softmax", "local_response_norm",
+    "lp_pool1d", "lp_pool2d", "max_pool2d_with_indices", "max_unpool1d", "max_unpool2d", "pdist", "rms_norm",
+    "rrelu", "rrelu_",
 ]
 
 _Pair = int | Sequence[int]
@@ -291,17 +294,9 @@ def _softmax_dim(name: str, ndim: int) -> int:
 
 
 def softmax(input: Any, dim: int | None = None, _stacklevel: int = 3, dtype: Any = None) -> Tensor:
-    """exp(x - max) / sum(exp(x - max)) along `dim` (subtracting the max keeps exp finite)."""
+    """exp(x - max) / sum(exp(x - max)) along `dim` (subtracting the max keeps exp finite): torch.softmax."""
     x = _t(input)
-    if dtype is not None:
-        x = ops.cast(x, dtype)
-    if dim is None:
-        dim = _softmax_dim("softmax", x.ndim)
-    ops.check_dim("softmax", dim, x.ndim)
-    if x.ndim == 0:  # 1 (NaN for inf or NaN, as torch); x / x was NaN at 0 too
-        return ops.exp(ops.sub(x, x))
-    e = ops.exp(ops.sub(x, ops.amax(x, dim, keepdims=True)))
-    return ops.div(e, ops.sum(e, dim, keepdims=True))
+    return ops.softmax(x, _softmax_dim("softmax", x.ndim) if dim is None else dim, dtype)
 
 
 def softmin(input: Any, dim: int | None = None, _stacklevel: int = 3, dtype: Any = None) -> Tensor:
@@ -313,17 +308,9 @@ def softmin(input: Any, dim: int | None = None, _stacklevel: int = 3, dtype: Any
 
 
 def log_softmax(input: Any, dim: int | None = None, _stacklevel: int = 3, dtype: Any = None) -> Tensor:
-    """x - max - log(sum(exp(x - max))) along `dim`: the stable log-sum-exp form."""
+    """x - max - log(sum(exp(x - max))) along `dim`, the stable log-sum-exp form: torch.log_softmax."""
     x = _t(input)
-    if dtype is not None:
-        x = ops.cast(x, dtype)
-    if dim is None:
-        dim = _softmax_dim("log_softmax", x.ndim)
-    ops.check_dim("log_softmax", dim, x.ndim)
-    if x.ndim == 0:
-        return ops.sub(x, x)
-    s = ops.sub(x, ops.amax(x, dim, keepdims=True))
-    return ops.sub(s, ops.log(ops.sum(ops.exp(s), dim, keepdims=True)))
+    return ops.log_softmax(x, _softmax_dim("log_softmax", x.ndim) if dim is None else dim, dtype)
 
 
 def _norm(x: Tensor, p: float, dim: Any, keepdim: bool) -> Tensor:
@@ -483,12 +470,12 @@ def _pool_args(kernel_size: _Pair, stride: _Pair | None, padding: _Pair, where: 
 def max_pool2d(input: Any, kernel_size: _Pair, stride: _Pair | None = None, padding: _Pair = 0,
                dilation: _Pair = 1, ceil_mode: bool = False, return_indices: bool = False) -> Tensor:
     x = _t(input)
+    if return_indices:  # (values, flat indices), from strided windows: functional_more
+        return max_pool2d_with_indices(x, kernel_size, stride, padding, dilation, ceil_mode)
     if x.ndim == 3:
         return _unbatched(x, lambda x4: max_pool2d(x4, kernel_size, stride, padding, dilation, ceil_mode))
-    if return_indices:
-        raise NotImplementedError("max_pool2d(return_indices=True) is not supported")
-    if _pair(dilation) != (1, 1):
-        raise NotImplementedError("max_pool2d with dilation > 1 is not supported")
+    if _pair(dilation) != (1, 1):  # the pooling primitive has no dilation: strided windows do it
+        return max_pool2d_with_indices(x, kernel_size, stride, padding, dilation, ceil_mode)[0]
     k, s, p = _pool_args(kernel_size, stride, padding, "max_pool2d")
     if p[0] > k[0] // 2 or p[1] > k[1] // 2:
         raise ValueError(f"pad should be at most half of effective kernel size, but got pad={p} and kernel={k}")
@@ -811,6 +798,22 @@ def instance_norm(input: Any, running_mean: Tensor | None = None, running_var: T
 # (conv_transpose.py imports avalon.nn.layers, which only needs the helpers above, defined by now.)
 from .attention import scaled_dot_product_attention  # noqa: E402, F401  (torch's F holds it)
 from .conv_transpose import conv_transpose2d  # noqa: E402, F401
+from .functional_more import (  # noqa: E402, F401  (RMS/LRN norms, alpha dropout, rrelu, lp/unpool, pdist)
+    alpha_dropout,
+    conv_transpose1d,
+    feature_alpha_dropout,
+    gumbel_softmax,
+    local_response_norm,
+    lp_pool1d,
+    lp_pool2d,
+    max_pool2d_with_indices,
+    max_unpool1d,
+    max_unpool2d,
+    pdist,
+    rms_norm,
+    rrelu,
+    rrelu_,
+)
 from .functional_spatial import (  # noqa: E402  (they use conv2d from this module)
     adaptive_avg_pool1d,
     adaptive_avg_pool2d,

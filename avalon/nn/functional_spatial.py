@@ -135,6 +135,8 @@ def max_pool1d(input: Any, kernel_size: Any, stride: Any = None, padding: Any = 
     s = k if stride is None or stride == () or stride == [] else _single(stride, "max_pool1d", "stride")
     y = max_pool2d(x, (1, k), (1, s), (0, _single(padding, "max_pool1d", "padding")),
                    (1, _single(dilation, "max_pool1d", "dilation")), ceil_mode, return_indices)
+    if return_indices:  # (values, indices): a height-1 plane's flat indices are the positions along L
+        return ops.squeeze(y[0], -2), ops.squeeze(y[1], -2)
     return ops.squeeze(y, -2)
 
 

@@ -301,8 +301,8 @@ class GroupNorm(Module):
 
 # -- dropout, embedding, reshaping -------------------------------------------------------------------
 
-class Dropout(Module):
-    """Zeroes elements with probability p in training mode (scaling the rest by 1/(1-p)); identity in eval."""
+class _DropoutNd(Module):
+    """What the dropout layers share (torch's _DropoutNd): p, checked, and inplace."""
 
     def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
         super().__init__()
@@ -310,11 +310,15 @@ class Dropout(Module):
             raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
         self.p, self.inplace = p, inplace
 
-    def forward(self, input: Any) -> Tensor:
-        return F.dropout(input, self.p, self.training, self.inplace)
-
     def extra_repr(self) -> str:
         return f"p={self.p}, inplace={self.inplace}"
+
+
+class Dropout(_DropoutNd):
+    """Zeroes elements with probability p in training mode (scaling the rest by 1/(1-p)); identity in eval."""
+
+    def forward(self, input: Any) -> Tensor:
+        return F.dropout(input, self.p, self.training, self.inplace)
 
 
 class Dropout1d(Dropout):

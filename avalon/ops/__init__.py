@@ -5,9 +5,10 @@
 `pointwise`, `reductions`, `contract` (einsum), `sorting` and `scattering` (index_add, scatter_reduce,
 ...) compose further torch functions from them, as do `mathfn` (trig, special functions, bitwise),
 `stats` (order statistics, scans, nan-reductions), `matrices` (products, factorizations, structured
-matrices), `shapes` (stacking, windows, lookups, dtype queries), `dynamic` (value-dependent shapes:
-nonzero, unique, masked_select; eager only) and `tensor_extras` (what Tensor-only methods compute);
-`linalg` is `av.linalg`. Everything is importable
+matrices), `math_more` (inverse hyperbolics, erfc, i0, gcd, frexp, torch's alias names),
+`products_more` (addmv, addr, baddbmm, addbmm, aminmax), `shapes` (stacking, windows, lookups,
+dtype queries), `dynamic` (value-dependent shapes: nonzero, unique, masked_select; eager only) and
+`tensor_extras` (what Tensor-only methods compute); `linalg` is `av.linalg`. Everything is importable
 as `avalon.ops.X`, and the torch-named functions also as `avalon.X`."""
 from . import (
     contract,
@@ -16,9 +17,11 @@ from . import (
     dynamic,
     indexing,
     linalg,
+    math_more,
     mathfn,
     matrices,
     pointwise,
+    products_more,
     reductions,
     scattering,
     shapes,
@@ -47,12 +50,16 @@ from .creation import __all__ as _creation_all
 from .dynamic import *  # noqa: F403
 from .dynamic import __all__ as _dynamic_all
 from .indexing import getitem, setitem
+from .math_more import *  # noqa: F403
+from .math_more import __all__ as _math_more_all
 from .mathfn import *  # noqa: F403
 from .mathfn import __all__ as _mathfn_all
 from .matrices import *  # noqa: F403
 from .matrices import __all__ as _matrices_all
 from .pointwise import *  # noqa: F403
 from .pointwise import __all__ as _pointwise_all
+from .products_more import *  # noqa: F403
+from .products_more import __all__ as _products_more_all
 from .reductions import *  # noqa: F403
 from .reductions import __all__ as _reductions_all
 from .scattering import *  # noqa: F403
@@ -71,4 +78,5 @@ from .tensor_extras import __all__ as _tensor_extras_all
 
 __all__ = sorted({*_core_all, *_creation_all, *_pointwise_all, *_reductions_all, *_scatter_all, *_shaping_all,
                   *_sorting_all, *_mathfn_all, *_stats_all, *_matrices_all, *_shapes_all, *_dynamic_all,
-                  *_tensor_extras_all, "einsum", "getitem", "linalg", "setitem", "SortResult"})
+                  *_tensor_extras_all, *_math_more_all, *_products_more_all, "einsum", "getitem", "linalg",
+                  "setitem", "SortResult"})
