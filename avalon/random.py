@@ -100,6 +100,18 @@ def manual_seed(seed: int) -> Generator:
     return default_generator.manual_seed(seed)
 
 
+def get_rng_state() -> Any:
+    """torch.get_rng_state: the default generator's position, for `set_rng_state` (a checkpoint's
+    "rng_state", so that a resumed run draws the dropout masks the uninterrupted one would). An int64
+    Tensor of Avalon's stream, where torch's is a ByteTensor of its own."""
+    return default_generator.get_state()
+
+
+def set_rng_state(new_state: Any) -> None:
+    """torch.set_rng_state: put the default generator back where `get_rng_state` found it."""
+    default_generator.set_state(new_state)
+
+
 def generator() -> np.random.Generator:
     """The numpy generator that initializers and data loaders draw from (the current one's)."""
     return _current[-1]._np

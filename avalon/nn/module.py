@@ -114,11 +114,21 @@ def load_state_dict(model: Any, mapping: Mapping[str, Any], strict: bool = True)
         problems.append("Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing) + ".")
     if strict and unexpected:
         problems.append("Unexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in unexpected) + ".")
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, Any] = {}
+    tr = current_trace()
     for k, target in own.items():
         if source[k] not in mapping:
             continue
         value = mapping[source[k]]
+        if tr is not None and isinstance(value, Tensor) and (value.is_traced or id(value) in tr.leaves):
+            # inside a compiled step: a value of the trace (DQN's soft update of a target network,
+            # `target.load_state_dict({k: tau * p + (1 - tau) * t ...})`) becomes a recorded update
+            if tuple(value.shape) != tuple(target.shape):
+                problems.append(f'size mismatch for "{k}": copying a param with shape {tuple(value.shape)} from '
+                                f"checkpoint, the shape in current model is {tuple(target.shape)}.")
+            else:
+                arrays[k] = value
+            continue
         try:
             arr = as_array(value)
         except Exception as e:  # noqa: BLE001 - report which key could not be read
@@ -134,11 +144,17 @@ def load_state_dict(model: Any, mapping: Mapping[str, Any], strict: bool = True)
         arrays[k] = arr
     if problems:
         raise StateDictError(f"Error(s) in loading state_dict for {type(model).__name__}:\n\t" + "\n\t".join(problems))
-    if current_trace() is not None:
-        raise RuntimeError("load_state_dict cannot run inside a trace")
+    if tr is not None and not all(isinstance(v, Tensor) for v in arrays.values()):
+        raise RuntimeError("load_state_dict inside a traced function takes the function's own tensors (its "
+                           "arguments' parameters, values it computed), not fixed arrays that would be baked in; "
+                           "load those outside it")
     for k, arr in arrays.items():
         target = own[k]
-        assign(target, Tensor(np.array(arr), dtype=target.dtype))
+        if tr is not None:  # (a leaf as its traced value: the write reads it on every call)
+            arr = arr if arr.is_traced else Tensor._traced(tr.value_of(arr), tr)
+            assign(target, arr.to(target.dtype))
+        else:
+            assign(target, Tensor(np.array(arr), dtype=target.dtype))
     return IncompatibleKeys(missing, unexpected)
 
 

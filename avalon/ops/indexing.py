@@ -106,8 +106,28 @@ def _expand(index: tuple, ndim: int) -> tuple:
     return index + fill
 
 
+_BYTE_MASK = ("indexing with dtype torch.uint8 is now deprecated, please use a dtype torch.bool instead. "
+              "(avalon: as torch 2.13, a uint8 index tensor is a boolean mask)")
+
+
+def _is_byte(i: Any) -> bool:
+    return (isinstance(i, Tensor) and i.dtype is dt.uint8) or (isinstance(i, np.ndarray) and i.dtype == np.uint8)
+
+
+def _byte_masks(index: tuple) -> tuple:
+    """torch 2.13 reads a uint8 index tensor as a boolean mask (nonzero = selected), with its
+    deprecation warning; the index with those entries made booleans."""
+    if not any(_is_byte(i) for i in index):
+        return index
+    import warnings
+    warnings.warn(_BYTE_MASK, UserWarning, stacklevel=4)
+    return tuple((ne(i, 0) if isinstance(i, Tensor) else i != 0) if _is_byte(i) else i for i in index)
+
+
 def _int_indices(i: Any, size: int, dim: int) -> Any:
     """An integer-array index with negatives wrapped and bounds checked when its values are known."""
+    if (i.dtype if isinstance(i, (Tensor, np.ndarray)) else None) in (dt.int8, dt.int16, np.int8, np.int16):
+        raise fail(IndexError("tensors used as indices must be long, int, byte or bool tensors"))
     arr = _concrete_array(i)
     if arr is None:
         idx = _as_operand(i)
@@ -131,7 +151,7 @@ def getitem(x: Tensor, index: Any) -> Tensor:
     integer array or list (gathered along its axis with `take`) and concrete boolean masks."""
     if not isinstance(index, tuple):
         index = (index,)
-    index = _expand(index, x.ndim)
+    index = _expand(_byte_masks(index), x.ndim)
     masks = [k for k, i in enumerate(index) if _is_bool_mask(i)]
     if masks:
         return _mask_index(x, index, masks)
@@ -260,15 +280,11 @@ def setitem(x: Any, index: Any, value: Any) -> Tensor:
     x = _tensor(x)
     if not isinstance(index, tuple):
         index = (index,)
+    if len(index) == 1 and _is_byte(index[0]) and not isinstance(_as_operand(value), Tensor):
+        raise fail(RuntimeError("masked_fill_ only supports boolean masks, but got mask with dtype unsigned char"))
+    index = _byte_masks(index)
     if len(index) == 1 and _is_bool_mask(index[0]):
-        mask = _as_operand(index[0])
-        if tuple(mask.shape) != x.shape:
-            raise fail(IndexError(f"setitem: a boolean mask must have the tensor's shape {x.shape}, got "
-                                  f"{tuple(mask.shape)}"))
-        v = _as_operand(value)
-        if not isinstance(v, Tensor) or v.ndim == 0:
-            return where(mask, cast(v, x.dtype) if isinstance(v, Tensor) else v, x)
-        raise fail(IndexError("setitem: a boolean-mask assignment takes a scalar value"))
+        return _setitem_mask(x, _as_operand(index[0]), _as_operand(value))
     index = _expand(index, x.ndim)
     if any(_is_array_index(i) and not _is_int_index(i) for i in index):
         return _setitem_arrays(x, index, value)
@@ -301,6 +317,38 @@ def setitem(x: Any, index: Any, value: Any) -> Tensor:
     mask = full(counts, 1, kind)
     placed, where_ = _place(v, specs, x.shape), _place(mask, specs, x.shape)
     return where(ne(where_, 0), placed, x)
+
+
+def _setitem_mask(x: Tensor, mask: Tensor, v: Any) -> Tensor:
+    """`x[mask] = v`, the mask over x's leading dims: `v` broadcasts to (number of trues,) + the other
+    dims, as torch's (DQN's `next_state_values[non_final_mask] = target_net(states).max(1).values`).
+    One row per true element is spread to them in row-major order by each one's running count, a
+    gather, so the mask may be traced and `v` gets its gradient."""
+    lead, rest = tuple(mask.shape), x.shape[mask.ndim:]
+    if lead != x.shape[:mask.ndim]:
+        raise fail(IndexError(f"The shape of the mask {list(lead)} at index 0 does not match the shape of the "
+                              f"indexed tensor {list(x.shape)} at index 0"))
+    sel = broadcast_to(reshape(mask, lead + (1,) * len(rest)), x.shape)
+    if not isinstance(v, Tensor):
+        return where(sel, v, x)
+    v = cast(v, x.dtype)
+    while v.ndim > len(rest) and v.shape[0] == 1:
+        v = reshape(v, v.shape[1:])
+    if v.ndim > len(rest) + 1:
+        raise fail(RuntimeError(f"shape mismatch: value tensor of shape {list(v.shape)} cannot be broadcast to "
+                                f"indexing result of shape [?, {', '.join(map(str, rest))}]"))
+    if v.ndim <= len(rest):  # one value for every selected element
+        return where(sel, broadcast_to(reshape(v, _broadcastable(v.shape, rest)), x.shape), x)
+    k = v.shape[0]
+    known = _concrete_array(mask)
+    if known is not None and int(known.sum()) != k:
+        raise fail(RuntimeError(f"shape mismatch: value tensor of shape {list(v.shape)} cannot be broadcast to "
+                                f"indexing result of shape {[int(known.sum()), *rest]}"))
+    v = broadcast_to(reshape(v, (k,) + _broadcastable(v.shape[1:], rest)), (k,) + rest)
+    flat = reshape(mask, (math.prod(lead),))
+    slot = add(cumsum(cast(flat, dt.int64), 0), -1)
+    slot = where(flat, where(lt(slot, k), slot, k - 1), 0)  # (unselected rows read row 0, then drop it)
+    return where(sel, reshape(bind("take", v, slot, axis=0), x.shape), x)
 
 
 def _setitem_arrays(x: Tensor, index: tuple, value: Any) -> Tensor:

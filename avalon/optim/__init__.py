@@ -389,7 +389,11 @@ class Optimizer:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what `state_dict` returned; checks every key and shape before writing anything.
-        Hyperparameters missing from `state` (a checkpoint of an earlier Avalon) keep their values."""
+        Hyperparameters missing from `state` (a checkpoint of an earlier Avalon) keep their values.
+        torch's own optimizer state dict loads too (`opt.load_state_dict(torch_opt.state_dict())`,
+        or a torch checkpoint's "optimizer"), so a run trained in torch goes on in Avalon."""
+        if isinstance(state.get("param_groups"), list) and isinstance(state.get("state"), Mapping):
+            state = self._from_torch(state)
         mine = self.state_dict()
         values = [{k: self._get_hyper(i, k) for k in self._floats} for i in range(len(self.param_groups))]
         hyper, new_slots, unexpected = set(), {}, []
@@ -435,6 +439,47 @@ class Optimizer:
         for k, v in state.items():
             if k != "lr" and k not in hyper:
                 assign(mine[k], Tensor(v, dtype=mine[k].dtype))
+
+    def _from_torch(self, sd: Mapping[str, Any]) -> dict[str, Any]:
+        """torch's `{"state": {index: {slot: tensor}}, "param_groups": [{..., "params": [index, ...]}]}`
+        as `state_dict`'s flat keys. Parameters pair up by position, group by group, as torch's load
+        pairs them; the saved groups' options (amsgrad, nesterov, ...) and other keys (a scheduler's
+        initial_lr) are set on this optimizer's groups, as torch's load takes the saved groups."""
+        groups = sd["param_groups"]
+        if len(groups) != len(self.param_groups):
+            raise ValueError("loaded state dict has a different number of parameter groups")
+        out: dict[str, Any] = {}
+        steps: set[float] = set()
+        for i, (g, mine) in enumerate(zip(groups, self.param_groups)):
+            if len(g["params"]) != len(mine._names):
+                raise ValueError("loaded state dict contains a parameter group that doesn't match the size of "
+                                 "optimizer's group")
+            for k, v in g.items():
+                if k == "betas":
+                    out[f"param_groups.{i}.beta1"], out[f"param_groups.{i}.beta2"] = v
+                elif k in self._floats:
+                    out["lr" if (i, k) == (0, "lr") else f"param_groups.{i}.{k}"] = v
+                elif k not in ("params", "param_names") and v not in _TORCH_DEFAULTS.get(k, ()) and \
+                        mine.get(k, _MISSING) != v:
+                    mine[k] = v  # an option, or a plain key such as initial_lr
+            for index, name in zip(g["params"], mine._names):
+                slots = sd["state"].get(index, {})
+                for slot, v in slots.items():
+                    if slot == "step":
+                        steps.add(_scalar(v))
+                    elif slot in self.hyperparameters[i]:  # one per group here (NAdam's mu_product): the
+                        out[f"param_groups.{i}.{slot}"] = v  # same for every parameter, as the steps are
+                    else:
+                        out[f"state.{name}.{slot}"] = v
+                if slots and "step" not in slots:  # SGD keeps none: a buffer there means it has stepped
+                    steps.add(1.0)
+                for slot, buf in self.state[name].items():  # no state yet (no gradient so far): zeros
+                    out.setdefault(f"state.{name}.{slot}", np.zeros(buf.shape))
+        if len(steps) > 1:
+            raise ValueError(f"the loaded state's parameters took different numbers of steps {sorted(steps)}; an "
+                             "Avalon optimizer counts its steps once for all of them")
+        out["step"] = steps.pop() if steps else 0.0
+        return out
 
     def __repr__(self) -> str:
         def one(i: int) -> str:
@@ -590,8 +635,8 @@ class Optimizer:
             if len(grads) != len(self.params):
                 raise ValueError(f"{who}.step: {len(grads)} gradients for {len(self.params)} parameters")
             grads = dict(zip(self.params, grads))
-        elif list(self.params) == [""]:
-            grads = {"": grads}
+        elif list(self.params) == [""] or (isinstance(grads, Tensor) and len(self.params) == 1):
+            grads = {next(iter(self.params)): grads}  # one tensor's gradient: optim.LBFGS([input_img])
         else:
             raise TypeError(f"{who}.step expects a dict {{parameter name: gradient}} as av.grad returns for a "
                             f"model, got {type(grads).__name__}")
@@ -625,16 +670,23 @@ class Optimizer:
         return msg
 
     def _check_trace(self) -> None:
-        """Under a trace the state must be a graph input, or each run would read stale constants."""
+        """Under a trace the state must be a graph input, or each run would read stale constants. A
+        second step in one trace (a GAN's n_critic critic steps) reads what the first one wrote."""
         tr = current_trace()
         if tr is None:
             return
         v = tr.leaves.get(id(self.step_count))
-        if v is None or v not in tr.graph.inputs:
+        if (v is None or v not in tr.graph.inputs) and id(self.step_count) not in tr.updated:
             raise RuntimeError(
                 f"{type(self).__name__}.step was called inside a traced function that did not receive the "
                 "optimizer as an argument; pass it in (e.g. `def step(model, opt, x, y)`) so that its state "
                 "(step count, moments) becomes graph inputs that every call reads afresh")
+
+
+_MISSING = object()
+_TORCH_DEFAULTS = {"foreach": (None, False), "capturable": (False,), "differentiable": (False,), "fused": (None, False)}
+"""Keys of torch's groups that Avalon's optimizers do not have, with the values that ask for nothing
+(torch's defaults): those are skipped when loading torch's state dict."""
 
 
 def _option(key: str) -> property:
