@@ -896,6 +896,13 @@ def _settings(default: int) -> settings:
                         Node(op="gelu", args=(2,), params=("none",))],
                  outputs=[3], float_dtype="f64"),
 )  # an f32 step inside an f64 program: float32 noise, not f64 (our gelu gradient 2 ulps off, torch's 1)
+@example(
+    prog=Program(inputs=[np.array([[-0.499]], dtype=np.float32), np.array(0.1049, dtype=np.float32),
+                         np.array([[-4]], dtype=np.int32)],
+                 nodes=[Node(op="diagonal", args=(0,), params=((1, 0, 1),)), Node(op="add", args=(3, 0), params=()),
+                        Node(op="softmax", args=(4,), params=(1, 0))],
+                 outputs=[5], float_dtype="f32"),
+)  # softmax over an empty axis is empty, as torch's (its amax raised)
 def test_fuzz_numpy_cpu_parsed(prog: Program) -> None:
     check_program(prog)
 

@@ -240,8 +240,10 @@ def softmax(input: Any, dim: int | None = None, dtype: Any = None) -> Tensor:
     """torch.softmax: exp(x - max) / sum(exp(x - max)) along `dim` (the same ops as
     avalon.nn.functional.softmax, so the backends recognize the same row reduction)."""
     x = _softmax_input("softmax", input, dim, dtype)
-    if x.ndim == 0:
-        return div(x, x)
+    if x.ndim == 0:  # 1 (NaN for inf or NaN, as torch)
+        return exp(sub(x, x))
+    if 0 in x.shape:  # nothing to normalize (torch returns the empty tensor; amax would raise)
+        return sub(x, x)
     e = exp(sub(x, amax(x, dim, keepdims=True)))
     return div(e, sum(e, dim, keepdims=True))
 
@@ -249,7 +251,7 @@ def softmax(input: Any, dim: int | None = None, dtype: Any = None) -> Tensor:
 def log_softmax(input: Any, dim: int | None = None, dtype: Any = None) -> Tensor:
     """torch.log_softmax: x - max - log(sum(exp(x - max))) along `dim`."""
     x = _softmax_input("log_softmax", input, dim, dtype)
-    if x.ndim == 0:
+    if x.ndim == 0 or 0 in x.shape:
         return sub(x, x)
     s = sub(x, amax(x, dim, keepdims=True))
     return sub(s, log(sum(exp(s), dim, keepdims=True)))
