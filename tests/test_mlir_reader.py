@@ -85,3 +85,10 @@ def test_cli_import_reads_mlir(tmp_path, capsys):
     assert main(["import", str(out)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot be read back" in err[0]
+
+
+def test_locations_survive_a_name_and_the_parsers_own_are_dropped():
+    text = to_mlir(sample("add"), "avalon").replace('loc("model.py":7:0)', 'loc("myop"("net.py":12:0))', 1)
+    g = from_mlir(text)
+    assert (g.ops[0].loc.file, g.ops[0].loc.line) == ("net.py", 12)
+    assert all(op.loc is None for op in from_mlir(text.replace(' loc("model.py":7:0)', "")).ops[1:])

@@ -52,8 +52,9 @@ def _tensor(t: Any, where: str) -> TensorType:
 
 
 def _location(loc: Any) -> Location | None:
+    """A file:line location (inside a named one too); others (fused, call sites, unknown) are dropped."""
     ir = _ir()
-    while isinstance(loc, ir.NameLoc) if hasattr(ir, "NameLoc") else False:
+    while isinstance(loc, ir.NameLoc):
         loc = loc.child_loc
     if isinstance(loc, ir.FileLineColLoc) and loc.filename != "-":
         return Location(loc.filename, loc.start_line)
