@@ -230,14 +230,6 @@ def _bernoulli(self: Tensor, p: Any = 0.5, *, generator: Any = None) -> Tensor:
     return _ops.lt(_ops.random(next_seed(), self.shape, "uniform"), p)
 
 
-def _add(self: Tensor, other: Any, *, alpha: Any = 1) -> Tensor:
-    return _ops.add(self, other if alpha == 1 else _ops.mul(other, alpha))
-
-
-def _sub(self: Tensor, other: Any, *, alpha: Any = 1) -> Tensor:
-    return _ops.sub(self, other if alpha == 1 else _ops.mul(other, alpha))
-
-
 def _copy(self: Tensor, src: Any, non_blocking: bool = False) -> Tensor:
     src = src if isinstance(src, Tensor) else Tensor(as_array(src))
     return _ops.broadcast_to(src, self.shape) if src.shape != self.shape else src
@@ -245,7 +237,7 @@ def _copy(self: Tensor, src: Any, non_blocking: bool = False) -> Tensor:
 
 # in-place methods: name -> the out-of-place computation (ops as data, one table)
 _INPLACE = {
-    "add_": _add, "sub_": _sub, "mul_": _op("mul"), "div_": _op("div"), "pow_": _op("pow"),
+    "add_": _op("add"), "sub_": _op("sub"), "mul_": _op("mul"), "div_": _op("div"), "pow_": _op("pow"),
     "clamp_": _op("clamp"), "clip_": _op("clamp"), "masked_fill_": _op("masked_fill"),
     "exp_": _op("exp"), "log_": _op("log"), "sqrt_": _op("sqrt"), "neg_": _op("neg"), "abs_": _op("abs"),
     "relu_": _op("relu"), "sigmoid_": _op("sigmoid"), "tanh_": _op("tanh"), "floor_": _op("floor"),

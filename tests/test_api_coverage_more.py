@@ -740,3 +740,27 @@ ERRORS = [
 def test_bad_input_gets_a_clear_error(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_add_and_sub_take_torchs_alpha():
+    """torch.add(x, y, alpha=a) = x + a * y (and sub), as functions, methods and in place; the
+    gradient reaches `other` scaled by alpha; a float alpha with integer tensors is torch's error."""
+    x, y = RNG.standard_normal((3, 4)), RNG.standard_normal(4)
+    tx, ty = torch.tensor(x, requires_grad=True), torch.tensor(y, requires_grad=True)
+    want = torch.add(tx, ty, alpha=-0.7) * 2 - torch.sub(tx, ty, alpha=3) + tx.add(ty, alpha=0.5)
+    want.sum().backward()
+
+    def f(a, b):
+        return av.add(a, b, alpha=-0.7) * 2 - av.sub(a, b, alpha=3) + a.add(b, alpha=0.5)
+    got = f(av.tensor(x), av.tensor(y))
+    np.testing.assert_allclose(got.numpy(), want.detach().numpy(), rtol=1e-12)
+    gx, gy = av.grad(lambda a, b: f(a, b).sum(), argnums=(0, 1))(av.tensor(x), av.tensor(y))
+    np.testing.assert_allclose(gx.numpy(), tx.grad.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(gy.numpy(), ty.grad.numpy(), rtol=1e-12)
+    i = av.tensor(np.arange(4))
+    assert av.add(i, i, alpha=3).numpy().tolist() == torch.add(torch.arange(4), torch.arange(4), alpha=3).tolist()
+    with pytest.raises(RuntimeError, match="alpha must not be a floating point number"):
+        av.sub(i, i, alpha=0.5)
+    z = av.tensor(x.copy())
+    z.sub_(av.tensor(y), alpha=2)
+    np.testing.assert_allclose(z.numpy(), x - 2 * y, rtol=1e-12)

@@ -270,7 +270,28 @@ def _binary(name: str):
     return f
 
 
-add, sub, mul, maximum, minimum = (_binary(n) for n in ("add", "sub", "mul", "maximum", "minimum"))
+mul, maximum, minimum = (_binary(n) for n in ("mul", "maximum", "minimum"))
+
+
+def _times_alpha(name: str, a: Any, b: Any, alpha: Any) -> Any:
+    """torch.add/sub's `alpha`: `b * alpha` (b itself for alpha 1); a float alpha with integral
+    operands is torch's error."""
+    if isinstance(alpha, float) and not result_dtype(_as_operand(a), _as_operand(b)).is_float:
+        raise fail(RuntimeError(f"{name}: for integral input tensors, argument alpha must not be a floating point "
+                                f"number"))
+    return b if isinstance(alpha, (int, float)) and alpha == 1 else mul(b, alpha)
+
+
+def add(input: Any, other: Any, *, alpha: Any = 1) -> Tensor:
+    """input + alpha * other, with numpy broadcasting and torch's dtype promotion (torch.add)."""
+    return bind("add", *_prepare("add", input, _times_alpha("add", input, other, alpha)))
+
+
+def sub(input: Any, other: Any, *, alpha: Any = 1) -> Tensor:
+    """input - alpha * other, with numpy broadcasting and torch's dtype promotion (torch.sub)."""
+    return bind("sub", *_prepare("sub", input, _times_alpha("sub", input, other, alpha)))
+
+
 eq, ne, lt, le, gt, ge = (_binary(n) for n in ("eq", "ne", "lt", "le", "gt", "ge"))
 logical_and, logical_or = _binary("logical_and"), _binary("logical_or")
 
