@@ -11,8 +11,11 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
-settings.register_profile("ci", max_examples=25, deadline=None)
-settings.load_profile("ci")
+# CI draws the same examples every run (a failure it finds is one anyone can rerun); HYPOTHESIS_PROFILE=explore
+# draws new ones, more of them, to look for bugs the fixed set misses.
+settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True)
+settings.register_profile("explore", max_examples=200, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture
