@@ -8,7 +8,7 @@ from . import amp, autograd, cuda, distributions, ir, jit, nn, ops, optim, passe
 from .amp import autocast, get_autocast_dtype, is_autocast_enabled, set_autocast_dtype
 from .autograd import custom_vjp
 from .checkpoint import CheckpointError, load, save
-from .compiler import compile, grad, value_and_grad  # noqa: A004  (av.compile, like torch.compile)
+from .compiler import compile, grad, value_and_grad, vmap  # noqa: A004  (av.compile, like torch.compile)
 from .device import Device, best_available_device, device
 from .grad_mode import enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled
 from .interop import from_torch

@@ -232,7 +232,7 @@ def cmd_run(args) -> None:
 
 def describe_ops(names: list[str] | None = None) -> str:
     """The op registry as text: operands, attributes with defaults, traits, and which registered
-    rule tables (reference, vjp, Triton lowering, fold) cover each op."""
+    rule tables (reference, vjp, batch, Triton lowering, fold, ...) cover each op."""
     from .autodiff.rules import NON_DIFFERENTIABLE
     from .ir import OPS
     from .ir.printer import format_attr

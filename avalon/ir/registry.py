@@ -273,8 +273,8 @@ class RuleTable:
 TABLES: dict[str, RuleTable] = {}
 """Every registered rule table by name ("reference", "vjp", "lowering", "fold", ...)."""
 
-TABLE_MODULES = ("avalon.ir.reference", "avalon.autodiff.rules", "avalon.codegen.triton.lowering",
-                 "avalon.passes.canonicalize", "avalon.mlir.linalg")
+TABLE_MODULES = ("avalon.ir.reference", "avalon.autodiff.rules", "avalon.batching.rules",
+                 "avalon.codegen.triton.lowering", "avalon.passes.canonicalize", "avalon.mlir.linalg")
 """Modules that register the built-in tables when imported (backends load lazily, so walkers import them)."""
 
 
