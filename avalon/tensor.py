@@ -431,12 +431,19 @@ class Tensor:
         return id(self)
 
     def __getstate__(self) -> tuple[None, dict[str, Any]]:
-        """Copies and pickles keep the data (and, for a view, its base) but not the weak list of
-        this tensor's own views: a copy's views are the copies of them."""
-        return None, {k: getattr(self, k) for k in ("_data", "_dtype", "_value", "_trace", "_device", "_view")}
+        """Copies and pickles keep the data (and, for a view, its base) and a frozen tensor's
+        `requires_grad=False` (as torch's deepcopy does: an EMA copy of a fine-tuned model), but not
+        the weak list of this tensor's own views: a copy's views are the copies of them."""
+        state = {k: getattr(self, k) for k in ("_data", "_dtype", "_value", "_trace", "_device", "_view")}
+        if id(self) in FROZEN:
+            state["frozen"] = True
+        return None, state
 
     def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
         for k, v in state[1].items():
+            if k == "frozen":
+                self.requires_grad = False
+                continue
             object.__setattr__(self, k, v)
         self._views = None
         if self._view is not None:

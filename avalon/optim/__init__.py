@@ -1,6 +1,7 @@
 """Optimizers with `torch.optim`'s update rules and signatures: `SGD`, `Adam`, `AdamW`, `RMSprop`,
 `Adagrad`, `Adadelta`, `Adamax`, `NAdam`, `RAdam`, and `LBFGS` (whose `step(closure)` takes a closure
-returning `(loss, grads)`; see `avalon.optim.lbfgs`); learning-rate schedulers in `avalon.optim.lr_scheduler`.
+returning `(loss, grads)`; see `avalon.optim.lbfgs`); learning-rate schedulers in `avalon.optim.lr_scheduler`;
+weight averaging (SWA, EMA: `AveragedModel`, `SWALR`, `update_bn`) in `avalon.optim.swa_utils`.
 
 What an optimizer is given (`params`, torch's first argument):
 - a model (any object holding parameters) or a single Tensor: its parameters, named as `av.grad` names
@@ -61,7 +62,7 @@ from ..trace import assign, current_trace
 from ..tree import is_array_like, is_model, named_parameters
 
 __all__ = ["LBFGS", "SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "NAdam", "Optimizer", "ParamGroup",
-           "RAdam", "RMSprop", "lr_scheduler"]
+           "RAdam", "RMSprop", "lr_scheduler", "swa_utils"]
 
 
 def _scalar_buffer(value: Any, dtype: dt.DType, device: Any) -> Buffer:
@@ -1118,5 +1119,6 @@ def _moments(state: dict, g: Any, s: dict, st: dict) -> tuple[Any, Any]:
     return m, v
 
 
+from . import swa_utils  # noqa: E402  (SWA/EMA weight averaging; it imports lr_scheduler)
 from .adadelta import Adadelta  # noqa: E402  (they import Optimizer from here)
 from .lbfgs import LBFGS  # noqa: E402
