@@ -4,7 +4,7 @@ Models are plain Python objects; `av.trace` records one call as a typed SSA grap
 `avalon.passes` rewrites it in the open, and backends run it: the numpy reference interpreter
 (`av.interpret`) and generated Triton kernels. See README.md.
 """
-from . import amp, autograd, cuda, distributions, ir, jit, nn, ops, optim, passes, random, utils
+from . import amp, autograd, cuda, distributions, func, ir, jit, nn, ops, optim, passes, random, utils
 from .amp import autocast, get_autocast_dtype, is_autocast_enabled, set_autocast_dtype
 from .autograd import custom_vjp
 from .checkpoint import CheckpointError, load, save

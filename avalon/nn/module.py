@@ -2,13 +2,15 @@
 
 A model needs no base class: its tensors are found by walking its attributes (`avalon.tree`), named
 like PyTorch (`layers.0.weight`). The free functions here work on any model; `Module` adds them as
-methods, plus `train()/eval()` and a torch-like `repr`.
+methods, plus `train()/eval()`, torch's forward hooks and a torch-like `repr`.
 """
 from __future__ import annotations
 
 import inspect
+import warnings
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -17,6 +19,7 @@ from .. import tree
 from ..ir import dtypes as dt
 from ..tensor import Buffer, Tensor, as_array
 from ..trace import assign, current_trace
+from ..utils.hooks import HookDict, RemovableHandle
 
 __all__ = [
     "IncompatibleKeys", "Module", "Parameter", "StateDictError", "buffers", "eval", "load_state_dict", "named_buffers",
@@ -251,15 +254,78 @@ class Module:
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")
 
+    # forward hooks: tables created by the first registration (a module without hooks has none, so
+    # its attributes and the walks over them are unchanged); these empty defaults are what torch-style
+    # code reading `module._forward_hooks` sees until then
+    _forward_pre_hooks: Mapping[int, Any] = MappingProxyType({})
+    _forward_pre_hooks_with_kwargs: Mapping[int, Any] = MappingProxyType({})
+    _forward_hooks: Mapping[int, Any] = MappingProxyType({})
+    _forward_hooks_with_kwargs: Mapping[int, Any] = MappingProxyType({})
+    _forward_hooks_always_called: Mapping[int, Any] = MappingProxyType({})
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         key = id(self)
         _IN_FORWARD[key] = _IN_FORWARD.get(key, 0) + 1
         try:
+            d = self.__dict__
+            if d.get("_forward_pre_hooks") or d.get("_forward_hooks"):
+                return _call_with_hooks(self, args, kwargs)
             return self.forward(*args, **kwargs)
         finally:
             n = _IN_FORWARD.pop(key) - 1
             if n:
                 _IN_FORWARD[key] = n
+
+    def _hook_table(self, name: str) -> HookDict:
+        table = self.__dict__.get(name)
+        if table is None:
+            table = self.__dict__[name] = HookDict()
+        return table
+
+    def register_forward_pre_hook(self, hook: Callable[..., Any], *, prepend: bool = False,
+                                  with_kwargs: bool = False) -> RemovableHandle:
+        """torch's: `hook(module, args)` runs before forward and may return new args (a non-tuple is
+        wrapped in one); with `with_kwargs`, `hook(module, args, kwargs)` may return `(args, kwargs)`.
+        Hooks run in registration order (`prepend`: first). They run in Python, so inside
+        `av.compile`/`av.grad` they run while tracing (once per signature), on traced tensors."""
+        hooks = self._hook_table("_forward_pre_hooks")
+        flags = self._hook_table("_forward_pre_hooks_with_kwargs")
+        handle = RemovableHandle(hooks, extra_dict=flags)
+        if with_kwargs:
+            flags[handle.id] = True
+        hooks[handle.id] = hook
+        if prepend:
+            hooks.move_to_end(handle.id, last=False)
+        return handle
+
+    def register_forward_hook(self, hook: Callable[..., Any], *, prepend: bool = False, with_kwargs: bool = False,
+                              always_call: bool = False) -> RemovableHandle:
+        """torch's: `hook(module, args, output)` (with `with_kwargs`: `hook(module, args, kwargs,
+        output)`) runs after forward and may return a replacement output; `always_call` runs it
+        even when forward raised. Like pre-hooks, they run while tracing, once per signature: a hook
+        that saves activations into a dict is read inside the same traced function (feature
+        extraction), and adding or removing a hook makes a compiled function trace again."""
+        hooks = self._hook_table("_forward_hooks")
+        kw_flags = self._hook_table("_forward_hooks_with_kwargs")
+        always = self._hook_table("_forward_hooks_always_called")
+        handle = RemovableHandle(hooks, extra_dict=[kw_flags, always])
+        if with_kwargs:
+            kw_flags[handle.id] = True
+        if always_call:
+            always[handle.id] = True
+        hooks[handle.id] = hook
+        if prepend:
+            hooks.move_to_end(handle.id, last=False)
+        return handle
+
+    def register_full_backward_hook(self, hook: Any, prepend: bool = False) -> RemovableHandle:
+        _no_backward_hooks("register_full_backward_hook")
+
+    def register_backward_hook(self, hook: Any) -> RemovableHandle:
+        _no_backward_hooks("register_backward_hook")
+
+    def register_full_backward_pre_hook(self, hook: Any, prepend: bool = False) -> RemovableHandle:
+        _no_backward_hooks("register_full_backward_pre_hook")
 
     # parameters and state
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
@@ -401,6 +467,61 @@ class Module:
                 lines.append(f"  ({sub}): {body}")
         head = f"{type(self).__name__}({self.extra_repr()}"
         return head + ")" if not lines else head + "\n" + "\n".join(lines) + "\n)"
+
+
+def _call_with_hooks(module: Module, args: tuple, kwargs: dict) -> Any:
+    """torch's `Module._call_impl` with forward hooks: pre-hooks, forward, hooks; when anything
+    raises, the `always_call` hooks that have not run yet run (their own errors only warned)."""
+    d = module.__dict__
+    result = None
+    called: set[int] = set()
+    no_hooks: Mapping[int, Any] = MappingProxyType({})
+    hooks = d.get("_forward_hooks", no_hooks)
+    with_kwargs = d.get("_forward_hooks_with_kwargs", no_hooks)
+    always = d.get("_forward_hooks_always_called", no_hooks)
+    try:
+        pre_kwargs = d.get("_forward_pre_hooks_with_kwargs", no_hooks)
+        for hook_id, hook in list(d.get("_forward_pre_hooks", no_hooks).items()):
+            if hook_id in pre_kwargs:
+                res = hook(module, args, kwargs)
+                if res is not None:
+                    if not (isinstance(res, tuple) and len(res) == 2):
+                        raise RuntimeError(f"forward pre-hook must return None or a tuple of (new_args, new_kwargs), "
+                                           f"but got {res}.")
+                    args, kwargs = res
+            else:
+                res = hook(module, args)
+                if res is not None:
+                    args = res if isinstance(res, tuple) else (res,)
+        result = module.forward(*args, **kwargs)
+        for hook_id, hook in list(hooks.items()):
+            if hook_id in always:
+                called.add(hook_id)
+            res = hook(module, args, kwargs, result) if hook_id in with_kwargs else hook(module, args, result)
+            if res is not None:
+                result = res
+        return result
+    except Exception:
+        for hook_id, hook in list(hooks.items()):
+            if hook_id not in always or hook_id in called:
+                continue
+            try:
+                res = hook(module, args, kwargs, result) if hook_id in with_kwargs else hook(module, args, result)
+                if res is not None:
+                    result = res
+            except Exception as e:  # noqa: BLE001 - torch silences it too, keeping forward's error
+                warnings.warn("module forward hook with ``always_call=True`` raised an exception that was silenced "
+                              f"as another error was raised in forward: {e}", stacklevel=3)
+        raise
+
+
+def _no_backward_hooks(name: str) -> Any:
+    raise RuntimeError(
+        f"Module.{name}: Avalon's gradients are values returned by av.grad / av.value_and_grad, not passed "
+        "through hooks during backward(). To transform parameter gradients, change the dict before "
+        "`opt.step(grads)`; to get the gradient of an activation (what a backward hook sees as grad_output), "
+        "split the model at it and differentiate the second part with respect to it: `act = first(x)`, then "
+        "`g = av.grad(lambda a: loss_fn(rest(a), y))(act)`.")
 
 
 def _as_buffer(t: Tensor) -> Buffer:

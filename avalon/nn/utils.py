@@ -192,3 +192,15 @@ def vector_to_parameters(vec: Tensor, parameters: Iterable[Tensor]) -> None:
 
 
 sys.modules[__name__ + ".rnn"] = rnn  # a module, not a package: this makes the dotted import find it
+
+
+def _stateless_functional_call(module: Any, parameter_and_buffer_dicts: Any, args: Any = None, kwargs: Any = None,
+                               *, tie_weights: bool = True, strict: bool = False) -> Any:
+    """torch.nn.utils.stateless.functional_call, torch's older name for `avalon.func.functional_call`
+    (imported when called: avalon.func imports the compiler, which this module must not need to load)."""
+    from ..func import functional_call
+    return functional_call(module, parameter_and_buffer_dicts, args, kwargs, tie_weights=tie_weights, strict=strict)
+
+
+stateless = sys.modules[__name__ + ".stateless"] = type(sys)(__name__ + ".stateless", "torch.nn.utils.stateless")
+stateless.functional_call = _stateless_functional_call  # type: ignore[attr-defined]
