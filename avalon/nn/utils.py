@@ -193,6 +193,16 @@ def vector_to_parameters(vec: Tensor, parameters: Iterable[Tensor]) -> None:
 
 sys.modules[__name__ + ".rnn"] = rnn  # a module, not a package: this makes the dotted import find it
 
+# torch.nn.utils.parametrize / .parametrizations and the older weight_norm / spectral_norm (after the code above:
+# they import nn.layers)
+from . import parametrizations, parametrize  # noqa: E402
+from .legacy_norms import remove_spectral_norm, remove_weight_norm, spectral_norm, weight_norm  # noqa: E402
+
+sys.modules[__name__ + ".parametrize"] = parametrize
+sys.modules[__name__ + ".parametrizations"] = parametrizations
+__all__ += ["parametrizations", "parametrize", "remove_spectral_norm", "remove_weight_norm", "spectral_norm",
+            "weight_norm"]
+
 
 def _stateless_functional_call(module: Any, parameter_and_buffer_dicts: Any, args: Any = None, kwargs: Any = None,
                                *, tie_weights: bool = True, strict: bool = False) -> Any:

@@ -12,10 +12,13 @@ from ..tensor import Tensor
 from .core import (
     _tensor,
     add,
+    cast,
     div,
+    eq,
     expand_dims,
     fail,
     ge,
+    gt,
     mul,
     reshape,
     sqrt,
@@ -103,5 +106,29 @@ def solve_triangular(A: Any, B: Any, *, upper: bool, left: bool = True, unitrian
     return stack([xs[i] for i in range(k)], -2)
 
 
-__all__ = ["cholesky", "cross", "det", "inv", "matrix_exp", "matrix_norm", "matrix_power", "multi_dot", "norm",
-           "slogdet", "solve", "solve_triangular", "vecdot", "vector_norm"]
+def householder_product(A: Any, tau: Any, *, out: Any = None) -> Tensor:
+    """torch.linalg.householder_product (LAPACK's orgqr): the first n columns of H_1 ... H_k for
+    (..., m, n) A and (..., k) tau, H_i = I - tau_i v_i v_i^T, v_i being column i of A below the
+    diagonal with a 1 on it; k rank-one updates, differentiable (orthogonal's householder map)."""
+    if out is not None:
+        raise TypeError("linalg.householder_product: argument 'out' is not supported")
+    a, t = _tensor(A), _tensor(tau)
+    if a.ndim < 2 or a.shape[-2] < a.shape[-1]:
+        raise fail(RuntimeError("torch.linalg.householder_product: input must have at least 2 dimensions and "
+                                "input.shape[-2] must be greater than or equal to input.shape[-1]"))
+    m, n = a.shape[-2], a.shape[-1]
+    if t.ndim != a.ndim - 1 or t.shape[-1] > n or tuple(t.shape[:-1]) != tuple(a.shape[:-2]):
+        raise fail(RuntimeError(f"torch.linalg.householder_product: tau of shape {tuple(t.shape)} does not fit "
+                                f"input of shape {tuple(a.shape)} (batch dimensions equal, tau.shape[-1] <= "
+                                "input.shape[-1])"))
+    rows = iota((m,), 0, dt.int64)
+    q = cast(eq(expand_dims(rows, -1), iota((m, n), 1, dt.int64)), a.dtype)  # the m x n identity
+    for i in range(t.shape[-1] - 1, -1, -1):
+        v = where(gt(rows, i), a[..., :, i], cast(eq(rows, i), a.dtype))  # (..., m)
+        vq = _sum(mul(expand_dims(v, -1), q), -2)  # v^T Q: (..., n)
+        q = sub(q, mul(expand_dims(expand_dims(t[..., i], -1), -1), mul(expand_dims(v, -1), expand_dims(vq, -2))))
+    return q
+
+
+__all__ = ["cholesky", "cross", "det", "householder_product", "inv", "matrix_exp", "matrix_norm", "matrix_power",
+           "multi_dot", "norm", "slogdet", "solve", "solve_triangular", "vecdot", "vector_norm"]

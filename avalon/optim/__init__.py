@@ -628,10 +628,15 @@ class Optimizer:
         who = type(self).__name__
         if isinstance(grads, Mapping):
             known = getattr(grads, "params", None)  # av.grad's Grads: the tensor of each name
-            if self._kind == "positional" and isinstance(known, dict):
+            if isinstance(known, dict):
                 by_id = {id(t): k for k, t in self.params.items()}
-                grads = {by_id[id(known[n])]: g for n, g in grads.items()
-                         if n in known and id(known[n]) in by_id}
+                if self._kind == "positional":
+                    grads = {by_id[id(known[n])]: g for n, g in grads.items()
+                             if n in known and id(known[n]) in by_id}
+                elif any(n not in self.params for n in grads):  # renamed since (a parametrization moved
+                    # `weight` to `parametrizations.weight.original`): the same tensor, matched by identity
+                    grads = {by_id.get(id(known.get(n)), n) if n not in self.params else n: g
+                             for n, g in grads.items()}
         elif self._kind == "positional" and isinstance(grads, (list, tuple)):
             if len(grads) != len(self.params):
                 raise ValueError(f"{who}.step: {len(grads)} gradients for {len(self.params)} parameters")
