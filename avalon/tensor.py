@@ -939,9 +939,15 @@ class Tensor:
     data = property(detach, doc="torch's `.data`: the values without gradient, the same storage.")
 
     def clone(self, memory_format: Any = None) -> Tensor:
-        """An independent copy (no view of anything): later writes to either leave the other alone."""
+        """An independent copy (no view of anything): later writes to either leave the other alone.
+        Inside a trace, a copy of one of its inputs (a model's weight) is that input's traced value,
+        so gradients flow through it and later calls read the current weights."""
         if self._value is not None:
             return Tensor._traced(self._value, self._trace)
+        from .trace import current_trace
+        tr = current_trace()
+        if tr is not None and (id(self) in tr.leaves or tr._enclosing(self) is not None):
+            return Tensor._traced(tr.value_of(self), tr)
         data = self._data.copy() if self._device == CPU else self._data.clone()
         return Tensor._wrap(data, self._dtype, self._device)
 

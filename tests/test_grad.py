@@ -411,3 +411,27 @@ def test_gradients_share_the_compile_driver():
     assert insp.graph.name == "value_and_grad_loss" and len(insp.graph.outputs) == 2
     vg(w, x)
     assert vg.cache_info().entries == len(vg.cache) == 1
+
+
+def test_a_clone_of_a_model_weight_is_differentiated_and_read_afresh():
+    """`w = m.weight.clone()` inside a traced function is the weight's traced value: it was the eager
+    copy, baked in as a constant (zero gradients, a retrace every call)."""
+    from avalon import nn
+    m = nn.Linear(3, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = av.grad(lambda m: (m.weight.clone() ** 2).sum())(m)
+        np.testing.assert_allclose(g["weight"].numpy(), 2 * m.weight.numpy(), rtol=1e-6)
+
+        def f(m, x):
+            w = m.weight.clone()
+            w.add_(1.0)  # the copy only
+            return (x @ w.t()).sum()
+
+        step = av.compile(f)
+        x = av.tensor(np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32))
+        before = m.weight.numpy().copy()
+        np.testing.assert_allclose(float(step(m, x)), float(f(m, x)), rtol=1e-5)
+        np.testing.assert_array_equal(m.weight.numpy(), before)
+        m.weight.mul_(2.0)
+        np.testing.assert_allclose(float(step(m, x)), float(f(m, x)), rtol=1e-5)
