@@ -371,3 +371,106 @@ def vjp(func: Callable, *primals: Any, has_aux: bool = False) -> tuple:
         return tuple(pullback(*primals, list(ct_leaves)))
 
     return (out, vjp_fn, aux) if has_aux else (out, vjp_fn)
+
+
+# -- Jacobians and forward products, from vmap and reverse mode -------------------------------------
+
+def jacrev(func: Callable, argnums: int | tuple[int, ...] = 0, *, has_aux: bool = False,
+           chunk_size: int | None = None) -> Callable:
+    """torch.func.jacrev: the Jacobian of `func` w.r.t. `args[argnums]`, one vector-Jacobian product
+    per output element, all of them one `vmap` over the rows of an identity (one batched graph).
+    Each output leaf of shape `So` gets, per differentiated argument leaf of shape `Sa`, a block
+    of shape `So + Sa`, in the structure torch gives (outputs outside, arguments inside)."""
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        nums, multi = _argnums(argnums, len(args))
+        out = func(*args, **kwargs)
+        aux = None
+        if has_aux:
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise RuntimeError("jacrev(f, ...)(*args): output of function f should be a tuple: (output, aux) "
+                                   "if has_aux is True")
+            out, aux = out
+        out_leaves, out_spec = _flatten(out, "the output of f")
+        sizes = [t.numel() for t in out_leaves]
+        n = sum(sizes)
+        eye = ops.eye(n, dtype=out_leaves[0].dtype) if out_leaves else None
+        cts, start = [], 0
+        for t, k in zip(out_leaves, sizes):
+            cts.append(ops.reshape(eye[:, start:start + k], (n, *t.shape)))
+            start += k
+
+        def row(cts: list, *a: Any) -> Any:
+            def dot(*p: Any) -> Tensor:
+                o = func(*p, **kwargs)
+                leaves, _ = _flatten(o[0] if has_aux else o, "the output of f")
+                return sum((ops.sum(x * c) for x, c in zip(leaves, cts)), ops.zeros((), dtype=cts[0].dtype))
+            return grad(dot, argnums=nums if multi else nums[0])(*a)
+
+        rows = vmap(row, in_dims=(0, *(None,) * len(args)))(cts, *args)  # leaves (n, *Sa)
+        row_leaves, row_spec = _flatten(rows, "the gradient")
+        blocks, start = [], 0
+        for t, k in zip(out_leaves, sizes):
+            per = [ops.reshape(r[start:start + k], (*t.shape, *r.shape[1:])) for r in row_leaves]
+            blocks.append(_unflatten(row_spec, iter(per)))
+            start += k
+        jac = _unflatten(out_spec, iter(blocks))
+        return (jac, aux) if has_aux else jac
+
+    return wrapper
+
+
+def jacfwd(func: Callable, argnums: int | tuple[int, ...] = 0, has_aux: bool = False, *,
+           randomness: str = "error") -> Callable:
+    """torch.func.jacfwd's Jacobian (same values, same structure). Avalon has no forward mode: it is
+    computed as `jacrev` computes it, one vector-Jacobian product per output element; for a function
+    with many more outputs than inputs that costs more than forward mode would."""
+    return jacrev(func, argnums, has_aux=has_aux)
+
+
+def hessian(func: Callable, argnums: int | tuple[int, ...] = 0) -> Callable:
+    """torch.func.hessian: the Jacobian of the Jacobian (`jacrev` twice, second order through vmap)."""
+    return jacrev(jacrev(func, argnums), argnums)
+
+
+def jvp(func: Callable, primals: Any, tangents: Any, *, strict: bool = False, has_aux: bool = False) -> tuple:
+    """torch.func.jvp: `(func(*primals), J @ tangents)` (`(..., aux)` with `has_aux`), from reverse mode
+    twice: `u -> J^T u` is linear, so the gradient of `<J^T u, tangents>` w.r.t. `u` is `J tangents`."""
+    if not isinstance(primals, tuple) or not isinstance(tangents, tuple):
+        raise RuntimeError("jvp(f, primals, tangents): Expected primals and tangents to be tuples. E.g. "
+                           "it should be valid to call f(*primals).")
+    if len(primals) != len(tangents):
+        raise RuntimeError("jvp(f, primals, tangents): Expected primals and tangents to have the same python "
+                           f"structure. For example, if primals is a tuple of 3 tensors, tangents also must be. Got "
+                           f"primals with structure {len(primals)} and tangents with structure {len(tangents)}")
+    for i, (p, t) in enumerate(zip(primals, tangents)):
+        pl, ps = _flatten(p, f"primal {i}")
+        tl, ts = _flatten(t, f"tangent {i}")
+        if ps != ts or any(tuple(a.shape) != tuple(b.shape) for a, b in zip(pl, tl)):
+            raise RuntimeError(f"jvp(f, primals, tangents): the tangent {i} must have the structure and shapes of "
+                               "its primal")
+    out = func(*primals)
+    aux = None
+    if has_aux:
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise RuntimeError("jvp(f, primals, tangents): output of function f should be a tuple: (output, aux) "
+                               "if has_aux is True")
+        out, aux = out
+    out_leaves, out_spec = _flatten(out, "the output of f")
+
+    def pairing(us: list, ps: tuple, ts: tuple) -> Tensor:
+        def dot(*p: Any) -> Tensor:
+            o = func(*p)
+            leaves, _ = _flatten(o[0] if has_aux else o, "the output of f")
+            return sum((ops.sum(a * u) for a, u in zip(leaves, us)), ops.zeros((), dtype=us[0].dtype))
+        gs = grad(dot, argnums=tuple(range(len(ps))))(*ps)
+        pairs = [(a, b) for g, t in zip(gs, ts) for a, b in zip(_flatten(g, "")[0], _flatten(t, "")[0])]
+        return sum((ops.sum(a * b) for a, b in pairs), ops.zeros((), dtype=us[0].dtype))
+
+    jt = grad(pairing)([ops.zeros_like(o) for o in out_leaves], primals, tangents)
+    result = (out, _unflatten(out_spec, iter(jt)))
+    return (*result, aux) if has_aux else result
+
+
+from .compiler import vmap  # noqa: E402  (torch.func.vmap is torch.vmap)
+
+__all__ += ["hessian", "jacfwd", "jacrev", "jvp", "vmap"]

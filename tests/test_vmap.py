@@ -112,17 +112,22 @@ def test_matches_torch_vmap_on_a_composite_function(b, m, n, seed):
         _close(o, t)
 
 
-def _net(lib):
-    class Net(lib.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = lib.Conv2d(2, 3, 3, padding=1)
-            self.pool = lib.MaxPool2d(2)
-            self.fc = lib.Linear(3 * 3 * 3, 4)
+_NETS: dict = {}
 
-        def forward(self, x):
-            return self.fc(self.pool(self.conv(x).relu()).flatten(1))
-    return Net().double()
+
+def _net(lib):
+    if lib not in _NETS:  # one class per library (stack_module_state wants models of one class)
+        class Net(lib.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = lib.Conv2d(2, 3, 3, padding=1)
+                self.pool = lib.MaxPool2d(2)
+                self.fc = lib.Linear(3 * 3 * 3, 4)
+
+            def forward(self, x):
+                return self.fc(self.pool(self.conv(x).relu()).flatten(1))
+        _NETS[lib] = Net
+    return _NETS[lib]().double()
 
 
 def _nets():
@@ -269,3 +274,67 @@ def test_errors_say_what_is_wrong():
         av.vmap(lambda a: bn(av.stack([a, 2 * a])))(x)
     with pytest.raises(VmapError, match="is a model"):
         av.vmap(lambda m, a: m(a[None]), in_dims=(0, 0))(bn, x)
+
+
+# -- torch.func's transforms built on vmap ---------------------------------------------------------------
+
+def test_jacobians_hessians_and_jvps_match_torch_func():
+    from avalon import func
+    rng = np.random.default_rng(7)
+    w, x, t = rng.standard_normal((3, 4)), rng.standard_normal(4), rng.standard_normal(4)
+
+    def f(lib):
+        return lambda w, x: {"y": lib.tanh(w @ x) * x[:3], "s": (x ** 2).sum() * w[0, 0]}
+
+    ours = func.jacrev(f(av), argnums=(0, 1))(av.tensor(w), av.tensor(x))
+    theirs = torch.func.jacrev(f(torch), argnums=(0, 1))(_t(w), _t(x))
+    for k in theirs:
+        for a, b in zip(ours[k], theirs[k]):
+            _close(a, b)
+    fwd = func.jacfwd(lambda x: av.sin(x) * x.sum())(av.tensor(x))
+    _close(fwd, torch.func.jacfwd(lambda x: torch.sin(x) * x.sum())(_t(x)))
+
+    def g(lib):
+        return lambda x: (lib.tanh(x) ** 3).sum() * x[0]
+
+    _close(func.hessian(g(av))(av.tensor(x)), torch.func.hessian(g(torch))(_t(x)))
+    out, jt = func.jvp(lambda x: av.sin(x) * x.sum(), (av.tensor(x),), (av.tensor(t),))
+    _, want = torch.func.jvp(lambda x: torch.sin(x) * x.sum(), (_t(x),), (_t(t),))
+    _close(jt, want)
+
+
+def test_the_torch_func_tutorials_port():
+    """Per-sample gradients (functional_call + grad + vmap) and model ensembling (stack_module_state
+    + vmap over the stacked weights), written as torch.func's tutorials write them."""
+    import copy
+
+    from avalon import func
+    ours, theirs = _nets()
+    rng = np.random.default_rng(8)
+    x, y = rng.standard_normal((4, 2, 6, 6)), rng.integers(0, 4, 4)
+
+    def per_sample(lib, fn, model, x, y):
+        params = {k: v.detach() for k, v in model.named_parameters()}
+        buffers = {k: v.detach() for k, v in model.named_buffers()}
+
+        def compute_loss(params, buffers, sample, target):
+            pred = fn.functional_call(model, (params, buffers), (sample.unsqueeze(0),))
+            return lib.nn.functional.cross_entropy(pred, target.unsqueeze(0))
+
+        return fn.vmap(fn.grad(compute_loss), in_dims=(None, None, 0, 0))(params, buffers, x, y)
+
+    got = per_sample(av, func, ours, av.tensor(x), av.tensor(y))
+    want = per_sample(torch, torch.func, theirs, _t(x), _t(y))
+    for k in want:
+        _close(got[k], want[k])
+
+    def ensemble(fn, models, x):
+        params, buffers = fn.stack_module_state(models)
+        base = copy.deepcopy(models[0])
+        return fn.vmap(lambda p, b, x: fn.functional_call(base, (p, b), (x,)), in_dims=(0, 0, None))(params, buffers, x)
+
+    torch.manual_seed(1)
+    theirs2 = _net(torch.nn)
+    ours2 = _net(nn)
+    av.nn.load_state_dict(ours2, theirs2.state_dict())
+    _close(ensemble(func, [ours, ours2], av.tensor(x)), ensemble(torch.func, [theirs, theirs2], _t(x)))
