@@ -113,29 +113,90 @@ def remainder(a: Any, b: Any) -> Tensor:
 
 @rule("aten.bitwise_not.default")
 def bitwise_not(x: Tensor) -> Tensor:
-    if x.dtype is not dt.bool_:
-        raise UnsupportedOp("aten.bitwise_not on integers is not supported")
-    return ops.logical_not(x)
+    return ops.bitwise_not(x)
 
 
-def _is_bool(v: Any) -> bool:
-    return v.dtype is dt.bool_ if isinstance(v, Tensor) else isinstance(v, (bool, np.bool_))
+def _bitwise(name: str) -> AtenRule:
+    """`&`, `|`, `^` with torch's meaning: logical on booleans (HF's causal and padding masks),
+    bitwise on integers (hashing, packed flags)."""
+    op = getattr(ops, f"bitwise_{name}")
 
-
-def _bitwise(name: str, logical: Callable[[Any, Any], Tensor]) -> AtenRule:
-    """`&`, `|`, `^` on booleans (masks: HF's causal and padding masks) are the logical ops; Avalon
-    has no integer bitwise ops, so integer operands are refused by name."""
     def fn(a: Any, b: Any) -> Tensor:
-        if not (_is_bool(a) and _is_bool(b)):
-            raise UnsupportedOp(f"aten.bitwise_{name} on integers is not supported (only on booleans)")
-        return logical(a, b)
+        return op(a, b)
     fn.__name__ = f"bitwise_{name}"
     return fn
 
 
-for _n, _f in (("and", ops.logical_and), ("or", ops.logical_or), ("xor", ops.ne)):
-    rule(f"aten.bitwise_{_n}.Tensor", f"aten.bitwise_{_n}.Scalar", f"aten.bitwise_{_n}.Scalar_Tensor")(
-        _bitwise(_n, _f))
+for _n in ("and", "or", "xor"):
+    rule(f"aten.bitwise_{_n}.Tensor", f"aten.bitwise_{_n}.Scalar", f"aten.bitwise_{_n}.Scalar_Tensor")(_bitwise(_n))
+for _n, _f in (("left", ops.bitwise_left_shift), ("right", ops.bitwise_right_shift)):
+    rule(f"aten.bitwise_{_n}_shift.Tensor", f"aten.bitwise_{_n}_shift.Tensor_Scalar",
+         f"aten.bitwise_{_n}_shift.Scalar_Tensor", f"aten.__{_n[0]}shift__.Tensor", f"aten.__{_n[0]}shift__.Scalar")(_f)
+
+
+# -- math with torch's own signature: the aten op is the Avalon function of the same name ----------
+
+for _n in ("acos", "acosh", "asin", "asinh", "atan", "atanh", "cosh", "sinh", "tan", "digamma", "lgamma", "erfinv",
+           "erfc", "expm1", "log1p", "log10", "log2", "exp2", "i0", "trunc", "signbit", "isnan", "isinf", "sgn",
+           "hypot", "atan2", "fmax", "fmin", "nextafter", "gcd", "lcm", "logcumsumexp", "flip", "diagonal",
+           "histc"):
+    rule(f"aten.{_n}.default")(getattr(ops, _n))
+for _n in ("copysign", "ldexp", "heaviside", "searchsorted", "bucketize"):
+    rule(f"aten.{_n}.Tensor", f"aten.{_n}.Scalar", f"aten.{_n}.default")(getattr(ops, _n))
+
+
+@rule("aten.round.default", "aten.round.decimals")
+def round_(x: Tensor, *, decimals: int = 0) -> Tensor:
+    return ops.round(x, decimals=decimals)
+
+
+@rule("aten.frexp.Tensor")
+def frexp(x: Tensor) -> tuple:
+    return tuple(ops.frexp(x))
+
+
+@rule("aten.cumprod.default")
+def cumprod(x: Tensor, dim: int, dtype: Any = None) -> Tensor:
+    return ops.cumprod(x, dim, dtype=dtype)
+
+
+for _n, _f in (("cummax", ops.cummax), ("cummin", ops.cummin), ("kthvalue", ops.kthvalue), ("mode", ops.mode)):
+    rule(f"aten.{_n}.default")(lambda *a, _f=_f, **k: tuple(_f(*a, **k)))
+rule("aten.median.dim")(lambda x, dim, keepdim=False: tuple(ops.median(x, dim, keepdim)))
+rule("aten.median.default")(lambda x: ops.median(x))
+
+
+@rule("aten.prod.default", "aten.prod.dim_int")
+def prod(x: Tensor, dim: Any = None, keepdim: bool = False, dtype: Any = None) -> Tensor:
+    return ops.prod(x, dim, keepdim, dtype=dtype)
+
+
+@rule("aten.linalg_vector_norm.default")
+def vector_norm(x: Tensor, ord: Any = 2, dim: Any = None, keepdim: bool = False, *,  # noqa: A002
+                dtype: Any = None) -> Tensor:
+    return ops.linalg.vector_norm(x, ord, dim, keepdim, dtype=dtype)
+
+
+@rule("aten._cdist_forward.default")
+def cdist(x1: Tensor, x2: Tensor, p: float, compute_mode: Any = None) -> Tensor:
+    return ops.cdist(x1, x2, p)
+
+
+@rule("aten.linalg_matrix_exp.default")
+def matrix_exp(a: Tensor) -> Tensor:
+    return ops.matrix_exp(a)
+
+
+@rule("aten._linalg_det.default")
+def linalg_det(a: Tensor) -> tuple:
+    """(det, LU, pivots): the factorization is LAPACK's by-product, which no model reads; it is None here."""
+    return ops.det(a), None, None
+
+
+@rule("aten._linalg_slogdet.default")
+def linalg_slogdet(a: Tensor) -> tuple:
+    sign, logabsdet = ops.slogdet(a)
+    return sign, logabsdet, None, None
 
 
 @rule("aten.clamp.default", "aten.clamp.Tensor")
