@@ -199,6 +199,31 @@ def linalg_slogdet(a: Tensor) -> tuple:
     return sign, logabsdet, None, None
 
 
+@rule("aten.linalg_inv_ex.default")
+def linalg_inv_ex(a: Tensor, check_errors: bool = False) -> tuple:
+    """(inverse, info): LAPACK's info is 0 for every matrix Avalon inverts."""
+    return ops.inverse(a), ops.zeros(a.shape[:-2], dtype=dt.int32)
+
+
+_CHECKS = ("aten._linalg_check_errors.default",)
+"""Effectful ops that only raise on LAPACK's info (a singular matrix): torch threads them through
+effect tokens; Avalon's linear algebra has no info to check."""
+
+
+@rule("with_effects")
+def with_effects(token: Any, op: Any, *args: Any, **kwargs: Any) -> tuple:
+    """torch.export's effect-ordered call `(token, *outputs) = with_effects(token, op, ...)`: the op
+    itself (Avalon runs ops in program order, so the token carries nothing)."""
+    name = str(op)
+    if name in _CHECKS:
+        return (token,)
+    inner = ATEN.get(name)
+    if inner is None:
+        raise UnsupportedOp(f"{name} (called with effects) is not supported (no rule)")
+    out = inner(*args, **kwargs)
+    return (token, *out) if isinstance(out, tuple) else (token, out)
+
+
 @rule("aten.clamp.default", "aten.clamp.Tensor")
 def clamp(x: Tensor, min: Any = None, max: Any = None) -> Tensor:  # noqa: A002
     return ops.clamp(x, min, max)

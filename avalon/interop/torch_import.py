@@ -329,6 +329,8 @@ class _Program:
             elif s.kind in (IK.CONSTANT_TENSOR, IK.CUSTOM_OBJ):
                 c = self.constants[s.target]
                 env[node] = Tensor(c) if isinstance(c, np.ndarray) else c
+            elif s.kind == IK.TOKEN:  # the order of effectful ops (`with_effects`): Avalon's run in order anyway
+                env[node] = None
             else:
                 v, name = next(user)
                 env[node] = self._input(v, node, s, name)
@@ -349,7 +351,7 @@ class _Program:
             if s.kind == self.OutputKind.BUFFER_MUTATION:
                 target = get_dotted(model, s.target)
                 assign(target, value if value.dtype == target.dtype else value.astype(target.dtype))
-            else:
+            elif s.kind != self.OutputKind.TOKEN:
                 outs.append(value)
         return torch.utils._pytree.tree_unflatten(outs, self.out_spec)
 
@@ -420,7 +422,7 @@ def from_torch(module: Any, *example_args: Any, kwargs: dict | None = None) -> I
     constants = {k: (v.detach().cpu().numpy().copy() if isinstance(v, torch.Tensor) else v)
                  for k, v in ep.constants.items()}
     for s in ep.graph_signature.output_specs:
-        if s.kind not in (OutputKind.USER_OUTPUT, OutputKind.BUFFER_MUTATION):
+        if s.kind not in (OutputKind.USER_OUTPUT, OutputKind.BUFFER_MUTATION, OutputKind.TOKEN):
             raise UnsupportedOp(f"av.from_torch: output kind {s.kind.name} ({s.target}) is not supported")
     program = _Program(ep, _Arguments(module, tuple(example_args), kwargs), constants)
     mode = "train" if training else "eval"
