@@ -5,11 +5,12 @@ vmaps, and the errors torch gives."""
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mlir_samples import all_samples
 
@@ -338,3 +339,42 @@ def test_the_torch_func_tutorials_port():
     ours2 = _net(nn)
     av.nn.load_state_dict(ours2, theirs2.state_dict())
     _close(ensemble(func, [ours, ours2], av.tensor(x)), ensemble(torch.func, [theirs, theirs2], _t(x)))
+
+
+# -- random programs: vmap against a loop over examples ---------------------------------------------------
+
+@settings(max_examples=int(os.environ.get("AVALON_VMAP_EXAMPLES", "60")), deadline=None,
+          suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_random_programs_map_like_a_loop(data):
+    """Programs of the backend fuzzer (tests/test_fuzz_backends.py: broadcasting, reductions, shape ops,
+    matmuls, convolutions, gathers and scatters, casts), each input mapped at a random dimension or
+    shared, against the same program run eagerly once per example. `AVALON_VMAP_EXAMPLES=600` (and
+    HYPOTHESIS_PROFILE=explore) for a long local run."""
+    from test_fuzz_backends import AVALON, TOL, programs
+    prog = data.draw(programs(), label="program")
+    size = data.draw(st.integers(1, 3), label="size")
+    dims = [data.draw(st.one_of(st.none(), st.integers(0, a.ndim)), label=f"in_dim{i}")
+            for i, a in enumerate(prog.inputs)]
+    if all(d is None for d in dims):
+        dims[0] = 0
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
+    examples = []
+    for k in range(size):  # floats moved a little per example; integers (indices) kept valid as drawn
+        examples.append([a + (rng.standard_normal(a.shape) * 0.1).astype(a.dtype)
+                         if a.dtype.kind == "f" and k and d is not None else a for a, d in zip(prog.inputs, dims)])
+    batched = [np.stack([e[i] for e in examples], axis=d) if d is not None else prog.inputs[i]
+               for i, d in enumerate(dims)]
+    fn = prog.fn(AVALON)
+    want = [[np.asarray(o.numpy()) for o in fn(*[av.tensor(x) for x in e])] for e in examples]
+    got = av.vmap(fn, in_dims=tuple(dims))(*[av.tensor(x) for x in batched])
+    rtol, atol = TOL[prog.float_dtype]
+    for j, g in enumerate(got):
+        w = np.stack([want[k][j] for k in range(size)])
+        g = np.asarray(g.numpy())
+        assert g.shape == w.shape and g.dtype == w.dtype, (j, g.shape, w.shape, g.dtype, w.dtype, str(prog))
+        if w.dtype.kind == "f":
+            scale = max(np.abs(w[np.isfinite(w)]).max(initial=0), 1.0)
+            np.testing.assert_allclose(g, w, rtol=rtol, atol=atol * scale, equal_nan=True, err_msg=str(prog))
+        else:
+            np.testing.assert_array_equal(g, w, err_msg=str(prog))
