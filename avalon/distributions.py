@@ -23,7 +23,7 @@ import numpy as np
 from . import ops
 from .ir import dtypes as dt
 from .ops import linalg
-from .tensor import Tensor
+from .tensor import Tensor, values_fixed
 
 __all__ = ["Bernoulli", "Categorical", "Distribution", "Independent", "MultivariateNormal", "Normal",
            "OneHotCategorical", "Uniform", "kl_divergence", "register_kl"]
@@ -52,8 +52,8 @@ def _shape(sample_shape: Any) -> tuple[int, ...]:
 
 
 def _known(t: Tensor) -> np.ndarray | None:
-    """The values of `t` when they are concrete (not inside a trace)."""
-    return None if t.is_traced else t.numpy()
+    """The values of `t` when they are concrete (not traced, nor a model's tensor being traced)."""
+    return t.numpy() if values_fixed(t) else None
 
 
 def _clamp_probs(p: Tensor) -> Tensor:

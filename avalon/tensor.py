@@ -22,6 +22,36 @@ class TracerError(RuntimeError):
     """A traced value was used where Python needs a concrete one."""
 
 
+TRACING: list[Any] = []
+"""The traces being recorded, innermost last (trace.py's `_STACK` is this list)."""
+
+READS: list[list[Tensor]] = []
+"""One list per compile being built (`avalon.trace.reads_collected`): the eager tensors whose values
+Python read while tracing. A model's tensor is a graph input that keeps its eager data, so what is
+read from it (`self.initialized.item()`, a mask or index buffer) is baked into the graph; the compile
+keeps those values as guards and traces again when they change, instead of reusing stale ones."""
+
+
+def values_fixed(t: Tensor) -> bool:
+    """Whether `t`'s values are what every run of the code being traced sees: not a traced value, and
+    not a tensor that a trace being recorded takes as an input (a model's parameter). Checks that only
+    validate values (torch's argument checks) skip the others, rather than guard a compile on them."""
+    return t._value is None and not any(id(t) in tr.leaves for tr in TRACING)
+
+
+def _read_while_tracing(t: Tensor, what: str) -> None:
+    """Note `t`'s values being read inside a trace (see READS); refuse a model tensor that the traced
+    function already updated (its eager data is the old value, its value in the graph a new one)."""
+    for tr in TRACING:
+        v = tr.leaves.get(id(t))
+        if v is not None and v.op is not None and v.op.name != "constant":
+            raise TracerError(f"{what} needs a concrete value, but this tensor was updated earlier in the traced "
+                              "function (an optimizer step, an in-place write): its new value is only known when "
+                              "the graph runs. Read it outside the traced function, or use av.where(cond, a, b).")
+    for reads in READS:
+        reads.append(t)
+
+
 def as_array(data: Any, dtype: DType | None = None) -> np.ndarray:
     """numpy view or copy of any tensor-like, optionally converted to `dtype`."""
     if isinstance(data, Tensor):
@@ -346,6 +376,8 @@ class Tensor:
                        "data-dependent selection, or move the decision out of the traced function.")
             raise TracerError(f"{what} needs a concrete value, but this tensor is being traced{where}. Avalon "
                               f"records one graph for all inputs. {fix}")
+        if TRACING:  # an eager tensor read while tracing: a model's, whose value the graph bakes in
+            _read_while_tracing(self, what)
 
     def numpy(self) -> np.ndarray:
         """The data as a numpy array (a view on the CPU; a copy from a GPU)."""

@@ -12,6 +12,7 @@ Running a graph and writing its results back is the compile driver's job (`avalo
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import os
@@ -30,9 +31,9 @@ from .ir import Builder, Graph, Location, ShapeError, TensorType, Value
 from .ir import dtypes as dt
 from .ir.builder import make_op
 from .ir.clone import clone_block, inline_regions
-from .tensor import FROZEN, Tensor, TracerError, _to_torch, as_array
+from .tensor import FROZEN, READS, TRACING, Tensor, TracerError, _to_torch, as_array
 
-_STACK: list[Trace] = []
+_STACK: list[Trace] = TRACING  # one list: Tensor._concrete asks it whether a trace is being recorded
 _PKG = os.path.dirname(os.path.abspath(__file__))
 _USER_SUBDIRS = tuple(os.path.join(_PKG, d) + os.sep for d in ("zoo",))
 _USER_FILES = (os.path.join(_PKG, "demo.py"),)  # the demo's model is an example, not Avalon's machinery
@@ -40,6 +41,18 @@ _USER_FILES = (os.path.join(_PKG, "demo.py"),)  # the demo's model is an example
 
 def current_trace() -> Trace | None:
     return _STACK[-1] if _STACK else None
+
+
+@contextlib.contextmanager
+def reads_collected() -> Iterator[list[Tensor]]:
+    """The eager tensors whose values Python reads while the body traces (`Tensor.item()`, a mask or
+    index a model holds), for the compile to guard its cache entry on (`avalon.tensor.READS`)."""
+    reads: list[Tensor] = []
+    READS.append(reads)
+    try:
+        yield reads
+    finally:
+        READS.pop()
 
 
 def user_location() -> Location | None:

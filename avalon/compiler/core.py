@@ -43,8 +43,8 @@ from avalon.ir import Graph, fusion_groups, verify
 from avalon.passes import PassManager, PassRecord
 from avalon.passes.manager import paused_gc
 from avalon.passes.memory_plan import MemoryPlan, plan_memory
-from avalon.tensor import default_float_dtype
-from avalon.trace import SEED, Traced, current_trace, owner_model, signature, trace_call
+from avalon.tensor import Tensor, default_float_dtype
+from avalon.trace import SEED, Traced, current_trace, owner_model, reads_collected, signature, trace_call
 from avalon.tree import StateCache
 
 from .backends import get_backend
@@ -148,6 +148,7 @@ class _Entry:
     seeded: bool
     checker: GroupChecker | None = None
     extra: list[Any] | None = None  # inputs after the leaves (the seed, values lifted from an enclosing trace)
+    guards: list[tuple[int, Any]] | None = None  # (leaf position, its values) read while tracing, baked in
 
 
 class Program(Protocol):
@@ -271,6 +272,8 @@ class Compiled:
         entry = self._cache.get(key)
         if entry is None and inline:
             entry = self._inlined.get(key)
+        if entry is not None and entry.guards and not _guards_hold(entry.guards, leaves):
+            entry = None  # a model tensor whose values the trace read (and baked in) has changed since
         if entry is not None:
             self._hits += 1
             return entry, leaves
@@ -302,7 +305,9 @@ class Compiled:
         """Trace (or build the program) and, with `optimize`, run the pipeline and the backend. A program
         inlined into an enclosing trace is not optimized: the enclosing pipeline runs on the whole graph."""
         t0 = time.perf_counter()
-        traced = trace_call(self.fn, args) if self.program is None else self.program.build(self.fn, args)
+        with reads_collected() as reads:
+            traced = trace_call(self.fn, args) if self.program is None else self.program.build(self.fn, args)
+        guards = _guards(reads, leaves)
         graph = traced.graph
         if not optimize:
             insp = Inspection(self.__name__, self.backend.name, "", graph, graph, [], {},
@@ -312,7 +317,7 @@ class Compiled:
             extra = list(traced.leaves[len(leaves):])  # lifted values are the enclosing trace's: never cached
             return _Entry(insp, None, traced.out_tree, traced.n_outputs, update_at,
                           any(x is SEED for x in traced.leaves), extra=extra if any(x is not SEED for x in extra)
-                          else None)
+                          else None, guards=guards)
         traced_graph = graph.clone()
         t_traced = time.perf_counter()
         pm = self._pass_manager()  # resolving the backend's target may import it (Triton: ~1 s once)
@@ -344,12 +349,40 @@ class Compiled:
         if hasattr(runtime, "scratch_outputs"):
             runtime.scratch_outputs = frozenset(range(traced.n_outputs, len(graph.outputs)))
         seeded = any(x is SEED for x in traced.leaves)
-        return _Entry(insp, exe, traced.out_tree, traced.n_outputs, update_at, seeded)
+        return _Entry(insp, exe, traced.out_tree, traced.n_outputs, update_at, seeded, guards=guards)
 
     def _check(self, entry: _Entry, inputs: list[Any]) -> None:
         if entry.checker is None:
             entry.checker = GroupChecker(entry.inspection.graph, self.backend)
         entry.checker.run(inputs)
+
+
+def _host_bytes(t: Any) -> tuple:
+    """A tensor's values, exactly (NaNs included), read without `Tensor.numpy`, which notes reads."""
+    data = t._data
+    if not isinstance(data, np.ndarray):  # torch storage on a device (bfloat16 has no numpy dtype: bytes)
+        import torch
+        data = data.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()
+    return (tuple(t.shape), t.dtype, data.tobytes())
+
+
+def _guards(reads: list[Any], leaves: list[tuple[str, Any]]) -> list[tuple[int, Any]] | None:
+    """The leaves whose values the trace read, by position, with those values."""
+    if not reads:
+        return None
+    at = {id(obj): j for j, (_, obj) in enumerate(leaves)}
+    out: dict[int, Any] = {}
+    for t in reads:
+        j = at.get(id(t))
+        if j is not None and j not in out and isinstance(t, Tensor):
+            out[j] = _host_bytes(t)
+    return list(out.items()) or None
+
+
+def _guards_hold(guards: list[tuple[int, Any]], leaves: list[tuple[str, Any]]) -> bool:
+    """Whether each guarded leaf still holds the values the trace read (a traced value there: no)."""
+    return all(j < len(leaves) and isinstance(t := leaves[j][1], Tensor) and not t.is_traced
+               and _host_bytes(t) == seen for j, seen in guards)
 
 
 def _captured_arrays(graph: Graph) -> bool:

@@ -88,10 +88,15 @@ class GradProgram:
             pos += _count_leaves(tr)
         last = {id(obj): j for j, (_, obj) in enumerate(leaves)}  # the input a shared tensor is traced as
         wrt: list[int] = []
+        reached = _reached(graph)
+        asked: list[int] = []
 
-        def slot(j: int, in_model: bool = True) -> int | None:
+        def slot(j: int, in_model: bool = True, skip_unused: bool = False) -> int | None:
             if not graph.inputs[j].dtype.is_float or (in_model and id(leaves[j][1]) in FROZEN):
                 return None  # an integer, or a model's tensor frozen with requires_grad = False
+            asked.append(j)
+            if skip_unused and id(graph.inputs[j]) not in reached:
+                return None  # torch's `.grad` of None: the loss does not use it (an optimizer skips it)
             if j not in wrt:
                 wrt.append(j)
             return wrt.index(j)
@@ -109,10 +114,11 @@ class GradProgram:
                 n_leaves = _count_leaves(trees[i])
                 named += [(leaves[j][0].split(".", 1)[-1], j) for j in range(starts[i], starts[i] + n_leaves)
                           if not isinstance(leaves[j][1], Tensor)]  # numpy arrays inside lists and dicts
-                kept = [(n, s) for n, j in named if (s := slot(j)) is not None]
+                model = tree.is_model(args[i])  # (a dict or list of tensors gets zeros, as torch.func's)
+                kept = [(n, s) for n, j in named if (s := slot(j, skip_unused=model)) is not None]
                 plans.append((("dict", tuple(n for n, _ in kept), (("leaf",),) * len(kept)), [s for _, s in kept]))
 
-        _check_depends(graph, wrt, fn)
+        _check_depends(reached, [graph.inputs[j] for j in asked], fn)
         gg = grad_graph(graph, wrt, name=self.name)
         outs = list(gg.outputs)  # [loss, grads in wrt order, aux, state updates]
         n_aux = traced.n_outputs - 1
@@ -150,7 +156,10 @@ def value_and_grad(f: Callable, argnums: int | tuple[int, ...] = 0, has_aux: boo
     `has_aux=True`, in which case the value is `(scalar, aux)`. The gradient of a Tensor or array
     argument is a Tensor of its shape (None for an integer one); of a model or any structure
     holding tensors it is a dict from dotted parameter name to Tensor (floating-point tensors
-    that are not Buffers). With a tuple `argnums` the gradients are a tuple.
+    that are not Buffers). A model's parameter the loss does not use (a head trained in other
+    steps, one read only under `no_grad`) has no entry, as torch leaves its `.grad` None, so an
+    optimizer leaves it alone; a dict or list of tensors gets zeros there, as torch.func gives.
+    With a tuple `argnums` the gradients are a tuple.
     """
     return _transform(f, argnums, has_aux, True, "value_and_grad")
 
@@ -197,23 +206,34 @@ def _scalar_loss(graph: Graph, f: Callable) -> None:
         graph.set_outputs(outs)
 
 
-def _check_depends(graph: Graph, wrt: list[int], f: Callable) -> None:
-    """A loss that reads none of what is differentiated (computed under `av.no_grad()`, or from a
-    model closed over instead of passed) gives all-zero gradients: mathematically right (JAX
-    returns zeros), but almost always a mistake (torch raises), so it is said, once per trace."""
-    if not wrt:
-        return
-    targets = {graph.inputs[j] for j in wrt}
+def _reached(graph: Graph) -> set[int]:
+    """ids of the inputs the loss (output 0) depends on through floating-point values, not across a
+    `stop_gradient`: what torch's autograd graph of the loss holds. A model's parameter outside it
+    gets no gradient entry, as torch leaves its `.grad` None (unused in this step, used only under
+    `no_grad` or through an integer result such as argmax), so an optimizer leaves it alone rather
+    than moving it by momentum or weight decay on a zero gradient."""
+    inputs = {id(v) for v in graph.inputs}
+    out: set[int] = set()
     seen: set[int] = set()
     stack = [graph.outputs[0]]
     while stack:
         v = stack.pop()
-        if v in targets:
-            return
-        if id(v) in seen or v.op is None or v.op.name == "stop_gradient":
+        if id(v) in seen or not v.dtype.is_float:
             continue
         seen.add(id(v))
-        stack.extend(v.op.operands)
+        if id(v) in inputs:
+            out.add(id(v))
+        elif v.op is not None and v.op.name != "stop_gradient":
+            stack.extend(v.op.operands)
+    return out
+
+
+def _check_depends(reached: set[int], asked: list[Value], f: Callable) -> None:
+    """A loss that reads none of what is differentiated (computed under `av.no_grad()`, or from a
+    model closed over instead of passed) gives all-zero gradients: mathematically right (JAX
+    returns zeros), but almost always a mistake (torch raises), so it is said, once per trace."""
+    if not asked or any(id(v) in reached for v in asked):
+        return
     warnings.warn(f"{_name(f)}: the loss depends on none of the tensors it is differentiated with respect to, "
                   "so every gradient is zero: was it computed under av.no_grad(), or from a model or tensor the "
                   "function closes over instead of taking as an argument?", stacklevel=2)

@@ -17,7 +17,7 @@ import numpy as np
 from .. import ops
 from ..ir import dtypes as dt
 from ..tensor import Buffer, Tensor, as_array, default_float_dtype
-from ..trace import assign
+from ..trace import assign, current_trace
 from . import functional as F
 from . import init
 from .containers import _Items
@@ -659,10 +659,15 @@ class PReLU(Module):
 # -- losses ------------------------------------------------------------------------------------------
 
 def _buffer(x: Any) -> Buffer | None:
-    """Loss weights are buffers, as in torch (in the state dict, never trained)."""
+    """Loss weights are buffers, as in torch (in the state dict, never trained). A loss built inside a
+    traced function (`BCEWithLogitsLoss(pos_weight=w)` in the step) holds the weight's traced value:
+    copying its data would bake one call's values in, or fail for a traced argument."""
     if x is None:
         return None
     t = x if isinstance(x, Tensor) else Tensor(x)
+    tr = current_trace()
+    if tr is not None and (t.is_traced or id(t) in tr.leaves):
+        return Buffer._traced(tr.value_of(t), tr)
     return Buffer(t.numpy().copy(), dtype=t.dtype)
 
 

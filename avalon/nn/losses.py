@@ -19,7 +19,7 @@ import numpy as np
 from .. import ops
 from ..ir import dtypes as dt
 from ..ir.reference import IndexOutOfRangeError
-from ..tensor import Tensor
+from ..tensor import Tensor, values_fixed
 from ..trace import _is_user_file
 from .functional import _softplus1, _t, log_softmax, pairwise_distance
 
@@ -240,7 +240,7 @@ def binary_cross_entropy(input: Any, target: Any, weight: Any = None, size_avera
     takes four, and would give 0 rather than torch's value where x is exactly 0 or 1."""
     x, t = _t(input), _t(target)
     _check_same_size(x, t, "binary_cross_entropy")
-    if not x.is_traced and x.numel():  # (traced, the values are unknown: out-of-range inputs give nan)
+    if values_fixed(x) and x.numel():  # (traced, the values are unknown: out-of-range inputs give nan)
         v = x.numpy()
         bad = ~((v >= 0) & (v <= 1))
         if bad.any():
@@ -527,7 +527,7 @@ def gaussian_nll_loss(input: Any, target: Any, var: Any, full: bool = False, eps
         v = ops.full(x.shape, float(var), x.dtype)
     else:
         v = _t(var)
-        if not v.is_traced and v.numel() and bool((v.numpy() < 0).any()):
+        if values_fixed(v) and v.numel() and bool((v.numpy() < 0).any()):
             raise ValueError("var has negative entry/entries")
     if v.shape != x.shape:
         if x.shape[:-1] == v.shape:

@@ -521,7 +521,8 @@ def _no_backward_hooks(name: str) -> Any:
         "through hooks during backward(). To transform parameter gradients, change the dict before "
         "`opt.step(grads)`; to get the gradient of an activation (what a backward hook sees as grad_output), "
         "split the model at it and differentiate the second part with respect to it: `act = first(x)`, then "
-        "`g = av.grad(lambda a: loss_fn(rest(a), y))(act)`.")
+        "`g = av.grad(lambda a, rest, y: loss_fn(rest(a), y))(act, rest, y)` (`rest` an argument: closed over "
+        "outside a compiled function, its weights would be baked in as constants).")
 
 
 def _as_buffer(t: Tensor) -> Buffer:

@@ -143,6 +143,9 @@ def _int_indices(i: Any, size: int, dim: int) -> Any:
     if bad.any():
         raise fail(IndexError(f"index {int(arr[bad].reshape(-1)[0])} is out of bounds for dimension {dim} "
                          f"with size {size}"))
+    leaf = _leaf_input(i) if isinstance(i, Tensor) and not (arr < 0).any() else None
+    if leaf is not None:
+        return leaf  # a model's index buffer (its values checked, and guarded): the graph reads its input
     return Tensor((arr % builtins.max(size, 1)).astype(np.int64))
 
 
@@ -250,6 +253,8 @@ def _mask_index(x: Tensor, index: tuple, masks: list[int]) -> Tensor:
     traced = None
     if m is None and isinstance(index[k], Tensor):
         m, traced = _folded(index[k]), index[k]
+    elif isinstance(index[k], Tensor):
+        traced = _leaf_input(index[k])  # a model's mask (its values guarded): positions found in the graph
     if m is None:
         raise fail(IndexError("indexing with a traced boolean mask: the result's shape would depend on the mask's "
                          "values; use av.where(mask, x, other) or x.masked_fill(mask, value) instead"))
@@ -261,6 +266,15 @@ def _mask_index(x: Tensor, index: tuple, masks: list[int]) -> Tensor:
     flat = reshape(x, x.shape[:d] + (math.prod(shape),) + x.shape[d + m.ndim:])
     at = np.flatnonzero(m) if traced is None else _positions(reshape(traced, (m.size,)), int(m.sum()))
     return getitem(flat, index[:k] + (at,) + index[k + 1:])
+
+
+def _leaf_input(t: Tensor) -> Tensor | None:
+    """`t` as the active trace's input when it is one (a tensor of a model being traced), so indexing
+    with it reads the input, not a copy of its values baked into the graph as a constant."""
+    from ..trace import current_trace
+    tr = current_trace()
+    v = tr.leaves.get(id(t)) if tr is not None else None
+    return Tensor._traced(v, tr) if v is not None and v.op is None else None
 
 
 def _positions(mask: Tensor, count: int) -> Tensor:
