@@ -247,7 +247,9 @@ def _flatten(obj: Any, name: str, leaves: list, seen: set[int] | None = None,
         return ("leaf",)
     if isinstance(obj, (list, tuple)):
         kids = tuple(_flatten(v, f"{name}.{i}", leaves, seen, cache) for i, v in enumerate(obj))
-        return (type(obj).__name__, kids)
+        if isinstance(obj, tuple) and type(obj) is not tuple:  # a namedtuple (max's values/indices, a record)
+            return ("tuple", kids, type(obj))  # rebuilt as its class
+        return ("list" if isinstance(obj, list) else "tuple", kids)
     if isinstance(obj, dict):
         keys = tuple(obj.keys())
         kids = tuple(_flatten(obj[k], f"{name}.{k}", leaves, seen, cache) for k in keys)
@@ -276,6 +278,8 @@ def _unflatten(tree, it, orig):
         return next(it)
     if kind in ("list", "tuple"):
         vals = [_unflatten(t, it, orig[i] if orig is not None else None) for i, t in enumerate(tree[1])]
+        if len(tree) > 2:
+            return tree[2](*vals)
         return vals if kind == "list" else tuple(vals)
     if kind == "dict":
         return {k: _unflatten(t, it, orig[k] if orig is not None else None) for k, t in zip(tree[1], tree[2])}

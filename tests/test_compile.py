@@ -416,3 +416,23 @@ def test_a_closed_over_layer_switched_to_eval_retraces(rng):
     assert (f(x).numpy() == 0).mean() > 0.3
     drop.eval()
     np.testing.assert_array_equal(f(x).numpy(), x)
+
+
+def test_named_tuples_go_in_and_come_out_of_compiled_functions():
+    """torch's (values, indices) results and a user's namedtuple of tensors: the structure had no rule
+    for tuple subclasses, so `return x.max(1)` from a compiled function raised."""
+    from collections import namedtuple
+
+    x = av.tensor(np.random.default_rng(0).standard_normal((3, 4)))
+    r = av.compile(lambda x: av.max(x, 1))(x)
+    want = av.max(x, 1)
+    assert type(r) is type(want)
+    np.testing.assert_array_equal(r.values.numpy(), want.values.numpy())
+    np.testing.assert_array_equal(r.indices.numpy(), want.indices.numpy())
+    Pair = namedtuple("Pair", "w b")
+    p = Pair(av.tensor(np.ones((3, 2))), av.tensor(np.arange(3.0)))
+    out = av.compile(lambda p: Pair(p.w * 2, p.w.sum() + p.b))(p)
+    assert type(out) is Pair
+    np.testing.assert_array_equal(out.b.numpy(), [6.0, 7.0, 8.0])
+    np.testing.assert_array_equal(av.vmap(lambda p, s: p.w.sum() * s + p.b, in_dims=(0, None))(p, av.tensor(2.0))
+                                  .numpy(), [4.0, 5.0, 6.0])

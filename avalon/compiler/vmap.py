@@ -138,7 +138,7 @@ def _leaf_dims(tr: Any, spec: Any, where: str, fn: Callable, in_dims: Any) -> li
             raise VmapError(f"vmap({_name(fn)}, in_dims={in_dims!r}, ...): {where} is a tensor, but its in_dims "
                             f"entry is a {type(spec).__name__}")
         return [spec]
-    if kind in ("tuple", "list"):
+    if kind not in ("dict", "model", "static"):  # a list, a tuple or a namedtuple (named by its class)
         kids = tr[1]
         if isinstance(spec, (tuple, list)):
             if len(spec) != len(kids):
