@@ -11,6 +11,9 @@ gradient has the structure of the differentiated argument (a tensor, or tuples, 
 them), every tensor in it differentiated (buffers and frozen ones too, as torch.func does). Being
 `av.grad`, each traces the function once per input signature; inside a traced or compiled function
 they are recorded into its graph.
+
+`jvp` is forward mode (`avalon.compiler.jvp`, `avalon.autodiff.jvp_graph`); `jacrev` and `jacfwd`
+are one `vmap` of `vjp`s and of `jvp`s over a standard basis, and `hessian` is `jacfwd(jacrev)`.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from typing import Any
 
 from . import ops
 from .compiler import value_and_grad as _value_and_grad
+from .compiler.jvp import jvp as _compiled_jvp
 from .nn.module import _names_by_tensor
 from .tensor import FROZEN, Buffer, Tensor
 
@@ -373,7 +377,7 @@ def vjp(func: Callable, *primals: Any, has_aux: bool = False) -> tuple:
     return (out, vjp_fn, aux) if has_aux else (out, vjp_fn)
 
 
-# -- Jacobians and forward products, from vmap and reverse mode -------------------------------------
+# -- Jacobians and forward products: vmap over reverse and forward mode ----------------------------
 
 def jacrev(func: Callable, argnums: int | tuple[int, ...] = 0, *, has_aux: bool = False,
            chunk_size: int | None = None) -> Callable:
@@ -421,20 +425,72 @@ def jacrev(func: Callable, argnums: int | tuple[int, ...] = 0, *, has_aux: bool 
 
 def jacfwd(func: Callable, argnums: int | tuple[int, ...] = 0, has_aux: bool = False, *,
            randomness: str = "error") -> Callable:
-    """torch.func.jacfwd's Jacobian (same values, same structure). Avalon has no forward mode: it is
-    computed as `jacrev` computes it, one vector-Jacobian product per output element; for a function
-    with many more outputs than inputs that costs more than forward mode would."""
-    return jacrev(func, argnums, has_aux=has_aux)
+    """torch.func.jacfwd: the Jacobian of `func` w.r.t. `args[argnums]` by forward mode, one
+    Jacobian-vector product per input element, all of them one `vmap` of `jvp` over the standard
+    basis (one batched graph). Same values and structure as `jacrev` (outputs outside, arguments
+    inside); cheaper when the inputs are fewer than the outputs. `randomness` is vmap's."""
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        nums, multi = _argnums(argnums, len(args))
+        flat = [_flatten(args[i], f"argument {i}") for i in nums]
+        leaves = [t for ls, _ in flat for t in ls]
+        for t in leaves:
+            if not t.dtype.is_float:
+                raise RuntimeError(f"jacfwd: only floating-point inputs can be differentiated, got {t.dtype}")
+        sizes = [t.numel() for t in leaves]
+        n = sum(sizes)
+        columns, start = [], 0  # the standard basis, one (n, *shape) block per differentiated leaf
+        for t, k in zip(leaves, sizes):
+            columns.append(ops.reshape(ops.eye(n, dtype=t.dtype)[:, start:start + k], (n, *t.shape)))
+            start += k
+        it = iter(columns)
+        basis = tuple(_unflatten(spec, it) for _, spec in flat)
+
+        def push(f: Callable, basis: tuple, *a: Any) -> Any:
+            def at(*diff: Any) -> Any:
+                full = list(a)
+                for i, d in zip(nums, diff):
+                    full[i] = d
+                return f(*full, **kwargs)
+            res = jvp(at, tuple(a[i] for i in nums), basis, has_aux=has_aux)
+            return (res[1], res[2]) if has_aux else res[1]
+
+        out_dims = (-1, 0) if has_aux else -1  # each output's directions last, as its Jacobian's columns
+        # (`func` passed, not closed over: a model's parameters are then inputs, not constants)
+        res = vmap(push, in_dims=(None, 0, *(None,) * len(args)), out_dims=out_dims,
+                   randomness=randomness)(func, basis, *args)
+        tangents, aux = res if has_aux else (res, None)
+        out_leaves, out_spec = _flatten(tangents, "the output of f")
+        blocks = []
+        for o in out_leaves:  # (*So, n) -> per differentiated leaf (*So, *Sa), in the arguments' structure
+            per, start = [], 0
+            for t, k in zip(leaves, sizes):
+                per.append(ops.reshape(o[..., start:start + k], (*o.shape[:-1], *t.shape)))
+                start += k
+            it = iter(per)
+            args_jac = tuple(_unflatten(spec, it) for _, spec in flat)
+            blocks.append(args_jac if multi else args_jac[0])
+        jac = _unflatten(out_spec, iter(blocks))
+        if has_aux:
+            aux_leaves, aux_spec = _flatten(aux, "the aux output of f")
+            return jac, _unflatten(aux_spec, iter(a[0] for a in aux_leaves))  # (every direction's aux is the same)
+        return jac
+
+    return wrapper
 
 
 def hessian(func: Callable, argnums: int | tuple[int, ...] = 0) -> Callable:
-    """torch.func.hessian: the Jacobian of the Jacobian (`jacrev` twice, second order through vmap)."""
-    return jacrev(jacrev(func, argnums), argnums)
+    """torch.func.hessian: `jacfwd(jacrev(func))`, as torch's: forward mode over the reverse-mode
+    gradient, one batched graph."""
+    return jacfwd(jacrev(func, argnums), argnums)
 
 
 def jvp(func: Callable, primals: Any, tangents: Any, *, strict: bool = False, has_aux: bool = False) -> tuple:
-    """torch.func.jvp: `(func(*primals), J @ tangents)` (`(..., aux)` with `has_aux`), from reverse mode
-    twice: `u -> J^T u` is linear, so the gradient of `<J^T u, tangents>` w.r.t. `u` is `J tangents`."""
+    """torch.func.jvp: `(func(*primals), J @ tangents)` (`(..., aux)` with `has_aux`) by forward mode:
+    `func` is traced once and `avalon.autodiff.jvp_graph` computes the output and its tangent in one
+    graph (inlined into an enclosing trace: `av.compile`, `av.grad`, `av.vmap`). Only the primals
+    are differentiated (a model's own parameters are constants); an integer output's tangent is zeros.
+    A user-defined gradient (`av.autograd.Function`) is differentiated through its forward: its
+    backward is not used by forward mode (torch requires a `jvp` staticmethod instead)."""
     if not isinstance(primals, tuple) or not isinstance(tangents, tuple):
         raise RuntimeError("jvp(f, primals, tangents): Expected primals and tangents to be tuples. E.g. "
                            "it should be valid to call f(*primals).")
@@ -442,33 +498,19 @@ def jvp(func: Callable, primals: Any, tangents: Any, *, strict: bool = False, ha
         raise RuntimeError("jvp(f, primals, tangents): Expected primals and tangents to have the same python "
                            f"structure. For example, if primals is a tuple of 3 tensors, tangents also must be. Got "
                            f"primals with structure {len(primals)} and tangents with structure {len(tangents)}")
+    fresh = []
     for i, (p, t) in enumerate(zip(primals, tangents)):
         pl, ps = _flatten(p, f"primal {i}")
         tl, ts = _flatten(t, f"tangent {i}")
         if ps != ts or any(tuple(a.shape) != tuple(b.shape) for a, b in zip(pl, tl)):
             raise RuntimeError(f"jvp(f, primals, tangents): the tangent {i} must have the structure and shapes of "
                                "its primal")
-    out = func(*primals)
-    aux = None
-    if has_aux:
-        if not (isinstance(out, tuple) and len(out) == 2):
-            raise RuntimeError("jvp(f, primals, tangents): output of function f should be a tuple: (output, aux) "
-                               "if has_aux is True")
-        out, aux = out
-    out_leaves, out_spec = _flatten(out, "the output of f")
-
-    def pairing(us: list, ps: tuple, ts: tuple) -> Tensor:
-        def dot(*p: Any) -> Tensor:
-            o = func(*p)
-            leaves, _ = _flatten(o[0] if has_aux else o, "the output of f")
-            return sum((ops.sum(a * u) for a, u in zip(leaves, us)), ops.zeros((), dtype=us[0].dtype))
-        gs = grad(dot, argnums=tuple(range(len(ps))))(*ps)
-        pairs = [(a, b) for g, t in zip(gs, ts) for a, b in zip(_flatten(g, "")[0], _flatten(t, "")[0])]
-        return sum((ops.sum(a * b) for a, b in pairs), ops.zeros((), dtype=us[0].dtype))
-
-    jt = grad(pairing)([ops.zeros_like(o) for o in out_leaves], primals, tangents)
-    result = (out, _unflatten(out_spec, iter(jt)))
-    return (*result, aux) if has_aux else result
+        # each tangent in its primal's dtype
+        fresh.append(_unflatten(ts, iter(b if b.dtype == a.dtype else ops.cast(b, a.dtype)
+                                         for a, b in zip(pl, tl))))
+    if not any(_flatten(p, "")[0] for p in primals):
+        raise RuntimeError("jvp(f, primals, tangents): Expected primals to contain at least one Tensor.")
+    return tuple(_compiled_jvp(func, len(primals), has_aux=has_aux, strict=strict)(*primals, *fresh))
 
 
 from .compiler import vmap  # noqa: E402  (torch.func.vmap is torch.vmap)

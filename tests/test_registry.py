@@ -18,13 +18,13 @@ NAMES = sorted(TABLES)
 
 
 def test_the_built_in_tables_are_registered():
-    assert {"reference", "vjp", "lowering", "fold", "linalg"} <= set(TABLES)
+    assert {"reference", "vjp", "jvp", "lowering", "fold", "linalg"} <= set(TABLES)
     assert not TABLES["fold"].required  # folds are optional per op
-    from avalon.autodiff import VJP
+    from avalon.autodiff import JVP, VJP
     from avalon.codegen.triton import LOWERING
     from avalon.ir import REFERENCE
     from avalon.passes import FOLD
-    assert TABLES["reference"].table is REFERENCE and TABLES["vjp"].table is VJP
+    assert TABLES["reference"].table is REFERENCE and TABLES["vjp"].table is VJP and TABLES["jvp"].table is JVP
     assert TABLES["lowering"].table is LOWERING and TABLES["fold"].table is FOLD
 
 
@@ -59,21 +59,22 @@ def test_missing_rules_is_empty():
 
 
 def test_a_new_op_is_reported_until_every_table_has_its_rule():
-    from avalon.autodiff import VJP
+    from avalon.autodiff import JVP, VJP
     from avalon.codegen.triton import LOWERING
     from avalon.codegen.triton.lowering import ElementwiseLowering
     from avalon.ir import REFERENCE
     from avalon.mlir import LINALG
     ir.define_op("twice_", 1, lambda ts, a: [ts[0]], traits={"elementwise", "pure"})
     try:
-        assert missing_rules() == {"twice_": ["reference", "vjp", "lowering", "linalg"]}
+        assert missing_rules() == {"twice_": ["reference", "vjp", "lowering", "linalg", "jvp"]}
         REFERENCE["twice_"] = lambda attrs, x: x * 2
         LOWERING["twice_"] = ElementwiseLowering("elementwise", "{0} * 2")
         VJP["twice_"] = lambda b, op, g: [b("add", g, g)]
+        JVP["twice_"] = lambda b, op, ts: [b("add", ts[0], ts[0])]
         LINALG["twice_"] = LINALG["add"]
         assert missing_rules() == {}
     finally:
-        for table in (ir.OPS, REFERENCE, LOWERING, VJP, LINALG):
+        for table in (ir.OPS, REFERENCE, LOWERING, VJP, JVP, LINALG):
             table.pop("twice_", None)
 
 
@@ -121,4 +122,4 @@ def test_cli_ops_missing_lists_what_a_plugin_op_lacks():
                           "fuse_silu.py")
     r = subprocess.run([sys.executable, "-m", "avalon.cli", "ops", "--missing", "--plugin", plugin],
                        capture_output=True, text=True)
-    assert r.returncode == 1 and r.stdout == "silu -> vjp\n", (r.stdout, r.stderr)
+    assert r.returncode == 1 and r.stdout == "silu -> vjp, jvp\n", (r.stdout, r.stderr)

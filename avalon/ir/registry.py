@@ -274,7 +274,8 @@ TABLES: dict[str, RuleTable] = {}
 """Every registered rule table by name ("reference", "vjp", "lowering", "fold", ...)."""
 
 TABLE_MODULES = ("avalon.ir.reference", "avalon.autodiff.rules", "avalon.batching.rules",
-                 "avalon.codegen.triton.lowering", "avalon.passes.canonicalize", "avalon.mlir.linalg")
+                 "avalon.codegen.triton.lowering", "avalon.passes.canonicalize", "avalon.mlir.linalg",
+                 "avalon.autodiff.forward_rules")
 """Modules that register the built-in tables when imported (backends load lazily, so walkers import them)."""
 
 
