@@ -248,6 +248,15 @@ def _unflatten(spec: Any, leaves: Iterator[Any]) -> Any:
     return spec[0](*kids)  # a namedtuple
 
 
+def _split_aux(out: Any, has_aux: bool, who: str) -> tuple[Any, Any]:
+    """`(output, aux)` of what `func` returned: the pair itself with `has_aux`, else `(out, None)`."""
+    if not has_aux:
+        return out, None
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise RuntimeError(f"{who}: output of function f should be a tuple: (output, aux) if has_aux is True")
+    return out[0], out[1]
+
+
 def _argnums(argnums: Any, n_args: int) -> tuple[tuple[int, ...], bool]:
     if isinstance(argnums, int) and not isinstance(argnums, bool):
         nums, multi = (argnums,), False
@@ -274,13 +283,7 @@ def grad_and_value(func: Callable, argnums: int | tuple[int, ...] = 0, has_aux: 
         for i, leaves, spec in zip(nums, diff, specs):
             args[i] = _unflatten(spec, iter(leaves))
         out = func(*args, **kwargs)
-        if has_aux:
-            if not (isinstance(out, tuple) and len(out) == 2):
-                raise RuntimeError("grad_and_value(f)(*args): output of function f should be a tuple: (output, aux) "
-                                   "if has_aux is True")
-            value = out[0]
-        else:
-            value = out
+        value = _split_aux(out, has_aux, "grad_and_value(f)(*args)")[0]
         if not isinstance(value, Tensor):
             raise RuntimeError(f"grad_and_value(f)(*args): Expected f(*args) to return a Tensor, got {type(value)}")
         if value.dim() != 0:
@@ -338,13 +341,7 @@ def vjp(func: Callable, *primals: Any, has_aux: bool = False) -> tuple:
     """torch.func.vjp: `(output, vjp_fn)` (`(output, vjp_fn, aux)` with `has_aux`), where
     `vjp_fn(cotangents)` is a tuple with the gradient of `sum(output * cotangents)` w.r.t. each
     primal. `vjp_fn` runs `func` again, under `av.grad`."""
-    out = func(*primals)
-    aux = None
-    if has_aux:
-        if not (isinstance(out, tuple) and len(out) == 2):
-            raise RuntimeError("vjp(f, *primals): output of function f should be a tuple: (output, aux) "
-                               "if has_aux is True")
-        out, aux = out
+    out, aux = _split_aux(func(*primals), has_aux, "vjp(f, *primals)")
     out_leaves, out_spec = _flatten(out, "the output of f")
     for i, p in enumerate(primals):
         _flatten(p, f"primal {i}")
@@ -387,13 +384,7 @@ def jacrev(func: Callable, argnums: int | tuple[int, ...] = 0, *, has_aux: bool 
     of shape `So + Sa`, in the structure torch gives (outputs outside, arguments inside)."""
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         nums, multi = _argnums(argnums, len(args))
-        out = func(*args, **kwargs)
-        aux = None
-        if has_aux:
-            if not (isinstance(out, tuple) and len(out) == 2):
-                raise RuntimeError("jacrev(f, ...)(*args): output of function f should be a tuple: (output, aux) "
-                                   "if has_aux is True")
-            out, aux = out
+        out, aux = _split_aux(func(*args, **kwargs), has_aux, "jacrev(f, ...)(*args)")
         out_leaves, out_spec = _flatten(out, "the output of f")
         sizes = [t.numel() for t in out_leaves]
         n = sum(sizes)
