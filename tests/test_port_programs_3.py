@@ -1038,9 +1038,6 @@ def test_a_parameter_the_loss_does_not_use_gets_no_gradient_and_the_optimizer_le
     assert sorted(g) == ["a", "b"] and (g["b"].numpy() == 0).all()
 
 
-@pytest.mark.xfail(strict=True, reason="one step count per optimizer: torch counts steps per parameter, so a "
-                                       "parameter that joins later (unfrozen, add_param_group, skipped for a step) "
-                                       "gets other Adam bias corrections")
 def test_adam_after_unfreezing_a_layer_counts_its_steps_from_one_as_torch():
     def net(lib, F_, th):
         s = lib.Sequential(lib.Linear(3, 4), lib.Tanh(), lib.Linear(4, 2))

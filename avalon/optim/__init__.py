@@ -44,8 +44,20 @@ structure retraces; any other key (a scheduler's 'initial_lr') is a plain value 
 reads. Torch's implementation switches (`foreach`, `fused`, `capturable`, `differentiable`) are
 accepted and kept in the group; they change nothing here.
 
-Scalars that depend on the step (Adam's bias corrections) are computed from the step-count tensor
+Scalars that depend on the step (Adam's bias corrections) are computed from a step-count tensor
 in float64 and cast to each parameter's dtype, which is what torch does with its Python floats.
+
+Step counts are per parameter, as torch's `state[p]["step"]`, counted only in the steps that give
+the parameter a gradient (a layer unfrozen later, a head the loss skips, a group added later with
+`add_param_group`: their bias corrections start from step one), but stored once per "step class":
+the parameters of a group whose counts are provably equal share one tensor, and the step's scalars
+are computed once per class, as they were once per group. Every parameter starts in the default
+class, counted by `step_count` (the calls of `step`: `opt.steps`, `state_dict()["step"]`), which
+steps at every call, so the common case (every parameter has a gradient every step) is one count
+as before. Which parameters have gradients is fixed for a trace (the gradient dict's keys), so a
+step whose gradients leave some members of a class out moves those to a new class (`_split_steps`),
+starting at the class's count; the optimizer then holds a new tensor, so a compiled step traces
+once more and caches again. Classes only split, so the retraces are bounded by the parameters.
 """
 from __future__ import annotations
 
@@ -89,6 +101,28 @@ def _float_value(key: str, v: Any) -> Any:
         _check(len(b) == 2, f"invalid betas {v}: two numbers")
         return (float(b[0]), float(b[1]))
     return float(v)
+
+
+class _StepClass:
+    """Parameters of one group (`names`) that have taken the same steps, so one count (`step`) and
+    one copy of the step history's other scalars (`extra`: NAdam's mu_product) serve them all.
+    A plain object, so a compiled step takes its tensors as inputs and its names into its key."""
+
+    def __init__(self, group: int, names: tuple[str, ...], step: Buffer, extra: dict[str, Buffer]):
+        self.group, self.names, self.step, self.extra = group, names, step, extra
+
+
+def _fork(src: Buffer) -> Buffer:
+    """A new buffer holding `src`'s value now. Under a trace that is still its storage (state is
+    written back after every compiled call), copied directly: reading it as a value would make the
+    compile guard on it. Where this trace already updated `src` (a second step in one traced
+    function), the copy takes the traced value as a state update instead."""
+    data = src._data
+    new = Buffer._wrap(data.copy() if isinstance(data, np.ndarray) else data.clone(), src.dtype, src.device)
+    tr = current_trace()
+    if tr is not None and id(src) in tr.updated:
+        tr.record_update(new, src)
+    return new
 
 
 # -- what `params` may be -------------------------------------------------------------------------
@@ -260,12 +294,16 @@ class Optimizer:
 
     Subclasses list their float hyperparameters in `_floats` ('betas' is a pair), their bool options
     in `_flags`, every per-parameter buffer they may create in `_slots`, say what a float decides of
-    the update's structure in `_rules`, and implement `_step_scalars` and `_update`.
+    the update's structure in `_rules`, and implement `_step_scalars` and `_update`. Scalars of the
+    step history other than the count (NAdam's mu_product) are in `_class_state` with their initial
+    values: one per group in `hyperparameters` for the default step class, one per other class in
+    its `extra`.
     """
 
     _floats: tuple[str, ...] = ("lr",)
     _flags: tuple[str, ...] = ()
     _slots: tuple[str, ...] = ()
+    _class_state: Mapping[str, float] = {}
     _repr_keys: tuple[str, ...] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -295,6 +333,7 @@ class Optimizer:
         self.step_count = _scalar_buffer(0, dt.int64, device)
         self.lr_t: Buffer = None  # type: ignore[assignment]  # group 0's lr (set below; first, for its name)
         self.state: dict[str, dict[str, Buffer]] = {}
+        self._step_classes: tuple[_StepClass, ...] = ()  # parameters not counted by step_count (module docstring)
         self.hyperparameters: list[dict[str, Buffer]] = []  # per group: float hyperparameter -> f64 tensor
         self._opts: list[dict[str, Any]] = []              # per group: bool options, in the trace key
         self._structure: list[dict[str, bool]] = []        # per group: what the floats decide, ditto
@@ -335,6 +374,11 @@ class Optimizer:
                              "(model.named_parameters()) or none")
         held = {id(t) for t in self.params.values()}
         self._add_group(_settle([group], [kind], who, set(self.params), held, start=len(self.params))[0])
+        if self.steps:  # the new parameters start at step 0, as in torch
+            i = len(self.param_groups) - 1
+            zero = _scalar_buffer(0, dt.int64, self.step_count.device)
+            extra = {k: _fork(self.hyperparameters[i][k]) for k in self._class_state}
+            self._step_classes += (_StepClass(i, tuple(self.param_groups[i]._names), zero, extra),)
         if self._kind == "model":
             self._kind = "named"  # no longer one model's parameters
 
@@ -356,28 +400,66 @@ class Optimizer:
                             "them with `loss, grads = av.value_and_grad(objective)(model, x, y)` and pass them")
         grads = self._check_grads(grads)
         self._check_trace()
+        self._split_steps(grads)
         t = ops.add(self.step_count, 1)
         assign(self.step_count, t)
         tf = ops.cast(t, dt.float64)
+        of: dict[str, _StepClass] = {}  # a parameter's step class, where not the default
+        counts: dict[int, Tensor] = {}  # a stepping class's new count (float64)
+        for c in self._step_classes:
+            of.update(dict.fromkeys(c.names, c))
+            if grads.get(c.names[0]) is not None:  # after the split, all of a class step or none
+                tc = ops.add(c.step, 1)
+                assign(c.step, tc)
+                counts[id(c)] = ops.cast(tc, dt.float64)
         for i, group in enumerate(self.param_groups):
             todo = [(n, g) for n in group._names if (g := grads.get(n)) is not None]
             if not todo:
                 continue
             st, opts = self._structure[i], self._opts[i]
-            shared = self._step_scalars(tf, self.hyperparameters[i], st, opts)
-            scalars: dict[dt.DType, dict[str, Tensor]] = {}
+            # per step class (0: the default), the float64 scalars and their casts to each dtype
+            shared: dict[int, tuple[dict[str, Tensor], dict[dt.DType, dict[str, Tensor]]]] = {}
             for name, g in todo:
+                c = of.get(name)
+                key = 0 if c is None else id(c)
+                if key not in shared:
+                    h = self.hyperparameters[i] if c is None else {**self.hyperparameters[i], **c.extra}
+                    shared[key] = (self._step_scalars(tf if c is None else counts[key], h, st, opts), {})
+                f64, scalars = shared[key]
                 p = self.params[name]
                 g = ops.cast(g, p.dtype)
                 if opts.get("maximize"):
                     g = -g
                 if p.dtype not in scalars:  # cast the float64 scalars once per dtype
-                    scalars[p.dtype] = {k: ops.cast(v, p.dtype) for k, v in shared.items()}
+                    scalars[p.dtype] = {k: ops.cast(v, p.dtype) for k, v in f64.items()}
                 self._update(p, g, self.state[name], scalars[p.dtype], st, opts)
+
+    def _split_steps(self, grads: Mapping[str, Any]) -> None:
+        """Move the parameters without a gradient in this step out of a step class whose others
+        take the step (the default class takes every step), into a new class starting at its count:
+        torch counts a parameter's steps only when it has a gradient. The set of gradients is fixed
+        for a trace, and the new counts are new tensors the optimizer holds, so a compiled step
+        traces once more with them as inputs; nothing is read from them here, so nothing is guarded."""
+        new: list[_StepClass] = []
+        held = {n for c in self._step_classes for n in c.names}
+        for i, group in enumerate(self.param_groups):
+            idle = tuple(n for n in group._names if n not in held and grads.get(n) is None)
+            if idle:
+                h = self.hyperparameters[i]
+                new.append(_StepClass(i, idle, _fork(self.step_count), {k: _fork(h[k]) for k in self._class_state}))
+        for c in self._step_classes:
+            idle = tuple(n for n in c.names if grads.get(n) is None)
+            if idle and len(idle) < len(c.names):
+                c.names = tuple(n for n in c.names if grads.get(n) is not None)
+                new.append(_StepClass(c.group, idle, _fork(c.step), {k: _fork(v) for k, v in c.extra.items()}))
+        if new:
+            self._step_classes += tuple(new)
 
     def state_dict(self) -> dict[str, Tensor]:
         """The optimizer's state as a flat dict of Tensors (saveable with `av.save`): "step", "lr"
-        (the first group's), "param_groups.{i}.{hyperparameter}" and "state.{name}.{slot}"."""
+        (the first group's), "param_groups.{i}.{hyperparameter}" and "state.{name}.{slot}", and for
+        a parameter whose steps are not the optimizer's (see the module docstring) "state.{name}.step"
+        (and NAdam's "state.{name}.mu_product")."""
         out: dict[str, Tensor] = {"step": self.step_count, "lr": self.lr_t}
         for i, h in enumerate(self.hyperparameters):
             for k, v in h.items():
@@ -386,6 +468,11 @@ class Optimizer:
         for name, slots in self.state.items():
             for s, buf in slots.items():
                 out[f"state.{name}.{s}"] = buf
+        for c in self._step_classes:
+            for name in c.names:
+                out[f"state.{name}.step"] = c.step
+                for k, v in c.extra.items():
+                    out[f"state.{name}.{k}"] = v
         return out
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -397,9 +484,11 @@ class Optimizer:
             state = self._from_torch(state)
         mine = self.state_dict()
         values = [{k: self._get_hyper(i, k) for k in self._floats} for i in range(len(self.param_groups))]
-        hyper, new_slots, unexpected = set(), {}, []
+        hyper, new_slots, unexpected, classed = set(), {}, [], {}
         for k in state:
-            if k.startswith("param_groups."):
+            if (counted := self._class_key(k)) is not None:  # a parameter's own step count (NAdam: mu_product)
+                classed[k] = counted
+            elif k.startswith("param_groups."):
                 where = self._hyper_key(k)
                 if where is None:
                     unexpected.append(k)
@@ -436,10 +525,35 @@ class Optimizer:
         for name, s in new_slots.values():
             if s not in self.state[name]:
                 self.state[name][s] = _zeros_like(self.params[name])
+        self._load_steps(state, classed, values)
         mine = self.state_dict()
         for k, v in state.items():
-            if k != "lr" and k not in hyper:
+            if k != "lr" and k not in hyper and k not in classed:
                 assign(mine[k], Tensor(v, dtype=mine[k].dtype))
+
+    def _load_steps(self, state: Mapping[str, Any], classed: dict[str, tuple[str, str]],
+                    values: list[dict[str, Any]]) -> None:
+        """The step classes of loaded per-parameter counts ("state.{name}.step"; a parameter without
+        one has the optimizer's "step"): in each group, the parameters with equal counts (and equal
+        NAdam mu_products) share one; those equal to the optimizer's join its default class."""
+        base = _scalar(state["step"])
+        own: dict[str, dict[str, float]] = {}
+        for k, (name, key) in classed.items():
+            own.setdefault(name, {})[key] = _scalar(state[k])
+        found: dict[tuple[int, tuple], list[str]] = {}
+        for i, group in enumerate(self.param_groups):
+            h = self.hyperparameters[i]
+            default = {"step": base, **{k: values[i].get(k, float(h[k])) for k in self._class_state}}
+            for n in group._names:
+                count = {**default, **own.get(n, {})}
+                if count != default:
+                    found.setdefault((i, tuple(count.items())), []).append(n)
+        device = self.step_count.device
+        self._step_classes = tuple(
+            _StepClass(i, tuple(names), _scalar_buffer(dict(count)["step"], dt.int64, device),
+                       {k: _scalar_buffer(dict(count)[k], self.hyperparameters[i][k].dtype, device)
+                        for k in self._class_state})
+            for (i, count), names in found.items())
 
     def _from_torch(self, sd: Mapping[str, Any]) -> dict[str, Any]:
         """torch's `{"state": {index: {slot: tensor}}, "param_groups": [{..., "params": [index, ...]}]}`
@@ -450,7 +564,7 @@ class Optimizer:
         if len(groups) != len(self.param_groups):
             raise ValueError("loaded state dict has a different number of parameter groups")
         out: dict[str, Any] = {}
-        steps: set[float] = set()
+        steps: dict[str, float | None] = {}  # per parameter (None: it stepped, SGD's count unknown)
         for i, (g, mine) in enumerate(zip(groups, self.param_groups)):
             if len(g["params"]) != len(mine._names):
                 raise ValueError("loaded state dict contains a parameter group that doesn't match the size of "
@@ -465,21 +579,29 @@ class Optimizer:
                     mine[k] = v  # an option, or a plain key such as initial_lr
             for index, name in zip(g["params"], mine._names):
                 slots = sd["state"].get(index, {})
+                steps[name] = 0.0
+                for k, v in self._class_state.items():  # (NAdam's mu_product: kept per step class)
+                    out[f"state.{name}.{k}"] = slots.get(k, v)
                 for slot, v in slots.items():
                     if slot == "step":
-                        steps.add(_scalar(v))
-                    elif slot in self.hyperparameters[i]:  # one per group here (NAdam's mu_product): the
-                        out[f"param_groups.{i}.{slot}"] = v  # same for every parameter, as the steps are
-                    else:
+                        steps[name] = _scalar(v)
+                    elif slot not in self._class_state:
                         out[f"state.{name}.{slot}"] = v
                 if slots and "step" not in slots:  # SGD keeps none: a buffer there means it has stepped
-                    steps.add(1.0)
+                    steps[name] = None
                 for slot, buf in self.state[name].items():  # no state yet (no gradient so far): zeros
                     out.setdefault(f"state.{name}.{slot}", np.zeros(buf.shape))
-        if len(steps) > 1:
-            raise ValueError(f"the loaded state's parameters took different numbers of steps {sorted(steps)}; an "
-                             "Avalon optimizer counts its steps once for all of them")
-        out["step"] = steps.pop() if steps else 0.0
+        # the optimizer's own count: the most steps a parameter took (load_state_dict puts the
+        # parameters at that count in its default class, each group's mu_product from one of them)
+        base = max([s for s in steps.values() if s is not None] + [1.0] * (None in steps.values()), default=0.0)
+        for name, s in steps.items():
+            out[f"state.{name}.step"] = base if s is None else s
+        for i, mine in enumerate(self.param_groups):
+            for k in self._class_state:
+                at_base = [n for n in mine._names if out[f"state.{n}.step"] == base]
+                if at_base:
+                    out[f"param_groups.{i}.{k}"] = out[f"state.{at_base[0]}.{k}"]
+        out["step"] = base
         return out
 
     def __repr__(self) -> str:
@@ -611,6 +733,13 @@ class Optimizer:
         if i >= len(self.hyperparameters) or name not in self.hyperparameters[i] or (i, name) == (0, "lr"):
             return None
         return i, name
+
+    def _class_key(self, key: str) -> tuple[str, str] | None:
+        """'state.{name}.step' (or NAdam's '.mu_product') -> (name, "step") for a parameter held."""
+        for s in ("step", *self._class_state):
+            if key.startswith("state.") and key.endswith("." + s) and key[6:-len(s) - 1] in self.params:
+                return key[6:-len(s) - 1], s
+        return None
 
     def _slot_key(self, key: str) -> tuple[str, str] | None:
         """'state.{name}.{slot}' -> (name, slot) for a buffer this optimizer could create."""
@@ -999,9 +1128,9 @@ class NAdam(Optimizer):
 
     The running product mu_1 ... mu_t is state; torch keeps it per parameter in a scalar of the
     default float dtype (float32, Avalon's fixed default), rounding it at every step, and so does
-    this: one per group (the step count is one per optimizer, so every parameter's product is the
-    same), next to the group's hyperparameters, so it is a graph input of compiled steps and appears
-    in `state_dict()` as "param_groups.{i}.mu_product"."""
+    this: one per group and step class (whose parameters took the same steps, so have the same
+    product), for the default class next to the group's hyperparameters ("param_groups.{i}.mu_product"
+    in `state_dict()`), for another in the class ("state.{name}.mu_product")."""
 
     _floats = ("lr", "betas", "eps", "weight_decay", "momentum_decay")
     _flags = ("decoupled_weight_decay", "maximize")
@@ -1022,6 +1151,7 @@ class NAdam(Optimizer):
                                       differentiable=differentiable))
 
     _rules = Adam._rules  # weight decay on or off; which of lerp's formulas the first moment takes
+    _class_state = {"mu_product": 1.0}
 
     def _add_group(self, group: dict[str, Any]) -> None:
         super()._add_group(group)
