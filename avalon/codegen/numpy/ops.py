@@ -198,6 +198,10 @@ def blas_line(gen: Generator, mnk: int, line: str) -> None:
 @register(("matmul",), floats, inplace=False)
 def _matmul(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
     a, b = op.operands[0].type.shape, op.operands[1].type.shape
+    if a[-1] == 1 and len(a) > 2:  # batched outer products (per-example weight gradients under vmap):
+        # numpy's matmul takes a slow non-BLAS loop for K = 1, the broadcast product is the same numbers
+        gen.line(f"np.multiply({gen.array(args[0])}, {gen.array(args[1])}, out={out})")
+        return
     mnk = (a[-2] if len(a) > 1 else 1) * a[-1] * (b[-1] if len(b) > 1 else 1)
     blas_line(gen, mnk, f"np.matmul({gen.array(args[0])}, {gen.array(args[1])}, out={out})")
 
