@@ -214,3 +214,9 @@ def _stateless_functional_call(module: Any, parameter_and_buffer_dicts: Any, arg
 
 stateless = sys.modules[__name__ + ".stateless"] = type(sys)(__name__ + ".stateless", "torch.nn.utils.stateless")
 stateless.functional_call = _stateless_functional_call  # type: ignore[attr-defined]
+
+# torch.nn.utils.prune (after parametrize, whose helpers it uses)
+from . import prune  # noqa: E402
+
+sys.modules[__name__ + ".prune"] = prune
+__all__ += ["prune"]
