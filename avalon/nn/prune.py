@@ -279,8 +279,9 @@ class PruningContainer(BasePruningMethod):
         return _like(new_mask, like)
 
 
-class Identity(BasePruningMethod):
-    """Prunes nothing: a mask of ones (to give a module torch's pruned layout)."""
+class NoPruning(BasePruningMethod):
+    """Prunes nothing: a mask of ones (to give a module torch's pruned layout). torch's
+    `prune.Identity`, under that name below (a class of its own name would read as `nn.Identity`)."""
 
     PRUNING_TYPE = "unstructured"
 
@@ -290,6 +291,9 @@ class Identity(BasePruningMethod):
     @classmethod
     def apply(cls, module: Any, name: str) -> Any:  # type: ignore[override]
         return super().apply(module, name)
+
+
+Identity = NoPruning
 
 
 class RandomUnstructured(BasePruningMethod):
