@@ -221,23 +221,29 @@ def _getstate(self: Any) -> Any:
                        "(avalon.save(model.state_dict(), path)), as in torch.")
 
 
-def _default_deepcopy(self: Any, memo: dict) -> Any:
-    """torch's deepcopy of a parametrized module, except that the copy gets a class of its own, so
-    removing a parametrization from one (which deletes a property of the class) leaves the other."""
-    obj = memo.get(id(self), None)
-    if obj is not None:
-        return obj
-    cls = type(self)
-    if "_parametrized_from" in cls.__dict__:
-        cls = type(cls.__name__, cls.__bases__, {k: v for k, v in cls.__dict__.items()
-                                                 if k not in ("__dict__", "__weakref__")})
-    replica = self.__new__(cls)
-    memo[id(self)] = replica
-    replica.__dict__ = deepcopy(self.__dict__, memo)
-    for slot in copyreg._slotnames(type(self)):  # type: ignore[attr-defined]
-        if hasattr(self, slot):
-            setattr(replica, slot, deepcopy(getattr(self, slot), memo))
-    return replica
+def deepcopy_with_own_class(marker: str) -> Any:
+    """A `__deepcopy__` for modules whose class was generated for them (marked by the class
+    attribute `marker`): torch's deepcopy, except that the copy gets a class of its own, so removing
+    a parametrization or pruning from one (which deletes a property of the class) leaves the other."""
+    def __deepcopy__(self: Any, memo: dict) -> Any:
+        obj = memo.get(id(self), None)
+        if obj is not None:
+            return obj
+        cls = type(self)
+        if marker in cls.__dict__:
+            cls = type(cls.__name__, cls.__bases__, {k: v for k, v in cls.__dict__.items()
+                                                     if k not in ("__dict__", "__weakref__")})
+        replica = self.__new__(cls)
+        memo[id(self)] = replica
+        replica.__dict__ = deepcopy(self.__dict__, memo)
+        for slot in copyreg._slotnames(type(self)):  # type: ignore[attr-defined]
+            if hasattr(self, slot):
+                setattr(replica, slot, deepcopy(getattr(self, slot), memo))
+        return replica
+    return __deepcopy__
+
+
+_default_deepcopy = deepcopy_with_own_class("_parametrized_from")
 
 
 def _inject_property(module: Any, tensor_name: str) -> None:

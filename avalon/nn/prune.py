@@ -12,18 +12,16 @@ Avalon's generator (`av.manual_seed`), so they have torch's counts and structure
 """
 from __future__ import annotations
 
-import copyreg
 import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
-from copy import deepcopy
 from typing import Any
 
 import numpy as np
 
 from ..grad_mode import no_grad
 from ..tensor import Tensor
-from .parametrize import _forget_buffer, _set
+from .parametrize import _forget_buffer, _set, deepcopy_with_own_class
 
 __all__ = ["BasePruningMethod", "CustomFromMask", "Identity", "L1Unstructured", "LnStructured", "PruningContainer",
            "RandomStructured", "RandomUnstructured", "custom_from_mask", "global_unstructured", "identity",
@@ -438,23 +436,7 @@ def _pruned_class(module: Any) -> type | None:
     return None
 
 
-def _deepcopy(self: Any, memo: dict) -> Any:
-    """A copy with a class of its own, so removing pruning from one (which deletes a property of
-    the class) leaves the other pruned."""
-    obj = memo.get(id(self))
-    if obj is not None:
-        return obj
-    cls = type(self)
-    if "_pruned_from" in cls.__dict__:
-        cls = type(cls.__name__, cls.__bases__, {k: v for k, v in cls.__dict__.items()
-                                                 if k not in ("__dict__", "__weakref__")})
-    replica = self.__new__(cls)
-    memo[id(self)] = replica
-    replica.__dict__ = deepcopy(self.__dict__, memo)
-    for slot in copyreg._slotnames(type(self)):  # type: ignore[attr-defined]
-        if hasattr(self, slot):
-            setattr(replica, slot, deepcopy(getattr(self, slot), memo))
-    return replica
+_deepcopy = deepcopy_with_own_class("_pruned_from")
 
 
 def _inject_property(module: Any, name: str) -> None:
