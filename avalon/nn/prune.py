@@ -353,11 +353,7 @@ class RandomStructured(BasePruningMethod):
         self.dim = dim
 
     def compute_mask(self, t: Tensor, default_mask: Tensor) -> Tensor:
-        _validate_structured_pruning(t)
-        _validate_pruning_dim(t, self.dim)
-        nch = int(t.shape[self.dim])
-        k = _compute_nparams_toprune(self.amount, nch)
-        _validate_pruning_amount(k, nch)
+        nch, k = _structured_count(t, self.amount, self.dim)
         if k == 0:
             return default_mask
         prob = _rand(nch)
@@ -368,6 +364,16 @@ class RandomStructured(BasePruningMethod):
     @classmethod
     def apply(cls, module: Any, name: str, amount: int | float, dim: int = -1) -> Any:  # type: ignore[override]
         return super().apply(module, name, amount=amount, dim=dim)
+
+
+def _structured_count(t: Tensor, amount: int | float, dim: int) -> tuple[int, int]:
+    """(slices along `dim`, how many of them to prune), checked as torch checks them."""
+    _validate_structured_pruning(t)
+    _validate_pruning_dim(t, dim)
+    nch = int(t.shape[dim])
+    k = _compute_nparams_toprune(amount, nch)
+    _validate_pruning_amount(k, nch)
+    return nch, k
 
 
 def _slice_mask(shape: tuple[int, ...], dim: int, keep: np.ndarray) -> np.ndarray:
@@ -391,11 +397,7 @@ class LnStructured(BasePruningMethod):
         self.dim = dim
 
     def compute_mask(self, t: Tensor, default_mask: Tensor) -> Tensor:
-        _validate_structured_pruning(t)
-        _validate_pruning_dim(t, self.dim)
-        nch = int(t.shape[self.dim])
-        k = _compute_nparams_toprune(self.amount, nch)
-        _validate_pruning_amount(k, nch)
+        nch, k = _structured_count(t, self.amount, self.dim)
         if k == 0:
             return default_mask
         norm = _compute_norm(_np(t), self.n, self.dim)
