@@ -11,7 +11,8 @@ fill/split rules), `gemm` (f16, bf16, tf32 vs cuBLAS), `conv` (3x3 vs cuDNN, NCH
 device-to-device copy bandwidth), `index` (index-check cost), `first_call` (cold and warm disk
 cache, in subprocesses), `big_steps` (GPT and ResNet-18 steps, as `steps`: the longest, so near the
 end), `layout` (channels-last vs NCHW ResNet step), `remat` (GPT's step with and without `fuse`'s
-recomputation), `scatter` (an embedding gradient and a graph attention's edge softmax: the atomics).
+recomputation), `scatter` (an embedding gradient and a graph attention's edge softmax: the atomics),
+`vmap` (per-example gradients of an MLP and a CNN vs torch.func.vmap(grad)).
 `--out` is rewritten after every section.
 `--dry-run` runs every section with tiny shapes and 1 rep so a typo never costs GPU time
 (tests/test_gpu_bench.py runs it); its numbers mean nothing.
@@ -403,10 +404,50 @@ def section_scatter() -> None:
     row("scatter", f"edge softmax E{edges} N{nodes} H{heads}", ms, "torch", base)
 
 
+
+def section_vmap() -> None:
+    """Per-example gradients (gpu_notes item 13): `av.vmap(av.grad(loss))` of the DP-SGD tutorials'
+    MLP (batch 64) and CNN (batch 32; each weight gradient one grouped `conv2d_grad_weight`) against
+    `torch.func.vmap(grad(...))` of the same model and weights. The models are vmap_bench's."""
+    import vmap_bench
+    rng = np.random.default_rng(0)
+    for name, (make, batch) in vmap_bench.MODELS.items():
+        _vmap_row(name, make, 2 if DRY else batch, rng)
+
+
+def _vmap_row(name: str, make, batch: int, rng: np.random.Generator) -> None:
+    torch.manual_seed(0)
+    theirs = make(torch.nn).to(DEV)
+    ours = make(av.nn)
+    av.nn.load_state_dict(ours, {k: v.cpu() for k, v in theirs.state_dict().items()})
+    av.to_device(ours, DEV)
+    x = rng.standard_normal((batch, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, batch)
+    params = {k: v.detach() for k, v in theirs.named_parameters()}
+
+    def tloss(p, x, y):
+        return torch.nn.functional.cross_entropy(torch.func.functional_call(theirs, p, (x[None],)), y[None])
+
+    def loss(m, x, y):
+        return av.nn.functional.cross_entropy(m(x[None]), y[None])
+    per = av.vmap(av.grad(loss), in_dims=(None, 0, 0))
+    step = av.compile(lambda m, x, y: per(m, x, y), backend="triton")
+    ax, ay = av.tensor(x, device=DEV), av.tensor(y, device=DEV)
+    tper = torch.func.vmap(torch.func.grad(tloss), in_dims=(None, 0, 0))
+    tx, ty = torch.from_numpy(x).to(DEV), torch.from_numpy(y).to(DEV)
+    got, want = step(ours, ax, ay), tper(params, tx, ty)
+    for k, w in want.items():  # TF32 on the card: 1e-2 of the largest entry
+        w = w.cpu().numpy()
+        err = np.abs(got[k].numpy() - w).max() / max(np.abs(w).max(), 1e-12)
+        assert err < 1e-2, (name, k, err)
+    row("vmap", f"per-example grads {name} bs{batch}", bench_ms(lambda: step(ours, ax, ay)),
+        "torch.func", bench_ms(lambda: tper(params, tx, ty)))
+
+
 SECTIONS = {"steps": section_steps, "gemm": section_gemm, "conv": section_conv, "attention": section_attention,
             "pointwise": section_pointwise, "index": section_index, "first_call": section_first_call,
             "big_steps": section_big_steps, "layout": section_layout, "remat": section_remat,
-            "scatter": section_scatter}
+            "scatter": section_scatter, "vmap": section_vmap}
 
 
 def _write(path: str, payload: dict) -> None:

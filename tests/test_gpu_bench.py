@@ -18,7 +18,7 @@ def test_gpu_bench_dry_run_runs_every_section(tmp_path):
     got = json.loads(out.read_text())
     assert not got["failed"]
     sections = {r["section"] for r in got["rows"]}
-    assert sections == {"steps", "gemm", "conv", "attention", "pointwise", "index", "first_call", "layout", "remat",
+    assert sections == {"steps", "gemm", "conv", "attention", "pointwise", "index", "first_call", "layout", "remat", "vmap",
                         "scatter"}
     assert all(r["avalon_ms"] > 0 and r["baseline_ms"] > 0 for r in got["rows"])
     assert len(got["profile"]) == 4  # each step's kernel profile (empty without CUDA)
