@@ -401,7 +401,7 @@ def jacrev(func: Callable, argnums: int | tuple[int, ...] = 0, *, has_aux: bool 
                 return sum((ops.sum(x * c) for x, c in zip(leaves, cts)), ops.zeros((), dtype=cts[0].dtype))
             return grad(dot, argnums=nums if multi else nums[0])(*a)
 
-        rows = vmap(row, in_dims=(0, *(None,) * len(args)))(cts, *args)  # leaves (n, *Sa)
+        rows = vmap(row, in_dims=(0, *(None,) * len(args)), chunk_size=chunk_size)(cts, *args)  # leaves (n, *Sa)
         row_leaves, row_spec = _flatten(rows, "the gradient")
         blocks, start = [], 0
         for t, k in zip(out_leaves, sizes):

@@ -11,6 +11,9 @@ vmapped function differentiates the batched graph, and vmaps nest.
 argument, each an int, None (the argument is shared by every example: a model, a weight, a Python
 number) or a structure matching the argument's (a dict of parameters mapped at 0 next to a shared
 one). Keyword arguments are shared. `out_dims` is an int or a tuple with one entry per output.
+`chunk_size` (torch's) maps `chunk_size` examples per call of the batched program and concatenates
+the results: the same values, less memory at once (a last, shorter chunk compiles a second
+signature; with randomness="same" every chunk starts from the same random state, as in torch).
 Unlike torch, `f` may not write state (a batch norm's running statistics in training mode): the
 error says which.
 """
@@ -178,10 +181,11 @@ class Vmapped:
     """What `av.vmap` returns: call it like `f`. Positional arguments are mapped per `in_dims`;
     keyword arguments are shared by every example (as torch's)."""
 
-    __slots__ = ("fn", "in_dims", "out_dims", "randomness", "_compiled", "__weakref__")
+    __slots__ = ("fn", "in_dims", "out_dims", "randomness", "chunk_size", "_compiled", "__weakref__")
 
-    def __init__(self, fn: Callable, in_dims: Any, out_dims: Any, randomness: str):
+    def __init__(self, fn: Callable, in_dims: Any, out_dims: Any, randomness: str, chunk_size: int | None = None):
         self.fn, self.in_dims, self.out_dims, self.randomness = fn, in_dims, out_dims, randomness
+        self.chunk_size = chunk_size
         self._compiled: dict[tuple, Compiled] = {}
 
     @property
@@ -196,7 +200,60 @@ class Vmapped:
         return f"<vmap of {_name(self.fn)}, in_dims={self.in_dims!r}, out_dims={self.out_dims!r}>"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._for(tuple(kwargs), len(args))(*args, *kwargs.values())
+        run = self._for(tuple(kwargs), len(args))
+        if self.chunk_size is None:
+            return run(*args, *kwargs.values())
+        return self._chunked(run, args, tuple(kwargs.values()))
+
+    def _chunked(self, run: Compiled, args: tuple, extra: tuple) -> Any:
+        """`run` on `chunk_size` examples at a time, the results concatenated along their out_dims."""
+        from avalon import ops, random
+        from avalon.tree import flatten, unflatten
+        per_arg = self.in_dims if isinstance(self.in_dims, tuple) else (self.in_dims,) * len(args)
+        if len(per_arg) != len(args):
+            return run(*args, *extra)  # the program's own error says what is wrong
+        flat = []  # per argument: None (shared) or (leaves, tree, dims)
+        size = None
+        for i, (a, spec) in enumerate(zip(args, per_arg)):
+            if spec is None:
+                flat.append(None)
+                continue
+            leaves, tr = flatten(a, f"argument {i}")
+            dims = _leaf_dims(tr, spec, f"argument {i}", self.fn, self.in_dims)
+            dims = [None if d is None or not -np.ndim(x) <= d < np.ndim(x) else d % np.ndim(x)
+                    for (_, x), d in zip(leaves, dims)]
+            flat.append((leaves, tr, dims))
+            size = next((np.shape(x)[d] for (_, x), d in zip(leaves, dims) if d is not None), size)
+        if size is None or size <= self.chunk_size:
+            return run(*args, *extra)
+        state = random.get_rng_state() if self.randomness == "same" else None
+        outs, tree = [], None
+        for lo in range(0, size, self.chunk_size):
+            hi = min(lo + self.chunk_size, size)
+            part = []
+            for a, f in zip(args, flat):
+                if f is None:
+                    part.append(a)
+                    continue
+                leaves, tr, dims = f
+                cut = [x if d is None else x[(slice(None),) * d + (slice(lo, hi),)] for (_, x), d in zip(leaves, dims)]
+                part.append(unflatten(tr, cut, a))
+            if state is not None:
+                random.set_rng_state(state)
+            leaves, tree = flatten(run(*part, *extra), "the result")
+            outs.append([x for _, x in leaves])
+        axes = self._leaf_out_dims(tree, [np.ndim(x) for x in outs[0]])
+        joined = [chunks[0] if d is None else ops.cat(list(chunks), d) for d, chunks in zip(axes, zip(*outs))]
+        return unflatten(tree, joined)
+
+    def _leaf_out_dims(self, tree: Any, ranks: list[int]) -> list[int | None]:
+        from avalon.trace import _count_leaves
+        if isinstance(self.out_dims, (tuple, list)):
+            kids = tree[1] if tree[0] in ("tuple", "list") else (tree,)
+            axes = [d for k, d in zip(kids, self.out_dims) for _ in range(_count_leaves(k))]
+        else:
+            axes = [self.out_dims] * len(ranks)
+        return [None if d is None else d % r for d, r in zip(axes, ranks)]
 
     def inspect(self, *args: Any, **kwargs: Any) -> Any:
         """What the compiler did for these arguments (`Compiled.inspect`): the batched graph and passes."""
@@ -228,8 +285,8 @@ def vmap(func: Callable, in_dims: Any = 0, out_dims: Any = 0, randomness: str = 
     batched graph, not a Python loop (see the module docstring for in_dims / out_dims).
 
     `randomness` is torch's: "error" (the default) refuses random numbers inside `f`, "same" draws
-    one set shared by every example, "different" draws each example its own. `chunk_size` is accepted
-    for torch's signature; every example is computed at once.
+    one set shared by every example, "different" draws each example its own. `chunk_size` maps that
+    many examples per batched call (less memory at once, the same results; the module docstring).
     """
     if not callable(func):
         raise TypeError(f"vmap: {func!r} is not callable")
@@ -239,4 +296,4 @@ def vmap(func: Callable, in_dims: Any = 0, out_dims: Any = 0, randomness: str = 
         raise ValueError(f"vmap: chunk_size should be None or greater than 0. (got {chunk_size})")
     if isinstance(in_dims, list):
         in_dims = tuple(in_dims)
-    return Vmapped(func, in_dims, out_dims, randomness)
+    return Vmapped(func, in_dims, out_dims, randomness, chunk_size)
