@@ -39,6 +39,17 @@ def values_fixed(t: Tensor) -> bool:
     return t._value is None and not any(id(t) in tr.leaves for tr in TRACING)
 
 
+def escaped_message(t: Tensor, what: str, where: str) -> str:
+    """What to say of a traced value used after its trace ended (JAX's leaked tracer): something
+    outside the function kept it while it was traced, which runs the Python code once."""
+    name = getattr(getattr(t._trace, "graph", None), "name", "")
+    return (f"{what}: this tensor is a value of the graph traced for @{name}{where}, kept after that trace "
+            "ended by something outside the function (a forward hook storing an activation, a closure, a "
+            "list or dict). A compiled or differentiated function runs its Python code once, while tracing; "
+            "its values exist only while the graph runs. Return the tensor from the function instead "
+            "(`return loss, acts['x']`), or call the model eagerly where a hook must act on every call.")
+
+
 def _read_while_tracing(t: Tensor, what: str) -> None:
     """Note `t`'s values being read inside a trace (see READS); refuse a model tensor that the traced
     function already updated (its eager data is the old value, its value in the graph a new one)."""
@@ -374,6 +385,8 @@ class Tensor:
             else:
                 fix = ("Python control flow cannot depend on tensor values: use av.where(cond, a, b) for "
                        "data-dependent selection, or move the decision out of the traced function.")
+            if not any(self._trace is tr for tr in TRACING):
+                raise TracerError(escaped_message(self, what, where))
             raise TracerError(f"{what} needs a concrete value, but this tensor is being traced{where}. Avalon "
                               f"records one graph for all inputs. {fix}")
         if TRACING:  # an eager tensor read while tracing: a model's, whose value the graph bakes in

@@ -221,6 +221,21 @@ def test_adding_or_removing_a_hook_traces_again():
     assert g.cache_info().misses == 2
 
 
+def test_an_activation_a_hook_keeps_from_a_compiled_call_says_what_happened():
+    """A hook storing an activation runs while tracing: what it keeps is a graph value that outlived
+    its trace (JAX's leaked tracer). Reading it names that, and how to get the value instead."""
+    ours, _ = pair()
+    (x,) = data((4, 3))
+    acts = {}
+    ours.fc1.register_forward_hook(lambda m, args, out: acts.__setitem__("fc1", out.detach()))
+    f = av.compile(lambda model, x: model(x).sum(), backend="numpy")
+    f(ours, av.tensor(x))
+    with pytest.raises(av.TracerError, match=r"kept after that trace ended by something outside .*forward hook"):
+        acts["fc1"].numpy()
+    ours(av.tensor(x))  # eagerly, the hook keeps a value
+    close(acts["fc1"], ours.fc1(av.tensor(x)))
+
+
 def test_hook_tables_are_not_state():
     """A hook object that keeps the activations it saw holds tensors; they are not the model's."""
     ours, theirs = pair()
