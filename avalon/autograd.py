@@ -23,6 +23,12 @@ region (autodiff/transform.py); every other consumer of a traced graph (compile,
 exports) sees the forward region inlined, so no backend ever meets the op. Outside a trace,
 `apply` just runs `forward`, as nothing can ask for a gradient there.
 
+torch.func's style works too: `forward(*args)` without ctx and `setup_context(ctx, inputs, output)`
+to keep what backward needs; `vjp` may stand for `backward`; `generate_vmap_rule` is accepted (vmap
+batches both regions). A `jvp(ctx, *tangents)` staticmethod, reading what forward gave
+`ctx.save_for_forward` as `ctx.saved_tensors`, becomes a third region: forward mode's rule for the
+op (autodiff/forward.py), which refuses a Function without one, as torch does.
+
 As in torch, `forward` runs without gradient tracking: tensors it reads that are not arguments
 (a module's weights) get no gradient through it, and `backward` returns one gradient (or None)
 per argument of `forward`. Unlike torch, `backward` is traced once, so it must be written with
@@ -63,6 +69,13 @@ class FunctionCtx:
                 raise TypeError(f"save_for_backward can only save tensors or None, got {type(t).__name__}")
         self.saved_tensors = tensors
 
+    def save_for_forward(self, *tensors: Any) -> None:
+        """What `jvp` reads as `ctx.saved_tensors` (torch's)."""
+        for t in tensors:
+            if t is not None and not isinstance(t, Tensor):
+                raise TypeError(f"save_for_forward can only save tensors or None, got {type(t).__name__}")
+        self._for_forward = tensors
+
     def mark_non_differentiable(self, *tensors: Any) -> None:
         """Accepted: an output nothing differentiates gets a zero cotangent anyway."""
 
@@ -80,8 +93,9 @@ def _placeholder(t: TensorType) -> Tensor:
     return Tensor._wrap(np.broadcast_to(np.zeros((), t.dtype.np), t.shape), t.dtype)
 
 
-def _apply(forward: Callable, backward: Callable, args: tuple, name: str) -> Any:
-    """`forward(ctx, *args)` with `backward(ctx, *grads)` as its gradient (module docstring)."""
+def _apply(forward: Callable, backward: Callable, args: tuple, name: str, jvp: Callable | None = None) -> Any:
+    """`forward(ctx, *args)` with `backward(ctx, *grads)` as its gradient and `jvp(ctx, *tangents)`
+    (if given) as its forward-mode rule (module docstring)."""
     outer = current_trace()
     ctx = FunctionCtx(args)
     if outer is None:
@@ -99,9 +113,10 @@ def _apply(forward: Callable, backward: Callable, args: tuple, name: str) -> Any
             raise TypeError(f"{name}.forward must return a tensor or a tuple of tensors, got {type(out).__name__}")
         saved = [t for t in ctx.saved_tensors if t is not None]
         attrs = [(k, v) for k, v in vars(ctx).items() if isinstance(v, Tensor)]
+        for_fwd = getattr(ctx, "_for_forward", ())
         results.update(n_out=len(outs), tuple_out=isinstance(out, tuple), attrs=[k for k, _ in attrs],
-                       saved=[t is not None for t in ctx.saved_tensors])
-        return (*outs, *saved, *(v for _, v in attrs))
+                       saved=[t is not None for t in ctx.saved_tensors], for_fwd=[t is not None for t in for_fwd])
+        return (*outs, *saved, *(v for _, v in attrs), *(t for t in for_fwd if t is not None))
 
     f = trace_call(fwd, tuple(args[i] for i in slots), name=f"{name}_forward")
     if f.update_targets or any(x is SEED for x in f.leaves):
@@ -146,15 +161,59 @@ def _apply(forward: Callable, backward: Callable, args: tuple, name: str) -> Any
         raise located(NotImplementedError(f"{name}.backward reads tensors of the enclosing function that forward "
                                           "did not save (or draws random numbers); pass them to forward and keep "
                                           "them with ctx.save_for_backward"), user_location())
+    regions = [clone_block(f.graph.body), clone_block(b.graph.body)]
+    if jvp is not None:
+        regions.append(clone_block(_jvp_region(jvp, ctx, args, slots, grads, results, out_types, name).graph.body))
     operands = [outer.value_of(x) for x in feed(list(f.leaves))]
-    op = Op("custom_vjp", operands, out_types, {"name": name, "outputs": n_out, "grads": grads},
-            [clone_block(f.graph.body), clone_block(b.graph.body)], user_location())
+    op = Op("custom_vjp", operands, out_types, {"name": name, "outputs": n_out, "grads": grads}, regions,
+            user_location())
     for region in op.regions:  # a graph ends in `return`, a region in `yield`
         region.set_terminator("yield", region.results)
     outer.builder.insert(op)
     outer.custom = True
     outs = [Tensor._traced(r, outer) for r in op.results[:n_out]]
     return tuple(outs) if results["tuple_out"] else outs[0]
+
+
+def _jvp_region(jvp: Callable, ctx: FunctionCtx, args: tuple, slots: list[int], grads: list[int],
+                results: dict, out_types: list, name: str) -> Any:
+    """The trace of `jvp(ctx, *tangents)`: (saved values, one tangent per float tensor argument)
+    -> one tangent per output; `ctx.saved_tensors` are what forward gave `save_for_forward`."""
+    n_out = results["n_out"]
+    n_kept = len(out_types) - n_out
+
+    def jv(*vals: Tensor) -> tuple:
+        it = iter(vals[:n_kept])
+        for _ in (s for s in results["saved"] if s):
+            next(it)
+        for a in results["attrs"]:
+            setattr(ctx, a, next(it))
+        ctx.saved_tensors = tuple(next(it) if s else None for s in results["for_fwd"])
+        per: list[Any] = [None] * len(args)
+        for k, t in zip(grads, vals[n_kept:]):
+            per[slots[k]] = t
+        out = jvp(ctx, *per)
+        out = out if isinstance(out, tuple) else (out,)
+        if len(out) != n_out:
+            raise TypeError(f"{name}.jvp returned {len(out)} tangent(s) for {n_out} output(s)")
+        tangents = []
+        for i, (t, want) in enumerate(zip(out, out_types)):
+            if t is None:
+                t = ops.full(want.shape, 0.0, want.dtype)
+            if not isinstance(t, Tensor) or tuple(t.shape) != tuple(want.shape):
+                raise ValueError(f"{name}.jvp returned {getattr(t, 'shape', type(t).__name__)} as the tangent of "
+                                 f"output {i}, expected shape {list(want.shape)}")
+            tangents.append(t.to(want.dtype))
+        return tuple(tangents)
+
+    example = [_placeholder(t) for t in out_types[n_out:]] + [_placeholder(TensorType(tuple(args[slots[k]].shape),
+                                                                                      args[slots[k]].dtype))
+                                                              for k in grads]
+    traced = trace_call(jv, tuple(example), name=f"{name}_jvp")
+    if traced.update_targets or len(traced.leaves) != len(example):
+        raise located(NotImplementedError(f"{name}.jvp reads tensors that forward did not save (or draws random "
+                                          "numbers); keep them with ctx.save_for_forward"), user_location())
+    return traced
 
 
 class _FunctionMeta(type):
@@ -171,14 +230,36 @@ class Function(metaclass=_FunctionMeta):
     def forward(ctx: FunctionCtx, *args: Any) -> Any:
         raise NotImplementedError("You must implement the forward function for custom autograd.Function.")
 
+    generate_vmap_rule = False  # accepted: vmap batches the forward and backward themselves
+
+    @staticmethod
+    def setup_context(ctx: FunctionCtx, inputs: tuple, output: Any) -> None:
+        """torch.func's style: `forward(*args)` without ctx, then this keeps what backward needs."""
+
     @staticmethod
     def backward(ctx: FunctionCtx, *grads: Any) -> Any:
         raise NotImplementedError("You must implement either the backward or vjp method for your custom "
                                   "autograd.Function to use it with backward mode AD.")
 
+    vjp = backward
+
+    @staticmethod
+    def jvp(ctx: FunctionCtx, *tangents: Any) -> Any:
+        """The forward-mode rule: one tangent per output from one per input (None where an input is
+        not a floating-point tensor); `ctx.saved_tensors` are what forward saved with save_for_forward."""
+        raise NotImplementedError("You must implement the jvp function for custom autograd.Function to use it "
+                                  "with forward mode AD.")
+
     @classmethod
     def apply(cls, *args: Any) -> Any:
-        return _apply(cls.forward, cls.backward, args, cls.__name__)
+        forward = cls.forward
+        if cls.setup_context is not Function.setup_context:
+            def forward(ctx: FunctionCtx, *a: Any) -> Any:
+                out = cls.forward(*a)
+                cls.setup_context(ctx, a, out)
+                return out
+        backward = cls.backward if cls.backward is not Function.backward else cls.vjp
+        return _apply(forward, backward, args, cls.__name__, cls.jvp if cls.jvp is not Function.jvp else None)
 
 
 class custom_vjp:  # noqa: N801 (jax's name)

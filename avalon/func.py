@@ -480,8 +480,8 @@ def jvp(func: Callable, primals: Any, tangents: Any, *, strict: bool = False, ha
     `func` is traced once and `avalon.autodiff.jvp_graph` computes the output and its tangent in one
     graph (inlined into an enclosing trace: `av.compile`, `av.grad`, `av.vmap`). Only the primals
     are differentiated (a model's own parameters are constants); an integer output's tangent is zeros.
-    A user-defined gradient (`av.autograd.Function`) is differentiated through its forward: its
-    backward is not used by forward mode (torch requires a `jvp` staticmethod instead)."""
+    An `av.autograd.Function` reached by a tangent needs a `jvp` staticmethod (torch's); without one
+    this raises, as torch does (avalon/autodiff/forward.py)."""
     if not isinstance(primals, tuple) or not isinstance(tangents, tuple):
         raise RuntimeError("jvp(f, primals, tangents): Expected primals and tangents to be tuples. E.g. "
                            "it should be valid to call f(*primals).")

@@ -10,8 +10,6 @@ against torch.func on small models, composed with vmap, av.grad and av.compile.
 """
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pytest
 import torch
@@ -69,8 +67,6 @@ def _inputs(g: Graph, name: str, rng: np.random.Generator) -> list[np.ndarray]:
 def _pairing(g: Graph, name: str) -> Graph:
     """`sum_k <output_k, u_k>` over the float outputs, the u_k new inputs after g's."""
     p = g.clone()
-    if name == "custom_vjp":  # forward mode differentiates its forward, so the pairing must too
-        inline_regions(p.body, "custom_vjp")
     b = Builder(p)
     total = None
     for k, v in enumerate([v for v in p.outputs if v.dtype.is_float]):
@@ -84,6 +80,8 @@ def _pairing(g: Graph, name: str) -> Graph:
 @pytest.mark.parametrize("name", sorted(SAMPLES))
 def test_every_op_jvp_matches_central_differences_and_its_vjp(name):
     g = _f64(SAMPLES[name])
+    if name == "custom_vjp":  # (it has no jvp region, which forward mode refuses: its forward's ops here)
+        inline_regions(g.body, "custom_vjp")
     rng = np.random.default_rng(0)
     wrt = [i for i, v in enumerate(g.inputs) if v.dtype.is_float]
     jg = jvp_graph(g, wrt)
@@ -185,27 +183,66 @@ def test_jvp_graph_layout_round_trips_and_refuses_what_has_no_tangent():
         jvp_graph(g, [7])
 
 
-def test_forward_mode_differentiates_a_user_defined_gradient_through_its_forward(caplog):
-    """A custom backward is not used by forward mode (documented in avalon.autodiff.forward): the
-    tangent is the forward's own derivative, even where the backward says otherwise."""
-    class Twice(av.autograd.Function):
+def _exp_function(lib):
+    """torch.func's style of autograd.Function (forward without ctx, setup_context), with a forward-mode
+    rule that is deliberately 3x the true one, so a result that used it shows."""
+    class Exp(lib.autograd.Function):
+        generate_vmap_rule = True
+
         @staticmethod
-        def forward(ctx, x):
-            return x * 2.0
+        def forward(x):
+            return lib.exp(x)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_backward(output)
+            ctx.save_for_forward(output)
 
         @staticmethod
         def backward(ctx, g):
-            return g * 100.0  # deliberately not the forward's derivative
+            (r,) = ctx.saved_tensors
+            return g * r
 
-    x, t = av.tensor(np.array([1.0, 2.0])), av.tensor(np.array([0.5, -1.0]))
-    with caplog.at_level(logging.INFO, logger="avalon.autodiff"):
-        _, jt = func.jvp(lambda x: Twice.apply(x), (x,), (t,))
-    np.testing.assert_allclose(jt.numpy(), 2 * t.numpy())
-    g = all_samples()["custom_vjp"]
-    with caplog.at_level(logging.INFO, logger="avalon.autodiff"):
-        jvp_graph(g, [0])
-    assert "its backward is not used by forward mode" in caplog.text
-    np.testing.assert_allclose(av.grad(lambda x: Twice.apply(x).sum())(x).numpy(), [100.0, 100.0])
+        @staticmethod
+        def jvp(ctx, t):
+            (r,) = ctx.saved_tensors
+            return 3.0 * t * r
+    return Exp
+
+
+def test_forward_mode_uses_a_user_defined_jvp_and_refuses_a_function_without_one(rng):
+    """torch's `Function.jvp` (what save_for_forward kept as ctx.saved_tensors) is the tangent rule, in
+    jvp, jacfwd, compiled and under a gradient (reverse over forward reaches the input through the
+    saved values); a Function with only a backward is refused (torch and JAX refuse it too), since
+    its backward may deliberately differ from its forward's derivative (a straight-through estimator)."""
+    ours, theirs = _exp_function(av), _exp_function(torch)
+    x, t = rng.standard_normal(4), rng.standard_normal(4)
+    cases = [
+        (lambda: func.jvp(ours.apply, (av.tensor(x),), (av.tensor(t),))[1],
+         lambda: torch.func.jvp(theirs.apply, (_t(x),), (_t(t),))[1]),
+        (lambda: func.jacfwd(ours.apply)(av.tensor(x)), lambda: torch.func.jacfwd(theirs.apply)(_t(x))),
+        (lambda: av.compile(lambda x, t: func.jvp(ours.apply, (x,), (t,))[1])(x, t),
+         lambda: torch.func.jvp(theirs.apply, (_t(x),), (_t(t),))[1]),
+        (lambda: av.grad(lambda x, t: func.jvp(ours.apply, (x,), (t,))[1].sum())(av.tensor(x), av.tensor(t)),
+         lambda: torch.func.grad(lambda x: torch.func.jvp(theirs.apply, (x,), (_t(t),))[1].sum())(_t(x))),
+        (lambda: av.grad(lambda x: ours.apply(x).sum())(av.tensor(x)),
+         lambda: torch.func.grad(lambda x: theirs.apply(x).sum())(_t(x))),
+    ]
+    for got, want in cases:
+        np.testing.assert_allclose(got().numpy(), want().numpy(), rtol=1e-12)
+
+    class Round(av.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.round()
+
+        @staticmethod
+        def backward(ctx, g):
+            return g  # straight through: not the forward's derivative
+    with pytest.raises(GradError, match=r"reached Round .*no forward-mode rule: give the autograd.Function a `jvp"):
+        func.jvp(Round.apply, (av.tensor(x),), (av.tensor(t),))
+    with pytest.raises(GradError, match="no forward-mode rule"):
+        jvp_graph(all_samples()["custom_vjp"], [0])
 
 
 # -- torch.func's API against torch.func --------------------------------------------------------------

@@ -400,6 +400,6 @@ def test_chunk_size_maps_chunks_and_concatenates_like_torch(rng, chunk):
     tw = torch.tensor(w, requires_grad=True)
     loss(torch, tw, torch.tensor(x), torch.vmap).backward()
     assert rel(g.numpy(), tw.grad.numpy()) < 1e-12
-    noise = av.vmap(lambda xi: xi + av.rand(4, dtype=av.float64), in_dims=1, randomness="same",
-                    chunk_size=chunk)(x).numpy() - np.moveaxis(x, 1, 0)
-    assert np.abs(noise - noise[:1]).max() < 1e-12 and noise.std() > 0.1
+    noise = av.vmap(lambda xi: xi.sum() + av.rand(64, dtype=av.float64), in_dims=1, randomness="same",
+                    chunk_size=chunk)(x).numpy() - x.sum((0, 2))[:, None]
+    assert np.abs(noise - noise[:1]).max() < 1e-12 and noise.std() > 0.1  # (64 uniforms: std ~0.29)

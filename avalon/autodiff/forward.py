@@ -15,28 +15,23 @@ ordinary graph: it prints, parses, verifies and runs like a traced one; `grad_gr
 reverse-over-forward, `jvp_graph` of a gradient graph gives forward-over-reverse (Hessian-vector
 products), and `batch_graph` of it gives many directions at once (Jacobians).
 
-A user-defined gradient (`custom_vjp`, avalon/autograd.py) has no forward rule: its forward region
-is inlined and differentiated like any other ops, so forward mode gives the derivative of what the
-forward computes and never runs the user's backward (JAX raises for a custom_vjp under jvp; torch
-requires a separate `jvp` staticmethod). Where the backward is the forward's true derivative written
-for speed or stability (the usual case) the two agree; where it deliberately differs (a
-straight-through estimator) forward mode does not follow it. That is said once per graph on the
-`avalon.autodiff` channel.
+A user-defined gradient (`custom_vjp`, avalon/autograd.py) is not a forward-mode rule: a tangent
+reaching one goes through its `jvp` region (torch's `Function.jvp` staticmethod), and without one
+it is an error, as in torch and JAX: differentiating the forward instead would silently ignore a
+backward that deliberately differs from it (a straight-through estimator). The op itself stays in
+the result, so `grad_graph` of it (reverse over forward) still uses the user's backward.
 """
 from __future__ import annotations
 
 import gc
 from collections.abc import Sequence
 
-from avalon.channels import get_logger
-from avalon.ir import Builder, Graph, Value
-from avalon.ir.clone import inline_regions
+from avalon.ir import Builder, Graph, Op, Value
+from avalon.ir.clone import clone_op
 
 from .forward_rules import JVP
 from .rules import NON_DIFFERENTIABLE
 from .transform import GradError, _flat_copy, _sweep_dead
-
-log = get_logger("autodiff")
 
 
 def jvp_graph(graph: Graph, wrt: Sequence[int], name: str | None = None, *,
@@ -56,10 +51,6 @@ def jvp_graph(graph: Graph, wrt: Sequence[int], name: str | None = None, *,
 
 def _jvp_graph(graph: Graph, wrt: list[int], name: str | None, outputs: Sequence[int] | None) -> Graph:
     g = _flat_copy(graph, name or f"jvp_{graph.name}")
-    if inline_regions(g.body, "custom_vjp"):
-        log.info("jvp of @%s: a user-defined gradient (custom_vjp) is differentiated through its forward; "
-                 "its backward is not used by forward mode", graph.name)
-        g = _flat_copy(g, g.name)  # (a forward region may hold fusion groups)
     if len(set(wrt)) != len(wrt):
         raise GradError(f"jvp_graph: wrt {wrt} names an input twice")
     for i in wrt:
@@ -85,7 +76,7 @@ def _jvp_graph(graph: Graph, wrt: list[int], name: str | None, outputs: Sequence
             continue
         if not any(r.dtype.is_float for r in op.results):
             continue  # an integer or boolean result: piecewise constant, no tangent
-        rule = JVP.get(op.name)
+        rule = _custom_jvp if op.name == "custom_vjp" else JVP.get(op.name)
         if rule is None:
             raise NotImplementedError(f"no JVP rule for op '{op.name}'"
                                       f"{f' (from {op.loc})' if op.loc else ''}; add one to "
@@ -108,3 +99,30 @@ def _jvp_graph(graph: Graph, wrt: list[int], name: str | None, outputs: Sequence
     g.set_outputs(outs + tangents)
     _sweep_dead(g)
     return g
+
+
+def _custom_jvp(b: Builder, op: Op, ts: list[Value | None]) -> list[Value | None]:
+    """A user-defined gradient's tangents from its `jvp` region: (saved results, one tangent per
+    `grads` operand, zeros where none) -> one per output (module docstring)."""
+    n = op.attrs["outputs"]
+    if len(op.regions) < 3:
+        raise GradError(f"forward-mode AD (jvp) reached {op.attrs['name']}"
+                        f"{f' (from {op.loc})' if op.loc else ''}, a function with a user-defined gradient and no "
+                        "forward-mode rule: give the autograd.Function a `jvp(ctx, *tangents)` staticmethod "
+                        "(torch's; keep what it reads with ctx.save_for_forward). Its backward is not used "
+                        "for forward mode")
+    # the saved values the rule reads, recomputed from a copy of the forward's ops (CSE merges them
+    # with the forward once it is inlined): a gradient of the tangents (reverse over forward) then
+    # reaches the inputs through them, as torch's does through its saved tensors
+    fwd = op.regions[0]
+    mapping = dict(zip(fwd.args, op.operands))
+    for inner in fwd.ops:
+        b.insert(clone_op(inner, mapping))
+    saved = [mapping[y] for y in fwd.results[n:]]
+    region = op.regions[2]
+    tans = [ts[i] if ts[i] is not None else b.constant(0.0, op.operands[i].shape, op.operands[i].dtype)
+            for i in op.attrs["grads"]]
+    mapping = dict(zip(region.args, [*saved, *tans]))
+    for inner in region.ops:
+        b.insert(clone_op(inner, mapping))
+    return [mapping[y] for y in region.results] + [None] * (len(op.results) - n)

@@ -22,8 +22,8 @@ from typing import Any
 
 from avalon.autodiff import NON_DIFFERENTIABLE, jvp_graph
 from avalon.ir import Block, Builder, Graph, Value
-from avalon.ir.clone import clone_op
-from avalon.trace import Traced, _count_leaves, signature, trace_call
+from avalon.ir.clone import clone_op, inline_regions
+from avalon.trace import Traced, _count_leaves, current_trace, signature, trace_call
 
 from .core import Compiled
 from .gradients import GRAD_PIPELINE, _name
@@ -60,7 +60,8 @@ class JvpProgram:
             if tuple(p.shape) != tuple(t.shape) or p.dtype != t.dtype:
                 raise ValueError(f"{self.name}: the tangent of {name} is {t.dtype}{list(t.shape)}, its primal "
                                  f"{p.dtype}{list(p.shape)}; they must match")
-        traced = trace_call(fn, args[:n])  # (user-defined gradients inlined to their forward)
+        outer = current_trace()
+        traced = trace_call(fn, args[:n], keep_custom=True)  # (user-defined gradients: their jvp rules)
         graph = traced.graph
         k = owner_n + n_p  # graph inputs: the owner's leaves and the primals', then lifted values
         main_tree, aux_tree = _split(traced.out_tree, self.has_aux, fn)
@@ -93,6 +94,11 @@ class JvpProgram:
                          for j, v in enumerate(outs[:n_main])]
         aux = outs[n_main:traced.n_outputs]
         out.set_outputs(outs[:n_main] + main_tangents + aux + outs[traced.n_outputs:n_out])
+        if any(op.name == "custom_vjp" for op in out.ops):
+            if outer is None:
+                inline_regions(out.body, "custom_vjp")  # (their forwards: nothing differentiates this graph)
+            else:
+                outer.custom = True  # an enclosing av.grad differentiates them through their own backward
         kids = (main_tree, main_tree, aux_tree) if self.has_aux else (main_tree, main_tree)
         objs = [x for _, x in leaves] + list(traced.leaves[k:])
         return Traced(out, objs, ("tuple", kids), 2 * n_main + len(aux), traced.update_targets)

@@ -447,7 +447,8 @@ define_op("fusion", (0, None), _fusion, {"name": Attr("str")}, traits={PURE, "re
 
 # A user-defined gradient (torch.autograd.Function, jax.custom_vjp): region 0 computes the results
 # from the operands (the user's outputs, then what backward saved), region 1 maps (saved, one
-# cotangent per output) to the cotangents of the operands listed in `grads`. It lives between a
+# cotangent per output) to the cotangents of the operands listed in `grads`, an optional region 2
+# (the user's `jvp`) maps (saved, one tangent per `grads` operand) to the outputs' tangents. It lives between a
 # trace and autodiff only: every traced graph has it inlined (region 0) unless `av.grad` is about
 # to differentiate it, and autodiff inlines region 1 as its VJP (avalon/autograd.py).
 define_op("custom_vjp", (0, None), _fusion, {"name": Attr("str"), "outputs": Attr("int"), "grads": Attr("ints")},

@@ -102,16 +102,23 @@ def _check_region_op(op: Op, namer: Namer) -> None:
 
 def _check_custom_vjp(op: Op, namer: Namer) -> None:
     """Region 0 as a fusion's (operands in, results out); region 1 takes the saved results and one
-    cotangent per output and yields a cotangent for each operand listed in `grads`."""
+    cotangent per output and yields a cotangent for each operand listed in `grads`; an optional
+    region 2 (forward mode) takes the saved results and one tangent per `grads` operand and yields
+    one tangent per output."""
     where = _where(op, namer)
-    if len(op.regions) != 2:
-        raise VerifyError(f"{where}: needs a forward and a backward region, has {len(op.regions)}", op)
+    if len(op.regions) not in (2, 3):
+        raise VerifyError(f"{where}: needs a forward and a backward region (and optionally a jvp region), has "
+                          f"{len(op.regions)}", op)
     n = op.attrs["outputs"]
     if not 0 < n <= len(op.results):
         raise VerifyError(f"{where}: outputs = {n}, but the op has {len(op.results)} result(s)", op)
-    fwd, bwd = op.regions
+    fwd, bwd = op.regions[:2]
+    saved = [r.type for r in op.results[n:]]
     checks = [(fwd, [v.type for v in op.operands], [r.type for r in op.results], "forward"),
-              (bwd, [r.type for r in op.results[n:]] + [r.type for r in op.results[:n]], None, "backward")]
+              (bwd, saved + [r.type for r in op.results[:n]], None, "backward")]
+    if len(op.regions) == 3:
+        checks.append((op.regions[2], saved + [op.operands[i].type for i in op.attrs["grads"]],
+                       [r.type for r in op.results[:n]], "jvp"))
     for region, args, ys, what in checks:
         if [a.type for a in region.args] != args:
             raise VerifyError(f"{where}: {what} region argument types "
