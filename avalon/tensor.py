@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from . import grad_mode as _grad_mode
 from .device import CPU, Device
 from .device import device as to_device
 from .ir import dtypes as dt
@@ -155,6 +156,8 @@ def _replace(t: Tensor, new: Tensor) -> None:
         _views.write(t, new)
         return
     tr = new._trace
+    if tr is not None and not _grad_mode.enabled():
+        new = _keeps_gradient(t, new)
     if tr is None:
         if t._device == CPU and t._data.flags.writeable:
             t._data[...] = new.numpy()
@@ -181,6 +184,28 @@ def _replace(t: Tensor, new: Tensor) -> None:
         tr.record_update(t, new)  # (which refreshes t's views)
     else:
         _views.refresh(t)
+
+
+def _keeps_gradient(old: Tensor, new: Tensor) -> Tensor:
+    """`new`'s value for a write into `old` that autodiff does not see (under `no_grad`, or through
+    `.data`): as in torch, the tensor's elements change but not its place in autograd, so later reads
+    still send their gradient to `old` (an entity table renormalized in place in TransE's forward
+    gets the gradient of its lookups). `new - where(d == 0, d, 0)` with d = sg(old) - old: exactly
+    `new` (d is +0 for a finite element; a non-finite one passes no gradient), gradient identity
+    into `old`. A state tensor autodiff never differentiates (a buffer, an integer one, a value
+    already without gradient) takes `new` as it is, and so does every write in a trace that is not
+    differentiated (a compiled step's weight clipping after `opt.step`)."""
+    from .trace import current_trace
+    tr = new._trace
+    if (tr is None or not tr.differentiated or isinstance(old, Buffer) or not old.dtype.is_float
+            or current_trace() is not tr or not (old._trace is tr or id(old) in tr.leaves)):
+        return new
+    v = tr.value_of(old)
+    if v.op is not None and v.op.name in ("stop_gradient", "constant"):
+        return new
+    with _grad_mode.set_grad_enabled(True):
+        d = _ops.sub(_ops.stop_gradient(old), old)
+        return _ops.sub(_ops.stop_gradient(new), _ops.where(_ops.eq(d, 0.0), d, 0.0))
 
 
 def _detached(x: Tensor) -> Tensor:
@@ -896,6 +921,36 @@ class Tensor:
     byte = _cast(dt.uint8)
     char = _cast(dt.int8)
     short = _cast(dt.int16)
+    # avalon/ops/torch_aliases.py, and torch methods over functions av.* already had
+    cov = _method("cov")
+    corrcoef = _method("corrcoef")
+    diagflat = _method("diagflat")
+    dist = _method("dist")
+    kron = _method("kron")
+    hsplit = _method("hsplit")
+    vsplit = _method("vsplit")
+    dsplit = _method("dsplit")
+    split_with_sizes = _method("split_with_sizes")
+    select_scatter = _method("select_scatter")
+    slice_scatter = _method("slice_scatter")
+    diagonal_scatter = _method("diagonal_scatter")
+    hardshrink = _method("hardshrink")
+    prelu = _method("prelu")
+    is_complex = _method("is_complex")
+    is_signed = _method("is_signed")
+    is_nonzero = _method("is_nonzero")
+    is_same_size = _method("is_same_size")
+    is_cpu = property(lambda self: self._device.type == "cpu", doc="Whether the tensor is on the CPU.")
+    itemsize = property(lambda self: self._dtype.itemsize, doc="Bytes per element (as element_size()).")
+    nbytes = property(lambda self: self.numel() * self._dtype.itemsize, doc="numel() * itemsize.")
+
+    def new(self, *args: Any, device: Any = None, **kwargs: Any) -> Tensor:
+        """torch's legacy `x.new(...)`: `x.new()` empty, `x.new(2, 3)` zeros of that shape, `x.new(data)` a
+        copy of a list or array, all of x's dtype and device (torch's rules for av.Tensor(...)). A tuple
+        of ints is a shape, as a torch.Size is (`x.new(x.size())`, Avalon's sizes being tuples)."""
+        if len(args) == 1 and isinstance(args[0], tuple) and all(isinstance(a, (int, np.integer)) for a in args[0]):
+            args = args[0]
+        return _legacy_new("new", self._dtype, args, device if device is not None else self._device, kwargs)
 
     def type(self, dtype: Any = None, non_blocking: bool = False, **kwargs: Any) -> Any:
         """torch's `x.type()`: the tensor type's name ('torch.FloatTensor', 'torch.cuda.LongTensor');
@@ -981,7 +1036,19 @@ class Tensor:
         soft update `tp.data.copy_(...)` change the tensor itself, eagerly and in a trace."""
         return _views.link(self, _detached(self), _views.Detach())  # a view: writes reach the base
 
-    data = property(detach, doc="torch's `.data`: the values without gradient, the same storage.")
+    def _assign_data(self, value: Any) -> None:
+        """torch's `p.data = t` (dlrm's `LL.weight.data = torch.tensor(W)`): `p` takes `t`'s values, written
+        into its storage (in a trace, recorded as a write); eagerly a new shape or dtype too, as in torch."""
+        v = value if isinstance(value, Tensor) else tensor(value)
+        from .trace import current_trace
+        if (v.shape == self.shape and v.dtype is self.dtype) or current_trace() is not None or self._view is not None:
+            self.detach().copy_(v)
+            return
+        self._data, self._dtype = v.to(self._device).detach()._data, v.dtype
+        _views.refresh(self)
+
+    data = property(detach, _assign_data, doc="torch's `.data`: the values without gradient, the same storage "
+                    "(assigning to it gives the tensor new values, as torch's `p.data = t`).")
 
     def clone(self, memory_format: Any = None) -> Tensor:
         """An independent copy (no view of anything): later writes to either leave the other alone.
@@ -1059,8 +1126,10 @@ class Buffer(Tensor):
     __slots__ = ()
 
 
-def tensor(data: Any, dtype: Any = None, device: Any = None) -> Tensor:
-    """`av.tensor(data, dtype=None, device=None)`: a new Tensor holding a copy of `data`."""
+def tensor(data: Any, dtype: Any = None, device: Any = None, *, requires_grad: bool = False,
+           pin_memory: bool = False) -> Tensor:
+    """`av.tensor(data, dtype=None, device=None)`: a new Tensor holding a copy of `data`
+    (`requires_grad` is accepted as the creation functions accept it: av.grad chooses what it differentiates)."""
     if isinstance(data, Tensor) and data.is_traced:
         raise TracerError("av.tensor() of a traced tensor; use it directly")
     t = Tensor(as_array(data).copy() if not isinstance(data, (list, tuple, int, float, bool)) else data,
@@ -1107,7 +1176,11 @@ _INPLACE_MORE = {
     "greater_": _op("greater"), "greater_equal_": _op("greater_equal"), "less_": _op("less"),
     "less_equal_": _op("less_equal"), "not_equal_": _op("not_equal"), "multiply_": _op("multiply"),
     "subtract_": _op("subtract"), "addmv_": _op("addmv"), "addr_": _op("addr"), "addbmm_": _op("addbmm"),
-    "baddbmm_": _op("baddbmm"),
+    "baddbmm_": _op("baddbmm"), "tril_": _op("tril"), "triu_": _op("triu"),
+    "absolute_": _op("abs"), "arccos_": _op("acos"), "arcsin_": _op("asin"), "arctan_": _op("atan"),
+    "arctan2_": _op("atan2"), "fix_": _op("trunc"), "divide_": _op("div"), "true_divide_": _op("div"),
+    "sgn_": _op("sgn"), "cumsum_": _op("cumsum"), "cumprod_": _op("cumprod"), "eq_": _op("eq"), "ne_": _op("ne"),
+    "lt_": _op("lt"), "le_": _op("le"), "gt_": _op("gt"), "ge_": _op("ge"), "addmm_": _op("addmm"),
 }
 """More in-place methods (torch code fills one-hot targets with `scatter_`), by the same rule as _INPLACE."""
 

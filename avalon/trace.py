@@ -101,6 +101,7 @@ class Trace:
         self._seeds = 0
         self.captured: dict[int, Any] = {}  # input Value id -> what an enclosing trace feeds it (see `_lift`)
         self.custom = False  # a `custom_vjp` op was recorded (avalon/autograd.py)
+        self.differentiated = False  # traced to be differentiated next (av.grad, jvp): see tensor._keeps_gradient
 
     def seed(self) -> Tensor:
         """A distinct traced seed per random op, derived from the graph's `rng_seed` input."""
@@ -332,6 +333,7 @@ def trace_call(fn: Any, args: tuple, name: str | None = None, keep_custom: bool 
         gname = "forward"
     devices = {getattr(x, "device", CPU) for a in args for _, x in tree.flatten(a, "")[0] if isinstance(x, Tensor)}
     t = Trace(gname if gname != "__call__" else "forward", next(iter(devices)) if len(devices) == 1 else CPU)
+    t.differentiated = keep_custom
     (head, trees, *_), leaves = signature(fn, args)
     traced_leaves = [t.add_input(obj, n) for n, obj in leaves]
     # rebuild the arguments with traced tensors in place of their leaves

@@ -292,8 +292,8 @@ class Diagonal(Step):
 
 class Detach(Step):
     """`.detach()` / `.data`: the same elements with no gradient. A write through it gives the base
-    the written value, with no gradient to what was written (the write is invisible to autodiff,
-    as torch's writes through `.data` are)."""
+    the written value, with no gradient to what was written, while later reads of the base still
+    differentiate to it (the write is invisible to autodiff, as torch's writes through `.data` are)."""
 
     __slots__ = ()
 
@@ -302,7 +302,8 @@ class Detach(Step):
         return _detached(x)
 
     def put(self, x: Tensor, v: Tensor) -> Tensor:
-        return v
+        from .tensor import _keeps_gradient
+        return _keeps_gradient(x, v)
 
     def layout(self, lay: Layout) -> Layout:
         return lay

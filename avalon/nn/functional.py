@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import amp, ops
+from .. import amp, grad_mode, ops
 from ..ir import dtypes as dt
 from ..ir.reference import IndexOutOfRangeError
 from ..random import next_seed
@@ -580,10 +580,10 @@ def dropout3d(input: Any, p: float = 0.5, training: bool = True, inplace: bool =
 def embedding(input: Any, weight: Any, padding_idx: int | None = None, max_norm: float | None = None,
               norm_type: float = 2.0, scale_grad_by_freq: bool = False, sparse: bool = False) -> Tensor:
     """Rows of `weight` at integer indices. As in torch, the `padding_idx` row is returned as it is
-    but gets no gradient: lookups of it read the row through `stop_gradient`."""
-    if max_norm is not None:
-        raise NotImplementedError("embedding(max_norm=...) renormalizes the weight in place; not supported")
-    return _embedding(input, weight, padding_idx, "embedding")
+    but gets no gradient: lookups of it read the row through `stop_gradient`. With `max_norm`, the
+    rows looked up whose `norm_type` norm exceeds it are first scaled in place in `weight` by
+    max_norm / (norm + 1e-7) (torch's embedding_renorm_, under no_grad)."""
+    return _embedding(input, weight, padding_idx, "embedding", max_norm, norm_type)
 
 
 def _check_ids(idx: Tensor, n: int, who: str) -> None:
@@ -597,12 +597,17 @@ def _check_ids(idx: Tensor, n: int, who: str) -> None:
                                                 "(index out of range in self)"))
 
 
-def _embedding(input: Any, weight: Any, padding_idx: int | None, who: str) -> Tensor:
+def _embedding(input: Any, weight: Any, padding_idx: int | None, who: str, max_norm: float | None = None,
+               norm_type: float = 2.0) -> Tensor:
     """embedding's lookup, named `who` (the function, or the Embedding layer that calls it) in errors."""
     idx = _t(input)
     if idx.dtype.is_float or idx.dtype is dt.bool_:
         raise ops.fail(TypeError(f"{who}: indices must be integers, got {idx.dtype}"))
     _check_ids(idx, _t(weight).shape[0], who)
+    if max_norm is not None:
+        if not isinstance(weight, Tensor):
+            raise TypeError(f"{who}: max_norm renormalizes the weight in place, so it must be a tensor")
+        _embedding_renorm(weight, idx, float(max_norm), float(norm_type))
     rows = ops.take(weight, idx, axis=0)
     if padding_idx is None:
         return rows
@@ -613,6 +618,18 @@ def _embedding(input: Any, weight: Any, padding_idx: int | None, who: str) -> Te
     return ops.where(pad, ops.stop_gradient(rows), rows)
 
 
+def _embedding_renorm(weight: Tensor, idx: Tensor, max_norm: float, norm_type: float) -> None:
+    """torch.embedding_renorm_: the rows of `weight` at `idx` whose norm exceeds `max_norm` scaled by
+    max_norm / (norm + 1e-7), in place and without gradient (later lookups still differentiate to
+    `weight`, as torch's). A row looked up twice is written twice with the same value."""
+    flat = ops.reshape(idx, (-1,))
+    with grad_mode.no_grad():
+        rows = ops.take(weight, flat, axis=0)
+        norms = _norm(rows, norm_type, -1, True)
+        scale = ops.where(ops.gt(norms, max_norm), ops.div(max_norm, ops.add(norms, 1e-7)), 1.0)
+        weight[flat] = ops.mul(rows, scale)
+
+
 def embedding_bag(input: Any, weight: Any, offsets: Any = None, max_norm: float | None = None,
                   norm_type: float = 2, scale_grad_by_freq: bool = False, mode: str = "mean", sparse: bool = False,
                   per_sample_weights: Any = None, include_last_offset: bool = False,
@@ -621,8 +638,6 @@ def embedding_bag(input: Any, weight: Any, offsets: Any = None, max_norm: float 
     1-d input that `offsets` starts. Bag membership is a (bags, positions) mask compared from
     `offsets` and an iota, so offsets may be traced values; `padding_idx` entries count in no bag,
     and an empty bag gives zeros, as torch."""
-    if max_norm is not None:
-        raise NotImplementedError("embedding_bag(max_norm=...) renormalizes the weight in place; not supported")
     if mode not in ("sum", "mean", "max"):
         raise ValueError(f"embedding_bag: mode has to be one of sum, mean or max, got {mode!r}")
     if per_sample_weights is not None and mode != "sum":
@@ -632,6 +647,10 @@ def embedding_bag(input: Any, weight: Any, offsets: Any = None, max_norm: float 
     if idx.dtype.is_float or idx.dtype is dt.bool_:
         raise TypeError(f"embedding_bag indices must be integers, got {idx.dtype}")
     _check_ids(idx, w.shape[0], "embedding_bag")
+    if max_norm is not None:  # as embedding's: every row looked up, in place
+        if not isinstance(weight, Tensor):
+            raise TypeError("embedding_bag: max_norm renormalizes the weight in place, so it must be a tensor")
+        _embedding_renorm(w, idx, float(max_norm), float(norm_type))
     rows = ops.take(w, idx, axis=0)  # (B, L, D) or (L, D)
     if idx.ndim == 2:
         if offsets is not None:

@@ -354,8 +354,6 @@ class Embedding(Module):
             if not -num_embeddings <= padding_idx < num_embeddings:
                 raise ValueError("padding_idx must be within num_embeddings")
             padding_idx %= num_embeddings
-        if max_norm is not None:
-            raise NotImplementedError("Embedding(max_norm=...) is not supported")
         d = _dtype(dtype)
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
         self.max_norm, self.norm_type = max_norm, norm_type
@@ -386,11 +384,13 @@ class Embedding(Module):
 
     def forward(self, input: Any) -> Tensor:
         who = f"Embedding({self.num_embeddings}, {self.embedding_dim})"  # errors name the layer
-        return F._embedding(input, self.weight, self.padding_idx, who)
+        return F._embedding(input, self.weight, self.padding_idx, who, self.max_norm, self.norm_type)
 
     def extra_repr(self) -> str:
         s = f"{self.num_embeddings}, {self.embedding_dim}"
-        return s + (f", padding_idx={self.padding_idx}" if self.padding_idx is not None else "")
+        s += f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""
+        s += f", max_norm={self.max_norm}" if self.max_norm is not None else ""
+        return s + (f", norm_type={self.norm_type}" if self.norm_type != 2 else "")
 
 
 class Flatten(Module):

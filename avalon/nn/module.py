@@ -362,6 +362,12 @@ class Module:
         for _, m in self.named_children():
             yield m
 
+    @property
+    def _modules(self) -> Mapping[str, Module]:
+        """torch's `_modules` as code reads it (`for name, layer in model._modules.items()`): the direct
+        submodules by name, in order. Read-only: assign the attribute or `add_module` to change one."""
+        return MappingProxyType(dict(self.named_children()))
+
     def apply(self, fn: Any) -> Module:
         """`fn(m)` for every submodule, children first and this module last, as torch does
         (init functions: `model.apply(_init_weights)`)."""

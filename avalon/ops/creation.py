@@ -73,14 +73,18 @@ def _num(v: Any) -> Any:
     return v.item() if isinstance(v, Tensor) else v
 
 
-def arange(start: Any, end: Any = None, step: Any = 1, *, dtype: Any = None, device: Any = None,
+def arange(start: Any = None, end: Any = None, step: Any = 1, *, dtype: Any = None, device: Any = None,
            requires_grad: bool = False, out: Any = None, layout: Any = None) -> Tensor:
-    """torch.arange: `arange(end)` or `arange(start, end, step)`; i64 when all are ints, else the
-    default dtype (f32)."""
+    """torch.arange: `arange(end)` (or `arange(end=n)`) or `arange(start, end, step)`; i64 when all
+    are ints, else the default dtype (f32)."""
     unsupported("arange", out=out, layout=layout)
+    if start is None and end is None:
+        raise TypeError("arange() missing required argument 'end'")
     start, end, step = _num(start), _num(end), _num(step)
     if end is None:
         start, end = 0, start
+    elif start is None:
+        start = 0
     if step == 0:
         raise ValueError("arange: argument 'step' must be nonzero")
     ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (start, end, step))
