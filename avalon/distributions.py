@@ -1,5 +1,5 @@
 """`avalon.distributions`: torch.distributions' Categorical, OneHotCategorical, Bernoulli, Normal,
-Uniform, MultivariateNormal and Independent, with `kl_divergence`, under torch's names, arguments and
+Uniform, MultivariateNormal, Independent and MixtureSameFamily, with `kl_divergence`, under torch's names, arguments and
 formulas.
 
 Sampling draws from Avalon's seeded generator through the `random` op (`av.multinomial` for the
@@ -25,8 +25,8 @@ from .ir import dtypes as dt
 from .ops import linalg
 from .tensor import Tensor, values_fixed
 
-__all__ = ["Bernoulli", "Categorical", "Distribution", "Independent", "MultivariateNormal", "Normal",
-           "OneHotCategorical", "Uniform", "kl_divergence", "register_kl"]
+__all__ = ["Bernoulli", "Categorical", "Distribution", "Independent", "MixtureSameFamily", "MultivariateNormal",
+           "Normal", "OneHotCategorical", "Uniform", "kl_divergence", "register_kl"]
 
 
 def _param(x: Any) -> Tensor:
@@ -477,6 +477,84 @@ class Independent(Distribution):
 
     def entropy(self) -> Tensor:
         return self._sum(self.base_dist.entropy())
+
+
+class MixtureSameFamily(Distribution):
+    """MixtureSameFamily(mixture_distribution, component_distribution): a mixture of the k components
+    that the rightmost batch dim of `component_distribution` indexes, weighted by the Categorical
+    `mixture_distribution` (a mixture density network's `MixtureSameFamily(Categorical(logits=pi),
+    Independent(Normal(mu, sigma), 1))`). log_prob is the logsumexp over components of their log_prob
+    plus the log weights; `sample` draws a component per element and takes its draw (no gradient)."""
+
+    def __init__(self, mixture_distribution: Categorical, component_distribution: Distribution,
+                 validate_args: bool | None = None) -> None:
+        if not isinstance(mixture_distribution, Categorical):
+            raise ValueError(" The Mixture distribution needs to be an  instance of torch.distributions.Categorical")
+        if not isinstance(component_distribution, Distribution):
+            raise ValueError("The Component distribution needs to be an instance of torch.distributions.Distribution")
+        mdbs, cdbs = mixture_distribution.batch_shape, component_distribution.batch_shape[:-1]
+        for size1, size2 in zip(reversed(mdbs), reversed(cdbs)):
+            if size1 != 1 and size2 != 1 and size1 != size2:
+                raise ValueError(f"`mixture_distribution.batch_shape` ({mdbs}) is not compatible with "
+                                 f"`component_distribution.batch_shape`({cdbs})")
+        km, kc = mixture_distribution.logits.shape[-1], component_distribution.batch_shape[-1]
+        if km != kc:
+            raise ValueError(f"`mixture_distribution component` ({km}) does not equal "
+                             f"`component_distribution.batch_shape[-1]` ({kc})")
+        self._mixture_distribution, self._component_distribution = mixture_distribution, component_distribution
+        self._num_component, self._event_ndims = km, len(component_distribution.event_shape)
+        super().__init__(cdbs, component_distribution.event_shape, validate_args)
+
+    @property
+    def mixture_distribution(self) -> Categorical:
+        return self._mixture_distribution
+
+    @property
+    def component_distribution(self) -> Distribution:
+        return self._component_distribution
+
+    def _pad(self, x: Tensor) -> Tensor:
+        return ops.expand_dims(x, -1 - self._event_ndims)
+
+    def _pad_mixture_dimensions(self, x: Tensor) -> Tensor:
+        cat_batch_ndims = len(self._mixture_distribution.batch_shape)
+        pad_ndims = 0 if cat_batch_ndims == 1 else len(self.batch_shape) - cat_batch_ndims
+        return ops.reshape(x, x.shape[:-1] + (1,) * pad_ndims + x.shape[-1:] + (1,) * self._event_ndims)
+
+    @property
+    def mean(self) -> Tensor:
+        probs = self._pad_mixture_dimensions(self._mixture_distribution.probs)
+        return ops.sum(ops.mul(probs, self._component_distribution.mean), -1 - self._event_ndims)
+
+    @property
+    def variance(self) -> Tensor:
+        """The law of total variance: E[Var(Y|X)] + Var(E[Y|X])."""
+        probs = self._pad_mixture_dimensions(self._mixture_distribution.probs)
+        comp = self._component_distribution
+        mean_cond_var = ops.sum(ops.mul(probs, comp.variance), -1 - self._event_ndims)
+        dev = ops.pow(ops.sub(comp.mean, self._pad(self.mean)), 2.0)
+        return ops.add(mean_cond_var, ops.sum(ops.mul(probs, dev), -1 - self._event_ndims))
+
+    def cdf(self, value: Any) -> Tensor:
+        cdf_x = self._component_distribution.cdf(self._pad(_param(value)))
+        return ops.sum(ops.mul(cdf_x, self._mixture_distribution.probs), -1)
+
+    def log_prob(self, value: Any) -> Tensor:
+        log_prob_x = self._component_distribution.log_prob(self._pad(_param(value)))  # [S, B, k]
+        log_mix_prob = ops.log_softmax(self._mixture_distribution.logits, -1)  # [B, k]
+        return ops.logsumexp(ops.add(log_prob_x, log_mix_prob), -1)  # [S, B]
+
+    def sample(self, sample_shape: Any = ()) -> Tensor:
+        shape = _shape(sample_shape)
+        gather_dim = len(shape) + len(self.batch_shape)
+        mix_sample = self._mixture_distribution.sample(shape)  # [S, B]
+        comp_samples = ops.stop_gradient(self._component_distribution.sample(shape))  # [S, B, k, E]
+        idx = ops.reshape(mix_sample, mix_sample.shape + (1,) * (self._event_ndims + 1))
+        idx = ops.broadcast_to(idx, comp_samples.shape[:gather_dim] + (1,) + self.event_shape)
+        return ops.squeeze(ops.gather(comp_samples, gather_dim, idx), gather_dim)
+
+    def __repr__(self) -> str:
+        return f"MixtureSameFamily(\n  {self._mixture_distribution},\n  {self._component_distribution})"
 
 
 def _cholesky(a: Tensor) -> Tensor:

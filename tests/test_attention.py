@@ -58,7 +58,7 @@ def test_bad_arguments_are_clear_errors():
     x = av.tensor(np.ones((2, 3, 4), np.float32))
     with pytest.raises(ValueError, match="either attn_mask or is_causal"):
         F.scaled_dot_product_attention(x, x, x, attn_mask=np.ones((3, 3), bool), is_causal=True)
-    with pytest.raises(NotImplementedError, match="enable_gqa"):
-        F.scaled_dot_product_attention(x, x, x, enable_gqa=True)
+    with pytest.raises(ValueError, match="multiple of"):  # enable_gqa: key/value heads dividing the query's
+        F.scaled_dot_product_attention(av.tensor(np.ones((3, 3, 4), np.float32)), x, x, enable_gqa=True)
     with pytest.raises(ValueError, match="do not fit"):
         F.scaled_dot_product_attention(x, av.tensor(np.ones((2, 3, 5), np.float32)), x)

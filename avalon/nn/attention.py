@@ -38,9 +38,12 @@ def scaled_dot_product_attention(query: Any, key: Any, value: Any, attn_mask: An
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
         raise ValueError(f"scaled_dot_product_attention: query {q.shape}, key {k.shape} and value {v.shape} do "
                          "not fit ((..., L, E), (..., S, E), (..., S, Ev))")
-    if enable_gqa:
-        raise NotImplementedError("scaled_dot_product_attention: argument 'enable_gqa' is not supported; "
-                                  "repeat the key/value heads explicitly")
+    if enable_gqa and q.ndim >= 3 and (k.shape[-3] != q.shape[-3] or v.shape[-3] != q.shape[-3]):
+        hq, hk, hv = q.shape[-3], k.shape[-3], v.shape[-3]  # torch's GQA: query head h reads key/value head
+        if hq % hk or hq % hv:  # h // (Hq / Hkv), each key/value head repeated in place
+            raise ValueError(f"scaled_dot_product_attention: the number of query heads ({hq}) must be a multiple "
+                             f"of the number of key ({hk}) and value ({hv}) heads")
+        k, v = ops.repeat_interleave(k, hq // hk, dim=-3), ops.repeat_interleave(v, hq // hv, dim=-3)
     if is_causal and attn_mask is not None:
         raise ValueError("scaled_dot_product_attention: pass either attn_mask or is_causal=True, not both")
     if not 0.0 <= dropout_p <= 1.0:

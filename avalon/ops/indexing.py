@@ -154,10 +154,12 @@ def getitem(x: Tensor, index: Any) -> Tensor:
     integer array or list (gathered along its axis with `take`) and concrete boolean masks."""
     if not isinstance(index, tuple):
         index = (index,)
-    index = _expand(_byte_masks(index), x.ndim)
+    index = _mask_positions(_expand(_byte_masks(index), x.ndim))
     masks = [k for k, i in enumerate(index) if _is_bool_mask(i)]
     if masks:
         return _mask_index(x, index, masks)
+    if builtins.sum(1 for i in index if _is_array_index(i) and not _is_int_index(i)) > 1:
+        return _arrays_index(x, index)
     start, limit, step, kept = [], [], [], []
     array_at: int | None = None  # position among kept dims
     array_idx = None
@@ -243,6 +245,55 @@ def _gather(y: Tensor, idx: Tensor, axis: int) -> Tensor:
     return concat(pieces, axis)
 
 
+def _mask_positions(index: tuple) -> tuple:
+    """torch's `x[mask, i]`: a boolean mask beside integer or integer-array indices stands for the integer arrays
+    of its true positions (`mask.nonzero()`), which broadcast with the others; done when the mask's
+    values are known (eagerly), a traced mask is left as it is."""
+    if not any((_is_array_index(i) and not _is_bool_mask(i)) or _is_int_index(i) for i in index):
+        return index
+    out: list[Any] = []
+    for i in index:
+        m = _concrete_array(i) if _is_bool_mask(i) else None
+        if m is None or m.ndim == 0 or (isinstance(i, Tensor) and _leaf_input(i) is not None):
+            out.append(i)
+        else:
+            out.extend(Tensor(p.astype(np.int64)) for p in np.nonzero(m))
+    return tuple(out)
+
+
+def _arrays_index(x: Tensor, index: tuple) -> Tensor:
+    """`x[i, j]`, `x[:, i, j]`, `x[i, :, j]`: several integer-array indices, broadcast together, as
+    torch's advanced indexing: ints, slices and None apply first; the arrays' dims then become the
+    broadcast shape, in place when they are adjacent, else first. One `take` of a linear index
+    over the arrays' dims merged into one."""
+    from .core import permute  # (core's permute is a view op; imported here as the rest of core is above)
+    basic, at, pos = [], [], 0
+    for i in index:
+        if _is_array_index(i) and not _is_int_index(i):
+            basic.append(slice(None))
+            at.append((pos, i))
+            pos += 1
+        else:
+            basic.append(i)
+            pos += 0 if _is_int_index(i) else 1
+    y = getitem(x, tuple(basic))
+    dims = [d for d, _ in at]
+    idx = [_int_indices(i, y.shape[d], d) for d, i in at]
+    if dims != list(range(dims[0], dims[0] + len(dims))):  # apart: the broadcast dims go first
+        y = permute(y, dims + [d for d in range(y.ndim) if d not in dims])
+        dims = list(range(len(dims)))
+    d0, sizes = dims[0], [y.shape[d] for d in dims]
+    bshape = tuple(np.broadcast_shapes(*[i.shape for i in idx]))
+    linear = None
+    for k, i in enumerate(idx):
+        term = cast(broadcast_to(i, bshape), dt.int64)
+        stride = math.prod(sizes[k + 1:])
+        term = bind("mul", term, full(bshape, stride, dt.int64)) if stride != 1 else term
+        linear = term if linear is None else add(linear, term)
+    flat = reshape(y, y.shape[:d0] + (math.prod(sizes),) + y.shape[d0 + len(dims):])
+    return bind("take", flat, linear, axis=d0)
+
+
 def _mask_index(x: Tensor, index: tuple, masks: list[int]) -> Tensor:
     """`x[..., mask, ...]`: the dims the mask covers become one dim holding the selected elements,
     in row-major order. The mask must be concrete: the result's shape depends on its values."""
@@ -296,7 +347,10 @@ def setitem(x: Any, index: Any, value: Any) -> Tensor:
         index = (index,)
     if len(index) == 1 and _is_byte(index[0]) and not isinstance(_as_operand(value), Tensor):
         raise fail(RuntimeError("masked_fill_ only supports boolean masks, but got mask with dtype unsigned char"))
-    index = _byte_masks(index)
+    index = _mask_positions(_byte_masks(index))
+    if len(index) > 1 and _is_bool_mask(index[0]) and all(
+            i is Ellipsis or (isinstance(i, slice) and i == slice(None)) for i in index[1:]):
+        index = index[:1]  # x[mask, :] = v is x[mask] = v
     if len(index) == 1 and _is_bool_mask(index[0]):
         return _setitem_mask(x, _as_operand(index[0]), _as_operand(value))
     index = _expand(index, x.ndim)

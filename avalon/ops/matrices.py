@@ -452,6 +452,18 @@ def _tri_indices(fn: str, np_fn: Any, row: int, col: int, offset: int, dtype: An
     d = dtype_arg(fn, dtype) if dtype is not None else dt.int64
     if d.is_float or d is dt.bool_:
         raise fail(TypeError(f"{fn}: dtype must be an integer type, got {d.name}"))
+    from ..trace import current_trace
+    if current_trace() is not None and not r.size:
+        return place(full((2, 0), 0, d), device)
+    if current_trace() is not None:  # in a trace: ops of its graph, not an array it captured (which
+        from . import floor_divide, ge, iota, le, remainder  # would compile the function again on every call), the
+        from .indexing import _positions  # positions of a triangle's mask found as x[mask]'s are
+        rows, cols = iota((int(row), int(col)), 0), iota((int(row), int(col)), 1)
+        mask = (ge if fn == "tril_indices" else le)(add(rows, int(offset)), cols)
+        at = _positions(reshape(mask, (int(row) * int(col),)), int(r.size))
+        n = full(at.shape, int(col), dt.int64)
+        out = concat([reshape(floor_divide(at, n), (1, -1)), reshape(remainder(at, n), (1, -1))], 0)
+        return place(cast(out, d), device)
     return place(Tensor(np.stack([r, c]).astype(d.np).reshape(2, -1), d), device)
 
 

@@ -488,6 +488,8 @@ def _outlives(gen: Generator, src: Value, r: Value) -> bool:
     """Does `src`'s storage stay valid while top-level `r` is read? Planned storage is reused after
     the plan's lifetime of its value, which knows nothing of a lazy broadcast reading it later."""
     plan = gen.plan
+    while plan is not None and src not in plan.lifetimes and src.op is not None and src.op.name == "stop_gradient":
+        src = src.op.operands[0]  # an identity sharing its operand's storage (`emit_op`): that storage's lifetime
     if plan is None or (src not in plan.lifetimes and src.op is not None and src.op.name in ("reshape", "transpose")):
         return plan is None
     if src not in plan.lifetimes:
