@@ -14,6 +14,7 @@ from .grad_mode import enable_grad, inference_mode, is_grad_enabled, no_grad, se
 from .interop import from_torch
 from .ir import Interpreter, interpret
 from .ir.dtypes import bfloat16, bool_, float16, float32, float64, int8, int16, int32, int64, uint8
+from .nn.torch_functions import *  # noqa: F403  (torch.conv2d, layer_norm, batch_norm, dropout, kl_div, ...)
 from .ops import (  # torch's tensor functions: `import avalon as av` ports `import torch` code
     abs,
     absolute,
@@ -330,6 +331,7 @@ from .ops import (  # torch's tensor functions: `import avalon as av` ports `imp
     zeros_like,
 )
 from .ops import torch_take as take  # torch.take (flattened); ops.take is the primitive's axis form
+from .ops.torch_aliases import *  # noqa: F403  (torch.clone, normal, range, hsplit, windows, torch.relu_(t), ...)
 from .precision import backends, get_float32_matmul_precision, set_float32_matmul_precision
 from .random import (  # generator= as torch's
     Generator,

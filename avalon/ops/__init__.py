@@ -7,9 +7,10 @@
 `stats` (order statistics, scans, nan-reductions), `matrices` (products, factorizations, structured
 matrices), `math_more` (inverse hyperbolics, erfc, i0, gcd, frexp, torch's alias names),
 `products_more` (addmv, addr, baddbmm, addbmm, aminmax), `shapes` (stacking, windows, lookups,
-dtype queries), `dynamic` (value-dependent shapes: nonzero, unique, masked_select; eager only) and
-`tensor_extras` (what Tensor-only methods compute); `linalg` is `av.linalg`. Everything is importable
-as `avalon.ops.X`, and the torch-named functions also as `avalon.X`."""
+dtype queries), `dynamic` (value-dependent shapes: nonzero, unique, masked_select; eager only),
+`tensor_extras` (what Tensor-only methods compute) and `torch_aliases` (torch.clone, normal, range,
+the windows, hsplit, the scatters, the torch.X_ in-place functions, ...); `linalg` is `av.linalg`.
+Everything is importable as `avalon.ops.X`, and the torch-named functions also as `avalon.X`."""
 from . import (
     contract,
     core,
@@ -29,6 +30,7 @@ from . import (
     sorting,
     stats,
     tensor_extras,
+    torch_aliases,
 )
 from .contract import einsum
 from .core import *  # noqa: F403
@@ -75,8 +77,10 @@ from .stats import *  # noqa: F403
 from .stats import __all__ as _stats_all
 from .tensor_extras import *  # noqa: F403
 from .tensor_extras import __all__ as _tensor_extras_all
+from .torch_aliases import *  # noqa: F403
+from .torch_aliases import __all__ as _torch_aliases_all
 
 __all__ = sorted({*_core_all, *_creation_all, *_pointwise_all, *_reductions_all, *_scatter_all, *_shaping_all,
                   *_sorting_all, *_mathfn_all, *_stats_all, *_matrices_all, *_shapes_all, *_dynamic_all,
                   *_tensor_extras_all, *_math_more_all, *_products_more_all, "einsum", "getitem", "linalg",
-                  "setitem", "SortResult"})
+                  "setitem", "SortResult", *_torch_aliases_all})
