@@ -46,7 +46,7 @@ os.environ.setdefault("AVALON_COMPILE_WORKERS", "1")
 
 import avalon as av  # noqa: E402
 from avalon.codegen.triton import compile_graph  # noqa: E402
-from avalon.codegen.triton.aot import compile_for_target  # noqa: E402
+from avalon.codegen.triton.aot import compile_each, compile_for_target  # noqa: E402
 from avalon.codegen.triton.testing import fuse  # noqa: E402
 from avalon.ir import Builder, Graph, TensorType  # noqa: E402
 
@@ -218,15 +218,21 @@ def report_candidates(name: str, g: Graph, arch: int) -> None:
     from avalon.codegen.triton import KernelCache
     from avalon.codegen.triton.autotune import SMEM_BYTES, Tuner, config_of
 
-    def static(k, make_args) -> float:
-        ck = compile_for_target(k, arch)
-        s = stats(ck)
-        shared = ck.metadata.shared
-        print(f"{name:<44} {config_of(k).label:<52} {shared // 1024:>5} {s['loops']:>9} {s['mma']:>5} {s['cp16']:>4} "
-              f"{s['cp4']:>4} {s['sass']:>15}{'  NO LAUNCH' if shared > SMEM_BYTES else ''}", flush=True)
+    tried = []
+
+    def static(k, make_args) -> float:  # kept, then all compiled at once in a process pool
+        tried.append(k)
         return 1.0
     with tempfile.TemporaryDirectory() as records:  # no stored verdict: every candidate is compiled anew
         compile_graph(g, tuner=Tuner(static, KernelCache(records), force=True, device=f"sm_{arch}"))
+    for k, ck in zip(tried, compile_each(tried, arch)):
+        if ck.error:
+            print(f"{name:<44} {config_of(k).label:<52} FAILED {ck.error}", flush=True)
+            continue
+        s = stats(ck)
+        print(f"{name:<44} {config_of(k).label:<52} {ck.shared // 1024:>5} {s['loops']:>9} {s['mma']:>5} "
+              f"{s['cp16']:>4} {s['cp4']:>4} {s['sass']:>15}{'  NO LAUNCH' if ck.shared > SMEM_BYTES else ''}",
+              flush=True)
 
 
 def main() -> None:
