@@ -370,3 +370,5 @@ IntTensor, LongTensor, BoolTensor = (_LEGACY_TYPES[n] for n in ("IntTensor", "Lo
 ByteTensor, CharTensor, ShortTensor = (_LEGACY_TYPES[n] for n in ("ByteTensor", "CharTensor", "ShortTensor"))
 
 amp.install_policies()  # autocast's op lists wrap their functions once everything above is imported
+if __import__("importlib.util").util.find_spec("einops") is not None:
+    from .nn import einops_layers as _einops  # noqa: F401  (einops.rearrange & co. on av.Tensor: its backend)

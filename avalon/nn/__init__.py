@@ -209,3 +209,17 @@ __all__ = [
     "eval", "functional", "init", "load_state_dict", "logsoftmax", "maxpool2d", "named_buffers", "named_modules",
     "named_parameters", "parameters", "relu", "sigmoid", "softmax", "state_dict", "tanh", "train",
 ]
+
+
+_EINOPS = ("EinMix", "Rearrange", "Reduce")
+
+
+def __getattr__(name: str) -> object:
+    """einops' layers (`from avalon.nn import Rearrange`), when einops is installed."""
+    if name in _EINOPS:
+        try:
+            from . import einops_layers
+        except ModuleNotFoundError as e:
+            raise ModuleNotFoundError(f"avalon.nn.{name} is einops' layer: pip install einops") from e
+        return getattr(einops_layers, name)
+    raise AttributeError(f"module 'avalon.nn' has no attribute {name!r}")
