@@ -507,3 +507,45 @@ def jvp(func: Callable, primals: Any, tangents: Any, *, strict: bool = False, ha
 from .compiler import vmap  # noqa: E402  (torch.func.vmap is torch.vmap)
 
 __all__ += ["hessian", "jacfwd", "jacrev", "jvp", "vmap"]
+
+
+# -- the rest of torch.func ---------------------------------------------------------------------------
+
+def linearize(func: Callable, *primals: Any) -> tuple[Any, Callable]:
+    """torch.func.linearize: `(func(*primals), jvp_fn)`, `jvp_fn(*tangents)` the Jacobian-vector
+    product at `primals` (forward mode, `jvp`: its graph is traced once per signature and reused)."""
+    out = func(*primals)
+
+    def jvp_fn(*tangents: Any) -> Any:
+        return jvp(func, primals, tangents)[1]
+    return out, jvp_fn
+
+
+def functionalize(func: Callable, *, remove: str = "mutations") -> Callable:
+    """torch.func.functionalize: `func` itself. Avalon's traced graphs have no mutation to remove:
+    an in-place write is a new value in the IR (the graph prints it so), and a write to an
+    argument or a model's state is returned and written back after the call."""
+    if remove not in ("mutations", "mutations_and_views"):
+        raise RuntimeError(f"functionalize(f, remove='mutations'): received invalid argument for remove={remove}. "
+                           "Valid options are:\n     remove='mutations'\n     remove='mutations_and_views'")
+    return func
+
+
+def debug_unwrap(tensor: Any, *, recurse: bool = True) -> Any:
+    """torch.func.debug_unwrap: the tensor itself (Avalon's transforms trace; they do not wrap)."""
+    return tensor
+
+
+def replace_all_batch_norm_modules_(root: Any) -> Any:
+    """torch.func's: every batch norm under `root` stops tracking running statistics (it normalizes
+    with the batch's own in both modes and writes no state), so `vmap` can map a model that has
+    them in training mode. In place; returns `root`."""
+    from .nn.layers import _BatchNorm
+    for m in root.modules():
+        if isinstance(m, _BatchNorm):
+            m.running_mean = m.running_var = m.num_batches_tracked = None
+            m.track_running_stats = False
+    return root
+
+
+__all__ += ["debug_unwrap", "functionalize", "linearize", "replace_all_batch_norm_modules_"]

@@ -571,3 +571,41 @@ def test_vjp_matches_torch_func():
     close(got, want)
     with pytest.raises(RuntimeError, match="Mismatch in shape"):
         fn(av.ones(4))
+
+
+def test_replace_all_batch_norm_modules_lets_vmap_map_a_training_model(rng):
+    """torch.func.replace_all_batch_norm_modules_: no running statistics (the same state-dict keys as
+    torch's afterwards), batch statistics per example under vmap, as torch.func.vmap gives."""
+    def make(lib):
+        return lib.Sequential(lib.Conv2d(1, 3, 3), lib.BatchNorm2d(3), lib.ReLU(), lib.Flatten(), lib.Linear(48, 2))
+    torch.manual_seed(0)
+    theirs, ours = make(torch.nn).double(), make(nn).to(av.float64)
+    av.nn.load_state_dict(ours, theirs.state_dict())
+    assert torch.func.replace_all_batch_norm_modules_(theirs) is theirs
+    assert func.replace_all_batch_norm_modules_(ours) is ours
+    assert sorted(ours.state_dict()) == sorted(theirs.state_dict())
+    x = rng.standard_normal((4, 2, 1, 6, 6))
+    params = {k: v.detach() for k, v in theirs.named_parameters()}
+    want = torch.func.vmap(lambda p, xb: torch.func.functional_call(theirs, p, (xb,)), in_dims=(None, 0))(
+        params, torch.tensor(x))
+    got = func.vmap(lambda p, xb: func.functional_call(ours, p, (xb,)), in_dims=(None, 0))(
+        dict(ours.named_parameters()), av.tensor(x))
+    assert rel(got.numpy(), want.detach().numpy()) < 1e-12
+
+
+def test_linearize_functionalize_and_debug_unwrap(rng):
+    x, t = rng.standard_normal(3), rng.standard_normal(3)
+    out, jvp_fn = func.linearize(lambda x: av.sin(x) * x, av.tensor(x))
+    tout, tjvp = torch.func.linearize(lambda x: torch.sin(x) * x, torch.tensor(x))
+    assert rel(out.numpy(), tout.numpy()) < 1e-14
+    assert rel(jvp_fn(av.tensor(t)).numpy(), tjvp(torch.tensor(t)).numpy()) < 1e-14
+
+    def f(a):
+        b = a.clone()
+        b.add_(1.0)
+        return b * 2
+    assert rel(func.functionalize(f)(av.tensor(x)).numpy(), (x + 1) * 2) < 1e-14
+    with pytest.raises(RuntimeError, match="invalid argument for remove"):
+        func.functionalize(f, remove="views")
+    y = av.tensor(x)
+    assert func.debug_unwrap(y) is y
