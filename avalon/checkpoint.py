@@ -267,9 +267,12 @@ def _write_atomic(path: str, parts: list[bytes]) -> None:
 
 def _foreign_hint(head: bytes) -> str:
     if head.startswith(b"PK\x03\x04"):
-        return " (it looks like a zip archive, e.g. a torch.save file; Avalon never unpickles)"
+        return (" (it looks like a zip archive, e.g. a torch.save file; Avalon never unpickles: read it with "
+                "torch.load(path, weights_only=True) and give that state dict to av.nn.load_state_dict(model, sd), "
+                "which takes torch tensors, or convert it once with av.save)")
     if head[:1] == b"\x80":
-        return " (it looks like a Python pickle; Avalon never unpickles)"
+        return (" (it looks like a Python pickle; Avalon never unpickles: read it with torch.load(path, "
+                "weights_only=True) and give that state dict to av.nn.load_state_dict(model, sd))")
     if head.startswith(b"\x89HDF"):
         return " (it looks like an HDF5 file)"
     return ""
