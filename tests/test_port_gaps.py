@@ -392,3 +392,43 @@ def test_int32_sums_widen_to_int64_as_torch():
         want, got = f(torch.tensor(a)), f(av.tensor(a))
         assert str(got.dtype) == {torch.int64: "i64", torch.int32: "i32"}[want.dtype]
         np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_conv_and_linear_batch_norm_fusion_matches_torch(rng):
+    """torch.nn.utils.fusion: the folded layer computes bn(layer(x)) with eval statistics."""
+    torch.manual_seed(0)
+    cases = [(torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3), nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), (2, 2, 5, 5),
+              nn.utils.fuse_conv_bn_eval),
+             (torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3), nn.Linear(4, 3), nn.BatchNorm1d(3), (5, 4),
+              nn.utils.fuse_linear_bn_eval)]
+    for tl, tb, al, ab, shape, fuse in cases:
+        tl, tb = tl.double().eval(), tb.double().eval()
+        with torch.no_grad():
+            tb.running_mean.uniform_(-1, 1), tb.running_var.uniform_(0.5, 2), tb.weight.uniform_(0.5, 2)
+            tb.bias.uniform_(-1, 1)
+        al, ab = al.to(av.float64).eval(), ab.to(av.float64).eval()
+        av.nn.load_state_dict(al, tl.state_dict())
+        av.nn.load_state_dict(ab, tb.state_dict())
+        x = rng.standard_normal(shape)
+        want = tb(tl(torch.tensor(x))).detach().numpy()
+        assert np.abs(fuse(al, ab)(av.tensor(x)).numpy() - want).max() < 1e-12
+        with pytest.raises(AssertionError, match="eval"):
+            fuse(al.train(), ab)
+
+
+def test_rnn_unpacking_stack_dataset_torchs_submodule_paths_and_deprecated_init_names():
+    from avalon.nn.utils.rnn import invert_permutation, pack_sequence, pad_sequence, unpack_sequence, unpad_sequence
+    from avalon.utils.data.dataloader import default_collate  # torch's submodule paths
+    from avalon.utils.data.sampler import SubsetRandomSampler  # noqa: F401
+    seqs = [np.arange(3.0), np.arange(5.0), np.arange(2.0)]
+    for got in (unpack_sequence(pack_sequence([av.tensor(s) for s in seqs], enforce_sorted=False)),
+                unpad_sequence(pad_sequence([av.tensor(s) for s in seqs]), [3, 5, 2])):
+        assert [g.numpy().tolist() for g in got] == [s.tolist() for s in seqs]
+    assert invert_permutation(av.tensor(np.array([2, 0, 1]))).numpy().tolist() == [1, 2, 0]
+    d = av.utils.data.StackDataset(a=av.utils.data.TensorDataset(av.tensor(np.arange(4.0))), b=[5, 6, 7, 8])
+    assert len(d) == 4 and d[1]["b"] == 6 and float(d[1]["a"][0]) == 1.0
+    assert default_collate([d[0], d[1]])["b"].numpy().tolist() == [5, 6]
+    with pytest.raises(ValueError, match="Size mismatch"):
+        av.utils.data.StackDataset([1, 2], [1])
+    with pytest.warns(FutureWarning, match=r"nn.init.normal` is now deprecated in favor of `nn.init.normal_"):
+        nn.init.normal(av.zeros(3, 3))

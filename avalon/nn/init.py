@@ -218,3 +218,24 @@ def sparse_(tensor: Tensor, sparsity: float, std: float = 0.01,
     for c in range(cols):
         out[g.permutation(rows)[:num_zeros], c] = 0
     return _fill(tensor, out)
+
+
+def _deprecated(new: Any) -> Any:
+    """torch's old names without the underscore (`init.normal`): the function, with torch's warning."""
+    old = new.__name__[:-1]
+
+    def fn(*args: Any, **kwargs: Any) -> Any:
+        import warnings
+        warnings.warn(f"`nn.init.{old}` is now deprecated in favor of `nn.init.{new.__name__}`.", FutureWarning,
+                      stacklevel=2)
+        return new(*args, **kwargs)
+    fn.__name__, fn.__doc__ = old, f"Deprecated: `{new.__name__}`."
+    return fn
+
+
+uniform, normal, constant = _deprecated(uniform_), _deprecated(normal_), _deprecated(constant_)
+eye, dirac, orthogonal, sparse = _deprecated(eye_), _deprecated(dirac_), _deprecated(orthogonal_), _deprecated(sparse_)
+xavier_uniform, xavier_normal = _deprecated(xavier_uniform_), _deprecated(xavier_normal_)
+kaiming_uniform, kaiming_normal = _deprecated(kaiming_uniform_), _deprecated(kaiming_normal_)
+__all__ += ["constant", "dirac", "eye", "kaiming_normal", "kaiming_uniform", "normal", "orthogonal", "sparse",
+            "uniform", "xavier_normal", "xavier_uniform"]

@@ -21,7 +21,8 @@ from .. import ops
 from ..ir import dtypes as dt
 from ..tensor import Tensor
 
-__all__ = ["PackedSequence", "pack_padded_sequence", "pad_packed_sequence", "pad_sequence", "pack_sequence"]
+__all__ = ["PackedSequence", "invert_permutation", "pack_padded_sequence", "pad_packed_sequence", "pad_sequence",
+           "pack_sequence", "unpack_sequence", "unpad_sequence"]
 
 
 class PackedSequence:
@@ -126,3 +127,26 @@ def pad_sequence(sequences: Sequence[Any], batch_first: bool = False, padding_va
 def pack_sequence(sequences: Sequence[Any], enforce_sorted: bool = True) -> PackedSequence:
     lengths = [int((s if isinstance(s, Tensor) else Tensor(s)).shape[0]) for s in sequences]
     return pack_padded_sequence(pad_sequence(sequences), lengths, enforce_sorted=enforce_sorted)
+
+
+def unpad_sequence(padded_sequences: Any, lengths: Any, batch_first: bool = False) -> list[Tensor]:
+    """The inverse of pad_sequence: each sequence cut to its length (lengths known in Python)."""
+    x = padded_sequences if isinstance(padded_sequences, Tensor) else Tensor(padded_sequences)
+    if not batch_first:
+        x = ops.transpose(x, 0, 1)
+    lens = lengths.tolist() if isinstance(lengths, Tensor) else [int(n) for n in lengths]
+    return [x[i, :int(n)] for i, n in enumerate(lens)]
+
+
+def unpack_sequence(packed_sequences: PackedSequence) -> list[Tensor]:
+    """The inverse of pack_sequence: the list of sequences, in their original order."""
+    padded, lengths = pad_packed_sequence(packed_sequences, batch_first=True)
+    return unpad_sequence(padded, lengths, batch_first=True)
+
+
+def invert_permutation(permutation: Any) -> Tensor | None:
+    """The inverse permutation (None for None), as PackedSequence keeps `unsorted_indices`."""
+    if permutation is None:
+        return None
+    p = permutation if isinstance(permutation, Tensor) else Tensor(permutation)
+    return ops.scatter(ops.zeros_like(p), 0, p, ops.arange(p.shape[0], dtype=p.dtype))

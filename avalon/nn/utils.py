@@ -220,3 +220,29 @@ from . import prune  # noqa: E402
 
 sys.modules[__name__ + ".prune"] = prune
 __all__ += ["prune"]
+
+# torch.nn.utils.fusion (conv/linear + eval batch norm folding), skip_init, and clip_grad_norm (torch's
+# deprecated name of clip_grad_norm_)
+from . import fusion  # noqa: E402
+from .fusion import (  # noqa: E402
+    fuse_conv_bn_eval,
+    fuse_conv_bn_weights,
+    fuse_linear_bn_eval,
+    fuse_linear_bn_weights,
+    skip_init,
+)
+
+sys.modules[__name__ + ".fusion"] = fusion
+
+
+def clip_grad_norm(grads: Grads, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False,
+                   foreach: bool | None = None) -> Tensor:
+    """torch's deprecated `clip_grad_norm`: `clip_grad_norm_`, with torch's warning."""
+    import warnings
+    warnings.warn("`torch.nn.utils.clip_grad_norm` is now deprecated in favor of `torch.nn.utils.clip_grad_norm_`.",
+                  FutureWarning, stacklevel=2)
+    return clip_grad_norm_(grads, max_norm, norm_type, error_if_nonfinite, foreach)
+
+
+__all__ += ["clip_grad_norm", "fuse_conv_bn_eval", "fuse_conv_bn_weights", "fuse_linear_bn_eval",
+            "fuse_linear_bn_weights", "fusion", "skip_init"]
