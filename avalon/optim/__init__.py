@@ -1,5 +1,6 @@
 """Optimizers with `torch.optim`'s update rules and signatures: `SGD`, `Adam`, `AdamW`, `RMSprop`,
-`Adagrad`, `Adadelta`, `Adamax`, `NAdam`, `RAdam`, and `LBFGS` (whose `step(closure)` takes a closure
+`Adagrad`, `Adadelta`, `Adamax`, `NAdam`, `RAdam`, `Rprop`, `ASGD`, `Adafactor`, `SparseAdam` (on dense
+gradients: the rows they touch), `Muon`, and `LBFGS` (whose `step(closure)` takes a closure
 returning `(loss, grads)`; see `avalon.optim.lbfgs`); learning-rate schedulers in `avalon.optim.lr_scheduler`;
 weight averaging (SWA, EMA: `AveragedModel`, `SWALR`, `update_bn`) in `avalon.optim.swa_utils`.
 
@@ -73,8 +74,8 @@ from ..tensor import Buffer, Tensor
 from ..trace import assign, current_trace
 from ..tree import is_array_like, is_model, named_parameters
 
-__all__ = ["LBFGS", "SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "NAdam", "Optimizer", "ParamGroup",
-           "RAdam", "RMSprop", "lr_scheduler", "swa_utils"]
+__all__ = ["ASGD", "LBFGS", "SGD", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "Muon", "NAdam",
+           "Optimizer", "ParamGroup", "RAdam", "RMSprop", "Rprop", "SparseAdam", "lr_scheduler", "swa_utils"]
 
 
 def _scalar_buffer(value: Any, dtype: dt.DType, device: Any) -> Buffer:
@@ -1256,4 +1257,9 @@ def _moments(state: dict, g: Any, s: dict, st: dict) -> tuple[Any, Any]:
 
 from . import swa_utils  # noqa: E402  (SWA/EMA weight averaging; it imports lr_scheduler)
 from .adadelta import Adadelta  # noqa: E402  (they import Optimizer from here)
+from .adafactor import Adafactor  # noqa: E402
+from .asgd import ASGD  # noqa: E402
 from .lbfgs import LBFGS  # noqa: E402
+from .muon import Muon  # noqa: E402
+from .rprop import Rprop  # noqa: E402
+from .sparse_adam import SparseAdam  # noqa: E402
