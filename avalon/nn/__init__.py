@@ -74,6 +74,16 @@ from .layers import (
     Threshold,
     Unflatten,
 )
+from .layers_3d import (
+    AdaptiveAvgPool3d,
+    AdaptiveMaxPool3d,
+    AvgPool3d,
+    BatchNorm3d,
+    ConvTranspose3d,
+    LPPool3d,
+    MaxPool3d,
+    MaxUnpool3d,
+)
 from .layers_extra import (
     Bilinear,
     ChannelShuffle,
@@ -110,7 +120,21 @@ from .layers_more import (
     RMSNorm,
     RReLU,
 )
-from .lazy import LazyBatchNorm1d, LazyBatchNorm2d, LazyConv1d, LazyConv2d, LazyLinear
+from .lazy import (
+    LazyBatchNorm1d,
+    LazyBatchNorm2d,
+    LazyBatchNorm3d,
+    LazyConv1d,
+    LazyConv2d,
+    LazyConv3d,
+    LazyConvTranspose1d,
+    LazyConvTranspose2d,
+    LazyConvTranspose3d,
+    LazyInstanceNorm1d,
+    LazyInstanceNorm2d,
+    LazyInstanceNorm3d,
+    LazyLinear,
+)
 from .module import (
     IncompatibleKeys,
     Module,
@@ -195,6 +219,9 @@ __all__ = [
     "AlphaDropout", "ConvTranspose1d", "FeatureAlphaDropout", "LPPool1d", "LPPool2d", "LazyBatchNorm1d",
     "LazyBatchNorm2d", "LazyConv1d", "LazyConv2d", "LazyLinear", "LocalResponseNorm", "MaxUnpool1d", "MaxUnpool2d",
     "RMSNorm", "RReLU",
+    "AdaptiveAvgPool3d", "AdaptiveMaxPool3d", "AvgPool3d", "BatchNorm3d", "ConvTranspose3d", "LPPool3d", "MaxPool3d",
+    "MaxUnpool3d", "LazyBatchNorm3d", "LazyConv3d", "LazyConvTranspose1d", "LazyConvTranspose2d",
+    "LazyConvTranspose3d", "LazyInstanceNorm1d", "LazyInstanceNorm2d", "LazyInstanceNorm3d",
     "ConvTranspose2d", "MultiheadAttention", "Transformer", "TransformerDecoder", "TransformerDecoderLayer",
     "TransformerEncoder", "TransformerEncoderLayer",
     "CTCLoss", "ChannelShuffle", "CosineEmbeddingLoss", "Fold", "GaussianNLLLoss", "HingeEmbeddingLoss",

@@ -42,6 +42,8 @@ __all__ = [
     "alpha_dropout", "conv_transpose1d", "feature_alpha_dropout", "gumbel_softmax", "local_response_norm",
     "lp_pool1d", "lp_pool2d", "max_pool2d_with_indices", "max_unpool1d", "max_unpool2d", "pdist", "rms_norm",
     "rrelu", "rrelu_",
+    "adaptive_avg_pool3d", "adaptive_max_pool3d", "adaptive_max_pool3d_with_indices", "avg_pool3d",
+    "conv_transpose3d", "lp_pool3d", "max_pool3d", "max_pool3d_with_indices", "max_unpool3d",
 ]
 
 _Pair = int | Sequence[int]
@@ -817,6 +819,17 @@ def instance_norm(input: Any, running_mean: Tensor | None = None, running_var: T
 # (conv_transpose.py imports avalon.nn.layers, which only needs the helpers above, defined by now.)
 from .attention import scaled_dot_product_attention  # noqa: E402, F401  (torch's F holds it)
 from .conv_transpose import conv_transpose2d  # noqa: E402, F401
+from .functional_3d import (  # noqa: E402, F401  (3-d pooling and transposed convolution, from the 2-d ops)
+    adaptive_avg_pool3d,
+    adaptive_max_pool3d,
+    adaptive_max_pool3d_with_indices,
+    avg_pool3d,
+    conv_transpose3d,
+    lp_pool3d,
+    max_pool3d,
+    max_pool3d_with_indices,
+    max_unpool3d,
+)
 from .functional_more import (  # noqa: E402, F401  (RMS/LRN norms, alpha dropout, rrelu, lp/unpool, pdist)
     alpha_dropout,
     conv_transpose1d,

@@ -320,19 +320,19 @@ def _resize_axis(x: Tensor, axis: int, out: int, scale: float | None, mode: str,
 def interpolate(input: Any, size: Any = None, scale_factor: Any = None, mode: str = "nearest",
                 align_corners: bool | None = None, recompute_scale_factor: bool | None = None,
                 antialias: bool = False) -> Tensor:
-    """Resize the spatial dims of (N, C, L) / (N, C, H, W) input: 'nearest', 'nearest-exact', 'area'
-    (adaptive average pooling, as torch computes it), 'linear' or 'bilinear' (align_corners False or
-    True), with torch's coordinate conventions."""
+    """Resize the spatial dims of (N, C, L) / (N, C, H, W) / (N, C, D, H, W) input: 'nearest',
+    'nearest-exact', 'area' (adaptive average pooling, as torch computes it), 'linear', 'bilinear' or
+    'trilinear' (align_corners False or True; one axis at a time), with torch's coordinate conventions."""
     x = _t(input)
     if antialias:
         raise NotImplementedError("interpolate: argument 'antialias' is not supported")
-    if mode not in ("nearest", "nearest-exact", "area", "linear", "bilinear"):
+    if mode not in ("nearest", "nearest-exact", "area", "linear", "bilinear", "trilinear"):
         raise NotImplementedError(f"interpolate: mode={mode!r} is not supported (nearest, nearest-exact, area, linear, "
-                                  "bilinear)")
+                                  "bilinear, trilinear)")
     if mode in ("nearest", "nearest-exact", "area") and align_corners is not None:
         raise ValueError("interpolate: align_corners option can only be set with the interpolating modes")
     k = x.ndim - 2
-    if k < 1 or (mode == "bilinear" and k != 2) or (mode == "linear" and k != 1):
+    if k < 1 or (mode == "bilinear" and k != 2) or (mode == "linear" and k != 1) or (mode == "trilinear" and k != 3):
         raise ValueError(f"interpolate: mode={mode!r} does not fit an input of shape {x.shape}")
     if (size is None) == (scale_factor is None):
         raise ValueError("interpolate: give exactly one of 'size' and 'scale_factor'")
@@ -358,8 +358,11 @@ def interpolate(input: Any, size: Any = None, scale_factor: Any = None, mode: st
         raise ops.fail(RuntimeError(f"interpolate: Input and output sizes should be greater than 0, but got input "
                                     f"({shown[0]}) output ({shown[1]})"))
     if mode == "area":
-        if k > 2:
-            raise NotImplementedError("interpolate: mode='area' is supported for 3-d and 4-d input")
+        if k > 3:
+            raise NotImplementedError("interpolate: mode='area' is supported for 3-d, 4-d and 5-d input")
+        if k == 3:
+            from .functional_3d import adaptive_avg_pool3d
+            return adaptive_avg_pool3d(x, tuple(outs))
         return (adaptive_avg_pool1d if k == 1 else adaptive_avg_pool2d)(x, outs[0] if k == 1 else tuple(outs))
     y = x
     for j in range(k):

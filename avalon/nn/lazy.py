@@ -1,5 +1,6 @@
-"""torch's lazy layers (LazyLinear, LazyConv1d/2d, LazyBatchNorm1d/2d): the input size (in_features,
-in_channels, num_features) is read from the first input, and the parameters are made then.
+"""torch's lazy layers (LazyLinear, LazyConv1d/2d/3d, LazyConvTranspose1d/2d/3d, LazyBatchNorm1d/2d/3d,
+LazyInstanceNorm1d/2d/3d): the input size (in_features, in_channels, num_features) is read from the
+first input, and the parameters are made then.
 
 As in torch, the first call builds the regular layer's parameters with its initialization and turns
 the module into that layer (`type(m)` becomes `Linear`, `Conv2d`, ...). Parameters are values in
@@ -11,11 +12,17 @@ from typing import Any
 
 from ..tensor import Tensor
 from ..trace import current_trace
+from .conv_transpose import ConvTranspose2d
 from .layers import BatchNorm1d, BatchNorm2d, Conv2d, Linear
+from .layers_3d import BatchNorm3d, ConvTranspose3d
+from .layers_extra import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
+from .layers_more import ConvTranspose1d
 from .module import Module
-from .spatial import Conv1d
+from .spatial import Conv1d, Conv3d
 
-__all__ = ["LazyBatchNorm1d", "LazyBatchNorm2d", "LazyConv1d", "LazyConv2d", "LazyLinear"]
+__all__ = ["LazyBatchNorm1d", "LazyBatchNorm2d", "LazyBatchNorm3d", "LazyConv1d", "LazyConv2d", "LazyConv3d",
+           "LazyConvTranspose1d", "LazyConvTranspose2d", "LazyConvTranspose3d", "LazyInstanceNorm1d",
+           "LazyInstanceNorm2d", "LazyInstanceNorm3d", "LazyLinear"]
 
 
 class _LazyMixin(Module):
@@ -140,3 +147,88 @@ class LazyBatchNorm2d(_LazyBatchNorm):
     """BatchNorm2d whose num_features is the first input's dim 1."""
 
     cls_to_become = BatchNorm2d
+
+
+class LazyBatchNorm3d(_LazyBatchNorm):
+    """BatchNorm3d whose num_features is the first input's dim 1."""
+
+    cls_to_become = BatchNorm3d
+
+
+class LazyConv3d(_LazyConv):
+    """Conv3d whose in_channels is the first input's channel count."""
+
+    cls_to_become = Conv3d
+    _spatial = 3
+
+
+class _LazyConvTranspose(_LazyConv):
+    """A transposed convolution whose in_channels is the first input's channel count (torch's
+    argument order: output_padding after padding, dilation after bias)."""
+
+    def __init__(self, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
+                 output_padding: Any = 0, groups: int = 1, bias: bool = True, dilation: Any = 1,
+                 padding_mode: str = "zeros", device: Any = None, dtype: Any = None) -> None:
+        _LazyMixin.__init__(self, out_channels=out_channels, kernel_size=kernel_size, stride=stride, padding=padding,
+                            output_padding=output_padding, groups=groups, bias=bias, dilation=dilation,
+                            padding_mode=padding_mode, device=device, dtype=dtype)
+        self.in_channels, self.out_channels = 0, out_channels
+
+
+class LazyConvTranspose1d(_LazyConvTranspose):
+    """ConvTranspose1d whose in_channels is the first input's channel count."""
+
+    cls_to_become = ConvTranspose1d
+    _spatial = 1
+
+
+class LazyConvTranspose2d(_LazyConvTranspose):
+    """ConvTranspose2d whose in_channels is the first input's channel count."""
+
+    cls_to_become = ConvTranspose2d
+    _spatial = 2
+
+
+class LazyConvTranspose3d(_LazyConvTranspose):
+    """ConvTranspose3d whose in_channels is the first input's channel count."""
+
+    cls_to_become = ConvTranspose3d
+    _spatial = 3
+
+
+class _LazyInstanceNorm(_LazyMixin):
+    """An instance norm whose num_features is the first input's dim 1, as torch's (which reads dim 1
+    of an unbatched input too; the layer then rejects it). Note torch's defaults here: affine=True and
+    track_running_stats=True, unlike the InstanceNorm layers'."""
+
+    _size_arg = "num_features"
+
+    def __init__(self, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, device: Any = None, dtype: Any = None, *,
+                 bias: bool = True) -> None:
+        super().__init__(eps=eps, momentum=momentum, affine=affine, track_running_stats=track_running_stats,
+                         device=device, dtype=dtype, bias=bias)
+        self.num_features = 0
+
+    def _input_size(self, x: Tensor) -> int:
+        if x.ndim < 2:
+            raise ValueError(f"{type(self).__name__}: expected an (N, C, ...) input, got shape {x.shape}")
+        return x.shape[1]
+
+
+class LazyInstanceNorm1d(_LazyInstanceNorm):
+    """InstanceNorm1d whose num_features is the first input's dim 1."""
+
+    cls_to_become = InstanceNorm1d
+
+
+class LazyInstanceNorm2d(_LazyInstanceNorm):
+    """InstanceNorm2d whose num_features is the first input's dim 1."""
+
+    cls_to_become = InstanceNorm2d
+
+
+class LazyInstanceNorm3d(_LazyInstanceNorm):
+    """InstanceNorm3d whose num_features is the first input's dim 1."""
+
+    cls_to_become = InstanceNorm3d

@@ -34,9 +34,11 @@ from .functional import (
     conv3d,
     conv_transpose1d,
     conv_transpose2d,
+    conv_transpose3d,
     cosine_similarity,
     max_pool1d,
     max_pool2d,
+    max_pool3d,
     pairwise_distance,
     pdist,
     pixel_shuffle,
@@ -280,5 +282,5 @@ __all__ = [
     "feature_dropout", "feature_dropout_", "group_norm", "hinge_embedding_loss", "instance_norm", "kl_div",
     "layer_norm", "margin_ranking_loss", "max_pool1d", "max_pool2d", "pairwise_distance", "pdist", "pixel_shuffle",
     "pixel_unshuffle", "poisson_nll_loss", "rms_norm", "rrelu", "rrelu_", "selu", "selu_", "threshold", "threshold_",
-    "triplet_margin_loss",
+    "triplet_margin_loss", "conv_transpose3d", "max_pool3d",
 ]
