@@ -77,7 +77,7 @@ class AdaptiveMaxPool2d(Module):
 
 
 class Upsample(Module):
-    """F.interpolate as a layer: 'nearest', 'linear' or 'bilinear'."""
+    """F.interpolate as a layer: 'nearest', 'linear', 'bilinear', 'trilinear' (and the others F.interpolate takes)."""
 
     def __init__(self, size: Any = None, scale_factor: Any = None, mode: str = "nearest",
                  align_corners: bool | None = None, recompute_scale_factor: bool | None = None) -> None:
