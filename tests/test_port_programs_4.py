@@ -858,9 +858,6 @@ def test_embedding_and_embedding_bag_max_norm_renormalize_the_rows_looked_up(mod
         ours.load_state_dict(theirs.state_dict())
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason="avalon.distributions has no "
-                   "RelaxedOneHotCategorical (nor Gumbel or RelaxedBernoulli), which Gumbel-softmax VAEs "
-                   "written with torch.distributions use")
 def test_relaxed_one_hot_categorical_as_gumbel_softmax_vaes_write_it():
     rng = np.random.default_rng(12)
     logits, value = rng.standard_normal((3, 4)), rng.dirichlet(np.ones(4), 3)

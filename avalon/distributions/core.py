@@ -1,6 +1,6 @@
-"""`avalon.distributions`: torch.distributions' Categorical, OneHotCategorical, Bernoulli, Normal,
-Uniform, MultivariateNormal, Independent and MixtureSameFamily, with `kl_divergence`, under torch's names, arguments and
-formulas.
+"""The base class and the first distributions of `avalon.distributions`: torch.distributions'
+Categorical, OneHotCategorical, Bernoulli, Normal, Uniform, MultivariateNormal, Independent and
+MixtureSameFamily, with `kl_divergence`, under torch's names, arguments and formulas.
 
 Sampling draws from Avalon's seeded generator through the `random` op (`av.multinomial` for the
 categorical ones), so inside `av.compile` every call draws afresh, as eagerly, and `av.manual_seed`
@@ -14,16 +14,18 @@ their values are known: eagerly, not for traced values inside a compiled functio
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from . import ops
-from .ir import dtypes as dt
-from .ops import linalg
-from .tensor import Tensor, values_fixed
+from .. import ops
+from ..ir import dtypes as dt
+from ..ops import linalg
+from ..tensor import Tensor, values_fixed
+from . import constraints
 
 __all__ = ["Bernoulli", "Categorical", "Distribution", "Independent", "MixtureSameFamily", "MultivariateNormal",
            "Normal", "OneHotCategorical", "Uniform", "kl_divergence", "register_kl"]
@@ -81,7 +83,14 @@ class Distribution:
     `event_shape`. Subclasses give the formulas; this class gives torch's shared surface."""
 
     has_rsample = False
+    has_enumerate_support = False
     _validate_default = True
+    arg_constraints: dict[str, constraints.Constraint] = {}
+    support: Any = None
+    # `expand`: the tensor attributes broadcast to the new batch shape, each with its number of trailing
+    # (event) dims; and the distributions held, expanded to the new batch shape
+    _expand_params: dict[str, int] = {}
+    _expand_dists: tuple[str, ...] = ()
 
     def __init__(self, batch_shape: Sequence[int] = (), event_shape: Sequence[int] = (),
                  validate_args: bool | None = None) -> None:
@@ -119,6 +128,37 @@ class Distribution:
                              f"({support}) of the distribution {type(self).__name__}, but found invalid "
                              f"values:\n{vals}")
 
+    def _check_constraint(self, name: str, t: Tensor, constraint: constraints.Constraint | None = None) -> None:
+        """The parameter check against `arg_constraints[name]` (or `constraint`), where values are known."""
+        c = self.arg_constraints[name] if constraint is None else constraint
+        if self._validate_args and _known(t) is not None:
+            self._check(name, t, lambda v: np.asarray(c.check(v)), repr(c))
+
+    def _validate_sample(self, value: Any) -> None:
+        """torch's check of a `log_prob`/`cdf` value against `support`, where values are known."""
+        if not self._validate_args or self.support is None or constraints.is_dependent(self.support):
+            return
+        v = value if isinstance(value, Tensor) else ops.as_tensor(value)
+        vals = _known(v)
+        if vals is None or any(isinstance(b, Tensor) and _known(b) is None
+                               for b in vars(self.support).values()):  # a bound of the support is traced
+            return
+        self._check_sample(v, lambda x: np.asarray(self.support.check(x)), repr(self.support))
+
+    def expand(self, batch_shape: Any, _instance: Any = None) -> Distribution:
+        """This distribution with its parameters broadcast to `batch_shape` (torch's expand: the new
+        batch dims repeat the old parameters; nothing is copied)."""
+        shape = _shape(batch_shape)
+        new = copy.copy(self)
+        for name, k in self._expand_params.items():
+            t = self.__dict__.get(name)
+            if isinstance(t, Tensor):
+                setattr(new, name, ops.broadcast_to(t, shape + (t.shape[t.ndim - k:] if k else ())))
+        for name in self._expand_dists:
+            setattr(new, name, getattr(self, name).expand(shape))
+        new._batch_shape = shape
+        return new
+
     def sample(self, sample_shape: Any = ()) -> Tensor:
         """A draw of shape sample_shape + batch_shape + event_shape, without gradient."""
         return ops.stop_gradient(self.rsample(sample_shape))
@@ -136,6 +176,12 @@ class Distribution:
         raise NotImplementedError
 
     def cdf(self, value: Any) -> Tensor:
+        raise NotImplementedError
+
+    def icdf(self, value: Any) -> Tensor:
+        raise NotImplementedError
+
+    def enumerate_support(self, expand: bool = True) -> Tensor:
         raise NotImplementedError
 
     def perplexity(self) -> Tensor:
@@ -165,6 +211,9 @@ class Normal(Distribution):
     """Normal(loc, scale): Gaussians, reparameterized (`rsample` = loc + eps * scale)."""
 
     has_rsample = True
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    support = constraints.real
+    _expand_params = {"loc": 0, "scale": 0}
 
     def __init__(self, loc: Any, scale: Any, validate_args: bool | None = None) -> None:
         self.loc, self.scale = _broadcast_all(loc, scale)
@@ -204,11 +253,22 @@ class Normal(Distribution):
         z = ops.div(ops.sub(_param(value), self.loc), ops.mul(self.scale, math.sqrt(2)))
         return ops.mul(0.5, ops.add(1.0, ops.erf(z)))
 
+    def icdf(self, value: Any) -> Tensor:
+        return ops.add(self.loc, ops.mul(ops.mul(self.scale, ops.erfinv(ops.sub(ops.mul(_param(value), 2.0), 1.0))),
+                                         math.sqrt(2)))
+
 
 class Uniform(Distribution):
     """Uniform(low, high) on [low, high), reparameterized (`rsample` = low + u * (high - low))."""
 
     has_rsample = True
+    arg_constraints = {"low": constraints.dependent(is_discrete=False, event_dim=0),
+                       "high": constraints.dependent(is_discrete=False, event_dim=0)}
+    _expand_params = {"low": 0, "high": 0}
+
+    @constraints.dependent_property(is_discrete=False, event_dim=0)
+    def support(self) -> constraints.Constraint:
+        return constraints.interval(self.low, self.high)
 
     def __init__(self, low: Any, high: Any, validate_args: bool | None = None) -> None:
         self.low, self.high = _broadcast_all(low, high)
@@ -252,6 +312,9 @@ class Uniform(Distribution):
     def cdf(self, value: Any) -> Tensor:
         return ops.clamp(ops.div(ops.sub(_param(value), self.low), ops.sub(self.high, self.low)), 0.0, 1.0)
 
+    def icdf(self, value: Any) -> Tensor:
+        return ops.add(ops.mul(_param(value), ops.sub(self.high, self.low)), self.low)
+
 
 def _one_of(name: str, probs: Any, logits: Any) -> None:
     if (probs is None) == (logits is None):
@@ -261,6 +324,11 @@ def _one_of(name: str, probs: Any, logits: Any) -> None:
 class Bernoulli(Distribution):
     """Bernoulli(probs=None, logits=None): 1 with probability `probs` (or sigmoid(logits)), else 0.
     Samples are floats of the parameter's dtype, as in torch."""
+
+    arg_constraints = {"probs": constraints.unit_interval, "logits": constraints.real}
+    support = constraints.boolean
+    has_enumerate_support = True
+    _expand_params = {"_param": 0}
 
     def __init__(self, probs: Any = None, logits: Any = None, validate_args: bool | None = None) -> None:
         _one_of("Bernoulli", probs, logits)
@@ -313,10 +381,22 @@ class Bernoulli(Distribution):
     def entropy(self) -> Tensor:
         return _bce_with_logits(self.logits, self.probs)
 
+    def enumerate_support(self, expand: bool = True) -> Tensor:
+        values = ops.reshape(ops.arange(2, dtype=self._param.dtype), (2,) + (1,) * len(self._batch_shape))
+        return ops.broadcast_to(values, (2,) + self._batch_shape) if expand else values
+
 
 class Categorical(Distribution):
     """Categorical(probs=None, logits=None): an index in [0, K) over the last dim of `probs`
     (normalized to sum to 1) or `logits` (normalized by logsumexp). Samples are int64."""
+
+    arg_constraints = {"probs": constraints.simplex, "logits": constraints.real_vector}
+    has_enumerate_support = True
+    _expand_params = {"_param": 1}
+
+    @constraints.dependent_property(is_discrete=True, event_dim=0)
+    def support(self) -> constraints.Constraint:
+        return constraints.integer_interval(0, self._num_events - 1)
 
     def __init__(self, probs: Any = None, logits: Any = None, validate_args: bool | None = None) -> None:
         _one_of("Categorical", probs, logits)
@@ -390,6 +470,11 @@ class OneHotCategorical(Distribution):
     """OneHotCategorical(probs=None, logits=None): a Categorical whose samples and values are
     one-hot vectors of length K (the event), floats of the parameter's dtype."""
 
+    arg_constraints = {"probs": constraints.simplex, "logits": constraints.real_vector}
+    support = constraints.one_hot
+    has_enumerate_support = True
+    _expand_dists = ("_categorical",)
+
     def __init__(self, probs: Any = None, logits: Any = None, validate_args: bool | None = None) -> None:
         self._categorical = Categorical(probs, logits, validate_args)
         k = self._categorical._num_events
@@ -429,6 +514,12 @@ class OneHotCategorical(Distribution):
     def entropy(self) -> Tensor:
         return self._categorical.entropy()
 
+    def enumerate_support(self, expand: bool = True) -> Tensor:
+        k = self._event_shape[0]
+        eye = ops.eye(k, dtype=self._categorical._param.dtype)
+        values = ops.reshape(eye, (k,) + (1,) * len(self._batch_shape) + (k,))
+        return ops.broadcast_to(values, (k,) + self._batch_shape + (k,)) if expand else values
+
 
 # -- KL divergence ------------------------------------------------------------------------------------
 
@@ -453,6 +544,22 @@ class Independent(Distribution):
     def _sum(self, t: Tensor) -> Tensor:
         n = self.reinterpreted_batch_ndims
         return ops.sum(t, list(range(t.ndim - n, t.ndim))) if n else t
+
+    @property
+    def support(self) -> Any:
+        s, n = self.base_dist.support, self.reinterpreted_batch_ndims
+        return constraints.independent(s, n) if n and s is not None else s
+
+    def expand(self, batch_shape: Any, _instance: Any = None) -> Independent:
+        shape = _shape(batch_shape)
+        new = copy.copy(self)
+        new.base_dist = self.base_dist.expand(shape + self._event_shape[:self.reinterpreted_batch_ndims])
+        new._batch_shape = shape
+        return new
+
+    @property
+    def has_enumerate_support(self) -> bool:  # type: ignore[override]
+        return False if self.reinterpreted_batch_ndims else self.base_dist.has_enumerate_support
 
     @property
     def mean(self) -> Tensor:
@@ -504,6 +611,18 @@ class MixtureSameFamily(Distribution):
         self._mixture_distribution, self._component_distribution = mixture_distribution, component_distribution
         self._num_component, self._event_ndims = km, len(component_distribution.event_shape)
         super().__init__(cdbs, component_distribution.event_shape, validate_args)
+
+    @property
+    def support(self) -> Any:
+        return self._component_distribution.support
+
+    def expand(self, batch_shape: Any, _instance: Any = None) -> MixtureSameFamily:
+        shape = _shape(batch_shape)
+        new = copy.copy(self)
+        new._component_distribution = self._component_distribution.expand(shape + (self._num_component,))
+        new._mixture_distribution = self._mixture_distribution.expand(shape)
+        new._batch_shape = shape
+        return new
 
     @property
     def mixture_distribution(self) -> Categorical:
@@ -579,6 +698,10 @@ class MultivariateNormal(Distribution):
     reparameterized (`rsample` = loc + scale_tril @ eps)."""
 
     has_rsample = True
+    arg_constraints = {"loc": constraints.real_vector, "covariance_matrix": constraints.positive_definite,
+                       "precision_matrix": constraints.positive_definite, "scale_tril": constraints.lower_cholesky}
+    support = constraints.real_vector
+    _expand_params = {"loc": 1}
 
     def __init__(self, loc: Any, covariance_matrix: Any = None, precision_matrix: Any = None, scale_tril: Any = None,
                  validate_args: bool | None = None) -> None:
