@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, TypeVar
+from typing import Final as Final  # torch.jit.Final is typing.Final (timm's `fused_attn: Final[bool]` annotations)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -23,7 +24,7 @@ def _same(fn: F) -> F:
     return fn
 
 
-unused = ignore = export = _overload = _overload_method = _same
+unused = ignore = export = _overload = _overload_method = script_if_tracing = _script_if_tracing = _same
 
 
 def annotate(the_type: Any, the_value: Any) -> Any:

@@ -298,6 +298,8 @@ def _bernoulli(self: Tensor, p: Any = 0.5, *, generator: Any = None) -> Tensor:
 
 def _copy(self: Tensor, src: Any, non_blocking: bool = False) -> Tensor:
     src = src if isinstance(src, Tensor) else Tensor(as_array(src))
+    if src.dtype is not self.dtype:  # copy_ converts any dtype, as torch's (a float into an int64 buffer truncates)
+        src = _ops.cast(src, self.dtype)
     return _ops.broadcast_to(src, self.shape) if src.shape != self.shape else src
 
 

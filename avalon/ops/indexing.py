@@ -412,6 +412,8 @@ def _setitem_mask(x: Tensor, mask: Tensor, v: Any) -> Tensor:
     if known is not None and int(known.sum()) != k:
         raise fail(RuntimeError(f"shape mismatch: value tensor of shape {list(v.shape)} cannot be broadcast to "
                                 f"indexing result of shape {[int(known.sum()), *rest]}"))
+    if k == 0:  # no rows for no true elements: nothing is written, as torch's (airbench's crop of an unused offset)
+        return x
     v = broadcast_to(reshape(v, (k,) + _broadcastable(v.shape[1:], rest)), (k,) + rest)
     flat = reshape(mask, (math.prod(lead),))
     slot = add(cumsum(cast(flat, dt.int64), 0), -1)

@@ -495,7 +495,46 @@ INPLACE_FUNCTIONS = ("abs_", "acos_", "acosh_", "addmv_", "arccos_", "arccosh_",
                      "tanh_", "trunc_", "xlogy_", "zero_")
 """The torch.X_ functions defined here, each the Tensor method X_ (zero_ included)."""
 
+
+# -- torch._foreach_X_(tensors, ...): t.X_(...) for every tensor of a list (timm's ModelEmaV3) -----------------
+
+def _foreach_function(name: str, operand: str | None) -> Any:
+    """torch._foreach_{name}(self, other | scalar | scalars | weight, ...): `self[i].{name}(o_i, ...)` for
+    each i, `o_i` the i-th of a list (of tensors or numbers) or the one tensor or number given."""
+    def fn(self: Sequence[Tensor], *args: Any, **kwargs: Any) -> None:
+        tensors = list(self)
+        given = [kwargs.pop(k) for k in ("other", "scalar", "scalars", "tensors1", "weight", "src") if k in kwargs]
+        args = list(args) + given
+        if operand is None:
+            for t in tensors:
+                getattr(t, name)(**kwargs)
+            return None
+        if len(args) != 1 + (operand == "weight"):
+            want = "a list and a weight" if operand == "weight" else "one operand"
+            raise TypeError(f"_foreach_{name}(): expected {want} besides the tensors, got {len(args)}")
+        per = [list(a) if isinstance(a, (list, tuple)) else [a] * len(tensors) for a in args]
+        for k, a in enumerate(per):
+            if len(a) != len(tensors):
+                raise ValueError(f"_foreach_{name}(): tensor lists must have the same number of tensors, got "
+                                 f"{len(tensors)} and {len(a)} (operand {k + 1})")
+        for i, t in enumerate(tensors):
+            getattr(t, name)(*(a[i] for a in per), **kwargs)
+        return None
+    fn.__name__ = fn.__qualname__ = f"_foreach_{name}"
+    fn.__doc__ = f"torch._foreach_{name}(tensors, ...): `t.{name}(...)` for every tensor t of the list, in place."
+    return fn
+
+
+_foreach_add_, _foreach_sub_, _foreach_mul_, _foreach_div_ = (_foreach_function(n, "other")
+                                                              for n in ("add_", "sub_", "mul_", "div_"))
+_foreach_lerp_ = _foreach_function("lerp_", "weight")
+_foreach_copy_ = _foreach_function("copy_", "src")
+_foreach_zero_ = _foreach_function("zero_", None)
+FOREACH_FUNCTIONS = ("_foreach_add_", "_foreach_copy_", "_foreach_div_", "_foreach_lerp_", "_foreach_mul_",
+                     "_foreach_sub_", "_foreach_zero_")
+
 __all__ = ["asarray", "bartlett_window", "blackman_window", "clone", "concatenate", "detach", "diagonal_scatter",
            "dsplit", "fill", "fix", "hamming_window", "hann_window", "hardshrink", "hsplit", "is_complex", "is_nonzero",
            "is_same_size", "is_signed", "kaiser_window", "normal", "prelu", "range", "rsub", "scalar_tensor",
-           "select_scatter", "slice_scatter", "split_with_sizes", "typename", "vsplit", *INPLACE_FUNCTIONS]
+           "select_scatter", "slice_scatter", "split_with_sizes", "typename", "vsplit", *INPLACE_FUNCTIONS,
+           *FOREACH_FUNCTIONS]
