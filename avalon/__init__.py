@@ -331,6 +331,7 @@ from .ops import (  # torch's tensor functions: `import avalon as av` ports `imp
     zeros_like,
 )
 from .ops import torch_take as take  # torch.take (flattened); ops.take is the primitive's axis form
+from .ops.info import finfo, iinfo
 from .ops.torch_aliases import *  # noqa: F403  (torch.clone, normal, range, hsplit, windows, torch.relu_(t), ...)
 from .precision import backends, get_float32_matmul_precision, set_float32_matmul_precision
 from .random import (  # generator= as torch's

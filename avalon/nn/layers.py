@@ -436,6 +436,8 @@ class _Indexed(_Items):
 
     def _key(self, idx: int) -> str:
         keys = self._keys()
+        if isinstance(idx, Tensor) and not isinstance(idx, bool):
+            idx = idx.__index__()  # torch's operator.index: a one-element integer tensor (Mixtral's expert_hit)
         if not isinstance(idx, (int, np.integer)) or isinstance(idx, bool):
             raise TypeError(f"{type(self).__name__} indices must be integers or slices, not {type(idx).__name__}")
         if not -len(keys) <= idx < len(keys):

@@ -712,7 +712,7 @@ def mean(x: Any, axis: Any = None, keepdims: bool = False, *, dim: Any = None, k
         x = cast(x, dt.float32)
     axes = _axes(x, axis, "mean")
     n = math.prod(x.shape[a] for a in axes)
-    return mul(sum(x, axes, keepdims), 1.0 / n) if n else div(sum(x, axes, keepdims), 0.0)
+    return div(sum(x, axes, keepdims), float(n))  # torch's CPU mean: the sum divided (n = 0: nan)
 
 
 def _var_args(fn: str, dim: Any, unbiased: Any, keepdim: Any, correction: Any, axis: Any,
