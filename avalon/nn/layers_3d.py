@@ -9,7 +9,7 @@ from typing import Any
 from ..tensor import Tensor
 from . import functional_3d as F3
 from .conv_transpose import _ConvTransposeNd
-from .layers import _BatchNorm
+from .layers import _AvgPoolNd, _BatchNorm, _MaxPoolNd
 from .layers_more import LPPool1d, MaxUnpool2d
 from .module import Module
 
@@ -19,39 +19,14 @@ __all__ = [
 ]
 
 
-class MaxPool3d(Module):
+class MaxPool3d(_MaxPoolNd):
     """3-d max pooling; `return_indices=True` returns (values, flat indices into D*H*W) for MaxUnpool3d."""
 
-    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
-                 return_indices: bool = False, ceil_mode: bool = False) -> None:
-        super().__init__()
-        self.kernel_size, self.padding = kernel_size, padding
-        self.stride = stride if stride is not None else kernel_size
-        self.dilation, self.return_indices, self.ceil_mode = dilation, return_indices, ceil_mode
-
-    def forward(self, input: Any) -> Any:
-        return F3.max_pool3d(input, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
-                             self.return_indices)
-
-    def extra_repr(self) -> str:
-        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-                f"dilation={self.dilation}, ceil_mode={self.ceil_mode}")
+    _fn = staticmethod(F3.max_pool3d)
 
 
-class AvgPool3d(Module):
-    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0, ceil_mode: bool = False,
-                 count_include_pad: bool = True, divisor_override: int | None = None) -> None:
-        super().__init__()
-        self.kernel_size, self.padding = kernel_size, padding
-        self.stride = stride if stride is not None else kernel_size
-        self.ceil_mode, self.count_include_pad, self.divisor_override = ceil_mode, count_include_pad, divisor_override
-
-    def forward(self, input: Any) -> Tensor:
-        return F3.avg_pool3d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                             self.count_include_pad, self.divisor_override)
-
-    def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+class AvgPool3d(_AvgPoolNd):
+    _fn = staticmethod(F3.avg_pool3d)
 
 
 class AdaptiveAvgPool3d(Module):

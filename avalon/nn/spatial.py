@@ -9,7 +9,7 @@ from ..tensor import Tensor
 from . import functional as F
 from . import init
 from .functional_spatial import _triple, conv_padding
-from .layers import _dtype, _place, check_padding_mode, empty
+from .layers import _dtype, _MaxPoolNd, _place, check_padding_mode, empty
 from .module import Module
 
 
@@ -128,21 +128,8 @@ class Conv3d(Module):
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
 
 
-class MaxPool1d(Module):
-    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
-                 return_indices: bool = False, ceil_mode: bool = False) -> None:
-        super().__init__()
-        self.kernel_size, self.padding = kernel_size, padding
-        self.stride = stride if stride is not None else kernel_size
-        self.dilation, self.return_indices, self.ceil_mode = dilation, return_indices, ceil_mode
-
-    def forward(self, input: Any) -> Tensor:
-        return F.max_pool1d(input, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
-                            self.return_indices)
-
-    def extra_repr(self) -> str:
-        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-                f"dilation={self.dilation}, ceil_mode={self.ceil_mode}")
+class MaxPool1d(_MaxPoolNd):
+    _fn = staticmethod(F.max_pool1d)
 
 
 class AvgPool1d(Module):
