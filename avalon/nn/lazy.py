@@ -196,24 +196,17 @@ class LazyConvTranspose3d(_LazyConvTranspose):
     _spatial = 3
 
 
-class _LazyInstanceNorm(_LazyMixin):
+class _LazyInstanceNorm(_LazyBatchNorm):
     """An instance norm whose num_features is the first input's dim 1, as torch's (which reads dim 1
     of an unbatched input too; the layer then rejects it). Note torch's defaults here: affine=True and
     track_running_stats=True, unlike the InstanceNorm layers'."""
 
-    _size_arg = "num_features"
-
     def __init__(self, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
                  track_running_stats: bool = True, device: Any = None, dtype: Any = None, *,
                  bias: bool = True) -> None:
-        super().__init__(eps=eps, momentum=momentum, affine=affine, track_running_stats=track_running_stats,
-                         device=device, dtype=dtype, bias=bias)
+        _LazyMixin.__init__(self, eps=eps, momentum=momentum, affine=affine, track_running_stats=track_running_stats,
+                            device=device, dtype=dtype, bias=bias)
         self.num_features = 0
-
-    def _input_size(self, x: Tensor) -> int:
-        if x.ndim < 2:
-            raise ValueError(f"{type(self).__name__}: expected an (N, C, ...) input, got shape {x.shape}")
-        return x.shape[1]
 
 
 class LazyInstanceNorm1d(_LazyInstanceNorm):
