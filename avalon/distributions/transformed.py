@@ -488,7 +488,15 @@ class LogitRelaxedBernoulli(Distribution):
         return ops.log(self.temperature) + diff - 2.0 * ops.log1p(ops.exp(diff))
 
 
-class RelaxedBernoulli(TransformedDistribution):
+class _Relaxed(TransformedDistribution):
+    """A relaxed distribution: its temperature, logits and probs are its base distribution's."""
+
+    temperature = property(lambda self: self.base_dist.temperature)
+    logits = property(lambda self: self.base_dist.logits)
+    probs = property(lambda self: self.base_dist.probs)
+
+
+class RelaxedBernoulli(_Relaxed):
     """RelaxedBernoulli(temperature, probs=None, logits=None): the Concrete relaxation of a Bernoulli on
     (0, 1), reparameterized: sigmoid((logit(U) + logits) / temperature)."""
 
@@ -499,18 +507,6 @@ class RelaxedBernoulli(TransformedDistribution):
                  validate_args: bool | None = None) -> None:
         base = LogitRelaxedBernoulli(temperature, probs, logits, validate_args=validate_args)
         super().__init__(base, SigmoidTransform(), validate_args=validate_args)
-
-    @property
-    def temperature(self) -> Tensor:
-        return self.base_dist.temperature
-
-    @property
-    def logits(self) -> Tensor:
-        return self.base_dist.logits
-
-    @property
-    def probs(self) -> Tensor:
-        return self.base_dist.probs
 
 
 class ExpRelaxedCategorical(Distribution):
@@ -559,7 +555,7 @@ class ExpRelaxedCategorical(Distribution):
         return score + log_scale
 
 
-class RelaxedOneHotCategorical(TransformedDistribution):
+class RelaxedOneHotCategorical(_Relaxed):
     """RelaxedOneHotCategorical(temperature, probs=None, logits=None): the Concrete / Gumbel-softmax
     relaxation of a one-hot categorical on the simplex, reparameterized:
     softmax((logits + Gumbel noise) / temperature)."""
@@ -571,15 +567,3 @@ class RelaxedOneHotCategorical(TransformedDistribution):
                  validate_args: bool | None = None) -> None:
         base = ExpRelaxedCategorical(temperature, probs, logits, validate_args=validate_args)
         super().__init__(base, ExpTransform(), validate_args=validate_args)
-
-    @property
-    def temperature(self) -> Tensor:
-        return self.base_dist.temperature
-
-    @property
-    def logits(self) -> Tensor:
-        return self.base_dist.logits
-
-    @property
-    def probs(self) -> Tensor:
-        return self.base_dist.probs
