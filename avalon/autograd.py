@@ -37,11 +37,12 @@ numbers or update state (its trace is not the caller's). Higher derivatives diff
 backward's ops like any others (torch's `once_differentiable` is the default answer here).
 
 `torch.autograd.grad` and `backward()` have no counterpart (gradients are values: `av.grad`);
-`av.autograd.grad` says so.
+`av.autograd.grad` says so. `Variable` is torch's legacy wrapper, which older code still calls.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -310,4 +311,24 @@ def backward(*args: Any, **kwargs: Any) -> Any:
                        "av.value_and_grad(loss_fn)(model, x, y)` and then `opt.step(grads)`")
 
 
-__all__ = ["Function", "FunctionCtx", "backward", "custom_vjp", "grad"]
+class _VariableMeta(type):
+    def __instancecheck__(cls, obj: Any) -> bool:
+        return isinstance(obj, Tensor)
+
+
+class Variable(metaclass=_VariableMeta):
+    """torch.autograd.Variable, which code from before torch 0.4 wraps tensors in (gram-ai's and higgsfield's
+    capsule networks: `Variable(torch.zeros(...))`, `from torch.autograd import Variable`). As in torch since
+    then, every Tensor is a Variable and `Variable(t)` is `t.detach()` (the same elements) with `requires_grad`
+    as given: False by default, so such a tensor kept on a module is not trained (see Tensor.requires_grad)."""
+
+    def __new__(cls, data: Any, requires_grad: bool = False, volatile: bool = False) -> Tensor:  # type: ignore[misc]
+        if volatile:
+            warnings.warn("volatile was removed and now has no effect. Use `with torch.no_grad():` instead.",
+                          UserWarning, stacklevel=2)
+        if not isinstance(data, Tensor):
+            raise TypeError(f"Variable data has to be a tensor, but got {type(data).__name__}")
+        return data.detach().requires_grad_(requires_grad)
+
+
+__all__ = ["Function", "FunctionCtx", "Variable", "backward", "custom_vjp", "grad"]

@@ -290,8 +290,11 @@ def glu(input: Any, dim: int = -1) -> Tensor:
 
 
 def _softmax_dim(name: str, ndim: int) -> int:
+    """torch's deprecation warning for `F.softmax(x)` without dim, attributed to the user's line as torch's is
+    (a fixed stacklevel named amp's autocast wrapper around F.softmax, so every call site shared one warning)."""
+    from .losses import _user_stacklevel  # losses imports this module
     warnings.warn(f"Implicit dimension choice for {name} has been deprecated. Change the call to include dim=X "
-                  "as an argument.", stacklevel=3)
+                  "as an argument.", stacklevel=_user_stacklevel())
     return 0 if ndim in (0, 1, 3) else 1
 
 
