@@ -4,16 +4,33 @@ Models are plain Python objects; `av.trace` records one call as a typed SSA grap
 `avalon.passes` rewrites it in the open, and backends run it: the numpy reference interpreter
 (`av.interpret`) and generated Triton kernels. See README.md.
 """
-from . import amp, autograd, cuda, distributions, func, ir, jit, nn, ops, optim, passes, random, utils
+from . import amp, autograd, cuda, distributions, fft, func, ir, jit, nn, ops, optim, passes, random, utils
+from . import complex as _complex
 from .amp import autocast, get_autocast_dtype, is_autocast_enabled, set_autocast_dtype
 from .autograd import custom_vjp
 from .checkpoint import CheckpointError, load, save
 from .compiler import compile, grad, value_and_grad, vmap  # noqa: A004  (av.compile, like torch.compile)
+from .complex import (  # complex values as pairs of real tensors (avalon/complex.py)
+    ComplexTensor,
+    angle,
+    cdouble,
+    cfloat,
+    complex,
+    complex64,
+    complex128,
+    conj,
+    imag,
+    polar,
+    real,
+    view_as_complex,
+    view_as_real,
+)
 from .device import Device, best_available_device, device
 from .grad_mode import enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled
 from .interop import from_torch
 from .ir import Interpreter, interpret
 from .ir.dtypes import bfloat16, bool_, float16, float32, float64, int8, int16, int32, int64, uint8
+from .nn.stft import istft, stft
 from .nn.torch_functions import *  # noqa: F403  (torch.conv2d, layer_norm, batch_norm, dropout, kl_div, ...)
 from .ops import (  # torch's tensor functions: `import avalon as av` ports `import torch` code
     abs,
@@ -371,5 +388,6 @@ IntTensor, LongTensor, BoolTensor = (_LEGACY_TYPES[n] for n in ("IntTensor", "Lo
 ByteTensor, CharTensor, ShortTensor = (_LEGACY_TYPES[n] for n in ("ByteTensor", "CharTensor", "ShortTensor"))
 
 amp.install_policies()  # autocast's op lists wrap their functions once everything above is imported
+_complex.install(globals())  # av.exp, av.einsum, av.zeros(dtype=av.cfloat), ... take complex operands
 if __import__("importlib.util").util.find_spec("einops") is not None:
     from .nn import einops_layers as _einops  # noqa: F401  (einops.rearrange & co. on av.Tensor: its backend)

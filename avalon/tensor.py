@@ -147,6 +147,33 @@ def _is_dtype(x: Any) -> bool:
     return True
 
 
+def _complex_dtype(x: Any) -> bool:
+    """A complex dtype (torch.cfloat, av.complex128, 'complex64', Python's complex): converting to one
+    makes an `avalon.complex.ComplexTensor`."""
+    if isinstance(x, str):
+        return x.removeprefix("torch.") in ("complex64", "complex128", "cfloat", "cdouble")
+    return x is complex or getattr(x, "is_complex", None) is True  # av.complex64, torch.cfloat
+
+
+_COMPLEX: tuple[type, ...] = (complex, np.complexfloating)
+"""Operands the arithmetic operators hand to the complex rules (avalon/complex.py adds ComplexTensor)."""
+
+
+def _complex_aware(name: str) -> None:
+    """`x * 1j` and `x * z` for a complex z go to the complex rules, as Python would send them if
+    ComplexTensor were a subclass; Avalon's real operators would try to read z as a real array."""
+    real = getattr(Tensor, name)
+
+    def method(self: Tensor, other: Any) -> Any:
+        if isinstance(other, _COMPLEX):
+            from .complex import _lift
+            return getattr(_lift(self), name)(other)
+        return real(self, other)
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = real.__doc__
+    setattr(Tensor, name, method)
+
+
 def _replace(t: Tensor, new: Tensor) -> None:
     """Make `t` hold `new`'s value (an in-place op, an item assignment): in place eagerly; inside a
     trace the object now stands for the new traced value, and an argument's or a model's state
@@ -469,6 +496,9 @@ class Tensor:
             device, dtype = device.device, device.dtype if dtype is None else dtype
         elif device is not None and not isinstance(device, (str, Device)) and _is_dtype(device):
             device, dtype = None, device
+        elif _complex_dtype(device) or _complex_dtype(dtype):  # x.to(torch.cfloat): a ComplexTensor
+            from .complex import _lift
+            return _lift(self).to(*(a for a in (device, dtype) if a is not None))
         out = self
         if dtype is not None and dt.dtype(dtype) != self.dtype:
             out = out.astype(dtype)
@@ -982,7 +1012,29 @@ class Tensor:
                                "tensor.")
         return self.transpose(-2, -1)
 
-    mH = mT  # the conjugate transpose: the same for Avalon's real dtypes
+    mH = mT  # the conjugate transpose: the same for a real tensor
+
+    @property
+    def real(self) -> Tensor:
+        """torch's `x.real` of a real tensor: x itself (a ComplexTensor's is its real part)."""
+        return self
+
+    @property
+    def imag(self) -> Tensor:
+        raise RuntimeError("imag is not implemented for tensors with non-complex dtypes.")
+
+    def conj(self) -> Tensor:
+        """The complex conjugate: a real tensor is its own."""
+        return self
+
+    conj_physical = resolve_conj = resolve_neg = conj
+
+    def is_conj(self) -> bool:
+        return False
+
+    def angle(self) -> Tensor:
+        from .complex import angle
+        return angle(self)
 
     def expand(self, *shape: Any) -> Tensor:
         """torch's broadcast: `x.expand(2, 3)` or `x.expand((2, 3))`; -1 keeps a dim."""
@@ -1119,6 +1171,11 @@ def _to_torch(arr: np.ndarray, dtype: DType, dev: Device):
     if dtype is dt.bfloat16:
         t = t.to(torch.bfloat16)
     return t.to(dev.torch)
+
+
+for _name in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__", "__rtruediv__",
+              "__matmul__", "__rmatmul__", "__pow__", "__rpow__", "__eq__", "__ne__"):
+    _complex_aware(_name)
 
 
 class Buffer(Tensor):

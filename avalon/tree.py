@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .complex import ComplexTensor
 from .device import device
 from .tensor import Buffer, Tensor, tensor
 
@@ -245,6 +246,9 @@ def _flatten(obj: Any, name: str, leaves: list, seen: set[int] | None = None,
         leaves.append((name, obj))
         seen.add(id(obj))
         return ("leaf",)
+    if isinstance(obj, ComplexTensor):  # its two real parts, rebuilt as a ComplexTensor
+        return ("complex", tuple(_flatten(v, f"{name}.{k}", leaves, seen, cache)
+                                 for k, v in (("real", obj.real), ("imag", obj.imag))))
     if isinstance(obj, (list, tuple)):
         kids = tuple(_flatten(v, f"{name}.{i}", leaves, seen, cache) for i, v in enumerate(obj))
         if isinstance(obj, tuple) and type(obj) is not tuple:  # a namedtuple (max's values/indices, a record)
@@ -281,6 +285,8 @@ def _unflatten(tree, it, orig):
         if len(tree) > 2:
             return tree[2](*vals)
         return vals if kind == "list" else tuple(vals)
+    if kind == "complex":
+        return ComplexTensor(_unflatten(tree[1][0], it, None), _unflatten(tree[1][1], it, None))
     if kind == "dict":
         return {k: _unflatten(t, it, orig[k] if orig is not None else None) for k, t in zip(tree[1], tree[2])}
     if kind == "model":

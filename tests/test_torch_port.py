@@ -71,7 +71,9 @@ def test_unsupported_arguments_name_the_function_and_argument():
     with pytest.raises(TypeError, match="zeros: argument 'out'"):
         av.zeros(2, out=av.zeros(2))
     with pytest.raises(TypeError, match="ones: argument 'dtype'"):
-        av.ones(2, dtype=torch.complex64)
+        av.ones(2, dtype=torch.quint8)
+    with pytest.raises(TypeError, match="randn: argument 'generator'"):
+        av.randn(2, dtype=torch.complex64, generator=torch.Generator())
     with pytest.raises(TypeError, match="randn: argument 'generator'"):
         av.randn(2, generator=torch.Generator())
     with pytest.raises(TypeError, match="rand: argument 'dtype' must be a floating-point"):

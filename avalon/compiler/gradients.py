@@ -109,6 +109,8 @@ class GradProgram:
                 plans.append((_NONE, []) if s is None else (("leaf",), [s]))
             elif trees[i][0] == "static":
                 plans.append((_NONE, []))
+            elif trees[i][0] == "complex":  # torch's gradient of z = a + ib: dL/da + i dL/db, the parts' pair
+                plans.append((trees[i], [slot(starts[i] + k, in_model=False) for k in (0, 1)]))
             else:
                 named = [(n, last[id(t)]) for n, t in tree.named_parameters(args[i]) if id(t) in last]
                 n_leaves = _count_leaves(trees[i])

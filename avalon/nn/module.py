@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import tree
+from ..complex import ComplexTensor, from_data, is_complex_like
 from ..ir import dtypes as dt
 from ..tensor import Buffer, Tensor, as_array
 from ..trace import assign, current_trace
@@ -45,7 +46,10 @@ class IncompatibleKeys(NamedTuple):
 def Parameter(data: Any, requires_grad: bool = True) -> Tensor:  # noqa: N802 - torch's name
     """torch.nn.Parameter's spelling, for ported code: any floating-point Tensor attribute already is
     a parameter, so this just makes `data` a Tensor (a copy unless it is one already), frozen with
-    `requires_grad=False`."""
+    `requires_grad=False`. Complex data is a ComplexTensor of two real parameters."""
+    if is_complex_like(data) and not isinstance(data, (list, tuple)):
+        z = data if isinstance(data, ComplexTensor) else from_data(data)
+        return ComplexTensor(Parameter(z.real, requires_grad), Parameter(z.imag, requires_grad))
     t = data if isinstance(data, Tensor) and not isinstance(data, Buffer) else Tensor(np.array(as_array(data)))
     key = id(t)
     _DECLARED[key] = weakref.ref(t, lambda _: _DECLARED.pop(key, None))
@@ -87,9 +91,24 @@ def state_dict(model: Any) -> dict[str, Tensor]:
     parameters, then its own buffers, then each child's entries, each in attribute (registration)
     order; a tied tensor appears under each of its names, as in torch. The values are the model's
     own tensors, not copies, as in torch."""
-    skip = {f"{name}.{b}" if name else b for name, m in named_modules(model)
-            for b in getattr(m, "_non_persistent_buffers", ())}
+    skip = {f"{name}.{b}{part}" if name else f"{b}{part}" for name, m in named_modules(model)
+            for b in getattr(m, "_non_persistent_buffers", ()) for part in ("", ".real", ".imag")}
     return {k: t for k, t in tree.named_state(model) if k not in skip}
+
+
+def _complex_as_parts(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
+    """torch's complex entry `name` as the two entries a ComplexTensor's parts have, `name.real` and
+    `name.imag` (avalon/complex.py)."""
+    if not any(is_complex_like(v) and not isinstance(v, (list, tuple)) for v in mapping.values()):
+        return mapping
+    out: dict[str, Any] = {}
+    for k, v in mapping.items():
+        if is_complex_like(v) and not isinstance(v, (list, tuple)):
+            z = v if isinstance(v, ComplexTensor) else from_data(v)
+            out[f"{k}.real"], out[f"{k}.imag"] = z.real, z.imag
+        else:
+            out[k] = v
+    return out
 
 
 def _describe(value: Any) -> str:
@@ -105,6 +124,7 @@ def load_state_dict(model: Any, mapping: Mapping[str, Any], strict: bool = True)
     """
     if not isinstance(mapping, Mapping):
         raise TypeError(f"load_state_dict expects a mapping from names to tensors, got {type(mapping).__name__}")
+    mapping = _complex_as_parts(mapping)
     own = state_dict(model)
     names = _names_by_tensor(model)
     # a shared (tied) tensor may come under any of its names, as torch lists each of them
@@ -383,7 +403,10 @@ class Module:
         moved with the model either way. Assigning to the attribute later keeps it a buffer."""
         if not isinstance(name, str) or not name or "." in name:
             raise KeyError(f"register_buffer: buffer name must be a non-empty string without '.', got {name!r}")
-        if tensor is not None and not isinstance(tensor, Tensor):
+        if is_complex_like(tensor) and not isinstance(tensor, (list, tuple)):
+            z = tensor if isinstance(tensor, ComplexTensor) else from_data(tensor)
+            tensor = ComplexTensor(_as_buffer(z.real), _as_buffer(z.imag))
+        elif tensor is not None and not isinstance(tensor, Tensor):
             tensor = Tensor(as_array(tensor))
         bufs = self.__dict__.setdefault("_buffer_names", set())
         bufs.add(name)
@@ -408,6 +431,13 @@ class Module:
                 value = _as_buffer(value)
             elif (id(self) in _IN_FORWARD and not isinstance(self.__dict__.get(name), Tensor)
                   and id(value) not in _DECLARED):
+                self.register_buffer(name, value, persistent=False)
+                return
+        elif isinstance(value, ComplexTensor):  # the same rules for the pair of parts
+            if name in self.__dict__.get("_buffer_names", ()):
+                value = ComplexTensor(_as_buffer(value.real), _as_buffer(value.imag))
+            elif (id(self) in _IN_FORWARD and not isinstance(self.__dict__.get(name), (Tensor, ComplexTensor))
+                  and id(value.real) not in _DECLARED):
                 self.register_buffer(name, value, persistent=False)
                 return
         object.__setattr__(self, name, value)

@@ -355,7 +355,9 @@ def prelu(input: Any, weight: Any) -> Tensor:
 # -- queries ------------------------------------------------------------------------------------------
 
 def is_complex(input: Any) -> bool:
-    """torch.is_complex: False, Avalon has no complex dtypes."""
+    """torch.is_complex: True for an `avalon.complex.ComplexTensor` (a pair of real tensors)."""
+    if getattr(input, "_complex_pair", False):
+        return True
     _need_tensor("is_complex", input)
     return False
 

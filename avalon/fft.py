@@ -1,0 +1,283 @@
+"""`avalon.fft`: torch.fft's transforms (fft, ifft, rfft, irfft, hfft, ihfft and their 2-d and n-d forms,
+fftfreq, rfftfreq, fftshift, ifftshift) and `av.stft`, on `ComplexTensor` pairs (avalon/complex.py).
+
+Why matrix products: a DFT of length n along one axis is a product with the n x n matrix of
+cos/sin(2 pi jk / n), which the IR already has (matmul), so every backend compiles it, autodiff
+differentiates it, and fusion folds the scale and the zero padding into it (padding to n is fewer rows,
+truncating is fewer columns). That costs O(n^2) per transform instead of an FFT's O(n log n): exact to
+roundoff and fast for the lengths models use (spectral layers keep a few modes of a 64-point grid,
+FNet mixes a few hundred tokens, an STFT frame is 400 to 2048 points, where a GPU runs a GEMM at tensor-core
+speed), slow past a few thousand points per axis. The matrices are built in the graph from iota
+(float64 angles of exact integer products jk mod n), so nothing is captured while tracing.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from . import ops as _ops
+from .complex import ComplexTensor, _lift
+from .ir import dtypes as dt
+from .tensor import Tensor
+
+_NORMS = ("backward", "ortho", "forward")
+
+
+def _scale(norm: str | None, n: int, inverse: bool, fn: str) -> float:
+    """The factor a transform of length n applies: "backward" scales the inverse by 1/n, "forward"
+    the forward transform, "ortho" both by 1/sqrt(n)."""
+    norm = "backward" if norm is None else norm
+    if norm not in _NORMS:
+        raise ValueError(f'{fn}: Invalid normalization mode: "{norm}" (expected one of {", ".join(_NORMS)})')
+    if norm == "ortho":
+        return 1 / math.sqrt(n)
+    return 1.0 / n if (norm == "backward") == inverse else 1.0
+
+
+def _matrices(rows: int, cols: int, n: int, dtype: dt.DType, cos_scale: float, sin_scale: float,
+              weights: Any = None) -> tuple[Tensor, Tensor]:
+    """cos and sin of 2 pi jk / n for j < rows, k < cols (rows of the input, columns of the output),
+    exact zeros where the angle is a multiple of pi/2, scaled (and each row k by weights[k]) in float64."""
+    j = _ops.iota((rows, cols), 0, dt.int64)
+    k = _ops.iota((rows, cols), 1, dt.int64)
+    m = (j * k) % n
+    ang = _ops.cast(m, dt.float64) * (2 * math.pi / n)
+    zero = _ops.zeros_like(ang)
+    cos = _ops.where((4 * m) % (2 * n) == n, zero, _ops.cos(ang) * cos_scale)  # m = n/4 or 3n/4
+    sin = _ops.where((2 * m) % n == 0, zero, _ops.sin(ang) * sin_scale)  # m = 0 or n/2
+    if weights is not None:
+        cos, sin = cos * weights, sin * weights
+    return _ops.cast(cos, dtype), _ops.cast(sin, dtype)
+
+
+def _check_dim(fn: str, dim: int, ndim: int) -> int:
+    if not -ndim <= dim < max(ndim, 1):
+        raise IndexError(f"{fn}: Dimension out of range (expected to be in range of [{-ndim}, {ndim - 1}], "
+                         f"but got {dim})")
+    return dim % ndim
+
+
+def _length(fn: str, n: Any, default: int) -> int:
+    n = default if n is None else int(n)
+    if n < 1:
+        raise RuntimeError(f"{fn}: Invalid number of data points ({n}) specified")
+    return n
+
+
+def _along(x: Tensor, dim: int, f: Any) -> Tensor:
+    """f applied to x with `dim` moved last (f maps the last axis), moved back."""
+    last = x.ndim - 1
+    y = f(x if dim == last else _ops.movedim(x, dim, last))
+    return y if dim == last else _ops.movedim(y, last, dim)
+
+
+def _real_input(fn: str, x: Any) -> Tensor:
+    if isinstance(x, ComplexTensor):
+        raise RuntimeError(f"{fn} expects a real input tensor, but got a complex one (use fft for complex input)")
+    x = x if isinstance(x, Tensor) else _ops.as_tensor(x)
+    return x if x.dtype.is_float else _ops.cast(x, _ops.get_default_dtype())
+
+
+def _complex_input(x: Any) -> ComplexTensor:
+    z = _lift(x if isinstance(x, (ComplexTensor, Tensor)) else _ops.as_tensor(x))
+    if not z.real.dtype.is_float:
+        d = _ops.get_default_dtype()
+        z = ComplexTensor(_ops.cast(z.real, d), _ops.cast(z.imag, d))
+    return z
+
+
+def _product(x: Tensor, d: int, rows: int, mat: Tensor) -> Tensor:
+    """x's axis d (cut to its first `rows` entries: the zero padding to n is the rows left out) times mat."""
+    return _along(x, d, lambda y: (y[..., :rows] if rows < y.shape[-1] else y) @ mat)
+
+
+def _c2c(fn: str, x: Any, n: Any, dim: int, norm: str | None, inverse: bool) -> ComplexTensor:
+    """sum_j z_j e^{-+ 2 pi i jk / n}: both parts through one product with cos and one with sin."""
+    z = _complex_input(x)
+    d = _check_dim(fn, dim, z.ndim)
+    length = z.shape[d]
+    n = _length(fn, n, length)
+    s = _scale(norm, n, inverse, fn)
+    cos, sin = _matrices(min(length, n), n, n, z.real.dtype, s, s)
+    both = _ops.stack([z.real, z.imag], 0)
+    c, si = _product(both, d + 1, min(length, n), cos), _product(both, d + 1, min(length, n), sin)
+    if inverse:  # e^{+i theta}
+        return ComplexTensor(c[0] - si[1], c[1] + si[0])
+    return ComplexTensor(c[0] + si[1], c[1] - si[0])
+
+
+def _r2c(fn: str, x: Any, n: Any, dim: int, norm: str | None, inverse: bool) -> ComplexTensor:
+    """The transform of a real input at its n // 2 + 1 non-negative frequencies."""
+    x = _real_input(fn, x)
+    d = _check_dim(fn, dim, x.ndim)
+    length = x.shape[d]
+    n = _length(fn, n, length)
+    s = _scale(norm, n, inverse, fn)
+    cos, sin = _matrices(min(length, n), n // 2 + 1, n, x.dtype, s, s if inverse else -s)
+    return ComplexTensor(_product(x, d, min(length, n), cos), _product(x, d, min(length, n), sin))
+
+
+def _c2r(fn: str, x: Any, n: Any, dim: int, norm: str | None, inverse: bool) -> Tensor:
+    """The real signal of n points whose non-negative frequencies `x` holds (the rest by Hermitian
+    symmetry): x_j = sum_k w_k Re(X_k e^{+- 2 pi i jk / n}), w_k = 2 but for the zero and Nyquist
+    frequencies, whose imaginary parts are ignored, as torch and numpy do."""
+    z = _complex_input(x)
+    d = _check_dim(fn, dim, z.ndim)
+    m = z.shape[d]
+    n = _length(fn, n, 2 * (m - 1))
+    rows = min(m, n // 2 + 1)
+    k = _ops.iota((rows, 1), 0, dt.int64)
+    w = _ops.where((k == 0) | (2 * k == n), _ops.full((rows, 1), 1.0, dt.float64),
+                   _ops.full((rows, 1), 2.0, dt.float64))
+    s = _scale(norm, n, inverse, fn)
+    cos, sin = _matrices(rows, n, n, z.real.dtype, s, -s if inverse else s, weights=w)
+    return _product(z.real, d, rows, cos) + _product(z.imag, d, rows, sin)
+
+
+# -- one dimension ---------------------------------------------------------------------------------
+
+def fft(input: Any, n: int | None = None, dim: int = -1, norm: str | None = None) -> ComplexTensor:
+    """torch.fft.fft: the discrete Fourier transform along `dim`, zero-padded or cut to `n` points."""
+    return _c2c("fft", input, n, dim, norm, inverse=False)
+
+
+def ifft(input: Any, n: int | None = None, dim: int = -1, norm: str | None = None) -> ComplexTensor:
+    """torch.fft.ifft: the inverse transform (scaled by 1/n by default)."""
+    return _c2c("ifft", input, n, dim, norm, inverse=True)
+
+
+def rfft(input: Any, n: int | None = None, dim: int = -1, norm: str | None = None) -> ComplexTensor:
+    """torch.fft.rfft: the transform of a real signal, its n // 2 + 1 non-negative frequencies."""
+    return _r2c("rfft", input, n, dim, norm, inverse=False)
+
+
+def irfft(input: Any, n: int | None = None, dim: int = -1, norm: str | None = None) -> Tensor:
+    """torch.fft.irfft: the real signal of n = 2 (m - 1) points (or `n`) from its m non-negative frequencies."""
+    return _c2r("irfft", input, n, dim, norm, inverse=True)
+
+
+def hfft(input: Any, n: int | None = None, dim: int = -1, norm: str | None = None) -> Tensor:
+    """torch.fft.hfft: the (real) transform of a Hermitian-symmetric signal given by its first half."""
+    return _c2r("hfft", input, n, dim, norm, inverse=False)
+
+
+def ihfft(input: Any, n: int | None = None, dim: int = -1, norm: str | None = None) -> ComplexTensor:
+    """torch.fft.ihfft: the inverse of hfft, the first n // 2 + 1 points of a real signal's inverse transform."""
+    return _r2c("ihfft", input, n, dim, norm, inverse=True)
+
+
+# -- several dimensions ------------------------------------------------------------------------------
+
+def _dims_and_sizes(fn: str, x: Any, s: Sequence[int] | None, dim: Any, default_last: int | None) -> tuple[list, list]:
+    """torch's (s, dim) rules: dim defaults to the last len(s) dims, or to `default_last` dims (all when None)."""
+    ndim = x.ndim
+    if dim is None:
+        count = len(s) if s is not None else (ndim if default_last is None else default_last)
+        dims = list(range(ndim - count, ndim))
+    else:
+        dims = [dim] if isinstance(dim, int) else list(dim)
+    dims = [_check_dim(fn, d, ndim) for d in dims]
+    if len(set(dims)) != len(dims):
+        raise RuntimeError(f"{fn}: dims must be unique, got {tuple(dims)}")
+    if s is not None and len(s) != len(dims):
+        raise RuntimeError(f"{fn}: When given, dim and shape arguments must have the same length (got s={tuple(s)}, "
+                           f"dim={tuple(dims)})")
+    sizes = list(s) if s is not None else [None] * len(dims)
+    return dims, [None if v == -1 else v for v in sizes]
+
+
+def _nd_c2c(fn: str, x: Any, s: Any, dim: Any, norm: Any, inverse: bool, default_last: int | None) -> ComplexTensor:
+    z = _complex_input(x)
+    dims, sizes = _dims_and_sizes(fn, z, s, dim, default_last)
+    for d, n in zip(dims, sizes):
+        z = _c2c(fn, z, n, d, norm, inverse)
+    return z
+
+
+def fft2(input: Any, s: Sequence[int] | None = None, dim: Sequence[int] = (-2, -1), norm: str | None = None):
+    """torch.fft.fft2: fft over the last two dims (or `dim`)."""
+    return _nd_c2c("fft2", input, s, dim, norm, False, 2)
+
+
+def ifft2(input: Any, s: Sequence[int] | None = None, dim: Sequence[int] = (-2, -1), norm: str | None = None):
+    return _nd_c2c("ifft2", input, s, dim, norm, True, 2)
+
+
+def fftn(input: Any, s: Sequence[int] | None = None, dim: Any = None, norm: str | None = None) -> ComplexTensor:
+    """torch.fft.fftn: fft over `dim` (default: all dims, or the last len(s))."""
+    return _nd_c2c("fftn", input, s, dim, norm, False, None)
+
+
+def ifftn(input: Any, s: Sequence[int] | None = None, dim: Any = None, norm: str | None = None) -> ComplexTensor:
+    return _nd_c2c("ifftn", input, s, dim, norm, True, None)
+
+
+def _nd_r2c(fn: str, x: Any, s: Any, dim: Any, norm: Any, default_last: int | None) -> ComplexTensor:
+    x = _real_input(fn, x)
+    dims, sizes = _dims_and_sizes(fn, x, s, dim, default_last)
+    z = _r2c(fn, x, sizes[-1], dims[-1], norm, inverse=False)  # the last dim halves, the others are full
+    for d, n in zip(dims[:-1], sizes[:-1]):
+        z = _c2c(fn, z, n, d, norm, inverse=False)
+    return z
+
+
+def _nd_c2r(fn: str, x: Any, s: Any, dim: Any, norm: Any, default_last: int | None) -> Tensor:
+    z = _complex_input(x)
+    dims, sizes = _dims_and_sizes(fn, z, s, dim, default_last)
+    for d, n in zip(dims[:-1], sizes[:-1]):
+        z = _c2c(fn, z, n, d, norm, inverse=True)
+    return _c2r(fn, z, sizes[-1], dims[-1], norm, inverse=True)
+
+
+def rfft2(input: Any, s: Sequence[int] | None = None, dim: Sequence[int] = (-2, -1), norm: str | None = None):
+    """torch.fft.rfft2: rfft over the last dim of `dim`, fft over the other."""
+    return _nd_r2c("rfft2", input, s, dim, norm, 2)
+
+
+def irfft2(input: Any, s: Sequence[int] | None = None, dim: Sequence[int] = (-2, -1), norm: str | None = None):
+    """torch.fft.irfft2: the inverse of rfft2 (`s` gives the output's sizes; the last defaults to 2 (m - 1))."""
+    return _nd_c2r("irfft2", input, s, dim, norm, 2)
+
+
+def rfftn(input: Any, s: Sequence[int] | None = None, dim: Any = None, norm: str | None = None) -> ComplexTensor:
+    return _nd_r2c("rfftn", input, s, dim, norm, None)
+
+
+def irfftn(input: Any, s: Sequence[int] | None = None, dim: Any = None, norm: str | None = None) -> Tensor:
+    return _nd_c2r("irfftn", input, s, dim, norm, None)
+
+
+# -- frequencies and shifts --------------------------------------------------------------------------
+
+def fftfreq(n: int, d: float = 1.0, *, dtype: Any = None, device: Any = None, **kw: Any) -> Tensor:
+    """torch.fft.fftfreq: [0, 1, ..., (n - 1) // 2, -(n // 2), ..., -1] / (d n)."""
+    k = _ops.arange(n, dtype=dt.int64)
+    k = _ops.where(k <= (n - 1) // 2, k, k - n)
+    return _ops.place(_ops.cast(_ops.cast(k, dt.float64) * (1.0 / (n * d)), dtype or _ops.get_default_dtype()), device)
+
+
+def rfftfreq(n: int, d: float = 1.0, *, dtype: Any = None, device: Any = None, **kw: Any) -> Tensor:
+    """torch.fft.rfftfreq: [0, 1, ..., n // 2] / (d n)."""
+    k = _ops.arange(n // 2 + 1, dtype=dt.float64)
+    return _ops.place(_ops.cast(k * (1.0 / (n * d)), dtype or _ops.get_default_dtype()), device)
+
+
+def _shift(x: Any, dim: Any, sign: int) -> Any:
+    dims = list(range(x.ndim)) if dim is None else [dim] if isinstance(dim, int) else list(dim)
+    shifts = [sign * (x.shape[d] // 2) if sign > 0 else -(x.shape[d] // 2) for d in dims]
+    return x.roll(shifts, dims)
+
+
+def fftshift(input: Any, dim: Any = None) -> Any:
+    """torch.fft.fftshift: the zero frequency moved to the middle."""
+    return _shift(input, dim, 1)
+
+
+def ifftshift(input: Any, dim: Any = None) -> Any:
+    """torch.fft.ifftshift: the inverse of fftshift."""
+    return _shift(input, dim, -1)
+
+
+__all__ = ["fft", "fft2", "fftfreq", "fftn", "fftshift", "hfft", "ifft", "ifft2", "ifftn", "ifftshift", "ihfft",
+           "irfft", "irfft2", "irfftn", "rfft", "rfft2", "rfftfreq", "rfftn"]
