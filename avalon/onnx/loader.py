@@ -19,7 +19,7 @@ from ..interop.model import ImportedModel, ImportedProgram, UnsupportedOp, get_d
 from ..ir import dtypes as dt
 from ..tensor import Tensor
 from ..trace import _STACK
-from . import ops_extra, ops_math, ops_nn, ops_shape  # noqa: F401  (fill ONNX_OPS)
+from . import ops_extra, ops_math, ops_nn, ops_shape, ops_signal  # noqa: F401  (fill ONNX_OPS)
 from .dtypes import avalon_dtype
 from .table import ONNX_OPS, NeedsConstant, Node
 
