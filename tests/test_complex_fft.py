@@ -359,3 +359,24 @@ def test_bad_complex_input_is_named():
         z.sigmoid()
     with pytest.raises(TypeError, match="float32 or float64 parts"):
         av.ComplexTensor(av.ones(2, dtype=av.float16), av.ones(2, dtype=av.float16))
+
+
+def test_models_with_ffts_import_from_torch_export():
+    """ATen's _fft_r2c/_fft_c2r/_fft_c2c, view_as_real and complex arithmetic import (an FNet-style
+    mixing layer as HF writes it, `fftn(x, dim=(1, 2)).real`, beside rfft/irfft with a complex scale)."""
+    class Mixer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm, self.ff = torch.nn.LayerNorm(8), torch.nn.Linear(8, 8)
+
+        def forward(self, x):
+            mixed = self.norm(x + torch.fft.fftn(x, dim=(1, 2)).real)
+            b = torch.fft.irfft(torch.fft.rfft(x, norm="ortho") * 2j, n=8, norm="ortho")
+            return self.ff(mixed) + b + torch.fft.ifft2(x).imag + torch.fft.fft(torch.fft.fft(x, dim=-1), dim=-2).real
+    torch.manual_seed(2)
+    m = Mixer().eval()
+    x = torch.randn(2, 4, 8)
+    ours = av.from_torch(m, x)
+    expected = m(x).detach()
+    assert rel(ours(av.tensor(x.numpy())), expected) < 1e-5
+    assert rel(av.compile(lambda x: ours(x), backend="cpu")(av.tensor(x.numpy())), expected) < 1e-5

@@ -22,9 +22,11 @@ from typing import Any
 import numpy as np
 
 from .. import ops
+from ..complex import complex_dtype
 from ..ir import dtypes as dt
 from ..tensor import Buffer, Tensor
 from ..trace import assign, trace
+from . import aten_fft  # noqa: F401  (FFT and complex rules join ATEN)
 from .aten import ATEN
 from .model import ImportedModel, ImportedProgram, UnsupportedOp, get_dotted, source_line
 from .rewrites import export_friendly
@@ -63,7 +65,7 @@ def _to_avalon(x: Any) -> Any:
     """Node arguments: torch dtypes become Avalon dtypes; everything else passes through."""
     import torch
     if isinstance(x, torch.dtype):
-        return dt.dtype(str(x).removeprefix("torch."))
+        return complex_dtype(x) if x.is_complex else dt.dtype(str(x).removeprefix("torch."))
     return x
 
 
