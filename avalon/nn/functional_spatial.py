@@ -537,10 +537,29 @@ _GRID_PADDING = ("zeros", "border", "reflection")
 
 def _unnormalize(coord: Tensor, size: int, align: bool) -> Tensor:
     """[-1, 1] to pixel coordinates: -1 and 1 are the corner pixels' centers (align_corners) or
-    their outer edges."""
+    their outer edges. Unaligned, torch's kernels round `(c + 1) * size / 2 - 0.5` once (an FMA on the
+    CPU, a contracted `((c + 1) * size - 1) / 2` on CUDA); rounded twice, it differs in the last bit,
+    and at a pixel center (the spatial transformer tutorial's identity theta) that bit picks the taps:
+    the grid's gradient, a one-sided difference there, took the other side. See _fma_half."""
     if align:
         return ops.mul(ops.add(coord, 1.0), (size - 1) / 2)
-    return ops.div(ops.sub(ops.mul(ops.add(coord, 1.0), float(size)), 1.0), 2.0)
+    return _fma_half(ops.add(coord, 1.0), size)
+
+
+def _fma_half(u: Tensor, size: int) -> Tensor:
+    """u * (size / 2) - 0.5, rounded once (an FMA, from elementwise ops). Below float64, in float64
+    (the product of the narrow u and size / 2 is exact there), then rounded back. In float64, u splits
+    into hi, a multiple of 2^-25 by (u + 2^27) - 2^27, and lo = u - hi (exact): hi * s - 0.5 and lo * s
+    are exact (each has a few more bits than s = size / 2), so their sum is the one rounding, also
+    where a C compiler contracts a product and a sum into an FMA. The gradient is s (lo's and hi's
+    parts cancel exactly)."""
+    s = size / 2
+    if u.dtype is not dt.float64:
+        return ops.cast(ops.sub(ops.mul(ops.cast(u, dt.float64), s), 0.5), u.dtype)
+    k = 2.0 ** 27
+    hi = ops.sub(ops.add(u, k), k)
+    lo = ops.sub(u, hi)
+    return ops.add(ops.sub(ops.mul(hi, s), 0.5), ops.mul(lo, s))
 
 
 def _reflect(coord: Tensor, twice_low: int, twice_high: int) -> Tensor:
@@ -563,7 +582,10 @@ def _source_index(coord: Tensor, size: int, padding_mode: str, align: bool) -> T
     if padding_mode == "reflection":
         c = _reflect(c, 0, 2 * (size - 1)) if align else _reflect(c, -1, 2 * size - 1)
     if padding_mode in ("border", "reflection"):
-        c = ops.clamp(c, 0.0, float(size - 1))
+        # torch's clip_coordinates_set_grad counts the borders as outside: no gradient at exactly
+        # 0 or size - 1 (a pixel center that an identity grid hits), where clamp's would pass it
+        inside = ops.logical_and(ops.gt(c, 0.0), ops.lt(c, float(size - 1)))
+        c = ops.where(inside, c, ops.stop_gradient(ops.clamp(c, 0.0, float(size - 1))))
     return c
 
 

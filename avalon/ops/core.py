@@ -626,6 +626,11 @@ def _concat(op: str, xs: Any, axis: int) -> Tensor:
     for i, t in enumerate(ts):
         if t.ndim == 0:
             raise fail(ArgumentError(f"{op}: zero-dimensional tensor (at position {i}) cannot be concatenated"))
+    d = result_dtype(*ts)
+    # torch's legacy rule: an empty 1-d tensor, shape (0,), is skipped whatever the others' shapes
+    # (Transformer-XL's init_mems starts each layer's memory as `torch.empty(0)`); it still promotes
+    kept = [t for t in ts if t.shape != (0,)]
+    ts = kept or ts
     ax = check_dim(op, axis, ts[0].ndim)
     for i, t in enumerate(ts[1:], 1):  # torch's words, under the name the user called
         if t.ndim != ts[0].ndim:
@@ -636,7 +641,6 @@ def _concat(op: str, xs: Any, axis: int) -> Tensor:
             raise fail(ArgumentError(f"{op}: Sizes of tensors must match except in dimension {ax}. Expected size "
                                      f"{ts[0].shape[off[0]]} but got size {t.shape[off[0]]} for tensor number {i} in "
                                      f"the list (shapes {ts[0].shape} and {t.shape})"))
-    d = result_dtype(*ts)
     return bind("concat", *[cast(t, d) for t in ts], axis=ax)
 
 
