@@ -424,8 +424,16 @@ class Tensor:
         return self.shape[0]
 
     # -- leaving Avalon
-    def _concrete(self, what: str) -> None:
+    def _concrete(self, what: str) -> np.ndarray | None:
+        """Check that Python may read this tensor's value; for a traced tensor that depends on no input of
+        its graph (a mask built from shapes, `triu(x.new_ones(q, k))`, or from literal data), that value,
+        computed with the reference rules: the same on every call of the graph, so Python may branch on it."""
         if self._value is not None:
+            if any(self._trace is tr for tr in TRACING):
+                from .trace import constant_value
+                const = constant_value(self._trace, self)
+                if const is not None:
+                    return const
             loc = self._value.op.loc if self._value.op is not None and self._value.op.loc else None
             where = f" (value made at {loc})" if loc else ""
             if "item" in what or what in ("float()", "int()"):  # a metric: float(loss), acc.item()
@@ -448,7 +456,9 @@ class Tensor:
 
     def numpy(self) -> np.ndarray:
         """The data as a numpy array (a view on the CPU; a copy from a GPU)."""
-        self._concrete("Tensor.numpy()")
+        const = self._concrete("Tensor.numpy()")
+        if const is not None:
+            return const
         if self._device == CPU:
             return self._data
         t = self._data.detach().cpu()

@@ -500,6 +500,20 @@ def _constant(t: Trace, x: Tensor) -> Tensor | None:
     return type(x)._wrap(arr if x.device == CPU else _to_torch(arr, x.dtype, x.device), x.dtype, x.device)
 
 
+def constant_value(t: Trace, x: Tensor) -> np.ndarray | None:
+    """`_constant`'s array for a traced tensor that depends on none of the graph's inputs (read-only,
+    computed once per value of the trace), or None."""
+    cache = t.__dict__.setdefault("_constant_values", {})
+    key = id(x._value)
+    if key not in cache:
+        const = _constant(t, x)
+        arr = None if const is None else np.array(const._data if const.device == CPU else const._data.cpu().numpy())
+        if arr is not None:
+            arr.flags.writeable = False
+        cache[key] = (x._value, arr)  # the Value kept alive, so its id is not reused
+    return cache[key][1]
+
+
 class _Seed:
     """Stands in Traced.leaves for the `rng_seed` input: each run feeds a fresh seed."""
 
