@@ -111,10 +111,23 @@ def _is_tensor(x: Any) -> bool:
     return isinstance(x, (Tensor, np.ndarray, np.generic)) or (hasattr(x, "detach") and hasattr(x, "dtype"))
 
 
+def _complex_parts(name: str, value: Any) -> list[tuple[str, Any]]:
+    """A complex value (a ComplexTensor, a torch or numpy complex tensor) as the two real entries Avalon's
+    state dicts name it by, `name.real` and `name.imag` (avalon/complex.py), which `nn.load_state_dict`
+    reads back into a complex parameter; any other value as it is. (Saving one failed: no complex dtype.)"""
+    from .complex import from_data, is_complex_like
+    if isinstance(value, (list, tuple)) or not is_complex_like(value):
+        return [(name, value)]
+    z = from_data(value) if not hasattr(value, "_complex_pair") else value
+    return [(f"{name}.real", z.real), (f"{name}.imag", z.imag)]
+
+
 def _flatten_tree(obj: Any, path: str, tensors: dict[str, Any]) -> Any:
     """torch.save's usual checkpoint, `{"model": sd, "optimizer": ..., "epoch": 3}`, as data: tensors
     go to `tensors` under their dotted path, everything else into a JSON tree that names them (no
-    pickle: loading reads JSON and never runs code)."""
+    pickle: loading reads JSON and never runs code). A complex tensor is its two parts, `{"c": [re, im]}`."""
+    if _is_tensor(obj) and len(parts := _complex_parts(path or "tensor", obj)) == 2:
+        return {"c": [_flatten_tree(v, n, tensors) for n, v in parts]}
     if _is_tensor(obj):
         name, k = path or "tensor", 1
         while name in tensors:  # {"a.b": x} beside {"a": {"b": y}}
@@ -148,6 +161,9 @@ def _unflatten_tree(path: Any, node: Any, tensors: dict[str, Tensor], used: set[
         return tensors[val]
     if kind == "v" and (val is None or isinstance(val, (bool, int, float, str))):
         return val
+    if kind == "c" and isinstance(val, list) and len(val) == 2 and all(isinstance(v, dict) and "t" in v for v in val):
+        from .complex import ComplexTensor
+        return ComplexTensor(*(_unflatten_tree(path, v, tensors, used, depth + 1) for v in val))
     if kind in ("l", "u") and isinstance(val, list):
         items = [_unflatten_tree(path, v, tensors, used, depth + 1) for v in val]
         return items if kind == "l" else tuple(items)
@@ -172,7 +188,7 @@ def save(obj: Any, path: str | os.PathLike) -> None:
         tree_json = json.dumps(_flatten_tree(obj, "", tensors), separators=(",", ":"))
         state: Mapping[str, Any] = tensors
     else:
-        state = _state_of(obj)
+        state = {k: v for name, value in _state_of(obj).items() for k, v in _complex_parts(name, value)}
     header: dict[str, Any] = {}
     chunks: list[bytes] = []
     offset = 0

@@ -152,13 +152,26 @@ def _mul(a: Any, b: Any) -> ComplexTensor:
 
 
 def _div(a: Any, b: Any) -> ComplexTensor:
+    """a / b by Smith's algorithm, as torch (c10::complex, after numpy) divides: scaled by the larger of
+    |Re b| and |Im b|, so |b|^2 neither overflows nor underflows (float32's br^2 + bi^2 is 0 for |b| < 1e-19),
+    and a zero divisor gives torch's inf/nan parts, (1 + 1j) / 0 = inf + inf j, where the textbook
+    (a conj b) / |b|^2 gave 0 / 0 = nan."""
     (ar, ai), (br, bi) = _parts(a), _parts(b)
     if bi is None:
         return _join(ar / br, None if ai is None else ai / br)
-    d = br * br + bi * bi
-    if ai is None:
-        return _join(ar * br / d, -ar * bi / d)
-    return _join((ar * br + ai * bi) / d, (ai * br - ar * bi) / d)
+    ai = 0.0 if ai is None else ai
+    if not isinstance(br, Tensor):
+        br = _ops.full_like(bi, br)
+    first = _ops.abs(br) >= _ops.abs(bi)  # torch's branch: |c| >= |d|
+    big, small = _ops.where(first, br, bi), _ops.where(first, bi, br)
+    zero = big == 0  # then both parts are 0: real / |c| and imag / |d|, as torch
+    rat = small / _ops.where(zero, _ops.ones_like(big), big)
+    scl = 1.0 / _ops.where(zero, _ops.ones_like(big), big + small * rat)
+    # |c| >= |d|: ((a + b r) s, (b - a r) s); else ((a r + b) s, (b r - a) s), r = c / d
+    re = _ops.where(first, ar + ai * rat, ar * rat + ai) * scl
+    im = _ops.where(first, ai - ar * rat, ai * rat - ar) * scl
+    by = _ops.where(zero, _ops.zeros_like(big), _ops.ones_like(big))  # a / 0 only where selected (gradients)
+    return _join(_ops.where(zero, ar / by, re), _ops.where(zero, ai / by, im))
 
 
 def _needs_complex(x: Any) -> bool:
@@ -218,7 +231,11 @@ class ComplexTensor:
 
     # -- leaving Avalon
     def numpy(self) -> np.ndarray:
-        return (self.real.numpy() + 1j * self.imag.numpy()).astype(self.dtype.np)
+        # the parts are written, not summed: `re + 1j * im` turns an infinite part into nan (1j * inf
+        # is nan + inf j), so (1 + 1j) / 0 read back as nan + inf j where torch has inf + inf j
+        out = np.empty(tuple(self.shape), self.dtype.np)
+        out.real, out.imag = self.real.numpy(), self.imag.numpy()
+        return out
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         arr = self.numpy()
@@ -236,7 +253,8 @@ class ComplexTensor:
     def __repr__(self) -> str:
         if self.is_traced:
             return f"ComplexTensor(traced, shape={self.shape}, dtype={self.dtype.name})"
-        return f"tensor({np.array2string(self.numpy(), separator=', ')}, dtype={self.dtype!r})"
+        # prefix: continuation lines indent under the first, as torch's and Avalon's real tensors print
+        return f"tensor({np.array2string(self.numpy(), separator=', ', prefix='tensor(')}, dtype={self.dtype!r})"
 
     # -- arithmetic
     __add__ = lambda self, o: _add(self, o)  # noqa: E731
@@ -379,6 +397,19 @@ class ComplexTensor:
         """The norm of |z| (torch's norm of a complex tensor)."""
         return self.abs().norm(p, dim, keepdim)
 
+    def new_zeros(self, *size: Any, dtype: Any = None, device: Any = None, **kw: Any) -> Any:
+        """torch's new_* of a complex tensor: this dtype and device unless given."""
+        return _new("zeros", self, size, dtype, device)
+
+    def new_ones(self, *size: Any, dtype: Any = None, device: Any = None, **kw: Any) -> Any:
+        return _new("ones", self, size, dtype, device)
+
+    def new_empty(self, *size: Any, dtype: Any = None, device: Any = None, **kw: Any) -> Any:
+        return _new("zeros", self, size, dtype, device)
+
+    def new_full(self, size: Any, fill_value: Any, *, dtype: Any = None, device: Any = None, **kw: Any) -> Any:
+        return _new("zeros", self, (size,), dtype, device).fill_(fill_value)
+
     def to(self, *args: Any, **kw: Any) -> Any:
         """A device move applies to both parts; a complex dtype converts the parts; a real dtype keeps
         the real part, as torch does (with its warning)."""
@@ -453,6 +484,18 @@ class ComplexTensor:
 
 
 _tensor_module._COMPLEX += (ComplexTensor,)  # `x * z` with x real hands over to ComplexTensor's rules
+
+
+def _new(fill: str, like: ComplexTensor, size: tuple, dtype: Any, device: Any) -> Any:
+    if len(size) == 1 and isinstance(size[0], (tuple, list)):
+        size = tuple(size[0])
+    d = like.dtype if dtype is None else dtype
+    c = complex_dtype(d)
+    dev = like.device if device is None else device
+    if c is None:
+        return getattr(_ops, fill)(*size, dtype=d, device=dev)
+    return ComplexTensor(getattr(_ops, fill)(*size, dtype=c.real, device=dev), _ops.zeros(*size, dtype=c.real,
+                                                                                         device=dev))
 
 
 def _is_real_dtype(x: Any) -> bool:
@@ -595,8 +638,9 @@ def from_data(data: Any, dtype: Any = None, device: Any = None) -> ComplexTensor
         arr = np.asarray(data)
         if c is None:
             c = complex128 if arr.dtype in (np.complex128, np.float64) and not isinstance(data, list) else complex64
-        out = ComplexTensor(_real_tensor(np.ascontiguousarray(arr.real), dtype=c.real),
-                            _real_tensor(np.ascontiguousarray(np.imag(arr)), dtype=c.real))
+        # np.array, not np.ascontiguousarray, which makes a 0-d array 1-d (av.tensor(1 + 2j) had shape (1,))
+        out = ComplexTensor(_real_tensor(np.array(np.real(arr)), dtype=c.real),
+                            _real_tensor(np.array(np.imag(arr)), dtype=c.real))
     if c is not None:
         out = out.to(c)
     return out.to(device) if device is not None else out
@@ -726,6 +770,7 @@ _RULES: dict[str, Callable[..., Any]] = {
     "bmm": lambda a, b: _bilinear(_ops.bmm, a, b), "outer": lambda a, b: _bilinear(_ops.outer, a, b),
     "einsum": _einsum, "cat": _cat("cat"), "stack": _cat("stack"), "where": _where,
     "allclose": _close("allclose"), "isclose": _close("isclose"), "isreal": lambda z: _lift(z).imag == 0,
+    "is_floating_point": lambda z: False,  # (read the complex value's dtype, which has no Avalon DType)
     **{n: _like(n) for n in ("zeros_like", "ones_like", "empty_like", "rand_like", "randn_like", "full_like")},
 }
 _ALIASES = {"subtract": "sub", "multiply": "mul", "divide": "div", "true_divide": "div", "concat": "cat",

@@ -49,11 +49,15 @@ def own_first(attrs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
     """A model's attributes in torch's order: its own parameters, then its own buffers, then what
     holds more (submodules, lists, dicts), each group in attribute (registration) order, as torch's
     `named_parameters` and `state_dict` list a module's own tensors before its children's."""
-    params = [(k, v) for k, v in attrs if isinstance(v, Tensor) and _is_parameter(v)]
-    buffers = [(k, v) for k, v in attrs if isinstance(v, Tensor) and not _is_parameter(v)]
+    # a complex value counts as its parts: torch lists a complex parameter among the module's own, so
+    # after submodules it put torch's parameter order, which optimizer state pairs by, out of step
+    def own(v: Any) -> Any:
+        return v.real if isinstance(v, ComplexTensor) else v
+    params = [(k, v) for k, v in attrs if isinstance(own(v), Tensor) and _is_parameter(own(v))]
+    buffers = [(k, v) for k, v in attrs if isinstance(own(v), Tensor) and not _is_parameter(own(v))]
     if not params and not buffers:
         return attrs
-    return params + buffers + [(k, v) for k, v in attrs if not isinstance(v, Tensor)]
+    return params + buffers + [(k, v) for k, v in attrs if not isinstance(own(v), Tensor)]
 
 
 def _is_parameter(t: Tensor) -> bool:

@@ -23,6 +23,16 @@ class DType:
         return np.dtype(self.np_name)
 
     @property
+    def is_floating_point(self) -> bool:
+        """torch.dtype's spelling of is_float (ported code reads `x.dtype.is_floating_point`)."""
+        return self.is_float
+
+    @property
+    def is_complex(self) -> bool:
+        """False: a complex dtype is avalon.complex's ComplexDType (its parts have one of these)."""
+        return False
+
+    @property
     def is_int(self) -> bool:
         return not self.is_float and self.name != "i1"
 

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import tree
-from ..complex import ComplexTensor, from_data, is_complex_like
+from ..complex import ComplexTensor, complex_dtype, from_data, is_complex_like
 from ..ir import dtypes as dt
 from ..tensor import Buffer, Tensor, as_array
 from ..trace import assign, current_trace
@@ -456,10 +456,10 @@ class Module:
         `model.to(torch.float16)` and `model.to(tensor)` work too."""
         if isinstance(device, Tensor):
             device, dtype = device.device, device.dtype if dtype is None else dtype
-        elif device is not None and not isinstance(device, str) and _is_dtype(device):
-            device, dtype = None, device
+        elif device is not None and not isinstance(device, str) and (_is_dtype(device) or complex_dtype(device)):
+            device, dtype = None, device  # (model.to(torch.cfloat) named a device before)
         if dtype is not None:
-            _cast_floats(self, dt.dtype(dtype))
+            _cast_floats(self, dtype)
         if device is not None:
             tree.to_device(self, device)
         return self
@@ -470,17 +470,23 @@ class Module:
     def cpu(self) -> Module:
         return self.to("cpu")
 
+    # torch's double()/float()/half() cast floating-point tensors only: complex parameters keep their
+    # dtype (they became complex128, or a pair of float16 parts, which no complex dtype has)
     def double(self) -> Module:
-        return self.to(dtype=dt.float64)
+        _cast_floats(self, dt.float64, complex_parts=False)
+        return self
 
     def float(self) -> Module:
-        return self.to(dtype=dt.float32)
+        _cast_floats(self, dt.float32, complex_parts=False)
+        return self
 
     def half(self) -> Module:
-        return self.to(dtype=dt.float16)
+        _cast_floats(self, dt.float16, complex_parts=False)
+        return self
 
     def bfloat16(self) -> Module:
-        return self.to(dtype=dt.bfloat16)
+        _cast_floats(self, dt.bfloat16, complex_parts=False)
+        return self
 
     def requires_grad_(self, requires_grad: bool = True) -> Module:
         """Freeze (False) or unfreeze every parameter, as torch's: av.grad leaves frozen ones out."""
@@ -581,10 +587,25 @@ def _direct_modules(name: str, v: Any) -> list[tuple[str, Module]]:
     return []
 
 
-def _cast_floats(model: Any, dtype: dt.DType) -> None:
-    """Convert the model's floating-point tensors to `dtype` in place (same Tensor objects)."""
+def _cast_floats(model: Any, dtype: Any, complex_parts: bool = True) -> None:
+    """Convert the model's floating-point tensors to `dtype` in place (same Tensor objects), the parts of
+    its complex values too unless `complex_parts` is False. A complex `dtype` (`model.to(torch.cdouble)`)
+    sets the complex values' precision; torch would make every real tensor complex as well, which Avalon's
+    real tensors cannot be, so a model holding any is refused rather than converted otherwise."""
+    c = complex_dtype(dtype)
+    nodes: list = []
+    tree._walk_state(model, "", set(), [], [], nodes)
+    parts = {id(p) for obj, _ in nodes if isinstance(obj, ComplexTensor) for p in (obj.real, obj.imag)}
+    if c is not None:
+        real = [n for n, t in tree.named_tensors(model) if t.dtype.is_float and id(t) not in parts]
+        if real:
+            raise TypeError(f"model.to({c!r}): torch makes every floating-point tensor complex, {real[0]!r} "
+                            "among them; Avalon's real tensors stay real. Cast with a real dtype (complex "
+                            "parameters follow it), or convert the complex parameters themselves")
+        dtype = c.real
+    dtype = dt.dtype(dtype)
     for _, t in tree.named_tensors(model):
-        if t.dtype.is_float and t.dtype != dtype:
+        if t.dtype.is_float and t.dtype != dtype and (complex_parts or id(t) not in parts):
             moved = t.to(dtype=dtype)
             t._data, t._dtype = moved._data, moved._dtype
 

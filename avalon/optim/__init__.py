@@ -104,6 +104,33 @@ def _float_value(key: str, v: Any) -> Any:
     return float(v)
 
 
+def _torch_entries(indices: list, names: list[str]) -> list[tuple[Any, str, str | None]] | None:
+    """torch's parameter indices of one group paired with this group's names: a complex parameter is one
+    index in torch and two parameters here, `w.real` and `w.imag` (avalon/complex.py), which take the
+    real and imaginary parts of its state (torch's optimizers keep complex state, stepped as its
+    view_as_real). (index, name, part) triples, or None when the counts do not fit."""
+    extra, out, j = len(names) - len(indices), [], 0
+    for index in indices:
+        if j >= len(names):
+            return None
+        n = names[j]
+        if extra > 0 and n.endswith(".real") and j + 1 < len(names) and names[j + 1] == n[:-5] + ".imag":
+            out += [(index, n, "real"), (index, names[j + 1], "imag")]
+            j, extra = j + 2, extra - 1
+        else:
+            out.append((index, n, None))
+            j += 1
+    return out if j == len(names) else None
+
+
+def _complex_part(v: Any, part: str | None) -> Any:
+    """The `part` ("real", "imag") of a complex state value (a torch tensor); other values as they are."""
+    if part is None or not (hasattr(v, "is_complex") and not isinstance(v, Tensor) and v.is_complex()):
+        return v
+    arr = v.detach().cpu().numpy()
+    return np.array(arr.real if part == "real" else arr.imag)
+
+
 class _StepClass:
     """Parameters of one group (`names`) that have taken the same steps, so one count (`step`) and
     one copy of the step history's other scalars (`extra`: NAdam's mu_product) serve them all.
@@ -567,7 +594,8 @@ class Optimizer:
         out: dict[str, Any] = {}
         steps: dict[str, float | None] = {}  # per parameter (None: it stepped, SGD's count unknown)
         for i, (g, mine) in enumerate(zip(groups, self.param_groups)):
-            if len(g["params"]) != len(mine._names):
+            entries = _torch_entries(g["params"], mine._names)
+            if entries is None:
                 raise ValueError("loaded state dict contains a parameter group that doesn't match the size of "
                                  "optimizer's group")
             for k, v in g.items():
@@ -578,8 +606,8 @@ class Optimizer:
                 elif k not in ("params", "param_names") and v not in _TORCH_DEFAULTS.get(k, ()) and \
                         mine.get(k, _MISSING) != v:
                     mine[k] = v  # an option, or a plain key such as initial_lr
-            for index, name in zip(g["params"], mine._names):
-                slots = sd["state"].get(index, {})
+            for index, name, part in entries:
+                slots = {k: _complex_part(v, part) for k, v in sd["state"].get(index, {}).items()}
                 steps[name] = 0.0
                 for k, v in self._class_state.items():  # (NAdam's mu_product: kept per step class)
                     out[f"state.{name}.{k}"] = slots.get(k, v)
