@@ -12,14 +12,18 @@ speed), slow past a few thousand points per axis. The matrices are built in the 
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from . import ops as _ops
 from .complex import ComplexTensor, _lift
 from .ir import dtypes as dt
 from .tensor import Tensor
+from .trace import current_trace
 
 _NORMS = ("backward", "ortho", "forward")
 
@@ -36,19 +40,41 @@ def _scale(norm: str | None, n: int, inverse: bool, fn: str) -> float:
 
 
 def _matrices(rows: int, cols: int, n: int, dtype: dt.DType, cos_scale: float, sin_scale: float,
-              weights: Any = None) -> tuple[Tensor, Tensor]:
+              weights: bool = False) -> tuple[Tensor, Tensor]:
     """cos and sin of 2 pi jk / n for j < rows, k < cols (rows of the input, columns of the output),
-    exact zeros where the angle is a multiple of pi/2, scaled (and each row k by weights[k]) in float64."""
-    j = _ops.iota((rows, cols), 0, dt.int64)
-    k = _ops.iota((rows, cols), 1, dt.int64)
-    m = (j * k) % n
+    exact zeros where the angle is a multiple of pi/2, scaled in float64; with `weights`, row k times
+    2 but for k = 0 and k = n / 2 (irfft's Hermitian halves). Eagerly the pair is built once with numpy
+    and cached; while tracing, from n-entry tables of cos and sin gathered at jk mod n (n transcendentals,
+    not rows x cols), so nothing is captured and the graph is cached."""
+    if current_trace() is None:
+        return _numpy_matrices(rows, cols, n, dtype, cos_scale, sin_scale, weights)
+    m = _ops.iota((n,), 0, dt.int64)
     ang = _ops.cast(m, dt.float64) * (2 * math.pi / n)
     zero = _ops.zeros_like(ang)
-    cos = _ops.where((4 * m) % (2 * n) == n, zero, _ops.cos(ang) * cos_scale)  # m = n/4 or 3n/4
-    sin = _ops.where((2 * m) % n == 0, zero, _ops.sin(ang) * sin_scale)  # m = 0 or n/2
-    if weights is not None:
-        cos, sin = cos * weights, sin * weights
+    cos_t = _ops.where((4 * m) % (2 * n) == n, zero, _ops.cos(ang) * cos_scale)  # m = n/4 or 3n/4
+    sin_t = _ops.where((2 * m) % n == 0, zero, _ops.sin(ang) * sin_scale)  # m = 0 or n/2
+    idx = _ops.reshape((_ops.iota((rows, cols), 0, dt.int64) * _ops.iota((rows, cols), 1, dt.int64)) % n, (-1,))
+    cos, sin = (_ops.reshape(_ops.take(t, idx, 0), (rows, cols)) for t in (cos_t, sin_t))
+    if weights:
+        k = _ops.iota((rows, 1), 0, dt.int64)
+        w = _ops.where((k == 0) | (2 * k == n), _ops.full((rows, 1), 1.0, dt.float64),
+                       _ops.full((rows, 1), 2.0, dt.float64))
+        cos, sin = cos * w, sin * w
     return _ops.cast(cos, dtype), _ops.cast(sin, dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _numpy_matrices(rows: int, cols: int, n: int, dtype: dt.DType, cos_scale: float, sin_scale: float,
+                    weights: bool) -> tuple[Tensor, Tensor]:
+    m = (np.arange(rows, dtype=np.int64)[:, None] * np.arange(cols, dtype=np.int64)[None, :]) % n
+    ang = m * (2 * math.pi / n)
+    cos = np.where((4 * m) % (2 * n) == n, 0.0, np.cos(ang) * cos_scale)
+    sin = np.where((2 * m) % n == 0, 0.0, np.sin(ang) * sin_scale)
+    if weights:
+        k = np.arange(rows)[:, None]
+        w = np.where((k == 0) | (2 * k == n), 1.0, 2.0)
+        cos, sin = cos * w, sin * w
+    return Tensor(cos, dtype=dtype), Tensor(sin, dtype=dtype)
 
 
 def _check_dim(fn: str, dim: int, ndim: int) -> int:
@@ -127,11 +153,8 @@ def _c2r(fn: str, x: Any, n: Any, dim: int, norm: str | None, inverse: bool) -> 
     m = z.shape[d]
     n = _length(fn, n, 2 * (m - 1))
     rows = min(m, n // 2 + 1)
-    k = _ops.iota((rows, 1), 0, dt.int64)
-    w = _ops.where((k == 0) | (2 * k == n), _ops.full((rows, 1), 1.0, dt.float64),
-                   _ops.full((rows, 1), 2.0, dt.float64))
     s = _scale(norm, n, inverse, fn)
-    cos, sin = _matrices(rows, n, n, z.real.dtype, s, -s if inverse else s, weights=w)
+    cos, sin = _matrices(rows, n, n, z.real.dtype, s, -s if inverse else s, weights=True)
     return _product(z.real, d, rows, cos) + _product(z.imag, d, rows, sin)
 
 

@@ -380,3 +380,19 @@ def test_models_with_ffts_import_from_torch_export():
     expected = m(x).detach()
     assert rel(ours(av.tensor(x.numpy())), expected) < 1e-5
     assert rel(av.compile(lambda x: ours(x), backend="cpu")(av.tensor(x.numpy())), expected) < 1e-5
+
+
+def test_transforms_and_their_gradients_compile_to_triton_kernels():
+    """Nothing below the frontend is new: the DFT products, tables and gathers are ordinary kernels."""
+    x = np.random.default_rng(7).standard_normal((2, 16)).astype(np.float32)
+    t = torch.tensor(x, requires_grad=True)
+    want = torch.fft.irfft(torch.fft.rfft(t) * torch.polar(torch.ones(9), torch.linspace(0, 1, 9)), n=16).sum() \
+        + torch.stft(t, 8, 2, window=torch.ones(8), return_complex=True).abs().sum()
+    want.backward()
+
+    def f(x):
+        return av.fft.irfft(av.fft.rfft(x) * av.polar(av.ones(9), av.linspace(0.0, 1.0, 9)), n=16).sum() \
+            + av.stft(x, 8, 2, return_complex=True).abs().sum()
+    value, grad = av.compile(av.value_and_grad(f), backend="triton")(av.tensor(x))
+    assert abs(float(value) - want.item()) < 1e-5 * abs(want.item())
+    assert rel(grad, t.grad) < 1e-5
