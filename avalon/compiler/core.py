@@ -50,6 +50,7 @@ from avalon.tree import StateCache
 from .backends import get_backend
 from .check import GroupChecker
 from .execute import feed, run_traced
+from .hoist import as_inputs, hoist_constants
 
 _TRUE = ("1", "true", "yes", "on")
 
@@ -149,6 +150,7 @@ class _Entry:
     checker: GroupChecker | None = None
     extra: list[Any] | None = None  # inputs after the leaves (the seed, values lifted from an enclosing trace)
     guards: list[tuple[int, Any]] | None = None  # (leaf position, its values) read while tracing, baked in
+    constants: list[Any] | None = None  # hoisted values (compiler/hoist.py), the graph's last inputs
 
 
 class Program(Protocol):
@@ -233,6 +235,7 @@ class Compiled:
             return self.fn(*args)  # record into the enclosing trace; it is optimized with that graph
         entry, leaves = self._entry(args, inline=outer is not None)  # run_traced inlines a program
         objs = [x for _, x in leaves] + (entry.extra if entry.extra is not None else [SEED] if entry.seeded else [])
+        objs += entry.constants or []
         if self.check and outer is None:
             objs = feed(objs)  # one seed for the check and the run
             self._check(entry, objs)
@@ -319,6 +322,8 @@ class Compiled:
                           any(x is SEED for x in traced.leaves), extra=extra if any(x is not SEED for x in extra)
                           else None, guards=guards)
         traced_graph = graph.clone()
+        n_inputs = len(graph.inputs)
+        hoisted = hoist_constants(graph)
         t_traced = time.perf_counter()
         pm = self._pass_manager()  # resolving the backend's target may import it (Triton: ~1 s once)
         t1 = time.perf_counter()
@@ -349,7 +354,11 @@ class Compiled:
         if hasattr(runtime, "scratch_outputs"):
             runtime.scratch_outputs = frozenset(range(traced.n_outputs, len(graph.outputs)))
         seeded = any(x is SEED for x in traced.leaves)
-        return _Entry(insp, exe, traced.out_tree, traced.n_outputs, update_at, seeded, guards=guards)
+        devs = {x.device for _, x in leaves if isinstance(x, Tensor)}
+        constants = as_inputs(hoisted, [v.type for v in graph.inputs[n_inputs:]],
+                              next(iter(devs)) if len(devs) == 1 else None) if hoisted else None
+        return _Entry(insp, exe, traced.out_tree, traced.n_outputs, update_at, seeded, guards=guards,
+                      constants=constants)
 
     def _check(self, entry: _Entry, inputs: list[Any]) -> None:
         if entry.checker is None:
