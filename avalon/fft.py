@@ -3,12 +3,16 @@ fftfreq, rfftfreq, fftshift, ifftshift) and `av.stft`, on `ComplexTensor` pairs 
 
 Why matrix products: a DFT of length n along one axis is a product with the n x n matrix of
 cos/sin(2 pi jk / n), which the IR already has (matmul), so every backend compiles it, autodiff
-differentiates it, and fusion folds the scale and the zero padding into it (padding to n is fewer rows,
-truncating is fewer columns). That costs O(n^2) per transform instead of an FFT's O(n log n): exact to
-roundoff and fast for the lengths models use (spectral layers keep a few modes of a 64-point grid,
-FNet mixes a few hundred tokens, an STFT frame is 400 to 2048 points, where a GPU runs a GEMM at tensor-core
-speed), slow past a few thousand points per axis. The matrices are built in the graph from iota
-(float64 angles of exact integer products jk mod n), so nothing is captured while tracing.
+differentiates it, and nothing below the frontend is new (padding to n is fewer rows of the matrix,
+truncating fewer columns). Up to `DIRECT_MAX` points a transform is that one product; a longer one is
+split as Cooley and Tukey's four-step FFT does (n = n1 n2: transforms of n1 and n2 points around a
+pointwise twiddle, recursively), O(n (n1 + n2)) work in GEMMs, which is how FFTs are done on tensor
+cores. The matrices come from float64 angles of exact integer products jk mod n; eagerly they are built
+once with numpy, while tracing from n-entry tables in the graph (nothing captured), which
+`av.compile` hoists out of the per-call work (avalon/compiler/hoist.py). On the CPU, pocketfft
+(torch.fft) stays faster: `benchmarks/fft_bench.py` measures how much. On GPUs, under
+`av.set_float32_matmul_precision("high")` the products run in TF32 (~1e-3 relative), where cuFFT stays
+float32.
 """
 from __future__ import annotations
 
@@ -113,49 +117,114 @@ def _complex_input(x: Any) -> ComplexTensor:
     return z
 
 
-def _product(x: Tensor, d: int, rows: int, mat: Tensor) -> Tensor:
-    """x's axis d (cut to its first `rows` entries: the zero padding to n is the rows left out) times mat."""
-    return _along(x, d, lambda y: (y[..., :rows] if rows < y.shape[-1] else y) @ mat)
+DIRECT_MAX = 128
+"""Transforms up to this many points are one product with the DFT matrix; longer ones split (below)."""
+
+
+def _factor(n: int) -> int | None:
+    """n1 of the split n = n1 n2 (the largest divisor of n up to sqrt(n), at least 4), or None for a
+    direct transform (short, or n has no such divisor: a prime, twice a prime)."""
+    if n <= DIRECT_MAX:
+        return None
+    n1 = max((d for d in range(4, math.isqrt(n) + 1) if n % d == 0), default=None)
+    return n1
+
+
+def _pad_last(x: Tensor, n: int) -> Tensor:
+    if x.shape[-1] == n:
+        return x
+    if x.shape[-1] > n:
+        return x[..., :n]
+    return _ops.concatenate([x, _ops.zeros((*x.shape[:-1], n - x.shape[-1]), dtype=x.dtype)], -1)
+
+
+def _dft(re: Tensor, im: Tensor | None, n: int, inverse: bool, s: float, cols: int | None = None
+         ) -> tuple[Tensor, Tensor]:
+    """(real, imaginary) of s * sum_j z_j e^{-+ 2 pi i jk / n} along the last axis (zero-padded or cut to n
+    points; `im` None for a real signal), for the first `cols` frequencies k (all n by default).
+
+    Short transforms are one product with the DFT matrix; a long one is split as Cooley and Tukey's
+    four-step FFT does, n = n1 n2 with j = n2 j1 + j2 and k = k1 + n1 k2: n2 transforms of n1 points,
+    a pointwise twiddle e^{-+ 2 pi i j2 k1 / n}, then n1 transforms of n2 points, each again a product
+    (or split): O(n (n1 + n2)) multiply-adds instead of O(n^2), still GEMMs."""
+    cols = n if cols is None else cols
+    n1 = _factor(n)
+    if n1 is None:
+        rows = min(re.shape[-1], n)
+        cut = (lambda y: y[..., :rows]) if rows < re.shape[-1] else (lambda y: y)
+        cos, sin = _matrices(rows, cols, n, re.dtype, s, s)
+        if im is None:
+            c, si = cut(re) @ cos, cut(re) @ sin
+            return c, (si if inverse else -si)
+        both = cut(_ops.stack([re, im], 0))
+        c, si = both @ cos, both @ sin
+        if inverse:  # e^{+i theta}
+            return c[0] - si[1], c[1] + si[0]
+        return c[0] + si[1], c[1] - si[0]
+    n2 = n // n1
+    lead = re.shape[:-1]
+
+    def grid(x: Tensor) -> Tensor:  # (..., n) -> (..., n2, n1): [j2, j1] = x[n2 j1 + j2]
+        return _ops.transpose(_ops.reshape(_pad_last(x, n), (*lead, n1, n2)), (*range(len(lead)), len(lead) + 1,
+                                                                                 len(lead)))
+    a, b = _dft(grid(re), None if im is None else grid(im), n1, inverse, s)  # [j2, k1]
+    cos, sin = _matrices(n2, n1, n, re.dtype, 1.0, 1.0)  # the twiddles, cos and sin of 2 pi j2 k1 / n
+    if inverse:
+        a, b = a * cos - b * sin, b * cos + a * sin
+    else:
+        a, b = a * cos + b * sin, b * cos - a * sin
+    swap = (*range(len(lead)), len(lead) + 1, len(lead))
+    a, b = _dft(_ops.transpose(a, swap), _ops.transpose(b, swap), n2, inverse, 1.0)  # [k1, k2]
+    a, b = (_ops.reshape(_ops.transpose(t, swap), (*lead, n)) for t in (a, b))  # k = k1 + n1 k2
+    return (a, b) if cols == n else (a[..., :cols], b[..., :cols])
 
 
 def _c2c(fn: str, x: Any, n: Any, dim: int, norm: str | None, inverse: bool) -> ComplexTensor:
-    """sum_j z_j e^{-+ 2 pi i jk / n}: both parts through one product with cos and one with sin."""
     z = _complex_input(x)
     d = _check_dim(fn, dim, z.ndim)
-    length = z.shape[d]
-    n = _length(fn, n, length)
+    n = _length(fn, n, z.shape[d])
     s = _scale(norm, n, inverse, fn)
-    cos, sin = _matrices(min(length, n), n, n, z.real.dtype, s, s)
-    both = _ops.stack([z.real, z.imag], 0)
-    c, si = _product(both, d + 1, min(length, n), cos), _product(both, d + 1, min(length, n), sin)
-    if inverse:  # e^{+i theta}
-        return ComplexTensor(c[0] - si[1], c[1] + si[0])
-    return ComplexTensor(c[0] + si[1], c[1] - si[0])
+    last = z.ndim - 1
+    re, im = (t if d == last else _ops.movedim(t, d, last) for t in (z.real, z.imag))
+    re, im = _dft(re, im, n, inverse, s)
+    return ComplexTensor(*(t if d == last else _ops.movedim(t, last, d) for t in (re, im)))
 
 
 def _r2c(fn: str, x: Any, n: Any, dim: int, norm: str | None, inverse: bool) -> ComplexTensor:
     """The transform of a real input at its n // 2 + 1 non-negative frequencies."""
     x = _real_input(fn, x)
     d = _check_dim(fn, dim, x.ndim)
-    length = x.shape[d]
-    n = _length(fn, n, length)
+    n = _length(fn, n, x.shape[d])
     s = _scale(norm, n, inverse, fn)
-    cos, sin = _matrices(min(length, n), n // 2 + 1, n, x.dtype, s, s if inverse else -s)
-    return ComplexTensor(_product(x, d, min(length, n), cos), _product(x, d, min(length, n), sin))
+    last = x.ndim - 1
+    re, im = _dft(x if d == last else _ops.movedim(x, d, last), None, n, inverse, s, cols=n // 2 + 1)
+    return ComplexTensor(*(t if d == last else _ops.movedim(t, last, d) for t in (re, im)))
 
 
 def _c2r(fn: str, x: Any, n: Any, dim: int, norm: str | None, inverse: bool) -> Tensor:
     """The real signal of n points whose non-negative frequencies `x` holds (the rest by Hermitian
     symmetry): x_j = sum_k w_k Re(X_k e^{+- 2 pi i jk / n}), w_k = 2 but for the zero and Nyquist
-    frequencies, whose imaginary parts are ignored, as torch and numpy do."""
+    frequencies, whose imaginary parts are ignored, as torch and numpy do. Long signals: the real part
+    of the full spectrum's transform, its upper half the conjugate mirror of the lower."""
     z = _complex_input(x)
     d = _check_dim(fn, dim, z.ndim)
     m = z.shape[d]
     n = _length(fn, n, 2 * (m - 1))
-    rows = min(m, n // 2 + 1)
     s = _scale(norm, n, inverse, fn)
-    cos, sin = _matrices(rows, n, n, z.real.dtype, s, -s if inverse else s, weights=True)
-    return _product(z.real, d, rows, cos) + _product(z.imag, d, rows, sin)
+    last = z.ndim - 1
+    re, im = (t if d == last else _ops.movedim(t, d, last) for t in (z.real, z.imag))
+    if _factor(n) is None:
+        rows = min(m, n // 2 + 1)
+        cos, sin = _matrices(rows, n, n, re.dtype, s, -s if inverse else s, weights=True)
+        y = re[..., :rows] @ cos + im[..., :rows] @ sin
+    else:
+        half = n // 2 + 1
+        re, im = _pad_last(re, half), _pad_last(im, half)
+        if n > 2:  # X[n - k] = conj(X[k]) for 0 < k < (n + 1) / 2
+            re = _ops.concatenate([re, _ops.flip(re[..., 1:(n + 1) // 2], (-1,))], -1)
+            im = _ops.concatenate([im, -_ops.flip(im[..., 1:(n + 1) // 2], (-1,))], -1)
+        y = _dft(re, im, n, inverse, s)[0]
+    return y if d == last else _ops.movedim(y, last, d)
 
 
 # -- one dimension ---------------------------------------------------------------------------------
