@@ -147,6 +147,24 @@ def _is_dtype(x: Any) -> bool:
     return True
 
 
+LITERALS: dict[int, weakref.ref] = {}
+"""Tensors made while tracing from Python numbers (`torch.tensor([-1])`, `torch.Tensor([1e10])`,
+`as_tensor([0.485, 0.456, 0.406])`), by id: literal data of the program, which `avalon.trace` records
+as `LiteralArray` constants that a compiled graph may keep, as it keeps the Python numbers it read."""
+
+
+def _python_numbers(x: Any) -> bool:
+    """A (nested) list or tuple of Python numbers."""
+    if isinstance(x, (list, tuple)):
+        return all(isinstance(v, (bool, int, float)) or _python_numbers(v) for v in x)
+    return False
+
+
+def _mark_literal(t: Tensor) -> None:
+    key = id(t)
+    LITERALS[key] = weakref.ref(t, lambda _: LITERALS.pop(key, None))
+
+
 def _complex_dtype(x: Any) -> bool:
     """A complex dtype (torch.cfloat, av.complex128, 'complex64', Python's complex): converting to one
     makes an `avalon.complex.ComplexTensor`."""
@@ -364,6 +382,8 @@ class Tensor:
         if not arr.flags.writeable or not arr.flags.c_contiguous:
             arr = np.require(arr, requirements="C").copy()  # (ascontiguousarray makes 0-d 1-d)
         self._data = arr if self._device == CPU else _to_torch(arr, d, self._device)
+        if TRACING and arr.ndim and _python_numbers(data):
+            _mark_literal(self)
 
     @classmethod
     def _wrap(cls, data: Any, dtype: DType, device: Device = CPU) -> Tensor:
@@ -764,7 +784,8 @@ class Tensor:
     permute = _method("permute")
     flatten = _method("flatten")
     squeeze = _method("squeeze")
-    expand_dims = unsqueeze = _method("expand_dims")
+    expand_dims = _method("expand_dims")
+    unsqueeze = _method("unsqueeze")  # torch's `dim=` keyword (performer-pytorch's `unsqueeze(dim=-1)`)
     broadcast_to = _method("broadcast_to")
     split = _method("split")
     chunk = _method("chunk")
@@ -1154,14 +1175,17 @@ class Tensor:
         return self._device.type == "cuda"
 
     # -- new tensors like this one (dtype and device default to this tensor's)
-    def new_zeros(self, *size: Any, dtype: Any = None, device: Any = None, requires_grad: bool = False) -> Tensor:
-        return _ops.zeros(*size, dtype=dtype or self.dtype, device=device or self.device)
+    def new_zeros(self, *sizes: Any, size: Any = None, dtype: Any = None, device: Any = None,
+                  requires_grad: bool = False) -> Tensor:
+        return _ops.zeros(*sizes, size=size, dtype=dtype or self.dtype, device=device or self.device)
 
-    def new_ones(self, *size: Any, dtype: Any = None, device: Any = None, requires_grad: bool = False) -> Tensor:
-        return _ops.ones(*size, dtype=dtype or self.dtype, device=device or self.device)
+    def new_ones(self, *sizes: Any, size: Any = None, dtype: Any = None, device: Any = None,
+                 requires_grad: bool = False) -> Tensor:
+        return _ops.ones(*sizes, size=size, dtype=dtype or self.dtype, device=device or self.device)
 
-    def new_empty(self, *size: Any, dtype: Any = None, device: Any = None, requires_grad: bool = False) -> Tensor:
-        return _ops.empty(*size, dtype=dtype or self.dtype, device=device or self.device)
+    def new_empty(self, *sizes: Any, size: Any = None, dtype: Any = None, device: Any = None,
+                  requires_grad: bool = False) -> Tensor:
+        return _ops.empty(*sizes, size=size, dtype=dtype or self.dtype, device=device or self.device)
 
     def new_full(self, size: Any, fill_value: Any, *, dtype: Any = None, device: Any = None,
                  requires_grad: bool = False) -> Tensor:
@@ -1308,7 +1332,10 @@ def _legacy_new(who: str, d: DType, args: tuple, device: Any, kwargs: dict) -> T
     if isinstance(data, (float, complex, bool, np.generic)) or data is None:
         raise TypeError(f"{who}(): data must be a sequence, got {type(data).__name__} (as torch says); "
                         f"av.tensor({data!r}) makes a 0-d tensor")
-    return Tensor(np.array(as_array(data), dtype=d.np), d, device)
+    t = Tensor(np.array(as_array(data), dtype=d.np), d, device)
+    if TRACING and _python_numbers(data):  # nerf-pytorch's `torch.Tensor([1e10])`: literal data
+        _mark_literal(t)
+    return t
 
 
 def _legacy_type(name: str, d: DType | None) -> type:

@@ -27,11 +27,11 @@ import numpy as np
 
 from . import grad_mode, tree, views
 from .device import CPU, Device
-from .ir import Builder, Graph, Location, ShapeError, TensorType, Value
+from .ir import Builder, Graph, LiteralArray, Location, ShapeError, TensorType, Value
 from .ir import dtypes as dt
 from .ir.builder import make_op
 from .ir.clone import clone_block, inline_regions
-from .tensor import FROZEN, READS, TRACING, Tensor, TracerError, _to_torch, as_array
+from .tensor import FROZEN, LITERALS, READS, TRACING, Tensor, TracerError, _to_torch, as_array
 
 _STACK: list[Trace] = TRACING  # one list: Tensor._concrete asks it whether a trace is being recorded
 _PKG = os.path.dirname(os.path.abspath(__file__))
@@ -141,6 +141,8 @@ class Trace:
         from .ir import dtypes
         d = dtype or dtypes.dtype(arr.dtype)
         value = arr.item() if arr.ndim == 0 else np.array(arr)
+        if isinstance(x, Tensor) and id(x) in LITERALS:
+            value = value.view(LiteralArray)
         v = self.builder("constant", value=value, shape=list(arr.shape), dtype=d, loc=user_location())
         if isinstance(x, Tensor):
             self.leaves[id(x)] = v

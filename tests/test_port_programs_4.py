@@ -68,7 +68,7 @@ def transe(lib, F_, th, norm=1, margin=1.0, renorm_in_forward=True, max_norm=Non
             return self.loss(positive_distances, negative_distances), positive_distances, negative_distances
 
         def loss(self, positive_distances, negative_distances):
-            # (the repository's `torch.tensor([-1], dtype=torch.long)`: see the xfail at the end)
+            # (the repository's `torch.tensor([-1], dtype=torch.long)`: see the regression at the end)
             target = th.full_like(positive_distances, -1)
             return self.criterion(positive_distances, negative_distances, target)
 
@@ -741,12 +741,10 @@ def test_f_gumbel_softmax_hard_is_one_hot_with_the_soft_samples_gradient():
 
 # -- regressions and known limitations: what the programs above found --------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="a tensor built from a Python list inside a traced function is a "
-                   "dense constant, which av.compile treats as captured data: it warns and traces again on "
-                   "every call (avalon/compiler/core.py `_captured_arrays`)")
 def test_a_tensor_from_a_python_list_in_the_loss_is_a_constant_not_captured_data():
     """mklimasz/TransE-PyTorch's `target = torch.tensor([-1], dtype=torch.long)` inside the loss (OpenKE
-    writes `torch.Tensor([-1])`): literal data, which torch code builds in forward all the time."""
+    writes `torch.Tensor([-1])`): literal data, which torch code builds in forward all the time, is kept
+    in the compiled graph (a LiteralArray constant), not treated as captured data traced again per call."""
     def loss(a, b):
         return nn.MarginRankingLoss(margin=1.0)(a, b, av.tensor([-1], dtype=av.long)).mean()
 

@@ -14,8 +14,8 @@ Random draws are the one thing the two libraries cannot share (Avalon's streams 
 depth's keep decisions and the augmentations' parameters are drawn beforehand and given as inputs, and
 the draws Avalon makes itself are checked for what they must be (each sample kept and scaled, or dropped).
 The regressions at the end are what these programs found: copy_ into an integer buffer, a masked write
-selecting nothing, torch._foreach_*, and (xfail: its constants are captured data) torchvision's normalize
-in a compiled function."""
+selecting nothing, torch._foreach_*, and torchvision's normalize in a compiled function (its constants
+built from Python lists, and the Python `if` on them)."""
 from __future__ import annotations
 
 import copy
@@ -806,11 +806,9 @@ def tv_normalize(th, tensor, mean, std, inplace=False):  # torchvision.transform
     return tensor.sub_(mean).div_(std)
 
 
-@pytest.mark.xfail(strict=True, raises=UserWarning, reason="torchvision's `as_tensor(mean)`/`as_tensor(std)` of "
-                   "Python lists are dense constants, which av.compile treats as captured data: it warns and traces "
-                   "again on every call (test_port_programs_4's xfail). The `if (std == 0).any()` on them is a value "
-                   "computed while tracing (it depends on no input) and no longer refused")
 def test_torchvision_normalize_with_its_zero_std_check_in_a_compiled_pipeline():
+    """torchvision's `as_tensor(mean)`/`as_tensor(std)` of Python lists are literal constants, kept in the
+    compiled graph; its `if (std == 0).any()` on them is a value computed while tracing (no input in it)."""
     x = np.random.default_rng(31).random((2, 3, 4, 4))
     want = tv_normalize(torch, T(x), MEAN, STD)
     assert rel(tv_normalize(av, arr(x), MEAN, STD), want) == 0  # eagerly it ports

@@ -15,14 +15,11 @@ The random draws (stratified samples, sample_pdf's uniforms, the tasks) are draw
 inputs. The ports change what the README says differs: gradients are values (a nested `av.grad` for
 `autograd.grad`, a list's gradient keyed by position), Transformer-XL's `attn_mask.any().item()` on its causal
 mask is a value computed while tracing (it depends on no input), and tensors built from Python lists inside a trace
-(nerf-pytorch's `torch.Tensor([1e10])`) are captured data. The regressions at the end are what the programs
+(nerf-pytorch's `torch.Tensor([1e10])`) are literal constants the compiled graph keeps. The regressions at the end are what the programs
 found: grid_sample's pixel coordinate rounded twice where torch rounds once (the grid's gradient at the
 identity's pixel centers took the other side) and its border clip passing a gradient at the border, cat
 refusing torch's skipped `(0,)` tensors, and `.any().item()` on a mask built from constants refused."""
 from __future__ import annotations
-
-import contextlib
-import warnings
 
 import numpy as np
 import pytest
@@ -41,16 +38,6 @@ pytestmark = pytest.mark.usefixtures("module_kernel_cache")
 def arr(x) -> av.Tensor:
     """An Avalon tensor of numpy data, float64 kept."""
     return av.tensor(np.asarray(x))
-
-
-@contextlib.contextmanager
-def literal_tensors_captured():
-    """strict(), less the one warning of a known limitation (test_port_programs_4's xfail): tensors the
-    program builds from Python lists (nerf-pytorch's `torch.Tensor([1e10])`) or keeps in closures (its
-    embedder's frequency bands) are captured data, so a compiled function traces again on every call."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*uses arrays that are not among its arguments")
-        yield
 
 
 # -- 1. spatial transformer network (the PyTorch tutorial): localization net, identity-initialised fc_loc -----
@@ -390,7 +377,7 @@ def test_nerf_positional_encoding_raw2outputs_hierarchical_sampling_and_exponent
         tl, (tpsnr, textras) = tloss_fn(theirs, *map(T, xs))
         tl.backward()
         topt.step()
-        with strict(), literal_tensors_captured():
+        with strict():
             loss, (psnr, extras) = compiled(step, mode)(ours, opt, *map(arr, xs))
         assert rel(loss, tl) < 1e-12 and rel(psnr, tpsnr) < 1e-12, (global_step, mode)
         for k, v in textras.items():  # disp_map is 0 / 0 on a ray whose densities all vanish, on both sides

@@ -15,8 +15,9 @@ The cache key is `avalon.trace.signature` (shapes, dtypes, devices and structure
 static arguments, which models) plus the plain Python attributes of the models involved (a layer's
 `training` flag), so `model.eval()` compiles anew, and the float32 product precision
 (`av.set_float32_matmul_precision`), which generated kernels bake in. A program that captured arrays that are not
-arguments (a closure's data, constants built from Python lists) is compiled on every call: those
-values could change without changing the signature.
+arguments (a closure's numpy data or tensors) is compiled on every call: those values could change
+without changing the signature. Tensors built inside the function from Python numbers are literal data
+(`LiteralArray` constants, `torch.tensor([-1])`) and kept, as the Python numbers a trace reads are.
 
 Outputs are rebuilt and state updates (batch-norm statistics, optimizer steps: values recorded
 with `avalon.trace.assign`, which are extra graph outputs) are written back by
@@ -39,7 +40,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from avalon import amp, debug, precision
-from avalon.ir import Graph, fusion_groups, verify
+from avalon.ir import Graph, LiteralArray, fusion_groups, verify
 from avalon.passes import PassManager, PassRecord
 from avalon.passes.manager import paused_gc
 from avalon.passes.memory_plan import MemoryPlan, plan_memory
@@ -397,7 +398,8 @@ def _guards_hold(guards: list[tuple[int, Any]], leaves: list[tuple[str, Any]]) -
 def _captured_arrays(graph: Graph) -> bool:
     """Dense constants in a program before any pass are data captured at trace time (a closure's
     arrays or tensors, literal lists; see the module docstring)."""
-    return any(op.name == "constant" and isinstance(op.attrs["value"], np.ndarray) for op in graph.walk())
+    return any(op.name == "constant" and isinstance(op.attrs["value"], np.ndarray)
+               and not isinstance(op.attrs["value"], LiteralArray) for op in graph.walk())
 
 
 _TORCH_BACKENDS = ("inductor", "eager", "aot_eager", "cudagraphs")

@@ -5,7 +5,7 @@ numpy reference rule (`REFERENCE`, `evaluate`) and the interpreter that runs gra
 declaration rather than under one backend."""
 from . import primitives as _primitives  # noqa: F401  (registers the primitives)
 from .builder import Builder, make_op
-from .core import Block, Graph, Location, Op, Value
+from .core import Block, Graph, LiteralArray, Location, Op, Value
 from .dot import to_dot
 from .dtypes import DType, bfloat16, bool_, dtype, float16, float32, float64, int8, int16, int32, int64, uint8
 from .fusion import fusion_groups, group_graph, group_name, region_function
@@ -19,7 +19,8 @@ from .verify import VerifyError, verify
 
 __all__ = [
     "Attr", "Block", "Builder", "DType", "Graph", "Interpreter", "Location", "OPS", "Op", "OpDef", "ParseError",
-    "REFERENCE", "ShapeError", "TRAITS", "TensorType", "Value", "VerifyError", "bfloat16", "bool_", "define_op",
+    "LiteralArray", "REFERENCE", "ShapeError", "TRAITS", "TensorType", "Value", "VerifyError", "bfloat16", "bool_",
+    "define_op",
     "dtype",
     "evaluate", "float16", "float32", "float64", "format_op", "fusion_groups", "group_graph", "group_name",
     "infer_types", "int8", "int16", "int32", "int64", "interpret", "lookup", "make_op", "parse", "print_graph",

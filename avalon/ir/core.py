@@ -11,7 +11,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .types import TensorType
+
+
+class LiteralArray(np.ndarray):
+    """A dense constant's value that is literal data of the traced program (a tensor made from Python
+    numbers, `torch.tensor([-1])`), not an array captured from outside it: `av.compile` keeps graphs
+    holding these, where a captured array makes it trace again on every call. Otherwise an ndarray."""
 
 
 @dataclass(frozen=True)

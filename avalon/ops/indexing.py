@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import views
 from ..ir import dtypes as dt
-from ..tensor import Tensor
+from ..tensor import TRACING, Tensor, _mark_literal, _python_numbers
 from .core import (
     _as_operand,
     _tensor,
@@ -40,7 +40,16 @@ def _is_int_index(i: Any) -> bool:
 
 
 def _is_array_index(i: Any) -> bool:
-    return isinstance(i, (Tensor, np.ndarray, list))
+    return isinstance(i, (Tensor, np.ndarray, list, range))  # a range is a list, as torch reads it
+
+
+def _literal_index(t: Tensor, i: Any) -> Tensor:
+    """`t`, the index array made from the index `i`, marked literal data of the program when `i` is Python
+    numbers (YOLOv5's `t[range(n), tcls[i]] = self.cp`, `x[[0, 1], [1, 0]]`), as `torch.tensor([-1])` is:
+    a compiled graph keeps it, where an array captured from outside makes it trace again on every call."""
+    if TRACING and (isinstance(i, range) or _python_numbers(i)):
+        _mark_literal(t)
+    return t
 
 
 def _concrete_array(i: Any) -> np.ndarray | None:
@@ -146,7 +155,7 @@ def _int_indices(i: Any, size: int, dim: int) -> Any:
     leaf = _leaf_input(i) if isinstance(i, Tensor) and not (arr < 0).any() else None
     if leaf is not None:
         return leaf  # a model's index buffer (its values checked, and guarded): the graph reads its input
-    return Tensor((arr % builtins.max(size, 1)).astype(np.int64))
+    return _literal_index(Tensor((arr % builtins.max(size, 1)).astype(np.int64)), i)
 
 
 def getitem(x: Tensor, index: Any) -> Tensor:
@@ -433,8 +442,8 @@ def _setitem_arrays(x: Tensor, index: tuple, value: Any) -> Tensor:
         raise fail(IndexError("setitem: integer-array indices are supported in the leading dims, with full slices "
                               "after them (x[i] = v, x[i, j] = v); for x[:, i] = v use x.index_fill(1, i, v) or "
                               "x.index_copy(1, i, v), or av.where with a mask"))
-    arrays = [Tensor(np.int64(int(i))) if _is_int_index(i) else (i if isinstance(i, Tensor) else Tensor(np.asarray(i)))
-              for i in index[:len(adv)]]
+    arrays = [Tensor(np.int64(int(i))) if _is_int_index(i) else
+              (i if isinstance(i, Tensor) else _literal_index(Tensor(np.asarray(i)), i)) for i in index[:len(adv)]]
     bshape = tuple(np.broadcast_shapes(*[a.shape for a in arrays]))
     v = _as_operand(value)
     v = full((), v, x.dtype) if not isinstance(v, Tensor) else cast(v, x.dtype)
