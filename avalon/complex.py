@@ -800,6 +800,8 @@ def _creation(name: str, real_fn: Callable[..., Any]) -> Callable[..., Any]:
 
     def fn(*size: Any, dtype: Any = None, **kw: Any) -> Any:
         if name == "full":
+            # torch takes them by keyword too: `full(size=(n,), fill_value=v)`, `full((n,), fill_value=v)`
+            size = (*size, *(kw.pop(k) for k in ("size", "fill_value") if k in kw))
             c = complex_dtype(dtype) or (_of(dt.dtype(_ops.get_default_dtype())) if _needs_complex(size[1]) else None)
             if c is None:
                 return real_fn(*size, dtype=dtype, **kw)

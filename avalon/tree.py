@@ -53,11 +53,32 @@ def own_first(attrs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
     # after submodules it put torch's parameter order, which optimizer state pairs by, out of step
     def own(v: Any) -> Any:
         return v.real if isinstance(v, ComplexTensor) else v
+    shadows = shadowing(attrs)
+    if shadows:  # those containers go last: their items are named by the attributes, as torch names them
+        attrs = [a for a in attrs if a[0] not in shadows] + [a for a in attrs if a[0] in shadows]
     params = [(k, v) for k, v in attrs if isinstance(own(v), Tensor) and _is_parameter(own(v))]
     buffers = [(k, v) for k, v in attrs if isinstance(own(v), Tensor) and not _is_parameter(own(v))]
     if not params and not buffers:
         return attrs
     return params + buffers + [(k, v) for k, v in attrs if not isinstance(own(v), Tensor)]
+
+
+def shadowing(attrs: list[tuple[str, Any]]) -> set[str]:
+    """The names of a model's plain lists, tuples and dicts every item of which (a model or a tensor) the
+    model also holds under an attribute of its own: pyGAT's `self.attentions = [GraphAttentionLayer(...)]`
+    followed by `self.add_module('attention_{}'.format(i), attention)`. torch registers only the
+    attributes (`attention_0.W`), so these containers add no names: they are walked last, where their
+    items are already seen, and `named_state` skips them."""
+    if not any(type(v) in (list, tuple, dict) for _, v in attrs):
+        return set()
+    direct = {id(v) for _, v in attrs if isinstance(v, Tensor) or is_model(v)}
+    out = set()
+    for k, v in attrs:
+        if type(v) in (list, tuple, dict):
+            items = list(v.values()) if isinstance(v, dict) else v
+            if items and all(id(x) in direct for x in items):
+                out.add(k)
+    return out
 
 
 def _is_parameter(t: Tensor) -> bool:
@@ -84,8 +105,11 @@ def named_state(obj: Any) -> list[tuple[str, Tensor]]:
             return
         if isinstance(x, (*_ATOMS, *_OPAQUE)) or is_array_like(x) or id(x) in path:
             return
-        items = _children(x)
-        for k, v in items or ():
+        items = _children(x) or ()
+        if hasattr(x, "__dict__") and items:  # a container of the model's own attributes adds no names
+            skip = shadowing(items)
+            items = [(k, v) for k, v in items if k not in skip] if skip else items
+        for k, v in items:
             walk(v, f"{prefix}.{k}" if prefix else k, path | {id(x)})
 
     walk(obj, "", frozenset())

@@ -186,7 +186,8 @@ def test_tensor_surface_is_defined_in_the_class_body():
     assert surface <= defined, surface - defined
     t = av.tensor(np.arange(6, dtype=np.int64).reshape(2, 3))
     assert hash(t) == id(t) and {t: 1}[t] == 1
-    assert av.Tensor.unsqueeze is av.Tensor.expand_dims  # (view is its own: it refuses what reshape copies)
+    t0 = av.tensor(np.zeros((2, 3)))  # unsqueeze takes torch's `dim=`, expand_dims numpy's `axis=`
+    assert t0.unsqueeze(dim=-1).shape == t0.expand_dims(axis=-1).shape == (2, 3, 1)
     assert isinstance(np.ones(3) + t, av.Tensor)  # __array_priority__: numpy defers to Tensor's operators
     np.testing.assert_array_equal((10 - t).numpy(), 10 - t.numpy())
     np.testing.assert_array_equal((2 ** t).numpy(), 2.0 ** t.numpy())

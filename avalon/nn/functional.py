@@ -173,8 +173,19 @@ def mish(input: Any, inplace: bool = False) -> Tensor:
 
 
 def hardsigmoid(input: Any, inplace: bool = False) -> Tensor:
-    """relu6(x + 3) / 6, with torch's zero gradient at x = -3 and 3."""
-    return _inplace(input, ops.div(hardtanh(ops.add(_t(input), 3.0), 0.0, 6.0), 6.0), inplace, "hardsigmoid")
+    """relu6(x + 3) / 6, with torch's zero gradient at x = -3 and 3. Inside, torch's CPU kernel multiplies
+    the gradient by `1.0f / 6.0f`, 1/6 rounded to float32, in float32 and float64 alike, where dividing by 6
+    differs by up to 3e-8 relative in float64 (an ulp in float32): there the value is h / 6 exactly and an
+    exact zero, (h - stop_gradient(h)) * c, carries that gradient. (Half types compute in float32 and round,
+    which dividing by 6 matches.)"""
+    h = hardtanh(ops.add(_t(input), 3.0), 0.0, 6.0)
+    out = ops.div(h, 6.0)
+    if h.dtype in (dt.float32, dt.float64):
+        out = ops.add(ops.stop_gradient(out), ops.mul(ops.sub(h, ops.stop_gradient(h)), _ONE_SIXTH_F32))
+    return _inplace(input, out, inplace, "hardsigmoid")
+
+
+_ONE_SIXTH_F32 = float(np.float32(1.0) / np.float32(6.0))  # torch's hardsigmoid_backward `one_sixth`
 
 
 def hardswish(input: Any, inplace: bool = False) -> Tensor:

@@ -242,6 +242,15 @@ def named_modules(model: Any, prefix: str = "") -> Iterator[tuple[str, Module]]:
             yield name, obj
 
 
+def _own_entries(module: Any, named: Iterator[tuple[str, Tensor]], prefix: str) -> Iterator[tuple[str, Tensor]]:
+    """The entries of `named` (dotted names under `prefix`) whose path crosses no submodule."""
+    subs = {name for name, m in named_modules(module, prefix) if m is not module}
+    for name, t in named:
+        parts = name.split(".")
+        if not any(".".join(parts[:i]) in subs for i in range(1, len(parts))):
+            yield name, t
+
+
 # -- the optional base class ------------------------------------------------------------------------
 
 class _ForwardSignature:
@@ -348,17 +357,23 @@ class Module:
         _no_backward_hooks("register_full_backward_pre_hook")
 
     # parameters and state
-    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
-        return named_parameters(self, prefix)
+    # `recurse=False` (YOLOv5's smart_optimizer groups each module's own `bias`/`weight`): the module's own
+    # tensors, none reached through a submodule
+    def named_parameters(self, prefix: str = "", recurse: bool = True) -> Iterator[tuple[str, Tensor]]:
+        named = named_parameters(self, prefix)
+        return named if recurse else _own_entries(self, named, prefix)
 
-    def parameters(self) -> Iterator[Tensor]:
-        return parameters(self)
+    def parameters(self, recurse: bool = True) -> Iterator[Tensor]:
+        if recurse:  # nn.parameters' own generator: an optimizer given it knows the tensors' names
+            return parameters(self)
+        return (t for _, t in self.named_parameters(recurse=False))
 
-    def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
-        return named_buffers(self, prefix)
+    def named_buffers(self, prefix: str = "", recurse: bool = True) -> Iterator[tuple[str, Tensor]]:
+        named = named_buffers(self, prefix)
+        return named if recurse else _own_entries(self, named, prefix)
 
-    def buffers(self) -> Iterator[Tensor]:
-        return buffers(self)
+    def buffers(self, recurse: bool = True) -> Iterator[Tensor]:
+        return buffers(self) if recurse else (t for _, t in self.named_buffers(recurse=False))
 
     def state_dict(self) -> dict[str, Tensor]:
         return state_dict(self)
@@ -608,6 +623,10 @@ def _cast_floats(model: Any, dtype: Any, complex_parts: bool = True) -> None:
         if t.dtype.is_float and t.dtype != dtype and (complex_parts or id(t) not in parts):
             moved = t.to(dtype=dtype)
             t._data, t._dtype = moved._data, moved._dtype
+            # new storage, as torch's `param.data = fn(param.data)`: a parameter made from a view (YOLOv5's
+            # `mi.bias = nn.Parameter(b.view(-1))`) no longer shares its old base, whose dtype it would
+            # round every write to
+            t._view = None
 
 
 def _is_dtype(x: Any) -> bool:

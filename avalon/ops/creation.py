@@ -37,6 +37,15 @@ from .core import (
 )
 
 
+def _sized(fn: str, sizes: tuple, size: Any) -> tuple:
+    """torch's `*size`, or its `size=` keyword (pyGAT's `torch.empty(size=(n, m))`), never both."""
+    if size is None:
+        return sizes
+    if sizes:
+        raise TypeError(f"{fn}() got multiple values for argument 'size'")
+    return (size,)
+
+
 def _filled(fn: str, value: int, size: tuple, dtype: Any, device: Any, out: Any, layout: Any) -> Tensor:
     if size and isinstance(size[-1], DType):  # Avalon's older spelling zeros(shape, dtype)
         size, dtype = size[:-1], size[-1]
@@ -45,22 +54,22 @@ def _filled(fn: str, value: int, size: tuple, dtype: Any, device: Any, out: Any,
     return full(size_args(fn, size), value, d, device=device)
 
 
-def zeros(*size: Any, dtype: Any = None, device: Any = None, requires_grad: bool = False, out: Any = None,
-          layout: Any = None) -> Tensor:
+def zeros(*sizes: Any, size: Any = None, dtype: Any = None, device: Any = None, requires_grad: bool = False,
+          out: Any = None, layout: Any = None) -> Tensor:
     """torch.zeros: `zeros(2, 3)` or `zeros((2, 3))`, the default dtype (f32) unless `dtype` says otherwise."""
-    return _filled("zeros", 0, size, dtype, device, out, layout)
+    return _filled("zeros", 0, _sized("zeros", sizes, size), dtype, device, out, layout)
 
 
-def ones(*size: Any, dtype: Any = None, device: Any = None, requires_grad: bool = False, out: Any = None,
-         layout: Any = None) -> Tensor:
+def ones(*sizes: Any, size: Any = None, dtype: Any = None, device: Any = None, requires_grad: bool = False,
+         out: Any = None, layout: Any = None) -> Tensor:
     """torch.ones: `ones(2, 3)` or `ones((2, 3))`, the default dtype (f32) unless `dtype` says otherwise."""
-    return _filled("ones", 1, size, dtype, device, out, layout)
+    return _filled("ones", 1, _sized("ones", sizes, size), dtype, device, out, layout)
 
 
-def empty(*size: Any, dtype: Any = None, device: Any = None, requires_grad: bool = False, out: Any = None,
-          layout: Any = None) -> Tensor:
+def empty(*sizes: Any, size: Any = None, dtype: Any = None, device: Any = None, requires_grad: bool = False,
+          out: Any = None, layout: Any = None) -> Tensor:
     """torch.empty; Avalon has no uninitialized memory, so its elements are zeros."""
-    return _filled("empty", 0, size, dtype, device, out, layout)
+    return _filled("empty", 0, _sized("empty", sizes, size), dtype, device, out, layout)
 
 
 def iota(shape: Any, axis: int = 0, dtype: Any = dt.int64) -> Tensor:
@@ -77,7 +86,7 @@ def arange(start: Any = None, end: Any = None, step: Any = 1, *, dtype: Any = No
            requires_grad: bool = False, out: Any = None, layout: Any = None) -> Tensor:
     """torch.arange: `arange(end)` (or `arange(end=n)`) or `arange(start, end, step)`; i64 when all
     are ints, else the default dtype (f32)."""
-    unsupported("arange", out=out, layout=layout)
+    unsupported("arange", layout=layout)
     if start is None and end is None:
         raise TypeError("arange() missing required argument 'end'")
     start, end, step = _num(start), _num(end), _num(step)
@@ -88,11 +97,26 @@ def arange(start: Any = None, end: Any = None, step: Any = 1, *, dtype: Any = No
     if step == 0:
         raise ValueError("arange: argument 'step' must be nonzero")
     ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (start, end, step))
+    if dtype is None and isinstance(out, Tensor):
+        dtype = out.dtype
     d = dtype_arg("arange", dtype) if dtype is not None else (dt.int64 if ints else default_float_dtype())
     n = max(0, math.ceil((end - start) / step))
     i = iota((n,), 0, dt.int64 if ints and not d.is_float else dt.float64 if d is dt.float64 else dt.float32)
     y = i if (start, step) == (0, 1) else add(mul(i, step), start)
-    return place(cast(y, d), device)
+    y = place(cast(y, d), device)
+    return y if out is None else _into("arange", out, y)
+
+
+def _into(fn: str, out: Any, y: Tensor) -> Tensor:
+    """torch's `out=` of a creation function, written into `out` of the same shape: NVIDIA's Tacotron 2
+    (and WaveGlow, Mellotron, Flowtron) build their masks by `torch.arange(0, max_len,
+    out=torch.cuda.LongTensor(max_len))`. Avalon tensors cannot resize, so a shape that differs is an error."""
+    if not isinstance(out, Tensor):
+        raise TypeError(f"{fn}(): argument 'out' must be Tensor, not {type(out).__name__}")
+    if tuple(out.shape) != tuple(y.shape):
+        raise RuntimeError(f"{fn}: the out tensor has shape {tuple(out.shape)} and the result {tuple(y.shape)}; "
+                           "Avalon tensors cannot be resized, so give one of the result's shape (or no out=)")
+    return out.copy_(y)
 
 
 def linspace(start: Any, end: Any, steps: int, *, dtype: Any = None, device: Any = None,
@@ -166,18 +190,18 @@ def _random(fn: str, size: tuple, distribution: str, dtype: Any, device: Any, ge
     return place(random(seed, size_args(fn, size), distribution, d), device)
 
 
-def rand(*size: Any, dtype: Any = None, device: Any = None, requires_grad: bool = False, generator: Any = None,
-         out: Any = None, layout: Any = None) -> Tensor:
+def rand(*sizes: Any, size: Any = None, dtype: Any = None, device: Any = None, requires_grad: bool = False,
+         generator: Any = None, out: Any = None, layout: Any = None) -> Tensor:
     """Uniform on [0, 1), from Avalon's generator (`av.manual_seed`, or `generator=`, an av.Generator);
     a `random` op when traced."""
-    return _random("rand", size, "uniform", dtype, device, generator, out, layout)
+    return _random("rand", _sized("rand", sizes, size), "uniform", dtype, device, generator, out, layout)
 
 
-def randn(*size: Any, dtype: Any = None, device: Any = None, requires_grad: bool = False, generator: Any = None,
-          out: Any = None, layout: Any = None) -> Tensor:
+def randn(*sizes: Any, size: Any = None, dtype: Any = None, device: Any = None, requires_grad: bool = False,
+          generator: Any = None, out: Any = None, layout: Any = None) -> Tensor:
     """Standard normal, from Avalon's generator (`av.manual_seed`, or `generator=`, an av.Generator);
     a `random` op when traced."""
-    return _random("randn", size, "normal", dtype, device, generator, out, layout)
+    return _random("randn", _sized("randn", sizes, size), "normal", dtype, device, generator, out, layout)
 
 
 def rand_like(input: Any, *, dtype: Any = None, device: Any = None, requires_grad: bool = False,
