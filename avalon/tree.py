@@ -144,6 +144,7 @@ def to_device(obj: Any, dev: Any) -> Any:
         for _, t in named_tensors(obj):
             moved = t.to(dev)
             t._data, t._device = moved._data, moved._device
+            t._view = None  # its own storage now, as after a cast: writes must not reach the old base
         return obj
     if hasattr(obj, "shape"):
         return tensor(obj, device=dev)

@@ -414,3 +414,12 @@ def test_long_transforms_split_four_step_agree_with_torch_values_and_gradients(m
     (torch.fft.irfft(torch.fft.rfft(t) ** 2, n=48) ** 2).sum().backward()
     g = av.compile(av.grad(lambda x: (av.fft.irfft(av.fft.rfft(x) ** 2, n=48) ** 2).sum()), backend="cpu")
     assert rel(g(av.tensor(x)), t.grad) < 1e-12
+
+
+def test_norms_of_complex_tensors_are_norms_of_their_magnitudes_as_torch():
+    z = randc(np.random.default_rng(9), (3, 4))
+    a, t = av.tensor(z), torch.tensor(z)
+    for name, kw in (("vector_norm", {}), ("vector_norm", {"ord": 1, "dim": 1}), ("norm", {}),
+                     ("matrix_norm", {}), ("matrix_norm", {"ord": float("inf")})):
+        assert rel(getattr(av.linalg, name)(a, **kw), getattr(torch.linalg, name)(t, **kw)) < 1e-13, (name, kw)
+    assert rel(av.norm(a, p=3), torch.norm(t, p=3)) < 1e-13 and rel(a.norm(), t.norm()) < 1e-13

@@ -123,10 +123,16 @@ def cumprod(input: Any, dim: int, *, dtype: Any = None, out: Any = None) -> Tens
 # -- norms --------------------------------------------------------------------------------------
 
 def _floating(fn: str, x: Any, dtype: Any) -> Tensor:
-    x = _tensor(x)
+    x = _modulus(x)
     if dtype is not None:
         x = cast(x, dtype_arg(fn, dtype))
     return x if x.dtype.is_float else cast(x, dt.float32)
+
+
+def _modulus(x: Any) -> Tensor:
+    """A norm's operand: a complex tensor's norms are those of |z| (torch's), so a ComplexTensor
+    (avalon/complex.py) is read as its magnitudes."""
+    return x.abs() if getattr(x, "_complex_pair", False) else _tensor(x)
 
 
 def _root(s: Tensor, p: float) -> Tensor:
@@ -209,7 +215,7 @@ def linalg_norm(A: Any, ord: Any = None, dim: Any = None, keepdim: bool = False,
     """torch.linalg.norm: an int `dim` (or a 1-d input) gives a vector norm, a pair of dims (or a
     2-d input with `ord` given) a matrix norm; with neither, the 2-norm of every element."""
     unsupported("linalg.norm", out=out)
-    x = _tensor(A)
+    x = _modulus(A)
     if isinstance(dim, (tuple, list)) and len(dim) == 2:
         return matrix_norm(x, "fro" if ord is None else ord, tuple(dim), keepdim, dtype=dtype)
     if dim is not None:
