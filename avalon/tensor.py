@@ -341,7 +341,8 @@ def _bernoulli(self: Tensor, p: Any = 0.5, *, generator: Any = None) -> Tensor:
     return _ops.lt(_ops.random(next_seed(), self.shape, "uniform"), p)
 
 
-def _copy(self: Tensor, src: Any, non_blocking: bool = False) -> Tensor:
+def _copy(self: Tensor, src: Any = None, non_blocking: bool = False, *, other: Any = None) -> Tensor:
+    src = other if src is None else src  # torch's copy_ also takes `other=`
     src = src if isinstance(src, Tensor) else Tensor(as_array(src))
     if src.dtype is not self.dtype:  # copy_ converts any dtype, as torch's (a float into an int64 buffer truncates)
         src = _ops.cast(src, self.dtype)
@@ -518,10 +519,11 @@ class Tensor:
         return int(self.item())
 
     def to(self, device: Any = None, dtype: Any = None, non_blocking: bool = False, copy: bool = False,
-           memory_format: Any = None) -> Tensor:
+           memory_format: Any = None, *, tensor: Any = None) -> Tensor:
         """Copy to another device and/or convert the dtype (no copy when nothing changes). As in
-        torch, `x.to(dtype)` and `x.to(other_tensor)` work too. `memory_format` is accepted and has
-        no effect: Avalon tensors have no strides; the layout pass picks kernels' layouts."""
+        torch, `x.to(dtype)` and `x.to(other_tensor)` (or `tensor=other_tensor`) work too. `memory_format` is
+        accepted and has no effect: Avalon tensors have no strides; the layout pass picks kernels' layouts."""
+        device = tensor if tensor is not None else device
         if isinstance(device, Tensor):
             device, dtype = device.device, device.dtype if dtype is None else dtype
         elif device is not None and not isinstance(device, (str, Device)) and _is_dtype(device):
@@ -957,7 +959,8 @@ class Tensor:
     put = _method("put")
     select = _method("select")
     tensor_split = _method("tensor_split")
-    swapaxes = swapdims = _method("swapaxes")
+    swapaxes = _method("swapaxes")
+    swapdims = _method("swapdims")  # torch's dim0/dim1 (swapaxes: axis0/axis1)
     unflatten = _method("unflatten")
     unfold = _method("unfold")  # Tensor.unfold(dimension, size, step): sliding windows (a copy)
     ravel = _method("ravel")
@@ -1067,8 +1070,9 @@ class Tensor:
         from .complex import angle
         return angle(self)
 
-    def expand(self, *shape: Any) -> Tensor:
-        """torch's broadcast: `x.expand(2, 3)` or `x.expand((2, 3))`; -1 keeps a dim."""
+    def expand(self, *shape: Any, size: Any = None) -> Tensor:
+        """torch's broadcast: `x.expand(2, 3)`, `x.expand((2, 3))` or `x.expand(size=(2, 3))`; -1 keeps a dim."""
+        shape = _ops.core._shape_kw("expand", shape, "size", size)
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
         lead = len(shape) - self.ndim
         out = _ops.broadcast_to(self, [self.shape[i - lead] if s == -1 else s for i, s in enumerate(shape)])

@@ -410,9 +410,10 @@ def bilinear(input1: Any, input2: Any, weight: Any, bias: Any = None) -> Tensor:
     return y if bias is None else ops.add(y, bias)
 
 
-def one_hot(tensor: Any, num_classes: int = -1) -> Tensor:
-    """Integer one-hot vectors (i64), like torch. `num_classes=-1` needs concrete indices."""
-    idx = _t(tensor)
+def one_hot(input: Any, num_classes: int = -1) -> Tensor:
+    """Integer one-hot vectors (i64), like torch (whose binding takes `input=`, not its docs' `tensor=`).
+    `num_classes=-1` needs concrete indices."""
+    idx = _t(input)
     if num_classes < 0:
         num_classes = int(np.max(idx.numpy())) + 1
     return ops.one_hot(idx, num_classes, dtype=dt.int64)

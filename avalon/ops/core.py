@@ -230,9 +230,9 @@ def cast(x: Any, dtype: Any) -> Tensor:
     return x if x.dtype == d else bind("cast", x, dtype=d)
 
 
-def broadcast_to(x: Any, shape: Sequence[int]) -> Tensor:
-    x = _as_operand(x)
-    shape = tuple(int(s) for s in shape)
+def broadcast_to(input: Any, size: Sequence[int]) -> Tensor:
+    x = _as_operand(input)
+    shape = tuple(int(s) for s in size)
     if _is_scalar(x):
         return full(shape, x, result_dtype(x))
     return x if x.shape == shape else bind("broadcast", x, shape=list(shape))
@@ -263,8 +263,8 @@ def _prepare(name: str, *xs: Any, dtype: DType | None = None) -> list[Tensor]:
 # -- elementwise ------------------------------------------------------------------------------
 
 def _binary(name: str):
-    def f(a: Any, b: Any) -> Tensor:
-        return bind(name, *_prepare(name, a, b))
+    def f(input: Any, other: Any) -> Tensor:  # torch's parameter names: `x.eq(other=y)`
+        return bind(name, *_prepare(name, input, other))
     f.__name__ = name
     f.__doc__ = f"Elementwise {name} with numpy broadcasting and dtype promotion."
     return f
@@ -296,9 +296,10 @@ eq, ne, lt, le, gt, ge = (_binary(n) for n in ("eq", "ne", "lt", "le", "gt", "ge
 logical_and, logical_or = _binary("logical_and"), _binary("logical_or")
 
 
-def div(a: Any, b: Any, *, rounding_mode: str | None = None) -> Tensor:
+def div(input: Any, other: Any, *, rounding_mode: str | None = None) -> Tensor:
     """True division (integers are promoted to the default float dtype, like torch); torch.div's `rounding_mode`
     'trunc' or 'floor' rounds the quotient instead and keeps integer dtypes."""
+    a, b = input, other
     if rounding_mode == "floor":
         return floor_divide(a, b)
     if rounding_mode == "trunc":
@@ -424,10 +425,10 @@ def floor_divide(input: Any, other: Any) -> Tensor:
     return where(eq(b, 0.0), exact, f)
 
 
-def floor(x: Any) -> Tensor:
+def floor(input: Any) -> Tensor:
     """Float floor through an integer cast where that is exact (|x| < 2**52); larger values, inf
     and nan are their own floor. Integers are unchanged."""
-    x = _as_operand(x)
+    x = _as_operand(input)
     if _is_scalar(x):
         x = full((), x, result_dtype(x))
     if not x.dtype.is_float:
@@ -436,7 +437,8 @@ def floor(x: Any) -> Tensor:
     return where(gt(t, x), sub(t, 1), t)
 
 
-def pow(a: Any, b: Any) -> Tensor:  # noqa: A001
+def pow(input: Any, exponent: Any) -> Tensor:  # noqa: A001
+    a, b = input, exponent
     if _is_scalar(b) and float(b) == 2.0:
         a = _as_operand(a)
         return mul(a, a)
@@ -447,8 +449,8 @@ def pow(a: Any, b: Any) -> Tensor:  # noqa: A001
 
 
 def _unary(name: str, floating: bool = False):
-    def f(x: Any) -> Tensor:
-        x = _as_operand(x)
+    def f(input: Any) -> Tensor:
+        x = _as_operand(input)
         if _is_scalar(x):
             x = full((), x, result_dtype(x))
         if floating and not x.dtype.is_float:
@@ -471,9 +473,10 @@ def stop_gradient(x: Any) -> Tensor:
     return bind("stop_gradient", _tensor(x))
 
 
-def where(cond: Any, a: Any = None, b: Any = None) -> Any:
-    """`a` where `cond` else `b`, broadcasting all three; `where(cond)` alone is torch's
-    `nonzero(cond, as_tuple=True)` (eager only: its shape depends on the values)."""
+def where(condition: Any, input: Any = None, other: Any = None) -> Any:
+    """`input` where `condition` else `other`, broadcasting all three; `where(condition)` alone is torch's
+    `nonzero(condition, as_tuple=True)` (eager only: its shape depends on the values)."""
+    cond, a, b = condition, input, other
     if a is None and b is None:
         from .dynamic import nonzero
         return nonzero(cond, as_tuple=True)
@@ -523,9 +526,20 @@ def _tensor(x: Any) -> Tensor:
     return full((), x, result_dtype(x)) if _is_scalar(x) else x
 
 
-def reshape(x: Any, *shape: Any) -> Tensor:
-    """Reshape; one dimension may be -1. Shapes may be given as a tuple or as arguments."""
-    x = _tensor(x)
+def _shape_kw(fn: str, args: tuple, name: str, value: Any) -> tuple:
+    """A size list given as arguments (`x.view(4, 4)`, `x.view((4, 4))`) or by torch's keyword
+    (`x.view(size=(4, 4))`, `x.permute(dims=(1, 0))`): the arguments, as a tuple."""
+    if value is None:
+        return args
+    if args:
+        raise TypeError(f"{fn}() got multiple values for argument '{name}'")
+    return (value,)
+
+
+def reshape(input: Any, *sizes: Any, shape: Any = None) -> Tensor:
+    """Reshape; one dimension may be -1. Shapes may be given as a tuple, as arguments or as `shape=`."""
+    x = _tensor(input)
+    shape = _shape_kw("reshape", sizes, "shape", shape)
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
     shape = [int(s) for s in shape]
@@ -541,9 +555,10 @@ def reshape(x: Any, *shape: Any) -> Tensor:
     return link(x, bind("reshape", x, shape=shape), Reshape(tuple(shape)))  # a view where torch's is one
 
 
-def permute(x: Any, *perm: Any) -> Tensor:
+def permute(input: Any, *perm: Any, dims: Any = None) -> Tensor:
     """torch.permute: dims reordered; every dim named once, negative ones counting from the end."""
-    x = _tensor(x)
+    x = _tensor(input)
+    perm = _shape_kw("permute", perm, "dims", dims)
     if len(perm) == 1 and isinstance(perm[0], (tuple, list)):
         perm = tuple(perm[0])
     if len(perm) != x.ndim:
@@ -555,10 +570,10 @@ def permute(x: Any, *perm: Any) -> Tensor:
     return x if p == list(range(x.ndim)) else link(x, bind("transpose", x, perm=p), Permute(tuple(p)))
 
 
-def transpose(x: Any, *dims: Any, dim0: int | None = None, dim1: int | None = None) -> Tensor:
+def transpose(input: Any, *dims: Any, dim0: int | None = None, dim1: int | None = None) -> Tensor:
     """No dims: reverse all (numpy). Two ints: swap them (torch, also on 2-d tensors). One
     sequence: a full permutation (numpy's axes argument)."""
-    x = _tensor(x)
+    x = _tensor(input)
     if dim0 is not None or dim1 is not None:
         dims = (dim0, dim1)
     swap_given_as_perm = len(dims) == 1 and isinstance(dims[0], (tuple, list))
@@ -584,9 +599,9 @@ def expand_dims(x: Any, axis: int) -> Tensor:
     return reshape(x, x.shape[:axis] + (1,) + x.shape[axis:])
 
 
-def squeeze(x: Any, axis: Any = None, *, dim: Any = None) -> Tensor:
+def squeeze(input: Any, axis: Any = None, *, dim: Any = None) -> Tensor:
     """Drop size-1 dims: all of them, or those among `dim` (an int or a tuple; others stay, as in torch)."""
-    x = _tensor(x)
+    x = _tensor(input)
     axis = dim if dim is not None else axis
     if axis is None:
         return reshape(x, tuple(s for s in x.shape if s != 1))
@@ -596,9 +611,9 @@ def squeeze(x: Any, axis: Any = None, *, dim: Any = None) -> Tensor:
     return reshape(x, tuple(s for i, s in enumerate(x.shape) if not (i in axes and s == 1)))
 
 
-def flatten(x: Any, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+def flatten(input: Any, start_dim: int = 0, end_dim: int = -1) -> Tensor:
     """Dims start_dim .. end_dim (inclusive) merged into one; a 0-d tensor becomes 1-d."""
-    x = _tensor(x)
+    x = _tensor(input)
     s, e = check_dim("flatten", start_dim, x.ndim), check_dim("flatten", end_dim, x.ndim)
     if x.ndim == 0:
         return reshape(x, (1,))
@@ -644,15 +659,15 @@ def _concat(op: str, xs: Any, axis: int) -> Tensor:
     return bind("concat", *[cast(t, d) for t in ts], axis=ax)
 
 
-def concat(xs: Sequence[Any], axis: int = 0, *, dim: int | None = None) -> Tensor:
+def concat(tensors: Sequence[Any], axis: int = 0, *, dim: int | None = None) -> Tensor:
     """Tensors joined along an existing dim (torch.cat); dtypes promote."""
-    return _concat("concat", xs, dim if dim is not None else axis)
+    return _concat("concat", tensors, dim if dim is not None else axis)
 
 
-def stack(xs: Sequence[Any], axis: int = 0, *, dim: int | None = None) -> Tensor:
+def stack(tensors: Sequence[Any], axis: int = 0, *, dim: int | None = None) -> Tensor:
     """Tensors of one shape joined along a new dim at `axis` in [-ndim - 1, ndim]."""
     axis = dim if dim is not None else axis
-    xs = _tensor_list("stack", xs)
+    xs = _tensor_list("stack", tensors)
     for i, x in enumerate(xs[1:], 1):
         if x.shape != xs[0].shape:
             raise fail(ArgumentError(f"stack: expects each tensor to be equal size, but got {xs[0].shape} at entry 0 "
@@ -690,11 +705,11 @@ def _dim_args(axis: Any, dim: Any, keepdims: Any, keepdim: Any) -> tuple[Any, bo
     return (dim if dim is not None else axis), bool(keepdim if keepdim is not None else keepdims)
 
 
-def sum(x: Any, axis: Any = None, keepdims: bool = False, dtype: Any = None, *,  # noqa: A001
+def sum(input: Any, axis: Any = None, keepdims: bool = False, dtype: Any = None, *,  # noqa: A001
         dim: Any = None, keepdim: bool | None = None) -> Tensor:
     """Sum over `axis` (torch: `dim`); booleans and narrower integers sum as i64, as in torch (`dtype=`
     keeps them)."""
-    x = _tensor(x)
+    x = _tensor(input)
     axis, keepdims = _dim_args(axis, dim, keepdims, keepdim)
     if dtype is not None:
         x = cast(x, dtype_arg("sum", dtype))
@@ -706,9 +721,9 @@ def sum(x: Any, axis: Any = None, keepdims: bool = False, dtype: Any = None, *, 
     return bind("sum", x, axes=axes, keepdims=keepdims)
 
 
-def mean(x: Any, axis: Any = None, keepdims: bool = False, *, dim: Any = None, keepdim: bool | None = None,
+def mean(input: Any, axis: Any = None, keepdims: bool = False, *, dim: Any = None, keepdim: bool | None = None,
          dtype: Any = None) -> Tensor:
-    x = _tensor(x)
+    x = _tensor(input)
     axis, keepdims = _dim_args(axis, dim, keepdims, keepdim)
     if dtype is not None:
         x = cast(x, dtype_arg("mean", dtype))
@@ -774,10 +789,11 @@ class MaxMin(NamedTuple):
     indices: Tensor
 
 
-def amax(x: Any, axis: Any = None, keepdims: bool = False, *, dim: Any = None, keepdim: bool | None = None) -> Tensor:
+def amax(input: Any, axis: Any = None, keepdims: bool = False, *, dim: Any = None,
+         keepdim: bool | None = None) -> Tensor:
     """Largest value over `axis`/`dim` (an int, a tuple, or all)."""
     axis, keepdims = _dim_args(axis, dim, keepdims, keepdim)
-    return _amax("amax", _tensor(x), axis, keepdims)
+    return _amax("amax", _tensor(input), axis, keepdims)
 
 
 def _amax(fn: str, x: Tensor, axis: Any, keepdims: bool) -> Tensor:
@@ -786,10 +802,11 @@ def _amax(fn: str, x: Tensor, axis: Any, keepdims: bool) -> Tensor:
     return x if not axes else bind("max", x, axes=axes, keepdims=keepdims)
 
 
-def amin(x: Any, axis: Any = None, keepdims: bool = False, *, dim: Any = None, keepdim: bool | None = None) -> Tensor:
+def amin(input: Any, axis: Any = None, keepdims: bool = False, *, dim: Any = None,
+         keepdim: bool | None = None) -> Tensor:
     """Smallest value over `axis`/`dim`: the negated largest of the negation."""
     axis, keepdims = _dim_args(axis, dim, keepdims, keepdim)
-    return _flip(_amax("amin", _flip(_tensor(x)), axis, keepdims))
+    return _flip(_amax("amin", _flip(_tensor(input)), axis, keepdims))
 
 
 def _flip(x: Tensor) -> Tensor:
@@ -826,21 +843,21 @@ def _torch_max(name: str, x: Any, dim: Any, keepdim: Any, axis: Any, keepdims: A
     return _amax(name, x, axis, kd) if big else _flip(_amax(name, _flip(x), axis, kd))
 
 
-def max(x: Any, dim: Any = None, keepdim: bool | None = None, *, axis: Any = None,  # noqa: A001
-        keepdims: bool = False) -> Any:
-    return _torch_max("max", x, dim, keepdim, axis, keepdims)
+def max(input: Any, dim: Any = None, keepdim: bool | None = None, *, axis: Any = None,  # noqa: A001
+        keepdims: bool = False, other: Any = None) -> Any:
+    return _torch_max("max", input, other if other is not None else dim, keepdim, axis, keepdims)
 
 
-def min(x: Any, dim: Any = None, keepdim: bool | None = None, *, axis: Any = None,  # noqa: A001
-        keepdims: bool = False) -> Any:
-    return _torch_max("min", x, dim, keepdim, axis, keepdims)
+def min(input: Any, dim: Any = None, keepdim: bool | None = None, *, axis: Any = None,  # noqa: A001
+        keepdims: bool = False, other: Any = None) -> Any:
+    return _torch_max("min", input, other if other is not None else dim, keepdim, axis, keepdims)
 
 
-def argmax(x: Any, axis: int | None = None, keepdims: bool = False, *, dim: int | None = None,
+def argmax(input: Any, axis: int | None = None, keepdims: bool = False, *, dim: int | None = None,
            keepdim: bool | None = None) -> Tensor:
     """Index of the first maximum along `axis`/`dim`, or in the flattened tensor."""
     axis, keepdims = _dim_args(axis, dim, keepdims, keepdim)
-    return _argmax("argmax", _tensor(x), axis, keepdims)
+    return _argmax("argmax", _tensor(input), axis, keepdims)
 
 
 def _argmax(fn: str, x: Tensor, axis: Any, keepdims: bool) -> Tensor:
@@ -851,10 +868,10 @@ def _argmax(fn: str, x: Tensor, axis: Any, keepdims: bool) -> Tensor:
     return bind("argmax", x, axis=check_dim(fn, axis, x.ndim), keepdims=keepdims)
 
 
-def argmin(x: Any, axis: int | None = None, keepdims: bool = False, *, dim: int | None = None,
+def argmin(input: Any, axis: int | None = None, keepdims: bool = False, *, dim: int | None = None,
            keepdim: bool | None = None) -> Tensor:
     """Index of the first minimum: the argmax of the negation (of the complement for booleans)."""
-    x = _tensor(x)
+    x = _tensor(input)
     axis, keepdims = _dim_args(axis, dim, keepdims, keepdim)
     return _argmax("argmin", _flip(x), axis, keepdims)
 
@@ -876,10 +893,10 @@ def cumsum(input: Any, dim: int | None = None, reverse: bool = False, *, axis: i
     return bind("cumsum", x, axis=check_dim("cumsum", dim, x.ndim), reverse=bool(reverse))
 
 
-def logsumexp(x: Any, axis: Any = -1, keepdims: bool = False, *, dim: Any = None,
+def logsumexp(input: Any, axis: Any = -1, keepdims: bool = False, *, dim: Any = None,
               keepdim: bool | None = None) -> Tensor:
     """log(sum(exp(x))) computed stably."""
-    x = _tensor(x)
+    x = _tensor(input)
     axis, keepdims = _dim_args(axis, dim, keepdims, keepdim)
     axes = _axes(x, axis, "logsumexp")
     m = stop_gradient(amax(x, axes, keepdims=True))
@@ -897,9 +914,9 @@ def _autocast(*xs: Tensor) -> tuple[Tensor, ...]:
     return amp.lower_precision(*xs)
 
 
-def matmul(a: Any, b: Any) -> Tensor:
+def matmul(input: Any, other: Any) -> Tensor:
     """numpy.matmul semantics: 1-d operands are promoted, batch dimensions broadcast."""
-    a, b = _autocast(_tensor(a), _tensor(b))
+    a, b = _autocast(_tensor(input), _tensor(other))
     if a.ndim == 0 or b.ndim == 0:
         raise located(ShapeError("matmul: operands must not be scalars; use *"), user_location())
     d = result_dtype(a, b)

@@ -90,7 +90,9 @@ def dot(input: Any, tensor: Any) -> Tensor:
     return sum(mul(a, b)) if a.dtype is dt.bool_ or not a.dtype.is_float else matmul(a, b)
 
 
-vdot = dot  # (no complex dtypes: vdot's conjugation is the identity)
+def vdot(input: Any, other: Any) -> Tensor:
+    """torch.vdot: dot (no complex dtypes: vdot's conjugation is the identity), under torch's `other`."""
+    return dot(input, other)
 
 
 def inner(input: Any, other: Any) -> Tensor:

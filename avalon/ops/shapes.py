@@ -178,7 +178,9 @@ def swapaxes(input: Any, axis0: int, axis1: int) -> Tensor:
     return transpose(input, axis0, axis1)
 
 
-swapdims = swapaxes
+def swapdims(input: Any, dim0: int, dim1: int) -> Tensor:
+    """transpose(x, dim0, dim1) (torch.swapdims: swapaxes under torch's dim names)."""
+    return transpose(input, dim0, dim1)
 
 
 def unflatten(input: Any, dim: int, sizes: Sequence[int]) -> Tensor:

@@ -20,6 +20,7 @@ from .core import (
     _as_operand,
     _concat,
     _is_scalar,
+    _shape_kw,
     _tensor,
     broadcast_to,
     cast,
@@ -80,8 +81,16 @@ def narrow(input: Any, dim: int, start: int, length: int) -> Tensor:
     return views.link(x, slice_(x, lo, hi), views.Index(index))  # a view, as in torch (split, chunk too)
 
 
-def split(tensor: Any, split_size_or_sections: int | Sequence[int], dim: int = 0) -> tuple[Tensor, ...]:
-    """torch.split: pieces of `split_size` along `dim` (the last may be smaller), or of the given sizes."""
+def split(tensor: Any, split_size_or_sections: int | Sequence[int] | None = None, dim: int = 0, *,
+          split_size: int | Sequence[int] | None = None) -> tuple[Tensor, ...]:
+    """torch.split: pieces of `split_size` along `dim` (the last may be smaller), or of the given sizes.
+    `split_size=` is Tensor.split's name for the same argument."""
+    if split_size is not None:
+        if split_size_or_sections is not None:
+            raise TypeError("split() got multiple values for argument 'split_size'")
+        split_size_or_sections = split_size
+    if split_size_or_sections is None:
+        raise TypeError("split() missing 1 required positional argument: 'split_size_or_sections'")
     x = _tensor(tensor)
     d = _dim("split", x, dim)
     n = x.shape[d]
@@ -266,11 +275,12 @@ def _sizes(fn: str, sizes: tuple) -> list[int]:
     return out
 
 
-def repeat(input: Any, *sizes: Any) -> Tensor:
-    """Tensor.repeat: tile the tensor `sizes[i]` times along dim i (extra leading sizes add dims).
-    One broadcast between interleaved size-1 dims, then a reshape."""
+def repeat(input: Any, *sizes: Any, repeats: Any = None) -> Tensor:
+    """Tensor.repeat: tile the tensor `sizes[i]` times along dim i (extra leading sizes add dims);
+    the counts as arguments, a tuple or torch's `repeats=`. One broadcast between interleaved
+    size-1 dims, then a reshape."""
     x = _tensor(input)
-    reps = _sizes("repeat", sizes)
+    reps = _sizes("repeat", _shape_kw("repeat", sizes, "repeats", repeats))
     if len(reps) < x.ndim:
         raise ValueError(f"repeat: {len(reps)} repeat counts for a tensor of dimension {x.ndim}; give at least one "
                          "per dimension")

@@ -12,6 +12,7 @@ import numpy as np
 from ..ir import dtypes as dt
 from ..tensor import Tensor
 from .core import (
+    _shape_kw,
     _tensor,
     add,
     cast,
@@ -177,9 +178,11 @@ def is_leaf(input: Any) -> bool:
     return True
 
 
-def view(input: Any, *shape: Any) -> Tensor:
-    """Tensor.view: torch's view, an error where it would need a copy (see avalon/views.py)."""
+def view(input: Any, *shape: Any, size: Any = None, dtype: Any = None) -> Tensor:
+    """Tensor.view: torch's view, an error where it would need a copy (see avalon/views.py); the
+    shape as arguments, a tuple or torch's `size=`, or torch's `dtype=`."""
     from .. import views
+    shape = _shape_kw("view", _shape_kw("view", shape, "size", size), "dtype", dtype)
     return views.view(_tensor(input), *shape)
 
 
