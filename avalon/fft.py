@@ -152,10 +152,11 @@ def _dft(re: Tensor, im: Tensor | None, n: int, inverse: bool, s: float, cols: i
     if n1 is None:
         rows = min(re.shape[-1], n)
         cut = (lambda y: y[..., :rows]) if rows < re.shape[-1] else (lambda y: y)
+        if im is None:  # the forward sign goes into the matrix: -(x @ sin) made the exact zeros of the
+            # zero and Nyquist frequencies -0.0 (torch's are +0.0, so angle() gave -pi where torch gives pi)
+            cos, sin = _matrices(rows, cols, n, re.dtype, s, s if inverse else -s)
+            return cut(re) @ cos, cut(re) @ sin
         cos, sin = _matrices(rows, cols, n, re.dtype, s, s)
-        if im is None:
-            c, si = cut(re) @ cos, cut(re) @ sin
-            return c, (si if inverse else -si)
         both = cut(_ops.stack([re, im], 0))
         c, si = both @ cos, both @ sin
         if inverse:  # e^{+i theta}

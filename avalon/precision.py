@@ -15,6 +15,8 @@ compiled, and it is part of `av.compile`'s cache key, so changing it compiles an
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 from avalon.channels import get_logger
@@ -96,6 +98,24 @@ class _Cudnn(_Knobs):
     @allow_tf32.setter
     def allow_tf32(self, on: bool) -> None:
         _state["conv_tf32"] = bool(on)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def flags(enabled: bool = False, benchmark: bool = False, benchmark_limit: int = 10,
+              deterministic: bool = False, allow_tf32: bool = True) -> Iterator[None]:
+        """torch.backends.cudnn.flags, with torch's defaults: Hugging Face's CTC heads (Wav2Vec2ForCTC,
+        HubertForCTC, ...) wrap ctc_loss in `flags(enabled=False)`. Avalon runs no cuDNN, so `enabled`
+        changes nothing; `allow_tf32` holds for the block, as torch's; benchmark or deterministic mode,
+        which Avalon does not have, is an error (as setting them is)."""
+        for name, on in (("benchmark", benchmark), ("deterministic", deterministic)):
+            if on:
+                raise AttributeError(f"av.backends.cudnn has no setting {name!r} (Avalon runs no cuDNN)")
+        before = _state["conv_tf32"]
+        _state["conv_tf32"] = bool(allow_tf32)
+        try:
+            yield
+        finally:
+            _state["conv_tf32"] = before
 
 
 class _Mps:
