@@ -306,33 +306,64 @@ def _resize_axis(x: Tensor, axis: int, out: int, scale: float | None, mode: str,
         return ops.take(x, ops.minimum(ops.cast(ops.mul(ops.add(i, 0.5), r), dt.int64), n - 1), axis)
     if align_corners:
         src = ops.mul(i, (n - 1) / (out - 1) if out > 1 else 0.0)
+    elif mode == "bicubic":  # cubic=True: the source index is not clamped at 0
+        src = ops.sub(ops.mul(ops.add(i, 0.5), r), 0.5)
     else:
         src = ops.maximum(ops.sub(ops.mul(ops.add(i, 0.5), r), 0.5), 0.0)
-    lo = ops.minimum(ops.cast(src, dt.int64), n - 1)
-    hi = ops.minimum(ops.add(lo, 1), n - 1)
     shape = [1] * x.ndim
     shape[axis] = out
+    if mode == "bicubic":
+        return _cubic_axis(x, axis, src, pos, shape)
+    lo = ops.minimum(ops.cast(src, dt.int64), n - 1)
+    hi = ops.minimum(ops.add(lo, 1), n - 1)
     f1 = ops.reshape(ops.cast(ops.sub(src, ops.cast(lo, pos)), x.dtype), shape)
     a, b = ops.take(x, lo, axis), ops.take(x, hi, axis)
     return ops.add(ops.mul(a, ops.sub(1.0, f1)), ops.mul(b, f1))
+
+
+def _cubic_axis(x: Tensor, axis: int, src: Tensor, pos: Any, shape: list[int]) -> Tensor:
+    """torch's bicubic along one axis (ViTs resize their position embeddings with it): Keys' cubic
+    convolution with A = -0.75 over the 4 neighbours floor(src) - 1 .. floor(src) + 2, clamped into the
+    axis (upsample_get_value_bounded), the index and fraction guarded as guard_index_and_lambda does."""
+    n, A = x.shape[axis], -0.75
+    idx = ops.minimum(ops.cast(ops.floor(src), dt.int64), n - 1)
+    t = ops.clip(ops.sub(src, ops.cast(idx, pos)), 0.0, 1.0)
+
+    def conv1(v: Tensor) -> Tensor:  # |v| <= 1: ((A + 2) v - (A + 3)) v^2 + 1
+        return ops.add(ops.mul(ops.mul(ops.sub(ops.mul(v, A + 2), A + 3), v), v), 1.0)
+
+    def conv2(v: Tensor) -> Tensor:  # 1 < |v| < 2: ((A v - 5A) v + 8A) v - 4A
+        return ops.sub(ops.mul(ops.add(ops.mul(ops.sub(ops.mul(v, A), 5 * A), v), 8 * A), v), 4 * A)
+
+    u = ops.sub(1.0, t)
+    weights = (conv2(ops.add(t, 1.0)), conv1(t), conv1(u), conv2(ops.add(u, 1.0)))
+    y = None
+    for k, w in enumerate(weights):
+        tap = ops.mul(ops.take(x, ops.clip(ops.add(idx, k - 1), 0, n - 1), axis),
+                      ops.reshape(ops.cast(w, x.dtype), shape))
+        y = tap if y is None else ops.add(y, tap)
+    assert y is not None
+    return y
 
 
 def interpolate(input: Any, size: Any = None, scale_factor: Any = None, mode: str = "nearest",
                 align_corners: bool | None = None, recompute_scale_factor: bool | None = None,
                 antialias: bool = False) -> Tensor:
     """Resize the spatial dims of (N, C, L) / (N, C, H, W) / (N, C, D, H, W) input: 'nearest',
-    'nearest-exact', 'area' (adaptive average pooling, as torch computes it), 'linear', 'bilinear' or
-    'trilinear' (align_corners False or True; one axis at a time), with torch's coordinate conventions."""
+    'nearest-exact', 'area' (adaptive average pooling, as torch computes it), 'linear', 'bilinear',
+    'bicubic' or 'trilinear' (align_corners False or True; one axis at a time), with torch's coordinate
+    conventions."""
     x = _t(input)
     if antialias:
         raise NotImplementedError("interpolate: argument 'antialias' is not supported")
-    if mode not in ("nearest", "nearest-exact", "area", "linear", "bilinear", "trilinear"):
+    if mode not in ("nearest", "nearest-exact", "area", "linear", "bilinear", "bicubic", "trilinear"):
         raise NotImplementedError(f"interpolate: mode={mode!r} is not supported (nearest, nearest-exact, area, linear, "
-                                  "bilinear, trilinear)")
+                                  "bilinear, bicubic, trilinear)")
     if mode in ("nearest", "nearest-exact", "area") and align_corners is not None:
         raise ValueError("interpolate: align_corners option can only be set with the interpolating modes")
     k = x.ndim - 2
-    if k < 1 or (mode == "bilinear" and k != 2) or (mode == "linear" and k != 1) or (mode == "trilinear" and k != 3):
+    if k < 1 or (mode in ("bilinear", "bicubic") and k != 2) or (mode == "linear" and k != 1) or (
+            mode == "trilinear" and k != 3):
         raise ValueError(f"interpolate: mode={mode!r} does not fit an input of shape {x.shape}")
     if (size is None) == (scale_factor is None):
         raise ValueError("interpolate: give exactly one of 'size' and 'scale_factor'")
