@@ -1,6 +1,8 @@
 """Constant hoisting: large values a compiled graph computes from none of its inputs (av.fft's DFT
 matrices from iota, a causal mask from shapes) are computed once, when the function compiles, and fed
-to every call as extra inputs after the others.
+to every call as extra inputs after the others. Where such a value is a broadcast, transpose or reshape
+of a smaller one (a batched product expanding a 32 x 32 DFT matrix), the smaller source is what is
+hoisted: the expansion stays in the graph, cheap and fusable, instead of a large copy fed every call.
 
 Why here and not in `canonicalize`: folding writes the values into the IR as dense constants, which
 its size limit keeps small so that printed IR and debug dumps stay readable; a hoisted value stays out
@@ -22,6 +24,11 @@ from ..ir.reference import evaluate
 MIN_ELEMENTS = 4096
 """Smaller input-free values are left to the graph (canonicalize folds the smallest): computing them is
 cheap, and an input costs a launch argument and a buffer."""
+
+
+_LAYOUT = ("broadcast", "transpose", "reshape")
+"""Ops that only expand or rearrange a value: a batched product broadcasts a small DFT matrix to the batch,
+and hoisting that expansion would feed a large copy of a small value every call."""
 
 
 def _free_ops(graph: Graph) -> set[int]:
@@ -51,7 +58,11 @@ def hoist_constants(graph: Graph) -> list[np.ndarray]:
         if math.prod(v.type.shape) < MIN_ELEMENTS or id(v) in outputs:
             continue
         if any(id(u) not in free for u in v.users):
-            frontier.append(v)
+            while v.op.name in _LAYOUT:  # layout ops stay in the graph (cheap, fusable): hoist their source
+                v = v.op.operands[0]
+            if v.op.name not in ("constant", "iota") and math.prod(v.type.shape) > 1 \
+                    and all(v is not f for f in frontier):
+                frontier.append(v)  # (the size that counts is what the graph would compute per call)
     if not frontier:
         return []
     values: dict[int, np.ndarray] = {}

@@ -57,7 +57,7 @@ from .core import (
 from .creation import linspace, randint
 from .indexing import getitem
 from .reductions import any as any_
-from .shaping import flip, narrow
+from .shaping import flip, movedim, narrow
 from .sorting import gather, take_along_dim
 
 # -- at least n dims, stacking --------------------------------------------------------------------
@@ -240,6 +240,9 @@ def unfold(input: Any, dimension: int, size: int, step: int) -> Tensor:
     if size > n or size < 0:
         raise fail(ShapeError(f"unfold: maximum size for tensor at dimension {d} is {n} but size is {size}"))
     nw = (n - size) // step + 1
+    g = math.gcd(size, step)
+    if g > 1 and size:
+        return _unfold_chunks(x, d, size, step, nw, g)
     pieces = []
     for k in range(size):
         lo, hi, st = [0] * x.ndim, list(x.shape), [1] * x.ndim
@@ -248,6 +251,24 @@ def unfold(input: Any, dimension: int, size: int, step: int) -> Tensor:
     if not pieces:
         return full(x.shape[:d] + (nw,) + x.shape[d + 1:] + (0,), 0, x.dtype)
     return stack(pieces, -1)
+
+
+def _unfold_chunks(x: Tensor, d: int, size: int, step: int, nw: int, g: int) -> Tensor:
+    """unfold in size / g slices instead of size: the covered span cut into chunks of g = gcd(size, step)
+    elements, window w is chunks w s .. w s + r - 1 (s = step / g, r = size / g), so slice j (every s-th
+    chunk from j) holds the j-th chunk of every window. An STFT's frames (n_fft 512, hop 128) are 4 slices
+    rather than 512, and so is their gradient."""
+    span, r, s = (nw - 1) * step + size, size // g, step // g
+    lo, hi = [0] * x.ndim, list(x.shape)
+    hi[d] = span
+    chunks = reshape(slice_(x, lo, hi), x.shape[:d] + (span // g, g) + x.shape[d + 1:])
+    pieces = []
+    for j in range(r):
+        lo, hi, st = [0] * chunks.ndim, list(chunks.shape), [1] * chunks.ndim
+        lo[d], hi[d], st[d] = j, j + (nw - 1) * s + 1, s
+        pieces.append(slice_(chunks, lo, hi, st))  # (..., nw, g, ...): chunk j of each window
+    windows = concat(pieces, d + 1) if r > 1 else pieces[0]  # (..., nw, size, ...)
+    return movedim(windows, d + 1, -1)
 
 
 def rot90(input: Any, k: int = 1, dims: Sequence[int] = (0, 1)) -> Tensor:
