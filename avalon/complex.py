@@ -27,7 +27,7 @@ import numpy as np
 from . import ops as _ops
 from . import tensor as _tensor_module
 from .ir import dtypes as dt
-from .tensor import Buffer, Tensor
+from .tensor import Tensor, _is_dtype
 from .tensor import tensor as _real_tensor
 
 _PYCOMPLEX = builtins.complex  # `complex` below is torch.complex(real, imag)
@@ -418,7 +418,7 @@ class ComplexTensor:
         for a in args:
             if isinstance(a, (ComplexTensor, Tensor)):
                 target, kw["device"] = a.dtype, a.device
-            elif complex_dtype(a) is not None or (not isinstance(a, str) and _is_real_dtype(a)):
+            elif complex_dtype(a) is not None or (not isinstance(a, str) and _is_dtype(a)):
                 target = a
             else:
                 rest.append(a)
@@ -453,7 +453,7 @@ class ComplexTensor:
         return self.to(complex128)
 
     def view(self, *shape: Any) -> ComplexTensor:
-        if len(shape) == 1 and (complex_dtype(shape[0]) is not None or _is_real_dtype(shape[0])):
+        if len(shape) == 1 and (complex_dtype(shape[0]) is not None or _is_dtype(shape[0])):
             raise TypeError("view(dtype) of a complex tensor: use av.view_as_real(z) for its (..., 2) real view")
         return ComplexTensor(self.real.view(*shape), self.imag.view(*shape))
 
@@ -496,14 +496,6 @@ def _new(fill: str, like: ComplexTensor, size: tuple, dtype: Any, device: Any) -
         return getattr(_ops, fill)(*size, dtype=d, device=dev)
     return ComplexTensor(getattr(_ops, fill)(*size, dtype=c.real, device=dev), _ops.zeros(*size, dtype=c.real,
                                                                                          device=dev))
-
-
-def _is_real_dtype(x: Any) -> bool:
-    try:
-        dt.dtype(x)
-        return True
-    except TypeError:
-        return False
 
 
 def _both(name: str) -> Callable[..., Any]:
@@ -658,12 +650,6 @@ def make(fill: Callable[..., Tensor], size: Sequence[Any], c: ComplexDType, kw: 
             re, im = re * math.sqrt(0.5), im * math.sqrt(0.5)
         return ComplexTensor(re, im)
     return ComplexTensor(re, _ops.zeros_like(re) if fill is not _ops.empty else _ops.empty(*size, dtype=c.real, **kw))
-
-
-def as_state(z: ComplexTensor, buffer: bool) -> ComplexTensor:
-    """The pair a model keeps: parts that are Buffers (non-trained state) or plain tensors (parameters)."""
-    kind = Buffer if buffer else Tensor
-    return ComplexTensor(*(kind(p.numpy().copy(), dtype=p.dtype) for p in (z.real, z.imag)))
 
 
 __all__ = ["ComplexDType", "ComplexTensor", "angle", "cdouble", "cfloat", "complex", "complex64", "complex128",
