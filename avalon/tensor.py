@@ -367,9 +367,11 @@ _INPLACE = {
 class Tensor:
     """An n-d array with a static shape and dtype. Build one with `av.tensor(...)`."""
 
-    __slots__ = ("_data", "_dtype", "_value", "_trace", "_device", "_view", "_views", "__weakref__")
+    __slots__ = ("_data", "_dtype", "_value", "_trace", "_device", "_view", "_views", "__weakref__", "__dict__")
     # _view: a `views.ViewOf` when this tensor is a view of another (its base and how it derives from
-    # it), else None; _views: weak references to the live views whose base this tensor is (or None)
+    # it), else None; _views: weak references to the live views whose base this tensor is (or None);
+    # __dict__: attributes ported code sets on a parameter, as on torch's (S4's `p._optim`, Mamba's
+    # `p._no_weight_decay`); Python makes it only when one is set
     __array_priority__ = 100  # numpy defers to our operators: `ndarray + Tensor` gives a Tensor
 
     def __init__(self, data: Any, dtype: Any = None, device: Any = None):
@@ -571,6 +573,8 @@ class Tensor:
         state = {k: getattr(self, k) for k in ("_data", "_dtype", "_value", "_trace", "_device", "_view")}
         if id(self) in FROZEN:
             state["frozen"] = True
+        if self.__dict__:  # attributes set on it (`p._optim`), as torch's copies keep a Parameter's
+            state["__dict__"] = dict(self.__dict__)
         return None, state
 
     def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
@@ -1118,6 +1122,10 @@ class Tensor:
     @property
     def grad(self) -> None:
         raise AttributeError(_GRADS_ARE_VALUES.format("Tensor.grad"))
+
+    @grad.setter
+    def grad(self, value: Any) -> None:  # (not an attribute of its own: tensors take attributes, as torch's)
+        raise AttributeError(_GRADS_ARE_VALUES.format("setting Tensor.grad"))
 
     def detach(self) -> Tensor:
         """The same values with no gradient flowing back (torch's detach, jax's stop_gradient),
