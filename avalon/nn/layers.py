@@ -127,11 +127,16 @@ class Conv2d(Module):
     def reset_parameters(self) -> None:
         init.conv_default_(self.weight, self.bias)
 
-    def forward(self, input: Any) -> Tensor:
+    def _conv_forward(self, input: Any, weight: Any, bias: Any) -> Tensor:
+        """torch's: this layer's convolution with another weight and bias (QAT code passes the
+        fake-quantized weight: `self._conv_forward(x, self.weight_fake_quant(self.weight), self.bias)`)."""
         if self.padding_mode != "zeros":  # as torch: pad in that mode, then an unpadded conv
             x = F.pad(input, conv_padding(self.padding, self.kernel_size, self.dilation), self.padding_mode)
-            return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
-        return F.conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+            return F.conv2d(x, weight, bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def forward(self, input: Any) -> Tensor:
+        return self._conv_forward(input, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"

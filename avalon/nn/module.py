@@ -224,11 +224,48 @@ def _walk(obj: Any, prefix: str = "", seen: set[int] | None = None) -> Iterator[
 
 def train(model: Any, mode: bool = True) -> Any:
     """Set `training = mode` on the model and every object inside it that has a `training`
-    attribute (batch norm, dropout, RNNs, user classes), like torch's `Module.train`."""
-    for _, obj in _walk(model):
-        if tree.is_model(obj) and hasattr(obj, "training") and not callable(obj.training):
-            obj.training = bool(mode)
+    attribute (batch norm, dropout, RNNs, user classes), like torch's `Module.train`: each `Module` inside
+    is set by its own `train(mode)`, so an override runs as in torch (loralib merging LoRA weights on
+    `eval()`, a backbone keeping its batch norms frozen)."""
+    if isinstance(model, Module):
+        return model.train(mode)
+    if tree.is_model(model) and hasattr(model, "training") and not callable(model.training):
+        model.training = bool(mode)
+    _train_children(model, mode)
     return model
+
+
+_TRAIN_SEEN: list[set[int]] = []  # the objects one outermost train() call has set, each once
+
+
+def _train_children(obj: Any, mode: bool) -> None:
+    outer = not _TRAIN_SEEN
+    if outer:
+        _TRAIN_SEEN.append(set())
+    seen = _TRAIN_SEEN[0]
+    seen.add(id(obj))
+    try:
+        for _, v in _children(obj):
+            _train_visit(v, mode, seen)
+    finally:
+        if outer:
+            _TRAIN_SEEN.pop()
+
+
+def _train_visit(v: Any, mode: bool, seen: set[int]) -> None:
+    if isinstance(v, Tensor) or id(v) in seen:
+        return
+    seen.add(id(v))
+    if isinstance(v, Module):
+        v.train(mode)
+    elif isinstance(v, (list, tuple, dict)):
+        for _, x in _children(v):
+            _train_visit(x, mode, seen)
+    elif tree.is_model(v):
+        if hasattr(v, "training") and not callable(v.training):
+            v.training = bool(mode)
+        for _, x in _children(v):
+            _train_visit(x, mode, seen)
 
 
 def eval(model: Any) -> Any:  # noqa: A001 - torch's name
@@ -397,6 +434,26 @@ class Module:
         for _, m in self.named_children():
             yield m
 
+    def get_submodule(self, target: str = "") -> Module:
+        """The submodule at dotted path `target` ("" is this module), as torch's: peft's and torchao's
+        model surgery finds a layer's parent by it before `setattr` replaces the layer. A plain list or
+        dict of modules (a submodule here) is entered by index or key."""
+        mod: Any = self
+        for item in target.split(".") if target else ():
+            if isinstance(mod, (list, tuple)) and item.isdigit() and int(item) < len(mod):
+                mod = mod[int(item)]
+            elif isinstance(mod, dict) and item in mod:
+                mod = mod[item]
+            elif hasattr(mod, item):
+                mod = getattr(mod, item)
+            else:
+                raise AttributeError(f"{type(mod).__name__} has no attribute `{item}`")
+            if not isinstance(mod, (Module, list, tuple, dict)):
+                raise AttributeError(f"`{item}` is not an nn.Module")
+        if not isinstance(mod, Module):
+            raise AttributeError(f"`{target}` is not an nn.Module")
+        return mod
+
     @property
     def _modules(self) -> Mapping[str, Module]:
         """torch's `_modules` as code reads it (`for name, layer in model._modules.items()`): the direct
@@ -459,10 +516,13 @@ class Module:
 
     # modes and placement
     def train(self, mode: bool = True) -> Module:
-        return train(self, mode)
+        """torch's: this module's `training`, then each submodule's own `train(mode)`."""
+        self.training = bool(mode)
+        _train_children(self, mode)
+        return self
 
     def eval(self) -> Module:
-        return train(self, False)
+        return self.train(False)
 
     def to(self, device: Any = None, dtype: Any = None, non_blocking: bool = False,
            memory_format: Any = None) -> Module:

@@ -40,11 +40,14 @@ class Conv1d(Module):
     def reset_parameters(self) -> None:
         init.conv_default_(self.weight, self.bias)
 
-    def forward(self, input: Any) -> Tensor:
+    def _conv_forward(self, input: Any, weight: Any, bias: Any) -> Tensor:  # torch's (Conv2d's says why)
         if self.padding_mode != "zeros":  # as torch: pad in that mode, then an unpadded conv
             x = F.pad(input, conv_padding(self.padding, self.kernel_size, self.dilation), self.padding_mode)
-            return F.conv1d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
-        return F.conv1d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+            return F.conv1d(x, weight, bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv1d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def forward(self, input: Any) -> Tensor:
+        return self._conv_forward(input, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
@@ -118,11 +121,14 @@ class Conv3d(Module):
     def reset_parameters(self) -> None:
         init.conv_default_(self.weight, self.bias)
 
-    def forward(self, input: Any) -> Tensor:
+    def _conv_forward(self, input: Any, weight: Any, bias: Any) -> Tensor:  # torch's (Conv2d's says why)
         if self.padding_mode != "zeros":
             x = F.pad(input, conv_padding(self.padding, self.kernel_size, self.dilation), self.padding_mode)
-            return F.conv3d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
-        return F.conv3d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+            return F.conv3d(x, weight, bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv3d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def forward(self, input: Any) -> Tensor:
+        return self._conv_forward(input, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
