@@ -89,6 +89,14 @@ SPECIAL: dict[str, Callable[[str], Graph]] = {
                              n),
     "argsort": lambda n: _graph([((2, 5), F32), ((3, 2), dt.int32)],
                                 lambda b, x, i: [b("argsort", x, axis=1, descending=True), b("argsort", i, axis=0)], n),
+    "svd": lambda n: _graph([((2, 4, 3), F32), ((3, 3), F32), ((2, 5), F32)],
+                            lambda b, x, y, z: [b("svd", x), b("svd", y, full_matrices=True), b("svd", z)], n),
+    # (eigh reads one triangle: the sample symmetrizes, so forward and reverse mode see the same function)
+    "eigh": lambda n: _graph([((2, 3, 3), F32)],
+                             lambda b, x: [b("eigh", b("add", x, b("transpose", x, perm=[0, 2, 1])))], n),
+    "qr": lambda n: _graph([((2, 4, 3), F32), ((2, 4), F32)], lambda b, x, y: [b("qr", x), b("qr", y)], n),
+    "pinv": lambda n: _graph([((2, 4, 3), F32), ((2, 3), F32)],
+                             lambda b, x, y: [b("pinv", x, rtol=1e-6), b("pinv", y, rtol=1e-6)], n),
     "fusion": lambda n: _fusion(n),
     "custom_vjp": lambda n: _custom_vjp(n),
 }

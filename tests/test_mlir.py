@@ -20,6 +20,7 @@ xdsl_parser = pytest.importorskip("xdsl.parser", reason="needs the mlir extra: p
 UPSTREAM = {"func", "arith", "math", "tensor", "linalg"}
 NAMES = sorted(OPS)
 LINALG_EXEMPT = set(TABLES["linalg"].exempt)  # inlined before any backend or lowering sees a graph
+FACTORIZATIONS = sorted(n for n in NAMES if "factorization" in OPS[n].traits)  # no upstream MLIR op: refused
 
 
 def mlir_parse(text: str, unregistered: bool):
@@ -96,11 +97,18 @@ def test_avalon_dialect_spells_attributes_locations_names_and_regions():
     assert 'dense<"0x' in consts  # a dense constant's data, exact
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n not in LINALG_EXEMPT])
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in LINALG_EXEMPT and n not in FACTORIZATIONS])
 def test_linalg_lowering_of_every_op_verifies_with_upstream_dialects_only(name):
     m = mlir_parse(to_mlir(sample(name), "linalg"), unregistered=False)
     dialects = {n.split(".")[0] for n in op_names(m)}
     assert dialects <= UPSTREAM, dialects - UPSTREAM
+
+
+@pytest.mark.parametrize("name", FACTORIZATIONS)
+def test_factorizations_are_refused_by_the_linalg_lowering_naming_the_op_and_the_line(name):
+    from avalon.mlir.linalg import LoweringError
+    with pytest.raises(LoweringError, match=rf"op '{name}' \(from model.py:7\) is a LAPACK factorization"):
+        to_mlir(sample(name), "linalg")
 
 
 def test_linalg_uses_named_ops_and_one_generic_per_elementwise_group():

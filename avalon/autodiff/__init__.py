@@ -8,6 +8,7 @@ This package is the IR transforms only: the user-facing `av.grad` / `av.value_an
 `avalon.func.jvp` / `jacfwd`, which trace, cache and run, are the compile driver's
 (`avalon.compiler.gradients`, `avalon.compiler.forward`).
 """
+from . import factorizations  # noqa: F401  (registers the factorizations' VJP and JVP rules)
 from .forward import jvp_graph
 from .forward_rules import JVP
 from .rules import INLINED, NON_DIFFERENTIABLE, VJP

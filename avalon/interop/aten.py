@@ -205,6 +205,62 @@ def linalg_inv_ex(a: Tensor, check_errors: bool = False) -> tuple:
     return ops.inverse(a), ops.zeros(a.shape[:-2], dtype=dt.int32)
 
 
+@rule("aten.linalg_svd.default")
+def linalg_svd(a: Tensor, full_matrices: bool = True, *, driver: Any = None) -> tuple:
+    return tuple(ops.linalg.svd(a, full_matrices))
+
+
+@rule("aten._linalg_svd.default")
+def linalg_svd_(a: Tensor, full_matrices: bool = False, compute_uv: bool = True, *, driver: Any = None) -> tuple:
+    """(U, S, Vh); without compute_uv, U and Vh are empty as torch's."""
+    if not compute_uv:
+        empty = ops.zeros((0,), dtype=a.dtype)
+        return empty, ops.linalg.svdvals(a), empty
+    return tuple(ops.linalg.svd(a, full_matrices))
+
+
+@rule("aten.svd.default")
+def torch_svd(a: Tensor, some: bool = True, compute_uv: bool = True) -> tuple:
+    return tuple(ops.svd(a, some, compute_uv))
+
+
+@rule("aten.linalg_svdvals.default")
+def linalg_svdvals(a: Tensor, driver: Any = None) -> Tensor:
+    return ops.linalg.svdvals(a)
+
+
+@rule("aten.linalg_eigh.default", "aten._linalg_eigh.default")
+def linalg_eigh(a: Tensor, UPLO: str = "L", compute_v: bool = True) -> tuple:  # noqa: N803 (torch's name)
+    lam, v = ops.linalg.eigh(a, UPLO)
+    return lam, (v if compute_v else ops.zeros((0,), dtype=a.dtype))
+
+
+@rule("aten.linalg_eigvalsh.default")
+def linalg_eigvalsh(a: Tensor, UPLO: str = "L") -> Tensor:  # noqa: N803
+    return ops.linalg.eigvalsh(a, UPLO)
+
+
+@rule("aten.linalg_qr.default")
+def linalg_qr(a: Tensor, mode: str = "reduced") -> tuple:
+    return tuple(ops.linalg.qr(a, mode))
+
+
+@rule("aten.linalg_pinv.atol_rtol_tensor", "aten.linalg_pinv.atol_rtol_float")
+def linalg_pinv(a: Tensor, atol: Any = None, rtol: Any = None, hermitian: bool = False) -> Tensor:
+    return ops.linalg.pinv(a, atol=atol, rtol=rtol, hermitian=hermitian)
+
+
+@rule("aten.linalg_matrix_rank.atol_rtol_tensor", "aten.linalg_matrix_rank.atol_rtol_float")
+def linalg_matrix_rank(a: Tensor, atol: Any = None, rtol: Any = None, hermitian: bool = False) -> Tensor:
+    return ops.linalg.matrix_rank(a, atol=atol, rtol=rtol, hermitian=hermitian)
+
+
+@rule("aten.linalg_matrix_norm.str_ord", "aten.linalg_matrix_norm.default")
+def linalg_matrix_norm(a: Tensor, ord: Any = "fro", dim: Any = (-2, -1), keepdim: bool = False, *,  # noqa: A002
+                       dtype: Any = None) -> Tensor:
+    return ops.linalg.matrix_norm(a, ord, dim, keepdim, dtype=dtype)
+
+
 _CHECKS = ("aten._linalg_check_errors.default",)
 """Effectful ops that only raise on LAPACK's info (a singular matrix): torch threads them through
 effect tokens; Avalon's linear algebra has no info to check."""

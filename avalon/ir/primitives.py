@@ -527,3 +527,80 @@ define_op("argsort", 1, _sorting("argsort"), {"axis": Attr("int", -1), "descendi
           traits={PURE, "sort"},
           doc="the i64 positions that sort the operand along `axis` (torch.sort's indices, stable=True): "
               "equal elements keep their order in both directions; nan sorts as the largest value")
+
+
+# -- factorizations (avalon.linalg: svd, eigh, qr, pinv and what is built on them) --------------------
+
+def _matrices(name: str, t: T, square: bool = False) -> tuple[int, int]:
+    """(rows, cols) of a batch of float32/float64 matrices (LAPACK's types: torch has no f16 kernels either)."""
+    if t.rank < 2:
+        raise ShapeError(f"{name}: needs batches of matrices (rank >= 2), got {t.shape}")
+    if t.dtype not in (dt.float32, dt.float64):
+        raise ShapeError(f"{name}: needs a float32 or float64 operand, got {t.dtype}; cast it first "
+                         "(LAPACK has no 16-bit factorizations)")
+    m, n = t.shape[-2:]
+    if square and m != n:
+        raise ShapeError(f"{name}: needs square matrices, got {m} by {n}")
+    if m == 0 or n == 0:
+        raise ShapeError(f"{name}: the matrices are empty ({m} by {n})")
+    return m, n
+
+
+def svd_layout(m: int, n: int, full: bool) -> tuple[int, int, int]:
+    """(columns of U, columns of V, width of the packed result) of `svd` on m x n matrices."""
+    k = min(m, n)
+    return (m, n, max(m, n)) if full else (k, k, k)
+
+
+def _svd(ts, a):
+    t = ts[0]
+    m, n = _matrices("svd", t)
+    _, _, w = svd_layout(m, n, a["full_matrices"])
+    return [T(t.shape[:-2] + (m + 1 + n, w), t.dtype)]
+
+
+def _eigh(ts, a):
+    t = ts[0]
+    _, n = _matrices("eigh", t, square=True)
+    return [T(t.shape[:-2] + (n + 1, n), t.dtype)]
+
+
+def qr_layout(m: int, n: int, complete: bool) -> tuple[int, int]:
+    """(columns of Q = rows of R, width of the packed result) of `qr` on m x n matrices."""
+    c = m if complete else min(m, n)
+    return c, max(c, n)
+
+
+def _qr(ts, a):
+    t = ts[0]
+    m, n = _matrices("qr", t)
+    c, w = qr_layout(m, n, a["complete"])
+    return [T(t.shape[:-2] + (m + c, w), t.dtype)]
+
+
+def _pinv(ts, a):
+    t = ts[0]
+    m, n = _matrices("pinv", t, square=a["hermitian"])
+    if a["rtol"] < 0 or a["atol"] < 0:
+        raise ShapeError(f"pinv: tolerances must be non-negative, got atol={a['atol']}, rtol={a['rtol']}")
+    return [T(t.shape[:-2] + (n, m), t.dtype)]
+
+
+# One result per op, as every rule table wants, so a factorization's factors are packed into one
+# tensor (LAPACK-style packed storage) that the frontend slices: the factors come from one LAPACK
+# call and their gradient rule sees all of them. Backends run numpy.linalg (the Triton backend as a
+# host step between launches); MLIR and ONNX have no such op and say so.
+define_op("svd", 1, _svd, {"full_matrices": Attr("bool", False)}, traits={PURE, "factorization"},
+          doc="the singular value decomposition A = U diag(S) V^T of each (m, n) matrix (LAPACK gesdd), packed "
+              "as rows [U (m rows); S (1 row); V (n rows)], k = min(m, n) columns (max(m, n) with full_matrices: "
+              "U is m x m, V is n x n, S and the rest padded with zeros); S descending")
+define_op("eigh", 1, _eigh, {"upper": Attr("bool", False)}, traits={PURE, "factorization"},
+          doc="eigenvalues (ascending, row 0) and eigenvectors (columns of rows 1..n) of each symmetric (n, n) "
+              "matrix, reading its lower triangle (the upper one with `upper`); LAPACK syevd")
+define_op("qr", 1, _qr, {"complete": Attr("bool", False)}, traits={PURE, "factorization"},
+          doc="A = Q R of each (m, n) matrix (Householder, LAPACK geqrf), packed as rows [Q (m rows); R (c rows)] "
+              "with c = min(m, n) (m with `complete`) and zeros padding the narrower factor")
+define_op("pinv", 1, _pinv, {"atol": Attr("float", 0.0), "rtol": Attr("float", 0.0), "hermitian": Attr("bool", False)},
+          traits={PURE, "factorization"},
+          doc="the Moore-Penrose pseudo-inverse (n, m) of each (m, n) matrix through its SVD (eigh with "
+              "`hermitian`), singular values at most max(atol, rtol * largest) treated as zero")

@@ -152,6 +152,8 @@ TRAITS: dict[str, str] = {
     "reduction": "reduces its operand over some axes",
     "scan": "a running (inclusive prefix) reduction along one axis; the result has the operand's shape",
     "sort": "orders the elements along one axis (sort, argsort): stable, nan largest; a kernel of its own",
+    "factorization": "a LAPACK matrix factorization of the last two axes (svd, eigh, qr, pinv), factors packed "
+                     "in one result; no kernel of its own (the Triton backend runs it between launches)",
     "contraction": "a matmul or convolution: a sum of products, computed by a tiled GEMM-like kernel",
     "pool": "reads a window of its operand per result element",
     "nchw": "its result is an NCHW image activation (a conv or pool output): channels-last candidates",

@@ -31,7 +31,8 @@ LinalgRule = Callable[[LinalgEmitter, Op, list[V], list[TensorType]], list[V]]
 """A linalg lowering: `rule(emitter, op, operands, result types) -> results`."""
 
 LINALG: dict[str, LinalgRule] = register_table(
-    "linalg", {}, exempt=("custom_vjp",))  # (inlined into its forward before any backend sees a graph)
+    "linalg", {}, exempt=("custom_vjp",),  # (inlined into its forward before any backend sees a graph)
+    exempt_traits=("factorization",))  # (upstream MLIR has no SVD, eigensolver or QR: lower_op says so)
 """op name -> its lowering to upstream MLIR (func, arith, math, tensor, linalg)."""
 
 
@@ -70,6 +71,10 @@ def _compute_type(op: Op, d) -> object:
 def lower_op(e: LinalgEmitter, op: Op, args: list[V]) -> list[V]:
     """Lower one op, widening f16/bf16 (and i1 of bool_as_int ops) around non-elementwise rules."""
     fn = LINALG.get(op.name)
+    if fn is None and op.has_trait("factorization"):
+        raise LoweringError(f"op '{op.name}'{f' (from {op.loc})' if op.loc else ''} is a LAPACK factorization, which "
+                            "upstream MLIR (linalg, tensor, arith) cannot express: compute it outside the exported "
+                            "function, or run with backend='numpy', 'cpu' or 'triton'")
     if fn is None:
         raise LoweringError(f"op '{op.name}' has no linalg lowering (avalon ops --missing lists such ops)")
     types = [plain(r.type) for r in op.results]

@@ -63,6 +63,10 @@ class OnnxWriter:
                     self.names[id(r)] = self.name(y)
                 continue
             rule = export_rules.EXPORT.get(op.name)
+            if rule is None and op.has_trait("factorization"):
+                raise UnsupportedOp(f"avalon.onnx.export: op {op.name!r}{f' (from {op.loc})' if op.loc else ''} is a "
+                                    "LAPACK factorization, and ONNX has no SVD, eigensolver or QR operator: compute "
+                                    "it outside the exported function")
             if rule is None:
                 raise UnsupportedOp(f"avalon.onnx.export: op {op.name!r} has no ONNX mapping")
             outs = rule(self, op, [self.name(v) for v in op.operands])

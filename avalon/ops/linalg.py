@@ -1,17 +1,30 @@
-"""`av.linalg`, torch.linalg's names for what Avalon computes from its primitives: norms, and the
-small-matrix algebra of `matrices` (inverse, determinants, solves, powers, exponentials, cross
-products), Cholesky factors and triangular solves (unrolled over the matrix size: k steps of
-batched ops, for the small matrices of priors and flows). The spectral factorizations (svd, qr,
-eigh, ...) would each need a primitive of their own and are not here."""
+"""`av.linalg`, torch.linalg's names: norms, and the small-matrix algebra of `matrices` (inverse,
+determinants, solves, powers, exponentials, cross products), Cholesky factors and triangular solves
+(unrolled over the matrix size: k steps of batched ops, for the small matrices of priors and
+flows), and the LAPACK factorizations, each one primitive whose factors are packed into its result
+(`svd`, `eigh`, `qr`, `pinv`; `avalon/ir/primitives.py`) with the derivative rules torch uses
+(`avalon/autodiff/factorizations.py`): svd, svdvals, eigh, eigvalsh, qr, pinv, lstsq,
+matrix_rank, cond, and the 2 and nuclear matrix norms.
+
+Singular and eigen vectors are unique only up to sign (and rotation within repeated values); the
+signs are LAPACK's as numpy calls it, which may differ from torch's MKL: a loss that depends on them
+differs from torch's as the factorizations do. The general (non-symmetric) eigensolvers `eig` and
+`eigvals`, whose results are complex, are not here."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..ir import dtypes as dt
+from ..ir.primitives import qr_layout, svd_layout
 from ..tensor import Tensor
 from .core import (
+    _broadcast_shapes,
     _tensor,
     add,
+    amax,
+    amin,
+    bind,
+    broadcast_to,
     cast,
     div,
     eq,
@@ -19,21 +32,26 @@ from .core import (
     fail,
     ge,
     gt,
+    matmul,
+    maximum,
     mul,
     reshape,
     sqrt,
     stack,
+    stop_gradient,
     sub,
     transpose,
     where,
 )
+from .core import abs as _abs
 from .core import sum as _sum
-from .creation import iota
+from .creation import iota, zeros
 from .matrices import chain_matmul as multi_dot
 from .matrices import cross as _cross
 from .matrices import det, inverse, matrix_exp, matrix_power, slogdet, solve
 from .reductions import linalg_norm as norm
 from .reductions import matrix_norm, vector_norm
+from .shaping import movedim
 
 inv = inverse
 
@@ -130,5 +148,285 @@ def householder_product(A: Any, tau: Any, *, out: Any = None) -> Tensor:
     return q
 
 
-__all__ = ["cholesky", "cross", "det", "householder_product", "inv", "matrix_exp", "matrix_norm", "matrix_power",
-           "multi_dot", "norm", "slogdet", "solve", "solve_triangular", "vecdot", "vector_norm"]
+class SVDResult(NamedTuple):
+    """torch.return_types.linalg_svd."""
+    U: Tensor
+    S: Tensor
+    Vh: Tensor
+
+
+class SVDOldResult(NamedTuple):
+    """torch.return_types.svd (torch.svd: V, not its transpose)."""
+    U: Tensor
+    S: Tensor
+    V: Tensor
+
+
+class EighResult(NamedTuple):
+    """torch.return_types.linalg_eigh."""
+    eigenvalues: Tensor
+    eigenvectors: Tensor
+
+
+class QRResult(NamedTuple):
+    """torch.return_types.linalg_qr."""
+    Q: Tensor
+    R: Tensor
+
+
+class LstsqResult(NamedTuple):
+    """torch.return_types.linalg_lstsq."""
+    solution: Tensor
+    residuals: Tensor
+    rank: Tensor
+    singular_values: Tensor
+
+
+def _lapack_operand(fn: str, A: Any, square: bool = False) -> Tensor:
+    """A batch of float32/float64 matrices, or torch's error naming `fn`."""
+    if getattr(A, "_complex_pair", False):
+        raise fail(NotImplementedError(f"linalg.{fn}: complex matrices are not supported (Avalon's factorizations "
+                                       "are real); factor the real matrix [[Re, -Im], [Im, Re]] instead"))
+    a = _tensor(A)
+    if not a.dtype.is_float:
+        raise fail(RuntimeError(f"linalg.{fn}: Expected a floating point or complex tensor as input. Got {a.dtype}"))
+    if a.dtype not in (dt.float32, dt.float64):
+        raise fail(RuntimeError(f"linalg.{fn}: \"linalg_{fn}_cpu\" not implemented for '{a.dtype}' (LAPACK has no "
+                                "16-bit factorizations: cast to float32)"))
+    if a.ndim < 2:
+        raise fail(RuntimeError(f"linalg.{fn}: The input tensor A must have at least 2 dimensions."))
+    if square:
+        _square(fn, a)
+    if 0 in a.shape[-2:]:
+        raise fail(NotImplementedError(f"linalg.{fn}: empty matrices ({a.shape[-2]} by {a.shape[-1]}) are not "
+                                       "supported"))
+    return a
+
+
+def svd(A: Any, full_matrices: bool = True, *, driver: Any = None, out: Any = None) -> SVDResult:
+    """torch.linalg.svd: (U, S, Vh) with A = U diag(S) Vh, S descending; `full_matrices` (torch's
+    default) makes U m x m and Vh n x n, whose extra columns get no gradient (torch narrows them too)."""
+    if out is not None:
+        raise TypeError("linalg.svd: argument 'out' is not supported")
+    a = _lapack_operand("svd", A)
+    m, n = a.shape[-2:]
+    cu, cv, _ = svd_layout(m, n, bool(full_matrices))
+    packed = bind("svd", a, full_matrices=bool(full_matrices))
+    return SVDResult(packed[..., :m, :cu], packed[..., m, :min(m, n)], _mT(packed[..., m + 1:, :cv]))
+
+
+def svdvals(A: Any, *, driver: Any = None, out: Any = None) -> Tensor:
+    """torch.linalg.svdvals: the singular values, descending (their gradient needs no singular vectors'
+    gaps, so repeated values are fine)."""
+    if out is not None:
+        raise TypeError("linalg.svdvals: argument 'out' is not supported")
+    a = _lapack_operand("svdvals", A)
+    m = a.shape[-2]
+    return bind("svd", a, full_matrices=False)[..., m, :]
+
+
+def torch_svd(input: Any, some: bool = True, compute_uv: bool = True, *, out: Any = None) -> SVDOldResult:
+    """torch.svd (deprecated in torch, still common): (U, S, V) with A = U diag(S) V^T; `some=False`
+    gives the full U and V; without `compute_uv`, U and V are zero matrices of the full sizes."""
+    if out is not None:
+        raise TypeError("svd: argument 'out' is not supported")
+    if not compute_uv:
+        s = svdvals(input)
+        a = _tensor(input)
+        m, n = a.shape[-2:]
+        return SVDOldResult(zeros(a.shape[:-2] + (m, m), dtype=a.dtype), s, zeros(a.shape[:-2] + (n, n), dtype=a.dtype))
+    u, s, vh = svd(input, full_matrices=not some)
+    return SVDOldResult(u, s, _mT(vh))
+
+
+def _uplo(fn: str, UPLO: Any) -> bool:
+    if UPLO not in ("L", "U", "l", "u"):
+        raise fail(RuntimeError(f"linalg.{fn}: Expected UPLO argument to be 'L' or 'U', but got {UPLO}"))
+    return UPLO in ("U", "u")
+
+
+def eigh(A: Any, UPLO: str = "L", *, out: Any = None) -> EighResult:
+    """torch.linalg.eigh: (eigenvalues ascending, eigenvectors as columns) of symmetric matrices, read
+    from the lower triangle (the upper with UPLO='U')."""
+    if out is not None:
+        raise TypeError("linalg.eigh: argument 'out' is not supported")
+    a = _lapack_operand("eigh", A, square=True)
+    n = a.shape[-1]
+    packed = bind("eigh", a, upper=_uplo("eigh", UPLO))
+    return EighResult(packed[..., 0, :], packed[..., 1:, :n])
+
+
+def eigvalsh(A: Any, UPLO: str = "L", *, out: Any = None) -> Tensor:
+    """torch.linalg.eigvalsh: the eigenvalues of symmetric matrices, ascending."""
+    if out is not None:
+        raise TypeError("linalg.eigvalsh: argument 'out' is not supported")
+    return eigh(A, UPLO).eigenvalues
+
+
+def qr(A: Any, mode: str = "reduced", *, out: Any = None) -> QRResult:
+    """torch.linalg.qr: A = Q R, Q with orthonormal columns, R upper triangular (Householder: R's
+    diagonal may be negative, as LAPACK's and torch's); mode 'reduced', 'complete' or 'r' (Q empty)."""
+    if out is not None:
+        raise TypeError("linalg.qr: argument 'out' is not supported")
+    if mode not in ("reduced", "complete", "r"):
+        raise fail(RuntimeError(f"qr received unrecognized mode '{mode}' but expected one of 'reduced' (default), "
+                                "'r', or 'complete'"))
+    a = _lapack_operand("qr", A)
+    m, n = a.shape[-2:]
+    complete = mode == "complete"
+    c, _ = qr_layout(m, n, complete)
+    packed = bind("qr", a, complete=complete)
+    r = packed[..., m:, :n]
+    if mode == "r":
+        return QRResult(zeros((0,), dtype=a.dtype), r)
+    return QRResult(packed[..., :m, :c], r)
+
+
+def torch_qr(input: Any, some: bool = True, *, out: Any = None) -> QRResult:
+    """torch.qr (deprecated in torch): `some=False` is mode='complete'."""
+    if out is not None:
+        raise TypeError("qr: argument 'out' is not supported")
+    return qr(input, "reduced" if some else "complete")
+
+
+def _tolerance(fn: str, name: str, v: Any) -> float | None:
+    """A tolerance given as a number (or a tensor of known value: one for the whole batch)."""
+    if v is None:
+        return None
+    if isinstance(v, Tensor):
+        if v.numel() != 1:
+            raise fail(NotImplementedError(f"linalg.{fn}: a tensor {name} of {v.numel()} elements (one per matrix) "
+                                           "is not supported; give one number"))
+        if v.is_traced and v._concrete() is None:
+            raise fail(NotImplementedError(f"linalg.{fn}: {name} is a traced tensor; its value must be known while "
+                                           "tracing (give a Python number)"))
+        v = float(v.item())
+    return float(v)
+
+
+def _tolerances(fn: str, a: Tensor, atol: Any, rtol: Any) -> tuple[float, float]:
+    """torch's (atol, rtol): rtol defaults to eps * max(m, n) when atol is not given (or zero), else 0."""
+    at, rt = _tolerance(fn, "atol", atol), _tolerance(fn, "rtol", rtol)
+    if rt is None:
+        eps = 2.220446049250313e-16 if a.dtype == dt.float64 else 1.1920928955078125e-07
+        rt = eps * max(a.shape[-2:]) if not at else 0.0
+    return at or 0.0, rt
+
+
+def pinv(A: Any, rcond: Any = None, hermitian: bool = False, *, atol: Any = None, rtol: Any = None,
+         out: Any = None) -> Tensor:
+    """torch.linalg.pinv: the Moore-Penrose pseudo-inverse through the SVD (eigh with `hermitian`),
+    singular values at most max(atol, rtol * largest) taken as zero; `rcond` is torch's older name
+    for rtol. Its gradient is torch's (matmuls of A and A+, no division by singular value gaps)."""
+    if out is not None:
+        raise TypeError("linalg.pinv: argument 'out' is not supported")
+    if rcond is not None:
+        if rtol is not None:
+            raise fail(RuntimeError("linalg.pinv: rcond and rtol cannot both be given (rcond is rtol's old name)"))
+        rtol = rcond
+    a = _lapack_operand("pinv", A, square=bool(hermitian))
+    at, rt = _tolerances("pinv", a, atol, rtol)
+    return bind("pinv", a, atol=at, rtol=rt, hermitian=bool(hermitian))
+
+
+def pinverse(input: Any, rcond: float = 1e-15) -> Tensor:
+    """torch.pinverse: pinv with rtol = rcond (1e-15 by default)."""
+    return pinv(input, rtol=rcond)
+
+
+def matrix_rank(A: Any, tol: Any = None, hermitian: bool = False, *, atol: Any = None, rtol: Any = None,
+                out: Any = None) -> Tensor:
+    """torch.linalg.matrix_rank: the number of singular values (|eigenvalues| with `hermitian`) above
+    max(atol, rtol * largest), as int64; `tol` is torch's older name for atol."""
+    if out is not None:
+        raise TypeError("linalg.matrix_rank: argument 'out' is not supported")
+    if tol is not None:
+        atol, rtol = tol, 0.0 if rtol is None else rtol
+    a = _lapack_operand("matrix_rank", A, square=bool(hermitian))
+    at, rt = _tolerances("matrix_rank", a, atol, rtol)
+    s = _abs(eigvalsh(a)) if hermitian else svdvals(a)
+    cut = maximum(mul(amax(s, -1, keepdims=True), rt), at)
+    return _sum(cast(gt(s, cut), dt.int64), -1)
+
+
+def lstsq(A: Any, B: Any, rcond: Any = None, *, driver: str | None = None) -> LstsqResult:
+    """torch.linalg.lstsq: the least-squares solution X minimizing |A X - B| (the minimum-norm one
+    where A is rank deficient), as A+ B; its gradient is torch's (through pinv). `driver` picks
+    which other fields are filled as torch's CPU drivers do: 'gelsy' (default) the rank; 'gelsd' and
+    'gelss' also the singular values (no gradient flows through them, as torch marks them
+    non-differentiable), and for m > n the residuals (computed for every matrix, where
+    torch leaves them empty if one is rank deficient); 'gels' none."""
+    drv = driver or "gelsy"
+    if drv not in ("gels", "gelsy", "gelsd", "gelss"):
+        raise fail(RuntimeError(f"torch.linalg.lstsq: parameter `driver` should be one of (gels, gelsy, gelsd, gelss), "
+                                f"but got {driver}"))
+    a = _lapack_operand("lstsq", A)
+    b = _tensor(B)
+    if b.dtype != a.dtype:
+        raise fail(RuntimeError(f"torch.linalg.lstsq: Expected input and other to have the same dtype, but got "
+                                f"input's dtype {a.dtype} and other's dtype {b.dtype}"))
+    m, n = a.shape[-2:]
+    vec = b.ndim == a.ndim - 1
+    bm = expand_dims(b, -1) if vec else b
+    if bm.ndim < 2 or bm.shape[-2] != m:
+        raise fail(RuntimeError(f"torch.linalg.lstsq: input.size(-2) should match other.size(-2) ({m} vs "
+                                f"{bm.shape[-2] if bm.ndim > 1 else bm.shape})"))
+    batch = _broadcast_shapes("lstsq", a.shape[:-2], bm.shape[:-2])
+    a = broadcast_to(a, batch + (m, n))
+    bm = broadcast_to(bm, batch + bm.shape[-2:])
+    rtol = _tolerance("lstsq", "rcond", rcond)
+    if rtol is None or rtol < 0:
+        rtol = (2.220446049250313e-16 if a.dtype == dt.float64 else 1.1920928955078125e-07) * max(m, n)
+    x = matmul(bind("pinv", a, atol=0.0, rtol=rtol, hermitian=False), bm)
+    empty = zeros((0,), dtype=a.dtype)
+    residuals = empty
+    if drv in ("gelsd", "gelss") and m > n:
+        d = sub(matmul(a, x), bm)
+        residuals = _sum(mul(d, d), -2)
+        if vec:
+            residuals = reshape(residuals, batch)
+    rank = zeros((0,), dtype=dt.int64) if drv == "gels" else matrix_rank(a, atol=0.0, rtol=rtol)
+    # torch's lstsq marks its singular values (and rank) non-differentiable: constants to autodiff
+    sv = stop_gradient(svdvals(a)) if drv in ("gelsd", "gelss") else empty
+    return LstsqResult(reshape(x, x.shape[:-1]) if vec else x, residuals, rank, sv)
+
+
+def cond(A: Any, p: Any = None, *, out: Any = None) -> Tensor:
+    """torch.linalg.cond: the condition number in the `p` norm; None and 2 (-2) are the ratio of the
+    largest to the smallest singular value (its inverse), the others |A|_p |A^-1|_p for square A."""
+    if out is not None:
+        raise TypeError("linalg.cond: argument 'out' is not supported")
+    if p in (None, 2, -2):
+        s = svdvals(A)
+        big, small = amax(s, -1), amin(s, -1)
+        return div(big, small) if p != -2 else div(small, big)
+    a = _lapack_operand("cond", A, square=True)
+    return mul(matrix_norm(a, p), matrix_norm(inverse(a), p))
+
+
+def spectral_matrix_norm(x: Tensor, ord: Any, d0: int, d1: int, keepdim: bool) -> Tensor:
+    """matrix_norm's 'nuc', 2 and -2 (the sum, largest and smallest singular value) over dims (d0, d1)."""
+    s = svdvals(movedim(x, (d0, d1), (-2, -1)) if (d0, d1) != (x.ndim - 2, x.ndim - 1) else x)
+    r = _sum(s, -1) if ord == "nuc" else amax(s, -1) if ord == 2 else amin(s, -1)
+    if keepdim:
+        for d in sorted((d0, d1)):
+            r = expand_dims(r, d)
+    return r
+
+
+def _unsupported_general(fn: str):
+    def f(*args: Any, **kwargs: Any) -> Any:
+        raise fail(NotImplementedError(f"linalg.{fn}: the eigendecomposition of general (non-symmetric) matrices "
+                                       "has complex results, which Avalon's factorizations do not compute; for "
+                                       "symmetric matrices use linalg.eigh / eigvalsh"))
+    f.__name__ = fn
+    return f
+
+
+eig = _unsupported_general("eig")
+eigvals = _unsupported_general("eigvals")
+
+
+__all__ = ["cholesky", "cond", "cross", "det", "eig", "eigh", "eigvals", "eigvalsh", "householder_product", "inv",
+           "lstsq", "matrix_exp", "matrix_norm", "matrix_power", "matrix_rank", "multi_dot", "norm", "pinv", "qr",
+           "slogdet", "solve", "solve_triangular", "svd", "svdvals", "vecdot", "vector_norm"]

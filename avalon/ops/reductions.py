@@ -175,10 +175,13 @@ def _vector_norm(fn: str, x: Any, ord: Any, dim: Any, keepdim: bool, dtype: Any)
 
 def matrix_norm(A: Any, ord: Any = "fro", dim: Any = (-2, -1), keepdim: bool = False, *,  # noqa: A002
                 dtype: Any = None, out: Any = None) -> Tensor:
-    """torch.linalg.matrix_norm over the two dims `dim`: 'fro', and the induced 1 / inf norms (the
-    largest column / row sum of |A|; -1 / -inf the smallest). 'nuc', 2 and -2 need singular
-    values, which Avalon does not compute."""
+    """torch.linalg.matrix_norm over the two dims `dim`: 'fro', the induced 1 / inf norms (the
+    largest column / row sum of |A|; -1 / -inf the smallest), and from the singular values 'nuc'
+    (their sum), 2 (the largest) and -2 (the smallest)."""
     unsupported("matrix_norm", out=out)
+    if ord in ("nuc", 2, -2) and getattr(A, "_complex_pair", False):
+        raise NotImplementedError(f"matrix_norm: ord={ord!r} of a complex matrix needs a complex SVD, which Avalon "
+                                  "does not compute")
     x = _floating("matrix_norm", A, dtype)
     if x.ndim < 2:
         raise located(ShapeError(f"matrix_norm: expects at least 2 dims, got shape {x.shape}"), user_location())
@@ -186,7 +189,8 @@ def matrix_norm(A: Any, ord: Any = "fro", dim: Any = (-2, -1), keepdim: bool = F
     if ord == "fro":
         return vector_norm(x, 2, (d0, d1), keepdim)
     if ord in ("nuc", 2, -2):
-        raise NotImplementedError(f"matrix_norm: ord={ord!r} needs singular values, which Avalon does not compute")
+        from .linalg import spectral_matrix_norm  # (linalg builds on this module)
+        return spectral_matrix_norm(x, ord, d0, d1, keepdim)
     p = float(ord)
     if builtins.abs(p) not in (1.0, math.inf):
         raise ValueError(f"matrix_norm: ord must be 'fro', 'nuc', 1, -1, 2, -2, inf or -inf, got {ord!r}")
@@ -199,10 +203,14 @@ def matrix_norm(A: Any, ord: Any = "fro", dim: Any = (-2, -1), keepdim: bool = F
 def norm(input: Any, p: Any = "fro", dim: Any = None, keepdim: bool = False, out: Any = None,
          dtype: Any = None) -> Tensor:
     """torch.norm: 'fro' (or a number p) is a vector norm over `dim`, every element by default;
-    'nuc' is not supported."""
+    'nuc' the nuclear norm of the matrices over `dim` (the last two of a 2-d input by default)."""
     unsupported("norm", out=out)
     if p == "nuc":
-        raise NotImplementedError("norm: p='nuc' needs singular values, which Avalon does not compute")
+        x = _tensor(input)
+        if dim is None and x.ndim != 2:
+            raise located(ShapeError(f"norm: p='nuc' with no dim needs a 2-d input, got shape {x.shape}"),
+                          user_location())
+        return matrix_norm(x, "nuc", (-2, -1) if dim is None else dim, keepdim, dtype=dtype)
     if p == "fro":
         p = 2
     if isinstance(p, str):

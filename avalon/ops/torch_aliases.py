@@ -23,6 +23,7 @@ import numpy as np
 from .. import random as _rng
 from ..ir import dtypes as dt
 from ..tensor import Tensor, default_float_dtype, values_fixed
+from . import linalg as _linalg
 from .core import (
     _broadcast_shapes,
     _tensor,
@@ -535,8 +536,18 @@ _foreach_zero_ = _foreach_function("zero_", None)
 FOREACH_FUNCTIONS = ("_foreach_add_", "_foreach_copy_", "_foreach_div_", "_foreach_lerp_", "_foreach_mul_",
                      "_foreach_sub_", "_foreach_zero_")
 
+svd = _linalg.torch_svd
+qr = _linalg.torch_qr
+pinverse = _linalg.pinverse
+
+
+def nuclear_norm(input: Any, dim: Any = None, keepdim: bool = False, *, dtype: Any = None, out: Any = None) -> Tensor:
+    """torch.nuclear_norm: the sum of the singular values of the matrices over `dim` (the last two)."""
+    return _linalg.matrix_norm(input, "nuc", (-2, -1) if dim is None else dim, keepdim, dtype=dtype, out=out)
+
+
 __all__ = ["asarray", "bartlett_window", "blackman_window", "clone", "concatenate", "detach", "diagonal_scatter",
            "dsplit", "fill", "fix", "hamming_window", "hann_window", "hardshrink", "hsplit", "is_complex", "is_nonzero",
-           "is_same_size", "is_signed", "kaiser_window", "normal", "prelu", "range", "rsub", "scalar_tensor",
-           "select_scatter", "slice_scatter", "split_with_sizes", "typename", "vsplit", *INPLACE_FUNCTIONS,
-           *FOREACH_FUNCTIONS]
+           "is_same_size", "is_signed", "kaiser_window", "normal", "nuclear_norm", "pinverse", "prelu", "qr", "range",
+           "rsub", "scalar_tensor", "select_scatter", "slice_scatter", "split_with_sizes", "svd", "typename", "vsplit",
+           *INPLACE_FUNCTIONS, *FOREACH_FUNCTIONS]

@@ -178,7 +178,7 @@ class _Lowerer:
             self.lower_group(from_op(op, self.name(f"{op.name}_{len(self.kernels)}")), op.results)
 
     def add_host_step(self, op: Op) -> None:
-        """A step between launches that is no kernel (a collective): it runs on the host on the op's
+        """A step between launches that is no kernel (a collective, a factorization): it runs on the host on the op's
         operands' and results' storage; not a kernel, so not in `kernels`."""
         low = LOWERING[op.name]
         k = Kernel(identifier(f"{op.name}_{len(self.launches)}"), "host", low.describe(), [], {}, (1,),

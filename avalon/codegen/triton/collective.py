@@ -1,5 +1,9 @@
 """Host steps: ops that are no kernel but run between launches on the graph's torch storage.
 
+The factorizations (`svd`, `eigh`, `qr`, `pinv`) run their reference rule (numpy.linalg) on a host
+copy of the operand and copy the packed factors back (`reference_step`): LAPACK on the CPU, as torch
+runs small factorizations on the CPU too (MAGMA's hybrid path).
+
 `all_reduce` is communication, not compute: the runtime hands its step the operand's and the
 result's storage, the step copies one into the other and reduces the result in place through
 the process group `avalon.distributed` installed (`avalon.ir.reference.collective`):
@@ -10,9 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from avalon.ir.core import Op
+from avalon.ir.reference import evaluate
 from avalon.ir.reference.collective import collective
 from avalon.ir.types import TensorType
 
@@ -42,4 +48,17 @@ def all_reduce_step(op: Op) -> Callable[[torch.Tensor, torch.Tensor], None]:
             tmp = yv.contiguous()
             hook.all_reduce_tensor_(tmp, reduction, group)
             yv.copy_(tmp)
+    return step
+
+
+def reference_step(op: Op) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """The host step of an op the host computes (a factorization): its reference rule on a host copy of
+    the operand, the result copied into the result's storage."""
+    xt, yt = op.operands[0].type, op.results[0].type
+    name, attrs = op.name, dict(op.attrs)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        host = _as(x, xt).detach().cpu().numpy()
+        out = evaluate(name, attrs, [np.ascontiguousarray(host)], yt)
+        _as(y, yt).copy_(torch.from_numpy(np.ascontiguousarray(out)))
     return step

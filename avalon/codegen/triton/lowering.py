@@ -396,14 +396,19 @@ LOWERING["index_max"] = OwnKernel("scatter", "fill the result with -inf, then tl
 
 @dataclass(frozen=True)
 class HostLowering(Lowering):
-    """An op that is no kernel (communication): the build runs `host_step(op)` between launches, on
-    the storage of the op's operands then results (`collective.py`)."""
+    """An op that is no kernel (communication, a LAPACK factorization): the build runs
+    `host_step(op)` between launches, on the storage of the op's operands then results (`collective.py`)."""
 
     runs_on_host: ClassVar[bool] = True
 
     def host_step(self, op: Op):
-        from .collective import all_reduce_step
-        return all_reduce_step(op)
+        from .collective import all_reduce_step, reference_step
+        return all_reduce_step(op) if op.name == "all_reduce" else reference_step(op)
 
 
 LOWERING["all_reduce"] = HostLowering("host", "torch.distributed.all_reduce on the result's storage, between launches")
+for _name in ("svd", "eigh", "qr", "pinv"):
+    # small matrices (a model's rotations, whitening, spectral norms), where a device solver's launch and
+    # sync cost what the copy does; the copy to the host and back waits for the kernels before it
+    LOWERING[_name] = HostLowering("host", "numpy.linalg on the host between launches (the operand copied to "
+                                   "the host and the factors back)")

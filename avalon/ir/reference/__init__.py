@@ -5,9 +5,9 @@ the op's exact result type (see `core` for the conventions every rule shares). T
 by concept: `elementwise`, `shapes` (constants, broadcast, reductions, scans, shape ops),
 `contraction` (matmul, conv), `pooling`, `gather` (take, one_hot, random numbers),
 `collective` (all_reduce, through the process group `avalon.distributed` installs), `sorting`
-(sort, argsort). Importing this package registers all of them.
+(sort, argsort), `factorizations` (svd, eigh, qr, pinv: numpy.linalg). Importing this package registers all of them.
 """
-from . import collective, contraction, elementwise, gather, pooling, shapes, sorting  # noqa: F401  (register the rules)
+from . import collective, contraction, elementwise, factorizations, gather, pooling, shapes, sorting  # noqa: F401  (register the rules)
 from .core import REFERENCE, ReferenceFn, evaluate, round_bf16, rule, to_result
 from .gather import UNIFORM_BITS, IndexOutOfRangeError, fmix32, random_bits, seed_keys, uniform_from_bits
 
