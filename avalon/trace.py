@@ -539,8 +539,12 @@ def _count_leaves(tr: Any) -> int:
     return 0
 
 
-def trace(fn: Any, *args: Any) -> Graph:
-    """`av.trace(fn, *example_args)`: the typed SSA graph of one call of `fn`."""
+def trace(fn: Any, *args: Any) -> Graph | Tensor:
+    """`av.trace(fn, *example_args)`: the typed SSA graph of one call of `fn`. Given one tensor,
+    `av.trace(matrix)` is torch.trace, the sum of its diagonal (the name torch code calls it by)."""
+    if isinstance(fn, Tensor) and not args:
+        from .ops.shaping import trace as matrix_trace
+        return matrix_trace(fn)
     return trace_call(fn, args).graph
 
 
