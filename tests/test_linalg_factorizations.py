@@ -335,3 +335,40 @@ def test_an_exported_torch_model_with_factorizations_imports_and_agrees():
     imported = av.from_torch(m, x)
     got = imported(av.tensor(x.numpy()))
     close(got.numpy(), m(x).detach().numpy(), 1e-10)
+
+
+def test_the_smaller_linalg_functions_match_torch():
+    rng = np.random.default_rng(8)
+    a = rng.normal(size=(3, 4, 4))
+    spd = a @ np.swapaxes(a, -1, -2) + 4 * np.eye(4)
+    tl = torch.linalg.cholesky(torch.from_numpy(spd))
+    b = rng.normal(size=(3, 4, 2))
+    close(av.cholesky_solve(av.tensor(b), av.tensor(tl.numpy())).numpy(),
+          torch.cholesky_solve(torch.from_numpy(b), tl).numpy(), 1e-12)
+    close(av.cholesky_solve(av.tensor(b), av.tensor(tl.mT.numpy()), upper=True).numpy(),
+          torch.cholesky_solve(torch.from_numpy(b), tl.mT, upper=True).numpy(), 1e-12)
+    close(av.cholesky_inverse(av.tensor(tl[0].numpy())).numpy(), torch.cholesky_inverse(tl[0]).numpy(), 1e-12)
+    close(av.cholesky(av.tensor(spd)).numpy(), torch.linalg.cholesky(torch.from_numpy(spd)).numpy(), 1e-12)
+    bad = spd.copy()
+    bad[1] = -np.eye(4)
+    assert av.linalg.cholesky_ex(av.tensor(bad)).info.numpy().tolist() == [0, 1, 0]
+    with pytest.raises(av.linalg.LinAlgError):
+        av.linalg.cholesky_ex(av.tensor(bad), check_errors=True)
+    assert av.linalg.inv_ex(av.tensor(spd)).info.numpy().tolist() == [0, 0, 0]
+    close(av.linalg.solve_ex(av.tensor(spd), av.tensor(b)).result.numpy(),
+          torch.linalg.solve(torch.from_numpy(spd), torch.from_numpy(b)).numpy(), 1e-12)
+    x = rng.normal(size=(2, 3))
+    close(av.linalg.vander(av.tensor(x), N=4).numpy(), torch.linalg.vander(torch.from_numpy(x), N=4).numpy(), 0)
+    t = rng.normal(size=(4, 6, 24))
+    close(av.linalg.tensorinv(av.tensor(t)).numpy(), torch.linalg.tensorinv(torch.from_numpy(t)).numpy(), 1e-10)
+    m, y = rng.normal(size=(2, 3, 2, 3)), rng.normal(size=(2, 3))
+    close(av.linalg.tensorsolve(av.tensor(m), av.tensor(y)).numpy(),
+          torch.linalg.tensorsolve(torch.from_numpy(m), torch.from_numpy(y)).numpy(), 1e-10)
+    close(av.linalg.diagonal(av.tensor(a), offset=1).numpy(), torch.linalg.diagonal(torch.from_numpy(a), offset=1).numpy(), 0)
+    d = spectral(rng, (), 10, 5)
+    _, s, v = av.pca_lowrank(av.tensor(d), q=3)
+    _, ts, tv = torch.pca_lowrank(torch.from_numpy(d), q=3, niter=10)
+    close(s.numpy(), ts.numpy(), 1e-8)
+    close(np.abs(v.numpy()), np.abs(tv.numpy()), 1e-4)  # (torch's is randomized: approximate)
+    _, s, _ = av.svd_lowrank(av.tensor(d), q=2)
+    close(s.numpy(), torch.linalg.svdvals(torch.from_numpy(d))[:2].numpy(), 1e-12)

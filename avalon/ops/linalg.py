@@ -45,7 +45,7 @@ from .core import (
 )
 from .core import abs as _abs
 from .core import sum as _sum
-from .creation import iota, zeros
+from .creation import iota, ones_like, zeros
 from .matrices import chain_matmul as multi_dot
 from .matrices import cross as _cross
 from .matrices import det, inverse, matrix_exp, matrix_power, slogdet, solve
@@ -427,6 +427,154 @@ eig = _unsupported_general("eig")
 eigvals = _unsupported_general("eigvals")
 
 
-__all__ = ["cholesky", "cond", "cross", "det", "eig", "eigh", "eigvals", "eigvalsh", "householder_product", "inv",
-           "lstsq", "matrix_exp", "matrix_norm", "matrix_power", "matrix_rank", "multi_dot", "norm", "pinv", "qr",
-           "slogdet", "solve", "solve_triangular", "svd", "svdvals", "vecdot", "vector_norm"]
+class LinAlgError(RuntimeError):
+    """torch.linalg.LinAlgError (a RuntimeError), raised by the `check_errors=True` forms here."""
+
+
+class _ResultInfo(NamedTuple):
+    result: Tensor
+    info: Tensor
+
+
+def _info(a: Tensor, value: Tensor, fn: str, check_errors: bool) -> Tensor:
+    """LAPACK's info per matrix (0: success) read off the result: non-finite where the input was finite
+    means the factorization failed (a singular or non-positive-definite matrix)."""
+    from .core import isfinite, logical_not
+    bad = logical_not(isfinite(value))
+    for _ in range(value.ndim - a.ndim + 2):
+        bad = bad.any(-1)
+    info = cast(bad, dt.int32)
+    if check_errors and not info.is_traced and bool(info.numpy().any()):
+        raise fail(LinAlgError(f"linalg.{fn}: the factorization failed for some matrix of the batch (info = 1)"))
+    return info
+
+
+def cholesky_ex(A: Any, *, upper: bool = False, check_errors: bool = False, out: Any = None) -> _ResultInfo:
+    """torch.linalg.cholesky_ex: (L, info); info is 1 where A is not positive-definite (L has nans there)."""
+    a = _tensor(A)
+    chol = cholesky(a, upper=upper, out=out)
+    return _ResultInfo(chol, _info(a, chol, "cholesky_ex", check_errors))
+
+
+def inv_ex(A: Any, *, check_errors: bool = False, out: Any = None) -> _ResultInfo:
+    """torch.linalg.inv_ex: (inverse, info); a singular matrix gives info 1 where its values are traced
+    (eagerly, linalg.inv itself says so)."""
+    if out is not None:
+        raise TypeError("linalg.inv_ex: argument 'out' is not supported")
+    a = _tensor(A)
+    inv_ = inverse(a)
+    return _ResultInfo(inv_, _info(a, inv_, "inv_ex", check_errors))
+
+
+def solve_ex(A: Any, B: Any, *, left: bool = True, check_errors: bool = False, out: Any = None) -> _ResultInfo:
+    """torch.linalg.solve_ex: (solution, info)."""
+    if out is not None:
+        raise TypeError("linalg.solve_ex: argument 'out' is not supported")
+    a = _tensor(A)
+    x = solve(a, B, left=left)
+    return _ResultInfo(x, _info(a, x, "solve_ex", check_errors))
+
+
+def diagonal(A: Any, *, offset: int = 0, dim1: int = -2, dim2: int = -1) -> Tensor:
+    """torch.linalg.diagonal: torch.diagonal with the last two dims by default."""
+    from .shaping import diagonal as _diagonal
+    return _diagonal(A, offset, dim1, dim2)
+
+
+def vander(x: Any, *, N: int | None = None) -> Tensor:
+    """torch.linalg.vander: increasing powers x^0 ... x^(N-1) in the last dim, batched over leading dims
+    (torch.vander's columns reversed)."""
+    v = _tensor(x)
+    if v.ndim < 1:
+        raise fail(RuntimeError("linalg.vander: x must have at least one dimension"))
+    n = v.shape[-1] if N is None else int(N)
+    if n <= 1:
+        raise fail(RuntimeError(f"linalg.vander: N must be greater than 1, got {n}"))
+    d = v.dtype if v.dtype.is_float else dt.int64
+    v = cast(v, d)
+    cols = [ones_like(v)]
+    for _ in range(1, n):
+        cols.append(mul(cols[-1], v))
+    return stack(cols, -1)
+
+
+def tensorinv(A: Any, ind: int = 2, *, out: Any = None) -> Tensor:
+    """torch.linalg.tensorinv: the inverse of A seen as a matrix of its first `ind` dims by the rest."""
+    if out is not None:
+        raise TypeError("linalg.tensorinv: argument 'out' is not supported")
+    a = _tensor(A)
+    import math
+    rows, cols = math.prod(a.shape[:ind]), math.prod(a.shape[ind:])
+    if rows != cols:
+        raise fail(RuntimeError(f"linalg.tensorinv: Expected self to satisfy the requirement prod(self.shape[ind:]) "
+                                f"== prod(self.shape[:ind]), but got {cols} != {rows}"))
+    return reshape(inverse(reshape(a, (rows, cols))), a.shape[ind:] + a.shape[:ind])
+
+
+def tensorsolve(A: Any, B: Any, dims: Any = None, *, out: Any = None) -> Tensor:
+    """torch.linalg.tensorsolve: X with tensordot(A, X, X.ndim) = B."""
+    if out is not None:
+        raise TypeError("linalg.tensorsolve: argument 'out' is not supported")
+    import math
+    a, b = _tensor(A), _tensor(B)
+    if dims is not None:
+        dims = [d % a.ndim for d in dims]
+        a = movedim(a, dims, list(range(a.ndim - len(dims), a.ndim)))
+    xshape = a.shape[b.ndim:]
+    n = math.prod(b.shape)
+    x = solve(reshape(a, (n, math.prod(xshape))), reshape(b, (n,)))
+    return reshape(x, xshape)
+
+
+def torch_cholesky(input: Any, upper: bool = False, *, out: Any = None) -> Tensor:
+    """torch.cholesky (deprecated in torch): linalg.cholesky."""
+    return cholesky(input, upper=upper, out=out)
+
+
+def cholesky_solve(B: Any, L: Any, upper: bool = False, *, out: Any = None) -> Tensor:
+    """torch.cholesky_solve(B, L): X with A X = B for A = L L^T (U^T U with `upper`), by two
+    triangular solves."""
+    if out is not None:
+        raise TypeError("cholesky_solve: argument 'out' is not supported")
+    lo = _tensor(L)
+    if upper:
+        lo = _mT(lo)
+    y = solve_triangular(lo, B, upper=False)
+    return solve_triangular(_mT(lo), y, upper=True)
+
+
+def cholesky_inverse(L: Any, upper: bool = False, *, out: Any = None) -> Tensor:
+    """torch.cholesky_inverse(L): A^-1 for A = L L^T (U^T U with `upper`)."""
+    from .creation import eye
+    lo = _tensor(L)
+    n = lo.shape[-1]
+    return cholesky_solve(broadcast_to(eye(n, dtype=lo.dtype), lo.shape), lo, upper, out=out)
+
+
+def svd_lowrank(A: Any, q: int | None = 6, niter: int = 2, M: Any = None) -> SVDOldResult:  # noqa: N803
+    """torch.svd_lowrank: (U, S, V) of rank q. torch draws a randomized range finder; Avalon returns the
+    exact truncated SVD, which that approximates (the best rank-q approximation: same S to torch's
+    accuracy, vectors up to sign)."""
+    a = _tensor(A)
+    if M is not None:
+        a = sub(a, _tensor(M))
+    k = min(a.shape[-2:]) if q is None else int(q)
+    u, s, vh = svd(a, full_matrices=False)
+    return SVDOldResult(u[..., :k], s[..., :k], _mT(vh[..., :k, :]))
+
+
+def pca_lowrank(A: Any, q: int | None = None, center: bool = True, niter: int = 2) -> SVDOldResult:
+    """torch.pca_lowrank: the top-q principal directions of A's rows (centered by column means with
+    `center`), q = min(6, m, n) by default; exact where torch's is randomized (see svd_lowrank)."""
+    a = _tensor(A)
+    k = min(6, *a.shape[-2:]) if q is None else int(q)
+    if center:
+        from .core import mean
+        a = sub(a, mean(a, -2, keepdims=True))
+    return svd_lowrank(a, k, niter)
+
+
+__all__ = ["LinAlgError", "cholesky", "cholesky_ex", "cond", "cross", "det", "diagonal", "eig", "eigh", "eigvals",
+           "eigvalsh", "householder_product", "inv", "inv_ex", "lstsq", "matrix_exp", "matrix_norm", "matrix_power",
+           "matrix_rank", "multi_dot", "norm", "pinv", "qr", "slogdet", "solve", "solve_ex", "solve_triangular", "svd",
+           "svdvals", "tensorinv", "tensorsolve", "vander", "vecdot", "vector_norm"]

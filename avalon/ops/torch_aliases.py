@@ -539,6 +539,11 @@ FOREACH_FUNCTIONS = ("_foreach_add_", "_foreach_copy_", "_foreach_div_", "_forea
 svd = _linalg.torch_svd
 qr = _linalg.torch_qr
 pinverse = _linalg.pinverse
+cholesky = _linalg.torch_cholesky
+cholesky_solve = _linalg.cholesky_solve
+cholesky_inverse = _linalg.cholesky_inverse
+svd_lowrank = _linalg.svd_lowrank
+pca_lowrank = _linalg.pca_lowrank
 
 
 def nuclear_norm(input: Any, dim: Any = None, keepdim: bool = False, *, dtype: Any = None, out: Any = None) -> Tensor:
@@ -546,8 +551,9 @@ def nuclear_norm(input: Any, dim: Any = None, keepdim: bool = False, *, dtype: A
     return _linalg.matrix_norm(input, "nuc", (-2, -1) if dim is None else dim, keepdim, dtype=dtype, out=out)
 
 
-__all__ = ["asarray", "bartlett_window", "blackman_window", "clone", "concatenate", "detach", "diagonal_scatter",
-           "dsplit", "fill", "fix", "hamming_window", "hann_window", "hardshrink", "hsplit", "is_complex", "is_nonzero",
-           "is_same_size", "is_signed", "kaiser_window", "normal", "nuclear_norm", "pinverse", "prelu", "qr", "range",
-           "rsub", "scalar_tensor", "select_scatter", "slice_scatter", "split_with_sizes", "svd", "typename", "vsplit",
-           *INPLACE_FUNCTIONS, *FOREACH_FUNCTIONS]
+__all__ = ["asarray", "bartlett_window", "blackman_window", "cholesky", "cholesky_inverse", "cholesky_solve",
+           "clone", "concatenate", "detach", "diagonal_scatter", "dsplit", "fill", "fix", "hamming_window",
+           "hann_window", "hardshrink", "hsplit", "is_complex", "is_nonzero", "is_same_size", "is_signed",
+           "kaiser_window", "normal", "nuclear_norm", "pca_lowrank", "pinverse", "prelu", "qr", "range", "rsub",
+           "scalar_tensor", "select_scatter", "slice_scatter", "split_with_sizes", "svd", "svd_lowrank", "typename",
+           "vsplit", *INPLACE_FUNCTIONS, *FOREACH_FUNCTIONS]
