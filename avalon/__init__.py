@@ -4,7 +4,7 @@ Models are plain Python objects; `av.trace` records one call as a typed SSA grap
 `avalon.passes` rewrites it in the open, and backends run it: the numpy reference interpreter
 (`av.interpret`) and generated Triton kernels. See README.md.
 """
-from . import amp, autograd, cuda, distributions, fft, func, ir, jit, nn, ops, optim, passes, random, utils
+from . import amp, autograd, cuda, distributions, fft, func, ir, jit, nn, ops, optim, passes, random, sparse, utils
 from . import complex as _complex
 from .amp import autocast, get_autocast_dtype, is_autocast_enabled, set_autocast_dtype
 from .autograd import custom_vjp
@@ -350,7 +350,16 @@ from .ops import (  # torch's tensor functions: `import avalon as av` ports `imp
 from .ops import torch_take as take  # torch.take (flattened); ops.take is the primitive's axis form
 from .ops.info import finfo, iinfo
 from .ops.torch_aliases import *  # noqa: F403  (torch.clone, normal, range, hsplit, windows, torch.relu_(t), ...)
-from .precision import backends, get_float32_matmul_precision, set_float32_matmul_precision
+from .precision import (
+    are_deterministic_algorithms_enabled,
+    backends,
+    get_deterministic_debug_mode,
+    get_float32_matmul_precision,
+    is_deterministic_algorithms_warn_only_enabled,
+    set_deterministic_debug_mode,
+    set_float32_matmul_precision,
+    use_deterministic_algorithms,
+)
 from .random import (  # generator= as torch's
     Generator,
     default_generator,
@@ -360,13 +369,14 @@ from .random import (  # generator= as torch's
     randperm,
     set_rng_state,
 )
+from .sparse import sparse_coo, sparse_coo_tensor, spmm, strided  # sparse COO tensors (avalon/sparse.py)
 from .tensor import LEGACY_TYPES as _LEGACY_TYPES
 from .tensor import Buffer, TracerError, tensor
 from .tensor import TorchTensor as Tensor  # torch's legacy constructor; isinstance checks avalon.tensor.Tensor
 from .trace import trace
 from .train import fit
 from .tree import named_parameters, to_device
-from .utils.threads import get_num_threads, set_num_threads
+from .utils.threads import get_num_interop_threads, get_num_threads, set_num_interop_threads, set_num_threads
 from .version import __version__
 
 
@@ -389,5 +399,6 @@ ByteTensor, CharTensor, ShortTensor = (_LEGACY_TYPES[n] for n in ("ByteTensor", 
 
 amp.install_policies()  # autocast's op lists wrap their functions once everything above is imported
 _complex.install(globals())  # av.exp, av.einsum, av.zeros(dtype=av.cfloat), ... take complex operands
+sparse.install(globals())  # av.mm, av.matmul, av.mul, ... take a sparse COO operand
 if __import__("importlib.util").util.find_spec("einops") is not None:
     from .nn import einops_layers as _einops  # noqa: F401  (einops.rearrange & co. on av.Tensor: its backend)

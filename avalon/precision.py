@@ -133,3 +133,52 @@ class _Mps:
 
 
 backends = SimpleNamespace(cuda=SimpleNamespace(matmul=_Matmul()), cudnn=_Cudnn(), mps=_Mps())
+
+
+# -- deterministic algorithms (torch.use_deterministic_algorithms) --------------------------------------
+
+_determinism: dict = {"on": False, "warn_only": False}
+
+
+def use_deterministic_algorithms(mode: bool, *, warn_only: bool = False) -> None:
+    """torch.use_deterministic_algorithms. The numpy and cpu backends are deterministic already (the
+    same inputs give the same bits on every call); the Triton backend's scatters (`index_add`,
+    `index_max`: embedding and gather gradients, `scatter_add`) add with atomics in no fixed order, so
+    with the mode on compiling one for Triton raises as torch's nondeterministic CUDA ops do (or warns
+    with `warn_only`)."""
+    _determinism["on"], _determinism["warn_only"] = bool(mode), bool(warn_only)
+
+
+def are_deterministic_algorithms_enabled() -> bool:
+    return _determinism["on"]
+
+
+def is_deterministic_algorithms_warn_only_enabled() -> bool:
+    return _determinism["on"] and _determinism["warn_only"]
+
+
+def set_deterministic_debug_mode(debug_mode: str | int) -> None:
+    """torch's: "default"/0 off, "warn"/1 warn only, "error"/2 on."""
+    levels = {"default": 0, "warn": 1, "error": 2}
+    level = levels.get(debug_mode, debug_mode) if isinstance(debug_mode, str) else int(debug_mode)
+    if level not in (0, 1, 2):
+        raise RuntimeError(f"invalid value of debug_mode, expected one of 'default', 'warn', 'error', 0, 1, 2, "
+                           f"but got {debug_mode!r}")
+    use_deterministic_algorithms(level > 0, warn_only=level == 1)
+
+
+def get_deterministic_debug_mode() -> int:
+    return 0 if not _determinism["on"] else 1 if _determinism["warn_only"] else 2
+
+
+def check_deterministic(what: str) -> None:
+    """Called by a backend about to emit `what`, which is not deterministic."""
+    if not _determinism["on"]:
+        return
+    msg = (f"{what} does not have a deterministic implementation, but you set "
+           "'av.use_deterministic_algorithms(True)' (run it with backend='numpy' or 'cpu', which are deterministic)")
+    if _determinism["warn_only"]:
+        import warnings
+        warnings.warn(msg, UserWarning, stacklevel=3)
+        return
+    raise RuntimeError(msg)

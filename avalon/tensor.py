@@ -977,6 +977,7 @@ class Tensor:
     logdet = _method("logdet")
     slogdet = _method("slogdet")
     svd = _method("svd")
+    as_strided = _method("as_strided")
     qr = _method("qr")
     pinverse = _method("pinverse")
     triangular_solve = _method("triangular_solve")

@@ -530,7 +530,7 @@ def _count_leaves(tr: Any) -> int:
     kind = tr[0]
     if kind == "leaf":
         return 1
-    if kind in ("list", "tuple", "complex"):
+    if kind in ("list", "tuple", "complex", "sparse"):
         return sum(_count_leaves(k) for k in tr[1])
     if kind == "dict":
         return sum(_count_leaves(k) for k in tr[2])

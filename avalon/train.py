@@ -52,7 +52,7 @@ from .channels import get_logger
 from .compiler import compile, value_and_grad  # noqa: A004
 from .device import CPU, Device
 from .device import device as as_device
-from .distributed.fit import DataParallel, resume_progress, save_progress
+from .distributed.fit import FitGroup, resume_progress, save_progress
 from .ir import dtypes as dt
 from .random import fresh_seed
 from .tensor import Tensor, as_array
@@ -259,7 +259,7 @@ def fit(model: Any, X: Any, Y: Any, loss_fn: Callable | None = None, epochs: int
 
     if batch_size < 1:
         raise ValueError(f"fit: batch_size must be at least 1, got {batch_size}")
-    group = DataParallel.create()  # None on one process
+    group = FitGroup.create()  # None on one process
     train_step = make_train_step(loss_fn, supervised=Y is not None, objective=objective,
                                  all_reduce=group is not None)  # a bad loss fails first
     Xa = _host_array(X, "X")

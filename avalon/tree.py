@@ -17,6 +17,7 @@ import numpy as np
 
 from .complex import ComplexTensor
 from .device import device
+from .sparse import SparseTensor
 from .tensor import Buffer, Tensor, tensor
 
 _ATOMS = (int, float, complex, bool, str, bytes, type(None), np.generic, np.dtype, slice, type(Ellipsis))
@@ -275,6 +276,9 @@ def _flatten(obj: Any, name: str, leaves: list, seen: set[int] | None = None,
         leaves.append((name, obj))
         seen.add(id(obj))
         return ("leaf",)
+    if isinstance(obj, SparseTensor):  # indices and values; the size and coalesced flag are static
+        return ("sparse", tuple(_flatten(v, f"{name}.{k}", leaves, seen, cache)
+                                for k, v in (("indices", obj._i), ("values", obj._v))), obj.shape, obj.is_coalesced())
     if isinstance(obj, ComplexTensor):  # its two real parts, rebuilt as a ComplexTensor
         return ("complex", tuple(_flatten(v, f"{name}.{k}", leaves, seen, cache)
                                  for k, v in (("real", obj.real), ("imag", obj.imag))))
@@ -314,6 +318,8 @@ def _unflatten(tree, it, orig):
         if len(tree) > 2:
             return tree[2](*vals)
         return vals if kind == "list" else tuple(vals)
+    if kind == "sparse":
+        return SparseTensor(_unflatten(tree[1][0], it, None), _unflatten(tree[1][1], it, None), tree[2], tree[3])
     if kind == "complex":
         return ComplexTensor(_unflatten(tree[1][0], it, None), _unflatten(tree[1][1], it, None))
     if kind == "dict":

@@ -309,6 +309,72 @@ class Detach(Step):
         return lay
 
 
+class AsStrided(Step):
+    """torch.as_strided from the base: the elements at offset + sum(i_k * stride_k) of the base's
+    row-major storage (static positions, so one gather). Writing through it is refused where two
+    elements share a position, as through an expand."""
+
+    __slots__ = ("size", "stride", "offset")
+
+    def __init__(self, size: tuple[int, ...], stride: tuple[int, ...], offset: int) -> None:
+        self.size, self.stride, self.offset = tuple(size), tuple(stride), int(offset)
+
+    def positions(self) -> Any:
+        import numpy as np
+        pos = np.full(self.size, self.offset, np.int64)
+        for d, (n, st) in enumerate(zip(self.size, self.stride)):
+            shape = [1] * len(self.size)
+            shape[d] = n
+            pos = pos + (np.arange(n, dtype=np.int64) * st).reshape(shape)
+        return pos
+
+    def apply(self, x: Tensor) -> Tensor:
+        ops = _ops()
+        pos = self.positions()
+        return ops.reshape(ops.getitem(ops.reshape(x, (-1,)), (pos.reshape(-1),)), self.size)
+
+    def put(self, x: Tensor, v: Tensor) -> Tensor:
+        import numpy as np
+        ops = _ops()
+        pos = self.positions().reshape(-1)
+        if len(np.unique(pos)) != pos.size:
+            raise ops.fail(RuntimeError(
+                "unsupported operation: more than one element of the written-to tensor refers to a single memory "
+                f"location (an in-place write through as_strided{self.size, self.stride}). Please clone() the "
+                "tensor before performing the operation."))
+        flat = ops.setitem(ops.reshape(x, (-1,)), (pos,), ops.reshape(v, (-1,)))
+        return ops.reshape(flat, x.shape)
+
+    def layout(self, lay: Layout) -> Layout:
+        return self.size, self.stride, self.offset
+
+
+def as_strided(x: Tensor, size: Any, stride: Any, storage_offset: int | None = None) -> Tensor:
+    """torch.as_strided: a view of `x`'s storage (its base's, for a view) with the given sizes, strides
+    (in elements) and offset (x's own by default), reading and writing the base as torch's does."""
+    size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
+    if len(size) != len(stride):
+        raise _ops().fail(RuntimeError(f"mismatch in length of strides and shape ({len(stride)} and {len(size)})"))
+    if any(s < 0 for s in stride) or any(n < 0 for n in size):
+        raise _ops().fail(RuntimeError(f"as_strided: negative sizes or strides are not supported, got size {size} "
+                                       f"and stride {stride}"))
+    base = x._view.base if x._view is not None else x
+    off = layout_of(x)[2] if storage_offset is None else int(storage_offset)
+    step = AsStrided(size, stride, off)
+    last = off + sum((n - 1) * st for n, st in zip(size, stride)) if all(size) else -1
+    if last >= base.numel() or off < 0:
+        raise _ops().fail(RuntimeError(f"setStorage: sizes {list(size)}, strides {list(stride)}, storage offset {off} "
+                                       f"require {last + 1} elements, but the storage holds {base.numel()}"))
+    _RAW[0] += 1
+    try:
+        out = step.apply(base)
+    finally:
+        _RAW[0] -= 1
+    out._view = ViewOf(base, (step,), step.layout(layout_of(base)))
+    _register(base, out)
+    return out
+
+
 class ViewOf:
     """What makes a tensor a view: its base, the steps from the base, and its layout."""
 

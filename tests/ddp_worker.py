@@ -66,6 +66,37 @@ def run(kind: str, opt: str, batch: int, epochs: int, init_seed: int, **kw) -> t
 CONFIGS = [("mlp", "sgd"), ("mlp", "adam"), ("cnn", "sgd"), ("cnn", "adam")]
 
 
+def wrapper_run(rank: int, world: int, init_seed: int, steps: int = 2) -> dict:
+    """A custom loop as torch scripts write it, `model = DistributedDataParallel(model)`: each rank takes
+    its B samples of every 2B; with world 1, the plain model on the whole 2B (the reference)."""
+    from avalon.nn.parallel import DistributedDataParallel
+    av.manual_seed(init_seed)
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4))
+    model = DistributedDataParallel(net) if world > 1 else net
+    opt = optim.SGD(model, lr=0.1, momentum=0.9)
+    step = av.compile(av.value_and_grad(lambda m, xb, yb: F.cross_entropy(m(xb), yb)))
+    x, y = data("mlp")
+    for s in range(steps):
+        lo = s * 2 * B + (rank * B if world > 1 else 0)
+        hi = lo + (B if world > 1 else 2 * B)
+        _, grads = step(model, x[lo:hi], y[lo:hi])
+        opt.step(grads)
+    return {k: np.asarray(v.numpy()) for k, v in nn.state_dict(net).items()}
+
+
+def broadcast_buffers_run(rank: int) -> dict:
+    """Every rank's batch norm running mean made different after wrapping; a forward (compiled, in eval
+    mode) gives every rank rank 0's buffers first, as torch's DDP(broadcast_buffers=True) does."""
+    from avalon.nn.parallel import DistributedDataParallel
+    av.manual_seed(5)
+    net = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8))
+    model = DistributedDataParallel(net)
+    net[1].running_mean.fill_(float(rank + 1))
+    model.eval()
+    y = av.compile(lambda m, x: m(x))(model, data("mlp")[0][:4])
+    return {"y": np.asarray(y.numpy()), "running_mean": np.asarray(net[1].running_mean.numpy())}
+
+
 def main(mode: str, out: str) -> None:
     dist.init(timeout=float(os.environ.get("AVALON_DIST_TIMEOUT", "30")))
     r = dist.rank()
@@ -75,6 +106,8 @@ def main(mode: str, out: str) -> None:
             np.savez(os.path.join(out, f"{kind}-{opt}.rank{r}.npz"), history=history, **params)
         params, history = run("droppy", "adam", B, 4, init_seed=100 + r)
         np.savez(os.path.join(out, f"full.rank{r}.npz"), history=history, **params)
+        np.savez(os.path.join(out, f"wrapper.rank{r}.npz"), **wrapper_run(r, dist.world_size(), init_seed=100 + r))
+        np.savez(os.path.join(out, f"buffers.rank{r}.npz"), **broadcast_buffers_run(r))
     elif mode == "die":
         ckpt = os.path.join(out, "ckpt.safetensors")
         if r == 1:

@@ -81,6 +81,21 @@ def test_two_ranks_with_batch_b_match_one_process_with_batch_2b(trained, kind, o
         np.testing.assert_allclose(got["history"], history, rtol=1e-5)
 
 
+def test_a_model_wrapped_in_distributed_data_parallel_trains_as_one_process_with_the_whole_batch(trained):
+    """torch's `DDP(model)` in a custom loop: gradients averaged by the wrapper, rank 0's initial weights;
+    at the start of every forward the wrapper gives every rank rank 0's buffers (torch's broadcast_buffers)."""
+    want = ddp_worker.wrapper_run(0, 1, init_seed=100)
+    ranks = [np.load(trained / f"wrapper.rank{r}.npz") for r in range(2)]
+    for name, w in want.items():
+        for r, got in enumerate(ranks):
+            np.testing.assert_allclose(got[name], w, rtol=1e-5, atol=1e-6, err_msg=f"rank {r} {name}")
+    init = ddp_worker.wrapper_run(0, 1, init_seed=100, steps=0)
+    assert not np.allclose(want["0.weight"], init["0.weight"])
+    bufs = [np.load(trained / f"buffers.rank{r}.npz") for r in range(2)]
+    np.testing.assert_array_equal(bufs[1]["running_mean"], np.ones(8, np.float32))  # rank 0's, not its own 2s
+    np.testing.assert_array_equal(bufs[0]["y"], bufs[1]["y"])
+
+
 def test_a_rank_that_dies_fails_the_others_and_training_resumes_from_the_checkpoint(trained, tmp_path):
     started = time.monotonic()
     dead = launch("die", tmp_path, timeout=GROUP_TIMEOUT_S + 60)

@@ -111,6 +111,9 @@ class GradProgram:
                 plans.append((_NONE, []))
             elif trees[i][0] == "complex":  # torch's gradient of z = a + ib: dL/da + i dL/db, the parts' pair
                 plans.append((trees[i], [slot(starts[i] + k, in_model=False) for k in (0, 1)]))
+            elif trees[i][0] == "sparse":  # torch's: a sparse tensor of its indices and the values' gradient
+                s = slot(starts[i] + 1, in_model=False)
+                plans.append((_NONE, []) if s is None else (trees[i], [("input", starts[i]), s]))
             else:
                 named = [(n, last[id(t)]) for n, t in tree.named_parameters(args[i]) if id(t) in last]
                 n_leaves = _count_leaves(trees[i])
@@ -127,7 +130,8 @@ class GradProgram:
         loss, grads, aux = outs[0], outs[1:1 + len(wrt)], outs[1 + len(wrt):1 + len(wrt) + n_aux]
         updates = outs[1 + len(wrt) + n_aux:]
         grads_tree = ("tuple", tuple(t for t, _ in plans)) if self.multi else plans[0][0]
-        grad_values: list[Value] = [grads[s] for _, slots in plans for s in slots]
+        grad_values: list[Value] = [gg.inputs[s[1]] if isinstance(s, tuple) else grads[s]  # (a sparse one's indices)
+                                    for _, slots in plans for s in slots]
         if self.with_value:
             value_tree = ("tuple", (loss_tree, aux_tree)) if self.has_aux else loss_tree
             out_tree, values = ("tuple", (value_tree, grads_tree)), [loss, *aux, *grad_values]

@@ -34,14 +34,14 @@ from .checkpoint import load, save
 from .group import all_gather_array, broadcast_arrays, collective, is_initialized, rank, world_size
 
 
-class DataParallel:
+class FitGroup:
     """This process's place in a group of more than one (`create` returns None otherwise)."""
 
     def __init__(self, rank: int, size: int, bucket_bytes: int = DEFAULT_BUCKET_BYTES):
         self.rank, self.size, self.bucket_bytes = rank, size, bucket_bytes
 
     @classmethod
-    def create(cls) -> DataParallel | None:
+    def create(cls) -> FitGroup | None:
         if not is_initialized() or world_size() == 1:
             return None
         return cls(rank(), world_size())

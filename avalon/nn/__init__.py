@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import functional, init, utils
+from . import functional, init, parallel, utils
 from .cells import GRUCell, LSTMCell, RNNCell
 from .containers import ModuleDict, ParameterDict, ParameterList
 from .conv_transpose import ConvTranspose2d
@@ -138,6 +138,7 @@ from .lazy import (
 from .module import (
     IncompatibleKeys,
     Module,
+    NnBuffer,
     Parameter,
     StateDictError,
     buffers,
@@ -207,7 +208,11 @@ def maxpool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0) ->
     return functional.max_pool2d(x, kernel_size, stride, padding)
 
 
+Buffer = NnBuffer  # torch.nn.Buffer: a tensor that registers itself as a buffer when assigned to a module
+from .parallel import DataParallel  # noqa: E402  (torch.nn.DataParallel; DistributedDataParallel is in nn.parallel)
+
 __all__ = [
+    "Buffer", "DataParallel", "parallel",
     "AdaptiveAvgPool1d", "AdaptiveMaxPool1d", "AvgPool1d", "Bilinear", "CELU", "CircularPad1d", "CircularPad2d",
     "CircularPad3d", "ConstantPad1d", "ConstantPad2d", "ConstantPad3d", "Conv3d", "CosineSimilarity", "Dropout1d",
     "Dropout2d", "Dropout3d", "EmbeddingBag", "GLU", "Hardshrink", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",

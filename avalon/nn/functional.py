@@ -904,3 +904,33 @@ from .losses import (  # noqa: E402
     triplet_margin_loss,
     triplet_margin_with_distance_loss,
 )
+
+
+def max_pool1d_with_indices(input: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
+                            ceil_mode: bool = False, return_indices: bool = True) -> Any:
+    """torch's F.max_pool1d_with_indices: max_pool1d's (values, indices)."""
+    return max_pool1d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices=True)
+
+
+def adaptive_max_pool1d_with_indices(input: Any, output_size: Any, return_indices: bool = True) -> Any:
+    """torch's F.adaptive_max_pool1d_with_indices: (values, indices)."""
+    return adaptive_max_pool1d(input, output_size, return_indices=True)
+
+
+def adaptive_max_pool2d_with_indices(input: Any, output_size: Any, return_indices: bool = True) -> Any:
+    """torch's F.adaptive_max_pool2d_with_indices: (values, indices into H*W)."""
+    return adaptive_max_pool2d(input, output_size, return_indices=True)
+
+
+def upsample_nearest(input: Any, size: Any = None, scale_factor: Any = None) -> Tensor:
+    """torch's deprecated F.upsample_nearest: interpolate(mode='nearest')."""
+    return interpolate(input, size, scale_factor, mode="nearest")
+
+
+def upsample_bilinear(input: Any, size: Any = None, scale_factor: Any = None) -> Tensor:
+    """torch's deprecated F.upsample_bilinear: interpolate(mode='bilinear', align_corners=True)."""
+    return interpolate(input, size, scale_factor, mode="bilinear", align_corners=True)
+
+
+__all__ += ["adaptive_max_pool1d_with_indices", "adaptive_max_pool2d_with_indices", "max_pool1d_with_indices",
+            "upsample_bilinear", "upsample_nearest"]

@@ -160,7 +160,10 @@ def adaptive_avg_pool1d(input: Any, output_size: Any) -> Tensor:
 def adaptive_max_pool1d(input: Any, output_size: Any, return_indices: bool = False) -> Tensor:
     x = _as_1d("adaptive_max_pool1d", input)
     size = (1, _single(output_size, "adaptive_max_pool1d", "output_size"))
-    return ops.squeeze(adaptive_max_pool2d(x, size, return_indices), -2)
+    if return_indices:
+        v, i = adaptive_max_pool2d(x, size, True)
+        return ops.squeeze(v, -2), ops.squeeze(i, -2)
+    return ops.squeeze(adaptive_max_pool2d(x, size), -2)
 
 
 def pixel_shuffle(input: Any, upscale_factor: int) -> Tensor:
@@ -287,8 +290,16 @@ def adaptive_avg_pool2d(input: Any, output_size: Any) -> Tensor:
 
 
 def adaptive_max_pool2d(input: Any, output_size: Any, return_indices: bool = False) -> Tensor:
+    """With `return_indices`, (values, indices into H*W): the 3-d pooling's over a depth of one."""
     if return_indices:
-        raise NotImplementedError("adaptive_max_pool2d: argument 'return_indices' is not supported")
+        from .functional_3d import adaptive_max_pool3d_with_indices
+        x = _t(input)
+        if x.ndim not in (3, 4):
+            raise ValueError(f"adaptive_max_pool2d: expected a 3-d or 4-d input, got shape {x.shape}")
+        oh, ow = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+        size = (1, x.shape[-2] if oh is None else oh, x.shape[-1] if ow is None else ow)
+        v, i = adaptive_max_pool3d_with_indices(ops.expand_dims(x, -3), size)
+        return ops.squeeze(v, -3), ops.squeeze(i, -3)
     return _adaptive("adaptive_max_pool2d", input, output_size, lambda y, ax: ops.amax(y, ax))
 
 

@@ -56,6 +56,20 @@ def Parameter(data: Any, requires_grad: bool = True) -> Tensor:  # noqa: N802 - 
     return t if requires_grad else t.requires_grad_(False)
 
 
+def NnBuffer(data: Any = None, *, persistent: bool = True) -> Tensor:  # noqa: N802 - torch.nn.Buffer
+    """torch.nn.Buffer (`self.mask = nn.Buffer(torch.ones(n))`): `data` as a buffer that becomes one of
+    the module's buffers when assigned to its attribute, in `state_dict` unless `persistent=False`."""
+    if data is None:
+        data = np.zeros((0,), np.float32)
+    t = _as_buffer(data if isinstance(data, Tensor) else Tensor(np.array(as_array(data))))
+    key = id(t)
+    _BUFFERS_MADE[key] = (weakref.ref(t, lambda _: _BUFFERS_MADE.pop(key, None)), bool(persistent))
+    return t
+
+
+_BUFFERS_MADE: dict[int, tuple[weakref.ref, bool]] = {}
+"""Tensors made by `nn.Buffer(...)`, by id, with their persistence: registered when assigned to a module."""
+
 _DECLARED: dict[int, weakref.ref] = {}
 """Tensors made by `Parameter(...)`, by id: assigned inside forward, they stay parameters (torch's
 lazily created parameters), where a plain tensor becomes a non-persistent buffer (`Module.__setattr__`)."""
@@ -497,7 +511,12 @@ class Module:
     def __setattr__(self, name: str, value: Any) -> None:
         """A buffer's name keeps it a buffer. A plain tensor (not made by `Parameter`) assigned inside
         this module's forward where no tensor was (torch's `self.src_mask = mask` cache) is a plain
-        attribute in torch, neither trained nor saved: here a non-persistent buffer."""
+        attribute in torch, neither trained nor saved: here a non-persistent buffer. An `nn.Buffer`
+        registers itself."""
+        made = _BUFFERS_MADE.pop(id(value), None) if isinstance(value, Buffer) else None
+        if made is not None and made[0]() is value:
+            self.register_buffer(name, value, persistent=made[1])
+            return
         if isinstance(value, Tensor) and not isinstance(value, Buffer):
             if name in self.__dict__.get("_buffer_names", ()):
                 value = _as_buffer(value)

@@ -536,6 +536,71 @@ _foreach_zero_ = _foreach_function("zero_", None)
 FOREACH_FUNCTIONS = ("_foreach_add_", "_foreach_copy_", "_foreach_div_", "_foreach_lerp_", "_foreach_mul_",
                      "_foreach_sub_", "_foreach_zero_")
 
+def as_strided(input: Any, size: Any, stride: Any, storage_offset: int | None = None) -> Tensor:
+    """torch.as_strided: a view with the given sizes, strides and offset in the storage of `input`'s base
+    (reads gather those positions; in-place writes reach the base, refused where positions repeat)."""
+    from .. import views
+    from .core import _tensor
+    return views.as_strided(_tensor(input), size, stride, storage_offset)
+
+
+def gradient(input: Any, *, spacing: Any = 1, dim: Any = None, edge_order: int = 1) -> tuple[Tensor, ...]:
+    """torch.gradient (numpy.gradient's): central differences inside, one-sided ones (first or second
+    order, `edge_order`) at the ends, along each dim of `dim` (all by default); `spacing` a number, a
+    number per dim, or a coordinate tensor per dim (unevenly spaced samples)."""
+    from .core import _tensor, add, cast, concat, div, mul, sub
+    x = _tensor(input)
+    if not x.dtype.is_float:
+        x = cast(x, default_float_dtype())
+    dims = list(builtins.range(x.ndim)) if dim is None else [dim] if isinstance(dim, int) else list(dim)
+    dims = [d % x.ndim for d in dims]
+    if edge_order not in (1, 2):
+        raise ValueError(f"torch.gradient only supports edge_order=1 and edge_order=2, got {edge_order}")
+    sp = list(spacing) if isinstance(spacing, (list, tuple)) else [spacing] * len(dims)
+    if len(sp) != len(dims):
+        raise RuntimeError(f"torch.gradient expected spacing to be unspecified, a scalar or its length to match "
+                           f"the number of dimensions ({len(dims)}), got {len(sp)}")
+    out = []
+    for d, h in zip(dims, sp):
+        n = x.shape[d]
+        if n < edge_order + 1:
+            raise RuntimeError(f"torch.gradient expected each dimension size to be at least edge_order+1, got "
+                               f"{n} along dim {d}")
+
+        def at(a: int, b: int | None, d: int = d) -> Tensor:
+            index = [slice(None)] * x.ndim
+            index[d] = slice(a, b)
+            return x[tuple(index)]
+
+        if not isinstance(h, Tensor) or h.ndim == 0:  # evenly spaced
+            h = float(h.item()) if isinstance(h, Tensor) else float(h)
+            mid = div(sub(at(2, None), at(0, n - 2)), 2 * h)
+            if edge_order == 1:
+                lo, hi = div(sub(at(1, 2), at(0, 1)), h), div(sub(at(n - 1, n), at(n - 2, n - 1)), h)
+            else:
+                lo = div(add(sub(mul(at(1, 2), 4.0), mul(at(0, 1), 3.0)), mul(at(2, 3), -1.0)), 2 * h)
+                hi = div(sub(add(mul(at(n - 1, n), 3.0), at(n - 3, n - 2)), mul(at(n - 2, n - 1), 4.0)), 2 * h)
+        else:  # coordinates: numpy's second-order interior formula for uneven steps
+            c = cast(h, x.dtype)
+            if c.ndim != 1 or c.shape[0] != n:
+                raise RuntimeError(f"torch.gradient expected each tensor in spacing to be 1-d of the size of its "
+                                   f"dimension ({n}), got shape {c.shape}")
+            view = [1] * x.ndim
+            view[d] = n - 2
+            hd = (c[1:n - 1] - c[0:n - 2]).reshape(view)
+            hs = (c[2:] - c[1:n - 1]).reshape(view)
+            a = -hs / (hd * (hd + hs))
+            b = (hs - hd) / (hd * hs)
+            cc = hd / (hs * (hd + hs))
+            mid = add(add(mul(at(0, n - 2), a), mul(at(1, n - 1), b)), mul(at(2, None), cc))
+            if edge_order != 1:
+                raise NotImplementedError("torch.gradient: edge_order=2 with coordinate spacing is not supported")
+            lo = div(sub(at(1, 2), at(0, 1)), c[1] - c[0])
+            hi = div(sub(at(n - 1, n), at(n - 2, n - 1)), c[n - 1] - c[n - 2])
+        out.append(concat([lo, mid, hi], d) if n > 2 else concat([lo, hi], d))
+    return tuple(out)
+
+
 svd = _linalg.torch_svd
 qr = _linalg.torch_qr
 pinverse = _linalg.pinverse
@@ -551,9 +616,9 @@ def nuclear_norm(input: Any, dim: Any = None, keepdim: bool = False, *, dtype: A
     return _linalg.matrix_norm(input, "nuc", (-2, -1) if dim is None else dim, keepdim, dtype=dtype, out=out)
 
 
-__all__ = ["asarray", "bartlett_window", "blackman_window", "cholesky", "cholesky_inverse", "cholesky_solve",
-           "clone", "concatenate", "detach", "diagonal_scatter", "dsplit", "fill", "fix", "hamming_window",
-           "hann_window", "hardshrink", "hsplit", "is_complex", "is_nonzero", "is_same_size", "is_signed",
-           "kaiser_window", "normal", "nuclear_norm", "pca_lowrank", "pinverse", "prelu", "qr", "range", "rsub",
-           "scalar_tensor", "select_scatter", "slice_scatter", "split_with_sizes", "svd", "svd_lowrank", "typename",
-           "vsplit", *INPLACE_FUNCTIONS, *FOREACH_FUNCTIONS]
+__all__ = ["as_strided", "asarray", "bartlett_window", "blackman_window", "cholesky", "cholesky_inverse",
+           "cholesky_solve", "clone", "concatenate", "detach", "diagonal_scatter", "dsplit", "fill", "fix", "gradient",
+           "hamming_window", "hann_window", "hardshrink", "hsplit", "is_complex", "is_nonzero", "is_same_size",
+           "is_signed", "kaiser_window", "normal", "nuclear_norm", "pca_lowrank", "pinverse", "prelu", "qr", "range",
+           "rsub", "scalar_tensor", "select_scatter", "slice_scatter", "split_with_sizes", "svd", "svd_lowrank",
+           "typename", "vsplit", *INPLACE_FUNCTIONS, *FOREACH_FUNCTIONS]

@@ -36,3 +36,18 @@ def get_num_threads() -> int:
     if ctl is not None:
         return int(ctl[0]())
     return _asked[0] if _asked else (os.cpu_count() or 1)
+
+
+_interop: list[int] = []
+
+
+def set_num_interop_threads(num: int) -> None:
+    """torch.set_num_interop_threads: Avalon runs a graph's ops one after another (no inter-op pool), so
+    the count is recorded for `get_num_interop_threads` and changes nothing."""
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        raise ValueError(f"set_num_interop_threads: expected a positive int, got {num!r}")
+    _interop[:] = [num]
+
+
+def get_num_interop_threads() -> int:
+    return _interop[0] if _interop else 1

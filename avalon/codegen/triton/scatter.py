@@ -27,6 +27,7 @@ import json
 import math
 
 from avalon.ir import dtypes as dt
+from avalon.precision import check_deterministic
 
 from . import helpers
 from . import types as ty
@@ -56,6 +57,8 @@ def build_scatter(group: Group, policy: BlockPolicy) -> Kernel:
     y = op.results[0]
     if not y.dtype.is_float:
         raise NotImplementedError(f"{op.name} of {y.dtype} on Triton: floating-point values only")
+    if op.name == "index_add" and vals.shape[0] > 1:  # (a max is order-independent; a sum of floats is not)
+        check_deterministic(f"{op.name} on Triton (atomic adds{f', from {op.loc}' if op.loc else ''})")
     is_max = op.name == "index_max"
     atomic, init = ("tl.atomic_max", "float('-inf')") if is_max else ("tl.atomic_add", "0")
     size = op.attrs["size"]

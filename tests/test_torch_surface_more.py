@@ -1,0 +1,195 @@
+"""torch names ported code calls that Avalon lacked: nn.Buffer, nn.DataParallel and
+nn.parallel.DistributedDataParallel (the two-process run is in test_ddp.py), use_deterministic_algorithms,
+the interop thread count, torch.as_strided (a view: reads, writes and gradients), torch.gradient, and
+adaptive max pooling's indices, each against torch."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import avalon as av
+from avalon import nn
+from avalon.nn import functional as F
+from avalon.nn.parallel import DistributedDataParallel
+
+pytestmark = pytest.mark.usefixtures("module_kernel_cache")
+
+
+def test_nn_buffer_registers_itself_when_assigned_with_its_persistence():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+            self.mask = nn.Buffer(av.ones(2))
+            self.scratch = nn.Buffer(av.zeros(3), persistent=False)
+
+    class TM(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 2)
+            self.mask = torch.nn.Buffer(torch.ones(2))
+            self.scratch = torch.nn.Buffer(torch.zeros(3), persistent=False)
+
+    m, tm = M(), TM()
+    assert list(m.state_dict()) == list(tm.state_dict())
+    assert [n for n, _ in m.named_buffers()] == [n for n, _ in tm.named_buffers()]
+    assert [n for n, _ in m.named_parameters()] == [n for n, _ in tm.named_parameters()]
+    m.load_state_dict({k: v.numpy() for k, v in tm.state_dict().items()})
+
+
+def test_data_parallel_is_the_module_under_torchs_module_prefix():
+    torch.manual_seed(0)
+    tnet = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    tdp = torch.nn.DataParallel(tnet)
+    dp = nn.DataParallel(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)))
+    assert list(dp.state_dict()) == list(tdp.state_dict())
+    dp.load_state_dict(tdp.state_dict())
+    x = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    np.testing.assert_allclose(dp(av.tensor(x)).numpy(), tdp(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
+    ddp = DistributedDataParallel(nn.Linear(3, 2))
+    assert list(ddp.state_dict()) == ["module.weight", "module.bias"]
+
+
+class _Fake:
+    """A second rank holding 2x + 1 where this one holds x (as tests/test_distributed.py's)."""
+
+    def world_size(self, group):
+        return 2
+
+    def _reduce(self, a, reduction):
+        total = a + (2 * a + 1)
+        return total / 2 if reduction == "mean" else total
+
+    def all_reduce_array(self, x, reduction, group):
+        return self._reduce(np.asarray(x, np.float64), reduction).astype(x.dtype)
+
+    def all_reduce_tensor_(self, x, reduction, group):
+        a = x.numpy()
+        a[...] = self._reduce(a.astype(np.float64), reduction)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_distributed_data_parallel_averages_each_parameters_gradient_over_the_group(compiled):
+    from avalon.ir.reference.collective import set_collective
+    av.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    x = av.tensor(np.random.default_rng(1).normal(size=(5, 3)).astype(np.float32))
+
+    def loss(m, x):
+        return (m(x) ** 2).sum()
+
+    g = av.value_and_grad(loss)
+    _, plain = (av.compile(g) if compiled else g)(net, x)
+    old = set_collective(_Fake())
+    try:
+        ddp = DistributedDataParallel(net, broadcast_buffers=False)
+        _, synced = (av.compile(g) if compiled else g)(ddp, x)
+    finally:
+        set_collective(old)
+    assert sorted(synced) == sorted(f"module.{k}" for k in plain)
+    for k, v in plain.items():  # the fake group's mean of (g, 2g + 1)
+        np.testing.assert_allclose(synced[f"module.{k}"].numpy(), 1.5 * v.numpy() + 0.5, rtol=1e-5, atol=1e-6)
+
+
+def test_distributed_data_parallel_alone_is_the_module_and_no_sync_says_what_to_do():
+    net = nn.Linear(3, 2)
+    ddp = DistributedDataParallel(net, device_ids=[0])
+    x = av.ones(2, 3)
+    np.testing.assert_array_equal(ddp(x).numpy(), net(x).numpy())
+    with pytest.raises(NotImplementedError, match="all_reduce"):
+        with ddp.no_sync():
+            pass
+
+
+def test_deterministic_mode_refuses_triton_atomics_and_leaves_the_cpu_backends_alone():
+    emb = nn.Embedding(10, 4)
+    idx = av.tensor(np.array([1, 2, 1, 3]))
+
+    def loss(m, i):
+        return (m(i) ** 2).sum()
+
+    try:
+        av.use_deterministic_algorithms(True)
+        assert av.are_deterministic_algorithms_enabled() and av.get_deterministic_debug_mode() == 2
+        av.compile(av.value_and_grad(loss), backend="numpy")(emb, idx)
+        with pytest.raises(RuntimeError, match="index_add on Triton.*deterministic"):
+            av.compile(av.value_and_grad(loss), backend="triton")(emb, idx)
+        av.use_deterministic_algorithms(True, warn_only=True)
+        assert av.is_deterministic_algorithms_warn_only_enabled()
+        with pytest.warns(UserWarning, match="does not have a deterministic implementation"):
+            av.compile(av.value_and_grad(loss), backend="triton")(emb, idx)
+    finally:
+        av.use_deterministic_algorithms(False)
+    assert not av.are_deterministic_algorithms_enabled()
+
+
+def test_interop_threads_are_recorded():
+    av.set_num_interop_threads(3)
+    assert av.get_num_interop_threads() == 3
+    with pytest.raises(ValueError):
+        av.set_num_interop_threads(0)
+
+
+@pytest.mark.parametrize("size,stride,offset", [((3, 2), (1, 1), 0), ((2, 2), (4, 1), 1), ((3, 3), (1, 2), None),
+                                                ((2, 3, 2), (6, 2, 1), 0)])
+def test_as_strided_reads_like_torch_and_differentiates(size, stride, offset):
+    x = np.random.default_rng(2).normal(size=(3, 4))
+    got = av.tensor(x).as_strided(size, stride, offset)
+    want = torch.tensor(x).as_strided(size, stride, offset)
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
+    assert got.stride() == want.stride() and got.storage_offset() == want.storage_offset()
+    g = av.grad(lambda z: (av.as_strided(z, size, stride, offset) ** 2).sum())(av.tensor(x))
+    tz = torch.tensor(x, requires_grad=True)
+    (torch.as_strided(tz, size, stride, offset) ** 2).sum().backward()
+    np.testing.assert_allclose(g.numpy(), tz.grad.numpy(), rtol=1e-12)
+    compiled = av.compile(lambda z: av.as_strided(z, size, stride, offset).sum(0))(av.tensor(x))
+    np.testing.assert_allclose(compiled.numpy(), want.sum(0).numpy(), rtol=1e-12)
+
+
+def test_as_strided_of_a_view_reads_its_base_and_writes_reach_the_base():
+    x = np.arange(12.0).reshape(3, 4)
+    a, t = av.tensor(x.copy()), torch.tensor(x.copy())
+    np.testing.assert_array_equal(a.t().as_strided((2, 2), (1, 4)).numpy(), t.t().as_strided((2, 2), (1, 4)).numpy())
+    a[1:].as_strided((2, 2), (4, 2)).mul_(10)  # the offset is the view's own (4)
+    t[1:].as_strided((2, 2), (4, 2)).mul_(10)
+    np.testing.assert_array_equal(a.numpy(), t.numpy())
+    with pytest.raises(RuntimeError, match="more than one element"):
+        a.as_strided((2, 2), (1, 1)).add_(1)
+    with pytest.raises(RuntimeError, match="storage"):
+        a.as_strided((4, 4), (4, 1))
+
+
+@pytest.mark.parametrize("kw", [{}, {"dim": 1}, {"spacing": 2.0}, {"spacing": [2.0, 0.5]}, {"edge_order": 2},
+                                {"dim": 0, "spacing": "coords"}])
+def test_gradient_is_torchs(kw):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(5, 6))
+    if kw.get("spacing") == "coords":
+        c = np.cumsum(rng.uniform(0.1, 1.0, 5))
+        tkw, akw = {**kw, "spacing": (torch.tensor(c),)}, {**kw, "spacing": (av.tensor(c),)}
+    else:
+        tkw = akw = kw
+    want = torch.gradient(torch.tensor(x), **tkw)
+    got = av.gradient(av.tensor(x), **akw)
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("size", [(3, 4), 2, (None, 5)])
+def test_adaptive_max_pool_returns_torchs_indices_and_gradient(size):
+    x = np.random.default_rng(4).normal(size=(2, 3, 7, 9))
+    v, i = F.adaptive_max_pool2d(av.tensor(x), size, return_indices=True)
+    tv, ti = TF.adaptive_max_pool2d(torch.tensor(x), size, return_indices=True)
+    np.testing.assert_array_equal(v.numpy(), tv.numpy())
+    np.testing.assert_array_equal(i.numpy(), ti.numpy())
+    v1, i1 = nn.AdaptiveMaxPool1d(4, return_indices=True)(av.tensor(x[:, :, 0]))
+    tv1, ti1 = torch.nn.AdaptiveMaxPool1d(4, return_indices=True)(torch.tensor(x[:, :, 0]))
+    np.testing.assert_array_equal(i1.numpy(), ti1.numpy())
+    np.testing.assert_array_equal(F.max_pool1d_with_indices(av.tensor(x[:, :, 0]), 2)[1].numpy(),
+                                  TF.max_pool1d_with_indices(torch.tensor(x[:, :, 0]), 2)[1].numpy())
+    np.testing.assert_allclose(F.upsample_bilinear(av.tensor(x), scale_factor=2).numpy(),
+                               TF.interpolate(torch.tensor(x), scale_factor=2, mode="bilinear", align_corners=True).numpy(),
+                               rtol=1e-12)
