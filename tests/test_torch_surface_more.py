@@ -193,3 +193,57 @@ def test_adaptive_max_pool_returns_torchs_indices_and_gradient(size):
     np.testing.assert_allclose(F.upsample_bilinear(av.tensor(x), scale_factor=2).numpy(),
                                TF.interpolate(torch.tensor(x), scale_factor=2, mode="bilinear", align_corners=True).numpy(),
                                rtol=1e-12)
+
+
+def test_clip_attention_pool_2d_through_the_functional_multi_head_attention():
+    """OpenAI CLIP's ModifiedResNet head (clip/model.py, AttentionPool2d), written once over torch and avalon."""
+    def make(lib, th, F_):
+        class AttentionPool2d(lib.Module):
+            def __init__(self, spacial_dim, embed_dim, num_heads, output_dim=None):
+                super().__init__()
+                self.positional_embedding = lib.Parameter(th.randn(spacial_dim ** 2 + 1, embed_dim) / embed_dim ** 0.5)
+                self.k_proj = lib.Linear(embed_dim, embed_dim)
+                self.q_proj = lib.Linear(embed_dim, embed_dim)
+                self.v_proj = lib.Linear(embed_dim, embed_dim)
+                self.c_proj = lib.Linear(embed_dim, output_dim or embed_dim)
+                self.num_heads = num_heads
+
+            def forward(self, x):
+                x = x.flatten(start_dim=2).permute(2, 0, 1)  # NCHW -> (HW)NC
+                x = th.cat([x.mean(dim=0, keepdim=True), x], dim=0)  # (HW+1)NC
+                x = x + self.positional_embedding[:, None, :].to(x.dtype)  # (HW+1)NC
+                x, _ = F_.multi_head_attention_forward(
+                    query=x[:1], key=x, value=x,
+                    embed_dim_to_check=x.shape[-1],
+                    num_heads=self.num_heads,
+                    q_proj_weight=self.q_proj.weight,
+                    k_proj_weight=self.k_proj.weight,
+                    v_proj_weight=self.v_proj.weight,
+                    in_proj_weight=None,
+                    in_proj_bias=th.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]),
+                    bias_k=None,
+                    bias_v=None,
+                    add_zero_attn=False,
+                    dropout_p=0,
+                    out_proj_weight=self.c_proj.weight,
+                    out_proj_bias=self.c_proj.bias,
+                    use_separate_proj_weight=True,
+                    training=self.training,
+                    need_weights=False
+                )
+                return x.squeeze(0)
+        return AttentionPool2d(3, 8, 2, 6)
+
+    torch.manual_seed(0)
+    tm = make(torch.nn, torch, TF).double()
+    am = make(nn, av, F).double()
+    am.load_state_dict({k: v.detach().numpy() for k, v in tm.state_dict().items()})
+    x = np.random.default_rng(5).normal(size=(2, 8, 3, 3))
+    tx = torch.tensor(x)
+    ty = tm(tx)
+    (ty ** 2).sum().backward()
+    y = am(av.tensor(x))
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-10, atol=1e-12)
+    _, grads = av.compile(av.value_and_grad(lambda m, x: (m(x) ** 2).sum()))(am, av.tensor(x))
+    for name, p in tm.named_parameters():
+        np.testing.assert_allclose(grads[name].numpy(), p.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=name)

@@ -934,3 +934,7 @@ def upsample_bilinear(input: Any, size: Any = None, scale_factor: Any = None) ->
 
 __all__ += ["adaptive_max_pool1d_with_indices", "adaptive_max_pool2d_with_indices", "max_pool1d_with_indices",
             "upsample_bilinear", "upsample_nearest"]
+
+from .transformer import multi_head_attention_forward  # noqa: E402  (it reads nn.MultiheadAttention's forward)
+
+__all__ += ["multi_head_attention_forward"]

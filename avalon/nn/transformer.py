@@ -221,6 +221,54 @@ class MultiheadAttention(Module):
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, batch_first={self.batch_first}"
 
 
+class _FunctionalAttention:
+    """The state `MultiheadAttention.forward` reads, given as arguments (F.multi_head_attention_forward)."""
+
+    _project, _heads, forward = MultiheadAttention._project, MultiheadAttention._heads, MultiheadAttention.forward
+    _merge = staticmethod(MultiheadAttention._merge)
+
+
+def multi_head_attention_forward(query: Any, key: Any, value: Any, embed_dim_to_check: int, num_heads: int,
+                                 in_proj_weight: Any, in_proj_bias: Any, bias_k: Any, bias_v: Any,
+                                 add_zero_attn: bool, dropout_p: float, out_proj_weight: Any, out_proj_bias: Any,
+                                 training: bool = True, key_padding_mask: Any = None, need_weights: bool = True,
+                                 attn_mask: Any = None, use_separate_proj_weight: bool = False,
+                                 q_proj_weight: Any = None, k_proj_weight: Any = None, v_proj_weight: Any = None,
+                                 static_k: Any = None, static_v: Any = None, average_attn_weights: bool = True,
+                                 is_causal: bool = False) -> tuple[Tensor, Tensor | None]:
+    """torch's F.multi_head_attention_forward (OpenAI CLIP's AttentionPool2d calls it): MultiheadAttention's
+    forward on (L, N, E) inputs with the weights given. bias_k/bias_v, add_zero_attn and static_k/v are not
+    supported, as in the module."""
+    name = "multi_head_attention_forward"
+    for arg, v in (("bias_k", bias_k), ("bias_v", bias_v), ("static_k", static_k), ("static_v", static_v)):
+        if v is not None:
+            raise NotImplementedError(f"{name}: argument '{arg}' is not supported")
+    if add_zero_attn:
+        raise NotImplementedError(f"{name}: argument 'add_zero_attn=True' is not supported")
+    e = _t(query).shape[-1]
+    if e != embed_dim_to_check:
+        raise AssertionError(f"was expecting embedding dimension of {embed_dim_to_check}, but got {e}")
+    if e % num_heads:
+        raise AssertionError(f"embed_dim {e} not divisible by num_heads {num_heads}")
+    m = _FunctionalAttention()
+    m.embed_dim, m.num_heads, m.head_dim, m.dropout, m.training = e, num_heads, e // num_heads, dropout_p, training
+    m.batch_first = False
+    m.in_proj_bias = None if in_proj_bias is None else _t(in_proj_bias)
+    if use_separate_proj_weight:
+        if q_proj_weight is None or k_proj_weight is None or v_proj_weight is None:
+            raise AssertionError("use_separate_proj_weight is True but q_proj_weight, k_proj_weight or v_proj_weight "
+                                 "is None")
+        m._qkv_same_embed_dim = False
+        m.q_proj_weight, m.k_proj_weight, m.v_proj_weight = _t(q_proj_weight), _t(k_proj_weight), _t(v_proj_weight)
+        m.kdim, m.vdim = m.k_proj_weight.shape[1], m.v_proj_weight.shape[1]
+    else:
+        if in_proj_weight is None:
+            raise AssertionError("use_separate_proj_weight is False but in_proj_weight is None")
+        m._qkv_same_embed_dim, m.in_proj_weight, m.kdim, m.vdim = True, _t(in_proj_weight), e, e
+    m.out_proj = lambda x: F.linear(x, out_proj_weight, out_proj_bias)
+    return m.forward(query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal)
+
+
 def _activation(layer: str, activation: str | Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
     if activation == "relu":
         return F.relu
