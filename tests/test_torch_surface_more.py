@@ -247,3 +247,29 @@ def test_clip_attention_pool_2d_through_the_functional_multi_head_attention():
     _, grads = av.compile(av.value_and_grad(lambda m, x: (m(x) ** 2).sum()))(am, av.tensor(x))
     for name, p in tm.named_parameters():
         np.testing.assert_allclose(grads[name].numpy(), p.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("head_bias", [False, True])
+def test_adaptive_log_softmax_with_loss_is_torchs_eagerly_and_compiled(head_bias):
+    torch.manual_seed(1)
+    tm = torch.nn.AdaptiveLogSoftmaxWithLoss(8, 20, [4, 10], div_value=2.0, head_bias=head_bias).double()
+    am = nn.AdaptiveLogSoftmaxWithLoss(8, 20, [4, 10], div_value=2.0, head_bias=head_bias).double()
+    assert list(am.state_dict()) == list(tm.state_dict())
+    am.load_state_dict({k: v.numpy() for k, v in tm.state_dict().items()})
+    rng = np.random.default_rng(6)
+    x, t = rng.normal(size=(7, 8)), np.array([0, 3, 5, 9, 12, 19, 10])
+    tout = tm(torch.tensor(x), torch.tensor(t))
+    tout.loss.backward()
+    out = am(av.tensor(x), av.tensor(t))
+    np.testing.assert_allclose(out.output.numpy(), tout.output.detach().numpy(), rtol=1e-12)
+    loss, grads = av.compile(av.value_and_grad(lambda m, x, t: m(x, t).loss))(am, av.tensor(x), av.tensor(t))
+    np.testing.assert_allclose(loss.numpy(), tout.loss.detach().numpy(), rtol=1e-12)
+    for name, p in tm.named_parameters():
+        np.testing.assert_allclose(grads[name].numpy(), p.grad.numpy(), rtol=1e-9, atol=1e-14, err_msg=name)
+    np.testing.assert_allclose(am.log_prob(av.tensor(x)).numpy(), tm.log_prob(torch.tensor(x)).detach().numpy(),
+                               rtol=1e-12)
+    np.testing.assert_array_equal(am.predict(av.tensor(x)).numpy(), tm.predict(torch.tensor(x)).numpy())
+    with pytest.raises(RuntimeError, match="Target values should be in"):
+        am(av.tensor(x), av.tensor(np.array([0, 1, 2, 3, 4, 5, 20])))
+    with pytest.raises(ValueError, match="cutoffs"):
+        nn.AdaptiveLogSoftmaxWithLoss(8, 20, [10, 4])

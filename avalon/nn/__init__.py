@@ -209,10 +209,11 @@ def maxpool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0) ->
 
 
 Buffer = NnBuffer  # torch.nn.Buffer: a tensor that registers itself as a buffer when assigned to a module
+from .adaptive import AdaptiveLogSoftmaxWithLoss  # noqa: E402
 from .parallel import DataParallel  # noqa: E402  (torch.nn.DataParallel; DistributedDataParallel is in nn.parallel)
 
 __all__ = [
-    "Buffer", "DataParallel", "parallel",
+    "AdaptiveLogSoftmaxWithLoss", "Buffer", "DataParallel", "parallel",
     "AdaptiveAvgPool1d", "AdaptiveMaxPool1d", "AvgPool1d", "Bilinear", "CELU", "CircularPad1d", "CircularPad2d",
     "CircularPad3d", "ConstantPad1d", "ConstantPad2d", "ConstantPad3d", "Conv3d", "CosineSimilarity", "Dropout1d",
     "Dropout2d", "Dropout3d", "EmbeddingBag", "GLU", "Hardshrink", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
