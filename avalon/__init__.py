@@ -165,6 +165,7 @@ from .ops import (  # torch's tensor functions: `import avalon as av` ports `imp
     gt,
     heaviside,
     histc,
+    histogram,
     hstack,
     hypot,
     i0,

@@ -273,3 +273,23 @@ def test_adaptive_log_softmax_with_loss_is_torchs_eagerly_and_compiled(head_bias
         am(av.tensor(x), av.tensor(np.array([0, 1, 2, 3, 4, 5, 20])))
     with pytest.raises(ValueError, match="cutoffs"):
         nn.AdaptiveLogSoftmaxWithLoss(8, 20, [10, 4])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_histogram_is_torchs(seed):
+    rng = np.random.default_rng(seed)
+    x, w = rng.normal(size=60), rng.random(60)
+    edges = np.array([-2.0, -0.5, 0.0, 0.3, 2.5])
+    for targs, aargs in [((7,), (7,)), ((5,), (5,)), ((torch.tensor(edges),), (av.tensor(edges),))]:
+        for kw in [{}, {"range": (-1.0, 1.0)}, {"weight": True, "density": True}]:
+            if "range" in kw and not isinstance(targs[0], int):
+                continue
+            tk, ak = dict(kw), dict(kw)
+            if kw.get("weight"):
+                tk["weight"], ak["weight"] = torch.tensor(w), av.tensor(w)
+            t = torch.histogram(torch.tensor(x), *targs, **tk)
+            a = av.histogram(av.tensor(x), *aargs, **ak)
+            np.testing.assert_allclose(a.hist.numpy(), t.hist.numpy(), rtol=1e-12)
+            np.testing.assert_allclose(a.bin_edges.numpy(), t.bin_edges.numpy(), rtol=1e-14)
+    compiled = av.compile(lambda v: av.histogram(v, 5).hist)(av.tensor(x))
+    np.testing.assert_array_equal(compiled.numpy(), torch.histogram(torch.tensor(x), 5).hist.numpy())

@@ -409,6 +409,65 @@ def histc(input: Any, bins: int = 100, min: Any = 0, max: Any = 0, *, out: Any =
     return sum(cast(hits, x.dtype), 0)
 
 
+class HistogramResult(NamedTuple):
+    """torch.return_types.histogram."""
+    hist: Tensor
+    bin_edges: Tensor
+
+
+def histogram(input: Any, bins: Any = 100, *, range: Any = None, weight: Any = None,  # noqa: A002
+              density: bool = False, out: Any = None) -> HistogramResult:
+    """torch.histogram: (hist, bin_edges). `bins` an int (equal bins over `range`, the data's range by
+    default, widened by 0.5 either side when that is one point, as numpy's) or a 1-d tensor of increasing
+    edges; the last bin includes its right edge, elements outside are ignored; `weight` sums weights
+    instead of counting; `density` divides by the total and the bin widths."""
+    unsupported("histogram", out=out)
+    x = _tensor(input)
+    if not x.dtype.is_float:
+        raise fail(RuntimeError(f"torch.histogram: input tensor and bins tensors should have the same dtype, "
+                                f"and be floating point, got {x.dtype}"))
+    flat = reshape(x, (-1,))
+    if isinstance(bins, int) and not isinstance(bins, bool):
+        nb = int(bins)
+        if nb <= 0:
+            raise fail(RuntimeError(f"torch.histogram(): bins must be > 0, but got {nb}"))
+        if range is not None:
+            lo, hi = cast(_tensor(float(range[0])), x.dtype), cast(_tensor(float(range[1])), x.dtype)
+        elif flat.shape[0]:
+            lo, hi = amin(flat), amax(flat)
+        else:
+            lo, hi = cast(_tensor(0.0), x.dtype), cast(_tensor(1.0), x.dtype)
+        same = eq(lo, hi)
+        lo, hi = where(same, sub(lo, 0.5), lo), where(same, add(hi, 0.5), hi)
+        # torch.linspace's: from the start for the first half, from the end for the second (the last edge is hi)
+        i = cast(iota((nb + 1,), 0), x.dtype)
+        step = div(sub(hi, lo), float(nb))
+        edges = where(lt(i, (nb + 1) // 2), add(lo, mul(i, step)), sub(hi, mul(sub(float(nb), i), step)))
+    else:
+        edges = cast(_tensor(bins), x.dtype)
+        if edges.ndim != 1 or edges.shape[0] < 2:
+            raise fail(RuntimeError(f"torch.histogram(): bins must be a 1-d tensor of at least 2 edges, got shape "
+                                    f"{edges.shape}"))
+        nb = edges.shape[0] - 1
+    # bin i holds edges[i] <= x < edges[i + 1]; the last also x == edges[-1]
+    left = ge(expand_dims(flat, -1), expand_dims(edges[:-1], 0))
+    right_open = lt(expand_dims(flat, -1), expand_dims(edges[1:], 0))
+    last = eq(iota((1, nb), 1), nb - 1)
+    right = logical_or(right_open, logical_and(last, le(expand_dims(flat, -1), expand_dims(edges[1:], 0))))
+    hits = cast(logical_and(left, right), x.dtype)
+    if weight is not None:
+        w = cast(reshape(_tensor(weight), (-1,)), x.dtype)
+        if w.shape[0] != flat.shape[0]:
+            raise fail(RuntimeError(f"torch.histogram(): weight should have the same shape as input, got "
+                                    f"{_tensor(weight).shape} and {x.shape}"))
+        hits = mul(hits, expand_dims(w, -1))
+    hist = sum(hits, 0)
+    if density:
+        widths = sub(edges[1:], edges[:-1])
+        hist = div(hist, mul(sum(hist), widths))
+    return HistogramResult(hist, edges)
+
+
 def renorm(input: Any, p: float, dim: int, maxnorm: float) -> Tensor:
     """torch.renorm: each slice along `dim` whose p-norm exceeds maxnorm scaled down to it
     (maxnorm / (norm + 1e-7), as torch)."""
@@ -503,6 +562,6 @@ def dist(input: Any, other: Any, p: float = 2) -> Tensor:
     return vector_norm(sub(input, other), p)
 
 
-__all__ = ["ValuesIndices", "cdist", "corrcoef", "count_nonzero", "cov", "cummax", "cummin", "diff", "dist", "histc",
-           "kthvalue", "logcumsumexp", "median", "mode", "nanmean", "nanmedian", "nanquantile", "nansum", "quantile",
-           "renorm", "std_mean", "sum_to_size", "var_mean"]
+__all__ = ["HistogramResult", "ValuesIndices", "cdist", "corrcoef", "count_nonzero", "cov", "cummax", "cummin", "diff",
+           "dist", "histc", "histogram", "kthvalue", "logcumsumexp", "median", "mode", "nanmean", "nanmedian",
+           "nanquantile", "nansum", "quantile", "renorm", "std_mean", "sum_to_size", "var_mean"]
