@@ -52,7 +52,7 @@ from . import ops, tree
 from .compiler.execute import feed
 from .ir import Op, TensorType
 from .ir.clone import clone_block
-from .tensor import Tensor
+from .tensor import Tensor, _update
 from .trace import SEED, current_trace, located, trace_call, user_location
 
 
@@ -120,7 +120,11 @@ def _apply(forward: Callable, backward: Callable, args: tuple, name: str, jvp: C
         return (*outs, *saved, *(v for _, v in attrs), *(t for t in for_fwd if t is not None))
 
     f = trace_call(fwd, tuple(args[i] for i in slots), name=f"{name}_forward")
-    if f.update_targets or any(x is SEED for x in f.leaves):
+    # a write into one of its own tensor arguments (pytorch-tabnet's sparsemax: `input -= max_val`) is
+    # torch's in-place write into the caller's tensor: the new value, the last results of the forward
+    # region (after what backward keeps, which it skips), is written there after the op; as in torch without
+    # mark_dirty, the tensor keeps the gradient path of the value it held (`new + (old - old)`, exactly new)
+    if any(x is SEED for x in f.leaves) or any(all(tg is not args[i] for i in slots) for tg in f.update_targets):
         raise located(NotImplementedError(f"{name}.forward draws random numbers or updates state, which a "
                                           "custom gradient cannot carry; do that outside the Function"),
                       user_location())
@@ -172,6 +176,12 @@ def _apply(forward: Callable, backward: Callable, args: tuple, name: str, jvp: C
         region.set_terminator("yield", region.results)
     outer.builder.insert(op)
     outer.custom = True
+    n_dirty = len(f.update_targets)
+    for tg, r in zip(f.update_targets, op.results[len(op.results) - n_dirty:]):
+        new = Tensor._traced(r, outer).detach()
+        if tg.dtype.is_float:
+            new = new + (tg - tg.detach())
+        _update(tg, new, f"{name}.forward's in-place write")
     outs = [Tensor._traced(r, outer) for r in op.results[:n_out]]
     return tuple(outs) if results["tuple_out"] else outs[0]
 

@@ -160,6 +160,24 @@ def _python_numbers(x: Any) -> bool:
     return False
 
 
+MODEL_ARRAYS: dict[int, weakref.ref] = {}
+"""Numpy arrays that models hold, by id (`avalon.tree` notes them when it walks a model): part of a compiled
+function's signature by value, so a tensor made from one while tracing is literal data, as one made from
+Python numbers is."""
+
+
+def mark_model_array(arr: np.ndarray) -> None:
+    key = id(arr)
+    ref = MODEL_ARRAYS.get(key)
+    if ref is None or ref() is not arr:
+        MODEL_ARRAYS[key] = weakref.ref(arr, lambda _: MODEL_ARRAYS.pop(key, None))
+
+
+def _model_array(x: Any) -> bool:
+    ref = MODEL_ARRAYS.get(id(x)) if isinstance(x, np.ndarray) else None
+    return ref is not None and ref() is x
+
+
 def _mark_literal(t: Tensor) -> None:
     key = id(t)
     LITERALS[key] = weakref.ref(t, lambda _: LITERALS.pop(key, None))
@@ -385,7 +403,7 @@ class Tensor:
         if not arr.flags.writeable or not arr.flags.c_contiguous:
             arr = np.require(arr, requirements="C").copy()  # (ascontiguousarray makes 0-d 1-d)
         self._data = arr if self._device == CPU else _to_torch(arr, d, self._device)
-        if TRACING and arr.ndim and _python_numbers(data):
+        if TRACING and arr.ndim and (_python_numbers(data) or _model_array(data)):
             _mark_literal(self)
 
     @classmethod
@@ -455,6 +473,9 @@ class Tensor:
             if any(self._trace is tr for tr in TRACING):
                 from .trace import constant_value
                 const = constant_value(self._trace, self)
+                if const is None:  # computed from a model's tensors alone (an element of a mask buffer)
+                    from .trace import state_value
+                    const = state_value(self._trace, self, what)
                 if const is not None:
                     return const
             loc = self._value.op.loc if self._value.op is not None and self._value.op.loc else None
@@ -1243,6 +1264,8 @@ def tensor(data: Any, dtype: Any = None, device: Any = None, *, requires_grad: b
         raise TracerError("av.tensor() of a traced tensor; use it directly")
     t = Tensor(as_array(data).copy() if not isinstance(data, (list, tuple, int, float, bool)) else data,
                dtype if dtype is not None else _default_dtype(data), device)
+    if TRACING and t.ndim and _model_array(data):  # pytorch-fm's `x.new_tensor(self.offsets)`: literal data
+        _mark_literal(t)
     return t
 
 
@@ -1349,7 +1372,7 @@ def _legacy_new(who: str, d: DType, args: tuple, device: Any, kwargs: dict) -> T
         raise TypeError(f"{who}(): data must be a sequence, got {type(data).__name__} (as torch says); "
                         f"av.tensor({data!r}) makes a 0-d tensor")
     t = Tensor(np.array(as_array(data), dtype=d.np), d, device)
-    if TRACING and _python_numbers(data):  # nerf-pytorch's `torch.Tensor([1e10])`: literal data
+    if TRACING and (_python_numbers(data) or _model_array(data)):  # nerf-pytorch's `torch.Tensor([1e10])`
         _mark_literal(t)
     return t
 

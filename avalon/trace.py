@@ -102,6 +102,7 @@ class Trace:
         self.captured: dict[int, Any] = {}  # input Value id -> what an enclosing trace feeds it (see `_lift`)
         self.custom = False  # a `custom_vjp` op was recorded (avalon/autograd.py)
         self.differentiated = False  # traced to be differentiated next (av.grad, jvp): see tensor._keeps_gradient
+        self.state_inputs: dict[int, Tensor] = {}  # input Value id -> the eager tensor a model holds (state_value)
 
     def seed(self) -> Tensor:
         """A distinct traced seed per random op, derived from the graph's `rng_seed` input."""
@@ -340,6 +341,10 @@ def trace_call(fn: Any, args: tuple, name: str | None = None, keep_custom: bool 
     traced_leaves = [t.add_input(obj, n) for n, obj in leaves]
     # rebuild the arguments with traced tensors in place of their leaves
     owner_n = len(head[2]) if head is not None else 0
+    held = [True] * owner_n + [b for tr in trees for b in _held_by_models(tr)]
+    for (_, obj), traced, h in zip(leaves, traced_leaves, held):
+        if h and isinstance(obj, Tensor):  # a model's tensor: the call reads it eagerly, as the model holds it
+            t.state_inputs[id(traced._value)] = obj
     it = iter(traced_leaves[owner_n:])
     new_args = []
     for a, tr in zip(args, trees):
@@ -524,6 +529,62 @@ class _Seed:
 
 
 SEED = _Seed()
+
+
+def _held_by_models(tr: Any) -> list[bool]:
+    """Per leaf of `tr`, as `_count_leaves` counts them: whether a model holds it (a model is passed to
+    the traced function as is, so its tensors stay eager there)."""
+    kind = tr[0]
+    if kind == "model":
+        return [True] * len(tr[2])
+    if kind in ("list", "tuple", "complex", "sparse"):
+        return [b for k in tr[1] for b in _held_by_models(k)]
+    if kind == "dict":
+        return [b for k in tr[2] for b in _held_by_models(k)]
+    return [False] * _count_leaves(tr)
+
+
+def state_value(t: Trace, x: Tensor, what: str) -> np.ndarray | None:
+    """x's value when it depends on nothing but constants and tensors that models hold (an element of a
+    mask buffer: pytorch-tabnet's `for i, is_continuous in enumerate(self.continuous_idx): if is_continuous:`),
+    read as `self.mask.tolist()` reads them: their values are baked into the graph and the compile guards on
+    them (tensor.READS), tracing again when they change. None when it depends on anything else (an argument,
+    the random seed, an op run otherwise)."""
+    from .ir.reference import evaluate
+    from .tensor import _read_while_tracing
+    cache = t.__dict__.setdefault("_state_values", {})
+    if id(x._value) in cache:
+        return cache[id(x._value)][1]
+    cone, held, stack, seen = [], {}, [x._value], set()
+    while stack:
+        v = stack.pop()
+        op = v.op
+        if op is None:
+            e = t.state_inputs.get(id(v))
+            if e is None:
+                return None
+            held[id(v)] = e
+            continue
+        if op.regions or len(op.results) != 1:
+            return None
+        if id(op) in seen:
+            continue
+        seen.add(id(op))
+        cone.append(op)
+        stack.extend(op.operands)
+    order = {id(op): i for i, op in enumerate(t.graph.ops)}
+    if not held or any(id(op) not in order for op in cone):
+        return None
+    env: dict[int, np.ndarray] = {}
+    for k, e in held.items():
+        _read_while_tracing(e, what)  # refuses a tensor the function updated; else a guard of the compile
+        env[k] = e.numpy()
+    for op in sorted(cone, key=lambda o: order[id(o)]):
+        env[id(op.results[0])] = evaluate(op.name, op.attrs, [env[id(a)] for a in op.operands], op.results[0].type)
+    arr = np.ascontiguousarray(env[id(x._value)]).reshape(x.shape).copy()
+    arr.flags.writeable = False
+    cache[id(x._value)] = (x._value, arr)  # the Value kept alive, so its id is not reused
+    return arr
 
 
 def _count_leaves(tr: Any) -> int:

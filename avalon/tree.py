@@ -18,7 +18,7 @@ import numpy as np
 from .complex import ComplexTensor
 from .device import device
 from .sparse import SparseTensor
-from .tensor import Buffer, Tensor, tensor
+from .tensor import Buffer, Tensor, mark_model_array, tensor
 
 _ATOMS = (int, float, complex, bool, str, bytes, type(None), np.generic, np.dtype, slice, type(Ellipsis))
 _OPAQUE = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.ModuleType, type,
@@ -190,6 +190,17 @@ def _walk_state(obj: Any, prefix: str, seen: set[int], tensors: list, static: li
         seen.add(id(obj))
         tensors.append((prefix, obj))
         return
+    if isinstance(obj, np.ndarray) and obj.dtype.kind in "biuf" and obj.size <= 65536:
+        # a small numpy array a model holds (pytorch-fm's `self.offsets = np.array((0, *np.cumsum(dims)[:-1]))`,
+        # read by `x.new_tensor(self.offsets)`): part of the signature by value, as a Python number is, so
+        # a trace may keep it as literal data (tensor.MODEL_ARRAYS) and a change traces again (a large one,
+        # compared on every call, stays opaque: data captured, which the compile warns of)
+        key = ArrayValue(obj)
+        static.append((prefix, key))
+        mark_model_array(obj)
+        if nodes is not None:
+            nodes.append((obj, (key,)))
+        return
     if isinstance(obj, _ATOMS) or isinstance(obj, _OPAQUE) or is_array_like(obj):
         return
     seen.add(id(obj))
@@ -211,8 +222,30 @@ def _kids(obj: Any) -> tuple:
     return (*d, *d.values())
 
 
+class ArrayValue:
+    """A numpy array's dtype, shape and bytes when read: equal and hashed by those values."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, arr: np.ndarray):
+        self.key = (arr.dtype.str, arr.shape, arr.tobytes())
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, ArrayValue) and self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __repr__(self) -> str:
+        return f"ArrayValue({self.key[0]}, {self.key[1]})"
+
+
 def _unchanged(nodes: list[tuple[Any, tuple]]) -> bool:
     for obj, kids in nodes:
+        if isinstance(obj, np.ndarray):  # compared by value (written in place: walked again)
+            if ArrayValue(obj) != kids[0]:
+                return False
+            continue
         now = _kids(obj)
         if len(now) != len(kids) or not all(map(operator.is_, now, kids)):
             return False
