@@ -187,7 +187,7 @@ _USER_PACKAGES = ("avalon.zoo.", "avalon.interop.", "avalon.onnx.")
 """Avalon modules (and packages) whose calls count as the user's (layers calling `F.layer_norm`,
 as torch's do); a call from anywhere else inside Avalon is a composite's implementation detail and
 is not cast."""
-_PASS_THROUGH = ("avalon.tensor", "avalon.complex")
+_PASS_THROUGH = ("avalon.tensor", "avalon.complex", "avalon.sparse")
 """Tensor methods and the complex-aware wrappers of `av.exp` & co. (avalon/complex.py): the call is
 their caller's."""
 

@@ -162,6 +162,13 @@ def _index_max(b, g, d):  # indices in {0, 1}: many duplicates
     return [b("index_max", v, _in(g, (6,), "i64"), size=4), b("index_max", _in(g, (5,), d), _in(g, (5,), "i32"), size=3)]
 
 
+@case("svd eigh qr pinv", ("f32", "f64"))
+def _factorizations(b, g, d):  # (the reference's numpy.linalg: the generated code calls it)
+    x, y = _in(g, (2, 4, 3), d), _in(g, (3, 3), d)
+    return [b("svd", x), b("svd", y, full_matrices=True), b("eigh", y), b("qr", x), b("qr", y, complete=True),
+            b("pinv", x, rtol=1e-6), b("pinv", b("add", y, b("transpose", y, perm=[1, 0])), hermitian=True)]
+
+
 @case("iota", ("f32", "i32", "i64"))
 def _iota(b, g, d):
     return [b("iota", shape=[3, 4], axis=1, dtype=d), b("iota", shape=[2, 3, 2], axis=0, dtype=d)]
