@@ -4,7 +4,24 @@ Models are plain Python objects; `av.trace` records one call as a typed SSA grap
 `avalon.passes` rewrites it in the open, and backends run it: the numpy reference interpreter
 (`av.interpret`) and generated Triton kernels. See README.md.
 """
-from . import amp, autograd, cuda, distributions, fft, func, ir, jit, nn, ops, optim, passes, random, sparse, utils
+from . import (
+    amp,
+    autograd,
+    cuda,
+    distributions,
+    fft,
+    func,
+    ir,
+    jit,
+    nn,
+    ops,
+    optim,
+    passes,
+    random,
+    sparse,
+    special,
+    utils,
+)
 from . import complex as _complex
 from .amp import autocast, get_autocast_dtype, is_autocast_enabled, set_autocast_dtype
 from .autograd import custom_vjp
@@ -256,6 +273,7 @@ from .ops import (  # torch's tensor functions: `import avalon as av` ports `imp
     ones_like,
     outer,
     permute,
+    polygamma,
     positive,
     pow,
     preserve_format,
@@ -371,6 +389,7 @@ from .random import (  # generator= as torch's
     set_rng_state,
 )
 from .sparse import sparse_coo, sparse_coo_tensor, spmm, strided  # sparse COO tensors (avalon/sparse.py)
+from .special import igamma, igammac  # torch.igamma / igammac (torch.special.gammainc / gammaincc)
 from .tensor import LEGACY_TYPES as _LEGACY_TYPES
 from .tensor import Buffer, TracerError, tensor
 from .tensor import TorchTensor as Tensor  # torch's legacy constructor; isinstance checks avalon.tensor.Tensor

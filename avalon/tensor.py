@@ -892,6 +892,10 @@ class Tensor:
     log2 = _method("log2")
     lgamma = _method("lgamma")
     digamma = _method("digamma")
+    def polygamma(self, n: int) -> Tensor:
+        """torch's `x.polygamma(n)`: polygamma(n, x) (the order comes first in the function)."""
+        return _ops.polygamma(n, self)
+
     erfinv = _method("erfinv")
     logit = _method("logit")
     xlogy = _method("xlogy")

@@ -6,8 +6,10 @@
 ...) compose further torch functions from them, as do `mathfn` (trig, special functions, bitwise),
 `stats` (order statistics, scans, nan-reductions), `matrices` (products, factorizations, structured
 matrices), `math_more` (inverse hyperbolics, erfc, i0, gcd, frexp, torch's alias names),
-`products_more` (addmv, addr, baddbmm, addbmm, aminmax), `shapes` (stacking, windows, lookups,
-dtype queries), `dynamic` (value-dependent shapes: nonzero, unique, masked_select; eager only),
+`products_more` (addmv, addr, baddbmm, addbmm, aminmax), `specfun` (torch.special's Bessel
+functions, zeta, polygamma, erfcx, ndtri, orthogonal polynomials, ...: `avalon.special` names them),
+`shapes` (stacking, windows, lookups, dtype queries), `dynamic` (value-dependent shapes: nonzero,
+unique, masked_select; eager only),
 `tensor_extras` (what Tensor-only methods compute) and `torch_aliases` (torch.clone, normal, range,
 the windows, hsplit, the scatters, the torch.X_ in-place functions, ...); `linalg` is `av.linalg`.
 Everything is importable as `avalon.ops.X`, and the torch-named functions also as `avalon.X`."""
@@ -28,6 +30,7 @@ from . import (
     shapes,
     shaping,
     sorting,
+    specfun,
     stats,
     tensor_extras,
     torch_aliases,
@@ -73,6 +76,7 @@ from .shaping import __all__ as _shaping_all
 from .sorting import *  # noqa: F403
 from .sorting import SortResult
 from .sorting import __all__ as _sorting_all
+from .specfun import polygamma
 from .stats import *  # noqa: F403
 from .stats import __all__ as _stats_all
 from .tensor_extras import *  # noqa: F403
@@ -83,4 +87,4 @@ from .torch_aliases import __all__ as _torch_aliases_all
 __all__ = sorted({*_core_all, *_creation_all, *_pointwise_all, *_reductions_all, *_scatter_all, *_shaping_all,
                   *_sorting_all, *_mathfn_all, *_stats_all, *_matrices_all, *_shapes_all, *_dynamic_all,
                   *_tensor_extras_all, *_math_more_all, *_products_more_all, "einsum", "getitem", "linalg",
-                  "setitem", "SortResult", *_torch_aliases_all})
+                  "setitem", "SortResult", "polygamma", *_torch_aliases_all})
