@@ -613,9 +613,14 @@ def clamp_max(input: Any, max: Any) -> Tensor:  # noqa: A002
 
 def nan_to_num(input: Any, nan: float = 0.0, posinf: float | None = None, neginf: float | None = None, *,
                out: Any = None) -> Tensor:
-    """nan, +inf and -inf replaced (by 0 and the dtype's largest and lowest finite values by default)."""
+    """nan, +inf and -inf replaced (by 0 and the dtype's largest and lowest finite values by default).
+    `out=` (EDM's `nan_to_num(p.grad, ..., out=p.grad)`) writes the result into that tensor, as its in-place
+    methods do (same shape; every reference to it sees the write), and returns it."""
     if out is not None:
-        raise TypeError("nan_to_num: argument 'out' is not supported")
+        from ..tensor import _update
+        if not isinstance(out, Tensor):
+            raise TypeError(f"nan_to_num(): argument 'out' must be Tensor, not {type(out).__name__}")
+        return _update(out, nan_to_num(input, nan, posinf, neginf), "nan_to_num(out=)")
     x = _tensor(input)
     if not x.dtype.is_float:
         return x
