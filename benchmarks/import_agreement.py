@@ -5,9 +5,9 @@ weights, the default SDPA attention) imported with `av.from_torch` (eval mode): 
 max|diff| / max|torch|) and the op count after DEFAULT_PIPELINE (fusion groups, and all top-level ops
 = kernels launched).
 
-Attention key biases (BERT's and ViT's `*.key.bias`) are left out of the gradient column: their
-gradient is zero in exact arithmetic (softmax ignores a shift per query), so both sides hold rounding
-noise and the ratio means nothing.
+Attention key biases (BERT's and ViT's `*.key.bias`, `*.k_proj.bias` since transformers 5) are left out
+of the gradient column: their gradient is zero in exact arithmetic (softmax ignores a shift per query), so
+both sides hold rounding noise and the ratio means nothing.
 
 torchvision 0.28.0 pairs with torch 2.13 (`pip install --no-deps torchvision==0.28.0 pillow`); its
 CPU import needs two operator schemas declared first (done here)."""
@@ -40,7 +40,8 @@ def measure(name: str, module: torch.nn.Module, *xs: torch.Tensor) -> None:
     w = np.random.default_rng(0).standard_normal(ref.shape).astype(np.float32)
     (ref * torch.from_numpy(w)).sum().backward()
     _, grads = av.value_and_grad(lambda m, w, *x: (m(*x) * w).sum())(model, av.tensor(w), *xa)
-    tg = {n: p.grad.numpy() for n, p in module.named_parameters() if not n.endswith(".key.bias")}
+    tg = {n: p.grad.numpy() for n, p in module.named_parameters()
+          if not n.endswith((".key.bias", ".k_proj.bias"))}
     grad = max(np.abs(grads[n].numpy() - g).max() / np.abs(g).max() for n, g in tg.items())
     g = av.trace(model, *xa)
     before = len(g.ops)

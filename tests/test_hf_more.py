@@ -12,7 +12,9 @@ generation with a KV cache threaded through an imported decode step.
 - ONNX: ScatterND (the TorchScript exporter's slice assignment: BART, Marian, Swin, GPT-Neo/J,
   Falcon), ScatterElements (torch.scatter), Cast to bfloat16 (Falcon's ALiBi).
 
-The Hugging Face tests skip when transformers is not installed."""
+Also the models the README names (GPT-2, BERT, Llama, ViT, T5). The `test` extra installs transformers (4.57 to
+5.25 checked: transformers 5 moved the experts' loop into an experts module and writes a static cache at its
+own count), so CI runs these; they skip only where transformers is not installed."""
 from __future__ import annotations
 
 import io
@@ -323,6 +325,8 @@ def test_greedy_generation_with_a_kv_cache_threaded_through_an_imported_decode_s
             cache.early_initialization(1, kv_heads, head_dim, torch.float32, "cpu")
             for i, layer in enumerate(cache.layers):
                 layer.keys, layer.values = kv[2 * i].clone(), kv[2 * i + 1].clone()
+                if hasattr(layer, "cumulative_length"):  # transformers >= 5 writes at this count, not cache_position
+                    layer.cumulative_length = pos.reshape(()).clone()
             out = self.lm(input_ids=ids, cache_position=pos, past_key_values=cache, use_cache=True)
             return (out.logits,) + tuple(t for layer in cache.layers for t in (layer.keys, layer.values))
 
@@ -342,3 +346,30 @@ def test_greedy_generation_with_a_kv_cache_threaded_through_an_imported_decode_s
         if t + 1 >= len(toks):
             toks.append(int(np.argmax(logits.numpy()[0, -1])))
     assert toks == want
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "bert", "llama", "vit", "t5"])
+def test_the_readmes_hugging_face_models_import_with_torchs_forward_and_gradients(arch):
+    """The models the README names (GPT-2, BERT, Llama, ViT, T5), tiny and perturbed, through av.from_torch."""
+    T = _transformers()
+    torch.manual_seed(0)
+    ids, mask = _ids_mask()
+    if arch == "gpt2":
+        m = T.GPT2LMHeadModel(T.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=128, n_positions=64))
+        module, args = _Out(m, ["input_ids", "attention_mask"], use_cache=False), (ids, mask)
+    elif arch == "bert":
+        m = T.BertForMaskedLM(T.BertConfig(vocab_size=128, max_position_embeddings=64, **SMALL))
+        module, args = _Out(m, ["input_ids", "attention_mask"]), (ids, mask)
+    elif arch == "llama":
+        m = T.LlamaForCausalLM(T.LlamaConfig(vocab_size=128, num_key_value_heads=2, max_position_embeddings=64,
+                                             **SMALL))
+        module, args = _Out(m, ["input_ids", "attention_mask"], use_cache=False), (ids, mask)
+    elif arch == "vit":
+        m = T.ViTForImageClassification(T.ViTConfig(image_size=32, patch_size=8, num_labels=10, **SMALL))
+        module, args = _Out(m, ["pixel_values"]), (torch.randn(2, 3, 32, 32),)
+    else:
+        m = T.T5ForConditionalGeneration(T.T5Config(vocab_size=128, d_model=64, d_kv=16, d_ff=128, num_layers=2,
+                                                    num_heads=4, decoder_start_token_id=0))
+        module, args = _Out(m, ["input_ids", "attention_mask", "decoder_input_ids"], use_cache=False), \
+            (ids, mask, ids[:, :5])
+    _import(_perturbed(module), *args)

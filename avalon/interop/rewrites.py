@@ -50,13 +50,45 @@ def dense_moe_forward(self: Any, hidden_states: Any) -> tuple[Any, Any]:
     return out.reshape(b, s, h), logits
 
 
-REWRITES: dict[str, Callable[..., Any]] = {
-    "MixtralSparseMoeBlock": dense_moe_forward,
-    "Qwen2MoeSparseMoeBlock": dense_moe_forward,
-    "Qwen3MoeSparseMoeBlock": dense_moe_forward,
-    "OlmoeSparseMoeBlock": dense_moe_forward,
+def dense_experts_forward(self: Any, hidden_states: Any, top_k_index: Any, top_k_weights: Any) -> Any:
+    """transformers >= 5's experts module (every expert's weights in one (E, 2I, H) `gate_up_proj` and one
+    (E, H, I) `down_proj`), whose forward loops over the experts hit as the blocks above did: every expert
+    on every token, weighted by the top-k weights scattered into a (tokens, experts) matrix, added in
+    expert order as its `index_add_` adds them."""
+    import torch
+    import torch.nn.functional as F
+    routing = torch.zeros(hidden_states.shape[0], self.num_experts, dtype=top_k_weights.dtype,
+                          device=hidden_states.device).scatter(1, top_k_index, top_k_weights)
+    out = torch.zeros_like(hidden_states)
+    for e in range(self.num_experts):
+        gate, up = F.linear(hidden_states, self.gate_up_proj[e]).chunk(2, dim=-1)
+        h = F.linear(self.act_fn(gate) * up, self.down_proj[e])
+        out = out + (h * routing[:, e, None]).to(out.dtype)
+    return out
+
+
+def _expert_list(sub: Any) -> bool:
+    """A block written before transformers 5 (experts in an nn.ModuleList, a router returning logits)."""
+    import torch
+    return isinstance(getattr(sub, "experts", None), torch.nn.ModuleList)
+
+
+def _fused_experts(sub: Any) -> bool:
+    return all(hasattr(sub, a) for a in ("gate_up_proj", "down_proj", "act_fn", "num_experts"))
+
+
+REWRITES: dict[str, tuple[Callable[..., Any], Callable[[Any], bool]]] = {
+    "MixtralSparseMoeBlock": (dense_moe_forward, _expert_list),
+    "Qwen2MoeSparseMoeBlock": (dense_moe_forward, _expert_list),
+    "Qwen3MoeSparseMoeBlock": (dense_moe_forward, _expert_list),
+    "OlmoeSparseMoeBlock": (dense_moe_forward, _expert_list),
+    "MixtralExperts": (dense_experts_forward, _fused_experts),
+    "Qwen2MoeExperts": (dense_experts_forward, _fused_experts),
+    "Qwen3MoeExperts": (dense_experts_forward, _fused_experts),
+    "OlmoeExperts": (dense_experts_forward, _fused_experts),
 }
-"""Module class name -> the forward used while exporting (one table: a new model is one entry)."""
+"""Module class name -> (the forward used while exporting, whether it fits this module: transformers 5 moved
+the expert loop from the block into an experts module). One table: a new model is one entry."""
 
 
 @contextlib.contextmanager
@@ -65,8 +97,8 @@ def export_friendly(module: Any) -> Iterator[list[str]]:
     swapped: list[tuple[Any, bool, Any]] = []
     names: list[str] = []
     for name, sub in module.named_modules():
-        fn = REWRITES.get(type(sub).__name__)
-        if fn is None:
+        fn, fits = REWRITES.get(type(sub).__name__, (None, None))
+        if fn is None or not fits(sub):
             continue
         had = "forward" in vars(sub)
         swapped.append((sub, had, vars(sub).get("forward")))
