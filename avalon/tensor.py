@@ -1015,6 +1015,81 @@ class Tensor:
     get_device = _method("get_device")
     register_hook = _method("register_hook")  # refused, saying how gradients are transformed here
     resize_ = _method("resize")  # same number of elements only
+
+    # in-place shape changes (`x.unsqueeze_(0)`): eagerly, or on a tensor the traced function made itself
+    def _reshaped(self, fn: Any, what: str) -> Tensor:
+        return _ops.tensor_extras.reshape_inplace(self, fn, what)
+
+    def unsqueeze_(self, dim: int) -> Tensor:
+        return self._reshaped(lambda x: _ops.unsqueeze(x, dim), "Tensor.unsqueeze_")
+
+    def squeeze_(self, dim: Any = None) -> Tensor:
+        return self._reshaped(lambda x: _ops.squeeze(x, dim) if dim is not None else _ops.squeeze(x),
+                              "Tensor.squeeze_")
+
+    def t_(self) -> Tensor:
+        return self._reshaped(lambda x: x.t(), "Tensor.t_")
+
+    def transpose_(self, dim0: int, dim1: int) -> Tensor:
+        return self._reshaped(lambda x: x.transpose(dim0, dim1), "Tensor.transpose_")
+
+    swapaxes_ = swapdims_ = transpose_
+
+    def detach_(self) -> Tensor:
+        """torch's: this tensor, from now on without a gradient to what it was computed from."""
+        return _update(self, _detached(self), "Tensor.detach_")
+
+    def narrow_copy(self, dim: int, start: int, length: int) -> Tensor:
+        return self.narrow(dim, start, length).clone()
+
+    def unsafe_chunk(self, chunks: int, dim: int = 0) -> Any:
+        return self.chunk(chunks, dim)
+
+    def unsafe_split(self, split_size: Any, dim: int = 0) -> Any:
+        return self.split(split_size, dim)
+
+    unsafe_split_with_sizes = unsafe_split
+
+    def apply_(self, callable: Any) -> Tensor:  # noqa: A002 (torch's name)
+        """torch's: `callable` applied to every element in place, eagerly (a Python function on the CPU)."""
+        self._concrete("Tensor.apply_()")
+        out = np.vectorize(callable, otypes=[self.dtype.np])(self.numpy()) if self.numel() else self.numpy()
+        return _update(self, Tensor(np.asarray(out, self.dtype.np), self.dtype, self.device), "Tensor.apply_")
+
+    def map_(self, tensor: Any, callable: Any) -> Tensor:  # noqa: A002
+        """torch's: `callable(a, b)` over this tensor and `tensor` (broadcast to it) in place, eagerly."""
+        self._concrete("Tensor.map_()")
+        other = np.broadcast_to(as_array(tensor), self.shape)
+        out = np.vectorize(callable, otypes=[self.dtype.np])(self.numpy(), other) if self.numel() else self.numpy()
+        return _update(self, Tensor(np.asarray(out, self.dtype.np), self.dtype, self.device), "Tensor.map_")
+
+    cholesky = _method("cholesky")
+    cholesky_solve = _method("cholesky_solve")
+    cholesky_inverse = _method("cholesky_inverse")
+    histogram = _method("histogram")
+    isreal = _method("isreal")
+
+    def is_inference(self) -> bool:
+        return False
+
+    def is_neg(self) -> bool:
+        return False
+
+    def is_shared(self) -> bool:
+        return False
+
+    def share_memory_(self) -> Tensor:
+        """torch's (for multiprocessing data loaders): the tensor itself; Avalon's loaders do not share storage."""
+        return self
+
+    def is_pinned(self, device: Any = None) -> bool:
+        return False
+
+    def new_empty_strided(self, size: Any, stride: Any, *, dtype: Any = None, device: Any = None,
+                          requires_grad: bool = False, layout: Any = None, pin_memory: bool = False) -> Tensor:
+        """torch's: a new uninitialized tensor (zeros here) of `size`; Avalon's tensors are contiguous, so
+        `stride` is not kept."""
+        return self.new_empty(tuple(size), dtype=dtype, device=device)
     pin_memory = _method("pin_memory")  # no pinned memory: the tensor itself
     is_leaf = property(_method("is_leaf"), doc="True: Avalon records no autograd graph on tensors.")
     byte = _cast(dt.uint8)

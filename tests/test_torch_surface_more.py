@@ -293,3 +293,52 @@ def test_histogram_is_torchs(seed):
             np.testing.assert_allclose(a.bin_edges.numpy(), t.bin_edges.numpy(), rtol=1e-14)
     compiled = av.compile(lambda v: av.histogram(v, 5).hist)(av.tensor(x))
     np.testing.assert_array_equal(compiled.numpy(), torch.histogram(torch.tensor(x), 5).hist.numpy())
+
+
+def test_inplace_shape_methods_eagerly_and_on_a_traced_functions_own_tensor():
+    x = np.arange(6.0).reshape(2, 3)
+    for name, args in [("unsqueeze_", (1,)), ("squeeze_", ()), ("t_", ()), ("transpose_", (0, 1)),
+                       ("swapaxes_", (0, 1)), ("swapdims_", (1, 0))]:
+        a, t = av.tensor(x[None] if name == "squeeze_" else x), torch.tensor(x[None] if name == "squeeze_" else x)
+        assert getattr(a, name)(*args) is a
+        getattr(t, name)(*args)
+        np.testing.assert_array_equal(a.numpy(), t.numpy())
+
+    @av.compile
+    def f(v):
+        b = v * 2
+        b.unsqueeze_(0)
+        b.t_()
+        return b
+
+    np.testing.assert_array_equal(f(av.tensor(x[0])).numpy(), (2 * x[0])[None].T)
+
+    @av.compile
+    def g(v):
+        v.unsqueeze_(0)
+        return v
+
+    with pytest.raises(RuntimeError, match="cannot change its shape in place"):
+        g(av.tensor(x))
+    v = av.tensor(x)
+    _ = v[0]
+    with pytest.raises(RuntimeError, match="view"):
+        v.unsqueeze_(0)
+
+
+def test_small_tensor_methods_ported_code_calls():
+    x = np.random.default_rng(7).normal(size=(3, 64))
+    a, t = av.tensor(x), torch.tensor(x)
+    np.testing.assert_allclose(av.view_as_real(a.stft(16, return_complex=True)).numpy(),
+                               torch.view_as_real(t.stft(16, return_complex=True)).numpy(), atol=1e-12)
+    z = av.tensor([1.0, 2.0, 3.0])
+    z.apply_(lambda v: v * 10).map_(av.tensor([1.0, 1.0, 2.0]), lambda p, q: p + q)
+    np.testing.assert_array_equal(z.numpy(), [11.0, 21.0, 32.0])
+    np.testing.assert_array_equal(a.narrow_copy(1, 2, 5).numpy(), t.narrow_copy(1, 2, 5).numpy())
+    assert [c.shape for c in a.unsafe_chunk(2, 1)] == [tuple(c.shape) for c in t.unsafe_chunk(2, 1)]
+    np.testing.assert_array_equal(a.histogram(5).hist.numpy(), t.histogram(5).hist.numpy())
+    assert not a.is_inference() and not a.is_neg() and not a.is_shared() and a.share_memory_() is a
+    assert a.new_empty_strided((2, 2), (2, 1)).shape == (2, 2)
+    d = av.tensor(x[:, :3])
+    d.detach_()
+    np.testing.assert_array_equal(d.numpy(), x[:, :3])

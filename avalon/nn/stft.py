@@ -115,3 +115,9 @@ def istft(input: Any, n_fft: int, hop_length: int | None = None, win_length: int
 
 
 __all__ = ["istft", "stft"]
+
+
+# torch's Tensor.stft / Tensor.istft (a ComplexTensor's istft is istft of it): installed here, where the
+# functions live, since the tensor class sits below this layer
+Tensor.stft = lambda self, *args, **kwargs: stft(self, *args, **kwargs)  # type: ignore[attr-defined]
+ComplexTensor.istft = lambda self, *args, **kwargs: istft(self, *args, **kwargs)  # type: ignore[attr-defined]

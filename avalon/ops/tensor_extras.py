@@ -216,6 +216,26 @@ def resize(input: Tensor, *sizes: Any) -> Tensor:
     return x
 
 
+def reshape_inplace(x: Tensor, fn: Any, what: str) -> Tensor:
+    """`x` becomes `fn(x)`, a tensor of another shape (`x.unsqueeze_(0)`, `x.t_()`): eagerly its
+    storage is replaced; in a trace the object stands for the new value. Refused for a view or a tensor
+    with views (their layouts would be wrong) and, in a trace, for an argument or a model's tensor (the
+    caller's tensor cannot change shape): torch's shape-changing in-place methods, where Avalon can."""
+    if x._view is not None or any(r() is not None for r in (x._views or [])):
+        raise fail(RuntimeError(f"{what}: this tensor is a view or has views, which would lose their layout; use "
+                                "the out-of-place form (x = x.unsqueeze(0), ...)"))
+    new = fn(x).clone()  # (its own storage: not a view of x)
+    if x.is_traced or new.is_traced:
+        tr = new._trace
+        if x._trace is not tr or id(x) in tr.stands_for or id(x) in tr.leaves:
+            raise fail(RuntimeError(f"{what}: an argument or a model's tensor cannot change its shape in place "
+                                    "inside a traced function; use the out-of-place form (x = x.unsqueeze(0), ...)"))
+        x._value = new._value
+        return x
+    x._data = new.to(x.device)._data
+    return x
+
+
 __all__ = ["cauchy_fill", "data_ptr", "element_size", "fill_diagonal", "geometric_fill", "get_device", "is_leaf",
            "log_normal_fill", "pin_memory", "random_fill", "register_hook", "resize", "storage_offset", "stride",
            "view"]
