@@ -342,3 +342,9 @@ def test_small_tensor_methods_ported_code_calls():
     d = av.tensor(x[:, :3])
     d.detach_()
     np.testing.assert_array_equal(d.numpy(), x[:, :3])
+
+
+def test_convert_conv_weight_memory_format_returns_the_module():
+    m = nn.Sequential(nn.Conv2d(2, 3, 3))
+    assert nn.utils.convert_conv2d_weight_memory_format(m, av.channels_last) is m
+    assert nn.utils.convert_conv3d_weight_memory_format(m, av.channels_last_3d) is m

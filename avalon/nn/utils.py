@@ -246,3 +246,14 @@ def clip_grad_norm(grads: Grads, max_norm: float, norm_type: float = 2.0, error_
 
 __all__ += ["clip_grad_norm", "fuse_conv_bn_eval", "fuse_conv_bn_weights", "fuse_linear_bn_eval",
             "fuse_linear_bn_weights", "fusion", "skip_init"]
+
+
+def convert_conv2d_weight_memory_format(module: Any, memory_format: Any) -> Any:
+    """torch.nn.utils.convert_conv2d_weight_memory_format: the module itself. Avalon's tensors have no memory
+    format; the `layout` pass decides channels-last per graph (README, Layout)."""
+    return module
+
+
+convert_conv3d_weight_memory_format = convert_conv2d_weight_memory_format
+
+__all__ += ["convert_conv2d_weight_memory_format", "convert_conv3d_weight_memory_format"]
