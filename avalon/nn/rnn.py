@@ -60,6 +60,23 @@ class RNNBase(Module):
     def _directions(self) -> int:
         return 2 if self.bidirectional else 1
 
+    @property
+    def _all_weights(self) -> list[list[str]]:
+        """torch's per-layer-and-direction lists of parameter names, which init code walks (pointer_summarizer's
+        `for names in lstm._all_weights: ... getattr(lstm, name)`)."""
+        kinds = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if self.bias else ())
+        return [[k + f"_l{layer}" + ("_reverse" if direction else "") for k in kinds]
+                for layer in range(self.num_layers) for direction in range(self._directions)]
+
+    @property
+    def _flat_weights_names(self) -> list[str]:
+        return [name for names in self._all_weights for name in names]
+
+    @property
+    def all_weights(self) -> list[list[Tensor]]:
+        """torch's `all_weights`: the parameters themselves, per layer and direction."""
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
     def reset_parameters(self) -> None:
         """Every weight and bias ~ U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)), as torch."""
         stdv = 1.0 / math.sqrt(self.hidden_size)

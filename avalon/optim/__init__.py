@@ -247,6 +247,12 @@ def _settle(groups: list[dict[str, Any]], kinds: list[str], who: str, names: set
                 raise TypeError(f"{who} can only optimize floating-point tensors that are not Buffers; "
                                 f"{name!r} is a {'Buffer' if isinstance(t, Buffer) else t.dtype.name + ' tensor'}")
             if id(t) in seen:
+                if any(u is t for _, u in settled):
+                    raise ValueError(
+                        f"{who}: parameter {name!r} appears twice in one parameter group (a weight tied between "
+                        "modules, listed by each one's parameters()?). torch warns that this will be an error and "
+                        "steps such a parameter twice per step; list each parameter once, e.g. "
+                        "list(dict.fromkeys(params))")
                 raise ValueError(f"{who}: some parameters appear in more than one parameter group ({name!r})")
             if name in names:
                 raise ValueError(f"{who}: two parameters are named {name!r}; names must be unique across groups "
