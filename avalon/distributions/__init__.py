@@ -1,14 +1,17 @@
 """`avalon.distributions`: torch.distributions under torch's names, arguments and formulas.
 
 Distributions: Bernoulli, Beta, Binomial, Categorical, Cauchy, Chi2, ContinuousBernoulli, Dirichlet,
-Exponential, Gamma, Geometric, Gumbel, HalfCauchy, HalfNormal, Independent, Kumaraswamy, Laplace,
-LogNormal, LowRankMultivariateNormal, MixtureSameFamily, Multinomial, MultivariateNormal,
-NegativeBinomial, Normal, OneHotCategorical, OneHotCategoricalStraightThrough, Pareto, Poisson,
-RelaxedBernoulli, RelaxedOneHotCategorical (with LogitRelaxedBernoulli and ExpRelaxedCategorical),
-StudentT, TransformedDistribution, Uniform, VonMises and Weibull; `kl_divergence` / `register_kl`
-with torch's closed forms; the `constraints` and `transforms` submodules (ExpTransform,
-AffineTransform, TanhTransform, ... `TransformedDistribution(Normal(mu, std), [TanhTransform(cache_size=1)])`
-is SAC's squashed Gaussian).
+Exponential, FisherSnedecor, Gamma, GeneralizedPareto, Geometric, Gumbel, HalfCauchy, HalfNormal,
+Independent, InverseGamma, Kumaraswamy, Laplace, LKJCholesky, LogisticNormal, LogNormal,
+LowRankMultivariateNormal, MixtureSameFamily, Multinomial, MultivariateNormal, NegativeBinomial, Normal,
+OneHotCategorical, OneHotCategoricalStraightThrough, Pareto, Poisson, RelaxedBernoulli,
+RelaxedOneHotCategorical (with LogitRelaxedBernoulli and ExpRelaxedCategorical), StudentT,
+TransformedDistribution, Uniform, VonMises, Weibull and Wishart, with the ExponentialFamily base
+class (Bernoulli, Beta, Chi2, ContinuousBernoulli, Dirichlet, Exponential, Gamma, Normal, Poisson and
+Wishart are members, as in torch); `kl_divergence` / `register_kl` with torch's closed forms; the
+`constraints` and `transforms` submodules (ExpTransform, AffineTransform, TanhTransform,
+CorrCholeskyTransform, CatTransform, StackTransform, ...
+`TransformedDistribution(Normal(mu, std), [TanhTransform(cache_size=1)])` is SAC's squashed Gaussian).
 
 Sampling draws from Avalon's seeded generator through the `random` op, so inside `av.compile` every
 call draws afresh, as eagerly, and `av.manual_seed` repeats a run (the streams are Avalon's, not
@@ -42,6 +45,7 @@ from .core import (
     Bernoulli,
     Categorical,
     Distribution,
+    ExponentialFamily,
     Independent,
     MixtureSameFamily,
     MultivariateNormal,
@@ -52,6 +56,7 @@ from .core import (
     register_kl,
 )
 from .discrete import Binomial, Geometric, Multinomial, NegativeBinomial, OneHotCategoricalStraightThrough, Poisson
+from .extra import FisherSnedecor, GeneralizedPareto, InverseGamma, LKJCholesky, LogisticNormal, Wishart
 from .transformed import (
     ExpRelaxedCategorical,
     Gumbel,
@@ -69,29 +74,36 @@ from .transformed import (
 from .transforms import (
     AbsTransform,
     AffineTransform,
+    CatTransform,
     ComposeTransform,
+    CorrCholeskyTransform,
     CumulativeDistributionTransform,
     ExpTransform,
     IndependentTransform,
+    LowerCholeskyTransform,
+    PositiveDefiniteTransform,
     PowerTransform,
     ReshapeTransform,
     SigmoidTransform,
     SoftmaxTransform,
     SoftplusTransform,
+    StackTransform,
     StickBreakingTransform,
     TanhTransform,
     Transform,
     identity_transform,
 )
 
-__all__ = ["AbsTransform", "AffineTransform", "Bernoulli", "Beta", "Binomial", "Categorical", "Cauchy", "Chi2",
-           "ComposeTransform", "Constraint", "ContinuousBernoulli", "CumulativeDistributionTransform", "Dirichlet",
-           "Distribution", "ExpRelaxedCategorical", "ExpTransform", "Exponential", "Gamma", "Geometric", "Gumbel",
-           "HalfCauchy", "HalfNormal", "Independent", "IndependentTransform", "Kumaraswamy", "Laplace",
-           "LogNormal", "LogitRelaxedBernoulli", "LowRankMultivariateNormal", "MixtureSameFamily", "Multinomial",
+__all__ = ["AbsTransform", "AffineTransform", "Bernoulli", "Beta", "Binomial", "CatTransform", "Categorical",
+           "Cauchy", "Chi2", "ComposeTransform", "Constraint", "ContinuousBernoulli", "CorrCholeskyTransform",
+           "CumulativeDistributionTransform", "Dirichlet", "Distribution", "ExpRelaxedCategorical", "ExpTransform",
+           "Exponential", "ExponentialFamily", "FisherSnedecor", "Gamma", "GeneralizedPareto", "Geometric",
+           "Gumbel", "HalfCauchy", "HalfNormal", "Independent", "IndependentTransform", "InverseGamma",
+           "Kumaraswamy", "LKJCholesky", "Laplace", "LogNormal", "LogisticNormal", "LogitRelaxedBernoulli",
+           "LowRankMultivariateNormal", "LowerCholeskyTransform", "MixtureSameFamily", "Multinomial",
            "MultivariateNormal", "NegativeBinomial", "Normal", "OneHotCategorical",
-           "OneHotCategoricalStraightThrough", "Pareto", "Poisson", "PowerTransform", "RelaxedBernoulli",
-           "RelaxedOneHotCategorical", "ReshapeTransform", "SigmoidTransform", "SoftmaxTransform",
-           "SoftplusTransform", "StickBreakingTransform", "StudentT", "TanhTransform", "Transform",
-           "TransformedDistribution", "Uniform", "VonMises", "Weibull", "constraints", "identity_transform",
-           "kl", "kl_divergence", "register_kl", "transforms"]
+           "OneHotCategoricalStraightThrough", "Pareto", "Poisson", "PositiveDefiniteTransform", "PowerTransform",
+           "RelaxedBernoulli", "RelaxedOneHotCategorical", "ReshapeTransform", "SigmoidTransform",
+           "SoftmaxTransform", "SoftplusTransform", "StackTransform", "StickBreakingTransform", "StudentT",
+           "TanhTransform", "Transform", "TransformedDistribution", "Uniform", "VonMises", "Weibull", "Wishart",
+           "constraints", "identity_transform", "kl", "kl_divergence", "register_kl", "transforms"]

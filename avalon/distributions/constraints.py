@@ -15,11 +15,11 @@ import numpy as np
 from .. import ops
 from ..tensor import Tensor
 
-__all__ = ["Constraint", "boolean", "cat", "dependent", "dependent_property", "greater_than", "greater_than_eq",
-           "half_open_interval", "independent", "integer_interval", "interval", "is_dependent", "less_than",
-           "lower_cholesky", "lower_triangular", "multinomial", "nonnegative", "nonnegative_integer", "one_hot",
-           "positive", "positive_definite", "positive_integer", "real", "real_vector", "simplex", "square",
-           "stack", "symmetric", "unit_interval"]
+__all__ = ["Constraint", "boolean", "cat", "corr_cholesky", "dependent", "dependent_property", "greater_than",
+           "greater_than_eq", "half_open_interval", "independent", "integer_interval", "interval", "is_dependent",
+           "less_than", "lower_cholesky", "lower_triangular", "multinomial", "nonnegative", "nonnegative_integer",
+           "one_hot", "positive", "positive_definite", "positive_integer", "positive_semidefinite", "real",
+           "real_vector", "simplex", "square", "stack", "symmetric", "unit_interval"]
 
 
 def _t(value: Any) -> Any:
@@ -310,6 +310,32 @@ class _PositiveDefinite(_Symmetric):
         return out if isinstance(v, np.ndarray) else ops.as_tensor(out)
 
 
+class _PositiveSemidefinite(_Symmetric):
+    def check(self, value: Any) -> Any:
+        """Symmetric with no negative eigenvalue (decided on the values, as torch's eigvalsh)."""
+        v = _t(value)
+        m = v if isinstance(v, np.ndarray) else v.numpy()
+        sym = np.asarray(super().check(m))
+        out = sym & np.all(np.linalg.eigvalsh(m) >= 0, -1) if sym.all() else sym
+        return out if isinstance(v, np.ndarray) else ops.as_tensor(out)
+
+
+class _CorrCholesky(Constraint):
+    """Lower Cholesky factors of correlation matrices: lower triangular, positive diagonal, rows of unit
+    norm (within 10 * eps * n, as torch's)."""
+
+    event_dim = 2
+
+    def check(self, value: Any) -> Any:
+        v = _t(value)
+        tol = float(np.finfo(v.dtype if isinstance(v, np.ndarray) else v.dtype.np).eps) * v.shape[-1] * 10
+        if isinstance(v, np.ndarray):
+            unit = np.all(np.abs(np.linalg.norm(v, axis=-1) - 1.0) <= tol, -1)
+        else:
+            unit = ops.all(ops.le(ops.abs(ops.sqrt(ops.sum(ops.square(ops.stop_gradient(v)), -1)) - 1.0), tol), -1)
+        return _LowerCholesky().check(v) & unit
+
+
 class _Cat(Constraint):
     """Constraints applied to consecutive pieces of `dim` (lengths `lengths`), as torch.cat joins them."""
 
@@ -377,5 +403,7 @@ lower_cholesky = _LowerCholesky()
 square = _Square()
 symmetric = _Symmetric()
 positive_definite = _PositiveDefinite()
+positive_semidefinite = _PositiveSemidefinite()
+corr_cholesky = _CorrCholesky()
 cat = _Cat
 stack = _Stack

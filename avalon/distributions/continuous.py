@@ -18,6 +18,7 @@ from ..tensor import Tensor
 from . import _samplers, constraints
 from .core import (
     Distribution,
+    ExponentialFamily,
     _bce_with_logits,
     _broadcast_all,
     _clamp_probs,
@@ -36,13 +37,22 @@ def _rand(shape: tuple[int, ...], like: Tensor) -> Tensor:
     return ops.rand(shape, dtype=like.dtype)
 
 
-class Exponential(Distribution):
+class Exponential(ExponentialFamily):
     """Exponential(rate): rate * exp(-rate * x) on x >= 0; rsample = -log(1 - u) / rate."""
 
     arg_constraints = {"rate": constraints.positive}
     support = constraints.nonnegative
     has_rsample = True
     _expand_params = {"rate": 0}
+
+    _mean_carrier_measure = 0
+
+    @property
+    def _natural_params(self) -> tuple[Tensor]:
+        return (ops.neg(self.rate),)
+
+    def _log_normalizer(self, x: Tensor) -> Tensor:
+        return ops.neg(ops.log(ops.neg(x)))
 
     def __init__(self, rate: Any, validate_args: bool | None = None) -> None:
         (self.rate,) = _broadcast_all(rate)
@@ -182,7 +192,7 @@ class Cauchy(Distribution):
         return math.log(4 * math.pi) + ops.log(self.scale)
 
 
-class Gamma(Distribution):
+class Gamma(ExponentialFamily):
     """Gamma(concentration, rate): rate^a x^(a-1) e^(-rate x) / Gamma(a). `rsample` is reparameterized
     implicitly (the gradient of a draw with respect to the concentration is -dF/da / f, as torch's)."""
 
@@ -190,6 +200,15 @@ class Gamma(Distribution):
     support = constraints.nonnegative
     has_rsample = True
     _expand_params = {"concentration": 0, "rate": 0}
+
+    _mean_carrier_measure = 0
+
+    @property
+    def _natural_params(self) -> tuple[Tensor, Tensor]:
+        return self.concentration - 1.0, ops.neg(self.rate)
+
+    def _log_normalizer(self, x: Tensor, y: Tensor) -> Tensor:
+        return ops.lgamma(x + 1.0) + (x + 1.0) * ops.log(ops.neg(ops.reciprocal(y)))
 
     def __init__(self, concentration: Any, rate: Any, validate_args: bool | None = None) -> None:
         self.concentration, self.rate = _broadcast_all(concentration, rate)
@@ -300,7 +319,7 @@ class StudentT(Distribution):
                 + 0.5 * ops.log(df) + lbeta)
 
 
-class Dirichlet(Distribution):
+class Dirichlet(ExponentialFamily):
     """Dirichlet(concentration): over the simplex of the last dim. `rsample` normalizes Gamma draws
     (their log, through a softmax), each reparameterized implicitly: a pathwise gradient as JAX's and
     TensorFlow's, unbiased like torch's (whose per-draw gradient differs: it goes through the Beta
@@ -310,6 +329,13 @@ class Dirichlet(Distribution):
     support = constraints.simplex
     has_rsample = True
     _expand_params = {"concentration": 1}
+
+    @property
+    def _natural_params(self) -> tuple[Tensor]:
+        return (self.concentration,)
+
+    def _log_normalizer(self, x: Tensor) -> Tensor:
+        return ops.sum(ops.lgamma(x), -1) - ops.lgamma(ops.sum(x, -1))
 
     def __init__(self, concentration: Any, validate_args: bool | None = None) -> None:
         c = _param(concentration)
@@ -357,13 +383,20 @@ class Dirichlet(Distribution):
                 - ops.sum((c - 1.0) * ops.digamma(c), -1))
 
 
-class Beta(Distribution):
+class Beta(ExponentialFamily):
     """Beta(concentration1, concentration0) on [0, 1], a two-component Dirichlet (rsample likewise)."""
 
     arg_constraints = {"concentration1": constraints.positive, "concentration0": constraints.positive}
     support = constraints.unit_interval
     has_rsample = True
     _expand_dists = ("_dirichlet",)
+
+    @property
+    def _natural_params(self) -> tuple[Tensor, Tensor]:
+        return self.concentration1, self.concentration0
+
+    def _log_normalizer(self, x: Tensor, y: Tensor) -> Tensor:
+        return ops.lgamma(x) + ops.lgamma(y) - ops.lgamma(x + y)
 
     def __init__(self, concentration1: Any, concentration0: Any, validate_args: bool | None = None) -> None:
         c1, c0 = _broadcast_all(concentration1, concentration0)
@@ -403,7 +436,7 @@ class Beta(Distribution):
         return self._dirichlet.entropy()
 
 
-class ContinuousBernoulli(Distribution):
+class ContinuousBernoulli(ExponentialFamily):
     """ContinuousBernoulli(probs=None, logits=None, lims=(0.499, 0.501)) on [0, 1] (Loaiza-Ganem and
     Cunningham 2019), with torch's Taylor expansions near probs = 1/2; rsample is the inverse CDF."""
 
@@ -411,6 +444,19 @@ class ContinuousBernoulli(Distribution):
     support = constraints.unit_interval
     has_rsample = True
     _expand_params = {"_param": 0}
+
+    _mean_carrier_measure = 0
+
+    @property
+    def _natural_params(self) -> tuple[Tensor]:
+        return (self.logits,)
+
+    def _log_normalizer(self, x: Tensor) -> Tensor:
+        out = ops.logical_or(ops.le(x, self._lims[0] - 0.5), ops.gt(x, self._lims[1] - 0.5))
+        cut = ops.where(out, x, self._lims[0] - 0.5)
+        log_norm = ops.log(ops.abs(ops.expm1(cut))) - ops.log(ops.abs(cut))
+        taylor = 0.5 * x + ops.pow(x, 2.0) / 24.0 - ops.pow(x, 4.0) / 2880.0
+        return ops.where(out, log_norm, taylor)
 
     def __init__(self, probs: Any = None, logits: Any = None, lims: tuple[float, float] = (0.499, 0.501),
                  validate_args: bool | None = None) -> None:

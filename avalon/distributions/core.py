@@ -27,8 +27,8 @@ from ..ops import linalg
 from ..tensor import Tensor, values_fixed
 from . import constraints
 
-__all__ = ["Bernoulli", "Categorical", "Distribution", "Independent", "MixtureSameFamily", "MultivariateNormal",
-           "Normal", "OneHotCategorical", "Uniform", "kl_divergence", "register_kl"]
+__all__ = ["Bernoulli", "Categorical", "Distribution", "ExponentialFamily", "Independent", "MixtureSameFamily",
+           "MultivariateNormal", "Normal", "OneHotCategorical", "Uniform", "kl_divergence", "register_kl"]
 
 
 def _param(x: Any) -> Tensor:
@@ -207,13 +207,57 @@ class Distribution:
         return f"{type(self).__name__}(batch_shape={self._batch_shape}, event_shape={self._event_shape})"
 
 
-class Normal(Distribution):
+class ExponentialFamily(Distribution):
+    """The base class of exponential families, p(x; theta) = exp(<t(x), theta> - F(theta) + k(x)), as
+    torch's: a subclass gives its natural parameters theta (`_natural_params`), the log normalizer F
+    (`_log_normalizer`) and E[k(x)] (`_mean_carrier_measure`), and `entropy` is then the Bregman form
+    F(theta) - <theta, grad F(theta)> - E[k(x)] (with `kl_divergence` between two members of one family
+    likewise). grad F comes from `av.grad`; unlike torch's (which detaches the natural parameters), the
+    entropy stays differentiable in the distribution's parameters."""
+
+    @property
+    def _natural_params(self) -> tuple[Tensor, ...]:
+        raise NotImplementedError
+
+    def _log_normalizer(self, *natural_params: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    @property
+    def _mean_carrier_measure(self) -> Any:
+        raise NotImplementedError
+
+    def _log_normalizer_and_grads(self) -> tuple[list[Tensor], Tensor, tuple[Tensor, ...]]:
+        from ..compiler import grad  # (imported late: the compiler imports this package)
+        nparams = list(self._natural_params)
+        fn = lambda *ps: ops.sum(self._log_normalizer(*ps))  # noqa: E731
+        grads = grad(fn, argnums=tuple(range(len(nparams))))(*nparams)
+        return nparams, self._log_normalizer(*nparams), grads
+
+    def entropy(self) -> Tensor:
+        nparams, lg_normal, grads = self._log_normalizer_and_grads()
+        result = ops.sub(lg_normal, self._mean_carrier_measure)
+        for p, g in zip(nparams, grads):
+            result = ops.sub(result, ops.sum(ops.reshape(ops.mul(p, g), self._batch_shape + (-1,)), -1))
+        return result
+
+
+class Normal(ExponentialFamily):
     """Normal(loc, scale): Gaussians, reparameterized (`rsample` = loc + eps * scale)."""
 
     has_rsample = True
     arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
     support = constraints.real
     _expand_params = {"loc": 0, "scale": 0}
+
+    _mean_carrier_measure = 0
+
+    @property
+    def _natural_params(self) -> tuple[Tensor, Tensor]:
+        var = ops.mul(self.scale, self.scale)
+        return ops.div(self.loc, var), ops.mul(-0.5, ops.reciprocal(var))
+
+    def _log_normalizer(self, x: Tensor, y: Tensor) -> Tensor:
+        return ops.add(ops.div(ops.mul(-0.25, ops.mul(x, x)), y), ops.mul(0.5, ops.log(ops.div(-math.pi, y))))
 
     def __init__(self, loc: Any, scale: Any, validate_args: bool | None = None) -> None:
         self.loc, self.scale = _broadcast_all(loc, scale)
@@ -321,7 +365,7 @@ def _one_of(name: str, probs: Any, logits: Any) -> None:
         raise ValueError("Either `probs` or `logits` must be specified, but not both.")
 
 
-class Bernoulli(Distribution):
+class Bernoulli(ExponentialFamily):
     """Bernoulli(probs=None, logits=None): 1 with probability `probs` (or sigmoid(logits)), else 0.
     Samples are floats of the parameter's dtype, as in torch."""
 
@@ -329,6 +373,16 @@ class Bernoulli(Distribution):
     support = constraints.boolean
     has_enumerate_support = True
     _expand_params = {"_param": 0}
+
+    _mean_carrier_measure = 0
+
+    @property
+    def _natural_params(self) -> tuple[Tensor]:
+        p = self.probs
+        return (ops.sub(ops.log(p), ops.log1p(ops.neg(p))),)
+
+    def _log_normalizer(self, x: Tensor) -> Tensor:
+        return ops.log1p(ops.exp(x))
 
     def __init__(self, probs: Any = None, logits: Any = None, validate_args: bool | None = None) -> None:
         _one_of("Bernoulli", probs, logits)

@@ -19,6 +19,7 @@ from .continuous import Gamma
 from .core import (
     Categorical,
     Distribution,
+    ExponentialFamily,
     OneHotCategorical,
     _bce_with_logits,
     _broadcast_all,
@@ -67,12 +68,19 @@ class _BinaryParam(Distribution):
         return self._param.shape
 
 
-class Poisson(Distribution):
+class Poisson(ExponentialFamily):
     """Poisson(rate): rate^k e^-rate / k! on k = 0, 1, ..."""
 
     arg_constraints = {"rate": constraints.nonnegative}
     support = constraints.nonnegative_integer
     _expand_params = {"rate": 0}
+
+    @property
+    def _natural_params(self) -> tuple[Tensor]:
+        return (ops.log(self.rate),)
+
+    def _log_normalizer(self, x: Tensor) -> Tensor:
+        return ops.exp(x)
 
     def __init__(self, rate: Any, validate_args: bool | None = None) -> None:
         (self.rate,) = _broadcast_all(rate)

@@ -27,6 +27,7 @@ from .continuous import (
 )
 from .core import (
     Bernoulli,
+    ExponentialFamily,
     MultivariateNormal,
     Normal,
     Uniform,
@@ -519,3 +520,22 @@ def _kl_uniform_pareto(p: Uniform, q: Pareto) -> Tensor:
     t1 = ops.log(q.alpha * ops.pow(q.scale, q.alpha) * width)
     t2 = (_x_log_x(p.high) - _x_log_x(p.low) - width) / width
     return ops.where(ops.lt(p.low, q.scale), math.inf, t2 * (q.alpha + 1.0) - t1)
+
+
+@register_kl(ExponentialFamily, ExponentialFamily)
+def _kl_expfamily_expfamily(p: ExponentialFamily, q: ExponentialFamily) -> Tensor:
+    """The Bregman divergence of the log normalizer, F(theta_q) - F(theta_p) - <theta_q - theta_p, grad F(theta_p)>,
+    for two members of one family without a closed form of their own (torch's fallback)."""
+    if type(p) is not type(q):
+        raise NotImplementedError("The cross KL-divergence between different exponential families cannot be "
+                                  "computed using Bregman divergences")
+    p_nparams, lg_normal, grads = p._log_normalizer_and_grads()
+    q_nparams = q._natural_params
+    result = ops.sub(q._log_normalizer(*q_nparams), lg_normal)
+    for pnp, qnp, g in zip(p_nparams, q_nparams, grads):
+        term = ops.mul(ops.sub(qnp, pnp), g)  # summed over its own dims past the batch (torch sums the
+        # rightmost len(event_shape), which for a parameter of the batch's shape, as Wishart's df, crosses the batch)
+        shape = tuple(np.broadcast_shapes(p.batch_shape, q.batch_shape))
+        result = ops.sub(result, ops.sum(ops.reshape(ops.broadcast_to(term, shape + term.shape[len(shape):])
+                                                     if term.ndim >= len(shape) else term, shape + (-1,)), -1))
+    return result

@@ -21,9 +21,11 @@ from ..tensor import Tensor
 from . import constraints
 from .core import _broadcast_all, _softplus
 
-__all__ = ["AbsTransform", "AffineTransform", "ComposeTransform", "CumulativeDistributionTransform", "ExpTransform",
-           "IndependentTransform", "PowerTransform", "ReshapeTransform", "SigmoidTransform", "SoftmaxTransform",
-           "SoftplusTransform", "StickBreakingTransform", "TanhTransform", "Transform", "identity_transform"]
+__all__ = ["AbsTransform", "AffineTransform", "CatTransform", "ComposeTransform", "CorrCholeskyTransform",
+           "CumulativeDistributionTransform", "ExpTransform", "IndependentTransform", "LowerCholeskyTransform",
+           "PositiveDefiniteTransform", "PowerTransform", "ReshapeTransform", "SigmoidTransform", "SoftmaxTransform",
+           "SoftplusTransform", "StackTransform", "StickBreakingTransform", "TanhTransform", "Transform",
+           "identity_transform"]
 
 
 def _sum_rightmost(value: Any, dim: int) -> Any:
@@ -696,3 +698,267 @@ class CumulativeDistributionTransform(Transform):
 
     def log_abs_det_jacobian(self, x: Any, y: Any) -> Tensor:
         return self.distribution.log_prob(x)
+
+
+def _tril_rows(n: int, diag: int) -> list[tuple[int, int]]:
+    """(row, count) of the entries of an n x n matrix on or below diagonal `diag`, row by row."""
+    return [(i, min(n, i + diag + 1)) for i in range(n) if i + diag + 1 > 0]
+
+
+def tril_matrix_to_vec(mat: Tensor, diag: int = 0) -> Tensor:
+    """torch.distributions.utils.tril_matrix_to_vec: the entries on and below diagonal `diag`, row by row
+    (slices joined, so it traces with no index constant and differentiates)."""
+    n = mat.shape[-1]
+    if diag < -n or diag >= n:
+        raise ValueError(f"diag ({diag}) provided is outside [{-n}, {n - 1}].")
+    rows = [ops.narrow(ops.select(mat, -2, i), -1, 0, k) for i, k in _tril_rows(n, diag)]
+    return ops.concat(rows, -1) if rows else ops.zeros(mat.shape[:-2] + (0,), dtype=mat.dtype)
+
+
+def vec_to_tril_matrix(vec: Tensor, diag: int = 0) -> Tensor:
+    """torch.distributions.utils.vec_to_tril_matrix: the D x D matrix with `vec` on and below diagonal
+    `diag`, row by row, and zeros elsewhere (rows sliced from `vec` and padded)."""
+    m = vec.shape[-1]
+    n = (-(1 + 2 * diag) + ((1 + 2 * diag) ** 2 + 8 * m + 4 * abs(diag) * (diag + 1)) ** 0.5) / 2
+    if round(n) - n > float(np.finfo(vec.dtype.np).eps):
+        raise ValueError(f"The size of last dimension is {m} which cannot be expressed as the lower triangular part "
+                         "of a square D x D matrix.")
+    n = round(n)
+    counts = dict(_tril_rows(n, diag))
+    rows, start = [], 0
+    lead = [(0, 0)] * (vec.ndim - 1)
+    for i in range(n):
+        k = counts.get(i, 0)
+        row = ops.narrow(vec, -1, start, k) if k else ops.zeros(vec.shape[:-1] + (0,), dtype=vec.dtype)
+        rows.append(ops.pad(row, lead + [(0, n - k)], 0.0))
+        start += k
+    return ops.stack(rows, -2)
+
+
+class CorrCholeskyTransform(Transform):
+    """Unconstrained vectors of length D(D-1)/2 to Cholesky factors of D x D correlation matrices (lower
+    triangular, positive diagonal, unit rows), by a signed stick breaking of tanh(x) row by row, as
+    torch's. `log_abs_det_jacobian` is that of x against the strictly lower part of y."""
+
+    domain, bijective = constraints.real_vector, True
+    codomain = constraints.corr_cholesky
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CorrCholeskyTransform)
+
+    __hash__ = object.__hash__
+
+    def _call(self, x: Any) -> Any:
+        eps = float(np.finfo(x.dtype.np).eps)
+        x = ops.clamp(ops.tanh(x), -1.0 + eps, 1.0 - eps)
+        r = vec_to_tril_matrix(x, diag=-1)
+        z1m_cumprod_sqrt = ops.cumprod(ops.sqrt(ops.sub(1.0, ops.mul(r, r))), -1)
+        n = r.shape[-1]
+        r = ops.add(r, ops.eye(n, dtype=r.dtype))
+        pad = [(0, 0)] * (r.ndim - 1) + [(1, 0)]
+        return ops.mul(r, ops.pad(ops.narrow(z1m_cumprod_sqrt, -1, 0, n - 1), pad, 1.0))
+
+    def _inverse(self, y: Any) -> Any:
+        n = y.shape[-1]
+        y_cumsum = ops.sub(1.0, ops.cumsum(ops.mul(y, y), -1))
+        pad = [(0, 0)] * (y.ndim - 1) + [(1, 0)]
+        y_cumsum_shifted = ops.pad(ops.narrow(y_cumsum, -1, 0, n - 1), pad, 1.0)
+        t = ops.div(tril_matrix_to_vec(y, diag=-1), ops.sqrt(tril_matrix_to_vec(y_cumsum_shifted, diag=-1)))
+        return ops.div(ops.sub(ops.log1p(t), ops.log1p(ops.neg(t))), 2.0)
+
+    def log_abs_det_jacobian(self, x: Any, y: Any) -> Tensor:
+        y1m_cumsum = ops.sub(1.0, ops.cumsum(ops.mul(y, y), -1))
+        stick_breaking_logdet = ops.mul(0.5, ops.sum(ops.log(tril_matrix_to_vec(y1m_cumsum, diag=-2)), -1))
+        tanh_logdet = ops.mul(-2.0, ops.sum(ops.sub(ops.add(x, _softplus(ops.mul(-2.0, x))), math.log(2.0)), -1))
+        return ops.add(stick_breaking_logdet, tanh_logdet)
+
+    def forward_shape(self, shape: Any) -> tuple[int, ...]:
+        if len(shape) < 1:
+            raise ValueError("Too few dimensions on input")
+        n = shape[-1]
+        d = round((0.25 + 2 * n) ** 0.5 + 0.5)
+        if d * (d - 1) // 2 != n:
+            raise ValueError("Input is not a flattened lower-diagonal number")
+        return tuple(shape[:-1]) + (d, d)
+
+    def inverse_shape(self, shape: Any) -> tuple[int, ...]:
+        if len(shape) < 2:
+            raise ValueError("Too few dimensions on input")
+        if shape[-2] != shape[-1]:
+            raise ValueError("Input is not square")
+        d = shape[-1]
+        return tuple(shape[:-2]) + (d * (d - 1) // 2,)
+
+
+def _lower_cholesky(x: Tensor) -> Tensor:
+    return ops.add(ops.tril(x, -1), ops.diag_embed(ops.exp(ops.diagonal(x, 0, -2, -1))))
+
+
+class LowerCholeskyTransform(Transform):
+    """Unconstrained matrices to lower triangular ones with a positive diagonal: the strictly lower part
+    kept, the diagonal exponentiated (not bijective and no log_abs_det_jacobian, as torch's)."""
+
+    domain = constraints.independent(constraints.real, 2)
+    codomain = constraints.lower_cholesky
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LowerCholeskyTransform)
+
+    __hash__ = object.__hash__
+
+    def _call(self, x: Any) -> Any:
+        return _lower_cholesky(x)
+
+    def _inverse(self, y: Any) -> Any:
+        return ops.add(ops.tril(y, -1), ops.diag_embed(ops.log(ops.diagonal(y, 0, -2, -1))))
+
+
+class PositiveDefiniteTransform(Transform):
+    """Unconstrained matrices to positive definite ones, L L^T with L = LowerCholeskyTransform()(x); the
+    inverse goes through the Cholesky factor (no log_abs_det_jacobian, as torch's)."""
+
+    domain = constraints.independent(constraints.real, 2)
+    codomain = constraints.positive_definite
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PositiveDefiniteTransform)
+
+    __hash__ = object.__hash__
+
+    def _call(self, x: Any) -> Any:
+        low = _lower_cholesky(x)
+        return ops.matmul(low, ops.swapaxes(low, -1, -2))
+
+    def _inverse(self, y: Any) -> Any:
+        return LowerCholeskyTransform().inv(ops.linalg.cholesky(y))
+
+
+def _check_dim(dim: int, t: Tensor, length: int, what: str = "tensor") -> None:
+    if not -t.ndim <= dim < t.ndim:
+        raise AssertionError(f"dim {dim} out of range for {what} with {t.ndim} dimensions")
+    if t.shape[dim] != length:
+        raise AssertionError(f"x.size({dim}) = {t.shape[dim]} must equal length {length}")
+
+
+class CatTransform(Transform):
+    """The transforms `tseq` applied to consecutive pieces of `dim` (of lengths `lengths`, 1 each by
+    default), the results joined as torch.cat joins them."""
+
+    def __init__(self, tseq: Any, dim: int = 0, lengths: Any = None, cache_size: int = 0) -> None:
+        if not all(isinstance(t, Transform) for t in tseq):
+            raise AssertionError("All elements of tseq must be Transform instances")
+        if cache_size:
+            tseq = [t.with_cache(cache_size) for t in tseq]
+        super().__init__(cache_size=cache_size)
+        self.transforms = list(tseq)
+        self.lengths = [1] * len(self.transforms) if lengths is None else [int(n) for n in lengths]
+        if len(self.lengths) != len(self.transforms):
+            raise AssertionError(f"lengths ({len(self.lengths)}) must match transforms ({len(self.transforms)})")
+        self.dim = dim
+
+    @property
+    def event_dim(self) -> int:
+        return max(t.event_dim for t in self.transforms)
+
+    @property
+    def length(self) -> int:
+        return sum(self.lengths)
+
+    def with_cache(self, cache_size: int = 1) -> Transform:
+        if self._cache_size == cache_size:
+            return self
+        return CatTransform(self.transforms, self.dim, self.lengths, cache_size)
+
+    def _pieces(self, t: Tensor) -> list[Tensor]:
+        out, start = [], 0
+        for n in self.lengths:
+            out.append(ops.narrow(t, self.dim, start, n))
+            start += n
+        return out
+
+    def _call(self, x: Any) -> Any:
+        _check_dim(self.dim, x, self.length)
+        return ops.concat([t(p) for t, p in zip(self.transforms, self._pieces(x))], self.dim)
+
+    def _inverse(self, y: Any) -> Any:
+        _check_dim(self.dim, y, self.length)
+        return ops.concat([t.inv(p) for t, p in zip(self.transforms, self._pieces(y))], self.dim)
+
+    def log_abs_det_jacobian(self, x: Any, y: Any) -> Tensor:
+        _check_dim(self.dim, x, self.length, "x")
+        _check_dim(self.dim, y, self.length, "y")
+        event_dim = self.event_dim
+        terms = []
+        for t, xp, yp in zip(self.transforms, self._pieces(x), self._pieces(y)):
+            term = t.log_abs_det_jacobian(xp, yp)
+            if t.event_dim < event_dim:
+                term = _sum_rightmost(term, event_dim - t.event_dim)
+            terms.append(term)
+        dim = self.dim - x.ndim if self.dim >= 0 else self.dim
+        dim += event_dim
+        if dim < 0:
+            return ops.concat(terms, dim)
+        total = terms[0]
+        for term in terms[1:]:
+            total = ops.add(total, term)
+        return total
+
+    @property  # type: ignore[override]
+    def bijective(self) -> bool:
+        return all(t.bijective for t in self.transforms)
+
+    @property  # type: ignore[override]
+    def domain(self) -> Any:
+        return constraints.cat([t.domain for t in self.transforms], self.dim, self.lengths)
+
+    @property  # type: ignore[override]
+    def codomain(self) -> Any:
+        return constraints.cat([t.codomain for t in self.transforms], self.dim, self.lengths)
+
+
+class StackTransform(Transform):
+    """The transforms `tseq` applied to the slices of `dim`, one each, the results joined as torch.stack
+    joins them."""
+
+    def __init__(self, tseq: Any, dim: int = 0, cache_size: int = 0) -> None:
+        if not all(isinstance(t, Transform) for t in tseq):
+            raise AssertionError("All elements of tseq must be Transform instances")
+        if cache_size:
+            tseq = [t.with_cache(cache_size) for t in tseq]
+        super().__init__(cache_size=cache_size)
+        self.transforms = list(tseq)
+        self.dim = dim
+
+    def with_cache(self, cache_size: int = 1) -> Transform:
+        if self._cache_size == cache_size:
+            return self
+        return StackTransform(self.transforms, self.dim, cache_size)
+
+    def _slice(self, z: Tensor) -> list[Tensor]:
+        return [ops.select(z, self.dim, i) for i in range(z.shape[self.dim])]
+
+    def _call(self, x: Any) -> Any:
+        _check_dim(self.dim, x, len(self.transforms))
+        return ops.stack([t(p) for p, t in zip(self._slice(x), self.transforms)], self.dim)
+
+    def _inverse(self, y: Any) -> Any:
+        _check_dim(self.dim, y, len(self.transforms))
+        return ops.stack([t.inv(p) for p, t in zip(self._slice(y), self.transforms)], self.dim)
+
+    def log_abs_det_jacobian(self, x: Any, y: Any) -> Tensor:
+        _check_dim(self.dim, x, len(self.transforms), "x")
+        _check_dim(self.dim, y, len(self.transforms), "y")
+        return ops.stack([t.log_abs_det_jacobian(xp, yp)
+                          for xp, yp, t in zip(self._slice(x), self._slice(y), self.transforms)], self.dim)
+
+    @property  # type: ignore[override]
+    def bijective(self) -> bool:
+        return all(t.bijective for t in self.transforms)
+
+    @property  # type: ignore[override]
+    def domain(self) -> Any:
+        return constraints.stack([t.domain for t in self.transforms], self.dim)
+
+    @property  # type: ignore[override]
+    def codomain(self) -> Any:
+        return constraints.stack([t.codomain for t in self.transforms], self.dim)
