@@ -142,6 +142,33 @@ def test_sdpa_kept_whole_with_gqa_and_masks(mode):
     _check(Attention(mode), x, mask)
 
 
+class DeadRows(tnn.Module):
+    """Queries whose every key is masked (ModernBERT's padded queries in its sliding window): torch's op gives
+    zeros there (its _safe_softmax), not nan, and no nan reaches the gradients."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        self.qkv = tnn.Linear(8, 24)
+
+    def forward(self, x, keep):
+        q, k, v = self.qkv(x).view(2, 5, 3, 2, 4).permute(2, 0, 3, 1, 4)
+        if self.mode == "float":  # -inf where removed, a finite bias elsewhere (HF's additive masks)
+            keep = torch.zeros(keep.shape).masked_fill(~keep, float("-inf")) + 0.5 * keep.float()
+        return TF.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None])
+
+
+@pytest.mark.parametrize("mode", ["bool", "float"])
+def test_sdpa_rows_with_every_key_masked_are_zeros_as_torchs(mode):
+    torch.manual_seed(0)
+    keep = torch.rand(2, 5, 5) > 0.4
+    keep[0, 1], keep[1, 3:] = False, False  # three dead rows, one alone and two at the end
+    keep[0, 2] = True
+    out = _check(DeadRows(mode), torch.randn(2, 5, 8), keep)(*(av.tensor(a.numpy()) for a in
+                                                            (torch.randn(2, 5, 8), keep))).numpy()
+    assert not np.isnan(out).any() and (out[0, :, 1] == 0).all() and (out[1, :, 3:] == 0).all()
+
+
 def test_decomposition_failure_is_told_apart_from_capture_failure(monkeypatch):
     def broken(self, *a, **k):
         raise ValueError("Cannot view a tensor")
@@ -212,3 +239,38 @@ def test_other_shape_or_dtype_than_the_example_is_refused_by_name():
         model(ones)
     with pytest.raises(TypeError, match=r"argument 'xs\[1\]' is \[tensor\(2, 3\)\], but was tensor\(2,\)"):
         model(ones, [ones])
+
+
+class Resize(tnn.Module):
+    """F.interpolate in its ATen forms: SegFormer's bilinear decode head (to a size), DETR's nearest mask, a
+    scale factor (the source index from the scale, not the sizes: 7 * 1.7 -> 11), align_corners, and the plain
+    (non-.vec) overloads called directly, with and without scales (the source index from the scales again).
+    Bicubic, nearest-exact, 1-d and 3-d resizes are here too, though torch 2.13 decomposes them before Avalon."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = tnn.Conv2d(3, 4, 1)
+
+    def forward(self, x, v):
+        h = self.conv(x)  # (2, 4, 7, 5)
+        a = TF.interpolate(h, size=(9, 6), mode="bilinear", align_corners=False)
+        b = TF.interpolate(h, scale_factor=1.7, mode="bilinear")[..., :9, :6]
+        c = TF.interpolate(h, size=(9, 6), mode="bilinear", align_corners=True)
+        d = TF.interpolate(h, size=(9, 6), mode="bicubic") + TF.interpolate(h, size=(9, 6), mode="nearest-exact")
+        e = TF.interpolate(h, scale_factor=(1.4, 1.3), mode="nearest")[..., :9, :6]
+        f = torch.ops.aten.upsample_bilinear2d(h, [9, 6], False, 1.5, 1.25)
+        g = torch.ops.aten.upsample_nearest2d(h, [9, 6]) + torch.ops.aten.upsample_nearest2d(h, [9, 6], 1.5, 1.25)
+        m = TF.interpolate((x[:, :1] > 0).float(), size=(9, 6)).to(torch.bool)  # DETR's pixel mask
+        one = TF.interpolate(h.flatten(2), size=54, mode="linear").reshape(2, 4, 9, 6)
+        tri = TF.interpolate(v * self.conv.weight.sum(), scale_factor=2, mode="trilinear")
+        near3 = TF.interpolate(v, size=(3, 4, 4), mode="nearest")
+        cube = (tri[:, :, :3, :4, :4] + near3).mean((1, 2, 3, 4))[:, None, None, None]
+        return (a + b + c + d + e + f + g + one) * m + cube
+
+
+def test_upsample_ops_of_f_interpolate():
+    torch.manual_seed(0)
+    args = (torch.randn(2, 3, 7, 5), torch.randn(2, 1, 2, 3, 3))
+    targets = {str(n.target) for n in _export(Resize().eval(), args, {}).graph.nodes}
+    assert {"aten.upsample_bilinear2d.vec", "aten.upsample_nearest2d.vec", "aten.upsample_nearest2d.default"} <= targets
+    _check(Resize(), *args)

@@ -28,7 +28,7 @@ LAYERS = {
     "avalon.compiler": 3, "avalon.debug": 3,
     "avalon.nn": 4, "avalon.optim": 4, "avalon.train": 4, "avalon.checkpoint": 4, "avalon.zoo": 4,
     "avalon.interop": 4, "avalon.onnx": 4, "avalon.cli": 4, "avalon.demo": 4, "avalon.distributed": 4, "avalon": 4,
-    "avalon.utils": 4, "avalon.distributions": 4,
+    "avalon.utils": 4, "avalon.distributions": 4, "avalon.vision": 4,
 }
 NAMES = {0: "ir", 1: "frontend/autodiff/passes", 2: "codegen", 3: "compiler driver", 4: "nn/optim/train/cli"}
 

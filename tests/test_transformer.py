@@ -57,7 +57,8 @@ def check_grads(ours, theirs, fwd_ours, fwd_theirs, tol=1e-9):
 
 def masks(rng, kind, n, L, S, heads):
     """(attn_mask, key_padding_mask) in torch's convention: True or -inf = may not attend. Every row
-    keeps at least its first key, so no row is fully masked (that is nan in torch as well)."""
+    keeps at least its first key, so no row is fully masked (tests/test_triton_attention.py checks that case
+    for F.scaled_dot_product_attention: zeros, as torch's)."""
     kpm = rng.random((n, S)) < 0.4
     kpm[:, 0] = False
     bool_am = rng.random((L, S)) < 0.4

@@ -80,11 +80,13 @@ def loop_body(src: str, header: str) -> str:
 
 @pytest.mark.parametrize("mode", ["none", "causal", "bool", "float", "dropout"])
 def test_attention_is_one_flash_kernel_matching_the_reference(mode, rng):
+    """With a mask given as an input, two small kernels go with it: which query rows see no key (a
+    reduction of the mask) and their zeroing afterwards (torch's zeros where a softmax gives nan)."""
     g, cg, got, want = _run(mode, rng)
-    (op,) = g.ops
-    assert op.name == "fusion" and op.attrs["name"] == "fused_attention_0"
+    (op,) = [o for o in g.ops if o.attrs.get("name") == "fused_attention_0"]
     assert [o.name for o in op.regions[0].ops].count("matmul") == 2
-    (launch,) = cg.launches
+    assert len(g.ops) == (3 if mode in ("bool", "float") else 1)
+    (launch,) = [ln for ln in cg.launches if ln.kernel.kind == "attention"]
     k = launch.kernel
     assert k.kind == "attention" and k.grid == (2, 2) and k.meta["BN"] == 32  # 2 query blocks x B*H
     if mode in ("causal", "dropout"):  # below the diagonal without the mask, then up to it with it
@@ -106,19 +108,19 @@ def test_attention_is_one_flash_kernel_matching_the_reference(mode, rng):
 def test_ragged_lengths_and_head_dims(mode, rng):
     """L, S, E, Ev not multiples of the blocks: masked lanes must not leak into the row sums."""
     _, cg, got, want = _run(mode, rng, B=2, H=1, L=40, S=40 if mode == "causal" else 56, E=12, Ev=20)
-    assert cg.launches[0].kernel.kind == "attention"
+    assert [ln.kernel.kind for ln in cg.launches].count("attention") == 1
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_fully_masked_row_is_nan_like_the_reference(rng):
+def test_fully_masked_row_is_zeros_like_torch_and_the_reference(rng):
     q, k, v, m = _inputs(rng, "bool")
     m[5, :] = False
     g = av.trace(_fn("bool"), q, k, v, m)
     want = av.interpret(g, q, k, v, m)[0]
     cg = compile_graph(_optimize(g), blocks=BLOCKS)
     got = to_numpy(cg(q, k, v, m)[0])
-    assert np.isnan(want[:, :, 5]).all() and np.isnan(got[:, :, 5]).all()
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, equal_nan=True)
+    assert (want[:, :, 5] == 0).all() and (got[:, :, 5] == 0).all() and np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_numpy_target_fuses_as_before(rng):

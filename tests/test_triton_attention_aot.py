@@ -67,8 +67,8 @@ def test_attention_and_depthwise_kernels_compile_to_ptx_for_h100(tmp_path):
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     failed = [r for r in results if not r["ok"]]
     assert not failed, failed
-    kinds = {r["case"]: r["kind"] for r in results}
-    assert all(kinds[c] == "attention" for c in ("causal", "bool_mask", "float_mask_f16", "dropout")), results
+    kinds = {c: [r["kind"] for r in results if r["case"] == c] for c in {r["case"] for r in results}}
+    assert all(kinds[c].count("attention") == 1 for c in ("causal", "bool_mask", "float_mask_f16", "dropout")), results
     assert sum(r["case"] == "depthwise" and r["kind"] == "contraction" for r in results) == 3
     for c in ("train_causal", "train_none_f16", "train_dropout"):  # the backward kernel, and the forward storing m and l
         kinds = [r["kind"] for r in results if r["case"] == c]

@@ -17,6 +17,7 @@ from .. import ops
 from ..ir import dtypes as dt
 from ..nn import functional as F
 from ..nn.attention import scaled_dot_product_attention
+from ..nn.functional_spatial import _resize_axis
 from ..random import next_seed
 from ..tensor import Tensor
 from .model import UnsupportedOp
@@ -783,7 +784,8 @@ def _repeat_heads(x: Tensor, heads: int) -> Tensor:
 @rule("aten.scaled_dot_product_attention.default")
 def sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, dropout_p: float = 0.0,
          is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False) -> Tensor:
-    """Kept whole by the importer (not decomposed), so Avalon's attention fusion sees it."""
+    """Kept whole by the importer (not decomposed), so Avalon's attention fusion sees it. A query row
+    whose every key the mask removes is zeros, as in torch's op (F.scaled_dot_product_attention's rule)."""
     if enable_gqa and q.ndim >= 3 and k.shape[-3] != q.shape[-3]:
         k, v = _repeat_heads(k, q.shape[-3]), _repeat_heads(v, q.shape[-3])
     return scaled_dot_product_attention(q, k, v, attn_mask, float(dropout_p), bool(is_causal), scale)
@@ -829,6 +831,45 @@ def avg_pool(x: Tensor, kernel: Any, stride: Any = (), padding: Any = 0, ceil_mo
 @rule("aten._adaptive_avg_pool2d.default", "aten.adaptive_avg_pool2d.default")
 def adaptive_avg_pool(x: Tensor, size: Any) -> Tensor:
     return F.adaptive_avg_pool2d(x, list(size))
+
+
+def _upsample(mode: str, k: int) -> AtenRule:
+    """F.interpolate's ATen ops (SegFormer's bilinear decode head, DETR's nearest mask): `.vec` takes an
+    output size or a list of scale factors, the plain overload an output size and optional per-axis scales
+    (torch then computes source indices from the scale, not the sizes); one axis at a time, as F.interpolate."""
+    interpolating = mode not in ("nearest", "nearest-exact")
+    names = ("scales",) if k == 1 else ("scales_d", "scales_h", "scales_w")[3 - k:]
+
+    def fn(x: Tensor, output_size: Any, *args: Any, **kw: Any) -> Tensor:
+        align = False
+        if interpolating:
+            align, args = bool(args[0] if args else kw.pop("align_corners")), args[1:]
+        if "scale_factors" in kw:
+            args = (kw["scale_factors"],)
+        if args and (isinstance(args[0], (list, tuple)) or len(args) == 1 and args[0] is None
+                     and not any(n in kw for n in names)):  # .vec's scale_factors
+            scales = list(args[0] or [None] * k)
+        else:
+            scales = list(args) + [kw.get(n) for n in names[len(args):]]
+        if x.ndim != k + 2 or len(scales) != k:
+            raise UnsupportedOp(f"upsample ({mode}): {k}-d op on input of shape {x.shape} with scales {scales}")
+        outs = ([int(s) for s in output_size] if output_size is not None else
+                [int(math.floor(n * float(s))) for n, s in zip(x.shape[2:], scales)])
+        for j in range(k):
+            s = scales[j]
+            x = _resize_axis(x, 2 + j, outs[j], float(s) if s is not None and s > 0 else None, mode, align)
+        return x
+    return fn
+
+
+for _k, _modes in ((1, (("nearest", "upsample_nearest1d"), ("nearest-exact", "_upsample_nearest_exact1d"),
+                        ("linear", "upsample_linear1d"))),
+                   (2, (("nearest", "upsample_nearest2d"), ("nearest-exact", "_upsample_nearest_exact2d"),
+                        ("bilinear", "upsample_bilinear2d"), ("bicubic", "upsample_bicubic2d"))),
+                   (3, (("nearest", "upsample_nearest3d"), ("nearest-exact", "_upsample_nearest_exact3d"),
+                        ("trilinear", "upsample_trilinear3d")))):
+    for _mode, _op in _modes:
+        rule(f"aten.{_op}.vec", f"aten.{_op}.default")(_upsample(_mode, _k))
 
 
 # -- normalization and randomness -------------------------------------------------------------

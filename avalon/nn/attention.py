@@ -9,7 +9,9 @@ recognize this shape as one attention kernel. Semantics follow torch's function:
 boolean means "may attend" (True takes part), a float mask is added to the scores, `is_causal`
 masks the upper triangle (query i attends keys j <= i, aligned top-left as torch does), `scale`
 defaults to 1/sqrt(E), and `dropout_p` is applied as given (torch's functional form does not look
-at a training flag either). A row with every key masked gives nan, as in torch.
+at a training flag either). A query row with every key masked gives zeros (and zero gradients), as
+torch's kernels do (torch >= 2.5; the softmax alone would give nan): the row attends every key and its
+output is zeroed, which only costs a reduction of the mask where the mask's values are not known.
 """
 from __future__ import annotations
 
@@ -54,8 +56,16 @@ def scaled_dot_product_attention(query: Any, key: Any, value: Any, attn_mask: An
     if is_causal:
         keep = ops.le(ops.sub(ops.iota((L, S), 1), ops.iota((L, S), 0)), 0)  # key j <= query i
         scores = ops.masked_fill(scores, ops.logical_not(keep), float("-inf"))
-    elif attn_mask is not None:
+    dead = None
+    if attn_mask is not None and not is_causal:
         m = _t(attn_mask)
+        # a query row that may attend no key: torch's kernels give zeros (and zero gradients) there, where
+        # the softmax of a row of -inf is nan. Such rows attend every key instead and are zeroed after
+        dead = ops.logical_not(ops.any(m if m.dtype is dt.bool_ else ops.ne(m, float("-inf")), -1, keepdim=True))
+        if not dead.is_traced and not bool(dead.numpy().any()):
+            dead = None  # (known to have none: no extra work)
+        elif dead is not None:
+            m = ops.logical_or(m, dead) if m.dtype is dt.bool_ else ops.masked_fill(m, dead, 0.0)
         if m.dtype is dt.bool_:
             scores = ops.masked_fill(scores, ops.logical_not(m), float("-inf"))
         else:
@@ -63,4 +73,5 @@ def scaled_dot_product_attention(query: Any, key: Any, value: Any, attn_mask: An
     attn = softmax(scores, -1)
     if dropout_p > 0.0:
         attn = dropout(attn, dropout_p)
-    return ops.matmul(attn, v)
+    out = ops.matmul(attn, v)
+    return out if dead is None else ops.masked_fill(out, dead, 0.0)
