@@ -482,15 +482,20 @@ def _settle_state(t: Trace, slots: list[tuple[Any, Any, str, Tensor]], roots: li
                               f"there before the call and update it (`self.{k} = ...` or `.copy_(...)`)")
 
 
-def _constant(t: Trace, x: Tensor) -> Tensor | None:
-    """`x`'s value now, as a concrete tensor of x's class (a Buffer stays one), when it depends on
-    none of the graph's inputs (nor its random seed); else None. Computed with the reference rules."""
-    from .ir.reference import evaluate
-    cone, stack, seen = [], [x._value], set()
+def _cone(t: Trace, x: Tensor, leaf: Any) -> tuple[list[Any], dict[int, Any]] | None:
+    """The ops `x` is computed by, in graph order, and what `leaf(v)` gives for each graph input `v` they
+    read; None when one gives None (an argument, the random seed) or an op ran otherwise (a region)."""
+    cone, held, stack, seen = [], {}, [x._value], set()
     while stack:
         v = stack.pop()
         op = v.op
-        if op is None or op.regions or len(op.results) != 1:  # a graph input, or an op run otherwise
+        if op is None:
+            e = leaf(v)
+            if e is None:
+                return None
+            held[id(v)] = e
+            continue
+        if op.regions or len(op.results) != 1:
             return None
         if id(op) in seen:
             continue
@@ -500,10 +505,23 @@ def _constant(t: Trace, x: Tensor) -> Tensor | None:
     order = {id(op): i for i, op in enumerate(t.graph.ops)}
     if any(id(op) not in order for op in cone):
         return None
-    env: dict[int, np.ndarray] = {}
-    for op in sorted(cone, key=lambda o: order[id(o)]):
+    return sorted(cone, key=lambda o: order[id(o)]), held
+
+
+def _evaluate_cone(cone: list[Any], env: dict[int, np.ndarray], x: Tensor) -> np.ndarray:
+    from .ir.reference import evaluate
+    for op in cone:
         env[id(op.results[0])] = evaluate(op.name, op.attrs, [env[id(a)] for a in op.operands], op.results[0].type)
-    arr = np.ascontiguousarray(env[id(x._value)]).reshape(x.shape).copy()
+    return np.ascontiguousarray(env[id(x._value)]).reshape(x.shape).copy()
+
+
+def _constant(t: Trace, x: Tensor) -> Tensor | None:
+    """`x`'s value now, as a concrete tensor of x's class (a Buffer stays one), when it depends on
+    none of the graph's inputs (nor its random seed); else None. Computed with the reference rules."""
+    found = _cone(t, x, lambda v: None)
+    if found is None:
+        return None
+    arr = _evaluate_cone(found[0], {}, x)
     return type(x)._wrap(arr if x.device == CPU else _to_torch(arr, x.dtype, x.device), x.dtype, x.device)
 
 
@@ -550,38 +568,18 @@ def state_value(t: Trace, x: Tensor, what: str) -> np.ndarray | None:
     read as `self.mask.tolist()` reads them: their values are baked into the graph and the compile guards on
     them (tensor.READS), tracing again when they change. None when it depends on anything else (an argument,
     the random seed, an op run otherwise)."""
-    from .ir.reference import evaluate
     from .tensor import _read_while_tracing
     cache = t.__dict__.setdefault("_state_values", {})
     if id(x._value) in cache:
         return cache[id(x._value)][1]
-    cone, held, stack, seen = [], {}, [x._value], set()
-    while stack:
-        v = stack.pop()
-        op = v.op
-        if op is None:
-            e = t.state_inputs.get(id(v))
-            if e is None:
-                return None
-            held[id(v)] = e
-            continue
-        if op.regions or len(op.results) != 1:
-            return None
-        if id(op) in seen:
-            continue
-        seen.add(id(op))
-        cone.append(op)
-        stack.extend(op.operands)
-    order = {id(op): i for i, op in enumerate(t.graph.ops)}
-    if not held or any(id(op) not in order for op in cone):
+    found = _cone(t, x, lambda v: t.state_inputs.get(id(v)))
+    if found is None or not found[1]:
         return None
     env: dict[int, np.ndarray] = {}
-    for k, e in held.items():
+    for k, e in found[1].items():
         _read_while_tracing(e, what)  # refuses a tensor the function updated; else a guard of the compile
         env[k] = e.numpy()
-    for op in sorted(cone, key=lambda o: order[id(o)]):
-        env[id(op.results[0])] = evaluate(op.name, op.attrs, [env[id(a)] for a in op.operands], op.results[0].type)
-    arr = np.ascontiguousarray(env[id(x._value)]).reshape(x.shape).copy()
+    arr = _evaluate_cone(found[0], env, x)
     arr.flags.writeable = False
     cache[id(x._value)] = (x._value, arr)  # the Value kept alive, so its id is not reused
     return arr

@@ -292,21 +292,26 @@ class _Symmetric(_Square):
         return _all(abs(v - vt) <= 1e-6, [-2, -1])
 
 
+def positive_definite_np(m: np.ndarray) -> np.ndarray:
+    """Which matrices of a batch have a Cholesky factor (numpy's, on known values)."""
+    flat = m.reshape((-1,) + m.shape[-2:])
+    ok = np.zeros(len(flat), bool)
+    for i, a in enumerate(flat):
+        try:
+            np.linalg.cholesky(a)
+            ok[i] = True
+        except np.linalg.LinAlgError:
+            pass
+    return ok.reshape(m.shape[:-2])
+
+
 class _PositiveDefinite(_Symmetric):
     def check(self, value: Any) -> Any:
         """Symmetric with a Cholesky factor (decided on the values: numpy's, as torch's cholesky_ex)."""
         v = _t(value)
         m = v if isinstance(v, np.ndarray) else v.numpy()
         sym = np.asarray(super().check(m))
-        flat = m.reshape((-1,) + m.shape[-2:])
-        ok = np.zeros(len(flat), bool)
-        for i, a in enumerate(flat):
-            try:
-                np.linalg.cholesky(a)
-                ok[i] = True
-            except np.linalg.LinAlgError:
-                pass
-        out = sym & ok.reshape(m.shape[:-2])
+        out = sym & positive_definite_np(m)
         return out if isinstance(v, np.ndarray) else ops.as_tensor(out)
 
 

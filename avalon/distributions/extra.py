@@ -252,19 +252,6 @@ def _precision_to_scale_tril(p: Tensor) -> Tensor:
     return ops.linalg.solve_triangular(l_inv, eye, upper=False)
 
 
-def _positive_definite_np(m: np.ndarray) -> np.ndarray:
-    """Which matrices of a batch have a Cholesky factor (numpy's, on known values)."""
-    flat = m.reshape((-1,) + m.shape[-2:])
-    ok = np.zeros(len(flat), bool)
-    for i, a in enumerate(flat):
-        try:
-            np.linalg.cholesky(a)
-            ok[i] = True
-        except np.linalg.LinAlgError:
-            pass
-    return ok.reshape(m.shape[:-2])
-
-
 class Wishart(ExponentialFamily):
     """Wishart(df, covariance_matrix= | precision_matrix= | scale_tril=): positive definite p x p
     matrices, sum of df outer products of N(0, Sigma) vectors (df real, > p - 1). Everything goes through
@@ -385,7 +372,7 @@ class Wishart(ExponentialFamily):
         vals = _known(sample)
         if vals is None:
             return sample
-        singular = ~_positive_definite_np(vals)
+        singular = ~constraints.positive_definite_np(vals)
         if self._batch_shape:
             singular = singular.any(axis=tuple(self._batch_dims))
         if singular.any():
@@ -394,7 +381,7 @@ class Wishart(ExponentialFamily):
             for _ in range(tries):
                 mask = ops.as_tensor(singular.reshape(singular.shape + (1,) * (len(self._batch_shape) + 2)))
                 sample = ops.where(mask, self._bartlett_sampling(shape), sample)
-                singular = ~_positive_definite_np(sample.numpy())
+                singular = ~constraints.positive_definite_np(sample.numpy())
                 if self._batch_shape:
                     singular = singular.any(axis=tuple(self._batch_dims))
                 if not singular.any():
