@@ -321,8 +321,11 @@ def test_item_assignment_of_a_bool_mask_and_errors():
     x[x > 2] = -1.0
     t[t > 2] = -1.0
     same(x, t)
+    x[:, [0, 1]] = 1.0
+    t[:, [0, 1]] = 1.0
+    same(x, t)
     with pytest.raises(IndexError, match="setitem: integer-array"):
-        x[:, [0, 1]] = 1.0
+        x[1:, [0, 1]] = 1.0
     with pytest.raises(ValueError, match="cannot assign a value of shape"):
         x[0] = av.ones(2)
 

@@ -431,23 +431,36 @@ def _setitem_mask(x: Tensor, mask: Tensor, v: Any) -> Tensor:
 
 
 def _setitem_arrays(x: Tensor, index: tuple, value: Any) -> Tensor:
-    """`x[i] = value`, `x[i, j] = value`: integer-array indices (ints beside them count as 0-d arrays)
-    in the leading dims, full slices after them, as one `index_put`. Repeated positions keep the last
-    value, as torch's CPU kernels do."""
+    """`x[i] = value`, `x[i, j] = value`, `x[:, i, j] = value`: integer-array indices (ints beside them
+    count as 0-d arrays) with full slices around them, as one `index_put` on x with the indexed dims
+    moved to the front. The value broadcasts to torch's indexing result: the arrays' broadcast shape
+    where the indexed dims are when they are adjacent, first when they are not (numpy's rule). Repeated
+    positions keep the last value, as torch's CPU kernels do."""
     from .scattering import _broadcast_value, index_put  # (scattering builds on this module through sorting)
     adv = [k for k, i in enumerate(index) if not isinstance(i, slice)]
-    if adv != list(range(len(adv))) or any(
-            i is None or _is_bool_mask(i) or (isinstance(i, slice) and i.indices(x.shape[k]) != (0, x.shape[k], 1))
-            for k, i in enumerate(index)):
-        raise fail(IndexError("setitem: integer-array indices are supported in the leading dims, with full slices "
-                              "after them (x[i] = v, x[i, j] = v); for x[:, i] = v use x.index_fill(1, i, v) or "
-                              "x.index_copy(1, i, v), or av.where with a mask"))
-    arrays = [Tensor(np.int64(int(i))) if _is_int_index(i) else
-              (i if isinstance(i, Tensor) else _literal_index(Tensor(np.asarray(i)), i)) for i in index[:len(adv)]]
+    if any(i is None or _is_bool_mask(i) or (isinstance(i, slice) and i.indices(x.shape[k]) != (0, x.shape[k], 1))
+           for k, i in enumerate(index)):
+        raise fail(IndexError("setitem: integer-array indices are supported with full slices beside them "
+                              "(x[i] = v, x[i, j] = v, x[:, i] = v); for x[1:, i] = v use x.index_copy or "
+                              "av.where with a mask"))
+    arrays = [Tensor(np.int64(int(index[k]))) if _is_int_index(index[k]) else
+              (index[k] if isinstance(index[k], Tensor) else _literal_index(Tensor(np.asarray(index[k])), index[k]))
+              for k in adv]
     bshape = tuple(np.broadcast_shapes(*[a.shape for a in arrays]))
     v = _as_operand(value)
     v = full((), v, x.dtype) if not isinstance(v, Tensor) else cast(v, x.dtype)
-    return index_put(x, arrays, _broadcast_value("setitem", v, bshape + x.shape[len(adv):]))
+    if adv == list(range(len(adv))):
+        return index_put(x, arrays, _broadcast_value("setitem", v, bshape + x.shape[len(adv):]))
+    rest = [k for k in range(x.ndim) if k not in adv]
+    perm = adv + rest
+    a0, nb = adv[0], len(bshape)
+    if adv == list(range(a0, a0 + len(adv))):  # adjacent: the result has bshape in their place
+        v = _broadcast_value("setitem", v, x.shape[:a0] + bshape + x.shape[adv[-1] + 1:])
+        v = bind("transpose", v, perm=list(range(a0, a0 + nb)) + list(range(a0)) + list(range(a0 + nb, v.ndim)))
+    else:
+        v = _broadcast_value("setitem", v, bshape + tuple(x.shape[k] for k in rest))
+    out = index_put(bind("transpose", x, perm=perm), arrays, v)
+    return bind("transpose", out, perm=[perm.index(k) for k in range(x.ndim)])
 
 
 def _broadcastable(src: tuple, dst: tuple) -> tuple:
