@@ -31,7 +31,7 @@ from .ir import Builder, Graph, LiteralArray, Location, ShapeError, TensorType, 
 from .ir import dtypes as dt
 from .ir.builder import make_op
 from .ir.clone import clone_block, inline_regions
-from .tensor import FROZEN, LITERALS, READS, TRACING, Tensor, TracerError, _to_torch, as_array
+from .tensor import FROZEN, LITERALS, READS, TRACING, Tensor, TracerError, _replace, _to_torch, as_array
 
 _STACK: list[Trace] = TRACING  # one list: Tensor._concrete asks it whether a trace is being recorded
 _PKG = os.path.dirname(os.path.abspath(__file__))
@@ -627,6 +627,12 @@ def assign(target: Tensor, new: Tensor) -> None:
         views.write(target, new)
         return
     tr = current_trace()
+    if tr is not None and target._trace is tr and id(target) not in tr.leaves:
+        # a value of this trace, not state: an enclosing function's argument that a nested av.grad's loss
+        # wrote in place (`prev_action *= 1 - is_first`). The write is this trace's in-place write, which
+        # goes back to the caller's tensor the argument stands for, as eagerly
+        _replace(target, new)
+        return
     if tr is not None and (new.is_traced or id(target) in tr.leaves):
         tr.record_update(target, new)
         return

@@ -26,6 +26,9 @@ expressions, so a REINFORCE loss `-(dist.log_prob(actions) * returns).sum()` dif
 Arguments are checked as torch checks them (`validate_args`, on by default, as in torch) wherever
 their values are known: eagerly, not for traced values inside a compiled function.
 """
+import sys as _sys
+import types as _types
+
 from . import constraints, kl, transforms
 from .constraints import Constraint
 from .continuous import (
@@ -93,6 +96,35 @@ from .transforms import (
     Transform,
     identity_transform,
 )
+
+# torch's per-family submodules (`torch.distributions.one_hot_categorical.OneHotCategorical`,
+# `from torch.distributions.normal import Normal`), which ported code names: each a module holding its classes
+_TORCH_SUBMODULES = {
+    "bernoulli": ("Bernoulli",), "beta": ("Beta",), "binomial": ("Binomial",), "categorical": ("Categorical",),
+    "cauchy": ("Cauchy",), "chi2": ("Chi2",), "continuous_bernoulli": ("ContinuousBernoulli",),
+    "dirichlet": ("Dirichlet",), "distribution": ("Distribution",), "exp_family": ("ExponentialFamily",),
+    "exponential": ("Exponential",), "fishersnedecor": ("FisherSnedecor",),
+    "generalized_pareto": ("GeneralizedPareto",), "gamma": ("Gamma",), "geometric": ("Geometric",),
+    "gumbel": ("Gumbel",), "half_cauchy": ("HalfCauchy",), "half_normal": ("HalfNormal",),
+    "independent": ("Independent",), "inverse_gamma": ("InverseGamma",), "kumaraswamy": ("Kumaraswamy",),
+    "laplace": ("Laplace",), "lkj_cholesky": ("LKJCholesky",), "log_normal": ("LogNormal",),
+    "logistic_normal": ("LogisticNormal",), "lowrank_multivariate_normal": ("LowRankMultivariateNormal",),
+    "mixture_same_family": ("MixtureSameFamily",), "multinomial": ("Multinomial",),
+    "multivariate_normal": ("MultivariateNormal",), "negative_binomial": ("NegativeBinomial",),
+    "normal": ("Normal",), "one_hot_categorical": ("OneHotCategorical", "OneHotCategoricalStraightThrough"),
+    "pareto": ("Pareto",), "poisson": ("Poisson",),
+    "relaxed_bernoulli": ("RelaxedBernoulli", "LogitRelaxedBernoulli"),
+    "relaxed_categorical": ("RelaxedOneHotCategorical", "ExpRelaxedCategorical"), "studentT": ("StudentT",),
+    "transformed_distribution": ("TransformedDistribution",), "uniform": ("Uniform",),
+    "von_mises": ("VonMises",), "weibull": ("Weibull",), "wishart": ("Wishart",),
+}
+for _name, _classes in _TORCH_SUBMODULES.items():
+    _module = _types.ModuleType(f"{__name__}.{_name}", f"torch.distributions.{_name}'s classes")
+    for _cls in _classes:
+        setattr(_module, _cls, globals()[_cls])
+    _module.__all__ = list(_classes)
+    globals()[_name] = _sys.modules[_module.__name__] = _module
+del _name, _classes, _module, _cls
 
 __all__ = ["AbsTransform", "AffineTransform", "Bernoulli", "Beta", "Binomial", "CatTransform", "Categorical",
            "Cauchy", "Chi2", "ComposeTransform", "Constraint", "ContinuousBernoulli", "CorrCholeskyTransform",

@@ -799,6 +799,11 @@ class Optimizer:
                              if n in known and id(known[n]) in by_id}
                 elif any(n not in self.params for n in grads):  # renamed since (a parametrization moved
                     # `weight` to `parametrizations.weight.original`): the same tensor, matched by identity
+                    if any(n in known and id(known[n]) in by_id for n in grads):
+                        # the gradients of a larger model than this optimizer's (Adam(agent.actor.parameters())
+                        # given av.grad of the agent, whose critic the actor's loss runs): torch's optimizer
+                        # ignores the .grad of tensors it does not hold, so the ones known not held are dropped
+                        grads = {n: g for n, g in grads.items() if n not in known or id(known[n]) in by_id}
                     grads = {by_id.get(id(known.get(n)), n) if n not in self.params else n: g
                              for n, g in grads.items()}
         elif self._kind == "positional" and isinstance(grads, (list, tuple)):
