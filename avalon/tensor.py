@@ -92,6 +92,11 @@ def as_array(data: Any, dtype: DType | None = None) -> np.ndarray:
 _GRADS_ARE_VALUES = ("{}: Avalon's gradients are values, not .grad attributes filled by backward(); write "
                      "`loss, grads = av.value_and_grad(loss_fn)(model, x, y)` and then `opt.step(grads)`")
 
+OPTIMIZER_GRADS: list[dict[int, Any]] = []
+"""The gradients an optimizer written as torch's (a subclass of `avalon.optim.Optimizer` with its own `step`)
+was given, while one of its methods runs: {id(parameter): gradient or None}, innermost last. Inside, a held
+parameter's `p.grad` is its gradient (None without one), as torch's optimizers read it (avalon/optim)."""
+
 
 def _short(data: Any) -> str:
     text = repr(data)
@@ -1224,8 +1229,14 @@ class Tensor:
         raise RuntimeError(_GRADS_ARE_VALUES.format("loss.backward()"))
 
     @property
-    def grad(self) -> None:
-        raise AttributeError(_GRADS_ARE_VALUES.format("Tensor.grad"))
+    def grad(self) -> Any:
+        """Inside the step of an optimizer written as torch's (avalon/optim), the gradient it was given for this
+        parameter (None without one); anywhere else an error: gradients are values that av.grad returns."""
+        if OPTIMIZER_GRADS and id(self) in OPTIMIZER_GRADS[-1]:
+            return OPTIMIZER_GRADS[-1][id(self)]
+        raise AttributeError(_GRADS_ARE_VALUES.format("Tensor.grad") + (
+            "; an optimizer written as torch's reads `p.grad` of its parameters when its method is given "
+            "the gradients: `opt.step(grads)`, `opt.first_step(grads)`" if OPTIMIZER_GRADS else ""))
 
     @grad.setter
     def grad(self, value: Any) -> None:  # (not an attribute of its own: tensors take attributes, as torch's)

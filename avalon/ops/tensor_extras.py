@@ -220,7 +220,18 @@ def reshape_inplace(x: Tensor, fn: Any, what: str) -> Tensor:
     """`x` becomes `fn(x)`, a tensor of another shape (`x.unsqueeze_(0)`, `x.t_()`): eagerly its
     storage is replaced; in a trace the object stands for the new value. Refused for a view or a tensor
     with views (their layouts would be wrong) and, in a trace, for an argument or a model's tensor (the
-    caller's tensor cannot change shape): torch's shape-changing in-place methods, where Avalon can."""
+    caller's tensor cannot change shape): torch's shape-changing in-place methods, where Avalon can. A view
+    with no views of its own whose new shape is a view of the same base (`g = p.grad.data; g.transpose_(0, 1)`,
+    Shampoo's) stays a view of that base through the new step, as torch changes only the view's sizes and strides."""
+    if x._view is not None and not any(r() is not None for r in (x._views or [])):
+        out = fn(x)
+        if out._view is not None and out._view.base is x._view.base and out._trace is x._trace:
+            x._view = out._view
+            if out._value is not None:
+                x._value = out._value
+            else:
+                x._data = out._data
+            return x
     if x._view is not None or any(r() is not None for r in (x._views or [])):
         raise fail(RuntimeError(f"{what}: this tensor is a view or has views, which would lose their layout; use "
                                 "the out-of-place form (x = x.unsqueeze(0), ...)"))

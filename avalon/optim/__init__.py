@@ -59,6 +59,17 @@ as before. Which parameters have gradients is fixed for a trace (the gradient di
 step whose gradients leave some members of a class out moves those to a new class (`_split_steps`),
 starting at the class's count; the optimizer then holds a new tensor, so a compiled step traces
 once more and caches again. Classes only split, so the retraces are bounded by the parameters.
+
+Optimizers written as torch's (lucidrains' Lion, davda54's SAM, a hand-written Adam): a subclass of
+`Optimizer` that defines its own `step` (and no `_update`) is ported by renaming imports, with gradients
+as values: `opt.step(grads)` (and any public method it defines: SAM's `opt.first_step(grads)`) runs the
+method as written, with `p.grad` of each parameter it holds the gradient it was given (None without one)
+while the method runs, `self.state[p]` that parameter's state dict (empty until the method fills it, as
+torch's), and a wrapped optimizer's `base_optimizer.step()` inside taking the same gradients. Its groups'
+options (betas, weight_decay, rho, ...) are plain values in a compiled step's cache key, and `group['lr']`
+a float read from the lr tensor, so a compiled step traces again when any of them changes. State it
+creates lazily (`if len(state) == 0: state['exp_avg'] = torch.zeros_like(p)`) must exist before a compiled
+step: take the first step eagerly, as the state then is tensors the compiled step reads and writes.
 """
 from __future__ import annotations
 
@@ -70,7 +81,7 @@ import numpy as np
 
 from .. import ops
 from ..ir import dtypes as dt
-from ..tensor import Buffer, Tensor
+from ..tensor import OPTIMIZER_GRADS, Buffer, Tensor
 from ..trace import assign, current_trace
 from ..tree import is_array_like, is_model, named_parameters
 
@@ -129,6 +140,73 @@ def _complex_part(v: Any, part: str | None) -> Any:
         return v
     arr = v.detach().cpu().numpy()
     return np.array(arr.real if part == "real" else arr.imag)
+
+
+class _State(dict):
+    """`opt.state`: each parameter's state by its name, or by the parameter itself (`self.state[p]`, as torch's
+    optimizers key it); a dict by names, so that a compiled step finds the tensors in it."""
+
+    def __init__(self, opt: Any):
+        super().__init__()
+        self._opt = opt
+
+    def _name(self, key: Any) -> Any:
+        if isinstance(key, Tensor):
+            for n, p in self._opt.params.items():
+                if p is key:
+                    return n
+            raise KeyError(f"{type(self._opt).__name__}.state: the tensor {tuple(key.shape)} is not one of its "
+                           "parameters")
+        return key
+
+    def __getitem__(self, key: Any) -> Any:
+        return super().__getitem__(self._name(key))
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(self._name(key), value)
+
+    def __contains__(self, key: Any) -> bool:
+        try:
+            return super().__contains__(self._name(key))
+        except KeyError:
+            return False
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+
+def _gradients_given(opt: Any, args: tuple) -> bool:
+    """Whether a method of an optimizer written as torch's was given the gradients first: av.grad's dict
+    (a plain {name: Tensor} dict too), a bare Tensor's for a one-tensor optimizer, a list for bare tensors."""
+    if not args or isinstance(args[0], ParamGroup):
+        return False
+    g = args[0]
+    if isinstance(g, Mapping):
+        return bool(g) and all(isinstance(k, str) and (v is None or isinstance(v, Tensor)) for k, v in g.items())
+    if isinstance(g, Tensor):
+        return len(opt.params) == 1
+    return (opt._kind == "positional" and isinstance(g, (list, tuple)) and bool(g)
+            and all(v is None or isinstance(v, Tensor) for v in g))
+
+
+def _torch_style_method(fn: Any) -> Any:
+    """A public method of an optimizer written as torch's (`step`, SAM's `first_step`): given the gradients as
+    its first argument, it runs without them with each held parameter's `p.grad` its gradient (None without
+    one); nested calls (SAM's `step` calling `first_step`, a wrapped optimizer's `step()`) see the same. Called
+    without gradients it runs as written, inside an outer call's or with `p.grad` an error."""
+    import functools
+
+    @functools.wraps(fn)
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not _gradients_given(self, args):
+            return fn(self, *args, **kwargs)
+        grads = self._check_grads(args[0])
+        OPTIMIZER_GRADS.append({id(p): grads.get(n) for n, p in self.params.items()})
+        try:
+            return fn(self, *args[1:], **kwargs)
+        finally:
+            OPTIMIZER_GRADS.pop()
+    return method
 
 
 class _StepClass:
@@ -339,10 +417,20 @@ class Optimizer:
     _slots: tuple[str, ...] = ()
     _class_state: Mapping[str, float] = {}
     _repr_keys: tuple[str, ...] = ()
+    _torch_style = False  # written as torch's: its own `step` reads `p.grad` (module docstring)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Each optimizer also takes its parameters as `model=` (DESIGN's spelling; torch's is `params`)."""
+        """Each optimizer also takes its parameters as `model=` (DESIGN's spelling; torch's is `params`). A
+        subclass written as torch's (its own `step`, no `_update`: see "Optimizers written as torch's" in the
+        module docstring) has its public methods take the gradients first (`_torch_style_method`)."""
         super().__init_subclass__(**kwargs)
+        if ("step" in cls.__dict__ and cls._update is Optimizer._update
+                and all(not b.__module__.startswith("avalon.") for b in cls.__mro__[:cls.__mro__.index(Optimizer)])):
+            cls._torch_style = True  # (Avalon's own, LBFGS, and their subclasses are not)
+        if cls._torch_style:
+            for k, fn in list(cls.__dict__.items()):
+                if inspect.isfunction(fn) and (k == "step" or (not k.startswith("_") and not hasattr(Optimizer, k))):
+                    setattr(cls, k, _torch_style_method(fn))
         init = cls.__dict__.get("__init__")
         if init is None:
             return
@@ -366,7 +454,7 @@ class Optimizer:
         device = next(t for g in groups for _, t in g["params"]).device
         self.step_count = _scalar_buffer(0, dt.int64, device)
         self.lr_t: Buffer = None  # type: ignore[assignment]  # group 0's lr (set below; first, for its name)
-        self.state: dict[str, dict[str, Buffer]] = {}
+        self.state: dict[str, dict[str, Buffer]] = _State(self)
         self._step_classes: tuple[_StepClass, ...] = ()  # parameters not counted by step_count (module docstring)
         self.hyperparameters: list[dict[str, Buffer]] = []  # per group: float hyperparameter -> f64 tensor
         self._opts: list[dict[str, Any]] = []              # per group: bool options, in the trace key
@@ -429,6 +517,9 @@ class Optimizer:
         if closure is not None or callable(grads):
             raise TypeError(f"{who}.step takes the gradients, not a closure: `loss, grads = "
                             "av.value_and_grad(objective)(model, x, y)`, then `opt.step(grads)`")
+        if grads is None and OPTIMIZER_GRADS:  # inside an optimizer written as torch's: the gradients it was given
+            held = OPTIMIZER_GRADS[-1]
+            grads = {n: held[id(p)] for n, p in self.params.items() if held.get(id(p)) is not None}
         if grads is None:
             raise TypeError(f"{who}.step(grads): Avalon's gradients are values, not `.grad` attributes; compute "
                             "them with `loss, grads = av.value_and_grad(objective)(model, x, y)` and pass them")
@@ -684,7 +775,7 @@ class Optimizer:
             opts.setdefault(k, v)
         values = {k: _float_value(k, opts.pop(k)) for k in self._floats}
         self._check_values(values)
-        flags = {k: opts.pop(k) for k in self._flags}
+        flags = {k: opts.pop(k) for k in (list(opts) if self._torch_style else self._flags)}
         self._check_group(values, flags)
         device = self.step_count.device
         h: dict[str, Buffer] = {}
@@ -740,6 +831,9 @@ class Optimizer:
             assign(t, v if isinstance(v, Tensor) else Tensor(np.float64(v), dtype=dt.float64, device=t.device))
 
     def _set_option(self, i: int, key: str, value: Any) -> None:
+        if self._torch_style:  # a plain value its own step reads: in the trace key (a new dict), as torch's
+            self._opts[i] = {**self._opts[i], key: value}
+            return
         if current_trace() is not None:
             raise RuntimeError(f"param_groups[{i}][{key!r}] shapes the update; set it outside the compiled function")
         if isinstance(value, Tensor):
