@@ -2,7 +2,8 @@
 `masked_select`, `unique`, `unique_consecutive`.
 
 A traced function has one graph for every input of a signature, so these cannot be recorded: they
-run eagerly (the values decide the shape there) and, given a traced tensor, raise an error that
+run eagerly (the values decide the shape there; a traced tensor whose value is known while tracing,
+one that depends on no input, counts as eager) and, given a traced tensor, raise an error that
 names the function and the static-shape alternative (a mask with `where`, `masked_fill`, a sum of
 the mask, `bincount` with a fixed `minlength`). `masked_select` needs only its mask to be known:
 with a concrete mask it works on a traced input too (the selection is a static gather)."""
@@ -13,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from ..ir import dtypes as dt
-from ..tensor import Tensor
+from ..tensor import Tensor, _mark_literal
 from .core import _broadcast_shapes, _tensor, broadcast_to, fail, reshape
-from .indexing import getitem
+from .indexing import _positions, getitem
 
 _ALTERNATIVES = {
     "nonzero": "use a boolean mask instead (av.where(mask, x, 0), x.masked_fill(~mask, 0), mask.sum() for the "
@@ -30,9 +31,17 @@ _ALTERNATIVES = {
 
 
 def _concrete(fn: str, *xs: Tensor) -> None:
-    """Refuse a traced tensor: the result's shape would depend on values the trace does not know."""
+    """Refuse a traced tensor whose value the trace does not know: the result's shape would depend on it. A traced
+    tensor that depends on no input (a mask built from shapes or from literal lengths) or only on a model's
+    tensors has a value while tracing, as `Tensor.item()` reads it (`Tensor._concrete`), and is accepted."""
+    from ..tensor import TracerError
     for x in xs:
         if isinstance(x, Tensor) and x.is_traced:
+            try:
+                if x._concrete(f"{fn}'s argument") is not None:
+                    continue
+            except TracerError:
+                pass
             raise fail(TypeError(f"{fn}: the result's shape depends on the tensor's values, which a traced or compiled "
                                  f"function does not know (it records one graph for all inputs); call it eagerly, "
                                  f"outside av.compile/av.grad, or {_ALTERNATIVES[fn]}"))
@@ -46,13 +55,19 @@ def nonzero(input: Any, *, as_tuple: bool = False, out: Any = None) -> Any:
     x = _tensor(input)
     _concrete("nonzero", x)
     a = x.numpy()
+
+    def out(r: np.ndarray) -> Tensor:  # of a traced input known while tracing: literal data, as `_concrete` says
+        t = Tensor(r)
+        if x.is_traced:
+            _mark_literal(t)
+        return t
     if a.ndim == 0:
         idx = np.zeros((1 if a.item() else 0, 0), dtype=np.int64)
-        return (Tensor(np.zeros((idx.shape[0],), dtype=np.int64)),) if as_tuple else Tensor(idx)
+        return (out(np.zeros((idx.shape[0],), dtype=np.int64)),) if as_tuple else out(idx)
     parts = np.nonzero(a)
     if as_tuple:
-        return tuple(Tensor(p.astype(np.int64)) for p in parts)
-    return Tensor(np.stack(parts, 1).astype(np.int64).reshape(-1, a.ndim))
+        return tuple(out(p.astype(np.int64)) for p in parts)
+    return out(np.stack(parts, 1).astype(np.int64).reshape(-1, a.ndim))
 
 
 def argwhere(input: Any) -> Tensor:
@@ -74,6 +89,9 @@ def masked_select(input: Any, mask: Any, *, out: Any = None) -> Tensor:
     shape = _broadcast_shapes("masked_select", x.shape, m.shape)
     xb = broadcast_to(x, shape)
     mb = np.broadcast_to(m.numpy(), shape)
+    if m.is_traced:  # computed while tracing from no input (a mask of lengths): its positions found by ops of
+        # the graph, as `x[mask]` finds them, so no index array is baked in (which would trace again on every call)
+        return getitem(reshape(xb, (-1,)), (_positions(reshape(broadcast_to(m, shape), (-1,)), int(mb.sum())),))
     return getitem(reshape(xb, (-1,)), (np.flatnonzero(mb),))
 
 
