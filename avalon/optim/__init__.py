@@ -305,6 +305,15 @@ def _parse(params: Any, who: str) -> tuple[list[dict[str, Any]], str]:
             raise ValueError(f"{who}: a parameter group must have a 'params' key, got {sorted(g)}")
         g["params"], kind = _tensors(g["params"], who)
         kinds.append(kind)
+    names = [n for g in raw for n, _ in g["params"]]
+    if len(raw) > 1 and all(k == "model" for k in kinds) and len(set(names)) < len(names):
+        # groups of different submodules' parameters() (`[dict(params=m.layer3.parameters(), lr=lr), dict(params=
+        # m.layer4.parameters(), lr=lr)]`, as hszhao/semseg writes), whose names, relative to each submodule, collide
+        # ('0.weight' in both): they are known by position, as bare tensors are and as torch knows them (gradients
+        # from av.grad are matched by identity). A tensor listed twice is still refused by _settle.
+        for g in raw:
+            g["params"] = [(None, t) for _, t in g["params"]]
+        kinds = ["positional"] * len(raw)
     return _settle(raw, kinds, who, set(), set()), ("positional" if "positional" in kinds else "named")
 
 
