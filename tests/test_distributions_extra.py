@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.distributions as td
 from helpers import T
+from test_distributions_more import close
 
 import avalon as av
 from avalon import distributions as ad
@@ -28,13 +29,6 @@ def _torch_float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
-
-
-def close(a, b, tol=1e-9):
-    a = a.numpy() if isinstance(a, av.Tensor) else np.asarray(a)
-    b = b.detach().numpy() if isinstance(b, torch.Tensor) else np.asarray(b)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
 
 
 def pos(*shape, lo=0.5, hi=2.0):
