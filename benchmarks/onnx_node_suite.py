@@ -2,7 +2,7 @@
 
 Prints pass / unsupported (UnsupportedOp from prepare) / fail counts and, with `--write`, records
 the passing cases in tests/data/onnx_node_expected_pass.txt, the list tests/test_onnx_node_suite.py
-holds CI to. `--list-failures` prints each failing case and its error.
+holds CI to. `--list-failures` prints each failing or unsupported case and its error.
 """
 from __future__ import annotations
 
@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, case in node_cases(args.k):
         kind, detail = classify(case)
         counts[kind].append(name)
-        if kind == "fail" and args.list_failures:
-            print(f"FAIL {name}: {detail[:200]}")
+        if kind in ("fail", "unsupported") and args.list_failures:
+            print(f"{kind.upper()} {name}: {detail[:200]}")
     total = sum(len(v) for v in counts.values())
     print(f"{total} node cases: {len(counts['pass'])} pass, {len(counts['unsupported'])} unsupported, "
           f"{len(counts['fail'])} fail, {len(counts['skipped'])} skipped ({time.time() - t0:.0f} s)")

@@ -19,11 +19,16 @@ from ..interop.model import ImportedModel, ImportedProgram, UnsupportedOp, get_d
 from ..ir import dtypes as dt
 from ..tensor import Tensor
 from ..trace import _STACK
-from . import ops_extra, ops_math, ops_nn, ops_shape, ops_signal  # noqa: F401  (fill ONNX_OPS)
+
+# the rule modules fill ONNX_OPS as they are imported
+from . import ops_attention, ops_extra, ops_math, ops_nn, ops_quant, ops_shape, ops_signal, ops_vision  # noqa: F401
 from .dtypes import avalon_dtype
 from .table import ONNX_OPS, NeedsConstant, Node
 
 MIN_OPSET = 13
+"""The oldest opset the rules read; older models are brought to it by onnx's own version converter
+(`_upgraded`), which knows every op's changes (Softmax's axis, Split's and Squeeze's attributes turned
+inputs, Upsample to Resize, ...) better than per-rule version switches would."""
 
 
 class OnnxModel(ImportedModel):
@@ -85,6 +90,23 @@ def _opset(model: Any) -> int:
     return MIN_OPSET
 
 
+def _upgraded(model: Any, opset: int) -> Any:
+    """`model` (opset < MIN_OPSET) converted to MIN_OPSET by `onnx.version_converter`."""
+    import onnx
+    from onnx import version_converter
+    for i, n in enumerate(model.graph.node):  # the converter's own message for these is garbled
+        if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type):
+            raise UnsupportedOp(f"ONNX node {n.name or f'#{i} ({n.op_type})'!r}: {n.op_type} is not an ONNX op "
+                                f"(opset {opset} model; onnx {onnx.__version__} has no schema for it)")
+    try:
+        return version_converter.convert_version(model, MIN_OPSET)
+    except Exception as e:
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        why = why.split("failed: ", 1)[-1]
+        raise UnsupportedOp(f"ONNX opset {opset}: onnx's version converter could not bring the model to opset "
+                            f"{MIN_OPSET}, the oldest Avalon reads ({why})") from None
+
+
 def _unsupported_ops(model: Any) -> None:
     """One error naming every op the table lacks (with its count and first node), not just the first."""
     missing: dict[str, list[str]] = {}
@@ -143,7 +165,7 @@ def load(source: Any, check: bool = True) -> OnnxModel:
     model = _read(source)
     opset = _opset(model)
     if opset < MIN_OPSET:
-        raise UnsupportedOp(f"ONNX opset {opset} is not supported (Avalon reads opset {MIN_OPSET} and later)")
+        model, opset = _upgraded(model, opset), MIN_OPSET
     if not model.graph.node and not model.graph.output:
         raise ValueError("ONNX model has an empty graph (truncated or malformed file?)")
     nodes = _nodes(model, opset)

@@ -1,0 +1,2 @@
+"""ONNX's transformer ops (Attention, RotaryEmbedding, SwiGLU) as Avalon ops."""
+from __future__ import annotations
