@@ -24,7 +24,7 @@ class AvalonRep(BackendRep):
             inputs = [inputs[name] for name, _, _ in self.model.input_specs]
         elif not isinstance(inputs, (list, tuple)):
             inputs = [inputs]
-        out = self.model(*[Tensor(np.asarray(x)) for x in inputs])
+        out = self.model(*inputs)  # the model makes tensors, lists (sequences) and None (optionals) of them
         out = out if isinstance(out, tuple) else (out,)
         return tuple(_numpy(o) for o in out)
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import io
 import re
-from collections.abc import Iterator
+from collections import ChainMap
+from collections.abc import Iterator, Mapping, MutableMapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -21,7 +23,17 @@ from ..tensor import Tensor
 from ..trace import _STACK
 
 # the rule modules fill ONNX_OPS as they are imported
-from . import ops_attention, ops_extra, ops_math, ops_nn, ops_quant, ops_shape, ops_signal, ops_vision  # noqa: F401
+from . import (  # noqa: F401
+    ops_attention,
+    ops_control,
+    ops_extra,
+    ops_math,
+    ops_nn,
+    ops_quant,
+    ops_shape,
+    ops_signal,
+    ops_vision,
+)
 from .dtypes import avalon_dtype
 from .table import ONNX_OPS, NeedsConstant, Node
 
@@ -41,6 +53,8 @@ class OnnxModel(ImportedModel):
         for name, shape, d in self.input_specs:
             if shapes and name in shapes:
                 shape = tuple(shapes[name])
+            elif shape is None:
+                raise ValueError(f"ONNX input {name!r} is a sequence or an optional; example inputs are tensors")
             elif any(s is None for s in shape):
                 dims = ["?" if s is None else s for s in shape]
                 raise ValueError(f"ONNX input {name!r} has a dynamic dimension {dims}; give an example shape for it")
@@ -98,6 +112,9 @@ def _upgraded(model: Any, opset: int) -> Any:
         if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type):
             raise UnsupportedOp(f"ONNX node {n.name or f'#{i} ({n.op_type})'!r}: {n.op_type} is not an ONNX op "
                                 f"(opset {opset} model; onnx {onnx.__version__} has no schema for it)")
+    if opset < 9 and any(n.op_type == "Scan" for _, n in _all_nodes(model.graph)):
+        raise UnsupportedOp(f"ONNX opset {opset}: Scan before opset 9 (batched, with sequence_lens) is not supported, "
+                            "and onnx's version converter leaves it as it is")
     try:
         return version_converter.convert_version(model, MIN_OPSET)
     except Exception as e:
@@ -107,10 +124,20 @@ def _upgraded(model: Any, opset: int) -> Any:
                             f"{MIN_OPSET}, the oldest Avalon reads ({why})") from None
 
 
-def _unsupported_ops(model: Any) -> None:
-    """One error naming every op the table lacks (with its count and first node), not just the first."""
+def _all_nodes(graph: Any) -> Iterator[tuple[int, Any]]:
+    """(position in its graph, node) for every node of `graph` and of its subgraphs."""
+    for i, n in enumerate(graph.node):
+        yield i, n
+        for a in n.attribute:
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from _all_nodes(sub)
+
+
+def _unsupported_ops(graph: Any) -> None:
+    """One error naming every op the table lacks (with its count and first node), not just the first,
+    subgraphs (If's branches, Loop's body, ...) included."""
     missing: dict[str, list[str]] = {}
-    for i, n in enumerate(model.graph.node):
+    for i, n in _all_nodes(graph):
         label = n.name or f"#{i} ({n.op_type} -> {', '.join(n.output)})"
         if n.domain not in ("", "ai.onnx"):
             missing.setdefault(f"{n.op_type} of domain {n.domain!r}", []).append(label)
@@ -123,11 +150,54 @@ def _unsupported_ops(model: Any) -> None:
                             f"{len(missing)} ONNX ops are not supported:\n  " + "\n  ".join(lines))
 
 
-def _nodes(model: Any, opset: int) -> list[tuple[Node, list[str], list[str]]]:
+@dataclass
+class Subgraph:
+    """A graph attribute (If's branches, Loop's and Scan's bodies): called with the body's inputs, it
+    runs its nodes in the scope of the node that holds it (outer names are visible) and returns its
+    outputs. Its initializers are constants, not parameters. `output_types` are the declared
+    (shape or None, dtype) of each output, for a Loop that runs zero times."""
+
+    label: str
+    inputs: list[str]
+    outputs: list[str]
+    nodes: list[tuple[Node, list[str], list[str]]]
+    constants: dict[str, np.ndarray]
+    output_types: list[tuple[tuple | None, Any]]
+    scope: Mapping[str, Any] = field(default_factory=dict)
+
+    def bound(self, scope: Mapping[str, Any]) -> Subgraph:
+        return replace(self, scope=scope)
+
+    def __call__(self, *args: Any) -> tuple:
+        if len(args) != len(self.inputs):
+            raise UnsupportedOp(f"{self.label}: the body takes {len(self.inputs)} inputs, got {len(args)}")
+        env = ChainMap(dict(zip(self.inputs, args)), self.constants, self.scope)
+        _eval(self.nodes, env)
+        return tuple(env[o] for o in self.outputs)
+
+
+def _subgraph(g: Any, label: str, opset: int) -> Subgraph:
     import onnx
-    _unsupported_ops(model)
+    consts = {i.name: onnx.numpy_helper.to_array(i).copy() for i in g.initializer}
+    types = []
+    for o in g.output:
+        tt = o.type.tensor_type
+        shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim) \
+            if o.type.HasField("tensor_type") and tt.HasField("shape") else None
+        dtype = avalon_dtype(tt.elem_type, label) if o.type.HasField("tensor_type") and tt.elem_type else None
+        types.append((None if shape is None or None in shape else shape, dtype))
+    return Subgraph(label, [i.name for i in g.input], [o.name for o in g.output], _graph_nodes(g, opset), consts, types)
+
+
+def _nodes(model: Any, opset: int) -> list[tuple[Node, list[str], list[str]]]:
+    _unsupported_ops(model.graph)
+    return _graph_nodes(model.graph, opset)
+
+
+def _graph_nodes(graph: Any, opset: int) -> list[tuple[Node, list[str], list[str]]]:
+    import onnx
     out = []
-    for i, n in enumerate(model.graph.node):
+    for i, n in enumerate(graph.node):
         label = n.name or f"#{i} ({n.op_type} -> {', '.join(n.output)})"
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
         for k, v in attrs.items():
@@ -137,12 +207,43 @@ def _nodes(model: Any, opset: int) -> list[tuple[Node, list[str], list[str]]]:
                 attrs[k] = [b.decode() for b in v]
             elif isinstance(v, onnx.TensorProto):
                 attrs[k] = onnx.numpy_helper.to_array(v)
-            elif isinstance(v, (onnx.GraphProto, onnx.SparseTensorProto)) or (isinstance(v, list) and v and
-                                                                            isinstance(v[0], onnx.GraphProto)):
+            elif isinstance(v, onnx.GraphProto):
+                attrs[k] = _subgraph(v, f"ONNX node {label!r} ({n.op_type}), {k}", opset)
+            elif isinstance(v, onnx.SparseTensorProto) or (isinstance(v, list) and v and
+                                                           isinstance(v[0], onnx.GraphProto)):
                 raise UnsupportedOp(f"ONNX node {label!r} ({n.op_type}): attribute {k!r} of this kind is not supported")
         outs = [o for o in n.output]
         out.append((Node(n.op_type, label, attrs, len(outs), opset), list(n.input), outs))
     return out
+
+
+def _eval(nodes: list[tuple[Node, list[str], list[str]]], env: MutableMapping[str, Any]) -> None:
+    """Run `nodes` in order over `env` (names -> values). A node whose inputs are all known now
+    (numpy) is folded outside any trace, so shape arithmetic never reaches the IR; nodes with
+    subgraphs and Dropout (a random draw) always run in the trace."""
+    for node, ins, outs in nodes:
+        values = [env[i] for i in ins]
+        while values and values[-1] is None:
+            values.pop()
+        rule = ONNX_OPS[node.op_type]
+        subs = {k: v.bound(env) for k, v in node.attrs.items() if isinstance(v, Subgraph)}
+        if subs:
+            node = replace(node, attrs={**node.attrs, **subs})
+        if not subs and all(v is None or isinstance(v, np.ndarray) for v in values) and node.op_type != "Dropout":
+            with outside_trace():
+                res = rule(node, *values)
+            res = tuple(_folded(r) for r in res) if isinstance(res, tuple) else _folded(res)
+        else:
+            try:
+                res = rule(node, *values)
+            except NeedsConstant as e:
+                if str(e).startswith("ONNX node"):
+                    raise
+                raise NeedsConstant(f"ONNX node {node.name!r} ({node.op_type}): data-dependent shape: {e}") from None
+        res = res if isinstance(res, tuple) else (res,)
+        for name, r in zip(outs, res):
+            if name:
+                env[name] = r
 
 
 def _input_specs(model: Any, init_names: set[str]) -> list[tuple[str, tuple, Any]]:
@@ -150,12 +251,26 @@ def _input_specs(model: Any, init_names: set[str]) -> list[tuple[str, tuple, Any
     for vi in model.graph.input:
         if vi.name in init_names:
             continue
-        tt = vi.type.tensor_type
-        if not vi.type.HasField("tensor_type"):
-            raise UnsupportedOp(f"ONNX input {vi.name!r}: only tensor inputs are supported")
-        shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+        ty = vi.type
+        while ty.HasField("optional_type") or ty.HasField("sequence_type"):  # a list or None; shape None
+            ty = ty.optional_type.elem_type if ty.HasField("optional_type") else ty.sequence_type.elem_type
+            shape = None
+        if not ty.HasField("tensor_type"):
+            raise UnsupportedOp(f"ONNX input {vi.name!r}: only tensors, sequences and optionals are supported")
+        tt = ty.tensor_type
+        if ty is vi.type:
+            shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
         specs.append((vi.name, shape, avalon_dtype(tt.elem_type, f"ONNX input {vi.name!r}")))
     return specs
+
+
+def _input_value(a: Any) -> Any:
+    """A graph input as the rules see it: a Tensor, a list for a sequence, None for an empty optional."""
+    if a is None or isinstance(a, Tensor):
+        return a
+    if isinstance(a, (list, tuple)) and (not a or not isinstance(a[0], (int, float, bool))):
+        return [_input_value(e) for e in a]
+    return Tensor(np.asarray(a))
 
 
 def load(source: Any, check: bool = True) -> OnnxModel:
@@ -193,28 +308,9 @@ def load(source: Any, check: bool = True) -> OnnxModel:
         for name in params:
             env[name] = get_dotted(m, name)
         for (name, _, _), a in zip(specs, args):
-            t = a if isinstance(a, Tensor) else Tensor(np.asarray(a))
-            env[name] = t
+            env[name] = _input_value(a)
         env[""] = None
-        for node, ins, outs in nodes:
-            values = [env[i] for i in ins]
-            while values and values[-1] is None:
-                values.pop()
-            rule = ONNX_OPS[node.op_type]
-            if all(v is None or isinstance(v, np.ndarray) for v in values) and node.op_type not in ("Dropout",):
-                with outside_trace():
-                    res = rule(node, *values)
-                res = tuple(_folded(r) for r in res) if isinstance(res, tuple) else _folded(res)
-            else:
-                try:
-                    res = rule(node, *values)
-                except NeedsConstant as e:
-                    raise NeedsConstant(f"ONNX node {node.name!r} ({node.op_type}): data-dependent shape: {e}") \
-                        from None
-            res = res if isinstance(res, tuple) else (res,)
-            for name, r in zip(outs, res):
-                if name:
-                    env[name] = r
+        _eval(nodes, env)
         result = tuple(env[o] if not isinstance(env[o], np.ndarray) else Tensor(env[o]) for o in outputs)
         return result[0] if len(result) == 1 else result
 
@@ -222,7 +318,7 @@ def load(source: Any, check: bool = True) -> OnnxModel:
     m = OnnxModel(state, ImportedProgram(run, f"ONNX {name!r}, opset {opset}, {len(nodes)} nodes"))
     m.input_specs = specs
     m.output_names = outputs
-    if check and all(None not in s for _, s, _ in specs):
+    if check and all(s is not None and None not in s for _, s, _ in specs):
         _trial(m)
     return m
 
