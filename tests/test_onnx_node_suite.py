@@ -32,10 +32,11 @@ def test_unsupported_is_raised_by_prepare_and_names_node_and_op():
 
     import avalon.onnx.backend as backend
     from avalon.onnx import UnsupportedOp
-    node = helper.make_node("Det", ["x"], ["y"], name="my_det")
-    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 2])],
-                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [])])
-    with pytest.raises(UnsupportedOp, match="my_det.*Det") as e:
-        backend.prepare(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    node = helper.make_node("StringSplit", ["x"], ["y", "n"], name="my_split")
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.STRING, [2])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.STRING, [2, None]),
+                           helper.make_tensor_value_info("n", onnx.TensorProto.INT64, [2])])
+    with pytest.raises(UnsupportedOp, match="my_split.*StringSplit") as e:
+        backend.prepare(helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)]))
     assert isinstance(e.value, NotImplementedError)
     assert backend.supports_device("CPU") and not backend.supports_device("CUDA")

@@ -1,7 +1,9 @@
 """More ONNX ops mapped onto existing Avalon ops: Mod, GatherElements, GatherND, ScatterND,
 ScatterElements, Hardmax, RMSNormalization, SpaceToDepth/DepthToSpace, Swish, IsNaN/IsInf, Sinh/Cosh,
-and the sequence ops (SplitToSequence, SequenceAt, ...: torch's dynamo exporter emits them for
-`torch.split`), whose sequences are Python lists of tensors while the graph runs."""
+LpNormalization, GroupNormalization, LRN, Unique and Compress (eager only: data-dependent shapes),
+ReverseSequence, TensorScatter, BitCast (of constants), and the sequence ops (SplitToSequence,
+SequenceAt, ...: torch's dynamo exporter emits them for `torch.split`), whose sequences are Python
+lists of tensors while the graph runs."""
 from __future__ import annotations
 
 import math
@@ -12,7 +14,7 @@ import numpy as np
 from .. import ops
 from ..ir import dtypes as dt
 from ..tensor import Tensor
-from .table import Node, T, axis, ints, onnx_op
+from .table import NeedsConstant, Node, T, axis, ints, onnx_op
 
 
 def _c(x: Tensor, v: float) -> Tensor:
@@ -27,8 +29,9 @@ def mod(node: Node, a: Any, b: Any) -> Tensor:
         q = ops.div(ops.cast(a, dt.float64), ops.cast(b, dt.float64))
         trunc = ops.mul(ops.sign(q), ops.floor(ops.abs(q)))
         return ops.cast(ops.sub(ops.cast(a, dt.float64), ops.mul(trunc, ops.cast(b, dt.float64))), a.dtype)
-    if a.dtype.is_float:  # numpy's mod on inf/nan/-0 edges is not a - floor(a/b)*b; not taken
-        raise node.unsupported("fmod=0 on floating-point inputs is not supported")
+    if a.dtype.is_float:  # Python's %, as numpy's mod: a zero result takes the divisor's sign
+        r = ops.remainder(a, b)
+        return ops.where(ops.eq(r, _c(r, 0.0)), ops.copysign(r, b), r)
     # integer floor division through float64: exact while |a| < 2**53
     q = ops.cast(ops.floor(ops.div(ops.cast(a, dt.float64), ops.cast(b, dt.float64))), a.dtype)
     return ops.sub(a, ops.mul(q, b))
@@ -275,3 +278,153 @@ def concat_from_sequence(node: Node, s: Any) -> Tensor:
     else:
         a = axis(node.attr("axis"), ts[0].ndim)
     return ops.concat(ts, a)
+
+
+# -- normalizations ---------------------------------------------------------------------------
+
+@onnx_op("LpNormalization")
+def lp_normalization(node: Node, x: Any) -> Tensor:
+    """x / ||x||_p along `axis` (p 1 or 2); a zero norm gives 0, as the spec says."""
+    x = T(x)
+    a, p = axis(node.attr("axis", -1), x.ndim), int(node.attr("p", 2))
+    if p not in (1, 2):
+        raise node.unsupported(f"p={p} is not supported (1 or 2)")
+    norm = ops.sum(ops.abs(x), a, True) if p == 1 else ops.sqrt(ops.sum(ops.mul(x, x), a, True))
+    zero = ops.eq(norm, _c(norm, 0.0))
+    return ops.where(zero, _c(x, 0.0), ops.div(x, ops.where(zero, _c(norm, 1.0), norm)))
+
+
+@onnx_op("GroupNormalization")
+def group_normalization(node: Node, x: Any, scale: Any, bias: Any) -> Tensor:
+    """Mean and variance over each group of channels (in float32 when stash_type is 1); opset 18
+    gives scale and bias per group, opset 21 per channel."""
+    x, scale, bias = T(x), T(scale), T(bias)
+    g, c = int(node.attr("num_groups")), x.shape[1]
+    if c % g:
+        raise node.unsupported(f"{c} channels do not split into {g} groups")
+    if node.opset < 21 and scale.shape[0] == g:
+        scale, bias = ops.repeat_interleave(scale, c // g, dim=0), ops.repeat_interleave(bias, c // g, dim=0)
+    xf = ops.cast(x, dt.float32) if node.attr("stash_type", 1) == 1 and x.dtype is not dt.float64 else x
+    grouped = ops.reshape(xf, (x.shape[0], g, -1))
+    mean = ops.mean(grouped, 2, True)
+    centered = ops.sub(grouped, mean)
+    var = ops.mean(ops.mul(centered, centered), 2, True)
+    y = ops.mul(centered, ops.rsqrt(ops.add(var, _c(var, node.attr("epsilon", 1e-5)))))
+    y = ops.cast(ops.reshape(y, x.shape), x.dtype)
+    per_channel = (c,) + (1,) * (x.ndim - 2)
+    return ops.add(ops.mul(y, ops.reshape(scale, per_channel)), ops.reshape(bias, per_channel))
+
+
+@onnx_op("LRN")
+def lrn(node: Node, x: Any) -> Tensor:
+    """x / (bias + alpha / size * sum of squares over channels [c - floor((size-1)/2), c +
+    ceil((size-1)/2)])^beta. Written out: torch's local_response_norm centres even windows the
+    other way."""
+    x = T(x)
+    size = int(node.attr("size"))
+    lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+    sq = ops.mul(x, x)
+    pad = [(0, 0)] * x.ndim
+    pad[1] = (lo, hi)
+    padded = ops.pad(sq, pad)
+    total = None
+    for k in range(size):
+        part = ops.narrow(padded, 1, k, x.shape[1])
+        total = part if total is None else ops.add(total, part)
+    base = ops.add(_c(x, node.attr("bias", 1.0)), ops.mul(_c(x, node.attr("alpha", 1e-4) / size), total))
+    return ops.div(x, ops.pow(base, _c(x, node.attr("beta", 0.75))))
+
+
+# -- data-dependent and index ops -------------------------------------------------------------
+
+def _eager(node: Node, x: Any, why: str) -> np.ndarray:
+    """The values of `x` now: constants and eager tensors; a traced tensor raises NeedsConstant."""
+    if isinstance(x, Tensor) and x.is_traced:
+        raise NeedsConstant(f"{why}, so it runs eagerly only")
+    return np.asarray(x.numpy() if isinstance(x, Tensor) else x)
+
+
+@onnx_op("Unique")
+def unique(node: Node, x: Any) -> Any:
+    """numpy's unique picks the rows (first occurrences; sorted, or in order of appearance when
+    sorted=0); Y is a take from X, so gradients reach X."""
+    v = _eager(node, x, "Unique's output shape depends on the input's values")
+    a = node.attr("axis")
+    a = None if a is None else axis(a, v.ndim)
+    _, idx, inv, counts = np.unique(v, return_index=True, return_inverse=True, return_counts=True, axis=a)
+    inv = inv.reshape(-1)
+    if not node.attr("sorted", 1):
+        order = np.argsort(idx, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        idx, counts, inv = idx[order], counts[order], rank[inv]
+    t = T(x)
+    y = ops.take(ops.reshape(t, (-1,)) if a is None else t, Tensor(idx.astype(np.int64)), 0 if a is None else a)
+    outs = (y, idx, inv, counts)
+    return tuple(o if isinstance(o, Tensor) else o.astype(np.int64) for o in outs)[:max(node.n_outputs, 1)]
+
+
+@onnx_op("Compress")
+def compress(node: Node, x: Any, condition: Any) -> Tensor:
+    """The slices along `axis` (of the flattened input without one) where condition is true; a
+    shorter condition leaves the rest out, as numpy's compress."""
+    keep = np.flatnonzero(_eager(node, condition, "Compress's output shape depends on the condition's values"))
+    t = T(x)
+    a = node.attr("axis")
+    if a is None:
+        t, a = ops.reshape(t, (-1,)), 0
+    return ops.take(t, Tensor(keep.astype(np.int64)), axis(a, t.ndim))
+
+
+@onnx_op("ReverseSequence")
+def reverse_sequence(node: Node, x: Any, lens: Any) -> Tensor:
+    """Each batch entry's first lens[b] steps along time_axis reversed: a gather from index
+    lens[b] - 1 - t where t < lens[b], t elsewhere (traceable: lens may be a run-time tensor)."""
+    x = T(x)
+    ba, ta = axis(node.attr("batch_axis", 1), x.ndim), axis(node.attr("time_axis", 0), x.ndim)
+    n = ops.reshape(ops.cast(T(lens), dt.int64), [x.shape[ba] if d == ba else 1 for d in range(x.ndim)])
+    t = ops.iota(x.shape, ta, dt.int64)
+    src = ops.where(ops.lt(t, n), ops.sub(ops.sub(n, 1), t), t)
+    return ops.take_along_dim(x, src, ta)
+
+
+@onnx_op("TensorScatter")
+def tensor_scatter(node: Node, past: Any, update: Any, write_indices: Any = None) -> Tensor:
+    """The KV-cache write: update's steps land along `axis` from write_indices[b] on (mode
+    'circular': modulo the cache length). A gather of update where each cache position came from,
+    so it traces and gradients reach both."""
+    past, update = T(past), T(update)
+    a = axis(node.attr("axis", -2), past.ndim)
+    mode = node.attr("mode", "linear")
+    if mode not in ("linear", "circular"):
+        raise node.unsupported(f"mode {mode!r} is not supported (linear or circular)")
+    if a == 0:
+        raise node.unsupported("axis 0 is the batch axis")
+    length, steps = past.shape[a], update.shape[a]
+    w = ops.full((past.shape[0],), 0, dt.int64) if write_indices is None else ops.cast(T(write_indices), dt.int64)
+    src = ops.sub(ops.iota(past.shape, a, dt.int64), ops.reshape(w, (-1,) + (1,) * (past.ndim - 1)))
+    if mode == "circular":
+        src = ops.remainder(src, length)
+    ok = ops.logical_and(ops.ge(src, 0), ops.lt(src, steps))
+    got = ops.take_along_dim(update, ops.clamp(src, 0, steps - 1), a)
+    return ops.where(ok, ops.cast(got, past.dtype), past)
+
+
+@onnx_op("Bernoulli")
+def bernoulli(node: Node, x: Any) -> Tensor:
+    raise node.unsupported("Bernoulli draws random numbers: Avalon's generator cannot reproduce onnx's (numpy's) "
+                           "stream, seeded or not")
+
+
+@onnx_op("BitCast")
+def bitcast(node: Node, x: Any) -> Any:
+    """A reinterpretation of a load-time constant's bits (numpy's view); Avalon has no bit-cast op
+    for run-time tensors."""
+    from .dtypes import avalon_dtype
+    to = avalon_dtype(node.attr("to"), node)
+    if not isinstance(x, np.ndarray):
+        raise node.unsupported("BitCast of a run-time tensor is not supported (Avalon has no bit-cast op); only "
+                               "constants are reinterpreted")
+    if x.dtype.itemsize != np.dtype(to.np).itemsize:
+        raise node.unsupported(f"BitCast from {x.dtype} to {to.name} changes the width")
+    return x.view(to.np)

@@ -1,4 +1,5 @@
-"""ONNX elementwise math, activations, comparisons and reductions as Avalon ops."""
+"""ONNX elementwise math, activations, comparisons, reductions, Einsum, Det, CumProd and the losses
+(NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss) as Avalon ops."""
 from __future__ import annotations
 
 import math
@@ -14,7 +15,8 @@ from .table import Node, T, axis, ints, onnx_op
 
 _UNARY = {"Abs": ops.abs, "Neg": ops.neg, "Exp": ops.exp, "Log": ops.log, "Sqrt": ops.sqrt,
           "Sigmoid": ops.sigmoid, "Tanh": ops.tanh, "Relu": ops.relu, "Erf": ops.erf, "Sin": ops.sin,
-          "Cos": ops.cos, "Sign": ops.sign, "Not": ops.logical_not, "Softsign": F.softsign,
+          "Cos": ops.cos, "Acos": ops.acos, "Asin": ops.asin, "Atan": ops.atan, "Acosh": ops.acosh,
+          "Asinh": ops.asinh, "Atanh": ops.atanh, "Sign": ops.sign, "Not": ops.logical_not, "Softsign": F.softsign,
           "Reciprocal": lambda x: ops.div(1.0, x) if x.dtype.is_float else ops.reciprocal(x)}
 for _name, _fn in _UNARY.items():
     onnx_op(_name)(lambda node, x, _fn=_fn: _fn(T(x)))
@@ -192,11 +194,13 @@ def _reduction(fn: Any) -> Any:
         if axes == []:
             return fn(x, None, True, identity=True)
         reduced = axes if axes is not None else range(x.ndim)
-        if fn in (_max, _min, _prod, _log_sum_exp) and any(x.shape[a] == 0 for a in reduced):
-            raise node.unsupported("a reduction over an empty axis is not supported")
+        keep = bool(node.attr("keepdims", 1))
+        if fn in _EMPTY_IDENTITY and any(x.shape[a] == 0 for a in reduced):
+            shape = [1 if d in reduced else n for d, n in enumerate(x.shape) if keep or d not in reduced]
+            return ops.full(tuple(shape), _EMPTY_IDENTITY[fn](x.dtype), x.dtype)
         if x.dtype is dt.bool_ and fn in (_max, _min):
-            return ops.cast(fn(ops.cast(x, dt.int32), axes, bool(node.attr("keepdims", 1))), dt.bool_)
-        return fn(x, axes, bool(node.attr("keepdims", 1)))
+            return ops.cast(fn(ops.cast(x, dt.int32), axes, keep), dt.bool_)
+        return fn(x, axes, keep)
     return rule
 
 
@@ -254,6 +258,17 @@ def _prod(x: Tensor, axes: Any, keep: bool, identity: bool = False) -> Tensor:
     return out
 
 
+def _lowest(d: dt.DType) -> Any:
+    return False if d is dt.bool_ else (-math.inf if d.is_float else dt.int_range(d)[0])
+
+
+def _highest(d: dt.DType) -> Any:
+    return True if d is dt.bool_ else (math.inf if d.is_float else dt.int_range(d)[1])
+
+
+_EMPTY_IDENTITY = {_max: _lowest, _min: _highest, _prod: lambda d: 1, _log_sum_exp: lambda d: -math.inf}
+"""What a reduction over an empty set gives (the spec: the op's identity, the dtype's min / max)."""
+
 for _name, _fn in (("ReduceSum", _sum), ("ReduceMean", _mean), ("ReduceMax", _max), ("ReduceMin", _min),
                    ("ReduceSumSquare", _sum_square), ("ReduceL1", _l1), ("ReduceL2", _l2),
                    ("ReduceLogSum", _log_sum), ("ReduceLogSumExp", _log_sum_exp), ("ReduceProd", _prod)):
@@ -310,6 +325,34 @@ def cumsum(node: Node, x: Any, ax: Any) -> Tensor:
     if node.attr("exclusive", 0):
         out = ops.sub(out, x)
     return out
+
+
+@onnx_op("CumProd")
+def cumprod(node: Node, x: Any, ax: Any) -> Tensor:
+    """Running products (reverse: from the end; exclusive: shifted by one, a 1 first)."""
+    x = T(x)
+    a = axis(ints(ax, "axis")[0], x.ndim)
+    rev = bool(node.attr("reverse", 0))
+    y = ops.flip(x, [a]) if rev else x
+    if node.attr("exclusive", 0) and x.shape[a]:
+        ones = ops.full(tuple(1 if d == a else n for d, n in enumerate(x.shape)), 1, x.dtype)
+        y = ops.concat([ones, ops.narrow(y, a, 0, x.shape[a] - 1)], a)
+    y = ops.cumprod(y, a, dtype=x.dtype)
+    return ops.flip(y, [a]) if rev else y
+
+
+@onnx_op("Einsum")
+def einsum(node: Node, *xs: Any) -> Tensor:
+    """Half-precision operands accumulate in float32, as onnx's reference does."""
+    ts = [T(x) for x in xs]
+    half = ts[0].dtype in (dt.float16, dt.bfloat16)
+    out = ops.einsum(node.attr("equation").replace(" ", ""), *[ops.cast(t, dt.float32) if half else t for t in ts])
+    return ops.cast(out, ts[0].dtype) if half else out
+
+
+@onnx_op("Det")
+def det(node: Node, x: Any) -> Tensor:
+    return ops.linalg.det(T(x))
 
 
 BFLOAT16 = 16  # onnx.TensorProto.BFLOAT16
@@ -415,3 +458,37 @@ def qlinear_matmul(node: Node, a: Any, a_scale: Any, a_zp: Any, b: Any, b_scale:
         d, out = ops.add(d, ops.cast(ops.reshape(T(y_zp), ()), dt.float64)), T(y_zp).dtype
     lo, hi = dt.int_range(out)
     return ops.cast(ops.clamp(ops.round(d), float(lo), float(hi)), out)
+
+
+# -- losses ---------------------------------------------------------------------------------
+
+def _nll(node: Node, logp: Tensor, target: Any, weight: Any) -> Tensor:
+    """-logp[n, target[n, d...], d...], weighted by weight[target] (0 where target == ignore_index);
+    'mean' divides by the total weight, as the spec does (the count when unweighted)."""
+    t = ops.cast(T(target), dt.int64)
+    red = node.attr("reduction", "mean")
+    if red not in ("none", "sum", "mean"):
+        raise node.unsupported(f"reduction {red!r} is not supported (none, sum or mean)")
+    ignore = node.attr("ignore_index")
+    keep = ops.full(t.shape, True, dt.bool_) if ignore is None else ops.ne(t, ignore)
+    safe = ops.where(keep, t, 0)  # ignored targets may lie outside [0, C)
+    picked = ops.squeeze(ops.take_along_dim(logp, ops.unsqueeze(safe, 1), 1), 1)
+    w = ops.cast(keep, logp.dtype) if weight is None else ops.where(keep, ops.take(T(weight), safe, 0), _same(logp, 0))
+    loss = ops.neg(ops.mul(picked, w))
+    if red == "none":
+        return loss
+    total = ops.sum(loss)
+    return total if red == "sum" else ops.div(total, ops.sum(w))
+
+
+@onnx_op("NegativeLogLikelihoodLoss")
+def nll_loss(node: Node, x: Any, target: Any, weight: Any = None) -> Tensor:
+    return _nll(node, T(x), target, weight)
+
+
+@onnx_op("SoftmaxCrossEntropyLoss")
+def softmax_cross_entropy_loss(node: Node, x: Any, target: Any, weight: Any = None) -> Any:
+    """The NLL of log_softmax over the class axis (1); the second output is that log_softmax."""
+    logp = F.log_softmax(T(x), 1)
+    loss = _nll(node, logp, target, weight)
+    return (loss, logp) if node.n_outputs > 1 else loss
