@@ -11,10 +11,10 @@ from ..tensor import Tensor
 from .model import UnsupportedOp
 
 
-def _spatial(name: str, x: Tensor) -> int:
+def _spatial(name: str, x: Tensor, dims: tuple[int, ...] = (1, 2)) -> int:
     n = x.ndim - 2
-    if n not in (1, 2):
-        raise UnsupportedOp(f"{name}: only 1-d and 2-d inputs are supported, got shape {x.shape}")
+    if n not in dims:
+        raise UnsupportedOp(f"{name}: only {'-, '.join(map(str, dims))}-d inputs are supported, got shape {x.shape}")
     return n
 
 
@@ -27,7 +27,9 @@ def conv(x: Tensor, w: Tensor, b: Tensor | None, stride: Sequence[int], pad_lo: 
          output_padding: Sequence[int] = ()) -> Tensor:
     """N-d convolution (cross-correlation) or transposed convolution with per-side padding.
     A transposed convolution is `conv2d_grad_input` with its weight read as a conv weight."""
-    n = _spatial("conv", x)
+    n = _spatial("conv", x, (1, 2, 3))
+    if n == 3:
+        return _conv3d(x, w, b, stride, pad_lo, pad_hi, dilation, groups, transposed, output_padding)
     if n == 1:
         x, w = ops.unsqueeze(x, 2), ops.unsqueeze(w, 2)
     s, lo, hi, d = _as2d(stride, n, 1), _as2d(pad_lo, n, 0), _as2d(pad_hi, n, 0), _as2d(dilation, n, 1)
@@ -48,6 +50,24 @@ def conv(x: Tensor, w: Tensor, b: Tensor | None, stride: Sequence[int], pad_lo: 
     if b is not None:
         y = ops.add(y, ops.reshape(b, (1, -1, 1, 1)))
     return ops.squeeze(y, 2) if n == 1 else y
+
+
+def _conv3d(x: Tensor, w: Tensor, b: Tensor | None, stride: Sequence[int], lo: Sequence[int],
+            hi: Sequence[int], dilation: Sequence[int], groups: int, transposed: bool,
+            output_padding: Sequence[int]) -> Tensor:
+    """3-d convolution: the per-side padding (or, transposed, the cropping and output padding) around
+    F.conv3d / F.conv_transpose3d without padding of their own."""
+    from ..nn.functional_3d import conv_transpose3d
+    from ..nn.functional_spatial import conv3d
+    if not transposed:
+        x = ops.pad(x, [(0, 0), (0, 0)] + [(int(a), int(c)) for a, c in zip(lo, hi)])
+        return conv3d(x, w, b, list(stride), 0, list(dilation), groups)
+    y = conv_transpose3d(x, w, None, list(stride), 0, 0, groups, list(dilation))
+    op = list(output_padding or [0] * 3)
+    if any(op):
+        y = ops.pad(y, [(0, 0), (0, 0)] + [(0, int(o)) for o in op])
+    y = ops.slice_(y, [0, 0, *lo], [*y.shape[:2], *(size - h for size, h in zip(y.shape[2:], hi))])
+    return y if b is None else ops.add(y, ops.reshape(b, (1, -1, 1, 1, 1)))
 
 
 def _ceil_extra(size: int, k: int, s: int, lo: int, hi: int, d: int = 1) -> int:

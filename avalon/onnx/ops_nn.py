@@ -8,6 +8,7 @@ import numpy as np
 from .. import ops
 from ..interop.nnops import conv, pool
 from ..tensor import Tensor
+from .ops_vision import gathered_pool
 from .table import Node, T, axis, onnx_op, static
 
 
@@ -69,7 +70,7 @@ def _geometry(node: Node, x: Tensor, kernel: list[int]) -> tuple[list[int], list
 @onnx_op("Conv")
 def conv_(node: Node, x: Any, w: Any, b: Any = None) -> Tensor:
     x, w = T(x), T(w)
-    if x.ndim not in (3, 4):
+    if x.ndim not in (3, 4, 5):
         raise node.unsupported(f"{x.ndim - 2}-d convolution is not supported")
     s, d, lo, hi = _geometry(node, x, list(node.attr("kernel_shape", w.shape[2:])))
     return conv(x, w, None if b is None else T(b), s, lo, hi, d, node.attr("group", 1))
@@ -79,7 +80,7 @@ def conv_(node: Node, x: Any, w: Any, b: Any = None) -> Tensor:
 def conv_transpose(node: Node, x: Any, w: Any, b: Any = None) -> Tensor:
     x, w = T(x), T(w)
     n = x.ndim - 2
-    if n not in (1, 2):
+    if n not in (1, 2, 3):
         raise node.unsupported(f"{n}-d transposed convolution is not supported")
     k = list(node.attr("kernel_shape", w.shape[2:]))
     s = list(node.attr("strides", [1] * n))
@@ -109,20 +110,17 @@ def conv_transpose(node: Node, x: Any, w: Any, b: Any = None) -> Tensor:
 def _pool(kind: str) -> Any:
     def rule(node: Node, x: Any) -> Tensor:
         x = T(x)
-        if node.n_outputs > 1:
-            raise node.unsupported("the Indices output is not supported")
-        if x.ndim not in (3, 4):
-            raise node.unsupported(f"{x.ndim - 2}-d pooling is not supported")
         k = list(node.attr("kernel_shape"))
         s, d, lo, hi = _geometry(node, x, k)
-        if any(v != 1 for v in d):
-            raise node.unsupported(f"dilations {d} are not supported")
         mode = node.attr("auto_pad", "NOTSET")
         mode = mode.decode() if isinstance(mode, bytes) else mode
         ceil = bool(node.attr("ceil_mode", 0))
         include = bool(node.attr("count_include_pad", 0)) if kind == "avg" else True
         if kind == "avg" and mode in ("SAME_UPPER", "SAME_LOWER"):
             include = False  # auto padding never counts
+        if x.ndim not in (3, 4) or any(v != 1 for v in d) or node.n_outputs > 1:
+            y = gathered_pool(kind, x, k, s, d, lo, hi, ceil, include, storage_order=node.attr("storage_order", 0))
+            return y[:node.n_outputs] if kind == "max" else y
         return pool(kind, x, k, s, lo, hi, ceil, include)
     return rule
 

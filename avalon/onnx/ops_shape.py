@@ -191,8 +191,8 @@ def pad(node: Node, x: Any, pads: Any = None, value: Any = None, axes_in: Any = 
     mode = node.attr("mode", "constant")
     if isinstance(mode, bytes):
         mode = mode.decode()
-    if mode != "constant":
-        raise node.unsupported(f"mode {mode!r} is not supported (only 'constant')")
+    if mode not in ("constant", "edge", "reflect", "wrap"):
+        raise node.unsupported(f"mode {mode!r} is not supported")
     p = ints(pads, "pads") if pads is not None else list(node.attr("pads"))
     ax = ints(axes_in, "axes") if axes_in is not None else list(range(x.ndim))
     k = len(ax)
@@ -203,7 +203,15 @@ def pad(node: Node, x: Any, pads: Any = None, value: Any = None, axes_in: Any = 
     if any(lo < 0 or hi < 0 for lo, hi in widths):
         x = ops.slice_(x, [max(-lo, 0) for lo, _ in widths], [s - max(-hi, 0) for s, (_, hi) in zip(x.shape, widths)])
         widths = [(max(lo, 0), max(hi, 0)) for lo, hi in widths]
-    return ops.pad(x, widths, v)
+    if mode == "constant":
+        return ops.pad(x, widths, v)
+    from .ops_vision import literal
+    for a, (lo, hi) in enumerate(widths):  # numpy's edge / reflect / wrap of the index range, one gather
+        if lo or hi:
+            if x.shape[a] == 0 or (mode == "reflect" and x.shape[a] == 1):
+                raise node.unsupported(f"{mode} padding of an axis of length {x.shape[a]}")
+            x = ops.take(x, literal(np.pad(np.arange(x.shape[a]), (lo, hi), mode=mode)), a)
+    return x
 
 
 @onnx_op("Range")
