@@ -78,6 +78,8 @@ def as_array(data: Any, dtype: DType | None = None) -> np.ndarray:
             arr = np.asarray(data)
         except ValueError as e:  # a ragged nested list
             raise ValueError(f"cannot make a tensor of {type(data).__name__} {_short(data)}: {e}") from None
+        if arr.dtype.name == "bfloat16":  # ml_dtypes' (jax's, onnx's): bf16 is held as float32, exactly
+            arr = arr.astype(np.float32)
         if arr.dtype.kind not in "biufc":  # None, strings, objects, ints past 64 bits: numpy's 'object'
             raise TypeError(f"cannot make a tensor of {_short(data)}: tensors hold numbers (64 bits at most) "
                             f"and bools; numpy reads it as {arr.dtype}")

@@ -179,3 +179,35 @@ def test_dynamic_quantize_linear_of_an_all_positive_input():
     _check([helper.make_node("DynamicQuantizeLinear", ["x"], ["y", "s", "z"])], [_vi("x", TensorProto.FLOAT, [3, 7])],
            [_vi("y", TensorProto.UINT8, [3, 7]), _vi("s", TensorProto.FLOAT, []), _vi("z", TensorProto.UINT8, [])],
            {"x": x})
+
+
+def test_bfloat16_models_export_and_load_back():
+    """bf16 (ml_dtypes arrays in onnx, float32-held in Avalon) in initializers, inputs and outputs."""
+    import ml_dtypes
+
+    import avalon as av
+    av.manual_seed(0)
+    m = av.nn.Sequential(av.nn.Linear(4, 3), av.nn.ReLU(), av.nn.Linear(3, 2)).to(av.bfloat16)
+    x = av.randn(5, 4).to(av.bfloat16)
+    proto = avalon.onnx.export(m, None, x)
+    assert proto.graph.input[0].type.tensor_type.elem_type == TensorProto.BFLOAT16
+    assert {i.data_type for i in proto.graph.initializer if i.name.endswith("weight")} == {TensorProto.BFLOAT16}
+    back = avalon.onnx.load(proto)
+    y = back(x)
+    assert y.dtype is av.bfloat16
+    np.testing.assert_array_equal(y.numpy(), m(x).numpy())
+    raw = np.random.default_rng(5).standard_normal((5, 4)).astype(ml_dtypes.bfloat16)
+    t = av.tensor(raw)
+    assert t.dtype is av.bfloat16
+    np.testing.assert_array_equal(t.numpy(), raw.astype(np.float32))
+    out = avalon.onnx.backend.prepare(proto).run([raw])[0]
+    assert out.dtype == ml_dtypes.bfloat16
+
+
+def test_avalon_onnx_backend_is_an_attribute_before_any_import():
+    """`avalon.onnx.backend` is loaded on first use; its lazy `__getattr__` recursed forever."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", "import avalon.onnx as o; print(o.backend.__name__)"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "avalon.onnx.backend", out.stderr[-500:]

@@ -106,6 +106,8 @@ def dtype(x) -> DType:
         npd = np.dtype(x)
     except TypeError:
         raise TypeError(f"cannot interpret {x!r} as an Avalon dtype") from None
+    if npd.name == "bfloat16":  # ml_dtypes.bfloat16 (jax, onnx)
+        return bfloat16
     for d in ALL:
         if d.np == npd and d is not bfloat16:
             return d

@@ -11,9 +11,9 @@ __all__ = ["ONNX_OPS", "OnnxModel", "UnsupportedOp", "backend", "export", "load"
 
 
 def __getattr__(name: str):  # backend and export import onnx; load them on first use
-    if name == "backend":
-        from . import backend
-        return backend
+    if name == "backend":  # (`from . import backend` would look the name up here again, forever)
+        import importlib
+        return importlib.import_module(f"{__name__}.backend")
     if name == "export":
         from .exporter import export
         return export

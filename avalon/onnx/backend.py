@@ -33,6 +33,9 @@ def _numpy(o: Any) -> Any:
     """An output as numpy; a sequence output (a list) as a list of arrays."""
     if isinstance(o, list):
         return [_numpy(e) for e in o]
+    if isinstance(o, Tensor) and o.dtype.name == "bf16":  # held as float32; onnx compares ml_dtypes arrays
+        import ml_dtypes
+        return o.numpy().astype(ml_dtypes.bfloat16)
     return o.numpy() if isinstance(o, Tensor) else np.asarray(o)
 
 

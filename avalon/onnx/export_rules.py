@@ -77,7 +77,7 @@ def cast(em: Any, op: Any, ins: list[str]) -> list[str]:
 def constant(em: Any, op: Any, ins: list[str]) -> list[str]:
     """Constants (and iota, a constant of its shape) are evaluated now and stored."""
     t = op.results[0].type
-    return [em.const(evaluate(op.name, op.attrs, [], t))]
+    return [em.const(evaluate(op.name, op.attrs, [], t), t.dtype)]
 
 
 @export_rule("broadcast")

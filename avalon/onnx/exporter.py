@@ -41,9 +41,9 @@ class OnnxWriter:
         self.nodes.append(helper.make_node(op_type, inputs, outs, name=self.fresh(op_type), **attrs))
         return outs
 
-    def const(self, value: np.ndarray) -> str:
+    def const(self, value: np.ndarray, dtype: Any = None) -> str:
         name = self.fresh("const")
-        self.initializers.append(numpy_helper.from_array(np.asarray(value), name))
+        self.initializers.append(numpy_helper.from_array(_stored(value, dtype), name))
         return name
 
     def ints(self, v: Any, scalar: bool = False) -> str:
@@ -74,6 +74,17 @@ class OnnxWriter:
                 self.names[id(r)] = o
 
 
+def _stored(value: Any, dtype: Any = None) -> np.ndarray:
+    """`value` as the numpy array onnx stores for `dtype`: bf16 (held as float32) as ml_dtypes'."""
+    arr = np.asarray(value)
+    if dtype is None:
+        return arr
+    if dtype.name == "bf16":
+        import ml_dtypes
+        return arr.astype(np.float32).astype(ml_dtypes.bfloat16)
+    return arr.astype(dtype.np)
+
+
 def _value_info(name: str, v: Any) -> Any:
     return helper.make_tensor_value_info(name, onnx_elem_type(v.dtype), list(v.shape))
 
@@ -87,7 +98,7 @@ def graph_to_onnx(graph: Graph, state: dict[str, np.ndarray] | None = None) -> A
         name = v.name or f"arg{i}"
         em.names[id(v)] = name
         if name in state:
-            inits.append(numpy_helper.from_array(np.asarray(state[name]).astype(v.dtype.np), name))
+            inits.append(numpy_helper.from_array(_stored(state[name], v.dtype), name))
         else:
             inputs.append(_value_info(name, v))
     em.emit_block(list(graph.ops))

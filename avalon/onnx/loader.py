@@ -289,7 +289,7 @@ def load(source: Any, check: bool = True) -> OnnxModel:
     params: list[str] = []
     for init in model.graph.initializer:
         arr = onnx.numpy_helper.to_array(init)
-        if arr.dtype.kind == "f":
+        if arr.dtype.kind == "f" or arr.dtype.name == "bfloat16":
             avalon_dtype(init.data_type, f"ONNX initializer {init.name!r}")
             state.append((init.name, Tensor(arr.copy())))
             params.append(init.name)
