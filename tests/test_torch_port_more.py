@@ -328,6 +328,10 @@ def test_float_modulus_special_values_and_gradients():
     a, b = np.repeat(s, s.size), np.tile(s, s.size)
     for name in ("fmod", "remainder", "floor_divide"):
         same(getattr(av, name)(a, b), getattr(torch, name)(T(a), T(b)))
+    a, b = np.array([-4.0, 4.0, -4.0, 6.0, -0.0]), np.array([2.0, -2.0, -2.0, 3.0, 5.0])
+    for name in ("fmod", "remainder"):  # a zero result keeps the dividend's sign, as C's fmod
+        np.testing.assert_array_equal(np.signbit(getattr(av, name)(a, b).numpy()),
+                                      np.signbit(getattr(torch, name)(T(a), T(b)).numpy()))
     check(lambda lib, x, y: lib.fmod(x, y) + lib.remainder(x, y), randn(10) * 5, randn(10, seed=1) + 3.0)
     check(lambda lib, x: x % 1.5, randn(10) * 5, grad=True, compiled=False)
     y = av.tensor([7, -7])

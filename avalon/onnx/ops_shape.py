@@ -215,9 +215,11 @@ def pad(node: Node, x: Any, pads: Any = None, value: Any = None, axes_in: Any = 
 
 
 @onnx_op("Range")
-def range_(node: Node, start: Any, limit: Any, delta: Any) -> np.ndarray:
+def range_(node: Node, start: Any, limit: Any, delta: Any) -> Any:
     s, l, d = (static(v, "range bound") for v in (start, limit, delta))
-    return np.arange(s.item(), l.item(), d.item()).astype(s.dtype)
+    r = np.arange(s.item(), l.item(), d.item()).astype(s.dtype)
+    bf16 = isinstance(start, Tensor) and start.dtype.name == "bf16"  # held as float32: keep its dtype
+    return ops.cast(Tensor(r), start.dtype) if bf16 else r
 
 
 @onnx_op("Trilu")

@@ -388,6 +388,7 @@ def _fmod(op: str, input: Any, other: Any) -> Tensor:
     ab = abs(b)
     r = where(logical_and(ne(r, 0.0), ne(lt(r, 0.0), lt(a, 0.0))), add(r, where(lt(r, 0.0), ab, neg(ab))), r)
     r = where(ge(abs(r), ab), sub(r, where(lt(a, 0.0), neg(ab), ab)), r)
+    r = where(eq(r, 0.0), mul(a, 0.0), r)  # C's fmod: a zero result keeps a's sign (-4 fmod 2 is -0.0)
     r = where(logical_and(isinf(b), isfinite(a)), a, r)
     return where(logical_or(eq(b, 0.0), logical_not(isfinite(a))), math.nan, r)
 
