@@ -25,6 +25,7 @@ from ..trace import _STACK
 # the rule modules fill ONNX_OPS as they are imported
 from . import (  # noqa: F401
     ops_attention,
+    ops_contrib,
     ops_control,
     ops_extra,
     ops_math,
@@ -35,7 +36,7 @@ from . import (  # noqa: F401
     ops_vision,
 )
 from .dtypes import avalon_dtype
-from .table import ONNX_OPS, NeedsConstant, Node
+from .table import ONNX_OPS, NeedsConstant, Node, op_key
 
 MIN_OPSET = 13
 """The oldest opset the rules read; older models are brought to it by onnx's own version converter
@@ -139,10 +140,9 @@ def _unsupported_ops(graph: Any) -> None:
     missing: dict[str, list[str]] = {}
     for i, n in _all_nodes(graph):
         label = n.name or f"#{i} ({n.op_type} -> {', '.join(n.output)})"
-        if n.domain not in ("", "ai.onnx"):
-            missing.setdefault(f"{n.op_type} of domain {n.domain!r}", []).append(label)
-        elif n.op_type not in ONNX_OPS:
-            missing.setdefault(n.op_type, []).append(label)
+        if op_key(n.domain, n.op_type) not in ONNX_OPS:
+            missing.setdefault(n.op_type if n.domain in ("", "ai.onnx") else f"{n.op_type} of domain {n.domain!r}",
+                               []).append(label)
     if missing:
         lines = [f"ONNX node {labels[0]!r}: op {op} is not supported" + (f" ({len(labels)} nodes)" if len(labels) > 1
                                                                         else "") for op, labels in missing.items()]
@@ -213,7 +213,7 @@ def _graph_nodes(graph: Any, opset: int) -> list[tuple[Node, list[str], list[str
                                                            isinstance(v[0], onnx.GraphProto)):
                 raise UnsupportedOp(f"ONNX node {label!r} ({n.op_type}): attribute {k!r} of this kind is not supported")
         outs = [o for o in n.output]
-        out.append((Node(n.op_type, label, attrs, len(outs), opset), list(n.input), outs))
+        out.append((Node(n.op_type, label, attrs, len(outs), opset, n.domain), list(n.input), outs))
     return out
 
 
@@ -225,7 +225,7 @@ def _eval(nodes: list[tuple[Node, list[str], list[str]]], env: MutableMapping[st
         values = [env[i] for i in ins]
         while values and values[-1] is None:
             values.pop()
-        rule = ONNX_OPS[node.op_type]
+        rule = ONNX_OPS[node.key]
         subs = {k: v.bound(env) for k, v in node.attrs.items() if isinstance(v, Subgraph)}
         if subs:
             node = replace(node, attrs={**node.attrs, **subs})

@@ -19,7 +19,12 @@ from ..tensor import Tensor
 
 OnnxRule = Callable[..., Any]
 ONNX_OPS: dict[str, OnnxRule] = {}
-"""ONNX op_type (default domain) -> rule. Keyed by a foreign op set, so a plain dict."""
+"""ONNX op_type -> rule; an op of another domain (onnxruntime's `com.microsoft` contrib ops) as
+"domain:op_type" (`op_key`). Keyed by a foreign op set, so a plain dict."""
+
+
+def op_key(domain: str, op_type: str) -> str:
+    return op_type if domain in ("", "ai.onnx") else f"{domain}:{op_type}"
 
 
 class NeedsConstant(UnsupportedOp, ValueError):
@@ -36,6 +41,11 @@ class Node:
     attrs: dict[str, Any] = field(default_factory=dict)
     n_outputs: int = 1
     opset: int = 13
+    domain: str = ""
+
+    @property
+    def key(self) -> str:
+        return op_key(self.domain, self.op_type)
 
     def attr(self, key: str, default: Any = None) -> Any:
         return self.attrs.get(key, default)
@@ -44,10 +54,10 @@ class Node:
         return UnsupportedOp(f"ONNX node {self.name or '<unnamed>'!r} ({self.op_type}): {why}")
 
 
-def onnx_op(*names: str) -> Callable[[OnnxRule], OnnxRule]:
+def onnx_op(*names: str, domain: str = "") -> Callable[[OnnxRule], OnnxRule]:
     def deco(fn: OnnxRule) -> OnnxRule:
         for n in names:
-            ONNX_OPS[n] = fn
+            ONNX_OPS[op_key(domain, n)] = fn
         return fn
     return deco
 
