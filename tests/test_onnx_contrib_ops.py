@@ -203,3 +203,90 @@ def test_bert_after_onnxruntimes_transformer_optimizer(tmp_path):
     got = got[0] if isinstance(got, tuple) else got
     want = bert(ids, attention_mask=mask).last_hidden_state.detach().numpy()
     assert np.abs(got.numpy() - want).max() <= 1e-5 * np.abs(want).max()
+
+
+class _Weights:
+    """Two matmuls (K = 72: the last 32-wide block is padded) for the weight-only quantizer."""
+
+    @staticmethod
+    def export(path):
+        torch = pytest.importorskip("torch")
+
+        class M(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.a = torch.nn.Parameter(torch.randn(72, 48) * 0.1)
+                self.b = torch.nn.Parameter(torch.randn(48, 32) * 0.1)
+
+            def forward(self, x):
+                return torch.relu(x @ self.a) @ self.b
+        torch.manual_seed(0)
+        m = M().eval()
+        torch.onnx.export(m, (torch.randn(2, 3, 72),), str(path), opset_version=17, dynamo=False, input_names=["x"])
+        return m
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_matmul_nbits_from_onnxruntimes_weight_only_quantizer(tmp_path, bits, symmetric):
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    m = _Weights.export(tmp_path / "f.onnx")
+    q = MatMulNBitsQuantizer(onnx.load(str(tmp_path / "f.onnx")), block_size=32, is_symmetric=symmetric, bits=bits)
+    q.process()
+    q.model.save_model_to_file(str(tmp_path / "q.onnx"))
+    assert "MatMulNBits" in {n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}
+    x = _f(_rng(9), 2, 3, 72)
+    want = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = avalon.onnx.load(str(tmp_path / "q.onnx"))(x).numpy()
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    if bits == 8:  # and it is still the float model, up to 8-bit rounding
+        import torch
+        assert np.abs(got - m(torch.from_numpy(x)).detach().numpy()).max() <= 0.05 * np.abs(want).max()
+
+
+def test_qoperator_static_quantization_matches_onnxruntime(tmp_path):
+    """quantize_static's QOperator format: QLinearConv, QGemm, QLinearAdd/Mul/Sigmoid/LeakyRelu,
+    QLinearAveragePool, QLinearConcat and QLinearSoftmax between QuantizeLinear and DequantizeLinear."""
+    torch = pytest.importorskip("torch")
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    class M(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.c2 = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)
+            self.fc = torch.nn.Linear(8, 10)
+
+        def forward(self, x):
+            y = torch.relu(self.c1(x))
+            z = torch.nn.functional.avg_pool2d(torch.sigmoid(self.c2(y)) * y + y, 2)
+            z = torch.cat([z, torch.nn.functional.leaky_relu(z, 0.1)], 1)
+            return torch.softmax(self.fc(z.mean((2, 3))[:, :8]), -1)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"x": torch.randn(2, 3, 8, 8).numpy()} for _ in range(3)])
+
+        def get_next(self):
+            return next(self.batches, None)
+    torch.manual_seed(0)
+    m = M().eval()
+    x = torch.randn(2, 3, 8, 8)
+    torch.onnx.export(m, (x,), str(tmp_path / "f.onnx"), opset_version=17, dynamo=False, input_names=["x"])
+    quantize_static(str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"), Reader(), quant_format=QuantFormat.QOperator)
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}
+    assert {"QGemm", "QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearConcat", "QLinearSoftmax"} <= ops
+    want = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})
+    got = avalon.onnx.load(str(tmp_path / "q.onnx"))(x.numpy()).numpy()
+    # a value on a rounding boundary may round the other way after a differently ordered float sum
+    assert np.abs(got - want[0]).max() <= 0.02 * np.abs(want[0]).max()
+
+
+def test_integer_matmuls_with_float_results():
+    r = _rng(10)
+    feeds = {"a": _f(r, 2, 3, 8), "b": r.integers(-128, 128, (8, 5)).astype(np.int8),
+             "bs": np.array(0.02, np.float32), "bz": np.array(3, np.int8), "bias": _f(r, 5)}
+    _run_both(helper.make_node("DynamicQuantizeMatMul", list(feeds), ["y"], domain=MS), feeds)
+    feeds = {"a": r.integers(0, 256, (3, 8)).astype(np.uint8), "b": r.integers(-128, 128, (8, 5)).astype(np.int8),
+             "as": np.array(0.1, np.float32), "bs": r.uniform(0.01, 0.03, 5).astype(np.float32),
+             "az": np.array(128, np.uint8)}
+    _run_both(helper.make_node("MatMulIntegerToFloat", list(feeds), ["y"], domain=MS), feeds)

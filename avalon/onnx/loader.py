@@ -26,6 +26,7 @@ from ..trace import _STACK
 from . import (  # noqa: F401
     ops_attention,
     ops_contrib,
+    ops_contrib_quant,
     ops_control,
     ops_extra,
     ops_math,
