@@ -201,3 +201,30 @@ def test_torch_exported_interpolate_and_conv3d_match_torch_and_trace():
     for g, w in zip(model(*ins), want):
         np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-4, atol=1e-5)
     assert "conv" in str(trace(model, *ins))
+
+
+@pytest.mark.parametrize("center", [0, 1])
+def test_non_max_suppression_matches_onnxruntime_and_is_named_when_traced(center):
+    """Clustered random boxes (so IoU suppression happens), two classes, a score threshold; then
+    the detector's usual Gather of the kept boxes. Tracing names the data-dependent node."""
+    rng = np.random.default_rng(20 + center)
+    centres = rng.uniform(0, 10, (2, 12, 2)).round(0)
+    size = rng.uniform(1, 3, (2, 12, 2))
+    boxes = (np.concatenate([centres, size], -1) if center else
+             np.concatenate([centres - size / 2, centres + size / 2], -1)[..., [1, 0, 3, 2]]).astype(np.float32)
+    scores = rng.random((2, 2, 12)).astype(np.float32)
+    consts = [numpy_helper.from_array(np.array([4], np.int64), "k"),
+              numpy_helper.from_array(np.array([0.3], np.float32), "iou"),
+              numpy_helper.from_array(np.array([0.2], np.float32), "smin")]
+    nodes = [helper.make_node("NonMaxSuppression", ["boxes", "scores", "k", "iou", "smin"], ["sel"], name="nms",
+                              center_point_box=center)]
+    m = _model(nodes, [_vi("boxes", [2, 12, 4]), _vi("scores", [2, 2, 12])], [_vi("sel", [None, 3], TensorProto.INT64)],
+               consts)
+    feeds = {"boxes": boxes, "scores": scores}
+    want = _ort(m, feeds)[0]
+    loaded = avalon.onnx.load(m)
+    got = loaded(boxes, scores).numpy()
+    assert got.dtype == np.int64 and 4 < len(want) < (scores > 0.2).sum()
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(avalon.onnx.UnsupportedOp, match="'nms'.*NonMaxSuppression.*the boxes"):
+        trace(loaded, Tensor(boxes), Tensor(scores))

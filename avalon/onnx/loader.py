@@ -28,6 +28,7 @@ from . import (  # noqa: F401
     ops_contrib,
     ops_contrib_quant,
     ops_control,
+    ops_detection,
     ops_extra,
     ops_math,
     ops_nn,
