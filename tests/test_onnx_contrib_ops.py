@@ -290,3 +290,50 @@ def test_integer_matmuls_with_float_results():
              "as": np.array(0.1, np.float32), "bs": r.uniform(0.01, 0.03, 5).astype(np.float32),
              "az": np.array(128, np.uint8)}
     _run_both(helper.make_node("MatMulIntegerToFloat", list(feeds), ["y"], domain=MS), feeds)
+
+
+def _gqa_feeds(r, b, s, p, hq, hkv, h, seqlens, total, rotary):
+    feeds = {"q": _f(r, b, s, hq * h), "k": _f(r, b, s, hkv * h), "v": _f(r, b, s, hkv * h),
+             "pk": _f(r, b, hkv, p, h), "pv": _f(r, b, hkv, p, h), "sk": np.array(seqlens, np.int32),
+             "tot": np.array(total, np.int32)}
+    if rotary:
+        angles = r.random((32, h // 2)) * 3
+        feeds["cos"], feeds["sin"] = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    return feeds
+
+
+@pytest.mark.parametrize("case", ["prompt_padded", "decode_ragged", "decode_rotary_window", "prompt_rotary_softcap",
+                                  "chunk_after_past"])
+def test_group_query_attention_as_onnxruntime_genai_calls_it(case):
+    """A right-padded first prompt (rows past a sequence's length are unspecified, compared only
+    where valid), and decode steps whose batch rows hold different numbers of past tokens."""
+    r = _rng(11)
+    hq, hkv, h = 4, 2, 16  # onnxruntime's rotary wants head sizes in multiples of 16
+    attrs = {"num_heads": hq, "kv_num_heads": hkv}
+    if case == "prompt_padded":
+        feeds, valid = _gqa_feeds(r, 2, 4, 0, hq, hkv, h, [3, 1], 4, False), [4, 2]
+    elif case == "decode_ragged":
+        feeds, valid = _gqa_feeds(r, 2, 1, 5, hq, hkv, h, [5, 3], 6, False), [1, 1]
+    elif case == "decode_rotary_window":
+        feeds, valid = _gqa_feeds(r, 2, 1, 6, hq, hkv, h, [6, 4], 7, True), [1, 1]
+        attrs.update(do_rotary=1, local_window_size=3, rotary_interleaved=1)
+    elif case == "chunk_after_past":
+        feeds, valid = _gqa_feeds(r, 1, 3, 4, hq, hkv, h, [6], 7, True), [3]
+        attrs.update(do_rotary=1)
+    else:
+        feeds, valid = _gqa_feeds(r, 1, 5, 0, hq, hkv, h, [4], 5, True), [5]
+        attrs.update(do_rotary=1, softcap=2.0)
+    node = helper.make_node("GroupQueryAttention", list(feeds), ["y", "pk_out", "pv_out"], domain=MS, **attrs)
+    ins = [helper.make_tensor_value_info(k, _TYPES[v.dtype], list(v.shape)) for k, v in feeds.items()]
+    g = helper.make_graph([node], "g", ins, [helper.make_tensor_value_info(o, TensorProto.FLOAT, None)
+                                             for o in node.output])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(MS, 1)])
+    want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    got = [x.numpy() for x in avalon.onnx.load(m)(*feeds.values())]
+    for i, n in enumerate(valid):
+        np.testing.assert_allclose(got[0][i, :n], want[0][i, :n], rtol=1e-5, atol=1e-5)
+    seqlens = feeds["sk"]
+    for g_, w in zip(got[1:], want[1:]):
+        assert g_.shape == w.shape
+        for i, n in enumerate(seqlens + 1):
+            np.testing.assert_allclose(g_[i, :, :n], w[i, :, :n], rtol=1e-6, atol=1e-6)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from .. import ops
 from ..ir import dtypes as dt
 from ..nn import functional as F
 from ..tensor import Tensor
 from .ops_attention import rotary_embedding
-from .table import Node, T, axis, onnx_op
+from .table import Node, T, axis, onnx_op, static
 
 MS = "com.microsoft"
 
@@ -243,3 +245,91 @@ def ms_rotary(node: Node, x: Any, position_ids: Any, cos: Any, sin: Any) -> Tens
         pos = ops.add(ops.iota((b, s), 1, dt.int64), ops.reshape(pos, ()))
     cos_g, sin_g = ops.take(T(cos), pos, 0), ops.take(T(sin), pos, 0)
     return rotary_embedding(node, x, cos_g, sin_g)
+
+
+def _rope(node: Node, x: Tensor, heads: int, cos: Tensor, sin: Tensor, pos: Tensor) -> Tensor:
+    """RoPE on (batch, seq, heads * size) at per-token positions `pos` (batch, seq)."""
+    rope = Node("RotaryEmbedding", node.name, {"interleaved": node.attr("rotary_interleaved", 0), "num_heads": heads,
+                                              "rotary_embedding_dim": 2 * cos.shape[-1]})
+    return rotary_embedding(rope, x, ops.take(cos, pos, 0), ops.take(sin, pos, 0))
+
+
+def _head_rms(x: Tensor, heads: int, w: Any, eps: float) -> Tensor:
+    """RMS norm of each head's features of (batch, seq, heads * size), weight (size,)."""
+    b, s, hidden = x.shape
+    y, _, _ = _norm(ops.reshape(x, (b, s, heads, hidden // heads)), [3], w, None, eps, rms=True)
+    return ops.reshape(y, (b, s, hidden))
+
+
+@onnx_op("GroupQueryAttention", domain=MS)
+def group_query_attention(node: Node, q: Any, k: Any, v: Any, past_k: Any, past_v: Any, seqlens_k: Any,
+                          total: Any, cos: Any = None, sin: Any = None, position_ids: Any = None,
+                          attention_bias: Any = None, head_sink: Any = None, k_scale: Any = None, v_scale: Any = None,
+                          q_norm: Any = None, k_norm: Any = None, *rest: Any) -> Any:
+    """onnxruntime-genai's decoder attention (Llama, Phi-3, Mistral, Qwen exports), its CPU kernel's
+    semantics: batch row b holds seqlens_k[b] + 1 tokens after this step, its first
+    p_b = seqlens_k[b] + 1 - seq of them from the past (0 for a first prompt); present is
+    (batch, kv_heads, total_sequence_length, size) with the new keys written at p_b and zeros after;
+    queries at positions p_b + s attend causally (optionally within local_window_size) to their
+    row's keys; rotary (do_rotary) at those positions or position_ids; GQA repeats kv heads."""
+    if k_scale is not None or v_scale is not None or any(r is not None for r in rest) or node.n_outputs > 3:
+        raise node.unsupported("quantized kv caches, query_seqlens and the qk output are not supported")
+    if not node.attr("causal", 1):
+        raise node.unsupported("causal=0 is not supported")
+    hq, hkv = int(node.attr("num_heads")), int(node.attr("kv_num_heads"))
+    q = T(q)
+    b, s = q.shape[0], q.shape[1]
+    if k is None:  # packed QKV
+        size = q.shape[2] // (hq + 2 * hkv)
+        q, k, v = ops.split(q, [hq * size, hkv * size, hkv * size], -1)
+    k, v = T(k), T(v)
+    size = q.shape[2] // hq
+    pk, pv = T(past_k), T(past_v)
+    p = pk.shape[2]
+    known = not (isinstance(total, Tensor) and total.is_traced)
+    t = int(np.asarray(static(total, "total_sequence_length")).reshape(())) if known else p + s
+    n_tok = ops.add(ops.cast(T(seqlens_k), dt.int64), 1)  # (batch,)
+    start = ops.maximum(ops.sub(n_tok, s), ops.full((), 0, dt.int64)) if p else ops.full((b,), 0, dt.int64)
+    if q_norm is not None:
+        eps = float(node.attr("qk_norm_epsilon", 1e-6))
+        q = _head_rms(q, hq, q_norm, float(node.attr("q_norm_epsilon", eps)))
+        k = _head_rms(k, hkv, k_norm, float(node.attr("k_norm_epsilon", eps)))
+    pos = ops.add(ops.iota((b, s), 1, dt.int64), ops.reshape(start, (b, 1)))
+    if node.attr("do_rotary", 0):
+        rp = pos if position_ids is None else ops.cast(T(position_ids), dt.int64)
+        q, k = _rope(node, q, hq, T(cos), T(sin), rp), _rope(node, k, hkv, T(cos), T(sin), rp)
+    q, k, v = _heads(q, hq), _heads(k, hkv), _heads(v, hkv)
+    # present[b, :, j]: past j (j < start_b), new j - start_b (< seq), else zero: one gather
+    j = ops.iota((b, t), 1, dt.int64)
+    off = ops.sub(j, ops.reshape(start, (b, 1)))
+    src = ops.where(ops.lt(off, 0), j, ops.where(ops.lt(off, s), ops.add(off, p), p + s))
+    src = ops.broadcast_to(ops.reshape(src, (b, 1, t, 1)), (b, hkv, t, size))
+
+    def present(past: Tensor, new: Tensor) -> Tensor:
+        pool = ops.concat([past, new, ops.full((b, hkv, 1, size), 0.0, new.dtype)], 2)
+        return ops.take_along_dim(pool, src, 2)
+    kp, vp = present(pk, k), present(pv, v)
+    kr, vr = (ops.repeat_interleave(x, hq // hkv, dim=1) for x in (kp, vp))
+    scale = node.attr("scale") or 1 / math.sqrt(size)
+    sc = ops.mul(ops.matmul(q, ops.transpose(kr, -1, -2)), _c(q, float(scale)))
+    cap = float(node.attr("softcap", 0.0))
+    if cap > 0:
+        sc = ops.mul(ops.tanh(ops.div(sc, _c(sc, cap))), _c(sc, cap))
+    if attention_bias is not None:
+        sc = ops.add(sc, T(attention_bias))
+    key = ops.iota((b, 1, s, t), 3, dt.int64)
+    qpos = ops.reshape(pos, (b, 1, s, 1))
+    ok = ops.logical_and(ops.le(key, qpos), ops.lt(key, ops.reshape(n_tok, (b, 1, 1, 1))))
+    window = int(node.attr("local_window_size", -1))
+    if window >= 0:
+        ok = ops.logical_and(ok, ops.gt(key, ops.sub(qpos, window)))
+    sc = ops.where(ok, sc, _c(sc, -math.inf))
+    if head_sink is not None or node.attr("smooth_softmax", 0):
+        sink = ops.full((b, hq, s, 1), 0.0, sc.dtype) if head_sink is None else \
+            ops.broadcast_to(ops.reshape(T(head_sink), (1, hq, 1, 1)), (b, hq, s, 1))
+        w = ops.narrow(F.softmax(ops.concat([sc, sink], -1), -1), -1, 0, t)
+    else:
+        w = F.softmax(sc, -1)
+    y = ops.matmul(w, vr)
+    y = ops.reshape(ops.permute(y, (0, 2, 1, 3)), (b, s, hq * size))
+    return (y, kp, vp)[:max(node.n_outputs, 1)]
