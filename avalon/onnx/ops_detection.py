@@ -1,4 +1,4 @@
-"""ONNX NonMaxSuppression: the last step of exported detectors (SSD, YOLO, torchvision's).
+"""ONNX NonMaxSuppression (the last step of exported detectors: SSD, YOLO, torchvision's) and NonZero.
 
 How many boxes survive depends on the values, so the result's shape is data-dependent: the rule
 runs when the boxes and scores are known (eager calls), on numpy, and tracing raises `NeedsConstant`
@@ -60,3 +60,10 @@ def non_max_suppression(node: Node, boxes: Any, scores: Any, max_out: Any = None
                 cand = rest[_iou(corners[n, top], corners[n, rest]) <= t_iou]
             rows += [(n, c, k) for k in kept]
     return np.asarray(rows, np.int64).reshape(-1, 3)
+
+
+@onnx_op("NonZero")
+def non_zero(node: Node, x: Any) -> np.ndarray:
+    """(rank, count) int64 indices of the nonzero elements in row-major order; data-dependent."""
+    return np.stack(np.nonzero(np.asarray(static(x, "the input (NonZero's output size depends on it)"))), 0) \
+        .astype(np.int64).reshape(np.ndim(static(x)), -1)
