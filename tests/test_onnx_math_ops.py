@@ -251,3 +251,37 @@ def test_unique_runs_eagerly_and_names_the_node_when_traced():
         np.testing.assert_array_equal(g.numpy(), w)
     with pytest.raises(UnsupportedOp, match="my_unique.*Unique.*data-dependent"):
         trace(model, Tensor(x))
+
+
+@pytest.mark.parametrize("rule", ["gated_delta", "linear"])
+def test_linear_attention_gradient_matches_finite_differences(rule):
+    """Opset 27's recurrence, unrolled: float64, GQA 2/1 heads, a past state; d(sum of outputs
+    weighted)/d(query, key) against central differences."""
+    rng = np.random.default_rng(30)
+    b, t, hq, hkv, dk, dv = 1, 3, 2, 1, 3, 2
+    feeds = {"q": rng.standard_normal((b, t, hq * dk)), "k": rng.standard_normal((b, t, hkv * dk)) * 0.5,
+             "v": rng.standard_normal((b, t, hkv * dv)), "s": rng.standard_normal((b, hkv, dk, dv)) * 0.3,
+             "g": -rng.random((b, t, hkv)), "beta": rng.random((b, t, hkv))}
+    d = TensorProto.DOUBLE
+    node = helper.make_node("LinearAttention", list(feeds), ["y", "state"], q_num_heads=hq, kv_num_heads=hkv,
+                            update_rule=rule)
+    m = _model([node], [_vi(k, list(v.shape), d) for k, v in feeds.items()],
+               [_vi("y", None, d), _vi("state", None, d)], opset=27)
+    model = avalon.onnx.load(m)
+    w = rng.standard_normal((b, t, hq * dv))
+
+    def loss(q, k):
+        y, state = model(q, k, *(Tensor(feeds[n]) for n in ("v", "s", "g", "beta")))
+        return (y * Tensor(w)).sum() + state.sum()
+    gq, gk = av.grad(loss, argnums=(0, 1))(Tensor(feeds["q"]), Tensor(feeds["k"]))
+    for g, name in ((gq, "q"), (gk, "k")):
+        num = np.zeros_like(feeds[name])
+        for idx in np.ndindex(num.shape):
+            args = {n: Tensor(feeds[n].copy()) for n in ("q", "k")}
+            for sign in (1, -1):
+                x = feeds[name].copy()
+                x[idx] += sign * 1e-6
+                args[name] = Tensor(x)
+                num[idx] += sign * float(loss(args["q"], args["k"]).item()) / 2e-6
+        np.testing.assert_allclose(g.numpy(), num, rtol=1e-6, atol=1e-7)
+    assert "exp" in str(trace(model, *(Tensor(v) for v in feeds.values()))) or rule == "linear"

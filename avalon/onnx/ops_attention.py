@@ -1,4 +1,5 @@
-"""ONNX's transformer ops (Attention, RotaryEmbedding, SwiGLU) as Avalon ops."""
+"""ONNX's transformer ops (Attention, RotaryEmbedding, SwiGLU, LinearAttention, CausalConvWithState)
+as Avalon ops."""
 from __future__ import annotations
 
 import math
@@ -160,3 +161,61 @@ def swiglu(node: Node, a: Any, b: Any) -> Tensor:
     a, b = T(a), T(b)
     alpha = ops.full((), float(node.attr("alpha", 1.0)), a.dtype)
     return ops.mul(ops.mul(a, ops.sigmoid(ops.mul(a, alpha))), b)
+
+
+@onnx_op("LinearAttention")
+def linear_attention(node: Node, q: Any, k: Any, v: Any, state: Any = None, decay: Any = None,
+                     beta: Any = None) -> Any:
+    """The recurrences of opset 27 (linear, gated, delta, gated_delta: Gated DeltaNet, GLA, RWKV-6
+    style) unrolled over the sequence, one state update per token; GQA shares each kv head's state
+    among q_num_heads / kv_num_heads query heads."""
+    out_dtype = T(q).dtype
+    acc = dt.float32 if out_dtype in (dt.float16, dt.bfloat16) else out_dtype  # the state sums in float32
+
+    def up(x: Any) -> Tensor | None:
+        return None if x is None else ops.cast(T(x), acc)
+    q, k, v, state, decay, beta = up(q), up(k), up(v), up(state), up(decay), up(beta)
+    hq, hkv = int(node.attr("q_num_heads")), int(node.attr("kv_num_heads"))
+    rule = node.attr("update_rule", "gated_delta")
+    if rule not in ("linear", "gated", "delta", "gated_delta"):
+        raise node.unsupported(f"update_rule {rule!r} is not one of linear, gated, delta, gated_delta")
+    if rule in ("gated", "gated_delta") and decay is None or rule in ("delta", "gated_delta") and beta is None:
+        raise node.unsupported(f"update_rule {rule!r} needs its decay / beta inputs")
+    b, t, _ = q.shape
+    dk, dv = q.shape[2] // hq, v.shape[2] // hkv
+    qs = ops.reshape(q, (b, t, hkv, hq // hkv, dk))  # query heads grouped by the kv head they share
+    ks, vs = ops.reshape(k, (b, t, hkv, dk)), ops.reshape(v, (b, t, hkv, dv))
+    gs = None if decay is None else ops.reshape(T(decay), (b, t, hkv, -1, 1))  # per head or per key dim
+    bs = None if beta is None else ops.broadcast_to(ops.reshape(T(beta), (b, t, -1, 1)), (b, t, hkv, 1))
+    s = ops.full((b, hkv, dk, dv), 0.0, q.dtype) if state is None else T(state)
+    scale = float(node.attr("scale", 0.0)) or 1 / math.sqrt(dk)
+    outs = []
+    for i in range(t):
+        kt, vt = ops.select(ks, 1, i), ops.select(vs, 1, i)  # (b, hkv, dk), (b, hkv, dv)
+        if rule in ("gated", "gated_delta"):
+            s = ops.mul(ops.exp(ops.select(gs, 1, i)), s)
+        if rule in ("delta", "gated_delta"):
+            recalled = ops.squeeze(ops.matmul(ops.unsqueeze(kt, 2), s), 2)  # S^T k: (b, hkv, dv)
+            vt = ops.mul(ops.select(bs, 1, i), ops.sub(vt, recalled))
+        s = ops.add(s, ops.mul(ops.unsqueeze(kt, 3), ops.unsqueeze(vt, 2)))
+        o = ops.matmul(ops.select(qs, 1, i), s)  # (b, hkv, group, dv)
+        outs.append(ops.mul(ops.reshape(o, (b, hq * dv)), ops.full((), scale, q.dtype)))
+    return (ops.cast(ops.stack(outs, 1), out_dtype), ops.cast(s, out_dtype))[:max(node.n_outputs, 1)]
+
+
+@onnx_op("CausalConvWithState")
+def causal_conv_with_state(node: Node, x: Any, w: Any, bias: Any = None, state: Any = None) -> Any:
+    """Depthwise causal conv1d over [past_state (zeros), x], optional SiLU; the new state is the last
+    k - 1 positions of that concatenation."""
+    x, w = T(x), T(w)
+    b, c, n = x.shape
+    k = w.shape[-1]
+    past = ops.full((b, c, k - 1), 0.0, x.dtype) if state is None else T(state)
+    full = ops.concat([past, x], 2)
+    y = F.conv1d(full, w, None if bias is None else T(bias), groups=c)
+    act = node.attr("activation", "none")
+    if act in ("silu", "swish"):
+        y = F.silu(y)
+    elif act != "none":
+        raise node.unsupported(f"activation {act!r} is not one of silu, swish, none")
+    return (y, ops.narrow(full, 2, n, k - 1))[:max(node.n_outputs, 1)]
