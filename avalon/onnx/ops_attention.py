@@ -219,3 +219,28 @@ def causal_conv_with_state(node: Node, x: Any, w: Any, bias: Any = None, state: 
     elif act != "none":
         raise node.unsupported(f"activation {act!r} is not one of silu, swish, none")
     return (y, ops.narrow(full, 2, n, k - 1))[:max(node.n_outputs, 1)]
+
+
+@onnx_op("FlexAttention", domain="ai.onnx.preview")
+def flex_attention(node: Node, q: Any, k: Any, v: Any) -> Tensor:
+    """softmax(score_mod(Q K^T * scale)) -> prob_mod -> @ V, the modifiers being subgraphs (torch's
+    flex_attention exported); the softmax in softmax_precision (float32, or float64 for doubles);
+    GQA: query head h reads kv head h // (q_heads / kv_heads)."""
+    q, k, v = T(q), T(k), T(v)
+    hq, hkv = q.shape[1], k.shape[1]
+    if hq % hkv:
+        raise node.unsupported(f"{hq} query heads are not a multiple of {hkv} kv heads")
+    if hq != hkv:
+        k, v = ops.repeat_interleave(k, hq // hkv, dim=1), ops.repeat_interleave(v, hq // hkv, dim=1)
+    prec = node.attr("softmax_precision")
+    sm = _SOFTMAX_TYPES.get(prec) if prec is not None else (dt.float64 if q.dtype is dt.float64 else dt.float32)
+    if sm is None:
+        raise node.unsupported(f"softmax_precision {prec} is not supported")
+    scale = node.attr("scale") or 1 / math.sqrt(q.shape[-1])
+    s = ops.cast(ops.mul(ops.matmul(q, ops.transpose(k, -1, -2)), ops.full((), float(scale), q.dtype)), sm)
+    if node.attr("score_mod") is not None:
+        s = T(node.attr("score_mod")(s)[0])
+    p = F.softmax(s, -1)
+    if node.attr("prob_mod") is not None:
+        p = T(node.attr("prob_mod")(p)[0])
+    return ops.matmul(ops.cast(p, v.dtype), v)
