@@ -58,7 +58,8 @@ class GradProgram:
     def finish(self, fn: Callable, args: tuple, out: Any) -> Any:
         """A model's gradient dict as `Grads`, which knows the tensor each name is, so an optimizer
         built on bare tensors (`filter(lambda p: p.requires_grad, model.parameters())`, parameter
-        groups of tensors) can match gradients by identity."""
+        groups of tensors) can match gradients by identity. So is the gradient of a tuple, list or dict of
+        models (`(model, metric_fc, criterion)`, whose optimizers each take a part of it)."""
         if self.with_value:
             value, grads = out
         elif self.has_aux:
@@ -67,7 +68,7 @@ class GradProgram:
             grads = out
         per = list(grads) if self.multi else [grads]
         for k, i in enumerate(self.nums):
-            if type(per[k]) is dict and tree.is_model(args[i]):
+            if type(per[k]) is dict and _holds_models(args[i]):
                 per[k] = Grads(per[k], dict(tree.named_parameters(args[i])))
         grads = tuple(per) if self.multi else per[0]
         if self.with_value:
@@ -119,7 +120,7 @@ class GradProgram:
                 n_leaves = _count_leaves(trees[i])
                 named += [(leaves[j][0].split(".", 1)[-1], j) for j in range(starts[i], starts[i] + n_leaves)
                           if not isinstance(leaves[j][1], Tensor)]  # numpy arrays inside lists and dicts
-                model = tree.is_model(args[i])  # (a dict or list of tensors gets zeros, as torch.func's)
+                model = _holds_models(args[i])  # (a dict or list of tensors gets zeros, as torch.func's)
                 kept = [(n, s) for n, j in named if (s := slot(j, skip_unused=model)) is not None]
                 plans.append((("dict", tuple(n for n, _ in kept), (("leaf",),) * len(kept)), [s for _, s in kept]))
 
@@ -142,6 +143,13 @@ class GradProgram:
         gg.set_outputs(values + updates)
         log.debug("gradient graph for %s:\n%s", self.name, gg)
         return Traced(gg, traced.leaves, out_tree, len(values), traced.update_targets)
+
+
+def _holds_models(x: Any) -> bool:
+    """A model, or a tuple, list or dict of models (`(model, metric_fc, criterion)` differentiated at once):
+    its gradients are a model's, without entries for parameters the loss does not use, and `Grads`."""
+    items = x.values() if isinstance(x, dict) else x if isinstance(x, (list, tuple)) else ()
+    return tree.is_model(x) or any(tree.is_model(v) for v in items)
 
 
 class Grads(dict):
