@@ -502,10 +502,97 @@ def col2im(node: Node, x: Any, image_shape: Any, block_shape: Any) -> Tensor:
 def roi_align(node: Node, x: Any, rois: Any, batch_indices: Any) -> Tensor:
     from ..vision.ops import roi_align as tv_roi_align
     x, rois = T(x), T(rois)
-    if _s(node, "mode", "avg") != "avg":
-        raise node.unsupported("mode 'max' (a maximum of bilinearly weighted corner values) is not supported")
+    mode = _s(node, "mode", "avg")
+    if mode not in ("avg", "max"):
+        raise node.unsupported(f"mode {mode!r} is not supported")
     coord = _s(node, "coordinate_transformation_mode", "half_pixel" if node.opset >= 16 else "output_half_pixel")
     boxes = ops.concat([ops.cast(ops.reshape(T(batch_indices), (-1, 1)), rois.dtype), rois], 1)
-    return tv_roi_align(x, boxes, (node.attr("output_height", 1), node.attr("output_width", 1)),
-                        float(node.attr("spatial_scale", 1.0)), int(node.attr("sampling_ratio", 0)),
-                        coord == "half_pixel")
+    size = (int(node.attr("output_height", 1)), int(node.attr("output_width", 1)))
+    scale, ratio = float(node.attr("spatial_scale", 1.0)), int(node.attr("sampling_ratio", 0))
+    if mode == "max":
+        return roi_align_max(x, boxes, size, scale, ratio, coord == "half_pixel")
+    return tv_roi_align(x, boxes, size, scale, ratio, coord == "half_pixel")
+
+
+def roi_align_max(x: Tensor, boxes: Tensor, size: tuple[int, int], scale: float, sampling_ratio: int,
+                  aligned: bool) -> Tensor:
+    """RoiAlign's mode 'max' as onnx's reference and onnxruntime compute it: the samples of a bin are
+    roi_align's (vision.ops), but each bin is the maximum over its samples of the largest of the 4
+    *weighted* corner values w_i * v_i (not of the interpolated values); a sample outside [-1, size]
+    has zero weights (so counts as 0), and no division by the sample count."""
+    from ..vision.ops import _features, _sample_axis
+    x = _features(x, "RoiAlign")
+    rois = ops.cast(ops.stop_gradient(boxes), x.dtype)
+    ph, pw = size
+    n, c, h, w = x.shape
+    k = rois.shape[0]
+    if k == 0:
+        return ops.zeros((0, c, ph, pw), dtype=x.dtype)
+    off = 0.5 if aligned else 0.0
+    bidx = ops.cast(rois[:, 0], dt.int64)
+    sw, sh = rois[:, 1] * scale - off, rois[:, 2] * scale - off
+    rw, rh = rois[:, 3] * scale - off - sw, rois[:, 4] * scale - off - sh
+    if not aligned:
+        rw, rh = ops.clamp(rw, min=1.0), ops.clamp(rh, min=1.0)
+    yl, yh, wyl, wyh, gy = _sample_axis(sh, rh / ph, rh, ph, sampling_ratio, h, "RoiAlign")
+    xl, xh, wxl, wxh, gx = _sample_axis(sw, rw / pw, rw, pw, sampling_ratio, w, "RoiAlign")
+    gh, gw = yl.shape[2], xl.shape[2]
+    shape = (k, ph, gh, pw, gw)
+
+    def ys(t: Tensor) -> Tensor:
+        return ops.reshape(t, (k, ph, gh, 1, 1))
+
+    def xs(t: Tensor) -> Tensor:
+        return ops.reshape(t, (k, 1, 1, pw, gw))
+
+    base = ops.reshape(bidx * (h * w), (k, 1, 1, 1, 1))
+    rows, cols = [base + ys(yl) * w, base + ys(yh) * w], [xs(xl), xs(xh)]
+    wy, wx = [ys(wyl), ys(wyh)], [xs(wxl), xs(wxh)]
+    corners = [(0, 0), (0, 1), (1, 0), (1, 1)]
+    idx = ops.stack([rows[a] + cols[b] for a, b in corners], 0)
+    wts = ops.stack([ops.broadcast_to(wy[a] * wx[b], shape) for a, b in corners], 0)
+    pixels = ops.reshape(ops.movedim(x, 1, 3), (n * h * w, c))
+    vals = ops.amax(ops.take(pixels, idx, 0) * ops.expand_dims(wts, -1), 0)   # (K, PH, GH, PW, GW, C)
+    # samples past a RoI's own (adaptive) count do not exist: they must not enter the maximum
+    real = ops.logical_and(ops.lt(ops.iota((1, 1, gh, 1, 1), 2, x.dtype), ops.reshape(gy, (k, 1, 1, 1, 1))),
+                           ops.lt(ops.iota((1, 1, 1, 1, gw), 4, x.dtype), ops.reshape(gx, (k, 1, 1, 1, 1))))
+    vals = ops.where(ops.expand_dims(real, -1), vals, -math.inf)
+    out = ops.amax(vals, (2, 4))                                                 # (K, PH, PW, C)
+    empty = ops.logical_or(ops.le(gy, 0.0), ops.le(gx, 0.0))                      # no samples: 0 (the reference)
+    out = ops.where(ops.reshape(empty, (k, 1, 1, 1)), 0.0, out)
+    return ops.movedim(out, 3, 1)
+
+
+# -- DeformConv -----------------------------------------------------------------------------
+
+@onnx_op("DeformConv")
+def deform_conv(node: Node, x: Any, w: Any, offset: Any, b: Any = None, mask: Any = None) -> Tensor:
+    """ONNX DeformConv (2-d) as torchvision's deform_conv2d (the same sampling and layout); ONNX's
+    asymmetric pads shift the taps by the leading pads and size the output (the offset's shape)."""
+    from ..vision.deform import deform_conv_core
+    x, w, offset = T(x), T(w), T(offset)
+    if x.ndim != 4:
+        raise node.unsupported(f"{x.ndim - 2}-d DeformConv is not supported (2-d only, as onnx's reference)")
+    if not x.dtype.is_float:
+        raise node.unsupported(f"{x.dtype} input is not supported")
+    k = list(node.attr("kernel_shape", w.shape[2:]))
+    if tuple(k) != tuple(w.shape[2:]):
+        raise node.unsupported(f"kernel_shape {k} does not match the weight {w.shape}")
+    s = list(node.attr("strides", [1, 1]))
+    d = list(node.attr("dilations", [1, 1]))
+    pads = list(node.attr("pads", [0, 0, 0, 0]))
+    group, og = int(node.attr("group", 1)), int(node.attr("offset_group", 1))
+    n, c, h, wd = x.shape
+    if c != w.shape[1] * group or w.shape[0] % group:
+        raise node.unsupported(f"X {x.shape} and W {w.shape} do not make {group} groups")
+    if c % og or offset.shape[1] != og * 2 * k[0] * k[1]:
+        raise node.unsupported(f"offset {offset.shape} does not match offset_group {og} and kernel {k}")
+    out = [(size + pads[i] + pads[i + 2] - (d[i] * (k[i] - 1) + 1)) // s[i] + 1 for i, size in enumerate((h, wd))]
+    if offset.ndim != 4 or offset.shape[0] != n or list(offset.shape[2:]) != out:
+        raise node.unsupported(f"offset {offset.shape} does not match the output size {out}")
+    if mask is not None:
+        mask = T(mask)
+        if mask.shape != (n, og * k[0] * k[1], *out):
+            raise node.unsupported(f"mask {mask.shape} does not match the output {out}")
+    return deform_conv_core(x, offset, w, None if b is None else T(b), mask, (s[0], s[1]), (pads[0], pads[1]),
+                            (d[0], d[1]), og)

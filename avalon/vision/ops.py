@@ -24,6 +24,7 @@ composites of Avalon's ops so they trace, compile and differentiate.
   SqueezeExcitation, MLP, Permute, StochasticDepth, DropBlock2d/3d, FeaturePyramidNetwork with
   LastLevelMaxPool / LastLevelP6P7, RoIAlign, RoIPool, MultiScaleRoIAlign, with torchvision's
   attribute (state-dict key) names.
+* `deform_conv2d` / `DeformConv2d` (deformable convolution v1/v2) live in avalon/vision/deform.py.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ from ..ir import dtypes as dt
 from ..nn import functional as F
 from ..random import next_seed
 from ..tensor import Tensor
+from .deform import DeformConv2d, deform_conv2d
 
 # ----------------------------------------------------------------------------------- helpers
 
@@ -1095,11 +1097,12 @@ class FeaturePyramidNetwork(nn.Module):
 
 
 __all__ = [
-    "Conv2dNormActivation", "Conv3dNormActivation", "ConvNormActivation", "DropBlock2d", "DropBlock3d",
-    "ExtraFPNBlock", "FeaturePyramidNetwork", "FrozenBatchNorm2d", "LastLevelMaxPool", "LastLevelP6P7", "MLP",
-    "MultiScaleRoIAlign", "Permute", "PermuteDims", "RoIAlign", "RoIPool", "SqueezeExcitation", "StochasticDepth",
-    "VisionMLP", "batched_nms", "box_area", "box_area_center", "box_convert", "box_iou", "box_iou_center",
-    "clip_boxes_to_image", "complete_box_iou", "complete_box_iou_loss", "distance_box_iou", "distance_box_iou_loss",
-    "drop_block2d", "drop_block3d", "generalized_box_iou", "generalized_box_iou_loss", "masks_to_boxes", "nms",
-    "remove_small_boxes", "roi_align", "roi_pool", "sigmoid_focal_loss", "stochastic_depth",
+    "Conv2dNormActivation", "Conv3dNormActivation", "ConvNormActivation", "DeformConv2d", "DropBlock2d",
+    "DropBlock3d", "ExtraFPNBlock", "FeaturePyramidNetwork", "FrozenBatchNorm2d", "LastLevelMaxPool",
+    "LastLevelP6P7", "MLP", "MultiScaleRoIAlign", "Permute", "PermuteDims", "RoIAlign", "RoIPool",
+    "SqueezeExcitation", "StochasticDepth", "VisionMLP", "batched_nms", "box_area", "box_area_center",
+    "box_convert", "box_iou", "box_iou_center", "clip_boxes_to_image", "complete_box_iou", "complete_box_iou_loss",
+    "deform_conv2d", "distance_box_iou", "distance_box_iou_loss", "drop_block2d", "drop_block3d",
+    "generalized_box_iou", "generalized_box_iou_loss", "masks_to_boxes", "nms", "remove_small_boxes", "roi_align",
+    "roi_pool", "sigmoid_focal_loss", "stochastic_depth",
 ]
