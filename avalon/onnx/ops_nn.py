@@ -7,9 +7,10 @@ import numpy as np
 
 from .. import ops
 from ..interop.nnops import conv, pool
+from ..ir import dtypes as dt
 from ..tensor import Tensor
 from .ops_vision import gathered_pool
-from .table import Node, T, axis, onnx_op, static
+from .table import Node, T, axis, onnx_op
 
 
 def _c(x: Tensor, v: float) -> Tensor:
@@ -225,8 +226,8 @@ def _rnn(kind: str) -> Any:
             x = ops.permute(x, (1, 0, 2))
         seq, batch = x.shape[0], x.shape[1]
         hidden = r.shape[-1]
-        if seq_lens is not None and any(v != seq for v in np.asarray(static(seq_lens, "sequence_lens")).reshape(-1)):
-            raise node.unsupported("sequence_lens shorter than the sequence are not supported")
+        _check_shapes(node, kind, gates, dirs, x, w, r, b, h0, c0, layout)
+        valid = _valid_steps(seq_lens, seq, batch)
         ys, hs, cs = [], [], []
         for d in range(dirs):
             f = acts[d * len(default):(d + 1) * len(default)]
@@ -240,8 +241,12 @@ def _rnn(kind: str) -> Any:
             out = [None] * seq
             xw = ops.add(ops.matmul(x, wd), wb)  # every step's input projection at once
             for t in steps:
-                h, c = _cell(kind, node, xw[t], h, c, rd, rb, hidden, f)
-                out[t] = h
+                h1, c1 = _cell(kind, node, xw[t], h, c, rd, rb, hidden, f)
+                if valid is None:
+                    h, c, out[t] = h1, c1, h1
+                else:  # past a row's length its state holds and its output is 0 (a reverse pass starts at its end)
+                    h, c = ops.where(valid[t], h1, h), ops.where(valid[t], c1, c)
+                    out[t] = ops.where(valid[t], h1, ops.zeros_like(h1))
             ys.append(ops.stack(out, 0))
             hs.append(h)
             cs.append(c)
@@ -251,6 +256,40 @@ def _rnn(kind: str) -> Any:
             y, yh, yc = ops.permute(y, (2, 0, 1, 3)), ops.permute(yh, (1, 0, 2)), ops.permute(yc, (1, 0, 2))
         return (y, yh, yc)[:node.n_outputs]
     return rule
+
+
+def _valid_steps(seq_lens: Any, seq: int, batch: int) -> list[Tensor] | None:
+    """Per step, a (batch, 1) mask of the rows still within their sequence_lens; None when every row
+    runs the whole sequence (lengths known now and all equal to it). Lengths known only at run time
+    (the TorchScript exporter's packed sequences) are masked in the graph, so the rule traces."""
+    if seq_lens is None:
+        return None
+    if not (isinstance(seq_lens, Tensor) and seq_lens.is_traced):
+        lens = np.asarray(seq_lens.numpy() if isinstance(seq_lens, Tensor) else seq_lens).reshape(-1)
+        if (lens == seq).all():
+            return None
+    n = ops.reshape(ops.cast(T(seq_lens), dt.int64), (batch, 1))
+    return [ops.lt(ops.full((), t, dt.int64), n) for t in range(seq)]
+
+
+def _check_shapes(node: Node, kind: str, gates: int, dirs: int, x: Tensor, w: Tensor, r: Tensor, b: Any,
+                  h0: Any, c0: Any, layout: int) -> None:
+    """W (dirs, gates*hidden, input), R (dirs, gates*hidden, hidden), B (dirs, 2*gates*hidden) and the
+    initial states (dirs, batch, hidden), hidden_size from R: a clear error for a malformed file (torch's
+    dynamo exporter writes nn.LSTM(proj_size=...) as an LSTM whose R and initial_c disagree: ONNX's LSTM
+    has no projection) instead of a broadcast failure inside a step."""
+    hidden = r.shape[-1]
+    batch, inp = x.shape[1], x.shape[2]
+    want = {"W": (w, (dirs, gates * hidden, inp)), "R": (r, (dirs, gates * hidden, hidden)),
+            "B": (b, (dirs, 2 * gates * hidden))}
+    state = (batch, dirs, hidden) if layout else (dirs, batch, hidden)
+    want.update({"initial_h": (h0, state), "initial_c": (c0, state)})
+    for name, (v, shape) in want.items():
+        got = None if v is None else tuple(v.shape) if isinstance(v, Tensor) else np.shape(v)
+        if got is not None and got != shape:
+            raise node.unsupported(f"{name} has shape {got}, expected {shape} ({dirs} direction(s), hidden size "
+                                   f"{hidden} from R, input size {inp}): a malformed {kind}; torch's exporter "
+                                   "writes one for nn.LSTM(proj_size=...), a projection ONNX's LSTM cannot express")
 
 
 def _initial(v: Any, d: int, batch: int, hidden: int, x: Tensor, layout: int) -> Tensor:
