@@ -285,3 +285,12 @@ def test_linear_attention_gradient_matches_finite_differences(rule):
                 num[idx] += sign * float(loss(args["q"], args["k"]).item()) / 2e-6
         np.testing.assert_allclose(g.numpy(), num, rtol=1e-6, atol=1e-7)
     assert "exp" in str(trace(model, *(Tensor(v) for v in feeds.values()))) or rule == "linear"
+
+
+@pytest.mark.parametrize("op, attrs, shape", [("GlobalLpPool", {"p": 3}, [2, 3, 4, 5]), ("GlobalLpPool", {}, [2, 3, 7]),
+                                              ("MeanVarianceNormalization", {}, [2, 3, 4, 5]),
+                                              ("MeanVarianceNormalization", {"axes": [1]}, [2, 3, 4]),
+                                              ("Shrink", {"lambd": 0.3, "bias": 0.1}, [5, 4])])
+def test_small_standard_ops_match_onnxruntime(op, attrs, shape):
+    m = _model([helper.make_node(op, ["x"], ["y"], **attrs)], [_vi("x", shape)], [_vi("y", None)], opset=17)
+    _check(m, {"x": _rand(np.random.default_rng(40), *shape)})

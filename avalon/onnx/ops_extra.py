@@ -428,3 +428,24 @@ def bitcast(node: Node, x: Any) -> Any:
     if x.dtype.itemsize != np.dtype(to.np).itemsize:
         raise node.unsupported(f"BitCast from {x.dtype} to {to.name} changes the width")
     return x.view(to.np)
+
+
+@onnx_op("Shrink")
+def shrink(node: Node, x: Any) -> Tensor:
+    """x + bias below -lambd, x - bias above lambd, 0 between (hard and soft shrinkage)."""
+    x = T(x)
+    lam, bias = float(node.attr("lambd", 0.5)), float(node.attr("bias", 0.0))
+    lo, hi = ops.lt(x, ops.full((), -lam, x.dtype)), ops.gt(x, ops.full((), lam, x.dtype))
+    zero = ops.full((), 0, x.dtype)
+    return ops.where(lo, ops.add(x, ops.full((), bias, x.dtype)),
+                     ops.where(hi, ops.sub(x, ops.full((), bias, x.dtype)), zero))
+
+
+@onnx_op("MeanVarianceNormalization")
+def mean_variance_normalization(node: Node, x: Any) -> Tensor:
+    """(x - mean) / sqrt(mean(x^2) - mean^2), over `axes` (default N, H, W); onnx adds 1e-9."""
+    x = T(x)
+    axes = [a % x.ndim for a in node.attr("axes", [0, 2, 3])]
+    mean = ops.mean(x, axes, keepdims=True)
+    var = ops.sub(ops.mean(ops.mul(x, x), axes, keepdims=True), ops.mul(mean, mean))
+    return ops.div(ops.sub(x, mean), ops.add(ops.sqrt(var), ops.full((), 1e-9, x.dtype)))

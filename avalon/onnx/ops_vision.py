@@ -596,3 +596,12 @@ def deform_conv(node: Node, x: Any, w: Any, offset: Any, b: Any = None, mask: An
             raise node.unsupported(f"mask {mask.shape} does not match the output {out}")
     return deform_conv_core(x, offset, w, None if b is None else T(b), mask, (s[0], s[1]), (pads[0], pads[1]),
                             (d[0], d[1]), og)
+
+
+@onnx_op("GlobalLpPool")
+def global_lp_pool(node: Node, x: Any) -> Tensor:
+    """(sum of |x|^p over the spatial axes)^(1/p), kept as size-1 axes."""
+    x = T(x)
+    p = float(node.attr("p", 2))
+    s = ops.sum(ops.pow(ops.abs(x), ops.full((), p, x.dtype)), list(range(2, x.ndim)), keepdims=True)
+    return ops.pow(s, ops.full((), 1.0 / p, x.dtype))
