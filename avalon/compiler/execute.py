@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from avalon import tree, views
+from avalon import grad_mode, tree, views
 from avalon.device import CPU, Device
 from avalon.ir import Graph, TensorType, Value
 from avalon.tensor import Tensor, as_array
@@ -46,6 +46,8 @@ def run_traced(traced: Traced, graph: Graph, execute: Callable[..., Sequence[Any
     if outer is not None:
         results = inline(outer, graph, [outer.value_of(x) for x in leaves])
         outs = [Tensor._traced(v, outer) for v in results]
+        if not grad_mode.enabled():  # called under av.no_grad(): the enclosing trace sends no gradient through it
+            outs[:n] = [outer.emit("stop_gradient", [o], {})[0] if o.dtype.is_floating_point else o for o in outs[:n]]
         for target, new in zip(traced.update_targets, outs[n:]):
             assign(target, new)
         return tree.unflatten(traced.out_tree, outs[:n])

@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from avalon import tree
+from avalon import grad_mode, tree
 from avalon.autodiff import grad_graph
 from avalon.channels import get_logger
 from avalon.ir import Builder, Graph, Value
@@ -76,7 +76,10 @@ class GradProgram:
         return (grads, aux) if self.has_aux else grads
 
     def build(self, fn: Callable, args: tuple) -> Traced:
-        traced = trace_call(fn, args, keep_custom=True)
+        # a transform, as torch.func's: an `av.no_grad()` around the call does not reach inside `fn` (one inside
+        # does); inside an enclosing trace the results are then stopped there (compiler/execute.py's run_traced)
+        with grad_mode.set_grad_enabled(True):
+            traced = trace_call(fn, args, keep_custom=True)
         graph = traced.graph
         loss_tree, aux_tree = _split_outputs(traced.out_tree, self.has_aux, fn)
         _scalar_loss(graph, fn)
