@@ -14,31 +14,17 @@ ort = pytest.importorskip("onnxruntime")
 torch = pytest.importorskip("torch")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from onnx.reference import ReferenceEvaluator  # noqa: E402
+from test_onnx_math_ops import FLOAT, INT64, _ort, _rand, _vi  # noqa: E402
+from test_onnx_math_ops import _model as _model_at  # noqa: E402
 
 import avalon as av  # noqa: E402
 import avalon.onnx  # noqa: E402
 from avalon.tensor import Tensor  # noqa: E402
 from avalon.trace import trace  # noqa: E402
 
-FLOAT, INT64 = TensorProto.FLOAT, TensorProto.INT64
-
-
-def _vi(name, shape, t=FLOAT):
-    return helper.make_tensor_value_info(name, t, shape)
-
 
 def _model(nodes, inputs, outputs, inits=(), opset=20):
-    g = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
-
-
-def _ort(m, feeds):
-    s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    return s.run(None, feeds)
-
-
-def _rand(rng, *shape):
-    return rng.standard_normal(shape).astype(np.float32)
+    return _model_at(nodes, inputs, outputs, inits, opset)
 
 
 def _resize_model(x_shape, scales=None, sizes=None, roi=None, opset=19, **attrs):

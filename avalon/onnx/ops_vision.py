@@ -520,39 +520,16 @@ def roi_align_max(x: Tensor, boxes: Tensor, size: tuple[int, int], scale: float,
     roi_align's (vision.ops), but each bin is the maximum over its samples of the largest of the 4
     *weighted* corner values w_i * v_i (not of the interpolated values); a sample outside [-1, size]
     has zero weights (so counts as 0), and no division by the sample count."""
-    from ..vision.ops import _features, _sample_axis
+    from ..vision.ops import _features, roi_corner_samples
     x = _features(x, "RoiAlign")
-    rois = ops.cast(ops.stop_gradient(boxes), x.dtype)
+    rois = ops.stop_gradient(boxes)
     ph, pw = size
-    n, c, h, w = x.shape
-    k = rois.shape[0]
+    k, c = rois.shape[0], x.shape[1]
     if k == 0:
         return ops.zeros((0, c, ph, pw), dtype=x.dtype)
-    off = 0.5 if aligned else 0.0
-    bidx = ops.cast(rois[:, 0], dt.int64)
-    sw, sh = rois[:, 1] * scale - off, rois[:, 2] * scale - off
-    rw, rh = rois[:, 3] * scale - off - sw, rois[:, 4] * scale - off - sh
-    if not aligned:
-        rw, rh = ops.clamp(rw, min=1.0), ops.clamp(rh, min=1.0)
-    yl, yh, wyl, wyh, gy = _sample_axis(sh, rh / ph, rh, ph, sampling_ratio, h, "RoiAlign")
-    xl, xh, wxl, wxh, gx = _sample_axis(sw, rw / pw, rw, pw, sampling_ratio, w, "RoiAlign")
-    gh, gw = yl.shape[2], xl.shape[2]
-    shape = (k, ph, gh, pw, gw)
-
-    def ys(t: Tensor) -> Tensor:
-        return ops.reshape(t, (k, ph, gh, 1, 1))
-
-    def xs(t: Tensor) -> Tensor:
-        return ops.reshape(t, (k, 1, 1, pw, gw))
-
-    base = ops.reshape(bidx * (h * w), (k, 1, 1, 1, 1))
-    rows, cols = [base + ys(yl) * w, base + ys(yh) * w], [xs(xl), xs(xh)]
-    wy, wx = [ys(wyl), ys(wyh)], [xs(wxl), xs(wxh)]
-    corners = [(0, 0), (0, 1), (1, 0), (1, 1)]
-    idx = ops.stack([rows[a] + cols[b] for a, b in corners], 0)
-    wts = ops.stack([ops.broadcast_to(wy[a] * wx[b], shape) for a, b in corners], 0)
-    pixels = ops.reshape(ops.movedim(x, 1, 3), (n * h * w, c))
-    vals = ops.amax(ops.take(pixels, idx, 0) * ops.expand_dims(wts, -1), 0)   # (K, PH, GH, PW, GW, C)
+    corner_vals, wts, gy, gx = roi_corner_samples(x, rois, ph, pw, scale, sampling_ratio, aligned, "RoiAlign")
+    gh, gw = wts.shape[3], wts.shape[5]
+    vals = ops.amax(corner_vals * ops.expand_dims(wts, -1), 0)   # (K, PH, GH, PW, GW, C)
     # samples past a RoI's own (adaptive) count do not exist: they must not enter the maximum
     real = ops.logical_and(ops.lt(ops.iota((1, 1, gh, 1, 1), 2, x.dtype), ops.reshape(gy, (k, 1, 1, 1, 1))),
                            ops.lt(ops.iota((1, 1, 1, 1, gw), 4, x.dtype), ops.reshape(gx, (k, 1, 1, 1, 1))))

@@ -551,13 +551,25 @@ def roi_align(input: Any, boxes: Any, output_size: Any, spatial_scale: float = 1
     the border). Differentiable w.r.t. the input; see the module docstring for traced boxes."""
     x = _features(input, "roi_align")
     rois = _o.stop_gradient(_rois(boxes, "roi_align"))
+    ph, pw = _pair(output_size)
+    if rois.shape[0] == 0:
+        return _o.zeros((0, x.shape[1], ph, pw), dtype=x.dtype)
+    vals, wts, gy, gx = roi_corner_samples(x, rois, ph, pw, spatial_scale, int(sampling_ratio), aligned, "roi_align")
+    out = _o.sum(vals * _o.expand_dims(wts, -1), (0, 3, 5))           # (K, PH, PW, C)
+    count = _o.maximum(gy * gx, 1.0)
+    out = out / _o.reshape(count, (rois.shape[0], 1, 1, 1))
+    return _o.movedim(out, 3, 1)
+
+
+def roi_corner_samples(x: Tensor, rois: Tensor, ph: int, pw: int, spatial_scale: float, sampling_ratio: int,
+                       aligned: bool, where: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """roi_align's sampling (torchvision's kernel, also ONNX RoiAlign's): the 4 bilinear corner values
+    of every sample, (4, K, PH, GH, PW, GW, C), their weights (4, K, PH, GH, PW, GW) and each RoI's
+    sample counts along y and x (K,). How a bin combines them is the caller's (average, or ONNX's max)."""
     if rois.dtype is not x.dtype:
         rois = _o.cast(rois, x.dtype)
-    ph, pw = _pair(output_size)
     n, c, h, w = x.shape
     k = rois.shape[0]
-    if k == 0:
-        return _o.zeros((0, c, ph, pw), dtype=x.dtype)
     off = 0.5 if aligned else 0.0
     bidx = _o.cast(rois[:, 0], dt.int64)
     sw, sh = rois[:, 1] * spatial_scale - off, rois[:, 2] * spatial_scale - off
@@ -565,9 +577,8 @@ def roi_align(input: Any, boxes: Any, output_size: Any, spatial_scale: float = 1
     rw, rh = ew - sw, eh - sh
     if not aligned:
         rw, rh = _o.clamp(rw, min=1.0), _o.clamp(rh, min=1.0)
-    sampling_ratio = int(sampling_ratio)
-    yl, yh, wyl, wyh, gy = _sample_axis(sh, rh / ph, rh, ph, sampling_ratio, h, "roi_align")
-    xl, xh, wxl, wxh, gx = _sample_axis(sw, rw / pw, rw, pw, sampling_ratio, w, "roi_align")
+    yl, yh, wyl, wyh, gy = _sample_axis(sh, rh / ph, rh, ph, sampling_ratio, h, where)
+    xl, xh, wxl, wxh, gx = _sample_axis(sw, rw / pw, rw, pw, sampling_ratio, w, where)
     gh, gw = yl.shape[2], xl.shape[2]
 
     def ys(t: Tensor) -> Tensor:
@@ -584,11 +595,7 @@ def roi_align(input: Any, boxes: Any, output_size: Any, spatial_scale: float = 1
     idx = _o.stack([rows[a] + cols[b] for a, b in corners], 0)
     wts = _o.stack([_o.broadcast_to(wy[a] * wx[b], (k, ph, gh, pw, gw)) for a, b in corners], 0)
     pixels = _o.reshape(_o.movedim(x, 1, 3), (n * h * w, c))
-    vals = _o.take(pixels, idx, 0)                                   # (4, K, PH, GH, PW, GW, C)
-    out = _o.sum(vals * _o.expand_dims(wts, -1), (0, 3, 5))           # (K, PH, PW, C)
-    count = _o.maximum(gy * gx, 1.0)
-    out = out / _o.reshape(count, (k, 1, 1, 1))
-    return _o.movedim(out, 3, 1)
+    return _o.take(pixels, idx, 0), wts, gy, gx
 
 
 def _round_half_away(v: Tensor) -> Tensor:
