@@ -13,7 +13,6 @@ ort = pytest.importorskip("onnxruntime")
 
 import avalon as av  # noqa: E402
 import avalon.onnx  # noqa: E402
-from avalon.onnx import UnsupportedOp  # noqa: E402
 from avalon.tree import named_tensors  # noqa: E402
 from avalon.zoo.lenet import LeNet  # noqa: E402
 
