@@ -42,6 +42,7 @@ SPECIAL: dict[str, Callable[[str], Graph]] = {
     "max": lambda n: _graph([((2, 3, 4), F32)], lambda b, x: [b("max", x, axes=[2], keepdims=True)], n),
     "argmax": lambda n: _graph([((2, 5), F32)], lambda b, x: [b("argmax", x, axis=1)], n),
     "all_reduce": lambda n: _graph([((2, 3), F32)], lambda b, x: [b("all_reduce", x, reduction="sum")], n),
+    "all_gather": lambda n: _graph([((2, 3), F32)], lambda b, x: [b("all_gather", x)], n),
     "iota": lambda n: _graph([], lambda b: [b("iota", shape=[2, 3], axis=1, dtype="f32"),
                                             b("iota", shape=[4, 2], axis=0, dtype="i64")], n),
     "cumsum": lambda n: _graph([((2, 5), F32)], lambda b, x: [b("cumsum", x, axis=1),

@@ -241,6 +241,11 @@ def _all_reduce(name, data, rng):
     return Case([rng.normal(size=_shape(data))], {"reduction": data.draw(st.sampled_from(["mean", "sum"]))})
 
 
+@case("all_gather")
+def _all_gather(name, data, rng):  # one process: the identity (two: tests/test_distributed_collectives.py)
+    return Case([rng.normal(size=_shape(data, min_dims=1))], {})
+
+
 @case("max")
 def _max(name, data, rng):
     s = _shape(data, min_dims=1)
@@ -489,6 +494,7 @@ TORCH: dict[str, Callable] = {
     "broadcast": lambda a, x: torch.broadcast_to(x, a["shape"]),
     "sum": lambda a, x: x.sum(dim=a["axes"], keepdim=a["keepdims"]) if a["axes"] else x,
     "all_reduce": lambda a, x: x.clone(),  # one process (no group installed): the identity
+    "all_gather": lambda a, x: x.clone(),  # one process: the identity
     "svd": _t_svd,
     "eigh": _t_eigh,
     "qr": _t_qr,

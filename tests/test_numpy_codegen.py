@@ -150,6 +150,11 @@ def _all_reduce(b, g, d):  # one process: the identity
     return [b("all_reduce", _in(g, (3, 5), d)), b("all_reduce", _in(g, (2,), d), reduction="sum")]
 
 
+@case("all_gather")
+def _all_gather(b, g, d):  # one process: the identity
+    return [b("all_gather", _in(g, (3, 5), d)), b("all_gather", _in(g, (2,), d))]
+
+
 @case("index_add")
 def _index_add(b, g, d):  # indices in {0, 1}: many duplicates
     v = _in(g, (6, 2, 3), d)

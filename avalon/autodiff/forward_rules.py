@@ -81,7 +81,7 @@ def _linear_in(*positions: int, zero_attrs: dict | None = None) -> JvpFn:
 
 
 for _name in ("neg", "broadcast", "sum", "cumsum", "reshape", "transpose", "slice", "avg_pool2d",
-              "avg_pool2d_grad", "all_reduce"):
+              "avg_pool2d_grad", "all_reduce", "all_gather"):
     JVP[_name] = _linear_in(0)
 JVP["take"] = _linear_in(0)  # (x[idx]: the same lookup of the tangent)
 JVP["index_add"] = _linear_in(0)  # (the same scatter-add of the values' tangents)

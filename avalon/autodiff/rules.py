@@ -495,3 +495,24 @@ def _all_reduce(b, op, g):
     so the total loss's cotangent for x on one process gathers all processes' cotangents the same
     way: an all_reduce of g with the same reduction and group (the identity on one process)."""
     return [b("all_reduce", g, reduction=op.attrs["reduction"], group=op.attrs["group"])]
+
+
+@vjp("all_gather")
+def _all_gather(b, op, g):
+    """Process r's operand is rows [r*n, (r+1)*n) of every process's result, so its cotangent is the
+    sum over processes of that slice of their cotangents: an all_reduce (sum) of g, then this rank's
+    slice (torch.distributed.nn's all_gather backward, a reduce-scatter). The rank is read from the
+    process group now: the gradient graph is this process's. One process: g itself."""
+    n = op.attrs["world_size"]
+    if n == 1:
+        return [g]
+    from avalon.ir.reference.collective import collective
+    hook = collective()
+    if hook is None or hook.world_size(op.attrs["group"]) != n:
+        raise RuntimeError(f"the gradient of an all_gather traced over {n} processes needs that process group "
+                           "(avalon.distributed.init())")
+    r, rows = hook.rank(op.attrs["group"]), op.operands[0].shape[0]
+    total = b("all_reduce", g, reduction="sum", group=op.attrs["group"])
+    shape = list(g.type.shape)
+    return [b("slice", total, start=[r * rows] + [0] * (len(shape) - 1), limit=[(r + 1) * rows] + shape[1:],
+              step=[1] * len(shape))]

@@ -76,6 +76,15 @@ def _elementwise(b, op, args, batched, size):
     return b.op(op.name, *_all(b, args, batched, size), **op.attrs).results
 
 
+@batch("all_gather")
+def _all_gather(b, op, args, batched, size):
+    """Processes' operands concatenate along the example's axis 0: gather with the mapped dimension
+    second (one all_gather for every example), then put it in front again."""
+    x = _all(b, args, batched, size)[0]
+    perm = [1, 0, *range(2, x.type.rank)]
+    return [transpose(b, b.op("all_gather", transpose(b, x, perm), **op.attrs).results[0], perm)]
+
+
 def rule_for(op: Op) -> BatchFn | None:
     """`op`'s batching rule: its own, the elementwise one for any elementwise op, else None."""
     rule = BATCH.get(op.name)

@@ -14,6 +14,18 @@ collective. Torch is communication only: no torch compute runs on Avalon's path.
 For batch norm over the global batch, convert the model with `nn.SyncBatchNorm.convert_sync_batchnorm`
 (its statistics are one `all_reduce` op per layer); for each rank's part of a dataset in a custom
 loop, `avalon.utils.data.DistributedSampler` (torch's, `set_epoch` every epoch).
+
+torch.distributed's functional surface is here under torch's names (`avalon.distributed.collectives`):
+`ReduceOp`, `init_process_group`, `destroy_process_group`, `get_rank`, `get_world_size`, `barrier`,
+`broadcast`, `all_gather`, `all_gather_into_tensor`, `reduce_scatter_tensor`, the `*_object` functions;
+`avalon.distributed.nn.all_gather` (differentiable, the CLIP/SimCLR feature gather) and
+`avalon.distributed.optim.ZeroRedundancyOptimizer`. Traced, each is `all_gather`/`all_reduce` ops.
+
+`all_reduce` has two forms. torch's: `all_reduce(t)` or `all_reduce(t, op=ReduceOp.X)` on one Tensor
+reduces it IN PLACE, SUM by default, and returns None. Avalon's: `all_reduce(tree, op="mean")` on a
+tree (a grads dict, a list) or with an op string ("mean", "sum") returns a NEW tree, the MEAN by
+default. So `dist.all_reduce(grads)` averages gradients, as before, while `dist.all_reduce(t)` on a
+tensor sums it into `t`, as torch's does.
 """
 from __future__ import annotations
 
@@ -29,9 +41,26 @@ from avalon.trace import assign
 from avalon.tree import named_tensors
 
 from .checkpoint import load, save
+from .collectives import (
+    ReduceOp,
+    all_gather,
+    all_gather_into_tensor,
+    all_gather_object,
+    all_reduce_,
+    broadcast,
+    broadcast_object_list,
+    destroy_process_group,
+    gather_object,
+    get_backend,
+    get_rank,
+    get_world_size,
+    init_process_group,
+    is_available,
+    reduce_scatter_tensor,
+)
+from .collectives import barrier as _torch_barrier
 from .group import (
     DistributedError,
-    barrier,
     broadcast_arrays,
     collective,
     init,
@@ -43,8 +72,11 @@ from .group import (
     world_size,
 )
 
-__all__ = ["DistributedError", "all_reduce", "barrier", "broadcast_parameters", "init", "is_initialized", "load",
-           "local_rank", "rank", "save", "shutdown", "timeout_s", "world_size"]
+__all__ = ["DistributedError", "ReduceOp", "all_gather", "all_gather_into_tensor", "all_gather_object", "all_reduce",
+           "barrier", "broadcast", "broadcast_object_list", "broadcast_parameters", "destroy_process_group",
+           "gather_object", "get_backend", "get_rank", "get_world_size", "init", "init_process_group",
+           "is_available", "is_initialized", "load", "local_rank", "rank", "reduce_scatter_tensor", "save",
+           "shutdown", "timeout_s", "world_size"]
 
 _OPS = ("mean", "sum")
 
@@ -73,13 +105,34 @@ def _rebuild(shape: Any, values: list, like: Any = None) -> Any:
     return None if shape is None else values[shape]
 
 
-def all_reduce(tree: Any, op: str = "mean") -> Any:
-    """The mean (or sum) over all processes of every tensor in `tree` (a Tensor, an array, or dicts,
-    lists and tuples of them: a grads dict), as a new tree of Tensors of the same structure.
+_UNSET: Any = object()
+
+
+def barrier(group: Any = None, async_op: bool = False, device_ids: Any = None) -> Any:
+    """Wait until every process arrives (torch.distributed.barrier), at most the group's timeout; on
+    gloo a rank that does not arrive is named in the error. Nothing to wait for in one process."""
+    return _torch_barrier(group, async_op, device_ids)
+
+
+def all_reduce(tree: Any, op: Any = _UNSET, group: Any = None, async_op: bool = False) -> Any:
+    """Two forms (see the module docstring).
+
+    torch's, `all_reduce(tensor)` / `all_reduce(tensor, op=ReduceOp.SUM)`: one Tensor reduced over the
+    processes IN PLACE (SUM by default), returning None (a completed work object with `async_op`).
+
+    Avalon's, `all_reduce(tree, op="mean")`: the mean (or sum) over all processes of every tensor in
+    `tree` (an array, or dicts, lists and tuples of Tensors and arrays: a grads dict; or a Tensor with
+    an op string), as a NEW tree of Tensors of the same structure.
 
     Traced (inside `av.compile`, `av.grad`): an `all_reduce` op per tensor, fused into buckets by
     the `bucket-all-reduce` pass. Eager: one collective per dtype. One process: the values as
     they are."""
+    if isinstance(tree, Tensor) and (op is _UNSET or isinstance(op, ReduceOp) or group is not None or async_op):
+        return all_reduce_(tree, ReduceOp.SUM if op is _UNSET else op, group, async_op)
+    if op is _UNSET:
+        op = "mean"
+    if isinstance(op, ReduceOp):
+        op = op.value
     if op not in _OPS:
         raise ValueError(f"all_reduce: op must be one of {', '.join(_OPS)}, got {op!r}")
     leaves: list = []
@@ -115,3 +168,6 @@ def broadcast_parameters(model: Any, src: int = 0) -> None:
     arrays = broadcast_arrays([np.asarray(as_array(t)) for _, t in named], src)
     for (_, t), a in zip(named, arrays):
         assign(t, Tensor(a, dtype=t.dtype))
+
+
+from . import nn, optim  # noqa: E402  (torch.distributed.nn and .optim; after the names they use)

@@ -161,6 +161,42 @@ class TorchCollective:
         self.all_reduce_tensor_(torch.from_numpy(a), reduction, group)
         return a
 
+    def rank(self, group: str) -> int:
+        _group(group)
+        return _dist().get_rank()
+
+    def all_gather_tensor_(self, out: Any, x: Any, group: str) -> None:
+        """Every process's `x` into `out` along dim 0, as bytes (every dtype gathers exactly, bool and
+        half included); NCCL gathers device memory, so a CPU tensor makes a round trip."""
+        import torch
+        dist = _dist()
+        g = _group(group)
+        if x.device.type == "cpu" and _nccl():
+            dev = torch.device("cuda", torch.cuda.current_device())
+            dout = out.to(dev)
+            self.all_gather_tensor_(dout, x.to(dev), group)
+            out.copy_(dout)
+            return
+        n = dist.get_world_size()
+        src = x.contiguous().reshape(-1).view(torch.uint8)
+        parts = list(out.reshape(-1).view(torch.uint8).chunk(n)) if src.numel() else []
+        if not parts:
+            return
+        try:
+            dist.all_gather(parts, src, group=g)
+        except Exception as e:
+            raise _failed(f"all_gather of a {tuple(x.shape)} tensor", e) from e
+
+    def all_gather_array(self, x: np.ndarray, group: str) -> np.ndarray:
+        import torch
+        a = np.ascontiguousarray(x)
+        if not a.flags.writeable:  # (torch.from_numpy warns on a read-only array; nothing writes it)
+            a = a.copy()
+        out = np.empty((self.world_size(group) * a.shape[0], *a.shape[1:]), dtype=a.dtype)
+        self.all_gather_tensor_(torch.from_numpy(out.reshape(-1).view(np.uint8)),
+                                torch.from_numpy(a.reshape(-1).view(np.uint8)), group)
+        return out
+
 
 def broadcast_arrays(arrays: list[np.ndarray], src: int = 0) -> list[np.ndarray]:
     """`arrays` as process `src` has them, on every process (one flat buffer per dtype)."""

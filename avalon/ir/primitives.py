@@ -504,6 +504,26 @@ define_op("all_reduce", 1, _all_reduce, {"reduction": Attr("str", "mean"), "grou
               "(torch.distributed.all_reduce); the identity on one process")
 
 
+def _all_gather(ts, a):
+    t = ts[0]
+    if t.rank == 0:
+        raise ShapeError("all_gather: needs an operand of rank >= 1 (it concatenates along axis 0); "
+                         "reshape a 0-d operand to (1,) first")
+    if not isinstance(a["world_size"], int) or a["world_size"] < 1:
+        raise ShapeError(f"all_gather: world_size must be a positive number of processes, got {a['world_size']!r}")
+    if not a["group"]:
+        raise ShapeError("all_gather: group must name a process group ('world')")
+    return [T((a["world_size"] * t.shape[0], *t.shape[1:]), t.dtype)]
+
+
+# Not `pure` either, for all_reduce's reasons. `world_size` is the group's size when the op was traced
+# (the result's shape depends on it): 1, the default, makes the op the identity.
+define_op("all_gather", 1, _all_gather, {"world_size": Attr("int", 1), "group": Attr("str", "world")},
+          doc="every process's operand concatenated along axis 0 in rank order "
+              "(torch.distributed.all_gather_into_tensor): result dim 0 = world_size * operand dim 0; "
+              "the identity on one process")
+
+
 # -- sorting (avalon.ops.sort / argsort / topk) -------------------------------------------------------
 
 def _sorting(name: str):

@@ -130,3 +130,13 @@ def _all_reduce(e: LinalgEmitter, op: Op, args: list[V], types: list[TensorType]
         raise NotImplementedError(f"all_reduce over {hook.world_size(op.attrs['group'])} processes has no linalg "
                                   "lowering (the module runs in one process); export the single-process step")
     return [args[0]]
+
+
+@rule("all_gather")
+def _all_gather(e: LinalgEmitter, op: Op, args: list[V], types: list[TensorType]) -> list[V]:
+    """The identity on one process (world_size 1: the result's type is the operand's), as `all_reduce`;
+    an all_gather traced over several processes is refused."""
+    if op.attrs["world_size"] > 1:
+        raise NotImplementedError(f"all_gather over {op.attrs['world_size']} processes has no linalg lowering (the "
+                                  "module runs in one process); export the single-process step")
+    return [args[0]]

@@ -225,3 +225,12 @@ def _all_reduce(em: Any, op: Any, ins: list[str]) -> list[str]:
         raise NotImplementedError(f"all_reduce over {hook.world_size(op.attrs['group'])} processes has no ONNX form "
                                   "(a model runs in one process); export the single-process step")
     return em.node("Identity", ins)
+
+
+@export_rule("all_gather")
+def _all_gather(em: Any, op: Any, ins: list[str]) -> list[str]:
+    """The identity on one process (world_size 1), as `all_reduce`; over several it is refused."""
+    if op.attrs["world_size"] > 1:
+        raise NotImplementedError(f"all_gather over {op.attrs['world_size']} processes has no ONNX form "
+                                  "(a model runs in one process); export the single-process step")
+    return em.node("Identity", ins)

@@ -8,7 +8,8 @@ runs small factorizations on the CPU too (MAGMA's hybrid path).
 result's storage, the step copies one into the other and reduces the result in place through
 the process group `avalon.distributed` installed (`avalon.ir.reference.collective`):
 `torch.distributed.all_reduce` on the tensor, on its device (NCCL on CUDA, gloo on the CPU).
-With no process group, or one process, the step is the copy alone.
+With no process group, or one process, the step is the copy alone. `all_gather`'s step gathers
+the operand's storage into the result's (`all_gather_tensor_`), a copy on one process.
 """
 from __future__ import annotations
 
@@ -48,6 +49,30 @@ def all_reduce_step(op: Op) -> Callable[[torch.Tensor, torch.Tensor], None]:
             tmp = yv.contiguous()
             hook.all_reduce_tensor_(tmp, reduction, group)
             yv.copy_(tmp)
+    return step
+
+
+def all_gather_step(op: Op) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """The host step of one `all_gather` op: (operand storage, result storage) -> None."""
+    xt, yt = op.operands[0].type, op.results[0].type
+    n, group = op.attrs["world_size"], op.attrs["group"]
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        xv, yv = _as(x, xt), _as(y, yt)
+        hook = collective()
+        have = 1 if hook is None else hook.world_size(group)
+        if have != n:
+            raise RuntimeError(f"all_gather: traced for a group of {n} process(es), run in one of {have}")
+        if n == 1:
+            if yv.data_ptr() != xv.data_ptr():
+                yv.copy_(xv)
+            return
+        if yt.numel == 0:
+            return
+        out = yv if yv.is_contiguous() else torch.empty(yt.shape, dtype=yv.dtype, device=yv.device)
+        hook.all_gather_tensor_(out, xv.contiguous(), group)
+        if out is not yv:
+            yv.copy_(out)
     return step
 
 

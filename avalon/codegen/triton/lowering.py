@@ -402,11 +402,13 @@ class HostLowering(Lowering):
     runs_on_host: ClassVar[bool] = True
 
     def host_step(self, op: Op):
-        from .collective import all_reduce_step, reference_step
-        return all_reduce_step(op) if op.name == "all_reduce" else reference_step(op)
+        from .collective import all_gather_step, all_reduce_step, reference_step
+        return {"all_reduce": all_reduce_step, "all_gather": all_gather_step}.get(op.name, reference_step)(op)
 
 
 LOWERING["all_reduce"] = HostLowering("host", "torch.distributed.all_reduce on the result's storage, between launches")
+LOWERING["all_gather"] = HostLowering("host", "torch.distributed all_gather of the operand's storage into the "
+                                      "result's, between launches")
 for _name in ("svd", "eigh", "qr", "pinv"):
     # small matrices (a model's rotations, whitening, spectral norms), where a device solver's launch and
     # sync cost what the copy does; the copy to the host and back waits for the kernels before it
