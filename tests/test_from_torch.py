@@ -203,3 +203,38 @@ def test_torchvision_resnet18_eval_matches_torch():
     x = torch.randn(1, 3, 64, 64)
     model = av.from_torch(module, x)
     assert _rel(model(av.tensor(x.numpy())).numpy(), module(x).detach().numpy()) < 1e-4
+
+
+def test_dynamic_shapes_keep_batch_and_sequence_symbolic():
+    """torch.export's dynamic_shapes passed through: one import serves every size in the Dims' ranges
+    (eager and compiled, with gradients), and a size outside a range is refused naming the dim."""
+    torch.manual_seed(0)
+
+    class Tagger(tnn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = tnn.Embedding(50, 16)
+            self.enc = tnn.TransformerEncoderLayer(16, 2, 32, batch_first=True, dropout=0.0)
+            self.head = tnn.Linear(16, 3)
+
+        def forward(self, ids):
+            return self.head(self.enc(self.emb(ids)))
+
+    m = Tagger().eval()
+    b, t = torch.export.Dim("b", min=1, max=8), torch.export.Dim("t", min=2, max=16)
+    model = av.from_torch(m, torch.randint(0, 50, (2, 7)), dynamic_shapes={"ids": {0: b, 1: t}})
+    step = av.compile(lambda mm, x: mm(x))
+    for shape in [(2, 7), (3, 5), (1, 12)]:
+        ids = torch.randint(0, 50, shape)
+        want = m(ids).detach().numpy()
+        assert _rel(model(ids.numpy()).numpy(), want) < 1e-5
+        assert _rel(step(model, ids.numpy()).numpy(), want) < 1e-5
+    ids = torch.randint(0, 50, (3, 5))
+    _, grads = av.value_and_grad(lambda mm, x: mm(x).sum())(model, ids.numpy())
+    m(ids).sum().backward()
+    assert _rel(grads["head.weight"].numpy(), m.head.weight.grad.numpy()) < 1e-5
+    with pytest.raises(TypeError, match="dimension 1 is 20, outside its dynamic range \\[2, 16\\]"):
+        model(torch.randint(0, 50, (2, 20)).numpy())
+    fixed = av.from_torch(m, torch.randint(0, 50, (2, 7)))
+    with pytest.raises(TypeError, match="or with dynamic_shapes"):
+        fixed(torch.randint(0, 50, (3, 5)).numpy())

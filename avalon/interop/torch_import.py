@@ -12,7 +12,9 @@ The import runs the graph once, traced, on the example: every op without a rule 
 cannot take its node is reported in one `UnsupportedOp`, before anything runs. Calls are bound like
 the module's own `forward` (positionally or by name) and checked against the example: torch.export
 fixes shapes, dtypes and non-tensor arguments, so a call that differs is a `TypeError` naming the
-argument, never a silently different computation.
+argument, never a silently different computation. `dynamic_shapes=` (torch.export's own argument,
+`torch.export.Dim`s) keeps the dimensions it names symbolic: the model then takes any size in each
+Dim's range (checked at the call), and `av.compile` traces once per shape it meets.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
-def _export(module: Any, args: tuple, kwargs: dict | None) -> Any:
+def _export(module: Any, args: tuple, kwargs: dict | None, dynamic_shapes: Any = None) -> Any:
     """torch.export, then core ATen; the two steps fail for different reasons (the module cannot be
     captured / a torch decomposition breaks on the captured graph), so the errors say which."""
     import torch
@@ -48,7 +50,7 @@ def _export(module: Any, args: tuple, kwargs: dict | None) -> Any:
     name = type(module).__name__
     try:
         with export_friendly(module):  # MoE blocks' data-dependent expert loops, as static forwards
-            ep = torch.export.export(module, args, kwargs or {})
+            ep = torch.export.export(module, args, kwargs or {}, dynamic_shapes=dynamic_shapes)
     except Exception as e:  # the exporter's own reason, in one line
         raise RuntimeError(f"av.from_torch: torch.export could not capture {name}: {_first_line(e)}") from e
     table = torch.export.default_decompositions()
@@ -270,6 +272,7 @@ class _Program:
         self.placeholders = [n for n in self.nodes if n.op == "placeholder"]
         self.in_specs, self.out_specs = list(ep.graph_signature.input_specs), list(ep.graph_signature.output_specs)
         self.in_spec, self.out_spec = ep.call_spec.in_spec, ep.call_spec.out_spec
+        self.ranges = dict(ep.range_constraints)  # symbolic dim -> its allowed sizes (dynamic_shapes)
         self.problems: list[tuple[str, str, str]] | None = None
 
     def _input(self, v: Any, node: Any, s: Any, name: str) -> Any:
@@ -290,10 +293,25 @@ class _Program:
             shape, d = m
             bad_shape = len(shape) != t.ndim or any(e is not None and e != g for e, g in zip(shape, t.shape))
             if bad_shape or (d is not None and t.dtype is not d):
+                shown = tuple("?" if e is None else e for e in shape)
                 raise TypeError(f"imported {owner}: input {name!r} has shape {t.shape} and dtype {t.dtype}, but the "
-                                f"model was imported for shape {shape} and dtype {d}; torch.export fixes shapes "
-                                "and dtypes: re-import with an example of the new shape")
+                                f"model was imported for shape {shown} and dtype {d}; torch.export fixes shapes "
+                                "and dtypes (but the dimensions named in dynamic_shapes=): re-import with an "
+                                "example of the new shape, or with dynamic_shapes")
+            self._check_ranges(t, node, name)
         return t
+
+    def _check_ranges(self, t: Tensor, node: Any, name: str) -> None:
+        """A symbolic dimension's size must lie in its Dim's range (torch.export assumed it there)."""
+        for i, d in enumerate(getattr(node.meta.get("val"), "shape", ())):
+            r = self.ranges.get(getattr(getattr(d, "node", None), "expr", None))
+            if r is None:
+                continue
+            lo, hi = int(r.lower), r.upper
+            if t.shape[i] < lo or (hi.is_finite and t.shape[i] > int(hi)):
+                raise TypeError(f"imported {self.arguments.owner}: input {name!r} dimension {i} is {t.shape[i]}, "
+                                f"outside its dynamic range [{lo}, {hi if hi.is_finite else 'inf'}] "
+                                f"({d}; torch.export assumed that range)")
 
     def _apply(self, node: Any, a: Any, k: Any) -> Any:
         target = str(node.target)
@@ -391,13 +409,15 @@ def _report(owner: str, problems: list[tuple[str, str, str]]) -> str:
     return "\n".join(lines)
 
 
-def from_torch(module: Any, *example_args: Any, kwargs: dict | None = None) -> ImportedModel:
+def from_torch(module: Any, *example_args: Any, kwargs: dict | None = None,
+               dynamic_shapes: Any = None) -> ImportedModel:
     """Import `module` (called as `module(*example_args, **kwargs)`) into an Avalon model; shapes,
-    dtypes and non-tensor arguments are the example's (torch.export's static shapes)."""
+    dtypes and non-tensor arguments are the example's (torch.export's static shapes), except the
+    dimensions `dynamic_shapes` names (torch.export's argument, as is)."""
     import torch
     from torch.export.graph_signature import OutputKind
     kwargs = dict(kwargs or {})
-    ep = _export(module, tuple(example_args), kwargs)
+    ep = _export(module, tuple(example_args), kwargs, dynamic_shapes)
     training = bool(module.training)
     _check_graph(ep.graph_module)
 
