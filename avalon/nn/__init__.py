@@ -209,11 +209,12 @@ def maxpool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0) ->
 
 
 Buffer = NnBuffer  # torch.nn.Buffer: a tensor that registers itself as a buffer when assigned to a module
+from . import modules  # noqa: E402  (torch.nn.modules.loss's _Loss, _WeightedLoss)
 from .adaptive import AdaptiveLogSoftmaxWithLoss  # noqa: E402
 from .parallel import DataParallel  # noqa: E402  (torch.nn.DataParallel; DistributedDataParallel is in nn.parallel)
 
 __all__ = [
-    "AdaptiveLogSoftmaxWithLoss", "Buffer", "DataParallel", "parallel",
+    "AdaptiveLogSoftmaxWithLoss", "Buffer", "DataParallel", "modules", "parallel",
     "AdaptiveAvgPool1d", "AdaptiveMaxPool1d", "AvgPool1d", "Bilinear", "CELU", "CircularPad1d", "CircularPad2d",
     "CircularPad3d", "ConstantPad1d", "ConstantPad2d", "ConstantPad3d", "Conv3d", "CosineSimilarity", "Dropout1d",
     "Dropout2d", "Dropout3d", "EmbeddingBag", "GLU", "Hardshrink", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
