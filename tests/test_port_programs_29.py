@@ -979,3 +979,20 @@ def test_custom_losses_subclass_torch_nn_modules_loss_bases():
     assert nn.modules.loss is loss_module and nn.modules.Module is nn.Module
     assert {k for k in dir(tloss_module) if k.endswith("Loss") and k != "LinearCrossEntropyLoss"} <= set(dir(loss_module))
     assert all(getattr(loss_module, k) is getattr(nn, k) for k in dir(loss_module) if k.endswith("Loss") and k[0] != "_")
+
+
+def test_torch_nn_modules_utils_and_batchnorm_bases_port():
+    """`from torch.nn.modules.utils import _pair` and `isinstance(m, torch.nn.modules.batchnorm._BatchNorm)`
+    (how training code finds every batch norm to exclude from weight decay or freeze) as torch's."""
+    from avalon.nn.modules.batchnorm import _BatchNorm, _InstanceNorm
+    from avalon.nn.modules.utils import _pair, _quadruple, _single, _triple
+    for ours, theirs in ((_single, torch.nn.modules.utils._single), (_pair, torch.nn.modules.utils._pair),
+                         (_triple, torch.nn.modules.utils._triple), (_quadruple, torch.nn.modules.utils._quadruple)):
+        for v in (3, (1, 2), [4, 5, 6]):
+            assert ours(v) == theirs(v)
+    tbn, tin = torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.instancenorm._InstanceNorm
+    pairs = ((nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)), (nn.SyncBatchNorm(3), torch.nn.SyncBatchNorm(3)),
+             (nn.InstanceNorm2d(3), torch.nn.InstanceNorm2d(3)), (nn.LayerNorm(3), torch.nn.LayerNorm(3)))
+    for ours_m, theirs_m in pairs:
+        assert isinstance(ours_m, _BatchNorm) == isinstance(theirs_m, tbn)
+        assert isinstance(ours_m, _InstanceNorm) == isinstance(theirs_m, tin)
