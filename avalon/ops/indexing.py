@@ -363,6 +363,9 @@ def setitem(x: Any, index: Any, value: Any) -> Tensor:
     if len(index) == 1 and _is_bool_mask(index[0]):
         return _setitem_mask(x, _as_operand(index[0]), _as_operand(value))
     index = _expand(index, x.ndim)
+    if builtins.sum(map(_is_bool_mask, index)) == 1 and all(
+            (_is_bool_mask(i) and _mask_rank(i) > 0) or (isinstance(i, slice) and i == slice(None)) for i in index):
+        return _setitem_inner_mask(x, index, value)
     if any(_is_array_index(i) and not _is_int_index(i) for i in index):
         return _setitem_arrays(x, index, value)
     specs, view, counts = [], [], []
@@ -428,6 +431,27 @@ def _setitem_mask(x: Tensor, mask: Tensor, v: Any) -> Tensor:
     slot = add(cumsum(cast(flat, dt.int64), 0), -1)
     slot = where(flat, where(lt(slot, k), slot, k - 1), 0)  # (unselected rows read row 0, then drop it)
     return where(sel, reshape(bind("take", v, slot, axis=0), x.shape), x)
+
+
+def _setitem_inner_mask(x: Tensor, index: tuple, value: Any) -> Tensor:
+    """`x[:, mask] = v` (full slices around one boolean mask over dims p..p+r-1, as Neel Nanda's SAE re_init writes
+    `W_enc.data[:, dead] = new[:, dead]`): the masked dims moved to the front, `x[mask] = v` there, and moved back.
+    The value broadcasts to x.shape[:p] + (number of trues,) + x.shape[p + r:], as torch's."""
+    from .core import permute
+    p = next(k for k, i in enumerate(index) if _is_bool_mask(i))
+    mask = _as_operand(index[p])
+    r = mask.ndim
+    perm = list(range(p, p + r)) + list(range(p)) + list(range(p + r, x.ndim))
+    v = _as_operand(value)
+    if isinstance(v, Tensor):
+        n = p + 1 + x.ndim - p - r
+        if v.ndim > n:
+            raise fail(RuntimeError(f"shape mismatch: value tensor of shape {list(v.shape)} cannot be broadcast to "
+                                    f"the indexing result of rank {n}"))
+        v = reshape(v, (1,) * (n - v.ndim) + tuple(v.shape))
+        v = permute(v, [p] + list(range(p)) + list(range(p + 1, n)))
+    out = _setitem_mask(permute(x, perm), mask, v)
+    return permute(out, [int(k) for k in np.argsort(perm)])
 
 
 def _setitem_arrays(x: Tensor, index: tuple, value: Any) -> Tensor:
