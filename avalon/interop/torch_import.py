@@ -307,10 +307,11 @@ class _Program:
             r = self.ranges.get(getattr(getattr(d, "node", None), "expr", None))
             if r is None:
                 continue
-            lo, hi = int(r.lower), r.upper
-            if t.shape[i] < lo or (hi.is_finite and t.shape[i] > int(hi)):
+            # an unbounded Dim's upper end is torch's int_oo, which says is_finite (it is no sympy Integer)
+            lo, hi = int(r.lower), (int(r.upper) if r.upper.is_Integer else None)
+            if t.shape[i] < lo or (hi is not None and t.shape[i] > hi):
                 raise TypeError(f"imported {self.arguments.owner}: input {name!r} dimension {i} is {t.shape[i]}, "
-                                f"outside its dynamic range [{lo}, {hi if hi.is_finite else 'inf'}] "
+                                f"outside its dynamic range [{lo}, {'inf' if hi is None else hi}] "
                                 f"({d}; torch.export assumed that range)")
 
     def _apply(self, node: Any, a: Any, k: Any) -> Any:
