@@ -980,7 +980,7 @@ def assert_scalar(cond: Any, msg: str = "") -> None:
 
 
 ATEN["<built-in function getitem>"] = operator.getitem
-for _f in (operator.add, operator.sub, operator.mul, operator.floordiv, operator.mod, operator.neg,
+for _f in (operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.mod, operator.neg,
            operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge):
     ATEN[str(_f)] = _f  # arithmetic on sizes (SymInts), which are plain ints here
 ATEN["aten.sym_size.int"] = lambda x, d: x.shape[d]

@@ -78,11 +78,14 @@ def _check_graph(gm: Any) -> None:
 
 
 def _meta(val: Any) -> tuple[tuple[int | None, ...], Any] | None:
-    """(shape, Avalon dtype) of a node's example value (a FakeTensor); symbolic dims are None."""
+    """(shape, Avalon dtype) of a node's example value (a FakeTensor); symbolic dims are None. A
+    SymInt torch.export specialized to a constant (Dim.AUTO on a dimension the code fixed) is that
+    constant: the call's check holds it to it."""
     import torch
+    from torch.fx.experimental.symbolic_shapes import is_concrete_int
     if not isinstance(val, torch.Tensor):
         return None
-    shape = tuple(d if isinstance(d, int) else None for d in val.shape)
+    shape = tuple(int(d) if is_concrete_int(d) else None for d in val.shape)
     try:
         return shape, _to_avalon(val.dtype)
     except (KeyError, TypeError, ValueError):
