@@ -431,6 +431,13 @@ def write(view: Tensor, new: Tensor) -> None:
     view of the base (this one included) reads the base's new value."""
     from .tensor import _replace
     info = view._view
+    tr = new._trace
+    if tr is not None and view._trace is not tr and not _is_state(tr, info.base) and _is_state(tr, view):
+        # state that is a view of a tensor the trace does not hold (`nn.Parameter(q.unsqueeze(2))` of a
+        # temporary `q`): the write is the view's own state update, which reaches the base when it is
+        # written back after the call (eagerly, through here), as torch's shared storage would
+        tr.record_update(view, new)
+        return
     _RAW[0] += 1
     try:
         xs = [info.base]
@@ -442,6 +449,13 @@ def write(view: Tensor, new: Tensor) -> None:
     finally:
         _RAW[0] -= 1
     _replace(info.base, cur)
+
+
+def _is_state(tr: Any, t: Tensor) -> bool:
+    """Whether `t` is state of the trace `tr`: one of its inputs (an argument's or a model's tensor), or
+    already updated by it."""
+    v = tr.leaves.get(id(t))
+    return id(t) in tr.updated or (v is not None and any(v is x for x in tr.graph.inputs))
 
 
 def refresh(base: Tensor) -> None:

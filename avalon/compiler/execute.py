@@ -66,10 +66,11 @@ def _write_back(targets: list[Tensor], arrays: Sequence[Any], values: Sequence[V
     in_place = []
     for target, a, v in zip(targets, arrays, values):
         data = target._data
-        if a is data:  # written in place by the executable (a donated input)
+        own = target._view is None  # else a view whose base the graph did not hold: `assign` writes the base
+        if a is data and own:  # written in place by the executable (a donated input)
             in_place.append(target)
             continue
-        if (target._device != CPU and hasattr(a, "data_ptr") and a.device == data.device
+        if (own and target._device != CPU and hasattr(a, "data_ptr") and a.device == data.device
                 and a.dtype == data.dtype and a.shape == data.shape):
             dst.pop(id(target), None)
             dst[id(target)] = (data, a)
