@@ -50,6 +50,7 @@ import pytest
 import torch
 import torch.nn.functional as TF
 from helpers import T, rel
+from test_port_programs_30 import randn, same_grads
 from test_port_programs_more import compiled, pair, same_weights, strict
 
 import avalon as av
@@ -61,18 +62,6 @@ pytestmark = pytest.mark.usefixtures("module_kernel_cache")
 F32 = torch.float32
 
 
-def randn(rng, *shape):
-    return rng.standard_normal(shape).astype(np.float32)
-
-
-def same_grads(grads, model, tol, floor=1e-4, skip=()):
-    """Avalon's gradient dict against torch's `.grad` of each parameter that has one (but `skip`), relative to the
-    largest element or `floor`."""
-    want = {k: p.grad for k, p in model.named_parameters() if p.grad is not None and k not in skip}
-    assert sorted(k for k in grads if k not in skip) == sorted(want)
-    for k, g in want.items():
-        a, b = grads[k].numpy().astype(np.float64), g.numpy().astype(np.float64)
-        assert np.abs(a - b).max() / max(np.abs(b).max(), floor) < tol, k
 
 
 # -- 1. MoCo v2 (facebookresearch/moco moco/builder.py, main_moco.py) ---------------------------------------------
