@@ -436,3 +436,34 @@ def test_named_tuples_go_in_and_come_out_of_compiled_functions():
     np.testing.assert_array_equal(out.b.numpy(), [6.0, 7.0, 8.0])
     np.testing.assert_array_equal(av.vmap(lambda p, s: p.w.sum() * s + p.b, in_dims=(0, None))(p, av.tensor(2.0))
                                   .numpy(), [4.0, 5.0, 6.0])
+
+
+def test_values_read_from_a_model_keep_a_few_versions_per_signature():
+    """A queue pointer read with `int(self.ptr)` (MoCo's enqueue) is baked into the trace; cycling among
+    four positions compiles each once and then reuses them (one version per signature traced every
+    step), and a value never seen still traces anew."""
+    from avalon import nn
+
+    class Queue(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("ptr", av.zeros((), dtype=av.int64))
+            self.register_buffer("queue", av.zeros(8))
+
+        def forward(self, x):
+            p = int(self.ptr)
+            self.queue[p:p + 2] = x
+            self.ptr.fill_((p + 2) % 8)
+            return self.queue.sum()
+
+    m, want = Queue(), np.zeros(8, np.float32)
+    step = av.compile(lambda m, x: m(x))
+    for i in range(12):
+        x = np.random.default_rng(i).standard_normal(2).astype(np.float32)
+        want[2 * (i % 4):2 * (i % 4) + 2] = x
+        assert abs(float(step(m, av.tensor(x))) - want.sum()) < 1e-5
+    np.testing.assert_array_equal(m.queue.numpy(), want)
+    assert step.cache_info() == (8, 4, 1)
+    m.ptr.fill_(1)  # a position none of the versions read
+    step(m, av.tensor(np.ones(2, np.float32)))
+    assert step.cache_info().misses == 5 and m.queue.numpy()[1:3].tolist() == [1.0, 1.0]

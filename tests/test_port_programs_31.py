@@ -27,8 +27,8 @@ identity; sizes are small.
 
 Deliberate differences met: MoCo's `ptr = int(self.queue_ptr)` reads a model buffer while tracing, so the compiled
 step is specialized to the queue position (README: a value Python reads from a model's tensor is part of the
-signature) and traces again whenever the pointer moves (one cached entry per signature, so a pointer cycling through
-K / batch positions traces every step). Conditioning, not Avalon: ZeroConv2d starts at zero, so the layers before it
+signature) and traces again whenever the pointer moves to a position not seen before (up to 8 versions of a
+signature are kept, so a pointer cycling through K / batch positions compiles each once). Conditioning, not Avalon: ZeroConv2d starts at zero, so the layers before it
 have gradients that are zero in exact arithmetic, which Adam turns into steps of lr on both sides; the test gives the
 ZeroConv2d layers small random weights first, and uses the original lr (1e-4) so that the remaining near-zero
 gradient entries' sign flips stay below the tolerance. InvConv2dLU draws from numpy's global stream: seeded.

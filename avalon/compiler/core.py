@@ -177,7 +177,7 @@ class Compiled:
 
     # slots (no __dict__): the tracer must not mistake a compiled function for a model to walk
     __slots__ = ("fn", "backend", "pipeline", "check", "program", "_name", "_cache", "_states", "_hits",
-                 "_misses", "_inlined", "__weakref__")
+                 "_misses", "_inlined", "_versions", "__weakref__")
 
     def __init__(self, fn: Callable, backend: str | Any = "numpy", pipeline: str | PassManager | None = None,
                  check: bool | None = None, *, program: Program | None = None, name: str | None = None):
@@ -198,6 +198,7 @@ class Compiled:
         self.check = check if check is not None else os.environ.get("AVALON_CHECK", "").lower() in _TRUE
         self._cache: dict[Any, _Entry] = {}
         self._inlined: dict[Any, _Entry] = {}  # programs built for inlining into an enclosing trace
+        self._versions: dict[Any, list[_Entry]] = {}  # older guarded entries of a signature (`_KEEP_VERSIONS`)
         self._states = StateCache()  # the models' walks, re-used while nothing in them is reassigned
         self._hits = self._misses = 0
 
@@ -265,6 +266,7 @@ class Compiled:
     def cache_clear(self) -> None:
         self._cache.clear()
         self._inlined.clear()
+        self._versions.clear()
         self._states = StateCache()
         self._hits = self._misses = 0
 
@@ -277,7 +279,9 @@ class Compiled:
         if entry is None and inline:
             entry = self._inlined.get(key)
         if entry is not None and entry.guards and not _guards_hold(entry.guards, leaves):
-            entry = None  # a model tensor whose values the trace read (and baked in) has changed since
+            # a model tensor whose values the trace read (and baked in) has changed since: an older
+            # version of this signature may hold (a pointer cycling through a queue's positions)
+            entry = self._other_version(key, entry, leaves) if not inline else None
         if entry is not None:
             self._hits += 1
             return entry, leaves
@@ -294,8 +298,23 @@ class Compiled:
                           "traced again and compiled again on every call. Pass them as arguments to reuse the "
                           "compiled graph.", stacklevel=3)
         else:
+            old = self._cache.get(key)
+            if old is not None and old.guards and entry.guards:
+                kept = self._versions.setdefault(key, [])
+                kept.insert(0, old)
+                del kept[_KEEP_VERSIONS - 1:]
             self._cache[key] = entry
         return entry, leaves
+
+    def _other_version(self, key: Any, current: _Entry, leaves: list[tuple[str, Any]]) -> _Entry | None:
+        """An older entry of `key` whose guards hold, made the current one (the one it replaces kept)."""
+        kept = self._versions.get(key, [])
+        for i, e in enumerate(kept):
+            if _guards_hold(e.guards, leaves):
+                kept[i] = current
+                self._cache[key] = e
+                return e
+        return None
 
     def _pass_manager(self) -> PassManager:
         """A fresh manager per compile (check mode verifies after every pass, naming a pass that
@@ -374,6 +393,11 @@ def _host_bytes(t: Any) -> tuple:
         import torch
         data = data.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()
     return (tuple(t.shape), t.dtype, data.tobytes())
+
+
+_KEEP_VERSIONS = 8
+"""Compiled versions kept per signature whose traces read model tensors' values (guards): a value
+cycling among a few states (MoCo's queue pointer) reuses its versions instead of tracing every step."""
 
 
 def _guards(reads: list[Any], leaves: list[tuple[str, Any]]) -> list[tuple[int, Any]] | None:
