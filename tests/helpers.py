@@ -1,5 +1,12 @@
 """What several test files share: comparing results against torch, and small IR graphs for the
 Triton kernel tests. Import with `from helpers import ...` (pytest puts tests/ on sys.path)."""
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -129,3 +136,33 @@ def twin_mlps(seed: int = 7):
     rng = np.random.default_rng(seed)
     return model, tmodel, rng.standard_normal((6, 5)), rng.integers(0, 3, 6)
 
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def launch_ranks(argv: list[str], timeout: float = 120, world: int = 2, **env: str) -> list[subprocess.CompletedProcess]:
+    """Run `python *argv` as `world` torchrun-style ranks on this host (gloo on the CPU, as CI has
+    it) to completion, killed at `timeout`; their results in rank order. `env` adds variables."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for r in range(world):
+        e = {**os.environ, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(world),
+             "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+             "AVALON_DIST_TIMEOUT": "30", "CUDA_VISIBLE_DEVICES": "",
+             "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), **env}
+        procs.append(subprocess.Popen([sys.executable, *argv], env=e, cwd=ROOT, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    done, deadline = [], time.monotonic() + timeout
+    try:
+        for p in procs:
+            o, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            done.append(subprocess.CompletedProcess(p.args, p.returncode, o, err))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+    return done

@@ -3,8 +3,6 @@ environment variables and a free port. Every wait is bounded: the group's timeou
 inside the ranks, `subprocess` timeouts outside. The ranks are `tests/ddp_worker.py`."""
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,39 +18,14 @@ GROUP_TIMEOUT_S = 30
 sys.path.insert(0, str(HERE))
 
 import ddp_worker  # noqa: E402
+from helpers import launch_ranks  # noqa: E402
 
 from avalon import nn  # noqa: E402
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(mode: str, out: Path, timeout: float = 120) -> list[subprocess.CompletedProcess]:
     """Run both ranks of `mode` to completion (killed at `timeout`); their results in rank order."""
-    port = _free_port()
-    procs = []
-    for r in range(2):
-        env = {**os.environ, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "AVALON_DIST_TIMEOUT": str(GROUP_TIMEOUT_S),
-               "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-               "CUDA_VISIBLE_DEVICES": ""}  # gloo on the CPU, as CI has it
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), mode, str(out)], env=env, cwd=ROOT,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    done = []
-    deadline = time.monotonic() + timeout
-    try:
-        for p in procs:
-            out_, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            done.append(subprocess.CompletedProcess(p.args, p.returncode, out_, err))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(timeout=10)
-    return done
+    return launch_ranks([str(WORKER), mode, str(out)], timeout, AVALON_DIST_TIMEOUT=str(GROUP_TIMEOUT_S))
 
 
 def _ok(results: list[subprocess.CompletedProcess]) -> None:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import launch_ranks
 
 import avalon as av
 import avalon.distributed as dist
@@ -214,32 +213,8 @@ def test_zero_in_one_process_is_the_optimizer():
 
 # -- two processes, torch as the oracle ---------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(out: Path, timeout: float = 120) -> list[subprocess.CompletedProcess]:
-    port, procs = _free_port(), []
-    for r in range(2):
-        env = {**os.environ, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "AVALON_DIST_TIMEOUT": "30",
-               "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": "",
-               "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-        procs.append(subprocess.Popen([sys.executable, str(HERE), "worker", str(out)], env=env, cwd=ROOT,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    done, deadline = [], time.monotonic() + timeout
-    try:
-        for p in procs:
-            o, e = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            done.append(subprocess.CompletedProcess(p.args, p.returncode, o, e))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(timeout=10)
-    return done
+    return launch_ranks([str(HERE), "worker", str(out)], timeout, TRITON_INTERPRET="1")
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,8 @@ weight/bias gradients and running statistics must be those of torch's plain Batc
 concatenated global batch (float64), eagerly, under av.grad, under av.compile and in av.fit."""
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +21,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import syncbn_worker as W  # noqa: E402
+from helpers import launch_ranks  # noqa: E402
 
 RTOL = 1e-6
 
@@ -125,33 +123,8 @@ def test_signature_errors_and_conversion():
 
 # -- two processes --------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(out: Path, timeout: float = 120) -> list[subprocess.CompletedProcess]:
-    port = _free_port()
-    procs = []
-    for r in range(2):
-        env = {**os.environ, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "AVALON_DIST_TIMEOUT": "30",
-               "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "CUDA_VISIBLE_DEVICES": ""}
-        procs.append(subprocess.Popen([sys.executable, str(HERE / "syncbn_worker.py"), str(out)], env=env, cwd=ROOT,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    done = []
-    deadline = time.monotonic() + timeout
-    try:
-        for p in procs:
-            o, e = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            done.append(subprocess.CompletedProcess(p.args, p.returncode, o, e))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(timeout=10)
-    return done
+    return launch_ranks([str(HERE / "syncbn_worker.py"), str(out)], timeout)
 
 
 @pytest.fixture(scope="module")
