@@ -238,3 +238,36 @@ def test_dynamic_shapes_keep_batch_and_sequence_symbolic():
     fixed = av.from_torch(m, torch.randint(0, 50, (2, 7)))
     with pytest.raises(TypeError, match="or with dynamic_shapes"):
         fixed(torch.randint(0, 50, (3, 5)).numpy())
+
+
+def test_inputs_sharing_or_deriving_a_dim_must_agree():
+    """Two inputs with one Dim must have one size (a mask of batch 1 broadcast silently against a batch
+    of 4), and a derived Dim (`2 * h`) must be that function of its root (9 fits no h; 8 with h = 5
+    disagrees): each is refused naming the input, the dimension and what torch.export traced."""
+    from torch.export import Dim
+
+    class Mul(tnn.Module):
+        def forward(self, x, m):
+            return x * m
+
+    b = Dim("b", min=1, max=64)
+    model = av.from_torch(Mul(), torch.randn(4, 3), torch.randn(4, 3), dynamic_shapes=({0: b}, {0: b}))
+    x, m = np.random.default_rng(0).standard_normal((2, 5, 3)).astype(np.float32)
+    np.testing.assert_allclose(model(x, m).numpy(), x * m, rtol=1e-6)
+    with pytest.raises(TypeError, match="input 'm' dimension 0 is 1, but torch.export traced it as s"):
+        model(x, m[:1])
+
+    class Halves(tnn.Module):
+        def forward(self, x, y):
+            return x + y.reshape(-1, 2).sum(1)
+
+    h = Dim("h", min=2, max=32)
+    model = av.from_torch(Halves(), torch.randn(4), torch.randn(8), dynamic_shapes=({0: h}, {0: 2 * h}))
+    x, y = np.random.default_rng(1).standard_normal(18).astype(np.float32)[:6], np.arange(12, dtype=np.float32)
+    np.testing.assert_allclose(model(x, y).numpy(), x + y.reshape(-1, 2).sum(1), rtol=1e-6)
+    with pytest.raises(TypeError, match="input 'y' dimension 0 is 9, but torch.export traced it as 2\\*s"):
+        model(np.ones(4, np.float32), np.ones(9, np.float32))
+    with pytest.raises(TypeError, match="input 'y' dimension 0 is 8, .*which is 10 here"):
+        model(np.ones(5, np.float32), np.ones(8, np.float32))
+    with pytest.raises(TypeError, match="dimension 0 is 1, outside its dynamic range \\[2, 32\\]"):
+        model(np.ones(1, np.float32), np.ones(2, np.float32))

@@ -277,6 +277,7 @@ class _Program:
         self.in_spec, self.out_spec = ep.call_spec.in_spec, ep.call_spec.out_spec
         self.ranges = dict(ep.range_constraints)  # symbolic dim -> its allowed sizes (dynamic_shapes)
         self.problems: list[tuple[str, str, str]] | None = None
+        self._dims: list[tuple[str, int, Any, int]] = []  # one call's symbolic input dims (`_check_dims`)
 
     def _input(self, v: Any, node: Any, s: Any, name: str) -> Any:
         owner = self.arguments.owner
@@ -301,21 +302,48 @@ class _Program:
                                 f"model was imported for shape {shown} and dtype {d}; torch.export fixes shapes "
                                 "and dtypes (but the dimensions named in dynamic_shapes=): re-import with an "
                                 "example of the new shape, or with dynamic_shapes")
-            self._check_ranges(t, node, name)
+            for i, d in enumerate(getattr(node.meta.get("val"), "shape", ())):
+                expr = getattr(getattr(d, "node", None), "expr", None)
+                if expr is not None and getattr(expr, "free_symbols", None):
+                    self._dims.append((name, i, expr, t.shape[i]))
         return t
 
-    def _check_ranges(self, t: Tensor, node: Any, name: str) -> None:
-        """A symbolic dimension's size must lie in its Dim's range (torch.export assumed it there)."""
-        for i, d in enumerate(getattr(node.meta.get("val"), "shape", ())):
-            r = self.ranges.get(getattr(getattr(d, "node", None), "expr", None))
+    def _check_dims(self) -> None:
+        """The symbolic dimensions of one call's inputs must agree with each other and lie in their Dims'
+        ranges, as torch.export assumed: two inputs sharing a Dim have one size (else a batch of 1 would
+        silently broadcast against a batch of 4), and a derived Dim (`2 * h`) is that function of its
+        root (a size of 9 for it fits no h)."""
+        import sympy
+
+        owner, dims, self._dims = self.arguments.owner, self._dims, []
+        value: dict[Any, int] = {}
+        seen: dict[Any, tuple[str, int, int]] = {}
+        for name, i, expr, size in sorted(dims, key=lambda d: not d[2].is_Symbol):  # roots bind first
+            free = expr.free_symbols - value.keys()
+            if len(free) == 1:  # a root, or a derived Dim whose root no input shows alone: solve for it
+                (sym,) = free
+                sol = [size] if expr.is_Symbol else [r for r in sympy.solve(sympy.Eq(expr, size), sym) if r.is_integer]
+                if len(sol) != 1:
+                    raise TypeError(f"imported {owner}: input {name!r} dimension {i} is {size}, but torch.export "
+                                    f"traced it as {expr}, which no integer {sym} gives")
+                value[sym], seen[sym] = int(sol[0]), (name, i, size)
+            want = int(expr.subs(value))
+            if want != size:
+                first = seen.get(next(iter(expr.free_symbols)), ("?", 0, 0))
+                raise TypeError(f"imported {owner}: input {name!r} dimension {i} is {size}, but torch.export traced "
+                                f"it as {expr}, which is {want} here (from input {first[0]!r} dimension {first[1]}); "
+                                "the inputs' sizes must agree as they did in the example")
+        for sym, v in value.items():
+            r = self.ranges.get(sym)
             if r is None:
                 continue
             # an unbounded Dim's upper end is torch's int_oo, which says is_finite (it is no sympy Integer)
             lo, hi = int(r.lower), (int(r.upper) if r.upper.is_Integer else None)
-            if t.shape[i] < lo or (hi is not None and t.shape[i] > hi):
-                raise TypeError(f"imported {self.arguments.owner}: input {name!r} dimension {i} is {t.shape[i]}, "
-                                f"outside its dynamic range [{lo}, {'inf' if hi is None else hi}] "
-                                f"({d}; torch.export assumed that range)")
+            if v < lo or (hi is not None and v > hi):
+                name, i, size = seen[sym]
+                root = "" if size == v else f" ({sym} = {v})"
+                raise TypeError(f"imported {owner}: input {name!r} dimension {i} is {size}{root}, outside its dynamic "
+                                f"range [{lo}, {'inf' if hi is None else hi}] (torch.export assumed that range)")
 
     def _apply(self, node: Any, a: Any, k: Any) -> Any:
         target = str(node.target)
@@ -347,6 +375,7 @@ class _Program:
         user = iter(zip(flat, self.arguments.leaf_names))
         env: dict[Any, Any] = {}
         IK = self.InputKind
+        self._dims = []
         for node, s in zip(self.placeholders, self.in_specs):
             if s.kind in (IK.PARAMETER, IK.BUFFER):
                 env[node] = get_dotted(model, s.target)
@@ -358,6 +387,7 @@ class _Program:
             else:
                 v, name = next(user)
                 env[node] = self._input(v, node, s, name)
+        self._check_dims()
         result = None
         for node in self.nodes:
             if node.op == "call_function":
