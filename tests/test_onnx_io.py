@@ -171,3 +171,27 @@ def test_cli_import_names_arguments_after_inputs_and_initializers(tmp_path):
     assert "func @forward(%fc_W_0: tensor<3x4xf32>, %input.1: tensor<2x3xf32>, %_7: tensor<2x4xf32>)" in r.stdout
     assert "%arg" not in r.stdout
     assert [v.name for v in parse(r.stdout).inputs] == ["fc_W_0", "input.1", "_7"]
+
+
+def test_inputs_are_checked_against_the_declared_types_as_onnxruntime_does():
+    """A float64 array for a float32 input ran the model in float64, a wrong fixed size failed inside a
+    node, and a batch of 1 broadcast against a batch of 4 named alike: each is now refused at the input,
+    naming it and what the model declares."""
+    from onnx import TensorProto as TP
+    from onnx import helper as h
+
+    g = h.make_graph([h.make_node("Mul", ["x", "m"], ["y"])], "g",
+                     [h.make_tensor_value_info("x", TP.FLOAT, ["batch", 3]),
+                      h.make_tensor_value_info("m", TP.FLOAT, ["batch", 3])],
+                     [h.make_tensor_value_info("y", TP.FLOAT, ["batch", 3])])
+    model = avalon.onnx.load(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]))
+    x, m = np.random.default_rng(0).standard_normal((2, 5, 3)).astype(np.float32)
+    np.testing.assert_array_equal(model(x, m).numpy(), x * m)
+    with pytest.raises(TypeError, match=r"'x' is float64, the model declares float32 \(shape \('batch', 3\)\)"):
+        model(x.astype(np.float64), m)
+    with pytest.raises(TypeError, match=r"'m' has shape \(5, 4\), the model declares \('batch', 3\)"):
+        model(x, np.ones((5, 4), np.float32))
+    with pytest.raises(TypeError, match=r"'m' has shape \(5, 3, 1\)"):
+        model(x, m[..., None])
+    with pytest.raises(TypeError, match=r"'m' dimension 0 \('batch'\) is 1, but input 'x' dimension 0 \('batch'\) is 5"):
+        model(x, m[:1])

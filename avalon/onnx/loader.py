@@ -266,6 +266,40 @@ def _input_specs(model: Any, init_names: set[str]) -> list[tuple[str, tuple, Any
     return specs
 
 
+def _dim_names(model: Any, init_names: set[str]) -> dict[str, tuple[str | None, ...]]:
+    """The symbolic dimensions' names (`dim_param`) of each tensor graph input."""
+    out = {}
+    for vi in model.graph.input:
+        if vi.name not in init_names and vi.type.HasField("tensor_type"):
+            out[vi.name] = tuple(d.dim_param or None for d in vi.type.tensor_type.shape.dim)
+    return out
+
+
+def _checked_input(spec: tuple[str, tuple | None, Any], v: Any, dims: tuple[str | None, ...],
+                   sizes: dict[str, tuple[str, int, int]]) -> Any:
+    """A tensor input must have the declared dtype, rank and fixed sizes (onnxruntime's checks: a
+    float64 array would otherwise run the float32 model in float64), and the dimensions sharing a
+    `dim_param` name one size per call (onnxruntime lets a batch of 1 broadcast against 4 there)."""
+    name, shape, d = spec
+    if not isinstance(v, Tensor) or shape is None:
+        return v
+    declared = tuple(dims[i] or ("?" if e is None else e) for i, e in enumerate(shape)) if dims else shape
+    if v.dtype is not d:
+        have, want = dt.PY_NAMES[v.dtype.name], dt.PY_NAMES[d.name]
+        raise TypeError(f"ONNX input {name!r} is {have}, the model declares {want} (shape {declared}); "
+                        f"convert it first (`x.astype(np.{want})`, `x.to(av.{want})`)")
+    if v.ndim != len(shape) or any(e is not None and e != g for e, g in zip(shape, v.shape)):
+        raise TypeError(f"ONNX input {name!r} has shape {v.shape}, the model declares {declared}")
+    for i, label in enumerate(dims):
+        if label is None or shape[i] is not None:
+            continue
+        first = sizes.setdefault(label, (name, i, v.shape[i]))
+        if first[2] != v.shape[i]:
+            raise TypeError(f"ONNX input {name!r} dimension {i} ({label!r}) is {v.shape[i]}, but input {first[0]!r} "
+                            f"dimension {first[1]} ({label!r}) is {first[2]}: dimensions with one name have one size")
+    return v
+
+
 def _input_value(a: Any) -> Any:
     """A graph input as the rules see it: a Tensor, a list for a sequence, None for an empty optional."""
     if a is None or isinstance(a, Tensor):
@@ -304,13 +338,16 @@ def load(source: Any, check: bool = True) -> OnnxModel:
         if o.type.HasField("tensor_type") and o.type.tensor_type.elem_type:
             avalon_dtype(o.type.tensor_type.elem_type, f"ONNX output {o.name!r}")
 
+    dim_names = _dim_names(model, init_names)
+
     def run(m: ImportedModel, args: tuple, kwargs: dict) -> Any:
         args = _bind_inputs(specs, args, kwargs)
         env: dict[str, Any] = dict(constants)
         for name in params:
             env[name] = get_dotted(m, name)
-        for (name, _, _), a in zip(specs, args):
-            env[name] = _input_value(a)
+        sizes: dict[str, tuple[str, int, int]] = {}
+        for spec, a in zip(specs, args):
+            env[spec[0]] = _checked_input(spec, _input_value(a), dim_names.get(spec[0], ()), sizes)
         env[""] = None
         _eval(nodes, env)
         result = tuple(env[o] if not isinstance(env[o], np.ndarray) else Tensor(env[o]) for o in outputs)
