@@ -211,6 +211,41 @@ def test_zero_in_one_process_is_the_optimizer():
     za.load_state_dict(sd)
 
 
+def test_zero_param_groups_are_the_global_groups_a_scheduler_sets():
+    """torch's ZeRO shows every group on every rank (a rank may own none of a group's parameters) and
+    passes their hyperparameters on to its local optimizer: a per-group LambdaLR follows them."""
+    from avalon import nn
+    av.manual_seed(0)
+    a = nn.Sequential(nn.Linear(4, 5), nn.Linear(5, 2))
+    b = nn.Sequential(nn.Linear(4, 5), nn.Linear(5, 2))
+    nn.load_state_dict(b, nn.state_dict(a))
+
+    def groups(m):
+        return [{"params": m[0].parameters(), "lr": 0.1}, {"params": m[1].parameters(), "lr": 0.02, "weight_decay": 0.5}]
+    za = dist.optim.ZeroRedundancyOptimizer(groups(a), optimizer_class=optim.AdamW, lr=0.3, betas=(0.8, 0.9))
+    ob = optim.AdamW(groups(b), lr=0.3, betas=(0.8, 0.9))
+    assert [len(g["params"]) for g in za.param_groups] == [2, 2]
+    assert [g["lr"] for g in za.param_groups] == [0.1, 0.02] and za.param_groups[1]["weight_decay"] == 0.5
+    assert za.param_groups[0]["betas"] == (0.8, 0.9) and za.lr == 0.1
+    scheds = [optim.lr_scheduler.LambdaLR(o, [lambda e: 0.5 ** e, lambda e: 1.0 + e]) for o in (za, ob)]
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    for _ in range(3):
+        for m, o, sch in ((a, za, scheds[0]), (b, ob, scheds[1])):
+            o.step(av.grad(lambda m, x: (m(x) ** 2).sum())(m, x))
+            sch.step()
+    assert [g["lr"] for g in za.param_groups] == [g["lr"] for g in ob.param_groups] == [0.1 / 8, 0.08]
+    for (n, p), q in zip(nn.state_dict(a).items(), nn.state_dict(b).values()):
+        np.testing.assert_array_equal(p.numpy(), q.numpy(), err_msg=n)
+    with pytest.raises(TypeError, match="fixed"):
+        za.param_groups[0]["params"] = []
+    step = av.compile(lambda m, o, x: o.step(av.grad(lambda m, x: (m(x) ** 2).sum())(m, x)))
+    for _ in range(3):  # the groups' rates are the local optimizer's tensors: one trace for every rate
+        step(a, za, x)
+        scheds[0].step()
+        za.lr = za.lr * 0.9
+    assert step.cache_info().entries == 1
+
+
 # -- two processes, torch as the oracle ---------------------------------------------------------------
 
 def _launch(out: Path, timeout: float = 120) -> list[subprocess.CompletedProcess]:

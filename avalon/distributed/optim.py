@@ -16,12 +16,13 @@ collective per owner and dtype; inside a traced step `broadcast` ops, i.e. all_g
 
 `consolidate_state_dict(to)` gathers the shards on rank `to`, where `state_dict()` returns them in the
 keys a plain `optimizer_class` over all the parameters uses (so the checkpoint loads into one);
-`load_state_dict` takes such a dict on every rank and keeps its partition's part. `param_groups` and
-`lr` are the local optimizer's (every rank's groups carry the same hyperparameters).
+`load_state_dict` takes such a dict on every rank and keeps its partition's part. `param_groups` are
+torch's global groups (every parameter; a hyperparameter written there, by an LR scheduler, reaches the
+local optimizer's group where this rank owns parameters of it); `lr` is the first group's.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
 import numpy as np
@@ -67,13 +68,14 @@ class ZeroRedundancyOptimizer:
                 self._groups.append(gi)
         self.optim = optimizer_class(local, **defaults) if local else None
         self._consolidated: dict[str, Tensor] | None = None
+        self._steps = 0
+        # every global group's hyperparameters, for the groups this rank holds no parameter of
+        probe = self.optim.param_groups[0] if self.optim is not None else {}
+        self.param_groups = [_ZeroGroup(self, gi, [n for n, _ in g["params"]], {
+            **{k: self.defaults.get(k, v) for k, v in probe.items() if k not in ("params", "param_names")},
+            **{k: v for k, v in g.items() if k != "params"}}) for gi, g in enumerate(groups)]
 
     # -- torch's surface ---------------------------------------------------------------------------
-
-    @property
-    def param_groups(self) -> list:
-        """The local optimizer's groups (this rank's partition)."""
-        return [] if self.optim is None else self.optim.param_groups
 
     @property
     def state(self) -> Mapping:
@@ -82,13 +84,21 @@ class ZeroRedundancyOptimizer:
 
     @property
     def lr(self) -> float:
-        return float(self.defaults.get("lr", 0.0)) if self.optim is None else self.optim.lr
+        """The first group's learning rate; setting it sets every group's."""
+        return float(self.param_groups[0]["lr"])
 
     @lr.setter
     def lr(self, value: float) -> None:
-        self.defaults["lr"] = value
-        if self.optim is not None:
-            self.optim.lr = value
+        for g in self.param_groups:
+            g["lr"] = value
+
+    @property
+    def steps(self) -> int:
+        """How many steps have been taken (a rank owning no parameter counts its own)."""
+        return self.optim.steps if self.optim is not None else self._steps
+
+    def _local_group(self, gi: int) -> Any:
+        return self.optim.param_groups[self._groups.index(gi)] if gi in self._groups else None
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Nothing to clear (gradients are values)."""
@@ -109,6 +119,8 @@ class ZeroRedundancyOptimizer:
             raise TypeError("ZeroRedundancyOptimizer.step(grads): Avalon's gradients are values; pass av.grad's")
         if self.optim is not None:
             self.optim.step(self._grads(grads))
+        else:
+            self._steps += 1
         if self.world_size == 1:
             return
         if current_trace() is not None:
@@ -183,3 +195,45 @@ class ZeroRedundancyOptimizer:
     def __repr__(self) -> str:
         return (f"ZeroRedundancyOptimizer(rank {self.rank} of {self.world_size}, {len(self.partition[self.rank])} of "
                 f"{len(self.params)} parameters, {self.optimizer_class.__name__})")
+
+
+class _ZeroGroup(MutableMapping):
+    """One of `ZeroRedundancyOptimizer.param_groups`: torch's global group (every parameter, every rank
+    sees every group), whose hyperparameters read and write the local optimizer's group where this
+    rank owns parameters of it, so an LR scheduler sets each group's 'lr' by its global index."""
+
+    # no __dict__: the tracer does not walk a group, so its Python floats are not part of a step's signature
+    __slots__ = ("_zero", "_index", "_names", "_hypers")
+
+    def __init__(self, zero: ZeroRedundancyOptimizer, index: int, names: list[str], hypers: dict[str, Any]):
+        self._zero, self._index, self._names, self._hypers = zero, index, names, hypers
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "params":
+            return [self._zero.params[n] for n in self._names]
+        if key == "param_names":
+            return list(self._names)
+        local = self._zero._local_group(self._index)
+        return local[key] if local is not None and key in local else self._hypers[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key in ("params", "param_names"):
+            raise TypeError(f"param_groups[{self._index}][{key!r}] is fixed once the optimizer is built")
+        local = self._zero._local_group(self._index)
+        if local is not None:
+            local[key] = value
+        self._hypers[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        raise TypeError(f"param_groups[{self._index}][{key!r}] cannot be removed")
+
+    def __iter__(self) -> Iterator[str]:
+        yield "params"
+        yield "param_names"
+        yield from (k for k in self._hypers if k not in ("params", "param_names"))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __repr__(self) -> str:
+        return repr({k: (self._names if k == "params" else self[k]) for k in self if k != "param_names"})

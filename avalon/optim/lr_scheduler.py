@@ -45,7 +45,7 @@ EPOCH_DEPRECATION_WARNING = (
 
 
 def _check_optimizer(optimizer: Any) -> None:
-    if not isinstance(optimizer, Optimizer):
+    if not isinstance(optimizer, Optimizer) and not isinstance(getattr(optimizer, "param_groups", None), list):
         raise TypeError(f"{type(optimizer).__name__} is not an Optimizer (an avalon.optim optimizer)")
 
 
