@@ -440,12 +440,20 @@ def floor(input: Any) -> Tensor:
 
 def pow(input: Any, exponent: Any) -> Tensor:  # noqa: A001
     a, b = input, exponent
+    d = result_dtype(_as_operand(a), _as_operand(b))
     if _is_scalar(b) and float(b) == 2.0:
         a = _as_operand(a)
+        if isinstance(a, Tensor) and a.dtype != d:  # torch's promotion: an int tensor ** 2.0 is float, a bool's ** 2 int64
+            a = cast(a, d)
         return mul(a, a)
-    d = result_dtype(_as_operand(a), _as_operand(b))
-    if not d.is_float:
+    if d is dt.bool_:
         d = dt.float32
+    elif not d.is_float:
+        # integers to integer powers stay integers, as torch's (`3 ** torch.arange(4)` is int64, a uint8 tensor
+        # squared is uint8): the `pow` op computes them exactly (wrapping; a negative tensor exponent truncates
+        # toward zero). A negative Python exponent is torch's error.
+        if _is_scalar(b) and not isinstance(b, bool) and float(b) < 0:
+            raise fail(RuntimeError("Integers to negative integer powers are not allowed."))
     return bind("pow", *_prepare("pow", a, b, dtype=d))
 
 

@@ -242,31 +242,38 @@ def device_name() -> str:
 
 
 def compile_workers() -> int:
-    """Threads compiling kernels at once (`AVALON_COMPILE_WORKERS`, default: the CPUs, at most 8)."""
+    """Processes (or threads) compiling kernels at once (`AVALON_COMPILE_WORKERS`, default: the CPUs,
+    at most 8)."""
     env = os.environ.get("AVALON_COMPILE_WORKERS")
     return max(1, int(env)) if env else max(1, min(8, os.cpu_count() or 1))
 
 
 def warm_up(kernels: Sequence[Kernel], workers: int | None = None) -> int:
-    """Compile every kernel for the current GPU in a thread pool before the first launch (Triton's
-    `warmup` compiles without running; its codegen and ptxas release the GIL for long stretches).
-    A kernel that fails here is left to fail, with its real arguments, at launch. Returns how many
-    were compiled; nothing happens in the interpreter, which compiles nothing."""
+    """Compile every kernel for the current GPU before the first launch (Triton's `warmup` compiles
+    without running): the cold ones in forked processes first (`precompile.py`: Triton's front end
+    holds the GIL, so threads barely overlap), then each `warmup` loads its binary from the disk
+    cache; where processes cannot be used, in a thread pool. A kernel that fails here is left to
+    fail, with its real arguments, at launch. Returns how many were warmed; nothing happens in the
+    interpreter, which compiles nothing."""
     if not gpu_present():
         return 0
     from . import types as ty
+    from .precompile import precompile
     parts = [p for k in kernels for p in k.chain()]  # a split's epilogue and stride phases compile too
     todo = {id(k.fn): k for k in parts if k.kind not in ("host",) and k.fn is not None and not k.empty}
 
+    def warm(k: Kernel) -> Any:
+        return k.fn.warmup(*[ty.TORCH[d.name] for _, d in k.params], grid=k.grid, **k.meta,
+                           num_warps=k.num_warps, num_stages=k.num_stages)
+
     def one(k: Kernel) -> None:
         try:
-            k.fn.warmup(*[ty.TORCH[d.name] for _, d in k.params], grid=k.grid, **k.meta,
-                        num_warps=k.num_warps, num_stages=k.num_stages)
+            warm(k)
         except Exception as e:  # pragma: no cover - GPU only
             log.debug("warm-up of %s failed (%s); it compiles at launch", k.name, e)
 
     n = workers or compile_workers()
-    if n <= 1 or len(todo) <= 1:
+    if n <= 1 or len(todo) <= 1 or precompile(warm, list(todo.values()), n):
         for k in todo.values():
             one(k)
     else:

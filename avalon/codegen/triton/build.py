@@ -11,8 +11,9 @@
 
 Launch configs: contraction, attention and reduction kernels get the autotuner's (`autotune.py`:
 timed once per kernel, shape and GPU, kept in the kernel cache; fixed in the interpreter); the
-choice per kernel is `CompiledGraph.tuning`. On a GPU every kernel is then compiled up front in a
-thread pool (`autotune.warm_up`), not one by one as the first call reaches it.
+choice per kernel is `CompiledGraph.tuning`. On a GPU every kernel is then compiled up front, the
+cold ones in forked processes (`autotune.warm_up`, `precompile.py`), not one by one as the first
+call reaches it.
 
 Storage: top-level intermediates live where the `memory-plan` pass's plan puts them (computed here
 when the graph carries no current plan); see `memory.py`.
