@@ -903,6 +903,11 @@ def _settings(default: int) -> settings:
                         Node(op="softmax", args=(4,), params=(1, 0))],
                  outputs=[5], float_dtype="f32"),
 )  # softmax over an empty axis is empty, as torch's (its amax raised)
+@example(
+    prog=Program(inputs=[np.array([[-0.499, 1.501, 0.0], [2.0, 0.001, -4.5]], dtype=np.float32)],
+                 nodes=[Node(op="abs", args=(0,), params=()), Node(op="remainder", args=(0, 0), params=())],
+                 outputs=[2], float_dtype="f32"),
+)  # x % x where the divisor adapter makes 0 % 1: the exact zero result cut fmod's derivative to 0 (torch: 1)
 def test_fuzz_numpy_cpu_parsed(prog: Program) -> None:
     check_program(prog)
 

@@ -342,12 +342,13 @@ _EXACT = 2.0 ** 52  # every float at least this large is an integer (f64's manti
 
 def trunc(input: Any) -> Tensor:
     """Round toward zero, through an i64 cast where that is exact; larger values, inf and nan
-    are integers (or not numbers) already and pass through."""
+    are integers (or not numbers) already and pass through, with torch's zero derivative (the
+    pass-through carried the gradient: fmod(1e30, 1)'s derivative in its dividend was 0)."""
     x = _tensor(input)
     if not x.dtype.is_float:
         return x
     small = lt(abs(x), _EXACT)
-    return where(small, cast(cast(where(small, x, 0.0), dt.int64), x.dtype), x)
+    return where(small, cast(cast(where(small, x, 0.0), dt.int64), x.dtype), stop_gradient(x))
 
 
 fix = trunc
@@ -384,11 +385,17 @@ def _fmod(op: str, input: Any, other: Any) -> Tensor:
     a, b = _prepare(op, input, other, dtype=d)
     if not d.is_float:
         return sub(a, mul(_int_div(op, a, b, other), b))
-    r = sub(a, mul(trunc(bind("div", a, b)), b))
-    ab = abs(b)
-    r = where(logical_and(ne(r, 0.0), ne(lt(r, 0.0), lt(a, 0.0))), add(r, where(lt(r, 0.0), ab, neg(ab))), r)
-    r = where(ge(abs(r), ab), sub(r, where(lt(a, 0.0), neg(ab), ab)), r)
-    r = where(eq(r, 0.0), mul(a, 0.0), r)  # C's fmod: a zero result keeps a's sign (-4 fmod 2 is -0.0)
+    # on |a| and |b|, the sign of a put back by a factor: a zero result keeps a's sign (C's -4 fmod 2
+    # is -0.0) and the derivative in a stays 1 there too (a `where` choosing a signed zero cut it)
+    # Narrower floats compute in f64, where it is exact for quotients under 2**29: the quotient's
+    # multiple of b is then exact (as C's fmod; in f32, 1 fmod 0.1 was 0 where it is 0.09999999)
+    w = dt.float64 if d.bits < 64 else d
+    sa = where(logical_or(lt(a, 0.0), logical_and(eq(a, 0.0), lt(div(1.0, a), 0.0))), -1.0, 1.0)
+    pa, pb = cast(mul(a, sa), w), cast(abs(b), w)
+    r = sub(pa, mul(trunc(bind("div", pa, pb)), pb))
+    r = where(lt(r, 0.0), add(r, pb), r)  # the rounded quotient one too high
+    r = where(ge(r, pb), sub(r, pb), r)  # one too low
+    r = mul(cast(r, d), sa)
     r = where(logical_and(isinf(b), isfinite(a)), a, r)
     return where(logical_or(eq(b, 0.0), logical_not(isfinite(a))), math.nan, r)
 
