@@ -349,6 +349,15 @@ def section_first_call() -> None:
     row("first_call", "LeNet step, cold disk cache (s)", got[0] * 1e3, "target 3 s", 3000.0)
     if len(got) > 1:
         row("first_call", "LeNet step, warm disk cache (s)", got[1] * 1e3, "target 0.5 s", 500.0)
+    if not DRY:  # the A/B of precompile.py: cold again, compiling in this one process
+        with tempfile.TemporaryDirectory() as tmp:
+            env.update(AVALON_CACHE_DIR=os.path.join(tmp, "av"), TRITON_CACHE_DIR=os.path.join(tmp, "tr"),
+                       AVALON_COMPILE_WORKERS="1")
+            p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+            if p.returncode == 0:
+                one = float(p.stdout.strip().splitlines()[-1])
+                row("first_call", "LeNet step, cold, forked compiles vs one process (s)", got[0] * 1e3,
+                    "AVALON_COMPILE_WORKERS=1", one * 1e3)
 
 
 def section_layout() -> None:
