@@ -467,3 +467,37 @@ def test_values_read_from_a_model_keep_a_few_versions_per_signature():
     m.ptr.fill_(1)  # a position none of the versions read
     step(m, av.tensor(np.ones(2, np.float32)))
     assert step.cache_info().misses == 5 and m.queue.numpy()[1:3].tolist() == [1.0, 1.0]
+
+
+def test_retracing_says_what_changed_and_warns_past_eight_signatures(caplog):
+    """A hand-written optimizer's `group['lr']` set every step is part of the signature: the function
+    traces every call. torch.compile warns at its recompile limit; Avalon warns at 8, 16, ...
+    signatures naming the change, and the `avalon.compile` channel names every retrace's."""
+    import logging
+    import warnings
+
+    from avalon import nn
+
+    class Lion:  # a torch-style optimizer written by hand: its rate is a Python float
+        def __init__(self, params, lr):
+            self.param_groups = [{"params": list(params), "lr": lr}]
+
+        def step(self, grads):
+            for g in self.param_groups:
+                for p, d in zip(g["params"], grads):
+                    p.data.add_(d.sign(), alpha=-g["lr"])
+
+    m, x = nn.Linear(4, 2), np.ones((3, 4), np.float32)
+    opt = Lion(m.parameters(), 0.1)
+    step = av.compile(lambda model, o, x: o.step(list(av.grad(lambda mm, x: mm(x).sum())(model, x).values())))
+    with warnings.catch_warnings(record=True) as seen, caplog.at_level(logging.INFO, logger="avalon.compile"):
+        warnings.simplefilter("always")
+        for i in range(9):
+            opt.param_groups[0]["lr"] = 0.1 / (i + 1)
+            step(m, opt, x)
+        step(m, opt, np.ones((5, 4), np.float32))
+    said = [str(w.message) for w in seen if "different signatures" in str(w.message)]
+    assert len(said) == 1 and "for 8 different signatures" in said[0], said
+    assert "argument 1 (o): param_groups.0.lr = 0.0125 (was 0.014285714285714287)" in said[0]
+    assert "x: shape (5, 4) f32 on cpu (was shape (3, 4) f32 on cpu)" in caplog.text
+    assert step.cache_info().entries == 10

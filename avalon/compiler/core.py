@@ -177,7 +177,7 @@ class Compiled:
 
     # slots (no __dict__): the tracer must not mistake a compiled function for a model to walk
     __slots__ = ("fn", "backend", "pipeline", "check", "program", "_name", "_cache", "_states", "_hits",
-                 "_misses", "_inlined", "_versions", "__weakref__")
+                 "_misses", "_inlined", "_versions", "_last_key", "__weakref__")
 
     def __init__(self, fn: Callable, backend: str | Any = "numpy", pipeline: str | PassManager | None = None,
                  check: bool | None = None, *, program: Program | None = None, name: str | None = None):
@@ -199,6 +199,7 @@ class Compiled:
         self._cache: dict[Any, _Entry] = {}
         self._inlined: dict[Any, _Entry] = {}  # programs built for inlining into an enclosing trace
         self._versions: dict[Any, list[_Entry]] = {}  # older guarded entries of a signature (`_KEEP_VERSIONS`)
+        self._last_key: Any = None  # the signature compiled last, to say what changed at the next retrace
         self._states = StateCache()  # the models' walks, re-used while nothing in them is reassigned
         self._hits = self._misses = 0
 
@@ -298,6 +299,7 @@ class Compiled:
                           "traced again and compiled again on every call. Pass them as arguments to reuse the "
                           "compiled graph.", stacklevel=3)
         else:
+            self._retraced(key, leaves)
             old = self._cache.get(key)
             if old is not None and old.guards and entry.guards:
                 kept = self._versions.setdefault(key, [])
@@ -305,6 +307,24 @@ class Compiled:
                 del kept[_KEEP_VERSIONS - 1:]
             self._cache[key] = entry
         return entry, leaves
+
+    def _retraced(self, key: Any, leaves: list[tuple[str, Any]]) -> None:
+        """Say what changed since the last compiled signature (channel `avalon.compile`), and warn when
+        one function has been compiled for 8, 16, 32, ... signatures: a value that changes every call
+        (a learning rate a hand-written optimizer reads from `group['lr']`, a step counter) retraces
+        every call, which torch.compile warns about too."""
+        last, self._last_key = self._last_key, key
+        if last is None:
+            return
+        n = len(self._cache) + (key not in self._cache)
+        why = _key_diff(last, key, leaves, self.fn) if key not in self._cache else "a value read while tracing changed"
+        from avalon.channels import get_logger
+        get_logger("compile").info("%s traced again (signature %d): %s", self.__name__, n, why)
+        if n >= 8 and n & (n - 1) == 0:
+            warnings.warn(f"{self.__name__} has been traced and compiled for {n} different signatures; the last "
+                          f"change: {why}. Each new signature traces and compiles again: pass a number that changes "
+                          "every call as a tensor (av.tensor(lr)), or keep shapes fixed (AVALON_LOG=compile lists "
+                          "every retrace)", stacklevel=4)
 
     def _other_version(self, key: Any, current: _Entry, leaves: list[tuple[str, Any]]) -> _Entry | None:
         """An older entry of `key` whose guards hold, made the current one (the one it replaces kept)."""
@@ -393,6 +413,58 @@ def _host_bytes(t: Any) -> tuple:
         import torch
         data = data.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()
     return (tuple(t.shape), t.dtype, data.tobytes())
+
+
+def _key_diff(old: Any, new: Any, leaves: list[tuple[str, Any]], fn: Any = None) -> str:
+    """What differs between two cache keys, in words: a leaf's shape or dtype by its name, a Python
+    number by its attribute path, the settings baked into every trace."""
+    (sig_o, *set_o), (sig_n, *set_n) = old, new
+    for what, a, b in zip(("the float32 matmul precision", "autocast", "the default float dtype"), set_o, set_n):
+        if a != b:
+            return f"{what} is {b!r} (was {a!r})"
+    head_o, trees_o, specs_o, free_o = sig_o
+    head_n, trees_n, specs_n, free_n = sig_n
+    if len(specs_o) == len(specs_n):
+        for (name, _), a, b in zip(leaves, specs_o, specs_n):
+            if a != b:
+                return f"{name or 'an argument'}: {_spec_words(b)} (was {_spec_words(a)})"
+    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+    names = code.co_varnames[:code.co_argcount] if code is not None else ()
+    if getattr(fn, "__self__", None) is not None:
+        names = names[1:]
+    args = [(f"argument {i}" + (f" ({names[i]})" if i < len(names) else ""), x, y)
+            for i, (x, y) in enumerate(zip(trees_o, trees_n))]
+    for where, a, b in (("the model", head_o, head_n), *args,
+                        ("a number it reads from its closure or globals", free_o, free_n)):
+        d = _first_diff(a, b)
+        if d is not None:
+            return f"{where}: {d}"
+    return "the arguments' structure"
+
+
+def _spec_words(spec: tuple) -> str:
+    return f"shape {spec[0]} {spec[1]} on {spec[2]}" + (" (frozen)" if len(spec) > 3 else "")
+
+
+def _first_diff(a: Any, b: Any) -> str | None:
+    """The first place two parts of a key differ: `name = new (was old)` for a named setting."""
+    if a == b:
+        return None
+    if isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b):
+        if len(a) == 2 and isinstance(a[0], str) and a[0] == b[0] and not isinstance(a[1], tuple):
+            return f"{a[0]} = {b[1]!r} (was {a[1]!r})"
+        if a and a[0] == "model" and a[1] != b[1]:
+            return "another model object"
+        for x, y in zip(a, b):
+            d = _first_diff(x, y)
+            if d is not None:
+                return d
+    return f"{_short(b)} (was {_short(a)})"
+
+
+def _short(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
 
 
 _KEEP_VERSIONS = 8
