@@ -27,6 +27,7 @@ from .amp import autocast, get_autocast_dtype, is_autocast_enabled, set_autocast
 from .autograd import custom_vjp
 from .checkpoint import CheckpointError, load, save
 from .compiler import compile, grad, value_and_grad, vmap  # noqa: A004  (av.compile, like torch.compile)
+from .control_flow import cond, while_loop
 from .complex import (  # complex values as pairs of real tensors (avalon/complex.py)
     ComplexTensor,
     angle,

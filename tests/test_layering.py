@@ -23,7 +23,7 @@ LAYERS = {
     "avalon.grad_mode": 0, "avalon.jit": 0,
     "avalon.tensor": 1, "avalon.ops": 1, "avalon.trace": 1, "avalon.tree": 1, "avalon.device": 1,
     "avalon.random": 1, "avalon.views": 1, "avalon.cuda": 1, "avalon.autodiff": 1, "avalon.batching": 1, "avalon.passes": 1,
-    "avalon.amp": 1, "avalon.complex": 1, "avalon.sparse": 1, "avalon.fft": 1,
+    "avalon.amp": 1, "avalon.complex": 1, "avalon.control_flow": 1, "avalon.sparse": 1, "avalon.fft": 1,
     "avalon.codegen": 2, "avalon.mlir": 2,
     "avalon.compiler": 3, "avalon.debug": 3,
     "avalon.nn": 4, "avalon.optim": 4, "avalon.train": 4, "avalon.checkpoint": 4, "avalon.zoo": 4,

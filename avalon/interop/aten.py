@@ -979,6 +979,22 @@ def assert_scalar(cond: Any, msg: str = "") -> None:
         raise ValueError(f"torch.export's run-time assertion failed: {msg}")
 
 
+@rule("cond")
+def higher_order_cond(pred: Any, true_fn: Any, false_fn: Any, operands: Any) -> tuple:
+    """torch.cond: the branches are subgraphs (functions here); `av.cond` runs the one a known
+    predicate picks, or both and selects (avalon/control_flow.py)."""
+    from ..control_flow import cond
+    return cond(pred, true_fn, false_fn, tuple(operands))
+
+
+@rule("while_loop")
+def higher_order_while_loop(cond_fn: Any, body_fn: Any, carried: Any, additional: Any = ()) -> tuple:
+    """torch.while_loop: both functions take the carried values, then the additional inputs."""
+    from ..control_flow import while_loop
+    extra = tuple(additional)
+    return while_loop(lambda *c: cond_fn(*c, *extra)[0], lambda *c: body_fn(*c, *extra), tuple(carried))
+
+
 ATEN["<built-in function getitem>"] = operator.getitem
 for _f in (operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.mod, operator.neg,
            operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge):

@@ -388,18 +388,7 @@ class _Program:
                 v, name = next(user)
                 env[node] = self._input(v, node, s, name)
         self._check_dims()
-        result = None
-        for node in self.nodes:
-            if node.op == "call_function":
-                a = torch.fx.node.map_arg(node.args, env.__getitem__)
-                k = torch.fx.node.map_arg(node.kwargs, env.__getitem__)
-                a = torch.utils._pytree.tree_map(_to_avalon, a)
-                k = torch.utils._pytree.tree_map(_to_avalon, k)
-                env[node] = self._apply(node, a, k)
-            elif node.op == "get_attr":
-                env[node] = Tensor(getattr(self.gm, node.target).detach().cpu().numpy().copy())
-            elif node.op == "output":
-                result = torch.fx.node.map_arg(node.args[0], env.__getitem__)
+        result = self._run_nodes(self.gm, self.nodes, env)
         outs = []
         for value, s in zip(result or (), self.out_specs):
             if s.kind == self.OutputKind.BUFFER_MUTATION:
@@ -408,6 +397,38 @@ class _Program:
             elif s.kind != self.OutputKind.TOKEN:
                 outs.append(value)
         return torch.utils._pytree.tree_unflatten(outs, self.out_spec)
+
+    def _run_nodes(self, gm: Any, nodes: list, env: dict) -> Any:
+        """Run the call and attribute nodes of `gm` over `env` (its placeholders already bound); the
+        output node's value. A submodule attribute (the branches of `torch.cond`, the body of
+        `torch.while_loop`) becomes a function running its own graph the same way."""
+        import torch
+        result = None
+        for node in nodes:
+            if node.op == "call_function":
+                a = torch.fx.node.map_arg(node.args, env.__getitem__)
+                k = torch.fx.node.map_arg(node.kwargs, env.__getitem__)
+                a = torch.utils._pytree.tree_map(_to_avalon, a)
+                k = torch.utils._pytree.tree_map(_to_avalon, k)
+                env[node] = self._apply(node, a, k)
+            elif node.op == "get_attr":
+                attr = getattr(gm, node.target)
+                env[node] = (self._subgraph(attr) if isinstance(attr, torch.fx.GraphModule)
+                             else Tensor(attr.detach().cpu().numpy().copy()))
+            elif node.op == "output":
+                result = torch.fx.node.map_arg(node.args[0], env.__getitem__)
+        return result
+
+    def _subgraph(self, sub: Any) -> Any:
+        nodes = list(sub.graph.nodes)
+        inputs = [n for n in nodes if n.op == "placeholder"]
+
+        def run(*args: Any) -> tuple:
+            if len(args) != len(inputs):
+                raise TypeError(f"subgraph takes {len(inputs)} operands, got {len(args)}")
+            out = self._run_nodes(sub, nodes, dict(zip(inputs, args)))
+            return tuple(out) if isinstance(out, (list, tuple)) else (out,)
+        return run
 
     def trial(self, model: ImportedModel, args: tuple, kwargs: dict) -> None:
         """Trace one call on the example; raise one UnsupportedOp listing every node that failed."""
