@@ -789,8 +789,9 @@ F32_CONSTANT_GRADS = {"hardsigmoid", "hardswish"}
 def _has_f32_step(prog: Program) -> bool:
     """Does a float64 program compute something in float32 (`x.float()`, a cast to f32)? Its results
     then carry float32 rounding however they end (torch's f32 step is one ulp off where ours is two)."""
-    return any(nd.op == "method_cast" and nd.params[0] == "float" or nd.op == "cast" and nd.params[0] == "f32"
-               for nd in prog.nodes)
+    return prog.float_dtype == "f32" or any(  # an f32 program's f64 results were f32 (Triton's tanh: an ulp off)
+        nd.op == "method_cast" and nd.params[0] == "float" or nd.op == "cast" and nd.params[0] == "f32"
+        for nd in prog.nodes)
 
 
 def _check(what: str, prog: Program, orc: Oracle, got: Sequence[Any], same: list, ref64: list,
@@ -921,6 +922,11 @@ SMALL_OPS = [n for n in OPS if n not in ("conv1d", "conv2d", "max_pool1d", "max_
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (the [gpu] extra)")
 @_settings(3)
 @given(programs(max_nodes=5, max_dim=3, float_dtypes=("f32",)))
+@example(
+    prog=Program(inputs=[np.array([-0.499], dtype=np.float32)],
+                 nodes=[Node(op="tanh", args=(0,), params=()), Node(op="cast", args=(1,), params=("f64",))],
+                 outputs=[2], float_dtype="f32"),
+)  # an f32 tanh (one ulp from torch's) cast to f64 was held to f64's tolerance
 def test_fuzz_triton_interpreter(prog: Program) -> None:
     check_program(prog, targets=("triton",), grads=True)
 
