@@ -271,3 +271,53 @@ def test_inputs_sharing_or_deriving_a_dim_must_agree():
         model(np.ones(5, np.float32), np.ones(8, np.float32))
     with pytest.raises(TypeError, match="dimension 0 is 1, outside its dynamic range \\[2, 32\\]"):
         model(np.ones(1, np.float32), np.ones(2, np.float32))
+
+
+def test_detach_and_no_grad_regions_stop_gradients_as_in_torch():
+    """torch.export turns `.detach()` into `aten.alias` and inlines `with torch.no_grad():` regions, and the
+    import let gradients through both: a VQ-VAE's straight-through `z + (zq - z).detach()` and a statistic
+    computed under no_grad trained on wrong gradients. A custom autograd.Function, whose backward
+    torch.export drops, is named in a warning."""
+    torch.manual_seed(0)
+
+    class Quantized(tnn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = tnn.Linear(4, 4)
+
+        def forward(self, x):
+            with torch.no_grad():
+                s = self.lin(x).abs().mean()
+            z = self.lin(x)
+            st = z + (z.round() - z).detach()
+            return z * s + st * z.detach()
+
+    m = Quantized()
+    model = av.from_torch(m, torch.randn(2, 4))
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    np.testing.assert_allclose(model(x).numpy(), m(torch.tensor(x)).detach().numpy(), rtol=1e-6)
+    m(torch.tensor(x)).sum().backward()
+    for grads in (av.grad(lambda mm, x: mm(x).sum())(model, x),
+                  av.compile(av.grad(lambda mm, x: mm(x).sum()))(model, x)):
+        for name, p in m.named_parameters():
+            assert _rel(grads[name].numpy(), p.grad.numpy()) < 1e-6, name
+
+    class Twice(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.round()
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * 2
+
+    class Custom(tnn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = tnn.Linear(4, 4)
+
+        def forward(self, x):
+            return Twice.apply(self.lin(x))
+
+    with pytest.warns(UserWarning, match=r"custom torch.autograd.Functions \(Twice\); torch.export keeps their forward"):
+        av.from_torch(Custom(), torch.randn(2, 4))

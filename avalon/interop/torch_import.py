@@ -53,11 +53,15 @@ def _export(module: Any, args: tuple, kwargs: dict | None, dynamic_shapes: Any =
             ep = torch.export.export(module, args, kwargs or {}, dynamic_shapes=dynamic_shapes)
     except Exception as e:  # the exporter's own reason, in one line
         raise RuntimeError(f"av.from_torch: torch.export could not capture {name}: {_first_line(e)}") from e
+    # `with torch.no_grad():` regions are `wrap_with_set_grad_enabled(False, ...)` calls here, inlined by
+    # the decomposition below: their names, to find their ops after it by provenance (`_no_grad`)
+    hop = torch.ops.higher_order.wrap_with_set_grad_enabled
+    no_grad = {n.name for n in ep.graph.nodes if n.target is hop and n.args and n.args[0] is False}
     table = torch.export.default_decompositions()
     # kept whole: Avalon has the op (and fuses it); torch's decomposition of it also breaks GPT-2's views
     table.pop(torch.ops.aten.scaled_dot_product_attention.default, None)
     try:
-        return ep.run_decompositions(table)
+        return ep.run_decompositions(table), no_grad
     except Exception as e:
         raise RuntimeError(f"av.from_torch: torch.export captured {name}, but torch's decomposition of it to core "
                            f"ATen (run_decompositions) failed: {_first_line(e)}") from e
@@ -75,6 +79,52 @@ def _check_graph(gm: Any) -> None:
     for node in gm.graph.nodes:
         if node.op not in ("call_function", "placeholder", "output", "get_attr"):
             raise UnsupportedOp(f"av.from_torch: graph node kind {node.op!r} ({node.target}) is not supported")
+
+
+def _warn_custom_functions(module: Any, args: tuple, kwargs: dict) -> None:
+    """torch.export keeps a custom `torch.autograd.Function`'s forward and drops its backward, so
+    the imported model's gradient through it is its forward ops' (a straight-through round's is 0):
+    say so. Found by one eager call's autograd graph, on copies of the buffers (a batch norm's
+    running statistics must not move); a forward that fails eagerly is not second-guessed."""
+    import torch
+    if not any(p.requires_grad for p in module.parameters()):
+        return
+    state = {**dict(module.named_parameters()), **{k: v.clone() for k, v in module.named_buffers()}}
+    try:
+        with torch.enable_grad():
+            out = torch.func.functional_call(module, state, args, kwargs)
+    except Exception:
+        return
+    todo = [t.grad_fn for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t.grad_fn]
+    seen, found = set(), []
+    while todo:
+        fn = todo.pop()
+        if fn is None or id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        if isinstance(fn, torch.autograd.function.BackwardCFunction):
+            found.append(type(fn).__name__.removesuffix("Backward"))
+        todo.extend(f for f, _ in fn.next_functions)
+    if found:
+        import warnings
+        names = ", ".join(sorted(set(found)))
+        warnings.warn(f"av.from_torch: {type(module).__name__} calls custom torch.autograd.Functions ({names}); "
+                      "torch.export keeps their forward only, so Avalon's gradients through them are the forward "
+                      "ops' own, not their custom backward. Write the gradient with av.custom_vjp on the Avalon "
+                      "side if training depends on it", stacklevel=3)
+
+
+def _stops_gradient(node: Any, no_grad: set[str]) -> bool:
+    """Whether a decomposed node came from `aten.detach` or from a `torch.no_grad()` region (a
+    `wrap_with_set_grad_enabled(False)` call named in `no_grad`), by its `from_node` provenance."""
+    todo = list(node.meta.get("from_node") or ())
+    while todo:
+        src = todo.pop()
+        target = str(getattr(src, "target", ""))
+        if target == "aten.detach.default" or (target == "wrap_with_set_grad_enabled" and src.name in no_grad):
+            return True
+        todo.extend(getattr(src, "from_node", None) or ())
+    return False
 
 
 def _meta(val: Any) -> tuple[tuple[int | None, ...], Any] | None:
@@ -267,7 +317,8 @@ class _Program:
     a node that cannot be translated is recorded and stood in for by a value of its shape, so one
     run finds them all."""
 
-    def __init__(self, ep: Any, arguments: _Arguments, constants: dict[str, Any]) -> None:
+    def __init__(self, ep: Any, arguments: _Arguments, constants: dict[str, Any], no_grad: set[str] = frozenset()
+                 ) -> None:
         from torch.export.graph_signature import ConstantArgument, InputKind, OutputKind
         self.InputKind, self.OutputKind, self.ConstantArgument = InputKind, OutputKind, ConstantArgument
         self.gm, self.arguments, self.constants = ep.graph_module, arguments, constants
@@ -277,6 +328,9 @@ class _Program:
         self.in_spec, self.out_spec = ep.call_spec.in_spec, ep.call_spec.out_spec
         self.ranges = dict(ep.range_constraints)  # symbolic dim -> its allowed sizes (dynamic_shapes)
         self.problems: list[tuple[str, str, str]] | None = None
+        # nodes whose results carry no gradient: torch's `.detach()` (an `alias` once decomposed) and the
+        # ops of `torch.no_grad()` regions; an import that let gradients through them trained wrongly
+        self.detached = {n for n in self.nodes if n.op == "call_function" and _stops_gradient(n, no_grad)}
         self._dims: list[tuple[str, int, Any, int]] = []  # one call's symbolic input dims (`_check_dims`)
 
     def _input(self, v: Any, node: Any, s: Any, name: str) -> Any:
@@ -411,6 +465,9 @@ class _Program:
                 a = torch.utils._pytree.tree_map(_to_avalon, a)
                 k = torch.utils._pytree.tree_map(_to_avalon, k)
                 env[node] = self._apply(node, a, k)
+                if node in self.detached:
+                    env[node] = torch.utils._pytree.tree_map(
+                        lambda v: ops.stop_gradient(v) if isinstance(v, Tensor) and v.dtype.is_float else v, env[node])
             elif node.op == "get_attr":
                 attr = getattr(gm, node.target)
                 env[node] = (self._subgraph(attr) if isinstance(attr, torch.fx.GraphModule)
@@ -472,7 +529,8 @@ def from_torch(module: Any, *example_args: Any, kwargs: dict | None = None,
     import torch
     from torch.export.graph_signature import OutputKind
     kwargs = dict(kwargs or {})
-    ep = _export(module, tuple(example_args), kwargs, dynamic_shapes)
+    ep, no_grad = _export(module, tuple(example_args), kwargs, dynamic_shapes)
+    _warn_custom_functions(module, tuple(example_args), kwargs)
     training = bool(module.training)
     _check_graph(ep.graph_module)
 
@@ -501,7 +559,7 @@ def from_torch(module: Any, *example_args: Any, kwargs: dict | None = None,
     for s in ep.graph_signature.output_specs:
         if s.kind not in (OutputKind.USER_OUTPUT, OutputKind.BUFFER_MUTATION, OutputKind.TOKEN):
             raise UnsupportedOp(f"av.from_torch: output kind {s.kind.name} ({s.target}) is not supported")
-    program = _Program(ep, _Arguments(module, tuple(example_args), kwargs), constants)
+    program = _Program(ep, _Arguments(module, tuple(example_args), kwargs), constants, no_grad)
     mode = "train" if training else "eval"
     model = ImportedModel(state, ImportedProgram(program.run, f"{type(module).__name__} from torch.export, "
                                                               f"{mode} mode"), training)
