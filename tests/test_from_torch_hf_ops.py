@@ -137,7 +137,7 @@ def test_sdpa_kept_whole_with_gqa_and_masks(mode):
     torch.manual_seed(0)
     x, mask = torch.randn(2, 5, 16), torch.rand(5, 5) > 0.3
     mask.fill_diagonal_(True)
-    ep = _export(Attention(mode).eval(), (x, mask), {})
+    ep, _ = _export(Attention(mode).eval(), (x, mask), {})
     assert "aten.scaled_dot_product_attention.default" in {str(n.target) for n in ep.graph.nodes}
     _check(Attention(mode), x, mask)
 
@@ -271,6 +271,6 @@ class Resize(tnn.Module):
 def test_upsample_ops_of_f_interpolate():
     torch.manual_seed(0)
     args = (torch.randn(2, 3, 7, 5), torch.randn(2, 1, 2, 3, 3))
-    targets = {str(n.target) for n in _export(Resize().eval(), args, {}).graph.nodes}
+    targets = {str(n.target) for n in _export(Resize().eval(), args, {})[0].graph.nodes}
     assert {"aten.upsample_bilinear2d.vec", "aten.upsample_nearest2d.vec", "aten.upsample_nearest2d.default"} <= targets
     _check(Resize(), *args)
