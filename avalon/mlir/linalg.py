@@ -71,12 +71,22 @@ def _compute_type(op: Op, d) -> object:
 def lower_op(e: LinalgEmitter, op: Op, args: list[V]) -> list[V]:
     """Lower one op, widening f16/bf16 (and i1 of bool_as_int ops) around non-elementwise rules."""
     fn = LINALG.get(op.name)
+    where = f" (from {op.loc})" if op.loc else ""
     if fn is None and op.has_trait("factorization"):
-        raise LoweringError(f"op '{op.name}'{f' (from {op.loc})' if op.loc else ''} is a LAPACK factorization, which "
+        raise LoweringError(f"op '{op.name}'{where} is a LAPACK factorization, which "
                             "upstream MLIR (linalg, tensor, arith) cannot express: compute it outside the exported "
                             "function, or run with backend='numpy', 'cpu' or 'triton'")
     if fn is None:
-        raise LoweringError(f"op '{op.name}' has no linalg lowering (avalon ops --missing lists such ops)")
+        raise LoweringError(f"op '{op.name}'{where} has no linalg lowering (avalon ops --missing lists such ops)")
+    try:
+        return _lower_op(e, op, args, fn)
+    except LoweringError:
+        raise
+    except NotImplementedError as err:  # a rule refusing an attribute value: say which op, and where
+        raise LoweringError(f"op '{op.name}'{where}: {err}") from err
+
+
+def _lower_op(e: LinalgEmitter, op: Op, args: list[V], fn: LinalgRule) -> list[V]:
     types = [plain(r.type) for r in op.results]
     if op.has_trait("elementwise") or op.has_trait("region") or op.name in ("constant", "random"):
         return fn(e, op, args, types)
@@ -95,12 +105,18 @@ def lower_block(e: LinalgEmitter, block: Block, args: Sequence[V]) -> list[V]:
     return [env[v] for v in block.results]
 
 
-def lower_function(graph: Graph, name: str | None = None) -> str:
-    """One `func.func` computing `graph` (its arguments typed as the graph's inputs)."""
+def lower_function(graph: Graph, name: str | None = None, bf16_as_f32: bool = False) -> str:
+    """One `func.func` computing `graph` (its arguments typed as the graph's inputs). `bf16_as_f32`:
+    bf16 arguments and results are f32 at the boundary (Avalon holds bf16 in f32 on the host; a
+    runtime without bf16 arrays passes them so), rounded to bf16 inside and widened back on return."""
     e = LinalgEmitter()
-    args = [V(f"%arg{i}", plain(v.type)) for i, v in enumerate(graph.inputs)]
-    outs = lower_block(e, graph.body, args)
-    sig = ", ".join(f"{a.name}: {ty(a.t)}" for a in args)
+
+    def host(t: TensorType) -> TensorType:
+        return t.with_dtype(dt.float32) if bf16_as_f32 and t.dtype == dt.bfloat16 else t
+    params = [V(f"%arg{i}", host(plain(v.type))) for i, v in enumerate(graph.inputs)]
+    args = [convert(e, p, v.type.dtype) for p, v in zip(params, graph.inputs)]
+    outs = [convert(e, o, host(o.t).dtype) for o in lower_block(e, graph.body, args)]
+    sig = ", ".join(f"{a.name}: {ty(a.t)}" for a in params)
     rt = ", ".join(ty(o.t) for o in outs)
     ret = f"    func.return {', '.join(o.name for o in outs)} : {rt}" if outs else "    func.return"
     fname = ident(name or graph.name, "forward")

@@ -40,6 +40,8 @@ def _matmul(e: LinalgEmitter, op: Op, args: list[V], types: list[TensorType]) ->
 
 def _named(e: LinalgEmitter, name: str, x: V, y: V, out: TensorType, attrs: str = "") -> V:
     f = _fill0(e, out)
+    if x.t.numel == 0 or y.t.numel == 0:  # nothing to sum over: zeros (IREE warns of reading f's tensor.empty)
+        return f
     return e.op(f"{name}{attrs} ins({x.name}, {y.name} : {ty(x.t)}, {ty(y.t)}) outs({f.name} : {ty(out)}) -> {ty(out)}",
                 out)
 

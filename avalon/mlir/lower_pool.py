@@ -30,10 +30,17 @@ def _pool(e: LinalgEmitter, kind: str, x: V, kernel, strides, out: TensorType, i
 
 @rule("max_pool2d")
 def _max_pool2d(e: LinalgEmitter, op: Op, args: list[V], types: list[TensorType]) -> list[V]:
+    from .linalg import convert
     x = args[0]
+    out = types[0]
+    if x.d in (dt.uint8, dt.bool_):
+        # linalg.pooling_nchw_max compares signed (arith.maxsi: uint8 200 < 100, i1 true < false) and
+        # upstream has no unsigned NCHW variant: pool the values zero-extended to i32, then narrow back
+        x, out = convert(e, x, dt.int32), out.with_dtype(dt.int32)
     ph, pw = op.attrs["padding"]
     xp = e.pad(x, [0, 0, ph, pw], [0, 0, ph, pw], lowest(x.d))
-    return [_pool(e, "max", xp, op.attrs["kernel"], op.attrs["stride"], types[0], lowest(x.d))]
+    y = _pool(e, "max", xp, op.attrs["kernel"], op.attrs["stride"], out, lowest(x.d))
+    return [convert(e, y, types[0].dtype)]
 
 
 def divisor(attrs: dict, hw: tuple[int, int], out_hw: tuple[int, int]) -> np.ndarray:

@@ -39,7 +39,23 @@ def widen(e: LinalgEmitter, x: V) -> V:
 
 def narrow(e: LinalgEmitter, x: V, d: DType) -> V:
     """An f32 result back to a low-precision `d` (round to nearest even)."""
+    if d == dt.bfloat16 and x.d == dt.float32:
+        return to_bf16(e, x)
     return e.convert("arith.truncf", x, d) if d in LOW and x.d == dt.float32 else x
+
+
+def to_bf16(e: LinalgEmitter, x: V) -> V:
+    """f32 -> bf16 rounded to nearest even on the bits first, as the reference's `round_bf16` (nan
+    stays a quiet nan of its sign), so the `arith.truncf` after it is exact: IREE's CPU backend
+    computes bf16 in f32 and folds `extf(truncf(x))` in one body into x, dropping the rounding."""
+    i32 = dt.int32
+    bits = e.convert("arith.bitcast", x, i32)
+    lsb = e.arith("arith.andi", e.arith("arith.shrui", bits, e.const(16, i32)), e.const(1, i32))
+    high = e.const(-65536, i32)  # 0xFFFF0000
+    rounded = e.arith("arith.andi", e.arith("arith.addi", e.arith("arith.addi", bits, e.const(0x7FFF, i32)), lsb), high)
+    nan = e.arith("arith.andi", e.arith("arith.ori", bits, e.const(0x00400000, i32)), high)
+    r = e.select(e.cmp("cmpf", "uno", x, x), nan, rounded)
+    return e.convert("arith.truncf", e.convert("arith.bitcast", r, dt.float32), dt.bfloat16)
 
 
 def _float_unary(fn: Callable[[LinalgEmitter, V], V]) -> ScalarFn:
@@ -50,6 +66,27 @@ _MATH = {"exp": "math.exp", "log": "math.log", "tanh": "math.tanh", "sqrt": "mat
          "sin": "math.sin", "cos": "math.cos"}
 for _n, _m in _MATH.items():
     SCALAR[_n] = _float_unary(lambda e, x, m=_m: e.arith(m, x))
+
+
+def _erf64(e: LinalgEmitter, x: V) -> V:
+    """f64 erf without `math.erf`, which IREE cannot compile for f64 (it expands only the f32 one):
+    erf(x) = 2/sqrt(pi) exp(-x^2) sum_n 2^n x^(2n+1) / (1 3 5 ... (2n+1)), a series of positive terms
+    (no cancellation), 120 of them reaching 1e-15 relative up to |x| = 6, beyond which erf is +-1 in
+    f64; nan stays nan."""
+    ax = e.arith("arith.minimumf", e.arith("math.absf", x), e.const(6.0, x.d))
+    x2 = e.arith("arith.mulf", ax, ax)
+    two_x2 = e.arith("arith.addf", x2, x2)
+    t = s = ax
+    for n in range(1, 120):
+        t = e.arith("arith.mulf", e.arith("arith.mulf", t, two_x2), e.const(1.0 / (2 * n + 1), x.d))
+        s = e.arith("arith.addf", s, t)
+    r = e.arith("arith.mulf", e.arith("math.exp", e.arith("arith.negf", x2)), s)
+    r = e.arith("arith.minimumf", e.arith("arith.mulf", r, e.const(2.0 / 3.141592653589793 ** 0.5, x.d)),
+                e.const(1.0, x.d))
+    return e.arith("math.copysign", r, x)
+
+
+SCALAR["erf"] = _float_unary(lambda e, x: _erf64(e, x) if x.d == dt.float64 else e.arith("math.erf", x))
 SCALAR["rsqrt"] = _float_unary(lambda e, x: e.arith("arith.divf", e.const(1.0, x.d), e.arith("math.sqrt", x)))
 
 
@@ -241,11 +278,15 @@ def cast(e: LinalgEmitter, x: V, to: DType) -> V:
             src = x.d
         if to.itemsize > src.itemsize:
             return e.convert("arith.extf", x, to)
+        if to == dt.bfloat16:  # (f64 through f32, as the reference rounds it)
+            return to_bf16(e, x if src == dt.float32 else e.convert("arith.truncf", x, dt.float32))
         return e.convert("arith.truncf", x, to)
     if src.is_float:
         if to in dt.SMALL_INTS:  # through i64, wrapping as the reference (torch's CPU kernels)
             return e.convert("arith.trunci", e.convert("arith.fptosi", x, dt.int64), to)
         return e.convert("arith.fptosi", x, to)
+    if to == dt.bfloat16:  # (through f32, as the reference rounds it)
+        return to_bf16(e, e.convert(unsigned("arith.sitofp", src), x, dt.float32))
     if to.is_float:
         return e.convert(unsigned("arith.sitofp", src), x, to)
     if to.itemsize == src.itemsize:

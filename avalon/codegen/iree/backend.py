@@ -24,7 +24,6 @@ import numpy as np
 
 from avalon.channels import get_logger
 from avalon.ir import Graph
-from avalon.ir import dtypes as dt
 from avalon.mlir.linalg import lower_function
 from avalon.passes.target import Target
 from avalon.tensor import as_array
@@ -42,7 +41,31 @@ no memory plan; no strided reads, so the layout pass keeps every value row-major
 
 DEFAULT_FLAGS = ("--iree-llvmcpu-target-cpu=host", "--iree-input-demote-f64-to-f32=false", "--iree-opt-level=O3")
 NO_TRANSPOSE_PROPAGATION = "--iree-global-opt-propagate-transposes=false"
+NO_AGGRESSIVE_FUSION = "--iree-dispatch-creation-enable-aggressive-fusion=false"
+SYSTEM_LINKER = "--iree-llvmcpu-link-embedded=false"
 _TRANSPOSE_BUG = "'linalg.yield' op expected number of yield values"
+WORKAROUNDS = (
+    # IREE 3.x's transpose propagation rewrites a multi-result linalg.generic one of whose results is
+    # transposed into a generic that yields more values than it has outs (`y = x * 2; return y.T, y.exp()`).
+    (_TRANSPOSE_BUG, NO_TRANSPOSE_PROPAGATION),
+    # Its aggressive dispatch fusion (on from --iree-opt-level=O2) moves a multi-use producer into a
+    # dispatch before its operands are defined (label-smoothed cross-entropy's gradient: "operand #0
+    # does not dominate this use"), or fuses a write into a dispatch it cannot distribute (GRU and
+    # LSTM gradients: "restricted to workgroup distributed contexts").
+    ("does not dominate this use", NO_AGGRESSIVE_FUSION),
+    ("restricted to workgroup distributed contexts", NO_AGGRESSIVE_FUSION),
+    ("failed on workgroup distribution verification", NO_AGGRESSIVE_FUSION),
+    # f64 tanh, sin and cos have no polynomial expansion in IREE (f32 ones do): they become libm calls,
+    # which the embedded linker cannot resolve ("undefined symbol: tanh"); the system linker makes a
+    # shared object that takes them from the process's libm.
+    ("undefined symbol: ", SYSTEM_LINKER),
+    # ... and when such a call sits in a constant expression (a mel filterbank's cos of an iota), IREE's
+    # compile-time evaluator links it with the embedded linker anyway: evaluate it at run time instead.
+    ("undefined symbol: ", "--iree-opt-const-eval=false"),
+)
+"""(a failed compile's diagnostic, the flag that avoids that IREE bug): valid modules (upstream
+verifies them) that IREE's optimizations break; only a module that failed is compiled again, with
+the flag added, so no other module's code changes."""
 
 
 def flags(base: Sequence[str] = DEFAULT_FLAGS) -> list[str]:
@@ -95,20 +118,19 @@ def compile_module(source: str, extra_flags: Sequence[str] = (), base: Sequence[
     """IREE's compiled module (a .vmfb) for llvm-cpu from MLIR text; a failure raises
     `IreeCompileError` (short message, full output kept on it)."""
     args = [*flags(base), *extra_flags]
-    try:
-        return ireec.compile_str(source, target_backends=["llvm-cpu"], extra_args=args)
-    except ireec.CompilerToolError as e:
-        full = str(e)
-    if _TRANSPOSE_BUG in full and not any(a.startswith(NO_TRANSPOSE_PROPAGATION.split("=")[0]) for a in args):
-        # IREE 3.x's transpose propagation rewrites a multi-result linalg.generic one of whose results
-        # is transposed into a generic that yields more values than it has outs (a valid module:
-        # `y = x * 2; return y.T, y.exp()`); without that optimization the module compiles. Only
-        # modules that failed are compiled again, so no other module's code changes.
-        _LOG.debug("iree-compile hit its transpose-propagation bug; compiling again with %s", NO_TRANSPOSE_PROPAGATION)
+    while True:
         try:
-            return ireec.compile_str(source, target_backends=["llvm-cpu"], extra_args=[*args, NO_TRANSPOSE_PROPAGATION])
+            return ireec.compile_str(source, target_backends=["llvm-cpu"], extra_args=args)
         except ireec.CompilerToolError as e:
             full = str(e)
+        # a known IREE bug whose flag the user has not set either way: compile again without that
+        # optimization (the first such entry for the diagnostic; the next one if that did not help)
+        fix = next((flag for sign, flag in WORKAROUNDS if sign in full
+                    and not any(a.startswith(flag.split("=")[0]) for a in args)), None)
+        if fix is None:
+            break
+        _LOG.debug("iree-compile hit a known bug of its own; compiling again with %s", fix)
+        args = [*args, fix]
     _LOG.debug("iree-compile failed:\n%s", full)
     _LOG.debug("the module:\n%s", source)
     raise compile_error(full, source) from None
@@ -130,15 +152,13 @@ class IreeExecutable:
     kernel_suffix = ".mlir"
 
     def __init__(self, graph: Graph, extra_flags: Sequence[str] = (), base: Sequence[str] = DEFAULT_FLAGS):
-        bf16 = [str(v.type) for v in [*graph.inputs, *graph.outputs] if v.type.dtype == dt.bfloat16]
-        if bf16:
-            raise NotImplementedError(f"backend='iree' does not take bf16 inputs or outputs yet ({bf16[0]}); "
-                                      "cast to f32 at the boundary or use backend='numpy'")
         self.name = "main"
-        self.source = "module {\n" + lower_function(graph, self.name) + "\n}\n"
+        # bf16 crosses the boundary as the f32 Avalon holds it in (the module rounds it, exactly)
+        self.source = "module {\n" + lower_function(graph, self.name, bf16_as_f32=True) + "\n}\n"
         self.kernels = {graph.name: self.source}
         self.in_types = [v.type for v in graph.inputs]
         self.n_out = len(graph.outputs)
+        self.out_dtypes = [v.type.dtype.np for v in graph.outputs]
         self.vmfb = compile_module(self.source, extra_flags, base)
         self._ctx = ireert.SystemContext(config=_config())
         self._ctx.add_vm_module(ireert.VmModule.copy_buffer(self._ctx.instance, self.vmfb))
@@ -152,7 +172,9 @@ class IreeExecutable:
         if self.n_out == 0:
             return ()
         outs = out if isinstance(out, (tuple, list)) else (out,)
-        return tuple(np.array(o.to_host() if hasattr(o, "to_host") else o) for o in outs)
+        # a uint8 result comes back as the i8 the module stores it as (the same bits): view it as uint8
+        return tuple(np.array(o.to_host() if hasattr(o, "to_host") else o).view(d)
+                     for o, d in zip(outs, self.out_dtypes))
 
 
 class IreeBackend:
