@@ -27,7 +27,6 @@ from .amp import autocast, get_autocast_dtype, is_autocast_enabled, set_autocast
 from .autograd import custom_vjp
 from .checkpoint import CheckpointError, load, save
 from .compiler import compile, grad, value_and_grad, vmap  # noqa: A004  (av.compile, like torch.compile)
-from .control_flow import cond, while_loop
 from .complex import (  # complex values as pairs of real tensors (avalon/complex.py)
     ComplexTensor,
     angle,
@@ -43,6 +42,7 @@ from .complex import (  # complex values as pairs of real tensors (avalon/comple
     view_as_complex,
     view_as_real,
 )
+from .control_flow import cond, while_loop
 from .device import Device, best_available_device, device
 from .grad_mode import enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled
 from .interop import from_torch

@@ -337,14 +337,15 @@ def test_float_modulus_special_values_and_gradients():
     # derivatives where the result is an exact zero or the quotient is huge: 1 in the dividend (a signed-zero
     # `where` and trunc's pass-through above 2**52 cut it to 0), -trunc(a / b) in the divisor; and f32 is exact
     a, b = np.array([0.0, -4.0, 4.0, -0.0, 1e30, 6.0], np.float32), np.array([1.0, 2.0, -2.0, 3.0, 1.0, 1.5], np.float32)
-    for name in ("fmod", "remainder"):
+    for ours, theirs in ((av.fmod, torch.fmod), (av.remainder, torch.remainder)):
         ta, tb = T(a).requires_grad_(), T(b).requires_grad_()
-        want = torch.autograd.grad(getattr(torch, name)(ta, tb).sum(), (ta, tb))
-        got = av.grad(lambda x, y, f=getattr(av, name): f(x, y).sum(), argnums=(0, 1))(a, b)
+        want = torch.autograd.grad(theirs(ta, tb).sum(), (ta, tb))
+        got = av.grad(lambda x, y, f=ours: f(x, y).sum(), argnums=(0, 1))(a, b)
         for g, w in zip(got, want):
             np.testing.assert_array_equal(g.numpy(), w.numpy())
     one, tenth = np.float32(1.0), np.float32(0.1)
     assert av.fmod(av.tensor(one), av.tensor(tenth)).numpy() == np.fmod(one, tenth) > 0.0999  # was 0
+    assert av.fmod(a.astype(np.float16), b.astype(np.float16)).dtype == av.float16  # f64 inside, f16 out
     y = av.tensor([7, -7])
     y %= 3
     assert y.tolist() == [1, 2]
