@@ -102,3 +102,31 @@ def test_torch_cond_and_while_loop_import_from_torch_export():
         m(torch.tensor(x)).sum().backward()
         for name, p in m.named_parameters():
             np.testing.assert_allclose(grads[name].numpy(), p.grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_torch_scan_imports_unrolled():
+    """torch's scan higher-order op (a recurrence over a dimension, here reversed over dim 1) imports
+    unrolled: carries and stacked outputs, and the gradient of the weight it closes over, are torch's."""
+    from torch._higher_order_ops.scan import scan
+
+    torch.manual_seed(0)
+
+    class Decay(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(4))
+
+        def forward(self, x):
+            def step(c, xi):
+                c = c * 0.5 + xi * self.w
+                return c, c.sin()
+            return scan(step, torch.zeros(3, 4), x, dim=1, reverse=True)
+
+    m = Decay()
+    model = av.from_torch(m, torch.randn(3, 5, 4))
+    x = np.random.default_rng(0).standard_normal((3, 5, 4)).astype(np.float32)
+    for got, want in zip(model(x), m(torch.tensor(x))):
+        np.testing.assert_allclose(got.numpy(), want.detach().numpy(), rtol=1e-6, atol=1e-7)
+    g = av.grad(lambda mm, x: sum(o.sum() for o in mm(x)))(model, x)
+    sum(o.sum() for o in m(torch.tensor(x))).backward()
+    np.testing.assert_allclose(g["w"].numpy(), m.w.grad.numpy(), rtol=1e-5)

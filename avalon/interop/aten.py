@@ -995,6 +995,23 @@ def higher_order_while_loop(cond_fn: Any, body_fn: Any, carried: Any, additional
     return while_loop(lambda *c: cond_fn(*c, *extra)[0], lambda *c: body_fn(*c, *extra), tuple(carried))
 
 
+@rule("scan")
+def higher_order_scan(combine_fn: Any, init: Any, xs: Any, additional: Any = ()) -> tuple:
+    """torch's scan (torch._higher_order_ops.scan) over dim 0 of `xs`, unrolled (a trace is straight-line
+    code): combine_fn(*carry, *slices, *additional) gives the next carry, then this step's outputs,
+    which are stacked. torch.export has moved the user's `dim` to 0 and flipped `reverse` already."""
+    carry, extra, xs = list(init), tuple(additional), list(xs)
+    n = xs[0].shape[0] if xs else 0
+    if n == 0:
+        raise UnsupportedOp("scan over an empty dimension is not supported (its outputs' shapes come from no step)")
+    steps = []
+    for i in range(n):
+        out = combine_fn(*carry, *(x[i] for x in xs), *extra)
+        carry, ys = list(out[:len(carry)]), out[len(carry):]
+        steps.append(ys)
+    return (*carry, *(ops.stack([s[j] for s in steps]) for j in range(len(steps[0]))))
+
+
 ATEN["<built-in function getitem>"] = operator.getitem
 for _f in (operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.mod, operator.neg,
            operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge):
