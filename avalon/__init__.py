@@ -50,6 +50,22 @@ from .ir import Interpreter, interpret
 from .ir.dtypes import bfloat16, bool_, float16, float32, float64, int8, int16, int32, int64, uint8
 from .nn.stft import istft, stft
 from .nn.torch_functions import *  # noqa: F403  (torch.conv2d, layer_norm, batch_norm, dropout, kl_div, ...)
+from .nn.torch_surface import (  # torch.poisson, binomial, conv_tbc, ...
+    affine_grid_generator,
+    binomial,
+    conv_tbc,
+    convolution,
+    grid_sampler,
+    gru_cell,
+    lstm_cell,
+    max_pool1d_with_indices,
+    native_channel_shuffle,
+    native_dropout,
+    native_layer_norm,
+    poisson,
+    rnn_relu_cell,
+    rnn_tanh_cell,
+)
 from .ops import (  # torch's tensor functions: `import avalon as av` ports `import torch` code
     abs,
     absolute,
@@ -370,6 +386,7 @@ from .ops import (  # torch's tensor functions: `import avalon as av` ports `imp
 from .ops import torch_take as take  # torch.take (flattened); ops.take is the primitive's axis form
 from .ops.info import finfo, iinfo
 from .ops.torch_aliases import *  # noqa: F403  (torch.clone, normal, range, hsplit, windows, torch.relu_(t), ...)
+from .ops.torch_surface import *  # noqa: F403  (nonzero_static, the *_copy view functions, frombuffer, ...)
 from .precision import (
     are_deterministic_algorithms_enabled,
     backends,

@@ -301,6 +301,11 @@ def _set_data(t: Tensor, val: Tensor) -> None:
         t._data = src
 
 
+def _kind(d: Any) -> int:
+    """torch's casting categories for in-place results: bool < integer < float < complex."""
+    return 3 if getattr(d, "is_complex", False) else 2 if d.is_float else 1 if getattr(d, "is_int", False) else 0
+
+
 def _update(t: Tensor, new: Any, what: str) -> Tensor:
     """torch's in-place rule (`x.add_(y)`, `x += y`): the result keeps `t`'s shape and dtype and is
     written into `t` itself, so every reference to the object sees it (eagerly and in a trace)."""
@@ -313,7 +318,7 @@ def _update(t: Tensor, new: Any, what: str) -> Tensor:
         raise ValueError(f"{what}: the result has shape {new.shape}, but the tensor written in place has "
                          f"shape {t.shape} (an in-place op cannot broadcast the tensor it writes)")
     if new.dtype is not t.dtype:
-        if new.dtype.is_float and not t.dtype.is_float:
+        if _kind(new.dtype) > _kind(t.dtype):  # float into an integer or bool tensor, an integer into bool
             raise TypeError(f"{what}: result type {new.dtype.name} can't be cast to the {t.dtype.name} "
                             "tensor written in place (as in torch); use the out-of-place form")
         new = _ops.cast(new, t.dtype)
@@ -554,9 +559,13 @@ class Tensor:
         torch, `x.to(dtype)` and `x.to(other_tensor)` (or `tensor=other_tensor`) work too. `memory_format` is
         accepted and has no effect: Avalon tensors have no strides; the layout pass picks kernels' layouts."""
         device = tensor if tensor is not None else device
+        if isinstance(dtype, bool) and (isinstance(device, Tensor) or _is_dtype(device)):
+            dtype = None  # torch's x.to(dtype_or_tensor, non_blocking): its second positional argument
         if isinstance(device, Tensor):
             device, dtype = device.device, device.dtype if dtype is None else dtype
         elif device is not None and not isinstance(device, (str, Device)) and _is_dtype(device):
+            if dtype is not None:  # (x.to(float64, int64) kept the first and dropped the second)
+                raise TypeError(f"to(): got two dtypes, {device} and {dtype}; give one")
             device, dtype = None, device
         elif _complex_dtype(device) or _complex_dtype(dtype):  # x.to(torch.cfloat): a ComplexTensor
             from .complex import _lift
@@ -988,6 +997,10 @@ class Tensor:
     masked_select = _method("masked_select")
     masked_scatter = _method("masked_scatter")
     nonzero = _method("nonzero")
+    nonzero_static = _method("nonzero_static")
+    adjoint = _method("adjoint")
+    lu = _method("lu")
+    lu_solve = _method("lu_solve")
     argwhere = _method("argwhere")
     unique = _method("unique")
     unique_consecutive = _method("unique_consecutive")
@@ -1190,6 +1203,11 @@ class Tensor:
         shape = _ops.core._shape_kw("expand", shape, "size", size)
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
         lead = len(shape) - self.ndim
+        for i, s in enumerate(shape[:max(lead, 0)]):
+            if s == -1:  # no size to keep: shape[i - lead] would wrap to a trailing dim
+                raise _ops.core.fail(_ops.core.ArgumentError(
+                    f"expand: the expanded size of the tensor (-1) isn't allowed in a leading, non-existing "
+                    f"dimension {i} (expanding shape {self.shape} to {tuple(shape)})"))
         out = _ops.broadcast_to(self, [self.shape[i - lead] if s == -1 else s for i, s in enumerate(shape)])
         return _views.link(self, out, _views.Expand(out.shape))  # a read-only view, as in torch
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import functional, init, parallel, utils
-from .cells import GRUCell, LSTMCell, RNNCell
+from .cells import GRUCell, LSTMCell, RNNCell, RNNCellBase
 from .containers import ModuleDict, ParameterDict, ParameterList
 from .conv_transpose import ConvTranspose2d
 from .functional import conv2d, relu, sigmoid, tanh
@@ -210,11 +210,37 @@ def maxpool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0) ->
 
 Buffer = NnBuffer  # torch.nn.Buffer: a tensor that registers itself as a buffer when assigned to a module
 from . import modules  # noqa: E402  (torch.nn.modules.loss's _Loss, _WeightedLoss)
+from . import torch_surface as _surface  # noqa: E402
 from .adaptive import AdaptiveLogSoftmaxWithLoss  # noqa: E402
 from .parallel import DataParallel  # noqa: E402  (torch.nn.DataParallel; DistributedDataParallel is in nn.parallel)
+from .torch_surface import (  # noqa: E402  (LinearCrossEntropyLoss subclasses modules.loss's _WeightedLoss)
+    Container,
+    CrossMapLRN2d,
+    FractionalMaxPool2d,
+    FractionalMaxPool3d,
+    LinearCrossEntropyLoss,
+    LinearCrossEntropyOptions,
+    NLLLoss2d,
+    UninitializedBuffer,
+    UninitializedParameter,
+)
+
+
+def _add_functional() -> None:
+    """F.linear_cross_entropy, fractional_max_pool2d/3d, conv_tbc, ... (avalon/nn/torch_surface.py, which
+    builds on layers that import functional, so it joins functional's namespace once both exist)."""
+    for name in _surface.FUNCTIONAL:
+        setattr(functional, name, getattr(_surface, name))
+        if name not in functional.__all__:
+            functional.__all__.append(name)
+
+
+_add_functional()
 
 __all__ = [
     "AdaptiveLogSoftmaxWithLoss", "Buffer", "DataParallel", "modules", "parallel",
+    "Container", "CrossMapLRN2d", "FractionalMaxPool2d", "FractionalMaxPool3d", "LinearCrossEntropyLoss",
+    "LinearCrossEntropyOptions", "NLLLoss2d", "RNNCellBase", "UninitializedBuffer", "UninitializedParameter",
     "AdaptiveAvgPool1d", "AdaptiveMaxPool1d", "AvgPool1d", "Bilinear", "CELU", "CircularPad1d", "CircularPad2d",
     "CircularPad3d", "ConstantPad1d", "ConstantPad2d", "ConstantPad3d", "Conv3d", "CosineSimilarity", "Dropout1d",
     "Dropout2d", "Dropout3d", "EmbeddingBag", "GLU", "Hardshrink", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",

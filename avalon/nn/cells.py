@@ -13,17 +13,19 @@ from .layers import _dtype, _place, empty
 from .module import Module
 
 
-class _CellBase(Module):
-    _gates = 1
+class RNNCellBase(Module):
+    """torch.nn.RNNCellBase: `num_chunks` gate blocks of `weight_ih` (num_chunks * hidden_size, input_size),
+    `weight_hh`, `bias_ih` and `bias_hh`, every one ~ U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)); the
+    base of RNNCell, LSTMCell and GRUCell, and of custom cells subclassing it as in torch."""
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device: Any = None,
+    def __init__(self, input_size: int, hidden_size: int, bias: bool, num_chunks: int, device: Any = None,
                  dtype: Any = None) -> None:
         super().__init__()
         if input_size <= 0 or hidden_size <= 0:
             raise ValueError(f"{type(self).__name__}: input_size and hidden_size must be positive")
         d = _dtype(dtype)
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
-        g = self._gates * hidden_size
+        g = num_chunks * hidden_size
         self.weight_ih = empty((g, input_size), d)
         self.weight_hh = empty((g, hidden_size), d)
         self.bias_ih = empty((g,), d) if bias else None
@@ -52,10 +54,24 @@ class _CellBase(Module):
         if h is None:
             return ops.zeros((n, self.hidden_size), dtype=dtype)
         h = F._t(h)
-        return h if batched else ops.expand_dims(h, 0)
+        h = h if batched else ops.expand_dims(h, 0)
+        if h.shape != (n, self.hidden_size):  # a (1, H) state would broadcast over the batch without a word
+            want = (n, self.hidden_size) if batched else (self.hidden_size,)
+            raise ops.fail(ValueError(f"{type(self).__name__}: expected hidden state of shape {want} for input batch "
+                                      f"size {n}, got {tuple(h.shape) if batched else tuple(h.shape[1:])}"))
+        return h
 
     def extra_repr(self) -> str:
-        return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
+        s = f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
+        return s + (f", nonlinearity={self.nonlinearity}" if getattr(self, "nonlinearity", "tanh") != "tanh" else "")
+
+
+class _CellBase(RNNCellBase):
+    _gates = 1
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device: Any = None,
+                 dtype: Any = None) -> None:
+        super().__init__(input_size, hidden_size, bias, self._gates, device, dtype)
 
 
 class RNNCell(_CellBase):
@@ -110,4 +126,4 @@ class GRUCell(_CellBase):
         return h if batched else ops.squeeze(h, 0)
 
 
-__all__ = ["GRUCell", "LSTMCell", "RNNCell"]
+__all__ = ["GRUCell", "LSTMCell", "RNNCell", "RNNCellBase"]

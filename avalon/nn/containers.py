@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+import numpy as np
+
 from ..tensor import Tensor
 from .module import Module, Parameter
 
@@ -120,10 +122,23 @@ class _Mapping(_Keyed):
         return value
 
 
+def _module_item(container: str, key: Any, value: Any) -> Any:
+    """torch's TypeError for a container item that is plainly not a layer (a string such as "relu", a
+    number, a tensor): refused where it is added rather than when the model first runs. Plain-class
+    modules (Avalon needs no base class) and None pass, as torch's add_module lets None pass."""
+    if isinstance(value, (str, bytes, int, float, complex, np.ndarray, Tensor)):
+        raise TypeError(f"{container}: item {key!r} is a {type(value).__name__} ({value!r:.60}), which is not a "
+                        "Module subclass; pass a layer such as nn.ReLU()")
+    return value
+
+
 class ModuleDict(_Mapping):
     """An ordered dict of modules whose parameters are named `<key>.<param>`."""
 
     _auto = Module
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, _module_item("ModuleDict", key, value))
 
     def __init__(self, modules: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None) -> None:
         super().__init__()

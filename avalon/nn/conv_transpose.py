@@ -61,6 +61,7 @@ def conv_transpose2d(input: Any, weight: Any, bias: Any = None, stride: Any = 1,
     if w.shape[0] != c or c % groups:
         raise ValueError(f"conv_transpose2d: input {x.shape} has {c} channels; weight {w.shape} with "
                          f"groups={groups} expects weight.shape[0] == {c}, divisible by groups")
+    F._check_bias("conv_transpose2d", w, bias, w.shape[1] * groups)
     for i in range(2):
         if op[i] >= max(s[i], d[i]):
             raise ValueError(f"conv_transpose2d: output_padding {op} must be smaller than stride {s} or "

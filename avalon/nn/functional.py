@@ -119,6 +119,10 @@ def relu6(input: Any, inplace: bool = False) -> Tensor:
 def hardtanh(input: Any, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False) -> Tensor:
     """clamp, but with torch's gradient: zero at the bounds themselves (hardtanh_backward's open
     interval; clamp's gradient passes at the bounds), so relu6 at 0 and 6 train as in torch."""
+    if isinstance(min_val, (int, float)) and isinstance(max_val, (int, float)) and min_val > max_val:
+        # torch refuses; the selects below would give max_val or min_val by position
+        raise ops.fail(ValueError(f"hardtanh: min_val cannot be greater than max_val, got min_val={min_val} and "
+                                  f"max_val={max_val}"))
     x = _t(input)
     inside = ops.logical_and(ops.gt(x, min_val), ops.lt(x, max_val))
     clipped = ops.where(ops.le(x, min_val), min_val, ops.where(ops.ge(x, max_val), max_val, x))  # nan stays
@@ -354,6 +358,16 @@ def _normalized_by(x: Tensor, mean: Any, var: Any, eps: float, bshape: tuple) ->
     return ops.mul(ops.sub(x, rm), ops.rsqrt(ops.add(rv, eps)))
 
 
+def _per_channel(fn: str, x: Tensor, **named: Any) -> None:
+    """torch's check that each of a norm's per-channel tensors has one entry per channel (dim 1 of
+    `x`): before a reshape or a state assignment fails naming another op, or a (1,) one broadcasts."""
+    c = x.shape[1]
+    for name, v in named.items():
+        if v is not None and _t(v).numel() != c:
+            raise ops.fail(ops.ArgumentError(f"{fn}: {name} should contain {c} elements not {_t(v).numel()} "
+                                             f"(input of shape {x.shape}, channels in dim 1)"))
+
+
 def _affine(y: Tensor, weight: Any, bias: Any, bshape: tuple) -> Tensor:
     """y * weight + bias, each per channel (broadcast through `bshape`) when given."""
     if weight is not None:
@@ -403,6 +417,7 @@ def bilinear(input1: Any, input2: Any, weight: Any, bias: Any = None) -> Tensor:
         raise ValueError(f"bilinear: inputs {a.shape} and {b.shape} do not fit weight {w.shape} "
                          "((*, in1), (*, in2) and (out, in1, in2))")
     o, i1, i2 = w.shape
+    _check_bias("bilinear", w, bias, o)
     lead = a.shape[:-1]
     wm = ops.reshape(ops.permute(w, (1, 0, 2)), (i1, o * i2))
     t = ops.reshape(ops.matmul(ops.reshape(a, (-1, i1)), wm), (-1, o, i2))
@@ -434,6 +449,30 @@ def linear(input: Any, weight: Any, bias: Any = None) -> Tensor:
     return y if bias is None else ops.add(y, amp.autocast_bias(bias))
 
 
+def _check_conv(op: str, x: Tensor, w: Tensor, bias: Any, groups: int) -> None:
+    """torch's conv argument checks, on the shapes the user gave (conv1d and conv3d run as conv2d
+    on reshaped tensors, whose errors would name conv2d and shapes the user never wrote): the
+    input's channels against the weight's, and a bias of exactly (out_channels,), which would
+    otherwise broadcast a single value over every channel."""
+    if x.ndim >= 2 and w.ndim == x.ndim and x.shape[1] != w.shape[1] * groups:
+        raise ops.fail(ops.ArgumentError(
+            f"{op}: Given groups={groups}, weight of size {list(w.shape)}, expected input{list(x.shape)} to have "
+            f"{w.shape[1] * groups} channels, but got {x.shape[1]} channels instead"))
+    if groups > 0 and w.ndim >= 1 and w.shape[0] % groups:
+        raise ops.fail(ops.ArgumentError(f"{op}: Given groups={groups}, expected weight to be divisible by {groups} at "
+                                         f"dimension 0, but got weight of size {list(w.shape)} instead"))
+    _check_bias(op, w, bias, w.shape[0])
+
+
+def _check_bias(op: str, w: Tensor, bias: Any, out: int) -> None:
+    """A conv's (or bilinear's) bias must be exactly (out_channels,): a (1,) one would broadcast one
+    value over every channel, silently."""
+    if bias is not None and tuple(_t(bias).shape) != (out,):
+        raise ops.fail(ops.ArgumentError(
+            f"{op}: Given weight of size {list(w.shape)}, expected bias to be 1-dimensional with {out} "
+            f"elements, but got bias of size {list(_t(bias).shape)} instead"))
+
+
 def _unbatched(x: Tensor, fn) -> Tensor:
     """Run a 4-d op on a 3-d (C, H, W) input, as torch allows."""
     return ops.squeeze(fn(ops.expand_dims(x, 0)), 0)
@@ -446,6 +485,7 @@ def conv2d(input: Any, weight: Any, bias: Any = None, stride: _Pair = 1, padding
     x, w = _t(input), _t(weight)
     if x.ndim == 3:
         return _unbatched(x, lambda x4: conv2d(x4, w, bias, stride, padding, dilation, groups))
+    _check_conv("conv2d", x, w, bias, groups)
     dh, dw = _pair(dilation)
     if isinstance(padding, str):
         if padding == "valid":
@@ -510,6 +550,8 @@ def avg_pool2d(input: Any, kernel_size: _Pair, stride: _Pair | None = None, padd
         return _unbatched(x, lambda x4: avg_pool2d(x4, kernel_size, stride, padding, ceil_mode, count_include_pad,
                                                    divisor_override))
     k, s, p = _pool_args(kernel_size, stride, padding, "avg_pool2d")
+    if divisor_override is not None and int(divisor_override) == 0:  # (a bare float ZeroDivisionError before)
+        raise ops.fail(RuntimeError("avg_pool2d: divisor must be not zero (divisor_override=0)"))
     if p[0] > k[0] // 2 or p[1] > k[1] // 2:
         raise ValueError(f"pad should be at most half of effective kernel size, but got pad={p} and kernel={k}")
     if not ceil_mode and divisor_override is None:
@@ -716,6 +758,7 @@ def batch_norm(input: Any, running_mean: Tensor | None, running_var: Tensor | No
     if x.ndim < 2:
         raise ValueError(f"batch_norm expects an input of at least 2 dims (N, C, ...), got {x.shape}")
     c = x.shape[1]
+    _per_channel("batch_norm", x, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
     axes = [0] + list(range(2, x.ndim))
     bshape = (1, c) + (1,) * (x.ndim - 2)
     if training:
@@ -750,6 +793,11 @@ def layer_norm(input: Any, normalized_shape: int | Sequence[int], weight: Any = 
     if x.shape[x.ndim - k:] != shape:
         raise ValueError(f"layer_norm: normalized_shape {shape} does not match the trailing dims of input "
                          f"{x.shape}")
+    for name, v in (("weight", weight), ("bias", bias)):  # a (1,) one would broadcast without a word
+        if v is not None and tuple(_t(v).shape) != shape:
+            raise ops.fail(ops.ArgumentError(
+                f"layer_norm: Expected {name} to be of same shape as normalized_shape, but got {name} of shape "
+                f"{list(_t(v).shape)} and normalized_shape = {list(shape)}"))
     axes = list(range(x.ndim - k, x.ndim))
     centered = ops.sub(x, ops.mean(x, axes, keepdims=True))
     var = ops.mean(ops.mul(centered, centered), axes, keepdims=True)
@@ -806,6 +854,7 @@ def instance_norm(input: Any, running_mean: Tensor | None = None, running_var: T
         raise ValueError(f"instance_norm expects an input of at least 3 dims (N, C, ...), got {x.shape}")
     c = x.shape[1]
     axes = list(range(2, x.ndim))
+    _per_channel("instance_norm", x, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
     bshape = (1, c) + (1,) * (x.ndim - 2)
     if use_input_stats:
         count = math.prod(x.shape[2:])

@@ -367,6 +367,8 @@ def conv_transpose3d(input: Any, weight: Any, bias: Any = None, stride: Any = 1,
     if w.shape[0] != c or c % groups:
         raise _err(f"Given transposed=1, weight of size {list(w.shape)}, expected input{list(x.shape)} to have "
                    f"{w.shape[0]} channels, but got {c} channels instead")
+    from .functional import _check_bias
+    _check_bias("conv_transpose3d", w, bias, w.shape[1] * groups)
     if any(op[i] >= max(s[i], d[i]) for i in range(3)):
         raise _err(f"output padding must be smaller than either stride or dilation, but got output_padding_depth: "
                    f"{op[0]} output_padding_height: {op[1]} output_padding_width: {op[2]} stride_depth: {s[0]} "

@@ -60,6 +60,10 @@ def rms_norm(input: Any, normalized_shape: int | Sequence[int], weight: Any = No
                          f"{', '.join(map(str, shape))}], but got input of size{list(x.shape)}")
     if not x.dtype.is_float:
         raise TypeError(f"rms_norm: expected a floating-point input, got {x.dtype.name}")
+    if weight is not None and tuple(_t(weight).shape) != shape:  # a (1,) weight would broadcast silently
+        raise ops.fail(ops.ArgumentError(
+            f"rms_norm: Expected weight to be of same shape as normalized_shape, but got weight of shape "
+            f"{list(_t(weight).shape)} and normalized_shape = {list(shape)}"))
     work = ops.cast(x, dt.float32) if x.dtype in (dt.float16, dt.bfloat16) else x
     e = float(np.finfo(work.dtype.np).eps) if eps is None else float(eps)  # the computing dtype's, as torch
     axes = list(range(x.ndim - k, x.ndim))
@@ -346,6 +350,12 @@ def conv_transpose1d(input: Any, weight: Any, bias: Any = None, stride: Any = 1,
                          f"{w.shape}")
     s, p, op, d = (single("conv_transpose1d", n, v) for n, v in (("stride", stride), ("padding", padding),
                                           ("output_padding", output_padding), ("dilation", dilation)))
+    if w.shape[0] != x.shape[-2]:  # (conv_transpose2d's error would name it and the height-1 shapes)
+        raise ops.fail(ops.ArgumentError(f"conv_transpose1d: Given transposed=1, weight of size {list(w.shape)}, "
+                                         f"expected input{list(x.shape)} to have {w.shape[0]} channels, but got "
+                                         f"{x.shape[-2]} channels instead"))
+    from .functional import _check_bias
+    _check_bias("conv_transpose1d", w, bias, w.shape[1] * int(groups))
     y = conv_transpose2d(ops.expand_dims(x, -2), ops.expand_dims(w, -2), bias, (1, s), (0, p), (0, op), groups,
                          (1, d))
     return ops.squeeze(y, -2)

@@ -202,6 +202,8 @@ def conv3d(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: 
         return ops.squeeze(conv3d(ops.expand_dims(x, 0), w, bias, stride, padding, dilation, groups), 0)
     if x.ndim != 5 or w.ndim != 5:
         raise ValueError(f"conv3d: expected a 4-d or 5-d input and a 5-d weight, got {x.shape} and {w.shape}")
+    from .functional import _check_conv
+    _check_conv("conv3d", x, w, bias, groups)
     s, d = _triple(stride, "stride"), _triple(dilation, "dilation")
     if isinstance(padding, str):
         if padding not in ("valid", "same"):
@@ -253,6 +255,8 @@ def conv1d(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: 
         x = ops.expand_dims(x, 0)
     if x.ndim != 3 or w.ndim != 3:
         raise ValueError(f"conv1d: expected (N, C, L) input and (O, C/groups, K) weight, got {x.shape} and {w.shape}")
+    from .functional import _check_conv
+    _check_conv("conv1d", x, w, bias, groups)
     one = lambda v: v[0] if isinstance(v, (tuple, list)) else v  # noqa: E731
     pad2 = padding if isinstance(padding, str) else (0, _single(padding, "conv1d", "padding"))
     y = conv2d(ops.expand_dims(x, 2), ops.expand_dims(w, 2), bias, (1, one(stride)), pad2, (1, one(dilation)), groups)

@@ -109,7 +109,7 @@ class Conv2d(Module):
         super().__init__()
         if in_channels % groups or out_channels % groups:
             raise ValueError("in_channels and out_channels must be divisible by groups")
-        check_padding_mode("Conv2d", padding_mode)
+        check_padding_mode("Conv2d", padding_mode, padding)
         d = _dtype(dtype)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size = F._pair(kernel_size, "Conv2d", "kernel_size")
@@ -151,10 +151,14 @@ class Conv2d(Module):
         return s + (", bias=False" if self.bias is None else "")
 
 
-def check_padding_mode(layer: str, padding_mode: str) -> None:
+def check_padding_mode(layer: str, padding_mode: str, padding: Any = 0) -> None:
+    """torch's construction-time checks of a conv's padding_mode and of a padding string (which
+    otherwise surfaced only at the first call)."""
     modes = ("zeros", "reflect", "replicate", "circular")
     if padding_mode not in modes:
         raise ValueError(f"{layer}: padding_mode must be one of {modes}, but got padding_mode='{padding_mode}'")
+    if isinstance(padding, str) and padding not in ("valid", "same"):
+        raise ValueError(f"{layer}: Invalid padding string {padding!r}, should be one of {{'valid', 'same'}}")
 
 
 class _MaxPoolNd(Module):
@@ -401,6 +405,9 @@ class Embedding(Module):
         """A table holding a copy of `embeddings` (`freeze` is accepted for torch compatibility: Avalon
         differentiates whatever `av.grad` is asked to, and optimizers update what they are given)."""
         w = as_array(embeddings)
+        if w.ndim != 2:  # (a 1-d table failed on w.shape[1] with a bare IndexError)
+            raise ValueError(f"Embedding.from_pretrained: Embeddings parameter is expected to be 2-dimensional "
+                             f"(num_embeddings, embedding_dim), got shape {w.shape}")
         return cls(w.shape[0], w.shape[1], padding_idx, _weight=w, **kwargs)
 
     def forward(self, input: Any) -> Tensor:
@@ -555,6 +562,10 @@ class ModuleList(_Indexed):
         super().__init__()
         for m in modules or ():
             self.append(m)
+
+    def _set(self, key: Any, value: Any) -> None:
+        from .containers import _module_item
+        super()._set(key, _module_item("ModuleList", key, value))
 
     def __getitem__(self, idx: int | slice) -> Any:
         got = self._get(idx)

@@ -180,6 +180,9 @@ class EmbeddingBag(Module):
                         padding_idx: int | None = None) -> EmbeddingBag:
         """A bag table holding a copy of `embeddings` (`freeze` is accepted as in Embedding)."""
         w = as_array(embeddings)
+        if w.ndim != 2:  # (a 1-d table failed on w.shape[1] with a bare IndexError)
+            raise ValueError(f"EmbeddingBag.from_pretrained: Embeddings parameter is expected to be 2-dimensional "
+                             f"(num_embeddings, embedding_dim), got shape {w.shape}")
         return cls(w.shape[0], w.shape[1], max_norm, norm_type, scale_grad_by_freq, mode, sparse, w,
                    include_last_offset, padding_idx)
 

@@ -215,6 +215,8 @@ def l1_loss(input: Any, target: Any, size_average: bool | None = None, reduce: b
 def smooth_l1_loss(input: Any, target: Any, size_average: bool | None = None, reduce: bool | None = None,
                    reduction: str = "mean", beta: float = 1.0) -> Tensor:
     reduction = _legacy_reduction(size_average, reduce, reduction)
+    if beta < 0:  # (the where below would pick the linear branch everywhere: a different loss, silently)
+        raise ops.fail(RuntimeError(f"smooth_l1_loss does not support negative values for beta, got beta={beta}"))
     d = ops.abs(ops.sub(*_warn_size(_t(input), _t(target), "smooth_l1_loss")))
     if beta == 0.0:
         return _reduce(d, reduction)
@@ -223,6 +225,8 @@ def smooth_l1_loss(input: Any, target: Any, size_average: bool | None = None, re
 
 
 def huber_loss(input: Any, target: Any, reduction: str = "mean", delta: float = 1.0, weight: Any = None) -> Tensor:
+    if not delta > 0:
+        raise ops.fail(RuntimeError(f"huber_loss does not support non-positive values for delta, got delta={delta}"))
     d = ops.abs(ops.sub(*_warn_size(_t(input), _t(target), "huber_loss")))
     loss = ops.where(ops.lt(d, delta), ops.mul(ops.mul(d, d), 0.5), ops.mul(ops.sub(d, 0.5 * delta), delta))
     return _reduce(loss if weight is None else ops.mul(loss, weight), reduction)
@@ -248,6 +252,13 @@ def binary_cross_entropy(input: Any, target: Any, weight: Any = None, size_avera
                 f"binary_cross_entropy: all elements of input should be between 0 and 1, got {v[bad].flat[0]} at "
                 f"index {tuple(int(i) for i in np.argwhere(bad)[0])}; for logits (no sigmoid applied) use "
                 "binary_cross_entropy_with_logits (nn.BCEWithLogitsLoss)"))
+    if values_fixed(t) and t.numel():  # torch checks the target too: t = 2 gives a finite, meaningless loss
+        v = t.numpy()
+        bad = ~((v >= 0) & (v <= 1))
+        if bad.any():
+            raise ops.fail(RuntimeError(
+                f"binary_cross_entropy: all elements of target should be between 0 and 1, got {v[bad].flat[0]} at "
+                f"index {tuple(int(i) for i in np.argwhere(bad)[0])}"))
     one_m = ops.sub(1.0, x)
     log_x = ops.stop_gradient(ops.maximum(ops.log(x), -100.0))
     log_1mx = ops.stop_gradient(ops.maximum(ops.log(one_m), -100.0))
@@ -281,6 +292,11 @@ def kl_div(input: Any, target: Any, size_average: bool | None = None, reduce: bo
     0 log 0 = 0; `log_target=True` takes log t. 'batchmean' divides the sum by the batch size (the
     true KL divergence per sample); 'mean' divides by the element count, as torch."""
     reduction = _legacy_reduction(size_average, reduce, reduction)
+    if reduction == "mean":  # torch's warning: 'mean' is rarely the KL divergence the user means
+        warnings.warn("kl_div: reduction: 'mean' divides the total loss by both the batch size and the support size."
+                      "'batchmean' divides only by the batch size, and aligns with the KL div math definition."
+                      "'mean' will be changed to behave the same as 'batchmean' in the next major release.",
+                      UserWarning, stacklevel=_user_stacklevel())
     x, t = _t(input), _t(target)
     if log_target:
         loss = ops.mul(ops.exp(t), ops.sub(t, x))

@@ -484,11 +484,13 @@ class Module:
         return self
 
     # registration, torch's spelling (attributes are found without it)
-    def register_buffer(self, name: str, tensor: Any, persistent: bool = True) -> None:
+    def register_buffer(self, name: str, tensor: Any, persistent: bool = True, *, _assigned: bool = False) -> None:
         """Keep `tensor` as non-trained state `name`: in `state_dict` when `persistent`, traced and
         moved with the model either way. Assigning to the attribute later keeps it a buffer."""
         if not isinstance(name, str) or not name or "." in name:
             raise KeyError(f"register_buffer: buffer name must be a non-empty string without '.', got {name!r}")
+        if not _assigned:  # (an attribute assignment `self.x = nn.Buffer(...)` replaces what was there)
+            self._name_free("register_buffer", name, "buffer")
         if is_complex_like(tensor) and not isinstance(tensor, (list, tuple)):
             z = tensor if isinstance(tensor, ComplexTensor) else from_data(tensor)
             tensor = ComplexTensor(_as_buffer(z.real), _as_buffer(z.imag))
@@ -501,10 +503,32 @@ class Module:
         setattr(self, name, tensor)
 
     def register_parameter(self, name: str, param: Any) -> None:
+        if not isinstance(name, str) or not name or "." in name:  # ("a.b" made an attribute no name reaches)
+            raise KeyError(f"register_parameter: parameter name must be a non-empty string without '.', got {name!r}")
+        self._name_free("register_parameter", name, "parameter")
         setattr(self, name, param if param is None or isinstance(param, Tensor) else Parameter(param))
 
     def add_module(self, name: str, module: Any) -> None:
+        self._name_free("add_module", name, "module")
         setattr(self, name, module)
+
+    def _name_free(self, fn: str, name: str, kind: str) -> None:
+        """torch's KeyError where `name` already holds something of another kind (a submodule, a
+        parameter or a buffer), which the registration would otherwise silently replace (a module
+        dropped from the model, a trained weight turned into an untrained buffer)."""
+        cur = self.__dict__.get(name)
+        if cur is None:
+            return
+        is_buf = name in self.__dict__.get("_buffer_names", ())
+        tensor_like = isinstance(cur, (Tensor, ComplexTensor))
+        trained = (not is_buf and isinstance(cur, Tensor) and not isinstance(cur, Buffer) and cur.dtype.is_float
+                   or id(cur) in _DECLARED)  # Avalon's parameters: float tensor attributes, not buffers
+        taken = {"buffer": isinstance(cur, Module) or (not is_buf and trained),
+                 "parameter": is_buf or isinstance(cur, Module),
+                 "module": tensor_like}[kind]
+        if taken:
+            what = "a buffer" if is_buf else "a submodule" if isinstance(cur, Module) else "a parameter"
+            raise KeyError(f"{fn}: attribute '{name}' already exists (as {what} of {type(self).__name__})")
 
     register_module = add_module
 
@@ -515,21 +539,21 @@ class Module:
         registers itself."""
         made = _BUFFERS_MADE.pop(id(value), None) if isinstance(value, Buffer) else None
         if made is not None and made[0]() is value:
-            self.register_buffer(name, value, persistent=made[1])
+            self.register_buffer(name, value, persistent=made[1], _assigned=True)
             return
         if isinstance(value, Tensor) and not isinstance(value, Buffer):
             if name in self.__dict__.get("_buffer_names", ()):
                 value = _as_buffer(value)
             elif (id(self) in _IN_FORWARD and not isinstance(self.__dict__.get(name), Tensor)
                   and id(value) not in _DECLARED):
-                self.register_buffer(name, value, persistent=False)
+                self.register_buffer(name, value, persistent=False, _assigned=True)
                 return
         elif isinstance(value, ComplexTensor):  # the same rules for the pair of parts
             if name in self.__dict__.get("_buffer_names", ()):
                 value = ComplexTensor(_as_buffer(value.real), _as_buffer(value.imag))
             elif (id(self) in _IN_FORWARD and not isinstance(self.__dict__.get(name), (Tensor, ComplexTensor))
                   and id(value.real) not in _DECLARED):
-                self.register_buffer(name, value, persistent=False)
+                self.register_buffer(name, value, persistent=False, _assigned=True)
                 return
         object.__setattr__(self, name, value)
 
@@ -698,6 +722,9 @@ def _cast_floats(model: Any, dtype: Any, complex_parts: bool = True) -> None:
                             "parameters follow it), or convert the complex parameters themselves")
         dtype = c.real
     dtype = dt.dtype(dtype)
+    if not dtype.is_float:  # (every float parameter would become an integer one: the weights truncated)
+        raise TypeError(f"nn.Module.to only accepts floating point or complex dtypes, but got desired "
+                        f"dtype={dtype.name}")
     for _, t in tree.named_tensors(model):
         if t.dtype.is_float and t.dtype != dtype and (complex_parts or id(t) not in parts):
             moved = t.to(dtype=dtype)

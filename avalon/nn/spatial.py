@@ -26,7 +26,7 @@ class Conv1d(Module):
         super().__init__()
         if in_channels % groups or out_channels % groups:
             raise ValueError("Conv1d: in_channels and out_channels must be divisible by groups")
-        check_padding_mode("Conv1d", padding_mode)
+        check_padding_mode("Conv1d", padding_mode, padding)
         d = _dtype(dtype)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size, self.stride, self.dilation = (_single(kernel_size),), (_single(stride),), (_single(dilation),)
@@ -104,7 +104,7 @@ class Conv3d(Module):
         super().__init__()
         if in_channels % groups or out_channels % groups:
             raise ValueError("Conv3d: in_channels and out_channels must be divisible by groups")
-        check_padding_mode("Conv3d", padding_mode)
+        check_padding_mode("Conv3d", padding_mode, padding)
         d = _dtype(dtype)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size = _triple(kernel_size, "kernel_size")

@@ -230,8 +230,11 @@ def rrelu_(input: Tensor, lower: float = 1.0 / 8, upper: float = 1.0 / 3, traini
 
 def kl_div(input: Any, target: Any, reduction: int = 0, *, log_target: bool = False) -> Tensor:
     """torch.kl_div: F.kl_div, unreduced by default; reduction 1 is the mean over ALL elements (F's 'mean',
-    not 'batchmean')."""
-    return F.kl_div(input, target, reduction=_reduction("kl_div", reduction), log_target=log_target)
+    not 'batchmean'); without F.kl_div's warning about 'mean', which torch.kl_div does not give either."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="kl_div: reduction: 'mean'")
+        return F.kl_div(input, target, reduction=_reduction("kl_div", reduction), log_target=log_target)
 
 
 def binary_cross_entropy_with_logits(input: Any, target: Any, weight: Any = None, pos_weight: Any = None,

@@ -11,7 +11,8 @@ functions, zeta, polygamma, erfcx, ndtri, orthogonal polynomials, ...: `avalon.s
 `shapes` (stacking, windows, lookups, dtype queries), `dynamic` (value-dependent shapes: nonzero,
 unique, masked_select; eager only),
 `tensor_extras` (what Tensor-only methods compute) and `torch_aliases` (torch.clone, normal, range,
-the windows, hsplit, the scatters, the torch.X_ in-place functions, ...); `linalg` is `av.linalg`.
+the windows, hsplit, the scatters, the torch.X_ in-place functions, ...), `torch_surface` (nonzero_static,
+the *_copy view functions, frombuffer, histogramdd, ...); `linalg` is `av.linalg`.
 Everything is importable as `avalon.ops.X`, and the torch-named functions also as `avalon.X`."""
 from . import (
     contract,
@@ -34,6 +35,7 @@ from . import (
     stats,
     tensor_extras,
     torch_aliases,
+    torch_surface,
 )
 from .contract import einsum
 from .core import *  # noqa: F403
@@ -83,8 +85,10 @@ from .tensor_extras import *  # noqa: F403
 from .tensor_extras import __all__ as _tensor_extras_all
 from .torch_aliases import *  # noqa: F403
 from .torch_aliases import __all__ as _torch_aliases_all
+from .torch_surface import *  # noqa: F403
+from .torch_surface import __all__ as _torch_surface_all
 
 __all__ = sorted({*_core_all, *_creation_all, *_pointwise_all, *_reductions_all, *_scatter_all, *_shaping_all,
                   *_sorting_all, *_mathfn_all, *_stats_all, *_matrices_all, *_shapes_all, *_dynamic_all,
                   *_tensor_extras_all, *_math_more_all, *_products_more_all, "einsum", "getitem", "linalg",
-                  "setitem", "SortResult", "polygamma", *_torch_aliases_all})
+                  "setitem", "SortResult", "polygamma", *_torch_aliases_all, *_torch_surface_all})

@@ -390,7 +390,7 @@ def _fmod(op: str, input: Any, other: Any) -> Tensor:
     # Narrower floats compute in f64, where it is exact for quotients under 2**29: the quotient's
     # multiple of b is then exact (as C's fmod; in f32, 1 fmod 0.1 was 0 where it is 0.09999999)
     w = dt.float64 if d.bits < 64 else d
-    sa = where(logical_or(lt(a, 0.0), logical_and(eq(a, 0.0), lt(div(1.0, a), 0.0))), -1.0, 1.0)
+    sa = cast(where(logical_or(lt(a, 0.0), logical_and(eq(a, 0.0), lt(div(1.0, a), 0.0))), -1.0, 1.0), d)
     pa, pb = cast(mul(a, sa), w), cast(abs(b), w)
     r = sub(pa, mul(trunc(bind("div", pa, pb)), pb))
     r = where(lt(r, 0.0), add(r, pb), r)  # the rounded quotient one too high
@@ -450,7 +450,7 @@ def pow(input: Any, exponent: Any) -> Tensor:  # noqa: A001
     d = result_dtype(_as_operand(a), _as_operand(b))
     if _is_scalar(b) and float(b) == 2.0:
         a = _as_operand(a)
-        if isinstance(a, Tensor) and a.dtype != d:  # torch's promotion: an int tensor ** 2.0 is float, a bool's ** 2 int64
+        if isinstance(a, Tensor) and a.dtype != d:  # promoted first: int tensor ** 2.0 is float, bool ** 2 int64
             a = cast(a, d)
         return mul(a, a)
     if d is dt.bool_:
@@ -481,7 +481,16 @@ neg, abs, relu, sign = (_unary(n) for n in ("neg", "abs", "relu", "sign"))  # no
 exp, log, tanh, sigmoid, sqrt, rsqrt, erf, sin, cos = (_unary(n, True) for n in
                                                        ("exp", "log", "tanh", "sigmoid", "sqrt", "rsqrt", "erf",
                                                         "sin", "cos"))
-logical_not = _unary("logical_not")
+_logical_not = _unary("logical_not")
+
+
+def logical_not(input: Any) -> Tensor:  # noqa: A002
+    """torch.logical_not: True where `input` is zero, for any dtype (the `logical_not` primitive takes booleans, so a
+    number is first compared with zero: `logical_not(int_mask)` or of a float, where nan counts as true)."""
+    x = _as_operand(input)
+    if isinstance(x, Tensor) and x.dtype is not dt.bool_:
+        x = ne(x, 0)
+    return _logical_not(x)
 
 
 def stop_gradient(x: Any) -> Tensor:
@@ -742,7 +751,11 @@ def mean(input: Any, axis: Any = None, keepdims: bool = False, *, dim: Any = Non
     x = _tensor(input)
     axis, keepdims = _dim_args(axis, dim, keepdims, keepdim)
     if dtype is not None:
-        x = cast(x, dtype_arg("mean", dtype))
+        want = dtype_arg("mean", dtype)
+        if not want.is_float:  # (it would truncate the input, then average in float32: neither what was asked)
+            raise fail(ArgumentError(f"mean(): could not infer output dtype. Optional dtype must be either a floating "
+                                     f"point or complex dtype. Got: {want.name}"))
+        x = cast(x, want)
     if not x.dtype.is_float:
         x = cast(x, dt.float32)
     axes = _axes(x, axis, "mean")
@@ -782,6 +795,17 @@ def _var(fn: str, input: Any, dim: Any, unbiased: Any, keepdim: Any, correction:
         x = cast(x, dt.float32)
     axes = _axes(x, dim, fn)
     n = math.prod(x.shape[a] for a in axes)
+    if n - c <= 0:  # torch's warning: the inf or nan below is rarely what was meant (a batch of one)
+        import sys
+        import warnings
+
+        from ..trace import _is_user_file
+        f, level = sys._getframe(0), 1  # (the user's frame: shown once per call site, as torch's)
+        while f is not None and not _is_user_file(f.f_code.co_filename):
+            f, level = f.f_back, level + 1
+        warnings.warn(f"{fn}(): degrees of freedom is <= 0 (correction {c:g} for {n} elements of input shape "
+                      f"{x.shape}). Correction should be strictly less than the reduction factor (input numel "
+                      "divided by output numel).", UserWarning, stacklevel=level if f is not None else 2)
     d = sub(x, mean(x, axes, keepdims=True))
     s = sum(mul(d, d), axes, keepdim)
     return mul(s, 1.0 / (n - c)) if n - c > 0 else div(s, 0.0)

@@ -17,21 +17,24 @@ from ..ir import dtypes as dt
 from ..ir.dtypes import DType
 from ..tensor import _DEFAULT_FLOAT, Tensor, default_float_dtype
 from .core import (
+    ArgumentError,
     _is_scalar,
     _tensor,
     add,
     bind,
     cast,
     check_dim,
+    div,
     dtype_arg,
     eq,
-    floor,
+    fail,
     full,
     mul,
     place,
     random,
     size_args,
     sub,
+    trunc,
     unsupported,
     where,
 )
@@ -96,13 +99,37 @@ def arange(start: Any = None, end: Any = None, step: Any = 1, *, dtype: Any = No
         start = 0
     if step == 0:
         raise ValueError("arange: argument 'step' must be nonzero")
+    if (end - start) * step < 0:  # torch's check: not an empty range, which hides a swapped start and end
+        raise fail(ArgumentError(f"arange: upper bound and larger bound inconsistent with step sign (start={start}, "
+                                 f"end={end}, step={step})"))
     ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (start, end, step))
     if dtype is None and isinstance(out, Tensor):
         dtype = out.dtype
     d = dtype_arg("arange", dtype) if dtype is not None else (dt.int64 if ints else default_float_dtype())
-    n = max(0, math.ceil((end - start) / step))
-    i = iota((n,), 0, dt.int64 if ints and not d.is_float else dt.float64 if d is dt.float64 else dt.float32)
-    y = i if (start, step) == (0, 1) else add(mul(i, step), start)
+    if not d.is_float:
+        # torch's kernel for an integer dtype works in int64: start, end and step each truncated (`arange(0.5, 5.7,
+        # 1.5, dtype=torch.int64)` is [0, 1, 2, 3, 4]), the count by integer division
+        start, end, step = (math.trunc(v) for v in (start, end, step))
+        if step == 0:
+            raise ValueError("arange: step must be nonzero (the step truncated to an integer for an integer dtype)")
+        num = end - start + step - (1 if step > 0 else -1)
+        n = max(0, abs(num) // abs(step) if (num >= 0) == (step > 0) else 0)
+        i = iota((n,), 0, dt.int64)
+        y = i if (start, step) == (0, 1) else add(mul(i, step), start)
+    else:
+        # for floats torch's scalar loop computes `start + step * i` in double (float for half types) and rounds once
+        # to the dtype (its vectorized loop, from 16 float32 or 8 float64 elements on, starts each group of lanes
+        # from a rounded value, so later elements can differ from this by an ulp)
+        n = max(0, math.ceil((end - start) / step))
+        start, step = float(start), float(step)
+        if d not in (dt.float32, dt.float64):
+            start, step = float(np.float32(start)), float(np.float32(step))
+        if (start, step) == (0.0, 1.0):  # the indices themselves, exact
+            y = iota((n,), 0, d if d in (dt.float32, dt.float64) else dt.float32)
+        else:
+            y = _fma(start, step, iota((n,), 0, dt.float64))
+            if d not in (dt.float32, dt.float64):
+                y = cast(y, dt.float32)
     y = place(cast(y, d), device)
     return y if out is None else _into("arange", out, y)
 
@@ -122,22 +149,54 @@ def _into(fn: str, out: Any, y: Tensor) -> Tensor:
 def linspace(start: Any, end: Any, steps: int, *, dtype: Any = None, device: Any = None,
              requires_grad: bool = False, out: Any = None, layout: Any = None) -> Tensor:
     """torch.linspace: `steps` evenly spaced values from start to end inclusive, counted from the
-    nearer end as torch does, so the last value is exactly `end`."""
+    nearer end as torch's CPU kernel does (`start + step * i` for the first half, `end - step * (steps - 1 - i)`
+    for the rest), with its arithmetic: for a float32 result the step is computed in float32 and each value
+    rounded once (the kernel's fused multiply-add); for an integer result start and end are first truncated to
+    integers, the step is a double and each value is truncated toward zero (`linspace(-3, 5, 6, dtype=int64)`
+    is [-3, -1, 0, 1, 3, 5], `linspace(2.5, 7.9, 5, dtype=int64)` [2, 3, 4, 5, 7]), as efficient-kan's
+    `x_sorted[torch.linspace(0, batch - 1, grid_size + 1, dtype=torch.int64)]` relies on."""
     unsupported("linspace", out=out, layout=layout)
     start, end = float(_num(start)), float(_num(end))
     steps = int(steps)
     if steps < 0:
         raise ValueError("linspace: argument 'steps' must be non-negative")
     d = dtype_arg("linspace", dtype) if dtype is not None else default_float_dtype()
+    if not d.is_float:
+        start, end = float(math.trunc(start)), float(math.trunc(end))  # torch's Scalar.to<int64_t>()
     if steps <= 1:
         return place(full((steps,), start, d), device)
-    work = dt.float64 if d is dt.float64 else dt.float32
-    delta = (end - start) / (steps - 1)
-    i = iota((steps,), 0, work)
+    if d in (dt.float16, dt.bfloat16):  # c10::Half / BFloat16 arithmetic: each operation rounds to d
+        s_, e_ = full((), start, d), full((), end, d)
+        step_ = div(sub(e_, s_), full((), float(steps - 1), d))
+        i = iota((steps,), 0, d)
+        y = where(iota((steps,), 0, dt.int64) < steps // 2, add(s_, mul(step_, i)),
+                  sub(e_, mul(step_, sub(full((), float(steps - 1), d), i))))
+        return place(y, device)
+    if d.is_float and d is not dt.float64:  # the step in float32 arithmetic, as torch's kernel for float
+        start, end = float(np.float32(start)), float(np.float32(end))
+        delta = float((np.float32(end) - np.float32(start)) / np.float32(steps - 1))
+    else:
+        delta = (end - start) / (steps - 1)
+    i = iota((steps,), 0, dt.float64)
     half = steps // 2
-    y = where(iota((steps,), 0, dt.int64) < half, add(mul(i, delta), start),
-              sub(end, mul(sub(float(steps - 1), i), delta)))
-    return place(cast(y, d) if d.is_float else cast(floor(y), d), device)
+    y = where(iota((steps,), 0, dt.int64) < half, _fma(start, delta, i),
+              _fma(end, -delta, sub(float(steps - 1), i)))
+    return place(cast(y, d) if d.is_float else cast(trunc(y), d), device)
+
+
+def _fma(c: float, a: float, k: Tensor) -> Tensor:
+    """c + a * k for float64 integers k < 2**26, rounded once as a fused multiply-add (torch's linspace and arange
+    kernels are compiled with contraction): the product's rounding error by Dekker's split of `a` (exact), and the sum's
+    by TwoSum, added back before the last rounding. Differs from a true fma only on double-rounding ties."""
+    big = a * 134217729.0  # Veltkamp split: a = ah + al, each with at most 26 significant bits
+    ah = big - (big - a) if math.isfinite(big) else a
+    al = a - ah
+    p = mul(k, a)
+    err = add(sub(mul(k, ah), p), mul(k, al))
+    y = add(p, c)
+    bv = sub(y, c)
+    r = add(sub(c, sub(y, bv)), sub(p, bv))
+    return add(y, add(r, err))
 
 
 def eye(n: int, m: int | None = None, *, dtype: Any = None, device: Any = None, requires_grad: bool = False,
@@ -145,6 +204,9 @@ def eye(n: int, m: int | None = None, *, dtype: Any = None, device: Any = None, 
     """torch.eye: ones on the main diagonal of an n x m matrix."""
     unsupported("eye", out=out, layout=layout)
     m = n if m is None else m
+    for name, v in (("n", n), ("m", m)):
+        if v < 0:  # (iota's error would name iota, not eye)
+            raise fail(ArgumentError(f"eye: {name} must be greater or equal to 0, got {v}"))
     d = dtype_arg("eye", dtype) if dtype is not None else default_float_dtype()
     return place(cast(eq(iota((n, m), 0), iota((n, m), 1)), d), device)
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from ..ir import dtypes as dt
 from ..ir.primitives import qr_layout, svd_layout
 from ..tensor import Tensor
@@ -79,9 +81,24 @@ def _mT(x: Tensor) -> Tensor:
 def cholesky(A: Any, *, upper: bool = False, out: Any = None) -> Tensor:
     """torch.linalg.cholesky: L with A = L L^T for symmetric positive-definite (..., k, k) A, column
     by column. It reads A symmetrized, so its gradient is torch's symmetric one; a matrix that is
-    not positive-definite gives nan where torch raises (its values are unknown while tracing)."""
+    not positive-definite raises torch's LinAlgError eagerly; while tracing (values unknown) it gives
+    nan, as `cholesky_ex` does everywhere."""
     if out is not None:
         raise TypeError("linalg.cholesky: argument 'out' is not supported")
+    a = _tensor(A)
+    y = _cholesky(a, upper)
+    if not y.is_traced and not a.is_traced:
+        v, av_ = y.numpy(), a.numpy()
+        if not np.isfinite(v).all() and np.isfinite(av_).all():  # (it used to return the nans silently)
+            diag = np.isfinite(np.diagonal(v, axis1=-2, axis2=-1)).reshape(-1, a.shape[-1])
+            order = int(np.argmin(diag.all(0))) + 1 if not diag.all() else a.shape[-1]
+            raise fail(LinAlgError(f"linalg.cholesky: The factorization could not be completed because the input is "
+                                   f"not positive-definite (the leading minor of order {order} is not "
+                                   "positive-definite)"))
+    return y
+
+
+def _cholesky(A: Any, upper: bool = False) -> Tensor:
     a = _tensor(A)
     _square("cholesky", a)
     k = a.shape[-1]
@@ -448,8 +465,10 @@ def _info(a: Tensor, value: Tensor, fn: str, check_errors: bool) -> Tensor:
 
 def cholesky_ex(A: Any, *, upper: bool = False, check_errors: bool = False, out: Any = None) -> _ResultInfo:
     """torch.linalg.cholesky_ex: (L, info); info is 1 where A is not positive-definite (L has nans there)."""
+    if out is not None:
+        raise TypeError("linalg.cholesky_ex: argument 'out' is not supported")
     a = _tensor(A)
-    chol = cholesky(a, upper=upper, out=out)
+    chol = _cholesky(a, upper=upper)  # (not cholesky, which raises eagerly: info reports the failure here)
     return _ResultInfo(chol, _info(a, chol, "cholesky_ex", check_errors))
 
 

@@ -87,7 +87,10 @@ def dot(input: Any, tensor: Any) -> Tensor:
     if a.dtype is not b.dtype:
         raise fail(TypeError(f"dot: expected both vectors to have same dtype, but found {a.dtype.name} and "
                              f"{b.dtype.name}"))
-    return sum(mul(a, b)) if a.dtype is dt.bool_ or not a.dtype.is_float else matmul(a, b)
+    if a.dtype is dt.bool_:
+        return sum(mul(a, b))
+    # integers: torch's dot keeps the operands' dtype (int32 stays int32, uint8 wraps), where sum promotes to int64
+    return matmul(a, b) if a.dtype.is_float else cast(sum(mul(a, b)), a.dtype)
 
 
 def vdot(input: Any, other: Any) -> Tensor:
@@ -450,6 +453,9 @@ def vander(x: Any, N: int | None = None, increasing: bool = False) -> Tensor:
 
 def _tri_indices(fn: str, np_fn: Any, row: int, col: int, offset: int, dtype: Any, device: Any) -> Tensor:
     from .core import dtype_arg, place
+    for name, v in (("row", row), ("col", col)):
+        if int(v) < 0:  # (numpy gives no indices: an empty result, silently)
+            raise fail(RuntimeError(f"{fn}: {name} must be non-negative, got {int(v)}"))
     r, c = np_fn(int(row), int(offset), int(col))
     d = dtype_arg(fn, dtype) if dtype is not None else dt.int64
     if d.is_float or d is dt.bool_:

@@ -28,6 +28,7 @@ from .core import (
     dtype_arg,
     eq,
     exp,
+    fail,
     full,
     log,
     logical_not,
@@ -53,7 +54,13 @@ def any(input: Any, dim: Any = None, keepdim: bool = False, *, out: Any = None) 
     """True where some element over `dim` (all dims by default) is non-zero: a `sum` of booleans,
     which is their "or"."""
     unsupported("any", out=out)
-    return _any("any", _truth(_tensor(input)), dim, keepdim)
+    x = _tensor(input)
+    return _as_uint8(x, _any("any", _truth(x), dim, keepdim))
+
+
+def _as_uint8(x: Tensor, r: Tensor) -> Tensor:
+    """torch's any and all give uint8 (0 or 1) for a uint8 input, as before bool tensors existed; bool otherwise."""
+    return cast(r, dt.uint8) if x.dtype is dt.uint8 else r
 
 
 def _any(fn: str, b: Tensor, dim: Any, keepdim: bool) -> Tensor:
@@ -66,7 +73,7 @@ def all(input: Any, dim: Any = None, keepdim: bool = False, *, out: Any = None) 
     """True where every element over `dim` is non-zero: not any of the negations."""
     unsupported("all", out=out)
     x = _tensor(input)
-    return logical_not(_any("all", logical_not(_truth(x)), dim, keepdim))
+    return _as_uint8(x, logical_not(_any("all", logical_not(_truth(x)), dim, keepdim)))
 
 
 def _product_dtype(fn: str, x: Tensor, dtype: Any) -> Tensor:
@@ -122,10 +129,19 @@ def cumprod(input: Any, dim: int, *, dtype: Any = None, out: Any = None) -> Tens
 
 # -- norms --------------------------------------------------------------------------------------
 
+def _float_dtype_arg(fn: str, dtype: Any) -> Any:
+    """A norm's or softmax's `dtype=`, which must be floating: an integer one would truncate the
+    input, after which the result is computed in float32 anyway (torch: an error)."""
+    want = dtype_arg(fn, dtype)
+    if not want.is_float:
+        raise fail(TypeError(f"{fn}: dtype should be floating point, but got {want.name}"))
+    return want
+
+
 def _floating(fn: str, x: Any, dtype: Any) -> Tensor:
     x = _modulus(x)
     if dtype is not None:
-        x = cast(x, dtype_arg(fn, dtype))
+        x = cast(x, _float_dtype_arg(fn, dtype))
     return x if x.dtype.is_float else cast(x, dt.float32)
 
 
@@ -246,7 +262,7 @@ def _softmax_input(fn: str, input: Any, dim: Any, dtype: Any) -> Tensor:
     x = _tensor(input)
     check_dim(fn, dim, x.ndim)
     if dtype is not None:
-        x = cast(x, dtype_arg(fn, dtype))
+        x = cast(x, _float_dtype_arg(fn, dtype))
     return x if x.dtype.is_float else cast(x, dt.float32)
 
 

@@ -64,7 +64,7 @@ from .core import (
 from .creation import iota
 from .reductions import prod
 from .shaping import _dim, movedim
-from .sorting import _crop, _flat_targets, _hits, _index, scatter, scatter_sum
+from .sorting import _crop, _flat_targets, _hits, _index, _same_dtype, scatter, scatter_sum
 
 REDUCTIONS = ("sum", "prod", "mean", "amax", "amin")
 
@@ -148,6 +148,7 @@ def scatter_reduce(input: Any, dim: int, index: Any, src: Any, reduce: str, *, i
         return reshape(one, ())
     d = _dim("scatter_reduce", x, dim)
     idx = _index("scatter_reduce", x, d, index, x.shape[d])
+    _same_dtype("scatter_reduce", x, src)
     s = _tensor(src)
     if s.ndim != x.ndim or any(a > b for a, b in zip(idx.shape, s.shape)):
         raise fail(ShapeError(f"scatter_reduce: index {idx.shape} must have the rank of src {s.shape} and be no "
@@ -228,6 +229,9 @@ def _along(fn: str, x: Tensor, dim: int, index: Any, source: Any) -> tuple[int, 
     it: the input's, with index.numel() entries along dim."""
     d = _dim(fn, x, dim)
     idx = _vector(fn, index, x.shape[d], d, wrap=False)
+    if isinstance(source, Tensor) and source.dtype is not x.dtype:  # (torch: an error, never a silent cast)
+        raise fail(ArgumentError(f"{fn}(): self ({x.dtype.name}) and source ({source.dtype.name}) must have the same "
+                                 "scalar type"))
     src = _tensor(source)
     want = x.shape[:d] + (idx.shape[0],) + x.shape[d + 1:]
     if src.shape != want:

@@ -357,6 +357,9 @@ def masked_scatter(input: Any, mask: Any, source: Any) -> Tensor:
         raise fail(TypeError(f"masked_scatter_: expected BoolTensor for mask, got {m.dtype.name}"))
     shape = _broadcast_shapes("masked_scatter", x.shape, m.shape)
     x, m = broadcast_to(x, shape), broadcast_to(m, shape)
+    if isinstance(source, Tensor) and source.dtype is not x.dtype:  # torch: an error, not a silent cast
+        raise fail(TypeError(f"masked_scatter_: expected self and source to have same dtypes but got "
+                             f"{x.dtype.name} and {source.dtype.name}"))
     src = reshape(cast(_tensor(source), x.dtype), (-1,))
     mf = reshape(m, (-1,))
     if not mf.is_traced and int(mf.numpy().sum()) > src.shape[0]:

@@ -184,7 +184,11 @@ def t(input: Any) -> Tensor:
 
 def index_select(input: Any, dim: int, index: Any) -> Tensor:
     x = _tensor(input)
-    return take(x, index, _dim("index_select", x, dim))
+    d = _dim("index_select", x, dim)
+    idx = index if isinstance(index, Tensor) else _tensor(index)
+    if idx.ndim > 1:  # take would keep its dims: (n, m) indices give an extra dim instead of torch's error
+        raise fail(IndexError(f"index_select(): Index is supposed to be a vector (0-d or 1-d), got shape {idx.shape}"))
+    return take(x, reshape(idx, (1,)) if idx.ndim == 0 else idx, d)  # a 0-d index keeps the dim, as torch's
 
 
 def reciprocal(input: Any) -> Tensor:
@@ -192,8 +196,9 @@ def reciprocal(input: Any) -> Tensor:
 
 
 def square(input: Any) -> Tensor:
+    """torch.square, which is `pow(input, 2)`: a bool tensor's square is int64, as torch's (x * x would stay bool)."""
     x = _tensor(input)
-    return x * x
+    return x ** 2
 
 
 def numel(input: Any) -> int:

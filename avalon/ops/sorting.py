@@ -311,6 +311,15 @@ def scatter_last(x: Tensor, d: int, idx: Tensor, s: Tensor) -> Tensor:
     return reshape(where(ge(last, 0), vals, reshape(x, (-1,))), x.shape)
 
 
+def _same_dtype(fn: str, x: Tensor, src: Any) -> None:
+    """torch's rule for the scatter/index family: a source tensor of another dtype is an error, not
+    cast into the input (a float64 src into a float32 input, or floats into an integer one, which
+    would truncate them)."""
+    if isinstance(src, Tensor) and src.dtype is not x.dtype:
+        raise fail(ArgumentError(f"{fn}(): Expected self.dtype to be equal to src.dtype, got self {x.dtype.name} and "
+                                 f"src {src.dtype.name}; cast one with .to(...)"))
+
+
 def scatter_add(input: Any, dim: int, index: Any, src: Any) -> Tensor:
     """torch.scatter_add: input with src[..., j, ...] added at position index[..., j, ...] of `dim`;
     repeated indices accumulate. The gradient of src is a gather of the incoming gradient."""
@@ -318,6 +327,7 @@ def scatter_add(input: Any, dim: int, index: Any, src: Any) -> Tensor:
     d = _dim("scatter_add", x, dim)
     n = x.shape[d]
     idx = _index("scatter_add", x, d, index, n)
+    _same_dtype("scatter_add", x, src)
     s = _crop(cast(_tensor(src), x.dtype), idx.shape)
     if x.dtype.is_float and idx.numel():
         return add(x, scatter_sum(x.shape, d, idx, s))
@@ -349,6 +359,7 @@ def scatter(input: Any, dim: int, index: Any, src: Any = None, value: Any = None
     idx = _index("scatter", x, d, index, n)
     if src is None and value is None:
         raise TypeError("scatter: needs 'src' or 'value'")
+    _same_dtype("scatter", x, src)
     s = full(idx.shape, value, x.dtype) if src is None else _crop(cast(_tensor(src), x.dtype), idx.shape)
     return scatter_last(x, d, idx, s) if idx.numel() else x
 

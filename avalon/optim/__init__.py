@@ -927,6 +927,10 @@ class Optimizer:
             shape = tuple(g.shape if isinstance(g, Tensor) else np.shape(g))
             if shape != self.params[k].shape:
                 raise ValueError(f"gradient of {k!r} has shape {shape}, the parameter {self.params[k].shape}")
+            kind = g.dtype.np.kind if isinstance(g, Tensor) else np.asarray(g).dtype.kind
+            if kind in "biu" and self.params[k].dtype.is_float:  # (it was applied, cast, as if it were a gradient)
+                raise TypeError(f"gradient of {k!r} is an integer or bool tensor ({g.dtype}), the parameter "
+                                f"{self.params[k].dtype}: a gradient is floating point; pass av.grad's result")
         return grads
 
     def _unknown(self, unknown: list[str]) -> str:
