@@ -326,7 +326,8 @@ class AsStrided(Step):
             shape = [1] * len(self.size)
             shape[d] = n
             pos = pos + (np.arange(n, dtype=np.int64) * st).reshape(shape)
-        return pos
+        from .ir import LiteralArray
+        return pos.view(LiteralArray)  # made from Python ints: a compiled graph keeps it (no retrace per call)
 
     def apply(self, x: Tensor) -> Tensor:
         ops = _ops()

@@ -161,6 +161,25 @@ def test_as_strided_of_a_view_reads_its_base_and_writes_reach_the_base():
         a.as_strided((4, 4), (4, 1))
 
 
+def test_as_strided_reads_and_writes_compile_once():
+    """The positions an as_strided view reads and writes come from Python ints: literal data, so a
+    compiled function keeps its graph (it warned and traced again on every call)."""
+    def f(x):
+        y = x.clone()
+        y.as_strided((2, 2), (1, 2), 1).mul_(3.0)
+        return y.sum() + x.as_strided((3,), (2,)).sum()
+
+    x = np.arange(8, dtype=np.float32)
+    tx = torch.tensor(x, requires_grad=True)
+    want = f(tx)
+    want.backward()
+    step = av.compile(f)
+    for _ in range(3):
+        assert float(step(x)) == want.item()
+    assert step.cache_info() == (2, 1, 1)
+    np.testing.assert_array_equal(av.compile(av.grad(f))(x).numpy(), tx.grad.numpy())
+
+
 @pytest.mark.parametrize("kw", [{}, {"dim": 1}, {"spacing": 2.0}, {"spacing": [2.0, 0.5]}, {"edge_order": 2},
                                 {"dim": 0, "spacing": "coords"}])
 def test_gradient_is_torchs(kw):

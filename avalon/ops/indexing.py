@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .. import views
+from ..ir import LiteralArray
 from ..ir import dtypes as dt
 from ..tensor import TRACING, Tensor, _mark_literal, _python_numbers
 from .core import (
@@ -47,7 +48,7 @@ def _literal_index(t: Tensor, i: Any) -> Tensor:
     """`t`, the index array made from the index `i`, marked literal data of the program when `i` is Python
     numbers (YOLOv5's `t[range(n), tcls[i]] = self.cp`, `x[[0, 1], [1, 0]]`), as `torch.tensor([-1])` is:
     a compiled graph keeps it, where an array captured from outside makes it trace again on every call."""
-    if TRACING and (isinstance(i, range) or _python_numbers(i)):
+    if TRACING and (isinstance(i, (range, LiteralArray)) or _python_numbers(i)):
         _mark_literal(t)
     return t
 
