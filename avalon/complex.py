@@ -754,6 +754,9 @@ _RULES: dict[str, Callable[..., Any]] = {
     "pow": lambda a, p: pow(a, p) if isinstance(a, ComplexTensor) else exp(_mul(p, log(a))),
     "matmul": lambda a, b: _bilinear(_ops.matmul, a, b), "mm": lambda a, b: _bilinear(_ops.mm, a, b),
     "bmm": lambda a, b: _bilinear(_ops.bmm, a, b), "outer": lambda a, b: _bilinear(_ops.outer, a, b),
+    # dot/inner of complex vectors (vdot conjugates its first): were converted as data, a complex64 numpy error
+    "dot": lambda a, b: _bilinear(_ops.dot, a, b), "inner": lambda a, b: _bilinear(_ops.inner, a, b),
+    "vdot": lambda a, b: _bilinear(_ops.dot, _lift(a).conj(), b),
     "einsum": _einsum, "cat": _cat("cat"), "stack": _cat("stack"), "where": _where,
     "allclose": _close("allclose"), "isclose": _close("isclose"), "isreal": lambda z: _lift(z).imag == 0,
     "is_floating_point": lambda z: False,  # (read the complex value's dtype, which has no Avalon DType)

@@ -286,16 +286,41 @@ def eval(model: Any) -> Any:  # noqa: A001 - torch's name
     return train(model, False)
 
 
-def named_modules(model: Any, prefix: str = "") -> Iterator[tuple[str, Module]]:
-    """`Module`s inside `model` (itself included when it is one), with dotted names."""
-    for name, obj in _walk(model, prefix):
+def named_modules(model: Any, prefix: str = "", remove_duplicate: bool = True,
+                  memo: set | None = None) -> Iterator[tuple[str, Module]]:
+    """`Module`s inside `model` (itself included when it is one), with dotted names; with
+    `remove_duplicate=False` a module shared under several names is listed under each, as torch's. The
+    modules in torch's `memo` are skipped with what is inside them, and those listed are added to it."""
+    skip = {id(m) for m in memo} if memo else set()
+    for name, obj in _walk(model, prefix, skip) if remove_duplicate else _walk_all(model, prefix, frozenset(skip)):
         if isinstance(obj, Module):
+            if memo is not None and remove_duplicate:
+                memo.add(obj)
             yield name, obj
+
+
+def _walk_all(obj: Any, prefix: str, path: frozenset[int]) -> Iterator[tuple[str, Any]]:
+    """_walk without removing duplicates: only the containers on the current path are skipped (cycles)."""
+    if id(obj) in path or isinstance(obj, Tensor):
+        return
+    yield prefix, obj
+    for k, v in _children(obj):
+        if isinstance(v, (list, tuple, dict)) or tree.is_model(v):
+            yield from _walk_all(v, f"{prefix}.{k}" if prefix else k, path | {id(obj)})
+
+
+def _named_all(model: Any, prefix: str, parameters: bool) -> Iterator[tuple[str, Tensor]]:
+    """torch's `named_parameters` / `named_buffers(remove_duplicate=False)` (accelerate's find_tied_parameters
+    reads them): a tensor reachable under several names (a tied weight) under each."""
+    for name, t in tree.named_state(model):
+        if tree._is_parameter(t) == parameters:
+            yield (f"{prefix}.{name}" if prefix and name else prefix or name), t
 
 
 def _own_entries(module: Any, named: Iterator[tuple[str, Tensor]], prefix: str) -> Iterator[tuple[str, Tensor]]:
     """The entries of `named` (dotted names under `prefix`) whose path crosses no submodule."""
-    subs = {name for name, m in named_modules(module, prefix) if m is not module}
+    # every name of a submodule (a shared one too), so that none of its entries counts as the module's own
+    subs = {name for name, m in named_modules(module, prefix, remove_duplicate=False) if m is not module}
     for name, t in named:
         parts = name.split(".")
         if not any(".".join(parts[:i]) in subs for i in range(1, len(parts))):
@@ -410,8 +435,9 @@ class Module:
     # parameters and state
     # `recurse=False` (YOLOv5's smart_optimizer groups each module's own `bias`/`weight`): the module's own
     # tensors, none reached through a submodule
-    def named_parameters(self, prefix: str = "", recurse: bool = True) -> Iterator[tuple[str, Tensor]]:
-        named = named_parameters(self, prefix)
+    def named_parameters(self, prefix: str = "", recurse: bool = True,
+                         remove_duplicate: bool = True) -> Iterator[tuple[str, Tensor]]:
+        named = named_parameters(self, prefix) if remove_duplicate else _named_all(self, prefix, True)
         return named if recurse else _own_entries(self, named, prefix)
 
     def parameters(self, recurse: bool = True) -> Iterator[Tensor]:
@@ -419,8 +445,9 @@ class Module:
             return parameters(self)
         return (t for _, t in self.named_parameters(recurse=False))
 
-    def named_buffers(self, prefix: str = "", recurse: bool = True) -> Iterator[tuple[str, Tensor]]:
-        named = named_buffers(self, prefix)
+    def named_buffers(self, prefix: str = "", recurse: bool = True,
+                      remove_duplicate: bool = True) -> Iterator[tuple[str, Tensor]]:
+        named = named_buffers(self, prefix) if remove_duplicate else _named_all(self, prefix, False)
         return named if recurse else _own_entries(self, named, prefix)
 
     def buffers(self, recurse: bool = True) -> Iterator[Tensor]:
@@ -432,8 +459,11 @@ class Module:
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> IncompatibleKeys:
         return load_state_dict(self, state_dict, strict)
 
-    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
-        return named_modules(self, prefix)
+    def named_modules(self, memo: set | None = None, prefix: str = "",
+                      remove_duplicate: bool = True) -> Iterator[tuple[str, Module]]:
+        if isinstance(memo, str):  # Avalon's earlier `named_modules(prefix)`, positionally
+            memo, prefix = None, memo
+        return named_modules(self, prefix, remove_duplicate, memo)
 
     def modules(self) -> Iterator[Module]:
         for _, m in named_modules(self):
