@@ -24,6 +24,17 @@ def rng():
 
 
 @pytest.fixture(scope="module")
+def torch_on_one_thread():
+    """torch's side of a port test runs tiny tensors, where its intra-op threads only wait on each other (on a
+    loaded machine each op then takes milliseconds): one thread for the module, restored after."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
 def module_kernel_cache(tmp_path_factory):
     """Kernel files go to a temporary cache, one per test module, not ~/.cache/avalon.
     Use with `pytestmark = pytest.mark.usefixtures("module_kernel_cache")`."""

@@ -70,18 +70,9 @@ import avalon as av
 from avalon import nn
 from avalon.nn import functional as F
 
-pytestmark = pytest.mark.usefixtures("module_kernel_cache")
+pytestmark = pytest.mark.usefixtures("module_kernel_cache", "torch_on_one_thread")
 
 F32 = torch.float32
-
-@pytest.fixture(autouse=True, scope="module")
-def _torch_on_one_thread():
-    """torch's side runs tiny tensors, where its intra-op threads only wait on each other (on a loaded machine each
-    op then takes milliseconds): one thread for this module, restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # -- 1. Hyena (HazyResearch/safari src/models/sequence/hyena.py: fftconv, Sin, PositionalEmbedding,
