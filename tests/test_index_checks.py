@@ -86,3 +86,32 @@ def test_kernels_carry_their_checks():
     assert "avalon-index-checks" in src and "tl.store(err" in src and ", err," in src
     plain = av.compile(lambda w: w * 2.0, backend="triton").inspect(w)
     assert all("err" not in s for s in plain.kernels.values())  # no cost where nothing is checked
+
+
+_FOLDED = {  # an index past its dim (4 of 4) that folding into a flat offset made another element's
+    "gather": lambda x, i: av.gather(x, 1, i.reshape(2, 1)),
+    "scatter": lambda x, i: av.scatter(x, 1, i.reshape(2, 1), 1.0),
+    "scatter_add": lambda x, i: av.scatter_add(x, 1, i.reshape(2, 1), av.ones(2, 1)),
+    "scatter_reduce_prod": lambda x, i: av.scatter_reduce(x, 1, i.reshape(2, 1), av.ones(2, 1), "prod"),
+    "x[i, j]": lambda x, i: x[av.arange(2), i],
+    "x[i, j] = v": lambda x, i: x.index_put((av.arange(2), i), av.tensor(1.0)),
+    "index_fill": lambda x, i: x.index_fill(1, i, 2.0),
+    "index_copy": lambda x, i: x.index_copy(1, i, av.ones(3, 2)),
+    "index_reduce": lambda x, i: x.index_reduce(1, i, av.ones(3, 2), "prod"),
+}
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu", "triton"])
+@pytest.mark.parametrize("form", list(_FOLDED))
+def test_an_index_past_its_dim_is_not_the_next_rows_element(form, backend):
+    """Compiled code folds (row, index) into one flat offset; x[0, 4] of a 3x4 tensor was x[1, 0]
+    there (eager raised). Each index is now checked against its own dim on every backend."""
+    fn = _FOLDED[form]
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    f = av.compile(fn, backend=backend)
+    good = np.array([3, 0])
+    np.testing.assert_array_equal(np.asarray(f(x, good).numpy()), np.asarray(fn(av.tensor(x), av.tensor(good)).numpy()))
+    with pytest.raises(IndexError, match="out of bounds for dimension 1 with size 4"):
+        fn(av.tensor(x), av.tensor(np.array([4, 0])))  # eager: the values are known
+    with pytest.raises(IndexOutOfRangeError, match="index 4 is out of range"):
+        f(x, np.array([4, 0]))

@@ -282,3 +282,26 @@ def test_a_transposed_result_of_a_multi_result_group_compiles(rng):
     got_t, got_e = av.compile(lambda x: ((x * 2).transpose(0, 1), (x * 2).exp()), backend="iree")(x)
     np.testing.assert_allclose(got_t.numpy(), (x * 2).T, rtol=1e-6)
     np.testing.assert_allclose(got_e.numpy(), np.exp(x * 2), rtol=1e-5)
+
+
+def test_an_out_of_range_index_raises_where_the_kernels_clamp():
+    """IREE's gathers clamp (an out-of-bounds tensor.extract is undefined), so the module also returns
+    each index's range and the backend raises the reference's error, naming the op's line: a row
+    past the end, or x[0, 4] of a 3x4 tensor (folded into one flat offset), read a wrong row in silence."""
+    from avalon.ir.reference import IndexOutOfRangeError
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    forms = {"gather": lambda x, i: av.gather(x, 1, i.reshape(2, 1)),
+             "row": lambda x, i: x.index_select(0, i),
+             "scatter": lambda x, i: x.index_copy(1, i, av.ones(3, 2))}
+    for name, fn in forms.items():
+        f = av.compile(fn, backend="iree")
+        good = np.array([2, 0])
+        np.testing.assert_array_equal(np.asarray(f(x, good).numpy()),
+                                      np.asarray(fn(av.tensor(x), av.tensor(good)).numpy()), err_msg=name)
+        bad = 3 if name == "row" else 4
+        with pytest.raises(IndexOutOfRangeError, match=rf"test_iree.py:\d+: index {bad} is out of range \[0, {bad}\)"):
+            f(x, np.array([bad, 0]))
+        with pytest.raises(IndexOutOfRangeError, match="index -5 is out of range"):
+            f(x, np.array([0, -5]))
+    exported = lower_function(av.trace(forms["gather"], av.tensor(x), av.tensor(good)))
+    assert "-> (tensor<2x1xf32>)" in exported  # exported MLIR returns no index ranges

@@ -68,6 +68,7 @@ class LinalgEmitter:
         self.lines: list[str] = []
         self.indent = "    "
         self._counter = counter if counter is not None else [0]
+        self.checks: list | None = None  # index checks wanted (lower_gather.check_bounds): (lo, hi, op, bound)
 
     def fresh(self) -> str:
         self._counter[0] += 1

@@ -105,17 +105,25 @@ def lower_block(e: LinalgEmitter, block: Block, args: Sequence[V]) -> list[V]:
     return [env[v] for v in block.results]
 
 
-def lower_function(graph: Graph, name: str | None = None, bf16_as_f32: bool = False) -> str:
+def lower_function(graph: Graph, name: str | None = None, bf16_as_f32: bool = False,
+                   index_checks: list | None = None) -> str:
     """One `func.func` computing `graph` (its arguments typed as the graph's inputs). `bf16_as_f32`:
     bf16 arguments and results are f32 at the boundary (Avalon holds bf16 in f32 on the host; a
-    runtime without bf16 arrays passes them so), rounded to bf16 inside and widened back on return."""
+    runtime without bf16 arrays passes them so), rounded to bf16 inside and widened back on return.
+    `index_checks` (a list to fill): each gather's and scatter's index range is two more i64
+    results after the graph's, and (op, bound) of each is appended to the list, in that order."""
     e = LinalgEmitter()
+    if index_checks is not None:
+        e.checks = []
 
     def host(t: TensorType) -> TensorType:
         return t.with_dtype(dt.float32) if bf16_as_f32 and t.dtype == dt.bfloat16 else t
     params = [V(f"%arg{i}", host(plain(v.type))) for i, v in enumerate(graph.inputs)]
     args = [convert(e, p, v.type.dtype) for p, v in zip(params, graph.inputs)]
     outs = [convert(e, o, host(o.t).dtype) for o in lower_block(e, graph.body, args)]
+    for lo, hi, op, bound in e.checks or ():
+        outs += [lo, hi]
+        index_checks.append((op, bound))
     sig = ", ".join(f"{a.name}: {ty(a.t)}" for a in params)
     rt = ", ".join(ty(o.t) for o in outs)
     ret = f"    func.return {', '.join(o.name for o in outs)} : {rt}" if outs else "    func.return"

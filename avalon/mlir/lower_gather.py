@@ -20,11 +20,31 @@ from .linalg import rule
 from .scalar import cast
 
 
+def check_bounds(e: LinalgEmitter, idx: V, bound: int, op: Op) -> None:
+    """With `e.checks` on (a runtime that raises for it, as the IREE backend's): the index tensor's
+    smallest and largest value as two more results of the function, so the caller can raise the
+    reference's IndexOutOfRangeError, naming the op, its line and the value, where the kernels clamp
+    (tensor.extract past the end is undefined behaviour; a wrong row read in silence is worse than
+    an error). One fused min/max reduction; exported MLIR (`checks` None) has none."""
+    if e.checks is None or idx.t.numel == 0:
+        return
+    flat = e.reshape(idx, (idx.t.numel,))
+    scalar_t = TensorType((), dt.int64)
+    lo, hi = e.full(scalar_t, -(1 << 63) + 1), e.full(scalar_t, (1 << 63) - 1)
+
+    def body(b: LinalgEmitter, a: list[V]) -> list[V]:
+        k = cast(b, a[0], dt.int64) if a[0].d != dt.int64 else a[0]
+        return [b.arith("arith.minsi", k, a[1]), b.arith("arith.maxsi", k, a[2])]
+    mn, mx = e.generic([(flat, identity(1))], [(hi, amap(1, [])), (lo, amap(1, []))], ["reduction"], body)
+    e.checks.append((mn, mx, op, int(bound)))
+
+
 @rule("take")
 def _take(e: LinalgEmitter, op: Op, args: list[V], types: list[TensorType]) -> list[V]:
     """Indices are clamped into range (the reference raises on one out of range; a compiled
-    kernel must not read out of bounds)."""
+    kernel must not read out of bounds), and checked where the caller asks (`check_bounds`)."""
     x, idx = args
+    check_bounds(e, idx, x.t.shape[op.attrs["axis"] % x.t.rank], op)
     out = types[0]
     ax = op.attrs["axis"] % x.t.rank
     ri = idx.t.rank
@@ -43,6 +63,7 @@ def _one_hot(e: LinalgEmitter, op: Op, args: list[V], types: list[TensorType]) -
     idx = args[0]
     out = types[0]
     r = idx.t.rank
+    check_bounds(e, idx, op.attrs["num_classes"], op)
 
     def body(b: LinalgEmitter, a: list[V]) -> V:
         k = V(b.op(f"arith.index_cast {a[0].name} : {a[0].d.name} to index", dt.int64).name, INDEX)

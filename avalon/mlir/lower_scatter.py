@@ -3,7 +3,8 @@
 the "linalg" dialect promises upstream ops only), so it is lowered as the one-hot matmul that
 `take`'s gradient used to be: onehot(idx, size)^T @ values, built as primitives for the operands'
 types, then lowered op by op through this table. 2*K*M*D flops where the Triton and numpy backends
-do M*D adds; an index outside [0, size) adds nothing (its one-hot row is zero), as `take` clamps.
+do M*D adds; an index outside [0, size) adds nothing (its one-hot row is zero), as `take` clamps, unless the
+caller asked for index checks (`lower_gather.check_bounds`; the IREE backend does).
 `index_max` is the same one-hot selecting with `where` (-inf elsewhere) and a max over the M rows:
 an (size, M, D) intermediate, fine for the small graphs IREE is checked on.
 """
@@ -15,6 +16,7 @@ from avalon.ir import Builder, Graph, Op, TensorType
 
 from .emitter import LinalgEmitter, V
 from .linalg import lower_block, rule
+from .lower_gather import check_bounds
 
 
 def one_hot_form(vals: TensorType, idx: TensorType, size: int) -> Graph:
@@ -46,13 +48,24 @@ def one_hot_max_form(vals: TensorType, idx: TensorType, size: int) -> Graph:
     return g
 
 
+def _unchecked(e: LinalgEmitter, g: Graph, args: list[V]) -> list[V]:
+    """`g` lowered without checking its one-hot's indices again (the caller checked them, naming its op)."""
+    saved, e.checks = e.checks, None
+    try:
+        return lower_block(e, g.body, args)
+    finally:
+        e.checks = saved
+
+
 @rule("index_max")
 def _index_max(e: LinalgEmitter, op: Op, args: list[V], types: list[TensorType]) -> list[V]:
     vals, idx = args
-    return lower_block(e, one_hot_max_form(vals.t, idx.t, op.attrs["size"]).body, [vals, idx])
+    check_bounds(e, idx, op.attrs["size"], op)
+    return _unchecked(e, one_hot_max_form(vals.t, idx.t, op.attrs["size"]), [vals, idx])
 
 
 @rule("index_add")
 def _index_add(e: LinalgEmitter, op: Op, args: list[V], types: list[TensorType]) -> list[V]:
     vals, idx = args  # (f16/bf16 arrive widened to f32 and the result is rounded back once)
-    return lower_block(e, one_hot_form(vals.t, idx.t, op.attrs["size"]).body, [vals, idx])
+    check_bounds(e, idx, op.attrs["size"], op)
+    return _unchecked(e, one_hot_form(vals.t, idx.t, op.attrs["size"]), [vals, idx])

@@ -81,6 +81,17 @@ def iota(shape: Any, axis: int = 0, dtype: Any = dt.int64) -> Tensor:
     return bind("iota", shape=list(shape), axis=check_dim("iota", axis, len(shape)), dtype=dtype_arg("iota", dtype))
 
 
+def in_range(idx: Tensor, size: int) -> Tensor:
+    """A traced integer index, wrapped negatives already, as itself through a `take` of iota(size):
+    where the index is later folded into a flat offset (gather along dim 1, x[i, j], a scatter) an
+    index past its dim would name another row's element (x[0, 4] of a 3x4 tensor is x[1, 0]); this
+    way every backend raises the take's IndexOutOfRangeError, on the user's line, instead. Known
+    values are checked when traced, so they pass through."""
+    if not idx.is_traced or idx.numel() == 0:
+        return idx
+    return bind("take", iota((size,), 0, dt.int64), idx, axis=0)
+
+
 def _num(v: Any) -> Any:
     return v.item() if isinstance(v, Tensor) else v
 

@@ -32,6 +32,7 @@ from .core import (
     slice_,
     where,
 )
+from .creation import in_range, iota
 
 
 def _is_int_index(i: Any) -> bool:
@@ -296,7 +297,7 @@ def _arrays_index(x: Tensor, index: tuple) -> Tensor:
     bshape = tuple(np.broadcast_shapes(*[i.shape for i in idx]))
     linear = None
     for k, i in enumerate(idx):
-        term = cast(broadcast_to(i, bshape), dt.int64)
+        term = cast(broadcast_to(in_range(i, sizes[k]), bshape), dt.int64)
         stride = math.prod(sizes[k + 1:])
         term = bind("mul", term, full(bshape, stride, dt.int64)) if stride != 1 else term
         linear = term if linear is None else add(linear, term)
@@ -342,7 +343,6 @@ def _positions(mask: Tensor, count: int) -> Tensor:
     """Where a traced 1-d mask known to hold `count` trues holds them, as ops of its graph (each true
     element's running count is its slot), so no index array is baked into the graph: it stays
     cached, as the mask's own ops are."""
-    from .creation import iota
     from .sorting import scatter  # (sorting builds on this module)
     slot = where(mask, add(cumsum(cast(mask, dt.int64), 0), -1), count)  # falses go to a spare slot
     return slice_(scatter(full((count + 1,), 0, dt.int64), 0, slot, iota((mask.shape[0],))), [0], [count])

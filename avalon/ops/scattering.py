@@ -61,7 +61,7 @@ from .core import (
     unsupported,
     where,
 )
-from .creation import iota
+from .creation import in_range, iota
 from .reductions import prod
 from .shaping import _dim, movedim
 from .sorting import _crop, _flat_targets, _hits, _index, _same_dtype, scatter, scatter_sum
@@ -221,7 +221,7 @@ def _vector(fn: str, index: Any, size: int, dim: int, *, wrap: bool) -> Tensor:
             raise fail(IndexError(f"{fn}: index {int(v[bad][0])} is out of bounds for dimension {dim} with size "
                                   f"{size}"))
         return Tensor(v % max(size, 1)) if wrap and (v < 0).any() else idx
-    return where(lt(idx, 0), add(idx, size), idx) if wrap else idx
+    return in_range(where(lt(idx, 0), add(idx, size), idx) if wrap else idx, size)
 
 
 def _along(fn: str, x: Tensor, dim: int, index: Any, source: Any) -> tuple[int, Tensor, Tensor]:

@@ -82,7 +82,7 @@ from .core import (
     unsupported,
     where,
 )
-from .creation import _random, iota
+from .creation import _random, in_range, iota
 from .shaping import _dim, movedim, narrow
 
 
@@ -235,7 +235,7 @@ def _index(fn: str, x: Tensor, d: int, index: Any, bound: int) -> Tensor:
         if bad.any():
             raise located(IndexError(f"{fn}: index {int(vals[bad].reshape(-1)[0])} is out of bounds for dimension "
                                      f"{d} with size {bound}"), user_location())
-    return idx
+    return in_range(idx, bound)
 
 
 def _crop(x: Tensor, shape: tuple[int, ...], keep: int | None = None) -> Tensor:

@@ -24,6 +24,7 @@ import numpy as np
 
 from avalon.channels import get_logger
 from avalon.ir import Graph
+from avalon.ir.reference import IndexOutOfRangeError
 from avalon.mlir.linalg import lower_function
 from avalon.passes.target import Target
 from avalon.tensor import as_array
@@ -154,7 +155,9 @@ class IreeExecutable:
     def __init__(self, graph: Graph, extra_flags: Sequence[str] = (), base: Sequence[str] = DEFAULT_FLAGS):
         self.name = "main"
         # bf16 crosses the boundary as the f32 Avalon holds it in (the module rounds it, exactly)
-        self.source = "module {\n" + lower_function(graph, self.name, bf16_as_f32=True) + "\n}\n"
+        self.checks: list[tuple] = []  # (op, bound) per index range the module returns after the outputs
+        self.source = ("module {\n" + lower_function(graph, self.name, bf16_as_f32=True, index_checks=self.checks)
+                       + "\n}\n")
         self.kernels = {graph.name: self.source}
         self.in_types = [v.type for v in graph.inputs]
         self.n_out = len(graph.outputs)
@@ -169,12 +172,25 @@ class IreeExecutable:
             raise TypeError(f"expected {len(self.in_types)} inputs, got {len(inputs)}")
         args = [np.ascontiguousarray(as_array(x, t.dtype)).reshape(t.shape) for x, t in zip(inputs, self.in_types)]
         out = self._fn(*args)
-        if self.n_out == 0:
+        if self.n_out == 0 and not self.checks:
             return ()
         outs = out if isinstance(out, (tuple, list)) else (out,)
+        self._check_indices(outs[self.n_out:])
+        outs = outs[:self.n_out]
         # a uint8 result comes back as the i8 the module stores it as (the same bits): view it as uint8
         return tuple(np.array(o.to_host() if hasattr(o, "to_host") else o).view(d)
                      for o, d in zip(outs, self.out_dtypes))
+
+
+    def _check_indices(self, ranges: Sequence[Any]) -> None:
+        """Raise the reference's IndexOutOfRangeError for the first gather or scatter whose index
+        range (its min and max, returned by the module) leaves [0, bound): IREE's kernels clamp."""
+        for k, (op, bound) in enumerate(self.checks):
+            lo, hi = (int(np.asarray(r.to_host() if hasattr(r, "to_host") else r)) for r in ranges[2 * k:2 * k + 2])
+            if lo < 0 or hi >= bound:
+                at = f" at {op.loc}" if op.loc else ""
+                raise IndexOutOfRangeError(f"{op.name}{at}: index {lo if lo < 0 else hi} is out of range "
+                                           f"[0, {bound}) (found by the IREE module)")
 
 
 class IreeBackend:
