@@ -41,7 +41,7 @@ def test_functions_match_torch_in_value_and_gradient(rng, name):
 def test_einmix_has_torchs_parameters_and_values(rng):
     args = ("b n d -> b n e",)
     kw = dict(weight_shape="d e", bias_shape="e", d=4, e=6)
-    theirs, ours = tlayers.EinMix(*args, **kw).double(), nn.EinMix(*args, **kw)
+    theirs, ours = tlayers.EinMix(*args, **kw).double(), nn.EinMix(*args, **kw).double()
     av.nn.load_state_dict(ours, theirs.state_dict())
     x = rng.standard_normal((2, 3, 4))
     assert rel(ours(av.tensor(x)).numpy(), theirs(torch.tensor(x)).detach().numpy()) < 1e-12

@@ -302,14 +302,15 @@ def test_functional_call_restores_after_an_exception():
     p = {k: av.tensor(v) for k, v in new_params(ours).items()}
     own = dict(ours.named_parameters())
     with pytest.raises(Exception, match="do not align"):
-        func.functional_call(ours, p, (av.ones(4, 7),))  # a shape error inside forward
+        func.functional_call(ours, p, (av.ones(4, 7, dtype=p["fc1.weight"].dtype),))  # a shape error inside forward
     assert dict(ours.named_parameters()) == own and all(a is b for a, b in zip(own.values(),
                                                                                 dict(ours.named_parameters()).values()))
     with pytest.raises(AttributeError):
-        func.functional_call(ours, {"fc1.weight": p["fc1.weight"], "nope.weight": p["fc2.weight"]}, (av.ones(4, 3),))
+        func.functional_call(ours, {"fc1.weight": p["fc1.weight"], "nope.weight": p["fc2.weight"]},
+                             (av.ones(4, 3, dtype=av.float64),))
     assert ours.fc1.weight is own["fc1.weight"]
     assert "extra" not in vars(ours)
-    func.functional_call(ours, {"extra": av.ones(2)}, (av.ones(1, 3),))  # not strict: set, then removed
+    func.functional_call(ours, {"extra": av.ones(2)}, (av.ones(1, 3, dtype=ours.fc1.weight.dtype),))  # not strict
     assert "extra" not in vars(ours)
 
 

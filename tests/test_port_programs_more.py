@@ -1263,7 +1263,8 @@ def test_a_torch_checkpoint_goes_on_training_in_avalon(tmp_path):
 
 def test_checkpoint_with_rng_state_resumes_dropout_masks_as_the_uninterrupted_run(tmp_path):
     rng = np.random.default_rng(15)
-    batches = [(av.tensor(rng.standard_normal((6, 5))), av.tensor(rng.integers(0, 3, 6))) for _ in range(4)]
+    batches = [(av.tensor(rng.standard_normal((6, 5)).astype(np.float32)), av.tensor(rng.integers(0, 3, 6)))
+               for _ in range(4)]
 
     def train(resume: bool, restore_rng: bool = True):
         av.manual_seed(0)

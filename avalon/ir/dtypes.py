@@ -53,6 +53,17 @@ class DType:
     def __repr__(self) -> str:
         return f"av.{PY_NAMES[self.name]}"
 
+    # One object per dtype, as torch's: code compares dtypes with `is`, and a deepcopied (EMA, target
+    # network) or unpickled model must hold the same objects, not equal copies.
+    def __copy__(self) -> DType:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> DType:
+        return self
+
+    def __reduce__(self) -> tuple:
+        return dtype, (self.name,)
+
     def __str__(self) -> str:
         return self.name
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..tensor import Tensor
 from ..trace import located, user_location
-from .core import _tensor, cast, matmul, mul, permute, reshape, result_dtype, sum
+from .core import _tensor, matmul, mul, permute, reshape, same_dtype, sum
 from .shaping import _diagonal
 
 Label = str | int  # a letter, or the position of an ellipsis dim (right-aligned across operands)
@@ -104,8 +104,7 @@ def einsum(equation: Any, *operands: Any) -> Tensor:
     else:
         out = list(range(n_ell)) + sorted(lab for lab, c in counts.items() if isinstance(lab, str) and c == 1)
 
-    d = result_dtype(*xs)
-    xs = [cast(x, d) for x in xs]
+    same_dtype("einsum", *xs)
     sizes: dict[Label, int] = {}
     for i, (x, ls) in enumerate(zip(xs, labels)):
         for lab, s in zip(ls, x.shape):

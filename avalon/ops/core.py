@@ -954,13 +954,25 @@ def _autocast(*xs: Tensor) -> tuple[Tensor, ...]:
     return amp.lower_precision(*xs)
 
 
+def same_dtype(fn: str, *xs: Tensor) -> DType:
+    """torch's rule for contractions (matmul, conv, linear, einsum): operands of one dtype, an error
+    otherwise, where numpy would promote: an f32 model fed an f64 batch ran in f64 at twice the
+    memory in silence, and f32 @ i64 computed what torch refuses."""
+    d = xs[0].dtype
+    other = next((x.dtype for x in xs[1:] if x.dtype != d), None)  # (!=: a deepcopied model holds copies)
+    if other is not None:
+        raise located(TypeError(f"{fn}: expected both operands to have the same dtype, but got {d.name} and "
+                                f"{other.name}; cast one with .to(...)"), user_location())
+    return d
+
+
 def matmul(input: Any, other: Any) -> Tensor:
-    """numpy.matmul semantics: 1-d operands are promoted, batch dimensions broadcast."""
+    """numpy.matmul's shapes (1-d operands are promoted, batch dimensions broadcast), torch's
+    dtypes: both operands of one dtype (`same_dtype`)."""
     a, b = _autocast(_tensor(input), _tensor(other))
     if a.ndim == 0 or b.ndim == 0:
         raise located(ShapeError("matmul: operands must not be scalars; use *"), user_location())
-    d = result_dtype(a, b)
-    a, b = cast(a, d), cast(b, d)
+    same_dtype("matmul", a, b)
     va, vb = a.ndim == 1, b.ndim == 1
     if va:
         a = reshape(a, (1, a.shape[0]))
@@ -988,8 +1000,8 @@ def _pair(v: Any) -> list[int]:
 
 def conv2d(x: Any, w: Any, stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1) -> Tensor:
     x, w = _autocast(_tensor(x), _tensor(w))
-    d = result_dtype(x, w)
-    return bind("conv2d", cast(x, d), cast(w, d), stride=_pair(stride), padding=_pair(padding),
+    same_dtype("conv2d", x, w)
+    return bind("conv2d", x, w, stride=_pair(stride), padding=_pair(padding),
                 dilation=_pair(dilation), groups=int(groups))
 
 

@@ -33,6 +33,7 @@ from .core import (
     mul,
     random,
     reshape,
+    same_dtype,
     stop_gradient,
     sub,
     unsupported,
@@ -105,6 +106,8 @@ def addmm(input: Any, mat1: Any, mat2: Any, *, beta: Any = 1, alpha: Any = 1, ou
     if a.ndim != 2 or b.ndim != 2:
         raise located(ShapeError(f"addmm: mat1 and mat2 must be 2-d, got {a.shape} and {b.shape}"), user_location())
     p = matmul(a, b)
+    if isinstance(input, Tensor):
+        same_dtype("addmm", input, p)  # torch's rule (an f64 bias on an f32 product is an error)
     p = p if alpha == 1 else mul(p, alpha)
     if beta == 0:
         return p

@@ -6,15 +6,18 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ..tensor import Tensor
-from .core import _tensor, add, amax, amin, fail, matmul, mul, sum
+from .core import _tensor, add, amax, amin, fail, matmul, mul, same_dtype, sum
 from .pointwise import outer
 
 __all__ = ["addbmm", "addmv", "addr", "aminmax", "baddbmm"]
 
 
-def _scaled(input: Any, p: Tensor, beta: Any, alpha: Any) -> Tensor:
-    """beta * input + alpha * p, in p's shape."""
+def _scaled(input: Any, p: Tensor, beta: Any, alpha: Any, fn: str | None = None) -> Tensor:
+    """beta * input + alpha * p, in p's shape; `fn` (addmm, addmv, ...: torch's matmul family)
+    wants input of p's dtype, as torch does (addr promotes)."""
     x = _tensor(input)
+    if fn is not None:
+        same_dtype(fn, x, p)
     lead = p.ndim - x.ndim
     if lead < 0 or any(s not in (1, p.shape[lead + i]) for i, s in enumerate(x.shape)):
         raise fail(RuntimeError(f"The expanded size of the tensor {list(x.shape)} must match the product's shape "
@@ -30,7 +33,7 @@ def addmv(input: Any, mat: Any, vec: Any, *, beta: Any = 1, alpha: Any = 1) -> T
     m, v = _tensor(mat), _tensor(vec)
     if m.ndim != 2 or v.ndim != 1:
         raise fail(RuntimeError(f"vector + matrix @ vector expected, got {_tensor(input).ndim}, {m.ndim}, {v.ndim}"))
-    return _scaled(input, matmul(m, v), beta, alpha)
+    return _scaled(input, matmul(m, v), beta, alpha, "addmv")
 
 
 def addr(input: Any, vec1: Any, vec2: Any, *, beta: Any = 1, alpha: Any = 1) -> Tensor:
@@ -56,13 +59,13 @@ def _batches(b1: Any, b2: Any) -> tuple[Tensor, Tensor]:
 def baddbmm(input: Any, batch1: Any, batch2: Any, *, beta: Any = 1, alpha: Any = 1) -> Tensor:
     """beta * input + alpha * (batch1 @ batch2), batch by batch."""
     a, b = _batches(batch1, batch2)
-    return _scaled(input, matmul(a, b), beta, alpha)
+    return _scaled(input, matmul(a, b), beta, alpha, "baddbmm")
 
 
 def addbmm(input: Any, batch1: Any, batch2: Any, *, beta: Any = 1, alpha: Any = 1) -> Tensor:
     """beta * input + alpha * sum over the batch of batch1[i] @ batch2[i]."""
     a, b = _batches(batch1, batch2)
-    return _scaled(input, sum(matmul(a, b), 0), beta, alpha)
+    return _scaled(input, sum(matmul(a, b), 0), beta, alpha, "addbmm")
 
 
 class AminmaxResult(NamedTuple):
