@@ -4,6 +4,8 @@ Models are plain Python objects; `av.trace` records one call as a typed SSA grap
 `avalon.passes` rewrites it in the open, and backends run it: the numpy reference interpreter
 (`av.interpret`) and generated Triton kernels. See README.md.
 """
+import inspect as _inspect
+
 from . import (
     amp,
     autograd,
@@ -410,6 +412,7 @@ from .sparse import sparse_coo, sparse_coo_tensor, spmm, strided  # sparse COO t
 from .special import igamma, igammac  # torch.igamma / igammac (torch.special.gammainc / gammaincc)
 from .tensor import LEGACY_TYPES as _LEGACY_TYPES
 from .tensor import Buffer, TracerError, tensor
+from .tensor import Tensor as _TensorBase
 from .tensor import TorchTensor as Tensor  # torch's legacy constructor; isinstance checks avalon.tensor.Tensor
 from .trace import trace
 from .train import fit
@@ -429,11 +432,18 @@ long = int64
 short = int16
 half = float16
 bool = bool_  # noqa: A001
+from math import e, inf, nan, pi  # noqa: E402  (torch.inf, torch.nan, torch.pi, torch.e: Python floats as torch's)
 
 FloatTensor, DoubleTensor, HalfTensor, BFloat16Tensor = (_LEGACY_TYPES[n] for n in (
     "FloatTensor", "DoubleTensor", "HalfTensor", "BFloat16Tensor"))
 IntTensor, LongTensor, BoolTensor = (_LEGACY_TYPES[n] for n in ("IntTensor", "LongTensor", "BoolTensor"))
 ByteTensor, CharTensor, ShortTensor = (_LEGACY_TYPES[n] for n in ("ByteTensor", "CharTensor", "ShortTensor"))
+
+ops._numpy_names_in(globals())  # numpy's `axis`/`keepdims` for `dim`/`keepdim`, as torch's parser takes them
+for _n, _f in list(vars(_TensorBase).items()):
+    if _inspect.isfunction(_f) and not _n.startswith("__"):
+        setattr(_TensorBase, _n, ops._numpy_names(_f))
+del _n, _f
 
 amp.install_policies()  # autocast's op lists wrap their functions once everything above is imported
 _complex.install(globals())  # av.exp, av.einsum, av.zeros(dtype=av.cfloat), ... take complex operands

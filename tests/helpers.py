@@ -138,6 +138,61 @@ def twin_mlps(seed: int = 7):
 
 
 
+def lm_steps(model, tmodel, optimizer, toptimizer, vocab: int, shape, seed: int, steps: int = 3, clip=None,
+             tol: float = 1e-4):
+    """The port-QA language-model loop: `steps` steps of next-token cross entropy on random tokens of `shape`
+    (numpy's generator, `seed`), torch's `zero_grad(); loss.backward(); [clip_grad_norm_]; step()` beside the port's
+    `av.value_and_grad` step (the first eager, the rest compiled on numpy, one trace), compared after each step:
+    loss and logits within 1e-5, gradients and parameters (and buffers) relative to their largest element or 1e-4
+    within `tol`. Warnings while tracing (a tensor captured or baked in) are errors. Returns the last tokens."""
+    import warnings
+
+    import torch.nn.functional as TF  # noqa: N812
+
+    from avalon.nn import functional as F
+
+    def loss_fn(model, tokens):
+        logits = model(tokens[:, :-1])
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)), logits
+
+    def train_step(model, optimizer, tokens):
+        (loss, logits), grads = av.value_and_grad(loss_fn, has_aux=True)(model, tokens)
+        if clip is not None:
+            nn.utils.clip_grad_norm_(grads, clip)
+        optimizer.step(grads)
+        return loss, logits, grads
+    run = av.compile(train_step, backend="numpy")
+
+    def close(a, b, what):
+        a, b = as_numpy(a).astype(np.float64), as_numpy(b).astype(np.float64)
+        assert np.abs(a - b).max(initial=0) / max(np.abs(b).max(initial=0), 1e-4) < tol, what
+
+    rng = np.random.default_rng(seed)
+    for it in range(steps):
+        tokens = rng.integers(0, vocab, shape)
+        tlogits = tmodel(torch.tensor(tokens[:, :-1]))
+        tloss = TF.cross_entropy(tlogits.reshape(-1, tlogits.shape[-1]), torch.tensor(tokens[:, 1:]).reshape(-1))
+        toptimizer.zero_grad()
+        tloss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(tmodel.parameters(), clip)
+        toptimizer.step()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            loss, logits, grads = (run if it else train_step)(model, optimizer, av.tensor(tokens))
+        assert rel(loss, tloss) < 1e-5 and rel(logits, tlogits) < 1e-5, it
+        want = {k: p.grad for k, p in tmodel.named_parameters() if p.grad is not None}
+        assert sorted(grads) == sorted(want), it
+        for k, g in want.items():
+            close(grads[k], g, (it, k))
+        sd = tmodel.state_dict()
+        assert sorted(model.state_dict()) == sorted(sd)
+        for k, v in model.state_dict().items():
+            close(v, sd[k], (it, k))
+    assert run.cache_info().misses == 1
+    return tokens
+
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

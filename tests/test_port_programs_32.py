@@ -78,7 +78,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
-from helpers import T, rel
+from helpers import T, lm_steps, rel
 from test_port_programs_30 import randn, same_grads, same_weights_but
 from test_port_programs_more import compiled, pair, same_weights, strict
 
@@ -1195,43 +1195,17 @@ def test_retnet_multiscale_retention_decay_masks_xpos_group_norm_parallel_equals
     optimizer = av.optim.AdamW(model.parameters(), lr=1e-3)
     toptimizer = torch.optim.AdamW(tmodel.parameters(), lr=1e-3)
 
-    def loss_fn(model, tokens):
-        logits = model(tokens[:, :-1])
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)), logits
-
-    def train_step(model, optimizer, tokens):
-        (loss, logits), grads = av.value_and_grad(loss_fn, has_aux=True)(model, tokens)
-        nn.utils.clip_grad_norm_(grads, 1.0)
-        optimizer.step(grads)
-        return loss, logits, grads
-    run = compiled(train_step, "numpy")
     recurrent = compiled(lambda model, tokens: model.forward_recurrent(tokens), "numpy")
     chunkwise = compiled(lambda model, tokens: model.forward_chunkwise(tokens, 3), "numpy")
 
-    rng = np.random.default_rng(5)
-    for it in range(3):
-        tokens = rng.integers(0, 11, (2, 7))
-        tlogits = tmodel(torch.tensor(tokens[:, :-1]))
-        tloss = TF.cross_entropy(tlogits.reshape(-1, tlogits.shape[-1]), torch.tensor(tokens[:, 1:]).reshape(-1))
-        toptimizer.zero_grad()
-        tloss.backward()
-        torch.nn.utils.clip_grad_norm_(tmodel.parameters(), 1.0)
-        toptimizer.step()
-        with strict():
-            loss, logits, grads = (run if it else train_step)(model, optimizer, av.tensor(tokens))
-        assert rel(loss, tloss) < 1e-5 and rel(logits, tlogits) < 1e-5, it
-        same_grads(grads, tmodel, 1e-4)
-        same_weights(model, tmodel, 1e-4)
-        if it < 2:
-            continue
-        with av.no_grad(), torch.no_grad(), strict():  # the parallel form equals the recurrent and chunkwise ones
-            trec = tmodel.forward_recurrent(torch.tensor(tokens))
-            rec = recurrent(model, av.tensor(tokens))
-            assert rel(rec, trec) < 1e-5 and rel(rec, model(av.tensor(tokens))) < 1e-4
-            tchunk = tmodel.forward_chunkwise(torch.tensor(tokens[:, :6]), 3)
-            chunk = chunkwise(model, av.tensor(tokens[:, :6]))
-            assert rel(chunk, tchunk) < 1e-5 and rel(chunk, model(av.tensor(tokens[:, :6]))) < 1e-4
-    assert run.cache_info().misses == 1
+    tokens = lm_steps(model, tmodel, optimizer, toptimizer, 11, (2, 7), seed=5, clip=1.0)
+    with av.no_grad(), torch.no_grad(), strict():  # the parallel form equals the recurrent and chunkwise ones
+        trec = tmodel.forward_recurrent(torch.tensor(tokens))
+        rec = recurrent(model, av.tensor(tokens))
+        assert rel(rec, trec) < 1e-5 and rel(rec, model(av.tensor(tokens))) < 1e-4
+        tchunk = tmodel.forward_chunkwise(torch.tensor(tokens[:, :6]), 3)
+        chunk = chunkwise(model, av.tensor(tokens[:, :6]))
+        assert rel(chunk, tchunk) < 1e-5 and rel(chunk, model(av.tensor(tokens[:, :6]))) < 1e-4
 
 
 # -- 5. CycleGAN (junyanz/pytorch-CycleGAN-and-pix2pix: models/networks.py's ResnetGenerator, NLayerDiscriminator,

@@ -62,7 +62,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
-from helpers import T, rel
+from helpers import T, lm_steps, rel
 from test_port_programs_30 import randn, same_grads, same_weights_but
 from test_port_programs_more import compiled, pair, same_weights, strict, train_step
 
@@ -334,30 +334,7 @@ def test_hyena_fft_long_convolution_implicit_sine_filters_complex_positional_emb
     assert [len(g["params"]) for g in optimizer.param_groups] == [len(g["params"]) for g in toptimizer.param_groups]
     assert [g["lr"] for g in optimizer.param_groups] == [g["lr"] for g in toptimizer.param_groups]
 
-    def loss_fn(model, tokens):
-        logits = model(tokens[:, :-1])
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)), logits
-
-    def train_step(model, optimizer, tokens):
-        (loss, logits), grads = av.value_and_grad(loss_fn, has_aux=True)(model, tokens)
-        optimizer.step(grads)
-        return loss, logits, grads
-    run = compiled(train_step, "numpy")
-
-    rng = np.random.default_rng(0)
-    for it in range(3):
-        tokens = rng.integers(0, 9, (2, 9))
-        tlogits = tmodel(torch.tensor(tokens[:, :-1]))
-        tloss = TF.cross_entropy(tlogits.reshape(-1, tlogits.shape[-1]), torch.tensor(tokens[:, 1:]).reshape(-1))
-        toptimizer.zero_grad()
-        tloss.backward()
-        toptimizer.step()
-        with strict():
-            loss, logits, grads = (run if it else train_step)(model, optimizer, av.tensor(tokens))
-        assert rel(loss, tloss) < 1e-5 and rel(logits, tlogits) < 1e-5, it
-        same_grads(grads, tmodel, 1e-4)
-        same_weights(model, tmodel, 1e-4)
-    assert run.cache_info().misses == 1
+    lm_steps(model, tmodel, optimizer, toptimizer, 9, (2, 9), seed=0)
 
 
 # -- 2. BYOL (lucidrains/byol-pytorch byol_pytorch/byol_pytorch.py: the `singleton` decorator, NetWrapper's forward hook
@@ -1151,16 +1128,7 @@ def test_xlstm_mlstm_stabilized_parallel_form_headwise_projections_causal_conv_a
     optimizer = av.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     toptimizer = torch.optim.AdamW(tmodel.parameters(), lr=1e-2, weight_decay=0.1)
 
-    def loss_fn(model, idx):
-        logits = model(idx[:, :-1])
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), idx[:, 1:].reshape(-1)), logits
-
-    def train_step(model, optimizer, idx):
-        (loss, logits), grads = av.value_and_grad(loss_fn, has_aux=True)(model, idx)
-        nn.utils.clip_grad_norm_(grads, 0.5)
-        optimizer.step(grads)
-        return loss, logits, grads
-    run = compiled(train_step, "numpy")
+    lm_steps(model, tmodel, optimizer, toptimizer, 10, (2, 7), seed=3, clip=0.5)
 
     def recurrent(th, model, idx):  # token by token through mLSTMLayer.step's states
         state, outs = None, []
@@ -1170,27 +1138,12 @@ def test_xlstm_mlstm_stabilized_parallel_form_headwise_projections_causal_conv_a
         return th.cat(outs, dim=1)
     rec = compiled(functools.partial(recurrent, av), "numpy")
 
-    rng = np.random.default_rng(3)
-    for it in range(3):
-        idx = rng.integers(0, 10, (2, 7))
-        tlogits = tmodel(torch.tensor(idx[:, :-1]))
-        tloss = TF.cross_entropy(tlogits.reshape(-1, tlogits.size(-1)), torch.tensor(idx[:, 1:]).reshape(-1))
-        toptimizer.zero_grad()
-        tloss.backward()
-        torch.nn.utils.clip_grad_norm_(tmodel.parameters(), 0.5)
-        toptimizer.step()
-        with strict():
-            loss, logits, grads = (run if it else train_step)(model, optimizer, av.tensor(idx))
-        assert rel(loss, tloss) < 1e-5 and rel(logits, tlogits) < 1e-5, it
-        same_grads(grads, tmodel, 1e-4)
-        same_weights(model, tmodel, 1e-4)
     with av.no_grad(), torch.no_grad(), strict():  # the recurrent form equals the parallel one
-        idx = rng.integers(0, 10, (2, 6))
+        idx = np.random.default_rng(30).integers(0, 10, (2, 6))
         trec = recurrent(torch, tmodel, torch.tensor(idx))
         got = rec(model, av.tensor(idx))
         assert rel(trec, tmodel(torch.tensor(idx))) < 1e-4
         assert rel(got, trec) < 1e-5 and rel(got, model(av.tensor(idx))) < 1e-4
-    assert run.cache_info().misses == 1
 
 
 # -- 4. Perceiver (lucidrains/perceiver-pytorch perceiver_pytorch/perceiver_pytorch.py: fourier_encode's

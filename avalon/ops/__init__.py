@@ -14,6 +14,8 @@ unique, masked_select; eager only),
 the windows, hsplit, the scatters, the torch.X_ in-place functions, ...), `torch_surface` (nonzero_static,
 the *_copy view functions, frombuffer, histogramdd, ...); `linalg` is `av.linalg`.
 Everything is importable as `avalon.ops.X`, and the torch-named functions also as `avalon.X`."""
+import inspect
+
 from . import (
     contract,
     core,
@@ -92,3 +94,50 @@ __all__ = sorted({*_core_all, *_creation_all, *_pointwise_all, *_reductions_all,
                   *_sorting_all, *_mathfn_all, *_stats_all, *_matrices_all, *_shapes_all, *_dynamic_all,
                   *_tensor_extras_all, *_math_more_all, *_products_more_all, "einsum", "getitem", "linalg",
                   "setitem", "SortResult", "polygamma", *_torch_aliases_all, *_torch_surface_all})
+
+
+def _numpy_names(fn):
+    """`fn` taking numpy's `axis` for its `dim` and `keepdims` for its `keepdim`, as torch's argument parser does for
+    every function and Tensor method (`x.repeat_interleave(2, axis=1)`, ConvNeXt-V2's upsample_mask;
+    `torch.sort(x, axis=1)`, `x.prod(axis=0, keepdims=True)`); `fn` itself where it names no such parameter or already
+    takes both names."""
+    import functools
+    if getattr(fn, "_numpy_names", False):
+        return fn
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return fn
+    names = {old: new for old, new in (("axis", "dim"), ("keepdims", "keepdim")) if new in params and old not in params}
+    if not names:
+        return fn
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        for old, new in names.items():
+            if old in kwargs:
+                if new in kwargs:
+                    raise TypeError(f"{fn.__name__}() got both '{new}' and its alias '{old}'")
+                kwargs[new] = kwargs.pop(old)
+        return fn(*args, **kwargs)
+    wrapper._numpy_names = True
+    return wrapper
+
+
+def _numpy_names_in(namespace: dict) -> None:
+    """Every function in `namespace` (a module's globals) with `_numpy_names`, replaced in its defining module too,
+    so that one object stands for each function wherever it is exported (autocast's op lists find it by identity)."""
+    import sys
+    for name, fn in list(namespace.items()):
+        if not inspect.isfunction(fn) or name.startswith("__"):
+            continue
+        wrapped = _numpy_names(fn)
+        if wrapped is fn:
+            continue
+        namespace[name] = wrapped
+        home = sys.modules.get(fn.__module__)
+        if home is not None and getattr(home, fn.__name__, None) is fn:
+            setattr(home, fn.__name__, wrapped)
+
+
+_numpy_names_in(globals())
