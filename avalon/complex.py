@@ -289,6 +289,22 @@ class ComplexTensor:
     def __ne__(self, other: Any) -> Tensor:  # type: ignore[override]
         return ~(self == other)
 
+    def _no_order(self, other: Any, sym: str = "<") -> Tensor:
+        raise TypeError(f"'{sym}' does not support complex inputs: complex values have no order (compare .real, "
+                        ".imag or .abs())")
+
+    def __lt__(self, other: Any) -> Tensor:
+        return self._no_order(other, "<")
+
+    def __le__(self, other: Any) -> Tensor:
+        return self._no_order(other, "<=")
+
+    def __gt__(self, other: Any) -> Tensor:
+        return self._no_order(other, ">")
+
+    def __ge__(self, other: Any) -> Tensor:
+        return self._no_order(other, ">=")
+
     __hash__ = object.__hash__
 
     def __bool__(self) -> bool:

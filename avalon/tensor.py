@@ -115,9 +115,49 @@ def default_float_dtype() -> DType:
     return _DEFAULT_FLOAT[0]
 
 
+def _is_complex_data(data: Any) -> bool:
+    """A ComplexTensor (avalon/complex.py), a complex torch tensor, numpy array or Python complex."""
+    if isinstance(data, (np.ndarray, np.generic)):
+        return data.dtype.kind == "c"
+    if isinstance(data, complex):
+        return True
+    test = getattr(data, "is_complex", None)  # ComplexTensor's and torch's
+    return callable(test) and bool(test())
+
+
+def _caller_op() -> str:
+    """The Avalon function the user's code called, by the stack: the outermost frame inside the avalon
+    package before user code (`sigmoid` for `av.sigmoid(z)`, `relu` for `F.relu(z)`). Only for errors."""
+    import os
+    import sys
+    root = os.path.dirname(os.path.abspath(__file__))
+    drivers = tuple(os.path.join(root, d) for d in ("interop", "onnx"))  # they call ops for a model's nodes
+    frame, name = sys._getframe(1), "this op"
+    while frame is not None and (path := os.path.abspath(frame.f_code.co_filename)).startswith(root) and \
+            not path.startswith(drivers):
+        name = frame.f_code.co_name
+        if name in ("f", "fn", "op", "wrapper", "wrapped", "inner"):  # a factory's or decorator's function
+            local = frame.f_locals
+            own = local.get("name", getattr(local.get("fn", local.get("func")), "__name__", None))
+            name = own if isinstance(own, str) else name
+        frame = frame.f_back
+    return name.removeprefix("__").removesuffix("__") if name.startswith("__") else name
+
+
+def complex_error(data: Any) -> TypeError:
+    """The error of a complex value given to an op without complex support: names the op, early,
+    instead of numpy's dtype complaint deep inside."""
+    kind = getattr(getattr(data, "dtype", None), "name", None) or "complex"
+    return TypeError(f"{_caller_op()} does not support complex inputs (got {kind}): Avalon's complex values "
+                     "(av.ComplexTensor, avalon/complex.py) support arithmetic, matmul/einsum, exp/log/sqrt/pow, "
+                     "abs/angle/conj, sums, shape ops, indexing and avalon.fft; take .real/.imag or .abs() first")
+
+
 def _default_dtype(data: Any) -> DType:
     if isinstance(data, Tensor):
         return data.dtype
+    if _is_complex_data(data):
+        raise complex_error(data)
     if hasattr(data, "dtype") and not isinstance(data, np.ndarray) and hasattr(data, "detach"):
         return dt.dtype(data.dtype)  # torch tensor
     if isinstance(data, (np.ndarray, np.generic)):
@@ -127,6 +167,8 @@ def _default_dtype(data: Any) -> DType:
         return dt.bool_
     if arr.dtype.kind in "iu":
         return dt.int64
+    if arr.dtype.kind == "c":  # a list holding complex numbers (else cast to float, dropping the imaginary parts)
+        raise complex_error(arr)
     return _DEFAULT_FLOAT[0]  # Python floats: the default dtype (f32 unless set), as in torch
 
 

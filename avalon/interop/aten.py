@@ -334,6 +334,92 @@ def mean(x: Tensor, dim: Any = None, keepdim: bool = False, dtype: Any = None) -
     return ops.mean(x, dim if dim else None, keepdim, dtype=dtype)
 
 
+@rule("aten.max.default")
+def max_all(x: Tensor) -> Tensor:
+    """x.max() / x.min() with no dim: the whole tensor's (an integer tensor's too)."""
+    return ops.amax(x, None, False)
+
+
+@rule("aten.min.default")
+def min_all(x: Tensor) -> Tensor:
+    return ops.amin(x, None, False)
+
+
+@rule("aten.elu.default")
+def elu(x: Tensor, alpha: Any = 1.0, scale: Any = 1.0, input_scale: Any = 1.0) -> Tensor:
+    """F.elu (and celu/selu, which torch writes as elu with a scale): scale * (x if x > 0 else
+    alpha * (exp(x * input_scale) - 1))."""
+    neg = ops.mul(ops.expm1(ops.mul(x, float(input_scale))), float(alpha))
+    return ops.mul(ops.where(ops.gt(x, 0.0), x, neg), float(scale))
+
+
+@rule("aten.unfold.default")
+def unfold(x: Tensor, dimension: int, size: int, step: int) -> Tensor:
+    return ops.unfold(x, dimension, size, step)
+
+
+@rule("aten.repeat_interleave.Tensor")
+def repeat_interleave_counts(repeats: Tensor, output_size: Any = None) -> Tensor:
+    """The indices `x.repeat_interleave(repeats, dim)` gathers by: each i repeated repeats[i] times. The
+    output's length is the counts' sum, so they must be known when the model is imported (a constant)."""
+    if isinstance(repeats, Tensor) and repeats.is_traced:
+        raise UnsupportedOp("repeat_interleave with run-time repeat counts (its output size depends on their values)")
+    counts = np.asarray(repeats.numpy() if isinstance(repeats, Tensor) else repeats).reshape(-1)
+    return Tensor(np.repeat(np.arange(len(counts), dtype=np.int64), counts))
+
+
+@rule("aten.addmv.default")
+def addmv(x: Tensor, mat: Tensor, vec: Tensor, beta: Any = 1, alpha: Any = 1) -> Tensor:
+    return ops.addmv(x, mat, vec, beta=beta, alpha=alpha)
+
+
+@rule("aten.addbmm.default")
+def addbmm(x: Tensor, b1: Tensor, b2: Tensor, beta: Any = 1, alpha: Any = 1) -> Tensor:
+    return ops.addbmm(x, b1, b2, beta=beta, alpha=alpha)
+
+
+@rule("aten.adaptive_max_pool2d.default")
+def adaptive_max_pool2d(x: Tensor, size: Any) -> tuple:
+    return F.adaptive_max_pool2d(x, list(size), return_indices=True)
+
+
+@rule("aten.rrelu_with_noise_functional.default")
+def rrelu_eval(x: Tensor, noise: Tensor, lower: float = 1 / 8, upper: float = 1 / 3, training: bool = False,
+               generator: Any = None) -> tuple:
+    """F.rrelu: in eval mode a leaky relu of slope (lower + upper) / 2 (training draws random slopes)."""
+    if training:
+        raise UnsupportedOp("rrelu in training mode draws random slopes torch's generator picks")
+    return F.leaky_relu(x, (float(lower) + float(upper)) / 2), noise
+
+
+@rule("aten.nanmedian.default")
+def nanmedian(x: Tensor) -> Tensor:
+    return ops.nanmedian(x)
+
+
+@rule("aten.linalg_solve_triangular.default")
+def solve_triangular(a: Tensor, b: Tensor, *, upper: bool, left: bool = True, unitriangular: bool = False) -> Tensor:
+    from .. import linalg
+    return linalg.solve_triangular(a, b, upper=upper, left=left, unitriangular=unitriangular)
+
+
+@rule("aten._pdist_forward.default")
+def pdist(x: Tensor, p: float = 2.0) -> Tensor:
+    return F.pdist(x, p)
+
+
+def _special(name: str) -> AtenRule:
+    def fn(x: Tensor) -> Tensor:
+        from .. import special
+        return getattr(special, name)(x)
+    fn.__name__ = name
+    return fn
+
+
+for _n in ("erfcx", "i1", "i1e", "i0e", "ndtri"):
+    ATEN[f"aten.special_{_n}.default"] = _special(_n)
+
+
 @rule("aten.amax.default")
 def amax(x: Tensor, dim: Any = (), keepdim: bool = False) -> Tensor:
     return ops.amax(x, list(dim) or None, keepdim)
@@ -807,13 +893,20 @@ def max_pool_indices(x: Tensor, kernel: Any, stride: Any = (), padding: Any = 0,
     k = pairs(kernel, n)
     s = pairs(stride, n) if stride else k
     p = pairs(padding, n)
-    return pool("max", x, k, s, p, p, ceil_mode, dilation=pairs(dilation, n)), None
+    values = pool("max", x, k, s, p, p, ceil_mode, dilation=pairs(dilation, n))
+    # the indices (MaxUnpool's, SegNet's; unused ones are dead code a compiled graph drops) were None
+    # here, which failed later as "cannot make a tensor of None" in whatever read them
+    f = F.max_pool1d if n == 1 else F.max_pool2d
+    return values, f(x, k, s, p, pairs(dilation, n), ceil_mode, return_indices=True)[1]
 
 
 @rule("aten.max_pool2d.default")
 def max_pool(x: Tensor, kernel: Any, stride: Any = (), padding: Any = 0, dilation: Any = 1,
              ceil_mode: bool = False) -> Tensor:
-    return max_pool_indices(x, kernel, stride, padding, dilation, ceil_mode)[0]
+    n = x.ndim - 2
+    k = pairs(kernel, n)
+    p = pairs(padding, n)
+    return pool("max", x, k, pairs(stride, n) if stride else k, p, p, ceil_mode, dilation=pairs(dilation, n))
 
 
 @rule("aten.avg_pool2d.default", "aten.avg_pool1d.default")
@@ -826,6 +919,36 @@ def avg_pool(x: Tensor, kernel: Any, stride: Any = (), padding: Any = 0, ceil_mo
     s = pairs(stride, n) if stride else k
     p = pairs(padding, n)
     return pool("avg", x, k, s, p, p, ceil_mode, count_include_pad)
+
+
+@rule("aten.avg_pool3d.default")
+def avg_pool3d(x: Tensor, kernel: Any, stride: Any = (), padding: Any = 0, ceil_mode: bool = False,
+               count_include_pad: bool = True, divisor_override: Any = None) -> Tensor:
+    """F.avg_pool3d (and F.local_response_norm, which torch decomposes to it) on avalon's 3-d pool."""
+    from ..nn.functional_3d import avg_pool3d as pool3d
+    return pool3d(x, list(kernel), list(stride) or None, list(padding) if isinstance(padding, (list, tuple))
+                  else padding, ceil_mode, count_include_pad, divisor_override)
+
+
+@rule("aten.max_pool3d_with_indices.default")
+def max_pool3d_indices(x: Tensor, kernel: Any, stride: Any = (), padding: Any = 0, dilation: Any = 1,
+                       ceil_mode: bool = False) -> tuple:
+    from ..nn.functional_3d import max_pool3d_with_indices
+    return max_pool3d_with_indices(x, list(kernel), list(stride) or None, padding, dilation, ceil_mode)
+
+
+@rule("aten._adaptive_avg_pool3d.default", "aten.adaptive_avg_pool3d.default")
+def adaptive_avg_pool3d(x: Tensor, size: Any) -> Tensor:
+    from ..nn.functional_3d import adaptive_avg_pool3d as pool3d
+    return pool3d(x, list(size))
+
+
+@rule("aten.grid_sampler_2d.default")
+def grid_sampler_2d(x: Tensor, grid: Tensor, interpolation_mode: int, padding_mode: int, align_corners: bool) -> Tensor:
+    """F.grid_sample's ATen op: the modes as ints (0 bilinear, 1 nearest, 2 bicubic; 0 zeros, 1 border,
+    2 reflection)."""
+    from ..nn.torch_surface import grid_sampler
+    return grid_sampler(x, grid, interpolation_mode, padding_mode, align_corners)
 
 
 @rule("aten._adaptive_avg_pool2d.default", "aten.adaptive_avg_pool2d.default")
@@ -952,6 +1075,26 @@ def bernoulli(x: Tensor, p: Any = None, generator: Any = None) -> Tensor:
     return ops.cast(ops.lt(u, prob), x.dtype)
 
 
+@rule("aten.randn.default")
+def randn(size: Any, *, dtype: Any = None, generator: Any = None, **_: Any) -> Tensor:
+    """torch.randn inside forward (a VAE's or a diffusion step's noise): Avalon's generator, so the
+    values are not torch's (as randn_like's)."""
+    return ops.random(next_seed(), [int(d) for d in size], "normal", _dtype(dtype, dt.float32))
+
+
+@rule("aten.rand.default")
+def rand(size: Any, *, dtype: Any = None, generator: Any = None, **_: Any) -> Tensor:
+    return ops.random(next_seed(), [int(d) for d in size], "uniform", _dtype(dtype, dt.float32))
+
+
+@rule("aten.randint.low", "aten.randint.default")
+def randint(*args: Any, dtype: Any = None, generator: Any = None, **_: Any) -> Tensor:
+    low, high, size = args if len(args) == 3 else (0, *args)
+    u = ops.random(next_seed(), [int(d) for d in size], "uniform", dt.float64)
+    r = ops.add(ops.floor(ops.mul(u, float(high - low))), float(low))
+    return ops.cast(r, _dtype(dtype, dt.int64))
+
+
 @rule("aten.rand_like.default")
 def rand_like(x: Tensor, dtype: Any = None) -> Tensor:
     return ops.random(next_seed(), x.shape, "uniform", _dtype(dtype, x.dtype))
@@ -977,6 +1120,16 @@ def assert_scalar(cond: Any, msg: str = "") -> None:
     """A run-time assertion on sizes; with static shapes `cond` is a Python bool, checked here."""
     if cond is False:
         raise ValueError(f"torch.export's run-time assertion failed: {msg}")
+
+
+@rule("aten._assert_async.msg", "aten._assert_async.default")
+def assert_async(cond: Any, msg: str = "") -> None:
+    """A run-time assertion on a tensor (F.one_hot's class range): checked when the value is known
+    (an eager call); inside a trace or compiled step the graph has no op to fail with, so it is skipped."""
+    if isinstance(cond, Tensor) and cond.is_traced:
+        return None
+    if not bool(np.asarray(cond.numpy() if isinstance(cond, Tensor) else cond).all()):
+        raise ValueError(f"torch.export's run-time assertion failed: {msg or 'assertion'}")
 
 
 @rule("cond")
@@ -1010,6 +1163,18 @@ def higher_order_scan(combine_fn: Any, init: Any, xs: Any, additional: Any = ())
         carry, ys = list(out[:len(carry)]), out[len(carry):]
         steps.append(ys)
     return (*carry, *(ops.stack([s[j] for s in steps]) for j in range(len(steps[0]))))
+
+
+@rule("map_impl")
+def higher_order_map(body_fn: Any, xs: Any, additional: Any = ()) -> tuple:
+    """torch's map (torch._higher_order_ops.map) over dim 0 of `xs`, unrolled like `scan`:
+    body_fn(*slices, *additional) gives one step's outputs, which are stacked along a new dim 0."""
+    extra, xs = tuple(additional), list(xs)
+    n = xs[0].shape[0] if xs else 0
+    if n == 0:
+        raise UnsupportedOp("map over an empty dimension is not supported (its outputs' shapes come from no step)")
+    steps = [body_fn(*(x[i] for x in xs), *extra) for i in range(n)]
+    return tuple(ops.stack([s[j] for s in steps]) for j in range(len(steps[0])))
 
 
 ATEN["<built-in function getitem>"] = operator.getitem

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import fft
-from ..complex import ComplexTensor, _lift, complex_dtype, view_as_complex, view_as_real
+from ..complex import _RULES, ComplexTensor, _lift, complex_dtype, polar, view_as_complex, view_as_real
+from ..complex import complex as make_complex
 from .aten import ATEN, rule
 
 
@@ -58,6 +59,7 @@ def _complex_aware(name: str, method: Callable[..., Any]) -> None:
         if real_rule is None:
             raise NotImplementedError(f"{name} has no rule for real operands")
         return real_rule(*args, **kw)
+    either._complex_rule = True  # type: ignore[attr-defined]  # its errors on complex operands are its own
     ATEN[name] = either
 
 
@@ -88,6 +90,17 @@ for _name, _method in {
             p[(slice(None),) * (d % a.ndim) + (slice(start, end, step),)] for p in (a.real, a.imag))),
     "aten.sum.dim_IntList": lambda a, dims, keepdim=False: a.sum(dims, keepdim),
     "aten.mean.dim": lambda a, dims, keepdim=False: a.mean(dims, keepdim),
+    # complex forms avalon/complex.py already has (these were "no complex rule" errors)
+    "aten.sqrt.default": lambda a: _lift(a).sqrt(),
+    "aten.log.default": lambda a: _lift(a).log(),
+    "aten.reciprocal.default": lambda a: _lift(a).reciprocal(),
+    "aten.pow.Tensor_Scalar": lambda a, p: _RULES["pow"](a, p),
+    "aten.mm.default": lambda a, b: _RULES["mm"](a, b),
+    "aten.bmm.default": lambda a, b: _RULES["bmm"](a, b),
+    "aten.cat.default": lambda xs, dim=0: _RULES["cat"](list(xs), dim),
+    "aten.flip.default": lambda a, dims: _lift(a).flip(dims),
+    "aten.eq.Tensor": lambda a, b: _lift(a) == b,
+    "aten.ne.Tensor": lambda a, b: _lift(a) != b,
 }.items():
     _complex_aware(_name, _method)
 
@@ -104,6 +117,12 @@ def _to_copy(x: Any, **kw: Any) -> Any:
 
 
 ATEN["aten._to_copy.default"] = _to_copy
+ATEN["aten.polar.default"] = polar
+ATEN["aten.complex.default"] = make_complex
+for _name in ("aten._fft_c2c.default", "aten._fft_r2c.default", "aten._fft_c2r.default", "aten.view_as_real.default",
+              "aten.view_as_complex.default", "aten._to_copy.default", "aten.polar.default",
+              "aten.complex.default"):
+    ATEN[_name]._complex_rule = True  # type: ignore[attr-defined]
 
 
 def _span(size: int, start: Any, end: Any) -> tuple[int, int]:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .. import ops
-from ..complex import complex_dtype
+from ..complex import ComplexTensor, complex_dtype
 from ..ir import dtypes as dt
 from ..tensor import Buffer, Tensor
 from ..trace import assign, trace
@@ -102,7 +102,8 @@ def _warn_custom_functions(module: Any, args: tuple, kwargs: dict) -> None:
         if fn is None or id(fn) in seen:
             continue
         seen.add(id(fn))
-        if isinstance(fn, torch.autograd.function.BackwardCFunction):
+        own = getattr(getattr(fn, "_forward_cls", None), "__module__", "").startswith("torch.")
+        if isinstance(fn, torch.autograd.function.BackwardCFunction) and not own:  # not torch's own (map's)
             found.append(type(fn).__name__.removesuffix("Backward"))
         todo.extend(f for f, _ in fn.next_functions)
     if found:
@@ -140,6 +141,11 @@ def _meta(val: Any) -> tuple[tuple[int | None, ...], Any] | None:
         return shape, _to_avalon(val.dtype)
     except (KeyError, TypeError, ValueError):
         return shape, None
+
+
+def _has_complex(a: Any, k: Any) -> bool:
+    import torch
+    return any(isinstance(v, ComplexTensor) for v in torch.utils._pytree.tree_leaves((a, k)))
 
 
 def _stand_in(val: Any) -> Any:
@@ -342,11 +348,16 @@ class _Program:
                                 "example's values: re-import with this value")
             return s.arg.value
         m = _meta(node.meta.get("val"))
-        arr = None if isinstance(v, Tensor) or v is None else np.asarray(v)
-        if not isinstance(v, Tensor) and (arr is None or arr.dtype.kind not in "biuf"):
+        plain = isinstance(v, (Tensor, ComplexTensor))
+        arr = None if plain or v is None else np.asarray(v)
+        if not plain and (arr is None or arr.dtype.kind not in "biufc"):
             was = f"a tensor of shape {m[0]}" if m is not None else "a tensor"
             raise TypeError(f"imported {owner}: argument {name!r} is {_kind(v)}, but was {was} when imported")
-        t = v if isinstance(v, Tensor) else Tensor(arr)
+        if arr is not None and arr.dtype.kind == "c":  # a complex input: a ComplexTensor (avalon/complex.py)
+            arr = arr.astype(np.complex128 if arr.dtype == np.complex128 else np.complex64)
+            t = ComplexTensor(Tensor(arr.real.copy()), Tensor(arr.imag.copy()))
+        else:
+            t = v if plain else Tensor(arr)
         if m is not None:
             shape, d = m
             bad_shape = len(shape) != t.ndim or any(e is not None and e != g for e, g in zip(shape, t.shape))
@@ -414,6 +425,8 @@ class _Program:
             out = rule(*a, **k)
         except Exception as e:
             why = _first_line(e)
+            if _has_complex(a, k) and not getattr(rule, "_complex_rule", False):
+                why = "does not support complex inputs (Avalon has no complex rule for it)"
             self.problems.append((target, why.removeprefix("UnsupportedOp: "), where))
             return _stand_in(val)
         why = _mismatch(out, val)
@@ -493,6 +506,9 @@ class _Program:
         import torch.utils._pytree as pytree
 
         def avalon(v: Any) -> Any:
+            if isinstance(v, torch.Tensor) and v.is_complex():
+                arr = v.detach().cpu().numpy()
+                return ComplexTensor(Tensor(arr.real.copy()), Tensor(arr.imag.copy()))
             return Tensor(v.detach().cpu().numpy()) if isinstance(v, torch.Tensor) else v
         try:
             a, k = pytree.tree_map(avalon, (tuple(args), dict(kwargs)))

@@ -35,6 +35,7 @@ from . import (  # noqa: F401
     ops_quant,
     ops_shape,
     ops_signal,
+    ops_training,
     ops_vision,
 )
 from .dtypes import avalon_dtype

@@ -192,19 +192,50 @@ def instance_norm(node: Node, x: Any, scale: Any, bias: Any) -> Tensor:
 
 # -- recurrent layers -----------------------------------------------------------------------
 
-_ACT = {"sigmoid": ops.sigmoid, "tanh": ops.tanh, "relu": ops.relu}
+def _k(x: Tensor, v: float) -> Tensor:
+    return ops.full((), v, x.dtype)
+
+
+# ONNX's RNN activation functions: (default alpha, default beta, f(x, alpha, beta))
+_ACT: dict[str, tuple[float | None, float | None, Any]] = {
+    "sigmoid": (None, None, lambda x, a, b: ops.sigmoid(x)),
+    "tanh": (None, None, lambda x, a, b: ops.tanh(x)),
+    "relu": (None, None, lambda x, a, b: ops.relu(x)),
+    "affine": (1.0, 0.0, lambda x, a, b: ops.add(ops.mul(x, _k(x, a)), _k(x, b))),
+    "leakyrelu": (0.01, None, lambda x, a, b: ops.where(ops.ge(x, _k(x, 0.0)), x, ops.mul(x, _k(x, a)))),
+    "thresholdedrelu": (1.0, None, lambda x, a, b: ops.where(ops.gt(x, _k(x, a)), x, _k(x, 0.0))),
+    "scaledtanh": (1.0, 1.0, lambda x, a, b: ops.mul(ops.tanh(ops.mul(x, _k(x, b))), _k(x, a))),
+    "hardsigmoid": (0.2, 0.5, lambda x, a, b: ops.clip(ops.add(ops.mul(x, _k(x, a)), _k(x, b)), 0.0, 1.0)),
+    "elu": (1.0, None, lambda x, a, b: ops.where(ops.ge(x, _k(x, 0.0)), x,
+                                                 ops.mul(ops.sub(ops.exp(x), _k(x, 1.0)), _k(x, a)))),
+    "softsign": (None, None, lambda x, a, b: ops.div(x, ops.add(ops.abs(x), _k(x, 1.0)))),
+    "softplus": (None, None, lambda x, a, b: ops.log(ops.add(ops.exp(x), _k(x, 1.0)))),
+}
 
 
 def _activations(node: Node, default: list[str], dirs: int) -> list[Any]:
+    """Each direction's activation functions, with their activation_alpha/beta (consumed in order by
+    the functions that take them, as onnxruntime reads them) and `clip` (gate inputs clipped to
+    [-clip, clip] before their activation; an LSTM's third function, of the cell state, is not) applied."""
     names = node.attr("activations") or default * dirs
     names = [n.decode() if isinstance(n, bytes) else n for n in names]
-    if node.attr("activation_alpha") or node.attr("activation_beta") or node.attr("clip") is not None:
-        raise node.unsupported("activation_alpha/beta and clip are not supported")
+    alphas, betas = list(node.attr("activation_alpha") or []), list(node.attr("activation_beta") or [])
+    clip = node.attr("clip")
     out = []
-    for n in names:
+    for j, n in enumerate(names):
         if n.lower() not in _ACT:
             raise node.unsupported(f"activation {n!r} is not supported")
-        out.append(_ACT[n.lower()])
+        da, db, fn = _ACT[n.lower()]
+        a = (alphas.pop(0) if alphas else da) if da is not None else None
+        b = (betas.pop(0) if betas else db) if db is not None else None
+
+        gate = not (len(default) == 3 and j % 3 == 2)
+
+        def act(x: Tensor, fn: Any = fn, a: Any = a, b: Any = b, gate: bool = gate) -> Tensor:
+            if clip is not None and gate:
+                x = ops.clip(x, -float(clip), float(clip))
+            return fn(x, a, b)
+        out.append(act)
     return out
 
 
@@ -219,8 +250,7 @@ def _rnn(kind: str) -> Any:
         direction = direction.decode() if isinstance(direction, bytes) else direction
         dirs = 2 if direction == "bidirectional" else 1
         acts = _activations(node, default, dirs)
-        if node.attr("input_forget", 0) or p is not None:
-            raise node.unsupported("input_forget and peepholes are not supported")
+        forget = bool(node.attr("input_forget", 0))  # the forget gate is 1 - the input gate
         layout = node.attr("layout", 0)
         if layout:
             x = ops.permute(x, (1, 0, 2))
@@ -236,12 +266,13 @@ def _rnn(kind: str) -> Any:
             wb, rb = bd[:gates * hidden], bd[gates * hidden:]
             h = _initial(h0, d, batch, hidden, x, layout)
             c = _initial(c0, d, batch, hidden, x, layout)
+            peep = None if p is None else tuple(T(p)[d][k * hidden:(k + 1) * hidden] for k in range(3))  # i, o, f
             reverse = direction == "reverse" or d == 1
             steps = range(seq - 1, -1, -1) if reverse else range(seq)
             out = [None] * seq
             xw = ops.add(ops.matmul(x, wd), wb)  # every step's input projection at once
             for t in steps:
-                h1, c1 = _cell(kind, node, xw[t], h, c, rd, rb, hidden, f)
+                h1, c1 = _cell(kind, node, xw[t], h, c, rd, rb, hidden, f, peep, forget)
                 if valid is None:
                     h, c, out[t] = h1, c1, h1
                 else:  # past a row's length its state holds and its output is 0 (a reverse pass starts at its end)
@@ -300,13 +331,19 @@ def _initial(v: Any, d: int, batch: int, hidden: int, x: Tensor, layout: int) ->
 
 
 def _cell(kind: str, node: Node, xw: Tensor, h: Tensor, c: Tensor, rd: Tensor, rb: Tensor, hidden: int,
-          f: list[Any]) -> tuple[Tensor, Tensor]:
+          f: list[Any], peep: tuple[Tensor, ...] | None = None, forget: bool = False) -> tuple[Tensor, Tensor]:
     if kind == "RNN":
         return f[0](ops.add(xw, ops.add(ops.matmul(h, rd), rb))), c
-    if kind == "LSTM":
+    if kind == "LSTM":  # peepholes (P: i, o, f) read the old cell state, the output gate's the new one
         g = ops.add(xw, ops.add(ops.matmul(h, rd), rb))
         i, o, fg, cc = (g[:, k * hidden:(k + 1) * hidden] for k in range(4))
-        c = ops.add(ops.mul(f[0](fg), c), ops.mul(f[0](i), f[1](cc)))
+        if peep is not None:
+            i, fg = ops.add(i, ops.mul(peep[0], c)), ops.add(fg, ops.mul(peep[2], c))
+        gi = f[0](i)
+        gf = ops.sub(ops.full((), 1.0, gi.dtype), gi) if forget else f[0](fg)
+        c = ops.add(ops.mul(gf, c), ops.mul(gi, f[1](cc)))
+        if peep is not None:
+            o = ops.add(o, ops.mul(peep[1], c))
         return ops.mul(f[0](o), f[2](c)), c
     hw = hidden
     xz, xr, xh = xw[:, :hw], xw[:, hw:2 * hw], xw[:, 2 * hw:]
