@@ -6,6 +6,7 @@ them repeatable) and return it. They are host-side: they run eagerly, never insi
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,13 @@ __all__ = [
 
 def _gen(generator: np.random.Generator | None) -> np.random.Generator:
     return generator if generator is not None else av_random.generator()
+
+
+def _random(tensor: Any, who: str) -> None:
+    """Random initializers fill floating-point tensors only (torch's uniform_/normal_ kernels refuse
+    integer and bool tensors; cast random floats would be mostly zeros, silently)."""
+    if isinstance(tensor, Tensor) and tensor.numel() and not (tensor.is_floating_point() or tensor.is_complex()):
+        raise NotImplementedError(f"{who}: random initialization needs a floating-point tensor, got {tensor.dtype}")
 
 
 def _fill(tensor: Tensor, values: Any) -> Tensor:
@@ -75,23 +83,45 @@ def _calculate_correct_fan(tensor: Any, mode: str) -> int:
 
 
 def uniform_(tensor: Tensor, a: float = 0.0, b: float = 1.0, generator: np.random.Generator | None = None) -> Tensor:
+    _random(tensor, "uniform_")
     return _fill(tensor, _gen(generator).uniform(a, b, tensor.shape))
 
 
 def normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0,
             generator: np.random.Generator | None = None) -> Tensor:
+    _random(tensor, "normal_")
     return _fill(tensor, _gen(generator).normal(mean, std, tensor.shape))
 
 
 def trunc_normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, a: float = -2.0, b: float = 2.0,
                   generator: np.random.Generator | None = None) -> Tensor:
-    """Normal(mean, std) restricted to [a, b], by resampling values outside it."""
+    """Normal(mean, std) restricted to [a, b], sampled as torch samples it: by resampling values
+    outside [a, b] when [a, b] holds more than 0.3 of the mass; else, where that could take forever (b
+    < a, or [a, b] far in a tail), by uniform proposals in [a, b] accepted in proportion to the density
+    (an empty [a, b] refused, as torch's uniform_ refuses it)."""
+    _random(tensor, "trunc_normal_")
+    if mean < a - 2 * std or mean > b + 2 * std:
+        warnings.warn("mean is more than 2 std from [a, b] in nn.init.trunc_normal_. The distribution of values "
+                      "may be incorrect.", stacklevel=2)
     g = _gen(generator)
-    out = g.normal(mean, std, tensor.shape)
-    bad = (out < a) | (out > b)
-    while bad.any():
-        out[bad] = g.normal(mean, std, int(bad.sum()))
+    if (math.erf((b - mean) / std / math.sqrt(2.0)) - math.erf((a - mean) / std / math.sqrt(2.0))) / 2 > 0.3:
+        out = g.normal(mean, std, tensor.shape)
         bad = (out < a) | (out > b)
+        while bad.any():
+            out[bad] = g.normal(mean, std, int(bad.sum()))
+            bad = (out < a) | (out > b)
+        return _fill(tensor, out)
+    if a > b:
+        raise RuntimeError(f"trunc_normal_: the interval [a, b] = [{a}, {b}] is empty (a > b)")
+    log_peak = -0.5 * ((max(a, min(mean, b)) - mean) / std) ** 2  # at the mode of the truncated density
+    out = np.empty(tensor.shape)
+    pending = np.ones(tensor.shape, bool)
+    while pending.any():
+        x = g.uniform(a, b, int(pending.sum()))
+        keep = np.log(g.uniform(0.0, 1.0, x.shape)) <= -0.5 * ((x - mean) / std) ** 2 - log_peak
+        idx = np.flatnonzero(pending)[keep]
+        out.flat[idx] = x[keep]
+        pending.flat[idx] = False
     return _fill(tensor, out)
 
 
@@ -166,6 +196,7 @@ def orthogonal_(tensor: Tensor, gain: float = 1.0, generator: np.random.Generato
     wide W, W^T W = gain^2 I for a tall one, with W the tensor viewed as (rows, numel/rows)."""
     if tensor.ndim < 2:
         raise ValueError("Only tensors with 2 or more dimensions are supported")
+    _random(tensor, "orthogonal_")
     if tensor.numel() == 0:
         return tensor
     rows = tensor.shape[0]
@@ -211,6 +242,7 @@ def sparse_(tensor: Tensor, sparsity: float, std: float = 0.01,
     ceil(sparsity * rows) randomly chosen rows set to zero."""
     if tensor.ndim != 2:
         raise ValueError("Only tensors with 2 dimensions are supported")
+    _random(tensor, "sparse_")
     rows, cols = tensor.shape
     num_zeros = int(math.ceil(sparsity * rows))
     g = _gen(generator)

@@ -58,6 +58,8 @@ def _class_targets(x: Tensor, target: Any, name: str, ignore_index: int) -> Tens
     t = _t(target)
     if t.dtype.is_float or t.dtype is dt.bool_:
         raise ops.fail(TypeError(f"{name}: class targets must be an integer array, got {t.dtype}"))
+    if t.dtype not in (dt.int32, dt.int64):  # torch takes uint8 (Byte) targets too; one_hot takes i32/i64
+        t = ops.cast(t, dt.int64)
     want = (x.shape[0],) + x.shape[2:]
     if t.shape != want:
         raise ops.fail(ValueError(f"{name}: input {x.shape} needs targets of shape {want}, got {t.shape}"))

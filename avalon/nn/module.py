@@ -243,10 +243,17 @@ def train(model: Any, mode: bool = True) -> Any:
     `eval()`, a backbone keeping its batch norms frozen)."""
     if isinstance(model, Module):
         return model.train(mode)
+    _check_mode(mode)
     if tree.is_model(model) and hasattr(model, "training") and not callable(model.training):
         model.training = bool(mode)
     _train_children(model, mode)
     return model
+
+
+def _check_mode(mode: Any) -> None:
+    """torch's check: `train("no")` (or `train(0.5)`) would otherwise set training mode, a truthy value."""
+    if not isinstance(mode, (bool, np.bool_)):
+        raise ValueError(f"training mode is expected to be boolean, got {mode!r}")
 
 
 _TRAIN_SEEN: list[set[int]] = []  # the objects one outermost train() call has set, each once
@@ -539,6 +546,13 @@ class Module:
         setattr(self, name, param if param is None or isinstance(param, Tensor) else Parameter(param))
 
     def add_module(self, name: str, module: Any) -> None:
+        if not isinstance(name, str):
+            raise TypeError(f"add_module: module name should be a string, got {type(name).__name__}")
+        if not name or "." in name:  # ("a.b" made an attribute no dotted name reaches)
+            raise KeyError(f"add_module: module name must be a non-empty string without '.', got {name!r}")
+        if isinstance(module, (str, bytes, int, float, complex, np.ndarray, Tensor)):  # plain-class layers pass
+            raise TypeError(f"add_module: module {name!r} is a {type(module).__name__} ({module!r:.60}), which is "
+                            "not a Module subclass")
         self._name_free("add_module", name, "module")
         setattr(self, name, module)
 
@@ -590,6 +604,7 @@ class Module:
     # modes and placement
     def train(self, mode: bool = True) -> Module:
         """torch's: this module's `training`, then each submodule's own `train(mode)`."""
+        _check_mode(mode)
         self.training = bool(mode)
         _train_children(self, mode)
         return self

@@ -80,18 +80,8 @@ def _write(g: Any, new: Tensor) -> None:
 
 
 def _norm(x: Tensor, p: float) -> Tensor:
-    """torch.linalg.vector_norm(x, p) over all elements."""
-    if p == math.inf:
-        return ops.amax(ops.abs(x))
-    if p == -math.inf:
-        return ops.amin(ops.abs(x))
-    if p == 0:
-        return ops.sum(ops.cast(ops.ne(x, 0), x.dtype))
-    if p == 1:
-        return ops.sum(ops.abs(x))
-    if p == 2:
-        return ops.sqrt(ops.sum(x * x))
-    return ops.pow(ops.sum(ops.pow(ops.abs(x), p)), 1.0 / p)
+    """torch.linalg.vector_norm(x, p) over all elements (float16's powers summed in float32, as torch)."""
+    return ops.vector_norm(x, p)
 
 
 def get_total_norm(tensors: Grads, norm_type: float = 2.0, error_if_nonfinite: bool = False,

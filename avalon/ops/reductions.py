@@ -182,6 +182,8 @@ def _vector_norm(fn: str, x: Any, ord: Any, dim: Any, keepdim: bool, dtype: Any)
         return amin(abs(x), axes, kd)
     if p == 0:
         return sum(cast(ne(x, 0.0), x.dtype), axes, kd)
+    if x.dtype in (dt.float16, dt.bfloat16):  # torch sums the powers in float32: 300**2 overflows float16
+        return cast(_vector_norm(fn, cast(x, dt.float32), p, dim, keepdim, None), x.dtype)
     if p == 1:
         return sum(abs(x), axes, kd)
     if p == 2:

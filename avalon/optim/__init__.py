@@ -649,6 +649,13 @@ class Optimizer:
         missing = sorted(required - set(state))
         if missing or unexpected:
             raise KeyError(f"optimizer state mismatch: missing {missing}, unexpected {sorted(unexpected)}")
+        saved = {where[0] for k in hyper if (where := self._hyper_key(k)) is not None}
+        held = {where[0] for k in mine if (where := self._hyper_key(k)) is not None}
+        # fewer groups saved (more are unexpected keys) would leave the others' rates as they are; a checkpoint
+        # with no group keys at all is an earlier Avalon's, unless the only hyperparameter is lr ("lr": group 0)
+        if (saved or self._floats == ("lr",)) and saved | {0} != held | {0}:
+            raise ValueError(f"loaded state dict has a different number of parameter groups: it has groups "
+                             f"{sorted(saved)}, this {type(self).__name__} has {len(self.param_groups)}")
         for k, v in state.items():
             want = mine[k].shape if k in mine else self.params[new_slots[k][0]].shape if k in new_slots else ()
             if tuple(np.shape(v)) != tuple(want):
