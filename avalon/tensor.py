@@ -1408,6 +1408,28 @@ class Buffer(Tensor):
     __slots__ = ()
 
 
+def _check_int_range(data: Any, d: DType) -> None:
+    """torch's overflow check of Python numbers made into an integer tensor, where numpy wraps in
+    silence (`av.tensor([2**63])` held -2**63, `av.tensor([300], dtype=av.uint8)` 44). As torch, uint8
+    takes negative numbers (two's complement: -1 is 255)."""
+    try:
+        arr = np.asarray(data)
+    except (ValueError, TypeError):
+        return
+    if arr.size == 0 or arr.dtype.kind not in "iuf":
+        return
+    info = np.iinfo(d.np)
+    lo = info.min if info.min < 0 else np.iinfo(np.int64).min
+    hi_v, lo_v = arr.max(), arr.min()
+    if hi_v > info.max or lo_v < lo:
+        from .trace import located, user_location
+        if arr.dtype.kind == "u" and d is dt.int64:
+            raise located(ValueError(f"Overflow when unpacking long long: {int(hi_v)} does not fit in int64"),
+                          user_location())
+        raise located(RuntimeError(f"value cannot be converted to type {d.name} without overflow (got "
+                                   f"{hi_v if hi_v > info.max else lo_v})"), user_location())
+
+
 def tensor(data: Any, dtype: Any = None, device: Any = None, *, requires_grad: bool = False,
            pin_memory: bool = False) -> Tensor:
     """`av.tensor(data, dtype=None, device=None)`: a new Tensor holding a copy of `data`
@@ -1416,6 +1438,8 @@ def tensor(data: Any, dtype: Any = None, device: Any = None, *, requires_grad: b
         raise TracerError("av.tensor() of a traced tensor; use it directly")
     t = Tensor(as_array(data).copy() if not isinstance(data, (list, tuple, int, float, bool)) else data,
                dtype if dtype is not None else _default_dtype(data), device)
+    if isinstance(data, (list, tuple, int, float)) and t.dtype.is_int and t.dtype is not dt.bool_:
+        _check_int_range(data, t.dtype)
     if TRACING and t.ndim and _model_array(data):  # pytorch-fm's `x.new_tensor(self.offsets)`: literal data
         _mark_literal(t)
     return t
@@ -1494,6 +1518,14 @@ class _LegacyConstructor(type):
 
     def __subclasscheck__(cls, sub: Any) -> bool:
         return issubclass(sub, Tensor) if cls._legacy_dtype is None else type.__subclasscheck__(cls, sub)
+
+    # `type(x) == torch.Tensor` holds for a plain torch tensor (hopfield-layers' `assert type(input) == Tensor`):
+    # `av.Tensor` equals the class it stands for (hashing alike); `type(x) is av.Tensor` stays an identity test
+    def __eq__(cls, other: Any) -> bool:
+        return True if cls._legacy_dtype is None and other is Tensor else type.__eq__(cls, other)
+
+    def __hash__(cls) -> int:
+        return hash(Tensor) if cls._legacy_dtype is None else type.__hash__(cls)
 
 
 def _legacy_new(who: str, d: DType, args: tuple, device: Any, kwargs: dict) -> Tensor:

@@ -97,7 +97,7 @@ def test_index_copy_fill_put_match_torch():
     check(lambda lib, x, i, v: lib.index_put(x, (i,), v, accumulate=True), x, dup, RNG.standard_normal((4, 3)))
     check(lambda lib, x, i, v: lib.index_put(x, (i,), v), x, dup, RNG.standard_normal((4, 3)), grad=False)
     mask = RNG.random((5, 3)) < 0.4
-    same(av.index_put(av.tensor(x), (av.tensor(mask),), av.tensor(7.0), accumulate=True),
+    same(av.index_put(av.tensor(x), (av.tensor(mask),), av.tensor(np.array(7.0)), accumulate=True),  # (f64, as T's)
          T(x).index_put((T(mask),), T(7.0), accumulate=True))
 
 

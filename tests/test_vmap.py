@@ -271,7 +271,7 @@ def test_errors_say_what_is_wrong():
         av.vmap(lambda a: a, out_dims=None)(x)
     with pytest.raises(VmapError, match="in_dims has structure of length 1 but inputs has 2"):
         av.vmap(lambda a, b: a, in_dims=(0,))(x, x)
-    bn = nn.BatchNorm1d(4)
+    bn = nn.BatchNorm1d(4).double()  # (x is f64: torch refuses f32 norm parameters on it)
     with pytest.raises(VmapError, match="writes state"):
         av.vmap(lambda a: bn(av.stack([a, 2 * a])))(x)
     with pytest.raises(VmapError, match="is a model"):

@@ -776,7 +776,19 @@ def index(x: Tensor, indices: list) -> Tensor:
 @rule("aten.embedding.default")
 def embedding(weight: Tensor, indices: Tensor, padding_idx: int = -1, scale_grad: bool = False,
               sparse: bool = False) -> Tensor:
-    return F.embedding(indices, weight, None if padding_idx == -1 else padding_idx)
+    return F.embedding(indices, weight, None if padding_idx == -1 else padding_idx, scale_grad_by_freq=scale_grad)
+
+
+@rule("aten._embedding_bag.default", "aten._embedding_bag_forward_only.default", "aten.embedding_bag.default",
+      "aten.embedding_bag.padding_idx")
+def embedding_bag(weight: Tensor, indices: Tensor, offsets: Tensor, scale_grad_by_freq: bool = False, mode: int = 0,
+                  sparse: bool = False, per_sample_weights: Tensor | None = None, include_last_offset: bool = False,
+                  padding_idx: int | None = -1) -> tuple:
+    """nn.EmbeddingBag / F.embedding_bag (decomposed to `_embedding_bag`): (output, offset2bag, bag_size,
+    max_indices); mode 0 sum, 1 mean, 2 max; a negative (or absent) padding_idx is none."""
+    from ..nn.torch_functions import embedding_bag as bag
+    return bag(weight, indices, offsets, scale_grad_by_freq, mode, sparse, per_sample_weights, include_last_offset,
+               padding_idx)
 
 
 # -- creation ---------------------------------------------------------------------------------
@@ -956,7 +968,7 @@ def adaptive_avg_pool(x: Tensor, size: Any) -> Tensor:
     return F.adaptive_avg_pool2d(x, list(size))
 
 
-def _upsample(mode: str, k: int) -> AtenRule:
+def _upsample(mode: str, k: int, antialias: bool = False) -> AtenRule:
     """F.interpolate's ATen ops (SegFormer's bilinear decode head, DETR's nearest mask): `.vec` takes an
     output size or a list of scale factors, the plain overload an output size and optional per-axis scales
     (torch then computes source indices from the scale, not the sizes); one axis at a time, as F.interpolate."""
@@ -978,6 +990,9 @@ def _upsample(mode: str, k: int) -> AtenRule:
             raise UnsupportedOp(f"upsample ({mode}): {k}-d op on input of shape {x.shape} with scales {scales}")
         outs = ([int(s) for s in output_size] if output_size is not None else
                 [int(math.floor(n * float(s))) for n, s in zip(x.shape[2:], scales)])
+        if antialias:  # _upsample_{bilinear,bicubic}2d_aa: F.interpolate(..., antialias=True)
+            from ..nn.functional_spatial import _resize_aa
+            return _resize_aa(x, outs, [float(s) if s is not None and s > 0 else None for s in scales], mode, align)
         for j in range(k):
             s = scales[j]
             x = _resize_axis(x, 2 + j, outs[j], float(s) if s is not None and s > 0 else None, mode, align)
@@ -993,6 +1008,8 @@ for _k, _modes in ((1, (("nearest", "upsample_nearest1d"), ("nearest-exact", "_u
                         ("trilinear", "upsample_trilinear3d")))):
     for _mode, _op in _modes:
         rule(f"aten.{_op}.vec", f"aten.{_op}.default")(_upsample(_mode, _k))
+for _mode in ("bilinear", "bicubic"):
+    rule(f"aten._upsample_{_mode}2d_aa.vec", f"aten._upsample_{_mode}2d_aa.default")(_upsample(_mode, 2, True))
 
 
 # -- normalization and randomness -------------------------------------------------------------

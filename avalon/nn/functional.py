@@ -368,6 +368,27 @@ def _per_channel(fn: str, x: Tensor, **named: Any) -> None:
                                              f"(input of shape {x.shape}, channels in dim 1)"))
 
 
+def _norm_dtypes(fn: str, x: Tensor, **named: Any) -> bool:
+    """torch's (CPU) rule for a norm's parameters and running statistics: those given share one dtype,
+    the input's, or float32 under a float16/bfloat16 input (mixed mode: the output keeps the input's
+    dtype). numpy would promote: an f32 input under f64 parameters ran, and returned, f64 in silence.
+    Returns whether the call is mixed (the caller casts its result back to the input's dtype)."""
+    given = [(n, _t(v).dtype) for n, v in named.items() if v is not None]
+    if not given:
+        return False
+    first, pd = given[0]
+    half = x.dtype in (dt.float16, dt.bfloat16)
+    for n, d in given:
+        if d != pd:
+            raise ops.fail(TypeError(f"{fn}: mixed dtype: {first} is {pd.name} but {n} is {d.name}; the parameters "
+                                     f"and running statistics must share one dtype (cast with .to(...))"))
+        if d != x.dtype and not (half and d == dt.float32):
+            raise ops.fail(TypeError(f"{fn}: mixed dtype: expected {n} to have the input's dtype {x.dtype.name}"
+                                     f"{' (or float32)' if half else ''}, got {d.name}; cast the module or the "
+                                     f"input with .to(...)"))
+    return pd != x.dtype
+
+
 def _affine(y: Tensor, weight: Any, bias: Any, bshape: tuple) -> Tensor:
     """y * weight + bias, each per channel (broadcast through `bshape`) when given."""
     if weight is not None:
@@ -446,7 +467,12 @@ def linear(input: Any, weight: Any, bias: Any = None) -> Tensor:
         y = ops.reshape(y, (*lead, w.shape[0]))
     else:
         y = ops.matmul(x, ops.transpose(w))
-    return y if bias is None else ops.add(y, amp.autocast_bias(bias))
+    if bias is None:
+        return y
+    b = amp.autocast_bias(bias)
+    if isinstance(b, Tensor):
+        ops.same_dtype("linear", y, b)  # torch's rule for the bias too: numpy promoted the output in silence
+    return ops.add(y, b)
 
 
 def _check_conv(op: str, x: Tensor, w: Tensor, bias: Any, groups: int) -> None:
@@ -462,6 +488,9 @@ def _check_conv(op: str, x: Tensor, w: Tensor, bias: Any, groups: int) -> None:
         raise ops.fail(ops.ArgumentError(f"{op}: Given groups={groups}, expected weight to be divisible by {groups} at "
                                          f"dimension 0, but got weight of size {list(w.shape)} instead"))
     _check_bias(op, w, bias, w.shape[0])
+    if isinstance(bias, Tensor) and bias.dtype != x.dtype and not amp.is_autocast_enabled(x.device.type):
+        raise ops.fail(TypeError(f"{op}: Input type ({x.dtype.name}) and bias type ({bias.dtype.name}) should be the "
+                                 f"same; cast one with .to(...)"))  # (numpy promoted the output in silence)
 
 
 def _check_bias(op: str, w: Tensor, bias: Any, out: int) -> None:
@@ -642,7 +671,19 @@ def embedding(input: Any, weight: Any, padding_idx: int | None = None, max_norm:
     but gets no gradient: lookups of it read the row through `stop_gradient`. With `max_norm`, the
     rows looked up whose `norm_type` norm exceeds it are first scaled in place in `weight` by
     max_norm / (norm + 1e-7) (torch's embedding_renorm_, under no_grad)."""
-    return _embedding(input, weight, padding_idx, "embedding", max_norm, norm_type)
+    rows = _embedding(input, weight, padding_idx, "embedding", max_norm, norm_type)
+    return _scale_grad_by_freq(rows, _t(input)) if scale_grad_by_freq else rows
+
+
+def _scale_grad_by_freq(rows: Tensor, idx: Tensor) -> Tensor:
+    """`rows` (idx.shape + (D,)) with the gradient of each lookup divided by how often its index occurs
+    in `idx` (torch's scale_grad_by_freq): the value is rows (rows + 0 * s, exactly, for finite rows),
+    the gradient s * upstream. The counts compare every pair of lookups."""
+    flat = ops.reshape(idx, (-1,))
+    count = ops.sum(ops.cast(ops.eq(ops.expand_dims(flat, 1), ops.expand_dims(flat, 0)), rows.dtype), 1)
+    s = ops.reshape(ops.div(1.0, count), idx.shape + (1,))
+    fixed = ops.stop_gradient(rows)
+    return ops.add(fixed, ops.mul(ops.sub(rows, fixed), s))
 
 
 def _check_ids(idx: Tensor, n: int, who: str) -> None:
@@ -699,6 +740,8 @@ def embedding_bag(input: Any, weight: Any, offsets: Any = None, max_norm: float 
     and an empty bag gives zeros, as torch."""
     if mode not in ("sum", "mean", "max"):
         raise ValueError(f"embedding_bag: mode has to be one of sum, mean or max, got {mode!r}")
+    if scale_grad_by_freq and mode == "max":
+        raise ValueError("embedding_bag: max mode does not support scaling the gradient by the frequency")
     if per_sample_weights is not None and mode != "sum":
         raise NotImplementedError(f"embedding_bag: per_sample_weights was not None. per_sample_weights is only "
                                   f"supported for mode='sum' (got mode='{mode}')")
@@ -711,6 +754,8 @@ def embedding_bag(input: Any, weight: Any, offsets: Any = None, max_norm: float 
             raise TypeError("embedding_bag: max_norm renormalizes the weight in place, so it must be a tensor")
         _embedding_renorm(w, idx, float(max_norm), float(norm_type))
     rows = ops.take(w, idx, axis=0)  # (B, L, D) or (L, D)
+    if scale_grad_by_freq:
+        rows = _scale_grad_by_freq(rows, idx)
     if idx.ndim == 2:
         if offsets is not None:
             raise ValueError("embedding_bag: if input is 2D, then offsets has to be None, as input is treated as "
@@ -759,6 +804,7 @@ def batch_norm(input: Any, running_mean: Tensor | None, running_var: Tensor | No
         raise ValueError(f"batch_norm expects an input of at least 2 dims (N, C, ...), got {x.shape}")
     c = x.shape[1]
     _per_channel("batch_norm", x, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
+    mixed = _norm_dtypes("batch_norm", x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
     axes = [0] + list(range(2, x.ndim))
     bshape = (1, c) + (1,) * (x.ndim - 2)
     if training:
@@ -781,7 +827,8 @@ def batch_norm(input: Any, running_mean: Tensor | None, running_var: Tensor | No
         if running_mean is None or running_var is None:
             raise ValueError("batch_norm in evaluation mode needs running_mean and running_var")
         y = _normalized_by(x, running_mean, running_var, eps, bshape)
-    return _affine(y, weight, bias, bshape)
+    y = _affine(y, weight, bias, bshape)
+    return ops.cast(y, x.dtype) if mixed else y
 
 
 def layer_norm(input: Any, normalized_shape: int | Sequence[int], weight: Any = None, bias: Any = None,
@@ -798,6 +845,7 @@ def layer_norm(input: Any, normalized_shape: int | Sequence[int], weight: Any = 
             raise ops.fail(ops.ArgumentError(
                 f"layer_norm: Expected {name} to be of same shape as normalized_shape, but got {name} of shape "
                 f"{list(_t(v).shape)} and normalized_shape = {list(shape)}"))
+    mixed = _norm_dtypes("layer_norm", x, weight=weight, bias=bias)
     axes = list(range(x.ndim - k, x.ndim))
     centered = ops.sub(x, ops.mean(x, axes, keepdims=True))
     var = ops.mean(ops.mul(centered, centered), axes, keepdims=True)
@@ -806,13 +854,14 @@ def layer_norm(input: Any, normalized_shape: int | Sequence[int], weight: Any = 
         y = ops.mul(y, weight)
     if bias is not None:
         y = ops.add(y, bias)
-    return y
+    return ops.cast(y, x.dtype) if mixed else y
 
 
 def group_norm(input: Any, num_groups: int, weight: Any = None, bias: Any = None, eps: float = 1e-5) -> Tensor:
     """Normalize over each group of C/num_groups channels (and all spatial positions)."""
     x = _t(input)
     _group_norm_check("group_norm", x, num_groups, weight, bias)
+    mixed = _norm_dtypes("group_norm", x, weight=weight, bias=bias)
     n, c = x.shape[:2]
     g = ops.reshape(x, (n, num_groups, -1))
     centered = ops.sub(g, ops.mean(g, 2, keepdims=True))
@@ -823,7 +872,7 @@ def group_norm(input: Any, num_groups: int, weight: Any = None, bias: Any = None
         y = ops.mul(y, ops.reshape(_t(weight), bshape))
     if bias is not None:
         y = ops.add(y, ops.reshape(_t(bias), bshape))
-    return y
+    return ops.cast(y, x.dtype) if mixed else y
 
 
 def _group_norm_check(who: str, x: Tensor, num_groups: int, weight: Any, bias: Any) -> None:
@@ -855,6 +904,8 @@ def instance_norm(input: Any, running_mean: Tensor | None = None, running_var: T
     c = x.shape[1]
     axes = list(range(2, x.ndim))
     _per_channel("instance_norm", x, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
+    # (torch checks all but running_mean, which it repeats per instance before its batch norm)
+    mixed = _norm_dtypes("instance_norm", x, weight=weight, bias=bias, running_var=running_var)
     bshape = (1, c) + (1,) * (x.ndim - 2)
     if use_input_stats:
         count = math.prod(x.shape[2:])
@@ -876,7 +927,8 @@ def instance_norm(input: Any, running_mean: Tensor | None = None, running_var: T
         if running_mean is None or running_var is None:
             raise ValueError("instance_norm without input statistics needs running_mean and running_var")
         y = _normalized_by(x, running_mean, running_var, eps, bshape)
-    return _affine(y, weight, bias, bshape)
+    y = _affine(y, weight, bias, bshape)
+    return ops.cast(y, x.dtype) if mixed else y
 
 
 # Last, because losses.py builds on the helpers above (`_t`, `log_softmax`, `_softplus1`).

@@ -7,6 +7,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from .. import amp, ops
 from ..ir import dtypes as dt
 from ..tensor import Tensor
@@ -28,6 +30,11 @@ def pad(input: Any, pad: Sequence[int], mode: str = "constant", value: float | N
     if mode not in _PAD_MODES:
         raise NotImplementedError(f"pad: mode={mode!r} is not supported; use one of {', '.join(_PAD_MODES)}")
     x = _t(input)
+    bad = next((p for p in pad if isinstance(p, (bool, np.bool_)) or not (
+        isinstance(p, (int, np.integer)) or (isinstance(p, Tensor) and p.ndim == 0 and p.dtype.is_int))), None)
+    if bad is not None:  # (int(1.5) truncated the amount in silence)
+        raise ops.fail(TypeError(f"pad(): argument 'pad' must be tuple of ints, but found element of type "
+                                 f"{type(bad).__name__} ({bad!r})"))
     pad = [int(p) for p in pad]
     if len(pad) % 2 or len(pad) // 2 > x.ndim:
         raise ValueError(f"pad: argument 'pad' must have an even length of at most 2 * {x.ndim}, got {len(pad)}")
@@ -336,6 +343,62 @@ def _resize_axis(x: Tensor, axis: int, out: int, scale: float | None, mode: str,
     return ops.add(ops.mul(a, ops.sub(1.0, f1)), ops.mul(b, f1))
 
 
+def _aa_filter(v: np.ndarray, mode: str) -> np.ndarray:
+    """torch's antialias filters: the triangle (bilinear) and Keys' cubic with a = -0.5 (PIL's; the
+    non-antialiased bicubic uses -0.75)."""
+    v = np.abs(v)
+    if mode == "bilinear":
+        return np.where(v < 1, 1 - v, 0).astype(v.dtype)
+    a = v.dtype.type(-0.5)
+    near = ((a + 2) * v - (a + 3)) * v * v + 1
+    far = ((a * v - 5 * a) * v + 8 * a) * v - 4 * a
+    return np.where(v < 1, near, np.where(v < 2, far, 0)).astype(v.dtype)
+
+
+def _aa_taps(n: int, out: int, scale: float | None, mode: str, align_corners: bool,
+             real: type) -> tuple[np.ndarray, np.ndarray]:
+    """torch's _compute_weights_aa for one axis, in the precision torch computes them (`real`): output i
+    reads inputs xmin .. xmin + xsize - 1 around center = s (i + 0.5), weighted by the filter at
+    (j - center + 0.5) / s (downsampling stretches the filter's support by s), normalized to sum 1.
+    Returns (out, K) source indices (clamped; their padding taps weigh 0) and weights."""
+    if align_corners:
+        s = real((n - 1) / (out - 1)) if out > 1 else real(0)
+    else:
+        s = real(1.0 / scale) if scale is not None and scale > 0 else real(n / out)
+    half = real(2.0 if mode == "bicubic" else 1.0)
+    support = half * s if s >= 1 else half
+    inv = real(1) / s if s >= 1 else real(1)
+    k = int(math.ceil(float(support))) * 2 + 1
+    idx, wts = np.zeros((out, k), np.int64), np.zeros((out, k), real)
+    for i in range(out):
+        center = s * (real(i) + real(0.5))
+        xmin = max(int(center - support + real(0.5)), 0)
+        xsize = min(int(center + support + real(0.5)), n) - xmin
+        j = np.arange(xsize)
+        w = _aa_filter(((j + xmin).astype(real) - center + real(0.5)) * inv, mode)
+        total = w.sum(dtype=real)
+        if total != 0:
+            w = w / total
+        idx[i, :xsize], wts[i, :xsize] = j + xmin, w
+        idx[i, xsize:] = min(xmin, n - 1)
+    return idx, wts
+
+
+def _resize_axis_aa(x: Tensor, axis: int, out: int, scale: float | None, mode: str, align_corners: bool) -> Tensor:
+    """Antialiased bilinear / bicubic resampling of one axis, as torch's separable kernel: a gather of
+    each output's K taps and their weighted sum (weights from static shapes: literal constants)."""
+    from ..tensor import _mark_literal
+    n = x.shape[axis]
+    idx, wts = _aa_taps(n, out, scale, mode, align_corners, np.float64 if x.dtype == dt.float64 else np.float32)
+    k = idx.shape[1]
+    index = Tensor(idx.reshape(-1))
+    weight = Tensor(wts.reshape((out, k) + (1,) * (x.ndim - axis - 1)))
+    _mark_literal(index)
+    _mark_literal(weight)
+    g = ops.reshape(ops.take(x, index, axis), x.shape[:axis] + (out, k) + x.shape[axis + 1:])
+    return ops.sum(ops.mul(g, ops.cast(weight, x.dtype)), axis + 1)
+
+
 def _cubic_axis(x: Tensor, axis: int, src: Tensor, pos: Any, shape: list[int]) -> Tensor:
     """torch's bicubic along one axis (ViTs resize their position embeddings with it): Keys' cubic
     convolution with A = -0.75 over the 4 neighbours floor(src) - 1 .. floor(src) + 2, clamped into the
@@ -369,8 +432,9 @@ def interpolate(input: Any, size: Any = None, scale_factor: Any = None, mode: st
     'bicubic' or 'trilinear' (align_corners False or True; one axis at a time), with torch's coordinate
     conventions."""
     x = _t(input)
-    if antialias:
-        raise NotImplementedError("interpolate: argument 'antialias' is not supported")
+    if antialias and (mode not in ("bilinear", "bicubic") or x.ndim != 4):
+        raise NotImplementedError(f"interpolate: Anti-alias option is restricted to bilinear and bicubic modes and "
+                                  f"requires a 4-D tensor as input (got mode={mode!r}, input of shape {x.shape})")
     if mode not in ("nearest", "nearest-exact", "area", "linear", "bilinear", "bicubic", "trilinear"):
         raise NotImplementedError(f"interpolate: mode={mode!r} is not supported (nearest, nearest-exact, area, linear, "
                                   "bilinear, bicubic, trilinear)")
@@ -389,6 +453,8 @@ def interpolate(input: Any, size: Any = None, scale_factor: Any = None, mode: st
             raise ops.fail(ValueError(
                 f"interpolate: Input and output must have the same number of spatial dimensions, but got input with "
                 f"spatial dimensions of {spatial} and output size of {tuple(size)}"))
+        if recompute_scale_factor:  # (torch's error: it was ignored)
+            raise ops.fail(ValueError("interpolate: recompute_scale_factor is not meaningful with an explicit size."))
         scales: list[float | None] = [None] * k
     else:
         sf = [float(scale_factor)] * k if isinstance(scale_factor, (int, float)) else [float(s) for s in scale_factor]
@@ -410,10 +476,23 @@ def interpolate(input: Any, size: Any = None, scale_factor: Any = None, mode: st
             from .functional_3d import adaptive_avg_pool3d
             return adaptive_avg_pool3d(x, tuple(outs))
         return (adaptive_avg_pool1d if k == 1 else adaptive_avg_pool2d)(x, outs[0] if k == 1 else tuple(outs))
+    if antialias:
+        return _resize_aa(x, outs, scales, mode, bool(align_corners))
     y = x
     for j in range(k):
         y = _resize_axis(y, 2 + j, outs[j], scales[j], mode, bool(align_corners))
     return y
+
+
+def _resize_aa(x: Tensor, outs: Sequence[int], scales: Sequence[float | None], mode: str, align: bool) -> Tensor:
+    """interpolate(antialias=True) of a 4-d input: the width first, then the height, each axis whose
+    size changes (torch's separable_upsample_generic_Nd_kernel_impl order)."""
+    if not x.dtype.is_float:
+        raise NotImplementedError(f"interpolate: antialias=True is supported for floating inputs, got {x.dtype}")
+    for axis in (3, 2):
+        if x.shape[axis] != outs[axis - 2]:
+            x = _resize_axis_aa(x, axis, outs[axis - 2], scales[axis - 2], mode, align)
+    return x
 
 
 def upsample(input: Any, size: Any = None, scale_factor: Any = None, mode: str = "nearest",
@@ -577,7 +656,7 @@ def affine_grid(theta: Any, size: Sequence[int], align_corners: bool | None = No
     return ops.reshape(grid, (n, h, w, 2))
 
 
-_GRID_MODES = ("bilinear", "nearest")
+_GRID_MODES = ("bilinear", "nearest", "bicubic")
 _GRID_PADDING = ("zeros", "border", "reflection")
 
 
@@ -635,6 +714,41 @@ def _source_index(coord: Tensor, size: int, padding_mode: str, align: bool) -> T
     return c
 
 
+def _cubic_coeffs(t: Tensor) -> list[Tensor]:
+    """torch's get_cubic_upsample_coefficients (A = -0.75) at the fractional offset t: the weights of
+    the taps floor - 1 .. floor + 2."""
+    A = -0.75
+
+    def conv1(v: Tensor) -> Tensor:  # |v| <= 1: ((A + 2) v - (A + 3)) v^2 + 1
+        return ops.add(ops.mul(ops.mul(ops.sub(ops.mul(v, A + 2), A + 3), v), v), 1.0)
+
+    def conv2(v: Tensor) -> Tensor:  # 1 < |v| < 2: ((A v - 5A) v + 8A) v - 4A
+        return ops.sub(ops.mul(ops.add(ops.mul(ops.sub(ops.mul(v, A), 5 * A), v), 8 * A), v), 4 * A)
+
+    u = ops.sub(1.0, t)
+    return [conv2(ops.add(t, 1.0)), conv1(t), conv1(u), conv2(ops.add(u, 1.0))]
+
+
+def _bicubic_corners(ix: Tensor, iy: Tensor, h: int, w: int, padding_mode: str, align: bool) -> list:
+    """grid_sample's bicubic taps, as torch's: the 4x4 pixels around the unpadded sample point, each
+    tap's coordinate padded on its own (get_value_bounded: border clips it, reflection mirrors then
+    clips it; zeros leaves it, and a tap outside reads 0), weighted by the cubic coefficients of the
+    fractional offsets (through which the grid's gradient flows)."""
+    fx, fy = ops.floor(ix), ops.floor(iy)
+    wx, wy = _cubic_coeffs(ops.sub(ix, fx)), _cubic_coeffs(ops.sub(iy, fy))
+
+    def tap(f: Tensor, k: int, size: int) -> Tensor:
+        c = ops.stop_gradient(ops.add(f, float(k - 1)))
+        if padding_mode == "reflection":
+            c = _reflect(c, 0, 2 * (size - 1)) if align else _reflect(c, -1, 2 * size - 1)
+        if padding_mode in ("border", "reflection"):
+            c = ops.clamp(c, 0.0, float(size - 1))
+        return ops.cast(c, dt.int64)
+
+    xs, ys = [tap(fx, k, w) for k in range(4)], [tap(fy, k, h) for k in range(4)]
+    return [(xs[i], ys[j], ops.mul(wx[i], wy[j])) for j in range(4) for i in range(4)]
+
+
 def _nearbyint(c: Tensor) -> Tensor:
     """Round half to even (C's nearbyint, which torch's nearest mode uses), as i64."""
     f = ops.floor(c)
@@ -648,7 +762,7 @@ def _nearbyint(c: Tensor) -> Tensor:
 def grid_sample(input: Any, grid: Any, mode: str = "bilinear", padding_mode: str = "zeros",
                 align_corners: bool | None = None) -> Tensor:
     """torch.nn.functional.grid_sample for 4-d inputs: input (N, C, H, W) read at grid (N, Ho, Wo, 2)
-    (normalized (x, y) in [-1, 1]) -> (N, C, Ho, Wo); mode "bilinear" or "nearest", padding_mode
+    (normalized (x, y) in [-1, 1]) -> (N, C, Ho, Wo); mode "bilinear", "nearest" or "bicubic", padding_mode
     "zeros", "border" or "reflection", torch's align_corners (False by default).
 
     A composite, so every backend runs it and autodiff differentiates it: the pixel coordinates are
@@ -675,10 +789,16 @@ def grid_sample(input: Any, grid: Any, mode: str = "bilinear", padding_mode: str
     ho, wo = g.shape[1], g.shape[2]
     if min(h, w) <= 0:
         raise ValueError(f"grid_sample: expected a non-empty spatial input, got {x.shape}")
-    ix = _source_index(ops.reshape(ops.slice_(g, [0, 0, 0, 0], [n, ho, wo, 1]), (n, ho, wo)), w, padding_mode, align)
-    iy = _source_index(ops.reshape(ops.slice_(g, [0, 0, 0, 1], [n, ho, wo, 2]), (n, ho, wo)), h, padding_mode, align)
+    gx = ops.reshape(ops.slice_(g, [0, 0, 0, 0], [n, ho, wo, 1]), (n, ho, wo))
+    gy = ops.reshape(ops.slice_(g, [0, 0, 0, 1], [n, ho, wo, 2]), (n, ho, wo))
+    if mode == "bicubic":  # (the taps' coordinates are padded, not the sample point's)
+        ix, iy = _unnormalize(gx, w, align), _unnormalize(gy, h, align)
+    else:
+        ix, iy = _source_index(gx, w, padding_mode, align), _source_index(gy, h, padding_mode, align)
     if mode == "nearest":
         corners = [(_nearbyint(ix), _nearbyint(iy), None)]
+    elif mode == "bicubic":
+        corners = _bicubic_corners(ix, iy, h, w, padding_mode, align)
     else:
         fx, fy = ops.floor(ix), ops.floor(iy)
         x0, y0 = ops.cast(fx, dt.int64), ops.cast(fy, dt.int64)

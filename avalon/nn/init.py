@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .. import random as av_random
-from ..tensor import Tensor
+from ..tensor import LITERALS, Tensor
 from ..trace import assign
 
 __all__ = [
@@ -32,14 +32,18 @@ def _random(tensor: Any, who: str) -> None:
         raise NotImplementedError(f"{who}: random initialization needs a floating-point tensor, got {tensor.dtype}")
 
 
-def _fill(tensor: Tensor, values: Any) -> Tensor:
-    """Write `values` into `tensor` in place (on any device), keeping its dtype."""
+def _fill(tensor: Tensor, values: Any, literal: bool = False) -> Tensor:
+    """Write `values` into `tensor` in place (on any device), keeping its dtype. Random values (not `literal`)
+    make a tensor built while tracing (a layer's parameter, `layers.empty`) a draw of this call rather than literal
+    data of the program, so a compiled function that builds the layer draws anew on each call, as torch does."""
     if not isinstance(tensor, Tensor):
         raise TypeError(f"initializers fill an avalon Tensor in place, got {type(tensor).__name__}")
     if tensor.is_traced:
         raise RuntimeError("initializers run eagerly on concrete tensors, not inside a trace")
     arr = np.broadcast_to(np.asarray(values), tensor.shape)
     assign(tensor, Tensor(np.array(arr), dtype=tensor.dtype))  # np.array keeps 0-d shapes
+    if not literal:
+        LITERALS.pop(id(tensor), None)
     return tensor
 
 
@@ -126,15 +130,15 @@ def trunc_normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, a: float 
 
 
 def constant_(tensor: Tensor, val: float) -> Tensor:
-    return _fill(tensor, val)
+    return _fill(tensor, val, literal=True)
 
 
 def zeros_(tensor: Tensor) -> Tensor:
-    return _fill(tensor, 0)
+    return _fill(tensor, 0, literal=True)
 
 
 def ones_(tensor: Tensor) -> Tensor:
-    return _fill(tensor, 1)
+    return _fill(tensor, 1, literal=True)
 
 
 def xavier_uniform_(tensor: Tensor, gain: float = 1.0, generator: np.random.Generator | None = None) -> Tensor:
@@ -226,14 +230,14 @@ def dirac_(tensor: Tensor, groups: int = 1) -> Tensor:
     for g in range(groups):
         for d in range(min(per_group, sizes[1])):
             out[(g * per_group + d, d) + centre] = 1
-    return _fill(tensor, out)
+    return _fill(tensor, out, literal=True)
 
 
 def eye_(tensor: Tensor) -> Tensor:
     """The identity matrix (ones on the diagonal of a 2-d tensor, rectangular too), as torch."""
     if tensor.ndim != 2:
         raise ValueError("Only tensors with 2 dimensions are supported")
-    return _fill(tensor, np.eye(*tensor.shape))
+    return _fill(tensor, np.eye(*tensor.shape), literal=True)
 
 
 def sparse_(tensor: Tensor, sparsity: float, std: float = 0.01,

@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import ops
 from ..ir import dtypes as dt
-from ..tensor import Buffer, Tensor, as_array, default_float_dtype
+from ..tensor import TRACING, Buffer, Tensor, _mark_literal, as_array, default_float_dtype
 from ..trace import assign, current_trace
 from . import functional as F
 from . import init
@@ -44,9 +44,14 @@ def _dtype(dtype: Any) -> dt.DType:
 
 
 def empty(shape: Sequence[int], dtype: dt.DType, buffer: bool = False) -> Tensor:
-    """A zero-filled parameter (or Buffer) that an initializer then fills."""
+    """A zero-filled parameter (or Buffer) that an initializer then fills. Made while tracing (a layer built in
+    forward, slot-attention-pytorch's `nn.LayerNorm(x.shape[1:])(x)`), it is literal data of the program, as a tensor
+    made from Python numbers is, until a random initializer fills it (`init._fill`)."""
     cls = Buffer if buffer else Tensor
-    return cls(np.zeros(tuple(shape), dtype.np), dtype=dtype)
+    t = cls(np.zeros(tuple(shape), dtype.np), dtype=dtype)
+    if TRACING and t.ndim:
+        _mark_literal(t)
+    return t
 
 
 def _layer_dtype(layer: str, dtype: Any) -> dt.DType:
@@ -412,7 +417,8 @@ class Embedding(Module):
 
     def forward(self, input: Any) -> Tensor:
         who = f"Embedding({self.num_embeddings}, {self.embedding_dim})"  # errors name the layer
-        return F._embedding(input, self.weight, self.padding_idx, who, self.max_norm, self.norm_type)
+        rows = F._embedding(input, self.weight, self.padding_idx, who, self.max_norm, self.norm_type)
+        return F._scale_grad_by_freq(rows, F._t(input)) if self.scale_grad_by_freq else rows
 
     def extra_repr(self) -> str:
         s = f"{self.num_embeddings}, {self.embedding_dim}"

@@ -403,6 +403,9 @@ def _margin_targets(x: Tensor, target: Any, name: str) -> Tensor:
     t = _t(target)
     if t.dtype.is_float or t.dtype is dt.bool_:
         raise ops.fail(TypeError(f"{name}: class targets must be an integer array, got {t.dtype}"))
+    if t.dtype not in (dt.int32, dt.int64):  # torch wants Long (and so refuses uint8 here, unlike cross_entropy)
+        raise ops.fail(TypeError(f"{name}: expected scalar type Long (int64) for the target but found "
+                                 f"{t.dtype.name}; cast it with .long()"))
     n = x.shape[0]
     if t.numel() != n or t.ndim > 1:
         raise ops.fail(ValueError(f"{name}: inconsistent target size: {t.shape} for input of size: {x.shape}"))

@@ -129,9 +129,15 @@ def _describe(value: Any) -> str:
     return f"{type(value).__module__.split('.')[0]}.{type(value).__name__}"
 
 
-def load_state_dict(model: Any, mapping: Mapping[str, Any], strict: bool = True) -> IncompatibleKeys:
+def load_state_dict(model: Any, mapping: Mapping[str, Any], strict: bool = True, *,
+                    assign: bool = False) -> IncompatibleKeys:
     """Copy `mapping`'s values (Avalon tensors, numpy arrays or torch tensors) into the model's tensors
     IN PLACE, converting to each tensor's dtype, so optimizers holding those tensors keep working.
+    `assign=True` (torch's) keeps each value's own dtype instead; the tensors are still the model's
+    own objects, updated in place (Avalon's tensors are values: there is no storage to share).
+    A norm layer's `num_batches_tracked` missing from a state dict without torch's version metadata
+    (or with version < 2: checkpoints from before torch 0.4.1) keeps its value, as torch's
+    `_NormBase._load_from_state_dict` fills it in.
 
     Missing or unexpected keys are errors when `strict` (the default); a shape mismatch is always an
     error. Nothing is written unless everything fits, so a failed load never leaves a half-loaded model.
@@ -144,7 +150,7 @@ def load_state_dict(model: Any, mapping: Mapping[str, Any], strict: bool = True)
     # a shared (tied) tensor may come under any of its names, as torch lists each of them
     source = {k: next((n for n in names[id(t)] if n in mapping), k) for k, t in own.items()}
     known = {n for ns in names.values() for n in ns}
-    missing = [k for k in own if source[k] not in mapping]
+    missing = [k for k in own if source[k] not in mapping and not _old_norm_counter(model, mapping, k)]
     unexpected = [k for k in mapping if k not in known]
     problems = []
     if strict and missing:
@@ -189,10 +195,36 @@ def load_state_dict(model: Any, mapping: Mapping[str, Any], strict: bool = True)
         target = own[k]
         if tr is not None:  # (a leaf as its traced value: the write reads it on every call)
             arr = arr if arr.is_traced else Tensor._traced(tr.value_of(arr), tr)
-            assign(target, arr.to(target.dtype))
+            _assign_state(target, arr.to(target.dtype))
+        elif assign:  # the value's own dtype, not the model's
+            new = Tensor(np.array(arr), dtype=dt.dtype(_value_dtype(mapping[source[k]], arr)))
+            target._data, target._dtype, target._view = new._data, new._dtype, None
         else:
-            assign(target, Tensor(np.array(arr), dtype=target.dtype))
+            _assign_state(target, Tensor(np.array(arr), dtype=target.dtype))
     return IncompatibleKeys(missing, unexpected)
+
+
+_assign_state = assign  # (load_state_dict's `assign` argument, torch's name, hides the function there)
+
+
+def _value_dtype(value: Any, arr: np.ndarray) -> Any:
+    """The dtype a checkpoint value holds: a torch tensor's own (bfloat16 included), else its array's."""
+    if hasattr(value, "dtype") and hasattr(value, "detach"):
+        return value.dtype
+    return arr.dtype
+
+
+def _old_norm_counter(model: Any, mapping: Mapping[str, Any], key: str) -> bool:
+    """Whether `key` is a norm layer's num_batches_tracked that torch's version handling fills in:
+    the state dict has no version metadata for the layer, or one below 2."""
+    prefix, _, name = key.rpartition(".")
+    if name != "num_batches_tracked":
+        return False
+    layer = dict(named_modules(model)).get(prefix)
+    if layer is None or getattr(layer, "running_mean", None) is None:
+        return False
+    version = (getattr(mapping, "_metadata", None) or {}).get(prefix, {}).get("version")
+    return version is None or version < 2
 
 
 def _names_by_tensor(model: Any) -> dict[int, list[str]]:
@@ -460,11 +492,56 @@ class Module:
     def buffers(self, recurse: bool = True) -> Iterator[Tensor]:
         return buffers(self) if recurse else (t for _, t in self.named_buffers(recurse=False))
 
-    def state_dict(self) -> dict[str, Tensor]:
-        return state_dict(self)
+    def state_dict(self, *args: Any, destination: Any = None, prefix: str = "",
+                   keep_vars: bool = False) -> dict[str, Tensor]:
+        """torch's signature: keys under `prefix`, written into `destination` (returned) when given.
+        `keep_vars` changes nothing: Avalon's tensors carry no autograd history to detach."""
+        if args:  # torch's deprecated positional form: state_dict(destination, prefix, keep_vars)
+            if len(args) > 3:
+                raise TypeError(f"state_dict() takes at most 3 positional arguments ({len(args)} given)")
+            warnings.warn("Positional args are being deprecated, use kwargs instead. Refer to "
+                          "https://pytorch.org/docs/main/generated/torch.nn.Module.html#torch.nn.Module.state_dict "
+                          "for details.", FutureWarning, stacklevel=2)
+            destination, prefix, keep_vars = (list(args) + [destination, prefix, keep_vars][len(args):])[:3]
+        out = destination if destination is not None else {}
+        for k, t in state_dict(self).items():
+            out[prefix + k] = t
+        return out
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> IncompatibleKeys:
-        return load_state_dict(self, state_dict, strict)
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True,
+                        assign: bool = False) -> IncompatibleKeys:
+        return load_state_dict(self, state_dict, strict, assign=assign)
+
+    def get_parameter(self, target: str) -> Tensor:
+        """torch's: the parameter at dotted path `target`, an AttributeError naming what is not there."""
+        path, _, name = target.rpartition(".")
+        mod = self.get_submodule(path)
+        if not hasattr(mod, name):
+            raise AttributeError(f"{type(mod).__name__} has no attribute `{name}`")
+        t = getattr(mod, name)
+        if not any(p is t for _, p in mod.named_parameters(recurse=False, remove_duplicate=False)):
+            raise AttributeError(f"`{name}` is not an nn.Parameter")
+        return t
+
+    def get_buffer(self, target: str) -> Tensor:
+        """torch's: the buffer at dotted path `target`, an AttributeError naming what is not there."""
+        path, _, name = target.rpartition(".")
+        mod = self.get_submodule(path)
+        if not hasattr(mod, name):
+            raise AttributeError(f"{type(mod).__name__} has no attribute `{name}`")
+        t = getattr(mod, name)
+        if not any(b is t for _, b in mod.named_buffers(recurse=False, remove_duplicate=False)):
+            raise AttributeError(f"`{name}` is not a buffer")
+        return t
+
+    def type(self, dst_type: Any) -> Module:
+        """torch's Module.type: EVERY parameter and buffer cast to `dst_type` (a dtype, or a tensor type
+        by name or class), integer buffers such as num_batches_tracked included, in place."""
+        for _, t in tree.named_tensors(self):
+            moved = t.type(dst_type)
+            if moved.dtype != t.dtype:
+                t._data, t._dtype, t._view = moved._data, moved._dtype, None
+        return self
 
     def named_modules(self, memo: set | None = None, prefix: str = "",
                       remove_duplicate: bool = True) -> Iterator[tuple[str, Module]]:

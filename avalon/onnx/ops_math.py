@@ -120,7 +120,7 @@ def clip(node: Node, x: Any, lo: Any = None, hi: Any = None) -> Tensor:
         lo, hi = node.attr("min"), node.attr("max")
     lo = None if lo is None else (_same(x, lo) if isinstance(lo, float) else ops.cast(T(lo), x.dtype))
     hi = None if hi is None else (_same(x, hi) if isinstance(hi, float) else ops.cast(T(hi), x.dtype))
-    return ops.clamp(x, lo, hi)
+    return x if lo is None and hi is None else ops.clamp(x, lo, hi)  # (ONNX's Clip without bounds is x)
 
 
 # -- binary ---------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from .. import ops
 from ..ir import dtypes as dt
 from ..tensor import Tensor
@@ -99,14 +101,9 @@ def array_feature_extractor(node: Node, x: Any, indices: Any) -> Tensor:
     return ops.index_select(x, x.ndim - 1, idx)
 
 
-def _forest(node: Node, x: Tensor, roots: list[int], is_leaf: Any, children: Any, cond: Any, leaf_targets: Any,
-            n_targets: int, agg: str, n_trees: int) -> Tensor:
-    """Tree ensembles without data-dependent control flow: every interior node's test is computed for
-    every row (`cond(i)`), each leaf's reach is the AND of the tests on its path (the trees' structure
-    is known when the model loads), and the leaves' weights are aggregated per target (a target no
-    reached leaf scores is 0 under MIN and MAX, as onnxruntime's)."""
-    import numpy as np
-    leaves: list[tuple[int, Tensor | None]] = []  # (leaf, reach mask or None for every row)
+def _reach(roots: list[int], is_leaf: Any, children: Any, cond: Any) -> list[tuple[int, Tensor | None]]:
+    """Every leaf with the mask of the rows that reach it (None: every row): the AND of the tests on its path."""
+    leaves: list[tuple[int, Tensor | None]] = []
 
     def walk(i: int, path: Tensor | None) -> None:
         if is_leaf(i):
@@ -119,6 +116,17 @@ def _forest(node: Node, x: Tensor, roots: list[int], is_leaf: Any, children: Any
 
     for r in roots:
         walk(r, None)
+    return leaves
+
+
+def _forest(node: Node, x: Tensor, roots: list[int], is_leaf: Any, children: Any, cond: Any, leaf_targets: Any,
+            n_targets: int, agg: str, n_trees: int) -> Tensor:
+    """Tree ensembles without data-dependent control flow: every interior node's test is computed for
+    every row (`cond(i)`), each leaf's reach is the AND of the tests on its path (the trees' structure
+    is known when the model loads), and the leaves' weights are aggregated per target (a target no
+    reached leaf scores is 0 under MIN and MAX, as onnxruntime's)."""
+    import numpy as np
+    leaves = _reach(roots, is_leaf, children, cond)
     rows = x.shape[0]
     big = float(np.finfo(x.dtype.np).max)
     zero = _k(x, 0.0)
@@ -269,6 +277,140 @@ def tree_ensemble_regressor(node: Node, x: Any) -> Tensor:
     if base:
         y = ops.add(y, ops.cast(T(_array(base)), y.dtype))
     return _post(node, y, _text(node.attr("post_transform", "NONE")))
+
+
+def _nodes(node: Node, x: Tensor, prefix: str) -> tuple[list[int], Any, Any, Any, Any]:
+    """The trees of a TreeEnsembleRegressor / Classifier (nodes named by (tree id, node id), modes as
+    strings) and their leaves' (target or class, weight) pairs from the `prefix`_* arrays: (roots,
+    is_leaf, children, cond, leaf_weights) for `_reach` / `_forest`."""
+    tree_ids, node_ids = _array(node.attr("nodes_treeids")).astype(int), _array(node.attr("nodes_nodeids")).astype(int)
+    modes = [_text(m) for m in node.attr("nodes_modes")]
+    feats, values = _array(node.attr("nodes_featureids")), _array(node.attr("nodes_values"))
+    true_ids = _array(node.attr("nodes_truenodeids")).astype(int)
+    false_ids = _array(node.attr("nodes_falsenodeids")).astype(int)
+    tracks = _array(node.attr("nodes_missing_value_tracks_true"))
+    at = {(int(t), int(i)): k for k, (t, i) in enumerate(zip(tree_ids, node_ids))}
+    weights: dict[int, list[tuple[int, float]]] = {}
+    for t, i, tid, w in zip(_array(node.attr(f"{prefix}_treeids")), _array(node.attr(f"{prefix}_nodeids")),
+                            _array(node.attr(f"{prefix}_ids")), _array(node.attr(f"{prefix}_weights"))):
+        if (int(t), int(i)) not in at:
+            raise node.unsupported(f"{prefix}_treeids/{prefix}_nodeids name node ({int(t)}, {int(i)}), which is not "
+                                   "a node")
+        weights.setdefault(at[(int(t), int(i))], []).append((int(tid), float(w)))
+    for m in set(modes) - set(_MODES) - {"LEAF"}:
+        raise node.unsupported(f"node mode {m!r} is not supported")
+    children_of = {at[(t, c)] for t, c, m in zip(tree_ids, true_ids, modes) if m != "LEAF"}
+    children_of |= {at[(t, c)] for t, c, m in zip(tree_ids, false_ids, modes) if m != "LEAF"}
+    roots = [k for k in range(len(modes)) if k not in children_of]
+    tests: dict[int, Tensor] = {}
+
+    def cond(k: int) -> Tensor:
+        if k not in tests:
+            tests[k] = _test(x, feats[k], _MODES[modes[k]], values[k], None, bool(tracks is not None and tracks[k]))
+        return tests[k]
+
+    return (roots, lambda k: modes[k] == "LEAF",
+            lambda k: (at[(int(tree_ids[k]), int(true_ids[k]))], at[(int(tree_ids[k]), int(false_ids[k]))]),
+            cond, lambda k: weights.get(k, []))
+
+
+@onnx_op("TreeEnsembleClassifier", domain=ML)
+def tree_ensemble_classifier(node: Node, x: Any) -> tuple[Tensor, Tensor]:
+    """ai.onnx.ml's TreeEnsembleClassifier (skl2onnx's decision trees, forests, gradient boosting) as
+    onnxruntime computes it: (label, scores). Each class's score is the SUM of the class_weights of the
+    leaves a row reaches; a class "has a score" where some reached leaf names it. More than two classes:
+    base_values added, the label the best class that has a score, post_transform over all scores. Two
+    classes, onnxruntime's binary special case: when every class weight names one class (gradient
+    boosting's single logit) the score is one column, expanded to two (1 - s, s when all weights are
+    non-negative, else -s, s; under LOGISTIC sigmoid(-s), sigmoid(s)) and the label is decided by s > 0.5 or s > 0;
+    base_values of length 2 make class 1's score b1 + (class 0's score) where class 1 has one."""
+    x = ops.cast(T(x), dt.float32)  # onnxruntime's thresholds and scores are float
+    if node.attr("classlabels_strings"):
+        raise node.unsupported("string class labels (classlabels_strings) are not supported: Avalon tensors hold "
+                               "numbers; relabel the classes with classlabels_int64s")
+    labels = [int(v) for v in (node.attr("classlabels_int64s") or [])]
+    if len(labels) < 2:
+        raise node.unsupported(f"expects classlabels_int64s with at least 2 classes, got {labels}")
+    post = _text(node.attr("post_transform", "NONE"))
+    if post not in ("NONE", "SOFTMAX", "LOGISTIC", "SOFTMAX_ZERO", "PROBIT"):
+        raise node.unsupported(f"post_transform {post!r} is not one of NONE, SOFTMAX, LOGISTIC, SOFTMAX_ZERO, PROBIT")
+    roots, is_leaf, children, cond, weights = _nodes(node, x, "class")
+    n = len(labels)
+    class_ids = _array(node.attr("class_ids"))
+    class_w = _array(node.attr("class_weights"))
+    if class_ids is not None and len(class_ids) and (class_ids.min() < 0 or class_ids.max() >= n):
+        raise node.unsupported(f"class_ids must lie in [0, {n}) for {n} class labels, got {sorted(set(class_ids))}")
+    binary = n == 2 and len(set((class_ids if class_ids is not None else []).tolist())) == 1
+    positive = class_w is None or bool((class_w >= 0).all())
+    base = [float(b) for b in (_array(node.attr("base_values")) if node.attr("base_values") else [])]
+    leaves = _reach(roots, is_leaf, children, cond)
+    scored = {c for leaf, _ in leaves for c, _ in weights(leaf)}
+    for leaf, _ in leaves:  # onnxruntime's per-row "has a score" rules: reproduced where every leaf scores alike
+        if {c for c, _ in weights(leaf)} != scored:
+            raise node.unsupported(f"leaves score different sets of classes (leaf {leaf} scores "
+                                   f"{sorted({c for c, _ in weights(leaf)})}, others {sorted(scored)}); only "
+                                   "ensembles whose every leaf has a weight for the same classes are supported")
+    rows = x.shape[0]
+    score = [ops.full((rows,), 0.0, dt.float32) for _ in range(n)]
+    for leaf, path in leaves:
+        for c, w in weights(leaf):
+            wt = ops.full((rows,), w, dt.float32)
+            score[c] = ops.add(score[c], wt if path is None else ops.where(path, wt, 0.0))
+    lab = ops.cast(T(np.array(labels, np.int64)), dt.int64)
+    if n > 2:
+        has = [c in scored or c < len(base) for c in range(n)]
+        for k, b in enumerate(base[:n]):
+            score[k] = ops.add(score[k], b)
+        z = ops.stack(score, 1)
+        best = ops.argmax(ops.where(ops.cast(T(np.array(has)), dt.bool_), z, float("-inf")), 1)
+        return ops.take(lab, best, 0), _transform(z, post)
+    s0, s1 = score
+    h0, h1 = 0 in scored, 1 in scored
+    if len(base) == 2:
+        if h1:  # onnxruntime: class 1's score is b1 + class 0's, class 0's its negation
+            s1 = ops.add(s0, base[1])
+            s0 = ops.neg(s1) if h0 else s0
+        else:
+            s0 = ops.add(s0, base[0]) if h0 else s0
+    elif len(base) == 1:
+        s0 = ops.add(s0, base[0]) if h0 else s0
+    elif base:
+        raise node.unsupported(f"base_values must have 0, 1 or 2 values for 2 classes, got {len(base)}")
+    pos = s1 if h1 else s0
+    if binary:
+        label = ops.take(lab, ops.cast(ops.gt(pos, 0.5 if positive else 0.0), dt.int64), 0)
+    else:  # onnxruntime's own positive and negative labels, 1 and 0, whatever the class labels
+        label = ops.cast(ops.gt(pos, 0.0), dt.int64)
+    if h1 or len(base) == 2:  # two scores (a class without one reads 0), transformed
+        return label, _transform(ops.stack([s0, s1], 1), post)
+    # one score (class 0's), made two as onnxruntime's write_scores does
+    if post == "PROBIT":
+        return label, ops.stack([_transform(s0, post), ops.full((rows,), 0.0, dt.float32)], 1)
+    if post == "LOGISTIC":
+        return label, ops.stack([ops.sigmoid(ops.neg(s0)), ops.sigmoid(s0)], 1)
+    if positive:
+        return label, ops.stack([ops.sub(1.0, s0), s0], 1)
+    return label, ops.stack([ops.neg(s0), s0], 1)
+
+
+def _transform(z: Tensor, post: str) -> Tensor:
+    """onnxruntime's post_transform of a row of scores (or of one score)."""
+    if post == "SOFTMAX":
+        return ops.softmax(z, -1)
+    if post == "LOGISTIC":
+        return ops.sigmoid(z)
+    if post == "SOFTMAX_ZERO":  # zeros stay zero; the others share the softmax
+        nz = ops.ne(z, 0.0)
+        e = ops.where(nz, ops.exp(ops.sub(z, ops.amax(z, -1, keepdims=True))), 0.0)
+        return ops.div(e, ops.sum(e, -1, keepdims=True))
+    if post == "PROBIT":  # sqrt(2) erfinv(2 s - 1), with onnxruntime's ErfInv: Winitzki's approximation, a = 0.147
+        v = ops.sub(ops.mul(z, 2.0), 1.0)
+        lg = ops.log(ops.mul(ops.sub(1.0, v), ops.add(1.0, v)))
+        f = np.float32  # its constants, computed in float
+        t = ops.add(float(f(2) / (f(3.14159) * f(0.147))), ops.mul(lg, 0.5))
+        root = ops.sqrt(ops.sub(ops.sqrt(ops.sub(ops.mul(t, t), ops.mul(lg, float(f(1) / f(0.147))))), t))
+        return ops.mul(ops.where(ops.lt(v, 0.0), ops.neg(root), root), 1.41421356)
+    return z
 
 
 @onnx_op("Scaler", domain=ML)

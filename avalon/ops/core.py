@@ -287,8 +287,23 @@ def add(input: Any, other: Any, *, alpha: Any = 1) -> Tensor:
     return bind("add", *_prepare("add", input, _times_alpha("add", input, other, alpha)))
 
 
+def _bool_sub(input: Any, other: Any) -> None:
+    """torch refuses `-` with a bool tensor operand (numpy's bool subtraction computed xor, or an
+    integer difference beside a number, in silence)."""
+    a, b = (isinstance(v, Tensor) and v.dtype is dt.bool_ for v in (input, other))
+    if not (a or b):
+        return
+    if (a or isinstance(input, (bool, np.bool_))) and (b or isinstance(other, (bool, np.bool_))):
+        raise fail(RuntimeError("Subtraction, the `-` operator, with two bool tensors is not supported. Use the `^` or "
+                             "`logical_xor()` operator instead."))
+    raise fail(RuntimeError("Subtraction, the `-` operator, with a bool tensor is not supported. If you are trying to "
+                         "invert a mask, use the `~` or `logical_not()` operator instead."))
+
+
 def sub(input: Any, other: Any, *, alpha: Any = 1) -> Tensor:
-    """input - alpha * other, with numpy broadcasting and torch's dtype promotion (torch.sub)."""
+    """input - alpha * other, with numpy broadcasting and torch's dtype promotion (torch.sub); a bool
+    tensor operand is refused, as torch (`_bool_sub`)."""
+    _bool_sub(input, other)
     return bind("sub", *_prepare("sub", input, _times_alpha("sub", input, other, alpha)))
 
 
@@ -477,7 +492,16 @@ def _unary(name: str, floating: bool = False):
     return f
 
 
-neg, abs, relu, sign = (_unary(n) for n in ("neg", "abs", "relu", "sign"))  # noqa: A001
+abs, relu, sign = (_unary(n) for n in ("abs", "relu", "sign"))  # noqa: A001
+_neg = _unary("neg")
+
+
+def neg(input: Any) -> Tensor:
+    """Elementwise -x; a bool tensor is refused, as torch (numpy's negation gave the mask back unchanged)."""
+    if isinstance(input, Tensor) and input.dtype is dt.bool_:
+        raise fail(RuntimeError("Negation, the `-` operator, on a bool tensor is not supported. If you are trying to "
+                             "invert a mask, use the `~` or `logical_not()` operator instead."))
+    return _neg(input)
 exp, log, tanh, sigmoid, sqrt, rsqrt, erf, sin, cos = (_unary(n, True) for n in
                                                        ("exp", "log", "tanh", "sigmoid", "sqrt", "rsqrt", "erf",
                                                         "sin", "cos"))
@@ -523,7 +547,9 @@ def clamp(input: Any, min: Any = None, max: Any = None, *, out: Any = None) -> T
     maximum/minimum, so the gradient is torch's: all of it to x where min <= x <= max (ties
     included), to a tensor bound where it is the result; nan stays nan; min > max gives max."""
     unsupported("clamp", out=out)
-    y = _as_operand(input)  # (no bounds: the input, where torch raises; ONNX's Clip relies on it)
+    if min is None and max is None:
+        raise fail(ArgumentError("torch.clamp: At least one of 'min' or 'max' must not be None"))
+    y = _as_operand(input)
     if min is not None:
         y = where(_beyond(lt(y, min), min), min, y)
     if max is not None:

@@ -362,12 +362,15 @@ def setitem(x: Any, index: Any, value: Any) -> Tensor:
             i is Ellipsis or (isinstance(i, slice) and i == slice(None)) for i in index[1:]):
         index = index[:1]  # x[mask, :] = v is x[mask] = v
     if len(index) == 1 and _is_bool_mask(index[0]):
+        index_put_dtype(x, value, masked_fill=True)
         return _setitem_mask(x, _as_operand(index[0]), _as_operand(value))
     index = _expand(index, x.ndim)
     if builtins.sum(map(_is_bool_mask, index)) == 1 and all(
             (_is_bool_mask(i) and _mask_rank(i) > 0) or (isinstance(i, slice) and i == slice(None)) for i in index):
+        index_put_dtype(x, value, masked_fill=True)
         return _setitem_inner_mask(x, index, value)
     if any(_is_array_index(i) and not _is_int_index(i) for i in index):
+        index_put_dtype(x, value)
         return _setitem_arrays(x, index, value)
     specs, view, counts = [], [], []
     for i in index:
@@ -398,6 +401,16 @@ def setitem(x: Any, index: Any, value: Any) -> Tensor:
     mask = full(counts, 1, kind)
     placed, where_ = _place(v, specs, x.shape), _place(mask, specs, x.shape)
     return where(ne(where_, 0), placed, x)
+
+
+def index_put_dtype(x: Tensor, value: Any, masked_fill: bool = False) -> None:
+    """torch's rule for `x[advanced index] = value` and index_put: a value tensor of x's dtype, where
+    numpy casts in silence (an f64 value into an f32 tensor, floats into an int one). One element
+    through a single boolean mask (`masked_fill`) is torch's masked_fill path, which casts; a basic
+    index (`x[0] = v`) is a copy_, which casts too; numbers and numpy values are cast as ever."""
+    if isinstance(value, Tensor) and value.dtype != x.dtype and not (masked_fill and value.numel() == 1):
+        raise fail(TypeError(f"Index put requires the source and destination dtypes match, got {x.dtype.name} for "
+                             f"the destination and {value.dtype.name} for the source; cast the value with .to(...)"))
 
 
 def _setitem_mask(x: Tensor, mask: Tensor, v: Any) -> Tensor:

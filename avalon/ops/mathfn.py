@@ -124,8 +124,13 @@ def _round_even(x: Tensor) -> Tensor:
 
 def round(input: Any, *, decimals: int = 0) -> Tensor:  # noqa: A001
     """torch.round: half to even; `decimals` scales by 10**decimals first (as torch: x * 10^d
-    rounded, / 10^d; negative d: x / 10^-d rounded, * 10^-d). Integers are unchanged."""
+    rounded, / 10^d; negative d: x / 10^-d rounded, * 10^-d). Integers are unchanged; torch refuses
+    them with `decimals` (which would otherwise be ignored in silence) and refuses bools."""
     x = _tensor(input)
+    if x.dtype is dt.bool_ or (not x.dtype.is_float and decimals != 0):
+        raise fail(NotImplementedError(f"round: not implemented for {x.dtype.name} tensors"
+                                       f"{' with decimals' if x.dtype is not dt.bool_ else ''} (torch's "
+                                       f"round_cpu); cast to a floating dtype first"))
     if not x.dtype.is_float:
         return x
     d = int(decimals)

@@ -52,6 +52,7 @@ from .core import (
     pow,
     reshape,
     result_dtype,
+    same_dtype,
     sign,
     sub,
     sum,
@@ -161,7 +162,9 @@ def cross(input: Any, other: Any, dim: int | None = None) -> Tensor:
     linalg.cross uses -1), the operands broadcast."""
     a, b = _tensor(input), _tensor(other)
     shape = _broadcast_shapes("cross", a.shape, b.shape)
-    d = result_dtype(a, b)
+    d = same_dtype("cross", a, b)  # torch's rule: numpy would promote
+    if d is dt.bool_:
+        raise fail(NotImplementedError("cross: not implemented for bool tensors"))
     a, b = broadcast_to(cast(a, d), shape), broadcast_to(cast(b, d), shape)
     if dim is None:
         sizes3 = [k for k, s in enumerate(shape) if s == 3]

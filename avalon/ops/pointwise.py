@@ -15,6 +15,7 @@ from ..ir import dtypes as dt
 from ..tensor import Tensor
 from ..trace import located, user_location
 from .core import (
+    _as_operand,
     _prepare,
     _tensor,
     abs,
@@ -23,6 +24,7 @@ from .core import (
     div,
     eq,
     exp,
+    fail,
     isnan,
     le,
     log,
@@ -79,8 +81,17 @@ def expm1(input: Any) -> Tensor:
 
 def lerp(input: Any, end: Any, weight: Any) -> Tensor:
     """start + weight * (end - start), evaluated from the nearer end as torch does (exact at
-    weight 0 and 1)."""
-    start, end_, w = _prepare("lerp", input, end, weight)
+    weight 0 and 1). torch's dtypes: a floating-point `input`, `end` of its dtype and a `weight`
+    tensor of its dtype too unless 0-d (numpy would promote, and int inputs computed what torch refuses)."""
+    x = _tensor(input)
+    if not x.dtype.is_float:
+        raise fail(NotImplementedError(f"lerp: input must be a floating-point tensor, got {x.dtype.name}"))
+    end, weight = _as_operand(end), _as_operand(weight)
+    for name, t in (("end", end), ("weight", weight)):
+        if isinstance(t, Tensor) and t.dtype != x.dtype and (name == "end" or t.ndim > 0):
+            raise fail(TypeError(f"lerp: expected dtype {x.dtype.name} for `{name}` but got dtype {t.dtype.name}; "
+                                 f"cast it with .to(...)"))
+    start, end_, w = _prepare("lerp", x, end, weight, dtype=x.dtype)
     d = sub(end_, start)
     return where(lt(abs(w), 0.5), add(start, mul(w, d)), sub(end_, mul(d, sub(1.0, w))))
 

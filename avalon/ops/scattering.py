@@ -370,9 +370,12 @@ def index_put(input: Any, indices: Any, values: Any, accumulate: bool = False) -
     `x[indices] += values` where repeated indices all add (plain `+=` would keep one). A mask
     known only in a trace works when values broadcast to one selected row."""
     x = _tensor(input)
+    seq = (indices,) if isinstance(indices, (Tensor, np.ndarray)) else tuple(indices)
+    from .indexing import index_put_dtype  # (indexing builds on this module through sorting)
+    index_put_dtype(x, values, masked_fill=not accumulate and len(seq) == 1
+                    and getattr(_as_operand(seq[0]), "dtype", None) is dt.bool_)
     v = _as_operand(values)
     v = cast(v, x.dtype) if isinstance(v, Tensor) else full((), v, x.dtype)
-    seq = (indices,) if isinstance(indices, (Tensor, np.ndarray)) else tuple(indices)
     if len(seq) == 1 and isinstance(seq[0], Tensor) and seq[0].is_traced and seq[0].dtype is dt.bool_:
         m = seq[0]
         if m.shape != x.shape[:m.ndim]:

@@ -339,6 +339,9 @@ def put(input: Any, index: Any, source: Any, accumulate: bool = False) -> Tensor
     x = _tensor(input)
     flat = reshape(x, (-1,))
     idx = reshape(_flat_index("put", index, flat.shape[0]), (-1,))
+    if isinstance(source, Tensor) and source.dtype is not x.dtype:  # torch: an error, not a silent cast
+        raise fail(TypeError(f"put_(): self and source expected to have the same dtype, but got self.dtype = "
+                             f"{x.dtype.name} and source.dtype = {source.dtype.name}"))
     src = reshape(cast(_tensor(source), x.dtype), (-1,))
     if src.shape[0] != idx.shape[0]:
         raise fail(ShapeError(f"put_(): Expected source and index to have the same number of elements, but got "

@@ -49,6 +49,7 @@ from .core import (
     ne,
     pad,
     reshape,
+    same_dtype,
     sqrt,
     squeeze,
     sub,
@@ -553,6 +554,10 @@ def cdist(x1: Any, x2: Any, p: float = 2.0, compute_mode: Any = None) -> Tensor:
     if a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-1]:
         raise fail(ShapeError(f"cdist: X1 and X2 must be at least 2-d with the same number of columns, got "
                               f"{a.shape} and {b.shape}"))
+    for name, x in (("X1", a), ("X2", b)):
+        if not x.dtype.is_float:
+            raise fail(TypeError(f"cdist only supports floating-point dtypes, {name} got: {x.dtype.name}"))
+    same_dtype("cdist", a, b)  # torch's rule: numpy would promote
     diffs = sub(expand_dims(a, -2), expand_dims(b, -3))  # (..., P, R, M)
     return vector_norm(diffs, p, -1)
 
