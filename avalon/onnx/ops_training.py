@@ -245,34 +245,9 @@ def tree_ensemble_regressor(node: Node, x: Any) -> Tensor:
     x = T(x)
     if not x.dtype.is_float:
         x = ops.cast(x, dt.float32)
-    tree_ids, node_ids = _array(node.attr("nodes_treeids")).astype(int), _array(node.attr("nodes_nodeids")).astype(int)
-    modes = [_text(m) for m in node.attr("nodes_modes")]
-    feats, values = _array(node.attr("nodes_featureids")), _array(node.attr("nodes_values"))
-    true_ids = _array(node.attr("nodes_truenodeids")).astype(int)
-    false_ids = _array(node.attr("nodes_falsenodeids")).astype(int)
-    tracks = _array(node.attr("nodes_missing_value_tracks_true"))
-    at = {(int(t), int(i)): k for k, (t, i) in enumerate(zip(tree_ids, node_ids))}
-    targets: dict[int, list[tuple[int, float]]] = {}
-    for t, i, tid, w in zip(_array(node.attr("target_treeids")), _array(node.attr("target_nodeids")),
-                            _array(node.attr("target_ids")), _array(node.attr("target_weights"))):
-        targets.setdefault(at[(int(t), int(i))], []).append((int(tid), float(w)))
-    for m in set(modes) - set(_MODES) - {"LEAF"}:
-        raise node.unsupported(f"node mode {m!r} is not supported")
-    children_of = {at[(t, c)] for t, c, m in zip(tree_ids, true_ids, modes) if m != "LEAF"}
-    children_of |= {at[(t, c)] for t, c, m in zip(tree_ids, false_ids, modes) if m != "LEAF"}
-    roots = [k for k in range(len(modes)) if k not in children_of]
-    tests: dict[int, Tensor] = {}
-
-    def cond(k: int) -> Tensor:
-        if k not in tests:
-            tests[k] = _test(x, feats[k], _MODES[modes[k]], values[k], None, bool(tracks is not None and tracks[k]))
-        return tests[k]
-
-    n_targets = int(node.attr("n_targets", 1))
-    y = _forest(node, x, roots, lambda k: modes[k] == "LEAF",
-                lambda k: (at[(int(tree_ids[k]), int(true_ids[k]))], at[(int(tree_ids[k]), int(false_ids[k]))]),
-                cond, lambda k: targets.get(k, []), n_targets, _text(node.attr("aggregate_function", "SUM")),
-                len(roots))
+    roots, is_leaf, children, cond, targets = _nodes(node, x, "target")
+    y = _forest(node, x, roots, is_leaf, children, cond, targets, int(node.attr("n_targets", 1)),
+                _text(node.attr("aggregate_function", "SUM")), len(roots))
     base = node.attr("base_values")
     if base:
         y = ops.add(y, ops.cast(T(_array(base)), y.dtype))
