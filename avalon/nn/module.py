@@ -514,24 +514,20 @@ class Module:
 
     def get_parameter(self, target: str) -> Tensor:
         """torch's: the parameter at dotted path `target`, an AttributeError naming what is not there."""
-        path, _, name = target.rpartition(".")
-        mod = self.get_submodule(path)
-        if not hasattr(mod, name):
-            raise AttributeError(f"{type(mod).__name__} has no attribute `{name}`")
-        t = getattr(mod, name)
-        if not any(p is t for _, p in mod.named_parameters(recurse=False, remove_duplicate=False)):
-            raise AttributeError(f"`{name}` is not an nn.Parameter")
-        return t
+        return self._get_own(target, "named_parameters", "an nn.Parameter")
 
     def get_buffer(self, target: str) -> Tensor:
         """torch's: the buffer at dotted path `target`, an AttributeError naming what is not there."""
+        return self._get_own(target, "named_buffers", "a buffer")
+
+    def _get_own(self, target: str, listing: str, kind: str) -> Tensor:
         path, _, name = target.rpartition(".")
         mod = self.get_submodule(path)
         if not hasattr(mod, name):
             raise AttributeError(f"{type(mod).__name__} has no attribute `{name}`")
         t = getattr(mod, name)
-        if not any(b is t for _, b in mod.named_buffers(recurse=False, remove_duplicate=False)):
-            raise AttributeError(f"`{name}` is not a buffer")
+        if not any(x is t for _, x in getattr(mod, listing)(recurse=False, remove_duplicate=False)):
+            raise AttributeError(f"`{name}` is not {kind}")
         return t
 
     def type(self, dst_type: Any) -> Module:
