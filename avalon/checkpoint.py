@@ -173,6 +173,18 @@ def _unflatten_tree(path: Any, node: Any, tensors: dict[str, Tensor], used: set[
     raise bad
 
 
+def _is_data(obj: Any, depth: int = 0) -> bool:
+    """Whether `obj` is plain data `_flatten_tree` stores as it is (no model inside): a tensor, a
+    number, a string, None, or a dict, list or tuple of them."""
+    if _is_tensor(obj) or obj is None or isinstance(obj, (bool, int, float, str)):
+        return True
+    if depth > 64:
+        return False
+    if isinstance(obj, Mapping):
+        return all(_is_data(v, depth + 1) for v in obj.values())
+    return isinstance(obj, (list, tuple)) and all(_is_data(v, depth + 1) for v in obj)
+
+
 def _raise(e: Exception) -> Any:
     raise e
 
@@ -183,7 +195,11 @@ def save(obj: Any, path: str | os.PathLike) -> None:
     writes it, is saved too (tensors as tensors, the rest as a JSON tree) and `load` returns it."""
     from .version import __version__
     tree_json = None
-    if isinstance(obj, Mapping) and not all(_is_tensor(v) for v in obj.values()):
+    if (isinstance(obj, Mapping) and not all(_is_tensor(v) and isinstance(k, str) for k, v in obj.items())) \
+            or (not isinstance(obj, Mapping) and _is_data(obj)):
+        # torch.save's round trip: a tensor, a list or a tuple, a number, a string or None comes back as
+        # itself (not as a state dict, which lost torch tensors in a list and made a tensor `{'': t}`);
+        # so does a dict with int keys
         tensors: dict[str, Any] = {}
         tree_json = json.dumps(_flatten_tree(obj, "", tensors), separators=(",", ":"))
         state: Mapping[str, Any] = tensors

@@ -343,17 +343,31 @@ def irfftn(input: Any, s: Sequence[int] | None = None, dim: Any = None, norm: st
 
 # -- frequencies and shifts --------------------------------------------------------------------------
 
+def _freq_args(name: str, n: int, d: float, dtype: Any) -> tuple[Any, float]:
+    """The result dtype (torch refuses an integer one: every frequency would truncate) and torch's
+    scale 1 / (n d), which is inf (nan at frequency 0) when n or d is 0 rather than a ZeroDivisionError."""
+    dtype = dt.dtype(dtype) if dtype is not None else _ops.get_default_dtype()
+    if not dtype.is_float:
+        raise RuntimeError(f"{name} requires a floating point or complex dtype, got {dtype}")
+    nd = n * d
+    return dtype, (1.0 / nd if nd != 0 else math.copysign(math.inf, nd))
+
+
 def fftfreq(n: int, d: float = 1.0, *, dtype: Any = None, device: Any = None, **kw: Any) -> Tensor:
     """torch.fft.fftfreq: [0, 1, ..., (n - 1) // 2, -(n // 2), ..., -1] / (d n)."""
+    dtype, scale = _freq_args("fftfreq", n, d, dtype)
     k = _ops.arange(n, dtype=dt.int64)
     k = _ops.where(k <= (n - 1) // 2, k, k - n)
-    return _ops.place(_ops.cast(_ops.cast(k, dt.float64) * (1.0 / (n * d)), dtype or _ops.get_default_dtype()), device)
+    with np.errstate(invalid="ignore"):
+        return _ops.place(_ops.cast(_ops.cast(k, dt.float64) * scale, dtype), device)
 
 
 def rfftfreq(n: int, d: float = 1.0, *, dtype: Any = None, device: Any = None, **kw: Any) -> Tensor:
     """torch.fft.rfftfreq: [0, 1, ..., n // 2] / (d n)."""
+    dtype, scale = _freq_args("rfftfreq", n, d, dtype)
     k = _ops.arange(n // 2 + 1, dtype=dt.float64)
-    return _ops.place(_ops.cast(k * (1.0 / (n * d)), dtype or _ops.get_default_dtype()), device)
+    with np.errstate(invalid="ignore"):
+        return _ops.place(_ops.cast(k * scale, dtype), device)
 
 
 def _shift(x: Any, dim: Any, sign: int) -> Any:

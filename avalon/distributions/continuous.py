@@ -136,7 +136,9 @@ class Laplace(Distribution):
         return ops.neg(ops.log(2.0 * self.scale)) - ops.abs(v - self.loc) / self.scale
 
     def cdf(self, value: Any) -> Tensor:
-        d = _param(value) - self.loc
+        v = _param(value)
+        self._validate_sample(v)
+        d = v - self.loc
         return 0.5 - 0.5 * ops.sign(d) * ops.expm1(ops.neg(ops.abs(d)) / self.scale)
 
     def icdf(self, value: Any) -> Tensor:
@@ -183,7 +185,9 @@ class Cauchy(Distribution):
         return -math.log(math.pi) - ops.log(self.scale) - ops.log1p(z * z)
 
     def cdf(self, value: Any) -> Tensor:
-        return ops.atan((_param(value) - self.loc) / self.scale) / math.pi + 0.5
+        v = _param(value)
+        self._validate_sample(v)
+        return ops.atan((v - self.loc) / self.scale) / math.pi + 0.5
 
     def icdf(self, value: Any) -> Tensor:
         return ops.tan(math.pi * (_param(value) - 0.5)) * self.scale + self.loc

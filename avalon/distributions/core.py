@@ -286,6 +286,7 @@ class Normal(ExponentialFamily):
 
     def log_prob(self, value: Any) -> Tensor:
         v = _param(value)
+        self._validate_sample(v)  # (a NaN value gave NaN where torch refuses it)
         var = self.variance
         return ops.sub(ops.sub(ops.div(ops.neg(ops.mul(ops.sub(v, self.loc), ops.sub(v, self.loc))), ops.mul(var, 2.0)),
                                ops.log(self.scale)), math.log(math.sqrt(2 * math.pi)))
@@ -294,7 +295,9 @@ class Normal(ExponentialFamily):
         return ops.add(0.5 + 0.5 * math.log(2 * math.pi), ops.log(self.scale))
 
     def cdf(self, value: Any) -> Tensor:
-        z = ops.div(ops.sub(_param(value), self.loc), ops.mul(self.scale, math.sqrt(2)))
+        v = _param(value)
+        self._validate_sample(v)
+        z = ops.div(ops.sub(v, self.loc), ops.mul(self.scale, math.sqrt(2)))
         return ops.mul(0.5, ops.add(1.0, ops.erf(z)))
 
     def icdf(self, value: Any) -> Tensor:
@@ -354,7 +357,11 @@ class Uniform(Distribution):
         return ops.log(ops.sub(self.high, self.low))
 
     def cdf(self, value: Any) -> Tensor:
-        return ops.clamp(ops.div(ops.sub(_param(value), self.low), ops.sub(self.high, self.low)), 0.0, 1.0)
+        v = _param(value)
+        if self._validate_args and not self.low.is_traced and not self.high.is_traced:  # as log_prob (and torch)
+            lo, hi = self.low.numpy(), self.high.numpy()
+            self._check_sample(v, lambda x: (lo <= x) & (x <= hi), "Interval(low, high)")
+        return ops.clamp(ops.div(ops.sub(v, self.low), ops.sub(self.high, self.low)), 0.0, 1.0)
 
     def icdf(self, value: Any) -> Tensor:
         return ops.add(ops.mul(_param(value), ops.sub(self.high, self.low)), self.low)
@@ -462,8 +469,10 @@ class Categorical(Distribution):
         self._num_events = p.shape[-1]
         super().__init__(p.shape[:-1], (), validate_args)
         if self._from_probs:
-            self._check("probs", p, lambda v: (v >= 0).all() & np.isfinite(v).all(), "Simplex()")
+            # torch checks the normalized probs: a row of zeros (nan after normalizing) is refused,
+            # a row of all-negative weights normalizes to a simplex and is accepted
             self._param = ops.div(p, ops.sum(p, -1, keepdims=True))
+            self._check_constraint("probs", self._param)
         else:
             self._param = ops.sub(p, ops.logsumexp(p, -1, keepdims=True))
 
@@ -587,6 +596,8 @@ class Independent(Distribution):
     def __init__(self, base_distribution: Distribution, reinterpreted_batch_ndims: int,
                  validate_args: bool | None = None) -> None:
         n, shape = int(reinterpreted_batch_ndims), base_distribution.batch_shape
+        if n < 0:  # (torch slices with it: batch dims that are no longer the batch, and sums that mean nothing)
+            raise ValueError(f"Expected reinterpreted_batch_ndims >= 0, actual {n}")
         if n > len(shape):
             raise ValueError(f"Expected reinterpreted_batch_ndims <= len(base_distribution.batch_shape), actual {n} "
                              f"vs {len(shape)}")

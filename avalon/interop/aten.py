@@ -469,7 +469,7 @@ def argmin(x: Tensor, dim: int | None = None, keepdim: bool = False) -> Tensor:
 @rule("aten.var.correction", "aten.var.dim")
 def var(x: Tensor, dim: Any = None, correction: Any = None, keepdim: bool = False, unbiased: Any = None) -> Tensor:
     c = 1 if correction is None and unbiased is not False else (correction or 0)
-    return ops.var(x, list(dim) if dim else None, keepdim, correction=int(c))
+    return ops.var(x, list(dim) if dim else None, keepdim=keepdim, correction=float(c))
 
 
 @rule("aten.var_mean.correction")

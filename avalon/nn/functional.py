@@ -373,6 +373,7 @@ def _norm_dtypes(fn: str, x: Tensor, **named: Any) -> bool:
     the input's, or float32 under a float16/bfloat16 input (mixed mode: the output keeps the input's
     dtype). numpy would promote: an f32 input under f64 parameters ran, and returned, f64 in silence.
     Returns whether the call is mixed (the caller casts its result back to the input's dtype)."""
+    ops.floating_input(fn, x)  # (torch has no integer kernels for the norms)
     given = [(n, _t(v).dtype) for n, v in named.items() if v is not None]
     if not given:
         return False
@@ -837,6 +838,9 @@ def layer_norm(input: Any, normalized_shape: int | Sequence[int], weight: Any = 
     x = _t(input)
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     k = len(shape)
+    if k == 0:  # (it normalized each element alone, or, now that an empty dim list is every dim, all of x)
+        raise ValueError("layer_norm: Expected normalized_shape to be at least 1-dimensional, i.e., containing at "
+                         "least one element, but got normalized_shape = []")
     if x.shape[x.ndim - k:] != shape:
         raise ValueError(f"layer_norm: normalized_shape {shape} does not match the trailing dims of input "
                          f"{x.shape}")

@@ -55,6 +55,9 @@ def rms_norm(input: Any, normalized_shape: int | Sequence[int], weight: Any = No
     x = _t(input)
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(int(s) for s in normalized_shape)
     k = len(shape)
+    if k == 0:  # (torch's check; an empty dim list reads as every dim)
+        raise ValueError("rms_norm: Expected normalized_shape to be at least 1-dimensional, i.e., containing at "
+                         "least one element, but got normalized_shape = []")
     if x.ndim < k or x.shape[x.ndim - k:] != shape:
         raise ValueError(f"Given normalized_shape={list(shape)}, expected input with shape [*, "
                          f"{', '.join(map(str, shape))}], but got input of size{list(x.shape)}")

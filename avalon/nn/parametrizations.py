@@ -35,6 +35,8 @@ def norm_except_dim(v: Tensor, pow: float = 2, dim: int = 0) -> Tensor:  # noqa:
         return ops.pow(ops.sum(ops.pow(ops.abs(v), pow)), 1.0 / pow) if pow != 2 else ops.sqrt(ops.sum(v * v))
     d = dim % v.ndim
     axes = tuple(i for i in range(v.ndim) if i != d)
+    if not axes:  # a 1-d v: the norm of each element (an empty dim list would be every dim)
+        return ops.abs(v)
     if pow == 2:
         return ops.sqrt(ops.sum(v * v, axes, keepdims=True))
     return ops.pow(ops.sum(ops.pow(ops.abs(v), pow), axes, keepdims=True), 1.0 / pow)

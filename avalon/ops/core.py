@@ -218,15 +218,41 @@ def full(size: Sequence[int], fill_value: Any, dtype: Any = None, *, device: Any
     unsupported("full", out=out, layout=layout)
     d = dtype_arg("full", dtype) if dtype is not None else _fill_dtype(fill_value)
     v = fill_value.item() if isinstance(fill_value, Tensor) else fill_value
-    v = bool(v) if d is dt.bool_ else (dt.wrap(int(v), d) if not d.is_float else float(v))  # ints wrap, as torch's
-    return place(bind("constant", value=v, shape=list(size_args("full", (size,))), dtype=d), device)
+    return place(_constant(size_args("full", (size,)), fits(v, d), d), device)
+
+
+def fits(v: Any, d: DType) -> Any:
+    """Python number `v` as a fill value of dtype `d`, with torch's overflow check where numpy wraps
+    in silence (full, fill_, masked_fill, clamp's bounds: `full((2,), 300, dtype=int8)` held 44). As
+    torch: uint8 takes negatives (two's complement), half precision overflows to inf, float32 not."""
+    if d is dt.bool_ or not isinstance(v, (int, float, np.number)) or isinstance(v, bool):
+        return v
+    if d.is_float:
+        if d is dt.float32 and math.isfinite(v) and builtins.abs(v) > float(np.finfo(np.float32).max):
+            raise located(RuntimeError(f"value cannot be converted to type float32 without overflow (got {v})"),
+                          user_location())
+        return v
+    lo, hi = dt.int_range(d)
+    lo = lo if lo < 0 else dt.int_range(dt.int64)[0]
+    if not (math.isfinite(v) and lo <= int(v) <= hi):
+        raise located(RuntimeError(f"value cannot be converted to type {d.name} without overflow (got {v})"),
+                      user_location())
+    return v
+
+
+def _constant(shape: Sequence[int], v: Any, d: DType) -> Tensor:
+    """A tensor of `shape` holding Python number `v` stored as dtype `d`: an integer out of range
+    wraps, as torch stores a scalar operand (`int8_tensor + 300` adds 44); `fits` checks first
+    where torch does."""
+    v = bool(v) if d is dt.bool_ else (dt.wrap(int(v), d) if not d.is_float else float(v))
+    return bind("constant", value=v, shape=list(shape), dtype=d)
 
 
 def cast(x: Any, dtype: Any) -> Tensor:
     d = dt.dtype(dtype)
     x = _as_operand(x)
     if _is_scalar(x):
-        return full((), x, d)
+        return _constant((), x, d)
     return x if x.dtype == d else bind("cast", x, dtype=d)
 
 
@@ -254,7 +280,7 @@ def _prepare(name: str, *xs: Any, dtype: DType | None = None) -> list[Tensor]:
     out = []
     for x in xs:
         if _is_scalar(x):
-            out.append(full(shape, x, d))
+            out.append(_constant(shape, x, d))
         else:
             out.append(broadcast_to(cast(x, d), shape))
     return out
@@ -756,6 +782,14 @@ def _dim_args(axis: Any, dim: Any, keepdims: Any, keepdim: Any) -> tuple[Any, bo
     return (dim if dim is not None else axis), bool(keepdim if keepdim is not None else keepdims)
 
 
+def _all_if_empty(axis: Any) -> Any:
+    """torch's sum, mean, amax, amin, var, std, logsumexp and norms read an empty dim list as every
+    dim: `x.sum(dim=tuple(range(1, x.ndim)))` of a 1-d x is a number there (numpy's `axis=()`, which
+    reduces nothing, gave x back). (any and all keep x, as torch's do.) Avalon's own callers with
+    computed axes that may be empty guard them."""
+    return None if isinstance(axis, (tuple, list)) and len(axis) == 0 else axis
+
+
 def sum(input: Any, axis: Any = None, keepdims: bool = False, dtype: Any = None, *,  # noqa: A001
         dim: Any = None, keepdim: bool | None = None) -> Tensor:
     """Sum over `axis` (torch: `dim`); booleans and narrower integers sum as i64, as in torch (`dtype=`
@@ -766,7 +800,7 @@ def sum(input: Any, axis: Any = None, keepdims: bool = False, dtype: Any = None,
         x = cast(x, dtype_arg("sum", dtype))
     elif not x.dtype.is_float:
         x = cast(x, dt.int64)
-    axes = _axes(x, axis, "sum")
+    axes = _axes(x, _all_if_empty(axis), "sum")
     if not axes:
         return x
     return bind("sum", x, axes=axes, keepdims=keepdims)
@@ -782,9 +816,8 @@ def mean(input: Any, axis: Any = None, keepdims: bool = False, *, dim: Any = Non
             raise fail(ArgumentError(f"mean(): could not infer output dtype. Optional dtype must be either a floating "
                                      f"point or complex dtype. Got: {want.name}"))
         x = cast(x, want)
-    if not x.dtype.is_float:
-        x = cast(x, dt.float32)
-    axes = _axes(x, axis, "mean")
+    floating_input("mean", x)
+    axes = _axes(x, _all_if_empty(axis), "mean")
     n = math.prod(x.shape[a] for a in axes)
     return div(sum(x, axes, keepdims), float(n))  # torch's CPU mean: the sum divided (n = 0: nan)
 
@@ -792,14 +825,11 @@ def mean(input: Any, axis: Any = None, keepdims: bool = False, *, dim: Any = Non
 def _var_args(fn: str, dim: Any, unbiased: Any, keepdim: Any, correction: Any, axis: Any,
               keepdims: Any) -> tuple[Any, bool, float]:
     """torch's var/std arguments: `dim` (numpy's `axis`), `correction` (default 1, Bessel's) or the
-    older `unbiased`, `keepdim` (keyword). Avalon's earlier numpy-order call `var(x, axis, keepdims,
-    correction=c)` still means that: a third positional argument beside `correction` is `keepdims`."""
+    older `unbiased`, never both (torch refuses the pair, in any order), `keepdim`."""
     dim = axis if axis is not None else dim
     keepdim = keepdims if keepdims is not None else keepdim
     if correction is not None and unbiased is not None:
-        if keepdim is not None:
-            raise TypeError(f"{fn}: pass only one of 'unbiased' and 'correction'")
-        keepdim, unbiased = unbiased, None
+        raise TypeError(f"{fn}(): pass only one of 'unbiased' and 'correction' (correction=0 is unbiased=False)")
     c = correction if correction is not None else (0 if unbiased is not None and not unbiased else 1)
     return dim, bool(keepdim), float(c)
 
@@ -816,10 +846,8 @@ def _var(fn: str, input: Any, dim: Any, unbiased: Any, keepdim: Any, correction:
          keepdims: Any) -> Tensor:
     """var's work, named `fn` in errors (std builds on it)."""
     dim, keepdim, c = _var_args(fn, dim, unbiased, keepdim, correction, axis, keepdims)
-    x = _tensor(input)
-    if not x.dtype.is_float:
-        x = cast(x, dt.float32)
-    axes = _axes(x, dim, fn)
+    x = floating_input(fn, _tensor(input))
+    axes = _axes(x, _all_if_empty(dim), fn)
     n = math.prod(x.shape[a] for a in axes)
     if n - c <= 0:  # torch's warning: the inf or nan below is rarely what was meant (a batch of one)
         import sys
@@ -859,7 +887,7 @@ def amax(input: Any, axis: Any = None, keepdims: bool = False, *, dim: Any = Non
          keepdim: bool | None = None) -> Tensor:
     """Largest value over `axis`/`dim` (an int, a tuple, or all)."""
     axis, keepdims = _dim_args(axis, dim, keepdims, keepdim)
-    return _amax("amax", _tensor(input), axis, keepdims)
+    return _amax("amax", _tensor(input), _all_if_empty(axis), keepdims)
 
 
 def _amax(fn: str, x: Tensor, axis: Any, keepdims: bool) -> Tensor:
@@ -872,7 +900,7 @@ def amin(input: Any, axis: Any = None, keepdims: bool = False, *, dim: Any = Non
          keepdim: bool | None = None) -> Tensor:
     """Smallest value over `axis`/`dim`: the negated largest of the negation."""
     axis, keepdims = _dim_args(axis, dim, keepdims, keepdim)
-    return _flip(_amax("amin", _flip(_tensor(input)), axis, keepdims))
+    return _flip(_amax("amin", _flip(_tensor(input)), _all_if_empty(axis), keepdims))
 
 
 def _flip(x: Tensor) -> Tensor:
@@ -961,10 +989,12 @@ def cumsum(input: Any, dim: int | None = None, reverse: bool = False, *, axis: i
 
 def logsumexp(input: Any, axis: Any = -1, keepdims: bool = False, *, dim: Any = None,
               keepdim: bool | None = None) -> Tensor:
-    """log(sum(exp(x))) computed stably."""
+    """log(sum(exp(x))) computed stably; integers and bools in the default float dtype, as torch."""
     x = _tensor(input)
+    if not x.dtype.is_float:  # (bool's x - max(x) was refused as a bool subtraction)
+        x = cast(x, default_float_dtype())
     axis, keepdims = _dim_args(axis, dim, keepdims, keepdim)
-    axes = _axes(x, axis, "logsumexp")
+    axes = _axes(x, _all_if_empty(axis), "logsumexp")
     m = stop_gradient(amax(x, axes, keepdims=True))
     s = log(sum(exp(sub(x, m)), axes, keepdims=True))
     out = add(s, m)
@@ -978,6 +1008,16 @@ def _autocast(*xs: Tensor) -> tuple[Tensor, ...]:
     inputs in the autocast dtype; `avalon.amp` decides, and returns them unchanged outside it."""
     from .. import amp  # here, not at the top: amp builds on ops
     return amp.lower_precision(*xs)
+
+
+def floating_input(fn: str, x: Tensor) -> Tensor:
+    """torch's rule for functions whose result is a fraction of the input (mean, var, std, softmax,
+    the norms): an integer or bool input is an error there, where averaging it in float32 here would
+    run code that fails in torch; `dtype=` (cast first) or `.float()` is the way to ask for it."""
+    if not x.dtype.is_float:
+        raise located(ArgumentError(f"{fn}(): expected a floating point input, got {x.dtype.name}; cast it "
+                                    "with .float() (or pass dtype= where the function takes one)"), user_location())
+    return x
 
 
 def same_dtype(fn: str, *xs: Tensor) -> DType:

@@ -474,8 +474,18 @@ def erfinv(input: Any) -> Tensor:
     x = mul(where(lo, p_small, p_big), ys)
     yv = where(logical_or(edge, isnan(y)), 0.0, y)  # the gradient flows through the Newton steps
     c = math.sqrt(math.pi) / 2
-    for _ in range(2 if y.dtype is dt.float64 else 1):
-        x = sub(x, mul(mul(sub(erf(x), yv), c), exp(mul(x, x))))
+    from .math_more import erfc  # (math_more builds on this module)
+    ay = _absg(yv)
+    tail = gt(ay, 0.5)
+    logq = log(where(tail, sub(1.0, ay), 1.0))  # 1 - |y| is exact for |y| > 0.5
+    for _ in range(3 if y.dtype is dt.float64 else 1):
+        # In the tails (|y| > 0.5) Newton's step solves log(erfc(|x|)) = log(1 - |y|): erf(x) - y
+        # cancels there and Giles' start is off beyond float32's range (erfinv(1 - 2**-52) came out
+        # 5.41 for 5.81), while erfc keeps its relative precision and log(erfc) is nearly quadratic.
+        ex = mul(c, exp(mul(x, x)))
+        q = erfc(_absg(x))
+        tail_step = mul(sign(yv), mul(mul(sub(log(where(tail, q, 1.0)), logq), q), ex))
+        x = where(tail, add(x, tail_step), sub(x, mul(sub(erf(x), yv), ex)))
     out = where(edge, mul(sign(y), math.inf), x)
     out = where(logical_or(gt(_absg(y), 1.0), isnan(y)), math.nan, out)
     return _back(out, d)

@@ -15,6 +15,7 @@ from ..ir import dtypes as dt
 from ..tensor import Tensor
 from ..trace import located, user_location
 from .core import (
+    _all_if_empty,
     _axes,
     _tensor,
     abs,
@@ -29,6 +30,7 @@ from .core import (
     eq,
     exp,
     fail,
+    floating_input,
     full,
     log,
     logical_not,
@@ -139,10 +141,8 @@ def _float_dtype_arg(fn: str, dtype: Any) -> Any:
 
 
 def _floating(fn: str, x: Any, dtype: Any) -> Tensor:
-    x = _modulus(x)
-    if dtype is not None:
-        x = cast(x, _float_dtype_arg(fn, dtype))
-    return x if x.dtype.is_float else cast(x, dt.float32)
+    x = floating_input(fn, _modulus(x))  # (integers are refused even with dtype=, as torch)
+    return x if dtype is None else cast(x, _float_dtype_arg(fn, dtype))
 
 
 def _modulus(x: Any) -> Tensor:
@@ -171,7 +171,7 @@ def vector_norm(x: Any, ord: Any = 2, dim: Any = None, keepdim: bool = False, *,
 def _vector_norm(fn: str, x: Any, ord: Any, dim: Any, keepdim: bool, dtype: Any) -> Tensor:  # noqa: A002
     """vector_norm's work, named `fn` in errors (norm and linalg.norm build on it)."""
     x = _floating(fn, x, dtype)
-    axes = _axes(x, dim, fn)
+    axes = _axes(x, _all_if_empty(dim), fn)
     kd = bool(keepdim)
     p = float(ord)
     if not axes:  # a 0-d tensor: the norm of one number
@@ -265,7 +265,7 @@ def _softmax_input(fn: str, input: Any, dim: Any, dtype: Any) -> Tensor:
     check_dim(fn, dim, x.ndim)
     if dtype is not None:
         x = cast(x, _float_dtype_arg(fn, dtype))
-    return x if x.dtype.is_float else cast(x, dt.float32)
+    return floating_input(fn, x)
 
 
 def softmax(input: Any, dim: int | None = None, dtype: Any = None) -> Tensor:

@@ -310,6 +310,8 @@ def index_fill(input: Any, dim: int, index: Any, value: Any) -> Tensor:
             raise fail(ShapeError(f"index_fill: only supports a 0-dimensional value tensor, but got a value with "
                                   f"{v.ndim} dimension(s)"))
         v = cast(v, x.dtype)
+    else:  # a number is stored as the input's dtype (2.5 into int32 is 2, 300 into int8 an error), as torch
+        v = full((), v, x.dtype)
     if idx.shape[0] == 0:
         return x
     named = sum(_hits(idx, n), 0)  # how often each position is named

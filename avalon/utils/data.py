@@ -330,7 +330,7 @@ def _array_tensor(a: np.ndarray) -> Tensor:
     elif a.dtype.kind in "OSUV":
         raise TypeError(f"default_collate: batch must contain tensors, numpy arrays, numbers, dicts or lists; "
                         f"found {a.dtype}")
-    return ops.as_tensor(np.ascontiguousarray(a))
+    return ops.as_tensor(np.asarray(a, order="C"))  # (np.ascontiguousarray makes a 0-d array 1-d)
 
 
 def _stack(batch: Sequence[Tensor]) -> Tensor:
