@@ -3,6 +3,7 @@ traced (an IR Value inside an active trace). Every operation goes through `ops.b
 the op on the reference interpreter's rule when eager and records it in the graph when tracing."""
 from __future__ import annotations
 
+import copy
 import weakref
 from typing import Any
 
@@ -665,6 +666,30 @@ class Tensor:
         self._views = None
         if self._view is not None:
             _views._register(self._view.base, self)
+
+    def __deepcopy__(self, memo: dict) -> Tensor:
+        """copy.deepcopy: what `__getstate__` keeps, copied. Inside a trace, the copy of a traced tensor or
+        of one of the trace's inputs (a model's weight: Reptile's `deepcopy(model.state_dict())` taken
+        before its inner steps) is that tensor's traced value, as `clone` gives: copying the trace itself
+        made a tensor of no trace, and copying an input's data baked its old values into the graph."""
+        from .trace import current_trace
+        tr = current_trace()
+        if self._value is not None:
+            value, trace = self._value, self._trace
+        elif tr is not None and (id(self) in tr.leaves or tr._enclosing(self) is not None):
+            value, trace = tr.value_of(self), tr
+        else:
+            new = object.__new__(type(self))
+            memo[id(self)] = new
+            new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+            return new
+        new = type(self)._traced(value, trace)
+        memo[id(self)] = new
+        if id(self) in FROZEN:
+            new.requires_grad = False
+        if self.__dict__:
+            new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return new
 
     def __iter__(self):
         for i in range(len(self)):

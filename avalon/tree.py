@@ -213,6 +213,43 @@ def _walk_state(obj: Any, prefix: str, seen: set[int], tensors: list, static: li
         _walk_state(v, f"{prefix}.{k}" if prefix else k, seen, tensors, static, nodes)
 
 
+_NUMBERS = (bool, int, float)
+
+
+def number_slots(obj: Any) -> tuple[dict[str, tuple[Any, Any, Any]], dict[str, Any]]:
+    """The Python numbers (bool, int, float) a model holds where a write can reach them, by the dotted
+    path `model_state`'s walk names them: path -> (holder, key, value), the holder an object (its
+    attribute `key`), a list (its index) or a dict (its key); and every holder walked, by its path ("" the
+    model). A compiled call replays what its trace wrote to them (torchdiffeq's `self.nfe += 1`; see
+    compiler/core.py)."""
+    out: dict[str, tuple[Any, Any, Any]] = {}
+    holders: dict[str, Any] = {}
+    _number_slots(obj, "", set(), out, holders)
+    return out, holders
+
+
+def _number_slots(obj: Any, prefix: str, seen: set[int], out: dict, holders: dict) -> None:
+    if id(obj) in seen or isinstance(obj, (Tensor, *_ATOMS, *_OPAQUE)) or is_array_like(obj):
+        return
+    seen.add(id(obj))
+    if not isinstance(obj, tuple):
+        holders[prefix] = obj
+    if isinstance(obj, dict):
+        items: list[tuple[Any, str, Any]] = [(k, str(k), v) for k, v in obj.items()]
+    elif isinstance(obj, (list, tuple)):
+        items = [(i, str(i), v) for i, v in enumerate(obj)]
+    elif hasattr(obj, "__dict__"):
+        items = [(k, k, v) for k, v in vars(obj).items() if not k.startswith("__")]
+    else:
+        return
+    for key, name, v in items:
+        path = f"{prefix}.{name}" if prefix else name
+        if isinstance(v, _NUMBERS) and not isinstance(obj, tuple):
+            out[path] = (obj, key, v)
+        else:
+            _number_slots(v, path, seen, out, holders)
+
+
 def _kids(obj: Any) -> tuple:
     """Everything a walk of `obj` reads: a sequence's items, a dict's (or an object's attribute
     dict's) keys then values."""

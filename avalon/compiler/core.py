@@ -39,7 +39,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from avalon import amp, debug, precision
+from avalon import amp, debug, precision, tree
 from avalon.ir import Graph, LiteralArray, fusion_groups, verify
 from avalon.passes import PassManager, PassRecord
 from avalon.passes.manager import paused_gc
@@ -152,6 +152,7 @@ class _Entry:
     extra: list[Any] | None = None  # inputs after the leaves (the seed, values lifted from an enclosing trace)
     guards: list[tuple[int, Any]] | None = None  # (leaf position, its values) read while tracing, baked in
     constants: list[Any] | None = None  # hoisted values (compiler/hoist.py), the graph's last inputs
+    writes: list[tuple[int, str, str, Any, Any]] | None = None  # Python numbers the trace wrote (_number_writes)
 
 
 class Program(Protocol):
@@ -236,7 +237,10 @@ class Compiled:
             args = self.program.prepare(self.fn, args)
         elif outer is not None:
             return self.fn(*args)  # record into the enclosing trace; it is optimized with that graph
+        misses = self._misses
         entry, leaves = self._entry(args, inline=outer is not None)  # run_traced inlines a program
+        if entry.writes and self._misses == misses:  # a cached trace: its writes to Python numbers again
+            _replay_writes(entry.writes, _models_in(self.fn, args))
         objs = [x for _, x in leaves] + (entry.extra if entry.extra is not None else [SEED] if entry.seeded else [])
         objs += entry.constants or []
         if self.check and outer is None:
@@ -348,9 +352,12 @@ class Compiled:
         """Trace (or build the program) and, with `optimize`, run the pipeline and the backend. A program
         inlined into an enclosing trace is not optimized: the enclosing pipeline runs on the whole graph."""
         t0 = time.perf_counter()
+        models = _models_in(self.fn, args)
+        numbers = [tree.number_slots(m)[0] for m in models]
         with reads_collected() as reads:
             traced = trace_call(self.fn, args) if self.program is None else self.program.build(self.fn, args)
         guards = _guards(reads, leaves)
+        writes = _number_writes(models, numbers) or None
         graph = traced.graph
         if not optimize:
             insp = Inspection(self.__name__, self.backend.name, "", graph, graph, [], {},
@@ -360,7 +367,7 @@ class Compiled:
             extra = list(traced.leaves[len(leaves):])  # lifted values are the enclosing trace's: never cached
             return _Entry(insp, None, traced.out_tree, traced.n_outputs, update_at,
                           any(x is SEED for x in traced.leaves), extra=extra if any(x is not SEED for x in extra)
-                          else None, guards=guards)
+                          else None, guards=guards, writes=writes)
         traced_graph = graph.clone()
         n_inputs = len(graph.inputs)
         hoisted = hoist_constants(graph)
@@ -398,12 +405,68 @@ class Compiled:
         constants = as_inputs(hoisted, [v.type for v in graph.inputs[n_inputs:]],
                               next(iter(devs)) if len(devs) == 1 else None) if hoisted else None
         return _Entry(insp, exe, traced.out_tree, traced.n_outputs, update_at, seeded, guards=guards,
-                      constants=constants)
+                      constants=constants, writes=writes)
 
     def _check(self, entry: _Entry, inputs: list[Any]) -> None:
         if entry.checker is None:
             entry.checker = GroupChecker(entry.inspection.graph, self.backend)
         entry.checker.run(inputs)
+
+
+def _models_in(fn: Any, args: tuple) -> list[Any]:
+    """The models a call reaches: `fn`'s own (a model, or a bound method's), then those among its
+    arguments (in lists, tuples and dicts too), each once."""
+    out: list[Any] = []
+    seen: set[int] = set()
+
+    def add(x: Any) -> None:
+        if isinstance(x, (list, tuple)):
+            for v in x:
+                add(v)
+        elif isinstance(x, dict):
+            for v in x.values():
+                add(v)
+        elif tree.is_model(x) and id(x) not in seen:
+            seen.add(id(x))
+            out.append(x)
+    owner = owner_model(fn)
+    if owner is not None:
+        add(owner)
+    add(list(args))
+    return out
+
+
+def _number_writes(models: list[Any], before: list[dict]) -> list[tuple[int, str, str, Any, Any]]:
+    """What a trace wrote to the Python numbers of the models it was given (torchdiffeq's ODE function
+    counting its evaluations, `self.nfe += 1`; a module switching `self.training`): (model position,
+    path, holder path, key, value) for each number that changed or appeared. The signature holds
+    every such number as it was before the trace, so a later call with the same signature starts
+    from the same numbers, and the trace's Python (which ran only once) would have written the same
+    values: the compiled call writes them (`_replay_writes`), as torch's forward does on every call."""
+    out = []
+    for i, (m, old) in enumerate(zip(models, before)):
+        for path, (_, key, v) in tree.number_slots(m)[0].items():
+            was = old.get(path)
+            if was is None or type(was[2]) is not type(v) or not (was[2] == v or (was[2] != was[2] and v != v)):
+                name = str(key)  # the path is the holder's path, a dot and this name
+                out.append((i, path, path[:len(path) - len(name) - 1] if len(path) > len(name) else "", key, v))
+    return out
+
+
+def _replay_writes(writes: list[tuple[int, str, str, Any, Any]], models: list[Any]) -> None:
+    """A cached call's share of its trace's Python: the numbers `_number_writes` found, written again
+    into the same places of this call's models (which the signature says hold what the trace's did)."""
+    holders: dict[int, dict[str, Any]] = {}
+    for i, _, where, key, v in writes:
+        if i >= len(models):
+            continue
+        if i not in holders:
+            holders[i] = tree.number_slots(models[i])[1]
+        holder = holders[i].get(where)
+        if isinstance(holder, (list, dict)):
+            holder[key] = v
+        elif holder is not None:
+            setattr(holder, key, v)
 
 
 def _host_bytes(t: Any) -> tuple:
