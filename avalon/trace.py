@@ -55,8 +55,27 @@ def reads_collected() -> Iterator[list[Tensor]]:
         READS.pop()
 
 
+_SOURCE: list[Location | None] = []  # an importer's source line for the ops it makes (innermost last)
+
+
+@contextlib.contextmanager
+def source_location(loc: Location | None) -> Iterator[None]:
+    """Ops made (and errors located) inside carry `loc` rather than the caller's frame: an importer
+    running an imported model's node says which line of the *source* model made it (a torch.fx
+    node's stack trace), so an MLIR `loc`, a lowering error or a shape error points there. None: the
+    frame walk, as outside."""
+    _SOURCE.append(loc)
+    try:
+        yield
+    finally:
+        _SOURCE.pop()
+
+
 def user_location() -> Location | None:
-    """The innermost frame outside Avalon's own code: the user's line that made this op."""
+    """The innermost frame outside Avalon's own code: the user's line that made this op (inside
+    `source_location(loc)`: that loc)."""
+    if _SOURCE and _SOURCE[-1] is not None:
+        return _SOURCE[-1]
     f = sys._getframe(1)
     while f is not None:
         fn = f.f_code.co_filename

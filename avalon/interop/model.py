@@ -7,10 +7,14 @@ held in a `__slots__` object, which the walk does not descend into.
 """
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..ir import Location
 from ..tensor import Tensor
+from ..trace import _short
 
 
 class UnsupportedOp(NotImplementedError):
@@ -32,6 +36,12 @@ class ImportedProgram:
 
     def __init__(self, run: Callable[[Any, tuple, dict], Any], describe: str) -> None:
         self.run, self.describe = run, describe
+
+    def __deepcopy__(self, memo: dict) -> ImportedProgram:
+        """Shared, not copied: the program holds no model state (it reads the tensors through the
+        model it runs), and torch.export's graph holds fake tensors that `copy.deepcopy` cannot copy;
+        so `copy.deepcopy(model)` (an EMA or target network, a twin to compare) copies the tensors only."""
+        return self
 
 
 def set_dotted(root: Any, name: str, value: Tensor) -> None:
@@ -71,6 +81,23 @@ class ImportedModel:
 
     def __repr__(self) -> str:
         return f"ImportedModel({self._program.describe})"
+
+
+def node_location(stack_trace: str | None) -> Location | None:
+    """The user's innermost frame from a torch.fx node's `stack_trace` as an IR Location (None when
+    the node has none): the line of the source model that the ops of an imported node carry. Frames
+    in torch's own package (`nn.Conv2d.forward`, `F.linear`) are skipped, so a layer's ops name the
+    model's line that called the layer, as Avalon's own tracer names the user's line."""
+    frames = [(m.group(1), int(m.group(2))) for m in _FRAME.finditer(stack_trace or "")]
+    if not frames:
+        return None
+    import torch
+    lib = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+    file, line = next((f for f in reversed(frames) if not os.path.abspath(f[0]).startswith(lib)), frames[-1])
+    return Location(_short(file), line)
+
+
+_FRAME = re.compile(r'File "([^"]+)", line (\d+)')
 
 
 def source_line(stack_trace: str | None) -> str:

@@ -26,12 +26,14 @@ import numpy as np
 from .. import ops
 from ..complex import ComplexTensor, complex_dtype
 from ..ir import dtypes as dt
-from ..tensor import Buffer, Tensor
-from ..trace import assign, trace
+from ..tensor import Buffer, Tensor, as_array
+from ..trace import assign, source_location, trace
 from . import aten_fft  # noqa: F401  (FFT and complex rules join ATEN)
 from .aten import ATEN
-from .model import ImportedModel, ImportedProgram, UnsupportedOp, get_dotted, source_line
+from .model import ImportedModel, ImportedProgram, UnsupportedOp, get_dotted, node_location, source_line
 from .rewrites import export_friendly
+
+_MISSING = object()
 
 __all__ = ["ATEN", "from_torch"]
 
@@ -337,6 +339,7 @@ class _Program:
         # nodes whose results carry no gradient: torch's `.detach()` (an `alias` once decomposed) and the
         # ops of `torch.no_grad()` regions; an import that let gradients through them trained wrongly
         self.detached = {n for n in self.nodes if n.op == "call_function" and _stops_gradient(n, no_grad)}
+        self._locs: dict[Any, Any] = {}  # node -> the Location of its source line (None: no stack trace)
         self._dims: list[tuple[str, int, Any, int]] = []  # one call's symbolic input dims (`_check_dims`)
 
     def _input(self, v: Any, node: Any, s: Any, name: str) -> Any:
@@ -477,7 +480,11 @@ class _Program:
                 k = torch.fx.node.map_arg(node.kwargs, env.__getitem__)
                 a = torch.utils._pytree.tree_map(_to_avalon, a)
                 k = torch.utils._pytree.tree_map(_to_avalon, k)
-                env[node] = self._apply(node, a, k)
+                loc = self._locs.get(node, _MISSING)
+                if loc is _MISSING:
+                    loc = self._locs[node] = node_location(node.meta.get("stack_trace"))
+                with source_location(loc):  # its ops carry the torch model's line, not the caller's
+                    env[node] = self._apply(node, a, k)
                 if node in self.detached:
                     env[node] = torch.utils._pytree.tree_map(
                         lambda v: ops.stop_gradient(v) if isinstance(v, Tensor) and v.dtype.is_float else v, env[node])
@@ -558,8 +565,11 @@ def from_torch(module: Any, *example_args: Any, kwargs: dict | None = None,
 
     def convert(t: Any, trainable: bool) -> Tensor:
         if id(t) not in made:
-            arr = t.detach().cpu().numpy().copy()
-            made[id(t)] = Tensor(arr) if trainable and arr.dtype.kind == "f" else Buffer(arr, dtype=dt.dtype(arr.dtype))
+            # (numpy has no bfloat16: a bf16 tensor's values, exact in f32, under Avalon's bfloat16 dtype)
+            d = dt.bfloat16 if t.dtype == torch.bfloat16 else None
+            arr = as_array(t).copy()
+            made[id(t)] = (Tensor(arr, dtype=d) if trainable and arr.dtype.kind == "f"
+                           else Buffer(arr, dtype=d or dt.dtype(arr.dtype)))
         return made[id(t)]
 
     names_in_graph = set(params) | set(buffers)
@@ -570,7 +580,8 @@ def from_torch(module: Any, *example_args: Any, kwargs: dict | None = None,
     for name, t in extra:  # non-persistent buffers: not in state_dict, but the graph reads them
         state.append((name, convert(t, name in params)))
 
-    constants = {k: (v.detach().cpu().numpy().copy() if isinstance(v, torch.Tensor) else v)
+    constants = {k: (v if not isinstance(v, torch.Tensor) else as_array(v).copy() if v.dtype != torch.bfloat16
+                     else Tensor(as_array(v).copy(), dtype=dt.bfloat16))
                  for k, v in ep.constants.items()}
     for s in ep.graph_signature.output_specs:
         if s.kind not in (OutputKind.USER_OUTPUT, OutputKind.BUFFER_MUTATION, OutputKind.TOKEN):
