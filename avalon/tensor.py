@@ -24,6 +24,22 @@ class TracerError(RuntimeError):
     """A traced value was used where Python needs a concrete one."""
 
 
+class ScalarConversionError(RuntimeError, ValueError):
+    """`.item()`, `float()`, `int()` or `bool()` of a tensor that does not hold exactly one element:
+    torch's RuntimeError (item, bool) or ValueError (float, int), so either `except` catches it."""
+
+
+def _one_element(t: Any, what: str) -> None:
+    """Refuse a scalar conversion of a tensor of another size, naming it and the user's line (numpy's
+    own words, "can only convert an array of size 1", named neither the tensor nor its shape)."""
+    n = t.numel()
+    if n != 1:
+        from .trace import located, user_location
+        raise located(ScalarConversionError(
+            f"{what}: a Tensor with {n} elements cannot be converted to Scalar (shape {tuple(t.shape)}); "
+            "reduce it first (.sum(), .mean()) or index one element"), user_location())
+
+
 TRACING: list[Any] = []
 """The traces being recorded, innermost last (trace.py's `_STACK` is this list)."""
 
@@ -570,6 +586,7 @@ class Tensor:
 
     def item(self):
         self._concrete("Tensor.item()")
+        _one_element(self, "Tensor.item()")
         return self.numpy().item()
 
     def tolist(self):
@@ -579,15 +596,20 @@ class Tensor:
     def __bool__(self) -> bool:
         self._concrete("a Python `if`/`while`/`and`/`or`/bool() on a tensor")
         if self.numel() != 1:
-            raise ValueError(f"the truth value of a tensor with {self.numel()} elements is ambiguous")
+            from .trace import located, user_location
+            raise located(ScalarConversionError(
+                f"the truth value of a tensor with {self.numel()} elements is ambiguous (Boolean value of Tensor "
+                "with more than one value is ambiguous); use .any() or .all()"), user_location())
         return bool(self.item())
 
     def __float__(self) -> float:
         self._concrete("float()")
+        _one_element(self, "float()")
         return float(self.item())
 
     def __int__(self) -> int:
         self._concrete("int()")
+        _one_element(self, "int()")
         return int(self.item())
 
     def __index__(self) -> int:

@@ -98,9 +98,10 @@ def test_distributed_data_parallel_alone_is_the_module_and_no_sync_says_what_to_
     ddp = DistributedDataParallel(net, device_ids=[0])
     x = av.ones(2, 3)
     np.testing.assert_array_equal(ddp(x).numpy(), net(x).numpy())
-    with pytest.raises(NotImplementedError, match="all_reduce"):
-        with ddp.no_sync():
-            pass
+    with ddp.no_sync():  # a context manager, as torch's (tests/test_distributed_ports.py: what it does)
+        assert not ddp.require_backward_grad_sync
+        np.testing.assert_array_equal(ddp(x).numpy(), net(x).numpy())
+    assert ddp.require_backward_grad_sync
 
 
 def test_deterministic_mode_refuses_triton_atomics_and_leaves_the_cpu_backends_alone():

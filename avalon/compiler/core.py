@@ -40,7 +40,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from avalon import amp, debug, precision, tree
-from avalon.ir import Graph, LiteralArray, fusion_groups, verify
+from avalon.ir import Graph, LiteralArray, VerifyError, fusion_groups, verify
 from avalon.passes import PassManager, PassRecord
 from avalon.passes.manager import paused_gc
 from avalon.passes.memory_plan import MemoryPlan, plan_memory
@@ -378,7 +378,10 @@ class Compiled:
         with debug.capture_log("fusion") as fusion_log:
             pm.run(graph)
         records = list(pm.records)
-        verify(graph)
+        try:
+            verify(graph)
+        except VerifyError as e:  # (check mode verified after each pass): name the pass that broke it
+            raise pm.blame(e) from e
         t2 = time.perf_counter()
         exe = self.backend.compile(graph)
         ids = {id(obj): j for j, (_, obj) in enumerate(leaves)}

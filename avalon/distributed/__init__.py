@@ -17,8 +17,8 @@ loop, `avalon.utils.data.DistributedSampler` (torch's, `set_epoch` every epoch).
 
 torch.distributed's functional surface is here under torch's names (`avalon.distributed.collectives`):
 `ReduceOp`, `init_process_group`, `destroy_process_group`, `get_rank`, `get_world_size`, `barrier`,
-`broadcast`, `all_gather`, `all_gather_into_tensor`, `reduce_scatter_tensor`, the `*_object` functions;
-`avalon.distributed.nn.all_gather` (differentiable, the CLIP/SimCLR feature gather) and
+`broadcast`, `all_gather`, `all_gather_into_tensor`, `reduce_scatter_tensor`, `reduce`, `gather`, `scatter`,
+the `*_object` functions; `avalon.distributed.nn.all_gather` (differentiable, the CLIP/SimCLR feature gather) and
 `avalon.distributed.optim.ZeroRedundancyOptimizer`. Traced, each is `all_gather`/`all_reduce` ops.
 
 `all_reduce` has two forms. torch's: `all_reduce(t)` or `all_reduce(t, op=ReduceOp.X)` on one Tensor
@@ -50,13 +50,16 @@ from .collectives import (
     broadcast,
     broadcast_object_list,
     destroy_process_group,
+    gather,
     gather_object,
     get_backend,
     get_rank,
     get_world_size,
     init_process_group,
     is_available,
+    reduce,
     reduce_scatter_tensor,
+    scatter,
 )
 from .collectives import barrier as _torch_barrier
 from .group import (
@@ -67,6 +70,7 @@ from .group import (
     is_initialized,
     local_rank,
     rank,
+    require_group,
     shutdown,
     timeout_s,
     world_size,
@@ -74,9 +78,9 @@ from .group import (
 
 __all__ = ["DistributedError", "ReduceOp", "all_gather", "all_gather_into_tensor", "all_gather_object", "all_reduce",
            "barrier", "broadcast", "broadcast_object_list", "broadcast_parameters", "destroy_process_group",
-           "gather_object", "get_backend", "get_rank", "get_world_size", "init", "init_process_group",
-           "is_available", "is_initialized", "load", "local_rank", "rank", "reduce_scatter_tensor", "save",
-           "shutdown", "timeout_s", "world_size"]
+           "gather", "gather_object", "get_backend", "get_rank", "get_world_size", "init", "init_process_group",
+           "is_available", "is_initialized", "load", "local_rank", "rank", "reduce", "reduce_scatter_tensor", "save",
+           "scatter", "shutdown", "timeout_s", "world_size"]
 
 _OPS = ("mean", "sum")
 
@@ -129,6 +133,7 @@ def all_reduce(tree: Any, op: Any = _UNSET, group: Any = None, async_op: bool = 
     they are."""
     if isinstance(tree, Tensor) and (op is _UNSET or isinstance(op, ReduceOp) or group is not None or async_op):
         return all_reduce_(tree, ReduceOp.SUM if op is _UNSET else op, group, async_op)
+    require_group("avalon.distributed.all_reduce")
     if op is _UNSET:
         op = "mean"
     if isinstance(op, ReduceOp):

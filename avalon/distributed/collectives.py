@@ -14,6 +14,11 @@ slice), written to the tensors given with `avalon.trace.assign`. Eagerly the sam
 rules, which call torch.distributed through the process group (`avalon.distributed.group`); torch does
 the communication only. With no group (or one process) every call is the identity.
 
+Like torch's, these are not differentiable: what `all_gather`, `all_gather_into_tensor`, `gather`,
+`scatter` and `reduce_scatter_tensor` write carries no gradient (`avalon.distributed.nn` has the differentiable
+gather; open_clip's idiom, `all_gather` then this rank's own features put back in its slot, trains
+through this rank's rows only, as under torch).
+
 Only the default group (`group=None`) exists. `async_op=True` returns a completed work object: the
 collectives here are synchronous. MIN, MAX, PRODUCT and the bitwise reductions run eagerly only (the
 IR's all_reduce sums or averages).
@@ -32,7 +37,7 @@ from avalon.ops.core import bind
 from avalon.tensor import Tensor, as_array
 from avalon.trace import assign, current_trace
 
-from .group import _dist, _failed, _nccl, collective, init, is_initialized, shutdown, world_size
+from .group import _dist, _failed, _nccl, collective, init, is_initialized, require_group, shutdown, world_size
 from .group import barrier as _barrier
 from .group import rank as _rank
 
@@ -69,6 +74,7 @@ def _done(async_op: bool) -> _Work | None:
 
 
 def _check_group(group: Any, who: str) -> None:
+    require_group(f"avalon.distributed.{who}")
     if group is None or group == "world":
         return
     dist = _dist()
@@ -170,6 +176,14 @@ def init_process_group(backend: str | None = None, init_method: str | None = Non
         timeout = timeout.total_seconds()
     if backend is not None:
         backend = str(backend).lower()
+        if ":" in backend:  # torch's per-device form, "cpu:gloo,cuda:nccl": the one for the device Avalon uses
+            import torch
+            per_device = dict(part.strip().split(":", 1) for part in backend.split(",") if ":" in part)
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            if device not in per_device:
+                raise ValueError(f"avalon.distributed.init_process_group: backend {backend!r} names no backend for "
+                                 f"{device}")
+            backend = per_device[device].strip()
         if backend not in ("gloo", "nccl"):
             raise NotImplementedError(f"avalon.distributed.init_process_group: backend {backend!r}; gloo or nccl")
     init(backend, timeout=timeout)
@@ -246,7 +260,7 @@ def all_gather(tensor_list: list, tensor: Tensor, group: Any = None, async_op: b
     if len(tensor_list) != n:
         raise ValueError(f"avalon.distributed.all_gather: tensor_list has {len(tensor_list)} tensors for a group "
                          f"of {n}")
-    whole = _gather(ops.reshape(tensor, (1, *tensor.shape)))
+    whole = ops.stop_gradient(_gather(ops.reshape(tensor, (1, *tensor.shape))))  # torch's: no gradient
     for r, t in enumerate(tensor_list):
         _write(_tensor(t, "all_gather"), ops.reshape(_rows(whole, r, 1), tensor.shape))
     return _done(async_op)
@@ -261,7 +275,7 @@ def all_gather_into_tensor(output_tensor: Tensor, input_tensor: Tensor, group: A
     if out.numel() != _n() * x.numel():
         raise ValueError(f"avalon.distributed.all_gather_into_tensor: output {out.shape} does not hold "
                          f"{_n()} inputs of {x.shape}")
-    _write(out, _gather(x))
+    _write(out, ops.stop_gradient(_gather(x)))  # not differentiable, as torch's
     return _done(async_op)
 
 
@@ -278,8 +292,69 @@ def reduce_scatter_tensor(output: Tensor, input: Tensor, op: Any = ReduceOp.SUM,
         raise ValueError(f"avalon.distributed.reduce_scatter_tensor: input {x.shape} is not {n} outputs of "
                          f"{out.shape}")
     flat = ops.reshape(x, (n, out.numel()))
-    total = bind("all_reduce", flat, reduction=op.value, group="world")
+    total = ops.stop_gradient(bind("all_reduce", flat, reduction=op.value, group="world"))  # as torch's
     _write(out, _rows(total, _r(), 1))
+    return _done(async_op)
+
+
+def reduce(tensor: Tensor, dst: int = 0, op: Any = ReduceOp.SUM, group: Any = None, async_op: bool = False,  # noqa: A001
+           group_dst: Any = None) -> _Work | None:
+    """torch.distributed.reduce: rank `dst`'s `tensor` becomes the reduction over the ranks, in place
+    (the metric summed on rank 0 for logging). torch leaves the other ranks' tensors unspecified; here
+    they hold the same result (it is an all_reduce)."""
+    _check_group(group, "reduce")
+    dst = int(group_dst if group_dst is not None else dst)
+    if not 0 <= dst < _n():
+        raise ValueError(f"avalon.distributed.reduce: dst {dst} is not a rank of a group of {_n()}")
+    return all_reduce_(tensor, op, None, async_op)
+
+
+def gather(tensor: Tensor, gather_list: list | None = None, dst: int = 0, group: Any = None,
+           async_op: bool = False, group_dst: Any = None) -> _Work | None:
+    """torch.distributed.gather: on rank `dst`, `gather_list[r]` = rank r's `tensor`, written in place;
+    the other ranks pass no list (one all_gather op)."""
+    tensor = _tensor(tensor, "gather")
+    _check_group(group, "gather")
+    dst, n, me = int(group_dst if group_dst is not None else dst), _n(), _r()
+    if not 0 <= dst < n:
+        raise ValueError(f"avalon.distributed.gather: dst {dst} is not a rank of a group of {n}")
+    if me == dst and (gather_list is None or len(gather_list) != n):
+        raise ValueError(f"avalon.distributed.gather: rank {dst} (dst) needs a gather_list of {n} tensors, got "
+                         f"{None if gather_list is None else len(gather_list)}")
+    if me != dst and gather_list:
+        raise ValueError(f"avalon.distributed.gather: rank {me} is not dst ({dst}) and must pass no gather_list")
+    whole = ops.stop_gradient(_gather(ops.reshape(tensor, (1, *tensor.shape))))  # torch's: no gradient
+    if me == dst:
+        for r, t in enumerate(gather_list or []):
+            _write(_tensor(t, "gather"), ops.reshape(_rows(whole, r, 1), tensor.shape))
+    return _done(async_op)
+
+
+def scatter(tensor: Tensor, scatter_list: list | None = None, src: int = 0, group: Any = None,
+            async_op: bool = False, group_src: Any = None) -> _Work | None:
+    """torch.distributed.scatter: `tensor` = rank `src`'s `scatter_list[this rank]`, in place; the other
+    ranks pass no list (rank src's stacked list broadcast, then this rank's row)."""
+    tensor = _tensor(tensor, "scatter")
+    _check_group(group, "scatter")
+    src, n, me = int(group_src if group_src is not None else src), _n(), _r()
+    if not 0 <= src < n:
+        raise ValueError(f"avalon.distributed.scatter: src {src} is not a rank of a group of {n}")
+    if me == src:
+        if scatter_list is None or len(scatter_list) != n:
+            raise ValueError(f"avalon.distributed.scatter: rank {src} (src) needs a scatter_list of {n} tensors, "
+                             f"got {None if scatter_list is None else len(scatter_list)}")
+        parts = [_tensor(t, "scatter") for t in scatter_list]
+        if any(t.shape != tensor.shape for t in parts):
+            raise ValueError(f"avalon.distributed.scatter: every tensor of scatter_list must have the output's "
+                             f"shape {tensor.shape}, got {[t.shape for t in parts]}")
+        stacked = ops.stack([ops.cast(t, tensor.dtype) for t in parts], 0)
+    else:
+        if scatter_list:
+            raise ValueError(f"avalon.distributed.scatter: rank {me} is not src ({src}) and must pass no "
+                             "scatter_list")
+        stacked = ops.full((n, *tensor.shape), 0, tensor.dtype, device=tensor.device)
+    broadcast(stacked, src)
+    _write(tensor, ops.stop_gradient(ops.reshape(_rows(stacked, me, 1), tensor.shape)))  # as torch's
     return _done(async_op)
 
 

@@ -79,6 +79,13 @@ def init(backend: str | None = None, *, timeout: float | None = None) -> None:
         raise RuntimeError(f"avalon.distributed.init: {', '.join(missing)} not set; launch with torchrun "
                            "(torchrun --nproc-per-node 2 script.py) or set RANK, WORLD_SIZE, MASTER_ADDR and "
                            "MASTER_PORT")
+    try:
+        r, n = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    except ValueError:
+        raise ValueError(f"avalon.distributed.init: RANK={os.environ['RANK']!r} and WORLD_SIZE="
+                         f"{os.environ['WORLD_SIZE']!r} must be integers") from None
+    if n < 1 or not 0 <= r < n:
+        raise ValueError(f"avalon.distributed.init: RANK={r} is not a rank of WORLD_SIZE={n} (0 <= RANK < WORLD_SIZE)")
     import torch
     dist = _dist()
     if backend is None:
@@ -89,9 +96,10 @@ def init(backend: str | None = None, *, timeout: float | None = None) -> None:
     try:
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=seconds))
     except Exception as e:
-        raise DistributedError(f"rank {os.environ['RANK']}: could not join the process group at "
-                               f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} within {seconds:g}s "
-                               f"({type(e).__name__}: {e})") from e
+        raise DistributedError(f"rank {r}: could not join the process group of WORLD_SIZE={n} at "
+                               f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} within {seconds:g}s: every "
+                               f"rank must be started with the same WORLD_SIZE, MASTER_ADDR and MASTER_PORT and a "
+                               f"RANK of its own ({type(e).__name__}: {_first_line(e)})") from e
     _timeout[:] = [seconds]
     set_collective(TorchCollective())
     log.info("rank %d of %d joined (%s)", dist.get_rank(), dist.get_world_size(), backend)
@@ -106,10 +114,29 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else ""
+
+
+def require_group(who: str) -> None:
+    """torch's error for a collective before `init_process_group` under a launcher (WORLD_SIZE > 1 in
+    the environment): without it every rank would go on alone with its own values. A process started
+    alone has no group and the collectives are the identity (module docstrings)."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and not is_initialized():
+        raise RuntimeError(f"{who}: Default process group has not been initialized, please make sure to call "
+                           f"init_process_group (avalon.distributed.init_process_group or avalon.distributed.init; "
+                           f"WORLD_SIZE={os.environ['WORLD_SIZE']})")
+
+
 def _failed(what: str, e: BaseException) -> DistributedError:
     r = _dist().get_rank() if is_initialized() else "?"
+    cause = _first_line(e)
+    if "mismatch between collectives" in cause:  # TORCH_DISTRIBUTED_DEBUG=DETAIL compared the ranks' calls
+        return DistributedError(f"rank {r}: {what} failed: the ranks called different collectives or gave "
+                                f"tensors of different shapes or dtypes ({type(e).__name__}: {cause})")
     return DistributedError(f"rank {r}: {what} failed: another process died, or it did not arrive within the "
-                            f"group's timeout ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''})")
+                            f"group's timeout, or the ranks gave tensors of different shapes (set "
+                            f"TORCH_DISTRIBUTED_DEBUG=DETAIL to have a mismatch named) ({type(e).__name__}: {cause})")
 
 
 def _group(name: str) -> Any:

@@ -613,7 +613,10 @@ def dropout(input: Any, p: float = 0.5, training: bool = True, inplace: bool = F
     if not training or p == 0.0:
         return x
     if p == 1.0:
-        return _inplace(input, ops.mul(x, 0.0), inplace, "dropout")
+        return _inplace(input, ops.cast(ops.mul(x, 0.0), x.dtype), inplace, "dropout")
+    if not x.dtype.is_float:  # (the 1/(1-p) scaling made a float tensor of an integer one, silently)
+        raise ops.fail(RuntimeError(f"dropout: input must be floating point in training mode, got {x.dtype!r} "
+                                    "(result type Float can't be cast to the desired output type)"))
     keep = ops.ge(ops.random(next_seed(), x.shape, "uniform"), p)
     return _inplace(input, ops.where(keep, ops.mul(x, 1.0 / (1.0 - p)), 0.0), inplace, "dropout")
 
@@ -811,7 +814,9 @@ def batch_norm(input: Any, running_mean: Tensor | None, running_var: Tensor | No
     if training:
         n = x.numel() // c if c else 0
         if n <= 1:
-            raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
+            raise ops.fail(ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}"
+                                      " (batch norm in training mode needs a batch of more than one sample; call "
+                                      ".eval() to use the running statistics)"))
         mean = ops.mean(x, axes, keepdims=True)
         centered = ops.sub(x, mean)
         var = ops.mean(ops.mul(centered, centered), axes, keepdims=True)
@@ -842,8 +847,8 @@ def layer_norm(input: Any, normalized_shape: int | Sequence[int], weight: Any = 
         raise ValueError("layer_norm: Expected normalized_shape to be at least 1-dimensional, i.e., containing at "
                          "least one element, but got normalized_shape = []")
     if x.shape[x.ndim - k:] != shape:
-        raise ValueError(f"layer_norm: normalized_shape {shape} does not match the trailing dims of input "
-                         f"{x.shape}")
+        raise ops.fail(ValueError(f"layer_norm: normalized_shape {shape} does not match the trailing dims of input "
+                                  f"{x.shape}"))
     for name, v in (("weight", weight), ("bias", bias)):  # a (1,) one would broadcast without a word
         if v is not None and tuple(_t(v).shape) != shape:
             raise ops.fail(ops.ArgumentError(

@@ -217,7 +217,12 @@ class AvgPool2d(_AvgPoolNd):
 
 # -- normalization --------------------------------------------------------------------------------
 
-class _BatchNorm(Module):
+class _NormBase(Module):
+    """torch.nn.modules.batchnorm._NormBase: the common base of the batch and instance norms, so that
+    `isinstance(m, _NormBase)` finds every one of them (SlowFast's and timm's no-weight-decay groups)."""
+
+
+class _BatchNorm(_NormBase):
     """Shared by BatchNorm1d/2d. Training mode normalizes with the batch statistics and updates the
     running ones (unbiased variance, `momentum`, or a cumulative average when momentum is None);
     eval mode uses the running statistics. `num_batches_tracked` counts training calls, as torch."""
@@ -257,9 +262,11 @@ class _BatchNorm(Module):
         x = F._t(input)
         if x.ndim not in self._dims:
             want = " or ".join(f"{d}D" for d in self._dims)
-            raise ValueError(f"{type(self).__name__}: expected {want} input (got {x.ndim}D input of shape {x.shape})")
+            raise ops.fail(ValueError(f"{type(self).__name__}: expected {want} input (got {x.ndim}D input of shape "
+                                      f"{x.shape})"))
         if x.shape[1] != self.num_features:
-            raise ValueError(f"{type(self).__name__}({self.num_features}): input {x.shape} has {x.shape[1]} channels")
+            raise ops.fail(ValueError(f"{type(self).__name__}({self.num_features}): input {x.shape} has {x.shape[1]} "
+                                      "channels"))
         factor: Any = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:
             count = ops.add(self.num_batches_tracked, 1)

@@ -15,7 +15,7 @@ from ..tensor import Buffer, Tensor, as_array
 from ..trace import assign
 from . import functional as F
 from . import init
-from .layers import _buffer, _layer_dtype, _Loss, _place, empty
+from .layers import _buffer, _layer_dtype, _Loss, _NormBase, _place, empty
 from .module import Module
 
 __all__ = ["Bilinear", "CTCLoss", "ChannelShuffle", "CosineEmbeddingLoss", "CosineSimilarity", "EmbeddingBag", "Fold",
@@ -25,7 +25,7 @@ __all__ = ["Bilinear", "CTCLoss", "ChannelShuffle", "CosineEmbeddingLoss", "Cosi
            "Unfold"]
 
 
-class _InstanceNorm(Module):
+class _InstanceNorm(_NormBase):
     """Shared by InstanceNorm1d/2d/3d: per-sample, per-channel normalization over the spatial dims.
     Off by default, as in torch: `affine` (weight, bias) and `track_running_stats` (running_mean,
     running_var and num_batches_tracked, which torch registers but never advances for instance norm)."""

@@ -177,8 +177,8 @@ def cross_entropy(input: Any, target: Any, weight: Any = None, size_average: boo
 
 def _check_same_size(x: Tensor, t: Tensor, name: str) -> None:
     if x.shape != t.shape:
-        raise ValueError(f"{name}: using a target size ({t.shape}) that is different to the input size ({x.shape}) "
-                         "is not supported")
+        raise ops.fail(ValueError(f"{name}: using a target size ({t.shape}) that is different to the input size "
+                                  f"({x.shape}) is not supported"))
 
 
 def _user_stacklevel() -> int:
@@ -579,11 +579,22 @@ def _lengths(v: Any, n: int, what: str) -> Tensor:
     return ops.cast(ops.reshape(t, (n,)), dt.int64)
 
 
-def _padded_targets(targets: Tensor, tl: Tensor, n: int) -> Tensor:
-    """(N, S) padded targets from torch's concatenated 1-d form, which needs the lengths' values."""
+def _padded_targets(targets: Tensor, tl: Tensor, n: int, steps: int) -> Tensor:
+    """(N, S) padded targets from torch's concatenated 1-d form. With the lengths' values known, S is the
+    longest target; with traced lengths (crnn.pytorch's `IntTensor` lengths as a compiled step's input), row
+    i gathers the targets from its offset, the exclusive running sum of the lengths, over S = min(total,
+    T) entries (no target is longer than the total, and one longer than the T input steps has no alignment:
+    its end position lies past the S-wide row, so its loss is torch's inf), the entries past a target's
+    length clamped into range (they are padding, never reached)."""
     if tl.is_traced:
-        raise ops.fail(ValueError("ctc_loss: concatenated (1-d) targets need target_lengths known when the function "
-                                  "is traced; pass padded (N, S) targets instead"))
+        total = targets.shape[0]
+        s = max(min(total, steps), 1)
+        start = ops.sub(ops.cumsum(tl, 0), tl)
+        at = ops.add(ops.expand_dims(start, 1), ops.reshape(ops.arange(s), (1, s)))
+        at = ops.clamp(at, 0, max(total - 1, 0))
+        if total == 0:
+            return ops.full((n, s), 0, targets.dtype)
+        return ops.reshape(ops.take(targets, ops.reshape(at, (n * s,)), 0), (n, s))
     lens = [int(v) for v in tl.numpy()]
     if sum(lens) > targets.shape[0]:
         raise ops.fail(RuntimeError(f"ctc_loss: target_lengths sum to {sum(lens)}, more than the {targets.shape[0]} "
@@ -601,7 +612,7 @@ def ctc_loss(log_probs: Any, targets: Any, input_lengths: Any, target_lengths: A
              reduction: str = "mean", zero_infinity: bool = False) -> Tensor:
     """The CTC loss (Graves et al. 2006): -log of the total probability of the alignments of each
     target to its input, by the forward recursion in log space. log_probs (T, N, C) or (T, C);
-    targets padded (N, S) or concatenated 1-d (then target_lengths must be known); 'mean' divides
+    targets padded (N, S) or concatenated 1-d (with traced target_lengths too); 'mean' divides
     each loss by its target length, then averages, as torch.
 
     The recursion is unrolled over the T time steps (about 20 ops each: fine for a few hundred steps,
@@ -628,7 +639,7 @@ def ctc_loss(log_probs: Any, targets: Any, input_lengths: Any, target_lengths: A
     tl = _lengths(target_lengths, n, "target_lengths")
     tg = ops.cast(_t(targets), dt.int64)
     if tg.ndim == 1:
-        tg = _padded_targets(tg, tl, n)
+        tg = _padded_targets(tg, tl, n, steps)
     if tg.ndim != 2 or tg.shape[0] != n:
         raise ops.fail(RuntimeError(f"ctc_loss: targets must be (N, S) padded or 1-d concatenated, got {tg.shape}"))
     if not il.is_traced and il.numel() and (il.numpy().max() > steps or il.numpy().min() < 0):

@@ -51,6 +51,9 @@ def Parameter(data: Any, requires_grad: bool = True) -> Tensor:  # noqa: N802 - 
         z = data if isinstance(data, ComplexTensor) else from_data(data)
         return ComplexTensor(Parameter(z.real, requires_grad), Parameter(z.imag, requires_grad))
     t = data if isinstance(data, Tensor) and not isinstance(data, Buffer) else Tensor(np.array(as_array(data)))
+    if requires_grad and not t.dtype.is_float:  # (an integer "parameter" that av.grad would silently skip)
+        raise RuntimeError(f"Only Tensors of floating point and complex dtype can require gradients, got {t.dtype!r}: "
+                           "nn.Parameter(data, requires_grad=False) for an integer parameter, or a buffer")
     key = id(t)
     _DECLARED[key] = weakref.ref(t, lambda _: _DECLARED.pop(key, None))
     return t if requires_grad else t.requires_grad_(False)

@@ -6,7 +6,8 @@ be values a compiled function receives (`src_len` from the batch): the recurrent
 step and keep each sequence's state unchanged past its length (masked with `where`), which gives
 torch's results: outputs are `padding_value` past each length, the final hidden state is each
 sequence's own last step (its first, for the reverse direction), in the batch's order. `.data` and
-`.batch_sizes` (torch's interleaved layout) are not available; use `pad_packed_sequence`.
+`.batch_sizes` (torch's interleaved layout) are computed where the lengths are known while tracing (Python
+ints, as Show, Attend and Tell's loss packs its scores); with traced lengths use `pad_packed_sequence`.
 `pad_packed_sequence` pads to the longest length when the lengths are known while tracing, else to the
 packed input's own length (torch's `total_length=` makes both agree).
 """
@@ -19,7 +20,7 @@ import numpy as np
 
 from .. import ops
 from ..ir import dtypes as dt
-from ..tensor import Tensor
+from ..tensor import TRACING, Tensor, _mark_literal, _python_numbers
 
 __all__ = ["PackedSequence", "invert_permutation", "pack_padded_sequence", "pad_packed_sequence", "pad_sequence",
            "pack_sequence", "unpack_sequence", "unpad_sequence"]
@@ -31,12 +32,38 @@ class PackedSequence:
     def __init__(self, padded: Tensor, lengths: Tensor):
         self.padded, self.lengths = padded, lengths
 
-    @property
-    def data(self) -> Any:
-        raise NotImplementedError("PackedSequence.data: Avalon keeps packed sequences padded (torch's interleaved "
-                                  "layout depends on the lengths' values); use pad_packed_sequence(...) instead")
+    def _layout(self, what: str) -> tuple[np.ndarray, np.ndarray]:
+        """torch's interleaved layout, for lengths known while tracing: the sequences' order (by decreasing
+        length, ties in batch order, as torch's stable sort for enforce_sorted=False; the batch's own order
+        when it is sorted) and each step's batch size."""
+        known = _concrete(self.lengths)
+        if known is None:
+            raise NotImplementedError(f"PackedSequence.{what}: torch's interleaved layout depends on the lengths' "
+                                      "values, which this function receives traced; pass the lengths as Python "
+                                      "ints (or use pad_packed_sequence(...))")
+        order = np.argsort(-known, kind="stable")
+        steps = int(known.max()) if known.size else 0
+        return order, np.array([(known > t).sum() for t in range(steps)], np.int64)
 
-    batch_sizes = data
+    @property
+    def data(self) -> Tensor:
+        """torch's packed data: step 0 of every sequence, step 1 of those longer than 1, ... (in the order of
+        `_layout`); needs the lengths' values (Python ints or a tensor known while tracing), as the shape does.
+        Show, Attend and Tell's `pack_padded_sequence(scores, decode_lengths, batch_first=True).data`."""
+        order, sizes = self._layout("data")
+        n = self.padded.shape[1]
+        flat = ops.reshape(self.padded, (self.padded.shape[0] * n,) + tuple(self.padded.shape[2:]))
+        at = np.concatenate([t * n + order[:b] for t, b in enumerate(sizes)]) if sizes.size else np.zeros(0, np.int64)
+        index = Tensor(at.astype(np.int64))
+        _mark_literal(index)  # (the lengths' values are part of the signature: literal data of the program)
+        return ops.take(flat, index, 0)
+
+    @property
+    def batch_sizes(self) -> Tensor:
+        """How many sequences are longer than each step (an int64 tensor, as torch's)."""
+        sizes = Tensor(self._layout("batch_sizes")[1])
+        _mark_literal(sizes)
+        return sizes
 
     def to(self, *args: Any, **kwargs: Any) -> PackedSequence:
         return PackedSequence(self.padded.to(*args, **kwargs), self.lengths)
@@ -54,6 +81,8 @@ def _lengths(lengths: Any, n: int) -> Tensor:
         if arr.dtype.kind not in "iu":
             raise TypeError(f"pack_padded_sequence: lengths must be integers, got {arr.dtype}")
         t = Tensor(arr.astype(np.int64))
+        if TRACING and arr.ndim and _python_numbers(lengths):  # Python ints: literal data, as torch.tensor's
+            _mark_literal(t)
     if t.shape != (n,):
         raise ValueError(f"pack_padded_sequence: expected {n} lengths (one per sequence), got shape {t.shape}")
     return t

@@ -7,7 +7,8 @@ processes (`_AverageGradient`, an `autograd.Function` whose backward is one `all
 `av.value_and_grad(loss)(ddp_model, ...)` returns the averaged gradients that torch's hooks leave in
 `.grad`, and a compiled step carries the all-reduces in its IR (the `bucket-all-reduce` pass fuses
 them). With `broadcast_buffers` (torch's default) the buffers are rank 0's at the start of every
-forward, as torch broadcasts them. Without a process group, or in a group of one, it is the module.
+forward, as torch broadcasts them. Under `no_sync()` the gradients are this rank's own (gradient
+accumulation: see `no_sync`). Without a process group, or in a group of one, it is the module.
 
 `DataParallel` (one process over the GPUs of a machine in torch) is the module: Avalon runs a model
 on one device. Both keep torch's `module.` prefix in `state_dict`, so checkpoints saved from a wrapped
@@ -16,13 +17,12 @@ torch model load.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from .. import ops
 from ..autograd import Function
 from ..ir.reference.collective import collective
-from ..trace import assign
 from .module import Module, named_buffers, named_parameters
 
 
@@ -56,10 +56,17 @@ class DistributedDataParallel(Module):
         if process_group is not None:
             raise NotImplementedError("DistributedDataParallel: only the default process group is supported "
                                       "(avalon.distributed.init()); process_group must be None")
+        if not any(p.requires_grad for _, p in named_parameters(module)):
+            raise RuntimeError("DistributedDataParallel is not needed when a module doesn't have any parameter "
+                               "that requires a gradient.")  # torch's words
         self.module = module
         self.broadcast_buffers = bool(broadcast_buffers)
         self.device_ids, self.output_device, self.dim = device_ids, output_device, dim
-        from ..distributed import broadcast_parameters, is_initialized
+        self.find_unused_parameters = bool(find_unused_parameters)
+        self.require_backward_grad_sync = True  # torch's flag, which `no_sync` clears
+        self._unsynced = False  # a forward ran under no_sync since the last synchronized one
+        from ..distributed import broadcast_parameters, is_initialized, require_group
+        require_group("DistributedDataParallel")  # under a launcher, the group must be up (torch's error)
         if is_initialized():
             broadcast_parameters(module)
 
@@ -68,28 +75,50 @@ class DistributedDataParallel(Module):
             return self.module(*inputs, **kwargs)
         if self.broadcast_buffers:
             self._broadcast_buffers()
+        if not self.require_backward_grad_sync:  # under no_sync: this rank's own gradients
+            self._unsynced = True
+            return self.module(*inputs, **kwargs)
+        if self._unsynced and self.training:  # (an evaluation forward is not a training step)
+            self._unsynced = False
+            warnings.warn("DistributedDataParallel: a synchronized forward after forwards under no_sync(); torch "
+                          "averages the .grad accumulated under no_sync at this backward, but Avalon's gradients "
+                          "are values: this step averages its own gradient only, and adding the unsynchronized "
+                          "ones to it leaves the ranks' parameters different. Run every accumulation step under "
+                          "no_sync() and average their sum once with avalon.distributed.all_reduce(grads).",
+                          RuntimeWarning, stacklevel=2)
         from ..func import functional_call
-        params = {name: _AverageGradient.apply(p) for name, p in named_parameters(self.module)}
+        params = {name: _AverageGradient.apply(p) if p.requires_grad else p
+                  for name, p in named_parameters(self.module)}
         return functional_call(self.module, params, inputs, kwargs)
 
     def _broadcast_buffers(self) -> None:
-        """Rank 0's buffers on every process: a sum over the processes of the buffer on rank 0 and
-        zeros elsewhere (one all_reduce op each, traced like the gradients')."""
-        from ..distributed import all_reduce, rank
-        keep = 1 if rank() == 0 else 0
+        """Rank 0's buffers on every process, every dtype bit for bit (an attention mask's -inf, a bool
+        flag): `avalon.distributed.broadcast`, an `all_gather` op and rank 0's rows when traced."""
+        from ..distributed import broadcast
         for _, b in named_buffers(self.module):
-            if b.dtype.is_float or b.dtype.is_int:
-                assign(b, all_reduce(ops.mul(b, keep), "sum"))
+            broadcast(b, 0)
 
     @contextlib.contextmanager
     def no_sync(self) -> Iterator[None]:
-        """torch's gradient accumulation without communication has no equivalent here (the averaging is
-        part of the traced gradient): accumulate the gradients of the unsynchronized steps of the bare
-        module (`ddp.module`) and average them once with `avalon.distributed.all_reduce`."""
-        raise NotImplementedError("DistributedDataParallel.no_sync: differentiate `ddp.module` for the "
-                                  "accumulation steps and average the summed gradients once with "
-                                  "avalon.distributed.all_reduce(grads)")
-        yield  # (unreachable: a generator, as a context manager must be)
+        """torch's context for gradient accumulation without communication: the gradients of the forwards
+        run inside are this rank's own (no all_reduce op). Avalon's gradients are values, so the port of
+        torch's accumulation sums the micro-batches' gradients, each computed under `no_sync`, and
+        averages the sum once, which is what torch's synchronized backward does to the accumulated
+        `.grad` (a synchronized forward right after unsynchronized ones warns: it would average its own
+        gradient only)::
+
+            with ddp.no_sync():
+                _, g = step(ddp, x, y)
+            acc = g if acc is None else {k: acc[k] + g[k] for k in acc}
+            ...
+            opt.step(avalon.distributed.all_reduce(acc))   # torch's .grad after the last backward
+        """
+        old = self.require_backward_grad_sync
+        self.require_backward_grad_sync = False
+        try:
+            yield
+        finally:
+            self.require_backward_grad_sync = old
 
 
 class DataParallel(Module):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .. import ops
+from .. import amp, ops
 from ..tensor import Tensor
 from . import functional as F
 from . import init
@@ -97,24 +97,39 @@ class RNNBase(Module):
         if not batched:
             h = ops.expand_dims(h, 1)
         if h.shape != shape:
-            raise ValueError(f"{type(self).__name__}: expected hidden state of shape {shape}, got {h.shape}")
+            raise ops.fail(ValueError(f"{type(self).__name__}: expected hidden state of shape {shape}, got {h.shape}"))
         return h
 
     def _run(self, input: Any, hx: Any, lstm: bool) -> tuple[Any, Tensor, Tensor | None]:
         packed = isinstance(input, PackedSequence)
         x = input.padded if packed else F._t(input)  # a packed batch is time-major already
         if x.ndim not in (2, 3):
-            raise ValueError(f"{type(self).__name__}: expected 2D (unbatched) or 3D input, got {x.ndim}D {x.shape}")
+            raise ops.fail(ValueError(f"{type(self).__name__}: expected 2D (unbatched) or 3D input, got {x.ndim}D "
+                                      f"{x.shape}"))
         batched = x.ndim == 3
         if not batched:
             x = ops.expand_dims(x, 1)
         elif self.batch_first and not packed:
             x = ops.transpose(x, 0, 1)
         if x.shape[-1] != self.input_size:
-            raise ValueError(f"{type(self).__name__}: input.size(-1) must be equal to input_size. "
-                             f"Expected {self.input_size}, got {x.shape[-1]}")
+            raise ops.fail(ValueError(f"{type(self).__name__}: input.size(-1) must be equal to input_size. "
+                                      f"Expected {self.input_size}, got {x.shape[-1]}"))
         steps, n = x.shape[0], x.shape[1]
         dtype = x.dtype if x.dtype.is_float else self.weight_ih_l0.dtype
+        w_dtype = self.weight_ih_l0.dtype
+        if x.dtype.is_float and dtype is not w_dtype and not amp.is_autocast_enabled(x.device.type):
+            raise ops.fail(ValueError(  # (torch's words; the matmul inside would name only itself)
+                f"{type(self).__name__}: input dtype ({dtype!r}) does not match weight dtype ({w_dtype!r}). Convert "
+                f"input: input.to({w_dtype!r}), or convert model: model.to({dtype!r})"))
+        name = type(self).__name__
+        if lstm and hx is not None and not isinstance(hx, (tuple, list)):  # (indexing it took its first layer)
+            raise ops.fail(TypeError(f"{name}: hx must be a tuple (h_0, c_0), got {type(hx).__name__}"
+                                     + (f" of shape {hx.shape}" if isinstance(hx, Tensor) else "")))
+        if lstm and hx is not None and len(hx) != 2:
+            raise ops.fail(TypeError(f"{name}: hx must be a tuple (h_0, c_0), got {len(hx)} items"))
+        if not lstm and isinstance(hx, (tuple, list)):  # (it was stacked into one tensor of another shape)
+            raise ops.fail(TypeError(f"{name}: hx must be one tensor h_0, got a {type(hx).__name__} (only LSTM "
+                                     "takes (h_0, c_0))"))
         if lstm:
             h0c0 = (None, None) if hx is None else hx
             h0 = self._initial(h0c0[0], n, dtype, batched)

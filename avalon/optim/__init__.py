@@ -257,9 +257,11 @@ def _is_torch(x: Any) -> bool:
         isinstance(x, tuple) and len(x) == 2 and is_array_like(x[1]) and not isinstance(x[1], np.ndarray))
 
 
-def _tensors(params: Any, who: str) -> tuple[list[tuple[str | None, Tensor]], str]:
+def _tensors(params: Any, who: str, group: bool = False) -> tuple[list[tuple[str | None, Tensor]], str]:
     """One group's parameters as (name, or None for a bare tensor; Tensor), and how they were given:
-    "model" (a whole model: names relative to it), "named" (pairs) or "positional" (bare tensors)."""
+    "model" (a whole model: names relative to it), "named" (pairs) or "positional" (bare tensors). A
+    parameter-group dict's empty list is "empty" (torch keeps such a group: TSM's get_optim_policies lists
+    `first_conv_bias` for a backbone whose convs have none); an optimizer given no parameters is refused."""
     owner = _parameters_owner(params)
     if owner is not None:
         params = owner
@@ -271,6 +273,8 @@ def _tensors(params: Any, who: str) -> tuple[list[tuple[str | None, Tensor]], st
     items = list(params)
     if any(_is_torch(x) for x in items):
         raise TypeError(f"{who}: {_TORCH}")
+    if not items and group:
+        return [], "empty"
     if not items:
         raise ValueError(f"{who} got an empty parameter list (a generator such as model.parameters() is "
                          "used up by its first reader)")
@@ -303,8 +307,10 @@ def _parse(params: Any, who: str) -> tuple[list[dict[str, Any]], str]:
     for g in raw:
         if "params" not in g:
             raise ValueError(f"{who}: a parameter group must have a 'params' key, got {sorted(g)}")
-        g["params"], kind = _tensors(g["params"], who)
+        g["params"], kind = _tensors(g["params"], who, group=True)
         kinds.append(kind)
+    given = [k for k in kinds if k != "empty"]
+    kinds = [given[0] if k == "empty" and given else "named" if k == "empty" else k for k in kinds]
     names = [n for g in raw for n, _ in g["params"]]
     if len(raw) > 1 and all(k == "model" for k in kinds) and len(set(names)) < len(names):
         # groups of different submodules' parameters() (`[dict(params=m.layer3.parameters(), lr=lr), dict(params=
@@ -499,7 +505,8 @@ class Optimizer:
         group = dict(param_group)
         if "params" not in group:
             raise ValueError(f"{who}: a parameter group must have a 'params' key, got {sorted(group)}")
-        group["params"], kind = _tensors(group["params"], who)
+        group["params"], kind = _tensors(group["params"], who, group=True)
+        kind = self._kind if kind == "empty" else kind
         if (kind == "positional") != (self._kind == "positional"):
             raise ValueError(f"{who}: some parameter groups are bare tensors and some are named; name all "
                              "(model.named_parameters()) or none")
@@ -904,6 +911,8 @@ class Optimizer:
             known = getattr(grads, "params", None)  # av.grad's Grads: the tensor of each name
             if isinstance(known, dict):
                 by_id = {id(t): k for k, t in self.params.items()}
+                if self._kind != "positional":
+                    self._check_replaced(grads, known, by_id)
                 if self._kind == "positional":
                     grads = {by_id[id(known[n])]: g for n, g in grads.items()
                              if n in known and id(known[n]) in by_id}
@@ -939,6 +948,21 @@ class Optimizer:
                 raise TypeError(f"gradient of {k!r} is an integer or bool tensor ({g.dtype}), the parameter "
                                 f"{self.params[k].dtype}: a gradient is floating point; pass av.grad's result")
         return grads
+
+    def _check_replaced(self, grads: Mapping[str, Any], known: dict, by_id: dict[int, str]) -> None:
+        """Refuse gradients whose name this optimizer holds but whose tensor it does not, beside others it
+        does hold: a layer replaced after the optimizer was made (`model.fc = nn.Linear(...)` to fine-tune
+        a new head). Matched by name, the old layer's tensors were stepped with the new one's gradients
+        and the new layer never trained (torch's optimizer skips it: just as silently)."""
+        stale = [n for n in grads if n in self.params and n in known and grads[n] is not None
+                 and known[n] is not self.params[n] and id(known[n]) not in by_id]
+        if stale and any(n in known and id(known[n]) in by_id for n in grads):
+            raise RuntimeError(
+                f"{type(self).__name__}.step: the gradients for {stale[:8]}{' ...' if len(stale) > 8 else ''} are of "
+                "tensors this optimizer does not hold: the layer was replaced (or its parameters reassigned) after "
+                "the optimizer was created, so stepping by name would update the old tensors and never train the "
+                "new ones. Create the optimizer after changing the model (or add the new parameters with "
+                "opt.add_param_group(...))")
 
     def _unknown(self, unknown: list[str]) -> str:
         """Why gradients' names do not match, and what to pass instead."""

@@ -242,6 +242,23 @@ class PassManager:
         with paused_gc():
             return self._run(graph)
 
+    def blame(self, error: VerifyError) -> VerifyError:
+        """`error` (the graph did not verify after the last run, which ran without `verify_each`) as a
+        PassVerifyError naming the first pass whose recorded IR does not verify; `error` itself when the
+        records cannot tell (no IR recorded, or every snapshot verifies). Costs nothing until it fails."""
+        from avalon.ir import parse
+        for r in self.records:
+            snap = r._ir
+            if snap is None:
+                continue
+            try:
+                verify(snap) if isinstance(snap, Graph) else parse(snap)
+            except VerifyError as e:
+                return PassVerifyError(f"pass '{r.name}' left invalid IR: {e}", r.name, getattr(e, "op", None))
+            except ValueError:  # the text of a broken graph that does not parse back: broken by this pass
+                return PassVerifyError(f"pass '{r.name}' left invalid IR: {error}", r.name, error.op)
+        return error
+
     def _run(self, graph: Graph) -> bool:
         unknown = [n for n in self.print_after if n not in self.names]
         if unknown:
