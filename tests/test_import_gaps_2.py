@@ -76,7 +76,7 @@ def test_embedding_bag_scale_grad_by_freq():
     tw = torch.tensor(w, requires_grad=True)
     idx2 = np.array([[1, 2, 2], [2, 7, 1]])
     (TF.embedding(torch.tensor(idx2), tw, scale_grad_by_freq=True) ** 2).sum().backward()
-    layer = av.nn.Embedding.from_pretrained(w, scale_grad_by_freq=True)
+    layer = av.nn.Embedding.from_pretrained(w, freeze=False, scale_grad_by_freq=True)  # (frozen: no gradient)
     got = av.grad(lambda m: (m(idx2) ** 2).sum())(layer)
     np.testing.assert_allclose(got["weight"].numpy(), tw.grad.numpy(), atol=1e-12)
     with pytest.raises(ValueError, match="max mode does not support scaling the gradient"):

@@ -59,6 +59,10 @@ def scaled_dot_product_attention(query: Any, key: Any, value: Any, attn_mask: An
     dead = None
     if attn_mask is not None and not is_causal:
         m = _t(attn_mask)
+        if m.dtype not in (dt.bool_, dt.float32, q.dtype):  # torch's rule (an integer mask was added as a bias)
+            raise ops.fail(RuntimeError(
+                f"scaled_dot_product_attention: Expected attn_mask dtype to be bool or float or to match query "
+                f"dtype, but got attn_mask.dtype: {m.dtype.name} and query.dtype: {q.dtype.name} instead."))
         # a query row that may attend no key: torch's kernels give zeros (and zero gradients) there, where
         # the softmax of a row of -inf is nan. Such rows attend every key instead and are zeroed after
         dead = ops.logical_not(ops.any(m if m.dtype is dt.bool_ else ops.ne(m, float("-inf")), -1, keepdim=True))

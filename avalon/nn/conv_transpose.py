@@ -51,6 +51,12 @@ def conv_transpose2d(input: Any, weight: Any, bias: Any = None, stride: Any = 1,
                          f"{w.shape}")
     if not x.dtype.is_float:
         raise TypeError(f"conv_transpose2d: input must be floating point, got {x.dtype}")
+    b = _t(bias) if bias is not None and not amp.is_autocast_enabled(x.device.type) else None
+    if w.dtype != x.dtype or (isinstance(bias, Tensor) and b is not None and b.dtype != x.dtype):
+        # torch's check, as conv's (numpy promoted the output in silence)
+        raise ops.fail(TypeError(f"conv_transpose: Input type ({x.dtype.name}) and weight type ({w.dtype.name})"
+                                 f"{'' if b is None else f' and bias type ({b.dtype.name})'} should be the same; "
+                                 f"cast one with .to(...)"))
     s, p, op, d = (_pair(n, v) for n, v in (("stride", stride), ("padding", padding),
                                               ("output_padding", output_padding), ("dilation", dilation)))
     groups = int(groups)

@@ -62,10 +62,20 @@ def _pair(v: _Pair, where: str = "", name: str = "") -> tuple[int, int]:
     arg = f"{where}: argument '{name}'" if where else f"argument {name!r}" if name else "a size argument"
     if isinstance(v, (str, bytes)) or not hasattr(v, "__len__"):
         raise ValueError(f"{arg} must be an int or a pair of ints, got {v!r}")
-    t = tuple(int(i) for i in v)
+    t = _int_entries(v, arg)
     if len(t) not in (1, 2):
         raise ValueError(f"{arg} needs 1 or 2 entries, got {t}")
     return (t[0], t[0]) if len(t) == 1 else (t[0], t[1])
+
+
+def _int_entries(v: Any, arg: str) -> tuple[int, ...]:
+    """The entries of a size argument as ints; a float entry is an error, as in torch (`int(2.5)`
+    truncated `kernel_size=(2.5, 2.5)` to 2 in silence)."""
+    for i in v:
+        if not isinstance(i, (int, np.integer)):
+            raise ops.fail(TypeError(f"{arg} must be a tuple of ints, but found element of type "
+                                     f"{type(i).__name__} ({i!r})"))
+    return tuple(int(i) for i in v)
 
 
 # -- numerically careful helpers ----------------------------------------------------------------
@@ -221,6 +231,8 @@ def logsigmoid(input: Any) -> Tensor:
 def celu(input: Any, alpha: float = 1.0, inplace: bool = False) -> Tensor:
     """x for x > 0, alpha * (exp(x / alpha) - 1) otherwise."""
     x = _t(input)
+    if alpha == 0:  # torch's check (x / alpha was nan or -inf)
+        raise ops.fail(RuntimeError("celu: ZeroDivisionError: alpha cannot be 0 for CELU"))
     pos = ops.gt(x, 0)  # as in elu: the negative branch reads x itself at 0
     neg = ops.mul(_expm1_nonpositive(ops.div(ops.where(pos, 0.0, x), alpha)), alpha)
     return _inplace(input, ops.where(pos, x, neg), inplace, "celu")
@@ -276,12 +288,20 @@ def hardshrink(input: Any, lambd: float = 0.5) -> Tensor:
 
 def softshrink(input: Any, lambd: float = 0.5) -> Tensor:
     x = _t(input)
+    if lambd < 0:  # torch's check (a negative lambda overlapped the two branches)
+        raise ops.fail(RuntimeError(f"softshrink: lambda must be in range [0, inf), but found {lambd}"))
     return ops.where(ops.gt(x, lambd), ops.sub(x, lambd), ops.where(ops.lt(x, -lambd), ops.add(x, lambd), 0.0))
 
 
 def prelu(input: Any, weight: Any) -> Tensor:
     """x for x > 0, weight * x otherwise; a weight of several entries is per channel (dim 1)."""
     x, w = _t(input), _t(weight)
+    if w.ndim > 1:  # torch's check (a (2, 2) weight was flattened to 4 channels)
+        raise ops.fail(RuntimeError(f"prelu: Expected `weight` to be a scalar or 1D tensor, but got: ndim = {w.ndim}"))
+    if isinstance(weight, Tensor) and w.dtype != x.dtype and not amp.is_autocast_enabled(x.device.type):
+        # torch's check (numpy promoted a float32 input with a float64 weight in silence)
+        raise ops.fail(TypeError(f"prelu: Type promoting not supported. Got {x.dtype.name} input and "
+                                 f"{w.dtype.name} weight"))
     if w.numel() > 1:
         if x.ndim < 2 or x.shape[1] != w.numel():
             raise ValueError(f"prelu: {w.numel()} weights need an input with as many channels (dim 1), got shape "
@@ -419,6 +439,8 @@ def cosine_similarity(x1: Any, x2: Any, dim: int = 1, eps: float = 1e-8) -> Tens
     first keeps the result within [-1, 1]); x1 and x2 broadcast."""
     a, b = _t(x1), _t(x2)
     ops.check_dim("cosine_similarity", dim, max(a.ndim, b.ndim))
+    if a.shape != b.shape:  # torch broadcasts first: a norm over a size-1 (or missing) dim was a wrong value
+        a, b = ops.broadcast_tensors(a, b)
     a = ops.div(a, _clamped_norm(a, 2, dim, eps))
     b = ops.div(b, _clamped_norm(b, 2, dim, eps))
     return ops.sum(ops.mul(a, b), dim)
@@ -451,6 +473,9 @@ def one_hot(input: Any, num_classes: int = -1) -> Tensor:
     """Integer one-hot vectors (i64), like torch (whose binding takes `input=`, not its docs' `tensor=`).
     `num_classes=-1` needs concrete indices."""
     idx = _t(input)
+    if idx.dtype != dt.int64:  # torch's check (int32 or uint8 indices ran; floats were truncated)
+        raise ops.fail(RuntimeError(f"one_hot is only applicable to index tensor of type LongTensor (int64), got "
+                                    f"{idx.dtype.name}"))
     if num_classes < 0:
         num_classes = int(np.max(idx.numpy())) + 1
     return ops.one_hot(idx, num_classes, dtype=dt.int64)
@@ -462,7 +487,9 @@ def linear(input: Any, weight: Any, bias: Any = None) -> Tensor:
     """input @ weight.T + bias; leading batch dims are flattened into one matmul. Under autocast the
     bias is cast with the operands, so the result keeps the autocast dtype, as torch's."""
     x, w = _t(input), _t(weight)
-    if x.ndim > 2:
+    if w.ndim == 1:  # torch's x @ w.t() with a 1-d weight: a dot product over the last dim
+        y = ops.matmul(x, w)
+    elif x.ndim > 2:
         lead = x.shape[:-1]
         y = ops.matmul(ops.reshape(x, (-1, x.shape[-1])), ops.transpose(w))
         y = ops.reshape(y, (*lead, w.shape[0]))
@@ -485,6 +512,12 @@ def _check_conv(op: str, x: Tensor, w: Tensor, bias: Any, groups: int) -> None:
         raise ops.fail(ops.ArgumentError(
             f"{op}: Given groups={groups}, weight of size {list(w.shape)}, expected input{list(x.shape)} to have "
             f"{w.shape[1] * groups} channels, but got {x.shape[1]} channels instead"))
+    if w.ndim >= 1 and w.shape[0] == 0:  # numpy made an empty output of it
+        raise ops.fail(ops.ArgumentError(f"{op}: Given groups={groups}, expected weight to be at least 1 at "
+                                         f"dimension 0, but got weight of size {list(w.shape)} instead"))
+    if w.ndim >= 3 and 0 in w.shape[2:]:  # a kernel_size of 0: numpy made an output of the bias alone
+        raise ops.fail(ops.ArgumentError(f"{op}: weight of size {list(w.shape)} has an empty kernel; "
+                                         f"kernel_size must be at least 1"))
     if groups > 0 and w.ndim >= 1 and w.shape[0] % groups:
         raise ops.fail(ops.ArgumentError(f"{op}: Given groups={groups}, expected weight to be divisible by {groups} at "
                                          f"dimension 0, but got weight of size {list(w.shape)} instead"))
@@ -573,6 +606,18 @@ def max_pool2d(input: Any, kernel_size: _Pair, stride: _Pair | None = None, padd
     return ops.max_pool2d(x, k, s, 0)
 
 
+def _check_divisor(op: str, divisor_override: Any) -> None:
+    """torch's: `divisor_override` is None or a nonzero int (a float one was used as given, and 0
+    was a bare float ZeroDivisionError)."""
+    if divisor_override is None:
+        return
+    if not isinstance(divisor_override, (int, np.integer)) or isinstance(divisor_override, bool):
+        raise ops.fail(TypeError(f"{op}(): argument 'divisor_override' must be int, not "
+                                 f"{type(divisor_override).__name__}"))
+    if divisor_override == 0:
+        raise ops.fail(RuntimeError(f"{op}: divisor must be not zero (divisor_override=0)"))
+
+
 def avg_pool2d(input: Any, kernel_size: _Pair, stride: _Pair | None = None, padding: _Pair = 0,
                ceil_mode: bool = False, count_include_pad: bool = True, divisor_override: int | None = None) -> Tensor:
     x = _t(input)
@@ -580,8 +625,7 @@ def avg_pool2d(input: Any, kernel_size: _Pair, stride: _Pair | None = None, padd
         return _unbatched(x, lambda x4: avg_pool2d(x4, kernel_size, stride, padding, ceil_mode, count_include_pad,
                                                    divisor_override))
     k, s, p = _pool_args(kernel_size, stride, padding, "avg_pool2d")
-    if divisor_override is not None and int(divisor_override) == 0:  # (a bare float ZeroDivisionError before)
-        raise ops.fail(RuntimeError("avg_pool2d: divisor must be not zero (divisor_override=0)"))
+    _check_divisor("avg_pool2d", divisor_override)
     if p[0] > k[0] // 2 or p[1] > k[1] // 2:
         raise ValueError(f"pad should be at most half of effective kernel size, but got pad={p} and kernel={k}")
     if not ceil_mode and divisor_override is None:
@@ -707,6 +751,8 @@ def _embedding(input: Any, weight: Any, padding_idx: int | None, who: str, max_n
     idx = _t(input)
     if idx.dtype.is_float or idx.dtype is dt.bool_:
         raise ops.fail(TypeError(f"{who}: indices must be integers, got {idx.dtype}"))
+    if _t(weight).ndim != 2:  # (a 1-d weight gave scalars per index, and a 3-d one matrices)
+        raise ops.fail(RuntimeError(f"{who}: 'weight' must be 2-D, got shape {_t(weight).shape}"))
     _check_ids(idx, _t(weight).shape[0], who)
     if max_norm is not None:
         if not isinstance(weight, Tensor):
@@ -770,6 +816,16 @@ def embedding_bag(input: Any, weight: Any, offsets: Any = None, max_norm: float 
             raise ValueError("embedding_bag: offsets has to be a 1D Tensor but got None")
         off = ops.cast(_t(offsets), dt.int64)
         n = idx.shape[0]
+        if not off.is_traced and off.ndim == 1 and off.shape[0]:  # torch's checks (bags were cut at the wrong places)
+            o = off.numpy()
+            if o[0] != 0:
+                raise ops.fail(RuntimeError(f"embedding_bag: offsets[0] has to be 0, i.e., the first sequence in the "
+                                            f"mini-batch has to start from position 0. However, got {o[0]}"))
+            if o[-1] > n:
+                raise ops.fail(RuntimeError(f"embedding_bag: offsets[-1] can not be greater than input's length {n} "
+                                            f"but got offsets[-1] of {o[-1]}"))
+            if (np.diff(o) < 0).any():
+                raise ops.fail(RuntimeError(f"embedding_bag: offsets must be non-decreasing, got {o.tolist()}"))
         if include_last_offset:
             starts, ends = off[:-1], off[1:]
         else:
@@ -806,6 +862,10 @@ def batch_norm(input: Any, running_mean: Tensor | None, running_var: Tensor | No
     x = _t(input)
     if x.ndim < 2:
         raise ValueError(f"batch_norm expects an input of at least 2 dims (N, C, ...), got {x.shape}")
+    if training and eps <= 0.0:  # torch's checks (a zero-variance channel divided by zero)
+        raise ops.fail(ValueError(f"batch_norm eps must be positive during training, but got {eps}"))
+    if eps < 0.0:
+        raise ops.fail(ValueError(f"batch_norm eps must be non-negative, but got {eps}"))
     c = x.shape[1]
     _per_channel("batch_norm", x, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
     mixed = _norm_dtypes("batch_norm", x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)

@@ -16,10 +16,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from .. import amp, ops
 from ..ir import dtypes as dt
 from ..tensor import Tensor
-from .functional_more import _lp_finish, _unpool_size
+from .functional_more import _lp_finish, _lp_infinite, _unpool_size
 from .functional_spatial import _place
 
 __all__ = [
@@ -39,13 +41,15 @@ def _err(msg: str) -> Exception:
 def _triple(where: str, name: str, v: Any) -> tuple[int, int, int]:
     """torch's _triple: an int, or a sequence of 1 or 3 ints."""
     if isinstance(v, (tuple, list)):
+        if not all(isinstance(i, (int, np.integer)) for i in v):  # int() truncated a float in silence
+            raise ops.fail(TypeError(f"{where}: {name} must be a tuple of ints, got {tuple(v)!r}"))
         t = tuple(int(i) for i in v)
         if len(t) == 1:
             t = t * 3
         if len(t) != 3:
             raise _err(f"{where}: {name} must either be a single int, or a tuple of three ints")
         return t  # type: ignore[return-value]
-    if isinstance(v, str) or not hasattr(v, "__int__"):
+    if not isinstance(v, (int, np.integer)):
         raise _err(f"{where}: {name} must either be a single int, or a tuple of three ints, got {v!r}")
     return int(v), int(v), int(v)
 
@@ -170,8 +174,8 @@ def avg_pool3d(input: Any, kernel_size: Any, stride: Any = None, padding: Any = 
     from .functional import avg_pool2d
     x, unbatched = _batched("avg_pool3d", _t(input))
     k, s, p, d = _pool_args("avg_pool3d", kernel_size, stride, padding)
-    if divisor_override is not None and int(divisor_override) == 0:
-        raise _err("divisor must be not zero")
+    from .functional import _check_divisor
+    _check_divisor("avg_pool3d", divisor_override)
     dout, _, _ = _geometry("avg_pool3d", x, k, s, p, d, ceil_mode)
     n, c, depth, h, w = x.shape
     planes = ops.reshape(x, (n * c, depth, h, w))
@@ -196,6 +200,9 @@ def lp_pool3d(input: Any, norm_type: float, kernel_size: Any, stride: Any = None
     it (an average pool of x^p times the window size)."""
     x = _t(input)
     k = _triple("lp_pool3d", "kernel_size", kernel_size)
+    inf = _lp_infinite(x, norm_type, lambda a: max_pool3d(a, k, stride, 0, 1, ceil_mode))
+    if inf is not None:
+        return inf
     out = avg_pool3d(ops.pow(x, norm_type), k, stride, 0, ceil_mode)
     return _lp_finish(out, norm_type, k[0] * k[1] * k[2])
 

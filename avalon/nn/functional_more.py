@@ -72,7 +72,10 @@ def rms_norm(input: Any, normalized_shape: int | Sequence[int], weight: Any = No
     axes = list(range(x.ndim - k, x.ndim))
     y = ops.mul(work, ops.rsqrt(ops.add(ops.mean(ops.mul(work, work), axes, keepdims=True), e)))
     y = ops.cast(y, x.dtype) if work is not x else y
-    return y if weight is None else ops.mul(y, _t(weight))
+    if weight is None:
+        return y
+    y = ops.mul(y, _t(weight))  # torch's result is of the input's dtype (a float64 weight promoted it)
+    return y if y.dtype == x.dtype else ops.cast(y, x.dtype)
 
 
 def local_response_norm(input: Any, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0) -> Tensor:
@@ -153,6 +156,9 @@ def rrelu(input: Any, lower: float = 1.0 / 8, upper: float = 1.0 / 3, training: 
     x = _t(input)
     if not x.dtype.is_float:
         raise TypeError(f"rrelu: expected a floating-point input, got {x.dtype.name}")
+    if lower > upper:  # torch's check (the slopes were drawn from an empty range in silence)
+        raise ops.fail(RuntimeError(f"rrelu: Lower bound should be less than or equal to the upper bound, got "
+                                    f"lower={lower}, upper={upper}"))
     if training:
         slope = ops.add(ops.mul(ops.cast(_uniform(x.shape, x.dtype), x.dtype), upper - lower), lower)
     else:
@@ -166,6 +172,14 @@ def rrelu_(input: Tensor, lower: float = 1.0 / 8, upper: float = 1.0 / 3, traini
 
 # -- pooling ----------------------------------------------------------------------------------------
 
+def _lp_infinite(x: Tensor, norm_type: Any, max_pool: Any) -> Tensor | None:
+    """torch's p = +-inf: the max (min) of |x| over each window (the power-average form gave 1s)."""
+    if not isinstance(norm_type, (int, float)) or not math.isinf(norm_type):
+        return None
+    a = ops.abs(x)
+    return max_pool(a) if norm_type > 0 else ops.neg(max_pool(ops.neg(a)))
+
+
 def _lp_finish(out: Tensor, norm_type: float, count: int) -> Tensor:
     return ops.pow(ops.mul(ops.mul(ops.sign(out), _F().relu(ops.abs(out))), float(count)), 1.0 / norm_type)
 
@@ -174,6 +188,9 @@ def lp_pool1d(input: Any, norm_type: float, kernel_size: int, stride: Any = None
     """The p-norm of each window: (sum x^p)^(1/p), computed as torch (an average pool of x^p)."""
     x = _t(input)
     k = single("lp_pool1d", "kernel_size", kernel_size)
+    inf = _lp_infinite(x, norm_type, lambda a: _F().max_pool1d(a, k, stride, 0, 1, ceil_mode))
+    if inf is not None:
+        return inf
     out = _F().avg_pool1d(ops.pow(x, norm_type), k, stride, 0, ceil_mode)
     return _lp_finish(out, norm_type, k)
 
@@ -182,6 +199,9 @@ def lp_pool2d(input: Any, norm_type: float, kernel_size: Any, stride: Any = None
     """2-d power-average pooling: (sum over each kh x kw window of x^p)^(1/p)."""
     x = _t(input)
     kh, kw = _F()._pair(kernel_size, "lp_pool2d", "kernel_size")
+    inf = _lp_infinite(x, norm_type, lambda a: _F().max_pool2d(a, (kh, kw), stride, 0, 1, ceil_mode))
+    if inf is not None:
+        return inf
     out = _F().avg_pool2d(ops.pow(x, norm_type), (kh, kw), stride, 0, ceil_mode)
     return _lp_finish(out, norm_type, kh * kw)
 
@@ -228,6 +248,8 @@ def max_pool2d_with_indices(input: Any, kernel_size: Any, stride: Any = None, pa
     F = _F()
     k, s, p = F._pool_args(kernel_size, stride, padding, "max_pool2d")
     d = F._pair(dilation, "max_pool2d", "dilation")
+    if min(d) <= 0:  # (numpy stacked the same element k times)
+        raise ops.fail(RuntimeError(f"max_pool2d: dilation should be greater than zero, but got dilation={d}"))
     if p[0] > k[0] // 2 or p[1] > k[1] // 2:
         raise ValueError(f"pad should be at most half of effective kernel size, but got pad={p} and kernel={k}")
     wins, (oh, ow) = _pool_windows(x, k, s, p, d, ceil_mode, -math.inf)

@@ -60,8 +60,13 @@ def _pad_edges(x: Tensor, pad: list[int], low: list[int], high: list[int], mode:
     if not 1 <= k <= 3 or x.ndim not in (k + 1, k + 2):
         raise NotImplementedError(f"pad: mode={mode!r} pads the last 1, 2 or 3 dims of a 2-5 d input (1 or 2 dims "
                                   f"more than the padded ones); got pad={tuple(pad)} for input shape {x.shape}")
-    if min(pad) < 0:
-        raise NotImplementedError(f"pad: negative padding {tuple(pad)} is only supported with mode='constant'")
+    # negative amounts crop, as torch: 'circular' wraps the cropped input around, 'reflect' and
+    # 'replicate' index the whole input (pad the positive amounts, then crop)
+    crop = [(max(-lo, 0), max(-hi, 0)) for lo, hi in zip(low, high)]
+    if mode == "circular" and min(pad) < 0:
+        x = ops.slice_(x, [a for a, _ in crop], [n - b for n, (a, b) in zip(x.shape, crop)])
+        crop = [(0, 0)] * x.ndim
+    low, high = [max(lo, 0) for lo in low], [max(hi, 0) for hi in high]
     for axis in range(x.ndim - k, x.ndim):
         n, lo, hi = x.shape[axis], low[axis], high[axis]
         if mode == "reflect" and (lo >= n or hi >= n):
@@ -78,6 +83,10 @@ def _pad_edges(x: Tensor, pad: list[int], low: list[int], high: list[int], mode:
             parts.append(_edge(x, axis, hi, mode, False))
         if len(parts) > 1:
             x = ops.concat(parts, axis)
+    if any(a or b for a, b in crop):
+        if any(a + b >= n for n, (a, b) in zip(x.shape, crop) if a or b):  # torch's: at least 1 entry left
+            raise ValueError(f"pad: {tuple(pad)} in mode {mode!r} leaves no entries of the input's shape")
+        x = ops.slice_(x, [a for a, _ in crop], [n - b for n, (a, b) in zip(x.shape, crop)])
     return x
 
 
@@ -118,10 +127,20 @@ def conv_padding(padding: Any, kernel: Sequence[int], dilation: Sequence[int]) -
 
 
 def _single(v: Any, where: str, name: str) -> int:
+    """torch's `_single`: an int or a 1-entry sequence of one (a float, which `int()` truncated,
+    is an error, as in torch)."""
+    from .functional import _int_entries
     if isinstance(v, (tuple, list)):
         if len(v) != 1:
             raise ValueError(f"{where}: argument '{name}' needs 1 entry, got {tuple(v)}")
         v = v[0]
+    return _int_entries((v,), f"{where}: argument '{name}'")[0]
+
+
+def _int_arg(v: Any, where: str, name: str) -> int:
+    """An int argument; a float one is an error, as in torch."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise ops.fail(TypeError(f"{where}(): argument '{name}' must be int, not {type(v).__name__}"))
     return int(v)
 
 
@@ -175,7 +194,7 @@ def adaptive_max_pool1d(input: Any, output_size: Any, return_indices: bool = Fal
 
 def pixel_shuffle(input: Any, upscale_factor: int) -> Tensor:
     """(*, C r^2, H, W) -> (*, C, H r, W r): one reshape, one transpose, one reshape."""
-    x, r = _t(input), int(upscale_factor)
+    x, r = _t(input), _int_arg(upscale_factor, "pixel_shuffle", "upscale_factor")  # (int(2.5) truncated a float)
     if x.ndim < 3 or r < 1 or x.shape[-3] % (r * r):
         raise ValueError(f"pixel_shuffle: expected an input of at least 3 dims whose channel dim (-3) is divisible "
                          f"by upscale_factor**2 = {r * r}, got shape {x.shape}")
@@ -188,7 +207,7 @@ def pixel_shuffle(input: Any, upscale_factor: int) -> Tensor:
 
 def pixel_unshuffle(input: Any, downscale_factor: int) -> Tensor:
     """(*, C, H r, W r) -> (*, C r^2, H, W), the inverse of pixel_shuffle."""
-    x, r = _t(input), int(downscale_factor)
+    x, r = _t(input), _int_arg(downscale_factor, "pixel_unshuffle", "downscale_factor")  # (int(2.5) truncated a float)
     if x.ndim < 3 or r < 1 or x.shape[-2] % r or x.shape[-1] % r:
         raise ValueError(f"pixel_unshuffle: expected an input of at least 3 dims whose height and width are "
                          f"divisible by downscale_factor = {r}, got shape {x.shape}")
@@ -241,15 +260,17 @@ def conv3d(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: 
     return y if bias is None else ops.add(y, ops.reshape(amp.autocast_bias(_t(bias)), (1, -1, 1, 1, 1)))
 
 
-def _triple(v: Any, name: str) -> tuple[int, int, int]:
+def _triple(v: Any, name: str, where: str = "conv3d") -> tuple[int, int, int]:
+    from .functional import _int_entries
     if isinstance(v, (tuple, list)):
-        t = tuple(int(i) for i in v)
+        t = _int_entries(v, f"{where}: argument '{name}'")
         if len(t) == 1:
             t = t * 3
         if len(t) != 3:
-            raise ValueError(f"conv3d: argument '{name}' needs 1 or 3 entries, got {t}")
+            raise ValueError(f"{where}: argument '{name}' needs 1 or 3 entries, got {t}")
         return t  # type: ignore[return-value]
-    return int(v), int(v), int(v)
+    i = _int_entries((v,), f"{where}: argument '{name}'")[0]
+    return i, i, i
 
 
 def conv1d(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
@@ -264,9 +285,9 @@ def conv1d(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: 
         raise ValueError(f"conv1d: expected (N, C, L) input and (O, C/groups, K) weight, got {x.shape} and {w.shape}")
     from .functional import _check_conv
     _check_conv("conv1d", x, w, bias, groups)
-    one = lambda v: v[0] if isinstance(v, (tuple, list)) else v  # noqa: E731
     pad2 = padding if isinstance(padding, str) else (0, _single(padding, "conv1d", "padding"))
-    y = conv2d(ops.expand_dims(x, 2), ops.expand_dims(w, 2), bias, (1, one(stride)), pad2, (1, one(dilation)), groups)
+    s1, d1 = _single(stride, "conv1d", "stride"), _single(dilation, "conv1d", "dilation")
+    y = conv2d(ops.expand_dims(x, 2), ops.expand_dims(w, 2), bias, (1, s1), pad2, (1, d1), groups)
     y = ops.squeeze(y, 2)
     return ops.squeeze(y, 0) if unbatched else y
 
@@ -281,8 +302,12 @@ def _adaptive(name: str, input: Any, output_size: Any, reduce: Any) -> Tensor:
     if x.ndim not in (3, 4):
         raise ValueError(f"{name}: expected a 3-d or 4-d input, got shape {x.shape}")
     size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+    if len(size) != 2:  # (a third entry was ignored in silence)
+        raise ops.fail(RuntimeError(f"{name}: output_size must be 2, got {output_size!r}"))
     oh, ow = (x.shape[-2] if size[0] is None else size[0]), (x.shape[-1] if size[1] is None else size[1])
     h, w = x.shape[-2:]
+    if oh == 0 or ow == 0:  # torch's empty output (the window arithmetic divided by zero)
+        return ops.broadcast_to(x[..., :min(oh, 1), :min(ow, 1)], (*x.shape[:-2], oh, ow))
     if h % oh == 0 and w % ow == 0:  # equal windows: one reshape and one reduction
         y = ops.reshape(x, x.shape[:-2] + (oh, h // oh, ow, w // ow))
         return reduce(y, (-3, -1))
@@ -448,7 +473,9 @@ def interpolate(input: Any, size: Any = None, scale_factor: Any = None, mode: st
         raise ValueError("interpolate: give exactly one of 'size' and 'scale_factor'")
     spatial = list(x.shape[2:])
     if size is not None:
-        outs = [int(size)] * k if isinstance(size, int) else [int(s) for s in size]
+        from .functional import _int_entries
+        outs = list(_int_entries((size,) * k if not isinstance(size, (tuple, list)) else size,
+                                 "interpolate: argument 'size'"))  # (int(3.5) truncated a float size)
         if len(outs) != k:
             raise ops.fail(ValueError(
                 f"interpolate: Input and output must have the same number of spatial dimensions, but got input with "
@@ -612,7 +639,7 @@ def fold(input: Any, output_size: Any, kernel_size: Any, dilation: Any = 1, padd
 def channel_shuffle(input: Any, groups: int) -> Tensor:
     """(N, C, *) with C = g m -> the channels read as an (m, g) grid rather than (g, m) (ShuffleNet):
     one reshape, one transpose, one reshape."""
-    x, g = _t(input), int(groups)
+    x, g = _t(input), _int_arg(groups, "channel_shuffle", "groups")  # (int(2.5) truncated a float)
     if x.ndim < 3:
         raise ops.fail(RuntimeError(f"channel_shuffle: expected input of at least 3 dims, got shape {x.shape}"))
     c = x.shape[1]

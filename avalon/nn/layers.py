@@ -414,13 +414,16 @@ class Embedding(Module):
     @classmethod
     def from_pretrained(cls, embeddings: Any, freeze: bool = True, padding_idx: int | None = None,
                         **kwargs: Any) -> Embedding:
-        """A table holding a copy of `embeddings` (`freeze` is accepted for torch compatibility: Avalon
-        differentiates whatever `av.grad` is asked to, and optimizers update what they are given)."""
+        """A table holding a copy of `embeddings`; `freeze=True` (the default, as torch) sets the weight's
+        `requires_grad` to False, so `av.grad` and the optimizers leave it alone (it was ignored, and a
+        fine-tuning loop trained the pretrained table)."""
         w = as_array(embeddings)
         if w.ndim != 2:  # (a 1-d table failed on w.shape[1] with a bare IndexError)
             raise ValueError(f"Embedding.from_pretrained: Embeddings parameter is expected to be 2-dimensional "
                              f"(num_embeddings, embedding_dim), got shape {w.shape}")
-        return cls(w.shape[0], w.shape[1], padding_idx, _weight=w, **kwargs)
+        layer = cls(w.shape[0], w.shape[1], padding_idx, _weight=w, **kwargs)
+        layer.weight.requires_grad_(not freeze)
+        return layer
 
     def forward(self, input: Any) -> Tensor:
         who = f"Embedding({self.num_embeddings}, {self.embedding_dim})"  # errors name the layer

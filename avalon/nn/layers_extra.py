@@ -178,13 +178,15 @@ class EmbeddingBag(Module):
                         norm_type: float = 2.0, scale_grad_by_freq: bool = False, mode: str = "mean",
                         sparse: bool = False, include_last_offset: bool = False,
                         padding_idx: int | None = None) -> EmbeddingBag:
-        """A bag table holding a copy of `embeddings` (`freeze` is accepted as in Embedding)."""
+        """A bag table holding a copy of `embeddings`; `freeze` as in Embedding.from_pretrained."""
         w = as_array(embeddings)
         if w.ndim != 2:  # (a 1-d table failed on w.shape[1] with a bare IndexError)
             raise ValueError(f"EmbeddingBag.from_pretrained: Embeddings parameter is expected to be 2-dimensional "
                              f"(num_embeddings, embedding_dim), got shape {w.shape}")
-        return cls(w.shape[0], w.shape[1], max_norm, norm_type, scale_grad_by_freq, mode, sparse, w,
-                   include_last_offset, padding_idx)
+        layer = cls(w.shape[0], w.shape[1], max_norm, norm_type, scale_grad_by_freq, mode, sparse, w,
+                    include_last_offset, padding_idx)
+        layer.weight.requires_grad_(not freeze)  # (freeze was ignored: the table trained)
+        return layer
 
     def forward(self, input: Any, offsets: Any = None, per_sample_weights: Any = None) -> Tensor:
         return F.embedding_bag(input, self.weight, offsets, self.max_norm, self.norm_type, self.scale_grad_by_freq,

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import ops
+from .. import amp, ops
 from ..ir import dtypes as dt
 from ..ir.reference import IndexOutOfRangeError
 from ..tensor import Tensor, values_fixed
@@ -81,6 +81,11 @@ def _class_weight(x: Tensor, weight: Any, name: str) -> Tensor | None:
     if w.shape != (c,):
         raise ops.fail(ops.ArgumentError(f"{name}: weight tensor should be defined either for all {c} classes or no "
                                          f"classes but got weight tensor of shape: {list(w.shape)}"))
+    if not w.dtype.is_float or (isinstance(weight, Tensor) and w.dtype != x.dtype
+                                and not amp.is_autocast_enabled(x.device.type)):
+        # torch's check, as conv's bias (an integer weight was cast in silence; a numpy array is taken as given)
+        raise ops.fail(TypeError(f"{name}: expected scalar type {x.dtype.name} but found {w.dtype.name} (the class "
+                                 f"weight's dtype); cast it with .to(...)"))
     return ops.cast(w, x.dtype)
 
 
@@ -303,7 +308,8 @@ def kl_div(input: Any, target: Any, size_average: bool | None = None, reduce: bo
     if log_target:
         loss = ops.mul(ops.exp(t), ops.sub(t, x))
     else:
-        xlogy = ops.mul(t, ops.log(ops.where(ops.gt(t, 0), t, 1.0)))
+        # torch's xlogy: 0 where t = 0, nan where t < 0 (a negative "probability" gave a finite loss)
+        xlogy = ops.mul(t, ops.log(ops.where(ops.eq(t, 0), 1.0, t)))
         loss = ops.sub(xlogy, ops.mul(t, x))
     if reduction == "batchmean":
         s = ops.sum(loss)
@@ -431,6 +437,10 @@ def multi_margin_loss(input: Any, target: Any, p: int = 1, margin: float = 1.0, 
     _logits(x, "multi_margin_loss", "scores")
     if weight is not None and _t(weight).ndim != 1:
         raise ValueError("weight must be one-dimensional")
+    if weight is not None and x.ndim >= 1 and _t(weight).shape[0] != (x.shape[-1] if x.ndim else 1):
+        # torch's check (a longer weight was indexed by class in silence)
+        raise ops.fail(ValueError(f"multi_margin_loss: inconsistent weight size, expected "
+                                  f"{x.shape[-1]} but got {list(_t(weight).shape)}"))
     if x.ndim <= 1:  # (C,) or a 0-d score: one sample
         x2 = ops.reshape(x, (1, max(x.numel(), 1)))
         loss = multi_margin_loss(x2, ops.reshape(_t(target), (1,)), p, margin, weight, reduction=reduction)

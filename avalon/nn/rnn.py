@@ -35,8 +35,11 @@ class RNNBase(Module):
         super().__init__()
         if proj_size:
             raise NotImplementedError("proj_size is not supported")
-        if not 0 <= dropout <= 1:
-            raise ValueError("dropout should be a number in range [0, 1]")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
+            raise ValueError(f"dropout should be a number in range [0, 1] representing the probability of an "
+                             f"element being zeroed, got {dropout!r}")  # (True was read as p = 1)
+        if input_size <= 0:  # torch's check (a 0-column weight ran on empty inputs)
+            raise ValueError(f"input_size must be greater than zero, got {input_size}")
         if hidden_size <= 0 or num_layers <= 0:
             raise ValueError("hidden_size and num_layers must be positive")
         d = _dtype(dtype)

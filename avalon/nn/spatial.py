@@ -13,8 +13,11 @@ from .layers import _dtype, _MaxPoolNd, _place, check_padding_mode, empty
 from .module import Module
 
 
-def _single(v: Any) -> int:
-    return int(v[0]) if isinstance(v, (tuple, list)) else int(v)
+def _single(v: Any, where: str = "Conv1d", name: str = "kernel_size") -> int:
+    """torch's `_single`, strict: one int (a 2-tuple or a float, which `int(v[0])` truncated in
+    silence, is an error, as in torch)."""
+    from .functional_spatial import _single as single
+    return single(v, where, name)
 
 
 class Conv1d(Module):
@@ -29,8 +32,11 @@ class Conv1d(Module):
         check_padding_mode("Conv1d", padding_mode, padding)
         d = _dtype(dtype)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size, self.stride, self.dilation = (_single(kernel_size),), (_single(stride),), (_single(dilation),)
-        self.padding = padding if isinstance(padding, str) else (_single(padding),)
+        self.kernel_size = (_single(kernel_size, "Conv1d", "kernel_size"),)
+        self.stride, self.dilation = (_single(stride, "Conv1d", "stride"),), (_single(dilation, "Conv1d", "dilation"),)
+        self.padding = padding if isinstance(padding, str) else (_single(padding, "Conv1d", "padding"),)
+        if self.padding == "same" and self.stride != (1,):
+            raise ValueError("Conv1d: padding='same' is not supported for strided convolutions")
         self.padding_mode = padding_mode
         self.weight = empty((out_channels, in_channels // groups, self.kernel_size[0]), d)
         self.bias = empty((out_channels,), d) if bias else None
@@ -110,6 +116,8 @@ class Conv3d(Module):
         self.kernel_size = _triple(kernel_size, "kernel_size")
         self.stride, self.dilation = _triple(stride, "stride"), _triple(dilation, "dilation")
         self.padding = padding if isinstance(padding, str) else _triple(padding, "padding")
+        if self.padding == "same" and self.stride != (1, 1, 1):
+            raise ValueError("Conv3d: padding='same' is not supported for strided convolutions")
         self.padding_mode = padding_mode
         self.weight = empty((out_channels, in_channels // groups, *self.kernel_size), d)
         self.bias = empty((out_channels,), d) if bias else None
@@ -140,8 +148,9 @@ class AvgPool1d(Module):
     def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0, ceil_mode: bool = False,
                  count_include_pad: bool = True) -> None:
         super().__init__()
-        self.kernel_size, self.padding = (_single(kernel_size),), (_single(padding),)
-        self.stride = (_single(stride),) if stride is not None else self.kernel_size
+        self.kernel_size = (_single(kernel_size, "AvgPool1d", "kernel_size"),)
+        self.padding = (_single(padding, "AvgPool1d", "padding"),)
+        self.stride = (_single(stride, "AvgPool1d", "stride"),) if stride is not None else self.kernel_size
         self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
 
     def forward(self, input: Any) -> Tensor:
