@@ -65,7 +65,7 @@ def rsub(a: Any, b: Any, alpha: Any = 1) -> Tensor:
 
 for _n, _f in (("mul", ops.mul), ("maximum", ops.maximum), ("minimum", ops.minimum), ("eq", ops.eq),
                ("ne", ops.ne), ("lt", ops.lt), ("le", ops.le), ("gt", ops.gt), ("ge", ops.ge),
-               ("logical_and", ops.logical_and), ("logical_or", ops.logical_or)):
+               ("logical_and", ops.logical_and), ("logical_or", ops.logical_or), ("logical_xor", ops.logical_xor)):
     rule(f"aten.{_n}.Tensor", f"aten.{_n}.Scalar", f"aten.{_n}.default")(_f)
 
 
@@ -204,6 +204,51 @@ def linalg_slogdet(a: Tensor) -> tuple:
 def linalg_inv_ex(a: Tensor, check_errors: bool = False) -> tuple:
     """(inverse, info): LAPACK's info is 0 for every matrix Avalon inverts."""
     return ops.inverse(a), ops.zeros(a.shape[:-2], dtype=dt.int32)
+
+
+@rule("aten.linalg_cholesky_ex.default")
+def linalg_cholesky_ex(a: Tensor, *, upper: bool = False, check_errors: bool = False) -> tuple:
+    """torch.linalg.cholesky's op: (factor, info)."""
+    return tuple(ops.linalg.cholesky_ex(a, upper=bool(upper), check_errors=bool(check_errors)))
+
+
+@rule("aten.cholesky.default")
+def cholesky(a: Tensor, upper: bool = False) -> Tensor:
+    return ops.linalg.cholesky(a, upper=bool(upper))
+
+
+@rule("aten.cholesky_solve.default")
+def cholesky_solve(b: Tensor, factor: Tensor, upper: bool = False) -> Tensor:
+    return ops.linalg.cholesky_solve(b, factor, bool(upper))
+
+
+@rule("aten.cholesky_inverse.default")
+def cholesky_inverse(factor: Tensor, upper: bool = False) -> Tensor:
+    return ops.linalg.cholesky_inverse(factor, bool(upper))
+
+
+@rule("aten._linalg_solve_ex.default")
+def linalg_solve_ex(a: Tensor, b: Tensor, *, left: bool = True, check_errors: bool = False) -> tuple:
+    """torch.linalg.solve's op: (result, LU, pivots, info); LU and pivots (LAPACK's, which torch's
+    backward reuses) are not Avalon's: None, as the unused outputs of the other linalg rules."""
+    return ops.linalg.solve(a, b, left=bool(left)), None, None, ops.zeros(a.shape[:-2], dtype=dt.int32)
+
+
+@rule("aten.linalg_householder_product.default")
+def linalg_householder_product(a: Tensor, tau: Tensor) -> Tensor:
+    return ops.linalg.householder_product(a, tau)
+
+
+@rule("aten.igamma.default")
+def igamma(a: Tensor, x: Tensor) -> Tensor:
+    from .. import special
+    return special.gammainc(a, x)
+
+
+@rule("aten.igammac.default")
+def igammac(a: Tensor, x: Tensor) -> Tensor:
+    from .. import special
+    return special.gammaincc(a, x)
 
 
 @rule("aten.linalg_svd.default")
@@ -408,6 +453,31 @@ def pdist(x: Tensor, p: float = 2.0) -> Tensor:
     return F.pdist(x, p)
 
 
+@rule("aten.multilabel_margin_loss.default")
+def multilabel_margin_loss(x: Tensor, target: Tensor, reduction: int = 1) -> Tensor:
+    """Kept whole by torch_import (torch's decomposition is wrong); reduction as ATen's int."""
+    return F.multilabel_margin_loss(x, target, reduction=("none", "mean", "sum")[int(reduction)])
+
+
+@rule("aten.polygamma.default")
+def polygamma(n: int, x: Tensor) -> Tensor:
+    return ops.polygamma(int(n), x)
+
+
+@rule("aten._trilinear.default")
+def trilinear(i1: Tensor, i2: Tensor, i3: Tensor, expand1: Any, expand2: Any, expand3: Any, sumdim: Any,
+              unroll_dim: int = 1) -> Tensor:
+    """F.bilinear's (nn.Bilinear's) op: each input unsqueezed at its `expand` dims, the three multiplied
+    and summed over `sumdim`; as one einsum (`unroll_dim` only picks torch's loop order)."""
+    total = i1.ndim + len(expand1)
+    letters = "abcdefghijklmnopqrstuvwxyz"[:total]
+
+    def sub(expand: Any) -> str:
+        return "".join(c for i, c in enumerate(letters) if i not in set(expand))
+    out = "".join(c for i, c in enumerate(letters) if i not in set(sumdim))
+    return ops.einsum(f"{sub(expand1)},{sub(expand2)},{sub(expand3)}->{out}", i1, i2, i3)
+
+
 def _special(name: str) -> AtenRule:
     def fn(x: Tensor) -> Tensor:
         from .. import special
@@ -418,6 +488,25 @@ def _special(name: str) -> AtenRule:
 
 for _n in ("erfcx", "i1", "i1e", "i0e", "ndtri"):
     ATEN[f"aten.special_{_n}.default"] = _special(_n)
+
+
+def _special2(name: str) -> AtenRule:
+    def fn(*args: Any) -> Tensor:
+        from .. import special
+        return getattr(special, name)(*args)
+    fn.__name__ = name
+    return fn
+
+
+# torch.special's Bessel functions, orthogonal polynomials (a tensor or scalar x and n) and zeta: were "no rule"
+for _n in ("airy_ai", "bessel_j0", "bessel_j1", "bessel_y0", "bessel_y1", "modified_bessel_i0", "modified_bessel_i1",
+           "modified_bessel_k0", "modified_bessel_k1", "scaled_modified_bessel_k0", "scaled_modified_bessel_k1",
+           "spherical_bessel_j0", "zeta", "chebyshev_polynomial_t", "chebyshev_polynomial_u", "chebyshev_polynomial_v",
+           "chebyshev_polynomial_w", "shifted_chebyshev_polynomial_t", "shifted_chebyshev_polynomial_u",
+           "shifted_chebyshev_polynomial_v", "shifted_chebyshev_polynomial_w", "hermite_polynomial_h",
+           "hermite_polynomial_he", "laguerre_polynomial_l", "legendre_polynomial_p"):
+    for _o in ("default", "x_scalar", "n_scalar", "self_scalar", "other_scalar"):
+        ATEN[f"aten.special_{_n}.{_o}"] = _special2(_n)
 
 
 @rule("aten.amax.default")
@@ -704,6 +793,40 @@ def as_strided(x: Tensor, size: Any, stride: Any, storage_offset: Any = None) ->
     return ops.reshape(ops.take(ops.reshape(x, [-1]), Tensor(pos.reshape(-1)), 0), size)
 
 
+@rule("aten.embedding_renorm.default")
+def embedding_renorm(weight: Tensor, indices: Tensor, max_norm: float, norm_type: float) -> Tensor:
+    """nn.Embedding(max_norm=...)'s in-place renorm, functionalized: a renormed copy of the weight (the
+    importer writes it back to the parameter and lets later reads differentiate to it, as torch's)."""
+    out = ops.mul(weight, 1.0)  # a fresh tensor: F's renorm writes in place
+    F._embedding_renorm(out, indices, float(max_norm), float(norm_type))
+    return out
+
+
+@rule("aten.as_strided_scatter.default")
+def as_strided_scatter(x: Tensor, src: Tensor, size: Any, stride: Any, storage_offset: Any = None) -> Tensor:
+    """`x` with its as_strided(size, stride, offset) positions holding `src` (Tensor.fill_diagonal_, a
+    diagonal's in-place write); torch's storage order is the logical one (the importer checks)."""
+    return ops.as_strided_scatter(x, src, [int(v) for v in size], [int(v) for v in stride],
+                                  int(storage_offset or 0))
+
+
+@rule("aten.masked_scatter.default")
+def masked_scatter(x: Tensor, mask: Tensor, source: Tensor) -> Tensor:
+    return ops.masked_scatter(x, mask, source)
+
+
+@rule("aten.view.dtype")
+def view_dtype(x: Tensor, dtype: Any) -> Tensor:
+    """`x.view(dtype)`: the same dtype is `x`; a bit reinterpretation is Avalon's clear refusal."""
+    return x.view(dtype)
+
+
+@rule("aten.conv_tbc.default")
+def conv_tbc(x: Tensor, w: Tensor, b: Tensor, pad: int = 0) -> Tensor:
+    """A (time, batch, channels) 1-d convolution, weight (kernel, in, out)."""
+    return F.conv_tbc(x, w, b, int(pad))
+
+
 @rule("aten.constant_pad_nd.default")
 def constant_pad(x: Tensor, pad: Any, value: float = 0.0) -> Tensor:
     pad = list(pad)
@@ -737,6 +860,32 @@ def _mask_indices(m: Tensor) -> list[Tensor]:
                             "input, a buffer or a computed tensor): the result's shape depends on them; use "
                             "torch.where / masked_fill, or a constant mask")
     return [Tensor(n.astype(np.int64)) for n in np.nonzero(m.numpy())]
+
+
+# data-dependent shapes: eager only (ops.dynamic says so, clearly, under av.compile / av.grad)
+@rule("aten.nonzero.default")
+def nonzero(x: Tensor) -> Tensor:
+    return ops.nonzero(x)
+
+
+@rule("aten.masked_select.default")
+def masked_select(x: Tensor, mask: Tensor) -> Tensor:
+    return ops.masked_select(x, mask)
+
+
+@rule("aten._unique2.default")
+def unique2(x: Tensor, sorted: bool = True, return_inverse: bool = False, return_counts: bool = False) -> tuple:  # noqa: A002
+    """torch.unique's op: (values, inverse, counts), the ones not asked for empty, as torch's."""
+    vals, inv, cnt = ops.unique(x, bool(sorted), True, True)
+    empty = ops.zeros((0,), dtype=dt.int64)
+    return vals, inv if return_inverse else empty, cnt if return_counts else empty
+
+
+@rule("aten.unique_dim.default")
+def unique_dim(x: Tensor, dim: int, sorted: bool = True, return_inverse: bool = False,  # noqa: A002
+               return_counts: bool = False) -> tuple:
+    """torch.unique(dim=...)'s op: all three, asked for or not, as torch's."""
+    return tuple(ops.unique(x, bool(sorted), True, True, int(dim)))
 
 
 @rule("aten.index.Tensor")
@@ -795,6 +944,16 @@ def embedding_bag(weight: Tensor, indices: Tensor, offsets: Tensor, scale_grad_b
 
 def _dtype(d: Any, default: Any) -> Any:
     return d if d is not None else default
+
+
+@rule("aten.tril_indices.default")
+def tril_indices(row: int, col: int, offset: int = 0, *, dtype: Any = None, **_: Any) -> Tensor:
+    return ops.tril_indices(int(row), int(col), int(offset), dtype=_dtype(dtype, dt.int64))
+
+
+@rule("aten.triu_indices.default")
+def triu_indices(row: int, col: int, offset: int = 0, *, dtype: Any = None, **_: Any) -> Tensor:
+    return ops.triu_indices(int(row), int(col), int(offset), dtype=_dtype(dtype, dt.int64))
 
 
 @rule("aten.full.default")
@@ -905,11 +1064,14 @@ def max_pool_indices(x: Tensor, kernel: Any, stride: Any = (), padding: Any = 0,
     k = pairs(kernel, n)
     s = pairs(stride, n) if stride else k
     p = pairs(padding, n)
-    values = pool("max", x, k, s, p, p, ceil_mode, dilation=pairs(dilation, n))
+    d = pairs(dilation, n)
+    f = F.max_pool1d if n == 1 else F.max_pool2d
+    if any(v != 1 for v in d):  # the pooling primitive has no dilation: F's strided windows do it
+        return f(x, k, s, p, d, ceil_mode, return_indices=True)
+    values = pool("max", x, k, s, p, p, ceil_mode, dilation=d)
     # the indices (MaxUnpool's, SegNet's; unused ones are dead code a compiled graph drops) were None
     # here, which failed later as "cannot make a tensor of None" in whatever read them
-    f = F.max_pool1d if n == 1 else F.max_pool2d
-    return values, f(x, k, s, p, pairs(dilation, n), ceil_mode, return_indices=True)[1]
+    return values, f(x, k, s, p, d, ceil_mode, return_indices=True)[1]
 
 
 @rule("aten.max_pool2d.default")
@@ -918,18 +1080,21 @@ def max_pool(x: Tensor, kernel: Any, stride: Any = (), padding: Any = 0, dilatio
     n = x.ndim - 2
     k = pairs(kernel, n)
     p = pairs(padding, n)
-    return pool("max", x, k, pairs(stride, n) if stride else k, p, p, ceil_mode, dilation=pairs(dilation, n))
+    s, d = (pairs(stride, n) if stride else k), pairs(dilation, n)
+    if any(v != 1 for v in d):  # (was an UnsupportedOp: the pooling primitive has no dilation)
+        return (F.max_pool1d if n == 1 else F.max_pool2d)(x, k, s, p, d, ceil_mode)
+    return pool("max", x, k, s, p, p, ceil_mode, dilation=d)
 
 
 @rule("aten.avg_pool2d.default", "aten.avg_pool1d.default")
 def avg_pool(x: Tensor, kernel: Any, stride: Any = (), padding: Any = 0, ceil_mode: bool = False,
              count_include_pad: bool = True, divisor_override: Any = None) -> Tensor:
-    if divisor_override is not None:
-        raise UnsupportedOp("avg_pool2d: divisor_override is not supported")
     n = x.ndim - 2
     k = pairs(kernel, n)
     s = pairs(stride, n) if stride else k
     p = pairs(padding, n)
+    if divisor_override is not None:  # (was an UnsupportedOp; only avg_pool2d has it)
+        return F.avg_pool2d(x, k, s, p, ceil_mode, count_include_pad, int(divisor_override))
     return pool("avg", x, k, s, p, p, ceil_mode, count_include_pad)
 
 
@@ -947,6 +1112,21 @@ def max_pool3d_indices(x: Tensor, kernel: Any, stride: Any = (), padding: Any = 
                        ceil_mode: bool = False) -> tuple:
     from ..nn.functional_3d import max_pool3d_with_indices
     return max_pool3d_with_indices(x, list(kernel), list(stride) or None, padding, dilation, ceil_mode)
+
+
+@rule("aten.fractional_max_pool2d.default", "aten.fractional_max_pool3d.default")
+def fractional_max_pool(x: Tensor, kernel: Any, output_size: Any, random_samples: Tensor) -> tuple:
+    """(values, indices), the regions torch's from the same samples (a module's `_random_samples`, or
+    the graph's own draw)."""
+    from ..nn import torch_surface as ts
+    f = ts.fractional_max_pool2d_with_indices if len(kernel) == 2 else ts.fractional_max_pool3d_with_indices
+    return f(x, list(kernel), list(output_size), _random_samples=random_samples)
+
+
+@rule("aten.adaptive_max_pool3d.default")
+def adaptive_max_pool3d(x: Tensor, size: Any) -> tuple:
+    from ..nn.functional_3d import adaptive_max_pool3d_with_indices
+    return adaptive_max_pool3d_with_indices(x, list(size))
 
 
 @rule("aten._adaptive_avg_pool3d.default", "aten.adaptive_avg_pool3d.default")

@@ -7,8 +7,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from .. import fft
-from ..complex import _RULES, ComplexTensor, _lift, complex_dtype, polar, view_as_complex, view_as_real
+from .. import fft, ops
+from ..complex import _RULES, ComplexTensor, _lift, angle, complex_dtype, polar, view_as_complex, view_as_real
 from ..complex import complex as make_complex
 from .aten import ATEN, rule
 
@@ -83,6 +83,8 @@ for _name, _method in {
     "aten.transpose.int": lambda a, d0, d1: a.transpose(d0, d1),
     "aten.unsqueeze.default": lambda a, d: a.unsqueeze(d),
     "aten.squeeze.dim": lambda a, d: a.squeeze(d),
+    "aten.squeeze.dims": lambda a, dims: ComplexTensor(*(ops.squeeze(p, [d for d in dims if a.shape[d] == 1])
+                                                         for p in (a.real, a.imag))),
     "aten.expand.default": lambda a, shape: a.expand(*shape),
     "aten.select.int": lambda a, d, i: a.select(d, i),
     "aten.slice.Tensor": lambda a, d=0, start=None, end=None, step=1: a.narrow(
@@ -119,9 +121,10 @@ def _to_copy(x: Any, **kw: Any) -> Any:
 ATEN["aten._to_copy.default"] = _to_copy
 ATEN["aten.polar.default"] = polar
 ATEN["aten.complex.default"] = make_complex
+ATEN["aten.angle.default"] = angle  # of a real tensor too: 0, or pi where negative
 for _name in ("aten._fft_c2c.default", "aten._fft_r2c.default", "aten._fft_c2r.default", "aten.view_as_real.default",
               "aten.view_as_complex.default", "aten._to_copy.default", "aten.polar.default",
-              "aten.complex.default"):
+              "aten.complex.default", "aten.angle.default"):
     ATEN[_name]._complex_rule = True  # type: ignore[attr-defined]
 
 

@@ -62,6 +62,8 @@ def _export(module: Any, args: tuple, kwargs: dict | None, dynamic_shapes: Any =
     table = torch.export.default_decompositions()
     # kept whole: Avalon has the op (and fuses it); torch's decomposition of it also breaks GPT-2's views
     table.pop(torch.ops.aten.scaled_dot_product_attention.default, None)
+    # torch's decomposition of it adds the hinge terms of the padding after a row's -1 too (batches wrong)
+    table.pop(torch.ops.aten.multilabel_margin_loss.default, None)
     try:
         return ep.run_decompositions(table), no_grad
     except Exception as e:
@@ -307,7 +309,7 @@ def _same_constant(v: Any, example: Any) -> bool:
         return False
 
 
-_READS_STORAGE = ("aten.as_strided.default", "aten.as_strided_copy.default")
+_READS_STORAGE = ("aten.as_strided.default", "aten.as_strided_copy.default", "aten.as_strided_scatter.default")
 
 
 def _check_layout(node: Any, target: str) -> None:
@@ -339,6 +341,12 @@ class _Program:
         # nodes whose results carry no gradient: torch's `.detach()` (an `alias` once decomposed) and the
         # ops of `torch.no_grad()` regions; an import that let gradients through them trained wrongly
         self.detached = {n for n in self.nodes if n.op == "call_function" and _stops_gradient(n, no_grad)}
+        # a parameter written in place (nn.Embedding's max_norm renorm, under no_grad): the node of its new
+        # value -> the parameter's placeholder; later reads of the value differentiate to the parameter
+        params = {s.target: n for n, s in zip(self.placeholders, self.in_specs) if s.kind == InputKind.PARAMETER}
+        outputs = next(n for n in reversed(self.nodes) if n.op == "output").args[0]
+        self.mutated = {v: params[s.target] for v, s in zip(outputs, self.out_specs)
+                        if s.kind == OutputKind.PARAMETER_MUTATION and s.target in params}
         self._locs: dict[Any, Any] = {}  # node -> the Location of its source line (None: no stack trace)
         self._dims: list[tuple[str, int, Any, int]] = []  # one call's symbolic input dims (`_check_dims`)
 
@@ -461,8 +469,10 @@ class _Program:
         result = self._run_nodes(self.gm, self.nodes, env)
         outs = []
         for value, s in zip(result or (), self.out_specs):
-            if s.kind == self.OutputKind.BUFFER_MUTATION:
+            if s.kind in (self.OutputKind.BUFFER_MUTATION, self.OutputKind.PARAMETER_MUTATION):
                 target = get_dotted(model, s.target)
+                if s.kind == self.OutputKind.PARAMETER_MUTATION:
+                    value = ops.stop_gradient(value)
                 assign(target, value if value.dtype == target.dtype else value.astype(target.dtype))
             elif s.kind != self.OutputKind.TOKEN:
                 outs.append(value)
@@ -488,6 +498,9 @@ class _Program:
                 if node in self.detached:
                     env[node] = torch.utils._pytree.tree_map(
                         lambda v: ops.stop_gradient(v) if isinstance(v, Tensor) and v.dtype.is_float else v, env[node])
+                if node in self.mutated and isinstance(env[node], Tensor):  # the new value, the parameter's gradient
+                    p = env[self.mutated[node]]
+                    env[node] = ops.add(ops.stop_gradient(env[node]), ops.sub(p, ops.stop_gradient(p)))
             elif node.op == "get_attr":
                 attr = getattr(gm, node.target)
                 env[node] = (self._subgraph(attr) if isinstance(attr, torch.fx.GraphModule)
@@ -584,7 +597,8 @@ def from_torch(module: Any, *example_args: Any, kwargs: dict | None = None,
                      else Tensor(as_array(v).copy(), dtype=dt.bfloat16))
                  for k, v in ep.constants.items()}
     for s in ep.graph_signature.output_specs:
-        if s.kind not in (OutputKind.USER_OUTPUT, OutputKind.BUFFER_MUTATION, OutputKind.TOKEN):
+        if s.kind not in (OutputKind.USER_OUTPUT, OutputKind.BUFFER_MUTATION, OutputKind.PARAMETER_MUTATION,
+                          OutputKind.TOKEN):
             raise UnsupportedOp(f"av.from_torch: output kind {s.kind.name} ({s.target}) is not supported")
     program = _Program(ep, _Arguments(module, tuple(example_args), kwargs), constants, no_grad)
     mode = "train" if training else "eval"

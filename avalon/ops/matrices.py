@@ -286,7 +286,9 @@ def solve(A: Any, B: Any, *, left: bool = True) -> Tensor:
     b = cast(_tensor(B), a.dtype)
     if not left:
         return transpose_last(solve(transpose_last(a), transpose_last(b)))
-    vec = b.ndim == a.ndim - 1 or b.ndim == 1
+    # torch's rule: a vector right-hand side is 1-d, or exactly A's shape without its last dim (a (4, 2) B
+    # for a (2, 4, 4) A is a matrix, broadcast over the batch; it was read as a batch of vectors)
+    vec = b.ndim == 1 or (b.ndim == a.ndim - 1 and b.shape == a.shape[:-1])
     bm = expand_dims(b, -1) if vec else b
     batch = _broadcast_shapes("solve", a.shape[:-2], bm.shape[:-2])
     x = _gauss_jordan("solve", broadcast_to(a, batch + a.shape[-2:]), broadcast_to(bm, batch + bm.shape[-2:]))
