@@ -5,7 +5,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -221,3 +223,12 @@ def launch_ranks(argv: list[str], timeout: float = 120, world: int = 2, **env: s
                 p.kill()
                 p.wait(timeout=10)
     return done
+
+
+def torch_raises(fn: Callable[[], Any]) -> type[BaseException]:
+    """The type of the exception `fn` (a torch call) raises: the oracle for 'Avalon raises as torch'."""
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - any exception type is the answer
+        return type(e)
+    raise AssertionError("torch raises no error here")

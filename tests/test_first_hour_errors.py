@@ -18,13 +18,11 @@ head) stepped the old layer's tensors by name, so the new layer never trained. t
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
+from helpers import torch_raises
 
 import avalon as av
 import avalon.nn.functional as F
@@ -33,14 +31,6 @@ from avalon import nn, optim
 from avalon.ir import TensorType
 
 HERE = "test_first_hour_errors.py"
-
-
-def torch_raises(fn: Callable[[], Any]) -> type[BaseException]:
-    try:
-        fn()
-    except Exception as e:  # noqa: BLE001 - any exception type is the answer
-        return type(e)
-    raise AssertionError("torch raises no error here")
 
 
 def rand(*shape: int, seed: int = 0) -> np.ndarray:

@@ -12,20 +12,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
+from helpers import torch_raises
 
 import avalon as av
 import avalon.nn.functional as F
 from avalon import nn
 
 HERE = "test_silent_failures_2.py"
-
-
-def torch_raises(fn: Callable[[], Any]) -> type[BaseException]:
-    try:
-        fn()
-    except Exception as e:  # noqa: BLE001 - any exception type is the answer
-        return type(e)
-    raise AssertionError("torch raises no error here")
 
 
 def refused(fn: Callable[[], Any], torch_fn: Callable[[], Any], match: str, kind: type[BaseException] = Exception,

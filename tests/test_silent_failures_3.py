@@ -5,28 +5,19 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
 import torch.utils.data as TD
+from helpers import torch_raises
 
 import avalon as av
 import avalon.nn.functional as F
 import avalon.utils.data as AD
 from avalon import nn, optim
 from avalon.nn import init
-
-
-def torch_raises(fn: Callable[[], Any]) -> type[BaseException]:
-    try:
-        fn()
-    except Exception as e:  # noqa: BLE001 - any exception type is the answer
-        return type(e)
-    raise AssertionError("torch raises no error here")
-
 
 # -- optimizers -------------------------------------------------------------------------------------
 

@@ -11,18 +11,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
+from helpers import torch_raises
 
 import avalon as av
 import avalon.nn.functional as F
 from avalon import nn
-
-
-def torch_raises(fn: Callable[[], Any]) -> type[BaseException]:
-    try:
-        fn()
-    except Exception as e:  # noqa: BLE001 - any exception type is the answer
-        return type(e)
-    raise AssertionError("torch raises no error here")
 
 
 def both(fn: Callable[[Any, Any], Any], exc: type[BaseException] | tuple, match: str) -> None:
