@@ -655,12 +655,16 @@ def channel_shuffle(input: Any, groups: int) -> Tensor:
 def affine_grid(theta: Any, size: Sequence[int], align_corners: bool | None = None) -> Tensor:
     """torch.nn.functional.affine_grid for 2-d spatial transforms: theta (N, 2, 3) and size
     (N, C, H, W) give the (N, H, W, 2) grid of normalized (x, y) sampling positions theta @ (x, y, 1)
-    of every output pixel, as torch builds it (a base grid of linspaces times theta^T, one matmul)."""
+    of every output pixel, as torch builds it (a base grid of linspaces times theta^T, one matmul);
+    for 3-d ones, theta (N, 3, 4) and size (N, C, D, H, W) give the (N, D, H, W, 3) grid of (x, y, z)."""
     align = bool(align_corners) if align_corners is not None else False
     th = _t(theta)
     size = [int(s) for s in size]
+    if len(size) == 5:
+        return _affine_grid_3d(th, size, align)
     if len(size) != 4:
-        raise NotImplementedError(f"affine_grid: only 4-d sizes (N, C, H, W) are supported, got size={tuple(size)}")
+        raise NotImplementedError(f"affine_grid only supports 4D and 5D sizes, for 2D and 3D affine transforms, "
+                                  f"respectively. Got size {tuple(size)}.")
     n, _, h, w = size
     if not th.dtype.is_float:
         raise ValueError(f"affine_grid: expected a floating-point theta, got {th.dtype}")
@@ -681,6 +685,33 @@ def affine_grid(theta: Any, size: Sequence[int], align_corners: bool | None = No
     base = ops.reshape(ops.concat([xs, ys, ops.ones((h, w, 1), dtype=th.dtype)], 2), (1, h * w, 3))
     grid = ops.matmul(base, ops.transpose(th, 1, 2))  # (N, H*W, 2)
     return ops.reshape(grid, (n, h, w, 2))
+
+
+def _grid_steps(k: int, dtype: dt.DType, align: bool) -> Tensor:
+    """torch's _linspace_from_neg_one: k normalized positions of pixel centers in [-1, 1]."""
+    if k <= 1:
+        return ops.zeros((k,), dtype=dtype)
+    r = ops.linspace(-1.0, 1.0, k, dtype=dtype)
+    return r if align else ops.mul(r, (k - 1) / k)
+
+
+def _affine_grid_3d(th: Tensor, size: list[int], align: bool) -> Tensor:
+    """affine_grid's volumetric form: the (D, H, W, 4) base grid of (x, y, z, 1) times theta^T."""
+    n, _, d, h, w = size
+    if not th.dtype.is_float:
+        raise ValueError(f"affine_grid: expected a floating-point theta, got {th.dtype}")
+    if th.shape != (n, 3, 4):
+        raise ValueError(f"Expected a batch of 3D affine matrices of shape Nx3x4 for size {tuple(size)}. Got "
+                         f"{th.shape}.")
+    if min(d, h, w) <= 0:
+        raise ValueError(f"affine_grid: expected a non-empty spatial size, got size={tuple(size)}")
+    shape = (d, h, w, 1)
+    xs = ops.broadcast_to(ops.reshape(_grid_steps(w, th.dtype, align), (1, 1, w, 1)), shape)
+    ys = ops.broadcast_to(ops.reshape(_grid_steps(h, th.dtype, align), (1, h, 1, 1)), shape)
+    zs = ops.broadcast_to(ops.reshape(_grid_steps(d, th.dtype, align), (d, 1, 1, 1)), shape)
+    base = ops.reshape(ops.concat([xs, ys, zs, ops.ones(shape, dtype=th.dtype)], 3), (1, d * h * w, 4))
+    grid = ops.matmul(base, ops.transpose(th, 1, 2))  # (N, D*H*W, 3)
+    return ops.reshape(grid, (n, d, h, w, 3))
 
 
 _GRID_MODES = ("bilinear", "nearest", "bicubic")
@@ -804,9 +835,12 @@ def grid_sample(input: Any, grid: Any, mode: str = "bilinear", padding_mode: str
         raise ValueError(f"grid_sample: padding_mode={padding_mode!r} is not one of {', '.join(_GRID_PADDING)}")
     align = bool(align_corners) if align_corners is not None else False
     x, g = _t(input), _t(grid)
+    if x.ndim == 5:
+        return _grid_sample_3d(x, g, mode, padding_mode, align)
     if x.ndim != 4 or g.ndim != 4:
-        raise NotImplementedError(f"grid_sample: only 4-d input (N, C, H, W) with a 4-d grid (N, Ho, Wo, 2) is "
-                                  f"supported, got input {x.shape} and grid {g.shape}")
+        raise NotImplementedError(f"grid_sample: only 4-d input (N, C, H, W) with a 4-d grid (N, Ho, Wo, 2), or 5-d "
+                                  f"input (N, C, D, H, W) with a 5-d grid (N, Do, Ho, Wo, 3), is supported, got input "
+                                  f"{x.shape} and grid {g.shape}")
     if g.shape[0] != x.shape[0] or g.shape[3] != 2:
         raise ValueError(f"grid_sample: expected grid of shape (N, Ho, Wo, 2) with N = {x.shape[0]} (the input's "
                          f"batch), got grid {g.shape} for input {x.shape}")
@@ -848,3 +882,68 @@ def grid_sample(input: Any, grid: Any, mode: str = "bilinear", padding_mode: str
     wts = ops.expand_dims(ops.stack(weights, 0), -1)                     # (K, N, Ho, Wo, 1)
     out = ops.sum(ops.mul(vals, wts), 0)                                 # (N, Ho, Wo, C)
     return ops.movedim(out, 3, 1)
+
+
+def _grid_sample_3d(x: Tensor, g: Tensor, mode: str, padding_mode: str, align: bool) -> Tensor:
+    """grid_sample's volumetric form, as torch's grid_sampler_3d: input (N, C, D, H, W) read at grid
+    (N, Do, Ho, Wo, 3) of normalized (x, y, z) -> (N, C, Do, Ho, Wo), trilinear ('bilinear': the 8
+    corners of the cell, weighted by products of the fractional offsets) or nearest (round half to
+    even); bicubic is 4-d only, as in torch. The same composite as the 4-d form: one `take` from the
+    volume laid out as (N*D*H*W, C), taps outside it masked to zero; the gradients w.r.t. input and
+    grid are autodiff's of it (nearest mode's grid gradient is zero, as torch's)."""
+    if mode == "bicubic":
+        raise ops.fail(RuntimeError("grid_sampler(): bicubic interpolation only supports 4D input"))
+    if g.ndim != 5:
+        raise ops.fail(RuntimeError(f"grid_sampler(): expected 5D input and grid with same number of dimensions, but "
+                                    f"got input with sizes {list(x.shape)} and grid with sizes {list(g.shape)}"))
+    if g.shape[4] != 3:
+        raise ops.fail(RuntimeError(f"grid_sampler(): expected grid to have size 3 in last dimension, but got grid "
+                                    f"with sizes {list(g.shape)}"))
+    if g.shape[0] != x.shape[0]:
+        raise ops.fail(RuntimeError(f"grid_sampler(): expected grid and input to have same batch size, but got input "
+                                    f"with sizes {list(x.shape)} and grid with sizes {list(g.shape)}"))
+    if not x.dtype.is_float or x.dtype is not g.dtype:
+        raise ValueError(f"grid_sample: expected input and grid of one floating dtype, got {x.dtype} and {g.dtype}")
+    n, c, d, h, w = x.shape
+    do, ho, wo = g.shape[1:4]
+    if min(d, h, w) <= 0:
+        raise ValueError(f"grid_sample: expected a non-empty spatial input, got {x.shape}")
+    out_shape = (n, do, ho, wo)
+
+    def component(i: int) -> Tensor:
+        return ops.reshape(ops.slice_(g, [0, 0, 0, 0, i], [n, do, ho, wo, i + 1]), out_shape)
+
+    ix = _source_index(component(0), w, padding_mode, align)
+    iy = _source_index(component(1), h, padding_mode, align)
+    iz = _source_index(component(2), d, padding_mode, align)
+    if mode == "nearest":
+        corners: list[tuple[Tensor, Tensor, Tensor, Tensor | None]] = [
+            (_nearbyint(ix), _nearbyint(iy), _nearbyint(iz), None)]
+    else:
+        lows, fracs = [], []
+        for coord in (ix, iy, iz):
+            f = ops.floor(coord)
+            lows.append(ops.cast(f, dt.int64))
+            t = ops.sub(coord, f)  # the fractional offset; its gradient is 1
+            fracs.append((ops.sub(1.0, t), t))
+        corners = []
+        for k in range(8):
+            bx, by, bz = k & 1, (k >> 1) & 1, (k >> 2) & 1
+            wgt = ops.mul(ops.mul(fracs[0][bx], fracs[1][by]), fracs[2][bz])
+            corners.append((ops.add(lows[0], bx), ops.add(lows[1], by), ops.add(lows[2], bz), wgt))
+    batch = ops.mul(ops.iota(out_shape, 0, dt.int64), d * h * w)
+    flat, weights = [], []
+    for cx, cy, cz, wgt in corners:
+        inside = ops.logical_and(ops.logical_and(ops.ge(cx, 0), ops.lt(cx, w)),
+                                 ops.logical_and(ops.ge(cy, 0), ops.lt(cy, h)))
+        inside = ops.logical_and(inside, ops.logical_and(ops.ge(cz, 0), ops.lt(cz, d)))
+        at = ops.add(ops.add(batch, ops.mul(ops.clamp(cz, 0, d - 1), h * w)),
+                     ops.add(ops.mul(ops.clamp(cy, 0, h - 1), w), ops.clamp(cx, 0, w - 1)))
+        flat.append(at)
+        m = ops.cast(inside, x.dtype)
+        weights.append(m if wgt is None else ops.mul(wgt, m))
+    voxels = ops.reshape(ops.movedim(x, 1, 4), (n * d * h * w, c))        # (N*D*H*W, C)
+    vals = ops.take(voxels, ops.stack(flat, 0), 0)                        # (K, N, Do, Ho, Wo, C)
+    wts = ops.expand_dims(ops.stack(weights, 0), -1)                      # (K, N, Do, Ho, Wo, 1)
+    out = ops.sum(ops.mul(vals, wts), 0)                                  # (N, Do, Ho, Wo, C)
+    return ops.movedim(out, 4, 1)

@@ -724,7 +724,8 @@ def _buffer(x: Any) -> Buffer | None:
 class _Loss(Module):
     def __init__(self, size_average: bool | None = None, reduce: bool | None = None, reduction: str = "mean") -> None:
         super().__init__()
-        self.reduction = _legacy_reduction(size_average, reduce, reduction)
+        # the string as given: the loss function reads it at each call (torch keeps 'elementwise_mean' too)
+        self.reduction = _legacy_reduction(size_average, reduce, reduction, elementwise_mean=False)
 
 
 class L1Loss(_Loss):

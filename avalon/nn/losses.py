@@ -24,13 +24,28 @@ from ..trace import _is_user_file
 from .functional import _softplus1, _t, log_softmax, pairwise_distance
 
 
-def _legacy_reduction(size_average: bool | None, reduce: bool | None, reduction: str) -> str:
-    """torch's mapping of the deprecated `size_average`/`reduce` flags onto `reduction`."""
+def _legacy_reduction(size_average: bool | None, reduce: bool | None, reduction: str,
+                      elementwise_mean: bool = True) -> str:
+    """torch's mapping of the deprecated `size_average`/`reduce` flags onto `reduction`; and, for the
+    losses whose torch code reads `reduction` through `_Reduction.get_enum` (`elementwise_mean`), that
+    function's handling of the pre-1.0 name 'elementwise_mean' (see _enum_reduction)."""
     if size_average is None and reduce is None:
-        return reduction
+        return _enum_reduction(reduction) if elementwise_mean else reduction
     size_average = True if size_average is None else size_average
     reduce = True if reduce is None else reduce
     return "mean" if size_average and reduce else ("sum" if reduce else "none")
+
+
+def _enum_reduction(reduction: str) -> str:
+    """torch's `_Reduction.get_enum`: 'elementwise_mean', the pre-1.0 name of 'mean', is 'mean' with
+    torch's UserWarning. Losses whose torch code checks the string itself (poisson_nll_loss,
+    gaussian_nll_loss, multilabel_soft_margin_loss, triplet_margin_with_distance_loss) refuse it
+    with torch's ValueError instead."""
+    if reduction == "elementwise_mean":
+        warnings.warn("reduction='elementwise_mean' is deprecated. Please use reduction='mean' instead.",
+                      UserWarning, stacklevel=_user_stacklevel())
+        return "mean"
+    return reduction
 
 
 def _reduce(loss: Tensor, reduction: str) -> Tensor:
@@ -136,8 +151,10 @@ def cross_entropy(input: Any, target: Any, weight: Any = None, size_average: boo
     input's shape are class probabilities. `label_smoothing` mixes in the uniform distribution with
     torch's exact weighting and normalization."""
     reduction = _legacy_reduction(size_average, reduce, reduction)
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
+    if label_smoothing > 1.0:  # torch's check; a negative (or nan) value smooths nothing, as in torch
+        raise ops.fail(RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}"))
+    if not label_smoothing > 0.0:
+        label_smoothing = 0.0
     x, t = _t(input), _t(target)
     _logits(x, "cross_entropy", "logits")
     if x.ndim == 1:
@@ -232,6 +249,7 @@ def smooth_l1_loss(input: Any, target: Any, size_average: bool | None = None, re
 
 
 def huber_loss(input: Any, target: Any, reduction: str = "mean", delta: float = 1.0, weight: Any = None) -> Tensor:
+    reduction = _enum_reduction(reduction)
     if not delta > 0:
         raise ops.fail(RuntimeError(f"huber_loss does not support non-positive values for delta, got delta={delta}"))
     d = ops.abs(ops.sub(*_warn_size(_t(input), _t(target), "huber_loss")))
@@ -298,8 +316,9 @@ def kl_div(input: Any, target: Any, size_average: bool | None = None, reduce: bo
     """Pointwise KL(target || exp(input)) with `input` in log space: t (log t - input), with
     0 log 0 = 0; `log_target=True` takes log t. 'batchmean' divides the sum by the batch size (the
     true KL divergence per sample); 'mean' divides by the element count, as torch."""
-    reduction = _legacy_reduction(size_average, reduce, reduction)
-    if reduction == "mean":  # torch's warning: 'mean' is rarely the KL divergence the user means
+    given, reduction = reduction, _legacy_reduction(size_average, reduce, reduction)
+    # torch's warning: 'mean' is rarely the KL divergence the user means (not given for 'elementwise_mean')
+    if reduction == "mean" and given != "elementwise_mean":
         warnings.warn("kl_div: reduction: 'mean' divides the total loss by both the batch size and the support size."
                       "'batchmean' divides only by the batch size, and aligns with the KL div math definition."
                       "'mean' will be changed to behave the same as 'batchmean' in the next major release.",
@@ -330,9 +349,9 @@ def _clamp_min0(x: Tensor) -> Tensor:
     return ops.clamp(x, 0.0)
 
 
-def _check_reduction(reduction: str) -> None:
+def _check_reduction(reduction: str, message: str | None = None) -> None:
     if reduction not in ("none", "mean", "sum"):
-        raise ValueError(f"{reduction} is not a valid value for reduction")
+        raise ValueError(message or f"{reduction} is not a valid value for reduction")
 
 
 def margin_ranking_loss(input1: Any, input2: Any, target: Any, margin: float = 0.0, size_average: bool | None = None,
@@ -370,8 +389,8 @@ def multilabel_soft_margin_loss(input: Any, target: Any, weight: Any = None, siz
                                 reduce: bool | None = None, reduction: str = "mean") -> Tensor:
     """Per-class binary logistic losses -(y log σ(x) + (1 - y) log σ(-x)), averaged over the classes
     (the last dim), one value per sample."""
-    reduction = _legacy_reduction(size_average, reduce, reduction)
-    _check_reduction(reduction)
+    reduction = _legacy_reduction(size_average, reduce, reduction, elementwise_mean=False)
+    _check_reduction(reduction, f"{reduction} is not valid")
     x = _t(input)
     y = _float_target(x, target)
     # -log σ(x) = softplus(-x) and -log σ(-x) = softplus(x)
@@ -530,7 +549,7 @@ def poisson_nll_loss(input: Any, target: Any, log_input: bool = True, full: bool
     """Negative log-likelihood of `target` under Poisson(rate): exp(x) - t x for a log rate,
     x - t log(x + eps) for a rate; `full` adds Stirling's t log t - t + log(2 pi t) / 2 where t > 1
     (its gradient with respect to a zero target is 0, where torch's is nan: 0 times log 0)."""
-    reduction = _legacy_reduction(size_average, reduce, reduction)
+    reduction = _legacy_reduction(size_average, reduce, reduction, elementwise_mean=False)
     _check_reduction(reduction)
     x = _t(input)
     t = _float_target(x, target)
@@ -565,7 +584,7 @@ def gaussian_nll_loss(input: Any, target: Any, var: Any, full: bool = False, eps
             v = ops.expand_dims(v, v.ndim)
         elif not (x.ndim == v.ndim and sum(b for a, b in zip(x.shape, v.shape) if a != b) == 1):
             raise ValueError("var is of incorrect size")
-    _check_reduction(reduction)
+    _check_reduction(reduction, f"{reduction} is not valid")
     vc = ops.add(v, ops.stop_gradient(ops.sub(ops.maximum(v, eps), v)))  # max(v, eps), gradient as for v
     d = ops.sub(x, _float_target(x, target))
     loss = ops.mul(ops.add(ops.log(vc), ops.div(ops.mul(d, d), vc)), 0.5)
@@ -630,6 +649,7 @@ def ctc_loss(log_probs: Any, targets: Any, input_lengths: Any, target_lengths: A
     kernel returns that plus exp(log_probs) (the gradient with respect to the logits, assuming
     log_softmax), so both agree through log_softmax. An impossible alignment gives torch's inf
     (0 with `zero_infinity`) and no gradient, where torch's is nan without `zero_infinity`."""
+    reduction = _enum_reduction(reduction)
     _check_reduction(reduction)
     lp = _t(log_probs)
     _logits(lp, "ctc_loss", "log-probabilities")

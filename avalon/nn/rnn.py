@@ -6,6 +6,11 @@ nonlinearities are sigmoid (tanh only for the candidate g / n), and GRU's candid
 n = tanh(W_in x + b_in + r * (W_hn h + b_hn)), exactly as torch (the Julia original used tanh for every
 gate; see the research notes). The time loop is Python, so a trace unrolls it; the input projection
 of all time steps is one matmul per layer and direction.
+
+LSTM's `proj_size=p` (0 < p < hidden_size) is torch's projected LSTM (Sak et al. 2014): each step's
+h = W_hr (o * tanh(c)) with `weight_hr_l{k}` (p, hidden_size), so h, the output and h_0/h_n have p
+features (c keeps hidden_size), `weight_hh_l{k}` is (4 hidden_size, p) and a layer above the first
+reads p * num_directions features.
 """
 from __future__ import annotations
 
@@ -33,8 +38,8 @@ class RNNBase(Module):
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
                  device: Any = None, dtype: Any = None) -> None:
         super().__init__()
-        if proj_size:
-            raise NotImplementedError("proj_size is not supported")
+        if proj_size and self._gates != 4:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
             raise ValueError(f"dropout should be a number in range [0, 1] representing the probability of an "
                              f"element being zeroed, got {dropout!r}")  # (True was read as p = 1)
@@ -42,20 +47,28 @@ class RNNBase(Module):
             raise ValueError(f"input_size must be greater than zero, got {input_size}")
         if hidden_size <= 0 or num_layers <= 0:
             raise ValueError("hidden_size and num_layers must be positive")
+        if isinstance(proj_size, bool) or not isinstance(proj_size, int):
+            raise TypeError(f"proj_size should be of type int, got: {type(proj_size).__name__}")
+        if proj_size < 0:
+            raise ValueError("proj_size should be a positive integer or zero to disable projections")
+        if proj_size >= hidden_size:
+            raise ValueError("proj_size has to be smaller than hidden_size")
         d = _dtype(dtype)
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout, self.bidirectional = bias, batch_first, float(dropout), bidirectional
-        self.proj_size = 0
-        g = self._gates * hidden_size
+        self.proj_size = proj_size
+        g, real = self._gates * hidden_size, self._real_hidden
         for layer in range(num_layers):
             for direction in range(self._directions):
-                n_in = input_size if layer == 0 else hidden_size * self._directions
+                n_in = input_size if layer == 0 else real * self._directions
                 sfx = f"_l{layer}" + ("_reverse" if direction else "")
                 setattr(self, "weight_ih" + sfx, empty((g, n_in), d))
-                setattr(self, "weight_hh" + sfx, empty((g, hidden_size), d))
+                setattr(self, "weight_hh" + sfx, empty((g, real), d))
                 if bias:
                     setattr(self, "bias_ih" + sfx, empty((g,), d))
                     setattr(self, "bias_hh" + sfx, empty((g,), d))
+                if proj_size:
+                    setattr(self, "weight_hr" + sfx, empty((proj_size, hidden_size), d))
         self.reset_parameters()
         _place(self, device)
 
@@ -64,10 +77,16 @@ class RNNBase(Module):
         return 2 if self.bidirectional else 1
 
     @property
+    def _real_hidden(self) -> int:
+        """The features of h (and of each direction's output): proj_size when projecting."""
+        return self.proj_size or self.hidden_size
+
+    @property
     def _all_weights(self) -> list[list[str]]:
         """torch's per-layer-and-direction lists of parameter names, which init code walks (pointer_summarizer's
         `for names in lstm._all_weights: ... getattr(lstm, name)`)."""
-        kinds = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if self.bias else ())
+        kinds = (("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if self.bias else ())
+                 + (("weight_hr",) if self.proj_size else ()))
         return [[k + f"_l{layer}" + ("_reverse" if direction else "") for k in kinds]
                 for layer in range(self.num_layers) for direction in range(self._directions)]
 
@@ -92,8 +111,8 @@ class RNNBase(Module):
     def _cell(self, gi: Tensor, gh: Tensor, h: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor | None]:
         raise NotImplementedError
 
-    def _initial(self, hx: Any, n: int, dtype: Any, batched: bool) -> Any:
-        shape = (self.num_layers * self._directions, n, self.hidden_size)
+    def _initial(self, hx: Any, n: int, dtype: Any, batched: bool, size: int | None = None) -> Any:
+        shape = (self.num_layers * self._directions, n, size or self.hidden_size)
         if hx is None:
             return ops.zeros(shape, dtype)
         h = F._t(hx)
@@ -135,7 +154,7 @@ class RNNBase(Module):
                                      "takes (h_0, c_0))"))
         if lstm:
             h0c0 = (None, None) if hx is None else hx
-            h0 = self._initial(h0c0[0], n, dtype, batched)
+            h0 = self._initial(h0c0[0], n, dtype, batched, self._real_hidden)
             c0 = self._initial(h0c0[1], n, dtype, batched)
         else:
             h0, c0 = self._initial(hx, n, dtype, batched), None
@@ -152,6 +171,7 @@ class RNNBase(Module):
                 w_ih, w_hh = getattr(self, "weight_ih" + sfx), getattr(self, "weight_hh" + sfx)
                 b_ih = getattr(self, "bias_ih" + sfx) if self.bias else None
                 b_hh = getattr(self, "bias_hh" + sfx) if self.bias else None
+                w_hr_t = ops.transpose(getattr(self, "weight_hr" + sfx)) if self.proj_size else None
                 xw = F.linear(layer_in, w_ih, b_ih)  # all time steps at once: (L, N, G*H)
                 w_hh_t = ops.transpose(w_hh)
                 h, c = h0[k], (c0[k] if c0 is not None else None)
@@ -162,9 +182,13 @@ class RNNBase(Module):
                         gh = ops.add(gh, b_hh)
                     if live is None:
                         h, c = self._cell(xw[t], gh, h, c)
+                        if w_hr_t is not None:
+                            h = ops.matmul(h, w_hr_t)
                         ys[t] = h
                     else:
                         h_new, c_new = self._cell(xw[t], gh, h, c)
+                        if w_hr_t is not None:
+                            h_new = ops.matmul(h_new, w_hr_t)
                         h = ops.where(live[t], h_new, h)
                         c = ops.where(live[t], c_new, c) if c is not None else None
                         ys[t] = ops.where(live[t], h_new, 0.0)
@@ -197,6 +221,8 @@ class RNNBase(Module):
             s += f", dropout={self.dropout}"
         if self.bidirectional:
             s += ", bidirectional=True"
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
         return s
 
 
@@ -212,7 +238,9 @@ class RNN(RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device: Any = None, dtype: Any = None) -> None:
+                 device: Any = None, dtype: Any = None, proj_size: int = 0) -> None:
+        if proj_size:  # (torch's RNN takes the keyword only to refuse it)
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
         self.nonlinearity = nonlinearity

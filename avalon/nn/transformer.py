@@ -49,12 +49,25 @@ def _additive(m: Tensor, dtype: dt.DType) -> Tensor:
     return ops.cast(m, dtype)
 
 
+def _pad_column(m: Tensor | None) -> Tensor | None:
+    """A mask with one more last-dim column that masks nothing (False, or 0 when additive)."""
+    if m is None:
+        return None
+    return ops.concat([m, ops.zeros((*m.shape[:-1], 1), dtype=m.dtype)], m.ndim - 1)
+
+
 class MultiheadAttention(Module):
     """torch.nn.MultiheadAttention: attention over `num_heads` heads of embed_dim/num_heads features.
 
     Parameters as torch names them: `in_proj_weight` (3E, E) when key and value have embed_dim
     features, else `q_proj_weight`, `k_proj_weight` (E, kdim), `v_proj_weight` (E, vdim); `in_proj_bias`
-    (3E) and `out_proj.weight/bias` when `bias`. Init as torch: xavier-uniform projections, zero biases.
+    (3E) and `out_proj.weight/bias` when `bias`; `bias_k`, `bias_v` (1, 1, E) with `add_bias_kv`. Init as
+    torch: xavier-uniform projections, zero biases, xavier-normal bias_k/bias_v.
+
+    `add_bias_kv` appends bias_k / bias_v (learned, not projected) to the projected keys / values as one
+    more source position; `add_zero_attn` then appends a position of zeros to every head's keys and
+    values. Each adds a column to attn_mask and key_padding_mask that every query may attend (False /
+    0), and to the attention weights, as torch's.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
@@ -67,10 +80,6 @@ class MultiheadAttention(Module):
         if embed_dim % num_heads:
             raise ValueError(f"MultiheadAttention: embed_dim ({embed_dim}) must be divisible by num_heads "
                              f"({num_heads})")
-        if add_bias_kv:
-            raise NotImplementedError("MultiheadAttention: argument 'add_bias_kv=True' is not supported")
-        if add_zero_attn:
-            raise NotImplementedError("MultiheadAttention: argument 'add_zero_attn=True' is not supported")
         d = _layer_dtype("MultiheadAttention", dtype)
         self.embed_dim, self.num_heads, self.dropout, self.batch_first = embed_dim, num_heads, dropout, batch_first
         self.kdim = kdim if kdim is not None else embed_dim
@@ -84,9 +93,12 @@ class MultiheadAttention(Module):
             self.k_proj_weight = empty((embed_dim, self.kdim), d)
             self.v_proj_weight = empty((embed_dim, self.vdim), d)
         self.in_proj_bias = empty((3 * embed_dim,), d) if bias else None
+        if add_bias_kv:  # (before out_proj: torch's parameter order)
+            self.bias_k, self.bias_v = empty((1, 1, embed_dim), d), empty((1, 1, embed_dim), d)
+        else:
+            self.bias_k = self.bias_v = None
         self.out_proj = Linear(embed_dim, embed_dim, bias=bias, dtype=d)
-        self.bias_k = self.bias_v = None
-        self.add_zero_attn = False
+        self.add_zero_attn = bool(add_zero_attn)
         self._reset_parameters()
         _place(self, device)
 
@@ -99,6 +111,10 @@ class MultiheadAttention(Module):
         if self.in_proj_bias is not None:
             init.zeros_(self.in_proj_bias)
             init.zeros_(self.out_proj.bias)
+        if self.bias_k is not None:
+            init.xavier_normal_(self.bias_k)
+        if self.bias_v is not None:
+            init.xavier_normal_(self.bias_v)
 
     def _project(self, query: Tensor, key: Tensor, value: Tensor, packed: str) -> tuple[Tensor, Tensor, Tensor]:
         """The q/k/v in-projections. Self-attention takes one matmul with the packed weight, as torch."""
@@ -175,7 +191,15 @@ class MultiheadAttention(Module):
                 am = ops.reshape(am, (n, self.num_heads, tgt, src))
 
         q, k, v = self._project(q_in, k_in, v_in, packed)
+        if self.bias_k is not None:  # one more key/value position, the same for every sample
+            k = ops.concat([k, ops.broadcast_to(ops.reshape(self.bias_k, (1, 1, e)), (n, 1, e))], 1)
+            v = ops.concat([v, ops.broadcast_to(ops.reshape(self.bias_v, (1, 1, e)), (n, 1, e))], 1)
+            am, kpm, src = _pad_column(am), _pad_column(kpm), src + 1
         q, k, v = self._heads(q), self._heads(k), self._heads(v)
+        if self.add_zero_attn:  # and one of zeros, in every head
+            z = ops.zeros((n, self.num_heads, 1, self.head_dim), dtype=k.dtype)
+            k, v = ops.concat([k, z], 2), ops.concat([v, z], 2)
+            am, kpm, src = _pad_column(am), _pad_column(kpm), src + 1
         p = self.dropout if self.training else 0.0
         use_causal = is_causal and kpm is None and not need_weights  # torch then drops attn_mask for the flag
         mask = None if use_causal else self._merge(am, kpm, n, src, q.dtype)
@@ -237,14 +261,14 @@ def multi_head_attention_forward(query: Any, key: Any, value: Any, embed_dim_to_
                                  static_k: Any = None, static_v: Any = None, average_attn_weights: bool = True,
                                  is_causal: bool = False) -> tuple[Tensor, Tensor | None]:
     """torch's F.multi_head_attention_forward (OpenAI CLIP's AttentionPool2d calls it): MultiheadAttention's
-    forward on (L, N, E) inputs with the weights given. bias_k/bias_v, add_zero_attn and static_k/v are not
-    supported, as in the module."""
+    forward on (L, N, E) inputs with the weights given, bias_k/bias_v (1, 1, E) and add_zero_attn as in
+    the module. static_k/static_v are not supported."""
     name = "multi_head_attention_forward"
-    for arg, v in (("bias_k", bias_k), ("bias_v", bias_v), ("static_k", static_k), ("static_v", static_v)):
+    for arg, v in (("static_k", static_k), ("static_v", static_v)):
         if v is not None:
             raise NotImplementedError(f"{name}: argument '{arg}' is not supported")
-    if add_zero_attn:
-        raise NotImplementedError(f"{name}: argument 'add_zero_attn=True' is not supported")
+    if (bias_k is None) != (bias_v is None):
+        raise AssertionError("bias_k and bias_v must be given together (or both be None)")
     e = _t(query).shape[-1]
     if e != embed_dim_to_check:
         raise AssertionError(f"was expecting embedding dimension of {embed_dim_to_check}, but got {e}")
@@ -252,7 +276,9 @@ def multi_head_attention_forward(query: Any, key: Any, value: Any, embed_dim_to_
         raise AssertionError(f"embed_dim {e} not divisible by num_heads {num_heads}")
     m = _FunctionalAttention()
     m.embed_dim, m.num_heads, m.head_dim, m.dropout, m.training = e, num_heads, e // num_heads, dropout_p, training
-    m.batch_first = False
+    m.batch_first, m.add_zero_attn = False, bool(add_zero_attn)
+    m.bias_k = None if bias_k is None else _t(bias_k)
+    m.bias_v = None if bias_v is None else _t(bias_v)
     m.in_proj_bias = None if in_proj_bias is None else _t(in_proj_bias)
     if use_separate_proj_weight:
         if q_proj_weight is None or k_proj_weight is None or v_proj_weight is None:

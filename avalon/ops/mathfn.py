@@ -195,10 +195,13 @@ absolute = abs
 
 
 def logit(input: Any, eps: float | None = None) -> Tensor:
-    """log(x / (1 - x)), x first clamped to [eps, 1 - eps] when `eps` is given."""
+    """log(x / (1 - x)), x first clamped to [eps, 1 - eps] when `eps` is given. With eps > 0.5 the
+    bounds cross, and torch's kernel tests the low one first: x < eps gives eps, else x > 1 - eps gives
+    1 - eps (where clamp would give 1 - eps everywhere); the gradient is zero outside [eps, 1 - eps]."""
     x = _float(input)
     if eps is not None:
-        x = clamp(x, float(eps), 1.0 - float(eps))
+        lo, hi = float(eps), 1.0 - float(eps)
+        x = clamp(x, lo, hi) if lo <= hi else where(lt(x, lo), lo, where(gt(x, hi), hi, x))
     return log(div(x, sub(1.0, x)))
 
 
