@@ -21,6 +21,7 @@ from ..ir import dtypes as dt
 from ..tensor import Buffer, Tensor, as_array
 from ..trace import assign, current_trace
 from ..utils.hooks import HookDict, RemovableHandle
+from ..views import layout_of
 
 __all__ = [
     "IncompatibleKeys", "Module", "Parameter", "StateDictError", "buffers", "eval", "load_state_dict", "named_buffers",
@@ -609,6 +610,8 @@ class Module:
             tensor = ComplexTensor(_as_buffer(z.real), _as_buffer(z.imag))
         elif tensor is not None and not isinstance(tensor, Tensor):
             tensor = Tensor(as_array(tensor))
+        elif isinstance(tensor, Tensor):
+            tensor = _data_base(self, tensor)
         bufs = self.__dict__.setdefault("_buffer_names", set())
         bufs.add(name)
         np_ = self.__dict__.setdefault("_non_persistent_buffers", set())
@@ -651,6 +654,15 @@ class Module:
             raise KeyError(f"{fn}: attribute '{name}' already exists (as {what} of {type(self).__name__})")
 
     register_module = add_module
+
+    def __getattr__(self, name: str) -> Any:
+        """torch's `Module.__getattr__`, which ported code calls by name: CenterNet's heads, set by
+        `self.__setattr__(head, fc)` and run by `self.__getattr__(head)(x)`. Python calls it only where the
+        usual lookup failed; called directly it gives the attribute, as torch's gives a registered one."""
+        d = object.__getattribute__(self, "__dict__")
+        if name in d:
+            return d[name]
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
 
     def __setattr__(self, name: str, value: Any) -> None:
         """A buffer's name keeps it a buffer. A plain tensor (not made by `Parameter`) assigned inside
@@ -814,6 +826,25 @@ def _as_buffer(t: Tensor) -> Buffer:
         return b
     t.__class__ = Buffer
     return t
+
+
+def _data_base(module: Any, t: Tensor) -> Tensor:
+    """torch's `register_buffer(name, t.data)` of a plain tensor `t` (pytorch-ntm's `init_r_bias`, kept in
+    a list as well): the buffer shares `t`'s storage, and `t` needs no gradient, so `t` is that buffer to
+    whoever holds it. Here the buffer is `t` itself (made a Buffer in place), not a detached view of it that
+    Avalon would list, train and trace apart (`init_r.0`, a parameter torch does not have). A view of a
+    part, of a traced value or of a tensor the module already holds (a layer's weight: `fc.weight.data`, a
+    parameter) stays a buffer of its own."""
+    view = t._view
+    if view is None or t.is_traced or len(view.steps) != 1 or type(view.steps[0]).__name__ != "Detach":
+        return t
+    base = view.base
+    if (not isinstance(base, Tensor) or base.is_traced or id(base) in _DECLARED
+            or base._view is not None or layout_of(base) != view.layout or base.dtype != t.dtype):
+        return t
+    if any(x is base for _, x in tree.named_tensors(module)):
+        return t
+    return base
 
 
 def _direct_modules(name: str, v: Any) -> list[tuple[str, Module]]:

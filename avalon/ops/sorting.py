@@ -211,7 +211,10 @@ def topk(input: Any, k: int, dim: int = -1, largest: bool = True, sorted: bool =
     v, i = sort(x, d, descending=bool(largest))
     if x.ndim == 0:
         return SortResult(v, i)
-    return SortResult(narrow(v, d, 0, int(k)), narrow(i, d, 0, int(k)))
+    # slices of the sorted values, but tensors of their own, as torch's (contiguous: `topk_inds.view(batch,
+    # -1, 1)` in CenterNet's _topk), not views of a sort result nobody holds
+    lim = [int(k) if a == d else s for a, s in enumerate(x.shape)]
+    return SortResult(slice_(v, [0] * x.ndim, lim), slice_(i, [0] * x.ndim, lim))
 
 
 # -- gather and scatter ---------------------------------------------------------------------------
