@@ -306,21 +306,26 @@ def ifftn(input: Any, s: Sequence[int] | None = None, dim: Any = None, norm: str
     return _nd_c2c("ifftn", input, s, dim, norm, True, None)
 
 
-def _nd_r2c(fn: str, x: Any, s: Any, dim: Any, norm: Any, default_last: int | None) -> ComplexTensor:
+def _nd_r2c(fn: str, x: Any, s: Any, dim: Any, norm: Any, default_last: int | None,
+            inverse: bool = False) -> ComplexTensor:
+    """rfftn (ihfftn with `inverse`: the one-sided half of ifftn of a real signal)."""
     x = _real_input(fn, x)
     dims, sizes = _dims_and_sizes(fn, x, s, dim, default_last)
-    z = _r2c(fn, x, sizes[-1], dims[-1], norm, inverse=False)  # the last dim halves, the others are full
+    z = _r2c(fn, x, sizes[-1], dims[-1], norm, inverse=inverse)  # the last dim halves, the others are full
     for d, n in zip(dims[:-1], sizes[:-1]):
-        z = _c2c(fn, z, n, d, norm, inverse=False)
+        z = _c2c(fn, z, n, d, norm, inverse=inverse)
     return z
 
 
-def _nd_c2r(fn: str, x: Any, s: Any, dim: Any, norm: Any, default_last: int | None) -> Tensor:
+def _nd_c2r(fn: str, x: Any, s: Any, dim: Any, norm: Any, default_last: int | None, inverse: bool = True) -> Tensor:
+    """irfftn (hfftn without `inverse`: the forward transform of a signal Hermitian-symmetric in every
+    transformed dim, given by its half along the last one; the other dims' transforms keep that symmetry
+    in the last dim, so they go first)."""
     z = _complex_input(x)
     dims, sizes = _dims_and_sizes(fn, z, s, dim, default_last)
     for d, n in zip(dims[:-1], sizes[:-1]):
-        z = _c2c(fn, z, n, d, norm, inverse=True)
-    return _c2r(fn, z, sizes[-1], dims[-1], norm, inverse=True)
+        z = _c2c(fn, z, n, d, norm, inverse=inverse)
+    return _c2r(fn, z, sizes[-1], dims[-1], norm, inverse=inverse)
 
 
 def rfft2(input: Any, s: Sequence[int] | None = None, dim: Sequence[int] = (-2, -1), norm: str | None = None):
@@ -339,6 +344,26 @@ def rfftn(input: Any, s: Sequence[int] | None = None, dim: Any = None, norm: str
 
 def irfftn(input: Any, s: Sequence[int] | None = None, dim: Any = None, norm: str | None = None) -> Tensor:
     return _nd_c2r("irfftn", input, s, dim, norm, None)
+
+
+def hfft2(input: Any, s: Sequence[int] | None = None, dim: Sequence[int] = (-2, -1), norm: str | None = None) -> Tensor:
+    """torch.fft.hfft2: the real 2-d transform of a Hermitian-symmetric signal given by the half of its last dim."""
+    return _nd_c2r("hfft2", input, s, dim, norm, 2, inverse=False)
+
+
+def ihfft2(input: Any, s: Sequence[int] | None = None, dim: Sequence[int] = (-2, -1), norm: str | None = None):
+    """torch.fft.ihfft2: the inverse of hfft2, ifft2 of a real signal at the n // 2 + 1 first points of the last dim."""
+    return _nd_r2c("ihfft2", input, s, dim, norm, 2, inverse=True)
+
+
+def hfftn(input: Any, s: Sequence[int] | None = None, dim: Any = None, norm: str | None = None) -> Tensor:
+    """torch.fft.hfftn: hfft over `dim` (default: all dims, or the last len(s)); the last one is the halved one."""
+    return _nd_c2r("hfftn", input, s, dim, norm, None, inverse=False)
+
+
+def ihfftn(input: Any, s: Sequence[int] | None = None, dim: Any = None, norm: str | None = None) -> ComplexTensor:
+    """torch.fft.ihfftn: the inverse of hfftn (ifftn of a real signal, one-sided in the last dim)."""
+    return _nd_r2c("ihfftn", input, s, dim, norm, None, inverse=True)
 
 
 # -- frequencies and shifts --------------------------------------------------------------------------
@@ -386,5 +411,5 @@ def ifftshift(input: Any, dim: Any = None) -> Any:
     return _shift(input, dim, -1)
 
 
-__all__ = ["fft", "fft2", "fftfreq", "fftn", "fftshift", "hfft", "ifft", "ifft2", "ifftn", "ifftshift", "ihfft",
-           "irfft", "irfft2", "irfftn", "rfft", "rfft2", "rfftfreq", "rfftn"]
+__all__ = ["fft", "fft2", "fftfreq", "fftn", "fftshift", "hfft", "hfft2", "hfftn", "ifft", "ifft2", "ifftn",
+           "ifftshift", "ihfft", "ihfft2", "ihfftn", "irfft", "irfft2", "irfftn", "rfft", "rfft2", "rfftfreq", "rfftn"]

@@ -1175,6 +1175,8 @@ class Tensor:
     cholesky = _method("cholesky")
     cholesky_solve = _method("cholesky_solve")
     cholesky_inverse = _method("cholesky_inverse")
+    lu = _method("lu")
+    lu_solve = _method("lu_solve")
     histogram = _method("histogram")
     isreal = _method("isreal")
 

@@ -103,16 +103,12 @@ def compute_stride(old: tuple[int, ...], strides: tuple[int, ...], new: tuple[in
 def view(x: Tensor, *shape: Any) -> Tensor:
     """`x.view(*shape)`: torch's view, which never copies: a shape whose elements the tensor's
     strides cannot reach (`x.t().view(-1)`) raises torch's RuntimeError instead of copying (use
-    `reshape`). `x.view(dtype)` of the tensor's own dtype is the tensor; other dtypes (torch's bit
-    reinterpretation) are refused."""
+    `reshape`). `x.view(dtype)` of the tensor's own dtype is the tensor; another dtype reinterprets its
+    bits (the `bitcast` op, a copy here where torch shares storage; no gradient, as torch's), a
+    different element size rescaling the last dim, with torch's errors."""
     ops = _ops()
     if len(shape) == 1 and not isinstance(shape[0], (tuple, list, int)) and not hasattr(shape[0], "__index__"):
-        from .ir import dtypes as dt
-        d = ops.dtype_arg("view", shape[0])
-        if d is x.dtype:
-            return x
-        raise ops.fail(NotImplementedError(f"view: reinterpreting {dt.PY_NAMES[x.dtype.name]} bits as "
-                                           f"{dt.PY_NAMES[d.name]} is not supported; convert values with .to(dtype)"))
+        return _view_dtype(x, ops.dtype_arg("view", shape[0]))
     dims = list(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else list(shape)
     dims = [int(s) for s in dims]
     if dims.count(-1) == 1:
@@ -127,6 +123,36 @@ def view(x: Tensor, *shape: Any) -> Tensor:
                 f"across two contiguous subspaces). Use .reshape(...) instead. (view{tuple(dims)} of a tensor of "
                 f"shape {x.shape} and strides {tuple(strides)})"))
     return ops.reshape(x, *shape)
+
+
+_TORCH_NAMES = {"f32": "Float", "f64": "Double", "f16": "Half", "bf16": "BFloat16", "i64": "Long", "i32": "Int",
+                "i16": "Short", "i8": "Char", "u8": "Byte", "i1": "Bool"}
+
+
+def _view_dtype(x: Tensor, d: Any) -> Tensor:
+    ops = _ops()
+    if d is x.dtype:
+        return x
+    if getattr(x, "_complex_pair", False):
+        raise ops.fail(NotImplementedError("view(dtype) of a complex tensor is not supported"))
+    src, size = x.dtype, d.itemsize
+    if size != src.itemsize:
+        what = f"to view {_TORCH_NAMES.get(src.name, src.name)} as {_TORCH_NAMES.get(d.name, d.name)} (different " \
+               "element sizes)"
+        if x.ndim == 0:
+            raise ops.fail(RuntimeError(f"self.dim() cannot be 0 {what}"))
+        _, strides, offset = layout_of(x)
+        if x.shape[-1] != 1 and strides[-1] != 1:
+            raise ops.fail(RuntimeError(f"self.stride(-1) must be 1 {what}, but got {strides[-1]}"))
+        if size > src.itemsize:
+            ratio = size // src.itemsize
+            if x.shape[-1] % ratio:
+                raise ops.fail(RuntimeError(f"self.size(-1) must be divisible by {ratio} {what}, but got "
+                                            f"{x.shape[-1]}"))
+            if offset % ratio:
+                raise ops.fail(RuntimeError(f"self.storage_offset() must be divisible by {ratio} {what}, but got "
+                                            f"{offset}"))
+    return ops.bind("bitcast", x, dtype=d, source=src)
 
 
 def _ops() -> Any:

@@ -95,6 +95,10 @@ SPECIAL: dict[str, Callable[[str], Graph]] = {
     # (eigh reads one triangle: the sample symmetrizes, so forward and reverse mode see the same function)
     "eigh": lambda n: _graph([((2, 3, 3), F32)],
                              lambda b, x: [b("eigh", b("add", x, b("transpose", x, perm=[0, 2, 1])))], n),
+    "bitcast": lambda n: _graph([((2, 4), F32), ((3, 2), dt.int32)],
+                                lambda b, x, y: [b("bitcast", x, dtype="i32", source="f32"),
+                                                 b("bitcast", y, dtype="f32", source="i32")], n),
+    "eig": lambda n: _graph([((2, 3, 3), F32)], lambda b, x: [b("eig", x)], n),
     "qr": lambda n: _graph([((2, 4, 3), F32), ((2, 4), F32)], lambda b, x, y: [b("qr", x), b("qr", y)], n),
     "pinv": lambda n: _graph([((2, 4, 3), F32), ((2, 3), F32)],
                              lambda b, x, y: [b("pinv", x, rtol=1e-6), b("pinv", y, rtol=1e-6)], n),

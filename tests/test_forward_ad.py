@@ -18,6 +18,7 @@ from mlir_samples import all_samples
 import avalon as av
 from avalon import func, nn
 from avalon.autodiff import JVP, GradError, grad_graph, jvp_graph
+from avalon.autodiff.rules import NOT_IMPLEMENTED
 from avalon.ir import Builder, Graph, interpret, parse, print_graph, verify
 from avalon.ir import dtypes as dt
 from avalon.ir.clone import inline_regions
@@ -79,6 +80,12 @@ def _pairing(g: Graph, name: str) -> Graph:
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))
 def test_every_op_jvp_matches_central_differences_and_its_vjp(name):
+    if name == "bitcast":
+        pytest.skip("a bit reinterpretation has no float64 form of its sample, and no derivative")
+    if name in NOT_IMPLEMENTED:  # (a derivative Avalon does not compute: forward mode says so)
+        with pytest.raises(GradError, match="not implemented"):
+            jvp_graph(_f64(SAMPLES[name]), [0])
+        return
     g = _f64(SAMPLES[name])
     if name == "custom_vjp":  # (it has no jvp region, which forward mode refuses: its forward's ops here)
         inline_regions(g.body, "custom_vjp")

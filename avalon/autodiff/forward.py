@@ -30,7 +30,7 @@ from avalon.ir import Builder, Graph, Op, Value
 from avalon.ir.clone import clone_op
 
 from .forward_rules import JVP
-from .rules import NON_DIFFERENTIABLE
+from .rules import NON_DIFFERENTIABLE, NOT_IMPLEMENTED
 from .transform import GradError, _flat_copy, _sweep_dead
 
 
@@ -72,6 +72,8 @@ def _jvp_graph(graph: Graph, wrt: list[int], name: str | None, outputs: Sequence
     b = Builder(g)
     for k, op in enumerate(forward):
         ts = [tan.get(v) for v in op.operands]
+        if op.name in NOT_IMPLEMENTED and any(t is not None for t in ts):
+            raise GradError(f"{NOT_IMPLEMENTED[op.name]}{f' (from {op.loc})' if op.loc else ''}")
         if all(t is None for t in ts) or op.name in NON_DIFFERENTIABLE:
             continue
         if not any(r.dtype.is_float for r in op.results):

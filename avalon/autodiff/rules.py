@@ -38,8 +38,19 @@ NON_DIFFERENTIABLE: set[str] = {
     "sign", "constant", "random", "iota",
     # an identity that exists to block gradients (jax.lax.stop_gradient, torch's detach)
     "stop_gradient",
+    # a reinterpretation of bits (torch's view(dtype) is not differentiable either)
+    "bitcast",
 }
 """Ops through which no gradient flows: their cotangent contribution is zero by definition."""
+
+NOT_IMPLEMENTED: dict[str, str] = {
+    "eig": "linalg.eig / eigvals: the derivative of the general (complex) eigendecomposition is not implemented; "
+           "for symmetric matrices use linalg.eigh / eigvalsh, which differentiate",
+}
+"""Ops with a derivative Avalon does not compute: exempt from the rule tables like NON_DIFFERENTIABLE (they
+are listed there too), but differentiating through one raises GradError with this message instead of
+giving a zero gradient."""
+NON_DIFFERENTIABLE |= set(NOT_IMPLEMENTED)
 
 INLINED = ops_with("region")
 """Region ops (a live set): the transform differentiates the ops inside their region instead."""

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from avalon.ir import Block, Builder, Graph, Op, Value
 from avalon.ir.clone import clone_op, inline_regions
 
-from .rules import INLINED, NON_DIFFERENTIABLE, VJP
+from .rules import INLINED, NON_DIFFERENTIABLE, NOT_IMPLEMENTED, VJP
 
 
 class GradError(ValueError):
@@ -69,6 +69,8 @@ def _grad_graph(graph: Graph, wrt: Sequence[int] | None, name: str | None) -> Gr
             _custom_vjp(b, op, ct, active)
             continue
         gy = ct.get(op.results[0]) if len(op.results) == 1 else None
+        if op.name in NOT_IMPLEMENTED and gy is not None and any(v in active for v in op.operands):
+            raise GradError(f"{NOT_IMPLEMENTED[op.name]}{f' (from {op.loc})' if op.loc else ''}")
         if gy is None or not any(v in active for v in op.operands) or op.name in NON_DIFFERENTIABLE:
             continue
         rule = VJP.get(op.name)
@@ -147,7 +149,8 @@ def _active_values(seeds: list[Value], ops: list[Op]) -> set[Value]:
     """Float values that depend on a seed through differentiable ops: the only ones needing cotangents."""
     active = set(seeds)
     for op in ops:
-        if op.name in NON_DIFFERENTIABLE or not any(v in active for v in op.operands):
+        blocked = op.name in NON_DIFFERENTIABLE and op.name not in NOT_IMPLEMENTED  # (those raise when reached)
+        if blocked or not any(v in active for v in op.operands):
             continue
         active.update(r for r in op.results if r.dtype.is_float)
     return active

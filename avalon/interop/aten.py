@@ -234,6 +234,34 @@ def linalg_solve_ex(a: Tensor, b: Tensor, *, left: bool = True, check_errors: bo
     return ops.linalg.solve(a, b, left=bool(left)), None, None, ops.zeros(a.shape[:-2], dtype=dt.int32)
 
 
+@rule("aten.linalg_lu.default")
+def linalg_lu(a: Tensor, pivot: bool = True) -> tuple:
+    return tuple(ops.linalg.lu(a, pivot=bool(pivot)))
+
+
+@rule("aten.linalg_lu_factor_ex.default")
+def linalg_lu_factor_ex(a: Tensor, pivot: bool = True, check_errors: bool = False) -> tuple:
+    """linalg.lu_factor's op: (LU, pivots, info); the check of `info` is `_linalg_check_errors` (ignored)."""
+    return tuple(ops.linalg.lu_factor_ex(a, pivot=bool(pivot), check_errors=bool(check_errors)))
+
+
+@rule("aten.linalg_lu_solve.default")
+def linalg_lu_solve(lu: Tensor, pivots: Tensor, b: Tensor, left: bool = True, adjoint: bool = False) -> Tensor:
+    return ops.linalg.lu_solve(lu, pivots, b, left=bool(left), adjoint=bool(adjoint))
+
+
+@rule("aten.lu_unpack.default")
+def lu_unpack(lu: Tensor, pivots: Tensor, unpack_data: bool = True, unpack_pivots: bool = True) -> tuple:
+    return tuple(ops.linalg.lu_unpack(lu, pivots, bool(unpack_data), bool(unpack_pivots)))
+
+
+@rule("aten.bincount.default")
+def bincount(x: Tensor, weights: Any = None, minlength: int = 0) -> Tensor:
+    """torch.bincount: its length is data-dependent unless the values are known or `minlength` bounds them
+    (ops.bincount says which, clearly)."""
+    return ops.bincount(x, weights, int(minlength))
+
+
 @rule("aten.linalg_householder_product.default")
 def linalg_householder_product(a: Tensor, tau: Tensor) -> Tensor:
     return ops.linalg.householder_product(a, tau)

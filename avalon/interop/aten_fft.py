@@ -45,6 +45,14 @@ def fft_c2r(x: Any, dim: list[int], normalization: int, last_dim_size: int) -> A
 
 
 ATEN["aten.view_as_real.default"] = view_as_real
+
+
+@rule("aten.linalg_eig.default")
+def linalg_eig(a: Any) -> tuple:
+    """linalg.eig / eigvals' op: (complex eigenvalues, complex eigenvectors), LAPACK geev's as torch's."""
+    return tuple(ops.linalg.eig(a))
+
+
 ATEN["aten.view_as_complex.default"] = view_as_complex
 
 
@@ -73,6 +81,7 @@ for _name, _method in {
     "aten.abs.default": lambda a: a.abs(),
     "aten.conj.default": lambda a: a.conj(),
     "aten._conj.default": lambda a: a.conj(),
+    "aten._conj_physical.default": lambda a: a.conj(),
     "aten.conj_physical.default": lambda a: a.conj(),
     "aten.resolve_conj.default": lambda a: a,
     "aten.clone.default": lambda a, **kw: a.clone(),

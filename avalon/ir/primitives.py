@@ -620,6 +620,35 @@ define_op("eigh", 1, _eigh, {"upper": Attr("bool", False)}, traits={PURE, "facto
 define_op("qr", 1, _qr, {"complete": Attr("bool", False)}, traits={PURE, "factorization"},
           doc="A = Q R of each (m, n) matrix (Householder, LAPACK geqrf), packed as rows [Q (m rows); R (c rows)] "
               "with c = min(m, n) (m with `complete`) and zeros padding the narrower factor")
+def _bitcast(ts, a):
+    t, d = ts[0], a["dtype"]
+    if a["source"] != t.dtype:
+        raise ShapeError(f"bitcast: source = {a['source']} does not match the operand's {t.dtype}")
+    if d.itemsize == t.dtype.itemsize:
+        return [T(t.shape, d)]
+    if t.rank == 0:
+        raise ShapeError(f"bitcast: a 0-d {t.dtype} operand cannot become {d} (different element sizes)")
+    last = t.shape[-1] * t.dtype.itemsize
+    if last % d.itemsize:
+        raise ShapeError(f"bitcast: the last dim's {last} bytes are not a whole number of {d} elements")
+    return [T(t.shape[:-1] + (last // d.itemsize,), d)]
+
+
+define_op("bitcast", 1, _bitcast, {"dtype": Attr("dtype"), "source": Attr("dtype")}, traits={PURE},
+          doc="reinterpret the operand's bytes (row-major, little-endian) as `dtype` (torch's Tensor.view(dtype)); "
+              "a different element size rescales the last dim; `source` is the operand's dtype (the reference "
+              "sees f16 widened and bf16 held as f32, so it says which bits to read); no derivative")
+
+
+def _eig(ts, a):
+    t = ts[0]
+    _, n = _matrices("eig", t, square=True)
+    return [T(t.shape[:-2] + (2 * n + 2, n), t.dtype)]
+
+
+define_op("eig", 1, _eig, traits={PURE, "factorization"},
+          doc="eigenvalues w and right eigenvectors V (unit-norm columns) of each general real (n, n) matrix "
+              "(LAPACK geev), complex, packed as rows [Re w; Im w; Re V (n rows); Im V (n rows)]; no derivative")
 define_op("pinv", 1, _pinv, {"atol": Attr("float", 0.0), "rtol": Attr("float", 0.0), "hermitian": Attr("bool", False)},
           traits={PURE, "factorization"},
           doc="the Moore-Penrose pseudo-inverse (n, m) of each (m, n) matrix through its SVD (eigh with "

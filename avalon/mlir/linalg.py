@@ -148,6 +148,19 @@ for _name in SCALAR:
     LINALG[_name] = elementwise
 
 
+@rule("bitcast")
+def _bitcast(e: LinalgEmitter, op: Op, args: list[V], types: list[TensorType]) -> list[V]:
+    """Between types of one width: `arith.bitcast` per element (uint8 is i8 here); other widths (a
+    resized last dim) and booleans (i1, a byte in torch) have no per-element bitcast upstream."""
+    out, src = types[0], op.operands[0].dtype
+    if src.itemsize != out.dtype.itemsize or dt.bool_ in (src, out.dtype):
+        raise LoweringError(f"op 'bitcast' from {src} to {out.dtype} has no lowering to upstream MLIR (only between "
+                            "non-boolean types of the same width)")
+    if src == out.dtype or (src in (dt.int8, dt.uint8) and out.dtype in (dt.int8, dt.uint8)):
+        return [e.map(args, out, lambda b, xs: xs[0])]
+    return [e.map(args, out, lambda b, xs: b.convert("arith.bitcast", xs[0], out.dtype))]
+
+
 def broadcast_input(e: LinalgEmitter, x: V, shape: Sequence[int]) -> tuple[V, str]:
     """`x` and the indexing map that reads it broadcast to `shape` (numpy rules, right-aligned):
     stretched size-1 dims are collapsed away first, so the map is a projected permutation."""

@@ -22,7 +22,8 @@ from .dtypes import onnx_elem_type
 
 ExportRule = Callable[[Any, Any, list[str]], list[str]]
 EXPORT: dict[str, ExportRule] = register_table(
-    "onnx_export", {}, exempt={"conv2d_grad_weight", "max_pool2d_grad", "avg_pool2d_grad", "random"},
+    "onnx_export", {}, exempt={"conv2d_grad_weight", "max_pool2d_grad", "avg_pool2d_grad", "random",
+                     "bitcast"},  # (no bit reinterpretation in the opsets Avalon targets)
     exempt_traits=("region", "factorization"), required=False)  # (ONNX has no SVD, eigensolver or QR)
 
 

@@ -8,8 +8,9 @@ matrix_rank, cond, and the 2 and nuclear matrix norms.
 
 Singular and eigen vectors are unique only up to sign (and rotation within repeated values); the
 signs are LAPACK's as numpy calls it, which may differ from torch's MKL: a loss that depends on them
-differs from torch's as the factorizations do. The general (non-symmetric) eigensolvers `eig` and
-`eigvals`, whose results are complex, are not here."""
+differs from torch's as the factorizations do. The LU family (`lu`, `lu_factor(_ex)`, `lu_solve`) and
+the general (non-symmetric) eigensolvers `eig` and `eigvals`, whose results are complex, are in
+`linalg_lu.py`."""
 from __future__ import annotations
 
 from typing import Any, NamedTuple
@@ -48,6 +49,7 @@ from .core import (
 from .core import abs as _abs
 from .core import sum as _sum
 from .creation import iota, ones_like, zeros
+from .linalg_lu import eig, eigvals, lu, lu_factor, lu_factor_ex, lu_solve, lu_unpack, torch_lu, torch_lu_solve  # noqa: F401
 from .matrices import chain_matmul as multi_dot
 from .matrices import cross as _cross
 from .matrices import det, inverse, matrix_exp, matrix_power, slogdet, solve
@@ -428,19 +430,6 @@ def spectral_matrix_norm(x: Tensor, ord: Any, d0: int, d1: int, keepdim: bool) -
     return r
 
 
-def _unsupported_general(fn: str):
-    def f(*args: Any, **kwargs: Any) -> Any:
-        raise fail(NotImplementedError(f"linalg.{fn}: the eigendecomposition of general (non-symmetric) matrices "
-                                       "has complex results, which Avalon's factorizations do not compute; for "
-                                       "symmetric matrices use linalg.eigh / eigvalsh"))
-    f.__name__ = fn
-    return f
-
-
-eig = _unsupported_general("eig")
-eigvals = _unsupported_general("eigvals")
-
-
 class LinAlgError(RuntimeError):
     """torch.linalg.LinAlgError (a RuntimeError), raised by the `check_errors=True` forms here."""
 
@@ -591,6 +580,7 @@ def pca_lowrank(A: Any, q: int | None = None, center: bool = True, niter: int = 
 
 
 __all__ = ["LinAlgError", "cholesky", "cholesky_ex", "cond", "cross", "det", "diagonal", "eig", "eigh", "eigvals",
-           "eigvalsh", "householder_product", "inv", "inv_ex", "lstsq", "matrix_exp", "matrix_norm", "matrix_power",
+           "eigvalsh", "householder_product", "inv", "inv_ex", "lstsq",
+           "lu", "lu_factor", "lu_factor_ex", "lu_solve", "matrix_exp", "matrix_norm", "matrix_power",
            "matrix_rank", "multi_dot", "norm", "pinv", "qr", "slogdet", "solve", "solve_ex", "solve_triangular", "svd",
            "svdvals", "tensorinv", "tensorsolve", "vander", "vecdot", "vector_norm"]

@@ -422,9 +422,10 @@ def index_put(input: Any, indices: Any, values: Any, accumulate: bool = False) -
 def bincount(input: Any, weights: Any = None, minlength: int = 0) -> Tensor:
     """torch.bincount: how often each value 0, 1, ... occurs in a 1-d non-negative integer tensor
     (with `weights`, their sum per value: f32 weights give f32, others f64, as in torch). The
-    result's length, max(input) + 1 or `minlength` if larger, must be static: eagerly it is read
-    from the values; a traced input needs `minlength`, which is then the length (values at or past
-    it are not counted, where torch would grow the result)."""
+    result's length, max(input) + 1 or `minlength` if larger, must be static: eagerly (or for a traced
+    tensor whose values the trace knows: built from literals or shapes) it is read from the values;
+    any other traced input needs `minlength`, which is then the length (values at or past it are not
+    counted, where torch would grow the result)."""
     x = _tensor(input)
     if x.ndim != 1 or x.dtype.is_float or x.dtype is dt.bool_:
         raise fail(RuntimeError(f"bincount only supports 1-d non-negative integral inputs, got a {x.ndim}-d "
@@ -432,14 +433,21 @@ def bincount(input: Any, weights: Any = None, minlength: int = 0) -> Tensor:
     minlength = int(minlength)
     if minlength < 0:
         raise fail(RuntimeError(f"bincount: minlength should be >= 0, got {minlength}"))
+    known = None
     if x.is_traced:
+        from ..tensor import TracerError
+        try:
+            known = x._concrete("bincount's input")
+        except TracerError:
+            pass
+    if x.is_traced and known is None:
         if minlength == 0:
             raise fail(ValueError("bincount of a traced tensor: the number of bins, max(input) + 1, would depend "
                                   "on the values, but a compiled function's shapes are static; pass minlength=K "
                                   "(the result then has exactly K bins, and values >= K are not counted)"))
         n = minlength
     else:
-        vals = x.numpy()
+        vals = np.asarray(known) if known is not None else x.numpy()
         if vals.size and vals.min() < 0:
             raise fail(RuntimeError("bincount only supports 1-d non-negative integral inputs."))
         n = max(int(vals.max()) + 1 if vals.size else 0, minlength)

@@ -607,6 +607,9 @@ pinverse = _linalg.pinverse
 cholesky = _linalg.torch_cholesky
 cholesky_solve = _linalg.cholesky_solve
 cholesky_inverse = _linalg.cholesky_inverse
+lu = _linalg.torch_lu
+lu_unpack = _linalg.lu_unpack
+lu_solve = _linalg.torch_lu_solve
 svd_lowrank = _linalg.svd_lowrank
 pca_lowrank = _linalg.pca_lowrank
 
@@ -619,6 +622,7 @@ def nuclear_norm(input: Any, dim: Any = None, keepdim: bool = False, *, dtype: A
 __all__ = ["as_strided", "asarray", "bartlett_window", "blackman_window", "cholesky", "cholesky_inverse",
            "cholesky_solve", "clone", "concatenate", "detach", "diagonal_scatter", "dsplit", "fill", "fix", "gradient",
            "hamming_window", "hann_window", "hardshrink", "hsplit", "is_complex", "is_nonzero", "is_same_size",
-           "is_signed", "kaiser_window", "normal", "nuclear_norm", "pca_lowrank", "pinverse", "prelu", "qr", "range",
+           "is_signed", "kaiser_window",
+           "lu", "lu_solve", "lu_unpack", "normal", "nuclear_norm", "pca_lowrank", "pinverse", "prelu", "qr", "range",
            "rsub", "scalar_tensor", "select_scatter", "slice_scatter", "split_with_sizes", "svd", "svd_lowrank",
            "typename", "vsplit", *INPLACE_FUNCTIONS, *FOREACH_FUNCTIONS]

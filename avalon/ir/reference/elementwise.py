@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from avalon.ir import dtypes as dt
 from avalon.ir.types import TensorType
 
 from .core import REFERENCE, ReferenceFn, rule, to_result
@@ -195,6 +196,20 @@ def _where(attrs: dict, c: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarr
 def _stop_gradient(attrs: dict, x: np.ndarray) -> np.ndarray:
     """x itself (a copy): the op only matters to autodiff."""
     return np.array(x, copy=True)
+
+
+@rule("bitcast")
+def _bitcast(attrs: dict, x: np.ndarray) -> np.ndarray:
+    """The operand's bytes (row-major) read as attrs['dtype']; bf16 is the top half of its f32 holder."""
+    src, dst = attrs["source"], attrs["dtype"]
+    a = np.ascontiguousarray(x).reshape(x.shape if x.ndim else (1,))
+    if src == dt.bfloat16:
+        bits = (a.astype(np.float32).view(np.uint32) >> np.uint32(16)).astype(np.uint16)
+    else:
+        bits = a.astype(src.np)
+    out = (bits.view(np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32) if dst == dt.bfloat16 \
+        else bits.view(dst.np)
+    return out.reshape(()) if x.ndim == 0 else out
 
 
 @rule("cast")

@@ -63,6 +63,17 @@ def _eigh(attrs: dict, x: np.ndarray) -> np.ndarray:
     return _each(x, (n + 1, n), pack)
 
 
+@rule("eig")
+def _eig(attrs: dict, x: np.ndarray) -> np.ndarray:
+    n = x.shape[-1]
+
+    def pack(a: np.ndarray) -> np.ndarray:
+        w, v = np.linalg.eig(a)
+        w, v = w.astype(np.result_type(a.dtype, np.complex64)), v.astype(np.result_type(a.dtype, np.complex64))
+        return np.concatenate([w.real[..., None, :], w.imag[..., None, :], v.real, v.imag], axis=-2).astype(a.dtype)
+    return _each(x, (2 * n + 2, n), pack)
+
+
 @rule("qr")
 def _qr(attrs: dict, x: np.ndarray) -> np.ndarray:
     m, n = x.shape[-2:]
