@@ -31,7 +31,7 @@ from .ir import Builder, Graph, LiteralArray, Location, ShapeError, TensorType, 
 from .ir import dtypes as dt
 from .ir.builder import make_op
 from .ir.clone import clone_block, inline_regions
-from .tensor import FROZEN, LITERALS, READS, TRACING, Tensor, TracerError, _replace, _to_torch, as_array
+from .tensor import FROZEN, LITERALS, READS, TRACING, Tensor, TracerError, _replace, _to_torch, as_array  # noqa: F401 (TracerError: re-exported)
 
 _STACK: list[Trace] = TRACING  # one list: Tensor._concrete asks it whether a trace is being recorded
 _PKG = os.path.dirname(os.path.abspath(__file__))
@@ -369,16 +369,17 @@ def trace_call(fn: Any, args: tuple, name: str | None = None, keep_custom: bool 
     for a, tr in zip(args, trees):
         n = _count_leaves(tr)
         new_args.append(tree.unflatten(tr, [next(it) for _ in range(n)], a))
-    roots = [m for m in (owner_model(fn), *args) if m is not None and tree.is_model(m)]
+    roots = _roots(owner_model(fn), args)
     saved = _snapshot(roots)
     slots = _state_slots(roots)
+    inputs_of = {id(obj): traced._value for (_, obj), traced in zip(leaves, traced_leaves)}
     _STACK.append(t)
     try:
         try:
             out = fn(*new_args)
         finally:
             _STACK.pop()
-        _settle_state(t, slots, roots)
+        _settle_state(t, slots, roots, saved, inputs_of)
     except BaseException:
         _restore(saved)  # a failed trace leaves the model as it was: no tracer, no attribute lost or added
         raise
@@ -465,40 +466,104 @@ def _restore(saved: list[tuple[Any, Any]]) -> None:
 _MISSING = object()
 
 
-def _settle_state(t: Trace, slots: list[tuple[Any, Any, str, Tensor]], roots: list[Any]) -> None:
-    """After the traced call: a model attribute rebound to a traced tensor (`self.count =
-    self.count + 1`) becomes a state update of the tensor it held, which goes back in place (as
-    torch keeps the new value, and no tracer escapes into the model). A tensor that does not depend
-    on the traced call's inputs (a causal mask built from a length and cached on the model, new or
-    of a new shape) is computed now and kept as the attribute's concrete value, as Python keeps an
-    attribute. One that depends on the inputs, stored where the model held no tensor (`self.last =
-    y`) or held one of another shape, cannot outlive the trace: an error naming it (the caller then
-    restores the model)."""
-    known = {(id(box), k) for box, k, _, _ in slots}
-    for box, k, name, orig in slots:
-        now = box[k]
+def _roots(owner: Any, args: tuple) -> list[Any]:
+    """The models a traced call reaches, whose attributes it may rebind: `fn`'s own, then those among
+    its arguments (in lists, tuples and dicts too), each once."""
+    out: list[Any] = []
+    seen: set[int] = set()
+
+    def add(x: Any) -> None:
+        if isinstance(x, (list, tuple)):
+            for v in x:
+                add(v)
+        elif isinstance(x, dict):
+            for v in x.values():
+                add(v)
+        elif x is not None and tree.is_model(x) and not _is_pair(x) and id(x) not in seen:
+            seen.add(id(x))
+            out.append(x)
+    add(owner)
+    add(list(args))
+    return out
+
+
+def _items(box: Any) -> list[tuple[Any, Any]]:
+    if isinstance(box, list):
+        return list(enumerate(box))
+    return [(k, v) for k, v in box.items() if not (isinstance(k, str) and k.startswith("__"))]
+
+
+def _settle_state(t: Trace, slots: list[tuple[Any, Any, str, Tensor]], roots: list[Any],
+                  saved: list[tuple[Any, Any]] | None = None, inputs_of: dict[int, Value] | None = None) -> None:
+    """After the traced call, what it left in the models' attributes (avalon/trace_state.py).
+
+    A model tensor rebound to a traced tensor of its shape and dtype (`self.count = self.count + 1`)
+    becomes a state update of the tensor it held, which goes back in place (a parameter or buffer keeps
+    its identity). A traced tensor that depends on none of the call's inputs (a causal mask built from
+    a length and cached on the model) is computed now and kept as the attribute's concrete value, as
+    Python keeps an attribute. Anything else that depends on the call, a tensor or a tuple, list or
+    dict of them, stored in a new attribute, one of another shape, one that held such state before, or
+    one that held something else (pytorch-ntm's `self.previous_state = (reads, (h, c), heads)`), is
+    an `AttrWrite`: its tensors become extra graph outputs, written into the attribute after every run;
+    until then the attribute holds what it held before the call (no tracer escapes into the model)."""
+    from .trace_state import _MISSING as MISSING
+    from .trace_state import AttrWrite, is_plain_state, template, unset
+    prior: dict[tuple[int, Any], Any] = {}
+    for box, copy in saved or ():
+        for k, v in _items(copy):
+            prior[(id(box), k)] = v
+    inputs_of = inputs_of or {}
+    rebound: set[int] = set()
+    for box, k, _, orig in slots:
+        now = _get(box, k)
         if now is orig or not isinstance(now, Tensor) or now._trace is not t:
             continue
-        if now.shape != orig.shape or now.dtype is not orig.dtype:
-            const = _constant(t, now)
-            if const is not None:  # `self.src_mask = mask` for a shorter sequence
-                box[k] = const
-                continue
-            raise TracerError(f"the traced function replaced the model's tensor '{name}' {orig.shape} "
-                              f"{orig.dtype.name} with a {now.shape} {now.dtype.name} one that depends on its "
-                              "inputs; state keeps its shape and dtype (return the new value instead)")
-        box[k] = orig
-        t.record_update(orig, now)
-    for box, k, name in _containers(roots):
-        v = box[k]
-        if (id(box), k) not in known and v._trace is t:
-            const = _constant(t, v)
-            if const is not None:  # a cache computed from shapes or constants: a plain attribute
-                box[k] = const
-                continue
-            raise TracerError(f"the traced function stored a tensor that depends on its inputs in the model's "
-                              f"new attribute '{name}'; it cannot outlive the trace. Return it, or keep a tensor "
-                              f"there before the call and update it (`self.{k} = ...` or `.copy_(...)`)")
+        if now.shape == orig.shape and now.dtype is orig.dtype and not is_plain_state(orig):
+            box[k] = orig
+            t.record_update(orig, now)
+            rebound.add(id(orig))
+
+    def hole(x: Tensor) -> Value | None:
+        """The value a tensor left in a rebound attribute is written back from, or None to keep it."""
+        if x._trace is t:
+            return x._value
+        if x._trace is None and id(x) in inputs_of and (id(x) in rebound or is_plain_state(x)):
+            return inputs_of[id(x)]  # state whose object is replaced: the value it had when the call began
+        return None
+
+    writes: list[tuple[Any, Any, Any, str, Any]] = []
+    for box, prefix, owner in list(_boxes(roots)):
+        if _is_pair(owner):
+            continue  # a complex pair: written back whole, as its holder's value
+        for k, v in _items(box):
+            before = prior.get((id(box), k), MISSING)
+            if v is before or not isinstance(v, (Tensor, tuple)) and not _is_pair(v):
+                continue  # unchanged; a list, dict or object is walked as a box of its own
+            name = f"{prefix}.{k}" if prefix else str(k)
+            if isinstance(v, Tensor) and v._trace is t:
+                const = _constant(t, v)
+                if const is not None:  # a cache computed from shapes or constants: a plain attribute
+                    box[k] = const
+                    continue
+            tmpl, holes = template(v, hole, name)
+            if holes:
+                writes.append((box, k, owner, name, (tmpl, holes, before)))
+    for box, k, owner, name, (tmpl, holes, before) in writes:
+        w = AttrWrite(box, k, owner, name, tmpl, len(holes))
+        for slot, src in zip(w.slots(), holes):
+            t.updates.append((slot, src))
+        unset(box, k, before)
+
+
+def _is_pair(x: Any) -> bool:
+    return getattr(type(x), "_complex_pair", False)
+
+
+def _get(box: Any, k: Any) -> Any:
+    try:
+        return box[k]
+    except (KeyError, IndexError):
+        return _MISSING
 
 
 def _cone(t: Trace, x: Tensor, leaf: Any) -> tuple[list[Any], dict[int, Any]] | None:
@@ -641,7 +706,11 @@ def inline(t: Trace, graph: Graph, inputs: list[Value]) -> list[Value]:
 
 
 def assign(target: Tensor, new: Tensor) -> None:
-    """Update a state tensor in place (eagerly), or record the update in the active trace."""
+    """Update a state tensor in place (eagerly), or record the update in the active trace. A model
+    attribute a traced call rebound (`avalon.trace_state.AttrSlot`) gets `new` as its value."""
+    if not isinstance(target, Tensor) and hasattr(target, "set"):
+        target.set(new)
+        return
     if target._view is not None:  # a view held as state: the write goes to its base
         views.write(target, new)
         return

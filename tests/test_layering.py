@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent / "avalon"
 LAYERS = {
     "avalon.channels": 0, "avalon.version": 0, "avalon.precision": 0, "avalon.ir": 0,
     "avalon.grad_mode": 0, "avalon.jit": 0,
-    "avalon.tensor": 1, "avalon.ops": 1, "avalon.trace": 1, "avalon.tree": 1, "avalon.device": 1,
+    "avalon.tensor": 1, "avalon.ops": 1, "avalon.trace": 1, "avalon.trace_state": 1, "avalon.tree": 1, "avalon.device": 1,
     "avalon.random": 1, "avalon.views": 1, "avalon.cuda": 1, "avalon.autodiff": 1, "avalon.batching": 1, "avalon.passes": 1,
     "avalon.amp": 1, "avalon.complex": 1, "avalon.control_flow": 1, "avalon.sparse": 1, "avalon.fft": 1,
     "avalon.codegen": 2, "avalon.mlir": 2,

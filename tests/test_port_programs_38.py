@@ -29,7 +29,8 @@ of its own, missing from torch's state dict: the buffer is now that tensor.
 
 Found and left: pytorch-ntm's EncapsulatedNTM keeps its sequence state on the model (`self.memory.memory`,
 `self.memory.prev_mem`, `self.previous_state`, a tuple) and creates it inside the training step; a traced step
-refuses new model attributes that depend on its inputs ("cannot outlive the trace"), so the NTM is not ported here.
+refused new model attributes that depend on its inputs; they are now written back after each call (avalon/trace_state.py),
+and the NTM is ported in tests/test_traced_state.py.
 """
 from __future__ import annotations
 

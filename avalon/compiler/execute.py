@@ -22,6 +22,7 @@ from avalon.device import CPU, Device
 from avalon.ir import Graph, TensorType, Value
 from avalon.tensor import Tensor, as_array
 from avalon.trace import SEED, Traced, assign, current_trace, inline
+from avalon.trace_state import AttrSlot
 
 
 def feed(leaves: list[Any]) -> list[Any]:
@@ -65,6 +66,9 @@ def _write_back(targets: list[Tensor], arrays: Sequence[Any], values: Sequence[V
     dst: dict[int, tuple[Any, Any]] = {}  # id(target) -> (target storage, source); the last update wins
     in_place = []
     for target, a, v in zip(targets, arrays, values):
+        if isinstance(target, AttrSlot):  # a model attribute the traced call rebound: a fresh value
+            target.set(_wrap_result(a, v.type, dev))
+            continue
         data = target._data
         own = target._view is None  # else a view whose base the graph did not hold: `assign` writes the base
         if a is data and own:  # written in place by the executable (a donated input)

@@ -109,9 +109,10 @@ def state_dict(model: Any) -> dict[str, Tensor]:
     parameters, then its own buffers, then each child's entries, each in attribute (registration)
     order; a tied tensor appears under each of its names, as in torch. The values are the model's
     own tensors, not copies, as in torch."""
-    skip = {f"{name}.{b}{part}" if name else f"{b}{part}" for name, m in named_modules(model)
+    skip = {f"{name}.{b}{part}" if name else f"{b}{part}" for name, m in named_modules(model, remove_duplicate=False)
             for b in getattr(m, "_non_persistent_buffers", ()) for part in ("", ".real", ".imag")}
-    return {k: t for k, t in tree.named_state(model) if k not in skip}
+    under = tuple(f"{s}." for s in skip)  # a tuple or dict of state a traced call left (avalon/trace_state.py)
+    return {k: t for k, t in tree.named_state(model) if k not in skip and not k.startswith(under)}
 
 
 def _complex_as_parts(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
