@@ -27,7 +27,7 @@ import numpy as np
 from . import ops as _ops
 from . import tensor as _tensor_module
 from .ir import dtypes as dt
-from .tensor import Tensor, _is_dtype
+from .tensor import _PLAIN_NUMBERS, Tensor, _is_dtype, leaf_types
 from .tensor import tensor as _real_tensor
 
 _PYCOMPLEX = builtins.complex  # `complex` below is torch.complex(real, imag)
@@ -630,7 +630,7 @@ def is_complex_like(x: Any) -> bool:
     if isinstance(x, np.ndarray):
         return np.iscomplexobj(x)
     if isinstance(x, (list, tuple)):
-        return any(is_complex_like(v) for v in x)
+        return not leaf_types(x) <= _PLAIN_NUMBERS and any(is_complex_like(v) for v in x)
     return not isinstance(x, Tensor) and hasattr(x, "is_complex") and hasattr(x, "detach") and bool(x.is_complex())
 
 

@@ -91,7 +91,9 @@ FILLS = [
 ]
 VALUES = [("int8", 127), ("int8", 300), ("int8", -129), ("uint8", -1), ("uint8", -129), ("uint8", 256),
           ("int32", 2**31), ("int32", 2.5), ("int64", 2**63), ("int64", -(2**63)), ("int16", float("nan")),
-          ("float32", 1e300), ("float32", -1e39), ("float32", float("inf")), ("float64", 1e300)]
+          ("float32", 1e300), ("float32", -1e39), ("float32", float("inf")), ("float64", 1e300),
+          ("float16", 65504.0), ("float16", 65519.0), ("float16", -7e4), ("float16", 1e6), ("float16", float("-inf")),
+          ("bfloat16", 3.3895e38), ("bfloat16", 3.4e38), ("bfloat16", float("nan"))]
 
 
 @pytest.mark.parametrize("dtype,value", VALUES, ids=[f"{d}-{v}" for d, v in VALUES])
@@ -106,7 +108,9 @@ def test_fill_values_out_of_their_dtype_raise_where_torch_raises(dtype: str, val
                 f(av, getattr(av, dtype), value)
             continue
         got = f(av, getattr(av, dtype), value)
-        np.testing.assert_array_equal(np.asarray(got), want.numpy(), err_msg=f"{name}({dtype}, {value})")
+        np.testing.assert_array_equal(np.asarray(got, np.float64 if dtype == "bfloat16" else None),
+                                      want.double().numpy() if dtype == "bfloat16" else want.numpy(),
+                                      err_msg=f"{name}({dtype}, {value})")
 
 
 def test_a_fill_value_out_of_range_raises_inside_a_compiled_function_too() -> None:

@@ -7,6 +7,7 @@ types) stores it as i8 and picks the unsigned op variants (see docs/mlir.md)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -18,8 +19,8 @@ class DType:
     is_float: bool
     rank: int  # promotion order
 
-    @property
-    def np(self) -> np.dtype:
+    @cached_property
+    def np(self) -> np.dtype:  # cached: every eager op asks (cached_property writes __dict__, frozen or not)
         return np.dtype(self.np_name)
 
     @property

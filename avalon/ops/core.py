@@ -33,28 +33,82 @@ def _type_of(x: Any) -> TensorType:
     return TensorType(a.shape, dt.dtype(a.dtype))
 
 
+def _frozen(v: Any) -> Any:
+    """`v` as part of a dict key that tells apart what `==` does not: 1 from True from 1.0, 0.0 from
+    -0.0 (floats by their bits; NaN equals itself); None when `v` cannot be a key (an array)."""
+    t = type(v)
+    if t is int or t is bool or t is str or v is None or t is DType:
+        return (t, v)
+    if t is list or t is tuple:
+        if all(type(x) is int for x in v):  # shapes, dims, permutations: the common case, kept cheap
+            return (t, tuple(v))
+        out = tuple(_frozen(x) for x in v)
+        return None if None in out else (t, out)
+    if isinstance(v, (float, np.floating)):
+        return (t, float(v).hex())
+    if isinstance(v, (np.integer, np.bool_)):
+        return (t, v.item())
+    return None
+
+
+def _frozen_attrs(attrs: dict[str, Any]) -> tuple | None:
+    out = []
+    for k, v in attrs.items():
+        f = _frozen(v)
+        if f is None:
+            return None
+        out.append((k, f))
+    return tuple(out)
+
+
+_EAGER_TYPES: dict[tuple, tuple[dict[str, Any], TensorType]] = {}
+"""(op, operand shapes and dtypes, attrs) -> (normalized attrs, result type): eager calls repeat the
+same few signatures, and building an IR op to infer its type cost most of an eager call. Inference
+is a pure function of that key; a failure is never stored, so it raises again with the user's line."""
+
+
+def _signature(opname: str, operands: tuple, attrs: dict[str, Any]) -> tuple[dict[str, Any], TensorType]:
+    key_attrs = _frozen_attrs(attrs)
+    key = None
+    if key_attrs is not None:
+        key = (opname, key_attrs, *[(o.shape, o._dtype) if isinstance(o, Tensor) else _type_of(o)
+                                    for o in operands])
+        hit = _EAGER_TYPES.get(key)
+        if hit is not None:
+            return hit
+    try:
+        op = make_op(opname, [Value(_type_of(o)) for o in operands], attrs)
+    except (ShapeError, TypeError) as e:
+        raise located(e, user_location()) from None
+    out = (op.attrs, op.results[0].type)
+    if key is not None:
+        if len(_EAGER_TYPES) >= 4096:  # a float attribute that changes every call: start over
+            _EAGER_TYPES.clear()
+        _EAGER_TYPES[key] = out
+    return out
+
+
 def bind(opname: str, *operands: Any, **attrs: Any) -> Tensor:
     """Apply primitive `opname`: recorded in the active trace, or run now on the reference rule."""
     tr = current_trace()
     if tr is not None:
         return tr.emit(opname, list(operands), attrs)[0]
-    try:
-        op = make_op(opname, [Value(_type_of(o)) for o in operands], attrs)
-    except (ShapeError, TypeError) as e:
-        raise located(e, user_location()) from None
-    devs = {o.device for o in operands if isinstance(o, Tensor)}
-    rt = op.results[0].type
+    op_attrs, rt = _signature(opname, operands, attrs)
+    dev = None  # the operands' one device, or CPU where they are on several
+    for o in operands:
+        if isinstance(o, Tensor):
+            dev = o._device if dev is None or dev == o._device else CPU
     arrays = [as_array(o) for o in operands]
     try:
-        out = evaluate(opname, op.attrs, arrays, rt)
+        out = evaluate(opname, op_attrs, arrays, rt)
     except (IndexError, ValueError, ArithmeticError) as e:  # a bad value (an index out of range): the user's line
         raise _relocated(e) from None
-    out = np.ascontiguousarray(out).reshape(out.shape)  # keep 0-d as 0-d
+    if not out.flags.c_contiguous:
+        out = np.ascontiguousarray(out).reshape(out.shape)  # keep 0-d as 0-d
     if out.base is not None and builtins.any(np.may_share_memory(out, a) for a in arrays):
         out = out.copy()  # numpy's view of an operand: aliasing is views.py's business, not numpy's
     res = Tensor._wrap(out, rt.dtype, CPU)
-    dev = next(iter(devs)) if len(devs) == 1 else CPU
-    return res if dev == CPU else res.to(dev)
+    return res if dev is None or dev == CPU else res.to(dev)
 
 
 def _relocated(e: Exception) -> Exception:
@@ -82,6 +136,18 @@ class ArgumentError(ShapeError, RuntimeError):
 class IntegerDivisionError(RuntimeError, ZeroDivisionError):
     """Integer division or remainder by zero: torch's RuntimeError('ZeroDivisionError'), and also
     Python's own ZeroDivisionError."""
+
+
+class IndexRangeError(IndexError, RuntimeError):
+    """An index argument out of its range (gather, scatter, index_add, narrow): torch's
+    RuntimeError('index 5 is out of bounds for dimension 1 with size 5'), and the IndexError
+    Avalon raised before (and Python raises)."""
+
+
+class DTypeNotImplementedError(TypeError, NotImplementedError):
+    """An op torch has no kernel for at an operand's dtype (bitwise ops and shifts of floats, histc
+    of integers): torch's NotImplementedError('"lshift_cpu" not implemented for 'Float''), and
+    the TypeError Avalon raised before."""
 
 
 def fail(err: Exception) -> Exception:
@@ -221,15 +287,22 @@ def full(size: Sequence[int], fill_value: Any, dtype: Any = None, *, device: Any
     return place(_constant(size_args("full", (size,)), fits(v, d), d), device)
 
 
+_FLOAT_MAX = {dt.float32: float(np.finfo(np.float32).max), dt.float16: float(np.finfo(np.float16).max),
+              dt.bfloat16: float(np.array(0x7F7F0000, np.uint32).view(np.float32))}
+
+
 def fits(v: Any, d: DType) -> Any:
     """Python number `v` as a fill value of dtype `d`, with torch's overflow check where numpy wraps
     in silence (full, fill_, masked_fill, clamp's bounds: `full((2,), 300, dtype=int8)` held 44). As
-    torch: uint8 takes negatives (two's complement), half precision overflows to inf, float32 not."""
+    torch: uint8 takes negatives (two's complement); a finite float past the largest finite value
+    of f32, f16 or bf16 is refused even where it would round down to it (65519 in f16), inf and nan
+    are kept."""
     if d is dt.bool_ or not isinstance(v, (int, float, np.number)) or isinstance(v, bool):
         return v
     if d.is_float:
-        if d is dt.float32 and math.isfinite(v) and builtins.abs(v) > float(np.finfo(np.float32).max):
-            raise located(RuntimeError(f"value cannot be converted to type float32 without overflow (got {v})"),
+        top = _FLOAT_MAX.get(d)
+        if top is not None and math.isfinite(v) and builtins.abs(v) > top:
+            raise located(RuntimeError(f"value cannot be converted to type {d.name} without overflow (got {v})"),
                           user_location())
         return v
     lo, hi = dt.int_range(d)
@@ -259,12 +332,20 @@ def cast(x: Any, dtype: Any) -> Tensor:
 def broadcast_to(input: Any, size: Sequence[int]) -> Tensor:
     x = _as_operand(input)
     shape = tuple(int(s) for s in size)
+    if -1 in shape and not _is_scalar(x):  # torch.broadcast_to's -1 keeps that dim, as Tensor.expand's
+        lead = len(shape) - x.ndim
+        if -1 in shape[:lead if lead > 0 else 0]:  # (`max` is torch's here)
+            raise fail(ArgumentError(f"broadcast_to: the expanded size of the tensor (-1) isn't allowed in a leading, "
+                                     f"non-existing dimension (expanding shape {x.shape} to {shape})"))
+        shape = tuple(x.shape[i - lead] if s == -1 else s for i, s in enumerate(shape))
     if _is_scalar(x):
         return full(shape, x, result_dtype(x))
     return x if x.shape == shape else bind("broadcast", x, shape=list(shape))
 
 
 def _broadcast_shapes(name: str, *shapes) -> tuple[int, ...]:
+    if all(s == shapes[0] for s in shapes[1:]):
+        return tuple(shapes[0])
     try:
         return tuple(np.broadcast_shapes(*shapes))
     except ValueError:
@@ -275,6 +356,12 @@ def _broadcast_shapes(name: str, *shapes) -> tuple[int, ...]:
 def _prepare(name: str, *xs: Any, dtype: DType | None = None) -> list[Tensor]:
     """Promote to one dtype and broadcast to one shape, inserting the ops that does."""
     xs = [_as_operand(x) for x in xs]
+    first = xs[0]
+    if isinstance(first, Tensor):  # the common case, operands that already agree, needs no op
+        d, s = first._dtype, first.shape
+        if (dtype is None or dtype == d) and all(isinstance(x, Tensor) and x._dtype == d and x.shape == s
+                                                 for x in xs[1:]):
+            return xs
     d = dtype or result_dtype(*xs)
     shape = _broadcast_shapes(name, *[() if _is_scalar(x) else x.shape for x in xs])
     out = []
@@ -389,7 +476,9 @@ def trunc(input: Any) -> Tensor:
     if not x.dtype.is_float:
         return x
     small = lt(abs(x), _EXACT)
-    return where(small, cast(cast(where(small, x, 0.0), dt.int64), x.dtype), stop_gradient(x))
+    r = cast(cast(where(small, x, 0.0), dt.int64), x.dtype)
+    r = where(eq(r, 0.0), mul(x, 0.0), r)  # the integer cast drops a zero's sign: trunc(-0.3) is -0.0
+    return where(small, r, stop_gradient(x))
 
 
 fix = trunc
@@ -564,7 +653,9 @@ def where(condition: Any, input: Any = None, other: Any = None) -> Any:
     d = result_dtype(xa, xb)
     shape = _broadcast_shapes("where", *[() if _is_scalar(x) else x.shape for x in (cond, xa, xb)])
     c = broadcast_to(cond, shape) if not _is_scalar(cond) else full(shape, bool(cond), dt.bool_)
-    ya, yb = (full(shape, x, d) if _is_scalar(x) else broadcast_to(cast(x, d), shape) for x in (xa, xb))
+    low = d is dt.float16 or d is dt.bfloat16  # torch's where overflows these to inf, refuses f32/int overflow
+    ya, yb = ((_constant(shape, x, d) if low else full(shape, x, d)) if _is_scalar(x)
+              else broadcast_to(cast(x, d), shape) for x in (xa, xb))
     return bind("where", c, ya, yb)
 
 
@@ -576,6 +667,9 @@ def clamp(input: Any, min: Any = None, max: Any = None, *, out: Any = None) -> T
     if min is None and max is None:
         raise fail(ArgumentError("torch.clamp: At least one of 'min' or 'max' must not be None"))
     y = _as_operand(input)
+    for bound in (min, max):  # checked here too: `where` lets f16/bf16 overflow, as torch's where does
+        if _is_scalar(bound) and not _is_scalar(y):
+            fits(bound, result_dtype(y, bound))
     if min is not None:
         y = where(_beyond(lt(y, min), min), min, y)
     if max is not None:

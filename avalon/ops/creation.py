@@ -93,7 +93,8 @@ def in_range(idx: Tensor, size: int) -> Tensor:
 
 
 def _num(v: Any) -> Any:
-    return v.item() if isinstance(v, Tensor) else v
+    """A Python number of a 0-d tensor or a numpy scalar (`arange(np.int32(5))` counts in i64, as torch)."""
+    return v.item() if isinstance(v, (Tensor, np.generic)) else v
 
 
 def arange(start: Any = None, end: Any = None, step: Any = 1, *, dtype: Any = None, device: Any = None,
@@ -301,8 +302,14 @@ def randint(low: int, high: Any = None, size: Any = None, *, dtype: Any = None, 
     low, high = int(_num(low)), int(_num(high))
     if high <= low:
         raise ValueError(f"randint: argument 'high' ({high}) must be greater than 'low' ({low})")
-    u = _random("randint", (size,), "uniform", dt.float64, None, generator, out, layout)
     d = dtype_arg("randint", dtype) if dtype is not None else dt.int64
+    if not d.is_float:  # torch's bounds check: the values must fit the dtype (else they would wrap)
+        lo_d, hi_d = dt.int_range(d)
+        for what, v in (("from", low), ("to - 1", high - 1)):
+            if not lo_d <= v <= hi_d:
+                raise fail(RuntimeError(f"randint: {what} is out of bounds for {dt.PY_NAMES[d.name]} "
+                                        f"(low={low}, high={high})"))
+    u = _random("randint", (size,), "uniform", dt.float64, None, generator, out, layout)
     return place(cast(add(cast(mul(u, float(high - low)), dt.int64), low), d), device)
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from ..ir import dtypes as dt
 from ..tensor import Tensor, default_float_dtype
 from .core import (
+    DTypeNotImplementedError,
     _as_operand,
     _is_scalar,
     _prepare,
@@ -119,7 +120,8 @@ def _round_even(x: Tensor) -> Tensor:
     half = mul(f, 0.5)
     odd = ne(floor(half), half)
     up = logical_or(gt(d, 0.5), logical_and(eq(d, 0.5), odd))
-    return where(up, add(f, 1.0), f)
+    r = where(up, add(f, 1.0), f)
+    return where(eq(r, 0.0), mul(x, 0.0), r)  # a zero keeps x's sign: round(-0.3) is -0.0
 
 
 def round(input: Any, *, decimals: int = 0) -> Tensor:  # noqa: A001
@@ -499,8 +501,8 @@ def erfinv(input: Any) -> Tensor:
 def _bitwise_operands(fn: str, a: Any, b: Any) -> tuple[Tensor, Tensor]:
     x, y = _prepare(fn, a, b)
     if x.dtype.is_float:
-        raise fail(TypeError(f"{fn}: not implemented for floating tensors ({x.dtype.name}); torch's bitwise ops "
-                             "take integers and bools"))
+        raise fail(DTypeNotImplementedError(f"{fn}: not implemented for floating tensors ({x.dtype.name}); "
+                                            "torch's bitwise ops take integers and bools"))
     return x, y
 
 
@@ -556,7 +558,7 @@ def bitwise_not(input: Any) -> Tensor:
     """~x: -x - 1 for integers (two's complement), logical NOT for bools."""
     x = _tensor(input)
     if x.dtype.is_float:
-        raise fail(TypeError(f"bitwise_not: not implemented for floating tensors ({x.dtype.name})"))
+        raise fail(DTypeNotImplementedError(f"bitwise_not: not implemented for floating tensors ({x.dtype.name})"))
     return logical_not(x) if x.dtype is dt.bool_ else sub(neg(x), 1)
 
 
@@ -566,12 +568,14 @@ def _shift_operands(fn: str, a: Any, b: Any) -> tuple[Tensor, Any]:
     if _is_scalar(b) and not isinstance(b, (bool, np.bool_)) and isinstance(b, (int, np.integer)):
         x = _as_operand(a)
         x = full((), x, result_dtype(x)) if _is_scalar(x) else x
+        if x.dtype is dt.bool_:  # torch promotes: a bool tensor shifted by an int is i64
+            x = cast(x, result_dtype(x, b))
         if x.dtype.is_float or x.dtype is dt.bool_:
-            raise fail(TypeError(f"{fn}: not implemented for {dt.PY_NAMES[x.dtype.name]} tensors"))
+            raise fail(DTypeNotImplementedError(f"{fn}: not implemented for {dt.PY_NAMES[x.dtype.name]} tensors"))
         return x, int(b)
     x, k = _prepare(fn, a, b)
     if x.dtype.is_float or x.dtype is dt.bool_:
-        raise fail(TypeError(f"{fn}: not implemented for {dt.PY_NAMES[x.dtype.name]} tensors"))
+        raise fail(DTypeNotImplementedError(f"{fn}: not implemented for {dt.PY_NAMES[x.dtype.name]} tensors"))
     return x, k
 
 

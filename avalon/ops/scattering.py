@@ -34,6 +34,7 @@ from ..ir import dtypes as dt
 from ..tensor import Tensor
 from .core import (
     ArgumentError,
+    IndexRangeError,
     _as_operand,
     _tensor,
     add,
@@ -138,6 +139,7 @@ def scatter_reduce(input: Any, dim: int, index: Any, src: Any, reduce: str, *, i
     `include_self=False` (positions no index names keep the input either way). Integer means floor,
     as in torch; gradients are torch's (ties of amax/amin share the gradient evenly)."""
     unsupported("scatter_reduce", out=out)
+    reduce = {"max": "amax", "min": "amin"}.get(reduce, reduce)  # torch's kernel takes these spellings too
     if reduce not in REDUCTIONS:
         raise fail(ArgumentError(f"scatter_reduce: reduce argument must be either sum, prod, mean, amax or amin, got "
                                  f"{reduce}"))
@@ -218,7 +220,7 @@ def _vector(fn: str, index: Any, size: int, dim: int, *, wrap: bool) -> Tensor:
         lo = -size if wrap else 0
         bad = (v < lo) | (v >= size)
         if bad.any():
-            raise fail(IndexError(f"{fn}: index {int(v[bad][0])} is out of bounds for dimension {dim} with size "
+            raise fail(IndexRangeError(f"{fn}: index {int(v[bad][0])} is out of bounds for dimension {dim} with size "
                                   f"{size}"))
         return Tensor(v % max(size, 1)) if wrap and (v < 0).any() else idx
     return in_range(where(lt(idx, 0), add(idx, size), idx) if wrap else idx, size)

@@ -528,8 +528,8 @@ def randint_like(input: Any, low: int = 0, high: int | None = None, *, dtype: An
     if high is None:
         low, high = 0, low
     d = dtype_arg("randint_like", dtype) if dtype is not None else x.dtype
-    r = randint(int(low), int(high), x.shape, generator=generator)
-    return cast(r, d) if device is None else cast(r, d).to(device)
+    r = randint(int(low), int(high), x.shape, dtype=d, generator=generator)  # (d's bounds checked there)
+    return r if device is None else r.to(device)
 
 
 def result_type(tensor1: Any, tensor2: Any) -> dt.DType:

@@ -17,6 +17,7 @@ from ..tensor import Tensor
 from ..trace import located, user_location
 from .core import (
     ArgumentError,
+    IndexRangeError,
     _as_operand,
     _concat,
     _is_scalar,
@@ -68,13 +69,19 @@ def _dim(fn: str, x: Tensor, dim: int) -> int:
 
 
 def narrow(input: Any, dim: int, start: int, length: int) -> Tensor:
-    """Elements start .. start + length - 1 along `dim`."""
+    """Elements start .. start + length - 1 along `dim`; `start` may be a 0-d integer tensor, as torch's."""
     x = _tensor(input)
     d = _dim("narrow", x, dim)
+    if isinstance(start, Tensor):
+        if start.ndim != 0 or start.dtype.is_float or start.dtype is dt.bool_:
+            raise fail(RuntimeError("narrow: start must be an 0-dim integral Tensor."))
+        start = int(start.item())
+    if length < 0:
+        raise fail(RuntimeError("narrow(): length must be non-negative."))
     start = start % x.shape[d] if start < 0 else start
-    if start + length > x.shape[d] or length < 0:
-        raise located(IndexError(f"narrow: start ({start}) + length ({length}) exceeds dimension size "
-                                 f"({x.shape[d]})"), user_location())
+    if start + length > x.shape[d]:
+        raise fail(IndexRangeError(f"narrow: start ({start}) + length ({length}) exceeds dimension size "
+                                   f"({x.shape[d]})"))
     lo, hi = [0] * x.ndim, list(x.shape)
     lo[d], hi[d] = start, start + length
     index = tuple(slice(a, b, 1) for a, b in zip(lo, hi))

@@ -44,6 +44,8 @@ from ..tensor import Tensor
 from ..trace import current_trace, located, user_location
 from .core import (
     ArgumentError,
+    DTypeNotImplementedError,
+    IndexRangeError,
     _as_operand,
     _tensor,
     add,
@@ -54,6 +56,7 @@ from .core import (
     concat,
     cumsum,
     div,
+    dtype_arg,
     eq,
     expand_dims,
     fail,
@@ -236,7 +239,7 @@ def _index(fn: str, x: Tensor, d: int, index: Any, bound: int) -> Tensor:
         vals = idx.numpy()
         bad = (vals < 0) | (vals >= bound)
         if bad.any():
-            raise located(IndexError(f"{fn}: index {int(vals[bad].reshape(-1)[0])} is out of bounds for dimension "
+            raise located(IndexRangeError(f"{fn}: index {int(vals[bad].reshape(-1)[0])} is out of bounds for dimension "
                                      f"{d} with size {bound}"), user_location())
     return in_range(idx, bound)
 
@@ -390,9 +393,15 @@ def randperm(n: int, *, dtype: Any = None, device: Any = None, generator: Any = 
              out: Any = None, layout: Any = None) -> Tensor:
     """A random permutation of 0 .. n-1 (the argsort of n uniform draws from Avalon's generator)."""
     unsupported("randperm", generator=generator, out=out, layout=layout)
+    d = None if dtype is None else dtype_arg("randperm", dtype)
+    if d is dt.bool_:
+        raise fail(DTypeNotImplementedError("randperm: \"randperm\" not implemented for 'bool'"))
+    if d is not None and not d.is_float and int(n) - 1 > dt.int_range(d)[1]:
+        raise fail(RuntimeError(f"randperm: n - 1 = {int(n) - 1} cannot be converted to type "
+                                f"{dt.PY_NAMES[d.name]} without overflow"))
     keys = _random("randperm", (int(n),), "uniform", dt.float64, None, None, None, None)
     p = argsort(keys)
-    p = p if dtype is None else cast(p, dtype)
+    p = p if d is None else cast(p, d)
     return p if device is None else p.to(device)
 
 

@@ -17,6 +17,7 @@ from ..ir import ShapeError
 from ..ir import dtypes as dt
 from ..tensor import Tensor, default_float_dtype
 from .core import (
+    DTypeNotImplementedError,
     _tensor,
     _var,
     add,
@@ -392,7 +393,8 @@ def histc(input: Any, bins: int = 100, min: Any = 0, max: Any = 0, *, out: Any =
     unsupported("histc", out=out)
     x = _tensor(input)
     if not x.dtype.is_float:
-        raise fail(TypeError(f"histc: \"histogram_cpu\" not implemented for '{dt.PY_NAMES[x.dtype.name]}'"))
+        raise fail(DTypeNotImplementedError(f"histc: \"histogram_cpu\" not implemented for "
+                                            f"'{dt.PY_NAMES[x.dtype.name]}'"))
     nb = int(bins)
     if nb <= 0:
         raise fail(ValueError(f"histc: bins must be > 0, but got {nb}"))
@@ -401,6 +403,8 @@ def histc(input: Any, bins: int = 100, min: Any = 0, max: Any = 0, *, out: Any =
     hi = cast(_tensor(max), x.dtype)
     if float(min) == float(max) and flat.shape[0]:
         lo, hi = amin(flat), amax(flat)
+    _check_range(lo, hi, "torch.histc: range of [{lo:g}, {hi:g}] is not finite",
+                 "torch.histc: max must be larger than min")
     same = eq(lo, hi)
     lo, hi = where(same, sub(lo, 1.0), lo), where(same, add(hi, 1.0), hi)
     inside = logical_and(ge(flat, lo), le(flat, hi))
@@ -408,6 +412,18 @@ def histc(input: Any, bins: int = 100, min: Any = 0, max: Any = 0, *, out: Any =
     idx = cast(where(inside, minimum(pos, float(nb - 1)), -1.0), dt.int64)
     hits = eq(expand_dims(idx, -1), iota((flat.shape[0], nb), 1))
     return sum(cast(hits, x.dtype), 0)
+
+
+def _check_range(lo: Tensor, hi: Tensor, not_finite: str, reversed_: str) -> None:
+    """torch's RuntimeError for a histogram range (given, or the data's) that is not finite (an inf
+    or nan in the data) or runs backwards. Known only for eager values: a traced range is unknown."""
+    if lo.is_traced or hi.is_traced:
+        return
+    a, b = float(lo.numpy()), float(hi.numpy())
+    if not (math.isfinite(a) and math.isfinite(b)):
+        raise fail(RuntimeError(not_finite.format(lo=a, hi=b)))
+    if a > b:
+        raise fail(RuntimeError(reversed_.format(lo=a, hi=b)))
 
 
 class HistogramResult(NamedTuple):
@@ -438,6 +454,8 @@ def histogram(input: Any, bins: Any = 100, *, range: Any = None, weight: Any = N
             lo, hi = amin(flat), amax(flat)
         else:
             lo, hi = cast(_tensor(0.0), x.dtype), cast(_tensor(1.0), x.dtype)
+        _check_range(lo, hi, "torch.histogram: range [{lo:g}, {hi:g}] is not finite",
+                     "torch.histogram: min should not exceed max, but got min {lo:g} max {hi:g}")
         same = eq(lo, hi)
         lo, hi = where(same, sub(lo, 0.5), lo), where(same, add(hi, 0.5), hi)
         # torch.linspace's: from the start for the first half, from the end for the second (the last edge is hi)

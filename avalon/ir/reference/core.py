@@ -77,7 +77,7 @@ def to_result(value: Any, type: TensorType, name: str = "") -> np.ndarray:
             if a.dtype.kind == "f" and type.dtype in dt.SMALL_INTS:
                 a = a.astype(np.int64)
             a = a.astype(want)
-    if type.dtype == dt.bfloat16:
+    if type.dtype is dt.bfloat16:
         a = round_bf16(a)
     if a.shape != type.shape:
         op = f" of '{name}'" if name else ""

@@ -8,9 +8,10 @@ import numpy as np
 from .core import rule
 
 
-class IndexOutOfRangeError(IndexError, ValueError):
+class IndexOutOfRangeError(IndexError, ValueError, RuntimeError):
     """An index (take, one_hot, hence embedding and class labels) outside its range, on any backend.
-    Both an IndexError and a ValueError, so code written against either keeps working."""
+    Both an IndexError and a ValueError, so code written against either keeps working, and a
+    RuntimeError, torch's type for an out-of-range index_select or embedding index."""
 
 
 @rule("take")
