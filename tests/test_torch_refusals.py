@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import torch_raises
 
 import avalon as av
 
@@ -117,3 +118,17 @@ def test_a_fill_value_out_of_range_raises_inside_a_compiled_function_too() -> No
     step = av.compile(lambda x: x.masked_fill(x > 1, 300), backend="numpy")
     with pytest.raises(RuntimeError, match="i8 without overflow"):
         step(av.tensor(np.array([1, 2, 3], dtype=np.int8)))
+
+
+SHAPE_MISTAKES = ["x.view(5)", "x.reshape(4)", "x @ x", "x.expand(3, 3)", "m.cat([x, m.ones(3)])", "x + m.ones(4)",
+                  "x.view(-1, 4)", "m.stack([x, m.ones(3, 2)])", "x.permute(0, 0)", "x.split([1, 1], 1)",
+                  "x.repeat(2)", "m.nn.functional.linear(x, m.ones(4, 2))", "x.unflatten(1, (2, 2))"]
+
+
+@pytest.mark.parametrize("expr", SHAPE_MISTAKES)
+def test_shape_mistakes_raise_a_runtime_error_as_torch(expr: str) -> None:
+    """torch raises RuntimeError for shapes that do not fit; ported `except RuntimeError:` fallbacks (try a
+    view, then reshape) must see one, so Avalon's ShapeError is a RuntimeError as well as a ValueError."""
+    want = torch_raises(lambda: eval(expr, {"x": torch.ones(2, 3), "m": torch}))
+    with pytest.raises(want):
+        eval(expr, {"x": av.ones(2, 3), "m": av})

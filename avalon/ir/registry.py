@@ -15,8 +15,10 @@ from .dtypes import dtype as to_dtype
 from .types import TensorType
 
 
-class ShapeError(ValueError):
-    """Operand shapes or dtypes do not fit an op."""
+class ShapeError(ValueError, RuntimeError):
+    """Operand shapes or dtypes do not fit an op. Also a RuntimeError, the type torch raises for these
+    (`x.view(5)` of 6 elements, mismatched matmul shapes), so ported `except RuntimeError:` fallbacks
+    catch it; existing `except ValueError:` code still does."""
 
 
 REQUIRED = object()

@@ -104,7 +104,7 @@ def split(tensor: Any, split_size_or_sections: int | Sequence[int] | None = None
     if isinstance(split_size_or_sections, (list, tuple)):
         sizes = [int(s) for s in split_size_or_sections]
         if sum(sizes) != n or any(s < 0 for s in sizes):
-            raise located(ValueError(f"split: sizes {sizes} do not add up to dimension {d}'s size {n}"),
+            raise located(ArgumentError(f"split: sizes {sizes} do not add up to dimension {d}'s size {n}"),
                           user_location())
     else:
         size = int(split_size_or_sections)
@@ -294,8 +294,8 @@ def repeat(input: Any, *sizes: Any, repeats: Any = None) -> Tensor:
     x = _tensor(input)
     reps = _sizes("repeat", _shape_kw("repeat", sizes, "repeats", repeats))
     if len(reps) < x.ndim:
-        raise ValueError(f"repeat: {len(reps)} repeat counts for a tensor of dimension {x.ndim}; give at least one "
-                         "per dimension")
+        raise fail(ArgumentError(f"repeat: {len(reps)} repeat counts for a tensor of dimension {x.ndim}; give at "
+                                 "least one per dimension"))
     shape = (1,) * (len(reps) - x.ndim) + x.shape
     inter = [v for s in shape for v in (1, s)]
     target = [v for r, s in zip(reps, shape) for v in (r, s)]
