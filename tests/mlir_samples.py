@@ -98,7 +98,13 @@ SPECIAL: dict[str, Callable[[str], Graph]] = {
     "bitcast": lambda n: _graph([((2, 4), F32), ((3, 2), dt.int32)],
                                 lambda b, x, y: [b("bitcast", x, dtype="i32", source="f32"),
                                                  b("bitcast", y, dtype="f32", source="i32")], n),
-    "eig": lambda n: _graph([((2, 3, 3), F32)], lambda b, x: [b("eig", x)], n),
+    # (symmetrized: real eigenvectors, whose sign finite differences can follow; eig's phase has no derivative)
+    "eig": lambda n: _graph([((2, 3, 3), F32)],
+                            lambda b, x: [b("eig", b("add", x, b("transpose", x, perm=[0, 2, 1])))], n),
+    # (ldl_factor: a symmetric input; ldl_solve: 1-based pivots, which LAPACK's sytrs needs valid)
+    "ldl_factor": lambda n: _graph([((2, 3, 3), F32)],
+                                   lambda b, x: [b("ldl_factor", b("add", x, b("transpose", x, perm=[0, 2, 1])))], n),
+    "ldl_solve": lambda n: _graph([((2, 3, 3), F32), ((2, 3, 2), F32)], lambda b, x, y: [_ldl_solve(b, x, y)], n),
     "qr": lambda n: _graph([((2, 4, 3), F32), ((2, 4), F32)], lambda b, x, y: [b("qr", x), b("qr", y)], n),
     "pinv": lambda n: _graph([((2, 4, 3), F32), ((2, 3), F32)],
                              lambda b, x, y: [b("pinv", x, rtol=1e-6), b("pinv", y, rtol=1e-6)], n),
@@ -140,6 +146,11 @@ def _fusion(name: str) -> Graph:
 
 
 FLOAT_ONLY = ("exp", "log", "tanh", "sigmoid", "sqrt", "rsqrt", "erf", "sin", "cos")
+
+
+def _ldl_solve(b: Builder, ld: Value, y: Value) -> Value:
+    piv = b("add", b("iota", shape=[2, 3], axis=1, dtype=dt.int32), b.constant(1, [2, 3], dt.int32))  # no swaps
+    return b("ldl_solve", ld, piv, y)
 
 
 def sample(name: str) -> Graph:

@@ -197,6 +197,21 @@ def _eigh(name, data, rng):
     return Case([np.swapaxes(a, -1, -2) if upper else a], {"upper": upper})
 
 
+@case("eig")
+def _eig(name, data, rng):
+    """Non-symmetric matrices of a real, well-separated spectrum (P diag P^-1): real unit-norm
+    eigenvectors, whose LAPACK sign finite differences can follow. The cotangent of Im V is zero: it
+    would make the loss depend on the eigenvectors' phase, which torch (and the rule) refuse."""
+    n, batch = data.draw(st.integers(1, 4)), _batch(data)
+    mats = []
+    for _ in range(math.prod(batch)):
+        p = _orthogonal(rng, n) + 0.3 * rng.normal(size=(n, n))
+        mats.append(p @ np.diag(_spectrum(data, rng, n, -1.2)) @ np.linalg.inv(p))
+    mask = np.ones(batch + (2 * n + 2, n))
+    mask[..., 2 + n:, :] = 0
+    return Case([np.array(mats).reshape(batch + (n, n))], cotangent_mask=mask)
+
+
 @case("qr")
 def _qr(name, data, rng):
     batch, m, n = _batch(data), data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
@@ -466,6 +481,19 @@ def _t_eigh(a, x):
     return torch.cat([lam.unsqueeze(-2), v], -2)
 
 
+def _t_eig(a, x):
+    """torch's eig, its eigenpairs put in numpy's order (LAPACK builds may order them differently) and its
+    real eigenvectors' signs as numpy's: constants, so the gradient is that of Avalon's factorization."""
+    w, v = torch.linalg.eig(x)
+    nw, nv = np.linalg.eig(x.detach().numpy())
+    order = np.abs(w.detach().numpy()[..., None, :] - nw[..., :, None]).argmin(-1)  # numpy's i -> torch's j
+    w = torch.take_along_dim(w, torch.tensor(order), -1)
+    v = torch.take_along_dim(v, torch.tensor(order)[..., None, :], -1)
+    flip = np.sign(np.sum(np.real(nv.conj() * v.detach().numpy()), axis=-2, keepdims=True))
+    v = v * torch.tensor(np.where(flip == 0, 1.0, flip))
+    return torch.cat([w.real.unsqueeze(-2), w.imag.unsqueeze(-2), v.real, v.imag], -2)
+
+
 def _t_qr(a, x):
     q, r = torch.linalg.qr(x, mode="complete" if a["complete"] else "reduced")
     nq = np.linalg.qr(x.detach().numpy(), mode="complete" if a["complete"] else "reduced")[0]
@@ -497,6 +525,7 @@ TORCH: dict[str, Callable] = {
     "all_gather": lambda a, x: x.clone(),  # one process: the identity
     "svd": _t_svd,
     "eigh": _t_eigh,
+    "eig": _t_eig,
     "qr": _t_qr,
     "pinv": lambda a, x: torch.linalg.pinv(x, atol=a["atol"], rtol=a["rtol"], hermitian=a["hermitian"]),
     "cumsum": lambda a, x: (x.flip(a["axis"]).cumsum(a["axis"]).flip(a["axis"]) if a["reverse"]

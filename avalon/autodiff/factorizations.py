@@ -366,3 +366,100 @@ def _pinv_jvp(b, op, ts):
 
 def _at(op: Op) -> str:
     return f" (at {op.loc})" if op.loc else ""
+
+
+# -- eig (general real matrices, complex results) -------------------------------------------------
+
+Cx = tuple[Value, Value]  # a complex matrix or vector as its (real, imaginary) parts
+
+
+def _eig_parts(a: Alg, packed: Value, n: int) -> tuple[Cx, Cx]:
+    """(L, V) of a packed eig result or cotangent: rows [Re L; Im L; Re V; Im V]."""
+    return ((a.row(packed, 0, (0, n)), a.row(packed, 1, (0, n))),
+            (a.block(packed, (2, 2 + n), (0, n)), a.block(packed, (2 + n, 2 + 2 * n), (0, n))))
+
+
+def _cmm(a: Alg, x: Cx, y: Cx) -> Cx:
+    return (a.sub(a.mm(x[0], y[0]), a.mm(x[1], y[1])), a.add(a.mm(x[0], y[1]), a.mm(x[1], y[0])))
+
+
+def _ch(a: Alg, x: Cx) -> Cx:
+    """The conjugate transpose."""
+    return a.t(x[0]), a.b("neg", a.t(x[1]))
+
+
+def _cinv(a: Alg, m: Cx) -> Cx:
+    """The inverse of complex (..., n, n) M through its real form [[Re M, -Im M], [Im M, Re M]], whose
+    inverse is that of M^-1 (pinv: an SVD, the exact inverse of an invertible M)."""
+    n, axis = m[0].shape[-1], m[0].type.rank - 1
+    top = a.b("concat", m[0], a.b("neg", m[1]), axis=axis)
+    bottom = a.b("concat", m[1], m[0], axis=axis)
+    inv = a.b("pinv", a.b("concat", top, bottom, axis=axis - 1))
+    return a.block(inv, (0, n), (0, n)), a.block(inv, (n, 2 * n), (0, n))
+
+
+def _eig_gaps(a: Alg, lam: Cx, conj: bool) -> Cx:
+    """E[i, j] = L_j - L_i (conj(L_j) - conj(L_i) with `conj`), 1 on the diagonal (torch's E / Econj)."""
+    er = a.outer_diff(lam[0])
+    ei = a.outer_diff(lam[1])
+    ei = a.b("where", a.eye_mask(ei.shape[-1], ei), a.const(0.0, ei), ei)
+    return er, (a.b("neg", ei) if conj else ei)
+
+
+def _cquotient(a: Alg, p: Cx, e: Cx) -> Cx:
+    """p / e elementwise, 0 where p is 0 (as `Alg.quotient`)."""
+    b = a.b
+    den = a.add(b("mul", e[0], e[0]), b("mul", e[1], e[1]))
+    qr = b("div", a.add(b("mul", p[0], e[0]), b("mul", p[1], e[1])), den)
+    qi = b("div", a.sub(b("mul", p[1], e[0]), b("mul", p[0], e[1])), den)
+    zero = a.const(0.0, p[0])
+    null = b("logical_and", b("eq", p[0], zero), b("eq", p[1], zero))
+    return b("where", null, zero, qr), b("where", null, zero, qi)
+
+
+@vjp("eig")
+def _eig_vjp(b, op, g):
+    """torch's linalg_eig_backward for real A: with V^H gV projected onto the skew-Hermitian matrices
+    (minus V^H V Re(diag(V^H gV))), gA = Re(V^-H (that / conj(E) off the diagonal, gL on it) V^H).
+    The eigenvectors are defined up to a phase e^{i phi} each, so a loss that depends on it (Im of
+    diag(V^H gV) beyond torch's allclose tolerance, 1e-2) has no gradient: torch raises there; a graph
+    cannot, so the whole gradient is nan. It is the exact transpose of the JVP rule below."""
+    x = op.operands[0]
+    n = x.shape[-1]
+    a = Alg(b, x)
+    lam, v = _eig_parts(a, op.result, n)
+    gl, gv = _eig_parts(a, g, n)
+    vh = _ch(a, v)
+    p = _cmm(a, vh, gv)
+    ill = b("gt", b("abs", a.diag(p[1])), b.constant(1e-2, a.diag(p[1]).shape, x.dtype))
+    ill = b("max", b("cast", ill, dtype=x.dtype), axes=list(range(ill.type.rank)))  # (any, over the batch too)
+    vv = _cmm(a, vh, v)
+    re_diag = a.diag(p[0])
+    p = (a.sub(p[0], a.cols(vv[0], re_diag)), a.sub(p[1], a.cols(vv[1], re_diag)))
+    q = _cquotient(a, p, _eig_gaps(a, lam, conj=True))
+    eye = a.eye_mask(n, q[0])
+    q = (b("where", eye, a.diag_embed(gl[0]), q[0]), b("where", eye, a.diag_embed(gl[1]), q[1]))
+    y = _cmm(a, q, vh)
+    inv = _ch(a, _cinv(a, v))  # V^-H
+    ga = a.sub(a.mm(inv[0], y[0]), a.mm(inv[1], y[1]))  # Re(V^-H Y)
+    nan = a.const(float("nan"), ga)
+    return [b("where", b("broadcast", b("gt", ill, b.constant(0.0, [], x.dtype)), shape=list(ga.shape)), nan, ga)]
+
+
+@jvp("eig")
+def _eig_jvp(b, op, ts):
+    """torch's linalg_eig_jvp: dP = V^-1 dA V, dL = diag(dP), dV = V X - V Re(diag(V^H V X)) with
+    X = dP / E off the diagonal (0 on it), E[i, j] = L_j - L_i: unit-norm columns stay unit-norm."""
+    x = op.operands[0]
+    n = x.shape[-1]
+    a = Alg(b, x)
+    lam, v = _eig_parts(a, op.result, n)
+    dav = (a.mm(ts[0], v[0]), a.mm(ts[0], v[1]))
+    dp = _cmm(a, _cinv(a, v), dav)
+    xq = _cquotient(a, dp, _eig_gaps(a, lam, conj=False))
+    off = b("logical_not", a.eye_mask(n, xq[0]))
+    xq = (b("where", off, xq[0], a.const(0.0, xq[0])), b("where", off, xq[1], a.const(0.0, xq[1])))
+    dv = _cmm(a, v, xq)
+    re_diag = a.diag(_cmm(a, _ch(a, v), dv)[0])
+    dv = (a.sub(dv[0], a.cols(v[0], re_diag)), a.sub(dv[1], a.cols(v[1], re_diag)))
+    return [a.stack_rows([a.diag(dp[0]), a.diag(dp[1]), dv[0], dv[1]], n)]

@@ -44,8 +44,9 @@ NON_DIFFERENTIABLE: set[str] = {
 """Ops through which no gradient flows: their cotangent contribution is zero by definition."""
 
 NOT_IMPLEMENTED: dict[str, str] = {
-    "eig": "linalg.eig / eigvals: the derivative of the general (complex) eigendecomposition is not implemented; "
-           "for symmetric matrices use linalg.eigh / eigvalsh, which differentiate",
+    "ldl_factor": "linalg.ldl_factor / ldl_factor_ex: derivative for aten::linalg_ldl_factor_ex is not implemented "
+                  "(in torch either)",
+    "ldl_solve": "linalg.ldl_solve: derivative for aten::linalg_ldl_solve is not implemented (in torch either)",
 }
 """Ops with a derivative Avalon does not compute: exempt from the rule tables like NON_DIFFERENTIABLE (they
 are listed there too), but differentiating through one raises GradError with this message instead of

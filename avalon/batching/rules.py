@@ -70,8 +70,9 @@ def _axis(a: int, rank: int) -> int:
 
 # -- elementwise: every operand batched, the op unchanged -------------------------------------------
 
-@batch("one_hot", "all_reduce", "svd", "eigh", "qr", "pinv", "eig", "bitcast")  # (they act alike on every leading
-# dimension, as elementwise ops do: a factorization is of the last two axes, a bitcast of the last one)
+@batch("one_hot", "all_reduce", "svd", "eigh", "qr", "pinv", "eig", "bitcast", "ldl_factor", "ldl_solve")
+# (they act alike on every leading dimension, as elementwise ops do: a factorization is of the last two axes, a
+# bitcast of the last one)
 def _elementwise(b, op, args, batched, size):
     return b.op(op.name, *_all(b, args, batched, size), **op.attrs).results
 

@@ -245,6 +245,17 @@ def linalg_lu_factor_ex(a: Tensor, pivot: bool = True, check_errors: bool = Fals
     return tuple(ops.linalg.lu_factor_ex(a, pivot=bool(pivot), check_errors=bool(check_errors)))
 
 
+@rule("aten.linalg_ldl_factor_ex.default")
+def linalg_ldl_factor_ex(a: Tensor, hermitian: bool = False, check_errors: bool = False) -> tuple:
+    """linalg.ldl_factor's op: (LD, pivots, info); ldl_factor's check of `info` is `_linalg_check_errors`."""
+    return tuple(ops.linalg.ldl_factor_ex(a, hermitian=bool(hermitian), check_errors=bool(check_errors)))
+
+
+@rule("aten.linalg_ldl_solve.default")
+def linalg_ldl_solve(ld: Tensor, pivots: Tensor, b: Tensor, hermitian: bool = False) -> Tensor:
+    return ops.linalg.ldl_solve(ld, pivots, b, hermitian=bool(hermitian))
+
+
 @rule("aten.linalg_lu_solve.default")
 def linalg_lu_solve(lu: Tensor, pivots: Tensor, b: Tensor, left: bool = True, adjoint: bool = False) -> Tensor:
     return ops.linalg.lu_solve(lu, pivots, b, left=bool(left), adjoint=bool(adjoint))
@@ -1163,10 +1174,10 @@ def adaptive_avg_pool3d(x: Tensor, size: Any) -> Tensor:
     return pool3d(x, list(size))
 
 
-@rule("aten.grid_sampler_2d.default")
+@rule("aten.grid_sampler_2d.default", "aten.grid_sampler_3d.default")
 def grid_sampler_2d(x: Tensor, grid: Tensor, interpolation_mode: int, padding_mode: int, align_corners: bool) -> Tensor:
-    """F.grid_sample's ATen op: the modes as ints (0 bilinear, 1 nearest, 2 bicubic; 0 zeros, 1 border,
-    2 reflection)."""
+    """F.grid_sample's ATen ops (4-d and 5-d input): the modes as ints (0 bilinear, 1 nearest, 2 bicubic;
+    0 zeros, 1 border, 2 reflection)."""
     from ..nn.torch_surface import grid_sampler
     return grid_sampler(x, grid, interpolation_mode, padding_mode, align_corners)
 

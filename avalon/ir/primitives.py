@@ -648,7 +648,33 @@ def _eig(ts, a):
 
 define_op("eig", 1, _eig, traits={PURE, "factorization"},
           doc="eigenvalues w and right eigenvectors V (unit-norm columns) of each general real (n, n) matrix "
-              "(LAPACK geev), complex, packed as rows [Re w; Im w; Re V (n rows); Im V (n rows)]; no derivative")
+              "(LAPACK geev), complex, packed as rows [Re w; Im w; Re V (n rows); Im V (n rows)]; torch's derivative")
+def _ldl_factor(ts, a):
+    t = ts[0]
+    _, n = _matrices("ldl_factor", t, square=True)
+    return [T(t.shape[:-2] + (n + 2, n), t.dtype)]
+
+
+def _ldl_solve(ts, a):
+    ld, piv, rhs = ts
+    _, n = _matrices("ldl_solve", ld, square=True)
+    if piv.dtype is not dt.int32 or tuple(piv.shape) != tuple(ld.shape[:-1]):
+        raise ShapeError(f"ldl_solve: needs int32 pivots of shape {ld.shape[:-1]}, got {piv.dtype} {piv.shape}")
+    if rhs.dtype is not ld.dtype or rhs.rank != ld.rank or tuple(rhs.shape[:-2]) != tuple(ld.shape[:-2]) \
+            or rhs.shape[-2] != n:
+        raise ShapeError(f"ldl_solve: needs right-hand sides of {ld.dtype} shaped {ld.shape[:-2]} + ({n}, k), got "
+                         f"{rhs.dtype} {rhs.shape}")
+    return [T(rhs.shape, rhs.dtype)]
+
+
+define_op("ldl_factor", 1, _ldl_factor, traits={PURE, "factorization"},
+          doc="the Bunch-Kaufman LDL^T factorization of each real symmetric (n, n) matrix (LAPACK sytrf, lower "
+              "triangle read), packed as rows [LD (n rows: L below the diagonal, the 1x1/2x2 blocks of D on and "
+              "just below it, zeros above); pivots (1-based, negative for 2x2 blocks, as floats); info in column 0]; "
+              "no derivative (torch has none)")
+define_op("ldl_solve", 3, _ldl_solve, traits={PURE, "factorization"},
+          doc="X with A X = B from ldl_factor's LD and int32 pivots (LAPACK sytrs); the batch dims of LD, the pivots "
+              "and B equal; no derivative (torch has none)")
 define_op("pinv", 1, _pinv, {"atol": Attr("float", 0.0), "rtol": Attr("float", 0.0), "hermitian": Attr("bool", False)},
           traits={PURE, "factorization"},
           doc="the Moore-Penrose pseudo-inverse (n, m) of each (m, n) matrix through its SVD (eigh with "

@@ -28,6 +28,9 @@ from .packing import PackedSequence
 __all__ = ["GRU", "LSTM", "RNN", "RNNBase"]
 
 
+_NO_PROJ = object()  # (RNN's proj_size when not given: torch refuses the keyword whatever its value)
+
+
 class RNNBase(Module):
     """Multi-layer, optionally bidirectional recurrent layer over (L, N, H_in) input
     ((N, L, H_in) with `batch_first`, or unbatched (L, H_in))."""
@@ -111,23 +114,25 @@ class RNNBase(Module):
     def _cell(self, gi: Tensor, gh: Tensor, h: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor | None]:
         raise NotImplementedError
 
-    def _initial(self, hx: Any, n: int, dtype: Any, batched: bool, size: int | None = None) -> Any:
+    def _initial(self, hx: Any, n: int, dtype: Any, batched: bool, size: int | None = None, which: str = "") -> Any:
+        """The initial state (zeros when not given) as (layers * directions, N, size). A wrong shape is torch's
+        RuntimeError "Expected hidden size (..), got [..]" (`which` "[0]"/"[1]": LSTM's h_0/c_0), an unbatched
+        state compared after its batch dim is added, as torch does."""
         shape = (self.num_layers * self._directions, n, size or self.hidden_size)
         if hx is None:
             return ops.zeros(shape, dtype)
         h = F._t(hx)
         if not batched:
             h = ops.expand_dims(h, 1)
-        if h.shape != shape:
-            raise ops.fail(ValueError(f"{type(self).__name__}: expected hidden state of shape {shape}, got {h.shape}"))
+        if tuple(h.shape) != shape:
+            raise ops.fail(RuntimeError(f"Expected hidden{which} size {shape}, got {list(h.shape)}"))
         return h
 
     def _run(self, input: Any, hx: Any, lstm: bool) -> tuple[Any, Tensor, Tensor | None]:
         packed = isinstance(input, PackedSequence)
         x = input.padded if packed else F._t(input)  # a packed batch is time-major already
         if x.ndim not in (2, 3):
-            raise ops.fail(ValueError(f"{type(self).__name__}: expected 2D (unbatched) or 3D input, got {x.ndim}D "
-                                      f"{x.shape}"))
+            raise ops.fail(ValueError(f"{type(self).__name__}: Expected input to be 2D or 3D, got {x.ndim}D instead"))
         batched = x.ndim == 3
         if not batched:
             x = ops.expand_dims(x, 1)
@@ -152,10 +157,18 @@ class RNNBase(Module):
         if not lstm and isinstance(hx, (tuple, list)):  # (it was stacked into one tensor of another shape)
             raise ops.fail(TypeError(f"{name}: hx must be one tensor h_0, got a {type(hx).__name__} (only LSTM "
                                      "takes (h_0, c_0))"))
+        if hx is not None:  # torch's rank checks (RuntimeError), before the shapes'
+            ranks = tuple(F._t(t).ndim for t in (hx if lstm else (hx,)))
+            want = 3 if batched else 2
+            if any(r != want for r in ranks):
+                kind = "batched 3-D" if batched else "unbatched 2-D"
+                got = (f"({ranks[0]}-D, {ranks[1]}-D) tensors" if lstm else f"{ranks[0]}-D tensor")
+                raise ops.fail(RuntimeError(f"For {kind} input, hx{' and cx' if lstm else ''} should also be "
+                                            f"{want}-D but got {got}"))
         if lstm:
             h0c0 = (None, None) if hx is None else hx
-            h0 = self._initial(h0c0[0], n, dtype, batched, self._real_hidden)
-            c0 = self._initial(h0c0[1], n, dtype, batched)
+            h0 = self._initial(h0c0[0], n, dtype, batched, self._real_hidden, "[0]")
+            c0 = self._initial(h0c0[1], n, dtype, batched, None, "[1]")
         else:
             h0, c0 = self._initial(hx, n, dtype, batched), None
         hs, cs = [], []
@@ -238,8 +251,8 @@ class RNN(RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device: Any = None, dtype: Any = None, proj_size: int = 0) -> None:
-        if proj_size:  # (torch's RNN takes the keyword only to refuse it)
+                 device: Any = None, dtype: Any = None, proj_size: Any = _NO_PROJ) -> None:
+        if proj_size is not _NO_PROJ:  # (torch's RNN takes the keyword only to refuse it, 0 as well)
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
@@ -278,6 +291,11 @@ class GRU(RNNBase):
     """r, z = sigmoid(...); n = tanh(W_in x + b_in + r (W_hn h + b_hn)); h' = (1 - z) n + z h."""
 
     _gates = 3
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if "proj_size" in kwargs:  # (torch's GRU refuses the keyword, 0 as well)
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        super().__init__(*args, **kwargs)
 
     def _cell(self, gi, gh, h, c):
         hs = self.hidden_size

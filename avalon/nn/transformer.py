@@ -173,8 +173,10 @@ class MultiheadAttention(Module):
         if is_causal and am is None:
             raise ValueError(f"{name}: argument 'is_causal' is a hint and needs attn_mask as well (torch's rule); "
                              "use Transformer.generate_square_subsequent_mask")
-        if kpm is not None and tuple(kpm.shape) != (n, src):
-            raise ValueError(f"{name}: key_padding_mask must have shape {(n, src) if batched else (src,)}, got "
+        static_k, static_v = getattr(self, "static_k", None), getattr(self, "static_v", None)  # (functional form's)
+        kv_src = src if static_k is None else static_k.shape[1]  # (the keys' length, which the padding mask follows)
+        if kpm is not None and tuple(kpm.shape) != (n, kv_src):
+            raise ValueError(f"{name}: key_padding_mask must have shape {(n, kv_src) if batched else (kv_src,)}, got "
                              f"{kpm.shape if batched else kpm.shape[1:]}")
         if am is not None:
             if am.ndim == 2 and tuple(am.shape) != (tgt, src):
@@ -196,6 +198,11 @@ class MultiheadAttention(Module):
             v = ops.concat([v, ops.broadcast_to(ops.reshape(self.bias_v, (1, 1, e)), (n, 1, e))], 1)
             am, kpm, src = _pad_column(am), _pad_column(kpm), src + 1
         q, k, v = self._heads(q), self._heads(k), self._heads(v)
+        if static_k is not None:  # (N*H, S, head_dim), sample-major as torch's, in place of the projected keys
+            k = ops.reshape(static_k, (n, self.num_heads, static_k.shape[1], self.head_dim))
+        if static_v is not None:
+            v = ops.reshape(static_v, (n, self.num_heads, static_v.shape[1], self.head_dim))
+        src = k.shape[2]
         if self.add_zero_attn:  # and one of zeros, in every head
             z = ops.zeros((n, self.num_heads, 1, self.head_dim), dtype=k.dtype)
             k, v = ops.concat([k, z], 2), ops.concat([v, z], 2)
@@ -262,11 +269,8 @@ def multi_head_attention_forward(query: Any, key: Any, value: Any, embed_dim_to_
                                  is_causal: bool = False) -> tuple[Tensor, Tensor | None]:
     """torch's F.multi_head_attention_forward (OpenAI CLIP's AttentionPool2d calls it): MultiheadAttention's
     forward on (L, N, E) inputs with the weights given, bias_k/bias_v (1, 1, E) and add_zero_attn as in
-    the module. static_k/static_v are not supported."""
-    name = "multi_head_attention_forward"
-    for arg, v in (("static_k", static_k), ("static_v", static_v)):
-        if v is not None:
-            raise NotImplementedError(f"{name}: argument '{arg}' is not supported")
+    the module. static_k / static_v (N*num_heads, S, head_dim), as torch, replace the projected keys / values
+    (head h of sample b at row b*num_heads + h); bias_k/bias_v cannot be added to them."""
     if (bias_k is None) != (bias_v is None):
         raise AssertionError("bias_k and bias_v must be given together (or both be None)")
     e = _t(query).shape[-1]
@@ -274,7 +278,23 @@ def multi_head_attention_forward(query: Any, key: Any, value: Any, embed_dim_to_
         raise AssertionError(f"was expecting embedding dimension of {embed_dim_to_check}, but got {e}")
     if e % num_heads:
         raise AssertionError(f"embed_dim {e} not divisible by num_heads {num_heads}")
+    q_shape = _t(query).shape
+    bsz = q_shape[1] if len(q_shape) == 3 else 1
+    statics = {}
+    for arg, v in (("static_k", static_k), ("static_v", static_v)):
+        if v is None:
+            continue
+        if bias_k is not None:
+            raise AssertionError(f"bias cannot be added to static {'key' if arg == 'static_k' else 'value'}.")
+        v = statics[arg] = _t(v)
+        if v.ndim != 3:
+            raise RuntimeError(f"{arg}: expected a 3-d tensor (bsz * num_heads, S, head_dim), got shape {v.shape}")
+        if v.shape[0] != bsz * num_heads:
+            raise AssertionError(f"expecting {arg}.size(0) of {bsz * num_heads}, but got {v.shape[0]}")
+        if v.shape[2] != e // num_heads:
+            raise AssertionError(f"expecting {arg}.size(2) of {e // num_heads}, but got {v.shape[2]}")
     m = _FunctionalAttention()
+    m.static_k, m.static_v = statics.get("static_k"), statics.get("static_v")
     m.embed_dim, m.num_heads, m.head_dim, m.dropout, m.training = e, num_heads, e // num_heads, dropout_p, training
     m.batch_first, m.add_zero_attn = False, bool(add_zero_attn)
     m.bias_k = None if bias_k is None else _t(bias_k)

@@ -49,7 +49,20 @@ from .core import (
 from .core import abs as _abs
 from .core import sum as _sum
 from .creation import iota, ones_like, zeros
-from .linalg_lu import eig, eigvals, lu, lu_factor, lu_factor_ex, lu_solve, lu_unpack, torch_lu, torch_lu_solve  # noqa: F401
+from .linalg_lu import (  # noqa: F401
+    eig,
+    eigvals,
+    ldl_factor,
+    ldl_factor_ex,
+    ldl_solve,
+    lu,
+    lu_factor,
+    lu_factor_ex,
+    lu_solve,
+    lu_unpack,
+    torch_lu,
+    torch_lu_solve,
+)
 from .matrices import chain_matmul as multi_dot
 from .matrices import cross as _cross
 from .matrices import det, inverse, matrix_exp, matrix_power, slogdet, solve
@@ -581,6 +594,7 @@ def pca_lowrank(A: Any, q: int | None = None, center: bool = True, niter: int = 
 
 __all__ = ["LinAlgError", "cholesky", "cholesky_ex", "cond", "cross", "det", "diagonal", "eig", "eigh", "eigvals",
            "eigvalsh", "householder_product", "inv", "inv_ex", "lstsq",
-           "lu", "lu_factor", "lu_factor_ex", "lu_solve", "matrix_exp", "matrix_norm", "matrix_power",
+           "ldl_factor", "ldl_factor_ex", "ldl_solve", "lu", "lu_factor", "lu_factor_ex", "lu_solve", "matrix_exp",
+           "matrix_norm", "matrix_power",
            "matrix_rank", "multi_dot", "norm", "pinv", "qr", "slogdet", "solve", "solve_ex", "solve_triangular", "svd",
            "svdvals", "tensorinv", "tensorsolve", "vander", "vecdot", "vector_norm"]

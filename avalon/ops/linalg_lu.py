@@ -13,7 +13,10 @@ multipliers below the diagonal and U on and above it. Meant for the small matric
 `eig` is one primitive (`avalon/ir/primitives.py`, numpy's LAPACK geev, the same routine torch
 calls), its complex eigenvalues and eigenvectors packed into one real result and returned as
 `ComplexTensor`s; eigenvectors are LAPACK's (unit norm, each one's largest component real).
-It has no derivative rule: differentiating through it raises, naming the op.
+Its derivative is torch's linalg_eig_backward (avalon/autodiff/factorizations.py).
+
+`ldl_factor` / `ldl_solve` are primitives too (LAPACK sytrf / sytrs, the routines torch calls), so
+the packed LD and pivots are LAPACK's own; like torch's, they have no derivative.
 """
 from __future__ import annotations
 
@@ -287,7 +290,8 @@ def torch_lu_solve(b: Any, LU_data: Any, LU_pivots: Any, *, out: Any = None) -> 
 
 def eig(A: Any, *, out: Any = None) -> EigResult:
     """torch.linalg.eig: complex eigenvalues (n,) and eigenvectors (columns, unit norm) of real square
-    matrices, in LAPACK geev's order and phase (torch's on the CPU). No derivative (it raises)."""
+    matrices, in LAPACK geev's order and phase (torch's on the CPU). Gradients are torch's
+    (linalg_eig_backward; a loss of the eigenvectors' phase, which torch refuses, gets a nan gradient)."""
     if out is not None:
         raise TypeError("linalg.eig: argument 'out' is not supported")
     from ..complex import ComplexTensor
@@ -309,4 +313,86 @@ def eigvals(A: Any, *, out: Any = None) -> Any:
     return eig(A).eigenvalues
 
 
-__all__ = ["eig", "eigvals", "lu", "lu_factor", "lu_factor_ex", "lu_solve", "lu_unpack"]
+# -- LDL^T (Bunch-Kaufman) ----------------------------------------------------------------------------
+
+class LDLFactorResult(NamedTuple):
+    """torch.return_types.linalg_ldl_factor."""
+    LD: Tensor
+    pivots: Tensor
+
+
+class LDLFactorExResult(NamedTuple):
+    """torch.return_types.linalg_ldl_factor_ex."""
+    LD: Tensor
+    pivots: Tensor
+    info: Tensor
+
+
+def ldl_factor_ex(A: Any, *, hermitian: bool = False, check_errors: bool = False, out: Any = None) -> LDLFactorExResult:
+    """torch.linalg.ldl_factor_ex: (LD, pivots, info) of symmetric A (its lower triangle read), LAPACK sytrf's
+    Bunch-Kaufman factorization P A P^T = L D L^T as torch returns it: LD holds L's multipliers below the
+    diagonal and D's 1x1 and 2x2 blocks on and just below it (zeros above), pivots are int32, 1-based,
+    negative for a 2x2 block; info[b] = i > 0 where D[i-1, i-1] is exactly zero. One primitive
+    (`ldl_factor`), so the factor and pivots are LAPACK's own; like torch's, it has no derivative
+    (differentiating through it raises). Real matrices: `hermitian` changes nothing for them."""
+    if out is not None:
+        raise TypeError("linalg.ldl_factor_ex: argument 'out' is not supported")
+    a = _operand("ldl_factor_ex", A)
+    n = a.shape[-1]
+    if a.shape[-2] != n:
+        raise fail(RuntimeError(f"torch.linalg.ldl_factor_ex: A must be batches of square matrices, but they are "
+                                f"{a.shape[-2]} by {n} matrices"))
+    packed = bind("ldl_factor", a)
+    ld = narrow(packed, -2, 0, n)
+    piv = cast(reshape(narrow(packed, -2, n, 1), a.shape[:-2] + (n,)), dt.int32)
+    info = cast(reshape(narrow(narrow(packed, -2, n + 1, 1), -1, 0, 1), a.shape[:-2]), dt.int32)
+    if check_errors and not info.is_traced and bool(info.numpy().any()):
+        raise fail(RuntimeError(f"torch.linalg.ldl_factor_ex: Unknown error code: {int(info.numpy().max())}."))
+    return LDLFactorExResult(ld, piv, info)
+
+
+def ldl_factor(A: Any, *, hermitian: bool = False, out: Any = None) -> LDLFactorResult:
+    """torch.linalg.ldl_factor: (LD, pivots) as ldl_factor_ex's; eagerly a singular D raises as torch does."""
+    if out is not None:
+        raise TypeError("linalg.ldl_factor: argument 'out' is not supported")
+    ld, piv, info = ldl_factor_ex(A, hermitian=hermitian)
+    if not info.is_traced and bool(info.numpy().any()):
+        raise fail(RuntimeError(f"torch.linalg.ldl_factor: Unknown error code: {int(info.numpy().max())}."))
+    return LDLFactorResult(ld, piv)
+
+
+def ldl_solve(LD: Any, pivots: Any, B: Any, *, hermitian: bool = False, out: Any = None) -> Tensor:  # noqa: N803
+    """torch.linalg.ldl_solve: X with A X = B from ldl_factor's (LD, pivots) (LAPACK sytrs), the batch
+    dims broadcast. No derivative, as in torch."""
+    if out is not None:
+        raise TypeError("linalg.ldl_solve: argument 'out' is not supported")
+    ld = _operand("ldl_solve", LD)
+    piv, b = _tensor(pivots), _tensor(B)
+    n = ld.shape[-1]
+    if ld.shape[-2] != n:
+        raise fail(RuntimeError(f"torch.linalg.ldl_solve: A must be batches of square matrices, but they are "
+                                f"{ld.shape[-2]} by {n} matrices"))
+    if b.ndim < 2:
+        raise fail(RuntimeError("torch.linalg.ldl_solve: The input tensor B must have at least 2 dimensions."))
+    if piv.dtype is not dt.int32:
+        raise fail(RuntimeError(f"torch.linalg.ldl_solve: Expected pivots to be integers. Got {piv.dtype}"))
+    if tuple(piv.shape) != tuple(ld.shape[:-1]):
+        raise fail(RuntimeError(f"torch.linalg.ldl_solve: Expected LD.shape[:-1] and pivots.shape to be the same, "
+                                f"but got pivots with shape {list(piv.shape)} instead"))
+    if b.shape[-2] != n:
+        raise fail(RuntimeError(f"Incompatible matrix sizes for torch.linalg.ldl_solve: each A matrix is {n} by {n} "
+                                f"but each b matrix is {b.shape[-2]} by {b.shape[-1]}"))
+    if b.dtype != ld.dtype:
+        names = {dt.float64: "Double", dt.float32: "Float", dt.float16: "Half", dt.bfloat16: "BFloat16"}  # (torch's)
+        bn, an = names.get(b.dtype, b.dtype), names.get(ld.dtype, ld.dtype)
+        raise fail(RuntimeError(f"Expected b and A to have the same dtype, but found b of type {bn} and A of type "
+                                f"{an} instead."))
+    batch = _broadcast_shapes("ldl_solve", ld.shape[:-2], b.shape[:-2])
+    ld = broadcast_to(ld, batch + (n, n))
+    piv = broadcast_to(piv, batch + (n,))
+    b = broadcast_to(b, batch + tuple(b.shape[-2:]))
+    return bind("ldl_solve", ld, piv, b)
+
+
+__all__ = ["eig", "eigvals", "ldl_factor", "ldl_factor_ex", "ldl_solve", "lu", "lu_factor", "lu_factor_ex",
+           "lu_solve", "lu_unpack"]

@@ -409,7 +409,7 @@ class HostLowering(Lowering):
 LOWERING["all_reduce"] = HostLowering("host", "torch.distributed.all_reduce on the result's storage, between launches")
 LOWERING["all_gather"] = HostLowering("host", "torch.distributed all_gather of the operand's storage into the "
                                       "result's, between launches")
-for _name in ("svd", "eigh", "qr", "pinv", "eig", "bitcast"):
+for _name in ("svd", "eigh", "qr", "pinv", "eig", "bitcast", "ldl_factor", "ldl_solve"):
     # small matrices (a model's rotations, whitening, spectral norms), where a device solver's launch and
     # sync cost what the copy does; the copy to the host and back waits for the kernels before it
     LOWERING[_name] = HostLowering("host", "numpy.linalg on the host between launches (the operand copied to "

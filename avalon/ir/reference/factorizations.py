@@ -1,4 +1,5 @@
-"""Reference rules of the factorizations (`svd`, `eigh`, `qr`, `pinv`): numpy.linalg, whose LAPACK
+"""Reference rules of the factorizations (`svd`, `eigh`, `qr`, `pinv`, `eig`; `ldl_factor` / `ldl_solve` call
+LAPACK's sytrf / sytrs through scipy): numpy.linalg, whose LAPACK
 the numpy and cpu backends call too, packed as the ops declare (`avalon/ir/primitives.py`).
 
 A matrix with a nan or an infinity (or one LAPACK fails to converge on) gives nan factors where torch
@@ -72,6 +73,47 @@ def _eig(attrs: dict, x: np.ndarray) -> np.ndarray:
         w, v = w.astype(np.result_type(a.dtype, np.complex64)), v.astype(np.result_type(a.dtype, np.complex64))
         return np.concatenate([w.real[..., None, :], w.imag[..., None, :], v.real, v.imag], axis=-2).astype(a.dtype)
     return _each(x, (2 * n + 2, n), pack)
+
+
+@rule("ldl_factor")
+def _ldl_factor(attrs: dict, x: np.ndarray) -> np.ndarray:
+    """LAPACK's sytrf (scipy's binding; scipy comes with scikit-learn), lower, as torch.linalg.ldl_factor_ex
+    calls it: the upper triangle zeroed, the 1-based pivots and info packed below."""
+    from scipy.linalg import lapack
+
+    n = x.shape[-1]
+    sytrf = lapack.dsytrf if x.dtype == np.float64 else lapack.ssytrf
+
+    def one(a: np.ndarray) -> np.ndarray:
+        if not np.isfinite(a).all():  # (nan factors, as the other factorizations give)
+            return np.full((n + 2, n), np.nan, a.dtype)
+        ld, piv, info = sytrf(a, lower=1)
+        out = np.zeros((n + 2, n), a.dtype)
+        out[:n] = np.tril(ld)
+        out[n] = piv
+        out[n + 1, 0] = info
+        return out
+    flat = x.reshape((-1, n, n))
+    return np.array([one(a) for a in flat], x.dtype).reshape(x.shape[:-2] + (n + 2, n))
+
+
+@rule("ldl_solve")
+def _ldl_solve(attrs: dict, ld: np.ndarray, piv: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """LAPACK's sytrs, lower (torch.linalg.ldl_solve's, hermitian=False)."""
+    from scipy.linalg import lapack
+
+    n = ld.shape[-1]
+    sytrs = lapack.dsytrs if ld.dtype == np.float64 else lapack.ssytrs
+    lds, pivs, bs = ld.reshape((-1, n, n)), piv.reshape((-1, n)), b.reshape((-1,) + b.shape[-2:])
+    out = np.empty(bs.shape, b.dtype)
+    for i in range(lds.shape[0]):
+        p = pivs[i].astype(np.int64)
+        # sytrs trusts its pivots (an index out of 1..n would read outside the matrix): others give nan
+        if not (np.all((p != 0) & (np.abs(p) <= n)) and np.isfinite(lds[i]).all()):
+            out[i] = np.nan
+        elif bs.shape[-1]:
+            out[i] = sytrs(lds[i], p.astype(np.int32), bs[i], lower=1)[0]
+    return out.reshape(b.shape)
 
 
 @rule("qr")
