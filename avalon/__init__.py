@@ -411,7 +411,7 @@ from .random import (  # generator= as torch's
 from .sparse import sparse_coo, sparse_coo_tensor, spmm, strided  # sparse COO tensors (avalon/sparse.py)
 from .special import igamma, igammac  # torch.igamma / igammac (torch.special.gammainc / gammaincc)
 from .tensor import LEGACY_TYPES as _LEGACY_TYPES
-from .tensor import Buffer, TracerError, tensor
+from .tensor import Buffer, Size, TracerError, tensor
 from .tensor import Tensor as _TensorBase
 from .tensor import TorchTensor as Tensor  # torch's legacy constructor; isinstance checks avalon.tensor.Tensor
 from .trace import trace

@@ -905,6 +905,12 @@ class Tensor:
     def __setitem__(self, index: Any, value: Any) -> None:
         """`x[index] = value` with torch's result, computed functionally (`ops.setitem`): this Tensor
         object then holds the updated value, eagerly and inside a trace (autodiff sees the update)."""
+        if self._view is not None and _views.overlaps(self):
+            # an expanded tensor: torch writes the memory the indexed view reaches, refused where that overlaps
+            part = self[index]
+            if part._view is not None and part._view.base is self._view.base:
+                _replace(part, _ops.setitem(part, Ellipsis, value))
+                return
         _replace(self, _ops.setitem(self, index, value))
 
     # -- elementwise methods (each is the function of the same name in avalon/ops)
@@ -1681,6 +1687,35 @@ so `inspect.getsource(av.Tensor)` and pickled references find the real class."""
 LEGACY_TYPES: dict[str, type] = {name: _legacy_type(name, dt.dtype(code)) for code, name in _TYPE_NAMES.items()}
 """`av.FloatTensor`, `av.DoubleTensor`, `av.HalfTensor`, `av.BFloat16Tensor`, `av.IntTensor`,
 `av.LongTensor`, `av.BoolTensor`, `av.ByteTensor`, `av.CharTensor`, `av.ShortTensor` (torch's typed constructors)."""
+
+
+class Size(tuple):
+    """`av.Size`: torch.Size, a tuple of ints (FiLM's `x.expand(torch.Size((n, *coords.size())))`). Avalon's
+    `.shape` / `.size()` are plain tuples, which compare equal to it and go wherever a Size does."""
+
+    def __new__(cls, sizes: Any = ()) -> Size:
+        sizes = tuple(sizes)
+        for s in sizes:
+            if isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)):
+                raise TypeError(f"torch.Size() takes an iterable of 'int' (item {len(sizes) and sizes.index(s)} "
+                                f"is '{type(s).__name__}')")
+        return super().__new__(cls, (int(s) for s in sizes))
+
+    def numel(self) -> int:
+        """The number of elements a tensor of this shape holds."""
+        return int(np.prod(self, dtype=np.int64))
+
+    def __getitem__(self, key: Any) -> Any:
+        out = super().__getitem__(key)
+        return Size(out) if isinstance(key, slice) else out
+
+    def __add__(self, other: Any) -> Size:
+        if not isinstance(other, tuple):
+            return NotImplemented
+        return Size(tuple(self) + tuple(other))
+
+    def __repr__(self) -> str:
+        return f"torch.Size({list(self)})"
 
 
 # Last, because avalon.ops imports this module: Tensor's methods look the functions up when called.

@@ -33,7 +33,8 @@ compiled call's buffers written in place) reach them too; a compiled call refres
 of every state tensor it updated, in place or not (`compiler.execute._write_back`).
 
 Writes through an expanded view are refused, as torch refuses writes to a tensor whose elements
-overlap. `x.view(shape)` of a tensor torch could not view (a transposed one) raises torch's error
+overlap; a write to a view of an expanded tensor that does not overlap itself writes memory as torch's
+(`Expand.put`). `x.view(shape)` of a tensor torch could not view (a transposed one) raises torch's error
 (`view`, below); `x.reshape(shape)` copies there, as torch's.
 """
 from __future__ import annotations
@@ -251,7 +252,11 @@ class Permute(Step):
 
 
 class Expand(Step):
-    """Read-only, as in torch: its elements overlap, so writing through it is refused."""
+    """Its elements overlap: a write to the whole expanded tensor is refused, as torch refuses writes to a
+    tensor whose elements overlap. A write to a view of it that does not overlap (FiLM's
+    `zeros(...).unsqueeze(1).expand(n, m, ...)` written by `[:, 0] = feats`) is torch's write to memory: each
+    element of `x` the view reaches takes the value written at its one position (`written`, from `write`),
+    which every expanded copy of it then reads."""
 
     __slots__ = ("shape",)
 
@@ -261,13 +266,48 @@ class Expand(Step):
     def apply(self, x: Tensor) -> Tensor:
         return _ops().broadcast_to(x, self.shape)
 
-    def put(self, x: Tensor, v: Tensor) -> Tensor:
-        if math.prod(self.shape) != x.numel():
+    def put(self, x: Tensor, v: Tensor, written: Any = None) -> Tensor:
+        if math.prod(self.shape) == x.numel():
+            return _ops().reshape(v, x.shape)
+        if written is None:
             raise _ops().fail(RuntimeError(
                 "unsupported operation: more than one element of the written-to tensor refers to a single memory "
                 f"location (an in-place write through x.expand{self.shape} of a tensor of shape {x.shape}). Please "
                 "clone() the tensor before performing the operation."))
-        return _ops().reshape(v, x.shape)
+        import numpy as np
+
+        from .ir import LiteralArray
+        ops = _ops()
+        at = np.flatnonzero(written >= 0)
+        src = written.reshape(-1)[at]
+        picked = ops.getitem(ops.reshape(v, (-1,)), (src.view(LiteralArray),))
+        flat = ops.setitem(ops.reshape(x, (-1,)), (at.view(LiteralArray),), picked)
+        return ops.reshape(flat, x.shape)
+
+    def written(self, x_shape: tuple[int, ...], later: tuple[Step, ...]) -> Any:
+        """For each element of `x` (of `x_shape`), the flat position in the expanded tensor that the view
+        `later` of it writes, or -1; None where the view's elements overlap in `x` (or it has no layout)."""
+        import numpy as np
+        lay: Layout | None = (self.shape, contiguous_strides(self.shape), 0)
+        for s in later:
+            lay = s.layout(lay) if lay is not None else None
+        if lay is None:
+            return None
+        shape, strides, off = lay
+        pos = np.full((), off, np.int64)
+        for n, st in zip(shape, strides):
+            pos = pos[..., None] + np.arange(n, dtype=np.int64) * st
+        pos = pos.reshape(-1)
+        _, xst, _ = self.layout((x_shape, contiguous_strides(x_shape), 0))
+        grid = np.full((), 0, np.int64)
+        for n, st in zip(self.shape, xst):
+            grid = grid[..., None] + np.arange(n, dtype=np.int64) * st
+        xpos = grid.reshape(-1)[pos]
+        if len(np.unique(xpos)) != len(xpos):
+            return None
+        out = np.full(math.prod(x_shape), -1, np.int64)
+        out[xpos] = pos
+        return out.reshape(x_shape)
 
     def layout(self, lay: Layout) -> Layout:
         shape, strides, off = lay
@@ -471,11 +511,21 @@ def write(view: Tensor, new: Tensor) -> None:
         for s in info.steps[:-1]:
             xs.append(s.apply(xs[-1]))
         cur = new
-        for s, x in zip(reversed(info.steps), reversed(xs)):
-            cur = s.put(x, cur)
+        for k in reversed(range(len(info.steps))):
+            s, x = info.steps[k], xs[k]
+            if isinstance(s, Expand) and math.prod(s.shape) != x.numel():
+                cur = s.put(x, cur, s.written(tuple(x.shape), info.steps[k + 1:]))
+            else:
+                cur = s.put(x, cur)
     finally:
         _RAW[0] -= 1
     _replace(info.base, cur)
+
+
+def overlaps(view: Tensor) -> bool:
+    """Whether the view's chain holds an expand that repeats elements (its writes need the indexed view)."""
+    info = view._view
+    return any(isinstance(s, Expand) for s in info.steps) and math.prod(view.shape) > info.base.numel()
 
 
 def _is_state(tr: Any, t: Tensor) -> bool:
