@@ -174,6 +174,23 @@ def _factorizations(b, g, d):  # (the reference's numpy.linalg: the generated co
             b("pinv", x, rtol=1e-6), b("pinv", b("add", y, b("transpose", y, perm=[1, 0])), hermitian=True)]
 
 
+@case("eig ldl_factor ldl_solve", ("f32", "f64"))
+def _general_factorizations(b, g, d):  # geev, sytrf, sytrs through the reference (the generated code calls it)
+    x, y, rhs = _in(g, (2, 3, 3), d), _in(g, (4, 4), d), _in(g, (4, 2), d)
+    sym = b("add", y, b("transpose", y, perm=[1, 0]))
+    packed = b("ldl_factor", sym)
+    ld = b("slice", packed, start=[0, 0], limit=[4, 4], step=[1, 1])
+    piv = b("reshape", b("cast", b("slice", packed, start=[4, 0], limit=[5, 4], step=[1, 1]), dtype="i32"), shape=[4])
+    return [b("eig", x), b("eig", y), packed, b("ldl_solve", ld, piv, rhs)]
+
+
+@case("bitcast", ("f32", "f16", "i32", "i8"))
+def _bitcast(b, g, d):
+    x = _in(g, (3, 4), d)
+    return [b("bitcast", x, dtype={"f32": "i32", "f16": "i16", "i32": "f32", "i8": "ui8"}[d], source=d),
+            b("bitcast", x, dtype="i8", source=d)]
+
+
 @case("iota", ("f32", "i32", "i64"))
 def _iota(b, g, d):
     return [b("iota", shape=[3, 4], axis=1, dtype=d), b("iota", shape=[2, 3, 2], axis=0, dtype=d)]
