@@ -22,8 +22,7 @@ from .dtypes import onnx_elem_type
 
 ExportRule = Callable[[Any, Any, list[str]], list[str]]
 EXPORT: dict[str, ExportRule] = register_table(
-    "onnx_export", {}, exempt={"conv2d_grad_weight", "max_pool2d_grad", "avg_pool2d_grad", "random",
-                     "bitcast"},  # (no bit reinterpretation in the opsets Avalon targets)
+    "onnx_export", {}, exempt={"conv2d_grad_weight", "max_pool2d_grad", "avg_pool2d_grad", "random"},
     exempt_traits=("region", "factorization"), required=False)  # (ONNX has no SVD, eigensolver or QR)
 
 
@@ -43,6 +42,20 @@ _SIMPLE = {"exp": "Exp", "log": "Log", "tanh": "Tanh", "sigmoid": "Sigmoid", "sq
            "stop_gradient": "Identity", "where": "Where", "matmul": "MatMul"}
 for _name, _onnx in _SIMPLE.items():
     export_rule(_name)(lambda em, op, ins, _onnx=_onnx: em.node(_onnx, ins))
+
+
+@export_rule("bitcast")
+def _bitcast(em: Any, op: Any, ins: list[str]) -> list[str]:
+    """x.view(dtype) between non-boolean types of one width: ONNX's BitCast, which is opset 26 (the model
+    then declares opset 26). A resized last dim (float32 -> uint8) or a bool (torch's byte) has no ONNX form."""
+    from .table import UnsupportedOp
+    src, to = op.operands[0].dtype, op.results[0].dtype
+    if src.itemsize != to.itemsize or "i1" in (src.name, to.name):
+        where = f" (from {op.loc})" if op.loc else ""
+        raise UnsupportedOp(f"avalon.onnx.export: op 'bitcast'{where} from {src.name} to {to.name} has no ONNX form: "
+                            "ONNX's BitCast keeps the shape, so only non-boolean types of the same width map")
+    em.opset = max(em.opset, 26)
+    return em.node("BitCast", ins, to=onnx_elem_type(to))
 
 
 def _bool_arith(onnx_type: str) -> ExportRule:

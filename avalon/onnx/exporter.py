@@ -31,6 +31,7 @@ class OnnxWriter:
         self.initializers: list[Any] = []
         self.names: dict[int, str] = {}
         self._n = 0
+        self.opset = OPSET  # a rule needing a newer operator raises it (bitcast: BitCast, opset 26)
 
     def fresh(self, hint: str = "v") -> str:
         self._n += 1
@@ -65,8 +66,8 @@ class OnnxWriter:
             rule = export_rules.EXPORT.get(op.name)
             if rule is None and op.has_trait("factorization"):
                 raise UnsupportedOp(f"avalon.onnx.export: op {op.name!r}{f' (from {op.loc})' if op.loc else ''} is a "
-                                    "LAPACK factorization, and ONNX has no SVD, eigensolver or QR operator: compute "
-                                    "it outside the exported function")
+                                    "LAPACK factorization, and ONNX has no SVD, eigensolver, QR or LDL operator: "
+                                    "compute it outside the exported function")
             if rule is None:
                 raise UnsupportedOp(f"avalon.onnx.export: op {op.name!r} has no ONNX mapping")
             outs = rule(self, op, [self.name(v) for v in op.operands])
@@ -109,8 +110,9 @@ def graph_to_onnx(graph: Graph, state: dict[str, np.ndarray] | None = None) -> A
         em.nodes.append(helper.make_node("Identity", [src], [out], name=em.fresh("Identity")))
         outputs.append(_value_info(out, v))
     g = helper.make_graph(em.nodes, graph.name or "forward", inputs, outputs, initializer=inits + em.initializers)
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="avalon")
-    model.ir_version = 8
+    opset = [helper.make_opsetid("", em.opset)]
+    model = helper.make_model(g, opset_imports=opset, producer_name="avalon")
+    model.ir_version = 8 if em.opset == OPSET else helper.find_min_ir_version_for(opset)
     onnx.checker.check_model(model)
     return model
 

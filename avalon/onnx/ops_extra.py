@@ -418,15 +418,14 @@ def bernoulli(node: Node, x: Any) -> Tensor:
 
 @onnx_op("BitCast")
 def bitcast(node: Node, x: Any) -> Any:
-    """A reinterpretation of a load-time constant's bits (numpy's view); Avalon has no bit-cast op
-    for run-time tensors."""
+    """A reinterpretation of the bits: numpy's view of a load-time constant, Avalon's `bitcast` op
+    (x.view(dtype)) of a run-time tensor."""
     from .dtypes import avalon_dtype
     to = avalon_dtype(node.attr("to"), node)
-    if not isinstance(x, np.ndarray):
-        raise node.unsupported("BitCast of a run-time tensor is not supported (Avalon has no bit-cast op); only "
-                               "constants are reinterpreted")
-    if x.dtype.itemsize != np.dtype(to.np).itemsize:
+    if x.dtype.itemsize != to.itemsize:
         raise node.unsupported(f"BitCast from {x.dtype} to {to.name} changes the width")
+    if not isinstance(x, np.ndarray):
+        return T(x).view(to)
     return x.view(to.np)
 
 

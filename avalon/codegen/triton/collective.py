@@ -1,8 +1,8 @@
 """Host steps: ops that are no kernel but run between launches on the graph's torch storage.
 
-The factorizations (`svd`, `eigh`, `qr`, `pinv`) run their reference rule (numpy.linalg) on a host
-copy of the operand and copy the packed factors back (`reference_step`): LAPACK on the CPU, as torch
-runs small factorizations on the CPU too (MAGMA's hybrid path).
+The factorizations (`svd`, `eigh`, `qr`, `pinv`, `eig`, `ldl_factor`, `ldl_solve`) and `bitcast` run their
+reference rule (numpy.linalg, LAPACK) on host copies of the operands and copy the packed factors back
+(`reference_step`): LAPACK on the CPU, as torch runs small factorizations on the CPU too (MAGMA's hybrid path).
 
 `all_reduce` is communication, not compute: the runtime hands its step the operand's and the
 result's storage, the step copies one into the other and reduces the result in place through
@@ -76,14 +76,15 @@ def all_gather_step(op: Op) -> Callable[[torch.Tensor, torch.Tensor], None]:
     return step
 
 
-def reference_step(op: Op) -> Callable[[torch.Tensor, torch.Tensor], None]:
-    """The host step of an op the host computes (a factorization): its reference rule on a host copy of
-    the operand, the result copied into the result's storage."""
-    xt, yt = op.operands[0].type, op.results[0].type
+def reference_step(op: Op) -> Callable[..., None]:
+    """The host step of an op the host computes (a factorization): its reference rule on host copies of
+    the operands (one or several: ldl_solve's LD, pivots and B), the result copied into the result's storage."""
+    xts, yt = [v.type for v in op.operands], op.results[0].type
     name, attrs = op.name, dict(op.attrs)
 
-    def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        host = _as(x, xt).detach().cpu().numpy()
-        out = evaluate(name, attrs, [np.ascontiguousarray(host)], yt)
+    def step(*storage: torch.Tensor) -> None:
+        *xs, y = storage
+        hosts = [np.ascontiguousarray(_as(x, xt).detach().cpu().numpy()) for x, xt in zip(xs, xts)]
+        out = evaluate(name, attrs, hosts, yt)
         _as(y, yt).copy_(torch.from_numpy(np.ascontiguousarray(out)))
     return step
