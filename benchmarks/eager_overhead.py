@@ -1,14 +1,17 @@
 """Eager dispatch cost: one small op at a time on the reference interpreter, against torch eager, in
 one process, rounds interleaved, medians.
 
-    python benchmarks/eager_overhead.py [--rounds 7] [--reps 2000] [--threads 1]
+    python benchmarks/eager_overhead.py [--rounds 7] [--reps 2000] [--threads 1] [--clock wall|cpu]
 
 Ported code runs eagerly first (a notebook, a debugging session, a data pipeline), so the cost of one
 call matters there even though training steps are compiled. The shapes are tiny (4x4 to 16x64) on
 purpose: the time is the dispatch (argument checks, promotion, type inference, the numpy call), not
 arithmetic. Each round times `--reps` calls of every row in turn after a warm-up; the table reports
-median microseconds per call and the ratio to torch. The last rows are a small MLP's forward and loss
-(eager), and its `av.value_and_grad` step against torch's forward, backward and SGD step.
+median microseconds per call and the ratio to torch. `--clock cpu` times the process's CPU time
+instead of the wall clock: on a shared machine whose other jobs take the core now and then, it
+measures the work rather than the waiting (both sides run on one thread). The last rows are a small
+MLP's forward and loss (eager), and its `av.value_and_grad` step against torch's forward, backward
+and SGD step.
 """
 from __future__ import annotations
 
@@ -91,11 +94,11 @@ def _mlp_rows(rng: np.random.Generator) -> dict[str, tuple]:
             "MLP value_and_grad + SGD": (a_step, t_step)}
 
 
-def _time(f, reps: int) -> float:
-    t = time.perf_counter()
+def _time(f, reps: int, clock=time.perf_counter) -> float:
+    t = clock()
     for _ in range(reps):
         f()
-    return (time.perf_counter() - t) / reps * 1e6
+    return (clock() - t) / reps * 1e6
 
 
 def main() -> None:
@@ -103,22 +106,24 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--reps", type=int, default=2000)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     args = p.parse_args()
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     rows = _rows(np.random.default_rng(0))
     times: dict[str, tuple[list[float], list[float]]] = {n: ([], []) for n in rows}
-    for n, (fa, ft) in rows.items():  # warm-up: first calls trace, fill caches, load kernels
+    for fa, ft in rows.values():  # warm-up: first calls trace, fill caches, load kernels
         for _ in range(20):
             fa(), ft()
     for _ in range(args.rounds):
         for n, (fa, ft) in rows.items():
             reps = args.reps if "MLP" not in n else max(args.reps // 20, 5)
-            times[n][0].append(_time(fa, reps))
-            times[n][1].append(_time(ft, reps))
+            times[n][0].append(_time(fa, reps, clock))
+            times[n][1].append(_time(ft, reps, clock))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {load:.1f}, "
           f"python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__} "
-          f"({args.threads} thread(s)); medians of {args.rounds} rounds, microseconds per call")
+          f"({args.threads} thread(s)); medians of {args.rounds} rounds, microseconds per call ({args.clock} clock)")
     print(f"| {'call':28s} | {'Avalon eager':>12s} | {'torch eager':>11s} | {'Avalon / torch':>14s} |")
     print(f"|{'-' * 30}|{'-' * 14}|{'-' * 13}|{'-' * 16}|")
     for n, (ta, tt) in times.items():
