@@ -129,6 +129,8 @@ def dtype(x) -> DType:
 def promote(a: DType, b: DType) -> DType:
     """torch.promote_types: the wider of two dtypes (bool < ui8 < i8 < i16 < i32 < i64 < f16 < bf16
     < f32 < f64), except where neither holds the other: f16 with bf16 is f32, ui8 with i8 is i16."""
+    if a is b:
+        return a
     pair = {a.name, b.name}
     if pair == {"f16", "bf16"}:
         return float32

@@ -212,24 +212,25 @@ def _category(d: DType) -> int:
 
 def result_dtype(*xs: Any) -> DType:
     """torch's type promotion: tensors with dims decide; a 0-d tensor (then a Python number) only
-    where it is of a higher category (bool < integer < float), so f32 * f64-scalar-tensor stays f32."""
-    tensors = [x for x in xs if not _is_scalar(x)]
-    if not tensors:
+    where it is of a higher category (bool < integer < float), so f32 * f64-scalar-tensor stays f32.
+    One pass: every eager binary op asks."""
+    d: DType | None = None  # of the tensors with dims
+    z: DType | None = None  # of the 0-d tensors
+    scalars = []
+    for x in xs:
+        if isinstance(x, Scalar):
+            scalars.append(x)
+        elif x.shape:
+            d = x.dtype if d is None else dt.promote(d, x.dtype)
+        else:
+            z = x.dtype if z is None else dt.promote(z, x.dtype)
+    if d is None and z is None:
         return default_float_dtype() if any(isinstance(x, (float, np.floating)) for x in xs) else dt.int64
-    d: DType | None = None
-    for t in tensors:
-        if t.ndim:
-            d = t.dtype if d is None else dt.promote(d, t.dtype)
-    z: DType | None = None
-    for t in tensors:
-        if not t.ndim:
-            z = t.dtype if z is None else dt.promote(z, t.dtype)
     if d is None or (z is not None and _category(z) > _category(d)):
         d = z
     assert d is not None
-    for x in xs:
-        if _is_scalar(x):
-            d = dt.promote(d, _scalar_dtype(x, d))
+    for x in scalars:
+        d = dt.promote(d, _scalar_dtype(x, d))
     return d
 
 
