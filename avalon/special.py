@@ -35,6 +35,7 @@ from .distributions import _samplers
 from .ir import dtypes as dt
 from .ops import specfun as _sf
 from .ops.core import unsupported
+from .ops.dtype_kernels import check_kernel
 from .tensor import Tensor, default_float_dtype
 
 
@@ -85,6 +86,7 @@ xlogy = _binary("xlogy", ops.xlogy)
 def round(input: Any, *, decimals: int = 0, out: Any = None) -> Tensor:  # noqa: A001
     """Round half to even (to `decimals` places)."""
     unsupported("torch.special.round", out=out)
+    check_kernel("round", "round_vml_cpu", "integer", input)  # (torch.round takes integers; special's does not)
     return ops.round(input, decimals=decimals)
 
 
@@ -170,6 +172,7 @@ def _gamma_pq(input: Any, other: Any, upper: bool) -> Tensor:
     below x = 1 (Q from -expm1(a log x - lgamma(a + 1)) minus the series' tail, no cancellation), the
     Gamma CDF's tail quadrature (`avalon.distributions._samplers`) above, each tail computed directly."""
     name = "gammaincc" if upper else "gammainc"
+    check_kernel(name, "igammac_cpu" if upper else "igamma_cpu", "integer", input, other)
     a, x = ops.core._prepare(name, input, other)
     d = a.dtype if a.dtype.is_float else default_float_dtype()
     a, x = ops.cast(a, dt.float64), ops.cast(x, dt.float64)

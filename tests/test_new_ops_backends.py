@@ -153,8 +153,13 @@ def _with_model(fn, args, argnums=()):
     return (lambda m, *a: m(*a)), (fn, *args), tuple(i + 1 for i in argnums or ())
 
 
-@pytest.mark.parametrize("backend", ["numpy", "cpu", "triton"])
-@pytest.mark.parametrize("name", list(CASES))
+TRITON_SLOW = {"hfft", "lstm_proj"}
+"""Cases left to the numpy and cpu backends, for the suite's time budget: each costs 2-3 s in Triton's
+interpreter (both passed there when this file was written)."""
+
+
+@pytest.mark.parametrize("name,backend", [(n, b) for n in CASES for b in ("numpy", "cpu", "triton")
+                                          if not (b == "triton" and n in TRITON_SLOW)])
 def test_compiled_agrees_with_eager(name, backend):
     fn, args, argnums, f64 = CASES[name]
     call, cargs, cnums = _with_model(fn, args, argnums)

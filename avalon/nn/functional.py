@@ -20,6 +20,7 @@ import numpy as np
 from .. import amp, grad_mode, ops
 from ..ir import dtypes as dt
 from ..ir.reference import IndexOutOfRangeError
+from ..ops.dtype_kernels import DTypeRuntimeError, refuses
 from ..random import next_seed
 from ..tensor import Tensor
 from ..trace import assign
@@ -139,11 +140,13 @@ def hardtanh(input: Any, min_val: float = -1.0, max_val: float = 1.0, inplace: b
     return _inplace(input, ops.where(inside, x, ops.stop_gradient(clipped)), inplace, "hardtanh")
 
 
+@refuses("leaky_relu", "leaky_relu_cpu", "integer")
 def leaky_relu(input: Any, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
     x = _t(input)
     return _inplace(input, ops.where(ops.gt(x, 0), x, ops.mul(x, negative_slope)), inplace, "leaky_relu")
 
 
+@refuses("elu", "elu_cpu", "integer")
 def elu(input: Any, alpha: float = 1.0, inplace: bool = False) -> Tensor:
     """x for x > 0, alpha * (exp(x) - 1) otherwise (the negative branch reads min(x, 0))."""
     x = _t(input)
@@ -152,11 +155,13 @@ def elu(input: Any, alpha: float = 1.0, inplace: bool = False) -> Tensor:
     return _inplace(input, out, inplace, "elu")
 
 
+@refuses("selu", "elu_cpu", "integer")
 def selu(input: Any, inplace: bool = False) -> Tensor:
     alpha, scale = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
     return _inplace(input, ops.mul(elu(input, alpha), scale), inplace, "selu")
 
 
+@refuses("gelu", "GeluKernelImpl", "integer")
 def gelu(input: Any, approximate: str = "none") -> Tensor:
     """x * Phi(x) with the exact erf form, or torch's tanh approximation (`approximate='tanh'`)."""
     x = _t(input)
@@ -176,16 +181,19 @@ def tanh(input: Any) -> Tensor:
     return ops.tanh(_t(input))
 
 
+@refuses("silu", "silu_cpu", "integer")
 def silu(input: Any, inplace: bool = False) -> Tensor:
     x = _t(input)
     return _inplace(input, ops.mul(x, ops.sigmoid(x)), inplace, "silu")
 
 
+@refuses("mish", "mish_cpu", "integer")
 def mish(input: Any, inplace: bool = False) -> Tensor:
     x = _t(input)
     return _inplace(input, ops.mul(x, ops.tanh(softplus(x))), inplace, "mish")
 
 
+@refuses("hardsigmoid", "hardsigmoid_cpu", "integer")
 def hardsigmoid(input: Any, inplace: bool = False) -> Tensor:
     """relu6(x + 3) / 6, with torch's zero gradient at x = -3 and 3. Inside, torch's CPU kernel multiplies
     the gradient by `1.0f / 6.0f`, 1/6 rounded to float32, in float32 and float64 alike, where dividing by 6
@@ -202,6 +210,7 @@ def hardsigmoid(input: Any, inplace: bool = False) -> Tensor:
 _ONE_SIXTH_F32 = float(np.float32(1.0) / np.float32(6.0))  # torch's hardsigmoid_backward `one_sixth`
 
 
+@refuses("hardswish", "hardswish_cpu", "integer")
 def hardswish(input: Any, inplace: bool = False) -> Tensor:
     """x * hardsigmoid(x); torch's gradient is 0 for x <= -3 and 1 for x >= 3 (the product rule
     would give -0.5 and 1.5 there)."""
@@ -216,6 +225,7 @@ def softsign(input: Any) -> Tensor:
     return ops.div(x, ops.add(ops.abs(x), 1.0))
 
 
+@refuses("softplus", "softplus_cpu", "integer")
 def softplus(input: Any, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
     """log(1 + exp(beta * x)) / beta, and x itself where beta * x > threshold (like torch)."""
     x = _t(input)
@@ -224,10 +234,12 @@ def softplus(input: Any, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
     return ops.where(ops.gt(z, threshold), x, soft)
 
 
+@refuses("logsigmoid", "log_sigmoid_cpu", "integer")
 def logsigmoid(input: Any) -> Tensor:
     return ops.neg(_softplus1(ops.neg(_t(input))))
 
 
+@refuses("celu", "elu_cpu", "integer")
 def celu(input: Any, alpha: float = 1.0, inplace: bool = False) -> Tensor:
     """x for x > 0, alpha * (exp(x / alpha) - 1) otherwise."""
     x = _t(input)
@@ -238,6 +250,7 @@ def celu(input: Any, alpha: float = 1.0, inplace: bool = False) -> Tensor:
     return _inplace(input, ops.where(pos, x, neg), inplace, "celu")
 
 
+@refuses("threshold", "threshold_cpu", "bool")
 def threshold(input: Any, threshold: float, value: float, inplace: bool = False) -> Tensor:
     """x where x > threshold, else `value`."""
     x = _t(input)
@@ -300,7 +313,7 @@ def prelu(input: Any, weight: Any) -> Tensor:
         raise ops.fail(RuntimeError(f"prelu: Expected `weight` to be a scalar or 1D tensor, but got: ndim = {w.ndim}"))
     if isinstance(weight, Tensor) and w.dtype != x.dtype and not amp.is_autocast_enabled(x.device.type):
         # torch's check (numpy promoted a float32 input with a float64 weight in silence)
-        raise ops.fail(TypeError(f"prelu: Type promoting not supported. Got {x.dtype.name} input and "
+        raise ops.fail(DTypeRuntimeError(f"prelu: Type promoting not supported. Got {x.dtype.name} input and "
                                  f"{w.dtype.name} weight"))
     if w.numel() > 1:
         if x.ndim < 2 or x.shape[1] != w.numel():
@@ -312,6 +325,7 @@ def prelu(input: Any, weight: Any) -> Tensor:
     return ops.where(ops.gt(x, 0), x, ops.mul(w, x))
 
 
+@refuses("glu", "glu_cpu", "integer")
 def glu(input: Any, dim: int = -1) -> Tensor:
     """a * sigmoid(b) for the two halves a, b of `dim`."""
     x = _t(input)
@@ -404,7 +418,7 @@ def _norm_dtypes(fn: str, x: Tensor, **named: Any) -> bool:
             raise ops.fail(TypeError(f"{fn}: mixed dtype: {first} is {pd.name} but {n} is {d.name}; the parameters "
                                      f"and running statistics must share one dtype (cast with .to(...))"))
         if d != x.dtype and not (half and d == dt.float32):
-            raise ops.fail(TypeError(f"{fn}: mixed dtype: expected {n} to have the input's dtype {x.dtype.name}"
+            raise ops.fail(DTypeRuntimeError(f"{fn}: mixed dtype: expected {n} to have the input's dtype {x.dtype.name}"
                                      f"{' (or float32)' if half else ''}, got {d.name}; cast the module or the "
                                      f"input with .to(...)"))
     return pd != x.dtype
@@ -587,6 +601,7 @@ def _pool_args(kernel_size: _Pair, stride: _Pair | None, padding: _Pair, where: 
     return k, s, _pair(padding, where, "padding")
 
 
+@refuses("max_pool2d", "max_pool2d", "bool")
 def max_pool2d(input: Any, kernel_size: _Pair, stride: _Pair | None = None, padding: _Pair = 0,
                dilation: _Pair = 1, ceil_mode: bool = False, return_indices: bool = False) -> Tensor:
     x = _t(input)
@@ -618,6 +633,7 @@ def _check_divisor(op: str, divisor_override: Any) -> None:
         raise ops.fail(RuntimeError(f"{op}: divisor must be not zero (divisor_override=0)"))
 
 
+@refuses("avg_pool2d", "avg_pool2d", "bool")
 def avg_pool2d(input: Any, kernel_size: _Pair, stride: _Pair | None = None, padding: _Pair = 0,
                ceil_mode: bool = False, count_include_pad: bool = True, divisor_override: int | None = None) -> Tensor:
     x = _t(input)

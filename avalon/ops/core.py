@@ -20,6 +20,7 @@ from ..ir.reference import evaluate
 from ..tensor import Tensor, as_array, default_float_dtype
 from ..trace import current_trace, located, user_location
 from ..views import Permute, Reshape, link
+from .dtype_kernels import DTypeRuntimeError, refuses
 
 Scalar = (int, float, bool, np.integer, np.floating, np.bool_)
 
@@ -148,6 +149,12 @@ class DTypeNotImplementedError(TypeError, NotImplementedError):
     """An op torch has no kernel for at an operand's dtype (bitwise ops and shifts of floats, histc
     of integers): torch's NotImplementedError('"lshift_cpu" not implemented for 'Float''), and
     the TypeError Avalon raised before."""
+
+
+class FloatingInputError(ArgumentError, NotImplementedError):
+    """An integer or bool input to a function of floats (softmax, the norms, mean): torch's
+    NotImplementedError('"softmax_lastdim_kernel_impl" not implemented for 'Long'') or its
+    RuntimeError (mean), and the ArgumentError Avalon raised before."""
 
 
 def fail(err: Exception) -> Exception:
@@ -422,7 +429,22 @@ def sub(input: Any, other: Any, *, alpha: Any = 1) -> Tensor:
 
 
 eq, ne, lt, le, gt, ge = (_binary(n) for n in ("eq", "ne", "lt", "le", "gt", "ge"))
-logical_and, logical_or = _binary("logical_and"), _binary("logical_or")
+_logical_and, _logical_or = _binary("logical_and"), _binary("logical_or")
+
+
+def _truth(x: Any) -> Any:
+    """A non-bool tensor as `x != 0` (nan counts as true), for the logical primitives, which take booleans."""
+    return ne(x, 0) if isinstance(x, Tensor) and x.dtype is not dt.bool_ else x
+
+
+def logical_and(input: Any, other: Any) -> Tensor:  # noqa: A002
+    """torch.logical_and: True where both are non-zero, for any dtypes."""
+    return _logical_and(_truth(_as_operand(input)), _truth(_as_operand(other)))
+
+
+def logical_or(input: Any, other: Any) -> Tensor:  # noqa: A002
+    """torch.logical_or: True where either is non-zero, for any dtypes."""
+    return _logical_or(_truth(_as_operand(input)), _truth(_as_operand(other)))
 
 
 def div(input: Any, other: Any, *, rounding_mode: str | None = None) -> Tensor:
@@ -469,6 +491,7 @@ def _arith_dtype(a: Any, b: Any) -> DType:
 _EXACT = 2.0 ** 52  # every float at least this large is an integer (f64's mantissa; f32's is shorter)
 
 
+@refuses("trunc", "trunc_vml_cpu", "bool")
 def trunc(input: Any) -> Tensor:
     """Round toward zero, through an i64 cast where that is exact; larger values, inf and nan
     are integers (or not numbers) already and pass through, with torch's zero derivative (the
@@ -503,6 +526,7 @@ def isfinite(input: Any) -> Tensor:
     return eq(sub(x, x), 0.0) if x.dtype.is_float else full(x.shape, True, dt.bool_)
 
 
+@refuses("fmod", "fmod_cpu", "bool", (0, 1))
 def fmod(input: Any, other: Any) -> Tensor:
     """C's fmod (torch.fmod): the remainder of the quotient truncated toward zero, with the
     dividend's sign. Floats: the rounded quotient may be one off, which the two corrections undo;
@@ -537,6 +561,7 @@ def _wrong_sign(r: Tensor, b: Tensor) -> Tensor:
     return logical_and(ne(r, zero), ne(lt(r, zero), lt(b, zero)))
 
 
+@refuses("remainder", "remainder_cpu", "bool", (0, 1))
 def remainder(input: Any, other: Any) -> Tensor:
     """Python's modulus (torch.remainder, `%`): the result has the divisor's sign."""
     d = _arith_dtype(input, other)
@@ -545,6 +570,7 @@ def remainder(input: Any, other: Any) -> Tensor:
     return where(_wrong_sign(r, b), add(r, b), r)
 
 
+@refuses("floor_divide", "div_floor_cpu", "bool", (0, 1))
 def floor_divide(input: Any, other: Any) -> Tensor:
     """Python's `//` (torch.floor_divide): the quotient rounded toward -inf. Floats follow torch's
     div_floor: (a - fmod(a, b)) / b is an integer up to rounding, which the last steps repair.
@@ -564,6 +590,7 @@ def floor_divide(input: Any, other: Any) -> Tensor:
     return where(eq(b, 0.0), exact, f)
 
 
+@refuses("floor", "floor_vml_cpu", "bool")
 def floor(input: Any) -> Tensor:
     """Float floor through an integer cast where that is exact (|x| < 2**52); larger values, inf
     and nan are their own floor. Integers are unchanged."""
@@ -576,6 +603,7 @@ def floor(input: Any) -> Tensor:
     return where(gt(t, x), sub(t, 1), t)
 
 
+@refuses("pow", "pow", "bool", (0, 1))
 def pow(input: Any, exponent: Any) -> Tensor:  # noqa: A001
     a, b = input, exponent
     d = result_dtype(_as_operand(a), _as_operand(b))
@@ -609,6 +637,8 @@ def _unary(name: str, floating: bool = False):
 
 
 abs, relu, sign = (_unary(n) for n in ("abs", "relu", "sign"))  # noqa: A001
+abs = refuses("abs", "abs_cpu", "bool")(abs)  # noqa: A001 - torch has no kernel for these dtypes
+relu = refuses("relu", "relu", "bool", message="relu: Boolean inputs not supported for relu")(relu)
 _neg = _unary("neg")
 
 
@@ -1042,6 +1072,7 @@ def min(input: Any, dim: Any = None, keepdim: bool | None = None, *, axis: Any =
     return _torch_max("min", input, other if other is not None else dim, keepdim, axis, keepdims)
 
 
+@refuses("argmax", "argmax", "bool", message="argmax(): does not support bool input")
 def argmax(input: Any, axis: int | None = None, keepdims: bool = False, *, dim: int | None = None,
            keepdim: bool | None = None) -> Tensor:
     """Index of the first maximum along `axis`/`dim`, or in the flattened tensor."""
@@ -1057,6 +1088,7 @@ def _argmax(fn: str, x: Tensor, axis: Any, keepdims: bool) -> Tensor:
     return bind("argmax", x, axis=check_dim(fn, axis, x.ndim), keepdims=keepdims)
 
 
+@refuses("argmin", "argmin", "bool", message="argmin(): does not support bool input")
 def argmin(input: Any, axis: int | None = None, keepdims: bool = False, *, dim: int | None = None,
            keepdim: bool | None = None) -> Tensor:
     """Index of the first minimum: the argmax of the negation (of the complement for booleans)."""
@@ -1110,7 +1142,7 @@ def floating_input(fn: str, x: Tensor) -> Tensor:
     the norms): an integer or bool input is an error there, where averaging it in float32 here would
     run code that fails in torch; `dtype=` (cast first) or `.float()` is the way to ask for it."""
     if not x.dtype.is_float:
-        raise located(ArgumentError(f"{fn}(): expected a floating point input, got {x.dtype.name}; cast it "
+        raise located(FloatingInputError(f"{fn}(): expected a floating point input, got {x.dtype.name}; cast it "
                                     "with .float() (or pass dtype= where the function takes one)"), user_location())
     return x
 
@@ -1122,7 +1154,7 @@ def same_dtype(fn: str, *xs: Tensor) -> DType:
     d = xs[0].dtype
     other = next((x.dtype for x in xs[1:] if x.dtype != d), None)  # (!=: a deepcopied model holds copies)
     if other is not None:
-        raise located(TypeError(f"{fn}: expected both operands to have the same dtype, but got {d.name} and "
+        raise located(DTypeRuntimeError(f"{fn}: expected both operands to have the same dtype, but got {d.name} and "
                                 f"{other.name}; cast one with .to(...)"), user_location())
     return d
 

@@ -6,6 +6,7 @@ of the graph, not arrays captured at trace time."""
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,7 @@ from .core import (
     unsupported,
     where,
 )
+from .dtype_kernels import check_dtype
 
 
 def _sized(fn: str, sizes: tuple, size: Any) -> tuple:
@@ -118,6 +120,7 @@ def arange(start: Any = None, end: Any = None, step: Any = 1, *, dtype: Any = No
     if dtype is None and isinstance(out, Tensor):
         dtype = out.dtype
     d = dtype_arg("arange", dtype) if dtype is not None else (dt.int64 if ints else default_float_dtype())
+    check_dtype("arange", "arange_cpu", "bool", d)
     if not d.is_float:
         # torch's kernel for an integer dtype works in int64: start, end and step each truncated (`arange(0.5, 5.7,
         # 1.5, dtype=torch.int64)` is [0, 1, 2, 3, 4]), the count by integer division
@@ -169,10 +172,14 @@ def linspace(start: Any, end: Any, steps: int, *, dtype: Any = None, device: Any
     `x_sorted[torch.linspace(0, batch - 1, grid_size + 1, dtype=torch.int64)]` relies on."""
     unsupported("linspace", out=out, layout=layout)
     start, end = float(_num(start)), float(_num(end))
-    steps = int(steps)
+    try:  # torch takes an int (or a 0-d integer tensor), never 2.5 truncated to 2
+        steps = operator.index(steps.item() if isinstance(steps, Tensor) and not steps.dtype.is_float else steps)
+    except TypeError:
+        raise fail(TypeError(f"linspace: argument 'steps' must be int, not {type(steps).__name__}")) from None
     if steps < 0:
         raise ValueError("linspace: argument 'steps' must be non-negative")
     d = dtype_arg("linspace", dtype) if dtype is not None else default_float_dtype()
+    check_dtype("linspace", "linspace_cpu", "bool", d)
     if not d.is_float:
         start, end = float(math.trunc(start)), float(math.trunc(end))  # torch's Scalar.to<int64_t>()
     if steps <= 1:

@@ -56,6 +56,7 @@ from .core import (
     sub,
     where,
 )
+from .dtype_kernels import refuses
 from .mathfn import _absg, _back, _float, _horner, _wide, lgamma, log2, logaddexp, signbit
 from .pointwise import log1p
 
@@ -181,6 +182,7 @@ def ldexp(input: Any, other: Any) -> Tensor:
     return mul(a, pow(full((), 2.0, a.dtype), b))
 
 
+@refuses("logaddexp2", "logaddexp2_cpu", "integer", (0, 1))
 def logaddexp2(input: Any, other: Any) -> Tensor:
     """log2(2^a + 2^b), through logaddexp in natural units."""
     a, b = _float_pair("logaddexp2", input, other)
@@ -270,6 +272,7 @@ def i0(input: Any) -> Tensor:
     return _back(where(near, series, asym), back)
 
 
+@refuses("mvlgamma", "mvlgamma", "bool", message="mvlgamma: The input tensor may not be a boolean tensor.")
 def mvlgamma(input: Any, p: int) -> Tensor:
     """The multivariate log-gamma of dimension p: sum_i lgamma(x - i/2) + p (p - 1)/4 log(pi). Like
     torch 2.x, elements at or below (p - 1) / 2 are not refused: lgamma's values there are summed."""

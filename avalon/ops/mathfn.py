@@ -69,6 +69,7 @@ from .core import (
     trunc,
     where,
 )
+from .dtype_kernels import DTypeRuntimeError, refuses
 from .pointwise import expm1, log1p
 
 _LN2 = math.log(2.0)
@@ -107,6 +108,7 @@ def _exact_limit(d: dt.DType) -> float:
 
 # -- rounding -------------------------------------------------------------------------------------
 
+@refuses("ceil", "ceil_vml_cpu", "bool")
 def ceil(input: Any) -> Tensor:
     """The smallest integer >= x (integers unchanged): -floor(-x)."""
     x = _tensor(input)
@@ -145,6 +147,7 @@ def round(input: Any, *, decimals: int = 0) -> Tensor:  # noqa: A001
     return mul(_round_even(div(x, p)), p)
 
 
+@refuses("frac", "frac_cpu", "integer")
 def frac(input: Any) -> Tensor:
     """x - trunc(x), with x's sign."""
     x = _tensor(input)
@@ -219,6 +222,7 @@ def xlogy(input: Any, other: Any) -> Tensor:
     return mul(x, log(ys))
 
 
+@refuses("hypot", "hypot_cpu", "integer", (0, 1))
 def hypot(input: Any, other: Any) -> Tensor:
     """sqrt(a^2 + b^2) without overflow: max * sqrt(1 + (min / max)^2); inf if either is inf."""
     d = result_dtype(_as_operand(input), _as_operand(other))
@@ -238,6 +242,7 @@ def _absg(x: Tensor) -> Tensor:
     return where(lt(x, 0.0), neg(x), x)
 
 
+@refuses("logaddexp", "logaddexp_cpu", "integer", (0, 1))
 def logaddexp(input: Any, other: Any) -> Tensor:
     """log(exp(a) + exp(b)): m + log1p(exp(a - m) + exp(b - m) - 1) with m = max(a, b) held constant
     (one of the exps is exactly 1, so this is log1p(exp(-|a - b|)) in value, and the gradient is
@@ -252,7 +257,10 @@ def logaddexp(input: Any, other: Any) -> Tensor:
 
 
 def heaviside(input: Any, values: Any) -> Tensor:
-    """0 where x < 0, `values` where x == 0, 1 where x > 0 (nan gives 0, as torch's CPU)."""
+    """0 where x < 0, `values` where x == 0, 1 where x > 0 (nan gives 0, as torch's CPU). Two
+    tensors of different dtypes are torch's error (it does not promote here)."""
+    if isinstance(input, Tensor) and isinstance(values, Tensor) and input.dtype != values.dtype:
+        raise fail(DTypeRuntimeError("heaviside is not yet implemented for tensors with different dtypes."))
     x, v = _prepare("heaviside", input, values)
     return where(eq(x, 0), v, cast(gt(x, 0), x.dtype))
 
@@ -279,7 +287,7 @@ def tan(input: Any) -> Tensor:
 def _half_exp(ax: Tensor) -> Tensor:
     """exp(ax) / 2 for ax >= 0: exp(ax) * 0.5 (exact halving) where exp(ax) is finite, exp(ax - t) *
     (exp(t) / 2) past t (ax - t exact), so cosh and sinh overflow only where they do themselves."""
-    t = 88.0 if ax.dtype is not dt.float64 else 709.0
+    t = {dt.float64: 709.0, dt.float16: 11.0}.get(ax.dtype, 88.0)  # exp(t) / 2 fits the dtype (f16's max: 65504)
     big = gt(ax, t)
     return mul(exp(where(big, sub(ax, t), ax)), where(big, full((), math.exp(t) / 2, ax.dtype), 0.5))
 

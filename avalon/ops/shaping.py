@@ -46,6 +46,7 @@ from .core import (
 )
 from .core import sum as _sum
 from .creation import arange, iota
+from .dtype_kernels import refuses
 from .indexing import _gather
 
 
@@ -393,6 +394,7 @@ def diag(input: Any, diagonal: int = 0) -> Tensor:
     return pad(y, [(0, k), (k, 0)] if k >= 0 else [(-k, 0), (0, -k)]) if k else y
 
 
+@refuses("trace", "trace", "bool")
 def trace(input: Any) -> Tensor:
     """The sum of a matrix's main diagonal; integers sum as i64, as in torch."""
     x = _tensor(input)

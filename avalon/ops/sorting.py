@@ -86,6 +86,7 @@ from .core import (
     where,
 )
 from .creation import _random, in_range, iota
+from .dtype_kernels import refuses
 from .shaping import _dim, movedim, narrow
 
 
@@ -201,6 +202,7 @@ def msort(input: Any) -> Tensor:
     return sort(input, 0).values
 
 
+@refuses("topk", "topk", "bool", message="topk does not support bool dtypes on CPU")
 def topk(input: Any, k: int, dim: int = -1, largest: bool = True, sorted: bool = True, *,  # noqa: A002
          out: Any = None) -> SortResult:
     """torch.topk: the k largest (smallest) elements along `dim` and their indices, in sorted order

@@ -64,6 +64,7 @@ from .core import (
     trunc,
     where,
 )
+from .dtype_kernels import refuses
 from .math_more import _ERFC_P, _ERFC_Q, _ERFC_R, _ERFC_S, erfc
 from .mathfn import _absg, _back, _float, _horner, _wide, acos, digamma
 from .pointwise import log1p
@@ -149,6 +150,7 @@ def _erfcx(x: Tensor) -> Tensor:
     return where(near, v_near, where(isnan(x), x, far))
 
 
+@refuses("erfcx", "erfcx_cpu", "half")
 def erfcx(input: Any) -> Tensor:
     """exp(x^2) erfc(x) without overflow or underflow: exp(x^2) erfc(x) for |x| < 1, Cephes' rational
     erfc(x) exp(x^2) for 1 <= x < 50, a continued fraction beyond (1 / (sqrt(pi) x) past 5e7),
@@ -163,6 +165,7 @@ def ndtr(input: Any) -> Tensor:
     return _back(mul(erfc(mul(x, -_SQRT1_2)), 0.5), back)
 
 
+@refuses("log_ndtr", "log_ndtr_cpu", "half")
 def log_ndtr(input: Any) -> Tensor:
     """log of the normal CDF: log(erfcx(-t) / 2) - t^2 for x < -1 (t = x / sqrt 2; stable far into the
     left tail), log1p(-erfc(t) / 2) otherwise, as torch."""
@@ -196,6 +199,7 @@ _NDTRI_Q2 = [1.0, 6.02427039364742014255E0, 3.67983563856160859403E0, 1.37702099
 _EXP_M2 = 0.13533528323661269189  # exp(-2)
 
 
+@refuses("ndtri", "ndtri_cpu", "half")
 def ndtri(input: Any) -> Tensor:
     """The inverse of the normal CDF (Cephes' ndtri, as torch): a rational function of y - 1/2 in the
     middle, of 1 / sqrt(-2 log y) in the tails; -inf at 0, inf at 1, nan outside [0, 1]."""
@@ -342,12 +346,14 @@ def _mod_i1(x: Tensor) -> Tensor:
     return _signed(x, out)
 
 
+@refuses("modified_bessel_i0", "modified_bessel_i0_cpu", "half")
 def modified_bessel_i0(input: Any) -> Tensor:
     """I0(x), torch's modified_bessel_i0 (Cephes' series times exp(|x|); nan at +-inf)."""
     x, back = _unary(input)
     return _back(_mod_i0(x), back)
 
 
+@refuses("modified_bessel_i1", "modified_bessel_i1_cpu", "half")
 def modified_bessel_i1(input: Any) -> Tensor:
     """I1(x), torch's modified_bessel_i1 (Cephes' series; nan at +-inf)."""
     x, back = _unary(input)
@@ -374,24 +380,28 @@ def _k(x: Tensor, order: int, scaled: bool) -> Tensor:
     return where(isnan(x), x, out)
 
 
+@refuses("modified_bessel_k0", "modified_bessel_k0_cpu", "half")
 def modified_bessel_k0(input: Any) -> Tensor:
     """K0(x) for x >= 0 (Cephes, as torch)."""
     x, back = _unary(input)
     return _back(_k(x, 0, False), back)
 
 
+@refuses("modified_bessel_k1", "modified_bessel_k1_cpu", "half")
 def modified_bessel_k1(input: Any) -> Tensor:
     """K1(x) for x >= 0 (Cephes, as torch)."""
     x, back = _unary(input)
     return _back(_k(x, 1, False), back)
 
 
+@refuses("scaled_modified_bessel_k0", "scaled_modified_bessel_k0_cpu", "half")
 def scaled_modified_bessel_k0(input: Any) -> Tensor:
     """exp(x) K0(x) (Cephes, as torch)."""
     x, back = _unary(input)
     return _back(_k(x, 0, True), back)
 
 
+@refuses("scaled_modified_bessel_k1", "scaled_modified_bessel_k1_cpu", "half")
 def scaled_modified_bessel_k1(input: Any) -> Tensor:
     """exp(x) K1(x) (Cephes, as torch)."""
     x, back = _unary(input)
@@ -489,12 +499,14 @@ def _j1(x: Tensor) -> Tensor:
     return _signed(x, where(small, near, far))
 
 
+@refuses("bessel_j0", "bessel_j0_cpu", "half")
 def bessel_j0(input: Any) -> Tensor:
     """J0(x): Cephes' rational approximation on [0, 5], the Hankel asymptotic form beyond."""
     x, back = _unary(input)
     return _back(_j0(x), back)
 
 
+@refuses("bessel_j1", "bessel_j1_cpu", "half")
 def bessel_j1(input: Any) -> Tensor:
     """J1(x): Cephes' rational approximation on [0, 5], the Hankel asymptotic form beyond; odd."""
     x, back = _unary(input)
@@ -518,18 +530,21 @@ def _y(x: Tensor, order: int) -> Tensor:
     return where(isnan(x), x, out)
 
 
+@refuses("bessel_y0", "bessel_y0_cpu", "half")
 def bessel_y0(input: Any) -> Tensor:
     """Y0(x) for x >= 0 (Cephes, as torch): -inf at 0, nan below."""
     x, back = _unary(input)
     return _back(_y(x, 0), back)
 
 
+@refuses("bessel_y1", "bessel_y1_cpu", "half")
 def bessel_y1(input: Any) -> Tensor:
     """Y1(x) for x >= 0 (Cephes, as torch): -inf at 0, nan below."""
     x, back = _unary(input)
     return _back(_y(x, 1), back)
 
 
+@refuses("spherical_bessel_j0", "spherical_bessel_j0_cpu", "half")
 def spherical_bessel_j0(input: Any) -> Tensor:
     """sin(x) / x, its Taylor polynomial below 0.5; 0 at +-inf."""
     x, back = _unary(input)
@@ -567,6 +582,7 @@ _AI_AGD = [9.30892908077441974853e+00, 1.98352928718312140417e+01, 1.55646628932
 _AIRY_TERMS = 16  # |x| < 2.09: the Maclaurin terms fall below f64 epsilon by the 12th
 
 
+@refuses("airy_ai", "airy_ai_cpu", "half")
 def airy_ai(input: Any) -> Tensor:
     """Ai(x) (Cephes, as torch): the Maclaurin series on (-2.09, 2.09), the modulus-phase asymptotic
     form below, the exponentially decaying one above (0 past 103.892); nan at +-inf."""
@@ -675,6 +691,7 @@ def _zeta(x: Tensor, q: Tensor) -> Tensor:
     return where(lt(x, 1.0), math.nan, where(eq(x, 1.0), math.inf, out))
 
 
+@refuses("zeta", "zeta_cpu", "half", (0, 1))
 def zeta(input: Any, other: Any) -> Tensor:
     """The Hurwitz zeta function sum_k (q + k)^-x (x = input, q = other): Cephes' direct sum past 9 and
     the Euler-Maclaurin tail with Bernoulli numbers, in float64. inf at x = 1 and at q = 0, -1, ...;
@@ -794,41 +811,49 @@ def _chebyshev(name: str, input: Any, n: Any, kind: str, shifted: bool) -> Tenso
     return _finish(out, nt, back)
 
 
+@refuses("chebyshev_polynomial_t", "chebyshev_polynomial_t_cpu", "half", (0, 1))
 def chebyshev_polynomial_t(input: Any, n: Any) -> Tensor:
     """T_n(x): the recurrence, cos(n acos x) for n > 6 inside (-1, 1), +-1 at +-1."""
     return _chebyshev("chebyshev_polynomial_t", input, n, "t", False)
 
 
+@refuses("chebyshev_polynomial_u", "chebyshev_polynomial_u_cpu", "half", (0, 1))
 def chebyshev_polynomial_u(input: Any, n: Any) -> Tensor:
     """U_n(x): the recurrence, sin((n+1) t) / sin t (t = acos x) for n > 8 inside (-1, 1)."""
     return _chebyshev("chebyshev_polynomial_u", input, n, "u", False)
 
 
+@refuses("chebyshev_polynomial_v", "chebyshev_polynomial_v_cpu", "half", (0, 1))
 def chebyshev_polynomial_v(input: Any, n: Any) -> Tensor:
     """V_n(x): the recurrence, cos((n+1/2) t) / cos(t/2) for n > 8 inside (-1, 1)."""
     return _chebyshev("chebyshev_polynomial_v", input, n, "v", False)
 
 
+@refuses("chebyshev_polynomial_w", "chebyshev_polynomial_w_cpu", "half", (0, 1))
 def chebyshev_polynomial_w(input: Any, n: Any) -> Tensor:
     """W_n(x): the recurrence, sin((n+1/2) t) / sin(t/2) for n > 8 inside (-1, 1)."""
     return _chebyshev("chebyshev_polynomial_w", input, n, "w", False)
 
 
+@refuses("shifted_chebyshev_polynomial_t", "shifted_chebyshev_polynomial_t_cpu", "half", (0, 1))
 def shifted_chebyshev_polynomial_t(input: Any, n: Any) -> Tensor:
     """T*_n(x) = T_n(2x - 1)."""
     return _chebyshev("shifted_chebyshev_polynomial_t", input, n, "t", True)
 
 
+@refuses("shifted_chebyshev_polynomial_u", "shifted_chebyshev_polynomial_u_cpu", "half", (0, 1))
 def shifted_chebyshev_polynomial_u(input: Any, n: Any) -> Tensor:
     """U*_n(x) = U_n(2x - 1)."""
     return _chebyshev("shifted_chebyshev_polynomial_u", input, n, "u", True)
 
 
+@refuses("shifted_chebyshev_polynomial_v", "shifted_chebyshev_polynomial_v_cpu", "half", (0, 1))
 def shifted_chebyshev_polynomial_v(input: Any, n: Any) -> Tensor:
     """V*_n(x) = V_n(2x - 1)."""
     return _chebyshev("shifted_chebyshev_polynomial_v", input, n, "v", True)
 
 
+@refuses("shifted_chebyshev_polynomial_w", "shifted_chebyshev_polynomial_w_cpu", "half", (0, 1))
 def shifted_chebyshev_polynomial_w(input: Any, n: Any) -> Tensor:
     """W*_n(x) = W_n(2x - 1)."""
     return _chebyshev("shifted_chebyshev_polynomial_w", input, n, "w", True)
@@ -845,16 +870,19 @@ def _hermite(name: str, input: Any, n: Any, physicists: bool) -> Tensor:
     return _finish(out, nt, back)
 
 
+@refuses("hermite_polynomial_h", "hermite_polynomial_h_cpu", "half", (0, 1))
 def hermite_polynomial_h(input: Any, n: Any) -> Tensor:
     """The physicists' Hermite polynomial H_n(x) (nan past n = 512 in f64, 128 in f32, as torch)."""
     return _hermite("hermite_polynomial_h", input, n, True)
 
 
+@refuses("hermite_polynomial_he", "hermite_polynomial_he_cpu", "half", (0, 1))
 def hermite_polynomial_he(input: Any, n: Any) -> Tensor:
     """The probabilists' Hermite polynomial He_n(x) (nan past n = 512 in f64, 128 in f32, as torch)."""
     return _hermite("hermite_polynomial_he", input, n, False)
 
 
+@refuses("laguerre_polynomial_l", "laguerre_polynomial_l_cpu", "half", (0, 1))
 def laguerre_polynomial_l(input: Any, n: Any) -> Tensor:
     """L_n(x) by ((2k + 1 - x) L_k - k L_{k-1}) / (k + 1); 1 at x = 0."""
     x, nt, nmax, back = _poly_operands("laguerre_polynomial_l", input, n)
@@ -865,6 +893,7 @@ def laguerre_polynomial_l(input: Any, n: Any) -> Tensor:
     return _finish(out, nt, back)
 
 
+@refuses("legendre_polynomial_p", "legendre_polynomial_p_cpu", "half", (0, 1))
 def legendre_polynomial_p(input: Any, n: Any) -> Tensor:
     """P_n(x) by ((2k + 1) x P_k - k P_{k-1}) / (k + 1); +-1 at +-1."""
     x, nt, nmax, back = _poly_operands("legendre_polynomial_p", input, n)

@@ -60,6 +60,7 @@ from .core import (
     where,
 )
 from .creation import iota
+from .dtype_kernels import refuses
 from .mathfn import _round_even, logaddexp
 from .reductions import vector_norm
 from .shaping import movedim, narrow
@@ -118,6 +119,7 @@ def cummin(input: Any, dim: int) -> ValuesIndices:
     return _cum_extreme("cummin", input, dim, False)
 
 
+@refuses("logcumsumexp", "logcumsumexp_out_cpu", "integer")
 def logcumsumexp(input: Any, dim: int) -> Tensor:
     """log(cumsum(exp(x))) along `dim` without overflow or underflow: a doubling scan of logaddexp."""
     x = _tensor(input)
@@ -141,6 +143,7 @@ def _keep(t: Tensor, d: int, keepdim: bool) -> Tensor:
     return t if keepdim else squeeze(t, d)
 
 
+@refuses("kthvalue", "kthvalue_cpu", "bool")
 def kthvalue(input: Any, k: int, dim: int = -1, keepdim: bool = False, *, out: Any = None) -> ValuesIndices:
     """torch.kthvalue: the k-th smallest element along `dim` (k counts from 1) and its index."""
     unsupported("kthvalue", out=out)
@@ -186,6 +189,7 @@ def _median(fn: str, x: Tensor, dim: Any, keepdim: bool, ignore_nan: bool) -> An
     return ValuesIndices(_keep(gather(x, d, idx), d, keepdim), _keep(idx, d, keepdim))
 
 
+@refuses("median", "median_cpu", "bool")
 def median(input: Any, dim: int | None = None, keepdim: bool = False, *, out: Any = None) -> Any:
     """torch.median: the lower median (the ((n - 1) // 2)-th smallest) of every element, or along
     `dim` as (values, indices); nan if the row holds a nan (with the first nan's index)."""
@@ -193,6 +197,7 @@ def median(input: Any, dim: int | None = None, keepdim: bool = False, *, out: An
     return _median("median", _tensor(input), dim, keepdim, False)
 
 
+@refuses("nanmedian", "nanmedian_cpu", "bool")
 def nanmedian(input: Any, dim: int | None = None, keepdim: bool = False, *, out: Any = None) -> Any:
     """torch.nanmedian: the lower median of the non-nan elements (nan if there are none)."""
     unsupported("nanmedian", out=out)
@@ -432,6 +437,7 @@ class HistogramResult(NamedTuple):
     bin_edges: Tensor
 
 
+@refuses("histogram", "histogramdd", "half")
 def histogram(input: Any, bins: Any = 100, *, range: Any = None, weight: Any = None,  # noqa: A002
               density: bool = False, out: Any = None) -> HistogramResult:
     """torch.histogram: (hist, bin_edges). `bins` an int (equal bins over `range`, the data's range by

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from avalon.ir.reference.elementwise import float_power  # noqa: F401  (emitted as K.float_power)
 from avalon.ir.reference.gather import seed_keys
 
 Geometry = tuple[int, int, int, int, int, int]  # sh, sw, ph, pw, dh, dw

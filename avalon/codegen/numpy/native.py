@@ -196,6 +196,7 @@ class NativeRuns:
         self.ops: list[Op] = []
         self.shape: tuple[int, ...] | None = None
         self.mark: int | None = None  # first line of a hoisted op (`after` moves its lines above the run)
+        self.mark_start: int = 0  # the run's first line when `mark` was taken (allocations go in above it)
         self.keep: set[Value] = set()  # while an op is hoisted: what the run reads (not to be overwritten)
 
     def before(self, op: Op) -> None:
@@ -203,7 +204,7 @@ class NativeRuns:
         if transparent(op):
             return
         if self.shape is not None and self._hoistable(op):
-            self.mark = len(self.gen.lines)
+            self.mark, self.mark_start = len(self.gen.lines), self.gen.run_start
             self.keep = set(_through_transparent([v for o in self.ops for v in o.operands]))
             return
         shape = eligible(op) or reducible(op)
@@ -239,6 +240,7 @@ class NativeRuns:
         self.mark, self.keep = None, set()
         if mark is None or gen.run_start is None:
             return
+        mark += gen.run_start - self.mark_start  # arrays the hoisted op allocated went in above the run
         moved = gen.lines[mark:]
         del gen.lines[mark:]
         gen.lines[gen.run_start:gen.run_start] = moved
@@ -426,7 +428,9 @@ def _compiler() -> str:
     return cc
 
 
-FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fopenmp-simd", "-shared", "-fPIC"]
+"""-ffp-contract=off: with -march=native's FMA, gcc would contract `a * b + c` into one rounding (its default
+outside ISO C mode), not numpy's two: a float32 `iota * 0.1 + 1` came out 1 ulp from the reference."""
 
 
 def _cache_dir() -> Path:

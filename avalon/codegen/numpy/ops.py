@@ -64,7 +64,7 @@ def register(names: dict[str, str] | tuple[str, ...], accepts: Callable[[Op], bo
 
 _UNARY = {"exp": "np.exp", "log": "np.log", "tanh": "np.tanh", "sqrt": "np.sqrt"}
 _UNARY_INT = {"neg": "np.negative", "abs": "np.abs"}
-_BINARY = {"div": "np.true_divide", "pow": "np.power"}
+_BINARY = {"div": "np.true_divide", "pow": "K.float_power"}  # pow: the reference's layout-proof np.power
 _BINARY_INT = {"add": "np.add", "sub": "np.subtract", "mul": "np.multiply", "maximum": "np.maximum",
                "minimum": "np.minimum"}
 _COMPARE = {"eq": "np.equal", "ne": "np.not_equal", "lt": "np.less", "le": "np.less_equal", "gt": "np.greater",
@@ -561,6 +561,12 @@ def _fallback(gen: Generator, op: Op, out: str | None) -> Ref:
     if out is not None:
         gen.line(f"np.copyto({out}, {call})")
         return Ref(out, r.type)
+    if gen.run_start is not None:
+        # a native run is open (backend="cpu"): its lines may become one C call that computes this op
+        # (sin, cos) and stores the value, so the array must exist before the run, not be this line's
+        name = gen.new_array(r.type)
+        gen.line(f"np.copyto({name}, {call})")
+        return Ref(name, r.type, fresh=True)
     name = gen.fresh_name()
     # rules of view ops (and a same-dtype cast) may hand back their operand: copy to own the result
     copy = op.name in ("reshape", "transpose", "slice", "cast")

@@ -31,8 +31,10 @@ def _avalon_pow(x, y):
     odd = is_int & (tl.floor(half) != half)
     neg = x < 0
     r = tl.where(neg & odd, -r, r)
-    r = tl.where(neg & (is_int == 0), float("nan"), r)
-    return tl.where((y == 0) | (x == 1), 1.0, r)
+    # pow(-inf, y) of a non-integer y is inf (y > 0) or 0, as exp2(y * log2(inf)) already gives
+    r = tl.where(neg & (is_int == 0) & (x != float("-inf")), float("nan"), r)
+    one = (y == 0) | (x == 1) | ((x == -1) & (tl.abs(y) == float("inf")))  # pow(-1, +-inf) = 1
+    return tl.where(one, 1.0, r)
 '''
 
 HELPERS["_avalon_ipow"] = '''

@@ -119,13 +119,30 @@ def _div(attrs: dict, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return q + inexact.astype(q.dtype)
 
 
+def float_power(x: np.ndarray, y: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """np.power through its general loop whatever the operands' layout. numpy takes a scalar, 0-d or
+    stride-0 exponent of 0.5, 2 or -1 through sqrt/square/reciprocal, which differ from its pow loop
+    in the last bit and at -0/-inf (sqrt(-inf) is nan, pow(-inf, 0.5) is inf), so a broadcast
+    constant exponent would give other bits than the same values materialized. The exponent is made
+    a contiguous 1-d array of the result's size (0-d included), so every caller (this rule, the
+    numpy backend's emitted code) gets the same bits."""
+    shape = np.broadcast_shapes(np.shape(x), np.shape(y))
+    r = np.power(np.broadcast_to(x, shape).reshape(-1), np.array(np.broadcast_to(y, shape), order="C").reshape(-1))
+    r = r.reshape(shape)
+    if out is None:
+        return r
+    np.copyto(out, r)
+    return out
+
+
 @rule("pow")
 def _pow(attrs: dict, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """x ** y. Floats: IEEE pow (negative base with a non-integer exponent is nan). Integers: the
+    """x ** y. Floats: IEEE pow (negative base with a non-integer exponent is nan), computed by
+    `float_power` whatever the exponent's layout. Integers: the
     exact power, wrapping on overflow; a negative exponent truncates the real result toward zero
     (1 for x = 1, ±1 for x = -1, otherwise 0, including x = 0)."""
     if x.dtype.kind not in "iu":
-        return np.power(x, y)
+        return float_power(x, y)
     neg = y < 0
     out = np.power(x, np.where(neg, 0, y))
     odd = (y % 2) != 0
