@@ -418,25 +418,9 @@ class Compiled:
 
 def _models_in(fn: Any, args: tuple) -> list[Any]:
     """The models a call reaches: `fn`'s own (a model, or a bound method's), then those among its
-    arguments (in lists, tuples and dicts too), each once."""
-    out: list[Any] = []
-    seen: set[int] = set()
-
-    def add(x: Any) -> None:
-        if isinstance(x, (list, tuple)):
-            for v in x:
-                add(v)
-        elif isinstance(x, dict):
-            for v in x.values():
-                add(v)
-        elif tree.is_model(x) and id(x) not in seen:
-            seen.add(id(x))
-            out.append(x)
-    owner = owner_model(fn)
-    if owner is not None:
-        add(owner)
-    add(list(args))
-    return out
+    arguments (in lists, tuples and dicts too), each once: the tracer's own list (`trace._roots`)."""
+    from ..trace import _roots
+    return _roots(owner_model(fn), args)
 
 
 def _number_writes(models: list[Any], before: list[dict]) -> list[tuple[int, str, str, Any, Any]]:
