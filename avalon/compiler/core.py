@@ -16,8 +16,12 @@ static arguments, which models) plus the plain Python attributes of the models i
 `training` flag), so `model.eval()` compiles anew, and the float32 product precision
 (`av.set_float32_matmul_precision`), which generated kernels bake in. A program that captured arrays that are not
 arguments (a closure's numpy data or tensors) is compiled on every call: those values could change
-without changing the signature. Tensors built inside the function from Python numbers are literal data
-(`LiteralArray` constants, `torch.tensor([-1])`) and kept, as the Python numbers a trace reads are.
+without changing the signature. So is one whose trace drew from Python's `random` module or numpy's
+global random state (a teacher-forcing coin `random.random() < ratio`, LayerDrop's `random.uniform(0, 1)`,
+mixup's `np.random.beta`): the draw is baked in, and a cached replay would reuse it and leave the stream
+where it was, where an eager call draws anew (it warns once per call, as captured arrays do). Tensors
+built inside the function from Python numbers are literal data (`LiteralArray` constants,
+`torch.tensor([-1])`) and kept, as the Python numbers a trace reads are.
 
 Outputs are rebuilt and state updates (batch-norm statistics, optimizer steps: values recorded
 with `avalon.trace.assign`, which are extra graph outputs) are written back by
@@ -29,6 +33,7 @@ function computing its program, so its (cleaned-up) program graph is inlined the
 from __future__ import annotations
 
 import os
+import random
 import time
 import types
 import warnings
@@ -153,6 +158,7 @@ class _Entry:
     guards: list[tuple[int, Any]] | None = None  # (leaf position, its values) read while tracing, baked in
     constants: list[Any] | None = None  # hoisted values (compiler/hoist.py), the graph's last inputs
     writes: list[tuple[int, str, str, Any, Any]] | None = None  # Python numbers the trace wrote (_number_writes)
+    python_random: bool = False  # the trace drew from Python's (or numpy's global) random stream: never cached
 
 
 class Program(Protocol):
@@ -294,10 +300,16 @@ class Compiled:
         with paused_gc():
             entry = self._build(args, leaves, optimize=not inline)
         if inline:  # not compiled: cached apart, so a later call outside a trace still compiles it
-            if entry.extra is None and not _captured_arrays(entry.inspection.traced_graph):
+            if entry.extra is None and not entry.python_random and not _captured_arrays(entry.inspection.traced_graph):
                 self._inlined[key] = entry
             return entry, leaves
-        if _captured_arrays(entry.inspection.traced_graph):
+        if entry.python_random:
+            warnings.warn(f"{self.__name__} draws from Python's `random` module (or numpy's global random state) "
+                          "while tracing (`random.random() < ratio`); the draw is baked into the graph, so it is "
+                          "traced again and compiled again on every call, drawing as an eager call does. Draw "
+                          "outside and pass the result as an argument (av.rand for a tensor) to reuse the compiled "
+                          "graph.", stacklevel=3)
+        elif _captured_arrays(entry.inspection.traced_graph):
             warnings.warn(f"{self.__name__} uses arrays that are not among its arguments (captured from an "
                           "enclosing scope, or built from Python lists); they are baked into the graph, so it is "
                           "traced again and compiled again on every call. Pass them as arguments to reuse the "
@@ -354,8 +366,10 @@ class Compiled:
         t0 = time.perf_counter()
         models = _models_in(self.fn, args)
         numbers = [tree.number_slots(m)[0] for m in models]
+        rng_before = _host_rng_state()
         with reads_collected() as reads:
             traced = trace_call(self.fn, args) if self.program is None else self.program.build(self.fn, args)
+        drew = _host_rng_state() != rng_before
         guards = _guards(reads, leaves)
         writes = _number_writes(models, numbers) or None
         graph = traced.graph
@@ -367,7 +381,7 @@ class Compiled:
             extra = list(traced.leaves[len(leaves):])  # lifted values are the enclosing trace's: never cached
             return _Entry(insp, None, traced.out_tree, traced.n_outputs, update_at,
                           any(x is SEED for x in traced.leaves), extra=extra if any(x is not SEED for x in extra)
-                          else None, guards=guards, writes=writes)
+                          else None, guards=guards, writes=writes, python_random=drew)
         traced_graph = graph.clone()
         n_inputs = len(graph.inputs)
         hoisted = hoist_constants(graph)
@@ -408,12 +422,20 @@ class Compiled:
         constants = as_inputs(hoisted, [v.type for v in graph.inputs[n_inputs:]],
                               next(iter(devs)) if len(devs) == 1 else None) if hoisted else None
         return _Entry(insp, exe, traced.out_tree, traced.n_outputs, update_at, seeded, guards=guards,
-                      constants=constants, writes=writes)
+                      constants=constants, writes=writes, python_random=drew)
 
     def _check(self, entry: _Entry, inputs: list[Any]) -> None:
         if entry.checker is None:
             entry.checker = GroupChecker(entry.inspection.graph, self.backend)
         entry.checker.run(inputs)
+
+
+def _host_rng_state() -> tuple:
+    """Python's and numpy's global random streams where they stand (compared around a trace: a draw the
+    trace made, such as a teacher-forcing coin `random.random() < ratio`, is a value baked into the graph;
+    a cached replay would neither draw again nor advance the stream, so such a trace is not cached)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return random.getstate(), kind, keys.tobytes(), pos, has_gauss, gauss
 
 
 def _models_in(fn: Any, args: tuple) -> list[Any]:
