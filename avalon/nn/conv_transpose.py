@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import amp, ops
+from ..ops.dtype_kernels import DTypeRuntimeError, check_kernel
 from ..tensor import Tensor
 from . import functional as F
 from . import init
@@ -49,14 +50,14 @@ def conv_transpose2d(input: Any, weight: Any, bias: Any = None, stride: Any = 1,
     if x.ndim != 4 or w.ndim != 4:
         raise ValueError(f"conv_transpose2d: expected a 3-d or 4-d input and a 4-d weight, got {x.shape} and "
                          f"{w.shape}")
-    if not x.dtype.is_float:
-        raise TypeError(f"conv_transpose2d: input must be floating point, got {x.dtype}")
+    # torch computes in floats and int64 only (Avalon refused int64, and would have computed int32)
+    check_kernel("conv_transpose2d", "slow_conv_transpose2d_out_cpu", "nonlong", x)
     b = _t(bias) if bias is not None and not amp.is_autocast_enabled(x.device.type) else None
     if w.dtype != x.dtype or (isinstance(bias, Tensor) and b is not None and b.dtype != x.dtype):
         # torch's check, as conv's (numpy promoted the output in silence)
-        raise ops.fail(TypeError(f"conv_transpose: Input type ({x.dtype.name}) and weight type ({w.dtype.name})"
-                                 f"{'' if b is None else f' and bias type ({b.dtype.name})'} should be the same; "
-                                 f"cast one with .to(...)"))
+        raise ops.fail(DTypeRuntimeError(
+            f"conv_transpose: Input type ({x.dtype.name}) and weight type ({w.dtype.name})"
+            f"{'' if b is None else f' and bias type ({b.dtype.name})'} should be the same; cast one with .to(...)"))
     s, p, op, d = (_pair(n, v) for n, v in (("stride", stride), ("padding", padding),
                                               ("output_padding", output_padding), ("dilation", dilation)))
     groups = int(groups)

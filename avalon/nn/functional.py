@@ -20,7 +20,7 @@ import numpy as np
 from .. import amp, grad_mode, ops
 from ..ir import dtypes as dt
 from ..ir.reference import IndexOutOfRangeError
-from ..ops.dtype_kernels import DTypeRuntimeError, refuses
+from ..ops.dtype_kernels import TORCH_NAMES, DTypeRuntimeError, check_kernel, refuses
 from ..random import next_seed
 from ..tensor import Tensor
 from ..trace import assign
@@ -135,8 +135,11 @@ def hardtanh(input: Any, min_val: float = -1.0, max_val: float = 1.0, inplace: b
         raise ops.fail(ValueError(f"hardtanh: min_val cannot be greater than max_val, got min_val={min_val} and "
                                   f"max_val={max_val}"))
     x = _t(input)
+    check_kernel("hardtanh", "hardtanh", "bool", x, message="hardtanh: Bool inputs not supported for hardtanh")
     inside = ops.logical_and(ops.gt(x, min_val), ops.lt(x, max_val))
     clipped = ops.where(ops.le(x, min_val), min_val, ops.where(ops.ge(x, max_val), max_val, x))  # nan stays
+    if not x.dtype.is_float:  # torch keeps an integer input's dtype (the float bounds promoted it to f32)
+        clipped = ops.cast(clipped, x.dtype)
     return _inplace(input, ops.where(inside, x, ops.stop_gradient(clipped)), inplace, "hardtanh")
 
 
@@ -294,11 +297,13 @@ def tanhshrink(input: Any) -> Tensor:
     return ops.sub(x, ops.tanh(x))
 
 
+@refuses("hardshrink", "hardshrink_cpu", "integer")
 def hardshrink(input: Any, lambd: float = 0.5) -> Tensor:
     x = _t(input)
     return ops.where(ops.gt(ops.abs(x), lambd), x, 0.0)
 
 
+@refuses("softshrink", "softshrink_check", "integer")
 def softshrink(input: Any, lambd: float = 0.5) -> Tensor:
     x = _t(input)
     if lambd < 0:  # torch's check (a negative lambda overlapped the two branches)
@@ -306,6 +311,7 @@ def softshrink(input: Any, lambd: float = 0.5) -> Tensor:
     return ops.where(ops.gt(x, lambd), ops.sub(x, lambd), ops.where(ops.lt(x, -lambd), ops.add(x, lambd), 0.0))
 
 
+@refuses("prelu", "prelu_cpu", "integer")
 def prelu(input: Any, weight: Any) -> Tensor:
     """x for x > 0, weight * x otherwise; a weight of several entries is per channel (dim 1)."""
     x, w = _t(input), _t(weight)
@@ -436,6 +442,9 @@ def _affine(y: Tensor, weight: Any, bias: Any, bshape: tuple) -> Tensor:
 def normalize(input: Any, p: float = 2.0, dim: int = 1, eps: float = 1e-12) -> Tensor:
     """x / max(||x||_p, eps) along `dim`."""
     x = _t(input)
+    if not x.dtype.is_float:  # torch's vector_norm refuses (numpy normalized integers into f32)
+        raise ops.fail(DTypeRuntimeError(f"normalize: linalg.vector_norm: Expected a floating point or complex tensor "
+                                         f"as input. Got {TORCH_NAMES[x.dtype.name]}"))
     ops.check_dims("normalize", dim, x.ndim)
     return ops.div(x, _clamped_norm(x, p, dim, eps))
 
@@ -452,6 +461,10 @@ def cosine_similarity(x1: Any, x2: Any, dim: int = 1, eps: float = 1e-8) -> Tens
     """sum((x1 / max(||x1||, eps)) * (x2 / max(||x2||, eps))) along `dim`, torch's form (normalizing
     first keeps the result within [-1, 1]); x1 and x2 broadcast."""
     a, b = _t(x1), _t(x2)
+    common = ops.result_dtype(a, b)
+    if not common.is_float:  # torch refuses (numpy computed in f32)
+        raise ops.fail(DTypeRuntimeError(f"cosine_similarity: expected common dtype to be floating point, yet common "
+                                         f"dtype is {TORCH_NAMES[common.name]}"))
     ops.check_dim("cosine_similarity", dim, max(a.ndim, b.ndim))
     if a.shape != b.shape:  # torch broadcasts first: a norm over a size-1 (or missing) dim was a wrong value
         a, b = ops.broadcast_tensors(a, b)
@@ -536,9 +549,11 @@ def _check_conv(op: str, x: Tensor, w: Tensor, bias: Any, groups: int) -> None:
         raise ops.fail(ops.ArgumentError(f"{op}: Given groups={groups}, expected weight to be divisible by {groups} at "
                                          f"dimension 0, but got weight of size {list(w.shape)} instead"))
     _check_bias(op, w, bias, w.shape[0])
+    check_kernel(op, "compute_columns3d" if op == "conv3d" else "slow_conv2d_cpu", "bool", x)
     if isinstance(bias, Tensor) and bias.dtype != x.dtype and not amp.is_autocast_enabled(x.device.type):
-        raise ops.fail(TypeError(f"{op}: Input type ({x.dtype.name}) and bias type ({bias.dtype.name}) should be the "
-                                 f"same; cast one with .to(...)"))  # (numpy promoted the output in silence)
+        # (numpy promoted the output in silence)
+        raise ops.fail(DTypeRuntimeError(f"{op}: Input type ({x.dtype.name}) and bias type ({bias.dtype.name}) should "
+                                         f"be the same; cast one with .to(...)"))
 
 
 def _check_bias(op: str, w: Tensor, bias: Any, out: int) -> None:
@@ -633,7 +648,7 @@ def _check_divisor(op: str, divisor_override: Any) -> None:
         raise ops.fail(RuntimeError(f"{op}: divisor must be not zero (divisor_override=0)"))
 
 
-@refuses("avg_pool2d", "avg_pool2d", "bool")
+@refuses("avg_pool2d", "avg_pool2d", "nonlong")  # floats and int64 only
 def avg_pool2d(input: Any, kernel_size: _Pair, stride: _Pair | None = None, padding: _Pair = 0,
                ceil_mode: bool = False, count_include_pad: bool = True, divisor_override: int | None = None) -> Tensor:
     x = _t(input)
@@ -761,12 +776,20 @@ def _check_ids(idx: Tensor, n: int, who: str) -> None:
                                                 "(index out of range in self)"))
 
 
+def _check_index_dtype(idx: Tensor, who: str) -> None:
+    """torch's embedding takes int64 and int32 indices only: floats, bool, uint8 and int16 are its
+    RuntimeError (a DTypeRuntimeError, so `except TypeError` still catches it)."""
+    if idx.dtype not in (dt.int64, dt.int32):
+        raise ops.fail(DTypeRuntimeError(
+            f"{who}: Expected tensor for argument #1 'indices' to have one of the following scalar types: Long, Int; "
+            f"but got {idx.dtype.name}; cast the indices with .long()"))
+
+
 def _embedding(input: Any, weight: Any, padding_idx: int | None, who: str, max_norm: float | None = None,
                norm_type: float = 2.0) -> Tensor:
     """embedding's lookup, named `who` (the function, or the Embedding layer that calls it) in errors."""
     idx = _t(input)
-    if idx.dtype.is_float or idx.dtype is dt.bool_:
-        raise ops.fail(TypeError(f"{who}: indices must be integers, got {idx.dtype}"))
+    _check_index_dtype(idx, who)
     if _t(weight).ndim != 2:  # (a 1-d weight gave scalars per index, and a 3-d one matrices)
         raise ops.fail(RuntimeError(f"{who}: 'weight' must be 2-D, got shape {_t(weight).shape}"))
     _check_ids(idx, _t(weight).shape[0], who)
@@ -812,8 +835,11 @@ def embedding_bag(input: Any, weight: Any, offsets: Any = None, max_norm: float 
         raise NotImplementedError(f"embedding_bag: per_sample_weights was not None. per_sample_weights is only "
                                   f"supported for mode='sum' (got mode='{mode}')")
     idx, w = _t(input), _t(weight)
-    if idx.dtype.is_float or idx.dtype is dt.bool_:
-        raise TypeError(f"embedding_bag indices must be integers, got {idx.dtype}")
+    if idx.dtype.is_float or idx.dtype is dt.bool_:  # (torch converts other integer indices with the offsets)
+        raise ops.fail(DTypeRuntimeError(f"embedding_bag: Expected tensor for argument #1 'indices' to have one of "
+                                         f"the following scalar types: Long, Int; but got {idx.dtype.name}"))
+    if idx.dtype not in (dt.int64, dt.int32):  # uint8/int16 indices: torch converts them (take wants i32/i64)
+        idx = ops.cast(idx, dt.int64)
     _check_ids(idx, w.shape[0], "embedding_bag")
     if max_norm is not None:  # as embedding's: every row looked up, in place
         if not isinstance(weight, Tensor):

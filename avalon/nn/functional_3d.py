@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import amp, ops
 from ..ir import dtypes as dt
+from ..ops.dtype_kernels import check_kernel
 from ..tensor import Tensor
 from .functional_more import _lp_finish, _lp_infinite, _unpool_size
 from .functional_spatial import _place
@@ -173,6 +174,7 @@ def avg_pool3d(input: Any, kernel_size: Any, stride: Any = None, padding: Any = 
     divided by the depth count."""
     from .functional import avg_pool2d
     x, unbatched = _batched("avg_pool3d", _t(input))
+    check_kernel("avg_pool3d", "avg_pool3d_out_frame", "nonlong", x)
     k, s, p, d = _pool_args("avg_pool3d", kernel_size, stride, padding)
     from .functional import _check_divisor
     _check_divisor("avg_pool3d", divisor_override)
@@ -307,6 +309,7 @@ def adaptive_max_pool3d_with_indices(input: Any, output_size: Any, return_indice
 def adaptive_max_pool3d(input: Any, output_size: Any, return_indices: bool = False) -> Any:
     """Maxima over torch's adaptive windows of D, H and W; with `return_indices`, (values, flat indices
     into D*H*W). The gradient goes to each window's first maximum, as torch's."""
+    check_kernel("adaptive_max_pool3d", "adaptive_max_pool3d_cpu", "integer", input)
     values, idx = adaptive_max_pool3d_with_indices(input, output_size)
     return (values, idx) if return_indices else values
 
@@ -361,8 +364,7 @@ def conv_transpose3d(input: Any, weight: Any, bias: Any = None, stride: Any = 1,
                    f"{list(x.shape)}")
     if w.ndim != 5:
         raise _err(f"conv_transpose3d: expected a 5-d weight (C_in, C_out/groups, kd, kh, kw), got {list(w.shape)}")
-    if not x.dtype.is_float:
-        raise TypeError(f"conv_transpose3d: input must be floating point, got {x.dtype}")
+    check_kernel("conv_transpose3d", "slow_conv_transpose3d_out_cpu", "nonlong", x)  # (int64 computes, as torch)
     where = "conv_transpose3d"
     s, p, op, d = (_triple(where, n, v) for n, v in (("stride", stride), ("padding", padding),
                                                      ("output_padding", output_padding), ("dilation", dilation)))

@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import ops
 from ..ir import dtypes as dt
+from ..ops.dtype_kernels import DTypeRuntimeError, check_kernel
 from ..random import next_seed
 from ..tensor import Tensor
 
@@ -84,6 +85,12 @@ def local_response_norm(input: Any, size: int, alpha: float = 1e-4, beta: float 
     x = _t(input)
     if x.ndim < 3:
         raise ValueError(f"Expected 3D or higher dimensionality input (got {x.ndim} dimensions)")
+    # torch averages the squares with avg_pool2d (3-d input) or avg_pool3d, whose CPU kernels take
+    # floats and int64 (avg_pool3d no f16/bf16); an int64 average is an integer division
+    if x.ndim == 3:
+        check_kernel("local_response_norm", "avg_pool2d", "nonlong", x)
+    else:
+        check_kernel("local_response_norm", "avg_pool3d_out_frame", "nonlong,half", x)
     if x.numel() == 0:
         return x
     c = x.shape[1]
@@ -91,7 +98,8 @@ def local_response_norm(input: Any, size: int, alpha: float = 1e-4, beta: float 
     total = ops.narrow(sq, 1, 0, c)
     for j in range(1, size):
         total = ops.add(total, ops.narrow(sq, 1, j, c))
-    div = ops.pow(ops.add(ops.mul(ops.div(total, float(size)), alpha), k), beta)
+    mean = ops.div(total, float(size)) if x.dtype.is_float else ops.floor_divide(total, size)
+    div = ops.pow(ops.add(ops.mul(mean, alpha), k), beta)
     return ops.div(x, div)
 
 
@@ -105,6 +113,10 @@ def gumbel_softmax(logits: Any, tau: float = 1.0, hard: bool = False, eps: float
     """softmax((logits + g) / tau) with g ~ Gumbel(0, 1) (g = -log(E), E ~ Exp(1)); `hard=True` returns
     the one-hot of its argmax in the forward pass with the soft sample's gradient (straight-through)."""
     x = _t(logits)
+    if not x.dtype.is_float:  # torch's exponential_ refuses (numpy sampled into f32)
+        raise ops.fail(DTypeRuntimeError(f"gumbel_softmax: Exponential distribution is a continuous probability "
+                                         f"distribution. dtype must be a floating point but you specified "
+                                         f"{x.dtype.name}"))
     expo = ops.neg(ops.log(ops.sub(1.0, _uniform(x.shape, x.dtype))))
     tiny = np.finfo(np.float16 if x.dtype is dt.float16 else np.float32).tiny
     expo = ops.maximum(ops.cast(expo, x.dtype), float(tiny))  # a draw of exactly 0 gives no inf
@@ -243,8 +255,7 @@ def max_pool2d_with_indices(input: Any, kernel_size: Any, stride: Any = None, pa
         return ops.squeeze(v, 0), ops.squeeze(i, 0)
     if x.ndim != 4:
         raise ValueError(f"max_pool2d: expected 3D or 4D input, got {x.ndim}D input of shape {x.shape}")
-    if not x.dtype.is_float:
-        raise NotImplementedError(f"\"max_pool2d\" not implemented for '{x.dtype.name}'")
+    check_kernel("max_pool2d", "max_pool2d", "bool", x)  # integers compute, as torch's (they were refused)
     F = _F()
     k, s, p = F._pool_args(kernel_size, stride, padding, "max_pool2d")
     d = F._pair(dilation, "max_pool2d", "dilation")
@@ -252,7 +263,8 @@ def max_pool2d_with_indices(input: Any, kernel_size: Any, stride: Any = None, pa
         raise ops.fail(RuntimeError(f"max_pool2d: dilation should be greater than zero, but got dilation={d}"))
     if p[0] > k[0] // 2 or p[1] > k[1] // 2:
         raise ValueError(f"pad should be at most half of effective kernel size, but got pad={p} and kernel={k}")
-    wins, (oh, ow) = _pool_windows(x, k, s, p, d, ceil_mode, -math.inf)
+    low = -math.inf if x.dtype.is_float else dt.int_range(x.dtype)[0]
+    wins, (oh, ow) = _pool_windows(x, k, s, p, d, ceil_mode, low)
     arg = ops.argmax(wins, -1, keepdims=True)
     values = ops.squeeze(ops.take_along_dim(wins, arg, -1), -1)
     arg = ops.squeeze(arg, -1)

@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import amp, ops
 from ..ir import dtypes as dt
+from ..ops.dtype_kernels import check_kernel
 from ..tensor import Tensor
 
 
@@ -157,6 +158,8 @@ def max_pool1d(input: Any, kernel_size: Any, stride: Any = None, padding: Any = 
     """max_pool2d over a height-1 image."""
     from .functional import max_pool2d
     x = _as_1d("max_pool1d", input)
+    if not return_indices:  # torch's max_pool1d_impl (with indices it runs max_pool2d, which takes integers)
+        check_kernel("max_pool1d", "max_pool1d_impl", "integer", x)
     k = _single(kernel_size, "max_pool1d", "kernel_size")
     s = k if stride is None or stride == () or stride == [] else _single(stride, "max_pool1d", "stride")
     y = max_pool2d(x, (1, k), (1, s), (0, _single(padding, "max_pool1d", "padding")),
@@ -195,9 +198,9 @@ def adaptive_max_pool1d(input: Any, output_size: Any, return_indices: bool = Fal
 def pixel_shuffle(input: Any, upscale_factor: int) -> Tensor:
     """(*, C r^2, H, W) -> (*, C, H r, W r): one reshape, one transpose, one reshape."""
     x, r = _t(input), _int_arg(upscale_factor, "pixel_shuffle", "upscale_factor")  # (int(2.5) truncated a float)
-    if x.ndim < 3 or r < 1 or x.shape[-3] % (r * r):
-        raise ValueError(f"pixel_shuffle: expected an input of at least 3 dims whose channel dim (-3) is divisible "
-                         f"by upscale_factor**2 = {r * r}, got shape {x.shape}")
+    if x.ndim < 3 or r < 1 or x.shape[-3] % (r * r):  # (torch's RuntimeError; ArgumentError is a ValueError too)
+        raise ops.fail(ops.ArgumentError(f"pixel_shuffle: expected an input of at least 3 dims whose channel dim (-3) "
+                                         f"is divisible by upscale_factor**2 = {r * r}, got shape {x.shape}"))
     *lead, c, h, w = x.shape
     b = len(lead)
     y = ops.reshape(x, (*lead, c // (r * r), r, r, h, w))
@@ -209,8 +212,8 @@ def pixel_unshuffle(input: Any, downscale_factor: int) -> Tensor:
     """(*, C, H r, W r) -> (*, C r^2, H, W), the inverse of pixel_shuffle."""
     x, r = _t(input), _int_arg(downscale_factor, "pixel_unshuffle", "downscale_factor")  # (int(2.5) truncated a float)
     if x.ndim < 3 or r < 1 or x.shape[-2] % r or x.shape[-1] % r:
-        raise ValueError(f"pixel_unshuffle: expected an input of at least 3 dims whose height and width are "
-                         f"divisible by downscale_factor = {r}, got shape {x.shape}")
+        raise ops.fail(ops.ArgumentError(f"pixel_unshuffle: expected an input of at least 3 dims whose height and "
+                                         f"width are divisible by downscale_factor = {r}, got shape {x.shape}"))
     *lead, c, h, w = x.shape
     b = len(lead)
     y = ops.reshape(x, (*lead, c, h // r, r, w // r, r))
@@ -327,6 +330,7 @@ def adaptive_avg_pool2d(input: Any, output_size: Any) -> Tensor:
 
 def adaptive_max_pool2d(input: Any, output_size: Any, return_indices: bool = False) -> Tensor:
     """With `return_indices`, (values, indices into H*W): the 3-d pooling's over a depth of one."""
+    check_kernel("adaptive_max_pool2d", "adaptive_max_pool2d", "integer", input)
     if return_indices:
         from .functional_3d import adaptive_max_pool3d_with_indices
         x = _t(input)
@@ -466,6 +470,7 @@ def interpolate(input: Any, size: Any = None, scale_factor: Any = None, mode: st
     if mode in ("nearest", "nearest-exact", "area") and align_corners is not None:
         raise ValueError("interpolate: align_corners option can only be set with the interpolating modes")
     k = x.ndim - 2
+    _check_resize_dtype(x, mode, k)
     if k < 1 or (mode in ("bilinear", "bicubic") and k != 2) or (mode == "linear" and k != 1) or (
             mode == "trilinear" and k != 3):
         raise ValueError(f"interpolate: mode={mode!r} does not fit an input of shape {x.shape}")
@@ -505,10 +510,33 @@ def interpolate(input: Any, size: Any = None, scale_factor: Any = None, mode: st
         return (adaptive_avg_pool1d if k == 1 else adaptive_avg_pool2d)(x, outs[0] if k == 1 else tuple(outs))
     if antialias:
         return _resize_aa(x, outs, scales, mode, bool(align_corners))
+    if x.dtype is dt.uint8 and mode in ("bilinear", "bicubic"):
+        # torch resizes uint8 images to uint8 (was f32 for bilinear; bicubic cast its weights to uint8, giving
+        # garbage): each axis in f32, the width first, rounded half up and clamped to an uint8 image between
+        # and after, as torch's separable kernel. torch's weights are fixed-point, so a value can differ from
+        # torch's by 1 (none at integer scale factors for bilinear; a few % at other sizes, and for bicubic).
+        y = ops.cast(x, dt.float32)
+        for j in (1, 0):
+            y = _resize_axis(y, 2 + j, outs[j], scales[j], mode, bool(align_corners))
+            y = ops.cast(ops.clip(ops.floor(ops.add(y, 0.5)), 0, 255), dt.uint8 if j == 0 else dt.float32)
+        return y
     y = x
     for j in range(k):
         y = _resize_axis(y, 2 + j, outs[j], scales[j], mode, bool(align_corners))
     return y
+
+
+def _check_resize_dtype(x: Tensor, mode: str, k: int) -> None:
+    """torch's resize kernels take floats, and uint8 images for nearest, bilinear and bicubic only:
+    an integer or bool input is refused (numpy resized it, linear modes into f32)."""
+    if mode == "area":
+        return  # adaptive average pooling refuses integers itself
+    kernel = {"linear": "compute_indices_weights_linear", "trilinear": "compute_indices_weights_linear",
+              "bicubic": "compute_indices_weights_cubic"}.get(mode)
+    if kernel is None:
+        kernel = ("upsample_bilinear2d_channels_last" if mode == "bilinear" else
+                  "upsample_nearest2d_channels_last" if k == 2 else "compute_indices_weights_nearest")
+    check_kernel("interpolate", kernel, "integer" if mode in ("linear", "trilinear") else "nonbyte", x)
 
 
 def _resize_aa(x: Tensor, outs: Sequence[int], scales: Sequence[float | None], mode: str, align: bool) -> Tensor:
@@ -558,6 +586,7 @@ def unfold(input: Any, kernel_size: Any, dilation: Any = 1, padding: Any = 0, st
     not kh kw, so a 3x3 window traces to a dozen ops), stacked: copies, exact for every value
     (a convolution with one-hot kernels would turn inf into nan and be rounded to TF32 on a GPU)."""
     x = _t(input)
+    check_kernel("unfold", "im2col_out_cpu", "int", x)
     if x.ndim == 3:
         return ops.squeeze(unfold(ops.expand_dims(x, 0), kernel_size, dilation, padding, stride), 0)
     if x.ndim != 4:
@@ -600,6 +629,7 @@ def fold(input: Any, output_size: Any, kernel_size: Any, dilation: Any = 1, padd
     pad and summed (kh + kw placements), the padding cropped at the end."""
     from .functional import _pair
     x = _t(input)
+    check_kernel("fold", "col2im_out_cpu", "int", x)
     if x.ndim == 2:
         return ops.squeeze(fold(ops.expand_dims(x, 0), output_size, kernel_size, dilation, padding, stride), 0)
     if x.ndim != 3:
@@ -837,19 +867,23 @@ def grid_sample(input: Any, grid: Any, mode: str = "bilinear", padding_mode: str
     x, g = _t(input), _t(grid)
     if x.ndim == 5:
         return _grid_sample_3d(x, g, mode, padding_mode, align)
+    # torch's errors are RuntimeErrors; ArgumentError is a ValueError too, as these were before
     if x.ndim != 4 or g.ndim != 4:
-        raise NotImplementedError(f"grid_sample: only 4-d input (N, C, H, W) with a 4-d grid (N, Ho, Wo, 2), or 5-d "
-                                  f"input (N, C, D, H, W) with a 5-d grid (N, Do, Ho, Wo, 3), is supported, got input "
-                                  f"{x.shape} and grid {g.shape}")
+        raise ops.fail(ops.ArgumentError(
+            f"grid_sample: expected a 4-d input (N, C, H, W) with a 4-d grid (N, Ho, Wo, 2), or a 5-d input "
+            f"(N, C, D, H, W) with a 5-d grid (N, Do, Ho, Wo, 3), got input {x.shape} and grid {g.shape}"))
     if g.shape[0] != x.shape[0] or g.shape[3] != 2:
-        raise ValueError(f"grid_sample: expected grid of shape (N, Ho, Wo, 2) with N = {x.shape[0]} (the input's "
-                         f"batch), got grid {g.shape} for input {x.shape}")
-    if not x.dtype.is_float or x.dtype is not g.dtype:
-        raise ValueError(f"grid_sample: expected input and grid of one floating dtype, got {x.dtype} and {g.dtype}")
+        raise ops.fail(ops.ArgumentError(
+            f"grid_sample: expected grid of shape (N, Ho, Wo, 2) with N = {x.shape[0]} (the input's batch), got grid "
+            f"{g.shape} for input {x.shape}"))
+    check_kernel("grid_sample", "grid_sampler_2d_cpu_kernel_impl", "integer", x)
+    if x.dtype is not g.dtype:
+        raise ops.fail(ops.ArgumentError(f"grid_sample: expected input and grid of one floating dtype, got "
+                                         f"{x.dtype} and {g.dtype}"))
     n, c, h, w = x.shape
     ho, wo = g.shape[1], g.shape[2]
     if min(h, w) <= 0:
-        raise ValueError(f"grid_sample: expected a non-empty spatial input, got {x.shape}")
+        raise ops.fail(ops.ArgumentError(f"grid_sample: expected a non-empty spatial input, got {x.shape}"))
     gx = ops.reshape(ops.slice_(g, [0, 0, 0, 0], [n, ho, wo, 1]), (n, ho, wo))
     gy = ops.reshape(ops.slice_(g, [0, 0, 0, 1], [n, ho, wo, 2]), (n, ho, wo))
     if mode == "bicubic":  # (the taps' coordinates are padded, not the sample point's)

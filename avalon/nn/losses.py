@@ -19,6 +19,7 @@ import numpy as np
 from .. import amp, ops
 from ..ir import dtypes as dt
 from ..ir.reference import IndexOutOfRangeError
+from ..ops.dtype_kernels import TORCH_NAMES, DTypeRuntimeError, check_kernel
 from ..tensor import Tensor, values_fixed
 from ..trace import _is_user_file
 from .functional import _softplus1, _t, log_softmax, pairwise_distance
@@ -71,9 +72,11 @@ def _class_targets(x: Tensor, target: Any, name: str, ignore_index: int) -> Tens
     values are known, each must be in [0, C) or be `ignore_index`: torch's IndexError, which the
     one_hot inside the loss would report only as an internal op's index."""
     t = _t(target)
-    if t.dtype.is_float or t.dtype is dt.bool_:
-        raise ops.fail(TypeError(f"{name}: class targets must be an integer array, got {t.dtype}"))
-    if t.dtype not in (dt.int32, dt.int64):  # torch takes uint8 (Byte) targets too; one_hot takes i32/i64
+    if t.dtype not in (dt.int64, dt.uint8):  # torch's rule: int32 class indices (numpy's on Windows) are refused too
+        raise ops.fail(DTypeRuntimeError(
+            f"{name}: expected target dtype to be Long or Byte, but got {TORCH_NAMES[t.dtype.name]}; class targets "
+            f"must be integer class indices of dtype int64 (cast them with .long())"))
+    if t.dtype is not dt.int64:  # one_hot takes i32/i64
         t = ops.cast(t, dt.int64)
     want = (x.shape[0],) + x.shape[2:]
     if t.shape != want:
@@ -239,6 +242,7 @@ def l1_loss(input: Any, target: Any, size_average: bool | None = None, reduce: b
 def smooth_l1_loss(input: Any, target: Any, size_average: bool | None = None, reduce: bool | None = None,
                    reduction: str = "mean", beta: float = 1.0) -> Tensor:
     reduction = _legacy_reduction(size_average, reduce, reduction)
+    check_kernel("smooth_l1_loss", "smooth_l1_cpu", "integer", input, target)
     if beta < 0:  # (the where below would pick the linear branch everywhere: a different loss, silently)
         raise ops.fail(RuntimeError(f"smooth_l1_loss does not support negative values for beta, got beta={beta}"))
     d = ops.abs(ops.sub(*_warn_size(_t(input), _t(target), "smooth_l1_loss")))
@@ -250,10 +254,14 @@ def smooth_l1_loss(input: Any, target: Any, size_average: bool | None = None, re
 
 def huber_loss(input: Any, target: Any, reduction: str = "mean", delta: float = 1.0, weight: Any = None) -> Tensor:
     reduction = _enum_reduction(reduction)
+    check_kernel("huber_loss", "huber_cpu", "integer", input, target)
     if not delta > 0:
         raise ops.fail(RuntimeError(f"huber_loss does not support non-positive values for delta, got delta={delta}"))
     d = ops.abs(ops.sub(*_warn_size(_t(input), _t(target), "huber_loss")))
     loss = ops.where(ops.lt(d, delta), ops.mul(ops.mul(d, d), 0.5), ops.mul(ops.sub(d, 0.5 * delta), delta))
+    x = _t(input)
+    if loss.dtype != x.dtype and x.dtype.is_float:  # torch's huber kernel writes the input's dtype (an f64 target
+        loss = ops.cast(loss, x.dtype)              # is computed with, but not promoted to)
     return _reduce(loss if weight is None else ops.mul(loss, weight), reduction)
 
 
@@ -269,6 +277,10 @@ def binary_cross_entropy(input: Any, target: Any, weight: Any = None, size_avera
     takes four, and would give 0 rather than torch's value where x is exactly 0 or 1."""
     x, t = _t(input), _t(target)
     _check_same_size(x, t, "binary_cross_entropy")
+    if t.dtype != x.dtype and not amp.is_autocast_enabled(x.device.type):  # torch's check (numpy promoted)
+        raise ops.fail(DTypeRuntimeError(
+            f"binary_cross_entropy: Found dtype {TORCH_NAMES[t.dtype.name]} but expected {TORCH_NAMES[x.dtype.name]} "
+            f"(the target's dtype must be the input's); cast it with .to(input.dtype)"))
     if values_fixed(x) and x.numel():  # (traced, the values are unknown: out-of-range inputs give nan)
         v = x.numpy()
         bad = ~((v >= 0) & (v <= 1))
@@ -288,10 +300,15 @@ def binary_cross_entropy(input: Any, target: Any, weight: Any = None, size_avera
     log_x = ops.stop_gradient(ops.maximum(ops.log(x), -100.0))
     log_1mx = ops.stop_gradient(ops.maximum(ops.log(one_m), -100.0))
     loss = ops.neg(ops.add(ops.mul(t, log_x), ops.mul(ops.sub(1.0, t), log_1mx)))
-    dx = ops.div(ops.sub(x, t), ops.maximum(ops.mul(x, one_m), 1e-12))
-    loss = ops.add(loss, ops.sub(ops.mul(x, ops.stop_gradient(dx)), ops.stop_gradient(ops.mul(x, dx))))
+    # dx in f32 for f16/bf16, where 1e-12 is 0: dx = 1/0 made the zero-valued term below 0 * inf = nan
+    xg, tg = (ops.cast(x, dt.float32), ops.cast(t, dt.float32)) if x.dtype in (dt.float16, dt.bfloat16) else (x, t)
+    dx = ops.div(ops.sub(xg, tg), ops.maximum(ops.mul(xg, ops.sub(1.0, xg)), 1e-12))
+    corr = ops.sub(ops.mul(xg, ops.stop_gradient(dx)), ops.stop_gradient(ops.mul(xg, dx)))
+    loss = ops.add(loss, corr if xg is x else ops.cast(corr, x.dtype))
     if weight is not None:
         loss = ops.mul(loss, weight)
+        if loss.dtype != x.dtype:  # torch's kernel writes the input's dtype (an f64 weight promoted it)
+            loss = ops.cast(loss, x.dtype)
     return _reduce(loss, _legacy_reduction(size_average, reduce, reduction))
 
 
@@ -302,6 +319,10 @@ def binary_cross_entropy_with_logits(input: Any, target: Any, weight: Any = None
     w_pos = 1 + (pos_weight - 1) t."""
     x, t = _t(input), _t(target)
     _check_same_size(x, t, "binary_cross_entropy_with_logits")
+    if not t.dtype.is_float:  # torch's error (integer 0/1 labels were promoted in silence)
+        raise ops.fail(DTypeRuntimeError(
+            f"binary_cross_entropy_with_logits: result type {TORCH_NAMES[x.dtype.name]} can't be cast to the desired "
+            f"output type {TORCH_NAMES[t.dtype.name]}; targets must be floating point (cast them with .float())"))
     sp = _softplus1(ops.neg(x))
     if pos_weight is not None:
         sp = ops.mul(sp, ops.add(ops.mul(ops.sub(pos_weight, 1.0), t), 1.0))
@@ -324,6 +345,8 @@ def kl_div(input: Any, target: Any, size_average: bool | None = None, reduce: bo
                       "'mean' will be changed to behave the same as 'batchmean' in the next major release.",
                       UserWarning, stacklevel=_user_stacklevel())
     x, t = _t(input), _t(target)
+    if not (x.dtype.is_float and t.dtype.is_float):  # torch's check (numpy computed in f32)
+        raise ops.fail(DTypeRuntimeError("kl_div: Integral inputs not supported."))
     if log_target:
         loss = ops.mul(ops.exp(t), ops.sub(t, x))
     else:
@@ -338,10 +361,15 @@ def kl_div(input: Any, target: Any, size_average: bool | None = None, reduce: bo
 
 # -- margin, embedding and likelihood losses ------------------------------------------------------
 
-def _float_target(x: Tensor, target: Any) -> Tensor:
-    """A ±1 / label / count target in the input's float dtype (torch promotes; integers are common)."""
+def _float_target(x: Tensor, target: Any, promote: bool = False) -> Tensor:
+    """A ±1 / label / count target in the input's float dtype (integers are common). With `promote`
+    (the losses torch writes as plain tensor arithmetic: margin_ranking, multilabel_soft_margin,
+    poisson_nll, gaussian_nll), a float target is kept, so an f64 target promotes the loss to f64
+    as in torch; the others (soft_margin, hinge_embedding, ...) keep the input's dtype, as torch's."""
     t = _t(target)
-    return t if t.dtype == x.dtype else ops.cast(t, x.dtype)
+    if t.dtype == x.dtype or (promote and t.dtype.is_float):
+        return t
+    return ops.cast(t, x.dtype)
 
 
 def _clamp_min0(x: Tensor) -> Tensor:
@@ -359,7 +387,7 @@ def margin_ranking_loss(input1: Any, input2: Any, target: Any, margin: float = 0
     """max(0, -y (x1 - x2) + margin): y = 1 ranks x1 above x2, y = -1 below."""
     reduction = _legacy_reduction(size_average, reduce, reduction)
     a, b = _t(input1), _t(input2)
-    y = _float_target(a, target)
+    y = _float_target(a, target, promote=True)
     if not a.ndim == b.ndim == y.ndim:
         raise ops.fail(RuntimeError(f"margin_ranking_loss : All input tensors should have same dimension but got "
                                     f"sizes: input1: {a.shape}, input2: {b.shape}, target: {y.shape} "))
@@ -392,7 +420,10 @@ def multilabel_soft_margin_loss(input: Any, target: Any, weight: Any = None, siz
     reduction = _legacy_reduction(size_average, reduce, reduction, elementwise_mean=False)
     _check_reduction(reduction, f"{reduction} is not valid")
     x = _t(input)
-    y = _float_target(x, target)
+    if _t(target).dtype is dt.bool_:  # torch's error: 1 - y has no bool case
+        raise ops.fail(DTypeRuntimeError("multilabel_soft_margin_loss: Subtraction, the `-` operator, with a bool "
+                                         "tensor is not supported; cast the target with .float()"))
+    y = _float_target(x, target, promote=True)
     # -log σ(x) = softplus(-x) and -log σ(-x) = softplus(x)
     loss = ops.add(ops.mul(y, _softplus1(ops.neg(x))), ops.mul(ops.sub(1.0, y), _softplus1(x)))
     if weight is not None:
@@ -426,11 +457,9 @@ def cosine_embedding_loss(input1: Any, input2: Any, target: Any, margin: float =
 def _margin_targets(x: Tensor, target: Any, name: str) -> Tensor:
     """multi_margin_loss's class indices: one per sample, each in [0, C) when the values are known."""
     t = _t(target)
-    if t.dtype.is_float or t.dtype is dt.bool_:
-        raise ops.fail(TypeError(f"{name}: class targets must be an integer array, got {t.dtype}"))
-    if t.dtype not in (dt.int32, dt.int64):  # torch wants Long (and so refuses uint8 here, unlike cross_entropy)
-        raise ops.fail(TypeError(f"{name}: expected scalar type Long (int64) for the target but found "
-                                 f"{t.dtype.name}; cast it with .long()"))
+    if t.dtype is not dt.int64:  # torch wants Long (and so refuses int32 and uint8 here, unlike cross_entropy)
+        raise ops.fail(DTypeRuntimeError(f"{name}: expected scalar type Long (int64) for the integer class targets but "
+                                         f"found {t.dtype.name}; cast it with .long()"))
     n = x.shape[0]
     if t.numel() != n or t.ndim > 1:
         raise ops.fail(ValueError(f"{name}: inconsistent target size: {t.shape} for input of size: {x.shape}"))
@@ -552,7 +581,7 @@ def poisson_nll_loss(input: Any, target: Any, log_input: bool = True, full: bool
     reduction = _legacy_reduction(size_average, reduce, reduction, elementwise_mean=False)
     _check_reduction(reduction)
     x = _t(input)
-    t = _float_target(x, target)
+    t = _float_target(x, target, promote=True)
     if log_input:
         loss = ops.sub(ops.exp(x), ops.mul(t, x))
     else:
@@ -586,7 +615,7 @@ def gaussian_nll_loss(input: Any, target: Any, var: Any, full: bool = False, eps
             raise ValueError("var is of incorrect size")
     _check_reduction(reduction, f"{reduction} is not valid")
     vc = ops.add(v, ops.stop_gradient(ops.sub(ops.maximum(v, eps), v)))  # max(v, eps), gradient as for v
-    d = ops.sub(x, _float_target(x, target))
+    d = ops.sub(x, _float_target(x, target, promote=True))
     loss = ops.mul(ops.add(ops.log(vc), ops.div(ops.mul(d, d), vc)), 0.5)
     if full:
         loss = ops.add(loss, 0.5 * math.log(2 * math.pi))

@@ -20,7 +20,7 @@ from ..ir.reference import evaluate
 from ..tensor import Tensor, as_array, default_float_dtype
 from ..trace import current_trace, located, user_location
 from ..views import Permute, Reshape, link
-from .dtype_kernels import DTypeRuntimeError, refuses
+from .dtype_kernels import DTypeRuntimeError, check_dtype, refuses
 
 Scalar = (int, float, bool, np.integer, np.floating, np.bool_)
 
@@ -1166,6 +1166,9 @@ def matmul(input: Any, other: Any) -> Tensor:
     if a.ndim == 0 or b.ndim == 0:
         raise located(ShapeError("matmul: operands must not be scalars; use *"), user_location())
     same_dtype("matmul", a, b)
+    # torch has no bool kernel for any product (numpy computed a logical or of ands)
+    kernel = "dot" if a.ndim == b.ndim == 1 else "addmm_impl_cpu_" if a.ndim <= 2 and b.ndim <= 2 else "bmm"
+    check_dtype("matmul", kernel, "bool", a.dtype)
     va, vb = a.ndim == 1, b.ndim == 1
     if va:
         a = reshape(a, (1, a.shape[0]))
@@ -1194,6 +1197,7 @@ def _pair(v: Any) -> list[int]:
 def conv2d(x: Any, w: Any, stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1) -> Tensor:
     x, w = _autocast(_tensor(x), _tensor(w))
     same_dtype("conv2d", x, w)
+    check_dtype("conv2d", "slow_conv2d_cpu", "bool", x.dtype)
     return bind("conv2d", x, w, stride=_pair(stride), padding=_pair(padding),
                 dilation=_pair(dilation), groups=int(groups))
 

@@ -8,7 +8,11 @@ An op declares what it refuses with `@refuses(op, kernel, what)`; `what` names d
 
 - ``"bool"``: bool tensors;
 - ``"integer"``: integer and bool tensors (torch's floating-only kernels);
-- ``"half"``: f16 and bf16 (torch's double/float-only kernels, most special functions).
+- ``"half"``: f16 and bf16 (torch's double/float-only kernels, most special functions);
+- ``"int"``: integer tensors but not bool (im2col/col2im, whose kernels take floats and bool);
+- ``"nonbyte"``: integer and bool tensors except uint8 (the image kernels, nearest/bilinear/bicubic
+  resizing, that take floats and uint8 images);
+- ``"nonlong"``: integer and bool tensors except int64 (the transposed convolutions' slow kernels).
 
 The dtype checked is the operands' promoted dtype (torch dispatches on the common dtype:
 `hypot(uint8, int8)` is refused for 'Short'), and the error is torch's: a
@@ -34,6 +38,9 @@ _CLASSES: dict[str, Callable[[dt.DType], bool]] = {
     "bool": lambda d: d is dt.bool_,
     "integer": lambda d: not d.is_float,
     "half": lambda d: d.name in ("f16", "bf16"),
+    "int": lambda d: not d.is_float and d is not dt.bool_,
+    "nonbyte": lambda d: not d.is_float and d.name != "ui8",
+    "nonlong": lambda d: not d.is_float and d.name != "i64",
 }
 
 

@@ -23,6 +23,7 @@ from ..ir import ShapeError
 from ..ir import dtypes as dt
 from ..tensor import Tensor, default_float_dtype
 from .core import (
+    DTypeNotImplementedError,
     _broadcast_shapes,
     _tensor,
     abs,
@@ -89,7 +90,7 @@ def dot(input: Any, tensor: Any) -> Tensor:
         raise fail(TypeError(f"dot: expected both vectors to have same dtype, but found {a.dtype.name} and "
                              f"{b.dtype.name}"))
     if a.dtype is dt.bool_:
-        return sum(mul(a, b))
+        raise fail(DTypeNotImplementedError("dot: \"dot\" not implemented for 'Bool'"))
     # integers: torch's dot keeps the operands' dtype (int32 stays int32, uint8 wraps), where sum promotes to int64
     return matmul(a, b) if a.dtype.is_float else cast(sum(mul(a, b)), a.dtype)
 

@@ -41,6 +41,7 @@ from .core import (
     unsupported,
     where,
 )
+from .dtype_kernels import TORCH_NAMES, DTypeRuntimeError
 
 
 def _float(x: Any) -> Tensor:
@@ -89,8 +90,8 @@ def lerp(input: Any, end: Any, weight: Any) -> Tensor:
     end, weight = _as_operand(end), _as_operand(weight)
     for name, t in (("end", end), ("weight", weight)):
         if isinstance(t, Tensor) and t.dtype != x.dtype and (name == "end" or t.ndim > 0):
-            raise fail(TypeError(f"lerp: expected dtype {x.dtype.name} for `{name}` but got dtype {t.dtype.name}; "
-                                 f"cast it with .to(...)"))
+            raise fail(DTypeRuntimeError(f"lerp: expected dtype {x.dtype.name} for `{name}` but got dtype "
+                                         f"{t.dtype.name}; cast it with .to(...)"))
     start, end_, w = _prepare("lerp", x, end, weight, dtype=x.dtype)
     d = sub(end_, start)
     return where(lt(abs(w), 0.5), add(start, mul(w, d)), sub(end_, mul(d, sub(1.0, w))))
@@ -136,8 +137,15 @@ def outer(input: Any, vec2: Any) -> Tensor:
 ger = outer
 
 def isclose(input: Any, other: Any, rtol: float = 1e-05, atol: float = 1e-08, equal_nan: bool = False) -> Tensor:
-    """torch.isclose: |input - other| <= atol + rtol * |other| (infinities equal only to themselves)."""
+    """torch.isclose: |input - other| <= atol + rtol * |other| (infinities equal only to themselves).
+    As torch: two tensors of one dtype (numpy promoted i64 against f32 in silence), and bool tensors
+    compare equal or not (`-` has no bool case)."""
     a, b = _tensor(input), _tensor(other)
+    if isinstance(input, Tensor) and isinstance(other, Tensor) and a.dtype != b.dtype:
+        raise fail(DTypeRuntimeError(f"isclose: {TORCH_NAMES[a.dtype.name]} did not match {TORCH_NAMES[b.dtype.name]} "
+                                     f"(torch compares tensors of one dtype); cast one with .to(...)"))
+    if a.dtype is dt.bool_ and b.dtype is dt.bool_:
+        return eq(a, b)
     close = logical_or(eq(a, b), le(abs(sub(a, b)), add(mul(abs(b), rtol), atol)))
     return logical_or(close, logical_and(isnan(a), isnan(b))) if equal_nan else close
 
