@@ -225,6 +225,23 @@ def launch_ranks(argv: list[str], timeout: float = 120, world: int = 2, **env: s
     return done
 
 
+def same_as_torch(t: Any, a: Any) -> None:
+    """Avalon's result `a` has torch's `t`'s dtype and values (nested tuples and lists alike): exactly for
+    integers and bools, within 1e-5 (1e-2 in f16/bf16) for floats, NaN where torch has NaN."""
+    if isinstance(t, (tuple, list)):
+        for p, q in zip(t, a, strict=True):
+            same_as_torch(p, q)
+        return
+    assert str(t.dtype).replace("torch.", "") == repr(a.dtype).replace("av.", "")
+    want = t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy()
+    got = a.float().numpy() if t.dtype == torch.bfloat16 else a.numpy()
+    if want.dtype.kind == "f":
+        tol = 1e-2 if t.dtype in (torch.float16, torch.bfloat16) else 1e-5
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol, equal_nan=True)
+    else:
+        np.testing.assert_array_equal(got, want)
+
+
 def torch_raises(fn: Callable[[], Any]) -> type[BaseException]:
     """The type of the exception `fn` (a torch call) raises: the oracle for 'Avalon raises as torch'."""
     try:

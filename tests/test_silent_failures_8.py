@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import torch_raises
+from helpers import same_as_torch, torch_raises
 
 import avalon as av
 import avalon.nn.functional as AF
@@ -42,21 +42,6 @@ def _run(mod, expr: str):
     env["bf"] = env["x"].to(mod.bfloat16)
     env.update(T=mod, F=torch.nn.functional if mod is torch else AF, S=torch.special if mod is torch else AS)
     return eval(expr, env)  # noqa: S307 - the table's own expressions
-
-
-def _same(t, a) -> None:
-    if isinstance(t, (tuple, list)):
-        for p, q in zip(t, a, strict=True):
-            _same(p, q)
-        return
-    assert str(t.dtype).replace("torch.", "") == repr(a.dtype).replace("av.", "")
-    want = t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy()
-    got = a.float().numpy() if t.dtype == torch.bfloat16 else a.numpy()
-    if want.dtype.kind == "f" or t.dtype == torch.bfloat16:
-        tol = 1e-2 if t.dtype in (torch.float16, torch.bfloat16) else 1e-5
-        np.testing.assert_allclose(got, want, rtol=tol, atol=tol, equal_nan=True)
-    else:
-        np.testing.assert_array_equal(got, want)
 
 
 RAISE = [
@@ -112,7 +97,7 @@ AGREE = [
 
 @pytest.mark.parametrize("expr", AGREE)
 def test_values_and_dtypes_match_torch(expr):
-    _same(_run(torch, expr), _run(av, expr))
+    same_as_torch(_run(torch, expr), _run(av, expr))
 
 
 def test_refusal_holds_compiled():

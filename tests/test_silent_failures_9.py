@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import torch_raises
+from helpers import same_as_torch, torch_raises
 
 import avalon as av
 import avalon.nn.functional as AF
@@ -59,21 +59,6 @@ def _run(mod, expr: str):
     env = {k: (torch.from_numpy(v.copy()) if mod is torch else av.tensor(v)) for k, v in ARRAYS.items()}
     env.update(T=mod, F=torch.nn.functional if mod is torch else AF)
     return eval(expr, env)  # noqa: S307 - the table's own expressions
-
-
-def _same(t, a) -> None:
-    if isinstance(t, (tuple, list)):
-        for p, q in zip(t, a, strict=True):
-            _same(p, q)
-        return
-    assert str(t.dtype).replace("torch.", "") == repr(a.dtype).replace("av.", "")
-    want = t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy()
-    got = a.float().numpy() if t.dtype == torch.bfloat16 else a.numpy()
-    if want.dtype.kind == "f":
-        tol = 1e-2 if t.dtype in (torch.float16, torch.bfloat16) else 1e-5
-        np.testing.assert_allclose(got, want, rtol=tol, atol=tol, equal_nan=True)
-    else:
-        np.testing.assert_array_equal(got, want)
 
 
 RAISE = [
@@ -144,7 +129,7 @@ AGREE = [
 
 @pytest.mark.parametrize("expr", AGREE)
 def test_values_and_dtypes_match_torch(expr):
-    _same(_run(torch, expr), _run(av, expr))
+    same_as_torch(_run(torch, expr), _run(av, expr))
 
 
 @pytest.mark.parametrize("kw", [dict(size=(7, 11), mode="bilinear"), dict(size=(3, 4), mode="bilinear"),
