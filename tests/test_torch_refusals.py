@@ -122,7 +122,8 @@ def test_a_fill_value_out_of_range_raises_inside_a_compiled_function_too() -> No
 
 SHAPE_MISTAKES = ["x.view(5)", "x.reshape(4)", "x @ x", "x.expand(3, 3)", "m.cat([x, m.ones(3)])", "x + m.ones(4)",
                   "x.view(-1, 4)", "m.stack([x, m.ones(3, 2)])", "x.permute(0, 0)", "x.split([1, 1], 1)",
-                  "x.repeat(2)", "m.nn.functional.linear(x, m.ones(4, 2))", "x.unflatten(1, (2, 2))"]
+                  "x.repeat(2)", "m.nn.functional.linear(x, m.ones(4, 2))", "x.unflatten(1, (2, 2))",
+                  "m.nn.LSTM(2, 4)(x)", "m.nn.GRU(4, 4, batch_first=True)(x[None])"]
 
 
 @pytest.mark.parametrize("expr", SHAPE_MISTAKES)

@@ -139,8 +139,8 @@ class RNNBase(Module):
         elif self.batch_first and not packed:
             x = ops.transpose(x, 0, 1)
         if x.shape[-1] != self.input_size:
-            raise ops.fail(ValueError(f"{type(self).__name__}: input.size(-1) must be equal to input_size. "
-                                      f"Expected {self.input_size}, got {x.shape[-1]}"))
+            raise ops.fail(ops.ArgumentError(f"{type(self).__name__}: input.size(-1) must be equal to input_size. "
+                                             f"Expected {self.input_size}, got {x.shape[-1]}"))
         steps, n = x.shape[0], x.shape[1]
         dtype = x.dtype if x.dtype.is_float else self.weight_ih_l0.dtype
         w_dtype = self.weight_ih_l0.dtype
