@@ -214,8 +214,9 @@ class LstsqResult(NamedTuple):
     singular_values: Tensor
 
 
-def _lapack_operand(fn: str, A: Any, square: bool = False) -> Tensor:
-    """A batch of float32/float64 matrices, or torch's error naming `fn`."""
+def _lapack_operand(fn: str, A: Any, square: bool = False, empty: bool = False) -> Tensor:
+    """A batch of float32/float64 matrices, or torch's error naming `fn` (`empty`: 0-row or 0-column
+    matrices allowed, as the LU family's traced elimination takes them)."""
     if getattr(A, "_complex_pair", False):
         raise fail(NotImplementedError(f"linalg.{fn}: complex matrices are not supported (Avalon's factorizations "
                                        "are real); factor the real matrix [[Re, -Im], [Im, Re]] instead"))
@@ -229,7 +230,7 @@ def _lapack_operand(fn: str, A: Any, square: bool = False) -> Tensor:
         raise fail(RuntimeError(f"linalg.{fn}: The input tensor A must have at least 2 dimensions."))
     if square:
         _square(fn, a)
-    if 0 in a.shape[-2:]:
+    if 0 in a.shape[-2:] and not empty:
         raise fail(NotImplementedError(f"linalg.{fn}: empty matrices ({a.shape[-2]} by {a.shape[-1]}) are not "
                                        "supported"))
     return a

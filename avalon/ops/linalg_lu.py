@@ -85,17 +85,9 @@ def _mT(x: Tensor) -> Tensor:
 
 
 def _operand(fn: str, A: Any) -> Tensor:
-    if getattr(A, "_complex_pair", False):
-        raise fail(NotImplementedError(f"linalg.{fn}: complex matrices are not supported (Avalon's factorizations "
-                                       "are real)"))
-    a = _tensor(A)
-    if not a.dtype.is_float:
-        raise fail(RuntimeError(f"linalg.{fn}: Expected a floating point or complex tensor as input. Got {a.dtype}"))
-    if a.dtype not in (dt.float32, dt.float64):
-        raise fail(RuntimeError(f"linalg.{fn}: \"{fn}_cpu\" not implemented for '{a.dtype}' (cast to float32)"))
-    if a.ndim < 2:
-        raise fail(RuntimeError(f"linalg.{fn}: The input tensor A must have at least 2 dimensions."))
-    return a
+    """linalg.py's LAPACK operand check, empty matrices allowed (linalg imports this module at load)."""
+    from .linalg import _lapack_operand
+    return _lapack_operand(fn, A, empty=True)
 
 
 def _swap(perm: Tensor, j: int, p: Tensor) -> Tensor:
