@@ -32,6 +32,7 @@ SPECIAL: dict[str, Callable[[str], Graph]] = {
                                                             b("cast", x, dtype="i1")], n),
     "where": lambda n: _graph([((2, 3), dt.bool_), ((2, 3), F32), ((2, 3), F32)],
                               lambda b, c, x, y: [b("where", c, x, y)], n),
+    "check": lambda n: _graph([((2, 3), F32)], lambda b, x: [b("check", x, b("eq", x, x), message="x is nan")], n),
     "constant": lambda n: _graph([], lambda b: [b.constant(1.5, (2, 3)),
                                                 b.constant(np.arange(6.0).reshape(2, 3), (2, 3)),
                                                 b.constant(float("nan"), (2,)), b.constant(3, (2,), "i64")], n),

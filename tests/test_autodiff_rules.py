@@ -111,6 +111,12 @@ def _where(name, data, rng):
     return Case([rng.random(s) < 0.5, rng.normal(size=s), rng.normal(size=s)])
 
 
+@case("check")
+def _check(name, data, rng):
+    s = _shape(data)
+    return Case([rng.normal(size=s), np.ones(s, bool)], {"message": "never raised"})
+
+
 @case("cast")
 def _cast(name, data, rng):
     """Values that are exact in f32 and a step of 1/4, so finite differences are exact even in f32."""
@@ -518,6 +524,7 @@ TORCH: dict[str, Callable] = {
     **{n: (lambda f: lambda a, x, y: f(x, y))(getattr(torch, n)) for n in ("add", "sub", "mul", "div", "pow",
                                                                             "maximum", "minimum")},
     "where": lambda a, c, x, y: torch.where(c, x, y),
+    "check": lambda a, x, ok: x.clone(),  # (torch's value checks are inside its ops: the identity where they pass)
     "cast": lambda a, x: x.to(getattr(torch, dt.PY_NAMES[a["dtype"].name])),
     "broadcast": lambda a, x: torch.broadcast_to(x, a["shape"]),
     "sum": lambda a, x: x.sum(dim=a["axes"], keepdim=a["keepdims"]) if a["axes"] else x,

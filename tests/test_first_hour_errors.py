@@ -185,9 +185,6 @@ def test_step_after_replacing_a_layer():
     head_opt.step(av.grad(_loss)(model, x, y))
 
 
-@pytest.mark.xfail(strict=True, reason="BCE's [0, 1] check needs the values: eagerly it raises like torch, but a "
-                   "traced graph (compile, grad, a compiled step) has no runtime value check for it yet (only "
-                   "take/one_hot indices have one), so logits give nan or huge gradients silently")
 def test_binary_cross_entropy_of_logits_when_traced():
     logits, target = rand(4, 3), np.eye(3, dtype=np.float32)[[0, 2, 1, 1]]
     torch_raises(lambda: TF.binary_cross_entropy(torch.tensor(logits), torch.tensor(target)))

@@ -65,6 +65,13 @@ def _where(b, g, d):
     return [b("where", c, x, _in(g, (3, 5), d)), b("where", c, x, zero), b("where", c, zero, x)]
 
 
+@case("check", (*FLOAT, "i64"))
+def _check(b, g, d):  # (the condition holds: inputs have no nan; test_value_checks.py raises)
+    x = _in(g, (3, 5), d)
+    c = b("check", x, b("eq", x, x), message="x is nan")
+    return [c, b("add", c, x)]
+
+
 @case("cast", (*FLOAT, "i32", "i64", "i1"))
 def _cast(b, g, d):
     x = _in(g, (3, 5), d)

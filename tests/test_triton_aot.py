@@ -69,6 +69,12 @@ SCRIPT = textwrap.dedent('''
     g.set_outputs([b("div", e, b("broadcast", b("sum", e, axes=[1], keepdims=True), shape=[4, 262144]))])
     cases["split_r_passes"] = fuse(g, "fused_softmax_split_0")
 
+    g, b, (x,) = graph(((64, 33), "f32"))  # a value check (binary_cross_entropy's): flags stored from the lanes
+    zero = b("broadcast", b("constant", value=0.0, shape=[], dtype="f32"), shape=[64, 33])
+    ok = b("logical_and", b("ge", x, zero), b("le", x, b("exp", zero)))
+    g.set_outputs([b("log", b("check", x, ok, message="x should be between 0 and 1"))])
+    cases["check"] = fuse(g, "fused_check_log_0")
+
     out = []
     for case, g in cases.items():
         for k in [p for ln in compile_graph(g).launches for p in ln.kernel.chain()]:

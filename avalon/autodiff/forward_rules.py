@@ -115,6 +115,12 @@ def _cast(b, op, ts):
     return [b("cast", ts[0], dtype=op.result.dtype)]
 
 
+@jvp("check")
+def _check(b, op, ts):
+    """An identity on its value: the tangent passes (the check runs in the primal graph)."""
+    return [ts[0]]
+
+
 @jvp("where")
 def _where(b, op, ts):
     c, x, y = op.operands

@@ -231,6 +231,12 @@ def _where(b, op, g):
     return [None, b("where", c, g, zero), b("where", c, zero, g)]
 
 
+@vjp("check")
+def _check(b, op, g):
+    """An identity on its value (the check runs in the forward graph)."""
+    return [g, None]
+
+
 @vjp("cast")
 def _cast(b, op, g):
     """Float to float passes the gradient through, cast back; from or to an integer type there is

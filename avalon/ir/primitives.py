@@ -90,6 +90,20 @@ def _where(ts, a):
 define_op("stop_gradient", 1, _same("stop_gradient"), traits={EW, PURE},
           doc="identity whose operand gets no gradient (jax.lax.stop_gradient, torch's detach)")
 define_op("where", 3, _where, traits={EW, PURE}, doc="select x where cond else y")
+
+
+def _check(ts, a):
+    x, ok = ts
+    if ok.dtype != dt.bool_:
+        raise ShapeError(f"check: the condition must be i1, got {ok.dtype}")
+    if ok.shape != x.shape:
+        raise ShapeError(f"check: the condition's shape {ok.shape} is not the value's {x.shape}; broadcast it first")
+    return [T(x.shape, x.dtype)]
+
+
+define_op("check", 2, _check, {"message": Attr("str")}, traits={EW, PURE},
+          doc="x itself, raising ValueCheckError(message) at run time where any element of ok is false: the checks "
+              "torch makes on values (binary_cross_entropy's inputs in [0, 1]) kept in compiled graphs")
 define_op("cast", 1, lambda ts, a: [T(ts[0].shape, a["dtype"])], {"dtype": Attr("dtype")},
           traits={EW, PURE}, doc="convert element type")
 

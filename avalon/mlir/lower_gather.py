@@ -39,6 +39,15 @@ def check_bounds(e: LinalgEmitter, idx: V, bound: int, op: Op) -> None:
     e.checks.append((mn, mx, op, int(bound)))
 
 
+@rule("check")
+def _check(e: LinalgEmitter, op: Op, args: list[V], types: list[TensorType]) -> list[V]:
+    """The value itself; where the caller asks for checks (the IREE backend), the condition's
+    smallest element as an index range (`check_bounds`: 0 where any element failed), which the
+    runtime turns into the reference's ValueCheckError. Exported MLIR has no assertions: none."""
+    check_bounds(e, args[1], 1, op)
+    return [args[0]]
+
+
 @rule("take")
 def _take(e: LinalgEmitter, op: Op, args: list[V], types: list[TensorType]) -> list[V]:
     """Indices are clamped into range (the reference raises on one out of range; a compiled

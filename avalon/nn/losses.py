@@ -281,7 +281,11 @@ def binary_cross_entropy(input: Any, target: Any, weight: Any = None, size_avera
         raise ops.fail(DTypeRuntimeError(
             f"binary_cross_entropy: Found dtype {TORCH_NAMES[t.dtype.name]} but expected {TORCH_NAMES[x.dtype.name]} "
             f"(the target's dtype must be the input's); cast it with .to(input.dtype)"))
-    if values_fixed(x) and x.numel():  # (traced, the values are unknown: out-of-range inputs give nan)
+    if not values_fixed(x):  # traced: the values are checked when the graph runs
+        x = ops.check_values(x, ops.logical_and(ops.ge(x, 0.0), ops.le(x, 1.0)),
+                             "binary_cross_entropy: all elements of input should be between 0 and 1; for logits "
+                             "(no sigmoid applied) use binary_cross_entropy_with_logits (nn.BCEWithLogitsLoss)")
+    elif x.numel():
         v = x.numpy()
         bad = ~((v >= 0) & (v <= 1))
         if bad.any():
@@ -289,7 +293,10 @@ def binary_cross_entropy(input: Any, target: Any, weight: Any = None, size_avera
                 f"binary_cross_entropy: all elements of input should be between 0 and 1, got {v[bad].flat[0]} at "
                 f"index {tuple(int(i) for i in np.argwhere(bad)[0])}; for logits (no sigmoid applied) use "
                 "binary_cross_entropy_with_logits (nn.BCEWithLogitsLoss)"))
-    if values_fixed(t) and t.numel():  # torch checks the target too: t = 2 gives a finite, meaningless loss
+    if not values_fixed(t):  # torch checks the target too: t = 2 gives a finite, meaningless loss
+        t = ops.check_values(t, ops.logical_and(ops.ge(t, 0.0), ops.le(t, 1.0)),
+                             "binary_cross_entropy: all elements of target should be between 0 and 1")
+    elif t.numel():
         v = t.numpy()
         bad = ~((v >= 0) & (v <= 1))
         if bad.any():

@@ -229,6 +229,13 @@ def missing_exports() -> list[str]:
                   and not any(tr in OPS[n].traits for tr in t.exempt_traits))
 
 
+@export_rule("check")
+def _check(em: Any, op: Any, ins: list[str]) -> list[str]:
+    """The value: ONNX has no assertion, so the check (torch's value checks, binary_cross_entropy's [0, 1])
+    is dropped from the model, as torch.onnx.export drops torch's."""
+    return em.node("Identity", ins[:1])
+
+
 @export_rule("all_reduce")
 def _all_reduce(em: Any, op: Any, ins: list[str]) -> list[str]:
     """An ONNX model runs in one process, where the collective is the identity; over a group of

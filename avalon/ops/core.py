@@ -668,6 +668,20 @@ def stop_gradient(x: Any) -> Tensor:
     return bind("stop_gradient", _tensor(x))
 
 
+def check_values(x: Any, ok: Any, message: str) -> Tensor:
+    """`x`, raising `ValueCheckError(message)` (a RuntimeError, as torch's value checks) when any
+    element of the boolean `ok` (broadcast to x's shape) is false: eagerly at once, in a traced
+    graph when it runs, on every backend. For checks torch makes on values a trace cannot know
+    (binary_cross_entropy's inputs in [0, 1]); exported models (ONNX, MLIR) drop them."""
+    x = _tensor(x)
+    ok = _as_operand(ok)
+    if not isinstance(ok, Tensor) or ok.dtype is not dt.bool_:
+        raise TypeError(f"check_values: the condition must be a boolean tensor, got {getattr(ok, 'dtype', type(ok))}")
+    if ok.shape != x.shape:
+        ok = broadcast_to(ok, x.shape)
+    return bind("check", x, ok, message=str(message))
+
+
 def where(condition: Any, input: Any = None, other: Any = None) -> Any:
     """`input` where `condition` else `other`, broadcasting all three; `where(condition)` alone is torch's
     `nonzero(condition, as_tuple=True)` (eager only: its shape depends on the values)."""

@@ -24,7 +24,7 @@ import numpy as np
 
 from avalon.channels import get_logger
 from avalon.ir import Graph
-from avalon.ir.reference import IndexOutOfRangeError
+from avalon.ir.reference import IndexOutOfRangeError, ValueCheckError
 from avalon.mlir.linalg import lower_function
 from avalon.passes.target import Target
 from avalon.tensor import as_array
@@ -190,11 +190,16 @@ class IreeExecutable:
 
     def _check_indices(self, ranges: Sequence[Any]) -> None:
         """Raise the reference's IndexOutOfRangeError for the first gather or scatter whose index
-        range (its min and max, returned by the module) leaves [0, bound): IREE's kernels clamp."""
+        range (its min and max, returned by the module) leaves [0, bound): IREE's kernels clamp;
+        and ValueCheckError for a `check` op whose condition failed somewhere."""
         for k, (op, bound) in enumerate(self.checks):
             lo, hi = (int(np.asarray(r.to_host() if hasattr(r, "to_host") else r)) for r in ranges[2 * k:2 * k + 2])
+            at = f" at {op.loc}" if op.loc else ""
+            if op.name == "check":  # (the condition's smallest element: 0 where one failed)
+                if lo == 0:
+                    raise ValueCheckError(f"{op.loc}: {op.attrs['message']}" if op.loc else op.attrs["message"])
+                continue
             if lo < 0 or hi >= bound:
-                at = f" at {op.loc}" if op.loc else ""
                 raise IndexOutOfRangeError(f"{op.name}{at}: index {lo if lo < 0 else hi} is out of range "
                                            f"[0, {bound}) (found by the IREE module)")
 

@@ -423,6 +423,13 @@ def conv2d_grad_weight_rows(x: np.ndarray, dy: np.ndarray, out: np.ndarray, xp: 
     np.copyto(out, acc.reshape(o, kh, kw, c).transpose(0, 3, 1, 2))
 
 
+def check(ok: np.ndarray, message: str) -> None:
+    """The reference's `check`: ValueCheckError(message) unless every element of `ok` holds."""
+    if not ok.all():
+        from avalon.ir.reference import ValueCheckError
+        raise ValueCheckError(message)
+
+
 def one_hot(idx: np.ndarray, out: np.ndarray) -> None:
     """The reference's one_hot into `out` (..., K): zeros, then a 1 at each index; an index outside
     [0, K) raises the reference's IndexOutOfRangeError."""

@@ -259,15 +259,30 @@ def check_index(em: Emitter, op: Op, iv: Val, bound: int, guard: Val | None) -> 
     if hit is not None:  # (one_hot asks once per class at the same index: one check)
         return hit
     bad = em.emit(f"({iv.expr} < 0) | ({iv.expr} >= {bound})", dt.bool_, vals=(iv,), prefix="oob")
+    return em.remember(key, _flag(em, op, bad, iv, int(bound), guard))
+
+
+def _flag(em: Emitter, op: Op, bad: Val, iv: Val, detail: int | str, guard: Val | None) -> Val:
+    """Store `iv` and 1 into a fresh pair of `err` slots from the live lanes where `bad` holds (see
+    `check_index`); `detail` (an index's bound, a check's message) is what the runtime says."""
     m = em.mask(iv.deps, guard)
     if m is not None:
         bad = em.cond(f"{bad.expr} & {m}", iv.deps, (bad,) + ((guard,) if guard is not None else ()))
     slot = len(em.index_checks)
-    em.index_checks.append((op.name, str(op.loc) if op.loc else "", int(bound)))
+    em.index_checks.append((op.name, str(op.loc) if op.loc else "", detail))
     z = f"{bad.expr}.to(tl.int32) * 0"  # the pointer as a block of the index's shape
     em.line(f"tl.store(err + {2 * slot} + {z}, {iv.expr}.to(tl.int64), mask={bad.expr})", bad.scope)
     em.line(f"tl.store(err + {2 * slot + 1} + {z}, {bad.expr}.to(tl.int64), mask={bad.expr})", bad.scope)
-    return em.remember(key, bad)
+    return bad
+
+
+def _check(em, op, idx, guard):
+    """`check`: the value, and a flag in `err` where the condition fails (the runtime raises the
+    reference's ValueCheckError with the op's message), as `check_index` flags an index."""
+    ok = em.value(op.operands[1], idx, guard)
+    bad = em.emit(f"{ok.expr} == 0", dt.bool_, vals=(ok,), prefix="bad")
+    _flag(em, op, bad, bad, op.attrs["message"], guard)
+    return em.value(op.operands[0], idx, guard)
 
 
 def _take(em, op, idx, guard):
@@ -328,6 +343,7 @@ LOWERING.update({
     "slice": IndexLowering("index", "read the operand at start + i * step", _slice),
     "pad": IndexLowering("index", "tl.where(inside, operand at i - low (masked load), value)", _pad),
     "concat": IndexLowering("index", "nested tl.where over the pieces, each a masked load", _concat),
+    "check": IndexLowering("elementwise", "the value; lanes whose condition fails are flagged in err", _check),
     "take": IndexLowering("index", "load the index (out of range: flagged in err, read at 0), then the operand at it",
                           _take),
     "one_hot": IndexLowering("index", "(index == class).to(dtype); an index out of range is flagged in err",

@@ -28,7 +28,7 @@ import torch
 from avalon.ir import dtypes as dt
 from avalon.ir.core import Graph, Value
 from avalon.ir.dtypes import DType
-from avalon.ir.reference import IndexOutOfRangeError
+from avalon.ir.reference import IndexOutOfRangeError, ValueCheckError
 from avalon.ir.types import TensorType
 
 from . import types as ty
@@ -221,7 +221,8 @@ class CompiledGraph:
             ws.lock.release()
 
     def _check_indices(self, ws: _Workspace) -> None:
-        """Raise for the first index a kernel of this call flagged out of range (and clear the flags)."""
+        """Raise for the first index a kernel of this call flagged out of range, or value a `check` op
+        flagged (and clear the flags)."""
         if ws.err is None:
             return
         flags = np.array(ws.err.cpu().numpy())  # a copy: on the CPU .numpy() shares the buffer
@@ -230,6 +231,8 @@ class CompiledGraph:
         ws.err.copy_(ws.err_zeros)
         for off, k in self._err:
             for j, (op, where, bound) in enumerate(k.checks):
+                if flags[off + 2 * j + 1] and isinstance(bound, str):  # a `check` op's message
+                    raise ValueCheckError(f"{where}: {bound}" if where else bound)
                 if flags[off + 2 * j + 1]:
                     at = f" at {where}" if where else ""
                     raise IndexOutOfRangeError(

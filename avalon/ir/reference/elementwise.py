@@ -209,6 +209,20 @@ def _where(attrs: dict, c: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarr
     return _select(c, x, y)
 
 
+class ValueCheckError(ValueError, RuntimeError):
+    """A value a `check` op guards is outside what its op accepts (binary_cross_entropy's input
+    outside [0, 1]), found while a graph runs, on any backend. A RuntimeError as torch's, and a
+    ValueError so the backends name the user's line as they do for IndexOutOfRangeError."""
+
+
+@rule("check")
+def _check(attrs: dict, x: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """x itself (a copy), after raising ValueCheckError(message) if any element of ok is false."""
+    if not ok.all():
+        raise ValueCheckError(attrs["message"])
+    return np.array(x, copy=True)
+
+
 @rule("stop_gradient")
 def _stop_gradient(attrs: dict, x: np.ndarray) -> np.ndarray:
     """x itself (a copy): the op only matters to autodiff."""

@@ -1,0 +1,148 @@
+"""The `check` op: torch's checks on values (binary_cross_entropy's input and target in [0, 1]) kept in
+traced graphs, so a compiled step, a gradient or an exported-and-run graph raises where torch raises
+instead of computing nan in silence; every backend raises the reference's ValueCheckError (a
+RuntimeError, as torch's) naming the user's line."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import avalon as av
+import avalon.nn.functional as F
+from avalon import nn, ops
+from avalon.ir import parse
+from avalon.ir.reference import ValueCheckError
+
+RNG = np.random.default_rng(7)
+LOGITS = RNG.standard_normal((4, 3)).astype(np.float32)
+PROBS = (1 / (1 + np.exp(-LOGITS))).astype(np.float32)
+TARGET = np.eye(3, dtype=np.float32)[[0, 2, 1, 1]]
+INPUT_MSG = "all elements of input should be between 0 and 1"
+
+
+def _torch_bce(p, t):
+    return float(TF.binary_cross_entropy(torch.tensor(p), torch.tensor(t)))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_compiled_bce_raises_for_logits_and_bad_targets_naming_the_line(backend):
+    f = av.compile(F.binary_cross_entropy, backend=backend)
+    assert float(f(av.tensor(PROBS), av.tensor(TARGET)).numpy()) == pytest.approx(_torch_bce(PROBS, TARGET), rel=1e-6)
+    with pytest.raises(RuntimeError, match=INPUT_MSG) as e:
+        f(av.tensor(LOGITS), av.tensor(TARGET))
+    assert isinstance(e.value, ValueCheckError)
+    assert "test_value_checks.py:" in str(e.value) and "binary_cross_entropy_with_logits" in str(e.value)
+    with pytest.raises(ValueCheckError, match="all elements of target should be between 0 and 1"):
+        f(av.tensor(PROBS), av.tensor(TARGET * 2))
+    nan = PROBS.copy()
+    nan[1, 2] = np.nan  # torch's check fails on nan too
+    with pytest.raises(RuntimeError, match=INPUT_MSG):
+        TF.binary_cross_entropy(torch.tensor(nan), torch.tensor(TARGET))
+    with pytest.raises(ValueCheckError, match=INPUT_MSG):
+        f(av.tensor(nan), av.tensor(TARGET))
+    # the same compiled function still runs good values after an error
+    assert float(f(av.tensor(PROBS), av.tensor(TARGET)).numpy()) == pytest.approx(_torch_bce(PROBS, TARGET), rel=1e-6)
+
+
+def test_a_compiled_training_step_with_bce_on_logits_raises_and_with_sigmoid_matches_torch():
+    torch.manual_seed(0)
+    tm = torch.nn.Linear(5, 3)
+    m = nn.Linear(5, 3)
+    m.load_state_dict({k: v.detach().numpy().copy() for k, v in tm.state_dict().items()})
+    x = RNG.standard_normal((6, 5)).astype(np.float32)
+    y = (RNG.random((6, 3)) > 0.5).astype(np.float32)
+    opt = av.optim.SGD(m.parameters(), lr=0.5)
+
+    def step(model, o, x, y, squash):
+        out = model(x)
+        loss, grads = av.value_and_grad(lambda mm: F.binary_cross_entropy(
+            av.sigmoid(mm(x)) if squash else mm(x), y))(model)
+        o.step(grads)
+        return loss, out
+
+    f = av.compile(step)
+    topt = torch.optim.SGD(tm.parameters(), lr=0.5)
+    for _ in range(2):
+        loss, _ = f(m, opt, av.tensor(x), av.tensor(y), True)
+        topt.zero_grad()
+        tl = TF.binary_cross_entropy(torch.sigmoid(tm(torch.tensor(x))), torch.tensor(y))
+        tl.backward()
+        topt.step()
+        assert float(loss.numpy()) == pytest.approx(float(tl.detach()), rel=1e-5)
+    np.testing.assert_allclose(m.weight.numpy(), tm.weight.detach().numpy(), rtol=1e-5, atol=1e-6)
+    before = m.weight.numpy().copy()
+    with pytest.raises(RuntimeError, match=INPUT_MSG):
+        TF.binary_cross_entropy(tm(torch.tensor(x)), torch.tensor(y))
+    with pytest.raises(ValueCheckError, match=INPUT_MSG):
+        f(m, opt, av.tensor(x * 10), av.tensor(y), False)
+    assert np.array_equal(m.weight.numpy(), before)  # nothing was updated by the failed step
+
+
+def test_gradients_through_a_check_are_the_value_s_and_the_check_runs_under_grad_and_vmap():
+    g = av.grad(lambda x, t: F.binary_cross_entropy(av.sigmoid(x), t))(av.tensor(LOGITS), av.tensor(TARGET))
+    x = torch.tensor(LOGITS, requires_grad=True)
+    TF.binary_cross_entropy(torch.sigmoid(x), torch.tensor(TARGET)).backward()
+    np.testing.assert_allclose(g.numpy(), x.grad.numpy(), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueCheckError, match=INPUT_MSG):
+        av.grad(lambda x, t: F.binary_cross_entropy(av.sigmoid(x) * 1.5, t))(av.tensor(LOGITS), av.tensor(TARGET))
+    per_row = av.vmap(lambda p, t: F.binary_cross_entropy(p, t))
+    want = [_torch_bce(PROBS[i], TARGET[i]) for i in range(4)]
+    np.testing.assert_allclose(av.compile(per_row)(av.tensor(PROBS), av.tensor(TARGET)).numpy(), want, rtol=1e-6)
+    with pytest.raises(ValueCheckError, match=INPUT_MSG):
+        av.compile(per_row)(av.tensor(LOGITS), av.tensor(TARGET))
+    # forward mode: the tangent of the checked value passes through
+    p, tan = av.func.jvp(lambda x: ops.check_values(x, x > -10, "too small") * 2.0, (av.tensor(LOGITS),),
+                         (av.tensor(np.ones_like(LOGITS)),))
+    np.testing.assert_array_equal(tan.numpy(), np.full_like(LOGITS, 2.0))
+
+
+def test_check_values_eagerly_and_its_ir_text_round_trips():
+    x = av.tensor(LOGITS)
+    assert np.array_equal(ops.check_values(x, av.tensor(True), "never").numpy(), LOGITS)  # broadcast condition
+    with pytest.raises(ValueCheckError, match='negative "values" found'):
+        ops.check_values(x, x >= 0, 'negative "values" found')
+    with pytest.raises(TypeError, match="boolean tensor"):
+        ops.check_values(x, x, "not a condition")
+    g = av.trace(lambda x: ops.check_values(x, x >= 0, 'a "quoted" message; with {braces}') + 1.0, x)
+    text = str(g)
+    assert 'check %' in text and "message = " in text
+    assert str(parse(text)) == text
+    with pytest.raises(ValueCheckError, match=r'a "quoted" message; with \{braces\}'):
+        av.interpret(parse(text), LOGITS)
+
+
+def test_triton_kernels_flag_a_failed_check_and_keep_running():
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("the Triton interpreter is set by conftest.py on machines without a GPU")
+    f = av.compile(F.binary_cross_entropy, backend="triton")
+    assert float(f(av.tensor(PROBS), av.tensor(TARGET)).numpy()) == pytest.approx(_torch_bce(PROBS, TARGET), rel=1e-5)
+    with pytest.raises(ValueCheckError, match=INPUT_MSG) as e:
+        f(av.tensor(LOGITS), av.tensor(TARGET))
+    assert "test_value_checks.py:" in str(e.value)
+    assert float(f(av.tensor(PROBS), av.tensor(TARGET)).numpy()) == pytest.approx(_torch_bce(PROBS, TARGET), rel=1e-5)
+
+
+def test_iree_module_returns_the_condition_and_the_runtime_raises():
+    pytest.importorskip("iree.runtime", reason="needs the mlir extra: pip install -e '.[mlir]'")
+    pytest.importorskip("iree.compiler", reason="needs the mlir extra: pip install -e '.[mlir]'")
+    f = av.compile(F.binary_cross_entropy, backend="iree")
+    assert float(f(av.tensor(PROBS), av.tensor(TARGET)).numpy()) == pytest.approx(_torch_bce(PROBS, TARGET), rel=1e-5)
+    with pytest.raises(ValueCheckError, match=INPUT_MSG):
+        f(av.tensor(LOGITS), av.tensor(TARGET))
+
+
+def test_exports_drop_the_check():
+    g = av.trace(F.binary_cross_entropy, av.tensor(PROBS), av.tensor(TARGET))
+    from avalon.mlir.linalg import to_linalg_mlir
+    assert "check" not in to_linalg_mlir(g)
+    ort = pytest.importorskip("onnxruntime")
+    from avalon.onnx import export
+    model = export(g, None)
+    sess = ort.InferenceSession(model.SerializeToString())
+    names = [i.name for i in sess.get_inputs()]
+    out = sess.run(None, dict(zip(names, [PROBS, TARGET])))[0]
+    assert float(out) == pytest.approx(_torch_bce(PROBS, TARGET), rel=1e-6)
