@@ -117,8 +117,9 @@ def _cast(b, op, ts):
 
 @jvp("check")
 def _check(b, op, ts):
-    """An identity on its value: the tangent passes (the check runs in the primal graph)."""
-    return [ts[0]]
+    """An identity on its value: the tangent passes the same check (see the VJP rule: a tangent-only
+    graph may not need the checked primal)."""
+    return [None if ts[0] is None else b("check", ts[0], op.operands[1], **op.attrs)]
 
 
 @jvp("where")

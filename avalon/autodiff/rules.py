@@ -233,8 +233,10 @@ def _where(b, op, g):
 
 @vjp("check")
 def _check(b, op, g):
-    """An identity on its value (the check runs in the forward graph)."""
-    return [g, None]
+    """An identity on its value, whose cotangent passes the same check: a gradient-only graph often
+    needs nothing of the checked forward value (the sum of a Cholesky factor), and DCE would drop
+    the forward check, computing the gradient of a function torch refuses to evaluate."""
+    return [b("check", g, op.operands[1], **op.attrs), None]
 
 
 @vjp("cast")

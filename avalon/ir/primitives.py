@@ -94,6 +94,8 @@ define_op("where", 3, _where, traits={EW, PURE}, doc="select x where cond else y
 
 def _check(ts, a):
     x, ok = ts
+    if a["error"] not in ("value", "linalg"):
+        raise ShapeError(f"check: error must be 'value' or 'linalg', got {a['error']!r}")
     if ok.dtype != dt.bool_:
         raise ShapeError(f"check: the condition must be i1, got {ok.dtype}")
     if ok.shape != x.shape:
@@ -101,9 +103,10 @@ def _check(ts, a):
     return [T(x.shape, x.dtype)]
 
 
-define_op("check", 2, _check, {"message": Attr("str")}, traits={EW, PURE},
-          doc="x itself, raising ValueCheckError(message) at run time where any element of ok is false: the checks "
-              "torch makes on values (binary_cross_entropy's inputs in [0, 1]) kept in compiled graphs")
+define_op("check", 2, _check, {"message": Attr("str"), "error": Attr("str", "value")}, traits={EW, PURE},
+          doc="x itself, raising ValueCheckError(message) (error = 'linalg': also a LinAlgError) at run time where "
+              "any element of ok is false: the checks torch makes on values (binary_cross_entropy's inputs in "
+              "[0, 1], a Cholesky factor's pivots) kept in compiled graphs")
 define_op("cast", 1, lambda ts, a: [T(ts[0].shape, a["dtype"])], {"dtype": Attr("dtype")},
           traits={EW, PURE}, doc="convert element type")
 

@@ -668,18 +668,30 @@ def stop_gradient(x: Any) -> Tensor:
     return bind("stop_gradient", _tensor(x))
 
 
-def check_values(x: Any, ok: Any, message: str) -> Tensor:
-    """`x`, raising `ValueCheckError(message)` (a RuntimeError, as torch's value checks) when any
-    element of the boolean `ok` (broadcast to x's shape) is false: eagerly at once, in a traced
-    graph when it runs, on every backend. For checks torch makes on values a trace cannot know
-    (binary_cross_entropy's inputs in [0, 1]); exported models (ONNX, MLIR) drop them."""
+def check_values(x: Any, ok: Any, message: str, error: str = "value") -> Tensor:
+    """`x`, raising `ValueCheckError(message)` (a RuntimeError, as torch's value checks; with
+    error="linalg" also a `linalg.LinAlgError`) when any element of the boolean `ok` (broadcast to
+    x's shape) is false: eagerly at once, in a traced graph when it runs, on every backend. For
+    checks torch makes on values a trace cannot know (binary_cross_entropy's inputs in [0, 1]);
+    exported models (ONNX, MLIR) drop them."""
     x = _tensor(x)
     ok = _as_operand(ok)
     if not isinstance(ok, Tensor) or ok.dtype is not dt.bool_:
         raise TypeError(f"check_values: the condition must be a boolean tensor, got {getattr(ok, 'dtype', type(ok))}")
     if ok.shape != x.shape:
         ok = broadcast_to(ok, x.shape)
-    return bind("check", x, ok, message=str(message))
+    return bind("check", x, ok, message=str(message), error=error)
+
+
+def _check_finite_result(out: Tensor, inputs: Sequence[Tensor], message: str, error: str = "linalg") -> Tensor:
+    """`out` checked (`check_values`) to be finite wherever every input is: a solver or factorization
+    whose result has a nan or inf although its inputs are finite met a singular or indefinite matrix,
+    which torch refuses (its LinAlgError), eagerly or compiled. Non-finite inputs pass through."""
+    ok = isfinite(out)
+    for t in inputs:
+        some_bad = gt(sum(cast(logical_not(isfinite(t)), dt.int32)), 0)
+        ok = logical_or(ok, broadcast_to(some_bad, out.shape))
+    return check_values(out, ok, message, error)
 
 
 def where(condition: Any, input: Any = None, other: Any = None) -> Any:

@@ -19,9 +19,11 @@ import numpy as np
 
 from ..ir import dtypes as dt
 from ..ir.primitives import qr_layout, svd_layout
+from ..ir.reference import LinAlgError as _LinAlgError
 from ..tensor import Tensor
 from .core import (
     _broadcast_shapes,
+    _check_finite_result,
     _tensor,
     add,
     amax,
@@ -96,20 +98,22 @@ def _mT(x: Tensor) -> Tensor:
 def cholesky(A: Any, *, upper: bool = False, out: Any = None) -> Tensor:
     """torch.linalg.cholesky: L with A = L L^T for symmetric positive-definite (..., k, k) A, column
     by column. It reads A symmetrized, so its gradient is torch's symmetric one; a matrix that is
-    not positive-definite raises torch's LinAlgError eagerly; while tracing (values unknown) it gives
-    nan, as `cholesky_ex` does everywhere."""
+    not positive-definite raises torch's LinAlgError, eagerly or (a `check` op on the factor) when a
+    compiled graph runs; `cholesky_ex` gives nan and an info code instead."""
     if out is not None:
         raise TypeError("linalg.cholesky: argument 'out' is not supported")
     a = _tensor(A)
     y = _cholesky(a, upper)
-    if not y.is_traced and not a.is_traced:
-        v, av_ = y.numpy(), a.numpy()
-        if not np.isfinite(v).all() and np.isfinite(av_).all():  # (it used to return the nans silently)
-            diag = np.isfinite(np.diagonal(v, axis1=-2, axis2=-1)).reshape(-1, a.shape[-1])
-            order = int(np.argmin(diag.all(0))) + 1 if not diag.all() else a.shape[-1]
-            raise fail(LinAlgError(f"linalg.cholesky: The factorization could not be completed because the input is "
-                                   f"not positive-definite (the leading minor of order {order} is not "
-                                   "positive-definite)"))
+    if y.is_traced or a.is_traced:
+        return _check_finite_result(y, [a], "linalg.cholesky: The factorization could not be completed because the "
+                                            "input is not positive-definite")
+    v, av_ = y.numpy(), a.numpy()
+    if not np.isfinite(v).all() and np.isfinite(av_).all():  # (it used to return the nans silently)
+        diag = np.isfinite(np.diagonal(v, axis1=-2, axis2=-1)).reshape(-1, a.shape[-1])
+        order = int(np.argmin(diag.all(0))) + 1 if not diag.all() else a.shape[-1]
+        raise fail(LinAlgError(f"linalg.cholesky: The factorization could not be completed because the input is "
+                               f"not positive-definite (the leading minor of order {order} is not "
+                               "positive-definite)"))
     return y
 
 
@@ -444,8 +448,7 @@ def spectral_matrix_norm(x: Tensor, ord: Any, d0: int, d1: int, keepdim: bool) -
     return r
 
 
-class LinAlgError(RuntimeError):
-    """torch.linalg.LinAlgError (a RuntimeError), raised by the `check_errors=True` forms here."""
+LinAlgError = _LinAlgError  # torch.linalg.LinAlgError; compiled checks raise a subclass (LinAlgCheckError)
 
 
 class _ResultInfo(NamedTuple):

@@ -21,10 +21,12 @@ import numpy as np
 
 from ..ir import ShapeError
 from ..ir import dtypes as dt
+from ..ir.reference import LinAlgError
 from ..tensor import Tensor, default_float_dtype
 from .core import (
     DTypeNotImplementedError,
     _broadcast_shapes,
+    _check_finite_result,
     _tensor,
     abs,
     add,
@@ -263,10 +265,13 @@ def _gauss_jordan(fn: str, a: Tensor, b: Tensor) -> Tensor:
         col = narrow(m, -1, k, 1)
         m = where(eq(rows, k), row, sub(m, mul(col, row)))
     out = narrow(m, -1, n, m.shape[-1] - n)
-    if not out.is_traced and out.numel() and not bool(np.isfinite(out.numpy()).all()) and \
+    if out.is_traced:  # checked when the graph runs
+        return _check_finite_result(out, [a, b], f"{fn}: The input matrix is singular (a pivot is zero); the "
+                                                 "inversion could not be completed")
+    if out.numel() and not bool(np.isfinite(out.numpy()).all()) and \
             bool(np.isfinite(a.numpy()).all()) and bool(np.isfinite(b.numpy()).all()):
-        raise fail(RuntimeError(f"{fn}: The input matrix is singular (a pivot is zero); the inversion could not "
-                                "be completed"))
+        raise fail(LinAlgError(f"{fn}: The input matrix is singular (a pivot is zero); the inversion could not "
+                               "be completed"))
     return out
 
 

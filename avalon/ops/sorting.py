@@ -53,6 +53,7 @@ from .core import (
     bind,
     broadcast_to,
     cast,
+    check_values,
     concat,
     cumsum,
     div,
@@ -425,7 +426,18 @@ def multinomial(input: Any, num_samples: int, replacement: bool = False, *, gene
         raise ValueError("multinomial: cannot sample n_sample <= 0 samples")
     if not replacement and s > k:
         raise ValueError("multinomial: cannot sample n_sample > prob_dist.size(-1) samples without replacement")
-    if not rows.is_traced:
+    if rows.is_traced:  # checked when the graph runs
+        rows = check_values(rows, logical_and(ge(rows, 0.0), isfinite(rows)),
+                            "multinomial: probability tensor contains either `inf`, `nan` or element < 0")
+        total = sum(rows, 1, keepdims=True)
+        rows = check_values(rows, broadcast_to(gt(total, 0.0), rows.shape),
+                            "multinomial: invalid multinomial distribution (sum of probabilities <= 0)")
+        if not replacement:
+            nz = sum(cast(gt(rows, 0.0), dt.int64), 1, keepdims=True)
+            rows = check_values(rows, broadcast_to(ge(nz, s), rows.shape),
+                                "multinomial: invalid multinomial distribution (with replacement=False, not enough "
+                                "non-negative category to sample)")
+    else:
         w = rows.numpy()
         if (w < 0).any() or not np.isfinite(w).all():
             raise ValueError("multinomial: probability tensor contains either `inf`, `nan` or element < 0")

@@ -24,7 +24,7 @@ import numpy as np
 
 from avalon.channels import get_logger
 from avalon.ir import Graph
-from avalon.ir.reference import IndexOutOfRangeError, ValueCheckError
+from avalon.ir.reference import IndexOutOfRangeError, check_error
 from avalon.mlir.linalg import lower_function
 from avalon.passes.target import Target
 from avalon.tensor import as_array
@@ -197,7 +197,8 @@ class IreeExecutable:
             at = f" at {op.loc}" if op.loc else ""
             if op.name == "check":  # (the condition's smallest element: 0 where one failed)
                 if lo == 0:
-                    raise ValueCheckError(f"{op.loc}: {op.attrs['message']}" if op.loc else op.attrs["message"])
+                    raise check_error(op.attrs["error"], f"{op.loc}: {op.attrs['message']}" if op.loc else
+                                      op.attrs["message"])
                 continue
             if lo < 0 or hi >= bound:
                 raise IndexOutOfRangeError(f"{op.name}{at}: index {lo if lo < 0 else hi} is out of range "

@@ -423,11 +423,11 @@ def conv2d_grad_weight_rows(x: np.ndarray, dy: np.ndarray, out: np.ndarray, xp: 
     np.copyto(out, acc.reshape(o, kh, kw, c).transpose(0, 3, 1, 2))
 
 
-def check(ok: np.ndarray, message: str) -> None:
-    """The reference's `check`: ValueCheckError(message) unless every element of `ok` holds."""
+def check(ok: np.ndarray, message: str, error: str = "value") -> None:
+    """The reference's `check`: its error (ValueCheckError) unless every element of `ok` holds."""
     if not ok.all():
-        from avalon.ir.reference import ValueCheckError
-        raise ValueCheckError(message)
+        from avalon.ir.reference import check_error
+        raise check_error(error, message)
 
 
 def one_hot(idx: np.ndarray, out: np.ndarray) -> None:

@@ -128,7 +128,8 @@ def _copy(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
 def _check(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
     """The condition checked (`K.check` raises the reference's ValueCheckError), then the value copied
     (into a planned top-level result; elsewhere `emit_op` aliases the value, as a stop_gradient's)."""
-    gen.line(f"K.check({gen.array(args[1])}, {op.attrs['message']!r}); np.copyto({out}, {args[0].expr})")
+    gen.line(f"K.check({gen.array(args[1])}, {op.attrs['message']!r}, {op.attrs['error']!r}); "
+             f"np.copyto({out}, {args[0].expr})")
 
 
 @register(("cast",), lambda op: op.results[0].type.dtype != dt.bfloat16 and op.operands[0].type.dtype != dt.float16
@@ -592,7 +593,7 @@ def emit_op(gen: Generator, op: Op, top: bool = False, dest: Callable[[Value, Op
         return
     if op.name in ("stop_gradient", "check") and not (top and gen.is_planned(r)):  # an identity: the operand's storage
         if op.name == "check":
-            gen.line(f"K.check({gen.array(gen.env[op.operands[1]])}, {op.attrs['message']!r})")
+            gen.line(f"K.check({gen.array(gen.env[op.operands[1]])}, {op.attrs['message']!r}, {op.attrs['error']!r})")
         src = gen.env[op.operands[0]]
         gen.env[r] = ref = Ref(src.expr, r.type, src.kind, slot=src.slot, source=src.source)
         gen.hold(ref)

@@ -262,7 +262,7 @@ def check_index(em: Emitter, op: Op, iv: Val, bound: int, guard: Val | None) -> 
     return em.remember(key, _flag(em, op, bad, iv, int(bound), guard))
 
 
-def _flag(em: Emitter, op: Op, bad: Val, iv: Val, detail: int | str, guard: Val | None) -> Val:
+def _flag(em: Emitter, op: Op, bad: Val, iv: Val, detail: int | dict, guard: Val | None) -> Val:
     """Store `iv` and 1 into a fresh pair of `err` slots from the live lanes where `bad` holds (see
     `check_index`); `detail` (an index's bound, a check's message) is what the runtime says."""
     m = em.mask(iv.deps, guard)
@@ -281,7 +281,7 @@ def _check(em, op, idx, guard):
     reference's ValueCheckError with the op's message), as `check_index` flags an index."""
     ok = em.value(op.operands[1], idx, guard)
     bad = em.emit(f"{ok.expr} == 0", dt.bool_, vals=(ok,), prefix="bad")
-    _flag(em, op, bad, bad, op.attrs["message"], guard)
+    _flag(em, op, bad, bad, {"error": op.attrs["error"], "message": op.attrs["message"]}, guard)
     return em.value(op.operands[0], idx, guard)
 
 

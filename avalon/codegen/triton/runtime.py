@@ -28,7 +28,7 @@ import torch
 from avalon.ir import dtypes as dt
 from avalon.ir.core import Graph, Value
 from avalon.ir.dtypes import DType
-from avalon.ir.reference import IndexOutOfRangeError, ValueCheckError
+from avalon.ir.reference import IndexOutOfRangeError, check_error
 from avalon.ir.types import TensorType
 
 from . import types as ty
@@ -231,8 +231,8 @@ class CompiledGraph:
         ws.err.copy_(ws.err_zeros)
         for off, k in self._err:
             for j, (op, where, bound) in enumerate(k.checks):
-                if flags[off + 2 * j + 1] and isinstance(bound, str):  # a `check` op's message
-                    raise ValueCheckError(f"{where}: {bound}" if where else bound)
+                if flags[off + 2 * j + 1] and isinstance(bound, dict):  # a `check` op's error and message
+                    raise check_error(bound["error"], f"{where}: {bound['message']}" if where else bound["message"])
                 if flags[off + 2 * j + 1]:
                     at = f" at {where}" if where else ""
                     raise IndexOutOfRangeError(

@@ -9,9 +9,10 @@ by concept: `elementwise`, `shapes` (constants, broadcast, reductions, scans, sh
 """
 from . import collective, contraction, elementwise, factorizations, gather, pooling, shapes, sorting  # noqa: F401  (register the rules)
 from .core import REFERENCE, ReferenceFn, evaluate, round_bf16, rule, to_result
-from .elementwise import ValueCheckError
+from .elementwise import CHECK_ERRORS, LinAlgCheckError, LinAlgError, ValueCheckError, check_error
 from .gather import UNIFORM_BITS, IndexOutOfRangeError, fmix32, random_bits, seed_keys, uniform_from_bits
 
-__all__ = ["REFERENCE", "UNIFORM_BITS", "IndexOutOfRangeError", "ValueCheckError",
+__all__ = ["REFERENCE", "UNIFORM_BITS", "IndexOutOfRangeError", "ValueCheckError", "LinAlgError", "LinAlgCheckError",
+           "CHECK_ERRORS", "check_error",
            "ReferenceFn", "evaluate", "fmix32", "random_bits", "round_bf16", "rule",
            "seed_keys", "to_result", "uniform_from_bits"]

@@ -209,17 +209,36 @@ def _where(attrs: dict, c: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarr
     return _select(c, x, y)
 
 
+class LinAlgError(RuntimeError):
+    """torch.linalg.LinAlgError (a RuntimeError): a factorization or inverse that cannot be completed
+    (`avalon.linalg.LinAlgError`)."""
+
+
 class ValueCheckError(ValueError, RuntimeError):
     """A value a `check` op guards is outside what its op accepts (binary_cross_entropy's input
     outside [0, 1]), found while a graph runs, on any backend. A RuntimeError as torch's, and a
     ValueError so the backends name the user's line as they do for IndexOutOfRangeError."""
 
 
+class LinAlgCheckError(ValueCheckError, LinAlgError):
+    """A `check` op of kind "linalg" failed (a matrix not positive-definite, a singular one): torch's
+    LinAlgError, so ported `except torch.linalg.LinAlgError:` fallbacks catch it."""
+
+
+CHECK_ERRORS: dict[str, type[ValueCheckError]] = {"value": ValueCheckError, "linalg": LinAlgCheckError}
+"""The exception a `check` op raises, by its `error` attribute."""
+
+
+def check_error(error: str, message: str) -> ValueCheckError:
+    """The exception of a failed `check` op (every backend raises this one)."""
+    return CHECK_ERRORS[error](message)
+
+
 @rule("check")
 def _check(attrs: dict, x: np.ndarray, ok: np.ndarray) -> np.ndarray:
-    """x itself (a copy), after raising ValueCheckError(message) if any element of ok is false."""
+    """x itself (a copy), after raising its error (ValueCheckError) if any element of ok is false."""
     if not ok.all():
-        raise ValueCheckError(attrs["message"])
+        raise check_error(attrs["error"], attrs["message"])
     return np.array(x, copy=True)
 
 
