@@ -479,6 +479,11 @@ def _bernoulli(self: Tensor, p: Any = 0.5, *, generator: Any = None) -> Tensor:
     from .random import next_seed
     if generator is not None:
         raise NotImplementedError("a torch.Generator is not supported; seed with av.manual_seed")
+    if isinstance(p, Tensor):  # torch's check of the probabilities (compiled: when the graph runs)
+        p = _ops.check_values(p, _ops.logical_and(_ops.ge(p, 0), _ops.le(p, 1)),
+                              "bernoulli_: Expected p_in >= 0 && p_in <= 1 to be true, but got false")
+    elif not 0 <= float(p) <= 1:
+        raise RuntimeError(f"bernoulli_ expects p to be in [0, 1], but got p={p}")
     return _ops.lt(_ops.random(next_seed(), self.shape, "uniform"), p)
 
 

@@ -205,3 +205,35 @@ def test_compiled_multinomial_refuses_negative_nan_and_all_zero_rows_as_eagerly(
             f(av.tensor(np.array(bad)))
         with pytest.raises(ValueError, match=match):
             av.multinomial(av.tensor(np.array(bad)), 2)
+
+
+def _refused_like_torch(ours, theirs, args, match):
+    """torch raises; Avalon raises a RuntimeError/ValueError matching `match` eagerly and compiled."""
+    with pytest.raises((RuntimeError, ValueError)):
+        theirs(*[torch.tensor(a) for a in args])
+    with pytest.raises((RuntimeError, ValueError), match=match):
+        ours(*[av.tensor(a) for a in args])
+    with pytest.raises(ValueCheckError, match=match):
+        av.compile(ours)(*[av.tensor(a) for a in args])
+
+
+def test_random_draws_and_gaussian_nll_refuse_invalid_parameters_eagerly_and_compiled():
+    x = np.array([0.5, 1.0, 2.0], np.float32)
+    neg = np.array([0.5, -1.0, 2.0], np.float32)
+    nan = np.array([0.5, np.nan, 0.2], np.float32)
+    _refused_like_torch(lambda a, b, v: F.gaussian_nll_loss(a, b, v), lambda a, b, v: TF.gaussian_nll_loss(a, b, v),
+                        (x, x, neg), "var has negative entry")
+    _refused_like_torch(lambda m, s: av.normal(m, s), lambda m, s: torch.normal(m, s), (x, neg), "std >= 0.0")
+    _refused_like_torch(lambda m, s: av.normal(m, s), lambda m, s: torch.normal(m, s), (x, nan), "std >= 0.0")
+    _refused_like_torch(lambda p: av.bernoulli(p), lambda p: torch.bernoulli(p), (x,), r"p_in >= 0 && p_in <= 1")
+    _refused_like_torch(lambda p: av.bernoulli(p), lambda p: torch.bernoulli(p), (nan,), r"p_in >= 0 && p_in <= 1")
+    _refused_like_torch(lambda r: av.poisson(r), lambda r: torch.poisson(r), (neg,), "rate to be non-negative")
+    _refused_like_torch(lambda p: av.zeros(3).bernoulli_(p), lambda p: torch.zeros(3).bernoulli_(p), (x,),
+                        r"p_in >= 0 && p_in <= 1")
+    with pytest.raises(RuntimeError, match=r"p to be in \[0, 1\], but got p=1.5"):
+        av.zeros(3).bernoulli_(1.5)
+    # valid parameters still draw, compiled (a nan variance passes, as torch's any(var < 0))
+    assert set(np.unique(av.compile(lambda p: av.bernoulli(p))(av.tensor(x * 0.4)).numpy())) <= {0.0, 1.0}
+    assert (av.compile(lambda r: av.poisson(r))(av.tensor(x)).numpy() >= 0).all()
+    assert np.isnan(av.compile(lambda a, b, v: F.gaussian_nll_loss(a, b, v))(
+        av.tensor(x), av.tensor(x), av.tensor(nan)).numpy())

@@ -613,7 +613,10 @@ def gaussian_nll_loss(input: Any, target: Any, var: Any, full: bool = False, eps
         v = ops.full(x.shape, float(var), x.dtype)
     else:
         v = _t(var)
-        if values_fixed(v) and v.numel() and bool((v.numpy() < 0).any()):
+        if not values_fixed(v):  # checked when the graph runs (nan passes, as torch's any(var < 0))
+            v = ops.check_values(v, ops.logical_not(ops.lt(v, 0.0)),
+                                 "gaussian_nll_loss: var has negative entry/entries")
+        elif v.numel() and bool((v.numpy() < 0).any()):
             raise ValueError("var has negative entry/entries")
     if v.shape != x.shape:
         if x.shape[:-1] == v.shape:

@@ -527,6 +527,7 @@ def poisson(input: Any, generator: Any = None) -> Tensor:
     if not x.dtype.is_float:
         name = _SCALAR_TYPES.get(dt.PY_NAMES[x.dtype.name])
         raise NotImplementedError(f"\"poisson_cpu\" not implemented for '{name}'")
+    x = ops.check_values(x, ops.ge(x, 0.0), "poisson: invalid Poisson rate, expected rate to be non-negative")
     with _rng.using(generator, "poisson"):
         k = _samplers.poisson(x, tuple(x.shape))
     return ops.cast(k, x.dtype)

@@ -21,10 +21,12 @@ from .core import (
     abs,
     add,
     cast,
+    check_values,
     div,
     eq,
     exp,
     fail,
+    ge,
     isnan,
     le,
     log,
@@ -167,6 +169,11 @@ def bernoulli(input: Any, p: float | None = None, *, generator: Any = None) -> T
     if generator is not None:
         raise NotImplementedError("a torch.Generator is not supported; seed with av.manual_seed")
     x = _tensor(input)
+    if p is not None and not 0 <= float(p) <= 1:
+        raise fail(RuntimeError(f"bernoulli_ expects p to be in [0, 1], but got p={p}"))
+    if p is None:  # torch's check of the probabilities (eagerly at once, compiled when the graph runs)
+        x = check_values(x, logical_and(ge(x, 0), le(x, 1)), "bernoulli: Expected p_in >= 0 && p_in <= 1 to be "
+                                                              "true, but got false (probabilities outside [0, 1])")
     prob = x if p is None else p
     d = x.dtype if x.dtype.is_float else dt.float32
     return cast(lt(random(next_seed(), x.shape, "uniform", d), prob), d)

@@ -32,11 +32,13 @@ from .core import (
     broadcast_to,
     cast,
     check_dim,
+    check_values,
     cos,
     dtype_arg,
     eq,
     fail,
     full,
+    ge,
     gt,
     mul,
     pad,
@@ -169,8 +171,10 @@ def normal(mean: Any = None, std: Any = None, size: Any = None, *, generator: An
         d = result_dtype(*[v for v in (m, s) if isinstance(v, Tensor)])
         if not st and float(s) < 0:
             raise fail(RuntimeError(f"normal expects std >= 0.0, but found std {s}"))
-        if st and values_fixed(s) and s.numel() and bool((s.numpy() < 0).any()):
+        if st and values_fixed(s) and s.numel() and not bool((s.numpy() >= 0).all()):  # (nan refused, as torch)
             raise fail(RuntimeError("normal expects all elements of std >= 0.0"))
+        if st and not values_fixed(s):  # checked when the graph runs
+            s = check_values(s, ge(s, 0.0), "normal expects all elements of std >= 0.0")
     if not d.is_float:
         raise NotImplementedError(f"\"normal\" not implemented for '{d.name}': normal draws floating-point values")
     with _rng.using(generator, "normal"):
