@@ -237,3 +237,20 @@ def test_random_draws_and_gaussian_nll_refuse_invalid_parameters_eagerly_and_com
     assert (av.compile(lambda r: av.poisson(r))(av.tensor(x)).numpy() >= 0).all()
     assert np.isnan(av.compile(lambda a, b, v: F.gaussian_nll_loss(a, b, v))(
         av.tensor(x), av.tensor(x), av.tensor(nan)).numpy())
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_compiled_embedding_bag_checks_its_offsets_as_eagerly(backend):
+    w, idx = RNG.standard_normal((5, 3)).astype(np.float32), np.array([0, 1, 2, 4])
+    f = av.compile(lambda w, i, o: F.embedding_bag(i, w, o), backend=backend)
+    good = np.array([0, 2])
+    np.testing.assert_allclose(f(av.tensor(w), av.tensor(idx), av.tensor(good)).numpy(),
+                               TF.embedding_bag(torch.tensor(idx), torch.tensor(w), torch.tensor(good)).numpy(),
+                               rtol=1e-6)
+    for offsets, match in [([1, 2], r"offsets\[0\] has to be 0"), ([0, 5], r"offsets\[-1\] can not be greater"),
+                           ([0, 3, 2], "non-decreasing")]:
+        with pytest.raises(RuntimeError, match=match):
+            F.embedding_bag(av.tensor(idx), av.tensor(w), av.tensor(np.array(offsets)))
+        with pytest.raises(ValueCheckError, match=match) as e:
+            f(av.tensor(w), av.tensor(idx), av.tensor(np.array(offsets)))
+        assert "test_value_checks.py:" in str(e.value)

@@ -868,6 +868,15 @@ def embedding_bag(input: Any, weight: Any, offsets: Any = None, max_norm: float 
                                             f"but got offsets[-1] of {o[-1]}"))
             if (np.diff(o) < 0).any():
                 raise ops.fail(RuntimeError(f"embedding_bag: offsets must be non-decreasing, got {o.tolist()}"))
+        elif off.ndim == 1 and off.shape[0]:  # the same checks when the graph runs
+            first = ops.eq(off[:1], 0)
+            off = ops.check_values(off, ops.broadcast_to(first, off.shape), "embedding_bag: offsets[0] has to be 0, "
+                                   "i.e., the first sequence in the mini-batch has to start from position 0")
+            off = ops.check_values(off, ops.le(off, n), f"embedding_bag: offsets[-1] can not be greater than input's "
+                                   f"length {n}")
+            if off.shape[0] > 1:
+                step = ops.concat([ops.full((1,), True, dt.bool_), ops.ge(off[1:], off[:-1])])
+                off = ops.check_values(off, step, "embedding_bag: offsets must be non-decreasing")
         if include_last_offset:
             starts, ends = off[:-1], off[1:]
         else:

@@ -423,11 +423,15 @@ def conv2d_grad_weight_rows(x: np.ndarray, dy: np.ndarray, out: np.ndarray, xp: 
     np.copyto(out, acc.reshape(o, kh, kw, c).transpose(0, 3, 1, 2))
 
 
-def check(ok: np.ndarray, message: str, error: str = "value") -> None:
-    """The reference's `check`: its error (ValueCheckError) unless every element of `ok` holds."""
+def check(ok: np.ndarray, message: str, error: str = "value", where: str = "") -> None:
+    """The reference's `check`: its error (ValueCheckError) unless every element of `ok` holds, led by
+    the op's source line `where` (the line of generated code may name no variable of the op: its
+    result is the checked value's array)."""
     if not ok.all():
         from avalon.ir.reference import check_error
-        raise check_error(error, message)
+        e = check_error(error, f"{where}: {message}" if where else message)
+        e.location = where or None  # type: ignore[attr-defined]  (the backend adds no second one)
+        raise e
 
 
 def one_hot(idx: np.ndarray, out: np.ndarray) -> None:

@@ -124,11 +124,16 @@ def _copy(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
     gen.line(f"np.copyto({out}, {args[0].expr})")
 
 
+def _source_line(op: Op) -> str:
+    """The op's source line as a Python literal, for errors raised by generated code."""
+    return repr(str(op.loc) if op.loc else "")
+
+
 @register(("check",), lambda op: True)
 def _check(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
     """The condition checked (`K.check` raises the reference's ValueCheckError), then the value copied
     (into a planned top-level result; elsewhere `emit_op` aliases the value, as a stop_gradient's)."""
-    gen.line(f"K.check({gen.array(args[1])}, {op.attrs['message']!r}, {op.attrs['error']!r}); "
+    gen.line(f"K.check({gen.array(args[1])}, {op.attrs['message']!r}, {op.attrs['error']!r}, {_source_line(op)}); "
              f"np.copyto({out}, {args[0].expr})")
 
 
@@ -593,7 +598,8 @@ def emit_op(gen: Generator, op: Op, top: bool = False, dest: Callable[[Value, Op
         return
     if op.name in ("stop_gradient", "check") and not (top and gen.is_planned(r)):  # an identity: the operand's storage
         if op.name == "check":
-            gen.line(f"K.check({gen.array(gen.env[op.operands[1]])}, {op.attrs['message']!r}, {op.attrs['error']!r})")
+            gen.line(f"K.check({gen.array(gen.env[op.operands[1]])}, {op.attrs['message']!r}, {op.attrs['error']!r}, "
+                     f"{_source_line(op)})")
         src = gen.env[op.operands[0]]
         gen.env[r] = ref = Ref(src.expr, r.type, src.kind, slot=src.slot, source=src.source)
         gen.hold(ref)
