@@ -340,7 +340,11 @@ def _replace(t: Tensor, new: Tensor) -> None:
     if tr is not None and not _grad_mode.enabled():
         new = _keeps_gradient(t, new)
     if tr is None:
-        if t._device == CPU and t._data.flags.writeable:
+        if t._data is None:  # an ended trace's constant (cached labels: `Tensor._concrete`) written eagerly
+            t._data, t._value, t._trace = new.to(t._device)._data, None, None
+            if t._device == CPU:
+                t._data = np.array(t._data, dtype=t._dtype.np)  # its own, writable, of t's dtype
+        elif t._device == CPU and t._data.flags.writeable:
             t._data[...] = new.numpy()
         elif t._device != CPU and tuple(t._data.shape) == new.shape:
             t._data.copy_(new.to(t._device)._data)  # in place, so aliases (`.data`) see it; a storage copy
@@ -620,6 +624,12 @@ class Tensor:
                 fix = ("Python control flow cannot depend on tensor values: use av.where(cond, a, b) for "
                        "data-dependent selection, or move the decision out of the traced function.")
             if not any(self._trace is tr for tr in TRACING):
+                # kept after its trace ended (open_clip's ClipLoss caching `torch.arange(n)` labels in a dict):
+                # a value that depends on none of that graph's inputs is the same on every run, so it is known
+                from .trace import constant_value
+                const = constant_value(self._trace, self)
+                if const is not None:
+                    return const
                 raise TracerError(escaped_message(self, what, where))
             raise TracerError(f"{what} needs a concrete value, but this tensor is being traced{where}. Avalon "
                               f"records one graph for all inputs. {fix}")

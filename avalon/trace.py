@@ -153,16 +153,20 @@ class Trace:
         outer = self._enclosing(x)
         if outer is not None:
             return self._lift(x, outer)
-        if isinstance(x, Tensor) and x._trace is not None:
-            raise RuntimeError("a tensor traced in an enclosing function was captured by a nested traced "
-                               "function; pass it as an argument instead")
+        if isinstance(x, Tensor) and x._trace is not None and constant_value(x._trace, x) is None:
+            # a value of a trace that has ended (none on the stack made it), kept by something outside it: a
+            # constant of that graph (cached labels) reads as one below; anything else says what happened
+            from .tensor import escaped_message
+            loc = x._value.op.loc if x._value is not None and x._value.op is not None else None
+            raise TracerError(escaped_message(x, "using it in another traced function",
+                                              f" (value made at {loc})" if loc else ""))
         arr = as_array(x)
         dtype = x.dtype if isinstance(x, Tensor) else None
         from .ir import dtypes
         d = dtype or dtypes.dtype(arr.dtype)
         value = arr.item() if arr.ndim == 0 else np.array(arr)
-        if isinstance(x, Tensor) and id(x) in LITERALS:
-            value = value.view(LiteralArray)
+        if isinstance(x, Tensor) and (id(x) in LITERALS or x._trace is not None) and isinstance(value, np.ndarray):
+            value = value.view(LiteralArray)  # a literal's, or a constant of an ended trace: no captured data
         v = self.builder("constant", value=value, shape=list(arr.shape), dtype=d, loc=user_location())
         if isinstance(x, Tensor):
             self.leaves[id(x)] = v

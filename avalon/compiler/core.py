@@ -382,7 +382,9 @@ class Compiled:
             return _Entry(insp, None, traced.out_tree, traced.n_outputs, update_at,
                           any(x is SEED for x in traced.leaves), extra=extra if any(x is not SEED for x in extra)
                           else None, guards=guards, writes=writes, python_random=drew)
-        traced_graph = graph.clone()
+        # the pipeline rewrites a copy: the trace's own graph stays as traced, so a constant it made and something
+        # outside kept (open_clip's cached labels, an lru_cache'd mask) can still be computed (`trace.constant_value`)
+        traced_graph, graph = graph, graph.clone()
         n_inputs = len(graph.inputs)
         hoisted = hoist_constants(graph)
         t_traced = time.perf_counter()

@@ -504,7 +504,19 @@ def one_hot(input: Any, num_classes: int = -1) -> Tensor:
         raise ops.fail(RuntimeError(f"one_hot is only applicable to index tensor of type LongTensor (int64), got "
                                     f"{idx.dtype.name}"))
     if num_classes < 0:
-        num_classes = int(np.max(idx.numpy())) + 1
+        known = None
+        if idx.is_traced:  # as bincount's minlength: the width would depend on the values
+            from ..tensor import TracerError
+            try:
+                known = idx._concrete("one_hot's input")
+            except TracerError:
+                pass
+            if known is None:
+                raise ops.fail(ValueError(
+                    "one_hot of a traced tensor without num_classes: the number of classes, max(input) + 1, would "
+                    "depend on the values, but a traced or compiled function's shapes are static; pass "
+                    "num_classes=K"))
+        num_classes = int(np.max(known if known is not None else idx.numpy())) + 1
     return ops.one_hot(idx, num_classes, dtype=dt.int64)
 
 
