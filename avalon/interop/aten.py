@@ -631,7 +631,7 @@ def cumsum(x: Tensor, dim: int, dtype: Any = None) -> Tensor:
     the cumsum of an int32 mask)."""
     if dtype is None and not x.dtype.is_float:
         dtype = dt.int64
-    return ops.cumsum(ops.cast(x, dtype) if dtype is not None else x, dim)
+    return ops.cumsum(x, dim, dtype=dtype)  # (cast first, then summed in `dtype`: int32 stays int32)
 
 
 # -- shapes -----------------------------------------------------------------------------------

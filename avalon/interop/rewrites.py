@@ -1,6 +1,6 @@
 """Export-friendly forwards for torch modules whose own forward torch.export cannot capture.
 
-Hugging Face's mixture-of-experts blocks (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE) loop over the experts
+Hugging Face's mixture-of-experts blocks (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Jamba) loop over the experts
 some token was routed to (`expert_mask.sum(...).nonzero()`, then `torch.where` per expert): a loop
 whose length and slices depend on the values, which torch.export refuses (`GuardOnDataDependentSymNode`).
 While `av.from_torch` exports, each such block runs `dense_moe_forward` instead: every expert on every
@@ -86,6 +86,7 @@ REWRITES: dict[str, tuple[Callable[..., Any], Callable[[Any], bool]]] = {
     "Qwen2MoeExperts": (dense_experts_forward, _fused_experts),
     "Qwen3MoeExperts": (dense_experts_forward, _fused_experts),
     "OlmoeExperts": (dense_experts_forward, _fused_experts),
+    "JambaExperts": (dense_experts_forward, _fused_experts),
 }
 """Module class name -> (the forward used while exporting, whether it fits this module: transformers 5 moved
 the expert loop from the block into an experts module). One table: a new model is one entry."""
