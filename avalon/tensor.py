@@ -444,10 +444,23 @@ def _update(t: Tensor, new: Any, what: str) -> Tensor:
 def _inplace(fn: Any, name: str) -> Any:
     """The in-place method `name` (`add_`): `fn(self, ...)` written into self, which it returns."""
     def method(self: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        _views.check_partial_overlap(self, (*args, *kwargs.values()), f"Tensor.{name}")
+        if name in _FILLS and self._view is not None and _views.self_overlapping(self):
+            value, mask = _FILLS[name](self, *args, **kwargs)
+            if not isinstance(value, Tensor):  # (torch's fill_ of a tensor value refuses, as below)
+                return _views.fill_through(self, value, mask)  # an expanded tensor's, as torch's
         return _update(self, fn(self, *args, **kwargs), f"Tensor.{name}")
     method.__name__ = method.__qualname__ = name
     method.__doc__ = f"In place, as torch's `{name}`: this tensor becomes the result; returns it."
     return method
+
+
+_FILLS = {  # the in-place fills torch allows on a tensor whose elements share memory: name -> (value, mask)
+    "fill_": lambda self, value: (value, None), "zero_": lambda self: (0, None),
+    "masked_fill_": lambda self, mask, value: (value, mask),
+    "index_fill_": lambda self, dim, index, value: (value, _ops.index_fill(
+        _ops.zeros(self.shape, dtype=dt.bool_), dim, index, True)),
+}
 
 
 def _op(name: str) -> Any:
@@ -890,15 +903,19 @@ class Tensor:
 
     # `x += y` writes into x, as torch does: `z = y; z += 1` changes y too
     def __iadd__(self, other: Any) -> Tensor:
+        _views.check_partial_overlap(self, (other,), "+=")
         return _update(self, _ops.add(self, other), "+=")
 
     def __isub__(self, other: Any) -> Tensor:
+        _views.check_partial_overlap(self, (other,), "-=")
         return _update(self, _ops.sub(self, other), "-=")
 
     def __imul__(self, other: Any) -> Tensor:
+        _views.check_partial_overlap(self, (other,), "*=")
         return _update(self, _ops.mul(self, other), "*=")
 
     def __itruediv__(self, other: Any) -> Tensor:
+        _views.check_partial_overlap(self, (other,), "/=")
         return _update(self, _ops.div(self, other), "/=")
 
     # `%` and `//` follow Python's (and torch's) signs: remainder has the divisor's, // floors
@@ -920,6 +937,15 @@ class Tensor:
     def __setitem__(self, index: Any, value: Any) -> None:
         """`x[index] = value` with torch's result, computed functionally (`ops.setitem`): this Tensor
         object then holds the updated value, eagerly and inside a trace (autodiff sees the update)."""
+        if isinstance(value, Tensor) and value._view is not None and value._view.base is (
+                self._view.base if self._view is not None else self):  # torch's copy_ into the indexed part
+            part = self[index]
+            if part._view is not None:
+                _views.check_partial_overlap(part, (value,), "x[index] = value")
+        if isinstance(index, Tensor) and index.dtype is dt.bool_ and not isinstance(value, Tensor) \
+                and self._view is not None and _views.self_overlapping(self):
+            _views.fill_through(self, value, index)  # `x[mask] = 0.5` of an expanded x: torch's masked_fill_
+            return
         if self._view is not None and _views.overlaps(self):
             # an expanded tensor: torch writes the memory the indexed view reaches, refused where that overlaps
             part = self[index]
@@ -1177,7 +1203,7 @@ class Tensor:
     swapaxes = _method("swapaxes")
     swapdims = _method("swapdims")  # torch's dim0/dim1 (swapaxes: axis0/axis1)
     unflatten = _method("unflatten")
-    unfold = _method("unfold")  # Tensor.unfold(dimension, size, step): sliding windows (a copy)
+    unfold = _method("unfold")  # Tensor.unfold(dimension, size, step): sliding windows (a view)
     ravel = _method("ravel")
     rot90 = _method("rot90")
     isin = _method("isin")

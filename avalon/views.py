@@ -9,7 +9,7 @@ functionalized, as torch's own functionalization pass does for its compilers:
 - A view remembers its base (the first tensor of the chain that is not a view: views of views point
   at it) and the chain of steps that derives it from the base (`Index` for basic indexing and
   narrow/split/chunk/unbind, `Reshape` for view/reshape/flatten/squeeze/unsqueeze when torch's
-  would be a view, `Permute` for transpose/permute/t/movedim, `Expand`, `Diagonal`, `Detach`), and
+  would be a view, `Permute` for transpose/permute/t/movedim, `Expand`, `Diagonal`, `Windows`, `Detach`), and
   its layout (sizes, strides and offset in the base's elements, as torch's strides), which decides
   as in torch whether a reshape is a view or a copy and whether `contiguous()` copies.
 - An in-place op on a view computes the view's new value and writes it back into the base: each
@@ -35,7 +35,11 @@ of every state tensor it updated, in place or not (`compiler.execute._write_back
 Writes through an expanded view are refused, as torch refuses writes to a tensor whose elements
 overlap; a write to a view of an expanded tensor that does not overlap itself writes memory as torch's
 (`Expand.put`). `x.view(shape)` of a tensor torch could not view (a transposed one) raises torch's error
-(`view`, below); `x.reshape(shape)` copies there, as torch's.
+(`view`, below); `x.reshape(shape)` copies there, as torch's. The fills torch allows on such a tensor
+(`fill_`, `zero_`, `masked_fill_`, `index_fill_`, `x[mask] = scalar`) write every element it reaches
+(`fill_through`). An in-place op whose operand shares part of the written tensor's memory
+(`x[1:].add_(x[:-1])`) is refused as torch refuses it, and also where torch would write in memory order
+(`check_partial_overlap`).
 """
 from __future__ import annotations
 
@@ -356,6 +360,46 @@ class Diagonal(Step):
                 tuple(strides[i] for i in keep) + (strides[self.dim1] + strides[self.dim2],), off)
 
 
+class Windows(Step):
+    """Tensor.unfold(dim, size, step) (dim non-negative): windows of `size` elements every `step` along `dim`
+    as a new last dim, a view as torch's. A write through it reaches the base where its windows do not
+    overlap (size <= step); overlapping windows are refused as torch refuses them."""
+
+    __slots__ = ("dim", "size", "step")
+
+    def __init__(self, dim: int, size: int, step: int) -> None:
+        self.dim, self.size, self.step = dim, size, step
+
+    def apply(self, x: Tensor) -> Tensor:
+        return _ops().unfold(x, self.dim, self.size, self.step)
+
+    def put(self, x: Tensor, v: Tensor) -> Tensor:
+        import numpy as np
+        ops = _ops()
+        shape, strides, off = self.layout((tuple(x.shape), contiguous_strides(tuple(x.shape)), 0))
+        pos = np.full(shape, off, np.int64)
+        for d, (n, st) in enumerate(zip(shape, strides)):
+            pos = pos + (np.arange(n, dtype=np.int64) * st).reshape([n if i == d else 1 for i in range(len(shape))])
+        pos = pos.reshape(-1)
+        if len(np.unique(pos)) != pos.size:
+            raise ops.fail(RuntimeError(
+                "unsupported operation: more than one element of the written-to tensor refers to a single memory "
+                f"location (an in-place write through x.unfold({self.dim}, {self.size}, {self.step}), whose windows "
+                "overlap). Please clone() the tensor before performing the operation."))
+        from .ir import LiteralArray
+        flat = ops.setitem(ops.reshape(x, (-1,)), (pos.view(LiteralArray),), ops.reshape(v, (-1,)))
+        return ops.reshape(flat, x.shape)
+
+    def layout(self, lay: Layout) -> Layout:
+        shape, strides, off = lay
+        if not shape:  # unfold of a 0-d tensor: a 1-element dim
+            shape, strides = (1,), (1,)
+        nw = (shape[self.dim] - self.size) // self.step + 1
+        return (shape[:self.dim] + (nw,) + shape[self.dim + 1:] + (self.size,),
+                strides[:self.dim] + (strides[self.dim] * self.step,) + strides[self.dim + 1:] + (strides[self.dim],),
+                off)
+
+
 class Detach(Step):
     """`.detach()` / `.data`: the same elements with no gradient. A write through it gives the base
     the written value, with no gradient to what was written, while later reads of the base still
@@ -505,6 +549,11 @@ def write(view: Tensor, new: Tensor) -> None:
         # written back after the call (eagerly, through here), as torch's shared storage would
         tr.record_update(view, new)
         return
+    if any(isinstance(s, (Windows, AsStrided)) for s in info.steps):
+        _write_positions(view, new)
+        return
+    det = next((k for k in reversed(range(len(info.steps))) if isinstance(info.steps[k], Detach)), None)
+    detached = None
     _RAW[0] += 1
     try:
         xs = [info.base]
@@ -513,6 +562,8 @@ def write(view: Tensor, new: Tensor) -> None:
         cur = new
         for k in reversed(range(len(info.steps))):
             s, x = info.steps[k], xs[k]
+            if k == det:
+                detached = cur
             if isinstance(s, Expand) and math.prod(s.shape) != x.numel():
                 cur = s.put(x, cur, s.written(tuple(x.shape), info.steps[k + 1:]))
             else:
@@ -520,12 +571,154 @@ def write(view: Tensor, new: Tensor) -> None:
     finally:
         _RAW[0] -= 1
     _replace(info.base, cur)
+    if detached is not None and detached._trace is not None:
+        _rehistory(info.base, info.steps[det], det, detached)
+
+
+def _write_positions(view: Tensor, new: Tensor) -> None:
+    """The write through a chain holding an unfold or an as_strided, whose windows may share elements: the
+    base's elements at the view's positions (from its layout) take `new`, refused where two elements of
+    the view are one of the base (a write through overlapping windows), as torch refuses; a view of them
+    that does not overlap itself (`x.unfold(0, 2, 1)[:, 0]`) writes as torch's."""
+    import numpy as np
+
+    from .ir import LiteralArray
+    from .tensor import _keeps_gradient, _replace
+    ops = _ops()
+    info = view._view
+    pos = _positions(*info.layout)
+    if np.unique(pos).size != pos.size:
+        raise ops.fail(RuntimeError(
+            "unsupported operation: more than one element of the written-to tensor refers to a single memory "
+            f"location (an in-place write through {' -> '.join(type(s).__name__ for s in info.steps)} whose "
+            "elements overlap). Please clone() the tensor before performing the operation."))
+    base = info.base
+    _RAW[0] += 1
+    try:
+        flat = ops.setitem(ops.reshape(base, (-1,)), (pos.view(LiteralArray),), ops.reshape(new, (-1,)))
+        cur = ops.reshape(flat, base.shape)
+    finally:
+        _RAW[0] -= 1
+    if any(isinstance(s, Detach) for s in info.steps):
+        cur = _keeps_gradient(base, cur)
+    _replace(base, cur)
+
+
+def _rehistory(base: Tensor, det: Step, k: int, detached: Tensor) -> None:
+    """After a write through the detached tensor `base...detach()` (the step `det`, k-th of the chain): as
+    torch's, that tensor and its views take the write's own history (`x.detach().add_(b)` differentiates to
+    `b` where it is read afterwards), while the base takes the value only (`Detach.put`)."""
+    tr = _trace_mod.current_trace()
+    for r in base._views or ():
+        v = r()
+        if v is None or v._view is None or v._view.base is not base or len(v._view.steps) <= k \
+                or v._view.steps[k] is not det or v._value is None or v._trace is not tr:
+            continue
+        _RAW[0] += 1
+        try:
+            val = detached
+            for s in v._view.steps[k + 1:]:
+                val = s.apply(val)
+        finally:
+            _RAW[0] -= 1
+        _store(v, val, tr)
 
 
 def overlaps(view: Tensor) -> bool:
     """Whether the view's chain holds an expand that repeats elements (its writes need the indexed view)."""
     info = view._view
     return any(isinstance(s, Expand) for s in info.steps) and math.prod(view.shape) > info.base.numel()
+
+
+def _dense(shape: tuple[int, ...], strides: tuple[int, ...]) -> bool:
+    """torch's is_non_overlapping_and_dense: some permutation of the dims is contiguous."""
+    dims = sorted((st, n) for n, st in zip(shape, strides) if n != 1)
+    expected = 1
+    for st, n in dims:
+        if st != expected:
+            return False
+        expected *= n
+    return True
+
+
+def check_partial_overlap(out: Tensor, operands: Any, what: str) -> None:
+    """torch's refusal of an in-place op whose operand shares some but not all of the written tensor's memory
+    (`x[1:].add_(x[:-1])`, `x.copy_(x.t())`: at::assert_no_partial_overlap, whose result would depend on the
+    order memory is written in). torch checks dense tensors only: where either is not dense
+    (`x[:, 1:] += x[:, :-1]`, `x[:, 1:] = x[:, :-1]`) it writes in memory order, each element reading what
+    the earlier ones wrote, which a value cannot reproduce: Avalon refuses there too where the elements
+    the op reads and writes intersect, and computes where they are disjoint (`x[:, ::2].add_(x[:, 1::2])`)."""
+    base = out._view.base if out._view is not None else out
+    for o in operands:
+        if not isinstance(o, Tensor) or o is out or (o._view.base if o._view is not None else o) is not base:
+            continue
+        (sa, sta, oa), (sb, stb, ob) = layout_of(out), layout_of(o)
+        if not math.prod(sa) or not math.prod(sb):
+            continue
+        ea = oa + sum((n - 1) * st for n, st in zip(sa, sta)) + 1
+        eb = ob + sum((n - 1) * st for n, st in zip(sb, stb)) + 1
+        if (oa, ea) == (ob, eb) and tuple(sta) == tuple(stb):
+            continue  # torch's full overlap (the same memory with the same strides): computed
+        if _dense(sa, sta) and _dense(sb, stb):
+            hit = oa < eb and ob < ea
+        else:
+            import numpy as np
+            pa, pb = _positions(sa, sta, oa), _positions(sb, stb, ob)
+            hit = not np.array_equal(pa, pb) and np.intersect1d(pa, pb).size > 0  # (equal: element for element)
+        if hit:
+            raise _ops().fail(RuntimeError(
+                f"unsupported operation: some elements of the input tensor and the written-to tensor refer to a "
+                f"single memory location ({what} of a tensor with part of its memory: torch refuses, or writes in "
+                "memory order). Please clone() the tensor before performing the operation."))
+
+
+def self_overlapping(view: Tensor) -> bool:
+    """Whether elements of the view share memory (an expand, overlapping unfold windows, an as_strided)."""
+    info = view._view
+    if info is None or not any(isinstance(s, (Expand, Windows, AsStrided)) for s in info.steps):
+        return False
+    import numpy as np
+    pos = _positions(*info.layout)
+    return np.unique(pos).size != pos.size
+
+
+def fill_through(view: Tensor, value: Any, mask: Tensor | None = None) -> Tensor:
+    """`fill_`/`zero_`/`masked_fill_`/`index_fill_` of a view whose elements share memory, which torch allows
+    (every copy of an element takes the same value): each base element the view reaches where `mask` (the
+    view's shape, None: everywhere) is true at any of its copies takes `value`."""
+    import numpy as np
+
+    from .ir import LiteralArray
+    from .tensor import _keeps_gradient, _replace
+    ops = _ops()
+    info = view._view
+    base = info.base
+    pos = _positions(*info.layout)
+    flat = ops.reshape(base, (-1,))
+    val = value
+    if mask is None:
+        new = ops.setitem(flat, (np.unique(pos).view(LiteralArray),), val)
+    else:
+        from .ir import dtypes
+        m = ops.cast(ops.reshape(ops.broadcast_to(mask, view.shape), (-1,)), base.dtype if base.dtype.is_float
+                     else dtypes.float32)
+        hits = ops.index_add(ops.zeros(base.numel(), dtype=m.dtype), 0, pos.view(LiteralArray), m)
+        new = ops.where(ops.gt(hits, 0), val, flat)
+        if new.dtype is not base.dtype:
+            new = ops.cast(new, base.dtype)
+    new = ops.reshape(new, base.shape)
+    if any(isinstance(s, Detach) for s in info.steps):
+        new = _keeps_gradient(base, new)
+    _replace(base, new)
+    return view
+
+
+def _positions(shape: tuple[int, ...], strides: tuple[int, ...], off: int) -> Any:
+    import numpy as np
+    pos = np.full((), off, np.int64)
+    for n, st in zip(shape, strides):
+        pos = pos[..., None] + np.arange(n, dtype=np.int64) * st
+    return pos.reshape(-1)
 
 
 def _is_state(tr: Any, t: Tensor) -> bool:

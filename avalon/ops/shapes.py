@@ -229,7 +229,8 @@ def tensor_split(input: Any, indices_or_sections: Any, dim: int = 0) -> tuple[Te
 
 def unfold(input: Any, dimension: int, size: int, step: int) -> Tensor:
     """Tensor.unfold: the windows of `size` elements every `step` along `dimension`, as a new last
-    dim (one strided slice per offset in the window, stacked: no gather). A copy, not a view."""
+    dim (one strided slice per offset in the window, stacked: no gather). A view of `input`, as torch's
+    (`views.Windows`: in-place writes through it reach `input`, and it reads writes to `input`)."""
     x = _tensor(input)
     if x.ndim == 0:
         x = reshape(x, (1,))
@@ -239,6 +240,12 @@ def unfold(input: Any, dimension: int, size: int, step: int) -> Tensor:
         raise fail(ValueError(f"unfold: step is {step} but must be > 0"))
     if size > n or size < 0:
         raise fail(ShapeError(f"unfold: maximum size for tensor at dimension {d} is {n} but size is {size}"))
+    from .. import views
+    return views.link(input, _unfold(x, d, size, step), views.Windows(d, size, step))  # a view, as torch's
+
+
+def _unfold(x: Tensor, d: int, size: int, step: int) -> Tensor:
+    n = x.shape[d]
     nw = (n - size) // step + 1
     g = math.gcd(size, step)
     if g > 1 and size:
