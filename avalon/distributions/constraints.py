@@ -3,7 +3,7 @@
 A constraint says where a parameter or a value may lie (`Normal.arg_constraints["scale"]` is
 `positive`, `Beta.support` is `unit_interval`); `check(value)` is a boolean tensor, computed with
 Avalon's ops, over the batch (`event_dim` trailing dims are reduced, as in torch). Distributions
-check their arguments and `log_prob` values against them where the values are known (eagerly), and
+check their arguments and `log_prob` values against them (eagerly, or through `check` ops), and
 `avalon.distributions.transforms` give each transform a `domain` and `codomain`.
 """
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from .. import ops
-from ..tensor import Tensor
+from ..ops import linalg
+from ..tensor import Tensor, values_fixed
 
 __all__ = ["Constraint", "boolean", "cat", "corr_cholesky", "dependent", "dependent_property", "greater_than",
            "greater_than_eq", "half_open_interval", "independent", "integer_interval", "interval", "is_dependent",
@@ -289,7 +290,7 @@ class _Symmetric(_Square):
         if v.shape[-2] != v.shape[-1]:
             return _full(v.shape[:-2], False, v)
         vt = np.swapaxes(v, -1, -2) if isinstance(v, np.ndarray) else ops.swapaxes(v, -1, -2)
-        return _all(abs(v - vt) <= 1e-6, [-2, -1])
+        return _all(abs(v - vt) <= 1e-6 + 1e-5 * abs(vt), [-2, -1])  # torch's isclose(v, v.mT, atol=1e-6)
 
 
 def positive_definite_np(m: np.ndarray) -> np.ndarray:
@@ -307,8 +308,12 @@ def positive_definite_np(m: np.ndarray) -> np.ndarray:
 
 class _PositiveDefinite(_Symmetric):
     def check(self, value: Any) -> Any:
-        """Symmetric with a Cholesky factor (decided on the values: numpy's, as torch's cholesky_ex)."""
+        """Symmetric with a Cholesky factor (decided on the values: numpy's, as torch's cholesky_ex;
+        traced, a factor without nan: linalg.cholesky_ex's)."""
         v = _t(value)
+        if isinstance(v, Tensor) and not values_fixed(v):
+            factor = linalg.cholesky_ex(ops.stop_gradient(v))[0]
+            return super().check(v) & ops.all(ops.isfinite(factor), [-2, -1])
         m = v if isinstance(v, np.ndarray) else v.numpy()
         sym = np.asarray(super().check(m))
         out = sym & positive_definite_np(m)

@@ -57,7 +57,7 @@ class Exponential(ExponentialFamily):
     def __init__(self, rate: Any, validate_args: bool | None = None) -> None:
         (self.rate,) = _broadcast_all(rate)
         super().__init__(self.rate.shape, (), validate_args)
-        self._check_constraint("rate", self.rate)
+        self.rate = self._check_constraint("rate", self.rate)
 
     @property
     def mean(self) -> Tensor:
@@ -80,13 +80,11 @@ class Exponential(ExponentialFamily):
         return ops.neg(ops.log1p(ops.neg(u))) / self.rate
 
     def log_prob(self, value: Any) -> Tensor:
-        v = _param(value)
-        self._validate_sample(v)
+        v = self._validate_sample(_param(value))
         return ops.log(self.rate) - self.rate * v
 
     def cdf(self, value: Any) -> Tensor:
-        v = _param(value)
-        self._validate_sample(v)
+        v = self._validate_sample(_param(value))
         return 1.0 - ops.exp(ops.neg(self.rate) * v)
 
     def icdf(self, value: Any) -> Tensor:
@@ -107,7 +105,7 @@ class Laplace(Distribution):
     def __init__(self, loc: Any, scale: Any, validate_args: bool | None = None) -> None:
         self.loc, self.scale = _broadcast_all(loc, scale)
         super().__init__(self.loc.shape, (), validate_args)
-        self._check_constraint("scale", self.scale)
+        self.scale = self._check_constraint("scale", self.scale)
 
     @property
     def mean(self) -> Tensor:
@@ -131,13 +129,11 @@ class Laplace(Distribution):
         return self.loc - self.scale * ops.sign(u) * ops.log1p(ops.neg(ops.abs(u)))
 
     def log_prob(self, value: Any) -> Tensor:
-        v = _param(value)
-        self._validate_sample(v)
+        v = self._validate_sample(_param(value))
         return ops.neg(ops.log(2.0 * self.scale)) - ops.abs(v - self.loc) / self.scale
 
     def cdf(self, value: Any) -> Tensor:
-        v = _param(value)
-        self._validate_sample(v)
+        v = self._validate_sample(_param(value))
         d = v - self.loc
         return 0.5 - 0.5 * ops.sign(d) * ops.expm1(ops.neg(ops.abs(d)) / self.scale)
 
@@ -160,7 +156,7 @@ class Cauchy(Distribution):
     def __init__(self, loc: Any, scale: Any, validate_args: bool | None = None) -> None:
         self.loc, self.scale = _broadcast_all(loc, scale)
         super().__init__(self.loc.shape, (), validate_args)
-        self._check_constraint("scale", self.scale)
+        self.scale = self._check_constraint("scale", self.scale)
 
     @property
     def mean(self) -> Tensor:
@@ -179,14 +175,12 @@ class Cauchy(Distribution):
         return self.loc + ops.tan(math.pi * (u - 0.5)) * self.scale
 
     def log_prob(self, value: Any) -> Tensor:
-        v = _param(value)
-        self._validate_sample(v)
+        v = self._validate_sample(_param(value))
         z = (v - self.loc) / self.scale
         return -math.log(math.pi) - ops.log(self.scale) - ops.log1p(z * z)
 
     def cdf(self, value: Any) -> Tensor:
-        v = _param(value)
-        self._validate_sample(v)
+        v = self._validate_sample(_param(value))
         return ops.atan((v - self.loc) / self.scale) / math.pi + 0.5
 
     def icdf(self, value: Any) -> Tensor:
@@ -217,8 +211,8 @@ class Gamma(ExponentialFamily):
     def __init__(self, concentration: Any, rate: Any, validate_args: bool | None = None) -> None:
         self.concentration, self.rate = _broadcast_all(concentration, rate)
         super().__init__(self.concentration.shape, (), validate_args)
-        self._check_constraint("concentration", self.concentration, constraints.positive)
-        self._check_constraint("rate", self.rate, constraints.positive)
+        self.concentration = self._check_constraint("concentration", self.concentration, constraints.positive)
+        self.rate = self._check_constraint("rate", self.rate, constraints.positive)
 
     @property
     def mean(self) -> Tensor:
@@ -239,14 +233,12 @@ class Gamma(ExponentialFamily):
         return x + ops.stop_gradient(ops.maximum(x, tiny) - x)  # torch clamps the value, not the gradient
 
     def log_prob(self, value: Any) -> Tensor:
-        v = _param(value)
-        self._validate_sample(v)
+        v = self._validate_sample(_param(value))
         a = self.concentration
         return ops.xlogy(a, self.rate) + ops.xlogy(a - 1.0, v) - self.rate * v - ops.lgamma(a)
 
     def cdf(self, value: Any) -> Tensor:
-        v = _param(value)
-        self._validate_sample(v)
+        v = self._validate_sample(_param(value))
         return _samplers.regularized_gamma_p(self.concentration, self.rate * v)
 
     def entropy(self) -> Tensor:
@@ -262,7 +254,8 @@ class Chi2(Gamma):
     def __init__(self, df: Any, validate_args: bool | None = None) -> None:
         (df_t,) = _broadcast_all(df)
         super().__init__(0.5 * df_t, ops.full_like(df_t, 0.5), validate_args=validate_args)
-        self._check_constraint("df", df_t)
+        if self._validate_args:  # (the df check reads as torch's; Gamma's, on df / 2, is then unused)
+            self.concentration = 0.5 * self._check_constraint("df", df_t)
 
     @property
     def df(self) -> Tensor:
@@ -281,10 +274,10 @@ class StudentT(Distribution):
 
     def __init__(self, df: Any, loc: Any = 0.0, scale: Any = 1.0, validate_args: bool | None = None) -> None:
         self.df, self.loc, self.scale = _broadcast_all(df, loc, scale)
-        self._chi2 = Chi2(self.df, validate_args=False)
         super().__init__(self.df.shape, (), validate_args)
-        self._check_constraint("df", self.df)
-        self._check_constraint("scale", self.scale)
+        self.df = self._check_constraint("df", self.df)
+        self.scale = self._check_constraint("scale", self.scale)
+        self._chi2 = Chi2(self.df, validate_args=False)
 
     @property
     def mean(self) -> Tensor:
@@ -308,8 +301,7 @@ class StudentT(Distribution):
         return self.loc + self.scale * x * ops.rsqrt(z / self.df)
 
     def log_prob(self, value: Any) -> Tensor:
-        v = _param(value)
-        self._validate_sample(v)
+        v = self._validate_sample(_param(value))
         y = (v - self.loc) / self.scale
         df = self.df
         z = (ops.log(self.scale) + 0.5 * ops.log(df) + 0.5 * math.log(math.pi) + ops.lgamma(0.5 * df)
@@ -345,17 +337,15 @@ class Dirichlet(ExponentialFamily):
         c = _param(concentration)
         if c.ndim < 1:
             raise ValueError("`concentration` parameter must be at least one-dimensional.")
-        self.concentration = c
         super().__init__(c.shape[:-1], c.shape[-1:], validate_args)
-        self._check_constraint("concentration", c)
+        self.concentration = self._check_constraint("concentration", c)
 
     def rsample(self, sample_shape: Any = ()) -> Tensor:
         shape = self._extended_shape(sample_shape)
         return ops.softmax(_samplers.reparameterized_gamma_log(self.concentration, shape), -1)
 
     def log_prob(self, value: Any) -> Tensor:
-        v = _param(value)
-        self._validate_sample(v)
+        v = self._validate_sample(_param(value))
         c = self.concentration
         return (ops.sum(ops.xlogy(c - 1.0, v), -1) + ops.lgamma(ops.sum(c, -1))
                 - ops.sum(ops.lgamma(c), -1))
@@ -432,8 +422,7 @@ class Beta(ExponentialFamily):
         return ops.select(self._dirichlet.rsample(sample_shape), -1, 0)
 
     def log_prob(self, value: Any) -> Tensor:
-        v = _param(value)
-        self._validate_sample(v)
+        v = self._validate_sample(_param(value))
         return self._dirichlet.log_prob(ops.stack([v, 1.0 - v], -1))
 
     def entropy(self) -> Tensor:
@@ -469,8 +458,7 @@ class ContinuousBernoulli(ExponentialFamily):
         (p,) = _broadcast_all(probs if self._from_probs else logits)
         super().__init__(p.shape, (), validate_args)
         if self._from_probs:
-            self._check_constraint("probs", p)
-            p = _clamp_probs(p)
+            p = _clamp_probs(self._check_constraint("probs", p))
         self._param, self._lims = p, lims
 
     @property
@@ -528,14 +516,12 @@ class ContinuousBernoulli(ExponentialFamily):
         return self.icdf(_rand(self._extended_shape(sample_shape), self._param))
 
     def log_prob(self, value: Any) -> Tensor:
-        v = _param(value)
-        self._validate_sample(v)
+        v = self._validate_sample(_param(value))
         logits, v = _broadcast_all(self.logits, v)
         return ops.neg(_bce_with_logits(logits, v)) + self._cont_bern_log_norm()
 
     def cdf(self, value: Any) -> Tensor:
-        v = _param(value)
-        self._validate_sample(v)
+        v = self._validate_sample(_param(value))
         cut = self._cut_probs()
         cdfs = (ops.pow(cut, v) * ops.pow(1.0 - cut, 1.0 - v) + cut - 1.0) / (2.0 * cut - 1.0)
         unbounded = ops.where(self._outside_unstable_region(), cdfs, v)
@@ -597,11 +583,10 @@ class VonMises(Distribution):
     def __init__(self, loc: Any, concentration: Any, validate_args: bool | None = None) -> None:
         self.loc, self.concentration = _broadcast_all(loc, concentration)
         super().__init__(self.loc.shape, (), validate_args)
-        self._check_constraint("concentration", self.concentration)
+        self.concentration = self._check_constraint("concentration", self.concentration)
 
     def log_prob(self, value: Any) -> Tensor:
-        v = _param(value)
-        self._validate_sample(v)
+        v = self._validate_sample(_param(value))
         return (self.concentration * ops.cos(v - self.loc) - math.log(2 * math.pi)
                 - _log_bessel_i(self.concentration, 0))
 
@@ -679,13 +664,13 @@ class LowRankMultivariateNormal(Distribution):
         except ValueError as e:
             raise ValueError(f"Incompatible batch shapes: loc {loc.shape}, cov_factor {cov_factor.shape}, "
                              f"cov_diag {cov_diag.shape}") from e
+        super().__init__(shape[:-2], event_shape, validate_args)
+        cov_diag = self._check_constraint("cov_diag", cov_diag)
         self.loc = ops.broadcast_to(loc, shape[:-1])
         self.cov_diag = ops.broadcast_to(cov_diag, shape[:-1])
         self.cov_factor = ops.broadcast_to(cov_factor, shape)
         self._unbroadcasted_cov_factor, self._unbroadcasted_cov_diag = cov_factor, cov_diag
         self._capacitance_tril = _capacitance_tril(cov_factor, cov_diag)
-        super().__init__(shape[:-2], event_shape, validate_args)
-        self._check_constraint("cov_diag", cov_diag)
 
     @property
     def mean(self) -> Tensor:
@@ -734,8 +719,7 @@ class LowRankMultivariateNormal(Distribution):
                 + ops.sqrt(self._unbroadcasted_cov_diag) * eps_d)
 
     def log_prob(self, value: Any) -> Tensor:
-        v = _param(value)
-        self._validate_sample(v)
+        v = self._validate_sample(_param(value))
         w, d, cap = self._unbroadcasted_cov_factor, self._unbroadcasted_cov_diag, self._capacitance_tril
         m = _lowrank_mahalanobis(w, d, v - self.loc, cap)
         log_det = _lowrank_logdet(w, d, cap)

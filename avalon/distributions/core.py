@@ -9,8 +9,10 @@ scale. `sample` carries no gradient. `log_prob`, `entropy` and the KL divergence
 differentiable expressions, so a REINFORCE loss `-(dist.log_prob(actions) * returns).sum()`
 differentiates under `av.grad` like torch's autograd.
 
-Arguments are checked as torch checks them (`validate_args`, on by default, as in torch) wherever
-their values are known: eagerly, not for traced values inside a compiled function.
+Arguments are checked as torch checks them (`validate_args`, on by default, as in torch): known
+values at once, with torch's ValueError showing them; traced ones (av.compile, av.grad, compiled
+steps) by `check` ops carrying the same message, which raise ValueCheckError (a ValueError) when the
+graph runs. validate_args=False adds no check.
 """
 from __future__ import annotations
 
@@ -58,6 +60,38 @@ def _known(t: Tensor) -> np.ndarray | None:
     return t.numpy() if values_fixed(t) else None
 
 
+def _constraint_tensors(c: Any) -> list[Tensor]:
+    """The tensors a constraint reads (its bounds), its base constraints' included."""
+    out: list[Tensor] = []
+    for b in vars(c).values():
+        if isinstance(b, Tensor):
+            out.append(b)
+        elif isinstance(b, constraints.Constraint):
+            out += _constraint_tensors(b)
+        elif isinstance(b, list):
+            out += [t for x in b if isinstance(x, constraints.Constraint) for t in _constraint_tensors(x)]
+    return out
+
+
+def _check_traced(t: Tensor, ok: Any, msg: str) -> Tensor:
+    """`t` behind a `check` op raising ValueCheckError(msg) (a ValueError, as torch's) where `ok` is false
+    when the graph runs. `ok` is over t's leading (batch) dims, a constraint having reduced the event
+    dims: it is expanded back to t's shape (reduced to one flag where it broadcasts beyond t, as when a
+    value broadcasts against the parameters)."""
+    ok = ok if isinstance(ok, Tensor) else ops.as_tensor(np.asarray(ok))
+    if ok.dtype is not dt.bool_:
+        ok = ops.cast(ok, dt.bool_)
+    if ok.ndim < t.ndim:
+        ok = ops.reshape(ok, ok.shape + (1,) * (t.ndim - ok.ndim))
+    try:
+        fits = np.broadcast_shapes(ok.shape, t.shape) == t.shape
+    except ValueError:
+        fits = False
+    if not fits:
+        ok = ops.all(ok)
+    return ops.check_values(t, ok, msg)
+
+
 def _clamp_probs(p: Tensor) -> Tensor:
     """torch's clamp_probs: probabilities kept in [eps, 1 - eps] before a logarithm."""
     eps = float(np.finfo(p.dtype.np).eps)
@@ -95,6 +129,11 @@ class Distribution:
     def __init__(self, batch_shape: Sequence[int] = (), event_shape: Sequence[int] = (),
                  validate_args: bool | None = None) -> None:
         self._batch_shape, self._event_shape = tuple(batch_shape), tuple(event_shape)
+        self._set_validate_args(validate_args)
+
+    def _set_validate_args(self, validate_args: bool | None) -> None:
+        """Decide on argument checks before `__init__` (a subclass checking its parameters before it
+        builds on them: the checked tensors are the ones it uses)."""
         self._validate_args = self._validate_default if validate_args is None else bool(validate_args)
 
     @staticmethod
@@ -113,37 +152,50 @@ class Distribution:
     def _extended_shape(self, sample_shape: Any = ()) -> tuple[int, ...]:
         return _shape(sample_shape) + self._batch_shape + self._event_shape
 
-    def _check(self, name: str, t: Tensor, ok: Callable[[np.ndarray], np.ndarray], constraint: str) -> None:
-        """torch's parameter check: a ValueError naming the parameter and the constraint it breaks."""
-        vals = _known(t) if self._validate_args else None
-        if vals is not None and not np.all(ok(vals)):
-            raise ValueError(f"Expected parameter {name} (Tensor of shape {t.shape}) of distribution "
-                             f"{type(self).__name__} to satisfy the constraint {constraint}, but found invalid values:"
-                             f"\n{vals}")
+    def _check(self, name: str, t: Tensor, ok: Any, constraint: str, *deps: Any) -> Tensor:
+        """torch's parameter check: a ValueError naming the parameter and the constraint it breaks.
+        `ok` is a Constraint or a function of the values that works on numpy arrays and on Tensors
+        (`deps`: the other tensors it reads). Known values are checked now (the message shows them);
+        traced ones by a `check` op when the graph runs: use the tensor returned."""
+        if not self._validate_args:
+            return t
+        msg = (f"Expected parameter {name} (Tensor of shape {t.shape}) of distribution {type(self).__name__} "
+               f"to satisfy the constraint {constraint}, but found invalid values")
+        return self._checked(t, ok, msg, deps)
 
-    def _check_sample(self, value: Tensor, ok: Callable[[np.ndarray], np.ndarray], support: str) -> None:
-        vals = _known(value) if self._validate_args else None
-        if vals is not None and not np.all(ok(vals)):
-            raise ValueError(f"Expected value argument (Tensor of shape {value.shape}) to be within the support "
-                             f"({support}) of the distribution {type(self).__name__}, but found invalid "
-                             f"values:\n{vals}")
+    def _check_sample(self, value: Tensor, ok: Any, support: str, *deps: Any, result: Tensor | None = None) -> Tensor:
+        """torch's check of a `log_prob`/`cdf` value (as `_check`); returns the (checked) value, or the
+        checked `result` computed from it where the value enters it only through comparisons (which a
+        gradient-only graph would not keep)."""
+        if not self._validate_args:
+            return value if result is None else result
+        msg = (f"Expected value argument (Tensor of shape {value.shape}) to be within the support ({support}) of "
+               f"the distribution {type(self).__name__}, but found invalid values")
+        return self._checked(value, ok, msg, deps, result)
 
-    def _check_constraint(self, name: str, t: Tensor, constraint: constraints.Constraint | None = None) -> None:
-        """The parameter check against `arg_constraints[name]` (or `constraint`), where values are known."""
+    @staticmethod
+    def _checked(t: Tensor, ok: Any, msg: str, deps: Sequence[Any], result: Tensor | None = None) -> Tensor:
+        if isinstance(ok, constraints.Constraint):
+            deps = (*deps, *_constraint_tensors(ok))
+            ok = ok.check
+        if values_fixed(t) and all(values_fixed(d) for d in deps if isinstance(d, Tensor)):
+            vals = t.numpy()
+            if not np.all(np.asarray(ok(vals))):
+                raise ValueError(f"{msg}:\n{vals}")
+            return t if result is None else result
+        return _check_traced(t if result is None else result, ok(t), msg)
+
+    def _check_constraint(self, name: str, t: Tensor, constraint: constraints.Constraint | None = None) -> Tensor:
+        """The parameter check against `arg_constraints[name]` (or `constraint`); returns the (checked) tensor."""
         c = self.arg_constraints[name] if constraint is None else constraint
-        if self._validate_args and _known(t) is not None:
-            self._check(name, t, lambda v: np.asarray(c.check(v)), repr(c))
+        return self._check(name, t, c, repr(c))
 
-    def _validate_sample(self, value: Any) -> None:
-        """torch's check of a `log_prob`/`cdf` value against `support`, where values are known."""
+    def _validate_sample(self, value: Any) -> Any:
+        """torch's check of a `log_prob`/`cdf` value against `support`; returns the (checked) value."""
         if not self._validate_args or self.support is None or constraints.is_dependent(self.support):
-            return
+            return value
         v = value if isinstance(value, Tensor) else ops.as_tensor(value)
-        vals = _known(v)
-        if vals is None or any(isinstance(b, Tensor) and _known(b) is None
-                               for b in vars(self.support).values()):  # a bound of the support is traced
-            return
-        self._check_sample(v, lambda x: np.asarray(self.support.check(x)), repr(self.support))
+        return self._check_sample(v, self.support, repr(self.support))
 
     def expand(self, batch_shape: Any, _instance: Any = None) -> Distribution:
         """This distribution with its parameters broadcast to `batch_shape` (torch's expand: the new
@@ -262,7 +314,7 @@ class Normal(ExponentialFamily):
     def __init__(self, loc: Any, scale: Any, validate_args: bool | None = None) -> None:
         self.loc, self.scale = _broadcast_all(loc, scale)
         super().__init__(self.loc.shape, (), validate_args)
-        self._check("scale", self.scale, lambda s: s > 0, "GreaterThan(lower_bound=0.0)")
+        self.scale = self._check_constraint("scale", self.scale)
 
     @property
     def mean(self) -> Tensor:
@@ -285,8 +337,7 @@ class Normal(ExponentialFamily):
         return ops.add(self.loc, ops.mul(eps, self.scale))
 
     def log_prob(self, value: Any) -> Tensor:
-        v = _param(value)
-        self._validate_sample(v)  # (a NaN value gave NaN where torch refuses it)
+        v = self._validate_sample(_param(value))  # (a NaN value gave NaN where torch refuses it)
         var = self.variance
         return ops.sub(ops.sub(ops.div(ops.neg(ops.mul(ops.sub(v, self.loc), ops.sub(v, self.loc))), ops.mul(var, 2.0)),
                                ops.log(self.scale)), math.log(math.sqrt(2 * math.pi)))
@@ -295,8 +346,7 @@ class Normal(ExponentialFamily):
         return ops.add(0.5 + 0.5 * math.log(2 * math.pi), ops.log(self.scale))
 
     def cdf(self, value: Any) -> Tensor:
-        v = _param(value)
-        self._validate_sample(v)
+        v = self._validate_sample(_param(value))
         z = ops.div(ops.sub(v, self.loc), ops.mul(self.scale, math.sqrt(2)))
         return ops.mul(0.5, ops.add(1.0, ops.erf(z)))
 
@@ -320,9 +370,7 @@ class Uniform(Distribution):
     def __init__(self, low: Any, high: Any, validate_args: bool | None = None) -> None:
         self.low, self.high = _broadcast_all(low, high)
         super().__init__(self.low.shape, (), validate_args)
-        if not self.high.is_traced:
-            hi = self.high.numpy()
-            self._check("low", self.low, lambda v: v < hi, "LessThan(upper_bound=high)")
+        self.low = self._check("low", self.low, constraints.less_than(self.high), "LessThan(upper_bound=high)")
 
     @property
     def mean(self) -> Tensor:
@@ -347,20 +395,17 @@ class Uniform(Distribution):
 
     def log_prob(self, value: Any) -> Tensor:
         v = _param(value)
-        if self._validate_args and not self.low.is_traced and not self.high.is_traced:
-            lo, hi = self.low.numpy(), self.high.numpy()
-            self._check_sample(v, lambda x: (lo <= x) & (x <= hi), "Interval(low, high)")
         inside = ops.cast(ops.logical_and(ops.le(self.low, v), ops.gt(self.high, v)), self.low.dtype)
-        return ops.sub(ops.log(inside), ops.log(ops.sub(self.high, self.low)))
+        out = ops.sub(ops.log(inside), ops.log(ops.sub(self.high, self.low)))
+        # (v enters only through comparisons: the result carries the check, so a gradient keeps it)
+        return self._check_sample(v, constraints.interval(self.low, self.high), "Interval(low, high)", result=out)
 
     def entropy(self) -> Tensor:
         return ops.log(ops.sub(self.high, self.low))
 
     def cdf(self, value: Any) -> Tensor:
-        v = _param(value)
-        if self._validate_args and not self.low.is_traced and not self.high.is_traced:  # as log_prob (and torch)
-            lo, hi = self.low.numpy(), self.high.numpy()
-            self._check_sample(v, lambda x: (lo <= x) & (x <= hi), "Interval(low, high)")
+        v = self._check_sample(_param(value), constraints.interval(self.low, self.high),
+                               "Interval(low, high)")  # as log_prob (and torch)
         return ops.clamp(ops.div(ops.sub(v, self.low), ops.sub(self.high, self.low)), 0.0, 1.0)
 
     def icdf(self, value: Any) -> Tensor:
@@ -397,10 +442,7 @@ class Bernoulli(ExponentialFamily):
         (p,) = _broadcast_all(probs if self._from_probs else logits)
         self._param = p
         super().__init__(p.shape, (), validate_args)
-        if self._from_probs:
-            self._check("probs", p, lambda v: (v >= 0) & (v <= 1), "Interval(lower_bound=0.0, upper_bound=1.0)")
-        else:
-            self._check("logits", p, lambda v: ~np.isnan(v), "Real()")
+        self._param = self._check_constraint("probs" if self._from_probs else "logits", p)
 
     @property
     def probs(self) -> Tensor:
@@ -435,7 +477,7 @@ class Bernoulli(ExponentialFamily):
 
     def log_prob(self, value: Any) -> Tensor:
         v = _param(value)
-        self._check_sample(v, lambda x: (x == 0) | (x == 1), "Boolean()")
+        v = self._validate_sample(v)
         logits, v = _broadcast_all(self.logits, v)
         return ops.neg(_bce_with_logits(logits, v))
 
@@ -472,7 +514,7 @@ class Categorical(Distribution):
             # torch checks the normalized probs: a row of zeros (nan after normalizing) is refused,
             # a row of all-negative weights normalizes to a simplex and is accepted
             self._param = ops.div(p, ops.sum(p, -1, keepdims=True))
-            self._check_constraint("probs", self._param)
+            self._param = self._check_constraint("probs", self._param)
         else:
             self._param = ops.sub(p, ops.logsumexp(p, -1, keepdims=True))
 
@@ -509,8 +551,7 @@ class Categorical(Distribution):
 
     def log_prob(self, value: Any) -> Tensor:
         v = ops.as_tensor(value)
-        self._check_sample(v, lambda x: (x == np.floor(x)) & (x >= 0) & (x < self._num_events),
-                           f"IntegerInterval(lower_bound=0, upper_bound={self._num_events - 1})")
+        v = self._validate_sample(v)
         v = ops.cast(v, dt.int64)
         shape = tuple(np.broadcast_shapes(v.shape, self._batch_shape))
         log_pmf = ops.broadcast_to(self.logits, shape + (self._num_events,))
@@ -571,7 +612,7 @@ class OneHotCategorical(Distribution):
 
     def log_prob(self, value: Any) -> Tensor:
         v = _param(value)
-        self._check_sample(v, lambda x: ((x == 0) | (x == 1)).all() & (x.sum(-1) == 1).all(), "OneHot()")
+        v = self._validate_sample(v)
         return self._categorical.log_prob(ops.argmax(v, -1))
 
     def entropy(self) -> Tensor:
@@ -749,14 +790,6 @@ def _tri_solve(lower: Tensor, b: Tensor) -> Tensor:
     return linalg.solve_triangular(lower, b, upper=False)
 
 
-def _positive_definite(m: np.ndarray) -> np.ndarray:
-    try:
-        np.linalg.cholesky(m)
-    except np.linalg.LinAlgError:
-        return np.asarray(False)
-    return np.allclose(m, np.swapaxes(m, -1, -2))
-
-
 class MultivariateNormal(Distribution):
     """MultivariateNormal(loc, covariance_matrix= | precision_matrix= | scale_tril=): correlated
     Gaussians over vectors, through the lower Cholesky factor of the covariance, as torch's;
@@ -784,12 +817,13 @@ class MultivariateNormal(Distribution):
         k = loc.shape[-1]
         super().__init__(batch, (k,), validate_args)
         if scale_tril is not None:
-            self._check("scale_tril", given, lambda m: np.all(np.diagonal(m, 0, -2, -1) > 0) &
-                        np.all(np.triu(m, 1) == 0), "LowerCholesky()")
-            tril = given
+            tril = self._check_constraint("scale_tril", given)
         else:
+            # torch's ValueError names the matrix and the constraint (its cholesky would raise a LinAlgError
+            # only with validate_args=False): a traced matrix is checked symmetric with a Cholesky factor
+            # before the factorization reads it
             name = "covariance_matrix" if covariance_matrix is not None else "precision_matrix"
-            self._check(name, given, _positive_definite, "PositiveDefinite()")
+            given = self._check_constraint(name, given)
             tril = _cholesky(given if covariance_matrix is not None else ops.inverse(given))
         self.loc = ops.broadcast_to(loc, batch + (k,))
         self._unbroadcasted_scale_tril = tril

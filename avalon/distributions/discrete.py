@@ -23,6 +23,7 @@ from .core import (
     OneHotCategorical,
     _bce_with_logits,
     _broadcast_all,
+    _check_traced,
     _clamp_probs,
     _known,
     _one_of,
@@ -85,7 +86,7 @@ class Poisson(ExponentialFamily):
     def __init__(self, rate: Any, validate_args: bool | None = None) -> None:
         (self.rate,) = _broadcast_all(rate)
         super().__init__(self.rate.shape, (), validate_args)
-        self._check_constraint("rate", self.rate)
+        self.rate = self._check_constraint("rate", self.rate)
 
     @property
     def mean(self) -> Tensor:
@@ -103,8 +104,7 @@ class Poisson(ExponentialFamily):
         return ops.cast(_samplers.poisson(self.rate, self._extended_shape(sample_shape)), self.rate.dtype)
 
     def log_prob(self, value: Any) -> Tensor:
-        v = _param(value)
-        self._validate_sample(v)
+        v = self._validate_sample(_param(value))
         rate, v = _broadcast_all(self.rate, v)
         return ops.xlogy(v, rate) - rate - ops.lgamma(v + 1.0)
 
@@ -140,9 +140,9 @@ class Binomial(_BinaryParam):
         (n,) = self._set_param(probs, logits, total_count)
         self.total_count = ops.cast(n, self._param.dtype) if n.dtype != self._param.dtype else n
         super().__init__(self._param.shape, (), validate_args)
-        self._check_constraint("total_count", self.total_count)
+        self.total_count = self._check_constraint("total_count", self.total_count)
         if self._from_probs:
-            self._check_constraint("probs", self._param)
+            self._param = self._check_constraint("probs", self._param)
 
     @constraints.dependent_property(is_discrete=True, event_dim=0)
     def support(self) -> constraints.Constraint:
@@ -166,10 +166,12 @@ class Binomial(_BinaryParam):
         return ops.cast(_samplers.binomial(self.total_count, self.probs, shape), self._param.dtype)
 
     def log_prob(self, value: Any) -> Tensor:
-        v = _param(value)
-        self._validate_sample(v)
+        v = self._validate_sample(_param(value))
         n, logits = self.total_count, self.logits
-        normalize = (n * ops.clamp(logits, min=0.0) + n * ops.log1p(ops.exp(ops.neg(ops.abs(logits))))
+        # torch's _clamp_by_zero: max(logits, 0) with the gradient 1/2 at 0 (a plain clamp's 1 there gave
+        # d/dprobs -12 where the true derivative, torch's, is -2: Binomial(5, probs=0.5).log_prob(2))
+        by_zero = (ops.clamp(logits, min=0.0) + logits - ops.clamp(logits, max=0.0)) / 2.0
+        normalize = (n * by_zero + n * ops.log1p(ops.exp(ops.neg(ops.abs(logits))))
                      - ops.lgamma(n + 1.0))
         return v * logits - ops.lgamma(v + 1.0) - ops.lgamma(n - v + 1.0) - normalize
 
@@ -193,9 +195,13 @@ class Geometric(_BinaryParam):
         self._set_param(probs, logits)
         super().__init__(self._param.shape, (), validate_args)
         if self._from_probs:
-            self._check_constraint("probs", self._param)
+            self._param = self._check_constraint("probs", self._param)
             vals = _known(self._param) if self._validate_args else None
-            if vals is not None and not np.all(vals > 0):
+            if self._validate_args and vals is None:
+                self._param = _check_traced(self._param, self._param > 0,
+                                            f"Expected parameter probs (Tensor of shape {self._param.shape}) of "
+                                            f"distribution {self!r} to be positive but found invalid values")
+            elif vals is not None and not np.all(vals > 0):
                 raise ValueError(f"Expected parameter probs (Tensor of shape {self._param.shape}) of distribution "
                                  f"{self!r} to be positive but found invalid values:\n{vals[~(vals > 0)]}")
 
@@ -219,8 +225,7 @@ class Geometric(_BinaryParam):
         return ops.floor(ops.log(u) / ops.log1p(ops.neg(p)))
 
     def log_prob(self, value: Any) -> Tensor:
-        v = _param(value)
-        self._validate_sample(v)
+        v = self._validate_sample(_param(value))
         v, p = _broadcast_all(v, self.probs)
         p_safe = ops.where(ops.logical_and(ops.eq(p, 1.0), ops.eq(v, 0.0)), 0.0, p)
         return v * ops.log1p(ops.neg(p_safe)) + ops.log(self.probs)
@@ -243,9 +248,9 @@ class NegativeBinomial(_BinaryParam):
         (n,) = self._set_param(probs, logits, total_count)
         self.total_count = ops.cast(n, self._param.dtype) if n.dtype != self._param.dtype else n
         super().__init__(self._param.shape, (), validate_args)
-        self._check_constraint("total_count", self.total_count)
+        self.total_count = self._check_constraint("total_count", self.total_count)
         if self._from_probs:
-            self._check_constraint("probs", self._param)
+            self._param = self._check_constraint("probs", self._param)
 
     @property
     def mean(self) -> Tensor:
@@ -266,8 +271,7 @@ class NegativeBinomial(_BinaryParam):
         return ops.cast(_samplers.poisson(rate, rate.shape), self._param.dtype)
 
     def log_prob(self, value: Any) -> Tensor:
-        v = _param(value)
-        self._validate_sample(v)
+        v = self._validate_sample(_param(value))
         n, logits = self.total_count, self.logits
         log_unnormalized = n * _log_sigmoid(ops.neg(logits)) + v * _log_sigmoid(logits)
         log_normalization = ops.neg(ops.lgamma(n + v)) + ops.lgamma(1.0 + v) + ops.lgamma(n)
@@ -321,8 +325,7 @@ class Multinomial(Distribution):
         return ops.sum(ops.one_hot(draws, k, self._categorical._param.dtype), 0)
 
     def log_prob(self, value: Any) -> Tensor:
-        v = _param(value)
-        self._validate_sample(v)
+        v = self._validate_sample(_param(value))
         logits, v = _broadcast_all(self.logits, v)
         logits = ops.where(ops.logical_and(ops.eq(v, 0.0), ops.eq(logits, -math.inf)), 0.0, logits)
         return ops.lgamma(ops.sum(v, -1) + 1.0) - ops.sum(ops.lgamma(v + 1.0), -1) + ops.sum(logits * v, -1)

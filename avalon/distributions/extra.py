@@ -25,6 +25,7 @@ from .core import (
     ExponentialFamily,
     Normal,
     _broadcast_all,
+    _check_traced,
     _known,
     _param,
     _shape,
@@ -90,8 +91,8 @@ class FisherSnedecor(Distribution):
         self._gamma1 = Gamma(self.df1 * 0.5, self.df1, validate_args=False)
         self._gamma2 = Gamma(self.df2 * 0.5, self.df2, validate_args=False)
         super().__init__(self.df1.shape, (), validate_args)
-        self._check_constraint("df1", self.df1)
-        self._check_constraint("df2", self.df2)
+        self.df1 = self._check_constraint("df1", self.df1)
+        self.df2 = self._check_constraint("df2", self.df2)
 
     @property
     def mean(self) -> Tensor:
@@ -115,8 +116,7 @@ class FisherSnedecor(Distribution):
         return ops.clamp(x1 / ops.clamp(x2, min=tiny), min=tiny)
 
     def log_prob(self, value: Any) -> Tensor:
-        v = _param(value)
-        self._validate_sample(v)
+        v = self._validate_sample(_param(value))
         ct1, ct2 = self.df1 * 0.5, self.df2 * 0.5
         ct3 = self.df1 / self.df2
         t1 = ops.lgamma(ct1 + ct2) - ops.lgamma(ct1) - ops.lgamma(ct2)
@@ -142,9 +142,9 @@ class GeneralizedPareto(Distribution):
     def __init__(self, loc: Any, scale: Any, concentration: Any, validate_args: bool | None = None) -> None:
         self.loc, self.scale, self.concentration = _broadcast_all(loc, scale, concentration)
         super().__init__(self.loc.shape, (), validate_args)
-        self._check_constraint("loc", self.loc)
-        self._check_constraint("scale", self.scale)
-        self._check_constraint("concentration", self.concentration)
+        self.loc = self._check_constraint("loc", self.loc)
+        self.scale = self._check_constraint("scale", self.scale)
+        self.concentration = self._check_constraint("concentration", self.concentration)
 
     @constraints.dependent_property(is_discrete=False, event_dim=0)
     def support(self) -> constraints.Constraint:
@@ -163,8 +163,7 @@ class GeneralizedPareto(Distribution):
         return self.icdf(ops.rand(self._extended_shape(sample_shape), dtype=self.loc.dtype))
 
     def log_prob(self, value: Any) -> Tensor:
-        v = _param(value)
-        self._validate_sample(v)
+        v = self._validate_sample(_param(value))
         z = self._z(v)
         eq_zero, safe = self._safe_conc()
         y = 1.0 / safe + ops.ones_like(z)
@@ -172,8 +171,7 @@ class GeneralizedPareto(Distribution):
         return ops.neg(ops.log(self.scale)) - ops.where(eq_zero, z, where_nonzero)
 
     def log_survival_function(self, value: Any) -> Tensor:
-        v = _param(value)
-        self._validate_sample(v)
+        v = self._validate_sample(_param(value))
         z = self._z(v)
         eq_zero, safe = self._safe_conc()
         return ops.where(eq_zero, ops.neg(z), ops.neg(ops.log1p(safe * z)) / safe)
@@ -295,7 +293,10 @@ class Wishart(ExponentialFamily):
         self._batch_dims = [-(x + 1) for x in range(len(self._batch_shape))]
         name = ("scale_tril" if scale_tril is not None else
                 "covariance_matrix" if covariance_matrix is not None else "precision_matrix")
-        self._check_constraint(name, param)
+        param = self._check_constraint(name, param)
+        if vals is None and self._validate_args:  # traced df: checked when the graph runs
+            self.df = _check_traced(self.df, self.df > p - 1, f"Value of df expected to be greater than ndim - 1 = "
+                                                              f"{p - 1}.")
         if scale_tril is not None:
             self._unbroadcasted_scale_tril = param
         elif covariance_matrix is not None:
@@ -389,8 +390,7 @@ class Wishart(ExponentialFamily):
         return sample
 
     def log_prob(self, value: Any) -> Tensor:
-        v = _param(value)
-        self._validate_sample(v)
+        v = self._validate_sample(_param(value))
         nu, p = self.df, self._event_shape[-1]
         lt = self._unbroadcasted_scale_tril
         half_log_det = ops.sum(ops.log(ops.diagonal(lt, 0, -2, -1)), -1)
@@ -434,7 +434,7 @@ class LKJCholesky(Distribution):
         self.dim = int(dim)
         (self.concentration,) = _broadcast_all(concentration)
         super().__init__(self.concentration.shape, (self.dim, self.dim), validate_args)
-        self._check_constraint("concentration", self.concentration)
+        self.concentration = self._check_constraint("concentration", self.concentration)
         c = self.concentration
         marginal_conc = c + 0.5 * (self.dim - 2)
         offset = ops.concat([ops.zeros((1,), dtype=c.dtype), ops.arange(self.dim - 1, dtype=c.dtype)], 0)
@@ -467,8 +467,7 @@ class LKJCholesky(Distribution):
         return ops.stop_gradient(w + ops.diag_embed(diag_elems))
 
     def log_prob(self, value: Any) -> Tensor:
-        v = _param(value)
-        self._validate_sample(v)
+        v = self._validate_sample(_param(value))
         c, dim = self.concentration, self.dim
         diag_elems = ops.narrow(ops.diagonal(v, 0, -2, -1), -1, 1, dim - 1)
         order = 2.0 * ops.expand_dims(c - 1.0, -1) + (float(dim) - ops.arange(2, dim + 1, dtype=c.dtype))

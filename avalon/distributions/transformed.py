@@ -114,8 +114,7 @@ class TransformedDistribution(Distribution):
         return x
 
     def log_prob(self, value: Any) -> Tensor:
-        y = value if isinstance(value, Tensor) else _param(value)
-        self._validate_sample(y)
+        y = self._validate_sample(value if isinstance(value, Tensor) else _param(value))
         event_dim = len(self._event_shape)
         log_prob: Any = 0.0
         for t in reversed(self.transforms):
@@ -138,7 +137,7 @@ class TransformedDistribution(Distribution):
         v = _param(value)
         for t in self.transforms[::-1]:
             v = t.inv(v)
-        self.base_dist._validate_sample(v)
+        v = self.base_dist._validate_sample(v)
         return self._monotonize_cdf(self.base_dist.cdf(v))
 
     def icdf(self, value: Any) -> Tensor:
@@ -189,8 +188,9 @@ class HalfNormal(TransformedDistribution):
     support = constraints.nonnegative
 
     def __init__(self, scale: Any, validate_args: bool | None = None) -> None:
+        self._set_validate_args(validate_args)
+        scale = self._check_constraint("scale", _broadcast_all(scale)[0])
         super().__init__(Normal(0.0, scale, validate_args=False), AbsTransform(), validate_args=validate_args)
-        self._check_constraint("scale", self.scale)
 
     @property
     def scale(self) -> Tensor:
@@ -209,13 +209,11 @@ class HalfNormal(TransformedDistribution):
         return self.scale * self.scale * (1 - 2 / math.pi)
 
     def log_prob(self, value: Any) -> Tensor:
-        v = _param(value)
-        self._validate_sample(v)
+        v = self._validate_sample(_param(value))
         return ops.where(ops.ge(v, 0.0), self.base_dist.log_prob(v) + math.log(2), -math.inf)
 
     def cdf(self, value: Any) -> Tensor:
-        v = _param(value)
-        self._validate_sample(v)
+        v = self._validate_sample(_param(value))
         return 2.0 * self.base_dist.cdf(v) - 1.0
 
     def icdf(self, prob: Any) -> Tensor:
@@ -232,8 +230,9 @@ class HalfCauchy(TransformedDistribution):
     support = constraints.nonnegative
 
     def __init__(self, scale: Any, validate_args: bool | None = None) -> None:
+        self._set_validate_args(validate_args)
+        scale = self._check_constraint("scale", _broadcast_all(scale)[0])
         super().__init__(Cauchy(0.0, scale, validate_args=False), AbsTransform(), validate_args=validate_args)
-        self._check_constraint("scale", self.scale)
 
     @property
     def scale(self) -> Tensor:
@@ -252,13 +251,11 @@ class HalfCauchy(TransformedDistribution):
         return self.base_dist.variance
 
     def log_prob(self, value: Any) -> Tensor:
-        v = _param(value)
-        self._validate_sample(v)
+        v = self._validate_sample(_param(value))
         return ops.where(ops.ge(v, 0.0), self.base_dist.log_prob(v) + math.log(2), -math.inf)
 
     def cdf(self, value: Any) -> Tensor:
-        v = _param(value)
-        self._validate_sample(v)
+        v = self._validate_sample(_param(value))
         return 2.0 * self.base_dist.cdf(v) - 1.0
 
     def icdf(self, prob: Any) -> Tensor:
@@ -284,16 +281,16 @@ class Gumbel(TransformedDistribution):
     def __init__(self, loc: Any, scale: Any, validate_args: bool | None = None) -> None:
         numbers = isinstance(loc, (int, float)) and isinstance(scale, (int, float))
         self.loc, self.scale = _broadcast_all(loc, scale)
+        self._set_validate_args(validate_args)
+        self.scale = self._check_constraint("scale", self.scale)
         finfo = np.finfo(self.loc.dtype.np)
         base = _unit_uniform(self.loc, numbers, float(finfo.tiny), 1 - float(finfo.eps), validate_args)
         transforms = [ExpTransform().inv, AffineTransform(loc=0, scale=ops.neg(ops.ones_like(self.scale))),
                       ExpTransform().inv, AffineTransform(loc=self.loc, scale=ops.neg(self.scale))]
         super().__init__(base, transforms, validate_args=validate_args)
-        self._check_constraint("scale", self.scale)
 
     def log_prob(self, value: Any) -> Tensor:
-        v = _param(value)
-        self._validate_sample(v)
+        v = self._validate_sample(_param(value))
         y = (self.loc - v) / self.scale
         return (y - ops.exp(y)) - ops.log(self.scale)
 
@@ -326,12 +323,13 @@ class Weibull(TransformedDistribution):
 
     def __init__(self, scale: Any, concentration: Any, validate_args: bool | None = None) -> None:
         self.scale, self.concentration = _broadcast_all(scale, concentration)
+        self._set_validate_args(validate_args)
+        self.scale = self._check_constraint("scale", self.scale)
+        self.concentration = self._check_constraint("concentration", self.concentration)
         self.concentration_reciprocal = ops.reciprocal(self.concentration)
         base = Exponential(ops.ones_like(self.scale), validate_args=validate_args)
         transforms = [PowerTransform(exponent=self.concentration_reciprocal), AffineTransform(loc=0, scale=self.scale)]
         super().__init__(base, transforms, validate_args=validate_args)
-        self._check_constraint("scale", self.scale)
-        self._check_constraint("concentration", self.concentration)
 
     @property
     def mean(self) -> Tensor:
@@ -360,9 +358,10 @@ class Pareto(TransformedDistribution):
 
     def __init__(self, scale: Any, alpha: Any, validate_args: bool | None = None) -> None:
         self.scale, self.alpha = _broadcast_all(scale, alpha)
+        self._set_validate_args(validate_args)
+        self.scale = self._check_constraint("scale", self.scale)
         base = Exponential(self.alpha, validate_args=validate_args)
         super().__init__(base, [ExpTransform(), AffineTransform(loc=0, scale=self.scale)], validate_args=validate_args)
-        self._check_constraint("scale", self.scale)
 
     @property
     def mean(self) -> Tensor:
@@ -401,14 +400,15 @@ class Kumaraswamy(TransformedDistribution):
 
     def __init__(self, concentration1: Any, concentration0: Any, validate_args: bool | None = None) -> None:
         self.concentration1, self.concentration0 = _broadcast_all(concentration1, concentration0)
+        self._set_validate_args(validate_args)
+        self.concentration1 = self._check_constraint("concentration1", self.concentration1)
+        self.concentration0 = self._check_constraint("concentration0", self.concentration0)
         base = Uniform(ops.full_like(self.concentration0, 0.0), ops.full_like(self.concentration0, 1.0),
                        validate_args=validate_args)
         transforms = [PowerTransform(exponent=ops.reciprocal(self.concentration0)),
                       AffineTransform(loc=1.0, scale=-1.0),
                       PowerTransform(exponent=ops.reciprocal(self.concentration1))]
         super().__init__(base, transforms, validate_args=validate_args)
-        self._check_constraint("concentration1", self.concentration1)
-        self._check_constraint("concentration0", self.concentration0)
 
     @property
     def mean(self) -> Tensor:
@@ -457,7 +457,7 @@ class LogitRelaxedBernoulli(Distribution):
         self.temperature = _temperature(temperature, self._param)
         super().__init__(self._param.shape, (), validate_args)
         if self._from_probs:
-            self._check_constraint("probs", self._param)
+            self._param = self._check_constraint("probs", self._param)
 
     @property
     def probs(self) -> Tensor:
@@ -481,8 +481,7 @@ class LogitRelaxedBernoulli(Distribution):
         return (ops.log(u) - ops.log1p(ops.neg(u)) + ops.log(probs) - ops.log1p(ops.neg(probs))) / self.temperature
 
     def log_prob(self, value: Any) -> Tensor:
-        v = _param(value)
-        self._validate_sample(v)
+        v = self._validate_sample(_param(value))
         logits, v = _broadcast_all(self.logits, v)
         diff = logits - v * self.temperature
         return ops.log(self.temperature) + diff - 2.0 * ops.log1p(ops.exp(diff))
@@ -546,8 +545,7 @@ class ExpRelaxedCategorical(Distribution):
 
     def log_prob(self, value: Any) -> Tensor:
         k = self._categorical._num_events
-        v = _param(value)
-        self._validate_sample(v)
+        v = self._validate_sample(_param(value))
         logits, v = _broadcast_all(self.logits, v)
         log_scale = math.lgamma(k) + (k - 1) * ops.log(self.temperature)
         score = logits - v * self.temperature

@@ -132,7 +132,7 @@ def _source_line(op: Op) -> str:
 @register(("check",), lambda op: True)
 def _check(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
     """The condition checked (`K.check` raises the reference's ValueCheckError), then the value copied
-    (into a planned top-level result; elsewhere `emit_op` aliases the value, as a stop_gradient's)."""
+    (into its top-level result; inside a region `emit_op` aliases the value, as a stop_gradient's)."""
     gen.line(f"K.check({gen.array(args[1])}, {op.attrs['message']!r}, {op.attrs['error']!r}, {_source_line(op)}); "
              f"np.copyto({out}, {args[0].expr})")
 
@@ -596,7 +596,9 @@ def emit_op(gen: Generator, op: Op, top: bool = False, dest: Callable[[Value, Op
     if lazy is not None:
         gen.env[r] = lazy
         return
-    if op.name in ("stop_gradient", "check") and not (top and gen.is_planned(r)):  # an identity: the operand's storage
+    # an identity: the operand's storage (a top-level check copies: the memory plan does not know its result
+    # shares its operand's storage, which a later op may reuse while the result, an output, is still read)
+    if op.name == "stop_gradient" and not (top and gen.is_planned(r)) or op.name == "check" and not top:
         if op.name == "check":
             gen.line(f"K.check({gen.array(gen.env[op.operands[1]])}, {op.attrs['message']!r}, {op.attrs['error']!r}, "
                      f"{_source_line(op)})")
