@@ -254,3 +254,41 @@ def test_compiled_embedding_bag_checks_its_offsets_as_eagerly(backend):
         with pytest.raises(ValueCheckError, match=match) as e:
             f(av.tensor(w), av.tensor(idx), av.tensor(np.array(offsets)))
         assert "test_value_checks.py:" in str(e.value)
+
+
+def test_checks_inside_compiled_c_loops_raise_after_the_loop_and_never_after_a_state_write():
+    """backend="cpu" compiles a group's elementwise run to one C loop (4096+ elements): a check in it
+    counts the failed elements and raises after the call; a run that would also write a donated state
+    (a parameter updated in place) keeps numpy's lines, which check before anything is written."""
+    p = RNG.random((64, 96)).astype(np.float32)
+    t = (RNG.random((64, 96)) > 0.5).astype(np.float32)
+    f = av.compile(lambda p, t: F.binary_cross_entropy(p, t, reduction="none") * 2.0, backend="cpu")
+    src = f.inspect(av.tensor(p), av.tensor(t)).source
+    assert "K.check_flag(" in src and "c0 += !" in src  # the check is inside a compiled loop
+    np.testing.assert_allclose(f(av.tensor(p), av.tensor(t)).numpy(),
+                               2 * TF.binary_cross_entropy(torch.tensor(p), torch.tensor(t), reduction="none").numpy(),
+                               rtol=1e-4)  # (libmvec's log: ulps from torch's)
+    bad = p.copy()
+    bad[37, 5] = 1.5
+    with pytest.raises(ValueCheckError, match=INPUT_MSG) as e:
+        f(av.tensor(bad), av.tensor(t))
+    assert "test_value_checks.py:" in str(e.value)
+    assert f(av.tensor(p), av.tensor(t)).shape == (64, 96)  # the flag is rewritten on every call
+
+    class Probs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(av.tensor(RNG.standard_normal((64, 96)).astype(np.float32)))
+
+    def step(m, o, t):
+        loss, grads = av.value_and_grad(lambda mm: F.binary_cross_entropy(av.sigmoid(mm.w), t))(m)
+        o.step(grads)
+        return loss
+    m = Probs()
+    opt = av.optim.SGD(m.parameters(), lr=0.5)
+    g = av.compile(step, backend="cpu")
+    g(m, opt, av.tensor(t))
+    before = m.w.numpy().copy()
+    with pytest.raises(ValueCheckError, match="target should be between 0 and 1"):
+        g(m, opt, av.tensor(t * 2))
+    np.testing.assert_array_equal(m.w.numpy(), before)  # the parameter's update was not written

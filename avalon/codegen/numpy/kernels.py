@@ -434,6 +434,12 @@ def check(ok: np.ndarray, message: str, error: str = "value", where: str = "") -
         raise e
 
 
+def check_flag(failed: np.ndarray, message: str, error: str, where: str) -> None:
+    """`check` inside a compiled loop (`native`): the loop counted the failed elements into `failed`."""
+    if failed[0]:
+        check(np.zeros(1, bool), message, error, where)
+
+
 def one_hot(idx: np.ndarray, out: np.ndarray) -> None:
     """The reference's one_hot into `out` (..., K): zeros, then a 1 at each index; an index outside
     [0, K) raises the reference's IndexOutOfRangeError."""

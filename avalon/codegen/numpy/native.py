@@ -62,7 +62,8 @@ _CTYPE = {dt.float32: "float", dt.float64: "double", dt.bool_: "unsigned char"}
 _ANY = {"add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "div": "({0} / {1})",
         "eq": "({0} == {1})", "ne": "({0} != {1})", "lt": "({0} < {1})", "le": "({0} <= {1})", "gt": "({0} > {1})",
         "ge": "({0} >= {1})", "maximum": "NPMAX({0}, {1})", "minimum": "NPMIN({0}, {1})", "where": "({0} ? {1} : {2})",
-        "stop_gradient": "{0}", "logical_and": "({0} && {1})", "logical_or": "({0} || {1})", "logical_not": "(!{0})"}
+        "stop_gradient": "{0}", "check": "{0}", "logical_and": "({0} && {1})", "logical_or": "({0} || {1})",
+        "logical_not": "(!{0})"}
 """C forms of ops over any of the dtypes (numpy's nan-propagating maximum/minimum as macros)."""
 _ARITH = ("add", "sub", "mul", "div", "maximum", "minimum")
 _FLOAT = {"exp": "expz{s}({0})", "log": "log{f}({0})", "sqrt": "sqrt{f}({0})", "tanh": "tanh{f}({0})",
@@ -327,11 +328,17 @@ def _function(gen: Generator, ops: list[Op], shape: tuple[int, ...]) -> str | No
 
     body: list[str] = []
     sums: list[tuple[str, str, str, list[int], int]] = []  # (C type, pointer, addend, result strides, elements)
+    checks: list[tuple[str, Op]] = []  # (flag array, check op): failures counted in c<j>, raised after the call
     for k, op in enumerate(ops):
         args = [operand(v) for v in op.operands]
         if any(a is None for a in args):
             return None
         r = op.results[0]
+        if op.name == "check":  # the value passes on; the failed elements are counted, raised after the loop
+            flag = gen.const(np.zeros(1, np.int64), "flag")
+            body.append(f"c{len(checks)} += !{args[1]};")
+            pointer(flag, True)
+            checks.append((flag, op))
         if op.name == "sum":
             ref = gen.env[r]
             if ref.kind != "array" or ref.expr in gen.input_names:  # a donated state: the loop may read it
@@ -351,6 +358,8 @@ def _function(gen: Generator, ops: list[Op], shape: tuple[int, ...]) -> str | No
         if ref.kind != "array":
             return None
         stores.append((_CTYPE[r.type.dtype], pointer(ref.expr, True), names[r]))
+    if checks and any(w and name in gen.input_names for name, (_, w) in params.items()):
+        return None  # a donated state written before the check raises (numpy's lines check first)
     if _overlap(gen, params, {p for _, p, *_ in sums}):
         return None
     if any(w and name in gen.strided for name, (_, w) in params.items()):
@@ -367,7 +376,8 @@ def _function(gen: Generator, ops: list[Op], shape: tuple[int, ...]) -> str | No
     fn = f"run{len(gen.native)}"
     head = f"void {fn}(" + ", ".join(f"void *{p}" for p, _ in params.values()) + ") {"
     lines = [head, *(f"for (long z = 0; z < {n}L; z++) (({c} *){p})[z] = 0;" for c, p, _, _, n in sums)]
-    accs = [f"a{j}" for j, d in enumerate(suffix) if d < depth]
+    accs = [f"a{j}" for j, d in enumerate(suffix) if d < depth] + [f"c{j}" for j in range(len(checks))]
+    lines += [f"long c{j} = 0;" for j in range(len(checks))]
     for d, n in enumerate(extents):
         lines += [f"double a{j} = 0;" for j, s in enumerate(suffix) if s == d]
         simd = "_Pragma(\"omp simd" + (f" reduction(+:{', '.join(accs)})" if accs else "") + "\") "
@@ -380,11 +390,14 @@ def _function(gen: Generator, ops: list[Op], shape: tuple[int, ...]) -> str | No
         lines.append("}")
         lines += [f"(({c} *){p})[{at(m)}] += ({c})a{j};"
                   for j, ((c, p, _, _, _), m, s) in enumerate(zip(sums, sum_m, suffix)) if s == d]
+    lines += [f"*(long *){params[flag][0]} = c{j};" for j, (flag, _) in enumerate(checks)]
     src = "\n".join([*lines, "}"])
     gen.native.append((src, len(params)))
     outputs = {name for name, (_, w) in params.items() if w}
     args = [address(gen, name) if name in outputs or name in gen.views else f"N.ptr({name})" for name in params]
-    return f"{fn}({', '.join(args)})"
+    raises = "".join(f"; K.check_flag({flag}, {op.attrs['message']!r}, {op.attrs['error']!r}, "
+                     f"{str(op.loc) if op.loc else ''!r})" for flag, op in checks)
+    return f"{fn}({', '.join(args)}){raises}"
 
 
 _KEEP: deque = deque(maxlen=64)  # contiguous copies handed to a call, alive until it has returned
