@@ -8,7 +8,10 @@ values in registers, only the values read after the run stored, loop dimensions 
 operand allows), and calls it instead of the run's numpy lines. Sums of the run's shape join it: the
 loop adds each element into a double accumulator (per run of reduced inner loops, an `omp simd`
 reduction) or, when the innermost loop is kept (a column sum), into the result in memory, zeroed
-first; a value that reads a sum of the open run closes it. The cpu target (`loops`) makes groups
+first; a value that reads a sum of the open run closes it. A `check` (torch's value checks) joins
+the run too: the loop counts the elements whose condition fails and the line after the call raises,
+unless the loop also writes a donated state (numpy's lines then check before anything is written).
+The cpu target (`loops`) makes groups
 whole loop nests for this, so a loss, its sum and its gradient's column sum are one loop. Slots
 freed while a run is open are reused only after it closes, since the loop reads and writes all of
 its storage in each iteration. Non-overlapping max pools and their gradients become one loop over
