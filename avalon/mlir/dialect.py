@@ -14,14 +14,12 @@ printed, defaults included, so a reader needs no Avalon registry to know their v
 """
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
 from avalon.ir import OPS, Block, DType, Graph, Op, TensorType, Value
 from avalon.ir import dtypes as dt
 
-from .text import dense, ident, loc, scalar, tensor_type
+from .text import dense, ident, loc, scalar, string, tensor_type
 
 
 def attribute(kind: str, v, op: Op | None = None) -> str:
@@ -35,7 +33,7 @@ def attribute(kind: str, v, op: Op | None = None) -> str:
     if kind == "bool":
         return "true" if v else "false"
     if kind == "str":
-        return json.dumps(v)
+        return string(v)
     if kind == "dtype":
         return v.name
     if kind == "value":
@@ -48,7 +46,7 @@ def attribute(kind: str, v, op: Op | None = None) -> str:
         if isinstance(v, (int, np.integer)):
             return f"{int(v)} : i64"
         return f"{scalar(float(v), dt.float64)} : f64"
-    return json.dumps(str(v))
+    return string(str(v))
 
 
 def _attr_dict(op: Op) -> str:
@@ -126,7 +124,7 @@ def to_avalon_mlir(graph: Graph) -> str:
     args = []
     for i, a in enumerate(graph.inputs):
         p.names[a] = f"%arg{i}"
-        named = [f"avalon.name = {json.dumps(a.name)}"] if a.name else []
+        named = [f"avalon.name = {string(a.name)}"] if a.name else []
         laid = [f"avalon.layout = {attribute('ints', a.type.layout)}"] if a.type.layout is not None else []
         extra = f" {{{', '.join(named + laid)}}}" if named or laid else ""
         args.append(f"%arg{i}: {tensor_type(a.type)}{extra}")

@@ -6,7 +6,6 @@ change) has no upstream tensor spelling, so it is dropped here and kept as an at
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 
@@ -34,9 +33,20 @@ def ident(name: str | None, default: str) -> str:
     return name if name and _ID.match(name) else default
 
 
+def string(s: str) -> str:
+    """`s` as an MLIR string literal. MLIR knows the escapes \\" \\\\ \\n \\t and \\XX (a byte in hex), not
+    JSON's \\uXXXX (json.dumps of a path like /home/josé/model.py made a module MLIR does not parse):
+    whatever is not printable ASCII goes as its UTF-8 bytes."""
+    out = []
+    for b in s.encode("utf-8"):
+        c = chr(b)
+        out.append("\\" + c if c in '"\\' else c if 32 <= b < 127 else f"\\{b:02X}")
+    return '"' + "".join(out) + '"'
+
+
 def loc(location: Location | None) -> str:
     """` loc("file.py":12:0)`, or nothing for an op with no source location."""
-    return f" loc({json.dumps(location.file)}:{location.line}:0)" if location is not None else ""
+    return f" loc({string(location.file)}:{location.line}:0)" if location is not None else ""
 
 
 _FLOAT_BITS = {"f16": (np.float16, np.uint16), "f32": (np.float32, np.uint32), "f64": (np.float64, np.uint64)}

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from onnx import numpy_helper
 
 from ..ir.reference import evaluate
 from ..ir.registry import register_table
@@ -72,6 +73,55 @@ for _name in ("add", "mul", "sub", "maximum", "minimum", "neg", "abs", "relu", "
     EXPORT[_name] = _bool_arith(_SIMPLE[_name])
 
 
+def _scalar(em: Any, value: float, dtype: Any) -> str:
+    """A float scalar of `dtype` as a Constant node: an initializer would be read back by avalon.onnx.load
+    as a parameter."""
+    from .exporter import _stored
+    return em.node("Constant", [], value=numpy_helper.from_array(_stored(np.array(value, dtype.np), dtype)))[0]
+
+
+def _widened(onnx_type: str, dtypes: tuple[str, ...]) -> ExportRule:
+    """ONNX's `onnx_type` takes none of `dtypes` (onnx's checker rejected the file): computed in int32, cast back
+    (wrapping as Avalon's small-int arithmetic does)."""
+    def rule(em: Any, op: Any, ins: list[str], **attrs: Any) -> list[str]:
+        d = op.operands[0].dtype
+        if d.name not in dtypes:
+            return em.node(onnx_type, ins, **attrs)
+        wide = [em.node("Cast", [i], to=6)[0] for i in ins[:len(op.operands)]] + ins[len(op.operands):]
+        return em.node("Cast", em.node(onnx_type, wide, **attrs), to=onnx_elem_type(op.results[0].dtype))
+    return rule
+
+
+EXPORT["matmul"] = _widened("MatMul", ("i8", "ui8", "i16"))
+
+
+@export_rule("relu")
+def relu(em: Any, op: Any, ins: list[str]) -> list[str]:
+    """Relu takes no unsigned type: an unsigned relu is the identity."""
+    if op.operands[0].dtype.name.startswith("ui"):
+        return em.node("Identity", ins)
+    return _bool_arith("Relu")(em, op, ins)
+
+
+@export_rule("neg")
+def neg(em: Any, op: Any, ins: list[str]) -> list[str]:
+    """ONNX's Neg takes no unsigned type (onnx's checker rejected the file; Avalon's unsigned `min` is a max
+    of bitwise nots, -x - 1): 0 - x, which wraps as Avalon's does."""
+    d = op.operands[0].dtype
+    if d.name.startswith("ui"):
+        return em.node("Sub", [em.const(np.zeros((), d.np)), ins[0]])
+    return _bool_arith("Neg")(em, op, ins)
+
+
+@export_rule("sign")
+def sign(em: Any, op: Any, ins: list[str]) -> list[str]:
+    """onnxruntime's Sign of NaN is NaN; Avalon's (torch's) is 0."""
+    if not op.operands[0].dtype.is_float:
+        return _bool_arith("Sign")(em, op, ins)
+    zero = _scalar(em, 0.0, op.operands[0].dtype)
+    return em.node("Where", [em.node("IsNaN", ins)[0], zero, em.node("Sign", ins)[0]])
+
+
 @export_rule("rsqrt")
 def rsqrt(em: Any, op: Any, ins: list[str]) -> list[str]:
     return em.node("Reciprocal", em.node("Sqrt", ins))
@@ -101,13 +151,46 @@ def broadcast(em: Any, op: Any, ins: list[str]) -> list[str]:
 
 @export_rule("sum", "max")
 def reduce(em: Any, op: Any, ins: list[str]) -> list[str]:
+    """A boolean sum (`any`, `all` as not-any-of-not) or max is a logical or: ONNX reductions take no
+    booleans (onnx's checker rejected the file), so it reduces the values as int32 by max."""
+    if op.operands[0].dtype.name == "i1":
+        x = em.node("Cast", [ins[0]], to=6)
+        y = em.node("ReduceMax", [x[0], em.ints(op.attrs["axes"])], keepdims=int(op.attrs["keepdims"]))
+        return em.node("Cast", y, to=9)
+    if (op.name == "sum" and op.operands[0].dtype.name in ("i64", "i32")
+            and all(op.operands[0].shape[a] for a in op.attrs["axes"])):
+        # onnxruntime's integer ReduceSum accumulates in double (2**53 + 1 sums to 2**53; a bitwise or of
+        # a negative int64, which Avalon computes as a weighted sum of bits, came out -1): a CumSum, exact,
+        # and its last element along each axis
+        x = ins[0]
+        for axis in op.attrs["axes"]:
+            c = em.node("CumSum", [x, em.ints(axis, scalar=True)])
+            x = em.node("Slice", [c[0], em.ints([-1]), em.ints([op.operands[0].shape[axis]]), em.ints([axis])])[0]
+        return em.node("Reshape", [x, em.ints(list(op.results[0].shape))])
     kind = "ReduceSum" if op.name == "sum" else "ReduceMax"
-    return em.node(kind, [ins[0], em.ints(op.attrs["axes"])], keepdims=int(op.attrs["keepdims"]))
+    axes = em.ints(op.attrs["axes"])
+    out = _widened(kind, ("i16", "i8", "ui8") if kind == "ReduceSum" else ("i16",))(
+        em, op, [ins[0], axes], keepdims=int(op.attrs["keepdims"]))
+    if kind == "ReduceMax" and op.operands[0].dtype.is_float:
+        # onnxruntime's ReduceMax skips NaNs (max([1, nan]) = 1); Avalon's max, like torch's, is NaN
+        isnan = em.node("Cast", em.node("IsNaN", [ins[0]]), to=6)
+        anynan = em.node("ReduceMax", [isnan[0], em.ints(op.attrs["axes"])], keepdims=int(op.attrs["keepdims"]))
+        out = em.node("Where", [em.node("Cast", anynan, to=9)[0], _scalar(em, np.nan, op.operands[0].dtype), out[0]])
+    return out
 
 
 @export_rule("argmax")
 def argmax(em: Any, op: Any, ins: list[str]) -> list[str]:
-    return em.node("ArgMax", ins, axis=op.attrs["axis"], keepdims=int(op.attrs["keepdims"]))
+    kw = {"axis": op.attrs["axis"], "keepdims": int(op.attrs["keepdims"])}
+    out = em.node("ArgMax", ins, **kw)
+    if op.operands[0].dtype.is_float:
+        # onnxruntime's ArgMax skips NaNs; Avalon's, like torch's, is the first NaN's index
+        isnan = em.node("Cast", em.node("IsNaN", [ins[0]]), to=6)
+        first = em.node("ArgMax", isnan, **kw)
+        anynan = em.node("Cast", em.node("ReduceMax", [isnan[0], em.ints([op.attrs["axis"]])],
+                                                 keepdims=kw["keepdims"]), to=9)
+        out = em.node("Where", [anynan[0], first[0], out[0]])
+    return out
 
 
 @export_rule("cumsum")
@@ -176,7 +259,13 @@ def pool(em: Any, op: Any, ins: list[str]) -> list[str]:
     if op.name == "avg_pool2d":
         kw["count_include_pad"] = int(a["count_include_pad"])
         return em.node("AveragePool", ins, **kw)
-    return em.node("MaxPool", ins, **kw)
+    out = em.node("MaxPool", ins, **kw)
+    if op.operands[0].dtype.is_float:
+        # onnxruntime's MaxPool skips NaNs; Avalon's (torch's) window max is NaN where the window holds one
+        isnan = em.node("Cast", em.node("IsNaN", [ins[0]]), to=onnx_elem_type(op.operands[0].dtype))
+        anynan = em.node("Greater", [em.node("MaxPool", isnan, **kw)[0], _scalar(em, 0.0, op.operands[0].dtype)])
+        out = em.node("Where", [anynan[0], _scalar(em, np.nan, op.operands[0].dtype), out[0]])
+    return out
 
 
 @export_rule("take")

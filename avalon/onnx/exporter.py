@@ -69,7 +69,8 @@ class OnnxWriter:
                                     "LAPACK factorization, and ONNX has no SVD, eigensolver, QR or LDL operator: "
                                     "compute it outside the exported function")
             if rule is None:
-                raise UnsupportedOp(f"avalon.onnx.export: op {op.name!r} has no ONNX mapping")
+                raise UnsupportedOp(f"avalon.onnx.export: op {op.name!r}{f' (from {op.loc})' if op.loc else ''} has no "
+                                    "ONNX mapping")
             outs = rule(self, op, [self.name(v) for v in op.operands])
             for r, o in zip(op.results, outs):
                 self.names[id(r)] = o
@@ -128,7 +129,10 @@ def export(model_or_fn: Any, path: str | Path | None, *example_args: Any) -> Any
     elif isinstance(model_or_fn, Graph):
         graph = model_or_fn
     else:
-        args = [a if isinstance(a, Tensor) or not hasattr(a, "shape") else Tensor(np.asarray(a)) for a in example_args]
+        from ..complex import ComplexTensor
+        # (a ComplexTensor is traced as its real and imaginary parts: two float inputs)
+        args = [a if isinstance(a, (Tensor, ComplexTensor)) or not hasattr(a, "shape") else Tensor(np.asarray(a))
+                for a in example_args]
         graph = trace(model_or_fn, *args)
         if is_model(model_or_fn):
             state = {n: t.numpy() for n, t in named_tensors(model_or_fn)}
