@@ -476,6 +476,8 @@ def _random_like(self: Tensor, distribution: str, generator: Any) -> Tensor:
 
 
 def _normal(self: Tensor, mean: float = 0.0, std: float = 1.0, *, generator: Any = None) -> Tensor:
+    if not isinstance(std, Tensor) and not float(std) >= 0:  # torch's checks (a flipped or nan draw otherwise)
+        raise RuntimeError(f"normal expects std >= 0.0, but found std {std}")
     return _random_like(self, "normal", generator) * std + mean
 
 
@@ -484,11 +486,15 @@ def _uniform(self: Tensor, *args: float, generator: Any = None, **kw: float) -> 
     lo, hi = (list(args) + [kw.pop("from", 0.0), kw.pop("to", 1.0)][len(args):])[:2]
     if kw or len(args) > 2:
         raise TypeError(f"uniform_() takes from and to, got {len(args)} positional and {sorted(kw)}")
+    if not isinstance(lo, Tensor) and not isinstance(hi, Tensor) and not float(lo) <= float(hi):
+        raise RuntimeError(f"uniform_ expects to return a [from, to) range, but found from={lo} > to={hi}")
     return _random_like(self, "uniform", generator) * (hi - lo) + lo
 
 
 def _exponential(self: Tensor, lambd: float = 1.0, *, generator: Any = None) -> Tensor:
     """-log(1 - u) / lambd, u uniform on [0, 1)."""
+    if not isinstance(lambd, Tensor) and not float(lambd) > 0:
+        raise RuntimeError(f"exponential_ expects lambda > 0.0, but found lambda={lambd}")
     return _ops.div(_ops.neg(_ops.log(_ops.sub(1.0, _random_like(self, "uniform", generator)))), lambd)
 
 

@@ -77,6 +77,9 @@ class AdaptiveLogSoftmaxWithLoss(Module):
             if tv.size and (tv.min() < 0 or tv.max() >= self.n_classes):
                 raise RuntimeError(f"Target values should be in [0, {self.n_classes - 1}], but values in range "
                                    f"[{tv.min()}, {tv.max()}] were found. ")
+        else:  # checked when the graph runs (an out-of-range target was clamped into a class in silence)
+            t = ops.check_values(t, ops.logical_and(ops.ge(t, 0), ops.lt(t, self.n_classes)),
+                                 f"AdaptiveLogSoftmaxWithLoss: Target values should be in [0, {self.n_classes - 1}]")
         t = ops.cast(t, dt.int64)
         head = F.log_softmax(self.head(x), dim=1)
         out = ops.squeeze(ops.take_along_dim(head, ops.expand_dims(ops.clamp(t, 0, self.shortlist_size - 1), 1), 1), 1)

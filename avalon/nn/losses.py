@@ -656,6 +656,10 @@ def _padded_targets(targets: Tensor, tl: Tensor, n: int, steps: int) -> Tensor:
     length clamped into range (they are padding, never reached)."""
     if tl.is_traced:
         total = targets.shape[0]
+        tl = ops.check_values(tl, ops.broadcast_to(ops.eq(ops.sum(tl), total), tl.shape),
+                              f"ctc_loss: target_lengths must sum to the {total} concatenated targets (torch: "
+                              f"Expected tensor to have size sum(target_lengths) at dimension 0, but got size {total} "
+                              f"for argument #2 'targets')")
         s = max(min(total, steps), 1)
         start = ops.sub(ops.cumsum(tl, 0), tl)
         at = ops.add(ops.expand_dims(start, 1), ops.reshape(ops.arange(s), (1, s)))
@@ -664,9 +668,10 @@ def _padded_targets(targets: Tensor, tl: Tensor, n: int, steps: int) -> Tensor:
             return ops.full((n, s), 0, targets.dtype)
         return ops.reshape(ops.take(targets, ops.reshape(at, (n * s,)), 0), (n, s))
     lens = [int(v) for v in tl.numpy()]
-    if sum(lens) > targets.shape[0]:
-        raise ops.fail(RuntimeError(f"ctc_loss: target_lengths sum to {sum(lens)}, more than the {targets.shape[0]} "
-                                    "concatenated targets"))
+    if sum(lens) != targets.shape[0]:  # (torch: fewer is refused too)
+        raise ops.fail(RuntimeError(f"ctc_loss: target_lengths sum to {sum(lens)}, not the {targets.shape[0]} "
+                                    f"concatenated targets (torch: Expected tensor to have size {sum(lens)} at "
+                                    f"dimension 0, but got size {targets.shape[0]} for argument #2 'targets')"))
     s = max(max(lens, default=0), 1)
     rows, at = [], 0
     for n_i in lens:
@@ -707,7 +712,8 @@ def ctc_loss(log_probs: Any, targets: Any, input_lengths: Any, target_lengths: A
     il = _lengths(input_lengths, n, "input_lengths")
     tl = _lengths(target_lengths, n, "target_lengths")
     tg = ops.cast(_t(targets), dt.int64)
-    if tg.ndim == 1:
+    concatenated = tg.ndim == 1
+    if concatenated:
         tg = _padded_targets(tg, tl, n, steps)
     if tg.ndim != 2 or tg.shape[0] != n:
         raise ops.fail(RuntimeError(f"ctc_loss: targets must be (N, S) padded or 1-d concatenated, got {tg.shape}"))
@@ -716,6 +722,17 @@ def ctc_loss(log_probs: Any, targets: Any, input_lengths: Any, target_lengths: A
     if not tl.is_traced and tl.numel() and (tl.numpy().max() > tg.shape[1] or tl.numpy().min() < 0):
         raise ops.fail(RuntimeError(f"ctc_loss: target_lengths must be in [0, {tg.shape[1]}], got "
                                     f"{tl.numpy().tolist()}"))
+    if il.is_traced:  # the same checks when the graph runs (lengths past the input were clamped in silence)
+        il = ops.check_values(il, ops.logical_and(ops.ge(il, 0), ops.le(il, steps)),
+                              f"ctc_loss: input_lengths must be in [0, {steps}] (torch: Expected input_lengths to "
+                              f"have value at most {steps})")
+    if tl.is_traced and concatenated:  # (a target longer than the inputs is torch's inf; the sum is checked above)
+        tl = ops.check_values(tl, ops.ge(tl, 0), "ctc_loss: target_lengths must be in [0, inf) (torch: Expected "
+                              "target_lengths to have value at least 0)")
+    elif tl.is_traced:
+        tl = ops.check_values(tl, ops.logical_and(ops.ge(tl, 0), ops.le(tl, tg.shape[1])),
+                              f"ctc_loss: target_lengths must be in [0, {tg.shape[1]}] (torch: Expected tensor to "
+                              f"have size at least target_lengths at dimension 1)")
     s = tg.shape[1]
     width = 2 * s + 1
     # the extended labels: blank, y1, blank, y2, ..., blank (padding entries past a target are never reached)

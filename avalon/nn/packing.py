@@ -109,6 +109,17 @@ def pack_padded_sequence(input: Any, lengths: Any, batch_first: bool = False,
             raise RuntimeError("`lengths` array must be sorted in decreasing order when `enforce_sorted` is True. "
                                "You can pass `enforce_sorted=False` to pack_padded_sequence and/or pack_sequence "
                                "to sidestep this requirement if you do not need ONNX exportability.")
+    elif lens.numel():  # traced lengths: the same checks when the graph runs (steps past the input were read)
+        steps = x.shape[0]
+        lens = ops.check_values(lens, ops.logical_and(ops.gt(lens, 0), ops.le(lens, steps)),
+                                f"pack_padded_sequence: a length is out of range for a padded input of {steps} steps "
+                                f"(lengths must be in 1..{steps})")
+        if enforce_sorted and lens.shape[0] > 1:
+            down = ops.concat([ops.full((1,), True, dt.bool_), ops.le(lens[1:], lens[:-1])])
+            lens = ops.check_values(lens, down, "`lengths` array must be sorted in decreasing order when "
+                                    "`enforce_sorted` is True. You can pass `enforce_sorted=False` to "
+                                    "pack_padded_sequence and/or pack_sequence to sidestep this requirement if you "
+                                    "do not need ONNX exportability.")
     return PackedSequence(x, lens)
 
 
@@ -124,6 +135,9 @@ def pad_packed_sequence(sequence: PackedSequence, batch_first: bool = False, pad
         if known is not None and total_length < known.max():
             raise ValueError(f"Expected total_length to be at least the length of the longest sequence in input, "
                              f"but got total_length={total_length} and max sequence length being {int(known.max())}")
+        if known is None and lens.numel():  # checked when the graph runs (the longer sequences were cut)
+            lens = ops.check_values(lens, ops.le(lens, total_length), f"Expected total_length to be at least the "
+                                    f"length of the longest sequence in input, but got total_length={total_length}")
         steps = total_length
     elif known is not None and known.size:
         steps = int(known.max())

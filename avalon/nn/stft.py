@@ -106,8 +106,11 @@ def istft(input: Any, n_fft: int, hop_length: int | None = None, win_length: int
     if length is not None:
         end = start + int(length)
     y, env = y[:, start:min(end, total)], env[:, start:min(end, total)]
-    if bool((ops.abs(env) < 1e-11).any()) if not env.is_traced else False:
-        raise RuntimeError("istft: window overlap add min: the window envelope is zero somewhere (NOLA fails)")
+    nola = "istft: window overlap add min: the window envelope is zero somewhere (NOLA fails)"
+    if env.is_traced:  # a traced window: checked when the graph runs (y / 0 was inf or nan in silence)
+        env = ops.check_values(env, ops.ge(ops.abs(env), 1e-11), nola)
+    elif bool((ops.abs(env) < 1e-11).any()):
+        raise RuntimeError(nola)
     y = y / env
     if length is not None and y.shape[-1] < length:
         y = _spatial.pad(y, (0, int(length) - y.shape[-1]))

@@ -98,13 +98,13 @@ def get_total_norm(tensors: Grads, norm_type: float = 2.0, error_if_nonfinite: b
         dtype = dt.promote(dtype, n.dtype)  # torch.stack promotes mixed dtypes
     total = _norm(ops.stack([ops.cast(n, dtype) for n in norms]), p)
     if error_if_nonfinite:
-        if total.is_traced:
-            raise RuntimeError("error_if_nonfinite=True needs the norm's value, which a traced function does not "
-                               "have; check the returned norm after the call (math.isfinite(float(norm)))")
+        msg = (f"The total norm of order {p} for gradients from `parameters` is non-finite, so it cannot be "
+               "clipped. To disable this error and scale the gradients by the non-finite norm anyway, set "
+               "`error_if_nonfinite=False`")
+        if total.is_traced:  # checked when the graph runs (the returned norm, which clipping scales by)
+            return ops.check_values(total, ops.isfinite(total), msg)
         if not math.isfinite(float(total)):
-            raise RuntimeError(f"The total norm of order {p} for gradients from `parameters` is non-finite, so it "
-                               "cannot be clipped. To disable this error and scale the gradients by the non-finite "
-                               "norm anyway, set `error_if_nonfinite=False`")
+            raise RuntimeError(msg)
     return total
 
 

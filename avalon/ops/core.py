@@ -472,13 +472,14 @@ true_divide = divide = div
 def _int_div(op: str, a: Tensor, b: Tensor, divisor: Any) -> Tensor:
     """C's integer division a / b (toward zero). A zero divisor whose value is known (a number, or
     an eager tensor) is torch's error; the primitive would give 0 (the reference) or whatever the
-    backend's hardware gives. A traced tensor divisor's values are unknown, and there division by
-    zero gives that backend-defined value."""
+    backend's hardware gives. A traced tensor divisor is checked when the graph runs (a check op)."""
     known_zero = bool(divisor == 0) if _is_scalar(divisor) else (
         not b.is_traced and b.numel() and not np.all(b.numpy()))
+    message = f"{op}: ZeroDivisionError (integer division by zero, {dt.PY_NAMES[a.dtype.name]})"
     if known_zero:
-        raise fail(IntegerDivisionError(f"{op}: ZeroDivisionError (integer division by zero, "
-                                        f"{dt.PY_NAMES[a.dtype.name]})"))
+        raise fail(IntegerDivisionError(message))
+    if isinstance(b, Tensor) and b.is_traced and b.numel():
+        b = check_values(b, ne(b, 0), message)
     return bind("div", a, b)
 
 

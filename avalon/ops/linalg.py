@@ -240,12 +240,20 @@ def _lapack_operand(fn: str, A: Any, square: bool = False, empty: bool = False) 
     return a
 
 
+def _no_nan(a: Tensor) -> Tensor:
+    """`a` checked (eagerly, and when a traced graph runs) to hold no nan: torch's SVD refuses one
+    (LAPACK does not converge; every singular value was nan here, and matrix_rank's count 0)."""
+    from .core import check_values, isnan, logical_not
+    return check_values(a, logical_not(isnan(a)), "linalg.svd: The algorithm failed to converge because the input "
+                        "matrix contained non-finite values.", "linalg")
+
+
 def svd(A: Any, full_matrices: bool = True, *, driver: Any = None, out: Any = None) -> SVDResult:
     """torch.linalg.svd: (U, S, Vh) with A = U diag(S) Vh, S descending; `full_matrices` (torch's
     default) makes U m x m and Vh n x n, whose extra columns get no gradient (torch narrows them too)."""
     if out is not None:
         raise TypeError("linalg.svd: argument 'out' is not supported")
-    a = _lapack_operand("svd", A)
+    a = _no_nan(_lapack_operand("svd", A))
     m, n = a.shape[-2:]
     cu, cv, _ = svd_layout(m, n, bool(full_matrices))
     packed = bind("svd", a, full_matrices=bool(full_matrices))
@@ -257,7 +265,7 @@ def svdvals(A: Any, *, driver: Any = None, out: Any = None) -> Tensor:
     gaps, so repeated values are fine)."""
     if out is not None:
         raise TypeError("linalg.svdvals: argument 'out' is not supported")
-    a = _lapack_operand("svdvals", A)
+    a = _no_nan(_lapack_operand("svdvals", A))
     m = a.shape[-2]
     return bind("svd", a, full_matrices=False)[..., m, :]
 
@@ -360,6 +368,8 @@ def pinv(A: Any, rcond: Any = None, hermitian: bool = False, *, atol: Any = None
         rtol = rcond
     a = _lapack_operand("pinv", A, square=bool(hermitian))
     at, rt = _tolerances("pinv", a, atol, rtol)
+    if not hermitian:  # (torch's SVD refuses a nan; its eigh, for hermitian, does not)
+        a = _no_nan(a)
     return bind("pinv", a, atol=at, rtol=rt, hermitian=bool(hermitian))
 
 
@@ -411,6 +421,7 @@ def lstsq(A: Any, B: Any, rcond: Any = None, *, driver: str | None = None) -> Ls
     rtol = _tolerance("lstsq", "rcond", rcond)
     if rtol is None or rtol < 0:
         rtol = (2.220446049250313e-16 if a.dtype == dt.float64 else 1.1920928955078125e-07) * max(m, n)
+    a = _no_nan(a)  # (torch's lstsq refuses a nan too, with an internal assert)
     x = matmul(bind("pinv", a, atol=0.0, rtol=rtol, hermitian=False), bm)
     empty = zeros((0,), dtype=a.dtype)
     residuals = empty
@@ -456,17 +467,24 @@ class _ResultInfo(NamedTuple):
     info: Tensor
 
 
-def _info(a: Tensor, value: Tensor, fn: str, check_errors: bool) -> Tensor:
-    """LAPACK's info per matrix (0: success) read off the result: non-finite where the input was finite
-    means the factorization failed (a singular or non-positive-definite matrix)."""
-    from .core import isfinite, logical_not
+def _info(a: Tensor, value: Tensor, fn: str, check_errors: bool) -> _ResultInfo:
+    """(value, LAPACK's info per matrix (0: success)) read off the result: non-finite where the input was
+    finite means the factorization failed (a singular or non-positive-definite matrix). With check_errors
+    that is torch's LinAlgError, eagerly at once, traced when the graph runs (both returned checked)."""
+    from .core import check_values, isfinite, logical_not
     bad = logical_not(isfinite(value))
     for _ in range(value.ndim - a.ndim + 2):
         bad = bad.any(-1)
     info = cast(bad, dt.int32)
+    msg = f"linalg.{fn}: the factorization failed for some matrix of the batch (info = 1)"
     if check_errors and not info.is_traced and bool(info.numpy().any()):
-        raise fail(LinAlgError(f"linalg.{fn}: the factorization failed for some matrix of the batch (info = 1)"))
-    return info
+        raise fail(LinAlgError(msg))
+    if check_errors and info.is_traced:
+        ok = logical_not(bad)
+        value = check_values(value, broadcast_to(reshape(ok, ok.shape + (1,) * (value.ndim - ok.ndim)), value.shape),
+                             msg, "linalg")
+        info = check_values(info, ok, msg, "linalg")
+    return _ResultInfo(value, info)
 
 
 def cholesky_ex(A: Any, *, upper: bool = False, check_errors: bool = False, out: Any = None) -> _ResultInfo:
@@ -475,7 +493,7 @@ def cholesky_ex(A: Any, *, upper: bool = False, check_errors: bool = False, out:
         raise TypeError("linalg.cholesky_ex: argument 'out' is not supported")
     a = _tensor(A)
     chol = _cholesky(a, upper=upper)  # (not cholesky, which raises eagerly: info reports the failure here)
-    return _ResultInfo(chol, _info(a, chol, "cholesky_ex", check_errors))
+    return _info(a, chol, "cholesky_ex", check_errors)
 
 
 def inv_ex(A: Any, *, check_errors: bool = False, out: Any = None) -> _ResultInfo:
@@ -485,7 +503,7 @@ def inv_ex(A: Any, *, check_errors: bool = False, out: Any = None) -> _ResultInf
         raise TypeError("linalg.inv_ex: argument 'out' is not supported")
     a = _tensor(A)
     inv_ = inverse(a)
-    return _ResultInfo(inv_, _info(a, inv_, "inv_ex", check_errors))
+    return _info(a, inv_, "inv_ex", check_errors)
 
 
 def solve_ex(A: Any, B: Any, *, left: bool = True, check_errors: bool = False, out: Any = None) -> _ResultInfo:
@@ -494,7 +512,7 @@ def solve_ex(A: Any, B: Any, *, left: bool = True, check_errors: bool = False, o
         raise TypeError("linalg.solve_ex: argument 'out' is not supported")
     a = _tensor(A)
     x = solve(a, B, left=left)
-    return _ResultInfo(x, _info(a, x, "solve_ex", check_errors))
+    return _info(a, x, "solve_ex", check_errors)
 
 
 def diagonal(A: Any, *, offset: int = 0, dim1: int = -2, dim2: int = -1) -> Tensor:
@@ -567,9 +585,15 @@ def cholesky_solve(B: Any, L: Any, upper: bool = False, *, out: Any = None) -> T
 
 def cholesky_inverse(L: Any, upper: bool = False, *, out: Any = None) -> Tensor:
     """torch.cholesky_inverse(L): A^-1 for A = L L^T (U^T U with `upper`)."""
+    from .core import check_values, ne
     from .creation import eye
+    from .shaping import diagonal as _diagonal
     lo = _tensor(L)
     n = lo.shape[-1]
+    if lo.ndim >= 2 and lo.shape[-2] == n and n:  # torch's (LAPACK potri's) check: nans or infs were returned
+        ok = reshape(ne(_diagonal(lo, 0, -2, -1), 0), lo.shape[:-2] + (1, n))
+        lo = check_values(lo, broadcast_to(ok, lo.shape), "cholesky_inverse: a diagonal element is zero, the "
+                          "inversion could not be completed because the input matrix is singular.", "linalg")
     return cholesky_solve(broadcast_to(eye(n, dtype=lo.dtype), lo.shape), lo, upper, out=out)
 
 

@@ -163,6 +163,14 @@ def _info(lu: Tensor) -> Tensor:
     return cast(where(sum(cast(zero, dt.int32), -1) > 0, first, 0), dt.int32)
 
 
+def _checked_info(t: Tensor, info: Tensor, message: str, error: str = "linalg") -> Tensor:
+    """`t` (a factor, its pivots or info) checked to come from matrices whose info is 0, when a traced
+    graph runs (eagerly the callers raise at once): torch's error where it checks."""
+    from .core import check_values
+    ok = reshape(eq(info, 0), info.shape + (1,) * (t.ndim - info.ndim))
+    return check_values(t, broadcast_to(ok, t.shape), message, error)
+
+
 def lu_factor_ex(A: Any, *, pivot: bool = True, check_errors: bool = False, out: Any = None) -> LUFactorExResult:
     """torch.linalg.lu_factor_ex: (LU, pivots, info); info[b] = i > 0 where U[i-1, i-1] is exactly zero."""
     if out is not None:
@@ -176,6 +184,9 @@ def lu_factor_ex(A: Any, *, pivot: bool = True, check_errors: bool = False, out:
         from .linalg import LinAlgError
         raise fail(LinAlgError(f"linalg.lu_factor_ex: U[{int(info.numpy().max())},{int(info.numpy().max())}] is "
                                "zero and using it on lu_solve would result in a division by zero"))
+    if check_errors and info.is_traced:  # checked when the graph runs
+        msg = "linalg.lu_factor_ex: a U[i,i] is zero and using it on lu_solve would result in a division by zero"
+        lu, piv, info = (_checked_info(t, info, msg) for t in (lu, piv, info))
     return LUFactorExResult(lu, piv, info)
 
 
@@ -191,6 +202,11 @@ def lu_factor(A: Any, *, pivot: bool = True, out: Any = None) -> LUFactorResult:
         raise fail(LinAlgError(f"torch.linalg.lu_factor: U[{i},{i}] is zero and using it on lu_solve would result "
                                "in a division by zero. If you still want to perform the factorization, consider "
                                "calling linalg.lu(A, pivot) or linalg.lu_factor_ex(A, pivot)"))
+    if info.is_traced:  # checked when the graph runs (the factor of a singular matrix was returned in silence)
+        msg = ("torch.linalg.lu_factor: a U[i,i] is zero and using it on lu_solve would result in a division by "
+               "zero. If you still want to perform the factorization, consider calling linalg.lu(A, pivot) or "
+               "linalg.lu_factor_ex(A, pivot)")
+        lu, piv = _checked_info(lu, info, msg), _checked_info(piv, info, msg)
     return LUFactorResult(lu, piv)
 
 
@@ -223,6 +239,11 @@ def lu_unpack(LU_data: Any, LU_pivots: Any, unpack_data: bool = True, unpack_piv
     if tuple(piv.shape) != tuple(lu_.shape[:-2]) + (min(m, n),):
         raise fail(RuntimeError(f"torch.lu_unpack: LU_pivots of shape {tuple(piv.shape)} does not fit LU_data of "
                                 f"shape {tuple(lu_.shape)} (expected {tuple(lu_.shape[:-2]) + (min(m, n),)})"))
+    if unpack_pivots:  # torch's check, eagerly and when a traced graph runs (a wrong permutation otherwise)
+        from .core import check_values, le, logical_and
+        piv = check_values(piv, logical_and(ge(piv, 1), le(piv, m)), "torch.lu_unpack: pivots passed to lu_unpack "
+                           "must be between 1 and LU.size(-2) inclusive. Did you properly pass the result of "
+                           "lu_factor?")
     empty = zeros((0,), dtype=lu_.dtype)
     low, up = _unpack(lu_) if unpack_data else (empty, empty)
     p = _perm_matrix(_permutation(piv, m), lu_.dtype) if unpack_pivots else empty
@@ -340,6 +361,9 @@ def ldl_factor_ex(A: Any, *, hermitian: bool = False, check_errors: bool = False
     info = cast(reshape(narrow(narrow(packed, -2, n + 1, 1), -1, 0, 1), a.shape[:-2]), dt.int32)
     if check_errors and not info.is_traced and bool(info.numpy().any()):
         raise fail(RuntimeError(f"torch.linalg.ldl_factor_ex: Unknown error code: {int(info.numpy().max())}."))
+    if check_errors and info.is_traced:  # checked when the graph runs
+        msg = "torch.linalg.ldl_factor_ex: a D[i,i] is zero (LAPACK's info > 0)"
+        ld, piv, info = (_checked_info(t, info, msg, "value") for t in (ld, piv, info))
     return LDLFactorExResult(ld, piv, info)
 
 
@@ -350,6 +374,9 @@ def ldl_factor(A: Any, *, hermitian: bool = False, out: Any = None) -> LDLFactor
     ld, piv, info = ldl_factor_ex(A, hermitian=hermitian)
     if not info.is_traced and bool(info.numpy().any()):
         raise fail(RuntimeError(f"torch.linalg.ldl_factor: Unknown error code: {int(info.numpy().max())}."))
+    if info.is_traced:  # checked when the graph runs
+        msg = "torch.linalg.ldl_factor: a D[i,i] is zero (LAPACK's info > 0)"
+        ld, piv = _checked_info(ld, info, msg, "value"), _checked_info(piv, info, msg, "value")
     return LDLFactorResult(ld, piv)
 
 
@@ -379,6 +406,12 @@ def ldl_solve(LD: Any, pivots: Any, B: Any, *, hermitian: bool = False, out: Any
         bn, an = names.get(b.dtype, b.dtype), names.get(ld.dtype, ld.dtype)
         raise fail(RuntimeError(f"Expected b and A to have the same dtype, but found b of type {bn} and A of type "
                                 f"{an} instead."))
+    from .core import check_values, le
+    # torch's checks, eagerly and when a traced graph runs (LAPACK read out of bounds otherwise)
+    piv = check_values(piv, ge(abs(piv), 1), "torch.linalg.ldl_solve: Pivots given to ldl_solve must all satisfy "
+                       "|pivot| >= 1. Did you properly pass the result of ldl_factor?")
+    piv = check_values(piv, le(abs(piv), n), "torch.linalg.ldl_solve: Pivots given to ldl_solve must all satisfy "
+                       "|pivot| <= LD.size(-2). Did you properly pass the result of ldl_factor?")
     batch = _broadcast_shapes("ldl_solve", ld.shape[:-2], b.shape[:-2])
     ld = broadcast_to(ld, batch + (n, n))
     piv = broadcast_to(piv, batch + (n,))

@@ -383,7 +383,8 @@ def matrix_exp(A: Any) -> Tensor:
     if s.is_traced:
         steps = _TRACED_SQUARINGS
     else:
-        steps = int(s.numpy().max()) if s.numel() else 0
+        finite = s.numpy()[np.isfinite(s.numpy())]  # (a nan or inf matrix: its result is nan, as torch's)
+        steps = int(finite.max()) if finite.size else 0
     for i in range(steps):
         p = where(gt(s, float(i)), matmul(p, p), p)
     return p if a0.dtype is dt.float64 else cast(p, a0.dtype)

@@ -426,8 +426,8 @@ def bincount(input: Any, weights: Any = None, minlength: int = 0) -> Tensor:
     (with `weights`, their sum per value: f32 weights give f32, others f64, as in torch). The
     result's length, max(input) + 1 or `minlength` if larger, must be static: eagerly (or for a traced
     tensor whose values the trace knows: built from literals or shapes) it is read from the values;
-    any other traced input needs `minlength`, which is then the length (values at or past it are not
-    counted, where torch would grow the result)."""
+    any other traced input needs `minlength`, which is then the length: a value at or past it (where
+    torch would grow the result) or a negative one (torch's error) raises when the graph runs."""
     x = _tensor(input)
     if x.ndim != 1 or x.dtype.is_float or x.dtype is dt.bool_:
         raise fail(RuntimeError(f"bincount only supports 1-d non-negative integral inputs, got a {x.ndim}-d "
@@ -448,6 +448,10 @@ def bincount(input: Any, weights: Any = None, minlength: int = 0) -> Tensor:
                                   "on the values, but a compiled function's shapes are static; pass minlength=K "
                                   "(the result then has exactly K bins, and values >= K are not counted)"))
         n = minlength
+        from .core import check_values, ge
+        x = check_values(x, ge(x, 0), "bincount only supports 1-d non-negative integral inputs.")
+        x = check_values(x, lt(x, n), f"bincount of a traced tensor with minlength={n}: a value is >= {n}, where "
+                         f"torch's result would grow past the {n} bins a compiled function's static shape has")
     else:
         vals = np.asarray(known) if known is not None else x.numpy()
         if vals.size and vals.min() < 0:

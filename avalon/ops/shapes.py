@@ -29,6 +29,7 @@ from .core import (
     broadcast_to,
     cast,
     check_dim,
+    check_values,
     concat,
     cumsum,
     dtype_arg,
@@ -37,7 +38,9 @@ from .core import (
     fail,
     floor_divide,
     full,
+    ge,
     le,
+    logical_and,
     logical_not,
     lt,
     maximum,
@@ -375,6 +378,10 @@ def masked_scatter(input: Any, mask: Any, source: Any) -> Tensor:
     if not mf.is_traced and int(mf.numpy().sum()) > src.shape[0]:
         raise fail(RuntimeError(f"masked_scatter: Number of elements of source < number of ones in mask "
                                 f"({src.shape[0]} < {int(mf.numpy().sum())})"))
+    if mf.is_traced and mf.shape[0]:  # the same check when the graph runs (the last source element was repeated)
+        ones = sum(cast(mf, dt.int64))
+        x = check_values(x, le(ones, src.shape[0]), f"masked_scatter: Number of elements of source < number of "
+                         f"ones in mask (the source has {src.shape[0]})")
     if mf.shape[0] == 0 or src.shape[0] == 0:
         return x
     pos = sub(cumsum(mf, 0), 1)
@@ -395,6 +402,9 @@ def unravel_index(indices: Any, shape: Any) -> tuple[Tensor, ...]:
         v = idx.numpy()
         if ((v < -numel) | (v >= numel)).any():
             raise fail(ValueError(f"unravel_index: 'indices' must be in range [-{numel}, {numel - 1}]"))
+    elif idx.numel():  # the same check when the graph runs
+        idx = check_values(idx, logical_and(ge(idx, -numel), lt(idx, numel)),
+                           f"unravel_index: 'indices' must be in range [-{numel}, {numel - 1}]")
     idx = cast(idx, dt.int64)
     idx = where(lt(idx, 0), add(idx, numel), idx)
     out = []

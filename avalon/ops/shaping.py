@@ -325,9 +325,11 @@ def repeat_interleave(input: Any, repeats: Any = None, dim: int | None = None, *
     else:
         d = _dim("repeat_interleave", x, dim)
     n = x.shape[d] if x.ndim else 1
+    if isinstance(repeats, Tensor) and repeats.is_traced and output_size is not None:
+        return _repeat_interleave_traced(x, repeats, d, n, int(output_size))
     if isinstance(repeats, Tensor) and repeats.is_traced:
         raise TypeError("repeat_interleave: 'repeats' is a traced tensor, but the result's shape depends on its "
-                        "values; pass the counts as an int, a list or a concrete tensor")
+                        "values; pass output_size=(their sum), or the counts as an int, a list or a concrete tensor")
     reps = np.asarray(repeats).astype(np.int64).reshape(-1)
     if reps.size == 1:
         r = int(reps[0])
@@ -343,6 +345,25 @@ def repeat_interleave(input: Any, repeats: Any = None, dim: int | None = None, *
     if idx.size == 0:
         return full(x.shape[:d] + (0,) + x.shape[d + 1:], 0, x.dtype)
     return _gather(x, Tensor(idx), d)
+
+
+def _repeat_interleave_traced(x: Tensor, repeats: Tensor, d: int, n: int, size: int) -> Tensor:
+    """repeat_interleave with traced counts and torch's static `output_size`: output j takes element
+    #{k : cumsum(repeats)[k] <= j}; torch's checks (counts >= 0, summing to output_size) when the graph runs."""
+    from .core import check_values, cumsum, eq, ge, le, sum
+    r = reshape(repeats, (-1,))
+    if r.dtype.is_float or r.ndim != 1 or r.shape[0] not in (1, n):
+        raise TypeError(f"repeat_interleave: repeats must be an integer tensor of 1 or {n} counts, got {r.dtype.name} "
+                        f"{tuple(repeats.shape)}")
+    r = broadcast_to(cast(r, dt.int64), (n,))
+    r = check_values(r, ge(r, 0), "repeat_interleave: repeats can not be negative")
+    r = check_values(r, broadcast_to(eq(sum(r), size), (n,)), f"repeat_interleave: allocated size does not match "
+                     f"required size (output_size={size} but the repeats add up to another total)")
+    if size == 0 or n == 0:
+        return full(x.shape[:d] + (0,) + x.shape[d + 1:], 0, x.dtype)
+    ends = cumsum(r, 0)  # (n,)
+    idx = sum(cast(le(reshape(ends, (1, n)), reshape(arange(size), (size, 1))), dt.int64), 1)  # (size,)
+    return _gather(x, idx, d)
 
 
 def _diagonal(x: Tensor, offset: int, dim1: int, dim2: int) -> Tensor:

@@ -26,6 +26,7 @@ from .core import (
     broadcast_to,
     cast,
     check_dim,
+    check_values,
     concat,
     div,
     dtype_arg,
@@ -36,6 +37,7 @@ from .core import (
     full,
     ge,
     gt,
+    isfinite,
     isnan,
     le,
     logical_and,
@@ -246,8 +248,10 @@ def _quantile(fn: str, input: Any, q: Any, dim: Any, keepdim: bool, interpolatio
         raise fail(ShapeError(f"{fn}: q must be a scalar or 1D tensor, got shape {qt.shape}"))
     if not qt.is_traced:
         qv = qt.numpy()
-        if ((qv < 0) | (qv > 1)).any():
+        if not ((qv >= 0) & (qv <= 1)).all():  # (nan refused, as torch)
             raise fail(ValueError(f"{fn}: q values must be in the range [0, 1]"))
+    else:  # checked when the graph runs (an index out of range or a nan quantile otherwise)
+        qt = check_values(qt, logical_and(ge(qt, 0.0), le(qt, 1.0)), f"{fn}: q values must be in the range [0, 1]")
     q1 = reshape(qt, (-1,))
     nq = q1.shape[0]
     if dim is None:
@@ -408,7 +412,7 @@ def histc(input: Any, bins: int = 100, min: Any = 0, max: Any = 0, *, out: Any =
     hi = cast(_tensor(max), x.dtype)
     if float(min) == float(max) and flat.shape[0]:
         lo, hi = amin(flat), amax(flat)
-    _check_range(lo, hi, "torch.histc: range of [{lo:g}, {hi:g}] is not finite",
+    lo, hi = _check_range(lo, hi, "torch.histc: range of [{lo:g}, {hi:g}] is not finite",
                  "torch.histc: max must be larger than min")
     same = eq(lo, hi)
     lo, hi = where(same, sub(lo, 1.0), lo), where(same, add(hi, 1.0), hi)
@@ -419,16 +423,22 @@ def histc(input: Any, bins: int = 100, min: Any = 0, max: Any = 0, *, out: Any =
     return sum(cast(hits, x.dtype), 0)
 
 
-def _check_range(lo: Tensor, hi: Tensor, not_finite: str, reversed_: str) -> None:
-    """torch's RuntimeError for a histogram range (given, or the data's) that is not finite (an inf
-    or nan in the data) or runs backwards. Known only for eager values: a traced range is unknown."""
+def _check_range(lo: Tensor, hi: Tensor, not_finite: str, reversed_: str) -> tuple[Tensor, Tensor]:
+    """(lo, hi), with torch's RuntimeError for a histogram range (given, or the data's) that is not finite
+    (an inf or nan in the data) or runs backwards: at once for eager values, when the graph runs for a
+    traced range (check ops: the returned lo and hi must be the ones used)."""
     if lo.is_traced or hi.is_traced:
-        return
+        def named(m: str) -> str:  # (the values are unknown while tracing)
+            return m.replace("{lo:g}", "min").replace("{hi:g}", "max")
+        lo = check_values(lo, logical_and(isfinite(lo), isfinite(hi)), named(not_finite))
+        hi = check_values(hi, le(lo, hi), named(reversed_))
+        return lo, hi
     a, b = float(lo.numpy()), float(hi.numpy())
     if not (math.isfinite(a) and math.isfinite(b)):
         raise fail(RuntimeError(not_finite.format(lo=a, hi=b)))
     if a > b:
         raise fail(RuntimeError(reversed_.format(lo=a, hi=b)))
+    return lo, hi
 
 
 class HistogramResult(NamedTuple):
@@ -460,7 +470,7 @@ def histogram(input: Any, bins: Any = 100, *, range: Any = None, weight: Any = N
             lo, hi = amin(flat), amax(flat)
         else:
             lo, hi = cast(_tensor(0.0), x.dtype), cast(_tensor(1.0), x.dtype)
-        _check_range(lo, hi, "torch.histogram: range [{lo:g}, {hi:g}] is not finite",
+        lo, hi = _check_range(lo, hi, "torch.histogram: range [{lo:g}, {hi:g}] is not finite",
                      "torch.histogram: min should not exceed max, but got min {lo:g} max {hi:g}")
         same = eq(lo, hi)
         lo, hi = where(same, sub(lo, 0.5), lo), where(same, add(hi, 0.5), hi)
@@ -500,6 +510,8 @@ def renorm(input: Any, p: float, dim: int, maxnorm: float) -> Tensor:
     d = check_dim("renorm", dim, x.ndim)
     if float(p) <= 0:
         raise fail(ValueError(f"renorm: non-positive norm not supported, got p={p}"))
+    if not float(maxnorm) >= 0:  # torch's check (a negative maxnorm flipped the signs of every slice)
+        raise fail(RuntimeError(f"renorm: expected maxnorm to be >= 0 but got {maxnorm}"))
     others = tuple(k for k in range(x.ndim) if k != d)
     norm = vector_norm(x, p, others, True) if others else vector_norm(expand_dims(x, -1), p, -1, False)
     scale = where(gt(norm, float(maxnorm)), div(float(maxnorm), add(norm, 1e-7)), 1.0)
@@ -582,6 +594,8 @@ def cdist(x1: Any, x2: Any, p: float = 2.0, compute_mode: Any = None) -> Tensor:
         if not x.dtype.is_float:
             raise fail(TypeError(f"cdist only supports floating-point dtypes, {name} got: {x.dtype.name}"))
     same_dtype("cdist", a, b)  # torch's rule: numpy would promote
+    if not float(p) >= 0:
+        raise fail(RuntimeError("cdist only supports non-negative p values"))
     diffs = sub(expand_dims(a, -2), expand_dims(b, -3))  # (..., P, R, M)
     return vector_norm(diffs, p, -1)
 

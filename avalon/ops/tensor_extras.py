@@ -115,6 +115,8 @@ def log_normal_fill(input: Any, mean: float = 1.0, std: float = 2.0, *, generato
     x = _tensor(input)
     if generator is not None:
         raise NotImplementedError("a torch.Generator is not supported; seed with av.manual_seed")
+    if not float(std) > 0:  # torch's check (a negative std drew from a flipped distribution)
+        raise fail(RuntimeError(f"log_normal_ expects std > 0.0, but found std={std}"))
     d = x.dtype if x.dtype.is_float else dt.float32
     z = random(next_seed(), x.shape, "normal", d)
     return cast(exp(add(mul(z, float(std)), float(mean))), x.dtype)
@@ -123,6 +125,8 @@ def log_normal_fill(input: Any, mean: float = 1.0, std: float = 2.0, *, generato
 def cauchy_fill(input: Any, median: float = 0.0, sigma: float = 1.0, *, generator: Any = None) -> Tensor:
     """Tensor.cauchy_(median, sigma): median + sigma * tan(pi * (u - 1/2))."""
     x = _tensor(input)
+    if not float(sigma) > 0:  # torch's check
+        raise fail(RuntimeError(f"cauchy_ expects sigma > 0.0, but found sigma={sigma}"))
     u = cast(_uniform(x, generator), x.dtype if x.dtype.is_float else dt.float32)
     return cast(add(mul(tan(mul(sub(u, 0.5), math.pi)), float(sigma)), float(median)), x.dtype)
 

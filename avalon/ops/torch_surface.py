@@ -498,7 +498,11 @@ def lu_unpack(LU_data: Any, LU_pivots: Any, unpack_data: bool = True, unpack_piv
         U = triu(a)[..., :k, :]
     else:
         L = U = empty
-    if unpack_pivots:
+    if unpack_pivots:  # torch's check, eagerly and when a traced graph runs (a wrong permutation otherwise)
+        from .core import check_values, ge, le, logical_and
+        piv = check_values(piv, logical_and(ge(piv, 1), le(piv, m)), "torch.lu_unpack: pivots passed to lu_unpack "
+                           "must be between 1 and LU.size(-2) inclusive. Did you properly pass the result of "
+                           "lu_factor?")
         perm = _permutation(piv, m)                                                      # A[perm] = L U
         P = cast(reshape(perm, (*perm.shape, 1)) == iota((1, m), 1), a.dtype)            # P^T[i, perm[i]] = 1
         P = P.transpose(-2, -1)
@@ -515,7 +519,13 @@ def lu_solve(b: Any, LU_data: Any, LU_pivots: Any, *, out: Any = None) -> Tensor
     B, a = _tensor(b), _tensor(LU_data)
     if B.ndim < 2:
         raise fail(RuntimeError("linalg.lu_solve: The input tensor B must have at least 2 dimensions."))
-    perm = _permutation(_tensor(LU_pivots), a.shape[-2])
+    from .core import check_values, ge, le
+    piv, m = _tensor(LU_pivots), a.shape[-2]  # torch's checks, eagerly and when a traced graph runs
+    piv = check_values(piv, ge(piv, 1), "lu_solve: Pivots given to lu_solve must all be greater or equal to 1. "
+                       "Did you properly pass the result of lu_factor?")
+    piv = check_values(piv, le(piv, m), "lu_solve: Pivots given to lu_solve must all be smaller or equal to "
+                       "LU.size(-2). Did you properly pass the result of lu_factor?")
+    perm = _permutation(piv, m)
     from .core import broadcast_to
     from .sorting import take_along_dim
     shape = tuple(np.broadcast_shapes(B.shape[:-2], a.shape[:-2]))
