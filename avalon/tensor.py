@@ -296,6 +296,25 @@ def _model_array(x: Any) -> bool:
     return ref is not None and ref() is x
 
 
+CAPTURED_STATE: dict[int, weakref.ref] = {}
+"""Eager tensors that a traced function wrote in place without taking them as arguments or making them (see
+`_replace`), by id: state the graph writes back into the object the enclosing scope held when it was traced, so a
+compiled function does not cache such a trace (as it does not cache one that read captured arrays)."""
+
+
+def captured_state(t: Any) -> bool:
+    ref = CAPTURED_STATE.get(id(t))
+    return ref is not None and ref() is t
+
+
+def _made_while_tracing(t: Tensor) -> None:
+    """Note an eager tensor made while traces are recorded (all of them: one made in a nested trace is
+    made in its enclosing ones too): a temporary of the traced function, not state from outside it
+    whose in-place writes must be written back (see `_replace`)."""
+    for tr in TRACING:
+        tr.made.add(id(t))
+
+
 def _mark_literal(t: Tensor) -> None:
     key = id(t)
     LITERALS[key] = weakref.ref(t, lambda _: LITERALS.pop(key, None))
@@ -363,6 +382,13 @@ def _replace(t: Tensor, new: Tensor) -> None:
     if current_trace() is not tr:
         raise TracerError("assigning a traced value into a tensor outside the trace that made it")
     was_state = id(t) in tr.updated or tr.leaves.get(id(t)) in tr.graph.inputs  # (a 2nd write: updated)
+    if not was_state and t._trace is None and t._data is not None and id(t) not in tr.made:
+        # an eager tensor from outside the traced function, which it neither takes nor made (a closure's, a
+        # dict's: an EMA's shadow weights `shadow[name].data = ...` in a compiled step): written back after the
+        # call, as torch's write reaches it (the write was dropped, silently)
+        was_state = True
+        key = id(t)
+        CAPTURED_STATE[key] = weakref.ref(t, lambda _: CAPTURED_STATE.pop(key, None))
     tr.leaves[id(t)] = new._value
     tr._keep.append(t)
     if was_state:
@@ -554,14 +580,18 @@ class Tensor:
         if not arr.flags.writeable or not arr.flags.c_contiguous:
             arr = np.require(arr, requirements="C").copy()  # (ascontiguousarray makes 0-d 1-d)
         self._data = arr if self._device == CPU else _to_torch(arr, d, self._device)
-        if TRACING and arr.ndim and (_python_numbers(data) or _model_array(data)):
-            _mark_literal(self)
+        if TRACING:
+            _made_while_tracing(self)
+            if arr.ndim and (_python_numbers(data) or _model_array(data)):
+                _mark_literal(self)
 
     @classmethod
     def _wrap(cls, data: Any, dtype: DType, device: Device = CPU) -> Tensor:
         t = object.__new__(cls)
         t._data, t._dtype, t._value, t._trace, t._device = data, dtype, None, None, device
         t._view = t._views = None
+        if TRACING:
+            _made_while_tracing(t)
         return t
 
     @classmethod
@@ -790,6 +820,8 @@ class Tensor:
             new = object.__new__(type(self))
             memo[id(self)] = new
             new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+            if TRACING:
+                _made_while_tracing(new)  # a copy made in the traced function (`ema_copy`): not captured state
             return new
         new = type(self)._traced(value, trace)
         memo[id(self)] = new

@@ -122,6 +122,7 @@ class Trace:
         self.custom = False  # a `custom_vjp` op was recorded (avalon/autograd.py)
         self.differentiated = False  # traced to be differentiated next (av.grad, jvp): see tensor._keeps_gradient
         self.state_inputs: dict[int, Tensor] = {}  # input Value id -> the eager tensor a model holds (state_value)
+        self.made: set[int] = set()  # ids of the eager tensors made while this trace is recorded (tensor.py)
 
     def seed(self) -> Tensor:
         """A distinct traced seed per random op, derived from the graph's `rng_seed` input."""

@@ -49,7 +49,7 @@ from avalon.ir import Graph, LiteralArray, VerifyError, fusion_groups, verify
 from avalon.passes import PassManager, PassRecord
 from avalon.passes.manager import paused_gc
 from avalon.passes.memory_plan import MemoryPlan, plan_memory
-from avalon.tensor import Tensor, default_float_dtype
+from avalon.tensor import Tensor, captured_state, default_float_dtype
 from avalon.trace import SEED, Traced, current_trace, owner_model, reads_collected, signature, trace_call
 from avalon.tree import StateCache
 
@@ -300,7 +300,8 @@ class Compiled:
         with paused_gc():
             entry = self._build(args, leaves, optimize=not inline)
         if inline:  # not compiled: cached apart, so a later call outside a trace still compiles it
-            if entry.extra is None and not entry.python_random and not _captured_arrays(entry.inspection.traced_graph):
+            if (entry.extra is None and not entry.python_random and not _captured_arrays(entry.inspection.traced_graph)
+                    and not _captured_state(entry)):
                 self._inlined[key] = entry
             return entry, leaves
         if entry.python_random:
@@ -309,11 +310,12 @@ class Compiled:
                           "traced again and compiled again on every call, drawing as an eager call does. Draw "
                           "outside and pass the result as an argument (av.rand for a tensor) to reuse the compiled "
                           "graph.", stacklevel=3)
-        elif _captured_arrays(entry.inspection.traced_graph):
+        elif _captured_arrays(entry.inspection.traced_graph) or _captured_state(entry):
             warnings.warn(f"{self.__name__} uses arrays that are not among its arguments (captured from an "
                           "enclosing scope, or built from Python lists); they are baked into the graph, so it is "
                           "traced again and compiled again on every call. Pass them as arguments to reuse the "
-                          "compiled graph.", stacklevel=3)
+                          "compiled graph." + (" (It writes tensors it captured in place: each call writes those "
+                          "its scope holds then.)" if _captured_state(entry) else ""), stacklevel=3)
         else:
             self._retraced(key, leaves)
             old = self._cache.get(key)
@@ -563,6 +565,13 @@ def _guards_hold(guards: list[tuple[int, Any]], leaves: list[tuple[str, Any]]) -
     """Whether each guarded leaf still holds the values the trace read (a traced value there: no)."""
     return all(j < len(leaves) and isinstance(t := leaves[j][1], Tensor) and not t.is_traced
                and _host_bytes(t) == seen for j, seen in guards)
+
+
+def _captured_state(entry: _Entry) -> bool:
+    """A write into a tensor the traced function captured rather than took (`tensor.CAPTURED_STATE`: an EMA
+    helper's shadow weights): the graph writes back into the object its scope held at trace time; traced again
+    on each call, it writes the one the scope holds then, as the eager call would."""
+    return any(j is None and captured_state(t) for j, t in entry.update_at)
 
 
 def _captured_arrays(graph: Graph) -> bool:
