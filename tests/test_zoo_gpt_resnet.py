@@ -181,7 +181,8 @@ def test_zoo_init():
     assert gpt.lm_head.weight is gpt.transformer.wte.weight
     net = zoo.ResNet(widths=(8, 16), in_channels=3)
     fan_out = 8 * 9
-    assert abs(net.conv1.weight.numpy().std() - math.sqrt(2 / fan_out)) < 0.1 * math.sqrt(2 / fan_out)
+    w = net.conv1.weight.numpy()  # 216 draws: the sample std is within 4 standard errors (1 / sqrt(2n) relative)
+    assert abs(w.std() - math.sqrt(2 / fan_out)) < 4 / math.sqrt(2 * w.size) * math.sqrt(2 / fan_out)
 
 
 def _example(name):
