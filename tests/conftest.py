@@ -34,6 +34,18 @@ def torch_on_one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def torch_validates():
+    """torch.distributions as the oracle with its documented default, validation on: torch.compile and
+    torch.export (dynamo) switch it off for the whole process the first time they run, so in a full run
+    torch's side of a check passed silently. Use with `pytestmark = pytest.mark.usefixtures(...)`."""
+    import torch
+    old = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(True)
+    yield
+    torch.distributions.Distribution.set_default_validate_args(old)
+
+
 @pytest.fixture(scope="module")
 def module_kernel_cache(tmp_path_factory):
     """Kernel files go to a temporary cache, one per test module, not ~/.cache/avalon.

@@ -16,6 +16,8 @@ import avalon as av
 from avalon import distributions as ad
 from avalon.ir.reference import LinAlgError, ValueCheckError
 
+pytestmark = pytest.mark.usefixtures("torch_validates")  # (dynamo switches torch's validation off process-wide)
+
 F32 = np.float32
 POS3 = np.array([0.5, 1.5, 2.0], F32)
 NEG3 = np.array([0.5, -1.0, 2.0], F32)

@@ -107,14 +107,8 @@ def test_save_of_a_model_is_still_its_state_dict(tmp_path):
 # -- distributions ------------------------------------------------------------------------------------
 
 @pytest.fixture(autouse=True)
-def _torch_validates():
-    """torch's oracle with its documented default: another test's library may switch torch's
-    validation off globally (`Distribution.set_default_validate_args(False)`), which made torch's side
-    of these checks pass silently in a full run."""
-    old = torch.distributions.Distribution._validate_args
-    torch.distributions.Distribution.set_default_validate_args(True)
-    yield
-    torch.distributions.Distribution.set_default_validate_args(old)
+def _torch_validates(torch_validates):
+    """torch's oracle with validation on (conftest's `torch_validates`)."""
 
 
 def test_categorical_checks_the_normalized_probs():
