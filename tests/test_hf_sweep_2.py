@@ -44,26 +44,12 @@ import numpy as np
 import pytest
 import torch
 from test_hf_more import SMALL, _check, _ids_mask, _import, _Out, _perturbed, _rel, _transformers
+from test_hf_sweep import DEC, LM, TEXT, _causal, _encoder, _image
 
 import avalon as av
 
-TEXT = ["input_ids", "attention_mask"]
-LM = dict(vocab_size=128, max_position_embeddings=64)
-DEC = dict(num_key_value_heads=2, **LM, **SMALL)
 MQA = dict(DEC, num_key_value_heads=1)
 T5 = dict(vocab_size=128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, decoder_start_token_id=0)
-
-
-def _causal(cls, cfg):
-    return _Out(cls(cfg), TEXT, use_cache=False), _ids_mask()
-
-
-def _encoder(cls, cfg):
-    return _Out(cls(cfg), TEXT), _ids_mask()
-
-
-def _image(cls, cfg, size=32):
-    return _Out(cls(cfg), ["pixel_values"]), (torch.randn(2, 3, size, size),)
 
 
 def _seq2seq(m):
