@@ -259,7 +259,7 @@ def _conv2d(gen: Generator, op: Op, args: list[Ref], out: str) -> None:
         t, kkc, rows = op.results[0].type.dtype, c * kh * kw, n * oh * ow
         xp, _ = gen.scratch((n, hp, wp, c), f)
         wr, _ = gen.scratch((o, kkc), f)
-        cols, _ = gen.scratch((kernels.chunk(rows, kkc * z), kkc), f)
+        cols, _ = gen.scratch((kernels.rows_chunk(rows, kkc * z), kkc), f)
         y, _ = gen.scratch((rows, o), f)
         fns = (to_nhwc_call(gen, t, n, c, h, wd, g[2], g[3]), im2col_rows_call(gen, t, c, kh, kw, oh, ow, hp, wp, g),
                from_nhwc_call(gen, t, n, o, oh, ow, 0, 0))
@@ -294,7 +294,7 @@ def _conv2d_grad_input(gen: Generator, op: Op, args: list[Ref], out: str) -> Non
         t, kkc, rows = op.results[0].type.dtype, c * kh * kw, n * oh * ow
         dyr, _ = gen.scratch((rows, o), f)
         wr, _ = gen.scratch((o, kkc), f)
-        dcols, _ = gen.scratch((kernels.chunk(rows, kkc * z), kkc), f)
+        dcols, _ = gen.scratch((kernels.rows_chunk(rows, kkc * z), kkc), f)
         dxp, _ = gen.scratch((n, hp, wp, c), f)
         fns = (to_nhwc_call(gen, t, n, o, oh, ow, 0, 0), col2im_rows_call(gen, t, c, kh, kw, oh, ow, hp, wp, g),
                from_nhwc_call(gen, t, n, c, h, wd, g[2], g[3]))
@@ -341,7 +341,7 @@ def _conv2d_grad_weight(gen: Generator, op: Op, args: list[Ref], out: str) -> No
         t, kkc, rows = op.results[0].type.dtype, c * kh * kw, n * oh * ow
         xp, _ = gen.scratch((n, hp, wp, c), f)
         dyr, _ = gen.scratch((rows, o), f)
-        cols, _ = gen.scratch((kernels.chunk(rows, kkc * z), kkc), f)
+        cols, _ = gen.scratch((kernels.rows_chunk(rows, kkc * z), kkc), f)
         acc, _ = gen.scratch((o, kkc), f)
         part, _ = gen.scratch((o, kkc), f)
         fns = (to_nhwc_call(gen, t, n, c, h, wd, g[2], g[3]), to_nhwc_call(gen, t, n, o, oh, ow, 0, 0),
