@@ -17,7 +17,7 @@ from avalon.mlir import LINALG, to_mlir
 ir = pytest.importorskip("iree.compiler.ir", reason="needs the mlir extra: pip install -e '.[mlir]'")
 xdsl_parser = pytest.importorskip("xdsl.parser", reason="needs the mlir extra: pip install -e '.[mlir]'")
 
-UPSTREAM = {"func", "arith", "math", "tensor", "linalg"}
+UPSTREAM = {"func", "arith", "math", "tensor", "linalg", "cf"}
 NAMES = sorted(OPS)
 LINALG_EXEMPT = set(TABLES["linalg"].exempt)  # inlined before any backend or lowering sees a graph
 FACTORIZATIONS = sorted(n for n in NAMES if "factorization" in OPS[n].traits)  # no upstream MLIR op: refused

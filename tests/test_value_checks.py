@@ -4,6 +4,7 @@ instead of computing nan in silence; every backend raises the reference's ValueC
 RuntimeError, as torch's) naming the user's line."""
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import numpy as np
@@ -135,10 +136,24 @@ def test_iree_module_returns_the_condition_and_the_runtime_raises():
         f(av.tensor(LOGITS), av.tensor(TARGET))
 
 
-def test_exports_drop_the_check():
+def test_exported_mlir_asserts_the_check_and_onnx_drops_it():
     g = av.trace(F.binary_cross_entropy, av.tensor(PROBS), av.tensor(TARGET))
     from avalon.mlir.linalg import to_linalg_mlir
-    assert "check" not in to_linalg_mlir(g)
+    text = to_linalg_mlir(g)
+    asserts = [ln.strip() for ln in text.splitlines() if "cf.assert" in ln]
+    assert len(asserts) == 2 and INPUT_MSG in asserts[0] and "all elements of target" in asserts[1], asserts
+    assert all('"test_value_checks.py:' in a or "/test_value_checks.py:" in a for a in asserts), asserts
+    if importlib.util.find_spec("iree") and importlib.util.find_spec("iree.compiler") and \
+            importlib.util.find_spec("iree.runtime"):
+        from iree import runtime as rt
+        from iree.compiler import compile_str
+        vmfb = compile_str(text, target_backends=["llvm-cpu"], extra_args=["--iree-llvmcpu-target-cpu=generic"])
+        ctx = rt.SystemContext(config=rt.Config("local-task"))
+        ctx.add_vm_module(rt.VmModule.copy_buffer(ctx.instance, vmfb))
+        fn = ctx.modules.module[g.name]
+        assert float(fn(PROBS, TARGET).to_host()) == pytest.approx(_torch_bce(PROBS, TARGET), rel=1e-5)
+        with pytest.raises(RuntimeError, match="FAILED_PRECONDITION.*all elements of input should be between 0 and 1"):
+            fn(LOGITS, TARGET)
     ort = pytest.importorskip("onnxruntime")
     from avalon.onnx import export
     model = export(g, None)

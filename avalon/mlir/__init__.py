@@ -3,8 +3,8 @@
 * `"avalon"`: MLIR generic form, Avalon's ops as the `avalon` dialect (`dialect.py`); upstream MLIR
   (unregistered dialects allowed) and xDSL parse it.
 * `from_mlir(text)` reads the avalon dialect back into a Graph (`reader.py`), after any MLIR tool.
-* `"linalg"`: upstream dialects only (func, arith, math, tensor, linalg) via the `LINALG` rule table
-  (`linalg.py`); the upstream parser verifies it and IREE compiles it (`backend="iree"`).
+* `"linalg"`: upstream dialects only (func, arith, math, tensor, linalg; `cf.assert` for checks) via
+  the `LINALG` rule table (`linalg.py`); the upstream parser verifies it and IREE compiles it (`backend="iree"`).
 
 Nothing here needs the MLIR packages: it prints text. Parsing and compiling it does
 (`pip install -e ".[mlir]"`). See docs/mlir.md.

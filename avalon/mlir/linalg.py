@@ -25,7 +25,7 @@ from avalon.ir.registry import OPS, register_table
 
 from .emitter import LinalgEmitter, V, amap, identity, ty
 from .scalar import LOW, SCALAR, cast
-from .text import ident
+from .text import ident, string
 
 LinalgRule = Callable[[LinalgEmitter, Op, list[V], list[TensorType]], list[V]]
 """A linalg lowering: `rule(emitter, op, operands, result types) -> results`."""
@@ -33,7 +33,7 @@ LinalgRule = Callable[[LinalgEmitter, Op, list[V], list[TensorType]], list[V]]
 LINALG: dict[str, LinalgRule] = register_table(
     "linalg", {}, exempt=("custom_vjp",),  # (inlined into its forward before any backend sees a graph)
     exempt_traits=("factorization",))  # (upstream MLIR has no SVD, eigensolver or QR: lower_op says so)
-"""op name -> its lowering to upstream MLIR (func, arith, math, tensor, linalg)."""
+"""op name -> its lowering to upstream MLIR (func, arith, math, tensor, linalg, and cf.assert)."""
 
 
 class LoweringError(NotImplementedError):
@@ -111,17 +111,22 @@ def lower_function(graph: Graph, name: str | None = None, bf16_as_f32: bool = Fa
     bf16 arguments and results are f32 at the boundary (Avalon holds bf16 in f32 on the host; a
     runtime without bf16 arrays passes them so), rounded to bf16 inside and widened back on return.
     `index_checks` (a list to fill): each gather's and scatter's index range is two more i64
-    results after the graph's, and (op, bound) of each is appended to the list, in that order."""
+    results after the graph's, and (op, bound) of each is appended to the list, in that order.
+    Without it (an exported module) each range, and each `check` op's condition, is a `cf.assert`
+    with the reference's message: IREE fails the call with it, and a module in other hands keeps
+    the checks a traced torch program makes, where its kernels would clamp an index or compute nan."""
     e = LinalgEmitter()
-    if index_checks is not None:
-        e.checks = []
+    e.checks = []
 
     def host(t: TensorType) -> TensorType:
         return t.with_dtype(dt.float32) if bf16_as_f32 and t.dtype == dt.bfloat16 else t
     params = [V(f"%arg{i}", host(plain(v.type))) for i, v in enumerate(graph.inputs)]
     args = [convert(e, p, v.type.dtype) for p, v in zip(params, graph.inputs)]
     outs = [convert(e, o, host(o.t).dtype) for o in lower_block(e, graph.body, args)]
-    for lo, hi, op, bound in e.checks or ():
+    for lo, hi, op, bound in e.checks:
+        if index_checks is None:
+            _assert(e, lo, hi, op, bound)
+            continue
         outs += [lo, hi]
         index_checks.append((op, bound))
     sig = ", ".join(f"{a.name}: {ty(a.t)}" for a in params)
@@ -129,6 +134,20 @@ def lower_function(graph: Graph, name: str | None = None, bf16_as_f32: bool = Fa
     ret = f"    func.return {', '.join(o.name for o in outs)} : {rt}" if outs else "    func.return"
     fname = ident(name or graph.name, "forward")
     return "\n".join([f"  func.func @{fname}({sig}) -> ({rt}) {{", *e.lines, ret, "  }"])
+
+
+def _assert(e: LinalgEmitter, lo: V, hi: V, op: Op, bound: int) -> None:
+    """`cf.assert` that the index range [lo, hi] lies in [0, bound) (a `check` op: bound 1 and its
+    condition's smallest element 1), with the message the reference raises."""
+    at = f"{op.loc}: " if op.loc else ""
+    lo_s, hi_s = (e.op(f"tensor.extract {v.name}[] : {ty(v.t)}", dt.int64) for v in (lo, hi))
+    if op.name == "check":
+        ok, msg = e.cmp("cmpi", "eq", lo_s, e.const(1, dt.int64)), at + op.attrs["message"]
+    else:
+        ok = e.arith("arith.andi", e.cmp("cmpi", "sge", lo_s, e.const(0, dt.int64)),
+                     e.cmp("cmpi", "slt", hi_s, e.const(bound, dt.int64)))
+        msg = f"{op.name}{' at ' + str(op.loc) if op.loc else ''}: an index is out of range [0, {bound})"
+    e.emit(f"cf.assert {ok.name}, {string(msg)}")
 
 
 def to_linalg_mlir(graph: Graph, name: str | None = None) -> str:

@@ -21,11 +21,11 @@ from .scalar import cast
 
 
 def check_bounds(e: LinalgEmitter, idx: V, bound: int, op: Op) -> None:
-    """With `e.checks` on (a runtime that raises for it, as the IREE backend's): the index tensor's
-    smallest and largest value as two more results of the function, so the caller can raise the
-    reference's IndexOutOfRangeError, naming the op, its line and the value, where the kernels clamp
-    (tensor.extract past the end is undefined behaviour; a wrong row read in silence is worse than
-    an error). One fused min/max reduction; exported MLIR (`checks` None) has none."""
+    """The index tensor's smallest and largest value (one fused min/max reduction), where the kernels
+    clamp (tensor.extract past the end is undefined behaviour; a wrong row read in silence is worse
+    than an error): `lower_function` returns them to a runtime that raises the reference's
+    IndexOutOfRangeError naming the op, its line and the value (the IREE backend), or asserts them
+    (`cf.assert`, exported MLIR). None where `e.checks` is None (a rule lowering a form of its own)."""
     if e.checks is None or idx.t.numel == 0:
         return
     flat = e.reshape(idx, (idx.t.numel,))
@@ -41,9 +41,9 @@ def check_bounds(e: LinalgEmitter, idx: V, bound: int, op: Op) -> None:
 
 @rule("check")
 def _check(e: LinalgEmitter, op: Op, args: list[V], types: list[TensorType]) -> list[V]:
-    """The value itself; where the caller asks for checks (the IREE backend), the condition's
-    smallest element as an index range (`check_bounds`: 0 where any element failed), which the
-    runtime turns into the reference's ValueCheckError. Exported MLIR has no assertions: none."""
+    """The value itself, and the condition's smallest element as an index range (`check_bounds`: 0
+    where any element failed), which the IREE runtime turns into the reference's ValueCheckError
+    and exported MLIR asserts with its message."""
     check_bounds(e, args[1], 1, op)
     return [args[0]]
 
