@@ -64,8 +64,8 @@ CASES = [
     ("Bernoulli-logits-nan", lambda D, p: D.Bernoulli(logits=p["l"]).entropy(),
      dict(l=REAL3), dict(l=np.array([0.2, np.nan, 0.3], F32)), _param_msg("logits", (3,), "Bernoulli", "Real()"), "l"),
     ("Beta-concentration", lambda D, p: D.Beta(p["a"], p["b"]).log_prob(p["x"]),
-     dict(a=POS3, b=POS3[::-1].copy(), x=UNIT3), dict(a=NEG3),  # (Beta's is its Dirichlet's check, named so eagerly too)
-     _param_msg("concentration", (3, 2), "Dirichlet", "IndependentConstraint(GreaterThan(lower_bound=0.0), 1)"), "b"),
+     dict(a=POS3, b=POS3[::-1].copy(), x=UNIT3), dict(a=NEG3),  # (torch's names its inner Dirichlet's stack;
+     _param_msg("concentration1", (3,), "Beta", "GreaterThan(lower_bound=0.0)"), "b"),  # Avalon the user's parameter)
     ("Gamma-rate", lambda D, p: D.Gamma(p["a"], p["r"]).log_prob(p["x"]),
      dict(a=POS3, r=POS3, x=POS3), dict(r=NEG3), _param_msg("rate", (3,), "Gamma", "GreaterThan(lower_bound=0.0)"), "a"),
     ("Gamma-value", lambda D, p: D.Gamma(p["a"], p["r"]).log_prob(p["x"]),

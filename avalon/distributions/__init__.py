@@ -24,7 +24,7 @@ expressions, so a REINFORCE loss `-(dist.log_prob(actions) * returns).sum()` dif
 `av.grad` like torch's autograd.
 
 Arguments are checked as torch checks them (`validate_args`, on by default, as in torch) wherever
-their values are known: eagerly, not for traced values inside a compiled function.
+their values are known, and by `check` ops (ValueCheckError) when a compiled or differentiated graph runs.
 """
 import sys as _sys
 import types as _types

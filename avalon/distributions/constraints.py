@@ -31,6 +31,44 @@ def _t(value: Any) -> Any:
     return value if isinstance(value, Tensor) else ops.as_tensor(value)
 
 
+# names of traced bound tensors for `_bound_repr` (id -> the distribution's attribute name), set by
+# `bound_names` while a message is written
+_BOUND_NAMES: dict[int, str] = {}
+
+
+class bound_names:
+    """Within `with bound_names({id(t): "total_count"}):` a constraint's repr names a traced bound tensor
+    (whose values a message written at trace time cannot show) by its parameter."""
+
+    def __init__(self, names: dict[int, str]) -> None:
+        self.names, self.old = names, {}
+
+    def __enter__(self) -> None:
+        global _BOUND_NAMES
+        self.old, _BOUND_NAMES = _BOUND_NAMES, {**_BOUND_NAMES, **self.names}
+
+    def __exit__(self, *exc: Any) -> None:
+        global _BOUND_NAMES
+        _BOUND_NAMES = self.old
+
+
+def _bound_repr(b: Any) -> str:
+    """A constraint's bound in its repr as torch writes it: a number as is, known tensor values as torch
+    prints them (`tensor([4., 4., 4.])`, four decimals unless all are integral), a traced tensor by the
+    parameter it is (`bound_names`), else by its shape."""
+    if not isinstance(b, Tensor):
+        return str(b)
+    if not values_fixed(b):
+        return _BOUND_NAMES.get(id(b), f"<traced tensor of shape {tuple(b.shape)}>")
+    v = np.asarray(b.numpy(), np.float64)
+    finite = v[np.isfinite(v)]
+    integral = finite.size == 0 or bool(np.all(finite == np.round(finite)))
+    body = np.array2string(v, separator=", ", precision=0 if integral else 4,
+                           floatmode="maxprec" if integral else "fixed", prefix="tensor(") if v.ndim else (
+        f"{v:.0f}." if integral and np.isfinite(v) else f"{v:.4f}" if np.isfinite(v) else str(v))
+    return f"tensor({body})"
+
+
 def _bound(b: Any, like: Any) -> Any:
     """A bound of the constraint in the value's kind (a Tensor bound as numpy for a numpy value)."""
     if isinstance(like, np.ndarray) and isinstance(b, Tensor):
@@ -170,7 +208,8 @@ class _IntegerInterval(Constraint):
         return _is_integer(v) & (v >= _bound(self.lower_bound, v)) & (v <= _bound(self.upper_bound, v))
 
     def __repr__(self) -> str:
-        return f"{self.__class__.__name__[1:]}(lower_bound={self.lower_bound}, upper_bound={self.upper_bound})"
+        return (f"{self.__class__.__name__[1:]}(lower_bound={_bound_repr(self.lower_bound)}, "
+                f"upper_bound={_bound_repr(self.upper_bound)})")
 
 
 class _IntegerGreaterThan(Constraint):
@@ -184,7 +223,7 @@ class _IntegerGreaterThan(Constraint):
         return _is_integer(v) & (v >= _bound(self.lower_bound, v))
 
     def __repr__(self) -> str:
-        return f"{self.__class__.__name__[1:]}(lower_bound={self.lower_bound})"
+        return f"{self.__class__.__name__[1:]}(lower_bound={_bound_repr(self.lower_bound)})"
 
 
 class _Real(Constraint):
@@ -202,7 +241,7 @@ class _GreaterThan(Constraint):
         return v > _bound(self.lower_bound, v)
 
     def __repr__(self) -> str:
-        return f"{self.__class__.__name__[1:]}(lower_bound={self.lower_bound})"
+        return f"{self.__class__.__name__[1:]}(lower_bound={_bound_repr(self.lower_bound)})"
 
 
 class _GreaterThanEq(_GreaterThan):
@@ -220,7 +259,7 @@ class _LessThan(Constraint):
         return v < _bound(self.upper_bound, v)
 
     def __repr__(self) -> str:
-        return f"{self.__class__.__name__[1:]}(upper_bound={self.upper_bound})"
+        return f"{self.__class__.__name__[1:]}(upper_bound={_bound_repr(self.upper_bound)})"
 
 
 class _Interval(Constraint):
@@ -232,7 +271,8 @@ class _Interval(Constraint):
         return (v >= _bound(self.lower_bound, v)) & (v <= _bound(self.upper_bound, v))
 
     def __repr__(self) -> str:
-        return f"{self.__class__.__name__[1:]}(lower_bound={self.lower_bound}, upper_bound={self.upper_bound})"
+        return (f"{self.__class__.__name__[1:]}(lower_bound={_bound_repr(self.lower_bound)}, "
+                f"upper_bound={_bound_repr(self.upper_bound)})")
 
 
 class _HalfOpenInterval(_Interval):

@@ -105,6 +105,7 @@ class Laplace(Distribution):
     def __init__(self, loc: Any, scale: Any, validate_args: bool | None = None) -> None:
         self.loc, self.scale = _broadcast_all(loc, scale)
         super().__init__(self.loc.shape, (), validate_args)
+        self.loc = self._check_constraint("loc", self.loc)
         self.scale = self._check_constraint("scale", self.scale)
 
     @property
@@ -156,6 +157,7 @@ class Cauchy(Distribution):
     def __init__(self, loc: Any, scale: Any, validate_args: bool | None = None) -> None:
         self.loc, self.scale = _broadcast_all(loc, scale)
         super().__init__(self.loc.shape, (), validate_args)
+        self.loc = self._check_constraint("loc", self.loc)
         self.scale = self._check_constraint("scale", self.scale)
 
     @property
@@ -253,9 +255,9 @@ class Chi2(Gamma):
 
     def __init__(self, df: Any, validate_args: bool | None = None) -> None:
         (df_t,) = _broadcast_all(df)
+        self._set_validate_args(validate_args)
+        df_t = self._check_constraint("df", df_t)  # (before Gamma's check of df / 2, which names "concentration")
         super().__init__(0.5 * df_t, ops.full_like(df_t, 0.5), validate_args=validate_args)
-        if self._validate_args:  # (the df check reads as torch's; Gamma's, on df / 2, is then unused)
-            self.concentration = 0.5 * self._check_constraint("df", df_t)
 
     @property
     def df(self) -> Tensor:
@@ -276,6 +278,7 @@ class StudentT(Distribution):
         self.df, self.loc, self.scale = _broadcast_all(df, loc, scale)
         super().__init__(self.df.shape, (), validate_args)
         self.df = self._check_constraint("df", self.df)
+        self.loc = self._check_constraint("loc", self.loc)
         self.scale = self._check_constraint("scale", self.scale)
         self._chi2 = Chi2(self.df, validate_args=False)
 
@@ -394,6 +397,10 @@ class Beta(ExponentialFamily):
 
     def __init__(self, concentration1: Any, concentration0: Any, validate_args: bool | None = None) -> None:
         c1, c0 = _broadcast_all(concentration1, concentration0)
+        # the user's parameters are checked (named) before the Dirichlet built on them checks their stack
+        self._set_validate_args(validate_args)
+        c1 = self._check_constraint("concentration1", c1)
+        c0 = self._check_constraint("concentration0", c0)
         self._dirichlet = Dirichlet(ops.stack([c1, c0], -1), validate_args=validate_args)
         super().__init__(self._dirichlet.batch_shape, (), validate_args)
 
@@ -583,6 +590,7 @@ class VonMises(Distribution):
     def __init__(self, loc: Any, concentration: Any, validate_args: bool | None = None) -> None:
         self.loc, self.concentration = _broadcast_all(loc, concentration)
         super().__init__(self.loc.shape, (), validate_args)
+        self.loc = self._check_constraint("loc", self.loc)
         self.concentration = self._check_constraint("concentration", self.concentration)
 
     def log_prob(self, value: Any) -> Tensor:
@@ -665,6 +673,8 @@ class LowRankMultivariateNormal(Distribution):
             raise ValueError(f"Incompatible batch shapes: loc {loc.shape}, cov_factor {cov_factor.shape}, "
                              f"cov_diag {cov_diag.shape}") from e
         super().__init__(shape[:-2], event_shape, validate_args)
+        loc = self._check_constraint("loc", loc)
+        cov_factor = self._check_constraint("cov_factor", cov_factor)
         cov_diag = self._check_constraint("cov_diag", cov_diag)
         self.loc = ops.broadcast_to(loc, shape[:-1])
         self.cov_diag = ops.broadcast_to(cov_diag, shape[:-1])

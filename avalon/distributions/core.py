@@ -169,9 +169,20 @@ class Distribution:
         gradient-only graph would not keep)."""
         if not self._validate_args:
             return value if result is None else result
+        self._check_sample_shape(value)
         msg = (f"Expected value argument (Tensor of shape {value.shape}) to be within the support ({support}) of "
                f"the distribution {type(self).__name__}, but found invalid values")
         return self._checked(value, ok, msg, deps, result)
+
+    def _check_sample_shape(self, value: Tensor) -> None:
+        """torch's shape checks of a `log_prob`/`cdf` value (shapes are static: eagerly and traced alike):
+        its right-most dims are the event shape, and the rest broadcasts with the batch shape."""
+        shape, event = tuple(value.shape), self._event_shape
+        if shape[len(shape) - len(event):] != event or len(shape) < len(event):
+            raise ValueError(f"The right-most size of value must match event_shape: {shape} vs {event}.")
+        expected = self._batch_shape + event
+        if any(i != 1 and j != 1 and i != j for i, j in zip(reversed(shape), reversed(expected))):
+            raise ValueError(f"Value is not broadcastable with batch_shape+event_shape: {shape} vs {expected}.")
 
     @staticmethod
     def _checked(t: Tensor, ok: Any, msg: str, deps: Sequence[Any], result: Tensor | None = None) -> Tensor:
@@ -195,7 +206,12 @@ class Distribution:
         if not self._validate_args or self.support is None or constraints.is_dependent(self.support):
             return value
         v = value if isinstance(value, Tensor) else ops.as_tensor(value)
-        return self._check_sample(v, self.support, repr(self.support))
+        support = self.support
+        # a traced bound (Binomial's total_count) is named by its parameter: its values are not known yet
+        names = {id(t): k.lstrip("_") for k, t in vars(self).items() if isinstance(t, Tensor)}
+        with constraints.bound_names(names):
+            text = repr(support)
+        return self._check_sample(v, support, text)
 
     def expand(self, batch_shape: Any, _instance: Any = None) -> Distribution:
         """This distribution with its parameters broadcast to `batch_shape` (torch's expand: the new
@@ -314,6 +330,7 @@ class Normal(ExponentialFamily):
     def __init__(self, loc: Any, scale: Any, validate_args: bool | None = None) -> None:
         self.loc, self.scale = _broadcast_all(loc, scale)
         super().__init__(self.loc.shape, (), validate_args)
+        self.loc = self._check_constraint("loc", self.loc)
         self.scale = self._check_constraint("scale", self.scale)
 
     @property
@@ -517,6 +534,7 @@ class Categorical(Distribution):
             self._param = self._check_constraint("probs", self._param)
         else:
             self._param = ops.sub(p, ops.logsumexp(p, -1, keepdims=True))
+            self._param = self._check_constraint("logits", self._param)  # (torch checks the normalized logits)
 
     @property
     def probs(self) -> Tensor:
@@ -816,6 +834,7 @@ class MultivariateNormal(Distribution):
         batch = tuple(np.broadcast_shapes(given.shape[:-2], loc.shape[:-1]))
         k = loc.shape[-1]
         super().__init__(batch, (k,), validate_args)
+        loc = self._check_constraint("loc", loc)
         if scale_tril is not None:
             tril = self._check_constraint("scale_tril", given)
         else:
@@ -862,7 +881,7 @@ class MultivariateNormal(Distribution):
         return ops.add(self.loc, ops.squeeze(ops.matmul(self._unbroadcasted_scale_tril, ops.expand_dims(eps, -1)), -1))
 
     def log_prob(self, value: Any) -> Tensor:
-        diff = ops.sub(_param(value), self.loc)
+        diff = ops.sub(self._validate_sample(_param(value)), self.loc)
         k = self._event_shape[0]
         lt = ops.broadcast_to(self._unbroadcasted_scale_tril, diff.shape[:-1] + (k, k))
         m = ops.sum(ops.square(ops.squeeze(_tri_solve(lt, ops.expand_dims(diff, -1)), -1)), -1)

@@ -282,6 +282,7 @@ class Gumbel(TransformedDistribution):
         numbers = isinstance(loc, (int, float)) and isinstance(scale, (int, float))
         self.loc, self.scale = _broadcast_all(loc, scale)
         self._set_validate_args(validate_args)
+        self.loc = self._check_constraint("loc", self.loc)
         self.scale = self._check_constraint("scale", self.scale)
         finfo = np.finfo(self.loc.dtype.np)
         base = _unit_uniform(self.loc, numbers, float(finfo.tiny), 1 - float(finfo.eps), validate_args)
@@ -359,6 +360,8 @@ class Pareto(TransformedDistribution):
     def __init__(self, scale: Any, alpha: Any, validate_args: bool | None = None) -> None:
         self.scale, self.alpha = _broadcast_all(scale, alpha)
         self._set_validate_args(validate_args)
+        # the user's alpha is checked (named) before the Exponential built on it checks it as its rate
+        self.alpha = self._check_constraint("alpha", self.alpha)
         self.scale = self._check_constraint("scale", self.scale)
         base = Exponential(self.alpha, validate_args=validate_args)
         super().__init__(base, [ExpTransform(), AffineTransform(loc=0, scale=self.scale)], validate_args=validate_args)

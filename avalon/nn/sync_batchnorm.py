@@ -76,6 +76,9 @@ def sync_batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor 
     if not n.is_traced and float(n.numpy()) <= 1:
         raise ValueError(f"SyncBatchNorm: expected more than 1 value per channel over all processes when training, "
                          f"got {int(n.numpy())} (this process's input: {x.shape})")
+    if n.is_traced:  # the global count is known when the graph runs: checked then (a ValueCheckError)
+        n = ops.check_values(n, ops.gt(n, 1.0), "SyncBatchNorm: expected more than 1 value per channel over all "
+                             f"processes when training (this process's input: {x.shape})")
     mean = ops.div(total[:c], n)
     var = ops.maximum(ops.sub(ops.div(total[c:2 * c], n), ops.mul(mean, mean)), 0.0)  # biased, >= 0
     if running_mean is not None or running_var is not None:

@@ -240,11 +240,11 @@ def _lapack_operand(fn: str, A: Any, square: bool = False, empty: bool = False) 
     return a
 
 
-def _no_nan(a: Tensor) -> Tensor:
+def _no_nan(a: Tensor, op: str = "svd") -> Tensor:
     """`a` checked (eagerly, and when a traced graph runs) to hold no nan: torch's SVD refuses one
     (LAPACK does not converge; every singular value was nan here, and matrix_rank's count 0)."""
     from .core import check_values, isnan, logical_not
-    return check_values(a, logical_not(isnan(a)), "linalg.svd: The algorithm failed to converge because the input "
+    return check_values(a, logical_not(isnan(a)), f"linalg.{op}: The algorithm failed to converge because the input "
                         "matrix contained non-finite values.", "linalg")
 
 
@@ -368,8 +368,9 @@ def pinv(A: Any, rcond: Any = None, hermitian: bool = False, *, atol: Any = None
         rtol = rcond
     a = _lapack_operand("pinv", A, square=bool(hermitian))
     at, rt = _tolerances("pinv", a, atol, rtol)
-    if not hermitian:  # (torch's SVD refuses a nan; its eigh, for hermitian, does not)
-        a = _no_nan(a)
+    # torch's SVD refuses a nan; its eigh (hermitian) mostly fails to converge too (a LinAlgError), else
+    # returns nan or, for a nan on the diagonal, zeros in silence: refused here always, as the SVD's
+    a = _no_nan(a, "eigh" if hermitian else "svd")
     return bind("pinv", a, atol=at, rtol=rt, hermitian=bool(hermitian))
 
 

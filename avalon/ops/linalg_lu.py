@@ -271,6 +271,12 @@ def lu_solve(LU: Any, pivots: Any, B: Any, *, left: bool = True, adjoint: bool =
     if b.dtype != lu_.dtype:
         raise fail(RuntimeError(f"linalg.lu_solve: Expected LU and B to have the same dtype, but found LU of type "
                                 f"{lu_.dtype} and B of type {b.dtype} instead"))
+    # torch's pivot checks, eagerly and when a traced graph runs (an index error in the permutation otherwise)
+    from .core import check_values, le
+    piv = check_values(piv, ge(piv, 1), "linalg.lu_solve: Pivots given to lu_solve must all be greater or equal "
+                       "to 1. Did you properly pass the result of lu_factor?")
+    piv = check_values(piv, le(piv, n), "linalg.lu_solve: Pivots given to lu_solve must all be smaller or equal "
+                       "to LU.size(-2). Did you properly pass the result of lu_factor?")
     if not left:  # X A = B  <=>  A^T X^T = B^T (and X A^T = B <=> A X^T = B^T)
         return _mT(lu_solve(lu_, piv, _mT(b), adjoint=not adjoint))
     from .linalg import solve_triangular
