@@ -18,7 +18,7 @@ import numpy as np
 from .complex import ComplexTensor
 from .device import device
 from .sparse import SparseTensor
-from .tensor import Buffer, Tensor, mark_model_array, tensor
+from .tensor import Buffer, Tensor, _mark_literal, mark_model_array, tensor
 
 _ATOMS = (int, float, complex, bool, str, bytes, type(None), np.generic, np.dtype, slice, type(Ellipsis))
 _OPAQUE = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.ModuleType, type,
@@ -97,12 +97,16 @@ def named_tensors(obj: Any, prefix: str = "", seen: set[int] | None = None) -> I
 def named_state(obj: Any) -> list[tuple[str, Tensor]]:
     """Every (name, Tensor) pair reachable from `obj`, a tensor reachable under several names (a
     tied weight) once per name, as torch's `state_dict` lists it. Only the containers on the
-    current path are skipped (cycles), so shared submodules are listed under each name too."""
-    out: list[tuple[str, Tensor]] = []
+    current path are skipped (cycles), so shared submodules are listed under each name too.
+    A tensor that is also reachable without crossing a plain list, tuple or dict is not listed again under a
+    name that crosses one (DeepCTR-Torch's `self.regularization_weight = [(list(embeddings.parameters()), l1,
+    l2)]`): torch registers no such container, so its state_dict has no `regularization_weight.0.0.0` alias.
+    (load_state_dict still accepts those names, which earlier checkpoints hold: `_names_by_tensor`.)"""
+    out: list[tuple[str, Tensor, bool]] = []
 
-    def walk(x: Any, prefix: str, path: frozenset[int]) -> None:
+    def walk(x: Any, prefix: str, path: frozenset[int], plain: bool) -> None:
         if isinstance(x, Tensor):
-            out.append((prefix, x))
+            out.append((prefix, x, plain))
             return
         if isinstance(x, (*_ATOMS, *_OPAQUE)) or is_array_like(x) or id(x) in path:
             return
@@ -110,11 +114,13 @@ def named_state(obj: Any) -> list[tuple[str, Tensor]]:
         if hasattr(x, "__dict__") and items:  # a container of the model's own attributes adds no names
             skip = shadowing(items)
             items = [(k, v) for k, v in items if k not in skip] if skip else items
+        inner = plain or (isinstance(x, (list, tuple, dict)) and not hasattr(x, "__dict__") and bool(prefix))
         for k, v in items:
-            walk(v, f"{prefix}.{k}" if prefix else k, path | {id(x)})
+            walk(v, f"{prefix}.{k}" if prefix else k, path | {id(x)}, inner)
 
-    walk(obj, "", frozenset())
-    return out
+    walk(obj, "", frozenset(), False)
+    registered = {id(t) for _, t, plain in out if not plain}
+    return [(name, t) for name, t, plain in out if not plain or id(t) not in registered]
 
 
 def named_parameters(obj: Any) -> Iterator[tuple[str, Tensor]]:
@@ -201,6 +207,17 @@ def _walk_state(obj: Any, prefix: str, seen: set[int], tensors: list, static: li
         if nodes is not None:
             nodes.append((obj, (key,)))
         return
+    if isinstance(obj, SparseTensor) and _constant_sparse(obj):
+        # a sparse matrix a model holds (LightGCN's normalised adjacency `self.Graph`), not state: part of the
+        # signature by value, as a small numpy array is, so a trace keeps its indices and values as literal
+        # data (tensor.LITERALS) and stays cached; it was captured data, traced and compiled again on every call
+        key = _sparse_value(obj)
+        static.append((prefix, key))
+        _mark_literal(obj._i)
+        _mark_literal(obj._v)
+        if nodes is not None:
+            nodes.append((obj, (key,)))
+        return
     if isinstance(obj, _ATOMS) or isinstance(obj, _OPAQUE) or is_array_like(obj):
         return
     seen.add(id(obj))
@@ -277,10 +294,23 @@ class ArrayValue:
         return f"ArrayValue({self.key[0]}, {self.key[1]})"
 
 
+def _constant_sparse(obj: SparseTensor) -> bool:
+    """A model's eager SparseTensor small enough to compare by value on every call (as small numpy arrays)."""
+    return not (obj._i.is_traced or obj._v.is_traced) and obj._i.numel() + obj._v.numel() <= 65536
+
+
+def _sparse_value(obj: SparseTensor) -> tuple:
+    return ("sparse", ArrayValue(obj._i.numpy()), ArrayValue(obj._v.numpy()), tuple(obj.shape), obj.is_coalesced())
+
+
 def _unchanged(nodes: list[tuple[Any, tuple]]) -> bool:
     for obj, kids in nodes:
         if isinstance(obj, np.ndarray):  # compared by value (written in place: walked again)
             if ArrayValue(obj) != kids[0]:
+                return False
+            continue
+        if isinstance(obj, SparseTensor):
+            if not _constant_sparse(obj) or _sparse_value(obj) != kids[0]:
                 return False
             continue
         now = _kids(obj)

@@ -78,12 +78,15 @@ class GradProgram:
     def build(self, fn: Callable, args: tuple) -> Traced:
         # a transform, as torch.func's: an `av.no_grad()` around the call does not reach inside `fn` (one inside
         # does); inside an enclosing trace the results are then stopped there (compiler/execute.py's run_traced)
+        # the leaves as the trace takes them, before the call: a callable object that sets a tensor attribute
+        # while called (Rainbow's learner's `self.support = torch.linspace(...)`) holds one more leaf after it,
+        # which shifted every gradient onto the next parameter's name
+        (head, trees, *_), leaves = signature(fn, args)
         with grad_mode.set_grad_enabled(True):
             traced = trace_call(fn, args, keep_custom=True)
         graph = traced.graph
         loss_tree, aux_tree = _split_outputs(traced.out_tree, self.has_aux, fn)
         _scalar_loss(graph, fn)
-        (head, trees, *_), leaves = signature(fn, args)
 
         # graph input positions of each argument's leaves (a model owning `fn` comes first)
         starts, pos = [], len(head[2]) if head is not None else 0

@@ -209,7 +209,7 @@ def maxpool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0) ->
 
 
 Buffer = NnBuffer  # torch.nn.Buffer: a tensor that registers itself as a buffer when assigned to a module
-from . import modules  # noqa: E402  (torch.nn.modules.loss's _Loss, _WeightedLoss)
+from . import modules, parameter  # noqa: E402  (torch.nn.modules.loss's _Loss; torch.nn.parameter.Parameter)
 from . import torch_surface as _surface  # noqa: E402
 from .adaptive import AdaptiveLogSoftmaxWithLoss  # noqa: E402
 from .parallel import DataParallel  # noqa: E402  (torch.nn.DataParallel; DistributedDataParallel is in nn.parallel)
@@ -238,7 +238,7 @@ def _add_functional() -> None:
 _add_functional()
 
 __all__ = [
-    "AdaptiveLogSoftmaxWithLoss", "Buffer", "DataParallel", "modules", "parallel",
+    "AdaptiveLogSoftmaxWithLoss", "Buffer", "DataParallel", "modules", "parallel", "parameter",
     "Container", "CrossMapLRN2d", "FractionalMaxPool2d", "FractionalMaxPool3d", "LinearCrossEntropyLoss",
     "LinearCrossEntropyOptions", "NLLLoss2d", "RNNCellBase", "UninitializedBuffer", "UninitializedParameter",
     "AdaptiveAvgPool1d", "AdaptiveMaxPool1d", "AvgPool1d", "Bilinear", "CELU", "CircularPad1d", "CircularPad2d",

@@ -44,13 +44,38 @@ class IncompatibleKeys(NamedTuple):
     unexpected_keys: list[str]
 
 
-def Parameter(data: Any, requires_grad: bool = True) -> Tensor:  # noqa: N802 - torch's name
+class _ParameterType(type):
+    """`nn.Parameter(data)` makes a Tensor (`_parameter`); `isinstance(x, nn.Parameter)` asks whether `x` is
+    what Avalon treats as a parameter: a floating-point (or complex) Tensor that is not a buffer, and not a
+    traced intermediate. torch code asks it of model attributes and parameters (DeepCTR-Torch's
+    `isinstance(weight_list, torch.nn.parameter.Parameter)`, init loops), where it raised a TypeError since
+    `Parameter` was a function. Unlike torch it also holds for a plain float tensor outside a model: Avalon
+    has no separate parameter type (any floating-point Tensor attribute is a parameter)."""
+
+    def __call__(cls, data: Any, requires_grad: bool = True) -> Tensor:
+        return _parameter(data, requires_grad)
+
+    def __instancecheck__(cls, obj: Any) -> bool:
+        if isinstance(obj, ComplexTensor):
+            return isinstance(obj.real, cls) and isinstance(obj.imag, cls)
+        if isinstance(obj, Tensor) and id(obj) in _DECLARED:
+            return True
+        return (isinstance(obj, Tensor) and not isinstance(obj, Buffer) and obj.dtype.is_float
+                and not obj.is_traced)
+
+
+class Parameter(metaclass=_ParameterType):  # torch's name
+    """torch.nn.Parameter: `nn.Parameter(data, requires_grad=True)` returns `data` as a parameter Tensor
+    (`_parameter`); `isinstance(x, nn.Parameter)` works as `_ParameterType` says."""
+
+
+def _parameter(data: Any, requires_grad: bool = True) -> Tensor:
     """torch.nn.Parameter's spelling, for ported code: any floating-point Tensor attribute already is
     a parameter, so this just makes `data` a Tensor (a copy unless it is one already), frozen with
     `requires_grad=False`. Complex data is a ComplexTensor of two real parameters."""
     if is_complex_like(data) and not isinstance(data, (list, tuple)):
         z = data if isinstance(data, ComplexTensor) else from_data(data)
-        return ComplexTensor(Parameter(z.real, requires_grad), Parameter(z.imag, requires_grad))
+        return ComplexTensor(_parameter(z.real, requires_grad), _parameter(z.imag, requires_grad))
     t = data if isinstance(data, Tensor) and not isinstance(data, Buffer) else Tensor(np.array(as_array(data)))
     if requires_grad and not t.dtype.is_float:  # (an integer "parameter" that av.grad would silently skip)
         raise RuntimeError(f"Only Tensors of floating point and complex dtype can require gradients, got {t.dtype!r}: "

@@ -318,8 +318,11 @@ def _mask_index(x: Tensor, index: tuple, masks: list[int]) -> Tensor:
     elif isinstance(index[k], Tensor):
         traced = _leaf_input(index[k])  # a model's mask (its values guarded): positions found in the graph
     if m is None:
-        raise fail(IndexError("indexing with a traced boolean mask: the result's shape would depend on the mask's "
-                         "values; use av.where(mask, x, other) or x.masked_fill(mask, value) instead"))
+        err = fail(IndexError("indexing with a traced boolean mask: the result's shape would depend on the mask's "
+                              "values; use av.where(mask, x, other) or x.masked_fill(mask, value) instead"))
+        if len(index) == 1 and isinstance(index[0], Tensor) and index[0].shape == x.shape[:index[0].ndim]:
+            return MaskedSelection(x.clone(), index[0], err)  # `x[mask] -= 1`: written back by setitem
+        raise err
     d = builtins.sum(0 if i is None else 1 for i in index[:k])  # the first dim the mask covers
     shape = x.shape[d:d + m.ndim]
     if m.shape != shape:
@@ -328,6 +331,82 @@ def _mask_index(x: Tensor, index: tuple, masks: list[int]) -> Tensor:
     flat = reshape(x, x.shape[:d] + (math.prod(shape),) + x.shape[d + m.ndim:])
     at = np.flatnonzero(m) if traced is None else _positions(reshape(traced, (m.size,)), int(m.sum()))
     return getitem(flat, index[:k] + (at,) + index[k + 1:])
+
+
+class MaskedSelection:
+    """`x[mask]` of a traced boolean mask (over x's leading dims), whose shape would depend on the mask's values.
+    What torch programs do with it in place is still defined: `l[(u > 0) * (l == u)] -= 1` (Rainbow's projection),
+    `x[mask] *= 0.5`, `x[mask] = x[mask] + eps`: elementwise arithmetic with a Python number, then written back by
+    `x[mask] = ...` with the same mask, which is `where(mask, op(x), x)` on every element. So the selection keeps
+    all of x (`full`, a copy) and its mask; arithmetic with a number maps `full` (torch's in-place dtype rule for
+    `-=`); `setitem` with the same mask writes it back. Any other use (its shape, a reduction, another op, another
+    tensor operand) raises the IndexError that the indexing itself used to raise, naming av.where."""
+
+    __array_priority__ = 1000  # numpy operands defer to the reflected operators below
+
+    def __init__(self, full: Tensor, mask: Tensor, err: Exception):
+        object.__setattr__(self, "_full", full)
+        object.__setattr__(self, "_mask", mask)
+        object.__setattr__(self, "_err", err)
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._err
+
+    def __getattr__(self, name: str) -> Any:
+        raise self._err
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise self._err
+
+    __array__ = __len__ = __iter__ = __bool__ = __index__ = __float__ = __int__ = __getitem__ = _refuse
+    __setitem__ = __matmul__ = __rmatmul__ = __pow__ = __rpow__ = __eq__ = __ne__ = __lt__ = __le__ = _refuse
+    __gt__ = __ge__ = __mod__ = __floordiv__ = __abs__ = _refuse
+    __hash__ = None  # type: ignore[assignment]
+
+    def _map(self, fn: Any, other: Any, inplace: str | None = None) -> MaskedSelection:
+        if not isinstance(other, (bool, int, float, np.integer, np.floating)):  # a tensor's shape would have to match
+            raise self._err
+        full = Tensor.__dict__[inplace](self._full, other) if inplace else fn(self._full, other)
+        return MaskedSelection(full, self._mask, self._err)
+
+    def __add__(self, o: Any) -> MaskedSelection:
+        return self._map(lambda a, b: a + b, o)
+
+    def __radd__(self, o: Any) -> MaskedSelection:
+        return self._map(lambda a, b: b + a, o)
+
+    def __sub__(self, o: Any) -> MaskedSelection:
+        return self._map(lambda a, b: a - b, o)
+
+    def __rsub__(self, o: Any) -> MaskedSelection:
+        return self._map(lambda a, b: b - a, o)
+
+    def __mul__(self, o: Any) -> MaskedSelection:
+        return self._map(lambda a, b: a * b, o)
+
+    def __rmul__(self, o: Any) -> MaskedSelection:
+        return self._map(lambda a, b: b * a, o)
+
+    def __truediv__(self, o: Any) -> MaskedSelection:
+        return self._map(lambda a, b: a / b, o)
+
+    def __rtruediv__(self, o: Any) -> MaskedSelection:
+        return self._map(lambda a, b: b / a, o)
+
+    def __neg__(self) -> MaskedSelection:
+        return MaskedSelection(-self._full, self._mask, self._err)
+
+    def __iadd__(self, o: Any) -> MaskedSelection:
+        return self._map(None, o, "__iadd__")
+
+    def __isub__(self, o: Any) -> MaskedSelection:
+        return self._map(None, o, "__isub__")
+
+    def __imul__(self, o: Any) -> MaskedSelection:
+        return self._map(None, o, "__imul__")
+
+    def __itruediv__(self, o: Any) -> MaskedSelection:
+        return self._map(None, o, "__itruediv__")
 
 
 def _leaf_input(t: Tensor) -> Tensor | None:
@@ -355,6 +434,11 @@ def setitem(x: Any, index: Any, value: Any) -> Tensor:
     x = _tensor(x)
     if not isinstance(index, tuple):
         index = (index,)
+    if isinstance(value, MaskedSelection):  # `x[mask] -= 1` of a traced mask: the selection's values where it holds
+        if len(index) != 1 or index[0] is not value._mask or x.shape != value._full.shape:
+            raise value._err
+        sel = broadcast_to(reshape(value._mask, value._mask.shape + (1,) * (x.ndim - value._mask.ndim)), x.shape)
+        return where(sel, cast(value._full, x.dtype), x)
     if len(index) == 1 and _is_byte(index[0]) and not isinstance(_as_operand(value), Tensor):
         raise fail(RuntimeError("masked_fill_ only supports boolean masks, but got mask with dtype unsigned char"))
     index = _mask_positions(_byte_masks(index))
