@@ -46,7 +46,14 @@ from .complex import (  # complex values as pairs of real tensors (avalon/comple
 )
 from .control_flow import cond, while_loop
 from .device import Device, best_available_device, device
-from .grad_mode import enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled
+from .grad_mode import (
+    enable_grad,
+    inference_mode,
+    is_grad_enabled,
+    is_inference_mode_enabled,
+    no_grad,
+    set_grad_enabled,
+)
 from .interop import from_torch
 from .ir import Interpreter, interpret
 from .ir.dtypes import bfloat16, bool_, float16, float32, float64, int8, int16, int32, int64, uint8

@@ -1264,6 +1264,8 @@ class Tensor:
     data_ptr = _method("data_ptr")
     get_device = _method("get_device")
     register_hook = _method("register_hook")  # refused, saying how gradients are transformed here
+    retain_grad = _method("retain_grad")  # refused likewise
+    register_post_accumulate_grad_hook = _method("register_post_accumulate_grad_hook")
     resize_ = _method("resize")  # same number of elements only
 
     # in-place shape changes (`x.unsqueeze_(0)`): eagerly, or on a tensor the traced function made itself
@@ -1286,7 +1288,12 @@ class Tensor:
     swapaxes_ = swapdims_ = transpose_
 
     def detach_(self) -> Tensor:
-        """torch's: this tensor, from now on without a gradient to what it was computed from."""
+        """torch's: this tensor, from now on without a gradient to what it was computed from. As torch, a view
+        (of anything but a detached tensor) is refused: the write would cut the base's gradient there too."""
+        if self._view is not None and not all(isinstance(st, _views.Detach) for st in self._view.steps):
+            from .trace import located, user_location
+            raise located(RuntimeError("Can't detach views in-place. Use detach() instead (Tensor.detach_ of a view "
+                                       "of another tensor)"), user_location())
         return _update(self, _detached(self), "Tensor.detach_")
 
     def narrow_copy(self, dim: int, start: int, length: int) -> Tensor:
@@ -1546,6 +1553,9 @@ class Tensor:
 
     def requires_grad_(self, requires_grad: bool = True) -> Tensor:
         """torch's in-place switch (`p.requires_grad_(False)` freezes p); returns the tensor."""
+        if not isinstance(requires_grad, bool):  # torch's TypeError (bool("no") switched it on)
+            raise TypeError("requires_grad_(): argument 'requires_grad' must be bool, not "
+                            f"{type(requires_grad).__name__}")
         self.requires_grad = requires_grad
         return self
 
@@ -1556,22 +1566,26 @@ class Tensor:
     # -- new tensors like this one (dtype and device default to this tensor's)
     def new_zeros(self, *sizes: Any, size: Any = None, dtype: Any = None, device: Any = None,
                   requires_grad: bool = False) -> Tensor:
-        return _ops.zeros(*sizes, size=size, dtype=dtype or self.dtype, device=device or self.device)
+        return _ops.zeros(*sizes, size=size, dtype=dtype or self.dtype, device=device or self.device,
+                          requires_grad=requires_grad)
 
     def new_ones(self, *sizes: Any, size: Any = None, dtype: Any = None, device: Any = None,
                  requires_grad: bool = False) -> Tensor:
-        return _ops.ones(*sizes, size=size, dtype=dtype or self.dtype, device=device or self.device)
+        return _ops.ones(*sizes, size=size, dtype=dtype or self.dtype, device=device or self.device,
+                         requires_grad=requires_grad)
 
     def new_empty(self, *sizes: Any, size: Any = None, dtype: Any = None, device: Any = None,
                   requires_grad: bool = False) -> Tensor:
-        return _ops.empty(*sizes, size=size, dtype=dtype or self.dtype, device=device or self.device)
+        return _ops.empty(*sizes, size=size, dtype=dtype or self.dtype, device=device or self.device,
+                          requires_grad=requires_grad)
 
     def new_full(self, size: Any, fill_value: Any, *, dtype: Any = None, device: Any = None,
                  requires_grad: bool = False) -> Tensor:
-        return _ops.full(size, fill_value, dtype or self.dtype, device=device or self.device)
+        return _ops.full(size, fill_value, dtype or self.dtype, device=device or self.device,
+                         requires_grad=requires_grad)
 
     def new_tensor(self, data: Any, dtype: Any = None, device: Any = None, requires_grad: bool = False) -> Tensor:
-        return tensor(data, dtype=dtype or self.dtype, device=device or self.device)
+        return tensor(data, dtype=dtype or self.dtype, device=device or self.device, requires_grad=requires_grad)
 
 
 def _to_torch(arr: np.ndarray, dtype: DType, dev: Device):
@@ -1632,6 +1646,10 @@ def tensor(data: Any, dtype: Any = None, device: Any = None, *, requires_grad: b
         _check_int_range(data, t.dtype)
     if TRACING and t.ndim and _model_array(data):  # pytorch-fm's `x.new_tensor(self.offsets)`: literal data
         _mark_literal(t)
+    if requires_grad and not t.dtype.is_float:  # torch's refusal (it was accepted and dropped)
+        from .trace import located, user_location
+        raise located(RuntimeError(f"tensor(requires_grad=True): Only Tensors of floating point and complex dtype can "
+                                   f"require gradients, this one is {t.dtype.name}"), user_location())
     return t
 
 

@@ -14,6 +14,7 @@ unique, masked_select; eager only),
 the windows, hsplit, the scatters, the torch.X_ in-place functions, ...), `torch_surface` (nonzero_static,
 the *_copy view functions, frombuffer, histogramdd, ...); `linalg` is `av.linalg`.
 Everything is importable as `avalon.ops.X`, and the torch-named functions also as `avalon.X`."""
+import functools
 import inspect
 
 from . import (
@@ -141,3 +142,42 @@ def _numpy_names_in(namespace: dict) -> None:
 
 
 _numpy_names_in(globals())
+
+
+def _requires_grad_checked(fn):
+    """`fn` (a creation function taking torch's `requires_grad=`), refusing `requires_grad=True` for a result
+    that is not floating point, as torch does (`torch.zeros(2, dtype=torch.int64, requires_grad=True)`):
+    Avalon accepted the argument and dropped it, so the port ran on where torch stops."""
+    from ..tensor import Tensor
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        if kwargs.get("requires_grad") and isinstance(out, Tensor) and not out.dtype.is_float:
+            raise fail(RuntimeError(f"{fn.__name__}(requires_grad=True): Only Tensors of floating point and complex "
+                                    f"dtype can require gradients, this one is {out.dtype.name}"))
+        return out
+    return wrapper
+
+
+def _requires_grad_in(namespace: dict) -> None:
+    """Every public function of `namespace` with a `requires_grad` parameter wrapped by `_requires_grad_checked`,
+    in its defining module too (one object per function, as `_numpy_names_in`)."""
+    import sys
+    for name, fn in list(namespace.items()):
+        if not inspect.isfunction(fn) or name.startswith("_"):
+            continue
+        try:
+            params = inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            continue
+        if "requires_grad" not in params:
+            continue
+        wrapped = _requires_grad_checked(fn)
+        namespace[name] = wrapped
+        home = sys.modules.get(fn.__module__)
+        if home is not None and getattr(home, fn.__name__, None) is fn:
+            setattr(home, fn.__name__, wrapped)
+
+
+_requires_grad_in(globals())

@@ -198,6 +198,21 @@ def register_hook(input: Any, hook: Any) -> None:
                        "`grads = {k: hook(g) for k, g in grads.items()}` before `opt.step(grads)`)")
 
 
+def retain_grad(input: Any) -> None:
+    """torch's `retain_grad()` (keep a non-leaf's `.grad` after backward) has no place where gradients are
+    values: refused, saying how to get an activation's gradient (it was an AttributeError naming nothing)."""
+    raise RuntimeError("Tensor.retain_grad: Avalon's gradients are values returned by av.grad / "
+                       "av.value_and_grad, not .grad attributes filled by backward(); for the gradient of an "
+                       "intermediate value, make it an argument: `g = av.grad(lambda h: loss_of(h))(h)`")
+
+
+def register_post_accumulate_grad_hook(input: Any, hook: Any) -> None:
+    """torch's hook after `.grad` accumulates: refused as register_hook (gradients are values here)."""
+    raise RuntimeError("Tensor.register_post_accumulate_grad_hook: Avalon's gradients are values returned by "
+                       "av.grad / av.value_and_grad, not accumulated into .grad during backward(); apply the step to "
+                       "the gradient dict instead (`opt.step(grads)`)")
+
+
 def resize(input: Tensor, *sizes: Any) -> Tensor:
     """Tensor.resize_ for a new shape with the same number of elements (the elements keep their
     row-major order, as torch's); growing or shrinking storage is refused. Eager tensors that are
@@ -252,5 +267,5 @@ def reshape_inplace(x: Tensor, fn: Any, what: str) -> Tensor:
 
 
 __all__ = ["cauchy_fill", "data_ptr", "element_size", "fill_diagonal", "geometric_fill", "get_device", "is_leaf",
-           "log_normal_fill", "pin_memory", "random_fill", "register_hook", "resize", "storage_offset", "stride",
-           "view"]
+           "log_normal_fill", "pin_memory", "random_fill", "register_hook", "register_post_accumulate_grad_hook",
+           "resize", "retain_grad", "storage_offset", "stride", "view"]
