@@ -85,6 +85,22 @@ def user_location() -> Location | None:
     return None
 
 
+NUMBER_WRITES: list[tuple[str, str]] = []
+"""(attribute name, `file:line` of the user's line) for each rebinding of a model attribute holding a
+Python number while a trace ran (`self.step += 1` in a traced forward). The number is part of the
+compiled signature, so such a counter makes every call a new signature; `av.compile` reads (and
+drops) the entries its trace added, for its retrace warning to name the line (`avalon.compiler.core`)."""
+
+
+def note_number_write(name: str) -> None:
+    """A traced call rebinds the number attribute `name` of a model (see `NUMBER_WRITES`)."""
+    loc = user_location()
+    if loc is not None:
+        if len(NUMBER_WRITES) > 1024:  # traces outside av.compile (av.grad) leave theirs: never unbounded
+            del NUMBER_WRITES[:512]
+        NUMBER_WRITES.append((name, str(loc)))
+
+
 @functools.lru_cache(maxsize=4096)
 def _is_user_file(fn: str) -> bool:
     """Not Avalon's own code (zoo models and the demo's count as user code, so a shape error in them

@@ -2,10 +2,13 @@
 codegen, per phase, at several depths, so the scaling (depth 256 / depth 64) shows whether each phase
 is linear in the graph size.
 
-    python benchmarks/compile_time.py [--depths 64 256 1800] [--profile DEPTH]
+    python benchmarks/compile_time.py [--depths 64 256 1800] [--profile DEPTH] [--dnc 3 12] [--repeat 3]
 
 Times are wall-clock seconds of one cold run per depth (the ratios are what matter on a shared
 machine; absolute times move with its load). `--profile DEPTH` prints a cProfile of that depth.
+`--dnc T...` times the `fuse` pass (process CPU seconds, median of `--repeat` runs) on the training
+step of tests/test_port_programs_42.py's differentiable neural computer unrolled over T time steps
+(thousands of ops, where a forward op and its backward are far apart; needs torch for that file).
 """
 from __future__ import annotations
 
@@ -86,10 +89,41 @@ def first_step() -> float:
     return time.perf_counter() - t0
 
 
+def dnc_fuse(steps: int, repeat: int = 3) -> tuple[int, float]:
+    """(ops, median process CPU seconds of the `fuse` pass) on the DNC's training step over `steps` steps."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+    from test_port_programs_42 import dnc
+
+    from avalon import nn
+    from avalon.nn import functional as F
+    model = dnc(nn, F, av)
+    opt = av.optim.RMSprop(model.parameters(), lr=1e-3, momentum=0.9, eps=1e-8)
+    rng = np.random.default_rng(0)
+    x = av.tensor((rng.random((2, steps, 4)) < 0.5).astype(np.float32))
+    y = av.tensor((rng.random((2, steps, 4)) < 0.5).astype(np.float32))
+
+    def step(m, o, a, b):
+        loss, grads = av.value_and_grad(lambda m, a, b: F.binary_cross_entropy_with_logits(m(a)[0], b))(m, a, b)
+        o.step(grads)
+        return loss
+    graph = av.compile(step, backend="numpy", pipeline="canonicalize,cse,dce").inspect(model, opt, x, y).graph
+    times = []
+    for _ in range(repeat):
+        g = graph.clone()
+        pm = PassManager.parse("fuse")
+        with paused_gc():
+            t0 = time.process_time()
+            pm.run(g)
+            times.append(time.process_time() - t0)
+    return len(graph.ops), sorted(times)[len(times) // 2]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--depths", type=int, nargs="*", default=[64, 256, 1800])
     ap.add_argument("--profile", type=int, default=0, help="print a cProfile of this depth")
+    ap.add_argument("--dnc", type=int, nargs="*", default=[], help="time `fuse` on the DNC over these step counts")
+    ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}; "
           f"python {platform.python_version()}, numpy {np.__version__}")
@@ -106,6 +140,9 @@ def main() -> None:
                                                    for k in ("ops", "trace", "grad", "passes", "codegen", "total")))
         print("  per pass: " + "  ".join(f"{k[5:]} {b[k] / max(a[k], 1e-9):.2f}x" for k in a if k.startswith("pass ")))
     print(f"first LeNet training step (cold, numpy backend): {first_step():.3f} s")
+    for t in args.dnc:
+        n, s = dnc_fuse(t, args.repeat)
+        print(f"DNC over {t} steps: {n} ops, fuse {s:.3f} s CPU (median of {args.repeat})")
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()

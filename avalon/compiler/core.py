@@ -45,6 +45,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from avalon import amp, debug, precision, tree
+from avalon import trace as trace_mod
 from avalon.ir import Graph, LiteralArray, VerifyError, fusion_groups, verify
 from avalon.passes import PassManager, PassRecord
 from avalon.passes.manager import paused_gc
@@ -184,7 +185,7 @@ class Compiled:
 
     # slots (no __dict__): the tracer must not mistake a compiled function for a model to walk
     __slots__ = ("fn", "backend", "pipeline", "check", "program", "_name", "_cache", "_states", "_hits",
-                 "_misses", "_inlined", "_versions", "_last_key", "__weakref__")
+                 "_misses", "_inlined", "_versions", "_last_key", "_warned", "_evicted", "__weakref__")
 
     def __init__(self, fn: Callable, backend: str | Any = "numpy", pipeline: str | PassManager | None = None,
                  check: bool | None = None, *, program: Program | None = None, name: str | None = None):
@@ -207,6 +208,8 @@ class Compiled:
         self._inlined: dict[Any, _Entry] = {}  # programs built for inlining into an enclosing trace
         self._versions: dict[Any, list[_Entry]] = {}  # older guarded entries of a signature (`_KEEP_VERSIONS`)
         self._last_key: Any = None  # the signature compiled last, to say what changed at the next retrace
+        self._warned = False  # the retrace warning is given once; later ones go to the log
+        self._evicted = 0  # signatures dropped for `CACHE_LIMIT`
         self._states = StateCache()  # the models' walks, re-used while nothing in them is reassigned
         self._hits = self._misses = 0
 
@@ -279,7 +282,8 @@ class Compiled:
         self._inlined.clear()
         self._versions.clear()
         self._states = StateCache()
-        self._hits = self._misses = 0
+        self._hits = self._misses = self._evicted = 0
+        self._warned = False
 
     # -- machinery ---------------------------------------------------------------------------
     def _entry(self, args: tuple, inline: bool = False) -> tuple[_Entry, list[tuple[str, Any]]]:
@@ -295,10 +299,15 @@ class Compiled:
             entry = self._other_version(key, entry, leaves) if not inline else None
         if entry is not None:
             self._hits += 1
+            if len(self._cache) > 1 and self._cache.get(key) is entry:
+                self._cache[key] = self._cache.pop(key)  # most recently used last: evicted last
             return entry, leaves
         self._misses += 1
+        written = len(trace_mod.NUMBER_WRITES)
         with paused_gc():
             entry = self._build(args, leaves, optimize=not inline)
+        counters = dict(trace_mod.NUMBER_WRITES[written:])  # number attributes this trace rebound, and where
+        del trace_mod.NUMBER_WRITES[written:]
         if inline:  # not compiled: cached apart, so a later call outside a trace still compiles it
             if (entry.extra is None and not entry.python_random and not _captured_arrays(entry.inspection.traced_graph)
                     and not _captured_state(entry)):
@@ -317,32 +326,51 @@ class Compiled:
                           "compiled graph." + (" (It writes tensors it captured in place: each call writes those "
                           "its scope holds then.)" if _captured_state(entry) else ""), stacklevel=3)
         else:
-            self._retraced(key, leaves)
+            self._retraced(key, leaves, counters)
             old = self._cache.get(key)
             if old is not None and old.guards and entry.guards:
                 kept = self._versions.setdefault(key, [])
                 kept.insert(0, old)
                 del kept[_KEEP_VERSIONS - 1:]
+            elif old is None and len(self._cache) >= CACHE_LIMIT:  # a counter's signatures: never unbounded
+                gone = next(iter(self._cache))  # the least recently used
+                del self._cache[gone]
+                self._versions.pop(gone, None)
+                self._evicted += 1
             self._cache[key] = entry
         return entry, leaves
 
-    def _retraced(self, key: Any, leaves: list[tuple[str, Any]]) -> None:
-        """Say what changed since the last compiled signature (channel `avalon.compile`), and warn when
-        one function has been compiled for 8, 16, 32, ... signatures: a value that changes every call
-        (a learning rate a hand-written optimizer reads from `group['lr']`, a step counter) retraces
-        every call, which torch.compile warns about too."""
+    def _retraced(self, key: Any, leaves: list[tuple[str, Any]], counters: dict[str, str] | None = None) -> None:
+        """Say what changed since the last compiled signature (channel `avalon.compile`), and warn once
+        when one function has been compiled for 8 signatures (later at 16, 32, ... on the log only): a
+        value that changes every call (a learning rate a hand-written optimizer reads from
+        `group['lr']`, a step counter) retraces every call, which torch.compile warns about too (its
+        `recompile_limit`, 8). `counters`: the model number attributes the last trace rebound, with
+        the user's line; the warning names the one that changed. At most `CACHE_LIMIT` signatures are
+        kept (the least recently used goes)."""
         last, self._last_key = self._last_key, key
         if last is None:
             return
-        n = len(self._cache) + (key not in self._cache)
+        n = len(self._cache) + self._evicted + (key not in self._cache)
         why = _key_diff(last, key, leaves, self.fn) if key not in self._cache else "a value read while tracing changed"
         from avalon.channels import get_logger
         get_logger("compile").info("%s traced again (signature %d): %s", self.__name__, n, why)
         if n >= 8 and n & (n - 1) == 0:
+            if self._warned:
+                get_logger("compile").info("%s has been traced and compiled for %d different signatures",
+                                           self.__name__, n)
+                return
+            self._warned = True
+            attr = why.split(": ", 1)[-1].split(" = ", 1)[0].rsplit(".", 1)[-1] if " = " in why else None
+            site = (counters or {}).get(attr)
+            counter = (f" `{attr}` is a Python number the function itself changes at {site}, so no call can "
+                       f"reuse a compiled signature: keep it as a tensor buffer "
+                       f"(self.register_buffer('{attr}', av.tensor(0)), then `+= 1` as before), which a compiled "
+                       "call updates in place." if site else "")
             warnings.warn(f"{self.__name__} has been traced and compiled for {n} different signatures; the last "
-                          f"change: {why}. Each new signature traces and compiles again: pass a number that changes "
-                          "every call as a tensor (av.tensor(lr)), or keep shapes fixed (AVALON_LOG=compile lists "
-                          "every retrace)", stacklevel=4)
+                          f"change: {why}.{counter} Each new signature traces and compiles again: pass a number that "
+                          "changes every call as a tensor (av.tensor(lr)), or keep shapes fixed (AVALON_LOG=compile "
+                          f"lists every retrace). Said once; at most {CACHE_LIMIT} signatures are kept.", stacklevel=4)
 
     def _other_version(self, key: Any, current: _Entry, leaves: list[tuple[str, Any]]) -> _Entry | None:
         """An older entry of `key` whose guards hold, made the current one (the one it replaces kept)."""
@@ -544,6 +572,9 @@ def _short(v: Any) -> str:
 
 
 _KEEP_VERSIONS = 8
+CACHE_LIMIT = 64
+"""Signatures one compiled function keeps; a new one beyond replaces the least recently used (a
+step counter kept as a Python number is a new signature every call)."""
 """Compiled versions kept per signature whose traces read model tensors' values (guards): a value
 cycling among a few states (MoCo's queue pointer) reuses its versions instead of tracing every step."""
 

@@ -19,7 +19,8 @@ from .. import tree
 from ..complex import ComplexTensor, complex_dtype, from_data, is_complex_like
 from ..ir import dtypes as dt
 from ..tensor import Buffer, Tensor, as_array
-from ..trace import assign, current_trace
+from ..trace import _STACK as _TRACE_STACK
+from ..trace import assign, current_trace, note_number_write
 from ..utils.hooks import HookDict, RemovableHandle
 from ..views import layout_of
 
@@ -713,6 +714,9 @@ class Module:
                   and id(value.real) not in _DECLARED):
                 self.register_buffer(name, value, persistent=False, _assigned=True)
                 return
+        elif (isinstance(value, (int, float)) and not isinstance(value, bool) and _TRACE_STACK
+              and isinstance(self.__dict__.get(name), (int, float))):
+            note_number_write(name)  # a counter (`self.step += 1`): each call a new signature, said once
         object.__setattr__(self, name, value)
 
     # modes and placement

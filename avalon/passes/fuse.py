@@ -69,12 +69,13 @@ def set_policy(policy: FusionPolicy | Callable[..., FusionPolicy] | None) -> Cal
 class _Unit:
     """A group while the pass runs: its member ops (a lone op is a unit of one)."""
 
-    __slots__ = ("ops", "fused", "view")
+    __slots__ = ("ops", "fused", "view", "users")
 
     def __init__(self, ops: list[Op], fused: bool = False):
         self.ops = ops
         self.fused = fused
         self.view: FusionGroup | None = None
+        self.users: list[_Unit] | None = None  # the pass's `users(self)`, until a unit it feeds changes
 
 
 @dataclass
@@ -137,14 +138,27 @@ class _Fuser:
         return self.unit_of[op]
 
     def users(self, u: _Unit) -> list[_Unit]:
-        out: dict[_Unit, None] = {}
+        """The units reading `u`'s values (do not mutate the list: it is cached on `u` until one of
+        them is replaced; `placement` walks it for every merge tried, thousands of times on a DNC)."""
+        got = u.users
+        if got is None:
+            out: dict[_Unit, None] = {}
+            for op in u.ops:
+                for r in op.results:
+                    for user, _ in r.uses:
+                        w = self.unit_of.get(user)
+                        if w is not None and w is not u:
+                            out.setdefault(w, None)
+            got = u.users = list(out)
+        return got
+
+    def _unit_changed(self, u: _Unit) -> None:
+        """`u` replaced other units: the cached users of the units it reads name them; forget those."""
         for op in u.ops:
-            for r in op.results:
-                for user, _ in r.uses:
-                    w = self.unit_of.get(user)
-                    if w is not None and w is not u:
-                        out.setdefault(w, None)
-        return list(out)
+            for v in op.operands:
+                w = self.unit_of.get(v.op) if v.op is not None else None
+                if w is not None:
+                    w.users = None
 
     # -- candidates -------------------------------------------------------------------------------------
     def candidates(self) -> list[tuple]:
@@ -216,6 +230,7 @@ class _Fuser:
         self.pos[new] = i
         for op in new.ops:
             self.unit_of[op] = new
+        self._unit_changed(new)
 
     def try_merge(self, producer: Op, consumer: Op) -> bool:
         p, c = self.unit_of[producer], self.unit_of[consumer]
@@ -228,7 +243,7 @@ class _Fuser:
             return False
         target, cand = (p, c) if len(p.ops) >= len(c.ops) else (c, p)
         d = self.policy.can_fuse(self.view(target), self.view(cand))
-        merged = self.view(p).union(self.view(c))
+        merged = self.view(target).union(self.view(cand))  # the policy's (kept), the same ops in order
         if d and merged.size > self.max_ops:
             d = Decision(False, f"the group would hold {merged.size} ops (max-ops={self.max_ops})")
         moved: list[_Unit] = []
@@ -273,14 +288,27 @@ class _Fuser:
         # instead of visiting everything between p and c (quadratic on deep graphs). Except through
         # an inlinable op: a group that clones it reads through it and may sit before it, so the
         # walk goes on through inlinable units wherever they are (a 2-layer GRU's gradient did).
+        # The walk takes the latest unit first and stops once it marks the first unit c reads: a cycle
+        # through it, the refusal the whole walk would give. A pair whose consumer reads a value
+        # derived from its producer (a forward op and its backward on a DNC's unrolled graph) is
+        # found without visiting the thousands of units in between.
+        pos = self.pos
         marked: set[_Unit] = set()
-        stack = self.users(p)
-        while stack:
-            u = stack.pop()
-            if u in marked or u is c or u is p or (self.pos[u] > q and not self._inlinable_unit(u)):
+        first = reads[0] if reads else None
+        heap = [(-pos[u], i, u) for i, u in enumerate(self.users(p))]
+        heapq.heapify(heap)
+        k = len(heap)
+        while heap:
+            u = heapq.heappop(heap)[2]
+            if u in marked or u is c or u is p or (pos[u] > q and not self._inlinable_unit(u)):
                 continue
             marked.add(u)
-            stack.extend(self.users(u))
+            if u is first:
+                break
+            for w in self.users(u):
+                if w not in marked:
+                    k += 1
+                    heapq.heappush(heap, (-pos[w], k, w))
         for u in reads:
             if u in marked:
                 return Decision(False, f"it would create a cycle through {self.describe(u.ops)}"), [], pp
@@ -318,6 +346,7 @@ class _Fuser:
                 self.pos[u] = i
         for op in m.ops:
             self.unit_of[op] = m
+        self._unit_changed(m)
         if self.verify_order:
             self.check_order()
 

@@ -90,7 +90,13 @@ class FusionGroup:
         self.fused = fused or len(self.ops) > 1  # becomes a fusion op (a lone op may, to inline producers)
 
     def union(self, other: FusionGroup) -> FusionGroup:
-        return FusionGroup(self.ops + other.ops, self.order, self.is_inlinable, fused=True)
+        # the last union is kept: the policy's `can_fuse` and the pass both ask for it, each merge tried
+        last = self.__dict__.get("_union")
+        if last is not None and last[0] is other:
+            return last[1]
+        merged = FusionGroup(self.ops + other.ops, self.order, self.is_inlinable, fused=True)
+        self.__dict__["_union"] = (other, merged)
+        return merged
 
     @property
     def op(self) -> Op:
@@ -122,20 +128,21 @@ class FusionGroup:
         cumprod by doubling steps became one 6,000-line kernel computing every prefix again)."""
         maps: dict[Op, set[tuple]] = {}
         worst, at = 1, None
+        members, clonable = self.members, self._clonable
         for op in reversed(self.ops):  # users before producers
             mine = maps.get(op) or {()}
             for v in op.operands:
-                chain, y = [], v
-                while self._clonable(y.op) and len(y.op.operands) == 1:
-                    chain.append(id(y.op))
-                    y = y.op.operands[0]
-                if y.op in self.members:
-                    got = maps.setdefault(y.op, set())
+                chain, p = [], v.op
+                while clonable(p) and len(p.operands) == 1:
+                    chain.append(id(p))
+                    p = p.operands[0].op
+                if p in members:
+                    got = maps.setdefault(p, set())
                     got.update(m + tuple(chain) for m in mine)
                     if len(got) > 64:  # far past any limit: stop growing
-                        return len(got), y.op
+                        return len(got), p
                     if len(got) > worst:
-                        worst, at = len(got), y.op
+                        worst, at = len(got), p
         return worst, at
 
     @cached_property
