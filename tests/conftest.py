@@ -18,6 +18,15 @@ settings.register_profile("explore", max_examples=200, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (the README's command): a worker per CPU this process may use, at most 4 (each holds
+    torch, transformers and compiled kernels, ~2 GB; tests start processes of their own too). Files,
+    not tests, are shared out (`--dist loadfile`): a file's tests share their compiled kernels and
+    module fixtures, and run in their written order, as in one process."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(4, cpus))
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
