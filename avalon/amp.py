@@ -11,8 +11,8 @@ narrower: there softmax, exp, sum, layer_norm keep the low-precision dtype). Ins
   matmul/`@`, mm, bmm, einsum, `F.linear`, conv1d/2d/3d, `F.conv_transpose2d`, the matmuls of
   `F.scaled_dot_product_attention` (every call reaching `ops.matmul`/`ops.conv2d` casts there, bias
   included), `addmm` (its added input too), addmv, addr, baddbmm, addbmm, mv, chain_matmul (also
-  `linalg.multi_dot`), `F.prelu`, and `nn.RNNCell/LSTMCell/GRUCell` (input and hidden state; their
-  linear maps cast the weights).
+  `linalg.multi_dot`), `F.prelu`, `nn.RNNCell/LSTMCell/GRUCell` and `nn.RNN/LSTM/GRU` (input and
+  hidden state; their linear maps cast the weights, so every output is low precision).
 - *float32*: exp, expm1, log, log1p, log2, log10, reciprocal, rsqrt, pow, `x ** y`, `n ** x`, `n / x`,
   acos, asin, cosh, sinh, tan, erfinv, dist, cdist, `F.pdist`, renorm, logsumexp,
   norm, `linalg.norm/vector_norm/matrix_norm`, `F.softplus`, `F.layer_norm`, `F.group_norm`,
@@ -71,7 +71,8 @@ from .ir import dtypes as dt
 from .tensor import Buffer, Tensor
 from .trace import assign, current_trace
 
-__all__ = ["GradScaler", "autocast", "cache_key", "get_autocast_dtype", "is_autocast_available", "is_autocast_enabled",
+__all__ = ["GradScaler", "autocast", "cache_key", "custom_bwd", "custom_fwd", "get_autocast_dtype",
+           "is_autocast_available", "is_autocast_enabled",
            "set_autocast_dtype"]
 
 _DEFAULT = {"cpu": dt.bfloat16, "cuda": dt.float16}     # per device type: the dtype autocast casts to
@@ -90,7 +91,8 @@ def is_autocast_enabled(device_type: str | None = None) -> bool:
 
 
 def get_autocast_dtype(device_type: str) -> dt.DType:
-    """The dtype `autocast(device_type)` casts to when given none."""
+    """The dtype `autocast(device_type)` casts to when given none; inside an autocast region, that
+    region's dtype (as torch's)."""
     return _DEFAULT[_check_device_type(device_type)]
 
 
@@ -138,7 +140,8 @@ def autocast_bias(bias: Any) -> Any:
 
 # -- the op lists: one table, keyed by the public function ------------------------------------------
 
-_LOWER = ("avalon.ops.pointwise:addmm", "avalon.nn.functional:prelu", "avalon.ops.matrices:mv",
+_LOWER = ("avalon.ops.pointwise:addmm", "avalon.ops.contract:einsum", "avalon.nn.functional:prelu",
+          "avalon.ops.matrices:mv",
           "avalon.ops.products_more:addmv", "avalon.ops.products_more:addr", "avalon.ops.products_more:baddbmm",
           "avalon.ops.products_more:addbmm", "avalon.ops.matrices:chain_matmul")
 """Lower-precision ops beyond those that reach `ops.matmul`/`ops.conv2d` (which cast there)."""
@@ -373,14 +376,17 @@ class autocast:  # noqa: N801  (torch's name)
             warnings.warn("User provided device_type of 'cuda', but CUDA is not available. Disabling",
                           UserWarning, stacklevel=2)
             self._enabled = False
-        self._prev: list[dt.DType | None] = []
+        self._prev: list[tuple[dt.DType | None, dt.DType]] = []
 
     def __enter__(self) -> None:
-        self._prev.append(_ACTIVE[self.device])
+        # torch sets the device type's autocast dtype for the region (enabled or not), so
+        # `get_autocast_dtype` inside reads this context's dtype, and a nested `autocast(dev)` inherits it
+        self._prev.append((_ACTIVE[self.device], _DEFAULT[self.device]))
         _ACTIVE[self.device] = self.fast_dtype if self._enabled else None
+        _DEFAULT[self.device] = self.fast_dtype
 
     def __exit__(self, *exc: Any) -> None:
-        _ACTIVE[self.device] = self._prev.pop()
+        _ACTIVE[self.device], _DEFAULT[self.device] = self._prev.pop()
 
     def __call__(self, fn: Callable) -> Callable:
         @functools.wraps(fn)
@@ -388,6 +394,65 @@ class autocast:  # noqa: N801  (torch's name)
             with autocast(self.device, self.fast_dtype, self._enabled, self._cache_enabled):
                 return fn(*args, **kwargs)
         return wrapped
+
+
+def _cast_inputs(x: Any, kind: str, to: dt.DType) -> Any:
+    """torch's `_cast` for custom_fwd: floating tensors (not float64) on `kind` cast to `to`, walking
+    lists, tuples and dicts."""
+    if isinstance(x, Tensor):
+        return ops.cast(x, to) if x.device.type == kind and x.dtype.is_float and x.dtype is not dt.float64 else x
+    if isinstance(x, Mapping):
+        return {k: _cast_inputs(v, kind, to) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_cast_inputs(v, kind, to) for v in x)
+    return x
+
+
+def custom_fwd(fwd: Callable | None = None, *, device_type: str, cast_inputs: Any = None) -> Callable:
+    """torch.amp.custom_fwd: decorate a custom `Function.forward(ctx, ...)`. Without `cast_inputs`
+    the forward runs under the caller's autocast state, which `custom_bwd` restores for backward;
+    with it, inside an enabled autocast region the floating (non-float64) tensor arguments are cast
+    to `cast_inputs` and the forward runs with autocast off (and so does backward)."""
+    if not isinstance(device_type, str):
+        raise ValueError(f"Expected `device_type` of type `str`, got: `{type(device_type)}`")
+    if fwd is None:
+        return functools.partial(custom_fwd, device_type=device_type, cast_inputs=cast_inputs)
+    kind = _check_device_type(device_type)
+    to = dt.dtype(cast_inputs) if cast_inputs is not None else None
+
+    @functools.wraps(fwd)
+    def decorate_fwd(*args: Any, **kwargs: Any) -> Any:
+        ctx = args[0]
+        ctx._dtype = _DEFAULT[kind]
+        if to is None:
+            ctx._fwd_used_autocast = _ACTIVE[kind] is not None
+            return fwd(*args, **kwargs)
+        ctx._fwd_used_autocast = False
+        if _ACTIVE[kind] is None:
+            return fwd(*args, **kwargs)
+        with autocast(kind, enabled=False):
+            return fwd(*_cast_inputs(args, kind, to), **_cast_inputs(kwargs, kind, to))
+    return decorate_fwd
+
+
+def custom_bwd(bwd: Callable | None = None, *, device_type: str) -> Callable:
+    """torch.amp.custom_bwd: decorate the matching `Function.backward(ctx, ...)`; it runs under the
+    autocast state its `custom_fwd` forward ran under (on, with that dtype, or off)."""
+    if not isinstance(device_type, str):
+        raise ValueError(f"Expected `device_type` of type `str`, got: `{type(device_type)}`")
+    if bwd is None:
+        return functools.partial(custom_bwd, device_type=device_type)
+    kind = _check_device_type(device_type)
+
+    @functools.wraps(bwd)
+    def decorate_bwd(*args: Any, **kwargs: Any) -> Any:
+        ctx = args[0]
+        if not hasattr(ctx, "_fwd_used_autocast"):
+            raise RuntimeError("custom_bwd: the backward's forward was not decorated with custom_fwd (torch reads "
+                               "the autocast state custom_fwd recorded on ctx)")
+        with autocast(kind, dtype=ctx._dtype, enabled=ctx._fwd_used_autocast):
+            return bwd(*args, **kwargs)
+    return decorate_bwd
 
 
 # -- the gradient scaler ---------------------------------------------------------------------------
@@ -501,7 +566,9 @@ class GradScaler:
             return outputs
         if isinstance(outputs, (list, tuple)):
             return type(outputs)(self.scale(o) for o in outputs)
-        x = outputs if isinstance(outputs, Tensor) else Tensor(outputs)
+        if not isinstance(outputs, Tensor):
+            raise ValueError(f"outputs must be a Tensor or an iterable of Tensors, got {type(outputs).__name__}")
+        x = outputs
         self._check_trace("scale")
         d = dt.promote(x.dtype, dt.float32) if x.ndim == 0 else x.dtype
         return ops.mul(ops.cast(x, d), ops.cast(self._scale, d))
@@ -659,7 +726,10 @@ class _CudaGradScaler(GradScaler):
 
 
 class cuda_amp:  # noqa: N801  (a namespace: `from .amp import cuda_amp as amp` in avalon/cuda.py)
-    """`av.cuda.amp`: torch.cuda.amp's autocast and GradScaler, fixed to the "cuda" device type."""
+    """`av.cuda.amp`: torch.cuda.amp's autocast, GradScaler, custom_fwd and custom_bwd, fixed to the
+    "cuda" device type."""
 
     autocast = _CudaAutocast
     GradScaler = _CudaGradScaler
+    custom_fwd = staticmethod(functools.partial(custom_fwd, device_type="cuda"))
+    custom_bwd = staticmethod(functools.partial(custom_bwd, device_type="cuda"))

@@ -430,6 +430,13 @@ def _norm_dtypes(fn: str, x: Tensor, **named: Any) -> bool:
     return pd != x.dtype
 
 
+def _accumulated(x: Tensor) -> Tensor:
+    """A norm's float16/bfloat16 input in float32: torch's norm kernels compute their statistics, and the
+    backward its sums, in float32 and round only the output (a float16 sum of squares overflows past 65504,
+    making the output and the gradient nan); the caller casts its result back to the input's dtype."""
+    return ops.cast(x, dt.float32) if x.dtype is dt.float16 or x.dtype is dt.bfloat16 else x
+
+
 def _affine(y: Tensor, weight: Any, bias: Any, bshape: tuple) -> Tensor:
     """y * weight + bias, each per channel (broadcast through `bshape`) when given."""
     if weight is not None:
@@ -453,6 +460,9 @@ def _clamped_norm(x: Tensor, p: float, dim: Any, eps: float) -> Tensor:
     """max(||x||_p, eps), keeping the dim; for p = 2 as sqrt(max(sum x^2, eps^2)), the same value
     whose gradient is finite (torch's) at a zero vector."""
     if p == 2:
+        if x.dtype is dt.float16 or x.dtype is dt.bfloat16:  # torch's norm accumulates these in float32: a
+            n = _clamped_norm(ops.cast(x, dt.float32), p, dim, eps)  # float16 sum of squares overflows
+            return ops.cast(n, x.dtype)
         return ops.sqrt(ops.maximum(ops.sum(ops.mul(x, x), dim, keepdims=True), eps * eps))
     return ops.maximum(_norm(x, p, dim, True), eps)
 
@@ -931,7 +941,8 @@ def batch_norm(input: Any, running_mean: Tensor | None, running_var: Tensor | No
         raise ops.fail(ValueError(f"batch_norm eps must be non-negative, but got {eps}"))
     c = x.shape[1]
     _per_channel("batch_norm", x, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
-    mixed = _norm_dtypes("batch_norm", x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+    _norm_dtypes("batch_norm", x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+    out_dtype, x = x.dtype, _accumulated(x)
     axes = [0] + list(range(2, x.ndim))
     bshape = (1, c) + (1,) * (x.ndim - 2)
     if training:
@@ -957,7 +968,7 @@ def batch_norm(input: Any, running_mean: Tensor | None, running_var: Tensor | No
             raise ValueError("batch_norm in evaluation mode needs running_mean and running_var")
         y = _normalized_by(x, running_mean, running_var, eps, bshape)
     y = _affine(y, weight, bias, bshape)
-    return ops.cast(y, x.dtype) if mixed else y
+    return ops.cast(y, out_dtype) if y.dtype is not out_dtype else y
 
 
 def layer_norm(input: Any, normalized_shape: int | Sequence[int], weight: Any = None, bias: Any = None,
@@ -977,7 +988,8 @@ def layer_norm(input: Any, normalized_shape: int | Sequence[int], weight: Any = 
             raise ops.fail(ops.ArgumentError(
                 f"layer_norm: Expected {name} to be of same shape as normalized_shape, but got {name} of shape "
                 f"{list(_t(v).shape)} and normalized_shape = {list(shape)}"))
-    mixed = _norm_dtypes("layer_norm", x, weight=weight, bias=bias)
+    _norm_dtypes("layer_norm", x, weight=weight, bias=bias)
+    out_dtype, x = x.dtype, _accumulated(x)
     axes = list(range(x.ndim - k, x.ndim))
     centered = ops.sub(x, ops.mean(x, axes, keepdims=True))
     var = ops.mean(ops.mul(centered, centered), axes, keepdims=True)
@@ -986,14 +998,15 @@ def layer_norm(input: Any, normalized_shape: int | Sequence[int], weight: Any = 
         y = ops.mul(y, weight)
     if bias is not None:
         y = ops.add(y, bias)
-    return ops.cast(y, x.dtype) if mixed else y
+    return ops.cast(y, out_dtype) if y.dtype is not out_dtype else y
 
 
 def group_norm(input: Any, num_groups: int, weight: Any = None, bias: Any = None, eps: float = 1e-5) -> Tensor:
     """Normalize over each group of C/num_groups channels (and all spatial positions)."""
     x = _t(input)
     _group_norm_check("group_norm", x, num_groups, weight, bias)
-    mixed = _norm_dtypes("group_norm", x, weight=weight, bias=bias)
+    _norm_dtypes("group_norm", x, weight=weight, bias=bias)
+    out_dtype, x = x.dtype, _accumulated(x)
     n, c = x.shape[:2]
     g = ops.reshape(x, (n, num_groups, -1))
     centered = ops.sub(g, ops.mean(g, 2, keepdims=True))
@@ -1004,7 +1017,7 @@ def group_norm(input: Any, num_groups: int, weight: Any = None, bias: Any = None
         y = ops.mul(y, ops.reshape(_t(weight), bshape))
     if bias is not None:
         y = ops.add(y, ops.reshape(_t(bias), bshape))
-    return ops.cast(y, x.dtype) if mixed else y
+    return ops.cast(y, out_dtype) if y.dtype is not out_dtype else y
 
 
 def _group_norm_check(who: str, x: Tensor, num_groups: int, weight: Any, bias: Any) -> None:
@@ -1037,7 +1050,8 @@ def instance_norm(input: Any, running_mean: Tensor | None = None, running_var: T
     axes = list(range(2, x.ndim))
     _per_channel("instance_norm", x, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
     # (torch checks all but running_mean, which it repeats per instance before its batch norm)
-    mixed = _norm_dtypes("instance_norm", x, weight=weight, bias=bias, running_var=running_var)
+    _norm_dtypes("instance_norm", x, weight=weight, bias=bias, running_var=running_var)
+    out_dtype, x = x.dtype, _accumulated(x)
     bshape = (1, c) + (1,) * (x.ndim - 2)
     if use_input_stats:
         count = math.prod(x.shape[2:])
@@ -1060,7 +1074,7 @@ def instance_norm(input: Any, running_mean: Tensor | None = None, running_var: T
             raise ValueError("instance_norm without input statistics needs running_mean and running_var")
         y = _normalized_by(x, running_mean, running_var, eps, bshape)
     y = _affine(y, weight, bias, bshape)
-    return ops.cast(y, x.dtype) if mixed else y
+    return ops.cast(y, out_dtype) if y.dtype is not out_dtype else y
 
 
 # Last, because losses.py builds on the helpers above (`_t`, `log_softmax`, `_softplus1`).

@@ -126,7 +126,7 @@ class RNNBase(Module):
             h = ops.expand_dims(h, 1)
         if tuple(h.shape) != shape:
             raise ops.fail(RuntimeError(f"Expected hidden{which} size {shape}, got {list(h.shape)}"))
-        return h
+        return amp.lower_precision(h)[0]  # under autocast the state joins the input's dtype, as torch's RNNs
 
     def _run(self, input: Any, hx: Any, lstm: bool) -> tuple[Any, Tensor, Tensor | None]:
         packed = isinstance(input, PackedSequence)
@@ -142,6 +142,9 @@ class RNNBase(Module):
             raise ops.fail(ops.ArgumentError(f"{type(self).__name__}: input.size(-1) must be equal to input_size. "
                                              f"Expected {self.input_size}, got {x.shape[-1]}"))
         steps, n = x.shape[0], x.shape[1]
+        # autocast: torch runs its RNNs (cuDNN's and oneDNN's) in the autocast dtype, input, state and weights
+        # (the weights cast by the matmuls below, their biases by autocast_bias), so every output is low precision
+        x = amp.lower_precision(x)[0]
         dtype = x.dtype if x.dtype.is_float else self.weight_ih_l0.dtype
         w_dtype = self.weight_ih_l0.dtype
         if x.dtype.is_float and dtype is not w_dtype and not amp.is_autocast_enabled(x.device.type):
@@ -183,7 +186,7 @@ class RNNBase(Module):
                 sfx = f"_l{layer}" + ("_reverse" if direction else "")
                 w_ih, w_hh = getattr(self, "weight_ih" + sfx), getattr(self, "weight_hh" + sfx)
                 b_ih = getattr(self, "bias_ih" + sfx) if self.bias else None
-                b_hh = getattr(self, "bias_hh" + sfx) if self.bias else None
+                b_hh = amp.autocast_bias(getattr(self, "bias_hh" + sfx)) if self.bias else None
                 w_hr_t = ops.transpose(getattr(self, "weight_hr" + sfx)) if self.proj_size else None
                 xw = F.linear(layer_in, w_ih, b_ih)  # all time steps at once: (L, N, G*H)
                 w_hh_t = ops.transpose(w_hh)

@@ -971,7 +971,14 @@ def mean(input: Any, axis: Any = None, keepdims: bool = False, *, dim: Any = Non
     floating_input("mean", x)
     axes = _axes(x, _all_if_empty(axis), "mean")
     n = math.prod(x.shape[a] for a in axes)
+    if _low_float(x):  # torch accumulates float16/bfloat16 in float32 and rounds the mean once: a float16
+        return cast(div(sum(cast(x, dt.float32), axes, keepdims), float(n)), x.dtype)  # sum past 65504 is no inf
     return div(sum(x, axes, keepdims), float(n))  # torch's CPU mean: the sum divided (n = 0: nan)
+
+
+def _low_float(x: Tensor) -> bool:
+    """float16 and bfloat16: torch's reductions (mean, var) accumulate them in float32 (its acc_type)."""
+    return x.dtype is dt.float16 or x.dtype is dt.bfloat16
 
 
 def _var_args(fn: str, dim: Any, unbiased: Any, keepdim: Any, correction: Any, axis: Any,
@@ -1012,9 +1019,13 @@ def _var(fn: str, input: Any, dim: Any, unbiased: Any, keepdim: Any, correction:
         warnings.warn(f"{fn}(): degrees of freedom is <= 0 (correction {c:g} for {n} elements of input shape "
                       f"{x.shape}). Correction should be strictly less than the reduction factor (input numel "
                       "divided by output numel).", UserWarning, stacklevel=level if f is not None else 2)
+    low = x.dtype if _low_float(x) else None
+    if low is not None:  # accumulated in float32 and rounded once, as torch's (a float16 sum of squares overflows)
+        x = cast(x, dt.float32)
     d = sub(x, mean(x, axes, keepdims=True))
     s = sum(mul(d, d), axes, keepdim)
-    return mul(s, 1.0 / (n - c)) if n - c > 0 else div(s, 0.0)
+    v = mul(s, 1.0 / (n - c)) if n - c > 0 else div(s, 0.0)
+    return cast(v, low) if low is not None else v
 
 
 def std(input: Any, dim: Any = None, unbiased: bool | None = None, keepdim: bool | None = None, *,
