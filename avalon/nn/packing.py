@@ -9,7 +9,8 @@ sequence's own last step (its first, for the reverse direction), in the batch's 
 `.batch_sizes` (torch's interleaved layout) are computed where the lengths are known while tracing (Python
 ints, as Show, Attend and Tell's loss packs its scores); with traced lengths use `pad_packed_sequence`.
 `pad_packed_sequence` pads to the longest length when the lengths are known while tracing, else to the
-packed input's own length (torch's `total_length=` makes both agree).
+packed input's own length, checked when the graph runs to be the longest length (torch's `total_length=`
+makes both agree whatever the lengths).
 """
 from __future__ import annotations
 
@@ -141,6 +142,13 @@ def pad_packed_sequence(sequence: PackedSequence, batch_first: bool = False, pad
         steps = total_length
     elif known is not None and known.size:
         steps = int(known.max())
+    elif lens.numel():  # traced lengths: torch pads to the longest, a shape the trace cannot know; it is the
+        # packed input's own length when a length reaches it (a batch padded to its longest), checked when the
+        # graph runs instead of silently returning more steps than torch
+        lens = ops.check_values(lens, ops.any(ops.eq(lens, steps)),
+                                f"pad_packed_sequence: no sequence is as long as the {steps} padded steps, so torch "
+                                f"would return fewer (the longest length), a shape a traced function cannot know; "
+                                f"pass total_length={steps} (or pad the batch to its longest sequence)")
     if steps < x.shape[0]:
         x = x[:steps]
     elif steps > x.shape[0]:
