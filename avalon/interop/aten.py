@@ -1251,8 +1251,17 @@ def batch_norm_eval(x: Tensor, w: Tensor | None, b: Tensor | None, rm: Tensor, r
     return F.batch_norm(x, rm, rv, w, b, False, momentum, eps), None, None
 
 
+@rule("aten._native_batch_norm_legit.no_stats")
+def batch_norm_no_stats(x: Tensor, w: Tensor | None, b: Tensor | None, training: bool, momentum: float,
+                        eps: float) -> tuple:
+    """F.batch_norm(x, None, None, training=True): no running statistics in the schema, so its
+    (training, momentum, eps) would land on (rm, rv, training) of the full rule (BiT's weight
+    standardization ran with eps 1e-5 instead of its 1e-6)."""
+    return batch_norm(x, w, b, None, None, training, momentum, eps)[:3]
+
+
 @rule("aten._native_batch_norm_legit_functional.default", "aten._native_batch_norm_legit.default",
-      "aten._native_batch_norm_legit.no_stats", "aten.native_batch_norm.default")
+      "aten.native_batch_norm.default")
 def batch_norm(x: Tensor, w: Tensor | None, b: Tensor | None, rm: Tensor | None, rv: Tensor | None,
                training: bool = True, momentum: float = 0.1, eps: float = 1e-5) -> tuple:
     """Returns (out, mean, rstd, new running mean, new running var): torch.export turns the running

@@ -12,6 +12,10 @@ the products are the same (expert(x) * weight), and the experts' outputs are add
 on every token (num_experts / top_k times the block's work), which a small or medium model affords;
 the import says so on the `avalon.import` log channel. Only the instance's `forward` is swapped, and
 only during the export; the torch module is unchanged afterwards.
+
+Any other experts module of transformers' `use_experts_implementation` family (DeepSeek-V3, GPT-OSS: their
+default "grouped_mm" runs a custom op torch.export cannot see into) exports with transformers' own
+"batched_mm" experts forward: static shapes, only the picked experts computed.
 """
 from __future__ import annotations
 
@@ -92,6 +96,22 @@ REWRITES: dict[str, tuple[Callable[..., Any], Callable[[Any], bool]]] = {
 the expert loop from the block into an experts module). One table: a new model is one entry."""
 
 
+def _experts_interface_forward(sub: Any) -> Callable[..., Any] | None:
+    """transformers' own static-shape experts forward ("batched_mm": each token's top-k experts' weights
+    gathered, then batched matmuls) for any experts module of its `use_experts_implementation` family that
+    the table above does not name. Their default ("grouped_mm") runs the `transformers::grouped_mm_fallback`
+    custom op, opaque to torch.export and so to Avalon (DeepSeek-V3's and GPT-OSS's experts); the batched
+    form is the same top-k sum (the module's own gate, layout, biases and activation), computed only for
+    the experts each token picked."""
+    import sys
+    moe = sys.modules.get("transformers.integrations.moe")
+    impl = getattr(getattr(sub, "config", None), "_experts_implementation", None)
+    if moe is None or impl is None or impl == "batched_mm" or not all(
+            hasattr(sub, a) for a in ("has_gate", "has_bias", "is_transposed", "down_proj")):
+        return None
+    return getattr(moe, "ALL_EXPERTS_FUNCTIONS", {}).get("batched_mm")
+
+
 @contextlib.contextmanager
 def export_friendly(module: Any) -> Iterator[list[str]]:
     """Swap in `REWRITES` forwards on `module`'s submodules for the duration; yields their names."""
@@ -100,15 +120,19 @@ def export_friendly(module: Any) -> Iterator[list[str]]:
     for name, sub in module.named_modules():
         fn, fits = REWRITES.get(type(sub).__name__, (None, None))
         if fn is None or not fits(sub):
-            continue
+            fn = _experts_interface_forward(sub)
+            if fn is None:
+                continue
         had = "forward" in vars(sub)
         swapped.append((sub, had, vars(sub).get("forward")))
         sub.forward = types.MethodType(fn, sub)
         names.append(name or type(sub).__name__)
     if names:
         kinds = sorted({type(sub).__name__ for sub, _, _ in swapped})
-        log.info("av.from_torch: %d %s block(s) exported densely (every expert on every token): %s",
-                 len(names), "/".join(kinds), ", ".join(names[:4]) + (", ..." if len(names) > 4 else ""))
+        how = ("densely (every expert on every token)" if any(sub.forward.__func__ in (dense_moe_forward,
+               dense_experts_forward) for sub, _, _ in swapped) else "with transformers' batched_mm experts")
+        log.info("av.from_torch: %d %s block(s) exported %s: %s", len(names), "/".join(kinds), how,
+                 ", ".join(names[:4]) + (", ..." if len(names) > 4 else ""))
     try:
         yield names
     finally:

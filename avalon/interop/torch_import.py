@@ -19,6 +19,7 @@ Dim's range (checked at the call), and `av.compile` traces once per shape it mee
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Any
 
 import numpy as np
@@ -53,8 +54,10 @@ def _export(module: Any, args: tuple, kwargs: dict | None, dynamic_shapes: Any =
     try:
         with export_friendly(module):  # MoE blocks' data-dependent expert loops, as static forwards
             ep = torch.export.export(module, args, kwargs or {}, dynamic_shapes=dynamic_shapes)
-    except Exception as e:  # the exporter's own reason, in one line
-        raise RuntimeError(f"av.from_torch: torch.export could not capture {name}: {_first_line(e)}") from e
+    except Exception as e:  # the exporter's own reason, in one line, and the model's line it names
+        where = re.search(r"Caused by: \((.+?)\)", str(e))
+        at = f" (at {where.group(1)})" if where else ""
+        raise RuntimeError(f"av.from_torch: torch.export could not capture {name}: {_first_line(e)}{at}") from e
     # `with torch.no_grad():` regions are `wrap_with_set_grad_enabled(False, ...)` calls here, inlined by
     # the decomposition below: their names, to find their ops after it by provenance (`_no_grad`)
     hop = torch.ops.higher_order.wrap_with_set_grad_enabled
