@@ -34,7 +34,7 @@ def test_hypothesis_splices(texts, which, at, junk, cut):
     base = texts[which % len(texts)]
     i = int(at * len(base))
     text = base[:i] + junk + ("" if cut else base[i:])
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # (CPU time: a loaded machine's other processes do not count)
     out = fuzz_ir.check(text)
     assert out in ("ok", "clean"), out
-    assert time.perf_counter() - t0 < 2.0
+    assert time.process_time() - t0 < 2.0
