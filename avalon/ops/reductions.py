@@ -268,18 +268,10 @@ def _softmax_input(fn: str, input: Any, dim: Any, dtype: Any) -> Tensor:
     return floating_input(fn, x)
 
 
-def _low_float(x: Tensor) -> bool:
-    """float16/bfloat16: torch's softmax kernels compute these in float32 and round the output once, and
-    so does their backward (the composite's own backward in bfloat16 loses ~10x the precision)."""
-    return x.dtype is dt.float16 or x.dtype is dt.bfloat16
-
-
 def softmax(input: Any, dim: int | None = None, dtype: Any = None) -> Tensor:
     """torch.softmax: exp(x - max) / sum(exp(x - max)) along `dim` (the same ops as
     avalon.nn.functional.softmax, so the backends recognize the same row reduction)."""
     x = _softmax_input("softmax", input, dim, dtype)
-    if _low_float(x):
-        return cast(softmax(cast(x, dt.float32), dim), x.dtype)
     if x.ndim == 0:  # 1 (NaN for inf or NaN, as torch)
         return exp(sub(x, x))
     if 0 in x.shape:  # nothing to normalize (torch returns the empty tensor; amax would raise)
@@ -291,8 +283,6 @@ def softmax(input: Any, dim: int | None = None, dtype: Any = None) -> Tensor:
 def log_softmax(input: Any, dim: int | None = None, dtype: Any = None) -> Tensor:
     """torch.log_softmax: x - max - log(sum(exp(x - max))) along `dim`."""
     x = _softmax_input("log_softmax", input, dim, dtype)
-    if _low_float(x):
-        return cast(log_softmax(cast(x, dt.float32), dim), x.dtype)
     if x.ndim == 0 or 0 in x.shape:
         return sub(x, x)
     s = sub(x, amax(x, dim, keepdims=True))
